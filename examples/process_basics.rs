@@ -1,0 +1,74 @@
+//! Two workers under each start method: pids, parent pid, names, exit codes.
+//!
+//! Run: `cargo run --example process_basics`
+
+use std::time::Duration;
+
+use multiproc::{Error, Process, StartMethod, current_process, parent_process};
+
+fn describe(label: String) -> String {
+    let me = current_process();
+    let parent = parent_process().map_or(0, |p| p.pid);
+    format!(
+        "{label}: I am {} (pid {}), my parent is pid {parent}",
+        me.name, me.pid
+    )
+}
+
+fn fail(code: i32) {
+    std::process::exit(code)
+}
+
+fn panics(_: ()) {
+    panic!("something went wrong in the child")
+}
+
+fn sleeps(secs: u64) {
+    std::thread::sleep(Duration::from_secs(secs))
+}
+
+fn main() -> multiproc::Result<()> {
+    multiproc::init();
+    println!("main process: pid {}", current_process().pid);
+    for method in [StartMethod::Spawn, StartMethod::Fork] {
+        let mut workers: Vec<_> = (1..=2)
+            .map(|i| Process::new(describe, format!("worker {i}")).start_method(method))
+            .collect();
+        for w in &mut workers {
+            w.start()?;
+        }
+        for w in &mut workers {
+            println!("[{method:?}] {}", w.join()?);
+            println!("[{method:?}] exit code {:?}", w.exitcode());
+        }
+    }
+
+    let mut bad = Process::new(fail, 3);
+    bad.start()?;
+    if let Err(e) = bad.join() {
+        println!(
+            "a child that exits with 3: {e}; exitcode {:?}",
+            bad.exitcode()
+        );
+    }
+
+    let mut p = Process::new(panics, ());
+    p.start()?;
+    if let Err(Error::ChildFailed { panic, .. }) = p.join() {
+        println!(
+            "a child that panics: {panic:?}; exitcode {:?}",
+            p.exitcode()
+        );
+    }
+
+    let mut s = Process::new(sleeps, 60);
+    s.start()?;
+    let timed_out = s.join_timeout(Duration::from_millis(50)).is_err();
+    s.terminate()?;
+    let _ = s.join();
+    println!(
+        "a sleeper: join_timeout gave up = {timed_out}; after terminate exitcode {:?}",
+        s.exitcode()
+    );
+    Ok(())
+}

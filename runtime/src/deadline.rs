@@ -1,0 +1,59 @@
+//! One deadline-based core for every `x` / `try_x` / `x_timeout` triple.
+
+use std::time::{Duration, Instant};
+
+/// When a blocking call must give up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// Never: block until done.
+    Never,
+    /// Do not wait at all.
+    Now,
+    /// Wait until this instant.
+    At(Instant, Duration),
+}
+
+impl Deadline {
+    /// A deadline `timeout` from now (`Duration::ZERO` means [`Deadline::Now`]).
+    pub fn after(timeout: Duration) -> Deadline {
+        if timeout.is_zero() {
+            return Deadline::Now;
+        }
+        match Instant::now().checked_add(timeout) {
+            Some(at) => Deadline::At(at, timeout),
+            None => Deadline::Never,
+        }
+    }
+
+    /// From Python's optional timeout.
+    pub fn from_timeout(timeout: Option<Duration>) -> Deadline {
+        timeout.map_or(Deadline::Never, Deadline::after)
+    }
+
+    /// Time left: `None` for no limit, `Some(ZERO)` once passed.
+    pub fn remaining(&self) -> Option<Duration> {
+        match self {
+            Deadline::Never => None,
+            Deadline::Now => Some(Duration::ZERO),
+            Deadline::At(at, _) => Some(at.saturating_duration_since(Instant::now())),
+        }
+    }
+
+    /// Whether the deadline has passed.
+    pub fn expired(&self) -> bool {
+        self.remaining().is_some_and(|d| d.is_zero())
+    }
+
+    /// The time left, capped at `slice` (for waits that wake up to check for dead peers).
+    pub fn slice(&self, slice: Duration) -> Duration {
+        self.remaining().map_or(slice, |r| r.min(slice))
+    }
+
+    /// The error to return when this deadline ran out.
+    pub fn timeout_error(&self) -> crate::Error {
+        match self {
+            Deadline::At(_, total) => crate::Error::Timeout(*total),
+            _ => crate::Error::Timeout(Duration::ZERO),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The one error type of the crate.
+
+use std::time::Duration;
+
+/// Everything that can go wrong in multiproc, with variants a caller can match.
+///
+/// Blocking calls come in three forms (`x`, `try_x`, `x_timeout`); the
+/// non-blocking and timed forms report [`Error::Empty`], [`Error::Full`],
+/// [`Error::WouldBlock`] or [`Error::Timeout`] instead of waiting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A timed wait ran out.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// A non-blocking call found nothing to take.
+    #[error("empty")]
+    Empty,
+    /// A non-blocking call found no room.
+    #[error("full")]
+    Full,
+    /// A non-blocking call could not proceed at once (a lock was held, for example).
+    #[error("would block")]
+    WouldBlock,
+    /// The object was closed (by this end, or the peer closed or died).
+    #[error("closed")]
+    Closed,
+    /// A barrier was aborted, reset, timed out, or lost a party.
+    #[error("broken barrier")]
+    BrokenBarrier,
+    /// A pool worker died while it held tasks.
+    #[error("worker {pid} died ({})", describe_death(*.exitcode, *.signal))]
+    WorkerDied {
+        /// The worker's process id.
+        pid: i32,
+        /// Its exit code, if it exited.
+        exitcode: Option<i32>,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
+    },
+    /// A child process failed instead of returning a result.
+    #[error("child process {pid} failed: {}", match (.panic, .exitcode, .signal) {
+        (Some(msg), _, _) => format!("panicked: {msg}"),
+        (None, code, sig) => describe_death(*code, *sig),
+    })]
+    ChildFailed {
+        /// The child's process id.
+        pid: i32,
+        /// Its exit code, if it exited normally.
+        exitcode: Option<i32>,
+        /// The signal that ended it, if one did.
+        signal: Option<i32>,
+        /// The panic message, if the target panicked.
+        panic: Option<String>,
+    },
+    /// A task run elsewhere (a pool worker, a manager server) failed there.
+    #[error("remote error: {0}")]
+    Remote(String),
+    /// The peer did not prove knowledge of the authkey, or refused ours.
+    #[error("authentication failed: {0}")]
+    Authentication(String),
+    /// A proxy's types do not match the object it refers to.
+    #[error("type mismatch: expected {expected}, found {found}")]
+    TypeMismatch {
+        /// What the caller asked for.
+        expected: String,
+        /// What the object is.
+        found: String,
+    },
+    /// The manager server is gone (killed, shut down, or unreachable).
+    #[error("manager is gone: {0}")]
+    ManagerGone(String),
+    /// A lock was acquired, but its previous holder had died while holding it.
+    ///
+    /// The caller now holds the lock; data it protects may be inconsistent.
+    #[error("the previous owner (pid {pid}) died while holding the lock")]
+    OwnerDied {
+        /// The process id of the dead holder.
+        pid: i32,
+    },
+    /// A value could not be encoded or decoded.
+    #[error("codec error: {0}")]
+    Codec(String),
+    /// A frame or message was malformed, truncated or too large.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// An argument was out of range or otherwise invalid.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The call is not valid in the object's current state.
+    #[error("invalid state: {0}")]
+    InvalidState(String),
+    /// An index was out of bounds.
+    #[error("index {index} out of range for length {len}")]
+    IndexOutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// The length of the sequence.
+        len: usize,
+    },
+    /// A key was not present.
+    #[error("key not found")]
+    KeyNotFound,
+    /// A spawned child runs a different binary than its parent.
+    #[error("binary mismatch: {0}")]
+    BinaryMismatch(String),
+    /// An operating-system call failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn describe_death(exitcode: Option<i32>, signal: Option<i32>) -> String {
+    match (exitcode, signal) {
+        (_, Some(sig)) => format!("killed by signal {sig}"),
+        (Some(code), None) => format!("exited with code {code}"),
+        (None, None) => "ended for an unknown reason".to_string(),
+    }
+}
+
+impl Error {
+    pub(crate) fn codec(e: impl std::fmt::Display) -> Self {
+        Error::Codec(e.to_string())
+    }
+}

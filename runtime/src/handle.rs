@@ -1,0 +1,204 @@
+//! How OS-backed handles (segments, sockets) travel inside encoded values.
+//!
+//! A handle encodes as a [`HandleRepr`]: an id, the pid and descriptor number
+//! of a process that holds the descriptor, and a little kind-specific data.
+//! The receiver finds the descriptor, in this order:
+//! 1. in this process's cache of live segments (same id): no syscall at all;
+//! 2. among descriptors that arrived beside the bytes (spawn arguments are
+//!    sent with `SCM_RIGHTS`, so they survive the sender's death);
+//! 3. through `/proc/<pid>/fd/<fd>` of the sender, which must still be alive.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor::{Fallible, Source};
+use rkyv::{Archive, Deserialize, Place, Portable, Serialize};
+
+use crate::error::Result;
+use crate::sys;
+
+/// The encoded form of a handle.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(crate = rkyv)]
+pub struct HandleRepr {
+    /// Identity of the underlying object (a segment id), stable across processes.
+    pub id: u64,
+    /// A process that held the descriptor when this was encoded.
+    pub pid: i32,
+    /// The descriptor number in that process.
+    pub fd: i32,
+    /// Kind-specific data: an offset into a segment, for example.
+    pub offset: u64,
+    /// Kind-specific data.
+    pub extra: u64,
+}
+
+thread_local! {
+    static OUTGOING: RefCell<Option<Vec<(u64, OwnedFd)>>> = const { RefCell::new(None) };
+    static INCOMING: RefCell<Option<HashMap<u64, OwnedFd>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (which encodes something) and returns the descriptors of every
+/// handle it encoded, so they can be sent beside the bytes.
+pub(crate) fn collect_fds<R>(f: impl FnOnce() -> R) -> (R, Vec<(u64, OwnedFd)>) {
+    let previous = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
+    let out = f();
+    let fds = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), previous));
+    (out, fds.unwrap_or_default())
+}
+
+/// Runs `f` (which decodes something) with `fds` available to the handles in it.
+pub(crate) fn with_received_fds<R>(fds: HashMap<u64, OwnedFd>, f: impl FnOnce() -> R) -> R {
+    let previous = INCOMING.with(|i| i.borrow_mut().replace(fds));
+    let out = f();
+    INCOMING.with(|i| *i.borrow_mut() = previous);
+    out
+}
+
+/// Builds the encoded form of a handle whose descriptor is `fd`.
+pub(crate) fn encode_fd(
+    id: u64,
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    extra: u64,
+) -> Result<HandleRepr> {
+    use std::os::fd::AsRawFd;
+    let collecting = OUTGOING.with(|o| o.borrow().is_some());
+    if collecting {
+        let dup = fd.try_clone_to_owned()?;
+        OUTGOING.with(|o| {
+            if let Some(list) = o.borrow_mut().as_mut()
+                && !list.iter().any(|(i, _)| *i == id)
+            {
+                list.push((id, dup));
+            }
+        });
+    }
+    Ok(HandleRepr {
+        id,
+        pid: sys::process::getpid(),
+        fd: fd.as_raw_fd(),
+        offset,
+        extra,
+    })
+}
+
+/// Finds an owned descriptor for a decoded handle (steps 2 and 3 above).
+pub(crate) fn decode_fd(repr: &HandleRepr) -> std::io::Result<OwnedFd> {
+    let received = INCOMING.with(|i| {
+        i.borrow()
+            .as_ref()
+            .and_then(|m| m.get(&repr.id).map(|fd| fd.as_fd().try_clone_to_owned()))
+    });
+    match received {
+        Some(fd) => fd,
+        None => sys::memfd::open_foreign(repr.pid, repr.fd),
+    }
+}
+
+/// A handle type that can travel inside encoded values.
+pub trait ShareHandle: Sized {
+    /// Encodes this handle (see the module docs).
+    fn to_repr(&self) -> Result<HandleRepr>;
+    /// Rebuilds a handle in this process from its encoded form.
+    fn from_repr(repr: &HandleRepr) -> Result<Self>;
+}
+
+/// The archived form of a handle of type `H`.
+#[repr(transparent)]
+pub struct ArchivedHandle<H> {
+    repr: ArchivedHandleRepr,
+    _kind: PhantomData<fn() -> H>,
+}
+
+// SAFETY: `ArchivedHandle` is `repr(transparent)` over `ArchivedHandleRepr`,
+// which is `Portable`; the marker adds no bytes.
+unsafe impl<H> Portable for ArchivedHandle<H> {}
+
+// SAFETY: the layout is exactly an `ArchivedHandleRepr` (repr(transparent)),
+// so checking that is checking the whole value.
+unsafe impl<H, C: Fallible + ?Sized> CheckBytes<C> for ArchivedHandle<H>
+where
+    ArchivedHandleRepr: CheckBytes<C>,
+{
+    unsafe fn check_bytes(value: *const Self, context: &mut C) -> Result<(), C::Error> {
+        // SAFETY: the caller guarantees `value` is aligned and points to enough
+        // initialized bytes for `Self`, hence for the identical inner type.
+        unsafe { ArchivedHandleRepr::check_bytes(value.cast(), context) }
+    }
+}
+
+/// Serializes a handle; used by [`impl_share_handle!`].
+#[doc(hidden)]
+pub fn serialize_handle<H: ShareHandle, S: Fallible + ?Sized>(
+    handle: &H,
+    serializer: &mut S,
+) -> std::result::Result<(HandleRepr, HandleReprResolver), S::Error>
+where
+    S::Error: Source,
+{
+    let repr = handle.to_repr().map_err(S::Error::new)?;
+    let resolver = repr.serialize(serializer)?;
+    Ok((repr, resolver))
+}
+
+/// Resolves a handle; used by [`impl_share_handle!`].
+#[doc(hidden)]
+pub fn resolve_handle<H>(
+    resolver: (HandleRepr, HandleReprResolver),
+    out: Place<ArchivedHandle<H>>,
+) {
+    let (repr, inner) = resolver;
+    // SAFETY: `ArchivedHandle<H>` is repr(transparent) over `ArchivedHandleRepr`.
+    let out = unsafe { out.cast_unchecked::<ArchivedHandleRepr>() };
+    repr.resolve(inner, out);
+}
+
+/// Deserializes a handle; used by [`impl_share_handle!`].
+#[doc(hidden)]
+pub fn deserialize_handle<H: ShareHandle, D: Fallible + ?Sized>(
+    archived: &ArchivedHandle<H>,
+    deserializer: &mut D,
+) -> std::result::Result<H, D::Error>
+where
+    D::Error: Source,
+{
+    let repr: HandleRepr = archived.repr.deserialize(deserializer)?;
+    H::from_repr(&repr).map_err(D::Error::new)
+}
+
+/// Makes a [`ShareHandle`] type encodable (so it is [`crate::Shareable`]).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! impl_share_handle {
+    (impl<$($g:ident $(: $b:path)?),*> for $ty:ty) => {
+        impl<$($g $(: $b)?),*> $crate::rkyv::Archive for $ty {
+            type Archived = $crate::handle::ArchivedHandle<$ty>;
+            type Resolver = ($crate::handle::HandleRepr, $crate::handle::HandleReprResolver);
+            fn resolve(&self, resolver: Self::Resolver, out: $crate::rkyv::Place<Self::Archived>) {
+                $crate::handle::resolve_handle(resolver, out)
+            }
+        }
+        impl<$($g $(: $b)?,)* S> $crate::rkyv::Serialize<S> for $ty
+        where
+            S: $crate::rkyv::rancor::Fallible + ?Sized,
+            S::Error: $crate::rkyv::rancor::Source,
+        {
+            fn serialize(&self, serializer: &mut S) -> ::std::result::Result<Self::Resolver, S::Error> {
+                $crate::handle::serialize_handle(self, serializer)
+            }
+        }
+        impl<$($g $(: $b)?,)* D> $crate::rkyv::Deserialize<$ty, D> for $crate::handle::ArchivedHandle<$ty>
+        where
+            D: $crate::rkyv::rancor::Fallible + ?Sized,
+            D::Error: $crate::rkyv::rancor::Source,
+        {
+            fn deserialize(&self, deserializer: &mut D) -> ::std::result::Result<$ty, D::Error> {
+                $crate::handle::deserialize_handle(self, deserializer)
+            }
+        }
+    };
+}

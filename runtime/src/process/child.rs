@@ -1,0 +1,105 @@
+//! The child's side: `init()` for spawned children, and the common run loop.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::handle;
+use crate::process::launch::{self, EntryFn, Outcome};
+use crate::process::{current, registry};
+use crate::sys;
+
+static INIT_RAN: AtomicBool = AtomicBool::new(false);
+
+/// Call this first in `main`. In a child started by spawn it runs the target
+/// and exits the process; anywhere else it returns at once.
+///
+/// ```
+/// multiproc::init();
+/// // … the program …
+/// ```
+pub fn init() {
+    if INIT_RAN.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let Some(raw) = std::env::var_os(launch::CHILD_FD_ENV) else {
+        return;
+    };
+    // SAFETY: init() is documented to run first in main (or before main via
+    // init_before_main!), when no other thread can be reading the environment.
+    unsafe { std::env::remove_var(launch::CHILD_FD_ENV) };
+    let fd = raw.to_str().and_then(|s| s.parse::<i32>().ok());
+    let Some(sock) = fd.and_then(sys::fd::own_inherited) else {
+        eprintln!(
+            "multiproc: {} does not name an open descriptor",
+            launch::CHILD_FD_ENV
+        );
+        sys::process::exit_now(70);
+    };
+    run_spawned(UnixStream::from(sock))
+}
+
+/// Whether this process was spawned by multiproc but has not run `init()`.
+pub(crate) fn missing_init() -> bool {
+    !INIT_RAN.load(Ordering::SeqCst) && std::env::var_os(launch::CHILD_FD_ENV).is_some()
+}
+
+fn run_spawned(mut sock: UnixStream) -> ! {
+    let _ = sys::fd::set_cloexec(std::os::fd::AsFd::as_fd(&sock), true);
+    let (launch, fds) = match launch::recv_launch(&mut sock) {
+        Ok(x) => x,
+        Err(e) => finish(
+            &mut sock,
+            Outcome::Failed(format!("bad launch message: {e}")),
+        ),
+    };
+    if launch.identity != launch::identity() || launch.anchor_check != launch::anchor_check() {
+        let msg = format!(
+            "the child runs a different binary than its parent (parent {}, child {}): \
+             set the context's executable to the parent's own binary",
+            launch.identity,
+            launch::identity()
+        );
+        finish(&mut sock, Outcome::Mismatch(msg));
+    }
+    if launch.fd_ids.len() != fds.len() {
+        finish(
+            &mut sock,
+            Outcome::Failed("the launch message lost descriptors".into()),
+        );
+    }
+    current::become_child(
+        launch.name.clone(),
+        launch.daemon,
+        launch.parent_pid,
+        launch.parent_ticks,
+        launch.parent_name.clone(),
+    );
+    current::watch_parent_if_daemon();
+    let received: HashMap<u64, _> = launch.fd_ids.iter().copied().zip(fds).collect();
+    // SAFETY: the identity and anchor checks above establish that this binary
+    // is the parent's, so the offset names the same `EntryFn` the parent chose.
+    let entry =
+        unsafe { std::mem::transmute::<*const (), EntryFn>(launch::addr_at(launch.entry_offset)) };
+    let target = launch::addr_at(launch.target_offset);
+    let outcome = handle::with_received_fds(received, || entry(target, &launch.args));
+    finish(&mut sock, outcome)
+}
+
+/// Reports `outcome` to the parent and ends the process.
+pub(crate) fn finish(sock: &mut UnixStream, outcome: Outcome) -> ! {
+    let code = match outcome {
+        Outcome::Returned(_) => 0,
+        _ => 1,
+    };
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    if let Err(e) = outcome.send(sock) {
+        // The parent may be gone; nothing else to tell.
+        tracing::debug!("cannot report to the parent: {e}");
+    }
+    // As Python's children do: daemon children go, the others are waited for.
+    registry::shutdown_children();
+    sys::process::exit_now(code)
+}

@@ -1,0 +1,450 @@
+//! `Process<R>`: one child process running a target, and its result.
+
+use std::io::Read;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::codec::Shareable;
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::handle;
+use crate::process::child::{self, finish};
+use crate::process::current::{self, current_process};
+use crate::process::launch::{self, EntryFn, Launch, Outcome};
+use crate::process::registry::{self, ChildState};
+use crate::process::start_method::{self, Context, StartMethod};
+use crate::shm;
+use crate::sys;
+use crate::sys::process::{ExitStatus, Forked};
+
+/// What a not-yet-started process will run.
+trait Target: Send {
+    /// Builds the spawn launch pieces: entry, target, encoded argument, descriptors.
+    fn for_spawn(self: Box<Self>) -> Result<SpawnPayload>;
+    /// Runs the target in this (forked) process.
+    fn run_here(self: Box<Self>) -> Outcome;
+}
+
+struct SpawnPayload {
+    entry: *const (),
+    target: *const (),
+    args: Vec<u8>,
+    fds: Vec<(u64, OwnedFd)>,
+}
+
+struct FnTarget<A, R> {
+    f: fn(A) -> R,
+    arg: A,
+}
+
+impl<A: Shareable, R: Shareable> Target for FnTarget<A, R> {
+    fn for_spawn(self: Box<Self>) -> Result<SpawnPayload> {
+        let (args, fds) = handle::collect_fds(|| self.arg.encode());
+        let entry: EntryFn = launch::entry::<A, R>;
+        Ok(SpawnPayload {
+            entry: entry as *const (),
+            target: self.f as *const (),
+            args: args?.into_vec(),
+            fds,
+        })
+    }
+
+    fn run_here(self: Box<Self>) -> Outcome {
+        let FnTarget { f, arg } = *self;
+        launch::run_caught(move || f(arg))
+    }
+}
+
+struct ClosureTarget<F>(F);
+
+impl<R: Shareable, F: FnOnce() -> R + Send + 'static> Target for ClosureTarget<F> {
+    fn for_spawn(self: Box<Self>) -> Result<SpawnPayload> {
+        Err(Error::InvalidArgument(
+            "a closure target needs the Fork start method; under Spawn use a fn(A) -> R".into(),
+        ))
+    }
+
+    fn run_here(self: Box<Self>) -> Outcome {
+        launch::run_caught(self.0)
+    }
+}
+
+/// A started child: its state, pidfd and the socket its outcome arrives on.
+struct Running {
+    state: Arc<ChildState>,
+    pidfd: Option<OwnedFd>,
+    sock: UnixStream,
+    received: Vec<u8>,
+    eof: bool,
+}
+
+/// A child process that runs `target(arg)` and returns an `R` (Python's `Process`).
+///
+/// ```
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// fn main() {
+///     multiproc::init();
+///     let mut p = multiproc::Process::new(square, 7).name("squarer");
+///     p.start().unwrap();
+///     assert_eq!(p.join().unwrap(), 49);
+///     assert_eq!(p.exitcode(), Some(0));
+/// }
+/// ```
+pub struct Process<R> {
+    target: Option<Box<dyn Target>>,
+    name: Option<String>,
+    daemon: bool,
+    method: Option<StartMethod>,
+    executable: Option<PathBuf>,
+    running: Option<Running>,
+    joined: bool,
+    _result: PhantomData<fn() -> R>,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn default_name() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
+    match current::parent_process() {
+        None => format!("Process-{n}"),
+        Some(_) => format!("{}:{n}", current_process().name),
+    }
+}
+
+impl<R: Shareable> Process<R> {
+    /// A process that will run `target(arg)`; it starts on [`Process::start`].
+    pub fn new<A: Shareable>(target: fn(A) -> R, arg: A) -> Process<R> {
+        Self::with_target(Box::new(FnTarget { f: target, arg }))
+    }
+
+    /// A process that will run a closure; only valid with [`StartMethod::Fork`].
+    pub fn from_closure<F>(f: F) -> Process<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+    {
+        Self::with_target(Box::new(ClosureTarget(f))).start_method(StartMethod::Fork)
+    }
+
+    fn with_target(target: Box<dyn Target>) -> Process<R> {
+        Process {
+            target: Some(target),
+            name: None,
+            daemon: false,
+            method: None,
+            executable: None,
+            running: None,
+            joined: false,
+            _result: PhantomData,
+        }
+    }
+
+    /// Sets the process name (default `Process-N`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Makes the child a daemon: it is terminated when this process exits,
+    /// normally or not.
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Starts the child with `method` instead of the default.
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Takes the start method and executable from `ctx`.
+    pub fn context(mut self, ctx: &Context) -> Self {
+        self.method = Some(ctx.start_method());
+        self.executable = ctx.executable().cloned();
+        self
+    }
+
+    /// Starts the child. A process starts at most once.
+    pub fn start(&mut self) -> Result<()> {
+        if child::missing_init() {
+            return Err(Error::InvalidState(
+                "this process was spawned by multiproc but did not call multiproc::init() \
+                 first in main"
+                    .into(),
+            ));
+        }
+        let Some(target) = self.target.take() else {
+            return Err(Error::InvalidState(
+                "a process can be started only once".into(),
+            ));
+        };
+        let method = self.method.unwrap_or_else(start_method::use_default_method);
+        let name = self.name.get_or_insert_with(default_name).clone();
+        let running = match method {
+            StartMethod::Spawn => self.spawn(target, name)?,
+            StartMethod::Fork => self.fork(target, name)?,
+        };
+        self.running = Some(running);
+        Ok(())
+    }
+
+    fn spawn(&self, target: Box<dyn Target>, name: String) -> Result<Running> {
+        let payload = target.for_spawn()?;
+        let (parent_sock, child_sock) = sys::socket::socketpair()?;
+        let exe = self
+            .executable
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+        let argv0 = std::env::args_os().next();
+        let env = [(launch::CHILD_FD_ENV, child_sock.as_raw_fd().to_string())];
+        let pid = sys::process::spawn_exec(&exe, argv0.as_ref(), &env, child_sock.as_fd())?;
+        drop(child_sock);
+        let state = ChildState::new(pid, name.clone(), self.daemon);
+        registry::register(state.clone());
+        let me = current_process();
+        let launch = Launch {
+            identity: launch::identity().to_string(),
+            anchor_check: launch::anchor_check(),
+            entry_offset: launch::offset_of(payload.entry),
+            target_offset: launch::offset_of(payload.target),
+            args: payload.args,
+            fd_ids: payload.fds.iter().map(|(id, _)| *id).collect(),
+            name,
+            daemon: self.daemon,
+            parent_pid: me.pid,
+            parent_ticks: sys::process::own_start_ticks(),
+            parent_name: me.name,
+        };
+        let fds: Vec<_> = payload.fds.iter().map(|(_, fd)| fd.as_fd()).collect();
+        if let Err(e) = launch::send_launch(&parent_sock, &launch, &fds) {
+            // The child died before reading (it failed to start): join will say how.
+            tracing::debug!(pid, "cannot send the launch message: {e}");
+        }
+        Ok(Running::new(state, parent_sock))
+    }
+
+    fn fork(&self, target: Box<dyn Target>, name: String) -> Result<Running> {
+        use std::io::Write;
+        let (parent_sock, mut child_sock) = sys::socket::socketpair()?;
+        let _ = std::io::stdout().flush();
+        let me = current_process();
+        let parent_ticks = sys::process::own_start_ticks();
+        let forked = {
+            let mut children = registry::fork_guard();
+            let _segments = shm::fork_guard();
+            let forked = sys::process::fork()?;
+            if let Forked::Child = forked {
+                registry::forget_all(&mut children);
+            }
+            forked
+        };
+        match forked {
+            Forked::Child => {
+                drop(parent_sock);
+                current::become_child(name, self.daemon, me.pid, parent_ticks, me.name);
+                current::watch_parent_if_daemon();
+                let outcome = target.run_here();
+                finish(&mut child_sock, outcome)
+            }
+            Forked::Parent(pid) => {
+                drop(child_sock);
+                let state = ChildState::new(pid, name, self.daemon);
+                registry::register(state.clone());
+                Ok(Running::new(state, parent_sock))
+            }
+        }
+    }
+
+    fn running(&self) -> Result<&Running> {
+        self.running
+            .as_ref()
+            .ok_or_else(|| Error::InvalidState("the process was not started".into()))
+    }
+
+    /// Waits for the child to end and returns the target's result.
+    ///
+    /// A panic, a non-zero exit or a signal is [`Error::ChildFailed`] with the
+    /// detail; the result can be taken once.
+    pub fn join(&mut self) -> Result<R> {
+        self.join_deadline(Deadline::Never)
+    }
+
+    /// As [`Process::join`], giving up with `Err(Timeout)` after `timeout`
+    /// (the child keeps running; join again later).
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R> {
+        self.join_deadline(Deadline::after(timeout))
+    }
+
+    fn join_deadline(&mut self, deadline: Deadline) -> Result<R> {
+        let running = self
+            .running
+            .as_mut()
+            .ok_or_else(|| Error::InvalidState("join of a process that was not started".into()))?;
+        if self.joined {
+            return Err(Error::InvalidState(
+                "the result was already taken by an earlier join".into(),
+            ));
+        }
+        let status = running.wait(deadline)?;
+        self.joined = true;
+        running.result(status)
+    }
+
+    /// The child's pid, once started.
+    pub fn pid(&self) -> Option<i32> {
+        self.running.as_ref().map(|r| r.state.pid)
+    }
+
+    /// The process name.
+    pub fn get_name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+
+    /// Whether this is a daemon process.
+    pub fn is_daemon(&self) -> bool {
+        self.daemon
+    }
+
+    /// Whether the child has been started and has not ended.
+    pub fn is_alive(&self) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|r| r.state.try_reap().is_none())
+    }
+
+    /// Python's `exitcode`: `None` while running (or not started), the exit
+    /// code, or minus the signal that ended it.
+    pub fn exitcode(&self) -> Option<i32> {
+        self.running
+            .as_ref()
+            .and_then(|r| r.state.try_reap())
+            .map(ExitStatus::code)
+    }
+
+    /// Sends SIGTERM to the child.
+    pub fn terminate(&self) -> Result<()> {
+        Ok(self.running()?.state.signal(sys::process::signal::TERM)?)
+    }
+
+    /// Sends SIGKILL to the child.
+    pub fn kill(&self) -> Result<()> {
+        Ok(self.running()?.state.signal(sys::process::signal::KILL)?)
+    }
+}
+
+impl<R> Drop for Process<R> {
+    fn drop(&mut self) {
+        // A child still running stays in the registry, which reaps it later.
+        if let Some(r) = &self.running {
+            r.state.try_reap();
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.name)
+            .field("pid", &self.running.as_ref().map(|r| r.state.pid))
+            .field("daemon", &self.daemon)
+            .finish()
+    }
+}
+
+impl Running {
+    fn new(state: Arc<ChildState>, sock: UnixStream) -> Running {
+        let _ = sock.set_nonblocking(true);
+        let pidfd = sys::process::pidfd_open(state.pid).ok();
+        Running {
+            state,
+            pidfd,
+            sock,
+            received: Vec::new(),
+            eof: false,
+        }
+    }
+
+    /// Reads whatever outcome bytes have arrived.
+    fn pump(&mut self) {
+        let mut buf = [0u8; 64 * 1024];
+        while !self.eof {
+            match self.sock.read(&mut buf) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.received.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Waits until the child ended, draining its outcome meanwhile.
+    fn wait(&mut self, deadline: Deadline) -> Result<ExitStatus> {
+        loop {
+            self.pump();
+            if let Some(status) = self.state.try_reap() {
+                self.pump();
+                return Ok(status);
+            }
+            if deadline.expired() {
+                return Err(deadline.timeout_error());
+            }
+            let mut fds = Vec::with_capacity(2);
+            if !self.eof {
+                fds.push(self.sock.as_fd());
+            }
+            match &self.pidfd {
+                Some(p) => fds.push(p.as_fd()),
+                // Without pidfds, poll in short slices.
+                None if self.eof => std::thread::sleep(deadline.slice(Duration::from_millis(5))),
+                None => {}
+            }
+            if !fds.is_empty() {
+                let slice = if self.pidfd.is_some() {
+                    deadline.remaining()
+                } else {
+                    Some(deadline.slice(Duration::from_millis(5)))
+                };
+                sys::fd::poll(&fds, sys::fd::Interest::Read, slice)?;
+            }
+        }
+    }
+
+    /// Turns the received outcome and exit status into the join result.
+    fn result<R: Shareable>(&self, status: ExitStatus) -> Result<R> {
+        let pid = self.state.pid;
+        let (exitcode, signal) = match status {
+            ExitStatus::Exited(c) => (Some(c), None),
+            ExitStatus::Signaled(s) => (None, Some(s)),
+        };
+        let failed = |panic: Option<String>| Error::ChildFailed {
+            pid,
+            exitcode,
+            signal,
+            panic,
+        };
+        match Outcome::parse(&self.received) {
+            Some(Ok(Outcome::Returned(bytes))) => R::decode(&bytes),
+            Some(Ok(Outcome::Panicked(msg))) => Err(failed(Some(msg))),
+            Some(Ok(Outcome::Failed(msg))) => Err(Error::Remote(msg)),
+            Some(Ok(Outcome::Mismatch(msg))) => Err(Error::BinaryMismatch(msg)),
+            Some(Err(e)) => Err(e),
+            None if exitcode == Some(0) => Err(Error::ChildFailed {
+                pid,
+                exitcode,
+                signal,
+                panic: Some(
+                    "the child exited without reporting a result (under spawn, is \
+                         multiproc::init() the first line of main?)"
+                        .into(),
+                ),
+            }),
+            None => Err(failed(None)),
+        }
+    }
+}

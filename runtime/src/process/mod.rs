@@ -1,0 +1,47 @@
+//! Processes that run Rust functions: Python's `Process`, start methods and helpers.
+//!
+//! A target is any non-capturing `fn(A) -> R` whose argument and result are
+//! [`Shareable`](crate::Shareable). Under [`StartMethod::Spawn`] (the default)
+//! the child re-executes the current binary: [`init`] as the first line of
+//! `main` (or [`init_before_main!`](crate::init_before_main) in test files)
+//! runs the target there and exits. Under [`StartMethod::Fork`] the child is a
+//! fork, and a capturing closure may be a target too.
+
+mod child;
+mod child_process;
+mod current;
+mod launch;
+mod registry;
+mod start_method;
+
+pub use child::init;
+pub use child_process::Process;
+pub use current::{CurrentProcess, ParentProcess, current_process, parent_process};
+pub use registry::{ChildInfo, active_children};
+pub use start_method::{Context, StartMethod, get_context, get_start_method, set_start_method};
+
+/// The number of CPUs this process may use (Python's `cpu_count()`).
+pub fn cpu_count() -> usize {
+    crate::sys::process::cpu_count()
+}
+
+/// Runs [`init`] before `main`, so spawned children work in test binaries
+/// and other programs whose `main` you do not write (one line per binary).
+///
+/// ```
+/// // At the top of tests/my_test.rs:
+/// multiproc::init_before_main!();
+/// ```
+#[macro_export]
+macro_rules! init_before_main {
+    () => {
+        #[used]
+        #[unsafe(link_section = ".init_array")]
+        static __MULTIPROC_INIT_BEFORE_MAIN: extern "C" fn() = {
+            extern "C" fn __multiproc_init_before_main() {
+                $crate::init();
+            }
+            __multiproc_init_before_main
+        };
+    };
+}

@@ -1,0 +1,142 @@
+//! The children this process started: reaping, listing, cleanup at exit.
+//!
+//! Every started child has a [`ChildState`] shared by its [`Process`] handle
+//! and this registry, so whoever reaps it first records the exit status for
+//! both. Children whose handle was dropped early are reaped later: by
+//! [`active_children`], the next start, or at exit (where daemon children are
+//! terminated and the others waited for, as Python does).
+//!
+//! [`Process`]: crate::Process
+
+use std::sync::{Arc, LazyLock, Once};
+
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::sys;
+use crate::sys::process::ExitStatus;
+
+/// What this process knows of one child.
+#[derive(Debug)]
+pub(crate) struct ChildState {
+    pub pid: i32,
+    pub name: String,
+    pub daemon: bool,
+    status: Mutex<Option<ExitStatus>>,
+}
+
+impl ChildState {
+    pub fn new(pid: i32, name: String, daemon: bool) -> Arc<ChildState> {
+        Arc::new(ChildState {
+            pid,
+            name,
+            daemon,
+            status: Mutex::new(None),
+        })
+    }
+
+    /// The exit status if the child has ended (reaping it if needed).
+    pub fn try_reap(&self) -> Option<ExitStatus> {
+        let mut status = self.status.lock();
+        if status.is_none() {
+            match sys::process::try_wait(self.pid) {
+                Ok(s) => *status = s,
+                Err(e) => {
+                    // ECHILD: someone else reaped it (a waitpid(-1) elsewhere).
+                    tracing::warn!(pid = self.pid, "cannot reap child: {e}");
+                    *status = Some(ExitStatus::Exited(255));
+                }
+            }
+        }
+        *status
+    }
+
+    /// Blocks until the child ends; returns its status.
+    pub fn reap(&self) -> ExitStatus {
+        let mut status = self.status.lock();
+        if let Some(s) = *status {
+            return s;
+        }
+        let s = sys::process::wait(self.pid).unwrap_or(ExitStatus::Exited(255));
+        *status = Some(s);
+        s
+    }
+
+    /// Sends `signal` unless the child was already reaped (so a reused pid is never hit).
+    pub fn signal(&self, signal: i32) -> std::io::Result<()> {
+        let status = self.status.lock();
+        if status.is_some() {
+            return Ok(());
+        }
+        match sys::process::kill(self.pid, signal) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+static CHILDREN: LazyLock<Mutex<Vec<Arc<ChildState>>>> = LazyLock::new(|| Mutex::new(Vec::new()));
+static AT_EXIT: Once = Once::new();
+
+/// Held across `fork` so the child never inherits the list mid-update.
+pub(crate) fn fork_guard() -> MutexGuard<'static, Vec<Arc<ChildState>>> {
+    CHILDREN.lock()
+}
+
+/// Adds a started child and reaps finished ones.
+pub(crate) fn register(child: Arc<ChildState>) {
+    AT_EXIT.call_once(|| {
+        // SAFETY: registering a plain `extern "C" fn()` with the C runtime.
+        unsafe {
+            libc::atexit(at_exit);
+        }
+    });
+    let mut children = CHILDREN.lock();
+    children.retain(|c| c.try_reap().is_none());
+    children.push(child);
+}
+
+/// Called in a new forked child: the parent's children are not ours.
+pub(crate) fn forget_all(children: &mut Vec<Arc<ChildState>>) {
+    children.clear();
+}
+
+/// A running child process, as listed by [`active_children`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildInfo {
+    /// Its process id.
+    pub pid: i32,
+    /// Its name.
+    pub name: String,
+    /// Whether it is a daemon.
+    pub daemon: bool,
+}
+
+/// The children of this process that are still running; reaps finished ones
+/// (Python's `active_children()`).
+pub fn active_children() -> Vec<ChildInfo> {
+    let mut children = CHILDREN.lock();
+    children.retain(|c| c.try_reap().is_none());
+    children
+        .iter()
+        .map(|c| ChildInfo {
+            pid: c.pid,
+            name: c.name.clone(),
+            daemon: c.daemon,
+        })
+        .collect()
+}
+
+extern "C" fn at_exit() {
+    shutdown_children();
+}
+
+/// Terminates daemon children and waits for all children (at process exit).
+pub(crate) fn shutdown_children() {
+    let children: Vec<Arc<ChildState>> = std::mem::take(&mut *CHILDREN.lock());
+    for child in children.iter().filter(|c| c.daemon) {
+        let _ = child.signal(sys::process::signal::TERM);
+    }
+    for child in &children {
+        child.reap();
+    }
+}

@@ -1,0 +1,402 @@
+//! `Array<T>` and `RawArray<T>`: a fixed-length slice in shared memory.
+
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::handle::{HandleRepr, ShareHandle};
+use crate::shm::{Kind, ShmObject, ShmSafe, fingerprint};
+use crate::sync::{Acquired, Lock, RawLock};
+
+#[repr(C)]
+pub(crate) struct ArrayState {
+    lock: RawLock,
+    len: u64,
+}
+
+fn create<T: ShmSafe>(len: usize, fill: impl Fn(usize) -> T) -> Result<ShmObject<ArrayState>> {
+    let bytes = len
+        .checked_mul(std::mem::size_of::<T>())
+        .ok_or_else(|| Error::InvalidArgument(format!("array of {len} elements is too large")))?;
+    const { assert!(std::mem::align_of::<T>() <= 64) };
+    ShmObject::create(
+        Kind::Array,
+        fingerprint::<T>(),
+        bytes.max(1),
+        |state: *mut ArrayState, tail| {
+            // SAFETY: `create` hands us aligned, writable memory for the state
+            // and `bytes` writable bytes at `tail`, aligned to 64.
+            unsafe {
+                state.write(ArrayState {
+                    lock: RawLock::new(),
+                    len: len as u64,
+                });
+                let elems = tail.cast::<T>();
+                for i in 0..len {
+                    elems.add(i).write(fill(i));
+                }
+            }
+        },
+    )
+}
+
+fn open<T: ShmSafe>(repr: &HandleRepr) -> Result<ShmObject<ArrayState>> {
+    let obj: ShmObject<ArrayState> = ShmObject::open(
+        repr,
+        Kind::Array,
+        fingerprint::<T>(),
+        std::any::type_name::<T>(),
+    )?;
+    let len = obj.state().len;
+    let needed = len.checked_mul(std::mem::size_of::<T>() as u64);
+    if needed.is_none_or(|n| n > obj.tail_len() as u64) {
+        return Err(Error::Protocol("array length exceeds its segment".into()));
+    }
+    Ok(obj)
+}
+
+/// Shared-memory contents common to both array kinds.
+struct Elems<T> {
+    obj: ShmObject<ArrayState>,
+    _t: PhantomData<T>,
+}
+
+impl<T> Clone for Elems<T> {
+    fn clone(&self) -> Self {
+        Elems {
+            obj: self.obj.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: ShmSafe> Elems<T> {
+    fn len(&self) -> usize {
+        self.obj.state().len as usize
+    }
+
+    fn ptr(&self) -> *mut T {
+        self.obj.tail_ptr().cast()
+    }
+
+    fn check(&self, index: usize) -> Result<()> {
+        if index < self.len() {
+            Ok(())
+        } else {
+            Err(Error::IndexOutOfRange {
+                index,
+                len: self.len(),
+            })
+        }
+    }
+
+    fn read(&self, index: usize) -> Result<T> {
+        self.check(index)?;
+        // SAFETY: index is in bounds; elements are plain data, any bytes are valid.
+        Ok(unsafe { self.ptr().add(index).read_volatile() })
+    }
+
+    fn write(&self, index: usize, v: T) -> Result<()> {
+        self.check(index)?;
+        // SAFETY: index is in bounds; a plain copy of plain data.
+        unsafe { self.ptr().add(index).write_volatile(v) };
+        Ok(())
+    }
+
+    fn copy_out(&self) -> Vec<T> {
+        (0..self.len())
+            // SAFETY: i < len; elements are plain data.
+            .map(|i| unsafe { self.ptr().add(i).read_volatile() })
+            .collect()
+    }
+}
+
+/// A fixed-length array in shared memory, without a lock (Python's `RawArray`).
+///
+/// `get`/`set` copy single elements; for bulk zero-copy access use the
+/// `unsafe` slice views and coordinate writers yourself (or use [`Array`]).
+pub struct RawArray<T: ShmSafe> {
+    elems: Elems<T>,
+}
+
+impl<T: ShmSafe> Clone for RawArray<T> {
+    fn clone(&self) -> Self {
+        RawArray {
+            elems: self.elems.clone(),
+        }
+    }
+}
+
+impl<T: ShmSafe> RawArray<T> {
+    /// A shared array holding a copy of `values`.
+    pub fn new(values: &[T]) -> Result<Self> {
+        create(values.len(), |i| values[i]).map(|obj| RawArray {
+            elems: Elems {
+                obj,
+                _t: PhantomData,
+            },
+        })
+    }
+
+    /// A shared array of `len` copies of `value`.
+    pub fn from_elem(value: T, len: usize) -> Result<Self> {
+        create(len, |_| value).map(|obj| RawArray {
+            elems: Elems {
+                obj,
+                _t: PhantomData,
+            },
+        })
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.elems.len()
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy of element `index`.
+    pub fn get(&self, index: usize) -> Result<T> {
+        self.elems.read(index)
+    }
+
+    /// Overwrites element `index`.
+    pub fn set(&self, index: usize, v: T) -> Result<()> {
+        self.elems.write(index, v)
+    }
+
+    /// A copy of all elements.
+    pub fn to_vec(&self) -> Vec<T> {
+        self.elems.copy_out()
+    }
+
+    /// The elements as a slice, with no copy.
+    ///
+    /// # Safety
+    ///
+    /// No process may write the array while the slice is alive.
+    pub unsafe fn as_slice(&self) -> &[T] {
+        // SAFETY: the tail holds `len` initialised elements; the caller
+        // promises no concurrent writes.
+        unsafe { std::slice::from_raw_parts(self.elems.ptr(), self.len()) }
+    }
+
+    /// The elements as a mutable slice, with no copy.
+    ///
+    /// # Safety
+    ///
+    /// No other process or thread may read or write the array while the slice is alive.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn as_mut_slice(&self) -> &mut [T] {
+        // SAFETY: as above, and the caller promises exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.elems.ptr(), self.len()) }
+    }
+}
+
+/// A fixed-length array in shared memory with a process-shared lock (Python's `Array`).
+///
+/// ```
+/// let a = multiproc::Array::new(&[1i32, 2, 3]).unwrap();
+/// for x in a.lock().unwrap().iter_mut() {
+///     *x = -*x;
+/// }
+/// assert_eq!(a.to_vec(), vec![-1, -2, -3]);
+/// ```
+pub struct Array<T: ShmSafe> {
+    elems: Elems<T>,
+}
+
+impl<T: ShmSafe> Clone for Array<T> {
+    fn clone(&self) -> Self {
+        Array {
+            elems: self.elems.clone(),
+        }
+    }
+}
+
+impl<T: ShmSafe + std::fmt::Debug> std::fmt::Debug for Array<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Array").field(&self.to_vec()).finish()
+    }
+}
+
+impl<T: ShmSafe> Array<T> {
+    /// A shared array holding a copy of `values`.
+    pub fn new(values: &[T]) -> Result<Self> {
+        RawArray::new(values).map(|r| Array { elems: r.elems })
+    }
+
+    /// A shared array of `len` copies of `value`.
+    pub fn from_elem(value: T, len: usize) -> Result<Self> {
+        RawArray::from_elem(value, len).map(|r| Array { elems: r.elems })
+    }
+
+    /// The number of elements (fixed at creation).
+    pub fn len(&self) -> usize {
+        self.elems.len()
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn raw_lock(&self) -> &RawLock {
+        &self.elems.obj.state().lock
+    }
+
+    fn guard(&self, deadline: Deadline) -> Result<ArrayGuard<'_, T>> {
+        let acquired = self
+            .raw_lock()
+            .lock(deadline)
+            .ok_or_else(|| deadline.timeout_error())?;
+        Ok(ArrayGuard {
+            array: self,
+            acquired,
+        })
+    }
+
+    fn guard_forever(&self) -> ArrayGuard<'_, T> {
+        loop {
+            // A wait with no deadline only returns once it holds the lock.
+            if let Ok(guard) = self.guard(Deadline::Never) {
+                return guard;
+            }
+        }
+    }
+
+    /// Locks the array; the guard derefs to `[T]` (zero-copy, mutable).
+    pub fn lock(&self) -> Result<ArrayGuard<'_, T>> {
+        self.guard(Deadline::Never)
+    }
+
+    /// Locks the array if the lock is free; `Err(WouldBlock)` otherwise.
+    pub fn try_lock(&self) -> Result<ArrayGuard<'_, T>> {
+        self.guard(Deadline::Now).map_err(|_| Error::WouldBlock)
+    }
+
+    /// Waits at most `timeout` for the lock.
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<ArrayGuard<'_, T>> {
+        self.guard(Deadline::after(timeout))
+    }
+
+    /// A copy of element `index`, read under the lock.
+    pub fn get(&self, index: usize) -> Result<T> {
+        self.elems.check(index)?;
+        let guard = self.guard_forever();
+        Ok(guard[index])
+    }
+
+    /// Overwrites element `index` under the lock.
+    pub fn set(&self, index: usize, v: T) -> Result<()> {
+        self.elems.check(index)?;
+        let mut guard = self.guard_forever();
+        guard[index] = v;
+        Ok(())
+    }
+
+    /// A copy of all elements, taken under the lock.
+    pub fn to_vec(&self) -> Vec<T> {
+        self.guard_forever().to_vec()
+    }
+
+    /// The lock that guards this array (Python's `get_lock()`).
+    pub fn get_lock(&self) -> Lock {
+        Lock::from_parts(self.elems.obj.clone(), |s: &ArrayState| &s.lock)
+    }
+}
+
+/// The locked contents of an [`Array`], as a slice; releases the lock when dropped.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct ArrayGuard<'a, T: ShmSafe> {
+    array: &'a Array<T>,
+    acquired: Acquired,
+}
+
+impl<T: ShmSafe> ArrayGuard<'_, T> {
+    /// The pid of the previous holder if it died holding the lock.
+    pub fn owner_died(&self) -> Option<i32> {
+        match self.acquired {
+            Acquired::OwnerDied { pid } => Some(pid),
+            Acquired::Clean => None,
+        }
+    }
+}
+
+impl<T: ShmSafe> Deref for ArrayGuard<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: we hold the array's lock; the tail holds `len` initialised elements.
+        unsafe { std::slice::from_raw_parts(self.array.elems.ptr(), self.array.len()) }
+    }
+}
+
+impl<T: ShmSafe> DerefMut for ArrayGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: we hold the array's lock, so the elements are ours alone.
+        unsafe { std::slice::from_raw_parts_mut(self.array.elems.ptr(), self.array.len()) }
+    }
+}
+
+impl<T: ShmSafe> Drop for ArrayGuard<'_, T> {
+    fn drop(&mut self) {
+        self.array.raw_lock().unlock();
+    }
+}
+
+impl<T: ShmSafe> ShareHandle for Array<T> {
+    fn to_repr(&self) -> Result<HandleRepr> {
+        self.elems.obj.to_repr()
+    }
+    fn from_repr(repr: &HandleRepr) -> Result<Self> {
+        open::<T>(repr).map(|obj| Array {
+            elems: Elems {
+                obj,
+                _t: PhantomData,
+            },
+        })
+    }
+}
+
+impl<T: ShmSafe> ShareHandle for RawArray<T> {
+    fn to_repr(&self) -> Result<HandleRepr> {
+        self.elems.obj.to_repr()
+    }
+    fn from_repr(repr: &HandleRepr) -> Result<Self> {
+        open::<T>(repr).map(|obj| RawArray {
+            elems: Elems {
+                obj,
+                _t: PhantomData,
+            },
+        })
+    }
+}
+
+crate::impl_share_handle!(impl<T: ShmSafe> for Array<T>);
+crate::impl_share_handle!(impl<T: ShmSafe> for RawArray<T>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basics() {
+        let a = Array::new(&[1.5f64, 2.5]).unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a.get(1).unwrap(), 2.5);
+        a.set(0, 9.0).unwrap();
+        assert_eq!(a.to_vec(), vec![9.0, 2.5]);
+        assert!(matches!(
+            a.get(2),
+            Err(Error::IndexOutOfRange { index: 2, len: 2 })
+        ));
+        let empty = RawArray::<u8>::new(&[]).unwrap();
+        assert!(empty.is_empty());
+        assert!(empty.to_vec().is_empty());
+    }
+}

@@ -1,0 +1,10 @@
+//! Shared segments: anonymous memory that several processes map.
+
+mod object;
+mod segment;
+mod shm_safe;
+
+pub use object::{Kind, ObjectHeader, ShmObject, fingerprint, fingerprint_str};
+pub use segment::Segment;
+pub(crate) use segment::fork_guard;
+pub use shm_safe::ShmSafe;

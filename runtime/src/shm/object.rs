@@ -1,0 +1,247 @@
+//! A typed object in its own segment, behind a checked header.
+//!
+//! Every shared object (a Value, a Lock, a Queue …) is a segment that starts
+//! with an [`ObjectHeader`] naming its kind and a fingerprint of its type, then
+//! the object's `#[repr(C)]` state, then an optional tail of bytes (an array's
+//! elements, a queue's ring). A handle decoded in another process checks the
+//! header before use, so a handle of the wrong kind or type is an error.
+
+use std::marker::PhantomData;
+
+use crate::error::{Error, Result};
+use crate::handle::HandleRepr;
+use crate::shm::Segment;
+
+const MAGIC: u32 = u32::from_le_bytes(*b"MPRC");
+const VERSION: u32 = 1;
+/// Where the object's state starts: one cache line after the segment start.
+const BODY_OFFSET: usize = 64;
+
+/// The kinds of shared objects, recorded in each segment header.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Kind {
+    Value = 1,
+    Array = 2,
+    Lock = 3,
+    RLock = 4,
+    Semaphore = 5,
+    Condition = 6,
+    Event = 7,
+    Barrier = 8,
+    Queue = 9,
+    Channel = 10,
+    Other = 99,
+}
+
+/// The first bytes of every object segment.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ObjectHeader {
+    magic: u32,
+    version: u32,
+    kind: u32,
+    _pad: u32,
+    fingerprint: u64,
+    tail_len: u64,
+}
+
+/// A fingerprint of a type, the same in every process running the same binary.
+pub fn fingerprint<T: ?Sized>() -> u64 {
+    fingerprint_str(std::any::type_name::<T>())
+}
+
+/// FNV-1a of a type name: stable across processes and builds of one binary.
+pub fn fingerprint_str(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A shared object whose state is a `T` (made of atomics and plain data).
+pub struct ShmObject<T> {
+    seg: Segment,
+    /// Where the `T` sits in the segment: `BODY_OFFSET`, or inside another
+    /// object's state for embedded locks.
+    offset: usize,
+    _state: PhantomData<T>,
+}
+
+impl<T> Clone for ShmObject<T> {
+    fn clone(&self) -> Self {
+        ShmObject {
+            seg: self.seg.clone(),
+            offset: self.offset,
+            _state: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for ShmObject<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmObject")
+            .field("segment", &self.seg)
+            .finish()
+    }
+}
+
+// SAFETY: the state `T` is only reached through `&T`, and every `T` used
+// here is made of atomics or is guarded by a lock inside the segment.
+unsafe impl<T: Sync> Send for ShmObject<T> {}
+// SAFETY: as above.
+unsafe impl<T: Sync> Sync for ShmObject<T> {}
+
+fn tail_offset<T>() -> usize {
+    let end = BODY_OFFSET + std::mem::size_of::<T>();
+    end.next_multiple_of(64)
+}
+
+impl<T> ShmObject<T> {
+    /// Creates the segment; `init` writes the initial state into the
+    /// zero-filled memory before any other process can see it.
+    pub fn create(
+        kind: Kind,
+        fingerprint: u64,
+        tail_len: usize,
+        init: impl FnOnce(*mut T, *mut u8),
+    ) -> Result<Self> {
+        const { assert!(std::mem::align_of::<T>() <= BODY_OFFSET) };
+        let total = tail_offset::<T>()
+            .checked_add(tail_len)
+            .ok_or_else(|| Error::InvalidArgument("object too large".into()))?;
+        let seg = Segment::create(total)?;
+        let base = seg.as_ptr();
+        // SAFETY: the mapping is `total` bytes, fresh and private to us until
+        // returned; the header fits at offset 0, `T` at BODY_OFFSET (aligned:
+        // mappings are page-aligned and align_of::<T>() <= 64), the tail after.
+        unsafe {
+            init(
+                base.add(BODY_OFFSET).cast::<T>(),
+                base.add(tail_offset::<T>()),
+            );
+            base.cast::<ObjectHeader>().write(ObjectHeader {
+                magic: MAGIC,
+                version: VERSION,
+                kind: kind as u32,
+                _pad: 0,
+                fingerprint,
+                tail_len: tail_len as u64,
+            });
+        }
+        Ok(ShmObject {
+            seg,
+            offset: BODY_OFFSET,
+            _state: PhantomData,
+        })
+    }
+
+    /// A view of a `T` that lives inside another object's state.
+    pub fn from_embedded<U>(outer: ShmObject<U>, field: fn(&U) -> &T) -> ShmObject<T> {
+        let base = outer.seg.as_ptr() as usize;
+        let offset = field(outer.state()) as *const T as usize - base;
+        ShmObject {
+            seg: outer.seg,
+            offset,
+            _state: PhantomData,
+        }
+    }
+
+    /// Opens a decoded handle to a `T` that is either a whole object of `kind`
+    /// or embedded in another object (see [`ShmObject::from_embedded`]).
+    ///
+    /// `T` must be valid for any bit pattern (atomics only), since an embedded
+    /// handle is checked for bounds and alignment but not for kind.
+    pub fn open_embedded(repr: &HandleRepr, kind: Kind) -> Result<Self> {
+        if repr.offset as usize == BODY_OFFSET {
+            return Self::open(repr, kind, 0, std::any::type_name::<T>());
+        }
+        let seg = Segment::from_repr_any(repr)?;
+        Self::check_header(&seg)?;
+        let offset = usize::try_from(repr.offset)
+            .map_err(|_| Error::Protocol("embedded object offset out of range".into()))?;
+        let fits = offset
+            .checked_add(std::mem::size_of::<T>())
+            .is_some_and(|end| end <= seg.len());
+        if offset < BODY_OFFSET || !fits || offset % std::mem::align_of::<T>() != 0 {
+            return Err(Error::Protocol("embedded object out of bounds".into()));
+        }
+        Ok(ShmObject {
+            seg,
+            offset,
+            _state: PhantomData,
+        })
+    }
+
+    fn check_header(seg: &Segment) -> Result<&ObjectHeader> {
+        if seg.len() < BODY_OFFSET {
+            return Err(Error::Protocol("shared object segment too small".into()));
+        }
+        // SAFETY: the segment is at least BODY_OFFSET > size_of::<ObjectHeader>() long,
+        // and mappings are page-aligned.
+        let header = unsafe { &*seg.as_ptr().cast::<ObjectHeader>() };
+        if header.magic != MAGIC || header.version != VERSION {
+            return Err(Error::Protocol("not a multiproc object segment".into()));
+        }
+        Ok(header)
+    }
+
+    /// Opens a decoded handle, checking kind, fingerprint and size.
+    pub fn open(repr: &HandleRepr, kind: Kind, fingerprint: u64, type_name: &str) -> Result<Self> {
+        let seg = Segment::from_repr_any(repr)?;
+        if repr.offset as usize != BODY_OFFSET || seg.len() < tail_offset::<T>() {
+            return Err(Error::Protocol("shared object handle is malformed".into()));
+        }
+        let header = Self::check_header(&seg)?;
+        if header.kind != kind as u32 {
+            return Err(Error::TypeMismatch {
+                expected: format!("{kind:?}"),
+                found: format!("object kind {}", header.kind),
+            });
+        }
+        if header.fingerprint != fingerprint {
+            return Err(Error::TypeMismatch {
+                expected: type_name.to_string(),
+                found: format!("another type (fingerprint {:016x})", header.fingerprint),
+            });
+        }
+        if (seg.len() as u64) < tail_offset::<T>() as u64 + header.tail_len {
+            return Err(Error::Protocol("shared object tail is truncated".into()));
+        }
+        Ok(ShmObject {
+            seg,
+            offset: BODY_OFFSET,
+            _state: PhantomData,
+        })
+    }
+
+    /// Encodes a handle to this object.
+    pub fn to_repr(&self) -> Result<HandleRepr> {
+        self.seg.to_repr_with(self.offset as u64, 0)
+    }
+
+    /// The object's state.
+    pub fn state(&self) -> &T {
+        // SAFETY: `create`, `open` or `open_embedded` checked that the segment
+        // holds an aligned `T` at `offset`, and the mapping lives as long as `self`.
+        unsafe { &*self.seg.as_ptr().add(self.offset).cast::<T>() }
+    }
+
+    /// The start of the tail bytes.
+    pub fn tail_ptr(&self) -> *mut u8 {
+        // SAFETY: tail_offset::<T>() is within the segment (checked in create/open).
+        unsafe { self.seg.as_ptr().add(tail_offset::<T>()) }
+    }
+
+    /// The tail's length in bytes.
+    pub fn tail_len(&self) -> usize {
+        // SAFETY: the header was written in create and checked in open.
+        let header = unsafe { &*self.seg.as_ptr().cast::<ObjectHeader>() };
+        header.tail_len as usize
+    }
+
+    /// The segment behind the object.
+    pub fn segment(&self) -> &Segment {
+        &self.seg
+    }
+}

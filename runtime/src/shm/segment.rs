@@ -1,0 +1,193 @@
+//! One anonymous shared mapping, reference-counted within a process.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, LazyLock, Weak};
+
+use memmap2::{MmapOptions, MmapRaw};
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+use crate::handle::{self, HandleRepr, ShareHandle};
+use crate::sys;
+
+/// Live segments of this process by id, so a handle decoded twice maps once.
+static LIVE: LazyLock<Mutex<HashMap<u64, Weak<Inner>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Held across `fork` so the child never inherits the table mid-update.
+pub(crate) fn fork_guard() -> MutexGuard<'static, HashMap<u64, Weak<Inner>>> {
+    LIVE.lock()
+}
+
+/// A shared memory segment: a memfd and its mapping.
+///
+/// Cloning is cheap (the mapping is shared within the process). The memory
+/// lives as long as any process holds a descriptor or a mapping of it; it has
+/// no name anywhere, so a killed process leaks nothing.
+#[derive(Clone)]
+pub struct Segment {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    id: u64,
+    fd: OwnedFd,
+    map: MmapRaw,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let mut live = LIVE.lock();
+        if live.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
+            live.remove(&self.id);
+        }
+    }
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("id", &format_args!("{:016x}", self.inner.id))
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+fn new_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Ids need only be unique, not secret; fall back to time and pid on failure.
+    if getrandom::fill(&mut bytes).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = (t ^ ((sys::process::getpid() as u64) << 40)).to_ne_bytes();
+    }
+    u64::from_ne_bytes(bytes) | 1
+}
+
+impl Segment {
+    /// Creates a zero-filled segment of `len` bytes (at least one).
+    pub fn create(len: usize) -> Result<Segment> {
+        if len == 0 {
+            return Err(Error::InvalidArgument(
+                "a segment needs at least one byte".into(),
+            ));
+        }
+        let id = new_id();
+        let fd = sys::memfd::memfd_create(&format!("multiproc-{id:016x}"), len as u64)?;
+        Self::map(id, fd, len)
+    }
+
+    fn map(id: u64, fd: OwnedFd, len: usize) -> Result<Segment> {
+        let map = MmapOptions::new().len(len).map_raw(&fd)?;
+        let inner = Arc::new(Inner { id, fd, map });
+        LIVE.lock().insert(id, Arc::downgrade(&inner));
+        Ok(Segment { inner })
+    }
+
+    /// Maps the segment with this id and descriptor, or reuses this process's mapping.
+    fn attach(repr: &HandleRepr) -> Result<Segment> {
+        if let Some(inner) = LIVE.lock().get(&repr.id).and_then(Weak::upgrade) {
+            return Ok(Segment { inner });
+        }
+        let fd = handle::decode_fd(repr).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot open shared segment {:016x} from process {} (is it still alive?): {e}",
+                    repr.id, repr.pid
+                ),
+            ))
+        })?;
+        let len = sys::memfd::file_len(fd.as_fd())? as usize;
+        if len == 0 {
+            return Err(Error::Protocol("shared segment has zero length".into()));
+        }
+        Self::map(repr.id, fd, len)
+    }
+
+    /// The segment's length in bytes.
+    pub fn len(&self) -> usize {
+        self.inner.map.len()
+    }
+
+    /// Always false: a segment holds at least one byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The start of the mapping. Valid for `len()` bytes while `self` lives.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.inner.map.as_mut_ptr()
+    }
+
+    /// The segment's identity, the same in every process that maps it.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The descriptor behind the mapping.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.inner.fd.as_fd()
+    }
+
+    /// Encodes this segment with kind-specific data (see [`crate::handle`]).
+    pub fn to_repr_with(&self, offset: u64, extra: u64) -> Result<HandleRepr> {
+        handle::encode_fd(self.id(), self.fd(), offset, extra)
+    }
+
+    /// Rebuilds the segment named by `repr` in this process.
+    pub fn from_repr_any(repr: &HandleRepr) -> Result<Segment> {
+        Self::attach(repr)
+    }
+}
+
+impl ShareHandle for Segment {
+    fn to_repr(&self) -> Result<HandleRepr> {
+        self.to_repr_with(0, 0)
+    }
+
+    fn from_repr(repr: &HandleRepr) -> Result<Self> {
+        Self::attach(repr)
+    }
+}
+
+crate::impl_share_handle!(impl<> for Segment);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_write_read() {
+        let seg = Segment::create(4096).unwrap();
+        // SAFETY: the mapping is 4096 bytes long and only this test uses it.
+        unsafe {
+            seg.as_ptr().write(7);
+            assert_eq!(seg.as_ptr().read(), 7);
+        }
+        assert_eq!(seg.len(), 4096);
+    }
+
+    #[test]
+    fn zero_length_is_rejected() {
+        assert!(matches!(Segment::create(0), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn decoding_in_the_same_process_reuses_the_mapping() {
+        let seg = Segment::create(64).unwrap();
+        let repr = seg.to_repr().unwrap();
+        let again = Segment::from_repr(&repr).unwrap();
+        assert_eq!(again.as_ptr(), seg.as_ptr());
+    }
+
+    #[test]
+    fn reopen_through_proc_after_cache_miss() {
+        let seg = Segment::create(64).unwrap();
+        let repr = seg.to_repr().unwrap();
+        let fd = handle::decode_fd(&repr).unwrap();
+        assert_eq!(sys::memfd::file_len(fd.as_fd()).unwrap(), 64);
+    }
+}

@@ -1,0 +1,90 @@
+//! File-descriptor helpers: close-on-exec flags, dup, poll.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use super::{retry_eintr, syscall};
+
+/// Sets or clears `FD_CLOEXEC` on `fd`.
+pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> std::io::Result<()> {
+    let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFD))?;
+    let new = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    if new != flags {
+        syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFD, new))?;
+    }
+    Ok(())
+}
+
+/// Duplicates `fd` onto exactly `target`, clearing close-on-exec on the copy.
+pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> std::io::Result<()> {
+    if fd.as_raw_fd() == target {
+        return set_cloexec(fd, false);
+    }
+    retry_eintr(|| syscall!(dup2(fd.as_raw_fd(), target)))?;
+    Ok(())
+}
+
+/// Takes ownership of a raw descriptor number this process holds.
+///
+/// Returns `None` if `fd` is not open.
+pub fn own_inherited(fd: RawFd) -> Option<OwnedFd> {
+    syscall!(fcntl(fd, libc::F_GETFD)).ok()?;
+    // SAFETY: the descriptor is open (F_GETFD succeeded) and was handed to this
+    // process for it to own; nothing else in the process refers to it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Which condition to poll a descriptor for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    /// Data to read, or the peer hung up.
+    Read,
+    /// Room to write.
+    Write,
+}
+
+/// Waits until one of `fds` is ready for `interest` or `timeout` passes.
+///
+/// Returns the indices of the ready descriptors (hang-up and error count as ready).
+pub fn poll(
+    fds: &[BorrowedFd<'_>],
+    interest: Interest,
+    timeout: Option<Duration>,
+) -> std::io::Result<Vec<usize>> {
+    let events = match interest {
+        Interest::Read => libc::POLLIN,
+        Interest::Write => libc::POLLOUT,
+    };
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events,
+            revents: 0,
+        })
+        .collect();
+    let ms = match timeout {
+        None => -1,
+        Some(d) => d.as_millis().min(i32::MAX as u128) as libc::c_int,
+    };
+    // Round sub-millisecond timeouts up so a short wait is not a busy loop.
+    let ms = match timeout {
+        Some(d) if ms == 0 && !d.is_zero() => 1,
+        _ => ms,
+    };
+    let n = syscall!(poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms));
+    match n {
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(Vec::new()),
+        Err(e) => Err(e),
+        Ok(_) => Ok(pfds
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.revents != 0)
+            .map(|(i, _)| i)
+            .collect()),
+    }
+}

@@ -1,0 +1,108 @@
+//! Unix stream sockets that carry descriptors (SCM_RIGHTS).
+
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use super::{retry_eintr, syscall};
+
+/// Most descriptors one message may carry.
+pub const MAX_FDS: usize = 253;
+
+/// A connected pair of close-on-exec Unix stream sockets.
+pub fn socketpair() -> std::io::Result<(UnixStream, UnixStream)> {
+    UnixStream::pair()
+}
+
+/// Sends all of `data`, with `fds` attached to the first byte, ignoring SIGPIPE.
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(std::io::Error::other("too many descriptors in one message"));
+    }
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let space = if raw.is_empty() {
+        0
+    } else {
+        // SAFETY: CMSG_SPACE only computes a size.
+        unsafe { libc::CMSG_SPACE(std::mem::size_of_val(raw.as_slice()) as u32) as usize }
+    };
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let mut sent = 0usize;
+    while sent < data.len() || (sent == 0 && data.is_empty()) {
+        let iov = [IoSlice::new(&data[sent..])];
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = 1;
+        if sent == 0 && !raw.is_empty() {
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            // SAFETY: msg_control points to `space` bytes, enough for one
+            // header holding `raw.len()` descriptors (CMSG_SPACE above).
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len =
+                    libc::CMSG_LEN(std::mem::size_of_val(raw.as_slice()) as u32) as _;
+                std::ptr::copy_nonoverlapping(
+                    raw.as_ptr(),
+                    libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+                    raw.len(),
+                );
+            }
+        }
+        let n = retry_eintr(|| syscall!(sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)))?;
+        if data.is_empty() {
+            break;
+        }
+        sent += n as usize;
+    }
+    Ok(())
+}
+
+/// Receives up to `buf.len()` bytes and any descriptors sent with them.
+///
+/// Returns the byte count (0 at end of stream) and the descriptors, now owned.
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space =
+        unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) as usize };
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let n = retry_eintr(|| syscall!(recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC)))?;
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled msg_control with well-formed headers; we walk
+    // them with the CMSG macros and take ownership of each SCM_RIGHTS descriptor once.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((n as usize, fds))
+}

@@ -1,0 +1,62 @@
+//! # multiproc
+//!
+//! Python's `multiprocessing`, rebuilt in Rust on shared memory.
+//!
+//! ## Start a process
+//!
+//! A target is any non-capturing `fn(A) -> R`; the argument and the result
+//! travel encoded. Call [`init`] first in `main`: in a child started by the
+//! default spawn method it runs the target and exits.
+//!
+//! ```
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! fn main() {
+//!     multiproc::init();
+//!     let mut p = multiproc::Process::new(square, 12);
+//!     p.start().unwrap();
+//!     assert_eq!(p.join().unwrap(), 144);
+//! }
+//! ```
+//!
+//! In integration-test files (where the harness owns `main`) write
+//! `multiproc::init_before_main!();` once at the top instead.
+//!
+//! ## Share a value
+//!
+//! [`Value`] and [`Array`] live in shared segments; handles to them can be
+//! passed to children as arguments, under both start methods.
+//!
+//! ```
+//! use multiproc::{Process, Value};
+//!
+//! fn add_many(counter: Value<u64>) {
+//!     for _ in 0..1000 {
+//!         *counter.lock().unwrap() += 1;
+//!     }
+//! }
+//!
+//! fn main() {
+//!     multiproc::init();
+//!     let counter = Value::new(0u64).unwrap();
+//!     let mut workers: Vec<_> = (0..2)
+//!         .map(|_| Process::new(add_many, counter.clone()))
+//!         .collect();
+//!     for w in &mut workers {
+//!         w.start().unwrap();
+//!     }
+//!     for w in &mut workers {
+//!         w.join().unwrap();
+//!     }
+//!     assert_eq!(counter.get(), 2000);
+//! }
+//! ```
+//!
+//! ## Errors
+//!
+//! Every fallible call returns [`Result`] with the one [`Error`] enum; blocking
+//! calls come as `x`, `try_x` and `x_timeout(Duration)`.
+
+pub use multiproc_runtime::*;

@@ -1,0 +1,126 @@
+//! Value and Array shared across processes, with and without their locks.
+
+mod util;
+
+use multiproc::{Array, Error, Lock, Process, RawValue, StartMethod, Value};
+use util::PROMPTLY;
+
+multiproc::init_before_main!();
+
+const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
+
+fn add_locked(counter: Value<u64>) {
+    for _ in 0..10_000 {
+        *counter.lock().unwrap() += 1;
+    }
+}
+
+fn add_atomic(counter: RawValue<u64>) {
+    for _ in 0..10_000 {
+        counter.fetch_add(1);
+    }
+}
+
+fn negate(a: Array<f64>) {
+    for x in a.lock().unwrap().iter_mut() {
+        *x = -*x;
+    }
+}
+
+fn run_all<A: multiproc::Shareable + Clone>(method: StartMethod, f: fn(A), arg: &A, n: usize) {
+    let mut ps: Vec<_> = (0..n)
+        .map(|_| Process::new(f, arg.clone()).start_method(method))
+        .collect();
+    for p in &mut ps {
+        p.start().unwrap();
+    }
+    for p in &mut ps {
+        p.join_timeout(PROMPTLY * 3).unwrap();
+    }
+}
+
+#[test]
+fn four_processes_count_exactly_under_the_lock() {
+    for m in METHODS {
+        let counter = Value::new(0u64).unwrap();
+        run_all(m, add_locked, &counter, 4);
+        assert_eq!(counter.get(), 40_000, "{m:?}");
+    }
+}
+
+#[test]
+fn four_processes_count_exactly_with_fetch_add() {
+    for m in METHODS {
+        let counter = RawValue::new(0u64).unwrap();
+        run_all(m, add_atomic, &counter, 4);
+        assert_eq!(counter.load(), 40_000, "{m:?}");
+    }
+}
+
+#[test]
+fn a_child_negates_an_array() {
+    for m in METHODS {
+        let values: Vec<f64> = (0..10).map(f64::from).collect();
+        let a = Array::new(&values).unwrap();
+        run_all(m, negate, &a, 1);
+        let expected: Vec<f64> = values.iter().map(|x| -x).collect();
+        assert_eq!(a.to_vec(), expected, "{m:?}");
+    }
+}
+
+fn hold_lock_and_report(lock: Lock) -> i32 {
+    let guard = lock.lock().unwrap();
+    std::mem::forget(guard);
+    multiproc::current_process().pid
+}
+
+fn die_holding(lock: Lock) {
+    std::mem::forget(lock.lock().unwrap());
+    // SAFETY: kill(2) on our own pid; the process ends here.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+}
+
+#[test]
+fn a_lock_whose_holder_died_is_handed_over() {
+    for m in METHODS {
+        let lock = Lock::new().unwrap();
+        // The holder exits normally but never releases.
+        let mut p = Process::new(hold_lock_and_report, lock.clone()).start_method(m);
+        p.start().unwrap();
+        let holder = p.join_timeout(PROMPTLY).unwrap();
+        let guard = lock.lock_timeout(PROMPTLY).unwrap();
+        assert_eq!(guard.owner_died(), Some(holder), "{m:?}");
+        drop(guard);
+        // The holder is SIGKILLed while holding it.
+        let mut p = Process::new(die_holding, lock.clone()).start_method(m);
+        p.start().unwrap();
+        assert!(matches!(
+            p.join_timeout(PROMPTLY),
+            Err(Error::ChildFailed {
+                signal: Some(9),
+                ..
+            })
+        ));
+        let acquired = lock.acquire_timeout(PROMPTLY).unwrap();
+        assert_eq!(
+            acquired,
+            multiproc::Acquired::OwnerDied {
+                pid: p.pid().unwrap()
+            }
+        );
+        lock.release().unwrap();
+        assert!(util::shm_leaks().is_empty());
+    }
+}
+
+#[test]
+fn value_lock_is_the_get_lock_handle() {
+    let v = Value::new(1i32).unwrap();
+    let l = v.get_lock();
+    let g = l.lock().unwrap();
+    assert!(matches!(v.try_lock(), Err(Error::WouldBlock)));
+    drop(g);
+    assert_eq!(v.get(), 1);
+}
