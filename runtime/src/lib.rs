@@ -4,22 +4,26 @@
 //! crate's public items; its documentation is the tutorial.
 
 pub mod codec;
+pub mod connection;
 pub mod deadline;
 pub mod error;
 pub mod handle;
 pub mod process;
+pub mod queue;
 pub mod sharedctypes;
 pub mod shm;
 pub mod sync;
 pub mod sys;
 
 pub use codec::Shareable;
+pub use connection::{Connection, Pipe};
 pub use error::{Error, Result};
 pub use process::{
     ChildInfo, Context, CurrentProcess, ParentProcess, Process, StartMethod, active_children,
     cpu_count, current_process, get_context, get_start_method, init, parent_process,
     set_start_method,
 };
+pub use queue::{JoinableQueue, Queue, SimpleQueue};
 pub use sharedctypes::{Array, ArrayGuard, AtomicInt, RawArray, RawValue, Value, ValueGuard};
 pub use shm::{Segment, ShmSafe};
 pub use sync::{Acquired, Lock, LockGuard};
