@@ -49,3 +49,20 @@ fn shared_value() {
         ],
     );
 }
+
+#[test]
+fn queue_pipe() {
+    run(
+        "queue_pipe",
+        &[
+            "queue: received 100000 items from a child (sum 4999950000)",
+            "joinable: join() returned, unfinished tasks: 0",
+            "sum of squares 1..=10: 385",
+            "a task_done too many is Some(InvalidState(",
+            "got back \"HELLO\"",
+            "poll with nothing sent: false",
+            "the server answered 10001 messages",
+            "recv on a closed end is Closed: true",
+        ],
+    );
+}

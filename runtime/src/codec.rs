@@ -27,6 +27,8 @@ use crate::error::{Error, Result};
 pub trait Shareable: Sized + Send + 'static {
     /// Encodes `self` into bytes.
     fn encode(&self) -> Result<AlignedVec>;
+    /// Encodes `self` into `out`, replacing its contents but reusing its allocation.
+    fn encode_into(&self, out: &mut AlignedVec) -> Result<()>;
     /// Checks and decodes bytes made by [`Shareable::encode`].
     fn decode(bytes: &[u8]) -> Result<Self>;
 }
@@ -42,6 +44,13 @@ where
 {
     fn encode(&self) -> Result<AlignedVec> {
         rkyv::to_bytes::<rancor::Error>(self).map_err(Error::codec)
+    }
+
+    fn encode_into(&self, out: &mut AlignedVec) -> Result<()> {
+        let mut buf = std::mem::take(out);
+        buf.clear();
+        *out = rkyv::api::high::to_bytes_in::<_, rancor::Error>(self, buf).map_err(Error::codec)?;
+        Ok(())
     }
 
     fn decode(bytes: &[u8]) -> Result<Self> {

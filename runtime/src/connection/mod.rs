@@ -121,6 +121,7 @@ pub struct Pipe;
 
 impl Pipe {
     /// A two-way pipe: messages sent at either end arrive at the other.
+    #[allow(clippy::new_ret_no_self, reason = "Python's Pipe() returns both ends")]
     pub fn new<T: Shareable>() -> Result<(Connection<T>, Connection<T>)> {
         Self::with_capacity(true, DEFAULT_PIPE_CAPACITY)
     }
@@ -130,7 +131,8 @@ impl Pipe {
         Self::with_capacity(false, DEFAULT_PIPE_CAPACITY)
     }
 
-    /// A pipe whose ring in each direction holds `bytes` bytes (at least 256).
+    /// A pipe whose ring in each direction holds `bytes` bytes (rounded up to a
+    /// power of two, at least 256).
     /// One-way pipes return `(reader, writer)`.
     pub fn with_capacity<T: Shareable>(
         duplex: bool,
@@ -138,7 +140,10 @@ impl Pipe {
     ) -> Result<(Connection<T>, Connection<T>)> {
         let (fp, _) = connection_fingerprint::<T>();
         let (a, b) = ShmEnd::pair(fp, duplex, bytes)?;
-        Ok((Connection::new(Transport::Shm(a)), Connection::new(Transport::Shm(b))))
+        Ok((
+            Connection::new(Transport::Shm(a)),
+            Connection::new(Transport::Shm(b)),
+        ))
     }
 }
 
@@ -151,7 +156,8 @@ impl Pipe {
 /// or by dropping it in the process that owns it) or its owner dies, `recv`
 /// returns the messages still in the pipe and then [`Error::Closed`]; `send`
 /// fails with `Closed`. A dead peer is noticed within about 100 ms by a
-/// waiting `recv`, and at once by `send`. An end is owned by the process that
+/// waiting `recv` (at once by `try_recv` and `poll`), and within a few
+/// milliseconds by `send`. An end is owned by the process that
 /// last used it or received it (as a process argument or inside a message);
 /// an end never used anywhere is not owned, so it closes only explicitly.
 /// Closing an end closes it for every process that holds it.
@@ -195,8 +201,7 @@ impl<T: Shareable> Connection<T> {
     }
 
     fn send_deadline(&self, item: &T, deadline: Deadline) -> Result<()> {
-        let bytes = item.encode()?;
-        self.transport.send_bytes(&bytes, deadline)
+        crate::queue::with_encoded(item, |bytes| self.transport.send_bytes(bytes, deadline))
     }
 
     /// Sends a raw byte string (received whole by `recv_bytes`).
@@ -315,9 +320,13 @@ impl<T: Shareable> ShareHandle for Connection<T> {
         match repr.extra >> 8 {
             TRANSPORT_SHM => {
                 let (fp, name) = connection_fingerprint::<T>();
-                Ok(Connection::new(Transport::Shm(ShmEnd::open(repr, fp, &name)?)))
+                Ok(Connection::new(Transport::Shm(ShmEnd::open(
+                    repr, fp, &name,
+                )?)))
             }
-            other => Err(Error::Protocol(format!("unknown connection transport {other}"))),
+            other => Err(Error::Protocol(format!(
+                "unknown connection transport {other}"
+            ))),
         }
     }
 }

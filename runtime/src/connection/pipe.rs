@@ -26,6 +26,8 @@ use crate::sys;
 pub const DEFAULT_PIPE_CAPACITY: usize = 256 << 10;
 
 const PID_MASK: u64 = 0x7FFF_FFFF;
+/// How often a send checks that the reader still lives.
+const LIVENESS_PERIOD_MS: u64 = 2;
 
 /// One end's record in the segment.
 #[repr(C)]
@@ -108,6 +110,8 @@ pub(crate) struct ShmEnd {
     duplex: bool,
     /// This handle was encoded (sent to another process): dropping it does not close the end.
     sent: AtomicBool,
+    /// When a send last checked the reader's liveness (coarse clock, milliseconds).
+    last_check_ms: AtomicU64,
     watch: Mutex<PeerWatch>,
 }
 
@@ -131,7 +135,8 @@ struct PipeEnds<'a> {
 
 impl PipeEnds<'_> {
     fn gone(&self, thorough: bool) -> bool {
-        if self.me.closed.load(Ordering::SeqCst) != 0 || self.peer.closed.load(Ordering::SeqCst) != 0
+        if self.me.closed.load(Ordering::SeqCst) != 0
+            || self.peer.closed.load(Ordering::SeqCst) != 0
         {
             return true;
         }
@@ -159,9 +164,12 @@ impl Ends for PipeEnds<'_> {
 
 impl ShmEnd {
     /// A new pipe: `(end 0, end 1)`; one-way pipes read at end 0 and write at end 1.
-    pub(crate) fn pair(fingerprint: u64, duplex: bool, capacity: usize) -> Result<(ShmEnd, ShmEnd)> {
-        let cap = (capacity as u64).next_multiple_of(8);
-        ring::check_capacity(cap)?;
+    pub(crate) fn pair(
+        fingerprint: u64,
+        duplex: bool,
+        capacity: usize,
+    ) -> Result<(ShmEnd, ShmEnd)> {
+        let cap = ring::capacity_for(capacity)?;
         let tail = if duplex { 2 * cap } else { cap };
         let me = my_word();
         let obj = ShmObject::create(
@@ -174,7 +182,11 @@ impl ShmEnd {
                 // SAFETY: just initialised.
                 let state = unsafe { &*state };
                 state.config.0.capacity.store(cap, Ordering::Relaxed);
-                state.config.0.duplex.store(duplex as u32, Ordering::Relaxed);
+                state
+                    .config
+                    .0
+                    .duplex
+                    .store(duplex as u32, Ordering::Relaxed);
                 for r in &state.rings {
                     r.init(cap);
                 }
@@ -208,6 +220,7 @@ impl ShmEnd {
             cap,
             duplex,
             sent: AtomicBool::new(false),
+            last_check_ms: AtomicU64::new(0),
             watch: Mutex::new(PeerWatch::default()),
         })
     }
@@ -253,8 +266,23 @@ impl ShmEnd {
         }
     }
 
+    /// Whether a send should check the reader's liveness now (at most every 2 ms).
+    fn check_due(&self) -> bool {
+        let now = sys::time::coarse_monotonic().as_millis() as u64;
+        let last = self.last_check_ms.load(Ordering::Relaxed);
+        if now.wrapping_sub(last) < LIVENESS_PERIOD_MS {
+            return false;
+        }
+        self.last_check_ms.store(now, Ordering::Relaxed);
+        true
+    }
+
     fn ring(&self, index: usize) -> Ring<'_> {
-        let offset = if self.duplex { index as u64 * self.cap } else { 0 };
+        let offset = if self.duplex {
+            index as u64 * self.cap
+        } else {
+            0
+        };
         // SAFETY: the tail holds the ring buffers (checked in attach); each is
         // `cap` bytes, 8-aligned, and lives as long as `self.obj`.
         unsafe {
@@ -290,7 +318,9 @@ impl ShmEnd {
         }
         self.check_open()?;
         let ends = self.ends();
-        if ends.gone(true) {
+        // Whether the reader died is checked every few milliseconds (a check
+        // costs a system call; this keeps it off the fast path).
+        if ends.gone(self.check_due()) {
             return Err(Error::Closed);
         }
         self.ring(self.end).put(bytes, 0, deadline, &ends)
@@ -308,7 +338,8 @@ impl ShmEnd {
             ));
         }
         self.check_open()?;
-        self.ring(1 - self.end).get(out, max, deadline, &self.ends())
+        self.ring(1 - self.end)
+            .get(out, max, deadline, &self.ends())
     }
 
     pub(crate) fn poll(&self, deadline: Deadline) -> Result<bool> {
@@ -318,7 +349,9 @@ impl ShmEnd {
             ));
         }
         self.check_open()?;
-        let ready = self.ring(1 - self.end).wait_readable(deadline, &self.ends());
+        let ready = self
+            .ring(1 - self.end)
+            .wait_readable(deadline, &self.ends());
         if self.is_closed() {
             return Err(Error::Closed);
         }

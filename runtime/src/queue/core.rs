@@ -63,6 +63,8 @@ impl Ends for Closable<'_> {
 thread_local! {
     /// Where messages are assembled before decoding; reused to spare allocations.
     static RECV_BUF: RefCell<AlignedVec<16>> = RefCell::new(AlignedVec::new());
+    /// Where messages are encoded before they are put.
+    static SEND_BUF: RefCell<AlignedVec<16>> = RefCell::new(AlignedVec::new());
 }
 
 /// A received buffer larger than this is not kept for the next message.
@@ -70,7 +72,25 @@ const KEEP_BUF: usize = 4 << 20;
 
 /// Runs `f` with this thread's receive buffer (or a fresh one if it is in use).
 pub(crate) fn with_recv_buf<R>(f: impl FnOnce(&mut AlignedVec<16>) -> R) -> R {
-    RECV_BUF.with(|cell| match cell.try_borrow_mut() {
+    with_buf(&RECV_BUF, f)
+}
+
+/// Encodes `item` into this thread's send buffer and runs `f` on the bytes.
+pub(crate) fn with_encoded<T: Shareable, R>(
+    item: &T,
+    f: impl FnOnce(&[u8]) -> Result<R>,
+) -> Result<R> {
+    with_buf(&SEND_BUF, |buf| {
+        item.encode_into(buf)?;
+        f(buf)
+    })
+}
+
+fn with_buf<R>(
+    key: &'static std::thread::LocalKey<RefCell<AlignedVec<16>>>,
+    f: impl FnOnce(&mut AlignedVec<16>) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             let out = f(&mut buf);
             if buf.capacity() > KEEP_BUF {
@@ -91,8 +111,7 @@ pub(crate) fn queue_fingerprint<T>(flavour: &str) -> (u64, String) {
 impl QueueCore {
     /// A new queue segment: `maxsize` messages at most (0: no limit), a ring of `capacity` bytes.
     pub(crate) fn create(fingerprint: u64, maxsize: usize, capacity: usize) -> Result<QueueCore> {
-        let cap = (capacity as u64).next_multiple_of(8);
-        ring::check_capacity(cap)?;
+        let cap = ring::capacity_for(capacity)?;
         let maxsize = maxsize as u64;
         let obj = ShmObject::create(
             Kind::Queue,
@@ -137,9 +156,10 @@ impl QueueCore {
     }
 
     pub(crate) fn put<T: Shareable>(&self, item: &T, deadline: Deadline) -> Result<()> {
-        let bytes = item.encode()?;
         let ring = self.ring();
-        ring.put(&bytes, self.maxsize, deadline, &Closable(ring))
+        with_encoded(item, |bytes| {
+            ring.put(bytes, self.maxsize, deadline, &Closable(ring))
+        })
     }
 
     pub(crate) fn get<T: Shareable>(&self, deadline: Deadline) -> Result<T> {

@@ -89,7 +89,7 @@ impl<T: Shareable> Queue<T> {
         Self::with_maxsize_and_capacity(maxsize, DEFAULT_CAPACITY_BYTES)
     }
 
-    /// An unbounded queue whose ring holds `bytes` bytes (at least 256; rounded up to 8).
+    /// An unbounded queue whose ring holds `bytes` bytes (rounded up to a power of two, at least 256).
     pub fn with_capacity_bytes(bytes: usize) -> Result<Self> {
         Self::with_maxsize_and_capacity(0, bytes)
     }
@@ -114,6 +114,10 @@ impl<T: Shareable> Queue<T> {
     }
 
     /// Puts `item`, waiting at most `timeout` for room; `Err(Timeout)` if none came.
+    ///
+    /// A message larger than the ring that times out half-way is not
+    /// delivered; the part already written is dropped by the next `get`
+    /// (and counted by `qsize` until then).
     pub fn put_timeout(&self, item: impl Borrow<T>, timeout: Duration) -> Result<()> {
         self.core.put(item.borrow(), Deadline::after(timeout))
     }

@@ -8,6 +8,7 @@ pub mod futex;
 pub mod memfd;
 pub mod process;
 pub mod socket;
+pub mod time;
 
 /// Turns a libc return value into an `io::Result`, reading `errno` on `-1`.
 macro_rules! syscall {

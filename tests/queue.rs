@@ -1,0 +1,469 @@
+//! Queues across processes: many producers and consumers, killed producers
+//! and consumers, close, JoinableQueue, SimpleQueue, bad input.
+
+mod util;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use multiproc::{Error, JoinableQueue, Process, Queue, RawValue, SimpleQueue, StartMethod};
+use util::{PROMPTLY, assert_not_our_zombie, eventually, shm_leaks};
+
+multiproc::init_before_main!();
+
+const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
+
+/// A message: (producer, sequence number, payload).
+type Msg = (u32, u32, Vec<u8>);
+
+/// A small deterministic generator (xorshift), so producers and consumers agree.
+fn mix(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+/// The payload of message `seq` of producer `p`: mostly small, every 250th large.
+fn payload(p: u32, seq: u32) -> Vec<u8> {
+    let h = mix(((p as u64) << 32 | seq as u64) + 0x9E37_79B9);
+    let len = if seq % 250 == 7 {
+        // A few hundred large ones in all, some larger than the 1 MiB ring.
+        (256 << 10) + (h % (800 << 10)) as usize
+    } else {
+        1 + (h % 200) as usize
+    };
+    (0..len).map(|i| (h as usize + i * 7) as u8).collect()
+}
+
+const PRODUCERS: u32 = 4;
+const PER_PRODUCER: u32 = 25_000;
+const CONSUMERS: usize = 3;
+
+fn produce(args: (Queue<Msg>, u32, u32)) {
+    let (q, p, n) = args;
+    for seq in 0..n {
+        q.put((p, seq, payload(p, seq))).unwrap();
+    }
+}
+
+/// Takes messages until the queue is closed; returns the (producer, seq) of
+/// each, and how many had a wrong payload.
+fn consume(q: Queue<Msg>) -> (Vec<(u32, u32)>, u32) {
+    let mut ids = Vec::new();
+    let mut bad = 0;
+    loop {
+        match q.get() {
+            Ok((p, seq, data)) => {
+                if data != payload(p, seq) {
+                    bad += 1;
+                }
+                ids.push((p, seq));
+            }
+            Err(Error::Closed) => return (ids, bad),
+            Err(e) => panic!("consumer: {e}"),
+        }
+    }
+}
+
+fn many_to_many(method: StartMethod, q: Queue<Msg>) {
+    let mut consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| Process::new(consume, q.clone()).start_method(method))
+        .collect();
+    for c in &mut consumers {
+        c.start().unwrap();
+    }
+    let mut producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| Process::new(produce, (q.clone(), p, PER_PRODUCER)).start_method(method))
+        .collect();
+    for p in &mut producers {
+        p.start().unwrap();
+    }
+    for p in &mut producers {
+        p.join_timeout(PROMPTLY * 6).unwrap();
+    }
+    q.close();
+    let mut seen = HashSet::new();
+    for c in &mut consumers {
+        let (ids, bad) = c.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(bad, 0, "{method:?}: corrupted payloads");
+        for id in ids {
+            assert!(seen.insert(id), "{method:?}: {id:?} arrived twice");
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        (PRODUCERS * PER_PRODUCER) as usize,
+        "{method:?}"
+    );
+    assert!(q.empty());
+    let pids = consumers
+        .iter()
+        .map(|c| c.pid())
+        .chain(producers.iter().map(|p| p.pid()));
+    for pid in pids {
+        assert_not_our_zombie(pid.unwrap());
+    }
+}
+
+#[test]
+fn four_producers_three_consumers_every_message_once() {
+    many_to_many(StartMethod::Spawn, Queue::new().unwrap());
+}
+
+#[test]
+fn four_producers_three_consumers_with_maxsize() {
+    let q = Queue::with_maxsize(64).unwrap();
+    assert_eq!(q.maxsize(), 64);
+    many_to_many(StartMethod::Fork, q);
+}
+
+/// Puts `n` small messages (counting them in `done`), then one larger than
+/// the ring, which blocks half-way since nobody reads.
+fn put_then_stream(args: (Queue<Msg>, RawValue<u64>, u32)) {
+    let (q, done, n) = args;
+    for seq in 0..n {
+        q.put((0, seq, vec![seq as u8; 100])).unwrap();
+        done.fetch_add(1);
+    }
+    q.put((0, n, vec![1u8; 4 << 20])).unwrap();
+    done.fetch_add(1);
+}
+
+#[test]
+fn producer_killed_mid_put_loses_only_that_message() {
+    for m in METHODS {
+        let q = Queue::<Msg>::with_capacity_bytes(64 << 10).unwrap();
+        let done = RawValue::new(0u64).unwrap();
+        let mut p = Process::new(put_then_stream, (q.clone(), done.clone(), 50)).start_method(m);
+        p.start().unwrap();
+        // The large put has begun once 51 messages are counted in the queue.
+        assert!(eventually(PROMPTLY, || q.qsize() == 51), "{m:?}");
+        assert_eq!(done.load(), 50);
+        p.kill().unwrap();
+        assert!(p.join_timeout(PROMPTLY).is_err());
+        for seq in 0..50 {
+            let (who, s, data) = q.get_timeout(PROMPTLY).unwrap();
+            assert_eq!((who, s), (0, seq), "{m:?}");
+            assert_eq!(data, vec![seq as u8; 100]);
+        }
+        // The half-written message is dropped, not delivered.
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(300)),
+            Err(Error::Timeout(_))
+        ));
+        assert_eq!(q.qsize(), 0);
+        // The queue still works for everyone else.
+        let mut p2 = Process::new(produce, (q.clone(), 1, 20)).start_method(m);
+        p2.start().unwrap();
+        for seq in 0..20 {
+            let (who, s, _) = q.get_timeout(PROMPTLY).unwrap();
+            assert_eq!((who, s), (1, seq));
+        }
+        p2.join_timeout(PROMPTLY).unwrap();
+        assert!(q.empty());
+    }
+}
+
+/// Puts messages of mixed sizes for ever, counting each put that returned.
+fn produce_counting(args: (Queue<Msg>, RawValue<u64>, u32)) {
+    let (q, done, p) = args;
+    for seq in 0.. {
+        let len = if seq % 3 == 0 { 300 << 10 } else { 40 };
+        q.put((p, seq, vec![p as u8; len])).unwrap();
+        done.store(seq as u64 + 1);
+    }
+}
+
+#[test]
+fn producer_killed_mid_stream_keeps_what_it_completed() {
+    let q = Queue::<Msg>::with_capacity_bytes(128 << 10).unwrap();
+    let done = RawValue::new(0u64).unwrap();
+    let mut consumer = Process::new(consume, q.clone());
+    consumer.start().unwrap();
+    let mut victim = Process::new(produce_counting, (q.clone(), done.clone(), 0));
+    victim.start().unwrap();
+    let mut other = Process::new(produce, (q.clone(), 1, 2000));
+    other.start().unwrap();
+    assert!(eventually(PROMPTLY, || done.load() >= 300));
+    victim.kill().unwrap();
+    assert!(victim.join_timeout(PROMPTLY).is_err());
+    let completed = done.load() as u32;
+    other.join_timeout(PROMPTLY).unwrap();
+    // Everything put after the kill still arrives.
+    let mut after = Process::new(produce, (q.clone(), 2, 100));
+    after.start().unwrap();
+    after.join_timeout(PROMPTLY).unwrap();
+    q.close();
+    let (ids, _) = consumer.join_timeout(PROMPTLY).unwrap();
+    let mut from_victim: Vec<u32> = ids.iter().filter(|i| i.0 == 0).map(|i| i.1).collect();
+    from_victim.sort_unstable();
+    let n = from_victim.len() as u32;
+    assert!(
+        n == completed || n == completed + 1,
+        "{n} delivered, {completed} completed"
+    );
+    assert_eq!(from_victim, (0..n).collect::<Vec<_>>());
+    assert_eq!(ids.iter().filter(|i| i.0 == 1).count(), 2000);
+    assert_eq!(ids.iter().filter(|i| i.0 == 2).count(), 100);
+}
+
+/// Takes messages one by one, counting them in `got`, until killed.
+fn consume_counting(args: (Queue<u32>, RawValue<u64>)) {
+    let (q, got) = args;
+    while q.get().is_ok() {
+        got.fetch_add(1);
+    }
+}
+
+#[test]
+fn consumer_killed_mid_get_does_not_block_the_others() {
+    for m in METHODS {
+        let q = Queue::<u32>::new().unwrap();
+        let got = RawValue::new(0u64).unwrap();
+        let mut c = Process::new(consume_counting, (q.clone(), got.clone())).start_method(m);
+        c.start().unwrap();
+        for i in 0..100 {
+            q.put(i).unwrap();
+        }
+        assert!(eventually(PROMPTLY, || got.load() == 100));
+        // Now it sleeps in `get`, holding the consumer lock.
+        std::thread::sleep(Duration::from_millis(50));
+        c.kill().unwrap();
+        assert!(c.join_timeout(PROMPTLY).is_err());
+        for i in 0..100 {
+            q.put(i).unwrap();
+        }
+        for i in 0..100 {
+            assert_eq!(q.get_timeout(PROMPTLY).unwrap(), i, "{m:?}");
+        }
+    }
+}
+
+fn get_one(q: Queue<String>) -> Result<String, String> {
+    q.get().map_err(|e| e.to_string())
+}
+
+#[test]
+fn close_refuses_puts_and_lets_gets_drain() {
+    for m in METHODS {
+        let q = Queue::<String>::new().unwrap();
+        q.put("a".to_string()).unwrap();
+        q.put("b".to_string()).unwrap();
+        q.close();
+        assert!(q.is_closed());
+        assert!(matches!(q.put("c".to_string()), Err(Error::Closed)));
+        assert!(matches!(q.try_put("c".to_string()), Err(Error::Closed)));
+        // A child sees the close, and drains too.
+        let mut p = Process::new(get_one, q.clone()).start_method(m);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(PROMPTLY).unwrap(), Ok("a".to_string()));
+        assert_eq!(q.get().unwrap(), "b");
+        assert!(matches!(q.get(), Err(Error::Closed)));
+        assert!(matches!(q.try_get(), Err(Error::Closed)));
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(10)),
+            Err(Error::Closed)
+        ));
+    }
+}
+
+#[test]
+fn close_wakes_a_blocked_getter_in_another_process() {
+    for m in METHODS {
+        let q = Queue::<String>::new().unwrap();
+        let mut p = Process::new(get_one, q.clone()).start_method(m);
+        p.start().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        q.close();
+        assert_eq!(
+            p.join_timeout(PROMPTLY).unwrap(),
+            Err(Error::Closed.to_string()),
+            "{m:?}"
+        );
+    }
+}
+
+/// A task (two factors, `None` to stop) and a result (the factors and their product).
+type Task = Option<(u64, u64)>;
+type Product = (u64, u64, u64);
+
+/// Python's "feed tasks to workers, collect results" example.
+fn worker(args: (Queue<Task>, Queue<Product>)) {
+    let (tasks, done) = args;
+    while let Some((a, b)) = tasks.get().unwrap() {
+        done.put((a, b, a * b)).unwrap();
+    }
+}
+
+#[test]
+fn workers_take_tasks_and_return_results() {
+    for m in METHODS {
+        let tasks = Queue::new().unwrap();
+        let done = Queue::new().unwrap();
+        let mut workers: Vec<_> = (0..4)
+            .map(|_| Process::new(worker, (tasks.clone(), done.clone())).start_method(m))
+            .collect();
+        for w in &mut workers {
+            w.start().unwrap();
+        }
+        for i in 0..200u64 {
+            tasks.put(Some((i, i + 1))).unwrap();
+        }
+        let mut results: Vec<Product> = (0..200)
+            .map(|_| done.get_timeout(PROMPTLY).unwrap())
+            .collect();
+        for _ in &workers {
+            tasks.put(None).unwrap();
+        }
+        for w in &mut workers {
+            w.join_timeout(PROMPTLY).unwrap();
+        }
+        results.sort_unstable();
+        let expected: Vec<_> = (0..200u64).map(|i| (i, i + 1, i * (i + 1))).collect();
+        assert_eq!(results, expected, "{m:?}");
+        assert!(done.empty() && tasks.empty());
+    }
+}
+
+fn finish_tasks(q: JoinableQueue<u32>) -> u32 {
+    let mut sum = 0;
+    while let Ok(x) = q.get_timeout(Duration::from_millis(300)) {
+        sum += x;
+        q.task_done().unwrap();
+    }
+    sum
+}
+
+#[test]
+fn joinable_queue_join_waits_for_task_done() {
+    for m in METHODS {
+        let q = JoinableQueue::<u32>::new().unwrap();
+        assert!(q.try_join().is_ok());
+        for i in 0..100 {
+            q.put(i).unwrap();
+        }
+        assert_eq!(q.unfinished_tasks(), 100);
+        assert!(matches!(q.try_join(), Err(Error::WouldBlock)));
+        assert!(matches!(
+            q.join_timeout(Duration::from_millis(20)),
+            Err(Error::Timeout(_))
+        ));
+        let mut workers: Vec<_> = (0..2)
+            .map(|_| Process::new(finish_tasks, q.clone()).start_method(m))
+            .collect();
+        for w in &mut workers {
+            w.start().unwrap();
+        }
+        q.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(q.unfinished_tasks(), 0);
+        let total: u32 = workers
+            .iter_mut()
+            .map(|w| w.join_timeout(PROMPTLY).unwrap())
+            .sum();
+        assert_eq!(total, (0..100).sum::<u32>(), "{m:?}");
+        // More task_done calls than items is an error.
+        assert!(matches!(q.task_done(), Err(Error::InvalidState(_))));
+        q.put(1).unwrap();
+        q.get().unwrap();
+        q.task_done().unwrap();
+        assert!(matches!(q.task_done(), Err(Error::InvalidState(_))));
+        q.join().unwrap();
+    }
+}
+
+fn simple_echo(args: (SimpleQueue<String>, SimpleQueue<String>)) {
+    let (inbox, outbox) = args;
+    while let Ok(s) = inbox.get() {
+        outbox.put(s.repeat(2)).unwrap();
+    }
+    outbox.close();
+}
+
+#[test]
+fn simple_queue_between_processes() {
+    for m in METHODS {
+        let inbox = SimpleQueue::new().unwrap();
+        let outbox = SimpleQueue::new().unwrap();
+        assert!(inbox.empty());
+        let mut p = Process::new(simple_echo, (inbox.clone(), outbox.clone())).start_method(m);
+        p.start().unwrap();
+        for word in ["ab", "c", ""] {
+            inbox.put(word.to_string()).unwrap();
+        }
+        inbox.close();
+        let mut got = Vec::new();
+        while let Ok(s) = outbox.get() {
+            got.push(s);
+        }
+        assert_eq!(got, ["abab", "cc", ""], "{m:?}");
+        p.join_timeout(PROMPTLY).unwrap();
+        assert!(outbox.empty());
+        assert!(matches!(outbox.try_get(), Err(Error::Closed)));
+    }
+}
+
+#[test]
+fn zero_timeouts_and_limits() {
+    let q = Queue::<u64>::with_maxsize(2).unwrap();
+    assert!(matches!(q.get_timeout(Duration::ZERO), Err(Error::Empty)));
+    assert!(matches!(q.try_get(), Err(Error::Empty)));
+    q.put(1u64).unwrap();
+    q.put_timeout(2u64, Duration::ZERO).unwrap();
+    assert!(q.full());
+    assert_eq!(q.qsize(), 2);
+    assert!(matches!(q.try_put(3u64), Err(Error::Full)));
+    assert!(matches!(
+        q.put_timeout(3u64, Duration::ZERO),
+        Err(Error::Full)
+    ));
+    assert!(matches!(
+        q.put_timeout(3u64, Duration::from_millis(20)),
+        Err(Error::Timeout(_))
+    ));
+    assert_eq!(q.get_timeout(Duration::ZERO).unwrap(), 1);
+    assert!(!q.full());
+    // A message larger than the ring cannot be put without waiting.
+    let small = Queue::<Vec<u8>>::with_capacity_bytes(256).unwrap();
+    assert_eq!(small.capacity_bytes(), 256);
+    assert!(matches!(small.try_put(vec![0u8; 1000]), Err(Error::Full)));
+    assert!(matches!(
+        small.put_timeout(vec![0u8; 1000], Duration::from_millis(20)),
+        Err(Error::Timeout(_))
+    ));
+    // What it had written is dropped by the next getter.
+    assert!(matches!(small.try_get(), Err(Error::Empty)));
+    assert!(small.empty());
+    assert!(matches!(
+        Queue::<u8>::with_capacity_bytes(usize::MAX),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn a_handle_of_the_wrong_type_is_refused() {
+    use multiproc::Shareable;
+    let q = Queue::<u32>::new().unwrap();
+    let bytes = q.encode().unwrap();
+    assert!(Queue::<u32>::decode(&bytes).is_ok());
+    let err = Queue::<String>::decode(&bytes).unwrap_err();
+    assert!(err.to_string().contains("mismatch"), "{err}");
+}
+
+#[test]
+fn queues_travel_inside_messages() {
+    let outer = Queue::<Queue<String>>::new().unwrap();
+    let inner = Queue::<String>::new().unwrap();
+    outer.put(&inner).unwrap();
+    let got = outer.get().unwrap();
+    got.put("through".to_string()).unwrap();
+    assert_eq!(inner.get().unwrap(), "through");
+}
+
+#[test]
+fn nothing_is_left_in_dev_shm() {
+    let q = Queue::<u8>::new().unwrap();
+    q.put(1u8).unwrap();
+    drop(q);
+    assert!(shm_leaks().is_empty(), "{:?}", shm_leaks());
+}
