@@ -54,6 +54,38 @@
 //! }
 //! ```
 //!
+//! ## Send messages
+//!
+//! A [`Queue`] carries messages between any number of producers and
+//! consumers; a [`Pipe`] connects two processes. Both live in shared memory
+//! (no feeder thread, no socket): a `put` that returned is in the queue.
+//!
+//! ```
+//! use multiproc::{Connection, Pipe, Process, Queue};
+//!
+//! fn square_all(args: (Queue<Option<u64>>, Connection<u64>)) {
+//!     let (tasks, results) = args;
+//!     while let Some(x) = tasks.get().unwrap() {
+//!         results.send(x * x).unwrap();
+//!     }
+//! }
+//!
+//! fn main() {
+//!     multiproc::init();
+//!     let tasks = Queue::new().unwrap();
+//!     let (results, child_end) = Pipe::new().unwrap();
+//!     let mut p = Process::new(square_all, (tasks.clone(), child_end));
+//!     p.start().unwrap();
+//!     for x in [1, 2, 3] {
+//!         tasks.put(Some(x)).unwrap();
+//!     }
+//!     tasks.put(None).unwrap();
+//!     let squares: Vec<u64> = (0..3).map(|_| results.recv().unwrap()).collect();
+//!     assert_eq!(squares, [1, 4, 9]);
+//!     p.join().unwrap();
+//! }
+//! ```
+//!
 //! ## Errors
 //!
 //! Every fallible call returns [`Result`] with the one [`Error`] enum; blocking

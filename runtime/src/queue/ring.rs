@@ -58,10 +58,12 @@ const MIN_RECORD: u64 = HEADER + 8;
 const PREFIX: u64 = 8;
 /// The smallest ring capacity.
 pub(crate) const MIN_CAPACITY: u64 = 256;
-/// The largest ring capacity.
-pub(crate) const MAX_CAPACITY: u64 = 1 << 40;
+/// The largest ring capacity (a record's length must fit its `u32` field).
+pub(crate) const MAX_CAPACITY: u64 = 1 << 31;
 /// The largest message (a sanity bound on lengths read from shared memory).
 pub(crate) const MAX_MESSAGE: u64 = 1 << 46;
+/// The most a getter allocates ahead on the word of a message's header.
+const RESERVE_LIMIT: u64 = 64 << 20;
 /// A streamed message's producer waits for at least this much room per chunk.
 const MIN_STREAM_CHUNK: u64 = 4096;
 
@@ -930,7 +932,8 @@ impl<'a> Ring<'a> {
                 .0
                 .taken
                 .store(header.serial, Ordering::Release);
-            out.reserve(total as usize);
+            // `total` came from shared memory: do not trust it with a huge allocation.
+            out.reserve(total.min(RESERVE_LIMIT) as usize);
             // SAFETY: `payload + prefix .. payload + len` lies within the record.
             unsafe { out.append_raw(payload.add(prefix as usize), (len - prefix) as usize) };
             self.advance_head(head + size);

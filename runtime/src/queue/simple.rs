@@ -15,7 +15,7 @@ use crate::queue::Queue;
 /// 1 MiB ring has no room.
 ///
 /// ```
-/// let q = multiproc::SimpleQueue::new().unwrap();
+/// let q = multiproc::SimpleQueue::<String>::new().unwrap();
 /// q.put("hello".to_string()).unwrap();
 /// assert!(!q.empty());
 /// assert_eq!(q.get().unwrap(), "hello");
