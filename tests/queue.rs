@@ -33,7 +33,12 @@ fn payload(p: u32, seq: u32) -> Vec<u8> {
     } else {
         1 + (h % 200) as usize
     };
-    (0..len).map(|i| (h as usize + i * 7) as u8).collect()
+    // A block of a prime length, repeated: cheap to build even unoptimised,
+    // and parts delivered out of order would not line up.
+    let block: Vec<u8> = (0..251u64).map(|i| (h.wrapping_add(i * 7)) as u8).collect();
+    let mut v = block.repeat(len / 251 + 1);
+    v.truncate(len);
+    v
 }
 
 const PRODUCERS: u32 = 4;
@@ -227,8 +232,8 @@ fn consumer_killed_mid_get_does_not_block_the_others() {
             q.put(i).unwrap();
         }
         assert!(eventually(PROMPTLY, || got.load() == 100));
-        // Now it sleeps in `get`, holding the consumer lock.
-        std::thread::sleep(Duration::from_millis(50));
+        // It is now in (or about to enter) `get`, which holds the consumer
+        // lock; the assertions below hold wherever it is killed.
         c.kill().unwrap();
         assert!(c.join_timeout(PROMPTLY).is_err());
         for i in 0..100 {
@@ -274,6 +279,7 @@ fn close_wakes_a_blocked_getter_in_another_process() {
         let q = Queue::<String>::new().unwrap();
         let mut p = Process::new(get_one, q.clone()).start_method(m);
         p.start().unwrap();
+        // Give the child time to block in `get` (the result is the same if it has not).
         std::thread::sleep(Duration::from_millis(50));
         q.close();
         assert_eq!(
