@@ -381,3 +381,75 @@ impl Drop for ShmEnd {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(duplex: bool) -> (ShmEnd, ShmEnd) {
+        ShmEnd::pair(1, duplex, 4096).unwrap()
+    }
+
+    #[test]
+    fn duplex_pipes_carry_both_ways() {
+        let (a, b) = pair(true);
+        a.send_bytes(b"to b", Deadline::Now).unwrap();
+        b.send_bytes(b"to a", Deadline::Now).unwrap();
+        let mut out = Vec::new();
+        b.recv_into(&mut out, None, Deadline::Now).unwrap();
+        assert_eq!(out, b"to b");
+        a.recv_into(&mut out, None, Deadline::Now).unwrap();
+        assert_eq!(out, b"to a");
+    }
+
+    #[test]
+    fn one_way_pipes_use_one_ring() {
+        let (reader, writer) = pair(false);
+        assert_eq!(reader.obj.tail_len(), 4096);
+        writer.send_bytes(b"x", Deadline::Now).unwrap();
+        let mut out = Vec::new();
+        reader.recv_into(&mut out, None, Deadline::Now).unwrap();
+        assert_eq!(out, b"x");
+        assert!(matches!(
+            reader.send_bytes(b"y", Deadline::Now),
+            Err(Error::InvalidState(_))
+        ));
+    }
+
+    #[test]
+    fn using_an_end_claims_it_and_dropping_the_owner_closes_it() {
+        let (a, b) = pair(true);
+        assert_eq!(a.my_state().owner.load(Ordering::SeqCst), 0);
+        assert_eq!(a.my_state().creator.load(Ordering::SeqCst), my_word());
+        // Never used here: dropping does not close.
+        drop(b);
+        assert_eq!(a.peer_state().closed.load(Ordering::SeqCst), 0);
+        let (c, d) = pair(true);
+        d.send_bytes(b"", Deadline::Now).unwrap();
+        assert_eq!(d.my_state().owner.load(Ordering::SeqCst), my_word());
+        drop(d);
+        assert!(c.peer_state().closed.load(Ordering::SeqCst) != 0);
+        // A sent end is the receiver's to close.
+        let (e, f) = pair(true);
+        f.send_bytes(b"", Deadline::Now).unwrap();
+        f.to_repr().unwrap();
+        drop(f);
+        assert_eq!(e.peer_state().closed.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_dead_owner_is_noticed() {
+        let mut watch = PeerWatch::default();
+        assert!(!watch.is_dead(0), "an unknown owner is not dead");
+        assert!(!watch.is_dead(my_word()));
+        // A pid above pid_max cannot be alive.
+        assert!(watch.is_dead((1u64 << 32) | 0x7FFF_FFF0));
+        assert!(watch.is_dead((1u64 << 32) | 0x7FFF_FFF0));
+        // Our parent (the test runner's) lives, but not with other start ticks.
+        let ppid = sys::process::getppid() as u64;
+        let ticks = sys::process::start_ticks(ppid as i32).unwrap() as u32 as u64;
+        assert!(!watch.is_dead((ticks << 32) | ppid));
+        assert!(!watch.is_dead((ticks << 32) | ppid), "cached pidfd check");
+        assert!(watch.is_dead(((ticks + 1) << 32) | ppid));
+    }
+}

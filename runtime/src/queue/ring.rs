@@ -615,6 +615,13 @@ impl<'a> Ring<'a> {
         let p = &self.state.producer.0;
         let total = msg.len() as u64;
         let mut tail = self.state.tail.0.load(Ordering::Relaxed);
+        if !tail.is_multiple_of(8) {
+            // Only a bug or stray write can do this; records must stay aligned.
+            // Consumers will find garbage at their head and resynchronise.
+            tracing::warn!(tail, "misaligned tail in a shared ring");
+            tail = tail.next_multiple_of(8);
+            self.state.tail.0.store(tail, Ordering::SeqCst);
+        }
         let whole = self.cost(tail, total);
         let streamed = whole > self.cap;
         if !streamed {
@@ -1240,6 +1247,27 @@ mod tests {
         assert!(matches!(t.get(Deadline::Now), Err(Error::Protocol(_))));
         t.put(b"five", Deadline::Now).unwrap();
         assert_eq!(t.get(Deadline::Now).unwrap(), b"five");
+    }
+
+    #[test]
+    fn a_misaligned_tail_is_realigned() {
+        let t = TestRing::new(256);
+        t.put(b"one", Deadline::Now).unwrap();
+        t.state.tail.0.store(t.tail() + 3, Ordering::SeqCst);
+        t.put(b"two", Deadline::Now).unwrap();
+        // The bytes between the old and the new tail are garbage to the consumer.
+        let mut seen = Vec::new();
+        loop {
+            match t.get(Deadline::Now) {
+                Ok(m) => seen.push(m),
+                Err(Error::Protocol(_)) => {}
+                Err(Error::Empty) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(seen.first().map(Vec::as_slice), Some(&b"one"[..]));
+        t.put(b"three", Deadline::Now).unwrap();
+        assert_eq!(t.get(Deadline::Now).unwrap(), b"three");
     }
 
     /// Makes the producer lock look held by a dead process.
