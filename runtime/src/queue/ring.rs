@@ -62,6 +62,9 @@ pub(crate) const MIN_CAPACITY: u64 = 256;
 pub(crate) const MAX_CAPACITY: u64 = 1 << 31;
 /// The largest message (a sanity bound on lengths read from shared memory).
 pub(crate) const MAX_MESSAGE: u64 = 1 << 46;
+/// The largest part of a streamed message: small enough that the consumer
+/// copies one part out of the producer's cache while the next is written.
+const MAX_CHUNK: u64 = 128 << 10;
 /// The most a getter allocates ahead on the word of a message's header.
 const RESERVE_LIMIT: u64 = 64 << 20;
 /// A streamed message's producer waits for at least this much room per chunk.
@@ -372,7 +375,7 @@ impl<'a> Ring<'a> {
             buf,
             cap,
             mask: cap - 1,
-            max_chunk: (cap / 4).max(MIN_RECORD) & !7,
+            max_chunk: (cap / 4).clamp(MIN_RECORD, MAX_CHUNK) & !7,
         }
     }
 
