@@ -195,7 +195,7 @@ impl<T: Shareable> Connection<T> {
         self.send_deadline(item.borrow(), Deadline::Now)
     }
 
-    /// Sends `item`, waiting at most `timeout` for room; `Err(Timeout)` otherwise.
+    /// Sends `item`, waiting at most `timeout` for room; `Err(Full)` otherwise.
     pub fn send_timeout(&self, item: impl Borrow<T>, timeout: Duration) -> Result<()> {
         self.send_deadline(item.borrow(), Deadline::after(timeout))
     }
@@ -214,7 +214,7 @@ impl<T: Shareable> Connection<T> {
         self.transport.send_bytes(bytes, Deadline::Now)
     }
 
-    /// [`Connection::send_bytes`], waiting at most `timeout` for room.
+    /// [`Connection::send_bytes`], waiting at most `timeout` for room; `Err(Full)` otherwise.
     pub fn send_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<()> {
         self.transport.send_bytes(bytes, Deadline::after(timeout))
     }

@@ -113,7 +113,8 @@ impl<T: Shareable> Queue<T> {
         self.core.put(item.borrow(), Deadline::Now)
     }
 
-    /// Puts `item`, waiting at most `timeout` for room; `Err(Timeout)` if none came.
+    /// Puts `item`, waiting at most `timeout` for room; `Err(Full)` if none
+    /// came (as Python's `put(timeout=…)` raises `Full`).
     ///
     /// A message larger than the ring that times out half-way is not
     /// delivered; the part already written is dropped by the next `get`

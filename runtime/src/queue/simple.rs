@@ -54,7 +54,7 @@ impl<T: Shareable> SimpleQueue<T> {
         self.queue.try_put(item)
     }
 
-    /// Puts `item`, waiting at most `timeout` for room.
+    /// Puts `item`, waiting at most `timeout` for room; `Err(Full)` if none came.
     pub fn put_timeout(&self, item: impl Borrow<T>, timeout: Duration) -> Result<()> {
         self.queue.put_timeout(item, timeout)
     }
