@@ -1169,6 +1169,29 @@ mod tests {
     }
 
     #[test]
+    fn streams_start_anywhere_in_the_ring() {
+        for cap in [256u64, 512, 4096] {
+            let t = TestRing::new(cap);
+            for k in 0..(cap as usize / 4) {
+                // Move the ring's position by a different amount each time.
+                t.put(&message(0, k), Deadline::Now).unwrap();
+                t.get(Deadline::Now).unwrap();
+                let big = message(k as u64, cap as usize * 3 + k);
+                let t2 = t.clone();
+                let big2 = big.clone();
+                let producer = std::thread::spawn(move || {
+                    t2.put(&big2, Deadline::after(Duration::from_secs(20)))
+                });
+                assert_eq!(
+                    t.get(Deadline::after(Duration::from_secs(20))).unwrap(),
+                    big
+                );
+                producer.join().unwrap().unwrap();
+            }
+        }
+    }
+
+    #[test]
     fn abandoned_stream_is_dropped_by_the_consumer() {
         let t = TestRing::new(512);
         let big = message(3, 5_000);
