@@ -310,3 +310,26 @@ fn a_connection_travels_through_a_queue() {
         assert!(matches!(here.recv_timeout(PROMPTLY), Err(Error::Closed)));
     }
 }
+
+fn first_then_echo(conn: Connection<u32>) {
+    while let Ok(x) = conn.recv() {
+        conn.send(x + 1).unwrap();
+    }
+}
+
+#[test]
+fn an_end_used_before_it_is_passed_still_works_in_the_child() {
+    for m in METHODS {
+        let (here, there) = Pipe::new::<u32>().unwrap();
+        // Used here first: under fork, the parent's copy is dropped after the
+        // fork, which must not close the child's end.
+        there.send(1).unwrap();
+        assert_eq!(here.recv().unwrap(), 1);
+        let mut p = Process::new(first_then_echo, there).start_method(m);
+        p.start().unwrap();
+        here.send(10).unwrap();
+        assert_eq!(here.recv_timeout(PROMPTLY).unwrap(), 11, "{m:?}");
+        here.close();
+        p.join_timeout(PROMPTLY).unwrap();
+    }
+}

@@ -159,8 +159,10 @@ impl Pipe {
 /// waiting `recv` (at once by `try_recv` and `poll`), and within a few
 /// milliseconds by `send`. An end is owned by the process that
 /// last used it or received it (as a process argument or inside a message);
-/// an end never used anywhere is not owned, so it closes only explicitly.
-/// Closing an end closes it for every process that holds it.
+/// an end never used anywhere is not owned, so it closes only explicitly, and
+/// so does an end that this process last used before forking (it may belong
+/// to the child now, as an inherited descriptor would). Closing an end closes
+/// it for every process that holds it.
 ///
 /// A `Connection` is `Send` and `Sync` but not `Clone`: keep one per end per
 /// process (share it between threads by reference or `Arc`).

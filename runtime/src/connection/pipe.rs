@@ -112,6 +112,8 @@ pub(crate) struct ShmEnd {
     sent: AtomicBool,
     /// When a send last checked the reader's liveness (coarse clock, milliseconds).
     last_check_ms: AtomicU64,
+    /// This process's fork count when it last used the end.
+    used_at_fork: AtomicU64,
     watch: Mutex<PeerWatch>,
 }
 
@@ -221,6 +223,7 @@ impl ShmEnd {
             duplex,
             sent: AtomicBool::new(false),
             last_check_ms: AtomicU64::new(0),
+            used_at_fork: AtomicU64::new(sys::process::fork_count()),
             watch: Mutex::new(PeerWatch::default()),
         })
     }
@@ -259,6 +262,10 @@ impl ShmEnd {
 
     /// Records this process as the end's owner.
     fn claim(&self) {
+        let forks = sys::process::fork_count();
+        if self.used_at_fork.load(Ordering::Relaxed) != forks {
+            self.used_at_fork.store(forks, Ordering::Relaxed);
+        }
         let me = my_word();
         let owner = &self.my_state().owner;
         if owner.load(Ordering::Relaxed) != me {
@@ -373,8 +380,11 @@ impl ShmEnd {
 impl Drop for ShmEnd {
     fn drop(&mut self) {
         // Dropping the owner's handle closes the end, as closing a descriptor
-        // does; a handle that was sent elsewhere, or never used here, does not.
+        // does; a handle that was sent elsewhere, or never used here, does
+        // not, nor one that may have gone to a child forked since its last use
+        // here (the child owns it from its first use).
         if !self.sent.load(Ordering::Relaxed)
+            && self.used_at_fork.load(Ordering::Relaxed) == sys::process::fork_count()
             && self.my_state().owner.load(Ordering::Acquire) == my_word()
         {
             self.close();

@@ -13,6 +13,13 @@ static PID: AtomicI32 = AtomicI32::new(0);
 /// This process's start time in clock ticks since boot (0: not read yet).
 static START_TICKS: AtomicU64 = AtomicU64::new(0);
 static ATFORK: Once = Once::new();
+/// How many children this process has forked.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times this process has forked (it only grows).
+pub fn fork_count() -> u64 {
+    FORKS.load(Ordering::Acquire)
+}
 
 extern "C" fn reset_after_fork() {
     PID.store(0, Ordering::Relaxed);
@@ -116,6 +123,9 @@ pub enum Forked {
 pub fn fork() -> std::io::Result<Forked> {
     install_atfork();
     let pid = syscall!(fork())?;
+    if pid != 0 {
+        FORKS.fetch_add(1, Ordering::AcqRel);
+    }
     Ok(if pid == 0 {
         Forked::Child
     } else {
