@@ -7,6 +7,7 @@ pub mod codec;
 pub mod deadline;
 pub mod error;
 pub mod handle;
+pub mod pool;
 pub mod process;
 pub mod sharedctypes;
 pub mod shm;
@@ -20,6 +21,7 @@ pub use process::{
     cpu_count, current_process, get_context, get_start_method, init, parent_process,
     set_start_method,
 };
+pub use pool::{AsyncResult, Callbacks, IMapIterator, ThreadPool};
 pub use sharedctypes::{Array, ArrayGuard, AtomicInt, RawArray, RawValue, Value, ValueGuard};
 pub use shm::{Segment, ShmSafe};
 pub use sync::{Acquired, Lock, LockGuard};

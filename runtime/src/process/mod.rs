@@ -10,11 +10,12 @@
 mod child;
 mod child_process;
 mod current;
-mod launch;
+pub(crate) mod launch;
 mod registry;
 mod start_method;
 
 pub use child::init;
+pub(crate) use launch::panic_message as panic_text;
 pub use child_process::Process;
 pub use current::{CurrentProcess, ParentProcess, current_process, parent_process};
 pub use registry::{ChildInfo, active_children};
