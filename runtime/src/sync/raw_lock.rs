@@ -20,7 +20,6 @@ use crate::sys::futex::WaitOutcome;
 
 const CONTENDED: u64 = 1 << 31;
 const PID_MASK: u64 = 0x7FFF_FFFF;
-const SPINS: u32 = 100;
 /// How often a sleeping waiter wakes to check that the holder is alive.
 const LIVENESS_SLICE: Duration = Duration::from_millis(100);
 
@@ -88,7 +87,7 @@ impl RawLock {
     #[cold]
     fn lock_slow(&self, deadline: Deadline) -> Option<Acquired> {
         let me = my_word();
-        for _ in 0..SPINS {
+        for _ in 0..crate::sync::spin::spin_limit() {
             std::hint::spin_loop();
             let cur = self.word.load(Ordering::Relaxed);
             if cur == 0
