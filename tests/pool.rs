@@ -14,7 +14,11 @@ multiproc::init_before_main!();
 const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
 
 fn pool(m: StartMethod, n: usize) -> Pool {
-    Pool::builder().processes(n).start_method(m).build().unwrap()
+    Pool::builder()
+        .processes(n)
+        .start_method(m)
+        .build()
+        .unwrap()
 }
 
 fn square(x: u64) -> u64 {
@@ -56,13 +60,20 @@ fn map_family_over_10k_items() {
         let p = pool(m, 2);
         let expected: Vec<u64> = (0..10_000).map(|x| x * x).collect();
         assert_eq!(p.map(square, 0..10_000, None).unwrap(), expected, "{m:?}");
-        assert_eq!(p.map(square, 0..2_000, 1).unwrap(), expected[..2_000].to_vec());
+        assert_eq!(
+            p.map(square, 0..2_000, 1).unwrap(),
+            expected[..2_000].to_vec()
+        );
         let pairs: Vec<(u64, u64)> = (0..10_000).map(|x| (x, x)).collect();
         assert_eq!(
             p.starmap(add, pairs, None).unwrap(),
             (0..10_000).map(|x| 2 * x).collect::<Vec<u64>>()
         );
-        let ordered: Vec<u64> = p.imap(square, 0..10_000u64, 50).unwrap().map(Result::unwrap).collect();
+        let ordered: Vec<u64> = p
+            .imap(square, 0..10_000u64, 50)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(ordered, expected);
         let mut unordered: Vec<u64> = p
             .imap_unordered(square, 0..10_000u64, 50)
@@ -72,7 +83,12 @@ fn map_family_over_10k_items() {
         unordered.sort();
         assert_eq!(unordered, expected);
         assert!(p.map(square, Vec::<u64>::new(), None).unwrap().is_empty());
-        let first: Vec<u64> = p.imap(square, 0u64.., 3).unwrap().take(50).map(Result::unwrap).collect();
+        let first: Vec<u64> = p
+            .imap(square, 0u64.., 3)
+            .unwrap()
+            .take(50)
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(first, expected[..50].to_vec());
         p.close();
         p.join().unwrap();
@@ -87,31 +103,48 @@ fn apply_async_callbacks_and_errors() {
         let results: Vec<_> = (0..20u64)
             .map(|i| {
                 let t = total.clone();
-                p.apply_async_with(square, i, Callbacks::new().callback(move |r: &u64| {
-                    t.fetch_add(*r, Ordering::SeqCst);
-                }))
+                p.apply_async_with(
+                    square,
+                    i,
+                    Callbacks::new().callback(move |r: &u64| {
+                        t.fetch_add(*r, Ordering::SeqCst);
+                    }),
+                )
                 .unwrap()
             })
             .collect();
         let got: Vec<u64> = results.into_iter().map(|r| r.get().unwrap()).collect();
         assert_eq!(got, (0..20).map(|x| x * x).collect::<Vec<_>>());
-        assert_eq!(total.load(Ordering::SeqCst), (0..20).map(|x| x * x).sum::<u64>());
+        assert_eq!(
+            total.load(Ordering::SeqCst),
+            (0..20).map(|x| x * x).sum::<u64>()
+        );
 
         let message = Arc::new(parking_slot::Slot::default());
         let m2 = message.clone();
         let r = p
-            .apply_async_with(panics_on_3, 3, Callbacks::new().error_callback(move |e| m2.set(e.to_string())))
+            .apply_async_with(
+                panics_on_3,
+                3,
+                Callbacks::new().error_callback(move |e| m2.set(e.to_string())),
+            )
             .unwrap();
         match r.get() {
             Err(Error::Remote(msg)) => assert!(msg.contains("three is not allowed"), "{msg}"),
             other => panic!("{other:?}"),
         }
         assert!(message.get().contains("three is not allowed"));
-        assert!(matches!(p.map(panics_on_3, 0..10, 2), Err(Error::Remote(_))));
+        assert!(matches!(
+            p.map(panics_on_3, 0..10, 2),
+            Err(Error::Remote(_))
+        ));
         assert_eq!(p.apply(square, 5).unwrap(), 25, "the worker stays usable");
 
         let mut slow = p.apply_async(sleep_ms, 2_000).unwrap();
-        assert!(matches!(slow.get_timeout(Duration::from_millis(50)), Err(Error::Timeout(_))));
+        assert!(matches!(
+            slow.get_timeout(Duration::from_millis(50)),
+            Err(Error::Timeout(_))
+        ));
         p.terminate();
     }
 }
@@ -138,7 +171,11 @@ fn a_killed_worker_fails_its_tasks_and_is_replaced() {
         items.push(u64::MAX);
         let started = std::time::Instant::now();
         match p.map(die_on_marker, items, 1) {
-            Err(Error::WorkerDied { signal: Some(9), pid, .. }) => assert!(before.contains(&pid)),
+            Err(Error::WorkerDied {
+                signal: Some(9),
+                pid,
+                ..
+            }) => assert!(before.contains(&pid)),
             other => panic!("{m:?}: {other:?}"),
         }
         assert!(started.elapsed() < PROMPTLY);
@@ -167,10 +204,16 @@ fn maxtasksperchild_replaces_workers_and_initializer_runs_once_each() {
         let mut distinct = pids.clone();
         distinct.sort();
         distinct.dedup();
-        assert!(distinct.len() >= 10, "{m:?}: pids did not change: {distinct:?}");
+        assert!(
+            distinct.len() >= 10,
+            "{m:?}: pids did not change: {distinct:?}"
+        );
         p.close();
         p.join().unwrap();
-        assert!(inits.load() >= distinct.len() as u64, "one initializer run per worker");
+        assert!(
+            inits.load() >= distinct.len() as u64,
+            "one initializer run per worker"
+        );
     }
 }
 
@@ -182,7 +225,10 @@ fn bad_input_is_a_clear_error() {
         Err(Error::InvalidArgument(_))
     ));
     let p = Pool::new(1).unwrap();
-    assert!(matches!(p.map(square, 0..3, 0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        p.map(square, 0..3, 0),
+        Err(Error::InvalidArgument(_))
+    ));
     assert!(matches!(p.join(), Err(Error::InvalidState(_))));
     p.close();
     assert!(matches!(p.apply(square, 1), Err(Error::InvalidState(_))));

@@ -37,7 +37,11 @@ fn map_starmap_imap_over_10k_items() {
     let pairs: Vec<(u64, u64)> = (0..10_000).map(|x| (x, 1)).collect();
     let sums = pool.starmap(add, pairs, 7).unwrap();
     assert_eq!(sums, (1..=10_000).collect::<Vec<u64>>());
-    let ordered: Vec<u64> = pool.imap(square, 0..10_000u64, 13).unwrap().map(Result::unwrap).collect();
+    let ordered: Vec<u64> = pool
+        .imap(square, 0..10_000u64, 13)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(ordered, expected);
     let mut unordered: Vec<u64> = pool
         .imap_unordered(square, 0..10_000u64, None)
@@ -46,8 +50,15 @@ fn map_starmap_imap_over_10k_items() {
         .collect();
     unordered.sort();
     assert_eq!(unordered, expected);
-    assert!(pool.map(square, Vec::<u64>::new(), None).unwrap().is_empty());
-    assert_eq!(pool.imap(square, Vec::<u64>::new(), None).unwrap().count(), 0);
+    assert!(
+        pool.map(square, Vec::<u64>::new(), None)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        pool.imap(square, Vec::<u64>::new(), None).unwrap().count(),
+        0
+    );
 }
 
 #[test]
@@ -84,7 +95,10 @@ fn callbacks_and_errors() {
     for r in results {
         r.get().unwrap();
     }
-    assert_eq!(total.load(Ordering::SeqCst), (0..50).map(|x| x * x).sum::<usize>());
+    assert_eq!(
+        total.load(Ordering::SeqCst),
+        (0..50).map(|x| x * x).sum::<usize>()
+    );
 
     let seen = Arc::new(parking_lot_free::Slot::default());
     let s2 = seen.clone();
@@ -100,7 +114,10 @@ fn callbacks_and_errors() {
         other => panic!("{other:?}"),
     }
     assert!(seen.get().contains("seven is bad"));
-    assert!(matches!(pool.map(fails_on_7, 0..10, 1), Err(Error::Remote(_))));
+    assert!(matches!(
+        pool.map(fails_on_7, 0..10, 1),
+        Err(Error::Remote(_))
+    ));
     // The worker stays usable after a panicking task.
     assert_eq!(pool.apply(square, 3).unwrap(), 9);
 }
@@ -124,13 +141,19 @@ fn async_result_timeouts_and_state() {
     let mut r = pool.apply_async(slow, 300).unwrap();
     assert!(!r.ready());
     assert!(matches!(r.successful(), Err(Error::InvalidState(_))));
-    assert!(matches!(r.get_timeout(Duration::from_millis(10)), Err(Error::Timeout(_))));
+    assert!(matches!(
+        r.get_timeout(Duration::from_millis(10)),
+        Err(Error::Timeout(_))
+    ));
     assert!(!r.wait_timeout(Duration::from_millis(1)));
     r.wait();
     assert!(r.ready());
     assert!(r.successful().unwrap());
     assert_eq!(r.get_timeout(Duration::from_secs(1)).unwrap(), 300);
-    assert!(matches!(r.get_timeout(Duration::from_secs(1)), Err(Error::InvalidState(_))));
+    assert!(matches!(
+        r.get_timeout(Duration::from_secs(1)),
+        Err(Error::InvalidState(_))
+    ));
 }
 
 #[test]
@@ -141,7 +164,10 @@ fn lifecycle_and_bad_input() {
         Err(Error::InvalidArgument(_))
     ));
     let pool = ThreadPool::new(2).unwrap();
-    assert!(matches!(pool.map(square, 0..4, 0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        pool.map(square, 0..4, 0),
+        Err(Error::InvalidArgument(_))
+    ));
     assert!(matches!(pool.join(), Err(Error::InvalidState(_))));
     let pending = pool.map_async(slow, vec![50, 50, 50], 1).unwrap();
     pool.close();
@@ -165,7 +191,10 @@ fn initializer_and_maxtasksperchild() {
     let mut distinct = names.clone();
     distinct.sort();
     distinct.dedup();
-    assert!(distinct.len() > 2, "workers were not replaced: {distinct:?}");
+    assert!(
+        distinct.len() > 2,
+        "workers were not replaced: {distinct:?}"
+    );
 
     fn bad_init(_: u8) {
         panic!("init exploded")

@@ -16,12 +16,12 @@ pub mod sys;
 
 pub use codec::Shareable;
 pub use error::{Error, Result};
+pub use pool::{AsyncResult, Callbacks, IMapIterator, ThreadPool};
 pub use process::{
     ChildInfo, Context, CurrentProcess, ParentProcess, Process, StartMethod, active_children,
     cpu_count, current_process, get_context, get_start_method, init, parent_process,
     set_start_method,
 };
-pub use pool::{AsyncResult, Callbacks, IMapIterator, ThreadPool};
 pub use sharedctypes::{Array, ArrayGuard, AtomicInt, RawArray, RawValue, Value, ValueGuard};
 pub use shm::{Segment, ShmSafe};
 pub use sync::{Acquired, Lock, LockGuard};

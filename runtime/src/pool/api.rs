@@ -16,10 +16,14 @@ pub(crate) const MAX_INFLIGHT: usize = 64;
 
 pub(crate) fn check_workers(n: usize, maxtasks: Option<usize>) -> Result<()> {
     if n == 0 {
-        return Err(Error::InvalidArgument("a pool needs at least one worker".into()));
+        return Err(Error::InvalidArgument(
+            "a pool needs at least one worker".into(),
+        ));
     }
     if maxtasks == Some(0) {
-        return Err(Error::InvalidArgument("maxtasksperchild must be at least 1".into()));
+        return Err(Error::InvalidArgument(
+            "maxtasksperchild must be at least 1".into(),
+        ));
     }
     Ok(())
 }
@@ -82,7 +86,14 @@ macro_rules! pool_methods {
             callbacks: Callbacks<Vec<R>>,
         ) -> Result<AsyncResult<Vec<R>>> {
             let items: Vec<A> = items.into_iter().collect();
-            submit::map_async(&self.core, self.workers, f, items, chunksize.into(), callbacks)
+            submit::map_async(
+                &self.core,
+                self.workers,
+                f,
+                items,
+                chunksize.into(),
+                callbacks,
+            )
         }
 
         /// Calls `f(a, b)` for every `(a, b)` item (Python's `starmap`).
@@ -133,7 +144,14 @@ macro_rules! pool_methods {
             I: IntoIterator<Item = A>,
             I::IntoIter: Send + 'static,
         {
-            submit::imap(&self.core, self.workers, f, items.into_iter(), chunksize.into(), true)
+            submit::imap(
+                &self.core,
+                self.workers,
+                f,
+                items.into_iter(),
+                chunksize.into(),
+                true,
+            )
         }
 
         /// As [`imap`](Self::imap), yielding results as they finish.
@@ -149,7 +167,14 @@ macro_rules! pool_methods {
             I: IntoIterator<Item = A>,
             I::IntoIter: Send + 'static,
         {
-            submit::imap(&self.core, self.workers, f, items.into_iter(), chunksize.into(), false)
+            submit::imap(
+                &self.core,
+                self.workers,
+                f,
+                items.into_iter(),
+                chunksize.into(),
+                false,
+            )
         }
 
         /// Accepts no more work; workers exit once the submitted work is done.

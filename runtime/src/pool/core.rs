@@ -147,10 +147,7 @@ impl<B: Backend> Core<B> {
     }
 
     /// Registers a job and its chunks (or lazy input) and dispatches what it can.
-    pub fn submit(
-        &self,
-        build: impl FnOnce(u64, &B) -> Result<Submission<B>>,
-    ) -> Result<()> {
+    pub fn submit(&self, build: impl FnOnce(u64, &B) -> Result<Submission<B>>) -> Result<()> {
         let mut st = self.state.lock();
         st.check_open()?;
         let id = st.next_job;
@@ -221,7 +218,12 @@ impl<B: Backend> Core<B> {
 
     /// Runs `f` on each current worker.
     pub fn with_workers<T>(&self, f: impl Fn(&B::Worker) -> T) -> Vec<T> {
-        self.state.lock().workers.iter().map(|s| f(&s.worker)).collect()
+        self.state
+            .lock()
+            .workers
+            .iter()
+            .map(|s| f(&s.worker))
+            .collect()
     }
 }
 

@@ -32,7 +32,11 @@ impl RawResult {
             }
             RawResult::Encoded(ItemOutcome::Failed(msg)) => Err(Error::Remote(msg)),
             RawResult::Value(v) => v.downcast::<Result<R>>().map_or_else(
-                |_| Err(Error::Remote("a thread task returned an unexpected type".into())),
+                |_| {
+                    Err(Error::Remote(
+                        "a thread task returned an unexpected type".into(),
+                    ))
+                },
                 |r| *r,
             ),
             RawResult::Failed(e) => Err(e),
@@ -104,7 +108,9 @@ impl<R> MapJob<R> {
         if let Some(p) = self.promise.take() {
             let all: Result<Vec<R>> = std::mem::take(&mut self.results)
                 .into_iter()
-                .map(|r| r.unwrap_or_else(|| Err(Error::InvalidState("a result is missing".into()))))
+                .map(|r| {
+                    r.unwrap_or_else(|| Err(Error::InvalidState("a result is missing".into())))
+                })
                 .collect();
             p.complete(all);
         }
@@ -218,7 +224,9 @@ impl<R: Shareable> Job for IMapJob<R> {
         // Everything submitted but not delivered fails; the input stops here.
         let total = s.submitted;
         if s.ordered {
-            let missing: Vec<usize> = (s.next..total).filter(|i| !s.ready.contains_key(i)).collect();
+            let missing: Vec<usize> = (s.next..total)
+                .filter(|i| !s.ready.contains_key(i))
+                .collect();
             for i in missing {
                 s.ready.insert(i, Err(why()));
             }

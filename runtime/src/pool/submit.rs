@@ -19,7 +19,9 @@ pub(crate) fn default_chunksize(len: usize, workers: usize) -> usize {
 
 pub(crate) fn check_chunksize(chunksize: Option<usize>) -> Result<()> {
     if chunksize == Some(0) {
-        return Err(Error::InvalidArgument("chunksize must be at least 1".into()));
+        return Err(Error::InvalidArgument(
+            "chunksize must be at least 1".into(),
+        ));
     }
     Ok(())
 }

@@ -135,7 +135,11 @@ impl Backend for Threads {
         if !worker.handle.as_ref().is_some_and(|h| h.is_finished()) {
             return None;
         }
-        let clean = worker.handle.take().map(|h| h.join().is_ok()).unwrap_or(true);
+        let clean = worker
+            .handle
+            .take()
+            .map(|h| h.join().is_ok())
+            .unwrap_or(true);
         Some(Ended {
             pid: crate::sys::process::getpid(),
             exitcode: Some(if clean { 0 } else { 1 }),

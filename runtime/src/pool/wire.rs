@@ -119,10 +119,7 @@ where
     }
 }
 
-fn entry_star2<A: Shareable, B: Shareable, R: Shareable>(
-    target: *const (),
-    args: &[u8],
-) -> Outcome
+fn entry_star2<A: Shareable, B: Shareable, R: Shareable>(target: *const (), args: &[u8]) -> Outcome
 where
     (A, B): Shareable,
 {

@@ -15,9 +15,9 @@ mod registry;
 mod start_method;
 
 pub use child::init;
-pub(crate) use launch::panic_message as panic_text;
 pub use child_process::Process;
 pub use current::{CurrentProcess, ParentProcess, current_process, parent_process};
+pub(crate) use launch::panic_message as panic_text;
 pub use registry::{ChildInfo, active_children};
 pub(crate) use start_method::start_method_for_pool;
 pub use start_method::{Context, StartMethod, get_context, get_start_method, set_start_method};

@@ -5,7 +5,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 
-
 use multiproc::{Lock, Process, RawValue, StartMethod, ThreadPool, Value};
 
 use crate::stats::{Figure, fmt_ns, per_call, summarize, time_ops};
@@ -43,7 +42,11 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
 
 fn noop(_: ()) {}
 
-fn process_join(key: &'static str, method: StartMethod, scale: &Scale) -> multiproc::Result<Figure> {
+fn process_join(
+    key: &'static str,
+    method: StartMethod,
+    scale: &Scale,
+) -> multiproc::Result<Figure> {
     let mut per_op = Vec::with_capacity(scale.samples);
     for i in 0..=scale.samples {
         let ns = time_ops(1, || {
@@ -69,34 +72,54 @@ fn fork_join(scale: &Scale) -> multiproc::Result<Figure> {
 
 fn value_locked_increment(scale: &Scale) -> multiproc::Result<Figure> {
     let v = Value::new(0u64)?;
-    Ok(per_call("value/locked_increment", scale.samples, 10_000 * scale.k, || {
-        if let Ok(mut g) = v.lock() {
-            *g += 1;
-        }
-    }))
+    Ok(per_call(
+        "value/locked_increment",
+        scale.samples,
+        10_000 * scale.k,
+        || {
+            if let Ok(mut g) = v.lock() {
+                *g += 1;
+            }
+        },
+    ))
 }
 
 fn value_fetch_add(scale: &Scale) -> multiproc::Result<Figure> {
     let v = RawValue::new(0u64)?;
-    Ok(per_call("value/fetch_add", scale.samples, 10_000 * scale.k, || {
-        v.fetch_add(1);
-    }))
+    Ok(per_call(
+        "value/fetch_add",
+        scale.samples,
+        10_000 * scale.k,
+        || {
+            v.fetch_add(1);
+        },
+    ))
 }
 
 fn value_raw_read(scale: &Scale) -> multiproc::Result<Figure> {
     let v = RawValue::new(7u64)?;
-    Ok(per_call("value/raw_read", scale.samples, 10_000 * scale.k, || {
-        std::hint::black_box(v.get());
-    }))
+    Ok(per_call(
+        "value/raw_read",
+        scale.samples,
+        10_000 * scale.k,
+        || {
+            std::hint::black_box(v.get());
+        },
+    ))
 }
 
 fn lock_acquire_release(scale: &Scale) -> multiproc::Result<Figure> {
     let l = Lock::new()?;
-    Ok(per_call("lock/acquire_release", scale.samples, 10_000 * scale.k, || {
-        if let Ok(g) = l.lock() {
-            drop(g);
-        }
-    }))
+    Ok(per_call(
+        "lock/acquire_release",
+        scale.samples,
+        10_000 * scale.k,
+        || {
+            if let Ok(g) = l.lock() {
+                drop(g);
+            }
+        },
+    ))
 }
 
 fn square(x: u64) -> u64 {
@@ -132,7 +155,10 @@ fn python_figures(opts: &Options) -> BTreeMap<String, (f64, f64)> {
     let out = match cmd.output() {
         Ok(o) if o.status.success() => o,
         Ok(o) => {
-            eprintln!("CPython baseline failed: {}", String::from_utf8_lossy(&o.stderr));
+            eprintln!(
+                "CPython baseline failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             return BTreeMap::new();
         }
         Err(e) => {
@@ -172,7 +198,9 @@ pub fn run(opts: Options) -> multiproc::Result<()> {
     };
     let selected: Vec<(&str, OpFn)> = operations()
         .into_iter()
-        .filter(|(key, _)| opts.filter.is_empty() || opts.filter.iter().any(|f| key.contains(f.as_str())))
+        .filter(|(key, _)| {
+            opts.filter.is_empty() || opts.filter.iter().any(|f| key.contains(f.as_str()))
+        })
         .collect();
     let mut figures = Vec::new();
     for (i, (key, op)) in selected.iter().enumerate() {
@@ -253,7 +281,8 @@ fn write_json(
         "sleeping_waiters": opts.sleep,
         "ops": ops,
     });
-    let text = serde_json::to_string_pretty(&doc).map_err(|e| multiproc::Error::Codec(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&doc).map_err(|e| multiproc::Error::Codec(e.to_string()))?;
     std::fs::write(path, text + "\n")?;
     Ok(())
 }
@@ -280,4 +309,3 @@ fn date() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
 }
-

@@ -29,12 +29,7 @@ impl Figure {
 
 /// Times `batch` calls of `op` per sample for `samples` samples (after one
 /// warm-up sample) and returns per-call median and p99.
-pub fn per_call(
-    key: &'static str,
-    samples: usize,
-    batch: usize,
-    mut op: impl FnMut(),
-) -> Figure {
+pub fn per_call(key: &'static str, samples: usize, batch: usize, mut op: impl FnMut()) -> Figure {
     let batch = batch.max(1);
     for _ in 0..batch {
         op();
