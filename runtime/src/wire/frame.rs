@@ -124,9 +124,18 @@ impl FrameReader {
     }
 
     /// The most this reader ever allocates for its buffer, whatever the stream
-    /// holds: one largest frame, or two read chunks.
+    /// holds: one largest frame, or two read chunks (16 KiB each, or one
+    /// largest frame if that is smaller).
     pub fn capacity_bound(&self) -> usize {
-        HEADER_LEN.saturating_add(self.max_frame).max(2 * CHUNK)
+        HEADER_LEN
+            .saturating_add(self.max_frame)
+            .max(2 * self.chunk())
+    }
+
+    /// How much a read asks for when it has no better idea: small readers
+    /// (a handshake's) stay small.
+    fn chunk(&self) -> usize {
+        CHUNK.min(HEADER_LEN.saturating_add(self.max_frame))
     }
 
     /// The payload length of the next frame, once its header is buffered.
@@ -254,14 +263,17 @@ impl FrameReader {
         match self.next_len() {
             // A large frame: grow geometrically with what has arrived, never
             // past the frame's end, so a length prefix alone allocates nothing.
-            Some(len) if len <= self.max_frame as u64 && HEADER_LEN as u64 + len > CHUNK as u64 => {
+            Some(len)
+                if len <= self.max_frame as u64
+                    && HEADER_LEN as u64 + len > self.chunk() as u64 =>
+            {
                 let missing = HEADER_LEN
                     .saturating_add(len as usize)
                     .saturating_sub(buffered);
-                missing.min(buffered.max(CHUNK)).max(1)
+                missing.min(buffered.max(self.chunk())).max(1)
             }
             // Headers and small frames: one chunk, which may hold several frames.
-            _ => CHUNK,
+            _ => self.chunk(),
         }
     }
 
@@ -285,7 +297,7 @@ impl FrameReader {
     /// Gives back a buffer that grew for a large frame once it is mostly empty.
     fn shrink(&mut self) {
         if self.storage.len() > KEEP_CAPACITY && self.buffered() <= CHUNK {
-            let mut small = vec![0u8; CHUNK.max(self.buffered())];
+            let mut small = vec![0u8; self.chunk().max(self.buffered())];
             small[..self.buffered()].copy_from_slice(&self.storage[self.start..self.end]);
             self.end = self.buffered();
             self.start = 0;
