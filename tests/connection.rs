@@ -317,7 +317,7 @@ fn garbage_and_stalled_clients_fail_their_handshake_promptly() {
         Err(Error::Authentication(_))
     ));
     assert!(started.elapsed() < PROMPTLY);
-    // The server told it so and hung up.
+    // The server hung up on it (a reset, as its request was never read).
     let mut reply = Vec::new();
     http.set_read_timeout(Some(PROMPTLY)).unwrap();
     let _ = http.read_to_end(&mut reply);

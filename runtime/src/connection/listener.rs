@@ -200,7 +200,14 @@ impl Listener {
         let (socket, address, socket_file) = match address {
             Address::Unix(path) => {
                 let l = UnixListener::bind(path)?;
-                let m = std::fs::symlink_metadata(path)?;
+                let m = match std::fs::symlink_metadata(path) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // We made the file but cannot vouch for it later: remove it now.
+                        let _ = std::fs::remove_file(path);
+                        return Err(Error::Io(e));
+                    }
+                };
                 let file = SocketFile {
                     path: path.clone(),
                     dev: m.dev(),
