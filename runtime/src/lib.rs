@@ -4,6 +4,8 @@
 //! crate's public items; its documentation is the tutorial.
 
 pub mod codec;
+/// Connections between processes: sockets with frames, listeners, clients, `wait`.
+pub mod connection;
 pub mod deadline;
 pub mod error;
 pub mod handle;
@@ -13,8 +15,10 @@ pub mod sharedctypes;
 pub mod shm;
 pub mod sync;
 pub mod sys;
+pub mod wire;
 
 pub use codec::Shareable;
+pub use connection::{Address, Listener, SocketConnection, client, wait};
 pub use error::{Error, Result};
 pub use pool::{AsyncResult, Callbacks, IMapIterator, ThreadPool};
 pub use process::{
