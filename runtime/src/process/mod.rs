@@ -10,7 +10,7 @@
 mod child;
 mod child_process;
 mod current;
-mod launch;
+pub(crate) mod launch;
 mod registry;
 mod start_method;
 
