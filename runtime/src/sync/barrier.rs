@@ -91,18 +91,22 @@ enum ActionFailure {
 /// # Dead parties
 ///
 /// Python hangs when a party dies (cpython#123899); this barrier does not.
-/// Every process that holds a handle (made with `new`, cloned, or received as
-/// an argument or in a message) is recorded in the barrier's segment until its
-/// last handle is dropped. What is promised:
+/// The barrier's segment records which processes hold it. A process holds it
+/// from when it creates, clones or decodes a handle (a spawn argument, a
+/// handle received in a message) until it drops its last handle; a child
+/// started with fork, which inherits handles without decoding them (a fork
+/// target's argument, a captured handle), holds a handle from its first use
+/// of it. What is promised:
 ///
-/// - if a recorded process ends without dropping its handles (it was killed,
-///   or exited without running destructors), a party waiting in `wait` notices
-///   within about 100 ms (plus scheduling delay) and breaks the barrier: all
-///   current waiters get `BrokenBarrier`, as with `abort`;
+/// - if a holding process ends without dropping its handles (it was killed,
+///   or exited without running destructors), a party waiting in `wait`
+///   notices within about 100 ms (plus scheduling delay) and breaks the
+///   barrier: every current waiter gets `BrokenBarrier`, as with `abort`.
+///   This holds whether the dead process was about to arrive or had arrived;
 /// - a dead process is forgotten once it has broken the barrier, so after a
 ///   `reset` the barrier is usable by the processes that remain;
-/// - a process that dropped its handles is no longer watched, even if it was a
-///   party that will never come back;
+/// - a process that dropped its handles is no longer watched, even if it was
+///   a party that will never come back (a timeout still ends such a wait);
 /// - up to `max(128, parties + 64)` processes may hold handles at once; one
 ///   more is refused with [`Error::InvalidState`] (dead ones are swept first).
 ///
@@ -497,25 +501,36 @@ impl Barrier {
         std::panic::catch_unwind(action).map_err(ActionFailure::Panicked)
     }
 
+    /// Records this process as a holder on its first use of an inherited handle.
+    fn touch(&self) {
+        if let Err(e) = self.ensure_attached() {
+            tracing::warn!("barrier handle not recorded: {e}");
+        }
+    }
+
     /// Breaks the barrier: every party waiting now, and every later `wait`,
     /// gets [`Error::BrokenBarrier`] until [`Barrier::reset`].
     pub fn abort(&self) {
+        self.touch();
         self.inner().break_barrier();
     }
 
     /// Returns the barrier to its initial state: parties waiting now get
     /// [`Error::BrokenBarrier`], and later rounds work again.
     pub fn reset(&self) {
+        self.touch();
         self.inner().next_generation(true);
     }
 
     /// The number of parties needed to release a round.
     pub fn parties(&self) -> usize {
+        self.touch();
         self.state().parties.load(Ordering::Relaxed) as usize
     }
 
     /// The number of parties waiting in the current round (0 while broken).
     pub fn n_waiting(&self) -> usize {
+        self.touch();
         let s = self.state();
         if s.state.load(Ordering::Relaxed) == FILLING {
             s.count.load(Ordering::Relaxed) as usize
@@ -526,6 +541,7 @@ impl Barrier {
 
     /// Whether the barrier is broken.
     pub fn broken(&self) -> bool {
+        self.touch();
         self.state().state.load(Ordering::Relaxed) == BROKEN
     }
 }

@@ -55,6 +55,7 @@ pub(crate) struct CondState {
     /// Segment id and offset of an external lock (fixed at creation).
     lock_id: AtomicU64,
     lock_offset: AtomicU64,
+    lock_extra: AtomicU64,
     /// The lock of a condition made by `Condition::new`.
     own_lock: RLockState,
 }
@@ -265,7 +266,7 @@ impl std::fmt::Debug for Condition {
 impl Condition {
     /// A new condition with its own [`RLock`] (as Python's `Condition()`).
     pub fn new() -> Result<Condition> {
-        let obj = Self::create(OWN_RLOCK, 0, 0)?;
+        let obj = Self::create(OWN_RLOCK, None)?;
         let lock = RLock::from_parts(obj.clone(), |s: &CondState| &s.own_lock);
         Ok(Condition {
             obj,
@@ -282,18 +283,21 @@ impl Condition {
             ConditionLock::RLock(_) => EXTERNAL_RLOCK,
         };
         let repr = lock.to_repr()?;
-        let obj = Self::create(kind, repr.id, repr.offset)?;
+        let obj = Self::create(kind, Some(&repr))?;
         Ok(Condition { obj, lock })
     }
 
-    fn create(kind: u32, lock_id: u64, lock_offset: u64) -> Result<ShmObject<CondState>> {
+    /// Creates the segment; `lock` names an external lock.
+    fn create(kind: u32, lock: Option<&HandleRepr>) -> Result<ShmObject<CondState>> {
+        let (id, offset, extra) = lock.map_or((0, 0, 0), |l| (l.id, l.offset, l.extra));
         ShmObject::create(Kind::Condition, 0, 0, |state: *mut CondState, _| {
             // SAFETY: `create` hands us aligned, writable memory for one CondState.
             unsafe {
                 state.write(CondState {
                     lock_kind: AtomicU32::new(kind),
-                    lock_id: AtomicU64::new(lock_id),
-                    lock_offset: AtomicU64::new(lock_offset),
+                    lock_id: AtomicU64::new(id),
+                    lock_offset: AtomicU64::new(offset),
+                    lock_extra: AtomicU64::new(extra),
                     ..CondState::default()
                 })
             }
@@ -482,7 +486,7 @@ impl Drop for ConditionGuard<'_> {
 }
 
 /// A condition encodes as its own segment; an external lock travels beside
-/// it: the segment names the lock's segment id and offset, and `extra`
+/// it: the segment names the lock's segment id, offset and tag, and `extra`
 /// carries the sender's descriptor number for it (whose descriptor is also
 /// collected for spawn, like any handle's).
 impl ShareHandle for Condition {
@@ -502,7 +506,7 @@ impl ShareHandle for Condition {
             pid: repr.pid,
             fd: repr.extra as u32 as i32,
             offset: state.lock_offset.load(Ordering::Relaxed),
-            extra: 0,
+            extra: state.lock_extra.load(Ordering::Relaxed),
         };
         let lock = match state.lock_kind.load(Ordering::Relaxed) {
             OWN_RLOCK => {
