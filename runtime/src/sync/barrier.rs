@@ -456,8 +456,9 @@ impl Barrier {
     fn outcome(&self, mine: u32, now: u32, index: u32) -> Result<usize> {
         let ago = now.wrapping_sub(mine);
         let history = self.state().history.load(Ordering::Relaxed);
-        // More than 64 rounds passed while this party slept: only a storm of
-        // resets does that, so call it broken rather than guess.
+        // The history reaches 64 rounds back; a party that slept through more
+        // (starved while others raced round after round) is told the barrier
+        // broke rather than given a guess.
         if ago > 64 || (history >> (ago - 1)) & 1 == 1 {
             Err(Error::BrokenBarrier)
         } else {

@@ -128,7 +128,8 @@ fn not_owned() -> Error {
 /// been released as many times. Only the holder (this process and thread)
 /// may release it: a release by anyone else is [`Error::InvalidState`]. If the
 /// holding process dies, the next acquirer gets the lock with a count of one
-/// and is told ([`Acquired::OwnerDied`], [`RLockGuard::owner_died`]).
+/// and is told ([`Acquired::OwnerDied`], [`RLockGuard::owner_died`]). A
+/// thread that ends while its process lives leaves the lock held, as in Python.
 ///
 /// ```
 /// let lock = multiproc::RLock::new().unwrap();
