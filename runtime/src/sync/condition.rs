@@ -231,8 +231,9 @@ impl ConditionLock {
 ///
 /// If the lock's holder died while a waiter slept, the waiter still returns
 /// holding the lock, with [`Error::OwnerDied`]. A waiter that dies while it
-/// waits may later absorb a notify meant for someone else; prefer
-/// [`Condition::wait_for`], which re-checks the state.
+/// waits stays counted, so a later notify may release one live waiter more
+/// than asked (a spurious wake-up, never a lost one); [`Condition::wait_for`]
+/// re-checks the state and is unaffected.
 ///
 /// ```
 /// use multiproc::{Condition, Value};
