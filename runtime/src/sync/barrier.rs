@@ -114,8 +114,13 @@ enum ActionFailure {
 /// mistaken for a live party.
 ///
 /// ```
-/// let b = multiproc::Barrier::new(1).unwrap();
-/// assert_eq!(b.wait().unwrap(), 0); // one party: released at once
+/// // Two parties (threads here; processes take the handle as an argument).
+/// let b = multiproc::Barrier::new(2).unwrap();
+/// let other = b.clone();
+/// let t = std::thread::spawn(move || other.wait().unwrap());
+/// let mine = b.wait().unwrap();
+/// let theirs = t.join().unwrap();
+/// assert_eq!(mine + theirs, 1); // arrival indexes 0 and 1
 /// ```
 pub struct Barrier {
     obj: ShmObject<BarrierState>,
