@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use crate::sys::futex::{self, WaitOutcome};
 
-/// Rounds of busy-waiting before a waiter sleeps (a few microseconds).
-pub(crate) const SPINS: u32 = 200;
+/// Rounds of busy-waiting before a waiter sleeps (a few microseconds), as
+/// in [`RawLock`](crate::sync::RawLock).
+pub(crate) const SPINS: u32 = 100;
 
 /// How often a sleeper wakes to check that the processes it waits for live.
 pub(crate) const LIVENESS_SLICE: Duration = Duration::from_millis(100);
