@@ -65,3 +65,20 @@ fn pool() {
         ],
     );
 }
+
+#[test]
+fn locks() {
+    run(
+        "locks",
+        &[
+            "hello world 0",
+            "hello world 3",
+            "rlock held 2 deep",
+            "rlock free again: true",
+            "never more than 2: true",
+            "child saw the event",
+            "barrier action: everyone has arrived",
+            "barrier arrival indexes: [0, 1, 2]",
+        ],
+    );
+}

@@ -28,7 +28,10 @@ pub use process::{
 };
 pub use sharedctypes::{Array, ArrayGuard, AtomicInt, RawArray, RawValue, Value, ValueGuard};
 pub use shm::{Segment, ShmSafe};
-pub use sync::{Acquired, Lock, LockGuard};
+pub use sync::{
+    Acquired, Barrier, BoundedSemaphore, Condition, ConditionGuard, ConditionLock, Event, Lock,
+    LockGuard, RLock, RLockGuard, Semaphore,
+};
 
 /// The encoding library, re-exported so derives and handles agree on one version.
 pub use rkyv;

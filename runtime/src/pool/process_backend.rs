@@ -141,7 +141,7 @@ fn worker_main(args: WorkerArgs) {
         match entry(launch::addr_at(init.target_offset), &init.arg) {
             Outcome::Returned(_) => {}
             Outcome::Panicked(m) | Outcome::Failed(m) | Outcome::Mismatch(m) => {
-                let _ = reports.put(ReportMsg::InitFailed {
+                let _ = reports.put(&ReportMsg::InitFailed {
                     worker: id,
                     message: format!("initializer panicked: {m}"),
                 });
@@ -162,7 +162,7 @@ fn worker_main(args: WorkerArgs) {
             .iter()
             .map(|arg| ItemOutcome::from(entry(target, arg)))
             .collect();
-        let sent = reports.put(ReportMsg::Done {
+        let sent = reports.put(&ReportMsg::Done {
             worker: id,
             job: task.job,
             first: task.first,
@@ -217,33 +217,28 @@ impl Backend for Processes {
             args: task.args,
         });
         let sent = if block {
-            worker.orders.put(msg)
+            worker.orders.put(&msg)
         } else {
-            worker.orders.try_put(msg)
+            worker.orders.try_put(&msg)
         };
-        match sent {
-            Ok(()) => Ok(()),
-            Err(returned) => {
-                let (msg, _err) = returned.into_parts();
-                match msg {
-                    OrderMsg::Run(t) => Err(Chunk {
-                        job,
-                        first,
-                        len,
-                        task: ProcTask {
-                            entry_offset: t.entry_offset,
-                            target_offset: t.target_offset,
-                            args: t.args,
-                        },
-                    }),
-                    OrderMsg::Stop => Ok(()),
-                }
-            }
+        match (sent, msg) {
+            (Ok(()), _) => Ok(()),
+            (Err(_), OrderMsg::Run(t)) => Err(Chunk {
+                job,
+                first,
+                len,
+                task: ProcTask {
+                    entry_offset: t.entry_offset,
+                    target_offset: t.target_offset,
+                    args: t.args,
+                },
+            }),
+            (Err(_), OrderMsg::Stop) => Ok(()),
         }
     }
 
     fn stop(&mut self, worker: &ProcWorker) {
-        let _ = worker.orders.put(OrderMsg::Stop);
+        let _ = worker.orders.put(&OrderMsg::Stop);
     }
 
     fn ended(&mut self, worker: &mut ProcWorker) -> Option<Ended> {
@@ -265,7 +260,7 @@ impl Backend for Processes {
 
     fn kill(&mut self, worker: &mut ProcWorker) {
         let _ = worker.process.terminate();
-        let _ = worker.orders.close();
+        worker.orders.close();
         if worker.process.join_timeout(Duration::from_secs(5)).is_err()
             && worker.process.exitcode().is_none()
         {
@@ -275,7 +270,7 @@ impl Backend for Processes {
     }
 
     fn wake(&self) {
-        let _ = self.reports.try_put(ReportMsg::Wake);
+        let _ = self.reports.try_put(&ReportMsg::Wake);
     }
 
     fn make_task<A, R, F>(&self, f: F, items: Vec<A>) -> Result<ProcTask>

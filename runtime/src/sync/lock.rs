@@ -52,7 +52,7 @@ impl Lock {
         }
     }
 
-    fn raw(&self) -> &RawLock {
+    pub(crate) fn raw(&self) -> &RawLock {
         self.obj.state()
     }
 

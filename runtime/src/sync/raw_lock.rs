@@ -175,6 +175,23 @@ impl RawLock {
     pub fn held_by_me(&self) -> bool {
         self.owner_pid() == Some(sys::process::getpid())
     }
+
+    /// A pid above pid_max: stands for a dead holder in tests.
+    #[cfg(test)]
+    pub(crate) const DEAD_PID: i32 = 0x7FFF_FFF0;
+
+    /// Makes the lock look held by a process that died.
+    #[cfg(test)]
+    pub(crate) fn forge_dead_holder(&self) {
+        self.word
+            .store((1u64 << 32) | Self::DEAD_PID as u64, Ordering::Relaxed);
+    }
+
+    /// Whether this very process (pid and start time) holds the lock.
+    #[inline]
+    pub(crate) fn held_by_this_process(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & !CONTENDED == my_word()
+    }
 }
 
 #[cfg(test)]
