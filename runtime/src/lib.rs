@@ -4,13 +4,13 @@
 //! crate's public items; its documentation is the tutorial.
 
 pub mod codec;
-/// Connections between processes: sockets with frames, listeners, clients, `wait`.
 pub mod connection;
 pub mod deadline;
 pub mod error;
 pub mod handle;
 pub mod pool;
 pub mod process;
+pub mod queue;
 pub mod sharedctypes;
 pub mod shm;
 pub mod sync;
@@ -18,14 +18,15 @@ pub mod sys;
 pub mod wire;
 
 pub use codec::Shareable;
-pub use connection::{Address, Listener, SocketConnection, client, wait};
+pub use connection::{Address, Connection, Listener, Pipe, SocketConnection, client, wait};
 pub use error::{Error, Result};
-pub use pool::{AsyncResult, Callbacks, IMapIterator, ThreadPool};
+pub use pool::{AsyncResult, Callbacks, IMapIterator, Pool, PoolBuilder, ThreadPool};
 pub use process::{
     ChildInfo, Context, CurrentProcess, ParentProcess, Process, StartMethod, active_children,
     cpu_count, current_process, get_context, get_start_method, init, parent_process,
     set_start_method,
 };
+pub use queue::{JoinableQueue, Queue, SimpleQueue};
 pub use sharedctypes::{Array, ArrayGuard, AtomicInt, RawArray, RawValue, Value, ValueGuard};
 pub use shm::{Segment, ShmSafe};
 pub use sync::{

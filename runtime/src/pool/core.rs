@@ -211,11 +211,6 @@ impl<B: Backend> Core<B> {
         }
     }
 
-    /// Pids (or ids) of the current workers, for introspection.
-    pub fn worker_ids(&self) -> Vec<u64> {
-        self.state.lock().workers.iter().map(|s| s.id).collect()
-    }
-
     /// Runs `f` on each current worker.
     pub fn with_workers<T>(&self, f: impl Fn(&B::Worker) -> T) -> Vec<T> {
         self.state

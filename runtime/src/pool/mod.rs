@@ -14,11 +14,14 @@ mod backend;
 mod core;
 mod imap;
 mod jobs;
+mod process_backend;
+mod process_pool;
 mod submit;
 mod thread_backend;
 mod wire;
 
 pub use api::ThreadPool;
+pub use process_pool::{Pool, PoolBuilder};
 pub use async_result::{AsyncResult, Callbacks};
 pub use imap::IMapIterator;
 pub use wire::{Star2, TaskFn};

@@ -1,0 +1,350 @@
+//! The shared-memory transport of a [`Connection`](super::Connection): two
+//! rings in one segment, one per direction, and a record of each end.
+//!
+//! Each end records whether it was closed and which process owns it (pid and
+//! start time, as in a lock word): the process that last used it or received
+//! it as an argument or in a message; until then, nobody (its creator stands
+//! in for liveness). A reader whose ring is empty checks the writer's end:
+//! closed, or owned by a dead process, means end of file once the ring is
+//! drained. A writer checks the reader's end the same way before each send.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::handle::HandleRepr;
+use crate::queue::ring::{self, Ends, Padded, Ring, RingState, Sink};
+use crate::shm::{Kind, ShmObject};
+use crate::sync::raw_lock::my_word;
+use crate::sys;
+
+/// The ring size of each direction of a pipe made with `Pipe::new()`: 256 KiB.
+pub const DEFAULT_PIPE_CAPACITY: usize = 256 << 10;
+
+const PID_MASK: u64 = 0x7FFF_FFFF;
+
+/// One end's record in the segment.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct EndState {
+    closed: AtomicU32,
+    /// The owner's lock-style word (pid | start ticks << 32); 0: not claimed yet.
+    owner: AtomicU64,
+    /// The creating process's word, standing in for an unclaimed end's owner.
+    creator: AtomicU64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct PipeConfig {
+    capacity: AtomicU64,
+    duplex: AtomicU32,
+}
+
+/// The shared state of a pipe. End `e` writes ring `e` and reads ring `1 - e`;
+/// a one-way pipe has only ring 1 (end 0 reads, end 1 writes).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct PipeState {
+    config: Padded<PipeConfig>,
+    rings: [RingState; 2],
+    ends: [Padded<EndState>; 2],
+}
+
+/// What a reader knows of its peer's owner: the word it checked and a pidfd for it.
+#[derive(Debug, Default)]
+struct PeerWatch {
+    word: u64,
+    pidfd: Option<OwnedFd>,
+    dead: bool,
+}
+
+impl PeerWatch {
+    /// Whether the process named by `word` has ended (a pidfd makes repeat checks cheap).
+    fn is_dead(&mut self, word: u64) -> bool {
+        let pid = (word & PID_MASK) as i32;
+        if word == 0 || pid == sys::process::getpid() {
+            return false;
+        }
+        let ticks = Some(word >> 32);
+        if self.word != word {
+            *self = PeerWatch {
+                word,
+                pidfd: None,
+                dead: false,
+            };
+            if sys::process::is_alive(pid, ticks) {
+                self.pidfd = sys::process::pidfd_open(pid).ok();
+                // The pid may have been reused between the two calls: check again.
+                self.dead = !sys::process::is_alive(pid, ticks);
+            } else {
+                self.dead = true;
+            }
+        } else if !self.dead {
+            self.dead = match &self.pidfd {
+                Some(fd) => {
+                    sys::fd::poll(&[fd.as_fd()], sys::fd::Interest::Read, Some(Duration::ZERO))
+                        .is_ok_and(|ready| !ready.is_empty())
+                }
+                None => !sys::process::is_alive(pid, ticks),
+            };
+        }
+        if self.dead {
+            self.pidfd = None;
+        }
+        self.dead
+    }
+}
+
+/// One end of a shared-memory pipe in this process.
+pub(crate) struct ShmEnd {
+    obj: ShmObject<PipeState>,
+    end: usize,
+    cap: u64,
+    duplex: bool,
+    /// This handle was encoded (sent to another process): dropping it does not close the end.
+    sent: AtomicBool,
+    watch: Mutex<PeerWatch>,
+}
+
+impl std::fmt::Debug for ShmEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmEnd")
+            .field("end", &self.end)
+            .field("duplex", &self.duplex)
+            .field("capacity", &self.cap)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// How a ring of this pipe sees its ends.
+struct PipeEnds<'a> {
+    me: &'a EndState,
+    peer: &'a EndState,
+    watch: &'a Mutex<PeerWatch>,
+}
+
+impl PipeEnds<'_> {
+    fn gone(&self, thorough: bool) -> bool {
+        if self.me.closed.load(Ordering::SeqCst) != 0 || self.peer.closed.load(Ordering::SeqCst) != 0
+        {
+            return true;
+        }
+        if !thorough {
+            return false;
+        }
+        let owner = self.peer.owner.load(Ordering::Acquire);
+        let word = if owner != 0 {
+            owner
+        } else {
+            self.peer.creator.load(Ordering::Acquire)
+        };
+        self.watch.lock().is_dead(word)
+    }
+}
+
+impl Ends for PipeEnds<'_> {
+    fn writers_done(&self, thorough: bool) -> bool {
+        self.gone(thorough)
+    }
+    fn readers_done(&self, thorough: bool) -> bool {
+        self.gone(thorough)
+    }
+}
+
+impl ShmEnd {
+    /// A new pipe: `(end 0, end 1)`; one-way pipes read at end 0 and write at end 1.
+    pub(crate) fn pair(fingerprint: u64, duplex: bool, capacity: usize) -> Result<(ShmEnd, ShmEnd)> {
+        let cap = (capacity as u64).next_multiple_of(8);
+        ring::check_capacity(cap)?;
+        let tail = if duplex { 2 * cap } else { cap };
+        let me = my_word();
+        let obj = ShmObject::create(
+            Kind::Channel,
+            fingerprint,
+            tail as usize,
+            |state: *mut PipeState, _| {
+                // SAFETY: `create` hands us aligned, writable, zeroed memory for one PipeState.
+                unsafe { state.write(PipeState::default()) };
+                // SAFETY: just initialised.
+                let state = unsafe { &*state };
+                state.config.0.capacity.store(cap, Ordering::Relaxed);
+                state.config.0.duplex.store(duplex as u32, Ordering::Relaxed);
+                for r in &state.rings {
+                    r.init(cap);
+                }
+                for e in &state.ends {
+                    e.0.creator.store(me, Ordering::Relaxed);
+                }
+            },
+        )?;
+        let a = ShmEnd::attach(obj.clone(), 0)?;
+        let b = ShmEnd::attach(obj, 1)?;
+        Ok((a, b))
+    }
+
+    fn attach(obj: ShmObject<PipeState>, end: usize) -> Result<ShmEnd> {
+        let state = obj.state();
+        let cap = state.config.0.capacity.load(Ordering::Relaxed);
+        let duplex = state.config.0.duplex.load(Ordering::Relaxed) != 0;
+        ring::check_capacity(cap)?;
+        for r in &state.rings {
+            if r.checked_capacity()? != cap {
+                return Err(Error::Protocol("pipe rings disagree on their size".into()));
+            }
+        }
+        let need = if duplex { 2 * cap } else { cap };
+        if (obj.tail_len() as u64) < need || end > 1 {
+            return Err(Error::Protocol("pipe segment is truncated".into()));
+        }
+        Ok(ShmEnd {
+            obj,
+            end,
+            cap,
+            duplex,
+            sent: AtomicBool::new(false),
+            watch: Mutex::new(PeerWatch::default()),
+        })
+    }
+
+    /// Opens an end from its encoded form; this process becomes its owner.
+    pub(crate) fn open(repr: &HandleRepr, fingerprint: u64, name: &str) -> Result<ShmEnd> {
+        let obj = ShmObject::open(repr, Kind::Channel, fingerprint, name)?;
+        let end = ShmEnd::attach(obj, (repr.extra & 1) as usize)?;
+        end.claim();
+        Ok(end)
+    }
+
+    /// The encoded form; the end now belongs to whoever decodes it.
+    pub(crate) fn to_repr(&self) -> Result<HandleRepr> {
+        let mut repr = self.obj.to_repr()?;
+        repr.extra = self.end as u64;
+        self.sent.store(true, Ordering::Relaxed);
+        Ok(repr)
+    }
+
+    fn my_state(&self) -> &EndState {
+        &self.obj.state().ends[self.end].0
+    }
+
+    fn peer_state(&self) -> &EndState {
+        &self.obj.state().ends[1 - self.end].0
+    }
+
+    fn ends(&self) -> PipeEnds<'_> {
+        PipeEnds {
+            me: self.my_state(),
+            peer: self.peer_state(),
+            watch: &self.watch,
+        }
+    }
+
+    /// Records this process as the end's owner.
+    fn claim(&self) {
+        let me = my_word();
+        let owner = &self.my_state().owner;
+        if owner.load(Ordering::Relaxed) != me {
+            owner.store(me, Ordering::Release);
+        }
+    }
+
+    fn ring(&self, index: usize) -> Ring<'_> {
+        let offset = if self.duplex { index as u64 * self.cap } else { 0 };
+        // SAFETY: the tail holds the ring buffers (checked in attach); each is
+        // `cap` bytes, 8-aligned, and lives as long as `self.obj`.
+        unsafe {
+            Ring::new(
+                &self.obj.state().rings[index],
+                self.obj.tail_ptr().add(offset as usize),
+                self.cap,
+            )
+        }
+    }
+
+    pub(crate) fn readable(&self) -> bool {
+        self.duplex || self.end == 0
+    }
+
+    pub(crate) fn writable(&self) -> bool {
+        self.duplex || self.end == 1
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        self.claim();
+        Ok(())
+    }
+
+    pub(crate) fn send_bytes(&self, bytes: &[u8], deadline: Deadline) -> Result<()> {
+        if !self.writable() {
+            return Err(Error::InvalidState(
+                "this end of a one-way pipe only receives".into(),
+            ));
+        }
+        self.check_open()?;
+        let ends = self.ends();
+        if ends.gone(true) {
+            return Err(Error::Closed);
+        }
+        self.ring(self.end).put(bytes, 0, deadline, &ends)
+    }
+
+    pub(crate) fn recv_into<S: Sink>(
+        &self,
+        out: &mut S,
+        max: Option<u64>,
+        deadline: Deadline,
+    ) -> Result<()> {
+        if !self.readable() {
+            return Err(Error::InvalidState(
+                "this end of a one-way pipe only sends".into(),
+            ));
+        }
+        self.check_open()?;
+        self.ring(1 - self.end).get(out, max, deadline, &self.ends())
+    }
+
+    pub(crate) fn poll(&self, deadline: Deadline) -> Result<bool> {
+        if !self.readable() {
+            return Err(Error::InvalidState(
+                "this end of a one-way pipe only sends".into(),
+            ));
+        }
+        self.check_open()?;
+        let ready = self.ring(1 - self.end).wait_readable(deadline, &self.ends());
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(ready)
+    }
+
+    pub(crate) fn close(&self) {
+        self.my_state().closed.store(1, Ordering::SeqCst);
+        for index in 0..2 {
+            self.ring(index).wake_all();
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.my_state().closed.load(Ordering::SeqCst) != 0
+    }
+}
+
+impl Drop for ShmEnd {
+    fn drop(&mut self) {
+        // Dropping the owner's handle closes the end, as closing a descriptor
+        // does; a handle that was sent elsewhere, or never used here, does not.
+        if !self.sent.load(Ordering::Relaxed)
+            && self.my_state().owner.load(Ordering::Acquire) == my_word()
+        {
+            self.close();
+        }
+    }
+}

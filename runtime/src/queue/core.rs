@@ -1,0 +1,181 @@
+//! What the three queue types share: a segment holding a ring, and typed put/get on it.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rkyv::util::AlignedVec;
+
+use crate::codec::Shareable;
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::handle::HandleRepr;
+use crate::queue::ring::{self, Ends, Padded, Ring, RingState, WaitWord};
+use crate::shm::{Kind, ShmObject, fingerprint_str};
+
+/// The shared state of a queue: its ring, its limit and JoinableQueue's counters.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct QueueState {
+    ring: RingState,
+    maxsize: Padded<AtomicU64>,
+    pub(crate) join: Padded<JoinState>,
+}
+
+/// `task_done` calls and the word `join` sleeps on.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct JoinState {
+    pub(crate) done: AtomicU64,
+    pub(crate) wait: WaitWord,
+}
+
+/// A queue's segment, with its limits read once and checked.
+#[derive(Clone)]
+pub(crate) struct QueueCore {
+    obj: ShmObject<QueueState>,
+    cap: u64,
+    maxsize: u64,
+}
+
+impl std::fmt::Debug for QueueCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("qsize", &self.qsize())
+            .field("maxsize", &self.maxsize)
+            .field("capacity_bytes", &self.cap)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// A queue's ends are all one flag: closed or not.
+struct Closable<'a>(Ring<'a>);
+
+impl Ends for Closable<'_> {
+    fn writers_done(&self, _thorough: bool) -> bool {
+        self.0.is_closed()
+    }
+    fn readers_done(&self, _thorough: bool) -> bool {
+        self.0.is_closed()
+    }
+}
+
+thread_local! {
+    /// Where messages are assembled before decoding; reused to spare allocations.
+    static RECV_BUF: RefCell<AlignedVec<16>> = RefCell::new(AlignedVec::new());
+}
+
+/// A received buffer larger than this is not kept for the next message.
+const KEEP_BUF: usize = 4 << 20;
+
+/// Runs `f` with this thread's receive buffer (or a fresh one if it is in use).
+pub(crate) fn with_recv_buf<R>(f: impl FnOnce(&mut AlignedVec<16>) -> R) -> R {
+    RECV_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            let out = f(&mut buf);
+            if buf.capacity() > KEEP_BUF {
+                *buf = AlignedVec::new();
+            }
+            out
+        }
+        Err(_) => f(&mut AlignedVec::new()),
+    })
+}
+
+/// The fingerprint of a queue flavour carrying `T`.
+pub(crate) fn queue_fingerprint<T>(flavour: &str) -> (u64, String) {
+    let name = format!("{flavour}<{}>", std::any::type_name::<T>());
+    (fingerprint_str(&name), name)
+}
+
+impl QueueCore {
+    /// A new queue segment: `maxsize` messages at most (0: no limit), a ring of `capacity` bytes.
+    pub(crate) fn create(fingerprint: u64, maxsize: usize, capacity: usize) -> Result<QueueCore> {
+        let cap = (capacity as u64).next_multiple_of(8);
+        ring::check_capacity(cap)?;
+        let maxsize = maxsize as u64;
+        let obj = ShmObject::create(
+            Kind::Queue,
+            fingerprint,
+            cap as usize,
+            |state: *mut QueueState, _| {
+                // SAFETY: `create` hands us aligned, writable, zeroed memory for one QueueState.
+                unsafe { state.write(QueueState::default()) };
+                // SAFETY: just initialised.
+                let state = unsafe { &*state };
+                state.ring.init(cap);
+                state.maxsize.0.store(maxsize, Ordering::Relaxed);
+            },
+        )?;
+        Ok(QueueCore { obj, cap, maxsize })
+    }
+
+    /// Opens a decoded handle, checking kind, type and limits.
+    pub(crate) fn open(repr: &HandleRepr, fingerprint: u64, name: &str) -> Result<QueueCore> {
+        let obj: ShmObject<QueueState> = ShmObject::open(repr, Kind::Queue, fingerprint, name)?;
+        let cap = obj.state().ring.checked_capacity()?;
+        if (obj.tail_len() as u64) < cap {
+            return Err(Error::Protocol("queue ring is truncated".into()));
+        }
+        let maxsize = obj.state().maxsize.0.load(Ordering::Relaxed);
+        Ok(QueueCore { obj, cap, maxsize })
+    }
+
+    /// The encoded form of this queue.
+    pub(crate) fn to_repr(&self) -> Result<HandleRepr> {
+        self.obj.to_repr()
+    }
+
+    pub(crate) fn state(&self) -> &QueueState {
+        self.obj.state()
+    }
+
+    pub(crate) fn ring(&self) -> Ring<'_> {
+        // SAFETY: the tail holds `cap` bytes (checked in create/open), starts
+        // 64-byte aligned, and lives as long as `self.obj`.
+        unsafe { Ring::new(&self.obj.state().ring, self.obj.tail_ptr(), self.cap) }
+    }
+
+    pub(crate) fn put<T: Shareable>(&self, item: &T, deadline: Deadline) -> Result<()> {
+        let bytes = item.encode()?;
+        let ring = self.ring();
+        ring.put(&bytes, self.maxsize, deadline, &Closable(ring))
+    }
+
+    pub(crate) fn get<T: Shareable>(&self, deadline: Deadline) -> Result<T> {
+        let ring = self.ring();
+        with_recv_buf(|buf| {
+            ring.get(buf, None, deadline, &Closable(ring))?;
+            T::decode(buf)
+        })
+    }
+
+    pub(crate) fn qsize(&self) -> usize {
+        self.ring().len() as usize
+    }
+
+    pub(crate) fn empty(&self) -> bool {
+        self.ring().len() == 0
+    }
+
+    pub(crate) fn full(&self) -> bool {
+        self.maxsize > 0 && self.ring().len() >= self.maxsize
+    }
+
+    pub(crate) fn maxsize(&self) -> usize {
+        self.maxsize as usize
+    }
+
+    pub(crate) fn capacity_bytes(&self) -> usize {
+        self.cap as usize
+    }
+
+    pub(crate) fn close(&self) {
+        self.ring().close();
+        self.state().join.0.wait.notify_always();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.ring().is_closed()
+    }
+}

@@ -1,0 +1,194 @@
+//! `Queue<T>`: Python's `multiprocessing.Queue`.
+
+use std::borrow::Borrow;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use crate::codec::Shareable;
+use crate::deadline::Deadline;
+use crate::error::Result;
+use crate::handle::{HandleRepr, ShareHandle};
+use crate::queue::DEFAULT_CAPACITY_BYTES;
+use crate::queue::core::{QueueCore, queue_fingerprint};
+
+/// A multi-producer, multi-consumer queue shared by any number of processes.
+///
+/// Messages are encoded (`T: Shareable`) into a ring buffer in a shared
+/// segment. Handles are cheap to clone and can be passed to child processes
+/// as arguments or inside messages. Unlike Python's queue there is no feeder
+/// thread: when `put` returns, the message is in the queue, and stays there if
+/// the producer exits or dies.
+///
+/// Two limits apply: `maxsize` messages (0, the default, means no limit, as
+/// `maxsize <= 0` does in Python), and the ring's size in bytes (1 MiB by
+/// default): a `put` also waits while the ring has no room for the message.
+/// A message larger than the whole ring still goes through, streamed while a
+/// consumer takes it (`try_put` refuses such a message with `Full`, since it
+/// cannot be written without waiting).
+///
+/// After [`Queue::close`] (by any process) puts fail with
+/// [`Error::Closed`](crate::Error::Closed); gets return what is left, then
+/// `Closed`. A producer killed in the middle of a `put` loses that message
+/// only; a consumer killed in the middle of a `get` loses at most the message
+/// it was taking. Neither blocks the others.
+///
+/// ```
+/// use multiproc::{Process, Queue};
+///
+/// fn produce(q: Queue<String>) {
+///     for i in 0..3 {
+///         q.put(format!("item {i}")).unwrap();
+///     }
+/// }
+///
+/// fn main() {
+///     multiproc::init();
+///     let q = Queue::new().unwrap();
+///     let mut p = Process::new(produce, q.clone());
+///     p.start().unwrap();
+///     for i in 0..3 {
+///         assert_eq!(q.get().unwrap(), format!("item {i}"));
+///     }
+///     p.join().unwrap();
+/// }
+/// ```
+pub struct Queue<T> {
+    core: QueueCore,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            core: self.core.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.core.fmt(f)
+    }
+}
+
+impl<T> Queue<T> {
+    pub(crate) fn core(&self) -> &QueueCore {
+        &self.core
+    }
+}
+
+impl<T: Shareable> Queue<T> {
+    /// An unbounded queue (no message limit) with a 1 MiB ring.
+    pub fn new() -> Result<Self> {
+        Self::with_maxsize_and_capacity(0, DEFAULT_CAPACITY_BYTES)
+    }
+
+    /// A queue holding at most `maxsize` messages (0: no limit), with a 1 MiB ring.
+    pub fn with_maxsize(maxsize: usize) -> Result<Self> {
+        Self::with_maxsize_and_capacity(maxsize, DEFAULT_CAPACITY_BYTES)
+    }
+
+    /// An unbounded queue whose ring holds `bytes` bytes (at least 256; rounded up to 8).
+    pub fn with_capacity_bytes(bytes: usize) -> Result<Self> {
+        Self::with_maxsize_and_capacity(0, bytes)
+    }
+
+    /// A queue with both limits: `maxsize` messages (0: none) and a ring of `bytes` bytes.
+    pub fn with_maxsize_and_capacity(maxsize: usize, bytes: usize) -> Result<Self> {
+        let (fp, _) = queue_fingerprint::<T>("Queue");
+        Ok(Queue {
+            core: QueueCore::create(fp, maxsize, bytes)?,
+            _t: PhantomData,
+        })
+    }
+
+    /// Puts `item`, waiting while the queue is full.
+    pub fn put(&self, item: impl Borrow<T>) -> Result<()> {
+        self.core.put(item.borrow(), Deadline::Never)
+    }
+
+    /// Puts `item` if there is room now; `Err(Full)` otherwise.
+    pub fn try_put(&self, item: impl Borrow<T>) -> Result<()> {
+        self.core.put(item.borrow(), Deadline::Now)
+    }
+
+    /// Puts `item`, waiting at most `timeout` for room; `Err(Timeout)` if none came.
+    pub fn put_timeout(&self, item: impl Borrow<T>, timeout: Duration) -> Result<()> {
+        self.core.put(item.borrow(), Deadline::after(timeout))
+    }
+
+    /// Takes the oldest message, waiting for one; `Err(Closed)` once the
+    /// queue is closed and drained.
+    pub fn get(&self) -> Result<T> {
+        self.core.get(Deadline::Never)
+    }
+
+    /// Takes a message if one is there now; `Err(Empty)` otherwise.
+    ///
+    /// It may also say `Empty` while another process is in the middle of a
+    /// `get` (as Python's `get_nowait` may).
+    pub fn try_get(&self) -> Result<T> {
+        self.core.get(Deadline::Now)
+    }
+
+    /// Takes a message, waiting at most `timeout`; `Err(Timeout)` if none came.
+    ///
+    /// Once the first part of a message larger than the ring has been taken,
+    /// the rest is awaited beyond the timeout while its producer is writing it.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        self.core.get(Deadline::after(timeout))
+    }
+
+    /// The number of messages in the queue (approximate while others use it).
+    pub fn qsize(&self) -> usize {
+        self.core.qsize()
+    }
+
+    /// Whether the queue holds no message (approximate while others use it).
+    pub fn empty(&self) -> bool {
+        self.core.empty()
+    }
+
+    /// Whether the queue holds `maxsize` messages (never, without a limit).
+    pub fn full(&self) -> bool {
+        self.core.full()
+    }
+
+    /// The message limit (0: none).
+    pub fn maxsize(&self) -> usize {
+        self.core.maxsize()
+    }
+
+    /// The ring's size in bytes.
+    pub fn capacity_bytes(&self) -> usize {
+        self.core.capacity_bytes()
+    }
+
+    /// Closes the queue for every process: puts fail from now on, gets drain
+    /// what is left and then fail with `Closed`. Blocked callers wake up.
+    pub fn close(&self) {
+        self.core.close()
+    }
+
+    /// Whether some process closed the queue.
+    pub fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+}
+
+impl<T: Shareable> ShareHandle for Queue<T> {
+    fn to_repr(&self) -> Result<HandleRepr> {
+        self.core.to_repr()
+    }
+
+    fn from_repr(repr: &HandleRepr) -> Result<Self> {
+        let (fp, name) = queue_fingerprint::<T>("Queue");
+        Ok(Queue {
+            core: QueueCore::open(repr, fp, &name)?,
+            _t: PhantomData,
+        })
+    }
+}
+
+crate::impl_share_handle!(impl<T: Shareable> for Queue<T>);

@@ -1,0 +1,1336 @@
+//! The shared-memory ring under every queue and pipe.
+//!
+//! One ring is a byte buffer of `capacity` bytes plus a [`RingState`], both in
+//! a shared segment. Messages are variable-size byte strings, written as
+//! records:
+//!
+//! ```text
+//! | len: u32 | flags: u32 | serial: u64 | payload (len bytes, padded to 8) |
+//! ```
+//!
+//! `head` and `tail` are byte positions that only grow (`position % capacity`
+//! is the offset). Records start at multiples of 8 and never wrap: where fewer
+//! than `HEADER + 8` bytes are left before the end of the buffer, both sides
+//! skip to the start. A message that does not fit in one record (it is longer
+//! than a chunk, or crosses the end of the buffer) is split into several: the
+//! first carries `FIRST` and, ahead of its data, the message's total length;
+//! the last carries `LAST`; all carry the message's serial number.
+//!
+//! **Producers** take the producer lock (a [`RawLock`], so a dead holder is
+//! detected) and write at `tail`; a record becomes visible when `tail` moves
+//! past it. What a producer killed mid-write leaves beyond `tail` is invisible
+//! and overwritten by the next one. A message that fits in the ring is written
+//! only once it fits whole, so it never stops half-way; a larger one is
+//! streamed chunk by chunk as consumers make room, and its producer may give up
+//! (timeout, close) or die half-way: `writing` then no longer names it and
+//! consumers drop what they took of it. Producers keep a small write-ahead log
+//! so whoever takes over a dead producer's lock can repair the counters
+//! (`puts`, `tasks`) whatever instant it died at.
+//!
+//! **Consumers** take the consumer lock and read at `head`, copying each record
+//! out before moving `head` past it. A consumer killed mid-read leaves `head`
+//! where it was (the next consumer re-reads the record) or past a part of a
+//! multi-record message (the next consumer skips the orphaned parts). Once a
+//! consumer has begun taking a multi-record message it waits for the rest
+//! (whatever its deadline) while the producer is alive and still writing it.
+//!
+//! **Waiting** spins briefly, then sleeps on a futex sequence word (`data` for
+//! consumers, `space` for producers) in slices of 100 ms, re-checking for dead
+//! or closed peers between slices. Wakers bump the word and call `futex_wake`
+//! only when a waiter counter says someone sleeps.
+//!
+//! Everything read from the segment is bounds-checked: a corrupt record makes
+//! the consumer drop all published bytes and report [`Error::Protocol`].
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::sync::raw_lock::{Acquired, RawLock};
+use crate::sys::futex::{self, WaitOutcome};
+
+/// Bytes of a record header.
+pub(crate) const HEADER: u64 = 16;
+/// The smallest record that carries data; less room than this at the end of the buffer is skipped.
+const MIN_RECORD: u64 = HEADER + 8;
+/// Bytes of the total-length prefix in the first record of a multi-record message.
+const PREFIX: u64 = 8;
+/// The smallest ring capacity.
+pub(crate) const MIN_CAPACITY: u64 = 256;
+/// The largest ring capacity.
+pub(crate) const MAX_CAPACITY: u64 = 1 << 40;
+/// The largest message (a sanity bound on lengths read from shared memory).
+pub(crate) const MAX_MESSAGE: u64 = 1 << 46;
+/// A streamed message's producer waits for at least this much room per chunk.
+const MIN_STREAM_CHUNK: u64 = 4096;
+
+const FIRST: u32 = 1;
+const LAST: u32 = 2;
+
+/// How often a sleeping waiter wakes to look for dead or closed peers.
+const SLICE: Duration = Duration::from_millis(100);
+/// Busy-wait iterations before sleeping (a few microseconds).
+const SPINS: u32 = 2000;
+/// Then this many `sched_yield`s, in case the peer shares our core.
+const YIELDS: u32 = 4;
+
+/// One cache line (or more) for one side's fields, so producers and consumers
+/// do not invalidate each other's lines.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+/// A futex sequence word and the number of processes sleeping on it.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct WaitWord {
+    seq: AtomicU32,
+    waiters: AtomicU32,
+}
+
+impl WaitWord {
+    /// Wakes every sleeper, if any.
+    pub(crate) fn notify(&self) {
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            self.seq.fetch_add(1, Ordering::SeqCst);
+            futex::futex_wake(&self.seq, u32::MAX);
+        }
+    }
+
+    /// Wakes every sleeper; for rare events (close) that must never be missed.
+    pub(crate) fn notify_always(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        futex::futex_wake(&self.seq, u32::MAX);
+    }
+
+    /// Sleeps at most one slice (or until `deadline`) unless `ready()` holds
+    /// once this waiter is registered.
+    pub(crate) fn sleep(&self, deadline: Deadline, ready: impl FnOnce() -> bool) -> WaitOutcome {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let seq = self.seq.load(Ordering::SeqCst);
+        let outcome = if ready() {
+            WaitOutcome::Woken
+        } else {
+            futex::futex_wait(&self.seq, seq, Some(deadline.slice(SLICE)))
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        outcome
+    }
+}
+
+/// Spins, then yields, until `ready()`; false if it never held.
+pub(crate) fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
+    for i in 0..SPINS {
+        if ready() {
+            return true;
+        }
+        if i % 64 == 63 {
+            std::hint::spin_loop();
+        }
+        std::hint::spin_loop();
+    }
+    for _ in 0..YIELDS {
+        std::thread::yield_now();
+        if ready() {
+            return true;
+        }
+    }
+    false
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct Config {
+    capacity: AtomicU64,
+    closed: AtomicU32,
+}
+
+/// Fields only the producer-lock holder writes.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct ProducerSide {
+    lock: RawLock,
+    /// Serial of the last message begun (serials start at 1).
+    puts: AtomicU64,
+    /// Messages published completely (JoinableQueue's task count).
+    tasks: AtomicU64,
+    /// A copy of `head`, never ahead of it.
+    cached_head: AtomicU64,
+    /// Serial of a multi-record message whose last record is not published yet (0: none).
+    writing: AtomicU64,
+    /// The write-ahead log of the message being written (0: none); see `settle`.
+    log_serial: AtomicU64,
+    /// `tail` once the message's first record is published (0: not placed yet).
+    log_first_end: AtomicU64,
+    /// `tail` once its last record is published (0: not placed yet).
+    log_last_end: AtomicU64,
+    /// `tasks` once its last record is published.
+    log_tasks: AtomicU64,
+}
+
+/// Fields only the consumer-lock holder writes.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct ConsumerSide {
+    lock: RawLock,
+    /// A copy of `tail`, never ahead of it.
+    cached_tail: AtomicU64,
+    /// Serial of the last message whose first record was taken.
+    taken: AtomicU64,
+}
+
+/// The shared state of one ring (`#[repr(C)]`, atomics only, all-zero is valid but for `capacity`).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct RingState {
+    config: Padded<Config>,
+    producer: Padded<ProducerSide>,
+    tail: Padded<AtomicU64>,
+    consumer: Padded<ConsumerSide>,
+    head: Padded<AtomicU64>,
+    data: Padded<WaitWord>,
+    space: Padded<WaitWord>,
+}
+
+impl RingState {
+    /// Records the capacity in freshly zeroed state.
+    pub(crate) fn init(&self, capacity: u64) {
+        self.config.0.capacity.store(capacity, Ordering::Relaxed);
+    }
+
+    /// The capacity recorded in the segment, checked.
+    pub(crate) fn checked_capacity(&self) -> Result<u64> {
+        let cap = self.config.0.capacity.load(Ordering::Relaxed);
+        check_capacity(cap)
+            .map(|_| cap)
+            .map_err(|_| Error::Protocol(format!("ring capacity {cap} in segment is invalid")))
+    }
+}
+
+/// Whether `cap` is a usable ring capacity.
+pub(crate) fn check_capacity(cap: u64) -> Result<()> {
+    if cap % 8 != 0 || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&cap) {
+        return Err(Error::InvalidArgument(format!(
+            "a ring capacity must be a multiple of 8 between {MIN_CAPACITY} and {MAX_CAPACITY} bytes, not {cap}"
+        )));
+    }
+    Ok(())
+}
+
+/// What the two sides of a ring look like to each other: who closed, who died.
+pub(crate) trait Ends {
+    /// No more messages will come (closed, or the writer is gone): getters
+    /// drain what is left, then see `Closed`. `thorough` allows slower checks
+    /// (a peer's liveness); without it only flags in memory are read.
+    fn writers_done(&self, thorough: bool) -> bool;
+    /// Nobody will read: puts fail with `Closed`.
+    fn readers_done(&self, thorough: bool) -> bool;
+}
+
+/// Where bytes taken from the ring go.
+pub(crate) trait Sink {
+    /// Empties the sink.
+    fn clear(&mut self);
+    /// Bytes held.
+    fn len(&self) -> usize;
+    /// Makes room for `additional` more bytes.
+    fn reserve(&mut self, additional: usize);
+    /// Appends `len` bytes read from `src`.
+    ///
+    /// # Safety
+    /// `src` must be valid for reads of `len` bytes.
+    unsafe fn append_raw(&mut self, src: *const u8, len: usize);
+}
+
+impl Sink for Vec<u8> {
+    fn clear(&mut self) {
+        Vec::clear(self)
+    }
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn reserve(&mut self, additional: usize) {
+        Vec::reserve(self, additional)
+    }
+    unsafe fn append_raw(&mut self, src: *const u8, len: usize) {
+        self.reserve(len);
+        let old = self.len();
+        // SAFETY: the caller vouches for `src`; `reserve` made room for `len`
+        // bytes after `old`, which the copy initialises before `set_len`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, self.as_mut_ptr().add(old), len);
+            self.set_len(old + len);
+        }
+    }
+}
+
+impl Sink for rkyv::util::AlignedVec<16> {
+    fn clear(&mut self) {
+        rkyv::util::AlignedVec::clear(self)
+    }
+    fn len(&self) -> usize {
+        rkyv::util::AlignedVec::len(self)
+    }
+    fn reserve(&mut self, additional: usize) {
+        rkyv::util::AlignedVec::reserve(self, additional)
+    }
+    unsafe fn append_raw(&mut self, src: *const u8, len: usize) {
+        self.reserve(len);
+        let old = self.len();
+        // SAFETY: as for Vec: room was reserved and the copy initialises it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, self.as_mut_ptr().add(old), len);
+            self.set_len(old + len);
+        }
+    }
+}
+
+/// The error for a wait that ran out: `now` for a non-blocking call, else `Timeout`.
+pub(crate) fn gave_up(deadline: &Deadline, now: Error) -> Error {
+    match deadline {
+        Deadline::Now => now,
+        _ => deadline.timeout_error(),
+    }
+}
+
+fn round8(n: u64) -> u64 {
+    n.next_multiple_of(8)
+}
+
+/// Holds one of the ring's locks; releases it on drop.
+struct Held<'a>(&'a RawLock);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.unlock();
+    }
+}
+
+/// How far a waiter has got: spin first, then check thoroughly, then sleep.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Spin,
+    Check,
+    Sleep,
+}
+
+/// What one record did for a getter.
+enum Step {
+    /// A whole message is in the sink.
+    Done,
+    /// Keep reading.
+    More,
+}
+
+/// One record as found in the buffer.
+#[derive(Clone, Copy)]
+struct Header {
+    len: u32,
+    flags: u32,
+    serial: u64,
+}
+
+/// A view of one ring: its state and its buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct Ring<'a> {
+    state: &'a RingState,
+    buf: *mut u8,
+    cap: u64,
+    max_chunk: u64,
+}
+
+impl<'a> Ring<'a> {
+    /// A view of the ring whose state is `state` and whose buffer is `cap` bytes at `buf`.
+    ///
+    /// # Safety
+    /// `buf` must be valid for reads and writes of `cap` bytes for `'a`, 8-byte
+    /// aligned, touched by other processes only through this protocol, and
+    /// `cap` must have passed [`check_capacity`].
+    pub(crate) unsafe fn new(state: &'a RingState, buf: *mut u8, cap: u64) -> Ring<'a> {
+        Ring {
+            state,
+            buf,
+            cap,
+            max_chunk: (cap / 4).max(MIN_RECORD) & !7,
+        }
+    }
+
+    /// Whether [`Ring::close`] was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.config.0.closed.load(Ordering::SeqCst) != 0
+    }
+
+    /// Marks the ring closed and wakes every waiter.
+    pub(crate) fn close(&self) {
+        self.state.config.0.closed.store(1, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    /// Wakes every waiter on either side (after a flag they watch changed).
+    pub(crate) fn wake_all(&self) {
+        self.state.data.0.notify_always();
+        self.state.space.0.notify_always();
+    }
+
+    /// Messages begun and not yet taken (approximate while others work).
+    pub(crate) fn len(&self) -> u64 {
+        let taken = self.state.consumer.0.taken.load(Ordering::Acquire);
+        let puts = self.state.producer.0.puts.load(Ordering::Acquire);
+        puts.saturating_sub(taken)
+    }
+
+    /// Messages ever published completely.
+    pub(crate) fn tasks(&self) -> u64 {
+        self.state.producer.0.tasks.load(Ordering::Acquire)
+    }
+
+    /// Whether any published bytes wait at `head`.
+    pub(crate) fn has_data(&self) -> bool {
+        let head = self.state.head.0.load(Ordering::Acquire);
+        self.state.tail.0.load(Ordering::Acquire) != head
+    }
+
+    // ----- producer side -----
+
+    fn lock_producer(&self, deadline: Deadline) -> Option<Held<'a>> {
+        let lock = &self.state.producer.0.lock;
+        match lock.lock(deadline)? {
+            Acquired::Clean => {}
+            Acquired::OwnerDied { pid } => {
+                tracing::warn!(pid, "a queue producer died mid-put; repairing");
+                self.settle();
+            }
+        }
+        Some(Held(lock))
+    }
+
+    /// Repairs the producer side after its lock holder died or gave up mid-message.
+    ///
+    /// Idempotent: a repairer that dies half-way leaves work the next one redoes.
+    fn settle(&self) {
+        let p = &self.state.producer.0;
+        let serial = p.log_serial.load(Ordering::Acquire);
+        if serial != 0 {
+            let tail = self.state.tail.0.load(Ordering::Acquire);
+            let published = |end: u64| end != 0 && tail.wrapping_sub(end) < (1 << 63);
+            let first_end = p.log_first_end.load(Ordering::Acquire);
+            let puts = if published(first_end) {
+                serial
+            } else {
+                serial - 1
+            };
+            p.puts.store(puts, Ordering::Release);
+            let last_end = p.log_last_end.load(Ordering::Acquire);
+            if last_end != 0 {
+                let tasks = p.log_tasks.load(Ordering::Acquire);
+                let tasks = if published(last_end) {
+                    tasks
+                } else {
+                    tasks.saturating_sub(1)
+                };
+                p.tasks.store(tasks, Ordering::Release);
+            }
+            p.log_serial.store(0, Ordering::Release);
+        }
+        if p.writing.swap(0, Ordering::SeqCst) != 0 {
+            // A consumer may be waiting for the rest of that message.
+            self.state.data.0.notify_always();
+        }
+    }
+
+    /// If a dead process holds the producer lock, takes it over and repairs.
+    pub(crate) fn recover_dead_producer(&self) {
+        let lock = &self.state.producer.0.lock;
+        if lock.is_locked() {
+            // Deadline::Now checks the holder's liveness and takes the lock only if it died
+            // (or was released meanwhile, which is harmless).
+            drop(self.lock_producer(Deadline::Now));
+        }
+    }
+
+    /// Free bytes if `tail` is the producer's position, refreshing the copy of `head` if
+    /// fewer than `need` bytes look free.
+    fn free(&self, tail: u64, need: u64) -> u64 {
+        let p = &self.state.producer.0;
+        let free_from = |head: u64| {
+            let used = tail.wrapping_sub(head);
+            // A head ahead of tail or too far behind is corrupt: treat as full until a
+            // consumer resynchronises.
+            if used <= self.cap { self.cap - used } else { 0 }
+        };
+        let free = free_from(p.cached_head.load(Ordering::Relaxed));
+        if free >= need {
+            return free;
+        }
+        let head = self.state.head.0.load(Ordering::Acquire);
+        p.cached_head.store(head, Ordering::Relaxed);
+        free_from(head)
+    }
+
+    /// Bytes to skip at `pos` because no record fits before the end of the buffer.
+    fn skip_at(&self, pos: u64) -> u64 {
+        let rem = self.cap - pos % self.cap;
+        if rem < MIN_RECORD { rem } else { 0 }
+    }
+
+    /// Bytes a whole message of `total` bytes takes if written from `tail` without waiting.
+    fn cost(&self, tail: u64, total: u64) -> u64 {
+        let mut pos = tail;
+        let mut left = total;
+        let mut first = true;
+        loop {
+            pos += self.skip_at(pos);
+            let room = self.cap - pos % self.cap - HEADER;
+            if first && round8(total) <= room {
+                return pos + HEADER + round8(total) - tail;
+            }
+            let prefix = if first { PREFIX } else { 0 };
+            let data = left.min(room - prefix);
+            pos += HEADER + round8(prefix + data);
+            left -= data;
+            first = false;
+            if left == 0 {
+                return pos - tail;
+            }
+        }
+    }
+
+    /// Spins, checks, then sleeps on `space` until `ready()` or the deadline.
+    fn wait_producer(
+        &self,
+        deadline: Deadline,
+        ends: &dyn Ends,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<()> {
+        let head = &self.state.head.0;
+        let mut phase = Phase::Spin;
+        loop {
+            // Read before `ready()`: a head that moves after this wakes the sleep below.
+            let seen = head.load(Ordering::SeqCst);
+            if ready() {
+                return Ok(());
+            }
+            if ends.readers_done(false) {
+                return Err(Error::Closed);
+            }
+            if deadline.expired() {
+                if ends.readers_done(true) {
+                    return Err(Error::Closed);
+                }
+                return Err(gave_up(&deadline, Error::Full));
+            }
+            match phase {
+                Phase::Spin => {
+                    spin_until(|| head.load(Ordering::Acquire) != seen);
+                    phase = Phase::Check;
+                }
+                Phase::Check => {
+                    if ends.readers_done(true) {
+                        return Err(Error::Closed);
+                    }
+                    phase = Phase::Sleep;
+                }
+                Phase::Sleep => {
+                    let outcome = self.state.space.0.sleep(deadline, || {
+                        head.load(Ordering::SeqCst) != seen || ends.readers_done(false)
+                    });
+                    if outcome == WaitOutcome::TimedOut {
+                        phase = Phase::Check;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts one message. `maxsize` (0: none) bounds the number of messages.
+    ///
+    /// With `Deadline::Now` the message must fit at once, else `Full`.
+    pub(crate) fn put(
+        &self,
+        msg: &[u8],
+        maxsize: u64,
+        deadline: Deadline,
+        ends: &dyn Ends,
+    ) -> Result<()> {
+        let total = msg.len() as u64;
+        if total > MAX_MESSAGE {
+            return Err(Error::InvalidArgument(format!(
+                "a message of {total} bytes is too large"
+            )));
+        }
+        if ends.readers_done(false) {
+            return Err(Error::Closed);
+        }
+        let _held = self
+            .lock_producer(deadline)
+            .ok_or_else(|| gave_up(&deadline, Error::Full))?;
+        if ends.readers_done(false) {
+            return Err(Error::Closed);
+        }
+        let p = &self.state.producer.0;
+        if maxsize > 0 {
+            self.wait_producer(deadline, ends, || self.len() < maxsize)?;
+        }
+        let serial = p.puts.load(Ordering::Relaxed).wrapping_add(1).max(1);
+        p.log_first_end.store(0, Ordering::Relaxed);
+        p.log_last_end.store(0, Ordering::Relaxed);
+        p.log_serial.store(serial, Ordering::Release);
+        p.puts.store(serial, Ordering::Release);
+        let result = self.write_records(msg, serial, deadline, ends);
+        if result.is_err() {
+            self.settle();
+        }
+        p.log_serial.store(0, Ordering::Release);
+        result
+    }
+
+    fn write_records(
+        &self,
+        msg: &[u8],
+        serial: u64,
+        deadline: Deadline,
+        ends: &dyn Ends,
+    ) -> Result<()> {
+        let p = &self.state.producer.0;
+        let total = msg.len() as u64;
+        let mut tail = self.state.tail.0.load(Ordering::Relaxed);
+        let whole = self.cost(tail, total);
+        let streamed = whole > self.cap;
+        if !streamed {
+            self.wait_producer(deadline, ends, || self.free(tail, whole) >= whole)?;
+        } else if deadline == Deadline::Now {
+            return Err(Error::Full);
+        }
+        let mut sent = 0u64;
+        let mut first = true;
+        loop {
+            let skip = self.skip_at(tail);
+            let room = self.cap - (tail + skip) % self.cap - HEADER;
+            let left = total - sent;
+            // A message that fits is split only where it crosses the end of the
+            // buffer; a streamed one goes in chunks, so the consumer copies one
+            // while the producer writes the next.
+            let single = first && round8(total) <= room && (!streamed || total <= self.max_chunk);
+            let prefix = if first && !single { PREFIX } else { 0 };
+            let chunk = if streamed { self.max_chunk } else { u64::MAX };
+            let mut data = if single {
+                total
+            } else {
+                left.min(chunk - prefix).min(room - prefix)
+            };
+            if streamed {
+                // Write what fits now, but wait for room for a worthwhile chunk.
+                let want = data.min(MIN_STREAM_CHUNK);
+                let need = skip + HEADER + round8(prefix + want);
+                let mut free = 0;
+                self.wait_producer(deadline, ends, || {
+                    free = self.free(tail, skip + HEADER + round8(prefix + data));
+                    free >= need
+                })?;
+                let fits = ((free - skip - HEADER) & !7) - prefix;
+                data = data.min(fits);
+            }
+            let is_last = sent + data == total;
+            let payload = prefix + data;
+            tail += skip;
+            let off = (tail % self.cap) as usize;
+            let flags = if first { FIRST } else { 0 } | if is_last { LAST } else { 0 };
+            // SAFETY: `off + HEADER + round8(payload) <= cap` (the record fits in `room`),
+            // the bytes from `tail` on are free (checked above) and only the
+            // producer-lock holder, us, writes there until `tail` moves past them.
+            unsafe {
+                let at = self.buf.add(off);
+                at.cast::<u32>().write_volatile(payload as u32);
+                at.add(4).cast::<u32>().write_volatile(flags);
+                at.add(8).cast::<u64>().write_volatile(serial);
+                if prefix != 0 {
+                    at.add(16).cast::<u64>().write_volatile(total);
+                }
+                std::ptr::copy_nonoverlapping(
+                    msg.as_ptr().add(sent as usize),
+                    at.add((HEADER + prefix) as usize),
+                    data as usize,
+                );
+            }
+            let end = tail + HEADER + round8(payload);
+            if first {
+                p.log_first_end.store(end, Ordering::Release);
+            }
+            if is_last {
+                let tasks = p.tasks.load(Ordering::Relaxed) + 1;
+                p.log_tasks.store(tasks, Ordering::Release);
+                p.log_last_end.store(end, Ordering::Release);
+                p.tasks.store(tasks, Ordering::Release);
+            } else if first {
+                p.writing.store(serial, Ordering::Release);
+            }
+            self.state.tail.0.store(end, Ordering::SeqCst);
+            self.state.data.0.notify();
+            if is_last && !first {
+                p.writing.store(0, Ordering::Release);
+            }
+            tail = end;
+            sent += data;
+            first = false;
+            if is_last {
+                return Ok(());
+            }
+        }
+    }
+
+    // ----- consumer side -----
+
+    fn lock_consumer(&self, deadline: Deadline) -> Option<Held<'a>> {
+        let lock = &self.state.consumer.0.lock;
+        if let Acquired::OwnerDied { pid } = lock.lock(deadline)? {
+            tracing::warn!(pid, "a queue consumer died mid-get; the message it was taking may be lost");
+        }
+        Some(Held(lock))
+    }
+
+    /// Moves `head` (we hold the consumer lock) and wakes waiting producers.
+    fn advance_head(&self, to: u64) {
+        self.state.head.0.store(to, Ordering::SeqCst);
+        self.state.space.0.notify();
+    }
+
+    /// Drops everything published after a corrupt record.
+    fn resync(&self, tail: u64, why: &str) -> Error {
+        let head = self.state.head.0.load(Ordering::Relaxed);
+        let lost = tail.wrapping_sub(head);
+        tracing::warn!(lost, "corrupt record in a shared ring: {why}");
+        let c = &self.state.consumer.0;
+        c.cached_tail.store(tail, Ordering::Relaxed);
+        c.taken.store(self.state.producer.0.puts.load(Ordering::Acquire), Ordering::Release);
+        self.advance_head(tail);
+        Error::Protocol(format!("corrupt record in a shared ring ({why}); {lost} bytes dropped"))
+    }
+
+    /// The published end of the ring as far as the consumer at `head` needs to know.
+    fn visible_tail(&self, head: u64) -> u64 {
+        let c = &self.state.consumer.0;
+        let cached = c.cached_tail.load(Ordering::Relaxed);
+        let ahead = cached.wrapping_sub(head);
+        if ahead != 0 && ahead <= self.cap {
+            return cached;
+        }
+        let tail = self.state.tail.0.load(Ordering::Acquire);
+        c.cached_tail.store(tail, Ordering::Relaxed);
+        tail
+    }
+
+    /// Takes one message into `out`. `max`: refuse (and leave in place) a longer one.
+    ///
+    /// With `Deadline::Now` returns `Empty` when nothing is published.
+    pub(crate) fn get<S: Sink>(
+        &self,
+        out: &mut S,
+        max: Option<u64>,
+        deadline: Deadline,
+        ends: &dyn Ends,
+    ) -> Result<()> {
+        out.clear();
+        let _held = self
+            .lock_consumer(deadline)
+            .ok_or_else(|| gave_up(&deadline, Error::Empty))?;
+        let p = &self.state.producer.0;
+        let tail_word = &self.state.tail.0;
+        let mut assembling: Option<(u64, u64)> = None;
+        let mut phase = Phase::Spin;
+        loop {
+            let head = self.state.head.0.load(Ordering::Relaxed);
+            let tail = self.visible_tail(head);
+            if tail != head {
+                match self.take_record(head, tail, &mut assembling, out, max) {
+                    Ok(Step::Done) => return Ok(()),
+                    Ok(Step::More) => {
+                        phase = Phase::Spin;
+                        continue;
+                    }
+                    Err(e) => {
+                        out.clear();
+                        return Err(e);
+                    }
+                }
+            }
+            let ready = || tail_word.load(Ordering::SeqCst) != head;
+            if let Some((serial, _)) = assembling {
+                if p.writing.load(Ordering::SeqCst) != serial {
+                    if ready() {
+                        continue;
+                    }
+                    tracing::debug!(serial, "dropping a message its producer abandoned");
+                    assembling = None;
+                    out.clear();
+                    continue;
+                }
+                // The rest is on its way: wait for it whatever the deadline, as long
+                // as its producer lives.
+                match phase {
+                    Phase::Spin => {
+                        spin_until(ready);
+                        phase = Phase::Sleep;
+                    }
+                    _ => {
+                        let outcome = self.state.data.0.sleep(Deadline::Never, || {
+                            ready() || p.writing.load(Ordering::SeqCst) != serial
+                        });
+                        if outcome == WaitOutcome::TimedOut {
+                            self.recover_dead_producer();
+                        }
+                    }
+                }
+                continue;
+            }
+            if ends.writers_done(false) {
+                if ready() {
+                    continue;
+                }
+                return Err(Error::Closed);
+            }
+            if deadline.expired() {
+                if ends.writers_done(true) && !ready() {
+                    return Err(Error::Closed);
+                }
+                if ready() {
+                    continue;
+                }
+                return Err(gave_up(&deadline, Error::Empty));
+            }
+            match phase {
+                Phase::Spin => {
+                    spin_until(ready);
+                    phase = Phase::Check;
+                }
+                Phase::Check => {
+                    if ends.writers_done(true) {
+                        if ready() {
+                            continue;
+                        }
+                        return Err(Error::Closed);
+                    }
+                    phase = Phase::Sleep;
+                }
+                Phase::Sleep => {
+                    let outcome = self
+                        .state
+                        .data
+                        .0
+                        .sleep(deadline, || ready() || ends.writers_done(false));
+                    if outcome == WaitOutcome::TimedOut {
+                        phase = Phase::Check;
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_header(&self, off: u64) -> Header {
+        // SAFETY: callers check `off + HEADER <= cap` and `off % 8 == 0`; the
+        // buffer is valid for `cap` bytes. Volatile reads: another process owns
+        // these bytes' contents, and any bit pattern is a valid integer.
+        unsafe {
+            let at = self.buf.add(off as usize);
+            Header {
+                len: at.cast::<u32>().read_volatile(),
+                flags: at.add(4).cast::<u32>().read_volatile(),
+                serial: at.add(8).cast::<u64>().read_volatile(),
+            }
+        }
+    }
+
+    fn take_record<S: Sink>(
+        &self,
+        head: u64,
+        tail: u64,
+        assembling: &mut Option<(u64, u64)>,
+        out: &mut S,
+        max: Option<u64>,
+    ) -> Result<Step> {
+        let used = tail.wrapping_sub(head);
+        if used > self.cap || head % 8 != 0 {
+            *assembling = None;
+            return Err(self.resync(tail, "positions out of range"));
+        }
+        let off = head % self.cap;
+        let rem = self.cap - off;
+        if rem < MIN_RECORD {
+            if used < rem {
+                *assembling = None;
+                return Err(self.resync(tail, "short skip at the end of the buffer"));
+            }
+            self.advance_head(head + rem);
+            return Ok(Step::More);
+        }
+        let header = self.read_header(off);
+        let len = header.len as u64;
+        let size = HEADER + round8(len);
+        if len > rem - HEADER || size > used || header.flags & !(FIRST | LAST) != 0 {
+            *assembling = None;
+            return Err(self.resync(tail, "bad record length or flags"));
+        }
+        // SAFETY: `off + HEADER + len <= cap`, checked just above.
+        let payload = unsafe { self.buf.add((off + HEADER) as usize) };
+        let first = header.flags & FIRST != 0;
+        let last = header.flags & LAST != 0;
+        if first {
+            if assembling.take().is_some() {
+                tracing::debug!("dropping a partial message its producer abandoned");
+            }
+            out.clear();
+            let (total, prefix) = if last {
+                (len, 0)
+            } else {
+                if len < PREFIX {
+                    return Err(self.resync(tail, "first record too short"));
+                }
+                // SAFETY: the payload holds at least PREFIX bytes, 8-aligned.
+                let total = unsafe { payload.cast::<u64>().read_volatile() };
+                if total < len - PREFIX || total > MAX_MESSAGE {
+                    return Err(self.resync(tail, "bad message length"));
+                }
+                (total, PREFIX)
+            };
+            if let Some(max) = max
+                && total > max
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "the next message has {total} bytes, more than the maximum of {max}; it was left in place"
+                )));
+            }
+            self.state
+                .consumer
+                .0
+                .taken
+                .store(header.serial, Ordering::Release);
+            out.reserve(total as usize);
+            // SAFETY: `payload + prefix .. payload + len` lies within the record.
+            unsafe { out.append_raw(payload.add(prefix as usize), (len - prefix) as usize) };
+            self.advance_head(head + size);
+            if last {
+                return Ok(Step::Done);
+            }
+            *assembling = Some((header.serial, total));
+            return Ok(Step::More);
+        }
+        match *assembling {
+            Some((serial, total)) if serial == header.serial => {
+                if out.len() as u64 + len > total || (last && out.len() as u64 + len != total) {
+                    *assembling = None;
+                    return Err(self.resync(tail, "message parts do not add up"));
+                }
+                // SAFETY: `payload .. payload + len` lies within the record.
+                unsafe { out.append_raw(payload, len as usize) };
+                self.advance_head(head + size);
+                if last {
+                    *assembling = None;
+                    return Ok(Step::Done);
+                }
+                Ok(Step::More)
+            }
+            _ => {
+                // A part of a message whose first part a dead consumer took, or
+                // whose producer gave up: nobody can use it.
+                self.advance_head(head + size);
+                Ok(Step::More)
+            }
+        }
+    }
+
+    /// Waits until data is published or `ends` says the writers are done; true if so.
+    pub(crate) fn wait_readable(&self, deadline: Deadline, ends: &dyn Ends) -> bool {
+        let ready = || self.has_data() || ends.writers_done(false);
+        let mut phase = Phase::Spin;
+        loop {
+            if ready() {
+                return true;
+            }
+            if deadline.expired() {
+                return ends.writers_done(true) || ready();
+            }
+            match phase {
+                Phase::Spin => {
+                    spin_until(ready);
+                    phase = Phase::Check;
+                }
+                Phase::Check => {
+                    if ends.writers_done(true) {
+                        return true;
+                    }
+                    phase = Phase::Sleep;
+                }
+                Phase::Sleep => {
+                    if self.state.data.0.sleep(deadline, ready) == WaitOutcome::TimedOut {
+                        phase = Phase::Check;
+                    }
+                }
+            }
+        }
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+
+    /// A ring in ordinary memory, for tests within one process.
+    struct TestRing {
+        state: Box<RingState>,
+        buf: Box<[u64]>,
+        cap: u64,
+    }
+
+    // SAFETY: the buffer is only reached through the ring protocol.
+    unsafe impl Sync for TestRing {}
+    // SAFETY: as above.
+    unsafe impl Send for TestRing {}
+
+    impl TestRing {
+        fn new(cap: u64) -> Arc<TestRing> {
+            check_capacity(cap).unwrap();
+            let state = Box::<RingState>::default();
+            state.init(cap);
+            Arc::new(TestRing {
+                state,
+                buf: vec![0u64; (cap / 8) as usize].into_boxed_slice(),
+                cap,
+            })
+        }
+
+        fn ring(&self) -> Ring<'_> {
+            // SAFETY: the buffer holds `cap` bytes, 8-aligned, for the life of `self`.
+            unsafe { Ring::new(&self.state, self.buf.as_ptr() as *mut u8, self.cap) }
+        }
+
+        fn put(&self, msg: &[u8], deadline: Deadline) -> Result<()> {
+            let r = self.ring();
+            r.put(msg, 0, deadline, &Flag(r))
+        }
+
+        fn put_max(&self, msg: &[u8], maxsize: u64, deadline: Deadline) -> Result<()> {
+            let r = self.ring();
+            r.put(msg, maxsize, deadline, &Flag(r))
+        }
+
+        fn get(&self, deadline: Deadline) -> Result<Vec<u8>> {
+            let r = self.ring();
+            let mut out = Vec::new();
+            r.get(&mut out, None, deadline, &Flag(r)).map(|_| out)
+        }
+
+        fn tail(&self) -> u64 {
+            self.state.tail.0.load(Ordering::Acquire)
+        }
+
+        fn head(&self) -> u64 {
+            self.state.head.0.load(Ordering::Acquire)
+        }
+
+        fn byte(&self, pos: u64) -> *mut u8 {
+            (self.buf.as_ptr() as *mut u8).wrapping_add((pos % self.cap) as usize)
+        }
+    }
+
+    struct Flag<'a>(Ring<'a>);
+
+    impl Ends for Flag<'_> {
+        fn writers_done(&self, _: bool) -> bool {
+            self.0.is_closed()
+        }
+        fn readers_done(&self, _: bool) -> bool {
+            self.0.is_closed()
+        }
+    }
+
+    /// Message `id` of `len` bytes: recognisable content.
+    fn message(id: u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (id.wrapping_mul(31).wrapping_add(i as u64 * 7) % 251) as u8)
+            .collect()
+    }
+
+    const SOON: Deadline = Deadline::Never;
+
+    #[test]
+    fn small_messages_round_trip() {
+        let t = TestRing::new(256);
+        for round in 0..50u64 {
+            let msgs: Vec<_> = (0..3).map(|i| message(round * 3 + i, i as usize * 9)).collect();
+            for m in &msgs {
+                t.put(m, Deadline::Now).unwrap();
+            }
+            assert_eq!(t.ring().len(), 3);
+            for m in &msgs {
+                assert_eq!(&t.get(Deadline::Now).unwrap(), m);
+            }
+            assert!(matches!(t.get(Deadline::Now), Err(Error::Empty)));
+        }
+        assert_eq!(t.ring().len(), 0);
+        assert_eq!(t.ring().tasks(), 150);
+    }
+
+    #[test]
+    fn zero_length_messages() {
+        let t = TestRing::new(256);
+        for _ in 0..100 {
+            t.put(&[], Deadline::Now).unwrap();
+            assert_eq!(t.get(Deadline::Now).unwrap(), Vec::<u8>::new());
+        }
+    }
+
+    #[test]
+    fn full_ring_refuses_try_and_times_out() {
+        let t = TestRing::new(256);
+        let m = message(1, 100);
+        t.put(&m, Deadline::Now).unwrap();
+        t.put(&m, Deadline::Now).unwrap();
+        assert!(matches!(t.put(&m, Deadline::Now), Err(Error::Full)));
+        let d = Duration::from_millis(20);
+        assert!(matches!(t.put(&m, Deadline::after(d)), Err(Error::Timeout(x)) if x == d));
+        // The failed puts left nothing behind.
+        assert_eq!(t.ring().len(), 2);
+        assert_eq!(t.get(Deadline::Now).unwrap(), m);
+        assert_eq!(t.get(Deadline::Now).unwrap(), m);
+        assert!(matches!(
+            t.get(Deadline::after(d)),
+            Err(Error::Timeout(x)) if x == d
+        ));
+    }
+
+    #[test]
+    fn maxsize_limits_messages() {
+        let t = TestRing::new(4096);
+        t.put_max(b"a", 2, Deadline::Now).unwrap();
+        t.put_max(b"b", 2, Deadline::Now).unwrap();
+        assert!(matches!(t.put_max(b"c", 2, Deadline::Now), Err(Error::Full)));
+        assert_eq!(t.get(Deadline::Now).unwrap(), b"a");
+        t.put_max(b"c", 2, Deadline::Now).unwrap();
+        assert_eq!(t.ring().len(), 2);
+    }
+
+    #[test]
+    fn larger_than_ring_streams_through() {
+        let t = TestRing::new(512);
+        let big = message(9, 10_000);
+        assert!(matches!(t.put(&big, Deadline::Now), Err(Error::Full)));
+        let t2 = t.clone();
+        let big2 = big.clone();
+        let producer = std::thread::spawn(move || t2.put(&big2, SOON));
+        assert_eq!(t.get(SOON).unwrap(), big);
+        producer.join().unwrap().unwrap();
+        assert_eq!(t.ring().len(), 0);
+    }
+
+    #[test]
+    fn abandoned_stream_is_dropped_by_the_consumer() {
+        let t = TestRing::new(512);
+        let big = message(3, 5_000);
+        // Nobody reads: the put gives up half-way through.
+        assert!(matches!(
+            t.put(&big, Deadline::after(Duration::from_millis(30))),
+            Err(Error::Timeout(_))
+        ));
+        assert_eq!(t.ring().len(), 1, "its first part is still counted");
+        // A getter takes the abandoned parts, drops them, and gets the next message.
+        let t2 = t.clone();
+        let getter = std::thread::spawn(move || t2.get(SOON));
+        t.put(b"after", SOON).unwrap();
+        assert_eq!(getter.join().unwrap().unwrap(), b"after");
+        assert_eq!(t.ring().len(), 0);
+    }
+
+    #[test]
+    fn close_refuses_puts_and_drains_gets() {
+        let t = TestRing::new(256);
+        t.put(b"x", Deadline::Now).unwrap();
+        t.ring().close();
+        assert!(matches!(t.put(b"y", Deadline::Now), Err(Error::Closed)));
+        assert_eq!(t.get(SOON).unwrap(), b"x");
+        assert!(matches!(t.get(SOON), Err(Error::Closed)));
+        assert!(matches!(t.get(Deadline::Now), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn close_wakes_a_blocked_getter() {
+        let t = TestRing::new(256);
+        let t2 = t.clone();
+        let h = std::thread::spawn(move || t2.get(SOON));
+        std::thread::sleep(Duration::from_millis(20));
+        t.ring().close();
+        assert!(matches!(h.join().unwrap(), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn max_length_leaves_the_message() {
+        let t = TestRing::new(1024);
+        t.put(&message(1, 300), Deadline::Now).unwrap();
+        let r = t.ring();
+        let mut out = Vec::new();
+        assert!(matches!(
+            r.get(&mut out, Some(299), Deadline::Now, &Flag(r)),
+            Err(Error::InvalidArgument(_))
+        ));
+        r.get(&mut out, Some(300), Deadline::Now, &Flag(r)).unwrap();
+        assert_eq!(out, message(1, 300));
+    }
+
+    #[test]
+    fn corrupt_records_are_an_error_then_skipped() {
+        let t = TestRing::new(256);
+        for bad in [u32::MAX, 250, 100] {
+            t.put(b"one", Deadline::Now).unwrap();
+            let at = t.head();
+            t.put(b"two", Deadline::Now).unwrap();
+            // SAFETY: the header of the first record lies within the buffer.
+            unsafe { t.byte(at).cast::<u32>().write(bad) };
+            assert!(matches!(t.get(Deadline::Now), Err(Error::Protocol(_))), "len {bad}");
+            assert!(matches!(t.get(Deadline::Now), Err(Error::Empty)));
+            t.put(b"three", Deadline::Now).unwrap();
+            assert_eq!(t.get(Deadline::Now).unwrap(), b"three");
+        }
+        // Bad flags, bad total length of a multi-record message, positions out of range.
+        t.put(b"four", Deadline::Now).unwrap();
+        // SAFETY: as above.
+        unsafe { t.byte(t.head()).add(4).cast::<u32>().write(0xF0) };
+        assert!(matches!(t.get(Deadline::Now), Err(Error::Protocol(_))));
+        t.put(&message(2, 150), Deadline::Now).unwrap();
+        t.put(&message(2, 150), Deadline::Now).unwrap_err();
+        t.state.head.0.store(t.tail() + 8, Ordering::SeqCst);
+        assert!(matches!(t.get(Deadline::Now), Err(Error::Protocol(_))));
+        t.put(b"five", Deadline::Now).unwrap();
+        assert_eq!(t.get(Deadline::Now).unwrap(), b"five");
+    }
+
+    /// Makes the producer lock look held by a dead process.
+    fn hold_by_dead(lock: &RawLock) {
+        // SAFETY: RawLock is `repr(C)` around one AtomicU64.
+        let word = unsafe { &*(lock as *const RawLock).cast::<AtomicU64>() };
+        word.store((1u64 << 32) | 0x7FFF_FFF0, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn dead_producer_before_publishing_is_repaired() {
+        let t = TestRing::new(256);
+        t.put(b"kept", Deadline::Now).unwrap();
+        let p = &t.state.producer.0;
+        // A producer began message 2, logged it, and died before publishing.
+        p.log_first_end.store(0, Ordering::SeqCst);
+        p.log_last_end.store(0, Ordering::SeqCst);
+        p.log_serial.store(2, Ordering::SeqCst);
+        p.puts.store(2, Ordering::SeqCst);
+        hold_by_dead(&p.lock);
+        assert_eq!(t.ring().len(), 2);
+        t.put(b"next", Deadline::after(Duration::from_secs(5))).unwrap();
+        assert_eq!(t.ring().len(), 2);
+        assert_eq!(t.ring().tasks(), 2);
+        assert_eq!(t.get(Deadline::Now).unwrap(), b"kept");
+        assert_eq!(t.get(Deadline::Now).unwrap(), b"next");
+        assert_eq!(t.ring().len(), 0);
+    }
+
+    #[test]
+    fn dead_producer_mid_stream_is_dropped_by_a_waiting_consumer() {
+        let t = TestRing::new(512);
+        let t2 = t.clone();
+        // Stream a large message with nobody reading, then make its producer "die".
+        let big = message(5, 4000);
+        let h = std::thread::spawn(move || {
+            t2.put(&big, Deadline::after(Duration::from_millis(50)))
+        });
+        assert!(h.join().unwrap().is_err());
+        let p = &t.state.producer.0;
+        p.writing.store(1, Ordering::SeqCst);
+        hold_by_dead(&p.lock);
+        // The consumer takes the first parts, sees the producer is dead, drops them.
+        let got = t.get(Deadline::after(Duration::from_millis(300)));
+        assert!(matches!(got, Err(Error::Timeout(_))), "{got:?}");
+        t.put(b"fine", Deadline::after(Duration::from_secs(5))).unwrap();
+        assert_eq!(t.get(Deadline::Now).unwrap(), b"fine");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        TryPut(usize),
+        PutTimeout(usize),
+        TryGet,
+        GetTimeout,
+        /// A put that may be larger than the ring, with a concurrent consumer.
+        Stream(usize),
+    }
+
+    fn op(cap: usize) -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..cap).prop_map(Op::TryPut),
+            2 => (0..cap / 2).prop_map(Op::PutTimeout),
+            4 => Just(Op::TryGet),
+            1 => Just(Op::GetTimeout),
+            1 => (0..cap * 3).prop_map(Op::Stream),
+        ]
+    }
+
+    fn ops() -> impl Strategy<Value = (u64, Vec<Op>)> {
+        prop_oneof![Just(256u64), Just(512), Just(1000), Just(4096)]
+            .prop_flat_map(|cap| (Just(cap), proptest::collection::vec(op(cap as usize), 1..60)))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn ring_behaves_like_a_fifo((cap, ops) in ops()) {
+            let t = TestRing::new(cap);
+            let mut model: VecDeque<Vec<u8>> = VecDeque::new();
+            let mut next_id = 0u64;
+            let short = Deadline::after(Duration::from_millis(1));
+            for op in ops {
+                match op {
+                    Op::TryPut(len) | Op::PutTimeout(len) => {
+                        let m = message(next_id, len);
+                        next_id += 1;
+                        let deadline = if matches!(op, Op::TryPut(_)) { Deadline::Now } else { short };
+                        match t.put(&m, deadline) {
+                            Ok(()) => model.push_back(m),
+                            Err(Error::Full) | Err(Error::Timeout(_)) => {
+                                // Refused only if it could not fit now.
+                                let worst = round8(len as u64) + 2 * HEADER + PREFIX + MIN_RECORD;
+                                prop_assert!(!model.is_empty() || worst > cap);
+                            }
+                            Err(e) => prop_assert!(false, "put: {e}"),
+                        }
+                    }
+                    Op::TryGet | Op::GetTimeout => {
+                        let deadline = if matches!(op, Op::TryGet) { Deadline::Now } else { short };
+                        match (t.get(deadline), model.pop_front()) {
+                            (Ok(got), Some(want)) => prop_assert_eq!(got, want),
+                            (Err(Error::Empty), None) | (Err(Error::Timeout(_)), None) => {}
+                            (got, want) => prop_assert!(false, "got {:?}, wanted {:?}", got.map(|g| g.len()), want.map(|w| w.len())),
+                        }
+                    }
+                    Op::Stream(len) => {
+                        let m = message(next_id, len);
+                        next_id += 1;
+                        let t2 = t.clone();
+                        let m2 = m.clone();
+                        let producer = std::thread::spawn(move || t2.put(&m2, SOON));
+                        model.push_back(m);
+                        while let Some(want) = model.pop_front() {
+                            prop_assert_eq!(t.get(SOON).unwrap(), want);
+                        }
+                        producer.join().unwrap().unwrap();
+                    }
+                }
+                prop_assert_eq!(t.ring().len(), model.len() as u64);
+            }
+            t.ring().close();
+            prop_assert!(matches!(t.put(b"late", Deadline::Now), Err(Error::Closed)));
+            while let Some(want) = model.pop_front() {
+                prop_assert_eq!(t.get(Deadline::Now).unwrap(), want);
+            }
+            prop_assert!(matches!(t.get(Deadline::Now), Err(Error::Closed)));
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! `SimpleQueue<T>`: Python's `multiprocessing.SimpleQueue`.
+
+use std::borrow::Borrow;
+use std::time::Duration;
+
+use crate::codec::Shareable;
+use crate::error::Result;
+use crate::handle::{HandleRepr, ShareHandle};
+use crate::queue::Queue;
+
+/// A plain queue: `put`, `get`, `empty`, `close`, without a message limit.
+///
+/// It is the same ring as [`Queue`] (so it is as fast and as robust), with the
+/// smaller interface of Python's `SimpleQueue`. `put` waits only while the
+/// 1 MiB ring has no room.
+///
+/// ```
+/// let q = multiproc::SimpleQueue::new().unwrap();
+/// q.put("hello".to_string()).unwrap();
+/// assert!(!q.empty());
+/// assert_eq!(q.get().unwrap(), "hello");
+/// ```
+pub struct SimpleQueue<T> {
+    queue: Queue<T>,
+}
+
+impl<T> Clone for SimpleQueue<T> {
+    fn clone(&self) -> Self {
+        SimpleQueue {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for SimpleQueue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SimpleQueue").field(&self.queue).finish()
+    }
+}
+
+impl<T: Shareable> SimpleQueue<T> {
+    /// A new, empty queue.
+    pub fn new() -> Result<Self> {
+        Queue::new().map(|queue| SimpleQueue { queue })
+    }
+
+    /// Puts `item`, waiting while the ring has no room.
+    pub fn put(&self, item: impl Borrow<T>) -> Result<()> {
+        self.queue.put(item)
+    }
+
+    /// Puts `item` if it fits now; `Err(Full)` otherwise.
+    pub fn try_put(&self, item: impl Borrow<T>) -> Result<()> {
+        self.queue.try_put(item)
+    }
+
+    /// Puts `item`, waiting at most `timeout` for room.
+    pub fn put_timeout(&self, item: impl Borrow<T>, timeout: Duration) -> Result<()> {
+        self.queue.put_timeout(item, timeout)
+    }
+
+    /// Takes the oldest message, waiting for one; `Err(Closed)` once closed and drained.
+    pub fn get(&self) -> Result<T> {
+        self.queue.get()
+    }
+
+    /// Takes a message if one is there now; `Err(Empty)` otherwise.
+    pub fn try_get(&self) -> Result<T> {
+        self.queue.try_get()
+    }
+
+    /// Takes a message, waiting at most `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        self.queue.get_timeout(timeout)
+    }
+
+    /// Whether the queue holds no message.
+    pub fn empty(&self) -> bool {
+        self.queue.empty()
+    }
+
+    /// Closes the queue for every process (see [`Queue::close`]).
+    pub fn close(&self) {
+        self.queue.close()
+    }
+}
+
+impl<T: Shareable> ShareHandle for SimpleQueue<T> {
+    fn to_repr(&self) -> Result<HandleRepr> {
+        self.queue.to_repr()
+    }
+
+    fn from_repr(repr: &HandleRepr) -> Result<Self> {
+        Queue::from_repr(repr).map(|queue| SimpleQueue { queue })
+    }
+}
+
+crate::impl_share_handle!(impl<T: Shareable> for SimpleQueue<T>);
