@@ -29,9 +29,9 @@ use crate::shm::fingerprint_str;
 
 pub use listener::{Address, Listener, client};
 pub use pipe::DEFAULT_PIPE_CAPACITY;
+use pipe::ShmEnd;
 pub use socket::SocketConnection;
 pub use wait::{Waitable, wait};
-use pipe::ShmEnd;
 
 /// Tag, in `HandleRepr::extra` above bit 8, of a shared-memory pipe end.
 const TRANSPORT_SHM: u64 = 0;
@@ -146,7 +146,10 @@ impl Pipe {
     ) -> Result<(Connection<T>, Connection<T>)> {
         let (fp, _) = connection_fingerprint::<T>();
         let (a, b) = ShmEnd::pair(fp, duplex, bytes)?;
-        Ok((Connection::new(Transport::Shm(a)), Connection::new(Transport::Shm(b))))
+        Ok((
+            Connection::new(Transport::Shm(a)),
+            Connection::new(Transport::Shm(b)),
+        ))
     }
 }
 
@@ -323,9 +326,13 @@ impl<T: Shareable> ShareHandle for Connection<T> {
         match repr.extra >> 8 {
             TRANSPORT_SHM => {
                 let (fp, name) = connection_fingerprint::<T>();
-                Ok(Connection::new(Transport::Shm(ShmEnd::open(repr, fp, &name)?)))
+                Ok(Connection::new(Transport::Shm(ShmEnd::open(
+                    repr, fp, &name,
+                )?)))
             }
-            other => Err(Error::Protocol(format!("unknown connection transport {other}"))),
+            other => Err(Error::Protocol(format!(
+                "unknown connection transport {other}"
+            ))),
         }
     }
 }

@@ -131,7 +131,8 @@ struct PipeEnds<'a> {
 
 impl PipeEnds<'_> {
     fn gone(&self, thorough: bool) -> bool {
-        if self.me.closed.load(Ordering::SeqCst) != 0 || self.peer.closed.load(Ordering::SeqCst) != 0
+        if self.me.closed.load(Ordering::SeqCst) != 0
+            || self.peer.closed.load(Ordering::SeqCst) != 0
         {
             return true;
         }
@@ -159,7 +160,11 @@ impl Ends for PipeEnds<'_> {
 
 impl ShmEnd {
     /// A new pipe: `(end 0, end 1)`; one-way pipes read at end 0 and write at end 1.
-    pub(crate) fn pair(fingerprint: u64, duplex: bool, capacity: usize) -> Result<(ShmEnd, ShmEnd)> {
+    pub(crate) fn pair(
+        fingerprint: u64,
+        duplex: bool,
+        capacity: usize,
+    ) -> Result<(ShmEnd, ShmEnd)> {
         let cap = (capacity as u64).next_multiple_of(8);
         ring::check_capacity(cap)?;
         let tail = if duplex { 2 * cap } else { cap };
@@ -174,7 +179,11 @@ impl ShmEnd {
                 // SAFETY: just initialised.
                 let state = unsafe { &*state };
                 state.config.0.capacity.store(cap, Ordering::Relaxed);
-                state.config.0.duplex.store(duplex as u32, Ordering::Relaxed);
+                state
+                    .config
+                    .0
+                    .duplex
+                    .store(duplex as u32, Ordering::Relaxed);
                 for r in &state.rings {
                     r.init(cap);
                 }
@@ -254,7 +263,11 @@ impl ShmEnd {
     }
 
     fn ring(&self, index: usize) -> Ring<'_> {
-        let offset = if self.duplex { index as u64 * self.cap } else { 0 };
+        let offset = if self.duplex {
+            index as u64 * self.cap
+        } else {
+            0
+        };
         // SAFETY: the tail holds the ring buffers (checked in attach); each is
         // `cap` bytes, 8-aligned, and lives as long as `self.obj`.
         unsafe {
@@ -308,7 +321,8 @@ impl ShmEnd {
             ));
         }
         self.check_open()?;
-        self.ring(1 - self.end).get(out, max, deadline, &self.ends())
+        self.ring(1 - self.end)
+            .get(out, max, deadline, &self.ends())
     }
 
     pub(crate) fn poll(&self, deadline: Deadline) -> Result<bool> {
@@ -318,7 +332,9 @@ impl ShmEnd {
             ));
         }
         self.check_open()?;
-        let ready = self.ring(1 - self.end).wait_readable(deadline, &self.ends());
+        let ready = self
+            .ring(1 - self.end)
+            .wait_readable(deadline, &self.ends());
         if self.is_closed() {
             return Err(Error::Closed);
         }

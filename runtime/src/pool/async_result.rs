@@ -19,9 +19,12 @@ use crate::error::{Error, Result};
 /// # drop(cb);
 /// ```
 pub struct Callbacks<R> {
-    pub(crate) on_ok: Option<Box<dyn FnOnce(&R) + Send>>,
-    pub(crate) on_err: Option<Box<dyn FnOnce(&Error) + Send>>,
+    pub(crate) on_ok: Option<OnOk<R>>,
+    pub(crate) on_err: Option<OnErr>,
 }
+
+type OnOk<R> = Box<dyn FnOnce(&R) + Send>;
+type OnErr = Box<dyn FnOnce(&Error) + Send>;
 
 impl<R> Default for Callbacks<R> {
     fn default() -> Self {

@@ -21,7 +21,7 @@ mod thread_backend;
 mod wire;
 
 pub use api::ThreadPool;
-pub use process_pool::{Pool, PoolBuilder};
 pub use async_result::{AsyncResult, Callbacks};
 pub use imap::IMapIterator;
+pub use process_pool::{Pool, PoolBuilder};
 pub use wire::{Star2, TaskFn};

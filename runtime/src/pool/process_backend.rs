@@ -17,7 +17,6 @@ use crate::process::launch::{self, Outcome};
 use crate::process::{Process, StartMethod};
 use crate::queue::Queue;
 
-
 /// A task ready to send: the function's offsets and each item encoded.
 pub(crate) struct ProcTask {
     entry_offset: i64,
@@ -131,6 +130,9 @@ fn worker_main(args: WorkerArgs) {
         init,
         maxtasks,
     } = args;
+    // A task's panic message travels back to the pool with its result (as
+    // Python's pool reports exceptions): do not also print it here.
+    std::panic::set_hook(Box::new(|_| {}));
     if let Some(init) = init {
         // SAFETY: the offsets were computed by the pool from an `EntryFn` and
         // an `fn(A)` in this same binary (a spawned worker checked the binary's
@@ -291,4 +293,3 @@ impl Backend for Processes {
         })
     }
 }
-

@@ -109,7 +109,11 @@ impl Pool {
 
     /// The pids of the current workers (they change as workers are replaced).
     pub fn worker_pids(&self) -> Vec<i32> {
-        self.core.with_workers(|w| w.pid()).into_iter().flatten().collect()
+        self.core
+            .with_workers(|w| w.pid())
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     pool_methods!();

@@ -1,7 +1,7 @@
 //! Workers that are threads of this process (for `ThreadPool`).
 
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -52,10 +52,7 @@ impl Threads {
 
 impl ReportSource for ThreadReports {
     fn recv(&mut self, timeout: Duration) -> Option<Report> {
-        match self.0.recv_timeout(timeout) {
-            Ok(r) => Some(r),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.0.recv_timeout(timeout).ok()
     }
     fn try_recv(&mut self) -> Option<Report> {
         self.0.try_recv().ok()

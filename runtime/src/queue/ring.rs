@@ -684,7 +684,10 @@ impl<'a> Ring<'a> {
     fn lock_consumer(&self, deadline: Deadline) -> Option<Held<'a>> {
         let lock = &self.state.consumer.0.lock;
         if let Acquired::OwnerDied { pid } = lock.lock(deadline)? {
-            tracing::warn!(pid, "a queue consumer died mid-get; the message it was taking may be lost");
+            tracing::warn!(
+                pid,
+                "a queue consumer died mid-get; the message it was taking may be lost"
+            );
         }
         Some(Held(lock))
     }
@@ -702,9 +705,14 @@ impl<'a> Ring<'a> {
         tracing::warn!(lost, "corrupt record in a shared ring: {why}");
         let c = &self.state.consumer.0;
         c.cached_tail.store(tail, Ordering::Relaxed);
-        c.taken.store(self.state.producer.0.puts.load(Ordering::Acquire), Ordering::Release);
+        c.taken.store(
+            self.state.producer.0.puts.load(Ordering::Acquire),
+            Ordering::Release,
+        );
         self.advance_head(tail);
-        Error::Protocol(format!("corrupt record in a shared ring ({why}); {lost} bytes dropped"))
+        Error::Protocol(format!(
+            "corrupt record in a shared ring ({why}); {lost} bytes dropped"
+        ))
     }
 
     /// The published end of the ring as far as the consumer at `head` needs to know.
@@ -968,7 +976,6 @@ impl<'a> Ring<'a> {
             }
         }
     }
-
 }
 
 #[cfg(test)]
@@ -1060,7 +1067,9 @@ mod tests {
     fn small_messages_round_trip() {
         let t = TestRing::new(256);
         for round in 0..50u64 {
-            let msgs: Vec<_> = (0..3).map(|i| message(round * 3 + i, i as usize * 9)).collect();
+            let msgs: Vec<_> = (0..3)
+                .map(|i| message(round * 3 + i, i as usize * 9))
+                .collect();
             for m in &msgs {
                 t.put(m, Deadline::Now).unwrap();
             }
@@ -1107,7 +1116,10 @@ mod tests {
         let t = TestRing::new(4096);
         t.put_max(b"a", 2, Deadline::Now).unwrap();
         t.put_max(b"b", 2, Deadline::Now).unwrap();
-        assert!(matches!(t.put_max(b"c", 2, Deadline::Now), Err(Error::Full)));
+        assert!(matches!(
+            t.put_max(b"c", 2, Deadline::Now),
+            Err(Error::Full)
+        ));
         assert_eq!(t.get(Deadline::Now).unwrap(), b"a");
         t.put_max(b"c", 2, Deadline::Now).unwrap();
         assert_eq!(t.ring().len(), 2);
@@ -1188,7 +1200,10 @@ mod tests {
             t.put(b"two", Deadline::Now).unwrap();
             // SAFETY: the header of the first record lies within the buffer.
             unsafe { t.byte(at).cast::<u32>().write(bad) };
-            assert!(matches!(t.get(Deadline::Now), Err(Error::Protocol(_))), "len {bad}");
+            assert!(
+                matches!(t.get(Deadline::Now), Err(Error::Protocol(_))),
+                "len {bad}"
+            );
             assert!(matches!(t.get(Deadline::Now), Err(Error::Empty)));
             t.put(b"three", Deadline::Now).unwrap();
             assert_eq!(t.get(Deadline::Now).unwrap(), b"three");
@@ -1225,7 +1240,8 @@ mod tests {
         p.puts.store(2, Ordering::SeqCst);
         hold_by_dead(&p.lock);
         assert_eq!(t.ring().len(), 2);
-        t.put(b"next", Deadline::after(Duration::from_secs(5))).unwrap();
+        t.put(b"next", Deadline::after(Duration::from_secs(5)))
+            .unwrap();
         assert_eq!(t.ring().len(), 2);
         assert_eq!(t.ring().tasks(), 2);
         assert_eq!(t.get(Deadline::Now).unwrap(), b"kept");
@@ -1239,9 +1255,8 @@ mod tests {
         let t2 = t.clone();
         // Stream a large message with nobody reading, then make its producer "die".
         let big = message(5, 4000);
-        let h = std::thread::spawn(move || {
-            t2.put(&big, Deadline::after(Duration::from_millis(50)))
-        });
+        let h =
+            std::thread::spawn(move || t2.put(&big, Deadline::after(Duration::from_millis(50))));
         assert!(h.join().unwrap().is_err());
         let p = &t.state.producer.0;
         p.writing.store(1, Ordering::SeqCst);
@@ -1249,7 +1264,8 @@ mod tests {
         // The consumer takes the first parts, sees the producer is dead, drops them.
         let got = t.get(Deadline::after(Duration::from_millis(300)));
         assert!(matches!(got, Err(Error::Timeout(_))), "{got:?}");
-        t.put(b"fine", Deadline::after(Duration::from_secs(5))).unwrap();
+        t.put(b"fine", Deadline::after(Duration::from_secs(5)))
+            .unwrap();
         assert_eq!(t.get(Deadline::Now).unwrap(), b"fine");
     }
 
@@ -1274,8 +1290,12 @@ mod tests {
     }
 
     fn ops() -> impl Strategy<Value = (u64, Vec<Op>)> {
-        prop_oneof![Just(256u64), Just(512), Just(1000), Just(4096)]
-            .prop_flat_map(|cap| (Just(cap), proptest::collection::vec(op(cap as usize), 1..60)))
+        prop_oneof![Just(256u64), Just(512), Just(1000), Just(4096)].prop_flat_map(|cap| {
+            (
+                Just(cap),
+                proptest::collection::vec(op(cap as usize), 1..60),
+            )
+        })
     }
 
     proptest! {
