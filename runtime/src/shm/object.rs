@@ -232,6 +232,7 @@ impl<T> ShmObject<T> {
     }
 
     /// The object's state.
+    #[inline]
     pub fn state(&self) -> &T {
         // SAFETY: `create`, `open` or `open_embedded` checked that the segment
         // holds an aligned `T` at `offset`, and the mapping lives as long as `self`.

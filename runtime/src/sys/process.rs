@@ -30,6 +30,7 @@ fn install_atfork() {
 }
 
 /// This process's id, cached (and refreshed after any fork).
+#[inline]
 pub fn getpid() -> i32 {
     let pid = PID.load(Ordering::Relaxed);
     if pid != 0 {
@@ -76,6 +77,7 @@ pub fn start_ticks(pid: i32) -> Option<u64> {
 }
 
 /// This process's own start time, cached.
+#[inline]
 pub fn own_start_ticks() -> u64 {
     let t = START_TICKS.load(Ordering::Relaxed);
     if t != 0 {

@@ -4,8 +4,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
-use multiproc::{Lock, Process, RawValue, StartMethod, ThreadPool, Value};
+use multiproc::{
+    Barrier, Event, Lock, Pool, Process, RLock, RawValue, StartMethod, ThreadPool, Value,
+};
 
 use crate::stats::{Figure, fmt_ns, per_call, summarize, time_ops};
 
@@ -36,6 +39,13 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("value/fetch_add", value_fetch_add),
         ("value/raw_read", value_raw_read),
         ("lock/acquire_release", lock_acquire_release),
+        ("rlock/acquire_release", rlock_acquire_release),
+        ("event/ping_pong", event_ping_pong),
+        ("barrier/wait_2", barrier_wait_2),
+        ("pool/map_chunksize_1", pool_map_chunksize_1),
+        ("pool/map_default", pool_map_default),
+        ("pool/cpu_1ms", pool_cpu_1ms),
+        ("pool/cpu_1ms_one_process", cpu_1ms_one_process),
         ("threadpool/map_chunksize_1", threadpool_map_chunksize_1),
     ]
 }
@@ -118,6 +128,139 @@ fn lock_acquire_release(scale: &Scale) -> multiproc::Result<Figure> {
             if let Ok(g) = l.lock() {
                 drop(g);
             }
+        },
+    ))
+}
+
+fn rlock_acquire_release(scale: &Scale) -> multiproc::Result<Figure> {
+    let l = RLock::new()?;
+    Ok(per_call(
+        "rlock/acquire_release",
+        scale.samples,
+        10_000 * scale.k,
+        || {
+            if let Ok(g) = l.lock() {
+                drop(g);
+            }
+        },
+    ))
+}
+
+/// Runs `child(arg)` in a forked process while `parent` measures; joins it.
+fn with_peer<A: multiproc::Shareable>(
+    child: fn(A),
+    arg: A,
+    parent: impl FnOnce() -> Figure,
+) -> multiproc::Result<Figure> {
+    let mut p = Process::new(child, arg).start_method(StartMethod::Fork);
+    p.start()?;
+    let figure = parent();
+    p.join_timeout(Duration::from_secs(60))?;
+    Ok(figure)
+}
+
+fn event_echo((ping, pong, n): (Event, Event, u64)) {
+    for _ in 0..n {
+        ping.wait();
+        ping.clear();
+        pong.set();
+    }
+}
+
+fn event_ping_pong(scale: &Scale) -> multiproc::Result<Figure> {
+    let (ping, pong) = (Event::new()?, Event::new()?);
+    let batch = 200 * scale.k;
+    let total = (batch * (scale.samples + 1)) as u64;
+    with_peer(event_echo, (ping.clone(), pong.clone(), total), || {
+        per_call("event/ping_pong", scale.samples, batch, || {
+            ping.set();
+            pong.wait();
+            pong.clear();
+        })
+    })
+}
+
+fn barrier_party((b, n): (Barrier, u64)) {
+    for _ in 0..n {
+        if b.wait().is_err() {
+            return;
+        }
+    }
+}
+
+fn barrier_wait_2(scale: &Scale) -> multiproc::Result<Figure> {
+    let b = Barrier::new(2)?;
+    let batch = 200 * scale.k;
+    let total = (batch * (scale.samples + 1)) as u64;
+    with_peer(barrier_party, (b.clone(), total), || {
+        per_call("barrier/wait_2", scale.samples, batch, || {
+            let _ = b.wait();
+        })
+    })
+}
+
+/// Per-task time of `pool.map(f, 0..n, chunksize)`.
+fn pool_map(
+    key: &'static str,
+    scale: &Scale,
+    n: usize,
+    chunksize: Option<usize>,
+    f: fn(u64) -> u64,
+) -> multiproc::Result<Figure> {
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::Fork)
+        .build()?;
+    pool.map(f, 0..64, 1)?;
+    let mut per_op = Vec::new();
+    for _ in 0..scale.samples.min(10) {
+        let mut result = Ok(());
+        let ns = time_ops(n, || result = pool.map(f, 0..n as u64, chunksize).map(drop));
+        result?;
+        per_op.push(ns);
+    }
+    Ok(summarize(key, &mut per_op, None))
+}
+
+fn pool_map_chunksize_1(scale: &Scale) -> multiproc::Result<Figure> {
+    pool_map(
+        "pool/map_chunksize_1",
+        scale,
+        2_000 * scale.k,
+        Some(1),
+        square,
+    )
+}
+
+fn pool_map_default(scale: &Scale) -> multiproc::Result<Figure> {
+    pool_map("pool/map_default", scale, 10_000 * scale.k, None, square)
+}
+
+/// About a millisecond of CPU work.
+fn cpu_1ms(seed: u64) -> u64 {
+    let start = std::time::Instant::now();
+    let mut x = seed;
+    while start.elapsed() < Duration::from_millis(1) {
+        for _ in 0..1000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+        }
+    }
+    x
+}
+
+fn pool_cpu_1ms(scale: &Scale) -> multiproc::Result<Figure> {
+    pool_map("pool/cpu_1ms", scale, 20 * scale.k, Some(1), cpu_1ms)
+}
+
+fn cpu_1ms_one_process(scale: &Scale) -> multiproc::Result<Figure> {
+    Ok(per_call(
+        "pool/cpu_1ms_one_process",
+        scale.samples.min(10),
+        20 * scale.k,
+        || {
+            std::hint::black_box(cpu_1ms(1));
         },
     ))
 }
