@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::codec::Shareable;
 use crate::error::{Error, Result};
-use crate::pool::jobs::RawResult;
+use crate::pool::jobs::RawChunk;
 use crate::pool::wire::TaskFn;
 
 /// A chunk of consecutive items of one job.
@@ -22,7 +22,7 @@ pub(crate) enum Report {
         worker: u64,
         job: u64,
         first: usize,
-        results: Vec<RawResult>,
+        results: RawChunk,
     },
     /// A worker's initializer failed.
     InitFailed { worker: u64, message: String },

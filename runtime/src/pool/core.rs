@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::pool::backend::{Backend, Chunk, Ended, Report, ReportSource};
-use crate::pool::jobs::{Job, RawResult};
+use crate::pool::jobs::{Job, RawChunk};
 
 /// How often the result handler looks at workers when no report arrives.
 const SLICE: Duration = Duration::from_millis(50);
@@ -102,7 +102,7 @@ impl Abandon {
 /// runs user callbacks (which may submit more work).
 #[derive(Default)]
 struct Outbox {
-    deliveries: Vec<(u64, usize, Vec<RawResult>)>,
+    deliveries: Vec<(u64, usize, RawChunk)>,
     abandoned: Vec<(Box<dyn Job>, Abandon)>,
 }
 
@@ -359,8 +359,9 @@ impl<B: Backend> State<B> {
                 tracing::warn!(pid = ended.pid, "pool worker died: {}", ended.error());
             }
             for ((job, first), len) in slot.inflight {
-                let results = (0..len).map(|_| RawResult::Failed(ended.error())).collect();
-                out.deliveries.push((job, first, results));
+                let error = Arc::new(move || ended.error());
+                out.deliveries
+                    .push((job, first, RawChunk::Failed { len, error }));
             }
             let work_left = !self.jobs.is_empty() || !self.pending.is_empty();
             let replace = self.broken.is_none()

@@ -10,44 +10,74 @@ use parking_lot::{Condvar, Mutex};
 use crate::codec::Shareable;
 use crate::error::{Error, Result};
 use crate::pool::async_result::Promise;
-use crate::pool::wire::ItemOutcome;
+use crate::pool::wire::{ChunkOutcome, ItemFailure};
 
-/// One item's result as a worker reports it, before it is typed.
-pub(crate) enum RawResult {
+/// Makes the error for each item of a failed chunk.
+pub(crate) type ErrorMaker = Arc<dyn Fn() -> Error + Send + Sync>;
+
+/// A chunk's results as a worker reports them, before they are typed.
+pub(crate) enum RawChunk {
     /// From a process worker: encoded.
-    Encoded(ItemOutcome),
-    /// From a thread worker: the value itself.
-    Value(Box<dyn Any + Send>),
-    /// The pool failed the item (its worker died, the pool was terminated…).
-    Failed(Error),
+    Encoded { len: usize, outcome: ChunkOutcome },
+    /// From a thread worker: a `Vec<Result<R>>`.
+    Typed(Box<dyn Any + Send>),
+    /// The pool failed every item (the worker died, for example).
+    Failed { len: usize, error: ErrorMaker },
 }
 
-impl RawResult {
-    /// Decodes or downcasts into the job's result type.
-    pub fn into_typed<R: Shareable>(self) -> Result<R> {
+impl RawChunk {
+    /// Decodes (or downcasts) into the job's result type, one per item.
+    pub fn into_typed<R: Shareable>(self) -> Vec<Result<R>> {
         match self {
-            RawResult::Encoded(ItemOutcome::Returned(bytes)) => R::decode(&bytes),
-            RawResult::Encoded(ItemOutcome::Panicked(msg)) => {
-                Err(Error::Remote(format!("task panicked: {msg}")))
-            }
-            RawResult::Encoded(ItemOutcome::Failed(msg)) => Err(Error::Remote(msg)),
-            RawResult::Value(v) => v.downcast::<Result<R>>().map_or_else(
-                |_| {
-                    Err(Error::Remote(
-                        "a thread task returned an unexpected type".into(),
-                    ))
-                },
-                |r| *r,
-            ),
-            RawResult::Failed(e) => Err(e),
+            RawChunk::Encoded { len, outcome } => merge::<R>(len, outcome),
+            RawChunk::Typed(any) => match any.downcast::<Vec<Result<R>>>() {
+                Ok(v) => *v,
+                Err(_) => vec![Err(Error::Remote(
+                    "a thread task returned an unexpected type".into(),
+                ))],
+            },
+            RawChunk::Failed { len, error } => (0..len).map(|_| Err(error())).collect(),
         }
     }
 }
 
+fn merge<R: Shareable>(len: usize, outcome: ChunkOutcome) -> Vec<Result<R>> {
+    let ChunkOutcome { returned, failures } = outcome;
+    let returned = if failures.len() < len {
+        R::decode_many(&returned)
+    } else {
+        Ok(Vec::new())
+    };
+    let mut returned = match returned {
+        Ok(v) => v.into_iter(),
+        Err(e) => {
+            let msg = e.to_string();
+            return (0..len).map(|_| Err(Error::Codec(msg.clone()))).collect();
+        }
+    };
+    let mut failures = failures.into_iter().peekable();
+    (0..len)
+        .map(|i| {
+            if failures.peek().is_some_and(|(at, _)| *at as usize == i) {
+                return Err(match failures.next() {
+                    Some((_, ItemFailure::Panicked(m))) => {
+                        Error::Remote(format!("task panicked: {m}"))
+                    }
+                    Some((_, ItemFailure::Failed(m))) => Error::Remote(m),
+                    None => Error::Protocol("a failure vanished".into()),
+                });
+            }
+            returned
+                .next()
+                .ok_or_else(|| Error::Protocol("a worker sent too few results".into()))
+        })
+        .collect()
+}
+
 /// Receives the results of one job, chunk by chunk.
 pub(crate) trait Job: Send {
-    /// Results for items `first..first + results.len()`.
-    fn deliver(&mut self, first: usize, results: Vec<RawResult>);
+    /// Results for the chunk of items starting at `first`.
+    fn deliver(&mut self, first: usize, chunk: RawChunk);
     /// Whether every item has a result (the job can be dropped).
     fn complete(&self) -> bool;
     /// Fails every item that has no result yet (pool terminated or broken).
@@ -68,9 +98,9 @@ impl<R> ApplyJob<R> {
 }
 
 impl<R: Shareable> Job for ApplyJob<R> {
-    fn deliver(&mut self, _first: usize, results: Vec<RawResult>) {
-        if let (Some(p), Some(r)) = (self.promise.take(), results.into_iter().next()) {
-            p.complete(r.into_typed());
+    fn deliver(&mut self, _first: usize, chunk: RawChunk) {
+        if let (Some(p), Some(r)) = (self.promise.take(), chunk.into_typed().into_iter().next()) {
+            p.complete(r);
         }
     }
     fn complete(&self) -> bool {
@@ -118,12 +148,12 @@ impl<R> MapJob<R> {
 }
 
 impl<R: Shareable> Job for MapJob<R> {
-    fn deliver(&mut self, first: usize, results: Vec<RawResult>) {
-        for (i, r) in results.into_iter().enumerate() {
+    fn deliver(&mut self, first: usize, chunk: RawChunk) {
+        for (i, r) in chunk.into_typed().into_iter().enumerate() {
             if let Some(slot) = self.results.get_mut(first + i)
                 && slot.is_none()
             {
-                *slot = Some(r.into_typed());
+                *slot = Some(r);
                 self.missing -= 1;
             }
         }
@@ -206,10 +236,10 @@ impl<R> IMapJob<R> {
 }
 
 impl<R: Shareable> Job for IMapJob<R> {
-    fn deliver(&mut self, first: usize, results: Vec<RawResult>) {
-        for (i, r) in results.into_iter().enumerate() {
+    fn deliver(&mut self, first: usize, chunk: RawChunk) {
+        for (i, r) in chunk.into_typed().into_iter().enumerate() {
             self.delivered += 1;
-            self.shared.push(first + i, r.into_typed());
+            self.shared.push(first + i, r);
         }
     }
     fn complete(&self) -> bool {

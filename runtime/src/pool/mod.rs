@@ -24,4 +24,3 @@ pub use api::ThreadPool;
 pub use async_result::{AsyncResult, Callbacks};
 pub use imap::IMapIterator;
 pub use process_pool::{Pool, PoolBuilder};
-pub use wire::{Star2, TaskFn};

@@ -11,8 +11,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::codec::Shareable;
 use crate::error::Result;
 use crate::pool::backend::{Backend, Chunk, Ended, Report, ReportSource};
-use crate::pool::jobs::RawResult;
-use crate::pool::wire::{ItemOutcome, OrderMsg, ReportMsg, TaskFn, TaskMsg};
+use crate::pool::jobs::RawChunk;
+use crate::pool::wire::{self, ChunkEntryFn, OrderMsg, ReportMsg, TaskFn, TaskMsg};
 use crate::process::launch::{self, Outcome};
 use crate::process::{Process, StartMethod};
 use crate::queue::Queue;
@@ -21,7 +21,7 @@ use crate::queue::Queue;
 pub(crate) struct ProcTask {
     entry_offset: i64,
     target_offset: i64,
-    args: Vec<Vec<u8>>,
+    args: Vec<u8>,
 }
 
 /// The initializer as a worker receives it.
@@ -100,12 +100,16 @@ fn to_report(msg: ReportMsg) -> Report {
             worker,
             job,
             first,
-            outcomes,
+            count,
+            outcome,
         } => Report::Done {
             worker,
             job,
             first: first as usize,
-            results: outcomes.into_iter().map(RawResult::Encoded).collect(),
+            results: RawChunk::Encoded {
+                len: count as usize,
+                outcome,
+            },
         },
         ReportMsg::InitFailed { worker, message } => Report::InitFailed { worker, message },
         ReportMsg::Wake => Report::Wake,
@@ -156,19 +160,16 @@ fn worker_main(args: WorkerArgs) {
         // SAFETY: as above: the pool computed these offsets from functions of
         // this same binary.
         let entry = unsafe {
-            std::mem::transmute::<*const (), launch::EntryFn>(launch::addr_at(task.entry_offset))
+            std::mem::transmute::<*const (), ChunkEntryFn>(launch::addr_at(task.entry_offset))
         };
         let target = launch::addr_at(task.target_offset);
-        let outcomes = task
-            .args
-            .iter()
-            .map(|arg| ItemOutcome::from(entry(target, arg)))
-            .collect();
+        let outcome = entry(target, &task.args, task.count as usize);
         let sent = reports.put(&ReportMsg::Done {
             worker: id,
             job: task.job,
             first: task.first,
-            outcomes,
+            count: task.count,
+            outcome,
         });
         done += 1;
         if sent.is_err() || maxtasks.is_some_and(|m| done >= m) {
@@ -214,6 +215,7 @@ impl Backend for Processes {
         let msg = OrderMsg::Run(TaskMsg {
             job,
             first: first as u64,
+            count: len as u64,
             entry_offset: task.entry_offset,
             target_offset: task.target_offset,
             args: task.args,
@@ -281,15 +283,11 @@ impl Backend for Processes {
         R: Shareable,
         F: TaskFn<A, R>,
     {
-        let point = f.entry();
-        let args = items
-            .iter()
-            .map(|a| a.encode().map(|b| b.into_vec()))
-            .collect::<Result<Vec<_>>>()?;
+        let entry: ChunkEntryFn = wire::chunk_entry::<A, R, F>;
         Ok(ProcTask {
-            entry_offset: launch::offset_of(point.entry as *const ()),
-            target_offset: launch::offset_of(point.target),
-            args,
+            entry_offset: launch::offset_of(entry as *const ()),
+            target_offset: launch::offset_of(f.to_ptr()),
+            args: A::encode_many(&items)?.into_vec(),
         })
     }
 }

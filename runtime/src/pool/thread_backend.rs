@@ -8,12 +8,12 @@ use std::time::Duration;
 use crate::codec::Shareable;
 use crate::error::{Error, Result};
 use crate::pool::backend::{Backend, Chunk, Ended, Report, ReportSource};
-use crate::pool::jobs::RawResult;
+use crate::pool::jobs::RawChunk;
 use crate::pool::wire::TaskFn;
 use crate::process::launch::panic_message;
 
 /// One chunk's work on a thread: runs every item, catching panics.
-pub(crate) type ThreadTask = Box<dyn FnOnce() -> Vec<RawResult> + Send>;
+pub(crate) type ThreadTask = Box<dyn FnOnce() -> RawChunk + Send>;
 
 enum Order {
     Run(Chunk<ThreadTask>),
@@ -161,18 +161,15 @@ impl Backend for Threads {
         F: TaskFn<A, R>,
     {
         Ok(Box::new(move || {
-            items
+            let results: Vec<Result<R>> = items
                 .into_iter()
                 .map(|item| {
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.call(item))) {
-                        Ok(r) => RawResult::Value(Box::new(Ok::<R, Error>(r))),
-                        Err(p) => RawResult::Failed(Error::Remote(format!(
-                            "task panicked: {}",
-                            panic_message(p.as_ref())
-                        ))),
-                    }
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.call(item))).map_err(
+                        |p| Error::Remote(format!("task panicked: {}", panic_message(p.as_ref()))),
+                    )
                 })
-                .collect()
+                .collect();
+            RawChunk::Typed(Box::new(results))
         }))
     }
 }

@@ -3,26 +3,35 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::codec::Shareable;
-use crate::process::launch::{self, Outcome};
+use crate::process::launch;
 
-/// One item's outcome, as a worker sends it back.
-#[derive(Archive, Serialize, Deserialize, Debug)]
+/// Why one item of a chunk has no result.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
 #[rkyv(crate = rkyv)]
-pub(crate) enum ItemOutcome {
-    /// The encoded result.
-    Returned(Vec<u8>),
+pub(crate) enum ItemFailure {
     /// The task panicked with this message.
     Panicked(String),
     /// The task could not run (argument not decodable, result not encodable).
     Failed(String),
 }
 
-impl From<Outcome> for ItemOutcome {
-    fn from(o: Outcome) -> Self {
-        match o {
-            Outcome::Returned(b) => ItemOutcome::Returned(b),
-            Outcome::Panicked(m) => ItemOutcome::Panicked(m),
-            Outcome::Failed(m) | Outcome::Mismatch(m) => ItemOutcome::Failed(m),
+/// What a worker sends back for a chunk: the results of the items that
+/// returned, encoded together, and the failures by item index.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+#[rkyv(crate = rkyv)]
+pub(crate) struct ChunkOutcome {
+    /// `R::encode_many` of the returned results, in item order.
+    pub returned: Vec<u8>,
+    /// Items (index within the chunk) that failed, in order.
+    pub failures: Vec<(u32, ItemFailure)>,
+}
+
+impl ChunkOutcome {
+    /// Every one of `len` items failed the same way.
+    pub fn all_failed(len: usize, failure: ItemFailure) -> ChunkOutcome {
+        ChunkOutcome {
+            returned: Vec::new(),
+            failures: (0..len as u32).map(|i| (i, failure.clone())).collect(),
         }
     }
 }
@@ -33,9 +42,11 @@ impl From<Outcome> for ItemOutcome {
 pub(crate) struct TaskMsg {
     pub job: u64,
     pub first: u64,
+    pub count: u64,
     pub entry_offset: i64,
     pub target_offset: i64,
-    pub args: Vec<Vec<u8>>,
+    /// `A::encode_many` of the chunk's items.
+    pub args: Vec<u8>,
 }
 
 /// What a process worker tells the pool.
@@ -47,7 +58,8 @@ pub(crate) enum ReportMsg {
         worker: u64,
         job: u64,
         first: u64,
-        outcomes: Vec<ItemOutcome>,
+        count: u64,
+        outcome: ChunkOutcome,
     },
     /// The initializer failed; the worker exits.
     InitFailed { worker: u64, message: String },
@@ -65,37 +77,40 @@ pub(crate) enum OrderMsg {
     Stop,
 }
 
-/// A task function: a plain `fn(A) -> R`, or a two-argument one for `starmap`.
-pub trait TaskFn<A, R>: Copy + Send + Sync + 'static {
-    /// Calls the function.
-    #[doc(hidden)]
-    fn call(self, arg: A) -> R;
-    /// The spawn entry point and function address for process workers.
-    #[doc(hidden)]
-    fn entry(self) -> EntryPoint;
-}
+/// How a process worker runs a chunk: the function's address, the encoded
+/// items and their count.
+pub(crate) type ChunkEntryFn = fn(*const (), &[u8], usize) -> ChunkOutcome;
 
-/// Where a process worker finds a task function (see `process::launch`).
-#[doc(hidden)]
-pub struct EntryPoint {
-    pub(crate) entry: launch::EntryFn,
-    pub(crate) target: *const (),
+/// A task function: a plain `fn(A) -> R`, or a two-argument one for `starmap`.
+pub(crate) trait TaskFn<A, R>: Copy + Send + Sync + 'static {
+    /// Calls the function.
+    fn call(self, arg: A) -> R;
+    /// The function's address (to find it again in a worker of this binary).
+    fn to_ptr(self) -> *const ();
+    /// The function at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must come from [`TaskFn::to_ptr`] of the same type, in this
+    /// binary (a worker that checked it runs the same binary).
+    unsafe fn from_ptr(ptr: *const ()) -> Self;
 }
 
 impl<A: Shareable, R: Shareable> TaskFn<A, R> for fn(A) -> R {
     fn call(self, arg: A) -> R {
         self(arg)
     }
-    fn entry(self) -> EntryPoint {
-        EntryPoint {
-            entry: launch::entry::<A, R>,
-            target: self as *const (),
-        }
+    fn to_ptr(self) -> *const () {
+        self as *const ()
+    }
+    unsafe fn from_ptr(ptr: *const ()) -> Self {
+        // SAFETY: the caller guarantees `ptr` is an `fn(A) -> R` of this binary.
+        unsafe { std::mem::transmute::<*const (), fn(A) -> R>(ptr) }
     }
 }
 
 /// A two-argument function used by `starmap`: each item is an `(A, B)` pair.
-pub struct Star2<A, B, R>(pub fn(A, B) -> R);
+pub(crate) struct Star2<A, B, R>(pub fn(A, B) -> R);
 
 impl<A, B, R> Clone for Star2<A, B, R> {
     fn clone(&self) -> Self {
@@ -111,25 +126,55 @@ where
     fn call(self, (a, b): (A, B)) -> R {
         (self.0)(a, b)
     }
-    fn entry(self) -> EntryPoint {
-        EntryPoint {
-            entry: entry_star2::<A, B, R>,
-            target: self.0 as *const (),
-        }
+    fn to_ptr(self) -> *const () {
+        self.0 as *const ()
+    }
+    unsafe fn from_ptr(ptr: *const ()) -> Self {
+        // SAFETY: the caller guarantees `ptr` is an `fn(A, B) -> R` of this binary.
+        Star2(unsafe { std::mem::transmute::<*const (), fn(A, B) -> R>(ptr) })
     }
 }
 
-fn entry_star2<A: Shareable, B: Shareable, R: Shareable>(target: *const (), args: &[u8]) -> Outcome
-where
-    (A, B): Shareable,
-{
-    let (a, b) = match <(A, B)>::decode(args) {
-        Ok(x) => x,
-        Err(e) => return Outcome::Failed(format!("cannot decode the task's arguments: {e}")),
+/// Runs a chunk in a process worker: decode all items, call `f` on each
+/// (catching panics), encode all results.
+pub(crate) fn chunk_entry<A: Shareable, R: Shareable, F: TaskFn<A, R>>(
+    target: *const (),
+    args: &[u8],
+    count: usize,
+) -> ChunkOutcome {
+    let items = match A::decode_many(args) {
+        Ok(items) if items.len() == count => items,
+        Ok(items) => {
+            let msg = format!("the chunk holds {} items, not {count}", items.len());
+            return ChunkOutcome::all_failed(count, ItemFailure::Failed(msg));
+        }
+        Err(e) => {
+            let msg = format!("cannot decode the task's argument: {e}");
+            return ChunkOutcome::all_failed(count, ItemFailure::Failed(msg));
+        }
     };
-    // SAFETY: `target` is the address of the pool's `fn(A, B) -> R` in this
-    // same binary (workers check the binary's identity when they start), and
-    // this entry was instantiated for the same A, B and R.
-    let f = unsafe { std::mem::transmute::<*const (), fn(A, B) -> R>(target) };
-    launch::run_caught(move || f(a, b))
+    // SAFETY: `target` came from `F::to_ptr` in the pool, in this same
+    // binary (a spawned worker checked the binary's identity before running).
+    let f = unsafe { F::from_ptr(target) };
+    let mut returned = Vec::with_capacity(count);
+    let mut failures = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.call(item))) {
+            Ok(r) => returned.push(r),
+            Err(p) => failures.push((
+                i as u32,
+                ItemFailure::Panicked(launch::panic_message(p.as_ref())),
+            )),
+        }
+    }
+    match R::encode_many(&returned) {
+        Ok(bytes) => ChunkOutcome {
+            returned: bytes.into_vec(),
+            failures,
+        },
+        Err(e) => ChunkOutcome::all_failed(
+            count,
+            ItemFailure::Failed(format!("cannot encode the task's result: {e}")),
+        ),
+    }
 }
