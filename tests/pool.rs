@@ -259,3 +259,36 @@ fn dropping_a_pool_reaps_every_worker() {
         assert!(util::is_gone(pid));
     }
 }
+
+/// A result type that refuses to be encoded.
+struct Unencodable;
+
+impl multiproc::handle::ShareHandle for Unencodable {
+    fn to_repr(&self) -> multiproc::Result<multiproc::handle::HandleRepr> {
+        Err(Error::InvalidArgument(
+            "this result refuses to be encoded".into(),
+        ))
+    }
+    fn from_repr(_: &multiproc::handle::HandleRepr) -> multiproc::Result<Self> {
+        Ok(Unencodable)
+    }
+}
+multiproc::impl_share_handle!(impl<> for Unencodable);
+
+fn make_unencodable(_: u8) -> Unencodable {
+    Unencodable
+}
+
+#[test]
+fn an_unencodable_result_is_an_error_not_a_hang() {
+    for m in METHODS {
+        let p = pool(m, 1);
+        let mut r = p.apply_async(make_unencodable, 1).unwrap();
+        match r.get_timeout(PROMPTLY) {
+            Err(Error::Remote(msg)) => assert!(msg.contains("refuses to be encoded"), "{msg}"),
+            Err(other) => panic!("{m:?}: {other:?}"),
+            Ok(_) => panic!("{m:?}: an unencodable result arrived"),
+        }
+        assert_eq!(p.apply(square, 4).unwrap(), 16);
+    }
+}
