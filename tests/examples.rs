@@ -66,3 +66,53 @@ fn queue_pipe() {
         ],
     );
 }
+
+#[test]
+fn pool() {
+    run(
+        "pool",
+        &[
+            "map of squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",
+            "apply_async callbacks collected: [0, 1, 4, 9, 16]",
+            "starmap with a fixed exponent: [1, 8, 27, 64, 125]",
+            "imap_unordered results (sorted): [10, 20, 30]",
+            "still running after 50 ms",
+            "a crashing task: worker",
+            "the pool carries on: [1, 4, 9]",
+        ],
+    );
+}
+
+#[test]
+fn locks() {
+    run(
+        "locks",
+        &[
+            "hello world 0",
+            "hello world 3",
+            "rlock held 2 deep",
+            "rlock free again: true",
+            "never more than 2: true",
+            "child saw the event",
+            "barrier action: everyone has arrived",
+            "barrier arrival indexes: [0, 1, 2]",
+        ],
+    );
+}
+
+#[test]
+fn manager() {
+    run(
+        "manager",
+        &[
+            "the dict has 10 entries",
+            "the list holds [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",
+            "4 processes x 1,000 atomic increments: 4000",
+            "nested list even: [0, 2, 4]",
+            "nested list odd: [1, 3, 5]",
+            "namespace status = done",
+            "objects after the proxies were dropped: 0",
+            "manager shut down",
+        ],
+    );
+}

@@ -124,3 +124,23 @@ fn value_lock_is_the_get_lock_handle() {
     drop(g);
     assert_eq!(v.get(), 1);
 }
+
+fn lock_in_child(lock: Lock) -> bool {
+    lock.try_acquire().is_ok() && lock.release().is_ok()
+}
+
+#[test]
+fn a_value_lock_can_be_passed_to_a_child() {
+    for m in METHODS {
+        let v = Value::new(1u64).unwrap();
+        let mut p = Process::new(lock_in_child, v.get_lock()).start_method(m);
+        p.start().unwrap();
+        assert!(p.join_timeout(PROMPTLY).unwrap(), "{m:?}");
+        // It is the value's own lock: while we hold it, the child cannot take it.
+        let held = v.lock().unwrap();
+        let mut p = Process::new(lock_in_child, v.get_lock()).start_method(m);
+        p.start().unwrap();
+        assert!(!p.join_timeout(PROMPTLY).unwrap());
+        drop(held);
+    }
+}

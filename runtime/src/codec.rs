@@ -3,10 +3,13 @@
 use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::de::Pool;
+use rkyv::rancor::Fallible;
 use rkyv::rancor::{self, Strategy};
 use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::{Allocator, Writer};
 use rkyv::util::AlignedVec;
-use rkyv::{Archive, Deserialize, Serialize};
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::{Archive, Deserialize, Place, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -23,6 +26,9 @@ use crate::error::{Error, Result};
 /// let bytes = (7u32, String::from("hi")).encode().unwrap();
 /// let back = <(u32, String)>::decode(&bytes).unwrap();
 /// assert_eq!(back, (7, "hi".to_string()));
+///
+/// let many = u64::encode_many(&[1, 2, 3]).unwrap();
+/// assert_eq!(u64::decode_many(&many).unwrap(), vec![1, 2, 3]);
 /// ```
 pub trait Shareable: Sized + Send + 'static {
     /// Encodes `self` into bytes.
@@ -31,6 +37,10 @@ pub trait Shareable: Sized + Send + 'static {
     fn encode_into(&self, out: &mut AlignedVec) -> Result<()>;
     /// Checks and decodes bytes made by [`Shareable::encode`].
     fn decode(bytes: &[u8]) -> Result<Self>;
+    /// Encodes many values as one message (cheaper than one each).
+    fn encode_many(items: &[Self]) -> Result<AlignedVec>;
+    /// Checks and decodes bytes made by [`Shareable::encode_many`].
+    fn decode_many(bytes: &[u8]) -> Result<Vec<Self>>;
 }
 
 impl<T> Shareable for T
@@ -54,13 +64,52 @@ where
     }
 
     fn decode(bytes: &[u8]) -> Result<Self> {
-        let align = std::mem::align_of::<T::Archived>().max(16);
-        if (bytes.as_ptr() as usize).is_multiple_of(align) {
-            rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(Error::codec)
-        } else {
-            let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
-            aligned.extend_from_slice(bytes);
-            rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(Error::codec)
-        }
+        decode_aligned::<T>(bytes)
+    }
+
+    fn encode_many(items: &[Self]) -> Result<AlignedVec> {
+        rkyv::to_bytes::<rancor::Error>(&SliceAsVec(items)).map_err(Error::codec)
+    }
+
+    fn decode_many(bytes: &[u8]) -> Result<Vec<Self>> {
+        decode_aligned::<Vec<T>>(bytes)
+    }
+}
+
+/// A borrowed slice that archives exactly as a `Vec` of the same items.
+struct SliceAsVec<'a, T>(&'a [T]);
+
+impl<T: Archive> Archive for SliceAsVec<'_, T> {
+    type Archived = ArchivedVec<T::Archived>;
+    type Resolver = VecResolver;
+
+    fn resolve(&self, resolver: VecResolver, out: Place<Self::Archived>) {
+        ArchivedVec::resolve_from_slice(self.0, resolver, out);
+    }
+}
+
+impl<T, S> Serialize<S> for SliceAsVec<'_, T>
+where
+    T: Serialize<S>,
+    S: Fallible + Allocator + Writer + ?Sized,
+{
+    fn serialize(&self, serializer: &mut S) -> std::result::Result<VecResolver, S::Error> {
+        ArchivedVec::serialize_from_slice(self.0, serializer)
+    }
+}
+
+fn decode_aligned<T>(bytes: &[u8]) -> Result<T>
+where
+    T: Archive,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+        + Deserialize<T, Strategy<Pool, rancor::Error>>,
+{
+    let align = std::mem::align_of::<T::Archived>().max(16);
+    if (bytes.as_ptr() as usize).is_multiple_of(align) {
+        rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(Error::codec)
+    } else {
+        let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(Error::codec)
     }
 }

@@ -1,4 +1,5 @@
-//! Connections between processes: Python's `Pipe()` and `Connection`.
+//! Connections between processes: Python's `Pipe()`, `Connection`, and
+//! `multiprocessing.connection`'s `Listener`, `Client` and `wait`.
 //!
 //! A [`Connection`] is one end of a two-way (or one-way) message channel.
 //! [`Pipe::new`] makes both ends of a pipe in shared memory: one ring per
@@ -6,10 +7,14 @@
 //! trip between two processes takes about a microsecond instead of the tens of
 //! microseconds of a socket.
 //!
-//! The transport behind a connection is private, so other kinds (sockets, for
-//! `Listener`/`Client`) can be added beside the shared-memory one.
+//! [`Listener`] and [`client`] connect processes over Unix or TCP sockets,
+//! with an optional authkey (a mutual HMAC-SHA256 challenge), giving
+//! [`SocketConnection`]s; [`wait`] waits on several at once.
 
+mod listener;
 mod pipe;
+mod socket;
+mod wait;
 
 use std::borrow::Borrow;
 use std::marker::PhantomData;
@@ -22,8 +27,11 @@ use crate::handle::{HandleRepr, ShareHandle};
 use crate::queue::ring::Sink;
 use crate::shm::fingerprint_str;
 
+pub use listener::{Address, Listener, client};
 pub use pipe::DEFAULT_PIPE_CAPACITY;
 use pipe::ShmEnd;
+pub use socket::SocketConnection;
+pub use wait::{Waitable, wait};
 
 /// Tag, in `HandleRepr::extra` above bit 8, of a shared-memory pipe end.
 const TRANSPORT_SHM: u64 = 0;

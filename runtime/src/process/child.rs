@@ -29,12 +29,15 @@ pub fn init() {
     // SAFETY: init() is documented to run first in main (or before main via
     // init_before_main!), when no other thread can be reading the environment.
     unsafe { std::env::remove_var(launch::CHILD_FD_ENV) };
-    let fd = raw.to_str().and_then(|s| s.parse::<i32>().ok());
-    let Some(sock) = fd.and_then(sys::fd::own_inherited) else {
-        eprintln!(
-            "multiproc: {} does not name an open descriptor",
-            launch::CHILD_FD_ENV
-        );
+    let sock = if raw.to_str() == Some(launch::CHILD_FD_STDIN) {
+        sys::process::take_stdin_channel().ok()
+    } else {
+        raw.to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+            .and_then(sys::fd::own_inherited)
+    };
+    let Some(sock) = sock else {
+        eprintln!("multiproc: {} does not name an open descriptor", launch::CHILD_FD_ENV);
         sys::process::exit_now(70);
     };
     run_spawned(UnixStream::from(sock))

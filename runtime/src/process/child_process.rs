@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -202,9 +202,8 @@ impl<R: Shareable> Process<R> {
             .clone()
             .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
         let argv0 = std::env::args_os().next();
-        let env = [(launch::CHILD_FD_ENV, child_sock.as_raw_fd().to_string())];
-        let pid = sys::process::spawn_exec(&exe, argv0.as_ref(), &env, child_sock.as_fd())?;
-        drop(child_sock);
+        let env = [(launch::CHILD_FD_ENV, launch::CHILD_FD_STDIN.to_string())];
+        let pid = sys::process::spawn_exec(&exe, argv0.as_ref(), &env, OwnedFd::from(child_sock))?;
         let state = ChildState::new(pid, name.clone(), self.daemon);
         registry::register(state.clone());
         let me = current_process();

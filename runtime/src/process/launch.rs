@@ -19,6 +19,8 @@ use crate::sys;
 
 /// The environment variable that tells a spawned child where its launch socket is.
 pub(crate) const CHILD_FD_ENV: &str = "MULTIPROC_CHILD_FD";
+/// The value of [`CHILD_FD_ENV`] when the socket is the child's stdin.
+pub(crate) const CHILD_FD_STDIN: &str = "stdin";
 
 /// Everything a spawned child needs to run its target.
 #[derive(Archive, Serialize, Deserialize, Debug)]

@@ -10,14 +10,16 @@
 mod child;
 mod child_process;
 mod current;
-mod launch;
+pub(crate) mod launch;
 mod registry;
 mod start_method;
 
 pub use child::init;
 pub use child_process::Process;
 pub use current::{CurrentProcess, ParentProcess, current_process, parent_process};
+pub(crate) use launch::panic_message as panic_text;
 pub use registry::{ChildInfo, active_children};
+pub(crate) use start_method::start_method_for_pool;
 pub use start_method::{Context, StartMethod, get_context, get_start_method, set_start_method};
 
 /// The number of CPUs this process may use (Python's `cpu_count()`).

@@ -69,6 +69,11 @@ pub(crate) fn use_default_method() -> StartMethod {
     g.method.unwrap_or_default()
 }
 
+/// The start method a pool uses when none is given: the default, marked as used.
+pub(crate) fn start_method_for_pool() -> StartMethod {
+    use_default_method()
+}
+
 /// Starts processes with a chosen method, leaving the global default alone
 /// (Python's `get_context(method)`).
 ///

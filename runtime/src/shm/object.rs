@@ -16,6 +16,9 @@ const MAGIC: u32 = u32::from_le_bytes(*b"MPRC");
 const VERSION: u32 = 1;
 /// Where the object's state starts: one cache line after the segment start.
 const BODY_OFFSET: usize = 64;
+/// `HandleRepr::extra` of a handle to an object embedded in another one's
+/// state (which may start at `BODY_OFFSET`, like a Value's lock).
+const EMBEDDED: u64 = 1;
 
 /// The kinds of shared objects, recorded in each segment header.
 #[repr(u32)]
@@ -65,6 +68,8 @@ pub struct ShmObject<T> {
     /// Where the `T` sits in the segment: `BODY_OFFSET`, or inside another
     /// object's state for embedded locks.
     offset: usize,
+    /// Whether the `T` is embedded in another object's state.
+    embedded: bool,
     _state: PhantomData<T>,
 }
 
@@ -73,6 +78,7 @@ impl<T> Clone for ShmObject<T> {
         ShmObject {
             seg: self.seg.clone(),
             offset: self.offset,
+            embedded: self.embedded,
             _state: PhantomData,
         }
     }
@@ -132,6 +138,7 @@ impl<T> ShmObject<T> {
         Ok(ShmObject {
             seg,
             offset: BODY_OFFSET,
+            embedded: false,
             _state: PhantomData,
         })
     }
@@ -143,6 +150,7 @@ impl<T> ShmObject<T> {
         ShmObject {
             seg: outer.seg,
             offset,
+            embedded: true,
             _state: PhantomData,
         }
     }
@@ -153,7 +161,7 @@ impl<T> ShmObject<T> {
     /// `T` must be valid for any bit pattern (atomics only), since an embedded
     /// handle is checked for bounds and alignment but not for kind.
     pub fn open_embedded(repr: &HandleRepr, kind: Kind) -> Result<Self> {
-        if repr.offset as usize == BODY_OFFSET {
+        if repr.offset as usize == BODY_OFFSET && repr.extra != EMBEDDED {
             return Self::open(repr, kind, 0, std::any::type_name::<T>());
         }
         let seg = Segment::from_repr_any(repr)?;
@@ -169,6 +177,7 @@ impl<T> ShmObject<T> {
         Ok(ShmObject {
             seg,
             offset,
+            embedded: true,
             _state: PhantomData,
         })
     }
@@ -211,16 +220,19 @@ impl<T> ShmObject<T> {
         Ok(ShmObject {
             seg,
             offset: BODY_OFFSET,
+            embedded: false,
             _state: PhantomData,
         })
     }
 
     /// Encodes a handle to this object.
     pub fn to_repr(&self) -> Result<HandleRepr> {
-        self.seg.to_repr_with(self.offset as u64, 0)
+        let extra = if self.embedded { EMBEDDED } else { 0 };
+        self.seg.to_repr_with(self.offset as u64, extra)
     }
 
     /// The object's state.
+    #[inline]
     pub fn state(&self) -> &T {
         // SAFETY: `create`, `open` or `open_embedded` checked that the segment
         // holds an aligned `T` at `offset`, and the mapping lives as long as `self`.

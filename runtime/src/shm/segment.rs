@@ -118,6 +118,7 @@ impl Segment {
     }
 
     /// The start of the mapping. Valid for `len()` bytes while `self` lives.
+    #[inline]
     pub fn as_ptr(&self) -> *mut u8 {
         self.inner.map.as_mut_ptr()
     }

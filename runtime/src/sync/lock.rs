@@ -52,11 +52,13 @@ impl Lock {
         }
     }
 
-    fn raw(&self) -> &RawLock {
+    #[inline]
+    pub(crate) fn raw(&self) -> &RawLock {
         self.obj.state()
     }
 
     /// Blocks until the lock is held.
+    #[inline]
     pub fn acquire(&self) -> Result<Acquired> {
         self.acquire_deadline(Deadline::Never)
     }
@@ -72,6 +74,7 @@ impl Lock {
         self.acquire_deadline(Deadline::after(timeout))
     }
 
+    #[inline]
     pub(crate) fn acquire_deadline(&self, deadline: Deadline) -> Result<Acquired> {
         let acquired = self
             .raw()
@@ -84,6 +87,7 @@ impl Lock {
     }
 
     /// Releases the lock (any process may). Releasing an unlocked lock is an error.
+    #[inline]
     pub fn release(&self) -> Result<()> {
         if self.raw().unlock() {
             Ok(())
@@ -93,6 +97,7 @@ impl Lock {
     }
 
     /// Blocks until the lock is held and returns a guard that releases it.
+    #[inline]
     pub fn lock(&self) -> Result<LockGuard<'_>> {
         self.acquire().map(|a| LockGuard::new(self, a))
     }
@@ -141,6 +146,7 @@ impl<'a> LockGuard<'a> {
 }
 
 impl Drop for LockGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.lock.raw().unlock();
     }

@@ -1,7 +1,26 @@
 //! Process-shared synchronisation: locks, semaphores, conditions, events, barriers.
+//!
+//! Every primitive lives in its own shared segment, can be used by any number
+//! of processes and threads, and can be passed to a child as an argument or
+//! inside a message. Blocking calls come as `x`, `try_x` and
+//! `x_timeout(Duration)`. Waiters spin briefly, then sleep on a futex; where a
+//! peer's death could leave them waiting forever (a lock holder, a barrier
+//! party), they wake in slices to check that it still lives.
 
+mod barrier;
+mod condition;
+mod event;
 mod lock;
+mod park;
 pub mod raw_lock;
+mod rlock;
+mod semaphore;
+pub mod spin;
 
+pub use barrier::Barrier;
+pub use condition::{Condition, ConditionGuard, ConditionLock};
+pub use event::Event;
 pub use lock::{Lock, LockGuard};
 pub use raw_lock::{Acquired, RawLock};
+pub use rlock::{RLock, RLockGuard};
+pub use semaphore::{BoundedSemaphore, Semaphore};

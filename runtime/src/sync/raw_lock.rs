@@ -20,7 +20,6 @@ use crate::sys::futex::WaitOutcome;
 
 const CONTENDED: u64 = 1 << 31;
 const PID_MASK: u64 = 0x7FFF_FFFF;
-const SPINS: u32 = 100;
 /// How often a sleeping waiter wakes to check that the holder is alive.
 const LIVENESS_SLICE: Duration = Duration::from_millis(100);
 
@@ -88,7 +87,7 @@ impl RawLock {
     #[cold]
     fn lock_slow(&self, deadline: Deadline) -> Option<Acquired> {
         let me = my_word();
-        for _ in 0..SPINS {
+        for _ in 0..crate::sync::spin::spin_limit() {
             std::hint::spin_loop();
             let cur = self.word.load(Ordering::Relaxed);
             if cur == 0
@@ -175,6 +174,23 @@ impl RawLock {
     /// Whether this process holds the lock.
     pub fn held_by_me(&self) -> bool {
         self.owner_pid() == Some(sys::process::getpid())
+    }
+
+    /// A pid above pid_max: stands for a dead holder in tests.
+    #[cfg(test)]
+    pub(crate) const DEAD_PID: i32 = 0x7FFF_FFF0;
+
+    /// Makes the lock look held by a process that died.
+    #[cfg(test)]
+    pub(crate) fn forge_dead_holder(&self) {
+        self.word
+            .store((1u64 << 32) | Self::DEAD_PID as u64, Ordering::Relaxed);
+    }
+
+    /// Whether this very process (pid and start time) holds the lock.
+    #[inline]
+    pub(crate) fn held_by_this_process(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & !CONTENDED == my_word()
     }
 }
 

@@ -1,8 +1,9 @@
 //! Process-level calls: identity, fork, exec, wait, signals, pidfds.
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
+
 use std::path::Path;
 use std::sync::Once;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -37,6 +38,7 @@ fn install_atfork() {
 }
 
 /// This process's id, cached (and refreshed after any fork).
+#[inline]
 pub fn getpid() -> i32 {
     let pid = PID.load(Ordering::Relaxed);
     if pid != 0 {
@@ -83,6 +85,7 @@ pub fn start_ticks(pid: i32) -> Option<u64> {
 }
 
 /// This process's own start time, cached.
+#[inline]
 pub fn own_start_ticks() -> u64 {
     let t = START_TICKS.load(Ordering::Relaxed);
     if t != 0 {
@@ -139,15 +142,18 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Starts `exe` with `env` added and the descriptor `keep` left open (not close-on-exec).
+/// Starts `exe` with `env` added and `channel` as its standard input.
 ///
-/// stdin is `/dev/null`; stdout and stderr are inherited. The child is put
-/// in no new process group, so a terminal's Ctrl-C reaches it as in Python.
+/// Passing the channel as stdin lets the C library start the child with
+/// `posix_spawn` (a vfork: no copy of this process's page tables), which a
+/// `pre_exec` hook would prevent. The child moves the channel off fd 0 and
+/// puts `/dev/null` there ([`take_stdin_channel`]). stdout and stderr are
+/// inherited, and the child stays in this process group, as in Python.
 pub fn spawn_exec(
     exe: &Path,
     argv0: Option<&OsString>,
     env: &[(&str, String)],
-    keep: BorrowedFd<'_>,
+    channel: OwnedFd,
 ) -> std::io::Result<i32> {
     let mut cmd = std::process::Command::new(exe);
     if let Some(argv0) = argv0 {
@@ -156,22 +162,21 @@ pub fn spawn_exec(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdin(std::process::Stdio::null());
-    let raw: RawFd = keep.as_raw_fd();
-    // SAFETY: the hook runs in the forked child before exec and only calls
-    // fcntl, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            let flags = libc::fcntl(raw, libc::F_GETFD);
-            if flags == -1 || libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    cmd.stdin(std::process::Stdio::from(channel));
     let child = cmd.spawn()?;
     // The Child handle is dropped without waiting: the caller reaps by pid.
     Ok(child.id() as i32)
+}
+
+/// In a spawned child: moves the channel its parent passed as stdin to a new
+/// close-on-exec descriptor and reopens stdin on `/dev/null`.
+pub fn take_stdin_channel() -> std::io::Result<OwnedFd> {
+    let moved = syscall!(fcntl(0, libc::F_DUPFD_CLOEXEC, 3))?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; we own it.
+    let channel = unsafe { OwnedFd::from_raw_fd(moved) };
+    let null = std::fs::File::open("/dev/null")?;
+    super::retry_eintr(|| syscall!(dup2(null.as_raw_fd(), 0)))?;
+    Ok(channel)
 }
 
 /// How a child process ended.

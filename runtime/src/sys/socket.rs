@@ -106,3 +106,17 @@ pub fn recv_with_fds(
     }
     Ok((n as usize, fds))
 }
+
+/// Sends as much of `bufs` as the socket takes in one call, never raising SIGPIPE.
+///
+/// Returns the number of bytes sent; a closed peer is `BrokenPipe`.
+pub fn send_vectored(sock: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+    // SAFETY: msghdr is plain old data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // `IoSlice` is guaranteed ABI-compatible with `iovec` on Unix; the kernel
+    // only reads through the pointer.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+    let n = retry_eintr(|| syscall!(sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)))?;
+    Ok(n as usize)
+}

@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""CPython's multiprocessing, measured on the same operations as `multiproc bench`.
+
+Prints one JSON object: {"python": "3.11.7", "ops": {"<key>": {"median_ns": .., "p99_ns": ..}}}.
+The keys match `multiproc bench`. Run by hand:
+
+    python3 benches/python/baseline.py            # full run (about a minute)
+    python3 benches/python/baseline.py --smoke    # tiny counts, seconds
+    python3 benches/python/baseline.py --filter queue
+"""
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from multiprocessing.managers import BaseManager
+
+
+def noop(*_):
+    return None
+
+
+def square(x):
+    return x * x
+
+
+def cpu_1ms(_):
+    end = time.perf_counter() + 0.001
+    x = 0
+    while time.perf_counter() < end:
+        x += 1
+    return x
+
+
+def summarize(per_op_ns):
+    per_op_ns = sorted(per_op_ns)
+    idx = lambda q: per_op_ns[min(len(per_op_ns) - 1, round((len(per_op_ns) - 1) * q))]
+    return {"median_ns": idx(0.5), "p99_ns": idx(0.99), "samples": len(per_op_ns)}
+
+
+def per_call(samples, batch, op):
+    for _ in range(batch):
+        op()
+    out = []
+    for _ in range(samples):
+        t = time.perf_counter_ns()
+        for _ in range(batch):
+            op()
+        out.append((time.perf_counter_ns() - t) / batch)
+    return summarize(out)
+
+
+def process_join(method, samples):
+    ctx = mp.get_context(method)
+
+    def once():
+        p = ctx.Process(target=noop)
+        p.start()
+        p.join()
+
+    return per_call(samples, 1, once)
+
+
+def event_echo(ping, pong, n):
+    for _ in range(n):
+        ping.wait()
+        ping.clear()
+        pong.set()
+
+
+def pipe_echo(conn, n):
+    for _ in range(n):
+        conn.send_bytes(conn.recv_bytes())
+
+
+def barrier_party(b, n):
+    for _ in range(n):
+        b.wait()
+
+
+def queue_producer(q, n, size):
+    payload = b"x" * size
+    for _ in range(n):
+        q.put(payload)
+    q.put(None)
+
+
+def bench_event(samples, batch):
+    ping, pong = mp.Event(), mp.Event()
+    total = samples * batch + batch
+    p = mp.Process(target=event_echo, args=(ping, pong, total))
+    p.start()
+
+    def once():
+        ping.set()
+        pong.wait()
+        pong.clear()
+
+    r = per_call(samples, batch, once)
+    p.join()
+    return r
+
+
+def bench_pipe(samples, batch):
+    a, b = mp.Pipe()
+    total = samples * batch + batch
+    p = mp.Process(target=pipe_echo, args=(b, total))
+    p.start()
+
+    def once():
+        a.send_bytes(b"12345678")
+        a.recv_bytes()
+
+    r = per_call(samples, batch, once)
+    p.join()
+    return r
+
+
+def bench_barrier(samples, batch):
+    b = mp.Barrier(2)
+    total = samples * batch + batch
+    p = mp.Process(target=barrier_party, args=(b, total))
+    p.start()
+    r = per_call(samples, batch, b.wait)
+    p.join()
+    return r
+
+
+def bench_queue(samples, n, size):
+    out = []
+    for _ in range(samples):
+        q = mp.Queue()
+        p = mp.Process(target=queue_producer, args=(q, n, size))
+        p.start()
+        t = time.perf_counter_ns()
+        got = 0
+        while q.get() is not None:
+            got += 1
+        out.append((time.perf_counter_ns() - t) / max(got, 1))
+        p.join()
+    r = summarize(out)
+    r["bytes_per_op"] = size
+    return r
+
+
+def bench_pool(samples, n, chunksize, func):
+    with mp.Pool(2) as pool:
+        pool.map(func, range(4))
+        out = []
+        for _ in range(samples):
+            t = time.perf_counter_ns()
+            pool.map(func, range(n), chunksize=chunksize)
+            out.append((time.perf_counter_ns() - t) / n)
+    return summarize(out)
+
+
+def bench_manager(samples, batch):
+    res = {}
+    with mp.Manager() as m:
+        d = m.dict()
+        d["k"] = 1
+        res["manager/dict_get"] = per_call(samples, batch, lambda: d["k"])
+        res["manager/dict_set"] = per_call(samples, batch, lambda: d.__setitem__("k", 2))
+        lock = m.Lock()
+
+        def lock_round():
+            lock.acquire()
+            lock.release()
+
+        res["manager/lock"] = per_call(samples, batch, lock_round)
+        q = m.Queue()
+
+        def put_get():
+            q.put(1)
+            q.get()
+
+        res["manager/queue_put_get"] = per_call(samples, batch, put_get)
+        res["manager/create_object"] = per_call(samples, max(1, batch // 10), m.dict)
+        v = m.Value("q", 0)
+
+        def proxy_incr():
+            v.value = v.value + 1
+
+        res["proxy_vs_raw/counter_proxy"] = per_call(samples, batch, proxy_incr)
+    raw = mp.RawValue("q", 0)
+
+    def raw_incr():
+        raw.value = raw.value + 1
+
+    res["proxy_vs_raw/counter_raw"] = per_call(samples, batch * 10, raw_incr)
+    return res
+
+
+class TcpManager(BaseManager):
+    pass
+
+
+_shared = {}
+
+
+def _get_dict():
+    return _shared
+
+
+TcpManager.register("get_dict", callable=_get_dict, proxytype=None)
+
+
+def bench_tcp(samples, batch):
+    from multiprocessing.managers import DictProxy
+
+    TcpManager.register("get_dict", callable=_get_dict, proxytype=DictProxy)
+    m = TcpManager(address=("127.0.0.1", 0), authkey=b"bench")
+    m.start()
+    try:
+        c = TcpManager(address=m.address, authkey=b"bench")
+        c.connect()
+        d = c.get_dict()
+        d["k"] = 1
+        return per_call(samples, batch, lambda: d["k"])
+    finally:
+        m.shutdown()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="tiny iteration counts")
+    ap.add_argument("--filter", default="", help="only keys containing this text")
+    args = ap.parse_args()
+    s = 2 if args.smoke else 15  # samples
+    k = 1 if args.smoke else 10  # scale
+
+    lock, rlock = mp.Lock(), mp.RLock()
+    value = mp.Value("q", 0)
+    raw = mp.RawValue("q", 0)
+
+    def locked_incr():
+        with value.get_lock():
+            value.value += 1
+
+    def lock_round():
+        lock.acquire()
+        lock.release()
+
+    def rlock_round():
+        rlock.acquire()
+        rlock.release()
+
+    ops = {
+        "process/spawn_join": lambda: process_join("spawn", max(2, s // 3)),
+        "process/fork_join": lambda: process_join("fork", s),
+        "value/locked_increment": lambda: per_call(s, 1000 * k, locked_incr),
+        "value/raw_read": lambda: per_call(s, 1000 * k, lambda: raw.value),
+        "lock/acquire_release": lambda: per_call(s, 1000 * k, lock_round),
+        "rlock/acquire_release": lambda: per_call(s, 1000 * k, rlock_round),
+        "event/ping_pong": lambda: bench_event(s, 20 * k),
+        "barrier/wait_2": lambda: bench_barrier(s, 20 * k),
+        "queue/throughput_8b": lambda: bench_queue(max(2, s // 3), 2000 * k, 8),
+        "queue/throughput_1mib": lambda: bench_queue(max(2, s // 3), 5 * k, 1 << 20),
+        "pipe/round_trip": lambda: bench_pipe(s, 50 * k),
+        "pool/map_chunksize_1": lambda: bench_pool(max(2, s // 3), 1000 * k, 1, square),
+        "pool/map_default": lambda: bench_pool(max(2, s // 3), 10000 * k, None, square),
+        "pool/cpu_1ms": lambda: bench_pool(max(2, s // 5), 20 * k, 1, cpu_1ms),
+    }
+    results = {}
+    for key, run in ops.items():
+        if args.filter in key:
+            print(f"python: {key}", file=sys.stderr)
+            results[key] = run()
+    if any(args.filter in key for key in ("manager/dict_get", "proxy_vs_raw/counter_raw")):
+        print("python: manager/*", file=sys.stderr)
+        for key, r in bench_manager(s, 20 * k).items():
+            if args.filter in key:
+                results[key] = r
+    if args.filter in "manager/tcp_dict_get":
+        print("python: manager/tcp_dict_get", file=sys.stderr)
+        results["manager/tcp_dict_get"] = bench_tcp(s, 20 * k)
+    json.dump({"python": sys.version.split()[0], "ops": results}, sys.stdout, indent=1)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+//! A connection over a Unix or TCP stream socket (Python's `Connection` as
+//! returned by `Listener.accept()` and `Client()`).
+
+use std::fmt;
+use std::io::{IoSlice, Read, Write};
+use std::marker::PhantomData;
+use std::net::TcpStream;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use crate::codec::Shareable;
+use crate::connection::listener::Address;
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::sys::fd::{Interest, poll};
+use crate::wire::auth::{self, FrameTransport};
+use crate::wire::frame::{DEFAULT_MAX_FRAME, FrameReader, write_frame};
+
+/// The stream under a connection.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+        }
+    }
+}
+
+impl Read for &Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => (&*s).read(buf),
+            Stream::Tcp(s) => (&*s).read(buf),
+        }
+    }
+}
+
+/// Writes through `sendmsg(MSG_NOSIGNAL)`: a dead peer is `EPIPE`, never SIGPIPE.
+struct NoSigPipe<'a>(BorrowedFd<'a>);
+
+impl Write for NoSigPipe<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        crate::sys::socket::send_vectored(self.0, &[IoSlice::new(buf)])
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        crate::sys::socket::send_vectored(self.0, bufs)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One end of a stream-socket connection that carries values of type `T`.
+///
+/// Made by [`Listener::accept`](crate::connection::Listener::accept),
+/// [`client`](crate::connection::client) or [`SocketConnection::pair`].
+/// Each message is one frame (see [`crate::wire::frame`]) holding `T`
+/// encoded with [`Shareable::encode`]; received bytes are checked before
+/// they are decoded. A peer that closed its end or died is [`Error::Closed`].
+///
+/// ```
+/// use multiproc::connection::SocketConnection;
+///
+/// let (mut a, mut b) = SocketConnection::<String>::pair().unwrap();
+/// a.send(&"ping".to_string()).unwrap();
+/// assert!(b.poll(Some(std::time::Duration::ZERO)).unwrap());
+/// assert_eq!(b.recv().unwrap(), "ping");
+/// ```
+pub struct SocketConnection<T> {
+    /// `None` once closed.
+    stream: Option<Stream>,
+    reader: FrameReader,
+    _message: PhantomData<fn(T) -> T>,
+}
+
+impl<T> fmt::Debug for SocketConnection<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SocketConnection")
+            .field("stream", &self.stream)
+            .field("buffered", &self.reader.buffered())
+            .finish()
+    }
+}
+
+impl<T> SocketConnection<T> {
+    /// A connection over a connected Unix stream.
+    pub fn from_unix(stream: UnixStream) -> Result<SocketConnection<T>> {
+        stream.set_nonblocking(false)?;
+        Ok(SocketConnection::new(Stream::Unix(stream)))
+    }
+
+    /// A connection over a connected TCP stream (Nagle's delay is turned off:
+    /// every message goes out at once).
+    pub fn from_tcp(stream: TcpStream) -> Result<SocketConnection<T>> {
+        stream.set_nonblocking(false)?;
+        stream.set_nodelay(true)?;
+        Ok(SocketConnection::new(Stream::Tcp(stream)))
+    }
+
+    fn new(stream: Stream) -> SocketConnection<T> {
+        SocketConnection {
+            stream: Some(stream),
+            reader: FrameReader::new(DEFAULT_MAX_FRAME),
+            _message: PhantomData,
+        }
+    }
+
+    /// Two connected ends over a Unix socket pair (a duplex pipe within a
+    /// process, or across a fork).
+    pub fn pair() -> Result<(SocketConnection<T>, SocketConnection<T>)> {
+        let (a, b) = crate::sys::socket::socketpair()?;
+        Ok((
+            SocketConnection::from_unix(a)?,
+            SocketConnection::from_unix(b)?,
+        ))
+    }
+
+    /// Connects to a [`Listener`](crate::connection::Listener) at `address`,
+    /// authenticating with `authkey` if given (Python's `Client`).
+    ///
+    /// Same as [`client`](crate::connection::client).
+    pub fn connect(address: &Address, authkey: Option<&[u8]>) -> Result<SocketConnection<T>> {
+        crate::connection::listener::connect(address, authkey, Deadline::Never)
+    }
+
+    /// Like [`SocketConnection::connect`], giving up after `timeout` (for
+    /// connecting and authenticating together).
+    pub fn connect_timeout(
+        address: &Address,
+        authkey: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<SocketConnection<T>> {
+        crate::connection::listener::connect(address, authkey, Deadline::after(timeout))
+    }
+
+    /// The same connection, carrying messages of another type.
+    pub fn into_typed<U>(self) -> SocketConnection<U> {
+        SocketConnection {
+            stream: self.stream,
+            reader: self.reader,
+            _message: PhantomData,
+        }
+    }
+
+    /// The largest message this end accepts (64 MiB unless changed).
+    pub fn max_message(&self) -> usize {
+        self.reader.max_frame()
+    }
+
+    /// Changes the largest message this end sends or accepts.
+    ///
+    /// A peer that sends a longer one breaks the connection: every later
+    /// receive is [`Error::Protocol`].
+    pub fn set_max_message(&mut self, max: usize) {
+        self.reader.set_max_frame(max);
+    }
+
+    /// Sends `bytes` as one message (Python's `send_bytes`).
+    ///
+    /// Blocks until the kernel took all of it (the peer reading, or dying,
+    /// ends the wait). A message over [`SocketConnection::max_message`] is
+    /// [`Error::Protocol`] and nothing is sent.
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() > self.reader.max_frame() {
+            return Err(Error::Protocol(format!(
+                "message of {} bytes exceeds the maximum of {} bytes",
+                bytes.len(),
+                self.reader.max_frame()
+            )));
+        }
+        let stream = self.stream.as_ref().ok_or(Error::Closed)?;
+        write_frame(&mut NoSigPipe(stream.fd()), bytes)
+    }
+
+    /// Receives one message's bytes (Python's `recv_bytes`), blocking until
+    /// one arrives.
+    pub fn recv_bytes(&mut self) -> Result<Vec<u8>> {
+        self.recv_frame(usize::MAX, Deadline::Never)
+    }
+
+    /// Receives one message's bytes if it is at most `max` long (Python's
+    /// `recv_bytes(maxlength)`).
+    ///
+    /// A longer message is [`Error::Protocol`] and stays queued: a later call
+    /// with a larger limit receives it.
+    pub fn recv_bytes_max(&mut self, max: usize) -> Result<Vec<u8>> {
+        self.recv_frame(max, Deadline::Never)
+    }
+
+    /// Receives one message's bytes, waiting at most `timeout`
+    /// ([`Error::Timeout`] after that; a partly received message is kept and
+    /// completed by the next call).
+    pub fn recv_bytes_timeout(&mut self, timeout: Duration) -> Result<Vec<u8>> {
+        self.recv_frame(usize::MAX, Deadline::after(timeout))
+    }
+
+    /// Receives one message's bytes if one has fully arrived, else [`Error::Empty`].
+    pub fn try_recv_bytes(&mut self) -> Result<Vec<u8>> {
+        self.recv_frame(usize::MAX, Deadline::Now)
+    }
+
+    /// Whether a message (or the end of the stream) is there to receive,
+    /// waiting at most `timeout` (`None`: until there is).
+    ///
+    /// `Some(Duration::ZERO)` checks without waiting, as Python's `poll()`.
+    pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
+        let stream = self.stream.as_ref().ok_or(Error::Closed)?;
+        if self.reader.is_ready() {
+            return Ok(true);
+        }
+        let deadline = Deadline::from_timeout(timeout);
+        wait_readable(stream.fd(), deadline)
+    }
+
+    /// Closes this end; the peer then receives [`Error::Closed`]. Later calls
+    /// on this end are [`Error::Closed`] too. Dropping closes as well.
+    pub fn close(&mut self) {
+        self.stream = None;
+    }
+
+    /// Whether [`SocketConnection::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.stream.is_none()
+    }
+
+    /// Whether a whole message is buffered here (a poll of the socket would
+    /// miss it).
+    pub(crate) fn has_buffered_message(&self) -> bool {
+        self.reader.is_ready()
+    }
+
+    /// Runs the server side of the authkey handshake (see [`crate::wire::auth`]).
+    pub(crate) fn server_handshake(&mut self, authkey: &[u8], deadline: Deadline) -> Result<()> {
+        auth::server_handshake(self, authkey, deadline)
+    }
+
+    /// Runs the client side of the authkey handshake.
+    pub(crate) fn client_handshake(&mut self, authkey: &[u8], deadline: Deadline) -> Result<()> {
+        auth::client_handshake(self, authkey, deadline)
+    }
+
+    /// The core of every receive: the next frame of at most `limit` bytes
+    /// before `deadline`.
+    fn recv_frame(&mut self, limit: usize, deadline: Deadline) -> Result<Vec<u8>> {
+        let stream = self.stream.as_ref().ok_or(Error::Closed)?;
+        loop {
+            if let Some(frame) = self.reader.next_buffered_max(limit)? {
+                return Ok(frame);
+            }
+            if deadline != Deadline::Never && !wait_readable(stream.fd(), deadline)? {
+                return Err(match deadline {
+                    Deadline::Now => Error::Empty,
+                    _ => deadline.timeout_error(),
+                });
+            }
+            // Blocking read: after a successful poll it returns at once.
+            self.reader.fill_from(&mut &*stream)?;
+        }
+    }
+}
+
+impl<T: Shareable> SocketConnection<T> {
+    /// Sends `value` (Python's `send`).
+    ///
+    /// Blocks until the kernel took the whole message; see
+    /// [`SocketConnection::send_bytes`].
+    pub fn send(&mut self, value: &T) -> Result<()> {
+        let bytes = value.encode()?;
+        self.send_bytes(&bytes)
+    }
+
+    /// Receives a value, blocking until one arrives (Python's `recv`).
+    ///
+    /// [`Error::Closed`] when the peer closed its end or died; a message that
+    /// does not decode as `T` is [`Error::Codec`] (the connection stays usable).
+    pub fn recv(&mut self) -> Result<T> {
+        T::decode(&self.recv_bytes()?)
+    }
+
+    /// Receives a value, waiting at most `timeout` ([`Error::Timeout`]).
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
+        T::decode(&self.recv_bytes_timeout(timeout)?)
+    }
+
+    /// Receives a value if one has fully arrived, else [`Error::Empty`].
+    pub fn try_recv(&mut self) -> Result<T> {
+        T::decode(&self.try_recv_bytes()?)
+    }
+}
+
+impl<T> FrameTransport for SocketConnection<T> {
+    fn send_frame(&mut self, payload: &[u8]) -> Result<()> {
+        self.send_bytes(payload)
+    }
+
+    fn recv_frame(&mut self, limit: usize, deadline: Deadline) -> Result<Vec<u8>> {
+        SocketConnection::recv_frame(self, limit, deadline)
+    }
+}
+
+impl<T> AsRawFd for SocketConnection<T> {
+    /// The socket's descriptor number, or -1 once closed.
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_ref().map_or(-1, |s| s.fd().as_raw_fd())
+    }
+}
+
+impl<T> SocketConnection<T> {
+    /// The socket's descriptor, or `None` once closed.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.stream.as_ref().map(Stream::fd)
+    }
+}
+
+/// Waits until `fd` is readable (or hung up) or `deadline` passes.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> Result<bool> {
+    loop {
+        let ready = poll(&[fd], Interest::Read, deadline.remaining())?;
+        if !ready.is_empty() {
+            return Ok(true);
+        }
+        // An empty answer is a timeout or an interrupted poll: retry the latter.
+        if deadline.expired() {
+            return Ok(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_bytes_cross_a_pair() {
+        let (mut a, mut b) = SocketConnection::<(u32, String)>::pair().unwrap();
+        a.send(&(1, "one".into())).unwrap();
+        a.send_bytes(b"raw").unwrap();
+        assert_eq!(b.recv().unwrap(), (1, "one".to_string()));
+        assert_eq!(b.recv_bytes().unwrap(), b"raw");
+        assert!(matches!(b.try_recv(), Err(Error::Empty)));
+        a.close();
+        assert!(matches!(a.send(&(2, "x".into())), Err(Error::Closed)));
+        assert!(matches!(b.recv(), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn a_message_that_does_not_decode_is_a_codec_error() {
+        let (mut a, mut b) = SocketConnection::<u64>::pair().unwrap();
+        a.send_bytes(b"x").unwrap();
+        a.send(&5).unwrap();
+        assert!(matches!(b.recv(), Err(Error::Codec(_))));
+        assert_eq!(b.recv().unwrap(), 5);
+    }
+
+    #[test]
+    fn messages_over_the_maximum_are_refused_on_both_sides() {
+        let (mut a, mut b) = SocketConnection::<Vec<u8>>::pair().unwrap();
+        a.set_max_message(10);
+        assert!(matches!(a.send_bytes(&[0; 11]), Err(Error::Protocol(_))));
+        a.send_bytes(&[0; 10]).unwrap();
+        assert_eq!(b.recv_bytes().unwrap().len(), 10);
+        b.set_max_message(4);
+        a.send_bytes(&[0; 5]).unwrap();
+        assert!(matches!(b.recv_bytes(), Err(Error::Protocol(_))));
+        assert!(matches!(b.recv_bytes(), Err(Error::Protocol(_))));
+    }
+}

@@ -1,0 +1,215 @@
+//! `AsyncResult<R>`: a result that a pool fills in later, and the callbacks run when it does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+
+/// Functions run in the pool's result-handler thread when a result is ready
+/// (Python's `callback` and `error_callback`).
+///
+/// ```
+/// use multiproc::Callbacks;
+/// let cb = Callbacks::<u64>::new()
+///     .callback(|r| println!("got {r}"))
+///     .error_callback(|e| eprintln!("failed: {e}"));
+/// # drop(cb);
+/// ```
+pub struct Callbacks<R> {
+    pub(crate) on_ok: Option<OnOk<R>>,
+    pub(crate) on_err: Option<OnErr>,
+}
+
+type OnOk<R> = Box<dyn FnOnce(&R) + Send>;
+type OnErr = Box<dyn FnOnce(&Error) + Send>;
+
+impl<R> Default for Callbacks<R> {
+    fn default() -> Self {
+        Callbacks {
+            on_ok: None,
+            on_err: None,
+        }
+    }
+}
+
+impl<R> Callbacks<R> {
+    /// No callbacks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `f` with the result when the task succeeds.
+    pub fn callback(mut self, f: impl FnOnce(&R) + Send + 'static) -> Self {
+        self.on_ok = Some(Box::new(f));
+        self
+    }
+
+    /// Runs `f` with the error when the task fails.
+    pub fn error_callback(mut self, f: impl FnOnce(&Error) + Send + 'static) -> Self {
+        self.on_err = Some(Box::new(f));
+        self
+    }
+}
+
+enum Slot<R> {
+    Pending,
+    Ready(Result<R>),
+    Taken { ok: bool },
+}
+
+struct Inner<R> {
+    slot: Mutex<Slot<R>>,
+    ready: Condvar,
+}
+
+/// The future result of a task submitted with `apply_async` or `map_async`.
+pub struct AsyncResult<R> {
+    inner: Arc<Inner<R>>,
+}
+
+/// The pool's side of an [`AsyncResult`]: fills it in exactly once.
+pub(crate) struct Promise<R> {
+    inner: Arc<Inner<R>>,
+    callbacks: Callbacks<R>,
+}
+
+/// A new pending result and the promise that completes it.
+pub(crate) fn pending<R>(callbacks: Callbacks<R>) -> (AsyncResult<R>, Promise<R>) {
+    let inner = Arc::new(Inner {
+        slot: Mutex::new(Slot::Pending),
+        ready: Condvar::new(),
+    });
+    (
+        AsyncResult {
+            inner: inner.clone(),
+        },
+        Promise { inner, callbacks },
+    )
+}
+
+impl<R> Promise<R> {
+    /// Runs the matching callback, then makes the result visible to waiters.
+    pub fn complete(mut self, result: Result<R>) {
+        match &result {
+            Ok(r) => {
+                if let Some(f) = self.callbacks.on_ok.take() {
+                    run_callback(|| f(r));
+                }
+            }
+            Err(e) => {
+                if let Some(f) = self.callbacks.on_err.take() {
+                    run_callback(|| f(e));
+                }
+            }
+        }
+        *self.inner.slot.lock() = Slot::Ready(result);
+        self.inner.ready.notify_all();
+    }
+}
+
+/// A panicking callback must not take the pool's result handler down.
+fn run_callback(f: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        tracing::error!(
+            "a pool callback panicked: {}",
+            crate::process::panic_text(p.as_ref())
+        );
+    }
+}
+
+impl<R> AsyncResult<R> {
+    /// Waits for the result and returns it.
+    pub fn get(self) -> Result<R> {
+        let mut me = self;
+        me.take(Deadline::Never)
+    }
+
+    /// Waits at most `timeout`; `Err(Timeout)` leaves the result to be fetched later.
+    pub fn get_timeout(&mut self, timeout: Duration) -> Result<R> {
+        self.take(Deadline::after(timeout))
+    }
+
+    fn take(&mut self, deadline: Deadline) -> Result<R> {
+        let mut slot = self.inner.slot.lock();
+        loop {
+            match std::mem::replace(&mut *slot, Slot::Pending) {
+                Slot::Ready(result) => {
+                    *slot = Slot::Taken { ok: result.is_ok() };
+                    return result;
+                }
+                taken @ Slot::Taken { .. } => {
+                    *slot = taken;
+                    return Err(Error::InvalidState("the result was already taken".into()));
+                }
+                Slot::Pending => {}
+            }
+            if !self.wait_locked(&mut slot, deadline) {
+                return Err(deadline.timeout_error());
+            }
+        }
+    }
+
+    /// `false` when the deadline passed with the result still pending.
+    fn wait_locked(
+        &self,
+        slot: &mut parking_lot::MutexGuard<'_, Slot<R>>,
+        deadline: Deadline,
+    ) -> bool {
+        match deadline.remaining() {
+            None => {
+                self.inner.ready.wait(slot);
+                true
+            }
+            Some(left) if left.is_zero() => false,
+            Some(left) => {
+                self.inner.ready.wait_for(slot, left);
+                true
+            }
+        }
+    }
+
+    /// Blocks until the result is ready (without taking it).
+    pub fn wait(&self) {
+        let mut slot = self.inner.slot.lock();
+        while matches!(*slot, Slot::Pending) {
+            self.inner.ready.wait(&mut slot);
+        }
+    }
+
+    /// Waits at most `timeout` for the result; returns whether it is ready.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Deadline::after(timeout);
+        let mut slot = self.inner.slot.lock();
+        while matches!(*slot, Slot::Pending) {
+            if !self.wait_locked(&mut slot, deadline) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether the result is ready.
+    pub fn ready(&self) -> bool {
+        !matches!(*self.inner.slot.lock(), Slot::Pending)
+    }
+
+    /// Whether the task succeeded; an error if it is not ready yet.
+    pub fn successful(&self) -> Result<bool> {
+        match &*self.inner.slot.lock() {
+            Slot::Pending => Err(Error::InvalidState("the result is not ready".into())),
+            Slot::Ready(r) => Ok(r.is_ok()),
+            Slot::Taken { ok } => Ok(*ok),
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.ready())
+            .finish()
+    }
+}

@@ -1,0 +1,97 @@
+//! What a pool needs from its workers: processes or threads.
+
+use std::time::Duration;
+
+use crate::codec::Shareable;
+use crate::error::{Error, Result};
+use crate::pool::jobs::RawChunk;
+use crate::pool::wire::TaskFn;
+
+/// A chunk of consecutive items of one job.
+pub(crate) struct Chunk<T> {
+    pub job: u64,
+    pub first: usize,
+    pub len: usize,
+    pub task: T,
+}
+
+/// What a worker reported.
+pub(crate) enum Report {
+    /// Results of a chunk, in item order.
+    Done {
+        worker: u64,
+        job: u64,
+        first: usize,
+        results: RawChunk,
+    },
+    /// A worker's initializer failed.
+    InitFailed { worker: u64, message: String },
+    /// Someone wants the result handler to look at the pool state.
+    Wake,
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ended {
+    pub pid: i32,
+    pub exitcode: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl Ended {
+    /// Whether it exited with code 0.
+    pub fn clean(&self) -> bool {
+        self.exitcode == Some(0)
+    }
+
+    /// The error for tasks it held.
+    pub fn error(&self) -> Error {
+        Error::WorkerDied {
+            pid: self.pid,
+            exitcode: self.exitcode,
+            signal: self.signal,
+        }
+    }
+}
+
+/// Results from all workers; owned by the result-handler thread.
+pub(crate) trait ReportSource: Send + 'static {
+    /// The next report, waiting at most `timeout`.
+    fn recv(&mut self, timeout: Duration) -> Option<Report>;
+    /// The next report if one is already there.
+    fn try_recv(&mut self) -> Option<Report>;
+}
+
+/// Worker management for one kind of worker.
+pub(crate) trait Backend: Send + 'static {
+    /// One chunk's work, ready to send.
+    type Task: Send + 'static;
+    /// One worker.
+    type Worker: Send + 'static;
+    /// Where reports arrive.
+    type Reports: ReportSource;
+
+    /// Starts worker `id`.
+    fn spawn(&mut self, id: u64) -> Result<Self::Worker>;
+    /// Sends a chunk; `block` may wait for room. `Err` hands the chunk back.
+    fn send(
+        &mut self,
+        worker: &Self::Worker,
+        chunk: Chunk<Self::Task>,
+        block: bool,
+    ) -> std::result::Result<(), Chunk<Self::Task>>;
+    /// Tells a worker to exit once its current work is done.
+    fn stop(&mut self, worker: &Self::Worker);
+    /// `Some` once the worker has ended (reaping it).
+    fn ended(&mut self, worker: &mut Self::Worker) -> Option<Ended>;
+    /// Ends the worker now and reaps it.
+    fn kill(&mut self, worker: &mut Self::Worker);
+    /// Wakes the result handler out of `recv`.
+    fn wake(&self);
+    /// Prepares a chunk of `f` over `items`.
+    fn make_task<A, R, F>(&self, f: F, items: Vec<A>) -> Result<Self::Task>
+    where
+        A: Shareable,
+        R: Shareable,
+        F: TaskFn<A, R>;
+}

@@ -1,0 +1,509 @@
+//! The pool machinery shared by process and thread pools.
+//!
+//! Users' threads submit jobs: the job's sink goes into the job table and its
+//! chunks into `pending`, and the submitting thread dispatches what it can at
+//! once. One result-handler thread receives workers' reports, hands results to
+//! the jobs (running callbacks with no pool lock held), supervises workers
+//! (a dead worker's chunks fail with `WorkerDied`, and it is replaced), keeps
+//! lazy `imap` inputs flowing, and shuts the workers down on close or terminate.
+//!
+//! Each chunk is sent to one worker, which is recorded as holding it until
+//! its report arrives: that is how a death is pinned on exactly the tasks it
+//! took. At most `max_inflight` chunks wait at a worker.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::pool::backend::{Backend, Chunk, Ended, Report, ReportSource};
+use crate::pool::jobs::{Job, RawChunk};
+
+/// How often the result handler looks at workers when no report arrives.
+const SLICE: Duration = Duration::from_millis(50);
+/// Reports handled per lock round.
+const BATCH: usize = 256;
+
+/// Pool settings the core needs.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub processes: usize,
+    pub maxtasks: Option<usize>,
+    pub max_inflight: usize,
+}
+
+/// What a lazy input source offers next.
+pub(crate) enum Feed<T> {
+    /// Another chunk.
+    Chunk(Chunk<T>),
+    /// Nothing now (too many results not yet consumed); ask again later.
+    Later,
+    /// The input is exhausted.
+    Done,
+}
+
+/// A lazy input (the iterator of an `imap`).
+pub(crate) trait Feeder<B: Backend>: Send {
+    /// The next chunk of input, if any may go now.
+    fn next(&mut self, backend: &B) -> Feed<B::Task>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    Closed,
+    Terminated,
+}
+
+struct Slot<W> {
+    id: u64,
+    worker: W,
+    /// Chunks this worker holds: (job, first item) -> item count.
+    inflight: HashMap<(u64, usize), usize>,
+    chunks_sent: usize,
+    stopping: bool,
+    /// Set once the worker was seen to end; removed after its last reports are in.
+    ended: Option<Ended>,
+}
+
+struct State<B: Backend> {
+    backend: B,
+    config: Config,
+    workers: Vec<Slot<B::Worker>>,
+    jobs: HashMap<u64, Box<dyn Job>>,
+    pending: VecDeque<Chunk<B::Task>>,
+    feeders: VecDeque<Box<dyn Feeder<B>>>,
+    next_job: u64,
+    next_worker: u64,
+    phase: Phase,
+    broken: Option<String>,
+}
+
+/// Why unfinished jobs are failed wholesale.
+#[derive(Clone)]
+enum Abandon {
+    Terminated,
+    Broken(String),
+}
+
+impl Abandon {
+    fn error(&self) -> Error {
+        match self {
+            Abandon::Terminated => Error::InvalidState("the pool was terminated".into()),
+            Abandon::Broken(m) => Error::Remote(format!("the pool is broken: {m}")),
+        }
+    }
+}
+
+/// Work for jobs that must happen once the pool lock is released, since it
+/// runs user callbacks (which may submit more work).
+#[derive(Default)]
+struct Outbox {
+    deliveries: Vec<(u64, usize, RawChunk)>,
+    abandoned: Vec<(Box<dyn Job>, Abandon)>,
+}
+
+/// The shared pool core; the public pools wrap it.
+pub(crate) struct Core<B: Backend> {
+    state: Arc<Mutex<State<B>>>,
+    handler: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<B: Backend> Core<B> {
+    /// Starts `config.processes` workers and the result handler.
+    pub fn start(backend: B, reports: B::Reports, config: Config) -> Result<Self> {
+        let mut state = State {
+            backend,
+            config,
+            workers: Vec::new(),
+            jobs: HashMap::new(),
+            pending: VecDeque::new(),
+            feeders: VecDeque::new(),
+            next_job: 1,
+            next_worker: 1,
+            phase: Phase::Open,
+            broken: None,
+        };
+        for _ in 0..state.config.processes {
+            if let Err(e) = state.add_worker() {
+                for slot in &mut state.workers {
+                    state.backend.kill(&mut slot.worker);
+                }
+                return Err(e);
+            }
+        }
+        let state = Arc::new(Mutex::new(state));
+        let for_handler = state.clone();
+        let handler = std::thread::Builder::new()
+            .name("multiproc-pool-results".into())
+            .spawn(move || handle_results(for_handler, reports))?;
+        Ok(Core {
+            state,
+            handler: Mutex::new(Some(handler)),
+        })
+    }
+
+    /// Registers a job and its chunks (or lazy input) and dispatches what it can.
+    pub fn submit(&self, build: impl FnOnce(u64, &B) -> Result<Submission<B>>) -> Result<()> {
+        let mut st = self.state.lock();
+        st.check_open()?;
+        let id = st.next_job;
+        st.next_job += 1;
+        let sub = build(id, &st.backend)?;
+        if sub.job.complete() {
+            return Ok(());
+        }
+        st.jobs.insert(id, sub.job);
+        st.pending.extend(sub.chunks);
+        if let Some(f) = sub.feeder {
+            st.feeders.push_back(f);
+        }
+        st.dispatch();
+        Ok(())
+    }
+
+    /// Lets a lazy input continue after its consumer took results.
+    pub fn poke(&self) {
+        let mut st = self.state.lock();
+        if st.phase != Phase::Terminated && !st.feeders.is_empty() {
+            st.dispatch();
+        }
+    }
+
+    /// Stops accepting work; workers exit once everything submitted is done.
+    pub fn close(&self) {
+        let mut st = self.state.lock();
+        if st.phase == Phase::Open {
+            st.phase = Phase::Closed;
+        }
+        st.backend.wake();
+    }
+
+    /// Stops the workers now; unfinished tasks fail with `Error::Closed`.
+    pub fn terminate(&self) {
+        {
+            let mut st = self.state.lock();
+            st.phase = Phase::Terminated;
+            st.backend.wake();
+        }
+        self.wait_handler();
+    }
+
+    /// Waits for the workers to exit; the pool must be closed or terminated first.
+    pub fn join(&self) -> Result<()> {
+        if self.state.lock().phase == Phase::Open {
+            return Err(Error::InvalidState(
+                "join of a pool that is still open: call close() or terminate() first".into(),
+            ));
+        }
+        self.wait_handler();
+        Ok(())
+    }
+
+    fn wait_handler(&self) {
+        if let Some(h) = self.handler.lock().take()
+            && h.join().is_err()
+        {
+            tracing::error!("the pool's result handler panicked");
+        }
+    }
+
+    /// Runs `f` on each current worker.
+    pub fn with_workers<T>(&self, f: impl Fn(&B::Worker) -> T) -> Vec<T> {
+        self.state
+            .lock()
+            .workers
+            .iter()
+            .map(|s| f(&s.worker))
+            .collect()
+    }
+}
+
+impl<B: Backend> Drop for Core<B> {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// A job being submitted: its sink, its ready chunks and an optional lazy input.
+pub(crate) struct Submission<B: Backend> {
+    pub job: Box<dyn Job>,
+    pub chunks: Vec<Chunk<B::Task>>,
+    pub feeder: Option<Box<dyn Feeder<B>>>,
+}
+
+impl<B: Backend> State<B> {
+    fn check_open(&self) -> Result<()> {
+        if let Some(msg) = &self.broken {
+            return Err(Error::Remote(format!("the pool is broken: {msg}")));
+        }
+        match self.phase {
+            Phase::Open => Ok(()),
+            Phase::Closed => Err(Error::InvalidState("the pool is closed".into())),
+            Phase::Terminated => Err(Error::InvalidState("the pool was terminated".into())),
+        }
+    }
+
+    fn add_worker(&mut self) -> Result<()> {
+        let id = self.next_worker;
+        self.next_worker += 1;
+        let worker = self.backend.spawn(id)?;
+        self.workers.push(Slot {
+            id,
+            worker,
+            inflight: HashMap::new(),
+            chunks_sent: 0,
+            stopping: false,
+            ended: None,
+        });
+        Ok(())
+    }
+
+    /// Whether a worker may take another chunk now.
+    fn eligible(&self, slot: &Slot<B::Worker>) -> bool {
+        !slot.stopping
+            && slot.ended.is_none()
+            && slot.inflight.len() < self.config.max_inflight
+            && self.config.maxtasks.is_none_or(|m| slot.chunks_sent < m)
+    }
+
+    /// Sends pending chunks (and lazy input) to workers with room.
+    fn dispatch(&mut self) {
+        let mut full: Vec<u64> = Vec::new();
+        loop {
+            if self.pending.is_empty() && !self.refill() {
+                return;
+            }
+            let Some(index) = self
+                .workers
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| self.eligible(s) && !full.contains(&s.id))
+                .min_by_key(|(_, s)| s.inflight.len())
+                .map(|(i, _)| i)
+            else {
+                return;
+            };
+            let Some(chunk) = self.pending.pop_front() else {
+                return;
+            };
+            let key = (chunk.job, chunk.first);
+            let len = chunk.len;
+            let slot = &mut self.workers[index];
+            let block = slot.inflight.is_empty();
+            match self.backend.send(&slot.worker, chunk, block) {
+                Ok(()) => {
+                    slot.inflight.insert(key, len);
+                    slot.chunks_sent += 1;
+                }
+                Err(chunk) => {
+                    full.push(slot.id);
+                    self.pending.push_front(chunk);
+                }
+            }
+        }
+    }
+
+    /// Pulls one chunk from the lazy inputs; false if none has one now.
+    fn refill(&mut self) -> bool {
+        for _ in 0..self.feeders.len() {
+            let Some(mut feeder) = self.feeders.pop_front() else {
+                return false;
+            };
+            match feeder.next(&self.backend) {
+                Feed::Chunk(c) => {
+                    self.pending.push_back(c);
+                    self.feeders.push_back(feeder);
+                    return true;
+                }
+                Feed::Later => self.feeders.push_back(feeder),
+                Feed::Done => {}
+            }
+        }
+        false
+    }
+
+    /// Records that a chunk's report arrived.
+    fn record(&mut self, worker: u64, job: u64, first: usize) {
+        if let Some(slot) = self.workers.iter_mut().find(|s| s.id == worker) {
+            slot.inflight.remove(&(job, first));
+        }
+    }
+
+    /// Notes workers that ended; true if any did.
+    fn notice_ended(&mut self) -> bool {
+        let mut any = false;
+        for slot in &mut self.workers {
+            if slot.ended.is_none() {
+                slot.ended = self.backend.ended(&mut slot.worker);
+            }
+            any |= slot.ended.is_some();
+        }
+        any
+    }
+
+    /// Removes ended workers: fails what they held, replaces them if work remains.
+    /// Call only after draining the reports they sent before ending.
+    fn replace_ended(&mut self, out: &mut Outbox) {
+        let mut i = 0;
+        while i < self.workers.len() {
+            let Some(ended) = self.workers[i].ended else {
+                i += 1;
+                continue;
+            };
+            let slot = self.workers.swap_remove(i);
+            if !(ended.clean() && slot.inflight.is_empty()) {
+                tracing::warn!(pid = ended.pid, "pool worker died: {}", ended.error());
+            }
+            for ((job, first), len) in slot.inflight {
+                let error = Arc::new(move || ended.error());
+                out.deliveries
+                    .push((job, first, RawChunk::Failed { len, error }));
+            }
+            let work_left = !self.jobs.is_empty() || !self.pending.is_empty();
+            let replace = self.broken.is_none()
+                && (self.phase == Phase::Open || (self.phase == Phase::Closed && work_left));
+            if replace && let Err(e) = self.add_worker() {
+                tracing::error!("cannot replace a pool worker: {e}");
+                self.break_pool(format!("cannot start a replacement worker: {e}"), out);
+            }
+        }
+    }
+
+    /// Marks the pool broken and fails everything it holds.
+    fn break_pool(&mut self, message: String, out: &mut Outbox) {
+        self.broken = Some(message.clone());
+        self.abandon_all(Abandon::Broken(message), out);
+    }
+
+    fn abandon_all(&mut self, why: Abandon, out: &mut Outbox) {
+        self.pending.clear();
+        self.feeders.clear();
+        for slot in &mut self.workers {
+            slot.inflight.clear();
+        }
+        out.abandoned
+            .extend(self.jobs.drain().map(|(_, job)| (job, why.clone())));
+    }
+
+    /// Shuts workers down as the phase asks; true once the handler may exit.
+    fn shutdown_step(&mut self, out: &mut Outbox) -> bool {
+        match self.phase {
+            Phase::Open => false,
+            Phase::Terminated => {
+                self.abandon_all(Abandon::Terminated, out);
+                for slot in &mut self.workers {
+                    self.backend.kill(&mut slot.worker);
+                }
+                self.workers.clear();
+                true
+            }
+            Phase::Closed => {
+                let idle =
+                    self.jobs.is_empty() && self.pending.is_empty() && self.feeders.is_empty();
+                if idle {
+                    for slot in &mut self.workers {
+                        if !slot.stopping {
+                            self.backend.stop(&slot.worker);
+                            slot.stopping = true;
+                        }
+                    }
+                }
+                idle && self.workers.is_empty()
+            }
+        }
+    }
+}
+
+/// Hands results to their jobs without holding the pool lock.
+fn flush<B: Backend>(state: &Mutex<State<B>>, out: &mut Outbox) {
+    for (job_id, first, results) in out.deliveries.drain(..) {
+        let job = state.lock().jobs.remove(&job_id);
+        let Some(mut job) = job else { continue };
+        job.deliver(first, results);
+        if job.complete() {
+            continue;
+        }
+        let mut st = state.lock();
+        let gone = match (&st.broken, st.phase) {
+            (Some(m), _) => Some(Abandon::Broken(m.clone())),
+            (None, Phase::Terminated) => Some(Abandon::Terminated),
+            _ => None,
+        };
+        match gone {
+            Some(why) => out.abandoned.push((job, why)),
+            None => {
+                st.jobs.insert(job_id, job);
+            }
+        }
+    }
+    for (mut job, why) in out.abandoned.drain(..) {
+        job.abandon(&|| why.error());
+    }
+}
+
+fn record_report<B: Backend>(st: &mut State<B>, report: Report, out: &mut Outbox) {
+    match report {
+        Report::Done {
+            worker,
+            job,
+            first,
+            results,
+        } => {
+            st.record(worker, job, first);
+            out.deliveries.push((job, first, results));
+        }
+        Report::InitFailed { worker, message } => {
+            tracing::error!(worker, "pool initializer failed: {message}");
+            st.break_pool(format!("the initializer failed: {message}"), out);
+        }
+        Report::Wake => {}
+    }
+}
+
+/// The result-handler thread.
+fn handle_results<B: Backend>(state: Arc<Mutex<State<B>>>, mut reports: B::Reports) {
+    let mut out = Outbox::default();
+    let mut batch: Vec<Report> = Vec::with_capacity(BATCH);
+    loop {
+        if let Some(r) = reports.recv(SLICE) {
+            batch.push(r);
+            while batch.len() < BATCH {
+                match reports.try_recv() {
+                    Some(r) => batch.push(r),
+                    None => break,
+                }
+            }
+        }
+        let drained = batch.len() < BATCH;
+        {
+            let mut st = state.lock();
+            for report in batch.drain(..) {
+                record_report(&mut st, report, &mut out);
+            }
+        }
+        flush(&state, &mut out);
+        if drained && state.lock().notice_ended() {
+            // Everything an ended worker reported is queued by now: take it
+            // before pinning its remaining chunks on its death.
+            while let Some(r) = reports.try_recv() {
+                record_report(&mut state.lock(), r, &mut out);
+            }
+            flush(&state, &mut out);
+            state.lock().replace_ended(&mut out);
+            flush(&state, &mut out);
+        }
+        let done = {
+            let mut st = state.lock();
+            st.dispatch();
+            st.shutdown_step(&mut out)
+        };
+        flush(&state, &mut out);
+        if done {
+            return;
+        }
+    }
+}

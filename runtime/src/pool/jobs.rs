@@ -1,0 +1,275 @@
+//! What the pool does with results as they come back: one sink per submitted job.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::codec::Shareable;
+use crate::error::{Error, Result};
+use crate::pool::async_result::Promise;
+use crate::pool::wire::{ChunkOutcome, ItemFailure};
+
+/// Makes the error for each item of a failed chunk.
+pub(crate) type ErrorMaker = Arc<dyn Fn() -> Error + Send + Sync>;
+
+/// A chunk's results as a worker reports them, before they are typed.
+pub(crate) enum RawChunk {
+    /// From a process worker: encoded.
+    Encoded { len: usize, outcome: ChunkOutcome },
+    /// From a thread worker: a `Vec<Result<R>>`.
+    Typed(Box<dyn Any + Send>),
+    /// The pool failed every item (the worker died, for example).
+    Failed { len: usize, error: ErrorMaker },
+}
+
+impl RawChunk {
+    /// Decodes (or downcasts) into the job's result type, one per item.
+    pub fn into_typed<R: Shareable>(self) -> Vec<Result<R>> {
+        match self {
+            RawChunk::Encoded { len, outcome } => merge::<R>(len, outcome),
+            RawChunk::Typed(any) => match any.downcast::<Vec<Result<R>>>() {
+                Ok(v) => *v,
+                Err(_) => vec![Err(Error::Remote(
+                    "a thread task returned an unexpected type".into(),
+                ))],
+            },
+            RawChunk::Failed { len, error } => (0..len).map(|_| Err(error())).collect(),
+        }
+    }
+}
+
+fn merge<R: Shareable>(len: usize, outcome: ChunkOutcome) -> Vec<Result<R>> {
+    let ChunkOutcome { returned, failures } = outcome;
+    let returned = if failures.len() < len {
+        R::decode_many(&returned)
+    } else {
+        Ok(Vec::new())
+    };
+    let mut returned = match returned {
+        Ok(v) => v.into_iter(),
+        Err(e) => {
+            let msg = e.to_string();
+            return (0..len).map(|_| Err(Error::Codec(msg.clone()))).collect();
+        }
+    };
+    let mut failures = failures.into_iter().peekable();
+    (0..len)
+        .map(|i| {
+            if failures.peek().is_some_and(|(at, _)| *at as usize == i) {
+                return Err(match failures.next() {
+                    Some((_, ItemFailure::Panicked(m))) => {
+                        Error::Remote(format!("task panicked: {m}"))
+                    }
+                    Some((_, ItemFailure::Failed(m))) => Error::Remote(m),
+                    None => Error::Protocol("a failure vanished".into()),
+                });
+            }
+            returned
+                .next()
+                .ok_or_else(|| Error::Protocol("a worker sent too few results".into()))
+        })
+        .collect()
+}
+
+/// Receives the results of one job, chunk by chunk.
+pub(crate) trait Job: Send {
+    /// Results for the chunk of items starting at `first`.
+    fn deliver(&mut self, first: usize, chunk: RawChunk);
+    /// Whether every item has a result (the job can be dropped).
+    fn complete(&self) -> bool;
+    /// Fails every item that has no result yet (pool terminated or broken).
+    fn abandon(&mut self, why: &dyn Fn() -> Error);
+}
+
+/// `apply_async`: one item.
+pub(crate) struct ApplyJob<R> {
+    promise: Option<Promise<R>>,
+}
+
+impl<R> ApplyJob<R> {
+    pub fn new(promise: Promise<R>) -> Self {
+        ApplyJob {
+            promise: Some(promise),
+        }
+    }
+}
+
+impl<R: Shareable> Job for ApplyJob<R> {
+    fn deliver(&mut self, _first: usize, chunk: RawChunk) {
+        if let (Some(p), Some(r)) = (self.promise.take(), chunk.into_typed().into_iter().next()) {
+            p.complete(r);
+        }
+    }
+    fn complete(&self) -> bool {
+        self.promise.is_none()
+    }
+    fn abandon(&mut self, why: &dyn Fn() -> Error) {
+        if let Some(p) = self.promise.take() {
+            p.complete(Err(why()));
+        }
+    }
+}
+
+/// `map_async` / `starmap_async`: all items, in order, or the first error.
+pub(crate) struct MapJob<R> {
+    results: Vec<Option<Result<R>>>,
+    missing: usize,
+    promise: Option<Promise<Vec<R>>>,
+}
+
+impl<R> MapJob<R> {
+    pub fn new(len: usize, promise: Promise<Vec<R>>) -> Self {
+        let mut job = MapJob {
+            results: (0..len).map(|_| None).collect(),
+            missing: len,
+            promise: Some(promise),
+        };
+        job.finish_if_done();
+        job
+    }
+
+    fn finish_if_done(&mut self) {
+        if self.missing > 0 {
+            return;
+        }
+        if let Some(p) = self.promise.take() {
+            let all: Result<Vec<R>> = std::mem::take(&mut self.results)
+                .into_iter()
+                .map(|r| {
+                    r.unwrap_or_else(|| Err(Error::InvalidState("a result is missing".into())))
+                })
+                .collect();
+            p.complete(all);
+        }
+    }
+}
+
+impl<R: Shareable> Job for MapJob<R> {
+    fn deliver(&mut self, first: usize, chunk: RawChunk) {
+        for (i, r) in chunk.into_typed().into_iter().enumerate() {
+            if let Some(slot) = self.results.get_mut(first + i)
+                && slot.is_none()
+            {
+                *slot = Some(r);
+                self.missing -= 1;
+            }
+        }
+        self.finish_if_done();
+    }
+    fn complete(&self) -> bool {
+        self.promise.is_none()
+    }
+    fn abandon(&mut self, why: &dyn Fn() -> Error) {
+        for slot in &mut self.results {
+            if slot.is_none() {
+                *slot = Some(Err(why()));
+                self.missing -= 1;
+            }
+        }
+        self.finish_if_done();
+    }
+}
+
+/// Results of an `imap` as the iterator sees them.
+pub(crate) struct IMapState<R> {
+    pub ordered: bool,
+    /// Ordered: results by item index. Unordered: arrival order (key = arrival count).
+    pub ready: BTreeMap<usize, Result<R>>,
+    pub arrived: usize,
+    /// The next index the iterator yields (ordered) or how many it yielded (unordered).
+    pub next: usize,
+    /// Items handed to workers so far.
+    pub submitted: usize,
+    /// Total items once the input is exhausted (or the job was abandoned).
+    pub total: Option<usize>,
+}
+
+/// Shared between an imap job (the pool side) and its iterator.
+pub(crate) struct IMapShared<R> {
+    pub state: Mutex<IMapState<R>>,
+    pub changed: Condvar,
+}
+
+impl<R> IMapShared<R> {
+    pub fn new(ordered: bool) -> Arc<Self> {
+        Arc::new(IMapShared {
+            state: Mutex::new(IMapState {
+                ordered,
+                ready: BTreeMap::new(),
+                arrived: 0,
+                next: 0,
+                submitted: 0,
+                total: None,
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn push(&self, index: usize, r: Result<R>) {
+        let mut s = self.state.lock();
+        let key = if s.ordered { index } else { s.arrived };
+        s.arrived += 1;
+        s.ready.insert(key, r);
+        drop(s);
+        self.changed.notify_all();
+    }
+}
+
+/// `imap` / `imap_unordered`: results flow to an iterator as they come.
+pub(crate) struct IMapJob<R> {
+    shared: Arc<IMapShared<R>>,
+    delivered: usize,
+    _r: PhantomData<R>,
+}
+
+impl<R> IMapJob<R> {
+    pub fn new(shared: Arc<IMapShared<R>>) -> Self {
+        IMapJob {
+            shared,
+            delivered: 0,
+            _r: PhantomData,
+        }
+    }
+}
+
+impl<R: Shareable> Job for IMapJob<R> {
+    fn deliver(&mut self, first: usize, chunk: RawChunk) {
+        for (i, r) in chunk.into_typed().into_iter().enumerate() {
+            self.delivered += 1;
+            self.shared.push(first + i, r);
+        }
+    }
+    fn complete(&self) -> bool {
+        self.shared
+            .state
+            .lock()
+            .total
+            .is_some_and(|total| self.delivered >= total)
+    }
+    fn abandon(&mut self, why: &dyn Fn() -> Error) {
+        let mut s = self.shared.state.lock();
+        // Everything submitted but not delivered fails; the input stops here.
+        let total = s.submitted;
+        if s.ordered {
+            let missing: Vec<usize> = (s.next..total)
+                .filter(|i| !s.ready.contains_key(i))
+                .collect();
+            for i in missing {
+                s.ready.insert(i, Err(why()));
+            }
+        } else {
+            for _ in self.delivered..total {
+                let key = s.arrived;
+                s.arrived += 1;
+                s.ready.insert(key, Err(why()));
+            }
+        }
+        s.total = Some(total);
+        self.delivered = total;
+        drop(s);
+        self.shared.changed.notify_all();
+    }
+}

@@ -1,0 +1,26 @@
+//! Pools of workers: Python's `Pool` (processes) and `ThreadPool` (threads).
+//!
+//! Both share one machinery ([`core`](self)) and one API: `apply`,
+//! `apply_async`, `map`, `map_async`, `starmap`, `starmap_async`, `imap`,
+//! `imap_unordered`, `close`, `join`, `terminate`. A task that panics gives
+//! `Error::Remote` with the panic message, and the worker carries on. A
+//! process worker that dies (SIGKILL, abort, OOM) fails exactly the tasks it
+//! held with `Error::WorkerDied` (they are not retried: a task that kills its
+//! worker would kill the next one too) and is replaced.
+
+mod api;
+mod async_result;
+mod backend;
+mod core;
+mod imap;
+mod jobs;
+mod process_backend;
+mod process_pool;
+mod submit;
+mod thread_backend;
+mod wire;
+
+pub use api::ThreadPool;
+pub use async_result::{AsyncResult, Callbacks};
+pub use imap::IMapIterator;
+pub use process_pool::{Pool, PoolBuilder};

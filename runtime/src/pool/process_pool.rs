@@ -1,0 +1,129 @@
+//! `Pool`: the process pool.
+
+use std::sync::Arc;
+
+use crate::codec::Shareable;
+use crate::error::{Error, Result};
+use crate::pool::api::{MAX_INFLIGHT, check_workers, pool_methods};
+use crate::pool::async_result::{AsyncResult, Callbacks};
+use crate::pool::core::{Config, Core};
+use crate::pool::imap::IMapIterator;
+use crate::pool::process_backend::{InitSpec, Processes};
+use crate::pool::submit;
+use crate::pool::wire::Star2;
+use crate::process::StartMethod;
+
+/// A pool of worker processes (Python's `multiprocessing.Pool`).
+///
+/// Targets are non-capturing `fn`s, as for [`Process`](crate::Process).
+/// Workers are daemon processes started with the pool's start method. A task
+/// that panics fails with `Error::Remote` carrying the panic message; a worker
+/// that dies fails the tasks it held with `Error::WorkerDied` (not retried)
+/// and is replaced. Dropping the pool terminates it and reaps every worker.
+///
+/// ```
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// fn main() {
+///     multiproc::init();
+///     let pool = multiproc::Pool::new(2).unwrap();
+///     assert_eq!(pool.map(square, 1..=4, None).unwrap(), vec![1, 4, 9, 16]);
+/// }
+/// ```
+pub struct Pool {
+    core: Arc<Core<Processes>>,
+    workers: usize,
+}
+
+/// Builds a [`Pool`] with Python's options.
+#[derive(Default)]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    method: Option<StartMethod>,
+    init: Option<InitSpec>,
+    init_error: Option<Error>,
+    maxtasks: Option<usize>,
+}
+
+impl PoolBuilder {
+    /// The number of workers (default: `cpu_count()`).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// The start method of the workers (default: the global default).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Runs `f(arg)` once in each worker before it takes tasks.
+    pub fn initializer<A: Shareable>(mut self, f: fn(A), arg: A) -> Self {
+        match InitSpec::new(f, &arg) {
+            Ok(spec) => self.init = Some(spec),
+            Err(e) => self.init_error = Some(e),
+        }
+        self
+    }
+
+    /// Replaces each worker after it has run this many chunks.
+    pub fn maxtasksperchild(mut self, n: usize) -> Self {
+        self.maxtasks = Some(n);
+        self
+    }
+
+    /// Starts the workers.
+    pub fn build(self) -> Result<Pool> {
+        if let Some(e) = self.init_error {
+            return Err(e);
+        }
+        let n = self.processes.unwrap_or_else(crate::process::cpu_count);
+        check_workers(n, self.maxtasks)?;
+        let method = self
+            .method
+            .unwrap_or_else(crate::process::start_method_for_pool);
+        let (backend, reports) = Processes::new(method, self.init, self.maxtasks)?;
+        let config = Config {
+            processes: n,
+            maxtasks: self.maxtasks,
+            max_inflight: MAX_INFLIGHT,
+        };
+        Ok(Pool {
+            core: Arc::new(Core::start(backend, reports, config)?),
+            workers: n,
+        })
+    }
+}
+
+impl Pool {
+    /// A pool of `n` worker processes with the default start method.
+    pub fn new(n: usize) -> Result<Pool> {
+        Pool::builder().processes(n).build()
+    }
+
+    /// A builder for the other options.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The pids of the current workers (they change as workers are replaced).
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.core
+            .with_workers(|w| w.pid())
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    pool_methods!();
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.workers)
+            .field("pids", &self.worker_pids())
+            .finish()
+    }
+}

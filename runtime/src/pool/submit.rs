@@ -1,0 +1,144 @@
+//! The pool API's work, written once for process and thread pools.
+
+use std::marker::PhantomData;
+use std::sync::{Arc, Weak};
+
+use crate::codec::Shareable;
+use crate::error::{Error, Result};
+use crate::pool::async_result::{self, AsyncResult, Callbacks};
+use crate::pool::backend::{Backend, Chunk};
+use crate::pool::core::{Core, Submission};
+use crate::pool::imap::{IMapFeeder, IMapIterator, Poke};
+use crate::pool::jobs::{ApplyJob, IMapJob, IMapShared, MapJob};
+use crate::pool::wire::TaskFn;
+
+/// Python's default chunk size: ceil(len / (4 × workers)).
+pub(crate) fn default_chunksize(len: usize, workers: usize) -> usize {
+    len.div_ceil(4 * workers.max(1)).max(1)
+}
+
+pub(crate) fn check_chunksize(chunksize: Option<usize>) -> Result<()> {
+    if chunksize == Some(0) {
+        return Err(Error::InvalidArgument(
+            "chunksize must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Items per chunk in flight per worker that an `imap` may run ahead.
+const IMAP_AHEAD_PER_WORKER: usize = 8;
+
+pub(crate) fn apply_async<B, A, R, F>(
+    core: &Core<B>,
+    f: F,
+    arg: A,
+    callbacks: Callbacks<R>,
+) -> Result<AsyncResult<R>>
+where
+    B: Backend,
+    A: Shareable,
+    R: Shareable,
+    F: TaskFn<A, R>,
+{
+    let (result, promise) = async_result::pending(callbacks);
+    core.submit(|id, backend| {
+        let task = backend.make_task(f, vec![arg])?;
+        Ok(Submission {
+            job: Box::new(ApplyJob::new(promise)),
+            chunks: vec![Chunk {
+                job: id,
+                first: 0,
+                len: 1,
+                task,
+            }],
+            feeder: None,
+        })
+    })?;
+    Ok(result)
+}
+
+pub(crate) fn map_async<B, A, R, F>(
+    core: &Core<B>,
+    workers: usize,
+    f: F,
+    items: Vec<A>,
+    chunksize: Option<usize>,
+    callbacks: Callbacks<Vec<R>>,
+) -> Result<AsyncResult<Vec<R>>>
+where
+    B: Backend,
+    A: Shareable,
+    R: Shareable,
+    F: TaskFn<A, R>,
+{
+    check_chunksize(chunksize)?;
+    let len = items.len();
+    let chunksize = chunksize.unwrap_or_else(|| default_chunksize(len, workers));
+    let (result, promise) = async_result::pending(callbacks);
+    core.submit(|id, backend| {
+        let mut chunks = Vec::with_capacity(len.div_ceil(chunksize));
+        let mut input = items.into_iter();
+        let mut first = 0;
+        loop {
+            let part: Vec<A> = input.by_ref().take(chunksize).collect();
+            if part.is_empty() {
+                break;
+            }
+            let n = part.len();
+            chunks.push(Chunk {
+                job: id,
+                first,
+                len: n,
+                task: backend.make_task(f, part)?,
+            });
+            first += n;
+        }
+        Ok(Submission {
+            job: Box::new(MapJob::<R>::new(len, promise)),
+            chunks,
+            feeder: None,
+        })
+    })?;
+    Ok(result)
+}
+
+pub(crate) fn imap<B, A, R, F, I>(
+    core: &Arc<Core<B>>,
+    workers: usize,
+    f: F,
+    items: I,
+    chunksize: Option<usize>,
+    ordered: bool,
+) -> Result<IMapIterator<R>>
+where
+    B: Backend,
+    A: Shareable,
+    R: Shareable,
+    F: TaskFn<A, R>,
+    I: Iterator<Item = A> + Send + 'static,
+{
+    check_chunksize(chunksize)?;
+    let chunksize = chunksize.unwrap_or(1);
+    let shared = IMapShared::<R>::new(ordered);
+    let window = chunksize * workers.max(1) * IMAP_AHEAD_PER_WORKER;
+    let for_job = shared.clone();
+    core.submit(move |id, _backend| {
+        Ok(Submission {
+            job: Box::new(IMapJob::new(for_job.clone())),
+            chunks: Vec::new(),
+            feeder: Some(Box::new(IMapFeeder {
+                job: id,
+                input: items,
+                f,
+                chunksize,
+                window,
+                shared: for_job,
+                _a: PhantomData,
+            })),
+        })
+    })?;
+    let poke: Arc<dyn Poke> = core.clone();
+    let weak: Weak<dyn Poke> = Arc::downgrade(&poke);
+    Ok(IMapIterator::new(shared, weak))
+}

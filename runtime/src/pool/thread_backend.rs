@@ -1,0 +1,175 @@
+//! Workers that are threads of this process (for `ThreadPool`).
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::codec::Shareable;
+use crate::error::{Error, Result};
+use crate::pool::backend::{Backend, Chunk, Ended, Report, ReportSource};
+use crate::pool::jobs::RawChunk;
+use crate::pool::wire::TaskFn;
+use crate::process::launch::panic_message;
+
+/// One chunk's work on a thread: runs every item, catching panics.
+pub(crate) type ThreadTask = Box<dyn FnOnce() -> RawChunk + Send>;
+
+enum Order {
+    Run(Chunk<ThreadTask>),
+    Stop,
+}
+
+/// Runs once at the start of each worker thread.
+pub(crate) type Initializer = Arc<dyn Fn() + Send + Sync>;
+
+pub(crate) struct Threads {
+    reports: Sender<Report>,
+    init: Option<Initializer>,
+    maxtasks: Option<usize>,
+}
+
+pub(crate) struct ThreadWorker {
+    orders: Sender<Order>,
+    handle: Option<JoinHandle<()>>,
+}
+
+pub(crate) struct ThreadReports(Receiver<Report>);
+
+impl Threads {
+    pub fn new(init: Option<Initializer>, maxtasks: Option<usize>) -> (Threads, ThreadReports) {
+        let (tx, rx) = mpsc::channel();
+        (
+            Threads {
+                reports: tx,
+                init,
+                maxtasks,
+            },
+            ThreadReports(rx),
+        )
+    }
+}
+
+impl ReportSource for ThreadReports {
+    fn recv(&mut self, timeout: Duration) -> Option<Report> {
+        self.0.recv_timeout(timeout).ok()
+    }
+    fn try_recv(&mut self) -> Option<Report> {
+        self.0.try_recv().ok()
+    }
+}
+
+fn worker_loop(
+    id: u64,
+    orders: Receiver<Order>,
+    reports: Sender<Report>,
+    init: Option<Initializer>,
+    maxtasks: Option<usize>,
+) {
+    if let Some(init) = init
+        && let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| init()))
+    {
+        let message = format!("initializer panicked: {}", panic_message(p.as_ref()));
+        let _ = reports.send(Report::InitFailed {
+            worker: id,
+            message,
+        });
+        return;
+    }
+    let mut done = 0usize;
+    while let Ok(Order::Run(chunk)) = orders.recv() {
+        let results = (chunk.task)();
+        let sent = reports.send(Report::Done {
+            worker: id,
+            job: chunk.job,
+            first: chunk.first,
+            results,
+        });
+        done += 1;
+        if sent.is_err() || maxtasks.is_some_and(|m| done >= m) {
+            return;
+        }
+    }
+}
+
+impl Backend for Threads {
+    type Task = ThreadTask;
+    type Worker = ThreadWorker;
+    type Reports = ThreadReports;
+
+    fn spawn(&mut self, id: u64) -> Result<ThreadWorker> {
+        let (tx, rx) = mpsc::channel();
+        let reports = self.reports.clone();
+        let init = self.init.clone();
+        let maxtasks = self.maxtasks;
+        let handle = std::thread::Builder::new()
+            .name(format!("ThreadPoolWorker-{id}"))
+            .spawn(move || worker_loop(id, rx, reports, init, maxtasks))?;
+        Ok(ThreadWorker {
+            orders: tx,
+            handle: Some(handle),
+        })
+    }
+
+    fn send(
+        &mut self,
+        worker: &ThreadWorker,
+        chunk: Chunk<ThreadTask>,
+        _block: bool,
+    ) -> std::result::Result<(), Chunk<ThreadTask>> {
+        match worker.orders.send(Order::Run(chunk)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::SendError(Order::Run(chunk))) => Err(chunk),
+            Err(mpsc::SendError(Order::Stop)) => Ok(()),
+        }
+    }
+
+    fn stop(&mut self, worker: &ThreadWorker) {
+        let _ = worker.orders.send(Order::Stop);
+    }
+
+    fn ended(&mut self, worker: &mut ThreadWorker) -> Option<Ended> {
+        if !worker.handle.as_ref().is_some_and(|h| h.is_finished()) {
+            return None;
+        }
+        let clean = worker
+            .handle
+            .take()
+            .map(|h| h.join().is_ok())
+            .unwrap_or(true);
+        Some(Ended {
+            pid: crate::sys::process::getpid(),
+            exitcode: Some(if clean { 0 } else { 1 }),
+            signal: None,
+        })
+    }
+
+    fn kill(&mut self, worker: &mut ThreadWorker) {
+        // Threads cannot be killed: ask it to stop and let it finish its chunk.
+        let _ = worker.orders.send(Order::Stop);
+        worker.handle.take();
+    }
+
+    fn wake(&self) {
+        let _ = self.reports.send(Report::Wake);
+    }
+
+    fn make_task<A, R, F>(&self, f: F, items: Vec<A>) -> Result<ThreadTask>
+    where
+        A: Shareable,
+        R: Shareable,
+        F: TaskFn<A, R>,
+    {
+        Ok(Box::new(move || {
+            let results: Vec<Result<R>> = items
+                .into_iter()
+                .map(|item| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.call(item))).map_err(
+                        |p| Error::Remote(format!("task panicked: {}", panic_message(p.as_ref()))),
+                    )
+                })
+                .collect();
+            RawChunk::Typed(Box::new(results))
+        }))
+    }
+}

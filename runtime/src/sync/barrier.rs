@@ -1,0 +1,815 @@
+//! `Barrier`: Python's `multiprocessing.Barrier`, with generations and
+//! detection of dead parties.
+//!
+//! The counts live behind a small internal [`RawLock`]; waiters sleep on a
+//! futex sequence counter bumped on every change they care about (a round
+//! released, the barrier broken or reset), with a sleeper count so nobody
+//! makes a wake syscall for no one.
+//!
+//! Rounds are numbered (generations). The last party to arrive starts the
+//! next generation at once, so a fast party that re-enters `wait` joins the
+//! next round and is never counted in the one its peers are still leaving.
+//! A waiter that sees the generation move learns how its round ended from a
+//! 64-bit history (bit k: the round k+1 generations back was reset).
+//!
+//! The segment's tail is a table of the processes that hold a handle (pid and
+//! start time, and how many handles). Waiters sleep in slices of
+//! [`LIVENESS_SLICE`] and between slices check that every process in the
+//! table lives; a dead one breaks the barrier (see [`Barrier`] for what is promised).
+
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::handle::{HandleRepr, ShareHandle};
+use crate::process::launch;
+use crate::shm::{Kind, ShmObject, fingerprint_str};
+use crate::sync::park::{self, LIVENESS_SLICE};
+use crate::sync::raw_lock::{self, Acquired, RawLock};
+use crate::sys;
+
+const FILLING: u32 = 0;
+const BROKEN: u32 = 1;
+
+/// The shared state of a barrier (`#[repr(C)]`, atomics only).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct BarrierState {
+    /// Guards every field below except `seq` and `sleepers`.
+    lock: RawLock,
+    /// Bumped on every change waiters care about; the futex word.
+    seq: AtomicU32,
+    sleepers: AtomicU32,
+    /// Fixed at creation.
+    parties: AtomicU32,
+    /// Parties inside `wait` for the current generation.
+    count: AtomicU32,
+    generation: AtomicU32,
+    /// FILLING or BROKEN.
+    state: AtomicU32,
+    /// Bit k: the generation that ended k+1 generations ago was reset, not released.
+    history: AtomicU64,
+    /// Slots in the attached-process table (fixed at creation).
+    capacity: AtomicU32,
+    has_action: AtomicU32,
+    /// The action as an offset from the binary's anchor, and the binary it is valid in.
+    action_offset: AtomicI64,
+    action_binary: AtomicU64,
+    action_anchor: AtomicI64,
+}
+
+/// One row of the attached-process table in the segment's tail.
+#[repr(C)]
+#[derive(Debug)]
+struct Attached {
+    /// The process as a lock word (start ticks above pid); 0 for a free slot.
+    process: AtomicU64,
+    /// How many handles that process holds.
+    handles: AtomicU64,
+}
+
+/// Why the last party could not run the action.
+enum ActionFailure {
+    Panicked(Box<dyn std::any::Any + Send>),
+    ForeignBinary,
+}
+
+/// A barrier for a fixed number of parties across processes (Python's
+/// `multiprocessing.Barrier`).
+///
+/// Each party calls [`Barrier::wait`]; all are released together once
+/// `parties` have arrived, each with a distinct index in `0..parties`. An
+/// optional action ([`Barrier::with_action`]) is run by exactly one party, the
+/// last to arrive, before the others are released. The barrier is then ready
+/// for the next round.
+///
+/// A timed-out wait or an [`abort`](Barrier::abort) breaks the barrier: every
+/// party waiting now and every later `wait` gets [`Error::BrokenBarrier`] until
+/// [`reset`](Barrier::reset), which also fails the parties waiting at that moment.
+///
+/// # Dead parties
+///
+/// Python hangs when a party dies (cpython#123899); this barrier does not.
+/// The barrier's segment records which processes hold it. A process holds it
+/// from when it creates, clones or decodes a handle (a spawn argument, a
+/// handle received in a message) until it drops its last handle; a child
+/// started with fork, which inherits handles without decoding them (a fork
+/// target's argument, a captured handle), holds a handle from its first use
+/// of it. What is promised:
+///
+/// - if a holding process ends without dropping its handles (it was killed,
+///   or exited without running destructors), a party waiting in `wait`
+///   notices within about 100 ms (plus scheduling delay) and breaks the
+///   barrier: every current waiter gets `BrokenBarrier`, as with `abort`.
+///   This holds whether the dead process was about to arrive or had arrived;
+/// - a dead process is forgotten once it has broken the barrier, so after a
+///   `reset` the barrier is usable by the processes that remain;
+/// - a process that dropped its handles is no longer watched, even if it was
+///   a party that will never come back (a timeout still ends such a wait);
+/// - up to `max(128, parties + 64)` processes may hold handles at once; one
+///   more is refused with [`Error::InvalidState`] (dead ones are swept first).
+///
+/// Pids are checked together with their start time, so a reused pid is not
+/// mistaken for a live party.
+///
+/// ```
+/// // Two parties (threads here; processes take the handle as an argument).
+/// let b = multiproc::Barrier::new(2).unwrap();
+/// let other = b.clone();
+/// let t = std::thread::spawn(move || other.wait().unwrap());
+/// let mine = b.wait().unwrap();
+/// let theirs = t.join().unwrap();
+/// assert_eq!(mine + theirs, 1); // arrival indexes 0 and 1
+/// ```
+pub struct Barrier {
+    obj: ShmObject<BarrierState>,
+    /// Slots in the table, as checked when the handle was made.
+    capacity: usize,
+    /// The process this handle is counted for in the table (0: none).
+    counted_for: AtomicI32,
+}
+
+impl std::fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Barrier")
+            .field("parties", &self.parties())
+            .field("n_waiting", &self.n_waiting())
+            .field("broken", &self.broken())
+            .finish()
+    }
+}
+
+/// Holds the barrier's internal lock.
+struct Inner<'a> {
+    state: &'a BarrierState,
+}
+
+impl Drop for Inner<'_> {
+    fn drop(&mut self) {
+        self.state.lock.unlock();
+    }
+}
+
+impl Inner<'_> {
+    /// Wakes waiters to look at the state again.
+    fn bump(&self) {
+        self.state.seq.fetch_add(1, Ordering::SeqCst);
+        park::wake_all(&self.state.seq, &self.state.sleepers);
+    }
+
+    fn break_barrier(&self) {
+        if self.state.state.load(Ordering::Relaxed) != BROKEN {
+            self.state.state.store(BROKEN, Ordering::Relaxed);
+            self.bump();
+        }
+    }
+
+    /// Ends the current generation, released (`reset == false`) or reset.
+    fn next_generation(&self, reset: bool) {
+        let s = self.state;
+        let history = s.history.load(Ordering::Relaxed);
+        s.history
+            .store((history << 1) | reset as u64, Ordering::Relaxed);
+        s.generation.fetch_add(1, Ordering::Relaxed);
+        s.count.store(0, Ordering::Relaxed);
+        s.state.store(FILLING, Ordering::Relaxed);
+        self.bump();
+    }
+
+    /// A waiter of the current generation leaves without being released.
+    fn leave(&self) {
+        let count = self.state.count.load(Ordering::Relaxed);
+        self.state
+            .count
+            .store(count.saturating_sub(1), Ordering::Relaxed);
+    }
+}
+
+impl Barrier {
+    /// A barrier for `parties` parties; `parties == 0` is [`Error::InvalidArgument`].
+    pub fn new(parties: usize) -> Result<Barrier> {
+        Self::create(parties, None)
+    }
+
+    /// A barrier whose `action` is run by the last party to arrive in each
+    /// round, before the others are released.
+    ///
+    /// The action is a plain `fn()`, found in each process by its offset in
+    /// the binary (as process targets are); a party running another binary
+    /// cannot run it, and breaks the barrier with [`Error::BinaryMismatch`].
+    /// If the action panics, the barrier is broken and the panic continues
+    /// in the last party. The action must not call `wait`, `abort` or `reset`
+    /// on the same barrier.
+    pub fn with_action(parties: usize, action: fn()) -> Result<Barrier> {
+        Self::create(parties, Some(action))
+    }
+
+    fn create(parties: usize, action: Option<fn()>) -> Result<Barrier> {
+        if parties == 0 {
+            return Err(Error::InvalidArgument(
+                "a barrier needs at least one party".into(),
+            ));
+        }
+        let parties = u32::try_from(parties).map_err(|_| {
+            Error::InvalidArgument(format!("a barrier of {parties} parties is too large"))
+        })?;
+        let capacity = table_capacity(parties);
+        let tail = capacity * std::mem::size_of::<Attached>();
+        let obj = ShmObject::create(Kind::Barrier, 0, tail, |state: *mut BarrierState, _| {
+            let s = BarrierState {
+                parties: AtomicU32::new(parties),
+                capacity: AtomicU32::new(capacity as u32),
+                ..BarrierState::default()
+            };
+            if let Some(action) = action {
+                s.has_action.store(1, Ordering::Relaxed);
+                s.action_offset
+                    .store(launch::offset_of(action as *const ()), Ordering::Relaxed);
+                s.action_binary
+                    .store(fingerprint_str(launch::identity()), Ordering::Relaxed);
+                s.action_anchor
+                    .store(launch::anchor_check(), Ordering::Relaxed);
+            }
+            // SAFETY: `create` hands us aligned, writable memory for one
+            // BarrierState; the zero-filled tail is a table of free slots.
+            unsafe { state.write(s) }
+        })?;
+        Self::from_obj(obj, capacity)
+    }
+
+    /// Makes a handle for this process and records the process in the table.
+    fn from_obj(obj: ShmObject<BarrierState>, capacity: usize) -> Result<Barrier> {
+        let barrier = Barrier {
+            obj,
+            capacity,
+            counted_for: AtomicI32::new(0),
+        };
+        barrier.attach()?;
+        barrier
+            .counted_for
+            .store(sys::process::getpid(), Ordering::Relaxed);
+        Ok(barrier)
+    }
+
+    fn state(&self) -> &BarrierState {
+        self.obj.state()
+    }
+
+    fn table(&self) -> &[Attached] {
+        // SAFETY: the tail holds `capacity` slots (checked at create and
+        // open), is 64-byte aligned, and `Attached` is two atomics, valid for
+        // any bytes; the mapping lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.obj.tail_ptr().cast::<Attached>(), self.capacity) }
+    }
+
+    /// Takes the internal lock. A process that died holding it may have left
+    /// the counts half-changed: the barrier is broken then.
+    fn inner(&self) -> Inner<'_> {
+        let state = self.state();
+        let acquired = loop {
+            // A wait without a deadline returns only once it holds the lock.
+            if let Some(acquired) = state.lock.lock(Deadline::Never) {
+                break acquired;
+            }
+        };
+        let inner = Inner { state };
+        if let Acquired::OwnerDied { pid } = acquired {
+            tracing::warn!(
+                pid,
+                "a process died inside a barrier's bookkeeping; breaking it"
+            );
+            inner.break_barrier();
+        }
+        inner
+    }
+
+    /// Counts one more handle for this process in the table.
+    fn attach(&self) -> Result<()> {
+        let me = raw_lock::my_word();
+        let inner = self.inner();
+        let table = self.table();
+        if let Some(slot) = table
+            .iter()
+            .find(|s| s.process.load(Ordering::Relaxed) == me)
+        {
+            slot.handles.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let free = || {
+            table
+                .iter()
+                .find(|s| s.process.load(Ordering::Relaxed) == 0)
+        };
+        let slot = match free() {
+            Some(slot) => Some(slot),
+            None => {
+                self.forget_dead(&inner);
+                free()
+            }
+        };
+        let Some(slot) = slot else {
+            return Err(Error::InvalidState(format!(
+                "more than {} live processes hold handles to this barrier",
+                table.len()
+            )));
+        };
+        slot.handles.store(1, Ordering::Relaxed);
+        slot.process.store(me, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counts one handle less for this process; frees its slot at zero.
+    fn detach(&self) {
+        let me = raw_lock::my_word();
+        let _inner = self.inner();
+        if let Some(slot) = self
+            .table()
+            .iter()
+            .find(|s| s.process.load(Ordering::Relaxed) == me)
+            && slot.handles.fetch_sub(1, Ordering::Relaxed) <= 1
+        {
+            slot.process.store(0, Ordering::Relaxed);
+            slot.handles.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts this handle for the calling process if it is not yet (a handle
+    /// inherited through fork is counted for the parent).
+    fn ensure_attached(&self) -> Result<()> {
+        let pid = sys::process::getpid();
+        let counted = self.counted_for.load(Ordering::Relaxed);
+        if counted != pid
+            && self
+                .counted_for
+                .compare_exchange(counted, pid, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            && let Err(e) = self.attach()
+        {
+            self.counted_for.store(0, Ordering::Relaxed);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Whether some process in the table has died (checked without the lock).
+    fn someone_died(&self) -> bool {
+        self.table().iter().any(|s| {
+            let p = s.process.load(Ordering::Relaxed);
+            p != 0 && !raw_lock::holder_alive(p)
+        })
+    }
+
+    /// Frees the slots of dead processes and breaks the barrier if there were any.
+    fn forget_dead(&self, inner: &Inner<'_>) -> bool {
+        let mut any = false;
+        for slot in self.table() {
+            let p = slot.process.load(Ordering::Relaxed);
+            if p != 0 && !raw_lock::holder_alive(p) {
+                tracing::warn!(
+                    pid = (p & 0x7FFF_FFFF) as i32,
+                    "a process holding a barrier died; breaking it"
+                );
+                slot.process.store(0, Ordering::Relaxed);
+                slot.handles.store(0, Ordering::Relaxed);
+                any = true;
+            }
+        }
+        if any {
+            inner.break_barrier();
+        }
+        any
+    }
+
+    /// Waits until all parties have arrived; returns this party's arrival
+    /// index in `0..parties` (the last to arrive gets `parties - 1`).
+    pub fn wait(&self) -> Result<usize> {
+        self.wait_deadline(Deadline::Never, false)
+    }
+
+    /// As [`Barrier::wait`], but breaks the barrier (`Err(BrokenBarrier)` for
+    /// everyone) if the round is not complete within `timeout`, as Python does.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize> {
+        self.wait_deadline(Deadline::after(timeout), false)
+    }
+
+    /// Arrives only if this completes the round (then returns like `wait`);
+    /// otherwise `Err(WouldBlock)`, without arriving or breaking anything.
+    pub fn try_wait(&self) -> Result<usize> {
+        self.wait_deadline(Deadline::Now, true)
+    }
+
+    fn wait_deadline(&self, deadline: Deadline, only_if_last: bool) -> Result<usize> {
+        self.ensure_attached()?;
+        let s = self.state();
+        let inner = self.inner();
+        if s.state.load(Ordering::Relaxed) == BROKEN {
+            return Err(Error::BrokenBarrier);
+        }
+        let index = s.count.load(Ordering::Relaxed);
+        if index.saturating_add(1) >= s.parties.load(Ordering::Relaxed) {
+            return self.release_round(inner, index);
+        }
+        if only_if_last {
+            return Err(Error::WouldBlock);
+        }
+        s.count.store(index + 1, Ordering::Relaxed);
+        let generation = s.generation.load(Ordering::Relaxed);
+        let mut seen = s.seq.load(Ordering::SeqCst);
+        drop(inner);
+
+        let mut spin = deadline != Deadline::Now;
+        let mut last_check = Instant::now();
+        loop {
+            let mut check_liveness = false;
+            if !(spin && park::spin_until(|| s.seq.load(Ordering::Acquire) != seen)) {
+                if !deadline.expired() {
+                    let slice = deadline.slice(LIVENESS_SLICE);
+                    park::sleep(&s.seq, seen, &s.sleepers, Some(slice));
+                }
+                if last_check.elapsed() >= LIVENESS_SLICE {
+                    last_check = Instant::now();
+                    check_liveness = true;
+                }
+            }
+            spin = false;
+            let changed = s.seq.load(Ordering::SeqCst) != seen;
+            let died = check_liveness && self.someone_died();
+            if !changed && !died && !deadline.expired() {
+                continue;
+            }
+            let inner = self.inner();
+            let now = s.generation.load(Ordering::Relaxed);
+            if now != generation {
+                return self.outcome(generation, now, index);
+            }
+            if s.state.load(Ordering::Relaxed) == BROKEN {
+                inner.leave();
+                return Err(Error::BrokenBarrier);
+            }
+            if deadline.expired() || (died && self.forget_dead(&inner)) {
+                inner.break_barrier();
+                inner.leave();
+                return Err(Error::BrokenBarrier);
+            }
+            seen = s.seq.load(Ordering::SeqCst);
+            spin = true;
+        }
+    }
+
+    /// How generation `mine` ended, seen from generation `now`.
+    fn outcome(&self, mine: u32, now: u32, index: u32) -> Result<usize> {
+        let ago = now.wrapping_sub(mine);
+        let history = self.state().history.load(Ordering::Relaxed);
+        // The history reaches 64 rounds back; a party that slept through more
+        // (starved while others raced round after round) is told the barrier
+        // broke rather than given a guess.
+        if ago > 64 || (history >> (ago - 1)) & 1 == 1 {
+            Err(Error::BrokenBarrier)
+        } else {
+            Ok(index as usize)
+        }
+    }
+
+    /// The last party: runs the action and starts the next generation.
+    fn release_round(&self, inner: Inner<'_>, index: u32) -> Result<usize> {
+        if let Err(failure) = self.run_action() {
+            inner.break_barrier();
+            drop(inner);
+            return match failure {
+                ActionFailure::Panicked(payload) => std::panic::resume_unwind(payload),
+                ActionFailure::ForeignBinary => Err(Error::BinaryMismatch(
+                    "the barrier's action belongs to another binary".into(),
+                )),
+            };
+        }
+        inner.next_generation(false);
+        Ok(index as usize)
+    }
+
+    fn run_action(&self) -> std::result::Result<(), ActionFailure> {
+        let s = self.state();
+        if s.has_action.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        if s.action_binary.load(Ordering::Relaxed) != fingerprint_str(launch::identity())
+            || s.action_anchor.load(Ordering::Relaxed) != launch::anchor_check()
+        {
+            return Err(ActionFailure::ForeignBinary);
+        }
+        let addr = launch::addr_at(s.action_offset.load(Ordering::Relaxed));
+        // SAFETY: the offset was taken from a `fn()` by a process running this
+        // same binary (identity and anchor distance match, checked above), so
+        // `addr` is that function here, as for process targets. Only processes
+        // that share the segment can write the offset, and they are trusted
+        // like every other field of the segment.
+        let action = unsafe { std::mem::transmute::<*const (), fn()>(addr) };
+        std::panic::catch_unwind(action).map_err(ActionFailure::Panicked)
+    }
+
+    /// Records this process as a holder on its first use of an inherited handle.
+    fn touch(&self) {
+        if let Err(e) = self.ensure_attached() {
+            tracing::warn!("barrier handle not recorded: {e}");
+        }
+    }
+
+    /// Breaks the barrier: every party waiting now, and every later `wait`,
+    /// gets [`Error::BrokenBarrier`] until [`Barrier::reset`].
+    pub fn abort(&self) {
+        self.touch();
+        self.inner().break_barrier();
+    }
+
+    /// Returns the barrier to its initial state: parties waiting now get
+    /// [`Error::BrokenBarrier`], and later rounds work again.
+    pub fn reset(&self) {
+        self.touch();
+        self.inner().next_generation(true);
+    }
+
+    /// The number of parties needed to release a round.
+    pub fn parties(&self) -> usize {
+        self.touch();
+        self.state().parties.load(Ordering::Relaxed) as usize
+    }
+
+    /// The number of parties waiting in the current round (0 while broken).
+    pub fn n_waiting(&self) -> usize {
+        self.touch();
+        let s = self.state();
+        if s.state.load(Ordering::Relaxed) == FILLING {
+            s.count.load(Ordering::Relaxed) as usize
+        } else {
+            0
+        }
+    }
+
+    /// Whether the barrier is broken.
+    pub fn broken(&self) -> bool {
+        self.touch();
+        self.state().state.load(Ordering::Relaxed) == BROKEN
+    }
+}
+
+fn table_capacity(parties: u32) -> usize {
+    (parties as usize).saturating_add(64).clamp(128, 1 << 16)
+}
+
+impl Clone for Barrier {
+    fn clone(&self) -> Self {
+        let barrier = Barrier {
+            obj: self.obj.clone(),
+            capacity: self.capacity,
+            counted_for: AtomicI32::new(0),
+        };
+        // A clone that cannot be counted now is counted at its first wait.
+        match barrier.attach() {
+            Ok(()) => barrier
+                .counted_for
+                .store(sys::process::getpid(), Ordering::Relaxed),
+            Err(e) => tracing::warn!("barrier handle not recorded: {e}"),
+        }
+        barrier
+    }
+}
+
+impl Drop for Barrier {
+    fn drop(&mut self) {
+        // A handle inherited through fork is counted for the parent, not us.
+        if self.counted_for.load(Ordering::Relaxed) == sys::process::getpid() {
+            self.detach();
+        }
+    }
+}
+
+impl ShareHandle for Barrier {
+    fn to_repr(&self) -> Result<HandleRepr> {
+        self.obj.to_repr()
+    }
+
+    fn from_repr(repr: &HandleRepr) -> Result<Self> {
+        let obj: ShmObject<BarrierState> = ShmObject::open(repr, Kind::Barrier, 0, "Barrier")?;
+        let capacity = obj.state().capacity.load(Ordering::Relaxed) as usize;
+        let parties = obj.state().parties.load(Ordering::Relaxed);
+        let fits = capacity
+            .checked_mul(std::mem::size_of::<Attached>())
+            .is_some_and(|n| n <= obj.tail_len());
+        if parties == 0 || capacity == 0 || !fits {
+            return Err(Error::Protocol("barrier segment is malformed".into()));
+        }
+        Self::from_obj(obj, capacity)
+    }
+}
+
+crate::impl_share_handle!(impl<> for Barrier);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    fn run_threads<T: Send + 'static>(
+        n: usize,
+        f: impl Fn(usize) -> T + Send + Sync + 'static,
+    ) -> Vec<T> {
+        let f = Arc::new(f);
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let f = f.clone();
+                std::thread::spawn(move || f(i))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn zero_parties_is_invalid() {
+        assert!(matches!(Barrier::new(0), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            Barrier::with_action(0, || ()),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn rounds_release_everyone_with_distinct_indexes() {
+        let b = Arc::new(Barrier::new(3).unwrap());
+        let b2 = b.clone();
+        let rounds = run_threads(3, move |_| {
+            (0..200)
+                .map(|_| b2.wait_timeout(Duration::from_secs(20)).unwrap())
+                .collect::<Vec<_>>()
+        });
+        for round in 0..200 {
+            let mut idx: Vec<_> = rounds.iter().map(|r| r[round]).collect();
+            idx.sort();
+            assert_eq!(idx, vec![0, 1, 2], "round {round}");
+        }
+        assert_eq!(b.n_waiting(), 0);
+        assert!(!b.broken());
+    }
+
+    static ACTIONS: AtomicUsize = AtomicUsize::new(0);
+
+    fn count_action() {
+        ACTIONS.fetch_add(1, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn the_action_runs_once_per_round_before_the_release() {
+        let b = Arc::new(Barrier::with_action(2, count_action).unwrap());
+        let seen = run_threads(2, move |_| {
+            (0..50).all(|round| {
+                b.wait_timeout(Duration::from_secs(20)).unwrap();
+                // Every party sees this round's action done.
+                ACTIONS.load(Ordering::SeqCst) > round
+            })
+        });
+        assert!(seen.into_iter().all(|ok| ok));
+        assert_eq!(ACTIONS.load(Ordering::SeqCst), 50);
+    }
+
+    #[test]
+    fn a_timeout_breaks_it_until_reset() {
+        let b = Barrier::new(2).unwrap();
+        assert!(matches!(
+            b.wait_timeout(Duration::from_millis(5)),
+            Err(Error::BrokenBarrier)
+        ));
+        assert!(b.broken());
+        assert_eq!(b.n_waiting(), 0);
+        assert!(matches!(b.wait(), Err(Error::BrokenBarrier)));
+        b.reset();
+        assert!(!b.broken());
+        assert!(matches!(
+            b.wait_timeout(Duration::ZERO),
+            Err(Error::BrokenBarrier)
+        ));
+        b.reset();
+        assert_eq!(
+            Barrier::new(1)
+                .unwrap()
+                .wait_timeout(Duration::ZERO)
+                .unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn try_wait_only_completes_a_round() {
+        let b = Arc::new(Barrier::new(2).unwrap());
+        assert!(matches!(b.try_wait(), Err(Error::WouldBlock)));
+        assert!(!b.broken());
+        let b2 = b.clone();
+        let t = std::thread::spawn(move || b2.wait_timeout(Duration::from_secs(20)));
+        while b.n_waiting() != 1 {
+            std::thread::yield_now();
+        }
+        assert_eq!(b.try_wait().unwrap(), 1);
+        assert_eq!(t.join().unwrap().unwrap(), 0);
+    }
+
+    #[test]
+    fn abort_and_reset_fail_the_waiters() {
+        for abort in [true, false] {
+            let b = Arc::new(Barrier::new(3).unwrap());
+            let b2 = b.clone();
+            let waiters = std::thread::spawn(move || {
+                run_threads(2, move |_| b2.wait_timeout(Duration::from_secs(20)))
+            });
+            while b.n_waiting() != 2 {
+                std::thread::yield_now();
+            }
+            if abort {
+                b.abort();
+            } else {
+                b.reset();
+            }
+            for r in waiters.join().unwrap() {
+                assert!(matches!(r, Err(Error::BrokenBarrier)), "{r:?}");
+            }
+            assert_eq!(b.broken(), abort);
+            b.reset();
+            assert_eq!(b.n_waiting(), 0);
+            // Usable again.
+            let b2 = b.clone();
+            let mut idx = run_threads(3, move |_| {
+                b2.wait_timeout(Duration::from_secs(20)).unwrap()
+            });
+            idx.sort();
+            assert_eq!(idx, vec![0, 1, 2]);
+        }
+    }
+
+    #[test]
+    fn outcome_reads_the_history() {
+        let b = Barrier::new(2).unwrap();
+        {
+            let inner = b.inner();
+            inner.next_generation(true); // generation 0 reset
+            inner.next_generation(false); // generation 1 released
+            inner.next_generation(false); // generation 2 released
+        }
+        assert!(matches!(b.outcome(0, 3, 0), Err(Error::BrokenBarrier)));
+        assert_eq!(b.outcome(1, 3, 1).unwrap(), 1);
+        assert_eq!(b.outcome(2, 3, 0).unwrap(), 0);
+        assert!(matches!(b.outcome(0, 70, 0), Err(Error::BrokenBarrier)));
+    }
+
+    #[test]
+    fn a_dead_process_in_the_table_breaks_a_waiter() {
+        let b = Barrier::new(2).unwrap();
+        let forged = (1u64 << 32) | RawLock::DEAD_PID as u64;
+        b.table()[5].process.store(forged, Ordering::Relaxed);
+        b.table()[5].handles.store(1, Ordering::Relaxed);
+        let start = Instant::now();
+        assert!(matches!(
+            b.wait_timeout(Duration::from_secs(20)),
+            Err(Error::BrokenBarrier)
+        ));
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert_eq!(b.table()[5].process.load(Ordering::Relaxed), 0);
+        // Reported once: after a reset the barrier works again.
+        b.reset();
+        assert!(!b.broken());
+    }
+
+    #[test]
+    fn handles_are_counted_per_process() {
+        use crate::Shareable;
+        let me = raw_lock::my_word();
+        let b = Barrier::new(2).unwrap();
+        let slot = || {
+            b.table()
+                .iter()
+                .find(|s| s.process.load(Ordering::Relaxed) == me)
+                .map(|s| s.handles.load(Ordering::Relaxed))
+        };
+        assert_eq!(slot(), Some(1));
+        let c = b.clone();
+        let d = Barrier::decode(&b.encode().unwrap()).unwrap();
+        assert_eq!(slot(), Some(3));
+        drop((c, d));
+        assert_eq!(slot(), Some(1));
+    }
+
+    fn panicking_action() {
+        panic!("action failed");
+    }
+
+    #[test]
+    fn a_panicking_action_breaks_the_barrier() {
+        let b = Arc::new(Barrier::with_action(2, panicking_action).unwrap());
+        let b2 = b.clone();
+        let waiter = std::thread::spawn(move || b2.wait_timeout(Duration::from_secs(20)));
+        while b.n_waiting() != 1 {
+            std::thread::yield_now();
+        }
+        let last = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.wait()));
+        assert!(last.is_err());
+        assert!(matches!(waiter.join().unwrap(), Err(Error::BrokenBarrier)));
+        assert!(b.broken());
+    }
+}

@@ -1,0 +1,234 @@
+//! `Event`: Python's `multiprocessing.Event`, on one futex word.
+//!
+//! The word holds the flag (bit 0), a "someone may sleep" bit (bit 1) and a
+//! count of `set` calls above them. A waiter returns once the flag is set or
+//! the count moved, so a `set` quickly followed by `clear` still releases
+//! everyone who was waiting (as in Python's `threading.Event`). `set` makes
+//! the wake syscall only when the sleeper bit says someone may sleep.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::deadline::Deadline;
+use crate::error::Result;
+use crate::handle::{HandleRepr, ShareHandle};
+use crate::shm::{Kind, ShmObject};
+use crate::sync::park;
+use crate::sys::futex;
+
+const SET: u32 = 1;
+const SLEEPERS: u32 = 2;
+/// One `set` in the count above the two flag bits.
+const ONE_SET: u32 = 4;
+const COUNT_MASK: u32 = !(SET | SLEEPERS);
+
+/// The shared state of an event (`#[repr(C)]`, all-zero is a clear event).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct EventState {
+    word: AtomicU32,
+}
+
+impl EventState {
+    fn set(&self) {
+        let mut cur = self.word.load(Ordering::Relaxed);
+        loop {
+            if cur & SET != 0 {
+                return;
+            }
+            let new = (cur.wrapping_add(ONE_SET) | SET) & !SLEEPERS;
+            match self
+                .word
+                .compare_exchange_weak(cur, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        if cur & SLEEPERS != 0 {
+            futex::futex_wake(&self.word, i32::MAX as u32);
+        }
+    }
+
+    fn wait(&self, deadline: Deadline) -> bool {
+        let start = self.word.load(Ordering::Acquire);
+        if start & SET != 0 {
+            return true;
+        }
+        let count = start & COUNT_MASK;
+        let happened = |w: u32| w & SET != 0 || w & COUNT_MASK != count;
+        if deadline != Deadline::Now
+            && park::spin_until(|| happened(self.word.load(Ordering::Acquire)))
+        {
+            return true;
+        }
+        loop {
+            let cur = self.word.load(Ordering::Acquire);
+            if happened(cur) {
+                return true;
+            }
+            if deadline.expired() {
+                return false;
+            }
+            if cur & SLEEPERS == 0
+                && self
+                    .word
+                    .compare_exchange(cur, cur | SLEEPERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            futex::futex_wait(&self.word, cur | SLEEPERS, deadline.remaining());
+        }
+    }
+}
+
+/// An event flag shared by any number of processes (Python's `multiprocessing.Event`).
+///
+/// `set` raises the flag and releases every waiter; `clear` lowers it; `wait`
+/// blocks until it is raised. A waiter is released by any `set` that happens
+/// while it waits, even if the flag is cleared again before it runs.
+///
+/// ```
+/// let ready = multiproc::Event::new().unwrap();
+/// assert!(!ready.wait_timeout(std::time::Duration::from_millis(1)));
+/// ready.set();
+/// ready.wait();
+/// assert!(ready.is_set());
+/// ```
+#[derive(Clone)]
+pub struct Event {
+    obj: ShmObject<EventState>,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Event")
+            .field("is_set", &self.is_set())
+            .finish()
+    }
+}
+
+impl Event {
+    /// A new, clear event in its own segment.
+    pub fn new() -> Result<Event> {
+        let obj = ShmObject::create(Kind::Event, 0, 0, |state: *mut EventState, _| {
+            // SAFETY: `create` hands us aligned, writable memory for one EventState.
+            unsafe { state.write(EventState::default()) }
+        })?;
+        Ok(Event { obj })
+    }
+
+    fn state(&self) -> &EventState {
+        self.obj.state()
+    }
+
+    /// Raises the flag and wakes every waiter (no syscall if none sleeps).
+    pub fn set(&self) {
+        self.state().set();
+    }
+
+    /// Lowers the flag.
+    pub fn clear(&self) {
+        self.state().word.fetch_and(!SET, Ordering::Relaxed);
+    }
+
+    /// Whether the flag is raised.
+    pub fn is_set(&self) -> bool {
+        self.state().word.load(Ordering::Acquire) & SET != 0
+    }
+
+    /// Blocks until the flag is raised.
+    pub fn wait(&self) {
+        self.state().wait(Deadline::Never);
+    }
+
+    /// Whether the flag is raised, without waiting (the same as [`Event::is_set`]).
+    pub fn try_wait(&self) -> bool {
+        self.state().wait(Deadline::Now)
+    }
+
+    /// Waits at most `timeout` for the flag; returns whether it was raised
+    /// (false on timeout, like Python's `wait(timeout)`).
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.state().wait(Deadline::after(timeout))
+    }
+}
+
+impl ShareHandle for Event {
+    fn to_repr(&self) -> Result<HandleRepr> {
+        self.obj.to_repr()
+    }
+
+    fn from_repr(repr: &HandleRepr) -> Result<Self> {
+        ShmObject::open(repr, Kind::Event, 0, "Event").map(|obj| Event { obj })
+    }
+}
+
+crate::impl_share_handle!(impl<> for Event);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn set_clear_wait() {
+        let e = Event::new().unwrap();
+        assert!(!e.is_set());
+        assert!(!e.try_wait());
+        assert!(!e.wait_timeout(Duration::ZERO));
+        assert!(!e.wait_timeout(Duration::from_millis(5)));
+        e.set();
+        e.set();
+        assert!(e.is_set());
+        assert!(e.try_wait());
+        assert!(e.wait_timeout(Duration::ZERO));
+        e.wait();
+        e.clear();
+        assert!(!e.is_set());
+    }
+
+    #[test]
+    fn set_wakes_every_sleeping_thread() {
+        let e = Arc::new(Event::new().unwrap());
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let e = e.clone();
+                std::thread::spawn(move || e.wait_timeout(Duration::from_secs(20)))
+            })
+            .collect();
+        e.set();
+        for w in waiters {
+            assert!(w.join().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_set_then_clear_still_releases_a_sleeping_waiter() {
+        let e = Arc::new(Event::new().unwrap());
+        let e2 = e.clone();
+        let waiter = std::thread::spawn(move || e2.wait_timeout(Duration::from_secs(20)));
+        // Once the sleeper bit is up, the waiter is past its first look at the flag.
+        while e.state().word.load(Ordering::Relaxed) & SLEEPERS == 0 {
+            std::thread::yield_now();
+        }
+        e.set();
+        e.clear();
+        assert!(waiter.join().unwrap());
+        assert!(!e.is_set());
+    }
+
+    #[test]
+    fn wrong_kind_is_rejected() {
+        let e = Event::new().unwrap();
+        let repr = e.to_repr().unwrap();
+        assert!(
+            Event::from_repr(&repr)
+                .unwrap()
+                .wait_timeout(Duration::ZERO)
+                == e.is_set()
+        );
+        assert!(crate::Lock::from_repr(&repr).is_err());
+    }
+}

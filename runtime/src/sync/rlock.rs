@@ -1,0 +1,408 @@
+//! `RLock`: Python's `multiprocessing.RLock`, a recursive lock owned by one thread.
+//!
+//! Built on [`RawLock`] (which records the holder's pid and start time and
+//! hands the lock of a dead holder to the next acquirer) plus the holder
+//! thread and a recursion count beside it. Only the holder writes the owner
+//! and the count, so they need no lock of their own.
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::handle::{HandleRepr, ShareHandle};
+use crate::shm::{Kind, ShmObject};
+use crate::sync::raw_lock::{Acquired, RawLock};
+use crate::sys;
+
+/// The shared state of an RLock (`#[repr(C)]`, atomics only, all-zero is unlocked).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct RLockState {
+    raw: RawLock,
+    /// The holder thread (see [`my_thread`]); 0 while the lock is free.
+    owner: AtomicU64,
+    /// The recursion depth; 0 while the lock is free.
+    count: AtomicU32,
+    _pad: u32,
+}
+
+/// This thread, as recorded in `owner`: the low 32 bits of the process start
+/// time above the thread id. Thread ids are unique among live threads, and the
+/// start time tells a new process apart from a dead one that had the same ids.
+#[inline]
+fn my_thread() -> u64 {
+    thread_local! {
+        /// (pid, thread word) as computed in that process; a fork changes the pid.
+        static ME: Cell<(i32, u64)> = const { Cell::new((0, 0)) };
+    }
+    let pid = sys::process::getpid();
+    ME.with(|me| {
+        let (cached_pid, word) = me.get();
+        if cached_pid == pid {
+            return word;
+        }
+        let ticks = sys::process::own_start_ticks() as u32 as u64;
+        let word = (ticks << 32) | sys::process::gettid() as u32 as u64;
+        me.set((pid, word));
+        word
+    })
+}
+
+impl RLockState {
+    /// Whether the calling thread holds the lock.
+    #[inline]
+    fn is_owned(&self) -> bool {
+        // The raw word pins the process (pid and start time); `owner` the
+        // thread within it. A stale `owner` left by a dead holder never matches
+        // because its process is no longer the one in the raw word.
+        self.owner.load(Ordering::Relaxed) == my_thread() && self.raw.held_by_this_process()
+    }
+
+    fn acquire(&self, deadline: Deadline) -> Result<Acquired> {
+        if self.is_owned() {
+            let count = self.count.load(Ordering::Relaxed);
+            if count == u32::MAX {
+                return Err(Error::InvalidState("RLock recursion too deep".into()));
+            }
+            self.count.store(count + 1, Ordering::Relaxed);
+            return Ok(Acquired::Clean);
+        }
+        self.acquire_restore(1, deadline)
+    }
+
+    /// Takes the lock (not held by this thread) and sets the recursion count.
+    pub(crate) fn acquire_restore(&self, count: u32, deadline: Deadline) -> Result<Acquired> {
+        let acquired = self
+            .raw
+            .lock(deadline)
+            .ok_or_else(|| deadline.timeout_error())?;
+        self.owner.store(my_thread(), Ordering::Relaxed);
+        self.count.store(count, Ordering::Relaxed);
+        if let Acquired::OwnerDied { pid } = acquired {
+            tracing::warn!(pid, "rlock recovered from a dead holder");
+        }
+        Ok(acquired)
+    }
+
+    fn release(&self) -> Result<()> {
+        if !self.is_owned() {
+            return Err(not_owned());
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        if count > 1 {
+            self.count.store(count - 1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.release_all();
+        Ok(())
+    }
+
+    /// Releases the lock completely and returns the recursion count it had.
+    pub(crate) fn release_save(&self) -> Result<u32> {
+        if !self.is_owned() {
+            return Err(not_owned());
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        self.release_all();
+        Ok(count)
+    }
+
+    fn release_all(&self) {
+        // Clear the owner before the unlock publishes the lock to the next holder.
+        self.owner.store(0, Ordering::Relaxed);
+        self.count.store(0, Ordering::Relaxed);
+        self.raw.unlock();
+    }
+}
+
+fn not_owned() -> Error {
+    Error::InvalidState("release of an RLock this thread does not hold".into())
+}
+
+/// A recursive lock shared by any number of processes (Python's `multiprocessing.RLock`).
+///
+/// The thread that acquired it may acquire it again; it is free once it has
+/// been released as many times. Only the holder (this process and thread)
+/// may release it: a release by anyone else is [`Error::InvalidState`]. If the
+/// holding process dies, the next acquirer gets the lock with a count of one
+/// and is told ([`Acquired::OwnerDied`], [`RLockGuard::owner_died`]). A
+/// thread that ends while its process lives leaves the lock held, as in Python.
+///
+/// ```
+/// let lock = multiproc::RLock::new().unwrap();
+/// let outer = lock.lock().unwrap();
+/// let inner = lock.lock().unwrap(); // the same thread may re-enter
+/// assert_eq!(lock.recursion_count(), 2);
+/// drop(inner);
+/// drop(outer);
+/// assert!(!lock.is_locked());
+/// ```
+#[derive(Clone)]
+pub struct RLock {
+    obj: ShmObject<RLockState>,
+}
+
+impl std::fmt::Debug for RLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RLock")
+            .field("owner", &self.owner_pid())
+            .field("is_owned", &self.is_owned())
+            .finish()
+    }
+}
+
+impl RLock {
+    /// A new, unlocked recursive lock in its own segment.
+    pub fn new() -> Result<RLock> {
+        let obj = ShmObject::create(Kind::RLock, 0, 0, |state: *mut RLockState, _| {
+            // SAFETY: `create` hands us aligned, writable memory for one RLockState.
+            unsafe { state.write(RLockState::default()) }
+        })?;
+        Ok(RLock { obj })
+    }
+
+    /// An RLock that lives inside another object's segment (a Condition's own lock).
+    pub(crate) fn from_parts<T>(obj: ShmObject<T>, field: fn(&T) -> &RLockState) -> RLock {
+        RLock {
+            obj: ShmObject::from_embedded(obj, field),
+        }
+    }
+
+    pub(crate) fn state(&self) -> &RLockState {
+        self.obj.state()
+    }
+
+    /// Blocks until this thread holds the lock (at once if it already does).
+    pub fn acquire(&self) -> Result<Acquired> {
+        self.acquire_deadline(Deadline::Never)
+    }
+
+    /// Takes the lock if it is free or already ours; `Err(WouldBlock)` otherwise.
+    pub fn try_acquire(&self) -> Result<Acquired> {
+        self.acquire_deadline(Deadline::Now)
+    }
+
+    /// Waits at most `timeout` for the lock; `Err(Timeout)` if it stays held.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<Acquired> {
+        self.acquire_deadline(Deadline::after(timeout))
+    }
+
+    /// The core of the three acquire forms (`Deadline::Now` fails with `WouldBlock`).
+    pub(crate) fn acquire_deadline(&self, deadline: Deadline) -> Result<Acquired> {
+        self.state().acquire(deadline).map_err(|e| match e {
+            Error::Timeout(_) if deadline == Deadline::Now => Error::WouldBlock,
+            e => e,
+        })
+    }
+
+    /// Releases one level of recursion; the lock is free after the last.
+    ///
+    /// `Err(InvalidState)` if the calling thread does not hold the lock.
+    pub fn release(&self) -> Result<()> {
+        self.state().release()
+    }
+
+    /// Blocks until the lock is held and returns a guard that releases it.
+    pub fn lock(&self) -> Result<RLockGuard<'_>> {
+        self.acquire().map(|a| RLockGuard::new(self, a))
+    }
+
+    /// The guard form of [`RLock::try_acquire`].
+    pub fn try_lock(&self) -> Result<RLockGuard<'_>> {
+        self.try_acquire().map(|a| RLockGuard::new(self, a))
+    }
+
+    /// The guard form of [`RLock::acquire_timeout`].
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<RLockGuard<'_>> {
+        self.acquire_timeout(timeout)
+            .map(|a| RLockGuard::new(self, a))
+    }
+
+    /// Whether the calling thread holds the lock.
+    pub fn is_owned(&self) -> bool {
+        self.state().is_owned()
+    }
+
+    /// How many times the calling thread holds the lock (0 if it does not).
+    pub fn recursion_count(&self) -> u32 {
+        let state = self.state();
+        if state.is_owned() {
+            state.count.load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+
+    /// Whether some thread of some process holds the lock now.
+    pub fn is_locked(&self) -> bool {
+        self.state().raw.is_locked()
+    }
+
+    /// The pid of the process holding the lock, if any.
+    pub fn owner_pid(&self) -> Option<i32> {
+        self.state().raw.owner_pid()
+    }
+}
+
+/// Holds one level of an [`RLock`]; releases it when dropped.
+///
+/// Not `Send`: only the thread that acquired the lock may release it.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct RLockGuard<'a> {
+    lock: &'a RLock,
+    acquired: Acquired,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<'a> RLockGuard<'a> {
+    fn new(lock: &'a RLock, acquired: Acquired) -> Self {
+        RLockGuard {
+            lock,
+            acquired,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The pid of the previous holder if it died holding the lock.
+    pub fn owner_died(&self) -> Option<i32> {
+        match self.acquired {
+            Acquired::OwnerDied { pid } => Some(pid),
+            Acquired::Clean => None,
+        }
+    }
+}
+
+impl Drop for RLockGuard<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.lock.release() {
+            tracing::warn!("rlock guard could not release: {e}");
+        }
+    }
+}
+
+impl ShareHandle for RLock {
+    fn to_repr(&self) -> Result<HandleRepr> {
+        self.obj.to_repr()
+    }
+
+    fn from_repr(repr: &HandleRepr) -> Result<Self> {
+        ShmObject::open_embedded(repr, Kind::RLock).map(|obj| RLock { obj })
+    }
+}
+
+crate::impl_share_handle!(impl<> for RLock);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn recursion_counts_up_and_down() {
+        let l = RLock::new().unwrap();
+        assert_eq!(l.acquire().unwrap(), Acquired::Clean);
+        assert_eq!(l.try_acquire().unwrap(), Acquired::Clean);
+        assert_eq!(l.acquire_timeout(Duration::ZERO).unwrap(), Acquired::Clean);
+        assert_eq!(l.recursion_count(), 3);
+        assert!(l.is_owned());
+        l.release().unwrap();
+        l.release().unwrap();
+        assert!(l.is_locked());
+        l.release().unwrap();
+        assert!(!l.is_locked());
+        assert_eq!(l.recursion_count(), 0);
+        assert!(matches!(l.release(), Err(Error::InvalidState(_))));
+    }
+
+    #[test]
+    fn another_thread_can_neither_enter_nor_release() {
+        let l = Arc::new(RLock::new().unwrap());
+        let g = l.lock().unwrap();
+        let l2 = l.clone();
+        std::thread::spawn(move || {
+            assert!(!l2.is_owned());
+            assert!(matches!(l2.try_acquire(), Err(Error::WouldBlock)));
+            assert!(matches!(
+                l2.acquire_timeout(Duration::from_millis(5)),
+                Err(Error::Timeout(_))
+            ));
+            assert!(matches!(l2.release(), Err(Error::InvalidState(_))));
+        })
+        .join()
+        .unwrap();
+        drop(g);
+        let l2 = l.clone();
+        std::thread::spawn(move || {
+            let _g = l2.lock().unwrap();
+            assert_eq!(l2.recursion_count(), 1);
+        })
+        .join()
+        .unwrap();
+        assert!(!l.is_locked());
+    }
+
+    #[test]
+    fn threads_count_exactly() {
+        let l = Arc::new(RLock::new().unwrap());
+        let counter = Arc::new(AtomicU64::new(0));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (l, counter) = (l.clone(), counter.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..5_000 {
+                        let _outer = l.lock().unwrap();
+                        let _inner = l.lock().unwrap();
+                        // A non-atomic read-modify-write, safe only under the lock.
+                        let v = counter.load(Ordering::Relaxed);
+                        counter.store(v + 1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(counter.load(Ordering::Relaxed), 20_000);
+    }
+
+    #[test]
+    fn dead_holder_hands_over_with_a_count_of_one() {
+        let l = RLock::new().unwrap();
+        let state = l.state();
+        // A holder three levels deep in a process that cannot exist.
+        state.raw.forge_dead_holder();
+        state.owner.store(12345, Ordering::Relaxed);
+        state.count.store(3, Ordering::Relaxed);
+        assert!(!l.is_owned());
+        assert!(matches!(l.release(), Err(Error::InvalidState(_))));
+        assert_eq!(
+            l.acquire_timeout(Duration::from_secs(5)).unwrap(),
+            Acquired::OwnerDied {
+                pid: RawLock::DEAD_PID
+            }
+        );
+        assert_eq!(l.recursion_count(), 1);
+        l.release().unwrap();
+        assert!(!l.is_locked());
+    }
+
+    #[test]
+    fn handle_roundtrip_shares_the_lock() {
+        let l = RLock::new().unwrap();
+        let repr = l.to_repr().unwrap();
+        let again = RLock::from_repr(&repr).unwrap();
+        let g = l.lock().unwrap();
+        assert!(again.is_owned());
+        assert_eq!(again.recursion_count(), 1);
+        drop(g);
+        assert!(!again.is_locked());
+        assert!(matches!(
+            crate::Lock::from_repr(&repr),
+            Err(Error::TypeMismatch { .. })
+        ));
+    }
+}

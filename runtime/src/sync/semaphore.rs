@@ -1,0 +1,369 @@
+//! `Semaphore` and `BoundedSemaphore`: Python's counting semaphores, on a futex word.
+//!
+//! The value is the futex word itself; a sleeper counter beside it lets
+//! `release` skip the wake syscall when nobody sleeps.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::handle::{HandleRepr, ShareHandle};
+use crate::shm::{Kind, ShmObject, fingerprint_str};
+use crate::sync::park;
+
+/// The shared state of a semaphore (`#[repr(C)]`, atomics only).
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct SemState {
+    /// The value, and the futex word waiters sleep on while it is 0.
+    value: AtomicU32,
+    sleepers: AtomicU32,
+    /// The largest value `release` may reach (fixed at creation).
+    max: AtomicU32,
+    _pad: u32,
+}
+
+impl SemState {
+    #[inline]
+    fn try_take(&self) -> bool {
+        let mut value = self.value.load(Ordering::Relaxed);
+        while value > 0 {
+            match self.value.compare_exchange_weak(
+                value,
+                value - 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => value = now,
+            }
+        }
+        false
+    }
+
+    /// Takes one unit, waiting until `deadline`; false if the deadline passed first.
+    fn acquire(&self, deadline: Deadline) -> bool {
+        if self.try_take() {
+            return true;
+        }
+        if deadline != Deadline::Now
+            && park::spin_until(|| self.value.load(Ordering::Relaxed) > 0 && self.try_take())
+        {
+            return true;
+        }
+        loop {
+            // A woken sleeper always tries before it looks at the clock, so a
+            // unit released to it is taken, not left behind.
+            if self.try_take() {
+                return true;
+            }
+            if deadline.expired() {
+                return false;
+            }
+            park::sleep(&self.value, 0, &self.sleepers, deadline.remaining());
+        }
+    }
+
+    fn release(&self) -> Result<()> {
+        let max = self.max.load(Ordering::Relaxed);
+        let mut value = self.value.load(Ordering::Relaxed);
+        loop {
+            if value >= max {
+                return Err(Error::InvalidState(format!(
+                    "semaphore released too many times (its value is at most {max})"
+                )));
+            }
+            match self.value.compare_exchange_weak(
+                value,
+                value + 1,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => value = now,
+            }
+        }
+        park::wake(&self.value, &self.sleepers, 1);
+        Ok(())
+    }
+}
+
+fn create(value: u32, max: u32, name: &str) -> Result<ShmObject<SemState>> {
+    if value > max {
+        return Err(Error::InvalidArgument(format!(
+            "semaphore value {value} exceeds its maximum {max}"
+        )));
+    }
+    ShmObject::create(
+        Kind::Semaphore,
+        fingerprint_str(name),
+        0,
+        |state: *mut SemState, _| {
+            // SAFETY: `create` hands us aligned, writable memory for one SemState.
+            unsafe {
+                state.write(SemState {
+                    value: AtomicU32::new(value),
+                    sleepers: AtomicU32::new(0),
+                    max: AtomicU32::new(max),
+                    _pad: 0,
+                })
+            }
+        },
+    )
+}
+
+fn open(repr: &HandleRepr, name: &str) -> Result<ShmObject<SemState>> {
+    ShmObject::open(repr, Kind::Semaphore, fingerprint_str(name), name)
+}
+
+/// The three acquire forms and the queries, shared by both semaphore kinds.
+macro_rules! semaphore_methods {
+    () => {
+        fn state(&self) -> &SemState {
+            self.obj.state()
+        }
+
+        /// Blocks until it can take one unit (decrement the value).
+        pub fn acquire(&self) -> Result<()> {
+            self.acquire_deadline(Deadline::Never)
+        }
+
+        /// Takes one unit if the value is above zero; `Err(WouldBlock)` otherwise.
+        pub fn try_acquire(&self) -> Result<()> {
+            self.acquire_deadline(Deadline::Now)
+                .map_err(|_| Error::WouldBlock)
+        }
+
+        /// Waits at most `timeout` for a unit; `Err(Timeout)` if none came.
+        pub fn acquire_timeout(&self, timeout: Duration) -> Result<()> {
+            self.acquire_deadline(Deadline::after(timeout))
+        }
+
+        fn acquire_deadline(&self, deadline: Deadline) -> Result<()> {
+            if self.state().acquire(deadline) {
+                Ok(())
+            } else {
+                Err(deadline.timeout_error())
+            }
+        }
+
+        /// The current value (Python's `get_value()`); it may change at once.
+        pub fn get_value(&self) -> u32 {
+            self.state().value.load(Ordering::Relaxed)
+        }
+    };
+}
+
+/// A counting semaphore shared by any number of processes (Python's
+/// `multiprocessing.Semaphore`).
+///
+/// `acquire` takes one unit, waiting while the value is zero; `release`
+/// gives one back. A semaphore has no owner: any process may release, and a
+/// process that dies while holding a unit does **not** give it back (as in
+/// Python and POSIX). Where a holder may die, prefer a [`Lock`](crate::Lock),
+/// which is handed over when its holder dies.
+///
+/// ```
+/// let slots = multiproc::Semaphore::new(2).unwrap();
+/// slots.acquire().unwrap();
+/// slots.acquire().unwrap();
+/// assert!(slots.try_acquire().is_err());
+/// slots.release().unwrap();
+/// assert_eq!(slots.get_value(), 1);
+/// ```
+#[derive(Clone)]
+pub struct Semaphore {
+    obj: ShmObject<SemState>,
+}
+
+impl Semaphore {
+    const NAME: &'static str = "Semaphore";
+
+    /// A semaphore whose value starts at `value`.
+    pub fn new(value: u32) -> Result<Semaphore> {
+        create(value, u32::MAX, Self::NAME).map(|obj| Semaphore { obj })
+    }
+
+    semaphore_methods!();
+
+    /// Gives one unit back, waking one waiter. `Err(InvalidState)` only if the
+    /// value would overflow `u32::MAX`.
+    pub fn release(&self) -> Result<()> {
+        self.state().release()
+    }
+}
+
+impl std::fmt::Debug for Semaphore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Semaphore")
+            .field("value", &self.get_value())
+            .finish()
+    }
+}
+
+/// A semaphore whose value may never exceed its initial value (Python's
+/// `multiprocessing.BoundedSemaphore`).
+///
+/// A `release` that would raise the value above the initial value is
+/// [`Error::InvalidState`] (Python raises `ValueError`), which catches a unit
+/// released twice. Like [`Semaphore`] it has no owner: a process that dies
+/// while holding a unit does not give it back.
+///
+/// ```
+/// let s = multiproc::BoundedSemaphore::new(1).unwrap();
+/// s.acquire().unwrap();
+/// s.release().unwrap();
+/// assert!(matches!(s.release(), Err(multiproc::Error::InvalidState(_))));
+/// ```
+#[derive(Clone)]
+pub struct BoundedSemaphore {
+    obj: ShmObject<SemState>,
+}
+
+impl BoundedSemaphore {
+    const NAME: &'static str = "BoundedSemaphore";
+
+    /// A bounded semaphore whose value starts, and is capped, at `value`.
+    pub fn new(value: u32) -> Result<BoundedSemaphore> {
+        create(value, value, Self::NAME).map(|obj| BoundedSemaphore { obj })
+    }
+
+    semaphore_methods!();
+
+    /// Gives one unit back, waking one waiter; `Err(InvalidState)` if the value
+    /// is already at its initial value.
+    pub fn release(&self) -> Result<()> {
+        self.state().release()
+    }
+
+    /// The initial value, which the value never exceeds.
+    pub fn max_value(&self) -> u32 {
+        self.state().max.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for BoundedSemaphore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundedSemaphore")
+            .field("value", &self.get_value())
+            .field("max", &self.max_value())
+            .finish()
+    }
+}
+
+impl ShareHandle for Semaphore {
+    fn to_repr(&self) -> Result<HandleRepr> {
+        self.obj.to_repr()
+    }
+
+    fn from_repr(repr: &HandleRepr) -> Result<Self> {
+        open(repr, Self::NAME).map(|obj| Semaphore { obj })
+    }
+}
+
+impl ShareHandle for BoundedSemaphore {
+    fn to_repr(&self) -> Result<HandleRepr> {
+        self.obj.to_repr()
+    }
+
+    fn from_repr(repr: &HandleRepr) -> Result<Self> {
+        open(repr, Self::NAME).map(|obj| BoundedSemaphore { obj })
+    }
+}
+
+crate::impl_share_handle!(impl<> for Semaphore);
+crate::impl_share_handle!(impl<> for BoundedSemaphore);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn counts_down_and_up() {
+        let s = Semaphore::new(2).unwrap();
+        s.acquire().unwrap();
+        s.try_acquire().unwrap();
+        assert_eq!(s.get_value(), 0);
+        assert!(matches!(s.try_acquire(), Err(Error::WouldBlock)));
+        assert!(matches!(
+            s.acquire_timeout(Duration::from_millis(5)),
+            Err(Error::Timeout(_))
+        ));
+        assert!(matches!(
+            s.acquire_timeout(Duration::ZERO),
+            Err(Error::Timeout(_))
+        ));
+        s.release().unwrap();
+        s.acquire_timeout(Duration::ZERO).unwrap();
+        // An unbounded semaphore may go above its initial value.
+        for _ in 0..5 {
+            s.release().unwrap();
+        }
+        assert_eq!(s.get_value(), 5);
+    }
+
+    #[test]
+    fn bounded_rejects_over_release() {
+        let s = BoundedSemaphore::new(2).unwrap();
+        assert!(matches!(s.release(), Err(Error::InvalidState(_))));
+        s.acquire().unwrap();
+        s.release().unwrap();
+        assert!(matches!(s.release(), Err(Error::InvalidState(_))));
+        assert_eq!(s.get_value(), 2);
+        assert_eq!(s.max_value(), 2);
+    }
+
+    #[test]
+    fn a_release_wakes_a_sleeper() {
+        let s = Arc::new(Semaphore::new(0).unwrap());
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || s2.acquire_timeout(Duration::from_secs(20)));
+        s.release().unwrap();
+        t.join().unwrap().unwrap();
+        assert_eq!(s.get_value(), 0);
+    }
+
+    #[test]
+    fn never_more_holders_than_units() {
+        let s = Arc::new(Semaphore::new(2).unwrap());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (s, inside) = (s.clone(), inside.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..2_000 {
+                        s.acquire().unwrap();
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        assert!(now <= 2, "{now} holders of 2 units");
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        s.release().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(s.get_value(), 2);
+    }
+
+    #[test]
+    fn kinds_do_not_mix() {
+        let s = Semaphore::new(1).unwrap();
+        let b = BoundedSemaphore::new(1).unwrap();
+        assert!(matches!(
+            BoundedSemaphore::from_repr(&s.to_repr().unwrap()),
+            Err(Error::TypeMismatch { .. })
+        ));
+        assert!(matches!(
+            Semaphore::from_repr(&b.to_repr().unwrap()),
+            Err(Error::TypeMismatch { .. })
+        ));
+        let again = Semaphore::from_repr(&s.to_repr().unwrap()).unwrap();
+        again.acquire().unwrap();
+        assert_eq!(s.get_value(), 0);
+    }
+}

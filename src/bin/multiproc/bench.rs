@@ -1,0 +1,454 @@
+//! `multiproc bench`: every operation's median and p99, beside CPython's.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use multiproc::{
+    Barrier, Event, Lock, Pool, Process, RLock, RawValue, StartMethod, ThreadPool, Value,
+};
+
+use crate::stats::{Figure, fmt_ns, per_call, summarize, time_ops};
+
+/// Options of one run.
+pub struct Options {
+    pub smoke: bool,
+    pub filter: Vec<String>,
+    pub json: Option<PathBuf>,
+    pub python: bool,
+    pub sleep: bool,
+}
+
+/// Sample counts, scaled down in smoke mode.
+pub struct Scale {
+    samples: usize,
+    k: usize,
+}
+
+/// One operation's measurement.
+pub type OpFn = fn(&Scale) -> multiproc::Result<Figure>;
+
+/// Every operation the command knows, in report order.
+pub fn operations() -> Vec<(&'static str, OpFn)> {
+    vec![
+        ("process/spawn_join", spawn_join as OpFn),
+        ("process/fork_join", fork_join),
+        ("value/locked_increment", value_locked_increment),
+        ("value/fetch_add", value_fetch_add),
+        ("value/raw_read", value_raw_read),
+        ("lock/acquire_release", lock_acquire_release),
+        ("rlock/acquire_release", rlock_acquire_release),
+        ("event/ping_pong", event_ping_pong),
+        ("barrier/wait_2", barrier_wait_2),
+        ("pool/map_chunksize_1", pool_map_chunksize_1),
+        ("pool/map_default", pool_map_default),
+        ("pool/cpu_1ms", pool_cpu_1ms),
+        ("pool/cpu_1ms_one_process", cpu_1ms_one_process),
+        ("threadpool/map_chunksize_1", threadpool_map_chunksize_1),
+    ]
+}
+
+fn noop(_: ()) {}
+
+fn process_join(
+    key: &'static str,
+    method: StartMethod,
+    scale: &Scale,
+) -> multiproc::Result<Figure> {
+    let mut per_op = Vec::with_capacity(scale.samples);
+    for i in 0..=scale.samples {
+        let ns = time_ops(1, || {
+            let mut p = Process::new(noop, ()).start_method(method);
+            if p.start().is_ok() {
+                let _ = p.join();
+            }
+        });
+        if i > 0 {
+            per_op.push(ns);
+        }
+    }
+    Ok(summarize(key, &mut per_op, None))
+}
+
+fn spawn_join(scale: &Scale) -> multiproc::Result<Figure> {
+    process_join("process/spawn_join", StartMethod::Spawn, scale)
+}
+
+fn fork_join(scale: &Scale) -> multiproc::Result<Figure> {
+    process_join("process/fork_join", StartMethod::Fork, scale)
+}
+
+fn value_locked_increment(scale: &Scale) -> multiproc::Result<Figure> {
+    let v = Value::new(0u64)?;
+    Ok(per_call(
+        "value/locked_increment",
+        scale.samples,
+        10_000 * scale.k,
+        || {
+            if let Ok(mut g) = v.lock() {
+                *g += 1;
+            }
+        },
+    ))
+}
+
+fn value_fetch_add(scale: &Scale) -> multiproc::Result<Figure> {
+    let v = RawValue::new(0u64)?;
+    Ok(per_call(
+        "value/fetch_add",
+        scale.samples,
+        10_000 * scale.k,
+        || {
+            v.fetch_add(1);
+        },
+    ))
+}
+
+fn value_raw_read(scale: &Scale) -> multiproc::Result<Figure> {
+    let v = RawValue::new(7u64)?;
+    Ok(per_call(
+        "value/raw_read",
+        scale.samples,
+        10_000 * scale.k,
+        || {
+            std::hint::black_box(v.get());
+        },
+    ))
+}
+
+fn lock_acquire_release(scale: &Scale) -> multiproc::Result<Figure> {
+    let l = Lock::new()?;
+    Ok(per_call(
+        "lock/acquire_release",
+        scale.samples,
+        10_000 * scale.k,
+        || {
+            if let Ok(g) = l.lock() {
+                drop(g);
+            }
+        },
+    ))
+}
+
+fn rlock_acquire_release(scale: &Scale) -> multiproc::Result<Figure> {
+    let l = RLock::new()?;
+    Ok(per_call(
+        "rlock/acquire_release",
+        scale.samples,
+        10_000 * scale.k,
+        || {
+            if let Ok(g) = l.lock() {
+                drop(g);
+            }
+        },
+    ))
+}
+
+/// Runs `child(arg)` in a forked process while `parent` measures; joins it.
+fn with_peer<A: multiproc::Shareable>(
+    child: fn(A),
+    arg: A,
+    parent: impl FnOnce() -> Figure,
+) -> multiproc::Result<Figure> {
+    let mut p = Process::new(child, arg).start_method(StartMethod::Fork);
+    p.start()?;
+    let figure = parent();
+    p.join_timeout(Duration::from_secs(60))?;
+    Ok(figure)
+}
+
+fn event_echo((ping, pong, n): (Event, Event, u64)) {
+    for _ in 0..n {
+        ping.wait();
+        ping.clear();
+        pong.set();
+    }
+}
+
+fn event_ping_pong(scale: &Scale) -> multiproc::Result<Figure> {
+    let (ping, pong) = (Event::new()?, Event::new()?);
+    let batch = 200 * scale.k;
+    let total = (batch * (scale.samples + 1)) as u64;
+    with_peer(event_echo, (ping.clone(), pong.clone(), total), || {
+        per_call("event/ping_pong", scale.samples, batch, || {
+            ping.set();
+            pong.wait();
+            pong.clear();
+        })
+    })
+}
+
+fn barrier_party((b, n): (Barrier, u64)) {
+    for _ in 0..n {
+        if b.wait().is_err() {
+            return;
+        }
+    }
+}
+
+fn barrier_wait_2(scale: &Scale) -> multiproc::Result<Figure> {
+    let b = Barrier::new(2)?;
+    let batch = 200 * scale.k;
+    let total = (batch * (scale.samples + 1)) as u64;
+    with_peer(barrier_party, (b.clone(), total), || {
+        per_call("barrier/wait_2", scale.samples, batch, || {
+            let _ = b.wait();
+        })
+    })
+}
+
+/// Per-task time of `pool.map(f, 0..n, chunksize)`.
+fn pool_map(
+    key: &'static str,
+    scale: &Scale,
+    n: usize,
+    chunksize: Option<usize>,
+    f: fn(u64) -> u64,
+) -> multiproc::Result<Figure> {
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::Fork)
+        .build()?;
+    pool.map(f, 0..64, 1)?;
+    let mut per_op = Vec::new();
+    for _ in 0..scale.samples.min(10) {
+        let mut result = Ok(());
+        let ns = time_ops(n, || result = pool.map(f, 0..n as u64, chunksize).map(drop));
+        result?;
+        per_op.push(ns);
+    }
+    Ok(summarize(key, &mut per_op, None))
+}
+
+fn pool_map_chunksize_1(scale: &Scale) -> multiproc::Result<Figure> {
+    pool_map(
+        "pool/map_chunksize_1",
+        scale,
+        2_000 * scale.k,
+        Some(1),
+        square,
+    )
+}
+
+fn pool_map_default(scale: &Scale) -> multiproc::Result<Figure> {
+    pool_map("pool/map_default", scale, 10_000 * scale.k, None, square)
+}
+
+/// About a millisecond of CPU work.
+fn cpu_1ms(seed: u64) -> u64 {
+    let start = std::time::Instant::now();
+    let mut x = seed;
+    while start.elapsed() < Duration::from_millis(1) {
+        for _ in 0..1000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+        }
+    }
+    x
+}
+
+fn pool_cpu_1ms(scale: &Scale) -> multiproc::Result<Figure> {
+    pool_map("pool/cpu_1ms", scale, 20 * scale.k, Some(1), cpu_1ms)
+}
+
+fn cpu_1ms_one_process(scale: &Scale) -> multiproc::Result<Figure> {
+    Ok(per_call(
+        "pool/cpu_1ms_one_process",
+        scale.samples.min(10),
+        20 * scale.k,
+        || {
+            std::hint::black_box(cpu_1ms(1));
+        },
+    ))
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn threadpool_map_chunksize_1(scale: &Scale) -> multiproc::Result<Figure> {
+    let pool = ThreadPool::new(2)?;
+    let n = 2_000 * scale.k;
+    pool.map(square, 0..64, 1)?;
+    let mut per_op = Vec::new();
+    for _ in 0..scale.samples {
+        let mut result = Ok(());
+        let ns = time_ops(n, || result = pool.map(square, 0..n as u64, 1).map(drop));
+        result?;
+        per_op.push(ns);
+    }
+    Ok(summarize("threadpool/map_chunksize_1", &mut per_op, None))
+}
+
+/// CPython's figures for the same keys, if python3 and the script are there.
+fn python_figures(opts: &Options) -> BTreeMap<String, (f64, f64)> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/python/baseline.py");
+    if !opts.python || !script.exists() {
+        return BTreeMap::new();
+    }
+    eprintln!("running CPython's baseline ({})…", script.display());
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script);
+    if opts.smoke {
+        cmd.arg("--smoke");
+    }
+    let out = match cmd.output() {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            eprintln!(
+                "CPython baseline failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return BTreeMap::new();
+        }
+        Err(e) => {
+            eprintln!("python3 not available ({e}); CPython columns left empty");
+            return BTreeMap::new();
+        }
+    };
+    let parsed: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("cannot parse CPython's figures: {e}");
+            return BTreeMap::new();
+        }
+    };
+    let mut figures = BTreeMap::new();
+    if let Some(ops) = parsed.get("ops").and_then(|o| o.as_object()) {
+        for (key, v) in ops {
+            let get = |f: &str| v.get(f).and_then(serde_json::Value::as_f64);
+            if let (Some(m), Some(p)) = (get("median_ns"), get("p99_ns")) {
+                figures.insert(key.clone(), (m, p));
+            }
+        }
+    }
+    figures
+}
+
+/// Runs the suite and prints the table; writes JSON if asked.
+pub fn run(opts: Options) -> multiproc::Result<()> {
+    if opts.sleep {
+        // SAFETY: set before any thread of ours starts; children inherit it.
+        unsafe { std::env::set_var("MULTIPROC_SPIN", "0") };
+    }
+    let scale = if opts.smoke {
+        Scale { samples: 3, k: 1 }
+    } else {
+        Scale { samples: 30, k: 10 }
+    };
+    let selected: Vec<(&str, OpFn)> = operations()
+        .into_iter()
+        .filter(|(key, _)| {
+            opts.filter.is_empty() || opts.filter.iter().any(|f| key.contains(f.as_str()))
+        })
+        .collect();
+    let mut figures = Vec::new();
+    for (i, (key, op)) in selected.iter().enumerate() {
+        eprint!("\r[{}/{}] {key:<40}", i + 1, selected.len());
+        let _ = std::io::stderr().flush();
+        match op(&scale) {
+            Ok(f) => figures.push(f),
+            Err(e) => eprintln!("\n{key}: failed: {e}"),
+        }
+    }
+    eprintln!();
+    let python = python_figures(&opts);
+    print_table(&figures, &python);
+    if let Some(path) = &opts.json {
+        write_json(path, &figures, &python, &opts)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_table(figures: &[Figure], python: &BTreeMap<String, (f64, f64)>) {
+    println!(
+        "{:<32} {:>12} {:>12} {:>14} {:>12} {:>9}",
+        "operation", "median", "p99", "throughput", "CPython", "speedup"
+    );
+    for f in figures {
+        let throughput = match f.bytes_per_op {
+            Some(b) => format!("{:.2} GB/s", b / f.median_ns),
+            None => format!("{:.0}/s", f.ops_per_sec()),
+        };
+        let (cpy, ratio) = match python.get(f.key) {
+            Some((m, _)) => (fmt_ns(*m), format!("{:.1}x", m / f.median_ns.max(0.001))),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "{:<32} {:>12} {:>12} {:>14} {:>12} {:>9}",
+            f.key,
+            fmt_ns(f.median_ns),
+            fmt_ns(f.p99_ns),
+            throughput,
+            cpy,
+            ratio
+        );
+    }
+}
+
+fn write_json(
+    path: &PathBuf,
+    figures: &[Figure],
+    python: &BTreeMap<String, (f64, f64)>,
+    opts: &Options,
+) -> multiproc::Result<()> {
+    let ops: serde_json::Map<String, serde_json::Value> = figures
+        .iter()
+        .map(|f| {
+            let mut o = serde_json::json!({
+                "median_ns": f.median_ns,
+                "p99_ns": f.p99_ns,
+                "ops_per_sec": f.ops_per_sec(),
+                "samples": f.samples,
+            });
+            if let Some(b) = f.bytes_per_op {
+                o["bytes_per_op"] = b.into();
+                o["gb_per_sec"] = (b / f.median_ns).into();
+            }
+            if let Some((m, p)) = python.get(f.key) {
+                o["cpython_median_ns"] = (*m).into();
+                o["cpython_p99_ns"] = (*p).into();
+                o["speedup"] = (m / f.median_ns.max(0.001)).into();
+            }
+            (f.key.to_string(), o)
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "machine": machine(),
+        "date": date(),
+        "smoke": opts.smoke,
+        "sleeping_waiters": opts.sleep,
+        "ops": ops,
+    });
+    let text =
+        serde_json::to_string_pretty(&doc).map_err(|e| multiproc::Error::Codec(e.to_string()))?;
+    std::fs::write(path, text + "\n")?;
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    format!("{} cores, {cpu}", multiproc::cpu_count())
+}
+
+fn date() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}

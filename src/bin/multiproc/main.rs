@@ -1,0 +1,84 @@
+//! The `multiproc` command: benchmarks (and, later, a generic manager server).
+
+mod bench;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const HELP: &str = "\
+multiproc: Python's multiprocessing, rebuilt in Rust
+
+USAGE:
+    multiproc <COMMAND> [OPTIONS]
+
+COMMANDS:
+    bench       Measure every operation; print median, p99 and CPython's figure
+    help        Print this help
+
+BENCH OPTIONS:
+    --smoke             Tiny iteration counts (seconds); used by the tests
+    --filter TEXT       Only operations whose key contains TEXT (repeatable)
+    --json FILE         Also write the figures as JSON
+    --no-python         Do not run CPython's baseline (benches/python/baseline.py)
+    --sleep             Make waiters sleep instead of spinning (MULTIPROC_SPIN=0)
+    --list              Print the operation keys and exit
+";
+
+fn main() -> ExitCode {
+    multiproc::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None | Some("help" | "--help" | "-h") => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        Some("bench") => bench_command(&args[1..]),
+        Some(other) => usage_error(&format!("unknown command {other:?}")),
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("multiproc: {msg}\n\n{HELP}");
+    ExitCode::from(2)
+}
+
+fn bench_command(args: &[String]) -> ExitCode {
+    let mut opts = bench::Options {
+        smoke: false,
+        filter: Vec::new(),
+        json: None,
+        python: true,
+        sleep: false,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--smoke" => opts.smoke = true,
+            "--no-python" => opts.python = false,
+            "--sleep" => opts.sleep = true,
+            "--list" => {
+                for (key, _) in bench::operations() {
+                    println!("{key}");
+                }
+                return ExitCode::SUCCESS;
+            }
+            "--filter" => match it.next() {
+                Some(f) => opts.filter.push(f.clone()),
+                None => return usage_error("--filter needs a value"),
+            },
+            "--json" => match it.next() {
+                Some(f) => opts.json = Some(PathBuf::from(f)),
+                None => return usage_error("--json needs a file"),
+            },
+            other => return usage_error(&format!("unknown bench option {other:?}")),
+        }
+    }
+    match bench::run(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("multiproc bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

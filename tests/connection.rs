@@ -1,0 +1,527 @@
+//! Socket connections between processes: Unix paths, abstract names and TCP,
+//! authkeys right and wrong, size limits, timeouts, dead peers, garbage
+//! peers, and the frame decoder under random input.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use multiproc::connection::{Address, Listener, SocketConnection, client, wait};
+use multiproc::wire::{FrameReader, write_frame};
+use multiproc::{Error, Process, Shareable, StartMethod};
+use proptest::prelude::*;
+use util::{PROMPTLY, assert_not_our_zombie};
+
+multiproc::init_before_main!();
+
+const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
+const KEY: &[u8] = b"a shared secret";
+
+/// A socket path unique to this test process and `tag`.
+fn socket_path(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("multiproc-test-{}-{tag}.sock", std::process::id()))
+}
+
+/// One address of each kind.
+fn every_kind(tag: &str) -> [Address; 3] {
+    [
+        Address::Unix(socket_path(tag)),
+        Address::unique_abstract(),
+        "127.0.0.1:0".parse().unwrap(),
+    ]
+}
+
+/// Child: connects back and echoes every message until "bye"; returns the count.
+fn echo_client((address, key): (Address, Option<Vec<u8>>)) -> u32 {
+    let mut c: SocketConnection<String> = client(&address, key.as_deref()).expect("connect");
+    let mut echoed = 0;
+    loop {
+        let m = c.recv().expect("recv");
+        if m == "bye" {
+            return echoed;
+        }
+        c.send(&m).expect("send");
+        echoed += 1;
+    }
+}
+
+/// Child: connects with `key`, says hello if let in; returns what happened.
+fn hello_client((address, key): (Address, Vec<u8>)) -> String {
+    match client::<String>(&address, Some(&key)) {
+        Ok(mut c) => {
+            c.send(&"hello".to_string()).expect("send");
+            "ok".into()
+        }
+        Err(Error::Authentication(_)) => "authentication".into(),
+        Err(e) => format!("unexpected: {e}"),
+    }
+}
+
+/// Child: connects, says it is ready, then waits to be killed.
+fn ready_then_hang(address: Address) {
+    let mut c: SocketConnection<String> = client(&address, None).expect("connect");
+    c.send(&"ready".to_string()).expect("send");
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+fn start<R: multiproc::Shareable>(mut p: Process<R>) -> Process<R> {
+    p.start().expect("start");
+    p
+}
+
+#[test]
+fn echo_between_processes_over_every_address_kind() {
+    for m in METHODS {
+        for (i, address) in every_kind(&format!("echo-{m:?}")).into_iter().enumerate() {
+            // Authenticated on the first two kinds, plain on TCP.
+            let key = (i < 2).then_some(KEY);
+            let listener = Listener::bind(&address, key).unwrap();
+            let bound = listener.address().clone();
+            let mut p = start(
+                Process::new(echo_client, (bound.clone(), key.map(<[u8]>::to_vec))).start_method(m),
+            );
+            let mut conn: SocketConnection<String> = listener.accept_timeout(PROMPTLY).unwrap();
+            for n in 0..50 {
+                conn.send(&format!("message {n}")).unwrap();
+                assert_eq!(conn.recv_timeout(PROMPTLY).unwrap(), format!("message {n}"));
+            }
+            let big = "x".repeat(3 << 20);
+            conn.send(&big).unwrap();
+            assert_eq!(conn.recv_timeout(PROMPTLY).unwrap(), big, "{m:?} {bound}");
+            conn.send(&"bye".to_string()).unwrap();
+            assert_eq!(p.join_timeout(PROMPTLY).unwrap(), 51, "{m:?} {bound}");
+            assert!(matches!(conn.recv_timeout(PROMPTLY), Err(Error::Closed)));
+            assert_not_our_zombie(p.pid().unwrap());
+            drop(listener);
+            if let Address::Unix(path) = &bound {
+                assert!(!path.exists(), "the listener left {path:?} behind");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_wrong_key_is_refused_and_the_listener_serves_the_next_client() {
+    for m in METHODS {
+        for address in every_kind(&format!("keys-{m:?}")) {
+            let listener = Listener::bind(&address, Some(KEY)).unwrap();
+            let bound = listener.address().clone();
+
+            let mut bad = start(
+                Process::new(hello_client, (bound.clone(), b"a wrong guess".to_vec()))
+                    .start_method(m),
+            );
+            match listener.accept_timeout::<String>(PROMPTLY) {
+                Err(Error::Authentication(_)) => {}
+                other => panic!("{m:?} {bound}: {other:?}"),
+            }
+            assert_eq!(bad.join_timeout(PROMPTLY).unwrap(), "authentication");
+
+            let mut good =
+                start(Process::new(hello_client, (bound.clone(), KEY.to_vec())).start_method(m));
+            let mut conn: SocketConnection<String> = listener.accept_timeout(PROMPTLY).unwrap();
+            assert_eq!(conn.recv_timeout(PROMPTLY).unwrap(), "hello");
+            assert_eq!(good.join_timeout(PROMPTLY).unwrap(), "ok");
+        }
+    }
+}
+
+#[test]
+fn a_dead_peer_is_closed() {
+    for m in METHODS {
+        for address in every_kind(&format!("death-{m:?}")) {
+            let listener = Listener::bind(&address, None).unwrap();
+            let mut p =
+                start(Process::new(ready_then_hang, listener.address().clone()).start_method(m));
+            let mut conn: SocketConnection<String> = listener.accept_timeout(PROMPTLY).unwrap();
+            assert_eq!(conn.recv_timeout(PROMPTLY).unwrap(), "ready");
+            p.kill().unwrap();
+            assert!(
+                matches!(conn.recv_timeout(PROMPTLY), Err(Error::Closed)),
+                "{m:?} {address}"
+            );
+            // Sending to a dead peer is Closed too, never SIGPIPE.
+            let mut refused = false;
+            for _ in 0..100 {
+                match conn.send_bytes(&[0u8; 4096]) {
+                    Ok(()) => {}
+                    Err(Error::Closed) => {
+                        refused = true;
+                        break;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert!(refused, "{m:?} {address}");
+            assert!(p.join_timeout(PROMPTLY).is_err());
+            assert_not_our_zombie(p.pid().unwrap());
+        }
+    }
+}
+
+#[test]
+fn a_truncated_message_is_a_protocol_error() {
+    let listener = Listener::bind(&Address::unique_abstract(), None).unwrap();
+    let mut raw = raw_unix(&listener);
+    let mut conn: SocketConnection<String> = listener.accept_timeout(PROMPTLY).unwrap();
+    let mut frame = Vec::new();
+    write_frame(&mut frame, b"never finished").unwrap();
+    raw.write_all(&frame[..frame.len() - 3]).unwrap();
+    drop(raw);
+    assert!(matches!(
+        conn.recv_timeout(PROMPTLY),
+        Err(Error::Protocol(_))
+    ));
+}
+
+fn raw_unix(listener: &Listener) -> UnixStream {
+    use std::os::linux::net::SocketAddrExt;
+    let Address::UnixAbstract(name) = listener.address() else {
+        panic!("not an abstract address")
+    };
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    UnixStream::connect_addr(&addr).unwrap()
+}
+
+#[test]
+fn a_timed_out_receive_keeps_the_partial_message() {
+    let listener = Listener::bind(&Address::unique_abstract(), None).unwrap();
+    let mut raw = raw_unix(&listener);
+    let mut conn: SocketConnection<String> = listener.accept_timeout(PROMPTLY).unwrap();
+    let mut frame = Vec::new();
+    write_frame(&mut frame, &"split in three".to_string().encode().unwrap()).unwrap();
+    let (a, rest) = frame.split_at(5);
+    let (b, c) = rest.split_at(7);
+
+    assert!(matches!(conn.try_recv(), Err(Error::Empty)));
+    raw.write_all(a).unwrap();
+    let waited = Instant::now();
+    assert!(matches!(
+        conn.recv_timeout(Duration::from_millis(50)),
+        Err(Error::Timeout(_))
+    ));
+    assert!(waited.elapsed() >= Duration::from_millis(50));
+    raw.write_all(b).unwrap();
+    assert!(matches!(conn.try_recv(), Err(Error::Empty)));
+    raw.write_all(c).unwrap();
+    assert_eq!(conn.recv_timeout(PROMPTLY).unwrap(), "split in three");
+}
+
+#[test]
+fn recv_bytes_max_refuses_a_longer_message_without_losing_it() {
+    let (mut a, mut b) = SocketConnection::<String>::pair().unwrap();
+    a.send_bytes(&[7u8; 100]).unwrap();
+    a.send_bytes(b"short").unwrap();
+    assert!(matches!(b.recv_bytes_max(99), Err(Error::Protocol(_))));
+    assert_eq!(b.recv_bytes_max(100).unwrap(), [7u8; 100]);
+    assert_eq!(b.recv_bytes_max(5).unwrap(), b"short");
+}
+
+#[test]
+fn poll_and_timeouts_fire_and_do_not_fire() {
+    for m in METHODS {
+        let listener = Listener::bind(&Address::unique_abstract(), None).unwrap();
+        let mut p =
+            start(Process::new(echo_client, (listener.address().clone(), None)).start_method(m));
+        let mut conn: SocketConnection<String> = listener.accept_timeout(PROMPTLY).unwrap();
+
+        // Firing: nothing was sent, so every bounded wait ends empty-handed.
+        assert!(!conn.poll(Some(Duration::ZERO)).unwrap());
+        let waited = Instant::now();
+        assert!(!conn.poll(Some(Duration::from_millis(30))).unwrap());
+        assert!(waited.elapsed() >= Duration::from_millis(30));
+        assert!(matches!(
+            conn.recv_timeout(Duration::from_millis(30)),
+            Err(Error::Timeout(_))
+        ));
+        assert!(matches!(conn.try_recv(), Err(Error::Empty)));
+
+        // Not firing: the echo arrives within the (generous) bound.
+        conn.send(&"ping".to_string()).unwrap();
+        assert!(conn.poll(Some(PROMPTLY)).unwrap());
+        assert!(conn.poll(None).unwrap());
+        assert_eq!(conn.try_recv().unwrap(), "ping");
+        conn.send(&"pong".to_string()).unwrap();
+        assert_eq!(conn.recv_timeout(PROMPTLY).unwrap(), "pong");
+
+        conn.send(&"bye".to_string()).unwrap();
+        assert_eq!(p.join_timeout(PROMPTLY).unwrap(), 2);
+        // The peer's end of stream counts as ready: recv would not block.
+        assert!(conn.poll(Some(PROMPTLY)).unwrap());
+        assert!(matches!(conn.recv(), Err(Error::Closed)));
+        conn.close();
+        assert!(matches!(conn.poll(None), Err(Error::Closed)));
+    }
+}
+
+#[test]
+fn wait_reports_the_ready_connections() {
+    let (mut a1, a2) = SocketConnection::<u32>::pair().unwrap();
+    let (mut b1, b2) = SocketConnection::<u32>::pair().unwrap();
+    let (c1, mut c2) = SocketConnection::<u32>::pair().unwrap();
+    let listener = Listener::bind(&Address::unique_abstract(), None).unwrap();
+
+    let waited = Instant::now();
+    assert!(
+        wait(&[&a2, &b2, &c1, &listener], Some(Duration::from_millis(30)))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(waited.elapsed() >= Duration::from_millis(30));
+
+    b1.send(&2).unwrap();
+    c2.send(&3).unwrap();
+    assert_eq!(wait(&[&a2, &b2, &c1, &listener], None).unwrap(), [1, 2]);
+
+    // A listener is ready when a client waits; a raw descriptor works too.
+    let _raw = raw_unix(&listener);
+    let fd = a2.fd().unwrap();
+    assert_eq!(wait(&[&fd, &listener], Some(PROMPTLY)).unwrap(), [1]);
+    a1.send(&1).unwrap();
+    assert_eq!(wait(&[&fd], Some(PROMPTLY)).unwrap(), [0]);
+    assert!(wait(&[], None).is_err());
+}
+
+#[test]
+fn a_message_buffered_behind_another_counts_as_ready() {
+    let (mut a, mut b) = SocketConnection::<u32>::pair().unwrap();
+    a.send(&1).unwrap();
+    a.send(&2).unwrap();
+    // Both frames are read from the socket at once; the second waits in the buffer.
+    assert!(wait(&[&b], Some(PROMPTLY)).unwrap() == [0]);
+    assert_eq!(b.recv().unwrap(), 1);
+    assert!(b.poll(Some(Duration::ZERO)).unwrap());
+    assert_eq!(wait(&[&b], Some(Duration::ZERO)).unwrap(), [0]);
+    assert_eq!(b.try_recv().unwrap(), 2);
+}
+
+#[test]
+fn garbage_and_stalled_clients_fail_their_handshake_promptly() {
+    let mut listener = Listener::bind(&"127.0.0.1:0".parse().unwrap(), Some(KEY)).unwrap();
+    listener.set_handshake_timeout(Duration::from_millis(300));
+    let Address::Tcp(addr) = *listener.address() else {
+        unreachable!()
+    };
+
+    // An HTTP request: its first 8 bytes read as an enormous length.
+    let mut http = TcpStream::connect(addr).unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    assert!(matches!(
+        listener.accept_timeout::<String>(PROMPTLY),
+        Err(Error::Authentication(_))
+    ));
+    assert!(started.elapsed() < PROMPTLY);
+    // The server hung up on it (a reset, as its request was never read).
+    let mut reply = Vec::new();
+    http.set_read_timeout(Some(PROMPTLY)).unwrap();
+    let _ = http.read_to_end(&mut reply);
+
+    // A plausible length, then silence; and a client that says nothing.
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    stalled.write_all(&100u64.to_le_bytes()).unwrap();
+    stalled.write_all(b"abc").unwrap();
+    let silent = TcpStream::connect(addr).unwrap();
+    for _ in 0..2 {
+        let started = Instant::now();
+        assert!(matches!(
+            listener.accept_timeout::<String>(PROMPTLY),
+            Err(Error::Authentication(_))
+        ));
+        assert!(started.elapsed() < PROMPTLY);
+    }
+    drop((stalled, silent));
+
+    // A well-behaved client is served afterwards.
+    let address = listener.address().clone();
+    let t = std::thread::spawn(move || {
+        let mut c: SocketConnection<String> = client(&address, Some(KEY)).unwrap();
+        c.send(&"after the garbage".to_string()).unwrap();
+        c.recv().unwrap()
+    });
+    let mut conn: SocketConnection<String> = listener.accept_timeout(PROMPTLY).unwrap();
+    assert_eq!(conn.recv_timeout(PROMPTLY).unwrap(), "after the garbage");
+    conn.send(&"welcome".to_string()).unwrap();
+    assert_eq!(t.join().unwrap(), "welcome");
+}
+
+#[test]
+fn a_client_of_a_silent_server_gives_up() {
+    // A plain listener never sends the challenge an authenticating client waits for.
+    let listener = Listener::bind(&Address::unique_abstract(), None).unwrap();
+    let started = Instant::now();
+    let r = SocketConnection::<String>::connect_timeout(
+        listener.address(),
+        Some(KEY),
+        Duration::from_millis(200),
+    );
+    assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[test]
+fn connecting_to_nothing_is_an_io_error() {
+    let gone = Address::Unix(socket_path("nobody-listens"));
+    assert!(matches!(client::<u8>(&gone, None), Err(Error::Io(_))));
+    assert!(matches!(
+        client::<u8>(&Address::unique_abstract(), None),
+        Err(Error::Io(_))
+    ));
+}
+
+#[test]
+fn a_length_prefix_alone_allocates_little() {
+    let mut stream = (60u64 << 20).to_le_bytes().to_vec();
+    stream.extend_from_slice(&[1u8; 1000]);
+    let mut r = FrameReader::default();
+    let mut s = &stream[..];
+    assert!(matches!(r.read_frame(&mut s), Err(Error::Protocol(_))));
+    assert!(r.capacity() < 64 << 10, "{}", r.capacity());
+}
+
+// ---- the frame decoder under random input ----
+
+/// Hands out `data` in pieces of the given sizes (cycled), with an optional
+/// `WouldBlock` before each piece, as a socket with a timeout would.
+struct Chunked<'a> {
+    data: &'a [u8],
+    sizes: Vec<usize>,
+    next: usize,
+    block_first: bool,
+    blocked: bool,
+}
+
+impl Read for Chunked<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.block_first && !self.blocked && !self.data.is_empty() {
+            self.blocked = true;
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        self.blocked = false;
+        let size = self.sizes[self.next % self.sizes.len()].max(1);
+        self.next += 1;
+        let n = size.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+/// Reads frames until an error, resuming after every `WouldBlock`.
+fn read_all(r: &mut FrameReader, s: &mut Chunked<'_>) -> (Vec<Vec<u8>>, Error) {
+    let mut frames = Vec::new();
+    loop {
+        match r.read_frame(s) {
+            Ok(f) => {
+                assert!(f.len() <= r.max_frame());
+                frames.push(f);
+            }
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return (frames, e),
+        }
+        assert!(r.capacity() <= r.capacity_bound());
+    }
+}
+
+/// What a correct decoder must make of `data`: the frames, then how it ends.
+fn reference(data: &[u8], max: usize) -> (Vec<Vec<u8>>, &'static str) {
+    let mut frames = Vec::new();
+    let mut rest = data;
+    loop {
+        if rest.is_empty() {
+            return (frames, "closed");
+        }
+        if rest.len() < 8 {
+            return (frames, "protocol");
+        }
+        let len = u64::from_le_bytes(rest[..8].try_into().unwrap());
+        if len > max as u64 || ((rest.len() - 8) as u64) < len {
+            return (frames, "protocol");
+        }
+        frames.push(rest[8..8 + len as usize].to_vec());
+        rest = &rest[8 + len as usize..];
+    }
+}
+
+fn kind(e: &Error) -> &'static str {
+    match e {
+        Error::Closed => "closed",
+        Error::Protocol(_) => "protocol",
+        _ => "other",
+    }
+}
+
+/// Random bytes, often made of whole frames, plausible length prefixes and
+/// short runs of junk, so that decoding gets far before it goes wrong.
+fn stream_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(
+        prop_oneof![
+            3 => prop::collection::vec(any::<u8>(), 0..60).prop_map(|p| {
+                let mut f = Vec::new();
+                write_frame(&mut f, &p).unwrap();
+                f
+            }),
+            1 => prop::collection::vec(any::<u8>(), 0..12),
+            1 => (0u64..80).prop_map(|n| n.to_le_bytes().to_vec()),
+        ],
+        0..24,
+    )
+    .prop_map(|parts| parts.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn random_streams_never_panic_or_overallocate(
+        data in stream_bytes(),
+        max in 0usize..100,
+        sizes in prop::collection::vec(1usize..40, 1..8),
+        block_first in any::<bool>(),
+    ) {
+        let mut r = FrameReader::new(max);
+        let mut s = Chunked { data: &data, sizes, next: 0, block_first, blocked: false };
+        let (frames, end) = read_all(&mut r, &mut s);
+        let (want, want_end) = reference(&data, max);
+        prop_assert_eq!(frames, want);
+        prop_assert_eq!(kind(&end), want_end);
+    }
+
+    #[test]
+    fn valid_frames_round_trip_and_truncations_are_caught(
+        payloads in prop::collection::vec(
+            prop_oneof![
+                8 => prop::collection::vec(any::<u8>(), 0..200),
+                1 => prop::collection::vec(any::<u8>(), 20_000..70_000),
+            ],
+            0..6,
+        ),
+        sizes in prop::collection::vec(1usize..100_000, 1..6),
+        block_first in any::<bool>(),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut data = Vec::new();
+        for p in &payloads {
+            write_frame(&mut data, p).unwrap();
+        }
+
+        let mut r = FrameReader::new(1 << 17);
+        let mut s = Chunked { data: &data, sizes: sizes.clone(), next: 0, block_first, blocked: false };
+        let (frames, end) = read_all(&mut r, &mut s);
+        prop_assert_eq!(&frames, &payloads);
+        prop_assert_eq!(kind(&end), "closed");
+
+        let cut = if data.is_empty() { 0 } else { cut.index(data.len()) };
+        let mut r = FrameReader::new(1 << 17);
+        let mut s = Chunked { data: &data[..cut], sizes, next: 0, block_first, blocked: false };
+        let (frames, end) = read_all(&mut r, &mut s);
+        let (want, want_end) = reference(&data[..cut], 1 << 17);
+        prop_assert_eq!(frames, want);
+        prop_assert_eq!(kind(&end), want_end);
+    }
+}

@@ -1,0 +1,294 @@
+//! Process pools under both start methods: results, errors, crashes, lifecycle.
+
+mod util;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use multiproc::{Callbacks, Error, Pool, StartMethod};
+use util::PROMPTLY;
+
+multiproc::init_before_main!();
+
+const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
+
+fn pool(m: StartMethod, n: usize) -> Pool {
+    Pool::builder()
+        .processes(n)
+        .start_method(m)
+        .build()
+        .unwrap()
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+fn panics_on_3(x: u64) -> u64 {
+    assert!(x != 3, "three is not allowed");
+    x
+}
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn my_pid(_: u64) -> i32 {
+    multiproc::current_process().pid
+}
+
+/// Kills its own worker when it sees the marker, after the others ran.
+fn die_on_marker(x: u64) -> u64 {
+    if x == u64::MAX {
+        // SAFETY: kill(2) on our own pid.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+    x
+}
+
+#[test]
+fn map_family_over_10k_items() {
+    for m in METHODS {
+        let p = pool(m, 2);
+        let expected: Vec<u64> = (0..10_000).map(|x| x * x).collect();
+        assert_eq!(p.map(square, 0..10_000, None).unwrap(), expected, "{m:?}");
+        assert_eq!(
+            p.map(square, 0..2_000, 1).unwrap(),
+            expected[..2_000].to_vec()
+        );
+        let pairs: Vec<(u64, u64)> = (0..10_000).map(|x| (x, x)).collect();
+        assert_eq!(
+            p.starmap(add, pairs, None).unwrap(),
+            (0..10_000).map(|x| 2 * x).collect::<Vec<u64>>()
+        );
+        let ordered: Vec<u64> = p
+            .imap(square, 0..10_000u64, 50)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(ordered, expected);
+        let mut unordered: Vec<u64> = p
+            .imap_unordered(square, 0..10_000u64, 50)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        unordered.sort();
+        assert_eq!(unordered, expected);
+        assert!(p.map(square, Vec::<u64>::new(), None).unwrap().is_empty());
+        let first: Vec<u64> = p
+            .imap(square, 0u64.., 3)
+            .unwrap()
+            .take(50)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(first, expected[..50].to_vec());
+        p.close();
+        p.join().unwrap();
+    }
+}
+
+#[test]
+fn apply_async_callbacks_and_errors() {
+    for m in METHODS {
+        let p = pool(m, 2);
+        let total = Arc::new(AtomicU64::new(0));
+        let results: Vec<_> = (0..20u64)
+            .map(|i| {
+                let t = total.clone();
+                p.apply_async_with(
+                    square,
+                    i,
+                    Callbacks::new().callback(move |r: &u64| {
+                        t.fetch_add(*r, Ordering::SeqCst);
+                    }),
+                )
+                .unwrap()
+            })
+            .collect();
+        let got: Vec<u64> = results.into_iter().map(|r| r.get().unwrap()).collect();
+        assert_eq!(got, (0..20).map(|x| x * x).collect::<Vec<_>>());
+        assert_eq!(
+            total.load(Ordering::SeqCst),
+            (0..20).map(|x| x * x).sum::<u64>()
+        );
+
+        let message = Arc::new(parking_slot::Slot::default());
+        let m2 = message.clone();
+        let r = p
+            .apply_async_with(
+                panics_on_3,
+                3,
+                Callbacks::new().error_callback(move |e| m2.set(e.to_string())),
+            )
+            .unwrap();
+        match r.get() {
+            Err(Error::Remote(msg)) => assert!(msg.contains("three is not allowed"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(message.get().contains("three is not allowed"));
+        assert!(matches!(
+            p.map(panics_on_3, 0..10, 2),
+            Err(Error::Remote(_))
+        ));
+        assert_eq!(p.apply(square, 5).unwrap(), 25, "the worker stays usable");
+
+        let mut slow = p.apply_async(sleep_ms, 2_000).unwrap();
+        assert!(matches!(
+            slow.get_timeout(Duration::from_millis(50)),
+            Err(Error::Timeout(_))
+        ));
+        p.terminate();
+    }
+}
+
+mod parking_slot {
+    #[derive(Default)]
+    pub struct Slot(std::sync::Mutex<String>);
+    impl Slot {
+        pub fn set(&self, s: String) {
+            *self.0.lock().unwrap() = s;
+        }
+        pub fn get(&self) -> String {
+            self.0.lock().unwrap().clone()
+        }
+    }
+}
+
+#[test]
+fn a_killed_worker_fails_its_tasks_and_is_replaced() {
+    for m in METHODS {
+        let p = pool(m, 2);
+        let before = p.worker_pids();
+        let mut items: Vec<u64> = (0..200).collect();
+        items.push(u64::MAX);
+        let started = std::time::Instant::now();
+        match p.map(die_on_marker, items, 1) {
+            Err(Error::WorkerDied {
+                signal: Some(9),
+                pid,
+                ..
+            }) => assert!(before.contains(&pid)),
+            other => panic!("{m:?}: {other:?}"),
+        }
+        assert!(started.elapsed() < PROMPTLY);
+        // The pool carries on with a replacement.
+        assert_eq!(p.map(square, 0..100, None).unwrap().len(), 100);
+        assert!(util::eventually(PROMPTLY, || p.worker_pids().len() == 2));
+        assert_ne!(p.worker_pids(), before);
+    }
+}
+
+#[test]
+fn maxtasksperchild_replaces_workers_and_initializer_runs_once_each() {
+    fn init(counter: multiproc::RawValue<u64>) {
+        counter.fetch_add(1);
+    }
+    for m in METHODS {
+        let inits = multiproc::RawValue::new(0u64).unwrap();
+        let p = Pool::builder()
+            .processes(2)
+            .start_method(m)
+            .maxtasksperchild(2)
+            .initializer(init, inits.clone())
+            .build()
+            .unwrap();
+        let pids = p.map(my_pid, 0..20, 1).unwrap();
+        let mut distinct = pids.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(
+            distinct.len() >= 10,
+            "{m:?}: pids did not change: {distinct:?}"
+        );
+        p.close();
+        p.join().unwrap();
+        assert!(
+            inits.load() >= distinct.len() as u64,
+            "one initializer run per worker"
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    assert!(matches!(Pool::new(0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        Pool::builder().processes(1).maxtasksperchild(0).build(),
+        Err(Error::InvalidArgument(_))
+    ));
+    let p = Pool::new(1).unwrap();
+    assert!(matches!(
+        p.map(square, 0..3, 0),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(p.join(), Err(Error::InvalidState(_))));
+    p.close();
+    assert!(matches!(p.apply(square, 1), Err(Error::InvalidState(_))));
+    p.join().unwrap();
+
+    fn bad_init(_: u8) {
+        panic!("initializer refuses")
+    }
+    let p = Pool::builder()
+        .processes(2)
+        .initializer(bad_init, 0u8)
+        .build()
+        .unwrap();
+    match p.map(square, 0..10, None) {
+        Err(Error::Remote(msg)) => assert!(msg.contains("initializer refuses"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn dropping_a_pool_reaps_every_worker() {
+    let p = pool(StartMethod::Fork, 3);
+    let pids = p.worker_pids();
+    assert_eq!(pids.len(), 3);
+    drop(p);
+    for pid in pids {
+        util::assert_not_our_zombie(pid);
+        assert!(util::is_gone(pid));
+    }
+}
+
+/// A result type that refuses to be encoded.
+struct Unencodable;
+
+impl multiproc::handle::ShareHandle for Unencodable {
+    fn to_repr(&self) -> multiproc::Result<multiproc::handle::HandleRepr> {
+        Err(Error::InvalidArgument(
+            "this result refuses to be encoded".into(),
+        ))
+    }
+    fn from_repr(_: &multiproc::handle::HandleRepr) -> multiproc::Result<Self> {
+        Ok(Unencodable)
+    }
+}
+multiproc::impl_share_handle!(impl<> for Unencodable);
+
+fn make_unencodable(_: u8) -> Unencodable {
+    Unencodable
+}
+
+#[test]
+fn an_unencodable_result_is_an_error_not_a_hang() {
+    for m in METHODS {
+        let p = pool(m, 1);
+        let mut r = p.apply_async(make_unencodable, 1).unwrap();
+        match r.get_timeout(PROMPTLY) {
+            Err(Error::Remote(msg)) => assert!(msg.contains("refuses to be encoded"), "{msg}"),
+            Err(other) => panic!("{m:?}: {other:?}"),
+            Ok(_) => panic!("{m:?}: an unencodable result arrived"),
+        }
+        assert_eq!(p.apply(square, 4).unwrap(), 16);
+    }
+}

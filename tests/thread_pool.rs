@@ -1,0 +1,207 @@
+//! ThreadPool: the pool API backed by threads.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use multiproc::{Callbacks, Error, ThreadPool};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+fn fails_on_7(x: u64) -> u64 {
+    assert!(x != 7, "seven is bad");
+    x
+}
+
+fn slow(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn thread_name(_: ()) -> String {
+    std::thread::current().name().unwrap_or("").to_string()
+}
+
+#[test]
+fn map_starmap_imap_over_10k_items() {
+    let pool = ThreadPool::new(3).unwrap();
+    let expected: Vec<u64> = (0..10_000).map(|x| x * x).collect();
+    assert_eq!(pool.map(square, 0..10_000, None).unwrap(), expected);
+    assert_eq!(pool.map(square, 0..10_000, 1).unwrap(), expected);
+    let pairs: Vec<(u64, u64)> = (0..10_000).map(|x| (x, 1)).collect();
+    let sums = pool.starmap(add, pairs, 7).unwrap();
+    assert_eq!(sums, (1..=10_000).collect::<Vec<u64>>());
+    let ordered: Vec<u64> = pool
+        .imap(square, 0..10_000u64, 13)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(ordered, expected);
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(square, 0..10_000u64, None)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    unordered.sort();
+    assert_eq!(unordered, expected);
+    assert!(
+        pool.map(square, Vec::<u64>::new(), None)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        pool.imap(square, Vec::<u64>::new(), None).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn imap_over_an_endless_iterator_stops_early() {
+    let pool = ThreadPool::new(2).unwrap();
+    let first: Vec<u64> = pool
+        .imap(square, 0u64.., 4)
+        .unwrap()
+        .take(100)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(first, (0..100).map(|x| x * x).collect::<Vec<_>>());
+    // The pool is still usable afterwards.
+    assert_eq!(pool.apply(square, 9).unwrap(), 81);
+}
+
+#[test]
+fn callbacks_and_errors() {
+    let pool = ThreadPool::new(2).unwrap();
+    let total = Arc::new(AtomicUsize::new(0));
+    let results: Vec<_> = (0..50u64)
+        .map(|i| {
+            let t = total.clone();
+            pool.apply_async_with(
+                square,
+                i,
+                Callbacks::new().callback(move |r: &u64| {
+                    t.fetch_add(*r as usize, Ordering::SeqCst);
+                }),
+            )
+            .unwrap()
+        })
+        .collect();
+    for r in results {
+        r.get().unwrap();
+    }
+    assert_eq!(
+        total.load(Ordering::SeqCst),
+        (0..50).map(|x| x * x).sum::<usize>()
+    );
+
+    let seen = Arc::new(parking_lot_free::Slot::default());
+    let s2 = seen.clone();
+    let r = pool
+        .apply_async_with(
+            fails_on_7,
+            7,
+            Callbacks::new().error_callback(move |e| s2.set(e.to_string())),
+        )
+        .unwrap();
+    match r.get() {
+        Err(Error::Remote(msg)) => assert!(msg.contains("seven is bad"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(seen.get().contains("seven is bad"));
+    assert!(matches!(
+        pool.map(fails_on_7, 0..10, 1),
+        Err(Error::Remote(_))
+    ));
+    // The worker stays usable after a panicking task.
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+}
+
+mod parking_lot_free {
+    #[derive(Default)]
+    pub struct Slot(std::sync::Mutex<String>);
+    impl Slot {
+        pub fn set(&self, s: String) {
+            *self.0.lock().unwrap() = s;
+        }
+        pub fn get(&self) -> String {
+            self.0.lock().unwrap().clone()
+        }
+    }
+}
+
+#[test]
+fn async_result_timeouts_and_state() {
+    let pool = ThreadPool::new(1).unwrap();
+    let mut r = pool.apply_async(slow, 300).unwrap();
+    assert!(!r.ready());
+    assert!(matches!(r.successful(), Err(Error::InvalidState(_))));
+    assert!(matches!(
+        r.get_timeout(Duration::from_millis(10)),
+        Err(Error::Timeout(_))
+    ));
+    assert!(!r.wait_timeout(Duration::from_millis(1)));
+    r.wait();
+    assert!(r.ready());
+    assert!(r.successful().unwrap());
+    assert_eq!(r.get_timeout(Duration::from_secs(1)).unwrap(), 300);
+    assert!(matches!(
+        r.get_timeout(Duration::from_secs(1)),
+        Err(Error::InvalidState(_))
+    ));
+}
+
+#[test]
+fn lifecycle_and_bad_input() {
+    assert!(matches!(ThreadPool::new(0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        ThreadPool::with_options::<u8>(2, None, Some(0)),
+        Err(Error::InvalidArgument(_))
+    ));
+    let pool = ThreadPool::new(2).unwrap();
+    assert!(matches!(
+        pool.map(square, 0..4, 0),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(pool.join(), Err(Error::InvalidState(_))));
+    let pending = pool.map_async(slow, vec![50, 50, 50], 1).unwrap();
+    pool.close();
+    assert!(matches!(pool.apply(square, 1), Err(Error::InvalidState(_))));
+    pool.join().unwrap();
+    assert_eq!(pending.get().unwrap(), vec![50, 50, 50]);
+
+    let pool = ThreadPool::new(1).unwrap();
+    let r = pool.apply_async(slow, 2_000).unwrap();
+    let queued = pool.apply_async(slow, 1).unwrap();
+    pool.terminate();
+    assert!(queued.get().is_err());
+    drop(r);
+}
+
+#[test]
+fn initializer_and_maxtasksperchild() {
+    fn init(_: u8) {}
+    let pool = ThreadPool::with_options(2, Some((init as fn(u8), 0u8)), Some(2)).unwrap();
+    let names: Vec<String> = pool.map(thread_name, vec![(); 20], 1).unwrap();
+    let mut distinct = names.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(
+        distinct.len() > 2,
+        "workers were not replaced: {distinct:?}"
+    );
+
+    fn bad_init(_: u8) {
+        panic!("init exploded")
+    }
+    let pool = ThreadPool::with_options(2, Some((bad_init as fn(u8), 0u8)), None).unwrap();
+    match pool.map(square, 0..10, None) {
+        Err(Error::Remote(msg)) => assert!(msg.contains("init exploded"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
