@@ -129,6 +129,10 @@ impl WaitWord {
 /// Between checks it pauses a little, so the cache line it watches is not
 /// pulled away from the writer at every instruction.
 pub(crate) fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
+    if crate::sync::spin::spin_limit() == 0 {
+        // MULTIPROC_SPIN=0: sleep at once, as every waiter in the crate does.
+        return ready();
+    }
     let mut start = None;
     loop {
         for _ in 0..64 {
@@ -1295,13 +1299,6 @@ mod tests {
         assert_eq!(t.get(Deadline::Now).unwrap(), b"three");
     }
 
-    /// Makes the producer lock look held by a dead process.
-    fn hold_by_dead(lock: &RawLock) {
-        // SAFETY: RawLock is `repr(C)` around one AtomicU64.
-        let word = unsafe { &*(lock as *const RawLock).cast::<AtomicU64>() };
-        word.store((1u64 << 32) | 0x7FFF_FFF0, Ordering::SeqCst);
-    }
-
     #[test]
     fn dead_producer_before_publishing_is_repaired() {
         let t = TestRing::new(256);
@@ -1312,7 +1309,7 @@ mod tests {
         p.log_last_end.store(0, Ordering::SeqCst);
         p.log_serial.store(2, Ordering::SeqCst);
         p.puts.store(2, Ordering::SeqCst);
-        hold_by_dead(&p.lock);
+        p.lock.forge_dead_holder();
         assert_eq!(t.ring().len(), 2);
         t.put(b"next", Deadline::after(Duration::from_secs(5)))
             .unwrap();
@@ -1334,7 +1331,7 @@ mod tests {
         assert!(h.join().unwrap().is_err());
         let p = &t.state.producer.0;
         p.writing.store(1, Ordering::SeqCst);
-        hold_by_dead(&p.lock);
+        p.lock.forge_dead_holder();
         // The consumer takes the first parts, sees the producer is dead, drops them.
         let got = t.get(Deadline::after(Duration::from_millis(300)));
         assert!(matches!(got, Err(Error::Timeout(_))), "{got:?}");
