@@ -6,7 +6,9 @@
 //! it as an argument or in a message; until then, nobody (its creator stands
 //! in for liveness). A reader whose ring is empty checks the writer's end:
 //! closed, or owned by a dead process, means end of file once the ring is
-//! drained. A writer checks the reader's end the same way before each send.
+//! drained. A writer checks the reader's end the same way: its closed flag on
+//! every send, its owner's liveness (a system call) at most every 2 ms and
+//! whenever the send has to wait for room.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
