@@ -9,10 +9,11 @@
 //! ```
 //!
 //! `head` and `tail` are byte positions that only grow (`position % capacity`
-//! is the offset; the capacity is a power of two). Records start at multiples of 8 and never wrap: where fewer
-//! than `HEADER + 8` bytes are left before the end of the buffer, both sides
-//! skip to the start. A message that does not fit in one record (it is longer
-//! than a chunk, or crosses the end of the buffer) is split into several: the
+//! is the offset; the capacity is a power of two). Records start at multiples
+//! of 8 and never wrap: where fewer than `HEADER + 8` bytes are left before
+//! the end of the buffer, both sides skip to the start. A message that does
+//! not fit in one record (it crosses the end of the buffer, or is streamed in
+//! parts because it is larger than the ring) is split into several: the
 //! first carries `FIRST` and, ahead of its data, the message's total length;
 //! the last carries `LAST`; all carry the message's serial number.
 //!
