@@ -1405,6 +1405,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_stale_writing_mark_does_not_hang_a_getter() {
+        let t = TestRing::new(512);
+        let t2 = t.clone();
+        let h = std::thread::spawn(move || {
+            t2.put(&message(5, 4000), Deadline::after(Duration::from_millis(50)))
+        });
+        assert!(h.join().unwrap().is_err());
+        // The mark says message 1 is still being written, but nobody holds the lock.
+        t.state.producer.0.writing.store(1, Ordering::SeqCst);
+        let got = t.get(Deadline::after(Duration::from_millis(300)));
+        assert!(matches!(got, Err(Error::Timeout(_))), "{got:?}");
+        assert_eq!(t.state.producer.0.writing.load(Ordering::SeqCst), 0);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         TryPut(usize),
