@@ -7,6 +7,7 @@ pub mod codec;
 pub mod deadline;
 pub mod error;
 pub mod handle;
+pub mod manager;
 pub mod process;
 pub mod sharedctypes;
 pub mod shm;

@@ -10,6 +10,7 @@
 mod child;
 mod child_process;
 mod current;
+mod fork_hooks;
 mod launch;
 mod registry;
 mod start_method;
@@ -17,6 +18,7 @@ mod start_method;
 pub use child::init;
 pub use child_process::Process;
 pub use current::{CurrentProcess, ParentProcess, current_process, parent_process};
+pub use fork_hooks::{ForkHook, register_fork_hook};
 pub use registry::{ChildInfo, active_children};
 pub use start_method::{Context, StartMethod, get_context, get_start_method, set_start_method};
 

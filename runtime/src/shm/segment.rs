@@ -86,6 +86,18 @@ impl Segment {
         Ok(Segment { inner })
     }
 
+    /// Maps a memory file received as a descriptor (passed with `SCM_RIGHTS`, for example).
+    ///
+    /// The mapping covers the file's whole length; it gets a new identity in
+    /// this process, so it is never confused with a handle-decoded segment.
+    pub fn from_fd(fd: OwnedFd) -> Result<Segment> {
+        let len = sys::memfd::file_len(fd.as_fd())? as usize;
+        if len == 0 {
+            return Err(Error::Protocol("shared segment has zero length".into()));
+        }
+        Self::map(new_id(), fd, len)
+    }
+
     /// Maps the segment with this id and descriptor, or reuses this process's mapping.
     fn attach(repr: &HandleRepr) -> Result<Segment> {
         if let Some(inner) = LIVE.lock().get(&repr.id).and_then(Weak::upgrade) {
