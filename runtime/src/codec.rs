@@ -47,11 +47,33 @@ where
     fn decode(bytes: &[u8]) -> Result<Self> {
         let align = std::mem::align_of::<T::Archived>().max(16);
         if (bytes.as_ptr() as usize).is_multiple_of(align) {
-            rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(Error::codec)
+            rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(decode_error)
         } else {
             let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
             aligned.extend_from_slice(bytes);
-            rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(Error::codec)
+            rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(decode_error)
         }
     }
+}
+
+/// A decoding error; one a handle raised while decoding (a proxy of the wrong
+/// type, a manager that is gone) keeps its variant so callers can match it.
+fn decode_error(e: rancor::Error) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rancor::Error::inner(&e));
+    while let Some(s) = source {
+        if let Some(ours) = s.downcast_ref::<Error>() {
+            match ours {
+                Error::TypeMismatch { expected, found } => {
+                    return Error::TypeMismatch {
+                        expected: expected.clone(),
+                        found: found.clone(),
+                    };
+                }
+                Error::ManagerGone(m) => return Error::ManagerGone(m.clone()),
+                _ => break,
+            }
+        }
+        source = s.source();
+    }
+    Error::codec(e)
 }

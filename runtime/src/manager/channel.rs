@@ -28,6 +28,8 @@ use crate::sys::futex::WaitOutcome;
 pub const SLOT_SIZE: usize = 64 * 1024;
 /// How long a sleeping side waits before it checks that its peer lives.
 pub const LIVENESS_SLICE: Duration = Duration::from_millis(100);
+/// Busy-wait iterations before a waiter starts yielding (about a microsecond).
+const BUSY_SPINS: u32 = 200;
 /// How long a client spins for its response before it sleeps.
 const CLIENT_SPIN: Duration = Duration::from_micros(30);
 /// How long a server thread spins for the next request before it sleeps.
@@ -207,15 +209,24 @@ impl Channel {
 }
 
 /// Spins on `word` until it differs from `old` or `spin` passes; returns the new value.
+///
+/// A short busy spin catches a peer running on another core; after it the
+/// loop yields between checks, so on a busy machine the peer (often waiting
+/// for this very core) gets to run before we fall back to a futex sleep.
 fn spin_while(word: &AtomicU32, old: u32, spin: Duration) -> Option<u32> {
+    for _ in 0..BUSY_SPINS {
+        let v = word.load(Ordering::Acquire);
+        if v != old {
+            return Some(v);
+        }
+        std::hint::spin_loop();
+    }
     let start = Instant::now();
     loop {
-        for _ in 0..64 {
-            let v = word.load(Ordering::Acquire);
-            if v != old {
-                return Some(v);
-            }
-            std::hint::spin_loop();
+        std::thread::yield_now();
+        let v = word.load(Ordering::Acquire);
+        if v != old {
+            return Some(v);
         }
         if start.elapsed() > spin {
             return None;

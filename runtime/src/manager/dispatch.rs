@@ -26,7 +26,8 @@ pub(crate) enum After {
 }
 
 fn emit(out: &mut AlignedVec, resp: &Response<'_>) {
-    let buf = std::mem::take(out);
+    let mut buf = std::mem::take(out);
+    buf.clear();
     *out = match encode_response(resp, buf) {
         Ok(b) => b,
         Err(e) => {
@@ -106,14 +107,20 @@ pub(crate) fn handle(
             };
             match spec.create() {
                 Ok((seg, repr)) => {
-                    table.lock().insert(
+                    let object = table.lock().insert(
                         conn,
                         ObjectKind::Segment,
                         spec.fingerprint,
                         "shared segment",
                         Data::Segment(seg),
                     );
-                    emit(out, &Response::Handle(repr));
+                    emit(
+                        out,
+                        &Response::Handle {
+                            object,
+                            handle: repr,
+                        },
+                    );
                 }
                 Err(e) => emit_err(out, RemoteError::Failed(e.to_string())),
             }
@@ -253,6 +260,8 @@ fn call_method(
             object: object.into(),
         });
     };
+    // The object and the method's kind first, then the arguments.
+    data_of(t, id, method, number)?;
     let key = || need(call.key.as_ref(), "key");
     let value = || need(call.value.as_ref(), "value");
     // References to hand to the connection after the response is encoded,

@@ -11,6 +11,9 @@
 //! name other managed objects it refers to (a dict holding list proxies):
 //! the server keeps those alive while the blob is stored.
 
+// rkyv derives resolver types whose tuple-variant fields cannot carry docs.
+#![allow(missing_docs)]
+
 use rkyv::with::{InlineAsBox, Map};
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -334,8 +337,14 @@ pub enum Response<'a> {
     Created(ObjectId),
     /// An in-flight reference's token.
     Token(u64),
-    /// A handle to a segment the server created.
-    Handle(HandleRepr),
+    /// A handle to a segment the server created, and the object that keeps
+    /// it until the creator released it (after opening the handle).
+    Handle {
+        /// The object to release once the handle is open.
+        object: ObjectId,
+        /// The handle.
+        handle: HandleRepr,
+    },
     /// One stored value, if there was one. The connection now holds one
     /// reference to each of `refs` (for the proxies inside the bytes).
     Value {
