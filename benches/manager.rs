@@ -11,7 +11,9 @@ fn manager(c: &mut Criterion) {
     let d = manager.dict::<u32, u64>().expect("dict");
     d.insert(1, 0).expect("insert");
     let mut g = c.benchmark_group("manager");
-    g.bench_function("dict_get", |b| b.iter(|| black_box(d.get(black_box(&1)).unwrap())));
+    g.bench_function("dict_get", |b| {
+        b.iter(|| black_box(d.get(black_box(&1)).unwrap()))
+    });
     let mut n = 0u64;
     g.bench_function("dict_set", |b| {
         b.iter(|| {

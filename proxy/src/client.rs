@@ -26,11 +26,13 @@ use multiproc_runtime::manager::protocol::{
     ArchivedResponse, ObjectId, Request, access_response, encode_request, remote_error,
 };
 use multiproc_runtime::manager::{ServerAddress, server};
-use multiproc_runtime::process::{ForkHook, register_fork_hook};
+use multiproc_runtime::process::{ForkHook, ForkMutex, register_fork_hook};
 use multiproc_runtime::rkyv::util::AlignedVec;
 use multiproc_runtime::sys;
 use multiproc_runtime::{Error, Result};
-use parking_lot::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
+
+use parking_lot::Mutex;
 
 /// The state of one round trip: the channel end and reusable buffers.
 struct Wire {
@@ -147,8 +149,9 @@ struct ClientState {
     conns: HashMap<ServerAddress, Entry>,
 }
 
-static CLIENT: LazyLock<Mutex<ClientState>> = LazyLock::new(|| {
-    Mutex::new(ClientState {
+/// A fork-safe mutex: the fork hook holds it across the fork (see [`ForkMutex`]).
+static CLIENT: LazyLock<ForkMutex<ClientState>> = LazyLock::new(|| {
+    ForkMutex::new(ClientState {
         pid: 0,
         conns: HashMap::new(),
     })
@@ -311,7 +314,11 @@ thread_local! {
 /// Runs `decode` (which decodes values a response carried) with the
 /// references the server added for `refs` available to the proxies inside;
 /// whatever no proxy took is released.
-pub(crate) fn with_prerefs<R>(conn: &Connection, refs: &[ObjectId], decode: impl FnOnce() -> R) -> R {
+pub(crate) fn with_prerefs<R>(
+    conn: &Connection,
+    refs: &[ObjectId],
+    decode: impl FnOnce() -> R,
+) -> R {
     if refs.is_empty() {
         return decode();
     }
@@ -362,7 +369,10 @@ thread_local! {
 
 /// Runs `encode` (which encodes a value about to be stored by `server`) and
 /// returns the objects of `server` that the value holds proxies to.
-pub(crate) fn collecting<R>(server: &ServerAddress, encode: impl FnOnce() -> R) -> (R, Vec<ObjectId>) {
+pub(crate) fn collecting<R>(
+    server: &ServerAddress,
+    encode: impl FnOnce() -> R,
+) -> (R, Vec<ObjectId>) {
     let previous = COLLECT.with(|c| {
         c.borrow_mut().replace(Collector {
             server: *server,
@@ -385,6 +395,21 @@ pub(crate) fn collect(server: &ServerAddress, id: ObjectId) -> bool {
     })
 }
 
+thread_local! {
+    /// Set while this thread forks a process that will not use proxies (a
+    /// manager server): nothing is pinned for it.
+    static FORKING_SERVER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `start` (which forks a manager server) without pinning this
+/// process's objects for the child, which never uses them.
+pub(crate) fn forking_server<R>(start: impl FnOnce() -> R) -> R {
+    FORKING_SERVER.with(|f| f.set(true));
+    let out = start();
+    FORKING_SERVER.with(|f| f.set(false));
+    out
+}
+
 /// The fork hook: pins in the parent, takes over in the child.
 struct ForkPins;
 
@@ -397,7 +422,8 @@ impl ForkHook for ForkPins {
     fn prepare(&self) -> Box<dyn Any> {
         let guard = lock_client();
         let mut pins = Vec::new();
-        for (server, entry) in guard.conns.iter() {
+        let serving = FORKING_SERVER.with(|f| f.get());
+        for (server, entry) in guard.conns.iter().filter(|_| !serving) {
             let ids: Vec<ObjectId> = entry
                 .refs
                 .iter()

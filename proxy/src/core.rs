@@ -19,8 +19,8 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use multiproc_runtime::manager::protocol::{ArchivedResponse, ObjectId, Request};
 use multiproc_runtime::manager::ServerAddress;
+use multiproc_runtime::manager::protocol::{ArchivedResponse, ObjectId, Request};
 use multiproc_runtime::rkyv::bytecheck::CheckBytes;
 use multiproc_runtime::rkyv::rancor::{Fallible, Source};
 use multiproc_runtime::rkyv::{self, Archive, Deserialize, Place, Portable, Serialize};
@@ -288,9 +288,9 @@ pub(crate) struct Args<'a> {
     pub type_name: &'a str,
 }
 
+use multiproc_runtime::Shareable;
 use multiproc_runtime::manager::protocol::{Blob, Call, Method};
 use multiproc_runtime::rkyv::util::AlignedVec;
-use multiproc_runtime::Shareable;
 
 /// A value encoded for storing by a server, with the objects of that server it refers to.
 pub(crate) struct Encoded {
@@ -341,13 +341,19 @@ impl ProxyCore {
     }
 }
 
-fn native_ids(refs: &multiproc_runtime::rkyv::vec::ArchivedVec<multiproc_runtime::rkyv::rend::u64_le>) -> Vec<ObjectId> {
+fn native_ids(
+    refs: &multiproc_runtime::rkyv::vec::ArchivedVec<multiproc_runtime::rkyv::rend::u64_le>,
+) -> Vec<ObjectId> {
     refs.iter().map(|r| r.to_native()).collect()
 }
 
 /// Decodes one value a response carried, handing its proxies the references
 /// the server added.
-pub(crate) fn decode_one<T: Shareable>(conn: &Connection, bytes: &[u8], refs: &[ObjectId]) -> Result<T> {
+pub(crate) fn decode_one<T: Shareable>(
+    conn: &Connection,
+    bytes: &[u8],
+    refs: &[ObjectId],
+) -> Result<T> {
     client::with_prerefs(conn, refs, || T::decode(bytes))
 }
 
@@ -376,7 +382,10 @@ pub(crate) fn read_len(_: &Connection, r: &ArchivedResponse<'_>) -> Result<usize
 }
 
 /// Reads a `Value` response and decodes the value, if there was one.
-pub(crate) fn read_value<T: Shareable>(conn: &Connection, r: &ArchivedResponse<'_>) -> Result<Option<T>> {
+pub(crate) fn read_value<T: Shareable>(
+    conn: &Connection,
+    r: &ArchivedResponse<'_>,
+) -> Result<Option<T>> {
     match r {
         ArchivedResponse::Value { bytes, refs } => {
             let refs = native_ids(refs);
@@ -398,7 +407,9 @@ pub(crate) fn read_value_raw<T: Shareable>(
     r: &ArchivedResponse<'_>,
 ) -> Result<Option<(Vec<u8>, T)>> {
     match r {
-        ArchivedResponse::Value { bytes, refs } => raw_pair(conn, bytes.as_ref().map(|b| &**b), refs),
+        ArchivedResponse::Value { bytes, refs } => {
+            raw_pair(conn, bytes.as_ref().map(|b| &**b), refs)
+        }
         _ => Err(unexpected()),
     }
 }
@@ -425,7 +436,10 @@ pub(crate) enum Swap<T> {
 }
 
 /// Reads a `Swapped` response.
-pub(crate) fn read_swap<T: Shareable>(conn: &Connection, r: &ArchivedResponse<'_>) -> Result<Swap<T>> {
+pub(crate) fn read_swap<T: Shareable>(
+    conn: &Connection,
+    r: &ArchivedResponse<'_>,
+) -> Result<Swap<T>> {
     match r {
         ArchivedResponse::Swapped { done: true, .. } => Ok(Swap::Done),
         ArchivedResponse::Swapped { current, refs, .. } => {

@@ -118,7 +118,8 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
     /// Removes `key` and returns its value; `Err(KeyNotFound)` if it was absent
     /// (Python's `d.pop(key)`).
     pub fn pop(&self, key: &K) -> Result<V> {
-        self.remove(key)?.ok_or(multiproc_runtime::Error::KeyNotFound)
+        self.remove(key)?
+            .ok_or(multiproc_runtime::Error::KeyNotFound)
     }
 
     /// Removes `key` and returns its value, or `default` if it was absent
@@ -151,9 +152,7 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
     pub fn keys(&self) -> Result<Vec<K>> {
         self.core
             .call(Method::DictKeys, Args::default(), |conn, r| {
-                read_many(conn, r, |items| {
-                    items.map(K::decode).collect()
-                })
+                read_many(conn, r, |items| items.map(K::decode).collect())
             })
     }
 
@@ -161,9 +160,7 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
     pub fn values(&self) -> Result<Vec<V>> {
         self.core
             .call(Method::DictValues, Args::default(), |conn, r| {
-                read_many(conn, r, |items| {
-                    items.map(V::decode).collect()
-                })
+                read_many(conn, r, |items| items.map(V::decode).collect())
             })
     }
 
@@ -198,7 +195,8 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
 
     /// Removes every entry.
     pub fn clear(&self) -> Result<()> {
-        self.core.call(Method::DictClear, Args::default(), read_unit)
+        self.core
+            .call(Method::DictClear, Args::default(), read_unit)
     }
 
     /// The value for `key`, inserting `default` first if absent (Python's `setdefault`).
@@ -243,10 +241,15 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
             let args = Args {
                 key: Some(k.blob()),
                 value: Some(n.blob()),
-                expected: expected.as_deref().map(multiproc_runtime::manager::protocol::Blob::plain),
+                expected: expected
+                    .as_deref()
+                    .map(multiproc_runtime::manager::protocol::Blob::plain),
                 ..Args::default()
             };
-            match self.core.call(Method::DictCompareAndSwap, args, read_swap)? {
+            match self
+                .core
+                .call(Method::DictCompareAndSwap, args, read_swap)?
+            {
                 Swap::Done => return Ok(new),
                 Swap::Failed(now) => current = now,
             }

@@ -17,6 +17,7 @@ use crate::core::{
 /// same canonical-encoding rule as for [`DictProxy`](crate::DictProxy) keys applies.
 ///
 /// ```
+/// multiproc::init();
 /// let manager = multiproc::Manager::start().unwrap();
 /// let l = manager.list::<u32>().unwrap();
 /// l.extend([1, 2, 3]).unwrap();
@@ -183,19 +184,22 @@ impl<T: Shareable> ListProxy<T> {
 
     /// Reverses the list in place.
     pub fn reverse(&self) -> Result<()> {
-        self.core.call(Method::ListReverse, Args::default(), read_unit)
+        self.core
+            .call(Method::ListReverse, Args::default(), read_unit)
     }
 
     /// Removes every element.
     pub fn clear(&self) -> Result<()> {
-        self.core.call(Method::ListClear, Args::default(), read_unit)
+        self.core
+            .call(Method::ListClear, Args::default(), read_unit)
     }
 
     /// A snapshot of the whole list.
     pub fn to_vec(&self) -> Result<Vec<T>> {
-        self.core.call(Method::ListSnapshot, Args::default(), |conn, r| {
-            read_many(conn, r, |items| items.map(T::decode).collect())
-        })
+        self.core
+            .call(Method::ListSnapshot, Args::default(), |conn, r| {
+                read_many(conn, r, |items| items.map(T::decode).collect())
+            })
     }
 
     /// An iterator over a snapshot of the list (later changes are not seen).

@@ -46,6 +46,7 @@ struct Inner {
 /// gone, every proxy call fails with `Error::ManagerGone`.
 ///
 /// ```
+/// multiproc::init();
 /// let manager = multiproc::Manager::start().unwrap();
 /// let d = manager.dict::<u32, String>().unwrap();
 /// d.insert(1, "one".into()).unwrap();
@@ -87,7 +88,7 @@ impl Manager {
         if let Some(m) = method {
             p = p.start_method(m);
         }
-        p.start()?;
+        client::forking_server(|| p.start())?;
         let address = match boot.wait_ready(|| p.is_alive(), Deadline::after(START_TIMEOUT)) {
             Ok(a) => a,
             Err(e) => {

@@ -6,7 +6,9 @@ use multiproc_runtime::manager::protocol::{Blob, Method};
 use multiproc_runtime::shm::fingerprint_str;
 use multiproc_runtime::{Result, Shareable};
 
-use crate::core::{Args, Proxy, ProxyCore, TypeTag, impl_proxy, read_bool, read_many, read_unit, read_value};
+use crate::core::{
+    Args, Proxy, ProxyCore, TypeTag, impl_proxy, read_bool, read_many, read_unit, read_value,
+};
 
 /// A proxy to a namespace owned by a manager server (Python's `manager.Namespace()`).
 ///
@@ -14,6 +16,7 @@ use crate::core::{Args, Proxy, ProxyCore, TypeTag, impl_proxy, read_bool, read_m
 /// type is `Err(TypeMismatch)` naming both.
 ///
 /// ```
+/// multiproc::init();
 /// let manager = multiproc::Manager::start().unwrap();
 /// let ns = manager.namespace().unwrap();
 /// ns.set("answer", 42u32).unwrap();

@@ -106,15 +106,13 @@ impl Channel {
 
     /// Opens a channel segment received from the server (client side), checking it.
     pub fn open(seg: Segment) -> Result<Channel> {
-        let obj: ShmObject<ChannelState> = ShmObject::open_segment(
-            seg,
-            Kind::Other,
-            channel_fingerprint(),
-            "manager channel",
-        )?;
+        let obj: ShmObject<ChannelState> =
+            ShmObject::open_segment(seg, Kind::Other, channel_fingerprint(), "manager channel")?;
         let slot_size = obj.state().slot_size.load(Ordering::Relaxed) as usize;
         if slot_size == 0 || !slot_size.is_multiple_of(64) || obj.tail_len() < 2 * slot_size {
-            return Err(Error::Protocol("manager channel has a bad slot size".into()));
+            return Err(Error::Protocol(
+                "manager channel has a bad slot size".into(),
+            ));
         }
         Ok(Channel { obj, slot_size })
     }
@@ -136,13 +134,17 @@ impl Channel {
 
     /// Marks the channel closed by the server and wakes a sleeping client.
     pub fn close_by_server(&self) {
-        self.state().closed.fetch_or(SERVER_CLOSED, Ordering::SeqCst);
+        self.state()
+            .closed
+            .fetch_or(SERVER_CLOSED, Ordering::SeqCst);
         sys::futex::futex_wake(&self.state().resp_seq, u32::MAX);
     }
 
     /// Marks the channel closed by the client and wakes the server thread.
     pub fn close_by_client(&self) {
-        self.state().closed.fetch_or(CLIENT_CLOSED, Ordering::SeqCst);
+        self.state()
+            .closed
+            .fetch_or(CLIENT_CLOSED, Ordering::SeqCst);
         sys::futex::futex_wake(&self.state().req_seq, u32::MAX);
     }
 
@@ -182,7 +184,9 @@ impl Channel {
         out.clear();
         let len = (len_word & !OVERFLOW) as usize;
         if len > self.slot_size {
-            return Err(Error::Protocol("manager message length exceeds its slot".into()));
+            return Err(Error::Protocol(
+                "manager message length exceeds its slot".into(),
+            ));
         }
         let slot = self.slot(response);
         // SAFETY: `len` is within the slot, which the peer does not write
@@ -199,7 +203,9 @@ impl Channel {
         }
         let seg = Segment::from_repr_any(&repr)?;
         if seg.len() < total {
-            return Err(Error::Protocol("manager overflow segment is truncated".into()));
+            return Err(Error::Protocol(
+                "manager overflow segment is truncated".into(),
+            ));
         }
         // SAFETY: the segment is at least `total` bytes; its writer keeps it
         // unchanged until this exchange ends.

@@ -72,7 +72,10 @@ pub(crate) fn handle(
     let req = match access_request(request) {
         Ok(r) => r,
         Err(e) => {
-            emit_err(out, RemoteError::Malformed(format!("unreadable request: {e}")));
+            emit_err(
+                out,
+                RemoteError::Malformed(format!("unreadable request: {e}")),
+            );
             return After::Continue;
         }
     };
@@ -157,7 +160,10 @@ pub(crate) fn handle(
             let ids: Vec<ObjectId> = objects.iter().map(|o| o.to_native()).collect();
             let mut t = table.lock();
             // Pin only what still exists: the caller may have raced a release.
-            let ids: Vec<ObjectId> = ids.into_iter().filter(|id| t.get_mut(*id).is_ok()).collect();
+            let ids: Vec<ObjectId> = ids
+                .into_iter()
+                .filter(|id| t.get_mut(*id).is_ok())
+                .collect();
             match t.pin(&ids) {
                 Ok(token) => emit(out, &Response::Token(token)),
                 Err(e) => emit_err(out, e),
@@ -217,11 +223,17 @@ fn resolve(index: i64, len: usize, allow_end: bool) -> Result<usize, RemoteError
         len: len as u64,
     };
     let i = if index < 0 {
-        (len as i64).checked_add(index).ok_or(out_of_range.clone())?
+        (len as i64)
+            .checked_add(index)
+            .ok_or(out_of_range.clone())?
     } else {
         index
     };
-    let limit = if allow_end { len } else { len.saturating_sub(1) };
+    let limit = if allow_end {
+        len
+    } else {
+        len.saturating_sub(1)
+    };
     if i < 0 || (i as u64) > limit as u64 || (!allow_end && len == 0) {
         return Err(out_of_range);
     }
@@ -369,7 +381,10 @@ fn call_method(
                 .chunks(2)
                 .map(|kv| (&kv[0], Stored::entry(&kv[0], &kv[1])))
                 .collect();
-            let refs: Vec<ObjectId> = pairs.iter().flat_map(|(_, s)| s.refs.iter().copied()).collect();
+            let refs: Vec<ObjectId> = pairs
+                .iter()
+                .flat_map(|(_, s)| s.refs.iter().copied())
+                .collect();
             storing(t, &refs, |t| {
                 let Data::Dict(d) = data_of(t, id, method, number)? else {
                     return unreachable_kind();

@@ -49,7 +49,8 @@ impl ServerAddress {
 
     /// Whether the server process is still running.
     pub fn is_alive(&self) -> bool {
-        self.pid == sys::process::getpid() || sys::process::is_alive(self.pid, Some(self.start_ticks))
+        self.pid == sys::process::getpid()
+            || sys::process::is_alive(self.pid, Some(self.start_ticks))
     }
 }
 
@@ -381,12 +382,18 @@ pub enum Response<'a> {
 }
 
 /// Encodes a request (client side).
-pub fn encode_request(req: &Request<'_>, buf: rkyv::util::AlignedVec) -> Result<rkyv::util::AlignedVec> {
+pub fn encode_request(
+    req: &Request<'_>,
+    buf: rkyv::util::AlignedVec,
+) -> Result<rkyv::util::AlignedVec> {
     rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(req, buf).map_err(Error::codec)
 }
 
 /// Encodes a response (server side).
-pub fn encode_response(resp: &Response<'_>, buf: rkyv::util::AlignedVec) -> Result<rkyv::util::AlignedVec> {
+pub fn encode_response(
+    resp: &Response<'_>,
+    buf: rkyv::util::AlignedVec,
+) -> Result<rkyv::util::AlignedVec> {
     rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(resp, buf).map_err(Error::codec)
 }
 

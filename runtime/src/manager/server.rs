@@ -142,7 +142,11 @@ impl ServerBoot {
             if deadline.expired() {
                 return Err(deadline.timeout_error());
             }
-            sys::futex::futex_wait(&st.status, STARTING, Some(deadline.slice(Duration::from_millis(100))));
+            sys::futex::futex_wait(
+                &st.status,
+                STARTING,
+                Some(deadline.slice(Duration::from_millis(100))),
+            );
         }
     }
 }
@@ -216,7 +220,11 @@ pub fn serve(boot: ServerBoot) {
     drop(boot);
     let mut last_sweep = Instant::now();
     while !state.stopping() {
-        let ready = sys::fd::poll(&[listener.as_fd()], sys::fd::Interest::Read, Some(SWEEP_EVERY));
+        let ready = sys::fd::poll(
+            &[listener.as_fd()],
+            sys::fd::Interest::Read,
+            Some(SWEEP_EVERY),
+        );
         if last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = Instant::now();
             state.table.lock().sweep_pins(last_sweep);
@@ -312,9 +320,12 @@ fn serve_connection(state: &ServerState, mut stream: UnixStream) {
         if let Err(e) = end.respond(&response) {
             // Too large for a slot and no overflow segment: say so instead.
             let failed = crate::manager::protocol::Response::Error(
-                crate::manager::protocol::RemoteError::Failed(format!("cannot send the response: {e}")),
+                crate::manager::protocol::RemoteError::Failed(format!(
+                    "cannot send the response: {e}"
+                )),
             );
-            let bytes = crate::manager::protocol::encode_response(&failed, AlignedVec::new()).unwrap_or_default();
+            let bytes = crate::manager::protocol::encode_response(&failed, AlignedVec::new())
+                .unwrap_or_default();
             let _ = end.respond(&bytes);
         }
         if after == After::Shutdown {
@@ -341,10 +352,7 @@ pub struct LocalConnection {
 /// Connects to the local server at `address` (client side of the handshake).
 pub fn connect(address: &ServerAddress) -> Result<LocalConnection> {
     let gone = |e: std::io::Error| {
-        Error::ManagerGone(format!(
-            "cannot reach manager server {}: {e}",
-            address.pid
-        ))
+        Error::ManagerGone(format!("cannot reach manager server {}: {e}", address.pid))
     };
     let mut socket = UnixStream::connect_addr(&socket_addr(address)?).map_err(gone)?;
     let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
@@ -365,7 +373,10 @@ pub fn connect(address: &ServerAddress) -> Result<LocalConnection> {
                 fds.extend(more);
             }
             Err(e)
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
             {
                 if !address.is_alive() {
                     return Err(gone(e));

@@ -216,7 +216,10 @@ impl Table {
         type_name: &str,
         pin: u64,
     ) -> Result<(), RemoteError> {
-        let o = self.objects.get_mut(&id).ok_or(RemoteError::UnknownObject(id))?;
+        let o = self
+            .objects
+            .get_mut(&id)
+            .ok_or(RemoteError::UnknownObject(id))?;
         if o.fingerprint != fingerprint {
             return Err(RemoteError::TypeMismatch {
                 expected: type_name.to_string(),

@@ -18,7 +18,7 @@ mod start_method;
 pub use child::init;
 pub use child_process::Process;
 pub use current::{CurrentProcess, ParentProcess, current_process, parent_process};
-pub use fork_hooks::{ForkHook, register_fork_hook};
+pub use fork_hooks::{ForkHook, ForkMutex, register_fork_hook};
 pub use registry::{ChildInfo, active_children};
 pub use start_method::{Context, StartMethod, get_context, get_start_method, set_start_method};
 

@@ -302,7 +302,12 @@ impl<T> ShmObject<T> {
 
     /// Opens an object segment this process mapped by other means (a
     /// descriptor received over a socket), checking kind, fingerprint and size.
-    pub fn open_segment(seg: Segment, kind: Kind, fingerprint: u64, type_name: &str) -> Result<Self> {
+    pub fn open_segment(
+        seg: Segment,
+        kind: Kind,
+        fingerprint: u64,
+        type_name: &str,
+    ) -> Result<Self> {
         if seg.len() < tail_offset::<T>() {
             return Err(Error::Protocol("shared object segment is too small".into()));
         }

@@ -5,15 +5,17 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, LazyLock, Weak};
 
 use memmap2::{MmapOptions, MmapRaw};
-use parking_lot::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
+
+use crate::process::ForkMutex;
 
 use crate::error::{Error, Result};
 use crate::handle::{self, HandleRepr, ShareHandle};
 use crate::sys;
 
 /// Live segments of this process by id, so a handle decoded twice maps once.
-static LIVE: LazyLock<Mutex<HashMap<u64, Weak<Inner>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static LIVE: LazyLock<ForkMutex<HashMap<u64, Weak<Inner>>>> =
+    LazyLock::new(|| ForkMutex::new(HashMap::new()));
 
 /// Held across `fork` so the child never inherits the table mid-update.
 pub(crate) fn fork_guard() -> MutexGuard<'static, HashMap<u64, Weak<Inner>>> {
