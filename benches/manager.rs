@@ -2,7 +2,7 @@
 //!
 //! Run: `cargo bench --bench manager`
 
-use criterion::{Criterion, criterion_group};
+use criterion::Criterion;
 use multiproc::{Manager, RawValue};
 use std::hint::black_box;
 
@@ -36,12 +36,9 @@ fn manager(c: &mut Criterion) {
     manager.shutdown().expect("shutdown");
 }
 
-criterion_group!(benches, manager);
-
 fn main() {
     multiproc::init();
-    benches();
-    criterion::Criterion::default()
-        .configure_from_args()
-        .final_summary();
+    let mut c = Criterion::default().configure_from_args();
+    manager(&mut c);
+    c.final_summary();
 }

@@ -371,7 +371,7 @@ fn call_method(
             );
         }
         DictUpdate => {
-            if call.batch.len() % 2 != 0 {
+            if !call.batch.len().is_multiple_of(2) {
                 return Err(RemoteError::Malformed(
                     "update needs key/value pairs".into(),
                 ));
