@@ -49,3 +49,19 @@ fn shared_value() {
         ],
     );
 }
+
+#[test]
+fn manager() {
+    run(
+        "manager",
+        &[
+            "the dict has 10 entries",
+            "the list holds [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",
+            "4 processes x 1,000 atomic increments: 4000",
+            "nested list even: [0, 2, 4]",
+            "nested list odd: [1, 3, 5]",
+            "namespace status = done",
+            "manager shut down",
+        ],
+    );
+}
