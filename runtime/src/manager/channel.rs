@@ -438,3 +438,87 @@ impl ServerEnd {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::ServerAddress;
+
+    fn me() -> ServerAddress {
+        ServerAddress {
+            pid: sys::process::getpid(),
+            start_ticks: sys::process::own_start_ticks(),
+            token: 1,
+        }
+    }
+
+    /// A server thread that answers each request with its bytes reversed.
+    fn echo_server(chan: Channel) -> std::thread::JoinHandle<Hangup> {
+        std::thread::spawn(move || {
+            let mut end = ServerEnd::new(chan);
+            let mut req = AlignedVec::new();
+            loop {
+                if let Err(h) = end.next_request(&mut req, || true, || false) {
+                    return h;
+                }
+                let answer: Vec<u8> = req.iter().rev().copied().collect();
+                end.respond(&answer).unwrap();
+            }
+        })
+    }
+
+    #[test]
+    fn round_trips_small_and_overflowing_messages() {
+        let chan = Channel::create(4096).unwrap();
+        let server = echo_server(chan.clone());
+        let mut client = ClientEnd::new(Channel::open(chan.segment().clone()).unwrap(), me());
+        let mut resp = AlignedVec::new();
+        for msg in [
+            vec![1u8, 2, 3],
+            vec![],
+            (0..100_000u32).map(|i| i as u8).collect(),
+        ] {
+            client.round_trip(&msg, &mut resp).unwrap();
+            let expected: Vec<u8> = msg.iter().rev().copied().collect();
+            assert_eq!(&resp[..], &expected[..]);
+        }
+        // After a pause long enough for the server to sleep, it is woken.
+        std::thread::sleep(Duration::from_millis(20));
+        client.round_trip(b"ab", &mut resp).unwrap();
+        assert_eq!(&resp[..], b"ba");
+        client.channel().close_by_client();
+        assert_eq!(server.join().unwrap(), Hangup::Closed);
+    }
+
+    #[test]
+    fn a_closed_server_is_manager_gone() {
+        let chan = Channel::create(4096).unwrap();
+        let mut client = ClientEnd::new(chan.clone(), me());
+        chan.close_by_server();
+        let mut resp = AlignedVec::new();
+        assert!(matches!(
+            client.round_trip(b"x", &mut resp),
+            Err(Error::ManagerGone(_))
+        ));
+        assert!(client.is_gone());
+    }
+
+    #[test]
+    fn a_dead_server_is_noticed_between_sleep_slices() {
+        let chan = Channel::create(4096).unwrap();
+        // A pid above pid_max: no such process.
+        let dead = ServerAddress {
+            pid: 0x7FFF_FFF0,
+            start_ticks: 1,
+            token: 1,
+        };
+        let mut client = ClientEnd::new(chan, dead);
+        let start = Instant::now();
+        let mut resp = AlignedVec::new();
+        assert!(matches!(
+            client.round_trip(b"x", &mut resp),
+            Err(Error::ManagerGone(_))
+        ));
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+}

@@ -306,3 +306,119 @@ impl Table {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(refs: &[ObjectId]) -> Stored {
+        Stored {
+            bytes: Box::from(&b"v"[..]),
+            refs: refs.into(),
+        }
+    }
+
+    fn list(t: &mut Table, conn: &mut ConnRefs) -> ObjectId {
+        t.insert(conn, ObjectKind::List, 1, "list", Data::List(Vec::new()))
+    }
+
+    #[test]
+    fn the_last_release_frees_and_cascades_through_stored_refs() {
+        let mut t = Table::new();
+        let mut conn = ConnRefs::new();
+        let inner = list(&mut t, &mut conn);
+        let outer = list(&mut t, &mut conn);
+        // `outer` stores a value holding a proxy to `inner`.
+        t.incref_all(&[inner]).unwrap();
+        if let Data::List(l) = &mut t.get_mut(outer).unwrap().data {
+            l.push(stored(&[inner]));
+        }
+        t.release(&mut conn, inner, 1);
+        assert_eq!(t.len(), 2, "the stored value keeps inner alive");
+        t.release(&mut conn, outer, 1);
+        assert_eq!(t.len(), 0, "freeing outer dropped its value's reference");
+        assert!(conn.is_empty());
+    }
+
+    #[test]
+    fn storing_a_ref_to_a_missing_object_changes_nothing() {
+        let mut t = Table::new();
+        let mut conn = ConnRefs::new();
+        let a = list(&mut t, &mut conn);
+        assert_eq!(
+            t.incref_all(&[a, 999]),
+            Err(RemoteError::UnknownObject(999))
+        );
+        assert_eq!(t.get_mut(a).unwrap().refcount, 1);
+    }
+
+    #[test]
+    fn a_connection_releases_only_what_it_holds() {
+        let mut t = Table::new();
+        let mut mine = ConnRefs::new();
+        let mut other = ConnRefs::new();
+        let a = list(&mut t, &mut mine);
+        t.attach(&mut other, a, 1, "list", 0).unwrap();
+        t.release(&mut other, a, 100);
+        assert_eq!(t.get_mut(a).unwrap().refcount, 1);
+        t.release_connection(mine);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn attach_checks_the_type() {
+        let mut t = Table::new();
+        let mut conn = ConnRefs::new();
+        let a = list(&mut t, &mut conn);
+        assert_eq!(
+            t.attach(&mut conn, a, 2, "dict", 0),
+            Err(RemoteError::TypeMismatch {
+                expected: "dict".into(),
+                found: "list".into()
+            })
+        );
+    }
+
+    #[test]
+    fn pins_are_taken_over_once_or_expire() {
+        let mut t = Table::new();
+        let mut sender = ConnRefs::new();
+        let a = list(&mut t, &mut sender);
+        let pin = t.pin(&[a]).unwrap();
+        t.release_connection(sender);
+        assert_eq!(t.len(), 1, "the pin keeps the object while in flight");
+        let mut receiver = ConnRefs::new();
+        t.attach(&mut receiver, a, 1, "list", pin).unwrap();
+        assert_eq!(t.get_mut(a).unwrap().refcount, 1, "the pin was taken over");
+        // A second decode of the same bytes finds the pin gone: a plain reference.
+        t.attach(&mut receiver, a, 1, "list", pin).unwrap();
+        assert_eq!(t.get_mut(a).unwrap().refcount, 2);
+        t.release_connection(receiver);
+        assert_eq!(t.len(), 0);
+
+        let mut conn = ConnRefs::new();
+        let b = list(&mut t, &mut conn);
+        t.pin(&[b]).unwrap();
+        t.release_connection(conn);
+        t.sweep_pins(Instant::now());
+        assert_eq!(t.len(), 1, "not expired yet");
+        t.sweep_pins(Instant::now() + PIN_TIMEOUT);
+        assert_eq!(t.len(), 0, "an expired pin lets the object go");
+    }
+
+    #[test]
+    fn many_pins_are_claimed_together() {
+        let mut t = Table::new();
+        let mut parent = ConnRefs::new();
+        let a = list(&mut t, &mut parent);
+        let b = list(&mut t, &mut parent);
+        let token = t.pin(&[a, b]).unwrap();
+        let mut child = ConnRefs::new();
+        assert_eq!(t.claim(&mut child, token).unwrap(), vec![a, b]);
+        assert_eq!(t.claim(&mut child, token), Err(RemoteError::KeyNotFound));
+        t.release_connection(parent);
+        assert_eq!(t.len(), 2, "the child holds both now");
+        t.release_connection(child);
+        assert_eq!(t.len(), 0);
+    }
+}
