@@ -63,6 +63,20 @@ pub(crate) struct Reply {
     buf: AlignedVec,
 }
 
+thread_local! {
+    /// A response buffer to reuse, so a round trip allocates nothing for it.
+    static SPARE: std::cell::RefCell<Option<AlignedVec>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.capacity() <= 64 * 1024 {
+            let _ = SPARE.try_with(|s| *s.borrow_mut() = Some(buf));
+        }
+    }
+}
+
 impl Reply {
     /// The checked response; an error response becomes `Err`.
     pub fn get(&self) -> Result<&ArchivedResponse<'_>> {
@@ -105,11 +119,14 @@ impl Connection {
     /// Sends `request`, waits for the answer.
     pub fn call(&self, request: &Request<'_>) -> Result<Reply> {
         let mut wire = self.wire.lock();
-        let buf = std::mem::take(&mut wire.request);
-        let mut buf = buf;
+        let mut buf = std::mem::take(&mut wire.request);
         buf.clear();
         let encoded = encode_request(request, buf)?;
-        let mut response = AlignedVec::new();
+        let mut response = SPARE
+            .try_with(|s| s.borrow_mut().take())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let result = wire.end.round_trip(&encoded, &mut response);
         wire.request = encoded;
         result.map(|()| Reply { buf: response })
@@ -231,7 +248,7 @@ pub(crate) fn add_instance(conn: &Connection, id: ObjectId) -> bool {
 }
 
 /// Records a new proxy instance that takes over a reference the server
-/// added with a response (see [`prerefs`]).
+/// added with a response (see [`with_prerefs`]).
 fn adopt_instance(conn: &Connection, id: ObjectId) {
     let mut state = lock_client();
     if let Some(h) = held(&mut state, conn, id) {

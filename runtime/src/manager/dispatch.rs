@@ -309,7 +309,7 @@ fn call_method(
                 let Data::Dict(d) = data_of(t, id, method, number)? else {
                     return unreachable_kind();
                 };
-                if let Some(old) = d.insert(Box::from(&*k.bytes), entry) {
+                if let Some(old) = put(d, &k.bytes, entry) {
                     drop_refs.extend_from_slice(&old.refs);
                 }
                 Ok(())
@@ -452,7 +452,7 @@ fn call_method(
                     let Data::Dict(d) = data_of(t, id, method, number)? else {
                         return unreachable_kind();
                     };
-                    if let Some(old) = d.insert(Box::from(&*k.bytes), entry) {
+                    if let Some(old) = put(d, &k.bytes, entry) {
                         drop_refs.extend_from_slice(&old.refs);
                     }
                     Ok(())
@@ -670,6 +670,17 @@ fn call_method(
         t.decref_all(drop_refs);
     }
     Ok(())
+}
+
+/// Stores `value` under `key`, reusing the stored key when there is one.
+fn put(d: &mut HashMap<Box<[u8]>, Stored>, key: &[u8], value: Stored) -> Option<Stored> {
+    match d.get_mut(key) {
+        Some(slot) => Some(std::mem::replace(slot, value)),
+        None => {
+            d.insert(Box::from(key), value);
+            None
+        }
+    }
 }
 
 fn no_value() -> Response<'static> {

@@ -32,6 +32,8 @@ use crate::sys;
 const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"MPMH");
 const WELCOME_MAGIC: u32 = u32::from_le_bytes(*b"MPMW");
 const PROTOCOL_VERSION: u32 = 1;
+/// How long a client waits for a live server to answer its handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the accept loop wakes to drop expired pins.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -365,7 +367,11 @@ pub fn connect(address: &ServerAddress) -> Result<LocalConnection> {
     let mut welcome = [0u8; 8];
     let mut got = 0;
     let mut fds = Vec::new();
+    let deadline = Deadline::after(CONNECT_TIMEOUT);
     while got < welcome.len() {
+        if deadline.expired() {
+            return Err(gone(std::io::ErrorKind::TimedOut.into()));
+        }
         match sys::socket::recv_with_fds(socket.as_fd(), &mut welcome[got..]) {
             Ok((0, _)) => return Err(gone(std::io::ErrorKind::UnexpectedEof.into())),
             Ok((n, more)) => {
