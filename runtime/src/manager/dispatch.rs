@@ -285,9 +285,7 @@ fn call_method(
     match method {
         DictGet => {
             let k = key()?;
-            let Data::Dict(d) = data_of(t, id, method, number)? else {
-                return unreachable_kind();
-            };
+            let d = dict_of(t, id)?;
             match d.get(&*k.bytes) {
                 Some(s) => {
                     give.extend_from_slice(&s.refs);
@@ -306,9 +304,7 @@ fn call_method(
             let (k, v) = (key()?, value()?);
             let entry = Stored::entry(k, v);
             storing(t, &entry.refs.clone(), |t| {
-                let Data::Dict(d) = data_of(t, id, method, number)? else {
-                    return unreachable_kind();
-                };
+                let d = dict_of(t, id)?;
                 if let Some(old) = put(d, &k.bytes, entry) {
                     drop_refs.extend_from_slice(&old.refs);
                 }
@@ -318,9 +314,7 @@ fn call_method(
         }
         DictRemove => {
             let k = key()?;
-            let Data::Dict(d) = data_of(t, id, method, number)? else {
-                return unreachable_kind();
-            };
+            let d = dict_of(t, id)?;
             match d.remove(&*k.bytes) {
                 Some(s) => {
                     moved.extend_from_slice(&s.refs);
@@ -337,21 +331,15 @@ fn call_method(
         }
         DictContains => {
             let k = key()?;
-            let Data::Dict(d) = data_of(t, id, method, number)? else {
-                return unreachable_kind();
-            };
+            let d = dict_of(t, id)?;
             emit(out, &Response::Bool(d.contains_key(&*k.bytes)));
         }
         DictLen => {
-            let Data::Dict(d) = data_of(t, id, method, number)? else {
-                return unreachable_kind();
-            };
+            let d = dict_of(t, id)?;
             emit(out, &Response::Len(d.len() as u64));
         }
         DictKeys | DictValues | DictItems => {
-            let Data::Dict(d) = data_of(t, id, method, number)? else {
-                return unreachable_kind();
-            };
+            let d = dict_of(t, id)?;
             let mut items: Vec<&[u8]> = Vec::with_capacity(d.len() * 2);
             for (k, s) in d.iter() {
                 if method != DictValues {
@@ -386,9 +374,7 @@ fn call_method(
                 .flat_map(|(_, s)| s.refs.iter().copied())
                 .collect();
             storing(t, &refs, |t| {
-                let Data::Dict(d) = data_of(t, id, method, number)? else {
-                    return unreachable_kind();
-                };
+                let d = dict_of(t, id)?;
                 for (k, s) in pairs {
                     if let Some(old) = d.insert(Box::from(&*k.bytes), s) {
                         drop_refs.extend_from_slice(&old.refs);
@@ -402,7 +388,7 @@ fn call_method(
             match data_of(t, id, method, number)? {
                 Data::Dict(d) => d.drain().for_each(|(_, s)| drop_refs.extend(s.refs)),
                 Data::List(l) => l.drain(..).for_each(|s| drop_refs.extend(s.refs)),
-                _ => unreachable_kind()?,
+                _ => return Err(wrong_shape()),
             }
             emit(out, &Response::Unit);
         }
@@ -410,23 +396,17 @@ fn call_method(
             let (k, v) = (key()?, value()?);
             let entry = Stored::entry(k, v);
             let present = {
-                let Data::Dict(d) = data_of(t, id, method, number)? else {
-                    return unreachable_kind();
-                };
+                let d = dict_of(t, id)?;
                 d.contains_key(&*k.bytes)
             };
             if !present {
                 storing(t, &entry.refs.clone(), |t| {
-                    let Data::Dict(d) = data_of(t, id, method, number)? else {
-                        return unreachable_kind();
-                    };
+                    let d = dict_of(t, id)?;
                     d.insert(Box::from(&*k.bytes), entry);
                     Ok(())
                 })?;
             }
-            let Data::Dict(d) = data_of(t, id, method, number)? else {
-                return unreachable_kind();
-            };
+            let d = dict_of(t, id)?;
             let s = d.get(&*k.bytes).ok_or(RemoteError::KeyNotFound)?;
             give.extend_from_slice(&s.refs);
             emit(
@@ -442,16 +422,12 @@ fn call_method(
             let expected = call.expected.as_ref().map(|e| &*e.bytes);
             let entry = Stored::entry(k, v);
             let matches = {
-                let Data::Dict(d) = data_of(t, id, method, number)? else {
-                    return unreachable_kind();
-                };
+                let d = dict_of(t, id)?;
                 d.get(&*k.bytes).map(|s| &*s.bytes) == expected
             };
             if matches {
                 storing(t, &entry.refs.clone(), |t| {
-                    let Data::Dict(d) = data_of(t, id, method, number)? else {
-                        return unreachable_kind();
-                    };
+                    let d = dict_of(t, id)?;
                     if let Some(old) = put(d, &k.bytes, entry) {
                         drop_refs.extend_from_slice(&old.refs);
                     }
@@ -466,9 +442,7 @@ fn call_method(
                     },
                 );
             } else {
-                let Data::Dict(d) = data_of(t, id, method, number)? else {
-                    return unreachable_kind();
-                };
+                let d = dict_of(t, id)?;
                 let current = d.get(&*k.bytes);
                 if let Some(s) = current {
                     give.extend_from_slice(&s.refs);
@@ -491,18 +465,14 @@ fn call_method(
             };
             let refs: Vec<ObjectId> = items.iter().flat_map(|s| s.refs.iter().copied()).collect();
             storing(t, &refs, |t| {
-                let Data::List(l) = data_of(t, id, method, number)? else {
-                    return unreachable_kind();
-                };
+                let l = list_of(t, id)?;
                 l.extend(items);
                 Ok(())
             })?;
             emit(out, &Response::Unit);
         }
         ListGet => {
-            let Data::List(l) = data_of(t, id, method, number)? else {
-                return unreachable_kind();
-            };
+            let l = list_of(t, id)?;
             let s = &l[resolve(call.index.to_native(), l.len(), false)?];
             give.extend_from_slice(&s.refs);
             emit(
@@ -516,9 +486,7 @@ fn call_method(
         ListSet | ListInsert => {
             let item = Stored::from_blob(value()?);
             storing(t, &item.refs.clone(), |t| {
-                let Data::List(l) = data_of(t, id, method, number)? else {
-                    return unreachable_kind();
-                };
+                let l = list_of(t, id)?;
                 let i = resolve(call.index.to_native(), l.len(), method == ListInsert)?;
                 if method == ListInsert {
                     l.insert(i, item);
@@ -531,9 +499,7 @@ fn call_method(
             emit(out, &Response::Unit);
         }
         ListPop => {
-            let Data::List(l) = data_of(t, id, method, number)? else {
-                return unreachable_kind();
-            };
+            let l = list_of(t, id)?;
             let index = call.index.to_native();
             if l.is_empty() && index == -1 {
                 emit(out, &no_value());
@@ -551,9 +517,7 @@ fn call_method(
         }
         ListRemove | ListIndex => {
             let v = value()?;
-            let Data::List(l) = data_of(t, id, method, number)? else {
-                return unreachable_kind();
-            };
+            let l = list_of(t, id)?;
             let found = l.iter().position(|s| *s.bytes == *v.bytes);
             match (method, found) {
                 (ListRemove, Some(i)) => {
@@ -566,22 +530,16 @@ fn call_method(
             }
         }
         ListLen => {
-            let Data::List(l) = data_of(t, id, method, number)? else {
-                return unreachable_kind();
-            };
+            let l = list_of(t, id)?;
             emit(out, &Response::Len(l.len() as u64));
         }
         ListReverse => {
-            let Data::List(l) = data_of(t, id, method, number)? else {
-                return unreachable_kind();
-            };
+            let l = list_of(t, id)?;
             l.reverse();
             emit(out, &Response::Unit);
         }
         ListSnapshot => {
-            let Data::List(l) = data_of(t, id, method, number)? else {
-                return unreachable_kind();
-            };
+            let l = list_of(t, id)?;
             let items: Vec<&[u8]> = l.iter().map(|s| &*s.bytes).collect();
             l.iter().for_each(|s| give.extend_from_slice(&s.refs));
             emit(
@@ -604,9 +562,7 @@ fn call_method(
                         value: Stored::from_blob(v),
                     };
                     storing(t, &attr.value.refs.clone(), |t| {
-                        let Data::Namespace(ns) = data_of(t, id, method, number)? else {
-                            return unreachable_kind();
-                        };
+                        let ns = namespace_of(t, id)?;
                         if let Some(old) = ns.insert(name.to_string(), attr) {
                             drop_refs.extend_from_slice(&old.value.refs);
                         }
@@ -615,9 +571,7 @@ fn call_method(
                     emit(out, &Response::Unit);
                 }
                 NsGet => {
-                    let Data::Namespace(ns) = data_of(t, id, method, number)? else {
-                        return unreachable_kind();
-                    };
+                    let ns = namespace_of(t, id)?;
                     let attr = ns.get(name).ok_or(RemoteError::KeyNotFound)?;
                     if attr.fingerprint != call.fingerprint.to_native() {
                         return Err(RemoteError::TypeMismatch {
@@ -635,25 +589,19 @@ fn call_method(
                     );
                 }
                 NsDelete => {
-                    let Data::Namespace(ns) = data_of(t, id, method, number)? else {
-                        return unreachable_kind();
-                    };
+                    let ns = namespace_of(t, id)?;
                     let old = ns.remove(name).ok_or(RemoteError::KeyNotFound)?;
                     drop_refs.extend_from_slice(&old.value.refs);
                     emit(out, &Response::Unit);
                 }
                 _ => {
-                    let Data::Namespace(ns) = data_of(t, id, method, number)? else {
-                        return unreachable_kind();
-                    };
+                    let ns = namespace_of(t, id)?;
                     emit(out, &Response::Bool(ns.contains_key(name)));
                 }
             }
         }
         NsNames => {
-            let Data::Namespace(ns) = data_of(t, id, method, number)? else {
-                return unreachable_kind();
-            };
+            let ns = namespace_of(t, id)?;
             let items: Vec<&[u8]> = ns.keys().map(|k| k.as_bytes()).collect();
             emit(
                 out,
@@ -690,10 +638,29 @@ fn no_value() -> Response<'static> {
     }
 }
 
-/// `data_of` already checked the object's kind against the method's, so
-/// the data always has the expected shape; this keeps the match total.
-fn unreachable_kind<T>() -> Result<T, RemoteError> {
-    Err(RemoteError::Failed(
-        "object data does not match its kind".into(),
-    ))
+/// The object's data was checked against the method's kind first
+/// (`data_of`); a mismatch here would be a server bug, reported as such.
+fn wrong_shape() -> RemoteError {
+    RemoteError::Failed("object data does not match its kind".into())
+}
+
+fn dict_of(t: &mut Table, id: ObjectId) -> Result<&mut HashMap<Box<[u8]>, Stored>, RemoteError> {
+    match &mut t.get_mut(id)?.data {
+        Data::Dict(d) => Ok(d),
+        _ => Err(wrong_shape()),
+    }
+}
+
+fn list_of(t: &mut Table, id: ObjectId) -> Result<&mut Vec<Stored>, RemoteError> {
+    match &mut t.get_mut(id)?.data {
+        Data::List(l) => Ok(l),
+        _ => Err(wrong_shape()),
+    }
+}
+
+fn namespace_of(t: &mut Table, id: ObjectId) -> Result<&mut HashMap<String, Attr>, RemoteError> {
+    match &mut t.get_mut(id)?.data {
+        Data::Namespace(ns) => Ok(ns),
+        _ => Err(wrong_shape()),
+    }
 }
