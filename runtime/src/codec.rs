@@ -3,7 +3,7 @@
 use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::de::Pool;
-use rkyv::rancor::{self, Strategy};
+use rkyv::rancor::{self, BoxedError, Strategy};
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -31,35 +31,41 @@ pub trait Shareable: Sized + Send + 'static {
     fn decode(bytes: &[u8]) -> Result<Self>;
 }
 
+// Encoding and decoding use rancor's `BoxedError`, which keeps the error a
+// handle raised (`rancor::Error` drops it in release builds); the
+// `rancor::Error` bounds stay so code written against them keeps working.
 impl<T> Shareable for T
 where
     T: Archive
         + for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+        + for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, BoxedError>>
         + Send
         + 'static,
     T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-        + Deserialize<T, Strategy<Pool, rancor::Error>>,
+        + Deserialize<T, Strategy<Pool, rancor::Error>>
+        + for<'a> CheckBytes<HighValidator<'a, BoxedError>>
+        + Deserialize<T, Strategy<Pool, BoxedError>>,
 {
     fn encode(&self) -> Result<AlignedVec> {
-        rkyv::to_bytes::<rancor::Error>(self).map_err(Error::codec)
+        rkyv::to_bytes::<BoxedError>(self).map_err(handle_error)
     }
 
     fn decode(bytes: &[u8]) -> Result<Self> {
         let align = std::mem::align_of::<T::Archived>().max(16);
         if (bytes.as_ptr() as usize).is_multiple_of(align) {
-            rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(decode_error)
+            rkyv::from_bytes::<T, BoxedError>(bytes).map_err(handle_error)
         } else {
             let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
             aligned.extend_from_slice(bytes);
-            rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(decode_error)
+            rkyv::from_bytes::<T, BoxedError>(&aligned).map_err(handle_error)
         }
     }
 }
 
-/// A decoding error; one a handle raised while decoding (a proxy of the wrong
-/// type, a manager that is gone) keeps its variant so callers can match it.
-fn decode_error(e: rancor::Error) -> Error {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rancor::Error::inner(&e));
+/// A codec error; one a handle raised while encoding or decoding (a proxy of
+/// the wrong type, a manager that is gone) keeps its variant so callers can match it.
+fn handle_error(e: BoxedError) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(BoxedError::inner(&e));
     while let Some(s) = source {
         if let Some(ours) = s.downcast_ref::<Error>() {
             match ours {
