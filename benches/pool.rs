@@ -1,6 +1,9 @@
 //! Pool throughput: trivial tasks with chunksize 1 and the default, and 1 ms CPU tasks
 //! (`pool/map_chunksize_1`, `pool/map_default`, `pool/cpu_1ms`).
 
+// criterion_group! generates an undocumented function.
+#![allow(missing_docs)]
+
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};

@@ -1,5 +1,8 @@
 //! Process start+join latency under spawn and fork (`process/spawn_join`, `process/fork_join`).
 
+// criterion_group! generates an undocumented function.
+#![allow(missing_docs)]
+
 use criterion::{Criterion, criterion_group};
 use multiproc::{Process, StartMethod};
 

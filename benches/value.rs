@@ -1,6 +1,9 @@
 //! Shared Value access: locked increment, atomic fetch_add, raw read
 //! (`value/locked_increment`, `value/fetch_add`, `value/raw_read`).
 
+// criterion_group! generates an undocumented function.
+#![allow(missing_docs)]
+
 use criterion::{Criterion, criterion_group};
 use multiproc::{RawValue, Value};
 

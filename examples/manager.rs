@@ -9,7 +9,8 @@ use multiproc::{DictProxy, ListProxy, Manager, Process};
 fn record(args: (u32, DictProxy<u32, String>, ListProxy<u32>)) {
     let (i, d, l) = args;
     let name = multiproc::current_process().name;
-    d.insert(i, format!("{name} squared {i}: {}", i * i)).unwrap();
+    d.insert(i, format!("{name} squared {i}: {}", i * i))
+        .unwrap();
     l.push(i * i).unwrap();
 }
 
@@ -22,10 +23,14 @@ fn count(d: DictProxy<String, u64>) {
 fn add_to_team(args: (u32, DictProxy<String, ListProxy<u32>>)) {
     let (i, teams) = args;
     let team = if i % 2 == 0 { "even" } else { "odd" };
-    teams.get(&team.to_string()).unwrap().unwrap().push(i).unwrap();
+    let members = teams.get(&team.to_string()).unwrap().unwrap();
+    members.push(i).unwrap();
 }
 
-fn run<A: multiproc::Shareable>(f: fn(A), args: impl IntoIterator<Item = A>) -> multiproc::Result<()> {
+fn run<A: multiproc::Shareable>(
+    f: fn(A),
+    args: impl IntoIterator<Item = A>,
+) -> multiproc::Result<()> {
     let mut ps: Vec<_> = args.into_iter().map(|a| Process::new(f, a)).collect();
     for p in &mut ps {
         p.start()?;
@@ -77,6 +82,7 @@ fn main() -> multiproc::Result<()> {
     println!("namespace status = {}", ns.get::<String>("status")?);
     println!("objects in the server: {}", manager.number_of_objects()?);
     drop((d, l, hits, teams, ns));
+    // The children's references go once the server sees them gone; ours at once.
     println!(
         "objects after the proxies were dropped: {}",
         manager.number_of_objects()?

@@ -86,9 +86,42 @@
 //! }
 //! ```
 //!
+//! ## Use a manager
+//!
+//! A [`Manager`] starts a server process that owns dicts, lists and
+//! namespaces; typed proxies to them can be cloned, passed to children and
+//! stored inside other managed objects. `update_with` is an atomic
+//! read-modify-write, so counting from many processes loses nothing.
+//!
+//! ```
+//! use multiproc::{DictProxy, Manager, Process};
+//!
+//! fn tally(d: DictProxy<String, u64>) {
+//!     for _ in 0..100 {
+//!         d.update_with("total".to_string(), 0, |n| n + 1).unwrap();
+//!     }
+//! }
+//!
+//! fn main() {
+//!     multiproc::init();
+//!     let manager = Manager::start().unwrap();
+//!     let d = manager.dict::<String, u64>().unwrap();
+//!     let mut workers: Vec<_> = (0..2).map(|_| Process::new(tally, d.clone())).collect();
+//!     for w in &mut workers {
+//!         w.start().unwrap();
+//!     }
+//!     for w in &mut workers {
+//!         w.join().unwrap();
+//!     }
+//!     assert_eq!(d.get(&"total".to_string()).unwrap(), Some(200));
+//!     manager.shutdown().unwrap();
+//! }
+//! ```
+//!
 //! ## Errors
 //!
 //! Every fallible call returns [`Result`] with the one [`Error`] enum; blocking
 //! calls come as `x`, `try_x` and `x_timeout(Duration)`.
 
+pub use multiproc_proxy::{DictProxy, ListProxy, Manager, NamespaceProxy};
 pub use multiproc_runtime::*;

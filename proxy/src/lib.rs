@@ -1,1 +1,25 @@
 //! Client side of multiproc managers: typed proxies to objects a manager server owns.
+//!
+//! [`Manager::start`] starts a server process; its `dict`, `list` and
+//! `namespace` methods create objects there and return proxies
+//! ([`DictProxy`], [`ListProxy`], [`NamespaceProxy`]). A proxy is cheap to
+//! clone, can be passed to child processes (under both start methods) and
+//! inside messages, and can be stored inside other managed objects. Each
+//! call is a round trip over a shared-memory channel (one per process and
+//! server, shared by its threads).
+//!
+//! Most users depend on the `multiproc` facade crate, which re-exports these.
+
+mod client;
+mod core;
+mod dict;
+mod list;
+mod manager;
+mod namespace;
+
+pub use crate::core::{ArchivedProxy, ProxyRepr};
+pub use dict::DictProxy;
+pub use list::ListProxy;
+pub use manager::Manager;
+pub use multiproc_runtime::manager::{PIN_TIMEOUT, ServerAddress};
+pub use namespace::NamespaceProxy;

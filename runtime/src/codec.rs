@@ -4,7 +4,7 @@ use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::de::Pool;
 use rkyv::rancor::Fallible;
-use rkyv::rancor::{self, Strategy};
+use rkyv::rancor::{self, BoxedError, Strategy};
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::ser::{Allocator, Writer};
 use rkyv::util::AlignedVec;
@@ -43,23 +43,29 @@ pub trait Shareable: Sized + Send + 'static {
     fn decode_many(bytes: &[u8]) -> Result<Vec<Self>>;
 }
 
+// Encoding and decoding use rancor's `BoxedError`, which keeps the error a
+// handle raised (`rancor::Error` drops it in release builds); the
+// `rancor::Error` bounds stay so code written against them keeps working.
 impl<T> Shareable for T
 where
     T: Archive
         + for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+        + for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, BoxedError>>
         + Send
         + 'static,
     T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-        + Deserialize<T, Strategy<Pool, rancor::Error>>,
+        + Deserialize<T, Strategy<Pool, rancor::Error>>
+        + for<'a> CheckBytes<HighValidator<'a, BoxedError>>
+        + Deserialize<T, Strategy<Pool, BoxedError>>,
 {
     fn encode(&self) -> Result<AlignedVec> {
-        rkyv::to_bytes::<rancor::Error>(self).map_err(Error::codec)
+        rkyv::to_bytes::<BoxedError>(self).map_err(handle_error)
     }
 
     fn encode_into(&self, out: &mut AlignedVec) -> Result<()> {
         let mut buf = std::mem::take(out);
         buf.clear();
-        *out = rkyv::api::high::to_bytes_in::<_, rancor::Error>(self, buf).map_err(Error::codec)?;
+        *out = rkyv::api::high::to_bytes_in::<_, BoxedError>(self, buf).map_err(handle_error)?;
         Ok(())
     }
 
@@ -68,7 +74,7 @@ where
     }
 
     fn encode_many(items: &[Self]) -> Result<AlignedVec> {
-        rkyv::to_bytes::<rancor::Error>(&SliceAsVec(items)).map_err(Error::codec)
+        rkyv::to_bytes::<BoxedError>(&SliceAsVec(items)).map_err(handle_error)
     }
 
     fn decode_many(bytes: &[u8]) -> Result<Vec<Self>> {
@@ -101,15 +107,37 @@ where
 fn decode_aligned<T>(bytes: &[u8]) -> Result<T>
 where
     T: Archive,
-    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-        + Deserialize<T, Strategy<Pool, rancor::Error>>,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, BoxedError>>
+        + Deserialize<T, Strategy<Pool, BoxedError>>,
 {
     let align = std::mem::align_of::<T::Archived>().max(16);
     if (bytes.as_ptr() as usize).is_multiple_of(align) {
-        rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(Error::codec)
+        rkyv::from_bytes::<T, BoxedError>(bytes).map_err(handle_error)
     } else {
         let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
-        rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(Error::codec)
+        rkyv::from_bytes::<T, BoxedError>(&aligned).map_err(handle_error)
     }
+}
+
+/// A codec error; one a handle raised while encoding or decoding (a proxy of
+/// the wrong type, a manager that is gone) keeps its variant so callers can match it.
+fn handle_error(e: BoxedError) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(BoxedError::inner(&e));
+    while let Some(s) = source {
+        if let Some(ours) = s.downcast_ref::<Error>() {
+            match ours {
+                Error::TypeMismatch { expected, found } => {
+                    return Error::TypeMismatch {
+                        expected: expected.clone(),
+                        found: found.clone(),
+                    };
+                }
+                Error::ManagerGone(m) => return Error::ManagerGone(m.clone()),
+                _ => break,
+            }
+        }
+        source = s.source();
+    }
+    Error::codec(e)
 }

@@ -37,7 +37,10 @@ pub fn init() {
             .and_then(sys::fd::own_inherited)
     };
     let Some(sock) = sock else {
-        eprintln!("multiproc: {} does not name an open descriptor", launch::CHILD_FD_ENV);
+        eprintln!(
+            "multiproc: {} does not name an open descriptor",
+            launch::CHILD_FD_ENV
+        );
         sys::process::exit_now(70);
     };
     run_spawned(UnixStream::from(sock))

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::handle;
 use crate::process::child::{self, finish};
 use crate::process::current::{self, current_process};
+use crate::process::fork_hooks;
 use crate::process::launch::{self, EntryFn, Launch, Outcome};
 use crate::process::registry::{self, ChildState};
 use crate::process::start_method::{self, Context, StartMethod};
@@ -234,6 +235,8 @@ impl<R: Shareable> Process<R> {
         let _ = std::io::stdout().flush();
         let me = current_process();
         let parent_ticks = sys::process::own_start_ticks();
+        // Before the guards below: a hook may talk to a server, which maps segments.
+        let hooks = fork_hooks::prepare();
         let forked = {
             let mut children = registry::fork_guard();
             let _segments = shm::fork_guard();
@@ -246,12 +249,14 @@ impl<R: Shareable> Process<R> {
         match forked {
             Forked::Child => {
                 drop(parent_sock);
+                hooks.child();
                 current::become_child(name, self.daemon, me.pid, parent_ticks, me.name);
                 current::watch_parent_if_daemon();
                 let outcome = target.run_here();
                 finish(&mut child_sock, outcome)
             }
             Forked::Parent(pid) => {
+                drop(hooks);
                 drop(child_sock);
                 let state = ChildState::new(pid, name, self.daemon);
                 registry::register(state.clone());

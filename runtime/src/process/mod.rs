@@ -10,6 +10,7 @@
 mod child;
 mod child_process;
 mod current;
+mod fork_hooks;
 pub(crate) mod launch;
 mod registry;
 mod start_method;
@@ -17,6 +18,7 @@ mod start_method;
 pub use child::init;
 pub use child_process::Process;
 pub use current::{CurrentProcess, ParentProcess, current_process, parent_process};
+pub use fork_hooks::{ForkHook, ForkMutex, register_fork_hook};
 pub(crate) use launch::panic_message as panic_text;
 pub use registry::{ChildInfo, active_children};
 pub(crate) use start_method::start_method_for_pool;

@@ -10,7 +10,11 @@
 
 use std::sync::{Arc, LazyLock, Once};
 
-use parking_lot::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
+
+use parking_lot::Mutex;
+
+use crate::process::ForkMutex;
 
 use crate::sys;
 use crate::sys::process::ExitStatus;
@@ -74,7 +78,8 @@ impl ChildState {
     }
 }
 
-static CHILDREN: LazyLock<Mutex<Vec<Arc<ChildState>>>> = LazyLock::new(|| Mutex::new(Vec::new()));
+static CHILDREN: LazyLock<ForkMutex<Vec<Arc<ChildState>>>> =
+    LazyLock::new(|| ForkMutex::new(Vec::new()));
 static AT_EXIT: Once = Once::new();
 
 /// Held across `fork` so the child never inherits the list mid-update.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
-use crate::shm::{Kind, ShmObject, ShmSafe, fingerprint};
+use crate::shm::{Kind, ShmObject, ShmSafe, ShmSpec, fingerprint};
 use crate::sync::{Acquired, Lock, RawLock};
 
 #[repr(C)]
@@ -303,6 +303,24 @@ impl<T: ShmSafe> Array<T> {
     /// A copy of all elements, taken under the lock.
     pub fn to_vec(&self) -> Vec<T> {
         self.guard_forever().to_vec()
+    }
+
+    /// The layout of a new `Array<T>` of `len` zero elements, for a manager
+    /// server to create (see [`Value::spec`](crate::Value::spec)).
+    pub fn spec(len: usize) -> Result<ShmSpec> {
+        let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
+            Error::InvalidArgument(format!("array of {len} elements is too large"))
+        })?;
+        const { assert!(std::mem::offset_of!(ArrayState, len) == 8) };
+        let mut state_init = vec![0u8; 8];
+        state_init.extend_from_slice(&(len as u64).to_ne_bytes());
+        Ok(ShmSpec {
+            kind: Kind::Array as u32,
+            fingerprint: fingerprint::<T>(),
+            state_size: std::mem::size_of::<ArrayState>() as u64,
+            tail_len: bytes.max(1) as u64,
+            state_init,
+        })
     }
 
     /// The lock that guards this array (Python's `get_lock()`).

@@ -9,7 +9,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
 use crate::sharedctypes::atomic::{AtomicInt, atomic_methods};
-use crate::shm::{Kind, ShmObject, ShmSafe, fingerprint};
+use crate::shm::{Kind, ShmObject, ShmSafe, ShmSpec, fingerprint};
 use crate::sync::{Acquired, Lock, RawLock};
 
 #[repr(C)]
@@ -189,6 +189,20 @@ impl<T: ShmSafe> Value<T> {
             acquired,
             _value: PhantomData,
         })
+    }
+
+    /// The layout of a new `Value<T>` (zero-filled), for a manager server to create.
+    ///
+    /// The server does not know `T`: it creates the segment from the spec and
+    /// the client opens the handle it returns, then sets the value.
+    pub fn spec() -> ShmSpec {
+        ShmSpec {
+            kind: Kind::Value as u32,
+            fingerprint: fingerprint::<T>(),
+            state_size: std::mem::size_of::<ValueState<T>>() as u64,
+            tail_len: 0,
+            state_init: Vec::new(),
+        }
     }
 
     /// The lock that guards this value, as a [`Lock`] handle (Python's `get_lock()`).

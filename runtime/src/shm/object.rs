@@ -38,6 +38,26 @@ pub enum Kind {
     Other = 99,
 }
 
+impl Kind {
+    /// The kind with this number, if there is one.
+    pub fn from_u32(n: u32) -> Option<Kind> {
+        Some(match n {
+            1 => Kind::Value,
+            2 => Kind::Array,
+            3 => Kind::Lock,
+            4 => Kind::RLock,
+            5 => Kind::Semaphore,
+            6 => Kind::Condition,
+            7 => Kind::Event,
+            8 => Kind::Barrier,
+            9 => Kind::Queue,
+            10 => Kind::Channel,
+            99 => Kind::Other,
+            _ => return None,
+        })
+    }
+}
+
 /// The first bytes of every object segment.
 #[repr(C)]
 #[derive(Debug)]
@@ -99,8 +119,108 @@ unsafe impl<T: Sync> Send for ShmObject<T> {}
 unsafe impl<T: Sync> Sync for ShmObject<T> {}
 
 fn tail_offset<T>() -> usize {
-    let end = BODY_OFFSET + std::mem::size_of::<T>();
-    end.next_multiple_of(64)
+    tail_offset_for(std::mem::size_of::<T>())
+}
+
+fn tail_offset_for(state_size: usize) -> usize {
+    (BODY_OFFSET + state_size).next_multiple_of(64)
+}
+
+/// Creates an object segment whose state is `state_size` bytes at
+/// `BODY_OFFSET` (aligned to 64), followed by `tail_len` bytes; `init` gets
+/// the state and tail pointers of the zero-filled memory before the header
+/// is written.
+fn create_segment(
+    kind: Kind,
+    fingerprint: u64,
+    state_size: usize,
+    tail_len: usize,
+    init: impl FnOnce(*mut u8, *mut u8),
+) -> Result<Segment> {
+    let total = BODY_OFFSET
+        .checked_add(state_size)
+        .map(|end| end.next_multiple_of(64))
+        .and_then(|tail| tail.checked_add(tail_len))
+        .ok_or_else(|| Error::InvalidArgument("object too large".into()))?;
+    let seg = Segment::create(total)?;
+    let base = seg.as_ptr();
+    // SAFETY: the mapping is `total` bytes, fresh and private to us until
+    // returned; the header fits at offset 0, the state at BODY_OFFSET
+    // (page-aligned mapping, so 64-aligned), the tail after it.
+    unsafe {
+        init(base.add(BODY_OFFSET), base.add(tail_offset_for(state_size)));
+        base.cast::<ObjectHeader>().write(ObjectHeader {
+            magic: MAGIC,
+            version: VERSION,
+            kind: kind as u32,
+            _pad: 0,
+            fingerprint,
+            tail_len: tail_len as u64,
+        });
+    }
+    Ok(seg)
+}
+
+/// The layout of a new object segment, as plain data.
+///
+/// A manager server creates objects (a `Value<T>`, an `Array<T>`, a `Lock`)
+/// whose Rust types it does not know: the client describes the segment with
+/// a spec (made by `Value::<T>::spec()` and friends), the server creates it
+/// and hands back a handle, and the client opens that handle as usual.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(crate = rkyv)]
+pub struct ShmSpec {
+    /// The object's [`Kind`], as its number.
+    pub kind: u32,
+    /// The fingerprint the header records.
+    pub fingerprint: u64,
+    /// The size of the state in bytes.
+    pub state_size: u64,
+    /// The size of the tail in bytes.
+    pub tail_len: u64,
+    /// The first bytes of the state; the rest stays zero.
+    pub state_init: Vec<u8>,
+}
+
+/// The largest object a spec may ask for (a manager will not map more for one request).
+const MAX_SPEC_BYTES: u64 = 1 << 40;
+
+impl ShmSpec {
+    /// Creates the segment this spec describes and returns a handle to its state.
+    ///
+    /// Every field is checked, so a spec that came from another process cannot
+    /// make the caller misbehave: a bad one is an error.
+    pub fn create(&self) -> Result<(Segment, HandleRepr)> {
+        let kind = Kind::from_u32(self.kind)
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown object kind {}", self.kind)))?;
+        if self.state_size > MAX_SPEC_BYTES
+            || self.tail_len > MAX_SPEC_BYTES
+            || self.state_init.len() as u64 > self.state_size
+        {
+            return Err(Error::InvalidArgument(
+                "object spec sizes out of range".into(),
+            ));
+        }
+        let seg = create_segment(
+            kind,
+            self.fingerprint,
+            self.state_size as usize,
+            self.tail_len as usize,
+            |state, _tail| {
+                // SAFETY: the state region is `state_size` bytes and
+                // `state_init` is no longer (checked above).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        self.state_init.as_ptr(),
+                        state,
+                        self.state_init.len(),
+                    )
+                }
+            },
+        )?;
+        let repr = seg.to_repr_with(BODY_OFFSET as u64, 0)?;
+        Ok((seg, repr))
+    }
 }
 
 impl<T> ShmObject<T> {
@@ -113,28 +233,13 @@ impl<T> ShmObject<T> {
         init: impl FnOnce(*mut T, *mut u8),
     ) -> Result<Self> {
         const { assert!(std::mem::align_of::<T>() <= BODY_OFFSET) };
-        let total = tail_offset::<T>()
-            .checked_add(tail_len)
-            .ok_or_else(|| Error::InvalidArgument("object too large".into()))?;
-        let seg = Segment::create(total)?;
-        let base = seg.as_ptr();
-        // SAFETY: the mapping is `total` bytes, fresh and private to us until
-        // returned; the header fits at offset 0, `T` at BODY_OFFSET (aligned:
-        // mappings are page-aligned and align_of::<T>() <= 64), the tail after.
-        unsafe {
-            init(
-                base.add(BODY_OFFSET).cast::<T>(),
-                base.add(tail_offset::<T>()),
-            );
-            base.cast::<ObjectHeader>().write(ObjectHeader {
-                magic: MAGIC,
-                version: VERSION,
-                kind: kind as u32,
-                _pad: 0,
-                fingerprint,
-                tail_len: tail_len as u64,
-            });
-        }
+        let seg = create_segment(
+            kind,
+            fingerprint,
+            std::mem::size_of::<T>(),
+            tail_len,
+            |state, tail| init(state.cast::<T>(), tail),
+        )?;
         Ok(ShmObject {
             seg,
             offset: BODY_OFFSET,
@@ -198,8 +303,22 @@ impl<T> ShmObject<T> {
     /// Opens a decoded handle, checking kind, fingerprint and size.
     pub fn open(repr: &HandleRepr, kind: Kind, fingerprint: u64, type_name: &str) -> Result<Self> {
         let seg = Segment::from_repr_any(repr)?;
-        if repr.offset as usize != BODY_OFFSET || seg.len() < tail_offset::<T>() {
+        if repr.offset as usize != BODY_OFFSET {
             return Err(Error::Protocol("shared object handle is malformed".into()));
+        }
+        Self::open_segment(seg, kind, fingerprint, type_name)
+    }
+
+    /// Opens an object segment this process mapped by other means (a
+    /// descriptor received over a socket), checking kind, fingerprint and size.
+    pub fn open_segment(
+        seg: Segment,
+        kind: Kind,
+        fingerprint: u64,
+        type_name: &str,
+    ) -> Result<Self> {
+        if seg.len() < tail_offset::<T>() {
+            return Err(Error::Protocol("shared object segment is too small".into()));
         }
         let header = Self::check_header(&seg)?;
         if header.kind != kind as u32 {

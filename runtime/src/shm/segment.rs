@@ -5,15 +5,17 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, LazyLock, Weak};
 
 use memmap2::{MmapOptions, MmapRaw};
-use parking_lot::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
+
+use crate::process::ForkMutex;
 
 use crate::error::{Error, Result};
 use crate::handle::{self, HandleRepr, ShareHandle};
 use crate::sys;
 
 /// Live segments of this process by id, so a handle decoded twice maps once.
-static LIVE: LazyLock<Mutex<HashMap<u64, Weak<Inner>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static LIVE: LazyLock<ForkMutex<HashMap<u64, Weak<Inner>>>> =
+    LazyLock::new(|| ForkMutex::new(HashMap::new()));
 
 /// Held across `fork` so the child never inherits the table mid-update.
 pub(crate) fn fork_guard() -> MutexGuard<'static, HashMap<u64, Weak<Inner>>> {
@@ -84,6 +86,18 @@ impl Segment {
         let inner = Arc::new(Inner { id, fd, map });
         LIVE.lock().insert(id, Arc::downgrade(&inner));
         Ok(Segment { inner })
+    }
+
+    /// Maps a memory file received as a descriptor (passed with `SCM_RIGHTS`, for example).
+    ///
+    /// The mapping covers the file's whole length; it gets a new identity in
+    /// this process, so it is never confused with a handle-decoded segment.
+    pub fn from_fd(fd: OwnedFd) -> Result<Segment> {
+        let len = sys::memfd::file_len(fd.as_fd())? as usize;
+        if len == 0 {
+            return Err(Error::Protocol("shared segment has zero length".into()));
+        }
+        Self::map(new_id(), fd, len)
     }
 
     /// Maps the segment with this id and descriptor, or reuses this process's mapping.

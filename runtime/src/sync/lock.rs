@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
-use crate::shm::{Kind, ShmObject};
+use crate::shm::{Kind, ShmObject, ShmSpec};
 use crate::sync::raw_lock::{Acquired, RawLock};
 
 /// A lock shared by any number of processes.
@@ -43,6 +43,18 @@ impl Lock {
             unsafe { state.write(RawLock::new()) }
         })?;
         Ok(Lock { obj })
+    }
+
+    /// The layout of a new, unlocked lock, for a manager server to create
+    /// (see [`Value::spec`](crate::Value::spec)).
+    pub fn spec() -> ShmSpec {
+        ShmSpec {
+            kind: Kind::Lock as u32,
+            fingerprint: 0,
+            state_size: std::mem::size_of::<RawLock>() as u64,
+            tail_len: 0,
+            state_init: Vec::new(),
+        }
     }
 
     /// A lock that lives inside another object's segment (a Value's lock).

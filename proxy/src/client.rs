@@ -1,0 +1,520 @@
+//! This process's connections to manager servers, and the references its
+//! proxies hold through them.
+//!
+//! There is one connection per process per server, shared by every proxy
+//! and thread of the process (a round trip holds its lock). It is made on
+//! first need: when a manager creates an object, or when a proxy decoded
+//! from a message or a child's arguments attaches.
+//!
+//! References: the server counts, per connection, the references this
+//! process registered; here we count the live proxy instances per object.
+//! The first instance registers, the last one releases, so cloning a proxy
+//! costs nothing and dropping one is a round trip only when it was the last.
+//!
+//! Fork: a fork hook pins, before the fork, every object this process
+//! references; the child opens its own connection and takes the pins over,
+//! so proxies a forked child inherits (arguments or captured by a closure)
+//! stay valid even if the parent drops its own at once.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, LazyLock, Once};
+
+use multiproc_runtime::manager::channel::ClientEnd;
+use multiproc_runtime::manager::protocol::{
+    ArchivedResponse, ObjectId, Request, access_response, encode_request, remote_error,
+};
+use multiproc_runtime::manager::{ServerAddress, server};
+use multiproc_runtime::process::{ForkHook, ForkMutex, register_fork_hook};
+use multiproc_runtime::rkyv::util::AlignedVec;
+use multiproc_runtime::sys;
+use multiproc_runtime::{Error, Result};
+use std::sync::MutexGuard;
+
+use parking_lot::Mutex;
+
+/// The state of one round trip: the channel end and reusable buffers.
+struct Wire {
+    end: ClientEnd,
+    request: AlignedVec,
+}
+
+/// A connection of this process to one server.
+pub(crate) struct Connection {
+    /// The process that opened it: a forked child must open its own.
+    pid: i32,
+    server: ServerAddress,
+    /// Kept open so the server sees this process go.
+    _socket: UnixStream,
+    wire: Mutex<Wire>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A response copied out of the channel.
+pub(crate) struct Reply {
+    buf: AlignedVec,
+}
+
+thread_local! {
+    /// A response buffer to reuse, so a round trip allocates nothing for it.
+    static SPARE: std::cell::RefCell<Option<AlignedVec>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.capacity() <= 64 * 1024 {
+            let _ = SPARE.try_with(|s| *s.borrow_mut() = Some(buf));
+        }
+    }
+}
+
+impl Reply {
+    /// The checked response; an error response becomes `Err`.
+    pub fn get(&self) -> Result<&ArchivedResponse<'_>> {
+        match access_response(&self.buf)? {
+            ArchivedResponse::Error(e) => Err(remote_error(e)),
+            r => Ok(r),
+        }
+    }
+}
+
+/// The error for a response of the wrong shape.
+pub(crate) fn unexpected() -> Error {
+    Error::Protocol("unexpected response from the manager server".into())
+}
+
+impl Connection {
+    fn open(server: &ServerAddress) -> Result<Connection> {
+        let local = server::connect(server)?;
+        Ok(Connection {
+            pid: sys::process::getpid(),
+            server: *server,
+            _socket: local.socket,
+            wire: Mutex::new(Wire {
+                end: local.end,
+                request: AlignedVec::new(),
+            }),
+        })
+    }
+
+    /// The server this connection reaches.
+    pub fn server(&self) -> &ServerAddress {
+        &self.server
+    }
+
+    /// Whether this process opened the connection (a forked child did not).
+    pub fn is_ours(&self) -> bool {
+        self.pid == sys::process::getpid()
+    }
+
+    /// Sends `request`, waits for the answer.
+    pub fn call(&self, request: &Request<'_>) -> Result<Reply> {
+        let mut wire = self.wire.lock();
+        let mut buf = std::mem::take(&mut wire.request);
+        buf.clear();
+        let encoded = encode_request(request, buf)?;
+        let mut response = SPARE
+            .try_with(|s| s.borrow_mut().take())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let result = wire.end.round_trip(&encoded, &mut response);
+        wire.request = encoded;
+        result.map(|()| Reply { buf: response })
+    }
+
+    /// Whether the server is known to be gone.
+    pub fn is_gone(&self) -> bool {
+        self.wire.lock().end.is_gone()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // A forked child's copy of its parent's connection must stay silent.
+        if self.is_ours() {
+            self.wire.get_mut().end.channel().close_by_client();
+        }
+    }
+}
+
+/// The references of this process to one object through one connection.
+#[derive(Debug, Default, Clone, Copy)]
+struct Held {
+    /// Live proxy instances (cores) in this process.
+    local: u64,
+    /// References the server counts for this connection.
+    server: u64,
+}
+
+struct Entry {
+    conn: Arc<Connection>,
+    refs: HashMap<ObjectId, Held>,
+}
+
+struct ClientState {
+    pid: i32,
+    conns: HashMap<ServerAddress, Entry>,
+}
+
+/// A fork-safe mutex: the fork hook holds it across the fork (see [`ForkMutex`]).
+static CLIENT: LazyLock<ForkMutex<ClientState>> = LazyLock::new(|| {
+    ForkMutex::new(ClientState {
+        pid: 0,
+        conns: HashMap::new(),
+    })
+});
+
+fn lock_client() -> MutexGuard<'static, ClientState> {
+    let mut state = CLIENT.lock();
+    let me = sys::process::getpid();
+    if state.pid != me {
+        // Forked without our hook: nothing inherited is ours.
+        state.pid = me;
+        state.conns.clear();
+    }
+    state
+}
+
+static HOOK: Once = Once::new();
+
+/// This process's connection to `server`, opened on first need.
+pub(crate) fn connection(server: &ServerAddress) -> Result<Arc<Connection>> {
+    HOOK.call_once(|| register_fork_hook(&ForkPins));
+    let mut state = lock_client();
+    if let Some(e) = state.conns.get(server) {
+        return Ok(e.conn.clone());
+    }
+    if !server.is_alive() {
+        return Err(Error::ManagerGone(format!(
+            "manager server {} is not running",
+            server.pid
+        )));
+    }
+    let conn = Arc::new(Connection::open(server)?);
+    state.conns.insert(
+        *server,
+        Entry {
+            conn: conn.clone(),
+            refs: HashMap::new(),
+        },
+    );
+    Ok(conn)
+}
+
+/// Forgets the connection to a server that was shut down.
+pub(crate) fn forget(server: &ServerAddress) {
+    lock_client().conns.remove(server);
+}
+
+fn held<'a>(state: &'a mut ClientState, conn: &Connection, id: ObjectId) -> Option<&'a mut Held> {
+    let entry = state.conns.get_mut(&conn.server)?;
+    if !std::ptr::eq(Arc::as_ptr(&entry.conn), conn) {
+        return None;
+    }
+    Some(entry.refs.entry(id).or_default())
+}
+
+/// Records a new proxy instance of `id` whose server reference was just
+/// registered (a create or an attach).
+pub(crate) fn registered(conn: &Connection, id: ObjectId) {
+    let mut state = lock_client();
+    if let Some(h) = held(&mut state, conn, id) {
+        h.local += 1;
+        h.server += 1;
+    }
+}
+
+/// Records a new proxy instance of `id` if this process already holds a
+/// server reference to it; false if it must attach first.
+pub(crate) fn add_instance(conn: &Connection, id: ObjectId) -> bool {
+    let mut state = lock_client();
+    match held(&mut state, conn, id) {
+        Some(h) if h.server > 0 && h.local > 0 => {
+            h.local += 1;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Records a new proxy instance that takes over a reference the server
+/// added with a response (see [`with_prerefs`]).
+fn adopt_instance(conn: &Connection, id: ObjectId) {
+    let mut state = lock_client();
+    if let Some(h) = held(&mut state, conn, id) {
+        h.local += 1;
+    }
+}
+
+/// Records references the server added for this connection with a response.
+fn add_server_refs(conn: &Connection, ids: &[ObjectId]) {
+    let mut state = lock_client();
+    for id in ids {
+        if let Some(h) = held(&mut state, conn, *id) {
+            h.server += 1;
+        }
+    }
+}
+
+/// Releases the server references of objects no live proxy of this process uses.
+fn settle(conn: &Connection, ids: &[ObjectId]) {
+    let mut to_release = Vec::new();
+    {
+        let mut state = lock_client();
+        let Some(entry) = state.conns.get_mut(&conn.server) else {
+            return;
+        };
+        for id in ids {
+            if let Some(h) = entry.refs.get(id)
+                && h.local == 0
+            {
+                to_release.push((*id, h.server));
+                entry.refs.remove(id);
+            }
+        }
+    }
+    for (id, count) in to_release {
+        release_on(conn, id, count);
+    }
+}
+
+fn release_on(conn: &Connection, object: ObjectId, count: u64) {
+    if count == 0 || conn.is_gone() {
+        return;
+    }
+    if let Err(e) = conn.call(&Request::Release { object, count }) {
+        tracing::debug!(object, "cannot release a managed object: {e}");
+    }
+}
+
+/// Drops one proxy instance of `id`; the last one releases the server's references.
+pub(crate) fn drop_instance(server: &ServerAddress, id: ObjectId) {
+    let (conn, count) = {
+        let mut state = lock_client();
+        let Some(entry) = state.conns.get_mut(server) else {
+            return;
+        };
+        let Some(h) = entry.refs.get_mut(&id) else {
+            return;
+        };
+        h.local = h.local.saturating_sub(1);
+        if h.local > 0 {
+            return;
+        }
+        let count = h.server;
+        entry.refs.remove(&id);
+        (entry.conn.clone(), count)
+    };
+    release_on(&conn, id, count);
+}
+
+/// References the server added with one response, for the proxies decoded from it.
+struct Prerefs {
+    server: ServerAddress,
+    available: Vec<ObjectId>,
+}
+
+thread_local! {
+    static PREREFS: std::cell::RefCell<Option<Prerefs>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `decode` (which decodes values a response carried) with the
+/// references the server added for `refs` available to the proxies inside;
+/// whatever no proxy took is released.
+pub(crate) fn with_prerefs<R>(
+    conn: &Connection,
+    refs: &[ObjectId],
+    decode: impl FnOnce() -> R,
+) -> R {
+    if refs.is_empty() {
+        return decode();
+    }
+    add_server_refs(conn, refs);
+    let previous = PREREFS.with(|p| {
+        p.borrow_mut().replace(Prerefs {
+            server: conn.server,
+            available: refs.to_vec(),
+        })
+    });
+    let out = decode();
+    PREREFS.with(|p| *p.borrow_mut() = previous);
+    settle(conn, refs);
+    out
+}
+
+/// Takes one reference the current response added for `id`, if any.
+pub(crate) fn take_preref(server: &ServerAddress, id: ObjectId) -> bool {
+    PREREFS.with(|p| {
+        let mut p = p.borrow_mut();
+        let Some(pre) = p.as_mut().filter(|pre| pre.server == *server) else {
+            return false;
+        };
+        match pre.available.iter().position(|x| *x == id) {
+            Some(i) => {
+                pre.available.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    })
+}
+
+/// Records an adopted preref on `conn` (see [`take_preref`]).
+pub(crate) fn adopt(conn: &Connection, id: ObjectId) {
+    adopt_instance(conn, id);
+}
+
+/// Objects of one server that values being encoded refer to.
+struct Collector {
+    server: ServerAddress,
+    refs: Vec<ObjectId>,
+}
+
+thread_local! {
+    static COLLECT: std::cell::RefCell<Option<Collector>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `encode` (which encodes a value about to be stored by `server`) and
+/// returns the objects of `server` that the value holds proxies to.
+pub(crate) fn collecting<R>(
+    server: &ServerAddress,
+    encode: impl FnOnce() -> R,
+) -> (R, Vec<ObjectId>) {
+    let previous = COLLECT.with(|c| {
+        c.borrow_mut().replace(Collector {
+            server: *server,
+            refs: Vec::new(),
+        })
+    });
+    let out = encode();
+    let collected = COLLECT.with(|c| std::mem::replace(&mut *c.borrow_mut(), previous));
+    (out, collected.map(|c| c.refs).unwrap_or_default())
+}
+
+/// If a value for `server` is being encoded, records that it refers to `id`.
+pub(crate) fn collect(server: &ServerAddress, id: ObjectId) -> bool {
+    COLLECT.with(|c| match c.borrow_mut().as_mut() {
+        Some(col) if col.server == *server => {
+            col.refs.push(id);
+            true
+        }
+        _ => false,
+    })
+}
+
+thread_local! {
+    /// Set while this thread forks a process that will not use proxies (a
+    /// manager server): nothing is pinned for it.
+    static FORKING_SERVER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `start` (which forks a manager server) without pinning this
+/// process's objects for the child, which never uses them.
+pub(crate) fn forking_server<R>(start: impl FnOnce() -> R) -> R {
+    FORKING_SERVER.with(|f| f.set(true));
+    let out = start();
+    FORKING_SERVER.with(|f| f.set(false));
+    out
+}
+
+/// The fork hook: pins in the parent, takes over in the child.
+struct ForkPins;
+
+struct Pinned {
+    guard: MutexGuard<'static, ClientState>,
+    pins: Vec<(ServerAddress, u64)>,
+}
+
+impl ForkHook for ForkPins {
+    fn prepare(&self) -> Box<dyn Any> {
+        let guard = lock_client();
+        let mut pins = Vec::new();
+        let serving = FORKING_SERVER.with(|f| f.get());
+        for (server, entry) in guard.conns.iter().filter(|_| !serving) {
+            let ids: Vec<ObjectId> = entry
+                .refs
+                .iter()
+                .filter(|(_, h)| h.local > 0)
+                .map(|(id, _)| *id)
+                .collect();
+            if ids.is_empty() || entry.conn.is_gone() {
+                continue;
+            }
+            let token = entry
+                .conn
+                .call(&Request::PinMany { objects: ids })
+                .and_then(|r| match r.get()? {
+                    ArchivedResponse::Token(t) => Ok(t.to_native()),
+                    _ => Err(unexpected()),
+                });
+            match token {
+                Ok(t) => pins.push((*server, t)),
+                Err(e) => tracing::debug!("cannot pin managed objects for a fork: {e}"),
+            }
+        }
+        Box::new(Pinned { guard, pins })
+    }
+
+    fn parent(&self, state: Box<dyn Any>) {
+        drop(state);
+    }
+
+    fn child(&self, state: Box<dyn Any>) {
+        let Ok(pinned) = state.downcast::<Pinned>() else {
+            return;
+        };
+        let Pinned { mut guard, pins } = *pinned;
+        guard.pid = sys::process::getpid();
+        let inherited = std::mem::take(&mut guard.conns);
+        for (server, mut entry) in inherited {
+            let token = pins.iter().find(|(s, _)| *s == server).map(|(_, t)| *t);
+            entry.refs.retain(|_, h| h.local > 0);
+            let (Some(token), false) = (token, entry.refs.is_empty()) else {
+                continue;
+            };
+            let conn = match Connection::open(&server) {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    tracing::debug!("a forked child cannot reach its manager: {e}");
+                    continue;
+                }
+            };
+            let claimed: Vec<ObjectId> = conn
+                .call(&Request::ClaimMany { token })
+                .and_then(|r| match r.get()? {
+                    multiproc_runtime::manager::protocol::ArchivedResponse::Objects(ids) => {
+                        Ok(ids.iter().map(|i| i.to_native()).collect())
+                    }
+                    _ => Err(unexpected()),
+                })
+                .unwrap_or_default();
+            for h in entry.refs.values_mut() {
+                h.server = 0;
+            }
+            let mut release = Vec::new();
+            for id in claimed {
+                match entry.refs.get_mut(&id) {
+                    Some(h) => h.server += 1,
+                    None => release.push(id),
+                }
+            }
+            for id in release {
+                release_on(&conn, id, 1);
+            }
+            // Anything created between the pin and the fork: attach plainly.
+            entry.refs.retain(|_, h| h.server > 0);
+            entry.conn = conn;
+            guard.conns.insert(server, entry);
+        }
+    }
+}

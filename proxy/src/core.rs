@@ -1,0 +1,465 @@
+//! What every proxy is: a reference-counted core naming one object of one
+//! server, and its encoded form.
+//!
+//! A proxy encodes as a [`ProxyRepr`]: the server's address, the object id,
+//! the proxy's type fingerprint and name, and a pin. Where the encoding
+//! goes decides how the object is kept alive until the receiver attaches:
+//!
+//! * into a value a manager stores (a dict of list proxies): the server
+//!   records that the stored value refers to the object, and keeps it alive
+//!   as long as the value is stored (Python's nested proxies);
+//! * anywhere else (a child's arguments, a queue message): the encoder asks
+//!   the server for a pin, an in-flight reference the first decoder takes
+//!   over. A pin nobody takes over is dropped after
+//!   [`PIN_TIMEOUT`](multiproc_runtime::manager::PIN_TIMEOUT) (ten minutes).
+//!
+//! Decoding checks the type locally (a proxy of other types is
+//! `TypeMismatch`), then takes a reference on this process's connection.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use multiproc_runtime::manager::ServerAddress;
+use multiproc_runtime::manager::protocol::{ArchivedResponse, ObjectId, Request};
+use multiproc_runtime::rkyv::bytecheck::CheckBytes;
+use multiproc_runtime::rkyv::rancor::{Fallible, Source};
+use multiproc_runtime::rkyv::{self, Archive, Deserialize, Place, Portable, Serialize};
+use multiproc_runtime::shm::fingerprint_str;
+use multiproc_runtime::{Error, Result};
+
+use crate::client::{self, Connection, unexpected};
+
+/// The types a proxy was made for: a fingerprint the server compares and
+/// the readable name errors show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TypeTag {
+    pub fingerprint: u64,
+    pub name: String,
+}
+
+impl TypeTag {
+    pub fn new(name: String) -> TypeTag {
+        TypeTag {
+            fingerprint: fingerprint_str(&name),
+            name,
+        }
+    }
+}
+
+/// The encoded form of a proxy.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(crate = rkyv)]
+pub struct ProxyRepr {
+    /// The server that owns the object.
+    pub server: ServerAddress,
+    /// The object.
+    pub object: ObjectId,
+    /// Fingerprint of the proxy's types.
+    pub fingerprint: u64,
+    /// The proxy's types, readable.
+    pub type_name: String,
+    /// An in-flight reference for the decoder to take over, or 0.
+    pub pin: u64,
+}
+
+/// One proxy instance's hold on an object; shared by the clones of a proxy.
+pub(crate) struct ProxyCore {
+    conn: Arc<Connection>,
+    object: ObjectId,
+    tag: TypeTag,
+}
+
+impl std::fmt::Debug for ProxyCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("object", &self.object)
+            .field("type", &self.tag.name)
+            .field("server", &self.conn.server().pid)
+            .finish()
+    }
+}
+
+impl ProxyCore {
+    /// A core for an object just created or attached on `conn` (already registered).
+    pub fn new(conn: Arc<Connection>, object: ObjectId, tag: TypeTag) -> ProxyCore {
+        ProxyCore { conn, object, tag }
+    }
+
+    /// Creates a new object of `kind` on `conn`.
+    pub fn create(
+        conn: Arc<Connection>,
+        kind: multiproc_runtime::manager::ObjectKind,
+        tag: TypeTag,
+    ) -> Result<ProxyCore> {
+        let reply = conn.call(&Request::Create {
+            kind,
+            fingerprint: tag.fingerprint,
+            type_name: &tag.name,
+        })?;
+        let object = match reply.get()? {
+            ArchivedResponse::Created(id) => id.to_native(),
+            _ => return Err(unexpected()),
+        };
+        client::registered(&conn, object);
+        Ok(ProxyCore::new(conn, object, tag))
+    }
+
+    /// The connection to use from this process (a forked child uses its own).
+    pub fn conn(&self) -> Result<std::borrow::Cow<'_, Arc<Connection>>> {
+        if self.conn.is_ours() {
+            Ok(std::borrow::Cow::Borrowed(&self.conn))
+        } else {
+            client::connection(self.conn.server()).map(std::borrow::Cow::Owned)
+        }
+    }
+
+    /// The encoded form (see the module docs for pins).
+    pub fn to_repr(&self) -> Result<ProxyRepr> {
+        let server = *self.conn.server();
+        let pin = if client::collect(&server, self.object) {
+            0
+        } else {
+            let conn = self.conn()?;
+            let reply = conn.call(&Request::Pin {
+                object: self.object,
+            })?;
+            match reply.get()? {
+                ArchivedResponse::Token(t) => t.to_native(),
+                _ => return Err(unexpected()),
+            }
+        };
+        Ok(ProxyRepr {
+            server,
+            object: self.object,
+            fingerprint: self.tag.fingerprint,
+            type_name: self.tag.name.clone(),
+            pin,
+        })
+    }
+
+    /// Rebuilds a core from its encoded form in this process, as a proxy of `tag`.
+    pub fn from_repr(repr: &ProxyRepr, tag: TypeTag) -> Result<ProxyCore> {
+        if repr.fingerprint != tag.fingerprint {
+            return Err(Error::TypeMismatch {
+                expected: tag.name,
+                found: repr.type_name.clone(),
+            });
+        }
+        let conn = client::connection(&repr.server)?;
+        if client::take_preref(&repr.server, repr.object) {
+            client::adopt(&conn, repr.object);
+            return Ok(ProxyCore::new(conn, repr.object, tag));
+        }
+        if repr.pin == 0 && client::add_instance(&conn, repr.object) {
+            return Ok(ProxyCore::new(conn, repr.object, tag));
+        }
+        let reply = conn.call(&Request::Attach {
+            object: repr.object,
+            fingerprint: tag.fingerprint,
+            type_name: &tag.name,
+            pin: repr.pin,
+        })?;
+        match reply.get()? {
+            ArchivedResponse::Unit => {}
+            _ => return Err(unexpected()),
+        }
+        client::registered(&conn, repr.object);
+        Ok(ProxyCore::new(conn, repr.object, tag))
+    }
+}
+
+impl Drop for ProxyCore {
+    fn drop(&mut self) {
+        client::drop_instance(self.conn.server(), self.object);
+    }
+}
+
+/// A proxy type: how it encodes and decodes (see [`impl_proxy!`]).
+pub(crate) trait Proxy: Sized {
+    fn core(&self) -> &ProxyCore;
+    fn from_core(core: ProxyCore) -> Self;
+    fn tag() -> TypeTag;
+}
+
+/// The archived form of a proxy of type `P`.
+#[repr(transparent)]
+pub struct ArchivedProxy<P> {
+    repr: ArchivedProxyRepr,
+    _kind: PhantomData<fn() -> P>,
+}
+
+// SAFETY: `ArchivedProxy` is `repr(transparent)` over `ArchivedProxyRepr`,
+// which is `Portable`; the marker adds no bytes.
+unsafe impl<P> Portable for ArchivedProxy<P> {}
+
+// SAFETY: the layout is exactly an `ArchivedProxyRepr` (repr(transparent)),
+// so checking that is checking the whole value.
+unsafe impl<P, C: Fallible + ?Sized> CheckBytes<C> for ArchivedProxy<P>
+where
+    ArchivedProxyRepr: CheckBytes<C>,
+{
+    unsafe fn check_bytes(value: *const Self, context: &mut C) -> Result<(), C::Error> {
+        // SAFETY: the caller guarantees `value` is aligned and points to enough
+        // initialized bytes for `Self`, hence for the identical inner type.
+        unsafe { ArchivedProxyRepr::check_bytes(value.cast(), context) }
+    }
+}
+
+#[doc(hidden)]
+pub fn serialize_proxy<P: Proxy, S: Fallible + rkyv::ser::Writer + rkyv::ser::Allocator + ?Sized>(
+    proxy: &P,
+    serializer: &mut S,
+) -> Result<(ProxyRepr, ProxyReprResolver), S::Error>
+where
+    S::Error: Source,
+{
+    let repr = proxy.core().to_repr().map_err(S::Error::new)?;
+    let resolver = repr.serialize(serializer)?;
+    Ok((repr, resolver))
+}
+
+#[doc(hidden)]
+pub fn resolve_proxy<P>(resolver: (ProxyRepr, ProxyReprResolver), out: Place<ArchivedProxy<P>>) {
+    let (repr, inner) = resolver;
+    // SAFETY: `ArchivedProxy<P>` is repr(transparent) over `ArchivedProxyRepr`.
+    let out = unsafe { out.cast_unchecked::<ArchivedProxyRepr>() };
+    repr.resolve(inner, out);
+}
+
+#[doc(hidden)]
+pub fn deserialize_proxy<P: Proxy, D: Fallible + ?Sized>(
+    archived: &ArchivedProxy<P>,
+    deserializer: &mut D,
+) -> Result<P, D::Error>
+where
+    D::Error: Source,
+{
+    let repr: ProxyRepr = archived.repr.deserialize(deserializer)?;
+    ProxyCore::from_repr(&repr, P::tag())
+        .map(P::from_core)
+        .map_err(D::Error::new)
+}
+
+/// Makes a proxy type encodable (so it is `Shareable`).
+macro_rules! impl_proxy {
+    (impl<$($g:ident),*> for $ty:ty) => {
+        impl<$($g: multiproc_runtime::Shareable),*> multiproc_runtime::rkyv::Archive for $ty {
+            type Archived = $crate::core::ArchivedProxy<$ty>;
+            type Resolver = ($crate::core::ProxyRepr, $crate::core::ProxyReprResolver);
+            fn resolve(&self, resolver: Self::Resolver, out: multiproc_runtime::rkyv::Place<Self::Archived>) {
+                $crate::core::resolve_proxy(resolver, out)
+            }
+        }
+        impl<$($g: multiproc_runtime::Shareable,)* S> multiproc_runtime::rkyv::Serialize<S> for $ty
+        where
+            S: multiproc_runtime::rkyv::rancor::Fallible
+                + multiproc_runtime::rkyv::ser::Writer
+                + multiproc_runtime::rkyv::ser::Allocator
+                + ?Sized,
+            S::Error: multiproc_runtime::rkyv::rancor::Source,
+        {
+            fn serialize(&self, serializer: &mut S) -> ::std::result::Result<Self::Resolver, S::Error> {
+                $crate::core::serialize_proxy(self, serializer)
+            }
+        }
+        impl<$($g: multiproc_runtime::Shareable,)* D> multiproc_runtime::rkyv::Deserialize<$ty, D>
+            for $crate::core::ArchivedProxy<$ty>
+        where
+            D: multiproc_runtime::rkyv::rancor::Fallible + ?Sized,
+            D::Error: multiproc_runtime::rkyv::rancor::Source,
+        {
+            fn deserialize(&self, deserializer: &mut D) -> ::std::result::Result<$ty, D::Error> {
+                $crate::core::deserialize_proxy(self, deserializer)
+            }
+        }
+    };
+}
+pub(crate) use impl_proxy;
+
+/// The arguments of a method call; unused ones stay empty.
+#[derive(Default)]
+pub(crate) struct Args<'a> {
+    pub index: i64,
+    pub key: Option<Blob<'a>>,
+    pub value: Option<Blob<'a>>,
+    pub expected: Option<Blob<'a>>,
+    pub batch: Vec<Blob<'a>>,
+    pub fingerprint: u64,
+    pub type_name: &'a str,
+}
+
+use multiproc_runtime::Shareable;
+use multiproc_runtime::manager::protocol::{Blob, Call, Method};
+use multiproc_runtime::rkyv::util::AlignedVec;
+
+/// A value encoded for storing by a server, with the objects of that server it refers to.
+pub(crate) struct Encoded {
+    pub bytes: AlignedVec,
+    pub refs: Vec<ObjectId>,
+}
+
+impl Encoded {
+    pub fn blob(&self) -> Blob<'_> {
+        Blob {
+            bytes: &self.bytes,
+            refs: &self.refs,
+        }
+    }
+}
+
+impl ProxyCore {
+    /// Encodes `value` to be stored by this proxy's server.
+    pub fn encode<T: Shareable>(&self, value: &T) -> Result<Encoded> {
+        let (bytes, refs) = client::collecting(self.conn.server(), || value.encode());
+        Ok(Encoded {
+            bytes: bytes?,
+            refs,
+        })
+    }
+
+    /// Calls `method` with `args`; `read` turns the response into the result
+    /// (decoding happens there, after the connection is free again).
+    pub fn call<R>(
+        &self,
+        method: Method,
+        args: Args<'_>,
+        read: impl FnOnce(&Connection, &ArchivedResponse<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let conn = self.conn()?;
+        let reply = conn.call(&Request::Call(Call {
+            object: self.object,
+            method: method as u32,
+            index: args.index,
+            key: args.key,
+            value: args.value,
+            expected: args.expected,
+            batch: args.batch,
+            fingerprint: args.fingerprint,
+            type_name: args.type_name,
+        }))?;
+        read(&conn, reply.get()?)
+    }
+}
+
+fn native_ids(
+    refs: &multiproc_runtime::rkyv::vec::ArchivedVec<multiproc_runtime::rkyv::rend::u64_le>,
+) -> Vec<ObjectId> {
+    refs.iter().map(|r| r.to_native()).collect()
+}
+
+/// Decodes one value a response carried, handing its proxies the references
+/// the server added.
+pub(crate) fn decode_one<T: Shareable>(
+    conn: &Connection,
+    bytes: &[u8],
+    refs: &[ObjectId],
+) -> Result<T> {
+    client::with_prerefs(conn, refs, || T::decode(bytes))
+}
+
+/// Reads a `Unit` response.
+pub(crate) fn read_unit(_: &Connection, r: &ArchivedResponse<'_>) -> Result<()> {
+    match r {
+        ArchivedResponse::Unit => Ok(()),
+        _ => Err(unexpected()),
+    }
+}
+
+/// Reads a `Bool` response.
+pub(crate) fn read_bool(_: &Connection, r: &ArchivedResponse<'_>) -> Result<bool> {
+    match r {
+        ArchivedResponse::Bool(b) => Ok(*b),
+        _ => Err(unexpected()),
+    }
+}
+
+/// Reads a `Len` response.
+pub(crate) fn read_len(_: &Connection, r: &ArchivedResponse<'_>) -> Result<usize> {
+    match r {
+        ArchivedResponse::Len(n) => Ok(n.to_native() as usize),
+        _ => Err(unexpected()),
+    }
+}
+
+/// Reads a `Value` response and decodes the value, if there was one.
+pub(crate) fn read_value<T: Shareable>(
+    conn: &Connection,
+    r: &ArchivedResponse<'_>,
+) -> Result<Option<T>> {
+    match r {
+        ArchivedResponse::Value { bytes, refs } => {
+            let refs = native_ids(refs);
+            match bytes.as_ref() {
+                Some(b) => decode_one(conn, b, &refs).map(Some),
+                None => {
+                    client::with_prerefs(conn, &refs, || ());
+                    Ok(None)
+                }
+            }
+        }
+        _ => Err(unexpected()),
+    }
+}
+
+/// Reads a `Value` response, keeping the raw bytes beside the decoded value.
+pub(crate) fn read_value_raw<T: Shareable>(
+    conn: &Connection,
+    r: &ArchivedResponse<'_>,
+) -> Result<Option<(Vec<u8>, T)>> {
+    match r {
+        ArchivedResponse::Value { bytes, refs } => {
+            raw_pair(conn, bytes.as_ref().map(|b| &**b), refs)
+        }
+        _ => Err(unexpected()),
+    }
+}
+
+fn raw_pair<T: Shareable>(
+    conn: &Connection,
+    bytes: Option<&[u8]>,
+    refs: &multiproc_runtime::rkyv::vec::ArchivedVec<multiproc_runtime::rkyv::rend::u64_le>,
+) -> Result<Option<(Vec<u8>, T)>> {
+    let refs = native_ids(refs);
+    match bytes {
+        Some(b) => Ok(Some((b.to_vec(), decode_one(conn, b, &refs)?))),
+        None => {
+            client::with_prerefs(conn, &refs, || ());
+            Ok(None)
+        }
+    }
+}
+
+/// The outcome of a compare-and-swap.
+pub(crate) enum Swap<T> {
+    Done,
+    Failed(Option<(Vec<u8>, T)>),
+}
+
+/// Reads a `Swapped` response.
+pub(crate) fn read_swap<T: Shareable>(
+    conn: &Connection,
+    r: &ArchivedResponse<'_>,
+) -> Result<Swap<T>> {
+    match r {
+        ArchivedResponse::Swapped { done: true, .. } => Ok(Swap::Done),
+        ArchivedResponse::Swapped { current, refs, .. } => {
+            raw_pair(conn, current.as_ref().map(|b| &**b), refs).map(Swap::Failed)
+        }
+        _ => Err(unexpected()),
+    }
+}
+
+/// Reads a `Many` response, decoding each item with `decode`.
+pub(crate) fn read_many<R>(
+    conn: &Connection,
+    r: &ArchivedResponse<'_>,
+    decode: impl FnOnce(&mut dyn Iterator<Item = &[u8]>) -> Result<R>,
+) -> Result<R> {
+    match r {
+        ArchivedResponse::Many { items, refs } => {
+            let refs = native_ids(refs);
+            client::with_prerefs(conn, &refs, || decode(&mut items.iter().map(|b| &**b)))
+        }
+        _ => Err(unexpected()),
+    }
+}

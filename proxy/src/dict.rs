@@ -1,0 +1,258 @@
+//! `DictProxy<K, V>`: a dict that lives in the manager's server.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use multiproc_runtime::manager::protocol::Method;
+use multiproc_runtime::{Result, Shareable};
+
+use crate::core::{
+    Args, Proxy, ProxyCore, Swap, TypeTag, impl_proxy, read_bool, read_len, read_many, read_swap,
+    read_unit, read_value, read_value_raw,
+};
+
+/// A proxy to a dict owned by a manager server (Python's `manager.dict()`).
+///
+/// Any process holding a proxy (a clone, or one passed as an argument or
+/// inside a message) sees and changes the same dict. Each call is one
+/// round trip to the server.
+///
+/// Keys are compared by their encoded bytes, so `K`'s encoding must be
+/// canonical: equal keys must encode to equal bytes. That holds for
+/// integers, `bool`, `char`, `String`, and tuples, arrays and `Vec`s of
+/// them; it does not hold for `HashMap`/`HashSet` keys (their order is
+/// arbitrary) or floats (`0.0` and `-0.0` differ, each `NaN` is distinct).
+/// Like Python's dict, keys come back in no particular order here.
+///
+/// ```
+/// use multiproc::{Manager, Process};
+///
+/// fn count(d: multiproc::DictProxy<String, u64>) {
+///     d.update_with("hits".to_string(), 0, |n| n + 1).unwrap();
+/// }
+///
+/// fn main() {
+///     multiproc::init();
+///     let manager = Manager::start().unwrap();
+///     let d = manager.dict::<String, u64>().unwrap();
+///     let mut p = Process::new(count, d.clone());
+///     p.start().unwrap();
+///     p.join().unwrap();
+///     assert_eq!(d.get(&"hits".to_string()).unwrap(), Some(1));
+///     manager.shutdown().unwrap();
+/// }
+/// ```
+pub struct DictProxy<K, V> {
+    core: Arc<ProxyCore>,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for DictProxy<K, V> {
+    fn clone(&self) -> Self {
+        DictProxy {
+            core: self.core.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for DictProxy<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.core.fmt(f)
+    }
+}
+
+impl<K: Shareable, V: Shareable> Proxy for DictProxy<K, V> {
+    fn core(&self) -> &ProxyCore {
+        &self.core
+    }
+    fn from_core(core: ProxyCore) -> Self {
+        DictProxy {
+            core: Arc::new(core),
+            _types: PhantomData,
+        }
+    }
+    fn tag() -> TypeTag {
+        TypeTag::new(format!(
+            "DictProxy<{}, {}>",
+            std::any::type_name::<K>(),
+            std::any::type_name::<V>()
+        ))
+    }
+}
+
+impl_proxy!(impl<K, V> for DictProxy<K, V>);
+
+impl<K: Shareable, V: Shareable> DictProxy<K, V> {
+    /// The value for `key`, if present.
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
+        let k = self.core.encode(key)?;
+        let args = Args {
+            key: Some(k.blob()),
+            ..Args::default()
+        };
+        self.core.call(Method::DictGet, args, read_value)
+    }
+
+    /// Sets `key` to `value` (Python's `d[key] = value`).
+    pub fn insert(&self, key: K, value: V) -> Result<()> {
+        let (k, v) = (self.core.encode(&key)?, self.core.encode(&value)?);
+        let args = Args {
+            key: Some(k.blob()),
+            value: Some(v.blob()),
+            ..Args::default()
+        };
+        self.core.call(Method::DictInsert, args, read_unit)
+    }
+
+    /// Removes `key`, returning its value if it was present.
+    pub fn remove(&self, key: &K) -> Result<Option<V>> {
+        let k = self.core.encode(key)?;
+        let args = Args {
+            key: Some(k.blob()),
+            ..Args::default()
+        };
+        self.core.call(Method::DictRemove, args, read_value)
+    }
+
+    /// Removes `key` and returns its value; `Err(KeyNotFound)` if it was absent
+    /// (Python's `d.pop(key)`).
+    pub fn pop(&self, key: &K) -> Result<V> {
+        self.remove(key)?
+            .ok_or(multiproc_runtime::Error::KeyNotFound)
+    }
+
+    /// Removes `key` and returns its value, or `default` if it was absent
+    /// (Python's `d.pop(key, default)`).
+    pub fn pop_or(&self, key: &K, default: V) -> Result<V> {
+        Ok(self.remove(key)?.unwrap_or(default))
+    }
+
+    /// Whether `key` is present.
+    pub fn contains_key(&self, key: &K) -> Result<bool> {
+        let k = self.core.encode(key)?;
+        let args = Args {
+            key: Some(k.blob()),
+            ..Args::default()
+        };
+        self.core.call(Method::DictContains, args, read_bool)
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> Result<usize> {
+        self.core.call(Method::DictLen, Args::default(), read_len)
+    }
+
+    /// Whether the dict is empty.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// A snapshot of the keys.
+    pub fn keys(&self) -> Result<Vec<K>> {
+        self.core
+            .call(Method::DictKeys, Args::default(), |conn, r| {
+                read_many(conn, r, |items| items.map(K::decode).collect())
+            })
+    }
+
+    /// A snapshot of the values.
+    pub fn values(&self) -> Result<Vec<V>> {
+        self.core
+            .call(Method::DictValues, Args::default(), |conn, r| {
+                read_many(conn, r, |items| items.map(V::decode).collect())
+            })
+    }
+
+    /// A snapshot of the entries.
+    pub fn items(&self) -> Result<Vec<(K, V)>> {
+        self.core
+            .call(Method::DictItems, Args::default(), |conn, r| {
+                read_many(conn, r, |items| {
+                    let mut out = Vec::new();
+                    while let Some(k) = items.next() {
+                        let v = items.next().ok_or_else(crate::client::unexpected)?;
+                        out.push((K::decode(k)?, V::decode(v)?));
+                    }
+                    Ok(out)
+                })
+            })
+    }
+
+    /// Inserts every pair, in one round trip (Python's `d.update(pairs)`).
+    pub fn update(&self, pairs: impl IntoIterator<Item = (K, V)>) -> Result<()> {
+        let mut encoded = Vec::new();
+        for (k, v) in pairs {
+            encoded.push(self.core.encode(&k)?);
+            encoded.push(self.core.encode(&v)?);
+        }
+        let args = Args {
+            batch: encoded.iter().map(|e| e.blob()).collect(),
+            ..Args::default()
+        };
+        self.core.call(Method::DictUpdate, args, read_unit)
+    }
+
+    /// Removes every entry.
+    pub fn clear(&self) -> Result<()> {
+        self.core
+            .call(Method::DictClear, Args::default(), read_unit)
+    }
+
+    /// The value for `key`, inserting `default` first if absent (Python's `setdefault`).
+    pub fn setdefault(&self, key: K, default: V) -> Result<V> {
+        let (k, v) = (self.core.encode(&key)?, self.core.encode(&default)?);
+        let args = Args {
+            key: Some(k.blob()),
+            value: Some(v.blob()),
+            ..Args::default()
+        };
+        self.core
+            .call(Method::DictSetDefault, args, read_value)?
+            .ok_or_else(crate::client::unexpected)
+    }
+
+    /// Atomically replaces the value for `key` (or `default`, if absent) with
+    /// `f(value)`, and returns the new value: `d[k] += 1` that loses nothing
+    /// when many processes do it at once.
+    ///
+    /// Built as a compare-and-swap loop on the encoded bytes: the server
+    /// stores the new value only if the current one is still the one `f`
+    /// saw, otherwise `f` runs again on the newer value. `f` may therefore
+    /// run more than once, and should have no other effects.
+    pub fn update_with(&self, key: K, default: V, mut f: impl FnMut(V) -> V) -> Result<V>
+    where
+        V: Clone,
+    {
+        let k = self.core.encode(&key)?;
+        let args = Args {
+            key: Some(k.blob()),
+            ..Args::default()
+        };
+        let mut current: Option<(Vec<u8>, V)> =
+            self.core.call(Method::DictGet, args, read_value_raw)?;
+        loop {
+            let (expected, old) = match current.take() {
+                Some((bytes, v)) => (Some(bytes), v),
+                None => (None, default.clone()),
+            };
+            let new = f(old);
+            let n = self.core.encode(&new)?;
+            let args = Args {
+                key: Some(k.blob()),
+                value: Some(n.blob()),
+                expected: expected
+                    .as_deref()
+                    .map(multiproc_runtime::manager::protocol::Blob::plain),
+                ..Args::default()
+            };
+            match self
+                .core
+                .call(Method::DictCompareAndSwap, args, read_swap)?
+            {
+                Swap::Done => return Ok(new),
+                Swap::Failed(now) => current = now,
+            }
+        }
+    }
+}

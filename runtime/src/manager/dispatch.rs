@@ -1,0 +1,666 @@
+//! Runs one request against the object table and encodes the response.
+//!
+//! Everything here works on the archived (checked, zero-copy) request and on
+//! encoded bytes: user data is never decoded. Any request that is malformed,
+//! names an unknown object or method, or lacks an argument gets an error
+//! response.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+use rkyv::util::AlignedVec;
+
+use crate::manager::protocol::{
+    ArchivedBlob, ArchivedCall, ArchivedObjectKind, ArchivedRequest, Method, ObjectId, ObjectKind,
+    RemoteError, Response, access_request, encode_response,
+};
+use crate::manager::table::{Attr, ConnRefs, Data, Stored, Table};
+
+/// What the connection should do after answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Go on serving.
+    Continue,
+    /// The client asked the server to shut down.
+    Shutdown,
+}
+
+fn emit(out: &mut AlignedVec, resp: &Response<'_>) {
+    let mut buf = std::mem::take(out);
+    buf.clear();
+    *out = match encode_response(resp, buf) {
+        Ok(b) => b,
+        Err(e) => {
+            let failed = Response::Error(RemoteError::Failed(format!(
+                "cannot encode the response: {e}"
+            )));
+            // An error response always encodes; an empty buffer is read as malformed.
+            encode_response(&failed, AlignedVec::new()).unwrap_or_default()
+        }
+    };
+}
+
+fn emit_err(out: &mut AlignedVec, e: RemoteError) {
+    emit(out, &Response::Error(e));
+}
+
+fn kind_of(k: &ArchivedObjectKind) -> ObjectKind {
+    match k {
+        ArchivedObjectKind::Dict => ObjectKind::Dict,
+        ArchivedObjectKind::List => ObjectKind::List,
+        ArchivedObjectKind::Namespace => ObjectKind::Namespace,
+        ArchivedObjectKind::Segment => ObjectKind::Segment,
+    }
+}
+
+fn kind_name(k: ObjectKind) -> &'static str {
+    match k {
+        ObjectKind::Dict => "dict",
+        ObjectKind::List => "list",
+        ObjectKind::Namespace => "namespace",
+        ObjectKind::Segment => "shared segment",
+    }
+}
+
+/// Handles one encoded request, writing the encoded response into `out`.
+pub(crate) fn handle(
+    table: &Mutex<Table>,
+    conn: &mut ConnRefs,
+    request: &[u8],
+    out: &mut AlignedVec,
+) -> After {
+    let req = match access_request(request) {
+        Ok(r) => r,
+        Err(e) => {
+            emit_err(
+                out,
+                RemoteError::Malformed(format!("unreadable request: {e}")),
+            );
+            return After::Continue;
+        }
+    };
+    match req {
+        ArchivedRequest::Create {
+            kind,
+            fingerprint,
+            type_name,
+        } => {
+            let kind = kind_of(kind);
+            let data = match kind {
+                ObjectKind::Dict => Data::Dict(HashMap::new()),
+                ObjectKind::List => Data::List(Vec::new()),
+                ObjectKind::Namespace => Data::Namespace(HashMap::new()),
+                ObjectKind::Segment => {
+                    emit_err(
+                        out,
+                        RemoteError::Malformed("segments are made with CreateShm".into()),
+                    );
+                    return After::Continue;
+                }
+            };
+            let id = table
+                .lock()
+                .insert(conn, kind, fingerprint.to_native(), type_name, data);
+            emit(out, &Response::Created(id));
+        }
+        ArchivedRequest::CreateShm(spec) => {
+            let spec = match rkyv::deserialize::<crate::shm::ShmSpec, rkyv::rancor::Error>(spec) {
+                Ok(s) => s,
+                Err(e) => return malformed(out, e),
+            };
+            match spec.create() {
+                Ok((seg, repr)) => {
+                    let object = table.lock().insert(
+                        conn,
+                        ObjectKind::Segment,
+                        spec.fingerprint,
+                        "shared segment",
+                        Data::Segment(seg),
+                    );
+                    emit(
+                        out,
+                        &Response::Handle {
+                            object,
+                            handle: repr,
+                        },
+                    );
+                }
+                Err(e) => emit_err(out, RemoteError::Failed(e.to_string())),
+            }
+        }
+        ArchivedRequest::Attach {
+            object,
+            fingerprint,
+            type_name,
+            pin,
+        } => {
+            let r = table.lock().attach(
+                conn,
+                object.to_native(),
+                fingerprint.to_native(),
+                type_name,
+                pin.to_native(),
+            );
+            match r {
+                Ok(()) => emit(out, &Response::Unit),
+                Err(e) => emit_err(out, e),
+            }
+        }
+        ArchivedRequest::Release { object, count } => {
+            table
+                .lock()
+                .release(conn, object.to_native(), count.to_native());
+            emit(out, &Response::Unit);
+        }
+        ArchivedRequest::Pin { object } => match table.lock().pin(&[object.to_native()]) {
+            Ok(token) => emit(out, &Response::Token(token)),
+            Err(e) => emit_err(out, e),
+        },
+        ArchivedRequest::PinMany { objects } => {
+            let ids: Vec<ObjectId> = objects.iter().map(|o| o.to_native()).collect();
+            let mut t = table.lock();
+            // Pin only what still exists: the caller may have raced a release.
+            let ids: Vec<ObjectId> = ids
+                .into_iter()
+                .filter(|id| t.get_mut(*id).is_ok())
+                .collect();
+            match t.pin(&ids) {
+                Ok(token) => emit(out, &Response::Token(token)),
+                Err(e) => emit_err(out, e),
+            }
+        }
+        ArchivedRequest::ClaimMany { token } => match table.lock().claim(conn, token.to_native()) {
+            Ok(ids) => emit(out, &Response::Objects(ids)),
+            Err(e) => emit_err(out, e),
+        },
+        ArchivedRequest::Call(call) => {
+            let mut t = table.lock();
+            if let Err(e) = call_method(&mut t, conn, call, out) {
+                emit_err(out, e);
+            }
+        }
+        ArchivedRequest::NumberOfObjects => {
+            let n = table.lock().len();
+            emit(out, &Response::Len(n as u64));
+        }
+        ArchivedRequest::Shutdown => {
+            emit(out, &Response::Unit);
+            return After::Shutdown;
+        }
+    }
+    After::Continue
+}
+
+fn malformed(out: &mut AlignedVec, e: impl std::fmt::Display) -> After {
+    emit_err(out, RemoteError::Malformed(e.to_string()));
+    After::Continue
+}
+
+fn need<'a, T>(arg: Option<&'a T>, what: &str) -> Result<&'a T, RemoteError> {
+    arg.ok_or_else(|| RemoteError::Malformed(format!("missing argument: {what}")))
+}
+
+fn data_of(
+    t: &mut Table,
+    id: ObjectId,
+    method: Method,
+    method_number: u32,
+) -> Result<&mut Data, RemoteError> {
+    let o = t.get_mut(id)?;
+    if method.object_kind() != o.kind {
+        return Err(RemoteError::UnknownMethod {
+            method: method_number,
+            object: kind_name(o.kind).into(),
+        });
+    }
+    Ok(&mut o.data)
+}
+
+/// Resolves a Python-style index (negative counts from the end).
+fn resolve(index: i64, len: usize, allow_end: bool) -> Result<usize, RemoteError> {
+    let out_of_range = RemoteError::IndexOutOfRange {
+        index,
+        len: len as u64,
+    };
+    let i = if index < 0 {
+        (len as i64)
+            .checked_add(index)
+            .ok_or(out_of_range.clone())?
+    } else {
+        index
+    };
+    let limit = if allow_end {
+        len
+    } else {
+        len.saturating_sub(1)
+    };
+    if i < 0 || (i as u64) > limit as u64 || (!allow_end && len == 0) {
+        return Err(out_of_range);
+    }
+    Ok(i as usize)
+}
+
+/// Stores `value`'s references, running `op`; undoes them if `op` fails.
+fn storing<R>(
+    t: &mut Table,
+    refs: &[ObjectId],
+    op: impl FnOnce(&mut Table) -> Result<R, RemoteError>,
+) -> Result<R, RemoteError> {
+    if refs.is_empty() {
+        return op(t);
+    }
+    t.incref_all(refs)?;
+    let r = op(t);
+    if r.is_err() {
+        t.decref_all(refs.iter().copied());
+    }
+    r
+}
+
+fn call_method(
+    t: &mut Table,
+    conn: &mut ConnRefs,
+    call: &ArchivedCall<'_>,
+    out: &mut AlignedVec,
+) -> Result<(), RemoteError> {
+    let id = call.object.to_native();
+    let number = call.method.to_native();
+    let Some(method) = Method::from_u32(number) else {
+        let object = t.get_mut(id).map(|o| kind_name(o.kind))?;
+        return Err(RemoteError::UnknownMethod {
+            method: number,
+            object: object.into(),
+        });
+    };
+    // The object and the method's kind first, then the arguments.
+    data_of(t, id, method, number)?;
+    let key = || need(call.key.as_ref(), "key");
+    let value = || need(call.value.as_ref(), "value");
+    // References to hand to the connection after the response is encoded,
+    // and references to drop (values overwritten or cleared).
+    let mut give: Vec<ObjectId> = Vec::new();
+    let mut drop_refs: Vec<ObjectId> = Vec::new();
+    let mut moved: Vec<ObjectId> = Vec::new();
+    use Method::*;
+    match method {
+        DictGet => {
+            let k = key()?;
+            let d = dict_of(t, id)?;
+            match d.get(&*k.bytes) {
+                Some(s) => {
+                    give.extend_from_slice(&s.refs);
+                    emit(
+                        out,
+                        &Response::Value {
+                            bytes: Some(&s.bytes),
+                            refs: s.refs.to_vec(),
+                        },
+                    );
+                }
+                None => emit(out, &no_value()),
+            }
+        }
+        DictInsert => {
+            let (k, v) = (key()?, value()?);
+            let entry = Stored::entry(k, v);
+            storing(t, &entry.refs.clone(), |t| {
+                let d = dict_of(t, id)?;
+                if let Some(old) = put(d, &k.bytes, entry) {
+                    drop_refs.extend_from_slice(&old.refs);
+                }
+                Ok(())
+            })?;
+            emit(out, &Response::Unit);
+        }
+        DictRemove => {
+            let k = key()?;
+            let d = dict_of(t, id)?;
+            match d.remove(&*k.bytes) {
+                Some(s) => {
+                    moved.extend_from_slice(&s.refs);
+                    emit(
+                        out,
+                        &Response::Value {
+                            bytes: Some(&s.bytes),
+                            refs: s.refs.to_vec(),
+                        },
+                    );
+                }
+                None => emit(out, &no_value()),
+            }
+        }
+        DictContains => {
+            let k = key()?;
+            let d = dict_of(t, id)?;
+            emit(out, &Response::Bool(d.contains_key(&*k.bytes)));
+        }
+        DictLen => {
+            let d = dict_of(t, id)?;
+            emit(out, &Response::Len(d.len() as u64));
+        }
+        DictKeys | DictValues | DictItems => {
+            let d = dict_of(t, id)?;
+            let mut items: Vec<&[u8]> = Vec::with_capacity(d.len() * 2);
+            for (k, s) in d.iter() {
+                if method != DictValues {
+                    items.push(k);
+                }
+                if method != DictKeys {
+                    items.push(&s.bytes);
+                }
+                give.extend_from_slice(&s.refs);
+            }
+            emit(
+                out,
+                &Response::Many {
+                    items,
+                    refs: give.clone(),
+                },
+            );
+        }
+        DictUpdate => {
+            if !call.batch.len().is_multiple_of(2) {
+                return Err(RemoteError::Malformed(
+                    "update needs key/value pairs".into(),
+                ));
+            }
+            let pairs: Vec<(&ArchivedBlob<'_>, Stored)> = call
+                .batch
+                .chunks(2)
+                .map(|kv| (&kv[0], Stored::entry(&kv[0], &kv[1])))
+                .collect();
+            let refs: Vec<ObjectId> = pairs
+                .iter()
+                .flat_map(|(_, s)| s.refs.iter().copied())
+                .collect();
+            storing(t, &refs, |t| {
+                let d = dict_of(t, id)?;
+                for (k, s) in pairs {
+                    if let Some(old) = d.insert(Box::from(&*k.bytes), s) {
+                        drop_refs.extend_from_slice(&old.refs);
+                    }
+                }
+                Ok(())
+            })?;
+            emit(out, &Response::Unit);
+        }
+        DictClear | ListClear => {
+            match data_of(t, id, method, number)? {
+                Data::Dict(d) => d.drain().for_each(|(_, s)| drop_refs.extend(s.refs)),
+                Data::List(l) => l.drain(..).for_each(|s| drop_refs.extend(s.refs)),
+                _ => return Err(wrong_shape()),
+            }
+            emit(out, &Response::Unit);
+        }
+        DictSetDefault => {
+            let (k, v) = (key()?, value()?);
+            let entry = Stored::entry(k, v);
+            let present = {
+                let d = dict_of(t, id)?;
+                d.contains_key(&*k.bytes)
+            };
+            if !present {
+                storing(t, &entry.refs.clone(), |t| {
+                    let d = dict_of(t, id)?;
+                    d.insert(Box::from(&*k.bytes), entry);
+                    Ok(())
+                })?;
+            }
+            let d = dict_of(t, id)?;
+            let s = d.get(&*k.bytes).ok_or(RemoteError::KeyNotFound)?;
+            give.extend_from_slice(&s.refs);
+            emit(
+                out,
+                &Response::Value {
+                    bytes: Some(&s.bytes),
+                    refs: s.refs.to_vec(),
+                },
+            );
+        }
+        DictCompareAndSwap => {
+            let (k, v) = (key()?, value()?);
+            let expected = call.expected.as_ref().map(|e| &*e.bytes);
+            let entry = Stored::entry(k, v);
+            let matches = {
+                let d = dict_of(t, id)?;
+                d.get(&*k.bytes).map(|s| &*s.bytes) == expected
+            };
+            if matches {
+                storing(t, &entry.refs.clone(), |t| {
+                    let d = dict_of(t, id)?;
+                    if let Some(old) = put(d, &k.bytes, entry) {
+                        drop_refs.extend_from_slice(&old.refs);
+                    }
+                    Ok(())
+                })?;
+                emit(
+                    out,
+                    &Response::Swapped {
+                        done: true,
+                        current: None,
+                        refs: Vec::new(),
+                    },
+                );
+            } else {
+                let d = dict_of(t, id)?;
+                let current = d.get(&*k.bytes);
+                if let Some(s) = current {
+                    give.extend_from_slice(&s.refs);
+                }
+                emit(
+                    out,
+                    &Response::Swapped {
+                        done: false,
+                        current: current.map(|s| &*s.bytes),
+                        refs: give.clone(),
+                    },
+                );
+            }
+        }
+        ListPush | ListExtend => {
+            let items: Vec<Stored> = if method == ListPush {
+                vec![Stored::from_blob(value()?)]
+            } else {
+                call.batch.iter().map(Stored::from_blob).collect()
+            };
+            let refs: Vec<ObjectId> = items.iter().flat_map(|s| s.refs.iter().copied()).collect();
+            storing(t, &refs, |t| {
+                let l = list_of(t, id)?;
+                l.extend(items);
+                Ok(())
+            })?;
+            emit(out, &Response::Unit);
+        }
+        ListGet => {
+            let l = list_of(t, id)?;
+            let s = &l[resolve(call.index.to_native(), l.len(), false)?];
+            give.extend_from_slice(&s.refs);
+            emit(
+                out,
+                &Response::Value {
+                    bytes: Some(&s.bytes),
+                    refs: s.refs.to_vec(),
+                },
+            );
+        }
+        ListSet | ListInsert => {
+            let item = Stored::from_blob(value()?);
+            storing(t, &item.refs.clone(), |t| {
+                let l = list_of(t, id)?;
+                let i = resolve(call.index.to_native(), l.len(), method == ListInsert)?;
+                if method == ListInsert {
+                    l.insert(i, item);
+                } else {
+                    let old = std::mem::replace(&mut l[i], item);
+                    drop_refs.extend_from_slice(&old.refs);
+                }
+                Ok(())
+            })?;
+            emit(out, &Response::Unit);
+        }
+        ListPop => {
+            let l = list_of(t, id)?;
+            let index = call.index.to_native();
+            if l.is_empty() && index == -1 {
+                emit(out, &no_value());
+            } else {
+                let s = l.remove(resolve(index, l.len(), false)?);
+                moved.extend_from_slice(&s.refs);
+                emit(
+                    out,
+                    &Response::Value {
+                        bytes: Some(&s.bytes),
+                        refs: s.refs.to_vec(),
+                    },
+                );
+            }
+        }
+        ListRemove | ListIndex => {
+            let v = value()?;
+            let l = list_of(t, id)?;
+            let found = l.iter().position(|s| *s.bytes == *v.bytes);
+            match (method, found) {
+                (ListRemove, Some(i)) => {
+                    drop_refs.extend_from_slice(&l.remove(i).refs);
+                    emit(out, &Response::Bool(true));
+                }
+                (ListRemove, None) => emit(out, &Response::Bool(false)),
+                (_, Some(i)) => emit(out, &Response::Len(i as u64)),
+                (_, None) => return Err(RemoteError::NotFound),
+            }
+        }
+        ListLen => {
+            let l = list_of(t, id)?;
+            emit(out, &Response::Len(l.len() as u64));
+        }
+        ListReverse => {
+            let l = list_of(t, id)?;
+            l.reverse();
+            emit(out, &Response::Unit);
+        }
+        ListSnapshot => {
+            let l = list_of(t, id)?;
+            let items: Vec<&[u8]> = l.iter().map(|s| &*s.bytes).collect();
+            l.iter().for_each(|s| give.extend_from_slice(&s.refs));
+            emit(
+                out,
+                &Response::Many {
+                    items,
+                    refs: give.clone(),
+                },
+            );
+        }
+        NsGet | NsSet | NsDelete | NsContains => {
+            let name = std::str::from_utf8(&key()?.bytes)
+                .map_err(|_| RemoteError::Malformed("attribute names are UTF-8".into()))?;
+            match method {
+                NsSet => {
+                    let v = value()?;
+                    let attr = Attr {
+                        fingerprint: call.fingerprint.to_native(),
+                        type_name: Box::from(&*call.type_name),
+                        value: Stored::from_blob(v),
+                    };
+                    storing(t, &attr.value.refs.clone(), |t| {
+                        let ns = namespace_of(t, id)?;
+                        if let Some(old) = ns.insert(name.to_string(), attr) {
+                            drop_refs.extend_from_slice(&old.value.refs);
+                        }
+                        Ok(())
+                    })?;
+                    emit(out, &Response::Unit);
+                }
+                NsGet => {
+                    let ns = namespace_of(t, id)?;
+                    let attr = ns.get(name).ok_or(RemoteError::KeyNotFound)?;
+                    if attr.fingerprint != call.fingerprint.to_native() {
+                        return Err(RemoteError::TypeMismatch {
+                            expected: call.type_name.to_string(),
+                            found: attr.type_name.to_string(),
+                        });
+                    }
+                    give.extend_from_slice(&attr.value.refs);
+                    emit(
+                        out,
+                        &Response::Value {
+                            bytes: Some(&attr.value.bytes),
+                            refs: attr.value.refs.to_vec(),
+                        },
+                    );
+                }
+                NsDelete => {
+                    let ns = namespace_of(t, id)?;
+                    let old = ns.remove(name).ok_or(RemoteError::KeyNotFound)?;
+                    drop_refs.extend_from_slice(&old.value.refs);
+                    emit(out, &Response::Unit);
+                }
+                _ => {
+                    let ns = namespace_of(t, id)?;
+                    emit(out, &Response::Bool(ns.contains_key(name)));
+                }
+            }
+        }
+        NsNames => {
+            let ns = namespace_of(t, id)?;
+            let items: Vec<&[u8]> = ns.keys().map(|k| k.as_bytes()).collect();
+            emit(
+                out,
+                &Response::Many {
+                    items,
+                    refs: Vec::new(),
+                },
+            );
+        }
+    }
+    t.incref_for(conn, &give);
+    t.transfer_to(conn, &moved);
+    if !drop_refs.is_empty() {
+        t.decref_all(drop_refs);
+    }
+    Ok(())
+}
+
+/// Stores `value` under `key`, reusing the stored key when there is one.
+fn put(d: &mut HashMap<Box<[u8]>, Stored>, key: &[u8], value: Stored) -> Option<Stored> {
+    match d.get_mut(key) {
+        Some(slot) => Some(std::mem::replace(slot, value)),
+        None => {
+            d.insert(Box::from(key), value);
+            None
+        }
+    }
+}
+
+fn no_value() -> Response<'static> {
+    Response::Value {
+        bytes: None,
+        refs: Vec::new(),
+    }
+}
+
+/// The object's data was checked against the method's kind first
+/// (`data_of`); a mismatch here would be a server bug, reported as such.
+fn wrong_shape() -> RemoteError {
+    RemoteError::Failed("object data does not match its kind".into())
+}
+
+fn dict_of(t: &mut Table, id: ObjectId) -> Result<&mut HashMap<Box<[u8]>, Stored>, RemoteError> {
+    match &mut t.get_mut(id)?.data {
+        Data::Dict(d) => Ok(d),
+        _ => Err(wrong_shape()),
+    }
+}
+
+fn list_of(t: &mut Table, id: ObjectId) -> Result<&mut Vec<Stored>, RemoteError> {
+    match &mut t.get_mut(id)?.data {
+        Data::List(l) => Ok(l),
+        _ => Err(wrong_shape()),
+    }
+}
+
+fn namespace_of(t: &mut Table, id: ObjectId) -> Result<&mut HashMap<String, Attr>, RemoteError> {
+    match &mut t.get_mut(id)?.data {
+        Data::Namespace(ns) => Ok(ns),
+        _ => Err(wrong_shape()),
+    }
+}

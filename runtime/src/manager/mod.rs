@@ -1,0 +1,18 @@
+//! The manager server: it owns dicts, lists and namespaces that any process
+//! changes through typed proxies (see the `multiproc-proxy` crate).
+//!
+//! * [`protocol`]: the request and response messages (rkyv, checked).
+//! * [`channel`]: the local transport, a shared segment per connection.
+//! * the object table and dispatch: objects as encoded bytes, reference
+//!   counted by connections, stored values and in-flight pins.
+//! * [`server`]: the serve loop that runs in the manager's process.
+
+pub mod channel;
+mod dispatch;
+pub mod protocol;
+pub mod server;
+mod table;
+
+pub use protocol::{ObjectId, ObjectKind, ServerAddress};
+pub use server::{ServerBoot, serve};
+pub use table::PIN_TIMEOUT;

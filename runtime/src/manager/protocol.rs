@@ -1,0 +1,416 @@
+//! The manager's messages: what a proxy asks, what the server answers.
+//!
+//! Both are rkyv-encoded enums. Requests borrow their byte payloads (the
+//! client serializes straight from its buffers) and the server reads them
+//! in archived form after a checked access, so a malformed request is an
+//! error response, never a panic. The same frames travel over the local
+//! shared-memory channel and, later, over TCP.
+//!
+//! User data is opaque here: keys and values are encoded bytes (a
+//! [`Blob`]) the server stores and compares but never decodes. A blob may
+//! name other managed objects it refers to (a dict holding list proxies):
+//! the server keeps those alive while the blob is stored.
+
+// rkyv derives resolver types whose tuple-variant fields cannot carry docs.
+#![allow(missing_docs)]
+
+use rkyv::with::{InlineAsBox, Map};
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::handle::HandleRepr;
+use crate::shm::ShmSpec;
+use crate::sys;
+
+/// The identity of a managed object, unique for the server's lifetime.
+pub type ObjectId = u64;
+
+/// Where a manager server can be reached.
+///
+/// Locally a server listens on a Linux abstract Unix socket (nothing on
+/// disk) whose name holds the server's pid and a random token. `start_ticks`
+/// tells the server from a later process that reuses its pid.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[rkyv(crate = rkyv, derive(Debug))]
+pub struct ServerAddress {
+    /// The server process's pid.
+    pub pid: i32,
+    /// Its start time in clock ticks since boot.
+    pub start_ticks: u64,
+    /// A random token that makes the socket name unguessable.
+    pub token: u64,
+}
+
+impl ServerAddress {
+    /// The abstract socket name the server listens on.
+    pub fn socket_name(&self) -> String {
+        format!("multiproc-manager-{}-{:016x}", self.pid, self.token)
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_alive(&self) -> bool {
+        self.pid == sys::process::getpid()
+            || sys::process::is_alive(self.pid, Some(self.start_ticks))
+    }
+}
+
+/// The kinds of objects that live inside the server.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(crate = rkyv, derive(Debug, PartialEq, Eq))]
+#[repr(u8)]
+pub enum ObjectKind {
+    /// A dict: encoded keys to encoded values.
+    Dict,
+    /// A list of encoded values.
+    List,
+    /// A namespace: names to typed, encoded values.
+    Namespace,
+    /// A shared segment the server created (a `Value`, `Array` or `Lock`).
+    Segment,
+}
+
+/// The methods a [`Request::Call`] may name, by number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+#[allow(missing_docs)]
+pub enum Method {
+    DictGet = 1,
+    DictInsert = 2,
+    DictRemove = 3,
+    DictContains = 4,
+    DictLen = 5,
+    DictKeys = 6,
+    DictValues = 7,
+    DictItems = 8,
+    DictUpdate = 9,
+    DictClear = 10,
+    DictSetDefault = 11,
+    DictCompareAndSwap = 12,
+    ListPush = 30,
+    ListExtend = 31,
+    ListGet = 32,
+    ListSet = 33,
+    ListInsert = 34,
+    ListPop = 35,
+    ListRemove = 36,
+    ListLen = 37,
+    ListIndex = 38,
+    ListReverse = 39,
+    ListSnapshot = 40,
+    ListClear = 41,
+    NsGet = 60,
+    NsSet = 61,
+    NsDelete = 62,
+    NsContains = 63,
+    NsNames = 64,
+}
+
+impl Method {
+    /// The method with this number, if there is one.
+    pub fn from_u32(n: u32) -> Option<Method> {
+        use Method::*;
+        const ALL: [Method; 29] = [
+            DictGet,
+            DictInsert,
+            DictRemove,
+            DictContains,
+            DictLen,
+            DictKeys,
+            DictValues,
+            DictItems,
+            DictUpdate,
+            DictClear,
+            DictSetDefault,
+            DictCompareAndSwap,
+            ListPush,
+            ListExtend,
+            ListGet,
+            ListSet,
+            ListInsert,
+            ListPop,
+            ListRemove,
+            ListLen,
+            ListIndex,
+            ListReverse,
+            ListSnapshot,
+            ListClear,
+            NsGet,
+            NsSet,
+            NsDelete,
+            NsContains,
+            NsNames,
+        ];
+        ALL.into_iter().find(|m| *m as u32 == n)
+    }
+
+    /// The kind of object the method applies to.
+    pub fn object_kind(self) -> ObjectKind {
+        match self as u32 {
+            0..30 => ObjectKind::Dict,
+            30..60 => ObjectKind::List,
+            _ => ObjectKind::Namespace,
+        }
+    }
+}
+
+/// Encoded user data, with the managed objects it refers to.
+#[derive(Archive, Serialize, Debug, Clone, Copy)]
+#[rkyv(crate = rkyv)]
+pub struct Blob<'a> {
+    /// The encoded bytes, opaque to the server.
+    #[rkyv(with = InlineAsBox)]
+    pub bytes: &'a [u8],
+    /// Objects of this server the bytes hold proxies to; the server keeps
+    /// them alive while it stores the bytes.
+    #[rkyv(with = InlineAsBox)]
+    pub refs: &'a [ObjectId],
+}
+
+impl<'a> Blob<'a> {
+    /// Bytes that refer to no object.
+    pub fn plain(bytes: &'a [u8]) -> Blob<'a> {
+        Blob { bytes, refs: &[] }
+    }
+}
+
+/// A method call on one object. Arguments a method does not use are left empty.
+#[derive(Archive, Serialize, Debug)]
+#[rkyv(crate = rkyv)]
+pub struct Call<'a> {
+    /// The object called.
+    pub object: ObjectId,
+    /// A [`Method`] number.
+    pub method: u32,
+    /// A list index (negative counts from the end where the method allows).
+    pub index: i64,
+    /// A dict key or namespace name.
+    pub key: Option<Blob<'a>>,
+    /// A value to store.
+    pub value: Option<Blob<'a>>,
+    /// For compare-and-swap: the value expected now (`None`: the key is absent).
+    pub expected: Option<Blob<'a>>,
+    /// Several items (extend) or key/value pairs, flattened (update).
+    pub batch: Vec<Blob<'a>>,
+    /// The fingerprint of the value's type (namespace attributes).
+    pub fingerprint: u64,
+    /// The name of the value's type (namespace attributes).
+    #[rkyv(with = InlineAsBox)]
+    pub type_name: &'a str,
+}
+
+/// What a client asks the server.
+#[derive(Archive, Serialize, Debug)]
+#[rkyv(crate = rkyv, attr(allow(missing_docs)))]
+pub enum Request<'a> {
+    /// Creates an object; the caller's connection holds the first reference.
+    Create {
+        /// Dict, list or namespace.
+        kind: ObjectKind,
+        /// Fingerprint of the proxy's types.
+        fingerprint: u64,
+        /// The proxy's types, for error messages.
+        #[rkyv(with = InlineAsBox)]
+        type_name: &'a str,
+    },
+    /// Creates a shared segment from a spec; answered with a handle the
+    /// client opens directly. The connection holds a reference until it
+    /// releases it (after opening).
+    CreateShm(ShmSpec),
+    /// Takes a reference to an existing object on this connection, checking
+    /// its type; with a nonzero `pin`, takes over that in-flight reference.
+    Attach {
+        /// The object.
+        object: ObjectId,
+        /// Fingerprint of the proxy's types.
+        fingerprint: u64,
+        /// The proxy's types, for error messages.
+        #[rkyv(with = InlineAsBox)]
+        type_name: &'a str,
+        /// An in-flight reference to take over, or 0.
+        pin: u64,
+    },
+    /// Drops `count` references this connection holds.
+    Release {
+        /// The object.
+        object: ObjectId,
+        /// How many references.
+        count: u64,
+    },
+    /// Takes an in-flight reference (for a proxy being encoded), answered with its token.
+    Pin {
+        /// The object.
+        object: ObjectId,
+    },
+    /// Takes in-flight references to several objects at once (before a
+    /// fork), answered with one token.
+    PinMany {
+        /// The objects.
+        objects: Vec<ObjectId>,
+    },
+    /// Takes over the references of a [`Request::PinMany`] token; answered
+    /// with the objects it held.
+    ClaimMany {
+        /// The token.
+        token: u64,
+    },
+    /// Calls a method.
+    Call(Call<'a>),
+    /// How many objects the server holds.
+    NumberOfObjects,
+    /// Stops the server.
+    Shutdown,
+}
+
+/// Why the server refused a request.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(crate = rkyv, attr(allow(missing_docs)))]
+pub enum RemoteError {
+    /// No such object (never created, or already freed).
+    UnknownObject(ObjectId),
+    /// No such method, or not one for this kind of object.
+    UnknownMethod {
+        /// The method number.
+        method: u32,
+        /// What the object is.
+        object: String,
+    },
+    /// The proxy's types do not match the object's.
+    TypeMismatch {
+        /// What the proxy expected.
+        expected: String,
+        /// What the object is.
+        found: String,
+    },
+    /// A list index out of range.
+    IndexOutOfRange {
+        /// The index asked for.
+        index: i64,
+        /// The list's length.
+        len: u64,
+    },
+    /// No such key or attribute.
+    KeyNotFound,
+    /// A value the server compared was not in the list.
+    NotFound,
+    /// The request could not be read, or lacked an argument.
+    Malformed(String),
+    /// The server is shutting down.
+    ShuttingDown,
+    /// Anything else (a segment could not be created, for example).
+    Failed(String),
+}
+
+impl From<RemoteError> for Error {
+    fn from(e: RemoteError) -> Error {
+        match e {
+            RemoteError::UnknownObject(id) => Error::InvalidState(format!(
+                "managed object {id} no longer exists (its last proxy was dropped)"
+            )),
+            RemoteError::UnknownMethod { method, object } => {
+                Error::Protocol(format!("method {method} is not a method of a {object}"))
+            }
+            RemoteError::TypeMismatch { expected, found } => {
+                Error::TypeMismatch { expected, found }
+            }
+            RemoteError::IndexOutOfRange { index, len } => Error::IndexOutOfRange {
+                index: usize::try_from(index).unwrap_or(usize::MAX),
+                len: len as usize,
+            },
+            RemoteError::KeyNotFound | RemoteError::NotFound => Error::KeyNotFound,
+            RemoteError::Malformed(m) => Error::Protocol(m),
+            RemoteError::ShuttingDown => Error::ManagerGone("the manager is shutting down".into()),
+            RemoteError::Failed(m) => Error::Remote(m),
+        }
+    }
+}
+
+/// What the server answers.
+#[derive(Archive, Serialize, Debug)]
+#[rkyv(crate = rkyv, attr(allow(missing_docs)))]
+pub enum Response<'a> {
+    /// Done, nothing to return.
+    Unit,
+    /// A yes or no.
+    Bool(bool),
+    /// A length or count.
+    Len(u64),
+    /// The id of a new object.
+    Created(ObjectId),
+    /// An in-flight reference's token.
+    Token(u64),
+    /// A handle to a segment the server created, and the object that keeps
+    /// it until the creator released it (after opening the handle).
+    Handle {
+        /// The object to release once the handle is open.
+        object: ObjectId,
+        /// The handle.
+        handle: HandleRepr,
+    },
+    /// One stored value, if there was one. The connection now holds one
+    /// reference to each of `refs` (for the proxies inside the bytes).
+    Value {
+        /// The encoded value.
+        #[rkyv(with = Map<InlineAsBox>)]
+        bytes: Option<&'a [u8]>,
+        /// Objects the bytes refer to, now referenced by the connection.
+        refs: Vec<ObjectId>,
+    },
+    /// Several stored values (for items: key, value, key, value …), with
+    /// the objects they refer to, as for `Value`.
+    Many {
+        /// The encoded values.
+        #[rkyv(with = Map<InlineAsBox>)]
+        items: Vec<&'a [u8]>,
+        /// Objects the values refer to, now referenced by the connection.
+        refs: Vec<ObjectId>,
+    },
+    /// The result of a compare-and-swap: if it failed, the value found
+    /// instead (whose refs the connection now holds, as for `Value`).
+    Swapped {
+        /// Whether the new value was stored.
+        done: bool,
+        /// The value found, when not done.
+        #[rkyv(with = Map<InlineAsBox>)]
+        current: Option<&'a [u8]>,
+        /// Objects `current` refers to, now referenced by the connection.
+        refs: Vec<ObjectId>,
+    },
+    /// Several object ids (the objects a claimed token held).
+    Objects(Vec<ObjectId>),
+    /// The request failed.
+    Error(RemoteError),
+}
+
+/// Encodes a request (client side).
+pub fn encode_request(
+    req: &Request<'_>,
+    buf: rkyv::util::AlignedVec,
+) -> Result<rkyv::util::AlignedVec> {
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(req, buf).map_err(Error::codec)
+}
+
+/// Encodes a response (server side).
+pub fn encode_response(
+    resp: &Response<'_>,
+    buf: rkyv::util::AlignedVec,
+) -> Result<rkyv::util::AlignedVec> {
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(resp, buf).map_err(Error::codec)
+}
+
+/// Checks and views an encoded request (`bytes` must be 16-aligned).
+pub fn access_request(bytes: &[u8]) -> Result<&ArchivedRequest<'_>> {
+    rkyv::access::<ArchivedRequest<'_>, rkyv::rancor::Error>(bytes).map_err(Error::codec)
+}
+
+/// Checks and views an encoded response (`bytes` must be 16-aligned).
+pub fn access_response(bytes: &[u8]) -> Result<&ArchivedResponse<'_>> {
+    rkyv::access::<ArchivedResponse<'_>, rkyv::rancor::Error>(bytes).map_err(Error::codec)
+}
+
+/// The error a response carries, as an [`Error`].
+pub fn remote_error(e: &ArchivedRemoteError) -> Error {
+    match rkyv::deserialize::<RemoteError, rkyv::rancor::Error>(e) {
+        Ok(e) => e.into(),
+        Err(e) => Error::codec(e),
+    }
+}

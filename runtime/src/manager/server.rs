@@ -1,0 +1,404 @@
+//! The serve loop that runs in the manager's process, and the local
+//! connection handshake both sides use.
+//!
+//! The server listens on a Linux abstract Unix socket (nothing on disk)
+//! named after its pid and a random token. A client connects and says who
+//! it is (pid and start time); the server creates the connection's channel
+//! segment, passes its descriptor back with `SCM_RIGHTS`, and one server
+//! thread serves that channel until the client closes it, dies, or the
+//! server shuts down. The references a connection held go with it.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rkyv::util::AlignedVec;
+
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::handle::{HandleRepr, ShareHandle};
+use crate::manager::channel::{Channel, ClientEnd, Hangup, SLOT_SIZE, ServerEnd};
+use crate::manager::dispatch::{self, After};
+use crate::manager::protocol::ServerAddress;
+use crate::manager::table::{ConnRefs, Table};
+use crate::shm::{Kind, ShmObject, fingerprint_str};
+use crate::sys;
+
+const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"MPMH");
+const WELCOME_MAGIC: u32 = u32::from_le_bytes(*b"MPMW");
+const PROTOCOL_VERSION: u32 = 1;
+/// How long a client waits for a live server to answer its handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the accept loop wakes to drop expired pins.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+const STARTING: u32 = 0;
+const READY: u32 = 1;
+const FAILED: u32 = 2;
+
+#[repr(C)]
+struct BootState {
+    status: AtomicU32,
+    pid: AtomicU32,
+    token: AtomicU64,
+    start_ticks: AtomicU64,
+}
+
+/// The rendezvous between a starting server and its parent: a small segment
+/// the server marks ready once it listens, with the address it chose.
+#[derive(Clone)]
+pub struct ServerBoot {
+    obj: ShmObject<BootState>,
+}
+
+impl std::fmt::Debug for ServerBoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBoot").finish_non_exhaustive()
+    }
+}
+
+fn boot_fingerprint() -> u64 {
+    fingerprint_str("multiproc::manager::boot/1")
+}
+
+fn random_token() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = (t ^ ((sys::process::getpid() as u64) << 32)).to_ne_bytes();
+    }
+    u64::from_ne_bytes(bytes)
+}
+
+impl ServerBoot {
+    /// A new rendezvous with a fresh random token.
+    pub fn new() -> Result<ServerBoot> {
+        let token = random_token();
+        let obj = ShmObject::create(
+            Kind::Other,
+            boot_fingerprint(),
+            0,
+            |state: *mut BootState, _| {
+                // SAFETY: `create` hands us aligned, writable memory for the state.
+                unsafe {
+                    state.write(BootState {
+                        status: AtomicU32::new(STARTING),
+                        pid: AtomicU32::new(0),
+                        token: AtomicU64::new(token),
+                        start_ticks: AtomicU64::new(0),
+                    })
+                }
+            },
+        )?;
+        Ok(ServerBoot { obj })
+    }
+
+    fn publish(&self, status: u32, address: Option<&ServerAddress>) {
+        let st = self.obj.state();
+        if let Some(a) = address {
+            st.pid.store(a.pid as u32, Ordering::Relaxed);
+            st.start_ticks.store(a.start_ticks, Ordering::Relaxed);
+        }
+        st.status.store(status, Ordering::SeqCst);
+        sys::futex::futex_wake(&st.status, u32::MAX);
+    }
+
+    /// Waits until the server listens and returns its address.
+    ///
+    /// `server_alive` is asked between sleep slices, so a server that died
+    /// while starting is an error, not a hang.
+    pub fn wait_ready(
+        &self,
+        mut server_alive: impl FnMut() -> bool,
+        deadline: Deadline,
+    ) -> Result<ServerAddress> {
+        let st = self.obj.state();
+        loop {
+            match st.status.load(Ordering::SeqCst) {
+                READY => {
+                    return Ok(ServerAddress {
+                        pid: st.pid.load(Ordering::Relaxed) as i32,
+                        start_ticks: st.start_ticks.load(Ordering::Relaxed),
+                        token: st.token.load(Ordering::Relaxed),
+                    });
+                }
+                FAILED => {
+                    return Err(Error::ManagerGone(
+                        "the manager server could not start listening".into(),
+                    ));
+                }
+                _ => {}
+            }
+            if !server_alive() {
+                return Err(Error::ManagerGone(
+                    "the manager server died while starting".into(),
+                ));
+            }
+            if deadline.expired() {
+                return Err(deadline.timeout_error());
+            }
+            sys::futex::futex_wait(
+                &st.status,
+                STARTING,
+                Some(deadline.slice(Duration::from_millis(100))),
+            );
+        }
+    }
+}
+
+impl ShareHandle for ServerBoot {
+    fn to_repr(&self) -> Result<HandleRepr> {
+        self.obj.to_repr()
+    }
+    fn from_repr(repr: &HandleRepr) -> Result<Self> {
+        ShmObject::open(repr, Kind::Other, boot_fingerprint(), "manager boot block")
+            .map(|obj| ServerBoot { obj })
+    }
+}
+
+crate::impl_share_handle!(impl<> for ServerBoot);
+
+fn socket_addr(address: &ServerAddress) -> std::io::Result<SocketAddr> {
+    SocketAddr::from_abstract_name(address.socket_name().as_bytes())
+}
+
+/// What every connection thread shares.
+struct ServerState {
+    address: ServerAddress,
+    table: Mutex<Table>,
+    stopping: AtomicBool,
+    channels: Mutex<Vec<Channel>>,
+}
+
+impl ServerState {
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting, tells every client, and wakes the accept loop.
+    fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for chan in self.channels.lock().iter() {
+            chan.close_by_server();
+        }
+        if let Ok(addr) = socket_addr(&self.address) {
+            // Wakes the accept loop; the connection is dropped at once.
+            let _ = UnixStream::connect_addr(&addr);
+        }
+    }
+}
+
+/// The manager server's main function: the target of the manager's process.
+///
+/// Listens until a client asks it to shut down; returns then (ending the process).
+pub fn serve(boot: ServerBoot) {
+    let address = ServerAddress {
+        pid: sys::process::getpid(),
+        start_ticks: sys::process::own_start_ticks(),
+        token: boot.obj.state().token.load(Ordering::Relaxed),
+    };
+    let listener = match socket_addr(&address).and_then(|a| UnixListener::bind_addr(&a)) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("manager server cannot listen: {e}");
+            boot.publish(FAILED, None);
+            return;
+        }
+    };
+    let state = Arc::new(ServerState {
+        address,
+        table: Mutex::new(Table::new()),
+        stopping: AtomicBool::new(false),
+        channels: Mutex::new(Vec::new()),
+    });
+    boot.publish(READY, Some(&address));
+    drop(boot);
+    let mut last_sweep = Instant::now();
+    while !state.stopping() {
+        let ready = sys::fd::poll(
+            &[listener.as_fd()],
+            sys::fd::Interest::Read,
+            Some(SWEEP_EVERY),
+        );
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            last_sweep = Instant::now();
+            state.table.lock().sweep_pins(last_sweep);
+        }
+        if !matches!(ready, Ok(ref r) if !r.is_empty()) || state.stopping() {
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let state = state.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("multiproc-manager-conn".into())
+                    .spawn(move || serve_connection(&state, stream));
+                if let Err(e) = spawned {
+                    tracing::warn!("manager server cannot start a connection thread: {e}");
+                }
+            }
+            Err(e) => tracing::debug!("manager accept failed: {e}"),
+        }
+    }
+}
+
+/// Who a client says it is.
+struct Hello {
+    pid: i32,
+    start_ticks: u64,
+}
+
+fn read_hello(stream: &mut UnixStream) -> Result<Hello> {
+    let mut buf = [0u8; 24];
+    stream.read_exact(&mut buf)?;
+    let word = |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+    if word(0) != HELLO_MAGIC || word(4) != PROTOCOL_VERSION {
+        return Err(Error::Protocol("not a multiproc manager client".into()));
+    }
+    let mut ticks = [0u8; 8];
+    ticks.copy_from_slice(&buf[16..24]);
+    Ok(Hello {
+        pid: word(8) as i32,
+        start_ticks: u64::from_le_bytes(ticks),
+    })
+}
+
+/// Whether the client end of the setup socket hung up (its process died or closed it).
+fn hung_up(stream: &UnixStream) -> bool {
+    matches!(
+        sys::fd::poll(&[stream.as_fd()], sys::fd::Interest::Read, Some(Duration::ZERO)),
+        Ok(ready) if !ready.is_empty()
+    )
+}
+
+fn serve_connection(state: &ServerState, mut stream: UnixStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let hello = match read_hello(&mut stream) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!("manager handshake failed: {e}");
+            return;
+        }
+    };
+    let chan = match Channel::create(SLOT_SIZE) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("manager cannot create a channel: {e}");
+            return;
+        }
+    };
+    let mut welcome = [0u8; 8];
+    welcome[..4].copy_from_slice(&WELCOME_MAGIC.to_le_bytes());
+    welcome[4..].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    if let Err(e) = sys::socket::send_with_fds(stream.as_fd(), &welcome, &[chan.segment().fd()]) {
+        tracing::debug!("manager cannot answer a client: {e}");
+        return;
+    }
+    state.channels.lock().push(chan.clone());
+    if state.stopping() {
+        chan.close_by_server();
+    }
+    let mut end = ServerEnd::new(chan);
+    let mut conn = ConnRefs::new();
+    let mut request = AlignedVec::new();
+    let mut response = AlignedVec::new();
+    let hangup = loop {
+        let waited = end.next_request(
+            &mut request,
+            || sys::process::is_alive(hello.pid, Some(hello.start_ticks)) && !hung_up(&stream),
+            || state.stopping(),
+        );
+        if let Err(h) = waited {
+            break h;
+        }
+        let after = dispatch::handle(&state.table, &mut conn, &request, &mut response);
+        if let Err(e) = end.respond(&response) {
+            // Too large for a slot and no overflow segment: say so instead.
+            let failed = crate::manager::protocol::Response::Error(
+                crate::manager::protocol::RemoteError::Failed(format!(
+                    "cannot send the response: {e}"
+                )),
+            );
+            let bytes = crate::manager::protocol::encode_response(&failed, AlignedVec::new())
+                .unwrap_or_default();
+            let _ = end.respond(&bytes);
+        }
+        if after == After::Shutdown {
+            state.begin_shutdown();
+            break Hangup::Shutdown;
+        }
+    };
+    tracing::debug!(pid = hello.pid, ?hangup, "manager connection ended");
+    state.table.lock().release_connection(conn);
+    let seg_id = end.channel().segment().id();
+    state.channels.lock().retain(|c| c.segment().id() != seg_id);
+}
+
+/// A client's connection to a local server: the setup socket (kept open so
+/// the server sees this process go) and the channel's client end.
+#[derive(Debug)]
+pub struct LocalConnection {
+    /// The setup socket.
+    pub socket: UnixStream,
+    /// The channel's client end.
+    pub end: ClientEnd,
+}
+
+/// Connects to the local server at `address` (client side of the handshake).
+pub fn connect(address: &ServerAddress) -> Result<LocalConnection> {
+    let gone = |e: std::io::Error| {
+        Error::ManagerGone(format!("cannot reach manager server {}: {e}", address.pid))
+    };
+    let mut socket = UnixStream::connect_addr(&socket_addr(address)?).map_err(gone)?;
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut hello = [0u8; 24];
+    hello[..4].copy_from_slice(&HELLO_MAGIC.to_le_bytes());
+    hello[4..8].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    hello[8..12].copy_from_slice(&(sys::process::getpid() as u32).to_le_bytes());
+    hello[16..24].copy_from_slice(&sys::process::own_start_ticks().to_le_bytes());
+    socket.write_all(&hello).map_err(gone)?;
+    let mut welcome = [0u8; 8];
+    let mut got = 0;
+    let mut fds = Vec::new();
+    let deadline = Deadline::after(CONNECT_TIMEOUT);
+    while got < welcome.len() {
+        if deadline.expired() {
+            return Err(gone(std::io::ErrorKind::TimedOut.into()));
+        }
+        match sys::socket::recv_with_fds(socket.as_fd(), &mut welcome[got..]) {
+            Ok((0, _)) => return Err(gone(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok((n, more)) => {
+                got += n;
+                fds.extend(more);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if !address.is_alive() {
+                    return Err(gone(e));
+                }
+            }
+            Err(e) => return Err(gone(e)),
+        }
+    }
+    if welcome[..4] != WELCOME_MAGIC.to_le_bytes() || fds.len() != 1 {
+        return Err(Error::Protocol("bad answer from the manager server".into()));
+    }
+    let seg = crate::shm::Segment::from_fd(fds.remove(0))?;
+    let chan = Channel::open(seg)?;
+    let _ = socket.set_read_timeout(None);
+    Ok(LocalConnection {
+        socket,
+        end: ClientEnd::new(chan, *address),
+    })
+}

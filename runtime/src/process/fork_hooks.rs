@@ -1,0 +1,88 @@
+//! Hooks that other parts of multiproc run around a `Fork` start.
+//!
+//! A library whose in-process state must be fixed up in a forked child (the
+//! manager client re-registers the references its proxies hold, for
+//! example) registers a [`ForkHook`]. [`Process`](crate::Process) calls every
+//! hook's `prepare` in the parent just before it forks, then `parent` or
+//! `child` on each side with what `prepare` returned. Only forks made by
+//! multiproc run the hooks (not `std::process::Command`, which execs at once).
+
+use std::any::Any;
+
+use parking_lot::Mutex;
+
+/// Code to run around a fork made by [`Process`](crate::Process) under `Fork`.
+pub trait ForkHook: Sync + 'static {
+    /// In the parent, before the fork. What it returns (locks held across the
+    /// fork, for example) is handed to `parent` or `child` afterwards.
+    fn prepare(&self) -> Box<dyn Any>;
+    /// In the parent, after the fork (or after a failed fork).
+    fn parent(&self, state: Box<dyn Any>);
+    /// In the new child, after the fork, before the target runs; only the
+    /// forking thread exists there.
+    fn child(&self, state: Box<dyn Any>);
+}
+
+static HOOKS: Mutex<Vec<&'static dyn ForkHook>> = Mutex::new(Vec::new());
+
+/// Registers `hook` for every later fork (once per hook: registering the
+/// same hook twice runs it twice).
+pub fn register_fork_hook(hook: &'static dyn ForkHook) {
+    HOOKS.lock().push(hook);
+}
+
+/// The hooks' states between `prepare` and the fork's two sides.
+pub(crate) struct Prepared {
+    states: Vec<(&'static dyn ForkHook, Box<dyn Any>)>,
+}
+
+/// Runs every hook's `prepare`, in registration order.
+pub(crate) fn prepare() -> Prepared {
+    let hooks: Vec<&'static dyn ForkHook> = HOOKS.lock().clone();
+    Prepared {
+        states: hooks.into_iter().map(|h| (h, h.prepare())).collect(),
+    }
+}
+
+impl Prepared {
+    /// Runs every hook's `child` side (in the new child).
+    pub(crate) fn child(mut self) {
+        for (hook, state) in std::mem::take(&mut self.states).into_iter().rev() {
+            hook.child(state);
+        }
+    }
+}
+
+impl Drop for Prepared {
+    /// The parent's side: also taken when the fork failed.
+    fn drop(&mut self) {
+        for (hook, state) in std::mem::take(&mut self.states).into_iter().rev() {
+            hook.parent(state);
+        }
+    }
+}
+
+/// A mutex that may be held across a fork by the forking thread.
+///
+/// `parking_lot` keeps parked waiters in a process-wide table and may hand
+/// the lock straight to one on unlock; in a forked child those waiters do
+/// not exist, so a lock the parent held across the fork, while another
+/// thread waited for it, could stay locked forever in the child. std's
+/// futex mutex keeps only a word and hands nothing over, so the child can
+/// always release what the forking thread held. Poisoning is ignored.
+#[derive(Debug, Default)]
+pub struct ForkMutex<T>(std::sync::Mutex<T>);
+
+impl<T> ForkMutex<T> {
+    /// A new, unlocked mutex.
+    pub const fn new(value: T) -> ForkMutex<T> {
+        ForkMutex(std::sync::Mutex::new(value))
+    }
+
+    /// Locks it, whatever a panicking holder left.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,490 @@
+//! The manager: a server process owning dicts, lists and namespaces that
+//! every process changes through proxies.
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use multiproc::{
+    DictProxy, Error, ListProxy, Manager, NamespaceProxy, Process, RawValue, Shareable,
+    StartMethod, Value,
+};
+use util::{PROMPTLY, eventually};
+
+multiproc::init_before_main!();
+
+const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
+
+fn start(method: StartMethod) -> Manager {
+    Manager::start_with(method).expect("manager starts")
+}
+
+fn run_all<A: Shareable, R: Shareable>(
+    method: StartMethod,
+    f: fn(A) -> R,
+    args: impl IntoIterator<Item = A>,
+) -> Vec<R> {
+    let mut ps: Vec<_> = args
+        .into_iter()
+        .map(|a| Process::new(f, a).start_method(method))
+        .collect();
+    for p in &mut ps {
+        p.start().unwrap();
+    }
+    ps.iter_mut()
+        .map(|p| p.join_timeout(PROMPTLY * 3).unwrap())
+        .collect()
+}
+
+fn write_square(args: (u32, DictProxy<u32, u64>, ListProxy<u32>)) {
+    let (i, d, l) = args;
+    d.insert(i, u64::from(i) * u64::from(i)).unwrap();
+    l.push(i).unwrap();
+}
+
+#[test]
+fn ten_processes_fill_one_dict_and_one_list() {
+    for m in METHODS {
+        let manager = start(m);
+        let d = manager.dict::<u32, u64>().unwrap();
+        let l = manager.list::<u32>().unwrap();
+        run_all(m, write_square, (0..10).map(|i| (i, d.clone(), l.clone())));
+        assert_eq!(d.len().unwrap(), 10, "{m:?}");
+        let mut items = d.items().unwrap();
+        items.sort();
+        let expected: Vec<(u32, u64)> = (0..10).map(|i| (i, u64::from(i * i))).collect();
+        assert_eq!(items, expected, "{m:?}");
+        let mut pushed = l.to_vec().unwrap();
+        pushed.sort();
+        assert_eq!(pushed, (0..10).collect::<Vec<_>>(), "{m:?}");
+        manager.shutdown().unwrap();
+    }
+}
+
+fn increment(d: DictProxy<String, u64>) {
+    for _ in 0..10_000 {
+        d.update_with("counter".to_string(), 0, |n| n + 1).unwrap();
+    }
+}
+
+#[test]
+fn atomic_increments_from_four_processes_lose_nothing() {
+    for m in METHODS {
+        let manager = start(m);
+        let d = manager.dict::<String, u64>().unwrap();
+        run_all(m, increment, (0..4).map(|_| d.clone()));
+        assert_eq!(
+            d.get(&"counter".to_string()).unwrap(),
+            Some(40_000),
+            "{m:?}"
+        );
+        manager.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn threads_of_one_process_share_its_connection() {
+    let manager = start(StartMethod::Fork);
+    let d = manager.dict::<u8, u32>().unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    d.update_with(0, 0, |n| n + 1).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(d.get(&0).unwrap(), Some(4000));
+    manager.shutdown().unwrap();
+}
+
+fn append_to_nested(args: (u32, DictProxy<u32, ListProxy<u32>>)) {
+    let (i, d) = args;
+    let list = d.get(&(i % 3)).unwrap().expect("the list is stored");
+    list.push(i).unwrap();
+}
+
+#[test]
+fn a_dict_of_list_proxies_is_shared_by_children() {
+    for m in METHODS {
+        let manager = start(m);
+        let d = manager.dict::<u32, ListProxy<u32>>().unwrap();
+        for k in 0..3 {
+            // The temporary proxy goes at once: the stored value keeps the list alive.
+            d.insert(k, manager.list().unwrap()).unwrap();
+        }
+        assert_eq!(manager.number_of_objects().unwrap(), 4, "{m:?}");
+        run_all(m, append_to_nested, (0..9).map(|i| (i, d.clone())));
+        for k in 0..3 {
+            let mut got = d.get(&k).unwrap().unwrap().to_vec().unwrap();
+            got.sort();
+            assert_eq!(got, vec![k, k + 3, k + 6], "{m:?}");
+        }
+        // Overwriting a stored proxy frees the list it held (once the server
+        // has seen the children, which held it too, go).
+        d.insert(0, manager.list().unwrap()).unwrap();
+        assert!(d.get(&0).unwrap().unwrap().is_empty().unwrap());
+        assert!(
+            eventually(PROMPTLY, || manager.number_of_objects().unwrap() == 4),
+            "{m:?}"
+        );
+        drop(d);
+        assert!(
+            eventually(PROMPTLY, || manager.number_of_objects().unwrap() == 0),
+            "{m:?}"
+        );
+        manager.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn objects_are_freed_when_the_last_proxy_drops() {
+    let manager = start(StartMethod::Fork);
+    let d = manager.dict::<u32, u32>().unwrap();
+    let l = manager.list::<String>().unwrap();
+    let ns = manager.namespace().unwrap();
+    assert_eq!(manager.number_of_objects().unwrap(), 3);
+    let d2 = d.clone();
+    drop(d);
+    assert_eq!(manager.number_of_objects().unwrap(), 3);
+    drop(d2);
+    drop(l);
+    assert_eq!(manager.number_of_objects().unwrap(), 1);
+    // Decoding in this process takes its own reference.
+    let bytes = ns.encode().unwrap();
+    let ns2 = NamespaceProxy::decode(&bytes).unwrap();
+    drop(ns);
+    ns2.set("x", 1u8).unwrap();
+    assert_eq!(manager.number_of_objects().unwrap(), 1);
+    drop(ns2);
+    assert_eq!(manager.number_of_objects().unwrap(), 0);
+    manager.shutdown().unwrap();
+}
+
+fn read_moved(d: DictProxy<u32, u32>) -> Option<u32> {
+    d.get(&7).unwrap()
+}
+
+#[test]
+fn a_proxy_moved_into_a_child_outlives_the_parents_copy() {
+    for m in METHODS {
+        let manager = start(m);
+        let d = manager.dict::<u32, u32>().unwrap();
+        d.insert(7, 49).unwrap();
+        // The parent keeps no proxy: the in-flight reference (spawn) or the
+        // fork pin keeps the dict alive until the child attached.
+        let mut p = Process::new(read_moved, d).start_method(m);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(PROMPTLY).unwrap(), Some(49), "{m:?}");
+        assert!(
+            eventually(PROMPTLY, || manager.number_of_objects().unwrap() == 0),
+            "{m:?}: the dict outlived every proxy"
+        );
+        manager.shutdown().unwrap();
+    }
+}
+
+fn attach_then_hang(args: (DictProxy<u32, u32>, RawValue<u32>)) {
+    let (d, attached) = args;
+    d.insert(1, 1).unwrap();
+    attached.store(1);
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_killed_holder_releases_its_references() {
+    for m in METHODS {
+        let manager = start(m);
+        let d = manager.dict::<u32, u32>().unwrap();
+        let attached = RawValue::new(0u32).unwrap();
+        let mut p = Process::new(attach_then_hang, (d.clone(), attached.clone())).start_method(m);
+        p.start().unwrap();
+        assert!(eventually(PROMPTLY, || attached.load() == 1), "{m:?}");
+        drop(d);
+        assert_eq!(
+            manager.number_of_objects().unwrap(),
+            1,
+            "{m:?}: the child holds it"
+        );
+        p.kill().unwrap();
+        assert!(p.join_timeout(PROMPTLY).is_err());
+        assert!(
+            eventually(PROMPTLY, || manager.number_of_objects().unwrap() == 0),
+            "{m:?}: the dead child's reference was not dropped"
+        );
+        manager.shutdown().unwrap();
+    }
+}
+
+fn call_until_gone(args: (DictProxy<u32, u32>, RawValue<u32>)) -> String {
+    let (d, started) = args;
+    let mut i = 0u32;
+    loop {
+        if let Err(e) = d.insert(i % 100, i) {
+            return format!("{e:?}");
+        }
+        started.store(1);
+        i = i.wrapping_add(1);
+    }
+}
+
+#[test]
+fn a_dead_server_is_a_prompt_error_and_a_new_manager_starts() {
+    for m in METHODS {
+        let manager = start(m);
+        let d = manager.dict::<u32, u32>().unwrap();
+        let started = RawValue::new(0u32).unwrap();
+        let mut p = Process::new(call_until_gone, (d.clone(), started.clone())).start_method(m);
+        p.start().unwrap();
+        assert!(eventually(PROMPTLY, || started.load() == 1), "{m:?}");
+        // Stop the server first so the child's call is surely in flight.
+        // SAFETY: kill(2) on the server's pid, which this process started.
+        unsafe {
+            libc::kill(manager.pid(), libc::SIGSTOP);
+            libc::kill(manager.pid(), libc::SIGKILL);
+        }
+        let t = Instant::now();
+        let child_saw = p.join_timeout(PROMPTLY).unwrap();
+        assert!(child_saw.starts_with("ManagerGone"), "{m:?}: {child_saw}");
+        assert!(matches!(d.get(&0), Err(Error::ManagerGone(_))), "{m:?}");
+        assert!(t.elapsed() < PROMPTLY);
+        manager.shutdown().unwrap();
+        let again = start(m);
+        let d = again.dict::<u32, u32>().unwrap();
+        d.insert(1, 2).unwrap();
+        assert_eq!(d.get(&1).unwrap(), Some(2));
+        again.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn shutdown_ends_the_server_and_fails_later_calls() {
+    let manager = start(StartMethod::Spawn);
+    let pid = manager.pid();
+    let l = manager.list::<u8>().unwrap();
+    l.push(1).unwrap();
+    let clone = manager.clone();
+    drop(manager);
+    assert!(l.len().is_ok(), "a clone of the manager keeps it running");
+    drop(clone);
+    assert!(util::is_gone(pid));
+    util::assert_not_our_zombie(pid);
+    assert!(matches!(l.push(2), Err(Error::ManagerGone(_))));
+}
+
+#[test]
+fn wrong_proxy_types_are_a_type_mismatch() {
+    let manager = start(StartMethod::Fork);
+    let d = manager.dict::<u32, String>().unwrap();
+    let bytes = d.encode().unwrap();
+    match DictProxy::<String, u32>::decode(&bytes) {
+        Err(Error::TypeMismatch { expected, found }) => {
+            assert_eq!(expected, "DictProxy<alloc::string::String, u32>");
+            assert_eq!(found, "DictProxy<u32, alloc::string::String>");
+        }
+        other => panic!("expected a type mismatch, got {other:?}"),
+    }
+    // The right type takes over the in-flight reference the encoding made.
+    let right = DictProxy::<u32, String>::decode(&bytes).unwrap();
+    drop(right);
+    let ns = manager.namespace().unwrap();
+    ns.set("n", 5u64).unwrap();
+    match ns.get::<String>("n") {
+        Err(Error::TypeMismatch { expected, found }) => {
+            assert_eq!(expected, "alloc::string::String");
+            assert_eq!(found, "u64");
+        }
+        other => panic!("expected a type mismatch, got {other:?}"),
+    }
+    assert_eq!(ns.get::<u64>("n").unwrap(), 5);
+    drop((d, ns));
+    assert_eq!(manager.number_of_objects().unwrap(), 0);
+    manager.shutdown().unwrap();
+}
+
+#[test]
+fn out_of_range_indices_and_missing_keys() {
+    let manager = start(StartMethod::Fork);
+    let l = manager.list::<u32>().unwrap();
+    l.extend([10, 20, 30]).unwrap();
+    assert!(matches!(
+        l.get(3),
+        Err(Error::IndexOutOfRange { index: 3, len: 3 })
+    ));
+    assert!(matches!(
+        l.set(5, 1),
+        Err(Error::IndexOutOfRange { index: 5, len: 3 })
+    ));
+    assert!(matches!(
+        l.insert(4, 1),
+        Err(Error::IndexOutOfRange { index: 4, len: 3 })
+    ));
+    assert!(matches!(
+        l.pop_at(9),
+        Err(Error::IndexOutOfRange { index: 9, len: 3 })
+    ));
+    l.insert(3, 40).unwrap();
+    l.insert(0, 0).unwrap();
+    l.set(1, 11).unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![0, 11, 20, 30, 40]);
+    assert_eq!(l.index(&30).unwrap(), Some(3));
+    assert_eq!(l.index(&99).unwrap(), None);
+    assert!(l.remove(&20).unwrap());
+    assert!(!l.remove(&20).unwrap());
+    l.reverse().unwrap();
+    assert_eq!(l.iter().unwrap().collect::<Vec<_>>(), vec![40, 30, 11, 0]);
+    assert_eq!(l.pop_at(0).unwrap(), 40);
+    l.clear().unwrap();
+    assert_eq!(l.pop().unwrap(), None);
+    assert!(matches!(
+        l.pop_at(0),
+        Err(Error::IndexOutOfRange { index: 0, len: 0 })
+    ));
+
+    let d = manager.dict::<String, u32>().unwrap();
+    let k = |s: &str| s.to_string();
+    assert!(matches!(d.pop(&k("nope")), Err(Error::KeyNotFound)));
+    assert_eq!(d.pop_or(&k("nope"), 3).unwrap(), 3);
+    assert_eq!(d.get(&k("nope")).unwrap(), None);
+    assert_eq!(d.setdefault(k("a"), 1).unwrap(), 1);
+    assert_eq!(d.setdefault(k("a"), 2).unwrap(), 1);
+    d.update([(k("b"), 2), (k("c"), 3)]).unwrap();
+    assert!(d.contains_key(&k("b")).unwrap());
+    let mut keys = d.keys().unwrap();
+    keys.sort();
+    assert_eq!(keys, vec![k("a"), k("b"), k("c")]);
+    let mut values = d.values().unwrap();
+    values.sort();
+    assert_eq!(values, vec![1, 2, 3]);
+    assert_eq!(d.pop(&k("b")).unwrap(), 2);
+    assert_eq!(d.remove(&k("b")).unwrap(), None);
+    d.clear().unwrap();
+    assert!(d.is_empty().unwrap());
+
+    let ns = manager.namespace().unwrap();
+    assert!(matches!(ns.get::<u32>("x"), Err(Error::KeyNotFound)));
+    assert!(matches!(ns.delete("x"), Err(Error::KeyNotFound)));
+    ns.set("x", "hello".to_string()).unwrap();
+    assert!(ns.contains("x").unwrap());
+    assert_eq!(ns.names().unwrap(), vec!["x".to_string()]);
+    ns.delete("x").unwrap();
+    assert!(!ns.contains("x").unwrap());
+    manager.shutdown().unwrap();
+}
+
+#[test]
+fn large_values_travel_through_overflow_segments() {
+    let manager = start(StartMethod::Fork);
+    let d = manager.dict::<u8, Vec<u8>>().unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    d.insert(1, big.clone()).unwrap();
+    assert_eq!(d.get(&1).unwrap().as_deref(), Some(&big[..]));
+    let l = manager.list::<u64>().unwrap();
+    l.extend(0..100_000).unwrap();
+    assert_eq!(l.to_vec().unwrap(), (0..100_000).collect::<Vec<u64>>());
+    manager.shutdown().unwrap();
+}
+
+fn bump(args: (Value<u64>, multiproc::Lock, multiproc::Array<i32>)) {
+    let (v, lock, a) = args;
+    let _g = lock.lock().unwrap();
+    *v.lock().unwrap() += 1;
+    a.set(0, a.get(0).unwrap() + 1).unwrap();
+}
+
+#[test]
+fn server_created_shared_objects_are_used_directly() {
+    for m in METHODS {
+        let manager = start(m);
+        let v = manager.value(41u64).unwrap();
+        let lock = manager.lock().unwrap();
+        let a = manager.array(&[1i32, 2, 3]).unwrap();
+        assert_eq!(v.get(), 41);
+        assert_eq!(a.to_vec(), vec![1, 2, 3]);
+        assert_eq!(manager.number_of_objects().unwrap(), 0);
+        run_all(
+            m,
+            bump,
+            (0..3).map(|_| (v.clone(), lock.clone(), a.clone())),
+        );
+        assert_eq!(v.get(), 44, "{m:?}");
+        assert_eq!(a.to_vec(), vec![4, 2, 3], "{m:?}");
+        manager.shutdown().unwrap();
+        // The memory outlives the server: it lives in the mappings.
+        assert_eq!(v.get(), 44);
+    }
+}
+
+#[test]
+fn malformed_and_unknown_requests_get_error_responses() {
+    use multiproc::manager::protocol::{
+        ArchivedRemoteError, ArchivedResponse, Call, Request, access_response, encode_request,
+    };
+    use multiproc::rkyv::util::AlignedVec;
+    let manager = start(StartMethod::Fork);
+    let mut conn = multiproc::manager::server::connect(manager.address()).unwrap();
+    let mut resp = AlignedVec::new();
+    let mut ask = |bytes: &[u8], resp: &mut AlignedVec| {
+        conn.end.round_trip(bytes, resp).unwrap();
+    };
+    ask(b"certainly not a request", &mut resp);
+    assert!(matches!(
+        access_response(&resp).unwrap(),
+        ArchivedResponse::Error(ArchivedRemoteError::Malformed(_))
+    ));
+    let call = |object, method| {
+        Request::Call(Call {
+            object,
+            method,
+            index: 0,
+            key: None,
+            value: None,
+            expected: None,
+            batch: Vec::new(),
+            fingerprint: 0,
+            type_name: "",
+        })
+    };
+    ask(
+        &encode_request(&call(12345, 5), AlignedVec::new()).unwrap(),
+        &mut resp,
+    );
+    assert!(matches!(
+        access_response(&resp).unwrap(),
+        ArchivedResponse::Error(ArchivedRemoteError::UnknownObject(_))
+    ));
+    let l = manager.list::<u8>().unwrap();
+    let bytes = l.encode().unwrap();
+    let id = multiproc_proxy::ProxyRepr::decode(&bytes).unwrap().object;
+    drop(ListProxy::<u8>::decode(&bytes).unwrap());
+    for method in [1, 999] {
+        ask(
+            &encode_request(&call(id, method), AlignedVec::new()).unwrap(),
+            &mut resp,
+        );
+        assert!(
+            matches!(
+                access_response(&resp).unwrap(),
+                ArchivedResponse::Error(ArchivedRemoteError::UnknownMethod { .. })
+            ),
+            "method {method}"
+        );
+    }
+    // A dict method on a list, without its key: still an answer, not a crash.
+    ask(
+        &encode_request(&call(id, 30), AlignedVec::new()).unwrap(),
+        &mut resp,
+    );
+    assert!(matches!(
+        access_response(&resp).unwrap(),
+        ArchivedResponse::Error(ArchivedRemoteError::Malformed(_))
+    ));
+    l.push(1).unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![1]);
+    manager.shutdown().unwrap();
+}
