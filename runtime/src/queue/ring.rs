@@ -1410,7 +1410,10 @@ mod tests {
         let t = TestRing::new(512);
         let t2 = t.clone();
         let h = std::thread::spawn(move || {
-            t2.put(&message(5, 4000), Deadline::after(Duration::from_millis(50)))
+            t2.put(
+                &message(5, 4000),
+                Deadline::after(Duration::from_millis(50)),
+            )
         });
         assert!(h.join().unwrap().is_err());
         // The mark says message 1 is still being written, but nobody holds the lock.
