@@ -86,10 +86,12 @@ impl<T: Shareable> JoinableQueue<T> {
                     "task_done() called more times than there were items in the queue".into(),
                 ));
             }
+            // SeqCst: a joiner registers, then reads `done`; we change `done`,
+            // then read the joiner count. One of the two sees the other.
             match join.done.compare_exchange_weak(
                 done,
                 done + 1,
-                Ordering::AcqRel,
+                Ordering::SeqCst,
                 Ordering::Acquire,
             ) {
                 Ok(_) => {

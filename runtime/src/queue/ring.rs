@@ -774,6 +774,14 @@ impl<'a> Ring<'a> {
         ends: &dyn Ends,
     ) -> Result<()> {
         out.clear();
+        if deadline == Deadline::Now && !self.has_data() {
+            // Nothing to take: say so without the consumer lock, which a getter
+            // blocked in another process may hold.
+            if ends.writers_done(true) && !self.has_data() {
+                return Err(Error::Closed);
+            }
+            return Err(Error::Empty);
+        }
         let _held = self
             .lock_consumer(deadline)
             .ok_or_else(|| gave_up(&deadline, Error::Empty))?;
@@ -1235,6 +1243,18 @@ mod tests {
         assert_eq!(t.get(SOON).unwrap(), b"x");
         assert!(matches!(t.get(SOON), Err(Error::Closed)));
         assert!(matches!(t.get(Deadline::Now), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn try_get_says_empty_while_a_getter_blocks() {
+        let t = TestRing::new(256);
+        let t2 = t.clone();
+        let blocked = std::thread::spawn(move || t2.get(Deadline::after(Duration::from_secs(20))));
+        for _ in 0..100 {
+            assert!(matches!(t.get(Deadline::Now), Err(Error::Empty)));
+        }
+        t.put(b"x", Deadline::Now).unwrap();
+        assert_eq!(blocked.join().unwrap().unwrap(), b"x");
     }
 
     #[test]
