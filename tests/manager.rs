@@ -32,7 +32,7 @@ fn run_all<A: Shareable, R: Shareable>(
         p.start().unwrap();
     }
     ps.iter_mut()
-        .map(|p| p.join_timeout(PROMPTLY * 3).unwrap())
+        .map(|p| p.join_timeout(PROMPTLY * 6).unwrap())
         .collect()
 }
 
