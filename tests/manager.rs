@@ -32,7 +32,7 @@ fn run_all<A: Shareable, R: Shareable>(
         p.start().unwrap();
     }
     ps.iter_mut()
-        .map(|p| p.join_timeout(PROMPTLY * 3).unwrap())
+        .map(|p| p.join_timeout(PROMPTLY * 6).unwrap())
         .collect()
 }
 
@@ -216,6 +216,38 @@ fn a_killed_holder_releases_its_references() {
         assert!(
             eventually(PROMPTLY, || manager.number_of_objects().unwrap() == 0),
             "{m:?}: the dead child's reference was not dropped"
+        );
+        manager.shutdown().unwrap();
+    }
+}
+
+fn insert_forever(args: (DictProxy<u32, u32>, RawValue<u32>)) {
+    let (d, started) = args;
+    for i in 0u32.. {
+        d.insert(i % 100, i).unwrap();
+        started.store(1);
+    }
+}
+
+#[test]
+fn a_client_killed_mid_request_leaves_the_server_serving_others() {
+    for m in METHODS {
+        let manager = start(m);
+        let d = manager.dict::<u32, u32>().unwrap();
+        let started = RawValue::new(0u32).unwrap();
+        let mut p = Process::new(insert_forever, (d.clone(), started.clone())).start_method(m);
+        p.start().unwrap();
+        assert!(eventually(PROMPTLY, || started.load() == 1), "{m:?}");
+        let other = manager.list::<u32>().unwrap();
+        p.kill().unwrap();
+        assert!(p.join_timeout(PROMPTLY).is_err());
+        other.push(1).unwrap();
+        assert_eq!(other.to_vec().unwrap(), vec![1], "{m:?}");
+        assert!(d.len().unwrap() > 0, "{m:?}");
+        drop((d, other));
+        assert!(
+            eventually(PROMPTLY, || manager.number_of_objects().unwrap() == 0),
+            "{m:?}: the killed client's references were not dropped"
         );
         manager.shutdown().unwrap();
     }
