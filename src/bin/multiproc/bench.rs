@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use multiproc::{
-    Barrier, Event, Lock, Pool, Process, RLock, RawValue, StartMethod, ThreadPool, Value,
+    Barrier, Connection, Event, Lock, Manager, Pipe, Pool, Process, Queue, RLock, RawValue,
+    StartMethod, ThreadPool, Value,
 };
 
 use crate::stats::{Figure, fmt_ns, per_call, summarize, time_ops};
@@ -47,6 +48,15 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("pool/cpu_1ms", pool_cpu_1ms),
         ("pool/cpu_1ms_one_process", cpu_1ms_one_process),
         ("threadpool/map_chunksize_1", threadpool_map_chunksize_1),
+        ("queue/throughput_8b", queue_throughput_8b),
+        ("queue/throughput_1mib", queue_throughput_1mib),
+        ("pipe/round_trip", pipe_round_trip),
+        ("manager/dict_get", manager_dict_get),
+        ("manager/dict_set", manager_dict_set),
+        ("manager/lock", manager_lock),
+        ("manager/create_object", manager_create_object),
+        ("proxy_vs_raw/counter_proxy", counter_proxy),
+        ("proxy_vs_raw/counter_raw", counter_raw),
     ]
 }
 
@@ -261,6 +271,167 @@ fn cpu_1ms_one_process(scale: &Scale) -> multiproc::Result<Figure> {
         20 * scale.k,
         || {
             std::hint::black_box(cpu_1ms(1));
+        },
+    ))
+}
+
+/// Puts `n` copies of `item` and then `None`.
+fn produce<T: Clone>((q, item, n): (Queue<Option<T>>, T, u64))
+where
+    Option<T>: multiproc::Shareable,
+    (Queue<Option<T>>, T, u64): multiproc::Shareable,
+{
+    let item = Some(item);
+    for _ in 0..n {
+        if q.put(&item).is_err() {
+            return;
+        }
+    }
+    let _ = q.put(&None);
+}
+
+/// Per-message time of a child producing `n` messages into a queue we drain.
+fn queue_throughput<T: Clone>(
+    key: &'static str,
+    scale: &Scale,
+    item: T,
+    n: usize,
+    bytes: Option<f64>,
+) -> multiproc::Result<Figure>
+where
+    Option<T>: multiproc::Shareable,
+    (Queue<Option<T>>, T, u64): multiproc::Shareable,
+{
+    let mut per_op = Vec::new();
+    for _ in 0..scale.samples.min(10) {
+        let q = Queue::<Option<T>>::new()?;
+        let mut p = Process::new(produce::<T>, (q.clone(), item.clone(), n as u64))
+            .start_method(StartMethod::Fork);
+        p.start()?;
+        // Time from the first message on: process start is measured elsewhere.
+        let first = q.get()?;
+        let mut got = usize::from(first.is_some());
+        let ns = time_ops(n.saturating_sub(1), || {
+            while let Ok(Some(_)) = q.get() {
+                got += 1;
+            }
+        });
+        p.join_timeout(Duration::from_secs(60))?;
+        if got != n {
+            return Err(multiproc::Error::InvalidState(format!(
+                "{key}: {got} of {n} arrived"
+            )));
+        }
+        per_op.push(ns);
+    }
+    Ok(summarize(key, &mut per_op, bytes))
+}
+
+fn queue_throughput_8b(scale: &Scale) -> multiproc::Result<Figure> {
+    queue_throughput("queue/throughput_8b", scale, 7u64, 20_000 * scale.k, None)
+}
+
+fn queue_throughput_1mib(scale: &Scale) -> multiproc::Result<Figure> {
+    let mib = vec![7u8; 1 << 20];
+    queue_throughput(
+        "queue/throughput_1mib",
+        scale,
+        mib,
+        20 * scale.k,
+        Some((1 << 20) as f64),
+    )
+}
+
+fn echo(conn: Connection<u64>) {
+    while let Ok(x) = conn.recv() {
+        if conn.send(x).is_err() {
+            return;
+        }
+    }
+}
+
+fn pipe_round_trip(scale: &Scale) -> multiproc::Result<Figure> {
+    let (here, there) = Pipe::new::<u64>()?;
+    let mut p = Process::new(echo, there).start_method(StartMethod::Fork);
+    p.start()?;
+    let figure = per_call("pipe/round_trip", scale.samples, 200 * scale.k, || {
+        if here.send(1).is_ok() {
+            let _ = here.recv();
+        }
+    });
+    here.close();
+    p.join_timeout(Duration::from_secs(60))?;
+    Ok(figure)
+}
+
+fn manager_dict_get(scale: &Scale) -> multiproc::Result<Figure> {
+    let m = Manager::start_with(StartMethod::Fork)?;
+    let d = m.dict::<u64, u64>()?;
+    d.insert(1, 1)?;
+    let figure = per_call("manager/dict_get", scale.samples, 200 * scale.k, || {
+        let _ = std::hint::black_box(d.get(&1));
+    });
+    m.shutdown()?;
+    Ok(figure)
+}
+
+fn manager_dict_set(scale: &Scale) -> multiproc::Result<Figure> {
+    let m = Manager::start_with(StartMethod::Fork)?;
+    let d = m.dict::<u64, u64>()?;
+    let figure = per_call("manager/dict_set", scale.samples, 200 * scale.k, || {
+        let _ = d.insert(1, 2);
+    });
+    m.shutdown()?;
+    Ok(figure)
+}
+
+fn manager_lock(scale: &Scale) -> multiproc::Result<Figure> {
+    let m = Manager::start_with(StartMethod::Fork)?;
+    let l = m.lock()?;
+    let figure = per_call("manager/lock", scale.samples, 10_000 * scale.k, || {
+        if let Ok(g) = l.lock() {
+            drop(g);
+        }
+    });
+    m.shutdown()?;
+    Ok(figure)
+}
+
+fn manager_create_object(scale: &Scale) -> multiproc::Result<Figure> {
+    let m = Manager::start_with(StartMethod::Fork)?;
+    let figure = per_call("manager/create_object", scale.samples, 20 * scale.k, || {
+        let _ = std::hint::black_box(m.dict::<u64, u64>());
+    });
+    m.shutdown()?;
+    Ok(figure)
+}
+
+fn counter_proxy(scale: &Scale) -> multiproc::Result<Figure> {
+    let m = Manager::start_with(StartMethod::Fork)?;
+    let d = m.dict::<u8, u64>()?;
+    d.insert(0, 0)?;
+    let figure = per_call(
+        "proxy_vs_raw/counter_proxy",
+        scale.samples,
+        100 * scale.k,
+        || {
+            let _ = d.update_with(0, 0, |v| v + 1);
+        },
+    );
+    m.shutdown()?;
+    Ok(figure)
+}
+
+fn counter_raw(scale: &Scale) -> multiproc::Result<Figure> {
+    let v = Value::new(0u64)?;
+    Ok(per_call(
+        "proxy_vs_raw/counter_raw",
+        scale.samples,
+        10_000 * scale.k,
+        || {
+            if let Ok(mut g) = v.lock() {
+                *g += 1;
+            }
         },
     ))
 }
