@@ -90,9 +90,8 @@ pub(crate) fn fork_guard() -> MutexGuard<'static, Vec<Arc<ChildState>>> {
 /// Adds a started child and reaps finished ones.
 pub(crate) fn register(child: Arc<ChildState>) {
     AT_EXIT.call_once(|| {
-        // SAFETY: registering a plain `extern "C" fn()` with the C runtime.
-        unsafe {
-            libc::atexit(at_exit);
+        if let Err(e) = sys::process::at_exit(at_exit) {
+            tracing::warn!("cannot register the exit handler that reaps children: {e}");
         }
     });
     let mut children = CHILDREN.lock();

@@ -136,6 +136,17 @@ pub fn fork() -> std::io::Result<Forked> {
     })
 }
 
+/// Runs `f` when the process exits normally (C's `atexit`).
+pub fn at_exit(f: extern "C" fn()) -> std::io::Result<()> {
+    // SAFETY: registering a plain `extern "C" fn()` with the C runtime.
+    let res = unsafe { libc::atexit(f) };
+    if res == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("atexit refused the handler"))
+    }
+}
+
 /// Ends the process at once with `code`, without running exit handlers.
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit has no preconditions and does not return.
