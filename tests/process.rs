@@ -301,3 +301,44 @@ fn active_children_lists_and_reaps() {
     }));
     assert!(multiproc::cpu_count() >= 1);
 }
+
+/// Waits (bounded) until this process's parent is gone, then raises the flag.
+fn notice_orphaning(flag: multiproc::RawValue<u32>) {
+    let parent = multiproc::parent_process().expect("a child has a parent");
+    let start = std::time::Instant::now();
+    while parent.is_alive() && start.elapsed() < PROMPTLY {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if !parent.is_alive() {
+        flag.store(1);
+    }
+}
+
+/// Starts a non-daemon grandchild and returns without joining it (the
+/// process then waits for it at exit, as Python's children do).
+fn leave_a_grandchild((method, flag): (StartMethod, multiproc::RawValue<u32>)) -> i32 {
+    let mut g = Process::new(notice_orphaning, flag).start_method(method);
+    g.start().unwrap();
+    g.pid().unwrap()
+}
+
+#[test]
+fn a_child_can_tell_its_parent_is_gone() {
+    for m in METHODS {
+        let flag = multiproc::RawValue::new(0u32).unwrap();
+        let mut middle = Process::new(leave_a_grandchild, (m, flag.clone())).start_method(m);
+        middle.start().unwrap();
+        // The middle process waits for its non-daemon grandchild at exit (as
+        // Python does), so kill it: the grandchild must notice and not die with it.
+        assert!(matches!(
+            middle.join_timeout(Duration::from_millis(50)),
+            Err(Error::Timeout(_))
+        ));
+        middle.kill().unwrap();
+        assert!(middle.join_timeout(PROMPTLY).is_err());
+        assert!(
+            eventually(PROMPTLY, || flag.load() == 1),
+            "{m:?}: the grandchild did not notice its parent died"
+        );
+    }
+}
