@@ -86,6 +86,27 @@
 //! }
 //! ```
 //!
+//! ## Use a pool
+//!
+//! A [`Pool`] fans a function out over worker processes: `map`, `starmap`,
+//! `imap`, `imap_unordered`, `apply_async` with callbacks. A panicking task is
+//! an error carrying its message; a worker that dies fails only the tasks it
+//! held (`Error::WorkerDied`) and is replaced. [`ThreadPool`] has the same API.
+//!
+//! ```
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! fn main() {
+//!     multiproc::init();
+//!     let pool = multiproc::Pool::new(2).unwrap();
+//!     assert_eq!(pool.map(square, 1..=4, None).unwrap(), vec![1, 4, 9, 16]);
+//!     let mut lazy = pool.imap(square, 1u64.., 8).unwrap();
+//!     assert_eq!(lazy.next().unwrap().unwrap(), 1);
+//! }
+//! ```
+//!
 //! ## Use a manager
 //!
 //! A [`Manager`] starts a server process that owns dicts, lists and
