@@ -10,7 +10,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::HandleRepr;
 use crate::queue::ring::{self, Ends, Padded, Ring, RingState, WaitWord};
-use crate::shm::{Kind, ShmObject, fingerprint_str};
+use crate::shm::{Kind, ShmObject, ShmSpec, fingerprint_str};
 
 /// The shared state of a queue: its ring, its limit and JoinableQueue's counters.
 #[repr(C)]
@@ -127,6 +127,21 @@ impl QueueCore {
             },
         )?;
         Ok(QueueCore { obj, cap, maxsize })
+    }
+
+    /// The layout of a new queue segment (as [`QueueCore::create`] makes),
+    /// for a manager server to create.
+    pub(crate) fn spec(fingerprint: u64, maxsize: usize, capacity: usize) -> Result<ShmSpec> {
+        let cap = ring::capacity_for(capacity)?;
+        let maxsize = maxsize as u64;
+        // SAFETY: QueueState is atomics and integers only; all-zero is an
+        // empty ring that `init` then sizes.
+        Ok(unsafe {
+            ShmSpec::zeroed(Kind::Queue, fingerprint, cap as usize, |s: &QueueState| {
+                s.ring.init(cap);
+                s.maxsize.0.store(maxsize, Ordering::Relaxed);
+            })
+        })
     }
 
     /// Opens a decoded handle, checking kind, type and limits.

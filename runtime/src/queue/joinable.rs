@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
 use crate::queue::Queue;
 use crate::queue::ring::gave_up;
+use crate::shm::ShmSpec;
 use crate::sys::futex::WaitOutcome;
 
 /// Python's `JoinableQueue`: a [`Queue`] (all of whose methods it has,
@@ -69,6 +70,12 @@ impl<T: Shareable> JoinableQueue<T> {
     /// A joinable queue with both limits: `maxsize` messages and a ring of `bytes` bytes.
     pub fn with_maxsize_and_capacity(maxsize: usize, bytes: usize) -> Result<Self> {
         Queue::with_maxsize_and_capacity(maxsize, bytes).map(|queue| JoinableQueue { queue })
+    }
+
+    /// The layout of a new joinable queue with both limits, for a manager
+    /// server to create (see [`Value::spec`](crate::Value::spec)).
+    pub fn spec(maxsize: usize, bytes: usize) -> Result<ShmSpec> {
+        Queue::<T>::spec(maxsize, bytes)
     }
 
     /// Marks one task taken from the queue as finished.

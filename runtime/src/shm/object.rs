@@ -68,6 +68,9 @@ pub struct ObjectHeader {
     _pad: u32,
     fingerprint: u64,
     tail_len: u64,
+    /// The process that owns the object, as a lock word (start ticks above
+    /// pid): a manager server for the objects it creates, 0 for none.
+    owner: u64,
 }
 
 /// A fingerprint of a type, the same in every process running the same binary.
@@ -133,6 +136,7 @@ fn tail_offset_for(state_size: usize) -> usize {
 fn create_segment(
     kind: Kind,
     fingerprint: u64,
+    owner: u64,
     state_size: usize,
     tail_len: usize,
     init: impl FnOnce(*mut u8, *mut u8),
@@ -156,6 +160,7 @@ fn create_segment(
             _pad: 0,
             fingerprint,
             tail_len: tail_len as u64,
+            owner,
         });
     }
     Ok(seg)
@@ -186,6 +191,36 @@ pub struct ShmSpec {
 const MAX_SPEC_BYTES: u64 = 1 << 40;
 
 impl ShmSpec {
+    /// The spec of an object whose state is a `T` that starts all zero, then
+    /// is changed by `init` (through its atomics); `tail_len` zero bytes follow.
+    ///
+    /// # Safety
+    ///
+    /// An all-zero `T` must be a valid `T` (atomics and integers only).
+    pub(crate) unsafe fn zeroed<T>(
+        kind: Kind,
+        fingerprint: u64,
+        tail_len: usize,
+        init: impl FnOnce(&T),
+    ) -> ShmSpec {
+        let mut state = Box::<T>::new_zeroed();
+        // SAFETY: the caller promises that all-zero is a valid `T`.
+        let state = unsafe { state.assume_init_mut() } as &T;
+        init(state);
+        let len = std::mem::size_of::<T>();
+        // SAFETY: every byte of the box was zeroed and is changed only
+        // through `T`'s atomics, so all `len` bytes are initialised; `init`
+        // has returned, so nothing changes them while we copy.
+        let bytes = unsafe { std::slice::from_raw_parts((state as *const T).cast::<u8>(), len) };
+        ShmSpec {
+            kind: kind as u32,
+            fingerprint,
+            state_size: len as u64,
+            tail_len: tail_len as u64,
+            state_init: bytes.to_vec(),
+        }
+    }
+
     /// Creates the segment this spec describes and returns a handle to its state.
     ///
     /// Every field is checked, so a spec that came from another process cannot
@@ -204,6 +239,7 @@ impl ShmSpec {
         let seg = create_segment(
             kind,
             self.fingerprint,
+            crate::sync::raw_lock::my_word(),
             self.state_size as usize,
             self.tail_len as usize,
             |state, _tail| {
@@ -236,6 +272,7 @@ impl<T> ShmObject<T> {
         let seg = create_segment(
             kind,
             fingerprint,
+            0,
             std::mem::size_of::<T>(),
             tail_len,
             |state, tail| init(state.cast::<T>(), tail),
@@ -369,6 +406,14 @@ impl<T> ShmObject<T> {
         // SAFETY: the header was written in create and checked in open.
         let header = unsafe { &*self.seg.as_ptr().cast::<ObjectHeader>() };
         header.tail_len as usize
+    }
+
+    /// Whether the object has an owner (the manager server that created it)
+    /// and that process has ended. Reads `/proc`: for waiters between sleeps.
+    pub fn owner_gone(&self) -> bool {
+        // SAFETY: the header was written in create and checked in open.
+        let header = unsafe { &*self.seg.as_ptr().cast::<ObjectHeader>() };
+        header.owner != 0 && !crate::sync::raw_lock::holder_alive(header.owner)
     }
 
     /// The segment behind the object.

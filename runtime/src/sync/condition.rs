@@ -24,7 +24,7 @@ use std::time::Duration;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
-use crate::shm::{Kind, ShmObject};
+use crate::shm::{Kind, ShmObject, ShmSpec};
 use crate::sync::lock::Lock;
 use crate::sync::park;
 use crate::sync::raw_lock::Acquired;
@@ -273,6 +273,14 @@ impl Condition {
             obj,
             lock: ConditionLock::RLock(lock),
         })
+    }
+
+    /// The layout of a new condition with its own [`RLock`], for a manager
+    /// server to create (see [`Value::spec`](crate::Value::spec)).
+    pub fn spec() -> ShmSpec {
+        // SAFETY: CondState is atomics and integers only; all-zero is a
+        // condition over its own (unlocked) RLock.
+        unsafe { ShmSpec::zeroed::<CondState>(Kind::Condition, 0, 0, |_| {}) }
     }
 
     /// A new condition over an existing [`Lock`] or [`RLock`], which other

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::deadline::Deadline;
 use crate::error::Result;
 use crate::handle::{HandleRepr, ShareHandle};
-use crate::shm::{Kind, ShmObject};
+use crate::shm::{Kind, ShmObject, ShmSpec};
 use crate::sync::park;
 use crate::sys::futex;
 
@@ -110,6 +110,13 @@ impl std::fmt::Debug for Event {
 }
 
 impl Event {
+    /// The layout of a new, clear event, for a manager server to create
+    /// (see [`Value::spec`](crate::Value::spec)).
+    pub fn spec() -> ShmSpec {
+        // SAFETY: EventState is one atomic; all-zero is a clear event.
+        unsafe { ShmSpec::zeroed::<EventState>(Kind::Event, 0, 0, |_| {}) }
+    }
+
     /// A new, clear event in its own segment.
     pub fn new() -> Result<Event> {
         let obj = ShmObject::create(Kind::Event, 0, 0, |state: *mut EventState, _| {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
-use crate::shm::{Kind, ShmObject, fingerprint_str};
+use crate::shm::{Kind, ShmObject, ShmSpec, fingerprint_str};
 use crate::sync::park;
 
 /// The shared state of a semaphore (`#[repr(C)]`, atomics only).
@@ -113,6 +113,17 @@ fn create(value: u32, max: u32, name: &str) -> Result<ShmObject<SemState>> {
     )
 }
 
+/// The layout of a new semaphore (`value <= max`), for a manager server to create.
+fn spec(value: u32, max: u32, name: &str) -> ShmSpec {
+    // SAFETY: SemState is atomics and integers only.
+    unsafe {
+        ShmSpec::zeroed(Kind::Semaphore, fingerprint_str(name), 0, |s: &SemState| {
+            s.value.store(value, Ordering::Relaxed);
+            s.max.store(max, Ordering::Relaxed);
+        })
+    }
+}
+
 fn open(repr: &HandleRepr, name: &str) -> Result<ShmObject<SemState>> {
     ShmObject::open(repr, Kind::Semaphore, fingerprint_str(name), name)
 }
@@ -185,6 +196,12 @@ impl Semaphore {
         create(value, u32::MAX, Self::NAME).map(|obj| Semaphore { obj })
     }
 
+    /// The layout of a new semaphore at `value`, for a manager server to
+    /// create (see [`Value::spec`](crate::Value::spec)).
+    pub fn spec(value: u32) -> ShmSpec {
+        spec(value, u32::MAX, Self::NAME)
+    }
+
     semaphore_methods!();
 
     /// Gives one unit back, waking one waiter. `Err(InvalidState)` only if the
@@ -227,6 +244,12 @@ impl BoundedSemaphore {
     /// A bounded semaphore whose value starts, and is capped, at `value`.
     pub fn new(value: u32) -> Result<BoundedSemaphore> {
         create(value, value, Self::NAME).map(|obj| BoundedSemaphore { obj })
+    }
+
+    /// The layout of a new bounded semaphore at `value`, for a manager server
+    /// to create (see [`Value::spec`](crate::Value::spec)).
+    pub fn spec(value: u32) -> ShmSpec {
+        spec(value, value, Self::NAME)
     }
 
     semaphore_methods!();
