@@ -3,11 +3,13 @@
 
 mod util;
 
+use std::time::Instant;
+
 use multiproc::{
-    Barrier, BoundedSemaphore, Condition, Event, JoinableQueue, Manager, Process, Queue, RLock,
-    Semaphore, Shareable, StartMethod, Value,
+    Barrier, BoundedSemaphore, Condition, Error, Event, JoinableQueue, Manager, Process, Queue,
+    RLock, RawValue, Semaphore, Shareable, StartMethod, Value,
 };
-use util::PROMPTLY;
+use util::{PROMPTLY, eventually};
 
 multiproc::init_before_main!();
 
@@ -94,7 +96,7 @@ type Party = (
 /// under the semaphores and the re-entered RLock; returns its barrier index.
 fn party(args: Party) -> usize {
     let (start, barrier, sem, bounded, rlock, count) = args;
-    assert!(start.wait_timeout(PROMPTLY));
+    assert!(start.wait_timeout(PROMPTLY).unwrap());
     let index = barrier.wait().unwrap();
     sem.acquire().unwrap();
     bounded.acquire().unwrap();
@@ -181,4 +183,102 @@ fn manager_objects_outlive_a_clean_shutdown() {
     manager.shutdown().unwrap();
     // Items already in the ring are still there to take.
     assert_eq!(q.try_get().unwrap(), "kept");
+}
+
+fn kill_server(manager: &Manager) {
+    // SAFETY: kill(2) on the server's pid, which this process started.
+    unsafe {
+        libc::kill(manager.pid(), libc::SIGKILL);
+    }
+}
+
+fn is_manager_gone<T: std::fmt::Debug>(r: multiproc::Result<T>) -> bool {
+    matches!(r, Err(Error::ManagerGone(_)))
+}
+
+/// Says it is about to block, then blocks on the queue (`which == 0`) or
+/// the event; returns how the wait ended.
+fn block_until_gone(args: (Queue<u32>, Event, RawValue<u32>, u32)) -> String {
+    let (q, ev, started, which) = args;
+    started.store(1);
+    let outcome = if which == 0 {
+        q.get().map(|v| format!("got {v}"))
+    } else {
+        ev.wait().map(|()| "set".to_string())
+    };
+    match outcome {
+        Ok(s) => s,
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+#[test]
+fn a_child_blocked_on_a_manager_queue_or_event_fails_when_the_server_is_killed() {
+    for m in METHODS {
+        for which in 0..2u32 {
+            let manager = start(m);
+            let q = manager.queue::<u32>().unwrap();
+            let ev = manager.event().unwrap();
+            let started = RawValue::new(0u32).unwrap();
+            let mut p = Process::new(
+                block_until_gone,
+                (q.clone(), ev.clone(), started.clone(), which),
+            )
+            .start_method(m);
+            p.start().unwrap();
+            assert!(eventually(PROMPTLY, || started.load() == 1), "{m:?}");
+            kill_server(&manager);
+            let t = Instant::now();
+            let child_saw = p.join_timeout(PROMPTLY).unwrap();
+            assert!(
+                child_saw.starts_with("ManagerGone"),
+                "{m:?} {which}: {child_saw}"
+            );
+            assert!(t.elapsed() < PROMPTLY);
+            manager.shutdown().unwrap();
+        }
+    }
+}
+
+#[test]
+fn every_blocking_wait_on_a_dead_managers_object_fails_but_locks_stay_usable() {
+    let manager = start(StartMethod::Fork);
+    let full = manager.queue_with_maxsize::<u32>(1).unwrap();
+    full.put(1u32).unwrap();
+    let empty = manager.queue::<u32>().unwrap();
+    let tasks = manager.joinable_queue::<u32>().unwrap();
+    tasks.put(1u32).unwrap();
+    let ev = manager.event().unwrap();
+    let sem = manager.semaphore(0).unwrap();
+    let bounded = manager.bounded_semaphore(1).unwrap();
+    bounded.acquire().unwrap();
+    let cond = manager.condition().unwrap();
+    let barrier = manager.barrier(2).unwrap();
+    let lock = manager.lock().unwrap();
+    let rlock = manager.rlock().unwrap();
+    kill_server(&manager);
+
+    assert!(is_manager_gone(full.put(2u32)), "put on a full queue");
+    assert!(is_manager_gone(empty.get()), "get on an empty queue");
+    assert!(is_manager_gone(tasks.join()), "join with a task left");
+    assert!(is_manager_gone(ev.wait()));
+    assert!(is_manager_gone(ev.wait_timeout(PROMPTLY)));
+    assert!(is_manager_gone(sem.acquire()));
+    assert!(is_manager_gone(bounded.acquire_timeout(PROMPTLY)));
+    {
+        let _guard = cond.lock().unwrap();
+        assert!(is_manager_gone(cond.wait()));
+        assert!(
+            cond.notify_all().is_ok(),
+            "the lock is held again after the failed wait"
+        );
+    }
+    assert!(is_manager_gone(barrier.wait()));
+    // What does not wait still works: the segments live while mapped.
+    assert_eq!(full.try_get().unwrap(), 1);
+    ev.set();
+    assert!(ev.wait().is_ok());
+    drop(lock.lock().unwrap());
+    drop(rlock.lock().unwrap());
+    manager.shutdown().unwrap();
 }

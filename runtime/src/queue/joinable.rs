@@ -119,7 +119,8 @@ impl<T: Shareable> JoinableQueue<T> {
         core.ring().tasks().saturating_sub(done) as usize
     }
 
-    /// Waits until every task put has been marked done.
+    /// Waits until every task put has been marked done. On a queue a manager
+    /// created, fails with `Error::ManagerGone` soon after the manager died.
     pub fn join(&self) -> Result<()> {
         self.join_deadline(Deadline::Never)
     }
@@ -150,6 +151,7 @@ impl<T: Shareable> JoinableQueue<T> {
                 // A producer that died between counting a task and publishing it
                 // is repaired by whoever takes over its lock.
                 ring.recover_dead_producer();
+                core.check_owner()?;
             }
         }
     }

@@ -408,12 +408,33 @@ impl<T> ShmObject<T> {
         header.tail_len as usize
     }
 
+    /// Whether a manager server created the object (a cheap read).
+    pub fn has_owner(&self) -> bool {
+        // SAFETY: as in `owner_gone`.
+        let header = unsafe { &*self.seg.as_ptr().cast::<ObjectHeader>() };
+        header.owner != 0
+    }
+
     /// Whether the object has an owner (the manager server that created it)
     /// and that process has ended. Reads `/proc`: for waiters between sleeps.
     pub fn owner_gone(&self) -> bool {
         // SAFETY: the header was written in create and checked in open.
         let header = unsafe { &*self.seg.as_ptr().cast::<ObjectHeader>() };
         header.owner != 0 && !crate::sync::raw_lock::holder_alive(header.owner)
+    }
+
+    /// `Err(ManagerGone)` if [`ShmObject::owner_gone`]: what a waiter on a
+    /// manager-created object returns once the manager has died.
+    pub fn check_owner(&self) -> Result<()> {
+        if self.owner_gone() {
+            // SAFETY: as in `owner_gone`.
+            let header = unsafe { &*self.seg.as_ptr().cast::<ObjectHeader>() };
+            let pid = header.owner & 0x7FFF_FFFF;
+            return Err(Error::ManagerGone(format!(
+                "manager server {pid} that owns this object died"
+            )));
+        }
+        Ok(())
     }
 
     /// The segment behind the object.

@@ -403,6 +403,9 @@ impl Barrier {
 
     /// Waits until all parties have arrived; returns this party's arrival
     /// index in `0..parties` (the last to arrive gets `parties - 1`).
+    ///
+    /// On a barrier a manager created, a waiter breaks the barrier and fails
+    /// with `Error::ManagerGone` within about 100 ms of the manager's death.
     pub fn wait(&self) -> Result<usize> {
         self.wait_deadline(Deadline::Never, false)
     }
@@ -455,7 +458,8 @@ impl Barrier {
             spin = false;
             let changed = s.seq.load(Ordering::SeqCst) != seen;
             let died = check_liveness && self.someone_died();
-            if !changed && !died && !deadline.expired() {
+            let owner_gone = check_liveness && self.obj.owner_gone();
+            if !changed && !died && !owner_gone && !deadline.expired() {
                 continue;
             }
             let inner = self.inner();
@@ -466,6 +470,12 @@ impl Barrier {
             if s.state.load(Ordering::Relaxed) == BROKEN {
                 inner.leave();
                 return Err(Error::BrokenBarrier);
+            }
+            if owner_gone {
+                // The manager that owns the barrier died: nobody is released.
+                inner.break_barrier();
+                inner.leave();
+                return Err(self.obj.check_owner().err().unwrap_or(Error::BrokenBarrier));
             }
             if deadline.expired() || (died && self.forget_dead(&inner)) {
                 inner.break_barrier();

@@ -29,6 +29,7 @@ use crate::sync::lock::Lock;
 use crate::sync::park;
 use crate::sync::raw_lock::Acquired;
 use crate::sync::rlock::{RLock, RLockState};
+use crate::sys::futex::WaitOutcome;
 
 /// The lock lives in the condition's own segment (`Condition::new`).
 const OWN_RLOCK: u32 = 0;
@@ -79,15 +80,20 @@ impl CondState {
     }
 
     /// Sleeps until this waiter takes a wake-up (true) or `deadline` passes (false).
-    fn sleep_until_notified(&self, registered_at: u32, deadline: Deadline) -> bool {
+    fn sleep_until_notified(
+        &self,
+        registered_at: u32,
+        deadline: Deadline,
+        check: impl Fn() -> Result<()>,
+    ) -> Result<bool> {
         let mut spin = deadline != Deadline::Now;
         loop {
             let seq = self.seq.load(Ordering::SeqCst);
             if seq != registered_at && self.try_take() {
-                return true;
+                return Ok(true);
             }
             if deadline.expired() {
-                return false;
+                return Ok(false);
             }
             if spin {
                 spin = false;
@@ -95,7 +101,10 @@ impl CondState {
                     continue;
                 }
             }
-            park::sleep(&self.seq, seq, &self.sleepers, deadline.remaining());
+            let slice = Some(deadline.slice(park::LIVENESS_SLICE));
+            if park::sleep(&self.seq, seq, &self.sleepers, slice) == WaitOutcome::TimedOut {
+                check()?;
+            }
         }
     }
 
@@ -362,6 +371,9 @@ impl Condition {
     }
 
     /// Releases the lock, sleeps until notified, and takes the lock back.
+    ///
+    /// On a condition a manager created, fails with `Error::ManagerGone`
+    /// (holding the lock again) within about 100 ms of the manager's death.
     pub fn wait(&self) -> Result<()> {
         self.wait_deadline(Deadline::Never).map(|_| ())
     }
@@ -389,11 +401,15 @@ impl Condition {
                 return Err(e);
             }
         };
-        let mut notified = state.sleep_until_notified(registered_at, deadline);
+        let slept = state.sleep_until_notified(registered_at, deadline, || self.obj.check_owner());
         let acquired = self.lock.acquire_restore(saved)?;
+        let mut notified = matches!(slept, Ok(true));
         if !notified {
             notified = state.leave(registered_at);
         }
+        // The manager that owns the condition died: the lock is held again,
+        // as after any wait, and the caller learns why the wait ended.
+        slept?;
         match acquired {
             Acquired::Clean => Ok(notified),
             Acquired::OwnerDied { pid } => Err(Error::OwnerDied { pid }),
@@ -653,9 +669,15 @@ mod tests {
         // A waiter registered after the notify sees the bumped counter.
         s.counts.fetch_add(ONE_WAITER, Ordering::SeqCst);
         let late = s.seq.load(Ordering::SeqCst);
-        assert!(!s.sleep_until_notified(late, Deadline::Now));
+        assert!(
+            !s.sleep_until_notified(late, Deadline::Now, || Ok(()))
+                .unwrap()
+        );
         assert!(!s.leave(late));
-        assert!(s.sleep_until_notified(early, Deadline::Now));
+        assert!(
+            s.sleep_until_notified(early, Deadline::Now, || Ok(()))
+                .unwrap()
+        );
         assert_eq!(s.counts.load(Ordering::SeqCst), 0);
     }
 

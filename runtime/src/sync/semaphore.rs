@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
 use crate::shm::{Kind, ShmObject, ShmSpec, fingerprint_str};
 use crate::sync::park;
+use crate::sys::futex::WaitOutcome;
 
 /// The shared state of a semaphore (`#[repr(C)]`, atomics only).
 #[repr(C)]
@@ -42,26 +43,31 @@ impl SemState {
         false
     }
 
-    /// Takes one unit, waiting until `deadline`; false if the deadline passed first.
-    fn acquire(&self, deadline: Deadline) -> bool {
+    /// Takes one unit, waiting until `deadline`; false if the deadline
+    /// passed first. Between sleep slices `check` may end the wait with an
+    /// error (a dead manager that owns the semaphore).
+    fn acquire(&self, deadline: Deadline, check: impl Fn() -> Result<()>) -> Result<bool> {
         if self.try_take() {
-            return true;
+            return Ok(true);
         }
         if deadline != Deadline::Now
             && park::spin_until(|| self.value.load(Ordering::Relaxed) > 0 && self.try_take())
         {
-            return true;
+            return Ok(true);
         }
         loop {
             // A woken sleeper always tries before it looks at the clock, so a
             // unit released to it is taken, not left behind.
             if self.try_take() {
-                return true;
+                return Ok(true);
             }
             if deadline.expired() {
-                return false;
+                return Ok(false);
             }
-            park::sleep(&self.value, 0, &self.sleepers, deadline.remaining());
+            let slice = Some(deadline.slice(park::LIVENESS_SLICE));
+            if park::sleep(&self.value, 0, &self.sleepers, slice) == WaitOutcome::TimedOut {
+                check()?;
+            }
         }
     }
 
@@ -152,7 +158,7 @@ macro_rules! semaphore_methods {
         }
 
         fn acquire_deadline(&self, deadline: Deadline) -> Result<()> {
-            if self.state().acquire(deadline) {
+            if self.state().acquire(deadline, || self.obj.check_owner())? {
                 Ok(())
             } else {
                 Err(deadline.timeout_error())
