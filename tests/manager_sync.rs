@@ -6,8 +6,8 @@ mod util;
 use std::time::Instant;
 
 use multiproc::{
-    Barrier, BoundedSemaphore, Condition, Error, Event, JoinableQueue, Manager, Process, Queue,
-    RLock, RawValue, Semaphore, Shareable, StartMethod, Value,
+    Barrier, BoundedSemaphore, Condition, DictProxy, Error, Event, JoinableQueue, Manager, Process,
+    Queue, RLock, RawValue, Semaphore, ServerAddress, Shareable, StartMethod, Value,
 };
 use util::{PROMPTLY, eventually};
 
@@ -281,4 +281,54 @@ fn every_blocking_wait_on_a_dead_managers_object_fails_but_locks_stay_usable() {
     drop(lock.lock().unwrap());
     drop(rlock.lock().unwrap());
     manager.shutdown().unwrap();
+}
+
+/// What the child creates in the parent's manager.
+type Created = (Queue<u32>, DictProxy<u32, String>);
+
+/// Connects to the parent's manager, creates a queue and a dict there and
+/// hands both back through the parent's queue; keeps them until they are
+/// taken (a handle in a message is opened from the sender's descriptors).
+fn create_in_parents_manager(args: (ServerAddress, Queue<Created>, Event)) {
+    let (address, back, taken) = args;
+    let manager = Manager::connect(address).unwrap();
+    assert!(manager.shutdown().is_err(), "only the starter shuts down");
+    let q = manager.queue::<u32>().unwrap();
+    q.put(42u32).unwrap();
+    let d = manager.dict::<u32, String>().unwrap();
+    d.insert(1, "from the child".into()).unwrap();
+    let pair = (q, d);
+    back.put(&pair).unwrap();
+    assert!(taken.wait_timeout(PROMPTLY).unwrap());
+    drop(pair);
+}
+
+#[test]
+fn a_child_connects_to_the_managers_address_and_creates_objects() {
+    for m in METHODS {
+        let manager = start(m);
+        let back = manager.queue().unwrap();
+        let taken = manager.event().unwrap();
+        let args = (*manager.address(), back.clone(), taken.clone());
+        let mut p = Process::new(create_in_parents_manager, args).start_method(m);
+        p.start().unwrap();
+        let (q, d) = back.get_timeout(PROMPTLY).unwrap();
+        taken.set();
+        p.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(q.get_timeout(PROMPTLY).unwrap(), 42, "{m:?}");
+        assert_eq!(
+            d.get(&1).unwrap().as_deref(),
+            Some("from the child"),
+            "{m:?}"
+        );
+        assert_eq!(
+            manager.number_of_objects().unwrap(),
+            1,
+            "the dict, now held here"
+        );
+        drop(d);
+        assert_eq!(manager.number_of_objects().unwrap(), 0);
+        manager.shutdown().unwrap();
+        assert!(is_manager_gone(Manager::connect(*manager.address())));
+    }
 }

@@ -136,7 +136,27 @@ impl Manager {
         })
     }
 
-    /// Where the server listens.
+    /// A handle to the running server at `address` (another process's
+    /// [`Manager::address`], passed to this one as an argument or in a
+    /// message): this process can then create objects in that server too.
+    ///
+    /// Only the process that started the server may shut it down; dropping
+    /// a connected `Manager` leaves the server running. `Err(ManagerGone)`
+    /// if the server is not running or cannot be reached.
+    pub fn connect(address: ServerAddress) -> Result<Manager> {
+        client::connection(&address)?;
+        Ok(Manager {
+            inner: Arc::new(Inner {
+                // No process has pid 0: nobody here may shut the server down.
+                owner: 0,
+                address,
+                process: Mutex::new(None),
+                shut_down: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Where the server listens; pass it to another process for [`Manager::connect`].
     pub fn address(&self) -> &ServerAddress {
         &self.inner.address
     }
