@@ -332,3 +332,32 @@ fn a_child_connects_to_the_managers_address_and_creates_objects() {
         assert!(is_manager_gone(Manager::connect(*manager.address())));
     }
 }
+
+/// Waits several liveness slices on objects of a live manager; returns what
+/// each timed wait ended with.
+fn wait_out_slices(args: (Queue<u32>, Event, Semaphore)) -> Vec<String> {
+    let (q, ev, sem) = args;
+    let long = std::time::Duration::from_millis(350);
+    vec![
+        format!("{:?}", q.get_timeout(long)),
+        format!("{:?}", ev.wait_timeout(long)),
+        format!("{:?}", sem.acquire_timeout(long)),
+    ]
+}
+
+#[test]
+fn long_waits_on_a_live_managers_objects_just_time_out() {
+    for m in METHODS {
+        let manager = start(m);
+        let args = (
+            manager.queue::<u32>().unwrap(),
+            manager.event().unwrap(),
+            manager.semaphore(0).unwrap(),
+        );
+        let got = run_all(m, wait_out_slices, [args]).remove(0);
+        assert!(got[0].starts_with("Err(Timeout"), "{m:?}: {got:?}");
+        assert_eq!(got[1], "Ok(false)", "{m:?}");
+        assert!(got[2].starts_with("Err(Timeout"), "{m:?}: {got:?}");
+        manager.shutdown().unwrap();
+    }
+}

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use multiproc::{
-    Barrier, Event, Lock, Pool, Process, RLock, RawValue, StartMethod, ThreadPool, Value,
+    Barrier, Event, Lock, Manager, Pool, Process, RLock, RawValue, StartMethod, ThreadPool, Value,
 };
 
 use crate::stats::{Figure, fmt_ns, per_call, summarize, time_ops};
@@ -47,6 +47,13 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("pool/cpu_1ms", pool_cpu_1ms),
         ("pool/cpu_1ms_one_process", cpu_1ms_one_process),
         ("threadpool/map_chunksize_1", threadpool_map_chunksize_1),
+        ("manager/dict_get", manager_dict_get),
+        ("manager/dict_set", manager_dict_set),
+        ("manager/create_object", manager_create_object),
+        ("manager/lock", manager_lock),
+        ("manager/queue_put_get", manager_queue_put_get),
+        ("proxy_vs_raw/counter_proxy", counter_proxy),
+        ("proxy_vs_raw/counter_raw", counter_raw),
     ]
 }
 
@@ -283,6 +290,115 @@ fn threadpool_map_chunksize_1(scale: &Scale) -> multiproc::Result<Figure> {
         per_op.push(ns);
     }
     Ok(summarize("threadpool/map_chunksize_1", &mut per_op, None))
+}
+
+/// Runs `f` with a fresh manager, shutting it down after.
+fn with_manager(
+    f: impl FnOnce(&Manager) -> multiproc::Result<Figure>,
+) -> multiproc::Result<Figure> {
+    let manager = Manager::start()?;
+    let figure = f(&manager);
+    manager.shutdown()?;
+    figure
+}
+
+fn manager_dict_get(scale: &Scale) -> multiproc::Result<Figure> {
+    with_manager(|m| {
+        let d = m.dict::<u32, u64>()?;
+        d.insert(1, 1)?;
+        Ok(per_call(
+            "manager/dict_get",
+            scale.samples,
+            200 * scale.k,
+            || {
+                std::hint::black_box(d.get(&1).ok());
+            },
+        ))
+    })
+}
+
+fn manager_dict_set(scale: &Scale) -> multiproc::Result<Figure> {
+    with_manager(|m| {
+        let d = m.dict::<u32, u64>()?;
+        Ok(per_call(
+            "manager/dict_set",
+            scale.samples,
+            200 * scale.k,
+            || {
+                std::hint::black_box(d.insert(1, 2).ok());
+            },
+        ))
+    })
+}
+
+fn manager_create_object(scale: &Scale) -> multiproc::Result<Figure> {
+    with_manager(|m| {
+        Ok(per_call(
+            "manager/create_object",
+            scale.samples,
+            20 * scale.k,
+            || {
+                std::hint::black_box(m.dict::<u32, u64>().ok());
+            },
+        ))
+    })
+}
+
+fn manager_lock(scale: &Scale) -> multiproc::Result<Figure> {
+    with_manager(|m| {
+        let l = m.lock()?;
+        Ok(per_call(
+            "manager/lock",
+            scale.samples,
+            10_000 * scale.k,
+            || {
+                if let Ok(g) = l.lock() {
+                    drop(g);
+                }
+            },
+        ))
+    })
+}
+
+fn manager_queue_put_get(scale: &Scale) -> multiproc::Result<Figure> {
+    with_manager(|m| {
+        let q = m.queue::<u64>()?;
+        Ok(per_call(
+            "manager/queue_put_get",
+            scale.samples,
+            1_000 * scale.k,
+            || {
+                if q.put(1u64).is_ok() {
+                    std::hint::black_box(q.get().ok());
+                }
+            },
+        ))
+    })
+}
+
+fn counter_proxy(scale: &Scale) -> multiproc::Result<Figure> {
+    with_manager(|m| {
+        let d = m.dict::<u32, u64>()?;
+        d.insert(0, 0)?;
+        Ok(per_call(
+            "proxy_vs_raw/counter_proxy",
+            scale.samples,
+            200 * scale.k,
+            || {
+                std::hint::black_box(d.update_with(0, 0, |v| v + 1).ok());
+            },
+        ))
+    })
+}
+
+fn counter_raw(scale: &Scale) -> multiproc::Result<Figure> {
+    let v = RawValue::new(0u64)?;
+    Ok(per_call(
+        "proxy_vs_raw/counter_raw",
+        scale.samples,
+        10_000 * scale.k,
+        || v.set(v.get() + 1),
+    ))
 }
 
 /// CPython's figures for the same keys, if python3 and the script are there.
