@@ -235,7 +235,10 @@ fn a_child_blocked_on_a_manager_queue_or_event_fails_when_the_server_is_killed()
                 "{m:?} {which}: {child_saw}"
             );
             assert!(t.elapsed() < PROMPTLY);
+            let server = manager.pid();
             manager.shutdown().unwrap();
+            util::assert_not_our_zombie(server);
+            assert!(util::shm_leaks().is_empty(), "{:?}", util::shm_leaks());
         }
     }
 }

@@ -442,3 +442,35 @@ impl<T> ShmObject<T> {
         &self.seg
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[test]
+    fn a_spec_carries_its_initial_state_and_records_its_creator_as_owner() {
+        // SAFETY: an all-zero AtomicU64 is valid.
+        let spec = unsafe {
+            ShmSpec::zeroed(Kind::Other, 7, 16, |s: &AtomicU64| {
+                s.store(5, Ordering::Relaxed)
+            })
+        };
+        assert_eq!(spec.state_init, 5u64.to_ne_bytes());
+        let (_seg, repr) = spec.create().unwrap();
+        let obj: ShmObject<AtomicU64> = ShmObject::open(&repr, Kind::Other, 7, "u64").unwrap();
+        assert_eq!(obj.state().load(Ordering::Relaxed), 5);
+        assert_eq!(obj.tail_len(), 16);
+        assert!(obj.has_owner());
+        assert!(!obj.owner_gone());
+        assert!(obj.check_owner().is_ok());
+
+        let plain = ShmObject::create(Kind::Other, 7, 0, |s: *mut AtomicU64, _| {
+            // SAFETY: `create` hands us aligned, writable memory for one AtomicU64.
+            unsafe { s.write(AtomicU64::new(0)) }
+        })
+        .unwrap();
+        assert!(!plain.has_owner());
+        assert!(!plain.owner_gone());
+    }
+}
