@@ -40,7 +40,7 @@ fn limited_work((slots, busy, most): (Semaphore, RawValue<u32>, RawValue<u32>)) 
 }
 
 fn wait_for_go(go: Event) {
-    go.wait();
+    go.wait().unwrap();
     println!("child saw the event");
 }
 

@@ -1,10 +1,12 @@
 //! A manager: ten processes write into one dict and one list that a server
 //! process owns; the parent sees everything. Then atomic updates from four
-//! processes, and a dict of list proxies shared by children.
+//! processes, and a dict of list proxies shared by children. Last, a work
+//! queue, a start event and a lock the server created, which the children
+//! use directly in shared memory.
 //!
 //! Run: `cargo run --example manager`
 
-use multiproc::{DictProxy, ListProxy, Manager, Process};
+use multiproc::{DictProxy, Event, ListProxy, Lock, Manager, Process, Queue, Value};
 
 fn record(args: (u32, DictProxy<u32, String>, ListProxy<u32>)) {
     let (i, d, l) = args;
@@ -25,6 +27,21 @@ fn add_to_team(args: (u32, DictProxy<String, ListProxy<u32>>)) {
     let team = if i % 2 == 0 { "even" } else { "odd" };
     let members = teams.get(&team.to_string()).unwrap().unwrap();
     members.push(i).unwrap();
+}
+
+/// Waits for the start signal, then sums the numbers it takes from the
+/// queue (0 ends the work) into the shared total, under the lock.
+fn sum_work(args: (Queue<u64>, Event, Lock, Value<u64>)) {
+    let (work, go, lock, total) = args;
+    go.wait().unwrap();
+    loop {
+        let n = work.get().unwrap();
+        if n == 0 {
+            return;
+        }
+        let _held = lock.lock().unwrap();
+        total.set(total.get() + n);
+    }
 }
 
 fn run<A: multiproc::Shareable>(
@@ -87,6 +104,37 @@ fn main() -> multiproc::Result<()> {
         "objects after the proxies were dropped: {}",
         manager.number_of_objects()?
     );
+
+    let work = manager.queue::<u64>()?;
+    let go = manager.event()?;
+    let lock = manager.lock()?;
+    let total = manager.value(0u64)?;
+    let mut workers: Vec<_> = (0..3)
+        .map(|_| {
+            Process::new(
+                sum_work,
+                (work.clone(), go.clone(), lock.clone(), total.clone()),
+            )
+        })
+        .collect();
+    for w in &mut workers {
+        w.start()?;
+    }
+    for n in 1..=100 {
+        work.put(n)?;
+    }
+    for _ in &workers {
+        work.put(0)?;
+    }
+    go.set();
+    for w in &mut workers {
+        w.join()?;
+    }
+    println!(
+        "3 workers summed 1..=100 from a manager queue: {}",
+        total.get()
+    );
+
     manager.shutdown()?;
     println!("manager shut down");
     Ok(())

@@ -144,5 +144,5 @@
 //! Every fallible call returns [`Result`] with the one [`Error`] enum; blocking
 //! calls come as `x`, `try_x` and `x_timeout(Duration)`.
 
-pub use multiproc_proxy::{DictProxy, ListProxy, Manager, NamespaceProxy};
+pub use multiproc_proxy::{DictProxy, ListProxy, Manager, NamespaceProxy, ServerAddress};
 pub use multiproc_runtime::*;

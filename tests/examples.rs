@@ -112,6 +112,7 @@ fn manager() {
             "nested list odd: [1, 3, 5]",
             "namespace status = done",
             "objects after the proxies were dropped: 0",
+            "3 workers summed 1..=100 from a manager queue: 5050",
             "manager shut down",
         ],
     );

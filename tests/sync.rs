@@ -222,7 +222,7 @@ fn semaphore_timeouts_fire_and_do_not_fire() {
     for m in METHODS {
         let (sem, ready) = (Semaphore::new(0).unwrap(), Event::new().unwrap());
         let mut waiter = start(m, acquire_twice, (sem.clone(), ready.clone()));
-        assert!(ready.wait_timeout(PROMPTLY));
+        assert!(ready.wait_timeout(PROMPTLY).unwrap());
         // The unit comes from a third process.
         join_all(vec![start(m, give_unit, sem.clone())]);
         assert_eq!(
@@ -359,7 +359,7 @@ const PINGS: u32 = 200;
 fn pong((ping, pong): (Event, Event)) -> u32 {
     let mut rounds = 0;
     for _ in 0..PINGS {
-        if !ping.wait_timeout(PROMPTLY) {
+        if !ping.wait_timeout(PROMPTLY).unwrap() {
             break;
         }
         ping.clear();
@@ -376,7 +376,7 @@ fn event_ping_pong_between_two_processes() {
         let mut p = start(m, pong, (ping.clone(), pong_ev.clone()));
         for _ in 0..PINGS {
             ping.set();
-            assert!(pong_ev.wait_timeout(PROMPTLY), "{m:?}");
+            assert!(pong_ev.wait_timeout(PROMPTLY).unwrap(), "{m:?}");
             pong_ev.clear();
         }
         assert_eq!(p.join_timeout(PROMPTLY).unwrap(), PINGS);
@@ -385,9 +385,11 @@ fn event_ping_pong_between_two_processes() {
 
 /// Timed waits that fire, then (once the parent knows) one that does not.
 fn wait_event((e, ready): (Event, Event)) -> (bool, bool) {
-    let fired = !e.wait_timeout(SHORT) && !e.wait_timeout(Duration::ZERO) && !e.try_wait();
+    let fired = !e.wait_timeout(SHORT).unwrap()
+        && !e.wait_timeout(Duration::ZERO).unwrap()
+        && !e.try_wait();
     ready.set();
-    (fired, e.wait_timeout(PROMPTLY))
+    (fired, e.wait_timeout(PROMPTLY).unwrap())
 }
 
 fn set_event(e: Event) {
@@ -399,7 +401,7 @@ fn event_timeouts_fire_and_do_not_fire() {
     for m in METHODS {
         let (e, ready) = (Event::new().unwrap(), Event::new().unwrap());
         let mut waiter = start(m, wait_event, (e.clone(), ready.clone()));
-        assert!(ready.wait_timeout(PROMPTLY));
+        assert!(ready.wait_timeout(PROMPTLY).unwrap());
         join_all(vec![start(m, set_event, e.clone())]);
         assert_eq!(
             waiter.join_timeout(PROMPTLY).unwrap(),
@@ -495,7 +497,7 @@ fn barrier_abort_from_another_process_fails_the_waiter() {
 /// One round, then hold the barrier until killed.
 fn round_then_hang((b, never): (Barrier, Event)) {
     b.wait_timeout(PROMPTLY).unwrap();
-    never.wait();
+    never.wait().unwrap();
 }
 
 fn wait_and_time(b: &Barrier) -> (bool, u128) {
@@ -605,9 +607,9 @@ fn bad_input_and_zero_timeouts() {
     assert!(matches!(sem.release(), Err(Error::InvalidState(_))));
 
     let event = Event::new().unwrap();
-    assert!(!event.wait_timeout(Duration::ZERO));
+    assert!(!event.wait_timeout(Duration::ZERO).unwrap());
     event.set();
-    assert!(event.wait_timeout(Duration::ZERO));
+    assert!(event.wait_timeout(Duration::ZERO).unwrap());
 
     let cond = Condition::new().unwrap();
     assert!(matches!(cond.wait(), Err(Error::InvalidState(_))));

@@ -8,8 +8,12 @@ use multiproc_runtime::deadline::Deadline;
 use multiproc_runtime::handle::ShareHandle;
 use multiproc_runtime::manager::protocol::{ArchivedResponse, Request};
 use multiproc_runtime::manager::{ObjectKind, ServerAddress, ServerBoot, serve};
+use multiproc_runtime::queue::DEFAULT_CAPACITY_BYTES;
 use multiproc_runtime::shm::{ShmSafe, ShmSpec};
-use multiproc_runtime::{Array, Error, Lock, Process, Result, Shareable, StartMethod, Value, sys};
+use multiproc_runtime::{
+    Array, Barrier, BoundedSemaphore, Condition, Error, Event, JoinableQueue, Lock, Process, Queue,
+    RLock, Result, Semaphore, Shareable, StartMethod, Value, sys,
+};
 use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
@@ -37,9 +41,17 @@ struct Inner {
 /// An object lives while any proxy to it does (in any process), and is
 /// freed when the last one goes.
 ///
-/// `lock()`, `value()` and `array()` create shared objects in segments the
-/// server owns and return the direct handle: this process maps the segment
-/// and uses it with no further round trips.
+/// `lock()`, `rlock()`, `semaphore()`, `bounded_semaphore()`, `condition()`,
+/// `event()`, `barrier()`, `queue()`, `joinable_queue()`, `value()` and
+/// `array()` create shared objects in segments the server creates and
+/// return the direct handle: this process maps the segment and uses it with
+/// no further round trips. Such an object lives while any process holds a
+/// handle to it, like one made with its own `new()`; but since the server
+/// owns it, a blocking wait on it (a queue's `get`/`put`, an event's or a
+/// condition's `wait`, a barrier's `wait`, a semaphore's `acquire`) fails
+/// with `Error::ManagerGone` within about 100 ms once the server process
+/// has died. Locks and RLocks stay usable: their holders are tracked on
+/// their own, and a lock never waits on the server.
 ///
 /// The server shuts down on [`Manager::shutdown`] or when the last clone
 /// of the `Manager` is dropped, and dies with this process. Once it is
@@ -124,7 +136,27 @@ impl Manager {
         })
     }
 
-    /// Where the server listens.
+    /// A handle to the running server at `address` (another process's
+    /// [`Manager::address`], passed to this one as an argument or in a
+    /// message): this process can then create objects in that server too.
+    ///
+    /// Only the process that started the server may shut it down; dropping
+    /// a connected `Manager` leaves the server running. `Err(ManagerGone)`
+    /// if the server is not running or cannot be reached.
+    pub fn connect(address: ServerAddress) -> Result<Manager> {
+        client::connection(&address)?;
+        Ok(Manager {
+            inner: Arc::new(Inner {
+                // No process has pid 0: nobody here may shut the server down.
+                owner: 0,
+                address,
+                process: Mutex::new(None),
+                shut_down: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Where the server listens; pass it to another process for [`Manager::connect`].
     pub fn address(&self) -> &ServerAddress {
         &self.inner.address
     }
@@ -181,6 +213,55 @@ impl Manager {
     /// handle acts on the shared segment directly.
     pub fn lock(&self) -> Result<Lock> {
         self.create_shm(Lock::spec(), |_| {})
+    }
+
+    /// A new recursive lock, created by the server (Python's `manager.RLock()`).
+    pub fn rlock(&self) -> Result<RLock> {
+        self.create_shm(RLock::spec(), |_| {})
+    }
+
+    /// A new semaphore at `value`, created by the server (Python's `manager.Semaphore()`).
+    pub fn semaphore(&self, value: u32) -> Result<Semaphore> {
+        self.create_shm(Semaphore::spec(value), |_| {})
+    }
+
+    /// A new bounded semaphore at `value`, created by the server (Python's
+    /// `manager.BoundedSemaphore()`).
+    pub fn bounded_semaphore(&self, value: u32) -> Result<BoundedSemaphore> {
+        self.create_shm(BoundedSemaphore::spec(value), |_| {})
+    }
+
+    /// A new condition with its own recursive lock, created by the server
+    /// (Python's `manager.Condition()`).
+    pub fn condition(&self) -> Result<Condition> {
+        self.create_shm(Condition::spec(), |_| {})
+    }
+
+    /// A new, clear event, created by the server (Python's `manager.Event()`).
+    pub fn event(&self) -> Result<Event> {
+        self.create_shm(Event::spec(), |_| {})
+    }
+
+    /// A new barrier for `parties` parties, created by the server (Python's
+    /// `manager.Barrier()`).
+    pub fn barrier(&self, parties: usize) -> Result<Barrier> {
+        self.create_shm(Barrier::spec(parties)?, |_| {})
+    }
+
+    /// A new unbounded queue (1 MiB ring), created by the server (Python's `manager.Queue()`).
+    pub fn queue<T: Shareable>(&self) -> Result<Queue<T>> {
+        self.queue_with_maxsize(0)
+    }
+
+    /// A new queue holding at most `maxsize` messages (0: no limit), created by the server.
+    pub fn queue_with_maxsize<T: Shareable>(&self, maxsize: usize) -> Result<Queue<T>> {
+        self.create_shm(Queue::<T>::spec(maxsize, DEFAULT_CAPACITY_BYTES)?, |_| {})
+    }
+
+    /// A new unbounded joinable queue, created by the server (Python's
+    /// `manager.JoinableQueue()`).
+    pub fn joinable_queue<T: Shareable>(&self) -> Result<JoinableQueue<T>> {
+        self.create_shm(JoinableQueue::<T>::spec(0, DEFAULT_CAPACITY_BYTES)?, |_| {})
     }
 
     /// A new shared value holding `v`, created by the server (Python's `manager.Value()`).

@@ -1,7 +1,8 @@
 //! What the three queue types share: a segment holding a ring, and typed put/get on it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use rkyv::util::AlignedVec;
 
@@ -10,7 +11,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::HandleRepr;
 use crate::queue::ring::{self, Ends, Padded, Ring, RingState, WaitWord};
-use crate::shm::{Kind, ShmObject, fingerprint_str};
+use crate::shm::{Kind, ShmObject, ShmSpec, fingerprint_str};
 
 /// The shared state of a queue: its ring, its limit and JoinableQueue's counters.
 #[repr(C)]
@@ -48,15 +49,65 @@ impl std::fmt::Debug for QueueCore {
     }
 }
 
-/// A queue's ends are all one flag: closed or not.
-struct Closable<'a>(Ring<'a>);
+/// A queue's ends are all one flag: closed or not; and for a queue a
+/// manager created, whether the manager died.
+struct Closable<'a> {
+    ring: Ring<'a>,
+    obj: &'a ShmObject<QueueState>,
+    /// When the owner was last found alive; it is looked up (in `/proc`) at
+    /// most once a slice, so a waiter going to sleep pays nothing extra.
+    checked: Cell<Option<Instant>>,
+}
+
+impl<'a> Closable<'a> {
+    fn new(ring: Ring<'a>, obj: &'a ShmObject<QueueState>) -> Self {
+        Closable {
+            ring,
+            obj,
+            checked: Cell::new(None),
+        }
+    }
+
+    fn done(&self, thorough: bool) -> bool {
+        self.ring.is_closed() || (thorough && self.owner_gone())
+    }
+
+    fn owner_gone(&self) -> bool {
+        if !self.obj.has_owner() {
+            return false;
+        }
+        let now = Instant::now();
+        match self.checked.get() {
+            Some(t) if now.duration_since(t) < OWNER_CHECK => false,
+            Some(_) => {
+                self.checked.set(Some(now));
+                self.obj.owner_gone()
+            }
+            None => {
+                self.checked.set(Some(now));
+                false
+            }
+        }
+    }
+
+    /// What a `Closed` from the ring means: the queue was closed, or its manager died.
+    fn closed_error(&self, e: Error) -> Error {
+        match e {
+            Error::Closed if !self.ring.is_closed() => self.obj.check_owner().err().unwrap_or(e),
+            e => e,
+        }
+    }
+}
+
+/// How often a waiter on a manager's queue checks that the manager lives.
+const OWNER_CHECK: Duration = Duration::from_millis(100);
 
 impl Ends for Closable<'_> {
-    fn writers_done(&self, _thorough: bool) -> bool {
-        self.0.is_closed()
+    fn writers_done(&self, thorough: bool) -> bool {
+        self.done(thorough)
     }
-    fn readers_done(&self, _thorough: bool) -> bool {
-        self.0.is_closed()
+    fn readers_done(&self, thorough: bool) -> bool {
+        self.done(thorough)
     }
 }
 
@@ -129,6 +180,21 @@ impl QueueCore {
         Ok(QueueCore { obj, cap, maxsize })
     }
 
+    /// The layout of a new queue segment (as [`QueueCore::create`] makes),
+    /// for a manager server to create.
+    pub(crate) fn spec(fingerprint: u64, maxsize: usize, capacity: usize) -> Result<ShmSpec> {
+        let cap = ring::capacity_for(capacity)?;
+        let maxsize = maxsize as u64;
+        // SAFETY: QueueState is atomics and integers only; all-zero is an
+        // empty ring that `init` then sizes.
+        Ok(unsafe {
+            ShmSpec::zeroed(Kind::Queue, fingerprint, cap as usize, |s: &QueueState| {
+                s.ring.init(cap);
+                s.maxsize.0.store(maxsize, Ordering::Relaxed);
+            })
+        })
+    }
+
     /// Opens a decoded handle, checking kind, type and limits.
     pub(crate) fn open(repr: &HandleRepr, fingerprint: u64, name: &str) -> Result<QueueCore> {
         let obj: ShmObject<QueueState> = ShmObject::open(repr, Kind::Queue, fingerprint, name)?;
@@ -158,14 +224,18 @@ impl QueueCore {
     pub(crate) fn put<T: Shareable>(&self, item: &T, deadline: Deadline) -> Result<()> {
         let ring = self.ring();
         with_encoded(item, |bytes| {
-            ring.put(bytes, self.maxsize, deadline, &Closable(ring))
+            let ends = Closable::new(ring, &self.obj);
+            ring.put(bytes, self.maxsize, deadline, &ends)
+                .map_err(|e| ends.closed_error(e))
         })
     }
 
     pub(crate) fn get<T: Shareable>(&self, deadline: Deadline) -> Result<T> {
         let ring = self.ring();
         with_recv_buf(|buf| {
-            ring.get(buf, None, deadline, &Closable(ring))?;
+            let ends = Closable::new(ring, &self.obj);
+            ring.get(buf, None, deadline, &ends)
+                .map_err(|e| ends.closed_error(e))?;
             T::decode(buf)
         })
     }
@@ -188,6 +258,11 @@ impl QueueCore {
 
     pub(crate) fn capacity_bytes(&self) -> usize {
         self.cap as usize
+    }
+
+    /// `Err(ManagerGone)` if a manager created this queue and has died.
+    pub(crate) fn check_owner(&self) -> Result<()> {
+        self.obj.check_owner()
     }
 
     pub(crate) fn close(&self) {

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
 use crate::queue::Queue;
 use crate::queue::ring::gave_up;
+use crate::shm::ShmSpec;
 use crate::sys::futex::WaitOutcome;
 
 /// Python's `JoinableQueue`: a [`Queue`] (all of whose methods it has,
@@ -71,6 +72,12 @@ impl<T: Shareable> JoinableQueue<T> {
         Queue::with_maxsize_and_capacity(maxsize, bytes).map(|queue| JoinableQueue { queue })
     }
 
+    /// The layout of a new joinable queue with both limits, for a manager
+    /// server to create (see [`Value::spec`](crate::Value::spec)).
+    pub fn spec(maxsize: usize, bytes: usize) -> Result<ShmSpec> {
+        Queue::<T>::spec(maxsize, bytes)
+    }
+
     /// Marks one task taken from the queue as finished.
     ///
     /// More calls than messages put is `Err(InvalidState)`.
@@ -112,7 +119,8 @@ impl<T: Shareable> JoinableQueue<T> {
         core.ring().tasks().saturating_sub(done) as usize
     }
 
-    /// Waits until every task put has been marked done.
+    /// Waits until every task put has been marked done. On a queue a manager
+    /// created, fails with `Error::ManagerGone` soon after the manager died.
     pub fn join(&self) -> Result<()> {
         self.join_deadline(Deadline::Never)
     }
@@ -143,6 +151,7 @@ impl<T: Shareable> JoinableQueue<T> {
                 // A producer that died between counting a task and publishing it
                 // is repaired by whoever takes over its lock.
                 ring.recover_dead_producer();
+                core.check_owner()?;
             }
         }
     }

@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::handle::{HandleRepr, ShareHandle};
 use crate::queue::DEFAULT_CAPACITY_BYTES;
 use crate::queue::core::{QueueCore, queue_fingerprint};
+use crate::shm::ShmSpec;
 
 /// A multi-producer, multi-consumer queue shared by any number of processes.
 ///
@@ -101,6 +102,13 @@ impl<T: Shareable> Queue<T> {
             core: QueueCore::create(fp, maxsize, bytes)?,
             _t: PhantomData,
         })
+    }
+
+    /// The layout of a new queue with both limits, for a manager server to
+    /// create (see [`Value::spec`](crate::Value::spec)).
+    pub fn spec(maxsize: usize, bytes: usize) -> Result<ShmSpec> {
+        let (fp, _) = queue_fingerprint::<T>("Queue");
+        QueueCore::spec(fp, maxsize, bytes)
     }
 
     /// Puts `item`, waiting while the queue is full.

@@ -68,6 +68,9 @@ pub struct ObjectHeader {
     _pad: u32,
     fingerprint: u64,
     tail_len: u64,
+    /// The process that owns the object, as a lock word (start ticks above
+    /// pid): a manager server for the objects it creates, 0 for none.
+    owner: u64,
 }
 
 /// A fingerprint of a type, the same in every process running the same binary.
@@ -133,6 +136,7 @@ fn tail_offset_for(state_size: usize) -> usize {
 fn create_segment(
     kind: Kind,
     fingerprint: u64,
+    owner: u64,
     state_size: usize,
     tail_len: usize,
     init: impl FnOnce(*mut u8, *mut u8),
@@ -156,6 +160,7 @@ fn create_segment(
             _pad: 0,
             fingerprint,
             tail_len: tail_len as u64,
+            owner,
         });
     }
     Ok(seg)
@@ -186,6 +191,36 @@ pub struct ShmSpec {
 const MAX_SPEC_BYTES: u64 = 1 << 40;
 
 impl ShmSpec {
+    /// The spec of an object whose state is a `T` that starts all zero, then
+    /// is changed by `init` (through its atomics); `tail_len` zero bytes follow.
+    ///
+    /// # Safety
+    ///
+    /// An all-zero `T` must be a valid `T` (atomics and integers only).
+    pub(crate) unsafe fn zeroed<T>(
+        kind: Kind,
+        fingerprint: u64,
+        tail_len: usize,
+        init: impl FnOnce(&T),
+    ) -> ShmSpec {
+        let mut state = Box::<T>::new_zeroed();
+        // SAFETY: the caller promises that all-zero is a valid `T`.
+        let state = unsafe { state.assume_init_mut() } as &T;
+        init(state);
+        let len = std::mem::size_of::<T>();
+        // SAFETY: every byte of the box was zeroed and is changed only
+        // through `T`'s atomics, so all `len` bytes are initialised; `init`
+        // has returned, so nothing changes them while we copy.
+        let bytes = unsafe { std::slice::from_raw_parts((state as *const T).cast::<u8>(), len) };
+        ShmSpec {
+            kind: kind as u32,
+            fingerprint,
+            state_size: len as u64,
+            tail_len: tail_len as u64,
+            state_init: bytes.to_vec(),
+        }
+    }
+
     /// Creates the segment this spec describes and returns a handle to its state.
     ///
     /// Every field is checked, so a spec that came from another process cannot
@@ -204,6 +239,7 @@ impl ShmSpec {
         let seg = create_segment(
             kind,
             self.fingerprint,
+            crate::sync::raw_lock::my_word(),
             self.state_size as usize,
             self.tail_len as usize,
             |state, _tail| {
@@ -236,6 +272,7 @@ impl<T> ShmObject<T> {
         let seg = create_segment(
             kind,
             fingerprint,
+            0,
             std::mem::size_of::<T>(),
             tail_len,
             |state, tail| init(state.cast::<T>(), tail),
@@ -371,8 +408,69 @@ impl<T> ShmObject<T> {
         header.tail_len as usize
     }
 
+    /// Whether a manager server created the object (a cheap read).
+    pub fn has_owner(&self) -> bool {
+        // SAFETY: as in `owner_gone`.
+        let header = unsafe { &*self.seg.as_ptr().cast::<ObjectHeader>() };
+        header.owner != 0
+    }
+
+    /// Whether the object has an owner (the manager server that created it)
+    /// and that process has ended. Reads `/proc`: for waiters between sleeps.
+    pub fn owner_gone(&self) -> bool {
+        // SAFETY: the header was written in create and checked in open.
+        let header = unsafe { &*self.seg.as_ptr().cast::<ObjectHeader>() };
+        header.owner != 0 && !crate::sync::raw_lock::holder_alive(header.owner)
+    }
+
+    /// `Err(ManagerGone)` if [`ShmObject::owner_gone`]: what a waiter on a
+    /// manager-created object returns once the manager has died.
+    pub fn check_owner(&self) -> Result<()> {
+        if self.owner_gone() {
+            // SAFETY: as in `owner_gone`.
+            let header = unsafe { &*self.seg.as_ptr().cast::<ObjectHeader>() };
+            let pid = header.owner & 0x7FFF_FFFF;
+            return Err(Error::ManagerGone(format!(
+                "manager server {pid} that owns this object died"
+            )));
+        }
+        Ok(())
+    }
+
     /// The segment behind the object.
     pub fn segment(&self) -> &Segment {
         &self.seg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[test]
+    fn a_spec_carries_its_initial_state_and_records_its_creator_as_owner() {
+        // SAFETY: an all-zero AtomicU64 is valid.
+        let spec = unsafe {
+            ShmSpec::zeroed(Kind::Other, 7, 16, |s: &AtomicU64| {
+                s.store(5, Ordering::Relaxed)
+            })
+        };
+        assert_eq!(spec.state_init, 5u64.to_ne_bytes());
+        let (_seg, repr) = spec.create().unwrap();
+        let obj: ShmObject<AtomicU64> = ShmObject::open(&repr, Kind::Other, 7, "u64").unwrap();
+        assert_eq!(obj.state().load(Ordering::Relaxed), 5);
+        assert_eq!(obj.tail_len(), 16);
+        assert!(obj.has_owner());
+        assert!(!obj.owner_gone());
+        assert!(obj.check_owner().is_ok());
+
+        let plain = ShmObject::create(Kind::Other, 7, 0, |s: *mut AtomicU64, _| {
+            // SAFETY: `create` hands us aligned, writable memory for one AtomicU64.
+            unsafe { s.write(AtomicU64::new(0)) }
+        })
+        .unwrap();
+        assert!(!plain.has_owner());
+        assert!(!plain.owner_gone());
     }
 }

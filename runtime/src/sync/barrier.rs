@@ -24,7 +24,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
 use crate::process::launch;
-use crate::shm::{Kind, ShmObject, fingerprint_str};
+use crate::shm::{Kind, ShmObject, ShmSpec, fingerprint_str};
 use crate::sync::park::{self, LIVENESS_SLICE};
 use crate::sync::raw_lock::{self, Acquired, RawLock};
 use crate::sys;
@@ -205,7 +205,23 @@ impl Barrier {
         Self::create(parties, Some(action))
     }
 
-    fn create(parties: usize, action: Option<fn()>) -> Result<Barrier> {
+    /// The layout of a new barrier for `parties` parties (no action), for a
+    /// manager server to create (see [`Value::spec`](crate::Value::spec)).
+    pub fn spec(parties: usize) -> Result<ShmSpec> {
+        let (parties, capacity) = Self::sizes(parties)?;
+        let tail = capacity * std::mem::size_of::<Attached>();
+        // SAFETY: BarrierState is atomics and integers only, and a
+        // zero-filled tail is a table of free slots.
+        Ok(unsafe {
+            ShmSpec::zeroed(Kind::Barrier, 0, tail, |s: &BarrierState| {
+                s.parties.store(parties, Ordering::Relaxed);
+                s.capacity.store(capacity as u32, Ordering::Relaxed);
+            })
+        })
+    }
+
+    /// The checked party count and the attached-process table's size.
+    fn sizes(parties: usize) -> Result<(u32, usize)> {
         if parties == 0 {
             return Err(Error::InvalidArgument(
                 "a barrier needs at least one party".into(),
@@ -214,7 +230,11 @@ impl Barrier {
         let parties = u32::try_from(parties).map_err(|_| {
             Error::InvalidArgument(format!("a barrier of {parties} parties is too large"))
         })?;
-        let capacity = table_capacity(parties);
+        Ok((parties, table_capacity(parties)))
+    }
+
+    fn create(parties: usize, action: Option<fn()>) -> Result<Barrier> {
+        let (parties, capacity) = Self::sizes(parties)?;
         let tail = capacity * std::mem::size_of::<Attached>();
         let obj = ShmObject::create(Kind::Barrier, 0, tail, |state: *mut BarrierState, _| {
             let s = BarrierState {
@@ -383,6 +403,9 @@ impl Barrier {
 
     /// Waits until all parties have arrived; returns this party's arrival
     /// index in `0..parties` (the last to arrive gets `parties - 1`).
+    ///
+    /// On a barrier a manager created, a waiter breaks the barrier and fails
+    /// with `Error::ManagerGone` within about 100 ms of the manager's death.
     pub fn wait(&self) -> Result<usize> {
         self.wait_deadline(Deadline::Never, false)
     }
@@ -435,7 +458,8 @@ impl Barrier {
             spin = false;
             let changed = s.seq.load(Ordering::SeqCst) != seen;
             let died = check_liveness && self.someone_died();
-            if !changed && !died && !deadline.expired() {
+            let owner_gone = check_liveness && self.obj.owner_gone();
+            if !changed && !died && !owner_gone && !deadline.expired() {
                 continue;
             }
             let inner = self.inner();
@@ -446,6 +470,12 @@ impl Barrier {
             if s.state.load(Ordering::Relaxed) == BROKEN {
                 inner.leave();
                 return Err(Error::BrokenBarrier);
+            }
+            if owner_gone {
+                // The manager that owns the barrier died: nobody is released.
+                inner.break_barrier();
+                inner.leave();
+                return Err(self.obj.check_owner().err().unwrap_or(Error::BrokenBarrier));
             }
             if deadline.expired() || (died && self.forget_dead(&inner)) {
                 inner.break_barrier();

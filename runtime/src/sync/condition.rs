@@ -24,11 +24,12 @@ use std::time::Duration;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
-use crate::shm::{Kind, ShmObject};
+use crate::shm::{Kind, ShmObject, ShmSpec};
 use crate::sync::lock::Lock;
 use crate::sync::park;
 use crate::sync::raw_lock::Acquired;
 use crate::sync::rlock::{RLock, RLockState};
+use crate::sys::futex::WaitOutcome;
 
 /// The lock lives in the condition's own segment (`Condition::new`).
 const OWN_RLOCK: u32 = 0;
@@ -79,15 +80,20 @@ impl CondState {
     }
 
     /// Sleeps until this waiter takes a wake-up (true) or `deadline` passes (false).
-    fn sleep_until_notified(&self, registered_at: u32, deadline: Deadline) -> bool {
+    fn sleep_until_notified(
+        &self,
+        registered_at: u32,
+        deadline: Deadline,
+        check: impl Fn() -> Result<()>,
+    ) -> Result<bool> {
         let mut spin = deadline != Deadline::Now;
         loop {
             let seq = self.seq.load(Ordering::SeqCst);
             if seq != registered_at && self.try_take() {
-                return true;
+                return Ok(true);
             }
             if deadline.expired() {
-                return false;
+                return Ok(false);
             }
             if spin {
                 spin = false;
@@ -95,7 +101,10 @@ impl CondState {
                     continue;
                 }
             }
-            park::sleep(&self.seq, seq, &self.sleepers, deadline.remaining());
+            let slice = Some(deadline.slice(park::LIVENESS_SLICE));
+            if park::sleep(&self.seq, seq, &self.sleepers, slice) == WaitOutcome::TimedOut {
+                check()?;
+            }
         }
     }
 
@@ -275,6 +284,14 @@ impl Condition {
         })
     }
 
+    /// The layout of a new condition with its own [`RLock`], for a manager
+    /// server to create (see [`Value::spec`](crate::Value::spec)).
+    pub fn spec() -> ShmSpec {
+        // SAFETY: CondState is atomics and integers only; all-zero is a
+        // condition over its own (unlocked) RLock.
+        unsafe { ShmSpec::zeroed::<CondState>(Kind::Condition, 0, 0, |_| {}) }
+    }
+
     /// A new condition over an existing [`Lock`] or [`RLock`], which other
     /// code may also use directly (Python's `Condition(lock)`).
     pub fn with_lock(lock: impl Into<ConditionLock>) -> Result<Condition> {
@@ -354,6 +371,9 @@ impl Condition {
     }
 
     /// Releases the lock, sleeps until notified, and takes the lock back.
+    ///
+    /// On a condition a manager created, fails with `Error::ManagerGone`
+    /// (holding the lock again) within about 100 ms of the manager's death.
     pub fn wait(&self) -> Result<()> {
         self.wait_deadline(Deadline::Never).map(|_| ())
     }
@@ -381,11 +401,15 @@ impl Condition {
                 return Err(e);
             }
         };
-        let mut notified = state.sleep_until_notified(registered_at, deadline);
+        let slept = state.sleep_until_notified(registered_at, deadline, || self.obj.check_owner());
         let acquired = self.lock.acquire_restore(saved)?;
+        let mut notified = matches!(slept, Ok(true));
         if !notified {
             notified = state.leave(registered_at);
         }
+        // The manager that owns the condition died: the lock is held again,
+        // as after any wait, and the caller learns why the wait ended.
+        slept?;
         match acquired {
             Acquired::Clean => Ok(notified),
             Acquired::OwnerDied { pid } => Err(Error::OwnerDied { pid }),
@@ -645,9 +669,15 @@ mod tests {
         // A waiter registered after the notify sees the bumped counter.
         s.counts.fetch_add(ONE_WAITER, Ordering::SeqCst);
         let late = s.seq.load(Ordering::SeqCst);
-        assert!(!s.sleep_until_notified(late, Deadline::Now));
+        assert!(
+            !s.sleep_until_notified(late, Deadline::Now, || Ok(()))
+                .unwrap()
+        );
         assert!(!s.leave(late));
-        assert!(s.sleep_until_notified(early, Deadline::Now));
+        assert!(
+            s.sleep_until_notified(early, Deadline::Now, || Ok(()))
+                .unwrap()
+        );
         assert_eq!(s.counts.load(Ordering::SeqCst), 0);
     }
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 use crate::deadline::Deadline;
 use crate::error::Result;
 use crate::handle::{HandleRepr, ShareHandle};
-use crate::shm::{Kind, ShmObject};
+use crate::shm::{Kind, ShmObject, ShmSpec};
 use crate::sync::park;
-use crate::sys::futex;
+use crate::sys::futex::{self, WaitOutcome};
 
 const SET: u32 = 1;
 const SLEEPERS: u32 = 2;
@@ -50,25 +50,27 @@ impl EventState {
         }
     }
 
-    fn wait(&self, deadline: Deadline) -> bool {
+    /// Waits for a `set` until `deadline`; between sleep slices `check`
+    /// may end the wait with an error (a dead manager that owns the event).
+    fn wait(&self, deadline: Deadline, check: impl Fn() -> Result<()>) -> Result<bool> {
         let start = self.word.load(Ordering::Acquire);
         if start & SET != 0 {
-            return true;
+            return Ok(true);
         }
         let count = start & COUNT_MASK;
         let happened = |w: u32| w & SET != 0 || w & COUNT_MASK != count;
         if deadline != Deadline::Now
             && park::spin_until(|| happened(self.word.load(Ordering::Acquire)))
         {
-            return true;
+            return Ok(true);
         }
         loop {
             let cur = self.word.load(Ordering::Acquire);
             if happened(cur) {
-                return true;
+                return Ok(true);
             }
             if deadline.expired() {
-                return false;
+                return Ok(false);
             }
             if cur & SLEEPERS == 0
                 && self
@@ -78,7 +80,12 @@ impl EventState {
             {
                 continue;
             }
-            futex::futex_wait(&self.word, cur | SLEEPERS, deadline.remaining());
+            let slice = Some(deadline.slice(park::LIVENESS_SLICE));
+            if futex::futex_wait(&self.word, cur | SLEEPERS, slice) == WaitOutcome::TimedOut
+                && !happened(self.word.load(Ordering::Acquire))
+            {
+                check()?;
+            }
         }
     }
 }
@@ -91,9 +98,9 @@ impl EventState {
 ///
 /// ```
 /// let ready = multiproc::Event::new().unwrap();
-/// assert!(!ready.wait_timeout(std::time::Duration::from_millis(1)));
+/// assert!(!ready.wait_timeout(std::time::Duration::from_millis(1)).unwrap());
 /// ready.set();
-/// ready.wait();
+/// ready.wait().unwrap();
 /// assert!(ready.is_set());
 /// ```
 #[derive(Clone)]
@@ -110,6 +117,13 @@ impl std::fmt::Debug for Event {
 }
 
 impl Event {
+    /// The layout of a new, clear event, for a manager server to create
+    /// (see [`Value::spec`](crate::Value::spec)).
+    pub fn spec() -> ShmSpec {
+        // SAFETY: EventState is one atomic; all-zero is a clear event.
+        unsafe { ShmSpec::zeroed::<EventState>(Kind::Event, 0, 0, |_| {}) }
+    }
+
     /// A new, clear event in its own segment.
     pub fn new() -> Result<Event> {
         let obj = ShmObject::create(Kind::Event, 0, 0, |state: *mut EventState, _| {
@@ -139,19 +153,27 @@ impl Event {
     }
 
     /// Blocks until the flag is raised.
-    pub fn wait(&self) {
-        self.state().wait(Deadline::Never);
+    ///
+    /// Fails only for an event a manager created, with `Error::ManagerGone`
+    /// within about 100 ms of the manager's death.
+    pub fn wait(&self) -> Result<()> {
+        self.wait_deadline(Deadline::Never).map(|_| ())
     }
 
     /// Whether the flag is raised, without waiting (the same as [`Event::is_set`]).
     pub fn try_wait(&self) -> bool {
-        self.state().wait(Deadline::Now)
+        self.is_set()
     }
 
     /// Waits at most `timeout` for the flag; returns whether it was raised
-    /// (false on timeout, like Python's `wait(timeout)`).
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.state().wait(Deadline::after(timeout))
+    /// (false on timeout, like Python's `wait(timeout)`). Fails as
+    /// [`Event::wait`] does.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.wait_deadline(Deadline::after(timeout))
+    }
+
+    fn wait_deadline(&self, deadline: Deadline) -> Result<bool> {
+        self.state().wait(deadline, || self.obj.check_owner())
     }
 }
 
@@ -177,14 +199,14 @@ mod tests {
         let e = Event::new().unwrap();
         assert!(!e.is_set());
         assert!(!e.try_wait());
-        assert!(!e.wait_timeout(Duration::ZERO));
-        assert!(!e.wait_timeout(Duration::from_millis(5)));
+        assert!(!e.wait_timeout(Duration::ZERO).unwrap());
+        assert!(!e.wait_timeout(Duration::from_millis(5)).unwrap());
         e.set();
         e.set();
         assert!(e.is_set());
         assert!(e.try_wait());
-        assert!(e.wait_timeout(Duration::ZERO));
-        e.wait();
+        assert!(e.wait_timeout(Duration::ZERO).unwrap());
+        e.wait().unwrap();
         e.clear();
         assert!(!e.is_set());
     }
@@ -195,7 +217,7 @@ mod tests {
         let waiters: Vec<_> = (0..3)
             .map(|_| {
                 let e = e.clone();
-                std::thread::spawn(move || e.wait_timeout(Duration::from_secs(20)))
+                std::thread::spawn(move || e.wait_timeout(Duration::from_secs(20)).unwrap())
             })
             .collect();
         e.set();
@@ -208,7 +230,7 @@ mod tests {
     fn a_set_then_clear_still_releases_a_sleeping_waiter() {
         let e = Arc::new(Event::new().unwrap());
         let e2 = e.clone();
-        let waiter = std::thread::spawn(move || e2.wait_timeout(Duration::from_secs(20)));
+        let waiter = std::thread::spawn(move || e2.wait_timeout(Duration::from_secs(20)).unwrap());
         // Once the sleeper bit is up, the waiter is past its first look at the flag.
         while e.state().word.load(Ordering::Relaxed) & SLEEPERS == 0 {
             std::thread::yield_now();
@@ -227,6 +249,7 @@ mod tests {
             Event::from_repr(&repr)
                 .unwrap()
                 .wait_timeout(Duration::ZERO)
+                .unwrap()
                 == e.is_set()
         );
         assert!(crate::Lock::from_repr(&repr).is_err());

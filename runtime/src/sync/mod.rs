@@ -5,7 +5,9 @@
 //! inside a message. Blocking calls come as `x`, `try_x` and
 //! `x_timeout(Duration)`. Waiters spin briefly, then sleep on a futex; where a
 //! peer's death could leave them waiting forever (a lock holder, a barrier
-//! party), they wake in slices to check that it still lives.
+//! party), they wake in slices to check that it still lives. Objects a
+//! manager created record the server as their owner in the segment header;
+//! their waits (not the locks') also fail with `ManagerGone` once it died.
 
 mod barrier;
 mod condition;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
-use crate::shm::{Kind, ShmObject};
+use crate::shm::{Kind, ShmObject, ShmSpec};
 use crate::sync::raw_lock::{Acquired, RawLock};
 use crate::sys;
 
@@ -162,6 +162,13 @@ impl RLock {
             unsafe { state.write(RLockState::default()) }
         })?;
         Ok(RLock { obj })
+    }
+
+    /// The layout of a new, unlocked recursive lock, for a manager server to
+    /// create (see [`Value::spec`](crate::Value::spec)).
+    pub fn spec() -> ShmSpec {
+        // SAFETY: RLockState is atomics and integers only.
+        unsafe { ShmSpec::zeroed::<RLockState>(Kind::RLock, 0, 0, |_| {}) }
     }
 
     /// An RLock that lives inside another object's segment (a Condition's own lock).

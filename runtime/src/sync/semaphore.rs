@@ -9,8 +9,9 @@ use std::time::Duration;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
-use crate::shm::{Kind, ShmObject, fingerprint_str};
+use crate::shm::{Kind, ShmObject, ShmSpec, fingerprint_str};
 use crate::sync::park;
+use crate::sys::futex::WaitOutcome;
 
 /// The shared state of a semaphore (`#[repr(C)]`, atomics only).
 #[repr(C)]
@@ -42,26 +43,31 @@ impl SemState {
         false
     }
 
-    /// Takes one unit, waiting until `deadline`; false if the deadline passed first.
-    fn acquire(&self, deadline: Deadline) -> bool {
+    /// Takes one unit, waiting until `deadline`; false if the deadline
+    /// passed first. Between sleep slices `check` may end the wait with an
+    /// error (a dead manager that owns the semaphore).
+    fn acquire(&self, deadline: Deadline, check: impl Fn() -> Result<()>) -> Result<bool> {
         if self.try_take() {
-            return true;
+            return Ok(true);
         }
         if deadline != Deadline::Now
             && park::spin_until(|| self.value.load(Ordering::Relaxed) > 0 && self.try_take())
         {
-            return true;
+            return Ok(true);
         }
         loop {
             // A woken sleeper always tries before it looks at the clock, so a
             // unit released to it is taken, not left behind.
             if self.try_take() {
-                return true;
+                return Ok(true);
             }
             if deadline.expired() {
-                return false;
+                return Ok(false);
             }
-            park::sleep(&self.value, 0, &self.sleepers, deadline.remaining());
+            let slice = Some(deadline.slice(park::LIVENESS_SLICE));
+            if park::sleep(&self.value, 0, &self.sleepers, slice) == WaitOutcome::TimedOut {
+                check()?;
+            }
         }
     }
 
@@ -113,6 +119,17 @@ fn create(value: u32, max: u32, name: &str) -> Result<ShmObject<SemState>> {
     )
 }
 
+/// The layout of a new semaphore (`value <= max`), for a manager server to create.
+fn spec(value: u32, max: u32, name: &str) -> ShmSpec {
+    // SAFETY: SemState is atomics and integers only.
+    unsafe {
+        ShmSpec::zeroed(Kind::Semaphore, fingerprint_str(name), 0, |s: &SemState| {
+            s.value.store(value, Ordering::Relaxed);
+            s.max.store(max, Ordering::Relaxed);
+        })
+    }
+}
+
 fn open(repr: &HandleRepr, name: &str) -> Result<ShmObject<SemState>> {
     ShmObject::open(repr, Kind::Semaphore, fingerprint_str(name), name)
 }
@@ -141,7 +158,7 @@ macro_rules! semaphore_methods {
         }
 
         fn acquire_deadline(&self, deadline: Deadline) -> Result<()> {
-            if self.state().acquire(deadline) {
+            if self.state().acquire(deadline, || self.obj.check_owner())? {
                 Ok(())
             } else {
                 Err(deadline.timeout_error())
@@ -183,6 +200,12 @@ impl Semaphore {
     /// A semaphore whose value starts at `value`.
     pub fn new(value: u32) -> Result<Semaphore> {
         create(value, u32::MAX, Self::NAME).map(|obj| Semaphore { obj })
+    }
+
+    /// The layout of a new semaphore at `value`, for a manager server to
+    /// create (see [`Value::spec`](crate::Value::spec)).
+    pub fn spec(value: u32) -> ShmSpec {
+        spec(value, u32::MAX, Self::NAME)
     }
 
     semaphore_methods!();
@@ -227,6 +250,12 @@ impl BoundedSemaphore {
     /// A bounded semaphore whose value starts, and is capped, at `value`.
     pub fn new(value: u32) -> Result<BoundedSemaphore> {
         create(value, value, Self::NAME).map(|obj| BoundedSemaphore { obj })
+    }
+
+    /// The layout of a new bounded semaphore at `value`, for a manager server
+    /// to create (see [`Value::spec`](crate::Value::spec)).
+    pub fn spec(value: u32) -> ShmSpec {
+        spec(value, value, Self::NAME)
     }
 
     semaphore_methods!();

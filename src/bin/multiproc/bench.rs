@@ -54,6 +54,7 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("manager/dict_get", manager_dict_get),
         ("manager/dict_set", manager_dict_set),
         ("manager/lock", manager_lock),
+        ("manager/queue_put_get", manager_queue_put_get),
         ("manager/create_object", manager_create_object),
         ("proxy_vs_raw/counter_proxy", counter_proxy),
         ("proxy_vs_raw/counter_raw", counter_raw),
@@ -171,7 +172,9 @@ fn with_peer<A: multiproc::Shareable>(
 
 fn event_echo((ping, pong, n): (Event, Event, u64)) {
     for _ in 0..n {
-        ping.wait();
+        if ping.wait().is_err() {
+            return;
+        }
         ping.clear();
         pong.set();
     }
@@ -184,7 +187,7 @@ fn event_ping_pong(scale: &Scale) -> multiproc::Result<Figure> {
     with_peer(event_echo, (ping.clone(), pong.clone(), total), || {
         per_call("event/ping_pong", scale.samples, batch, || {
             ping.set();
-            pong.wait();
+            pong.wait().expect("a plain event's wait cannot fail");
             pong.clear();
         })
     })
@@ -364,78 +367,6 @@ fn pipe_round_trip(scale: &Scale) -> multiproc::Result<Figure> {
     Ok(figure)
 }
 
-fn manager_dict_get(scale: &Scale) -> multiproc::Result<Figure> {
-    let m = Manager::start_with(StartMethod::Fork)?;
-    let d = m.dict::<u64, u64>()?;
-    d.insert(1, 1)?;
-    let figure = per_call("manager/dict_get", scale.samples, 200 * scale.k, || {
-        let _ = std::hint::black_box(d.get(&1));
-    });
-    m.shutdown()?;
-    Ok(figure)
-}
-
-fn manager_dict_set(scale: &Scale) -> multiproc::Result<Figure> {
-    let m = Manager::start_with(StartMethod::Fork)?;
-    let d = m.dict::<u64, u64>()?;
-    let figure = per_call("manager/dict_set", scale.samples, 200 * scale.k, || {
-        let _ = d.insert(1, 2);
-    });
-    m.shutdown()?;
-    Ok(figure)
-}
-
-fn manager_lock(scale: &Scale) -> multiproc::Result<Figure> {
-    let m = Manager::start_with(StartMethod::Fork)?;
-    let l = m.lock()?;
-    let figure = per_call("manager/lock", scale.samples, 10_000 * scale.k, || {
-        if let Ok(g) = l.lock() {
-            drop(g);
-        }
-    });
-    m.shutdown()?;
-    Ok(figure)
-}
-
-fn manager_create_object(scale: &Scale) -> multiproc::Result<Figure> {
-    let m = Manager::start_with(StartMethod::Fork)?;
-    let figure = per_call("manager/create_object", scale.samples, 20 * scale.k, || {
-        let _ = std::hint::black_box(m.dict::<u64, u64>());
-    });
-    m.shutdown()?;
-    Ok(figure)
-}
-
-fn counter_proxy(scale: &Scale) -> multiproc::Result<Figure> {
-    let m = Manager::start_with(StartMethod::Fork)?;
-    let d = m.dict::<u8, u64>()?;
-    d.insert(0, 0)?;
-    let figure = per_call(
-        "proxy_vs_raw/counter_proxy",
-        scale.samples,
-        100 * scale.k,
-        || {
-            let _ = d.update_with(0, 0, |v| v + 1);
-        },
-    );
-    m.shutdown()?;
-    Ok(figure)
-}
-
-fn counter_raw(scale: &Scale) -> multiproc::Result<Figure> {
-    let v = Value::new(0u64)?;
-    Ok(per_call(
-        "proxy_vs_raw/counter_raw",
-        scale.samples,
-        10_000 * scale.k,
-        || {
-            if let Ok(mut g) = v.lock() {
-                *g += 1;
-            }
-        },
-    ))
-}
-
 fn square(x: u64) -> u64 {
     x * x
 }
@@ -452,6 +383,115 @@ fn threadpool_map_chunksize_1(scale: &Scale) -> multiproc::Result<Figure> {
         per_op.push(ns);
     }
     Ok(summarize("threadpool/map_chunksize_1", &mut per_op, None))
+}
+
+/// Runs `f` with a fresh manager, shutting it down after.
+fn with_manager(
+    f: impl FnOnce(&Manager) -> multiproc::Result<Figure>,
+) -> multiproc::Result<Figure> {
+    let manager = Manager::start()?;
+    let figure = f(&manager);
+    manager.shutdown()?;
+    figure
+}
+
+fn manager_dict_get(scale: &Scale) -> multiproc::Result<Figure> {
+    with_manager(|m| {
+        let d = m.dict::<u32, u64>()?;
+        d.insert(1, 1)?;
+        Ok(per_call(
+            "manager/dict_get",
+            scale.samples,
+            200 * scale.k,
+            || {
+                std::hint::black_box(d.get(&1).ok());
+            },
+        ))
+    })
+}
+
+fn manager_dict_set(scale: &Scale) -> multiproc::Result<Figure> {
+    with_manager(|m| {
+        let d = m.dict::<u32, u64>()?;
+        Ok(per_call(
+            "manager/dict_set",
+            scale.samples,
+            200 * scale.k,
+            || {
+                std::hint::black_box(d.insert(1, 2).ok());
+            },
+        ))
+    })
+}
+
+fn manager_create_object(scale: &Scale) -> multiproc::Result<Figure> {
+    with_manager(|m| {
+        Ok(per_call(
+            "manager/create_object",
+            scale.samples,
+            20 * scale.k,
+            || {
+                std::hint::black_box(m.dict::<u32, u64>().ok());
+            },
+        ))
+    })
+}
+
+fn manager_lock(scale: &Scale) -> multiproc::Result<Figure> {
+    with_manager(|m| {
+        let l = m.lock()?;
+        Ok(per_call(
+            "manager/lock",
+            scale.samples,
+            10_000 * scale.k,
+            || {
+                if let Ok(g) = l.lock() {
+                    drop(g);
+                }
+            },
+        ))
+    })
+}
+
+fn manager_queue_put_get(scale: &Scale) -> multiproc::Result<Figure> {
+    with_manager(|m| {
+        let q = m.queue::<u64>()?;
+        Ok(per_call(
+            "manager/queue_put_get",
+            scale.samples,
+            1_000 * scale.k,
+            || {
+                if q.put(1u64).is_ok() {
+                    std::hint::black_box(q.get().ok());
+                }
+            },
+        ))
+    })
+}
+
+fn counter_proxy(scale: &Scale) -> multiproc::Result<Figure> {
+    with_manager(|m| {
+        let d = m.dict::<u32, u64>()?;
+        d.insert(0, 0)?;
+        Ok(per_call(
+            "proxy_vs_raw/counter_proxy",
+            scale.samples,
+            200 * scale.k,
+            || {
+                std::hint::black_box(d.update_with(0, 0, |v| v + 1).ok());
+            },
+        ))
+    })
+}
+
+fn counter_raw(scale: &Scale) -> multiproc::Result<Figure> {
+    let v = RawValue::new(0u64)?;
+    Ok(per_call(
+        "proxy_vs_raw/counter_raw",
+        scale.samples,
+        10_000 * scale.k,
+        || v.set(v.get() + 1),
+    ))
 }
 
 /// CPython's figures for the same keys, if python3 and the script are there.
