@@ -123,5 +123,8 @@
 //! Every fallible call returns [`Result`] with the one [`Error`] enum; blocking
 //! calls come as `x`, `try_x` and `x_timeout(Duration)`.
 
-pub use multiproc_proxy::{DictProxy, ListProxy, Manager, NamespaceProxy};
+pub use multiproc_proxy::{
+    BaseManager, DictProxy, ListProxy, Manager, ManagerServer, NamespaceProxy, QueueProxy,
+    Registrable, RemoteManager, ShutdownHandle, set_manager_authkey,
+};
 pub use multiproc_runtime::*;

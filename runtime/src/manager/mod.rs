@@ -6,13 +6,16 @@
 //! * the object table and dispatch: objects as encoded bytes, reference
 //!   counted by connections, stored values and in-flight pins.
 //! * [`server`]: the serve loop that runs in the manager's process.
+//! * [`remote`]: the TCP transport (authkey handshake, then frames).
 
 pub mod channel;
 mod dispatch;
 pub mod protocol;
+pub mod remote;
 pub mod server;
 mod table;
 
-pub use protocol::{ObjectId, ObjectKind, ServerAddress};
-pub use server::{ServerBoot, serve};
+pub use protocol::{LocalAddress, ObjectId, ObjectKind, ServerAddress};
+pub use remote::{TcpClient, TcpOptions};
+pub use server::{ServeOptions, Server, ServerBoot, ShutdownHandle, serve, serve_with};
 pub use table::PIN_TIMEOUT;
