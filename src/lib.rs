@@ -124,7 +124,8 @@
 //! calls come as `x`, `try_x` and `x_timeout(Duration)`.
 
 pub use multiproc_proxy::{
-    BaseManager, DictProxy, ListProxy, Manager, ManagerServer, NamespaceProxy, QueueProxy,
-    Registrable, RemoteManager, ShutdownHandle, set_manager_authkey,
+    BaseManager, DictProxy, ListProxy, Manager, ManagerServer, NamespaceProxy, ObjectHandle,
+    QueueProxy, Registrable, RemoteManager, RemoteObject, ShutdownHandle, UserProxy, UserTypes,
+    remote_object, set_manager_authkey,
 };
 pub use multiproc_runtime::*;

@@ -20,13 +20,43 @@ const KEY: &[u8] = b"remote-test-key";
 /// The task that tells a worker to stop.
 const STOP: i64 = -1;
 
-fn config() -> BaseManager {
+/// A user type the server owns; workers count the tasks they did in it.
+#[derive(Default)]
+struct Tally {
+    done: u64,
+    by_worker: std::collections::BTreeMap<u32, u64>,
+}
+
+impl Tally {
+    fn record(&mut self, worker: u32) -> u64 {
+        self.done += 1;
+        *self.by_worker.entry(worker).or_default() += 1;
+        self.done
+    }
+    fn total(&mut self) -> u64 {
+        self.done
+    }
+    fn workers(&mut self) -> Vec<(u32, u64)> {
+        self.by_worker.iter().map(|(w, n)| (*w, *n)).collect()
+    }
+}
+
+multiproc::remote_object! {
+    Tally as TallyProxy {
+        1 => fn record(worker: u32) -> u64;
+        2 => fn total() -> u64;
+        3 => fn workers() -> Vec<(u32, u64)>;
+    }
+}
+
+fn config() -> BaseManager<(Tally, ())> {
     BaseManager::new()
         .address("127.0.0.1:0")
         .authkey(KEY)
         .register::<QueueProxy<i64>>("tasks")
         .register::<QueueProxy<(i64, i64)>>("results")
         .register::<DictProxy<String, i64>>("stats")
+        .register_object::<Tally>("tally")
 }
 
 fn connect(address: &str) -> RemoteManager {
@@ -42,12 +72,15 @@ fn worker(address: String) -> u32 {
     let m = connect(&address);
     let tasks: QueueProxy<i64> = m.get("tasks").unwrap();
     let results: QueueProxy<(i64, i64)> = m.get("results").unwrap();
+    let tally: TallyProxy = m.get_object("tally").unwrap();
+    let me = std::process::id();
     let mut done = 0;
     loop {
         let n = tasks.get_timeout(PROMPTLY).unwrap();
         if n == STOP {
             return done;
         }
+        tally.record(me).unwrap();
         results.put((n, n * n)).unwrap();
         done += 1;
     }
@@ -90,6 +123,15 @@ fn a_master_and_two_workers_share_task_and_result_queues() {
             .map(|w| w.join_timeout(PROMPTLY * 3).unwrap())
             .sum();
         assert_eq!(done, 10, "{m:?}");
+        let tally: TallyProxy = master.get_object("tally").unwrap();
+        assert_eq!(tally.total().unwrap(), 10, "{m:?}");
+        let per_worker = tally.workers().unwrap();
+        assert!(per_worker.len() <= 2, "{m:?}");
+        assert_eq!(per_worker.iter().map(|(_, n)| n).sum::<u64>(), 10, "{m:?}");
+        assert!(matches!(
+            master.get_object::<TallyProxy>("stats"),
+            Err(Error::TypeMismatch { .. })
+        ));
         master.shutdown().unwrap();
     }
 }

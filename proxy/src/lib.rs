@@ -25,7 +25,16 @@ pub use manager::Manager;
 pub use multiproc_runtime::manager::ShutdownHandle;
 pub use multiproc_runtime::manager::{PIN_TIMEOUT, ServerAddress};
 pub use namespace::NamespaceProxy;
-pub use remote::{BaseManager, ManagerServer, QueueProxy, Registrable, RemoteManager};
+pub use remote::{
+    BaseManager, ManagerServer, ObjectHandle, QueueProxy, Registrable, RemoteManager, RemoteObject,
+    UserProxy, UserTypes,
+};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use multiproc_runtime::manager::{CallError, ServedObject};
+    pub use multiproc_runtime::{Result, Shareable};
+}
 
 /// Remembers `authkey` for the TCP manager at `address`, so proxies to its
 /// objects decoded in this process (from messages or arguments) can reconnect.

@@ -34,6 +34,7 @@
 //! The registry: the server's first object is a dict from each name to the
 //! object's id and type; `get` reads it and attaches, checking the type.
 
+use std::marker::PhantomData;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +47,8 @@ use multiproc_runtime::manager::{
     ObjectKind, ServeOptions, Server, ServerAddress, ServerBoot, ShutdownHandle, TcpClient,
     TcpOptions,
 };
+use multiproc_runtime::manager::{ServedObject, USER_OBJECT_BIT};
+use multiproc_runtime::shm::fingerprint_str;
 use multiproc_runtime::{Error, Process, Result, Shareable, sys};
 use parking_lot::Mutex;
 
@@ -139,12 +142,39 @@ fn kind_of(code: u8) -> ObjectKind {
 /// authkey, and the named objects its server makes (Python's `BaseManager`).
 ///
 /// See the [module docs](self) for an example.
-#[derive(Debug, Clone)]
-pub struct BaseManager {
+///
+/// `U` lists the user types registered with [`BaseManager::register_object`]
+/// (it grows with each one; you never write it).
+pub struct BaseManager<U = ()> {
     address: String,
     authkey: Option<Vec<u8>>,
     named: Vec<Named>,
+    user_names: Vec<String>,
     max_frame: Option<u64>,
+    _user: PhantomData<fn() -> U>,
+}
+
+impl<U> Clone for BaseManager<U> {
+    fn clone(&self) -> Self {
+        BaseManager {
+            address: self.address.clone(),
+            authkey: self.authkey.clone(),
+            named: self.named.clone(),
+            user_names: self.user_names.clone(),
+            max_frame: self.max_frame,
+            _user: PhantomData,
+        }
+    }
+}
+
+impl<U> std::fmt::Debug for BaseManager<U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BaseManager")
+            .field("address", &self.address)
+            .field("named", &self.named)
+            .field("user_objects", &self.user_names)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for BaseManager {
@@ -160,33 +190,54 @@ impl BaseManager {
             address: "127.0.0.1:0".into(),
             authkey: None,
             named: Vec::new(),
+            user_names: Vec::new(),
             max_frame: None,
+            _user: PhantomData,
+        }
+    }
+}
+
+impl<U: UserTypes> BaseManager<U> {
+    /// Registers `name` as a `T` the server owns: made with `T::default()`
+    /// when the server starts; clients call its methods through its typed
+    /// proxy ([`RemoteManager::get_object`]). Declare the methods with
+    /// [`remote_object!`](crate::remote_object).
+    pub fn register_object<T: RemoteObject>(self, name: impl Into<String>) -> BaseManager<(T, U)> {
+        let mut user_names = self.user_names;
+        user_names.push(name.into());
+        BaseManager {
+            address: self.address,
+            authkey: self.authkey,
+            named: self.named,
+            user_names,
+            max_frame: self.max_frame,
+            _user: PhantomData,
         }
     }
 
     /// Where the server listens, or the client connects: `host:port`
     /// (port 0 picks a free port when serving).
-    pub fn address(mut self, address: impl Into<String>) -> BaseManager {
+    pub fn address(mut self, address: impl Into<String>) -> Self {
         self.address = address.into();
         self
     }
 
     /// The shared secret both sides prove they know (required).
-    pub fn authkey(mut self, authkey: impl AsRef<[u8]>) -> BaseManager {
+    pub fn authkey(mut self, authkey: impl AsRef<[u8]>) -> Self {
         self.authkey = Some(authkey.as_ref().to_vec());
         self
     }
 
     /// The largest request the server accepts (64 MiB unless changed); a
     /// client sending a longer one is disconnected.
-    pub fn max_frame(mut self, bytes: usize) -> BaseManager {
+    pub fn max_frame(mut self, bytes: usize) -> Self {
         self.max_frame = Some(bytes as u64);
         self
     }
 
     /// Registers `name`: the server creates one `P` object when it starts,
     /// and any client gets a proxy to it with [`RemoteManager::get`].
-    pub fn register<P: Registrable>(mut self, name: impl Into<String>) -> BaseManager {
+    pub fn register<P: Registrable>(mut self, name: impl Into<String>) -> Self {
         let (fingerprint, type_name) = P::type_tag();
         let name = name.into();
         self.named.retain(|n| n.name != name);
@@ -233,8 +284,9 @@ impl BaseManager {
             boot: boot.clone(),
             options: self.options()?,
             named: self.named.clone(),
+            user_names: self.user_names.clone(),
         };
-        let mut p = Process::new(server_main, args)
+        let mut p = Process::new(server_main::<U>, args)
             .name("BaseManager")
             .daemon(true);
         client::forking_server(|| p.start())?;
@@ -260,6 +312,7 @@ impl BaseManager {
     pub fn get_server(&self) -> Result<ManagerServer> {
         let mut server = Server::bind(random_token(), &self.options()?)?;
         make_named(&mut server, &self.named)?;
+        make_user_objects::<U>(&mut server, &self.user_names)?;
         let address = reachable(server.tcp_address().ok_or_else(unexpected)?);
         client::set_authkey(address, &self.key()?);
         Ok(ManagerServer { server, address })
@@ -296,11 +349,15 @@ struct ServerArgs {
     boot: ServerBoot,
     options: ServeOptions,
     named: Vec<Named>,
+    user_names: Vec<String>,
 }
 
-fn server_main(args: ServerArgs) {
-    let server = Server::bind(args.boot.token(), &args.options)
-        .and_then(|mut s| make_named(&mut s, &args.named).map(|()| s));
+fn server_main<U: UserTypes>(args: ServerArgs) {
+    let server = Server::bind(args.boot.token(), &args.options).and_then(|mut s| {
+        make_named(&mut s, &args.named)?;
+        make_user_objects::<U>(&mut s, &args.user_names)?;
+        Ok(s)
+    });
     match server {
         Ok(s) => {
             args.boot.publish_ready(Some(&s));
@@ -321,6 +378,37 @@ fn expect_created(server: &mut Server, req: &Request<'_>) -> Result<ObjectId> {
         ArchivedResponse::Error(e) => Err(remote_error(e)),
         _ => Err(unexpected()),
     }
+}
+
+fn register_name(server: &mut Server, name: &str, entry: NamedEntry) -> Result<()> {
+    let key = name.to_string().encode()?;
+    let value = entry.encode()?;
+    let out = server.request(&Request::Call(Call {
+        object: REGISTRY,
+        method: Method::DictInsert as u32,
+        index: 0,
+        key: Some(Blob::plain(&key)),
+        value: Some(Blob::plain(&value)),
+        expected: None,
+        batch: Vec::new(),
+        fingerprint: 0,
+        type_name: "",
+    }))?;
+    match access_response(&out)? {
+        ArchivedResponse::Error(e) => Err(remote_error(e)),
+        _ => Ok(()),
+    }
+}
+
+fn make_user_objects<U: UserTypes>(server: &mut Server, names: &[String]) -> Result<()> {
+    for (name, id, type_name) in U::install(server, names)? {
+        register_name(
+            server,
+            &name,
+            (id, fingerprint_str(type_name), type_name.into()),
+        )?;
+    }
+    Ok(())
 }
 
 /// Creates the registry and the named objects in a server about to serve.
@@ -348,22 +436,7 @@ fn make_named(server: &mut Server, named: &[Named]) -> Result<()> {
                 type_name: &n.type_name,
             },
         )?;
-        let key = n.name.encode()?;
-        let value = (id, n.fingerprint, n.type_name.clone()).encode()?;
-        let out = server.request(&Request::Call(Call {
-            object: REGISTRY,
-            method: Method::DictInsert as u32,
-            index: 0,
-            key: Some(Blob::plain(&key)),
-            value: Some(Blob::plain(&value)),
-            expected: None,
-            batch: Vec::new(),
-            fingerprint: 0,
-            type_name: "",
-        }))?;
-        if let ArchivedResponse::Error(e) = access_response(&out)? {
-            return Err(remote_error(e));
-        }
+        register_name(server, &n.name, (id, n.fingerprint, n.type_name.clone()))?;
     }
     Ok(())
 }
@@ -459,6 +532,25 @@ impl RemoteManager {
             pin: 0,
             authkey: Vec::new(),
         })
+    }
+
+    /// A typed proxy to the user object registered as `name` (see
+    /// [`BaseManager::register_object`] and [`remote_object!`](crate::remote_object)).
+    pub fn get_object<P: UserProxy>(&self, name: &str) -> Result<P> {
+        let registry: Registry = self.attach(REGISTRY, <Registry as Proxy>::tag())?;
+        let (object, fingerprint, type_name) =
+            registry.get(&name.to_string())?.ok_or(Error::KeyNotFound)?;
+        if fingerprint != fingerprint_str(P::TYPE_NAME) || object & USER_OBJECT_BIT == 0 {
+            return Err(Error::TypeMismatch {
+                expected: P::TYPE_NAME.into(),
+                found: type_name,
+            });
+        }
+        Ok(P::from_handle(ObjectHandle {
+            conn: Mutex::new(client::connection(&self.inner.address)?),
+            server: self.inner.address,
+            object,
+        }))
     }
 
     fn attach<P: Proxy>(&self, object: ObjectId, tag: TypeTag) -> Result<P> {
@@ -642,4 +734,184 @@ impl<T: Shareable> QueueProxy<T> {
     pub fn is_empty(&self) -> Result<bool> {
         self.list.is_empty()
     }
+}
+
+/// A Rust type a remote manager's server can own (see
+/// [`remote_object!`](crate::remote_object), which implements this).
+pub trait RemoteObject: ServedObject + Default {
+    /// The name both sides check (the type's path).
+    const TYPE_NAME: &'static str;
+}
+
+/// The typed proxy of a [`RemoteObject`] (generated by
+/// [`remote_object!`](crate::remote_object)).
+pub trait UserProxy: Sized {
+    /// The name of the type it calls (the object's `TYPE_NAME`).
+    const TYPE_NAME: &'static str;
+    /// The proxy over a handle to the object.
+    fn from_handle(handle: ObjectHandle) -> Self;
+}
+
+/// The user types a [`BaseManager`] registered (a list built by
+/// [`BaseManager::register_object`]).
+pub trait UserTypes: 'static {
+    #[doc(hidden)]
+    fn install(
+        server: &mut Server,
+        names: &[String],
+    ) -> Result<Vec<(String, ObjectId, &'static str)>>;
+}
+
+impl UserTypes for () {
+    fn install(_: &mut Server, _: &[String]) -> Result<Vec<(String, ObjectId, &'static str)>> {
+        Ok(Vec::new())
+    }
+}
+
+impl<T: RemoteObject, U: UserTypes> UserTypes for (T, U) {
+    fn install(
+        server: &mut Server,
+        names: &[String],
+    ) -> Result<Vec<(String, ObjectId, &'static str)>> {
+        let Some((last, rest)) = names.split_last() else {
+            return Err(Error::InvalidState("user object names out of step".into()));
+        };
+        let mut made = U::install(server, rest)?;
+        let id = server.add_user_object(Box::new(T::default()));
+        made.push((last.clone(), id, T::TYPE_NAME));
+        Ok(made)
+    }
+}
+
+/// A client's handle to a user object: calls its methods by number.
+pub struct ObjectHandle {
+    conn: Mutex<Arc<client::Connection>>,
+    server: ServerAddress,
+    object: ObjectId,
+}
+
+impl std::fmt::Debug for ObjectHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectHandle")
+            .field("server", &self.server)
+            .field("object", &self.object)
+            .finish()
+    }
+}
+
+impl ObjectHandle {
+    /// Calls method number `method` with `args`, returning its result.
+    pub fn call<A: Shareable, R: Shareable>(&self, method: u32, args: &A) -> Result<R> {
+        let conn = {
+            let mut c = self.conn.lock();
+            if !c.is_ours() {
+                *c = client::connection(&self.server)?;
+            }
+            c.clone()
+        };
+        let encoded = args.encode()?;
+        let reply = conn.call(&Request::Call(Call {
+            object: self.object,
+            method,
+            index: 0,
+            key: None,
+            value: Some(Blob::plain(&encoded)),
+            expected: None,
+            batch: Vec::new(),
+            fingerprint: 0,
+            type_name: "",
+        }))?;
+        match reply.get()? {
+            ArchivedResponse::Value {
+                bytes: multiproc_runtime::rkyv::option::ArchivedOption::Some(b),
+                ..
+            } => R::decode(b),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+/// Declares which methods of a type a remote manager serves, and generates
+/// its typed proxy.
+///
+/// The type must be `Default + Send + 'static` (the server makes it with
+/// `default()`); each method takes `&mut self` and [`Shareable`](multiproc_runtime::Shareable)
+/// arguments and returns a `Shareable` value. Number the methods: the
+/// numbers are the wire format, so keep them when you add methods.
+///
+/// ```
+/// #[derive(Default)]
+/// struct Counter { n: i64 }
+/// impl Counter {
+///     fn incr(&mut self, by: i64) -> i64 { self.n += by; self.n }
+///     fn get(&mut self) -> i64 { self.n }
+/// }
+/// multiproc::remote_object! {
+///     Counter as CounterProxy {
+///         1 => fn incr(by: i64) -> i64;
+///         2 => fn get() -> i64;
+///     }
+/// }
+/// multiproc::init();
+/// let m = multiproc::BaseManager::new()
+///     .authkey(b"k")
+///     .register_object::<Counter>("counter")
+///     .start()
+///     .unwrap();
+/// let c: CounterProxy = m.get_object("counter").unwrap();
+/// assert_eq!(c.incr(5).unwrap(), 5);
+/// assert_eq!(c.get().unwrap(), 5);
+/// m.shutdown().unwrap();
+/// ```
+#[macro_export]
+macro_rules! remote_object {
+    ($ty:ty as $proxy:ident {
+        $( $id:literal => fn $name:ident ( $( $arg:ident : $aty:ty ),* $(,)? ) -> $ret:ty ; )*
+    }) => {
+        impl $crate::__private::ServedObject for $ty {
+            fn call(
+                &mut self,
+                method: u32,
+                args: &[u8],
+            ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::__private::CallError> {
+                use $crate::__private::{CallError, Shareable};
+                match method {
+                    $(
+                        $id => {
+                            #[allow(unused_parens)]
+                            let ($($arg,)*): ($($aty,)*) = Shareable::decode(args)
+                                .map_err(|e| CallError::Codec(e.to_string()))?;
+                            let out: $ret = <$ty>::$name(self $(, $arg)*);
+                            Shareable::encode(&out)
+                                .map(|b| b.to_vec())
+                                .map_err(|e| CallError::Codec(e.to_string()))
+                        }
+                    )*
+                    _ => Err(CallError::UnknownMethod),
+                }
+            }
+        }
+        impl $crate::RemoteObject for $ty {
+            const TYPE_NAME: &'static str = concat!(module_path!(), "::", stringify!($ty));
+        }
+        /// The typed proxy of a remote object (generated by `remote_object!`).
+        #[derive(Debug)]
+        pub struct $proxy {
+            handle: $crate::ObjectHandle,
+        }
+        impl $crate::UserProxy for $proxy {
+            const TYPE_NAME: &'static str = <$ty as $crate::RemoteObject>::TYPE_NAME;
+            fn from_handle(handle: $crate::ObjectHandle) -> Self {
+                $proxy { handle }
+            }
+        }
+        impl $proxy {
+            $(
+                /// Calls the server's object.
+                pub fn $name(&self $(, $arg: $aty)*) -> $crate::__private::Result<$ret> {
+                    self.handle.call($id, &($($arg,)*))
+                }
+            )*
+        }
+    };
 }

@@ -24,7 +24,7 @@ use rkyv::util::AlignedVec;
 use crate::connection::{Address, Listener, SocketConnection};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
-use crate::manager::dispatch::{self, After};
+use crate::manager::dispatch::After;
 use crate::manager::protocol::{RemoteError, Response, encode_response};
 use crate::manager::server::ServerState;
 use crate::manager::table::ConnRefs;
@@ -169,7 +169,7 @@ fn serve_tcp_connection(state: &ServerState, mut conn: SocketConnection<()>, opt
         } else {
             request.clear();
             request.extend_from_slice(&frame);
-            dispatch::handle(&state.table, &mut refs, &request, &mut response)
+            state.handle(&mut refs, &request, &mut response)
         };
         drop(frame);
         if let Err(e) = conn.send_bytes(&response) {

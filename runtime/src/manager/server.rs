@@ -24,9 +24,11 @@ use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
 use crate::manager::channel::{Channel, ClientEnd, Hangup, SLOT_SIZE, ServerEnd};
 use crate::manager::dispatch::{self, After};
+use crate::manager::protocol::ObjectId;
 use crate::manager::protocol::{LocalAddress as ServerAddress, Request};
 use crate::manager::remote::{TcpOptions, TcpServer};
 use crate::manager::table::{ConnRefs, Table};
+use crate::manager::user::{ServedObject, UserObjects};
 use crate::shm::{Kind, ShmObject, fingerprint_str};
 use crate::sys;
 
@@ -200,9 +202,23 @@ pub(crate) struct ServerState {
     pub(crate) table: Mutex<Table>,
     stopping: AtomicBool,
     channels: Mutex<Vec<Channel>>,
+    user: UserObjects,
 }
 
 impl ServerState {
+    /// Runs one request (user objects first, then the table).
+    pub(crate) fn handle(
+        &self,
+        conn: &mut ConnRefs,
+        request: &[u8],
+        response: &mut AlignedVec,
+    ) -> After {
+        if !self.user.is_empty() && self.user.try_handle(request, response) {
+            return After::Continue;
+        }
+        dispatch::handle(&self.table, conn, request, response)
+    }
+
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
@@ -291,6 +307,7 @@ impl Server {
                 table: Mutex::new(Table::new()),
                 stopping: AtomicBool::new(false),
                 channels: Mutex::new(Vec::new()),
+                user: UserObjects::default(),
             }),
             listener,
             tcp,
@@ -328,6 +345,11 @@ impl Server {
         let mut out = AlignedVec::new();
         dispatch::handle(&self.state.table, &mut self.own, &encoded, &mut out);
         Ok(out)
+    }
+
+    /// Adds a user object the server owns until it ends; returns its id.
+    pub fn add_user_object(&mut self, object: Box<dyn ServedObject>) -> ObjectId {
+        self.state.user.add(object)
     }
 
     /// How many objects the server holds.
@@ -471,7 +493,7 @@ fn serve_connection(state: &ServerState, mut stream: UnixStream) {
         if let Err(h) = waited {
             break h;
         }
-        let after = dispatch::handle(&state.table, &mut conn, &request, &mut response);
+        let after = state.handle(&mut conn, &request, &mut response);
         if let Err(e) = end.respond(&response) {
             // Too large for a slot and no overflow segment: say so instead.
             let failed = crate::manager::protocol::Response::Error(
