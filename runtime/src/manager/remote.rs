@@ -31,7 +31,7 @@ use crate::manager::table::ConnRefs;
 use crate::wire::auth::DEFAULT_HANDSHAKE_TIMEOUT;
 use crate::wire::frame::DEFAULT_MAX_FRAME;
 
-/// How often a waiting connection thread checks whether the server stops.
+/// How often the accept loop checks whether the server stops.
 const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// How a server listens on TCP.
@@ -107,8 +107,7 @@ impl TcpServer {
     }
 
     /// Accepts clients until the server stops, one thread each; returns
-    /// once every connection thread ended (each notices within
-    /// [`STOP_CHECK`]).
+    /// once every connection thread ended (a shutdown cuts their sockets).
     pub fn accept_loop(self, state: &std::sync::Arc<ServerState>) {
         let mut threads: Vec<std::thread::JoinHandle<()>> = Vec::new();
         while !state.stopping() {
@@ -148,16 +147,30 @@ fn serve_tcp_connection(state: &ServerState, mut conn: SocketConnection<()>, opt
         return;
     }
     conn.set_max_message(options.max_frame());
+    // A duplicate of the socket the server cuts on shutdown, so this thread
+    // can block in a plain read (no poll per request).
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let key = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let Some(closer) = conn
+        .fd()
+        .and_then(|fd| fd.try_clone_to_owned().ok())
+        .map(std::net::TcpStream::from)
+    else {
+        tracing::warn!("manager cannot duplicate a TCP connection's socket");
+        return;
+    };
+    state.tcp_conns.lock().insert(key, closer);
     let mut refs = ConnRefs::new();
     let mut request: AlignedVec = AlignedVec::new();
     let mut response = AlignedVec::new();
     let ended = loop {
+        // Checked after registering: a shutdown before that is seen here,
+        // one after it cuts the socket.
         if state.stopping() {
             break Error::ManagerGone("the server is shutting down".into());
         }
-        let frame = match conn.recv_bytes_timeout(STOP_CHECK) {
+        let frame = match conn.recv_bytes() {
             Ok(f) => f,
-            Err(Error::Timeout(_)) => continue,
             Err(e) => break e,
         };
         let after = if state.stopping() {
@@ -180,6 +193,7 @@ fn serve_tcp_connection(state: &ServerState, mut conn: SocketConnection<()>, opt
             break Error::ManagerGone("shut down by this client".into());
         }
     };
+    state.tcp_conns.lock().remove(&key);
     tracing::debug!(reason = %ended, "manager TCP connection ended");
     state.table.lock().release_connection(refs);
 }

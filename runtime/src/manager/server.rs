@@ -203,6 +203,8 @@ pub(crate) struct ServerState {
     stopping: AtomicBool,
     channels: Mutex<Vec<Channel>>,
     user: UserObjects,
+    /// Duplicates of the TCP connections' sockets, to cut them on shutdown.
+    pub(crate) tcp_conns: Mutex<std::collections::HashMap<u64, std::net::TcpStream>>,
 }
 
 impl ServerState {
@@ -228,6 +230,10 @@ impl ServerState {
         self.stopping.store(true, Ordering::SeqCst);
         for chan in self.channels.lock().iter() {
             chan.close_by_server();
+        }
+        for stream in self.tcp_conns.lock().values() {
+            // Wakes the connection's thread from its read.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         }
         if let Ok(addr) = socket_addr(&self.address) {
             // Wakes the accept loop; the connection is dropped at once.
@@ -308,6 +314,7 @@ impl Server {
                 stopping: AtomicBool::new(false),
                 channels: Mutex::new(Vec::new()),
                 user: UserObjects::default(),
+                tcp_conns: Mutex::new(std::collections::HashMap::new()),
             }),
             listener,
             tcp,
