@@ -281,3 +281,149 @@ fn a_server_in_this_process_serves_until_shut_down() {
     assert!(matches!(stats.len(), Err(Error::ManagerGone(_))));
     let _ = Duration::ZERO;
 }
+
+/// Two network namespaces joined by a veth pair: two "hosts" that reach
+/// each other only over that link. Deleted on drop.
+struct TwoHosts {
+    a: String,
+    b: String,
+    ip_a: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl TwoHosts {
+    fn setup() -> Result<TwoHosts, String> {
+        let pid = std::process::id();
+        let hosts = TwoHosts {
+            a: format!("mp{pid}a"),
+            b: format!("mp{pid}b"),
+            ip_a: format!("10.213.{}.1", pid % 250),
+        };
+        let ip_b = format!("10.213.{}.2", pid % 250);
+        let (va, vb) = (format!("mpv{pid}a"), format!("mpv{pid}b"));
+        ip(&["netns", "add", &hosts.a])?;
+        ip(&["netns", "add", &hosts.b])?;
+        ip(&[
+            "link", "add", &va, "netns", &hosts.a, "type", "veth", "peer", "name", &vb, "netns",
+            &hosts.b,
+        ])?;
+        for (ns, dev, addr) in [(&hosts.a, &va, &hosts.ip_a), (&hosts.b, &vb, &ip_b)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/30"), "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(hosts)
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its end of the veth pair, and the pair with it.
+        let _ = ip(&["netns", "del", &self.a]);
+        let _ = ip(&["netns", "del", &self.b]);
+    }
+}
+
+#[test]
+fn two_hosts_in_network_namespaces() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let hosts = match TwoHosts::setup() {
+        Ok(h) => h,
+        Err(why) => {
+            println!("SKIPPED two_hosts_in_network_namespaces: {why}");
+            return;
+        }
+    };
+    let key = std::env::temp_dir().join(format!("multiproc-netns-{}.key", std::process::id()));
+    std::fs::write(&key, KEY).unwrap();
+    // The server on host A.
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &hosts.a,
+            env!("CARGO_BIN_EXE_multiproc"),
+            "serve",
+        ])
+        .args(["--address", &format!("{}:0", hosts.ip_a), "--authkey-file"])
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .map(str::to_string);
+    // The client on host B: this test binary, running `netns_client`.
+    let client = address.as_ref().map(|address| {
+        Command::new("ip")
+            .args(["netns", "exec", &hosts.b])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", "netns_client", "--ignored", "--nocapture"])
+            .env("MP_NETNS_ADDR", address)
+            .output()
+            .unwrap()
+    });
+    // SAFETY: signalling our own child (the `ip netns exec` that became the server).
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let stopped = eventually(PROMPTLY, || server.try_wait().unwrap().is_some());
+    if !stopped {
+        let _ = server.kill();
+    }
+    let status = server.wait().unwrap();
+    let _ = std::fs::remove_file(&key);
+    drop(hosts);
+    let address = address.unwrap_or_else(|| panic!("the server printed {line:?}"));
+    let client = client.unwrap();
+    let text = String::from_utf8_lossy(&client.stdout);
+    assert!(
+        text.contains("NETNS-CLIENT-OK 55"),
+        "client on B failed:\n{text}"
+    );
+    assert!(stopped && status.success(), "server at {address}: {status}");
+}
+
+/// Run by `two_hosts_in_network_namespaces` inside namespace B.
+#[test]
+#[ignore = "runs inside a network namespace, started by two_hosts_in_network_namespaces"]
+fn netns_client() {
+    let Ok(address) = std::env::var("MP_NETNS_ADDR") else {
+        return;
+    };
+    let m = connect(&address);
+    let q = m.queue::<u64>().unwrap();
+    for n in 1..=10 {
+        q.put(n).unwrap();
+    }
+    let d = m.dict::<String, u64>().unwrap();
+    let mut sum = 0;
+    for _ in 0..10 {
+        sum += q.get_timeout(PROMPTLY).unwrap();
+    }
+    d.insert("sum".into(), sum).unwrap();
+    println!(
+        "NETNS-CLIENT-OK {}",
+        d.get(&"sum".to_string()).unwrap().unwrap()
+    );
+}
