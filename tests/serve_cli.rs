@@ -110,3 +110,29 @@ fn a_missing_key_file_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_killed_server_is_an_error_at_the_proxy_not_a_hang() {
+    let key = key_file("killed");
+    let (mut child, address) = serve(&key);
+    let m = BaseManager::new()
+        .address(address)
+        .authkey(b"cli-secret")
+        .connect()
+        .unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    d.insert(1, 1).unwrap();
+    let q = m.queue::<u32>().unwrap();
+    // A getter waiting on the server when it dies.
+    let waiting = std::thread::spawn(move || q.get_timeout(LIMIT * 3));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let start = Instant::now();
+    assert!(matches!(d.len(), Err(Error::ManagerGone(_))));
+    assert!(matches!(
+        waiting.join().unwrap(),
+        Err(Error::ManagerGone(_))
+    ));
+    assert!(start.elapsed() < LIMIT);
+    std::fs::remove_file(&key).unwrap();
+}
