@@ -13,8 +13,10 @@
 //! (nothing is allocated for it) and ends the connection; a frame that is
 //! not a valid request gets an error response. One thread serves each
 //! connection, so a slow or hostile client never holds up the others, and
-//! the references a connection took go when it ends (closed, reset, or
-//! the server shutting down).
+//! the references a connection took go when it ends (closed, reset, the
+//! server shutting down, or the peer's host silent for about 25 s: TCP
+//! keepalive and a user timeout on both sides, so a call never hangs on a
+//! vanished server either).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,6 +32,27 @@ use crate::manager::server::ServerState;
 use crate::manager::table::ConnRefs;
 use crate::wire::auth::DEFAULT_HANDSHAKE_TIMEOUT;
 use crate::wire::frame::DEFAULT_MAX_FRAME;
+
+/// Silence after which a TCP connection starts probing its peer.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// Between two probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered probes after which the peer is taken for gone (so a vanished
+/// host is noticed within about 25 s).
+const KEEPALIVE_COUNT: u32 = 3;
+
+fn watch_liveness<T>(conn: &SocketConnection<T>) {
+    if let Some(fd) = conn.fd()
+        && let Err(e) = crate::sys::socket::set_tcp_liveness(
+            fd,
+            KEEPALIVE_IDLE,
+            KEEPALIVE_INTERVAL,
+            KEEPALIVE_COUNT,
+        )
+    {
+        tracing::debug!("cannot enable TCP keepalive: {e}");
+    }
+}
 
 /// How often the accept loop checks whether the server stops.
 const STOP_CHECK: Duration = Duration::from_millis(100);
@@ -147,6 +170,9 @@ fn serve_tcp_connection(state: &ServerState, mut conn: SocketConnection<()>, opt
         return;
     }
     conn.set_max_message(options.max_frame());
+    // A client whose host vanished (no FIN ever comes) still ends, and its
+    // references go.
+    watch_liveness(&conn);
     // A duplicate of the socket the server cuts on shutdown, so this thread
     // can block in a plain read (no poll per request).
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -236,6 +262,8 @@ impl TcpClient {
             )),
             other => other,
         })?;
+        // A call never waits forever on a server whose host vanished.
+        watch_liveness(&conn);
         Ok(TcpClient { conn, gone: false })
     }
 
