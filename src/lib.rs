@@ -144,5 +144,9 @@
 //! Every fallible call returns [`Result`] with the one [`Error`] enum; blocking
 //! calls come as `x`, `try_x` and `x_timeout(Duration)`.
 
-pub use multiproc_proxy::{DictProxy, ListProxy, Manager, NamespaceProxy, ServerAddress};
+pub use multiproc_proxy::{
+    BaseManager, DictProxy, ListProxy, Manager, ManagerServer, NamespaceProxy, ObjectHandle,
+    QueueProxy, Registrable, RemoteManager, RemoteObject, ServerAddress, ShutdownHandle, UserProxy,
+    UserTypes, remote_object, set_manager_authkey,
+};
 pub use multiproc_runtime::*;

@@ -117,3 +117,57 @@ fn manager() {
         ],
     );
 }
+
+#[test]
+fn distributed_master_and_two_workers() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let mut master = Command::new(example("distributed_master"))
+        .args(["127.0.0.1:0", "example-key", "10"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the master starts");
+    let mut out = BufReader::new(master.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let address = first
+        .trim()
+        .strip_prefix("master listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_string();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(example("distributed_worker"))
+                .args([address.as_str(), "example-key", "30"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("a worker starts")
+        })
+        .collect();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(master.wait().unwrap().success(), "{rest}");
+    for needle in [
+        "put 10 tasks",
+        "result: 10^2 = 100",
+        "collected 10 results, sum 385",
+        "master shut down",
+    ] {
+        assert!(rest.contains(needle), "{needle:?} missing from\n{rest}");
+    }
+    let mut total = 0;
+    for w in workers {
+        let o = w.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{text}");
+        assert!(text.contains("the master has gone"), "{text}");
+        let did = text
+            .lines()
+            .find_map(|l| l.split(" did ").nth(1))
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("no count in\n{text}"));
+        total += did;
+    }
+    assert_eq!(total, 10);
+}

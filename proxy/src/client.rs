@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, LazyLock, Once};
 
+use multiproc_runtime::manager::TcpClient;
 use multiproc_runtime::manager::channel::ClientEnd;
 use multiproc_runtime::manager::protocol::{
     ArchivedResponse, ObjectId, Request, access_response, encode_request, remote_error,
@@ -34,9 +35,34 @@ use std::sync::MutexGuard;
 
 use parking_lot::Mutex;
 
-/// The state of one round trip: the channel end and reusable buffers.
+/// How requests reach the server.
+#[derive(Debug)]
+enum Transport {
+    /// A local server's shared-memory channel.
+    Local(ClientEnd),
+    /// A server over TCP.
+    Tcp(TcpClient),
+}
+
+impl Transport {
+    fn round_trip(&mut self, request: &[u8], response: &mut AlignedVec) -> Result<()> {
+        match self {
+            Transport::Local(end) => end.round_trip(request, response),
+            Transport::Tcp(c) => c.round_trip(request, response),
+        }
+    }
+
+    fn is_gone(&self) -> bool {
+        match self {
+            Transport::Local(end) => end.is_gone(),
+            Transport::Tcp(c) => c.is_gone(),
+        }
+    }
+}
+
+/// The state of one round trip: the transport and reusable buffers.
 struct Wire {
-    end: ClientEnd,
+    end: Transport,
     request: AlignedVec,
 }
 
@@ -45,8 +71,8 @@ pub(crate) struct Connection {
     /// The process that opened it: a forked child must open its own.
     pid: i32,
     server: ServerAddress,
-    /// Kept open so the server sees this process go.
-    _socket: UnixStream,
+    /// A local server's setup socket, kept open so the server sees this process go.
+    _socket: Option<UnixStream>,
     wire: Mutex<Wire>,
 }
 
@@ -94,13 +120,27 @@ pub(crate) fn unexpected() -> Error {
 
 impl Connection {
     fn open(server: &ServerAddress) -> Result<Connection> {
-        let local = server::connect(server)?;
+        let (socket, end) = match server {
+            ServerAddress::Local(local) => {
+                let c = server::connect_local(local)?;
+                (Some(c.socket), Transport::Local(c.end))
+            }
+            ServerAddress::Tcp(addr) => {
+                let key = authkey_for(addr).ok_or_else(|| {
+                    Error::Authentication(format!(
+                        "no authkey known for the manager at {addr}: connect a BaseManager \
+                         to it (or call multiproc::set_manager_authkey) first"
+                    ))
+                })?;
+                (None, Transport::Tcp(TcpClient::connect(*addr, &key)?))
+            }
+        };
         Ok(Connection {
             pid: sys::process::getpid(),
             server: *server,
-            _socket: local.socket,
+            _socket: socket,
             wire: Mutex::new(Wire {
-                end: local.end,
+                end,
                 request: AlignedVec::new(),
             }),
         })
@@ -141,8 +181,10 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         // A forked child's copy of its parent's connection must stay silent.
-        if self.is_ours() {
-            self.wire.get_mut().end.channel().close_by_client();
+        if self.is_ours()
+            && let Transport::Local(end) = &self.wire.get_mut().end
+        {
+            end.channel().close_by_client();
         }
     }
 }
@@ -187,6 +229,45 @@ fn lock_client() -> MutexGuard<'static, ClientState> {
 
 static HOOK: Once = Once::new();
 
+/// The authkeys this process knows for TCP servers (a proxy decoded from a
+/// message reconnects with the key its process knows for that server).
+static AUTHKEYS: LazyLock<Mutex<HashMap<std::net::SocketAddr, Vec<u8>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The environment variable a process may read its default authkey from.
+pub const AUTHKEY_ENV: &str = "MULTIPROC_AUTHKEY";
+
+/// Remembers `authkey` for the TCP server at `address`.
+pub fn set_authkey(address: std::net::SocketAddr, authkey: &[u8]) {
+    AUTHKEYS.lock().insert(address, authkey.to_vec());
+}
+
+/// Remembers `authkey` for `address` unless a key is known already.
+pub(crate) fn learn_authkey(address: std::net::SocketAddr, authkey: &[u8]) {
+    AUTHKEYS
+        .lock()
+        .entry(address)
+        .or_insert_with(|| authkey.to_vec());
+}
+
+/// The authkey to put in an encoded proxy to `server` (empty for a local one).
+pub(crate) fn authkey_of(server: &ServerAddress) -> Vec<u8> {
+    match server {
+        ServerAddress::Tcp(a) => authkey_for(a).unwrap_or_default(),
+        ServerAddress::Local(_) => Vec::new(),
+    }
+}
+
+fn authkey_for(address: &std::net::SocketAddr) -> Option<Vec<u8>> {
+    if let Some(k) = AUTHKEYS.lock().get(address) {
+        return Some(k.clone());
+    }
+    std::env::var(AUTHKEY_ENV)
+        .ok()
+        .filter(|k| !k.is_empty())
+        .map(String::into_bytes)
+}
+
 /// This process's connection to `server`, opened on first need.
 pub(crate) fn connection(server: &ServerAddress) -> Result<Arc<Connection>> {
     HOOK.call_once(|| register_fork_hook(&ForkPins));
@@ -195,10 +276,7 @@ pub(crate) fn connection(server: &ServerAddress) -> Result<Arc<Connection>> {
         return Ok(e.conn.clone());
     }
     if !server.is_alive() {
-        return Err(Error::ManagerGone(format!(
-            "manager server {} is not running",
-            server.pid
-        )));
+        return Err(Error::ManagerGone(format!("{server} is not running")));
     }
     let conn = Arc::new(Connection::open(server)?);
     state.conns.insert(

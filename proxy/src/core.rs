@@ -60,6 +60,10 @@ pub struct ProxyRepr {
     pub type_name: String,
     /// An in-flight reference for the decoder to take over, or 0.
     pub pin: u64,
+    /// For a server reached over TCP: the authkey, so that the process
+    /// that decodes the proxy can connect (empty for a local server).
+    /// An encoded TCP proxy is therefore as secret as the key.
+    pub authkey: Vec<u8>,
 }
 
 /// One proxy instance's hold on an object; shared by the clones of a proxy.
@@ -74,7 +78,7 @@ impl std::fmt::Debug for ProxyCore {
         f.debug_struct("Proxy")
             .field("object", &self.object)
             .field("type", &self.tag.name)
-            .field("server", &self.conn.server().pid)
+            .field("server", self.conn.server())
             .finish()
     }
 }
@@ -134,6 +138,7 @@ impl ProxyCore {
             fingerprint: self.tag.fingerprint,
             type_name: self.tag.name.clone(),
             pin,
+            authkey: client::authkey_of(&server),
         })
     }
 
@@ -144,6 +149,11 @@ impl ProxyCore {
                 expected: tag.name,
                 found: repr.type_name.clone(),
             });
+        }
+        if let ServerAddress::Tcp(addr) = repr.server
+            && !repr.authkey.is_empty()
+        {
+            client::learn_authkey(addr, &repr.authkey);
         }
         let conn = client::connection(&repr.server)?;
         if client::take_preref(&repr.server, repr.object) {

@@ -16,10 +16,29 @@ mod dict;
 mod list;
 mod manager;
 mod namespace;
+mod remote;
 
 pub use crate::core::{ArchivedProxy, ProxyRepr};
 pub use dict::DictProxy;
 pub use list::ListProxy;
 pub use manager::Manager;
+pub use multiproc_runtime::manager::ShutdownHandle;
 pub use multiproc_runtime::manager::{PIN_TIMEOUT, ServerAddress};
 pub use namespace::NamespaceProxy;
+pub use remote::{
+    BaseManager, ManagerServer, ObjectHandle, QueueProxy, Registrable, RemoteManager, RemoteObject,
+    UserProxy, UserTypes,
+};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use multiproc_runtime::manager::{CallError, ServedObject};
+    pub use multiproc_runtime::{Result, Shareable};
+}
+
+/// Remembers `authkey` for the TCP manager at `address`, so proxies to its
+/// objects decoded in this process (from messages or arguments) can reconnect.
+/// The `MULTIPROC_AUTHKEY` environment variable is the fallback.
+pub fn set_manager_authkey(address: std::net::SocketAddr, authkey: &[u8]) {
+    client::set_authkey(address, authkey)
+}

@@ -119,7 +119,7 @@ impl Manager {
         }
         client::forking_server(|| p.start())?;
         let address = match boot.wait_ready(|| p.is_alive(), Deadline::after(START_TIMEOUT)) {
-            Ok(a) => a,
+            Ok(a) => ServerAddress::Local(a),
             Err(e) => {
                 let _ = p.kill();
                 let _ = p.join_timeout(EXIT_TIMEOUT);
@@ -163,7 +163,7 @@ impl Manager {
 
     /// The server process's pid.
     pub fn pid(&self) -> i32 {
-        self.inner.address.pid
+        self.inner.address.pid().unwrap_or(0)
     }
 
     fn create<P: Proxy>(&self, kind: ObjectKind) -> Result<P> {

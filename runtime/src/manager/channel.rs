@@ -244,7 +244,7 @@ fn spin_while(word: &AtomicU32, old: u32, spin: Duration) -> Option<u32> {
 #[derive(Debug)]
 pub struct ClientEnd {
     chan: Channel,
-    server: crate::manager::ServerAddress,
+    server: crate::manager::protocol::LocalAddress,
     seq: u32,
     overflow: Option<Segment>,
     gone: bool,
@@ -252,7 +252,7 @@ pub struct ClientEnd {
 
 impl ClientEnd {
     /// The client end of `chan`, talking to the server at `server`.
-    pub fn new(chan: Channel, server: crate::manager::ServerAddress) -> ClientEnd {
+    pub fn new(chan: Channel, server: crate::manager::protocol::LocalAddress) -> ClientEnd {
         let seq = chan.state().req_seq.load(Ordering::Acquire);
         ClientEnd {
             chan,
@@ -317,7 +317,7 @@ impl ClientEnd {
 /// Sleeps until the response `seq` is published; `Err` says why the server is gone.
 fn sleep_until(
     chan: &Channel,
-    server: &crate::manager::ServerAddress,
+    server: &crate::manager::protocol::LocalAddress,
     seq: u32,
 ) -> std::result::Result<(), &'static str> {
     let st = chan.state();
@@ -442,7 +442,7 @@ impl ServerEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manager::ServerAddress;
+    use crate::manager::protocol::LocalAddress as ServerAddress;
 
     fn me() -> ServerAddress {
         ServerAddress {

@@ -6,13 +6,19 @@
 //! * the object table and dispatch: objects as encoded bytes, reference
 //!   counted by connections, stored values and in-flight pins.
 //! * [`server`]: the serve loop that runs in the manager's process.
+//! * [`remote`]: the TCP transport (authkey handshake, then frames).
+//! * [`user`]: Rust values a server owns, whose methods clients call by number.
 
 pub mod channel;
 mod dispatch;
 pub mod protocol;
+pub mod remote;
 pub mod server;
 mod table;
+pub mod user;
 
-pub use protocol::{ObjectId, ObjectKind, ServerAddress};
-pub use server::{ServerBoot, serve};
+pub use protocol::{LocalAddress, ObjectId, ObjectKind, ServerAddress};
+pub use remote::{TcpClient, TcpOptions};
+pub use server::{ServeOptions, Server, ServerBoot, ShutdownHandle, serve, serve_with};
 pub use table::PIN_TIMEOUT;
+pub use user::{CallError, ServedObject, USER_OBJECT_BIT};

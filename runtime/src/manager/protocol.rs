@@ -25,14 +25,14 @@ use crate::sys;
 /// The identity of a managed object, unique for the server's lifetime.
 pub type ObjectId = u64;
 
-/// Where a manager server can be reached.
+/// Where a local manager server listens.
 ///
 /// Locally a server listens on a Linux abstract Unix socket (nothing on
 /// disk) whose name holds the server's pid and a random token. `start_ticks`
 /// tells the server from a later process that reuses its pid.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[rkyv(crate = rkyv, derive(Debug))]
-pub struct ServerAddress {
+pub struct LocalAddress {
     /// The server process's pid.
     pub pid: i32,
     /// Its start time in clock ticks since boot.
@@ -41,7 +41,7 @@ pub struct ServerAddress {
     pub token: u64,
 }
 
-impl ServerAddress {
+impl LocalAddress {
     /// The abstract socket name the server listens on.
     pub fn socket_name(&self) -> String {
         format!("multiproc-manager-{}-{:016x}", self.pid, self.token)
@@ -51,6 +51,49 @@ impl ServerAddress {
     pub fn is_alive(&self) -> bool {
         self.pid == sys::process::getpid()
             || sys::process::is_alive(self.pid, Some(self.start_ticks))
+    }
+}
+
+/// Where a manager server can be reached: on this host over its local
+/// socket and shared-memory channels, or over TCP (authenticated with an
+/// authkey, see [`crate::manager::remote`]).
+///
+/// A proxy's encoded form holds this, so a proxy passed to another process
+/// (or host) reconnects the same way.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[rkyv(crate = rkyv, derive(Debug))]
+pub enum ServerAddress {
+    /// A server on this host.
+    Local(LocalAddress),
+    /// A server reached over TCP.
+    Tcp(std::net::SocketAddr),
+}
+
+impl ServerAddress {
+    /// Whether the server may still be running: a local server's process is
+    /// checked; a TCP server is assumed up until a connection says otherwise.
+    pub fn is_alive(&self) -> bool {
+        match self {
+            ServerAddress::Local(l) => l.is_alive(),
+            ServerAddress::Tcp(_) => true,
+        }
+    }
+
+    /// The local server's pid (`None` for a TCP server).
+    pub fn pid(&self) -> Option<i32> {
+        match self {
+            ServerAddress::Local(l) => Some(l.pid),
+            ServerAddress::Tcp(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddress::Local(l) => write!(f, "local server {}", l.pid),
+            ServerAddress::Tcp(a) => write!(f, "server at {a}"),
+        }
     }
 }
 

@@ -24,8 +24,11 @@ use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
 use crate::manager::channel::{Channel, ClientEnd, Hangup, SLOT_SIZE, ServerEnd};
 use crate::manager::dispatch::{self, After};
-use crate::manager::protocol::ServerAddress;
+use crate::manager::protocol::ObjectId;
+use crate::manager::protocol::{LocalAddress as ServerAddress, Request};
+use crate::manager::remote::{TcpOptions, TcpServer};
 use crate::manager::table::{ConnRefs, Table};
+use crate::manager::user::{ServedObject, UserObjects};
 use crate::shm::{Kind, ShmObject, fingerprint_str};
 use crate::sys;
 
@@ -47,6 +50,8 @@ struct BootState {
     pid: AtomicU32,
     token: AtomicU64,
     start_ticks: AtomicU64,
+    /// The TCP port the server bound, or 0.
+    tcp_port: AtomicU32,
 }
 
 /// The rendezvous between a starting server and its parent: a small segment
@@ -63,7 +68,7 @@ impl std::fmt::Debug for ServerBoot {
 }
 
 fn boot_fingerprint() -> u64 {
-    fingerprint_str("multiproc::manager::boot/1")
+    fingerprint_str("multiproc::manager::boot/2")
 }
 
 fn random_token() -> u64 {
@@ -93,6 +98,7 @@ impl ServerBoot {
                         pid: AtomicU32::new(0),
                         token: AtomicU64::new(token),
                         start_ticks: AtomicU64::new(0),
+                        tcp_port: AtomicU32::new(0),
                     })
                 }
             },
@@ -100,14 +106,35 @@ impl ServerBoot {
         Ok(ServerBoot { obj })
     }
 
-    fn publish(&self, status: u32, address: Option<&ServerAddress>) {
+    /// The random token the server's socket name holds.
+    pub fn token(&self) -> u64 {
+        self.obj.state().token.load(Ordering::Relaxed)
+    }
+
+    /// Tells the parent that `server` listens (or, with `None`, that it
+    /// could not start).
+    pub fn publish_ready(&self, server: Option<&Server>) {
+        match server {
+            Some(s) => self.publish(READY, Some(&s.state.address), s.tcp_port()),
+            None => self.publish(FAILED, None, 0),
+        }
+    }
+
+    fn publish(&self, status: u32, address: Option<&ServerAddress>, tcp_port: u16) {
         let st = self.obj.state();
         if let Some(a) = address {
             st.pid.store(a.pid as u32, Ordering::Relaxed);
             st.start_ticks.store(a.start_ticks, Ordering::Relaxed);
+            st.tcp_port.store(u32::from(tcp_port), Ordering::Relaxed);
         }
         st.status.store(status, Ordering::SeqCst);
         sys::futex::futex_wake(&st.status, u32::MAX);
+    }
+
+    /// The TCP port the server published (0 if it listens on none); valid
+    /// once [`ServerBoot::wait_ready`] returned.
+    pub fn tcp_port(&self) -> u16 {
+        self.obj.state().tcp_port.load(Ordering::Relaxed) as u16
     }
 
     /// Waits until the server listens and returns its address.
@@ -170,23 +197,43 @@ fn socket_addr(address: &ServerAddress) -> std::io::Result<SocketAddr> {
 }
 
 /// What every connection thread shares.
-struct ServerState {
+pub(crate) struct ServerState {
     address: ServerAddress,
-    table: Mutex<Table>,
+    pub(crate) table: Mutex<Table>,
     stopping: AtomicBool,
     channels: Mutex<Vec<Channel>>,
+    user: UserObjects,
+    /// Duplicates of the TCP connections' sockets, to cut them on shutdown.
+    pub(crate) tcp_conns: Mutex<std::collections::HashMap<u64, std::net::TcpStream>>,
 }
 
 impl ServerState {
-    fn stopping(&self) -> bool {
+    /// Runs one request (user objects first, then the table).
+    pub(crate) fn handle(
+        &self,
+        conn: &mut ConnRefs,
+        request: &[u8],
+        response: &mut AlignedVec,
+    ) -> After {
+        if !self.user.is_empty() && self.user.try_handle(request, response) {
+            return After::Continue;
+        }
+        dispatch::handle(&self.table, conn, request, response)
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
 
     /// Stops accepting, tells every client, and wakes the accept loop.
-    fn begin_shutdown(&self) {
+    pub(crate) fn begin_shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         for chan in self.channels.lock().iter() {
             chan.close_by_server();
+        }
+        for stream in self.tcp_conns.lock().values() {
+            // Wakes the connection's thread from its read.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         }
         if let Ok(addr) = socket_addr(&self.address) {
             // Wakes the accept loop; the connection is dropped at once.
@@ -195,58 +242,193 @@ impl ServerState {
     }
 }
 
+/// What a server listens on besides its local socket.
+#[derive(Debug, Clone, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub struct ServeOptions {
+    /// Also serve over TCP (see [`crate::manager::remote`]).
+    pub tcp: Option<TcpOptions>,
+}
+
+/// A bound manager server, not yet serving: objects can be made in it
+/// first (a remote manager's named objects), then [`Server::serve_forever`]
+/// serves until a client or a [`ShutdownHandle`] stops it.
+pub struct Server {
+    state: Arc<ServerState>,
+    listener: UnixListener,
+    tcp: Option<TcpServer>,
+    /// References the server itself holds (its named objects): never released.
+    own: ConnRefs,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local", &self.state.address)
+            .field("tcp", &self.tcp_address())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stops a server from another thread (or a signal-watching one).
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    state: Arc<ServerState>,
+}
+
+impl std::fmt::Debug for ShutdownHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShutdownHandle").finish_non_exhaustive()
+    }
+}
+
+impl ShutdownHandle {
+    /// Asks the server to stop; [`Server::serve_forever`] returns soon after.
+    pub fn shutdown(&self) {
+        self.state.begin_shutdown();
+    }
+
+    /// Whether the server was asked to stop.
+    pub fn is_stopping(&self) -> bool {
+        self.state.stopping()
+    }
+}
+
+impl Server {
+    /// Binds the local socket (named with `token`) and, if asked, the TCP listener.
+    pub fn bind(token: u64, options: &ServeOptions) -> Result<Server> {
+        let address = ServerAddress {
+            pid: sys::process::getpid(),
+            start_ticks: sys::process::own_start_ticks(),
+            token,
+        };
+        let listener = UnixListener::bind_addr(&socket_addr(&address)?)?;
+        let tcp = match &options.tcp {
+            Some(t) => Some(TcpServer::bind(t)?),
+            None => None,
+        };
+        Ok(Server {
+            state: Arc::new(ServerState {
+                address,
+                table: Mutex::new(Table::new()),
+                stopping: AtomicBool::new(false),
+                channels: Mutex::new(Vec::new()),
+                user: UserObjects::default(),
+                tcp_conns: Mutex::new(std::collections::HashMap::new()),
+            }),
+            listener,
+            tcp,
+            own: ConnRefs::new(),
+        })
+    }
+
+    /// Where local clients connect.
+    pub fn local_address(&self) -> ServerAddress {
+        self.state.address
+    }
+
+    /// The TCP address the server bound (the real port if asked for port 0).
+    pub fn tcp_address(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.as_ref().map(TcpServer::local_addr)
+    }
+
+    fn tcp_port(&self) -> u16 {
+        self.tcp_address().map_or(0, |a| a.port())
+    }
+
+    /// A handle that stops the server from elsewhere.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            state: self.state.clone(),
+        }
+    }
+
+    /// Runs `request` as the server itself (before serving, to make named
+    /// objects); the references it takes last as long as the server.
+    /// Returns the encoded response (read it with
+    /// [`access_response`](crate::manager::protocol::access_response)).
+    pub fn request(&mut self, request: &Request<'_>) -> Result<AlignedVec> {
+        let encoded = crate::manager::protocol::encode_request(request, AlignedVec::new())?;
+        let mut out = AlignedVec::new();
+        dispatch::handle(&self.state.table, &mut self.own, &encoded, &mut out);
+        Ok(out)
+    }
+
+    /// Adds a user object the server owns until it ends; returns its id.
+    pub fn add_user_object(&mut self, object: Box<dyn ServedObject>) -> ObjectId {
+        self.state.user.add(object)
+    }
+
+    /// How many objects the server holds.
+    pub fn number_of_objects(&self) -> usize {
+        self.state.table.lock().len()
+    }
+
+    /// Serves local (and TCP) clients until one asks for a shutdown or a
+    /// [`ShutdownHandle`] is used.
+    pub fn serve_forever(mut self) {
+        let tcp_thread = self.tcp.take().and_then(|t| {
+            let state = self.state.clone();
+            std::thread::Builder::new()
+                .name("multiproc-manager-tcp".into())
+                .spawn(move || t.accept_loop(&state))
+                .map_err(|e| tracing::error!("manager server cannot serve TCP: {e}"))
+                .ok()
+        });
+        let state = &self.state;
+        let mut last_sweep = Instant::now();
+        while !state.stopping() {
+            let ready = sys::fd::poll(
+                &[self.listener.as_fd()],
+                sys::fd::Interest::Read,
+                Some(SWEEP_EVERY),
+            );
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                last_sweep = Instant::now();
+                state.table.lock().sweep_pins(last_sweep);
+            }
+            if !matches!(ready, Ok(ref r) if !r.is_empty()) || state.stopping() {
+                continue;
+            }
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    let state = state.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("multiproc-manager-conn".into())
+                        .spawn(move || serve_connection(&state, stream));
+                    if let Err(e) = spawned {
+                        tracing::warn!("manager server cannot start a connection thread: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!("manager accept failed: {e}"),
+            }
+        }
+        if let Some(t) = tcp_thread {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The manager server's main function: the target of the manager's process.
 ///
 /// Listens until a client asks it to shut down; returns then (ending the process).
 pub fn serve(boot: ServerBoot) {
-    let address = ServerAddress {
-        pid: sys::process::getpid(),
-        start_ticks: sys::process::own_start_ticks(),
-        token: boot.obj.state().token.load(Ordering::Relaxed),
-    };
-    let listener = match socket_addr(&address).and_then(|a| UnixListener::bind_addr(&a)) {
-        Ok(l) => l,
+    serve_with((boot, ServeOptions::default()));
+}
+
+/// Like [`serve`], with options (a TCP listener as well).
+pub fn serve_with((boot, options): (ServerBoot, ServeOptions)) {
+    let server = match Server::bind(boot.token(), &options) {
+        Ok(s) => s,
         Err(e) => {
             tracing::error!("manager server cannot listen: {e}");
-            boot.publish(FAILED, None);
+            boot.publish_ready(None);
             return;
         }
     };
-    let state = Arc::new(ServerState {
-        address,
-        table: Mutex::new(Table::new()),
-        stopping: AtomicBool::new(false),
-        channels: Mutex::new(Vec::new()),
-    });
-    boot.publish(READY, Some(&address));
+    boot.publish_ready(Some(&server));
     drop(boot);
-    let mut last_sweep = Instant::now();
-    while !state.stopping() {
-        let ready = sys::fd::poll(
-            &[listener.as_fd()],
-            sys::fd::Interest::Read,
-            Some(SWEEP_EVERY),
-        );
-        if last_sweep.elapsed() >= SWEEP_EVERY {
-            last_sweep = Instant::now();
-            state.table.lock().sweep_pins(last_sweep);
-        }
-        if !matches!(ready, Ok(ref r) if !r.is_empty()) || state.stopping() {
-            continue;
-        }
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let state = state.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("multiproc-manager-conn".into())
-                    .spawn(move || serve_connection(&state, stream));
-                if let Err(e) = spawned {
-                    tracing::warn!("manager server cannot start a connection thread: {e}");
-                }
-            }
-            Err(e) => tracing::debug!("manager accept failed: {e}"),
-        }
-    }
+    server.serve_forever();
 }
 
 /// Who a client says it is.
@@ -318,7 +500,7 @@ fn serve_connection(state: &ServerState, mut stream: UnixStream) {
         if let Err(h) = waited {
             break h;
         }
-        let after = dispatch::handle(&state.table, &mut conn, &request, &mut response);
+        let after = state.handle(&mut conn, &request, &mut response);
         if let Err(e) = end.respond(&response) {
             // Too large for a slot and no overflow segment: say so instead.
             let failed = crate::manager::protocol::Response::Error(
@@ -352,7 +534,19 @@ pub struct LocalConnection {
 }
 
 /// Connects to the local server at `address` (client side of the handshake).
-pub fn connect(address: &ServerAddress) -> Result<LocalConnection> {
+///
+/// A TCP address is [`Error::InvalidArgument`]: see [`crate::manager::remote`].
+pub fn connect(address: &crate::manager::ServerAddress) -> Result<LocalConnection> {
+    match address {
+        crate::manager::ServerAddress::Local(a) => connect_local(a),
+        crate::manager::ServerAddress::Tcp(a) => Err(Error::InvalidArgument(format!(
+            "{a} is a TCP address, not a local server"
+        ))),
+    }
+}
+
+/// Connects to the local server at `address`.
+pub fn connect_local(address: &ServerAddress) -> Result<LocalConnection> {
     let gone = |e: std::io::Error| {
         Error::ManagerGone(format!("cannot reach manager server {}: {e}", address.pid))
     };

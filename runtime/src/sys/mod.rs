@@ -7,6 +7,7 @@ pub mod fd;
 pub mod futex;
 pub mod memfd;
 pub mod process;
+pub mod signal;
 pub mod socket;
 pub mod time;
 

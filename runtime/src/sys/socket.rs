@@ -120,3 +120,45 @@ pub fn send_vectored(sock: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> std::io::Res
     let n = retry_eintr(|| syscall!(sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)))?;
     Ok(n as usize)
 }
+
+fn set_int_option(
+    sock: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    syscall!(setsockopt(
+        sock.as_raw_fd(),
+        level,
+        name,
+        (&value as *const libc::c_int).cast(),
+        len
+    ))
+    .map(drop)
+}
+
+/// Makes a TCP connection notice a peer that vanished without closing (its
+/// host died, the network broke): keepalive probes after `idle` of silence,
+/// every `interval`, `count` of them; and unacknowledged data for longer
+/// than `idle + interval * count` breaks the connection too.
+pub fn set_tcp_liveness(
+    sock: BorrowedFd<'_>,
+    idle: std::time::Duration,
+    interval: std::time::Duration,
+    count: u32,
+) -> std::io::Result<()> {
+    let secs = |d: std::time::Duration| d.as_secs().clamp(1, i32::MAX as u64) as libc::c_int;
+    let total = idle + interval * count;
+    set_int_option(sock, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set_int_option(sock, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(idle))?;
+    set_int_option(sock, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(interval))?;
+    set_int_option(
+        sock,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPCNT,
+        count.clamp(1, 127) as libc::c_int,
+    )?;
+    let millis = total.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+    set_int_option(sock, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, millis)
+}

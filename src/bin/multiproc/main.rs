@@ -1,4 +1,6 @@
-//! The `multiproc` command: benchmarks (and, later, a generic manager server).
+//! The `multiproc` command: benchmarks and a generic remote manager server.
+
+mod serve;
 
 mod bench;
 mod stats;
@@ -14,6 +16,7 @@ USAGE:
 
 COMMANDS:
     bench       Measure every operation; print median, p99 and CPython's figure
+    serve       Run a manager server over TCP until SIGINT or SIGTERM
     help        Print this help
 
 BENCH OPTIONS:
@@ -23,6 +26,17 @@ BENCH OPTIONS:
     --no-python         Do not run CPython's baseline (benches/python/baseline.py)
     --sleep             Make waiters sleep instead of spinning (MULTIPROC_SPIN=0)
     --list              Print the operation keys and exit
+
+SERVE OPTIONS:
+    --address HOST:PORT     Where to listen (default 127.0.0.1:50000; port 0 picks one)
+    --authkey-file FILE     The shared secret clients must prove they know
+                            (required; the file's bytes, a trailing newline dropped)
+    --max-frame BYTES       The largest request accepted (default 64 MiB)
+
+    Clients connect with BaseManager::new().address(..).authkey(..).connect()
+    and create dicts, lists, namespaces and queues in it. On SIGINT or SIGTERM
+    (or a client's shutdown) the server stops and exits with status 0. It
+    prints `listening on ADDRESS` once it accepts clients.
 ";
 
 fn main() -> ExitCode {
@@ -34,11 +48,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("bench") => bench_command(&args[1..]),
+        Some("serve") => serve::command(&args[1..]),
         Some(other) => usage_error(&format!("unknown command {other:?}")),
     }
 }
 
-fn usage_error(msg: &str) -> ExitCode {
+pub(crate) fn usage_error(msg: &str) -> ExitCode {
     eprintln!("multiproc: {msg}\n\n{HELP}");
     ExitCode::from(2)
 }

@@ -1,0 +1,69 @@
+//! The master of a distributed job (Python's `BaseManager` "remote manager"
+//! recipe): it serves a task queue and a result queue over TCP, puts tasks,
+//! and collects what remote workers send back.
+//!
+//! Run in one terminal:
+//!     cargo run --example distributed_master -- 127.0.0.1:50000 secret
+//! and in one or more others (on any host that reaches the address):
+//!     cargo run --example distributed_worker -- 127.0.0.1:50000 secret
+//!
+//! Arguments (or the environment variables MULTIPROC_ADDRESS and
+//! MULTIPROC_AUTHKEY): the address to listen on (default 127.0.0.1:50000;
+//! port 0 picks one) and the authkey (default "multiproc-demo"). A third
+//! argument is the number of tasks (default 10).
+
+use std::time::Duration;
+
+use multiproc::{BaseManager, QueueProxy};
+
+/// How long the master waits for each result before giving up.
+const RESULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A task: a number to square. A result: the number, its square, and the worker's pid.
+type Task = u64;
+type Outcome = (u64, u64, u32);
+
+fn arg(n: usize, env: &str, default: &str) -> String {
+    std::env::args()
+        .nth(n)
+        .or_else(|| std::env::var(env).ok())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn main() -> multiproc::Result<()> {
+    multiproc::init();
+    let address = arg(1, "MULTIPROC_ADDRESS", "127.0.0.1:50000");
+    let authkey = arg(2, "MULTIPROC_AUTHKEY", "multiproc-demo");
+    let tasks_wanted: u64 = arg(3, "MULTIPROC_TASKS", "10").parse().unwrap_or(10);
+
+    let master = BaseManager::new()
+        .address(address)
+        .authkey(authkey.as_bytes())
+        .register::<QueueProxy<Task>>("get_task_queue")
+        .register::<QueueProxy<Outcome>>("get_result_queue")
+        .start()?;
+    println!("master listening on {}", master.address());
+
+    let tasks: QueueProxy<Task> = master.get("get_task_queue")?;
+    let results: QueueProxy<Outcome> = master.get("get_result_queue")?;
+    for n in 1..=tasks_wanted {
+        tasks.put(n)?;
+    }
+    println!("put {tasks_wanted} tasks; waiting for workers");
+
+    let mut collected = Vec::new();
+    for _ in 0..tasks_wanted {
+        let (n, square, pid) = results.get_timeout(RESULT_TIMEOUT)?;
+        println!("result: {n}^2 = {square} (worker {pid})");
+        collected.push(square);
+    }
+    collected.sort();
+    println!(
+        "collected {} results, sum {}",
+        collected.len(),
+        collected.iter().sum::<u64>()
+    );
+    master.shutdown()?;
+    println!("master shut down");
+    Ok(())
+}

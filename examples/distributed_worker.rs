@@ -1,0 +1,65 @@
+//! A worker of a distributed job: connects to the master's manager over TCP,
+//! takes tasks from its task queue and puts the squares on its result
+//! queue, until the master goes away (or nothing comes for a while).
+//!
+//! Run the master first (see `distributed_master.rs`), then:
+//!     cargo run --example distributed_worker -- 127.0.0.1:50000 secret
+//!
+//! Arguments (or MULTIPROC_ADDRESS and MULTIPROC_AUTHKEY): the master's
+//! address (default 127.0.0.1:50000) and the authkey (default
+//! "multiproc-demo"). A third argument is how many seconds to wait for a
+//! task before giving up (default 60).
+
+use std::time::{Duration, Instant};
+
+use multiproc::{BaseManager, Error, QueueProxy};
+
+type Task = u64;
+type Outcome = (u64, u64, u32);
+
+fn arg(n: usize, env: &str, default: &str) -> String {
+    std::env::args()
+        .nth(n)
+        .or_else(|| std::env::var(env).ok())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn main() -> multiproc::Result<()> {
+    multiproc::init();
+    let address = arg(1, "MULTIPROC_ADDRESS", "127.0.0.1:50000");
+    let authkey = arg(2, "MULTIPROC_AUTHKEY", "multiproc-demo");
+    let idle_limit = Duration::from_secs(arg(3, "MULTIPROC_IDLE", "60").parse().unwrap_or(60));
+
+    let manager = BaseManager::new()
+        .address(address.clone())
+        .authkey(authkey.as_bytes())
+        .connect()?;
+    let tasks: QueueProxy<Task> = manager.get("get_task_queue")?;
+    let results: QueueProxy<Outcome> = manager.get("get_result_queue")?;
+    let me = std::process::id();
+    println!("worker {me} connected to {address}");
+
+    let mut done = 0;
+    let mut idle_since = Instant::now();
+    loop {
+        match tasks.get_timeout(Duration::from_millis(500)) {
+            Ok(n) => {
+                results.put((n, n * n, me))?;
+                done += 1;
+                idle_since = Instant::now();
+            }
+            Err(Error::Empty) if idle_since.elapsed() < idle_limit => {}
+            Err(Error::Empty) => {
+                println!("worker {me}: no task for {idle_limit:?}, stopping");
+                break;
+            }
+            Err(Error::ManagerGone(_)) => {
+                println!("worker {me}: the master has gone, stopping");
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    println!("worker {me} did {done} tasks");
+    Ok(())
+}

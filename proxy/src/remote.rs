@@ -1,0 +1,917 @@
+//! `BaseManager`: a manager served over TCP with an authkey (Python's
+//! `multiprocessing.managers.BaseManager(address=…, authkey=…)`).
+//!
+//! The master registers named objects, which the server creates once when
+//! it starts, and starts the server (in a child process with
+//! [`BaseManager::start`], or in this process with
+//! [`BaseManager::get_server`]). Workers on any host connect with the same
+//! address and authkey and ask for the objects by name:
+//!
+//! ```
+//! use multiproc::{BaseManager, DictProxy, QueueProxy};
+//! multiproc::init();
+//! let master = BaseManager::new()
+//!     .address("127.0.0.1:0")
+//!     .authkey(b"secret")
+//!     .register::<QueueProxy<u32>>("tasks")
+//!     .register::<DictProxy<u32, u32>>("results")
+//!     .start()
+//!     .unwrap();
+//! let worker = BaseManager::new()
+//!     .address(master.address().to_string())
+//!     .authkey(b"secret")
+//!     .connect()
+//!     .unwrap();
+//! let tasks: QueueProxy<u32> = worker.get("tasks").unwrap();
+//! master.get::<QueueProxy<u32>>("tasks").unwrap().put(7).unwrap();
+//! let results: DictProxy<u32, u32> = worker.get("results").unwrap();
+//! let n = tasks.get_timeout(std::time::Duration::from_secs(10)).unwrap();
+//! results.insert(n, n * n).unwrap();
+//! assert_eq!(master.get::<DictProxy<u32, u32>>("results").unwrap().get(&7).unwrap(), Some(49));
+//! master.shutdown().unwrap();
+//! ```
+//!
+//! The registry: the server's first object is a dict from each name to the
+//! object's id and type; `get` reads it and attaches, checking the type.
+
+use std::marker::PhantomData;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use multiproc_runtime::deadline::Deadline;
+use multiproc_runtime::manager::protocol::{
+    ArchivedResponse, Blob, Call, Method, ObjectId, Request, access_response, remote_error,
+};
+use multiproc_runtime::manager::{
+    ObjectKind, ServeOptions, Server, ServerAddress, ServerBoot, ShutdownHandle, TcpClient,
+    TcpOptions,
+};
+use multiproc_runtime::manager::{ServedObject, USER_OBJECT_BIT};
+use multiproc_runtime::shm::fingerprint_str;
+use multiproc_runtime::{Error, Process, Result, Shareable, sys};
+use parking_lot::Mutex;
+
+use crate::client::{self, unexpected};
+use crate::core::{Proxy, ProxyCore, ProxyRepr, TypeTag, impl_proxy};
+use crate::{DictProxy, ListProxy, NamespaceProxy};
+
+/// How long a new server may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `shutdown` waits for the server process to exit before killing it.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The registry dict's id: the first object a server creates.
+const REGISTRY: ObjectId = 1;
+
+/// What the registry stores for a name: the object, its type fingerprint and name.
+type NamedEntry = (u64, u64, String);
+type Registry = DictProxy<String, NamedEntry>;
+
+/// A proxy type a [`BaseManager`] can register by name.
+///
+/// Implemented for [`DictProxy`], [`ListProxy`], [`NamespaceProxy`] and
+/// [`QueueProxy`].
+pub trait Registrable: Sized + Shareable {
+    #[doc(hidden)]
+    fn object_kind() -> ObjectKind;
+    #[doc(hidden)]
+    fn type_tag() -> (u64, String);
+    #[doc(hidden)]
+    fn attach(repr: &ProxyRepr) -> Result<Self>;
+}
+
+fn attach_as<P: Proxy>(repr: &ProxyRepr) -> Result<P> {
+    ProxyCore::from_repr(repr, P::tag()).map(P::from_core)
+}
+
+macro_rules! registrable {
+    (impl<$($g:ident),*> for $ty:ty, $kind:expr) => {
+        impl<$($g: Shareable),*> Registrable for $ty {
+            fn object_kind() -> ObjectKind {
+                $kind
+            }
+            fn type_tag() -> (u64, String) {
+                let t = <$ty as Proxy>::tag();
+                (t.fingerprint, t.name)
+            }
+            fn attach(repr: &ProxyRepr) -> Result<Self> {
+                attach_as::<$ty>(repr)
+            }
+        }
+    };
+}
+
+registrable!(impl<K, V> for DictProxy<K, V>, ObjectKind::Dict);
+registrable!(impl<T> for ListProxy<T>, ObjectKind::List);
+registrable!(impl<> for NamespaceProxy, ObjectKind::Namespace);
+registrable!(impl<T> for QueueProxy<T>, ObjectKind::List);
+
+/// One registered name.
+#[derive(
+    Debug,
+    Clone,
+    multiproc_runtime::rkyv::Archive,
+    multiproc_runtime::rkyv::Serialize,
+    multiproc_runtime::rkyv::Deserialize,
+)]
+#[rkyv(crate = multiproc_runtime::rkyv)]
+struct Named {
+    name: String,
+    kind: u8,
+    fingerprint: u64,
+    type_name: String,
+}
+
+fn kind_code(k: ObjectKind) -> u8 {
+    match k {
+        ObjectKind::Dict => 0,
+        ObjectKind::List => 1,
+        _ => 2,
+    }
+}
+
+fn kind_of(code: u8) -> ObjectKind {
+    match code {
+        0 => ObjectKind::Dict,
+        1 => ObjectKind::List,
+        _ => ObjectKind::Namespace,
+    }
+}
+
+/// A remote manager's configuration: where it listens or connects, the
+/// authkey, and the named objects its server makes (Python's `BaseManager`).
+///
+/// See the [module docs](self) for an example.
+///
+/// `U` lists the user types registered with [`BaseManager::register_object`]
+/// (it grows with each one; you never write it).
+pub struct BaseManager<U = ()> {
+    address: String,
+    authkey: Option<Vec<u8>>,
+    named: Vec<Named>,
+    user_names: Vec<String>,
+    max_frame: Option<u64>,
+    _user: PhantomData<fn() -> U>,
+}
+
+impl<U> Clone for BaseManager<U> {
+    fn clone(&self) -> Self {
+        BaseManager {
+            address: self.address.clone(),
+            authkey: self.authkey.clone(),
+            named: self.named.clone(),
+            user_names: self.user_names.clone(),
+            max_frame: self.max_frame,
+            _user: PhantomData,
+        }
+    }
+}
+
+impl<U> std::fmt::Debug for BaseManager<U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BaseManager")
+            .field("address", &self.address)
+            .field("named", &self.named)
+            .field("user_objects", &self.user_names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for BaseManager {
+    fn default() -> Self {
+        BaseManager::new()
+    }
+}
+
+impl BaseManager {
+    /// A manager for `127.0.0.1:0` (a free port) with no authkey yet.
+    pub fn new() -> BaseManager {
+        BaseManager {
+            address: "127.0.0.1:0".into(),
+            authkey: None,
+            named: Vec::new(),
+            user_names: Vec::new(),
+            max_frame: None,
+            _user: PhantomData,
+        }
+    }
+}
+
+impl<U: UserTypes> BaseManager<U> {
+    /// Registers `name` as a `T` the server owns: made with `T::default()`
+    /// when the server starts; clients call its methods through its typed
+    /// proxy ([`RemoteManager::get_object`]). Declare the methods with
+    /// [`remote_object!`](crate::remote_object).
+    pub fn register_object<T: RemoteObject>(self, name: impl Into<String>) -> BaseManager<(T, U)> {
+        let mut user_names = self.user_names;
+        user_names.push(name.into());
+        BaseManager {
+            address: self.address,
+            authkey: self.authkey,
+            named: self.named,
+            user_names,
+            max_frame: self.max_frame,
+            _user: PhantomData,
+        }
+    }
+
+    /// Where the server listens, or the client connects: `host:port`
+    /// (port 0 picks a free port when serving).
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = address.into();
+        self
+    }
+
+    /// The shared secret both sides prove they know (required).
+    pub fn authkey(mut self, authkey: impl AsRef<[u8]>) -> Self {
+        self.authkey = Some(authkey.as_ref().to_vec());
+        self
+    }
+
+    /// The largest request the server accepts (64 MiB unless changed); a
+    /// client sending a longer one is disconnected.
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = Some(bytes as u64);
+        self
+    }
+
+    /// Registers `name`: the server creates one `P` object when it starts,
+    /// and any client gets a proxy to it with [`RemoteManager::get`].
+    pub fn register<P: Registrable>(mut self, name: impl Into<String>) -> Self {
+        let (fingerprint, type_name) = P::type_tag();
+        let name = name.into();
+        self.named.retain(|n| n.name != name);
+        self.named.push(Named {
+            name,
+            kind: kind_code(P::object_kind()),
+            fingerprint,
+            type_name,
+        });
+        self
+    }
+
+    fn socket_addr(&self) -> Result<SocketAddr> {
+        self.address
+            .to_socket_addrs()
+            .map_err(|e| Error::InvalidArgument(format!("bad address {:?}: {e}", self.address)))?
+            .next()
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("{:?} resolves to no address", self.address))
+            })
+    }
+
+    fn key(&self) -> Result<Vec<u8>> {
+        match &self.authkey {
+            Some(k) if !k.is_empty() => Ok(k.clone()),
+            _ => Err(Error::InvalidArgument(
+                "a remote manager needs a non-empty authkey".into(),
+            )),
+        }
+    }
+
+    fn options(&self) -> Result<ServeOptions> {
+        let mut tcp = TcpOptions::new(self.socket_addr()?, &self.key()?);
+        if let Some(m) = self.max_frame {
+            tcp.max_frame = m;
+        }
+        Ok(ServeOptions { tcp: Some(tcp) })
+    }
+
+    /// Starts the server in a child process and connects to it.
+    pub fn start(&self) -> Result<RemoteManager> {
+        let boot = ServerBoot::new()?;
+        let args = ServerArgs {
+            boot: boot.clone(),
+            options: self.options()?,
+            named: self.named.clone(),
+            user_names: self.user_names.clone(),
+        };
+        let mut p = Process::new(server_main::<U>, args)
+            .name("BaseManager")
+            .daemon(true);
+        client::forking_server(|| p.start())?;
+        if let Err(e) = boot.wait_ready(|| p.is_alive(), Deadline::after(START_TIMEOUT)) {
+            let _ = p.kill();
+            let _ = p.join_timeout(EXIT_TIMEOUT);
+            return Err(e);
+        }
+        let bound = self.socket_addr()?;
+        let address = reachable(SocketAddr::new(bound.ip(), boot.tcp_port()));
+        RemoteManager::open(address, &self.key()?, Some(p))
+    }
+
+    /// Connects to a running server.
+    ///
+    /// A server that refuses the authkey is [`Error::Authentication`].
+    pub fn connect(&self) -> Result<RemoteManager> {
+        RemoteManager::open(self.socket_addr()?, &self.key()?, None)
+    }
+
+    /// Binds a server in this process (with its named objects made);
+    /// [`ManagerServer::serve_forever`] then serves until shut down.
+    pub fn get_server(&self) -> Result<ManagerServer> {
+        let mut server = Server::bind(random_token(), &self.options()?)?;
+        make_named(&mut server, &self.named)?;
+        make_user_objects::<U>(&mut server, &self.user_names)?;
+        let address = reachable(server.tcp_address().ok_or_else(unexpected)?);
+        client::set_authkey(address, &self.key()?);
+        Ok(ManagerServer { server, address })
+    }
+}
+
+/// An unspecified address (`0.0.0.0`) is reached through loopback locally.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        let ip = match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        SocketAddr::new(ip, addr.port())
+    } else {
+        addr
+    }
+}
+
+fn random_token() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_ne_bytes(b) ^ (sys::process::getpid() as u64)
+}
+
+/// What a child server process is started with.
+#[derive(
+    multiproc_runtime::rkyv::Archive,
+    multiproc_runtime::rkyv::Serialize,
+    multiproc_runtime::rkyv::Deserialize,
+)]
+#[rkyv(crate = multiproc_runtime::rkyv)]
+struct ServerArgs {
+    boot: ServerBoot,
+    options: ServeOptions,
+    named: Vec<Named>,
+    user_names: Vec<String>,
+}
+
+fn server_main<U: UserTypes>(args: ServerArgs) {
+    let server = Server::bind(args.boot.token(), &args.options).and_then(|mut s| {
+        make_named(&mut s, &args.named)?;
+        make_user_objects::<U>(&mut s, &args.user_names)?;
+        Ok(s)
+    });
+    match server {
+        Ok(s) => {
+            args.boot.publish_ready(Some(&s));
+            drop(args.boot);
+            s.serve_forever();
+        }
+        Err(e) => {
+            tracing::error!("remote manager server cannot start: {e}");
+            args.boot.publish_ready(None);
+        }
+    }
+}
+
+fn expect_created(server: &mut Server, req: &Request<'_>) -> Result<ObjectId> {
+    let out = server.request(req)?;
+    match access_response(&out)? {
+        ArchivedResponse::Created(id) => Ok(id.to_native()),
+        ArchivedResponse::Error(e) => Err(remote_error(e)),
+        _ => Err(unexpected()),
+    }
+}
+
+fn register_name(server: &mut Server, name: &str, entry: NamedEntry) -> Result<()> {
+    let key = name.to_string().encode()?;
+    let value = entry.encode()?;
+    let out = server.request(&Request::Call(Call {
+        object: REGISTRY,
+        method: Method::DictInsert as u32,
+        index: 0,
+        key: Some(Blob::plain(&key)),
+        value: Some(Blob::plain(&value)),
+        expected: None,
+        batch: Vec::new(),
+        fingerprint: 0,
+        type_name: "",
+    }))?;
+    match access_response(&out)? {
+        ArchivedResponse::Error(e) => Err(remote_error(e)),
+        _ => Ok(()),
+    }
+}
+
+fn make_user_objects<U: UserTypes>(server: &mut Server, names: &[String]) -> Result<()> {
+    for (name, id, type_name) in U::install(server, names)? {
+        register_name(
+            server,
+            &name,
+            (id, fingerprint_str(type_name), type_name.into()),
+        )?;
+    }
+    Ok(())
+}
+
+/// Creates the registry and the named objects in a server about to serve.
+fn make_named(server: &mut Server, named: &[Named]) -> Result<()> {
+    let tag = <Registry as Proxy>::tag();
+    let registry = expect_created(
+        server,
+        &Request::Create {
+            kind: ObjectKind::Dict,
+            fingerprint: tag.fingerprint,
+            type_name: &tag.name,
+        },
+    )?;
+    if registry != REGISTRY {
+        return Err(Error::InvalidState(
+            "the registry must be the server's first object".into(),
+        ));
+    }
+    for n in named {
+        let id = expect_created(
+            server,
+            &Request::Create {
+                kind: kind_of(n.kind),
+                fingerprint: n.fingerprint,
+                type_name: &n.type_name,
+            },
+        )?;
+        register_name(server, &n.name, (id, n.fingerprint, n.type_name.clone()))?;
+    }
+    Ok(())
+}
+
+/// A server bound in this process (from [`BaseManager::get_server`]).
+#[derive(Debug)]
+pub struct ManagerServer {
+    server: Server,
+    address: SocketAddr,
+}
+
+impl ManagerServer {
+    /// The TCP address clients connect to (the real port if bound to port 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// A handle that stops [`ManagerServer::serve_forever`] from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.server.shutdown_handle()
+    }
+
+    /// Serves until a client calls [`RemoteManager::shutdown`] or the
+    /// shutdown handle is used (Python's `serve_forever`).
+    pub fn serve_forever(self) {
+        self.server.serve_forever();
+    }
+}
+
+struct Inner {
+    owner: i32,
+    tcp: SocketAddr,
+    address: ServerAddress,
+    process: Mutex<Option<Process<()>>>,
+}
+
+/// A connection to a remote manager's server (from [`BaseManager::start`]
+/// or [`BaseManager::connect`]).
+#[derive(Clone)]
+pub struct RemoteManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RemoteManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteManager")
+            .field("server", &self.inner.address)
+            .finish()
+    }
+}
+
+impl RemoteManager {
+    fn open(
+        address: SocketAddr,
+        authkey: &[u8],
+        process: Option<Process<()>>,
+    ) -> Result<RemoteManager> {
+        // Prove the key on a connection of its own: this process may share
+        // a connection to the same server made with another key.
+        drop(TcpClient::connect(address, authkey)?);
+        client::set_authkey(address, authkey);
+        let server = ServerAddress::Tcp(address);
+        let m = RemoteManager {
+            inner: Arc::new(Inner {
+                owner: sys::process::getpid(),
+                tcp: address,
+                address: server,
+                process: Mutex::new(process),
+            }),
+        };
+        // Connect now: a wrong key or an absent server is an error here.
+        client::connection(&server)?;
+        Ok(m)
+    }
+
+    /// The server's TCP address.
+    pub fn address(&self) -> SocketAddr {
+        self.inner.tcp
+    }
+
+    /// A proxy to the object registered as `name`, checked to be a `P`
+    /// ([`Error::TypeMismatch`] otherwise; [`Error::KeyNotFound`] for a
+    /// name the server does not have).
+    pub fn get<P: Registrable>(&self, name: &str) -> Result<P> {
+        let registry: Registry = self.attach(REGISTRY, <Registry as Proxy>::tag())?;
+        let (object, fingerprint, type_name) =
+            registry.get(&name.to_string())?.ok_or(Error::KeyNotFound)?;
+        P::attach(&ProxyRepr {
+            server: self.inner.address,
+            object,
+            fingerprint,
+            type_name,
+            pin: 0,
+            authkey: Vec::new(),
+        })
+    }
+
+    /// A typed proxy to the user object registered as `name` (see
+    /// [`BaseManager::register_object`] and [`remote_object!`](crate::remote_object)).
+    pub fn get_object<P: UserProxy>(&self, name: &str) -> Result<P> {
+        let registry: Registry = self.attach(REGISTRY, <Registry as Proxy>::tag())?;
+        let (object, fingerprint, type_name) =
+            registry.get(&name.to_string())?.ok_or(Error::KeyNotFound)?;
+        if fingerprint != fingerprint_str(P::TYPE_NAME) || object & USER_OBJECT_BIT == 0 {
+            return Err(Error::TypeMismatch {
+                expected: P::TYPE_NAME.into(),
+                found: type_name,
+            });
+        }
+        Ok(P::from_handle(ObjectHandle {
+            conn: Mutex::new(client::connection(&self.inner.address)?),
+            server: self.inner.address,
+            object,
+        }))
+    }
+
+    fn attach<P: Proxy>(&self, object: ObjectId, tag: TypeTag) -> Result<P> {
+        attach_as(&ProxyRepr {
+            server: self.inner.address,
+            object,
+            fingerprint: tag.fingerprint,
+            type_name: tag.name,
+            pin: 0,
+            authkey: Vec::new(),
+        })
+    }
+
+    fn create<P: Proxy>(&self, kind: ObjectKind) -> Result<P> {
+        let conn = client::connection(&self.inner.address)?;
+        ProxyCore::create(conn, kind, P::tag()).map(P::from_core)
+    }
+
+    /// A new, empty dict in the server.
+    pub fn dict<K: Shareable, V: Shareable>(&self) -> Result<DictProxy<K, V>> {
+        self.create(ObjectKind::Dict)
+    }
+
+    /// A new, empty list in the server.
+    pub fn list<T: Shareable>(&self) -> Result<ListProxy<T>> {
+        self.create(ObjectKind::List)
+    }
+
+    /// A new, empty namespace in the server.
+    pub fn namespace(&self) -> Result<NamespaceProxy> {
+        self.create(ObjectKind::Namespace)
+    }
+
+    /// A new, empty queue in the server.
+    pub fn queue<T: Shareable>(&self) -> Result<QueueProxy<T>> {
+        self.create(ObjectKind::List)
+    }
+
+    /// How many objects the server holds (its registry and named objects included).
+    pub fn number_of_objects(&self) -> Result<usize> {
+        let conn = client::connection(&self.inner.address)?;
+        match conn.call(&Request::NumberOfObjects)?.get()? {
+            ArchivedResponse::Len(n) => Ok(n.to_native() as usize),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Asks the server to stop (any client may), and if this process
+    /// started it, waits for its process to end.
+    pub fn shutdown(&self) -> Result<()> {
+        if let Ok(conn) = client::connection(&self.inner.address)
+            && let Err(e) = conn.call(&Request::Shutdown)
+        {
+            tracing::debug!("remote manager shutdown request failed: {e}");
+        }
+        client::forget(&self.inner.address);
+        let Some(mut p) = self.inner.process.lock().take() else {
+            return Ok(());
+        };
+        if self.inner.owner != sys::process::getpid() {
+            return Ok(());
+        }
+        match p.join_timeout(EXIT_TIMEOUT) {
+            Err(Error::Timeout(_)) => {
+                let _ = p.kill();
+                let _ = p.join();
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // A server this process started goes with its last handle.
+        if self.owner == sys::process::getpid()
+            && let Some(mut p) = self.process.lock().take()
+        {
+            if let Ok(conn) = client::connection(&self.address) {
+                let _ = conn.call(&Request::Shutdown);
+            }
+            client::forget(&self.address);
+            if p.join_timeout(EXIT_TIMEOUT).is_err() {
+                let _ = p.kill();
+                let _ = p.join();
+            }
+        }
+    }
+}
+
+/// A FIFO queue owned by a manager server, usable over TCP (the proxy a
+/// master registers for tasks and results).
+///
+/// `get` waits in short polls of the server (each poll is one round trip,
+/// backing off to 5 ms between polls), so a waiting getter never holds up
+/// the server's other clients.
+pub struct QueueProxy<T> {
+    list: ListProxy<T>,
+}
+
+impl<T> Clone for QueueProxy<T> {
+    fn clone(&self) -> Self {
+        QueueProxy {
+            list: self.list.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for QueueProxy<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.list.fmt(f)
+    }
+}
+
+impl<T: Shareable> Proxy for QueueProxy<T> {
+    fn core(&self) -> &ProxyCore {
+        self.list.core()
+    }
+    fn from_core(core: ProxyCore) -> Self {
+        QueueProxy {
+            list: ListProxy::from_core(core),
+        }
+    }
+    fn tag() -> TypeTag {
+        TypeTag::new(format!("QueueProxy<{}>", std::any::type_name::<T>()))
+    }
+}
+
+impl_proxy!(impl<T> for QueueProxy<T>);
+
+/// The longest pause between two polls of a waiting `get`.
+const MAX_POLL_PAUSE: Duration = Duration::from_millis(5);
+
+impl<T: Shareable> QueueProxy<T> {
+    /// Adds `item` at the back.
+    pub fn put(&self, item: T) -> Result<()> {
+        self.list.push(item)
+    }
+
+    /// Removes the front item, waiting until there is one.
+    pub fn get(&self) -> Result<T> {
+        self.get_deadline(Deadline::Never)
+    }
+
+    /// Removes the front item if there is one now, else [`Error::Empty`].
+    pub fn try_get(&self) -> Result<T> {
+        self.get_deadline(Deadline::Now)
+    }
+
+    /// Removes the front item, waiting at most `timeout` ([`Error::Empty`] after).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        self.get_deadline(Deadline::after(timeout))
+    }
+
+    fn get_deadline(&self, deadline: Deadline) -> Result<T> {
+        let mut pause = Duration::from_micros(50);
+        let start = Instant::now();
+        loop {
+            match self.list.pop_at(0) {
+                Ok(v) => return Ok(v),
+                Err(Error::IndexOutOfRange { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            if deadline.expired() {
+                return Err(Error::Empty);
+            }
+            std::thread::sleep(deadline.slice(pause));
+            if start.elapsed() > Duration::from_millis(1) {
+                pause = (pause * 2).min(MAX_POLL_PAUSE);
+            }
+        }
+    }
+
+    /// How many items are queued now.
+    pub fn qsize(&self) -> Result<usize> {
+        self.list.len()
+    }
+
+    /// Whether the queue is empty now.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.list.is_empty()
+    }
+}
+
+/// A Rust type a remote manager's server can own (see
+/// [`remote_object!`](crate::remote_object), which implements this).
+pub trait RemoteObject: ServedObject + Default {
+    /// The name both sides check (the type's path).
+    const TYPE_NAME: &'static str;
+}
+
+/// The typed proxy of a [`RemoteObject`] (generated by
+/// [`remote_object!`](crate::remote_object)).
+pub trait UserProxy: Sized {
+    /// The name of the type it calls (the object's `TYPE_NAME`).
+    const TYPE_NAME: &'static str;
+    /// The proxy over a handle to the object.
+    fn from_handle(handle: ObjectHandle) -> Self;
+}
+
+/// The user types a [`BaseManager`] registered (a list built by
+/// [`BaseManager::register_object`]).
+pub trait UserTypes: 'static {
+    #[doc(hidden)]
+    fn install(
+        server: &mut Server,
+        names: &[String],
+    ) -> Result<Vec<(String, ObjectId, &'static str)>>;
+}
+
+impl UserTypes for () {
+    fn install(_: &mut Server, _: &[String]) -> Result<Vec<(String, ObjectId, &'static str)>> {
+        Ok(Vec::new())
+    }
+}
+
+impl<T: RemoteObject, U: UserTypes> UserTypes for (T, U) {
+    fn install(
+        server: &mut Server,
+        names: &[String],
+    ) -> Result<Vec<(String, ObjectId, &'static str)>> {
+        let Some((last, rest)) = names.split_last() else {
+            return Err(Error::InvalidState("user object names out of step".into()));
+        };
+        let mut made = U::install(server, rest)?;
+        let id = server.add_user_object(Box::new(T::default()));
+        made.push((last.clone(), id, T::TYPE_NAME));
+        Ok(made)
+    }
+}
+
+/// A client's handle to a user object: calls its methods by number.
+pub struct ObjectHandle {
+    conn: Mutex<Arc<client::Connection>>,
+    server: ServerAddress,
+    object: ObjectId,
+}
+
+impl std::fmt::Debug for ObjectHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectHandle")
+            .field("server", &self.server)
+            .field("object", &self.object)
+            .finish()
+    }
+}
+
+impl ObjectHandle {
+    /// Calls method number `method` with `args`, returning its result.
+    pub fn call<A: Shareable, R: Shareable>(&self, method: u32, args: &A) -> Result<R> {
+        let conn = {
+            let mut c = self.conn.lock();
+            if !c.is_ours() {
+                *c = client::connection(&self.server)?;
+            }
+            c.clone()
+        };
+        let encoded = args.encode()?;
+        let reply = conn.call(&Request::Call(Call {
+            object: self.object,
+            method,
+            index: 0,
+            key: None,
+            value: Some(Blob::plain(&encoded)),
+            expected: None,
+            batch: Vec::new(),
+            fingerprint: 0,
+            type_name: "",
+        }))?;
+        match reply.get()? {
+            ArchivedResponse::Value {
+                bytes: multiproc_runtime::rkyv::option::ArchivedOption::Some(b),
+                ..
+            } => R::decode(b),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+/// Declares which methods of a type a remote manager serves, and generates
+/// its typed proxy.
+///
+/// The type must be `Default + Send + 'static` (the server makes it with
+/// `default()`); each method takes `&mut self` and [`Shareable`](multiproc_runtime::Shareable)
+/// arguments and returns a `Shareable` value. Number the methods: the
+/// numbers are the wire format, so keep them when you add methods.
+///
+/// ```
+/// #[derive(Default)]
+/// struct Counter { n: i64 }
+/// impl Counter {
+///     fn incr(&mut self, by: i64) -> i64 { self.n += by; self.n }
+///     fn get(&mut self) -> i64 { self.n }
+/// }
+/// multiproc::remote_object! {
+///     Counter as CounterProxy {
+///         1 => fn incr(by: i64) -> i64;
+///         2 => fn get() -> i64;
+///     }
+/// }
+/// multiproc::init();
+/// let m = multiproc::BaseManager::new()
+///     .authkey(b"k")
+///     .register_object::<Counter>("counter")
+///     .start()
+///     .unwrap();
+/// let c: CounterProxy = m.get_object("counter").unwrap();
+/// assert_eq!(c.incr(5).unwrap(), 5);
+/// assert_eq!(c.get().unwrap(), 5);
+/// m.shutdown().unwrap();
+/// ```
+#[macro_export]
+macro_rules! remote_object {
+    ($ty:ty as $proxy:ident {
+        $( $id:literal => fn $name:ident ( $( $arg:ident : $aty:ty ),* $(,)? ) -> $ret:ty ; )*
+    }) => {
+        impl $crate::__private::ServedObject for $ty {
+            fn call(
+                &mut self,
+                method: u32,
+                args: &[u8],
+            ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::__private::CallError> {
+                use $crate::__private::{CallError, Shareable};
+                match method {
+                    $(
+                        $id => {
+                            #[allow(unused_parens)]
+                            let ($($arg,)*): ($($aty,)*) = Shareable::decode(args)
+                                .map_err(|e| CallError::Codec(e.to_string()))?;
+                            let out: $ret = <$ty>::$name(self $(, $arg)*);
+                            Shareable::encode(&out)
+                                .map(|b| b.to_vec())
+                                .map_err(|e| CallError::Codec(e.to_string()))
+                        }
+                    )*
+                    _ => Err(CallError::UnknownMethod),
+                }
+            }
+        }
+        impl $crate::RemoteObject for $ty {
+            const TYPE_NAME: &'static str = concat!(module_path!(), "::", stringify!($ty));
+        }
+        /// The typed proxy of a remote object (generated by `remote_object!`).
+        #[derive(Debug)]
+        pub struct $proxy {
+            handle: $crate::ObjectHandle,
+        }
+        impl $crate::UserProxy for $proxy {
+            const TYPE_NAME: &'static str = <$ty as $crate::RemoteObject>::TYPE_NAME;
+            fn from_handle(handle: $crate::ObjectHandle) -> Self {
+                $proxy { handle }
+            }
+        }
+        impl $proxy {
+            $(
+                /// Calls the server's object.
+                pub fn $name(&self $(, $arg: $aty)*) -> $crate::__private::Result<$ret> {
+                    self.handle.call($id, &($($arg,)*))
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,86 @@
+//! `multiproc serve`: a generic manager server over TCP.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use multiproc::BaseManager;
+
+use crate::usage_error;
+
+const DEFAULT_ADDRESS: &str = "127.0.0.1:50000";
+
+pub fn command(args: &[String]) -> ExitCode {
+    // Before any thread starts, so that every thread leaves the signals to
+    // the one that waits for them.
+    if let Err(e) = multiproc::sys::signal::block_termination() {
+        eprintln!("multiproc serve: cannot block signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    let mut address = DEFAULT_ADDRESS.to_string();
+    let mut key_file = None;
+    let mut max_frame = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--address" => match it.next() {
+                Some(a) => address = a.clone(),
+                None => return usage_error("--address needs HOST:PORT"),
+            },
+            "--authkey-file" => match it.next() {
+                Some(f) => key_file = Some(f.clone()),
+                None => return usage_error("--authkey-file needs a file"),
+            },
+            "--max-frame" => match it.next().map(|m| m.parse::<usize>()) {
+                Some(Ok(m)) if m > 0 => max_frame = Some(m),
+                _ => return usage_error("--max-frame needs a positive number of bytes"),
+            },
+            other => return usage_error(&format!("unknown serve option {other:?}")),
+        }
+    }
+    let Some(key_file) = key_file else {
+        return usage_error("serve needs --authkey-file");
+    };
+    let mut key = match std::fs::read(&key_file) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("multiproc serve: cannot read {key_file}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        key.pop();
+    }
+    if key.is_empty() {
+        eprintln!("multiproc serve: {key_file} holds an empty authkey");
+        return ExitCode::FAILURE;
+    }
+    let mut config = BaseManager::new().address(address).authkey(&key);
+    if let Some(m) = max_frame {
+        config = config.max_frame(m);
+    }
+    let server = match config.get_server() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("multiproc serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = server.shutdown_handle();
+    let watcher = std::thread::Builder::new()
+        .name("multiproc-serve-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = multiproc::sys::signal::wait_termination() {
+                eprintln!("multiproc serve: signal {sig}, shutting down");
+                stop.shutdown();
+            }
+        });
+    if let Err(e) = watcher {
+        eprintln!("multiproc serve: cannot watch for signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    println!("listening on {}", server.address());
+    let _ = std::io::stdout().flush();
+    server.serve_forever();
+    println!("server stopped");
+    ExitCode::SUCCESS
+}

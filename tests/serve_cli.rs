@@ -1,0 +1,138 @@
+//! `multiproc serve`: a generic manager server clients reach over TCP,
+//! stopped cleanly by SIGTERM or SIGINT.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use multiproc::{BaseManager, Error};
+
+multiproc::init_before_main!();
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn key_file(tag: &str) -> std::path::PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("multiproc-serve-{tag}-{}.key", std::process::id()));
+    std::fs::write(&path, b"cli-secret\n").unwrap();
+    path
+}
+
+/// Starts the server; returns it and the address it printed.
+fn serve(key: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_multiproc"))
+        .args(["serve", "--address", "127.0.0.1:0", "--authkey-file"])
+        .arg(key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, address)
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn help_documents_serve() {
+    let out = Command::new(env!("CARGO_BIN_EXE_multiproc"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("serve") && text.contains("--authkey-file"),
+        "{text}"
+    );
+}
+
+#[test]
+fn serves_dicts_lists_namespaces_and_queues_until_signalled() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let key = key_file(&signal.to_string());
+        let (mut child, address) = serve(&key);
+        let m = BaseManager::new()
+            .address(address.clone())
+            .authkey(b"cli-secret")
+            .connect()
+            .unwrap();
+        let d = m.dict::<String, u32>().unwrap();
+        d.insert("a".into(), 1).unwrap();
+        let l = m.list::<u32>().unwrap();
+        l.extend([1, 2]).unwrap();
+        let ns = m.namespace().unwrap();
+        ns.set("x", 5u64).unwrap();
+        let q = m.queue::<String>().unwrap();
+        q.put("job".into()).unwrap();
+        assert_eq!(d.get(&"a".to_string()).unwrap(), Some(1));
+        assert_eq!(l.len().unwrap(), 2);
+        assert_eq!(ns.get::<u64>("x").unwrap(), 5);
+        assert_eq!(q.get_timeout(LIMIT).unwrap(), "job");
+        let wrong = BaseManager::new()
+            .address(address)
+            .authkey(b"wrong")
+            .connect();
+        assert!(matches!(wrong, Err(Error::Authentication(_))));
+        // SAFETY: signalling our own child, whose pid we hold.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        assert!(wait_exit(&mut child).success(), "signal {signal}");
+        assert!(d.len().is_err());
+        std::fs::remove_file(&key).unwrap();
+    }
+}
+
+#[test]
+fn a_missing_key_file_is_a_usage_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_multiproc"))
+        .args(["serve", "--address", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_killed_server_is_an_error_at_the_proxy_not_a_hang() {
+    let key = key_file("killed");
+    let (mut child, address) = serve(&key);
+    let m = BaseManager::new()
+        .address(address)
+        .authkey(b"cli-secret")
+        .connect()
+        .unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    d.insert(1, 1).unwrap();
+    let q = m.queue::<u32>().unwrap();
+    // A getter waiting on the server when it dies.
+    let waiting = std::thread::spawn(move || q.get_timeout(LIMIT * 3));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let start = Instant::now();
+    assert!(matches!(d.len(), Err(Error::ManagerGone(_))));
+    assert!(matches!(
+        waiting.join().unwrap(),
+        Err(Error::ManagerGone(_))
+    ));
+    assert!(start.elapsed() < LIMIT);
+    std::fs::remove_file(&key).unwrap();
+}
