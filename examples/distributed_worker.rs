@@ -30,13 +30,23 @@ fn main() -> multiproc::Result<()> {
     let authkey = arg(2, "MULTIPROC_AUTHKEY", "multiproc-demo");
     let idle_limit = Duration::from_secs(arg(3, "MULTIPROC_IDLE", "60").parse().unwrap_or(60));
 
-    let manager = BaseManager::new()
+    let me = std::process::id();
+    let manager = match BaseManager::new()
         .address(address.clone())
         .authkey(authkey.as_bytes())
-        .connect()?;
+        .connect()
+    {
+        Ok(m) => m,
+        Err(Error::ManagerGone(why)) => {
+            // Started after the master finished (another worker did the work).
+            println!("worker {me}: the master has gone, stopping ({why})");
+            println!("worker {me} did 0 tasks");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let tasks: QueueProxy<Task> = manager.get("get_task_queue")?;
     let results: QueueProxy<Outcome> = manager.get("get_result_queue")?;
-    let me = std::process::id();
     println!("worker {me} connected to {address}");
 
     let mut done = 0;

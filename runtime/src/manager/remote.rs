@@ -257,7 +257,9 @@ impl TcpClient {
             Error::Io(e) => {
                 Error::ManagerGone(format!("cannot reach the manager at {address}: {e}"))
             }
-            Error::Closed => Error::Authentication(format!(
+            // A refused key is an explicit failure message (Authentication
+            // above); a bare close means the server went away meanwhile.
+            Error::Closed => Error::ManagerGone(format!(
                 "the manager at {address} closed the connection during the handshake"
             )),
             other => other,
