@@ -56,6 +56,8 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("manager/lock", manager_lock),
         ("manager/queue_put_get", manager_queue_put_get),
         ("manager/create_object", manager_create_object),
+        ("manager/tcp_dict_get", manager_tcp_dict_get),
+        ("tcp/round_trip_64b", tcp_round_trip),
         ("proxy_vs_raw/counter_proxy", counter_proxy),
         ("proxy_vs_raw/counter_raw", counter_raw),
     ]
@@ -364,6 +366,54 @@ fn pipe_round_trip(scale: &Scale) -> multiproc::Result<Figure> {
     });
     here.close();
     p.join_timeout(Duration::from_secs(60))?;
+    Ok(figure)
+}
+
+fn manager_tcp_dict_get(scale: &Scale) -> multiproc::Result<Figure> {
+    let key: &[u8] = b"bench-key";
+    let master = multiproc::BaseManager::new()
+        .authkey(key)
+        .register::<multiproc::DictProxy<u32, u64>>("d")
+        .start()?;
+    let client = multiproc::BaseManager::new()
+        .address(master.address().to_string())
+        .authkey(key)
+        .connect()?;
+    let d: multiproc::DictProxy<u32, u64> = client.get("d")?;
+    d.insert(1, 0)?;
+    let figure = per_call("manager/tcp_dict_get", scale.samples, 50 * scale.k, || {
+        let _ = std::hint::black_box(d.get(&1));
+    });
+    drop(d);
+    drop(client);
+    master.shutdown()?;
+    Ok(figure)
+}
+
+/// A plain TCP loopback round trip of a 64-byte frame, the floor for remote calls.
+fn tcp_round_trip(scale: &Scale) -> multiproc::Result<Figure> {
+    use multiproc::connection::{Address, Listener, SocketConnection};
+    let address: Address = "127.0.0.1:0"
+        .parse()
+        .map_err(|e| multiproc::Error::InvalidArgument(format!("{e:?}")))?;
+    let listener = Listener::bind(&address, None)?;
+    let bound = listener.address().clone();
+    let server = std::thread::spawn(move || -> multiproc::Result<()> {
+        let mut conn: SocketConnection<()> = listener.accept()?;
+        while let Ok(frame) = conn.recv_bytes() {
+            conn.send_bytes(&frame)?;
+        }
+        Ok(())
+    });
+    let mut conn: SocketConnection<()> = SocketConnection::connect(&bound, None)?;
+    let frame = [7u8; 64];
+    let figure = per_call("tcp/round_trip_64b", scale.samples, 50 * scale.k, || {
+        if conn.send_bytes(&frame).is_ok() {
+            let _ = conn.recv_bytes();
+        }
+    });
+    drop(conn);
+    let _ = server.join();
     Ok(figure)
 }
 
