@@ -36,6 +36,16 @@ pub enum Acquired {
     },
 }
 
+impl Acquired {
+    /// The dead previous holder's pid, if the lock came from one.
+    pub fn owner_died(self) -> Option<i32> {
+        match self {
+            Acquired::OwnerDied { pid } => Some(pid),
+            Acquired::Clean => None,
+        }
+    }
+}
+
 /// A mutex word that lives in shared memory (`#[repr(C)]`, 8 bytes, all-zero is unlocked).
 #[repr(C)]
 #[derive(Debug, Default)]

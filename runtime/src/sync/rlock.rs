@@ -275,10 +275,7 @@ impl<'a> RLockGuard<'a> {
 
     /// The pid of the previous holder if it died holding the lock.
     pub fn owner_died(&self) -> Option<i32> {
-        match self.acquired {
-            Acquired::OwnerDied { pid } => Some(pid),
-            Acquired::Clean => None,
-        }
+        self.acquired.owner_died()
     }
 }
 
