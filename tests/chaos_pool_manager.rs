@@ -1,0 +1,184 @@
+//! Chaos for the pool and the manager: a pool worker is SIGKILLed at a
+//! random instant of its tasks, a manager client at a random instant of its
+//! requests, and the manager server itself while clients are calling it.
+//! Every result that arrives is right and arrives once, a task whose worker
+//! died fails with `WorkerDied` instead of hanging, the manager's counts are
+//! exact up to the one request in flight, clients of a dead server get
+//! `ManagerGone` promptly, and nothing is left behind.
+//!
+//! `CHAOS_ITERATIONS` (default 3) runs of each scenario under each start
+//! method; `CHAOS_SEED` replays a run (each iteration prints its seed).
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use multiproc::{DictProxy, Error, Manager, Pool, Process, RawValue, Shareable, StartMethod};
+use util::PROMPTLY;
+use util::chaos::{self, Rng, Snapshot};
+
+multiproc::init_before_main!();
+
+const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
+const MAX_DELAY_US: u64 = 30_000;
+
+fn start<A: Shareable, R: Shareable>(m: StartMethod, f: fn(A) -> R, arg: A) -> Process<R> {
+    let mut p = Process::new(f, arg).start_method(m);
+    p.start().expect("start");
+    p
+}
+
+// ---------------------------------------------------------------- Pool
+
+/// Counts its run, sleeps a little, returns the square.
+fn task((x, runs, sleep_us): (u64, RawValue<u64>, u64)) -> u64 {
+    runs.fetch_add(1);
+    std::thread::sleep(Duration::from_micros(sleep_us));
+    x * x
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn pool_scenario(m: StartMethod, rng: &mut Rng) {
+    const TASKS: u64 = 40;
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .build()
+        .unwrap();
+    let runs = RawValue::new(0u64).unwrap();
+    let mut results: Vec<_> = (0..TASKS)
+        .map(|x| {
+            let arg = (x, runs.clone(), rng.below(2_000));
+            pool.apply_async(task, arg).unwrap()
+        })
+        .collect();
+    let workers = pool.worker_pids();
+    assert!(util::eventually(PROMPTLY, || runs.load() > 0));
+    std::thread::sleep(rng.delay(MAX_DELAY_US));
+    chaos::sigkill(workers[rng.below(workers.len() as u64) as usize]);
+    let (mut ok, mut died) = (0, 0);
+    for (x, r) in results.iter_mut().enumerate() {
+        match r.get_timeout(PROMPTLY) {
+            Ok(v) => {
+                assert_eq!(v, (x * x) as u64, "{m:?}: task {x}");
+                ok += 1;
+            }
+            Err(Error::WorkerDied { .. }) => died += 1,
+            Err(e) => panic!("{m:?}: task {x}: {e}"),
+        }
+    }
+    assert_eq!(ok + died, TASKS);
+    let ran = runs.load();
+    assert!(
+        ok <= ran && ran <= ok + died,
+        "{m:?}: {ok} results, {died} failed, {ran} runs: a task ran twice"
+    );
+    // The pool carries on with a replacement worker.
+    let squares = pool.map(square, 0..50u64, None).unwrap();
+    assert_eq!(squares, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
+    pool.close();
+    pool.join().unwrap();
+}
+
+// ---------------------------------------------------------------- Manager clients
+
+/// Increments the counter for ever, storing how many increments returned.
+fn increment_forever((d, done): (DictProxy<String, u64>, RawValue<u64>)) {
+    for i in 1u64.. {
+        d.update_with("n".to_string(), 0, |n| n + 1).unwrap();
+        done.store(i);
+    }
+}
+
+fn manager_client_scenario(m: StartMethod, rng: &mut Rng) {
+    let manager = Manager::start_with(m).unwrap();
+    let d = manager.dict::<String, u64>().unwrap();
+    let done = RawValue::new(0u64).unwrap();
+    let other_done = RawValue::new(0u64).unwrap();
+    let mut victim = start(m, increment_forever, (d.clone(), done.clone()));
+    let mut other = start(m, increment_forever, (d.clone(), other_done.clone()));
+    assert!(util::eventually(PROMPTLY, || done.load() > 0));
+    std::thread::sleep(rng.delay(MAX_DELAY_US));
+    victim.kill().unwrap();
+    assert!(victim.join_timeout(PROMPTLY).is_err());
+    other.kill().unwrap();
+    assert!(other.join_timeout(PROMPTLY).is_err());
+    let n = d.get(&"n".to_string()).unwrap().unwrap_or(0);
+    let (a, b) = (done.load(), other_done.load());
+    assert!(
+        (a + b..=a + b + 2).contains(&n),
+        "{m:?}: counter {n}, increments that returned {a} + {b}"
+    );
+    // The server still serves, and the dead clients' references go.
+    assert_eq!(d.update_with("n".to_string(), 0, |n| n + 1).unwrap(), n + 1);
+    drop(d);
+    assert!(
+        util::eventually(PROMPTLY, || manager.number_of_objects().unwrap() == 0),
+        "{m:?}: the dead clients' references were not dropped"
+    );
+    manager.shutdown().unwrap();
+}
+
+// ---------------------------------------------------------------- Manager server
+
+/// Calls the server until a call fails; returns that error.
+fn call_until_gone((d, calls): (DictProxy<String, u64>, RawValue<u64>)) -> String {
+    loop {
+        if let Err(e) = d.update_with("n".to_string(), 0, |n| n + 1) {
+            return format!("{e:?}");
+        }
+        calls.fetch_add(1);
+    }
+}
+
+fn manager_server_scenario(m: StartMethod, rng: &mut Rng) {
+    let manager = Manager::start_with(m).unwrap();
+    let d = manager.dict::<String, u64>().unwrap();
+    let calls = RawValue::new(0u64).unwrap();
+    let mut clients: Vec<_> = (0..2)
+        .map(|_| start(m, call_until_gone, (d.clone(), calls.clone())))
+        .collect();
+    assert!(util::eventually(PROMPTLY, || calls.load() > 0));
+    std::thread::sleep(rng.delay(MAX_DELAY_US));
+    chaos::sigkill(manager.pid());
+    let killed = Instant::now();
+    for c in &mut clients {
+        let saw = c
+            .join_timeout(PROMPTLY)
+            .expect("a client hung on a dead server");
+        assert!(saw.starts_with("ManagerGone"), "{m:?}: {saw}");
+    }
+    assert!(matches!(
+        d.get(&"n".to_string()),
+        Err(Error::ManagerGone(_))
+    ));
+    assert!(killed.elapsed() < PROMPTLY, "{m:?}: slow to notice");
+    drop(d);
+    // Shutting down a dead manager reaps the server and reports no error.
+    manager.shutdown().unwrap();
+    util::assert_not_our_zombie(manager.pid());
+}
+
+// ---------------------------------------------------------------- the run
+
+#[test]
+fn pool_and_manager_survive_random_kills_and_leave_nothing() {
+    let base = chaos::base_seed();
+    let n = chaos::iterations(3);
+    let before = Snapshot::take();
+    for m in METHODS {
+        chaos::repeat(&format!("pool/{m:?}"), base, n, |rng, _| {
+            pool_scenario(m, rng)
+        });
+        chaos::repeat(&format!("manager-client/{m:?}"), base, n, |rng, _| {
+            manager_client_scenario(m, rng)
+        });
+        chaos::repeat(&format!("manager-server/{m:?}"), base, n, |rng, _| {
+            manager_server_scenario(m, rng)
+        });
+    }
+    before.assert_no_leaks(1);
+}
