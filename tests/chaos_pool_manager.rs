@@ -111,7 +111,10 @@ fn manager_client_scenario(m: StartMethod, rng: &mut Rng) {
     let other_done = RawValue::new(0u64).unwrap();
     let mut victim = start(m, increment_forever, (d.clone(), done.clone()));
     let mut other = start(m, increment_forever, (d.clone(), other_done.clone()));
-    assert!(util::eventually(PROMPTLY, || done.load() > 0));
+    // Both have decoded their proxies: a proxy sent to a process that dies
+    // before decoding it keeps its object until the in-flight reference
+    // expires (`PIN_TIMEOUT`, see RELIABILITY.md), which this does not test.
+    assert!(util::eventually(PROMPTLY, || done.load() > 0 && other_done.load() > 0));
     std::thread::sleep(rng.delay(MAX_DELAY_US));
     victim.kill().unwrap();
     assert!(victim.join_timeout(PROMPTLY).is_err());
@@ -157,10 +160,12 @@ fn manager_server_scenario(m: StartMethod, rng: &mut Rng) {
     chaos::sigkill(manager.pid());
     let killed = Instant::now();
     for c in &mut clients {
-        let saw = c
-            .join_timeout(PROMPTLY)
-            .expect("a client hung on a dead server");
-        assert!(saw.starts_with("ManagerGone"), "{m:?}: {saw}");
+        match c.join_timeout(PROMPTLY) {
+            Ok(saw) => assert!(saw.starts_with("ManagerGone"), "{m:?}: {saw}"),
+            // A spawned client that had not decoded its proxy yet fails to.
+            Err(Error::Remote(msg)) if msg.contains("manager is gone") => {}
+            Err(e) => panic!("{m:?}: a client did not see the server go: {e:?}"),
+        }
     }
     assert!(matches!(
         d.get(&"n".to_string()),
