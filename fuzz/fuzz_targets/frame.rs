@@ -17,7 +17,11 @@ struct Pieces<'a> {
 
 impl Read for Pieces<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let size = self.sizes.get(self.next % self.sizes.len().max(1)).copied().unwrap_or(7);
+        let size = self
+            .sizes
+            .get(self.next % self.sizes.len().max(1))
+            .copied()
+            .unwrap_or(7);
         self.next += 1;
         let n = (size as usize + 1).min(buf.len()).min(self.data.len());
         buf[..n].copy_from_slice(&self.data[..n]);
@@ -29,7 +33,11 @@ impl Read for Pieces<'_> {
 fuzz_target!(|input: (u16, Vec<u8>, Vec<u8>)| {
     let (max, sizes, data) = input;
     let mut r = FrameReader::new(max as usize);
-    let mut s = Pieces { data: &data, sizes: &sizes, next: 0 };
+    let mut s = Pieces {
+        data: &data,
+        sizes: &sizes,
+        next: 0,
+    };
     for _ in 0..data.len() + 2 {
         match r.read_frame(&mut s) {
             Ok(frame) => assert!(frame.len() <= max as usize),

@@ -27,7 +27,11 @@ fn server() -> &'static Mutex<Server> {
         d.insert(1, 1).expect("insert");
         std::mem::forget(d);
         let conn = connect(manager.address()).expect("connect");
-        Mutex::new(Server { _manager: manager, conn, resp: AlignedVec::new() })
+        Mutex::new(Server {
+            _manager: manager,
+            conn,
+            resp: AlignedVec::new(),
+        })
     })
 }
 
