@@ -139,7 +139,7 @@ fn random_and_mutated_requests_get_responses() {
     let manager = Manager::start_with(StartMethod::Fork).unwrap();
     let d = manager.dict::<u32, u32>().unwrap();
     d.insert(1, 1).unwrap();
-    let mut conn = multiproc::manager::server::connect(manager.address()).unwrap();
+    let conn = multiproc::manager::server::connect(manager.address()).unwrap();
     let valid: Vec<AlignedVec> = [
         Request::Call(Call {
             object: 1,

@@ -35,15 +35,16 @@ fn take(got: &mut [(u64, u64)], last: &mut [Option<u64>], (who, seq, pad): Msg) 
     got[who].1 += seq;
 }
 
-fn hammer(
-    args: (
-        u32,
-        DictProxy<u32, u64>,
-        Queue<Msg>,
-        RawValue<u32>,
-        RawValue<u64>,
-    ),
-) -> Tally {
+/// A worker's id, the dict, the queue, the stop flag and the round counter.
+type Args = (
+    u32,
+    DictProxy<u32, u64>,
+    Queue<Msg>,
+    RawValue<u32>,
+    RawValue<u64>,
+);
+
+fn hammer(args: Args) -> Tally {
     let (me, d, q, stop, ops) = args;
     let mut got = vec![(0, 0); WORKERS];
     let mut last = vec![None; WORKERS];
