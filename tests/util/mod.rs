@@ -62,3 +62,4 @@ pub fn shm_leaks() -> Vec<String> {
         })
         .unwrap_or_default()
 }
+pub mod chaos;

@@ -241,15 +241,15 @@ impl QueueCore {
     }
 
     pub(crate) fn qsize(&self) -> usize {
-        self.ring().len() as usize
+        self.ring().settled_len() as usize
     }
 
     pub(crate) fn empty(&self) -> bool {
-        self.ring().len() == 0
+        self.ring().settled_len() == 0
     }
 
     pub(crate) fn full(&self) -> bool {
-        self.maxsize > 0 && self.ring().len() >= self.maxsize
+        self.maxsize > 0 && self.ring().settled_len() >= self.maxsize
     }
 
     pub(crate) fn maxsize(&self) -> usize {
