@@ -292,3 +292,33 @@ fn an_unencodable_result_is_an_error_not_a_hang() {
         assert_eq!(p.apply(square, 4).unwrap(), 16);
     }
 }
+
+/// Regression: dropping a partly read `imap` after all its submitted items had
+/// arrived left the job registered forever, so `join` after `close` hung.
+#[test]
+fn join_after_a_dropped_imap_does_not_hang() {
+    for m in METHODS {
+        for _ in 0..10 {
+            let p = pool(m, 2);
+            let mut results = p.imap(square, 0u64.., 1).unwrap();
+            let first: Vec<u64> = results.by_ref().take(3).map(Result::unwrap).collect();
+            assert_eq!(first, vec![0, 1, 4]);
+            // Not synchronisation: give the submitted items time to arrive,
+            // which is the case that used to hang.
+            std::thread::sleep(Duration::from_millis(50));
+            drop(results);
+            p.close();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let joiner = std::thread::spawn(move || {
+                let r = p.join();
+                let _ = tx.send(());
+                r
+            });
+            assert!(
+                rx.recv_timeout(PROMPTLY).is_ok(),
+                "{m:?}: join hung after a dropped imap"
+            );
+            joiner.join().unwrap().unwrap();
+        }
+    }
+}

@@ -173,6 +173,12 @@ impl<B: Backend> Core<B> {
         }
     }
 
+    /// Wakes the result handler to look at the jobs (one may have finished
+    /// without a new result: an imap whose iterator was dropped).
+    pub fn wake(&self) {
+        self.state.lock().backend.wake();
+    }
+
     /// Stops accepting work; workers exit once everything submitted is done.
     pub fn close(&self) {
         let mut st = self.state.lock();
@@ -498,6 +504,9 @@ fn handle_results<B: Backend>(state: Arc<Mutex<State<B>>>, mut reports: B::Repor
         }
         let done = {
             let mut st = state.lock();
+            // A job can finish without a new result: an imap whose iterator
+            // was dropped after every submitted item had arrived.
+            st.jobs.retain(|_, job| !job.complete());
             st.dispatch();
             st.shutdown_step(&mut out)
         };

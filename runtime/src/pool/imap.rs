@@ -86,11 +86,15 @@ where
 /// Something that can be poked to keep a lazy input flowing.
 pub(crate) trait Poke: Send + Sync {
     fn poke(&self);
+    fn stopped(&self);
 }
 
 impl<B: Backend> Poke for Core<B> {
     fn poke(&self) {
         Core::poke(self)
+    }
+    fn stopped(&self) {
+        Core::wake(self)
     }
 }
 
@@ -157,11 +161,17 @@ impl<R> Iterator for IMapIterator<R> {
 
 impl<R> Drop for IMapIterator<R> {
     fn drop(&mut self) {
-        // No one will read more: stop the input where it is.
-        let mut s = self.shared.state.lock();
-        if s.total.is_none() {
-            let submitted = s.submitted;
-            s.total = Some(submitted);
+        // No one will read more: stop the input where it is, and let the pool
+        // see that the job may be complete now.
+        {
+            let mut s = self.shared.state.lock();
+            if s.total.is_none() {
+                let submitted = s.submitted;
+                s.total = Some(submitted);
+            }
+        }
+        if let Some(pool) = self.pool.upgrade() {
+            pool.stopped();
         }
     }
 }
