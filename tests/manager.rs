@@ -19,23 +19,6 @@ fn start(method: StartMethod) -> Manager {
     Manager::start_with(method).expect("manager starts")
 }
 
-fn run_all<A: Shareable, R: Shareable>(
-    method: StartMethod,
-    f: fn(A) -> R,
-    args: impl IntoIterator<Item = A>,
-) -> Vec<R> {
-    let mut ps: Vec<_> = args
-        .into_iter()
-        .map(|a| Process::new(f, a).start_method(method))
-        .collect();
-    for p in &mut ps {
-        p.start().unwrap();
-    }
-    ps.iter_mut()
-        .map(|p| p.join_timeout(PROMPTLY * 6).unwrap())
-        .collect()
-}
-
 fn write_square(args: (u32, DictProxy<u32, u64>, ListProxy<u32>)) {
     let (i, d, l) = args;
     d.insert(i, u64::from(i) * u64::from(i)).unwrap();
@@ -48,7 +31,7 @@ fn ten_processes_fill_one_dict_and_one_list() {
         let manager = start(m);
         let d = manager.dict::<u32, u64>().unwrap();
         let l = manager.list::<u32>().unwrap();
-        run_all(m, write_square, (0..10).map(|i| (i, d.clone(), l.clone())));
+        util::run_each(m, write_square, (0..10).map(|i| (i, d.clone(), l.clone())));
         assert_eq!(d.len().unwrap(), 10, "{m:?}");
         let mut items = d.items().unwrap();
         items.sort();
@@ -72,7 +55,7 @@ fn atomic_increments_from_four_processes_lose_nothing() {
     for m in METHODS {
         let manager = start(m);
         let d = manager.dict::<String, u64>().unwrap();
-        run_all(m, increment, (0..4).map(|_| d.clone()));
+        util::run_each(m, increment, (0..4).map(|_| d.clone()));
         assert_eq!(
             d.get(&"counter".to_string()).unwrap(),
             Some(40_000),
@@ -119,7 +102,7 @@ fn a_dict_of_list_proxies_is_shared_by_children() {
             d.insert(k, manager.list().unwrap()).unwrap();
         }
         assert_eq!(manager.number_of_objects().unwrap(), 4, "{m:?}");
-        run_all(m, append_to_nested, (0..9).map(|i| (i, d.clone())));
+        util::run_each(m, append_to_nested, (0..9).map(|i| (i, d.clone())));
         for k in 0..3 {
             let mut got = d.get(&k).unwrap().unwrap().to_vec().unwrap();
             got.sort();
@@ -439,7 +422,7 @@ fn server_created_shared_objects_are_used_directly() {
         assert_eq!(v.get(), 41);
         assert_eq!(a.to_vec(), vec![1, 2, 3]);
         assert_eq!(manager.number_of_objects().unwrap(), 0);
-        run_all(
+        util::run_each(
             m,
             bump,
             (0..3).map(|_| (v.clone(), lock.clone(), a.clone())),

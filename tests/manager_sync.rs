@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use multiproc::{
     Barrier, BoundedSemaphore, Condition, DictProxy, Error, Event, JoinableQueue, Manager, Process,
-    Queue, RLock, RawValue, Semaphore, ServerAddress, Shareable, StartMethod, Value,
+    Queue, RLock, RawValue, Semaphore, ServerAddress, StartMethod, Value,
 };
 use util::{PROMPTLY, eventually};
 
@@ -17,23 +17,6 @@ const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
 
 fn start(method: StartMethod) -> Manager {
     Manager::start_with(method).expect("manager starts")
-}
-
-fn run_all<A: Shareable, R: Shareable>(
-    method: StartMethod,
-    f: fn(A) -> R,
-    args: impl IntoIterator<Item = A>,
-) -> Vec<R> {
-    let mut ps: Vec<_> = args
-        .into_iter()
-        .map(|a| Process::new(f, a).start_method(method))
-        .collect();
-    for p in &mut ps {
-        p.start().unwrap();
-    }
-    ps.iter_mut()
-        .map(|p| p.join_timeout(PROMPTLY * 6).unwrap())
-        .collect()
 }
 
 fn square_tasks(args: (JoinableQueue<u32>, Queue<u64>)) {
@@ -135,7 +118,7 @@ fn manager_event_barrier_semaphores_and_rlock_work_across_children() {
             rlock.clone(),
             count.clone(),
         );
-        let mut indices = run_all(m, party, (0..3).map(|_| party_args.clone()));
+        let mut indices = util::run_each(m, party, (0..3).map(|_| party_args.clone()));
         indices.sort();
         assert_eq!(indices, vec![0, 1, 2], "{m:?}");
         assert_eq!(count.get(), 3, "{m:?}");
@@ -357,7 +340,7 @@ fn long_waits_on_a_live_managers_objects_just_time_out() {
             manager.event().unwrap(),
             manager.semaphore(0).unwrap(),
         );
-        let got = run_all(m, wait_out_slices, [args]).remove(0);
+        let got = util::run_each(m, wait_out_slices, [args]).remove(0);
         assert!(got[0].starts_with("Err(Timeout"), "{m:?}: {got:?}");
         assert_eq!(got[1], "Ok(false)", "{m:?}");
         assert!(got[2].starts_with("Err(Timeout"), "{m:?}: {got:?}");

@@ -120,7 +120,7 @@ fn apply_async_callbacks_and_errors() {
             (0..20).map(|x| x * x).sum::<u64>()
         );
 
-        let message = Arc::new(parking_slot::Slot::default());
+        let message = Arc::new(util::TextSlot::default());
         let m2 = message.clone();
         let r = p
             .apply_async_with(
@@ -146,19 +146,6 @@ fn apply_async_callbacks_and_errors() {
             Err(Error::Timeout(_))
         ));
         p.terminate();
-    }
-}
-
-mod parking_slot {
-    #[derive(Default)]
-    pub struct Slot(std::sync::Mutex<String>);
-    impl Slot {
-        pub fn set(&self, s: String) {
-            *self.0.lock().unwrap() = s;
-        }
-        pub fn get(&self) -> String {
-            self.0.lock().unwrap().clone()
-        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! ThreadPool: the pool API backed by threads.
 
+mod util;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -100,7 +102,7 @@ fn callbacks_and_errors() {
         (0..50).map(|x| x * x).sum::<usize>()
     );
 
-    let seen = Arc::new(parking_lot_free::Slot::default());
+    let seen = Arc::new(util::TextSlot::default());
     let s2 = seen.clone();
     let r = pool
         .apply_async_with(
@@ -120,19 +122,6 @@ fn callbacks_and_errors() {
     ));
     // The worker stays usable after a panicking task.
     assert_eq!(pool.apply(square, 3).unwrap(), 9);
-}
-
-mod parking_lot_free {
-    #[derive(Default)]
-    pub struct Slot(std::sync::Mutex<String>);
-    impl Slot {
-        pub fn set(&self, s: String) {
-            *self.0.lock().unwrap() = s;
-        }
-        pub fn get(&self) -> String {
-            self.0.lock().unwrap().clone()
-        }
-    }
 }
 
 #[test]

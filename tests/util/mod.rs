@@ -63,3 +63,35 @@ pub fn shm_leaks() -> Vec<String> {
         .unwrap_or_default()
 }
 pub mod chaos;
+
+/// Starts one process per argument with `method`, then joins them all
+/// (generous bound) and returns their results in order.
+pub fn run_each<A: multiproc::Shareable, R: multiproc::Shareable>(
+    method: multiproc::StartMethod,
+    f: fn(A) -> R,
+    args: impl IntoIterator<Item = A>,
+) -> Vec<R> {
+    let mut ps: Vec<_> = args
+        .into_iter()
+        .map(|a| multiproc::Process::new(f, a).start_method(method))
+        .collect();
+    for p in &mut ps {
+        p.start().unwrap();
+    }
+    ps.iter_mut()
+        .map(|p| p.join_timeout(PROMPTLY * 6).unwrap())
+        .collect()
+}
+
+/// A string a callback writes and the test reads.
+#[derive(Default)]
+pub struct TextSlot(std::sync::Mutex<String>);
+
+impl TextSlot {
+    pub fn set(&self, s: String) {
+        *self.0.lock().unwrap() = s;
+    }
+    pub fn get(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+}
