@@ -289,13 +289,7 @@ fn call_method(
             match d.get(&*k.bytes) {
                 Some(s) => {
                     give.extend_from_slice(&s.refs);
-                    emit(
-                        out,
-                        &Response::Value {
-                            bytes: Some(&s.bytes),
-                            refs: s.refs.to_vec(),
-                        },
-                    );
+                    emit_stored(out, s);
                 }
                 None => emit(out, &no_value()),
             }
@@ -318,13 +312,7 @@ fn call_method(
             match d.remove(&*k.bytes) {
                 Some(s) => {
                     moved.extend_from_slice(&s.refs);
-                    emit(
-                        out,
-                        &Response::Value {
-                            bytes: Some(&s.bytes),
-                            refs: s.refs.to_vec(),
-                        },
-                    );
+                    emit_stored(out, &s);
                 }
                 None => emit(out, &no_value()),
             }
@@ -409,13 +397,7 @@ fn call_method(
             let d = dict_of(t, id)?;
             let s = d.get(&*k.bytes).ok_or(RemoteError::KeyNotFound)?;
             give.extend_from_slice(&s.refs);
-            emit(
-                out,
-                &Response::Value {
-                    bytes: Some(&s.bytes),
-                    refs: s.refs.to_vec(),
-                },
-            );
+            emit_stored(out, s);
         }
         DictCompareAndSwap => {
             let (k, v) = (key()?, value()?);
@@ -475,13 +457,7 @@ fn call_method(
             let l = list_of(t, id)?;
             let s = &l[resolve(call.index.to_native(), l.len(), false)?];
             give.extend_from_slice(&s.refs);
-            emit(
-                out,
-                &Response::Value {
-                    bytes: Some(&s.bytes),
-                    refs: s.refs.to_vec(),
-                },
-            );
+            emit_stored(out, s);
         }
         ListSet | ListInsert => {
             let item = Stored::from_blob(value()?);
@@ -506,13 +482,7 @@ fn call_method(
             } else {
                 let s = l.remove(resolve(index, l.len(), false)?);
                 moved.extend_from_slice(&s.refs);
-                emit(
-                    out,
-                    &Response::Value {
-                        bytes: Some(&s.bytes),
-                        refs: s.refs.to_vec(),
-                    },
-                );
+                emit_stored(out, &s);
             }
         }
         ListRemove | ListIndex => {
@@ -629,6 +599,17 @@ fn put(d: &mut HashMap<Box<[u8]>, Stored>, key: &[u8], value: Stored) -> Option<
             None
         }
     }
+}
+
+/// Answers with a stored value and the objects it refers to.
+fn emit_stored(out: &mut AlignedVec, s: &Stored) {
+    emit(
+        out,
+        &Response::Value {
+            bytes: Some(&s.bytes),
+            refs: s.refs.to_vec(),
+        },
+    );
 }
 
 fn no_value() -> Response<'static> {
