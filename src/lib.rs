@@ -145,8 +145,9 @@
 //! calls come as `x`, `try_x` and `x_timeout(Duration)`.
 
 pub use multiproc_proxy::{
-    BaseManager, DictProxy, ListProxy, Manager, ManagerServer, NamespaceProxy, ObjectHandle,
-    QueueProxy, Registrable, RemoteManager, RemoteObject, ServerAddress, ShutdownHandle, UserProxy,
-    UserTypes, remote_object, set_manager_authkey,
+    BarrierProxy, BaseManager, BoundedSemaphoreProxy, DictProxy, EventProxy, ListProxy, LockProxy,
+    LockProxyGuard, Manager, ManagerServer, NamespaceProxy, ObjectHandle, Parties, QueueProxy,
+    Registrable, RemoteManager, RemoteObject, SemaphoreProxy, SemaphoreValue, ServerAddress,
+    ShutdownHandle, UserProxy, UserTypes, remote_object, set_manager_authkey,
 };
 pub use multiproc_runtime::*;

@@ -151,6 +151,7 @@ fn random_and_mutated_requests_get_responses() {
             batch: Vec::new(),
             fingerprint: 0,
             type_name: "u32",
+            wait_us: 0,
         }),
         Request::NumberOfObjects,
         Request::Release {

@@ -463,6 +463,7 @@ fn malformed_and_unknown_requests_get_error_responses() {
             batch: Vec::new(),
             fingerprint: 0,
             type_name: "",
+            wait_us: 0,
         })
     };
     ask(

@@ -68,7 +68,7 @@ fn help_documents_serve() {
 }
 
 #[test]
-fn serves_dicts_lists_namespaces_and_queues_until_signalled() {
+fn serves_dicts_lists_namespaces_queues_and_sync_objects_until_signalled() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let key = key_file(&signal.to_string());
         let (mut child, address) = serve(&key);
@@ -89,6 +89,16 @@ fn serves_dicts_lists_namespaces_and_queues_until_signalled() {
         assert_eq!(l.len().unwrap(), 2);
         assert_eq!(ns.get::<u64>("x").unwrap(), 5);
         assert_eq!(q.get_timeout(LIMIT).unwrap(), "job");
+        let lock = m.lock().unwrap();
+        let held = lock.lock().unwrap();
+        assert!(lock.is_locked().unwrap());
+        drop(held);
+        assert!(!lock.is_locked().unwrap());
+        let event = m.event().unwrap();
+        event.set().unwrap();
+        assert!(event.wait_timeout(LIMIT).unwrap());
+        assert_eq!(m.barrier(1).unwrap().wait_timeout(LIMIT).unwrap(), 0);
+        assert_eq!(m.semaphore(3).unwrap().get_value().unwrap(), 3);
         let wrong = BaseManager::new()
             .address(address)
             .authkey(b"wrong")

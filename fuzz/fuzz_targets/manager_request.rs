@@ -31,12 +31,24 @@ fn server() -> &'static Mutex<Server> {
             .expect("the server listens");
         let mut conn = connect(&address).expect("connect");
         let mut resp = AlignedVec::new();
-        // Objects for calls to land on (ids 1, 2 and 3).
-        for kind in [ObjectKind::Dict, ObjectKind::List, ObjectKind::Namespace] {
+        // Objects for calls to land on (ids 1 to 9). The barrier has one
+        // party, so waiting on it never waits.
+        for (kind, arg) in [
+            (ObjectKind::Dict, 0),
+            (ObjectKind::List, 0),
+            (ObjectKind::Namespace, 0),
+            (ObjectKind::Lock, 0),
+            (ObjectKind::Semaphore, 1),
+            (ObjectKind::BoundedSemaphore, 1),
+            (ObjectKind::Event, 0),
+            (ObjectKind::Barrier, 1),
+            (ObjectKind::Queue, 2),
+        ] {
             let create = Request::Create {
                 kind,
                 fingerprint: 0,
                 type_name: "fuzz",
+                arg,
             };
             let bytes = encode_request(&create, AlignedVec::new()).expect("encode");
             conn.end.round_trip(&bytes, &mut resp).expect("create");
@@ -48,8 +60,12 @@ fn server() -> &'static Mutex<Server> {
 fuzz_target!(|data: &[u8]| {
     let mut aligned = AlignedVec::<16>::new();
     aligned.extend_from_slice(data);
-    if matches!(access_request(&aligned), Ok(ArchivedRequest::Shutdown)) {
-        return; // would stop the server, as asked
+    match access_request(&aligned) {
+        Ok(ArchivedRequest::Shutdown) => return, // would stop the server, as asked
+        // A call may ask to wait as long as it likes for a lock that stays
+        // held; the server would wait, as asked.
+        Ok(ArchivedRequest::Call(c)) if c.wait_us.to_native() > 1_000 => return,
+        _ => {}
     }
     let mut s = server().lock().unwrap();
     let Server { conn, resp } = &mut *s;

@@ -201,7 +201,12 @@ struct Held {
 struct Entry {
     conn: Arc<Connection>,
     refs: HashMap<ObjectId, Held>,
+    /// Idle connections of this process for calls that wait (see [`on_own_connection`]).
+    spare: Vec<Connection>,
 }
+
+/// How many idle connections for waiting calls a process keeps per server.
+const SPARE_KEPT: usize = 4;
 
 struct ClientState {
     pid: i32,
@@ -284,9 +289,40 @@ pub(crate) fn connection(server: &ServerAddress) -> Result<Arc<Connection>> {
         Entry {
             conn: conn.clone(),
             refs: HashMap::new(),
+            spare: Vec::new(),
         },
     );
     Ok(conn)
+}
+
+/// Runs `call` on a connection of its own to `server` instead of the one
+/// the process shares: a call that waits in the server (a lock, an event,
+/// a queue's `get`) must not hold up the process's other proxies, one of
+/// which may be what ends the wait. Idle ones are kept for the next wait.
+/// Such a connection never holds references or locks.
+pub(crate) fn on_own_connection<R>(
+    server: &ServerAddress,
+    call: impl FnOnce(&Connection) -> Result<R>,
+) -> Result<R> {
+    connection(server)?;
+    let spare = lock_client()
+        .conns
+        .get_mut(server)
+        .and_then(|e| e.spare.pop());
+    let conn = match spare {
+        Some(c) => c,
+        None => Connection::open(server)?,
+    };
+    let out = call(&conn);
+    if !conn.is_gone() {
+        let mut state = lock_client();
+        if let Some(e) = state.conns.get_mut(server)
+            && e.spare.len() < SPARE_KEPT
+        {
+            e.spare.push(conn);
+        }
+    }
+    out
 }
 
 /// Forgets the connection to a server that was shut down.
@@ -557,6 +593,9 @@ impl ForkHook for ForkPins {
         for (server, mut entry) in inherited {
             let token = pins.iter().find(|(s, _)| *s == server).map(|(_, t)| *t);
             entry.refs.retain(|_, h| h.local > 0);
+            // The parent's idle connections stay the parent's (dropping our
+            // copies only closes our descriptors).
+            entry.spare.clear();
             let (Some(token), false) = (token, entry.refs.is_empty()) else {
                 continue;
             };

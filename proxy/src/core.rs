@@ -60,9 +60,12 @@ pub struct ProxyRepr {
     pub type_name: String,
     /// An in-flight reference for the decoder to take over, or 0.
     pub pin: u64,
-    /// For a server reached over TCP: the authkey, so that the process
-    /// that decodes the proxy can connect (empty for a local server).
-    /// An encoded TCP proxy is therefore as secret as the key.
+    /// For a server reached over TCP, and only in the arguments of a child
+    /// process being spawned: the authkey, so the child can connect (as
+    /// Python hands a spawned child its authkey). Empty everywhere else: a
+    /// process that decodes a TCP proxy from a message must know the key
+    /// already (a connected `BaseManager`, `set_manager_authkey`, or the
+    /// `MULTIPROC_AUTHKEY` environment variable).
     pub authkey: Vec<u8>,
 }
 
@@ -95,10 +98,22 @@ impl ProxyCore {
         kind: multiproc_runtime::manager::ObjectKind,
         tag: TypeTag,
     ) -> Result<ProxyCore> {
+        Self::create_with(conn, kind, 0, tag)
+    }
+
+    /// Creates a new object of `kind` with its parameter (a barrier's
+    /// parties, a queue's maxsize) on `conn`.
+    pub fn create_with(
+        conn: Arc<Connection>,
+        kind: multiproc_runtime::manager::ObjectKind,
+        arg: u64,
+        tag: TypeTag,
+    ) -> Result<ProxyCore> {
         let reply = conn.call(&Request::Create {
             kind,
             fingerprint: tag.fingerprint,
             type_name: &tag.name,
+            arg,
         })?;
         let object = match reply.get()? {
             ArchivedResponse::Created(id) => id.to_native(),
@@ -138,7 +153,11 @@ impl ProxyCore {
             fingerprint: self.tag.fingerprint,
             type_name: self.tag.name.clone(),
             pin,
-            authkey: client::authkey_of(&server),
+            authkey: if multiproc_runtime::handle::encoding_for_spawned_child() {
+                client::authkey_of(&server)
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -296,9 +315,12 @@ pub(crate) struct Args<'a> {
     pub batch: Vec<Blob<'a>>,
     pub fingerprint: u64,
     pub type_name: &'a str,
+    /// How long a waiting method may wait (see `Call::wait_us`).
+    pub wait_us: u64,
 }
 
 use multiproc_runtime::Shareable;
+use multiproc_runtime::deadline::Deadline;
 use multiproc_runtime::manager::protocol::{Blob, Call, Method};
 use multiproc_runtime::rkyv::util::AlignedVec;
 
@@ -336,7 +358,32 @@ impl ProxyCore {
         read: impl FnOnce(&Connection, &ArchivedResponse<'_>) -> Result<R>,
     ) -> Result<R> {
         let conn = self.conn()?;
-        let reply = conn.call(&Request::Call(Call {
+        let reply = conn.call(&Request::Call(self.request(method, args)))?;
+        read(&conn, reply.get()?)
+    }
+
+    /// Calls a method that may wait in the server until `deadline`, on a
+    /// connection of its own (see [`client::on_own_connection`]); a call
+    /// that must not wait goes the usual way.
+    pub fn call_waiting<R>(
+        &self,
+        method: Method,
+        mut args: Args<'_>,
+        deadline: Deadline,
+        read: impl FnOnce(&Connection, &ArchivedResponse<'_>) -> Result<R>,
+    ) -> Result<R> {
+        args.wait_us = multiproc_runtime::manager::protocol::wait_us(deadline);
+        if deadline == Deadline::Now {
+            return self.call(method, args, read);
+        }
+        client::on_own_connection(self.conn.server(), |conn| {
+            let reply = conn.call(&Request::Call(self.request(method, args)))?;
+            read(conn, reply.get()?)
+        })
+    }
+
+    fn request<'a>(&self, method: Method, args: Args<'a>) -> Call<'a> {
+        Call {
             object: self.object,
             method: method as u32,
             index: args.index,
@@ -346,8 +393,8 @@ impl ProxyCore {
             batch: args.batch,
             fingerprint: args.fingerprint,
             type_name: args.type_name,
-        }))?;
-        read(&conn, reply.get()?)
+            wait_us: args.wait_us,
+        }
     }
 }
 

@@ -8,6 +8,12 @@
 //! call is a round trip over a shared-memory channel (one per process and
 //! server, shared by its threads).
 //!
+//! [`BaseManager`] serves the same objects over TCP with an authkey
+//! (Python's remote managers), plus queues, locks, semaphores, events and
+//! barriers kept in the server ([`QueueProxy`], [`LockProxy`],
+//! [`SemaphoreProxy`], [`BoundedSemaphoreProxy`], [`EventProxy`],
+//! [`BarrierProxy`]), whose waiting calls wait in the server.
+//!
 //! Most users depend on the `multiproc` facade crate, which re-exports these.
 
 mod client;
@@ -16,7 +22,9 @@ mod dict;
 mod list;
 mod manager;
 mod namespace;
+mod queue;
 mod remote;
+mod sync;
 
 pub use crate::core::{ArchivedProxy, ProxyRepr};
 pub use dict::DictProxy;
@@ -25,9 +33,13 @@ pub use manager::Manager;
 pub use multiproc_runtime::manager::ShutdownHandle;
 pub use multiproc_runtime::manager::{PIN_TIMEOUT, ServerAddress};
 pub use namespace::NamespaceProxy;
+pub use queue::QueueProxy;
 pub use remote::{
-    BaseManager, ManagerServer, ObjectHandle, QueueProxy, Registrable, RemoteManager, RemoteObject,
-    UserProxy, UserTypes,
+    BaseManager, ManagerServer, ObjectHandle, Parties, Registrable, RemoteManager, RemoteObject,
+    SemaphoreValue, UserProxy, UserTypes,
+};
+pub use sync::{
+    BarrierProxy, BoundedSemaphoreProxy, EventProxy, LockProxy, LockProxyGuard, SemaphoreProxy,
 };
 
 #[doc(hidden)]

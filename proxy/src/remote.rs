@@ -5,31 +5,8 @@
 //! it starts, and starts the server (in a child process with
 //! [`BaseManager::start`], or in this process with
 //! [`BaseManager::get_server`]). Workers on any host connect with the same
-//! address and authkey and ask for the objects by name:
-//!
-//! ```
-//! use multiproc::{BaseManager, DictProxy, QueueProxy};
-//! multiproc::init();
-//! let master = BaseManager::new()
-//!     .address("127.0.0.1:0")
-//!     .authkey(b"secret")
-//!     .register::<QueueProxy<u32>>("tasks")
-//!     .register::<DictProxy<u32, u32>>("results")
-//!     .start()
-//!     .unwrap();
-//! let worker = BaseManager::new()
-//!     .address(master.address().to_string())
-//!     .authkey(b"secret")
-//!     .connect()
-//!     .unwrap();
-//! let tasks: QueueProxy<u32> = worker.get("tasks").unwrap();
-//! master.get::<QueueProxy<u32>>("tasks").unwrap().put(7).unwrap();
-//! let results: DictProxy<u32, u32> = worker.get("results").unwrap();
-//! let n = tasks.get_timeout(std::time::Duration::from_secs(10)).unwrap();
-//! results.insert(n, n * n).unwrap();
-//! assert_eq!(master.get::<DictProxy<u32, u32>>("results").unwrap().get(&7).unwrap(), Some(49));
-//! master.shutdown().unwrap();
-//! ```
+//! address and authkey and ask for the objects by name (example on
+//! [`BaseManager`]).
 //!
 //! The registry: the server's first object is a dict from each name to the
 //! object's id and type; `get` reads it and attaches, checking the type.
@@ -37,7 +14,7 @@
 use std::marker::PhantomData;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use multiproc_runtime::deadline::Deadline;
 use multiproc_runtime::manager::protocol::{
@@ -53,8 +30,11 @@ use multiproc_runtime::{Error, Process, Result, Shareable, sys};
 use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
-use crate::core::{Proxy, ProxyCore, ProxyRepr, TypeTag, impl_proxy};
-use crate::{DictProxy, ListProxy, NamespaceProxy};
+use crate::core::{Proxy, ProxyCore, ProxyRepr, TypeTag};
+use crate::{
+    BarrierProxy, BoundedSemaphoreProxy, DictProxy, EventProxy, ListProxy, LockProxy,
+    NamespaceProxy, QueueProxy, SemaphoreProxy,
+};
 
 /// How long a new server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -69,11 +49,17 @@ type Registry = DictProxy<String, NamedEntry>;
 
 /// A proxy type a [`BaseManager`] can register by name.
 ///
-/// Implemented for [`DictProxy`], [`ListProxy`], [`NamespaceProxy`] and
-/// [`QueueProxy`].
+/// Implemented for [`DictProxy`], [`ListProxy`], [`NamespaceProxy`],
+/// [`QueueProxy`], [`LockProxy`], [`SemaphoreProxy`],
+/// [`BoundedSemaphoreProxy`], [`EventProxy`] and [`BarrierProxy`].
 pub trait Registrable: Sized + Shareable {
+    /// What the server needs to make one: a queue's maxsize, a semaphore's
+    /// value, a barrier's [`Parties`]; `()` for the others.
+    type Config;
     #[doc(hidden)]
     fn object_kind() -> ObjectKind;
+    #[doc(hidden)]
+    fn config_arg(config: &Self::Config) -> u64;
     #[doc(hidden)]
     fn type_tag() -> (u64, String);
     #[doc(hidden)]
@@ -85,10 +71,14 @@ fn attach_as<P: Proxy>(repr: &ProxyRepr) -> Result<P> {
 }
 
 macro_rules! registrable {
-    (impl<$($g:ident),*> for $ty:ty, $kind:expr) => {
+    (impl<$($g:ident),*> for $ty:ty, $kind:expr, $config:ty, |$c:ident| $arg:expr) => {
         impl<$($g: Shareable),*> Registrable for $ty {
+            type Config = $config;
             fn object_kind() -> ObjectKind {
                 $kind
+            }
+            fn config_arg($c: &$config) -> u64 {
+                $arg
             }
             fn type_tag() -> (u64, String) {
                 let t = <$ty as Proxy>::tag();
@@ -101,10 +91,30 @@ macro_rules! registrable {
     };
 }
 
-registrable!(impl<K, V> for DictProxy<K, V>, ObjectKind::Dict);
-registrable!(impl<T> for ListProxy<T>, ObjectKind::List);
-registrable!(impl<> for NamespaceProxy, ObjectKind::Namespace);
-registrable!(impl<T> for QueueProxy<T>, ObjectKind::List);
+registrable!(impl<K, V> for DictProxy<K, V>, ObjectKind::Dict, (), |_c| 0);
+registrable!(impl<T> for ListProxy<T>, ObjectKind::List, (), |_c| 0);
+registrable!(impl<> for NamespaceProxy, ObjectKind::Namespace, (), |_c| 0);
+registrable!(impl<T> for QueueProxy<T>, ObjectKind::Queue, usize, |maxsize| *maxsize as u64);
+registrable!(impl<> for LockProxy, ObjectKind::Lock, (), |_c| 0);
+registrable!(impl<> for EventProxy, ObjectKind::Event, (), |_c| 0);
+registrable!(impl<> for SemaphoreProxy, ObjectKind::Semaphore, SemaphoreValue, |v| u64::from(v.0));
+registrable!(impl<> for BoundedSemaphoreProxy, ObjectKind::BoundedSemaphore, SemaphoreValue, |v| u64::from(v.0));
+registrable!(impl<> for BarrierProxy, ObjectKind::Barrier, Parties, |p| p.0 as u64);
+
+/// The number of parties of a registered [`BarrierProxy`]
+/// (`register_with::<BarrierProxy>("name", Parties(3))`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parties(pub usize);
+
+/// The initial value of a registered semaphore (1 by default, as in Python).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SemaphoreValue(pub u32);
+
+impl Default for SemaphoreValue {
+    fn default() -> Self {
+        SemaphoreValue(1)
+    }
+}
 
 /// One registered name.
 #[derive(
@@ -117,31 +127,39 @@ registrable!(impl<T> for QueueProxy<T>, ObjectKind::List);
 #[rkyv(crate = multiproc_runtime::rkyv)]
 struct Named {
     name: String,
-    kind: u8,
+    kind: ObjectKind,
+    /// The kind's parameter (see [`Registrable::Config`]).
+    arg: u64,
     fingerprint: u64,
     type_name: String,
-}
-
-fn kind_code(k: ObjectKind) -> u8 {
-    match k {
-        ObjectKind::Dict => 0,
-        ObjectKind::List => 1,
-        _ => 2,
-    }
-}
-
-fn kind_of(code: u8) -> ObjectKind {
-    match code {
-        0 => ObjectKind::Dict,
-        1 => ObjectKind::List,
-        _ => ObjectKind::Namespace,
-    }
 }
 
 /// A remote manager's configuration: where it listens or connects, the
 /// authkey, and the named objects its server makes (Python's `BaseManager`).
 ///
-/// See the [module docs](self) for an example.
+/// ```
+/// use multiproc::{BaseManager, DictProxy, QueueProxy};
+/// multiproc::init();
+/// let master = BaseManager::new()
+///     .address("127.0.0.1:0")
+///     .authkey(b"secret")
+///     .register::<QueueProxy<u32>>("tasks")
+///     .register::<DictProxy<u32, u32>>("results")
+///     .start()
+///     .unwrap();
+/// let worker = BaseManager::new()
+///     .address(master.address().to_string())
+///     .authkey(b"secret")
+///     .connect()
+///     .unwrap();
+/// let tasks: QueueProxy<u32> = worker.get("tasks").unwrap();
+/// master.get::<QueueProxy<u32>>("tasks").unwrap().put(7).unwrap();
+/// let results: DictProxy<u32, u32> = worker.get("results").unwrap();
+/// let n = tasks.get_timeout(std::time::Duration::from_secs(10)).unwrap();
+/// results.insert(n, n * n).unwrap();
+/// assert_eq!(master.get::<DictProxy<u32, u32>>("results").unwrap().get(&7).unwrap(), Some(49));
+/// master.shutdown().unwrap();
+/// ```
 ///
 /// `U` lists the user types registered with [`BaseManager::register_object`]
 /// (it grows with each one; you never write it).
@@ -237,13 +255,28 @@ impl<U: UserTypes> BaseManager<U> {
 
     /// Registers `name`: the server creates one `P` object when it starts,
     /// and any client gets a proxy to it with [`RemoteManager::get`].
-    pub fn register<P: Registrable>(mut self, name: impl Into<String>) -> Self {
+    pub fn register<P: Registrable>(self, name: impl Into<String>) -> Self
+    where
+        P::Config: Default,
+    {
+        self.register_with::<P>(name, P::Config::default())
+    }
+
+    /// As [`BaseManager::register`], with what the server needs to make the
+    /// object: `register_with::<BarrierProxy>("ready", Parties(3))`, or a
+    /// queue's maxsize.
+    pub fn register_with<P: Registrable>(
+        mut self,
+        name: impl Into<String>,
+        config: P::Config,
+    ) -> Self {
         let (fingerprint, type_name) = P::type_tag();
         let name = name.into();
         self.named.retain(|n| n.name != name);
         self.named.push(Named {
             name,
-            kind: kind_code(P::object_kind()),
+            kind: P::object_kind(),
+            arg: P::config_arg(&config),
             fingerprint,
             type_name,
         });
@@ -393,6 +426,7 @@ fn register_name(server: &mut Server, name: &str, entry: NamedEntry) -> Result<(
         batch: Vec::new(),
         fingerprint: 0,
         type_name: "",
+        wait_us: 0,
     }))?;
     match access_response(&out)? {
         ArchivedResponse::Error(e) => Err(remote_error(e)),
@@ -420,6 +454,7 @@ fn make_named(server: &mut Server, named: &[Named]) -> Result<()> {
             kind: ObjectKind::Dict,
             fingerprint: tag.fingerprint,
             type_name: &tag.name,
+            arg: 0,
         },
     )?;
     if registry != REGISTRY {
@@ -431,9 +466,10 @@ fn make_named(server: &mut Server, named: &[Named]) -> Result<()> {
         let id = expect_created(
             server,
             &Request::Create {
-                kind: kind_of(n.kind),
+                kind: n.kind,
                 fingerprint: n.fingerprint,
                 type_name: &n.type_name,
+                arg: n.arg,
             },
         )?;
         register_name(server, &n.name, (id, n.fingerprint, n.type_name.clone()))?;
@@ -565,8 +601,12 @@ impl RemoteManager {
     }
 
     fn create<P: Proxy>(&self, kind: ObjectKind) -> Result<P> {
+        self.create_with(kind, 0)
+    }
+
+    fn create_with<P: Proxy>(&self, kind: ObjectKind, arg: u64) -> Result<P> {
         let conn = client::connection(&self.inner.address)?;
-        ProxyCore::create(conn, kind, P::tag()).map(P::from_core)
+        ProxyCore::create_with(conn, kind, arg, P::tag()).map(P::from_core)
     }
 
     /// A new, empty dict in the server.
@@ -584,9 +624,45 @@ impl RemoteManager {
         self.create(ObjectKind::Namespace)
     }
 
-    /// A new, empty queue in the server.
+    /// A new, empty queue in the server, without a size limit.
     pub fn queue<T: Shareable>(&self) -> Result<QueueProxy<T>> {
-        self.create(ObjectKind::List)
+        self.create(ObjectKind::Queue)
+    }
+
+    /// A new queue that holds at most `maxsize` items (0: no limit).
+    pub fn queue_with_maxsize<T: Shareable>(&self, maxsize: usize) -> Result<QueueProxy<T>> {
+        self.create_with(ObjectKind::Queue, maxsize as u64)
+    }
+
+    /// A new, unlocked lock in the server.
+    pub fn lock(&self) -> Result<LockProxy> {
+        self.create(ObjectKind::Lock)
+    }
+
+    /// A new semaphore in the server with `value` free units.
+    pub fn semaphore(&self, value: u32) -> Result<SemaphoreProxy> {
+        self.create_with(ObjectKind::Semaphore, u64::from(value))
+    }
+
+    /// A new semaphore that may not be released above `value`.
+    pub fn bounded_semaphore(&self, value: u32) -> Result<BoundedSemaphoreProxy> {
+        self.create_with(ObjectKind::BoundedSemaphore, u64::from(value))
+    }
+
+    /// A new, lowered event in the server.
+    pub fn event(&self) -> Result<EventProxy> {
+        self.create(ObjectKind::Event)
+    }
+
+    /// A new barrier in the server for `parties` parties
+    /// ([`Error::InvalidArgument`] for 0).
+    pub fn barrier(&self, parties: usize) -> Result<BarrierProxy> {
+        if parties == 0 {
+            return Err(Error::InvalidArgument(
+                "a barrier needs at least one party".into(),
+            ));
+        }
+        self.create_with(ObjectKind::Barrier, parties as u64)
     }
 
     /// How many objects the server holds (its registry and named objects included).
@@ -639,100 +715,6 @@ impl Drop for Inner {
                 let _ = p.join();
             }
         }
-    }
-}
-
-/// A FIFO queue owned by a manager server, usable over TCP (the proxy a
-/// master registers for tasks and results).
-///
-/// `get` waits in short polls of the server (each poll is one round trip,
-/// backing off to 5 ms between polls), so a waiting getter never holds up
-/// the server's other clients.
-pub struct QueueProxy<T> {
-    list: ListProxy<T>,
-}
-
-impl<T> Clone for QueueProxy<T> {
-    fn clone(&self) -> Self {
-        QueueProxy {
-            list: self.list.clone(),
-        }
-    }
-}
-
-impl<T> std::fmt::Debug for QueueProxy<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.list.fmt(f)
-    }
-}
-
-impl<T: Shareable> Proxy for QueueProxy<T> {
-    fn core(&self) -> &ProxyCore {
-        self.list.core()
-    }
-    fn from_core(core: ProxyCore) -> Self {
-        QueueProxy {
-            list: ListProxy::from_core(core),
-        }
-    }
-    fn tag() -> TypeTag {
-        TypeTag::new(format!("QueueProxy<{}>", std::any::type_name::<T>()))
-    }
-}
-
-impl_proxy!(impl<T> for QueueProxy<T>);
-
-/// The longest pause between two polls of a waiting `get`.
-const MAX_POLL_PAUSE: Duration = Duration::from_millis(5);
-
-impl<T: Shareable> QueueProxy<T> {
-    /// Adds `item` at the back.
-    pub fn put(&self, item: T) -> Result<()> {
-        self.list.push(item)
-    }
-
-    /// Removes the front item, waiting until there is one.
-    pub fn get(&self) -> Result<T> {
-        self.get_deadline(Deadline::Never)
-    }
-
-    /// Removes the front item if there is one now, else [`Error::Empty`].
-    pub fn try_get(&self) -> Result<T> {
-        self.get_deadline(Deadline::Now)
-    }
-
-    /// Removes the front item, waiting at most `timeout` ([`Error::Empty`] after).
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        self.get_deadline(Deadline::after(timeout))
-    }
-
-    fn get_deadline(&self, deadline: Deadline) -> Result<T> {
-        let mut pause = Duration::from_micros(50);
-        let start = Instant::now();
-        loop {
-            match self.list.pop_at(0) {
-                Ok(v) => return Ok(v),
-                Err(Error::IndexOutOfRange { .. }) => {}
-                Err(e) => return Err(e),
-            }
-            if deadline.expired() {
-                return Err(Error::Empty);
-            }
-            std::thread::sleep(deadline.slice(pause));
-            if start.elapsed() > Duration::from_millis(1) {
-                pause = (pause * 2).min(MAX_POLL_PAUSE);
-            }
-        }
-    }
-
-    /// How many items are queued now.
-    pub fn qsize(&self) -> Result<usize> {
-        self.list.len()
-    }
-
-    /// Whether the queue is empty now.
-    pub fn is_empty(&self) -> Result<bool> {
-        self.list.is_empty()
     }
 }
 
@@ -820,6 +802,7 @@ impl ObjectHandle {
             batch: Vec::new(),
             fingerprint: 0,
             type_name: "",
+            wait_us: 0,
         }))?;
         match reply.get()? {
             ArchivedResponse::Value {

@@ -41,6 +41,14 @@ thread_local! {
     static INCOMING: RefCell<Option<HashMap<u64, OwnedFd>>> = const { RefCell::new(None) };
 }
 
+/// Whether this thread is encoding the arguments of a child process being
+/// spawned (inside [`collect_fds`]). A proxy to a TCP manager puts its
+/// authkey into its encoding only then, as Python's proxies do: the key
+/// goes to our own child, never into a message that may cross the network.
+pub fn encoding_for_spawned_child() -> bool {
+    OUTGOING.with(|o| o.borrow().is_some())
+}
+
 /// Runs `f` (which encodes something) and returns the descriptors of every
 /// handle it encoded, so they can be sent beside the bytes.
 pub(crate) fn collect_fds<R>(f: impl FnOnce() -> R) -> (R, Vec<(u64, OwnedFd)>) {

@@ -6,6 +6,7 @@
 //! response.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rkyv::util::AlignedVec;
@@ -15,6 +16,7 @@ use crate::manager::protocol::{
     RemoteError, Response, access_request, encode_response,
 };
 use crate::manager::table::{Attr, ConnRefs, Data, Stored, Table};
+use crate::manager::waitable::{Peer, Take, Waitable, deadline_of};
 
 /// What the connection should do after answering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,12 @@ fn kind_of(k: &ArchivedObjectKind) -> ObjectKind {
         ArchivedObjectKind::List => ObjectKind::List,
         ArchivedObjectKind::Namespace => ObjectKind::Namespace,
         ArchivedObjectKind::Segment => ObjectKind::Segment,
+        ArchivedObjectKind::Lock => ObjectKind::Lock,
+        ArchivedObjectKind::Semaphore => ObjectKind::Semaphore,
+        ArchivedObjectKind::BoundedSemaphore => ObjectKind::BoundedSemaphore,
+        ArchivedObjectKind::Event => ObjectKind::Event,
+        ArchivedObjectKind::Barrier => ObjectKind::Barrier,
+        ArchivedObjectKind::Queue => ObjectKind::Queue,
     }
 }
 
@@ -59,6 +67,12 @@ fn kind_name(k: ObjectKind) -> &'static str {
         ObjectKind::List => "list",
         ObjectKind::Namespace => "namespace",
         ObjectKind::Segment => "shared segment",
+        ObjectKind::Lock => "lock",
+        ObjectKind::Semaphore => "semaphore",
+        ObjectKind::BoundedSemaphore => "bounded semaphore",
+        ObjectKind::Event => "event",
+        ObjectKind::Barrier => "barrier",
+        ObjectKind::Queue => "queue",
     }
 }
 
@@ -66,6 +80,7 @@ fn kind_name(k: ObjectKind) -> &'static str {
 pub(crate) fn handle(
     table: &Mutex<Table>,
     conn: &mut ConnRefs,
+    peer: &Peer<'_>,
     request: &[u8],
     out: &mut AlignedVec,
 ) -> After {
@@ -84,6 +99,7 @@ pub(crate) fn handle(
             kind,
             fingerprint,
             type_name,
+            arg,
         } => {
             let kind = kind_of(kind);
             let data = match kind {
@@ -97,6 +113,13 @@ pub(crate) fn handle(
                     );
                     return After::Continue;
                 }
+                _ => match Waitable::new(kind, arg.to_native()) {
+                    Ok(w) => Data::Waitable(Arc::new(w)),
+                    Err(e) => {
+                        emit_err(out, e);
+                        return After::Continue;
+                    }
+                },
             };
             let id = table
                 .lock()
@@ -174,8 +197,13 @@ pub(crate) fn handle(
             Err(e) => emit_err(out, e),
         },
         ArchivedRequest::Call(call) => {
-            let mut t = table.lock();
-            if let Err(e) = call_method(&mut t, conn, call, out) {
+            let waitable =
+                Method::from_u32(call.method.to_native()).filter(|m| m.is_waitable_kind());
+            let done = match waitable {
+                Some(method) => waitable_call(table, conn, peer, call, method, out),
+                None => call_method(&mut table.lock(), conn, call, out),
+            };
+            if let Err(e) = done {
                 emit_err(out, e);
             }
         }
@@ -581,12 +609,122 @@ fn call_method(
                 },
             );
         }
+        // Handled by `waitable_call` (and refused by `data_of` above).
+        _ => return Err(wrong_shape()),
     }
     t.incref_for(conn, &give);
     t.transfer_to(conn, &moved);
     if !drop_refs.is_empty() {
         t.decref_all(drop_refs);
     }
+    Ok(())
+}
+
+/// Whether an object of kind `object` has the methods of kind `methods`.
+fn kind_accepts(object: ObjectKind, methods: ObjectKind) -> bool {
+    object == methods
+        || (object == ObjectKind::BoundedSemaphore && methods == ObjectKind::Semaphore)
+}
+
+/// A call on a lock, semaphore, event, barrier or queue. Quick methods run
+/// under the table's lock; waiting ones let it go first, so one client's
+/// wait holds up no one else.
+fn waitable_call(
+    table: &Mutex<Table>,
+    conn: &mut ConnRefs,
+    peer: &Peer<'_>,
+    call: &ArchivedCall<'_>,
+    method: Method,
+    out: &mut AlignedVec,
+) -> Result<(), RemoteError> {
+    let id = call.object.to_native();
+    let mut t = table.lock();
+    let w = {
+        let o = t.get_mut(id)?;
+        if !kind_accepts(o.kind, method.object_kind()) {
+            return Err(RemoteError::UnknownMethod {
+                method: method as u32,
+                object: kind_name(o.kind).into(),
+            });
+        }
+        match &o.data {
+            Data::Waitable(w) => w.clone(),
+            _ => return Err(wrong_shape()),
+        }
+    };
+    let wait_us = call.wait_us.to_native();
+    let deadline = deadline_of(wait_us);
+    use Method::*;
+    if method.waits() {
+        drop(t);
+        let answer = match method {
+            LockWaitFree => Response::Bool(w.lock_wait_free(deadline, peer)?),
+            SemWaitAvailable => Response::Bool(w.sem_wait_available(deadline, peer)?),
+            EventWait => Response::Bool(w.event_wait(deadline, peer)?),
+            BarrierWait => match w.barrier_wait(deadline, wait_us == 0, peer)? {
+                Some(index) => Response::Len(index),
+                None => return Err(RemoteError::WouldBlock),
+            },
+            QueueWaitNotEmpty => Response::Bool(w.queue_wait(false, deadline, peer)?),
+            QueueWaitNotFull => Response::Bool(w.queue_wait(true, deadline, peer)?),
+            QueueJoin => Response::Bool(w.queue_join(deadline, peer)?),
+            _ => return Err(wrong_shape()),
+        };
+        emit(out, &answer);
+        return Ok(());
+    }
+    let answer = match method {
+        LockTryAcquire => match w.lock_try_acquire(peer, call.index.to_native())? {
+            Take::Busy => Response::Acquired {
+                taken: false,
+                lost_holder: None,
+            },
+            Take::Taken => Response::Acquired {
+                taken: true,
+                lost_holder: None,
+            },
+            Take::TakenFromLost(pid) => Response::Acquired {
+                taken: true,
+                lost_holder: Some(pid),
+            },
+        },
+        LockRelease => w.lock_release().map(|()| Response::Unit)?,
+        LockIsLocked => Response::Bool(w.lock_is_locked()?),
+        SemTryAcquire => Response::Bool(w.sem_try_acquire()?),
+        SemRelease => w.sem_release().map(|()| Response::Unit)?,
+        SemValue => Response::Len(w.sem_value()?),
+        EventSet | EventClear => w.event_set(method == EventSet).map(|()| Response::Unit)?,
+        EventIsSet => Response::Bool(w.event_is_set()?),
+        BarrierAbort => w.barrier_abort().map(|()| Response::Unit)?,
+        BarrierReset => w.barrier_reset().map(|()| Response::Unit)?,
+        BarrierParties => Response::Len(w.barrier_status()?.0),
+        BarrierWaiting => Response::Len(w.barrier_status()?.1),
+        BarrierBroken => Response::Bool(w.barrier_status()?.2),
+        QueuePut => {
+            let item = Stored::from_blob(need(call.value.as_ref(), "value")?);
+            let refs = item.refs.clone();
+            storing(&mut t, &refs, |_| match w.queue_put(item)? {
+                Ok(()) => Ok(()),
+                Err(_) => Err(RemoteError::Full),
+            })?;
+            Response::Unit
+        }
+        QueueGet => {
+            let Some(item) = w.queue_get()? else {
+                return Err(RemoteError::Empty);
+            };
+            emit_stored(out, &item);
+            // The references the queued value held now belong to the getter.
+            t.transfer_to(conn, &item.refs);
+            return Ok(());
+        }
+        QueueLen => Response::Len(w.queue_status()?.0),
+        QueueMaxsize => Response::Len(w.queue_status()?.1),
+        QueueUnfinished => Response::Len(w.queue_status()?.2),
+        QueueTaskDone => w.queue_task_done().map(|()| Response::Unit)?,
+        _ => return Err(wrong_shape()),
+    };
+    emit(out, &answer);
     Ok(())
 }
 

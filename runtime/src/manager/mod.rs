@@ -8,6 +8,8 @@
 //! * [`server`]: the serve loop that runs in the manager's process.
 //! * [`remote`]: the TCP transport (authkey handshake, then frames).
 //! * [`user`]: Rust values a server owns, whose methods clients call by number.
+//! * the waitable objects: locks, semaphores, events, barriers and queues the
+//!   server keeps for remote clients, whose waits run outside the table's lock.
 
 pub mod channel;
 mod dispatch;
@@ -16,6 +18,7 @@ pub mod remote;
 pub mod server;
 mod table;
 pub mod user;
+mod waitable;
 
 pub use protocol::{LocalAddress, ObjectId, ObjectKind, ServerAddress};
 pub use remote::{TcpClient, TcpOptions};

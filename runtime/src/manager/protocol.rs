@@ -110,6 +110,19 @@ pub enum ObjectKind {
     Namespace,
     /// A shared segment the server created (a `Value`, `Array` or `Lock`).
     Segment,
+    /// A lock kept by the server, for clients that reach it over TCP.
+    Lock,
+    /// A semaphore kept by the server (`arg` at creation: its value).
+    Semaphore,
+    /// A semaphore that may not be released above its initial value.
+    BoundedSemaphore,
+    /// An event kept by the server.
+    Event,
+    /// A barrier kept by the server (`arg` at creation: its parties).
+    Barrier,
+    /// A FIFO queue of encoded values kept by the server, with Python's
+    /// `task_done`/`join` (`arg` at creation: its maxsize, 0 for none).
+    Queue,
 }
 
 /// The methods a [`Request::Call`] may name, by number.
@@ -146,13 +159,53 @@ pub enum Method {
     NsDelete = 62,
     NsContains = 63,
     NsNames = 64,
+    /// Takes the lock if it is free (never waits), for the process whose
+    /// pid is `index`: answered with `Acquired`.
+    LockTryAcquire = 90,
+    LockRelease = 91,
+    /// Waits up to `wait_us` until the lock is free: `Bool(free)`.
+    LockWaitFree = 92,
+    LockIsLocked = 93,
+    /// Takes one unit if there is one (never waits): `Bool(taken)`.
+    SemTryAcquire = 100,
+    SemRelease = 101,
+    /// Waits up to `wait_us` until a unit is free: `Bool(free)`.
+    SemWaitAvailable = 102,
+    SemValue = 103,
+    EventSet = 110,
+    EventClear = 111,
+    EventIsSet = 112,
+    /// Waits up to `wait_us` for the flag: `Bool(set)`.
+    EventWait = 113,
+    /// Arrives and waits up to `wait_us` for the round: `Len(index)`;
+    /// `wait_us == 0` arrives only if that completes the round.
+    BarrierWait = 120,
+    BarrierAbort = 121,
+    BarrierReset = 122,
+    BarrierParties = 123,
+    BarrierWaiting = 124,
+    BarrierBroken = 125,
+    /// Adds `value` unless the queue is full (never waits).
+    QueuePut = 130,
+    /// Takes the front value (never waits); `Value(None)` when empty.
+    QueueGet = 131,
+    /// Waits up to `wait_us` until the queue holds a value: `Bool(ready)`.
+    QueueWaitNotEmpty = 132,
+    /// Waits up to `wait_us` until the queue has room: `Bool(ready)`.
+    QueueWaitNotFull = 133,
+    QueueLen = 134,
+    QueueMaxsize = 135,
+    QueueTaskDone = 136,
+    /// Waits up to `wait_us` until every value put was marked done: `Bool(done)`.
+    QueueJoin = 137,
+    QueueUnfinished = 138,
 }
 
 impl Method {
     /// The method with this number, if there is one.
     pub fn from_u32(n: u32) -> Option<Method> {
         use Method::*;
-        const ALL: [Method; 29] = [
+        const ALL: [Method; 56] = [
             DictGet,
             DictInsert,
             DictRemove,
@@ -182,6 +235,33 @@ impl Method {
             NsDelete,
             NsContains,
             NsNames,
+            LockTryAcquire,
+            LockRelease,
+            LockWaitFree,
+            LockIsLocked,
+            SemTryAcquire,
+            SemRelease,
+            SemWaitAvailable,
+            SemValue,
+            EventSet,
+            EventClear,
+            EventIsSet,
+            EventWait,
+            BarrierWait,
+            BarrierAbort,
+            BarrierReset,
+            BarrierParties,
+            BarrierWaiting,
+            BarrierBroken,
+            QueuePut,
+            QueueGet,
+            QueueWaitNotEmpty,
+            QueueWaitNotFull,
+            QueueLen,
+            QueueMaxsize,
+            QueueTaskDone,
+            QueueJoin,
+            QueueUnfinished,
         ];
         ALL.into_iter().find(|m| *m as u32 == n)
     }
@@ -191,8 +271,35 @@ impl Method {
         match self as u32 {
             0..30 => ObjectKind::Dict,
             30..60 => ObjectKind::List,
-            _ => ObjectKind::Namespace,
+            60..90 => ObjectKind::Namespace,
+            90..100 => ObjectKind::Lock,
+            100..110 => ObjectKind::Semaphore,
+            110..120 => ObjectKind::Event,
+            120..130 => ObjectKind::Barrier,
+            _ => ObjectKind::Queue,
         }
+    }
+
+    /// Whether the method belongs to a kind the server keeps for waiting
+    /// clients (Lock, Semaphore, Event, Barrier, Queue).
+    pub fn is_waitable_kind(self) -> bool {
+        self as u32 >= 90
+    }
+
+    /// Whether the method may wait (it runs outside the table's lock and
+    /// honours the call's `wait_us`).
+    pub fn waits(self) -> bool {
+        use Method::*;
+        matches!(
+            self,
+            LockWaitFree
+                | SemWaitAvailable
+                | EventWait
+                | BarrierWait
+                | QueueWaitNotEmpty
+                | QueueWaitNotFull
+                | QueueJoin
+        )
     }
 }
 
@@ -239,6 +346,19 @@ pub struct Call<'a> {
     /// The name of the value's type (namespace attributes).
     #[rkyv(with = InlineAsBox)]
     pub type_name: &'a str,
+    /// How long a waiting method may wait, in microseconds ([`WAIT_FOREVER`]:
+    /// no limit; 0: not at all).
+    pub wait_us: u64,
+}
+
+/// `Call::wait_us` for a wait without a time limit.
+pub const WAIT_FOREVER: u64 = u64::MAX;
+
+/// `Call::wait_us` for a deadline (`Deadline::Never` is [`WAIT_FOREVER`]).
+pub fn wait_us(deadline: crate::deadline::Deadline) -> u64 {
+    deadline.remaining().map_or(WAIT_FOREVER, |d| {
+        u64::try_from(d.as_micros()).unwrap_or(WAIT_FOREVER - 1)
+    })
 }
 
 /// What a client asks the server.
@@ -254,6 +374,9 @@ pub enum Request<'a> {
         /// The proxy's types, for error messages.
         #[rkyv(with = InlineAsBox)]
         type_name: &'a str,
+        /// The kind's parameter: a semaphore's value, a barrier's parties,
+        /// a queue's maxsize (0 otherwise).
+        arg: u64,
     },
     /// Creates a shared segment from a spec; answered with a handle the
     /// client opens directly. The connection holds a reference until it
@@ -339,6 +462,18 @@ pub enum RemoteError {
     Malformed(String),
     /// The server is shutting down.
     ShuttingDown,
+    /// A wait ran out of time.
+    Timeout,
+    /// A queue was empty.
+    Empty,
+    /// A queue was full.
+    Full,
+    /// A barrier was broken (aborted, reset, timed out, or a waiting party left).
+    BrokenBarrier,
+    /// A call that must not wait could not complete now.
+    WouldBlock,
+    /// The object cannot do that in its state (releasing an unlocked lock).
+    InvalidState(String),
     /// Anything else (a segment could not be created, for example).
     Failed(String),
 }
@@ -362,6 +497,12 @@ impl From<RemoteError> for Error {
             RemoteError::KeyNotFound | RemoteError::NotFound => Error::KeyNotFound,
             RemoteError::Malformed(m) => Error::Protocol(m),
             RemoteError::ShuttingDown => Error::ManagerGone("the manager is shutting down".into()),
+            RemoteError::Timeout => Error::Timeout(std::time::Duration::ZERO),
+            RemoteError::Empty => Error::Empty,
+            RemoteError::Full => Error::Full,
+            RemoteError::BrokenBarrier => Error::BrokenBarrier,
+            RemoteError::WouldBlock => Error::WouldBlock,
+            RemoteError::InvalidState(m) => Error::InvalidState(m),
             RemoteError::Failed(m) => Error::Remote(m),
         }
     }
@@ -420,6 +561,14 @@ pub enum Response<'a> {
     },
     /// Several object ids (the objects a claimed token held).
     Objects(Vec<ObjectId>),
+    /// What a lock's try-acquire did.
+    Acquired {
+        /// Whether the caller holds the lock now.
+        taken: bool,
+        /// The pid of the previous holder, if its connection ended while
+        /// it held the lock (the server released it then).
+        lost_holder: Option<i64>,
+    },
     /// The request failed.
     Error(RemoteError),
 }

@@ -19,6 +19,7 @@
 //! vanished server either).
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use rkyv::util::AlignedVec;
@@ -30,6 +31,8 @@ use crate::manager::dispatch::After;
 use crate::manager::protocol::{RemoteError, Response, encode_response};
 use crate::manager::server::ServerState;
 use crate::manager::table::ConnRefs;
+use crate::manager::waitable::Peer;
+use crate::sys;
 use crate::wire::auth::DEFAULT_HANDSHAKE_TIMEOUT;
 use crate::wire::frame::DEFAULT_MAX_FRAME;
 
@@ -185,6 +188,22 @@ fn serve_tcp_connection(state: &ServerState, mut conn: SocketConnection<()>, opt
         tracing::warn!("manager cannot duplicate a TCP connection's socket");
         return;
     };
+    // A waiting request ends when its client leaves: the client sends
+    // nothing while it waits, so a readable socket means it hung up.
+    let watch = closer.try_clone().ok();
+    let gone = || {
+        state.stopping()
+            || watch.as_ref().is_none_or(|s| {
+                matches!(
+                    sys::fd::poll(&[s.as_fd()], sys::fd::Interest::Read, Some(Duration::ZERO)),
+                    Ok(ready) if !ready.is_empty()
+                )
+            })
+    };
+    let peer = Peer {
+        id: state.connection_id(),
+        gone: &gone,
+    };
     state.tcp_conns.lock().insert(key, closer);
     let mut refs = ConnRefs::new();
     let mut request: AlignedVec = AlignedVec::new();
@@ -208,7 +227,7 @@ fn serve_tcp_connection(state: &ServerState, mut conn: SocketConnection<()>, opt
         } else {
             request.clear();
             request.extend_from_slice(&frame);
-            state.handle(&mut refs, &request, &mut response)
+            state.handle(&mut refs, &peer, &request, &mut response)
         };
         drop(frame);
         if let Err(e) = conn.send_bytes(&response) {
@@ -221,7 +240,7 @@ fn serve_tcp_connection(state: &ServerState, mut conn: SocketConnection<()>, opt
     };
     state.tcp_conns.lock().remove(&key);
     tracing::debug!(reason = %ended, "manager TCP connection ended");
-    state.table.lock().release_connection(refs);
+    state.connection_ended(refs, peer.id);
 }
 
 /// A client's TCP connection to a manager server.

@@ -29,6 +29,7 @@ use crate::manager::protocol::{LocalAddress as ServerAddress, Request};
 use crate::manager::remote::{TcpOptions, TcpServer};
 use crate::manager::table::{ConnRefs, Table};
 use crate::manager::user::{ServedObject, UserObjects};
+use crate::manager::waitable::Peer;
 use crate::shm::{Kind, ShmObject, fingerprint_str};
 use crate::sys;
 
@@ -205,6 +206,8 @@ pub(crate) struct ServerState {
     user: UserObjects,
     /// Duplicates of the TCP connections' sockets, to cut them on shutdown.
     pub(crate) tcp_conns: Mutex<std::collections::HashMap<u64, std::net::TcpStream>>,
+    /// The next connection's id (0 is the server itself).
+    next_connection: AtomicU64,
 }
 
 impl ServerState {
@@ -212,13 +215,24 @@ impl ServerState {
     pub(crate) fn handle(
         &self,
         conn: &mut ConnRefs,
+        peer: &Peer<'_>,
         request: &[u8],
         response: &mut AlignedVec,
     ) -> After {
         if !self.user.is_empty() && self.user.try_handle(request, response) {
             return After::Continue;
         }
-        dispatch::handle(&self.table, conn, request, response)
+        dispatch::handle(&self.table, conn, peer, request, response)
+    }
+
+    /// A new connection's id, unique for the server's lifetime.
+    pub(crate) fn connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A connection ended: its references go, and the locks it held.
+    pub(crate) fn connection_ended(&self, conn: ConnRefs, id: u64) {
+        self.table.lock().release_connection(conn, id);
     }
 
     pub(crate) fn stopping(&self) -> bool {
@@ -315,6 +329,7 @@ impl Server {
                 channels: Mutex::new(Vec::new()),
                 user: UserObjects::default(),
                 tcp_conns: Mutex::new(std::collections::HashMap::new()),
+                next_connection: AtomicU64::new(1),
             }),
             listener,
             tcp,
@@ -350,7 +365,13 @@ impl Server {
     pub fn request(&mut self, request: &Request<'_>) -> Result<AlignedVec> {
         let encoded = crate::manager::protocol::encode_request(request, AlignedVec::new())?;
         let mut out = AlignedVec::new();
-        dispatch::handle(&self.state.table, &mut self.own, &encoded, &mut out);
+        dispatch::handle(
+            &self.state.table,
+            &mut self.own,
+            &Peer::server_itself(),
+            &encoded,
+            &mut out,
+        );
         Ok(out)
     }
 
@@ -489,6 +510,15 @@ fn serve_connection(state: &ServerState, mut stream: UnixStream) {
     }
     let mut end = ServerEnd::new(chan);
     let mut conn = ConnRefs::new();
+    let gone = || {
+        state.stopping()
+            || !sys::process::is_alive(hello.pid, Some(hello.start_ticks))
+            || hung_up(&stream)
+    };
+    let peer = Peer {
+        id: state.connection_id(),
+        gone: &gone,
+    };
     let mut request = AlignedVec::new();
     let mut response = AlignedVec::new();
     let hangup = loop {
@@ -500,7 +530,7 @@ fn serve_connection(state: &ServerState, mut stream: UnixStream) {
         if let Err(h) = waited {
             break h;
         }
-        let after = state.handle(&mut conn, &request, &mut response);
+        let after = state.handle(&mut conn, &peer, &request, &mut response);
         if let Err(e) = end.respond(&response) {
             // Too large for a slot and no overflow segment: say so instead.
             let failed = crate::manager::protocol::Response::Error(
@@ -518,7 +548,7 @@ fn serve_connection(state: &ServerState, mut stream: UnixStream) {
         }
     };
     tracing::debug!(pid = hello.pid, ?hangup, "manager connection ended");
-    state.table.lock().release_connection(conn);
+    state.connection_ended(conn, peer.id);
     let seg_id = end.channel().segment().id();
     state.channels.lock().retain(|c| c.segment().id() != seg_id);
 }

@@ -8,9 +8,11 @@
 //! and the references its stored values held are dropped in turn.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::manager::protocol::{ArchivedBlob, ObjectId, ObjectKind, RemoteError};
+use crate::manager::waitable::Waitable;
 use crate::shm::Segment;
 
 /// How long an in-flight reference waits to be taken over before the server
@@ -63,6 +65,9 @@ pub(crate) enum Data {
     Namespace(HashMap<String, Attr>),
     /// Kept until the creator opened it; the memory lives on in its mappings.
     Segment(#[allow(dead_code)] Segment),
+    /// A lock, semaphore, event, barrier or queue clients may wait on
+    /// (shared with the connection threads waiting on it now).
+    Waitable(Arc<Waitable>),
 }
 
 impl Data {
@@ -73,6 +78,7 @@ impl Data {
             Data::List(v) => v.into_iter().for_each(|s| out.extend(s.refs)),
             Data::Namespace(m) => m.into_values().for_each(|a| out.extend(a.value.refs)),
             Data::Segment(_) => {}
+            Data::Waitable(w) => w.free(out),
         }
     }
 }
@@ -255,8 +261,14 @@ impl Table {
         self.decref_all(work);
     }
 
-    /// Drops every reference a finished connection held.
-    pub fn release_connection(&mut self, conn: ConnRefs) {
+    /// Drops every reference a finished connection held, and releases the
+    /// locks it held (connection `id`).
+    pub fn release_connection(&mut self, conn: ConnRefs, id: u64) {
+        for o in self.objects.values() {
+            if let Data::Waitable(w) = &o.data {
+                w.connection_ended(id);
+            }
+        }
         let mut work = Vec::new();
         for (id, n) in conn {
             self.decref_one(id, n, &mut work);
@@ -361,7 +373,7 @@ mod tests {
         t.attach(&mut other, a, 1, "list", 0).unwrap();
         t.release(&mut other, a, 100);
         assert_eq!(t.get_mut(a).unwrap().refcount, 1);
-        t.release_connection(mine);
+        t.release_connection(mine, 1);
         assert_eq!(t.len(), 0);
     }
 
@@ -385,7 +397,7 @@ mod tests {
         let mut sender = ConnRefs::new();
         let a = list(&mut t, &mut sender);
         let pin = t.pin(&[a]).unwrap();
-        t.release_connection(sender);
+        t.release_connection(sender, 1);
         assert_eq!(t.len(), 1, "the pin keeps the object while in flight");
         let mut receiver = ConnRefs::new();
         t.attach(&mut receiver, a, 1, "list", pin).unwrap();
@@ -393,13 +405,13 @@ mod tests {
         // A second decode of the same bytes finds the pin gone: a plain reference.
         t.attach(&mut receiver, a, 1, "list", pin).unwrap();
         assert_eq!(t.get_mut(a).unwrap().refcount, 2);
-        t.release_connection(receiver);
+        t.release_connection(receiver, 2);
         assert_eq!(t.len(), 0);
 
         let mut conn = ConnRefs::new();
         let b = list(&mut t, &mut conn);
         t.pin(&[b]).unwrap();
-        t.release_connection(conn);
+        t.release_connection(conn, 3);
         t.sweep_pins(Instant::now());
         assert_eq!(t.len(), 1, "not expired yet");
         t.sweep_pins(Instant::now() + PIN_TIMEOUT);
@@ -416,9 +428,9 @@ mod tests {
         let mut child = ConnRefs::new();
         assert_eq!(t.claim(&mut child, token).unwrap(), vec![a, b]);
         assert_eq!(t.claim(&mut child, token), Err(RemoteError::KeyNotFound));
-        t.release_connection(parent);
+        t.release_connection(parent, 1);
         assert_eq!(t.len(), 2, "the child holds both now");
-        t.release_connection(child);
+        t.release_connection(child, 2);
         assert_eq!(t.len(), 0);
     }
 }

@@ -34,9 +34,10 @@ SERVE OPTIONS:
     --max-frame BYTES       The largest request accepted (default 64 MiB)
 
     Clients connect with BaseManager::new().address(..).authkey(..).connect()
-    and create dicts, lists, namespaces and queues in it. On SIGINT or SIGTERM
-    (or a client's shutdown) the server stops and exits with status 0. It
-    prints `listening on ADDRESS` once it accepts clients.
+    and create dicts, lists, namespaces, queues, locks, semaphores, events and
+    barriers in it. On SIGINT or SIGTERM (or a client's shutdown) the server
+    stops and exits with status 0. It prints `listening on ADDRESS` once it
+    accepts clients.
 ";
 
 fn main() -> ExitCode {

@@ -1,0 +1,721 @@
+//! Objects a server keeps for clients that may wait on them: Lock,
+//! Semaphore, Event, Barrier and Queue, as remote clients (over TCP) use
+//! them. Local clients use the same kinds as shared segments directly.
+//!
+//! Each object is one `parking_lot` mutex and condition variable. A waiting
+//! method runs on its connection's server thread without the table's lock,
+//! and wakes every [`SLICE`] to check that its client is still there and the
+//! server is not stopping, so a vanished client never leaves a thread
+//! waiting for ever. Clients wait on a connection of their own (see the
+//! proxy crate), so a waiting thread never holds up the other proxies of
+//! its process.
+//!
+//! A lock records which connection holds it. When that connection ends
+//! (its process died or closed it), the server releases the lock and the
+//! next acquirer is told, as a local lock reports a dead holder.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::deadline::Deadline;
+use crate::manager::protocol::{ObjectId, ObjectKind, RemoteError, WAIT_FOREVER};
+use crate::manager::table::Stored;
+
+/// How often a waiting method checks its client and the server.
+const SLICE: Duration = Duration::from_millis(50);
+
+/// The connection a request came on: its identity (a lock's holder) and
+/// whether it has gone (or the server is stopping), checked while waiting.
+pub(crate) struct Peer<'a> {
+    /// Unique for the server's lifetime.
+    pub id: u64,
+    /// True once the client left or the server is stopping.
+    pub gone: &'a dyn Fn() -> bool,
+}
+
+impl Peer<'_> {
+    /// A peer that never goes (the server's own requests).
+    pub fn server_itself() -> Peer<'static> {
+        Peer {
+            id: 0,
+            gone: &|| false,
+        }
+    }
+}
+
+/// What a lock's `try_acquire` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// Someone holds it.
+    Busy,
+    /// Taken; it was free or released normally.
+    Taken,
+    /// Taken from a holder whose connection ended (the pid it declared).
+    TakenFromLost(i64),
+}
+
+/// How many past barrier rounds remember that they were reset.
+const RESETS_KEPT: usize = 16;
+
+#[derive(Debug)]
+enum State {
+    Lock {
+        /// The holder's connection and the pid it declared.
+        holder: Option<(u64, i64)>,
+        /// The pid of the last holder, if its connection ended while holding it.
+        lost: Option<i64>,
+    },
+    Semaphore {
+        value: u64,
+        bound: Option<u64>,
+    },
+    Event {
+        set: bool,
+    },
+    Barrier {
+        parties: u64,
+        count: u64,
+        generation: u64,
+        broken: bool,
+        /// Rounds ended by `reset` (their waiters fail).
+        resets: VecDeque<u64>,
+    },
+    Queue {
+        items: VecDeque<Stored>,
+        maxsize: usize,
+        unfinished: u64,
+    },
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The object left the table (its last reference went).
+    freed: bool,
+    state: State,
+}
+
+/// One server-kept object a client may wait on.
+#[derive(Debug)]
+pub(crate) struct Waitable {
+    inner: Mutex<Inner>,
+    cond: Condvar,
+}
+
+/// What a wait ended with (besides its condition holding).
+fn gone_error() -> RemoteError {
+    RemoteError::ShuttingDown
+}
+
+impl Waitable {
+    /// A new object of `kind` (one of the waitable kinds) with its parameter.
+    pub fn new(kind: ObjectKind, arg: u64) -> Result<Waitable, RemoteError> {
+        let state = match kind {
+            ObjectKind::Lock => State::Lock {
+                holder: None,
+                lost: None,
+            },
+            ObjectKind::Semaphore | ObjectKind::BoundedSemaphore => State::Semaphore {
+                value: arg,
+                bound: (kind == ObjectKind::BoundedSemaphore).then_some(arg),
+            },
+            ObjectKind::Event => State::Event { set: false },
+            ObjectKind::Barrier => {
+                if arg == 0 {
+                    return Err(RemoteError::Malformed(
+                        "a barrier needs at least one party".into(),
+                    ));
+                }
+                State::Barrier {
+                    parties: arg,
+                    count: 0,
+                    generation: 0,
+                    broken: false,
+                    resets: VecDeque::new(),
+                }
+            }
+            ObjectKind::Queue => State::Queue {
+                items: VecDeque::new(),
+                maxsize: usize::try_from(arg).unwrap_or(usize::MAX),
+                unfinished: 0,
+            },
+            ObjectKind::Dict | ObjectKind::List | ObjectKind::Namespace | ObjectKind::Segment => {
+                return Err(RemoteError::Malformed(format!(
+                    "{kind:?} is not a kind a client waits on"
+                )));
+            }
+        };
+        Ok(Waitable {
+            inner: Mutex::new(Inner {
+                freed: false,
+                state,
+            }),
+            cond: Condvar::new(),
+        })
+    }
+
+    /// Marks the object freed, wakes its waiters, and hands back the
+    /// references its queued values held.
+    pub fn free(&self, refs: &mut Vec<ObjectId>) {
+        let mut inner = self.inner.lock();
+        inner.freed = true;
+        if let State::Queue { items, .. } = &mut inner.state {
+            items.drain(..).for_each(|s| refs.extend(s.refs));
+        }
+        drop(inner);
+        self.cond.notify_all();
+    }
+
+    /// Waits while `blocked` holds: `Ok(true)` once it does not, `Ok(false)`
+    /// when the deadline passed first.
+    fn wait_while(
+        &self,
+        inner: &mut MutexGuard<'_, Inner>,
+        deadline: Deadline,
+        peer: &Peer<'_>,
+        mut blocked: impl FnMut(&mut State) -> bool,
+    ) -> Result<bool, RemoteError> {
+        loop {
+            if inner.freed {
+                return Err(RemoteError::Failed("the object was freed".into()));
+            }
+            if !blocked(&mut inner.state) {
+                return Ok(true);
+            }
+            if deadline.expired() {
+                return Ok(false);
+            }
+            if (peer.gone)() {
+                return Err(gone_error());
+            }
+            let slice = deadline.slice(SLICE);
+            self.cond.wait_for(inner, slice);
+        }
+    }
+
+    fn changed(&self) {
+        self.cond.notify_all();
+    }
+
+    // ---- Lock ----
+
+    /// Takes the lock for `peer` (whose process says its pid is `pid`) if it is free.
+    pub fn lock_try_acquire(&self, peer: &Peer<'_>, pid: i64) -> Result<Take, RemoteError> {
+        let mut inner = self.inner.lock();
+        match &mut inner.state {
+            State::Lock { holder, lost } => {
+                if holder.is_some() {
+                    return Ok(Take::Busy);
+                }
+                *holder = Some((peer.id, pid));
+                Ok(lost.take().map_or(Take::Taken, Take::TakenFromLost))
+            }
+            _ => Err(wrong_kind()),
+        }
+    }
+
+    /// Releases the lock (any connection may, as with Python's Lock).
+    pub fn lock_release(&self) -> Result<(), RemoteError> {
+        let mut inner = self.inner.lock();
+        match &mut inner.state {
+            State::Lock { holder, .. } => {
+                if holder.take().is_none() {
+                    return Err(RemoteError::InvalidState(
+                        "release of an unlocked lock".into(),
+                    ));
+                }
+            }
+            _ => return Err(wrong_kind()),
+        }
+        drop(inner);
+        self.changed();
+        Ok(())
+    }
+
+    /// Waits until the lock is free.
+    pub fn lock_wait_free(&self, deadline: Deadline, peer: &Peer<'_>) -> Result<bool, RemoteError> {
+        let mut inner = self.inner.lock();
+        self.wait_while(&mut inner, deadline, peer, |s| {
+            matches!(
+                s,
+                State::Lock {
+                    holder: Some(_),
+                    ..
+                }
+            )
+        })
+    }
+
+    pub fn lock_is_locked(&self) -> Result<bool, RemoteError> {
+        match &self.inner.lock().state {
+            State::Lock { holder, .. } => Ok(holder.is_some()),
+            _ => Err(wrong_kind()),
+        }
+    }
+
+    /// Releases the lock if connection `conn` (now ended) holds it; the
+    /// next acquirer learns that its holder was lost.
+    pub fn connection_ended(&self, conn: u64) {
+        let mut inner = self.inner.lock();
+        if let State::Lock { holder, lost } = &mut inner.state
+            && let Some((id, pid)) = *holder
+            && id == conn
+        {
+            *holder = None;
+            *lost = Some(pid);
+            drop(inner);
+            tracing::warn!(conn, "a lock's holder left; the lock is released");
+            self.changed();
+        }
+    }
+
+    // ---- Semaphore ----
+
+    pub fn sem_try_acquire(&self) -> Result<bool, RemoteError> {
+        match &mut self.inner.lock().state {
+            State::Semaphore { value, .. } => Ok(if *value > 0 {
+                *value -= 1;
+                true
+            } else {
+                false
+            }),
+            _ => Err(wrong_kind()),
+        }
+    }
+
+    pub fn sem_release(&self) -> Result<(), RemoteError> {
+        let mut inner = self.inner.lock();
+        match &mut inner.state {
+            State::Semaphore { value, bound } => {
+                if bound.is_some_and(|b| *value >= b) {
+                    return Err(RemoteError::InvalidState(
+                        "a bounded semaphore was released too many times".into(),
+                    ));
+                }
+                *value = value.saturating_add(1);
+            }
+            _ => return Err(wrong_kind()),
+        }
+        drop(inner);
+        self.changed();
+        Ok(())
+    }
+
+    pub fn sem_wait_available(
+        &self,
+        deadline: Deadline,
+        peer: &Peer<'_>,
+    ) -> Result<bool, RemoteError> {
+        let mut inner = self.inner.lock();
+        self.wait_while(&mut inner, deadline, peer, |s| {
+            matches!(s, State::Semaphore { value: 0, .. })
+        })
+    }
+
+    pub fn sem_value(&self) -> Result<u64, RemoteError> {
+        match &self.inner.lock().state {
+            State::Semaphore { value, .. } => Ok(*value),
+            _ => Err(wrong_kind()),
+        }
+    }
+
+    // ---- Event ----
+
+    pub fn event_set(&self, raised: bool) -> Result<(), RemoteError> {
+        match &mut self.inner.lock().state {
+            State::Event { set } => *set = raised,
+            _ => return Err(wrong_kind()),
+        }
+        if raised {
+            self.changed();
+        }
+        Ok(())
+    }
+
+    pub fn event_is_set(&self) -> Result<bool, RemoteError> {
+        match &self.inner.lock().state {
+            State::Event { set } => Ok(*set),
+            _ => Err(wrong_kind()),
+        }
+    }
+
+    pub fn event_wait(&self, deadline: Deadline, peer: &Peer<'_>) -> Result<bool, RemoteError> {
+        let mut inner = self.inner.lock();
+        self.wait_while(&mut inner, deadline, peer, |s| {
+            matches!(s, State::Event { set: false })
+        })
+    }
+
+    // ---- Barrier ----
+
+    /// Arrives and waits for the round to complete; returns this party's
+    /// arrival index. A timeout, or this client leaving, breaks the barrier
+    /// (as Python's timeout does). With `only_if_last`, arrives only if that
+    /// completes the round (`Ok(None)` otherwise, having changed nothing).
+    pub fn barrier_wait(
+        &self,
+        deadline: Deadline,
+        only_if_last: bool,
+        peer: &Peer<'_>,
+    ) -> Result<Option<u64>, RemoteError> {
+        let mut inner = self.inner.lock();
+        let (index, my_generation) = match &mut inner.state {
+            State::Barrier {
+                parties,
+                count,
+                generation,
+                broken,
+                ..
+            } => {
+                if *broken {
+                    return Err(RemoteError::BrokenBarrier);
+                }
+                let index = *count;
+                if index + 1 >= *parties {
+                    *count = 0;
+                    *generation += 1;
+                    drop(inner);
+                    self.changed();
+                    return Ok(Some(index));
+                }
+                if only_if_last {
+                    return Ok(None);
+                }
+                *count += 1;
+                (index, *generation)
+            }
+            _ => return Err(wrong_kind()),
+        };
+        let waited = self.wait_while(&mut inner, deadline, peer, |s| match s {
+            State::Barrier {
+                generation, broken, ..
+            } => *generation == my_generation && !*broken,
+            _ => false,
+        });
+        let State::Barrier {
+            count,
+            generation,
+            broken,
+            resets,
+            ..
+        } = &mut inner.state
+        else {
+            return Err(wrong_kind());
+        };
+        if *generation != my_generation {
+            return if resets.contains(&my_generation) {
+                Err(RemoteError::BrokenBarrier)
+            } else {
+                Ok(Some(index))
+            };
+        }
+        // Still this round: broken, timed out, or the client left. Leave it
+        // broken for everyone, as a timeout does in Python.
+        *count = count.saturating_sub(1);
+        if !*broken {
+            *broken = true;
+            drop(inner);
+            self.changed();
+        }
+        match waited {
+            Err(e) => Err(e),
+            Ok(_) => Err(RemoteError::BrokenBarrier),
+        }
+    }
+
+    pub fn barrier_abort(&self) -> Result<(), RemoteError> {
+        match &mut self.inner.lock().state {
+            State::Barrier { broken, .. } => *broken = true,
+            _ => return Err(wrong_kind()),
+        }
+        self.changed();
+        Ok(())
+    }
+
+    /// Returns the barrier to its empty, unbroken state; parties waiting
+    /// now fail with `BrokenBarrier`.
+    pub fn barrier_reset(&self) -> Result<(), RemoteError> {
+        match &mut self.inner.lock().state {
+            State::Barrier {
+                count,
+                generation,
+                broken,
+                resets,
+                ..
+            } => {
+                if *count > 0 {
+                    resets.push_back(*generation);
+                    if resets.len() > RESETS_KEPT {
+                        resets.pop_front();
+                    }
+                }
+                *count = 0;
+                *generation += 1;
+                *broken = false;
+            }
+            _ => return Err(wrong_kind()),
+        }
+        self.changed();
+        Ok(())
+    }
+
+    /// (parties, waiting now, broken).
+    pub fn barrier_status(&self) -> Result<(u64, u64, bool), RemoteError> {
+        match &self.inner.lock().state {
+            State::Barrier {
+                parties,
+                count,
+                broken,
+                ..
+            } => Ok((*parties, *count, *broken)),
+            _ => Err(wrong_kind()),
+        }
+    }
+
+    // ---- Queue ----
+
+    /// Adds `item` unless the queue is full (then gives it back).
+    pub fn queue_put(&self, item: Stored) -> Result<Result<(), Stored>, RemoteError> {
+        let mut inner = self.inner.lock();
+        match &mut inner.state {
+            State::Queue {
+                items,
+                maxsize,
+                unfinished,
+            } => {
+                if *maxsize != 0 && items.len() >= *maxsize {
+                    return Ok(Err(item));
+                }
+                items.push_back(item);
+                *unfinished += 1;
+            }
+            _ => return Err(wrong_kind()),
+        }
+        drop(inner);
+        self.changed();
+        Ok(Ok(()))
+    }
+
+    /// Takes the front value, if any.
+    pub fn queue_get(&self) -> Result<Option<Stored>, RemoteError> {
+        let mut inner = self.inner.lock();
+        let item = match &mut inner.state {
+            State::Queue { items, .. } => items.pop_front(),
+            _ => return Err(wrong_kind()),
+        };
+        drop(inner);
+        if item.is_some() {
+            self.changed();
+        }
+        Ok(item)
+    }
+
+    pub fn queue_wait(
+        &self,
+        for_room: bool,
+        deadline: Deadline,
+        peer: &Peer<'_>,
+    ) -> Result<bool, RemoteError> {
+        let mut inner = self.inner.lock();
+        self.wait_while(&mut inner, deadline, peer, |s| match s {
+            State::Queue { items, maxsize, .. } => {
+                if for_room {
+                    *maxsize != 0 && items.len() >= *maxsize
+                } else {
+                    items.is_empty()
+                }
+            }
+            _ => false,
+        })
+    }
+
+    /// (length, maxsize, unfinished tasks).
+    pub fn queue_status(&self) -> Result<(u64, u64, u64), RemoteError> {
+        match &self.inner.lock().state {
+            State::Queue {
+                items,
+                maxsize,
+                unfinished,
+            } => Ok((items.len() as u64, *maxsize as u64, *unfinished)),
+            _ => Err(wrong_kind()),
+        }
+    }
+
+    pub fn queue_task_done(&self) -> Result<(), RemoteError> {
+        let mut inner = self.inner.lock();
+        match &mut inner.state {
+            State::Queue {
+                items, unfinished, ..
+            } => {
+                // Tasks taken out = unfinished - still queued.
+                if *unfinished <= items.len() as u64 {
+                    return Err(RemoteError::InvalidState(
+                        "task_done() called more times than there were items taken".into(),
+                    ));
+                }
+                *unfinished -= 1;
+            }
+            _ => return Err(wrong_kind()),
+        }
+        drop(inner);
+        self.changed();
+        Ok(())
+    }
+
+    pub fn queue_join(&self, deadline: Deadline, peer: &Peer<'_>) -> Result<bool, RemoteError> {
+        let mut inner = self.inner.lock();
+        self.wait_while(
+            &mut inner,
+            deadline,
+            peer,
+            |s| matches!(s, State::Queue { unfinished, .. } if *unfinished > 0),
+        )
+    }
+}
+
+/// The deadline a call's `wait_us` names.
+pub(crate) fn deadline_of(wait_us: u64) -> Deadline {
+    match wait_us {
+        WAIT_FOREVER => Deadline::Never,
+        0 => Deadline::Now,
+        us => Deadline::after(Duration::from_micros(us)),
+    }
+}
+
+/// The method's kind was checked first; a mismatch here is a server bug.
+fn wrong_kind() -> RemoteError {
+    RemoteError::Failed("object state does not match its kind".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn peer(id: u64) -> Peer<'static> {
+        Peer {
+            id,
+            gone: &|| false,
+        }
+    }
+
+    #[test]
+    fn a_lock_lost_with_its_connection_says_so_once() {
+        let l = Waitable::new(ObjectKind::Lock, 0).unwrap();
+        assert_eq!(l.lock_try_acquire(&peer(1), 101).unwrap(), Take::Taken);
+        assert_eq!(l.lock_try_acquire(&peer(2), 102).unwrap(), Take::Busy);
+        l.connection_ended(2);
+        assert!(
+            l.lock_is_locked().unwrap(),
+            "only the holder's end releases"
+        );
+        l.connection_ended(1);
+        assert_eq!(
+            l.lock_try_acquire(&peer(2), 102).unwrap(),
+            Take::TakenFromLost(101)
+        );
+        l.lock_release().unwrap();
+        assert_eq!(l.lock_try_acquire(&peer(3), 103).unwrap(), Take::Taken);
+        l.lock_release().unwrap();
+        assert!(matches!(
+            l.lock_release(),
+            Err(RemoteError::InvalidState(_))
+        ));
+    }
+
+    #[test]
+    fn a_waiting_lock_wakes_on_release_and_times_out_otherwise() {
+        let l = Arc::new(Waitable::new(ObjectKind::Lock, 0).unwrap());
+        assert_eq!(l.lock_try_acquire(&peer(1), 1).unwrap(), Take::Taken);
+        assert!(
+            !l.lock_wait_free(Deadline::after(Duration::from_millis(20)), &peer(2))
+                .unwrap()
+        );
+        let waiter = {
+            let l = l.clone();
+            std::thread::spawn(move || l.lock_wait_free(Deadline::Never, &peer(2)))
+        };
+        l.lock_release().unwrap();
+        assert!(waiter.join().unwrap().unwrap());
+    }
+
+    #[test]
+    fn a_wait_ends_when_its_client_goes() {
+        let e = Waitable::new(ObjectKind::Event, 0).unwrap();
+        let gone = Peer {
+            id: 1,
+            gone: &|| true,
+        };
+        assert_eq!(
+            e.event_wait(Deadline::Never, &gone),
+            Err(RemoteError::ShuttingDown)
+        );
+    }
+
+    #[test]
+    fn a_barrier_gives_distinct_indices_and_breaks_on_timeout_and_reset() {
+        let b = Arc::new(Waitable::new(ObjectKind::Barrier, 3).unwrap());
+        let waiters: Vec<_> = (0..2)
+            .map(|i| {
+                let b = b.clone();
+                std::thread::spawn(move || b.barrier_wait(Deadline::Never, false, &peer(i)))
+            })
+            .collect();
+        while b.barrier_status().unwrap().1 < 2 {
+            std::thread::yield_now();
+        }
+        let last = b.barrier_wait(Deadline::Never, false, &peer(9)).unwrap();
+        let mut got: Vec<u64> = waiters
+            .into_iter()
+            .map(|w| w.join().unwrap().unwrap().unwrap())
+            .collect();
+        got.push(last.unwrap());
+        got.sort_unstable();
+        assert_eq!(got, vec![0, 1, 2]);
+
+        assert_eq!(
+            b.barrier_wait(Deadline::after(Duration::from_millis(10)), false, &peer(1)),
+            Err(RemoteError::BrokenBarrier)
+        );
+        assert!(b.barrier_status().unwrap().2, "a timeout breaks it");
+        assert_eq!(
+            b.barrier_wait(Deadline::Never, false, &peer(1)),
+            Err(RemoteError::BrokenBarrier)
+        );
+        b.barrier_reset().unwrap();
+        let waiter = {
+            let b = b.clone();
+            std::thread::spawn(move || b.barrier_wait(Deadline::Never, false, &peer(1)))
+        };
+        while b.barrier_status().unwrap().1 < 1 {
+            std::thread::yield_now();
+        }
+        b.barrier_reset().unwrap();
+        assert_eq!(waiter.join().unwrap(), Err(RemoteError::BrokenBarrier));
+        assert_eq!(b.barrier_wait(Deadline::Now, true, &peer(1)), Ok(None));
+    }
+
+    #[test]
+    fn a_queue_counts_tasks_and_respects_maxsize() {
+        let q = Waitable::new(ObjectKind::Queue, 1).unwrap();
+        let item = || Stored {
+            bytes: Box::from(&b"x"[..]),
+            refs: Box::from(&[][..]),
+        };
+        assert!(q.queue_put(item()).unwrap().is_ok());
+        assert!(q.queue_put(item()).unwrap().is_err(), "full at maxsize");
+        assert!(matches!(
+            q.queue_task_done(),
+            Err(RemoteError::InvalidState(_))
+        ));
+        assert!(
+            !q.queue_join(Deadline::after(Duration::from_millis(10)), &peer(1))
+                .unwrap()
+        );
+        assert!(q.queue_get().unwrap().is_some());
+        assert!(q.queue_get().unwrap().is_none());
+        q.queue_task_done().unwrap();
+        assert!(q.queue_join(Deadline::Now, &peer(1)).unwrap());
+    }
+}

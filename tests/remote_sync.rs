@@ -1,0 +1,367 @@
+//! Locks, semaphores, events, barriers and queues a remote manager's server
+//! keeps, used over TCP by processes that wait on them in the server.
+
+mod util;
+
+use std::time::Duration;
+
+use multiproc::sync::Acquired;
+use multiproc::{
+    BarrierProxy, BaseManager, DictProxy, Error, EventProxy, LockProxy, Parties, Process,
+    QueueProxy, RemoteManager, StartMethod,
+};
+use util::{PROMPTLY, eventually};
+
+multiproc::init_before_main!();
+
+const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
+const KEY: &[u8] = b"remote-sync-key";
+const SHORT: Duration = Duration::from_millis(50);
+
+fn config() -> BaseManager {
+    BaseManager::new()
+        .address("127.0.0.1:0")
+        .authkey(KEY)
+        .register::<LockProxy>("lock")
+        .register::<EventProxy>("go")
+        .register::<EventProxy>("held")
+        .register_with::<BarrierProxy>("barrier", Parties(3))
+        .register::<DictProxy<String, i64>>("counter")
+        .register_with::<QueueProxy<u32>>("jobs", 4)
+}
+
+fn connect(address: &str) -> RemoteManager {
+    BaseManager::new()
+        .address(address)
+        .authkey(KEY)
+        .connect()
+        .expect("worker connects")
+}
+
+/// Increments the shared counter `n` times, each under the remote lock.
+fn locked_increments((address, n): (String, u32)) -> u32 {
+    let m = connect(&address);
+    let lock: LockProxy = m.get("lock").unwrap();
+    let counter: DictProxy<String, i64> = m.get("counter").unwrap();
+    for _ in 0..n {
+        let _guard = lock.lock().unwrap();
+        let v = counter.get(&"n".to_string()).unwrap().unwrap_or(0);
+        counter.insert("n".to_string(), v + 1).unwrap();
+    }
+    n
+}
+
+#[test]
+fn a_remote_lock_serialises_read_modify_write_across_processes() {
+    for m in METHODS {
+        let master = config().start().unwrap();
+        let address = master.address().to_string();
+        let results = util::run_each(
+            m,
+            locked_increments,
+            [(address.clone(), 100), (address, 100)],
+        );
+        assert_eq!(results, vec![100, 100]);
+        let counter: DictProxy<String, i64> = master.get("counter").unwrap();
+        assert_eq!(counter.get(&"n".to_string()).unwrap(), Some(200), "{m:?}");
+        let lock: LockProxy = master.get("lock").unwrap();
+        assert!(!lock.is_locked().unwrap());
+        assert!(matches!(lock.release(), Err(Error::InvalidState(_))));
+        master.shutdown().unwrap();
+    }
+}
+
+/// Takes the lock, says so, and waits for ever (until killed).
+fn hold_the_lock(address: String) {
+    let m = connect(&address);
+    let lock: LockProxy = m.get("lock").unwrap();
+    let held: EventProxy = m.get("held").unwrap();
+    let go: EventProxy = m.get("go").unwrap();
+    let _guard = lock.lock().unwrap();
+    held.set().unwrap();
+    let _ = go.wait();
+}
+
+#[test]
+fn a_lock_whose_holder_is_killed_goes_to_the_next_acquirer_who_is_told() {
+    for m in METHODS {
+        let master = config().start().unwrap();
+        let lock: LockProxy = master.get("lock").unwrap();
+        let held: EventProxy = master.get("held").unwrap();
+        let mut p = Process::new(hold_the_lock, master.address().to_string()).start_method(m);
+        p.start().unwrap();
+        assert!(
+            held.wait_timeout(PROMPTLY).unwrap(),
+            "{m:?}: the holder took the lock"
+        );
+        assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock)));
+        assert!(matches!(
+            lock.acquire_timeout(SHORT),
+            Err(Error::Timeout(_))
+        ));
+        let pid = p.pid().unwrap();
+        p.kill().unwrap();
+        let _ = p.join_timeout(PROMPTLY);
+        let acquired = lock.acquire_timeout(PROMPTLY).unwrap();
+        assert_eq!(acquired, Acquired::OwnerDied { pid }, "{m:?}");
+        lock.release().unwrap();
+        assert_eq!(
+            lock.try_acquire().unwrap(),
+            Acquired::Clean,
+            "told once only"
+        );
+        lock.release().unwrap();
+        master.shutdown().unwrap();
+    }
+}
+
+/// Waits for the go event, then at the barrier; returns its arrival index.
+fn wait_for_go_then_barrier(address: String) -> usize {
+    let m = connect(&address);
+    let go: EventProxy = m.get("go").unwrap();
+    let barrier: BarrierProxy = m.get("barrier").unwrap();
+    go.wait().unwrap();
+    barrier.wait_timeout(PROMPTLY).unwrap()
+}
+
+#[test]
+fn an_event_and_a_barrier_coordinate_processes() {
+    for m in METHODS {
+        let master = config().start().unwrap();
+        let address = master.address().to_string();
+        let go: EventProxy = master.get("go").unwrap();
+        let barrier: BarrierProxy = master.get("barrier").unwrap();
+        assert_eq!(barrier.parties().unwrap(), 3);
+        let mut workers: Vec<_> = (0..2)
+            .map(|_| Process::new(wait_for_go_then_barrier, address.clone()).start_method(m))
+            .collect();
+        for w in &mut workers {
+            w.start().unwrap();
+        }
+        assert!(!go.wait_timeout(SHORT).unwrap(), "not set yet");
+        assert_eq!(barrier.n_waiting().unwrap(), 0, "nobody passed the event");
+        go.set().unwrap();
+        assert!(go.is_set().unwrap());
+        let mine = barrier.wait_timeout(PROMPTLY).unwrap();
+        let mut indices: Vec<usize> = workers
+            .iter_mut()
+            .map(|w| w.join_timeout(PROMPTLY).unwrap())
+            .collect();
+        indices.push(mine);
+        indices.sort_unstable();
+        assert_eq!(indices, vec![0, 1, 2], "{m:?}");
+        assert!(!barrier.broken().unwrap());
+        master.shutdown().unwrap();
+    }
+}
+
+/// Waits at the barrier for ever (until killed).
+fn wait_at_barrier(address: String) {
+    let m = connect(&address);
+    let barrier: BarrierProxy = m.get("barrier").unwrap();
+    let _ = barrier.wait();
+}
+
+#[test]
+fn a_barrier_breaks_when_a_waiting_party_dies_or_a_wait_times_out() {
+    let master = config().start().unwrap();
+    let barrier: BarrierProxy = master.get("barrier").unwrap();
+    let mut p =
+        Process::new(wait_at_barrier, master.address().to_string()).start_method(StartMethod::Fork);
+    p.start().unwrap();
+    assert!(eventually(PROMPTLY, || barrier.n_waiting().unwrap() == 1));
+    p.kill().unwrap();
+    let _ = p.join_timeout(PROMPTLY);
+    assert!(
+        eventually(PROMPTLY, || barrier.broken().unwrap()),
+        "the dead party broke the barrier"
+    );
+    assert!(matches!(
+        barrier.wait_timeout(PROMPTLY),
+        Err(Error::BrokenBarrier)
+    ));
+    barrier.reset().unwrap();
+    assert!(!barrier.broken().unwrap());
+    assert!(matches!(barrier.try_wait(), Err(Error::WouldBlock)));
+    assert_eq!(barrier.n_waiting().unwrap(), 0, "try_wait did not arrive");
+    assert!(matches!(
+        barrier.wait_timeout(SHORT),
+        Err(Error::BrokenBarrier)
+    ));
+    assert!(
+        barrier.broken().unwrap(),
+        "a timeout breaks it, as in Python"
+    );
+    barrier.reset().unwrap();
+    master.shutdown().unwrap();
+}
+
+#[test]
+fn a_waiting_call_does_not_hold_up_the_other_proxies_of_its_process() {
+    let master = BaseManager::new().authkey(KEY).start().unwrap();
+    let q = master.queue::<u32>().unwrap();
+    let lock = master.lock().unwrap();
+    let d = master.dict::<u32, u32>().unwrap();
+    let getter = {
+        let q = q.clone();
+        std::thread::spawn(move || q.get())
+    };
+    let held = lock.lock().unwrap();
+    let waiter = {
+        let lock = lock.clone();
+        std::thread::spawn(move || lock.acquire().map(|a| (a, lock.release())))
+    };
+    // Both threads wait in the server now (or soon); this thread's calls
+    // on the same process's connection still go through.
+    for i in 0..20 {
+        d.insert(i, i * i).unwrap();
+    }
+    assert_eq!(d.len().unwrap(), 20);
+    q.put(7).unwrap();
+    assert_eq!(getter.join().unwrap().unwrap(), 7);
+    drop(held);
+    let (acquired, released) = waiter.join().unwrap().unwrap();
+    assert_eq!(acquired, Acquired::Clean);
+    released.unwrap();
+    master.shutdown().unwrap();
+}
+
+/// Takes `n` jobs, marking each done; returns their sum.
+fn consume(address: String) -> u32 {
+    let m = connect(&address);
+    let jobs: QueueProxy<u32> = m.get("jobs").unwrap();
+    let mut sum = 0;
+    for _ in 0..10 {
+        sum += jobs.get_timeout(PROMPTLY).unwrap();
+        jobs.task_done().unwrap();
+    }
+    sum
+}
+
+#[test]
+fn a_bounded_queue_blocks_producers_and_join_waits_for_task_done() {
+    for m in METHODS {
+        let master = config().start().unwrap();
+        let jobs: QueueProxy<u32> = master.get("jobs").unwrap();
+        assert_eq!(jobs.maxsize().unwrap(), 4);
+        assert!(matches!(jobs.get_timeout(SHORT), Err(Error::Empty)));
+        assert!(matches!(jobs.try_get(), Err(Error::Empty)));
+        for i in 0..4 {
+            jobs.put(i).unwrap();
+        }
+        assert!(jobs.full().unwrap());
+        assert!(matches!(jobs.try_put(9), Err(Error::Full)));
+        assert!(matches!(jobs.put_timeout(9, SHORT), Err(Error::Full)));
+        assert!(matches!(jobs.join_timeout(SHORT), Err(Error::Timeout(_))));
+        assert!(matches!(jobs.try_join(), Err(Error::WouldBlock)));
+        let mut consumer = Process::new(consume, master.address().to_string()).start_method(m);
+        consumer.start().unwrap();
+        // Six more than fit: each put waits for the consumer to make room.
+        for i in 4..10 {
+            jobs.put_timeout(i, PROMPTLY).unwrap();
+        }
+        jobs.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(jobs.unfinished_tasks().unwrap(), 0);
+        assert_eq!(
+            consumer.join_timeout(PROMPTLY).unwrap(),
+            (0..10).sum::<u32>(),
+            "{m:?}"
+        );
+        assert!(matches!(jobs.task_done(), Err(Error::InvalidState(_))));
+        master.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn semaphores_count_and_bounded_ones_refuse_extra_releases() {
+    let master = BaseManager::new().authkey(KEY).start().unwrap();
+    let s = master.semaphore(2).unwrap();
+    s.acquire().unwrap();
+    s.acquire_timeout(PROMPTLY).unwrap();
+    assert_eq!(s.get_value().unwrap(), 0);
+    assert!(matches!(s.try_acquire(), Err(Error::WouldBlock)));
+    assert!(matches!(s.acquire_timeout(SHORT), Err(Error::Timeout(_))));
+    let waiter = {
+        let s = s.clone();
+        std::thread::spawn(move || s.acquire())
+    };
+    s.release().unwrap();
+    waiter.join().unwrap().unwrap();
+    s.release().unwrap();
+    s.release().unwrap();
+    s.release().unwrap();
+    assert_eq!(
+        s.get_value().unwrap(),
+        3,
+        "a plain semaphore may go above its start"
+    );
+
+    let b = master.bounded_semaphore(1).unwrap();
+    assert!(matches!(b.release(), Err(Error::InvalidState(_))));
+    b.acquire().unwrap();
+    b.release().unwrap();
+    master.shutdown().unwrap();
+}
+
+#[test]
+fn bad_requests_are_errors_not_hangs() {
+    let master = config().start().unwrap();
+    assert!(matches!(master.barrier(0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        master.get::<LockProxy>("go"),
+        Err(Error::TypeMismatch { .. })
+    ));
+    assert!(matches!(
+        master.get::<QueueProxy<String>>("jobs"),
+        Err(Error::TypeMismatch { .. })
+    ));
+    master.shutdown().unwrap();
+    let no_parties = BaseManager::new()
+        .authkey(KEY)
+        .register_with::<BarrierProxy>("b", Parties(0))
+        .start();
+    assert!(
+        no_parties.is_err(),
+        "a barrier of no parties cannot be made"
+    );
+}
+
+#[test]
+fn a_client_waiting_when_the_server_shuts_down_gets_manager_gone() {
+    let master = BaseManager::new().authkey(KEY).start().unwrap();
+    let event = master.event().unwrap();
+    let q = master.queue::<u32>().unwrap();
+    let waiters = [
+        std::thread::spawn(move || event.wait().map(|_| ())),
+        std::thread::spawn(move || q.get().map(|_| ())),
+    ];
+    // Give the waits a moment to reach the server (they end either way).
+    std::thread::sleep(SHORT);
+    master.shutdown().unwrap();
+    for w in waiters {
+        assert!(matches!(w.join().unwrap(), Err(Error::ManagerGone(_))));
+    }
+}
+
+/// Uses a lock proxy it was given as its argument.
+fn use_given_lock(lock: LockProxy) -> bool {
+    let acquired = lock.try_acquire().is_ok();
+    acquired && lock.release().is_ok()
+}
+
+#[test]
+fn an_encoded_proxy_carries_the_authkey_only_to_a_spawned_child() {
+    use multiproc::Shareable;
+    let master = BaseManager::new().authkey(KEY).start().unwrap();
+    let lock = master.lock().unwrap();
+    // Into a message (which may cross the network): no key inside.
+    let bytes = lock.encode().unwrap();
+    assert!(
+        !bytes.windows(KEY.len()).any(|w| w == KEY),
+        "the authkey leaked into an encoded proxy"
+    );
+    // As a spawned child's argument: the child gets the key and connects.
+    let used = util::run_each(StartMethod::Spawn, use_given_lock, [lock]);
+    assert_eq!(used, vec![true]);
+    master.shutdown().unwrap();
+}
