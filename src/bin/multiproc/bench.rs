@@ -57,6 +57,8 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("manager/queue_put_get", manager_queue_put_get),
         ("manager/create_object", manager_create_object),
         ("manager/tcp_dict_get", manager_tcp_dict_get),
+        ("manager/tcp_lock", manager_tcp_lock),
+        ("manager/tcp_queue_put_get", manager_tcp_queue_put_get),
         ("tcp/round_trip_64b", tcp_round_trip),
         ("proxy_vs_raw/counter_proxy", counter_proxy),
         ("proxy_vs_raw/counter_raw", counter_raw),
@@ -385,6 +387,52 @@ fn manager_tcp_dict_get(scale: &Scale) -> multiproc::Result<Figure> {
         let _ = std::hint::black_box(d.get(&1));
     });
     drop(d);
+    drop(client);
+    master.shutdown()?;
+    Ok(figure)
+}
+
+/// A remote manager reached over TCP loopback from this process.
+fn tcp_manager() -> multiproc::Result<(multiproc::RemoteManager, multiproc::RemoteManager)> {
+    let key: &[u8] = b"bench-key";
+    let master = multiproc::BaseManager::new().authkey(key).start()?;
+    let client = multiproc::BaseManager::new()
+        .address(master.address().to_string())
+        .authkey(key)
+        .connect()?;
+    Ok((master, client))
+}
+
+/// Acquire and release of a lock the server keeps: two round trips.
+fn manager_tcp_lock(scale: &Scale) -> multiproc::Result<Figure> {
+    let (master, client) = tcp_manager()?;
+    let lock = client.lock()?;
+    let figure = per_call("manager/tcp_lock", scale.samples, 20 * scale.k, || {
+        if lock.try_acquire().is_ok() {
+            let _ = lock.release();
+        }
+    });
+    drop(lock);
+    drop(client);
+    master.shutdown()?;
+    Ok(figure)
+}
+
+/// A put and a get on a queue the server keeps: two round trips.
+fn manager_tcp_queue_put_get(scale: &Scale) -> multiproc::Result<Figure> {
+    let (master, client) = tcp_manager()?;
+    let q = client.queue::<u64>()?;
+    let figure = per_call(
+        "manager/tcp_queue_put_get",
+        scale.samples,
+        20 * scale.k,
+        || {
+            if q.put(7).is_ok() {
+                let _ = std::hint::black_box(q.get());
+            }
+        },
+    );
+    drop(q);
     drop(client);
     master.shutdown()?;
     Ok(figure)
