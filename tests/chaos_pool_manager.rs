@@ -4,7 +4,8 @@
 //! Every result that arrives is right and arrives once, a task whose worker
 //! died fails with `WorkerDied` instead of hanging, the manager's counts are
 //! exact up to the one request in flight, clients of a dead server get
-//! `ManagerGone` promptly, and nothing is left behind.
+//! `ManagerGone` promptly, a remote lock whose holder is killed goes to the
+//! next acquirer with the death reported once, and nothing is left behind.
 //!
 //! `CHAOS_ITERATIONS` (default 3) runs of each scenario under each start
 //! method; `CHAOS_SEED` replays a run (each iteration prints its seed).
@@ -14,7 +15,8 @@ mod util;
 use std::time::{Duration, Instant};
 
 use multiproc::{
-    DictProxy, Error, ListProxy, Manager, Pool, Process, RawValue, Shareable, StartMethod,
+    BaseManager, DictProxy, Error, ListProxy, LockProxy, Manager, Pool, Process, RawValue,
+    RemoteManager, Shareable, StartMethod,
 };
 use util::PROMPTLY;
 use util::chaos::{self, Rng, Snapshot};
@@ -192,6 +194,84 @@ fn manager_server_scenario(m: StartMethod, rng: &mut Rng) {
     util::assert_not_our_zombie(manager.pid());
 }
 
+// ---------------------------------------------------------------- Remote lock
+
+const REMOTE_KEY: &[u8] = b"chaos-remote-key";
+const SURVIVOR_ROUNDS: u64 = 60;
+
+fn remote(address: &str) -> RemoteManager {
+    BaseManager::new()
+        .address(address)
+        .authkey(REMOTE_KEY)
+        .connect()
+        .unwrap()
+}
+
+/// Bumps both halves of the pair under the remote lock, `rounds` times (or
+/// for ever); counts the rounds done and returns how many acquisitions
+/// reported a holder that died.
+fn bump_pair((address, rounds, done): (String, u64, RawValue<u64>)) -> u64 {
+    let m = remote(&address);
+    let lock: LockProxy = m.get("lock").unwrap();
+    let pair: DictProxy<String, u64> = m.get("pair").unwrap();
+    let mut deaths = 0;
+    for i in 1..=rounds {
+        let guard = lock.lock().unwrap();
+        deaths += u64::from(guard.owner_died().is_some());
+        for half in ["a", "b"] {
+            let v = pair.get(&half.to_string()).unwrap().unwrap_or(0);
+            pair.insert(half.to_string(), v + 1).unwrap();
+        }
+        drop(guard);
+        done.store(i);
+    }
+    deaths
+}
+
+fn remote_lock_scenario(m: StartMethod, rng: &mut Rng) {
+    let master = BaseManager::new()
+        .authkey(REMOTE_KEY)
+        .register::<LockProxy>("lock")
+        .register::<DictProxy<String, u64>>("pair")
+        .start()
+        .unwrap();
+    let address = master.address().to_string();
+    let (victim_done, survivor_done) = (RawValue::new(0u64).unwrap(), RawValue::new(0u64).unwrap());
+    let mut victim = start(
+        m,
+        bump_pair,
+        (address.clone(), u64::MAX, victim_done.clone()),
+    );
+    let mut survivor = start(
+        m,
+        bump_pair,
+        (address, SURVIVOR_ROUNDS, survivor_done.clone()),
+    );
+    assert!(util::eventually(PROMPTLY, || victim_done.load() > 0));
+    std::thread::sleep(rng.delay(MAX_DELAY_US));
+    victim.kill().unwrap();
+    assert!(victim.join_timeout(PROMPTLY).is_err());
+    let mut deaths = survivor.join_timeout(PROMPTLY).unwrap();
+    let lock: LockProxy = master.get("lock").unwrap();
+    let acquired = lock.acquire_timeout(PROMPTLY).unwrap();
+    deaths += u64::from(acquired.owner_died().is_some());
+    let pair: DictProxy<String, u64> = master.get("pair").unwrap();
+    let a = pair.get(&"a".to_string()).unwrap().unwrap_or(0);
+    let b = pair.get(&"b".to_string()).unwrap().unwrap_or(0);
+    lock.release().unwrap();
+    assert!(deaths <= 1, "{m:?}: one death reported {deaths} times");
+    assert!(
+        a == b || deaths == 1,
+        "{m:?}: the pair was torn ({a}, {b}) and nobody was told"
+    );
+    assert!(
+        b >= victim_done.load() + SURVIVOR_ROUNDS,
+        "{m:?}: rounds lost"
+    );
+    drop((lock, pair));
+    master.shutdown().unwrap();
+}
+
 // ---------------------------------------------------------------- the run
 
 #[test]
@@ -208,6 +288,9 @@ fn pool_and_manager_survive_random_kills_and_leave_nothing() {
         });
         chaos::repeat(&format!("manager-server/{m:?}"), base, n, |rng, _| {
             manager_server_scenario(m, rng)
+        });
+        chaos::repeat(&format!("remote-lock/{m:?}"), base, n, |rng, _| {
+            remote_lock_scenario(m, rng)
         });
     }
     before.assert_no_leaks(1);
