@@ -10,6 +10,8 @@ The keys match `multiproc bench`. Run by hand:
 """
 import argparse
 import json
+import queue
+import threading
 import multiprocessing as mp
 import statistics
 import sys
@@ -206,10 +208,25 @@ def _get_dict():
 TcpManager.register("get_dict", callable=_get_dict, proxytype=None)
 
 
+_tcp_lock = threading.Lock()
+_tcp_queue = queue.Queue()
+
+
+def _get_lock():
+    return _tcp_lock
+
+
+def _get_queue():
+    return _tcp_queue
+
+
 def bench_tcp(samples, batch):
-    from multiprocessing.managers import DictProxy
+    """manager/tcp_*: a BaseManager over TCP loopback, as in ours."""
+    from multiprocessing.managers import AcquirerProxy, AutoProxy, DictProxy
 
     TcpManager.register("get_dict", callable=_get_dict, proxytype=DictProxy)
+    TcpManager.register("get_lock", callable=_get_lock, proxytype=AcquirerProxy)
+    TcpManager.register("get_queue", callable=_get_queue, proxytype=AutoProxy)
     m = TcpManager(address=("127.0.0.1", 0), authkey=b"bench")
     m.start()
     try:
@@ -217,7 +234,22 @@ def bench_tcp(samples, batch):
         c.connect()
         d = c.get_dict()
         d["k"] = 1
-        return per_call(samples, batch, lambda: d["k"])
+        lock = c.get_lock()
+        q = c.get_queue()
+
+        def lock_round():
+            lock.acquire()
+            lock.release()
+
+        def queue_round():
+            q.put(7)
+            q.get()
+
+        return {
+            "manager/tcp_dict_get": per_call(samples, batch, lambda: d["k"]),
+            "manager/tcp_lock": per_call(samples, batch, lock_round),
+            "manager/tcp_queue_put_get": per_call(samples, batch, queue_round),
+        }
     finally:
         m.shutdown()
 
@@ -272,9 +304,12 @@ def main():
         for key, r in bench_manager(s, 20 * k).items():
             if args.filter in key:
                 results[key] = r
-    if args.filter in "manager/tcp_dict_get":
-        print("python: manager/tcp_dict_get", file=sys.stderr)
-        results["manager/tcp_dict_get"] = bench_tcp(s, 20 * k)
+    tcp_keys = ("manager/tcp_dict_get", "manager/tcp_lock", "manager/tcp_queue_put_get")
+    if any(args.filter in key for key in tcp_keys):
+        print("python: manager/tcp_*", file=sys.stderr)
+        for key, r in bench_tcp(s, 20 * k).items():
+            if args.filter in key:
+                results[key] = r
     json.dump({"python": sys.version.split()[0], "ops": results}, sys.stdout, indent=1)
     print()
 
