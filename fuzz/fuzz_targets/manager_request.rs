@@ -12,7 +12,7 @@ use multiproc::deadline::Deadline;
 use multiproc::manager::protocol::{
     ArchivedRequest, ObjectKind, Request, access_request, access_response, encode_request,
 };
-use multiproc::manager::server::{LocalConnection, ServerBoot, connect, serve};
+use multiproc::manager::server::{LocalConnection, ServerBoot, connect_local, serve};
 use multiproc::rkyv::util::AlignedVec;
 
 struct Server {
@@ -29,7 +29,7 @@ fn server() -> &'static Mutex<Server> {
         let address = boot
             .wait_ready(|| true, Deadline::after(Duration::from_secs(30)))
             .expect("the server listens");
-        let mut conn = connect(&address).expect("connect");
+        let mut conn = connect_local(&address).expect("connect");
         let mut resp = AlignedVec::new();
         // Objects for calls to land on (ids 1 to 9). The barrier has one
         // party, so waiting on it never waits.
