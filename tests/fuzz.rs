@@ -12,8 +12,10 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use multiproc::deadline::Deadline;
+use multiproc::manager::ObjectKind;
 use multiproc::manager::protocol::{
-    ArchivedRequest, Call, Request, access_request, access_response, encode_request,
+    ArchivedRequest, ArchivedResponse, Blob, Call, Request, access_request, access_response,
+    encode_request,
 };
 use multiproc::rkyv::util::AlignedVec;
 use multiproc::wire::{client_handshake, server_handshake};
@@ -139,20 +141,51 @@ fn random_and_mutated_requests_get_responses() {
     let manager = Manager::start_with(StartMethod::Fork).unwrap();
     let d = manager.dict::<u32, u32>().unwrap();
     d.insert(1, 1).unwrap();
-    let conn = multiproc::manager::server::connect(manager.address()).unwrap();
-    let valid: Vec<AlignedVec> = [
+    let mut conn = multiproc::manager::server::connect(manager.address()).unwrap();
+    // One object of each kind a client may wait on, so mutated calls reach them.
+    let mut waitables = Vec::new();
+    for (kind, arg) in [
+        (ObjectKind::Lock, 0),
+        (ObjectKind::Event, 0),
+        (ObjectKind::Barrier, 1),
+        (ObjectKind::Queue, 2),
+    ] {
+        let create = Request::Create {
+            kind,
+            fingerprint: 0,
+            type_name: "fuzz",
+            arg,
+        };
+        let mut resp = AlignedVec::new();
+        let bytes = encode_request(&create, AlignedVec::new()).unwrap();
+        conn.end.round_trip(&bytes, &mut resp).unwrap();
+        match access_response(&resp).unwrap() {
+            ArchivedResponse::Created(id) => waitables.push(id.to_native()),
+            _ => panic!("cannot create a {kind:?}"),
+        }
+    }
+    let call = |object, method, wait_us| {
         Request::Call(Call {
-            object: 1,
-            method: 30,
+            object,
+            method,
             index: 0,
             key: None,
-            value: None,
+            value: Some(Blob::plain(b"v")),
             expected: None,
             batch: Vec::new(),
             fingerprint: 0,
             type_name: "u32",
-            wait_us: 0,
-        }),
+            wait_us,
+        })
+    };
+    let valid: Vec<AlignedVec> = [
+        call(1, 30, 0),
+        call(waitables[0], 90, 0),
+        call(waitables[0], 92, 100),
+        call(waitables[1], 113, 100),
+        call(waitables[2], 120, 100),
+        call(waitables[3], 130, 0),
+        call(waitables[3], 131, 0),
         Request::NumberOfObjects,
         Request::Release {
             object: 1,
@@ -185,8 +218,12 @@ fn random_and_mutated_requests_get_responses() {
             aligned.extend_from_slice(&bytes);
             // A mutation that happens to be a valid Shutdown would stop the
             // server as asked; that is not a finding.
-            if matches!(access_request(&aligned), Ok(ArchivedRequest::Shutdown)) {
-                return Ok(());
+            // So would a call that asks to wait long on an event nobody
+            // sets: the server waits, as asked.
+            match access_request(&aligned) {
+                Ok(ArchivedRequest::Shutdown) => return Ok(()),
+                Ok(ArchivedRequest::Call(c)) if c.wait_us.to_native() > 1_000 => return Ok(()),
+                _ => {}
             }
             let started = Instant::now();
             let (conn, resp) = &mut *state.borrow_mut();

@@ -203,10 +203,30 @@ fn garbage_and_truncated_frames_leave_the_server_serving() {
     let _ = cut.write_all(&100u64.to_le_bytes());
     let _ = cut.write_all(&[1, 2, 3]);
     drop(cut);
-    // After a good handshake: garbage requests get error answers, an
-    // oversized prefix closes the connection.
-    let mut authed =
-        SocketConnection::<()>::connect_timeout(&Address::Tcp(addr), Some(KEY), PROMPTLY).unwrap();
+    // After a good handshake, garbage where the version hello belongs: the
+    // server answers with its own hello and closes.
+    let authed = || {
+        SocketConnection::<()>::connect_timeout(&Address::Tcp(addr), Some(KEY), PROMPTLY).unwrap()
+    };
+    let mut no_hello = authed();
+    no_hello.send_bytes(&noise).unwrap();
+    assert!(
+        no_hello
+            .recv_bytes_timeout(PROMPTLY)
+            .unwrap()
+            .starts_with(b"MPMT")
+    );
+    assert!(matches!(
+        no_hello.recv_bytes_timeout(PROMPTLY),
+        Err(Error::Closed | Error::Io(_))
+    ));
+    // After the handshake and the hello: garbage requests get error
+    // answers, an oversized prefix closes the connection.
+    let mut authed = authed();
+    let mut hello = b"MPMT".to_vec();
+    hello.extend_from_slice(&multiproc::manager::remote::TCP_PROTOCOL_VERSION.to_le_bytes());
+    authed.send_bytes(&hello).unwrap();
+    assert_eq!(authed.recv_bytes_timeout(PROMPTLY).unwrap(), hello);
     authed.send_bytes(&noise).unwrap();
     let answer = authed.recv_bytes_timeout(PROMPTLY).unwrap();
     assert!(!answer.is_empty());

@@ -25,6 +25,7 @@ fn config() -> BaseManager {
         .register::<LockProxy>("lock")
         .register::<EventProxy>("go")
         .register::<EventProxy>("held")
+        .register::<EventProxy>("release")
         .register_with::<BarrierProxy>("barrier", Parties(3))
         .register::<DictProxy<String, i64>>("counter")
         .register_with::<QueueProxy<u32>>("jobs", 4)
@@ -202,14 +203,17 @@ fn a_waiting_call_does_not_hold_up_the_other_proxies_of_its_process() {
     let q = master.queue::<u32>().unwrap();
     let lock = master.lock().unwrap();
     let d = master.dict::<u32, u32>().unwrap();
+    // Timed forms: were a wait to hold the process's shared connection,
+    // the calls below would queue behind it until it timed out, and the
+    // test would fail instead of hanging.
     let getter = {
         let q = q.clone();
-        std::thread::spawn(move || q.get())
+        std::thread::spawn(move || q.get_timeout(PROMPTLY))
     };
     let held = lock.lock().unwrap();
     let waiter = {
         let lock = lock.clone();
-        std::thread::spawn(move || lock.acquire().map(|a| (a, lock.release())))
+        std::thread::spawn(move || lock.acquire_timeout(PROMPTLY).map(|a| (a, lock.release())))
     };
     // Both threads wait in the server now (or soon); this thread's calls
     // on the same process's connection still go through.
@@ -363,5 +367,133 @@ fn an_encoded_proxy_carries_the_authkey_only_to_a_spawned_child() {
     // As a spawned child's argument: the child gets the key and connects.
     let used = util::run_each(StartMethod::Spawn, use_given_lock, [lock]);
     assert_eq!(used, vec![true]);
+    master.shutdown().unwrap();
+}
+
+/// Lives until the master raises "release" (a forked grandchild of a lock holder).
+fn linger(address: String) {
+    let m = connect(&address);
+    let release: EventProxy = m.get("release").unwrap();
+    let _ = release.wait_timeout(PROMPTLY);
+}
+
+/// Takes the lock, forks a child that outlives it, records the child's
+/// pid, says it holds the lock, and waits to be killed.
+fn hold_and_fork(address: String) {
+    let m = connect(&address);
+    let lock: LockProxy = m.get("lock").unwrap();
+    let held: EventProxy = m.get("held").unwrap();
+    let go: EventProxy = m.get("go").unwrap();
+    let counter: DictProxy<String, i64> = m.get("counter").unwrap();
+    let _guard = lock.lock().unwrap();
+    let mut child = Process::new(linger, address).start_method(StartMethod::Fork);
+    child.start().unwrap();
+    counter
+        .insert("child".into(), i64::from(child.pid().unwrap()))
+        .unwrap();
+    held.set().unwrap();
+    let _ = go.wait();
+}
+
+#[test]
+fn a_killed_holders_forked_child_does_not_keep_its_lock() {
+    for m in METHODS {
+        let master = config().start().unwrap();
+        let lock: LockProxy = master.get("lock").unwrap();
+        let held: EventProxy = master.get("held").unwrap();
+        let counter: DictProxy<String, i64> = master.get("counter").unwrap();
+        let mut p = Process::new(hold_and_fork, master.address().to_string()).start_method(m);
+        p.start().unwrap();
+        assert!(held.wait_timeout(PROMPTLY).unwrap(), "{m:?}");
+        let grandchild = counter.get(&"child".to_string()).unwrap().unwrap() as i32;
+        let pid = p.pid().unwrap();
+        p.kill().unwrap();
+        let _ = p.join_timeout(PROMPTLY);
+        // The grandchild inherited the holder's sockets, but made them
+        // inert: the server sees the holder's connection end.
+        assert_eq!(
+            lock.acquire_timeout(PROMPTLY).unwrap(),
+            Acquired::OwnerDied { pid },
+            "{m:?}"
+        );
+        assert!(
+            !util::is_gone(grandchild),
+            "{m:?}: the grandchild still lives"
+        );
+        lock.release().unwrap();
+        master.get::<EventProxy>("release").unwrap().set().unwrap();
+        assert!(eventually(PROMPTLY, || util::is_gone(grandchild)), "{m:?}");
+        master.shutdown().unwrap();
+    }
+}
+
+/// Takes and gives back the lock a pool task carries.
+fn lock_from_a_task(lock: LockProxy) -> bool {
+    lock.try_acquire().is_ok() && lock.release().is_ok()
+}
+
+#[test]
+fn a_spawned_pool_worker_can_use_a_tcp_proxy_from_its_task() {
+    let master = BaseManager::new().authkey(KEY).start().unwrap();
+    let lock = master.lock().unwrap();
+    let pool = multiproc::Pool::builder()
+        .processes(1)
+        .start_method(StartMethod::Spawn)
+        .build()
+        .unwrap();
+    // The worker never saw the key: it comes with the task, as the pool's
+    // workers are this process's own children.
+    assert_eq!(
+        pool.map(lock_from_a_task, vec![lock.clone(); 3], None)
+            .unwrap(),
+        vec![true; 3]
+    );
+    drop(pool);
+    master.shutdown().unwrap();
+}
+
+#[test]
+fn proxies_inside_queued_items_live_while_queued_and_go_with_the_queue() {
+    let master = BaseManager::new().authkey(KEY).start().unwrap();
+    let base = master.number_of_objects().unwrap();
+    let q = master
+        .queue_with_maxsize::<multiproc::ListProxy<u32>>(1)
+        .unwrap();
+    let l = master.list::<u32>().unwrap();
+    l.push(5).unwrap();
+    q.put(l.clone()).unwrap();
+    // A full queue refuses the second, and keeps no reference for it.
+    let other = master.list::<u32>().unwrap();
+    assert!(matches!(q.try_put(other), Err(Error::Full)));
+    assert!(eventually(PROMPTLY, || master.number_of_objects().unwrap() == base + 2));
+    drop(l);
+    assert_eq!(
+        master.number_of_objects().unwrap(),
+        base + 2,
+        "the queued item keeps the list"
+    );
+    let got = q.get_timeout(PROMPTLY).unwrap();
+    assert_eq!(got.to_vec().unwrap(), vec![5]);
+    drop(got);
+    assert!(eventually(PROMPTLY, || master.number_of_objects().unwrap() == base + 1));
+    // A list still queued when the queue goes, goes with it.
+    q.put(master.list::<u32>().unwrap()).unwrap();
+    drop(q);
+    assert!(eventually(PROMPTLY, || master.number_of_objects().unwrap() == base));
+    master.shutdown().unwrap();
+}
+
+#[test]
+fn a_timed_barrier_wait_whose_time_is_up_breaks_the_barrier() {
+    let master = config().start().unwrap();
+    let barrier: BarrierProxy = master.get("barrier").unwrap();
+    assert!(matches!(
+        barrier.wait_timeout(Duration::ZERO),
+        Err(Error::BrokenBarrier)
+    ));
+    assert!(barrier.broken().unwrap());
+    barrier.reset().unwrap();
+    barrier.abort().unwrap();
+    assert!(matches!(barrier.try_wait(), Err(Error::BrokenBarrier)));
     master.shutdown().unwrap();
 }

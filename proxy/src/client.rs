@@ -18,6 +18,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, LazyLock, Once};
 
@@ -70,6 +71,8 @@ struct Wire {
 pub(crate) struct Connection {
     /// The process that opened it: a forked child must open its own.
     pid: i32,
+    /// A TCP connection's socket, which a forked child makes inert.
+    tcp_fd: Option<RawFd>,
     server: ServerAddress,
     /// A local server's setup socket, kept open so the server sees this process go.
     _socket: Option<UnixStream>,
@@ -135,8 +138,13 @@ impl Connection {
                 (None, Transport::Tcp(TcpClient::connect(*addr, &key)?))
             }
         };
+        let tcp_fd = match &end {
+            Transport::Tcp(c) => c.fd().map(|fd| fd.as_raw_fd()),
+            Transport::Local(_) => None,
+        };
         Ok(Connection {
             pid: sys::process::getpid(),
+            tcp_fd,
             server: *server,
             _socket: socket,
             wire: Mutex::new(Wire {
@@ -203,6 +211,22 @@ struct Entry {
     refs: HashMap<ObjectId, Held>,
     /// Idle connections of this process for calls that wait (see [`on_own_connection`]).
     spare: Vec<Connection>,
+    /// The sockets of those in use now (a forked child makes them inert).
+    waiting: Vec<RawFd>,
+}
+
+/// Makes a forked child's copy of an inherited TCP socket inert (it now
+/// reads /dev/null), so the child keeps no connection of its parent open:
+/// the server must see the parent's connections end when the parent dies
+/// (a lock it held is released, a wait it was in ends), whatever children
+/// live on. The descriptor number stays valid for whatever owns it.
+fn detach_inherited(fd: Option<RawFd>) {
+    let Some(fd) = fd else { return };
+    let detached =
+        std::fs::File::open("/dev/null").and_then(|null| sys::fd::dup_onto(null.as_fd(), fd));
+    if let Err(e) = detached {
+        tracing::debug!("a forked child cannot detach an inherited manager socket: {e}");
+    }
 }
 
 /// How many idle connections for waiting calls a process keeps per server.
@@ -290,6 +314,7 @@ pub(crate) fn connection(server: &ServerAddress) -> Result<Arc<Connection>> {
             conn: conn.clone(),
             refs: HashMap::new(),
             spare: Vec::new(),
+            waiting: Vec::new(),
         },
     );
     Ok(conn)
@@ -313,7 +338,20 @@ pub(crate) fn on_own_connection<R>(
         Some(c) => c,
         None => Connection::open(server)?,
     };
+    let mark = |waiting: bool| {
+        let mut state = lock_client();
+        let Some(e) = state.conns.get_mut(server) else {
+            return;
+        };
+        match (waiting, conn.tcp_fd) {
+            (true, Some(fd)) => e.waiting.push(fd),
+            (false, Some(fd)) => e.waiting.retain(|w| *w != fd),
+            _ => {}
+        }
+    };
+    mark(true);
     let out = call(&conn);
+    mark(false);
     if !conn.is_gone() {
         let mut state = lock_client();
         if let Some(e) = state.conns.get_mut(server)
@@ -591,6 +629,11 @@ impl ForkHook for ForkPins {
         guard.pid = sys::process::getpid();
         let inherited = std::mem::take(&mut guard.conns);
         for (server, mut entry) in inherited {
+            detach_inherited(entry.conn.tcp_fd);
+            entry
+                .waiting
+                .drain(..)
+                .for_each(|fd| detach_inherited(Some(fd)));
             let token = pins.iter().find(|(s, _)| *s == server).map(|(_, t)| *t);
             entry.refs.retain(|_, h| h.local > 0);
             // The parent's idle connections stay the parent's (dropping our

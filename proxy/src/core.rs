@@ -60,9 +60,10 @@ pub struct ProxyRepr {
     pub type_name: String,
     /// An in-flight reference for the decoder to take over, or 0.
     pub pin: u64,
-    /// For a server reached over TCP, and only in the arguments of a child
-    /// process being spawned: the authkey, so the child can connect (as
-    /// Python hands a spawned child its authkey). Empty everywhere else: a
+    /// For a server reached over TCP, and only in what this process's own
+    /// children read (a spawned child's arguments, a pool's tasks): the
+    /// authkey, so the child can connect (as Python's children inherit
+    /// their parent's authkey). Empty everywhere else: a
     /// process that decodes a TCP proxy from a message must know the key
     /// already (a connected `BaseManager`, `set_manager_authkey`, or the
     /// `MULTIPROC_AUTHKEY` environment variable).
@@ -153,7 +154,7 @@ impl ProxyCore {
             fingerprint: self.tag.fingerprint,
             type_name: self.tag.name.clone(),
             pin,
-            authkey: if multiproc_runtime::handle::encoding_for_spawned_child() {
+            authkey: if multiproc_runtime::handle::encoding_for_own_child() {
                 client::authkey_of(&server)
             } else {
                 Vec::new()

@@ -309,24 +309,31 @@ impl BarrierProxy {
     /// index in `0..parties`. A party whose process leaves while waiting
     /// breaks the barrier for the others.
     pub fn wait(&self) -> Result<usize> {
-        self.wait_deadline(Deadline::Never)
+        self.wait_deadline(Deadline::Never, false)
     }
 
     /// As [`BarrierProxy::wait`], but breaks the barrier (`Err(BrokenBarrier)`
     /// for everyone) if the round is not complete within `timeout`, as Python does.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<usize> {
-        self.wait_deadline(Deadline::after(timeout))
+        self.wait_deadline(Deadline::after(timeout), false)
     }
 
     /// Arrives only if this completes the round; otherwise `Err(WouldBlock)`
     /// without arriving or breaking anything.
     pub fn try_wait(&self) -> Result<usize> {
-        self.wait_deadline(Deadline::Now)
+        self.wait_deadline(Deadline::Now, true)
     }
 
-    fn wait_deadline(&self, deadline: Deadline) -> Result<usize> {
+    fn wait_deadline(&self, deadline: Deadline, only_if_last: bool) -> Result<usize> {
+        let args = Args {
+            // Only `try_wait` arrives only if it completes the round; a
+            // timed wait whose time is up (even a zero timeout) breaks the
+            // barrier, as in Python.
+            index: i64::from(only_if_last),
+            ..Args::default()
+        };
         self.core
-            .call_waiting(Method::BarrierWait, wait_args(), deadline, read_len)
+            .call_waiting(Method::BarrierWait, args, deadline, read_len)
     }
 
     /// Breaks the barrier: waiting and future parties get `BrokenBarrier`.

@@ -41,12 +41,28 @@ thread_local! {
     static INCOMING: RefCell<Option<HashMap<u64, OwnedFd>>> = const { RefCell::new(None) };
 }
 
-/// Whether this thread is encoding the arguments of a child process being
-/// spawned (inside [`collect_fds`]). A proxy to a TCP manager puts its
-/// authkey into its encoding only then, as Python's proxies do: the key
-/// goes to our own child, never into a message that may cross the network.
-pub fn encoding_for_spawned_child() -> bool {
-    OUTGOING.with(|o| o.borrow().is_some())
+thread_local! {
+    /// Set while encoding something only this process's own children read.
+    static FOR_OWN_CHILD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is encoding something only a child process of this
+/// one will read: a spawned child's arguments (inside [`collect_fds`]) or a
+/// pool's tasks for its workers. A proxy to a TCP manager puts its authkey
+/// into its encoding only then, as Python's children inherit their
+/// parent's authkey: the key goes to our own children, never into a
+/// message (a queue's, a pipe's, a dict's) that may reach anyone.
+pub fn encoding_for_own_child() -> bool {
+    FOR_OWN_CHILD.with(|f| f.get()) || OUTGOING.with(|o| o.borrow().is_some())
+}
+
+/// Runs `encode`, which encodes something only this process's own children
+/// read (see [`encoding_for_own_child`]).
+pub fn for_own_child<R>(encode: impl FnOnce() -> R) -> R {
+    let previous = FOR_OWN_CHILD.with(|f| f.replace(true));
+    let out = encode();
+    FOR_OWN_CHILD.with(|f| f.set(previous));
+    out
 }
 
 /// Runs `f` (which encodes something) and returns the descriptors of every

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rkyv::util::AlignedVec;
 
+use crate::deadline::Deadline;
 use crate::manager::protocol::{
     ArchivedBlob, ArchivedCall, ArchivedObjectKind, ArchivedRequest, Method, ObjectId, ObjectKind,
     RemoteError, Response, access_request, encode_response,
@@ -652,8 +653,11 @@ fn waitable_call(
             _ => return Err(wrong_shape()),
         }
     };
-    let wait_us = call.wait_us.to_native();
-    let deadline = deadline_of(wait_us);
+    // The server's own requests (before it serves) never wait.
+    let deadline = match peer.id {
+        0 => Deadline::Now,
+        _ => deadline_of(call.wait_us.to_native()),
+    };
     use Method::*;
     if method.waits() {
         drop(t);
@@ -661,7 +665,7 @@ fn waitable_call(
             LockWaitFree => Response::Bool(w.lock_wait_free(deadline, peer)?),
             SemWaitAvailable => Response::Bool(w.sem_wait_available(deadline, peer)?),
             EventWait => Response::Bool(w.event_wait(deadline, peer)?),
-            BarrierWait => match w.barrier_wait(deadline, wait_us == 0, peer)? {
+            BarrierWait => match w.barrier_wait(deadline, call.index.to_native() != 0, peer)? {
                 Some(index) => Response::Len(index),
                 None => return Err(RemoteError::WouldBlock),
             },

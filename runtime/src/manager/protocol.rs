@@ -177,8 +177,9 @@ pub enum Method {
     EventIsSet = 112,
     /// Waits up to `wait_us` for the flag: `Bool(set)`.
     EventWait = 113,
-    /// Arrives and waits up to `wait_us` for the round: `Len(index)`;
-    /// `wait_us == 0` arrives only if that completes the round.
+    /// Arrives and waits up to `wait_us` for the round: `Len(index)`; with
+    /// `index != 0`, arrives only if that completes the round (`WouldBlock`
+    /// otherwise, changing nothing).
     BarrierWait = 120,
     BarrierAbort = 121,
     BarrierReset = 122,
@@ -187,7 +188,7 @@ pub enum Method {
     BarrierBroken = 125,
     /// Adds `value` unless the queue is full (never waits).
     QueuePut = 130,
-    /// Takes the front value (never waits); `Value(None)` when empty.
+    /// Takes the front value (never waits); `Error(Empty)` when empty.
     QueueGet = 131,
     /// Waits up to `wait_us` until the queue holds a value: `Bool(ready)`.
     QueueWaitNotEmpty = 132,
@@ -354,11 +355,20 @@ pub struct Call<'a> {
 /// `Call::wait_us` for a wait without a time limit.
 pub const WAIT_FOREVER: u64 = u64::MAX;
 
-/// `Call::wait_us` for a deadline (`Deadline::Never` is [`WAIT_FOREVER`]).
+/// `Call::wait_us` for a deadline: [`WAIT_FOREVER`] for `Never`, 0 for
+/// `Now`, and at least 1 for a deadline (even one that just passed: the
+/// call is a timed one, not a `try_`).
 pub fn wait_us(deadline: crate::deadline::Deadline) -> u64 {
-    deadline.remaining().map_or(WAIT_FOREVER, |d| {
-        u64::try_from(d.as_micros()).unwrap_or(WAIT_FOREVER - 1)
-    })
+    use crate::deadline::Deadline;
+    match deadline {
+        Deadline::Never => WAIT_FOREVER,
+        Deadline::Now => 0,
+        Deadline::At(..) => deadline.remaining().map_or(WAIT_FOREVER, |d| {
+            u64::try_from(d.as_micros())
+                .unwrap_or(WAIT_FOREVER - 1)
+                .max(1)
+        }),
+    }
 }
 
 /// What a client asks the server.
@@ -462,6 +472,8 @@ pub enum RemoteError {
     Malformed(String),
     /// The server is shutting down.
     ShuttingDown,
+    /// Anything else (a segment could not be created, for example).
+    Failed(String),
     /// A wait ran out of time.
     Timeout,
     /// A queue was empty.
@@ -474,8 +486,6 @@ pub enum RemoteError {
     WouldBlock,
     /// The object cannot do that in its state (releasing an unlocked lock).
     InvalidState(String),
-    /// Anything else (a segment could not be created, for example).
-    Failed(String),
 }
 
 impl From<RemoteError> for Error {
@@ -561,6 +571,8 @@ pub enum Response<'a> {
     },
     /// Several object ids (the objects a claimed token held).
     Objects(Vec<ObjectId>),
+    /// The request failed.
+    Error(RemoteError),
     /// What a lock's try-acquire did.
     Acquired {
         /// Whether the caller holds the lock now.
@@ -569,8 +581,6 @@ pub enum Response<'a> {
         /// it held the lock (the server released it then).
         lost_holder: Option<i64>,
     },
-    /// The request failed.
-    Error(RemoteError),
 }
 
 /// Encodes a request (client side).

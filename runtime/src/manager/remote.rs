@@ -44,6 +44,28 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// host is noticed within about 25 s).
 const KEEPALIVE_COUNT: u32 = 3;
 
+/// The first frame after the handshake, both ways: magic and the version
+/// of the request/response messages, so a client and a server of different
+/// builds refuse each other instead of misreading each other's messages.
+const TCP_HELLO: &[u8; 4] = b"MPMT";
+/// The version of the manager's TCP messages (bump on any change to
+/// `protocol.rs`'s encoded types).
+pub const TCP_PROTOCOL_VERSION: u32 = 2;
+
+fn hello_frame() -> [u8; 8] {
+    let mut f = [0u8; 8];
+    f[..4].copy_from_slice(TCP_HELLO);
+    f[4..].copy_from_slice(&TCP_PROTOCOL_VERSION.to_le_bytes());
+    f
+}
+
+/// The version a hello frame names, if it is one.
+fn hello_version(frame: &[u8]) -> Option<u32> {
+    let (magic, version) = frame.split_first_chunk::<4>()?;
+    let version: &[u8; 4] = version.try_into().ok()?;
+    (magic == TCP_HELLO).then(|| u32::from_le_bytes(*version))
+}
+
 fn watch_liveness<T>(conn: &SocketConnection<T>) {
     if let Some(fd) = conn.fd()
         && let Err(e) = crate::sys::socket::set_tcp_liveness(
@@ -172,6 +194,17 @@ fn serve_tcp_connection(state: &ServerState, mut conn: SocketConnection<()>, opt
         tracing::warn!(error = %e, "manager refused a TCP client that failed the authkey handshake");
         return;
     }
+    // The peer's version, then ours: a mismatch ends the connection (the
+    // client reports it).
+    let hello = conn.recv_bytes_timeout(Duration::from_millis(options.handshake_ms));
+    let version = hello.as_deref().ok().and_then(hello_version);
+    if conn.send_bytes(&hello_frame()).is_err() || version != Some(TCP_PROTOCOL_VERSION) {
+        tracing::warn!(
+            ?version,
+            "manager refused a TCP client of another protocol version"
+        );
+        return;
+    }
     conn.set_max_message(options.max_frame());
     // A client whose host vanished (no FIN ever comes) still ends, and its
     // references go.
@@ -190,15 +223,16 @@ fn serve_tcp_connection(state: &ServerState, mut conn: SocketConnection<()>, opt
     };
     // A waiting request ends when its client leaves: the client sends
     // nothing while it waits, so a readable socket means it hung up.
-    let watch = closer.try_clone().ok();
+    let Ok(watch) = closer.try_clone() else {
+        tracing::warn!("manager cannot duplicate a TCP connection's socket");
+        return;
+    };
     let gone = || {
         state.stopping()
-            || watch.as_ref().is_none_or(|s| {
-                matches!(
-                    sys::fd::poll(&[s.as_fd()], sys::fd::Interest::Read, Some(Duration::ZERO)),
-                    Ok(ready) if !ready.is_empty()
-                )
-            })
+            || matches!(
+                sys::fd::poll(&[watch.as_fd()], sys::fd::Interest::Read, Some(Duration::ZERO)),
+                Ok(ready) if !ready.is_empty()
+            )
     };
     let peer = Peer {
         id: state.connection_id(),
@@ -285,12 +319,33 @@ impl TcpClient {
         })?;
         // A call never waits forever on a server whose host vanished.
         watch_liveness(&conn);
-        Ok(TcpClient { conn, gone: false })
+        let mut conn = conn;
+        let gone = |e: Error| {
+            Error::ManagerGone(format!(
+                "the manager at {address} left during the hello: {e}"
+            ))
+        };
+        conn.send_bytes(&hello_frame()).map_err(gone)?;
+        let reply = conn.recv_bytes_timeout(TCP_CONNECT_TIMEOUT).map_err(gone)?;
+        match hello_version(&reply) {
+            Some(TCP_PROTOCOL_VERSION) => Ok(TcpClient { conn, gone: false }),
+            Some(v) => Err(Error::Protocol(format!(
+                "the manager at {address} speaks protocol version {v}, this client {TCP_PROTOCOL_VERSION}"
+            ))),
+            None => Err(Error::Protocol(format!(
+                "the manager at {address} did not answer as a multiproc manager"
+            ))),
+        }
     }
 
     /// Whether the connection broke.
     pub fn is_gone(&self) -> bool {
         self.gone
+    }
+
+    /// The socket (a forked child makes its copy inert, see the proxy crate).
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.conn.fd()
     }
 
     /// Sends a request and waits for its response.

@@ -35,7 +35,7 @@ use crate::sys;
 
 const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"MPMH");
 const WELCOME_MAGIC: u32 = u32::from_le_bytes(*b"MPMW");
-const PROTOCOL_VERSION: u32 = 1;
+const PROTOCOL_VERSION: u32 = 2;
 /// How long a client waits for a live server to answer its handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the accept loop wakes to drop expired pins.

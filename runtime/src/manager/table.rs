@@ -7,7 +7,7 @@
 //! arguments, not yet decoded). When it reaches zero the object is freed,
 //! and the references its stored values held are dropped in turn.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,6 +110,8 @@ pub(crate) struct Table {
     next_id: ObjectId,
     pins: HashMap<u64, Pin>,
     next_pin: u64,
+    /// The locks among the objects (released when their holder's connection ends).
+    locks: HashSet<ObjectId>,
 }
 
 impl Table {
@@ -119,6 +121,7 @@ impl Table {
             next_id: 1,
             pins: HashMap::new(),
             next_pin: 1,
+            locks: HashSet::new(),
         }
     }
 
@@ -137,6 +140,9 @@ impl Table {
     ) -> ObjectId {
         let id = self.next_id;
         self.next_id += 1;
+        if kind == ObjectKind::Lock {
+            self.locks.insert(id);
+        }
         self.objects.insert(
             id,
             Object {
@@ -208,6 +214,7 @@ impl Table {
             && let Some(o) = self.objects.remove(&id)
         {
             tracing::trace!(id, "managed object freed");
+            self.locks.remove(&id);
             o.data.into_refs(work);
         }
     }
@@ -264,8 +271,12 @@ impl Table {
     /// Drops every reference a finished connection held, and releases the
     /// locks it held (connection `id`).
     pub fn release_connection(&mut self, conn: ConnRefs, id: u64) {
-        for o in self.objects.values() {
-            if let Data::Waitable(w) = &o.data {
+        for lock in &self.locks {
+            if let Some(Object {
+                data: Data::Waitable(w),
+                ..
+            }) = self.objects.get(lock)
+            {
                 w.connection_ended(id);
             }
         }

@@ -56,9 +56,6 @@ pub(crate) enum Take {
     TakenFromLost(i64),
 }
 
-/// How many past barrier rounds remember that they were reset.
-const RESETS_KEPT: usize = 16;
-
 #[derive(Debug)]
 enum State {
     Lock {
@@ -73,14 +70,18 @@ enum State {
     },
     Event {
         set: bool,
+        /// How many times it was raised: a waiter woken by a `set` returns
+        /// true even if a `clear` came before it ran again (as in Python).
+        sets: u64,
     },
     Barrier {
         parties: u64,
         count: u64,
         generation: u64,
         broken: bool,
-        /// Rounds ended by `reset` (their waiters fail).
-        resets: VecDeque<u64>,
+        /// Rounds ended by `reset` with parties waiting, and how many of
+        /// those have not woken yet (they fail with `BrokenBarrier`).
+        resets: Vec<(u64, u64)>,
     },
     Queue {
         items: VecDeque<Stored>,
@@ -120,7 +121,10 @@ impl Waitable {
                 value: arg,
                 bound: (kind == ObjectKind::BoundedSemaphore).then_some(arg),
             },
-            ObjectKind::Event => State::Event { set: false },
+            ObjectKind::Event => State::Event {
+                set: false,
+                sets: 0,
+            },
             ObjectKind::Barrier => {
                 if arg == 0 {
                     return Err(RemoteError::Malformed(
@@ -132,7 +136,7 @@ impl Waitable {
                     count: 0,
                     generation: 0,
                     broken: false,
-                    resets: VecDeque::new(),
+                    resets: Vec::new(),
                 }
             }
             ObjectKind::Queue => State::Queue {
@@ -324,7 +328,10 @@ impl Waitable {
 
     pub fn event_set(&self, raised: bool) -> Result<(), RemoteError> {
         match &mut self.inner.lock().state {
-            State::Event { set } => *set = raised,
+            State::Event { set, sets } => {
+                *set = raised;
+                *sets += u64::from(raised);
+            }
             _ => return Err(wrong_kind()),
         }
         if raised {
@@ -335,16 +342,23 @@ impl Waitable {
 
     pub fn event_is_set(&self) -> Result<bool, RemoteError> {
         match &self.inner.lock().state {
-            State::Event { set } => Ok(*set),
+            State::Event { set, .. } => Ok(*set),
             _ => Err(wrong_kind()),
         }
     }
 
     pub fn event_wait(&self, deadline: Deadline, peer: &Peer<'_>) -> Result<bool, RemoteError> {
         let mut inner = self.inner.lock();
-        self.wait_while(&mut inner, deadline, peer, |s| {
-            matches!(s, State::Event { set: false })
-        })
+        let seen = match &inner.state {
+            State::Event { sets, .. } => *sets,
+            _ => return Err(wrong_kind()),
+        };
+        self.wait_while(
+            &mut inner,
+            deadline,
+            peer,
+            |s| matches!(s, State::Event { set: false, sets } if *sets == seen),
+        )
     }
 
     // ---- Barrier ----
@@ -404,11 +418,14 @@ impl Waitable {
             return Err(wrong_kind());
         };
         if *generation != my_generation {
-            return if resets.contains(&my_generation) {
-                Err(RemoteError::BrokenBarrier)
-            } else {
-                Ok(Some(index))
+            let Some(at) = resets.iter().position(|(g, _)| *g == my_generation) else {
+                return Ok(Some(index));
             };
+            resets[at].1 -= 1;
+            if resets[at].1 == 0 {
+                resets.swap_remove(at);
+            }
+            return Err(RemoteError::BrokenBarrier);
         }
         // Still this round: broken, timed out, or the client left. Leave it
         // broken for everyone, as a timeout does in Python.
@@ -445,10 +462,7 @@ impl Waitable {
                 ..
             } => {
                 if *count > 0 {
-                    resets.push_back(*generation);
-                    if resets.len() > RESETS_KEPT {
-                        resets.pop_front();
-                    }
+                    resets.push((*generation, *count));
                 }
                 *count = 0;
                 *generation += 1;
@@ -545,13 +559,11 @@ impl Waitable {
     pub fn queue_task_done(&self) -> Result<(), RemoteError> {
         let mut inner = self.inner.lock();
         match &mut inner.state {
-            State::Queue {
-                items, unfinished, ..
-            } => {
-                // Tasks taken out = unfinished - still queued.
-                if *unfinished <= items.len() as u64 {
+            State::Queue { unfinished, .. } => {
+                // As Python's: counted against the items put.
+                if *unfinished == 0 {
                     return Err(RemoteError::InvalidState(
-                        "task_done() called more times than there were items taken".into(),
+                        "task_done() called more times than there were items put".into(),
                     ));
                 }
                 *unfinished -= 1;
@@ -697,6 +709,49 @@ mod tests {
     }
 
     #[test]
+    fn every_waiter_woken_by_a_set_sees_it_even_if_cleared_at_once() {
+        let e = Arc::new(Waitable::new(ObjectKind::Event, 0).unwrap());
+        let waiters: Vec<_> = (0..8)
+            .map(|i| {
+                let e = e.clone();
+                std::thread::spawn(move || e.event_wait(Deadline::Never, &peer(i)))
+            })
+            .collect();
+        // Every waiter registered before the set (or saw it raised).
+        let registered =
+            || Arc::strong_count(&e) == 1 + waiters.iter().filter(|w| !w.is_finished()).count();
+        while !registered() {
+            std::thread::yield_now();
+        }
+        e.event_set(true).unwrap();
+        e.event_set(false).unwrap();
+        for w in waiters {
+            assert_eq!(w.join().unwrap(), Ok(true));
+        }
+    }
+
+    #[test]
+    fn waiters_of_a_reset_round_fail_however_many_rounds_pass_meanwhile() {
+        let b = Waitable::new(ObjectKind::Barrier, 2).unwrap();
+        // A round with one waiter, reset; then many rounds reset while empty.
+        let stuck = {
+            let mut inner = b.inner.lock();
+            if let State::Barrier { count, .. } = &mut inner.state {
+                *count = 1;
+            }
+            0
+        };
+        b.barrier_reset().unwrap();
+        for _ in 0..40 {
+            b.barrier_reset().unwrap();
+        }
+        match &b.inner.lock().state {
+            State::Barrier { resets, .. } => assert_eq!(resets, &vec![(stuck, 1)]),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
     fn a_queue_counts_tasks_and_respects_maxsize() {
         let q = Waitable::new(ObjectKind::Queue, 1).unwrap();
         let item = || Stored {
@@ -705,10 +760,6 @@ mod tests {
         };
         assert!(q.queue_put(item()).unwrap().is_ok());
         assert!(q.queue_put(item()).unwrap().is_err(), "full at maxsize");
-        assert!(matches!(
-            q.queue_task_done(),
-            Err(RemoteError::InvalidState(_))
-        ));
         assert!(
             !q.queue_join(Deadline::after(Duration::from_millis(10)), &peer(1))
                 .unwrap()
@@ -717,5 +768,9 @@ mod tests {
         assert!(q.queue_get().unwrap().is_none());
         q.queue_task_done().unwrap();
         assert!(q.queue_join(Deadline::Now, &peer(1)).unwrap());
+        assert!(matches!(
+            q.queue_task_done(),
+            Err(RemoteError::InvalidState(_))
+        ));
     }
 }

@@ -39,7 +39,8 @@ impl InitSpec {
         Ok(InitSpec {
             entry_offset: launch::offset_of(entry as *const ()),
             target_offset: launch::offset_of(f as *const ()),
-            arg: arg.encode()?.into_vec(),
+            // Read only by the pool's own workers.
+            arg: crate::handle::for_own_child(|| arg.encode())?.into_vec(),
         })
     }
 }
@@ -287,7 +288,8 @@ impl Backend for Processes {
         Ok(ProcTask {
             entry_offset: launch::offset_of(entry as *const ()),
             target_offset: launch::offset_of(f.to_ptr()),
-            args: A::encode_many(&items)?.into_vec(),
+            // Read only by the pool's own workers.
+            args: crate::handle::for_own_child(|| A::encode_many(&items))?.into_vec(),
         })
     }
 }
