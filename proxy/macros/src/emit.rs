@@ -3,8 +3,9 @@
 //! typed proxy.
 
 use proc_macro2::{Group, Ident, Span, TokenStream, TokenTree};
-use quote::{ToTokens, format_ident, quote};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::Type;
+use syn::spanned::Spanned;
 
 use crate::model::{Args, Method};
 
@@ -13,8 +14,9 @@ pub fn served(args: &Args, self_ty: &Type, methods: &[Method]) -> TokenStream {
     let k = &args.krate;
     let proxy = &args.proxy;
     // Locals of the generated code cannot meet the user's names.
-    let method_no = Ident::new("method", Span::mixed_site());
-    let encoded = Ident::new("args", Span::mixed_site());
+    let local = |name| Ident::new(name, Span::mixed_site());
+    let (method_no, encoded, out, e) = (local("method"), local("args"), local("out"), local("e"));
+    let shareable = local("shareable");
     let arms = methods.iter().map(|m| {
         let Method {
             number,
@@ -28,17 +30,24 @@ pub fn served(args: &Args, self_ty: &Type, methods: &[Method]) -> TokenStream {
             .map(|i| format_ident!("arg{}", i, span = Span::mixed_site()))
             .collect();
         let types = args.iter().map(|(_, ty)| ty);
+        // A type that cannot travel is reported at the type, not the attribute.
+        let checks = args
+            .iter()
+            .map(|(_, ty)| ty)
+            .chain([ret])
+            .map(|ty| quote_spanned!(ty.span()=> let _: fn() = #shareable::<#ty>;));
         let number = literal(*number);
         quote! {
             #(#cfgs)*
             #number => {
+                #(#checks)*
                 let (#(#locals,)*): (#(#types,)*) =
                     #k::__private::Shareable::decode(#encoded)
-                        .map_err(|e| #k::__private::CallError::Codec(e.to_string()))?;
-                let out: #ret = <#self_ty>::#name(self, #(#locals),*);
-                #k::__private::Shareable::encode(&out)
-                    .map(|b| b.to_vec())
-                    .map_err(|e| #k::__private::CallError::Codec(e.to_string()))
+                        .map_err(|#e| #k::__private::CallError::Codec(#e.to_string()))?;
+                let #out: #ret = <#self_ty>::#name(self, #(#locals),*);
+                #k::__private::Shareable::encode(&#out)
+                    .map(|#out| #out.to_vec())
+                    .map_err(|#e| #k::__private::CallError::Codec(#e.to_string()))
             }
         }
     });
@@ -59,6 +68,7 @@ pub fn served(args: &Args, self_ty: &Type, methods: &[Method]) -> TokenStream {
                 #method_no: u32,
                 #encoded: &[u8],
             ) -> ::core::result::Result<::std::vec::Vec<u8>, #k::__private::CallError> {
+                fn #shareable<T: #k::__private::Shareable>() {}
                 match #method_no {
                     #(#arms)*
                     _ => ::core::result::Result::Err(#k::__private::CallError::UnknownMethod),

@@ -177,5 +177,7 @@ fn served(attr: TokenStream, item: TokenStream) -> Result<TokenStream, (TokenStr
     Ok(quote!(#block #generated))
 }
 
+#[cfg(doctest)]
+mod compile_fail;
 #[cfg(test)]
 mod tests;
