@@ -139,6 +139,58 @@
 //! }
 //! ```
 //!
+//! ## Serve your own type
+//!
+//! A [`BaseManager`] serves over TCP, to workers on any host that knows its
+//! authkey. Besides dicts, lists and queues it can own a value of your own
+//! type: mark the impl block with [`remote`](macro@remote) and number the
+//! methods clients may call (the numbers are the wire format); a worker
+//! calls them through the generated typed proxy.
+//!
+//! ```
+//! use multiproc::{BaseManager, Process};
+//!
+//! #[derive(Default)]
+//! struct Counter {
+//!     n: i64,
+//! }
+//!
+//! #[multiproc::remote(proxy = CounterProxy)]
+//! impl Counter {
+//!     #[remote(1)]
+//!     fn incr(&mut self, by: i64) -> i64 {
+//!         self.n += by;
+//!         self.n
+//!     }
+//!     #[remote(2)]
+//!     fn get(&self) -> i64 {
+//!         self.n
+//!     }
+//! }
+//!
+//! // A worker: any process (on any host) that reaches the master.
+//! fn worker(address: String) -> i64 {
+//!     let m = BaseManager::new().address(address).authkey(b"secret").connect().unwrap();
+//!     let counter: CounterProxy = m.get_object("counter").unwrap();
+//!     counter.incr(5).unwrap()
+//! }
+//!
+//! fn main() {
+//!     multiproc::init();
+//!     let master = BaseManager::new()
+//!         .authkey(b"secret")
+//!         .register_object::<Counter>("counter")
+//!         .start()
+//!         .unwrap();
+//!     let mut p = Process::new(worker, master.address().to_string());
+//!     p.start().unwrap();
+//!     assert_eq!(p.join().unwrap(), 5);
+//!     let counter: CounterProxy = master.get_object("counter").unwrap();
+//!     assert_eq!(counter.get().unwrap(), 5);
+//!     master.shutdown().unwrap();
+//! }
+//! ```
+//!
 //! ## Errors
 //!
 //! Every fallible call returns [`Result`] with the one [`Error`] enum; blocking
