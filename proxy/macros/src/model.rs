@@ -6,8 +6,8 @@ use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::{
-    Attribute, Error, Expr, FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, LitInt, Pat, Path,
-    ReturnType, Token, Type,
+    Attribute, Error, Expr, FnArg, Generics, Ident, ImplItem, ImplItemFn, ItemImpl, LitInt, Pat,
+    Path, ReturnType, Token, Type,
 };
 
 /// The name of the marker on served methods: `#[remote(N)]`.
@@ -114,11 +114,16 @@ pub fn read(item: &mut ItemImpl, errors: &mut Errors) -> Vec<Method> {
              not on a trait impl",
         );
         // Its methods are the trait's: there is nothing more to say about them.
+        for impl_item in &mut item.items {
+            if let Some(attrs) = impl_item_attrs(impl_item) {
+                take_markers(attrs);
+            }
+        }
         return Vec::new();
     }
     if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
         errors.at(
-            &item.generics,
+            generics_tokens(&item.generics),
             "a generic type cannot be served: the server makes one concrete type \
              with `Default::default()`",
         );
@@ -170,6 +175,12 @@ pub fn read(item: &mut ItemImpl, errors: &mut Errors) -> Vec<Method> {
     methods
 }
 
+/// Generic parameters and where clause (`Generics` prints only the former).
+fn generics_tokens(generics: &Generics) -> proc_macro2::TokenStream {
+    let where_clause = &generics.where_clause;
+    quote::quote!(#generics #where_clause)
+}
+
 /// The attributes of an impl item other than a method (none for verbatim tokens).
 fn impl_item_attrs(item: &mut ImplItem) -> Option<&mut Vec<Attribute>> {
     match item {
@@ -202,7 +213,7 @@ fn method_number(marker: &Attribute, errors: &mut Errors) -> Option<(u32, LitInt
     let literal: LitInt = match list.parse_args() {
         Ok(l) => l,
         Err(_) => {
-            errors.at(&list.tokens, HOW);
+            errors.at(marker, HOW);
             return None;
         }
     };
@@ -236,7 +247,7 @@ fn method(f: &ImplItemFn, number: u32, errors: &mut Errors) -> Option<Method> {
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         mine.at(
-            &sig.generics,
+            generics_tokens(&sig.generics),
             "a generic method cannot be served: its argument and result types are \
              the wire format, so they must be concrete",
         );
