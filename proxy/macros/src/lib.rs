@@ -65,6 +65,12 @@ mod model;
 /// a value or nothing (`()`); argument and result types must be
 /// `Shareable` (they travel encoded).
 ///
+/// The attribute is `multiproc::remote` (also `multiproc_proxy::remote`);
+/// the `#[remote(N)]` markers need no import, the attribute reads and
+/// removes them. One impl block per type carries the attribute (a second
+/// would implement the served traits twice); other impl blocks of the type
+/// are ordinary.
+///
 /// The impl block is kept as written (without the `#[remote(N)]` markers).
 /// Beside it the attribute generates:
 ///
@@ -83,16 +89,17 @@ mod model;
 /// A call carries its method's number, not its name. The numbers are
 /// required, and must differ within the type: keep each method's number
 /// when you rename, reorder or add methods, and give a method whose
-/// arguments or result change a new number, so a client built from older
-/// code gets `Error::Remote` (unknown method, or arguments that do not
-/// decode) instead of a wrong answer. Numbers are not taken from
-/// declaration order, because moving a method would silently change what
-/// old clients call.
+/// arguments or result change a new number (retiring the old one), so a
+/// client built from older code gets `Error::Protocol` (an unknown method)
+/// instead of arguments that may decode as something else and a wrong
+/// answer. Numbers are not taken from declaration order, because moving a
+/// method would silently change what old clients call.
 ///
 /// # Arguments
 ///
 /// - `proxy = Name` (required): the proxy type to generate.
-/// - `name = "…"` (optional): the `TYPE_NAME` both sides compare. By default
+/// - `name = "…"` (optional; any `&'static str` constant expression): the
+///   `TYPE_NAME` both sides compare. By default
 ///   it is the type's module path and name (`my_crate::jobs::Counter`), the
 ///   same as [`remote_object!`] gives, so a master and a worker built from
 ///   different binaries (whose module paths differ) must agree on one here.
