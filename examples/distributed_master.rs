@@ -1,6 +1,6 @@
 //! The master of a distributed job (Python's `BaseManager` "remote manager"
-//! recipe): it serves a task queue and a result queue over TCP, puts tasks,
-//! and collects what remote workers send back.
+//! recipe): it serves a task queue, a result queue and a `Tally` of its own
+//! type over TCP, puts tasks, and collects what remote workers send back.
 //!
 //! Run in one terminal:
 //!     cargo run --example distributed_master -- 127.0.0.1:50000 secret
@@ -15,6 +15,10 @@
 use std::time::Duration;
 
 use multiproc::{BaseManager, QueueProxy};
+
+#[path = "distributed/tally.rs"]
+mod tally;
+use tally::{Tally, TallyProxy};
 
 /// How long the master waits for each result before giving up.
 const RESULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -41,6 +45,7 @@ fn main() -> multiproc::Result<()> {
         .authkey(authkey.as_bytes())
         .register::<QueueProxy<Task>>("get_task_queue")
         .register::<QueueProxy<Outcome>>("get_result_queue")
+        .register_object::<Tally>("tally")
         .start()?;
     println!("master listening on {}", master.address());
 
@@ -62,6 +67,12 @@ fn main() -> multiproc::Result<()> {
         "collected {} results, sum {}",
         collected.len(),
         collected.iter().sum::<u64>()
+    );
+    let tally: TallyProxy = master.get_object("tally")?;
+    let by_worker = tally.by_worker()?;
+    println!(
+        "tally: {} tasks, (worker pid, tasks): {by_worker:?}",
+        by_worker.iter().map(|(_, n)| n).sum::<u64>()
     );
     master.shutdown()?;
     println!("master shut down");

@@ -1,6 +1,7 @@
 //! A worker of a distributed job: connects to the master's manager over TCP,
-//! takes tasks from its task queue and puts the squares on its result
-//! queue, until the master goes away (or nothing comes for a while).
+//! takes tasks from its task queue, counts each in the master's `Tally` and
+//! puts the squares on its result queue, until the master goes away (or
+//! nothing comes for a while).
 //!
 //! Run the master first (see `distributed_master.rs`), then:
 //!     cargo run --example distributed_worker -- 127.0.0.1:50000 secret
@@ -13,6 +14,10 @@
 use std::time::{Duration, Instant};
 
 use multiproc::{BaseManager, Error, QueueProxy};
+
+#[path = "distributed/tally.rs"]
+mod tally;
+use tally::TallyProxy;
 
 type Task = u64;
 type Outcome = (u64, u64, u32);
@@ -47,6 +52,7 @@ fn main() -> multiproc::Result<()> {
     };
     let tasks: QueueProxy<Task> = manager.get("get_task_queue")?;
     let results: QueueProxy<Outcome> = manager.get("get_result_queue")?;
+    let tally: TallyProxy = manager.get_object("tally")?;
     println!("worker {me} connected to {address}");
 
     let mut done = 0;
@@ -54,6 +60,7 @@ fn main() -> multiproc::Result<()> {
     loop {
         match tasks.get_timeout(Duration::from_millis(500)) {
             Ok(n) => {
+                tally.record(me)?;
                 results.put((n, n * n, me))?;
                 done += 1;
                 idle_since = Instant::now();

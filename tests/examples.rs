@@ -151,6 +151,7 @@ fn distributed_master_and_two_workers() {
         "put 10 tasks",
         "result: 10^2 = 100",
         "collected 10 results, sum 385",
+        "tally: 10 tasks, ",
         "master shut down",
     ] {
         assert!(rest.contains(needle), "{needle:?} missing from\n{rest}");

@@ -447,3 +447,116 @@ fn netns_client() {
         d.get(&"sum".to_string()).unwrap().unwrap()
     );
 }
+
+/// A user type declared with `#[multiproc::remote]` (the recommended form).
+#[derive(Default)]
+struct Ledger {
+    entries: Vec<(u32, i64)>,
+    closed: bool,
+}
+
+#[multiproc::remote(proxy = LedgerProxy)]
+impl Ledger {
+    /// Books `amount` for `worker` unless the ledger is closed; returns the balance.
+    #[remote(1)]
+    fn book(&mut self, worker: u32, amount: i64) -> Result<i64, String> {
+        if self.closed {
+            return Err(format!("closed; {worker} booked nothing"));
+        }
+        self.entries.push((worker, amount));
+        Ok(self.balance())
+    }
+    #[remote(2)]
+    fn balance(&self) -> i64 {
+        self.entries.iter().map(|(_, a)| a).sum()
+    }
+    #[remote(3)]
+    fn close(&mut self) {
+        self.closed = true;
+    }
+    #[remote(4)]
+    fn entries_of(&self, worker: u32) -> Vec<i64> {
+        self.entries
+            .iter()
+            .filter(|(w, _)| *w == worker)
+            .map(|(_, a)| *a)
+            .collect()
+    }
+    /// Not served: no `#[remote(N)]`.
+    #[allow(dead_code)]
+    fn is_closed(&self) -> bool {
+        self.closed
+    }
+}
+
+/// `Tally`'s methods declared with the attribute under `Tally`'s type name:
+/// a proxy to the object `remote_object!` declared.
+#[derive(Default)]
+struct SameWireAsTally;
+
+#[multiproc::remote(proxy = AttributeTallyProxy, name = concat!(module_path!(), "::Tally"))]
+impl SameWireAsTally {
+    #[remote(2)]
+    fn total(&mut self) -> u64 {
+        0
+    }
+    #[remote(1)]
+    fn record(&mut self, _worker: u32) -> u64 {
+        0
+    }
+}
+
+/// Books 1..=5 for itself through the typed proxy; returns what the
+/// ledger holds for it.
+fn booking_worker(address: String) -> Vec<i64> {
+    let m = connect(&address);
+    let ledger: LedgerProxy = m.get_object("ledger").unwrap();
+    let me = std::process::id();
+    for amount in 1..=5 {
+        ledger.book(me, amount).unwrap().unwrap();
+    }
+    // The object `remote_object!` declared, through the attribute's proxy.
+    let tally: AttributeTallyProxy = m.get_object("tally").unwrap();
+    tally.record(me).unwrap();
+    ledger.entries_of(me).unwrap()
+}
+
+#[test]
+fn workers_call_a_type_declared_with_the_attribute_through_its_typed_proxy() {
+    for m in METHODS {
+        let master = config()
+            .register_object::<Ledger>("ledger")
+            .start()
+            .expect("server starts");
+        let address = master.address().to_string();
+        let mut workers: Vec<_> = (0..2)
+            .map(|_| Process::new(booking_worker, address.clone()).start_method(m))
+            .collect();
+        for w in &mut workers {
+            w.start().unwrap();
+        }
+        for w in &mut workers {
+            assert_eq!(w.join_timeout(PROMPTLY).unwrap(), [1, 2, 3, 4, 5], "{m:?}");
+        }
+        let ledger: LedgerProxy = master.get_object("ledger").unwrap();
+        assert_eq!(ledger.balance().unwrap(), 30, "{m:?}");
+        ledger.close().unwrap();
+        assert_eq!(
+            ledger.book(7, 1).unwrap(),
+            Err("closed; 7 booked nothing".to_string())
+        );
+        assert_eq!(ledger.balance().unwrap(), 30, "{m:?}");
+        // Both forms speak one wire format: the attribute's proxy counted
+        // in the `remote_object!` type, and its proxy reads the count.
+        let tally: TallyProxy = master.get_object("tally").unwrap();
+        assert_eq!(tally.total().unwrap(), 2, "{m:?}");
+        let same: AttributeTallyProxy = master.get_object("tally").unwrap();
+        assert_eq!(same.total().unwrap(), 2, "{m:?}");
+        // Each proxy is checked against its own type.
+        assert!(matches!(
+            master.get_object::<LedgerProxy>("tally"),
+            Err(Error::TypeMismatch { .. })
+        ));
+        master.shutdown().unwrap();
+    }
+}

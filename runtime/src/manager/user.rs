@@ -32,7 +32,8 @@ pub enum CallError {
 
 /// A value a server owns and serves: its methods are called by number with
 /// encoded arguments and answer encoded results. Implemented by the
-/// `remote_object!` macro of the `multiproc` crate.
+/// `#[multiproc::remote]` attribute (or the `remote_object!` macro) of the
+/// `multiproc` crate.
 pub trait ServedObject: Send + 'static {
     /// Runs method `method` on the encoded `args`; returns the encoded result.
     fn call(&mut self, method: u32, args: &[u8]) -> Result<Vec<u8>, CallError>;

@@ -1,0 +1,190 @@
+//! The `#[multiproc::remote]` attribute (use it through the `multiproc` crate).
+//!
+//! See [`macro@remote`].
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote};
+use syn::ItemImpl;
+
+mod emit;
+mod model;
+
+/// Declares which methods of a type a remote manager serves, and generates
+/// the typed proxy clients call them through.
+///
+/// Put it on an inherent impl block, name the proxy type, and mark each
+/// method clients may call with `#[remote(N)]`; unmarked methods stay
+/// private to the server:
+///
+/// ```
+/// #[derive(Default)]
+/// struct Counter {
+///     n: i64,
+/// }
+///
+/// #[multiproc::remote(proxy = CounterProxy)]
+/// impl Counter {
+///     /// Adds `by`; returns the new count.
+///     #[remote(1)]
+///     fn incr(&mut self, by: i64) -> i64 {
+///         self.n += by;
+///         self.n
+///     }
+///     #[remote(2)]
+///     fn get(&self) -> i64 {
+///         self.n
+///     }
+///     #[remote(3)]
+///     fn reset(&mut self) {
+///         self.n = 0;
+///     }
+///     fn not_served(&self) -> bool {
+///         self.n == 0
+///     }
+/// }
+///
+/// multiproc::init();
+/// let m = multiproc::BaseManager::new()
+///     .authkey(b"k")
+///     .register_object::<Counter>("counter")
+///     .start()
+///     .unwrap();
+/// // In any process that reaches the server (a worker on another host too):
+/// let counter: CounterProxy = m.get_object("counter").unwrap();
+/// assert_eq!(counter.incr(5).unwrap(), 5);
+/// assert_eq!(counter.get().unwrap(), 5);
+/// counter.reset().unwrap();
+/// assert_eq!(counter.get().unwrap(), 0);
+/// m.shutdown().unwrap();
+/// ```
+///
+/// The server makes the object with `Default::default()` when it starts
+/// ([`BaseManager::register_object`]), and runs one call at a time on it.
+/// The type must be `Default + Send + 'static`; each served method takes
+/// `&self` or `&mut self`, then any number of named arguments, and returns
+/// a value or nothing (`()`); argument and result types must be
+/// `Shareable` (they travel encoded).
+///
+/// The attribute is `multiproc::remote` (also `multiproc_proxy::remote`);
+/// the `#[remote(N)]` markers need no import, the attribute reads and
+/// removes them. One impl block per type carries the attribute (a second
+/// would implement the served traits twice); other impl blocks of the type
+/// are ordinary.
+///
+/// The impl block is kept as written (without the `#[remote(N)]` markers).
+/// Beside it the attribute generates:
+///
+/// - `impl ServedObject for Counter`: the server's dispatch, which decodes
+///   the arguments of method `N` (checked: a bad frame is an error for that
+///   caller, never a panic) and encodes the result;
+/// - `impl RemoteObject for Counter`, whose `TYPE_NAME` both sides compare
+///   when a client asks for the object;
+/// - `pub struct CounterProxy` ([`UserProxy`]), with one `pub fn` per
+///   served method: same name and arguments, taking `&self`, returning
+///   `multiproc::Result<R>` (`counter.incr(5)?`). The served method's docs
+///   are copied onto it.
+///
+/// # Method numbers are the wire format
+///
+/// A call carries its method's number, not its name. The numbers are
+/// required, and must differ within the type: keep each method's number
+/// when you rename, reorder or add methods, and give a method whose
+/// arguments or result change a new number (retiring the old one), so a
+/// client built from older code gets `Error::Protocol` (an unknown method)
+/// instead of arguments that may decode as something else and a wrong
+/// answer. Numbers are not taken from declaration order, because moving a
+/// method would silently change what old clients call.
+///
+/// # Arguments
+///
+/// - `proxy = Name` (required): the proxy type to generate.
+/// - `name = "…"` (optional; any `&'static str` constant expression): the
+///   `TYPE_NAME` both sides compare. By default
+///   it is the type's module path and name (`my_crate::jobs::Counter`), the
+///   same as [`remote_object!`] gives, so a master and a worker built from
+///   different binaries (whose module paths differ) must agree on one here.
+/// - `crate = path` (optional): where the `multiproc` items are, if the
+///   crate is not a dependency named `multiproc` (e.g. `crate = ::multiproc_proxy`).
+///
+/// # Refused at compile time
+///
+/// Each with an error pointing at what to change: trait impls and generic
+/// impl blocks; a marked method that is generic, `async` or `unsafe`, takes
+/// `self` by value or has no receiver, takes a pattern argument
+/// (`(a, b): (i32, i32)`), or takes or returns a reference, `impl Trait`
+/// or `dyn Trait`; `#[remote]` without a number, a number used twice, two
+/// numbers on one method; `#[remote(N)]` on anything but a method; a block
+/// without any marked method.
+///
+/// ```compile_fail
+/// #[derive(Default)]
+/// struct Counter { n: i64 }
+/// #[multiproc::remote(proxy = CounterProxy)]
+/// impl Counter {
+///     #[remote(1)] fn incr(&mut self, by: i64) -> i64 { self.n += by; self.n }
+///     #[remote(1)] fn get(&self) -> i64 { self.n } // error: number 1 is `incr`'s
+/// }
+/// ```
+///
+/// # `remote_object!`
+///
+/// [`remote_object!`] declares the same things in a macro of its own
+/// (`1 => fn incr(by: i64) -> i64;`), repeating each signature; both
+/// generate the same code and speak the same wire format. The attribute is
+/// the recommended form: the compiler checks the served methods where they
+/// are written.
+///
+/// [`BaseManager::register_object`]: ../multiproc/struct.BaseManager.html#method.register_object
+/// [`UserProxy`]: ../multiproc/trait.UserProxy.html
+/// [`remote_object!`]: ../multiproc/macro.remote_object.html
+#[proc_macro_attribute]
+pub fn remote(
+    attr: proc_macro::TokenStream,
+    item: proc_macro::TokenStream,
+) -> proc_macro::TokenStream {
+    expand(attr.into(), item.into()).into()
+}
+
+/// The attribute's expansion: the impl block (markers removed) and the
+/// generated items, or the errors and the block alone.
+fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
+    match served(attr, item) {
+        Ok(tokens) => tokens,
+        Err((kept, e)) => {
+            let e = e.into_compile_error();
+            quote!(#e #kept)
+        }
+    }
+}
+
+/// Checks and generates; on refusal, all the errors and what to keep (the
+/// block without markers, so its own code is still checked and used).
+fn served(attr: TokenStream, item: TokenStream) -> Result<TokenStream, (TokenStream, syn::Error)> {
+    let mut block = match syn::parse2::<ItemImpl>(item.clone()) {
+        Ok(block) => block,
+        Err(_) => {
+            let e = syn::Error::new(
+                Span::call_site(),
+                "#[multiproc::remote(proxy = …)] goes on an inherent impl block \
+                 (`impl Counter { … }`); inside it, mark the served methods #[remote(N)]",
+            );
+            return Err((item, e));
+        }
+    };
+    let args = syn::parse2::<model::Args>(attr);
+    let mut errors = model::Errors::default();
+    if let Err(e) = &args {
+        errors.push(e.clone());
+    }
+    let methods = model::read(&mut block, &mut errors);
+    let refused = |e| (block.to_token_stream(), e);
+    errors.into_result().map_err(refused)?;
+    let args = args.map_err(refused)?;
+    let generated = emit::served(&args, &block.self_ty, &methods);
+    Ok(quote!(#block #generated))
+}
+
+#[cfg(doctest)]
+mod compile_fail;
+#[cfg(test)]
+mod tests;
