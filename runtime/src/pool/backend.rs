@@ -13,6 +13,9 @@ pub(crate) struct Chunk<T> {
     pub first: usize,
     pub len: usize,
     pub task: T,
+    /// Its job is only done when all its items are (a `map`): a worker may
+    /// hold its results a little to report them with the next chunks'.
+    pub together: bool,
 }
 
 /// What a worker reported.
@@ -73,13 +76,14 @@ pub(crate) trait Backend: Send + 'static {
 
     /// Starts worker `id`.
     fn spawn(&mut self, id: u64) -> Result<Self::Worker>;
-    /// Sends a chunk; `block` may wait for room. `Err` hands the chunk back.
+    /// Sends chunks to one worker, in order; `block` may wait for room for
+    /// the first. Hands back the chunks it did not send (a tail of `chunks`).
     fn send(
         &mut self,
         worker: &Self::Worker,
-        chunk: Chunk<Self::Task>,
+        chunks: Vec<Chunk<Self::Task>>,
         block: bool,
-    ) -> std::result::Result<(), Chunk<Self::Task>>;
+    ) -> Vec<Chunk<Self::Task>>;
     /// Tells a worker to exit once its current work is done.
     fn stop(&mut self, worker: &Self::Worker);
     /// `Some` once the worker has ended (reaping it).

@@ -9,7 +9,9 @@
 //!
 //! Each chunk is sent to one worker, which is recorded as holding it until
 //! its report arrives: that is how a death is pinned on exactly the tasks it
-//! took. At most `max_inflight` chunks wait at a worker.
+//! took. At most `max_inflight` chunks wait at a worker. The chunks a worker
+//! gets in one dispatch go to the backend together, so that it can send
+//! them in one message.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -61,8 +63,10 @@ enum Phase {
 struct Slot<W> {
     id: u64,
     worker: W,
-    /// Chunks this worker holds: (job, first item) -> item count.
-    inflight: HashMap<(u64, usize), usize>,
+    /// Chunks this worker holds, in the order it got them: (job, first
+    /// item, item count). A worker reports in that order, so the one
+    /// reported is almost always at the front.
+    inflight: VecDeque<(u64, usize, usize)>,
     chunks_sent: usize,
     stopping: bool,
     /// Set once the worker was seen to end; removed after its last reports are in.
@@ -260,7 +264,7 @@ impl<B: Backend> State<B> {
         self.workers.push(Slot {
             id,
             worker,
-            inflight: HashMap::new(),
+            inflight: VecDeque::new(),
             chunks_sent: 0,
             stopping: false,
             ended: None,
@@ -268,47 +272,56 @@ impl<B: Backend> State<B> {
         Ok(())
     }
 
-    /// Whether a worker may take another chunk now.
-    fn eligible(&self, slot: &Slot<B::Worker>) -> bool {
+    /// Whether a worker may take another chunk now, besides `planned` ones.
+    fn eligible(&self, slot: &Slot<B::Worker>, planned: usize) -> bool {
         !slot.stopping
             && slot.ended.is_none()
-            && slot.inflight.len() < self.config.max_inflight
-            && self.config.maxtasks.is_none_or(|m| slot.chunks_sent < m)
+            && slot.inflight.len() + planned < self.config.max_inflight
+            && self
+                .config
+                .maxtasks
+                .is_none_or(|m| slot.chunks_sent + planned < m)
     }
 
     /// Sends pending chunks (and lazy input) to workers with room.
     fn dispatch(&mut self) {
-        let mut full: Vec<u64> = Vec::new();
+        // Deal the chunks out one at a time to the worker holding the fewest,
+        // then hand each worker its share at once.
+        let mut plan: Vec<Vec<Chunk<B::Task>>> = Vec::new();
+        plan.resize_with(self.workers.len(), Vec::new);
         loop {
             if self.pending.is_empty() && !self.refill() {
-                return;
+                break;
             }
             let Some(index) = self
                 .workers
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| self.eligible(s) && !full.contains(&s.id))
-                .min_by_key(|(_, s)| s.inflight.len())
+                .filter(|(i, s)| self.eligible(s, plan[*i].len()))
+                .min_by_key(|(i, s)| s.inflight.len() + plan[*i].len())
                 .map(|(i, _)| i)
             else {
-                return;
+                break;
             };
             let Some(chunk) = self.pending.pop_front() else {
-                return;
+                break;
             };
-            let key = (chunk.job, chunk.first);
-            let len = chunk.len;
+            plan[index].push(chunk);
+        }
+        for (index, chunks) in plan.into_iter().enumerate() {
+            if chunks.is_empty() {
+                continue;
+            }
+            let keys: Vec<(u64, usize, usize)> =
+                chunks.iter().map(|c| (c.job, c.first, c.len)).collect();
             let slot = &mut self.workers[index];
             let block = slot.inflight.is_empty();
-            match self.backend.send(&slot.worker, chunk, block) {
-                Ok(()) => {
-                    slot.inflight.insert(key, len);
-                    slot.chunks_sent += 1;
-                }
-                Err(chunk) => {
-                    full.push(slot.id);
-                    self.pending.push_front(chunk);
-                }
+            let unsent = self.backend.send(&slot.worker, chunks, block);
+            let sent = keys.len() - unsent.len();
+            slot.inflight.extend(&keys[..sent]);
+            slot.chunks_sent += sent;
+            for chunk in unsent.into_iter().rev() {
+                self.pending.push_front(chunk);
             }
         }
     }
@@ -334,8 +347,13 @@ impl<B: Backend> State<B> {
 
     /// Records that a chunk's report arrived.
     fn record(&mut self, worker: u64, job: u64, first: usize) {
-        if let Some(slot) = self.workers.iter_mut().find(|s| s.id == worker) {
-            slot.inflight.remove(&(job, first));
+        if let Some(slot) = self.workers.iter_mut().find(|s| s.id == worker)
+            && let Some(at) = slot
+                .inflight
+                .iter()
+                .position(|&(j, f, _)| j == job && f == first)
+        {
+            slot.inflight.remove(at);
         }
     }
 
@@ -364,7 +382,7 @@ impl<B: Backend> State<B> {
             if !(ended.clean() && slot.inflight.is_empty()) {
                 tracing::warn!(pid = ended.pid, "pool worker died: {}", ended.error());
             }
-            for ((job, first), len) in slot.inflight {
+            for (job, first, len) in slot.inflight {
                 let error = Arc::new(move || ended.error());
                 out.deliveries
                     .push((job, first, RawChunk::Failed { len, error }));
@@ -425,24 +443,49 @@ impl<B: Backend> State<B> {
 }
 
 /// Hands results to their jobs without holding the pool lock.
+///
+/// Each job receiving results is taken out of the table once for all of
+/// them (two lock rounds per flush, not per chunk).
 fn flush<B: Backend>(state: &Mutex<State<B>>, out: &mut Outbox) {
-    for (job_id, first, results) in out.deliveries.drain(..) {
-        let job = state.lock().jobs.remove(&job_id);
-        let Some(mut job) = job else { continue };
-        job.deliver(first, results);
-        if job.complete() {
-            continue;
+    if !out.deliveries.is_empty() {
+        let mut taken: Vec<(u64, Option<Box<dyn Job>>)> = Vec::new();
+        {
+            let mut st = state.lock();
+            for &(job_id, _, _) in &out.deliveries {
+                if taken.last().is_none_or(|(id, _)| *id != job_id)
+                    && !taken.iter().any(|(id, _)| *id == job_id)
+                {
+                    taken.push((job_id, st.jobs.remove(&job_id)));
+                }
+            }
         }
+        let mut at = 0;
+        for (job_id, first, results) in out.deliveries.drain(..) {
+            if taken[at].0 != job_id {
+                match taken.iter().position(|(id, _)| *id == job_id) {
+                    Some(i) => at = i,
+                    None => continue,
+                }
+            }
+            if let Some(job) = &mut taken[at].1 {
+                job.deliver(first, results);
+            }
+        }
+        // Finished jobs are dropped after the lock is released.
+        taken.retain(|(_, job)| job.as_ref().is_some_and(|j| !j.complete()));
         let mut st = state.lock();
         let gone = match (&st.broken, st.phase) {
             (Some(m), _) => Some(Abandon::Broken(m.clone())),
             (None, Phase::Terminated) => Some(Abandon::Terminated),
             _ => None,
         };
-        match gone {
-            Some(why) => out.abandoned.push((job, why)),
-            None => {
-                st.jobs.insert(job_id, job);
+        for (job_id, job) in taken {
+            let Some(job) = job else { continue };
+            match &gone {
+                Some(why) => out.abandoned.push((job, why.clone())),
+                None => {
+                    st.jobs.insert(job_id, job);
+                }
             }
         }
     }

@@ -3,8 +3,16 @@
 //! Each worker has its own order queue, so the pool knows exactly which
 //! chunks a worker holds; all workers report through one report queue. Workers
 //! are daemon processes: they go when the pool's process goes.
+//!
+//! Small chunks travel several to a message each way: a queue hand-over
+//! costs more than a trivial task. A worker holds a chunk until its report
+//! is sent. It reports each chunk as soon as it is done, except that the
+//! chunks of a `map` followed by more of the same `map` in the same order
+//! message are reported together, as long as the first of them has waited
+//! less than [`REPORT_DELAY`].
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -12,10 +20,18 @@ use crate::codec::Shareable;
 use crate::error::Result;
 use crate::pool::backend::{Backend, Chunk, Ended, Report, ReportSource};
 use crate::pool::jobs::RawChunk;
-use crate::pool::wire::{self, ChunkEntryFn, OrderMsg, ReportMsg, TaskFn, TaskMsg};
+use crate::pool::wire::{self, ChunkDone, ChunkEntryFn, OrderMsg, ReportMsg, TaskFn, TaskMsg};
 use crate::process::launch::{self, Outcome};
 use crate::process::{Process, StartMethod};
 use crate::queue::Queue;
+
+/// The most chunks in one order message.
+const ORDER_CHUNKS: usize = 16;
+/// An order message takes more chunks only while their items fit in this.
+const ORDER_BYTES: usize = 64 << 10;
+/// A worker holds a `map` chunk's results for the next chunks of the same
+/// `map` only while the first held has waited less than this.
+const REPORT_DELAY: Duration = Duration::from_micros(100);
 
 /// A task ready to send: the function's offsets and each item encoded.
 pub(crate) struct ProcTask {
@@ -73,7 +89,11 @@ impl ProcWorker {
     }
 }
 
-pub(crate) struct ProcReports(Queue<ReportMsg>);
+/// The report queue, and the chunks of the last message not yet handed out.
+pub(crate) struct ProcReports {
+    queue: Queue<ReportMsg>,
+    unread: VecDeque<Report>,
+}
 
 impl Processes {
     pub fn new(
@@ -89,39 +109,49 @@ impl Processes {
                 init,
                 maxtasks,
             },
-            ProcReports(reports),
+            ProcReports {
+                queue: reports,
+                unread: VecDeque::new(),
+            },
         ))
     }
 }
 
-fn to_report(msg: ReportMsg) -> Report {
+/// Queues the reports one message carries.
+fn unpack(msg: ReportMsg, out: &mut VecDeque<Report>) {
     match msg {
-        ReportMsg::Done {
-            worker,
-            job,
-            first,
-            count,
-            outcome,
-        } => Report::Done {
-            worker,
-            job,
-            first: first as usize,
-            results: RawChunk::Encoded {
-                len: count as usize,
-                outcome,
-            },
-        },
-        ReportMsg::InitFailed { worker, message } => Report::InitFailed { worker, message },
-        ReportMsg::Wake => Report::Wake,
+        ReportMsg::Done { worker, chunks } => {
+            out.extend(chunks.into_iter().map(|c| Report::Done {
+                worker,
+                job: c.job,
+                first: c.first as usize,
+                results: RawChunk::Encoded {
+                    len: c.count as usize,
+                    outcome: c.outcome,
+                },
+            }))
+        }
+        ReportMsg::InitFailed { worker, message } => {
+            out.push_back(Report::InitFailed { worker, message })
+        }
+        ReportMsg::Wake => out.push_back(Report::Wake),
     }
 }
 
 impl ReportSource for ProcReports {
     fn recv(&mut self, timeout: Duration) -> Option<Report> {
-        self.0.get_timeout(timeout).ok().map(to_report)
+        if self.unread.is_empty() {
+            let msg = self.queue.get_timeout(timeout).ok()?;
+            unpack(msg, &mut self.unread);
+        }
+        self.unread.pop_front()
     }
     fn try_recv(&mut self) -> Option<Report> {
-        self.0.try_get().ok().map(to_report)
+        if self.unread.is_empty() {
+            let msg = self.queue.try_get().ok()?;
+            unpack(msg, &mut self.unread);
+        }
+        self.unread.pop_front()
     }
 }
 
@@ -156,25 +186,64 @@ fn worker_main(args: WorkerArgs) {
         }
     }
     let mut done = 0u64;
-    while let Ok(OrderMsg::Run(task)) = orders.get() {
-        // SAFETY: as above: the pool computed these offsets from functions of
-        // this same binary.
-        let entry = unsafe {
-            std::mem::transmute::<*const (), ChunkEntryFn>(launch::addr_at(task.entry_offset))
-        };
-        let target = launch::addr_at(task.target_offset);
-        let outcome = entry(target, &task.args, task.count as usize);
-        let sent = reports.put(&ReportMsg::Done {
-            worker: id,
-            job: task.job,
-            first: task.first,
-            count: task.count,
-            outcome,
-        });
-        done += 1;
-        if sent.is_err() || maxtasks.is_some_and(|m| done >= m) {
-            return;
+    let mut finished: Vec<ChunkDone> = Vec::new();
+    while let Ok(OrderMsg::Run(tasks)) = orders.get() {
+        let mut oldest: Option<Instant> = None;
+        let mut tasks = tasks.into_iter().peekable();
+        while let Some(task) = tasks.next() {
+            // SAFETY: as above: the pool computed these offsets from functions of
+            // this same binary.
+            let entry = unsafe {
+                std::mem::transmute::<*const (), ChunkEntryFn>(launch::addr_at(task.entry_offset))
+            };
+            let target = launch::addr_at(task.target_offset);
+            let outcome = entry(target, &task.args, task.count as usize);
+            finished.push(ChunkDone {
+                job: task.job,
+                first: task.first,
+                count: task.count,
+                outcome,
+            });
+            done += 1;
+            let exiting = maxtasks.is_some_and(|m| done >= m);
+            let hold = !exiting
+                && task.together
+                && tasks
+                    .peek()
+                    .is_some_and(|next| next.together && next.job == task.job)
+                && {
+                    let now = Instant::now();
+                    now.duration_since(*oldest.get_or_insert(now)) < REPORT_DELAY
+                };
+            if !hold {
+                oldest = None;
+                let chunks = std::mem::take(&mut finished);
+                if reports
+                    .put(&ReportMsg::Done { worker: id, chunks })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if exiting {
+                return;
+            }
         }
+    }
+}
+
+/// A chunk back from an order message that could not be sent.
+fn unsent(t: TaskMsg) -> Chunk<ProcTask> {
+    Chunk {
+        together: t.together,
+        job: t.job,
+        first: t.first as usize,
+        len: t.count as usize,
+        task: ProcTask {
+            entry_offset: t.entry_offset,
+            target_offset: t.target_offset,
+            args: t.args,
+        },
     }
 }
 
@@ -203,42 +272,47 @@ impl Backend for Processes {
     fn send(
         &mut self,
         worker: &ProcWorker,
-        chunk: Chunk<ProcTask>,
+        chunks: Vec<Chunk<ProcTask>>,
         block: bool,
-    ) -> std::result::Result<(), Chunk<ProcTask>> {
-        let Chunk {
-            job,
-            first,
-            len,
-            task,
-        } = chunk;
-        let msg = OrderMsg::Run(TaskMsg {
-            job,
-            first: first as u64,
-            count: len as u64,
-            entry_offset: task.entry_offset,
-            target_offset: task.target_offset,
-            args: task.args,
-        });
-        let sent = if block {
-            worker.orders.put(&msg)
-        } else {
-            worker.orders.try_put(&msg)
-        };
-        match (sent, msg) {
-            (Ok(()), _) => Ok(()),
-            (Err(_), OrderMsg::Run(t)) => Err(Chunk {
-                job,
-                first,
-                len,
-                task: ProcTask {
-                    entry_offset: t.entry_offset,
-                    target_offset: t.target_offset,
-                    args: t.args,
-                },
-            }),
-            (Err(_), OrderMsg::Stop) => Ok(()),
+    ) -> Vec<Chunk<ProcTask>> {
+        let mut chunks = chunks.into_iter().peekable();
+        let mut block = block;
+        while chunks.peek().is_some() {
+            let mut tasks = Vec::new();
+            let mut bytes = 0;
+            while let Some(chunk) = chunks.next_if(|c| {
+                tasks.is_empty()
+                    || (tasks.len() < ORDER_CHUNKS && bytes + c.task.args.len() <= ORDER_BYTES)
+            }) {
+                bytes += chunk.task.args.len();
+                tasks.push(TaskMsg {
+                    job: chunk.job,
+                    first: chunk.first as u64,
+                    count: chunk.len as u64,
+                    entry_offset: chunk.task.entry_offset,
+                    target_offset: chunk.task.target_offset,
+                    args: chunk.task.args,
+                    together: chunk.together,
+                });
+            }
+            let msg = OrderMsg::Run(tasks);
+            let sent = if block {
+                worker.orders.put(&msg)
+            } else {
+                worker.orders.try_put(&msg)
+            };
+            // Once the worker holds something it drains its queue: never wait
+            // for room again.
+            block = false;
+            match (sent, msg) {
+                (Ok(()), _) => {}
+                (Err(_), OrderMsg::Run(tasks)) => {
+                    return tasks.into_iter().map(unsent).chain(chunks).collect();
+                }
+                (Err(_), OrderMsg::Stop) => return chunks.collect(),
+            }
         }
+        Vec::new()
     }
 
     fn stop(&mut self, worker: &ProcWorker) {

@@ -114,14 +114,16 @@ impl Backend for Threads {
     fn send(
         &mut self,
         worker: &ThreadWorker,
-        chunk: Chunk<ThreadTask>,
+        chunks: Vec<Chunk<ThreadTask>>,
         _block: bool,
-    ) -> std::result::Result<(), Chunk<ThreadTask>> {
-        match worker.orders.send(Order::Run(chunk)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::SendError(Order::Run(chunk))) => Err(chunk),
-            Err(mpsc::SendError(Order::Stop)) => Ok(()),
+    ) -> Vec<Chunk<ThreadTask>> {
+        let mut chunks = chunks.into_iter();
+        while let Some(chunk) = chunks.next() {
+            if let Err(mpsc::SendError(Order::Run(chunk))) = worker.orders.send(Order::Run(chunk)) {
+                return std::iter::once(chunk).chain(chunks).collect();
+            }
         }
+        Vec::new()
     }
 
     fn stop(&mut self, worker: &ThreadWorker) {

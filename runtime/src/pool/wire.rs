@@ -47,20 +47,26 @@ pub(crate) struct TaskMsg {
     pub target_offset: i64,
     /// `A::encode_many` of the chunk's items.
     pub args: Vec<u8>,
+    /// The pool wants this chunk's results only with the rest of its job's.
+    pub together: bool,
+}
+
+/// One chunk's outcomes, in a worker's report.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+#[rkyv(crate = rkyv)]
+pub(crate) struct ChunkDone {
+    pub job: u64,
+    pub first: u64,
+    pub count: u64,
+    pub outcome: ChunkOutcome,
 }
 
 /// What a process worker tells the pool.
 #[derive(Archive, Serialize, Deserialize, Debug)]
 #[rkyv(crate = rkyv)]
 pub(crate) enum ReportMsg {
-    /// Outcomes of a chunk's items, in order.
-    Done {
-        worker: u64,
-        job: u64,
-        first: u64,
-        count: u64,
-        outcome: ChunkOutcome,
-    },
+    /// Outcomes of some of the chunks the worker holds, in the order it ran them.
+    Done { worker: u64, chunks: Vec<ChunkDone> },
     /// The initializer failed; the worker exits.
     InitFailed { worker: u64, message: String },
     /// Not from a worker: wakes the result handler.
@@ -71,8 +77,9 @@ pub(crate) enum ReportMsg {
 #[derive(Archive, Serialize, Deserialize, Debug)]
 #[rkyv(crate = rkyv)]
 pub(crate) enum OrderMsg {
-    /// Run this chunk.
-    Run(TaskMsg),
+    /// Run these chunks, in order (one message for several chunks spares
+    /// queue round trips when chunks are small).
+    Run(Vec<TaskMsg>),
     /// Exit once done.
     Stop,
 }
