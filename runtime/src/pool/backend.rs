@@ -18,13 +18,17 @@ pub(crate) struct Chunk<T> {
     pub together: bool,
 }
 
+/// Chunks of one job, as (first item, item count) each, in the order their
+/// results come.
+pub(crate) type Parts = Vec<(usize, usize)>;
+
 /// What a worker reported.
 pub(crate) enum Report {
-    /// Results of a chunk, in item order.
+    /// Results of one or more chunks of a job, in item order.
     Done {
         worker: u64,
         job: u64,
-        first: usize,
+        parts: Parts,
         results: RawChunk,
     },
     /// A worker's initializer failed.

@@ -21,7 +21,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::pool::backend::{Backend, Chunk, Ended, Report, ReportSource};
+use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource};
 use crate::pool::jobs::{Job, RawChunk};
 
 /// How often the result handler looks at workers when no report arrives.
@@ -106,7 +106,7 @@ impl Abandon {
 /// runs user callbacks (which may submit more work).
 #[derive(Default)]
 struct Outbox {
-    deliveries: Vec<(u64, usize, RawChunk)>,
+    deliveries: Vec<(u64, Parts, RawChunk)>,
     abandoned: Vec<(Box<dyn Job>, Abandon)>,
 }
 
@@ -345,15 +345,19 @@ impl<B: Backend> State<B> {
         false
     }
 
-    /// Records that a chunk's report arrived.
-    fn record(&mut self, worker: u64, job: u64, first: usize) {
-        if let Some(slot) = self.workers.iter_mut().find(|s| s.id == worker)
-            && let Some(at) = slot
+    /// Records that the report of a job's chunks arrived.
+    fn record(&mut self, worker: u64, job: u64, parts: &[(usize, usize)]) {
+        let Some(slot) = self.workers.iter_mut().find(|s| s.id == worker) else {
+            return;
+        };
+        for &(first, _) in parts {
+            if let Some(at) = slot
                 .inflight
                 .iter()
                 .position(|&(j, f, _)| j == job && f == first)
-        {
-            slot.inflight.remove(at);
+            {
+                slot.inflight.remove(at);
+            }
         }
     }
 
@@ -385,7 +389,7 @@ impl<B: Backend> State<B> {
             for (job, first, len) in slot.inflight {
                 let error = Arc::new(move || ended.error());
                 out.deliveries
-                    .push((job, first, RawChunk::Failed { len, error }));
+                    .push((job, vec![(first, len)], RawChunk::Failed { len, error }));
             }
             let work_left = !self.jobs.is_empty() || !self.pending.is_empty();
             let replace = self.broken.is_none()
@@ -460,7 +464,7 @@ fn flush<B: Backend>(state: &Mutex<State<B>>, out: &mut Outbox) {
             }
         }
         let mut at = 0;
-        for (job_id, first, results) in out.deliveries.drain(..) {
+        for (job_id, parts, results) in out.deliveries.drain(..) {
             if taken[at].0 != job_id {
                 match taken.iter().position(|(id, _)| *id == job_id) {
                     Some(i) => at = i,
@@ -468,7 +472,7 @@ fn flush<B: Backend>(state: &Mutex<State<B>>, out: &mut Outbox) {
                 }
             }
             if let Some(job) = &mut taken[at].1 {
-                job.deliver(first, results);
+                job.deliver(&parts, results);
             }
         }
         // Finished jobs are dropped after the lock is released.
@@ -499,11 +503,11 @@ fn record_report<B: Backend>(st: &mut State<B>, report: Report, out: &mut Outbox
         Report::Done {
             worker,
             job,
-            first,
+            parts,
             results,
         } => {
-            st.record(worker, job, first);
-            out.deliveries.push((job, first, results));
+            st.record(worker, job, &parts);
+            out.deliveries.push((job, parts, results));
         }
         Report::InitFailed { worker, message } => {
             tracing::error!(worker, "pool initializer failed: {message}");

@@ -76,12 +76,17 @@ fn merge<R: Shareable>(len: usize, outcome: ChunkOutcome) -> Vec<Result<R>> {
 
 /// Receives the results of one job, chunk by chunk.
 pub(crate) trait Job: Send {
-    /// Results for the chunk of items starting at `first`.
-    fn deliver(&mut self, first: usize, chunk: RawChunk);
+    /// Results for chunks given by (first item, item count), in that order.
+    fn deliver(&mut self, parts: &[(usize, usize)], chunk: RawChunk);
     /// Whether every item has a result (the job can be dropped).
     fn complete(&self) -> bool;
     /// Fails every item that has no result yet (pool terminated or broken).
     fn abandon(&mut self, why: &dyn Fn() -> Error);
+}
+
+/// The item indices of chunks given by (first item, item count).
+fn indices(parts: &[(usize, usize)]) -> impl Iterator<Item = usize> + '_ {
+    parts.iter().flat_map(|&(first, len)| first..first + len)
 }
 
 /// `apply_async`: one item.
@@ -98,7 +103,7 @@ impl<R> ApplyJob<R> {
 }
 
 impl<R: Shareable> Job for ApplyJob<R> {
-    fn deliver(&mut self, _first: usize, chunk: RawChunk) {
+    fn deliver(&mut self, _parts: &[(usize, usize)], chunk: RawChunk) {
         if let (Some(p), Some(r)) = (self.promise.take(), chunk.into_typed().into_iter().next()) {
             p.complete(r);
         }
@@ -148,9 +153,9 @@ impl<R> MapJob<R> {
 }
 
 impl<R: Shareable> Job for MapJob<R> {
-    fn deliver(&mut self, first: usize, chunk: RawChunk) {
-        for (i, r) in chunk.into_typed().into_iter().enumerate() {
-            if let Some(slot) = self.results.get_mut(first + i)
+    fn deliver(&mut self, parts: &[(usize, usize)], chunk: RawChunk) {
+        for (i, r) in indices(parts).zip(chunk.into_typed()) {
+            if let Some(slot) = self.results.get_mut(i)
                 && slot.is_none()
             {
                 *slot = Some(r);
@@ -236,10 +241,10 @@ impl<R> IMapJob<R> {
 }
 
 impl<R: Shareable> Job for IMapJob<R> {
-    fn deliver(&mut self, first: usize, chunk: RawChunk) {
-        for (i, r) in chunk.into_typed().into_iter().enumerate() {
+    fn deliver(&mut self, parts: &[(usize, usize)], chunk: RawChunk) {
+        for (i, r) in indices(parts).zip(chunk.into_typed()) {
             self.delivered += 1;
-            self.shared.push(first + i, r);
+            self.shared.push(i, r);
         }
     }
     fn complete(&self) -> bool {

@@ -4,23 +4,22 @@
 //! chunks a worker holds; all workers report through one report queue. Workers
 //! are daemon processes: they go when the pool's process goes.
 //!
-//! Small chunks travel several to a message each way: a queue hand-over
+//! Small chunks travel several to an order message: a queue hand-over
 //! costs more than a trivial task. A worker holds a chunk until its report
-//! is sent. It reports each chunk as soon as it is done, except that the
-//! chunks of a `map` followed by more of the same `map` in the same order
-//! message are reported together, as long as the first of them has waited
-//! less than [`REPORT_DELAY`].
+//! is sent. It reports each chunk as soon as it is done, except that
+//! consecutive chunks of one `map` in an order message run together and are
+//! reported in one message with their results encoded together, as long as
+//! the run has taken less than [`REPORT_DELAY`].
 
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::codec::Shareable;
 use crate::error::Result;
-use crate::pool::backend::{Backend, Chunk, Ended, Report, ReportSource};
+use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource};
 use crate::pool::jobs::RawChunk;
-use crate::pool::wire::{self, ChunkDone, ChunkEntryFn, OrderMsg, ReportMsg, TaskFn, TaskMsg};
+use crate::pool::wire::{self, ChunkEntryFn, OrderMsg, ReportMsg, TaskFn, TaskMsg};
 use crate::process::launch::{self, Outcome};
 use crate::process::{Process, StartMethod};
 use crate::queue::Queue;
@@ -29,8 +28,8 @@ use crate::queue::Queue;
 const ORDER_CHUNKS: usize = 16;
 /// An order message takes more chunks only while their items fit in this.
 const ORDER_BYTES: usize = 64 << 10;
-/// A worker holds a `map` chunk's results for the next chunks of the same
-/// `map` only while the first held has waited less than this.
+/// A worker runs a `map`'s next chunk with the previous ones (holding their
+/// results) only while the run has taken less than this.
 const REPORT_DELAY: Duration = Duration::from_micros(100);
 
 /// A task ready to send: the function's offsets and each item encoded.
@@ -89,11 +88,7 @@ impl ProcWorker {
     }
 }
 
-/// The report queue, and the chunks of the last message not yet handed out.
-pub(crate) struct ProcReports {
-    queue: Queue<ReportMsg>,
-    unread: VecDeque<Report>,
-}
+pub(crate) struct ProcReports(Queue<ReportMsg>);
 
 impl Processes {
     pub fn new(
@@ -109,49 +104,44 @@ impl Processes {
                 init,
                 maxtasks,
             },
-            ProcReports {
-                queue: reports,
-                unread: VecDeque::new(),
-            },
+            ProcReports(reports),
         ))
     }
 }
 
-/// Queues the reports one message carries.
-fn unpack(msg: ReportMsg, out: &mut VecDeque<Report>) {
+fn to_report(msg: ReportMsg) -> Report {
     match msg {
-        ReportMsg::Done { worker, chunks } => {
-            out.extend(chunks.into_iter().map(|c| Report::Done {
+        ReportMsg::Done {
+            worker,
+            job,
+            parts,
+            outcome,
+        } => {
+            let parts: Parts = parts
+                .into_iter()
+                .map(|(first, count)| (first as usize, count as usize))
+                .collect();
+            Report::Done {
                 worker,
-                job: c.job,
-                first: c.first as usize,
+                job,
                 results: RawChunk::Encoded {
-                    len: c.count as usize,
-                    outcome: c.outcome,
+                    len: parts.iter().map(|&(_, n)| n).sum(),
+                    outcome,
                 },
-            }))
+                parts,
+            }
         }
-        ReportMsg::InitFailed { worker, message } => {
-            out.push_back(Report::InitFailed { worker, message })
-        }
-        ReportMsg::Wake => out.push_back(Report::Wake),
+        ReportMsg::InitFailed { worker, message } => Report::InitFailed { worker, message },
+        ReportMsg::Wake => Report::Wake,
     }
 }
 
 impl ReportSource for ProcReports {
     fn recv(&mut self, timeout: Duration) -> Option<Report> {
-        if self.unread.is_empty() {
-            let msg = self.queue.get_timeout(timeout).ok()?;
-            unpack(msg, &mut self.unread);
-        }
-        self.unread.pop_front()
+        self.0.get_timeout(timeout).ok().map(to_report)
     }
     fn try_recv(&mut self) -> Option<Report> {
-        if self.unread.is_empty() {
-            let msg = self.queue.try_get().ok()?;
-            unpack(msg, &mut self.unread);
-        }
-        self.unread.pop_front()
+        self.0.try_get().ok().map(to_report)
     }
 }
 
@@ -186,48 +176,44 @@ fn worker_main(args: WorkerArgs) {
         }
     }
     let mut done = 0u64;
-    let mut finished: Vec<ChunkDone> = Vec::new();
     while let Ok(OrderMsg::Run(tasks)) = orders.get() {
-        let mut oldest: Option<Instant> = None;
-        let mut tasks = tasks.into_iter().peekable();
-        while let Some(task) = tasks.next() {
+        let mut rest: &[TaskMsg] = &tasks;
+        while let Some(task) = rest.first() {
+            // A run: this chunk and, for a map, the next ones of the same map.
+            let same = |t: &&TaskMsg| {
+                task.together
+                    && t.together
+                    && t.job == task.job
+                    && t.entry_offset == task.entry_offset
+                    && t.target_offset == task.target_offset
+            };
+            let mut run = 1 + rest[1..].iter().take_while(same).count();
+            if let Some(m) = maxtasks {
+                run = run.min(m.saturating_sub(done).max(1) as usize);
+            }
+            let parts: Vec<(&[u8], usize)> = rest[..run]
+                .iter()
+                .map(|t| (t.args.as_slice(), t.count as usize))
+                .collect();
             // SAFETY: as above: the pool computed these offsets from functions of
             // this same binary.
             let entry = unsafe {
                 std::mem::transmute::<*const (), ChunkEntryFn>(launch::addr_at(task.entry_offset))
             };
             let target = launch::addr_at(task.target_offset);
-            let outcome = entry(target, &task.args, task.count as usize);
-            finished.push(ChunkDone {
+            let (ran, outcome) = entry(target, &parts, REPORT_DELAY);
+            let ran = ran.clamp(1, run);
+            let sent = reports.put(&ReportMsg::Done {
+                worker: id,
                 job: task.job,
-                first: task.first,
-                count: task.count,
+                parts: rest[..ran].iter().map(|t| (t.first, t.count)).collect(),
                 outcome,
             });
-            done += 1;
-            let exiting = maxtasks.is_some_and(|m| done >= m);
-            let hold = !exiting
-                && task.together
-                && tasks
-                    .peek()
-                    .is_some_and(|next| next.together && next.job == task.job)
-                && {
-                    let now = Instant::now();
-                    now.duration_since(*oldest.get_or_insert(now)) < REPORT_DELAY
-                };
-            if !hold {
-                oldest = None;
-                let chunks = std::mem::take(&mut finished);
-                if reports
-                    .put(&ReportMsg::Done { worker: id, chunks })
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            if exiting {
+            done += ran as u64;
+            if sent.is_err() || maxtasks.is_some_and(|m| done >= m) {
                 return;
             }
+            rest = &rest[ran..];
         }
     }
 }

@@ -82,7 +82,7 @@ fn worker_loop(
         let sent = reports.send(Report::Done {
             worker: id,
             job: chunk.job,
-            first: chunk.first,
+            parts: vec![(chunk.first, chunk.len)],
             results,
         });
         done += 1;
