@@ -125,7 +125,7 @@ fn to_report(msg: ReportMsg) -> Report {
                 worker,
                 job,
                 results: RawChunk::Encoded {
-                    len: parts.iter().map(|&(_, n)| n).sum(),
+                    len: parts.iter().fold(0, |sum, &(_, n)| sum.saturating_add(n)),
                     outcome,
                 },
                 parts,
