@@ -1,5 +1,6 @@
 //! What a pool needs from its workers: processes or threads.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::codec::Shareable;
@@ -19,8 +20,20 @@ pub(crate) struct Chunk<T> {
 }
 
 /// Chunks of one job, as (first item, item count) each, in the order their
-/// results come.
-pub(crate) type Parts = Vec<(usize, usize)>;
+/// results come. One chunk (the common case) needs no allocation.
+pub(crate) enum Parts {
+    One((usize, usize)),
+    Many(Vec<(usize, usize)>),
+}
+
+impl Parts {
+    pub fn as_slice(&self) -> &[(usize, usize)] {
+        match self {
+            Parts::One(part) => std::slice::from_ref(part),
+            Parts::Many(parts) => parts,
+        }
+    }
+}
 
 /// What a worker reported.
 pub(crate) enum Report {
@@ -80,14 +93,15 @@ pub(crate) trait Backend: Send + 'static {
 
     /// Starts worker `id`.
     fn spawn(&mut self, id: u64) -> Result<Self::Worker>;
-    /// Sends chunks to one worker, in order; `block` may wait for room for
-    /// the first. Hands back the chunks it did not send (a tail of `chunks`).
+    /// Sends one or more chunks from the front of `chunks` to one worker (as
+    /// many as one message takes); `block` may wait for room. False if the
+    /// worker takes no more now; the chunks not sent stay in `chunks`.
     fn send(
         &mut self,
         worker: &Self::Worker,
-        chunks: Vec<Chunk<Self::Task>>,
+        chunks: &mut VecDeque<Chunk<Self::Task>>,
         block: bool,
-    ) -> Vec<Chunk<Self::Task>>;
+    ) -> bool;
     /// Tells a worker to exit once its current work is done.
     fn stop(&mut self, worker: &Self::Worker);
     /// `Some` once the worker has ended (reaping it).

@@ -29,6 +29,21 @@ const SLICE: Duration = Duration::from_millis(50);
 /// Reports handled per lock round.
 const BATCH: usize = 256;
 
+/// The chunks one dispatch sends a worker, and their keys for `inflight`.
+struct Share<T> {
+    chunks: VecDeque<Chunk<T>>,
+    keys: VecDeque<(u64, usize, usize)>,
+}
+
+impl<T> Default for Share<T> {
+    fn default() -> Self {
+        Share {
+            chunks: VecDeque::new(),
+            keys: VecDeque::new(),
+        }
+    }
+}
+
 /// Pool settings the core needs.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -286,9 +301,9 @@ impl<B: Backend> State<B> {
     /// Sends pending chunks (and lazy input) to workers with room.
     fn dispatch(&mut self) {
         // Deal the chunks out one at a time to the worker holding the fewest,
-        // then hand each worker its share at once.
-        let mut plan: Vec<Vec<Chunk<B::Task>>> = Vec::new();
-        plan.resize_with(self.workers.len(), Vec::new);
+        // then send each worker its share, a message to each in turn.
+        let mut plan: Vec<Share<B::Task>> = Vec::new();
+        plan.resize_with(self.workers.len(), Share::default);
         loop {
             if self.pending.is_empty() && !self.refill() {
                 break;
@@ -297,8 +312,8 @@ impl<B: Backend> State<B> {
                 .workers
                 .iter()
                 .enumerate()
-                .filter(|(i, s)| self.eligible(s, plan[*i].len()))
-                .min_by_key(|(i, s)| s.inflight.len() + plan[*i].len())
+                .filter(|(i, s)| self.eligible(s, plan[*i].chunks.len()))
+                .min_by_key(|(i, s)| s.inflight.len() + plan[*i].chunks.len())
                 .map(|(i, _)| i)
             else {
                 break;
@@ -306,23 +321,30 @@ impl<B: Backend> State<B> {
             let Some(chunk) = self.pending.pop_front() else {
                 break;
             };
-            plan[index].push(chunk);
+            plan[index]
+                .keys
+                .push_back((chunk.job, chunk.first, chunk.len));
+            plan[index].chunks.push_back(chunk);
         }
-        for (index, chunks) in plan.into_iter().enumerate() {
-            if chunks.is_empty() {
-                continue;
+        let mut unsent = VecDeque::new();
+        while plan.iter().any(|share| !share.chunks.is_empty()) {
+            for (slot, share) in self.workers.iter_mut().zip(&mut plan) {
+                if share.chunks.is_empty() {
+                    continue;
+                }
+                let before = share.chunks.len();
+                let block = slot.inflight.is_empty();
+                let more = self.backend.send(&slot.worker, &mut share.chunks, block);
+                let sent = before - share.chunks.len();
+                slot.inflight.extend(share.keys.drain(..sent));
+                slot.chunks_sent += sent;
+                if !more {
+                    unsent.extend(share.chunks.drain(..));
+                }
             }
-            let keys: Vec<(u64, usize, usize)> =
-                chunks.iter().map(|c| (c.job, c.first, c.len)).collect();
-            let slot = &mut self.workers[index];
-            let block = slot.inflight.is_empty();
-            let unsent = self.backend.send(&slot.worker, chunks, block);
-            let sent = keys.len() - unsent.len();
-            slot.inflight.extend(&keys[..sent]);
-            slot.chunks_sent += sent;
-            for chunk in unsent.into_iter().rev() {
-                self.pending.push_front(chunk);
-            }
+        }
+        for chunk in unsent.into_iter().rev() {
+            self.pending.push_front(chunk);
         }
     }
 
@@ -388,8 +410,11 @@ impl<B: Backend> State<B> {
             }
             for (job, first, len) in slot.inflight {
                 let error = Arc::new(move || ended.error());
-                out.deliveries
-                    .push((job, vec![(first, len)], RawChunk::Failed { len, error }));
+                out.deliveries.push((
+                    job,
+                    Parts::One((first, len)),
+                    RawChunk::Failed { len, error },
+                ));
             }
             let work_left = !self.jobs.is_empty() || !self.pending.is_empty();
             let replace = self.broken.is_none()
@@ -472,7 +497,7 @@ fn flush<B: Backend>(state: &Mutex<State<B>>, out: &mut Outbox) {
                 }
             }
             if let Some(job) = &mut taken[at].1 {
-                job.deliver(&parts, results);
+                job.deliver(parts.as_slice(), results);
             }
         }
         // Finished jobs are dropped after the lock is released.
@@ -506,7 +531,7 @@ fn record_report<B: Backend>(st: &mut State<B>, report: Report, out: &mut Outbox
             parts,
             results,
         } => {
-            st.record(worker, job, &parts);
+            st.record(worker, job, parts.as_slice());
             out.deliveries.push((job, parts, results));
         }
         Report::InitFailed { worker, message } => {

@@ -84,11 +84,6 @@ pub(crate) trait Job: Send {
     fn abandon(&mut self, why: &dyn Fn() -> Error);
 }
 
-/// The item indices of chunks given by (first item, item count).
-fn indices(parts: &[(usize, usize)]) -> impl Iterator<Item = usize> + '_ {
-    parts.iter().flat_map(|&(first, len)| first..first + len)
-}
-
 /// `apply_async`: one item.
 pub(crate) struct ApplyJob<R> {
     promise: Option<Promise<R>>,
@@ -154,12 +149,15 @@ impl<R> MapJob<R> {
 
 impl<R: Shareable> Job for MapJob<R> {
     fn deliver(&mut self, parts: &[(usize, usize)], chunk: RawChunk) {
-        for (i, r) in indices(parts).zip(chunk.into_typed()) {
-            if let Some(slot) = self.results.get_mut(i)
-                && slot.is_none()
-            {
-                *slot = Some(r);
-                self.missing -= 1;
+        let mut results = chunk.into_typed().into_iter();
+        for &(first, len) in parts {
+            for (i, r) in results.by_ref().take(len).enumerate() {
+                if let Some(slot) = self.results.get_mut(first.saturating_add(i))
+                    && slot.is_none()
+                {
+                    *slot = Some(r);
+                    self.missing -= 1;
+                }
             }
         }
         self.finish_if_done();
@@ -242,9 +240,12 @@ impl<R> IMapJob<R> {
 
 impl<R: Shareable> Job for IMapJob<R> {
     fn deliver(&mut self, parts: &[(usize, usize)], chunk: RawChunk) {
-        for (i, r) in indices(parts).zip(chunk.into_typed()) {
-            self.delivered += 1;
-            self.shared.push(i, r);
+        let mut results = chunk.into_typed().into_iter();
+        for &(first, len) in parts {
+            for (i, r) in results.by_ref().take(len).enumerate() {
+                self.delivered += 1;
+                self.shared.push(first.saturating_add(i), r);
+            }
         }
     }
     fn complete(&self) -> bool {

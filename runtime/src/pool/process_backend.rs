@@ -11,6 +11,7 @@
 //! reported in one message with their results encoded together, as long as
 //! the run has taken less than [`REPORT_DELAY`].
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use rkyv::{Archive, Deserialize, Serialize};
@@ -114,10 +115,25 @@ fn to_report(msg: ReportMsg) -> Report {
         ReportMsg::Done {
             worker,
             job,
+            first,
+            count,
+            outcome,
+        } => Report::Done {
+            worker,
+            job,
+            parts: Parts::One((first as usize, count as usize)),
+            results: RawChunk::Encoded {
+                len: count as usize,
+                outcome,
+            },
+        },
+        ReportMsg::DoneMany {
+            worker,
+            job,
             parts,
             outcome,
         } => {
-            let parts: Parts = parts
+            let parts: Vec<(usize, usize)> = parts
                 .into_iter()
                 .map(|(first, count)| (first as usize, count as usize))
                 .collect();
@@ -128,7 +144,7 @@ fn to_report(msg: ReportMsg) -> Report {
                     len: parts.iter().fold(0, |sum, &(_, n)| sum.saturating_add(n)),
                     outcome,
                 },
-                parts,
+                parts: Parts::Many(parts),
             }
         }
         ReportMsg::InitFailed { worker, message } => Report::InitFailed { worker, message },
@@ -176,8 +192,20 @@ fn worker_main(args: WorkerArgs) {
         }
     }
     let mut done = 0u64;
-    while let Ok(OrderMsg::Run(tasks)) = orders.get() {
-        let mut rest: &[TaskMsg] = &tasks;
+    loop {
+        let (one, many);
+        let tasks: &[TaskMsg] = match orders.get() {
+            Ok(OrderMsg::Run(task)) => {
+                one = task;
+                std::slice::from_ref(&one)
+            }
+            Ok(OrderMsg::RunMany(tasks)) => {
+                many = tasks;
+                &many
+            }
+            Ok(OrderMsg::Stop) | Err(_) => return,
+        };
+        let mut rest = tasks;
         while let Some(task) = rest.first() {
             // A run: this chunk and, for a map, the next ones of the same map.
             let same = |t: &&TaskMsg| {
@@ -191,24 +219,40 @@ fn worker_main(args: WorkerArgs) {
             if let Some(m) = maxtasks {
                 run = run.min(m.saturating_sub(done).max(1) as usize);
             }
-            let parts: Vec<(&[u8], usize)> = rest[..run]
-                .iter()
-                .map(|t| (t.args.as_slice(), t.count as usize))
-                .collect();
             // SAFETY: as above: the pool computed these offsets from functions of
             // this same binary.
             let entry = unsafe {
                 std::mem::transmute::<*const (), ChunkEntryFn>(launch::addr_at(task.entry_offset))
             };
             let target = launch::addr_at(task.target_offset);
-            let (ran, outcome) = entry(target, &parts, REPORT_DELAY);
+            let (ran, outcome) = if run == 1 {
+                entry(target, &[(&task.args, task.count as usize)], REPORT_DELAY)
+            } else {
+                let parts: Vec<(&[u8], usize)> = rest[..run]
+                    .iter()
+                    .map(|t| (t.args.as_slice(), t.count as usize))
+                    .collect();
+                entry(target, &parts, REPORT_DELAY)
+            };
             let ran = ran.clamp(1, run);
-            let sent = reports.put(&ReportMsg::Done {
-                worker: id,
-                job: task.job,
-                parts: rest[..ran].iter().map(|t| (t.first, t.count)).collect(),
-                outcome,
-            });
+            let report = if ran == 1 {
+                ReportMsg::Done {
+                    worker: id,
+                    job: task.job,
+                    first: task.first,
+                    count: task.count,
+                    outcome,
+                }
+            } else {
+                ReportMsg::DoneMany {
+                    worker: id,
+                    job: task.job,
+                    parts: rest[..ran].iter().map(|t| (t.first, t.count)).collect(),
+                    outcome,
+                }
+            };
+            let sent = reports.put(&report);
+            drop(report);
             done += ran as u64;
             if sent.is_err() || maxtasks.is_some_and(|m| done >= m) {
                 return;
@@ -258,47 +302,54 @@ impl Backend for Processes {
     fn send(
         &mut self,
         worker: &ProcWorker,
-        chunks: Vec<Chunk<ProcTask>>,
+        chunks: &mut VecDeque<Chunk<ProcTask>>,
         block: bool,
-    ) -> Vec<Chunk<ProcTask>> {
-        let mut chunks = chunks.into_iter().peekable();
-        let mut block = block;
-        while chunks.peek().is_some() {
-            let mut tasks = Vec::new();
-            let mut bytes = 0;
-            while let Some(chunk) = chunks.next_if(|c| {
-                tasks.is_empty()
-                    || (tasks.len() < ORDER_CHUNKS && bytes + c.task.args.len() <= ORDER_BYTES)
-            }) {
-                bytes += chunk.task.args.len();
-                tasks.push(TaskMsg {
-                    job: chunk.job,
-                    first: chunk.first as u64,
-                    count: chunk.len as u64,
-                    entry_offset: chunk.task.entry_offset,
-                    target_offset: chunk.task.target_offset,
-                    args: chunk.task.args,
-                    together: chunk.together,
-                });
-            }
-            let msg = OrderMsg::Run(tasks);
-            let sent = if block {
-                worker.orders.put(&msg)
-            } else {
-                worker.orders.try_put(&msg)
+    ) -> bool {
+        let mut tasks = Vec::new();
+        let mut bytes = 0;
+        while let Some(chunk) = chunks.front()
+            && (tasks.is_empty()
+                || (tasks.len() < ORDER_CHUNKS && bytes + chunk.task.args.len() <= ORDER_BYTES))
+        {
+            let Some(chunk) = chunks.pop_front() else {
+                break;
             };
-            // Once the worker holds something it drains its queue: never wait
-            // for room again.
-            block = false;
-            match (sent, msg) {
-                (Ok(()), _) => {}
-                (Err(_), OrderMsg::Run(tasks)) => {
-                    return tasks.into_iter().map(unsent).chain(chunks).collect();
-                }
-                (Err(_), OrderMsg::Stop) => return chunks.collect(),
-            }
+            bytes += chunk.task.args.len();
+            tasks.push(TaskMsg {
+                job: chunk.job,
+                first: chunk.first as u64,
+                count: chunk.len as u64,
+                entry_offset: chunk.task.entry_offset,
+                target_offset: chunk.task.target_offset,
+                args: chunk.task.args,
+                together: chunk.together,
+            });
         }
-        Vec::new()
+        // One chunk goes alone: a worker then allocates no list for it.
+        let msg = if tasks.len() > 1 {
+            OrderMsg::RunMany(tasks)
+        } else if let Some(task) = tasks.pop() {
+            OrderMsg::Run(task)
+        } else {
+            return true;
+        };
+        let sent = if block {
+            worker.orders.put(&msg)
+        } else {
+            worker.orders.try_put(&msg)
+        };
+        if sent.is_ok() {
+            return true;
+        }
+        let tasks = match msg {
+            OrderMsg::Run(task) => vec![task],
+            OrderMsg::RunMany(tasks) => tasks,
+            OrderMsg::Stop => Vec::new(),
+        };
+        for t in tasks.into_iter().rev() {
+            chunks.push_front(unsent(t));
+        }
+        false
     }
 
     fn stop(&mut self, worker: &ProcWorker) {

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::codec::Shareable;
@@ -22,8 +23,10 @@ pub(crate) enum ItemFailure {
 #[derive(Archive, Serialize, Deserialize, Debug)]
 #[rkyv(crate = rkyv)]
 pub(crate) struct ChunkOutcome {
-    /// `R::encode_many` of the returned results, in item order.
-    pub returned: Vec<u8>,
+    /// `R::encode_many` of the returned results, in item order (kept as
+    /// encoded: no copy into a `Vec` before it is sent).
+    #[rkyv(with = rkyv::with::AsVec)]
+    pub returned: AlignedVec,
     /// Items (index within the chunk) that failed, in order.
     pub failures: Vec<(u32, ItemFailure)>,
 }
@@ -32,7 +35,7 @@ impl ChunkOutcome {
     /// Every one of `len` items failed the same way.
     pub fn all_failed(len: usize, failure: ItemFailure) -> ChunkOutcome {
         ChunkOutcome {
-            returned: Vec::new(),
+            returned: AlignedVec::new(),
             failures: (0..len as u32).map(|i| (i, failure.clone())).collect(),
         }
     }
@@ -57,8 +60,16 @@ pub(crate) struct TaskMsg {
 #[derive(Archive, Serialize, Deserialize, Debug)]
 #[rkyv(crate = rkyv)]
 pub(crate) enum ReportMsg {
-    /// Outcomes of one or more chunks of a job, run together.
+    /// Outcomes of a chunk's items, in order.
     Done {
+        worker: u64,
+        job: u64,
+        first: u64,
+        count: u64,
+        outcome: ChunkOutcome,
+    },
+    /// Outcomes of several chunks of a job, run together.
+    DoneMany {
         worker: u64,
         job: u64,
         /// Each chunk's (first item, item count), in the order of the outcomes.
@@ -76,9 +87,11 @@ pub(crate) enum ReportMsg {
 #[derive(Archive, Serialize, Deserialize, Debug)]
 #[rkyv(crate = rkyv)]
 pub(crate) enum OrderMsg {
+    /// Run this chunk.
+    Run(TaskMsg),
     /// Run these chunks, in order (one message for several chunks spares
     /// queue round trips when chunks are small).
-    Run(Vec<TaskMsg>),
+    RunMany(Vec<TaskMsg>),
     /// Exit once done.
     Stop,
 }
@@ -142,6 +155,10 @@ where
     }
 }
 
+/// The most results a worker reserves room for ahead (the counts come from
+/// the pool; this only bounds what a corrupt count could make it allocate).
+const MAX_RESERVE: usize = 1 << 20;
+
 /// Runs chunks in a process worker: decode each chunk's items, call `f` on
 /// each (catching panics), and encode all results together. Chunks after the
 /// first run only until `budget` has passed.
@@ -154,7 +171,10 @@ pub(crate) fn chunk_entry<A: Shareable, R: Shareable, F: TaskFn<A, R>>(
     // binary (a spawned worker checked the binary's identity before running).
     let f = unsafe { F::from_ptr(target) };
     let start = Instant::now();
-    let mut returned = Vec::new();
+    let total = parts
+        .iter()
+        .fold(0usize, |sum, &(_, count)| sum.saturating_add(count));
+    let mut returned = Vec::with_capacity(total.min(MAX_RESERVE));
     let mut failures = Vec::new();
     let mut index = 0u32;
     let mut ran = 0;
@@ -189,7 +209,7 @@ pub(crate) fn chunk_entry<A: Shareable, R: Shareable, F: TaskFn<A, R>>(
     }
     let outcome = match R::encode_many(&returned) {
         Ok(bytes) => ChunkOutcome {
-            returned: bytes.into_vec(),
+            returned: bytes,
             failures,
         },
         Err(e) => ChunkOutcome::all_failed(
