@@ -33,6 +33,9 @@ const ORDER_BYTES: usize = 64 << 10;
 /// results) only while the run has taken less than this.
 const REPORT_DELAY: Duration = Duration::from_micros(100);
 
+/// See `worker_main`: the size of the block a worker frees at start.
+const HEAP_HINT: usize = 1 << 20;
+
 /// A task ready to send: the function's offsets and each item encoded.
 pub(crate) struct ProcTask {
     entry_offset: i64,
@@ -173,6 +176,13 @@ fn worker_main(args: WorkerArgs) {
     // A task's panic message travels back to the pool with its result (as
     // Python's pool reports exceptions): do not also print it here.
     std::panic::set_hook(Box::new(|_| {}));
+    // A chunk allocates and frees the same large buffers (its items, its
+    // results) again and again. Freeing one block above glibc's mmap
+    // threshold raises that threshold and the trim threshold with it (its
+    // "dynamic mmap threshold"), so those buffers stay in the heap instead of
+    // being handed back to the kernel and faulted in anew for every chunk.
+    // Elsewhere it is only an allocation.
+    drop(std::hint::black_box(Vec::<u8>::with_capacity(HEAP_HINT)));
     if let Some(init) = init {
         // SAFETY: the offsets were computed by the pool from an `EntryFn` and
         // an `fn(A)` in this same binary (a spawned worker checked the binary's
