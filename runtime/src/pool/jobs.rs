@@ -151,10 +151,9 @@ impl<R: Shareable> Job for MapJob<R> {
     fn deliver(&mut self, parts: &[(usize, usize)], chunk: RawChunk) {
         let mut results = chunk.into_typed().into_iter();
         for &(first, len) in parts {
-            for (i, r) in results.by_ref().take(len).enumerate() {
-                if let Some(slot) = self.results.get_mut(first.saturating_add(i))
-                    && slot.is_none()
-                {
+            let slots = self.results.iter_mut().skip(first).take(len);
+            for (slot, r) in slots.zip(results.by_ref()) {
+                if slot.is_none() {
                     *slot = Some(r);
                     self.missing -= 1;
                 }
