@@ -1,5 +1,6 @@
 //! What a pool needs from its workers: processes or threads.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::codec::Shareable;
@@ -13,15 +14,34 @@ pub(crate) struct Chunk<T> {
     pub first: usize,
     pub len: usize,
     pub task: T,
+    /// Its job is only done when all its items are (a `map`): a worker may
+    /// hold its results a little to report them with the next chunks'.
+    pub together: bool,
+}
+
+/// Chunks of one job, as (first item, item count) each, in the order their
+/// results come. One chunk (the common case) needs no allocation.
+pub(crate) enum Parts {
+    One((usize, usize)),
+    Many(Vec<(usize, usize)>),
+}
+
+impl Parts {
+    pub fn as_slice(&self) -> &[(usize, usize)] {
+        match self {
+            Parts::One(part) => std::slice::from_ref(part),
+            Parts::Many(parts) => parts,
+        }
+    }
 }
 
 /// What a worker reported.
 pub(crate) enum Report {
-    /// Results of a chunk, in item order.
+    /// Results of one or more chunks of a job, in item order.
     Done {
         worker: u64,
         job: u64,
-        first: usize,
+        parts: Parts,
         results: RawChunk,
     },
     /// A worker's initializer failed.
@@ -73,13 +93,15 @@ pub(crate) trait Backend: Send + 'static {
 
     /// Starts worker `id`.
     fn spawn(&mut self, id: u64) -> Result<Self::Worker>;
-    /// Sends a chunk; `block` may wait for room. `Err` hands the chunk back.
+    /// Sends one or more chunks from the front of `chunks` to one worker (as
+    /// many as one message takes); `block` may wait for room. False if the
+    /// worker takes no more now; the chunks not sent stay in `chunks`.
     fn send(
         &mut self,
         worker: &Self::Worker,
-        chunk: Chunk<Self::Task>,
+        chunks: &mut VecDeque<Chunk<Self::Task>>,
         block: bool,
-    ) -> std::result::Result<(), Chunk<Self::Task>>;
+    ) -> bool;
     /// Tells a worker to exit once its current work is done.
     fn stop(&mut self, worker: &Self::Worker);
     /// `Some` once the worker has ended (reaping it).

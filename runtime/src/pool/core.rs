@@ -9,7 +9,9 @@
 //!
 //! Each chunk is sent to one worker, which is recorded as holding it until
 //! its report arrives: that is how a death is pinned on exactly the tasks it
-//! took. At most `max_inflight` chunks wait at a worker.
+//! took. At most `max_inflight` chunks wait at a worker. The chunks a worker
+//! gets in one dispatch go to the backend together, so that it can send
+//! them in one message.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -19,13 +21,28 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::pool::backend::{Backend, Chunk, Ended, Report, ReportSource};
+use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource};
 use crate::pool::jobs::{Job, RawChunk};
 
 /// How often the result handler looks at workers when no report arrives.
 const SLICE: Duration = Duration::from_millis(50);
 /// Reports handled per lock round.
 const BATCH: usize = 256;
+
+/// The chunks one dispatch sends a worker, and their keys for `inflight`.
+struct Share<T> {
+    chunks: VecDeque<Chunk<T>>,
+    keys: VecDeque<(u64, usize, usize)>,
+}
+
+impl<T> Default for Share<T> {
+    fn default() -> Self {
+        Share {
+            chunks: VecDeque::new(),
+            keys: VecDeque::new(),
+        }
+    }
+}
 
 /// Pool settings the core needs.
 #[derive(Debug, Clone)]
@@ -61,8 +78,10 @@ enum Phase {
 struct Slot<W> {
     id: u64,
     worker: W,
-    /// Chunks this worker holds: (job, first item) -> item count.
-    inflight: HashMap<(u64, usize), usize>,
+    /// Chunks this worker holds, in the order it got them: (job, first
+    /// item, item count). A worker reports in that order, so the one
+    /// reported is almost always at the front.
+    inflight: VecDeque<(u64, usize, usize)>,
     chunks_sent: usize,
     stopping: bool,
     /// Set once the worker was seen to end; removed after its last reports are in.
@@ -102,7 +121,7 @@ impl Abandon {
 /// runs user callbacks (which may submit more work).
 #[derive(Default)]
 struct Outbox {
-    deliveries: Vec<(u64, usize, RawChunk)>,
+    deliveries: Vec<(u64, Parts, RawChunk)>,
     abandoned: Vec<(Box<dyn Job>, Abandon)>,
 }
 
@@ -260,7 +279,7 @@ impl<B: Backend> State<B> {
         self.workers.push(Slot {
             id,
             worker,
-            inflight: HashMap::new(),
+            inflight: VecDeque::new(),
             chunks_sent: 0,
             stopping: false,
             ended: None,
@@ -268,48 +287,64 @@ impl<B: Backend> State<B> {
         Ok(())
     }
 
-    /// Whether a worker may take another chunk now.
-    fn eligible(&self, slot: &Slot<B::Worker>) -> bool {
+    /// Whether a worker may take another chunk now, besides `planned` ones.
+    fn eligible(&self, slot: &Slot<B::Worker>, planned: usize) -> bool {
         !slot.stopping
             && slot.ended.is_none()
-            && slot.inflight.len() < self.config.max_inflight
-            && self.config.maxtasks.is_none_or(|m| slot.chunks_sent < m)
+            && slot.inflight.len() + planned < self.config.max_inflight
+            && self
+                .config
+                .maxtasks
+                .is_none_or(|m| slot.chunks_sent + planned < m)
     }
 
     /// Sends pending chunks (and lazy input) to workers with room.
     fn dispatch(&mut self) {
-        let mut full: Vec<u64> = Vec::new();
+        // Deal the chunks out one at a time to the worker holding the fewest,
+        // then send each worker its share, a message to each in turn.
+        let mut plan: Vec<Share<B::Task>> = Vec::new();
+        plan.resize_with(self.workers.len(), Share::default);
         loop {
             if self.pending.is_empty() && !self.refill() {
-                return;
+                break;
             }
             let Some(index) = self
                 .workers
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| self.eligible(s) && !full.contains(&s.id))
-                .min_by_key(|(_, s)| s.inflight.len())
+                .filter(|(i, s)| self.eligible(s, plan[*i].chunks.len()))
+                .min_by_key(|(i, s)| s.inflight.len() + plan[*i].chunks.len())
                 .map(|(i, _)| i)
             else {
-                return;
+                break;
             };
             let Some(chunk) = self.pending.pop_front() else {
-                return;
+                break;
             };
-            let key = (chunk.job, chunk.first);
-            let len = chunk.len;
-            let slot = &mut self.workers[index];
-            let block = slot.inflight.is_empty();
-            match self.backend.send(&slot.worker, chunk, block) {
-                Ok(()) => {
-                    slot.inflight.insert(key, len);
-                    slot.chunks_sent += 1;
+            plan[index]
+                .keys
+                .push_back((chunk.job, chunk.first, chunk.len));
+            plan[index].chunks.push_back(chunk);
+        }
+        let mut unsent = VecDeque::new();
+        while plan.iter().any(|share| !share.chunks.is_empty()) {
+            for (slot, share) in self.workers.iter_mut().zip(&mut plan) {
+                if share.chunks.is_empty() {
+                    continue;
                 }
-                Err(chunk) => {
-                    full.push(slot.id);
-                    self.pending.push_front(chunk);
+                let before = share.chunks.len();
+                let block = slot.inflight.is_empty();
+                let more = self.backend.send(&slot.worker, &mut share.chunks, block);
+                let sent = before - share.chunks.len();
+                slot.inflight.extend(share.keys.drain(..sent));
+                slot.chunks_sent += sent;
+                if !more {
+                    unsent.extend(share.chunks.drain(..));
                 }
             }
+        }
+        for chunk in unsent.into_iter().rev() {
+            self.pending.push_front(chunk);
         }
     }
 
@@ -332,10 +367,19 @@ impl<B: Backend> State<B> {
         false
     }
 
-    /// Records that a chunk's report arrived.
-    fn record(&mut self, worker: u64, job: u64, first: usize) {
-        if let Some(slot) = self.workers.iter_mut().find(|s| s.id == worker) {
-            slot.inflight.remove(&(job, first));
+    /// Records that the report of a job's chunks arrived.
+    fn record(&mut self, worker: u64, job: u64, parts: &[(usize, usize)]) {
+        let Some(slot) = self.workers.iter_mut().find(|s| s.id == worker) else {
+            return;
+        };
+        for &(first, _) in parts {
+            if let Some(at) = slot
+                .inflight
+                .iter()
+                .position(|&(j, f, _)| j == job && f == first)
+            {
+                slot.inflight.remove(at);
+            }
         }
     }
 
@@ -364,10 +408,13 @@ impl<B: Backend> State<B> {
             if !(ended.clean() && slot.inflight.is_empty()) {
                 tracing::warn!(pid = ended.pid, "pool worker died: {}", ended.error());
             }
-            for ((job, first), len) in slot.inflight {
+            for (job, first, len) in slot.inflight {
                 let error = Arc::new(move || ended.error());
-                out.deliveries
-                    .push((job, first, RawChunk::Failed { len, error }));
+                out.deliveries.push((
+                    job,
+                    Parts::One((first, len)),
+                    RawChunk::Failed { len, error },
+                ));
             }
             let work_left = !self.jobs.is_empty() || !self.pending.is_empty();
             let replace = self.broken.is_none()
@@ -425,24 +472,49 @@ impl<B: Backend> State<B> {
 }
 
 /// Hands results to their jobs without holding the pool lock.
+///
+/// Each job receiving results is taken out of the table once for all of
+/// them (two lock rounds per flush, not per chunk).
 fn flush<B: Backend>(state: &Mutex<State<B>>, out: &mut Outbox) {
-    for (job_id, first, results) in out.deliveries.drain(..) {
-        let job = state.lock().jobs.remove(&job_id);
-        let Some(mut job) = job else { continue };
-        job.deliver(first, results);
-        if job.complete() {
-            continue;
+    if !out.deliveries.is_empty() {
+        let mut taken: Vec<(u64, Option<Box<dyn Job>>)> = Vec::new();
+        {
+            let mut st = state.lock();
+            for &(job_id, _, _) in &out.deliveries {
+                if taken.last().is_none_or(|(id, _)| *id != job_id)
+                    && !taken.iter().any(|(id, _)| *id == job_id)
+                {
+                    taken.push((job_id, st.jobs.remove(&job_id)));
+                }
+            }
         }
+        let mut at = 0;
+        for (job_id, parts, results) in out.deliveries.drain(..) {
+            if taken[at].0 != job_id {
+                match taken.iter().position(|(id, _)| *id == job_id) {
+                    Some(i) => at = i,
+                    None => continue,
+                }
+            }
+            if let Some(job) = &mut taken[at].1 {
+                job.deliver(parts.as_slice(), results);
+            }
+        }
+        // Finished jobs are dropped after the lock is released.
+        taken.retain(|(_, job)| job.as_ref().is_some_and(|j| !j.complete()));
         let mut st = state.lock();
         let gone = match (&st.broken, st.phase) {
             (Some(m), _) => Some(Abandon::Broken(m.clone())),
             (None, Phase::Terminated) => Some(Abandon::Terminated),
             _ => None,
         };
-        match gone {
-            Some(why) => out.abandoned.push((job, why)),
-            None => {
-                st.jobs.insert(job_id, job);
+        for (job_id, job) in taken {
+            let Some(job) = job else { continue };
+            match &gone {
+                Some(why) => out.abandoned.push((job, why.clone())),
+                None => {
+                    st.jobs.insert(job_id, job);
+                }
             }
         }
     }
@@ -456,11 +528,11 @@ fn record_report<B: Backend>(st: &mut State<B>, report: Report, out: &mut Outbox
         Report::Done {
             worker,
             job,
-            first,
+            parts,
             results,
         } => {
-            st.record(worker, job, first);
-            out.deliveries.push((job, first, results));
+            st.record(worker, job, parts.as_slice());
+            out.deliveries.push((job, parts, results));
         }
         Report::InitFailed { worker, message } => {
             tracing::error!(worker, "pool initializer failed: {message}");

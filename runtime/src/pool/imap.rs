@@ -77,6 +77,7 @@ where
                 first,
                 len,
                 task,
+                together: false,
             }),
             None => Feed::Done,
         }

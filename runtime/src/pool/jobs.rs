@@ -76,8 +76,8 @@ fn merge<R: Shareable>(len: usize, outcome: ChunkOutcome) -> Vec<Result<R>> {
 
 /// Receives the results of one job, chunk by chunk.
 pub(crate) trait Job: Send {
-    /// Results for the chunk of items starting at `first`.
-    fn deliver(&mut self, first: usize, chunk: RawChunk);
+    /// Results for chunks given by (first item, item count), in that order.
+    fn deliver(&mut self, parts: &[(usize, usize)], chunk: RawChunk);
     /// Whether every item has a result (the job can be dropped).
     fn complete(&self) -> bool;
     /// Fails every item that has no result yet (pool terminated or broken).
@@ -98,7 +98,7 @@ impl<R> ApplyJob<R> {
 }
 
 impl<R: Shareable> Job for ApplyJob<R> {
-    fn deliver(&mut self, _first: usize, chunk: RawChunk) {
+    fn deliver(&mut self, _parts: &[(usize, usize)], chunk: RawChunk) {
         if let (Some(p), Some(r)) = (self.promise.take(), chunk.into_typed().into_iter().next()) {
             p.complete(r);
         }
@@ -148,13 +148,15 @@ impl<R> MapJob<R> {
 }
 
 impl<R: Shareable> Job for MapJob<R> {
-    fn deliver(&mut self, first: usize, chunk: RawChunk) {
-        for (i, r) in chunk.into_typed().into_iter().enumerate() {
-            if let Some(slot) = self.results.get_mut(first + i)
-                && slot.is_none()
-            {
-                *slot = Some(r);
-                self.missing -= 1;
+    fn deliver(&mut self, parts: &[(usize, usize)], chunk: RawChunk) {
+        let mut results = chunk.into_typed().into_iter();
+        for &(first, len) in parts {
+            let slots = self.results.iter_mut().skip(first).take(len);
+            for (slot, r) in slots.zip(results.by_ref()) {
+                if slot.is_none() {
+                    *slot = Some(r);
+                    self.missing -= 1;
+                }
             }
         }
         self.finish_if_done();
@@ -236,10 +238,13 @@ impl<R> IMapJob<R> {
 }
 
 impl<R: Shareable> Job for IMapJob<R> {
-    fn deliver(&mut self, first: usize, chunk: RawChunk) {
-        for (i, r) in chunk.into_typed().into_iter().enumerate() {
-            self.delivered += 1;
-            self.shared.push(first + i, r);
+    fn deliver(&mut self, parts: &[(usize, usize)], chunk: RawChunk) {
+        let mut results = chunk.into_typed().into_iter();
+        for &(first, len) in parts {
+            for (i, r) in results.by_ref().take(len).enumerate() {
+                self.delivered += 1;
+                self.shared.push(first.saturating_add(i), r);
+            }
         }
     }
     fn complete(&self) -> bool {

@@ -3,19 +3,38 @@
 //! Each worker has its own order queue, so the pool knows exactly which
 //! chunks a worker holds; all workers report through one report queue. Workers
 //! are daemon processes: they go when the pool's process goes.
+//!
+//! Small chunks travel several to an order message: a queue hand-over
+//! costs more than a trivial task. A worker holds a chunk until its report
+//! is sent. It reports each chunk as soon as it is done, except that
+//! consecutive chunks of one `map` in an order message run together and are
+//! reported in one message with their results encoded together, as long as
+//! the run has taken less than [`REPORT_DELAY`].
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::codec::Shareable;
 use crate::error::Result;
-use crate::pool::backend::{Backend, Chunk, Ended, Report, ReportSource};
+use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource};
 use crate::pool::jobs::RawChunk;
 use crate::pool::wire::{self, ChunkEntryFn, OrderMsg, ReportMsg, TaskFn, TaskMsg};
 use crate::process::launch::{self, Outcome};
 use crate::process::{Process, StartMethod};
 use crate::queue::Queue;
+
+/// The most chunks in one order message.
+const ORDER_CHUNKS: usize = 16;
+/// An order message takes more chunks only while their items fit in this.
+const ORDER_BYTES: usize = 64 << 10;
+/// A worker runs a `map`'s next chunk with the previous ones (holding their
+/// results) only while the run has taken less than this.
+const REPORT_DELAY: Duration = Duration::from_micros(100);
+
+/// See `worker_main`: the size of the block a worker frees at start.
+const HEAP_HINT: usize = 1 << 20;
 
 /// A task ready to send: the function's offsets and each item encoded.
 pub(crate) struct ProcTask {
@@ -106,12 +125,32 @@ fn to_report(msg: ReportMsg) -> Report {
         } => Report::Done {
             worker,
             job,
-            first: first as usize,
+            parts: Parts::One((first as usize, count as usize)),
             results: RawChunk::Encoded {
                 len: count as usize,
                 outcome,
             },
         },
+        ReportMsg::DoneMany {
+            worker,
+            job,
+            parts,
+            outcome,
+        } => {
+            let parts: Vec<(usize, usize)> = parts
+                .into_iter()
+                .map(|(first, count)| (first as usize, count as usize))
+                .collect();
+            Report::Done {
+                worker,
+                job,
+                results: RawChunk::Encoded {
+                    len: parts.iter().fold(0, |sum, &(_, n)| sum.saturating_add(n)),
+                    outcome,
+                },
+                parts: Parts::Many(parts),
+            }
+        }
         ReportMsg::InitFailed { worker, message } => Report::InitFailed { worker, message },
         ReportMsg::Wake => Report::Wake,
     }
@@ -138,6 +177,13 @@ fn worker_main(args: WorkerArgs) {
     // A task's panic message travels back to the pool with its result (as
     // Python's pool reports exceptions): do not also print it here.
     std::panic::set_hook(Box::new(|_| {}));
+    // A chunk allocates and frees the same large buffers (its items, its
+    // results) again and again. Freeing one block above glibc's mmap
+    // threshold raises that threshold and the trim threshold with it (its
+    // "dynamic mmap threshold"), so those buffers stay in the heap instead of
+    // being handed back to the kernel and faulted in anew for every chunk.
+    // Elsewhere it is only an allocation.
+    drop(std::hint::black_box(Vec::<u8>::with_capacity(HEAP_HINT)));
     if let Some(init) = init {
         // SAFETY: the offsets were computed by the pool from an `EntryFn` and
         // an `fn(A)` in this same binary (a spawned worker checked the binary's
@@ -157,25 +203,88 @@ fn worker_main(args: WorkerArgs) {
         }
     }
     let mut done = 0u64;
-    while let Ok(OrderMsg::Run(task)) = orders.get() {
-        // SAFETY: as above: the pool computed these offsets from functions of
-        // this same binary.
-        let entry = unsafe {
-            std::mem::transmute::<*const (), ChunkEntryFn>(launch::addr_at(task.entry_offset))
+    loop {
+        let (one, many);
+        let tasks: &[TaskMsg] = match orders.get() {
+            Ok(OrderMsg::Run(task)) => {
+                one = task;
+                std::slice::from_ref(&one)
+            }
+            Ok(OrderMsg::RunMany(tasks)) => {
+                many = tasks;
+                &many
+            }
+            Ok(OrderMsg::Stop) | Err(_) => return,
         };
-        let target = launch::addr_at(task.target_offset);
-        let outcome = entry(target, &task.args, task.count as usize);
-        let sent = reports.put(&ReportMsg::Done {
-            worker: id,
-            job: task.job,
-            first: task.first,
-            count: task.count,
-            outcome,
-        });
-        done += 1;
-        if sent.is_err() || maxtasks.is_some_and(|m| done >= m) {
-            return;
+        let mut rest = tasks;
+        while let Some(task) = rest.first() {
+            // A run: this chunk and, for a map, the next ones of the same map.
+            let same = |t: &&TaskMsg| {
+                task.together
+                    && t.together
+                    && t.job == task.job
+                    && t.entry_offset == task.entry_offset
+                    && t.target_offset == task.target_offset
+            };
+            let mut run = 1 + rest[1..].iter().take_while(same).count();
+            if let Some(m) = maxtasks {
+                run = run.min(m.saturating_sub(done).max(1) as usize);
+            }
+            // SAFETY: as above: the pool computed these offsets from functions of
+            // this same binary.
+            let entry = unsafe {
+                std::mem::transmute::<*const (), ChunkEntryFn>(launch::addr_at(task.entry_offset))
+            };
+            let target = launch::addr_at(task.target_offset);
+            let (ran, outcome) = if run == 1 {
+                entry(target, &[(&task.args, task.count as usize)], REPORT_DELAY)
+            } else {
+                let parts: Vec<(&[u8], usize)> = rest[..run]
+                    .iter()
+                    .map(|t| (t.args.as_slice(), t.count as usize))
+                    .collect();
+                entry(target, &parts, REPORT_DELAY)
+            };
+            let ran = ran.clamp(1, run);
+            let report = if ran == 1 {
+                ReportMsg::Done {
+                    worker: id,
+                    job: task.job,
+                    first: task.first,
+                    count: task.count,
+                    outcome,
+                }
+            } else {
+                ReportMsg::DoneMany {
+                    worker: id,
+                    job: task.job,
+                    parts: rest[..ran].iter().map(|t| (t.first, t.count)).collect(),
+                    outcome,
+                }
+            };
+            let sent = reports.put(&report);
+            drop(report);
+            done += ran as u64;
+            if sent.is_err() || maxtasks.is_some_and(|m| done >= m) {
+                return;
+            }
+            rest = &rest[ran..];
         }
+    }
+}
+
+/// A chunk back from an order message that could not be sent.
+fn unsent(t: TaskMsg) -> Chunk<ProcTask> {
+    Chunk {
+        together: t.together,
+        job: t.job,
+        first: t.first as usize,
+        len: t.count as usize,
+        task: ProcTask {
+            entry_offset: t.entry_offset,
+            target_offset: t.target_offset,
+            args: t.args,
+        },
     }
 }
 
@@ -204,42 +313,54 @@ impl Backend for Processes {
     fn send(
         &mut self,
         worker: &ProcWorker,
-        chunk: Chunk<ProcTask>,
+        chunks: &mut VecDeque<Chunk<ProcTask>>,
         block: bool,
-    ) -> std::result::Result<(), Chunk<ProcTask>> {
-        let Chunk {
-            job,
-            first,
-            len,
-            task,
-        } = chunk;
-        let msg = OrderMsg::Run(TaskMsg {
-            job,
-            first: first as u64,
-            count: len as u64,
-            entry_offset: task.entry_offset,
-            target_offset: task.target_offset,
-            args: task.args,
-        });
+    ) -> bool {
+        let mut tasks = Vec::new();
+        let mut bytes = 0;
+        while let Some(chunk) = chunks.front()
+            && (tasks.is_empty()
+                || (tasks.len() < ORDER_CHUNKS && bytes + chunk.task.args.len() <= ORDER_BYTES))
+        {
+            let Some(chunk) = chunks.pop_front() else {
+                break;
+            };
+            bytes += chunk.task.args.len();
+            tasks.push(TaskMsg {
+                job: chunk.job,
+                first: chunk.first as u64,
+                count: chunk.len as u64,
+                entry_offset: chunk.task.entry_offset,
+                target_offset: chunk.task.target_offset,
+                args: chunk.task.args,
+                together: chunk.together,
+            });
+        }
+        // One chunk goes alone: a worker then allocates no list for it.
+        let msg = if tasks.len() > 1 {
+            OrderMsg::RunMany(tasks)
+        } else if let Some(task) = tasks.pop() {
+            OrderMsg::Run(task)
+        } else {
+            return true;
+        };
         let sent = if block {
             worker.orders.put(&msg)
         } else {
             worker.orders.try_put(&msg)
         };
-        match (sent, msg) {
-            (Ok(()), _) => Ok(()),
-            (Err(_), OrderMsg::Run(t)) => Err(Chunk {
-                job,
-                first,
-                len,
-                task: ProcTask {
-                    entry_offset: t.entry_offset,
-                    target_offset: t.target_offset,
-                    args: t.args,
-                },
-            }),
-            (Err(_), OrderMsg::Stop) => Ok(()),
+        if sent.is_ok() {
+            return true;
         }
+        let tasks = match msg {
+            OrderMsg::Run(task) => vec![task],
+            OrderMsg::RunMany(tasks) => tasks,
+            OrderMsg::Stop => Vec::new(),
+        };
+        for t in tasks.into_iter().rev() {
+            chunks.push_front(unsent(t));
+        }
+        false
     }
 
     fn stop(&mut self, worker: &ProcWorker) {

@@ -51,6 +51,7 @@ where
                 first: 0,
                 len: 1,
                 task,
+                together: false,
             }],
             feeder: None,
         })
@@ -91,6 +92,7 @@ where
                 first,
                 len: n,
                 task: backend.make_task(f, part)?,
+                together: true,
             });
             first += n;
         }

@@ -1,5 +1,6 @@
 //! Workers that are threads of this process (for `ThreadPool`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use crate::codec::Shareable;
 use crate::error::{Error, Result};
-use crate::pool::backend::{Backend, Chunk, Ended, Report, ReportSource};
+use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource};
 use crate::pool::jobs::RawChunk;
 use crate::pool::wire::TaskFn;
 use crate::process::launch::panic_message;
@@ -82,7 +83,7 @@ fn worker_loop(
         let sent = reports.send(Report::Done {
             worker: id,
             job: chunk.job,
-            first: chunk.first,
+            parts: Parts::One((chunk.first, chunk.len)),
             results,
         });
         done += 1;
@@ -114,14 +115,18 @@ impl Backend for Threads {
     fn send(
         &mut self,
         worker: &ThreadWorker,
-        chunk: Chunk<ThreadTask>,
+        chunks: &mut VecDeque<Chunk<ThreadTask>>,
         _block: bool,
-    ) -> std::result::Result<(), Chunk<ThreadTask>> {
-        match worker.orders.send(Order::Run(chunk)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::SendError(Order::Run(chunk))) => Err(chunk),
-            Err(mpsc::SendError(Order::Stop)) => Ok(()),
+    ) -> bool {
+        while let Some(chunk) = chunks.pop_front() {
+            if let Err(mpsc::SendError(order)) = worker.orders.send(Order::Run(chunk)) {
+                if let Order::Run(chunk) = order {
+                    chunks.push_front(chunk);
+                }
+                return false;
+            }
         }
+        true
     }
 
     fn stop(&mut self, worker: &ThreadWorker) {

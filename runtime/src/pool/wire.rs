@@ -1,5 +1,8 @@
 //! What travels between a process pool and its workers, and the task entry points.
 
+use std::time::{Duration, Instant};
+
+use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::codec::Shareable;
@@ -20,8 +23,10 @@ pub(crate) enum ItemFailure {
 #[derive(Archive, Serialize, Deserialize, Debug)]
 #[rkyv(crate = rkyv)]
 pub(crate) struct ChunkOutcome {
-    /// `R::encode_many` of the returned results, in item order.
-    pub returned: Vec<u8>,
+    /// `R::encode_many` of the returned results, in item order (kept as
+    /// encoded: no copy into a `Vec` before it is sent).
+    #[rkyv(with = rkyv::with::AsVec)]
+    pub returned: AlignedVec,
     /// Items (index within the chunk) that failed, in order.
     pub failures: Vec<(u32, ItemFailure)>,
 }
@@ -30,7 +35,7 @@ impl ChunkOutcome {
     /// Every one of `len` items failed the same way.
     pub fn all_failed(len: usize, failure: ItemFailure) -> ChunkOutcome {
         ChunkOutcome {
-            returned: Vec::new(),
+            returned: AlignedVec::new(),
             failures: (0..len as u32).map(|i| (i, failure.clone())).collect(),
         }
     }
@@ -47,6 +52,8 @@ pub(crate) struct TaskMsg {
     pub target_offset: i64,
     /// `A::encode_many` of the chunk's items.
     pub args: Vec<u8>,
+    /// The pool wants this chunk's results only with the rest of its job's.
+    pub together: bool,
 }
 
 /// What a process worker tells the pool.
@@ -61,6 +68,15 @@ pub(crate) enum ReportMsg {
         count: u64,
         outcome: ChunkOutcome,
     },
+    /// Outcomes of several chunks of a job, run together.
+    DoneMany {
+        worker: u64,
+        job: u64,
+        /// Each chunk's (first item, item count), in the order of the outcomes.
+        parts: Vec<(u64, u64)>,
+        /// The outcomes of all the parts' items, in order.
+        outcome: ChunkOutcome,
+    },
     /// The initializer failed; the worker exits.
     InitFailed { worker: u64, message: String },
     /// Not from a worker: wakes the result handler.
@@ -73,13 +89,17 @@ pub(crate) enum ReportMsg {
 pub(crate) enum OrderMsg {
     /// Run this chunk.
     Run(TaskMsg),
+    /// Run these chunks, in order (one message for several chunks spares
+    /// queue round trips when chunks are small).
+    RunMany(Vec<TaskMsg>),
     /// Exit once done.
     Stop,
 }
 
-/// How a process worker runs a chunk: the function's address, the encoded
-/// items and their count.
-pub(crate) type ChunkEntryFn = fn(*const (), &[u8], usize) -> ChunkOutcome;
+/// How a process worker runs chunks of one job: the function's address, each
+/// chunk's encoded items and item count, and how long it may go on running
+/// chunks after the first. Says how many chunks it ran, and their outcomes.
+pub(crate) type ChunkEntryFn = fn(*const (), &[(&[u8], usize)], Duration) -> (usize, ChunkOutcome);
 
 /// A task function: a plain `fn(A) -> R`, or a two-argument one for `starmap`.
 pub(crate) trait TaskFn<A, R>: Copy + Send + Sync + 'static {
@@ -135,46 +155,122 @@ where
     }
 }
 
-/// Runs a chunk in a process worker: decode all items, call `f` on each
-/// (catching panics), encode all results.
+/// The most results a worker reserves room for ahead (the counts come from
+/// the pool; this only bounds what a corrupt count could make it allocate).
+const MAX_RESERVE: usize = 1 << 20;
+
+/// Runs chunks in a process worker: decode each chunk's items, call `f` on
+/// each (catching panics), and encode all results together. Chunks after the
+/// first run only until `budget` has passed.
 pub(crate) fn chunk_entry<A: Shareable, R: Shareable, F: TaskFn<A, R>>(
     target: *const (),
-    args: &[u8],
-    count: usize,
-) -> ChunkOutcome {
-    let items = match A::decode_many(args) {
-        Ok(items) if items.len() == count => items,
-        Ok(items) => {
-            let msg = format!("the chunk holds {} items, not {count}", items.len());
-            return ChunkOutcome::all_failed(count, ItemFailure::Failed(msg));
-        }
-        Err(e) => {
-            let msg = format!("cannot decode the task's argument: {e}");
-            return ChunkOutcome::all_failed(count, ItemFailure::Failed(msg));
-        }
-    };
+    parts: &[(&[u8], usize)],
+    budget: Duration,
+) -> (usize, ChunkOutcome) {
     // SAFETY: `target` came from `F::to_ptr` in the pool, in this same
     // binary (a spawned worker checked the binary's identity before running).
     let f = unsafe { F::from_ptr(target) };
-    let mut returned = Vec::with_capacity(count);
+    let start = Instant::now();
+    let total = parts
+        .iter()
+        .fold(0usize, |sum, &(_, count)| sum.saturating_add(count));
+    let mut returned = Vec::with_capacity(total.min(MAX_RESERVE));
     let mut failures = Vec::new();
-    for (i, item) in items.into_iter().enumerate() {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.call(item))) {
-            Ok(r) => returned.push(r),
-            Err(p) => failures.push((
-                i as u32,
-                ItemFailure::Panicked(launch::panic_message(p.as_ref())),
-            )),
+    let mut index = 0u32;
+    let mut ran = 0;
+    for &(args, count) in parts {
+        if ran > 0 && start.elapsed() >= budget {
+            break;
+        }
+        ran += 1;
+        let items = match A::decode_many(args) {
+            Ok(items) if items.len() == count => items,
+            Ok(items) => {
+                let msg = format!("the chunk holds {} items, not {count}", items.len());
+                fail_all(&mut failures, &mut index, count, ItemFailure::Failed(msg));
+                continue;
+            }
+            Err(e) => {
+                let msg = format!("cannot decode the task's argument: {e}");
+                fail_all(&mut failures, &mut index, count, ItemFailure::Failed(msg));
+                continue;
+            }
+        };
+        for item in items {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.call(item))) {
+                Ok(r) => returned.push(r),
+                Err(p) => failures.push((
+                    index,
+                    ItemFailure::Panicked(launch::panic_message(p.as_ref())),
+                )),
+            }
+            index += 1;
         }
     }
-    match R::encode_many(&returned) {
+    let outcome = match R::encode_many(&returned) {
         Ok(bytes) => ChunkOutcome {
-            returned: bytes.into_vec(),
+            returned: bytes,
             failures,
         },
         Err(e) => ChunkOutcome::all_failed(
-            count,
+            index as usize,
             ItemFailure::Failed(format!("cannot encode the task's result: {e}")),
         ),
+    };
+    (ran, outcome)
+}
+
+/// Records that the next `count` items all failed the same way.
+fn fail_all(failures: &mut Vec<(u32, ItemFailure)>, index: &mut u32, count: usize, f: ItemFailure) {
+    for _ in 0..count {
+        failures.push((*index, f.clone()));
+        *index += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::pool::jobs::RawChunk;
+
+    fn tenfold_but_3(x: u64) -> u64 {
+        assert!(x != 3, "no 3");
+        x * 10
+    }
+
+    fn run(parts: &[(&[u8], usize)], budget: Duration) -> (usize, ChunkOutcome) {
+        let f: fn(u64) -> u64 = tenfold_but_3;
+        chunk_entry::<u64, u64, fn(u64) -> u64>(f.to_ptr(), parts, budget)
+    }
+
+    #[test]
+    fn chunks_run_together_keep_each_items_place() {
+        let a = u64::encode_many(&[1, 2]).unwrap();
+        let b = u64::encode_many(&[3]).unwrap();
+        let short = u64::encode_many(&[7]).unwrap();
+        let d = u64::encode_many(&[5]).unwrap();
+        let parts: [(&[u8], usize); 4] = [(&a, 2), (&b, 1), (&short, 2), (&d, 1)];
+        let (ran, outcome) = run(&parts, Duration::from_secs(60));
+        assert_eq!(ran, 4);
+        let results = RawChunk::Encoded { len: 6, outcome }.into_typed::<u64>();
+        assert_eq!(results.len(), 6);
+        assert_eq!(results[0].as_ref().ok(), Some(&10));
+        assert_eq!(results[1].as_ref().ok(), Some(&20));
+        assert!(matches!(&results[2], Err(Error::Remote(m)) if m.contains("no 3")));
+        assert!(matches!(&results[3], Err(Error::Remote(m)) if m.contains("not 2")));
+        assert!(matches!(&results[4], Err(Error::Remote(m)) if m.contains("not 2")));
+        assert_eq!(results[5].as_ref().ok(), Some(&50));
+    }
+
+    #[test]
+    fn a_spent_budget_stops_after_the_first_chunk() {
+        let a = u64::encode_many(&[1, 2]).unwrap();
+        let d = u64::encode_many(&[5]).unwrap();
+        let (ran, outcome) = run(&[(&a, 2), (&d, 1)], Duration::ZERO);
+        assert_eq!(ran, 1);
+        let results = RawChunk::Encoded { len: 2, outcome }.into_typed::<u64>();
+        let values: Vec<u64> = results.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(values, vec![10, 20]);
     }
 }
