@@ -1,6 +1,5 @@
 //! `Process<R>`: one child process running a target, and its result.
 
-use std::io::Read;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -74,6 +73,9 @@ impl<R: Shareable, F: FnOnce() -> R + Send + 'static> Target for ClosureTarget<F
         launch::run_caught(self.0)
     }
 }
+
+/// How much room each read of the outcome socket makes at least.
+const RECV_CHUNK: usize = 4096;
 
 /// A started child: its state, pidfd and the socket its outcome arrives on.
 struct Running {
@@ -363,7 +365,6 @@ impl<R> std::fmt::Debug for Process<R> {
 
 impl Running {
     fn new(state: Arc<ChildState>, sock: UnixStream) -> Running {
-        let _ = sock.set_nonblocking(true);
         let pidfd = sys::process::pidfd_open(state.pid).ok();
         Running {
             state,
@@ -376,12 +377,13 @@ impl Running {
 
     /// Reads whatever outcome bytes have arrived.
     fn pump(&mut self) {
-        let mut buf = [0u8; 64 * 1024];
         while !self.eof {
-            match self.sock.read(&mut buf) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.received.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // Into the heap buffer: a large stack buffer would cost this
+            // process a page fault per page after every fork.
+            self.received.reserve(RECV_CHUNK);
+            match sys::socket::recv_nonblocking(self.sock.as_fd(), &mut self.received, 0) {
+                Ok((0, _)) => self.eof = true,
+                Ok(_) => {}
                 Err(_) => break,
             }
         }
