@@ -76,6 +76,9 @@ impl<R: Shareable, F: FnOnce() -> R + Send + 'static> Target for ClosureTarget<F
 
 /// How much room each read of the outcome socket makes at least.
 const RECV_CHUNK: usize = 4096;
+/// How long a join waits for the child's exit before draining the outcome
+/// socket anyway.
+const DRAIN_SLICE: Duration = Duration::from_millis(50);
 
 /// A started child: its state, pidfd and the socket its outcome arrives on.
 struct Running {
@@ -83,6 +86,8 @@ struct Running {
     pidfd: Option<OwnedFd>,
     sock: UnixStream,
     received: Vec<u8>,
+    /// The memory file a large payload came in.
+    file: Option<std::fs::File>,
     eof: bool,
 }
 
@@ -233,7 +238,7 @@ impl<R: Shareable> Process<R> {
 
     fn fork(&self, target: Box<dyn Target>, name: String) -> Result<Running> {
         use std::io::Write;
-        let (parent_sock, mut child_sock) = sys::socket::socketpair()?;
+        let (parent_sock, child_sock) = sys::socket::socketpair()?;
         let _ = std::io::stdout().flush();
         let me = current_process();
         let parent_ticks = sys::process::own_start_ticks();
@@ -255,7 +260,7 @@ impl<R: Shareable> Process<R> {
                 current::become_child(name, self.daemon, me.pid, parent_ticks, me.name);
                 current::watch_parent_if_daemon();
                 let outcome = target.run_here();
-                finish(&mut child_sock, outcome)
+                finish(&child_sock, outcome)
             }
             Forked::Parent(pid) => {
                 drop(hooks);
@@ -371,28 +376,37 @@ impl Running {
             pidfd,
             sock,
             received: Vec::new(),
+            file: None,
             eof: false,
         }
     }
 
-    /// Reads whatever outcome bytes have arrived.
+    /// Reads whatever outcome bytes have arrived, up to a complete frame.
     fn pump(&mut self) {
-        while !self.eof {
+        while !self.eof && !Outcome::is_complete(&self.received, self.file.as_ref()) {
             // Into the heap buffer: a large stack buffer would cost this
             // process a page fault per page after every fork.
             self.received.reserve(RECV_CHUNK);
-            match sys::socket::recv_nonblocking(self.sock.as_fd(), &mut self.received, 0) {
+            match sys::socket::recv_nonblocking(self.sock.as_fd(), &mut self.received, 1) {
                 Ok((0, _)) => self.eof = true,
-                Ok(_) => {}
+                Ok((_, fds)) => {
+                    if let Some(fd) = fds.into_iter().next() {
+                        self.file.get_or_insert(std::fs::File::from(fd));
+                    }
+                }
                 Err(_) => break,
             }
         }
     }
 
-    /// Waits until the child ended, draining its outcome meanwhile.
+    /// Waits until the child ended, then takes its outcome.
+    ///
+    /// The child queues its whole outcome before it exits (a large payload
+    /// travels in a memory file), so its exit is the one event to wait for:
+    /// the parent wakes once. Draining the socket between slices anyway is
+    /// a safeguard: a child whose write blocks still gets through.
     fn wait(&mut self, deadline: Deadline) -> Result<ExitStatus> {
         loop {
-            self.pump();
             if let Some(status) = self.state.try_reap() {
                 self.pump();
                 return Ok(status);
@@ -400,23 +414,23 @@ impl Running {
             if deadline.expired() {
                 return Err(deadline.timeout_error());
             }
-            let mut fds = Vec::with_capacity(2);
-            if !self.eof {
-                fds.push(self.sock.as_fd());
-            }
             match &self.pidfd {
-                Some(p) => fds.push(p.as_fd()),
+                Some(pidfd) => {
+                    let slice = Some(deadline.slice(DRAIN_SLICE));
+                    if sys::fd::poll(&[pidfd.as_fd()], sys::fd::Interest::Read, slice)?.is_empty() {
+                        self.pump();
+                    }
+                }
                 // Without pidfds, poll in short slices.
-                None if self.eof => std::thread::sleep(deadline.slice(Duration::from_millis(5))),
-                None => {}
-            }
-            if !fds.is_empty() {
-                let slice = if self.pidfd.is_some() {
-                    deadline.remaining()
-                } else {
-                    Some(deadline.slice(Duration::from_millis(5)))
-                };
-                sys::fd::poll(&fds, sys::fd::Interest::Read, slice)?;
+                None => {
+                    self.pump();
+                    let slice = deadline.slice(Duration::from_millis(5));
+                    if self.eof {
+                        std::thread::sleep(slice);
+                    } else {
+                        sys::fd::poll(&[self.sock.as_fd()], sys::fd::Interest::Read, Some(slice))?;
+                    }
+                }
             }
         }
     }
@@ -434,7 +448,7 @@ impl Running {
             signal,
             panic,
         };
-        match Outcome::parse(&self.received) {
+        match Outcome::parse(&self.received, self.file.as_ref()) {
             Some(Ok(Outcome::Returned(bytes))) => R::decode(&bytes),
             Some(Ok(Outcome::Panicked(msg))) => Err(failed(Some(msg))),
             Some(Ok(Outcome::Failed(msg))) => Err(Error::Remote(msg)),

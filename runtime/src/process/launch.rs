@@ -5,8 +5,9 @@
 //! binary, checked against the binary's identity, so no function needs
 //! registering: the child adds its own anchor address back.
 
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read};
 use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
@@ -56,45 +57,118 @@ const TAG_RETURNED: u8 = 0;
 const TAG_PANICKED: u8 = 1;
 const TAG_FAILED: u8 = 2;
 const TAG_MISMATCH: u8 = 3;
+/// Set in the tag when the payload travels in the memory file sent with the head.
+const IN_FILE: u8 = 0x80;
+/// The outcome frame's head: tag, then the payload length.
+const HEAD: usize = 9;
+
+/// Frames up to this size always go inline: a Unix stream socket queues its
+/// first write whole, without blocking, when it is at most half the send
+/// buffer less 64 bytes, and no send buffer is smaller than about 4.5 KiB.
+const ALWAYS_INLINE: usize = 2048;
+/// The largest write Linux queues as one piece on a Unix stream socket
+/// (32 KiB of pages plus a head), so the most that can go inline.
+const MAX_INLINE: usize = 32 * 1024;
 
 /// The most a launch message may claim to be; anything larger is corrupt.
 const MAX_LAUNCH: usize = 1 << 34;
 
+/// Whether a frame of `len` bytes is queued whole by the first write to `sock`.
+fn fits_inline(sock: &UnixStream, len: usize) -> bool {
+    if len <= ALWAYS_INLINE {
+        return true;
+    }
+    len <= MAX_INLINE
+        && sys::socket::send_buffer_size(sock.as_fd())
+            .is_ok_and(|buf| len <= (buf / 2).saturating_sub(64))
+}
+
 impl Outcome {
-    /// Writes the outcome frame: tag, length, payload.
-    pub fn send(&self, sock: &mut UnixStream) -> std::io::Result<()> {
+    /// Sends the outcome frame: tag, length, payload.
+    ///
+    /// The frame is queued whole without waiting for the parent to read, so
+    /// the parent only has to wait for this process to exit: a frame too
+    /// large for the socket's buffer sends its payload in a memory file.
+    pub fn send(&self, sock: &UnixStream) -> std::io::Result<()> {
         let (tag, payload): (u8, &[u8]) = match self {
             Outcome::Returned(b) => (TAG_RETURNED, b),
             Outcome::Panicked(m) => (TAG_PANICKED, m.as_bytes()),
             Outcome::Failed(m) => (TAG_FAILED, m.as_bytes()),
             Outcome::Mismatch(m) => (TAG_MISMATCH, m.as_bytes()),
         };
-        let mut head = [0u8; 9];
-        head[0] = tag;
+        let mut head = [0u8; HEAD];
         head[1..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-        sock.write_all(&head)?;
-        sock.write_all(payload)?;
-        sock.flush()
+        if fits_inline(sock, HEAD + payload.len()) {
+            head[0] = tag;
+            let mut sent = 0;
+            while sent < HEAD + payload.len() {
+                let parts = if sent < HEAD {
+                    [IoSlice::new(&head[sent..]), IoSlice::new(payload)]
+                } else {
+                    [IoSlice::new(&payload[sent - HEAD..]), IoSlice::new(&[])]
+                };
+                sent += sys::socket::send_vectored(sock.as_fd(), &parts)?;
+            }
+            return Ok(());
+        }
+        let file = std::fs::File::from(sys::memfd::memfd_create(
+            "multiproc-outcome",
+            payload.len() as u64,
+        )?);
+        file.write_all_at(payload, 0)?;
+        head[0] = tag | IN_FILE;
+        sys::socket::send_with_fds(sock.as_fd(), &head, &[file.as_fd()])
     }
 
-    /// Parses a complete frame from `buf`; `None` if it is not complete yet.
-    pub fn parse(buf: &[u8]) -> Option<Result<Outcome>> {
-        if buf.len() < 9 {
+    /// Whether `buf` (with `file`, the descriptor that came with it) holds a whole frame.
+    pub fn is_complete(buf: &[u8], file: Option<&std::fs::File>) -> bool {
+        match Self::head(buf) {
+            None => false,
+            Some((tag, _)) if tag & IN_FILE != 0 => file.is_some(),
+            Some((_, len)) => (buf.len() - HEAD) as u64 >= len,
+        }
+    }
+
+    fn head(buf: &[u8]) -> Option<(u8, u64)> {
+        let mut len = [0u8; 8];
+        len.copy_from_slice(buf.get(1..HEAD)?);
+        Some((buf[0], u64::from_le_bytes(len)))
+    }
+
+    /// Parses a complete frame from `buf` and `file`; `None` if it is not complete.
+    pub fn parse(buf: &[u8], file: Option<&std::fs::File>) -> Option<Result<Outcome>> {
+        if !Self::is_complete(buf, file) {
             return None;
         }
-        let mut len = [0u8; 8];
-        len.copy_from_slice(&buf[1..9]);
-        let len = u64::from_le_bytes(len) as usize;
-        let payload = buf.get(9..9usize.checked_add(len)?)?;
-        let text = || String::from_utf8_lossy(payload).into_owned();
-        Some(match buf[0] {
-            TAG_RETURNED => Ok(Outcome::Returned(payload.to_vec())),
+        let (tag, len) = Self::head(buf)?;
+        let payload = match file {
+            Some(file) if tag & IN_FILE != 0 => match read_file(file, len) {
+                Ok(payload) => payload,
+                Err(e) => return Some(Err(e)),
+            },
+            _ => buf[HEAD..HEAD + len as usize].to_vec(),
+        };
+        let text = || String::from_utf8_lossy(&payload).into_owned();
+        Some(match tag & !IN_FILE {
+            TAG_RETURNED => Ok(Outcome::Returned(payload)),
             TAG_PANICKED => Ok(Outcome::Panicked(text())),
             TAG_FAILED => Ok(Outcome::Failed(text())),
             TAG_MISMATCH => Ok(Outcome::Mismatch(text())),
             tag => Err(Error::Protocol(format!("unknown outcome tag {tag}"))),
         })
     }
+}
+
+/// The first `len` bytes of the memory file a child sent its payload in.
+fn read_file(file: &std::fs::File, len: u64) -> Result<Vec<u8>> {
+    if file.metadata()?.len() < len {
+        return Err(Error::Protocol(
+            "the outcome file is shorter than its frame says".into(),
+        ));
+    }
+    let mut payload = vec![0u8; len as usize];
+    file.read_exact_at(&mut payload, 0)?;
+    Ok(payload)
 }
 
 /// Sends the launch message with `fds` attached.
