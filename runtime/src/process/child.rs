@@ -96,8 +96,8 @@ pub(crate) fn finish(sock: &UnixStream, outcome: Outcome) -> ! {
         Outcome::Returned(_) => 0,
         _ => 1,
     };
+    // stderr is unbuffered: only stdout can hold output.
     let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
     if let Err(e) = outcome.send(sock) {
         // The parent may be gone; nothing else to tell.
         tracing::debug!("cannot report to the parent: {e}");

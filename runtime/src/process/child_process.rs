@@ -242,6 +242,9 @@ impl<R: Shareable> Process<R> {
         let _ = std::io::stdout().flush();
         let me = current_process();
         let parent_ticks = sys::process::own_start_ticks();
+        // Every child encodes its result: set up the encoder in this thread
+        // now, so children do not each set it up on pages they must copy.
+        launch::prepare_encoder();
         // Before the guards below: a hook may talk to a server, which maps segments.
         let hooks = fork_hooks::prepare();
         let forked = {

@@ -78,12 +78,14 @@ pub(crate) fn become_child(
 
 /// In a daemon child: ends this process when the parent ends, however it ends.
 pub(crate) fn watch_parent_if_daemon() {
-    let Some(parent) = parent_process() else {
-        return;
+    let parent = match ME.read().as_ref() {
+        Some(Me {
+            daemon: true,
+            parent: Some(parent),
+            ..
+        }) => parent.clone(),
+        _ => return,
     };
-    if !current_process().daemon {
-        return;
-    }
     let pidfd = match sys::process::pidfd_open(parent.pid) {
         Ok(fd) if parent.is_alive() => fd,
         // The parent is already gone (or the pid was reused): go now.

@@ -261,6 +261,16 @@ pub(crate) fn entry<A: Shareable, R: Shareable>(target: *const (), args: &[u8]) 
     run_caught(move || f(arg))
 }
 
+/// Sets up the calling thread's encoder (rkyv's thread-local arena).
+///
+/// A forked child's first encode would otherwise build the arena and
+/// register its destructor, which resolves a symbol lazily in the C
+/// library: about ten page faults in every child. Done before the fork,
+/// it happens once and the children inherit it.
+pub(crate) fn prepare_encoder() {
+    let _ = ().encode();
+}
+
 /// Runs `f`, catching a panic, and encodes what it returned.
 pub(crate) fn run_caught<R: Shareable>(f: impl FnOnce() -> R) -> Outcome {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {

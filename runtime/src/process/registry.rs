@@ -100,8 +100,12 @@ pub(crate) fn register(child: Arc<ChildState>) {
 }
 
 /// Called in a new forked child: the parent's children are not ours.
+///
+/// The list is leaked, not dropped: dropping would write every child's
+/// reference count and free it, and each page written in a new child costs
+/// a copy. The memory is the child's copy of the parent's and goes at exit.
 pub(crate) fn forget_all(children: &mut Vec<Arc<ChildState>>) {
-    children.clear();
+    std::mem::forget(std::mem::take(children));
 }
 
 /// A running child process, as listed by [`active_children`].
