@@ -27,6 +27,9 @@ trait Target: Send {
     /// Builds the spawn launch pieces: entry, target, encoded argument, descriptors.
     fn for_spawn(self: Box<Self>) -> Result<SpawnPayload>;
     /// Runs the target in this (forked) process.
+    ///
+    /// The target's memory is leaked, not freed or marked as taken: in a
+    /// new child each page written costs a copy, and the child exits soon.
     fn run_here(self: Box<Self>) -> Outcome;
 }
 
@@ -55,7 +58,7 @@ impl<A: Shareable, R: Shareable> Target for FnTarget<A, R> {
     }
 
     fn run_here(self: Box<Self>) -> Outcome {
-        let FnTarget { f, arg } = *self;
+        let FnTarget { f, arg } = take_leaking(self);
         launch::run_caught(move || f(arg))
     }
 }
@@ -70,15 +73,25 @@ impl<R: Shareable, F: FnOnce() -> R + Send + 'static> Target for ClosureTarget<F
     }
 
     fn run_here(self: Box<Self>) -> Outcome {
-        launch::run_caught(self.0)
+        launch::run_caught(take_leaking(self).0)
     }
 }
 
 /// How much room each read of the outcome socket makes at least.
-const RECV_CHUNK: usize = 4096;
+const RECV_CHUNK: usize = 256;
 /// How long a join waits for the child's exit before draining the outcome
 /// socket anyway.
 const DRAIN_SLICE: Duration = Duration::from_millis(50);
+
+/// Moves the value out of `boxed` and leaks its allocation: no write to
+/// the heap, where freeing would write the allocator's bookkeeping.
+fn take_leaking<T>(boxed: Box<T>) -> T {
+    let raw = Box::into_raw(boxed);
+    // SAFETY: `raw` comes from `Box::into_raw`, so it points to a valid,
+    // initialised `T` that nothing else owns; it is read once here and
+    // never used again (the allocation is leaked, never dropped or freed).
+    unsafe { raw.read() }
+}
 
 /// A started child: its state, pidfd and the socket its outcome arrives on.
 struct Running {
