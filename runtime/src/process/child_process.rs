@@ -77,11 +77,12 @@ impl<R: Shareable, F: FnOnce() -> R + Send + 'static> Target for ClosureTarget<F
     }
 }
 
-/// How much room each read of the outcome socket makes at least.
+/// How much room each read of the outcome socket makes at least (more
+/// once the frame's head tells its length).
 const RECV_CHUNK: usize = 256;
 /// How long a join waits for the child's exit before draining the outcome
 /// socket anyway.
-const DRAIN_SLICE: Duration = Duration::from_millis(50);
+const DRAIN_SLICE: Duration = Duration::from_millis(100);
 
 /// Moves the value out of `boxed` and leaks its allocation: no write to
 /// the heap, where freeing would write the allocator's bookkeeping.
@@ -402,7 +403,8 @@ impl Running {
         while !self.eof && !Outcome::is_complete(&self.received, self.file.as_ref()) {
             // Into the heap buffer: a large stack buffer would cost this
             // process a page fault per page after every fork.
-            self.received.reserve(RECV_CHUNK);
+            let missing = Outcome::missing(&self.received).unwrap_or(0);
+            self.received.reserve(missing.max(RECV_CHUNK));
             match sys::socket::recv_nonblocking(self.sock.as_fd(), &mut self.received, 1) {
                 Ok((0, _)) => self.eof = true,
                 Ok((_, fds)) => {

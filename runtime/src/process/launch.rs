@@ -129,6 +129,18 @@ impl Outcome {
         }
     }
 
+    /// How many more bytes the inline frame begun in `buf` needs (at most
+    /// the largest inline frame), or `None` before its head arrived.
+    pub fn missing(buf: &[u8]) -> Option<usize> {
+        match Self::head(buf)? {
+            (tag, _) if tag & IN_FILE != 0 => Some(0),
+            (_, len) => {
+                let len = len.min(MAX_INLINE as u64) as usize;
+                Some((HEAD + len).saturating_sub(buf.len()))
+            }
+        }
+    }
+
     fn head(buf: &[u8]) -> Option<(u8, u64)> {
         let mut len = [0u8; 8];
         len.copy_from_slice(buf.get(1..HEAD)?);
