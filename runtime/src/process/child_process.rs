@@ -425,29 +425,30 @@ impl Running {
     /// a safeguard: a child whose write blocks still gets through.
     fn wait(&mut self, deadline: Deadline) -> Result<ExitStatus> {
         loop {
-            if let Some(status) = self.state.try_reap() {
+            // A pidfd is ready once the child ended (reaped or not), so it
+            // is asked first: no reap attempt is wasted while the child runs.
+            let ended = match &self.pidfd {
+                Some(pidfd) => {
+                    let slice = Some(deadline.slice(DRAIN_SLICE));
+                    sys::fd::poll_one(pidfd.as_fd(), sys::fd::Interest::Read, slice)?
+                }
+                None => true,
+            };
+            if ended && let Some(status) = self.state.try_reap() {
                 self.pump();
                 return Ok(status);
             }
             if deadline.expired() {
                 return Err(deadline.timeout_error());
             }
-            match &self.pidfd {
-                Some(pidfd) => {
-                    let slice = Some(deadline.slice(DRAIN_SLICE));
-                    if sys::fd::poll(&[pidfd.as_fd()], sys::fd::Interest::Read, slice)?.is_empty() {
-                        self.pump();
-                    }
-                }
+            self.pump();
+            if self.pidfd.is_none() {
                 // Without pidfds, poll in short slices.
-                None => {
-                    self.pump();
-                    let slice = deadline.slice(Duration::from_millis(5));
-                    if self.eof {
-                        std::thread::sleep(slice);
-                    } else {
-                        sys::fd::poll(&[self.sock.as_fd()], sys::fd::Interest::Read, Some(slice))?;
-                    }
+                let slice = deadline.slice(Duration::from_millis(5));
+                if self.eof {
+                    std::thread::sleep(slice);
+                } else {
+                    sys::fd::poll_one(self.sock.as_fd(), sys::fd::Interest::Read, Some(slice))?;
                 }
             }
         }

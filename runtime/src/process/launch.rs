@@ -284,6 +284,7 @@ pub(crate) fn prepare_encoder() {
 }
 
 /// Runs `f`, catching a panic, and encodes what it returned.
+#[inline]
 pub(crate) fn run_caught<R: Shareable>(f: impl FnOnce() -> R) -> Outcome {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => match r.encode() {
