@@ -4,6 +4,11 @@
 //! message carries the target as offsets from an anchor function in the
 //! binary, checked against the binary's identity, so no function needs
 //! registering: the child adds its own anchor address back.
+//!
+//! The outcome is queued whole by one write that never waits for the
+//! parent: a payload too large for that travels in a memory file sent
+//! with the frame's head. So the parent reads nothing while the child
+//! runs; it waits for the exit alone, and wakes once.
 
 use std::io::{IoSlice, Read};
 use std::os::fd::AsFd;
