@@ -80,9 +80,6 @@ impl<R: Shareable, F: FnOnce() -> R + Send + 'static> Target for ClosureTarget<F
 /// How much room each read of the outcome socket makes at least (more
 /// once the frame's head tells its length).
 const RECV_CHUNK: usize = 256;
-/// How long a join waits for the child's exit before draining the outcome
-/// socket anyway.
-const DRAIN_SLICE: Duration = Duration::from_millis(100);
 
 /// Moves the value out of `boxed` and leaks its allocation: no write to
 /// the heap, where freeing would write the allocator's bookkeeping.
@@ -97,7 +94,9 @@ fn take_leaking<T>(boxed: Box<T>) -> T {
 /// A started child: its state, pidfd and the socket its outcome arrives on.
 struct Running {
     state: Arc<ChildState>,
+    /// Opened on the first join with a deadline.
     pidfd: Option<OwnedFd>,
+    pidfd_tried: bool,
     sock: UnixStream,
     received: Vec<u8>,
     /// The memory file a large payload came in.
@@ -387,10 +386,10 @@ impl<R> std::fmt::Debug for Process<R> {
 
 impl Running {
     fn new(state: Arc<ChildState>, sock: UnixStream) -> Running {
-        let pidfd = sys::process::pidfd_open(state.pid).ok();
         Running {
             state,
-            pidfd,
+            pidfd: None,
+            pidfd_tried: false,
             sock,
             received: Vec::new(),
             file: None,
@@ -419,39 +418,38 @@ impl Running {
 
     /// Waits until the child ended, then takes its outcome.
     ///
-    /// The child queues its whole outcome before it exits (a large payload
-    /// travels in a memory file), so its exit is the one event to wait for:
-    /// the parent wakes once. Draining the socket between slices anyway is
-    /// a safeguard: a child whose write blocks still gets through.
+    /// The child queues its whole outcome without ever waiting for this
+    /// side to read (see `Outcome::send`), so its exit is the one event to
+    /// wait for, and the parent wakes once: in `waitid` without a deadline,
+    /// on a pidfd with one.
     fn wait(&mut self, deadline: Deadline) -> Result<ExitStatus> {
         loop {
-            // A pidfd is ready once the child ended (reaped or not), so it
-            // is asked first: no reap attempt is wasted while the child runs.
-            let ended = match &self.pidfd {
-                Some(pidfd) => {
-                    let slice = Some(deadline.slice(DRAIN_SLICE));
-                    sys::fd::poll_one(pidfd.as_fd(), sys::fd::Interest::Read, slice)?
-                }
-                None => true,
-            };
-            if ended && let Some(status) = self.state.try_reap() {
+            if deadline.remaining().is_none() {
+                self.state.wait_ended()?;
+            } else if let Some(pidfd) = self.pidfd() {
+                sys::fd::poll_one(pidfd.as_fd(), sys::fd::Interest::Read, deadline.remaining())?;
+            }
+            if let Some(status) = self.state.try_reap() {
                 self.pump();
                 return Ok(status);
             }
             if deadline.expired() {
                 return Err(deadline.timeout_error());
             }
-            self.pump();
             if self.pidfd.is_none() {
                 // Without pidfds, poll in short slices.
-                let slice = deadline.slice(Duration::from_millis(5));
-                if self.eof {
-                    std::thread::sleep(slice);
-                } else {
-                    sys::fd::poll_one(self.sock.as_fd(), sys::fd::Interest::Read, Some(slice))?;
-                }
+                std::thread::sleep(deadline.slice(Duration::from_millis(5)));
             }
         }
+    }
+
+    /// The child's pidfd, opened on first use while it runs.
+    fn pidfd(&mut self) -> Option<&OwnedFd> {
+        if self.pidfd.is_none() && !self.pidfd_tried {
+            self.pidfd_tried = true;
+            self.pidfd = self.state.pidfd();
+        }
+        self.pidfd.as_ref()
     }
 
     /// Turns the received outcome and exit status into the join result.

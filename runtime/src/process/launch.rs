@@ -91,9 +91,11 @@ fn fits_inline(sock: &UnixStream, len: usize) -> bool {
 impl Outcome {
     /// Sends the outcome frame: tag, length, payload.
     ///
-    /// The frame is queued whole without waiting for the parent to read, so
-    /// the parent only has to wait for this process to exit: a frame too
-    /// large for the socket's buffer sends its payload in a memory file.
+    /// Nothing here waits for the parent to read, so the parent only has to
+    /// wait for this process to exit: the frame goes in one write the socket
+    /// queues whole, or its payload goes in a memory file sent with the head.
+    /// If even that would block (it cannot on the fresh socket each child
+    /// has), the outcome is given up: the parent reports a missing result.
     pub fn send(&self, sock: &UnixStream) -> std::io::Result<()> {
         let (tag, payload): (u8, &[u8]) = match self {
             Outcome::Returned(b) => (TAG_RETURNED, b),
@@ -103,18 +105,17 @@ impl Outcome {
         };
         let mut head = [0u8; HEAD];
         head[1..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-        if fits_inline(sock, HEAD + payload.len()) {
+        let whole = HEAD + payload.len();
+        if fits_inline(sock, whole) {
             head[0] = tag;
-            let mut sent = 0;
-            while sent < HEAD + payload.len() {
-                let parts = if sent < HEAD {
-                    [IoSlice::new(&head[sent..]), IoSlice::new(payload)]
-                } else {
-                    [IoSlice::new(&payload[sent - HEAD..]), IoSlice::new(&[])]
-                };
-                sent += sys::socket::send_vectored(sock.as_fd(), &parts)?;
+            let parts = [IoSlice::new(&head), IoSlice::new(payload)];
+            // A frame that fits one queued piece goes whole or not at all.
+            match sys::socket::send_nowait(sock.as_fd(), &parts, &[]) {
+                Ok(n) if n == whole => return Ok(()),
+                Ok(_) => return Err(std::io::Error::other("the outcome was cut short")),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
             }
-            return Ok(());
         }
         let file = std::fs::File::from(sys::memfd::memfd_create(
             "multiproc-outcome",
@@ -122,7 +123,10 @@ impl Outcome {
         )?);
         file.write_all_at(payload, 0)?;
         head[0] = tag | IN_FILE;
-        sys::socket::send_with_fds(sock.as_fd(), &head, &[file.as_fd()])
+        match sys::socket::send_nowait(sock.as_fd(), &[IoSlice::new(&head)], &[file.as_fd()])? {
+            HEAD => Ok(()),
+            _ => Err(std::io::Error::other("the outcome was cut short")),
+        }
     }
 
     /// Whether `buf` (with `file`, the descriptor that came with it) holds a whole frame.

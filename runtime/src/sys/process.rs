@@ -238,6 +238,19 @@ fn wait_inner(pid: i32, flags: libc::c_int) -> std::io::Result<Option<ExitStatus
     }
 }
 
+/// Blocks until child `pid` has ended, leaving it waitable (not reaped).
+///
+/// Also returns `Ok` when `pid` is not, or no longer, a child of this process.
+pub fn wait_ended(pid: i32) -> std::io::Result<()> {
+    // SAFETY: `siginfo_t` is plain old data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOWAIT;
+    match retry_eintr(|| syscall!(waitid(libc::P_PID, pid as libc::id_t, &mut info, flags))) {
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
 /// Sends `signal` to process `pid`.
 pub fn kill(pid: i32, signal: i32) -> std::io::Result<()> {
     if pid <= 0 {

@@ -237,3 +237,46 @@ pub fn send_buffer_size(sock: BorrowedFd<'_>) -> std::io::Result<usize> {
     ))?;
     Ok(value.max(0) as usize)
 }
+
+/// Sends `bufs` (with `fds` attached to the first byte) in one call that
+/// never blocks and never raises SIGPIPE; returns the bytes sent, which may
+/// be fewer than asked. A full socket is `WouldBlock`.
+pub fn send_nowait(
+    sock: BorrowedFd<'_>,
+    bufs: &[IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+) -> std::io::Result<usize> {
+    let raw: Vec<RawFd> = fds.iter().take(MAX_FDS).map(|f| f.as_raw_fd()).collect();
+    let space = if raw.is_empty() {
+        0
+    } else {
+        // SAFETY: CMSG_SPACE only computes a size.
+        unsafe { libc::CMSG_SPACE(std::mem::size_of_val(raw.as_slice()) as u32) as usize }
+    };
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is plain old data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // `IoSlice` is ABI-compatible with `iovec` on Unix; the kernel only reads it.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+    if !raw.is_empty() {
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points to `space` bytes, enough for one header
+        // holding `raw.len()` descriptors (CMSG_SPACE above).
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(raw.as_slice()) as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr(),
+                libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+                raw.len(),
+            );
+        }
+    }
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    let n = retry_eintr(|| syscall!(sendmsg(sock.as_raw_fd(), &msg, flags)))?;
+    Ok(n as usize)
+}
