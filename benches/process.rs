@@ -1,4 +1,6 @@
-//! Process start+join latency under spawn and fork (`process/spawn_join`, `process/fork_join`).
+//! Process start+join latency under spawn and fork (`process/spawn_join`,
+//! `process/fork_join`), beside this machine's floor: a bare `fork` whose
+//! child calls `_exit(0)` at once, and `waitpid` (`process/bare_fork_waitpid`).
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
@@ -23,7 +25,25 @@ fn start_join(c: &mut Criterion) {
             })
         });
     }
+    group.bench_function("bare_fork_waitpid", |b| b.iter(bare_fork_waitpid));
     group.finish();
+}
+
+/// The least a fork start+join can cost here: no result, no bookkeeping.
+fn bare_fork_waitpid() {
+    // SAFETY: the child calls only the async-signal-safe `_exit`.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        // SAFETY: `_exit` ends the child at once.
+        0 => unsafe { libc::_exit(0) },
+        -1 => panic!("fork failed: {}", std::io::Error::last_os_error()),
+        _ => {
+            let mut status = 0;
+            // SAFETY: `pid` is this process's child; `status` is a valid out pointer.
+            let reaped = unsafe { libc::waitpid(pid, &mut status, 0) };
+            assert_eq!(reaped, pid, "waitpid failed");
+        }
+    }
 }
 
 criterion_group!(benches, start_join);

@@ -344,3 +344,38 @@ fn a_child_can_tell_its_parent_is_gone() {
         );
     }
 }
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+fn long_panic(len: usize) -> u8 {
+    // Keep the long message out of the test output.
+    std::panic::set_hook(Box::new(|_| {}));
+    panic!("{}", "x".repeat(len))
+}
+
+#[test]
+fn results_and_panic_messages_of_every_size_come_back() {
+    // Small frames go inline on the socket, large ones in a memory file.
+    for m in METHODS {
+        for len in [0, 100, 2_100, 20_000, 40_000, 300_000, 5 << 20] {
+            let mut p = start(Process::new(pattern, len).start_method(m));
+            let got = p.join().unwrap_or_else(|e| panic!("{m:?} {len}: {e}"));
+            assert!(got == pattern(len), "{m:?} {len}: wrong bytes");
+            assert_eq!(p.exitcode(), Some(0));
+            assert_not_our_zombie(p.pid().unwrap());
+        }
+        for len in [3_000, 100_000] {
+            let mut p = start(Process::new(long_panic, len).start_method(m));
+            match p.join() {
+                Err(Error::ChildFailed {
+                    panic: Some(msg),
+                    exitcode: Some(1),
+                    ..
+                }) => assert!(msg == "x".repeat(len), "{m:?} {len}: wrong message"),
+                other => panic!("{m:?} {len}: {other:?}"),
+            }
+        }
+    }
+}

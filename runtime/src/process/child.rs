@@ -55,10 +55,7 @@ fn run_spawned(mut sock: UnixStream) -> ! {
     let _ = sys::fd::set_cloexec(std::os::fd::AsFd::as_fd(&sock), true);
     let (launch, fds) = match launch::recv_launch(&mut sock) {
         Ok(x) => x,
-        Err(e) => finish(
-            &mut sock,
-            Outcome::Failed(format!("bad launch message: {e}")),
-        ),
+        Err(e) => finish(&sock, Outcome::Failed(format!("bad launch message: {e}"))),
     };
     if launch.identity != launch::identity() || launch.anchor_check != launch::anchor_check() {
         let msg = format!(
@@ -67,11 +64,11 @@ fn run_spawned(mut sock: UnixStream) -> ! {
             launch.identity,
             launch::identity()
         );
-        finish(&mut sock, Outcome::Mismatch(msg));
+        finish(&sock, Outcome::Mismatch(msg));
     }
     if launch.fd_ids.len() != fds.len() {
         finish(
-            &mut sock,
+            &sock,
             Outcome::Failed("the launch message lost descriptors".into()),
         );
     }
@@ -90,17 +87,17 @@ fn run_spawned(mut sock: UnixStream) -> ! {
         unsafe { std::mem::transmute::<*const (), EntryFn>(launch::addr_at(launch.entry_offset)) };
     let target = launch::addr_at(launch.target_offset);
     let outcome = handle::with_received_fds(received, || entry(target, &launch.args));
-    finish(&mut sock, outcome)
+    finish(&sock, outcome)
 }
 
 /// Reports `outcome` to the parent and ends the process.
-pub(crate) fn finish(sock: &mut UnixStream, outcome: Outcome) -> ! {
+pub(crate) fn finish(sock: &UnixStream, outcome: Outcome) -> ! {
     let code = match outcome {
         Outcome::Returned(_) => 0,
         _ => 1,
     };
+    // stderr is unbuffered: only stdout can hold output.
     let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
     if let Err(e) = outcome.send(sock) {
         // The parent may be gone; nothing else to tell.
         tracing::debug!("cannot report to the parent: {e}");

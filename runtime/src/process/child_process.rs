@@ -1,6 +1,5 @@
 //! `Process<R>`: one child process running a target, and its result.
 
-use std::io::Read;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -28,6 +27,9 @@ trait Target: Send {
     /// Builds the spawn launch pieces: entry, target, encoded argument, descriptors.
     fn for_spawn(self: Box<Self>) -> Result<SpawnPayload>;
     /// Runs the target in this (forked) process.
+    ///
+    /// The target's memory is leaked, not freed or marked as taken: in a
+    /// new child each page written costs a copy, and the child exits soon.
     fn run_here(self: Box<Self>) -> Outcome;
 }
 
@@ -56,7 +58,7 @@ impl<A: Shareable, R: Shareable> Target for FnTarget<A, R> {
     }
 
     fn run_here(self: Box<Self>) -> Outcome {
-        let FnTarget { f, arg } = *self;
+        let FnTarget { f, arg } = take_leaking(self);
         launch::run_caught(move || f(arg))
     }
 }
@@ -71,16 +73,34 @@ impl<R: Shareable, F: FnOnce() -> R + Send + 'static> Target for ClosureTarget<F
     }
 
     fn run_here(self: Box<Self>) -> Outcome {
-        launch::run_caught(self.0)
+        launch::run_caught(take_leaking(self).0)
     }
+}
+
+/// How much room each read of the outcome socket makes at least (more
+/// once the frame's head tells its length).
+const RECV_CHUNK: usize = 256;
+
+/// Moves the value out of `boxed` and leaks its allocation: no write to
+/// the heap, where freeing would write the allocator's bookkeeping.
+fn take_leaking<T>(boxed: Box<T>) -> T {
+    let raw = Box::into_raw(boxed);
+    // SAFETY: `raw` comes from `Box::into_raw`, so it points to a valid,
+    // initialised `T` that nothing else owns; it is read once here and
+    // never used again (the allocation is leaked, never dropped or freed).
+    unsafe { raw.read() }
 }
 
 /// A started child: its state, pidfd and the socket its outcome arrives on.
 struct Running {
     state: Arc<ChildState>,
+    /// Opened on the first join with a deadline.
     pidfd: Option<OwnedFd>,
+    pidfd_tried: bool,
     sock: UnixStream,
     received: Vec<u8>,
+    /// The memory file a large payload came in.
+    file: Option<std::fs::File>,
     eof: bool,
 }
 
@@ -231,10 +251,13 @@ impl<R: Shareable> Process<R> {
 
     fn fork(&self, target: Box<dyn Target>, name: String) -> Result<Running> {
         use std::io::Write;
-        let (parent_sock, mut child_sock) = sys::socket::socketpair()?;
+        let (parent_sock, child_sock) = sys::socket::socketpair()?;
         let _ = std::io::stdout().flush();
         let me = current_process();
         let parent_ticks = sys::process::own_start_ticks();
+        // Every child encodes its result: set up the encoder in this thread
+        // now, so children do not each set it up on pages they must copy.
+        launch::prepare_encoder();
         // Before the guards below: a hook may talk to a server, which maps segments.
         let hooks = fork_hooks::prepare();
         let forked = {
@@ -253,7 +276,7 @@ impl<R: Shareable> Process<R> {
                 current::become_child(name, self.daemon, me.pid, parent_ticks, me.name);
                 current::watch_parent_if_daemon();
                 let outcome = target.run_here();
-                finish(&mut child_sock, outcome)
+                finish(&child_sock, outcome)
             }
             Forked::Parent(pid) => {
                 drop(hooks);
@@ -363,34 +386,49 @@ impl<R> std::fmt::Debug for Process<R> {
 
 impl Running {
     fn new(state: Arc<ChildState>, sock: UnixStream) -> Running {
-        let _ = sock.set_nonblocking(true);
-        let pidfd = sys::process::pidfd_open(state.pid).ok();
         Running {
             state,
-            pidfd,
+            pidfd: None,
+            pidfd_tried: false,
             sock,
             received: Vec::new(),
+            file: None,
             eof: false,
         }
     }
 
-    /// Reads whatever outcome bytes have arrived.
+    /// Reads whatever outcome bytes have arrived, up to a complete frame.
     fn pump(&mut self) {
-        let mut buf = [0u8; 64 * 1024];
-        while !self.eof {
-            match self.sock.read(&mut buf) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.received.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+        while !self.eof && !Outcome::is_complete(&self.received, self.file.as_ref()) {
+            // Into the heap buffer: a large stack buffer would cost this
+            // process a page fault per page after every fork.
+            let missing = Outcome::missing(&self.received).unwrap_or(0);
+            self.received.reserve(missing.max(RECV_CHUNK));
+            match sys::socket::recv_nonblocking(self.sock.as_fd(), &mut self.received, 1) {
+                Ok((0, _)) => self.eof = true,
+                Ok((_, fds)) => {
+                    if let Some(fd) = fds.into_iter().next() {
+                        self.file.get_or_insert(std::fs::File::from(fd));
+                    }
+                }
                 Err(_) => break,
             }
         }
     }
 
-    /// Waits until the child ended, draining its outcome meanwhile.
+    /// Waits until the child ended, then takes its outcome.
+    ///
+    /// The child queues its whole outcome without ever waiting for this
+    /// side to read (see `Outcome::send`), so its exit is the one event to
+    /// wait for, and the parent wakes once: in `waitid` without a deadline,
+    /// on a pidfd with one.
     fn wait(&mut self, deadline: Deadline) -> Result<ExitStatus> {
         loop {
-            self.pump();
+            if deadline.remaining().is_none() {
+                self.state.wait_ended()?;
+            } else if let Some(pidfd) = self.pidfd() {
+                sys::fd::poll_one(pidfd.as_fd(), sys::fd::Interest::Read, deadline.remaining())?;
+            }
             if let Some(status) = self.state.try_reap() {
                 self.pump();
                 return Ok(status);
@@ -398,25 +436,20 @@ impl Running {
             if deadline.expired() {
                 return Err(deadline.timeout_error());
             }
-            let mut fds = Vec::with_capacity(2);
-            if !self.eof {
-                fds.push(self.sock.as_fd());
-            }
-            match &self.pidfd {
-                Some(p) => fds.push(p.as_fd()),
+            if self.pidfd.is_none() {
                 // Without pidfds, poll in short slices.
-                None if self.eof => std::thread::sleep(deadline.slice(Duration::from_millis(5))),
-                None => {}
-            }
-            if !fds.is_empty() {
-                let slice = if self.pidfd.is_some() {
-                    deadline.remaining()
-                } else {
-                    Some(deadline.slice(Duration::from_millis(5)))
-                };
-                sys::fd::poll(&fds, sys::fd::Interest::Read, slice)?;
+                std::thread::sleep(deadline.slice(Duration::from_millis(5)));
             }
         }
+    }
+
+    /// The child's pidfd, opened on first use while it runs.
+    fn pidfd(&mut self) -> Option<&OwnedFd> {
+        if self.pidfd.is_none() && !self.pidfd_tried {
+            self.pidfd_tried = true;
+            self.pidfd = self.state.pidfd();
+        }
+        self.pidfd.as_ref()
     }
 
     /// Turns the received outcome and exit status into the join result.
@@ -432,7 +465,7 @@ impl Running {
             signal,
             panic,
         };
-        match Outcome::parse(&self.received) {
+        match Outcome::parse(&self.received, self.file.as_ref()) {
             Some(Ok(Outcome::Returned(bytes))) => R::decode(&bytes),
             Some(Ok(Outcome::Panicked(msg))) => Err(failed(Some(msg))),
             Some(Ok(Outcome::Failed(msg))) => Err(Error::Remote(msg)),

@@ -58,6 +58,10 @@ pub fn parent_process() -> Option<ParentProcess> {
 }
 
 /// Records who this child is; called once in a new child, before its target runs.
+///
+/// Inline, as the rest of a forked child's path: each new code page a
+/// forked child runs costs it a page fault.
+#[inline]
 pub(crate) fn become_child(
     name: String,
     daemon: bool,
@@ -77,13 +81,20 @@ pub(crate) fn become_child(
 }
 
 /// In a daemon child: ends this process when the parent ends, however it ends.
+#[inline]
 pub(crate) fn watch_parent_if_daemon() {
-    let Some(parent) = parent_process() else {
-        return;
+    let parent = match ME.read().as_ref() {
+        Some(Me {
+            daemon: true,
+            parent: Some(parent),
+            ..
+        }) => parent.clone(),
+        _ => return,
     };
-    if !current_process().daemon {
-        return;
-    }
+    watch_parent(parent);
+}
+
+fn watch_parent(parent: ParentProcess) {
     let pidfd = match sys::process::pidfd_open(parent.pid) {
         Ok(fd) if parent.is_alive() => fd,
         // The parent is already gone (or the pid was reused): go now.

@@ -4,9 +4,15 @@
 //! message carries the target as offsets from an anchor function in the
 //! binary, checked against the binary's identity, so no function needs
 //! registering: the child adds its own anchor address back.
+//!
+//! The outcome is queued whole by one write that never waits for the
+//! parent: a payload too large for that travels in a memory file sent
+//! with the frame's head. So the parent reads nothing while the child
+//! runs; it waits for the exit alone, and wakes once.
 
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read};
 use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
@@ -56,45 +62,134 @@ const TAG_RETURNED: u8 = 0;
 const TAG_PANICKED: u8 = 1;
 const TAG_FAILED: u8 = 2;
 const TAG_MISMATCH: u8 = 3;
+/// Set in the tag when the payload travels in the memory file sent with the head.
+const IN_FILE: u8 = 0x80;
+/// The outcome frame's head: tag, then the payload length.
+const HEAD: usize = 9;
+
+/// Frames up to this size always go inline: a Unix stream socket queues its
+/// first write whole, without blocking, when it is at most half the send
+/// buffer less 64 bytes, and no send buffer is smaller than about 4.5 KiB.
+const ALWAYS_INLINE: usize = 2048;
+/// The largest write Linux queues as one piece on a Unix stream socket
+/// (32 KiB of pages plus a head), so the most that can go inline.
+const MAX_INLINE: usize = 32 * 1024;
 
 /// The most a launch message may claim to be; anything larger is corrupt.
 const MAX_LAUNCH: usize = 1 << 34;
 
+/// Whether a frame of `len` bytes is queued whole by the first write to `sock`.
+fn fits_inline(sock: &UnixStream, len: usize) -> bool {
+    if len <= ALWAYS_INLINE {
+        return true;
+    }
+    len <= MAX_INLINE
+        && sys::socket::send_buffer_size(sock.as_fd())
+            .is_ok_and(|buf| len <= (buf / 2).saturating_sub(64))
+}
+
 impl Outcome {
-    /// Writes the outcome frame: tag, length, payload.
-    pub fn send(&self, sock: &mut UnixStream) -> std::io::Result<()> {
+    /// Sends the outcome frame: tag, length, payload.
+    ///
+    /// Nothing here waits for the parent to read, so the parent only has to
+    /// wait for this process to exit: the frame goes in one write the socket
+    /// queues whole, or its payload goes in a memory file sent with the head.
+    /// If even that would block (it cannot on the fresh socket each child
+    /// has), the outcome is given up: the parent reports a missing result.
+    pub fn send(&self, sock: &UnixStream) -> std::io::Result<()> {
         let (tag, payload): (u8, &[u8]) = match self {
             Outcome::Returned(b) => (TAG_RETURNED, b),
             Outcome::Panicked(m) => (TAG_PANICKED, m.as_bytes()),
             Outcome::Failed(m) => (TAG_FAILED, m.as_bytes()),
             Outcome::Mismatch(m) => (TAG_MISMATCH, m.as_bytes()),
         };
-        let mut head = [0u8; 9];
-        head[0] = tag;
+        let mut head = [0u8; HEAD];
         head[1..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-        sock.write_all(&head)?;
-        sock.write_all(payload)?;
-        sock.flush()
+        let whole = HEAD + payload.len();
+        if fits_inline(sock, whole) {
+            head[0] = tag;
+            let parts = [IoSlice::new(&head), IoSlice::new(payload)];
+            // A frame that fits one queued piece goes whole or not at all.
+            match sys::socket::send_nowait(sock.as_fd(), &parts, &[]) {
+                Ok(n) if n == whole => return Ok(()),
+                Ok(_) => return Err(std::io::Error::other("the outcome was cut short")),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let file = std::fs::File::from(sys::memfd::memfd_create(
+            "multiproc-outcome",
+            payload.len() as u64,
+        )?);
+        file.write_all_at(payload, 0)?;
+        head[0] = tag | IN_FILE;
+        match sys::socket::send_nowait(sock.as_fd(), &[IoSlice::new(&head)], &[file.as_fd()])? {
+            HEAD => Ok(()),
+            _ => Err(std::io::Error::other("the outcome was cut short")),
+        }
     }
 
-    /// Parses a complete frame from `buf`; `None` if it is not complete yet.
-    pub fn parse(buf: &[u8]) -> Option<Result<Outcome>> {
-        if buf.len() < 9 {
+    /// Whether `buf` (with `file`, the descriptor that came with it) holds a whole frame.
+    pub fn is_complete(buf: &[u8], file: Option<&std::fs::File>) -> bool {
+        match Self::head(buf) {
+            None => false,
+            Some((tag, _)) if tag & IN_FILE != 0 => file.is_some(),
+            Some((_, len)) => (buf.len() - HEAD) as u64 >= len,
+        }
+    }
+
+    /// How many more bytes the inline frame begun in `buf` needs (at most
+    /// the largest inline frame), or `None` before its head arrived.
+    pub fn missing(buf: &[u8]) -> Option<usize> {
+        match Self::head(buf)? {
+            (tag, _) if tag & IN_FILE != 0 => Some(0),
+            (_, len) => {
+                let len = len.min(MAX_INLINE as u64) as usize;
+                Some((HEAD + len).saturating_sub(buf.len()))
+            }
+        }
+    }
+
+    fn head(buf: &[u8]) -> Option<(u8, u64)> {
+        let mut len = [0u8; 8];
+        len.copy_from_slice(buf.get(1..HEAD)?);
+        Some((buf[0], u64::from_le_bytes(len)))
+    }
+
+    /// Parses a complete frame from `buf` and `file`; `None` if it is not complete.
+    pub fn parse(buf: &[u8], file: Option<&std::fs::File>) -> Option<Result<Outcome>> {
+        if !Self::is_complete(buf, file) {
             return None;
         }
-        let mut len = [0u8; 8];
-        len.copy_from_slice(&buf[1..9]);
-        let len = u64::from_le_bytes(len) as usize;
-        let payload = buf.get(9..9usize.checked_add(len)?)?;
-        let text = || String::from_utf8_lossy(payload).into_owned();
-        Some(match buf[0] {
-            TAG_RETURNED => Ok(Outcome::Returned(payload.to_vec())),
+        let (tag, len) = Self::head(buf)?;
+        let payload = match file {
+            Some(file) if tag & IN_FILE != 0 => match read_file(file, len) {
+                Ok(payload) => payload,
+                Err(e) => return Some(Err(e)),
+            },
+            _ => buf[HEAD..HEAD + len as usize].to_vec(),
+        };
+        let text = || String::from_utf8_lossy(&payload).into_owned();
+        Some(match tag & !IN_FILE {
+            TAG_RETURNED => Ok(Outcome::Returned(payload)),
             TAG_PANICKED => Ok(Outcome::Panicked(text())),
             TAG_FAILED => Ok(Outcome::Failed(text())),
             TAG_MISMATCH => Ok(Outcome::Mismatch(text())),
             tag => Err(Error::Protocol(format!("unknown outcome tag {tag}"))),
         })
     }
+}
+
+/// The first `len` bytes of the memory file a child sent its payload in.
+fn read_file(file: &std::fs::File, len: u64) -> Result<Vec<u8>> {
+    if file.metadata()?.len() < len {
+        return Err(Error::Protocol(
+            "the outcome file is shorter than its frame says".into(),
+        ));
+    }
+    let mut payload = vec![0u8; len as usize];
+    file.read_exact_at(&mut payload, 0)?;
+    Ok(payload)
 }
 
 /// Sends the launch message with `fds` attached.
@@ -187,7 +282,18 @@ pub(crate) fn entry<A: Shareable, R: Shareable>(target: *const (), args: &[u8]) 
     run_caught(move || f(arg))
 }
 
+/// Sets up the calling thread's encoder (rkyv's thread-local arena).
+///
+/// A forked child's first encode would otherwise build the arena and
+/// register its destructor, which resolves a symbol lazily in the C
+/// library: about ten page faults in every child. Done before the fork,
+/// it happens once and the children inherit it.
+pub(crate) fn prepare_encoder() {
+    let _ = ().encode();
+}
+
 /// Runs `f`, catching a panic, and encodes what it returned.
+#[inline]
 pub(crate) fn run_caught<R: Shareable>(f: impl FnOnce() -> R) -> Outcome {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => match r.encode() {

@@ -54,6 +54,32 @@ impl ChildState {
         *status
     }
 
+    /// Blocks until the child has ended, without reaping it: the next
+    /// [`ChildState::try_reap`] does.
+    ///
+    /// The status lock is not held while blocking, so others can still
+    /// reap the child meanwhile (this then returns at once). Were it reaped
+    /// between the check and the wait, and its pid reused by a new child of
+    /// this process, this would wait for that one instead: a delay, never a
+    /// wrong status, as the status recorded by whoever reaped is kept.
+    pub fn wait_ended(&self) -> std::io::Result<()> {
+        if self.status.lock().is_some() {
+            return Ok(());
+        }
+        sys::process::wait_ended(self.pid)
+    }
+
+    /// A descriptor that becomes readable when the child ends; `None` once
+    /// it was reaped. Opened under the status lock, so the pid cannot have
+    /// been reused by another process.
+    pub fn pidfd(&self) -> Option<std::os::fd::OwnedFd> {
+        let status = self.status.lock();
+        if status.is_some() {
+            return None;
+        }
+        sys::process::pidfd_open(self.pid).ok()
+    }
+
     /// Blocks until the child ends; returns its status.
     pub fn reap(&self) -> ExitStatus {
         let mut status = self.status.lock();
@@ -100,8 +126,12 @@ pub(crate) fn register(child: Arc<ChildState>) {
 }
 
 /// Called in a new forked child: the parent's children are not ours.
+///
+/// The list is leaked, not dropped: dropping would write every child's
+/// reference count and free it, and each page written in a new child costs
+/// a copy. The memory is the child's copy of the parent's and goes at exit.
 pub(crate) fn forget_all(children: &mut Vec<Arc<ChildState>>) {
-    children.clear();
+    std::mem::forget(std::mem::take(children));
 }
 
 /// A running child process, as listed by [`active_children`].

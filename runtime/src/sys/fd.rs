@@ -67,15 +67,7 @@ pub fn poll(
             revents: 0,
         })
         .collect();
-    let ms = match timeout {
-        None => -1,
-        Some(d) => d.as_millis().min(i32::MAX as u128) as libc::c_int,
-    };
-    // Round sub-millisecond timeouts up so a short wait is not a busy loop.
-    let ms = match timeout {
-        Some(d) if ms == 0 && !d.is_zero() => 1,
-        _ => ms,
-    };
+    let ms = timeout_ms(timeout);
     let n = syscall!(poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms));
     match n {
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(Vec::new()),
@@ -86,5 +78,37 @@ pub fn poll(
             .filter(|(_, p)| p.revents != 0)
             .map(|(i, _)| i)
             .collect()),
+    }
+}
+
+/// As [`poll`] for one descriptor, without allocating: whether it is ready.
+pub fn poll_one(
+    fd: BorrowedFd<'_>,
+    interest: Interest,
+    timeout: Option<Duration>,
+) -> std::io::Result<bool> {
+    let events = match interest {
+        Interest::Read => libc::POLLIN,
+        Interest::Write => libc::POLLOUT,
+    };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    match syscall!(poll(&mut pfd, 1, timeout_ms(timeout))) {
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(false),
+        Err(e) => Err(e),
+        Ok(_) => Ok(pfd.revents != 0),
+    }
+}
+
+/// A poll timeout in milliseconds: -1 for none, sub-millisecond waits
+/// rounded up so a short wait is not a busy loop.
+fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
+    match timeout {
+        None => -1,
+        Some(d) if d.is_zero() => 0,
+        Some(d) => d.as_millis().clamp(1, i32::MAX as u128) as libc::c_int,
     }
 }

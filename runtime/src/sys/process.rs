@@ -14,10 +14,10 @@ static PID: AtomicI32 = AtomicI32::new(0);
 /// This process's start time in clock ticks since boot (0: not read yet).
 static START_TICKS: AtomicU64 = AtomicU64::new(0);
 static ATFORK: Once = Once::new();
-/// How many children this process has forked.
+/// How many times this process has forked or tried to.
 static FORKS: AtomicU64 = AtomicU64::new(0);
 
-/// How many times this process has forked (it only grows).
+/// How many times this process has forked or tried to (it only grows).
 pub fn fork_count() -> u64 {
     FORKS.load(Ordering::Acquire)
 }
@@ -125,10 +125,10 @@ pub enum Forked {
 /// work that is valid after fork (glibc keeps malloc usable) and end with [`exit_now`].
 pub fn fork() -> std::io::Result<Forked> {
     install_atfork();
+    // Counted before the fork, so the child inherits the new count too and
+    // the parent does not write the counter's page (a copy) after it.
+    FORKS.fetch_add(1, Ordering::AcqRel);
     let pid = syscall!(fork())?;
-    if pid != 0 {
-        FORKS.fetch_add(1, Ordering::AcqRel);
-    }
     Ok(if pid == 0 {
         Forked::Child
     } else {
@@ -235,6 +235,19 @@ fn wait_inner(pid: i32, flags: libc::c_int) -> std::io::Result<Option<ExitStatus
         Ok(Some(ExitStatus::Signaled(libc::WTERMSIG(status))))
     } else {
         Ok(None)
+    }
+}
+
+/// Blocks until child `pid` has ended, leaving it waitable (not reaped).
+///
+/// Also returns `Ok` when `pid` is not, or no longer, a child of this process.
+pub fn wait_ended(pid: i32) -> std::io::Result<()> {
+    // SAFETY: `siginfo_t` is plain old data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOWAIT;
+    match retry_eintr(|| syscall!(waitid(libc::P_PID, pid as libc::id_t, &mut info, flags))) {
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Ok(()),
+        other => other.map(drop),
     }
 }
 

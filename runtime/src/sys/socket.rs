@@ -162,3 +162,121 @@ pub fn set_tcp_liveness(
     let millis = total.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
     set_int_option(sock, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, millis)
 }
+
+/// Receives what is queued on `sock` into the spare capacity of `out`,
+/// without blocking, with at most `max_fds` descriptors sent alongside.
+///
+/// Returns the byte count (0 at end of stream) and the descriptors, now
+/// owned; `WouldBlock` when nothing is queued. Reserve room in `out` first:
+/// with no spare capacity only descriptors can arrive.
+pub fn recv_nonblocking(
+    sock: BorrowedFd<'_>,
+    out: &mut Vec<u8>,
+    max_fds: usize,
+) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+    let max_fds = max_fds.min(MAX_FDS);
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space =
+        unsafe { libc::CMSG_SPACE((max_fds * std::mem::size_of::<RawFd>()) as u32) as usize };
+    let mut cbuf = [0u64; 16];
+    let space = if max_fds == 0 {
+        0
+    } else {
+        space.min(8 * cbuf.len())
+    };
+    let spare = out.spare_capacity_mut();
+    let mut iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if space > 0 {
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+    }
+    let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
+    let n = retry_eintr(|| syscall!(recvmsg(sock.as_raw_fd(), &mut msg, flags)))? as usize;
+    // SAFETY: the kernel wrote `n` bytes (at most the spare length it was
+    // given) at the start of the spare capacity.
+    unsafe { out.set_len(out.len() + n) };
+    let mut fds = Vec::new();
+    if space > 0 {
+        // SAFETY: as in `recv_with_fds`: well-formed headers written by the
+        // kernel, each SCM_RIGHTS descriptor taken once.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                    let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                        / std::mem::size_of::<RawFd>();
+                    for i in 0..count {
+                        fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+    }
+    Ok((n, fds))
+}
+
+/// The send buffer size of `sock` (`SO_SNDBUF`, as the kernel accounts it).
+pub fn send_buffer_size(sock: BorrowedFd<'_>) -> std::io::Result<usize> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    syscall!(getsockopt(
+        sock.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUF,
+        (&mut value as *mut libc::c_int).cast(),
+        &mut len
+    ))?;
+    Ok(value.max(0) as usize)
+}
+
+/// Sends `bufs` (with `fds` attached to the first byte) in one call that
+/// never blocks and never raises SIGPIPE; returns the bytes sent, which may
+/// be fewer than asked. A full socket is `WouldBlock`.
+pub fn send_nowait(
+    sock: BorrowedFd<'_>,
+    bufs: &[IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+) -> std::io::Result<usize> {
+    let raw: Vec<RawFd> = fds.iter().take(MAX_FDS).map(|f| f.as_raw_fd()).collect();
+    let space = if raw.is_empty() {
+        0
+    } else {
+        // SAFETY: CMSG_SPACE only computes a size.
+        unsafe { libc::CMSG_SPACE(std::mem::size_of_val(raw.as_slice()) as u32) as usize }
+    };
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is plain old data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // `IoSlice` is ABI-compatible with `iovec` on Unix; the kernel only reads it.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+    if !raw.is_empty() {
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points to `space` bytes, enough for one header
+        // holding `raw.len()` descriptors (CMSG_SPACE above).
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(raw.as_slice()) as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr(),
+                libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+                raw.len(),
+            );
+        }
+    }
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    let n = retry_eintr(|| syscall!(sendmsg(sock.as_raw_fd(), &msg, flags)))?;
+    Ok(n as usize)
+}
