@@ -94,6 +94,8 @@ enum State {
 struct Inner {
     /// The object left the table (its last reference went).
     freed: bool,
+    /// Clients asleep in a wait now.
+    sleeping: u32,
     state: State,
 }
 
@@ -153,6 +155,7 @@ impl Waitable {
         Ok(Waitable {
             inner: Mutex::new(Inner {
                 freed: false,
+                sleeping: 0,
                 state,
             }),
             cond: Condvar::new(),
@@ -194,7 +197,9 @@ impl Waitable {
                 return Err(gone_error());
             }
             let slice = deadline.slice(SLICE);
+            inner.sleeping += 1;
             self.cond.wait_for(inner, slice);
+            inner.sleeping -= 1;
         }
     }
 
@@ -717,10 +722,8 @@ mod tests {
                 std::thread::spawn(move || e.event_wait(Deadline::Never, &peer(i)))
             })
             .collect();
-        // Every waiter registered before the set (or saw it raised).
-        let registered =
-            || Arc::strong_count(&e) == 1 + waiters.iter().filter(|w| !w.is_finished()).count();
-        while !registered() {
+        // Every waiter is asleep, having seen the flag lowered.
+        while e.inner.lock().sleeping < 8 {
             std::thread::yield_now();
         }
         e.event_set(true).unwrap();
