@@ -87,11 +87,26 @@ pub fn recv_with_fds(
     msg.msg_control = cbuf.as_mut_ptr().cast();
     msg.msg_controllen = space as _;
     let n = retry_eintr(|| syscall!(recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC)))?;
+    // SAFETY: the kernel filled msg_control by this recvmsg.
+    let fds = unsafe { take_rights(&msg) };
+    Ok((n as usize, fds))
+}
+
+/// Takes ownership of every SCM_RIGHTS descriptor in a received message.
+///
+/// # Safety
+/// `msg`'s control buffer must hold what a successful `recvmsg` wrote
+/// there, and nothing else may take those descriptors.
+unsafe fn take_rights(msg: &libc::msghdr) -> Vec<OwnedFd> {
     let mut fds = Vec::new();
-    // SAFETY: the kernel filled msg_control with well-formed headers; we walk
-    // them with the CMSG macros and take ownership of each SCM_RIGHTS descriptor once.
+    if msg.msg_control.is_null() {
+        return fds;
+    }
+    // SAFETY: the kernel filled msg_control with well-formed headers (the
+    // caller's promise); we walk them with the CMSG macros and take
+    // ownership of each SCM_RIGHTS descriptor once.
     unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
@@ -101,10 +116,10 @@ pub fn recv_with_fds(
                     fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
                 }
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
         }
     }
-    Ok((n as usize, fds))
+    fds
 }
 
 /// Sends as much of `bufs` as the socket takes in one call, never raising SIGPIPE.
@@ -202,25 +217,8 @@ pub fn recv_nonblocking(
     // SAFETY: the kernel wrote `n` bytes (at most the spare length it was
     // given) at the start of the spare capacity.
     unsafe { out.set_len(out.len() + n) };
-    let mut fds = Vec::new();
-    if space > 0 {
-        // SAFETY: as in `recv_with_fds`: well-formed headers written by the
-        // kernel, each SCM_RIGHTS descriptor taken once.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                    let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
-                        / std::mem::size_of::<RawFd>();
-                    for i in 0..count {
-                        fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                    }
-                }
-                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-            }
-        }
-    }
+    // SAFETY: msg_control (if any) was filled by this recvmsg.
+    let fds = unsafe { take_rights(&msg) };
     Ok((n, fds))
 }
 
