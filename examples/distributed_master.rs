@@ -23,16 +23,9 @@ use tally::{Tally, TallyProxy};
 /// How long the master waits for each result before giving up.
 const RESULT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// A task: a number to square. A result: the number, its square, and the worker's pid.
-type Task = u64;
-type Outcome = (u64, u64, u32);
-
-fn arg(n: usize, env: &str, default: &str) -> String {
-    std::env::args()
-        .nth(n)
-        .or_else(|| std::env::var(env).ok())
-        .unwrap_or_else(|| default.to_string())
-}
+#[path = "distributed/common.rs"]
+mod common;
+use common::{Outcome, Task, arg};
 
 fn main() -> multiproc::Result<()> {
     multiproc::init();

@@ -19,15 +19,9 @@ use multiproc::{BaseManager, Error, QueueProxy};
 mod tally;
 use tally::TallyProxy;
 
-type Task = u64;
-type Outcome = (u64, u64, u32);
-
-fn arg(n: usize, env: &str, default: &str) -> String {
-    std::env::args()
-        .nth(n)
-        .or_else(|| std::env::var(env).ok())
-        .unwrap_or_else(|| default.to_string())
-}
+#[path = "distributed/common.rs"]
+mod common;
+use common::{Outcome, Task, arg};
 
 fn main() -> multiproc::Result<()> {
     multiproc::init();
