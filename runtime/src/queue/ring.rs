@@ -1344,17 +1344,22 @@ mod tests {
         assert_eq!(t.get(Deadline::Now).unwrap(), b"three");
     }
 
-    #[test]
-    fn dead_producer_before_publishing_is_repaired() {
-        let t = TestRing::new(256);
-        t.put(b"kept", Deadline::Now).unwrap();
+    /// A producer began message 2 (counted and logged it) and died before
+    /// publishing it, holding the producer lock.
+    fn forge_dead_producer_of_message_2(t: &TestRing) {
         let p = &t.state.producer.0;
-        // A producer began message 2, logged it, and died before publishing.
         p.log_first_end.store(0, Ordering::SeqCst);
         p.log_last_end.store(0, Ordering::SeqCst);
         p.log_serial.store(2, Ordering::SeqCst);
         p.puts.store(2, Ordering::SeqCst);
         p.lock.forge_dead_holder();
+    }
+
+    #[test]
+    fn dead_producer_before_publishing_is_repaired() {
+        let t = TestRing::new(256);
+        t.put(b"kept", Deadline::Now).unwrap();
+        forge_dead_producer_of_message_2(&t);
         assert_eq!(t.ring().len(), 2);
         t.put(b"next", Deadline::after(Duration::from_secs(5)))
             .unwrap();
@@ -1369,14 +1374,8 @@ mod tests {
     fn a_dead_producers_unpublished_message_is_not_counted() {
         let t = TestRing::new(256);
         t.put(b"kept", Deadline::Now).unwrap();
-        let p = &t.state.producer.0;
-        // As above: message 2 was counted and never published, and nobody
-        // puts after it; the count is repaired when it is read.
-        p.log_first_end.store(0, Ordering::SeqCst);
-        p.log_last_end.store(0, Ordering::SeqCst);
-        p.log_serial.store(2, Ordering::SeqCst);
-        p.puts.store(2, Ordering::SeqCst);
-        p.lock.forge_dead_holder();
+        // Nobody puts after the dead producer: the count is repaired when read.
+        forge_dead_producer_of_message_2(&t);
         assert_eq!(t.ring().settled_len(), 1);
         assert_eq!(t.get(Deadline::Now).unwrap(), b"kept");
         assert_eq!(t.ring().settled_len(), 0);
