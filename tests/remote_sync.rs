@@ -497,3 +497,35 @@ fn a_timed_barrier_wait_whose_time_is_up_breaks_the_barrier() {
     assert!(matches!(barrier.try_wait(), Err(Error::BrokenBarrier)));
     master.shutdown().unwrap();
 }
+
+fn seven(_: ()) -> u32 {
+    7
+}
+
+#[test]
+fn a_forked_child_after_a_broken_tcp_connection_still_reports_its_result() {
+    let server = BaseManager::new().authkey(KEY).get_server().unwrap();
+    let address = server.address();
+    let stop = server.shutdown_handle();
+    let serving = std::thread::spawn(move || server.serve_forever());
+    let m = connect(&address.to_string());
+    let d = m.dict::<u32, u32>().unwrap();
+    stop.shutdown();
+    serving.join().unwrap();
+    // The connection breaks; its descriptor number must stay taken, or the
+    // next child's result socket gets it and the fork hook, which makes
+    // inherited manager sockets inert by number, silences that child.
+    assert!(matches!(d.len(), Err(Error::ManagerGone(_))));
+    // Descriptors go to the lowest free numbers: holding k placeholders
+    // moves the child's result socket to the k-th free number, so some
+    // round puts it where the broken connection's socket was.
+    for k in 0..32 {
+        let placeholders: Vec<_> = (0..k)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let mut p = Process::new(seven, ()).start_method(StartMethod::Fork);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(PROMPTLY).unwrap(), 7, "round {k}");
+        drop(placeholders);
+    }
+}

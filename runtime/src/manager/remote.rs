@@ -369,8 +369,11 @@ impl TcpClient {
                 Ok(())
             }
             Err(e) => {
+                // The socket stays open until this client is dropped: its
+                // descriptor number must not be reused meanwhile, because a
+                // forked child makes the sockets it inherited inert by number
+                // (see the proxy crate's client), and would hit the reuser.
                 self.gone = true;
-                self.conn.close();
                 Err(Error::ManagerGone(format!(
                     "the connection to the manager broke: {e}"
                 )))
