@@ -10,7 +10,10 @@
 //! Arguments (or the environment variables MULTIPROC_ADDRESS and
 //! MULTIPROC_AUTHKEY): the address to listen on (default 127.0.0.1:50000;
 //! port 0 picks one) and the authkey (default "multiproc-demo"). A third
-//! argument is the number of tasks (default 10).
+//! argument is the number of tasks (default 10), a fourth (or
+//! MULTIPROC_WORKERS) how many workers to wait for before the first task goes
+//! out (default 0: start at once). Each worker says hello on a queue of its own
+//! once it is connected, so waiting for them needs no timing guess.
 
 use std::time::Duration;
 
@@ -25,23 +28,33 @@ const RESULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[path = "distributed/common.rs"]
 mod common;
-use common::{Outcome, Task, arg};
+use common::{Hello, Outcome, Task, arg};
+
+/// How long the master waits for each expected worker to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn main() -> multiproc::Result<()> {
     multiproc::init();
     let address = arg(1, "MULTIPROC_ADDRESS", "127.0.0.1:50000");
     let authkey = arg(2, "MULTIPROC_AUTHKEY", "multiproc-demo");
     let tasks_wanted: u64 = arg(3, "MULTIPROC_TASKS", "10").parse().unwrap_or(10);
+    let workers_wanted: usize = arg(4, "MULTIPROC_WORKERS", "0").parse().unwrap_or(0);
 
     let master = BaseManager::new()
         .address(address)
         .authkey(authkey.as_bytes())
+        .register::<QueueProxy<Hello>>("get_hello_queue")
         .register::<QueueProxy<Task>>("get_task_queue")
         .register::<QueueProxy<Outcome>>("get_result_queue")
         .register_object::<Tally>("tally")
         .start()?;
     println!("master listening on {}", master.address());
 
+    let hello: QueueProxy<Hello> = master.get("get_hello_queue")?;
+    for _ in 0..workers_wanted {
+        let pid = hello.get_timeout(HELLO_TIMEOUT)?;
+        println!("worker {pid} said hello");
+    }
     let tasks: QueueProxy<Task> = master.get("get_task_queue")?;
     let results: QueueProxy<Outcome> = master.get("get_result_queue")?;
     for n in 1..=tasks_wanted {

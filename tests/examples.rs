@@ -123,7 +123,8 @@ fn distributed_master_and_two_workers() {
     use std::io::{BufRead, BufReader, Read};
     use std::process::Stdio;
     let mut master = Command::new(example("distributed_master"))
-        .args(["127.0.0.1:0", "example-key", "10"])
+        // Ten tasks, handed out once both workers are connected.
+        .args(["127.0.0.1:0", "example-key", "10", "2"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("the master starts");

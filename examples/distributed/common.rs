@@ -5,6 +5,8 @@
 pub type Task = u64;
 /// A result: the number, its square, and the worker's pid.
 pub type Outcome = (u64, u64, u32);
+/// What a worker puts on the hello queue once it is connected: its pid.
+pub type Hello = u32;
 
 /// Command-line argument `n`, else the environment variable `env`, else `default`.
 pub fn arg(n: usize, env: &str, default: &str) -> String {
