@@ -10,11 +10,13 @@ use multiproc::{BaseManager, Error};
 multiproc::init_before_main!();
 
 const LIMIT: Duration = Duration::from_secs(20);
+/// `serve` wants at least 16 bytes of key.
+const KEY: &[u8] = b"cli-secret-0123456789";
 
 fn key_file(tag: &str) -> std::path::PathBuf {
     let path =
         std::env::temp_dir().join(format!("multiproc-serve-{tag}-{}.key", std::process::id()));
-    std::fs::write(&path, b"cli-secret\n").unwrap();
+    std::fs::write(&path, [KEY, b"\n"].concat()).unwrap();
     path
 }
 
@@ -74,7 +76,7 @@ fn serves_dicts_lists_namespaces_queues_and_sync_objects_until_signalled() {
         let (mut child, address) = serve(&key);
         let m = BaseManager::new()
             .address(address.clone())
-            .authkey(b"cli-secret")
+            .authkey(KEY)
             .connect()
             .unwrap();
         let d = m.dict::<String, u32>().unwrap();
@@ -127,7 +129,7 @@ fn a_killed_server_is_an_error_at_the_proxy_not_a_hang() {
     let (mut child, address) = serve(&key);
     let m = BaseManager::new()
         .address(address)
-        .authkey(b"cli-secret")
+        .authkey(KEY)
         .connect()
         .unwrap();
     let d = m.dict::<u32, u32>().unwrap();
