@@ -251,6 +251,8 @@ fn serve_tcp_connection(
 ) {
     let handshake = Deadline::after(Duration::from_millis(options.handshake_ms));
     if let Err(e) = conn.server_handshake(&options.authkey, handshake) {
+        // Closed before its place at the gate is given back.
+        drop(conn);
         ticket.handshake_failed(&e);
         return;
     }
@@ -259,6 +261,7 @@ fn serve_tcp_connection(
     let hello = FrameTransport::recv_frame(&mut conn, 64, handshake);
     let version = hello.as_deref().ok().and_then(hello_version);
     if conn.send_bytes(&hello_frame()).is_err() || version != Some(TCP_PROTOCOL_VERSION) {
+        drop(conn);
         tracing::warn!(
             ?version,
             source = %ticket.source(),

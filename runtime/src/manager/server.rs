@@ -610,6 +610,9 @@ fn local_handshake(
             Some((stream, hello))
         }
         Err(e) => {
+            // Closed before its place at the gate is given back: the gate
+            // never counts fewer handshakes than are open.
+            drop(conn);
             ticket.handshake_failed(&e);
             None
         }
