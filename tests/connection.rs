@@ -368,6 +368,42 @@ fn a_client_of_a_silent_server_gives_up() {
     assert!(started.elapsed() >= Duration::from_millis(200));
 }
 
+/// A client without a key against a listener with one, over every address
+/// kind: the listener's accept and the client's first receive are both
+/// `Authentication` (the client never sees the challenge as a message),
+/// whether the client sends first or only receives.
+#[test]
+fn a_client_without_a_key_fails_on_both_sides_against_a_listener_with_one() {
+    for sends_first in [true, false] {
+        for address in every_kind(&format!("keyless-{sends_first}")) {
+            let listener = Listener::bind(&address, Some(KEY)).unwrap();
+            let address = listener.address().clone();
+            let client_side = std::thread::spawn(move || {
+                let mut c: SocketConnection<String> = client(&address, None).unwrap();
+                if sends_first {
+                    // Taken by the listener as its handshake's answer, and refused.
+                    let _ = c.send(&"hello".to_string());
+                }
+                let first = c.recv_timeout(PROMPTLY);
+                (first, c.recv_timeout(PROMPTLY))
+            });
+            let accepted = listener.accept_timeout::<String>(PROMPTLY);
+            assert!(
+                matches!(accepted, Err(Error::Authentication(_))),
+                "{}: listener got {accepted:?}",
+                listener.address()
+            );
+            let (first, then) = client_side.join().unwrap();
+            assert!(
+                matches!(first, Err(Error::Authentication(_))),
+                "{}: the client's first receive got {first:?}",
+                listener.address()
+            );
+            assert!(matches!(then, Err(Error::Closed)), "{then:?}");
+        }
+    }
+}
+
 #[test]
 fn connecting_to_nothing_is_an_io_error() {
     let gone = Address::Unix(socket_path("nobody-listens"));

@@ -638,3 +638,25 @@ pub fn remote_error(e: &ArchivedRemoteError) -> Error {
         Err(e) => Error::codec(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_debug_form_leaves_the_token_out() {
+        let a = LocalAddress {
+            pid: 42,
+            start_ticks: 7,
+            token: 0xfeed_f00d_dead_beef,
+        };
+        let shown = format!("{a:?} {:?}", ServerAddress::Local(a));
+        assert!(shown.contains("42"), "{shown}");
+        assert!(!shown.to_lowercase().contains("feedf00d"), "{shown}");
+        assert!(!shown.contains(&a.token.to_string()), "{shown}");
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&a).unwrap();
+        let archived = rkyv::access::<ArchivedLocalAddress, rkyv::rancor::Error>(&bytes).unwrap();
+        let shown = format!("{archived:?}");
+        assert!(!shown.contains(&a.token.to_string()), "{shown}");
+    }
+}

@@ -217,3 +217,31 @@ fn watch_parent(parent: ParentProcess) {
         tracing::warn!("cannot watch the parent of a daemon process: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_authkey_is_never_empty_and_never_shown() {
+        assert!(matches!(AuthKey::new(b""), Err(Error::InvalidArgument(_))));
+        let key = AuthKey::new(b"0123456789abcdef-hidden").unwrap();
+        assert_eq!(key.as_bytes(), b"0123456789abcdef-hidden");
+        let shown = format!("{key:?}");
+        assert!(
+            !shown.contains("hidden") && !shown.contains("48, 49"),
+            "{shown}"
+        );
+        let a = AuthKey::random().unwrap();
+        let b = AuthKey::random().unwrap();
+        assert_eq!(a.as_bytes().len(), 32);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_process_authkey_is_made_once_and_stays() {
+        let first = current_process().authkey();
+        assert_eq!(first.as_bytes().len(), 32);
+        assert_eq!(current_process().authkey(), first);
+    }
+}
