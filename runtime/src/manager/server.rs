@@ -596,27 +596,30 @@ fn local_handshake(
             return None;
         }
     };
-    let hello = conn
-        .server_handshake(state.authkey.as_bytes(), deadline)
-        .and_then(|()| read_hello(&mut conn, deadline));
-    match hello {
-        Ok(hello) => {
-            drop(ticket);
-            // A client sends nothing after its hello until the welcome.
-            let Some(stream) = conn.into_unix_stream() else {
-                tracing::debug!("a manager client sent more than its hello");
-                return None;
-            };
-            Some((stream, hello))
-        }
-        Err(e) => {
-            // Closed before its place at the gate is given back: the gate
-            // never counts fewer handshakes than are open.
-            drop(conn);
-            ticket.handshake_failed(&e);
-            None
-        }
+    if let Err(e) = conn.server_handshake(state.authkey.as_bytes(), deadline) {
+        // Closed before its place at the gate is given back: the gate
+        // never counts fewer handshakes than are open.
+        drop(conn);
+        ticket.handshake_failed(&e);
+        return None;
     }
+    // It knows the key: whatever follows is no guess, and is not counted
+    // against it.
+    let hello = read_hello(&mut conn, deadline);
+    drop(ticket);
+    let hello = match hello {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!("a manager client's hello was refused: {e}");
+            return None;
+        }
+    };
+    // A client sends nothing after its hello until the welcome.
+    let Some(stream) = conn.into_unix_stream() else {
+        tracing::debug!("a manager client sent more than its hello");
+        return None;
+    };
+    Some((stream, hello))
 }
 
 fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
