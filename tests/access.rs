@@ -742,7 +742,9 @@ fn debug_forms_never_show_keys_or_socket_tokens() {
         allow_root: true,
     };
     let builder = Manager::builder().authkey(AuthKey::new(b"builder-secret").unwrap());
+    let conn = connect(manager.address()).unwrap();
     let shown = [
+        format!("{conn:?}"),
         format!("{manager:?}"),
         format!("{:?}", manager.address()),
         format!("{d:?}"),
@@ -765,6 +767,6 @@ fn debug_forms_never_show_keys_or_socket_tokens() {
             assert!(!text.contains(secret), "{text} shows a secret");
         }
     }
-    drop(d);
+    drop((d, conn));
     manager.shutdown().unwrap();
 }

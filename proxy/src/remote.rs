@@ -240,7 +240,9 @@ impl<U: UserTypes> BaseManager<U> {
         self
     }
 
-    /// The shared secret both sides prove they know (required).
+    /// The shared secret both sides prove they know (required; any
+    /// non-empty key, as in Python, though a long random one is what keeps
+    /// guessers out: `multiproc serve` asks for at least 16 bytes).
     pub fn authkey(mut self, authkey: impl AsRef<[u8]>) -> Self {
         self.authkey = Some(authkey.as_ref().to_vec());
         self

@@ -691,12 +691,22 @@ fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
 
 /// A client's connection to a local server: the setup socket (kept open so
 /// the server sees this process go) and the channel's client end.
-#[derive(Debug)]
+///
+/// Its `Debug` form leaves the socket out: a socket's `Debug` shows its
+/// peer's name, which holds the server's token.
 pub struct LocalConnection {
     /// The setup socket.
     pub socket: UnixStream,
     /// The channel's client end.
     pub end: ClientEnd,
+}
+
+impl std::fmt::Debug for LocalConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalConnection")
+            .field("end", &self.end)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Connects to the local server at `address` (client side of the handshake).
