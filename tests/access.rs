@@ -668,6 +668,39 @@ fn a_host_that_keeps_guessing_is_refused_and_others_are_not() {
     std::fs::remove_file(&key).unwrap();
 }
 
+/// Guesses the key of the local server at `address` until the server
+/// refuses this process before any handshake; returns the wrong guesses
+/// it was let make, or `None` if it was never refused.
+fn guess_locally(address: LocalAddress) -> Option<u32> {
+    for guesses in 0..60 {
+        match connect_local_with_authkey(&address, b"a wrong guess") {
+            Err(Error::Authentication(m)) if m.contains("before any handshake") => {
+                return Some(guesses);
+            }
+            Err(Error::Authentication(_)) => {}
+            other => panic!("a wrong key got {other:?}"),
+        }
+    }
+    None
+}
+
+#[test]
+fn a_process_that_keeps_guessing_is_refused_and_others_are_not() {
+    let manager = Manager::start_with(StartMethod::Fork).unwrap();
+    let ServerAddress::Local(address) = *manager.address() else {
+        unreachable!()
+    };
+    let mut p = Process::new(guess_locally, address);
+    p.start().unwrap();
+    let guesses = p.join().unwrap().expect("never refused");
+    assert!(guesses >= 2, "refused after {guesses} guesses");
+    // This process (another source) still gets in with the key.
+    let mut conn = connect_local(&address).unwrap();
+    assert_eq!(number_of_objects(&mut conn.end), 0);
+    drop(conn);
+    manager.shutdown().unwrap();
+}
+
 #[test]
 fn a_client_stalled_inside_a_request_is_dropped_and_idle_ones_are_not() {
     const KEY: &[u8] = b"stall-test-key";
