@@ -16,8 +16,8 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use multiproc::SocketConnection;
 use multiproc::deadline::Deadline;
-use multiproc::manager::server::{ServerBoot, serve};
 use multiproc::manager::LocalAddress;
+use multiproc::manager::server::{ServerBoot, serve};
 use multiproc::wire::client_handshake;
 
 /// A server of this process (its authkey is this process's).
@@ -38,8 +38,8 @@ fn servers() -> &'static (LocalAddress, LocalAddress) {
 }
 
 fn open(address: &LocalAddress) -> UnixStream {
-    let name = std::os::unix::net::SocketAddr::from_abstract_name(address.socket_name())
-        .expect("a name");
+    let name =
+        std::os::unix::net::SocketAddr::from_abstract_name(address.socket_name()).expect("a name");
     let s = UnixStream::connect_addr(&name).expect("the server accepts");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s
@@ -61,13 +61,20 @@ fuzz_target!(|input: (bool, Vec<u8>)| {
         let answer = exchange(open(garbage_server), &bytes);
         let welcome = answer.windows(9).any(|w| w == b"#WELCOME#");
         assert!(!welcome, "garbage was welcomed: {bytes:?}");
-        assert!(!answer.windows(4).any(|w| w == b"MPMW"), "garbage got a channel");
+        assert!(
+            !answer.windows(4).any(|w| w == b"MPMW"),
+            "garbage got a channel"
+        );
         return;
     }
     let mut conn = SocketConnection::<()>::from_unix(open(client_server)).unwrap();
     let key = multiproc::current_process().authkey();
-    client_handshake(&mut conn, key.as_bytes(), Deadline::after(Duration::from_secs(30)))
-        .expect("the right key passes");
+    client_handshake(
+        &mut conn,
+        key.as_bytes(),
+        Deadline::after(Duration::from_secs(30)),
+    )
+    .expect("the right key passes");
     let Some(fd) = conn.fd() else { return };
     let raw = UnixStream::from(fd.try_clone_to_owned().unwrap());
     drop(conn);
