@@ -114,6 +114,12 @@
 //! stored inside other managed objects. `update_with` is an atomic
 //! read-modify-write, so counting from many processes loses nothing.
 //!
+//! Only processes of the server's own user that know its authkey get in:
+//! by default the [`AuthKey`] of the process that started it, which every
+//! child (spawn or fork) inherits, so the children need nothing more.
+//! Another program needs the address and the key
+//! ([`Manager::connect_with_authkey`]).
+//!
 //! ```
 //! use multiproc::{DictProxy, Manager, Process};
 //!
@@ -198,9 +204,10 @@
 
 pub use multiproc_proxy::{
     BarrierProxy, BaseManager, BoundedSemaphoreProxy, DictProxy, EventProxy, ListProxy, LockProxy,
-    LockProxyGuard, Manager, ManagerServer, NamespaceProxy, ObjectHandle, Parties, QueueProxy,
-    Registrable, RemoteManager, RemoteObject, SemaphoreProxy, SemaphoreValue, ServerAddress,
-    ShutdownHandle, UserProxy, UserTypes, remote, remote_object, set_manager_authkey,
+    LockProxyGuard, Manager, ManagerBuilder, ManagerServer, NamespaceProxy, ObjectHandle, Parties,
+    QueueProxy, Registrable, RemoteManager, RemoteObject, SemaphoreProxy, SemaphoreValue,
+    ServerAddress, ShutdownHandle, UserProxy, UserTypes, remote, remote_object,
+    set_manager_authkey,
 };
 pub use multiproc_runtime::*;
 

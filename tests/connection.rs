@@ -352,7 +352,8 @@ fn garbage_and_stalled_clients_fail_their_handshake_promptly() {
 
 #[test]
 fn a_client_of_a_silent_server_gives_up() {
-    // A plain listener never sends the challenge an authenticating client waits for.
+    // A plain listener never sends the challenge an authenticating client
+    // waits for: the client gives up at its deadline, and says why.
     let listener = Listener::bind(&Address::unique_abstract(), None).unwrap();
     let started = Instant::now();
     let r = SocketConnection::<String>::connect_timeout(
@@ -360,8 +361,47 @@ fn a_client_of_a_silent_server_gives_up() {
         Some(KEY),
         Duration::from_millis(200),
     );
-    assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
+    assert!(
+        matches!(&r, Err(Error::Authentication(m)) if m.contains("without an authkey")),
+        "{r:?}"
+    );
     assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+/// A client without a key against a listener with one, over every address
+/// kind: the listener's accept and the client's first receive are both
+/// `Authentication` (the client never sees the challenge as a message),
+/// whether the client sends first or only receives.
+#[test]
+fn a_client_without_a_key_fails_on_both_sides_against_a_listener_with_one() {
+    for sends_first in [true, false] {
+        for address in every_kind(&format!("keyless-{sends_first}")) {
+            let listener = Listener::bind(&address, Some(KEY)).unwrap();
+            let address = listener.address().clone();
+            let client_side = std::thread::spawn(move || {
+                let mut c: SocketConnection<String> = client(&address, None).unwrap();
+                if sends_first {
+                    // Taken by the listener as its handshake's answer, and refused.
+                    let _ = c.send(&"hello".to_string());
+                }
+                let first = c.recv_timeout(PROMPTLY);
+                (first, c.recv_timeout(PROMPTLY))
+            });
+            let accepted = listener.accept_timeout::<String>(PROMPTLY);
+            assert!(
+                matches!(accepted, Err(Error::Authentication(_))),
+                "{}: listener got {accepted:?}",
+                listener.address()
+            );
+            let (first, then) = client_side.join().unwrap();
+            assert!(
+                matches!(first, Err(Error::Authentication(_))),
+                "{}: the client's first receive got {first:?}",
+                listener.address()
+            );
+            assert!(matches!(then, Err(Error::Closed)), "{then:?}");
+        }
+    }
 }
 
 #[test]

@@ -16,7 +16,7 @@ use util::{PROMPTLY, eventually};
 multiproc::init_before_main!();
 
 const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
-const KEY: &[u8] = b"remote-test-key";
+const KEY: &[u8] = b"remote-test-key-of-16+ bytes";
 /// The task that tells a worker to stop.
 const STOP: i64 = -1;
 

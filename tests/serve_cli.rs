@@ -10,11 +10,13 @@ use multiproc::{BaseManager, Error};
 multiproc::init_before_main!();
 
 const LIMIT: Duration = Duration::from_secs(20);
+/// `serve` wants at least 16 bytes of key.
+const KEY: &[u8] = b"cli-secret-0123456789";
 
 fn key_file(tag: &str) -> std::path::PathBuf {
     let path =
         std::env::temp_dir().join(format!("multiproc-serve-{tag}-{}.key", std::process::id()));
-    std::fs::write(&path, b"cli-secret\n").unwrap();
+    std::fs::write(&path, [KEY, b"\n"].concat()).unwrap();
     path
 }
 
@@ -74,7 +76,7 @@ fn serves_dicts_lists_namespaces_queues_and_sync_objects_until_signalled() {
         let (mut child, address) = serve(&key);
         let m = BaseManager::new()
             .address(address.clone())
-            .authkey(b"cli-secret")
+            .authkey(KEY)
             .connect()
             .unwrap();
         let d = m.dict::<String, u32>().unwrap();
@@ -127,7 +129,7 @@ fn a_killed_server_is_an_error_at_the_proxy_not_a_hang() {
     let (mut child, address) = serve(&key);
     let m = BaseManager::new()
         .address(address)
-        .authkey(b"cli-secret")
+        .authkey(KEY)
         .connect()
         .unwrap();
     let d = m.dict::<u32, u32>().unwrap();
@@ -145,4 +147,85 @@ fn a_killed_server_is_an_error_at_the_proxy_not_a_hang() {
     ));
     assert!(start.elapsed() < LIMIT);
     std::fs::remove_file(&key).unwrap();
+}
+
+/// Runs `serve` with `key` in a key file of mode `mode`, on `address`;
+/// returns the child (stdout and stderr piped) and the key file.
+fn serve_with(tag: &str, key: &[u8], mode: u32, address: &str) -> (Child, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let path =
+        std::env::temp_dir().join(format!("multiproc-serve-{tag}-{}.key", std::process::id()));
+    std::fs::write(&path, key).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_multiproc"))
+        .args(["serve", "--address", address, "--authkey-file"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, path)
+}
+
+fn first_line(r: impl std::io::Read) -> String {
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).unwrap();
+    line
+}
+
+#[test]
+fn an_unspecified_address_is_printed_as_bound() {
+    let (mut child, key) = serve_with("any", KEY, 0o600, "0.0.0.0:0");
+    let line = first_line(child.stdout.as_mut().unwrap());
+    let bound: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    assert!(bound.ip().is_unspecified(), "{line:?}");
+    assert_ne!(bound.port(), 0);
+    // Reachable on loopback, at the port printed.
+    let m = BaseManager::new()
+        .address(format!("127.0.0.1:{}", bound.port()))
+        .authkey(KEY)
+        .connect()
+        .unwrap();
+    m.number_of_objects().unwrap();
+    drop(m);
+    // SAFETY: signalling our own child, whose pid we hold.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(wait_exit(&mut child).success());
+    std::fs::remove_file(&key).unwrap();
+}
+
+#[test]
+fn a_key_shorter_than_16_bytes_is_refused() {
+    let (child, key) = serve_with("short", b"short-key\n", 0o600, "127.0.0.1:0");
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("at least 16"), "{text}");
+    assert!(
+        out.stdout.is_empty(),
+        "it served: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::remove_file(&key).unwrap();
+}
+
+#[test]
+fn a_key_file_others_can_read_is_warned_about() {
+    for (mode, warned) in [(0o644, true), (0o640, true), (0o600, false)] {
+        let (mut child, key) = serve_with(&format!("mode{mode:o}"), KEY, mode, "127.0.0.1:0");
+        let line = first_line(child.stdout.as_mut().unwrap());
+        assert!(line.starts_with("listening on "), "{line:?}");
+        // SAFETY: signalling our own child, whose pid we hold.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(text.contains("warning"), warned, "mode {mode:o}: {text}");
+        std::fs::remove_file(&key).unwrap();
+    }
 }

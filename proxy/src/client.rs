@@ -125,11 +125,12 @@ impl Connection {
     fn open(server: &ServerAddress) -> Result<Connection> {
         let (socket, end) = match server {
             ServerAddress::Local(local) => {
-                let c = server::connect_local(local)?;
+                let key = local_authkey(server);
+                let c = server::connect_local_with_authkey(local, key.as_bytes())?;
                 (Some(c.socket), Transport::Local(c.end))
             }
             ServerAddress::Tcp(addr) => {
-                let key = authkey_for(addr).ok_or_else(|| {
+                let key = authkey_for(server).ok_or_else(|| {
                     Error::Authentication(format!(
                         "no authkey known for the manager at {addr}: connect a BaseManager \
                          to it (or call multiproc::set_manager_authkey) first"
@@ -258,43 +259,57 @@ fn lock_client() -> MutexGuard<'static, ClientState> {
 
 static HOOK: Once = Once::new();
 
-/// The authkeys this process knows for TCP servers (a proxy decoded from a
+/// The authkeys this process knows for servers (a proxy decoded from a
 /// message reconnects with the key its process knows for that server).
-static AUTHKEYS: LazyLock<Mutex<HashMap<std::net::SocketAddr, Vec<u8>>>> =
+/// A local server not in here is reached with this process's authkey.
+static AUTHKEYS: LazyLock<Mutex<HashMap<ServerAddress, Vec<u8>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The environment variable a process may read its default authkey from.
 pub const AUTHKEY_ENV: &str = "MULTIPROC_AUTHKEY";
 
-/// Remembers `authkey` for the TCP server at `address`.
-pub fn set_authkey(address: std::net::SocketAddr, authkey: &[u8]) {
+/// Remembers `authkey` for the server at `address`.
+pub fn set_authkey(address: ServerAddress, authkey: &[u8]) {
     AUTHKEYS.lock().insert(address, authkey.to_vec());
 }
 
 /// Remembers `authkey` for `address` unless a key is known already.
-pub(crate) fn learn_authkey(address: std::net::SocketAddr, authkey: &[u8]) {
+pub(crate) fn learn_authkey(address: ServerAddress, authkey: &[u8]) {
     AUTHKEYS
         .lock()
         .entry(address)
         .or_insert_with(|| authkey.to_vec());
 }
 
-/// The authkey to put in an encoded proxy to `server` (empty for a local one).
+/// The authkey to put in an encoded proxy to `server` for one of this
+/// process's own children (empty if none is known: for a local server, the
+/// child's inherited authkey is then the one to use).
 pub(crate) fn authkey_of(server: &ServerAddress) -> Vec<u8> {
     match server {
-        ServerAddress::Tcp(a) => authkey_for(a).unwrap_or_default(),
-        ServerAddress::Local(_) => Vec::new(),
+        ServerAddress::Tcp(_) => authkey_for(server).unwrap_or_default(),
+        ServerAddress::Local(_) => AUTHKEYS.lock().get(server).cloned().unwrap_or_default(),
     }
 }
 
-fn authkey_for(address: &std::net::SocketAddr) -> Option<Vec<u8>> {
-    if let Some(k) = AUTHKEYS.lock().get(address) {
+/// The key a TCP server is reached with: the one remembered for it, or
+/// the environment's.
+fn authkey_for(server: &ServerAddress) -> Option<Vec<u8>> {
+    if let Some(k) = AUTHKEYS.lock().get(server) {
         return Some(k.clone());
     }
     std::env::var(AUTHKEY_ENV)
         .ok()
         .filter(|k| !k.is_empty())
         .map(String::into_bytes)
+}
+
+/// The key a local server is reached with: the one remembered for it, or
+/// this process's authkey.
+fn local_authkey(server: &ServerAddress) -> multiproc_runtime::AuthKey {
+    let known = AUTHKEYS.lock().get(server).cloned();
+    known
+        .and_then(|k| multiproc_runtime::AuthKey::new(k).ok())
+        .unwrap_or_else(|| multiproc_runtime::current_process().authkey())
 }
 
 /// This process's connection to `server`, opened on first need.

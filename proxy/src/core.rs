@@ -47,7 +47,9 @@ impl TypeTag {
 }
 
 /// The encoded form of a proxy.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+///
+/// Its `Debug` form leaves the authkey out.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq)]
 #[rkyv(crate = rkyv)]
 pub struct ProxyRepr {
     /// The server that owns the object.
@@ -60,14 +62,31 @@ pub struct ProxyRepr {
     pub type_name: String,
     /// An in-flight reference for the decoder to take over, or 0.
     pub pin: u64,
-    /// For a server reached over TCP, and only in what this process's own
-    /// children read (a spawned child's arguments, a pool's tasks): the
-    /// authkey, so the child can connect (as Python's children inherit
-    /// their parent's authkey). Empty everywhere else: a
-    /// process that decodes a TCP proxy from a message must know the key
-    /// already (a connected `BaseManager`, `set_manager_authkey`, or the
-    /// `MULTIPROC_AUTHKEY` environment variable).
+    /// Only in what this process's own children read (a spawned child's
+    /// arguments, a pool's tasks): the server's authkey as this process
+    /// knows it, so the child can connect (as Python's children inherit
+    /// their parent's authkey); empty if this process knows none beyond its
+    /// own authkey, which its children inherit anyway. Empty everywhere
+    /// else: a process that decodes a proxy from a message must know the
+    /// key already: for a TCP server, a connected `BaseManager`,
+    /// `set_manager_authkey`, or the `MULTIPROC_AUTHKEY` environment
+    /// variable; for a local server, its own authkey must be the server's
+    /// (a child of the process that started it, or a process that called
+    /// [`Manager::connect_with_authkey`](crate::Manager::connect_with_authkey)).
     pub authkey: Vec<u8>,
+}
+
+impl std::fmt::Debug for ProxyRepr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyRepr")
+            .field("server", &self.server)
+            .field("object", &self.object)
+            .field("fingerprint", &self.fingerprint)
+            .field("type_name", &self.type_name)
+            .field("pin", &self.pin)
+            .field("carries_authkey", &!self.authkey.is_empty())
+            .finish()
+    }
 }
 
 /// One proxy instance's hold on an object; shared by the clones of a proxy.
@@ -170,10 +189,8 @@ impl ProxyCore {
                 found: repr.type_name.clone(),
             });
         }
-        if let ServerAddress::Tcp(addr) = repr.server
-            && !repr.authkey.is_empty()
-        {
-            client::learn_authkey(addr, &repr.authkey);
+        if !repr.authkey.is_empty() {
+            client::learn_authkey(repr.server, &repr.authkey);
         }
         let conn = client::connection(&repr.server)?;
         if client::take_preref(&repr.server, repr.object) {

@@ -29,7 +29,7 @@ mod sync;
 pub use crate::core::{ArchivedProxy, ProxyRepr};
 pub use dict::DictProxy;
 pub use list::ListProxy;
-pub use manager::Manager;
+pub use manager::{Manager, ManagerBuilder};
 pub use multiproc_proxy_macros::remote;
 pub use multiproc_runtime::manager::ShutdownHandle;
 pub use multiproc_runtime::manager::{PIN_TIMEOUT, ServerAddress};
@@ -54,5 +54,5 @@ pub mod __private {
 /// objects decoded in this process (from messages or arguments) can reconnect.
 /// The `MULTIPROC_AUTHKEY` environment variable is the fallback.
 pub fn set_manager_authkey(address: std::net::SocketAddr, authkey: &[u8]) {
-    client::set_authkey(address, authkey)
+    client::set_authkey(ServerAddress::Tcp(address), authkey)
 }

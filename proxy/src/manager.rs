@@ -7,12 +7,13 @@ use std::time::Duration;
 use multiproc_runtime::deadline::Deadline;
 use multiproc_runtime::handle::ShareHandle;
 use multiproc_runtime::manager::protocol::{ArchivedResponse, Request};
-use multiproc_runtime::manager::{ObjectKind, ServerAddress, ServerBoot, serve};
+use multiproc_runtime::manager::server::connect_local_with_authkey;
+use multiproc_runtime::manager::{ObjectKind, ServeOptions, ServerAddress, ServerBoot, serve_with};
 use multiproc_runtime::queue::DEFAULT_CAPACITY_BYTES;
 use multiproc_runtime::shm::{ShmSafe, ShmSpec};
 use multiproc_runtime::{
-    Array, Barrier, BoundedSemaphore, Condition, Error, Event, JoinableQueue, Lock, Process, Queue,
-    RLock, Result, Semaphore, Shareable, StartMethod, Value, sys,
+    Array, AuthKey, Barrier, BoundedSemaphore, Condition, Error, Event, JoinableQueue, Lock,
+    Process, Queue, RLock, Result, Semaphore, Shareable, StartMethod, Value, current_process, sys,
 };
 use parking_lot::Mutex;
 
@@ -58,6 +59,18 @@ struct Inner {
 /// gone, every proxy call fails with `Error::ManagerGone` (within about
 /// 100 ms if it was killed mid-call), never hangs.
 ///
+/// # Who may connect
+///
+/// The server listens on an abstract Unix socket, whose name any local user
+/// can see. It takes a connection only from a process that runs as the
+/// server's own user (checked with the kernel's `SO_PEERCRED`; root only if
+/// [`ManagerBuilder::allow_root`] says so) and that proves, by an HMAC
+/// challenge both ways, that it knows the server's authkey: by default
+/// this process's [`AuthKey`], which children started by spawn or fork
+/// inherit, so proxies passed to them just work. Another program that
+/// wants to use the server needs its address and its key
+/// ([`Manager::connect_with_authkey`]).
+///
 /// # How objects stay alive
 ///
 /// * Proxies in one process share one connection to the server; the first
@@ -98,23 +111,71 @@ impl std::fmt::Debug for Manager {
     }
 }
 
-impl Manager {
-    /// Starts a server process with the default start method.
-    pub fn start() -> Result<Manager> {
-        Self::start_process(None)
+/// How to start a [`Manager`] (from [`Manager::builder`]).
+///
+/// ```
+/// multiproc::init();
+/// let manager = multiproc::Manager::builder()
+///     .start_method(multiproc::StartMethod::Fork)
+///     .authkey(multiproc::AuthKey::new(b"a key for this manager only").unwrap())
+///     .start()
+///     .unwrap();
+/// manager.shutdown().unwrap();
+/// ```
+#[derive(Clone, Default)]
+pub struct ManagerBuilder {
+    method: Option<StartMethod>,
+    authkey: Option<AuthKey>,
+    allow_root: bool,
+}
+
+impl std::fmt::Debug for ManagerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagerBuilder")
+            .field("method", &self.method)
+            .field("own_authkey", &self.authkey.is_some())
+            .field("allow_root", &self.allow_root)
+            .finish()
+    }
+}
+
+impl ManagerBuilder {
+    /// Starts the server with `method` instead of the default.
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
     }
 
-    /// Starts a server process with `method`.
-    pub fn start_with(method: StartMethod) -> Result<Manager> {
-        Self::start_process(Some(method))
+    /// The key clients must prove they know (default: this process's
+    /// [`AuthKey`], which its children inherit). This process and its
+    /// children started later use it for this manager's proxies; another
+    /// process needs [`Manager::connect_with_authkey`].
+    pub fn authkey(mut self, key: AuthKey) -> Self {
+        self.authkey = Some(key);
+        self
     }
 
-    fn start_process(method: Option<StartMethod>) -> Result<Manager> {
+    /// Whether processes running as root may connect to the server when it
+    /// runs as another user (default: no). A server running as root takes
+    /// root's processes anyway: they run as its own user.
+    pub fn allow_root(mut self, allow: bool) -> Self {
+        self.allow_root = allow;
+        self
+    }
+
+    /// Starts the server process.
+    pub fn start(self) -> Result<Manager> {
         let boot = ServerBoot::new()?;
-        let mut p = Process::new(serve, boot.clone())
+        let key = self.authkey.unwrap_or_else(|| current_process().authkey());
+        let options = ServeOptions {
+            tcp: None,
+            authkey: key.as_bytes().to_vec(),
+            allow_root: self.allow_root,
+        };
+        let mut p = Process::new(serve_with, (boot.clone(), options))
             .name("SyncManager")
             .daemon(true);
-        if let Some(m) = method {
+        if let Some(m) = self.method {
             p = p.start_method(m);
         }
         client::forking_server(|| p.start())?;
@@ -126,6 +187,9 @@ impl Manager {
                 return Err(e);
             }
         };
+        // This process keeps using the key the server started with, even
+        // if its own authkey changes later.
+        client::set_authkey(address, key.as_bytes());
         Ok(Manager {
             inner: Arc::new(Inner {
                 owner: sys::process::getpid(),
@@ -135,17 +199,67 @@ impl Manager {
             }),
         })
     }
+}
+
+impl Manager {
+    /// Starts a server process with the default start method.
+    pub fn start() -> Result<Manager> {
+        Self::builder().start()
+    }
+
+    /// Starts a server process with `method`.
+    pub fn start_with(method: StartMethod) -> Result<Manager> {
+        Self::builder().start_method(method).start()
+    }
+
+    /// Options for a new server: start method, authkey, whether root may
+    /// connect; then [`ManagerBuilder::start`].
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder::default()
+    }
 
     /// A handle to the running server at `address` (another process's
     /// [`Manager::address`], passed to this one as an argument or in a
     /// message): this process can then create objects in that server too.
     ///
+    /// The server must take this process's [`AuthKey`]: it does if it was
+    /// started by this process or an ancestor it inherited its key from,
+    /// with the default key. Otherwise use [`Manager::connect_with_authkey`].
+    ///
     /// Only the process that started the server may shut it down; dropping
     /// a connected `Manager` leaves the server running. `Err(ManagerGone)`
-    /// if the server is not running or cannot be reached.
+    /// if the server is not running or cannot be reached,
+    /// `Err(Authentication)` if it refuses this process (another key, or
+    /// another user).
     pub fn connect(address: ServerAddress) -> Result<Manager> {
         client::connection(&address)?;
-        Ok(Manager {
+        Ok(Self::connected(address))
+    }
+
+    /// Like [`Manager::connect`], proving `authkey` (Python's
+    /// `BaseManager(address, authkey).connect()`): this process then uses
+    /// that key for this server, and passes it to the children it starts
+    /// along with proxies to the server's objects.
+    pub fn connect_with_authkey(address: ServerAddress, authkey: &AuthKey) -> Result<Manager> {
+        match &address {
+            ServerAddress::Local(local) => {
+                // Prove the key on a connection of its own: this process
+                // may hold one to the same server made with another key.
+                drop(connect_local_with_authkey(local, authkey.as_bytes())?);
+            }
+            ServerAddress::Tcp(a) => {
+                drop(multiproc_runtime::manager::TcpClient::connect(
+                    *a,
+                    authkey.as_bytes(),
+                )?);
+            }
+        }
+        client::set_authkey(address, authkey.as_bytes());
+        Self::connect(address)
+    }
+
+    fn connected(address: ServerAddress) -> Manager {
+        Manager {
             inner: Arc::new(Inner {
                 // No process has pid 0: nobody here may shut the server down.
                 owner: 0,
@@ -153,7 +267,7 @@ impl Manager {
                 process: Mutex::new(None),
                 shut_down: AtomicBool::new(false),
             }),
-        })
+        }
     }
 
     /// Where the server listens; pass it to another process for [`Manager::connect`].

@@ -240,7 +240,9 @@ impl<U: UserTypes> BaseManager<U> {
         self
     }
 
-    /// The shared secret both sides prove they know (required).
+    /// The shared secret both sides prove they know (required; any
+    /// non-empty key, as in Python, though a long random one is what keeps
+    /// guessers out: `multiproc serve` asks for at least 16 bytes).
     pub fn authkey(mut self, authkey: impl AsRef<[u8]>) -> Self {
         self.authkey = Some(authkey.as_ref().to_vec());
         self
@@ -307,7 +309,11 @@ impl<U: UserTypes> BaseManager<U> {
         if let Some(m) = self.max_frame {
             tcp.max_frame = m;
         }
-        Ok(ServeOptions { tcp: Some(tcp) })
+        Ok(ServeOptions {
+            authkey: tcp.authkey.clone(),
+            tcp: Some(tcp),
+            allow_root: false,
+        })
     }
 
     /// Starts the server in a child process and connects to it.
@@ -347,7 +353,7 @@ impl<U: UserTypes> BaseManager<U> {
         make_named(&mut server, &self.named)?;
         make_user_objects::<U>(&mut server, &self.user_names)?;
         let address = reachable(server.tcp_address().ok_or_else(unexpected)?);
-        client::set_authkey(address, &self.key()?);
+        client::set_authkey(ServerAddress::Tcp(address), &self.key()?);
         Ok(ManagerServer { server, address })
     }
 }
@@ -485,9 +491,17 @@ pub struct ManagerServer {
 }
 
 impl ManagerServer {
-    /// The TCP address clients connect to (the real port if bound to port 0).
+    /// The TCP address clients connect to (the real port if bound to port
+    /// 0; loopback if bound to an unspecified address such as `0.0.0.0`).
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The TCP address the server is bound to, as bound: `0.0.0.0:P` if
+    /// asked to listen on every interface (with the real port if asked for
+    /// port 0).
+    pub fn bound_address(&self) -> SocketAddr {
+        self.server.tcp_address().unwrap_or(self.address)
     }
 
     /// A handle that stops [`ManagerServer::serve_forever`] from another thread.
@@ -533,7 +547,7 @@ impl RemoteManager {
         // Prove the key on a connection of its own: this process may share
         // a connection to the same server made with another key.
         drop(TcpClient::connect(address, authkey)?);
-        client::set_authkey(address, authkey);
+        client::set_authkey(ServerAddress::Tcp(address), authkey);
         let server = ServerAddress::Tcp(address);
         let m = RemoteManager {
             inner: Arc::new(Inner {

@@ -23,9 +23,9 @@ pub use connection::{Address, Connection, Listener, Pipe, SocketConnection, clie
 pub use error::{Error, Result};
 pub use pool::{AsyncResult, Callbacks, IMapIterator, Pool, PoolBuilder, ThreadPool};
 pub use process::{
-    ChildInfo, Context, CurrentProcess, ParentProcess, Process, StartMethod, active_children,
-    cpu_count, current_process, get_context, get_start_method, init, parent_process,
-    set_start_method,
+    AuthKey, ChildInfo, Context, CurrentProcess, ParentProcess, Process, StartMethod,
+    active_children, cpu_count, current_process, get_context, get_start_method, init,
+    parent_process, set_start_method,
 };
 pub use queue::{JoinableQueue, Queue, SimpleQueue};
 pub use sharedctypes::{Array, ArrayGuard, AtomicInt, RawArray, RawValue, Value, ValueGuard};

@@ -182,13 +182,24 @@ impl Drop for SocketFile {
 /// assert_eq!(server.recv().unwrap(), "hello");
 /// t.join().unwrap();
 /// ```
-#[derive(Debug)]
 pub struct Listener {
     socket: ListenSocket,
     address: Address,
     authkey: Option<Vec<u8>>,
     handshake_timeout: Duration,
     _socket_file: Option<SocketFile>,
+}
+
+impl fmt::Debug for Listener {
+    /// Says whether there is an authkey, never what it is.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("socket", &self.socket)
+            .field("address", &self.address)
+            .field("authenticates", &self.authkey.is_some())
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Listener {
@@ -325,9 +336,16 @@ impl Listener {
 /// Connects to a [`Listener`] at `address`, authenticating with `authkey`
 /// if given (Python's `Client`).
 ///
-/// A listener that rejects the key makes this [`Error::Authentication`].
-/// The handshake waits at most 10 s for the server; use
-/// [`SocketConnection::connect_timeout`] to bound everything.
+/// A listener that rejects the key makes this [`Error::Authentication`],
+/// and so does a listener without a key (it sends no challenge: this side
+/// gives up when the handshake's time is over). The handshake waits at
+/// most 10 s for the server; use [`SocketConnection::connect_timeout`] to
+/// bound everything.
+///
+/// Without a key against a listener that has one, the connection is made,
+/// but the listener's `accept` fails with [`Error::Authentication`] and so
+/// does this side's first receive (it finds the listener's challenge where
+/// a message should be); what this side sent before that is dropped.
 pub fn client<T>(address: &Address, authkey: Option<&[u8]>) -> Result<SocketConnection<T>> {
     connect(address, authkey, Deadline::Never)
 }
@@ -356,12 +374,23 @@ pub(crate) fn connect<T>(
             SocketConnection::from_tcp(stream)?
         }
     };
-    if let Some(key) = authkey {
-        let handshake = match deadline {
-            Deadline::Never => Deadline::after(DEFAULT_HANDSHAKE_TIMEOUT),
-            other => other,
-        };
-        conn.client_handshake(key, handshake)?;
+    match authkey {
+        Some(key) => {
+            let handshake = match deadline {
+                Deadline::Never => Deadline::after(DEFAULT_HANDSHAKE_TIMEOUT),
+                other => other,
+            };
+            // A listener without a key sends no challenge: this side
+            // waits for one until the deadline, and says why.
+            let fd = conn.fd().ok_or(Error::Closed)?;
+            if !wait_readable(fd, handshake)? {
+                return Err(Error::Authentication(format!(
+                    "{address} sent no challenge in time: a listener without an authkey?"
+                )));
+            }
+            conn.client_handshake(key, handshake)?;
+        }
+        None => conn.expect_no_challenge(),
     }
     Ok(conn)
 }

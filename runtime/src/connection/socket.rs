@@ -77,6 +77,9 @@ pub struct SocketConnection<T> {
     /// `None` once closed.
     stream: Option<Stream>,
     reader: FrameReader,
+    /// Set on a client that connected without an authkey until its first
+    /// frame arrives: a challenge then means the listener wants a key.
+    challenge_unexpected: bool,
     _message: PhantomData<fn(T) -> T>,
 }
 
@@ -108,6 +111,7 @@ impl<T> SocketConnection<T> {
         SocketConnection {
             stream: Some(stream),
             reader: FrameReader::new(DEFAULT_MAX_FRAME),
+            challenge_unexpected: false,
             _message: PhantomData,
         }
     }
@@ -145,6 +149,7 @@ impl<T> SocketConnection<T> {
         SocketConnection {
             stream: self.stream,
             reader: self.reader,
+            challenge_unexpected: self.challenge_unexpected,
             _message: PhantomData,
         }
     }
@@ -246,12 +251,60 @@ impl<T> SocketConnection<T> {
         auth::client_handshake(self, authkey, deadline)
     }
 
+    /// Marks a client that connected without an authkey: if the first frame
+    /// it receives is a challenge, the listener wants a key, and that receive
+    /// is [`Error::Authentication`] (not the challenge as data).
+    pub(crate) fn expect_no_challenge(&mut self) {
+        self.challenge_unexpected = true;
+    }
+
+    /// The TCP peer's address (`None` for a Unix socket or once closed).
+    pub(crate) fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        match self.stream.as_ref()? {
+            Stream::Tcp(s) => s.peer_addr().ok(),
+            Stream::Unix(_) => None,
+        }
+    }
+
+    /// The Unix stream under the connection, if nothing read from it is
+    /// still buffered here (else `None`, and the connection is dropped).
+    pub(crate) fn into_unix_stream(self) -> Option<UnixStream> {
+        match self.stream {
+            Some(Stream::Unix(s)) if self.reader.buffered() == 0 => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Receives one message's bytes, waiting without limit for it to begin
+    /// but at most `stall` for each next piece once it has: a peer that
+    /// sends half a message and stops is [`Error::Timeout`], a peer quiet
+    /// between messages is not.
+    pub(crate) fn recv_bytes_stall_limited(&mut self, stall: Duration) -> Result<Vec<u8>> {
+        let stream = self.stream.as_ref().ok_or(Error::Closed)?;
+        loop {
+            if let Some(frame) = self.reader.next_buffered()? {
+                return Ok(frame);
+            }
+            if self.reader.buffered() > 0 && !wait_readable(stream.fd(), Deadline::after(stall))? {
+                return Err(Error::Timeout(stall));
+            }
+            // Blocking read: between messages it waits for the next one.
+            self.reader.fill_from(&mut &*stream)?;
+        }
+    }
+
     /// The core of every receive: the next frame of at most `limit` bytes
     /// before `deadline`.
     fn recv_frame(&mut self, limit: usize, deadline: Deadline) -> Result<Vec<u8>> {
         let stream = self.stream.as_ref().ok_or(Error::Closed)?;
         loop {
             if let Some(frame) = self.reader.next_buffered_max(limit)? {
+                if std::mem::take(&mut self.challenge_unexpected) && auth::is_challenge(&frame) {
+                    self.stream = None;
+                    return Err(Error::Authentication(
+                        "the listener asked for an authkey and this client has none".into(),
+                    ));
+                }
                 return Ok(frame);
             }
             if deadline != Deadline::Never && !wait_readable(stream.fd(), deadline)? {

@@ -7,12 +7,15 @@
 //!   counted by connections, stored values and in-flight pins.
 //! * [`server`]: the serve loop that runs in the manager's process.
 //! * [`remote`]: the TCP transport (authkey handshake, then frames).
+//! * the gate: caps on connections still in their handshake, and a source
+//!   that keeps failing it is refused for a while.
 //! * [`user`]: Rust values a server owns, whose methods clients call by number.
 //! * the waitable objects: locks, semaphores, events, barriers and queues the
 //!   server keeps for remote clients, whose waits run outside the table's lock.
 
 pub mod channel;
 mod dispatch;
+mod gate;
 pub mod protocol;
 pub mod remote;
 pub mod server;

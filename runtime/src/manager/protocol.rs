@@ -30,8 +30,12 @@ pub type ObjectId = u64;
 /// Locally a server listens on a Linux abstract Unix socket (nothing on
 /// disk) whose name holds the server's pid and a random token. `start_ticks`
 /// tells the server from a later process that reuses its pid.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[rkyv(crate = rkyv, derive(Debug))]
+///
+/// The name is no secret (any user can list abstract sockets in
+/// `/proc/net/unix`): the server checks that a client runs as its own user
+/// and knows its authkey. Still, `Debug` leaves the token out.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash)]
+#[rkyv(crate = rkyv)]
 pub struct LocalAddress {
     /// The server process's pid.
     pub pid: i32,
@@ -39,6 +43,24 @@ pub struct LocalAddress {
     pub start_ticks: u64,
     /// A random token that makes the socket name unguessable.
     pub token: u64,
+}
+
+impl std::fmt::Debug for LocalAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalAddress")
+            .field("pid", &self.pid)
+            .field("start_ticks", &self.start_ticks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ArchivedLocalAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalAddress")
+            .field("pid", &self.pid.to_native())
+            .field("start_ticks", &self.start_ticks.to_native())
+            .finish_non_exhaustive()
+    }
 }
 
 impl LocalAddress {
@@ -614,5 +636,27 @@ pub fn remote_error(e: &ArchivedRemoteError) -> Error {
     match rkyv::deserialize::<RemoteError, rkyv::rancor::Error>(e) {
         Ok(e) => e.into(),
         Err(e) => Error::codec(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_debug_form_leaves_the_token_out() {
+        let a = LocalAddress {
+            pid: 42,
+            start_ticks: 7,
+            token: 0xfeed_f00d_dead_beef,
+        };
+        let shown = format!("{a:?} {:?}", ServerAddress::Local(a));
+        assert!(shown.contains("42"), "{shown}");
+        assert!(!shown.to_lowercase().contains("feedf00d"), "{shown}");
+        assert!(!shown.contains(&a.token.to_string()), "{shown}");
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&a).unwrap();
+        let archived = rkyv::access::<ArchivedLocalAddress, rkyv::rancor::Error>(&bytes).unwrap();
+        let shown = format!("{archived:?}");
+        assert!(!shown.contains(&a.token.to_string()), "{shown}");
     }
 }

@@ -17,9 +17,21 @@
 //! server shutting down, or the peer's host silent for about 25 s: TCP
 //! keepalive and a user timeout on both sides, so a call never hangs on a
 //! vanished server either).
+//!
+//! Before the handshake a connection is nobody's: at most 64 are in their
+//! handshake at once (16 from one address, or one IPv6 /64), each cut off
+//! after [`TcpOptions::handshake_ms`] (5 s by default); more are told to
+//! come back (`#BUSY#`, which [`TcpClient::connect`] does, with pauses) and
+//! closed. Failed handshakes are logged at warn with the client's address
+//! (rate limited), and an address that fails 20 times within a minute is
+//! refused for a minute. An authenticated client may stay quiet between
+//! requests as long as it likes, but once a request has begun, each piece
+//! of it must come within [`TcpOptions::frame_stall_ms`] (30 s by default)
+//! or the connection is dropped.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rkyv::util::AlignedVec;
@@ -28,13 +40,19 @@ use crate::connection::{Address, Listener, SocketConnection};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::manager::dispatch::After;
+use crate::manager::gate::{Admission, Gate, GateLimits, Source, Ticket};
 use crate::manager::protocol::{RemoteError, Response, encode_response};
-use crate::manager::server::ServerState;
+use crate::manager::server::{ServerState, refuse};
 use crate::manager::table::ConnRefs;
 use crate::manager::waitable::Peer;
 use crate::sys;
-use crate::wire::auth::DEFAULT_HANDSHAKE_TIMEOUT;
+use crate::wire::auth::{self, FrameTransport};
 use crate::wire::frame::DEFAULT_MAX_FRAME;
+
+/// How long a new client has, by default, to pass the handshake and say hello.
+pub const DEFAULT_UNAUTHENTICATED_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long, by default, an authenticated client may pause inside a request.
+pub const DEFAULT_FRAME_STALL: Duration = Duration::from_secs(30);
 
 /// Silence after which a TCP connection starts probing its peer.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
@@ -92,8 +110,13 @@ pub struct TcpOptions {
     pub authkey: Vec<u8>,
     /// The longest request accepted, in bytes; a longer one closes the connection.
     pub max_frame: u64,
-    /// How long a new client has to complete the handshake, in milliseconds.
+    /// How long a new client has to complete the handshake and its hello,
+    /// in milliseconds (the server closes it after that).
     pub handshake_ms: u64,
+    /// How long an authenticated client may pause inside a request frame,
+    /// in milliseconds, before the server drops the connection (quiet
+    /// between requests is fine).
+    pub frame_stall_ms: u64,
 }
 
 impl std::fmt::Debug for TcpOptions {
@@ -101,19 +124,22 @@ impl std::fmt::Debug for TcpOptions {
         f.debug_struct("TcpOptions")
             .field("address", &self.address)
             .field("max_frame", &self.max_frame)
+            .field("handshake_ms", &self.handshake_ms)
+            .field("frame_stall_ms", &self.frame_stall_ms)
             .finish_non_exhaustive()
     }
 }
 
 impl TcpOptions {
     /// Options for `address` and `authkey`, with the default limits
-    /// (64 MiB frames, a 10 s handshake).
+    /// (64 MiB frames, a 5 s handshake, 30 s of stall inside a request).
     pub fn new(address: SocketAddr, authkey: &[u8]) -> TcpOptions {
         TcpOptions {
             address,
             authkey: authkey.to_vec(),
             max_frame: DEFAULT_MAX_FRAME as u64,
-            handshake_ms: DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64,
+            handshake_ms: DEFAULT_UNAUTHENTICATED_TIMEOUT.as_millis() as u64,
+            frame_stall_ms: DEFAULT_FRAME_STALL.as_millis() as u64,
         }
     }
 
@@ -127,6 +153,21 @@ pub(crate) struct TcpServer {
     listener: Listener,
     bound: SocketAddr,
     options: TcpOptions,
+    /// Connections still in their handshake.
+    gate: Arc<Gate>,
+}
+
+/// Where a TCP client comes from, for the gate: its address, or for IPv6
+/// its /64 (one host commonly holds a whole /64).
+fn source_of(peer: Option<SocketAddr>) -> Source {
+    let ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip().to_canonical());
+    match ip {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            Source::Ip(IpAddr::V6(prefix.into()))
+        }
+        v4 => Source::Ip(v4),
+    }
 }
 
 impl TcpServer {
@@ -147,6 +188,7 @@ impl TcpServer {
             listener,
             bound,
             options: options.clone(),
+            gate: Gate::new("TCP", GateLimits::TCP),
         })
     }
 
@@ -170,11 +212,24 @@ impl TcpServer {
                     continue;
                 }
             };
+            let ticket = match self.gate.admit(source_of(conn.peer_addr())) {
+                Admission::Go(t) => t,
+                refused => {
+                    let answer = match refused {
+                        Admission::Busy => auth::BUSY,
+                        _ => auth::FAILURE,
+                    };
+                    if let Some(fd) = conn.fd() {
+                        refuse(fd, answer);
+                    }
+                    continue;
+                }
+            };
             let state = state.clone();
             let options = self.options.clone();
             let spawned = std::thread::Builder::new()
                 .name("multiproc-manager-tcp-conn".into())
-                .spawn(move || serve_tcp_connection(&state, conn, &options));
+                .spawn(move || serve_tcp_connection(&state, conn, &options, ticket));
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -188,23 +243,35 @@ impl TcpServer {
     }
 }
 
-fn serve_tcp_connection(state: &ServerState, mut conn: SocketConnection<()>, options: &TcpOptions) {
+fn serve_tcp_connection(
+    state: &ServerState,
+    mut conn: SocketConnection<()>,
+    options: &TcpOptions,
+    ticket: Ticket,
+) {
     let handshake = Deadline::after(Duration::from_millis(options.handshake_ms));
     if let Err(e) = conn.server_handshake(&options.authkey, handshake) {
-        tracing::warn!(error = %e, "manager refused a TCP client that failed the authkey handshake");
+        // Closed before its place at the gate is given back.
+        drop(conn);
+        ticket.handshake_failed(&e);
         return;
     }
     // The peer's version, then ours: a mismatch ends the connection (the
     // client reports it).
-    let hello = conn.recv_bytes_timeout(Duration::from_millis(options.handshake_ms));
+    let hello = FrameTransport::recv_frame(&mut conn, 64, handshake);
     let version = hello.as_deref().ok().and_then(hello_version);
     if conn.send_bytes(&hello_frame()).is_err() || version != Some(TCP_PROTOCOL_VERSION) {
+        drop(conn);
         tracing::warn!(
             ?version,
+            source = %ticket.source(),
             "manager refused a TCP client of another protocol version"
         );
         return;
     }
+    // Authenticated: no longer counted at the gate.
+    drop(ticket);
+    let stall = Duration::from_millis(options.frame_stall_ms.max(1));
     conn.set_max_message(options.max_frame());
     // A client whose host vanished (no FIN ever comes) still ends, and its
     // references go.
@@ -248,8 +315,15 @@ fn serve_tcp_connection(state: &ServerState, mut conn: SocketConnection<()>, opt
         if state.stopping() {
             break Error::ManagerGone("the server is shutting down".into());
         }
-        let frame = match conn.recv_bytes() {
+        let frame = match conn.recv_bytes_stall_limited(stall) {
             Ok(f) => f,
+            Err(e @ Error::Timeout(_)) => {
+                tracing::warn!(
+                    peer = ?conn.peer_addr(),
+                    "manager dropped a TCP client that stalled inside a request"
+                );
+                break e;
+            }
             Err(e) => break e,
         };
         let after = if state.stopping() {
@@ -300,11 +374,19 @@ impl TcpClient {
     /// A server that refuses the key is [`Error::Authentication`]; one that
     /// cannot be reached is [`Error::ManagerGone`].
     pub fn connect(address: SocketAddr, authkey: &[u8]) -> Result<TcpClient> {
-        let conn = SocketConnection::connect_timeout(
-            &Address::Tcp(address),
-            Some(authkey),
-            TCP_CONNECT_TIMEOUT,
-        )
+        let deadline = Deadline::after(TCP_CONNECT_TIMEOUT);
+        let mut pause = Duration::from_millis(2);
+        let conn = loop {
+            let left = deadline.remaining().unwrap_or(Duration::ZERO);
+            match SocketConnection::connect_timeout(&Address::Tcp(address), Some(authkey), left) {
+                // Too many handshakes in flight there: ask again shortly.
+                Err(e) if auth::is_busy(&e) && !deadline.expired() => {
+                    std::thread::sleep(deadline.slice(pause));
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                other => break other,
+            }
+        }
         .map_err(|e| match e {
             Error::Authentication(_) => e,
             Error::Io(e) => {

@@ -2,13 +2,29 @@
 //! connection handshake both sides use.
 //!
 //! The server listens on a Linux abstract Unix socket (nothing on disk)
-//! named after its pid and a random token. A client connects and says who
-//! it is (pid and start time); the server creates the connection's channel
-//! segment, passes its descriptor back with `SCM_RIGHTS`, and one server
-//! thread serves that channel until the client closes it, dies, or the
-//! server shuts down. The references a connection held go with it.
+//! named after its pid and a random token. Abstract sockets have no file
+//! permissions and their names are listed in `/proc/net/unix` for every
+//! user, so the name is no secret; what keeps others out:
+//!
+//! 1. the peer's credentials (`SO_PEERCRED`, recorded by the kernel): a
+//!    client that runs as another user is refused before anything is read
+//!    (root too, unless the server's owner allowed it, see
+//!    [`ServeOptions::allow_root`]);
+//! 2. the authkey handshake of [`crate::wire::auth`] over the socket, with
+//!    the server's authkey: by default the authkey of the process that
+//!    started it, which that process's children inherit (see
+//!    [`AuthKey`](crate::process::AuthKey));
+//! 3. the gate: at most 64 connections in their handshake at once (16 per
+//!    client process), each cut off after 5 s; a client process that keeps
+//!    failing the handshake is refused for a while (see `gate.rs`).
+//!
+//! Then the client says who it is (pid and start time); the server creates
+//! the connection's channel segment, passes its descriptor back with
+//! `SCM_RIGHTS`, and one server thread serves that channel until the client
+//! closes it, dies, or the server shuts down. The references a connection
+//! held go with it.
 
-use std::io::{Read, Write};
+use std::io::IoSlice;
 use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
@@ -19,25 +35,34 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rkyv::util::AlignedVec;
 
+use crate::connection::SocketConnection;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
 use crate::manager::channel::{Channel, ClientEnd, Hangup, SLOT_SIZE, ServerEnd};
 use crate::manager::dispatch::{self, After};
+use crate::manager::gate::{Admission, Gate, GateLimits, Source, Ticket};
 use crate::manager::protocol::ObjectId;
 use crate::manager::protocol::{LocalAddress as ServerAddress, Request};
 use crate::manager::remote::{TcpOptions, TcpServer};
 use crate::manager::table::{ConnRefs, Table};
 use crate::manager::user::{ServedObject, UserObjects};
 use crate::manager::waitable::Peer;
+use crate::process::AuthKey;
 use crate::shm::{Kind, ShmObject, fingerprint_str};
 use crate::sys;
+use crate::wire::auth::{self, FrameTransport};
 
 const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"MPMH");
 const WELCOME_MAGIC: u32 = u32::from_le_bytes(*b"MPMW");
-const PROTOCOL_VERSION: u32 = 2;
+const PROTOCOL_VERSION: u32 = 3;
 /// How long a client waits for a live server to answer its handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a local client has, from its connection on, to pass the
+/// authkey handshake and say hello; the server closes it after that.
+const LOCAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest hello frame the server reads.
+const HELLO_LEN: usize = 24;
 /// How often the accept loop wakes to drop expired pins.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -208,6 +233,14 @@ pub(crate) struct ServerState {
     pub(crate) tcp_conns: Mutex<std::collections::HashMap<u64, std::net::TcpStream>>,
     /// The next connection's id (0 is the server itself).
     next_connection: AtomicU64,
+    /// The key local clients prove they know.
+    authkey: AuthKey,
+    /// The server's effective user id: local clients must run as it.
+    uid: u32,
+    /// Whether root may connect although the server runs as another user.
+    allow_root: bool,
+    /// Local connections still in their handshake.
+    local_gate: Arc<Gate>,
 }
 
 impl ServerState {
@@ -239,6 +272,46 @@ impl ServerState {
         self.stopping.load(Ordering::SeqCst)
     }
 
+    /// Whether a local client running as `uid` may connect at all.
+    fn uid_allowed(&self, uid: u32) -> bool {
+        uid == self.uid || (uid == 0 && self.allow_root)
+    }
+
+    /// Takes a new local connection: checks who is at the other end, then
+    /// runs its handshake on a thread of its own if the gate lets it.
+    fn admit_local(self: &Arc<Self>, stream: UnixStream) {
+        let cred = match sys::socket::peer_credentials(stream.as_fd()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("manager cannot read a local client's credentials: {e}");
+                return;
+            }
+        };
+        let source = Source::Process {
+            pid: cred.pid,
+            uid: cred.uid,
+        };
+        if !self.uid_allowed(cred.uid) {
+            // Nothing is read from it: it is told no, and closed.
+            self.local_gate
+                .log_refused(source, "it runs as another user than the server");
+            refuse(stream.as_fd(), auth::FAILURE);
+            return;
+        }
+        let ticket = match self.local_gate.admit(source) {
+            Admission::Go(t) => t,
+            Admission::Busy => return refuse(stream.as_fd(), auth::BUSY),
+            Admission::Blocked => return refuse(stream.as_fd(), auth::FAILURE),
+        };
+        let state = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("multiproc-manager-conn".into())
+            .spawn(move || serve_connection(&state, stream, ticket));
+        if let Err(e) = spawned {
+            tracing::warn!("manager server cannot start a connection thread: {e}");
+        }
+    }
+
     /// Stops accepting, tells every client, and wakes the accept loop.
     pub(crate) fn begin_shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
@@ -256,12 +329,29 @@ impl ServerState {
     }
 }
 
-/// What a server listens on besides its local socket.
-#[derive(Debug, Clone, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+/// How a server listens: who may connect locally, and TCP besides.
+#[derive(Clone, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(crate = rkyv)]
 pub struct ServeOptions {
     /// Also serve over TCP (see [`crate::manager::remote`]).
     pub tcp: Option<TcpOptions>,
+    /// The key local clients must prove they know; empty: the authkey of
+    /// the process the server runs in (see [`AuthKey`]), which is the
+    /// authkey of the process that started it.
+    pub authkey: Vec<u8>,
+    /// Whether local clients running as root may connect to a server that
+    /// runs as another user (default: no; a server running as root always
+    /// takes root's clients, since they run as its own user).
+    pub allow_root: bool,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("tcp", &self.tcp)
+            .field("allow_root", &self.allow_root)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A bound manager server, not yet serving: objects can be made in it
@@ -316,6 +406,11 @@ impl Server {
             start_ticks: sys::process::own_start_ticks(),
             token,
         };
+        let authkey = if options.authkey.is_empty() {
+            crate::process::current_process().authkey()
+        } else {
+            AuthKey::new(&options.authkey)?
+        };
         let listener = UnixListener::bind_addr(&socket_addr(&address)?)?;
         let tcp = match &options.tcp {
             Some(t) => Some(TcpServer::bind(t)?),
@@ -330,6 +425,10 @@ impl Server {
                 user: UserObjects::default(),
                 tcp_conns: Mutex::new(std::collections::HashMap::new()),
                 next_connection: AtomicU64::new(1),
+                authkey,
+                uid: sys::socket::effective_uid(),
+                allow_root: options.allow_root,
+                local_gate: Gate::new("local", GateLimits::LOCAL),
             }),
             listener,
             tcp,
@@ -412,15 +511,7 @@ impl Server {
                 continue;
             }
             match self.listener.accept() {
-                Ok((stream, _)) => {
-                    let state = state.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name("multiproc-manager-conn".into())
-                        .spawn(move || serve_connection(&state, stream));
-                    if let Err(e) = spawned {
-                        tracing::warn!("manager server cannot start a connection thread: {e}");
-                    }
-                }
+                Ok((stream, _)) => state.admit_local(stream),
                 Err(e) => tracing::debug!("manager accept failed: {e}"),
             }
         }
@@ -458,9 +549,11 @@ struct Hello {
     start_ticks: u64,
 }
 
-fn read_hello(stream: &mut UnixStream) -> Result<Hello> {
-    let mut buf = [0u8; 24];
-    stream.read_exact(&mut buf)?;
+fn read_hello(conn: &mut SocketConnection<()>, deadline: Deadline) -> Result<Hello> {
+    let frame = FrameTransport::recv_frame(conn, HELLO_LEN, deadline)?;
+    let Ok(buf) = <[u8; HELLO_LEN]>::try_from(frame.as_slice()) else {
+        return Err(Error::Protocol("not a multiproc manager client".into()));
+    };
     let word = |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
     if word(0) != HELLO_MAGIC || word(4) != PROTOCOL_VERSION {
         return Err(Error::Protocol("not a multiproc manager client".into()));
@@ -473,6 +566,13 @@ fn read_hello(stream: &mut UnixStream) -> Result<Hello> {
     })
 }
 
+/// Tells a connection no (`payload` as one frame, if the socket takes it at
+/// once) before it is closed.
+pub(crate) fn refuse(sock: std::os::fd::BorrowedFd<'_>, payload: &[u8]) {
+    let header = (payload.len() as u64).to_le_bytes();
+    let _ = sys::socket::send_nowait(sock, &[IoSlice::new(&header), IoSlice::new(payload)], &[]);
+}
+
 /// Whether the client end of the setup socket hung up (its process died or closed it).
 fn hung_up(stream: &UnixStream) -> bool {
     matches!(
@@ -481,14 +581,50 @@ fn hung_up(stream: &UnixStream) -> bool {
     )
 }
 
-fn serve_connection(state: &ServerState, mut stream: UnixStream) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let hello = match read_hello(&mut stream) {
+/// Authenticates a local client and reads its hello, within the handshake
+/// deadline; the ticket goes back to the gate either way.
+fn local_handshake(
+    state: &ServerState,
+    stream: UnixStream,
+    ticket: Ticket,
+) -> Option<(UnixStream, Hello)> {
+    let deadline = Deadline::after(LOCAL_HANDSHAKE_TIMEOUT);
+    let mut conn = match SocketConnection::<()>::from_unix(stream) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("manager cannot use a local connection: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = conn.server_handshake(state.authkey.as_bytes(), deadline) {
+        // Closed before its place at the gate is given back: the gate
+        // never counts fewer handshakes than are open.
+        drop(conn);
+        ticket.handshake_failed(&e);
+        return None;
+    }
+    // It knows the key: whatever follows is no guess, and is not counted
+    // against it.
+    let hello = read_hello(&mut conn, deadline);
+    drop(ticket);
+    let hello = match hello {
         Ok(h) => h,
         Err(e) => {
-            tracing::debug!("manager handshake failed: {e}");
-            return;
+            tracing::debug!("a manager client's hello was refused: {e}");
+            return None;
         }
+    };
+    // A client sends nothing after its hello until the welcome.
+    let Some(stream) = conn.into_unix_stream() else {
+        tracing::debug!("a manager client sent more than its hello");
+        return None;
+    };
+    Some((stream, hello))
+}
+
+fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
+    let Some((stream, hello)) = local_handshake(state, stream, ticket) else {
+        return;
     };
     let chan = match Channel::create(SLOT_SIZE) {
         Ok(c) => c,
@@ -555,12 +691,22 @@ fn serve_connection(state: &ServerState, mut stream: UnixStream) {
 
 /// A client's connection to a local server: the setup socket (kept open so
 /// the server sees this process go) and the channel's client end.
-#[derive(Debug)]
+///
+/// Its `Debug` form leaves the socket out: a socket's `Debug` shows its
+/// peer's name, which holds the server's token.
 pub struct LocalConnection {
     /// The setup socket.
     pub socket: UnixStream,
     /// The channel's client end.
     pub end: ClientEnd,
+}
+
+impl std::fmt::Debug for LocalConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalConnection")
+            .field("end", &self.end)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Connects to the local server at `address` (client side of the handshake).
@@ -575,29 +721,93 @@ pub fn connect(address: &crate::manager::ServerAddress) -> Result<LocalConnectio
     }
 }
 
-/// Connects to the local server at `address`.
+/// Connects to the local server at `address`, proving this process's
+/// authkey (see [`AuthKey`]).
+///
+/// A server that refuses the key, or this process's user, is
+/// [`Error::Authentication`]; one that is not running is
+/// [`Error::ManagerGone`].
 pub fn connect_local(address: &ServerAddress) -> Result<LocalConnection> {
-    let gone = |e: std::io::Error| {
+    connect_local_with_authkey(
+        address,
+        crate::process::current_process().authkey().as_bytes(),
+    )
+}
+
+/// Connects to the local server at `address`, proving `authkey`.
+///
+/// A server with too many handshakes in flight is asked again, with short
+/// pauses, for up to 30 s.
+pub fn connect_local_with_authkey(
+    address: &ServerAddress,
+    authkey: &[u8],
+) -> Result<LocalConnection> {
+    let deadline = Deadline::after(CONNECT_TIMEOUT);
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match try_connect_local(address, authkey, deadline) {
+            Err(e) if auth::is_busy(&e) => {
+                if deadline.expired() {
+                    return Err(Error::ManagerGone(format!(
+                        "manager server {} stayed too busy to take a connection",
+                        address.pid
+                    )));
+                }
+                // Backing off: the server has handshakes to finish first.
+                std::thread::sleep(deadline.slice(pause));
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn try_connect_local(
+    address: &ServerAddress,
+    authkey: &[u8],
+    deadline: Deadline,
+) -> Result<LocalConnection> {
+    let gone = |e: &dyn std::fmt::Display| {
         Error::ManagerGone(format!("cannot reach manager server {}: {e}", address.pid))
     };
-    let mut socket = UnixStream::connect_addr(&socket_addr(address)?).map_err(gone)?;
-    let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
-    let mut hello = [0u8; 24];
+    let stream = UnixStream::connect_addr(&socket_addr(address)?).map_err(|e| gone(&e))?;
+    let mut conn = SocketConnection::<()>::from_unix(stream)?;
+    if let Err(e) = conn.client_handshake(authkey, deadline) {
+        return Err(match e {
+            Error::Authentication(m) => Error::Authentication(format!(
+                "manager server {} refused this process (another user, or another \
+                 authkey?): {m}",
+                address.pid
+            )),
+            e if auth::is_busy(&e) => e,
+            e => gone(&e),
+        });
+    }
+    let mut hello = [0u8; HELLO_LEN];
     hello[..4].copy_from_slice(&HELLO_MAGIC.to_le_bytes());
     hello[4..8].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     hello[8..12].copy_from_slice(&(sys::process::getpid() as u32).to_le_bytes());
     hello[16..24].copy_from_slice(&sys::process::own_start_ticks().to_le_bytes());
-    socket.write_all(&hello).map_err(gone)?;
+    conn.send_bytes(&hello).map_err(|e| gone(&e))?;
+    // The server sends nothing between its last handshake frame and the
+    // welcome, so nothing of the welcome is buffered in `conn`.
+    let socket = conn
+        .into_unix_stream()
+        .ok_or_else(|| Error::Protocol("the manager server sent more than asked".into()))?;
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
     let mut welcome = [0u8; 8];
     let mut got = 0;
     let mut fds = Vec::new();
-    let deadline = Deadline::after(CONNECT_TIMEOUT);
     while got < welcome.len() {
         if deadline.expired() {
-            return Err(gone(std::io::ErrorKind::TimedOut.into()));
+            return Err(gone(&std::io::Error::from(std::io::ErrorKind::TimedOut)));
         }
         match sys::socket::recv_with_fds(socket.as_fd(), &mut welcome[got..]) {
-            Ok((0, _)) => return Err(gone(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok((0, _)) => {
+                return Err(gone(&std::io::Error::from(
+                    std::io::ErrorKind::UnexpectedEof,
+                )));
+            }
             Ok((n, more)) => {
                 got += n;
                 fds.extend(more);
@@ -609,10 +819,10 @@ pub fn connect_local(address: &ServerAddress) -> Result<LocalConnection> {
                 ) =>
             {
                 if !address.is_alive() {
-                    return Err(gone(e));
+                    return Err(gone(&e));
                 }
             }
-            Err(e) => return Err(gone(e)),
+            Err(e) => return Err(gone(&e)),
         }
     }
     if welcome[..4] != WELCOME_MAGIC.to_le_bytes() || fds.len() != 1 {

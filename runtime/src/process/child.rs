@@ -79,6 +79,13 @@ fn run_spawned(mut sock: UnixStream) -> ! {
         launch.parent_ticks,
         launch.parent_name.clone(),
     );
+    match current::AuthKey::new(&launch.authkey) {
+        Ok(key) => current::set_authkey(key),
+        Err(_) => finish(
+            &sock,
+            Outcome::Failed("the launch message has no authkey".into()),
+        ),
+    }
     current::watch_parent_if_daemon();
     let received: HashMap<u64, _> = launch.fd_ids.iter().copied().zip(fds).collect();
     // SAFETY: the identity and anchor checks above establish that this binary

@@ -123,6 +123,8 @@ pub struct Process<R> {
     daemon: bool,
     method: Option<StartMethod>,
     executable: Option<PathBuf>,
+    /// The child's authkey, if not this process's.
+    authkey: Option<current::AuthKey>,
     running: Option<Running>,
     joined: bool,
     _result: PhantomData<fn() -> R>,
@@ -159,6 +161,7 @@ impl<R: Shareable> Process<R> {
             daemon: false,
             method: None,
             executable: None,
+            authkey: None,
             running: None,
             joined: false,
             _result: PhantomData,
@@ -181,6 +184,13 @@ impl<R: Shareable> Process<R> {
     /// Starts the child with `method` instead of the default.
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.method = Some(method);
+        self
+    }
+
+    /// Gives the child `key` as its authkey instead of this process's own
+    /// (Python's `Process.authkey`; see [`AuthKey`](crate::process::AuthKey)).
+    pub fn authkey(mut self, key: current::AuthKey) -> Self {
+        self.authkey = Some(key);
         self
     }
 
@@ -240,6 +250,12 @@ impl<R: Shareable> Process<R> {
             parent_pid: me.pid,
             parent_ticks: sys::process::own_start_ticks(),
             parent_name: me.name,
+            authkey: self
+                .authkey
+                .clone()
+                .unwrap_or_else(current::authkey)
+                .as_bytes()
+                .to_vec(),
         };
         let fds: Vec<_> = payload.fds.iter().map(|(_, fd)| fd.as_fd()).collect();
         if let Err(e) = launch::send_launch(&parent_sock, &launch, &fds) {
@@ -255,6 +271,10 @@ impl<R: Shareable> Process<R> {
         let _ = std::io::stdout().flush();
         let me = current_process();
         let parent_ticks = sys::process::own_start_ticks();
+        // Made now if it was not yet, so that the child inherits this
+        // process's key instead of making its own.
+        let parent_key = current::authkey();
+        let child_key = self.authkey.clone();
         // Every child encodes its result: set up the encoder in this thread
         // now, so children do not each set it up on pages they must copy.
         launch::prepare_encoder();
@@ -274,12 +294,15 @@ impl<R: Shareable> Process<R> {
                 drop(parent_sock);
                 hooks.child();
                 current::become_child(name, self.daemon, me.pid, parent_ticks, me.name);
+                if let Some(key) = child_key {
+                    current::set_authkey(key);
+                }
                 current::watch_parent_if_daemon();
                 let outcome = target.run_here();
                 finish(&child_sock, outcome)
             }
             Forked::Parent(pid) => {
-                drop(hooks);
+                drop((hooks, parent_key));
                 drop(child_sock);
                 let state = ChildState::new(pid, name, self.daemon);
                 registry::register(state.clone());

@@ -1,7 +1,10 @@
-//! Who this process is, and who its parent is.
+//! Who this process is, who its parent is, and its authkey.
+
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::error::{Error, Result};
 use crate::sys;
 
 #[derive(Clone)]
@@ -38,6 +41,103 @@ impl ParentProcess {
     /// Whether the parent still runs (a pid reused by another process does not count).
     pub fn is_alive(&self) -> bool {
         sys::process::is_alive(self.pid, Some(self.ticks))
+    }
+}
+
+/// A secret shared by the processes of one program: Python's
+/// `current_process().authkey`.
+///
+/// The first process makes one from 32 random bytes; every child started
+/// by spawn or fork inherits its parent's (or the one given with
+/// [`Process::authkey`](crate::Process::authkey)). Local manager servers
+/// and their clients prove to each other that they know it before anything
+/// else is said, so a process that can reach a server's socket but does
+/// not have the key (another program of the same user, say) is refused.
+///
+/// Its `Debug` form never shows the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthKey(Arc<[u8]>);
+
+impl AuthKey {
+    /// A key holding `bytes` ([`Error::InvalidArgument`] if empty).
+    pub fn new(bytes: impl AsRef<[u8]>) -> Result<AuthKey> {
+        let bytes = bytes.as_ref();
+        if bytes.is_empty() {
+            return Err(Error::InvalidArgument("an authkey cannot be empty".into()));
+        }
+        Ok(AuthKey(Arc::from(bytes)))
+    }
+
+    /// A fresh key of 32 random bytes.
+    pub fn random() -> Result<AuthKey> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| {
+            Error::Io(std::io::Error::other(format!(
+                "no random bytes for an authkey: {e}"
+            )))
+        })?;
+        Ok(AuthKey(Arc::from(&bytes[..])))
+    }
+
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuthKey(<{} secret bytes>)", self.0.len())
+    }
+}
+
+/// This process's authkey, once made or inherited.
+static AUTHKEY: RwLock<Option<AuthKey>> = RwLock::new(None);
+
+/// This process's authkey (made on first use in the first process).
+///
+/// Without a source of random bytes (which Linux always has since 3.17)
+/// the key is made from the time and pid: weak, and logged at warn.
+pub(crate) fn authkey() -> AuthKey {
+    if let Some(k) = AUTHKEY.read().as_ref() {
+        return k.clone();
+    }
+    let mut slot = AUTHKEY.write();
+    slot.get_or_insert_with(|| {
+        AuthKey::random().unwrap_or_else(|e| {
+            tracing::warn!("this process's authkey is weak: {e}");
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let weak = (t ^ (u128::from(sys::process::getpid() as u32) << 64)).to_le_bytes();
+            AuthKey(Arc::from(&weak[..]))
+        })
+    })
+    .clone()
+}
+
+/// Replaces this process's authkey (children started later inherit the new one).
+pub(crate) fn set_authkey(key: AuthKey) {
+    *AUTHKEY.write() = Some(key);
+}
+
+impl CurrentProcess {
+    /// This process's authkey (Python's `current_process().authkey`).
+    ///
+    /// ```
+    /// let me = multiproc::current_process();
+    /// assert_eq!(me.authkey().as_bytes().len(), 32);
+    /// ```
+    pub fn authkey(&self) -> AuthKey {
+        authkey()
+    }
+
+    /// Replaces this process's authkey (Python's `current_process().authkey
+    /// = key`): children started from now on inherit it, and managers
+    /// started or connected from now on use it by default. A manager that
+    /// already runs keeps the key it started with.
+    pub fn set_authkey(&self, key: AuthKey) {
+        set_authkey(key);
     }
 }
 
@@ -115,5 +215,33 @@ fn watch_parent(parent: ParentProcess) {
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot watch the parent of a daemon process: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_authkey_is_never_empty_and_never_shown() {
+        assert!(matches!(AuthKey::new(b""), Err(Error::InvalidArgument(_))));
+        let key = AuthKey::new(b"0123456789abcdef-hidden").unwrap();
+        assert_eq!(key.as_bytes(), b"0123456789abcdef-hidden");
+        let shown = format!("{key:?}");
+        assert!(
+            !shown.contains("hidden") && !shown.contains("48, 49"),
+            "{shown}"
+        );
+        let a = AuthKey::random().unwrap();
+        let b = AuthKey::random().unwrap();
+        assert_eq!(a.as_bytes().len(), 32);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_process_authkey_is_made_once_and_stays() {
+        let first = current_process().authkey();
+        assert_eq!(first.as_bytes().len(), 32);
+        assert_eq!(current_process().authkey(), first);
     }
 }

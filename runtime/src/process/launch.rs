@@ -29,7 +29,9 @@ pub(crate) const CHILD_FD_ENV: &str = "MULTIPROC_CHILD_FD";
 pub(crate) const CHILD_FD_STDIN: &str = "stdin";
 
 /// Everything a spawned child needs to run its target.
-#[derive(Archive, Serialize, Deserialize, Debug)]
+///
+/// No `Debug`: it carries the child's authkey.
+#[derive(Archive, Serialize, Deserialize)]
 #[rkyv(crate = rkyv)]
 pub(crate) struct Launch {
     pub identity: String,
@@ -43,6 +45,8 @@ pub(crate) struct Launch {
     pub parent_pid: i32,
     pub parent_ticks: u64,
     pub parent_name: String,
+    /// The child's authkey (see [`crate::process::AuthKey`]).
+    pub authkey: Vec<u8>,
 }
 
 /// How a child's run ended, as sent back to the parent.

@@ -278,3 +278,73 @@ pub fn send_nowait(
     let n = retry_eintr(|| syscall!(sendmsg(sock.as_raw_fd(), &msg, flags)))?;
     Ok(n as usize)
 }
+
+/// Who is at the other end of a connected Unix socket, as the kernel
+/// recorded it when the peer connected (`SO_PEERCRED`): it cannot be forged
+/// by the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// The peer's process id (0 if the kernel does not know it, as for a
+    /// peer in another pid namespace).
+    pub pid: i32,
+    /// The peer's effective user id.
+    pub uid: u32,
+    /// The peer's effective group id.
+    pub gid: u32,
+}
+
+/// The credentials of the peer of the connected Unix socket `sock`.
+pub fn peer_credentials(sock: BorrowedFd<'_>) -> std::io::Result<PeerCredentials> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a writable `ucred` and `len` holds its size, as
+    // SO_PEERCRED requires; the kernel writes at most `len` bytes.
+    syscall!(getsockopt(
+        sock.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_PEERCRED,
+        (&mut cred as *mut libc::ucred).cast(),
+        &mut len
+    ))?;
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(std::io::Error::other("SO_PEERCRED returned a short answer"));
+    }
+    Ok(PeerCredentials {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+/// This process's effective user id.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    #[test]
+    fn a_socket_pair_sees_this_process_as_its_peer() {
+        let (a, _b) = socketpair().unwrap();
+        let cred = peer_credentials(a.as_fd()).unwrap();
+        assert_eq!(cred.pid, crate::sys::process::getpid());
+        assert_eq!(cred.uid, effective_uid());
+        // SAFETY: getegid has no preconditions and cannot fail.
+        assert_eq!(cred.gid, unsafe { libc::getegid() });
+    }
+
+    #[test]
+    fn a_socket_that_is_not_connected_has_no_peer() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(peer_credentials(file.as_fd()).is_err());
+    }
+}

@@ -12,6 +12,12 @@
 //! Every read is bounded by [`MAX_HANDSHAKE_FRAME`] and by a deadline, so a
 //! peer that sends garbage or nothing cannot make either side allocate much
 //! or wait forever.
+//!
+//! A server may answer a new connection with a single frame instead of a
+//! challenge: [`BUSY`] (too many handshakes in flight; try again soon),
+//! which the client's side reports as an `Io` error of kind
+//! `ResourceBusy`, or `#FAILURE#` (refused outright: another user, or a
+//! source that failed too often), reported as [`Error::Authentication`].
 
 use std::time::Duration;
 
@@ -29,7 +35,12 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const CHALLENGE: &[u8] = b"#CHALLENGE#";
 const WELCOME: &[u8] = b"#WELCOME#";
-const FAILURE: &[u8] = b"#FAILURE#";
+/// The verdict on a wrong answer, and what a server sends instead of a
+/// challenge to a peer it refuses without a handshake.
+pub const FAILURE: &[u8] = b"#FAILURE#";
+/// What a server sends instead of a challenge when it has too many
+/// handshakes in flight: the client may try again a little later.
+pub const BUSY: &[u8] = b"#BUSY#";
 const DIGEST_PREFIX: &[u8] = b"{sha256}";
 /// Random bytes in a challenge we send.
 const CHALLENGE_RANDOM: usize = 40;
@@ -105,6 +116,14 @@ pub fn answer_challenge(
     deadline: Deadline,
 ) -> Result<()> {
     let frame = t.recv_frame(MAX_HANDSHAKE_FRAME, deadline)?;
+    if frame == BUSY {
+        return Err(busy_error());
+    }
+    if frame == FAILURE {
+        return Err(Error::Authentication(
+            "the peer refused this connection before any handshake".into(),
+        ));
+    }
     let Some(message) = frame.strip_prefix(CHALLENGE) else {
         return Err(Error::Authentication(
             "the peer did not send a challenge".into(),
@@ -137,6 +156,29 @@ pub fn answer_challenge(
             "the peer sent an unexpected reply to our digest".into(),
         ))
     }
+}
+
+/// The error for a [`BUSY`] answer.
+pub fn busy_error() -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::ResourceBusy,
+        "the server has too many handshakes in flight",
+    ))
+}
+
+/// Whether `e` is a server's [`BUSY`] answer (worth another try).
+pub fn is_busy(e: &Error) -> bool {
+    matches!(e, Error::Io(io) if io.kind() == std::io::ErrorKind::ResourceBusy)
+}
+
+/// Whether `frame` is a challenge as [`deliver_challenge`] sends it (a
+/// client without an authkey that receives one talks to a listener that
+/// wants a key).
+pub fn is_challenge(frame: &[u8]) -> bool {
+    frame
+        .strip_prefix(CHALLENGE)
+        .and_then(|m| m.strip_prefix(DIGEST_PREFIX))
+        .is_some_and(|random| random.len() == CHALLENGE_RANDOM)
 }
 
 fn mac(authkey: &[u8], message: &[u8]) -> Result<Hmac<Sha256>> {
@@ -231,6 +273,41 @@ mod tests {
         }
         fn recv_frame(&mut self, _: usize, _: Deadline) -> Result<Vec<u8>> {
             self.0.pop_front().ok_or(Error::Closed)
+        }
+    }
+
+    #[test]
+    fn busy_and_refused_servers_are_told_apart() {
+        let mut t = Scripted(VecDeque::from([BUSY.to_vec()]));
+        let r = client_handshake(&mut t, b"k", Deadline::Never);
+        assert!(matches!(&r, Err(e) if is_busy(e)), "{r:?}");
+        let mut t = Scripted(VecDeque::from([FAILURE.to_vec()]));
+        let r = client_handshake(&mut t, b"k", Deadline::Never);
+        assert!(matches!(r, Err(Error::Authentication(_))), "{r:?}");
+    }
+
+    #[test]
+    fn a_challenge_is_recognised_by_its_shape() {
+        struct Capture(Vec<Vec<u8>>);
+        impl FrameTransport for Capture {
+            fn send_frame(&mut self, payload: &[u8]) -> Result<()> {
+                self.0.push(payload.to_vec());
+                Ok(())
+            }
+            fn recv_frame(&mut self, _: usize, _: Deadline) -> Result<Vec<u8>> {
+                Err(Error::Closed)
+            }
+        }
+        let mut t = Capture(Vec::new());
+        assert!(deliver_challenge(&mut t, b"k", Deadline::Never).is_err());
+        assert!(is_challenge(&t.0[0]));
+        for other in [
+            &b"#CHALLENGE#"[..],
+            b"#CHALLENGE#{sha256}short",
+            b"data",
+            b"",
+        ] {
+            assert!(!is_challenge(other), "{other:?}");
         }
     }
 

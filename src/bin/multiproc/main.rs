@@ -30,7 +30,9 @@ BENCH OPTIONS:
 SERVE OPTIONS:
     --address HOST:PORT     Where to listen (default 127.0.0.1:50000; port 0 picks one)
     --authkey-file FILE     The shared secret clients must prove they know
-                            (required; the file's bytes, a trailing newline dropped)
+                            (required; the file's bytes, a trailing newline
+                            dropped; at least 16 bytes; a warning if group or
+                            others may read the file)
     --max-frame BYTES       The largest request accepted (default 64 MiB)
 
     Clients connect with BaseManager::new().address(..).authkey(..).connect()

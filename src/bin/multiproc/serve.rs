@@ -8,6 +8,40 @@ use multiproc::BaseManager;
 use crate::usage_error;
 
 const DEFAULT_ADDRESS: &str = "127.0.0.1:50000";
+/// The shortest key `serve` accepts from its key file.
+const MIN_KEY_LEN: usize = 16;
+
+/// Reads the key file: its bytes without trailing newlines, at least
+/// [`MIN_KEY_LEN`] long. Warns (on stderr) when group or others may read it.
+fn read_key(key_file: &str) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut file =
+        std::fs::File::open(key_file).map_err(|e| format!("cannot read {key_file}: {e}"))?;
+    if let Ok(meta) = file.metadata() {
+        let mode = meta.permissions().mode();
+        if mode & 0o044 != 0 {
+            eprintln!(
+                "multiproc serve: warning: {key_file} may be read by its group or by others \
+                 (mode {:o}); `chmod 600 {key_file}` keeps the authkey yours",
+                mode & 0o777
+            );
+        }
+    }
+    let mut key = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut key)
+        .map_err(|e| format!("cannot read {key_file}: {e}"))?;
+    while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        key.pop();
+    }
+    if key.len() < MIN_KEY_LEN {
+        return Err(format!(
+            "{key_file} holds an authkey of {} bytes; at least {MIN_KEY_LEN} are required \
+             (for example: head -c 32 /dev/urandom | base64 > {key_file})",
+            key.len()
+        ));
+    }
+    Ok(key)
+}
 
 pub fn command(args: &[String]) -> ExitCode {
     // Before any thread starts, so that every thread leaves the signals to
@@ -40,20 +74,13 @@ pub fn command(args: &[String]) -> ExitCode {
     let Some(key_file) = key_file else {
         return usage_error("serve needs --authkey-file");
     };
-    let mut key = match std::fs::read(&key_file) {
+    let key = match read_key(&key_file) {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("multiproc serve: cannot read {key_file}: {e}");
+            eprintln!("multiproc serve: {e}");
             return ExitCode::FAILURE;
         }
     };
-    while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        key.pop();
-    }
-    if key.is_empty() {
-        eprintln!("multiproc serve: {key_file} holds an empty authkey");
-        return ExitCode::FAILURE;
-    }
     let mut config = BaseManager::new().address(address).authkey(&key);
     if let Some(m) = max_frame {
         config = config.max_frame(m);
@@ -78,7 +105,8 @@ pub fn command(args: &[String]) -> ExitCode {
         eprintln!("multiproc serve: cannot watch for signals: {e}");
         return ExitCode::FAILURE;
     }
-    println!("listening on {}", server.address());
+    // As bound: 0.0.0.0:P when asked to listen on every interface.
+    println!("listening on {}", server.bound_address());
     let _ = std::io::stdout().flush();
     server.serve_forever();
     println!("server stopped");
