@@ -65,6 +65,43 @@ pub fn for_own_child<R>(encode: impl FnOnce() -> R) -> R {
     out
 }
 
+/// What [`redirecting_segments`] calls for each segment handle encoded.
+type Redirect = dyn FnMut(&HandleRepr) -> Result<Option<HandleRepr>>;
+
+thread_local! {
+    static REDIRECT: RefCell<Option<Box<Redirect>>> = const { RefCell::new(None) };
+}
+
+/// Runs `encode` (which encodes something) with every shared segment
+/// handle it encodes passed to `redirect` first: `Ok(Some(repr))` is
+/// encoded instead, `Ok(None)` keeps the handle as it is, and an error
+/// fails the encoding.
+///
+/// A manager client uses this for values it stores in a manager: the
+/// server keeps the segments those values hold handles to alive, and the
+/// stored handles name the server's descriptors, so they can be opened
+/// after the storing process dropped its own handles or ended.
+pub fn redirecting_segments<R>(
+    redirect: impl FnMut(&HandleRepr) -> Result<Option<HandleRepr>> + 'static,
+    encode: impl FnOnce() -> R,
+) -> R {
+    let previous = REDIRECT.with(|r| r.borrow_mut().replace(Box::new(redirect)));
+    let out = encode();
+    REDIRECT.with(|r| *r.borrow_mut() = previous);
+    out
+}
+
+/// Passes a segment handle being encoded through the current redirect, if any.
+pub(crate) fn redirect_segment(repr: HandleRepr) -> Result<HandleRepr> {
+    // Taken out while it runs: whatever it encodes itself is not redirected.
+    let Some(mut redirect) = REDIRECT.with(|r| r.borrow_mut().take()) else {
+        return Ok(repr);
+    };
+    let out = redirect(&repr);
+    REDIRECT.with(|r| *r.borrow_mut() = Some(redirect));
+    Ok(out?.unwrap_or(repr))
+}
+
 /// Runs `f` (which encodes something) and returns the descriptors of every
 /// handle it encoded, so they can be sent beside the bytes.
 pub(crate) fn collect_fds<R>(f: impl FnOnce() -> R) -> (R, Vec<(u64, OwnedFd)>) {

@@ -49,3 +49,56 @@ pub fn open_foreign(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
         .open(path)?;
     Ok(OwnedFd::from(file))
 }
+
+/// Reads exactly `buf.len()` bytes at `offset` of the file behind `fd`
+/// (without moving its file position); a file too short is `UnexpectedEof`.
+pub fn read_exact_at(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = offset
+            .checked_add(done as u64)
+            .and_then(|o| libc::off_t::try_from(o).ok())
+            .ok_or_else(|| std::io::Error::other("offset out of range"))?;
+        let rest = &mut buf[done..];
+        let n = super::retry_eintr(|| {
+            // SAFETY: `rest` is valid for writes of `rest.len()` bytes and
+            // `fd` is an open descriptor for the duration of the call.
+            syscall!(pread(
+                fd.as_raw_fd(),
+                rest.as_mut_ptr().cast(),
+                rest.len(),
+                at
+            ))
+        })?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// The machine's physical memory in bytes, if the system says.
+pub fn physical_memory() -> Option<u64> {
+    let pages = syscall!(sysconf(libc::_SC_PHYS_PAGES)).ok()?;
+    let page = syscall!(sysconf(libc::_SC_PAGESIZE)).ok()?;
+    u64::try_from(pages)
+        .ok()?
+        .checked_mul(u64::try_from(page).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_at_an_offset_and_reports_a_short_file() {
+        let fd = memfd_create("multiproc-test-read-at", 16).unwrap();
+        let mut buf = [7u8; 4];
+        read_exact_at(fd.as_fd(), &mut buf, 12).unwrap();
+        assert_eq!(buf, [0; 4]);
+        let err = read_exact_at(fd.as_fd(), &mut buf, 14).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(physical_memory().is_some_and(|m| m > 0));
+    }
+}
