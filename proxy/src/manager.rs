@@ -66,6 +66,12 @@ struct Inner {
 ///   references when the server notices, within about 100 ms.
 /// * A proxy stored inside a managed object (a dict of list proxies) keeps
 ///   its object alive for as long as it is stored.
+/// * So does a handle to an object this manager created (a `Queue`, a
+///   `Lock`, a `Value`…) stored in a managed dict, list or namespace: the
+///   server keeps its segment while the value is stored, so any process can
+///   read it back after the one that stored it dropped its handle or ended.
+///   (A handle to an object made elsewhere, with its own `new()`, is stored
+///   as it is: readable while some process that encoded it still lives.)
 /// * A proxy encoded for anything else (a spawned child's arguments, a
 ///   queue message) takes an in-flight reference that the first process
 ///   to decode it takes over; one nobody decodes is dropped after

@@ -106,8 +106,9 @@ pub struct TcpOptions {
     pub address: SocketAddr,
     /// The shared secret clients must prove they know.
     pub authkey: Vec<u8>,
-    /// The longest request accepted, and response sent, in bytes; a longer
-    /// one fails that call with [`Error::MessageTooLarge`].
+    /// The longest request accepted, and response sent, in bytes (at least
+    /// [`MIN_MAX_MESSAGE`]); a longer one fails that call with
+    /// [`Error::MessageTooLarge`].
     pub max_frame: u64,
     /// How long a new client has to complete the handshake, in milliseconds.
     pub handshake_ms: u64,
@@ -135,9 +136,15 @@ impl TcpOptions {
     }
 
     fn max_frame(&self) -> usize {
-        usize::try_from(self.max_frame).unwrap_or(usize::MAX)
+        usize::try_from(self.max_frame)
+            .unwrap_or(usize::MAX)
+            .max(MIN_MAX_MESSAGE)
     }
 }
+
+/// The least a side may set as its largest message: every error answer
+/// and small request fits.
+pub const MIN_MAX_MESSAGE: usize = 4096;
 
 /// A bound TCP listener of a manager server.
 pub(crate) struct TcpServer {
@@ -227,8 +234,9 @@ fn serve_tcp_connection(state: &ServerState, mut conn: SocketConnection<()>, opt
     conn.set_max_message(options.max_frame());
     // An oversized request fails alone; the connection stays in step.
     conn.set_skip_oversized(true);
-    // What the client accepts, and what this server sends.
-    let response_limit = peer_max.min(options.max_frame());
+    // What the client accepts, and what this server sends (an error
+    // answer always goes: a client claiming less is misbehaving).
+    let response_limit = peer_max.max(MIN_MAX_MESSAGE).min(options.max_frame());
     // A client whose host vanished (no FIN ever comes) still ends, and its
     // references go.
     watch_liveness(&conn);
@@ -346,12 +354,14 @@ impl TcpClient {
     }
 
     /// Like [`TcpClient::connect`], accepting responses up to
-    /// `max_message` bytes (the server sends an error instead of a longer one).
+    /// `max_message` bytes (at least [`MIN_MAX_MESSAGE`]; the server sends
+    /// an error instead of a longer one).
     pub fn connect_with(
         address: SocketAddr,
         authkey: &[u8],
         max_message: usize,
     ) -> Result<TcpClient> {
+        let max_message = max_message.max(MIN_MAX_MESSAGE);
         let conn = SocketConnection::connect_timeout(
             &Address::Tcp(address),
             Some(authkey),
