@@ -237,3 +237,55 @@ fn huge_segments_are_refused_one_request_at_a_time_and_the_server_serves_on() {
         == before));
     manager.shutdown().unwrap();
 }
+
+#[test]
+fn the_server_keeps_only_its_own_segments_for_the_client_that_holds_them() {
+    use multiproc::handle::{HandleRepr, ShareHandle};
+    use std::os::fd::AsRawFd;
+    let manager = Manager::start().unwrap();
+    let before = manager.number_of_objects().unwrap();
+    let mut raw = multiproc::manager::server::connect(manager.address()).unwrap();
+    let me = std::process::id() as i32;
+    let adopt = |raw: &mut multiproc::manager::server::LocalConnection, pid, fd| {
+        let handle = HandleRepr {
+            id: 7,
+            pid,
+            fd,
+            offset: 0,
+            extra: 0,
+        };
+        ask(raw, &Request::AdoptShm { handle })
+    };
+    let file = std::fs::File::open("/proc/self/stat").unwrap();
+    let own = Queue::<u32>::new().unwrap().to_repr().unwrap();
+    for (pid, fd) in [
+        // Another process's descriptor.
+        (1, 0),
+        // Not a segment at all.
+        (me, file.as_raw_fd()),
+        // A segment this manager did not create.
+        (me, own.fd),
+    ] {
+        let resp = adopt(&mut raw, pid, fd);
+        assert!(
+            matches!(refused(&resp), Some(Error::Remote(_))),
+            "{pid} {fd}"
+        );
+    }
+    assert_eq!(manager.number_of_objects().unwrap(), before);
+    // One it did create: kept, and named through the server's descriptor.
+    let q = manager.queue::<u32>().unwrap();
+    let mine = q.to_repr().unwrap();
+    let resp = ask(&mut raw, &Request::AdoptShm { handle: mine });
+    let object = match access_response(&resp).unwrap() {
+        ArchivedResponse::Handle { object, handle } => {
+            assert_eq!(handle.pid.to_native(), manager.pid());
+            object.to_native()
+        }
+        _ => panic!("{:?}", refused(&resp)),
+    };
+    assert_eq!(manager.number_of_objects().unwrap(), before + 1);
+    ask(&mut raw, &Request::Release { object, count: 1 });
+    assert_eq!(manager.number_of_objects().unwrap(), before);
+    manager.shutdown().unwrap();
+}

@@ -311,7 +311,8 @@ fn adopt_shm(
     let failed = |e: &dyn std::fmt::Display| {
         RemoteError::Failed(format!("cannot keep segment {:016x}: {e}", theirs.id))
     };
-    let fd = crate::handle::decode_fd(theirs).map_err(|e| failed(&e))?;
+    let fd =
+        crate::sys::memfd::open_foreign_segment(theirs.pid, theirs.fd).map_err(|e| failed(&e))?;
     use std::os::fd::AsFd;
     if !crate::shm::created_here(fd.as_fd()).map_err(|e| failed(&e))? {
         return Err(failed(&"it is not a segment this manager created"));

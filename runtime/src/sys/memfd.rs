@@ -50,6 +50,24 @@ pub fn open_foreign(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
     Ok(OwnedFd::from(file))
 }
 
+/// Like [`open_foreign`], for a shared segment only: a descriptor that is
+/// not one of this crate's memory files (named `multiproc-…` at creation)
+/// is refused with `InvalidInput` before it is opened.
+pub fn open_foreign_segment(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))?;
+    if !link
+        .as_os_str()
+        .as_encoded_bytes()
+        .starts_with(b"/memfd:multiproc-")
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a multiproc shared segment",
+        ));
+    }
+    open_foreign(pid, fd)
+}
+
 /// Reads exactly `buf.len()` bytes at `offset` of the file behind `fd`
 /// (without moving its file position); a file too short is `UnexpectedEof`.
 pub fn read_exact_at(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
@@ -100,5 +118,16 @@ mod tests {
         let err = read_exact_at(fd.as_fd(), &mut buf, 14).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
         assert!(physical_memory().is_some_and(|m| m > 0));
+    }
+
+    #[test]
+    fn only_segments_are_opened_as_segments() {
+        let me = super::super::process::getpid();
+        let seg = memfd_create("multiproc-test-segment", 8).unwrap();
+        let other = memfd_create("something-else", 8).unwrap();
+        assert!(open_foreign_segment(me, seg.as_raw_fd()).is_ok());
+        let refused = open_foreign_segment(me, other.as_raw_fd()).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(open_foreign_segment(me, -5).is_err());
     }
 }
