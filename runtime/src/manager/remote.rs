@@ -78,7 +78,6 @@ fn hello_max_message(frame: &[u8]) -> Option<usize> {
     let max = frame.get(8..16)?;
     let mut b = [0u8; 8];
     b.copy_from_slice(max);
-    // At least a small answer always fits: an error response.
     Some(usize::try_from(u64::from_le_bytes(b)).unwrap_or(usize::MAX))
 }
 
