@@ -201,6 +201,12 @@
 //!
 //! Every fallible call returns [`Result`] with the one [`Error`] enum; blocking
 //! calls come as `x`, `try_x` and `x_timeout(Duration)`.
+//!
+//! A manager call whose request or answer is larger than the connection
+//! allows fails with [`Error::MessageTooLarge`], and one past a server's
+//! per-connection quotas (see [`BaseManager::max_objects`]) with
+//! [`Error::QuotaExceeded`]: that call alone, nothing changed, the
+//! connection and its objects unharmed.
 
 pub use multiproc_proxy::{
     BarrierProxy, BaseManager, BoundedSemaphoreProxy, DictProxy, EventProxy, ListProxy, LockProxy,

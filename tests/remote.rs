@@ -220,24 +220,32 @@ fn garbage_and_truncated_frames_leave_the_server_serving() {
         no_hello.recv_bytes_timeout(PROMPTLY),
         Err(Error::Closed | Error::Io(_))
     ));
-    // After the handshake and the hello: garbage requests get error
-    // answers, an oversized prefix closes the connection.
+    // After the handshake and the hello (version, then the largest message
+    // each side accepts): garbage requests get error answers, and so does
+    // a request over the limit, thrown away as it arrives.
     let mut authed = authed();
     let mut hello = b"MPMT".to_vec();
     hello.extend_from_slice(&multiproc::manager::remote::TCP_PROTOCOL_VERSION.to_le_bytes());
+    hello.extend_from_slice(&(64u64 << 20).to_le_bytes());
     authed.send_bytes(&hello).unwrap();
-    assert_eq!(authed.recv_bytes_timeout(PROMPTLY).unwrap(), hello);
+    let theirs = authed.recv_bytes_timeout(PROMPTLY).unwrap();
+    assert_eq!(theirs[..8], hello[..8]);
+    assert_eq!(theirs[8..], (1u64 << 20).to_le_bytes());
     authed.send_bytes(&noise).unwrap();
     let answer = authed.recv_bytes_timeout(PROMPTLY).unwrap();
     assert!(!answer.is_empty());
     authed.send_bytes(&[]).unwrap();
     assert!(!authed.recv_bytes_timeout(PROMPTLY).unwrap().is_empty());
     authed.set_max_message(1 << 30);
-    authed.send_bytes(&vec![0u8; 2 << 20]).unwrap_or(());
+    authed.send_bytes(&vec![0u8; 2 << 20]).unwrap();
+    let mut refused = multiproc::rkyv::util::AlignedVec::<16>::new();
+    refused.extend_from_slice(&authed.recv_bytes_timeout(PROMPTLY).unwrap());
     assert!(matches!(
-        authed.recv_bytes_timeout(PROMPTLY),
-        Err(Error::Closed | Error::Io(_))
+        multiproc::manager::protocol::access_response(&refused),
+        Ok(multiproc::manager::protocol::ArchivedResponse::Error(_))
     ));
+    authed.send_bytes(&[]).unwrap();
+    assert!(!authed.recv_bytes_timeout(PROMPTLY).unwrap().is_empty());
     // A well-behaved client is served all along.
     let good = connect(&addr.to_string());
     let stats: DictProxy<String, i64> = good.get("stats").unwrap();

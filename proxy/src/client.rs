@@ -59,6 +59,14 @@ impl Transport {
             Transport::Tcp(c) => c.is_gone(),
         }
     }
+
+    /// Whether it is gone, or seen now to be (a TCP socket the server closed).
+    fn is_broken(&mut self) -> bool {
+        match self {
+            Transport::Local(end) => end.is_gone(),
+            Transport::Tcp(c) => c.is_broken(),
+        }
+    }
 }
 
 /// The state of one round trip: the transport and reusable buffers.
@@ -136,7 +144,11 @@ impl Connection {
                          to it (or call multiproc::set_manager_authkey) first"
                     ))
                 })?;
-                (None, Transport::Tcp(TcpClient::connect(*addr, &key)?))
+                let max = max_message_for(addr);
+                (
+                    None,
+                    Transport::Tcp(TcpClient::connect_with(*addr, &key, max)?),
+                )
             }
         };
         let tcp_fd = match &end {
@@ -184,6 +196,15 @@ impl Connection {
     /// Whether the server is known to be gone.
     pub fn is_gone(&self) -> bool {
         self.wire.lock().end.is_gone()
+    }
+
+    /// Whether the connection is gone, or seen now to be broken (a TCP
+    /// server that closed it: restarted, or shut down). A connection in use
+    /// by another thread right now is taken to be fine.
+    fn is_broken(&self) -> bool {
+        self.wire
+            .try_lock()
+            .is_some_and(|mut wire| wire.end.is_broken())
     }
 }
 
@@ -291,6 +312,25 @@ pub(crate) fn authkey_of(server: &ServerAddress) -> Vec<u8> {
     }
 }
 
+/// The largest response this process accepts from TCP servers, by address
+/// (the default unless a `BaseManager` said otherwise).
+static MAX_MESSAGES: LazyLock<Mutex<HashMap<std::net::SocketAddr, usize>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Accepts responses up to `max` bytes from the TCP server at `address`
+/// (on connections opened from now on).
+pub(crate) fn set_max_message(address: std::net::SocketAddr, max: usize) {
+    MAX_MESSAGES.lock().insert(address, max);
+}
+
+fn max_message_for(address: &std::net::SocketAddr) -> usize {
+    MAX_MESSAGES
+        .lock()
+        .get(address)
+        .copied()
+        .unwrap_or(multiproc_runtime::wire::frame::DEFAULT_MAX_FRAME)
+}
+
 /// The key a TCP server is reached with: the one remembered for it, or
 /// the environment's.
 fn authkey_for(server: &ServerAddress) -> Option<Vec<u8>> {
@@ -313,11 +353,20 @@ fn local_authkey(server: &ServerAddress) -> multiproc_runtime::AuthKey {
 }
 
 /// This process's connection to `server`, opened on first need.
+///
+/// A connection that broke (the server shut down, or was restarted on the
+/// same address) is replaced by a new one: proxies made on the old one keep
+/// it and report `ManagerGone`, with the references it held (the server
+/// dropped them when it ended); proxies made from now on use the new one.
 pub(crate) fn connection(server: &ServerAddress) -> Result<Arc<Connection>> {
     HOOK.call_once(|| register_fork_hook(&ForkPins));
     let mut state = lock_client();
     if let Some(e) = state.conns.get(server) {
-        return Ok(e.conn.clone());
+        if !e.conn.is_broken() {
+            return Ok(e.conn.clone());
+        }
+        tracing::debug!(%server, "the connection to a manager broke: reconnecting");
+        state.conns.remove(server);
     }
     if !server.is_alive() {
         return Err(Error::ManagerGone(format!("{server} is not running")));
@@ -335,6 +384,30 @@ pub(crate) fn connection(server: &ServerAddress) -> Result<Arc<Connection>> {
     Ok(conn)
 }
 
+/// This process's connection to `server`, checked with a round trip: one
+/// that broke unnoticed (a server restarted on the same address whose
+/// host dropped the old connection silently) is replaced by a new one.
+pub(crate) fn checked_connection(server: &ServerAddress) -> Result<Arc<Connection>> {
+    let conn = connection(server)?;
+    match conn.call(&Request::NumberOfObjects) {
+        Err(Error::ManagerGone(why)) => {
+            tracing::debug!(%server, "the connection to a manager broke ({why}): reconnecting");
+            {
+                let mut state = lock_client();
+                if state
+                    .conns
+                    .get(server)
+                    .is_some_and(|e| Arc::ptr_eq(&e.conn, &conn))
+                {
+                    state.conns.remove(server);
+                }
+            }
+            connection(server)
+        }
+        _ => Ok(conn),
+    }
+}
+
 /// Runs `call` on a connection of its own to `server` instead of the one
 /// the process shares: a call that waits in the server (a lock, an event,
 /// a queue's `get`) must not hold up the process's other proxies, one of
@@ -345,10 +418,12 @@ pub(crate) fn on_own_connection<R>(
     call: impl FnOnce(&Connection) -> Result<R>,
 ) -> Result<R> {
     connection(server)?;
-    let spare = lock_client()
-        .conns
-        .get_mut(server)
-        .and_then(|e| e.spare.pop());
+    let spare = {
+        let mut state = lock_client();
+        let spares = state.conns.get_mut(server).map(|e| &mut e.spare);
+        // An idle connection the server closed meanwhile is of no use.
+        spares.and_then(|s| std::iter::from_fn(|| s.pop()).find(|c| !c.is_broken()))
+    };
     let conn = match spare {
         Some(c) => c,
         None => Connection::open(server)?,
@@ -455,7 +530,8 @@ fn settle(conn: &Connection, ids: &[ObjectId]) {
     }
 }
 
-fn release_on(conn: &Connection, object: ObjectId, count: u64) {
+/// Drops `count` references of this connection to `object` in the server.
+pub(crate) fn release_on(conn: &Connection, object: ObjectId, count: u64) {
     if count == 0 || conn.is_gone() {
         return;
     }
@@ -464,13 +540,20 @@ fn release_on(conn: &Connection, object: ObjectId, count: u64) {
     }
 }
 
-/// Drops one proxy instance of `id`; the last one releases the server's references.
-pub(crate) fn drop_instance(server: &ServerAddress, id: ObjectId) {
+/// Drops one proxy instance of `id` made on `conn`; the last one releases
+/// the server's references.
+pub(crate) fn drop_instance(conn: &Connection, id: ObjectId) {
     let (conn, count) = {
         let mut state = lock_client();
-        let Some(entry) = state.conns.get_mut(server) else {
+        let Some(entry) = state.conns.get_mut(&conn.server) else {
             return;
         };
+        // A proxy of a connection that broke and was replaced: the server
+        // dropped its references with it. (A forked child's inherited
+        // proxies name their parent's connection and count on the child's.)
+        if conn.is_ours() && !std::ptr::eq(Arc::as_ptr(&entry.conn), conn) {
+            return;
+        }
         let Some(h) = entry.refs.get_mut(&id) else {
             return;
         };

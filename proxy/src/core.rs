@@ -217,7 +217,7 @@ impl ProxyCore {
 
 impl Drop for ProxyCore {
     fn drop(&mut self) {
-        client::drop_instance(self.conn.server(), self.object);
+        client::drop_instance(&self.conn, self.object);
     }
 }
 
@@ -346,6 +346,73 @@ use multiproc_runtime::rkyv::util::AlignedVec;
 pub(crate) struct Encoded {
     pub bytes: AlignedVec,
     pub refs: Vec<ObjectId>,
+    /// Segment objects the server keeps for the handles in the value, and
+    /// the connection that holds a reference to each until the value is
+    /// stored (released on drop: the stored value holds its own then).
+    kept: Option<(Arc<Connection>, Vec<ObjectId>)>,
+}
+
+impl Drop for Encoded {
+    fn drop(&mut self) {
+        if let Some((conn, kept)) = self.kept.take() {
+            for object in kept {
+                client::release_on(&conn, object, 1);
+            }
+        }
+    }
+}
+
+/// The segments a value being encoded for a local server holds handles to:
+/// the server keeps each alive (one object per segment) and its handle is
+/// encoded through the server's own descriptor.
+#[derive(Default)]
+struct Kept {
+    /// Segment id, the object keeping it, and the server's pid and descriptor.
+    segments: Vec<(u64, ObjectId, i32, i32)>,
+}
+
+/// Asks the server behind `conn` to keep the segment of `repr`; `None` if
+/// it will not (a segment it did not create is encoded as it is).
+fn keep_segment(
+    conn: &Connection,
+    kept: &std::cell::RefCell<Kept>,
+    repr: &multiproc_runtime::handle::HandleRepr,
+) -> Result<Option<multiproc_runtime::handle::HandleRepr>> {
+    let known = kept
+        .borrow()
+        .segments
+        .iter()
+        .find(|(id, ..)| *id == repr.id)
+        .copied();
+    let (pid, fd) = match known {
+        Some((_, _, pid, fd)) => (pid, fd),
+        None => {
+            let reply = conn.call(&Request::AdoptShm { handle: *repr })?;
+            let (object, theirs) = match reply.get() {
+                Ok(ArchivedResponse::Handle { object, handle }) => (
+                    object.to_native(),
+                    (handle.pid.to_native(), handle.fd.to_native()),
+                ),
+                Ok(_) => return Err(unexpected()),
+                // Not the server's own segment: the handle stays as it is
+                // (readable while this process holds it).
+                Err(Error::Remote(why)) => {
+                    tracing::debug!("a stored handle is not kept by its manager: {why}");
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+            kept.borrow_mut()
+                .segments
+                .push((repr.id, object, theirs.0, theirs.1));
+            theirs
+        }
+    };
+    Ok(Some(multiproc_runtime::handle::HandleRepr {
+        pid,
+        fd,
+        ..*repr
+    }))
 }
 
 impl Encoded {
@@ -359,12 +426,43 @@ impl Encoded {
 
 impl ProxyCore {
     /// Encodes `value` to be stored by this proxy's server.
+    ///
+    /// Proxies to objects of that server inside the value are recorded, so
+    /// the server keeps those objects while it stores the value. For a local
+    /// server, so are the shared segments of handles inside it (a `Queue`,
+    /// a `Lock`, a `Value` the server created): it keeps each segment while
+    /// the value is stored, and the value names the server's descriptor, so
+    /// it can be read back after the process that stored it dropped its
+    /// handle or ended.
     pub fn encode<T: Shareable>(&self, value: &T) -> Result<Encoded> {
-        let (bytes, refs) = client::collecting(self.conn.server(), || value.encode());
-        Ok(Encoded {
-            bytes: bytes?,
+        let server = *self.conn.server();
+        if let ServerAddress::Tcp(_) = server {
+            let (bytes, refs) = client::collecting(&server, || value.encode());
+            return Ok(Encoded {
+                bytes: bytes?,
+                refs,
+                kept: None,
+            });
+        }
+        let conn = self.conn()?.into_owned();
+        let kept = std::rc::Rc::new(std::cell::RefCell::new(Kept::default()));
+        let redirect = {
+            let (conn, kept) = (conn.clone(), kept.clone());
+            move |repr: &multiproc_runtime::handle::HandleRepr| keep_segment(&conn, &kept, repr)
+        };
+        let (bytes, mut refs) = client::collecting(&server, || {
+            multiproc_runtime::handle::redirecting_segments(redirect, || value.encode())
+        });
+        let objects: Vec<ObjectId> = kept.borrow().segments.iter().map(|k| k.1).collect();
+        refs.extend_from_slice(&objects);
+        let mut encoded = Encoded {
+            bytes: AlignedVec::new(),
             refs,
-        })
+            kept: (!objects.is_empty()).then_some((conn, objects)),
+        };
+        // On an error, dropping `encoded` lets the kept segments go.
+        encoded.bytes = bytes?;
+        Ok(encoded)
     }
 
     /// Calls `method` with `args`; `read` turns the response into the result

@@ -64,14 +64,19 @@ impl<T: Shareable> Proxy for ListProxy<T> {
 
 impl_proxy!(impl<T> for ListProxy<T>);
 
-fn index_arg(index: usize) -> Result<i64> {
-    i64::try_from(index).map_err(|_| Error::IndexOutOfRange {
-        index,
-        len: i64::MAX as usize,
-    })
-}
-
 impl<T: Shareable> ListProxy<T> {
+    /// `index` as the server takes it; one past any list's length is out of
+    /// range, reported with the list's real length.
+    fn index_arg(&self, index: usize) -> Result<i64> {
+        match i64::try_from(index) {
+            Ok(i) => Ok(i),
+            Err(_) => Err(Error::IndexOutOfRange {
+                index,
+                len: self.len()?,
+            }),
+        }
+    }
+
     /// Appends `value` (Python's `append`).
     pub fn push(&self, value: T) -> Result<()> {
         let v = self.core.encode(&value)?;
@@ -98,7 +103,7 @@ impl<T: Shareable> ListProxy<T> {
     /// A copy of element `index`; `Err(IndexOutOfRange)` past the end.
     pub fn get(&self, index: usize) -> Result<T> {
         let args = Args {
-            index: index_arg(index)?,
+            index: self.index_arg(index)?,
             ..Args::default()
         };
         self.core
@@ -110,7 +115,7 @@ impl<T: Shareable> ListProxy<T> {
     pub fn set(&self, index: usize, value: T) -> Result<()> {
         let v = self.core.encode(&value)?;
         let args = Args {
-            index: index_arg(index)?,
+            index: self.index_arg(index)?,
             value: Some(v.blob()),
             ..Args::default()
         };
@@ -121,7 +126,7 @@ impl<T: Shareable> ListProxy<T> {
     pub fn insert(&self, index: usize, value: T) -> Result<()> {
         let v = self.core.encode(&value)?;
         let args = Args {
-            index: index_arg(index)?,
+            index: self.index_arg(index)?,
             value: Some(v.blob()),
             ..Args::default()
         };
@@ -140,7 +145,7 @@ impl<T: Shareable> ListProxy<T> {
     /// Removes and returns element `index`; `Err(IndexOutOfRange)` past the end.
     pub fn pop_at(&self, index: usize) -> Result<T> {
         let args = Args {
-            index: index_arg(index)?,
+            index: self.index_arg(index)?,
             ..Args::default()
         };
         self.core

@@ -7,7 +7,7 @@ use std::time::Duration;
 use multiproc_runtime::deadline::Deadline;
 use multiproc_runtime::handle::ShareHandle;
 use multiproc_runtime::manager::protocol::{ArchivedResponse, Request};
-use multiproc_runtime::manager::server::connect_local_with_authkey;
+use multiproc_runtime::manager::server::{Limits, connect_local_with_authkey};
 use multiproc_runtime::manager::{ObjectKind, ServeOptions, ServerAddress, ServerBoot, serve_with};
 use multiproc_runtime::queue::DEFAULT_CAPACITY_BYTES;
 use multiproc_runtime::shm::{ShmSafe, ShmSpec};
@@ -79,6 +79,12 @@ struct Inner {
 ///   references when the server notices, within about 100 ms.
 /// * A proxy stored inside a managed object (a dict of list proxies) keeps
 ///   its object alive for as long as it is stored.
+/// * So does a handle to an object this manager created (a `Queue`, a
+///   `Lock`, a `Value`…) stored in a managed dict, list or namespace: the
+///   server keeps its segment while the value is stored, so any process can
+///   read it back after the one that stored it dropped its handle or ended.
+///   (A handle to an object made elsewhere, with its own `new()`, is stored
+///   as it is: readable while some process that encoded it still lives.)
 /// * A proxy encoded for anything else (a spawned child's arguments, a
 ///   queue message) takes an in-flight reference that the first process
 ///   to decode it takes over; one nobody decodes is dropped after
@@ -127,6 +133,7 @@ pub struct ManagerBuilder {
     method: Option<StartMethod>,
     authkey: Option<AuthKey>,
     allow_root: bool,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for ManagerBuilder {
@@ -135,6 +142,7 @@ impl std::fmt::Debug for ManagerBuilder {
             .field("method", &self.method)
             .field("own_authkey", &self.authkey.is_some())
             .field("allow_root", &self.allow_root)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -163,6 +171,29 @@ impl ManagerBuilder {
         self
     }
 
+    /// The most objects one client connection may have alive that it
+    /// created (about a million unless changed); creating more is
+    /// [`Error::QuotaExceeded`](multiproc_runtime::Error::QuotaExceeded).
+    pub fn max_objects(mut self, objects: u64) -> Self {
+        self.limits.max_objects = objects;
+        self
+    }
+
+    /// The most bytes of keys and values one client connection may have
+    /// stored in the server at once (the machine's physical memory unless
+    /// changed).
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.limits.max_bytes = bytes;
+        self
+    }
+
+    /// The largest shared segment the server creates for a client (the
+    /// machine's physical memory unless changed).
+    pub fn max_segment(mut self, bytes: u64) -> Self {
+        self.limits.max_segment = bytes;
+        self
+    }
+
     /// Starts the server process.
     pub fn start(self) -> Result<Manager> {
         let boot = ServerBoot::new()?;
@@ -171,6 +202,7 @@ impl ManagerBuilder {
             tcp: None,
             authkey: key.as_bytes().to_vec(),
             allow_root: self.allow_root,
+            limits: self.limits,
         };
         let mut p = Process::new(serve_with, (boot.clone(), options))
             .name("SyncManager")

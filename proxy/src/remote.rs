@@ -21,7 +21,7 @@ use multiproc_runtime::manager::protocol::{
     ArchivedResponse, Blob, Call, Method, ObjectId, Request, access_response, remote_error,
 };
 use multiproc_runtime::manager::{
-    ObjectKind, ServeOptions, Server, ServerAddress, ServerBoot, ShutdownHandle, TcpClient,
+    Limits, ObjectKind, ServeOptions, Server, ServerAddress, ServerBoot, ShutdownHandle, TcpClient,
     TcpOptions,
 };
 use multiproc_runtime::manager::{ServedObject, USER_OBJECT_BIT};
@@ -169,6 +169,7 @@ pub struct BaseManager<U = ()> {
     named: Vec<Named>,
     user_names: Vec<String>,
     max_frame: Option<u64>,
+    limits: Limits,
     _user: PhantomData<fn() -> U>,
 }
 
@@ -180,6 +181,7 @@ impl<U> Clone for BaseManager<U> {
             named: self.named.clone(),
             user_names: self.user_names.clone(),
             max_frame: self.max_frame,
+            limits: self.limits,
             _user: PhantomData,
         }
     }
@@ -191,6 +193,8 @@ impl<U> std::fmt::Debug for BaseManager<U> {
             .field("address", &self.address)
             .field("named", &self.named)
             .field("user_objects", &self.user_names)
+            .field("max_frame", &self.max_frame)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -210,6 +214,7 @@ impl BaseManager {
             named: Vec::new(),
             user_names: Vec::new(),
             max_frame: None,
+            limits: Limits::default(),
             _user: PhantomData,
         }
     }
@@ -229,6 +234,7 @@ impl<U: UserTypes> BaseManager<U> {
             named: self.named,
             user_names,
             max_frame: self.max_frame,
+            limits: self.limits,
             _user: PhantomData,
         }
     }
@@ -248,10 +254,37 @@ impl<U: UserTypes> BaseManager<U> {
         self
     }
 
-    /// The largest request the server accepts (64 MiB unless changed); a
-    /// client sending a longer one is disconnected.
+    /// The largest message (64 MiB unless changed): the server accepts
+    /// requests and sends responses up to this size, and a client connected
+    /// with it accepts responses up to it. A call whose request or response
+    /// is longer fails with [`Error::MessageTooLarge`]; the connection and
+    /// its objects are unharmed.
     pub fn max_frame(mut self, bytes: usize) -> Self {
         self.max_frame = Some(bytes as u64);
+        self
+    }
+
+    /// The most objects one client connection may have alive that it
+    /// created (about a million unless changed); one more is
+    /// [`Error::QuotaExceeded`]. See [`Limits`](multiproc_runtime::manager::Limits).
+    pub fn max_objects(mut self, objects: u64) -> Self {
+        self.limits.max_objects = objects;
+        self
+    }
+
+    /// The most bytes of keys and values one client connection may have
+    /// stored in the server at once (the machine's physical memory unless
+    /// changed); storing more is [`Error::QuotaExceeded`].
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.limits.max_bytes = bytes;
+        self
+    }
+
+    /// The largest shared segment the server creates for a client (the
+    /// machine's physical memory unless changed); a larger one is
+    /// [`Error::QuotaExceeded`].
+    pub fn max_segment(mut self, bytes: u64) -> Self {
+        self.limits.max_segment = bytes;
         self
     }
 
@@ -313,6 +346,7 @@ impl<U: UserTypes> BaseManager<U> {
             authkey: tcp.authkey.clone(),
             tcp: Some(tcp),
             allow_root: false,
+            limits: self.limits,
         })
     }
 
@@ -336,14 +370,28 @@ impl<U: UserTypes> BaseManager<U> {
         }
         let bound = self.socket_addr()?;
         let address = reachable(SocketAddr::new(bound.ip(), boot.tcp_port()));
-        RemoteManager::open(address, &self.key()?, Some(p))
+        self.open(address, Some(p))
     }
 
     /// Connects to a running server.
     ///
     /// A server that refuses the authkey is [`Error::Authentication`].
+    ///
+    /// This process shares one connection per server among its proxies.
+    /// If that connection broke (the server was restarted on the same
+    /// address, for example), `connect` makes a new one: proxies from the
+    /// new `RemoteManager` work, while those made before the break keep
+    /// failing with [`Error::ManagerGone`] (their objects went with the old
+    /// connection or the old server).
     pub fn connect(&self) -> Result<RemoteManager> {
-        RemoteManager::open(self.socket_addr()?, &self.key()?, None)
+        self.open(self.socket_addr()?, None)
+    }
+
+    fn open(&self, address: SocketAddr, process: Option<Process<()>>) -> Result<RemoteManager> {
+        if let Some(m) = self.max_frame {
+            client::set_max_message(address, usize::try_from(m).unwrap_or(usize::MAX));
+        }
+        RemoteManager::open(address, &self.key()?, process)
     }
 
     /// Binds a server in this process (with its named objects made);
@@ -557,8 +605,9 @@ impl RemoteManager {
                 process: Mutex::new(process),
             }),
         };
-        // Connect now: a wrong key or an absent server is an error here.
-        client::connection(&server)?;
+        // Connect now: a wrong key or an absent server is an error here,
+        // and a connection that broke is replaced.
+        client::checked_connection(&server)?;
         Ok(m)
     }
 

@@ -101,12 +101,56 @@ pub enum Error {
     /// A key was not present.
     #[error("key not found")]
     KeyNotFound,
+    /// A message (a manager request or response) is larger than the limit
+    /// that applies to it. Nothing was sent or changed for that call, and
+    /// the connection stays usable.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    MessageTooLarge {
+        /// The message's size in bytes.
+        size: usize,
+        /// The largest size allowed there.
+        limit: usize,
+    },
+    /// A manager server refused a request that would take the connection
+    /// (or one segment) past a limit it was configured with. Nothing was
+    /// created or stored, and the connection stays usable.
+    #[error("quota exceeded: at most {limit} {what}")]
+    QuotaExceeded {
+        /// Which limit.
+        what: Quota,
+        /// Its value.
+        limit: u64,
+    },
     /// A spawned child runs a different binary than its parent.
     #[error("binary mismatch: {0}")]
     BinaryMismatch(String),
     /// An operating-system call failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The limits a manager server sets on what one connection may hold (see
+/// [`Error::QuotaExceeded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Quota {
+    /// Objects created through one connection and still alive.
+    Objects,
+    /// Bytes of values stored through one connection (keys and values
+    /// still stored, and segments the server holds for it).
+    Bytes,
+    /// Bytes of one shared segment.
+    SegmentBytes,
+}
+
+impl std::fmt::Display for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Quota::Objects => "objects per connection",
+            Quota::Bytes => "bytes stored per connection",
+            Quota::SegmentBytes => "bytes per shared segment",
+        })
+    }
 }
 
 /// The crate's result type.

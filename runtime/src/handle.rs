@@ -65,6 +65,49 @@ pub fn for_own_child<R>(encode: impl FnOnce() -> R) -> R {
     out
 }
 
+/// What [`redirecting_segments`] calls for each segment handle encoded.
+type Redirect = dyn FnMut(&HandleRepr) -> Result<Option<HandleRepr>>;
+
+thread_local! {
+    static REDIRECT: RefCell<Option<Box<Redirect>>> = const { RefCell::new(None) };
+}
+
+/// Runs `encode` (which encodes something) with every shared segment
+/// handle it encodes passed to `redirect` first: `Ok(Some(repr))` is
+/// encoded instead, `Ok(None)` keeps the handle as it is, and an error
+/// fails the encoding.
+///
+/// A manager client uses this for values it stores in a manager: the
+/// server keeps the segments those values hold handles to alive, and the
+/// stored handles name the server's descriptors, so they can be opened
+/// after the storing process dropped its own handles or ended.
+pub fn redirecting_segments<R>(
+    redirect: impl FnMut(&HandleRepr) -> Result<Option<HandleRepr>> + 'static,
+    encode: impl FnOnce() -> R,
+) -> R {
+    /// Puts the previous redirect back, even if `encode` panics.
+    struct Restore(Option<Box<Redirect>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            let _ = REDIRECT.try_with(|r| *r.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(REDIRECT.with(|r| r.borrow_mut().replace(Box::new(redirect))));
+    encode()
+}
+
+/// Passes a segment handle being encoded through the current redirect, if any.
+pub(crate) fn redirect_segment(repr: HandleRepr) -> Result<HandleRepr> {
+    // Taken out while it runs: whatever it encodes itself is not redirected.
+    let Some(mut redirect) = REDIRECT.with(|r| r.borrow_mut().take()) else {
+        return Ok(repr);
+    };
+    let out = redirect(&repr);
+    REDIRECT.with(|r| *r.borrow_mut() = Some(redirect));
+    Ok(out?.unwrap_or(repr))
+}
+
 /// Runs `f` (which encodes something) and returns the descriptors of every
 /// handle it encoded, so they can be sent beside the bytes.
 pub(crate) fn collect_fds<R>(f: impl FnOnce() -> R) -> (R, Vec<(u64, OwnedFd)>) {
@@ -225,4 +268,47 @@ macro_rules! impl_share_handle {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::Segment;
+
+    #[test]
+    fn segment_handles_are_redirected_only_inside_redirecting_segments() {
+        let seg = Segment::create(64).unwrap();
+        let plain = seg.to_repr().unwrap();
+        let seen = std::rc::Rc::new(std::cell::Cell::new(0));
+        let counter = seen.clone();
+        let redirected = redirecting_segments(
+            move |repr: &HandleRepr| {
+                counter.set(counter.get() + 1);
+                // What the redirect encodes itself is not redirected again.
+                let inner = Segment::create(8)?.to_repr()?;
+                assert_eq!(inner.pid, sys::process::getpid());
+                Ok(Some(HandleRepr { pid: 1, ..*repr }))
+            },
+            || seg.to_repr().unwrap(),
+        );
+        assert_eq!(seen.get(), 1);
+        assert_eq!(redirected, HandleRepr { pid: 1, ..plain });
+        assert_eq!(seg.to_repr().unwrap(), plain, "no redirect outside");
+        // A redirect that declines keeps the handle; one that fails fails it.
+        assert_eq!(
+            redirecting_segments(|_: &HandleRepr| Ok(None), || seg.to_repr().unwrap()),
+            plain
+        );
+        let failed = redirecting_segments(
+            |_: &HandleRepr| Err(crate::Error::ManagerGone("test".into())),
+            || seg.to_repr(),
+        );
+        assert!(matches!(failed, Err(crate::Error::ManagerGone(_))));
+        // A panic inside does not leave the redirect behind.
+        let caught = std::panic::catch_unwind(|| {
+            redirecting_segments(|_: &HandleRepr| Ok(None), || panic!("inside"))
+        });
+        assert!(caught.is_err());
+        assert_eq!(seg.to_repr().unwrap(), plain);
+    }
 }

@@ -20,7 +20,7 @@ pub mod wire;
 
 pub use codec::Shareable;
 pub use connection::{Address, Connection, Listener, Pipe, SocketConnection, client, wait};
-pub use error::{Error, Result};
+pub use error::{Error, Quota, Result};
 pub use pool::{AsyncResult, Callbacks, IMapIterator, Pool, PoolBuilder, ThreadPool};
 pub use process::{
     AuthKey, ChildInfo, Context, CurrentProcess, ParentProcess, Process, StartMethod,

@@ -167,6 +167,13 @@ impl<T> SocketConnection<T> {
         self.reader.set_max_frame(max);
     }
 
+    /// Makes a message over [`SocketConnection::max_message`] from the peer
+    /// a failure of that receive alone ([`Error::MessageTooLarge`], after
+    /// its bytes were read and thrown away) instead of the connection's end.
+    pub(crate) fn set_skip_oversized(&mut self, skip: bool) {
+        self.reader.set_skip_oversized(skip);
+    }
+
     /// Sends `bytes` as one message (Python's `send_bytes`).
     ///
     /// Blocks until the kernel took all of it (the peer reading, or dying,
@@ -285,7 +292,7 @@ impl<T> SocketConnection<T> {
             if let Some(frame) = self.reader.next_buffered()? {
                 return Ok(frame);
             }
-            if self.reader.buffered() > 0 && !wait_readable(stream.fd(), Deadline::after(stall))? {
+            if self.reader.inside_frame() && !wait_readable(stream.fd(), Deadline::after(stall))? {
                 return Err(Error::Timeout(stall));
             }
             // Blocking read: between messages it waits for the next one.

@@ -157,10 +157,10 @@ impl Channel {
     fn write(&self, response: bool, msg: &[u8], keep: &mut Option<Segment>) -> Result<u64> {
         *keep = None;
         if msg.len() > MAX_MESSAGE {
-            return Err(Error::InvalidArgument(format!(
-                "a manager message of {} bytes is too large",
-                msg.len()
-            )));
+            return Err(Error::MessageTooLarge {
+                size: msg.len(),
+                limit: MAX_MESSAGE,
+            });
         }
         let slot = self.slot(response);
         if msg.len() <= self.slot_size {
@@ -172,7 +172,8 @@ impl Channel {
         let seg = Segment::create(msg.len())?;
         // SAFETY: the new segment is exactly `msg.len()` bytes and ours alone.
         unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), seg.as_ptr(), msg.len()) };
-        let repr = seg.to_repr_with(0, msg.len() as u64)?.encode()?;
+        // Never redirected: the overflow segment is ours alone.
+        let repr = crate::handle::encode_fd(seg.id(), seg.fd(), 0, msg.len() as u64)?.encode()?;
         // SAFETY: an encoded handle is far smaller than a slot (at least 4 KiB).
         unsafe { std::ptr::copy_nonoverlapping(repr.as_ptr(), slot, repr.len()) };
         *keep = Some(seg);

@@ -4,6 +4,12 @@
 //! encoded bytes: user data is never decoded. Any request that is malformed,
 //! names an unknown object or method, or lacks an argument gets an error
 //! response.
+//!
+//! Every response fits the connection's limit: a method whose answer would
+//! not is an error (`TooLarge`), and one that takes a value out (`pop`,
+//! `remove`, a queue's `get`) checks the answer before it takes the value,
+//! so nothing is lost. Storing methods are charged to the connection's
+//! quota first (see the table), and change nothing when refused.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,9 +18,10 @@ use parking_lot::Mutex;
 use rkyv::util::AlignedVec;
 
 use crate::deadline::Deadline;
+use crate::handle::HandleRepr;
 use crate::manager::protocol::{
     ArchivedBlob, ArchivedCall, ArchivedObjectKind, ArchivedRequest, Method, ObjectId, ObjectKind,
-    RemoteError, Response, access_request, encode_response,
+    QuotaKind, RemoteError, Response, access_request, encode_response,
 };
 use crate::manager::table::{Attr, ConnRefs, Data, Stored, Table};
 use crate::manager::waitable::{Peer, Take, Waitable, deadline_of};
@@ -47,6 +54,24 @@ fn emit_err(out: &mut AlignedVec, e: RemoteError) {
     emit(out, &Response::Error(e));
 }
 
+/// `TooLarge` if the response in `out` is longer than `limit`.
+fn fits(out: &AlignedVec, limit: usize) -> Result<(), RemoteError> {
+    if out.len() > limit {
+        return Err(RemoteError::TooLarge {
+            size: out.len() as u64,
+            limit: limit as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Replaces a response longer than `limit` by the error saying so.
+pub(crate) fn too_large(out: &mut AlignedVec, limit: usize) {
+    if let Err(e) = fits(out, limit) {
+        emit_err(out, e);
+    }
+}
+
 fn kind_of(k: &ArchivedObjectKind) -> ObjectKind {
     match k {
         ArchivedObjectKind::Dict => ObjectKind::Dict,
@@ -77,13 +102,15 @@ fn kind_name(k: ObjectKind) -> &'static str {
     }
 }
 
-/// Handles one encoded request, writing the encoded response into `out`.
+/// Handles one encoded request, writing the encoded response into `out`
+/// (at most `limit` bytes: the largest message the peer accepts).
 pub(crate) fn handle(
     table: &Mutex<Table>,
     conn: &mut ConnRefs,
     peer: &Peer<'_>,
     request: &[u8],
     out: &mut AlignedVec,
+    limit: usize,
 ) -> After {
     let req = match access_request(request) {
         Ok(r) => r,
@@ -122,34 +149,38 @@ pub(crate) fn handle(
                     }
                 },
             };
-            let id = table
-                .lock()
-                .insert(conn, kind, fingerprint.to_native(), type_name, data);
-            emit(out, &Response::Created(id));
+            let id = table.lock().insert(
+                conn,
+                peer.id,
+                kind,
+                fingerprint.to_native(),
+                type_name,
+                data,
+                0,
+            );
+            match id {
+                Ok(id) => emit(out, &Response::Created(id)),
+                Err(e) => emit_err(out, e),
+            }
         }
         ArchivedRequest::CreateShm(spec) => {
             let spec = match rkyv::deserialize::<crate::shm::ShmSpec, rkyv::rancor::Error>(spec) {
                 Ok(s) => s,
                 Err(e) => return malformed(out, e),
             };
-            match spec.create() {
-                Ok((seg, repr)) => {
-                    let object = table.lock().insert(
-                        conn,
-                        ObjectKind::Segment,
-                        spec.fingerprint,
-                        "shared segment",
-                        Data::Segment(seg),
-                    );
-                    emit(
-                        out,
-                        &Response::Handle {
-                            object,
-                            handle: repr,
-                        },
-                    );
-                }
-                Err(e) => emit_err(out, RemoteError::Failed(e.to_string())),
+            match create_shm(table, conn, peer, &spec) {
+                Ok((object, handle)) => emit(out, &Response::Handle { object, handle }),
+                Err(e) => emit_err(out, e),
+            }
+        }
+        ArchivedRequest::AdoptShm { handle } => {
+            let repr = match rkyv::deserialize::<HandleRepr, rkyv::rancor::Error>(handle) {
+                Ok(r) => r,
+                Err(e) => return malformed(out, e),
+            };
+            match adopt_shm(table, conn, peer, &repr) {
+                Ok((object, handle)) => emit(out, &Response::Handle { object, handle }),
+                Err(e) => emit_err(out, e),
             }
         }
         ArchivedRequest::Attach {
@@ -201,8 +232,8 @@ pub(crate) fn handle(
             let waitable =
                 Method::from_u32(call.method.to_native()).filter(|m| m.is_waitable_kind());
             let done = match waitable {
-                Some(method) => waitable_call(table, conn, peer, call, method, out),
-                None => call_method(&mut table.lock(), conn, call, out),
+                Some(method) => waitable_call(table, conn, peer, call, method, out, limit),
+                None => call_method(&mut table.lock(), conn, peer.id, call, out, limit),
             };
             if let Err(e) = done {
                 emit_err(out, e);
@@ -218,6 +249,112 @@ pub(crate) fn handle(
         }
     }
     After::Continue
+}
+
+/// Creates a segment from `spec` for connection `peer`, within its limits;
+/// the server keeps only its descriptor, until the creator released it.
+fn create_shm(
+    table: &Mutex<Table>,
+    conn: &mut ConnRefs,
+    peer: &Peer<'_>,
+    spec: &crate::shm::ShmSpec,
+) -> Result<(ObjectId, HandleRepr), RemoteError> {
+    let size = spec
+        .total_len()
+        .map_err(|e| RemoteError::Failed(e.to_string()))?;
+    {
+        let t = table.lock();
+        let max = t.limits().max_segment;
+        if size > max {
+            return Err(RemoteError::QuotaExceeded {
+                what: QuotaKind::SegmentBytes,
+                limit: max,
+            });
+        }
+        t.check_object(peer.id, size)?;
+    }
+    // Made without the table's lock: mapping a segment to write its header
+    // takes a while, and nothing of the table is needed for it.
+    let (fd, handle) = spec
+        .create_held()
+        .map_err(|e| RemoteError::Failed(format!("cannot create the segment: {e}")))?;
+    let object = table.lock().insert(
+        conn,
+        peer.id,
+        ObjectKind::Segment,
+        spec.fingerprint,
+        "shared segment",
+        Data::Segment { id: handle.id, fd },
+        size,
+    )?;
+    Ok((object, handle))
+}
+
+/// Keeps a segment this server created alive for a value connection `peer`
+/// is about to store (see `Request::AdoptShm`).
+fn adopt_shm(
+    table: &Mutex<Table>,
+    conn: &mut ConnRefs,
+    peer: &Peer<'_>,
+    theirs: &HandleRepr,
+) -> Result<(ObjectId, HandleRepr), RemoteError> {
+    // Only a local client's own descriptors: the server opens them through
+    // /proc, which means nothing for a client on another host.
+    if peer.pid != Some(theirs.pid) {
+        return Err(RemoteError::Failed(
+            "only a local client's own segment handles can be kept by the server".into(),
+        ));
+    }
+    if let Some(object) = adopt_existing(&mut table.lock(), conn, theirs.id)? {
+        return Ok(object);
+    }
+    let failed = |e: &dyn std::fmt::Display| {
+        RemoteError::Failed(format!("cannot keep segment {:016x}: {e}", theirs.id))
+    };
+    let fd =
+        crate::sys::memfd::open_foreign_segment(theirs.pid, theirs.fd).map_err(|e| failed(&e))?;
+    use std::os::fd::AsFd;
+    if !crate::shm::created_here(fd.as_fd()).map_err(|e| failed(&e))? {
+        return Err(failed(&"it is not a segment this manager created"));
+    }
+    let size = crate::sys::memfd::file_len(fd.as_fd()).map_err(|e| failed(&e))?;
+    let ours = crate::handle::encode_fd(theirs.id, fd.as_fd(), 0, 0).map_err(|e| failed(&e))?;
+    let mut t = table.lock();
+    // Another request may have kept it meanwhile: one object per segment.
+    if let Some(object) = adopt_existing(&mut t, conn, theirs.id)? {
+        return Ok(object);
+    }
+    let object = t.insert(
+        conn,
+        peer.id,
+        ObjectKind::Segment,
+        0,
+        "shared segment",
+        Data::Segment { id: theirs.id, fd },
+        size,
+    )?;
+    Ok((object, ours))
+}
+
+/// A new reference on `conn` to the object already holding segment `id`.
+fn adopt_existing(
+    t: &mut Table,
+    conn: &mut ConnRefs,
+    segment: u64,
+) -> Result<Option<(ObjectId, HandleRepr)>, RemoteError> {
+    let Some(object) = t.segment_object(segment) else {
+        return Ok(None);
+    };
+    let handle = match &t.get_mut(object)?.data {
+        Data::Segment { id, fd } => {
+            use std::os::fd::AsFd;
+            crate::handle::encode_fd(*id, fd.as_fd(), 0, 0)
+                .map_err(|e| RemoteError::Failed(e.to_string()))?
+        }
+        _ => return Err(wrong_shape()),
+    };
+    t.add_ref(conn, object)?;
+    Ok(Some((object, handle)))
 }
 
 fn malformed(out: &mut AlignedVec, e: impl std::fmt::Display) -> After {
@@ -269,28 +406,49 @@ fn resolve(index: i64, len: usize, allow_end: bool) -> Result<usize, RemoteError
     Ok(i as usize)
 }
 
-/// Stores `value`'s references, running `op`; undoes them if `op` fails.
+/// Stores values charged `charge` bytes to connection `owner` and holding
+/// references to `refs`, running `op`: refused (changing nothing) past the
+/// connection's quota, and undone if `op` fails. `credit` is what the
+/// values `op` replaces charged `owner` (given back once the call ends).
 fn storing<R>(
     t: &mut Table,
+    owner: u64,
+    (charge, credit): (u64, u64),
     refs: &[ObjectId],
     op: impl FnOnce(&mut Table) -> Result<R, RemoteError>,
 ) -> Result<R, RemoteError> {
-    if refs.is_empty() {
-        return op(t);
+    t.check_bytes(owner, charge.saturating_sub(credit))?;
+    if !refs.is_empty() {
+        t.incref_all(refs)?;
     }
-    t.incref_all(refs)?;
     let r = op(t);
-    if r.is_err() {
-        t.decref_all(refs.iter().copied());
+    match &r {
+        Ok(_) => t.add_charge(owner, charge),
+        Err(_) if !refs.is_empty() => t.decref_all(refs.iter().copied()),
+        Err(_) => {}
     }
     r
+}
+
+/// What `old`, about to be replaced, charged `owner` (0 if someone else).
+fn credit(old: Option<&Stored>, owner: u64) -> u64 {
+    old.filter(|s| s.owner == owner).map_or(0, |s| s.charge)
+}
+
+/// What the values stored by a call hold: bytes charged and references.
+fn load(items: &[Stored]) -> (u64, Vec<ObjectId>) {
+    let charge = items.iter().map(|s| s.charge).sum();
+    let refs = items.iter().flat_map(|s| s.refs.iter().copied()).collect();
+    (charge, refs)
 }
 
 fn call_method(
     t: &mut Table,
     conn: &mut ConnRefs,
+    owner: u64,
     call: &ArchivedCall<'_>,
     out: &mut AlignedVec,
+    limit: usize,
 ) -> Result<(), RemoteError> {
     let id = call.object.to_native();
     let number = call.method.to_native();
@@ -305,11 +463,12 @@ fn call_method(
     data_of(t, id, method, number)?;
     let key = || need(call.key.as_ref(), "key");
     let value = || need(call.value.as_ref(), "value");
-    // References to hand to the connection after the response is encoded,
-    // and references to drop (values overwritten or cleared).
+    // References to hand to the connection after the response is encoded
+    // (and checked to fit), values taken out and handed to it, and values
+    // dropped (overwritten or cleared).
     let mut give: Vec<ObjectId> = Vec::new();
-    let mut drop_refs: Vec<ObjectId> = Vec::new();
-    let mut moved: Vec<ObjectId> = Vec::new();
+    let mut taken: Vec<Stored> = Vec::new();
+    let mut gone: Vec<Stored> = Vec::new();
     use Method::*;
     match method {
         DictGet => {
@@ -325,12 +484,12 @@ fn call_method(
         }
         DictInsert => {
             let (k, v) = (key()?, value()?);
-            let entry = Stored::entry(k, v);
-            storing(t, &entry.refs.clone(), |t| {
+            let entry = Stored::entry(k, v, owner);
+            let freed = credit(dict_of(t, id)?.get(&*k.bytes), owner);
+            let (charge, refs) = (entry.charge, entry.refs.clone());
+            storing(t, owner, (charge, freed), &refs, |t| {
                 let d = dict_of(t, id)?;
-                if let Some(old) = put(d, &k.bytes, entry) {
-                    drop_refs.extend_from_slice(&old.refs);
-                }
+                gone.extend(put(d, &k.bytes, entry));
                 Ok(())
             })?;
             emit(out, &Response::Unit);
@@ -338,10 +497,12 @@ fn call_method(
         DictRemove => {
             let k = key()?;
             let d = dict_of(t, id)?;
-            match d.remove(&*k.bytes) {
+            match d.get(&*k.bytes) {
                 Some(s) => {
-                    moved.extend_from_slice(&s.refs);
-                    emit_stored(out, &s);
+                    // Answered before it is taken: too large to send, it stays.
+                    emit_stored(out, s);
+                    fits(out, limit)?;
+                    taken.extend(d.remove(&*k.bytes));
                 }
                 None => emit(out, &no_value()),
             }
@@ -384,18 +545,23 @@ fn call_method(
             let pairs: Vec<(&ArchivedBlob<'_>, Stored)> = call
                 .batch
                 .chunks(2)
-                .map(|kv| (&kv[0], Stored::entry(&kv[0], &kv[1])))
+                .map(|kv| (&kv[0], Stored::entry(&kv[0], &kv[1], owner)))
                 .collect();
+            let charge = pairs.iter().map(|(_, s)| s.charge).sum();
+            let freed = {
+                let d = dict_of(t, id)?;
+                let keys: std::collections::HashSet<&[u8]> =
+                    pairs.iter().map(|(k, _)| &*k.bytes).collect();
+                keys.into_iter().map(|k| credit(d.get(k), owner)).sum()
+            };
             let refs: Vec<ObjectId> = pairs
                 .iter()
                 .flat_map(|(_, s)| s.refs.iter().copied())
                 .collect();
-            storing(t, &refs, |t| {
+            storing(t, owner, (charge, freed), &refs, |t| {
                 let d = dict_of(t, id)?;
                 for (k, s) in pairs {
-                    if let Some(old) = d.insert(Box::from(&*k.bytes), s) {
-                        drop_refs.extend_from_slice(&old.refs);
-                    }
+                    gone.extend(d.insert(Box::from(&*k.bytes), s));
                 }
                 Ok(())
             })?;
@@ -403,45 +569,48 @@ fn call_method(
         }
         DictClear | ListClear => {
             match data_of(t, id, method, number)? {
-                Data::Dict(d) => d.drain().for_each(|(_, s)| drop_refs.extend(s.refs)),
-                Data::List(l) => l.drain(..).for_each(|s| drop_refs.extend(s.refs)),
+                Data::Dict(d) => gone.extend(d.drain().map(|(_, s)| s)),
+                Data::List(l) => gone.append(l),
                 _ => return Err(wrong_shape()),
             }
             emit(out, &Response::Unit);
         }
         DictSetDefault => {
             let (k, v) = (key()?, value()?);
-            let entry = Stored::entry(k, v);
-            let present = {
-                let d = dict_of(t, id)?;
-                d.contains_key(&*k.bytes)
-            };
-            if !present {
-                storing(t, &entry.refs.clone(), |t| {
-                    let d = dict_of(t, id)?;
-                    d.insert(Box::from(&*k.bytes), entry);
+            let present = dict_of(t, id)?.contains_key(&*k.bytes);
+            if present {
+                let s = dict_of(t, id)?
+                    .get(&*k.bytes)
+                    .ok_or(RemoteError::KeyNotFound)?;
+                give.extend_from_slice(&s.refs);
+                emit_stored(out, s);
+            } else {
+                let entry = Stored::entry(k, v, owner);
+                // The answer is the value stored: checked before storing it.
+                emit_stored(out, &entry);
+                fits(out, limit)?;
+                let (charge, refs) = (entry.charge, entry.refs.clone());
+                storing(t, owner, (charge, 0), &refs, |t| {
+                    dict_of(t, id)?.insert(Box::from(&*k.bytes), entry);
                     Ok(())
                 })?;
+                give.extend_from_slice(&refs);
             }
-            let d = dict_of(t, id)?;
-            let s = d.get(&*k.bytes).ok_or(RemoteError::KeyNotFound)?;
-            give.extend_from_slice(&s.refs);
-            emit_stored(out, s);
         }
         DictCompareAndSwap => {
             let (k, v) = (key()?, value()?);
             let expected = call.expected.as_ref().map(|e| &*e.bytes);
-            let entry = Stored::entry(k, v);
+            let entry = Stored::entry(k, v, owner);
             let matches = {
                 let d = dict_of(t, id)?;
                 d.get(&*k.bytes).map(|s| &*s.bytes) == expected
             };
             if matches {
-                storing(t, &entry.refs.clone(), |t| {
+                let freed = credit(dict_of(t, id)?.get(&*k.bytes), owner);
+                let (charge, refs) = (entry.charge, entry.refs.clone());
+                storing(t, owner, (charge, freed), &refs, |t| {
                     let d = dict_of(t, id)?;
-                    if let Some(old) = put(d, &k.bytes, entry) {
-                        drop_refs.extend_from_slice(&old.refs);
-                    }
+                    gone.extend(put(d, &k.bytes, entry));
                     Ok(())
                 })?;
                 emit(
@@ -470,12 +639,15 @@ fn call_method(
         }
         ListPush | ListExtend => {
             let items: Vec<Stored> = if method == ListPush {
-                vec![Stored::from_blob(value()?)]
+                vec![Stored::from_blob(value()?, owner)]
             } else {
-                call.batch.iter().map(Stored::from_blob).collect()
+                call.batch
+                    .iter()
+                    .map(|b| Stored::from_blob(b, owner))
+                    .collect()
             };
-            let refs: Vec<ObjectId> = items.iter().flat_map(|s| s.refs.iter().copied()).collect();
-            storing(t, &refs, |t| {
+            let (charge, refs) = load(&items);
+            storing(t, owner, (charge, 0), &refs, |t| {
                 let l = list_of(t, id)?;
                 l.extend(items);
                 Ok(())
@@ -489,15 +661,23 @@ fn call_method(
             emit_stored(out, s);
         }
         ListSet | ListInsert => {
-            let item = Stored::from_blob(value()?);
-            storing(t, &item.refs.clone(), |t| {
+            let item = Stored::from_blob(value()?, owner);
+            let freed = match method {
+                ListSet => {
+                    let l = list_of(t, id)?;
+                    let i = resolve(call.index.to_native(), l.len(), false).ok();
+                    credit(i.and_then(|i| l.get(i)), owner)
+                }
+                _ => 0,
+            };
+            let (charge, refs) = (item.charge, item.refs.clone());
+            storing(t, owner, (charge, freed), &refs, |t| {
                 let l = list_of(t, id)?;
                 let i = resolve(call.index.to_native(), l.len(), method == ListInsert)?;
                 if method == ListInsert {
                     l.insert(i, item);
                 } else {
-                    let old = std::mem::replace(&mut l[i], item);
-                    drop_refs.extend_from_slice(&old.refs);
+                    gone.push(std::mem::replace(&mut l[i], item));
                 }
                 Ok(())
             })?;
@@ -509,9 +689,11 @@ fn call_method(
             if l.is_empty() && index == -1 {
                 emit(out, &no_value());
             } else {
-                let s = l.remove(resolve(index, l.len(), false)?);
-                moved.extend_from_slice(&s.refs);
-                emit_stored(out, &s);
+                let i = resolve(index, l.len(), false)?;
+                // Answered before it is taken: too large to send, it stays.
+                emit_stored(out, &l[i]);
+                fits(out, limit)?;
+                taken.push(l.remove(i));
             }
         }
         ListRemove | ListIndex => {
@@ -520,7 +702,7 @@ fn call_method(
             let found = l.iter().position(|s| *s.bytes == *v.bytes);
             match (method, found) {
                 (ListRemove, Some(i)) => {
-                    drop_refs.extend_from_slice(&l.remove(i).refs);
+                    gone.push(l.remove(i));
                     emit(out, &Response::Bool(true));
                 }
                 (ListRemove, None) => emit(out, &Response::Bool(false)),
@@ -555,16 +737,18 @@ fn call_method(
             match method {
                 NsSet => {
                     let v = value()?;
+                    let mut value = Stored::from_blob(v, owner);
+                    value.charge += name.len() as u64;
+                    let (charge, refs) = (value.charge, value.refs.clone());
+                    let freed = credit(namespace_of(t, id)?.get(name).map(|a| &a.value), owner);
                     let attr = Attr {
                         fingerprint: call.fingerprint.to_native(),
                         type_name: Box::from(&*call.type_name),
-                        value: Stored::from_blob(v),
+                        value,
                     };
-                    storing(t, &attr.value.refs.clone(), |t| {
+                    storing(t, owner, (charge, freed), &refs, |t| {
                         let ns = namespace_of(t, id)?;
-                        if let Some(old) = ns.insert(name.to_string(), attr) {
-                            drop_refs.extend_from_slice(&old.value.refs);
-                        }
+                        gone.extend(ns.insert(name.to_string(), attr).map(|old| old.value));
                         Ok(())
                     })?;
                     emit(out, &Response::Unit);
@@ -590,7 +774,7 @@ fn call_method(
                 NsDelete => {
                     let ns = namespace_of(t, id)?;
                     let old = ns.remove(name).ok_or(RemoteError::KeyNotFound)?;
-                    drop_refs.extend_from_slice(&old.value.refs);
+                    gone.push(old.value);
                     emit(out, &Response::Unit);
                 }
                 _ => {
@@ -613,11 +797,13 @@ fn call_method(
         // Handled by `waitable_call` (and refused by `data_of` above).
         _ => return Err(wrong_shape()),
     }
+    // Methods that change something answer briefly or checked above; a
+    // read whose answer is too large is refused here, before the
+    // connection takes the references it would have carried.
+    fits(out, limit)?;
     t.incref_for(conn, &give);
-    t.transfer_to(conn, &moved);
-    if !drop_refs.is_empty() {
-        t.decref_all(drop_refs);
-    }
+    t.hand_over(conn, taken);
+    t.drop_stored(gone);
     Ok(())
 }
 
@@ -637,6 +823,7 @@ fn waitable_call(
     call: &ArchivedCall<'_>,
     method: Method,
     out: &mut AlignedVec,
+    limit: usize,
 ) -> Result<(), RemoteError> {
     let id = call.object.to_native();
     let mut t = table.lock();
@@ -705,21 +892,27 @@ fn waitable_call(
         BarrierWaiting => Response::Len(w.barrier_status()?.1),
         BarrierBroken => Response::Bool(w.barrier_status()?.2),
         QueuePut => {
-            let item = Stored::from_blob(need(call.value.as_ref(), "value")?);
-            let refs = item.refs.clone();
-            storing(&mut t, &refs, |_| match w.queue_put(item)? {
-                Ok(()) => Ok(()),
-                Err(_) => Err(RemoteError::Full),
+            let item = Stored::from_blob(need(call.value.as_ref(), "value")?, peer.id);
+            let (charge, refs) = (item.charge, item.refs.clone());
+            storing(&mut t, peer.id, (charge, 0), &refs, |_| {
+                match w.queue_put(item)? {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(RemoteError::Full),
+                }
             })?;
             Response::Unit
         }
         QueueGet => {
-            let Some(item) = w.queue_get()? else {
+            // Answered before it is taken: too large to send, it stays queued.
+            let taken = w.queue_get(|front| {
+                emit_stored(out, front);
+                fits(out, limit)
+            })?;
+            let Some(item) = taken else {
                 return Err(RemoteError::Empty);
             };
-            emit_stored(out, &item);
             // The references the queued value held now belong to the getter.
-            t.transfer_to(conn, &item.refs);
+            t.hand_over(conn, vec![item]);
             return Ok(());
         }
         QueueLen => Response::Len(w.queue_status()?.0),

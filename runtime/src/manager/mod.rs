@@ -25,6 +25,9 @@ mod waitable;
 
 pub use protocol::{LocalAddress, ObjectId, ObjectKind, ServerAddress};
 pub use remote::{TcpClient, TcpOptions};
-pub use server::{ServeOptions, Server, ServerBoot, ShutdownHandle, serve, serve_with};
+pub use server::{
+    DEFAULT_MAX_OBJECTS, Limits, ServeOptions, Server, ServerBoot, ShutdownHandle, serve,
+    serve_with,
+};
 pub use table::PIN_TIMEOUT;
 pub use user::{CallError, ServedObject, USER_OBJECT_BIT};

@@ -17,7 +17,7 @@
 use rkyv::with::{InlineAsBox, Map};
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Quota, Result};
 use crate::handle::HandleRepr;
 use crate::shm::ShmSpec;
 use crate::sys;
@@ -434,6 +434,17 @@ pub enum Request<'a> {
         /// How many references.
         count: u64,
     },
+    /// Keeps a segment this server created alive for a value about to be
+    /// stored: `handle` is the client's own handle to it (its pid and
+    /// descriptor). Answered with a `Handle`: the object that now holds the
+    /// segment (the connection holds one reference to it, to release once
+    /// the value is stored, which names the object among its refs) and a
+    /// handle through the server's own descriptor, to encode instead. A
+    /// segment the server did not create is refused.
+    AdoptShm {
+        /// The client's handle to the segment.
+        handle: HandleRepr,
+    },
     /// Takes an in-flight reference (for a proxy being encoded), answered with its token.
     Pin {
         /// The object.
@@ -508,6 +519,43 @@ pub enum RemoteError {
     WouldBlock,
     /// The object cannot do that in its state (releasing an unlocked lock).
     InvalidState(String),
+    /// The request or its response is larger than the connection allows.
+    TooLarge {
+        /// The message's size in bytes.
+        size: u64,
+        /// The largest size allowed.
+        limit: u64,
+    },
+    /// The request would take the connection past one of the server's limits.
+    QuotaExceeded {
+        /// Which limit.
+        what: QuotaKind,
+        /// Its value.
+        limit: u64,
+    },
+}
+
+/// Which limit a [`RemoteError::QuotaExceeded`] names (as [`Quota`]).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(crate = rkyv, derive(Debug))]
+#[repr(u8)]
+pub enum QuotaKind {
+    /// Objects created through one connection.
+    Objects,
+    /// Bytes stored through one connection.
+    Bytes,
+    /// Bytes of one shared segment.
+    SegmentBytes,
+}
+
+impl From<QuotaKind> for Quota {
+    fn from(q: QuotaKind) -> Quota {
+        match q {
+            QuotaKind::Objects => Quota::Objects,
+            QuotaKind::Bytes => Quota::Bytes,
+            QuotaKind::SegmentBytes => Quota::SegmentBytes,
+        }
+    }
 }
 
 impl From<RemoteError> for Error {
@@ -536,6 +584,14 @@ impl From<RemoteError> for Error {
             RemoteError::WouldBlock => Error::WouldBlock,
             RemoteError::InvalidState(m) => Error::InvalidState(m),
             RemoteError::Failed(m) => Error::Remote(m),
+            RemoteError::TooLarge { size, limit } => Error::MessageTooLarge {
+                size: usize::try_from(size).unwrap_or(usize::MAX),
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            },
+            RemoteError::QuotaExceeded { what, limit } => Error::QuotaExceeded {
+                what: what.into(),
+                limit,
+            },
         }
     }
 }

@@ -8,10 +8,15 @@
 //! messages as the local channel travel as length-prefixed frames
 //! ([`crate::wire::frame`]), one request answered at a time.
 //!
-//! Everything read from the network is checked before use: a frame longer
-//! than the configured maximum is refused from its length prefix alone
-//! (nothing is allocated for it) and ends the connection; a frame that is
-//! not a valid request gets an error response. One thread serves each
+//! Everything read from the network is checked before use. The hellos
+//! both sides exchange after the handshake carry the largest message each
+//! accepts: a client refuses a request too large for the server before
+//! sending it, the server answers a response too large for the client with
+//! an error instead, and a frame over the maximum that arrives anyway is
+//! read and thrown away (nothing is allocated for it) and answered with an
+//! error. Each is [`Error::MessageTooLarge`] for that call only: the
+//! connection, and the objects it holds, live on. A frame that is not a
+//! valid request gets an error response. One thread serves each
 //! connection, so a slow or hostile client never holds up the others, and
 //! the references a connection took go when it ends (closed, reset, the
 //! server shutting down, or the peer's host silent for about 25 s: TCP
@@ -62,26 +67,36 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// host is noticed within about 25 s).
 const KEEPALIVE_COUNT: u32 = 3;
 
-/// The first frame after the handshake, both ways: magic and the version
-/// of the request/response messages, so a client and a server of different
-/// builds refuse each other instead of misreading each other's messages.
+/// The first frame after the handshake, both ways: magic, the version of
+/// the request/response messages (so a client and a server of different
+/// builds refuse each other instead of misreading each other's messages),
+/// and the largest message the sender accepts.
 const TCP_HELLO: &[u8; 4] = b"MPMT";
 /// The version of the manager's TCP messages (bump on any change to
-/// `protocol.rs`'s encoded types).
-pub const TCP_PROTOCOL_VERSION: u32 = 2;
+/// `protocol.rs`'s encoded types or to the hello).
+pub const TCP_PROTOCOL_VERSION: u32 = 3;
 
-fn hello_frame() -> [u8; 8] {
-    let mut f = [0u8; 8];
+fn hello_frame(max_message: usize) -> [u8; 16] {
+    let mut f = [0u8; 16];
     f[..4].copy_from_slice(TCP_HELLO);
-    f[4..].copy_from_slice(&TCP_PROTOCOL_VERSION.to_le_bytes());
+    f[4..8].copy_from_slice(&TCP_PROTOCOL_VERSION.to_le_bytes());
+    f[8..].copy_from_slice(&(max_message as u64).to_le_bytes());
     f
 }
 
 /// The version a hello frame names, if it is one.
 fn hello_version(frame: &[u8]) -> Option<u32> {
-    let (magic, version) = frame.split_first_chunk::<4>()?;
-    let version: &[u8; 4] = version.try_into().ok()?;
+    let (magic, rest) = frame.split_first_chunk::<4>()?;
+    let (version, _) = rest.split_first_chunk::<4>()?;
     (magic == TCP_HELLO).then(|| u32::from_le_bytes(*version))
+}
+
+/// The largest message the sender of a hello of this version accepts.
+fn hello_max_message(frame: &[u8]) -> Option<usize> {
+    let max = frame.get(8..16)?;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(max);
+    Some(usize::try_from(u64::from_le_bytes(b)).unwrap_or(usize::MAX))
 }
 
 fn watch_liveness<T>(conn: &SocketConnection<T>) {
@@ -108,7 +123,9 @@ pub struct TcpOptions {
     pub address: SocketAddr,
     /// The shared secret clients must prove they know.
     pub authkey: Vec<u8>,
-    /// The longest request accepted, in bytes; a longer one closes the connection.
+    /// The longest request accepted, and response sent, in bytes (at least
+    /// [`MIN_MAX_MESSAGE`]); a longer one fails that call with
+    /// [`Error::MessageTooLarge`].
     pub max_frame: u64,
     /// How long a new client has to complete the handshake and its hello,
     /// in milliseconds (the server closes it after that).
@@ -144,9 +161,15 @@ impl TcpOptions {
     }
 
     fn max_frame(&self) -> usize {
-        usize::try_from(self.max_frame).unwrap_or(usize::MAX)
+        usize::try_from(self.max_frame)
+            .unwrap_or(usize::MAX)
+            .max(MIN_MAX_MESSAGE)
     }
 }
+
+/// The least a side may set as its largest message: every error answer
+/// and small request fits.
+pub const MIN_MAX_MESSAGE: usize = 4096;
 
 /// A bound TCP listener of a manager server.
 pub(crate) struct TcpServer {
@@ -260,7 +283,9 @@ fn serve_tcp_connection(
     // client reports it).
     let hello = FrameTransport::recv_frame(&mut conn, 64, handshake);
     let version = hello.as_deref().ok().and_then(hello_version);
-    if conn.send_bytes(&hello_frame()).is_err() || version != Some(TCP_PROTOCOL_VERSION) {
+    let peer_max = hello.as_deref().ok().and_then(hello_max_message);
+    let sent = conn.send_bytes(&hello_frame(options.max_frame()));
+    let (Ok(()), Some(TCP_PROTOCOL_VERSION), Some(peer_max)) = (sent, version, peer_max) else {
         drop(conn);
         tracing::warn!(
             ?version,
@@ -268,11 +293,16 @@ fn serve_tcp_connection(
             "manager refused a TCP client of another protocol version"
         );
         return;
-    }
+    };
     // Authenticated: no longer counted at the gate.
     drop(ticket);
     let stall = Duration::from_millis(options.frame_stall_ms.max(1));
     conn.set_max_message(options.max_frame());
+    // An oversized request fails alone; the connection stays in step.
+    conn.set_skip_oversized(true);
+    // What the client accepts, and what this server sends (an error
+    // answer always goes: a client claiming less is misbehaving).
+    let response_limit = peer_max.max(MIN_MAX_MESSAGE).min(options.max_frame());
     // A client whose host vanished (no FIN ever comes) still ends, and its
     // references go.
     watch_liveness(&conn);
@@ -304,6 +334,7 @@ fn serve_tcp_connection(
     let peer = Peer {
         id: state.connection_id(),
         gone: &gone,
+        pid: None,
     };
     state.tcp_conns.lock().insert(key, closer);
     let mut refs = ConnRefs::new();
@@ -324,6 +355,20 @@ fn serve_tcp_connection(
                 );
                 break e;
             }
+            Err(Error::MessageTooLarge { size, limit }) => {
+                // Read and thrown away: the call fails, the connection lives.
+                let refused = Response::Error(RemoteError::TooLarge {
+                    size: size as u64,
+                    limit: limit as u64,
+                });
+                let mut buf = std::mem::take(&mut response);
+                buf.clear();
+                response = encode_response(&refused, buf).unwrap_or_default();
+                if let Err(e) = conn.send_bytes(&response) {
+                    break e;
+                }
+                continue;
+            }
             Err(e) => break e,
         };
         let after = if state.stopping() {
@@ -335,7 +380,7 @@ fn serve_tcp_connection(
         } else {
             request.clear();
             request.extend_from_slice(&frame);
-            state.handle(&mut refs, &peer, &request, &mut response)
+            state.handle(&mut refs, &peer, &request, &mut response, response_limit)
         };
         drop(frame);
         if let Err(e) = conn.send_bytes(&response) {
@@ -355,12 +400,15 @@ fn serve_tcp_connection(
 pub struct TcpClient {
     conn: SocketConnection<()>,
     gone: bool,
+    /// The largest request the server accepts (and this client sends).
+    max_request: usize,
 }
 
 impl std::fmt::Debug for TcpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TcpClient")
             .field("gone", &self.gone)
+            .field("max_request", &self.max_request)
             .finish_non_exhaustive()
     }
 }
@@ -372,8 +420,21 @@ impl TcpClient {
     /// Connects to the server at `address` and runs the authkey handshake.
     ///
     /// A server that refuses the key is [`Error::Authentication`]; one that
-    /// cannot be reached is [`Error::ManagerGone`].
+    /// cannot be reached is [`Error::ManagerGone`]. Responses up to
+    /// [`DEFAULT_MAX_FRAME`] are accepted (see [`TcpClient::connect_with`]).
     pub fn connect(address: SocketAddr, authkey: &[u8]) -> Result<TcpClient> {
+        Self::connect_with(address, authkey, DEFAULT_MAX_FRAME)
+    }
+
+    /// Like [`TcpClient::connect`], accepting responses up to
+    /// `max_message` bytes (at least [`MIN_MAX_MESSAGE`]; the server sends
+    /// an error instead of a longer one).
+    pub fn connect_with(
+        address: SocketAddr,
+        authkey: &[u8],
+        max_message: usize,
+    ) -> Result<TcpClient> {
+        let max_message = max_message.max(MIN_MAX_MESSAGE);
         let deadline = Deadline::after(TCP_CONNECT_TIMEOUT);
         let mut pause = Duration::from_millis(2);
         let conn = loop {
@@ -407,14 +468,24 @@ impl TcpClient {
                 "the manager at {address} left during the hello: {e}"
             ))
         };
-        conn.send_bytes(&hello_frame()).map_err(gone)?;
+        conn.send_bytes(&hello_frame(max_message)).map_err(gone)?;
         let reply = conn.recv_bytes_timeout(TCP_CONNECT_TIMEOUT).map_err(gone)?;
-        match hello_version(&reply) {
-            Some(TCP_PROTOCOL_VERSION) => Ok(TcpClient { conn, gone: false }),
-            Some(v) => Err(Error::Protocol(format!(
+        match (hello_version(&reply), hello_max_message(&reply)) {
+            (Some(TCP_PROTOCOL_VERSION), Some(server_max)) => {
+                conn.set_max_message(max_message);
+                // A response over our maximum fails alone (the server
+                // should never send one).
+                conn.set_skip_oversized(true);
+                Ok(TcpClient {
+                    conn,
+                    gone: false,
+                    max_request: server_max.min(max_message),
+                })
+            }
+            (Some(v), _) if v != TCP_PROTOCOL_VERSION => Err(Error::Protocol(format!(
                 "the manager at {address} speaks protocol version {v}, this client {TCP_PROTOCOL_VERSION}"
             ))),
-            None => Err(Error::Protocol(format!(
+            _ => Err(Error::Protocol(format!(
                 "the manager at {address} did not answer as a multiproc manager"
             ))),
         }
@@ -425,6 +496,27 @@ impl TcpClient {
         self.gone
     }
 
+    /// Whether the connection is known, or seen now, to be broken: broken
+    /// before, or its socket is readable while no request is out (the
+    /// server closed it, or its host reset it).
+    pub fn is_broken(&mut self) -> bool {
+        if !self.gone
+            && let Some(fd) = self.conn.fd()
+            && matches!(
+                sys::fd::poll(&[fd], sys::fd::Interest::Read, Some(Duration::ZERO)),
+                Ok(ready) if !ready.is_empty()
+            )
+        {
+            self.gone = true;
+        }
+        self.gone
+    }
+
+    /// The largest request this connection sends.
+    pub fn max_request(&self) -> usize {
+        self.max_request
+    }
+
     /// The socket (a forked child makes its copy inert, see the proxy crate).
     pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.conn.fd()
@@ -432,13 +524,24 @@ impl TcpClient {
 
     /// Sends a request and waits for its response.
     ///
-    /// A connection that breaks (the server died or shut down, the network
-    /// reset it) is [`Error::ManagerGone`], now and for every later call.
+    /// A request larger than the server accepts is [`Error::MessageTooLarge`]
+    /// and is not sent (the connection stays usable), as is a response
+    /// larger than this client accepts. A connection that breaks (the
+    /// server died or shut down, the network reset it) is
+    /// [`Error::ManagerGone`], now and for every later call.
     pub fn round_trip(&mut self, request: &[u8], response: &mut AlignedVec) -> Result<()> {
         if self.gone {
             return Err(Error::ManagerGone(
-                "the connection to the manager broke".into(),
+                "the connection to the manager broke earlier; objects reached through it are \
+                 gone with it (connect again)"
+                    .into(),
             ));
+        }
+        if request.len() > self.max_request {
+            return Err(Error::MessageTooLarge {
+                size: request.len(),
+                limit: self.max_request,
+            });
         }
         let result = self
             .conn
@@ -450,6 +553,8 @@ impl TcpClient {
                 response.extend_from_slice(&bytes);
                 Ok(())
             }
+            // Thrown away as it arrived: the connection is still in step.
+            Err(e @ Error::MessageTooLarge { .. }) => Err(e),
             Err(e) => {
                 // The socket stays open until this client is dropped: its
                 // descriptor number must not be reused meanwhile, because a
@@ -457,9 +562,25 @@ impl TcpClient {
                 // (see the proxy crate's client), and would hit the reuser.
                 self.gone = true;
                 Err(Error::ManagerGone(format!(
-                    "the connection to the manager broke: {e}"
+                    "the connection to the manager broke: {e}; objects reached through it \
+                     are gone with it (connect again)"
                 )))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hello_carries_the_version_and_the_largest_message() {
+        let h = hello_frame(1234);
+        assert_eq!(hello_version(&h), Some(TCP_PROTOCOL_VERSION));
+        assert_eq!(hello_max_message(&h), Some(1234));
+        assert_eq!(hello_version(b"MPMT"), None);
+        assert_eq!(hello_max_message(&h[..12]), None);
+        assert_eq!(hello_version(b"XXXX\x03\0\0\0"), None);
     }
 }

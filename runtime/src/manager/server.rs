@@ -244,18 +244,27 @@ pub(crate) struct ServerState {
 }
 
 impl ServerState {
-    /// Runs one request (user objects first, then the table).
+    /// Runs one request (user objects first, then the table), answering
+    /// with at most `limit` bytes: a larger answer becomes an error (the
+    /// table checks before it changes anything, so a value too large to
+    /// send is neither lost nor half-taken).
     pub(crate) fn handle(
         &self,
         conn: &mut ConnRefs,
         peer: &Peer<'_>,
         request: &[u8],
         response: &mut AlignedVec,
+        limit: usize,
     ) -> After {
-        if !self.user.is_empty() && self.user.try_handle(request, response) {
-            return After::Continue;
+        let after = if !self.user.is_empty() && self.user.try_handle(request, response) {
+            After::Continue
+        } else {
+            dispatch::handle(&self.table, conn, peer, request, response, limit)
+        };
+        if response.len() > limit {
+            dispatch::too_large(response, limit);
         }
-        dispatch::handle(&self.table, conn, peer, request, response)
+        after
     }
 
     /// A new connection's id, unique for the server's lifetime.
@@ -329,7 +338,7 @@ impl ServerState {
     }
 }
 
-/// How a server listens: who may connect locally, and TCP besides.
+/// How a server listens: who may connect locally, TCP besides, and its limits.
 #[derive(Clone, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(crate = rkyv)]
 pub struct ServeOptions {
@@ -343,6 +352,8 @@ pub struct ServeOptions {
     /// runs as another user (default: no; a server running as root always
     /// takes root's clients, since they run as its own user).
     pub allow_root: bool,
+    /// What each connection may hold.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -350,7 +361,44 @@ impl std::fmt::Debug for ServeOptions {
         f.debug_struct("ServeOptions")
             .field("tcp", &self.tcp)
             .field("allow_root", &self.allow_root)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
+    }
+}
+
+/// The default of [`Limits::max_objects`].
+pub const DEFAULT_MAX_OBJECTS: u64 = 1 << 20;
+
+/// What one connection of a manager server may hold, and the largest
+/// segment the server creates; a request past a limit fails with
+/// [`Error::QuotaExceeded`] and changes nothing (the connection stays usable).
+///
+/// What counts: objects the connection created that are still alive (a
+/// dict, a list, a queue, a segment the server holds for it); bytes of the
+/// keys and values it stored that are still stored anywhere (whoever
+/// removes them later), plus the segments the server holds for it. When a
+/// connection ends, nothing is charged to it any more (what it left behind
+/// stays). The server's own named objects are never limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub struct Limits {
+    /// Objects per connection (default [`DEFAULT_MAX_OBJECTS`], about a million).
+    pub max_objects: u64,
+    /// Bytes stored per connection (default: the machine's physical memory).
+    pub max_bytes: u64,
+    /// Bytes of one shared segment (default: the machine's physical memory).
+    pub max_segment: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        // Without /proc's figure, 4 GiB: a limit must exist either way.
+        let ram = sys::memfd::physical_memory().unwrap_or(4 << 30);
+        Limits {
+            max_objects: DEFAULT_MAX_OBJECTS,
+            max_bytes: ram,
+            max_segment: ram,
+        }
     }
 }
 
@@ -419,7 +467,7 @@ impl Server {
         Ok(Server {
             state: Arc::new(ServerState {
                 address,
-                table: Mutex::new(Table::new()),
+                table: Mutex::new(Table::with_limits(options.limits)),
                 stopping: AtomicBool::new(false),
                 channels: Mutex::new(Vec::new()),
                 user: UserObjects::default(),
@@ -470,6 +518,7 @@ impl Server {
             &Peer::server_itself(),
             &encoded,
             &mut out,
+            usize::MAX,
         );
         Ok(out)
     }
@@ -654,6 +703,7 @@ fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
     let peer = Peer {
         id: state.connection_id(),
         gone: &gone,
+        pid: Some(hello.pid),
     };
     let mut request = AlignedVec::new();
     let mut response = AlignedVec::new();
@@ -666,7 +716,13 @@ fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
         if let Err(h) = waited {
             break h;
         }
-        let after = state.handle(&mut conn, &peer, &request, &mut response);
+        let after = state.handle(
+            &mut conn,
+            &peer,
+            &request,
+            &mut response,
+            crate::manager::channel::MAX_MESSAGE,
+        );
         if let Err(e) = end.respond(&response) {
             // Too large for a slot and no overflow segment: say so instead.
             let failed = crate::manager::protocol::Response::Error(

@@ -6,14 +6,23 @@
 //! proxies), and pins (a proxy encoded into a message or a child's
 //! arguments, not yet decoded). When it reaches zero the object is freed,
 //! and the references its stored values held are dropped in turn.
+//!
+//! Quotas: each live connection may hold at most [`Limits::max_objects`]
+//! objects it created, and [`Limits::max_bytes`] bytes of keys and values
+//! it stored that are still stored (plus the segments the server holds for
+//! it). An object or a value is charged to the connection that made or
+//! stored it until it goes, whoever removes it; once that connection
+//! ended, what it left behind is charged to no one. The server's own
+//! requests (connection 0) are never limited.
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::manager::protocol::{ArchivedBlob, ObjectId, ObjectKind, RemoteError};
+use crate::manager::protocol::{ArchivedBlob, ObjectId, ObjectKind, QuotaKind, RemoteError};
+use crate::manager::server::Limits;
 use crate::manager::waitable::Waitable;
-use crate::shm::Segment;
 
 /// How long an in-flight reference waits to be taken over before the server
 /// drops it: a proxy encoded into a message that nobody decodes within this
@@ -25,18 +34,26 @@ pub const PIN_TIMEOUT: Duration = Duration::from_secs(600);
 pub(crate) struct Stored {
     pub bytes: Box<[u8]>,
     pub refs: Box<[ObjectId]>,
+    /// The connection that stored it (charged for it; 0: nobody).
+    pub owner: u64,
+    /// The bytes charged: the value's, and a dict entry's key's.
+    pub charge: u64,
 }
 
 impl Stored {
-    pub fn from_blob(blob: &ArchivedBlob<'_>) -> Stored {
+    /// A value stored by connection `owner`.
+    pub fn from_blob(blob: &ArchivedBlob<'_>, owner: u64) -> Stored {
         Stored {
             bytes: Box::from(&*blob.bytes),
             refs: blob.refs.iter().map(|r| r.to_native()).collect(),
+            owner,
+            charge: blob.bytes.len() as u64,
         }
     }
 
-    /// A dict entry's value: the value's bytes, holding the key's refs too.
-    pub fn entry(key: &ArchivedBlob<'_>, value: &ArchivedBlob<'_>) -> Stored {
+    /// A dict entry's value: the value's bytes, holding the key's refs too
+    /// (and charged for the key's bytes as well).
+    pub fn entry(key: &ArchivedBlob<'_>, value: &ArchivedBlob<'_>, owner: u64) -> Stored {
         Stored {
             bytes: Box::from(&*value.bytes),
             refs: key
@@ -45,6 +62,8 @@ impl Stored {
                 .chain(value.refs.iter())
                 .map(|r| r.to_native())
                 .collect(),
+            owner,
+            charge: (key.bytes.len() + value.bytes.len()) as u64,
         }
     }
 }
@@ -63,21 +82,29 @@ pub(crate) enum Data {
     Dict(HashMap<Box<[u8]>, Stored>),
     List(Vec<Stored>),
     Namespace(HashMap<String, Attr>),
-    /// Kept until the creator opened it; the memory lives on in its mappings.
-    Segment(#[allow(dead_code)] Segment),
+    /// A shared segment the server created: its descriptor (never mapped
+    /// here, so segments the server holds cost it no address space), kept
+    /// while the creator opens it or a stored value holds a handle to it.
+    /// Clients open it through `/proc/<server>/fd/<fd>`.
+    Segment {
+        /// The segment's id (as in its handles).
+        id: u64,
+        /// The server's descriptor.
+        fd: OwnedFd,
+    },
     /// A lock, semaphore, event, barrier or queue clients may wait on
     /// (shared with the connection threads waiting on it now).
     Waitable(Arc<Waitable>),
 }
 
 impl Data {
-    /// Every stored value, to drop their references when the object goes.
-    fn into_refs(self, out: &mut Vec<ObjectId>) {
+    /// Every stored value, to drop their references and charges when the object goes.
+    fn into_stored(self, out: &mut Vec<Stored>) {
         match self {
-            Data::Dict(m) => m.into_values().for_each(|s| out.extend(s.refs)),
-            Data::List(v) => v.into_iter().for_each(|s| out.extend(s.refs)),
-            Data::Namespace(m) => m.into_values().for_each(|a| out.extend(a.value.refs)),
-            Data::Segment(_) => {}
+            Data::Dict(m) => out.extend(m.into_values()),
+            Data::List(v) => out.extend(v),
+            Data::Namespace(m) => out.extend(m.into_values().map(|a| a.value)),
+            Data::Segment { .. } => {}
             Data::Waitable(w) => w.free(out),
         }
     }
@@ -91,6 +118,10 @@ pub(crate) struct Object {
     pub type_name: Box<str>,
     pub refcount: u64,
     pub data: Data,
+    /// The connection that created it (0: the server itself).
+    pub owner: u64,
+    /// The bytes charged to `owner` while it lives (a held segment's size).
+    pub charge: u64,
 }
 
 /// In-flight references, taken over by the decoder or dropped at `expires`.
@@ -103,6 +134,13 @@ struct Pin {
 /// The references one connection holds, by object.
 pub(crate) type ConnRefs = HashMap<ObjectId, u64>;
 
+/// What one connection holds now, against its quotas.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    objects: u64,
+    bytes: u64,
+}
+
 /// All objects of a server (behind one `parking_lot` mutex in the server).
 #[derive(Debug)]
 pub(crate) struct Table {
@@ -112,16 +150,31 @@ pub(crate) struct Table {
     next_pin: u64,
     /// The locks among the objects (released when their holder's connection ends).
     locks: HashSet<ObjectId>,
+    /// The quotas of every connection.
+    limits: Limits,
+    /// What each live connection holds, by connection id.
+    usage: HashMap<u64, Usage>,
+    /// The objects holding segments, by segment id.
+    segments: HashMap<u64, ObjectId>,
 }
 
 impl Table {
+    #[cfg(test)]
     pub fn new() -> Table {
+        Table::with_limits(Limits::default())
+    }
+
+    /// An empty table whose connections have these quotas.
+    pub fn with_limits(limits: Limits) -> Table {
         Table {
             objects: HashMap::new(),
             next_id: 1,
             pins: HashMap::new(),
             next_pin: 1,
             locks: HashSet::new(),
+            limits,
+            usage: HashMap::new(),
+            segments: HashMap::new(),
         }
     }
 
@@ -129,19 +182,90 @@ impl Table {
         self.objects.len()
     }
 
-    /// Adds an object whose first reference `conn` holds.
+    /// The quotas.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Whether connection `owner` may create one more object charged `charge` bytes.
+    pub fn check_object(&self, owner: u64, charge: u64) -> Result<(), RemoteError> {
+        if owner == 0 {
+            return Ok(());
+        }
+        let used = self.usage.get(&owner).copied().unwrap_or_default();
+        if used.objects >= self.limits.max_objects {
+            return Err(RemoteError::QuotaExceeded {
+                what: QuotaKind::Objects,
+                limit: self.limits.max_objects,
+            });
+        }
+        self.check_bytes(owner, charge)
+    }
+
+    /// Whether connection `owner` may be charged `bytes` more.
+    pub fn check_bytes(&self, owner: u64, bytes: u64) -> Result<(), RemoteError> {
+        if owner == 0 || bytes == 0 {
+            return Ok(());
+        }
+        let used = self.usage.get(&owner).map_or(0, |u| u.bytes);
+        if used.saturating_add(bytes) > self.limits.max_bytes {
+            return Err(RemoteError::QuotaExceeded {
+                what: QuotaKind::Bytes,
+                limit: self.limits.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Charges connection `owner` for `bytes` stored, within its quota.
+    #[cfg(test)]
+    pub fn charge(&mut self, owner: u64, bytes: u64) -> Result<(), RemoteError> {
+        self.check_bytes(owner, bytes)?;
+        self.add_charge(owner, bytes);
+        Ok(())
+    }
+
+    /// Charges connection `owner` for `bytes` stored (checked before with
+    /// [`Table::check_bytes`], less what the call frees of its own).
+    pub fn add_charge(&mut self, owner: u64, bytes: u64) {
+        if owner != 0 && bytes != 0 {
+            self.usage.entry(owner).or_default().bytes += bytes;
+        }
+    }
+
+    /// Gives back what a stored value or object charged (if its connection still lives).
+    pub fn uncharge(&mut self, owner: u64, bytes: u64) {
+        if let Some(u) = self.usage.get_mut(&owner) {
+            u.bytes = u.bytes.saturating_sub(bytes);
+        }
+    }
+
+    /// Adds an object whose first reference `conn` holds, created by
+    /// connection `owner` (within its quotas) and charged `charge` bytes.
+    #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &mut self,
         conn: &mut ConnRefs,
+        owner: u64,
         kind: ObjectKind,
         fingerprint: u64,
         type_name: &str,
         data: Data,
-    ) -> ObjectId {
+        charge: u64,
+    ) -> Result<ObjectId, RemoteError> {
+        self.check_object(owner, charge)?;
+        if owner != 0 {
+            let u = self.usage.entry(owner).or_default();
+            u.objects += 1;
+            u.bytes += charge;
+        }
         let id = self.next_id;
         self.next_id += 1;
         if kind == ObjectKind::Lock {
             self.locks.insert(id);
+        }
+        if let Data::Segment { id: segment, .. } = &data {
+            self.segments.insert(*segment, id);
         }
         self.objects.insert(
             id,
@@ -151,10 +275,48 @@ impl Table {
                 type_name: type_name.into(),
                 refcount: 1,
                 data,
+                owner,
+                charge,
             },
         );
         *conn.entry(id).or_default() += 1;
-        id
+        Ok(id)
+    }
+
+    /// The object that holds the segment with this id, if there is one.
+    pub fn segment_object(&self, segment: u64) -> Option<ObjectId> {
+        self.segments.get(&segment).copied()
+    }
+
+    /// `conn` takes one more reference to `id` (no type check: for the
+    /// server's own segment objects).
+    pub fn add_ref(&mut self, conn: &mut ConnRefs, id: ObjectId) -> Result<(), RemoteError> {
+        let o = self.get_mut(id)?;
+        o.refcount += 1;
+        *conn.entry(id).or_default() += 1;
+        Ok(())
+    }
+
+    /// Stored values taken out of objects (overwritten, removed, cleared):
+    /// their charges go and the references they held are dropped.
+    pub fn drop_stored(&mut self, gone: Vec<Stored>) {
+        let mut refs = Vec::new();
+        for s in gone {
+            self.uncharge(s.owner, s.charge);
+            refs.extend(s.refs);
+        }
+        if !refs.is_empty() {
+            self.decref_all(refs);
+        }
+    }
+
+    /// Stored values handed to `conn` in a response (popped, removed): their
+    /// charges go and the references they held move to `conn`.
+    pub fn hand_over(&mut self, conn: &mut ConnRefs, taken: Vec<Stored>) {
+        for s in taken {
+            self.uncharge(s.owner, s.charge);
+            self.transfer_to(conn, &s.refs);
+        }
     }
 
     pub fn get_mut(&mut self, id: ObjectId) -> Result<&mut Object, RemoteError> {
@@ -215,7 +377,21 @@ impl Table {
         {
             tracing::trace!(id, "managed object freed");
             self.locks.remove(&id);
-            o.data.into_refs(work);
+            if let Some(u) = self.usage.get_mut(&o.owner) {
+                u.objects = u.objects.saturating_sub(1);
+                u.bytes = u.bytes.saturating_sub(o.charge);
+            }
+            if let Data::Segment { id: segment, .. } = &o.data
+                && self.segments.get(segment) == Some(&id)
+            {
+                self.segments.remove(segment);
+            }
+            let mut freed = Vec::new();
+            o.data.into_stored(&mut freed);
+            for s in freed {
+                self.uncharge(s.owner, s.charge);
+                work.extend(s.refs);
+            }
         }
     }
 
@@ -269,8 +445,10 @@ impl Table {
     }
 
     /// Drops every reference a finished connection held, and releases the
-    /// locks it held (connection `id`).
+    /// locks it held (connection `id`); what it created or stored is no
+    /// longer charged to anyone.
     pub fn release_connection(&mut self, conn: ConnRefs, id: u64) {
+        self.usage.remove(&id);
         for lock in &self.locks {
             if let Some(Object {
                 data: Data::Waitable(w),
@@ -338,11 +516,22 @@ mod tests {
         Stored {
             bytes: Box::from(&b"v"[..]),
             refs: refs.into(),
+            owner: 0,
+            charge: 0,
         }
     }
 
     fn list(t: &mut Table, conn: &mut ConnRefs) -> ObjectId {
-        t.insert(conn, ObjectKind::List, 1, "list", Data::List(Vec::new()))
+        t.insert(
+            conn,
+            0,
+            ObjectKind::List,
+            1,
+            "list",
+            Data::List(Vec::new()),
+            0,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -443,5 +632,60 @@ mod tests {
         assert_eq!(t.len(), 2, "the child holds both now");
         t.release_connection(child, 2);
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn quotas_bound_each_connection_and_free_with_what_they_charged() {
+        let mut t = Table::with_limits(Limits {
+            max_objects: 2,
+            max_bytes: 100,
+            ..Limits::default()
+        });
+        let (mut a, mut b) = (ConnRefs::new(), ConnRefs::new());
+        let new = |t: &mut Table, conn: &mut ConnRefs, owner| {
+            t.insert(
+                conn,
+                owner,
+                ObjectKind::List,
+                1,
+                "list",
+                Data::List(Vec::new()),
+                0,
+            )
+        };
+        let l1 = new(&mut t, &mut a, 7).unwrap();
+        new(&mut t, &mut a, 7).unwrap();
+        assert_eq!(
+            new(&mut t, &mut a, 7),
+            Err(RemoteError::QuotaExceeded {
+                what: QuotaKind::Objects,
+                limit: 2
+            })
+        );
+        // Another connection has its own quota; the server itself has none.
+        new(&mut t, &mut b, 8).unwrap();
+        for _ in 0..5 {
+            new(&mut t, &mut b, 0).unwrap();
+        }
+        t.charge(7, 60).unwrap();
+        assert_eq!(
+            t.charge(7, 41),
+            Err(RemoteError::QuotaExceeded {
+                what: QuotaKind::Bytes,
+                limit: 100
+            })
+        );
+        t.drop_stored(vec![Stored {
+            owner: 7,
+            charge: 60,
+            ..Stored::default()
+        }]);
+        t.charge(7, 100).unwrap();
+        // Freeing an object gives its slot back.
+        t.release(&mut a, l1, 1);
+        new(&mut t, &mut a, 7).unwrap();
+        // A connection's usage ends with it.
+        t.release_connection(ConnRefs::new(), 7);
+        t.charge(7, 100).unwrap();
     }
 }

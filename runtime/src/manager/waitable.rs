@@ -20,7 +20,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::deadline::Deadline;
-use crate::manager::protocol::{ObjectId, ObjectKind, RemoteError, WAIT_FOREVER};
+use crate::manager::protocol::{ObjectKind, RemoteError, WAIT_FOREVER};
 use crate::manager::table::Stored;
 
 /// How often a waiting method checks its client and the server.
@@ -33,6 +33,8 @@ pub(crate) struct Peer<'a> {
     pub id: u64,
     /// True once the client left or the server is stopping.
     pub gone: &'a dyn Fn() -> bool,
+    /// The client's pid, for a local connection (a TCP peer's is unknown).
+    pub pid: Option<i32>,
 }
 
 impl Peer<'_> {
@@ -41,6 +43,7 @@ impl Peer<'_> {
         Peer {
             id: 0,
             gone: &|| false,
+            pid: None,
         }
     }
 }
@@ -66,7 +69,9 @@ enum State {
     },
     Semaphore {
         value: u64,
-        bound: Option<u64>,
+        /// The largest value a release may reach: the initial value of a
+        /// bounded semaphore, `u32::MAX` otherwise.
+        bound: u64,
     },
     Event {
         set: bool,
@@ -119,10 +124,24 @@ impl Waitable {
                 holder: None,
                 lost: None,
             },
-            ObjectKind::Semaphore | ObjectKind::BoundedSemaphore => State::Semaphore {
-                value: arg,
-                bound: (kind == ObjectKind::BoundedSemaphore).then_some(arg),
-            },
+            ObjectKind::Semaphore | ObjectKind::BoundedSemaphore => {
+                // As a local semaphore: a value is a u32, and a release
+                // never takes it past its maximum.
+                if arg > u64::from(u32::MAX) {
+                    return Err(RemoteError::Malformed(format!(
+                        "semaphore value {arg} exceeds its maximum {}",
+                        u32::MAX
+                    )));
+                }
+                State::Semaphore {
+                    value: arg,
+                    bound: if kind == ObjectKind::BoundedSemaphore {
+                        arg
+                    } else {
+                        u64::from(u32::MAX)
+                    },
+                }
+            }
             ObjectKind::Event => State::Event {
                 set: false,
                 sets: 0,
@@ -162,13 +181,13 @@ impl Waitable {
         })
     }
 
-    /// Marks the object freed, wakes its waiters, and hands back the
-    /// references its queued values held.
-    pub fn free(&self, refs: &mut Vec<ObjectId>) {
+    /// Marks the object freed, wakes its waiters, and hands back its
+    /// queued values (for the references they held and their charges).
+    pub fn free(&self, out: &mut Vec<Stored>) {
         let mut inner = self.inner.lock();
         inner.freed = true;
         if let State::Queue { items, .. } = &mut inner.state {
-            items.drain(..).for_each(|s| refs.extend(s.refs));
+            out.extend(items.drain(..));
         }
         drop(inner);
         self.cond.notify_all();
@@ -297,12 +316,12 @@ impl Waitable {
         let mut inner = self.inner.lock();
         match &mut inner.state {
             State::Semaphore { value, bound } => {
-                if bound.is_some_and(|b| *value >= b) {
-                    return Err(RemoteError::InvalidState(
-                        "a bounded semaphore was released too many times".into(),
-                    ));
+                if *value >= *bound {
+                    return Err(RemoteError::InvalidState(format!(
+                        "semaphore released too many times (its value is at most {bound})"
+                    )));
                 }
-                *value = value.saturating_add(1);
+                *value += 1;
             }
             _ => return Err(wrong_kind()),
         }
@@ -516,11 +535,21 @@ impl Waitable {
         Ok(Ok(()))
     }
 
-    /// Takes the front value, if any.
-    pub fn queue_get(&self) -> Result<Option<Stored>, RemoteError> {
+    /// Takes the front value, if any, once `accept` agreed to it (an error
+    /// from `accept` leaves it in the queue).
+    pub fn queue_get(
+        &self,
+        accept: impl FnOnce(&Stored) -> Result<(), RemoteError>,
+    ) -> Result<Option<Stored>, RemoteError> {
         let mut inner = self.inner.lock();
         let item = match &mut inner.state {
-            State::Queue { items, .. } => items.pop_front(),
+            State::Queue { items, .. } => match items.front() {
+                Some(front) => {
+                    accept(front)?;
+                    items.pop_front()
+                }
+                None => None,
+            },
             _ => return Err(wrong_kind()),
         };
         drop(inner);
@@ -614,6 +643,7 @@ mod tests {
         Peer {
             id,
             gone: &|| false,
+            pid: None,
         }
     }
 
@@ -663,6 +693,7 @@ mod tests {
         let gone = Peer {
             id: 1,
             gone: &|| true,
+            pid: None,
         };
         assert_eq!(
             e.event_wait(Deadline::Never, &gone),
@@ -759,7 +790,7 @@ mod tests {
         let q = Waitable::new(ObjectKind::Queue, 1).unwrap();
         let item = || Stored {
             bytes: Box::from(&b"x"[..]),
-            refs: Box::from(&[][..]),
+            ..Stored::default()
         };
         assert!(q.queue_put(item()).unwrap().is_ok());
         assert!(q.queue_put(item()).unwrap().is_err(), "full at maxsize");
@@ -767,13 +798,31 @@ mod tests {
             !q.queue_join(Deadline::after(Duration::from_millis(10)), &peer(1))
                 .unwrap()
         );
-        assert!(q.queue_get().unwrap().is_some());
-        assert!(q.queue_get().unwrap().is_none());
+        let refuse = |_: &Stored| Err(RemoteError::Full);
+        assert!(matches!(q.queue_get(refuse), Err(RemoteError::Full)));
+        assert_eq!(
+            q.queue_status().unwrap().0,
+            1,
+            "a refused get leaves the item"
+        );
+        assert!(q.queue_get(|_| Ok(())).unwrap().is_some());
+        assert!(q.queue_get(|_| Ok(())).unwrap().is_none());
         q.queue_task_done().unwrap();
         assert!(q.queue_join(Deadline::Now, &peer(1)).unwrap());
         assert!(matches!(
             q.queue_task_done(),
             Err(RemoteError::InvalidState(_))
         ));
+    }
+
+    #[test]
+    fn a_release_past_the_maximum_is_refused_bounded_or_not() {
+        let s = Waitable::new(ObjectKind::Semaphore, u64::from(u32::MAX) - 1).unwrap();
+        s.sem_release().unwrap();
+        assert!(matches!(s.sem_release(), Err(RemoteError::InvalidState(_))));
+        assert_eq!(s.sem_value().unwrap(), u64::from(u32::MAX));
+        let b = Waitable::new(ObjectKind::BoundedSemaphore, 1).unwrap();
+        assert!(matches!(b.sem_release(), Err(RemoteError::InvalidState(_))));
+        assert!(Waitable::new(ObjectKind::Semaphore, u64::from(u32::MAX) + 1).is_err());
     }
 }

@@ -4,6 +4,7 @@ mod object;
 mod segment;
 mod shm_safe;
 
+pub(crate) use object::created_here;
 pub use object::{Kind, ObjectHeader, ShmObject, ShmSpec, fingerprint, fingerprint_str};
 pub use segment::Segment;
 pub(crate) use segment::fork_guard;

@@ -7,6 +7,7 @@
 //! header before use, so a handle of the wrong kind or type is an error.
 
 use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::error::{Error, Result};
 use crate::handle::HandleRepr;
@@ -221,13 +222,9 @@ impl ShmSpec {
         }
     }
 
-    /// Creates the segment this spec describes and returns a handle to its state.
-    ///
-    /// Every field is checked, so a spec that came from another process cannot
-    /// make the caller misbehave: a bad one is an error.
-    pub fn create(&self) -> Result<(Segment, HandleRepr)> {
-        let kind = Kind::from_u32(self.kind)
-            .ok_or_else(|| Error::InvalidArgument(format!("unknown object kind {}", self.kind)))?;
+    /// The bytes of the segment this spec describes (header and padding
+    /// included); an error for sizes out of range.
+    pub fn total_len(&self) -> Result<u64> {
         if self.state_size > MAX_SPEC_BYTES
             || self.tail_len > MAX_SPEC_BYTES
             || self.state_init.len() as u64 > self.state_size
@@ -236,6 +233,18 @@ impl ShmSpec {
                 "object spec sizes out of range".into(),
             ));
         }
+        // Both at most 2^40: no overflow.
+        Ok(tail_offset_for(self.state_size as usize) as u64 + self.tail_len)
+    }
+
+    /// Creates the segment this spec describes and returns a handle to its state.
+    ///
+    /// Every field is checked, so a spec that came from another process cannot
+    /// make the caller misbehave: a bad one is an error.
+    pub fn create(&self) -> Result<(Segment, HandleRepr)> {
+        let kind = Kind::from_u32(self.kind)
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown object kind {}", self.kind)))?;
+        self.total_len()?;
         let seg = create_segment(
             kind,
             self.fingerprint,
@@ -257,6 +266,40 @@ impl ShmSpec {
         let repr = seg.to_repr_with(BODY_OFFSET as u64, 0)?;
         Ok((seg, repr))
     }
+
+    /// Like [`ShmSpec::create`], but keeps only a descriptor of the new
+    /// segment, unmapped (what a manager server holds for its clients: no
+    /// address space of its own); the handle names that descriptor.
+    pub(crate) fn create_held(&self) -> Result<(OwnedFd, HandleRepr)> {
+        let (seg, _) = self.create()?;
+        let fd = seg.fd().try_clone_to_owned()?;
+        let repr = crate::handle::encode_fd(seg.id(), fd.as_fd(), BODY_OFFSET as u64, 0)?;
+        Ok((fd, repr))
+    }
+}
+
+/// Whether the memory file behind `fd` is an object segment that this
+/// process created as its owner (a manager server's own segments), read
+/// without mapping it.
+pub(crate) fn created_here(fd: BorrowedFd<'_>) -> Result<bool> {
+    let mut header = [0u8; std::mem::size_of::<ObjectHeader>()];
+    if let Err(e) = crate::sys::memfd::read_exact_at(fd, &mut header, 0) {
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Ok(false),
+            _ => Err(e.into()),
+        };
+    }
+    let word = |at: usize| {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&header[at..at + 4]);
+        u32::from_ne_bytes(b)
+    };
+    let at = std::mem::offset_of!(ObjectHeader, owner);
+    let mut owner = [0u8; 8];
+    owner.copy_from_slice(&header[at..at + 8]);
+    Ok(word(std::mem::offset_of!(ObjectHeader, magic)) == MAGIC
+        && word(std::mem::offset_of!(ObjectHeader, version)) == VERSION
+        && u64::from_ne_bytes(owner) == crate::sync::raw_lock::my_word())
 }
 
 impl<T> ShmObject<T> {
@@ -465,6 +508,13 @@ mod tests {
         assert!(!obj.owner_gone());
         assert!(obj.check_owner().is_ok());
 
+        let (held, held_repr) = spec.create_held().unwrap();
+        assert!(created_here(held.as_fd()).unwrap());
+        let reopened: ShmObject<AtomicU64> =
+            ShmObject::open(&held_repr, Kind::Other, 7, "u64").unwrap();
+        assert_eq!(reopened.state().load(Ordering::Relaxed), 5);
+        assert_eq!(spec.total_len().unwrap(), 128 + 16);
+
         let plain = ShmObject::create(Kind::Other, 7, 0, |s: *mut AtomicU64, _| {
             // SAFETY: `create` hands us aligned, writable memory for one AtomicU64.
             unsafe { s.write(AtomicU64::new(0)) }
@@ -472,5 +522,6 @@ mod tests {
         .unwrap();
         assert!(!plain.has_owner());
         assert!(!plain.owner_gone());
+        assert!(!created_here(plain.segment().fd()).unwrap());
     }
 }

@@ -147,9 +147,11 @@ impl Segment {
         self.inner.fd.as_fd()
     }
 
-    /// Encodes this segment with kind-specific data (see [`crate::handle`]).
+    /// Encodes this segment with kind-specific data (see [`crate::handle`];
+    /// inside [`handle::redirecting_segments`], the redirect may name
+    /// another holder of the segment).
     pub fn to_repr_with(&self, offset: u64, extra: u64) -> Result<HandleRepr> {
-        handle::encode_fd(self.id(), self.fd(), offset, extra)
+        handle::redirect_segment(handle::encode_fd(self.id(), self.fd(), offset, extra)?)
     }
 
     /// Rebuilds the segment named by `repr` in this process.

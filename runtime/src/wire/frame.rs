@@ -12,7 +12,11 @@
 //! more data yet) loses nothing and the next call resumes the same frame.
 //! Nothing a peer sends can make it allocate more than the documented bound
 //! ([`FrameReader::capacity_bound`]) or panic: an oversized length prefix is
-//! rejected from the header alone, before any payload is read.
+//! rejected from the header alone, before any payload is read. By default
+//! that ends the stream (every later read fails); a reader told to
+//! [skip oversized frames](FrameReader::set_skip_oversized) instead reads
+//! the payload and throws it away, a chunk at a time, then reports
+//! [`Error::MessageTooLarge`] once and goes on with the next frame.
 
 use std::io::{IoSlice, Read, Write};
 
@@ -83,6 +87,20 @@ pub struct FrameReader {
     /// Set once the stream is out of sync (oversized or truncated frame):
     /// every later call reports the same error.
     failed: Option<String>,
+    /// Whether an oversized frame is read and thrown away instead of
+    /// ending the stream.
+    skip_oversized: bool,
+    /// The oversized frame being thrown away now.
+    discarding: Option<Discard>,
+}
+
+/// An oversized frame being read and thrown away.
+#[derive(Debug, Clone, Copy)]
+struct Discard {
+    /// Its payload's length.
+    size: u64,
+    /// Payload bytes not read yet.
+    left: u64,
 }
 
 impl Default for FrameReader {
@@ -100,7 +118,19 @@ impl FrameReader {
             start: 0,
             end: 0,
             failed: None,
+            skip_oversized: false,
+            discarding: None,
         }
+    }
+
+    /// Whether a frame longer than the maximum is read and thrown away
+    /// (reported once as [`Error::MessageTooLarge`], the stream staying in
+    /// step) instead of ending the stream with [`Error::Protocol`].
+    ///
+    /// Memory stays within [`FrameReader::capacity_bound`] either way: the
+    /// payload is dropped a chunk at a time as it arrives.
+    pub fn set_skip_oversized(&mut self, skip: bool) {
+        self.skip_oversized = skip;
     }
 
     /// The largest payload this reader accepts.
@@ -149,16 +179,26 @@ impl FrameReader {
         Some(u64::from_le_bytes(bytes))
     }
 
+    /// Whether part of a frame has arrived and the rest has not: some bytes
+    /// are buffered, or an oversized frame is being thrown away.
+    pub fn inside_frame(&self) -> bool {
+        self.buffered() > 0 || self.discarding.is_some()
+    }
+
     /// Whether a call to [`FrameReader::next_buffered`] would return at once
     /// (with a frame or an error) without reading.
     pub fn is_ready(&self) -> bool {
         if self.failed.is_some() {
             return true;
         }
+        if let Some(d) = self.discarding {
+            return self.buffered() as u64 >= d.left;
+        }
         match self.next_len() {
             None => false,
             Some(len) => {
-                len > self.max_frame as u64 || (self.buffered() - HEADER_LEN) as u64 >= len
+                let whole = (self.buffered() - HEADER_LEN) as u64 >= len;
+                whole || (len > self.max_frame as u64 && !self.skip_oversized)
             }
         }
     }
@@ -166,7 +206,10 @@ impl FrameReader {
     /// Takes the next frame if it is completely buffered, without reading.
     ///
     /// A length prefix over the maximum is [`Error::Protocol`], and so is every
-    /// call after it: the stream can no longer be followed.
+    /// call after it: the stream can no longer be followed. (With
+    /// [`FrameReader::set_skip_oversized`], the frame is thrown away as it
+    /// arrives instead, and the call after its last byte is
+    /// [`Error::MessageTooLarge`].)
     pub fn next_buffered(&mut self) -> Result<Option<Vec<u8>>> {
         self.next_buffered_max(usize::MAX)
     }
@@ -176,10 +219,21 @@ impl FrameReader {
     /// with a larger limit can still take it).
     pub fn next_buffered_max(&mut self, limit: usize) -> Result<Option<Vec<u8>>> {
         self.check_failed()?;
+        if self.discarding.is_some() {
+            return self.discard_buffered();
+        }
         let Some(len) = self.next_len() else {
             return Ok(None);
         };
         if len > self.max_frame as u64 {
+            if self.skip_oversized {
+                self.start += HEADER_LEN;
+                self.discarding = Some(Discard {
+                    size: len,
+                    left: len,
+                });
+                return self.discard_buffered();
+            }
             return Err(self.fail(format!(
                 "frame of {len} bytes exceeds the maximum of {} bytes",
                 self.max_frame
@@ -206,6 +260,33 @@ impl FrameReader {
         Ok(Some(frame))
     }
 
+    /// Drops what is buffered of the oversized frame being thrown away;
+    /// once all of it went, reports it.
+    fn discard_buffered(&mut self) -> Result<Option<Vec<u8>>> {
+        let buffered = self.buffered() as u64;
+        let Some(d) = self.discarding.as_mut() else {
+            return Ok(None);
+        };
+        let n = d.left.min(buffered);
+        d.left -= n;
+        // `n <= buffered()`, a usize.
+        self.start += n as usize;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if d.left > 0 {
+            return Ok(None);
+        }
+        let size = d.size;
+        self.discarding = None;
+        self.shrink();
+        Err(Error::MessageTooLarge {
+            size: usize::try_from(size).unwrap_or(usize::MAX),
+            limit: self.max_frame,
+        })
+    }
+
     /// Reads once from `r` into the buffer (retrying on `EINTR`), unless a
     /// whole frame is buffered already (then it does nothing).
     ///
@@ -229,7 +310,7 @@ impl FrameReader {
             }
         };
         if n == 0 {
-            return if self.buffered() == 0 {
+            return if self.buffered() == 0 && self.discarding.is_none() {
                 Err(Error::Closed)
             } else {
                 Err(self.fail(format!(
@@ -259,6 +340,10 @@ impl FrameReader {
 
     /// How many bytes the next read asks for.
     fn read_size(&self) -> usize {
+        if self.discarding.is_some() {
+            // Thrown away as it comes: one chunk at a time.
+            return self.chunk();
+        }
         let buffered = self.buffered();
         match self.next_len() {
             // A large frame: grow geometrically with what has arrived, never
@@ -315,6 +400,7 @@ impl FrameReader {
     fn fail(&mut self, why: String) -> Error {
         self.failed = Some(why.clone());
         // The rest of the stream is meaningless now; let the memory go.
+        self.discarding = None;
         self.storage = Vec::new();
         self.start = 0;
         self.end = 0;
@@ -381,6 +467,51 @@ mod tests {
         r.fill_from(&mut &bytes[..]).unwrap();
         assert!(matches!(r.next_buffered_max(4), Err(Error::Protocol(_))));
         assert_eq!(r.next_buffered_max(10).unwrap().unwrap(), b"0123456789");
+    }
+
+    #[test]
+    fn a_skipping_reader_throws_an_oversized_frame_away_and_stays_in_step() {
+        let big = vec![9u8; 5 * CHUNK + 3];
+        let bytes = framed(&[b"before", &big, b"after", &big[..1025]]);
+        let mut r = FrameReader::new(1024);
+        r.set_skip_oversized(true);
+        let mut s = Trickle {
+            data: &bytes,
+            step: 1000,
+            blocked: false,
+        };
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            match r.read_frame(&mut s) {
+                Ok(f) => got.push(Ok(f)),
+                Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(Error::MessageTooLarge { size, limit }) => got.push(Err((size, limit))),
+                Err(e) => panic!("{e}"),
+            }
+            assert!(r.capacity() <= r.capacity_bound());
+        }
+        assert_eq!(
+            got,
+            [
+                Ok(b"before".to_vec()),
+                Err((big.len(), 1024)),
+                Ok(b"after".to_vec()),
+                Err((1025, 1024)),
+            ]
+        );
+        assert!(matches!(r.read_frame(&mut s), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn a_stream_that_ends_inside_a_skipped_frame_is_truncated() {
+        let mut bytes = 100_000u64.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 10]);
+        let mut r = FrameReader::new(16);
+        r.set_skip_oversized(true);
+        assert!(matches!(
+            r.read_frame(&mut &bytes[..]),
+            Err(Error::Protocol(_))
+        ));
     }
 
     /// A stream that hands out its bytes a few at a time, with a `WouldBlock`

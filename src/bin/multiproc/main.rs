@@ -33,7 +33,12 @@ SERVE OPTIONS:
                             (required; the file's bytes, a trailing newline
                             dropped; at least 16 bytes; a warning if group or
                             others may read the file)
-    --max-frame BYTES       The largest request accepted (default 64 MiB)
+    --max-frame BYTES       The largest request accepted and response sent
+                            (default 64 MiB); a longer one fails that call
+    --max-objects N         The most objects one client connection may have
+                            alive that it created (default 1048576)
+    --max-bytes BYTES       The most bytes of keys and values one client
+                            connection may have stored (default: physical memory)
 
     Clients connect with BaseManager::new().address(..).authkey(..).connect()
     and create dicts, lists, namespaces, queues, locks, semaphores, events and

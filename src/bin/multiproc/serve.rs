@@ -53,6 +53,8 @@ pub fn command(args: &[String]) -> ExitCode {
     let mut address = DEFAULT_ADDRESS.to_string();
     let mut key_file = None;
     let mut max_frame = None;
+    let mut max_objects = None;
+    let mut max_bytes = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -67,6 +69,14 @@ pub fn command(args: &[String]) -> ExitCode {
             "--max-frame" => match it.next().map(|m| m.parse::<usize>()) {
                 Some(Ok(m)) if m > 0 => max_frame = Some(m),
                 _ => return usage_error("--max-frame needs a positive number of bytes"),
+            },
+            "--max-objects" => match it.next().map(|m| m.parse::<u64>()) {
+                Some(Ok(m)) if m > 0 => max_objects = Some(m),
+                _ => return usage_error("--max-objects needs a positive number"),
+            },
+            "--max-bytes" => match it.next().map(|m| m.parse::<u64>()) {
+                Some(Ok(m)) if m > 0 => max_bytes = Some(m),
+                _ => return usage_error("--max-bytes needs a positive number of bytes"),
             },
             other => return usage_error(&format!("unknown serve option {other:?}")),
         }
@@ -84,6 +94,12 @@ pub fn command(args: &[String]) -> ExitCode {
     let mut config = BaseManager::new().address(address).authkey(&key);
     if let Some(m) = max_frame {
         config = config.max_frame(m);
+    }
+    if let Some(m) = max_objects {
+        config = config.max_objects(m);
+    }
+    if let Some(m) = max_bytes {
+        config = config.max_bytes(m);
     }
     let server = match config.get_server() {
         Ok(s) => s,
