@@ -31,7 +31,7 @@ pub use queue::{JoinableQueue, Queue, SimpleQueue};
 pub use sharedctypes::{Array, ArrayGuard, AtomicInt, RawArray, RawValue, Value, ValueGuard};
 pub use shm::{Segment, ShmSafe};
 pub use sync::{
-    Acquired, Barrier, BoundedSemaphore, Condition, ConditionGuard, ConditionLock, Event, Lock,
+    Acquired, Barrier, BoundedSemaphore, Condition, ConditionGuard, ConditionLock, DataLock, Event, Lock,
     LockGuard, RLock, RLockGuard, Semaphore,
 };
 

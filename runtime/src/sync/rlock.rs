@@ -174,7 +174,7 @@ impl RLock {
     /// An RLock that lives inside another object's segment (a Condition's own lock).
     pub(crate) fn from_parts<T>(obj: ShmObject<T>, field: fn(&T) -> &RLockState) -> RLock {
         RLock {
-            obj: ShmObject::from_embedded(obj, field),
+            obj: ShmObject::from_embedded(obj, Kind::RLock, field),
         }
     }
 
