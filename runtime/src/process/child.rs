@@ -34,7 +34,10 @@ pub fn init() {
     } else {
         raw.to_str()
             .and_then(|s| s.parse::<i32>().ok())
-            .and_then(sys::fd::own_inherited)
+            // SAFETY: the parent put this descriptor number in our
+            // environment for `init` alone (removed from it above), and
+            // nothing else in this fresh process has used it.
+            .and_then(|fd| unsafe { sys::fd::own_inherited(fd) })
     };
     let Some(sock) = sock else {
         eprintln!(

@@ -49,12 +49,8 @@ fn create<T: ShmSafe>(
 }
 
 fn open<T: ShmSafe>(kind: Kind, repr: &HandleRepr) -> Result<ShmObject<ArrayState>> {
-    let obj: ShmObject<ArrayState> = ShmObject::open(
-        repr,
-        kind,
-        fingerprint::<T>(),
-        std::any::type_name::<T>(),
-    )?;
+    let obj: ShmObject<ArrayState> =
+        ShmObject::open(repr, kind, fingerprint::<T>(), std::any::type_name::<T>())?;
     let len = obj.state().len;
     let needed = len.checked_mul(std::mem::size_of::<T>() as u64);
     if needed.is_none_or(|n| n > obj.tail_len() as u64) {
@@ -111,7 +107,6 @@ impl<T: ShmSafe> Elems<T> {
             })
         }
     }
-
 }
 
 /// Lock-free element access, for a `RawArray` only: every access to its
@@ -329,6 +324,7 @@ impl<T: ShmSafe> Array<T> {
 
     /// The layout of a new `Array<T>` of `len` zero elements, for a manager
     /// server to create (see [`Value::spec`](crate::Value::spec)).
+    #[doc(hidden)]
     pub fn spec(len: usize) -> Result<ShmSpec> {
         let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
             Error::InvalidArgument(format!("array of {len} elements is too large"))
@@ -450,6 +446,11 @@ mod tests {
             RawArray::<u32>::from_repr(&locked.to_repr().unwrap()),
             Err(Error::TypeMismatch { .. })
         ));
-        assert_eq!(Array::<u32>::from_repr(&locked.to_repr().unwrap()).unwrap().to_vec(), [1, 2]);
+        assert_eq!(
+            Array::<u32>::from_repr(&locked.to_repr().unwrap())
+                .unwrap()
+                .to_vec(),
+            [1, 2]
+        );
     }
 }

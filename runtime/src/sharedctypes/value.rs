@@ -41,12 +41,7 @@ fn create<T: ShmSafe>(kind: Kind, v: T) -> Result<ShmObject<ValueState<T>>> {
 }
 
 fn open<T: ShmSafe>(kind: Kind, repr: &HandleRepr) -> Result<ShmObject<ValueState<T>>> {
-    ShmObject::open(
-        repr,
-        kind,
-        fingerprint::<T>(),
-        std::any::type_name::<T>(),
-    )
+    ShmObject::open(repr, kind, fingerprint::<T>(), std::any::type_name::<T>())
 }
 
 /// A `T` in shared memory, without a lock (Python's `RawValue`).
@@ -207,6 +202,7 @@ impl<T: ShmSafe> Value<T> {
     ///
     /// The server does not know `T`: it creates the segment from the spec and
     /// the client opens the handle it returns, then sets the value.
+    #[doc(hidden)]
     pub fn spec() -> ShmSpec {
         ShmSpec {
             kind: Kind::Value as u32,

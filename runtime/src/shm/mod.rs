@@ -4,7 +4,7 @@ mod object;
 mod segment;
 mod shm_safe;
 
-pub use object::{Kind, ObjectHeader, ShmObject, ShmSpec, fingerprint, fingerprint_str};
+pub use object::{Kind, ShmObject, ShmSpec, fingerprint, fingerprint_str};
 pub use segment::Segment;
 pub(crate) use segment::fork_guard;
 pub use shm_safe::ShmSafe;

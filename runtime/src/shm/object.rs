@@ -184,7 +184,7 @@ fn create_segment(
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(crate = rkyv)]
 pub struct ShmSpec {
-    /// The object's [`Kind`], as its number.
+    /// The object's `Kind`, as its number.
     pub kind: u32,
     /// The fingerprint the header records.
     pub fingerprint: u64,

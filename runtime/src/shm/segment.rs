@@ -148,11 +148,13 @@ impl Segment {
     }
 
     /// Encodes this segment with kind-specific data (see [`crate::handle`]).
+    #[doc(hidden)]
     pub fn to_repr_with(&self, offset: u64, extra: u64) -> Result<HandleRepr> {
         handle::encode_fd(self.id(), self.fd(), offset, extra)
     }
 
     /// Rebuilds the segment named by `repr` in this process.
+    #[doc(hidden)]
     pub fn from_repr_any(repr: &HandleRepr) -> Result<Segment> {
         Self::attach(repr)
     }

@@ -47,6 +47,7 @@ impl Lock {
 
     /// The layout of a new, unlocked lock, for a manager server to create
     /// (see [`Value::spec`](crate::Value::spec)).
+    #[doc(hidden)]
     pub fn spec() -> ShmSpec {
         ShmSpec {
             kind: Kind::Lock as u32,
@@ -56,7 +57,6 @@ impl Lock {
             state_init: Vec::new(),
         }
     }
-
 
     #[inline]
     pub(crate) fn raw(&self) -> &RawLock {
@@ -272,9 +272,7 @@ impl ShareHandle for DataLock {
     /// Opens the lock embedded in a `Value` or `Array` segment (or a whole
     /// `Lock` segment: without a safe release, either is sound).
     fn from_repr(repr: &HandleRepr) -> Result<Self> {
-        ShmObject::open_embedded(repr, Kind::Lock).map(|obj| DataLock {
-            lock: Lock { obj },
-        })
+        ShmObject::open_embedded(repr, Kind::Lock).map(|obj| DataLock { lock: Lock { obj } })
     }
 }
 

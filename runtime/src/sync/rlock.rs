@@ -166,6 +166,7 @@ impl RLock {
 
     /// The layout of a new, unlocked recursive lock, for a manager server to
     /// create (see [`Value::spec`](crate::Value::spec)).
+    #[doc(hidden)]
     pub fn spec() -> ShmSpec {
         // SAFETY: RLockState is atomics and integers only.
         unsafe { ShmSpec::zeroed::<RLockState>(Kind::RLock, 0, 0, |_| {}) }

@@ -20,7 +20,13 @@ pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> std::io::Result<()> {
 }
 
 /// Duplicates `fd` onto exactly `target`, clearing close-on-exec on the copy.
-pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> std::io::Result<()> {
+///
+/// # Safety
+///
+/// `target` must be closed, or owned by the caller, or its owner must accept
+/// that the number now refers to another file: `dup2` silently closes what
+/// `target` referred to (I/O safety).
+pub unsafe fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> std::io::Result<()> {
     if fd.as_raw_fd() == target {
         return set_cloexec(fd, false);
     }
@@ -31,10 +37,15 @@ pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> std::io::Result<()> {
 /// Takes ownership of a raw descriptor number this process holds.
 ///
 /// Returns `None` if `fd` is not open.
-pub fn own_inherited(fd: RawFd) -> Option<OwnedFd> {
+///
+/// # Safety
+///
+/// Nothing else in the process may own or use `fd` (it was inherited for the
+/// caller alone): the returned `OwnedFd` closes it when dropped.
+pub unsafe fn own_inherited(fd: RawFd) -> Option<OwnedFd> {
     syscall!(fcntl(fd, libc::F_GETFD)).ok()?;
-    // SAFETY: the descriptor is open (F_GETFD succeeded) and was handed to this
-    // process for it to own; nothing else in the process refers to it.
+    // SAFETY: the descriptor is open (F_GETFD succeeded) and, by the
+    // caller's promise, nothing else in the process owns or uses it.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -43,8 +54,6 @@ pub fn own_inherited(fd: RawFd) -> Option<OwnedFd> {
 pub enum Interest {
     /// Data to read, or the peer hung up.
     Read,
-    /// Room to write.
-    Write,
 }
 
 /// Waits until one of `fds` is ready for `interest` or `timeout` passes.
@@ -57,7 +66,6 @@ pub fn poll(
 ) -> std::io::Result<Vec<usize>> {
     let events = match interest {
         Interest::Read => libc::POLLIN,
-        Interest::Write => libc::POLLOUT,
     };
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
@@ -89,7 +97,6 @@ pub fn poll_one(
 ) -> std::io::Result<bool> {
     let events = match interest {
         Interest::Read => libc::POLLIN,
-        Interest::Write => libc::POLLOUT,
     };
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),

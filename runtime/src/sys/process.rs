@@ -52,6 +52,7 @@ pub fn getpid() -> i32 {
 }
 
 /// The parent process id as the kernel sees it now (1 or a subreaper once the parent died).
+#[cfg(test)]
 pub fn getppid() -> i32 {
     // SAFETY: getppid has no preconditions and cannot fail.
     unsafe { libc::getppid() }
@@ -121,9 +122,15 @@ pub enum Forked {
 
 /// Forks the process.
 ///
-/// In the child only the calling thread exists; the caller must keep to
-/// work that is valid after fork (glibc keeps malloc usable) and end with [`exit_now`].
-pub fn fork() -> std::io::Result<Forked> {
+/// # Safety
+///
+/// In the child only the calling thread exists, with every lock another
+/// thread held still held: the caller must keep to work that is valid
+/// after fork (glibc keeps malloc usable; the runtime's own tables are held
+/// across the fork by their fork guards), and must not let the child touch
+/// a resource whose owner is another thread of the parent. The child ends
+/// with [`exit_now`].
+pub unsafe fn fork() -> std::io::Result<Forked> {
     install_atfork();
     // Counted before the fork, so the child inherits the new count too and
     // the parent does not write the counter's page (a copy) after it.
@@ -266,8 +273,6 @@ pub mod signal {
     pub const TERM: i32 = libc::SIGTERM;
     /// SIGKILL.
     pub const KILL: i32 = libc::SIGKILL;
-    /// SIGINT.
-    pub const INT: i32 = libc::SIGINT;
 }
 
 /// A descriptor that becomes readable when process `pid` ends.
@@ -279,18 +284,6 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Asks the kernel to send `signal` to this process when its parent thread exits.
-pub fn set_parent_death_signal(signal: i32) -> std::io::Result<()> {
-    syscall!(prctl(
-        libc::PR_SET_PDEATHSIG,
-        signal as libc::c_ulong,
-        0,
-        0,
-        0
-    ))?;
-    Ok(())
 }
 
 /// The number of CPUs this process may run on.
