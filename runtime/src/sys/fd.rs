@@ -7,14 +7,17 @@ use super::{retry_eintr, syscall};
 
 /// Sets or clears `FD_CLOEXEC` on `fd`.
 pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> std::io::Result<()> {
-    let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFD))?;
+    // SAFETY: F_GETFD only reads the flags of `fd`, which is borrowed, so open.
+    let flags = syscall!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) })?;
     let new = if on {
         flags | libc::FD_CLOEXEC
     } else {
         flags & !libc::FD_CLOEXEC
     };
     if new != flags {
-        syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFD, new))?;
+        // SAFETY: F_SETFD only changes the close-on-exec flag of the open,
+        // borrowed `fd`; `new` is its flags with that bit set or cleared.
+        syscall!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, new) })?;
     }
     Ok(())
 }
@@ -30,7 +33,9 @@ pub unsafe fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> std::io::Result<()>
     if fd.as_raw_fd() == target {
         return set_cloexec(fd, false);
     }
-    retry_eintr(|| syscall!(dup2(fd.as_raw_fd(), target)))?;
+    // SAFETY: `fd` is borrowed, so open; replacing `target` is what the
+    // caller promised may happen (see the function's contract).
+    retry_eintr(|| syscall!(unsafe { libc::dup2(fd.as_raw_fd(), target) }))?;
     Ok(())
 }
 
@@ -43,7 +48,9 @@ pub unsafe fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> std::io::Result<()>
 /// Nothing else in the process may own or use `fd` (it was inherited for the
 /// caller alone): the returned `OwnedFd` closes it when dropped.
 pub unsafe fn own_inherited(fd: RawFd) -> Option<OwnedFd> {
-    syscall!(fcntl(fd, libc::F_GETFD)).ok()?;
+    // SAFETY: F_GETFD only reads flags; on a closed number it fails with
+    // EBADF, which is how we learn that `fd` is not open.
+    syscall!(unsafe { libc::fcntl(fd, libc::F_GETFD) }).ok()?;
     // SAFETY: the descriptor is open (F_GETFD succeeded) and, by the
     // caller's promise, nothing else in the process owns or uses it.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -76,7 +83,9 @@ pub fn poll(
         })
         .collect();
     let ms = timeout_ms(timeout);
-    let n = syscall!(poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms));
+    // SAFETY: `pfds` is a live array of `pfds.len()` pollfds the kernel may
+    // write `revents` into; the descriptors are borrowed, so open.
+    let n = syscall!(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) });
     match n {
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(Vec::new()),
         Err(e) => Err(e),
@@ -103,7 +112,9 @@ pub fn poll_one(
         events,
         revents: 0,
     };
-    match syscall!(poll(&mut pfd, 1, timeout_ms(timeout))) {
+    // SAFETY: `pfd` is one live pollfd the kernel may write `revents` into;
+    // its descriptor is borrowed, so open.
+    match syscall!(unsafe { libc::poll(&mut pfd, 1, timeout_ms(timeout)) }) {
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(false),
         Err(e) => Err(e),
         Ok(_) => Ok(pfd.revents != 0),

@@ -11,7 +11,8 @@ use super::syscall;
 /// the memory goes, whichever process dies.
 pub fn memfd_create(name: &str, len: u64) -> std::io::Result<OwnedFd> {
     let cname = CString::new(name.replace('\0', "_")).map_err(std::io::Error::other)?;
-    let fd = syscall!(memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC))?;
+    // SAFETY: `cname` is a NUL-terminated string that outlives the call.
+    let fd = syscall!(unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) })?;
     // SAFETY: memfd_create just returned this descriptor and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     set_len(fd.as_fd(), len)?;
@@ -21,7 +22,8 @@ pub fn memfd_create(name: &str, len: u64) -> std::io::Result<OwnedFd> {
 /// Sets the size of the file behind `fd`.
 pub fn set_len(fd: BorrowedFd<'_>, len: u64) -> std::io::Result<()> {
     let len = libc::off_t::try_from(len).map_err(std::io::Error::other)?;
-    syscall!(ftruncate(fd.as_raw_fd(), len))?;
+    // SAFETY: `fd` is borrowed, so open; ftruncate touches no memory of ours.
+    syscall!(unsafe { libc::ftruncate(fd.as_raw_fd(), len) })?;
     Ok(())
 }
 
@@ -29,7 +31,8 @@ pub fn set_len(fd: BorrowedFd<'_>, len: u64) -> std::io::Result<()> {
 pub fn file_len(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
     // SAFETY: `stat` is plain old data; all-zero is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    syscall!(fstat(fd.as_raw_fd(), &mut st))?;
+    // SAFETY: `fd` is borrowed, so open; `st` is a live stat the kernel fills in.
+    syscall!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
     Ok(st.st_size as u64)
 }
 

@@ -135,7 +135,9 @@ pub unsafe fn fork() -> std::io::Result<Forked> {
     // Counted before the fork, so the child inherits the new count too and
     // the parent does not write the counter's page (a copy) after it.
     FORKS.fetch_add(1, Ordering::AcqRel);
-    let pid = syscall!(fork())?;
+    // SAFETY: fork takes no arguments; what the child may do afterwards is
+    // this function's own contract, which the caller accepted.
+    let pid = syscall!(unsafe { libc::fork() })?;
     Ok(if pid == 0 {
         Forked::Child
     } else {
@@ -189,11 +191,15 @@ pub fn spawn_exec(
 /// In a spawned child: moves the channel its parent passed as stdin to a new
 /// close-on-exec descriptor and reopens stdin on `/dev/null`.
 pub fn take_stdin_channel() -> std::io::Result<OwnedFd> {
-    let moved = syscall!(fcntl(0, libc::F_DUPFD_CLOEXEC, 3))?;
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor (numbered 3 or above)
+    // for whatever fd 0 refers to; it closes nothing.
+    let moved = syscall!(unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) })?;
     // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; we own it.
     let channel = unsafe { OwnedFd::from_raw_fd(moved) };
     let null = std::fs::File::open("/dev/null")?;
-    super::retry_eintr(|| syscall!(dup2(null.as_raw_fd(), 0)))?;
+    // SAFETY: `null` is open; replacing fd 0 (standard input, which this
+    // process owns and whose channel we just moved away) is the point.
+    super::retry_eintr(|| syscall!(unsafe { libc::dup2(null.as_raw_fd(), 0) }))?;
     Ok(channel)
 }
 
@@ -232,7 +238,8 @@ pub fn wait(pid: i32) -> std::io::Result<ExitStatus> {
 
 fn wait_inner(pid: i32, flags: libc::c_int) -> std::io::Result<Option<ExitStatus>> {
     let mut status: libc::c_int = 0;
-    let res = retry_eintr(|| syscall!(waitpid(pid, &mut status, flags)))?;
+    // SAFETY: `status` is a live int the kernel writes the status into.
+    let res = retry_eintr(|| syscall!(unsafe { libc::waitpid(pid, &mut status, flags) }))?;
     if res == 0 {
         return Ok(None);
     }
@@ -252,7 +259,11 @@ pub fn wait_ended(pid: i32) -> std::io::Result<()> {
     // SAFETY: `siginfo_t` is plain old data; all-zero is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     let flags = libc::WEXITED | libc::WNOWAIT;
-    match retry_eintr(|| syscall!(waitid(libc::P_PID, pid as libc::id_t, &mut info, flags))) {
+    let waited = retry_eintr(|| {
+        // SAFETY: `info` is a live siginfo_t the kernel fills in.
+        syscall!(unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) })
+    });
+    match waited {
         Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Ok(()),
         other => other.map(drop),
     }
@@ -263,7 +274,8 @@ pub fn kill(pid: i32, signal: i32) -> std::io::Result<()> {
     if pid <= 0 {
         return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
     }
-    syscall!(kill(pid, signal))?;
+    // SAFETY: kill takes plain integers and touches no memory of ours.
+    syscall!(unsafe { libc::kill(pid, signal) })?;
     Ok(())
 }
 
