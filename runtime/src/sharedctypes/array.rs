@@ -432,6 +432,37 @@ mod tests {
         ));
     }
 
+    /// Regression: `RawArray::from_elem` with a huge length mapped the
+    /// segment and filled it until the OOM killer came.
+    #[test]
+    fn a_huge_array_is_an_error_before_any_allocation() {
+        let out_of_memory = |r: Result<RawArray<u8>>| matches!(r, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::OutOfMemory);
+        assert!(out_of_memory(RawArray::from_elem(7u8, usize::MAX / 2)));
+        assert!(out_of_memory(RawArray::from_elem(7u8, 1 << 50)));
+        // Twice what is free: mappable, but filling it would bring the OOM killer.
+        if let Some(free) = crate::sys::memfd::free_memory()
+            && free.saturating_mul(2) < 1 << 46
+        {
+            assert!(out_of_memory(RawArray::from_elem(7u8, 2 * free as usize)));
+        }
+        assert!(matches!(
+            Array::from_elem(1u32, 1 << 50),
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::OutOfMemory
+        ));
+        assert!(matches!(
+            RawArray::from_elem(0u64, usize::MAX / 4),
+            Err(Error::InvalidArgument(_))
+        ));
+        // A size that fits is still fine.
+        assert_eq!(
+            RawArray::from_elem(3u8, 1 << 20)
+                .unwrap()
+                .get(12345)
+                .unwrap(),
+            3
+        );
+    }
+
     /// Regression: a `RawArray` handle opened as an `Array` (same layout) let
     /// the lock-free `set` race with a guard's `&mut [T]`.
     #[test]

@@ -70,12 +70,18 @@ fn new_id() -> u64 {
 
 impl Segment {
     /// Creates a zero-filled segment of `len` bytes (at least one).
+    ///
+    /// A segment larger than the memory this machine has free (available
+    /// RAM and swap) is `Error::Io` of kind `OutOfMemory`, before anything
+    /// is allocated: the kernel would hand out such a mapping and kill the
+    /// process once it is filled.
     pub fn create(len: usize) -> Result<Segment> {
         if len == 0 {
             return Err(Error::InvalidArgument(
                 "a segment needs at least one byte".into(),
             ));
         }
+        sys::memfd::check_backable(len as u64)?;
         let id = new_id();
         let fd = sys::memfd::memfd_create(&format!("multiproc-{id:016x}"), len as u64)?;
         Self::map(id, fd, len)

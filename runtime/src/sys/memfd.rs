@@ -36,6 +36,56 @@ pub fn file_len(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
     Ok(st.st_size as u64)
 }
 
+/// Segments below this size are not checked against free memory: every
+/// machine this runs on has that much, and reading `/proc/meminfo` costs
+/// more than creating a small segment.
+const CHECKED_LEN: u64 = 64 << 20;
+
+/// `Err(OutOfMemory)` if a segment of `len` bytes could not be backed by
+/// the memory this machine has free now (available RAM plus free swap).
+///
+/// A memory file's size is only a promise: `ftruncate` and `mmap` of any
+/// size succeed, and touching more pages than the machine has brings the
+/// OOM killer instead of an error. So a large segment is checked first.
+/// When `/proc/meminfo` cannot be read, nothing is known and nothing is
+/// refused.
+pub fn check_backable(len: u64) -> std::io::Result<()> {
+    if len < CHECKED_LEN {
+        return Ok(());
+    }
+    let Some(free) = free_memory() else {
+        return Ok(());
+    };
+    if len > free {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::OutOfMemory,
+            format!(
+                "a shared segment of {len} bytes exceeds the memory this machine has free \
+                 ({free} bytes of available RAM and swap)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `MemAvailable` plus `SwapFree` from `/proc/meminfo`, in bytes.
+pub fn free_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        kib.checked_mul(1024)
+    };
+    let available = field("MemAvailable:")?;
+    let swap = field("SwapFree:").unwrap_or(0);
+    Some(available.saturating_add(swap))
+}
+
 /// Opens another process's descriptor through `/proc/<pid>/fd/<fd>`.
 ///
 /// This gives a fresh descriptor for the same memory file, as long as that
