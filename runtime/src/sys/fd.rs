@@ -1,6 +1,6 @@
 //! File-descriptor helpers: close-on-exec flags, dup, poll.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
 use super::{retry_eintr, syscall};
@@ -37,23 +37,6 @@ pub unsafe fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> std::io::Result<()>
     // caller promised may happen (see the function's contract).
     retry_eintr(|| syscall!(unsafe { libc::dup2(fd.as_raw_fd(), target) }))?;
     Ok(())
-}
-
-/// Takes ownership of a raw descriptor number this process holds.
-///
-/// Returns `None` if `fd` is not open.
-///
-/// # Safety
-///
-/// Nothing else in the process may own or use `fd` (it was inherited for the
-/// caller alone): the returned `OwnedFd` closes it when dropped.
-pub unsafe fn own_inherited(fd: RawFd) -> Option<OwnedFd> {
-    // SAFETY: F_GETFD only reads flags; on a closed number it fails with
-    // EBADF, which is how we learn that `fd` is not open.
-    syscall!(unsafe { libc::fcntl(fd, libc::F_GETFD) }).ok()?;
-    // SAFETY: the descriptor is open (F_GETFD succeeded) and, by the
-    // caller's promise, nothing else in the process owns or uses it.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Which condition to poll a descriptor for.

@@ -316,3 +316,14 @@ pub fn exe_identity(path: &Path) -> std::io::Result<String> {
         m.mtime_nsec()
     ))
 }
+
+/// Whether this process runs exactly one thread (from `/proc/self/status`);
+/// `false` when that cannot be read.
+pub fn is_single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .is_some_and(|n| n.trim() == "1")
+    })
+}
