@@ -205,11 +205,12 @@ pub use multiproc_proxy::{
 pub use multiproc_runtime::{
     Acquired, Address, Array, ArrayGuard, AsyncResult, AtomicInt, Barrier, BoundedSemaphore,
     Callbacks, ChildInfo, Condition, ConditionGuard, ConditionLock, Connection, Context,
-    CurrentProcess, DataLock, Error, Event, IMapIterator, JoinableQueue, Listener, Lock, LockGuard,
-    ParentProcess, Pipe, Pool, PoolBuilder, Process, Queue, RLock, RLockGuard, RawArray, RawValue,
-    Result, Segment, Semaphore, Shareable, ShmSafe, SimpleQueue, SocketConnection, StartMethod,
-    ThreadPool, Value, ValueGuard, active_children, client, cpu_count, current_process,
-    get_context, get_start_method, init, init_before_main, parent_process, set_start_method, wait,
+    CurrentProcess, DataLock, DataLockGuard, Error, Event, IMapIterator, JoinableQueue, Listener,
+    Lock, LockGuard, ParentProcess, Pipe, Pool, PoolBuilder, Process, Queue, RLock, RLockGuard,
+    RawArray, RawValue, Result, Segment, Semaphore, Shareable, ShmSafe, SimpleQueue,
+    SocketConnection, StartMethod, ThreadPool, Value, ValueGuard, active_children, client,
+    cpu_count, current_process, get_context, get_start_method, init, init_before_main,
+    parent_process, set_start_method, wait,
 };
 
 /// Python's `multiprocessing.connection`: [`Listener`], [`client`], [`wait`]

@@ -43,8 +43,8 @@ pub use queue::{JoinableQueue, Queue, SimpleQueue};
 pub use sharedctypes::{Array, ArrayGuard, AtomicInt, RawArray, RawValue, Value, ValueGuard};
 pub use shm::{Segment, ShmSafe};
 pub use sync::{
-    Acquired, Barrier, BoundedSemaphore, Condition, ConditionGuard, ConditionLock, DataLock, Event,
-    Lock, LockGuard, RLock, RLockGuard, Semaphore,
+    Acquired, Barrier, BoundedSemaphore, Condition, ConditionGuard, ConditionLock, DataLock,
+    DataLockGuard, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
 };
 
 /// The encoding library, re-exported so derives and handles agree on one version.

@@ -225,18 +225,26 @@ impl DataLock {
     }
 
     /// Blocks until the lock is held and returns a guard that releases it.
-    pub fn lock(&self) -> Result<LockGuard<'_>> {
-        self.lock.lock()
+    pub fn lock(&self) -> Result<DataLockGuard> {
+        self.guard(Deadline::Never)
     }
 
     /// Takes the lock if it is free; `Err(WouldBlock)` otherwise.
-    pub fn try_lock(&self) -> Result<LockGuard<'_>> {
-        self.lock.try_lock()
+    pub fn try_lock(&self) -> Result<DataLockGuard> {
+        self.guard(Deadline::Now).map_err(|_| Error::WouldBlock)
     }
 
     /// Waits at most `timeout` for the lock; `Err(Timeout)` if it stays held.
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>> {
-        self.lock.lock_timeout(timeout)
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<DataLockGuard> {
+        self.guard(Deadline::after(timeout))
+    }
+
+    fn guard(&self, deadline: Deadline) -> Result<DataLockGuard> {
+        let acquired = self.lock.acquire_deadline(deadline)?;
+        Ok(DataLockGuard {
+            lock: self.clone(),
+            acquired,
+        })
     }
 
     /// Whether some process holds the lock now.
@@ -261,6 +269,35 @@ impl DataLock {
     /// `std::mem::forget`.
     pub unsafe fn force_unlock(&self) -> Result<()> {
         self.lock.release()
+    }
+}
+
+/// Holds a [`DataLock`] (a handle of its own, so `v.get_lock().lock()` is
+/// one expression); releases it when dropped.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct DataLockGuard {
+    lock: DataLock,
+    acquired: Acquired,
+}
+
+impl DataLockGuard {
+    /// The pid of the previous holder if it died holding the lock.
+    pub fn owner_died(&self) -> Option<i32> {
+        self.acquired.owner_died()
+    }
+}
+
+impl std::fmt::Debug for DataLockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataLockGuard")
+            .field("owner_died", &self.owner_died())
+            .finish()
+    }
+}
+
+impl Drop for DataLockGuard {
+    fn drop(&mut self) {
+        self.lock.lock.raw().unlock();
     }
 }
 

@@ -5,18 +5,37 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::syscall;
 
-/// Creates an anonymous memory file of `len` bytes (zero-filled), close-on-exec.
+/// Creates an anonymous memory file of `len` bytes (zero-filled),
+/// close-on-exec, whose size is sealed: no process can shrink or grow it.
 ///
 /// It has no name in any file system: when the last descriptor and mapping go,
-/// the memory goes, whichever process dies.
+/// the memory goes, whichever process dies. The seal matters because a
+/// mapping of a file that shrinks faults (`SIGBUS`) on the pages that went,
+/// and references into segments are handed out as if they were memory:
+/// anyone holding the descriptor (through `/proc` too) could otherwise
+/// crash every process that maps it with one `ftruncate`.
 pub fn memfd_create(name: &str, len: u64) -> std::io::Result<OwnedFd> {
     let cname = CString::new(name.replace('\0', "_")).map_err(std::io::Error::other)?;
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     // SAFETY: `cname` is a NUL-terminated string that outlives the call.
-    let fd = syscall!(unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) })?;
+    let fd = syscall!(unsafe { libc::memfd_create(cname.as_ptr(), flags) })?;
     // SAFETY: memfd_create just returned this descriptor and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     set_len(fd.as_fd(), len)?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS takes an integer set of seals for the open `fd`.
+    syscall!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
     Ok(fd)
+}
+
+/// Whether the size of the file behind `fd` is sealed against shrinking
+/// (a memory file from [`memfd_create`]): only such a file is safe to map
+/// and use as memory. A file that cannot carry seals is not.
+pub fn size_is_sealed(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: F_GET_SEALS only reads the seals of the open, borrowed `fd`
+    // (EINVAL for a file that has none).
+    syscall!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) })
+        .is_ok_and(|seals| seals & libc::F_SEAL_SHRINK != 0)
 }
 
 /// Sets the size of the file behind `fd`.
