@@ -27,7 +27,11 @@
 //! ## Share a value
 //!
 //! [`Value`] and [`Array`] live in shared segments; handles to them can be
-//! passed to children as arguments, under both start methods.
+//! passed to children as arguments, under both start methods. Their data is
+//! reached only under their lock: the guard is the one way in (and, for
+//! `get_lock()`'s [`DataLock`], the one safe way to release it).
+//! [`RawValue`] and [`RawArray`] have no lock; their accesses are atomic, and
+//! integer `RawValue`s offer lock-free `fetch_add` and friends.
 //!
 //! ```
 //! use multiproc::{Process, Value};
@@ -195,6 +199,14 @@
 //!
 //! Every fallible call returns [`Result`] with the one [`Error`] enum; blocking
 //! calls come as `x`, `try_x` and `x_timeout(Duration)`.
+//!
+//! ## Safety
+//!
+//! No safe function of this crate can break memory safety: what could
+//! (forcing a data lock open, a `RawArray`'s zero-copy slices) is `unsafe`,
+//! and the platform layer is private. Modules and items hidden from these
+//! docs (`manager`, `wire`, `handle`, `__internal` …) are internals shared
+//! with the CLI and tests, with no stability promise.
 
 pub use multiproc_proxy::{
     BarrierProxy, BaseManager, BoundedSemaphoreProxy, DictProxy, EventProxy, ListProxy, LockProxy,

@@ -46,9 +46,10 @@ fn open<T: ShmSafe>(kind: Kind, repr: &HandleRepr) -> Result<ShmObject<ValueStat
 
 /// A `T` in shared memory, without a lock (Python's `RawValue`).
 ///
-/// `get` and `set` copy the whole value; concurrent writers may interleave
-/// (a reader can see a torn value). For integers and bools, the atomic
-/// methods are the safe way to share without a lock.
+/// `get` and `set` copy the whole value, atomically per unit of its
+/// alignment: concurrent writers may interleave (a reader can see a mix of
+/// two values, never an invalid one). For integers and bools, the atomic
+/// methods (lock-free) are the way to share without a lock.
 pub struct RawValue<T: ShmSafe> {
     obj: ShmObject<ValueState<T>>,
 }
