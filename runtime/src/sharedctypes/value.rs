@@ -413,6 +413,13 @@ mod tests {
             })
         };
         about_to_add.recv().unwrap();
+        // A lock-free fetch_add would finish under our guard; give it every
+        // chance to (the wait only bounds how long a failure takes to show).
+        let until = std::time::Instant::now() + Duration::from_millis(300);
+        while std::time::Instant::now() < until && !adder.is_finished() {
+            std::thread::yield_now();
+        }
+        assert!(!adder.is_finished(), "fetch_add ran while a guard was held");
         *guard = 10;
         drop(guard);
         assert_eq!(adder.join().unwrap(), 10);
