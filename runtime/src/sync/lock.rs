@@ -262,11 +262,11 @@ impl DataLock {
     ///
     /// # Safety
     ///
-    /// No guard of this lock's data may be alive in this process (a
-    /// `ValueGuard`, an `ArrayGuard`, or a guard from [`DataLock::lock`]
-    /// whose holder still relies on it), or two guards could reach the same
-    /// data at once. It is meant for a lock whose guard was leaked with
-    /// `std::mem::forget`.
+    /// No guard of this lock may be alive, in this process or any other that
+    /// maps the data (a `ValueGuard`, an `ArrayGuard`, or a guard from
+    /// [`DataLock::lock`] whose holder still relies on it), or two guards
+    /// could reach the same data at once. It is meant for a lock whose guard
+    /// was leaked with `std::mem::forget`.
     pub unsafe fn force_unlock(&self) -> Result<()> {
         self.lock.release()
     }
