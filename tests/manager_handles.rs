@@ -6,11 +6,11 @@
 
 mod util;
 
+use multiproc::__internal::ShmSpec;
 use multiproc::manager::protocol::{
     ArchivedResponse, Request, access_response, encode_request, remote_error,
 };
 use multiproc::rkyv::util::AlignedVec;
-use multiproc::shm::ShmSpec;
 use multiproc::{
     DictProxy, Error, Event, Lock, Manager, NamespaceProxy, Process, Queue, Quota, ServerAddress,
     StartMethod, Value,
@@ -168,7 +168,7 @@ fn ask(conn: &mut multiproc::manager::server::LocalConnection, req: &Request<'_>
 /// A spec of `total` bytes or so (a state of 8 bytes, then the tail).
 fn spec(state_size: u64, tail_len: u64) -> ShmSpec {
     ShmSpec {
-        kind: multiproc::shm::Kind::Other as u32,
+        kind: multiproc::__internal::Kind::Other as u32,
         fingerprint: 1,
         state_size,
         tail_len,

@@ -379,3 +379,22 @@ fn results_and_panic_messages_of_every_size_come_back() {
         }
     }
 }
+
+/// Regression: a descriptor number in `MULTIPROC_CHILD_FD` was taken as
+/// this process's own (and closed later) by `init`, whatever else owned it.
+/// Only the launch channel on stdin, as the parent passes it, is taken.
+#[test]
+fn init_takes_no_raw_descriptor_number_from_the_environment() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("MULTIPROC_CHILD_FD", "0")
+        .arg("--list")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(70), "{stderr}");
+    assert!(
+        stderr.contains("does not name the launch channel"),
+        "{stderr}"
+    );
+}

@@ -5,9 +5,8 @@ mod util;
 
 use std::time::Duration;
 
-use multiproc::sync::Acquired;
 use multiproc::{
-    BarrierProxy, BaseManager, DictProxy, Error, EventProxy, LockProxy, Parties, Process,
+    Acquired, BarrierProxy, BaseManager, DictProxy, Error, EventProxy, LockProxy, Parties, Process,
     QueueProxy, RemoteManager, StartMethod,
 };
 use util::{PROMPTLY, eventually};

@@ -2,7 +2,7 @@
 
 mod util;
 
-use multiproc::{Array, Error, Lock, Process, RawValue, StartMethod, Value};
+use multiproc::{Array, DataLock, Error, Lock, Process, RawValue, StartMethod, Value};
 use util::PROMPTLY;
 
 multiproc::init_before_main!();
@@ -125,8 +125,9 @@ fn value_lock_is_the_get_lock_handle() {
     assert_eq!(v.get(), 1);
 }
 
-fn lock_in_child(lock: Lock) -> bool {
-    lock.try_acquire().is_ok() && lock.release().is_ok()
+/// Takes and releases (by dropping its guard) a value's lock.
+fn lock_in_child(lock: DataLock) -> bool {
+    lock.try_lock().is_ok()
 }
 
 #[test]
@@ -142,5 +143,39 @@ fn a_value_lock_can_be_passed_to_a_child() {
         p.start().unwrap();
         assert!(!p.join_timeout(PROMPTLY).unwrap());
         drop(held);
+    }
+}
+
+/// A user type carrying handles: it derives rkyv's traits, nothing more
+/// (implementing the hidden `ShareHandle` is not needed to send handles).
+#[derive(multiproc::rkyv::Archive, multiproc::rkyv::Serialize, multiproc::rkyv::Deserialize)]
+#[rkyv(crate = multiproc::rkyv)]
+struct Job {
+    counter: Value<u64>,
+    log: Array<u32>,
+    times: u32,
+}
+
+fn run_job(job: Job) {
+    for _ in 0..job.times {
+        *job.counter.lock().unwrap() += 1;
+    }
+    job.log.set(0, job.times).unwrap();
+}
+
+#[test]
+fn a_user_struct_with_handle_fields_travels_to_a_child() {
+    for m in METHODS {
+        let job = Job {
+            counter: Value::new(0u64).unwrap(),
+            log: Array::new(&[0u32]).unwrap(),
+            times: 5,
+        };
+        let (counter, log) = (job.counter.clone(), job.log.clone());
+        let mut p = Process::new(run_job, job).start_method(m);
+        p.start().unwrap();
+        p.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(counter.get(), 5, "{m:?}");
+        assert_eq!(log.get(0).unwrap(), 5, "{m:?}");
     }
 }

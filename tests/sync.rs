@@ -280,8 +280,10 @@ fn conditions() -> Vec<Condition> {
         Condition::new().unwrap(),
         Condition::with_lock(Lock::new().unwrap()).unwrap(),
         Condition::with_lock(RLock::new().unwrap()).unwrap(),
-        // A Value's own lock, which lives inside the value's segment.
-        Condition::with_lock(multiproc::Value::new(0u8).unwrap().get_lock()).unwrap(),
+        // A Value's own lock (a DataLock) is no longer a condition's lock:
+        // `Condition::release` and `wait` would release it under a live
+        // value guard. tests/compile_fail/condition_over_data_lock.rs checks
+        // that it does not compile.
     ]
 }
 

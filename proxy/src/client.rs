@@ -22,15 +22,15 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, LazyLock, Once};
 
+use multiproc_runtime::__internal::sys;
+use multiproc_runtime::__internal::{ForkHook, ForkMutex, register_fork_hook};
 use multiproc_runtime::manager::TcpClient;
 use multiproc_runtime::manager::channel::ClientEnd;
 use multiproc_runtime::manager::protocol::{
     ArchivedResponse, ObjectId, Request, access_response, encode_request, remote_error,
 };
 use multiproc_runtime::manager::{ServerAddress, server};
-use multiproc_runtime::process::{ForkHook, ForkMutex, register_fork_hook};
 use multiproc_runtime::rkyv::util::AlignedVec;
-use multiproc_runtime::sys;
 use multiproc_runtime::{Error, Result};
 use std::sync::MutexGuard;
 
@@ -244,8 +244,12 @@ struct Entry {
 /// live on. The descriptor number stays valid for whatever owns it.
 fn detach_inherited(fd: Option<RawFd>) {
     let Some(fd) = fd else { return };
-    let detached =
-        std::fs::File::open("/dev/null").and_then(|null| sys::fd::dup_onto(null.as_fd(), fd));
+    let detached = std::fs::File::open("/dev/null").and_then(|null| {
+        // SAFETY: `fd` is this process's copy of a socket that a connection
+        // of the client table owns; replacing what it refers to is the
+        // point (the owner keeps a valid descriptor, now /dev/null).
+        unsafe { sys::fd::dup_onto(null.as_fd(), fd) }
+    });
     if let Err(e) = detached {
         tracing::debug!("a forked child cannot detach an inherited manager socket: {e}");
     }

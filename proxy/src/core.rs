@@ -19,12 +19,12 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use multiproc_runtime::__internal::fingerprint_str;
 use multiproc_runtime::manager::ServerAddress;
 use multiproc_runtime::manager::protocol::{ArchivedResponse, ObjectId, Request};
 use multiproc_runtime::rkyv::bytecheck::CheckBytes;
 use multiproc_runtime::rkyv::rancor::{Fallible, Source};
 use multiproc_runtime::rkyv::{self, Archive, Deserialize, Place, Portable, Serialize};
-use multiproc_runtime::shm::fingerprint_str;
 use multiproc_runtime::{Error, Result};
 
 use crate::client::{self, Connection, unexpected};

@@ -4,16 +4,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use multiproc_runtime::__internal::{DEFAULT_CAPACITY_BYTES, ShmSpec, sys};
 use multiproc_runtime::deadline::Deadline;
 use multiproc_runtime::handle::ShareHandle;
 use multiproc_runtime::manager::protocol::{ArchivedResponse, Request};
 use multiproc_runtime::manager::server::{Limits, connect_local_with_authkey};
 use multiproc_runtime::manager::{ObjectKind, ServeOptions, ServerAddress, ServerBoot, serve_with};
-use multiproc_runtime::queue::DEFAULT_CAPACITY_BYTES;
-use multiproc_runtime::shm::{ShmSafe, ShmSpec};
 use multiproc_runtime::{
     Array, AuthKey, Barrier, BoundedSemaphore, Condition, Error, Event, JoinableQueue, Lock,
-    Process, Queue, RLock, Result, Semaphore, Shareable, StartMethod, Value, current_process, sys,
+    Process, Queue, RLock, Result, Semaphore, Shareable, ShmSafe, StartMethod, Value,
+    current_process,
 };
 use parking_lot::Mutex;
 

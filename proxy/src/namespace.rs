@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use multiproc_runtime::__internal::fingerprint_str;
 use multiproc_runtime::manager::protocol::{Blob, Method};
-use multiproc_runtime::shm::fingerprint_str;
 use multiproc_runtime::{Result, Shareable};
 
 use crate::core::{

@@ -16,6 +16,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
+use multiproc_runtime::__internal::fingerprint_str;
+use multiproc_runtime::__internal::sys;
 use multiproc_runtime::deadline::Deadline;
 use multiproc_runtime::manager::protocol::{
     ArchivedResponse, Blob, Call, Method, ObjectId, Request, access_response, remote_error,
@@ -25,8 +27,7 @@ use multiproc_runtime::manager::{
     TcpOptions,
 };
 use multiproc_runtime::manager::{ServedObject, USER_OBJECT_BIT};
-use multiproc_runtime::shm::fingerprint_str;
-use multiproc_runtime::{Error, Process, Result, Shareable, sys};
+use multiproc_runtime::{Error, Process, Result, Shareable};
 use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};

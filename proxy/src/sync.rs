@@ -12,10 +12,10 @@
 
 use std::time::Duration;
 
+use multiproc_runtime::__internal::sys;
 use multiproc_runtime::deadline::Deadline;
 use multiproc_runtime::manager::protocol::{ArchivedResponse, Method};
-use multiproc_runtime::sync::Acquired;
-use multiproc_runtime::{Error, Result, sys};
+use multiproc_runtime::{Acquired, Error, Result};
 
 use crate::client::{Connection, unexpected};
 use crate::core::{Args, Proxy, ProxyCore, TypeTag, impl_proxy, read_bool, read_len, read_unit};

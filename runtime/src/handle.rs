@@ -47,7 +47,7 @@ thread_local! {
 }
 
 /// Whether this thread is encoding something only a child process of this
-/// one will read: a spawned child's arguments (inside [`collect_fds`]) or a
+/// one will read: a spawned child's arguments (inside `collect_fds`) or a
 /// pool's tasks for its workers. A proxy to a TCP manager puts its authkey
 /// into its encoding only then, as Python's children inherit their
 /// parent's authkey: the key goes to our own children, never into a
@@ -167,6 +167,17 @@ pub(crate) fn decode_fd(repr: &HandleRepr) -> std::io::Result<OwnedFd> {
 }
 
 /// A handle type that can travel inside encoded values.
+///
+/// Not public API (this module is hidden): to put handles in messages, a
+/// user type derives rkyv's `Archive`, `Serialize` and `Deserialize` (with
+/// `#[rkyv(crate = multiproc::rkyv)]`) and has the crate's handles (`Value`,
+/// `Queue`, `Lock`, proxies …) as fields. Implementing this trait is only
+/// needed for a new kind of OS-backed handle, which the runtime alone can
+/// name (a `HandleRepr` refers to a descriptor). Implementing it cannot
+/// break the runtime's invariants, so it is a safe trait: `from_repr` gets
+/// whatever a peer sent (any bytes decode to some `HandleRepr`), and every
+/// implementation here checks what it opens (kind, type fingerprint,
+/// bounds) before use; an implementation outside must do the same.
 pub trait ShareHandle: Sized {
     /// Encodes this handle (see the module docs).
     fn to_repr(&self) -> Result<HandleRepr>;

@@ -2,20 +2,32 @@
 //!
 //! Most users depend on the `multiproc` facade crate, which re-exports this
 //! crate's public items; its documentation is the tutorial.
+//!
+//! The public API is what this root re-exports, plus the [`connection`]
+//! module (Python's `multiprocessing.connection`). The modules marked
+//! `#[doc(hidden)]` (`deadline`, `handle`, `manager`, `wire`, `__internal`)
+//! are internals shared with the sibling crate `multiproc-proxy`, the CLI,
+//! tests and fuzz targets: no stability promise, and nothing in them that
+//! could break memory safety is a safe function. The platform calls (`sys`)
+//! are private.
 
-pub mod codec;
+mod codec;
 pub mod connection;
+#[doc(hidden)]
 pub mod deadline;
-pub mod error;
+mod error;
+#[doc(hidden)]
 pub mod handle;
+#[doc(hidden)]
 pub mod manager;
-pub mod pool;
-pub mod process;
-pub mod queue;
-pub mod sharedctypes;
-pub mod shm;
-pub mod sync;
-pub mod sys;
+mod pool;
+mod process;
+mod queue;
+mod sharedctypes;
+mod shm;
+mod sync;
+mod sys;
+#[doc(hidden)]
 pub mod wire;
 
 pub use codec::Shareable;
@@ -31,9 +43,35 @@ pub use queue::{JoinableQueue, Queue, SimpleQueue};
 pub use sharedctypes::{Array, ArrayGuard, AtomicInt, RawArray, RawValue, Value, ValueGuard};
 pub use shm::{Segment, ShmSafe};
 pub use sync::{
-    Acquired, Barrier, BoundedSemaphore, Condition, ConditionGuard, ConditionLock, Event, Lock,
-    LockGuard, RLock, RLockGuard, Semaphore,
+    Acquired, Barrier, BoundedSemaphore, Condition, ConditionGuard, ConditionLock, DataLock,
+    DataLockGuard, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
 };
 
 /// The encoding library, re-exported so derives and handles agree on one version.
 pub use rkyv;
+
+/// Internals that `multiproc-proxy`, the `multiproc` CLI, tests and fuzz
+/// targets use. Not public API: no stability promise, hidden from the docs.
+#[doc(hidden)]
+pub mod __internal {
+    pub use crate::process::{ForkHook, ForkMutex, register_fork_hook};
+    pub use crate::queue::DEFAULT_CAPACITY_BYTES;
+    pub use crate::shm::{Kind, ShmSpec, fingerprint_str};
+    pub use crate::sync::spin::set_spin_limit;
+
+    /// The few platform calls used outside the runtime, at their `sys` paths.
+    pub mod sys {
+        /// Descriptors.
+        pub mod fd {
+            pub use crate::sys::fd::dup_onto;
+        }
+        /// Process identity.
+        pub mod process {
+            pub use crate::sys::process::getpid;
+        }
+        /// Termination signals, for servers.
+        pub mod signal {
+            pub use crate::sys::signal::{block_termination, wait_termination};
+        }
+    }
+}

@@ -78,7 +78,7 @@ impl std::fmt::Debug for Channel {
 
 impl Channel {
     /// Creates a channel segment (server side).
-    pub fn create(slot_size: usize) -> Result<Channel> {
+    pub(crate) fn create(slot_size: usize) -> Result<Channel> {
         let slot_size = slot_size.max(4096).next_multiple_of(64);
         let obj = ShmObject::create(
             Kind::Other,
@@ -105,7 +105,7 @@ impl Channel {
     }
 
     /// Opens a channel segment received from the server (client side), checking it.
-    pub fn open(seg: Segment) -> Result<Channel> {
+    pub(crate) fn open(seg: Segment) -> Result<Channel> {
         let obj: ShmObject<ChannelState> =
             ShmObject::open_segment(seg, Kind::Other, channel_fingerprint(), "manager channel")?;
         let slot_size = obj.state().slot_size.load(Ordering::Relaxed) as usize;
@@ -253,7 +253,10 @@ pub struct ClientEnd {
 
 impl ClientEnd {
     /// The client end of `chan`, talking to the server at `server`.
-    pub fn new(chan: Channel, server: crate::manager::protocol::LocalAddress) -> ClientEnd {
+    ///
+    /// Crate-private: each channel has exactly one client end and one server
+    /// end, whose turn-taking keeps them off each other's slot bytes.
+    pub(crate) fn new(chan: Channel, server: crate::manager::protocol::LocalAddress) -> ClientEnd {
         let seq = chan.state().req_seq.load(Ordering::Acquire);
         ClientEnd {
             chan,
@@ -365,8 +368,9 @@ pub struct ServerEnd {
 }
 
 impl ServerEnd {
-    /// The server end of a freshly created channel.
-    pub fn new(chan: Channel) -> ServerEnd {
+    /// The server end of a freshly created channel (one per channel; see
+    /// [`ClientEnd::new`]).
+    pub(crate) fn new(chan: Channel) -> ServerEnd {
         ServerEnd {
             chan,
             seen: 0,

@@ -26,19 +26,33 @@ pub fn init() {
     let Some(raw) = std::env::var_os(launch::CHILD_FD_ENV) else {
         return;
     };
-    // SAFETY: init() is documented to run first in main (or before main via
-    // init_before_main!), when no other thread can be reading the environment.
-    unsafe { std::env::remove_var(launch::CHILD_FD_ENV) };
+    // The variable goes, so that programs this child starts do not take
+    // themselves for multiproc children. Changing the environment while
+    // another thread may read it is undefined behaviour, so only a process
+    // that runs one thread does it: `init` runs first in `main` (or before
+    // it, through `init_before_main!`), but nothing forces a caller to.
+    if sys::process::is_single_threaded() {
+        // SAFETY: this process runs one thread (checked just above, and only
+        // this thread could start another), so nothing reads the
+        // environment meanwhile.
+        unsafe { std::env::remove_var(launch::CHILD_FD_ENV) };
+    } else {
+        tracing::warn!(
+            "multiproc::init() ran after other threads started: {} stays set",
+            launch::CHILD_FD_ENV
+        );
+    }
+    // The parent always passes the channel as stdin. A raw descriptor
+    // number in the variable is not taken: this process cannot know that
+    // nothing else owns it.
     let sock = if raw.to_str() == Some(launch::CHILD_FD_STDIN) {
         sys::process::take_stdin_channel().ok()
     } else {
-        raw.to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-            .and_then(sys::fd::own_inherited)
+        None
     };
     let Some(sock) = sock else {
         eprintln!(
-            "multiproc: {} does not name an open descriptor",
+            "multiproc: {} does not name the launch channel",
             launch::CHILD_FD_ENV
         );
         sys::process::exit_now(70);

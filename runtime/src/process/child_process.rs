@@ -283,7 +283,11 @@ impl<R: Shareable> Process<R> {
         let forked = {
             let mut children = registry::fork_guard();
             let _segments = shm::fork_guard();
-            let forked = sys::process::fork()?;
+            // SAFETY: the child runs only this thread's target, with the
+            // runtime's tables held across the fork by the guards above and
+            // the fork hooks run; it ends in `finish` (exit_now). Python's
+            // fork start method makes the same bargain.
+            let forked = unsafe { sys::process::fork() }?;
             if let Forked::Child = forked {
                 registry::forget_all(&mut children);
             }

@@ -74,6 +74,7 @@ impl<T: Shareable> JoinableQueue<T> {
 
     /// The layout of a new joinable queue with both limits, for a manager
     /// server to create (see [`Value::spec`](crate::Value::spec)).
+    #[doc(hidden)]
     pub fn spec(maxsize: usize, bytes: usize) -> Result<ShmSpec> {
         Queue::<T>::spec(maxsize, bytes)
     }

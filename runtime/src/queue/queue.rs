@@ -106,6 +106,7 @@ impl<T: Shareable> Queue<T> {
 
     /// The layout of a new queue with both limits, for a manager server to
     /// create (see [`Value::spec`](crate::Value::spec)).
+    #[doc(hidden)]
     pub fn spec(maxsize: usize, bytes: usize) -> Result<ShmSpec> {
         let (fp, _) = queue_fingerprint::<T>("Queue");
         QueueCore::spec(fp, maxsize, bytes)

@@ -7,8 +7,9 @@ use std::time::Duration;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
+use crate::sharedctypes::atomic;
 use crate::shm::{Kind, ShmObject, ShmSafe, ShmSpec, fingerprint};
-use crate::sync::{Acquired, Lock, RawLock};
+use crate::sync::{Acquired, DataLock, RawLock};
 
 #[repr(C)]
 pub(crate) struct ArrayState {
@@ -16,13 +17,18 @@ pub(crate) struct ArrayState {
     len: u64,
 }
 
-fn create<T: ShmSafe>(len: usize, fill: impl Fn(usize) -> T) -> Result<ShmObject<ArrayState>> {
+/// `kind` is `Array` or `RawArray`.
+fn create<T: ShmSafe>(
+    kind: Kind,
+    len: usize,
+    fill: impl Fn(usize) -> T,
+) -> Result<ShmObject<ArrayState>> {
     let bytes = len
         .checked_mul(std::mem::size_of::<T>())
         .ok_or_else(|| Error::InvalidArgument(format!("array of {len} elements is too large")))?;
     const { assert!(std::mem::align_of::<T>() <= 64) };
     ShmObject::create(
-        Kind::Array,
+        kind,
         fingerprint::<T>(),
         bytes.max(1),
         |state: *mut ArrayState, tail| {
@@ -42,13 +48,9 @@ fn create<T: ShmSafe>(len: usize, fill: impl Fn(usize) -> T) -> Result<ShmObject
     )
 }
 
-fn open<T: ShmSafe>(repr: &HandleRepr) -> Result<ShmObject<ArrayState>> {
-    let obj: ShmObject<ArrayState> = ShmObject::open(
-        repr,
-        Kind::Array,
-        fingerprint::<T>(),
-        std::any::type_name::<T>(),
-    )?;
+fn open<T: ShmSafe>(kind: Kind, repr: &HandleRepr) -> Result<ShmObject<ArrayState>> {
+    let obj: ShmObject<ArrayState> =
+        ShmObject::open(repr, kind, fingerprint::<T>(), std::any::type_name::<T>())?;
     let len = obj.state().len;
     let needed = len.checked_mul(std::mem::size_of::<T>() as u64);
     if needed.is_none_or(|n| n > obj.tail_len() as u64) {
@@ -73,6 +75,20 @@ impl<T> Clone for Elems<T> {
 }
 
 impl<T: ShmSafe> Elems<T> {
+    fn create(kind: Kind, len: usize, fill: impl Fn(usize) -> T) -> Result<Self> {
+        create(kind, len, fill).map(|obj| Elems {
+            obj,
+            _t: PhantomData,
+        })
+    }
+
+    fn open(kind: Kind, repr: &HandleRepr) -> Result<Self> {
+        open::<T>(kind, repr).map(|obj| Elems {
+            obj,
+            _t: PhantomData,
+        })
+    }
+
     fn len(&self) -> usize {
         self.obj.state().len as usize
     }
@@ -91,32 +107,40 @@ impl<T: ShmSafe> Elems<T> {
             })
         }
     }
+}
 
+/// Lock-free element access, for a `RawArray` only: every access to its
+/// elements is atomic (see `sharedctypes::atomic`), except through its
+/// `unsafe` slice views.
+impl<T: ShmSafe> Elems<T> {
     fn read(&self, index: usize) -> Result<T> {
         self.check(index)?;
-        // SAFETY: index is in bounds; elements are plain data, any bytes are valid.
-        Ok(unsafe { self.ptr().add(index).read_volatile() })
+        // SAFETY: index is in bounds of the initialised, aligned elements,
+        // which a RawArray only accesses atomically.
+        Ok(unsafe { atomic::load(self.ptr().add(index)) })
     }
 
     fn write(&self, index: usize, v: T) -> Result<()> {
         self.check(index)?;
-        // SAFETY: index is in bounds; a plain copy of plain data.
-        unsafe { self.ptr().add(index).write_volatile(v) };
+        // SAFETY: as in `read`.
+        unsafe { atomic::store(self.ptr().add(index), v) };
         Ok(())
     }
 
     fn copy_out(&self) -> Vec<T> {
         (0..self.len())
-            // SAFETY: i < len; elements are plain data.
-            .map(|i| unsafe { self.ptr().add(i).read_volatile() })
+            // SAFETY: as in `read`, with i < len.
+            .map(|i| unsafe { atomic::load(self.ptr().add(i)) })
             .collect()
     }
 }
 
 /// A fixed-length array in shared memory, without a lock (Python's `RawArray`).
 ///
-/// `get`/`set` copy single elements; for bulk zero-copy access use the
-/// `unsafe` slice views and coordinate writers yourself (or use [`Array`]).
+/// `get`/`set` copy single elements, atomically per unit of the element's
+/// alignment (a read racing with a write may see a mix of both, never an
+/// invalid value); for bulk zero-copy access use the `unsafe` slice views
+/// and coordinate writers yourself (or use [`Array`]).
 pub struct RawArray<T: ShmSafe> {
     elems: Elems<T>,
 }
@@ -132,22 +156,15 @@ impl<T: ShmSafe> Clone for RawArray<T> {
 impl<T: ShmSafe> RawArray<T> {
     /// A shared array holding a copy of `values`.
     pub fn new(values: &[T]) -> Result<Self> {
-        create(values.len(), |i| values[i]).map(|obj| RawArray {
-            elems: Elems {
-                obj,
-                _t: PhantomData,
-            },
-        })
+        Elems::create(Kind::RawArray, values.len(), |i| values[i]).map(|elems| RawArray { elems })
     }
 
     /// A shared array of `len` copies of `value`.
+    ///
+    /// A length whose size overflows, or exceeds the memory this machine
+    /// could give it, is an error before anything is allocated.
     pub fn from_elem(value: T, len: usize) -> Result<Self> {
-        create(len, |_| value).map(|obj| RawArray {
-            elems: Elems {
-                obj,
-                _t: PhantomData,
-            },
-        })
+        Elems::create(Kind::RawArray, len, |_| value).map(|elems| RawArray { elems })
     }
 
     /// The number of elements.
@@ -179,7 +196,7 @@ impl<T: ShmSafe> RawArray<T> {
     ///
     /// # Safety
     ///
-    /// No process may write the array while the slice is alive.
+    /// No process or thread may write the array while the slice is alive.
     pub unsafe fn as_slice(&self) -> &[T] {
         // SAFETY: the tail holds `len` initialised elements; the caller
         // promises no concurrent writes.
@@ -228,12 +245,12 @@ impl<T: ShmSafe + std::fmt::Debug> std::fmt::Debug for Array<T> {
 impl<T: ShmSafe> Array<T> {
     /// A shared array holding a copy of `values`.
     pub fn new(values: &[T]) -> Result<Self> {
-        RawArray::new(values).map(|r| Array { elems: r.elems })
+        Elems::create(Kind::Array, values.len(), |i| values[i]).map(|elems| Array { elems })
     }
 
-    /// A shared array of `len` copies of `value`.
+    /// A shared array of `len` copies of `value` (see [`RawArray::from_elem`]).
     pub fn from_elem(value: T, len: usize) -> Result<Self> {
-        RawArray::from_elem(value, len).map(|r| Array { elems: r.elems })
+        Elems::create(Kind::Array, len, |_| value).map(|elems| Array { elems })
     }
 
     /// The number of elements (fixed at creation).
@@ -307,6 +324,7 @@ impl<T: ShmSafe> Array<T> {
 
     /// The layout of a new `Array<T>` of `len` zero elements, for a manager
     /// server to create (see [`Value::spec`](crate::Value::spec)).
+    #[doc(hidden)]
     pub fn spec(len: usize) -> Result<ShmSpec> {
         let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
             Error::InvalidArgument(format!("array of {len} elements is too large"))
@@ -323,9 +341,10 @@ impl<T: ShmSafe> Array<T> {
         })
     }
 
-    /// The lock that guards this array (Python's `get_lock()`).
-    pub fn get_lock(&self) -> Lock {
-        Lock::from_parts(self.elems.obj.clone(), |s: &ArrayState| &s.lock)
+    /// The lock that guards this array (Python's `get_lock()`); its guard
+    /// is the only safe way to release it.
+    pub fn get_lock(&self) -> DataLock {
+        DataLock::from_parts(self.elems.obj.clone(), |s: &ArrayState| &s.lock)
     }
 }
 
@@ -369,12 +388,7 @@ impl<T: ShmSafe> ShareHandle for Array<T> {
         self.elems.obj.to_repr()
     }
     fn from_repr(repr: &HandleRepr) -> Result<Self> {
-        open::<T>(repr).map(|obj| Array {
-            elems: Elems {
-                obj,
-                _t: PhantomData,
-            },
-        })
+        Elems::open(Kind::Array, repr).map(|elems| Array { elems })
     }
 }
 
@@ -383,12 +397,7 @@ impl<T: ShmSafe> ShareHandle for RawArray<T> {
         self.elems.obj.to_repr()
     }
     fn from_repr(repr: &HandleRepr) -> Result<Self> {
-        open::<T>(repr).map(|obj| RawArray {
-            elems: Elems {
-                obj,
-                _t: PhantomData,
-            },
-        })
+        Elems::open(Kind::RawArray, repr).map(|elems| RawArray { elems })
     }
 }
 
@@ -413,5 +422,66 @@ mod tests {
         let empty = RawArray::<u8>::new(&[]).unwrap();
         assert!(empty.is_empty());
         assert!(empty.to_vec().is_empty());
+        let raw = RawArray::new(&[1u16, 2, 3]).unwrap();
+        raw.set(1, 7).unwrap();
+        assert_eq!(raw.get(1).unwrap(), 7);
+        assert_eq!(raw.to_vec(), vec![1, 7, 3]);
+        assert!(matches!(
+            raw.set(3, 0),
+            Err(Error::IndexOutOfRange { index: 3, len: 3 })
+        ));
+    }
+
+    /// Regression: `RawArray::from_elem` with a huge length mapped the
+    /// segment and filled it until the OOM killer came.
+    #[test]
+    fn a_huge_array_is_an_error_before_any_allocation() {
+        let out_of_memory = |r: Result<RawArray<u8>>| matches!(r, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::OutOfMemory);
+        assert!(out_of_memory(RawArray::from_elem(7u8, usize::MAX / 2)));
+        assert!(out_of_memory(RawArray::from_elem(7u8, 1 << 50)));
+        // Twice what is free: mappable, but filling it would bring the OOM killer.
+        if let Some(free) = crate::sys::memfd::free_memory()
+            && free.saturating_mul(2) < 1 << 46
+        {
+            assert!(out_of_memory(RawArray::from_elem(7u8, 2 * free as usize)));
+        }
+        assert!(matches!(
+            Array::from_elem(1u32, 1 << 50),
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::OutOfMemory
+        ));
+        assert!(matches!(
+            RawArray::from_elem(0u64, usize::MAX / 4),
+            Err(Error::InvalidArgument(_))
+        ));
+        // A size that fits is still fine.
+        assert_eq!(
+            RawArray::from_elem(3u8, 1 << 20)
+                .unwrap()
+                .get(12345)
+                .unwrap(),
+            3
+        );
+    }
+
+    /// Regression: a `RawArray` handle opened as an `Array` (same layout) let
+    /// the lock-free `set` race with a guard's `&mut [T]`.
+    #[test]
+    fn raw_and_locked_arrays_never_open_as_each_other() {
+        let raw = RawArray::new(&[1u32, 2]).unwrap();
+        let locked = Array::new(&[1u32, 2]).unwrap();
+        assert!(matches!(
+            Array::<u32>::from_repr(&raw.to_repr().unwrap()),
+            Err(Error::TypeMismatch { .. })
+        ));
+        assert!(matches!(
+            RawArray::<u32>::from_repr(&locked.to_repr().unwrap()),
+            Err(Error::TypeMismatch { .. })
+        ));
+        assert_eq!(
+            Array::<u32>::from_repr(&locked.to_repr().unwrap())
+                .unwrap()
+                .to_vec(),
+            [1, 2]
+        );
     }
 }

@@ -1,10 +1,13 @@
 //! Python's `sharedctypes`: `Value` and `Array` in shared segments, zero-copy.
 //!
-//! `Value<T>` and `Array<T>` carry a process-shared lock; `RawValue<T>` and
-//! `RawArray<T>` do not. Integer and bool values also offer lock-free atomics
-//! (`fetch_add` and friends), the fastest way to share a counter. Do not mix
-//! atomic and locked plain access to the same value concurrently: use one style
-//! per value.
+//! `Value<T>` and `Array<T>` carry a process-shared lock, and every access
+//! to their data goes through it (the guard's `&mut` is the only access
+//! while it lives). `RawValue<T>` and `RawArray<T>` have no lock: every
+//! access is atomic, so racing accesses may mix values but never break
+//! memory safety. Integer and bool `RawValue`s offer lock-free atomics
+//! (`fetch_add` and friends), the fastest way to share a counter; a
+//! `Value`'s atomics take its lock. A `Value` handle never opens as a
+//! `RawValue` (nor an `Array` as a `RawArray`): they are different kinds.
 
 mod array;
 mod atomic;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
-use crate::sharedctypes::atomic::{AtomicInt, atomic_methods};
+use crate::sharedctypes::atomic::{self, AtomicInt, atomic_methods};
 use crate::shm::{Kind, ShmObject, ShmSafe, ShmSpec, fingerprint};
-use crate::sync::{Acquired, Lock, RawLock};
+use crate::sync::{Acquired, DataLock, RawLock};
 
 #[repr(C)]
 pub(crate) struct ValueState<T> {
@@ -18,13 +18,14 @@ pub(crate) struct ValueState<T> {
     value: UnsafeCell<T>,
 }
 
-// SAFETY: `value` is only reached under `lock`, through atomics, or through
-// volatile copies of plain data (RawValue); see the module docs.
+// SAFETY: the `value` of a `Value` is only reached under `lock`; that of a
+// `RawValue` (another `Kind`, so never both) only through atomics.
 unsafe impl<T: ShmSafe> Sync for ValueState<T> {}
 
-fn create<T: ShmSafe>(v: T) -> Result<ShmObject<ValueState<T>>> {
+/// `kind` is `Value` or `RawValue`.
+fn create<T: ShmSafe>(kind: Kind, v: T) -> Result<ShmObject<ValueState<T>>> {
     ShmObject::create(
-        Kind::Value,
+        kind,
         fingerprint::<T>(),
         0,
         |state: *mut ValueState<T>, _| {
@@ -39,20 +40,16 @@ fn create<T: ShmSafe>(v: T) -> Result<ShmObject<ValueState<T>>> {
     )
 }
 
-fn open<T: ShmSafe>(repr: &HandleRepr) -> Result<ShmObject<ValueState<T>>> {
-    ShmObject::open(
-        repr,
-        Kind::Value,
-        fingerprint::<T>(),
-        std::any::type_name::<T>(),
-    )
+fn open<T: ShmSafe>(kind: Kind, repr: &HandleRepr) -> Result<ShmObject<ValueState<T>>> {
+    ShmObject::open(repr, kind, fingerprint::<T>(), std::any::type_name::<T>())
 }
 
 /// A `T` in shared memory, without a lock (Python's `RawValue`).
 ///
-/// `get` and `set` copy the whole value; concurrent writers may interleave
-/// (a reader can see a torn value). For integers and bools, the atomic
-/// methods are the safe way to share without a lock.
+/// `get` and `set` copy the whole value, atomically per unit of its
+/// alignment: concurrent writers may interleave (a reader can see a mix of
+/// two values, never an invalid one). For integers and bools, the atomic
+/// methods (lock-free) are the way to share without a lock.
 pub struct RawValue<T: ShmSafe> {
     obj: ShmObject<ValueState<T>>,
 }
@@ -74,29 +71,40 @@ impl<T: ShmSafe + std::fmt::Debug> std::fmt::Debug for RawValue<T> {
 impl<T: ShmSafe> RawValue<T> {
     /// A new shared value holding `v`.
     pub fn new(v: T) -> Result<Self> {
-        create(v).map(|obj| RawValue { obj })
+        create(Kind::RawValue, v).map(|obj| RawValue { obj })
     }
 
-    fn cell(&self) -> *mut T {
-        self.obj.state().value.get()
+    fn cell(&self) -> RawCell<T> {
+        RawCell(self.obj.state().value.get())
     }
 
-    /// Copies the value out.
+    /// Copies the value out (atomically per unit of its alignment: a read
+    /// racing with a `set` may see a mix of both values, never an invalid one).
     pub fn get(&self) -> T {
-        // SAFETY: the cell is aligned and initialised; T is plain data, so any
-        // bytes another process wrote form a valid T.
-        unsafe { self.cell().read_volatile() }
+        // SAFETY: the cell is a live, aligned, initialised T in the mapping,
+        // and every access to a RawValue's cell goes through `atomic`.
+        unsafe { atomic::load(self.cell().ptr()) }
     }
 
-    /// Overwrites the value.
+    /// Overwrites the value (see [`RawValue::get`] about racing writers).
     pub fn set(&self, v: T) {
-        // SAFETY: as in `get`; the write is a plain copy of plain data.
-        unsafe { self.cell().write_volatile(v) }
+        // SAFETY: as in `get`.
+        unsafe { atomic::store(self.cell().ptr(), v) }
     }
 }
 
+/// The cell of a `RawValue`, which is only ever accessed atomically.
+struct RawCell<T>(*mut T);
+
+impl<T> RawCell<T> {
+    fn ptr(&self) -> *mut T {
+        self.0
+    }
+}
+
+/// Lock-free: every access to a `RawValue` is atomic.
 impl<T: AtomicInt> RawValue<T> {
-    atomic_methods!();
+    atomic_methods!(cell);
 }
 
 /// A `T` in shared memory guarded by a process-shared lock (Python's `Value`).
@@ -130,7 +138,7 @@ impl<T: ShmSafe + std::fmt::Debug> std::fmt::Debug for Value<T> {
 impl<T: ShmSafe> Value<T> {
     /// A new shared value holding `v`, with its own lock.
     pub fn new(v: T) -> Result<Self> {
-        create(v).map(|obj| Value {
+        create(Kind::Value, v).map(|obj| Value {
             obj,
             _t: PhantomData,
         })
@@ -195,6 +203,7 @@ impl<T: ShmSafe> Value<T> {
     ///
     /// The server does not know `T`: it creates the segment from the spec and
     /// the client opens the handle it returns, then sets the value.
+    #[doc(hidden)]
     pub fn spec() -> ShmSpec {
         ShmSpec {
             kind: Kind::Value as u32,
@@ -205,14 +214,17 @@ impl<T: ShmSafe> Value<T> {
         }
     }
 
-    /// The lock that guards this value, as a [`Lock`] handle (Python's `get_lock()`).
-    pub fn get_lock(&self) -> Lock {
-        Lock::from_parts(self.obj.clone(), |s: &ValueState<T>| &s.lock)
+    /// The lock that guards this value (Python's `get_lock()`); its guard
+    /// is the only safe way to release it.
+    pub fn get_lock(&self) -> DataLock {
+        DataLock::from_parts(self.obj.clone(), |s: &ValueState<T>| &s.lock)
     }
 }
 
+/// These take the value's lock, like every access to a `Value` (a guard's
+/// `&mut T` must be the only access while it lives); [`RawValue`]'s are lock-free.
 impl<T: AtomicInt> Value<T> {
-    atomic_methods!();
+    atomic_methods!(guard_forever);
 }
 
 /// The locked contents of a [`Value`]; releases the lock when dropped.
@@ -228,6 +240,11 @@ impl<T: ShmSafe> ValueGuard<'_, T> {
     /// The pid of the previous holder if it died holding the lock.
     pub fn owner_died(&self) -> Option<i32> {
         self.acquired.owner_died()
+    }
+
+    /// The guarded cell (for the atomic methods, which run under the lock).
+    fn ptr(&self) -> *mut T {
+        self.cell
     }
 }
 
@@ -257,7 +274,7 @@ impl<T: ShmSafe> ShareHandle for Value<T> {
         self.obj.to_repr()
     }
     fn from_repr(repr: &HandleRepr) -> Result<Self> {
-        open(repr).map(|obj| Value {
+        open(Kind::Value, repr).map(|obj| Value {
             obj,
             _t: PhantomData,
         })
@@ -269,7 +286,7 @@ impl<T: ShmSafe> ShareHandle for RawValue<T> {
         self.obj.to_repr()
     }
     fn from_repr(repr: &HandleRepr) -> Result<Self> {
-        open(repr).map(|obj| RawValue { obj })
+        open(Kind::RawValue, repr).map(|obj| RawValue { obj })
     }
 }
 
@@ -279,6 +296,7 @@ crate::impl_share_handle!(impl<T: ShmSafe> for RawValue<T>);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::Lock;
 
     #[test]
     fn get_set_lock() {
@@ -310,6 +328,46 @@ mod tests {
         assert_eq!(v.get(), 4);
     }
 
+    /// Regression: the lock of a Value decoded as a plain `Lock` (or as an
+    /// `RLock`) had a safe `release` (or wrote an RLock's state over the
+    /// value), so a second guard could reach the data while the first lived.
+    #[test]
+    fn a_value_lock_decodes_only_as_a_data_lock() {
+        use crate::sync::RLock;
+        let v = Value::new(7u64).unwrap();
+        let repr = v.get_lock().to_repr().unwrap();
+        assert!(matches!(
+            Lock::from_repr(&repr),
+            Err(Error::TypeMismatch { .. })
+        ));
+        assert!(matches!(
+            RLock::from_repr(&repr),
+            Err(Error::TypeMismatch { .. })
+        ));
+        let lock = DataLock::from_repr(&repr).unwrap();
+        let guard = v.lock().unwrap();
+        assert!(lock.is_locked());
+        assert!(matches!(lock.try_lock(), Err(Error::WouldBlock)));
+        drop(guard);
+        let held = lock.try_lock().unwrap();
+        assert!(matches!(v.try_lock(), Err(Error::WouldBlock)));
+        drop(held);
+        assert_eq!(v.get(), 7);
+    }
+
+    #[test]
+    fn force_unlock_frees_a_leaked_guard() {
+        let v = Value::new(1u8).unwrap();
+        std::mem::forget(v.lock().unwrap());
+        assert!(matches!(v.try_lock(), Err(Error::WouldBlock)));
+        // SAFETY: the only guard was leaked; nothing uses it.
+        unsafe { v.get_lock().force_unlock().unwrap() };
+        assert_eq!(*v.try_lock().unwrap(), 1);
+        // SAFETY: no guard is alive.
+        let again = unsafe { v.get_lock().force_unlock() };
+        assert!(matches!(again, Err(Error::InvalidState(_))));
+    }
+
     #[test]
     fn handle_of_wrong_type_is_rejected() {
         let v = Value::new(1u32).unwrap();
@@ -322,6 +380,66 @@ mod tests {
             Lock::from_repr(&repr),
             Err(Error::TypeMismatch { .. })
         ));
+    }
+
+    /// Regression: a `RawValue` handle opened as a `Value` (same layout) let
+    /// the lock-free `set` race with a guard's `&mut T`.
+    #[test]
+    fn raw_and_locked_values_never_open_as_each_other() {
+        let raw = RawValue::new(1u64).unwrap();
+        let locked = Value::new(1u64).unwrap();
+        assert!(matches!(
+            Value::<u64>::from_repr(&raw.to_repr().unwrap()),
+            Err(Error::TypeMismatch { .. })
+        ));
+        assert!(matches!(
+            RawValue::<u64>::from_repr(&locked.to_repr().unwrap()),
+            Err(Error::TypeMismatch { .. })
+        ));
+    }
+
+    /// Regression: `Value::fetch_add` was lock-free, so it changed the value
+    /// under another thread's guard (a data race on the guard's `&mut T`).
+    #[test]
+    fn value_atomics_wait_for_the_lock() {
+        let v = Value::new(0u64).unwrap();
+        let mut guard = v.lock().unwrap();
+        let (started, about_to_add) = std::sync::mpsc::channel();
+        let adder = {
+            let v = v.clone();
+            std::thread::spawn(move || {
+                started.send(()).unwrap();
+                v.fetch_add(1)
+            })
+        };
+        about_to_add.recv().unwrap();
+        // A lock-free fetch_add would finish under our guard; give it every
+        // chance to (the wait only bounds how long a failure takes to show).
+        let until = std::time::Instant::now() + Duration::from_millis(300);
+        while std::time::Instant::now() < until && !adder.is_finished() {
+            std::thread::yield_now();
+        }
+        assert!(!adder.is_finished(), "fetch_add ran while a guard was held");
+        *guard = 10;
+        drop(guard);
+        assert_eq!(adder.join().unwrap(), 10);
+        assert_eq!(v.load(), 11);
+        assert_eq!(v.swap(3), 11);
+        assert_eq!(v.compare_exchange(3, 4), Ok(3));
+        assert_eq!(v.get(), 4);
+    }
+
+    #[test]
+    fn raw_values_of_plain_structs_round_trip() {
+        let v = RawValue::new([1.5f64, -2.0]).unwrap();
+        assert_eq!(v.get(), [1.5, -2.0]);
+        v.set([3.0, 4.0]);
+        assert_eq!(v.get(), [3.0, 4.0]);
+        let c = RawValue::new(['a', 'é', '\u{1F600}']).unwrap();
+        assert_eq!(c.get(), ['a', 'é', '\u{1F600}']);
+        let b = RawValue::new(true).unwrap();
+        assert!(b.fetch_xor(true));
+        assert!(!b.get());
     }
 
     #[test]

@@ -18,7 +18,9 @@ const VERSION: u32 = 1;
 /// Where the object's state starts: one cache line after the segment start.
 const BODY_OFFSET: usize = 64;
 /// `HandleRepr::extra` of a handle to an object embedded in another one's
-/// state (which may start at `BODY_OFFSET`, like a Value's lock).
+/// state (which may start at `BODY_OFFSET`, like a Value's lock): this tag in
+/// the low half, the embedded object's [`Kind`] in the high half, so a handle
+/// to a Value's lock never opens as another kind of object.
 const EMBEDDED: u64 = 1;
 
 /// The kinds of shared objects, recorded in each segment header.
@@ -36,6 +38,11 @@ pub enum Kind {
     Barrier = 8,
     Queue = 9,
     Channel = 10,
+    /// A `RawValue`: never opened as a `Value`, whose guard's `&mut T`
+    /// must not meet the lock-free accesses of a `RawValue`.
+    RawValue = 11,
+    /// A `RawArray`, kept apart from `Array` for the same reason.
+    RawArray = 12,
     Other = 99,
 }
 
@@ -53,6 +60,8 @@ impl Kind {
             8 => Kind::Barrier,
             9 => Kind::Queue,
             10 => Kind::Channel,
+            11 => Kind::RawValue,
+            12 => Kind::RawArray,
             99 => Kind::Other,
             _ => return None,
         })
@@ -92,8 +101,8 @@ pub struct ShmObject<T> {
     /// Where the `T` sits in the segment: `BODY_OFFSET`, or inside another
     /// object's state for embedded locks.
     offset: usize,
-    /// Whether the `T` is embedded in another object's state.
-    embedded: bool,
+    /// The kind of the `T`, if it is embedded in another object's state.
+    embedded: Option<Kind>,
     _state: PhantomData<T>,
 }
 
@@ -176,7 +185,7 @@ fn create_segment(
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(crate = rkyv)]
 pub struct ShmSpec {
-    /// The object's [`Kind`], as its number.
+    /// The object's `Kind`, as its number.
     pub kind: u32,
     /// The fingerprint the header records.
     pub fingerprint: u64,
@@ -323,31 +332,44 @@ impl<T> ShmObject<T> {
         Ok(ShmObject {
             seg,
             offset: BODY_OFFSET,
-            embedded: false,
+            embedded: None,
             _state: PhantomData,
         })
     }
 
-    /// A view of a `T` that lives inside another object's state.
-    pub fn from_embedded<U>(outer: ShmObject<U>, field: fn(&U) -> &T) -> ShmObject<T> {
+    /// A view of a `T` of `kind` that lives inside another object's state.
+    pub fn from_embedded<U>(outer: ShmObject<U>, kind: Kind, field: fn(&U) -> &T) -> ShmObject<T> {
         let base = outer.seg.as_ptr() as usize;
         let offset = field(outer.state()) as *const T as usize - base;
         ShmObject {
             seg: outer.seg,
             offset,
-            embedded: true,
+            embedded: Some(kind),
             _state: PhantomData,
         }
     }
 
+    /// Whether `repr` names an object embedded in another one's state.
+    pub fn is_embedded_repr(repr: &HandleRepr) -> bool {
+        repr.extra & 0xFFFF_FFFF == EMBEDDED
+    }
+
     /// Opens a decoded handle to a `T` that is either a whole object of `kind`
-    /// or embedded in another object (see [`ShmObject::from_embedded`]).
+    /// or embedded in another object (see [`ShmObject::from_embedded`]) as
+    /// a `kind`.
     ///
     /// `T` must be valid for any bit pattern (atomics only), since an embedded
-    /// handle is checked for bounds and alignment but not for kind.
+    /// handle is checked for bounds, alignment and its recorded kind, but the
+    /// bytes around it belong to the outer object.
     pub fn open_embedded(repr: &HandleRepr, kind: Kind) -> Result<Self> {
-        if repr.offset as usize == BODY_OFFSET && repr.extra != EMBEDDED {
+        if !Self::is_embedded_repr(repr) {
             return Self::open(repr, kind, 0, std::any::type_name::<T>());
+        }
+        if repr.extra >> 32 != kind as u64 {
+            return Err(Error::TypeMismatch {
+                expected: format!("{kind:?}"),
+                found: format!("an embedded object of kind {}", repr.extra >> 32),
+            });
         }
         let seg = Segment::from_repr_any(repr)?;
         Self::check_header(&seg)?;
@@ -362,7 +384,7 @@ impl<T> ShmObject<T> {
         Ok(ShmObject {
             seg,
             offset,
-            embedded: true,
+            embedded: Some(kind),
             _state: PhantomData,
         })
     }
@@ -419,14 +441,16 @@ impl<T> ShmObject<T> {
         Ok(ShmObject {
             seg,
             offset: BODY_OFFSET,
-            embedded: false,
+            embedded: None,
             _state: PhantomData,
         })
     }
 
     /// Encodes a handle to this object.
     pub fn to_repr(&self) -> Result<HandleRepr> {
-        let extra = if self.embedded { EMBEDDED } else { 0 };
+        let extra = self
+            .embedded
+            .map_or(0, |kind| EMBEDDED | (kind as u64) << 32);
         self.seg.to_repr_with(self.offset as u64, extra)
     }
 

@@ -70,12 +70,18 @@ fn new_id() -> u64 {
 
 impl Segment {
     /// Creates a zero-filled segment of `len` bytes (at least one).
+    ///
+    /// A segment larger than the memory this machine has free (available
+    /// RAM and swap) is `Error::Io` of kind `OutOfMemory`, before anything
+    /// is allocated: the kernel would hand out such a mapping and kill the
+    /// process once it is filled.
     pub fn create(len: usize) -> Result<Segment> {
         if len == 0 {
             return Err(Error::InvalidArgument(
                 "a segment needs at least one byte".into(),
             ));
         }
+        sys::memfd::check_backable(len as u64)?;
         let id = new_id();
         let fd = sys::memfd::memfd_create(&format!("multiproc-{id:016x}"), len as u64)?;
         Self::map(id, fd, len)
@@ -92,12 +98,26 @@ impl Segment {
     ///
     /// The mapping covers the file's whole length; it gets a new identity in
     /// this process, so it is never confused with a handle-decoded segment.
+    /// Only a memory file made by a segment (its size sealed, so no process
+    /// can shrink it under the mapping) is accepted: anything else is
+    /// `Error::Protocol`.
     pub fn from_fd(fd: OwnedFd) -> Result<Segment> {
+        let len = Self::sealed_len(&fd)?;
+        Self::map(new_id(), fd, len)
+    }
+
+    /// The length of a received memory file, if its size is sealed.
+    fn sealed_len(fd: &OwnedFd) -> Result<usize> {
+        if !sys::memfd::size_is_sealed(fd.as_fd()) {
+            return Err(Error::Protocol(
+                "not a shared segment: its size is not sealed against shrinking".into(),
+            ));
+        }
         let len = sys::memfd::file_len(fd.as_fd())? as usize;
         if len == 0 {
             return Err(Error::Protocol("shared segment has zero length".into()));
         }
-        Self::map(new_id(), fd, len)
+        Ok(len)
     }
 
     /// Maps the segment with this id and descriptor, or reuses this process's mapping.
@@ -114,10 +134,7 @@ impl Segment {
                 ),
             ))
         })?;
-        let len = sys::memfd::file_len(fd.as_fd())? as usize;
-        if len == 0 {
-            return Err(Error::Protocol("shared segment has zero length".into()));
-        }
+        let len = Self::sealed_len(&fd)?;
         Self::map(repr.id, fd, len)
     }
 
@@ -150,11 +167,13 @@ impl Segment {
     /// Encodes this segment with kind-specific data (see [`crate::handle`];
     /// inside [`handle::redirecting_segments`], the redirect may name
     /// another holder of the segment).
+    #[doc(hidden)]
     pub fn to_repr_with(&self, offset: u64, extra: u64) -> Result<HandleRepr> {
         handle::redirect_segment(handle::encode_fd(self.id(), self.fd(), offset, extra)?)
     }
 
     /// Rebuilds the segment named by `repr` in this process.
+    #[doc(hidden)]
     pub fn from_repr_any(repr: &HandleRepr) -> Result<Segment> {
         Self::attach(repr)
     }
@@ -185,6 +204,27 @@ mod tests {
             assert_eq!(seg.as_ptr().read(), 7);
         }
         assert_eq!(seg.len(), 4096);
+    }
+
+    /// Regression: a segment's memory file could be shrunk by anyone holding
+    /// its descriptor (safe code: `Segment::fd` and `File::set_len`), after
+    /// which every reference into the mapping faulted with SIGBUS; and any
+    /// file, shrinkable later, was accepted as a segment.
+    #[test]
+    fn a_segment_cannot_shrink_and_only_sealed_files_map() {
+        let seg = Segment::create(8192).unwrap();
+        let file = std::fs::File::from(seg.fd().try_clone_to_owned().unwrap());
+        assert!(file.set_len(0).is_err());
+        assert!(file.set_len(1 << 20).is_err());
+        assert_eq!(file.metadata().unwrap().len(), 8192);
+        let again = Segment::from_fd(seg.fd().try_clone_to_owned().unwrap()).unwrap();
+        assert_eq!(again.len(), 8192);
+
+        let plain = std::fs::File::open("/proc/self/exe").unwrap();
+        assert!(matches!(
+            Segment::from_fd(plain.into()),
+            Err(Error::Protocol(_))
+        ));
     }
 
     #[test]

@@ -6,7 +6,10 @@
 ///
 /// Implement this only for types that are `#[repr(C)]` (or primitive), hold
 /// no pointers or references (they mean nothing in another process), have no
-/// `Drop`, and for which every value another process may write is valid.
+/// `Drop`, have no padding bytes (lock-free copies move every byte as an
+/// integer), and for which every value another process may write is valid,
+/// including a mix of two values (a `RawValue` read racing with a write may
+/// see one, mixed in units of the type's alignment, at most 8 bytes).
 /// The crate implements it for the integer and float types, `bool`, `char`
 /// and arrays of such types.
 ///

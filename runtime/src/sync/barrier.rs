@@ -207,6 +207,7 @@ impl Barrier {
 
     /// The layout of a new barrier for `parties` parties (no action), for a
     /// manager server to create (see [`Value::spec`](crate::Value::spec)).
+    #[doc(hidden)]
     pub fn spec(parties: usize) -> Result<ShmSpec> {
         let (parties, capacity) = Self::sizes(parties)?;
         let tail = capacity * std::mem::size_of::<Attached>();

@@ -286,6 +286,7 @@ impl Condition {
 
     /// The layout of a new condition with its own [`RLock`], for a manager
     /// server to create (see [`Value::spec`](crate::Value::spec)).
+    #[doc(hidden)]
     pub fn spec() -> ShmSpec {
         // SAFETY: CondState is atomics and integers only; all-zero is a
         // condition over its own (unlocked) RLock.

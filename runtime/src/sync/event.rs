@@ -119,6 +119,7 @@ impl std::fmt::Debug for Event {
 impl Event {
     /// The layout of a new, clear event, for a manager server to create
     /// (see [`Value::spec`](crate::Value::spec)).
+    #[doc(hidden)]
     pub fn spec() -> ShmSpec {
         // SAFETY: EventState is one atomic; all-zero is a clear event.
         unsafe { ShmSpec::zeroed::<EventState>(Kind::Event, 0, 0, |_| {}) }

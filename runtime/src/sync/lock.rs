@@ -47,6 +47,7 @@ impl Lock {
 
     /// The layout of a new, unlocked lock, for a manager server to create
     /// (see [`Value::spec`](crate::Value::spec)).
+    #[doc(hidden)]
     pub fn spec() -> ShmSpec {
         ShmSpec {
             kind: Kind::Lock as u32,
@@ -54,13 +55,6 @@ impl Lock {
             state_size: std::mem::size_of::<RawLock>() as u64,
             tail_len: 0,
             state_init: Vec::new(),
-        }
-    }
-
-    /// A lock that lives inside another object's segment (a Value's lock).
-    pub(crate) fn from_parts<T>(obj: ShmObject<T>, raw: fn(&T) -> &RawLock) -> Lock {
-        Lock {
-            obj: ShmObject::from_embedded(obj, raw),
         }
     }
 
@@ -99,6 +93,11 @@ impl Lock {
     }
 
     /// Releases the lock (any process may). Releasing an unlocked lock is an error.
+    ///
+    /// A plain `Lock` guards no data of its own, so this is safe. The lock
+    /// inside a [`Value`](crate::Value) or [`Array`](crate::Array) is a
+    /// [`DataLock`], which only its guard (or the `unsafe`
+    /// [`DataLock::force_unlock`]) releases.
     #[inline]
     pub fn release(&self) -> Result<()> {
         if self.raw().unlock() {
@@ -166,9 +165,152 @@ impl ShareHandle for Lock {
         self.obj.to_repr()
     }
 
+    /// Opens a whole `Lock` segment only: the lock inside a `Value` or an
+    /// `Array` (a [`DataLock`]) never decodes as a `Lock`, whose `release` is safe.
     fn from_repr(repr: &HandleRepr) -> Result<Self> {
-        ShmObject::open_embedded(repr, Kind::Lock).map(|obj| Lock { obj })
+        if ShmObject::<RawLock>::is_embedded_repr(repr) {
+            return Err(Error::TypeMismatch {
+                expected: "Lock".into(),
+                found: "the lock of a Value or Array (a DataLock)".into(),
+            });
+        }
+        ShmObject::open(repr, Kind::Lock, 0, "Lock").map(|obj| Lock { obj })
     }
 }
 
 crate::impl_share_handle!(impl<> for Lock);
+
+/// The lock inside a [`Value`](crate::Value) or an [`Array`](crate::Array),
+/// which guards its data (Python's `get_lock()`).
+///
+/// Holding its guard keeps every other process and thread away from the
+/// data, exactly as the value's own guard does. Unlike a plain [`Lock`] it
+/// has no safe `release`: a release while someone holds the value's guard
+/// would let a second guard reach the same data. Drop the guard to release
+/// it; [`DataLock::force_unlock`] is the `unsafe` way out (parking_lot's
+/// model). Python's `with v.get_lock(): ...` reads:
+///
+/// ```
+/// let v = multiproc::Value::new(0u32).unwrap();
+/// {
+///     let _held = v.get_lock().lock().unwrap();
+///     assert!(matches!(v.try_lock(), Err(multiproc::Error::WouldBlock)));
+/// }
+/// *v.lock().unwrap() += 1;
+/// assert_eq!(v.get(), 1);
+/// ```
+///
+/// It can be passed to other processes like any handle.
+#[derive(Clone)]
+pub struct DataLock {
+    lock: Lock,
+}
+
+impl std::fmt::Debug for DataLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataLock")
+            .field("owner", &self.lock.owner_pid())
+            .finish()
+    }
+}
+
+impl DataLock {
+    /// The lock at `raw` inside another object's segment (a Value's lock).
+    pub(crate) fn from_parts<T>(obj: ShmObject<T>, raw: fn(&T) -> &RawLock) -> DataLock {
+        DataLock {
+            lock: Lock {
+                obj: ShmObject::from_embedded(obj, Kind::Lock, raw),
+            },
+        }
+    }
+
+    /// Blocks until the lock is held and returns a guard that releases it.
+    pub fn lock(&self) -> Result<DataLockGuard> {
+        self.guard(Deadline::Never)
+    }
+
+    /// Takes the lock if it is free; `Err(WouldBlock)` otherwise.
+    pub fn try_lock(&self) -> Result<DataLockGuard> {
+        self.guard(Deadline::Now).map_err(|_| Error::WouldBlock)
+    }
+
+    /// Waits at most `timeout` for the lock; `Err(Timeout)` if it stays held.
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<DataLockGuard> {
+        self.guard(Deadline::after(timeout))
+    }
+
+    fn guard(&self, deadline: Deadline) -> Result<DataLockGuard> {
+        let acquired = self.lock.acquire_deadline(deadline)?;
+        Ok(DataLockGuard {
+            lock: self.clone(),
+            acquired,
+        })
+    }
+
+    /// Whether some process holds the lock now.
+    pub fn is_locked(&self) -> bool {
+        self.lock.is_locked()
+    }
+
+    /// The pid of the process holding the lock, if any.
+    pub fn owner_pid(&self) -> Option<i32> {
+        self.lock.owner_pid()
+    }
+
+    /// Releases the lock without its guard (any process may); an unlocked
+    /// lock is `Err(InvalidState)`.
+    ///
+    /// # Safety
+    ///
+    /// No guard of this lock may be alive, in this process or any other that
+    /// maps the data (a `ValueGuard`, an `ArrayGuard`, or a guard from
+    /// [`DataLock::lock`] whose holder still relies on it), or two guards
+    /// could reach the same data at once. It is meant for a lock whose guard
+    /// was leaked with `std::mem::forget`.
+    pub unsafe fn force_unlock(&self) -> Result<()> {
+        self.lock.release()
+    }
+}
+
+/// Holds a [`DataLock`] (a handle of its own, so `v.get_lock().lock()` is
+/// one expression); releases it when dropped.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct DataLockGuard {
+    lock: DataLock,
+    acquired: Acquired,
+}
+
+impl DataLockGuard {
+    /// The pid of the previous holder if it died holding the lock.
+    pub fn owner_died(&self) -> Option<i32> {
+        self.acquired.owner_died()
+    }
+}
+
+impl std::fmt::Debug for DataLockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataLockGuard")
+            .field("owner_died", &self.owner_died())
+            .finish()
+    }
+}
+
+impl Drop for DataLockGuard {
+    fn drop(&mut self) {
+        self.lock.lock.raw().unlock();
+    }
+}
+
+impl ShareHandle for DataLock {
+    fn to_repr(&self) -> Result<HandleRepr> {
+        self.lock.obj.to_repr()
+    }
+
+    /// Opens the lock embedded in a `Value` or `Array` segment (or a whole
+    /// `Lock` segment: without a safe release, either is sound).
+    fn from_repr(repr: &HandleRepr) -> Result<Self> {
+        ShmObject::open_embedded(repr, Kind::Lock).map(|obj| DataLock { lock: Lock { obj } })
+    }
+}
+
+crate::impl_share_handle!(impl<> for DataLock);

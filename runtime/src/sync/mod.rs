@@ -22,7 +22,7 @@ pub mod spin;
 pub use barrier::Barrier;
 pub use condition::{Condition, ConditionGuard, ConditionLock};
 pub use event::Event;
-pub use lock::{Lock, LockGuard};
+pub use lock::{DataLock, DataLockGuard, Lock, LockGuard};
 pub use raw_lock::{Acquired, RawLock};
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore};

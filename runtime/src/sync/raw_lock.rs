@@ -182,6 +182,7 @@ impl RawLock {
     }
 
     /// Whether this process holds the lock.
+    #[cfg(test)]
     pub fn held_by_me(&self) -> bool {
         self.owner_pid() == Some(sys::process::getpid())
     }

@@ -166,6 +166,7 @@ impl RLock {
 
     /// The layout of a new, unlocked recursive lock, for a manager server to
     /// create (see [`Value::spec`](crate::Value::spec)).
+    #[doc(hidden)]
     pub fn spec() -> ShmSpec {
         // SAFETY: RLockState is atomics and integers only.
         unsafe { ShmSpec::zeroed::<RLockState>(Kind::RLock, 0, 0, |_| {}) }
@@ -174,7 +175,7 @@ impl RLock {
     /// An RLock that lives inside another object's segment (a Condition's own lock).
     pub(crate) fn from_parts<T>(obj: ShmObject<T>, field: fn(&T) -> &RLockState) -> RLock {
         RLock {
-            obj: ShmObject::from_embedded(obj, field),
+            obj: ShmObject::from_embedded(obj, Kind::RLock, field),
         }
     }
 

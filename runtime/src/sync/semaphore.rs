@@ -204,6 +204,7 @@ impl Semaphore {
 
     /// The layout of a new semaphore at `value`, for a manager server to
     /// create (see [`Value::spec`](crate::Value::spec)).
+    #[doc(hidden)]
     pub fn spec(value: u32) -> ShmSpec {
         spec(value, u32::MAX, Self::NAME)
     }
@@ -254,6 +255,7 @@ impl BoundedSemaphore {
 
     /// The layout of a new bounded semaphore at `value`, for a manager server
     /// to create (see [`Value::spec`](crate::Value::spec)).
+    #[doc(hidden)]
     pub fn spec(value: u32) -> ShmSpec {
         spec(value, value, Self::NAME)
     }

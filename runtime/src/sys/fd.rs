@@ -1,41 +1,42 @@
 //! File-descriptor helpers: close-on-exec flags, dup, poll.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
 use super::{retry_eintr, syscall};
 
 /// Sets or clears `FD_CLOEXEC` on `fd`.
 pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> std::io::Result<()> {
-    let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFD))?;
+    // SAFETY: F_GETFD only reads the flags of `fd`, which is borrowed, so open.
+    let flags = syscall!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) })?;
     let new = if on {
         flags | libc::FD_CLOEXEC
     } else {
         flags & !libc::FD_CLOEXEC
     };
     if new != flags {
-        syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFD, new))?;
+        // SAFETY: F_SETFD only changes the close-on-exec flag of the open,
+        // borrowed `fd`; `new` is its flags with that bit set or cleared.
+        syscall!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, new) })?;
     }
     Ok(())
 }
 
 /// Duplicates `fd` onto exactly `target`, clearing close-on-exec on the copy.
-pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> std::io::Result<()> {
+///
+/// # Safety
+///
+/// `target` must be closed, or owned by the caller, or its owner must accept
+/// that the number now refers to another file: `dup2` silently closes what
+/// `target` referred to (I/O safety).
+pub unsafe fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> std::io::Result<()> {
     if fd.as_raw_fd() == target {
         return set_cloexec(fd, false);
     }
-    retry_eintr(|| syscall!(dup2(fd.as_raw_fd(), target)))?;
+    // SAFETY: `fd` is borrowed, so open; replacing `target` is what the
+    // caller promised may happen (see the function's contract).
+    retry_eintr(|| syscall!(unsafe { libc::dup2(fd.as_raw_fd(), target) }))?;
     Ok(())
-}
-
-/// Takes ownership of a raw descriptor number this process holds.
-///
-/// Returns `None` if `fd` is not open.
-pub fn own_inherited(fd: RawFd) -> Option<OwnedFd> {
-    syscall!(fcntl(fd, libc::F_GETFD)).ok()?;
-    // SAFETY: the descriptor is open (F_GETFD succeeded) and was handed to this
-    // process for it to own; nothing else in the process refers to it.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Which condition to poll a descriptor for.
@@ -43,8 +44,6 @@ pub fn own_inherited(fd: RawFd) -> Option<OwnedFd> {
 pub enum Interest {
     /// Data to read, or the peer hung up.
     Read,
-    /// Room to write.
-    Write,
 }
 
 /// Waits until one of `fds` is ready for `interest` or `timeout` passes.
@@ -57,7 +56,6 @@ pub fn poll(
 ) -> std::io::Result<Vec<usize>> {
     let events = match interest {
         Interest::Read => libc::POLLIN,
-        Interest::Write => libc::POLLOUT,
     };
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
@@ -68,7 +66,9 @@ pub fn poll(
         })
         .collect();
     let ms = timeout_ms(timeout);
-    let n = syscall!(poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms));
+    // SAFETY: `pfds` is a live array of `pfds.len()` pollfds the kernel may
+    // write `revents` into; the descriptors are borrowed, so open.
+    let n = syscall!(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) });
     match n {
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(Vec::new()),
         Err(e) => Err(e),
@@ -89,14 +89,15 @@ pub fn poll_one(
 ) -> std::io::Result<bool> {
     let events = match interest {
         Interest::Read => libc::POLLIN,
-        Interest::Write => libc::POLLOUT,
     };
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events,
         revents: 0,
     };
-    match syscall!(poll(&mut pfd, 1, timeout_ms(timeout))) {
+    // SAFETY: `pfd` is one live pollfd the kernel may write `revents` into;
+    // its descriptor is borrowed, so open.
+    match syscall!(unsafe { libc::poll(&mut pfd, 1, timeout_ms(timeout)) }) {
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(false),
         Err(e) => Err(e),
         Ok(_) => Ok(pfd.revents != 0),

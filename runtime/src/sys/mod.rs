@@ -1,7 +1,10 @@
 //! The only place in the crate that talks to the operating system directly.
 //!
-//! Every function here is a small safe wrapper that turns a libc call into an
-//! `io::Result`. The rest of the crate never writes `unsafe { libc::… }`.
+//! Every function here is a small wrapper that turns a libc call into an
+//! `io::Result`; those whose misuse could break an invariant (`fork`,
+//! taking ownership of or replacing a raw descriptor) are `unsafe fn`. The
+//! rest of the crate never writes `unsafe { libc::… }`. The module is
+//! private to the crate.
 
 pub mod fd;
 pub mod futex;
@@ -12,11 +15,15 @@ pub mod socket;
 pub mod time;
 
 /// Turns a libc return value into an `io::Result`, reading `errno` on `-1`.
+///
+/// The call site writes the `unsafe` block itself, as in
+/// `syscall!(unsafe { libc::close(fd) })`, so each one carries its own
+/// `// SAFETY:` note (`clippy::undocumented_unsafe_blocks` is denied): the
+/// contract of every libc function differs, and a blanket note in the macro
+/// would vouch for arguments it never sees.
 macro_rules! syscall {
-    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
-        // SAFETY: the caller of the macro passes arguments that satisfy the
-        // contract of the named libc function; see each call site.
-        let res = unsafe { libc::$fn($($arg),*) };
+    ($call:expr) => {{
+        let res = $call;
         if res == -1 {
             Err(std::io::Error::last_os_error())
         } else {

@@ -52,6 +52,7 @@ pub fn getpid() -> i32 {
 }
 
 /// The parent process id as the kernel sees it now (1 or a subreaper once the parent died).
+#[cfg(test)]
 pub fn getppid() -> i32 {
     // SAFETY: getppid has no preconditions and cannot fail.
     unsafe { libc::getppid() }
@@ -121,14 +122,22 @@ pub enum Forked {
 
 /// Forks the process.
 ///
-/// In the child only the calling thread exists; the caller must keep to
-/// work that is valid after fork (glibc keeps malloc usable) and end with [`exit_now`].
-pub fn fork() -> std::io::Result<Forked> {
+/// # Safety
+///
+/// In the child only the calling thread exists, with every lock another
+/// thread held still held: the caller must keep to work that is valid
+/// after fork (glibc keeps malloc usable; the runtime's own tables are held
+/// across the fork by their fork guards), and must not let the child touch
+/// a resource whose owner is another thread of the parent. The child ends
+/// with [`exit_now`].
+pub unsafe fn fork() -> std::io::Result<Forked> {
     install_atfork();
     // Counted before the fork, so the child inherits the new count too and
     // the parent does not write the counter's page (a copy) after it.
     FORKS.fetch_add(1, Ordering::AcqRel);
-    let pid = syscall!(fork())?;
+    // SAFETY: fork takes no arguments; what the child may do afterwards is
+    // this function's own contract, which the caller accepted.
+    let pid = syscall!(unsafe { libc::fork() })?;
     Ok(if pid == 0 {
         Forked::Child
     } else {
@@ -182,11 +191,15 @@ pub fn spawn_exec(
 /// In a spawned child: moves the channel its parent passed as stdin to a new
 /// close-on-exec descriptor and reopens stdin on `/dev/null`.
 pub fn take_stdin_channel() -> std::io::Result<OwnedFd> {
-    let moved = syscall!(fcntl(0, libc::F_DUPFD_CLOEXEC, 3))?;
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor (numbered 3 or above)
+    // for whatever fd 0 refers to; it closes nothing.
+    let moved = syscall!(unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) })?;
     // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; we own it.
     let channel = unsafe { OwnedFd::from_raw_fd(moved) };
     let null = std::fs::File::open("/dev/null")?;
-    super::retry_eintr(|| syscall!(dup2(null.as_raw_fd(), 0)))?;
+    // SAFETY: `null` is open; replacing fd 0 (standard input, which this
+    // process owns and whose channel we just moved away) is the point.
+    super::retry_eintr(|| syscall!(unsafe { libc::dup2(null.as_raw_fd(), 0) }))?;
     Ok(channel)
 }
 
@@ -225,7 +238,8 @@ pub fn wait(pid: i32) -> std::io::Result<ExitStatus> {
 
 fn wait_inner(pid: i32, flags: libc::c_int) -> std::io::Result<Option<ExitStatus>> {
     let mut status: libc::c_int = 0;
-    let res = retry_eintr(|| syscall!(waitpid(pid, &mut status, flags)))?;
+    // SAFETY: `status` is a live int the kernel writes the status into.
+    let res = retry_eintr(|| syscall!(unsafe { libc::waitpid(pid, &mut status, flags) }))?;
     if res == 0 {
         return Ok(None);
     }
@@ -245,7 +259,11 @@ pub fn wait_ended(pid: i32) -> std::io::Result<()> {
     // SAFETY: `siginfo_t` is plain old data; all-zero is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     let flags = libc::WEXITED | libc::WNOWAIT;
-    match retry_eintr(|| syscall!(waitid(libc::P_PID, pid as libc::id_t, &mut info, flags))) {
+    let waited = retry_eintr(|| {
+        // SAFETY: `info` is a live siginfo_t the kernel fills in.
+        syscall!(unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) })
+    });
+    match waited {
         Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Ok(()),
         other => other.map(drop),
     }
@@ -256,7 +274,8 @@ pub fn kill(pid: i32, signal: i32) -> std::io::Result<()> {
     if pid <= 0 {
         return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
     }
-    syscall!(kill(pid, signal))?;
+    // SAFETY: kill takes plain integers and touches no memory of ours.
+    syscall!(unsafe { libc::kill(pid, signal) })?;
     Ok(())
 }
 
@@ -266,8 +285,6 @@ pub mod signal {
     pub const TERM: i32 = libc::SIGTERM;
     /// SIGKILL.
     pub const KILL: i32 = libc::SIGKILL;
-    /// SIGINT.
-    pub const INT: i32 = libc::SIGINT;
 }
 
 /// A descriptor that becomes readable when process `pid` ends.
@@ -279,18 +296,6 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Asks the kernel to send `signal` to this process when its parent thread exits.
-pub fn set_parent_death_signal(signal: i32) -> std::io::Result<()> {
-    syscall!(prctl(
-        libc::PR_SET_PDEATHSIG,
-        signal as libc::c_ulong,
-        0,
-        0,
-        0
-    ))?;
-    Ok(())
 }
 
 /// The number of CPUs this process may run on.
@@ -310,4 +315,15 @@ pub fn exe_identity(path: &Path) -> std::io::Result<String> {
         m.mtime(),
         m.mtime_nsec()
     ))
+}
+
+/// Whether this process runs exactly one thread (from `/proc/self/status`);
+/// `false` when that cannot be read.
+pub fn is_single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .is_some_and(|n| n.trim() == "1")
+    })
 }

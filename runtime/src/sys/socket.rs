@@ -56,7 +56,12 @@ pub fn send_with_fds(
                 );
             }
         }
-        let n = retry_eintr(|| syscall!(sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)))?;
+        let n = retry_eintr(|| {
+            // SAFETY: `msg` points to `iov` (live, over `data[sent..]`) and, on
+            // the first send, to `cbuf` with one well-formed SCM_RIGHTS header;
+            // the kernel only reads them. `sock` is borrowed, so open.
+            syscall!(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })
+        })?;
         if data.is_empty() {
             break;
         }
@@ -67,14 +72,25 @@ pub fn send_with_fds(
 
 /// Receives up to `buf.len()` bytes and any descriptors sent with them.
 ///
-/// Returns the byte count (0 at end of stream) and the descriptors, now owned.
+/// Returns the byte count (0 at end of stream) and the descriptors, now
+/// owned. More descriptors than [`MAX_FDS`] is an error (see [`take_all_rights`]).
 pub fn recv_with_fds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+    recv_with_at_most(sock, buf, MAX_FDS)
+}
+
+/// [`recv_with_fds`] with room for at most `max_fds` descriptors (1 to [`MAX_FDS`]).
+fn recv_with_at_most(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+    let max_fds = max_fds.clamp(1, MAX_FDS);
     // SAFETY: CMSG_SPACE only computes a size.
     let space =
-        unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) as usize };
+        unsafe { libc::CMSG_SPACE((max_fds * std::mem::size_of::<RawFd>()) as u32) as usize };
     let mut cbuf = vec![0u64; space.div_ceil(8)];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -86,10 +102,39 @@ pub fn recv_with_fds(
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.as_mut_ptr().cast();
     msg.msg_controllen = space as _;
-    let n = retry_eintr(|| syscall!(recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC)))?;
+    let n = retry_eintr(|| {
+        // SAFETY: `msg` points to `iov` over `buf` (live and writable for its
+        // length) and to `cbuf` (`space` writable bytes); `sock` is borrowed.
+        syscall!(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) })
+    })?;
     // SAFETY: the kernel filled msg_control by this recvmsg.
-    let fds = unsafe { take_rights(&msg) };
+    let fds = unsafe { take_all_rights(&msg) }?;
     Ok((n as usize, fds))
+}
+
+/// Takes ownership of every SCM_RIGHTS descriptor in a received message,
+/// failing if the kernel truncated its control data (`MSG_CTRUNC`: more
+/// descriptors came than the buffer had room for). Then the descriptors
+/// that did arrive are closed here and the kernel closed the rest: a
+/// message that lost some of its descriptors is never taken for whole.
+///
+/// # Safety
+/// As for [`take_rights`].
+unsafe fn take_all_rights(msg: &libc::msghdr) -> std::io::Result<Vec<OwnedFd>> {
+    // SAFETY: the caller's promise.
+    let fds = unsafe { take_rights(msg) };
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        let arrived = fds.len();
+        drop(fds);
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "a message carried more descriptors than the receiver had room for \
+                 ({arrived} arrived and were closed, the rest were dropped)"
+            ),
+        ));
+    }
+    Ok(fds)
 }
 
 /// Takes ownership of every SCM_RIGHTS descriptor in a received message.
@@ -132,7 +177,12 @@ pub fn send_vectored(sock: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> std::io::Res
     // only reads through the pointer.
     msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
-    let n = retry_eintr(|| syscall!(sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)))?;
+    let n = retry_eintr(|| {
+        // SAFETY: `msg` points to the caller's live `bufs` (IoSlice is
+        // ABI-compatible with iovec) and has no control data; the kernel only
+        // reads them. `sock` is borrowed, so open.
+        syscall!(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })
+    })?;
     Ok(n as usize)
 }
 
@@ -143,13 +193,17 @@ fn set_int_option(
     value: libc::c_int,
 ) -> std::io::Result<()> {
     let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    syscall!(setsockopt(
-        sock.as_raw_fd(),
-        level,
-        name,
-        (&value as *const libc::c_int).cast(),
-        len
-    ))
+    // SAFETY: the option value is `value`, a live c_int of `len` bytes that
+    // the kernel only reads; `sock` is borrowed, so open.
+    syscall!(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            len,
+        )
+    })
     .map(drop)
 }
 
@@ -183,7 +237,9 @@ pub fn set_tcp_liveness(
 ///
 /// Returns the byte count (0 at end of stream) and the descriptors, now
 /// owned; `WouldBlock` when nothing is queued. Reserve room in `out` first:
-/// with no spare capacity only descriptors can arrive.
+/// with no spare capacity only descriptors can arrive. More than `max_fds`
+/// descriptors is an error (see [`take_all_rights`]); the bytes that came
+/// with them are still appended to `out`.
 pub fn recv_nonblocking(
     sock: BorrowedFd<'_>,
     out: &mut Vec<u8>,
@@ -213,12 +269,16 @@ pub fn recv_nonblocking(
         msg.msg_controllen = space as _;
     }
     let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
-    let n = retry_eintr(|| syscall!(recvmsg(sock.as_raw_fd(), &mut msg, flags)))? as usize;
+    // SAFETY: `msg` points to `iov` over the spare capacity of `out` (live
+    // and writable for its length) and, if any, to `cbuf` (`space` writable
+    // bytes); `sock` is borrowed, so open.
+    let n = retry_eintr(|| syscall!(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) }))?
+        as usize;
     // SAFETY: the kernel wrote `n` bytes (at most the spare length it was
     // given) at the start of the spare capacity.
     unsafe { out.set_len(out.len() + n) };
     // SAFETY: msg_control (if any) was filled by this recvmsg.
-    let fds = unsafe { take_rights(&msg) };
+    let fds = unsafe { take_all_rights(&msg) }?;
     Ok((n, fds))
 }
 
@@ -226,13 +286,17 @@ pub fn recv_nonblocking(
 pub fn send_buffer_size(sock: BorrowedFd<'_>) -> std::io::Result<usize> {
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    syscall!(getsockopt(
-        sock.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_SNDBUF,
-        (&mut value as *mut libc::c_int).cast(),
-        &mut len
-    ))?;
+    // SAFETY: `value` is a live c_int and `len` its size, both writable by
+    // the kernel; `sock` is borrowed, so open.
+    syscall!(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
     Ok(value.max(0) as usize)
 }
 
@@ -275,7 +339,11 @@ pub fn send_nowait(
         }
     }
     let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
-    let n = retry_eintr(|| syscall!(sendmsg(sock.as_raw_fd(), &msg, flags)))?;
+    // SAFETY: `msg` points to the caller's live `bufs` (IoSlice is
+    // ABI-compatible with iovec) and, if any descriptors go, to `cbuf` with
+    // one well-formed SCM_RIGHTS header; the kernel only reads them. `sock`
+    // is borrowed, so open.
+    let n = retry_eintr(|| syscall!(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags) }))?;
     Ok(n as usize)
 }
 
@@ -303,13 +371,15 @@ pub fn peer_credentials(sock: BorrowedFd<'_>) -> std::io::Result<PeerCredentials
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` is a writable `ucred` and `len` holds its size, as
     // SO_PEERCRED requires; the kernel writes at most `len` bytes.
-    syscall!(getsockopt(
-        sock.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_PEERCRED,
-        (&mut cred as *mut libc::ucred).cast(),
-        &mut len
-    ))?;
+    syscall!(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
     if len as usize != std::mem::size_of::<libc::ucred>() {
         return Err(std::io::Error::other("SO_PEERCRED returned a short answer"));
     }
@@ -328,9 +398,67 @@ pub fn effective_uid() -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::AsFd;
-
     use super::*;
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    /// Waits (generously) for `reader` to report end of file: every copy of
+    /// the pipe's write end is closed. `false` if a copy stays open.
+    fn writer_closed(reader: &mut std::io::PipeReader) -> bool {
+        let ready = crate::sys::fd::poll_one(
+            reader.as_fd(),
+            crate::sys::fd::Interest::Read,
+            Some(Duration::from_secs(60)),
+        )
+        .unwrap();
+        let mut byte = [0u8; 1];
+        ready && reader.read(&mut byte).unwrap() == 0
+    }
+
+    /// Regression: a message with more descriptors than the receiver's
+    /// control buffer held was taken as complete (`MSG_CTRUNC` unchecked),
+    /// with the descriptors that did arrive kept as if they were all.
+    #[test]
+    fn truncated_descriptors_are_an_error_and_all_are_closed() {
+        for receive in [
+            |sock: BorrowedFd<'_>| {
+                let mut out = Vec::with_capacity(16);
+                recv_nonblocking(sock, &mut out, 2).map(drop)
+            },
+            |sock: BorrowedFd<'_>| {
+                let mut buf = [0u8; 16];
+                recv_with_at_most(sock, &mut buf, 2).map(drop)
+            },
+        ] {
+            let (a, b) = socketpair().unwrap();
+            let (mut reader, writer) = std::io::pipe().unwrap();
+            let copies = [
+                writer.as_fd(),
+                writer.as_fd(),
+                writer.as_fd(),
+                writer.as_fd(),
+            ];
+            send_with_fds(a.as_fd(), b"four", &copies).unwrap();
+            drop(writer);
+            let err = receive(b.as_fd()).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+            assert!(writer_closed(&mut reader), "a copy of the writer leaked");
+        }
+    }
+
+    #[test]
+    fn descriptors_that_fit_arrive() {
+        let (a, b) = socketpair().unwrap();
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        send_with_fds(a.as_fd(), b"two", &[writer.as_fd(), writer.as_fd()]).unwrap();
+        drop(writer);
+        let mut out = Vec::with_capacity(16);
+        let (n, fds) = recv_nonblocking(b.as_fd(), &mut out, 2).unwrap();
+        assert_eq!((n, &out[..], fds.len()), (3, &b"two"[..], 2));
+        drop(fds);
+        assert!(writer_closed(&mut reader));
+    }
 
     #[test]
     fn a_socket_pair_sees_this_process_as_its_peer() {

@@ -46,7 +46,7 @@ fn read_key(key_file: &str) -> Result<Vec<u8>, String> {
 pub fn command(args: &[String]) -> ExitCode {
     // Before any thread starts, so that every thread leaves the signals to
     // the one that waits for them.
-    if let Err(e) = multiproc::sys::signal::block_termination() {
+    if let Err(e) = multiproc::__internal::sys::signal::block_termination() {
         eprintln!("multiproc serve: cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
@@ -112,7 +112,7 @@ pub fn command(args: &[String]) -> ExitCode {
     let watcher = std::thread::Builder::new()
         .name("multiproc-serve-signals".into())
         .spawn(move || {
-            if let Ok(sig) = multiproc::sys::signal::wait_termination() {
+            if let Ok(sig) = multiproc::__internal::sys::signal::wait_termination() {
                 eprintln!("multiproc serve: signal {sig}, shutting down");
                 stop.shutdown();
             }
