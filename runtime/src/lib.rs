@@ -11,6 +11,7 @@ pub mod handle;
 pub mod manager;
 pub mod pool;
 pub mod process;
+pub mod py;
 pub mod queue;
 pub mod sharedctypes;
 pub mod shm;
