@@ -25,6 +25,7 @@ use multiproc_runtime::manager::{
     TcpOptions,
 };
 use multiproc_runtime::manager::{ServedObject, USER_OBJECT_BIT};
+use multiproc_runtime::py::{PythonOptions, Value};
 use multiproc_runtime::shm::fingerprint_str;
 use multiproc_runtime::{Error, Process, Result, Shareable, sys};
 use parking_lot::Mutex;
@@ -169,6 +170,7 @@ pub struct BaseManager<U = ()> {
     named: Vec<Named>,
     user_names: Vec<String>,
     max_frame: Option<u64>,
+    python: Option<PythonOptions>,
     _user: PhantomData<fn() -> U>,
 }
 
@@ -180,6 +182,7 @@ impl<U> Clone for BaseManager<U> {
             named: self.named.clone(),
             user_names: self.user_names.clone(),
             max_frame: self.max_frame,
+            python: self.python.clone(),
             _user: PhantomData,
         }
     }
@@ -210,6 +213,7 @@ impl BaseManager {
             named: Vec::new(),
             user_names: Vec::new(),
             max_frame: None,
+            python: None,
             _user: PhantomData,
         }
     }
@@ -229,6 +233,7 @@ impl<U: UserTypes> BaseManager<U> {
             named: self.named,
             user_names,
             max_frame: self.max_frame,
+            python: self.python,
             _user: PhantomData,
         }
     }
@@ -250,6 +255,37 @@ impl<U: UserTypes> BaseManager<U> {
     /// client sending a longer one is disconnected.
     pub fn max_frame(mut self, bytes: usize) -> Self {
         self.max_frame = Some(bytes as u64);
+        self
+    }
+
+    /// Also serves queues to CPython clients, on a listener of their own
+    /// ([`PythonOptions`]; see [`multiproc_runtime::py`]). Each queue is
+    /// registered here as a [`QueueProxy`] of [`py::Value`](Value), so
+    /// Rust clients `get` it by the same name; a Python client asks for it
+    /// as a typeid (`QueueManager.register('get_task_queue')`, then
+    /// `m.get_task_queue()`). The authkey is the manager's unless the
+    /// options set one.
+    ///
+    /// ```
+    /// use multiproc::py::{PythonOptions, Value};
+    /// use multiproc::{BaseManager, QueueProxy};
+    /// multiproc::init();
+    /// let master = BaseManager::new()
+    ///     .authkey(b"secret")
+    ///     .python(PythonOptions::new("127.0.0.1:0".parse().unwrap()).queue("get_task_queue"))
+    ///     .start()
+    ///     .unwrap();
+    /// // Python workers connect to this address with the same authkey.
+    /// assert!(master.python_address().is_some());
+    /// let tasks: QueueProxy<Value> = master.get("get_task_queue").unwrap();
+    /// tasks.put(Value::from((1, "square"))).unwrap();
+    /// master.shutdown().unwrap();
+    /// ```
+    pub fn python(mut self, options: PythonOptions) -> Self {
+        for q in &options.queues {
+            self = self.register_with::<QueueProxy<Value>>(q.name.clone(), q.maxsize);
+        }
+        self.python = Some(options);
         self
     }
 
@@ -307,7 +343,14 @@ impl<U: UserTypes> BaseManager<U> {
         if let Some(m) = self.max_frame {
             tcp.max_frame = m;
         }
-        Ok(ServeOptions { tcp: Some(tcp) })
+        let python = match &self.python {
+            Some(p) if p.authkey.is_empty() => Some(p.clone().authkey(self.key()?)),
+            other => other.clone(),
+        };
+        Ok(ServeOptions {
+            tcp: Some(tcp),
+            python,
+        })
     }
 
     /// Starts the server in a child process and connects to it.
@@ -319,6 +362,7 @@ impl<U: UserTypes> BaseManager<U> {
             named: self.named.clone(),
             user_names: self.user_names.clone(),
         };
+        let python = self.python.as_ref().map(|p| p.address.ip());
         let mut p = Process::new(server_main::<U>, args)
             .name("BaseManager")
             .daemon(true);
@@ -330,25 +374,33 @@ impl<U: UserTypes> BaseManager<U> {
         }
         let bound = self.socket_addr()?;
         let address = reachable(SocketAddr::new(bound.ip(), boot.tcp_port()));
-        RemoteManager::open(address, &self.key()?, Some(p))
+        let python = python.map(|ip| reachable(SocketAddr::new(ip, boot.python_port())));
+        RemoteManager::open(address, &self.key()?, Some(p), python)
     }
 
     /// Connects to a running server.
     ///
     /// A server that refuses the authkey is [`Error::Authentication`].
     pub fn connect(&self) -> Result<RemoteManager> {
-        RemoteManager::open(self.socket_addr()?, &self.key()?, None)
+        RemoteManager::open(self.socket_addr()?, &self.key()?, None, None)
     }
 
     /// Binds a server in this process (with its named objects made);
     /// [`ManagerServer::serve_forever`] then serves until shut down.
     pub fn get_server(&self) -> Result<ManagerServer> {
-        let mut server = Server::bind(random_token(), &self.options()?)?;
-        make_named(&mut server, &self.named)?;
+        let options = self.options()?;
+        let mut server = Server::bind(random_token(), &options)?;
+        let ids = make_named(&mut server, &self.named)?;
+        serve_python_queues(&mut server, &options, &ids)?;
         make_user_objects::<U>(&mut server, &self.user_names)?;
         let address = reachable(server.tcp_address().ok_or_else(unexpected)?);
+        let python = server.python_address().map(reachable);
         client::set_authkey(address, &self.key()?);
-        Ok(ManagerServer { server, address })
+        Ok(ManagerServer {
+            server,
+            address,
+            python,
+        })
     }
 }
 
@@ -387,7 +439,8 @@ struct ServerArgs {
 
 fn server_main<U: UserTypes>(args: ServerArgs) {
     let server = Server::bind(args.boot.token(), &args.options).and_then(|mut s| {
-        make_named(&mut s, &args.named)?;
+        let ids = make_named(&mut s, &args.named)?;
+        serve_python_queues(&mut s, &args.options, &ids)?;
         make_user_objects::<U>(&mut s, &args.user_names)?;
         Ok(s)
     });
@@ -445,8 +498,29 @@ fn make_user_objects<U: UserTypes>(server: &mut Server, names: &[String]) -> Res
     Ok(())
 }
 
-/// Creates the registry and the named objects in a server about to serve.
-fn make_named(server: &mut Server, named: &[Named]) -> Result<()> {
+/// Hands the queues named in the Python options to the server's Python listener.
+fn serve_python_queues(
+    server: &mut Server,
+    options: &ServeOptions,
+    ids: &[(String, ObjectId)],
+) -> Result<()> {
+    let Some(python) = &options.python else {
+        return Ok(());
+    };
+    for q in &python.queues {
+        let id = ids
+            .iter()
+            .find(|(name, _)| *name == q.name)
+            .map(|(_, id)| *id)
+            .ok_or_else(|| Error::InvalidState(format!("queue {:?} was not made", q.name)))?;
+        server.serve_to_python(&q.name, id)?;
+    }
+    Ok(())
+}
+
+/// Creates the registry and the named objects in a server about to serve;
+/// returns each name's object.
+fn make_named(server: &mut Server, named: &[Named]) -> Result<Vec<(String, ObjectId)>> {
     let tag = <Registry as Proxy>::tag();
     let registry = expect_created(
         server,
@@ -462,6 +536,7 @@ fn make_named(server: &mut Server, named: &[Named]) -> Result<()> {
             "the registry must be the server's first object".into(),
         ));
     }
+    let mut ids = Vec::with_capacity(named.len());
     for n in named {
         let id = expect_created(
             server,
@@ -473,8 +548,9 @@ fn make_named(server: &mut Server, named: &[Named]) -> Result<()> {
             },
         )?;
         register_name(server, &n.name, (id, n.fingerprint, n.type_name.clone()))?;
+        ids.push((n.name.clone(), id));
     }
-    Ok(())
+    Ok(ids)
 }
 
 /// A server bound in this process (from [`BaseManager::get_server`]).
@@ -482,12 +558,19 @@ fn make_named(server: &mut Server, named: &[Named]) -> Result<()> {
 pub struct ManagerServer {
     server: Server,
     address: SocketAddr,
+    python: Option<SocketAddr>,
 }
 
 impl ManagerServer {
     /// The TCP address clients connect to (the real port if bound to port 0).
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Where CPython clients connect, if the manager serves them
+    /// ([`BaseManager::python`]).
+    pub fn python_address(&self) -> Option<SocketAddr> {
+        self.python
     }
 
     /// A handle that stops [`ManagerServer::serve_forever`] from another thread.
@@ -507,6 +590,7 @@ struct Inner {
     tcp: SocketAddr,
     address: ServerAddress,
     process: Mutex<Option<Process<()>>>,
+    python: Option<SocketAddr>,
 }
 
 /// A connection to a remote manager's server (from [`BaseManager::start`]
@@ -529,6 +613,7 @@ impl RemoteManager {
         address: SocketAddr,
         authkey: &[u8],
         process: Option<Process<()>>,
+        python: Option<SocketAddr>,
     ) -> Result<RemoteManager> {
         // Prove the key on a connection of its own: this process may share
         // a connection to the same server made with another key.
@@ -541,6 +626,7 @@ impl RemoteManager {
                 tcp: address,
                 address: server,
                 process: Mutex::new(process),
+                python,
             }),
         };
         // Connect now: a wrong key or an absent server is an error here.
@@ -551,6 +637,12 @@ impl RemoteManager {
     /// The server's TCP address.
     pub fn address(&self) -> SocketAddr {
         self.inner.tcp
+    }
+
+    /// Where CPython clients connect, for a server this process started
+    /// with [`BaseManager::python`] (`None` otherwise).
+    pub fn python_address(&self) -> Option<SocketAddr> {
+        self.inner.python
     }
 
     /// A proxy to the object registered as `name`, checked to be a `P`

@@ -13,6 +13,7 @@
 
 pub mod channel;
 mod dispatch;
+pub(crate) mod frontend;
 pub mod protocol;
 pub mod remote;
 pub mod server;

@@ -14,9 +14,16 @@
 //!   bytes, tuple, list, dict).
 //! * [`pickle`]: a bounded reader and writer for the data subset of pickle;
 //!   nothing a pickle names is ever imported, looked up or run.
+//! * [`auth`]: the server's side of CPython's authkey handshake.
+//! * [`PythonOptions`]: where the listener listens and which queues it serves.
 
+pub mod auth;
+mod conn;
 pub mod pickle;
+mod server;
 mod value;
 
 pub use pickle::{Limits, PickleError};
+pub(crate) use server::PyListener;
+pub use server::{PythonOptions, PythonQueue, QUEUE_METHODS};
 pub use value::{ArchivedValue, Value, ValueResolver};

@@ -32,12 +32,20 @@ SERVE OPTIONS:
     --authkey-file FILE     The shared secret clients must prove they know
                             (required; the file's bytes, a trailing newline dropped)
     --max-frame BYTES       The largest request accepted (default 64 MiB)
+    --python-address HOST:PORT
+                            Also serve CPython clients (multiprocessing's
+                            BaseManager, Python 3.11+) on this second port
+    --queue NAME            A queue Python clients get as typeid NAME
+                            (m.get_task_queue() for `--queue get_task_queue`)
+                            and Rust clients as QueueProxy<py::Value>;
+                            repeatable
+    --no-md5                Refuse the HMAC-MD5 handshake (Python 3.11)
 
     Clients connect with BaseManager::new().address(..).authkey(..).connect()
     and create dicts, lists, namespaces, queues, locks, semaphores, events and
     barriers in it. On SIGINT or SIGTERM (or a client's shutdown) the server
     stops and exits with status 0. It prints `listening on ADDRESS` once it
-    accepts clients.
+    accepts clients (then `python listening on ADDRESS` with --python-address).
 ";
 
 fn main() -> ExitCode {
