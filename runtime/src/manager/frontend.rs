@@ -122,6 +122,11 @@ impl FrontQueue {
         self.waitable.queue_status()
     }
 
+    /// Clients (Rust or Python) asleep in a wait on the queue now.
+    pub fn sleepers(&self) -> u32 {
+        self.waitable.sleepers()
+    }
+
     /// Marks one task done (`InvalidState` if none is unfinished).
     pub fn task_done(&self) -> Result<(), RemoteError> {
         self.waitable.queue_task_done()

@@ -566,6 +566,12 @@ impl Waitable {
         })
     }
 
+    /// Clients asleep in a wait on this object now (any wait: a getter,
+    /// a putter, a joiner), for diagnostics.
+    pub fn sleepers(&self) -> u32 {
+        self.inner.lock().sleeping
+    }
+
     /// (length, maxsize, unfinished tasks).
     pub fn queue_status(&self) -> Result<(u64, u64, u64), RemoteError> {
         match &self.inner.lock().state {

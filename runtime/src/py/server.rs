@@ -535,8 +535,9 @@ impl Shared {
         }
     }
 
-    /// CPython's format, one entry per queue, plus its length and the
-    /// Python getters waiting in it now.
+    /// CPython's format, one entry per queue, plus its length, the Python
+    /// clients in a `get` on it now, and the clients (Rust or Python)
+    /// asleep in a wait on it now.
     fn debug_info(&self) -> String {
         let entries: Vec<String> = self
             .queues
@@ -544,12 +545,13 @@ impl Shared {
             .map(|q| {
                 let len = q.queue.status().map_or(0, |s| s.0);
                 format!(
-                    "  {}:       refcount={}\n    {} (queue): items={} waiting_getters={}",
+                    "  {}:       refcount={}\n    {} (queue): items={} python_getters={} sleepers={}",
                     q.ident,
                     q.refcount.load(Ordering::SeqCst),
                     q.typeid,
                     len,
                     q.waiting_getters.load(Ordering::SeqCst),
+                    q.queue.sleepers(),
                 )
             })
             .collect();
