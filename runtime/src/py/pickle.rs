@@ -278,6 +278,19 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// Counts `bytes` more against `max_size` (a stack slot, a container's
+    /// reference to an item).
+    fn charge(&mut self, bytes: usize) -> PResult<()> {
+        self.cost = self.cost.saturating_add(bytes);
+        if self.cost > self.limits.max_size {
+            return Err(PickleError::TooLarge(format!(
+                "the pickle builds more than {} bytes",
+                self.limits.max_size
+            )));
+        }
+        Ok(())
+    }
+
     fn leaf(&mut self, v: Value) -> PResult<()> {
         self.push(Node::Leaf(v))
     }
@@ -341,6 +354,7 @@ impl<'a> Reader<'a> {
     fn memo_get(&mut self, index: usize) -> PResult<()> {
         match self.memo.get(index) {
             Some(&id) if id != NO_ENTRY => {
+                self.charge(4)?;
                 self.stack.push(id);
                 Ok(())
             }
@@ -560,6 +574,7 @@ impl<'a> Reader<'a> {
                 }
                 op::DUP => {
                     let top = self.top()?;
+                    self.charge(4)?;
                     self.stack.push(top);
                 }
                 op::MEMOIZE => self.memo_put(self.memo_len)?,
@@ -653,7 +668,7 @@ impl<'a> Reader<'a> {
     }
 
     fn extend_list(&mut self, list: u32, items: Vec<u32>) -> PResult<()> {
-        self.cost = self.cost.saturating_add(items.len() * 4);
+        self.charge(items.len() * 4)?;
         match self.nodes.get_mut(list as usize) {
             Some(Node::List(v)) => {
                 v.extend(items);
@@ -664,7 +679,7 @@ impl<'a> Reader<'a> {
     }
 
     fn extend_dict(&mut self, dict: u32, pairs: Vec<(u32, u32)>) -> PResult<()> {
-        self.cost = self.cost.saturating_add(pairs.len() * 8);
+        self.charge(pairs.len() * 8)?;
         match self.nodes.get_mut(dict as usize) {
             Some(Node::Dict(d)) => {
                 d.extend(pairs);
@@ -1189,6 +1204,17 @@ mod tests {
         assert!(matches!(load(big), Err(PickleError::IntTooLarge(_))));
         let min = b"\x80\x04\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x80.";
         assert_eq!(load(min).unwrap(), Value::Int(i64::MIN));
+        // A stack of memo references (4 bytes each, nothing new built).
+        let mut refs = vec![op::PROTO, 4, op::NONE, op::MEMOIZE];
+        refs.extend(std::iter::repeat_n([op::BINGET, 0], 2000).flatten());
+        let small = Limits {
+            max_size: 4096,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            loads(&refs, &small),
+            Err(PickleError::TooLarge(_))
+        ));
         // A huge memo index.
         let memo = b"\x80\x04Nr\xff\xff\xff\xff.";
         assert!(matches!(load(memo), Err(PickleError::TooLarge(_))));
