@@ -776,7 +776,7 @@ impl<'a> Reader<'a> {
 }
 
 fn pairs_of(items: &[u32]) -> PResult<Vec<(u32, u32)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(malformed("a dict with an odd number of keys and values"));
     }
     Ok(items.chunks_exact(2).map(|p| (p[0], p[1])).collect())

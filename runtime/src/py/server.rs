@@ -290,8 +290,9 @@ enum Reply {
 /// What a request leads to.
 enum Outcome<'a> {
     Reply(Reply),
-    /// An item taken for the client: send it, or put it back.
-    Deliver(&'a Served, Taken),
+    /// An item taken for the client: send it, or put it back. `waited`:
+    /// the item came after a wait (check the client is still there first).
+    Deliver(&'a Served, Taken, bool),
     /// The client left (or the server stops) while the request waited.
     Close,
 }
@@ -679,6 +680,10 @@ impl Shared {
         conn_id: u64,
         gone: &dyn Fn() -> bool,
     ) -> std::result::Result<Outcome<'a>, Reply> {
+        // An item there now goes to the client that just asked for it.
+        if let Some(item) = q.queue.take().map_err(remote_failure)? {
+            return Ok(Outcome::Deliver(q, item, false));
+        }
         loop {
             match q.queue.wait(QueueWait::NotEmpty, deadline, conn_id, gone) {
                 Ok(true) => {}
@@ -691,7 +696,7 @@ impl Shared {
                 return Ok(Outcome::Close);
             }
             match q.queue.take().map_err(remote_failure)? {
-                Some(item) => return Ok(Outcome::Deliver(q, item)),
+                Some(item) => return Ok(Outcome::Deliver(q, item, true)),
                 // Another getter took it first.
                 None if deadline.expired() => {
                     return Ok(Outcome::Reply(Reply::Error(PyException::bare(Exc::Empty))));
@@ -814,7 +819,7 @@ fn serve_requests(shared: &Shared, conn: &mut PyConn, conn_id: u64) {
         let sent = match outcome {
             Outcome::Reply(reply) => send_reply(conn, &mut buf, &reply),
             Outcome::Close => return,
-            Outcome::Deliver(q, item) => deliver(conn, &mut buf, q, item, &gone),
+            Outcome::Deliver(q, item, waited) => deliver(conn, &mut buf, q, item, waited, &gone),
         };
         if sent.is_err() {
             return;
@@ -823,12 +828,14 @@ fn serve_requests(shared: &Shared, conn: &mut PyConn, conn_id: u64) {
 }
 
 /// Sends a taken item; puts it back at the front of its queue if it
-/// cannot be sent (the client left).
+/// cannot be sent (the client left). An item that came after a wait is
+/// sent only if the client is still connected.
 fn deliver(
     conn: &mut PyConn,
     buf: &mut Vec<u8>,
     q: &Served,
     item: Taken,
+    waited: bool,
     gone: &dyn Fn() -> bool,
 ) -> Result<()> {
     let value = match Value::decode(item.bytes()) {
@@ -854,7 +861,7 @@ fn deliver(
             &traceback(format!("the item taken cannot be sent: {e}")),
         );
     }
-    let sent = if gone() {
+    let sent = if waited && gone() {
         Err(Error::Closed)
     } else {
         conn.send(buf)
