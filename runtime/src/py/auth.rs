@@ -237,6 +237,8 @@ fn answer_challenge(
 mod tests {
     use std::collections::VecDeque;
 
+    use proptest::strategy::Strategy;
+
     use super::*;
 
     /// A client scripted as CPython's `answer_challenge` + `deliver_challenge`.
@@ -347,6 +349,32 @@ mod tests {
         }
         fn recv_message(&mut self, _: usize, _: Deadline) -> Result<Vec<u8>> {
             self.0.pop_front().ok_or(Error::Closed)
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Random client messages (with plausible prefixes) never pass.
+        #[test]
+        fn random_clients_never_authenticate(
+            allow_md5 in proptest::prelude::any::<bool>(),
+            messages in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 16..=16),
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)
+                        .prop_map(|t| [b"{sha256}".as_slice(), &t].concat()),
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)
+                        .prop_map(|t| [CHALLENGE, &t].concat()),
+                    proptest::strategy::Just(WELCOME.to_vec()),
+                ],
+                0..5,
+            ),
+        ) {
+            let mut t = Scripted(messages.into());
+            let r = server_handshake(&mut t, b"k", allow_md5, Deadline::Never);
+            proptest::prop_assert!(r.is_err());
         }
     }
 
