@@ -201,6 +201,32 @@
 //! }
 //! ```
 //!
+//! ## Python workers on a Rust manager
+//!
+//! With [`BaseManager::python`] (or `multiproc serve --python-address`), the
+//! server also listens for CPython's own `BaseManager` clients, unchanged:
+//! each named queue is a typeid they `register` and call
+//! (`m.get_task_queue()`), and a queue of [`py::Value`] for Rust clients.
+//! See [`py`] for what travels and how hostile pickles are refused.
+//!
+//! ```
+//! use multiproc::py::{PythonOptions, Value};
+//! use multiproc::{BaseManager, QueueProxy};
+//!
+//! multiproc::init();
+//! let master = BaseManager::new()
+//!     .authkey(b"secret")
+//!     .python(PythonOptions::new("127.0.0.1:0".parse().unwrap()).queue("get_task_queue"))
+//!     .start()
+//!     .unwrap();
+//! // Python workers: QueueManager(address=master.python_address(), authkey=b"secret")
+//! let tasks: QueueProxy<Value> = master.get("get_task_queue").unwrap();
+//! tasks.put(Value::from((1, "square"))).unwrap();
+//! let (n, op): (i64, String) = tasks.get().unwrap().try_into().unwrap();
+//! assert_eq!((n, op.as_str()), (1, "square"));
+//! master.shutdown().unwrap();
+//! ```
+//!
 //! ## Errors
 //!
 //! Every fallible call returns [`Result`] with the one [`Error`] enum; blocking
@@ -241,6 +267,11 @@ pub use multiproc_runtime::{
 /// Python's `multiprocessing.connection`: [`Listener`], [`client`], [`wait`]
 /// and the connections they make.
 pub use multiproc_runtime::connection;
+
+/// Python clients on a Rust manager: CPython's `BaseManager` recipe against
+/// [`BaseManager::python`] or `multiproc serve --python-address`, and
+/// [`py::Value`], what a pickle of plain data becomes.
+pub use multiproc_runtime::py;
 
 /// The encoding library, re-exported so derives and handles agree on one version.
 pub use multiproc_runtime::rkyv;

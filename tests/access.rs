@@ -711,6 +711,7 @@ fn a_client_stalled_inside_a_request_is_dropped_and_idle_ones_are_not() {
         authkey: KEY.to_vec(),
         allow_root: false,
         limits: Default::default(),
+        python: None,
     };
     let token = u64::from(std::process::id()) << 32 | 0x5ca1;
     let server = Server::bind(token, &options).unwrap();
@@ -775,6 +776,7 @@ fn debug_forms_never_show_keys_or_socket_tokens() {
         authkey: b"local-secret".to_vec(),
         allow_root: true,
         limits: Default::default(),
+        python: None,
     };
     let builder = Manager::builder().authkey(AuthKey::new(b"builder-secret").unwrap());
     let conn = connect(manager.address()).unwrap();

@@ -10,6 +10,7 @@ The keys match `multiproc bench`. Run by hand:
 """
 import argparse
 import json
+import os
 import queue
 import threading
 import multiprocessing as mp
@@ -254,6 +255,35 @@ def bench_tcp(samples, batch):
         m.shutdown()
 
 
+_py_task_queue = queue.Queue()
+
+
+def _get_task_queue():
+    return _py_task_queue
+
+
+class PyclientManager(BaseManager):
+    pass
+
+
+PyclientManager.register("get_task_queue", callable=_get_task_queue)
+
+
+def bench_pyclient(smoke):
+    """pyclient/*: CPython's BaseManager client against CPython's own
+    server, measured by the same code (pyclient.py) that multiproc bench
+    runs against `multiproc serve --python-address`, pinned the same way."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import pyclient
+
+    m = PyclientManager(address=("127.0.0.1", 0), authkey=b"bench-key")
+    m.start()
+    try:
+        return pyclient.measure(m.address, b"bench-key", m._process.pid, smoke)
+    finally:
+        m.shutdown()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="tiny iteration counts")
@@ -308,6 +338,11 @@ def main():
     if any(args.filter in key for key in tcp_keys):
         print("python: manager/tcp_*", file=sys.stderr)
         for key, r in bench_tcp(s, 20 * k).items():
+            if args.filter in key:
+                results[key] = r
+    if args.filter in "pyclient/" or "pyclient/" in args.filter:
+        print("python: pyclient/*", file=sys.stderr)
+        for key, r in bench_pyclient(args.smoke).items():
             if args.filter in key:
                 results[key] = r
     json.dump({"python": sys.version.split()[0], "ops": results}, sys.stdout, indent=1)

@@ -203,6 +203,7 @@ impl ManagerBuilder {
             authkey: key.as_bytes().to_vec(),
             allow_root: self.allow_root,
             limits: self.limits,
+            python: None,
         };
         let mut p = Process::new(serve_with, (boot.clone(), options))
             .name("SyncManager")

@@ -27,6 +27,7 @@ use multiproc_runtime::manager::{
     TcpOptions,
 };
 use multiproc_runtime::manager::{ServedObject, USER_OBJECT_BIT};
+use multiproc_runtime::py::{PythonOptions, Value};
 use multiproc_runtime::{Error, Process, Result, Shareable};
 use parking_lot::Mutex;
 
@@ -171,6 +172,7 @@ pub struct BaseManager<U = ()> {
     user_names: Vec<String>,
     max_frame: Option<u64>,
     limits: Limits,
+    python: Option<PythonOptions>,
     _user: PhantomData<fn() -> U>,
 }
 
@@ -183,6 +185,7 @@ impl<U> Clone for BaseManager<U> {
             user_names: self.user_names.clone(),
             max_frame: self.max_frame,
             limits: self.limits,
+            python: self.python.clone(),
             _user: PhantomData,
         }
     }
@@ -216,6 +219,7 @@ impl BaseManager {
             user_names: Vec::new(),
             max_frame: None,
             limits: Limits::default(),
+            python: None,
             _user: PhantomData,
         }
     }
@@ -236,6 +240,7 @@ impl<U: UserTypes> BaseManager<U> {
             user_names,
             max_frame: self.max_frame,
             limits: self.limits,
+            python: self.python,
             _user: PhantomData,
         }
     }
@@ -286,6 +291,37 @@ impl<U: UserTypes> BaseManager<U> {
     /// [`Error::QuotaExceeded`].
     pub fn max_segment(mut self, bytes: u64) -> Self {
         self.limits.max_segment = bytes;
+        self
+    }
+
+    /// Also serves queues to CPython clients, on a listener of their own
+    /// ([`PythonOptions`]; see [`multiproc_runtime::py`]). Each queue is
+    /// registered here as a [`QueueProxy`] of [`py::Value`](Value), so
+    /// Rust clients `get` it by the same name; a Python client asks for it
+    /// as a typeid (`QueueManager.register('get_task_queue')`, then
+    /// `m.get_task_queue()`). The authkey is the manager's unless the
+    /// options set one.
+    ///
+    /// ```
+    /// use multiproc::py::{PythonOptions, Value};
+    /// use multiproc::{BaseManager, QueueProxy};
+    /// multiproc::init();
+    /// let master = BaseManager::new()
+    ///     .authkey(b"secret")
+    ///     .python(PythonOptions::new("127.0.0.1:0".parse().unwrap()).queue("get_task_queue"))
+    ///     .start()
+    ///     .unwrap();
+    /// // Python workers connect to this address with the same authkey.
+    /// assert!(master.python_address().is_some());
+    /// let tasks: QueueProxy<Value> = master.get("get_task_queue").unwrap();
+    /// tasks.put(Value::from((1, "square"))).unwrap();
+    /// master.shutdown().unwrap();
+    /// ```
+    pub fn python(mut self, options: PythonOptions) -> Self {
+        for q in &options.queues {
+            self = self.register_with::<QueueProxy<Value>>(q.name.clone(), q.maxsize);
+        }
+        self.python = Some(options);
         self
     }
 
@@ -343,11 +379,16 @@ impl<U: UserTypes> BaseManager<U> {
         if let Some(m) = self.max_frame {
             tcp.max_frame = m;
         }
+        let python = match &self.python {
+            Some(p) if p.authkey.is_empty() => Some(p.clone().authkey(self.key()?)),
+            other => other.clone(),
+        };
         Ok(ServeOptions {
             authkey: tcp.authkey.clone(),
             tcp: Some(tcp),
             allow_root: false,
             limits: self.limits,
+            python,
         })
     }
 
@@ -360,6 +401,7 @@ impl<U: UserTypes> BaseManager<U> {
             named: self.named.clone(),
             user_names: self.user_names.clone(),
         };
+        let python = self.python.as_ref().map(|p| p.address.ip());
         let mut p = Process::new(server_main::<U>, args)
             .name("BaseManager")
             .daemon(true);
@@ -371,7 +413,8 @@ impl<U: UserTypes> BaseManager<U> {
         }
         let bound = self.socket_addr()?;
         let address = reachable(SocketAddr::new(bound.ip(), boot.tcp_port()));
-        self.open(address, Some(p))
+        let python = python.map(|ip| reachable(SocketAddr::new(ip, boot.python_port())));
+        self.open(address, Some(p), python)
     }
 
     /// Connects to a running server.
@@ -385,25 +428,37 @@ impl<U: UserTypes> BaseManager<U> {
     /// failing with [`Error::ManagerGone`] (their objects went with the old
     /// connection or the old server).
     pub fn connect(&self) -> Result<RemoteManager> {
-        self.open(self.socket_addr()?, None)
+        self.open(self.socket_addr()?, None, None)
     }
 
-    fn open(&self, address: SocketAddr, process: Option<Process<()>>) -> Result<RemoteManager> {
+    fn open(
+        &self,
+        address: SocketAddr,
+        process: Option<Process<()>>,
+        python: Option<SocketAddr>,
+    ) -> Result<RemoteManager> {
         if let Some(m) = self.max_frame {
             client::set_max_message(address, usize::try_from(m).unwrap_or(usize::MAX));
         }
-        RemoteManager::open(address, &self.key()?, process)
+        RemoteManager::open(address, &self.key()?, process, python)
     }
 
     /// Binds a server in this process (with its named objects made);
     /// [`ManagerServer::serve_forever`] then serves until shut down.
     pub fn get_server(&self) -> Result<ManagerServer> {
-        let mut server = Server::bind(random_token(), &self.options()?)?;
-        make_named(&mut server, &self.named)?;
+        let options = self.options()?;
+        let mut server = Server::bind(random_token(), &options)?;
+        let ids = make_named(&mut server, &self.named)?;
+        serve_python_queues(&mut server, &options, &ids)?;
         make_user_objects::<U>(&mut server, &self.user_names)?;
         let address = reachable(server.tcp_address().ok_or_else(unexpected)?);
+        let python = server.python_address().map(reachable);
         client::set_authkey(ServerAddress::Tcp(address), &self.key()?);
-        Ok(ManagerServer { server, address })
+        Ok(ManagerServer {
+            server,
+            address,
+            python,
+        })
     }
 }
 
@@ -442,7 +497,8 @@ struct ServerArgs {
 
 fn server_main<U: UserTypes>(args: ServerArgs) {
     let server = Server::bind(args.boot.token(), &args.options).and_then(|mut s| {
-        make_named(&mut s, &args.named)?;
+        let ids = make_named(&mut s, &args.named)?;
+        serve_python_queues(&mut s, &args.options, &ids)?;
         make_user_objects::<U>(&mut s, &args.user_names)?;
         Ok(s)
     });
@@ -500,8 +556,29 @@ fn make_user_objects<U: UserTypes>(server: &mut Server, names: &[String]) -> Res
     Ok(())
 }
 
-/// Creates the registry and the named objects in a server about to serve.
-fn make_named(server: &mut Server, named: &[Named]) -> Result<()> {
+/// Hands the queues named in the Python options to the server's Python listener.
+fn serve_python_queues(
+    server: &mut Server,
+    options: &ServeOptions,
+    ids: &[(String, ObjectId)],
+) -> Result<()> {
+    let Some(python) = &options.python else {
+        return Ok(());
+    };
+    for q in &python.queues {
+        let id = ids
+            .iter()
+            .find(|(name, _)| *name == q.name)
+            .map(|(_, id)| *id)
+            .ok_or_else(|| Error::InvalidState(format!("queue {:?} was not made", q.name)))?;
+        server.serve_to_python(&q.name, id)?;
+    }
+    Ok(())
+}
+
+/// Creates the registry and the named objects in a server about to serve;
+/// returns each name's object.
+fn make_named(server: &mut Server, named: &[Named]) -> Result<Vec<(String, ObjectId)>> {
     let tag = <Registry as Proxy>::tag();
     let registry = expect_created(
         server,
@@ -517,6 +594,7 @@ fn make_named(server: &mut Server, named: &[Named]) -> Result<()> {
             "the registry must be the server's first object".into(),
         ));
     }
+    let mut ids = Vec::with_capacity(named.len());
     for n in named {
         let id = expect_created(
             server,
@@ -528,8 +606,9 @@ fn make_named(server: &mut Server, named: &[Named]) -> Result<()> {
             },
         )?;
         register_name(server, &n.name, (id, n.fingerprint, n.type_name.clone()))?;
+        ids.push((n.name.clone(), id));
     }
-    Ok(())
+    Ok(ids)
 }
 
 /// A server bound in this process (from [`BaseManager::get_server`]).
@@ -537,6 +616,7 @@ fn make_named(server: &mut Server, named: &[Named]) -> Result<()> {
 pub struct ManagerServer {
     server: Server,
     address: SocketAddr,
+    python: Option<SocketAddr>,
 }
 
 impl ManagerServer {
@@ -551,6 +631,12 @@ impl ManagerServer {
     /// port 0).
     pub fn bound_address(&self) -> SocketAddr {
         self.server.tcp_address().unwrap_or(self.address)
+    }
+
+    /// Where CPython clients connect, if the manager serves them
+    /// ([`BaseManager::python`]).
+    pub fn python_address(&self) -> Option<SocketAddr> {
+        self.python
     }
 
     /// A handle that stops [`ManagerServer::serve_forever`] from another thread.
@@ -570,6 +656,7 @@ struct Inner {
     tcp: SocketAddr,
     address: ServerAddress,
     process: Mutex<Option<Process<()>>>,
+    python: Option<SocketAddr>,
 }
 
 /// A connection to a remote manager's server (from [`BaseManager::start`]
@@ -592,6 +679,7 @@ impl RemoteManager {
         address: SocketAddr,
         authkey: &[u8],
         process: Option<Process<()>>,
+        python: Option<SocketAddr>,
     ) -> Result<RemoteManager> {
         // Prove the key on a connection of its own: this process may share
         // a connection to the same server made with another key.
@@ -604,6 +692,7 @@ impl RemoteManager {
                 tcp: address,
                 address: server,
                 process: Mutex::new(process),
+                python,
             }),
         };
         // Connect now: a wrong key or an absent server is an error here,
@@ -615,6 +704,12 @@ impl RemoteManager {
     /// The server's TCP address.
     pub fn address(&self) -> SocketAddr {
         self.inner.tcp
+    }
+
+    /// Where CPython clients connect, for a server this process started
+    /// with [`BaseManager::python`] (`None` otherwise).
+    pub fn python_address(&self) -> Option<SocketAddr> {
+        self.inner.python
     }
 
     /// A proxy to the object registered as `name`, checked to be a `P`

@@ -22,6 +22,7 @@ pub mod handle;
 pub mod manager;
 mod pool;
 mod process;
+pub mod py;
 mod queue;
 mod sharedctypes;
 mod shm;

@@ -15,6 +15,7 @@
 
 pub mod channel;
 mod dispatch;
+pub(crate) mod frontend;
 mod gate;
 pub mod protocol;
 pub mod remote;

@@ -49,6 +49,7 @@ use crate::manager::table::{ConnRefs, Table};
 use crate::manager::user::{ServedObject, UserObjects};
 use crate::manager::waitable::Peer;
 use crate::process::AuthKey;
+use crate::py::{PyListener, PythonOptions};
 use crate::shm::{Kind, ShmObject, fingerprint_str};
 use crate::sys;
 use crate::wire::auth::{self, FrameTransport};
@@ -78,6 +79,8 @@ struct BootState {
     start_ticks: AtomicU64,
     /// The TCP port the server bound, or 0.
     tcp_port: AtomicU32,
+    /// The Python listener's port, or 0.
+    python_port: AtomicU32,
 }
 
 /// The rendezvous between a starting server and its parent: a small segment
@@ -94,7 +97,7 @@ impl std::fmt::Debug for ServerBoot {
 }
 
 fn boot_fingerprint() -> u64 {
-    fingerprint_str("multiproc::manager::boot/2")
+    fingerprint_str("multiproc::manager::boot/3")
 }
 
 fn random_token() -> u64 {
@@ -125,6 +128,7 @@ impl ServerBoot {
                         token: AtomicU64::new(token),
                         start_ticks: AtomicU64::new(0),
                         tcp_port: AtomicU32::new(0),
+                        python_port: AtomicU32::new(0),
                     })
                 }
             },
@@ -141,7 +145,14 @@ impl ServerBoot {
     /// could not start).
     pub fn publish_ready(&self, server: Option<&Server>) {
         match server {
-            Some(s) => self.publish(READY, Some(&s.state.address), s.tcp_port()),
+            Some(s) => {
+                let python = s.python_address().map_or(0, |a| a.port());
+                self.obj
+                    .state()
+                    .python_port
+                    .store(u32::from(python), Ordering::Relaxed);
+                self.publish(READY, Some(&s.state.address), s.tcp_port())
+            }
             None => self.publish(FAILED, None, 0),
         }
     }
@@ -161,6 +172,12 @@ impl ServerBoot {
     /// once [`ServerBoot::wait_ready`] returned.
     pub fn tcp_port(&self) -> u16 {
         self.obj.state().tcp_port.load(Ordering::Relaxed) as u16
+    }
+
+    /// The Python listener's port the server published (0 if none); valid
+    /// once [`ServerBoot::wait_ready`] returned.
+    pub fn python_port(&self) -> u16 {
+        self.obj.state().python_port.load(Ordering::Relaxed) as u16
     }
 
     /// Waits until the server listens and returns its address.
@@ -354,6 +371,8 @@ pub struct ServeOptions {
     pub allow_root: bool,
     /// What each connection may hold.
     pub limits: Limits,
+    /// Also serve queues to CPython clients (see [`crate::py`]).
+    pub python: Option<PythonOptions>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -362,6 +381,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("tcp", &self.tcp)
             .field("allow_root", &self.allow_root)
             .field("limits", &self.limits)
+            .field("python", &self.python)
             .finish_non_exhaustive()
     }
 }
@@ -409,6 +429,8 @@ pub struct Server {
     state: Arc<ServerState>,
     listener: UnixListener,
     tcp: Option<TcpServer>,
+    /// The listener for CPython clients, if asked for.
+    python: Option<PyListener>,
     /// References the server itself holds (its named objects): never released.
     own: ConnRefs,
 }
@@ -464,6 +486,10 @@ impl Server {
             Some(t) => Some(TcpServer::bind(t)?),
             None => None,
         };
+        let python = match &options.python {
+            Some(p) => Some(PyListener::bind(p)?),
+            None => None,
+        };
         Ok(Server {
             state: Arc::new(ServerState {
                 address,
@@ -480,6 +506,7 @@ impl Server {
             }),
             listener,
             tcp,
+            python,
             own: ConnRefs::new(),
         })
     }
@@ -492,6 +519,24 @@ impl Server {
     /// The TCP address the server bound (the real port if asked for port 0).
     pub fn tcp_address(&self) -> Option<std::net::SocketAddr> {
         self.tcp.as_ref().map(TcpServer::local_addr)
+    }
+
+    /// The address the Python listener bound, if the server has one.
+    pub fn python_address(&self) -> Option<std::net::SocketAddr> {
+        self.python.as_ref().map(PyListener::local_addr)
+    }
+
+    /// Serves the queue `id` to CPython clients as typeid `typeid`
+    /// ([`Error::InvalidArgument`] if the server has no Python listener or
+    /// `id` is not a queue). Rust clients keep using it as before.
+    pub fn serve_to_python(&mut self, typeid: &str, id: ObjectId) -> Result<()> {
+        let state = self.state.clone();
+        match &mut self.python {
+            Some(p) => p.add_queue(&state, typeid, id),
+            None => Err(Error::InvalidArgument(
+                "the server was bound without Python options".into(),
+            )),
+        }
     }
 
     fn tcp_port(&self) -> u16 {
@@ -544,6 +589,14 @@ impl Server {
                 .map_err(|e| tracing::error!("manager server cannot serve TCP: {e}"))
                 .ok()
         });
+        let python_thread = self.python.take().and_then(|p| {
+            let state = self.state.clone();
+            std::thread::Builder::new()
+                .name("multiproc-py-listener".into())
+                .spawn(move || p.accept_loop(state))
+                .map_err(|e| tracing::error!("manager server cannot serve Python clients: {e}"))
+                .ok()
+        });
         let state = &self.state;
         let mut last_sweep = Instant::now();
         while !state.stopping() {
@@ -565,6 +618,9 @@ impl Server {
             }
         }
         if let Some(t) = tcp_thread {
+            let _ = t.join();
+        }
+        if let Some(t) = python_thread {
             let _ = t.join();
         }
     }

@@ -559,6 +559,23 @@ impl Waitable {
         Ok(item)
     }
 
+    /// Puts `item` back at the front, where a `queue_get` took it from (a
+    /// taker that could not hand it on). Ignores `maxsize`: the item had
+    /// its place already.
+    pub fn queue_unget(&self, item: Stored) -> Result<(), RemoteError> {
+        let mut inner = self.inner.lock();
+        if inner.freed {
+            return Err(RemoteError::Failed("the object was freed".into()));
+        }
+        match &mut inner.state {
+            State::Queue { items, .. } => items.push_front(item),
+            _ => return Err(wrong_kind()),
+        }
+        drop(inner);
+        self.changed();
+        Ok(())
+    }
+
     pub fn queue_wait(
         &self,
         for_room: bool,
@@ -576,6 +593,12 @@ impl Waitable {
             }
             _ => false,
         })
+    }
+
+    /// Clients asleep in a wait on this object now (any wait: a getter,
+    /// a putter, a joiner), for diagnostics.
+    pub fn sleepers(&self) -> u32 {
+        self.inner.lock().sleeping
     }
 
     /// (length, maxsize, unfinished tasks).
@@ -783,6 +806,25 @@ mod tests {
             State::Barrier { resets, .. } => assert_eq!(resets, &vec![(stuck, 1)]),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn an_item_put_back_is_the_next_one_taken() {
+        let q = Waitable::new(ObjectKind::Queue, 1).unwrap();
+        let item = |b: &[u8]| Stored {
+            bytes: Box::from(b),
+            refs: Box::from(&[][..]),
+            owner: 0,
+            charge: 0,
+        };
+        assert!(q.queue_put(item(b"1")).unwrap().is_ok());
+        let taken = q.queue_get(|_| Ok(())).unwrap().unwrap();
+        assert!(q.queue_put(item(b"2")).unwrap().is_ok());
+        // Back at the front, even though the queue is at its maxsize.
+        q.queue_unget(taken).unwrap();
+        assert_eq!(q.queue_status().unwrap(), (2, 1, 2));
+        assert_eq!(&*q.queue_get(|_| Ok(())).unwrap().unwrap().bytes, b"1");
+        assert_eq!(&*q.queue_get(|_| Ok(())).unwrap().unwrap().bytes, b"2");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub struct Options {
 pub struct Scale {
     samples: usize,
     k: usize,
+    smoke: bool,
 }
 
 /// One operation's measurement.
@@ -62,6 +63,14 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("tcp/round_trip_64b", tcp_round_trip),
         ("proxy_vs_raw/counter_proxy", counter_proxy),
         ("proxy_vs_raw/counter_raw", counter_raw),
+        ("pyclient/put_1cpu", pyclient_put_1cpu),
+        ("pyclient/get_1cpu", pyclient_get_1cpu),
+        ("pyclient/connect_1cpu", pyclient_connect_1cpu),
+        ("pyclient/worker_start_1cpu", pyclient_worker_start_1cpu),
+        ("pyclient/put_2cpu", pyclient_put_2cpu),
+        ("pyclient/get_2cpu", pyclient_get_2cpu),
+        ("pyclient/connect_2cpu", pyclient_connect_2cpu),
+        ("pyclient/worker_start_2cpu", pyclient_worker_start_2cpu),
     ]
 }
 
@@ -644,9 +653,17 @@ pub fn run(opts: Options) -> multiproc::Result<()> {
         unsafe { std::env::set_var("MULTIPROC_SPIN", "0") };
     }
     let scale = if opts.smoke {
-        Scale { samples: 3, k: 1 }
+        Scale {
+            samples: 3,
+            k: 1,
+            smoke: true,
+        }
     } else {
-        Scale { samples: 30, k: 10 }
+        Scale {
+            samples: 30,
+            k: 10,
+            smoke: false,
+        }
     };
     let selected: Vec<(&str, OpFn)> = operations()
         .into_iter()
@@ -760,4 +777,130 @@ fn date() -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+// ---- A CPython client against our Python listener ----
+//
+// The client is CPython's BaseManager (benches/python/pyclient.py); the
+// server is `multiproc serve --python-address`. The CPython column is the
+// same client against CPython's own server (baseline.py), pinned the same
+// way: `1cpu` puts the client and every server thread on one CPU, `2cpu`
+// the client on one and the server on another.
+
+/// Per key: median and p99 in ns, and the sample count.
+type PyclientFigures = BTreeMap<String, (f64, f64, usize)>;
+
+static PYCLIENT: std::sync::Mutex<Option<PyclientFigures>> = std::sync::Mutex::new(None);
+
+macro_rules! pyclient_rows {
+    ($($f:ident => $key:literal),* $(,)?) => {$(
+        fn $f(scale: &Scale) -> multiproc::Result<Figure> {
+            pyclient_row($key, scale)
+        }
+    )*};
+}
+
+pyclient_rows! {
+    pyclient_put_1cpu => "pyclient/put_1cpu",
+    pyclient_get_1cpu => "pyclient/get_1cpu",
+    pyclient_connect_1cpu => "pyclient/connect_1cpu",
+    pyclient_worker_start_1cpu => "pyclient/worker_start_1cpu",
+    pyclient_put_2cpu => "pyclient/put_2cpu",
+    pyclient_get_2cpu => "pyclient/get_2cpu",
+    pyclient_connect_2cpu => "pyclient/connect_2cpu",
+    pyclient_worker_start_2cpu => "pyclient/worker_start_2cpu",
+}
+
+/// One row of the Python client's run (the run happens once, for the first row asked).
+fn pyclient_row(key: &'static str, scale: &Scale) -> multiproc::Result<Figure> {
+    let mut cache = PYCLIENT.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.is_none() {
+        *cache = Some(run_pyclient(scale.smoke)?);
+    }
+    let figures = cache.as_ref().map(|c| c.get(key).copied());
+    match figures.flatten() {
+        Some((median_ns, p99_ns, samples)) => Ok(Figure {
+            key,
+            median_ns,
+            p99_ns,
+            bytes_per_op: None,
+            samples,
+        }),
+        None => Err(multiproc::Error::InvalidState(format!(
+            "the Python client measured no {key} (one CPU only?)"
+        ))),
+    }
+}
+
+/// Starts `multiproc serve --python-address` and runs pyclient.py against it.
+fn run_pyclient(smoke: bool) -> multiproc::Result<PyclientFigures> {
+    use std::io::BufRead;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/python/pyclient.py");
+    let key = std::env::temp_dir().join(format!("multiproc-bench-py-{}.key", std::process::id()));
+    std::fs::write(&key, b"bench-python-client-key")?;
+    let mut server = Command::new(std::env::current_exe()?)
+        .args(["serve", "--address", "127.0.0.1:0"])
+        .args([
+            "--python-address",
+            "127.0.0.1:0",
+            "--queue",
+            "get_task_queue",
+        ])
+        .arg("--authkey-file")
+        .arg(&key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let result = (|| {
+        let stdout = server
+            .stdout
+            .take()
+            .ok_or_else(|| multiproc::Error::InvalidState("no server output".into()))?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut python = None;
+        for line in lines.by_ref().take(2) {
+            if let Some(a) = line?.strip_prefix("python listening on ") {
+                python = Some(a.to_string());
+            }
+        }
+        let python: std::net::SocketAddr =
+            python.and_then(|a| a.parse().ok()).ok_or_else(|| {
+                multiproc::Error::InvalidState("the server printed no Python address".into())
+            })?;
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script)
+            .arg(python.ip().to_string())
+            .arg(python.port().to_string())
+            .arg(&key)
+            .arg(server.id().to_string());
+        if smoke {
+            cmd.arg("--smoke");
+        }
+        let out = cmd.output()?;
+        if !out.status.success() {
+            return Err(multiproc::Error::InvalidState(format!(
+                "pyclient.py failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let parsed: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| multiproc::Error::InvalidState(format!("pyclient.py output: {e}")))?;
+        let mut figures = PyclientFigures::new();
+        if let Some(ops) = parsed.get("ops").and_then(|o| o.as_object()) {
+            for (k, v) in ops {
+                let get = |f: &str| v.get(f).and_then(serde_json::Value::as_f64);
+                if let (Some(m), Some(p), Some(n)) =
+                    (get("median_ns"), get("p99_ns"), get("samples"))
+                {
+                    figures.insert(k.clone(), (m, p, n as usize));
+                }
+            }
+        }
+        Ok(figures)
+    })();
+    // Our own child, by its handle: it owns nothing that outlives it.
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_file(&key);
+    result
 }

@@ -39,12 +39,20 @@ SERVE OPTIONS:
                             alive that it created (default 1048576)
     --max-bytes BYTES       The most bytes of keys and values one client
                             connection may have stored (default: physical memory)
+    --python-address HOST:PORT
+                            Also serve CPython clients (multiprocessing's
+                            BaseManager, Python 3.11+) on this second port
+    --queue NAME            A queue Python clients get as typeid NAME
+                            (m.get_task_queue() for `--queue get_task_queue`)
+                            and Rust clients as QueueProxy<py::Value>;
+                            repeatable
+    --no-md5                Refuse the HMAC-MD5 handshake (Python 3.11)
 
     Clients connect with BaseManager::new().address(..).authkey(..).connect()
     and create dicts, lists, namespaces, queues, locks, semaphores, events and
     barriers in it. On SIGINT or SIGTERM (or a client's shutdown) the server
     stops and exits with status 0. It prints `listening on ADDRESS` once it
-    accepts clients.
+    accepts clients (then `python listening on ADDRESS` with --python-address).
 ";
 
 fn main() -> ExitCode {

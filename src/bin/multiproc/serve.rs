@@ -55,6 +55,9 @@ pub fn command(args: &[String]) -> ExitCode {
     let mut max_frame = None;
     let mut max_objects = None;
     let mut max_bytes = None;
+    let mut python_address = None;
+    let mut queues: Vec<String> = Vec::new();
+    let mut allow_md5 = true;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -78,12 +81,24 @@ pub fn command(args: &[String]) -> ExitCode {
                 Some(Ok(m)) if m > 0 => max_bytes = Some(m),
                 _ => return usage_error("--max-bytes needs a positive number of bytes"),
             },
+            "--python-address" => match it.next() {
+                Some(a) => python_address = Some(a.clone()),
+                None => return usage_error("--python-address needs HOST:PORT"),
+            },
+            "--queue" => match it.next() {
+                Some(q) if !q.is_empty() => queues.push(q.clone()),
+                _ => return usage_error("--queue needs a name"),
+            },
+            "--no-md5" => allow_md5 = false,
             other => return usage_error(&format!("unknown serve option {other:?}")),
         }
     }
     let Some(key_file) = key_file else {
         return usage_error("serve needs --authkey-file");
     };
+    if python_address.is_none() && (!queues.is_empty() || !allow_md5) {
+        return usage_error("--queue and --no-md5 need --python-address");
+    }
     let key = match read_key(&key_file) {
         Ok(k) => k,
         Err(e) => {
@@ -100,6 +115,17 @@ pub fn command(args: &[String]) -> ExitCode {
     }
     if let Some(m) = max_bytes {
         config = config.max_bytes(m);
+    }
+    if let Some(a) = python_address {
+        let address = match std::net::ToSocketAddrs::to_socket_addrs(&a).map(|mut i| i.next()) {
+            Ok(Some(address)) => address,
+            _ => return usage_error(&format!("--python-address {a:?} is not HOST:PORT")),
+        };
+        let mut python = multiproc::py::PythonOptions::new(address).allow_md5(allow_md5);
+        for q in queues {
+            python = python.queue(q);
+        }
+        config = config.python(python);
     }
     let server = match config.get_server() {
         Ok(s) => s,
@@ -123,6 +149,9 @@ pub fn command(args: &[String]) -> ExitCode {
     }
     // As bound: 0.0.0.0:P when asked to listen on every interface.
     println!("listening on {}", server.bound_address());
+    if let Some(python) = server.python_address() {
+        println!("python listening on {python}");
+    }
     let _ = std::io::stdout().flush();
     server.serve_forever();
     println!("server stopped");
