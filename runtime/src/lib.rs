@@ -12,6 +12,7 @@ pub mod manager;
 pub mod pool;
 pub mod process;
 pub mod queue;
+pub mod shared_memory;
 pub mod sharedctypes;
 pub mod shm;
 pub mod sync;
