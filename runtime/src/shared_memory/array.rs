@@ -210,10 +210,17 @@ mod tests {
         ));
         assert!(matches!(
             NamedArray::<u32>::attach_len(&name, 4),
-            Err(Error::SizeMismatch { expected: 16, found: 12, .. })
+            Err(Error::SizeMismatch {
+                expected: 16,
+                found: 12,
+                ..
+            })
         ));
         assert_eq!(NamedArray::<u16>::attach(&name).unwrap().len(), 6);
-        assert!(matches!(a.get(3), Err(Error::IndexOutOfRange { index: 3, len: 3 })));
+        assert!(matches!(
+            a.get(3),
+            Err(Error::IndexOutOfRange { index: 3, len: 3 })
+        ));
         assert!(matches!(
             NamedArray::<u8>::create_untracked(None, 0),
             Err(Error::InvalidArgument(_))

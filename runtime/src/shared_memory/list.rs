@@ -218,7 +218,9 @@ impl ShareableList {
 
     /// Reads the list in an attached segment.
     pub fn from_shared_memory(shm: SharedMemory) -> Result<ShareableList> {
-        let bad = |why: String| Error::Protocol(format!("{:?} is not a ShareableList: {why}", shm.name()));
+        let bad = |why: String| {
+            Error::Protocol(format!("{:?} is not a ShareableList: {why}", shm.name()))
+        };
         let read_i64 = |at: usize| -> Result<i64> {
             let mut b = [0u8; 8];
             shm.read(at, &mut b)?;
@@ -236,7 +238,10 @@ impl ShareableList {
         // Each item needs at least 8 + 8 + 8 + 1 bytes: reject absurd lengths
         // before allocating for them.
         if n > shm.size() / 25 {
-            return Err(bad(format!("length {n} cannot fit in {} bytes", shm.size())));
+            return Err(bad(format!(
+                "length {n} cannot fit in {} bytes",
+                shm.size()
+            )));
         }
         let mut offsets = Vec::with_capacity(n + 1);
         for i in 0..=n {
@@ -397,7 +402,8 @@ impl ShareableList {
         };
         let mut fmt_field = [0u8; 8];
         fmt_field[..fmt.len()].copy_from_slice(&fmt);
-        self.shm.write(self.formats_start() + 8 * index, &fmt_field)?;
+        self.shm
+            .write(self.formats_start() + 8 * index, &fmt_field)?;
         self.shm.write(self.kinds_start() + index, &[item.kind()])?;
         if let Item::Str(_) | Item::Bytes(_) = item {
             // Python's "Ns" pads with NULs to the slot's length.
@@ -449,14 +455,20 @@ mod tests {
         let list = ShareableList::create_untracked(None, &sample()).unwrap();
         list.set(0, "12345678").unwrap();
         assert_eq!(list.get(0).unwrap(), Item::Str("12345678".into()));
-        assert!(matches!(list.set(0, "123456789"), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            list.set(0, "123456789"),
+            Err(Error::InvalidArgument(_))
+        ));
         list.set(3, 7i64).unwrap();
         assert_eq!(list.get(3).unwrap(), Item::Int(7));
         list.set(3, "short").unwrap();
         assert_eq!(list.get(3).unwrap(), Item::Str("short".into()));
         list.set(5, false).unwrap();
         assert_eq!(list.get(5).unwrap(), Item::Bool(false));
-        assert!(matches!(list.set(7, 1i64), Err(Error::IndexOutOfRange { index: 7, len: 7 })));
+        assert!(matches!(
+            list.set(7, 1i64),
+            Err(Error::IndexOutOfRange { index: 7, len: 7 })
+        ));
         assert!(matches!(list.get(99), Err(Error::IndexOutOfRange { .. })));
         list.shm().unlink().unwrap();
     }
@@ -475,17 +487,30 @@ mod tests {
         let name = list.shm().name().to_string();
         // An absurd length.
         list.shm().write(0, &i64::MAX.to_ne_bytes()).unwrap();
-        assert!(matches!(ShareableList::attach(&name), Err(Error::Protocol(_))));
+        assert!(matches!(
+            ShareableList::attach(&name),
+            Err(Error::Protocol(_))
+        ));
         list.shm().write(0, &(-1i64).to_ne_bytes()).unwrap();
-        assert!(matches!(ShareableList::attach(&name), Err(Error::Protocol(_))));
+        assert!(matches!(
+            ShareableList::attach(&name),
+            Err(Error::Protocol(_))
+        ));
         // Offsets past the end.
         list.shm().write(0, &7i64.to_ne_bytes()).unwrap();
-        list.shm().write(8 + 8 * 7, &(1i64 << 40).to_ne_bytes()).unwrap();
-        assert!(matches!(ShareableList::attach(&name), Err(Error::SizeMismatch { .. })));
+        list.shm()
+            .write(8 + 8 * 7, &(1i64 << 40).to_ne_bytes())
+            .unwrap();
+        assert!(matches!(
+            ShareableList::attach(&name),
+            Err(Error::SizeMismatch { .. })
+        ));
         // A bad format on an item attached earlier.
         let attached = ShareableList::attach(&name);
         assert!(attached.is_err());
-        list.shm().write(8 + 8 * 7, &(list.offsets[7] as i64).to_ne_bytes()).unwrap();
+        list.shm()
+            .write(8 + 8 * 7, &(list.offsets[7] as i64).to_ne_bytes())
+            .unwrap();
         let fmt_at = list.formats_start() + 8 * 3;
         list.shm().write(fmt_at, b"9999s\0\0\0").unwrap();
         assert!(matches!(list.get(3), Err(Error::Protocol(_))));

@@ -281,7 +281,9 @@ impl SharedMemory {
         let size = usize::try_from(st.size).unwrap_or(usize::MAX);
         if size == 0 {
             return Err(Error::SizeMismatch {
-                what: format!("shared memory segment {name:?} (empty: not sized by its creator yet?)"),
+                what: format!(
+                    "shared memory segment {name:?} (empty: not sized by its creator yet?)"
+                ),
                 expected: 1,
                 found: 0,
             });
@@ -514,9 +516,18 @@ mod tests {
     #[test]
     fn attach_with_size_reports_a_mismatch() {
         let shm = SharedMemory::create_untracked(None, 100).unwrap();
-        assert_eq!(SharedMemory::attach_with_size(shm.name(), 100).unwrap().size(), 100);
+        assert_eq!(
+            SharedMemory::attach_with_size(shm.name(), 100)
+                .unwrap()
+                .size(),
+            100
+        );
         match SharedMemory::attach_with_size(shm.name(), 101) {
-            Err(Error::SizeMismatch { expected: 101, found: 100, .. }) => {}
+            Err(Error::SizeMismatch {
+                expected: 101,
+                found: 100,
+                ..
+            }) => {}
             other => panic!("{other:?}"),
         }
         shm.unlink().unwrap();

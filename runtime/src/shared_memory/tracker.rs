@@ -138,12 +138,13 @@ fn start() -> Result<Tracker> {
     posix_shm::spawn_detached(how, server.as_fd())?;
     drop(server);
     let mut hello = [0u8; 8];
-    let n = posix_shm::recv_record(client.as_fd(), &mut hello, Some(START_TIMEOUT)).map_err(|e| {
-        Error::Io(std::io::Error::new(
-            e.kind(),
-            format!("the shared memory tracker did not start: {e}"),
-        ))
-    })?;
+    let n =
+        posix_shm::recv_record(client.as_fd(), &mut hello, Some(START_TIMEOUT)).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("the shared memory tracker did not start: {e}"),
+            ))
+        })?;
     if n != 5 || hello[0] != OP_HELLO {
         return Err(Error::Io(std::io::Error::other(
             "the shared memory tracker did not start (no hello)",
@@ -243,7 +244,13 @@ mod tests {
     #[test]
     fn malformed_records_are_ignored() {
         let mut names = HashMap::new();
-        for bad in [&b""[..], b"R", b"R1234567", b"X whatever", b"R12345678\xff\xfe"] {
+        for bad in [
+            &b""[..],
+            b"R",
+            b"R1234567",
+            b"X whatever",
+            b"R12345678\xff\xfe",
+        ] {
             apply(&mut names, bad);
         }
         assert!(names.is_empty());

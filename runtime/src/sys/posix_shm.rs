@@ -194,7 +194,8 @@ pub fn in_main_executable(addr: usize) -> bool {
         let Some((lo, hi)) = fields.next().and_then(|r| r.split_once('-')) else {
             return false;
         };
-        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) else {
+        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        else {
             return false;
         };
         let path = fields.nth(4).unwrap_or("");
@@ -326,7 +327,12 @@ pub fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let field = |key: &str| -> Option<u64> {
         let line = info.lines().find(|l| l.starts_with(key))?;
-        let kib: u64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        let kib: u64 = line[key.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
         Some(kib.saturating_mul(1024))
     };
     Some(field("MemAvailable:")?.saturating_add(field("SwapFree:").unwrap_or(0)))
