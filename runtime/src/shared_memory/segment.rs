@@ -14,6 +14,9 @@ pub const MAX_NAME_LEN: usize = 255;
 /// Prefix of generated names, as in Python (`psm_` + random hex).
 const GENERATED_PREFIX: &str = "psm_";
 
+/// From this size on, creation first checks the memory the machine has left.
+const LARGE_SEGMENT: usize = 16 << 20;
+
 /// How many generated names to try before giving up on collisions.
 const GENERATED_TRIES: usize = 64;
 
@@ -153,7 +156,10 @@ fn check_size(size: usize) -> Result<()> {
             ),
         )));
     }
-    if let Some(avail) = posix_shm::available_memory()
+    // Reading /proc/meminfo costs more than creating a small segment: ask
+    // only for sizes that could matter.
+    if size >= LARGE_SEGMENT
+        && let Some(avail) = posix_shm::available_memory()
         && size as u64 > avail
     {
         return Err(Error::Io(std::io::Error::new(
