@@ -199,6 +199,11 @@ impl SharedMemory {
             validate_name(name)?;
         }
         check_size(size)?;
+        if track {
+            // Start the tracker before the name exists, so that a kill during
+            // its start-up cannot leave the name behind.
+            tracker::ensure_started()?;
+        }
         let (name, fd) = match name {
             Some(name) => {
                 let fd = posix_shm::shm_create(name).map_err(|e| name_error(name, e))?;

@@ -102,6 +102,15 @@ pub(crate) fn register(name: &str, ino: u64) -> Result<()> {
     })
 }
 
+/// Starts this process's tracker if it has none yet.
+pub(crate) fn ensure_started() -> Result<()> {
+    let mut slot = lock();
+    if slot.is_none() {
+        *slot = Some(start()?);
+    }
+    Ok(())
+}
+
 /// Tells this process's tracker, if it has one, that `name` needs no
 /// cleanup any more (it was unlinked). Best effort: a tracker that is gone
 /// has nothing left to forget.
