@@ -134,16 +134,19 @@ pub fn tracker_pid() -> Option<i32> {
 }
 
 fn start() -> Result<Tracker> {
-    let (client, server) = posix_shm::seqpacket_pair()?;
     let entry: extern "C" fn() = tracker_entry;
-    let how = if posix_shm::in_main_executable(entry as usize) {
-        Detached::Exec {
+    if posix_shm::in_main_executable(entry as usize) {
+        start_with(Detached::Exec {
             env: &[TRACKER_ENV_ENTRY],
             unset: &[crate::process::launch::CHILD_FD_ENV],
-        }
+        })
     } else {
-        Detached::Inline { run: serve }
-    };
+        start_with(Detached::Inline { run: serve })
+    }
+}
+
+fn start_with(how: Detached<'_>) -> Result<Tracker> {
+    let (client, server) = posix_shm::seqpacket_pair()?;
     posix_shm::spawn_detached(how, server.as_fd())?;
     drop(server);
     let mut hello = [0u8; 8];
@@ -237,6 +240,83 @@ fn unlink_if_same(name: &str, ino: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared_memory::SharedMemory;
+
+    fn send_register(tracker: &Tracker, name: &str, ino: u64) {
+        let mut record = vec![OP_REGISTER];
+        record.extend_from_slice(&ino.to_le_bytes());
+        record.extend_from_slice(name.as_bytes());
+        posix_shm::send_record(tracker.channel.as_fd(), &record).unwrap();
+    }
+
+    fn ino_of(shm: &SharedMemory) -> u64 {
+        let fd = posix_shm::shm_open_existing(shm.name(), false).unwrap();
+        posix_shm::stat(fd.as_fd()).unwrap().ino
+    }
+
+    fn gone_within(name: &str, limit: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if posix_shm::shm_open_existing(name, false).is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn a_forked_inline_tracker_unlinks_at_end_of_file() {
+        // The path taken when the runtime is not in the main executable.
+        let tracker = start_with(Detached::Inline { run: serve }).unwrap();
+        let shm = SharedMemory::create_untracked(None, 8).unwrap();
+        send_register(&tracker, shm.name(), ino_of(&shm));
+        let pid = tracker.pid;
+        assert!(sys::process::is_alive(pid, None));
+        drop(tracker);
+        assert!(
+            gone_within(shm.name(), Duration::from_secs(30)),
+            "the inline tracker did not unlink {}",
+            shm.name()
+        );
+    }
+
+    #[test]
+    fn the_tracker_spares_a_later_segment_of_the_same_name() {
+        let tracker = start_with(Detached::Exec {
+            env: &[TRACKER_ENV_ENTRY],
+            unset: &[],
+        })
+        .unwrap();
+        let first = SharedMemory::create_untracked(None, 8).unwrap();
+        let name = first.name().to_string();
+        let first_ino = ino_of(&first);
+        send_register(&tracker, &name, first_ino);
+        // Someone unlinks it and makes a new segment under the same name
+        // (`first` stays mapped, so its inode cannot be reused).
+        first.unlink().unwrap();
+        let second = SharedMemory::create_untracked(Some(&name), 8).unwrap();
+        assert_ne!(ino_of(&second), first_ino);
+        // A marker registered with it shows the tracker did its cleanup.
+        let marker = SharedMemory::create_untracked(None, 8).unwrap();
+        send_register(&tracker, marker.name(), ino_of(&marker));
+        let pid = tracker.pid;
+        drop(tracker);
+        assert!(gone_within(marker.name(), Duration::from_secs(30)));
+        let start = std::time::Instant::now();
+        while sys::process::is_alive(pid, None) && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !sys::process::is_alive(pid, None),
+            "the tracker did not exit"
+        );
+        assert!(
+            posix_shm::shm_open_existing(&name, false).is_ok(),
+            "the tracker unlinked a segment it did not register"
+        );
+        second.unlink().unwrap();
+    }
 
     #[test]
     fn records_register_and_forget_names() {

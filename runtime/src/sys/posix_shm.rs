@@ -337,3 +337,32 @@ pub fn available_memory() -> Option<u64> {
     };
     Some(field("MemAvailable:")?.saturating_add(field("SwapFree:").unwrap_or(0)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn tells_our_code_from_a_shared_librarys() {
+        let ours: fn(usize) -> bool = in_main_executable;
+        assert!(in_main_executable(ours as usize));
+        let libc_fn: unsafe extern "C" fn() -> libc::pid_t = libc::getpid;
+        assert!(!in_main_executable(libc_fn as usize));
+    }
+
+    #[test]
+    fn seqpacket_records_keep_their_bounds() {
+        let (a, b) = seqpacket_pair().unwrap();
+        assert!(is_seqpacket(a.as_raw_fd()));
+        send_record(a.as_fd(), b"one").unwrap();
+        send_record(a.as_fd(), b"second").unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(recv_record(b.as_fd(), &mut buf, None).unwrap(), 3);
+        assert_eq!(recv_record(b.as_fd(), &mut buf, None).unwrap(), 6);
+        let e = recv_record(b.as_fd(), &mut buf, Some(Duration::from_millis(1))).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        drop(a);
+        assert_eq!(recv_record(b.as_fd(), &mut buf, None).unwrap(), 0);
+    }
+}
