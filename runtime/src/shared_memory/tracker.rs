@@ -179,6 +179,9 @@ extern "C" fn tracker_entry() {
     if std::env::var_os(TRACKER_ENV).is_some_and(|v| v == "1") && posix_shm::is_seqpacket(0) {
         serve();
     }
+    // In every other program: register the fork hook now, while one thread
+    // runs, so no fork can come between its registration and a first use.
+    HOOK.call_once(|| register_fork_hook(&TrackerForkHook));
 }
 
 /// The tracker's main loop (in the helper process): collect registrations

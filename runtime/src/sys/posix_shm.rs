@@ -301,13 +301,16 @@ pub fn spawn_detached(how: Detached<'_>, channel: BorrowedFd<'_>) -> std::io::Re
         }
     }
     // Reap the intermediate child, which exits as soon as it has forked.
-    let status = super::process::wait(pid)?;
-    if status != super::process::ExitStatus::Exited(0) {
-        return Err(std::io::Error::other(format!(
+    match super::process::wait(pid) {
+        Ok(super::process::ExitStatus::Exited(0)) => Ok(()),
+        Ok(status) => Err(std::io::Error::other(format!(
             "could not start a detached helper process ({status:?})"
-        )));
+        ))),
+        // Reaped by someone else (a SIGCHLD handler calling waitpid(-1)): the
+        // helper's own hello, or its absence, tells the caller how it went.
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Ok(()),
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 /// Takes ownership of fd 0 in the helper started by [`spawn_detached`].
