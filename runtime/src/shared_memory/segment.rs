@@ -114,6 +114,22 @@ fn generated_name() -> String {
     name
 }
 
+/// Creates a segment under the first name from `next_name` that is free,
+/// trying at most `GENERATED_TRIES + 1` names.
+fn create_generated(mut next_name: impl FnMut() -> String) -> Result<(String, OwnedFd)> {
+    let mut tries = 0;
+    loop {
+        let candidate = next_name();
+        match posix_shm::shm_create(&candidate) {
+            Ok(fd) => return Ok((candidate, fd)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < GENERATED_TRIES => {
+                tries += 1;
+            }
+            Err(e) => return Err(name_error(&candidate, e)),
+        }
+    }
+}
+
 /// Turns an `io::Error` about segment `name` into the matching typed error.
 fn name_error(name: &str, e: std::io::Error) -> Error {
     match e.kind() {
@@ -209,22 +225,7 @@ impl SharedMemory {
                 let fd = posix_shm::shm_create(name).map_err(|e| name_error(name, e))?;
                 (name.to_string(), fd)
             }
-            None => {
-                let mut tries = 0;
-                loop {
-                    let candidate = generated_name();
-                    match posix_shm::shm_create(&candidate) {
-                        Ok(fd) => break (candidate, fd),
-                        Err(e)
-                            if e.kind() == std::io::ErrorKind::AlreadyExists
-                                && tries < GENERATED_TRIES =>
-                        {
-                            tries += 1;
-                        }
-                        Err(e) => return Err(name_error(&candidate, e)),
-                    }
-                }
-            }
+            None => create_generated(generated_name)?,
         };
         match Self::finish_create(&name, fd, size, track) {
             Ok(shm) => Ok(shm),
@@ -453,6 +454,22 @@ mod tests {
         assert!(a.starts_with("psm_") && a.len() == 20, "{a}");
         assert!(a[4..].chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_generated_name_that_is_taken_is_retried() {
+        let taken = SharedMemory::create_untracked(None, 8).unwrap();
+        let mut names = vec![generated_name(), taken.name().to_string()];
+        let fresh = names[0].clone();
+        let (name, _fd) = create_generated(|| names.pop().unwrap()).unwrap();
+        assert_eq!(name, fresh);
+        unlink(&name).unwrap();
+        // A generator that only ever collides gives up with a typed error.
+        assert!(matches!(
+            create_generated(|| taken.name().to_string()),
+            Err(Error::AlreadyExists(_))
+        ));
+        taken.unlink().unwrap();
     }
 
     #[test]
