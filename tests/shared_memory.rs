@@ -290,6 +290,46 @@ fn a_named_array_is_shared_with_children_by_name() {
     a.shm().unlink().unwrap();
 }
 
+fn use_handles((shm, list, array): (SharedMemory, ShareableList, NamedArray<u32>)) -> String {
+    shm.write(0, b"child was here").unwrap();
+    let Item::Int(n) = list.get(0).unwrap() else {
+        panic!("item 0 is not an int")
+    };
+    list.set(0, n + 1).unwrap();
+    array.set(1, array.get(1).unwrap() + 10).unwrap();
+    shm.name().to_string()
+}
+
+#[test]
+fn handles_travel_to_children_by_name() {
+    let shm = SharedMemory::create(None, 32).unwrap();
+    let list = ShareableList::create(None, &[Item::Int(0)]).unwrap();
+    let array = NamedArray::<u32>::create(None, 3).unwrap();
+    for m in METHODS {
+        let handles = (
+            SharedMemory::attach(shm.name()).unwrap(),
+            ShareableList::attach(list.shm().name()).unwrap(),
+            NamedArray::<u32>::attach(array.shm().name()).unwrap(),
+        );
+        let mut p = Process::new(use_handles, handles).start_method(m);
+        p.start().unwrap();
+        assert_eq!(p.join().unwrap(), shm.name(), "{m:?}");
+    }
+    let mut buf = [0u8; 14];
+    shm.read(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"child was here");
+    assert_eq!(list.get(0).unwrap(), Item::Int(2));
+    assert_eq!(array.to_vec(), vec![0, 20, 0]);
+    // A handle whose name is gone cannot be decoded: a clear error, no panic.
+    let gone = SharedMemory::create(None, 8).unwrap();
+    gone.unlink().unwrap();
+    let bytes = multiproc::Shareable::encode(&gone).unwrap();
+    assert!(<SharedMemory as multiproc::Shareable>::decode(&bytes).is_err());
+    shm.unlink().unwrap();
+    list.shm().unlink().unwrap();
+    array.shm().unlink().unwrap();
+}
+
 fn create_and_return_name(_: ()) -> String {
     let shm = SharedMemory::create(None, 128).unwrap();
     shm.name().to_string()

@@ -15,7 +15,11 @@
 //! opts out. See the tracker's notes in `RELIABILITY.md`.
 //!
 //! Unrelated processes find each other's segments only by name: pass the
-//! name (`shm.name()`) along by any means.
+//! name (`shm.name()`) along by any means. Within multiproc, the handles
+//! themselves travel by name (as Python pickles them): a `SharedMemory`,
+//! `ShareableList` or `NamedArray` passed as a process argument or in a
+//! message is attached by name where it is decoded (a `NamedArray` as
+//! [`NamedArray::attach`] does: over the whole segment).
 //!
 //! For memory shared only with the processes you start, prefer
 //! [`Value`](crate::Value), [`Array`](crate::Array) and
@@ -23,12 +27,14 @@
 //! name to leak.
 
 mod array;
+mod encode;
 mod list;
 mod manager;
 mod segment;
 mod tracker;
 
 pub use array::NamedArray;
+pub use encode::ArchivedByName;
 pub use list::{Item, ShareableList};
 pub use manager::SharedMemoryManager;
 pub use segment::{MAX_NAME_LEN, SharedMemory, unlink, validate_name};

@@ -35,6 +35,9 @@ const GENERATED_TRIES: usize = 64;
 /// with [`create_untracked`](SharedMemory::create_untracked) lives until
 /// someone unlinks it (or the machine restarts).
 ///
+/// Passed to a process (as an argument or in a message), a `SharedMemory`
+/// travels by name and is attached where it is decoded, as Python pickles it.
+///
 /// Access is through bounds-checked copies ([`read`](SharedMemory::read),
 /// [`write`](SharedMemory::write)), a raw pointer, or `unsafe` slice views
 /// for zero-copy use. Another process may write the memory at any time;
