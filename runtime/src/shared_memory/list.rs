@@ -371,6 +371,12 @@ impl ShareableList {
     fn store(&self, index: usize, item: &Item, fresh: bool) -> Result<()> {
         let at = self.data_start() + self.offsets[index];
         let slot = self.offsets[index + 1] - self.offsets[index];
+        if slot < 8 {
+            // Only a damaged header makes a slot this small.
+            return Err(Error::Protocol(format!(
+                "item {index} has a {slot}-byte slot; a ShareableList's are at least 8"
+            )));
+        }
         let mut data = [0u8; 8];
         let (fmt, bytes): (Vec<u8>, &[u8]) = match item {
             Item::Int(v) => {

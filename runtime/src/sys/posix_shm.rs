@@ -223,8 +223,8 @@ pub enum Detached<'a> {
 
 /// Starts a helper process that no process waits for: a grandchild, orphaned
 /// at once (so it is never a zombie of this process), in a session of its
-/// own (a terminal's Ctrl-C does not reach it), with `channel` as fd 0,
-/// `/dev/null` as fds 1 and 2 and every other descriptor closed.
+/// own (a terminal's Ctrl-C does not reach it), in `/`, with `channel` as
+/// fd 0, `/dev/null` as fds 1 and 2 and every other descriptor closed.
 ///
 /// Between the forks and the `exec` only async-signal-safe calls run; the
 /// `Inline` form runs `run` after the fork as multiproc's `Fork` start
@@ -273,7 +273,7 @@ pub fn spawn_detached(how: Detached<'_>, channel: BorrowedFd<'_>) -> std::io::Re
             }
         }
         // The helper: fds 0..2 as described, nothing else open.
-        // SAFETY: dup2, close_range, sigprocmask, execve and _exit are
+        // SAFETY: dup2, close_range, chdir, sigprocmask, execve and _exit are
         // async-signal-safe; every pointer was prepared before the fork and
         // stays valid in this copy of the address space.
         unsafe {
@@ -288,6 +288,8 @@ pub fn spawn_detached(how: Detached<'_>, channel: BorrowedFd<'_>) -> std::io::Re
                     libc::close(fd);
                 }
             }
+            // Hold no directory busy (a mount the program ran in, say).
+            libc::chdir(c"/".as_ptr());
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
