@@ -58,6 +58,32 @@
 //! }
 //! ```
 //!
+//! ## Share memory by name
+//!
+//! [`shared_memory`] is Python's `multiprocessing.shared_memory`: segments in
+//! `/dev/shm` (mode 0600) that any process of the same user attaches by
+//! name, a program you did not start or Python included. A segment's
+//! creator's tracker unlinks it once the creator is gone, even after a
+//! SIGKILL.
+//!
+//! ```
+//! use multiproc::shared_memory::{Item, ShareableList, SharedMemory};
+//!
+//! let shm = SharedMemory::create(None, 1024).unwrap();
+//! shm.write(0, b"ready").unwrap();
+//! // In any process of this user, given the name:
+//! let seen = SharedMemory::attach(shm.name()).unwrap();
+//! let mut buf = [0u8; 5];
+//! seen.read(0, &mut buf).unwrap();
+//! assert_eq!(&buf, b"ready");
+//! shm.unlink().unwrap();
+//!
+//! // Python's ShareableList, in Python's layout.
+//! let list = ShareableList::create(None, &[Item::Int(1), "two".into()]).unwrap();
+//! assert_eq!(list.get(1).unwrap(), Item::Str("two".into()));
+//! list.shm().unlink().unwrap();
+//! ```
+//!
 //! ## Send messages
 //!
 //! A [`Queue`] carries messages between any number of producers and
@@ -267,6 +293,11 @@ pub use multiproc_runtime::{
 /// Python's `multiprocessing.connection`: [`Listener`], [`client`], [`wait`]
 /// and the connections they make.
 pub use multiproc_runtime::connection;
+
+/// Python's `multiprocessing.shared_memory`: named segments any program of
+/// the same user can attach, [`shared_memory::ShareableList`] in Python's
+/// layout, and a tracker that unlinks a dead creator's segments.
+pub use multiproc_runtime::shared_memory;
 
 /// Python clients on a Rust manager: CPython's `BaseManager` recipe against
 /// [`BaseManager::python`] or `multiproc serve --python-address`, and

@@ -39,6 +39,19 @@ fn process_basics() {
 }
 
 #[test]
+fn shared_memory() {
+    run(
+        "shared_memory",
+        &[
+            "[other program] read \"hello\"",
+            "segment now holds \"HELLO\"",
+            "list now holds [Int(42), Str(\"done\")]",
+            "after unlink, attaching again: not found",
+        ],
+    );
+}
+
+#[test]
 fn shared_value() {
     run(
         "shared_value",

@@ -284,6 +284,50 @@ def bench_pyclient(smoke):
         m.shutdown()
 
 
+def bench_shared_memory(s, k):
+    """The shared_memory/* rows: named segments and ShareableList."""
+    from multiprocessing import shared_memory
+
+    def create_unlink():
+        shm = shared_memory.SharedMemory(create=True, size=4096)
+        shm.close()
+        shm.unlink()
+
+    target = shared_memory.SharedMemory(create=True, size=4096)
+
+    def attach():
+        shared_memory.SharedMemory(target.name).close()
+
+    mib = 1 << 20
+    big = shared_memory.SharedMemory(create=True, size=mib)
+    data = bytearray(b"\x07" * mib)
+
+    def write():
+        big.buf[:] = data
+
+    def read():
+        data[:] = big.buf
+
+    sl = shared_memory.ShareableList([1, "hello world"])
+
+    def list_set():
+        sl[0] = 5
+
+    out = {
+        "shared_memory/create_unlink_4k": per_call(s, 20 * k, create_unlink),
+        "shared_memory/attach_4k": per_call(s, 20 * k, attach),
+        "shared_memory/write_1mib": per_call(s, 5 * k, write),
+        "shared_memory/read_1mib": per_call(s, 5 * k, read),
+        "shared_memory/list_get_int": per_call(s, 1000 * k, lambda: sl[0]),
+        "shared_memory/list_set_int": per_call(s, 1000 * k, list_set),
+        "shared_memory/list_get_str": per_call(s, 1000 * k, lambda: sl[1]),
+    }
+    for shm in (target, big, sl.shm):
+        shm.close()
+        shm.unlink()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="tiny iteration counts")
@@ -343,6 +387,20 @@ def main():
     if args.filter in "pyclient/" or "pyclient/" in args.filter:
         print("python: pyclient/*", file=sys.stderr)
         for key, r in bench_pyclient(args.smoke).items():
+            if args.filter in key:
+                results[key] = r
+    shm_keys = (
+        "shared_memory/create_unlink_4k",
+        "shared_memory/attach_4k",
+        "shared_memory/write_1mib",
+        "shared_memory/read_1mib",
+        "shared_memory/list_get_int",
+        "shared_memory/list_set_int",
+        "shared_memory/list_get_str",
+    )
+    if any(args.filter in key for key in shm_keys):
+        print("python: shared_memory/*", file=sys.stderr)
+        for key, r in bench_shared_memory(s, k).items():
             if args.filter in key:
                 results[key] = r
     json.dump({"python": sys.version.split()[0], "ops": results}, sys.stdout, indent=1)

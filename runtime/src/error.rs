@@ -121,6 +121,25 @@ pub enum Error {
         /// Its value.
         limit: u64,
     },
+    /// A named object (a shared memory segment, for example) does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A named object could not be created because one of that name exists.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// The operating system refused access (another user's 0600 segment, for example).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// An object is smaller or larger than the caller said it would be.
+    #[error("size mismatch for {what}: expected {expected} bytes, found {found}")]
+    SizeMismatch {
+        /// What was measured (a segment's name, for example).
+        what: String,
+        /// The size the caller needs or gave.
+        expected: usize,
+        /// The size the object has.
+        found: usize,
+    },
     /// A spawned child runs a different binary than its parent.
     #[error("binary mismatch: {0}")]
     BinaryMismatch(String),

@@ -24,6 +24,7 @@ mod pool;
 mod process;
 pub mod py;
 mod queue;
+pub mod shared_memory;
 mod sharedctypes;
 mod shm;
 mod sync;

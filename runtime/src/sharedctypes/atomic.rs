@@ -1,4 +1,4 @@
-//! Atomic access to integer, bool and plain-data cells in shared memory.
+//! Atomic access to integer and plain-data cells in shared memory.
 //!
 //! Every access to a `RawValue` or `RawArray` cell goes through here, so no
 //! access races with a non-atomic one (a data race is undefined behaviour
@@ -23,8 +23,7 @@ mod sealed {
 
 /// Types whose shared cells support atomic read-modify-write.
 ///
-/// Implemented for the integer types up to 64 bits and `bool` (where
-/// `fetch_add` and `fetch_sub` are not offered: they are `fetch_or`/`fetch_xor`).
+/// Implemented for the integer types up to 64 bits.
 /// The trait is sealed: its functions act on raw cells and are for
 /// [`RawValue`](crate::RawValue) and [`Value`](crate::Value) only.
 pub trait AtomicInt: ShmSafe + sealed::Sealed {
@@ -139,7 +138,6 @@ atomic_int!(
     u32 => AtomicU32, fetch_add, fetch_sub;
     u64 => AtomicU64, fetch_add, fetch_sub;
     usize => AtomicUsize, fetch_add, fetch_sub;
-    bool => AtomicBool, fetch_or, fetch_xor;
 );
 
 /// The width of the atomic units a `T` is copied in: its alignment, at most 8.
@@ -151,9 +149,9 @@ const fn unit<T>() -> usize {
 /// Copies the `T` at `p` out with relaxed atomic loads, one unit at a time.
 ///
 /// A copy racing with a [`store`] may mix units of both values (a torn
-/// value), never half a unit. A unit never splits a `bool` or a `char` (a
-/// unit is at most the type's alignment), so the mix is a valid `T` for
-/// the crate's `ShmSafe` types and, by its contract, for the user's.
+/// value), never half a unit (a unit is at most the type's alignment), so
+/// the mix is a valid `T` for the crate's `ShmSafe` types (integers and
+/// floats, where every bit pattern is valid) and, by its contract, for the user's.
 ///
 /// # Safety
 /// `p` points to a live, aligned `T` in a shared mapping that this process

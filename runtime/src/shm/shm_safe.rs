@@ -10,8 +10,11 @@
 /// integer), and for which every value another process may write is valid,
 /// including a mix of two values (a `RawValue` read racing with a write may
 /// see one, mixed in units of the type's alignment, at most 8 bytes).
-/// The crate implements it for the integer and float types, `bool`, `char`
-/// and arrays of such types.
+/// The crate implements it for the integer and float types and arrays of
+/// such types. Not for `bool` or `char`: a peer (or any program of the same
+/// user, for a named segment) may write a byte pattern that is not a valid
+/// `bool` or `char`, and reading it would be undefined behaviour; use `u8`
+/// (Python's `c_bool` is a byte too) or `u32` and convert.
 ///
 /// ```
 /// #[derive(Clone, Copy)]
@@ -31,7 +34,7 @@ macro_rules! shm_safe {
     };
 }
 shm_safe!(
-    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64, bool, char
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64
 );
 
 // SAFETY: an array of plain old data is plain old data.

@@ -9,6 +9,7 @@
 pub mod fd;
 pub mod futex;
 pub mod memfd;
+pub mod posix_shm;
 pub mod process;
 pub mod signal;
 pub mod socket;

@@ -11,6 +11,8 @@ use multiproc::{
     StartMethod, ThreadPool, Value,
 };
 
+use multiproc::shared_memory::{Item, ShareableList, SharedMemory};
+
 use crate::stats::{Figure, fmt_ns, per_call, summarize, time_ops};
 
 /// Options of one run.
@@ -71,6 +73,13 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("pyclient/get_2cpu", pyclient_get_2cpu),
         ("pyclient/connect_2cpu", pyclient_connect_2cpu),
         ("pyclient/worker_start_2cpu", pyclient_worker_start_2cpu),
+        ("shared_memory/create_unlink_4k", shm_create_unlink),
+        ("shared_memory/attach_4k", shm_attach),
+        ("shared_memory/write_1mib", shm_write_1mib),
+        ("shared_memory/read_1mib", shm_read_1mib),
+        ("shared_memory/list_get_int", shm_list_get_int),
+        ("shared_memory/list_set_int", shm_list_set_int),
+        ("shared_memory/list_get_str", shm_list_get_str),
     ]
 }
 
@@ -599,6 +608,106 @@ fn counter_raw(scale: &Scale) -> multiproc::Result<Figure> {
         10_000 * scale.k,
         || v.set(v.get() + 1),
     ))
+}
+
+/// Create a tracked 4 KiB named segment, drop it, unlink it (Python:
+/// `SharedMemory(create=True, size=4096)`, `close()`, `unlink()`).
+fn shm_create_unlink(scale: &Scale) -> multiproc::Result<Figure> {
+    Ok(per_call(
+        "shared_memory/create_unlink_4k",
+        scale.samples,
+        20 * scale.k,
+        || {
+            if let Ok(shm) = SharedMemory::create(None, 4096) {
+                let _ = shm.unlink();
+            }
+        },
+    ))
+}
+
+/// Attach an existing 4 KiB segment by name and drop it (Python:
+/// `SharedMemory(name)`, `close()`).
+fn shm_attach(scale: &Scale) -> multiproc::Result<Figure> {
+    let shm = SharedMemory::create(None, 4096)?;
+    let name = shm.name().to_string();
+    let fig = per_call(
+        "shared_memory/attach_4k",
+        scale.samples,
+        20 * scale.k,
+        || {
+            std::hint::black_box(SharedMemory::attach(&name).ok());
+        },
+    );
+    shm.unlink()?;
+    Ok(fig)
+}
+
+fn shm_copy_1mib(key: &'static str, scale: &Scale, write: bool) -> multiproc::Result<Figure> {
+    const MIB: usize = 1 << 20;
+    let shm = SharedMemory::create(None, MIB)?;
+    let mut buf = vec![7u8; MIB];
+    let batch = 5 * scale.k;
+    let mut op = || {
+        if write {
+            let _ = shm.write(0, &buf);
+        } else {
+            let _ = shm.read(0, &mut buf);
+        }
+    };
+    op();
+    let mut per_op: Vec<f64> = (0..scale.samples)
+        .map(|_| {
+            time_ops(batch, || {
+                for _ in 0..batch {
+                    op();
+                }
+            })
+        })
+        .collect();
+    shm.unlink()?;
+    Ok(summarize(key, &mut per_op, Some(MIB as f64)))
+}
+
+/// Copy 1 MiB into a mapped segment (Python: `shm.buf[:] = data`).
+fn shm_write_1mib(scale: &Scale) -> multiproc::Result<Figure> {
+    shm_copy_1mib("shared_memory/write_1mib", scale, true)
+}
+
+/// Copy 1 MiB out of a mapped segment (Python: `dst[:] = shm.buf`).
+fn shm_read_1mib(scale: &Scale) -> multiproc::Result<Figure> {
+    shm_copy_1mib("shared_memory/read_1mib", scale, false)
+}
+
+fn with_list(
+    key: &'static str,
+    scale: &Scale,
+    op: impl Fn(&ShareableList),
+) -> multiproc::Result<Figure> {
+    let list = ShareableList::create(None, &[Item::Int(1), Item::Str("hello world".into())])?;
+    let fig = per_call(key, scale.samples, 1000 * scale.k, || op(&list));
+    list.shm().unlink()?;
+    Ok(fig)
+}
+
+/// `ShareableList` item 0, an int (Python: `sl[0]`).
+fn shm_list_get_int(scale: &Scale) -> multiproc::Result<Figure> {
+    with_list("shared_memory/list_get_int", scale, |l| {
+        std::hint::black_box(l.get(0).ok());
+    })
+}
+
+/// Set `ShareableList` item 0 to an int (Python: `sl[0] = 5`).
+fn shm_list_set_int(scale: &Scale) -> multiproc::Result<Figure> {
+    with_list("shared_memory/list_set_int", scale, |l| {
+        let _ = l.set(0, 5i64);
+    })
+}
+
+/// `ShareableList` item 1, an 11-byte string (Python: `sl[1]`).
+fn shm_list_get_str(scale: &Scale) -> multiproc::Result<Figure> {
+    with_list("shared_memory/list_get_str", scale, |l| {
+        std::hint::black_box(l.get(1).ok());
+    })
 }
 
 /// CPython's figures for the same keys, if python3 and the script are there.

@@ -1,0 +1,350 @@
+//! The tracker: a helper process that unlinks this program's segments once
+//! the program is gone, however it ended (SIGKILL included).
+//!
+//! Python's `resource_tracker`, made quiet. The first tracked
+//! [`SharedMemory::create`](super::SharedMemory::create) in a process starts
+//! it; the process keeps one end of a `SOCK_SEQPACKET` socket pair and sends
+//! one record per created or unlinked segment. The tracker holds the other
+//! end. When every holder of the writing end is gone (the program, and the
+//! children it forked, which inherit the socket and so share the tracker),
+//! the tracker reads end-of-file, unlinks each name still registered,
+//! provided it still names the very segment that was registered (same
+//! inode: a later segment of the same name, made by someone else, is left
+//! alone), and exits. It prints nothing.
+//!
+//! It is started as a grandchild that is orphaned at once, in its own session:
+//! never a zombie of the program, never hit by a terminal's Ctrl-C, and with
+//! only its socket open (it holds none of the program's pipes, sockets or
+//! segments). It re-executes the program (`/proc/self/exe`), whose start-up
+//! code (an `.init_array` entry of this crate, which runs before `main`)
+//! recognises the tracker and runs it; when the runtime is not part of the
+//! main executable (loaded as a shared library) the forked copy runs the
+//! tracker itself.
+//!
+//! What it decides: a segment is unlinked when its *creator* (with the
+//! children it forked) is gone, as in Python. Processes that attached the
+//! segment keep their mappings (unlinking removes the name only), but no new
+//! process can attach it by name afterwards. A creator that wants the name
+//! to outlive it opts out with [`SharedMemory::create_untracked`](super::SharedMemory::create_untracked).
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{MutexGuard, Once};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::process::{ForkHook, ForkMutex, register_fork_hook};
+use crate::sys;
+use crate::sys::posix_shm::{self, Detached};
+
+/// Set in the tracker's environment; with fd 0 a seqpacket socket it makes
+/// the re-executed program run the tracker instead of `main`.
+const TRACKER_ENV: &str = "MULTIPROC_SHM_TRACKER";
+const TRACKER_ENV_ENTRY: &str = "MULTIPROC_SHM_TRACKER=1";
+
+/// How long a new tracker may take to say hello (the machine may be loaded).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest record: op, inode, a name of at most 255 bytes.
+const RECORD_MAX: usize = 1 + 8 + 255;
+
+const OP_REGISTER: u8 = b'R';
+const OP_UNREGISTER: u8 = b'U';
+const OP_HELLO: u8 = b'H';
+
+struct Tracker {
+    channel: OwnedFd,
+    pid: i32,
+}
+
+static TRACKER: ForkMutex<Option<Tracker>> = ForkMutex::new(None);
+static HOOK: Once = Once::new();
+
+/// Holds the tracker's lock across multiproc's forks, so a forked child never
+/// inherits it locked by a thread that does not exist there.
+struct TrackerForkHook;
+
+impl ForkHook for TrackerForkHook {
+    fn prepare(&self) -> Box<dyn Any> {
+        Box::new(TRACKER.lock())
+    }
+    fn parent(&self, state: Box<dyn Any>) {
+        drop(state);
+    }
+    fn child(&self, state: Box<dyn Any>) {
+        drop(state);
+    }
+}
+
+fn lock() -> MutexGuard<'static, Option<Tracker>> {
+    HOOK.call_once(|| register_fork_hook(&TrackerForkHook));
+    TRACKER.lock()
+}
+
+/// Registers segment `name` (inode `ino`) with this process's tracker,
+/// starting the tracker first if there is none.
+pub(crate) fn register(name: &str, ino: u64) -> Result<()> {
+    let mut slot = lock();
+    let tracker = match &mut *slot {
+        Some(tracker) => tracker,
+        none => none.insert(start()?),
+    };
+    let mut record = Vec::with_capacity(RECORD_MAX);
+    record.push(OP_REGISTER);
+    record.extend_from_slice(&ino.to_le_bytes());
+    record.extend_from_slice(name.as_bytes());
+    posix_shm::send_record(tracker.channel.as_fd(), &record).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot register shared memory segment {name:?} with its tracker: {e}"),
+        ))
+    })
+}
+
+/// Starts this process's tracker if it has none yet.
+pub(crate) fn ensure_started() -> Result<()> {
+    let mut slot = lock();
+    if slot.is_none() {
+        *slot = Some(start()?);
+    }
+    Ok(())
+}
+
+/// Tells this process's tracker, if it has one, that `name` needs no
+/// cleanup any more (it was unlinked). Best effort: a tracker that is gone
+/// has nothing left to forget.
+pub(crate) fn unregister(name: &str) {
+    let slot = lock();
+    if let Some(tracker) = slot.as_ref() {
+        let mut record = Vec::with_capacity(1 + name.len());
+        record.push(OP_UNREGISTER);
+        record.extend_from_slice(name.as_bytes());
+        if let Err(e) = posix_shm::send_record(tracker.channel.as_fd(), &record) {
+            tracing::debug!("shared memory tracker did not take unregistration of {name:?}: {e}");
+        }
+    }
+}
+
+/// The process id of this process's tracker, if one was started (by this
+/// process, or by the parent it was forked from). For tests and diagnostics.
+#[doc(hidden)]
+pub fn tracker_pid() -> Option<i32> {
+    lock().as_ref().map(|t| t.pid)
+}
+
+fn start() -> Result<Tracker> {
+    let entry: extern "C" fn() = tracker_entry;
+    if posix_shm::in_main_executable(entry as usize) {
+        start_with(Detached::Exec {
+            env: &[TRACKER_ENV_ENTRY],
+            unset: &[crate::process::launch::CHILD_FD_ENV],
+        })
+    } else {
+        start_with(Detached::Inline { run: serve })
+    }
+}
+
+fn start_with(how: Detached<'_>) -> Result<Tracker> {
+    let (client, server) = posix_shm::seqpacket_pair()?;
+    posix_shm::spawn_detached(how, server.as_fd())?;
+    drop(server);
+    let mut hello = [0u8; 8];
+    let n =
+        posix_shm::recv_record(client.as_fd(), &mut hello, Some(START_TIMEOUT)).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("the shared memory tracker did not start: {e}"),
+            ))
+        })?;
+    if n != 5 || hello[0] != OP_HELLO {
+        return Err(Error::Io(std::io::Error::other(
+            "the shared memory tracker did not start (no hello)",
+        )));
+    }
+    let pid = i32::from_le_bytes([hello[1], hello[2], hello[3], hello[4]]);
+    Ok(Tracker {
+        channel: client,
+        pid,
+    })
+}
+
+// The tracker's entry: an `.init_array` function, so it runs before `main` in
+// every program that links this crate (a `#[used]` static is kept by rustc).
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TRACKER_ENTRY: extern "C" fn() = tracker_entry;
+
+extern "C" fn tracker_entry() {
+    if std::env::var_os(TRACKER_ENV).is_some_and(|v| v == "1") && posix_shm::is_seqpacket(0) {
+        serve();
+    }
+    // In every other program: register the fork hook now, while one thread
+    // runs, so no fork can come between its registration and a first use.
+    HOOK.call_once(|| register_fork_hook(&TrackerForkHook));
+}
+
+/// The tracker's main loop (in the helper process): collect registrations
+/// until end-of-file, then unlink what is left and exit.
+fn serve() -> ! {
+    // SAFETY: this runs only in the helper started by `spawn_detached`
+    // (checked by `tracker_entry`, or called directly there), where fd 0 is
+    // the channel and nothing else owns it.
+    let channel = unsafe { posix_shm::take_helper_channel() };
+    let pid = sys::process::getpid();
+    let mut hello = [0u8; 5];
+    hello[0] = OP_HELLO;
+    hello[1..].copy_from_slice(&pid.to_le_bytes());
+    if posix_shm::send_record(channel.as_fd(), &hello).is_err() {
+        sys::process::exit_now(0);
+    }
+    let mut names: HashMap<String, u64> = HashMap::new();
+    let mut buf = [0u8; RECORD_MAX + 1];
+    loop {
+        match posix_shm::recv_record(channel.as_fd(), &mut buf, None) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => apply(&mut names, &buf[..n]),
+        }
+    }
+    for (name, ino) in names {
+        unlink_if_same(&name, ino);
+    }
+    sys::process::exit_now(0)
+}
+
+fn apply(names: &mut HashMap<String, u64>, record: &[u8]) {
+    match record.split_first() {
+        Some((&OP_REGISTER, rest)) if rest.len() > 8 => {
+            let (ino, name) = rest.split_at(8);
+            let ino = u64::from_le_bytes(ino.try_into().unwrap_or_default());
+            if let Ok(name) = std::str::from_utf8(name) {
+                names.insert(name.to_string(), ino);
+            }
+        }
+        Some((&OP_UNREGISTER, name)) => {
+            if let Ok(name) = std::str::from_utf8(name) {
+                names.remove(name);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Unlinks `name` if it still names the segment with inode `ino`.
+fn unlink_if_same(name: &str, ino: u64) {
+    let Ok(fd) = posix_shm::shm_open_existing(name, false) else {
+        return;
+    };
+    if posix_shm::stat(fd.as_fd()).is_ok_and(|st| st.ino == ino) {
+        let _ = posix_shm::shm_unlink(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared_memory::SharedMemory;
+
+    fn send_register(tracker: &Tracker, name: &str, ino: u64) {
+        let mut record = vec![OP_REGISTER];
+        record.extend_from_slice(&ino.to_le_bytes());
+        record.extend_from_slice(name.as_bytes());
+        posix_shm::send_record(tracker.channel.as_fd(), &record).unwrap();
+    }
+
+    fn ino_of(shm: &SharedMemory) -> u64 {
+        let fd = posix_shm::shm_open_existing(shm.name(), false).unwrap();
+        posix_shm::stat(fd.as_fd()).unwrap().ino
+    }
+
+    fn gone_within(name: &str, limit: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if posix_shm::shm_open_existing(name, false).is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn a_forked_inline_tracker_unlinks_at_end_of_file() {
+        // The path taken when the runtime is not in the main executable.
+        let tracker = start_with(Detached::Inline { run: serve }).unwrap();
+        let shm = SharedMemory::create_untracked(None, 8).unwrap();
+        send_register(&tracker, shm.name(), ino_of(&shm));
+        let pid = tracker.pid;
+        assert!(sys::process::is_alive(pid, None));
+        drop(tracker);
+        assert!(
+            gone_within(shm.name(), Duration::from_secs(30)),
+            "the inline tracker did not unlink {}",
+            shm.name()
+        );
+    }
+
+    #[test]
+    fn the_tracker_spares_a_later_segment_of_the_same_name() {
+        let tracker = start_with(Detached::Exec {
+            env: &[TRACKER_ENV_ENTRY],
+            unset: &[],
+        })
+        .unwrap();
+        let first = SharedMemory::create_untracked(None, 8).unwrap();
+        let name = first.name().to_string();
+        let first_ino = ino_of(&first);
+        send_register(&tracker, &name, first_ino);
+        // Someone unlinks it and makes a new segment under the same name
+        // (`first` stays mapped, so its inode cannot be reused).
+        first.unlink().unwrap();
+        let second = SharedMemory::create_untracked(Some(&name), 8).unwrap();
+        assert_ne!(ino_of(&second), first_ino);
+        // A marker registered with it shows the tracker did its cleanup.
+        let marker = SharedMemory::create_untracked(None, 8).unwrap();
+        send_register(&tracker, marker.name(), ino_of(&marker));
+        let pid = tracker.pid;
+        drop(tracker);
+        assert!(gone_within(marker.name(), Duration::from_secs(30)));
+        let start = std::time::Instant::now();
+        while sys::process::is_alive(pid, None) && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !sys::process::is_alive(pid, None),
+            "the tracker did not exit"
+        );
+        assert!(
+            posix_shm::shm_open_existing(&name, false).is_ok(),
+            "the tracker unlinked a segment it did not register"
+        );
+        second.unlink().unwrap();
+    }
+
+    #[test]
+    fn records_register_and_forget_names() {
+        let mut names = HashMap::new();
+        let mut reg = vec![OP_REGISTER];
+        reg.extend_from_slice(&7u64.to_le_bytes());
+        reg.extend_from_slice(b"psm_abc");
+        apply(&mut names, &reg);
+        assert_eq!(names.get("psm_abc"), Some(&7));
+        apply(&mut names, b"Upsm_abc");
+        assert!(names.is_empty());
+    }
+
+    #[test]
+    fn malformed_records_are_ignored() {
+        let mut names = HashMap::new();
+        for bad in [
+            &b""[..],
+            b"R",
+            b"R1234567",
+            b"X whatever",
+            b"R12345678\xff\xfe",
+        ] {
+            apply(&mut names, bad);
+        }
+        assert!(names.is_empty());
+    }
+}
