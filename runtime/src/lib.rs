@@ -8,6 +8,7 @@ pub mod connection;
 pub mod deadline;
 pub mod error;
 pub mod handle;
+mod liveness;
 pub mod manager;
 pub mod pool;
 pub mod process;
