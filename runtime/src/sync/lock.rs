@@ -12,7 +12,12 @@ use crate::sync::raw_lock::{Acquired, RawLock};
 ///
 /// As in Python, any process (or thread) may release it, not only the one that
 /// acquired it. If the holder dies, the next acquirer gets the lock and is told
-/// ([`Acquired::OwnerDied`], [`LockGuard::owner_died`]).
+/// ([`Acquired::OwnerDied`], [`LockGuard::owner_died`]). Only a death the
+/// kernel confirms counts: a waiter that cannot check the holder (its
+/// process is out of descriptors) waits as for a live one, and an untimed
+/// wait that could not check for 10 s fails with [`Error::Io`]. On a lock
+/// a manager created, a waiter fails with [`Error::ManagerGone`] once the
+/// manager died (a free lock can still be taken).
 ///
 /// ```
 /// let lock = multiproc::Lock::new().unwrap();

@@ -148,6 +148,9 @@ fn not_owned() -> Error {
 /// holding process dies, the next acquirer gets the lock with a count of one
 /// and is told ([`Acquired::OwnerDied`], [`RLockGuard::owner_died`]). A
 /// thread that ends while its process lives leaves the lock held, as in Python.
+/// Waiters treat a holder they cannot check as alive and, on a manager's
+/// RLock, fail with [`Error::ManagerGone`] once the manager died, as for
+/// [`Lock`](crate::Lock).
 ///
 /// ```
 /// let lock = multiproc::RLock::new().unwrap();
