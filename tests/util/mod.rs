@@ -112,10 +112,8 @@ pub fn exhaust_descriptors() {
         rlim_max: 0,
     };
     // SAFETY: `limit` is a valid, writable rlimit.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-        0
-    );
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(got, 0);
     limit.rlim_cur = (highest + 1 + 4).min(limit.rlim_max);
     // SAFETY: `limit` is a valid rlimit; only the soft limit is lowered.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
