@@ -144,3 +144,41 @@ fn watch_parent(parent: ParentProcess) {
         tracing::warn!("cannot watch the parent of a daemon process: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::process::{Forked, exit_now, fork, wait};
+
+    #[test]
+    fn a_daemon_that_cannot_open_a_pidfd_watches_its_parent_anyway() {
+        let parent = ParentProcess {
+            pid: sys::process::getpid(),
+            name: "test".into(),
+            ticks: sys::process::own_start_ticks(),
+        };
+        let pid = match fork().unwrap() {
+            Forked::Child => {
+                let mut hard = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: `hard` is a valid, writable rlimit.
+                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) };
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: hard.rlim_max,
+                };
+                // SAFETY: a valid rlimit, the hard limit unchanged: no new
+                // descriptor can be opened now, pidfds included.
+                unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &none) };
+                // The parent lives: this must return (it exited with 1 here
+                // when the pidfd could not be opened).
+                watch_parent(parent);
+                exit_now(0)
+            }
+            Forked::Parent(pid) => pid,
+        };
+        assert_eq!(wait(pid).unwrap().code(), 0);
+    }
+}
