@@ -110,8 +110,8 @@ impl RawLock {
 
     /// [`RawLock::lock`] for the crate's locks: an untimed wait whose holder's
     /// liveness has not been checkable for [`GIVE_UP_AFTER`](crate::liveness::GIVE_UP_AFTER)
-    /// fails with `Err(Io)`, and `between_slices` is asked whenever the holder
-    /// is checked (before the first sleep, then after every sleep slice); a
+    /// fails with `Err(Io)`, and `between_slices` is asked after every sleep
+    /// slice (not before the first: a short wait costs nothing more); a
     /// manager-owned lock fails its waiters with `ManagerGone` there.
     /// `Ok(None)`: the deadline passed.
     #[inline]
@@ -124,9 +124,13 @@ impl RawLock {
             return Ok(Some(Acquired::Clean));
         }
         let mut doubt = Doubt::default();
+        let mut slept = false;
         self.lock_slow(deadline, &mut |answer| {
             doubt.note(answer, &deadline, "the lock's holder")?;
-            between_slices()
+            if std::mem::replace(&mut slept, true) {
+                between_slices()?;
+            }
+            Ok(())
         })
     }
 
