@@ -6,8 +6,8 @@ mod util;
 use std::time::Instant;
 
 use multiproc::{
-    Barrier, BoundedSemaphore, Condition, DictProxy, Error, Event, JoinableQueue, Manager, Process,
-    Queue, RLock, RawValue, Semaphore, ServerAddress, StartMethod, Value,
+    Barrier, BoundedSemaphore, Condition, DictProxy, Error, Event, JoinableQueue, Lock, Manager,
+    Process, Queue, RLock, RawValue, Semaphore, ServerAddress, StartMethod, Value,
 };
 use util::{PROMPTLY, eventually};
 
@@ -222,6 +222,50 @@ fn a_child_blocked_on_a_manager_queue_or_event_fails_when_the_server_is_killed()
             manager.shutdown().unwrap();
             util::assert_not_our_zombie(server);
             assert!(util::shm_leaks().is_empty(), "{:?}", util::shm_leaks());
+        }
+    }
+}
+
+/// Says it is about to block, then waits for the manager's lock (`which ==
+/// 0`) or rlock, which the parent holds; returns how the wait ended.
+fn wait_for_a_managers_lock(args: (Lock, RLock, RawValue<u32>, u32)) -> String {
+    let (lock, rlock, started, which) = args;
+    started.store(1);
+    let outcome = if which == 0 {
+        lock.acquire()
+    } else {
+        rlock.acquire()
+    };
+    format!("{outcome:?}")
+}
+
+#[test]
+fn a_child_waiting_on_a_managers_lock_fails_when_the_server_is_killed() {
+    for m in METHODS {
+        for which in 0..2u32 {
+            let manager = start(m);
+            let lock = manager.lock().unwrap();
+            let rlock = manager.rlock().unwrap();
+            let _held = (lock.lock().unwrap(), rlock.lock().unwrap());
+            let started = RawValue::new(0u32).unwrap();
+            let args = (lock.clone(), rlock.clone(), started.clone(), which);
+            let mut p = Process::new(wait_for_a_managers_lock, args).start_method(m);
+            p.start().unwrap();
+            assert!(eventually(PROMPTLY, || started.load() == 1), "{m:?}");
+            kill_server(&manager);
+            let child_saw = p.join_timeout(PROMPTLY).unwrap();
+            assert!(
+                child_saw.starts_with("Err(ManagerGone"),
+                "{m:?} {which}: {child_saw}"
+            );
+            // So does a waiting thread of this process; a try still says the lock is held.
+            let waiter = lock.clone();
+            let in_thread = std::thread::spawn(move || waiter.acquire().map(|_| ()));
+            assert!(is_manager_gone(in_thread.join().unwrap()));
+            assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock)));
+            let server = manager.pid();
+            manager.shutdown().unwrap();
+            util::assert_not_our_zombie(server);
         }
     }
 }

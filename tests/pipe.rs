@@ -5,7 +5,7 @@ mod util;
 
 use std::time::Duration;
 
-use multiproc::{Connection, Error, Pipe, Process, Queue, StartMethod};
+use multiproc::{Connection, Error, Event, Pipe, Process, Queue, StartMethod};
 use util::{PROMPTLY, eventually};
 
 multiproc::init_before_main!();
@@ -331,5 +331,54 @@ fn an_end_used_before_it_is_passed_still_works_in_the_child() {
         assert_eq!(here.recv_timeout(PROMPTLY).unwrap(), 11, "{m:?}");
         here.close();
         p.join_timeout(PROMPTLY).unwrap();
+    }
+}
+
+fn drop_unused(conn: Connection<u32>) {
+    drop(conn);
+}
+
+/// Sends once told to (after the parent dropped its end); says how it went.
+fn send_when_told(args: (Connection<u32>, Event)) -> String {
+    let (conn, told) = args;
+    match told.wait_timeout(PROMPTLY) {
+        Ok(true) => format!("{:?}", conn.send_timeout(1, PROMPTLY)),
+        other => format!("not told: {other:?}"),
+    }
+}
+
+#[test]
+fn sending_to_a_dropped_end_is_closed_in_any_process() {
+    // Dropped in this process without ever being used.
+    let (a, b) = Pipe::new::<u32>().unwrap();
+    drop(b);
+    assert!(matches!(a.send(1), Err(Error::Closed)));
+    let (reader, writer) = Pipe::one_way::<u32>().unwrap();
+    drop(reader);
+    assert!(matches!(writer.send(1), Err(Error::Closed)));
+    for m in METHODS {
+        // Dropped unused by the child it was given to.
+        let (here, there) = Pipe::new::<u32>().unwrap();
+        let mut p = Process::new(drop_unused, there).start_method(m);
+        p.start().unwrap();
+        p.join_timeout(PROMPTLY).unwrap();
+        assert!(matches!(here.send(1), Err(Error::Closed)), "{m:?}");
+        // Used here, then dropped here after a child got the other end.
+        let (here, there) = Pipe::new::<u32>().unwrap();
+        here.send(0).unwrap();
+        let told = Event::new().unwrap();
+        let mut p = Process::new(send_when_told, (there, told.clone())).start_method(m);
+        p.start().unwrap();
+        drop(here);
+        told.set();
+        assert_eq!(p.join_timeout(PROMPTLY).unwrap(), "Err(Closed)", "{m:?}");
+        // Never used, dropped here before the child starts.
+        let (here, there) = Pipe::new::<u32>().unwrap();
+        drop(here);
+        let told = Event::new().unwrap();
+        told.set();
+        let mut p = Process::new(send_when_told, (there, told)).start_method(m);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(PROMPTLY).unwrap(), "Err(Closed)", "{m:?}");
     }
 }

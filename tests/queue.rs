@@ -6,7 +6,7 @@ mod util;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use multiproc::{Error, JoinableQueue, Process, Queue, RawValue, SimpleQueue, StartMethod};
+use multiproc::{Error, Event, JoinableQueue, Process, Queue, RawValue, SimpleQueue, StartMethod};
 use util::{PROMPTLY, assert_not_our_zombie, eventually, shm_leaks};
 
 multiproc::init_before_main!();
@@ -472,4 +472,39 @@ fn nothing_is_left_in_dev_shm() {
     q.put(1u8).unwrap();
     drop(q);
     assert!(shm_leaks().is_empty(), "{:?}", shm_leaks());
+}
+
+/// Streams one message four times the ring's size into a queue nobody
+/// reads; says so first. It blocks mid-stream until killed.
+fn stream_into_the_void(args: (Queue<Vec<u8>>, Event)) {
+    let (q, streaming) = args;
+    let msg = vec![5u8; 256 << 10];
+    streaming.set();
+    let _ = q.put(msg);
+}
+
+#[test]
+fn a_producer_killed_mid_stream_with_no_consumer_is_not_counted_nor_fills_the_queue() {
+    for m in METHODS {
+        let q = Queue::<Vec<u8>>::with_maxsize_and_capacity(1, 64 << 10).unwrap();
+        let streaming = Event::new().unwrap();
+        let mut p =
+            Process::new(stream_into_the_void, (q.clone(), streaming.clone())).start_method(m);
+        p.start().unwrap();
+        assert!(streaming.wait_timeout(PROMPTLY).unwrap());
+        let pid = p.pid().unwrap();
+        // Asleep in the put: the ring is full of the message's first parts.
+        assert!(eventually(PROMPTLY, || util::proc_state(pid)
+            .is_some_and(|(state, _)| state == 'S')));
+        p.kill().unwrap();
+        assert!(p.join_timeout(PROMPTLY).is_err());
+        assert_eq!(q.qsize(), 0, "{m:?}: the dead message is not counted");
+        assert!(q.empty() && !q.full(), "{m:?}");
+        // Other producers get room (the limit is one message; the ring is
+        // 64 KiB) at once.
+        let next = vec![6u8; 60 << 10];
+        q.try_put(&next).unwrap();
+        assert!(q.get_timeout(PROMPTLY).unwrap() == next, "{m:?}");
+        assert_eq!(q.qsize(), 0);
+    }
 }

@@ -19,7 +19,6 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::sync::{Arc, LazyLock, Once};
 
 use multiproc_runtime::__internal::sys;
@@ -82,8 +81,6 @@ pub(crate) struct Connection {
     /// A TCP connection's socket, which a forked child makes inert.
     tcp_fd: Option<RawFd>,
     server: ServerAddress,
-    /// A local server's setup socket, kept open so the server sees this process go.
-    _socket: Option<UnixStream>,
     wire: Mutex<Wire>,
 }
 
@@ -131,11 +128,15 @@ pub(crate) fn unexpected() -> Error {
 
 impl Connection {
     fn open(server: &ServerAddress) -> Result<Connection> {
-        let (socket, end) = match server {
+        let end = match server {
             ServerAddress::Local(local) => {
                 let key = local_authkey(server);
                 let c = server::connect_local_with_authkey(local, key.as_bytes())?;
-                (Some(c.socket), Transport::Local(c.end))
+                let mut end = c.end;
+                // Kept open so the server sees this process go, and watched
+                // so this process sees the server go without reading `/proc`.
+                end.keep_setup_socket(c.socket);
+                Transport::Local(end)
             }
             ServerAddress::Tcp(addr) => {
                 let key = authkey_for(server).ok_or_else(|| {
@@ -145,10 +146,7 @@ impl Connection {
                     ))
                 })?;
                 let max = max_message_for(addr);
-                (
-                    None,
-                    Transport::Tcp(TcpClient::connect_with(*addr, &key, max)?),
-                )
+                Transport::Tcp(TcpClient::connect_with(*addr, &key, max)?)
             }
         };
         let tcp_fd = match &end {
@@ -159,7 +157,6 @@ impl Connection {
             pid: sys::process::getpid(),
             tcp_fd,
             server: *server,
-            _socket: socket,
             wire: Mutex::new(Wire {
                 end,
                 request: AlignedVec::new(),

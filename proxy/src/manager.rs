@@ -51,8 +51,8 @@ struct Inner {
 /// owns it, a blocking wait on it (a queue's `get`/`put`, an event's or a
 /// condition's `wait`, a barrier's `wait`, a semaphore's `acquire`) fails
 /// with `Error::ManagerGone` within about 100 ms once the server process
-/// has died. Locks and RLocks stay usable: their holders are tracked on
-/// their own, and a lock never waits on the server.
+/// has died; so does a wait for a held `Lock` or `RLock`. What does not
+/// wait still works: a free lock can be taken, a queue read with `try_get`.
 ///
 /// The server shuts down on [`Manager::shutdown`] or when the last clone
 /// of the `Manager` is dropped, and dies with this process. Once it is

@@ -18,6 +18,7 @@ pub mod deadline;
 mod error;
 #[doc(hidden)]
 pub mod handle;
+mod liveness;
 #[doc(hidden)]
 pub mod manager;
 mod pool;

@@ -95,3 +95,76 @@ impl TextSlot {
         self.0.lock().unwrap().clone()
     }
 }
+
+/// Puts the calling process at its descriptor limit, as a process that ran
+/// out of descriptors is: lowers `RLIMIT_NOFILE` to a few above the highest
+/// descriptor open and fills the rest with `dup(0)`, so every later open
+/// fails with `EMFILE` (the descriptors go when the process exits). For a
+/// child's target, never the test process. Panics if `/proc` can still be read.
+pub fn exhaust_descriptors() {
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .expect("list /proc/self/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(2);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(got, 0);
+    limit.rlim_cur = (highest + 1 + 4).min(limit.rlim_max);
+    // SAFETY: `limit` is a valid rlimit; only the soft limit is lowered.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    loop {
+        // SAFETY: dup(0) has no memory-safety preconditions; the copies are
+        // left open on purpose until the process exits.
+        if unsafe { libc::dup(0) } < 0 {
+            break;
+        }
+    }
+    let err = std::fs::File::open("/proc/self/stat").expect_err("the table is full");
+    assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
+}
+
+/// Lowers the descriptor limit of process `pid` (a manager server, say) to
+/// `soft`, returning the limit it had (for [`restore_descriptor_limit`]).
+pub fn lower_descriptor_limit(pid: i32, soft: u64) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `old` is a valid, writable rlimit; no new limit is set.
+    let res = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(res, 0, "{}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: `new` is a valid rlimit with the hard limit unchanged.
+    let res = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(res, 0, "{}", std::io::Error::last_os_error());
+    old
+}
+
+/// Gives process `pid` back the descriptor limit `old`.
+pub fn restore_descriptor_limit(pid: i32, old: libc::rlimit) {
+    // SAFETY: `old` is a valid rlimit read from the same process.
+    let res = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &old, std::ptr::null_mut()) };
+    assert_eq!(res, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// Runs `f` on a thread and waits at most `limit` for its result: `None`
+/// if it did not finish (the thread is left behind), so a test fails
+/// instead of hanging when `f` would block for ever.
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
+}

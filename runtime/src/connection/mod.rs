@@ -161,16 +161,25 @@ impl Pipe {
 /// `recv_bytes` move raw byte strings. Messages of any size go through.
 ///
 /// **End of file.** When the other end is closed (with [`Connection::close`],
-/// or by dropping it in the process that owns it) or its owner dies, `recv`
-/// returns the messages still in the pipe and then [`Error::Closed`]; `send`
-/// fails with `Closed`. A dead peer is noticed within about 100 ms by a
-/// waiting `recv` (at once by `try_recv` and `poll`), and within a few
-/// milliseconds by `send`. An end is owned by the process that
-/// last used it or received it (as a process argument or inside a message);
-/// an end never used anywhere is not owned, so it closes only explicitly, and
-/// so does an end that this process last used before forking (it may belong
-/// to the child now, as an inherited descriptor would). Closing an end closes
-/// it for every process that holds it.
+/// or by dropping it) or its owner dies, `recv` returns the messages still
+/// in the pipe and then [`Error::Closed`]; `send` fails with `Closed`, as
+/// Python's raises `BrokenPipeError`. A dead peer is noticed within about
+/// 100 ms by a waiting `recv` (at once by `try_recv` and `poll`), and within
+/// a few milliseconds by `send`. An end is owned by the process that last
+/// used it or received it (as a process argument or inside a message).
+/// Dropping a `Connection` closes its end, in whatever process, unless the
+/// end went elsewhere: it was sent (encoded as an argument or in a
+/// message), it is the parent's copy of a forked child's argument or
+/// capture (the child has it now), or another process used it last (a
+/// forked child sharing it through an `Arc`). Closing an end closes it for
+/// every process that holds it.
+///
+/// **Liveness.** Only a death the kernel confirms ends a pipe: a process out
+/// of descriptors cannot read `/proc` to check its peer, and takes it for
+/// alive. A `recv` or `send` without a timeout that has been unable to
+/// check its peer for 10 s fails with [`Error::Io`] instead of waiting on
+/// a peer that may have died unseen; with a timeout it ends at the
+/// deadline as usual.
 ///
 /// A `Connection` is `Send` and `Sync` but not `Clone`: keep one per end per
 /// process (share it between threads by reference or `Arc`).

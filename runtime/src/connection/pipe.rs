@@ -8,7 +8,10 @@
 //! closed, or owned by a dead process, means end of file once the ring is
 //! drained. A writer checks the reader's end the same way: its closed flag on
 //! every send, its owner's liveness (a system call) at most every 2 ms and
-//! whenever the send has to wait for room.
+//! whenever the send has to wait for room. Only a known death counts: an
+//! owner whose liveness cannot be checked (this process is out of
+//! descriptors) is taken as alive. A pidfd, opened once per peer while
+//! descriptors allow, makes later checks need no `/proc` read.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -19,9 +22,10 @@ use parking_lot::Mutex;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::HandleRepr;
-use crate::queue::ring::{self, Ends, Padded, Ring, RingState, Sink};
+use crate::liveness::{CannotTell, Liveness};
+use crate::queue::ring::{self, Ends, Padded, Ring, RingState, Side, Sink};
 use crate::shm::{Kind, ShmObject};
-use crate::sync::raw_lock::my_word;
+use crate::sync::raw_lock::{holder_liveness, my_word};
 use crate::sys;
 
 /// The ring size of each direction of a pipe made with `Pipe::new()`: 256 KiB.
@@ -59,7 +63,8 @@ pub(crate) struct PipeState {
     ends: [Padded<EndState>; 2],
 }
 
-/// What a reader knows of its peer's owner: the word it checked and a pidfd for it.
+/// What a side knows of its peer's owner: the word it checked, a pidfd for
+/// it, and whether that process is known to be dead.
 #[derive(Debug, Default)]
 struct PeerWatch {
     word: u64,
@@ -68,39 +73,57 @@ struct PeerWatch {
 }
 
 impl PeerWatch {
-    /// Whether the process named by `word` has ended (a pidfd makes repeat checks cheap).
-    fn is_dead(&mut self, word: u64) -> bool {
+    /// Whether the process named by `word` runs (a pidfd makes repeat checks cheap).
+    fn check(&mut self, word: u64) -> Liveness {
         let pid = (word & PID_MASK) as i32;
-        if word == 0 || pid == sys::process::getpid() {
-            return false;
+        if word == 0 {
+            return Liveness::Alive;
         }
-        let ticks = Some(word >> 32);
         if self.word != word {
             *self = PeerWatch {
                 word,
                 pidfd: None,
                 dead: false,
             };
-            if sys::process::is_alive(pid, ticks) {
-                self.pidfd = sys::process::pidfd_open(pid).ok();
-                // The pid may have been reused between the two calls: check again.
-                self.dead = !sys::process::is_alive(pid, ticks);
-            } else {
-                self.dead = true;
-            }
-        } else if !self.dead {
-            self.dead = match &self.pidfd {
-                Some(fd) => {
-                    sys::fd::poll(&[fd.as_fd()], sys::fd::Interest::Read, Some(Duration::ZERO))
-                        .is_ok_and(|ready| !ready.is_empty())
-                }
-                None => !sys::process::is_alive(pid, ticks),
-            };
         }
         if self.dead {
+            return Liveness::Dead;
+        }
+        let liveness = match &self.pidfd {
+            Some(fd) => {
+                match sys::fd::poll(&[fd.as_fd()], sys::fd::Interest::Read, Some(Duration::ZERO)) {
+                    Ok(ready) if ready.is_empty() => Liveness::Alive,
+                    Ok(_) => Liveness::Dead,
+                    Err(e) => Liveness::Unknown {
+                        errno: e.raw_os_error().unwrap_or(libc::EIO),
+                    },
+                }
+            }
+            None => {
+                let liveness = holder_liveness(word);
+                if liveness.is_alive() && pid != sys::process::getpid() {
+                    // Once, while a descriptor is to be had (none is needed
+                    // to go on without it). The pid may be reused between
+                    // the two looks: only a check after the open vouches for the pidfd.
+                    if let Ok(fd) = sys::process::pidfd_open(pid) {
+                        let again = holder_liveness(word);
+                        if again.is_alive() {
+                            self.pidfd = Some(fd);
+                        }
+                        again
+                    } else {
+                        liveness
+                    }
+                } else {
+                    liveness
+                }
+            }
+        };
+        if liveness.is_dead() {
+            self.dead = true;
             self.pidfd = None;
         }
-        self.dead
+        liveness
     }
 }
 
@@ -114,8 +137,9 @@ pub(crate) struct ShmEnd {
     sent: AtomicBool,
     /// When a send last checked the reader's liveness (coarse clock, milliseconds).
     last_check_ms: AtomicU64,
-    /// This process's fork count when it last used the end.
-    used_at_fork: AtomicU64,
+    /// The process this handle was made in; another pid here means this
+    /// process is a forked child that inherited the handle.
+    made_in: i32,
     watch: Mutex<PeerWatch>,
 }
 
@@ -138,14 +162,16 @@ struct PipeEnds<'a> {
 }
 
 impl PipeEnds<'_> {
-    fn gone(&self, thorough: bool) -> bool {
+    /// Whether the peer is there: `Done` once either end closed or the
+    /// peer's owner is known dead; `Unsure` when its liveness cannot be checked.
+    fn peer(&self, thorough: bool) -> Side {
         if self.me.closed.load(Ordering::SeqCst) != 0
             || self.peer.closed.load(Ordering::SeqCst) != 0
         {
-            return true;
+            return Side::Done;
         }
         if !thorough {
-            return false;
+            return Side::Open;
         }
         let owner = self.peer.owner.load(Ordering::Acquire);
         let word = if owner != 0 {
@@ -153,16 +179,21 @@ impl PipeEnds<'_> {
         } else {
             self.peer.creator.load(Ordering::Acquire)
         };
-        self.watch.lock().is_dead(word)
+        let pid = (word & PID_MASK) as i32;
+        match self.watch.lock().check(word) {
+            Liveness::Dead => Side::Done,
+            Liveness::Alive => Side::Open,
+            unknown => CannotTell::from(pid, unknown).map_or(Side::Open, Side::Unsure),
+        }
     }
 }
 
 impl Ends for PipeEnds<'_> {
-    fn writers_done(&self, thorough: bool) -> bool {
-        self.gone(thorough)
+    fn writers(&self, thorough: bool) -> Side {
+        self.peer(thorough)
     }
-    fn readers_done(&self, thorough: bool) -> bool {
-        self.gone(thorough)
+    fn readers(&self, thorough: bool) -> Side {
+        self.peer(thorough)
     }
 }
 
@@ -225,7 +256,7 @@ impl ShmEnd {
             duplex,
             sent: AtomicBool::new(false),
             last_check_ms: AtomicU64::new(0),
-            used_at_fork: AtomicU64::new(sys::process::fork_count()),
+            made_in: sys::process::getpid(),
             watch: Mutex::new(PeerWatch::default()),
         })
     }
@@ -264,10 +295,6 @@ impl ShmEnd {
 
     /// Records this process as the end's owner.
     fn claim(&self) {
-        let forks = sys::process::fork_count();
-        if self.used_at_fork.load(Ordering::Relaxed) != forks {
-            self.used_at_fork.store(forks, Ordering::Relaxed);
-        }
         let me = my_word();
         let owner = &self.my_state().owner;
         if owner.load(Ordering::Relaxed) != me {
@@ -329,7 +356,7 @@ impl ShmEnd {
         let ends = self.ends();
         // Whether the reader died is checked every few milliseconds (a check
         // costs a system call; this keeps it off the fast path).
-        if ends.gone(self.check_due()) {
+        if ends.peer(self.check_due()).done() {
             return Err(Error::Closed);
         }
         self.ring(self.end).put(bytes, 0, deadline, &ends)
@@ -360,7 +387,7 @@ impl ShmEnd {
         self.check_open()?;
         let ready = self
             .ring(1 - self.end)
-            .wait_readable(deadline, &self.ends());
+            .wait_readable(deadline, &self.ends())?;
         if self.is_closed() {
             return Err(Error::Closed);
         }
@@ -381,14 +408,17 @@ impl ShmEnd {
 
 impl Drop for ShmEnd {
     fn drop(&mut self) {
-        // Dropping the owner's handle closes the end, as closing a descriptor
-        // does; a handle that was sent elsewhere, or never used here, does
-        // not, nor one that may have gone to a child forked since its last use
-        // here (the child owns it from its first use).
-        if !self.sent.load(Ordering::Relaxed)
-            && self.used_at_fork.load(Ordering::Relaxed) == sys::process::fork_count()
-            && self.my_state().owner.load(Ordering::Acquire) == my_word()
-        {
+        // Dropping a handle closes the end, as closing the last descriptor
+        // of a pipe does, unless someone else has the end now: it was sent
+        // away (encoded), this is the parent's copy of a forked child's
+        // target, or another process used it last (a fork child sharing it
+        // through an `Arc`). A handle a forked child inherited is that
+        // child's to close.
+        if self.sent.load(Ordering::Relaxed) || crate::process::handing_to_fork_child() {
+            return;
+        }
+        let owner = self.my_state().owner.load(Ordering::Acquire);
+        if owner == 0 || owner == my_word() || self.made_in != sys::process::getpid() {
             self.close();
         }
     }
@@ -429,13 +459,17 @@ mod tests {
     }
 
     #[test]
-    fn using_an_end_claims_it_and_dropping_the_owner_closes_it() {
+    fn using_an_end_claims_it_and_dropping_a_held_end_closes_it() {
         let (a, b) = pair(true);
         assert_eq!(a.my_state().owner.load(Ordering::SeqCst), 0);
         assert_eq!(a.my_state().creator.load(Ordering::SeqCst), my_word());
-        // Never used here: dropping does not close.
+        // Never used anywhere, but dropped by the only process holding it: closed.
         drop(b);
-        assert_eq!(a.peer_state().closed.load(Ordering::SeqCst), 0);
+        assert!(a.peer_state().closed.load(Ordering::SeqCst) != 0);
+        assert!(matches!(
+            a.send_bytes(b"x", Deadline::Now),
+            Err(Error::Closed)
+        ));
         let (c, d) = pair(true);
         d.send_bytes(b"", Deadline::Now).unwrap();
         assert_eq!(d.my_state().owner.load(Ordering::SeqCst), my_word());
@@ -450,18 +484,33 @@ mod tests {
     }
 
     #[test]
+    fn an_end_another_process_used_last_is_not_closed_by_a_drop_here() {
+        let (a, b) = pair(true);
+        // As a forked child sharing `b` through an Arc would leave it.
+        b.my_state()
+            .owner
+            .store((1u64 << 32) | 0x7FFF_FFF0, Ordering::SeqCst);
+        drop(b);
+        assert_eq!(a.peer_state().closed.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
     fn a_dead_owner_is_noticed() {
         let mut watch = PeerWatch::default();
-        assert!(!watch.is_dead(0), "an unknown owner is not dead");
-        assert!(!watch.is_dead(my_word()));
+        assert!(watch.check(0).is_alive(), "an unknown owner is not dead");
+        assert!(watch.check(my_word()).is_alive());
         // A pid above pid_max cannot be alive.
-        assert!(watch.is_dead((1u64 << 32) | 0x7FFF_FFF0));
-        assert!(watch.is_dead((1u64 << 32) | 0x7FFF_FFF0));
+        assert!(watch.check((1u64 << 32) | 0x7FFF_FFF0).is_dead());
+        assert!(watch.check((1u64 << 32) | 0x7FFF_FFF0).is_dead());
         // Our parent (the test runner's) lives, but not with other start ticks.
         let ppid = sys::process::getppid() as u64;
         let ticks = sys::process::start_ticks(ppid as i32).unwrap() as u32 as u64;
-        assert!(!watch.is_dead((ticks << 32) | ppid));
-        assert!(!watch.is_dead((ticks << 32) | ppid), "cached pidfd check");
-        assert!(watch.is_dead(((ticks + 1) << 32) | ppid));
+        assert!(watch.check((ticks << 32) | ppid).is_alive());
+        assert!(watch.pidfd.is_some());
+        assert!(
+            watch.check((ticks << 32) | ppid).is_alive(),
+            "cached pidfd check"
+        );
+        assert!(watch.check(((ticks + 1) << 32) | ppid).is_dead());
     }
 }

@@ -12,6 +12,7 @@
 //! then holds the segment's handle (the reader opens it through
 //! `/proc/<writer>/fd`, while the writer waits for the exchange to end).
 
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
@@ -249,6 +250,9 @@ pub struct ClientEnd {
     seq: u32,
     overflow: Option<Segment>,
     gone: bool,
+    /// The connection's setup socket, if kept here: the server's end of it
+    /// closes when the server dies, which tells its death without `/proc`.
+    setup: Option<std::os::unix::net::UnixStream>,
 }
 
 impl ClientEnd {
@@ -264,7 +268,16 @@ impl ClientEnd {
             seq,
             overflow: None,
             gone: false,
+            setup: None,
         }
+    }
+
+    /// Keeps the connection's setup socket open with this end (so the
+    /// server sees this process go) and watches it: a server whose end of
+    /// it closed is gone, even when this process cannot read `/proc` to
+    /// check the server's liveness (it is out of descriptors).
+    pub fn keep_setup_socket(&mut self, socket: std::os::unix::net::UnixStream) {
+        self.setup = Some(socket);
     }
 
     /// The channel.
@@ -307,7 +320,8 @@ impl ClientEnd {
         let got = spin_while(&st.resp_seq, old, CLIENT_SPIN);
         if got != Some(seq) {
             let chan = self.chan.clone();
-            if let Err(why) = sleep_until(&chan, &self.server, seq) {
+            let setup = self.setup.as_ref().map(|s| s.as_fd());
+            if let Err(why) = sleep_until(&chan, &self.server, setup, seq) {
                 return Err(self.gone(why));
             }
         }
@@ -319,9 +333,16 @@ impl ClientEnd {
 }
 
 /// Sleeps until the response `seq` is published; `Err` says why the server is gone.
+///
+/// Between slices it checks the server: a death the kernel confirms, or the
+/// server's end of the setup socket closing, is the end; a server whose
+/// liveness cannot be checked (this process is out of descriptors) is
+/// waited for: the request may still be answered, and a half-finished
+/// exchange cannot be abandoned without losing the channel.
 fn sleep_until(
     chan: &Channel,
     server: &crate::manager::protocol::LocalAddress,
+    setup: Option<std::os::fd::BorrowedFd<'_>>,
     seq: u32,
 ) -> std::result::Result<(), &'static str> {
     let st = chan.state();
@@ -339,11 +360,21 @@ fn sleep_until(
         }
         let outcome = sys::futex::futex_wait(&st.resp_seq, cur, Some(LIVENESS_SLICE));
         st.client_sleeping.store(0, Ordering::Relaxed);
-        if outcome == WaitOutcome::TimedOut
-            && st.resp_seq.load(Ordering::SeqCst) != seq
-            && !server.is_alive()
-        {
-            return Err("died");
+        if outcome == WaitOutcome::TimedOut && st.resp_seq.load(Ordering::SeqCst) != seq {
+            let gone = if setup.is_some_and(|fd| sys::fd::peer_hung_up(fd).unwrap_or(false)) {
+                Some("closed the connection (it died or dropped this client)")
+            } else if server.liveness().is_dead() {
+                Some("died")
+            } else {
+                None
+            };
+            if let Some(why) = gone {
+                // It may have answered just before it went.
+                if st.resp_seq.load(Ordering::SeqCst) == seq {
+                    return Ok(());
+                }
+                return Err(why);
+            }
         }
     }
 }

@@ -69,10 +69,19 @@ impl LocalAddress {
         format!("multiproc-manager-{}-{:016x}", self.pid, self.token)
     }
 
-    /// Whether the server process is still running.
+    /// Whether the server process may still run: false only once it is
+    /// known to have ended (a check that cannot tell, for want of a
+    /// descriptor, counts as running).
     pub fn is_alive(&self) -> bool {
-        self.pid == sys::process::getpid()
-            || sys::process::is_alive(self.pid, Some(self.start_ticks))
+        !self.liveness().is_dead()
+    }
+
+    /// What can be said about the server process: alive, dead, or unknown.
+    pub fn liveness(&self) -> sys::process::Liveness {
+        if self.pid == sys::process::getpid() {
+            return sys::process::Liveness::Alive;
+        }
+        sys::process::liveness(self.pid, Some(self.start_ticks))
     }
 }
 
@@ -93,7 +102,8 @@ pub enum ServerAddress {
 
 impl ServerAddress {
     /// Whether the server may still be running: a local server's process is
-    /// checked; a TCP server is assumed up until a connection says otherwise.
+    /// checked (false only once it is known to have ended); a TCP server is
+    /// assumed up until a connection says otherwise.
     pub fn is_alive(&self) -> bool {
         match self {
             ServerAddress::Local(l) => l.is_alive(),

@@ -66,6 +66,9 @@ const LOCAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const HELLO_LEN: usize = 24;
 /// How often the accept loop wakes to drop expired pins.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How long the accept loop pauses after an accept failed for want of a
+/// descriptor (or memory), before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 const STARTING: u32 = 0;
 const READY: u32 = 1;
@@ -614,7 +617,18 @@ impl Server {
             }
             match self.listener.accept() {
                 Ok((stream, _)) => state.admit_local(stream),
-                Err(e) => tracing::debug!("manager accept failed: {e}"),
+                Err(e) => {
+                    tracing::debug!("manager accept failed: {e}");
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) {
+                        // Out of descriptors or memory: the pending client
+                        // stays readable, so polling again at once would spin.
+                        // Existing clients are served meanwhile.
+                        std::thread::sleep(ACCEPT_BACKOFF);
+                    }
+                }
             }
         }
         if let Some(t) = tcp_thread {
@@ -751,11 +765,12 @@ fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
     }
     let mut end = ServerEnd::new(chan);
     let mut conn = ConnRefs::new();
-    let gone = || {
-        state.stopping()
-            || !sys::process::is_alive(hello.pid, Some(hello.start_ticks))
-            || hung_up(&stream)
-    };
+    // Only a death the kernel confirms, or the setup socket closing, ends
+    // a client: a server out of descriptors cannot read `/proc`, and must
+    // not drop live clients (nor free their objects) for that.
+    let client_gone =
+        || hung_up(&stream) || sys::process::liveness(hello.pid, Some(hello.start_ticks)).is_dead();
+    let gone = || state.stopping() || client_gone();
     let peer = Peer {
         id: state.connection_id(),
         gone: &gone,
@@ -764,11 +779,7 @@ fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
     let mut request = AlignedVec::new();
     let mut response = AlignedVec::new();
     let hangup = loop {
-        let waited = end.next_request(
-            &mut request,
-            || sys::process::is_alive(hello.pid, Some(hello.start_ticks)) && !hung_up(&stream),
-            || state.stopping(),
-        );
+        let waited = end.next_request(&mut request, || !client_gone(), || state.stopping());
         if let Err(h) = waited {
             break h;
         }

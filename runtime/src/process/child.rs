@@ -23,6 +23,10 @@ pub fn init() {
     if INIT_RAN.swap(true, Ordering::SeqCst) {
         return;
     }
+    // Read while descriptors are surely to be had: every lock word this
+    // process writes names it by this start time (a forked child works its
+    // own out from the clock).
+    sys::process::own_start_ticks();
     let Some(raw) = std::env::var_os(launch::CHILD_FD_ENV) else {
         return;
     };

@@ -77,6 +77,32 @@ impl<R: Shareable, F: FnOnce() -> R + Send + 'static> Target for ClosureTarget<F
     }
 }
 
+thread_local! {
+    /// Set while the parent drops its copy of what a forked child now owns.
+    static HANDING_TO_CHILD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Drops the parent's copy of a target a forked child now runs: its
+/// argument and captures belong to the child, so their drops here must not
+/// act for them (a pipe end is not closed, see [`handing_to_fork_child`]).
+fn drop_handed_to_child(target: Box<dyn Target>) {
+    struct Handing;
+    impl Drop for Handing {
+        fn drop(&mut self) {
+            HANDING_TO_CHILD.with(|h| h.set(false));
+        }
+    }
+    HANDING_TO_CHILD.with(|h| h.set(true));
+    let _handing = Handing;
+    drop(target);
+}
+
+/// Whether this thread is dropping the parent's copy of a forked child's
+/// target: what is dropped now lives on in the child.
+pub(crate) fn handing_to_fork_child() -> bool {
+    HANDING_TO_CHILD.try_with(|h| h.get()).unwrap_or(false)
+}
+
 /// How much room each read of the outcome socket makes at least (more
 /// once the frame's head tells its length).
 const RECV_CHUNK: usize = 256;
@@ -308,6 +334,7 @@ impl<R: Shareable> Process<R> {
             Forked::Parent(pid) => {
                 drop((hooks, parent_key));
                 drop(child_sock);
+                drop_handed_to_child(target);
                 let state = ChildState::new(pid, name, self.daemon);
                 registry::register(state.clone());
                 Ok(Running::new(state, parent_sock))

@@ -38,9 +38,16 @@ pub struct ParentProcess {
 }
 
 impl ParentProcess {
-    /// Whether the parent still runs (a pid reused by another process does not count).
+    /// Whether the parent still runs (a pid reused by another process does
+    /// not count). False only once its end is known: a check that fails
+    /// (this process is out of descriptors and cannot read `/proc`) counts
+    /// as running.
     pub fn is_alive(&self) -> bool {
-        sys::process::is_alive(self.pid, Some(self.ticks))
+        !self.liveness().is_dead()
+    }
+
+    fn liveness(&self) -> sys::process::Liveness {
+        sys::process::liveness(self.pid, Some(self.ticks))
     }
 }
 
@@ -180,6 +187,9 @@ pub(crate) fn become_child(
     });
 }
 
+/// How often a daemon child that could not get a pidfd for its parent checks it.
+const PARENT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// In a daemon child: ends this process when the parent ends, however it ends.
 #[inline]
 pub(crate) fn watch_parent_if_daemon() {
@@ -196,19 +206,36 @@ pub(crate) fn watch_parent_if_daemon() {
 
 fn watch_parent(parent: ParentProcess) {
     let pidfd = match sys::process::pidfd_open(parent.pid) {
-        Ok(fd) if parent.is_alive() => fd,
-        // The parent is already gone (or the pid was reused): go now.
-        _ => sys::process::exit_now(1),
+        Ok(fd) => Some(fd),
+        // No such process: the parent is already gone.
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => sys::process::exit_now(1),
+        // No descriptor to be had (EMFILE, say): watch by polling instead.
+        Err(e) => {
+            tracing::debug!("watching the parent without a pidfd: {e}");
+            None
+        }
     };
+    // The pid may have been reused before the pidfd was opened.
+    if parent.liveness().is_dead() {
+        sys::process::exit_now(1);
+    }
     let spawned = std::thread::Builder::new()
         .name("multiproc-parent-watch".into())
         .spawn(move || {
             use std::os::fd::AsFd;
-            loop {
-                match sys::fd::poll(&[pidfd.as_fd()], sys::fd::Interest::Read, None) {
-                    Ok(ready) if !ready.is_empty() => break,
-                    Ok(_) => continue,
-                    Err(_) => break,
+            match pidfd {
+                Some(pidfd) => loop {
+                    match sys::fd::poll(&[pidfd.as_fd()], sys::fd::Interest::Read, None) {
+                        Ok(ready) if !ready.is_empty() => break,
+                        Ok(_) => continue,
+                        Err(_) => break,
+                    }
+                },
+                // Only a death the kernel confirms ends this process.
+                None => {
+                    while !parent.liveness().is_dead() {
+                        std::thread::sleep(PARENT_POLL);
+                    }
                 }
             }
             let _ = sys::process::kill(sys::process::getpid(), sys::process::signal::TERM);
@@ -243,5 +270,41 @@ mod tests {
         let first = current_process().authkey();
         assert_eq!(first.as_bytes().len(), 32);
         assert_eq!(current_process().authkey(), first);
+    }
+
+    use crate::sys::process::{Forked, exit_now, fork, wait};
+
+    #[test]
+    fn a_daemon_that_cannot_open_a_pidfd_watches_its_parent_anyway() {
+        let parent = ParentProcess {
+            pid: sys::process::getpid(),
+            name: "test".into(),
+            ticks: sys::process::own_start_ticks(),
+        };
+        // SAFETY: the child only lowers its own descriptor limit, runs the
+        // watcher (no locks shared with other threads of this test) and exits.
+        let pid = match unsafe { fork() }.unwrap() {
+            Forked::Child => {
+                let mut hard = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: `hard` is a valid, writable rlimit.
+                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) };
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: hard.rlim_max,
+                };
+                // SAFETY: a valid rlimit, the hard limit unchanged: no new
+                // descriptor can be opened now, pidfds included.
+                unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &none) };
+                // The parent lives: this must return (it exited with 1 here
+                // when the pidfd could not be opened).
+                watch_parent(parent);
+                exit_now(0)
+            }
+            Forked::Parent(pid) => pid,
+        };
+        assert_eq!(wait(pid).unwrap().code(), 0);
     }
 }

@@ -17,6 +17,7 @@ mod start_method;
 
 pub use child::init;
 pub use child_process::Process;
+pub(crate) use child_process::handing_to_fork_child;
 pub use current::{AuthKey, CurrentProcess, ParentProcess, current_process, parent_process};
 pub use fork_hooks::{ForkHook, ForkMutex, register_fork_hook};
 pub(crate) use launch::panic_message as panic_text;

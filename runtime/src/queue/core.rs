@@ -10,7 +10,7 @@ use crate::codec::Shareable;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::HandleRepr;
-use crate::queue::ring::{self, Ends, Padded, Ring, RingState, WaitWord};
+use crate::queue::ring::{self, Ends, Padded, Ring, RingState, Side, WaitWord};
 use crate::shm::{Kind, ShmObject, ShmSpec, fingerprint_str};
 
 /// The shared state of a queue: its ring, its limit and JoinableQueue's counters.
@@ -68,8 +68,15 @@ impl<'a> Closable<'a> {
         }
     }
 
-    fn done(&self, thorough: bool) -> bool {
-        self.ring.is_closed() || (thorough && self.owner_gone())
+    /// A queue's other side is everyone: only a close or its manager's
+    /// death ends it, and a manager whose liveness cannot be checked (this
+    /// process is out of descriptors) counts as alive.
+    fn side(&self, thorough: bool) -> Side {
+        if self.ring.is_closed() || (thorough && self.owner_gone()) {
+            Side::Done
+        } else {
+            Side::Open
+        }
     }
 
     fn owner_gone(&self) -> bool {
@@ -103,11 +110,11 @@ impl<'a> Closable<'a> {
 const OWNER_CHECK: Duration = Duration::from_millis(100);
 
 impl Ends for Closable<'_> {
-    fn writers_done(&self, thorough: bool) -> bool {
-        self.done(thorough)
+    fn writers(&self, thorough: bool) -> Side {
+        self.side(thorough)
     }
-    fn readers_done(&self, thorough: bool) -> bool {
-        self.done(thorough)
+    fn readers(&self, thorough: bool) -> Side {
+        self.side(thorough)
     }
 }
 

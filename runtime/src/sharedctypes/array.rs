@@ -270,7 +270,11 @@ impl<T: ShmSafe> Array<T> {
     fn guard(&self, deadline: Deadline) -> Result<ArrayGuard<'_, T>> {
         let acquired = self
             .raw_lock()
-            .lock(deadline)
+            .lock_watched(deadline, || match deadline {
+                // A try does not wait, so it is not failed for a dead manager.
+                Deadline::Now => Ok(()),
+                _ => self.elems.obj.check_owner(),
+            })?
             .ok_or_else(|| deadline.timeout_error())?;
         Ok(ArrayGuard {
             array: self,

@@ -189,7 +189,11 @@ impl<T: ShmSafe> Value<T> {
     fn guard(&self, deadline: Deadline) -> Result<ValueGuard<'_, T>> {
         let acquired = self
             .raw_lock()
-            .lock(deadline)
+            .lock_watched(deadline, || match deadline {
+                // A try does not wait, so it is not failed for a dead manager.
+                Deadline::Now => Ok(()),
+                _ => self.obj.check_owner(),
+            })?
             .ok_or_else(|| deadline.timeout_error())?;
         Ok(ValueGuard {
             lock: self.raw_lock(),

@@ -483,11 +483,13 @@ impl<T> ShmObject<T> {
     }
 
     /// Whether the object has an owner (the manager server that created it)
-    /// and that process has ended. Reads `/proc`: for waiters between sleeps.
+    /// and that process is known to have ended; a check that cannot tell
+    /// (this process is out of descriptors) is not a death. Reads `/proc`:
+    /// for waiters between sleeps.
     pub fn owner_gone(&self) -> bool {
         // SAFETY: the header was written in create and checked in open.
         let header = unsafe { &*self.seg.as_ptr().cast::<ObjectHeader>() };
-        header.owner != 0 && !crate::sync::raw_lock::holder_alive(header.owner)
+        header.owner != 0 && crate::sync::raw_lock::holder_liveness(header.owner).is_dead()
     }
 
     /// `Err(ManagerGone)` if [`ShmObject::owner_gone`]: what a waiter on a

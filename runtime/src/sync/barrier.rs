@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
+use crate::liveness::{CannotTell, Doubt, Liveness};
 use crate::process::launch;
 use crate::shm::{Kind, ShmObject, ShmSpec, fingerprint_str};
 use crate::sync::park::{self, LIVENESS_SLICE};
@@ -111,7 +112,11 @@ enum ActionFailure {
 ///   more is refused with [`Error::InvalidState`] (dead ones are swept first).
 ///
 /// Pids are checked together with their start time, so a reused pid is not
-/// mistaken for a live party.
+/// mistaken for a live party. Only a known death breaks the barrier: a
+/// waiter that cannot check a party (its process is out of descriptors and
+/// cannot read `/proc`) keeps waiting as for a live one; if it has not been
+/// able to check for 10 s, a `wait` without a timeout leaves the round
+/// (breaking nothing) and fails with [`Error::Io`].
 ///
 /// ```
 /// // Two parties (threads here; processes take the handle as an argument).
@@ -373,12 +378,23 @@ impl Barrier {
         Ok(())
     }
 
-    /// Whether some process in the table has died (checked without the lock).
-    fn someone_died(&self) -> bool {
-        self.table().iter().any(|s| {
+    /// Whether some process in the table has died (checked without the
+    /// lock), and if none has, one whose liveness could not be checked.
+    fn someone_died(&self) -> (bool, Option<CannotTell>) {
+        let mut unsure = None;
+        for s in self.table() {
             let p = s.process.load(Ordering::Relaxed);
-            p != 0 && !raw_lock::holder_alive(p)
-        })
+            if p == 0 {
+                continue;
+            }
+            match raw_lock::holder_liveness(p) {
+                Liveness::Dead => return (true, None),
+                liveness => {
+                    unsure = unsure.or(CannotTell::from((p & 0x7FFF_FFFF) as i32, liveness));
+                }
+            }
+        }
+        (false, unsure)
     }
 
     /// Frees the slots of dead processes and breaks the barrier if there were any.
@@ -386,7 +402,9 @@ impl Barrier {
         let mut any = false;
         for slot in self.table() {
             let p = slot.process.load(Ordering::Relaxed);
-            if p != 0 && !raw_lock::holder_alive(p) {
+            // Only a known death breaks the barrier; a process this one
+            // cannot check (out of descriptors) is kept as a live party.
+            if p != 0 && raw_lock::holder_liveness(p).is_dead() {
                 tracing::warn!(
                     pid = (p & 0x7FFF_FFFF) as i32,
                     "a process holding a barrier died; breaking it"
@@ -444,6 +462,7 @@ impl Barrier {
 
         let mut spin = deadline != Deadline::Now;
         let mut last_check = Instant::now();
+        let mut doubt = Doubt::default();
         loop {
             let mut check_liveness = false;
             if !(spin && park::spin_until(|| s.seq.load(Ordering::Acquire) != seen)) {
@@ -458,9 +477,21 @@ impl Barrier {
             }
             spin = false;
             let changed = s.seq.load(Ordering::SeqCst) != seen;
-            let died = check_liveness && self.someone_died();
+            let (died, unsure) = if check_liveness {
+                self.someone_died()
+            } else {
+                (false, None)
+            };
             let owner_gone = check_liveness && self.obj.owner_gone();
-            if !changed && !died && !owner_gone && !deadline.expired() {
+            // An untimed wait that cannot check its parties for long gives up
+            // (leaving the round, breaking nothing).
+            let gave_up = match check_liveness {
+                true => doubt
+                    .note(unsure, &deadline, "a process holding the barrier")
+                    .err(),
+                false => None,
+            };
+            if !changed && !died && !owner_gone && gave_up.is_none() && !deadline.expired() {
                 continue;
             }
             let inner = self.inner();
@@ -482,6 +513,10 @@ impl Barrier {
                 inner.break_barrier();
                 inner.leave();
                 return Err(Error::BrokenBarrier);
+            }
+            if let Some(e) = gave_up {
+                inner.leave();
+                return Err(e);
             }
             seen = s.seq.load(Ordering::SeqCst);
             spin = true;

@@ -213,10 +213,12 @@ impl ConditionLock {
     }
 
     /// Takes the lock again, as deep as it was held before `release_save`.
-    fn acquire_restore(&self, saved: u32) -> Result<Acquired> {
+    /// It cannot fail (a wait returns holding the lock), so it waits on a
+    /// holder whose liveness cannot be checked for as long as it takes.
+    fn acquire_restore(&self, saved: u32) -> Acquired {
         match self {
-            ConditionLock::Lock(l) => l.acquire_deadline(Deadline::Never),
-            ConditionLock::RLock(l) => l.state().acquire_restore(saved, Deadline::Never),
+            ConditionLock::Lock(l) => l.acquire_restore(),
+            ConditionLock::RLock(l) => l.state().acquire_restore(saved),
         }
     }
 
@@ -403,7 +405,7 @@ impl Condition {
             }
         };
         let slept = state.sleep_until_notified(registered_at, deadline, || self.obj.check_owner());
-        let acquired = self.lock.acquire_restore(saved)?;
+        let acquired = self.lock.acquire_restore(saved);
         let mut notified = matches!(slept, Ok(true));
         if !notified {
             notified = state.leave(registered_at);

@@ -12,7 +12,12 @@ use crate::sync::raw_lock::{Acquired, RawLock};
 ///
 /// As in Python, any process (or thread) may release it, not only the one that
 /// acquired it. If the holder dies, the next acquirer gets the lock and is told
-/// ([`Acquired::OwnerDied`], [`LockGuard::owner_died`]).
+/// ([`Acquired::OwnerDied`], [`LockGuard::owner_died`]). Only a death the
+/// kernel confirms counts: a waiter that cannot check the holder (its
+/// process is out of descriptors) waits as for a live one, and an untimed
+/// wait that could not check for 10 s fails with [`Error::Io`]. On a lock
+/// a manager created, a waiter fails with [`Error::ManagerGone`] once the
+/// manager died (a free lock can still be taken).
 ///
 /// ```
 /// let lock = multiproc::Lock::new().unwrap();
@@ -71,8 +76,10 @@ impl Lock {
 
     /// Takes the lock if it is free; `Err(WouldBlock)` otherwise.
     pub fn try_acquire(&self) -> Result<Acquired> {
-        self.acquire_deadline(Deadline::Now)
-            .map_err(|_| Error::WouldBlock)
+        self.acquire_deadline(Deadline::Now).map_err(|e| match e {
+            Error::Timeout(_) => Error::WouldBlock,
+            e => e,
+        })
     }
 
     /// Waits at most `timeout` for the lock; `Err(Timeout)` if it stays held.
@@ -82,14 +89,34 @@ impl Lock {
 
     #[inline]
     pub(crate) fn acquire_deadline(&self, deadline: Deadline) -> Result<Acquired> {
+        let between_slices = || match deadline {
+            // A try does not wait, so it is not failed for a dead manager.
+            Deadline::Now => Ok(()),
+            _ => self.obj.check_owner(),
+        };
         let acquired = self
             .raw()
-            .lock(deadline)
+            .lock_watched(deadline, between_slices)?
             .ok_or_else(|| deadline.timeout_error())?;
         if let Acquired::OwnerDied { pid } = acquired {
             tracing::warn!(pid, "lock recovered from a dead holder");
         }
         Ok(acquired)
+    }
+
+    /// Takes the lock whatever it takes (a condition wait must return
+    /// holding it): no deadline, and no giving up on a holder whose
+    /// liveness cannot be checked.
+    pub(crate) fn acquire_restore(&self) -> Acquired {
+        loop {
+            // A wait without a deadline returns only once it holds the lock.
+            if let Some(acquired) = self.raw().lock(Deadline::Never) {
+                if let Acquired::OwnerDied { pid } = acquired {
+                    tracing::warn!(pid, "lock recovered from a dead holder");
+                }
+                return acquired;
+            }
+        }
     }
 
     /// Releases the lock (any process may). Releasing an unlocked lock is an error.

@@ -7,7 +7,13 @@
 //! peer's death could leave them waiting forever (a lock holder, a barrier
 //! party), they wake in slices to check that it still lives. Objects a
 //! manager created record the server as their owner in the segment header;
-//! their waits (not the locks') also fail with `ManagerGone` once it died.
+//! their waits (a lock's waiter too) also fail with `ManagerGone` once it
+//! died, while what does not wait (a free lock, a `try_`) still works.
+//!
+//! Liveness is three-valued: alive, dead, or cannot tell (the checking
+//! process is out of descriptors and cannot read `/proc`). Only a death
+//! hands a lock over or breaks a barrier; a wait without a deadline that
+//! cannot tell for 10 s fails with `Error::Io`.
 
 mod barrier;
 mod condition;

@@ -9,12 +9,16 @@
 //! Uncontended acquire and release are one atomic each. A waiter spins
 //! briefly, then sleeps on the futex in slices; between slices (and before the
 //! first) it checks whether the holder still lives, and takes over the lock of
-//! a dead holder, reporting [`Acquired::OwnerDied`].
+//! a dead holder, reporting [`Acquired::OwnerDied`]. A holder whose liveness
+//! cannot be checked (this process is out of descriptors, say) is waited
+//! for as a live one: the lock is never taken from it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::deadline::Deadline;
+use crate::error::Result;
+use crate::liveness::{CannotTell, Doubt, Liveness};
 use crate::sys;
 use crate::sys::futex::WaitOutcome;
 
@@ -60,13 +64,21 @@ pub(crate) fn my_word() -> u64 {
     (ticks << 32) | sys::process::getpid() as u64
 }
 
-/// Whether the holder recorded in `word` is still alive.
-pub(crate) fn holder_alive(word: u64) -> bool {
+/// Whether the holder recorded in `word` still lives.
+pub(crate) fn holder_liveness(word: u64) -> Liveness {
     let pid = (word & PID_MASK) as i32;
     if pid == sys::process::getpid() {
-        return true;
+        // The pid is ours now: the holder is this process, unless the word
+        // names an earlier process that had our pid (another start time).
+        let theirs = (word >> 32) as u32;
+        let mine = sys::process::own_start_ticks() as u32;
+        return if theirs == 0 || mine == 0 || theirs == mine {
+            Liveness::Alive
+        } else {
+            Liveness::Dead
+        };
     }
-    sys::process::is_alive(pid, Some(word >> 32))
+    sys::process::liveness(pid, Some(word >> 32))
 }
 
 impl RawLock {
@@ -86,16 +98,50 @@ impl RawLock {
     }
 
     /// Takes the lock, waiting until `deadline`; `None` if the deadline passed first.
+    ///
+    /// A holder whose liveness cannot be checked is waited for as a live one.
     #[inline]
     pub fn lock(&self, deadline: Deadline) -> Option<Acquired> {
         if self.try_lock() {
             return Some(Acquired::Clean);
         }
-        self.lock_slow(deadline)
+        self.lock_slow(deadline, &mut |_| Ok(())).ok().flatten()
     }
 
+    /// [`RawLock::lock`] for the crate's locks: an untimed wait whose holder's
+    /// liveness has not been checkable for [`GIVE_UP_AFTER`](crate::liveness::GIVE_UP_AFTER)
+    /// fails with `Err(Io)`, and `between_slices` is asked after every sleep
+    /// slice (not before the first: a short wait costs nothing more); a
+    /// manager-owned lock fails its waiters with `ManagerGone` there.
+    /// `Ok(None)`: the deadline passed.
+    #[inline]
+    pub(crate) fn lock_watched(
+        &self,
+        deadline: Deadline,
+        mut between_slices: impl FnMut() -> Result<()>,
+    ) -> Result<Option<Acquired>> {
+        if self.try_lock() {
+            return Ok(Some(Acquired::Clean));
+        }
+        let mut doubt = Doubt::default();
+        let mut slept = false;
+        self.lock_slow(deadline, &mut |answer| {
+            doubt.note(answer, &deadline, "the lock's holder")?;
+            if std::mem::replace(&mut slept, true) {
+                between_slices()?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The contended path. `checked` hears each check of the holder (`Some`
+    /// when it could not tell) and may end the wait with an error.
     #[cold]
-    fn lock_slow(&self, deadline: Deadline) -> Option<Acquired> {
+    fn lock_slow(
+        &self,
+        deadline: Deadline,
+        checked: &mut dyn FnMut(Option<CannotTell>) -> Result<()>,
+    ) -> Result<Option<Acquired>> {
         let me = my_word();
         for _ in 0..crate::sync::spin::spin_limit() {
             std::hint::spin_loop();
@@ -106,7 +152,7 @@ impl RawLock {
                     .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
-                return Some(Acquired::Clean);
+                return Ok(Some(Acquired::Clean));
             }
         }
         let mut check_owner = true;
@@ -119,27 +165,35 @@ impl RawLock {
                     .compare_exchange(0, me | CONTENDED, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
-                    return Some(Acquired::Clean);
+                    return Ok(Some(Acquired::Clean));
                 }
                 continue;
             }
             if check_owner {
                 check_owner = false;
-                if !holder_alive(cur) {
-                    if self
-                        .word
-                        .compare_exchange(cur, me | CONTENDED, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        return Some(Acquired::OwnerDied {
-                            pid: (cur & PID_MASK) as i32,
-                        });
+                let pid = (cur & PID_MASK) as i32;
+                match holder_liveness(cur) {
+                    Liveness::Dead => {
+                        if self
+                            .word
+                            .compare_exchange(
+                                cur,
+                                me | CONTENDED,
+                                Ordering::Acquire,
+                                Ordering::Relaxed,
+                            )
+                            .is_ok()
+                        {
+                            return Ok(Some(Acquired::OwnerDied { pid }));
+                        }
+                        continue;
                     }
-                    continue;
+                    // Alive, or cannot tell: wait on, as for a live holder.
+                    liveness => checked(CannotTell::from(pid, liveness))?,
                 }
             }
             if deadline.expired() {
-                return None;
+                return Ok(None);
             }
             let waiting = cur | CONTENDED;
             if cur & CONTENDED == 0

@@ -61,7 +61,13 @@ impl RLockState {
         self.owner.load(Ordering::Relaxed) == my_thread() && self.raw.held_by_this_process()
     }
 
-    fn acquire(&self, deadline: Deadline) -> Result<Acquired> {
+    /// Takes the lock (or enters it again), waiting until `deadline`;
+    /// `between_slices` may end a long wait (see [`RawLock::lock_watched`]).
+    fn acquire(
+        &self,
+        deadline: Deadline,
+        between_slices: impl FnMut() -> Result<()>,
+    ) -> Result<Acquired> {
         if self.is_owned() {
             let count = self.count.load(Ordering::Relaxed);
             if count == u32::MAX {
@@ -70,21 +76,33 @@ impl RLockState {
             self.count.store(count + 1, Ordering::Relaxed);
             return Ok(Acquired::Clean);
         }
-        self.acquire_restore(1, deadline)
-    }
-
-    /// Takes the lock (not held by this thread) and sets the recursion count.
-    pub(crate) fn acquire_restore(&self, count: u32, deadline: Deadline) -> Result<Acquired> {
         let acquired = self
             .raw
-            .lock(deadline)
+            .lock_watched(deadline, between_slices)?
             .ok_or_else(|| deadline.timeout_error())?;
+        Ok(self.took(1, acquired))
+    }
+
+    /// Takes the lock (not held by this thread) with the recursion count it
+    /// had before a condition wait. It cannot fail: a wait must return holding the lock.
+    pub(crate) fn acquire_restore(&self, count: u32) -> Acquired {
+        let acquired = loop {
+            // A wait without a deadline returns only once it holds the lock.
+            if let Some(acquired) = self.raw.lock(Deadline::Never) {
+                break acquired;
+            }
+        };
+        self.took(count, acquired)
+    }
+
+    /// Records this thread as the holder, `count` deep.
+    fn took(&self, count: u32, acquired: Acquired) -> Acquired {
         self.owner.store(my_thread(), Ordering::Relaxed);
         self.count.store(count, Ordering::Relaxed);
         if let Acquired::OwnerDied { pid } = acquired {
             tracing::warn!(pid, "rlock recovered from a dead holder");
         }
-        Ok(acquired)
+        acquired
     }
 
     fn release(&self) -> Result<()> {
@@ -130,6 +148,9 @@ fn not_owned() -> Error {
 /// holding process dies, the next acquirer gets the lock with a count of one
 /// and is told ([`Acquired::OwnerDied`], [`RLockGuard::owner_died`]). A
 /// thread that ends while its process lives leaves the lock held, as in Python.
+/// Waiters treat a holder they cannot check as alive and, on a manager's
+/// RLock, fail with [`Error::ManagerGone`] once the manager died, as for
+/// [`Lock`](crate::Lock).
 ///
 /// ```
 /// let lock = multiproc::RLock::new().unwrap();
@@ -200,10 +221,17 @@ impl RLock {
 
     /// The core of the three acquire forms (`Deadline::Now` fails with `WouldBlock`).
     pub(crate) fn acquire_deadline(&self, deadline: Deadline) -> Result<Acquired> {
-        self.state().acquire(deadline).map_err(|e| match e {
-            Error::Timeout(_) if deadline == Deadline::Now => Error::WouldBlock,
-            e => e,
-        })
+        let between_slices = || match deadline {
+            // A try does not wait, so it is not failed for a dead manager.
+            Deadline::Now => Ok(()),
+            _ => self.obj.check_owner(),
+        };
+        self.state()
+            .acquire(deadline, between_slices)
+            .map_err(|e| match e {
+                Error::Timeout(_) if deadline == Deadline::Now => Error::WouldBlock,
+                e => e,
+            })
     }
 
     /// Releases one level of recursion; the lock is free after the last.

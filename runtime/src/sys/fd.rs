@@ -104,6 +104,24 @@ pub fn poll_one(
     }
 }
 
+/// Whether the peer of a connected socket `fd` has closed its end (its
+/// process may have died): `POLLHUP`, which unread data does not fake.
+/// Looks without waiting and needs no new descriptor.
+pub fn peer_hung_up(fd: BorrowedFd<'_>) -> std::io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        // Hang-ups and errors are reported whatever is asked for.
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid, writable pollfd; the timeout is zero.
+    match syscall!(unsafe { libc::poll(&mut pfd, 1, 0) }) {
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(false),
+        Err(e) => Err(e),
+        Ok(_) => Ok(pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0),
+    }
+}
+
 /// A poll timeout in milliseconds: -1 for none, sub-millisecond waits
 /// rounded up so a short wait is not a busy loop.
 fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {

@@ -14,13 +14,6 @@ static PID: AtomicI32 = AtomicI32::new(0);
 /// This process's start time in clock ticks since boot (0: not read yet).
 static START_TICKS: AtomicU64 = AtomicU64::new(0);
 static ATFORK: Once = Once::new();
-/// How many times this process has forked or tried to.
-static FORKS: AtomicU64 = AtomicU64::new(0);
-
-/// How many times this process has forked or tried to (it only grows).
-pub fn fork_count() -> u64 {
-    FORKS.load(Ordering::Acquire)
-}
 
 extern "C" fn reset_after_fork() {
     PID.store(0, Ordering::Relaxed);
@@ -65,11 +58,28 @@ pub fn gettid() -> i32 {
 }
 
 /// State letter and start time (clock ticks since boot) of process `pid`,
-/// from `/proc/<pid>/stat`; `None` if there is no such process.
-fn proc_stat(pid: i32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// from `/proc/<pid>/stat`.
+///
+/// `Ok(None)` if the kernel says there is no such process (`ENOENT`,
+/// `ESRCH`); any other failure (no descriptor left, no memory, no
+/// permission, an unreadable line) is an error: it says nothing about the process.
+fn proc_stat(pid: i32) -> std::io::Result<Option<(char, u64)>> {
+    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    parse_stat(&stat).map(Some).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("unreadable /proc/{pid}/stat"),
+        )
+    })
+}
+
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
     // The command name (field 2) may hold spaces and parentheses: skip to the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let mut fields = rest.split_ascii_whitespace();
     let state = fields.next()?.chars().next()?;
     // After the name, field 3 is the state; the start time is field 22.
@@ -79,37 +89,181 @@ fn proc_stat(pid: i32) -> Option<(char, u64)> {
 
 /// Start time (clock ticks since boot) of process `pid`.
 ///
-/// `None` if there is no such process. Together with the pid it names one
-/// process even when pids are reused.
+/// `None` if there is no such process or `/proc` cannot be read. Together
+/// with the pid it names one process even when pids are reused.
+#[cfg(test)]
 pub fn start_ticks(pid: i32) -> Option<u64> {
-    proc_stat(pid).map(|(_, ticks)| ticks)
+    proc_stat(pid).ok().flatten().map(|(_, ticks)| ticks)
 }
 
-/// This process's own start time, cached.
+/// [`START_TICKS`] once this process's start time could not be read: the
+/// process then writes 0 in its words, which peers compare by pid alone.
+const TICKS_UNKNOWN: u64 = u64::MAX;
+
+/// This process's own start time, cached; 0 if it could not be read.
+///
+/// The value is read once per process (a forked child works it out from the
+/// clock, without opening a file) and never changes after, so every word
+/// this process writes names it the same way. 0 stands for "unknown": a
+/// word with 0 in its start-time half is compared by pid alone (see [`liveness`]).
 #[inline]
 pub fn own_start_ticks() -> u64 {
-    let t = START_TICKS.load(Ordering::Relaxed);
-    if t != 0 {
-        return t;
+    match START_TICKS.load(Ordering::Relaxed) {
+        0 => read_own_start_ticks(),
+        TICKS_UNKNOWN => 0,
+        t => t,
     }
-    install_atfork();
-    let t = start_ticks(getpid()).unwrap_or(1).max(1);
-    START_TICKS.store(t, Ordering::Relaxed);
-    t
 }
 
-/// Whether process `pid` is running (not ended, not a zombie) and, if
-/// `ticks` is given, is the process that started at that time rather than a
-/// later one that reused the pid. Only the low 32 bits of `ticks` are compared.
-pub fn is_alive(pid: i32, ticks: Option<u64>) -> bool {
+#[cold]
+fn read_own_start_ticks() -> u64 {
+    install_atfork();
+    let t = match proc_stat(getpid()) {
+        Ok(Some((_, t))) if t != 0 && t != TICKS_UNKNOWN => t,
+        Ok(Some(_)) => TICKS_UNKNOWN,
+        Ok(None) | Err(_) => {
+            // Out of descriptors, most likely. Writing a made-up start time
+            // would make every peer take this live process for a dead one.
+            tracing::warn!(
+                "cannot read this process's start time; its lock words name it by pid alone"
+            );
+            TICKS_UNKNOWN
+        }
+    };
+    // Another thread may have got there first: keep the first value.
+    let _ = START_TICKS.compare_exchange(0, t, Ordering::Relaxed, Ordering::Relaxed);
+    own_start_ticks()
+}
+
+/// `CLOCK_BOOTTIME` in clock ticks (the unit of the start time in
+/// `/proc/<pid>/stat`), as the kernel converts it; `None` if the tick does
+/// not divide a second into whole nanoseconds or the clock cannot be read.
+fn boottime_ticks() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 || 1_000_000_000 % hz != 0 {
+        return None;
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME exists on Linux.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return None;
+    }
+    let ns = (ts.tv_sec as u64)
+        .checked_mul(1_000_000_000)?
+        .checked_add(ts.tv_nsec as u64)?;
+    Some(ns / (1_000_000_000 / hz as u64))
+}
+
+/// What can be said about whether a process runs.
+///
+/// Only the kernel's word makes a process dead: no such pid, a zombie, or a
+/// different start time (its pid was reused). A check that failed (no
+/// descriptor left to open `/proc` with, no memory, no permission) says
+/// nothing either way, as iceoryx2's node state says "inaccessible".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The process runs.
+    Alive,
+    /// The process has ended, or its pid now names another process.
+    Dead,
+    /// The check failed with this OS error number; the process may or may not run.
+    Unknown {
+        /// The `errno` of the failed check (`EMFILE`, `ENFILE`, `ENOMEM`, `EACCES`…).
+        errno: i32,
+    },
+}
+
+impl Liveness {
+    /// Whether the process is known to have ended.
+    pub fn is_dead(self) -> bool {
+        self == Liveness::Dead
+    }
+
+    /// Whether the process is known to run.
+    pub fn is_alive(self) -> bool {
+        self == Liveness::Alive
+    }
+}
+
+/// Whether process `pid` runs (not ended, not a zombie) and, if `ticks` is
+/// given, is the process that started at that time rather than a later one
+/// that reused the pid. Only the low 32 bits of `ticks` are compared, and
+/// ticks whose low 32 bits are 0 (a process that could not read its own
+/// start time) are not compared at all.
+///
+/// It opens no descriptor when the answer is "dead, and reaped": `kill(pid,
+/// 0)` says so first. Otherwise it reads `/proc/<pid>/stat`; when that fails
+/// (`EMFILE`…), a zombie or exiting process is still told apart, without a
+/// descriptor, by its missing `/proc/<pid>/exe` link; the rest is
+/// [`Liveness::Unknown`].
+pub fn liveness(pid: i32, ticks: Option<u64>) -> Liveness {
     if pid <= 0 {
+        return Liveness::Dead;
+    }
+    if no_such_pid(pid) {
+        return Liveness::Dead;
+    }
+    let ticks = ticks.map(|t| t as u32).filter(|t| *t != 0);
+    match proc_stat(pid) {
+        Ok(Some((state, _))) if state == 'Z' || state == 'X' => Liveness::Dead,
+        Ok(Some((_, actual))) if ticks.is_some_and(|t| t != actual as u32) => Liveness::Dead,
+        Ok(Some(_)) => Liveness::Alive,
+        // Gone between the two looks, or hidden from us (`hidepid`): ask again.
+        Ok(None) if no_such_pid(pid) => Liveness::Dead,
+        Ok(None) => Liveness::Unknown {
+            errno: libc::ENOENT,
+        },
+        Err(e) => {
+            if exe_link_gone(pid) {
+                return Liveness::Dead;
+            }
+            Liveness::Unknown {
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+            }
+        }
+    }
+}
+
+/// Whether the kernel has no process `pid` at all (`kill(pid, 0)` says `ESRCH`).
+/// Needs no descriptor. A zombie still exists for this test.
+fn no_such_pid(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let res = unsafe { libc::kill(pid, 0) };
+    res == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Whether `/proc/<pid>/exe` is missing while `/proc/<pid>` is there, as
+/// for a zombie or a process past releasing its memory on exit. `readlink`
+/// and `access` need no descriptor.
+fn exe_link_gone(pid: i32) -> bool {
+    let exe = format!("/proc/{pid}/exe\0");
+    let mut buf = [0u8; 1];
+    // SAFETY: `exe` is NUL-terminated and `buf` is writable for its length.
+    let res = unsafe {
+        libc::readlink(
+            exe.as_ptr().cast::<libc::c_char>(),
+            buf.as_mut_ptr().cast::<libc::c_char>(),
+            buf.len(),
+        )
+    };
+    if res != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
         return false;
     }
-    match proc_stat(pid) {
-        None => false,
-        Some((state, _)) if state == 'Z' || state == 'X' => false,
-        Some((_, actual)) => ticks.is_none_or(|t| t as u32 == actual as u32),
-    }
+    // With `/proc` mounted `hidepid`, another user's process has no entry at all.
+    let dir = format!("/proc/{pid}\0");
+    // SAFETY: `dir` is NUL-terminated; `access` only resolves the path.
+    unsafe { libc::access(dir.as_ptr().cast::<libc::c_char>(), libc::F_OK) == 0 }
+}
+
+/// Whether process `pid` may still run: false only when it is known to
+/// have ended (see [`liveness`]); a check that failed counts as running.
+#[cfg(test)]
+pub fn is_alive(pid: i32, ticks: Option<u64>) -> bool {
+    !liveness(pid, ticks).is_dead()
 }
 
 /// The result of [`fork`] as seen by each side.
@@ -132,13 +286,21 @@ pub enum Forked {
 /// with [`exit_now`].
 pub unsafe fn fork() -> std::io::Result<Forked> {
     install_atfork();
-    // Counted before the fork, so the child inherits the new count too and
-    // the parent does not write the counter's page (a copy) after it.
-    FORKS.fetch_add(1, Ordering::AcqRel);
+    let before = boottime_ticks();
     // SAFETY: fork takes no arguments; what the child may do afterwards is
     // this function's own contract, which the caller accepted.
     let pid = syscall!(unsafe { libc::fork() })?;
     Ok(if pid == 0 {
+        // The kernel stamped the child's start between the two clock reads:
+        // when both fall in one tick, that tick is the start time, known
+        // without opening `/proc` (which a process out of descriptors cannot).
+        if let Some(t) = before
+            && boottime_ticks() == Some(t)
+            && t != 0
+            && t != TICKS_UNKNOWN
+        {
+            START_TICKS.store(t, Ordering::Relaxed);
+        }
         Forked::Child
     } else {
         Forked::Parent(pid)
@@ -326,4 +488,143 @@ pub fn is_single_threaded() -> bool {
             .find_map(|l| l.strip_prefix("Threads:"))
             .is_some_and(|n| n.trim() == "1")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pid above any pid_max: no process has it.
+    const NO_SUCH_PID: i32 = 0x7FFF_FFF0;
+
+    /// Runs `f` in a forked child and returns its exit code.
+    fn in_child(f: impl FnOnce() -> i32) -> i32 {
+        // SAFETY: a test child: it runs the closure's plain code and exits.
+        match unsafe { fork() }.unwrap() {
+            Forked::Child => exit_now(f()),
+            Forked::Parent(pid) => wait(pid).unwrap().code(),
+        }
+    }
+
+    /// Lowers this process's descriptor limit to zero: every open now fails with EMFILE.
+    fn run_out_of_descriptors() {
+        let mut hard = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `hard` is a valid, writable rlimit.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) };
+        let lowered = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: hard.rlim_max,
+        };
+        // SAFETY: `lowered` is a valid rlimit with the hard limit unchanged.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
+    }
+
+    #[test]
+    fn liveness_of_the_living_the_dead_and_the_reused() {
+        let me = getpid();
+        assert_eq!(liveness(me, Some(own_start_ticks())), Liveness::Alive);
+        assert_eq!(liveness(NO_SUCH_PID, None), Liveness::Dead);
+        assert_eq!(liveness(0, None), Liveness::Dead);
+        let parent = getppid();
+        let ticks = start_ticks(parent).unwrap();
+        assert_eq!(liveness(parent, Some(ticks)), Liveness::Alive);
+        // Another start time: the pid names another process now.
+        assert_eq!(liveness(parent, Some(ticks + 1)), Liveness::Dead);
+        // Unknown start time (0 in the low half): compared by pid alone.
+        assert_eq!(
+            liveness(parent, Some(ticks & !0xFFFF_FFFF)),
+            Liveness::Alive
+        );
+        // A zombie is dead.
+        // SAFETY: a test child that exits at once.
+        let pid = match unsafe { fork() }.unwrap() {
+            Forked::Child => exit_now(0),
+            Forked::Parent(pid) => pid,
+        };
+        wait_ended(pid).unwrap();
+        assert_eq!(liveness(pid, None), Liveness::Dead, "zombie");
+        wait(pid).unwrap();
+        assert_eq!(liveness(pid, None), Liveness::Dead, "reaped");
+    }
+
+    #[test]
+    fn a_process_out_of_descriptors_cannot_tell_but_sees_deaths() {
+        // SAFETY: a test child that exits at once.
+        let zombie = match unsafe { fork() }.unwrap() {
+            Forked::Child => exit_now(0),
+            Forked::Parent(pid) => pid,
+        };
+        wait_ended(zombie).unwrap();
+        let parent = getpid();
+        let parent_ticks = own_start_ticks();
+        let code = in_child(|| {
+            run_out_of_descriptors();
+            if std::fs::File::open("/proc/self/stat").is_ok() {
+                return 10;
+            }
+            match liveness(parent, Some(parent_ticks)) {
+                Liveness::Unknown { errno } if errno == libc::EMFILE => {}
+                _ => return 11,
+            }
+            // What needs no descriptor still answers.
+            if liveness(NO_SUCH_PID, None) != Liveness::Dead {
+                return 12;
+            }
+            // The zombie is our sibling: its missing exe link tells.
+            if liveness(zombie, None) != Liveness::Dead {
+                return 13;
+            }
+            if is_alive(parent, Some(parent_ticks)) {
+                0
+            } else {
+                14
+            }
+        });
+        wait(zombie).unwrap();
+        assert_eq!(code, 0);
+    }
+
+    #[test]
+    fn a_forked_child_knows_its_start_time_without_reading_proc() {
+        let mut worked_out = 0;
+        for _ in 0..20 {
+            let code = in_child(|| {
+                // What fork worked out from the clock matches /proc.
+                let known = START_TICKS.load(Ordering::Relaxed);
+                let read = start_ticks(getpid()).unwrap_or(0);
+                match known {
+                    0 => 2, // straddled a tick: read lazily instead
+                    t if t == read => 0,
+                    _ => 1,
+                }
+            });
+            assert!(code == 0 || code == 2, "{code}");
+            worked_out += u32::from(code == 0);
+        }
+        // A fork takes well under the 10 ms of a tick, mostly.
+        assert!(worked_out > 0);
+        // And a child out of descriptors still names itself right.
+        let code = in_child(|| {
+            let read = start_ticks(getpid()).unwrap_or(0);
+            run_out_of_descriptors();
+            match own_start_ticks() {
+                t if t == read => 0,
+                // It straddled a tick and could not read: it says "unknown".
+                0 => 0,
+                _ => 1,
+            }
+        });
+        assert_eq!(code, 0);
+    }
+
+    #[test]
+    fn stat_lines_parse_with_odd_command_names() {
+        let line = "42 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 777 19 20";
+        assert_eq!(parse_stat(line), Some(('S', 777)));
+        assert_eq!(parse_stat("42 (x"), None);
+        assert_eq!(parse_stat(""), None);
+    }
 }
