@@ -354,11 +354,24 @@ fn mixed_recipe(method: StartMethod) {
     let mut rust = Process::new(rust_worker, master.address().to_string()).start_method(method);
     rust.start().unwrap();
 
-    // Rounds of three tasks, each put once all three workers wait in a
-    // get (the server's own count of sleepers), so every worker takes part.
-    const ROUNDS: i64 = 8;
+    // Rounds of three tasks, each put once all three workers wait in a get
+    // (the server's own count of sleepers). Which sleeper takes which task
+    // is the scheduler's choice (a Python worker waits and takes inside the
+    // server; the Rust worker's wait and take are two round trips), so the
+    // rounds go on until every worker has taken part, at least MIN_ROUNDS
+    // and at most MAX_ROUNDS of them.
+    const MIN_ROUNDS: usize = 8;
+    const MAX_ROUNDS: usize = 400;
     let mut n = 0;
-    for _ in 0..ROUNDS {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut by_worker = std::collections::BTreeMap::new();
+    let mut rounds = 0;
+    while rounds < MIN_ROUNDS || by_worker.len() < 3 {
+        assert!(
+            rounds < MAX_ROUNDS,
+            "{MAX_ROUNDS} rounds and not every worker took a task: {by_worker:?}"
+        );
+        rounds += 1;
         let wait = py_command(
             "3.12",
             "checks.py",
@@ -371,18 +384,16 @@ fn mixed_recipe(method: StartMethod) {
             n += 1;
             tasks.put(Value::Int(n)).unwrap();
         }
+        for _ in 0..3 {
+            let (worker, task, square): (String, i64, i64) =
+                results.get_timeout(LIMIT).unwrap().try_into().unwrap();
+            assert_eq!(square, task * task);
+            assert!(seen.insert(task, worker.clone()).is_none(), "{task} twice");
+            *by_worker.entry(worker).or_insert(0u64) += 1;
+        }
     }
     for _ in 0..3 {
         tasks.put(Value::from("STOP")).unwrap();
-    }
-    let mut seen = std::collections::BTreeMap::new();
-    let mut by_worker = std::collections::BTreeMap::new();
-    for _ in 0..n {
-        let (worker, task, square): (String, i64, i64) =
-            results.get_timeout(LIMIT).unwrap().try_into().unwrap();
-        assert_eq!(square, task * task);
-        assert!(seen.insert(task, worker.clone()).is_none(), "{task} twice");
-        *by_worker.entry(worker).or_insert(0) += 1;
     }
     assert_eq!(
         seen.keys().copied().collect::<Vec<_>>(),
@@ -397,12 +408,10 @@ fn mixed_recipe(method: StartMethod) {
     }
     let rust_done = rust.join_timeout(LIMIT).unwrap();
     assert_eq!(by_worker.get("rust").copied().unwrap_or(0), rust_done);
-    for name in ["py311", "py312", "rust"] {
-        assert!(
-            by_worker.contains_key(name),
-            "{name} took no task: {by_worker:?}"
-        );
-    }
+    assert_eq!(
+        by_worker.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["py311", "py312", "rust"]
+    );
     master.shutdown().unwrap();
     std::fs::remove_file(&key).unwrap();
 }
