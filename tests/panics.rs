@@ -1,0 +1,387 @@
+//! Hangs a user could trigger with an ordinary panic, and the data such a
+//! panic must not lose: a served method that panics, a pool input iterator
+//! that panics, callbacks that panic, and a caller stuck on a wedged server.
+//!
+//! Each scenario runs under [`within`], so a regression fails the test after
+//! a generous bound instead of hanging CI.
+
+mod util;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use multiproc::{Callbacks, Error, Pool, StartMethod, ThreadPool};
+
+multiproc::init_before_main!();
+
+/// The bound on a whole scenario: far more than it takes on a loaded machine.
+const SCENARIO: Duration = Duration::from_secs(120);
+
+/// Runs `f` on its own thread and returns what it returned; fails the test
+/// if it takes longer than `limit` (the hang being tested for), and passes
+/// on a panic of `f`.
+fn within<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let runner = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => {
+            let _ = runner.join();
+            v
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what}: still running after {limit:?} (a hang)")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match runner.join() {
+            Err(p) => std::panic::resume_unwind(p),
+            Ok(()) => panic!("{what}: ended without a result"),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pools: input iterators and callbacks that panic
+// ---------------------------------------------------------------------------
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// The items 0..n, panicking when it reaches `bad`.
+fn breaks_at(n: u64, bad: u64) -> impl Iterator<Item = u64> + Send + 'static {
+    (0..n).map(move |x| {
+        if x == bad {
+            panic!("input broke at {x}");
+        }
+        x
+    })
+}
+
+/// A pool under test: a process pool or a thread pool.
+enum AnyPool {
+    Processes(Pool),
+    Threads(ThreadPool),
+}
+
+impl AnyPool {
+    fn all() -> Vec<(String, fn() -> AnyPool)> {
+        fn spawn() -> AnyPool {
+            AnyPool::processes(StartMethod::Spawn, None)
+        }
+        fn fork() -> AnyPool {
+            AnyPool::processes(StartMethod::Fork, None)
+        }
+        fn spawn_1() -> AnyPool {
+            AnyPool::processes(StartMethod::Spawn, Some(1))
+        }
+        fn fork_1() -> AnyPool {
+            AnyPool::processes(StartMethod::Fork, Some(1))
+        }
+        fn threads() -> AnyPool {
+            AnyPool::Threads(ThreadPool::new(2).unwrap())
+        }
+        fn threads_1() -> AnyPool {
+            AnyPool::Threads(ThreadPool::with_options::<u8>(2, None, Some(1)).unwrap())
+        }
+        vec![
+            ("Pool/Spawn".into(), spawn as fn() -> AnyPool),
+            ("Pool/Fork".into(), fork),
+            ("Pool/Spawn/maxtasks=1".into(), spawn_1),
+            ("Pool/Fork/maxtasks=1".into(), fork_1),
+            ("ThreadPool".into(), threads),
+            ("ThreadPool/maxtasks=1".into(), threads_1),
+        ]
+    }
+
+    fn processes(m: StartMethod, maxtasks: Option<usize>) -> AnyPool {
+        let mut b = Pool::builder().processes(2).start_method(m);
+        if let Some(n) = maxtasks {
+            b = b.maxtasksperchild(n);
+        }
+        AnyPool::Processes(b.build().unwrap())
+    }
+
+    fn imap<I>(
+        &self,
+        items: I,
+        chunksize: usize,
+        ordered: bool,
+    ) -> multiproc::Result<multiproc::IMapIterator<u64>>
+    where
+        I: IntoIterator<Item = u64>,
+        I::IntoIter: Send + 'static,
+    {
+        match (self, ordered) {
+            (AnyPool::Processes(p), true) => p.imap(square, items, chunksize),
+            (AnyPool::Processes(p), false) => p.imap_unordered(square, items, chunksize),
+            (AnyPool::Threads(p), true) => p.imap(square, items, chunksize),
+            (AnyPool::Threads(p), false) => p.imap_unordered(square, items, chunksize),
+        }
+    }
+
+    fn map(
+        &self,
+        items: impl IntoIterator<Item = u64>,
+        chunksize: Option<usize>,
+    ) -> multiproc::Result<Vec<u64>> {
+        match self {
+            AnyPool::Processes(p) => p.map(square, items, chunksize),
+            AnyPool::Threads(p) => p.map(square, items, chunksize),
+        }
+    }
+
+    fn apply_with(
+        &self,
+        f: fn(u64) -> u64,
+        x: u64,
+        cb: Callbacks<u64>,
+    ) -> multiproc::Result<multiproc::AsyncResult<u64>> {
+        match self {
+            AnyPool::Processes(p) => p.apply_async_with(f, x, cb),
+            AnyPool::Threads(p) => p.apply_async_with(f, x, cb),
+        }
+    }
+
+    fn close_and_join(&self) -> multiproc::Result<()> {
+        match self {
+            AnyPool::Processes(p) => {
+                p.close();
+                p.join()
+            }
+            AnyPool::Threads(p) => {
+                p.close();
+                p.join()
+            }
+        }
+    }
+}
+
+/// Expects the error an input iterator's panic becomes.
+fn input_panic(r: Option<multiproc::Result<u64>>, bad: u64, what: &str) {
+    match r {
+        Some(Err(Error::InputPanicked { message })) => {
+            assert!(
+                message.contains(&format!("input broke at {bad}")),
+                "{what}: {message:?}"
+            );
+        }
+        other => panic!("{what}: expected the input's panic, got {other:?}"),
+    }
+}
+
+/// Regression: an `imap` input that panicked killed the pool's result
+/// handler (or reached the caller and left the job without a total): that
+/// imap and every later call hung, `close` + `join` never returned, and the
+/// results of the items before the bad one were lost.
+#[test]
+fn a_panicking_imap_input_yields_the_results_before_it_then_an_error() {
+    for (name, make) in AnyPool::all() {
+        within(&name.clone(), SCENARIO, move || {
+            let pool = make();
+            // The bad item first, inside a chunk, and at a chunk's start.
+            for (bad, chunksize) in [(0, 1), (7, 1), (7, 3), (6, 3), (40, 4)] {
+                for ordered in [true, false] {
+                    let what = format!("{name} bad={bad} chunksize={chunksize} ordered={ordered}");
+                    let mut results = pool.imap(breaks_at(100, bad), chunksize, ordered).unwrap();
+                    let mut got: Vec<u64> = results
+                        .by_ref()
+                        .take(bad as usize)
+                        .map(|r| r.unwrap_or_else(|e| panic!("{what}: {e}")))
+                        .collect();
+                    if !ordered {
+                        got.sort();
+                    }
+                    let expected: Vec<u64> = (0..bad).map(square).collect();
+                    assert_eq!(got, expected, "{what}");
+                    input_panic(results.next(), bad, &what);
+                    assert!(results.next().is_none(), "{what}: the iterator ends");
+                    assert!(results.next().is_none(), "{what}: and stays ended");
+                }
+            }
+            // Dropped unread after a panic: nothing is left behind either.
+            drop(pool.imap(breaks_at(100, 3), 1, true).unwrap());
+            // The pool keeps working.
+            assert_eq!(
+                pool.map(0..20, None).unwrap(),
+                (0..20).map(square).collect::<Vec<_>>()
+            );
+            let tail: Vec<u64> = pool
+                .imap(0..10, 2, true)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(tail, (0..10).map(square).collect::<Vec<_>>());
+            // A panic that reached the caller last still lets the pool go idle.
+            let mut last = pool.imap(breaks_at(10, 4), 1, true).unwrap();
+            for _ in 0..4 {
+                last.next().unwrap().unwrap();
+            }
+            input_panic(last.next(), 4, &name);
+            pool.close_and_join().unwrap();
+        });
+    }
+}
+
+/// Regression: `map` over an input that panics.
+#[test]
+fn map_over_a_panicking_input_is_an_error() {
+    for (name, make) in AnyPool::all() {
+        within(&name.clone(), SCENARIO, move || {
+            let pool = make();
+            match pool.map(breaks_at(50, 20), Some(3)) {
+                Err(Error::InputPanicked { message }) => {
+                    assert!(message.contains("input broke at 20"), "{name}: {message}")
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+            assert_eq!(
+                pool.map(0..5, None).unwrap(),
+                vec![0, 1, 4, 9, 16],
+                "{name}"
+            );
+            pool.close_and_join().unwrap();
+        });
+    }
+}
+
+/// An iterator that yields the items of its inner one but claims another length.
+struct Liar<I> {
+    inner: I,
+    hint: (usize, Option<usize>),
+}
+
+impl<I: Iterator> Iterator for Liar<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        self.inner.next()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.hint
+    }
+}
+
+/// Regression: `map` trusted its input's `size_hint`; a huge lower bound
+/// made it allocate for items that never came (a panic, or an abort when
+/// the allocation failed).
+#[test]
+fn map_does_not_trust_an_inputs_size_hint() {
+    for (name, make) in AnyPool::all() {
+        within(&name.clone(), SCENARIO, move || {
+            let pool = make();
+            let expected: Vec<u64> = (0..30).map(square).collect();
+            for hint in [
+                (usize::MAX, None),
+                (1 << 40, None),
+                (1 << 40, Some(1 << 40)),
+                (0, Some(0)),
+                (3, Some(3)),
+            ] {
+                let liar = Liar {
+                    inner: 0..30u64,
+                    hint,
+                };
+                assert_eq!(pool.map(liar, None).unwrap(), expected, "{name} {hint:?}");
+                let liar = Liar {
+                    inner: 0..30u64,
+                    hint,
+                };
+                let got: Vec<u64> = pool
+                    .imap(liar, 4, true)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                assert_eq!(got, expected, "{name} {hint:?}");
+            }
+            pool.close_and_join().unwrap();
+        });
+    }
+}
+
+fn fails(x: u64) -> u64 {
+    panic!("task {x} fails");
+}
+
+/// A callback or error callback that panics runs on the pool's result
+/// handler: the result is still delivered and the pool works on.
+#[test]
+fn panicking_callbacks_leave_the_pool_working() {
+    for (name, make) in AnyPool::all() {
+        within(&name.clone(), SCENARIO, move || {
+            let pool = make();
+            let ran = Arc::new(AtomicBool::new(false));
+            let r1 = ran.clone();
+            let ok = pool
+                .apply_with(
+                    square,
+                    6,
+                    Callbacks::new().callback(move |_: &u64| {
+                        r1.store(true, Ordering::SeqCst);
+                        panic!("callback exploded")
+                    }),
+                )
+                .unwrap();
+            assert_eq!(ok.get().unwrap(), 36, "{name}");
+            assert!(ran.load(Ordering::SeqCst), "{name}: the callback ran");
+            let err = pool
+                .apply_with(
+                    fails,
+                    2,
+                    Callbacks::new().error_callback(|_| panic!("error callback exploded")),
+                )
+                .unwrap();
+            match err.get() {
+                Err(Error::Remote(m)) => assert!(m.contains("task 2 fails"), "{name}: {m}"),
+                other => panic!("{name}: {other:?}"),
+            }
+            for x in 0..10 {
+                assert_eq!(
+                    pool.apply_with(square, x, Callbacks::new())
+                        .unwrap()
+                        .get()
+                        .unwrap(),
+                    x * x
+                );
+            }
+            pool.close_and_join().unwrap();
+        });
+    }
+}
+
+/// Regression: a forked pool worker replaced its panic hook, which takes
+/// std's hook lock; forked while another thread of the pool's process was
+/// in a panic hook (holding that lock), the worker waited for it forever,
+/// and so did the pool's work. `maxtasksperchild(1)` forks a worker per task.
+#[test]
+fn a_panicking_thread_does_not_wedge_new_forked_workers() {
+    within(
+        "forking pool workers beside a panicking thread",
+        SCENARIO,
+        || {
+            let stop = Arc::new(AtomicBool::new(false));
+            let stopped = stop.clone();
+            let panicker = std::thread::spawn(move || {
+                while !stopped.load(Ordering::SeqCst) {
+                    let _ = std::panic::catch_unwind(|| panic!("a panic beside the pool"));
+                }
+            });
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(StartMethod::Fork)
+                .maxtasksperchild(1)
+                .build()
+                .unwrap();
+            let got = pool.map(square, 0..200, 1);
+            stop.store(true, Ordering::SeqCst);
+            panicker.join().unwrap();
+            assert_eq!(got.unwrap(), (0..200).map(square).collect::<Vec<_>>());
+            pool.close();
+            pool.join().unwrap();
+        },
+    );
+}
