@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use rkyv::util::AlignedVec;
 
 use crate::codec::Shareable;
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::HandleRepr;
 use crate::shm::{Kind, Segment, ShmObject, fingerprint_str};
@@ -283,6 +284,18 @@ impl ClientEnd {
     /// Fails with `ManagerGone` if the server is dead or shut down (checked
     /// between sleep slices, so within about [`LIVENESS_SLICE`]).
     pub fn round_trip(&mut self, request: &[u8], response: &mut AlignedVec) -> Result<()> {
+        self.round_trip_deadline(request, response, Deadline::Never)
+    }
+
+    /// As [`ClientEnd::round_trip`], waiting for the response until
+    /// `deadline` at most: then [`Error::Timeout`], and the channel is
+    /// unusable from then on (the answer may still come), as if gone.
+    pub fn round_trip_deadline(
+        &mut self,
+        request: &[u8],
+        response: &mut AlignedVec,
+        deadline: Deadline,
+    ) -> Result<()> {
         if self.gone {
             return Err(self.gone("is gone"));
         }
@@ -303,8 +316,12 @@ impl ClientEnd {
         let got = spin_while(&st.resp_seq, old, CLIENT_SPIN);
         if got != Some(seq) {
             let chan = self.chan.clone();
-            if let Err(why) = sleep_until(&chan, &self.server, seq) {
-                return Err(self.gone(why));
+            if let Err(why) = sleep_until(&chan, &self.server, seq, deadline) {
+                let gone = self.gone(why);
+                return Err(match why {
+                    NO_ANSWER => deadline.timeout_error(),
+                    _ => gone,
+                });
             }
         }
         let len = self.chan.state().resp_len.load(Ordering::Acquire);
@@ -314,11 +331,16 @@ impl ClientEnd {
     }
 }
 
-/// Sleeps until the response `seq` is published; `Err` says why the server is gone.
+/// Why [`sleep_until`] gave up at its deadline.
+const NO_ANSWER: &str = "did not answer in time";
+
+/// Sleeps until the response `seq` is published; `Err` says why the server
+/// is gone (or [`NO_ANSWER`] at the deadline).
 fn sleep_until(
     chan: &Channel,
     server: &crate::manager::protocol::LocalAddress,
     seq: u32,
+    deadline: Deadline,
 ) -> std::result::Result<(), &'static str> {
     let st = chan.state();
     loop {
@@ -333,7 +355,12 @@ fn sleep_until(
             st.client_sleeping.store(0, Ordering::Relaxed);
             return Err("has shut down");
         }
-        let outcome = sys::futex::futex_wait(&st.resp_seq, cur, Some(LIVENESS_SLICE));
+        if deadline.expired() {
+            st.client_sleeping.store(0, Ordering::Relaxed);
+            return Err(NO_ANSWER);
+        }
+        let outcome =
+            sys::futex::futex_wait(&st.resp_seq, cur, Some(deadline.slice(LIVENESS_SLICE)));
         st.client_sleeping.store(0, Ordering::Relaxed);
         if outcome == WaitOutcome::TimedOut
             && st.resp_seq.load(Ordering::SeqCst) != seq

@@ -29,8 +29,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::manager::dispatch::After;
 use crate::manager::protocol::{RemoteError, Response, encode_response};
-use crate::manager::server::ServerState;
-use crate::manager::table::ConnRefs;
+use crate::manager::server::{ConnectionGuard, ServerState};
 use crate::manager::waitable::Peer;
 use crate::sys;
 use crate::wire::auth::DEFAULT_HANDSHAKE_TIMEOUT;
@@ -234,12 +233,12 @@ fn serve_tcp_connection(state: &ServerState, mut conn: SocketConnection<()>, opt
                 Ok(ready) if !ready.is_empty()
             )
     };
+    // Releases what the connection holds however this thread ends.
+    let mut guard = ConnectionGuard::tcp(state, key, closer);
     let peer = Peer {
-        id: state.connection_id(),
+        id: guard.id,
         gone: &gone,
     };
-    state.tcp_conns.lock().insert(key, closer);
-    let mut refs = ConnRefs::new();
     let mut request: AlignedVec = AlignedVec::new();
     let mut response = AlignedVec::new();
     let ended = loop {
@@ -261,7 +260,7 @@ fn serve_tcp_connection(state: &ServerState, mut conn: SocketConnection<()>, opt
         } else {
             request.clear();
             request.extend_from_slice(&frame);
-            state.handle(&mut refs, &peer, &request, &mut response)
+            state.handle(&mut guard.refs, &peer, &request, &mut response)
         };
         drop(frame);
         if let Err(e) = conn.send_bytes(&response) {
@@ -272,9 +271,8 @@ fn serve_tcp_connection(state: &ServerState, mut conn: SocketConnection<()>, opt
             break Error::ManagerGone("shut down by this client".into());
         }
     };
-    state.tcp_conns.lock().remove(&key);
     tracing::debug!(reason = %ended, "manager TCP connection ended");
-    state.connection_ended(refs, peer.id);
+    // Dropping `guard` releases what the connection held.
 }
 
 /// A client's TCP connection to a manager server.
@@ -353,6 +351,18 @@ impl TcpClient {
     /// A connection that breaks (the server died or shut down, the network
     /// reset it) is [`Error::ManagerGone`], now and for every later call.
     pub fn round_trip(&mut self, request: &[u8], response: &mut AlignedVec) -> Result<()> {
+        self.round_trip_deadline(request, response, Deadline::Never)
+    }
+
+    /// As [`TcpClient::round_trip`], waiting for the response until
+    /// `deadline` at most: then [`Error::Timeout`], and the connection is
+    /// unusable from then on (the answer may still come), as if broken.
+    pub fn round_trip_deadline(
+        &mut self,
+        request: &[u8],
+        response: &mut AlignedVec,
+        deadline: Deadline,
+    ) -> Result<()> {
         if self.gone {
             return Err(Error::ManagerGone(
                 "the connection to the manager broke".into(),
@@ -361,12 +371,19 @@ impl TcpClient {
         let result = self
             .conn
             .send_bytes(request)
-            .and_then(|()| self.conn.recv_bytes());
+            .and_then(|()| match deadline.remaining() {
+                None => self.conn.recv_bytes(),
+                Some(left) => self.conn.recv_bytes_timeout(left),
+            });
         match result {
             Ok(bytes) => {
                 response.clear();
                 response.extend_from_slice(&bytes);
                 Ok(())
+            }
+            Err(Error::Timeout(waited)) => {
+                self.gone = true;
+                Err(Error::Timeout(waited))
             }
             Err(e) => {
                 // The socket stays open until this client is dropped: its
