@@ -7,14 +7,20 @@
 
 mod util;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use multiproc::{Callbacks, Error, Pool, StartMethod, ThreadPool};
+use multiproc::{
+    BaseManager, Callbacks, DictProxy, Error, Manager, Pool, Process, RemoteManager, StartMethod,
+    ThreadPool,
+};
+use util::{PROMPTLY, eventually};
 
 multiproc::init_before_main!();
 
+const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
+const KEY: &[u8] = b"panics-test-key";
 /// The bound on a whole scenario: far more than it takes on a loaded machine.
 const SCENARIO: Duration = Duration::from_secs(120);
 
@@ -46,6 +52,261 @@ fn within<T: Send + 'static>(
 }
 
 // ---------------------------------------------------------------------------
+// Served methods that panic
+// ---------------------------------------------------------------------------
+
+/// A user type whose method panics after changing the object.
+#[derive(Default)]
+struct Fragile {
+    calls: u64,
+}
+
+#[multiproc::remote(proxy = FragileProxy)]
+impl Fragile {
+    /// Counts the call, then panics with `message`.
+    #[remote(1)]
+    fn explode(&mut self, message: String) -> u64 {
+        self.calls += 1;
+        panic!("{message}");
+    }
+    /// How many calls `explode` counted.
+    #[remote(2)]
+    fn calls(&self) -> u64 {
+        self.calls
+    }
+}
+
+fn fragile_config() -> BaseManager<(Fragile, ())> {
+    BaseManager::new()
+        .address("127.0.0.1:0")
+        .authkey(KEY)
+        .register::<DictProxy<String, u64>>("stats")
+        .register_object::<Fragile>("fragile")
+}
+
+fn connect(address: &str) -> RemoteManager {
+    BaseManager::new()
+        .address(address)
+        .authkey(KEY)
+        .connect()
+        .expect("client connects")
+}
+
+/// Expects the panic of a served method as `Error::Remote` with its message.
+fn remote_panic<T: std::fmt::Debug>(r: multiproc::Result<T>, message: &str) {
+    match r {
+        Err(Error::Remote(m)) => {
+            assert!(m.contains(message), "{m:?} lacks {message:?}");
+            assert!(m.contains("panicked"), "{m:?}");
+        }
+        other => panic!("expected the remote panic {message:?}, got {other:?}"),
+    }
+}
+
+/// In a child: makes the served method panic, then reads the object.
+fn explode_from_child(address: String) -> u64 {
+    let m = connect(&address);
+    let f: FragileProxy = m.get_object("fragile").unwrap();
+    let message = format!("child {} says boom", std::process::id());
+    remote_panic(f.explode(message.clone()), &message);
+    // The same connection serves on.
+    f.calls().unwrap()
+}
+
+/// Regression: a served method that panicked never answered its caller,
+/// and every later call of that process to that server (a new connection,
+/// `shutdown`, the manager's `Drop`) hung behind it.
+#[test]
+fn a_panicking_served_method_is_an_error_and_the_server_serves_on() {
+    within("a panicking served method", SCENARIO, || {
+        let master = fragile_config().start().expect("server starts");
+        let address = master.address().to_string();
+        let f: FragileProxy = master.get_object("fragile").unwrap();
+        remote_panic(f.explode("first boom".into()), "first boom");
+        // The object keeps what the method did before it panicked (as in
+        // Python), and the same proxy and connection go on working.
+        assert_eq!(f.calls().unwrap(), 1);
+        remote_panic(f.explode("second boom".into()), "second boom");
+        assert_eq!(f.calls().unwrap(), 2);
+        let stats: DictProxy<String, u64> = master.get("stats").unwrap();
+        stats.insert("calls".into(), 2).unwrap();
+        // New connections from this process and from children work too.
+        let other = connect(&address);
+        let f2: FragileProxy = other.get_object("fragile").unwrap();
+        assert_eq!(f2.calls().unwrap(), 2);
+        let mut seen = 2;
+        for m in METHODS {
+            let mut p = Process::new(explode_from_child, address.clone()).start_method(m);
+            p.start().unwrap();
+            let calls = p.join_timeout(PROMPTLY).unwrap();
+            seen += 1;
+            assert_eq!(calls, seen, "{m:?}");
+        }
+        assert_eq!(f.calls().unwrap(), seen);
+        assert_eq!(stats.get(&"calls".to_string()).unwrap(), Some(2));
+        drop((f, f2, stats, other));
+        master.shutdown().unwrap();
+    });
+}
+
+/// The same with the server running in this process (`get_server`): the
+/// panic stays in its connection thread, the process and server live on.
+#[test]
+fn a_server_in_this_process_survives_a_panicking_method() {
+    within(
+        "a panicking method of an in-process server",
+        SCENARIO,
+        || {
+            let server = fragile_config().get_server().expect("server binds");
+            let address = server.address().to_string();
+            let stop = server.shutdown_handle();
+            let serving = std::thread::spawn(move || server.serve_forever());
+            let client = connect(&address);
+            let f: FragileProxy = client.get_object("fragile").unwrap();
+            for round in 1..=3 {
+                remote_panic(f.explode(format!("boom {round}")), &format!("boom {round}"));
+                assert_eq!(f.calls().unwrap(), round);
+            }
+            client.shutdown().unwrap();
+            stop.shutdown();
+            serving.join().unwrap();
+        },
+    );
+}
+
+/// The gate that [`Gate`] objects share in the server process.
+static GATE: Mutex<(bool, bool)> = Mutex::new((false, false));
+static GATE_CHANGED: Condvar = Condvar::new();
+
+/// A served method that blocks until another call opens the gate (at most
+/// two minutes, so a failed test leaves no server behind for long).
+#[derive(Default)]
+struct Gate;
+
+#[multiproc::remote(proxy = GateProxy)]
+impl Gate {
+    /// Waits until the gate opens; returns whether it did.
+    #[remote(1)]
+    fn wait_open(&self) -> bool {
+        let mut g = GATE.lock().unwrap();
+        g.0 = true;
+        GATE_CHANGED.notify_all();
+        let (g, _) = GATE_CHANGED
+            .wait_timeout_while(g, Duration::from_secs(120), |g| !g.1)
+            .unwrap();
+        g.1
+    }
+    /// Whether a caller waits in `wait_open` (or did).
+    #[remote(2)]
+    fn entered(&self) -> bool {
+        GATE.lock().unwrap().0
+    }
+    /// Opens the gate.
+    #[remote(3)]
+    fn open(&self) {
+        GATE.lock().unwrap().1 = true;
+        GATE_CHANGED.notify_all();
+    }
+    /// Closes the gate again.
+    #[remote(4)]
+    fn reset(&self) {
+        *GATE.lock().unwrap() = (false, false);
+    }
+}
+
+fn gate_config() -> BaseManager<(Gate, (Gate, ()))> {
+    BaseManager::new()
+        .address("127.0.0.1:0")
+        .authkey(KEY)
+        .register::<DictProxy<String, u64>>("stats")
+        .register_object::<Gate>("waiting")
+        .register_object::<Gate>("control")
+}
+
+/// Regression: a served method runs as long as it likes; while it ran, its
+/// caller held the connection that every thread of the process shares, so
+/// no other call, new connection or shutdown got through.
+#[test]
+fn a_slow_served_method_holds_up_only_its_caller() {
+    within("a slow served method", SCENARIO, || {
+        let master = gate_config().start().expect("server starts");
+        let address = master.address().to_string();
+        let waiting: GateProxy = master.get_object("waiting").unwrap();
+        let control: GateProxy = master.get_object("control").unwrap();
+        let stats: DictProxy<String, u64> = master.get("stats").unwrap();
+        let waiter = std::thread::spawn(move || waiting.wait_open());
+        // Not synchronisation of our own steps: the waiter is in the server.
+        assert!(eventually(PROMPTLY, || control.entered().unwrap()));
+        // Meanwhile this process's other calls and new connections go through.
+        stats.insert("n".into(), 1).unwrap();
+        assert_eq!(stats.get(&"n".to_string()).unwrap(), Some(1));
+        let other = connect(&address);
+        let mirror: DictProxy<String, u64> = other.get("stats").unwrap();
+        assert_eq!(mirror.get(&"n".to_string()).unwrap(), Some(1));
+        control.open().unwrap();
+        assert!(waiter.join().unwrap().unwrap(), "the gate opened");
+
+        // A shutdown while a call waits in the server: the caller hears of it.
+        control.reset().unwrap();
+        let waiting: GateProxy = master.get_object("waiting").unwrap();
+        let waiter = std::thread::spawn(move || waiting.wait_open());
+        assert!(eventually(PROMPTLY, || control.entered().unwrap()));
+        drop((control, stats, mirror, other));
+        master.shutdown().unwrap();
+        assert!(matches!(waiter.join().unwrap(), Err(Error::ManagerGone(_))));
+    });
+}
+
+fn exit_code(code: i32) -> i32 {
+    code
+}
+
+/// Regression: with a server that does not answer (here: stopped with
+/// SIGSTOP), forking a child (which pins this process's objects for it
+/// first, holding the process's client lock) waited for the server forever,
+/// and with a call stuck on the shared connection, dropping the manager
+/// did. The start method of the server makes no difference to the client,
+/// so one is enough. Connecting to a server that does not answer gives up
+/// after 30 s, hence the longer bound.
+#[test]
+fn a_stopped_server_blocks_neither_a_fork_nor_dropping_the_manager() {
+    within(
+        "forking and dropping beside a stopped server",
+        2 * SCENARIO,
+        || {
+            let manager = Manager::start_with(StartMethod::Spawn).expect("manager starts");
+            let server = manager.pid();
+            let d = manager.dict::<u32, u32>().unwrap();
+            d.insert(1, 1).unwrap();
+            let calls = Arc::new(AtomicU64::new(0));
+            let (c, d2) = (calls.clone(), d.clone());
+            let caller = std::thread::spawn(move || {
+                loop {
+                    if let Err(e) = d2.get(&1) {
+                        return e;
+                    }
+                    c.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            assert!(eventually(PROMPTLY, || calls.load(Ordering::SeqCst) > 0));
+            // SAFETY: kill(2) on the manager's server, a child of this process.
+            unsafe { libc::kill(server, libc::SIGSTOP) };
+            // A forked child starts (without the pins it would have had).
+            let mut child = Process::new(exit_code, 7).start_method(StartMethod::Fork);
+            child.start().unwrap();
+            assert_eq!(child.join_timeout(PROMPTLY).unwrap(), 7);
+            // Drop (and with it shutdown) ends the server, killing it if it
+            // does not answer; the stuck caller is told the manager is gone.
+            drop(manager);
+            assert!(matches!(caller.join().unwrap(), Error::ManagerGone(_)));
+            assert!(matches!(d.get(&1), Err(Error::ManagerGone(_))));
+            drop(d);
+            util::assert_not_our_zombie(server);
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Pools: input iterators and callbacks that panic
 // ---------------------------------------------------------------------------
 
@@ -55,11 +316,10 @@ fn square(x: u64) -> u64 {
 
 /// The items 0..n, panicking when it reaches `bad`.
 fn breaks_at(n: u64, bad: u64) -> impl Iterator<Item = u64> + Send + 'static {
-    (0..n).map(move |x| {
+    (0..n).inspect(move |&x| {
         if x == bad {
             panic!("input broke at {x}");
         }
-        x
     })
 }
 

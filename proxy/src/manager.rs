@@ -308,9 +308,10 @@ impl Inner {
         if self.shut_down.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        // On a connection of its own: the shared one may be held by a call
+        // that does not return (a server that stopped answering is killed below).
         if self.address.is_alive()
-            && let Ok(conn) = client::connection(&self.address)
-            && let Err(e) = conn.call(&Request::Shutdown)
+            && let Err(e) = client::request_shutdown(&self.address)
         {
             tracing::debug!("manager shutdown request failed: {e}");
         }
