@@ -645,3 +645,47 @@ fn a_panicking_thread_does_not_wedge_new_forked_workers() {
         },
     );
 }
+
+fn first_of(item: (u64, Option<DictProxy<u8, u8>>)) -> u64 {
+    item.0 * item.0
+}
+
+/// An item that cannot be encoded (here: a proxy to a manager that was
+/// shut down) ends an `imap`'s input like a panic does: the results of the
+/// items before it first, then the error, then the end.
+#[test]
+fn an_unencodable_imap_item_ends_the_input_after_the_results_before_it() {
+    within("an unencodable imap item", SCENARIO, || {
+        let manager = Manager::start().expect("manager starts");
+        let dead = manager.dict::<u8, u8>().unwrap();
+        manager.shutdown().unwrap();
+        for m in METHODS {
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(m)
+                .build()
+                .unwrap();
+            for ordered in [true, false] {
+                let items: Vec<(u64, Option<DictProxy<u8, u8>>)> = (0..20)
+                    .map(|i| (i, (i == 5).then(|| dead.clone())))
+                    .collect();
+                let mut results = if ordered {
+                    pool.imap(first_of, items, 1).unwrap()
+                } else {
+                    pool.imap_unordered(first_of, items, 1).unwrap()
+                };
+                let mut got: Vec<u64> = results.by_ref().take(5).map(Result::unwrap).collect();
+                got.sort();
+                assert_eq!(got, vec![0, 1, 4, 9, 16], "{m:?} ordered={ordered}");
+                assert!(
+                    matches!(results.next(), Some(Err(_))),
+                    "{m:?} ordered={ordered}"
+                );
+                assert!(results.next().is_none(), "{m:?} ordered={ordered}");
+            }
+            assert_eq!(pool.map(square, 0..3, None).unwrap(), vec![0, 1, 4]);
+            pool.close();
+            pool.join().unwrap();
+        }
+    });
+}
