@@ -689,3 +689,46 @@ fn an_unencodable_imap_item_ends_the_input_after_the_results_before_it() {
         }
     });
 }
+
+fn refuses(_: u8) {
+    panic!("initializer refuses");
+}
+
+/// A panicking initializer breaks the pool: every call is an error carrying
+/// the panic message (an `imap` too), and the pool still closes and joins.
+#[test]
+fn a_panicking_initializer_breaks_the_pool_without_a_hang() {
+    for m in METHODS {
+        within(&format!("{m:?}"), SCENARIO, move || {
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(m)
+                .initializer(refuses, 0u8)
+                .build()
+                .unwrap();
+            broken_pool_calls(&AnyPool::Processes(pool), &format!("{m:?}"));
+        });
+    }
+    within("ThreadPool", SCENARIO, || {
+        let pool = ThreadPool::with_options(2, Some((refuses as fn(u8), 0u8)), Some(1)).unwrap();
+        broken_pool_calls(&AnyPool::Threads(pool), "ThreadPool");
+    });
+}
+
+fn broken_pool_calls(pool: &AnyPool, what: &str) {
+    let refused = |e: &Error| e.to_string().contains("initializer refuses");
+    match pool.map(0..10, None) {
+        Err(e) if refused(&e) => {}
+        other => panic!("{what}: {other:?}"),
+    }
+    match pool.imap(0..10, 1, true) {
+        Err(e) if refused(&e) => {}
+        Err(e) => panic!("{what}: {e}"),
+        Ok(results) => {
+            for r in results {
+                assert!(r.as_ref().is_err_and(refused), "{what}: {r:?}");
+            }
+        }
+    }
+    pool.close_and_join().unwrap();
+}
