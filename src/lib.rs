@@ -121,7 +121,9 @@
 //! A [`Pool`] fans a function out over worker processes: `map`, `starmap`,
 //! `imap`, `imap_unordered`, `apply_async` with callbacks. A panicking task is
 //! an error carrying its message; a worker that dies fails only the tasks it
-//! held (`Error::WorkerDied`) and is replaced. [`ThreadPool`] has the same API.
+//! held (`Error::WorkerDied`) and is replaced; an input iterator that panics
+//! is `Error::InputPanicked` (after the results of the items before it, for
+//! `imap`). [`ThreadPool`] has the same API.
 //!
 //! ```
 //! fn square(x: u64) -> u64 {
@@ -181,7 +183,9 @@
 //! authkey. Besides dicts, lists and queues it can own a value of your own
 //! type: mark the impl block with [`remote`](macro@remote) and number the
 //! methods clients may call (the numbers are the wire format); a worker
-//! calls them through the generated typed proxy.
+//! calls them through the generated typed proxy. A method that panics is an
+//! `Error::Remote` carrying the panic message for its caller; the server
+//! serves on.
 //!
 //! ```
 //! use multiproc::{BaseManager, Process};

@@ -4,7 +4,13 @@
 //! There is one connection per process per server, shared by every proxy
 //! and thread of the process (a round trip holds its lock). It is made on
 //! first need: when a manager creates an object, or when a proxy decoded
-//! from a message or a child's arguments attaches.
+//! from a message or a child's arguments attaches. Only requests the server
+//! answers at once go over it: a call that may take long (one that waits in
+//! the server, a user object's method, which is user code) goes over a
+//! connection of its own ([`on_own_connection`]), and so does a shutdown
+//! ([`request_shutdown`]). A call waits for the shared connection at most
+//! [`SHARED_WAIT`], so a server that stopped answering holds up no thread
+//! forever.
 //!
 //! References: the server counts, per connection, the references this
 //! process registered; here we count the live proxy instances per object.
@@ -19,10 +25,13 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Once};
+use std::time::{Duration, Instant};
 
 use multiproc_runtime::__internal::sys;
 use multiproc_runtime::__internal::{ForkHook, ForkMutex, register_fork_hook};
+use multiproc_runtime::deadline::Deadline;
 use multiproc_runtime::manager::TcpClient;
 use multiproc_runtime::manager::channel::ClientEnd;
 use multiproc_runtime::manager::protocol::{
@@ -45,10 +54,15 @@ enum Transport {
 }
 
 impl Transport {
-    fn round_trip(&mut self, request: &[u8], response: &mut AlignedVec) -> Result<()> {
+    fn round_trip(
+        &mut self,
+        request: &[u8],
+        response: &mut AlignedVec,
+        deadline: Deadline,
+    ) -> Result<()> {
         match self {
-            Transport::Local(end) => end.round_trip(request, response),
-            Transport::Tcp(c) => c.round_trip(request, response),
+            Transport::Local(end) => end.round_trip_deadline(request, response, deadline),
+            Transport::Tcp(c) => c.round_trip_deadline(request, response, deadline),
         }
     }
 
@@ -82,6 +96,8 @@ pub(crate) struct Connection {
     tcp_fd: Option<RawFd>,
     server: ServerAddress,
     wire: Mutex<Wire>,
+    /// Whether the transport broke, readable without waiting for `wire`.
+    gone: AtomicBool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -161,6 +177,7 @@ impl Connection {
                 end,
                 request: AlignedVec::new(),
             }),
+            gone: AtomicBool::new(false),
         })
     }
 
@@ -175,8 +192,34 @@ impl Connection {
     }
 
     /// Sends `request`, waits for the answer.
+    ///
+    /// Waits for another thread's call on this connection at most
+    /// [`SHARED_WAIT`] ([`Error::Timeout`] then); the answer itself is
+    /// waited for as long as the server lives.
     pub fn call(&self, request: &Request<'_>) -> Result<Reply> {
-        let mut wire = self.wire.lock();
+        self.exchange(request, SHARED_WAIT, Deadline::Never)
+    }
+
+    /// Sends `request` and waits for the answer until `deadline` at most
+    /// ([`Error::Timeout`] then; the connection is unusable afterwards).
+    pub fn call_within(&self, request: &Request<'_>, deadline: Deadline) -> Result<Reply> {
+        let wait = deadline.remaining().unwrap_or(SHARED_WAIT);
+        self.exchange(request, wait, deadline)
+    }
+
+    fn exchange(
+        &self,
+        request: &Request<'_>,
+        lock_wait: Duration,
+        deadline: Deadline,
+    ) -> Result<Reply> {
+        let Some(mut wire) = self.wire.try_lock_for(lock_wait) else {
+            tracing::warn!(
+                server = %self.server,
+                "a manager call on this process's shared connection has not returned for {lock_wait:?}"
+            );
+            return Err(Error::Timeout(lock_wait));
+        };
         let mut buf = std::mem::take(&mut wire.request);
         buf.clear();
         let encoded = encode_request(request, buf)?;
@@ -185,14 +228,17 @@ impl Connection {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let result = wire.end.round_trip(&encoded, &mut response);
+        let result = wire.end.round_trip(&encoded, &mut response, deadline);
         wire.request = encoded;
+        if wire.end.is_gone() {
+            self.gone.store(true, Ordering::SeqCst);
+        }
         result.map(|()| Reply { buf: response })
     }
 
-    /// Whether the server is known to be gone.
+    /// Whether the server is known to be gone (never waits for a call in progress).
     pub fn is_gone(&self) -> bool {
-        self.wire.lock().end.is_gone()
+        self.gone.load(Ordering::SeqCst)
     }
 
     /// Whether the connection is gone, or seen now to be broken (a TCP
@@ -203,6 +249,26 @@ impl Connection {
             .try_lock()
             .is_some_and(|mut wire| wire.end.is_broken())
     }
+}
+
+/// The longest a call waits for another thread's call on the connection
+/// the process shares (requests the server answers at once: only a server
+/// that stopped answering makes anyone wait this long).
+pub(crate) const SHARED_WAIT: Duration = Duration::from_secs(60);
+
+/// How long a shutdown request waits for the server's answer (after
+/// connecting, which has its own bound).
+pub(crate) const SHUTDOWN_ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// Asks the server at `server` to shut down, on a connection of its own: the
+/// connection this process shares may be held by a call that does not
+/// return (a server that stopped answering), and a shutdown (or a manager's
+/// `Drop`) must not wait for it.
+pub(crate) fn request_shutdown(server: &ServerAddress) -> Result<()> {
+    let conn = Connection::open(server)?;
+    conn.call_within(&Request::Shutdown, Deadline::after(SHUTDOWN_ANSWER_WAIT))?
+        .get()
+        .map(|_| ())
 }
 
 impl Drop for Connection {
@@ -232,6 +298,9 @@ struct Entry {
     spare: Vec<Connection>,
     /// The sockets of those in use now (a forked child makes them inert).
     waiting: Vec<RawFd>,
+    /// Until when forks skip pinning for this server, which did not answer
+    /// a pin in time (so one stall does not hold up every fork).
+    pins_stalled: Option<Instant>,
 }
 
 /// Makes a forked child's copy of an inherited TCP socket inert (it now
@@ -380,6 +449,7 @@ pub(crate) fn connection(server: &ServerAddress) -> Result<Arc<Connection>> {
             refs: HashMap::new(),
             spare: Vec::new(),
             waiting: Vec::new(),
+            pins_stalled: None,
         },
     );
     Ok(conn)
@@ -678,6 +748,54 @@ pub(crate) fn forking_server<R>(start: impl FnOnce() -> R) -> R {
     out
 }
 
+/// How long pinning a server's objects for a fork may take (after
+/// connecting, which has its own bound).
+const FORK_PIN_WAIT: Duration = Duration::from_secs(10);
+/// A failed pin that took this long stalled its fork.
+const FORK_PIN_STALL: Duration = Duration::from_secs(1);
+/// How long forks skip pinning for a server whose pin stalled a fork.
+const FORK_PIN_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Pins `ids` for a fork, on an idle connection of `entry` (opened if there
+/// is none) and with a deadline: the fork hook holds the process's client
+/// lock, so it must neither wait behind a call on the shared connection nor
+/// wait forever on a server that stopped answering.
+fn pin_for_fork(server: &ServerAddress, entry: &mut Entry, ids: Vec<ObjectId>) -> Result<u64> {
+    let started = Instant::now();
+    // A failure that took long held the fork up: do not let the next forks
+    // wait for it too (a quick one, a server found gone, costs them nothing).
+    let stalled = |entry: &mut Entry, e: Error| {
+        if started.elapsed() >= FORK_PIN_STALL {
+            entry.pins_stalled = Some(Instant::now() + FORK_PIN_BACKOFF);
+        }
+        e
+    };
+    let conn = match entry.spare.pop() {
+        Some(c) => c,
+        None => Connection::open(server).map_err(|e| stalled(entry, e))?,
+    };
+    let token = conn
+        .call_within(
+            &Request::PinMany { objects: ids },
+            Deadline::after(FORK_PIN_WAIT),
+        )
+        .and_then(|r| match r.get()? {
+            ArchivedResponse::Token(t) => Ok(t.to_native()),
+            _ => Err(unexpected()),
+        });
+    let token = match token {
+        Ok(t) => {
+            entry.pins_stalled = None;
+            t
+        }
+        Err(e) => return Err(stalled(entry, e)),
+    };
+    if !conn.is_gone() && entry.spare.len() < SPARE_KEPT {
+        entry.spare.push(conn);
+    }
+    Ok(token)
+}
+
 /// The fork hook: pins in the parent, takes over in the child.
 struct ForkPins;
 
@@ -688,10 +806,10 @@ struct Pinned {
 
 impl ForkHook for ForkPins {
     fn prepare(&self) -> Box<dyn Any> {
-        let guard = lock_client();
+        let mut guard = lock_client();
         let mut pins = Vec::new();
         let serving = FORKING_SERVER.with(|f| f.get());
-        for (server, entry) in guard.conns.iter().filter(|_| !serving) {
+        for (server, entry) in guard.conns.iter_mut().filter(|_| !serving) {
             let ids: Vec<ObjectId> = entry
                 .refs
                 .iter()
@@ -701,13 +819,14 @@ impl ForkHook for ForkPins {
             if ids.is_empty() || entry.conn.is_gone() {
                 continue;
             }
-            let token = entry
-                .conn
-                .call(&Request::PinMany { objects: ids })
-                .and_then(|r| match r.get()? {
-                    ArchivedResponse::Token(t) => Ok(t.to_native()),
-                    _ => Err(unexpected()),
-                });
+            if entry
+                .pins_stalled
+                .is_some_and(|until| Instant::now() < until)
+            {
+                tracing::debug!(%server, "not pinning objects for a fork: the server stalled");
+                continue;
+            }
+            let token = pin_for_fork(server, entry, ids);
             match token {
                 Ok(t) => pins.push((*server, t)),
                 Err(e) => tracing::debug!("cannot pin managed objects for a fork: {e}"),
@@ -775,5 +894,43 @@ impl ForkHook for ForkPins {
             entry.conn = conn;
             guard.conns.insert(server, entry);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use multiproc_runtime::manager::{ServeOptions, Server};
+
+    /// Regression: a thread waited for the shared connection for as long as
+    /// another thread's call on it took, forever if the server never
+    /// answered; and asking whether the connection broke waited as well.
+    #[test]
+    fn a_call_waits_for_the_shared_connection_only_so_long() {
+        let server = Server::bind(0x5eed_0000_0000_0001, &ServeOptions::default()).unwrap();
+        let address = ServerAddress::Local(server.local_address());
+        let stop = server.shutdown_handle();
+        let serving = std::thread::spawn(move || server.serve_forever());
+        let conn = Connection::open(&address).unwrap();
+        assert!(conn.call(&Request::NumberOfObjects).is_ok());
+        {
+            // Another call in progress (one the server does not answer).
+            let _busy = conn.wire.lock();
+            assert!(!conn.is_gone(), "answered without waiting for the call");
+            let waited = conn.exchange(
+                &Request::NumberOfObjects,
+                Duration::from_millis(50),
+                Deadline::Never,
+            );
+            assert!(
+                matches!(waited, Err(Error::Timeout(_))),
+                "{:?}",
+                waited.err()
+            );
+        }
+        assert!(conn.call(&Request::NumberOfObjects).is_ok(), "still usable");
+        drop(conn);
+        stop.shutdown();
+        serving.join().unwrap();
     }
 }

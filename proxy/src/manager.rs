@@ -57,7 +57,12 @@ struct Inner {
 /// The server shuts down on [`Manager::shutdown`] or when the last clone
 /// of the `Manager` is dropped, and dies with this process. Once it is
 /// gone, every proxy call fails with `Error::ManagerGone` (within about
-/// 100 ms if it was killed mid-call), never hangs.
+/// 100 ms if it was killed mid-call), never hangs. The proxies of one
+/// process share its connection to the server; a call waits at most 60 s
+/// for another thread's call on it (only a server that stopped answering
+/// takes that long), then fails with `Error::Timeout`. Shutting down (or
+/// dropping the manager) never waits for that connection: a server that
+/// does not answer the request is killed.
 ///
 /// # Who may connect
 ///
@@ -455,9 +460,10 @@ impl Inner {
         if self.shut_down.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        // On a connection of its own: the shared one may be held by a call
+        // that does not return (a server that stopped answering is killed below).
         if self.address.is_alive()
-            && let Ok(conn) = client::connection(&self.address)
-            && let Err(e) = conn.call(&Request::Shutdown)
+            && let Err(e) = client::request_shutdown(&self.address)
         {
             tracing::debug!("manager shutdown request failed: {e}");
         }

@@ -742,7 +742,6 @@ impl RemoteManager {
             });
         }
         Ok(P::from_handle(ObjectHandle {
-            conn: Mutex::new(client::connection(&self.inner.address)?),
             server: self.inner.address,
             object,
         }))
@@ -836,9 +835,9 @@ impl RemoteManager {
     /// Asks the server to stop (any client may), and if this process
     /// started it, waits for its process to end.
     pub fn shutdown(&self) -> Result<()> {
-        if let Ok(conn) = client::connection(&self.inner.address)
-            && let Err(e) = conn.call(&Request::Shutdown)
-        {
+        // On a connection of its own: the shared one may be held by a call
+        // that does not return.
+        if let Err(e) = client::request_shutdown(&self.inner.address) {
             tracing::debug!("remote manager shutdown request failed: {e}");
         }
         client::forget(&self.inner.address);
@@ -865,8 +864,8 @@ impl Drop for Inner {
         if self.owner == sys::process::getpid()
             && let Some(mut p) = self.process.lock().take()
         {
-            if let Ok(conn) = client::connection(&self.address) {
-                let _ = conn.call(&Request::Shutdown);
+            if let Err(e) = client::request_shutdown(&self.address) {
+                tracing::debug!("remote manager shutdown request failed: {e}");
             }
             client::forget(&self.address);
             if p.join_timeout(EXIT_TIMEOUT).is_err() {
@@ -927,8 +926,13 @@ impl<T: RemoteObject, U: UserTypes> UserTypes for (T, U) {
 }
 
 /// A client's handle to a user object: calls its methods by number.
+///
+/// A method is user code that may run as long as it likes, so each call
+/// goes over a connection of its own (kept for the next call), never the
+/// one the process shares: a slow or stuck method holds up only its caller.
+/// A method that panics is [`Error::Remote`] with the panic's message, and
+/// the server and the object serve on.
 pub struct ObjectHandle {
-    conn: Mutex<Arc<client::Connection>>,
     server: ServerAddress,
     object: ObjectId,
 }
@@ -945,26 +949,21 @@ impl std::fmt::Debug for ObjectHandle {
 impl ObjectHandle {
     /// Calls method number `method` with `args`, returning its result.
     pub fn call<A: Shareable, R: Shareable>(&self, method: u32, args: &A) -> Result<R> {
-        let conn = {
-            let mut c = self.conn.lock();
-            if !c.is_ours() {
-                *c = client::connection(&self.server)?;
-            }
-            c.clone()
-        };
         let encoded = args.encode()?;
-        let reply = conn.call(&Request::Call(Call {
-            object: self.object,
-            method,
-            index: 0,
-            key: None,
-            value: Some(Blob::plain(&encoded)),
-            expected: None,
-            batch: Vec::new(),
-            fingerprint: 0,
-            type_name: "",
-            wait_us: 0,
-        }))?;
+        let reply = client::on_own_connection(&self.server, |conn| {
+            conn.call(&Request::Call(Call {
+                object: self.object,
+                method,
+                index: 0,
+                key: None,
+                value: Some(Blob::plain(&encoded)),
+                expected: None,
+                batch: Vec::new(),
+                fingerprint: 0,
+                type_name: "",
+                wait_us: 0,
+            }))
+        })?;
         match reply.get()? {
             ArchivedResponse::Value {
                 bytes: multiproc_runtime::rkyv::option::ArchivedOption::Some(b),

@@ -56,6 +56,15 @@ pub enum Error {
     /// A task run elsewhere (a pool worker, a manager server) failed there.
     #[error("remote error: {0}")]
     Remote(String),
+    /// The input iterator of a pool call (`map`, `imap`, …) panicked.
+    ///
+    /// `imap` yields the results of the items before the panic first, then
+    /// this error, then ends; the pool goes on working.
+    #[error("the input iterator panicked: {message}")]
+    InputPanicked {
+        /// The panic message.
+        message: String,
+    },
     /// The peer did not prove knowledge of the authkey, or refused ours.
     #[error("authentication failed: {0}")]
     Authentication(String),

@@ -60,6 +60,10 @@ mod model;
 ///
 /// The server makes the object with `Default::default()` when it starts
 /// ([`BaseManager::register_object`]), and runs one call at a time on it.
+/// A method that panics is `Error::Remote` carrying the panic message for
+/// its caller (as Python re-raises a served method's exception); what the
+/// method changed before it panicked stays changed, and the server and the
+/// object serve on.
 /// The type must be `Default + Send + 'static`; each served method takes
 /// `&self` or `&mut self`, then any number of named arguments, and returns
 /// a value or nothing (`()`); argument and result types must be

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use rkyv::util::AlignedVec;
 
 use crate::codec::Shareable;
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::HandleRepr;
 use crate::shm::{Kind, Segment, ShmObject, fingerprint_str};
@@ -300,6 +301,18 @@ impl ClientEnd {
     /// Fails with `ManagerGone` if the server is dead or shut down (checked
     /// between sleep slices, so within about [`LIVENESS_SLICE`]).
     pub fn round_trip(&mut self, request: &[u8], response: &mut AlignedVec) -> Result<()> {
+        self.round_trip_deadline(request, response, Deadline::Never)
+    }
+
+    /// As [`ClientEnd::round_trip`], waiting for the response until
+    /// `deadline` at most: then [`Error::Timeout`], and the channel is
+    /// unusable from then on (the answer may still come), as if gone.
+    pub fn round_trip_deadline(
+        &mut self,
+        request: &[u8],
+        response: &mut AlignedVec,
+        deadline: Deadline,
+    ) -> Result<()> {
         if self.gone {
             return Err(self.gone("is gone"));
         }
@@ -321,8 +334,12 @@ impl ClientEnd {
         if got != Some(seq) {
             let chan = self.chan.clone();
             let setup = self.setup.as_ref().map(|s| s.as_fd());
-            if let Err(why) = sleep_until(&chan, &self.server, setup, seq) {
-                return Err(self.gone(why));
+            if let Err(why) = sleep_until(&chan, &self.server, setup, seq, deadline) {
+                let gone = self.gone(why);
+                return Err(match why {
+                    NO_ANSWER => deadline.timeout_error(),
+                    _ => gone,
+                });
             }
         }
         let len = self.chan.state().resp_len.load(Ordering::Acquire);
@@ -332,7 +349,11 @@ impl ClientEnd {
     }
 }
 
-/// Sleeps until the response `seq` is published; `Err` says why the server is gone.
+/// Why [`sleep_until`] gave up at its deadline.
+const NO_ANSWER: &str = "did not answer in time";
+
+/// Sleeps until the response `seq` is published; `Err` says why the server
+/// is gone (or [`NO_ANSWER`] at the deadline).
 ///
 /// Between slices it checks the server: a death the kernel confirms, or the
 /// server's end of the setup socket closing, is the end; a server whose
@@ -344,6 +365,7 @@ fn sleep_until(
     server: &crate::manager::protocol::LocalAddress,
     setup: Option<std::os::fd::BorrowedFd<'_>>,
     seq: u32,
+    deadline: Deadline,
 ) -> std::result::Result<(), &'static str> {
     let st = chan.state();
     loop {
@@ -358,7 +380,12 @@ fn sleep_until(
             st.client_sleeping.store(0, Ordering::Relaxed);
             return Err("has shut down");
         }
-        let outcome = sys::futex::futex_wait(&st.resp_seq, cur, Some(LIVENESS_SLICE));
+        if deadline.expired() {
+            st.client_sleeping.store(0, Ordering::Relaxed);
+            return Err(NO_ANSWER);
+        }
+        let outcome =
+            sys::futex::futex_wait(&st.resp_seq, cur, Some(deadline.slice(LIVENESS_SLICE)));
         st.client_sleeping.store(0, Ordering::Relaxed);
         if outcome == WaitOutcome::TimedOut && st.resp_seq.load(Ordering::SeqCst) != seq {
             let gone = if setup.is_some_and(|fd| sys::fd::peer_hung_up(fd).unwrap_or(false)) {

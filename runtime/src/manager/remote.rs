@@ -47,8 +47,7 @@ use crate::error::{Error, Result};
 use crate::manager::dispatch::After;
 use crate::manager::gate::{Admission, Gate, GateLimits, Source, Ticket};
 use crate::manager::protocol::{RemoteError, Response, encode_response};
-use crate::manager::server::{ServerState, refuse};
-use crate::manager::table::ConnRefs;
+use crate::manager::server::{ConnectionGuard, ServerState, refuse};
 use crate::manager::waitable::Peer;
 use crate::sys;
 use crate::wire::auth::{self, FrameTransport};
@@ -331,13 +330,13 @@ fn serve_tcp_connection(
                 Ok(ready) if !ready.is_empty()
             )
     };
+    // Releases what the connection holds however this thread ends.
+    let mut guard = ConnectionGuard::tcp(state, key, closer);
     let peer = Peer {
-        id: state.connection_id(),
+        id: guard.id,
         gone: &gone,
         pid: None,
     };
-    state.tcp_conns.lock().insert(key, closer);
-    let mut refs = ConnRefs::new();
     let mut request: AlignedVec = AlignedVec::new();
     let mut response = AlignedVec::new();
     let ended = loop {
@@ -380,7 +379,13 @@ fn serve_tcp_connection(
         } else {
             request.clear();
             request.extend_from_slice(&frame);
-            state.handle(&mut refs, &peer, &request, &mut response, response_limit)
+            state.handle(
+                &mut guard.refs,
+                &peer,
+                &request,
+                &mut response,
+                response_limit,
+            )
         };
         drop(frame);
         if let Err(e) = conn.send_bytes(&response) {
@@ -391,9 +396,8 @@ fn serve_tcp_connection(
             break Error::ManagerGone("shut down by this client".into());
         }
     };
-    state.tcp_conns.lock().remove(&key);
     tracing::debug!(reason = %ended, "manager TCP connection ended");
-    state.connection_ended(refs, peer.id);
+    // Dropping `guard` releases what the connection held.
 }
 
 /// A client's TCP connection to a manager server.
@@ -530,6 +534,18 @@ impl TcpClient {
     /// server died or shut down, the network reset it) is
     /// [`Error::ManagerGone`], now and for every later call.
     pub fn round_trip(&mut self, request: &[u8], response: &mut AlignedVec) -> Result<()> {
+        self.round_trip_deadline(request, response, Deadline::Never)
+    }
+
+    /// As [`TcpClient::round_trip`], waiting for the response until
+    /// `deadline` at most: then [`Error::Timeout`], and the connection is
+    /// unusable from then on (the answer may still come), as if broken.
+    pub fn round_trip_deadline(
+        &mut self,
+        request: &[u8],
+        response: &mut AlignedVec,
+        deadline: Deadline,
+    ) -> Result<()> {
         if self.gone {
             return Err(Error::ManagerGone(
                 "the connection to the manager broke earlier; objects reached through it are \
@@ -546,7 +562,10 @@ impl TcpClient {
         let result = self
             .conn
             .send_bytes(request)
-            .and_then(|()| self.conn.recv_bytes());
+            .and_then(|()| match deadline.remaining() {
+                None => self.conn.recv_bytes(),
+                Some(left) => self.conn.recv_bytes_timeout(left),
+            });
         match result {
             Ok(bytes) => {
                 response.clear();
@@ -555,6 +574,10 @@ impl TcpClient {
             }
             // Thrown away as it arrived: the connection is still in step.
             Err(e @ Error::MessageTooLarge { .. }) => Err(e),
+            Err(Error::Timeout(waited)) => {
+                self.gone = true;
+                Err(Error::Timeout(waited))
+            }
             Err(e) => {
                 // The socket stays open until this client is dropped: its
                 // descriptor number must not be reused meanwhile, because a

@@ -293,7 +293,7 @@ impl ServerState {
     }
 
     /// A connection ended: its references go, and the locks it held.
-    pub(crate) fn connection_ended(&self, conn: ConnRefs, id: u64) {
+    fn connection_ended(&self, conn: ConnRefs, id: u64) {
         self.table.lock().release_connection(conn, id);
     }
 
@@ -355,6 +355,81 @@ impl ServerState {
             // Wakes the accept loop; the connection is dropped at once.
             let _ = UnixStream::connect_addr(&addr);
         }
+    }
+}
+
+/// One connection's hold on the server, released however its thread ends.
+///
+/// A connection thread that stops for any reason, a panic included, must
+/// not leave its client waiting or its objects held: dropping the guard
+/// tells the client (a local channel is closed by the server; a TCP
+/// connection's duplicate socket is let go, so the socket closes when the
+/// thread's own end does) and releases the references and locks the
+/// connection held.
+pub(crate) struct ConnectionGuard<'a> {
+    state: &'a ServerState,
+    /// The connection's id (see [`Peer`]).
+    pub(crate) id: u64,
+    /// The references the connection holds.
+    pub(crate) refs: ConnRefs,
+    /// A local connection's channel (registered in `state.channels`).
+    channel: Option<Channel>,
+    /// A TCP connection's key in `state.tcp_conns`.
+    tcp_key: Option<u64>,
+}
+
+impl<'a> ConnectionGuard<'a> {
+    /// The guard of a new local connection over `channel`, which it registers.
+    pub(crate) fn local(state: &'a ServerState, channel: Channel) -> Self {
+        state.channels.lock().push(channel.clone());
+        if state.stopping() {
+            channel.close_by_server();
+        }
+        ConnectionGuard {
+            state,
+            id: state.connection_id(),
+            refs: ConnRefs::new(),
+            channel: Some(channel),
+            tcp_key: None,
+        }
+    }
+
+    /// The guard of a new TCP connection, whose socket `closer` (a
+    /// duplicate) a shutdown cuts.
+    pub(crate) fn tcp(state: &'a ServerState, key: u64, closer: std::net::TcpStream) -> Self {
+        state.tcp_conns.lock().insert(key, closer);
+        ConnectionGuard {
+            state,
+            id: state.connection_id(),
+            refs: ConnRefs::new(),
+            channel: None,
+            tcp_key: Some(key),
+        }
+    }
+}
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                connection = self.id,
+                "a manager connection thread panicked; its connection is closed"
+            );
+        }
+        if let Some(chan) = self.channel.take() {
+            // Tells a client waiting for an answer that none will come.
+            chan.close_by_server();
+            let seg_id = chan.segment().id();
+            self.state
+                .channels
+                .lock()
+                .retain(|c| c.segment().id() != seg_id);
+        }
+        if let Some(key) = self.tcp_key {
+            self.state.tcp_conns.lock().remove(&key);
+        }
+        self.state
+            .connection_ended(std::mem::take(&mut self.refs), self.id);
     }
 }
 
@@ -759,12 +834,8 @@ fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
         tracing::debug!("manager cannot answer a client: {e}");
         return;
     }
-    state.channels.lock().push(chan.clone());
-    if state.stopping() {
-        chan.close_by_server();
-    }
-    let mut end = ServerEnd::new(chan);
-    let mut conn = ConnRefs::new();
+    let mut end = ServerEnd::new(chan.clone());
+    let mut guard = ConnectionGuard::local(state, chan);
     // Only a death the kernel confirms, or the setup socket closing, ends
     // a client: a server out of descriptors cannot read `/proc`, and must
     // not drop live clients (nor free their objects) for that.
@@ -772,7 +843,7 @@ fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
         || hung_up(&stream) || sys::process::liveness(hello.pid, Some(hello.start_ticks)).is_dead();
     let gone = || state.stopping() || client_gone();
     let peer = Peer {
-        id: state.connection_id(),
+        id: guard.id,
         gone: &gone,
         pid: Some(hello.pid),
     };
@@ -784,7 +855,7 @@ fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
             break h;
         }
         let after = state.handle(
-            &mut conn,
+            &mut guard.refs,
             &peer,
             &request,
             &mut response,
@@ -807,9 +878,7 @@ fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
         }
     };
     tracing::debug!(pid = hello.pid, ?hangup, "manager connection ended");
-    state.connection_ended(conn, peer.id);
-    let seg_id = end.channel().segment().id();
-    state.channels.lock().retain(|c| c.segment().id() != seg_id);
+    // Dropping `guard` closes the channel and releases what the connection held.
 }
 
 /// A client's connection to a local server: the setup socket (kept open so
@@ -958,4 +1027,72 @@ fn try_connect_local(
         socket,
         end: ClientEnd::new(chan, *address),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::ObjectKind;
+    use crate::manager::channel::Channel;
+    use crate::manager::protocol::encode_request;
+
+    /// Regression: a connection thread that panicked left its client
+    /// waiting forever for an answer and kept the objects it referenced.
+    #[test]
+    fn a_connection_thread_that_panics_still_ends_its_connection() {
+        let server = Server::bind(random_token(), &ServeOptions::default()).unwrap();
+        let state = server.state.clone();
+        let chan = Channel::create(SLOT_SIZE).unwrap();
+        let client_chan = Channel::open(chan.segment().clone()).unwrap();
+        let st = state.clone();
+        // Reads one request, runs it (it creates an object this connection
+        // holds), then fails before answering, as a bug would.
+        let crashed = std::thread::spawn(move || {
+            let mut end = ServerEnd::new(chan.clone());
+            let mut guard = ConnectionGuard::local(&st, chan);
+            let mut request = AlignedVec::new();
+            end.next_request(&mut request, || true, || false).unwrap();
+            let peer = Peer {
+                id: guard.id,
+                gone: &|| false,
+                pid: None,
+            };
+            let mut response = AlignedVec::new();
+            st.handle(
+                &mut guard.refs,
+                &peer,
+                &request,
+                &mut response,
+                crate::manager::channel::MAX_MESSAGE,
+            );
+            assert_eq!(st.table.lock().len(), 1);
+            panic!("a bug in a connection thread");
+        });
+        let address = server.local_address();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut client = ClientEnd::new(client_chan, address);
+            let create = encode_request(
+                &Request::Create {
+                    kind: ObjectKind::Dict,
+                    fingerprint: 1,
+                    type_name: "dict",
+                    arg: 0,
+                },
+                AlignedVec::new(),
+            )
+            .unwrap();
+            let _ = tx.send(client.round_trip(&create, &mut AlignedVec::new()));
+        });
+        let answer = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the client still waits for an answer");
+        assert!(matches!(answer, Err(Error::ManagerGone(_))), "{answer:?}");
+        assert!(crashed.join().is_err());
+        assert_eq!(state.table.lock().len(), 0, "its references were released");
+        assert!(
+            state.channels.lock().is_empty(),
+            "its channel was forgotten"
+        );
+    }
 }

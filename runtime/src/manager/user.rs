@@ -8,6 +8,13 @@
 //! holds up callers of that object only.
 //!
 //! User objects live as long as the server (they are made when it starts).
+//!
+//! A method that panics is the caller's error, not the server's: the panic
+//! is caught and answered as a `RemoteError::Failed` carrying its message
+//! (the client's `Error::Remote`, as Python re-raises a served method's
+//! exception in its caller), and the object and its server go on serving.
+//! Whatever the method changed before it panicked stays changed (as in
+//! Python); the object's lock is released as the panic unwinds.
 
 use std::sync::Arc;
 
@@ -34,6 +41,9 @@ pub enum CallError {
 /// encoded arguments and answer encoded results. Implemented by the
 /// `#[multiproc::remote]` attribute (or the `remote_object!` macro) of the
 /// `multiproc` crate.
+///
+/// A panic in `call` is caught by the server and answered to the caller as
+/// an error carrying the panic message; the server and the object go on.
 pub trait ServedObject: Send + 'static {
     /// Runs method `method` on the encoded `args`; returns the encoded result.
     fn call(&mut self, method: u32, args: &[u8]) -> Result<Vec<u8>, CallError>;
@@ -76,13 +86,28 @@ impl UserObjects {
             None => Err(RemoteError::UnknownObject(id)),
             Some(obj) => {
                 let args = call.value.as_ref().map_or(&[][..], |b| &b.bytes[..]);
-                obj.lock().call(method, args).map_err(|e| match e {
-                    CallError::UnknownMethod => RemoteError::UnknownMethod {
-                        method,
-                        object: "user object".into(),
-                    },
-                    CallError::Codec(m) => RemoteError::Malformed(m),
-                })
+                // User code: a panic must not unwind through the server (the
+                // table's locks are not held here; the object's own lock is
+                // released by the unwinding guard).
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    obj.lock().call(method, args)
+                }));
+                match ran {
+                    Ok(answer) => answer.map_err(|e| match e {
+                        CallError::UnknownMethod => RemoteError::UnknownMethod {
+                            method,
+                            object: "user object".into(),
+                        },
+                        CallError::Codec(m) => RemoteError::Malformed(m),
+                    }),
+                    Err(payload) => {
+                        let message = crate::process::panic_text(payload.as_ref());
+                        tracing::warn!(object = id, method, "a served method panicked: {message}");
+                        Err(RemoteError::Failed(format!(
+                            "served method {method} panicked: {message}"
+                        )))
+                    }
+                }
             }
         };
         let mut buf = std::mem::take(out);

@@ -58,6 +58,9 @@ macro_rules! pool_methods {
 
         /// Applies `f` to every item and returns the results in order, or
         /// the first error. `chunksize`: `None` for Python's default.
+        ///
+        /// The input is read whole first, here; if it panics, the call
+        /// fails with [`Error::InputPanicked`] and runs nothing.
         pub fn map<A: Shareable, R: Shareable>(
             &self,
             f: fn(A) -> R,
@@ -85,7 +88,7 @@ macro_rules! pool_methods {
             chunksize: impl Into<Option<usize>>,
             callbacks: Callbacks<Vec<R>>,
         ) -> Result<AsyncResult<Vec<R>>> {
-            let items: Vec<A> = items.into_iter().collect();
+            let items: Vec<A> = submit::collect_input(items)?;
             submit::map_async(
                 &self.core,
                 self.workers,
@@ -119,7 +122,7 @@ macro_rules! pool_methods {
         where
             (A, B): Shareable,
         {
-            let items: Vec<(A, B)> = items.into_iter().collect();
+            let items: Vec<(A, B)> = submit::collect_input(items)?;
             submit::map_async(
                 &self.core,
                 self.workers,

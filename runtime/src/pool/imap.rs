@@ -13,15 +13,61 @@ use crate::pool::jobs::IMapShared;
 use crate::pool::wire::TaskFn;
 
 /// Pulls chunks from the user's iterator while few enough results wait unread.
+///
+/// The iterator is user code, run on whichever thread refills (the pool's
+/// result handler, or a caller of the pool, under the pool's lock). A panic
+/// in it, or in encoding an item, is caught here and ends the input: the
+/// items pulled before it still run, and the results iterator yields their
+/// results, then the error, then ends.
 pub(crate) struct IMapFeeder<I, A, R, F> {
     pub job: u64,
-    pub input: I,
+    /// The user's iterator, until it ends (then it is dropped).
+    pub input: Option<I>,
     pub f: F,
     pub chunksize: usize,
     /// Most items submitted but not yet taken by the iterator.
     pub window: usize,
     pub shared: Arc<IMapShared<R>>,
     pub _a: PhantomData<fn(A)>,
+}
+
+/// Pulls up to `n` items from `input` into `items`. A panic of the
+/// iterator is `Error::InputPanicked`; the items pulled before it stay.
+///
+/// Never trusts `size_hint`: a lying one must not make us allocate.
+pub(crate) fn pull<I: Iterator>(input: &mut I, n: usize, items: &mut Vec<I::Item>) -> Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        while items.len() < n {
+            match input.next() {
+                Some(item) => items.push(item),
+                None => break,
+            }
+        }
+    }))
+    .map_err(|payload| Error::InputPanicked {
+        message: crate::process::panic_text(payload.as_ref()),
+    })
+}
+
+impl<I, A, R, F> IMapFeeder<I, A, R, F> {
+    /// Drops the user's iterator, whose `Drop` must not unwind through the pool either.
+    fn end_input(&mut self) {
+        if let Some(input) = self.input.take()
+            && let Err(payload) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(input)))
+        {
+            tracing::warn!(
+                "dropping an imap input panicked: {}",
+                crate::process::panic_text(payload.as_ref())
+            );
+        }
+    }
+}
+
+impl<I, A, R, F> Drop for IMapFeeder<I, A, R, F> {
+    fn drop(&mut self) {
+        self.end_input();
+    }
 }
 
 impl<B, I, A, R, F> Feeder<B> for IMapFeeder<I, A, R, F>
@@ -43,34 +89,53 @@ where
             }
             s.submitted
         };
-        let items: Vec<A> = self.input.by_ref().take(self.chunksize).collect();
+        let Some(input) = self.input.as_mut() else {
+            return Feed::Done;
+        };
+        let mut items = Vec::new();
+        let failure = pull(input, self.chunksize, &mut items).err();
         let len = items.len();
+        let mut ended = failure.is_some() || len < self.chunksize;
         let task = if len == 0 {
-            None
+            Ok(None)
         } else {
-            match backend.make_task(self.f, items) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    // An item that cannot be encoded ends the input with an error.
-                    let mut s = self.shared.state.lock();
-                    let key = if s.ordered { s.submitted } else { s.arrived };
-                    s.arrived += 1;
-                    s.ready.insert(key, Err(e));
-                    s.submitted += 1;
-                    s.total = Some(s.submitted);
-                    drop(s);
-                    self.shared.changed.notify_all();
-                    return Feed::Done;
-                }
-            }
+            let f = self.f;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.make_task(f, items)))
+                .unwrap_or_else(|payload| {
+                    Err(Error::Codec(format!(
+                        "encoding an input item panicked: {}",
+                        crate::process::panic_text(payload.as_ref())
+                    )))
+                })
+                .map(Some)
         };
         let mut s = self.shared.state.lock();
-        s.submitted += len;
-        if len < self.chunksize {
+        let task = match task {
+            Ok(task) => {
+                s.submitted += len;
+                task
+            }
+            Err(e) => {
+                // The chunk is lost: the input ends before it, with the
+                // error (it concerns items before any later panic).
+                ended = true;
+                if s.total.is_none() {
+                    s.input_error = Some(e);
+                }
+                None
+            }
+        };
+        if ended && s.total.is_none() {
             s.total = Some(s.submitted);
+            if s.input_error.is_none() {
+                s.input_error = failure;
+            }
         }
         drop(s);
         self.shared.changed.notify_all();
+        if ended {
+            self.end_input();
+        }
         match task {
             Some(task) => Feed::Chunk(Chunk {
                 job: self.job,
@@ -104,6 +169,11 @@ impl<B: Backend> Poke for Core<B> {
 /// Each item is the task's `Result`. The input is consumed lazily, a bounded
 /// number of chunks ahead of what this iterator has yielded, so an endless
 /// input works. Dropping the iterator early stops feeding the input.
+///
+/// An input that panics (or yields an item that cannot be encoded) ends
+/// there: the iterator yields the results of the items before it, then
+/// [`Error::InputPanicked`] (or the encoding error), then ends; the pool
+/// goes on working.
 pub struct IMapIterator<R> {
     shared: Arc<IMapShared<R>>,
     pool: Weak<dyn Poke>,
@@ -133,7 +203,8 @@ impl<R> IMapIterator<R> {
                 return Ok(Some(r));
             }
             if s.total.is_some_and(|t| s.next >= t) {
-                return Ok(None);
+                // Every result is out: the input's error, if it ended in one, then the end.
+                return Ok(s.input_error.take().map(Err));
             }
             match deadline.remaining() {
                 None => self.shared.changed.wait(&mut s),

@@ -187,6 +187,9 @@ pub(crate) struct IMapState<R> {
     pub submitted: usize,
     /// Total items once the input is exhausted (or the job was abandoned).
     pub total: Option<usize>,
+    /// Why the input ended early (it panicked, or an item could not be
+    /// encoded): yielded once after the results of every item before it.
+    pub input_error: Option<Error>,
 }
 
 /// Shared between an imap job (the pool side) and its iterator.
@@ -205,6 +208,7 @@ impl<R> IMapShared<R> {
                 next: 0,
                 submitted: 0,
                 total: None,
+                input_error: None,
             }),
             changed: Condvar::new(),
         })

@@ -12,6 +12,7 @@
 //! the run has taken less than [`REPORT_DELAY`].
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use rkyv::{Archive, Deserialize, Serialize};
@@ -101,6 +102,9 @@ impl Processes {
         init: Option<InitSpec>,
         maxtasks: Option<usize>,
     ) -> Result<(Processes, ProcReports)> {
+        if method == StartMethod::Fork {
+            install_quiet_switch();
+        }
         let reports = Queue::new()?;
         Ok((
             Processes {
@@ -165,6 +169,51 @@ impl ReportSource for ProcReports {
     }
 }
 
+/// Whether this process's panic hook is [`install_quiet_switch`]'s:
+/// 0 no, 1 being installed, 2 yes.
+static QUIET_SWITCH: AtomicU8 = AtomicU8::new(0);
+/// Set in a pool worker: its panics are not printed.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Wraps this process's panic hook (once) in one that stays silent in pool
+/// workers, so that a worker forked from this process silences its panics
+/// by setting a flag instead of replacing the hook.
+///
+/// A forked child must not replace the hook: that takes std's hook lock,
+/// which another thread of the parent may have held (running a panic hook)
+/// at the moment of the fork; the child would wait for it forever. Replacing
+/// it here, in the pool's process, at most waits for that thread. Panics go
+/// to the previous hook as before; a hook the user sets later replaces this
+/// one (forked workers then print their tasks' panics, nothing worse).
+fn install_quiet_switch() {
+    // `set_hook` refuses to run in a panicking thread.
+    if std::thread::panicking()
+        || QUIET_SWITCH
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+    {
+        return;
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !QUIET.load(Ordering::Relaxed) {
+            previous(info);
+        }
+    }));
+    QUIET_SWITCH.store(2, Ordering::SeqCst);
+}
+
+/// Stops this process printing panic messages (a pool worker's).
+fn silence_panics() {
+    if QUIET_SWITCH.load(Ordering::SeqCst) == 2 {
+        // Forked from a pool's process: the inherited hook listens to the flag.
+        QUIET.store(true, Ordering::SeqCst);
+    } else {
+        // A spawned worker is a fresh process, with no other thread panicking.
+        std::panic::set_hook(Box::new(|_| {}));
+    }
+}
+
 /// The main loop of a pool worker process.
 fn worker_main(args: WorkerArgs) {
     let WorkerArgs {
@@ -176,7 +225,7 @@ fn worker_main(args: WorkerArgs) {
     } = args;
     // A task's panic message travels back to the pool with its result (as
     // Python's pool reports exceptions): do not also print it here.
-    std::panic::set_hook(Box::new(|_| {}));
+    silence_panics();
     // A chunk allocates and frees the same large buffers (its items, its
     // results) again and again. Freeing one block above glibc's mmap
     // threshold raises that threshold and the trim threshold with it (its

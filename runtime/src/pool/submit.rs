@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::pool::async_result::{self, AsyncResult, Callbacks};
 use crate::pool::backend::{Backend, Chunk};
 use crate::pool::core::{Core, Submission};
-use crate::pool::imap::{IMapFeeder, IMapIterator, Poke};
+use crate::pool::imap::{IMapFeeder, IMapIterator, Poke, pull};
 use crate::pool::jobs::{ApplyJob, IMapJob, IMapShared, MapJob};
 use crate::pool::wire::TaskFn;
 
@@ -24,6 +24,16 @@ pub(crate) fn check_chunksize(chunksize: Option<usize>) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The whole input of a `map`, read in the caller's thread: a panic of the
+/// iterator is [`Error::InputPanicked`], and its `size_hint` is not trusted
+/// (a lying one must not make us allocate for items that never come).
+pub(crate) fn collect_input<A>(items: impl IntoIterator<Item = A>) -> Result<Vec<A>> {
+    let mut input = items.into_iter();
+    let mut all = Vec::new();
+    pull(&mut input, usize::MAX, &mut all)?;
+    Ok(all)
 }
 
 /// Items per chunk in flight per worker that an `imap` may run ahead.
@@ -131,7 +141,7 @@ where
             chunks: Vec::new(),
             feeder: Some(Box::new(IMapFeeder {
                 job: id,
-                input: items,
+                input: Some(items),
                 f,
                 chunksize,
                 window,
