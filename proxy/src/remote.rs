@@ -504,13 +504,13 @@ fn server_main<U: UserTypes>(args: ServerArgs) {
     });
     match server {
         Ok(s) => {
-            args.boot.publish_ready(Some(&s));
+            args.boot.publish_ready(&s);
             drop(args.boot);
             s.serve_forever();
         }
         Err(e) => {
             tracing::error!("remote manager server cannot start: {e}");
-            args.boot.publish_ready(None);
+            args.boot.publish_failed(&e);
         }
     }
 }

@@ -187,4 +187,13 @@ impl Error {
     pub(crate) fn codec(e: impl std::fmt::Display) -> Self {
         Error::Codec(e.to_string())
     }
+
+    /// A failed bind, saying where: the io error keeps its kind (`AddrInUse`
+    /// for a port in use) and gains the address in its text.
+    pub(crate) fn cannot_listen(address: &dyn std::fmt::Display, e: std::io::Error) -> Self {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {address}: {e}"),
+        ))
+    }
 }
