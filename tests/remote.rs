@@ -150,7 +150,7 @@ fn named_objects_are_typed_and_unknown_names_are_errors() {
     ));
     assert!(matches!(
         worker.get::<ListProxy<u8>>("nothing"),
-        Err(Error::KeyNotFound)
+        Err(Error::KeyNotFound(k)) if k == "\"nothing\""
     ));
     // Objects made by a client over TCP, and proxies passed between processes.
     let l = worker.list::<u32>().unwrap();

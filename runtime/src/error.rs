@@ -98,9 +98,11 @@ pub enum Error {
         /// The length of the sequence.
         len: usize,
     },
-    /// A key was not present.
-    #[error("key not found")]
-    KeyNotFound,
+    /// A key was not present: a dict's key (its `Debug` form, as Python's
+    /// `KeyError` shows the key's repr), a namespace's attribute or a
+    /// remote manager's registered name.
+    #[error("key not found: {0}")]
+    KeyNotFound(String),
     /// A message (a manager request or response) is larger than the limit
     /// that applies to it. Nothing was sent or changed for that call, and
     /// the connection stays usable.
