@@ -24,6 +24,22 @@
 //! In integration-test files (where the harness owns `main`) write
 //! `multiproc::init_before_main!();` once at the top instead.
 //!
+//! **Logs.** The library logs through `tracing`. A spawned child runs the
+//! program from the top and runs its target inside [`init`], so install
+//! your subscriber *before* `init()`: then spawned children (processes,
+//! pool workers, manager servers) log through one too. Installed after
+//! `init()`, it exists only in the parent (and in children forked after
+//! it); a spawned child's events go nowhere. Keep that line to building
+//! the subscriber (no work, no threads). See `examples/logging.rs`.
+//!
+//! ```
+//! fn main() {
+//!     tracing_subscriber::fmt().init(); // before init(): children run it too
+//!     multiproc::init();
+//!     // …
+//! }
+//! ```
+//!
 //! ## Share a value
 //!
 //! [`Value`] and [`Array`] live in shared segments; handles to them can be
