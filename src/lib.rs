@@ -33,11 +33,9 @@
 //! the subscriber (no work, no threads). See `examples/logging.rs`.
 //!
 //! ```
-//! fn main() {
-//!     tracing_subscriber::fmt().init(); // before init(): children run it too
-//!     multiproc::init();
-//!     // …
-//! }
+//! tracing_subscriber::fmt().init(); // before init(): children run it too
+//! multiproc::init();
+//! // … the program …
 //! ```
 //!
 //! ## Share a value
