@@ -286,6 +286,14 @@
 //! docs (`manager`, `wire`, `handle`, `__internal` …) are internals shared
 //! with the CLI and tests, with no stability promise.
 
+// The runtime stops first with the same message (this crate is built after
+// it); this one keeps the facade's own statement of it.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "multiproc supports Linux only for now (it is built on futexes, memfd, \
+     SO_PEERCRED and /proc); other systems are not supported yet"
+);
+
 pub use multiproc_proxy::{
     BarrierProxy, BaseManager, BoundedSemaphoreProxy, DictProxy, EventProxy, ListProxy, LockProxy,
     LockProxyGuard, Manager, ManagerBuilder, ManagerServer, NamespaceProxy, ObjectHandle, Parties,

@@ -1098,6 +1098,12 @@ fn pyclient_row(key: &'static str, scale: &Scale) -> multiproc::Result<Figure> {
 fn run_pyclient(smoke: bool) -> multiproc::Result<PyclientFigures> {
     use std::io::BufRead;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/python/pyclient.py");
+    if !script.exists() {
+        return Err(multiproc::Error::InvalidState(format!(
+            "{} is not there (run from a checkout of multiproc)",
+            script.display()
+        )));
+    }
     let key = std::env::temp_dir().join(format!("multiproc-bench-py-{}.key", std::process::id()));
     std::fs::write(&key, b"bench-python-client-key")?;
     let mut server = Command::new(std::env::current_exe()?)
