@@ -198,20 +198,29 @@ fn options_take_the_equals_form_and_bench_shows_its_progress() {
     assert!(err.contains("measured 1 of 1 operations"), "{err}");
 }
 
-/// Runs `serve` with `extra` arguments, connects with a wrong key, waits
-/// for `until` on its stderr (if given), then stops it with SIGTERM;
-/// returns all of its stderr.
-fn serve_and_connect_with_a_wrong_key(tag: &str, extra: &[&str], until: Option<&str>) -> String {
+/// Runs `serve` with `extra` arguments (and RUST_LOG set to `rust_log`, if
+/// given), connects with a wrong key, waits for `until` on its stderr (if
+/// given), then stops it with SIGTERM; returns all of its stderr.
+fn serve_and_connect_with_a_wrong_key(
+    tag: &str,
+    extra: &[&str],
+    rust_log: Option<&str>,
+    until: Option<&str>,
+) -> String {
     let key = KeyFile::new(tag);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_multiproc"))
-        .args([
-            "serve",
-            "--address=127.0.0.1:0",
-            "--authkey-file",
-            key.path(),
-        ])
-        .args(extra)
-        .env_remove("RUST_LOG")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_multiproc"));
+    cmd.args([
+        "serve",
+        "--address=127.0.0.1:0",
+        "--authkey-file",
+        key.path(),
+    ])
+    .args(extra);
+    match rust_log {
+        Some(filter) => cmd.env("RUST_LOG", filter),
+        None => cmd.env_remove("RUST_LOG"),
+    };
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -276,16 +285,27 @@ fn serve_and_connect_with_a_wrong_key(tag: &str, extra: &[&str], until: Option<&
 fn serve_logs_on_stderr_at_the_level_asked() {
     const REFUSED: &str = "failed the authkey handshake";
     // The default (info) shows the refused client, with its level.
-    let err = serve_and_connect_with_a_wrong_key("default", &[], Some(REFUSED));
+    let err = serve_and_connect_with_a_wrong_key("default", &[], None, Some(REFUSED));
     assert!(
         err.lines()
             .any(|l| l.contains("WARN") && l.contains(REFUSED)),
         "{err}"
     );
     // --log-level error hides warnings; the signal is still reported.
-    let err = serve_and_connect_with_a_wrong_key("quiet", &["--log-level=error"], None);
+    let err = serve_and_connect_with_a_wrong_key("quiet", &["--log-level=error"], None, None);
     assert!(!err.contains(REFUSED), "{err}");
     assert!(err.contains("shutting down"), "{err}");
+    // So does RUST_LOG, when --log-level is not given ...
+    let err = serve_and_connect_with_a_wrong_key("env", &[], Some("error"), None);
+    assert!(!err.contains(REFUSED), "{err}");
+    // ... and --log-level wins over it.
+    let err = serve_and_connect_with_a_wrong_key(
+        "both",
+        &["--log-level", "warn"],
+        Some("error"),
+        Some(REFUSED),
+    );
+    assert!(err.contains(REFUSED), "{err}");
 }
 
 #[test]
