@@ -24,6 +24,20 @@
 //! In integration-test files (where the harness owns `main`) write
 //! `multiproc::init_before_main!();` once at the top instead.
 //!
+//! **Logs.** The library logs through `tracing`. A spawned child runs the
+//! program from the top and runs its target inside [`init`], so install
+//! your subscriber *before* `init()`: then spawned children (processes,
+//! pool workers, manager servers) log through one too. Installed after
+//! `init()`, it exists only in the parent (and in children forked after
+//! it); a spawned child's events go nowhere. Keep that line to building
+//! the subscriber (no work, no threads). See `examples/logging.rs`.
+//!
+//! ```
+//! tracing_subscriber::fmt().init(); // before init(): children run it too
+//! multiproc::init();
+//! // … the program …
+//! ```
+//!
 //! ## Share a value
 //!
 //! [`Value`] and [`Array`] live in shared segments; handles to them can be
@@ -275,6 +289,14 @@
 //! and the platform layer is private. Modules and items hidden from these
 //! docs (`manager`, `wire`, `handle`, `__internal` …) are internals shared
 //! with the CLI and tests, with no stability promise.
+
+// The runtime stops first with the same message (this crate is built after
+// it); this one keeps the facade's own statement of it.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "multiproc supports Linux only for now (it is built on futexes, memfd, \
+     SO_PEERCRED and /proc); other systems are not supported yet"
+);
 
 pub use multiproc_proxy::{
     BarrierProxy, BaseManager, BoundedSemaphoreProxy, DictProxy, EventProxy, ListProxy, LockProxy,

@@ -186,3 +186,37 @@ fn distributed_master_and_two_workers() {
     }
     assert_eq!(total, 10);
 }
+
+/// A subscriber installed before `init()` gets the events of children
+/// started by spawn and by fork, and of pool workers.
+#[test]
+fn logging() {
+    let out = Command::new(example("logging"))
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run example logging: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    let parent: u32 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("parent pid "))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no parent pid in\n{stdout}"));
+    assert!(stderr.contains("the parent logs"), "{stderr}");
+    for how in ["Spawn", "Fork", "Pool"] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("child at work") && l.contains(&format!("how={how}")))
+            .unwrap_or_else(|| panic!("no event from the {how} child in\n{stderr}"));
+        let pid: u32 = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("pid="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {line:?}"));
+        assert_ne!(pid, parent, "{line:?} came from the parent");
+    }
+    assert!(stdout.contains("[Spawn] the child returned 42"), "{stdout}");
+    assert!(stdout.contains("[pool] a worker returned 8"), "{stdout}");
+}

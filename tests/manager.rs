@@ -363,7 +363,11 @@ fn out_of_range_indices_and_missing_keys() {
 
     let d = manager.dict::<String, u32>().unwrap();
     let k = |s: &str| s.to_string();
-    assert!(matches!(d.pop(&k("nope")), Err(Error::KeyNotFound)));
+    // The error names the key, as Python's KeyError does.
+    match d.pop(&k("nope")) {
+        Err(e @ Error::KeyNotFound(_)) => assert_eq!(e.to_string(), "key not found: \"nope\""),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(d.pop_or(&k("nope"), 3).unwrap(), 3);
     assert_eq!(d.get(&k("nope")).unwrap(), None);
     assert_eq!(d.setdefault(k("a"), 1).unwrap(), 1);
@@ -382,8 +386,8 @@ fn out_of_range_indices_and_missing_keys() {
     assert!(d.is_empty().unwrap());
 
     let ns = manager.namespace().unwrap();
-    assert!(matches!(ns.get::<u32>("x"), Err(Error::KeyNotFound)));
-    assert!(matches!(ns.delete("x"), Err(Error::KeyNotFound)));
+    assert!(matches!(ns.get::<u32>("x"), Err(Error::KeyNotFound(k)) if k == "\"x\""));
+    assert!(matches!(ns.delete("x"), Err(Error::KeyNotFound(k)) if k == "\"x\""));
     ns.set("x", "hello".to_string()).unwrap();
     assert!(ns.contains("x").unwrap());
     assert_eq!(ns.names().unwrap(), vec!["x".to_string()]);

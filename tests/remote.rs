@@ -150,7 +150,7 @@ fn named_objects_are_typed_and_unknown_names_are_errors() {
     ));
     assert!(matches!(
         worker.get::<ListProxy<u8>>("nothing"),
-        Err(Error::KeyNotFound)
+        Err(Error::KeyNotFound(k)) if k == "\"nothing\""
     ));
     // Objects made by a client over TCP, and proxies passed between processes.
     let l = worker.list::<u32>().unwrap();
@@ -168,6 +168,51 @@ fn named_objects_are_typed_and_unknown_names_are_errors() {
     assert_eq!(p.join_timeout(PROMPTLY).unwrap(), 2);
     assert_eq!(l.to_vec().unwrap(), vec![3, 4]);
     master.shutdown().unwrap();
+}
+
+/// `start` on a port another socket holds fails with the server's own
+/// error (an `Io` error of kind `AddrInUse` that names the address), not a
+/// `ManagerGone` that hides the cause.
+#[test]
+fn start_on_a_port_in_use_is_an_io_error_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let expect_in_use = |result: Result<RemoteManager, Error>| match result {
+        Err(Error::Io(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+            let text = e.to_string();
+            assert!(
+                text.contains("in use") && text.contains(&address.to_string()),
+                "{text}"
+            );
+        }
+        Err(other) => panic!("not an Io error: {other:?}"),
+        Ok(_) => panic!("the server started on a port in use"),
+    };
+    // In a server process of its own, and in this process.
+    expect_in_use(
+        BaseManager::new()
+            .address(address.to_string())
+            .authkey(KEY)
+            .start(),
+    );
+    match BaseManager::new()
+        .address(address.to_string())
+        .authkey(KEY)
+        .get_server()
+    {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // The Python listener's port, too.
+    let python = multiproc::py::PythonOptions::new(address);
+    expect_in_use(
+        BaseManager::new()
+            .address("127.0.0.1:0")
+            .authkey(KEY)
+            .python(python)
+            .start(),
+    );
 }
 
 #[test]

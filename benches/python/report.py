@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes BENCHMARKS.md from the JSON of two `multiproc bench` runs.
 
-    cargo run --release -- bench --json target/bench.json
-    cargo run --release -- bench --sleep --no-python --json target/bench-sleep.json
+    cargo run --release --features cli -- bench --json target/bench.json
+    cargo run --release --features cli -- bench --sleep --no-python --json target/bench-sleep.json
     python3 benches/python/plot.py target/bench.json benches/latency.png
     python3 benches/python/report.py target/bench.json target/bench-sleep.json > BENCHMARKS.md
 
@@ -53,8 +53,8 @@ def main():
     w("  `benches/python/baseline.py` (the same operations in `multiprocessing`) in the same run\n")
     w("## Reproduce\n")
     w("```sh")
-    w("cargo run --release -- bench --json target/bench.json")
-    w("cargo run --release -- bench --sleep --no-python --json target/bench-sleep.json")
+    w("cargo run --release --features cli -- bench --json target/bench.json")
+    w("cargo run --release --features cli -- bench --sleep --no-python --json target/bench-sleep.json")
     w("pip install matplotlib   # for the plot")
     w("python3 benches/python/plot.py target/bench.json benches/latency.png")
     w("python3 benches/python/report.py target/bench.json target/bench-sleep.json > BENCHMARKS.md")

@@ -115,11 +115,15 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
         self.core.call(Method::DictRemove, args, read_value)
     }
 
-    /// Removes `key` and returns its value; `Err(KeyNotFound)` if it was absent
-    /// (Python's `d.pop(key)`).
-    pub fn pop(&self, key: &K) -> Result<V> {
+    /// Removes `key` and returns its value; `Err(KeyNotFound)` naming the
+    /// key (its `Debug` form) if it was absent (Python's `d.pop(key)`, whose
+    /// `KeyError` shows the key). [`DictProxy::remove`] needs no `Debug`.
+    pub fn pop(&self, key: &K) -> Result<V>
+    where
+        K: std::fmt::Debug,
+    {
         self.remove(key)?
-            .ok_or(multiproc_runtime::Error::KeyNotFound)
+            .ok_or_else(|| multiproc_runtime::Error::KeyNotFound(format!("{key:?}")))
     }
 
     /// Removes `key` and returns its value, or `default` if it was absent

@@ -172,7 +172,7 @@ impl<T: Shareable> ListProxy<T> {
         };
         match self.core.call(Method::ListIndex, args, read_len) {
             Ok(i) => Ok(Some(i)),
-            Err(Error::KeyNotFound) => Ok(None),
+            Err(Error::KeyNotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use multiproc_runtime::__internal::fingerprint_str;
 use multiproc_runtime::manager::protocol::{Blob, Method};
-use multiproc_runtime::{Result, Shareable};
+use multiproc_runtime::{Error, Result, Shareable};
 
 use crate::core::{
     Args, Proxy, ProxyCore, TypeTag, impl_proxy, read_bool, read_many, read_unit, read_value,
@@ -52,8 +52,8 @@ impl Proxy for NamespaceProxy {
 impl_proxy!(impl<> for NamespaceProxy);
 
 impl NamespaceProxy {
-    /// The attribute `name` as a `T`: `Err(KeyNotFound)` if it is not set,
-    /// `Err(TypeMismatch)` if it was set as another type.
+    /// The attribute `name` as a `T`: `Err(KeyNotFound)` naming it if it is
+    /// not set, `Err(TypeMismatch)` if it was set as another type.
     pub fn get<T: Shareable>(&self, name: &str) -> Result<T> {
         let type_name = std::any::type_name::<T>();
         let args = Args {
@@ -63,7 +63,8 @@ impl NamespaceProxy {
             ..Args::default()
         };
         self.core
-            .call(Method::NsGet, args, read_value)?
+            .call(Method::NsGet, args, read_value)
+            .map_err(|e| name_key(e, name))?
             .ok_or_else(crate::client::unexpected)
     }
 
@@ -81,13 +82,15 @@ impl NamespaceProxy {
         self.core.call(Method::NsSet, args, read_unit)
     }
 
-    /// Deletes the attribute `name`; `Err(KeyNotFound)` if it is not set.
+    /// Deletes the attribute `name`; `Err(KeyNotFound)` naming it if it is not set.
     pub fn delete(&self, name: &str) -> Result<()> {
         let args = Args {
             key: Some(Blob::plain(name.as_bytes())),
             ..Args::default()
         };
-        self.core.call(Method::NsDelete, args, read_unit)
+        self.core
+            .call(Method::NsDelete, args, read_unit)
+            .map_err(|e| name_key(e, name))
     }
 
     /// Whether the attribute `name` is set.
@@ -111,5 +114,13 @@ impl NamespaceProxy {
                     .collect()
             })
         })
+    }
+}
+
+/// The server's "no such key" names no key: this names the attribute.
+fn name_key(e: Error, name: &str) -> Error {
+    match e {
+        Error::KeyNotFound(_) => Error::KeyNotFound(format!("{name:?}")),
+        e => e,
     }
 }

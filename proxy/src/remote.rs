@@ -504,13 +504,13 @@ fn server_main<U: UserTypes>(args: ServerArgs) {
     });
     match server {
         Ok(s) => {
-            args.boot.publish_ready(Some(&s));
+            args.boot.publish_ready(&s);
             drop(args.boot);
             s.serve_forever();
         }
         Err(e) => {
             tracing::error!("remote manager server cannot start: {e}");
-            args.boot.publish_ready(None);
+            args.boot.publish_failed(&e);
         }
     }
 }
@@ -717,8 +717,9 @@ impl RemoteManager {
     /// name the server does not have).
     pub fn get<P: Registrable>(&self, name: &str) -> Result<P> {
         let registry: Registry = self.attach(REGISTRY, <Registry as Proxy>::tag())?;
-        let (object, fingerprint, type_name) =
-            registry.get(&name.to_string())?.ok_or(Error::KeyNotFound)?;
+        let (object, fingerprint, type_name) = registry
+            .get(&name.to_string())?
+            .ok_or_else(|| Error::KeyNotFound(format!("{name:?}")))?;
         P::attach(&ProxyRepr {
             server: self.inner.address,
             object,
@@ -733,8 +734,9 @@ impl RemoteManager {
     /// [`BaseManager::register_object`] and the [`remote`](macro@crate::remote) attribute).
     pub fn get_object<P: UserProxy>(&self, name: &str) -> Result<P> {
         let registry: Registry = self.attach(REGISTRY, <Registry as Proxy>::tag())?;
-        let (object, fingerprint, type_name) =
-            registry.get(&name.to_string())?.ok_or(Error::KeyNotFound)?;
+        let (object, fingerprint, type_name) = registry
+            .get(&name.to_string())?
+            .ok_or_else(|| Error::KeyNotFound(format!("{name:?}")))?;
         if fingerprint != fingerprint_str(P::TYPE_NAME) || object & USER_OBJECT_BIT == 0 {
             return Err(Error::TypeMismatch {
                 expected: P::TYPE_NAME.into(),

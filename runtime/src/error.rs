@@ -107,9 +107,11 @@ pub enum Error {
         /// The length of the sequence.
         len: usize,
     },
-    /// A key was not present.
-    #[error("key not found")]
-    KeyNotFound,
+    /// A key was not present: a dict's key (its `Debug` form, as Python's
+    /// `KeyError` shows the key's repr), a namespace's attribute or a
+    /// remote manager's registered name.
+    #[error("key not found: {0}")]
+    KeyNotFound(String),
     /// A message (a manager request or response) is larger than the limit
     /// that applies to it. Nothing was sent or changed for that call, and
     /// the connection stays usable.
@@ -195,5 +197,14 @@ fn describe_death(exitcode: Option<i32>, signal: Option<i32>) -> String {
 impl Error {
     pub(crate) fn codec(e: impl std::fmt::Display) -> Self {
         Error::Codec(e.to_string())
+    }
+
+    /// A failed bind, saying where: the io error keeps its kind (`AddrInUse`
+    /// for a port in use) and gains the address in its text.
+    pub(crate) fn cannot_listen(address: &dyn std::fmt::Display, e: std::io::Error) -> Self {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {address}: {e}"),
+        ))
     }
 }

@@ -11,6 +11,14 @@
 //! could break memory safety is a safe function. The platform calls (`sys`)
 //! are private.
 
+// Futexes, memfd, SO_PEERCRED, /proc and the abstract socket namespace are
+// Linux's; other systems need their own `sys` backend first.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "multiproc supports Linux only for now (it is built on futexes, memfd, \
+     SO_PEERCRED and /proc); other systems are not supported yet"
+);
+
 mod codec;
 pub mod connection;
 #[doc(hidden)]

@@ -205,12 +205,14 @@ impl fmt::Debug for Listener {
 impl Listener {
     /// Listens at `address`; clients must prove they know `authkey` if one is given.
     ///
-    /// A Unix socket file that already exists is an [`Error::Io`]
-    /// (`AddrInUse`), as in Python.
+    /// A Unix socket file that already exists, or a TCP port in use, is an
+    /// [`Error::Io`] of kind `AddrInUse` (as in Python), whose text names
+    /// the address.
     pub fn bind(address: &Address, authkey: Option<&[u8]>) -> Result<Listener> {
         let (socket, address, socket_file) = match address {
             Address::Unix(path) => {
-                let l = UnixListener::bind(path)?;
+                let l = UnixListener::bind(path)
+                    .map_err(|e| Error::cannot_listen(&path.display(), e))?;
                 let m = match std::fs::symlink_metadata(path) {
                     Ok(m) => m,
                     Err(e) => {
@@ -232,7 +234,7 @@ impl Listener {
                 (ListenSocket::Unix(l), address.clone(), None)
             }
             Address::Tcp(addr) => {
-                let l = TcpListener::bind(addr)?;
+                let l = TcpListener::bind(addr).map_err(|e| Error::cannot_listen(addr, e))?;
                 let bound = Address::Tcp(l.local_addr()?);
                 (ListenSocket::Tcp(l), bound, None)
             }

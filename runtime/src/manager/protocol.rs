@@ -584,7 +584,12 @@ impl From<RemoteError> for Error {
                 index: usize::try_from(index).unwrap_or(usize::MAX),
                 len: len as usize,
             },
-            RemoteError::KeyNotFound | RemoteError::NotFound => Error::KeyNotFound,
+            // The server does not send the key back: the proxy that asked,
+            // which knows it, names it (see `multiproc_proxy`'s calls).
+            RemoteError::KeyNotFound => {
+                Error::KeyNotFound("(a key the server did not name)".into())
+            }
+            RemoteError::NotFound => Error::KeyNotFound("(a value not in the list)".into()),
             RemoteError::Malformed(m) => Error::Protocol(m),
             RemoteError::ShuttingDown => Error::ManagerGone("the manager is shutting down".into()),
             RemoteError::Timeout => Error::Timeout(std::time::Duration::ZERO),

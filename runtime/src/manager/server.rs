@@ -29,7 +29,7 @@ use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -84,7 +84,37 @@ struct BootState {
     tcp_port: AtomicU32,
     /// The Python listener's port, or 0.
     python_port: AtomicU32,
+    /// Why the server could not start (status FAILED): the position of
+    /// the `io::ErrorKind` in [`FAILURE_KINDS`] plus one, or 0 for an error
+    /// that was not `Io`, and the error's text (its first
+    /// [`FAILURE_TEXT`] bytes).
+    failure_kind: AtomicU32,
+    failure_len: AtomicU32,
+    failure_text: [AtomicU8; FAILURE_TEXT],
 }
+
+/// How much of a start failure's text the boot block keeps.
+const FAILURE_TEXT: usize = 256;
+
+/// The `io::ErrorKind`s a start failure carries to the parent as they are
+/// (anything else arrives as `Other`, with the same text).
+const FAILURE_KINDS: [std::io::ErrorKind; 12] = {
+    use std::io::ErrorKind::*;
+    [
+        AddrInUse,
+        AddrNotAvailable,
+        PermissionDenied,
+        NotFound,
+        AlreadyExists,
+        InvalidInput,
+        OutOfMemory,
+        ConnectionRefused,
+        Unsupported,
+        TimedOut,
+        Interrupted,
+        Other,
+    ]
+};
 
 /// The rendezvous between a starting server and its parent: a small segment
 /// the server marks ready once it listens, with the address it chose.
@@ -100,7 +130,7 @@ impl std::fmt::Debug for ServerBoot {
 }
 
 fn boot_fingerprint() -> u64 {
-    fingerprint_str("multiproc::manager::boot/3")
+    fingerprint_str("multiproc::manager::boot/4")
 }
 
 fn random_token() -> u64 {
@@ -132,6 +162,9 @@ impl ServerBoot {
                         start_ticks: AtomicU64::new(0),
                         tcp_port: AtomicU32::new(0),
                         python_port: AtomicU32::new(0),
+                        failure_kind: AtomicU32::new(0),
+                        failure_len: AtomicU32::new(0),
+                        failure_text: [const { AtomicU8::new(0) }; FAILURE_TEXT],
                     })
                 }
             },
@@ -144,19 +177,70 @@ impl ServerBoot {
         self.obj.state().token.load(Ordering::Relaxed)
     }
 
-    /// Tells the parent that `server` listens (or, with `None`, that it
-    /// could not start).
-    pub fn publish_ready(&self, server: Option<&Server>) {
-        match server {
-            Some(s) => {
-                let python = s.python_address().map_or(0, |a| a.port());
-                self.obj
-                    .state()
-                    .python_port
-                    .store(u32::from(python), Ordering::Relaxed);
-                self.publish(READY, Some(&s.state.address), s.tcp_port())
+    /// Tells the parent that `server` listens.
+    pub fn publish_ready(&self, server: &Server) {
+        let python = server.python_address().map_or(0, |a| a.port());
+        self.obj
+            .state()
+            .python_port
+            .store(u32::from(python), Ordering::Relaxed);
+        self.publish(READY, Some(&server.state.address), server.tcp_port())
+    }
+
+    /// Tells the parent that the server could not start, and why: its
+    /// [`ServerBoot::wait_ready`] returns `error` (an `Io` error keeps its
+    /// kind, so a port in use is `AddrInUse` there too).
+    pub fn publish_failed(&self, error: &Error) {
+        let st = self.obj.state();
+        let kind = match error {
+            Error::Io(e) => {
+                FAILURE_KINDS
+                    .iter()
+                    .position(|k| *k == e.kind())
+                    .unwrap_or(FAILURE_KINDS.len() - 1)
+                    + 1
             }
-            None => self.publish(FAILED, None, 0),
+            _ => 0,
+        };
+        let text = match error {
+            // The io::Error's own text: the variant's prefix is added again
+            // when the parent displays it.
+            Error::Io(e) => e.to_string(),
+            other => other.to_string(),
+        };
+        let mut len = text.len().min(FAILURE_TEXT);
+        while !text.is_char_boundary(len) {
+            len -= 1;
+        }
+        for (cell, byte) in st.failure_text.iter().zip(&text.as_bytes()[..len]) {
+            cell.store(*byte, Ordering::Relaxed);
+        }
+        st.failure_len.store(len as u32, Ordering::Relaxed);
+        st.failure_kind.store(kind as u32, Ordering::Relaxed);
+        self.publish(FAILED, None, 0)
+    }
+
+    /// The error a failed server published (after status FAILED was seen).
+    fn failure(&self) -> Error {
+        let st = self.obj.state();
+        let len = (st.failure_len.load(Ordering::Relaxed) as usize).min(FAILURE_TEXT);
+        let bytes: Vec<u8> = st.failure_text[..len]
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        match st.failure_kind.load(Ordering::Relaxed) as usize {
+            0 if text.is_empty() => {
+                Error::ManagerGone("the manager server could not start listening".into())
+            }
+            0 => Error::ManagerGone(format!("the manager server could not start: {text}")),
+            k => {
+                let kind = FAILURE_KINDS
+                    .get(k - 1)
+                    .copied()
+                    .unwrap_or(std::io::ErrorKind::Other);
+                Error::Io(std::io::Error::new(kind, text))
+            }
         }
     }
 
@@ -202,11 +286,7 @@ impl ServerBoot {
                         token: st.token.load(Ordering::Relaxed),
                     });
                 }
-                FAILED => {
-                    return Err(Error::ManagerGone(
-                        "the manager server could not start listening".into(),
-                    ));
-                }
+                FAILED => return Err(self.failure()),
                 _ => {}
             }
             if !server_alive() {
@@ -728,11 +808,11 @@ pub fn serve_with((boot, options): (ServerBoot, ServeOptions)) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("manager server cannot listen: {e}");
-            boot.publish_ready(None);
+            boot.publish_failed(&e);
             return;
         }
     };
-    boot.publish_ready(Some(&server));
+    boot.publish_ready(&server);
     drop(boot);
     server.serve_forever();
 }

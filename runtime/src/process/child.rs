@@ -15,6 +15,9 @@ static INIT_RAN: AtomicBool = AtomicBool::new(false);
 /// Call this first in `main`. In a child started by spawn it runs the target
 /// and exits the process; anywhere else it returns at once.
 ///
+/// The one thing to put before it: a `tracing` subscriber, so that spawned
+/// children (which never get past `init`) log through one too.
+///
 /// ```
 /// multiproc::init();
 /// // … the program …

@@ -188,7 +188,8 @@ impl PyListener {
                 "serving Python clients needs a non-empty authkey".into(),
             ));
         }
-        let listener = TcpListener::bind(options.address)?;
+        let listener = TcpListener::bind(options.address)
+            .map_err(|e| Error::cannot_listen(&options.address, e))?;
         let bound = listener.local_addr()?;
         Ok(PyListener {
             listener,

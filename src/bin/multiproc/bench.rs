@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use multiproc::{
@@ -15,13 +15,44 @@ use multiproc::shared_memory::{Item, ShareableList, SharedMemory};
 
 use crate::stats::{Figure, fmt_ns, per_call, summarize, time_ops};
 
-/// Options of one run.
-pub struct Options {
-    pub smoke: bool,
-    pub filter: Vec<String>,
-    pub json: Option<PathBuf>,
-    pub python: bool,
-    pub sleep: bool,
+/// Options of `multiproc bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Tiny iteration counts (seconds); used by the tests.
+    #[arg(long)]
+    smoke: bool,
+    /// Only operations whose key contains TEXT (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    filter: Vec<String>,
+    /// Also write the figures as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Do not run CPython's baseline (benches/python/baseline.py).
+    #[arg(long)]
+    no_python: bool,
+    /// Make waiters sleep instead of spinning (MULTIPROC_SPIN=0).
+    #[arg(long)]
+    sleep: bool,
+    /// Print the operation keys and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+/// Runs `multiproc bench`.
+pub fn command(args: Args) -> ExitCode {
+    if args.list {
+        for (key, _) in operations() {
+            println!("{key}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("multiproc bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Sample counts, scaled down in smoke mode.
@@ -711,9 +742,17 @@ fn shm_list_get_str(scale: &Scale) -> multiproc::Result<Figure> {
 }
 
 /// CPython's figures for the same keys, if python3 and the script are there.
-fn python_figures(opts: &Options) -> BTreeMap<String, (f64, f64)> {
+fn python_figures(opts: &Args, progress: &Progress) -> BTreeMap<String, (f64, f64)> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/python/baseline.py");
-    if !opts.python || !script.exists() {
+    if opts.no_python {
+        return BTreeMap::new();
+    }
+    if !script.exists() {
+        eprintln!(
+            "CPython's baseline script {} is not there (run from a checkout of multiproc); \
+             CPython columns left empty",
+            script.display()
+        );
         return BTreeMap::new();
     }
     eprintln!("running CPython's baseline ({})…", script.display());
@@ -722,12 +761,17 @@ fn python_figures(opts: &Options) -> BTreeMap<String, (f64, f64)> {
     if opts.smoke {
         cmd.arg("--smoke");
     }
-    let out = match cmd.output() {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
+    // The script takes one filter, with the same meaning: it then measures
+    // only what the table shows.
+    if let [filter] = opts.filter.as_slice() {
+        cmd.args(["--filter", filter]);
+    }
+    let out = match run_showing_progress(cmd, progress) {
+        Ok((status, out)) if status.success() => out,
+        Ok((_, out)) => {
             eprintln!(
                 "CPython baseline failed: {}",
-                String::from_utf8_lossy(&o.stderr)
+                String::from_utf8_lossy(&out.stderr)
             );
             return BTreeMap::new();
         }
@@ -756,7 +800,7 @@ fn python_figures(opts: &Options) -> BTreeMap<String, (f64, f64)> {
 }
 
 /// Runs the suite and prints the table; writes JSON if asked.
-pub fn run(opts: Options) -> multiproc::Result<()> {
+fn run(opts: &Args) -> multiproc::Result<()> {
     if opts.sleep {
         // SAFETY: set before any thread of ours starts; children inherit it.
         unsafe { std::env::set_var("MULTIPROC_SPIN", "0") };
@@ -780,23 +824,132 @@ pub fn run(opts: Options) -> multiproc::Result<()> {
             opts.filter.is_empty() || opts.filter.iter().any(|f| key.contains(f.as_str()))
         })
         .collect();
+    let progress = Progress::new(selected.len());
     let mut figures = Vec::new();
     for (i, (key, op)) in selected.iter().enumerate() {
-        eprint!("\r[{}/{}] {key:<40}", i + 1, selected.len());
-        let _ = std::io::stderr().flush();
+        progress.step(i + 1, key);
         match op(&scale) {
             Ok(f) => figures.push(f),
-            Err(e) => eprintln!("\n{key}: failed: {e}"),
+            Err(e) => progress.line(&format!("{key}: failed: {e}")),
         }
     }
-    eprintln!();
-    let python = python_figures(&opts);
+    progress.finish(figures.len());
+    let python = python_figures(opts, &progress);
     print_table(&figures, &python);
     if let Some(path) = &opts.json {
-        write_json(path, &figures, &python, &opts)?;
+        write_json(path, &figures, &python, opts)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Runs `cmd`, showing each line it writes on stderr (`python: KEY`) as
+/// progress; returns its status and everything it wrote.
+fn run_showing_progress(
+    mut cmd: Command,
+    progress: &Progress,
+) -> std::io::Result<(std::process::ExitStatus, std::process::Output)> {
+    use std::io::{BufRead, Read};
+    use std::process::Stdio;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut stdout = child.stdout.take();
+    // stdout on its own thread, so that neither pipe fills while the other is read.
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(out) = stdout.as_mut() {
+            let _ = out.read_to_end(&mut buf);
+        }
+        buf
+    });
+    let mut stderr = Vec::new();
+    if let Some(err) = child.stderr.take() {
+        for line in std::io::BufReader::new(err).split(b'\n') {
+            let Ok(line) = line else { break };
+            let text = String::from_utf8_lossy(&line);
+            if !text.trim().is_empty() {
+                progress.note(text.trim());
+            }
+            stderr.extend_from_slice(&line);
+            stderr.push(b'\n');
+        }
+    }
+    let status = child.wait()?;
+    let stdout = reader.join().unwrap_or_default();
+    progress.clear();
+    Ok((
+        status,
+        std::process::Output {
+            status,
+            stdout,
+            stderr,
+        },
+    ))
+}
+
+/// The progress line on stderr: redrawn in place on a terminal, one line
+/// per step otherwise (a log file, CI).
+struct Progress {
+    total: usize,
+    start: std::time::Instant,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        Progress {
+            total,
+            start: std::time::Instant::now(),
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+
+    fn elapsed(&self) -> String {
+        let s = self.start.elapsed().as_secs();
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+
+    /// Operation `i` of the total starts.
+    fn step(&self, i: usize, key: &str) {
+        self.show(&format!("[{i}/{}] {key}", self.total));
+    }
+
+    /// Something else under way (CPython's baseline).
+    fn note(&self, what: &str) {
+        self.show(what);
+    }
+
+    fn show(&self, what: &str) {
+        let elapsed = self.elapsed();
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            // \r and clear-to-end-of-line: the line is redrawn in place.
+            let _ = write!(err, "\r\x1b[K{what}  ({elapsed})");
+        } else {
+            let _ = writeln!(err, "{what}  ({elapsed})");
+        }
+        let _ = err.flush();
+    }
+
+    /// A message of its own line (a failed operation).
+    fn line(&self, what: &str) {
+        self.clear();
+        eprintln!("{what}");
+    }
+
+    fn clear(&self) {
+        if self.tty {
+            eprint!("\r\x1b[K");
+        }
+    }
+
+    fn finish(&self, measured: usize) {
+        self.clear();
+        eprintln!(
+            "measured {measured} of {} operations in {}",
+            self.total,
+            self.elapsed()
+        );
+    }
 }
 
 fn print_table(figures: &[Figure], python: &BTreeMap<String, (f64, f64)>) {
@@ -829,7 +982,7 @@ fn write_json(
     path: &PathBuf,
     figures: &[Figure],
     python: &BTreeMap<String, (f64, f64)>,
-    opts: &Options,
+    opts: &Args,
 ) -> multiproc::Result<()> {
     let ops: serde_json::Map<String, serde_json::Value> = figures
         .iter()
@@ -945,6 +1098,12 @@ fn pyclient_row(key: &'static str, scale: &Scale) -> multiproc::Result<Figure> {
 fn run_pyclient(smoke: bool) -> multiproc::Result<PyclientFigures> {
     use std::io::BufRead;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/python/pyclient.py");
+    if !script.exists() {
+        return Err(multiproc::Error::InvalidState(format!(
+            "{} is not there (run from a checkout of multiproc)",
+            script.display()
+        )));
+    }
     let key = std::env::temp_dir().join(format!("multiproc-bench-py-{}.key", std::process::id()));
     std::fs::write(&key, b"bench-python-client-key")?;
     let mut server = Command::new(std::env::current_exe()?)

@@ -1,11 +1,11 @@
 //! `multiproc serve`: a generic manager server over TCP.
 
 use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use multiproc::BaseManager;
-
-use crate::usage_error;
 
 const DEFAULT_ADDRESS: &str = "127.0.0.1:50000";
 /// The shortest key `serve` accepts from its key file.
@@ -13,10 +13,10 @@ const MIN_KEY_LEN: usize = 16;
 
 /// Reads the key file: its bytes without trailing newlines, at least
 /// [`MIN_KEY_LEN`] long. Warns (on stderr) when group or others may read it.
-fn read_key(key_file: &str) -> Result<Vec<u8>, String> {
+fn read_key(path: &Path) -> Result<Vec<u8>, String> {
     use std::os::unix::fs::PermissionsExt;
-    let mut file =
-        std::fs::File::open(key_file).map_err(|e| format!("cannot read {key_file}: {e}"))?;
+    let key_file = path.display();
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot read {key_file}: {e}"))?;
     if let Ok(meta) = file.metadata() {
         let mode = meta.permissions().mode();
         if mode & 0o044 != 0 {
@@ -43,62 +43,96 @@ fn read_key(key_file: &str) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
-pub fn command(args: &[String]) -> ExitCode {
+/// Options of `multiproc serve`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    /// Where to listen; port 0 picks one.
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDRESS)]
+    address: String,
+    /// The shared secret clients must prove they know: the file's bytes, a
+    /// trailing newline dropped; at least 16 bytes; a warning if group or
+    /// others may read the file.
+    #[arg(long, value_name = "FILE")]
+    authkey_file: PathBuf,
+    /// The largest request accepted and response sent [default: 64 MiB];
+    /// a longer one fails that call.
+    #[arg(long, value_name = "BYTES", value_parser = positive::<usize>)]
+    max_frame: Option<usize>,
+    /// The most objects one client connection may have alive that it
+    /// created [default: 1048576].
+    #[arg(long, value_name = "N", value_parser = positive::<u64>)]
+    max_objects: Option<u64>,
+    /// The most bytes of keys and values one client connection may have
+    /// stored [default: physical memory].
+    #[arg(long, value_name = "BYTES", value_parser = positive::<u64>)]
+    max_bytes: Option<u64>,
+    /// Also serve CPython clients (multiprocessing's BaseManager, Python
+    /// 3.11+) on this second port.
+    #[arg(long, value_name = "HOST:PORT", value_parser = socket_address)]
+    python_address: Option<SocketAddr>,
+    /// A queue Python clients get as typeid NAME (m.get_task_queue() for
+    /// `--queue get_task_queue`) and Rust clients as QueueProxy<py::Value>;
+    /// repeatable.
+    #[arg(long = "queue", value_name = "NAME", requires = "python_address",
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    queues: Vec<String>,
+    /// Refuse the HMAC-MD5 handshake (Python 3.11).
+    #[arg(long, requires = "python_address")]
+    no_md5: bool,
+    /// What to log on stderr: a level (error, warn, info, debug, trace,
+    /// off) or RUST_LOG-style directives [default: RUST_LOG, else info].
+    #[arg(long, value_name = "LEVEL", value_parser = crate::logging::parse_level)]
+    pub log_level: Option<String>,
+}
+
+const AFTER_HELP: &str = "\
+Clients connect with BaseManager::new().address(..).authkey(..).connect() and
+create dicts, lists, namespaces, queues, locks, semaphores, events and
+barriers in it. On SIGINT or SIGTERM (or a client's shutdown) the server
+stops and exits with status 0. It prints `listening on ADDRESS` once it
+accepts clients (then `python listening on ADDRESS` with --python-address).";
+
+/// A number above zero.
+fn positive<T>(s: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + Default,
+    T::Err: std::fmt::Display,
+{
+    match s.parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        Ok(_) => Err("must be above 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// HOST:PORT, resolved to its first address.
+fn socket_address(s: &str) -> Result<SocketAddr, String> {
+    match s.to_socket_addrs().map(|mut all| all.next()) {
+        Ok(Some(address)) => Ok(address),
+        Ok(None) => Err(format!("{s} resolves to no address")),
+        Err(e) => Err(format!("not HOST:PORT ({e})")),
+    }
+}
+
+pub fn command(args: Args) -> ExitCode {
     // Before any thread starts, so that every thread leaves the signals to
     // the one that waits for them.
     if let Err(e) = multiproc::__internal::sys::signal::block_termination() {
         eprintln!("multiproc serve: cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
-    let mut address = DEFAULT_ADDRESS.to_string();
-    let mut key_file = None;
-    let mut max_frame = None;
-    let mut max_objects = None;
-    let mut max_bytes = None;
-    let mut python_address = None;
-    let mut queues: Vec<String> = Vec::new();
-    let mut allow_md5 = true;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--address" => match it.next() {
-                Some(a) => address = a.clone(),
-                None => return usage_error("--address needs HOST:PORT"),
-            },
-            "--authkey-file" => match it.next() {
-                Some(f) => key_file = Some(f.clone()),
-                None => return usage_error("--authkey-file needs a file"),
-            },
-            "--max-frame" => match it.next().map(|m| m.parse::<usize>()) {
-                Some(Ok(m)) if m > 0 => max_frame = Some(m),
-                _ => return usage_error("--max-frame needs a positive number of bytes"),
-            },
-            "--max-objects" => match it.next().map(|m| m.parse::<u64>()) {
-                Some(Ok(m)) if m > 0 => max_objects = Some(m),
-                _ => return usage_error("--max-objects needs a positive number"),
-            },
-            "--max-bytes" => match it.next().map(|m| m.parse::<u64>()) {
-                Some(Ok(m)) if m > 0 => max_bytes = Some(m),
-                _ => return usage_error("--max-bytes needs a positive number of bytes"),
-            },
-            "--python-address" => match it.next() {
-                Some(a) => python_address = Some(a.clone()),
-                None => return usage_error("--python-address needs HOST:PORT"),
-            },
-            "--queue" => match it.next() {
-                Some(q) if !q.is_empty() => queues.push(q.clone()),
-                _ => return usage_error("--queue needs a name"),
-            },
-            "--no-md5" => allow_md5 = false,
-            other => return usage_error(&format!("unknown serve option {other:?}")),
-        }
-    }
-    let Some(key_file) = key_file else {
-        return usage_error("serve needs --authkey-file");
-    };
-    if python_address.is_none() && (!queues.is_empty() || !allow_md5) {
-        return usage_error("--queue and --no-md5 need --python-address");
-    }
+    let Args {
+        address,
+        authkey_file: key_file,
+        max_frame,
+        max_objects,
+        max_bytes,
+        python_address,
+        queues,
+        no_md5,
+        log_level: _,
+    } = args;
     let key = match read_key(&key_file) {
         Ok(k) => k,
         Err(e) => {
@@ -116,12 +150,8 @@ pub fn command(args: &[String]) -> ExitCode {
     if let Some(m) = max_bytes {
         config = config.max_bytes(m);
     }
-    if let Some(a) = python_address {
-        let address = match std::net::ToSocketAddrs::to_socket_addrs(&a).map(|mut i| i.next()) {
-            Ok(Some(address)) => address,
-            _ => return usage_error(&format!("--python-address {a:?} is not HOST:PORT")),
-        };
-        let mut python = multiproc::py::PythonOptions::new(address).allow_md5(allow_md5);
+    if let Some(address) = python_address {
+        let mut python = multiproc::py::PythonOptions::new(address).allow_md5(!no_md5);
         for q in queues {
             python = python.queue(q);
         }
@@ -147,13 +177,16 @@ pub fn command(args: &[String]) -> ExitCode {
         eprintln!("multiproc serve: cannot watch for signals: {e}");
         return ExitCode::FAILURE;
     }
-    // As bound: 0.0.0.0:P when asked to listen on every interface.
-    println!("listening on {}", server.bound_address());
+    // As bound: 0.0.0.0:P when asked to listen on every interface. Whoever
+    // started us may have stopped reading (closed the pipe): the server
+    // serves on all the same, and a write that fails is not an error.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "listening on {}", server.bound_address());
     if let Some(python) = server.python_address() {
-        println!("python listening on {python}");
+        let _ = writeln!(out, "python listening on {python}");
     }
-    let _ = std::io::stdout().flush();
+    let _ = out.flush();
     server.serve_forever();
-    println!("server stopped");
+    let _ = writeln!(out, "server stopped");
     ExitCode::SUCCESS
 }
