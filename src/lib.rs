@@ -116,6 +116,57 @@
 //! }
 //! ```
 //!
+//! ## Send your own types
+//!
+//! `#[derive(Shareable)]` makes a struct or enum of yours
+//! [`Shareable`](trait@Shareable): a
+//! process argument or result, a queue or pipe message, a manager's dict
+//! value, a pool task. Nothing else is needed (no `rkyv` dependency, no
+//! other attribute); a field whose type cannot travel is a compile error
+//! at that field.
+//!
+//! ```
+//! use multiproc::{Pipe, Process, Shareable};
+//!
+//! #[derive(Shareable, Debug, PartialEq)]
+//! enum Command {
+//!     Resize { width: u32, height: u32 },
+//!     Rename(String),
+//!     Quit,
+//! }
+//!
+//! #[derive(Shareable, Debug, PartialEq)]
+//! struct Reply<T> {
+//!     done: u32,
+//!     last: T,
+//! }
+//!
+//! fn worker(end: multiproc::Connection<Command>) -> Reply<Option<String>> {
+//!     let mut reply = Reply { done: 0, last: None };
+//!     while let Ok(cmd) = end.recv() {
+//!         match cmd {
+//!             Command::Quit => break,
+//!             Command::Rename(name) => reply.last = Some(name),
+//!             Command::Resize { .. } => {}
+//!         }
+//!         reply.done += 1;
+//!     }
+//!     reply
+//! }
+//!
+//! fn main() {
+//!     multiproc::init();
+//!     let (here, there) = Pipe::new().unwrap();
+//!     let mut p = Process::new(worker, there);
+//!     p.start().unwrap();
+//!     here.send(Command::Resize { width: 640, height: 480 }).unwrap();
+//!     here.send(Command::Rename("photo".into())).unwrap();
+//!     here.send(Command::Quit).unwrap();
+//!     let reply = p.join().unwrap();
+//!     assert_eq!(reply, Reply { done: 2, last: Some("photo".to_string()) });
+//! }
+//! ```
+//!
 //! ## Use a pool
 //!
 //! A [`Pool`] fans a function out over worker processes: `map`, `starmap`,
@@ -276,7 +327,7 @@ pub use multiproc_proxy::{
     BarrierProxy, BaseManager, BoundedSemaphoreProxy, DictProxy, EventProxy, ListProxy, LockProxy,
     LockProxyGuard, Manager, ManagerBuilder, ManagerServer, NamespaceProxy, ObjectHandle, Parties,
     QueueProxy, Registrable, RemoteManager, RemoteObject, SemaphoreProxy, SemaphoreValue,
-    ServerAddress, ShutdownHandle, UserProxy, UserTypes, remote, remote_object,
+    ServerAddress, Shareable, ShutdownHandle, UserProxy, UserTypes, remote, remote_object,
     set_manager_authkey,
 };
 pub use multiproc_runtime::{
