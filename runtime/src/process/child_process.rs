@@ -204,6 +204,9 @@ impl<R: Shareable> Process<R> {
     /// Starts the child. A process starts at most once.
     pub fn start(&mut self) -> Result<()> {
         if child::missing_init() {
+            // A spawned child whose `main` skipped `init()`: the parent is
+            // told (unless this process's stdin is not its channel).
+            child::exit_missing_init();
             return Err(Error::InvalidState(
                 "this process was spawned by multiproc but did not call multiproc::init() \
                  first in main"
@@ -497,6 +500,7 @@ impl Running {
             Some(Ok(Outcome::Panicked(msg))) => Err(failed(Some(msg))),
             Some(Ok(Outcome::Failed(msg))) => Err(Error::Remote(msg)),
             Some(Ok(Outcome::Mismatch(msg))) => Err(Error::BinaryMismatch(msg)),
+            Some(Ok(Outcome::InitMissing)) => Err(Error::InitMissing { pid }),
             Some(Err(e)) => Err(e),
             None if exitcode == Some(0) => Err(Error::ChildFailed {
                 pid,
