@@ -291,6 +291,15 @@ pub(crate) fn entry<A: Shareable, R: Shareable>(target: *const (), args: &[u8]) 
     run_caught(move || f(arg))
 }
 
+/// The entry point for targets of type `fn() -> R` (no argument).
+pub(crate) fn entry_no_arg<R: Shareable>(target: *const (), _args: &[u8]) -> Outcome {
+    // SAFETY: as in `entry`: `target` is the parent's `fn() -> R`, found at
+    // the same offset in this same binary, and this entry was instantiated
+    // for the same R.
+    let f = unsafe { std::mem::transmute::<*const (), fn() -> R>(target) };
+    run_caught(f)
+}
+
 /// Sets up the calling thread's encoder (rkyv's thread-local arena).
 ///
 /// A forked child's first encode would otherwise build the arena and

@@ -6,6 +6,10 @@
 //! `main` (or [`init_before_main!`](crate::init_before_main) in test files)
 //! runs the target there and exits. Under [`StartMethod::Fork`] the child is a
 //! fork, and a capturing closure may be a target too.
+//!
+//! Process ids are `i32` throughout (libc's `pid_t`): `Process::pid`,
+//! `current_process().pid`, `parent_process()`, `active_children`,
+//! `Pool::worker_pids`, `Manager::pid`, lock owners and the pids in errors.
 
 mod child;
 mod child_process;
