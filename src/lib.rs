@@ -1,6 +1,10 @@
 //! # multiproc
 //!
-//! Python's `multiprocessing`, rebuilt in Rust on shared memory.
+//! Python's `multiprocessing`, rebuilt in Rust on shared memory. Linux
+//! only: it runs on `memfd`, futexes, pidfds and `/proc`.
+//!
+//! Coming from Python? [`from_python`] maps each `multiprocessing` name to
+//! its form here and says what differs.
 //!
 //! ## Start a process
 //!
@@ -22,7 +26,10 @@
 //! ```
 //!
 //! In integration-test files (where the harness owns `main`) write
-//! `multiproc::init_before_main!();` once at the top instead.
+//! `multiproc::init_before_main!();` once at the top instead (for unit
+//! tests, inside the `#[cfg(test)]` module); a test binary without it gets
+//! [`Error::InitMissing`] from `join`, saying so. Code before `init()` runs
+//! in every spawned child too.
 //!
 //! ## Share a value
 //!
@@ -340,6 +347,13 @@ pub use multiproc_runtime::{
     client, cpu_count, current_process, get_context, get_start_method, init, init_before_main,
     parent_process, set_start_method, wait,
 };
+
+/// For Python programmers: each `multiprocessing` name and its Rust form,
+/// how spawn starts a child (and what test binaries need), what dropping a
+/// `Process` or `Pool` does, and how to call all this from async code.
+/// Also `docs/from-python.md` in the repository.
+#[doc = include_str!("../docs/from-python.md")]
+pub mod from_python {}
 
 /// Python's `multiprocessing.connection`: [`Listener`], [`client`], [`wait`]
 /// and the connections they make.
