@@ -8,8 +8,9 @@
 //!
 //! ## Start a process
 //!
-//! A target is any non-capturing `fn(A) -> R`; the argument and the result
-//! travel encoded. Call [`init`] first in `main`: in a child started by the
+//! A target is any non-capturing `fn(A) -> R` (or `fn() -> R`, with
+//! [`Process::from_fn`]); the argument and the result travel encoded
+//! (several arguments as a tuple). Call [`init`] first in `main`: in a child started by the
 //! default spawn method it runs the target and exits.
 //!
 //! ```

@@ -144,7 +144,8 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let all_fields: Vec<&syn::Field> = match &input.data {
         Data::Struct(s) => s.fields.iter().collect(),
         Data::Enum(e) => e.variants.iter().flat_map(|v| v.fields.iter()).collect(),
-        Data::Union(_) => unreachable!("refused above"),
+        // Refused above.
+        Data::Union(_) => Vec::new(),
     };
     let mut fields: Vec<Field> = Vec::new();
     for f in &all_fields {
@@ -289,7 +290,7 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
                 quote!(match #local { #(#arms,)* }),
             )
         }
-        Data::Union(_) => unreachable!("refused above"),
+        Data::Union(u) => return Err(Error::new_spanned(u.union_token, "unions are refused")),
     };
 
     let with_param = |param: GenericParam| {

@@ -1,7 +1,7 @@
 //! Processes that run Rust functions: Python's `Process`, start methods and helpers.
 //!
 //! A target is any non-capturing `fn(A) -> R` whose argument and result are
-//! [`Shareable`](crate::Shareable). Under [`StartMethod::Spawn`] (the default)
+//! [`Shareable`](crate::Shareable), or an `fn() -> R` ([`Process::from_fn`]). Under [`StartMethod::Spawn`] (the default)
 //! the child re-executes the current binary: [`init`] as the first line of
 //! `main` (or [`init_before_main!`](crate::init_before_main) in test files)
 //! runs the target there and exits. Under [`StartMethod::Fork`] the child is a
