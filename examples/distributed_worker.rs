@@ -33,7 +33,7 @@ fn main() -> multiproc::Result<()> {
     let authkey = arg(2, "MULTIPROC_AUTHKEY", "multiproc-demo");
     let idle_limit = Duration::from_secs(arg(3, "MULTIPROC_IDLE", "60").parse().unwrap_or(60));
 
-    let me = std::process::id();
+    let me = multiproc::current_process().pid;
     let mut done = 0;
     match work(&address, &authkey, idle_limit, &mut done) {
         Ok(()) => {}
@@ -56,7 +56,7 @@ fn work(
     idle_limit: Duration,
     done: &mut u64,
 ) -> multiproc::Result<()> {
-    let me = std::process::id();
+    let me = multiproc::current_process().pid;
     let manager = BaseManager::new()
         .address(address.to_string())
         .authkey(authkey.as_bytes())

@@ -1,11 +1,16 @@
 //! # multiproc
 //!
-//! Python's `multiprocessing`, rebuilt in Rust on shared memory.
+//! Python's `multiprocessing`, rebuilt in Rust on shared memory. Linux
+//! only: it runs on `memfd`, futexes, pidfds and `/proc`.
+//!
+//! Coming from Python? [`from_python`] maps each `multiprocessing` name to
+//! its form here and says what differs.
 //!
 //! ## Start a process
 //!
-//! A target is any non-capturing `fn(A) -> R`; the argument and the result
-//! travel encoded. Call [`init`] first in `main`: in a child started by the
+//! A target is any non-capturing `fn(A) -> R` (or `fn() -> R`, with
+//! [`Process::from_fn`]); the argument and the result travel encoded
+//! (several arguments as a tuple). Call [`init`] first in `main`: in a child started by the
 //! default spawn method it runs the target and exits.
 //!
 //! ```
@@ -22,7 +27,10 @@
 //! ```
 //!
 //! In integration-test files (where the harness owns `main`) write
-//! `multiproc::init_before_main!();` once at the top instead.
+//! `multiproc::init_before_main!();` once at the top instead (for unit
+//! tests, inside the `#[cfg(test)]` module); a test binary without it gets
+//! [`Error::InitMissing`] from `join`, saying so. Code before `init()` runs
+//! in every spawned child too.
 //!
 //! **Logs.** The library logs through `tracing`. A spawned child runs the
 //! program from the top and runs its target inside [`init`], so install
@@ -127,6 +135,57 @@
 //!     let squares: Vec<u64> = (0..3).map(|_| results.recv().unwrap()).collect();
 //!     assert_eq!(squares, [1, 4, 9]);
 //!     p.join().unwrap();
+//! }
+//! ```
+//!
+//! ## Send your own types
+//!
+//! `#[derive(Shareable)]` makes a struct or enum of yours
+//! [`Shareable`](trait@Shareable): a
+//! process argument or result, a queue or pipe message, a manager's dict
+//! value, a pool task. Nothing else is needed (no `rkyv` dependency, no
+//! other attribute); a field whose type cannot travel is a compile error
+//! at that field.
+//!
+//! ```
+//! use multiproc::{Pipe, Process, Shareable};
+//!
+//! #[derive(Shareable, Debug, PartialEq)]
+//! enum Command {
+//!     Resize { width: u32, height: u32 },
+//!     Rename(String),
+//!     Quit,
+//! }
+//!
+//! #[derive(Shareable, Debug, PartialEq)]
+//! struct Reply<T> {
+//!     done: u32,
+//!     last: T,
+//! }
+//!
+//! fn worker(end: multiproc::Connection<Command>) -> Reply<Option<String>> {
+//!     let mut reply = Reply { done: 0, last: None };
+//!     while let Ok(cmd) = end.recv() {
+//!         match cmd {
+//!             Command::Quit => break,
+//!             Command::Rename(name) => reply.last = Some(name),
+//!             Command::Resize { .. } => {}
+//!         }
+//!         reply.done += 1;
+//!     }
+//!     reply
+//! }
+//!
+//! fn main() {
+//!     multiproc::init();
+//!     let (here, there) = Pipe::new().unwrap();
+//!     let mut p = Process::new(worker, there);
+//!     p.start().unwrap();
+//!     here.send(Command::Resize { width: 640, height: 480 }).unwrap();
+//!     here.send(Command::Rename("photo".into())).unwrap();
+//!     here.send(Command::Quit).unwrap();
+//!     let reply = p.join().unwrap();
+//!     assert_eq!(reply, Reply { done: 2, last: Some("photo".to_string()) });
 //! }
 //! ```
 //!
@@ -302,7 +361,7 @@ pub use multiproc_proxy::{
     BarrierProxy, BaseManager, BoundedSemaphoreProxy, DictProxy, EventProxy, ListProxy, LockProxy,
     LockProxyGuard, Manager, ManagerBuilder, ManagerServer, NamespaceProxy, ObjectHandle, Parties,
     QueueProxy, Registrable, RemoteManager, RemoteObject, SemaphoreProxy, SemaphoreValue,
-    ServerAddress, ShutdownHandle, UserProxy, UserTypes, remote, remote_object,
+    ServerAddress, Shareable, ShutdownHandle, UserProxy, UserTypes, remote, remote_object,
     set_manager_authkey,
 };
 pub use multiproc_runtime::{
@@ -315,6 +374,13 @@ pub use multiproc_runtime::{
     client, cpu_count, current_process, get_context, get_start_method, init, init_before_main,
     parent_process, set_start_method, wait,
 };
+
+/// For Python programmers: each `multiprocessing` name and its Rust form,
+/// how spawn starts a child (and what test binaries need), what dropping a
+/// `Process` or `Pool` does, and how to call all this from async code.
+/// Also `docs/from-python.md` in the repository.
+#[doc = include_str!("../docs/from-python.md")]
+pub mod from_python {}
 
 /// Python's `multiprocessing.connection`: [`Listener`], [`client`], [`wait`]
 /// and the connections they make.

@@ -97,6 +97,19 @@ fn pool() {
 }
 
 #[test]
+fn own_types() {
+    run(
+        "own_types",
+        &[
+            "packed in a child: Packed { boxes: 1 }",
+            "shipped: customer-2 -> Shipped(\"TRACK-2\")",
+            "the dict gives back the same order: true",
+            "weighed by the pool (grams): [750, 1000, 1250]",
+        ],
+    );
+}
+
+#[test]
 fn locks() {
     run(
         "locks",

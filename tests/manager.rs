@@ -25,6 +25,40 @@ fn write_square(args: (u32, DictProxy<u32, u64>, ListProxy<u32>)) {
     l.push(i).unwrap();
 }
 
+fn read_back(
+    args: (ListProxy<String>, DictProxy<String, u32>),
+) -> (Vec<String>, Vec<(String, u32)>) {
+    let (l, d) = args;
+    let mut items = d.items().unwrap();
+    items.sort();
+    (l.to_vec().unwrap(), items)
+}
+
+#[test]
+fn a_list_and_a_dict_are_made_with_their_contents_in_one_call() {
+    for m in METHODS {
+        let manager = start(m);
+        let l = manager
+            .list_from(["a", "b", "c"].map(String::from))
+            .unwrap();
+        let d = manager
+            .dict_from([("x".to_string(), 1), ("y".to_string(), 2)])
+            .unwrap();
+        let empty = manager.list_from(Vec::<u64>::new()).unwrap();
+        assert!(empty.is_empty().unwrap());
+        let (list, dict) = util::run_each(m, read_back, [(l.clone(), d.clone())]).remove(0);
+        assert_eq!(list, ["a", "b", "c"], "{m:?}");
+        assert_eq!(dict, [("x".to_string(), 1), ("y".to_string(), 2)], "{m:?}");
+        drop((l, d, empty));
+        // The child's references go when the server sees it gone.
+        assert!(
+            eventually(PROMPTLY, || manager.number_of_objects().unwrap() == 0),
+            "{m:?}"
+        );
+        manager.shutdown().unwrap();
+    }
+}
+
 #[test]
 fn ten_processes_fill_one_dict_and_one_list() {
     for m in METHODS {

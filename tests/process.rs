@@ -61,7 +61,7 @@ fn pids_names_and_parent() {
         let mut b = start(Process::new(whoami, ()).start_method(m));
         let (pid_a, parent_a, name_a, parent_alive) = a.join().unwrap();
         let (pid_b, parent_b, name_b, _) = b.join().unwrap();
-        let me = std::process::id() as i32;
+        let me = multiproc::current_process().pid;
         assert_eq!(Some(pid_a), a.pid());
         assert_ne!(pid_a, pid_b);
         assert_ne!(pid_a, me);
@@ -74,6 +74,74 @@ fn pids_names_and_parent() {
     }
     assert!(multiproc::parent_process().is_none());
     assert_eq!(multiproc::current_process().name, "MainProcess");
+}
+
+fn no_arguments() -> (i32, String) {
+    let me = multiproc::current_process();
+    (me.pid, me.name)
+}
+
+#[test]
+fn a_target_without_arguments_runs_under_both_methods() {
+    for m in METHODS {
+        let mut p = start(Process::from_fn(no_arguments).start_method(m).name("bare"));
+        let (pid, name) = p.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(Some(pid), p.pid(), "{m:?}");
+        assert_eq!(name, "bare", "{m:?}");
+    }
+}
+
+fn wait_for(event: multiproc::Event) -> u64 {
+    event.wait().unwrap();
+    7
+}
+
+#[test]
+fn try_join_never_waits() {
+    for m in METHODS {
+        let event = multiproc::Event::new().unwrap();
+        let mut p = Process::new(wait_for, event.clone()).start_method(m);
+        assert!(matches!(p.try_join(), Err(Error::InvalidState(_))), "{m:?}");
+        p.start().unwrap();
+        // The child waits for the event: it cannot have ended.
+        assert!(matches!(p.try_join(), Err(Error::WouldBlock)), "{m:?}");
+        assert!(p.is_alive());
+        event.set();
+        assert!(eventually(PROMPTLY, || !p.is_alive()), "{m:?}");
+        assert_eq!(p.try_join().unwrap(), 7, "{m:?}");
+        assert!(matches!(p.try_join(), Err(Error::InvalidState(_))), "{m:?}");
+        assert!(matches!(p.join(), Err(Error::InvalidState(_))), "{m:?}");
+    }
+}
+
+fn pids_seen_by_a_child(event: multiproc::Event) -> (i32, Option<i32>) {
+    event.wait().unwrap();
+    let me: i32 = multiproc::current_process().pid;
+    let parent: Option<i32> = multiproc::parent_process().map(|p| p.pid);
+    (me, parent)
+}
+
+#[test]
+fn pids_are_one_type_everywhere() {
+    for m in METHODS {
+        let event = multiproc::Event::new().unwrap();
+        let mut p = start(Process::new(pids_seen_by_a_child, event.clone()).start_method(m));
+        // Every way of naming a process gives an `i32`: no casts below.
+        let pid: i32 = p.pid().unwrap();
+        let listed: Vec<i32> = multiproc::active_children().iter().map(|c| c.pid).collect();
+        assert!(listed.contains(&pid), "{m:?}: {pid} not in {listed:?}");
+        event.set();
+        let (seen, parent) = p.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(seen, pid, "{m:?}");
+        assert_eq!(parent, Some(multiproc::current_process().pid), "{m:?}");
+        let e: Error = Error::ChildFailed {
+            pid,
+            exitcode: None,
+            signal: None,
+            panic: None,
+        };
+        assert!(e.to_string().contains(&pid.to_string()));
+    }
 }
 
 #[test]

@@ -341,6 +341,36 @@ fn a_worker_killed_mid_task_loses_only_its_task_and_its_references() {
 }
 
 #[test]
+fn a_remote_list_and_dict_are_made_with_their_contents() {
+    let master = config().start().unwrap();
+    let m = connect(&master.address().to_string());
+    let l = m.list_from([1i64, 2, 3]).unwrap();
+    assert_eq!(l.to_vec().unwrap(), [1, 2, 3]);
+    let d = m.dict_from([(1u8, "one".to_string())]).unwrap();
+    assert_eq!(d.get(&1).unwrap().as_deref(), Some("one"));
+    master.shutdown().unwrap();
+}
+
+#[test]
+fn a_list_that_cannot_be_filled_is_not_left_behind() {
+    let master = config().max_frame(64 * 1024).start().unwrap();
+    let m = BaseManager::new()
+        .address(master.address().to_string())
+        .authkey(KEY)
+        .max_frame(64 * 1024)
+        .connect()
+        .unwrap();
+    let before = m.number_of_objects().unwrap();
+    let too_large = vec![0u8; 128 * 1024];
+    assert!(matches!(
+        m.list_from([too_large]),
+        Err(Error::MessageTooLarge { .. })
+    ));
+    assert_eq!(m.number_of_objects().unwrap(), before);
+    master.shutdown().unwrap();
+}
+
+#[test]
 fn a_server_in_this_process_serves_until_shut_down() {
     let server = config().get_server().unwrap();
     let address = server.address();

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 /// How many tasks each worker did.
 #[derive(Default)]
 pub struct Tally {
-    by_worker: BTreeMap<u32, u64>,
+    by_worker: BTreeMap<i32, u64>,
 }
 
 // Both examples include this file, but under different module paths
@@ -16,7 +16,7 @@ pub struct Tally {
 impl Tally {
     /// Counts one task done by `worker`; returns its count so far.
     #[remote(1)]
-    fn record(&mut self, worker: u32) -> u64 {
+    fn record(&mut self, worker: i32) -> u64 {
         let n = self.by_worker.entry(worker).or_default();
         *n += 1;
         *n
@@ -24,7 +24,7 @@ impl Tally {
 
     /// Each worker's pid and how many tasks it did.
     #[remote(2)]
-    fn by_worker(&self) -> Vec<(u32, u64)> {
+    fn by_worker(&self) -> Vec<(i32, u64)> {
         self.by_worker.iter().map(|(w, n)| (*w, *n)).collect()
     }
 }

@@ -30,7 +30,7 @@ pub use crate::core::{ArchivedProxy, ProxyRepr};
 pub use dict::DictProxy;
 pub use list::ListProxy;
 pub use manager::{Manager, ManagerBuilder};
-pub use multiproc_proxy_macros::remote;
+pub use multiproc_proxy_macros::{Shareable, remote};
 pub use multiproc_runtime::manager::ShutdownHandle;
 pub use multiproc_runtime::manager::{PIN_TIMEOUT, ServerAddress};
 pub use namespace::NamespaceProxy;
@@ -46,6 +46,7 @@ pub use sync::{
 #[doc(hidden)]
 pub mod __private {
     pub use crate::remote::{ObjectHandle, RemoteObject, UserProxy};
+    pub use multiproc_runtime::__internal::field_travels;
     pub use multiproc_runtime::manager::{CallError, ServedObject};
     pub use multiproc_runtime::{Result, Shareable};
 }

@@ -779,6 +779,30 @@ impl RemoteManager {
         self.create(ObjectKind::List)
     }
 
+    /// A new list in the server holding `items` (Python's
+    /// `manager.list(items)`): the list is created and filled in one call,
+    /// and if filling it fails (a value too large, say) it is freed again.
+    pub fn list_from<T: Shareable>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<ListProxy<T>> {
+        let list = self.list()?;
+        list.extend(items)?;
+        Ok(list)
+    }
+
+    /// A new dict in the server holding `pairs` (Python's
+    /// `manager.dict(pairs)`): created and filled in one call, as
+    /// [`list_from`](Self::list_from) does for a list.
+    pub fn dict_from<K: Shareable, V: Shareable>(
+        &self,
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<DictProxy<K, V>> {
+        let dict = self.dict()?;
+        dict.update(pairs)?;
+        Ok(dict)
+    }
+
     /// A new, empty namespace in the server.
     pub fn namespace(&self) -> Result<NamespaceProxy> {
         self.create(ObjectKind::Namespace)

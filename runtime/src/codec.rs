@@ -15,11 +15,28 @@ use crate::error::{Error, Result};
 
 /// Types that can be sent to another process: arguments, results, messages.
 ///
-/// Implemented for every type that derives rkyv's `Archive`, `Serialize` and
-/// `Deserialize` (with checked access), and is `Send + 'static`: the standard
-/// types (integers, `String`, `Vec`, `Option`, tuples, maps) and the handles
-/// of this crate (`Value`, `Array`, `Lock`, `Queue`, …). Encoded bytes are
-/// always validated before use, so a corrupt message is an error, not UB.
+/// Implemented for the standard types (integers, `bool`, `char`, `String`,
+/// `Vec`, `Option`, `Result`, tuples, arrays, `HashMap`, `BTreeMap` …), the
+/// handles of this crate (`Value`, `Array`, `Lock`, `Queue`, proxies …), and
+/// your own structs and enums with `#[derive(multiproc::Shareable)]`:
+///
+/// ```
+/// #[derive(multiproc::Shareable, Debug, PartialEq)]
+/// struct Point {
+///     x: i32,
+///     y: i32,
+/// }
+///
+/// use multiproc::Shareable;
+/// let bytes = Point { x: 1, y: 2 }.encode().unwrap();
+/// assert_eq!(Point::decode(&bytes).unwrap(), Point { x: 1, y: 2 });
+/// ```
+///
+/// Behind it is [rkyv](https://docs.rs/rkyv): any `Send + 'static` type
+/// with rkyv's `Archive`, `Serialize` and `Deserialize` (and checked
+/// access) is `Shareable`, so a type that derives those directly works
+/// too, given `#[rkyv(crate = multiproc::rkyv)]`. Encoded bytes are always
+/// validated before use, so a corrupt message is an error, not UB.
 ///
 /// ```
 /// use multiproc::Shareable;
@@ -30,6 +47,13 @@ use crate::error::{Error, Result};
 /// let many = u64::encode_many(&[1, 2, 3]).unwrap();
 /// assert_eq!(u64::decode_many(&many).unwrap(), vec![1, 2, 3]);
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot travel to another process (it is not `multiproc::Shareable`)",
+    label = "not `Shareable`",
+    note = "a struct or enum of yours travels with `#[derive(multiproc::Shareable)]`; \
+            references, `Rc`, raw pointers, closures and OS resources (`File`, \
+            sockets) cannot travel"
+)]
 pub trait Shareable: Sized + Send + 'static {
     /// Encodes `self` into bytes.
     fn encode(&self) -> Result<AlignedVec>;
@@ -81,6 +105,29 @@ where
         decode_aligned::<Vec<T>>(bytes)
     }
 }
+
+/// The check `#[derive(Shareable)]` writes for each field whose type names
+/// no generic parameter: a type that cannot travel is an error at the field.
+#[doc(hidden)]
+pub fn field_travels<T: ShareableField>() {}
+
+/// A field of a `#[derive(Shareable)]` type: what [`field_travels`] asks.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot travel to another process, so it cannot be a field of a \
+               `#[derive(Shareable)]` type",
+    label = "this field's type is not `Shareable`",
+    note = "every field must be `Shareable` itself: a standard type, a handle of this \
+            crate, or a struct or enum with `#[derive(multiproc::Shareable)]`; \
+            references, `Rc`, raw pointers, closures and OS resources (`File`, \
+            sockets) cannot travel"
+)]
+pub trait ShareableField {}
+
+// `do_not_recommend`: the error names this trait (with the message above)
+// once, not each of `Shareable`'s bounds the field's type misses.
+#[diagnostic::do_not_recommend]
+impl<T: Shareable> ShareableField for T {}
 
 /// A borrowed slice that archives exactly as a `Vec` of the same items.
 struct SliceAsVec<'a, T>(&'a [T]);

@@ -151,6 +151,21 @@ pub enum Error {
         /// The size the object has.
         found: usize,
     },
+    /// A child started by spawn ran its binary's `main` without calling
+    /// [`init`](crate::init) first, so it could not run its target: a test
+    /// binary without `multiproc::init_before_main!()`, most often (its
+    /// harness ran the tests again in the child).
+    #[error(
+        "child process {pid} could not run its target: its binary does not call \
+         multiproc::init() first. In a test file (tests/*.rs), add \
+         `multiproc::init_before_main!();` at the top; for unit tests, add it inside \
+         the `#[cfg(test)]` module; in a program, make `multiproc::init();` the first \
+         line of main"
+    )]
+    InitMissing {
+        /// The child's process id.
+        pid: i32,
+    },
     /// A spawned child runs a different binary than its parent.
     #[error("binary mismatch: {0}")]
     BinaryMismatch(String),

@@ -169,9 +169,8 @@ pub(crate) fn decode_fd(repr: &HandleRepr) -> std::io::Result<OwnedFd> {
 /// A handle type that can travel inside encoded values.
 ///
 /// Not public API (this module is hidden): to put handles in messages, a
-/// user type derives rkyv's `Archive`, `Serialize` and `Deserialize` (with
-/// `#[rkyv(crate = multiproc::rkyv)]`) and has the crate's handles (`Value`,
-/// `Queue`, `Lock`, proxies …) as fields. Implementing this trait is only
+/// user type derives `multiproc::Shareable` and has the crate's handles
+/// (`Value`, `Queue`, `Lock`, proxies …) as fields. Implementing this trait is only
 /// needed for a new kind of OS-backed handle, which the runtime alone can
 /// name (a `HandleRepr` refers to a descriptor). Implementing it cannot
 /// break the runtime's invariants, so it is a safe trait: `from_repr` gets

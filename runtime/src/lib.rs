@@ -65,6 +65,7 @@ pub use rkyv;
 /// targets use. Not public API: no stability promise, hidden from the docs.
 #[doc(hidden)]
 pub mod __internal {
+    pub use crate::codec::field_travels;
     pub use crate::process::{ForkHook, ForkMutex, register_fork_hook};
     pub use crate::queue::DEFAULT_CAPACITY_BYTES;
     pub use crate::shm::{Kind, ShmSpec, fingerprint_str};

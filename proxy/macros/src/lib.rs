@@ -1,6 +1,7 @@
-//! The `#[multiproc::remote]` attribute (use it through the `multiproc` crate).
+//! The `#[multiproc::remote]` attribute and `#[derive(multiproc::Shareable)]`
+//! (use them through the `multiproc` crate).
 //!
-//! See [`macro@remote`].
+//! See [`macro@remote`] and [`macro@Shareable`].
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote};
@@ -8,6 +9,7 @@ use syn::ItemImpl;
 
 mod emit;
 mod model;
+mod shareable;
 
 /// Declares which methods of a type a remote manager serves, and generates
 /// the typed proxy clients call them through.
@@ -147,6 +149,76 @@ pub fn remote(
     item: proc_macro::TokenStream,
 ) -> proc_macro::TokenStream {
     expand(attr.into(), item.into()).into()
+}
+
+/// Makes a struct or enum of yours [`Shareable`]: it can then be a process's
+/// argument or result, a `Queue` or `Pipe` message, a manager's dict or
+/// list value, a pool task or its result, in a child started by spawn or
+/// by fork. No other attribute and no `rkyv` dependency are needed.
+///
+/// ```
+/// use multiproc::{Process, Shareable};
+///
+/// #[derive(Shareable, Debug, PartialEq)]
+/// struct Order {
+///     id: u64,
+///     items: Vec<String>,
+///     status: Status,
+/// }
+///
+/// #[derive(Shareable, Debug, PartialEq)]
+/// enum Status {
+///     Open,
+///     Shipped { tracking: String },
+///     Cancelled(Option<String>),
+/// }
+///
+/// fn ship(mut order: Order) -> Order {
+///     order.status = Status::Shipped { tracking: format!("T-{}", order.id) };
+///     order
+/// }
+///
+/// multiproc::init();
+/// let order = Order { id: 7, items: vec!["tea".into()], status: Status::Open };
+/// let mut p = Process::new(ship, order);
+/// p.start().unwrap();
+/// let shipped = p.join().unwrap();
+/// assert_eq!(shipped.status, Status::Shipped { tracking: "T-7".into() });
+/// ```
+///
+/// Structs with named fields, tuple structs, unit structs and enums (with
+/// data or without) are accepted; so are generic ones (`Pair<T>` is
+/// `Shareable` when `T` is), recursive ones (`enum Tree { Leaf(i64),
+/// Node(Vec<Tree>) }`) and ones whose fields are other derived types, the
+/// crate's handles (`Queue`, `Value`, `Lock`, proxies …) or anything else
+/// `Shareable`. A type that borrows (has a lifetime parameter), an enum
+/// without variants and a union are refused.
+///
+/// A field whose type cannot travel (a `File`, an `Rc`, a reference …) is
+/// an error at that field:
+///
+/// ```compile_fail
+/// #[derive(multiproc::Shareable)]
+/// struct Job {
+///     id: u64,
+///     log: std::fs::File, // error: `File` cannot travel to another process
+/// }
+/// ```
+///
+/// A generic parameter's type is checked where the type is used:
+/// `Process::new(f, Pair { first: Rc::new(1), second: Rc::new(2) })` does
+/// not compile, because `Rc<i32>` is not `Send`.
+///
+/// The encoding is [rkyv](https://docs.rs/rkyv)'s, checked on arrival: the
+/// derive generates rkyv's `Archive`, `Serialize` and `Deserialize` for the
+/// type, through the `multiproc::rkyv` re-export. If the `multiproc` crate
+/// is not a dependency under that name, say where it is:
+/// `#[shareable(crate = ::my_renamed_multiproc)]`.
+///
+/// [`Shareable`]: ../multiproc/trait.Shareable.html
+#[proc_macro_derive(Shareable, attributes(shareable))]
+pub fn derive_shareable(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    shareable::derive(input.into()).into()
 }
 
 /// The attribute's expansion: the impl block (markers removed) and the

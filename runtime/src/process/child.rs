@@ -72,6 +72,27 @@ pub(crate) fn missing_init() -> bool {
     !INIT_RAN.load(Ordering::SeqCst) && std::env::var_os(launch::CHILD_FD_ENV).is_some()
 }
 
+/// In a process spawned by multiproc whose `main` never ran `init()` (a
+/// test binary without `init_before_main!`, whose harness ran the tests
+/// again instead of the target): tells the parent why there is no result
+/// (it reports [`Error::InitMissing`](crate::Error::InitMissing)) and ends
+/// this process, before it starts processes of its own. Returns if
+/// standard input is not a launch channel (a program this process's
+/// target started, say, inherited the variable).
+pub(crate) fn exit_missing_init() {
+    // The first caller ends the process; another thread arriving meanwhile
+    // waits here until it has.
+    static REPORTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _first = REPORTING.lock();
+    if !sys::process::stdin_is_socket() {
+        return;
+    }
+    let Ok(sock) = sys::process::take_stdin_channel() else {
+        return;
+    };
+    finish(&UnixStream::from(sock), Outcome::InitMissing)
+}
+
 fn run_spawned(mut sock: UnixStream) -> ! {
     let _ = sys::fd::set_cloexec(std::os::fd::AsFd::as_fd(&sock), true);
     let (launch, fds) = match launch::recv_launch(&mut sock) {

@@ -63,6 +63,27 @@ impl<A: Shareable, R: Shareable> Target for FnTarget<A, R> {
     }
 }
 
+/// A target without an argument: `fn() -> R`.
+struct NoArgTarget<R> {
+    f: fn() -> R,
+}
+
+impl<R: Shareable> Target for NoArgTarget<R> {
+    fn for_spawn(self: Box<Self>) -> Result<SpawnPayload> {
+        let entry: EntryFn = launch::entry_no_arg::<R>;
+        Ok(SpawnPayload {
+            entry: entry as *const (),
+            target: self.f as *const (),
+            args: Vec::new(),
+            fds: Vec::new(),
+        })
+    }
+
+    fn run_here(self: Box<Self>) -> Outcome {
+        launch::run_caught(self.f)
+    }
+}
+
 struct ClosureTarget<F>(F);
 
 impl<R: Shareable, F: FnOnce() -> R + Send + 'static> Target for ClosureTarget<F> {
@@ -172,6 +193,26 @@ impl<R: Shareable> Process<R> {
         Self::with_target(Box::new(FnTarget { f: target, arg }))
     }
 
+    /// A process that will run `target()`, a function without arguments
+    /// (Python's `Process(target=f)`); it starts on [`Process::start`].
+    ///
+    /// ```
+    /// fn hello() -> String {
+    ///     format!("hello from {}", multiproc::current_process().pid)
+    /// }
+    ///
+    /// fn main() {
+    ///     multiproc::init();
+    ///     let mut p = multiproc::Process::from_fn(hello);
+    ///     p.start().unwrap();
+    ///     let pid = p.pid().unwrap();
+    ///     assert_eq!(p.join().unwrap(), format!("hello from {pid}"));
+    /// }
+    /// ```
+    pub fn from_fn(target: fn() -> R) -> Process<R> {
+        Self::with_target(Box::new(NoArgTarget { f: target }))
+    }
+
     /// A process that will run a closure; only valid with [`StartMethod::Fork`].
     pub fn from_closure<F>(f: F) -> Process<R>
     where
@@ -230,6 +271,9 @@ impl<R: Shareable> Process<R> {
     /// Starts the child. A process starts at most once.
     pub fn start(&mut self) -> Result<()> {
         if child::missing_init() {
+            // A spawned child whose `main` skipped `init()`: the parent is
+            // told (unless this process's stdin is not its channel).
+            child::exit_missing_init();
             return Err(Error::InvalidState(
                 "this process was spawned by multiproc but did not call multiproc::init() \
                  first in main"
@@ -362,18 +406,40 @@ impl<R: Shareable> Process<R> {
         self.join_deadline(Deadline::after(timeout))
     }
 
-    fn join_deadline(&mut self, deadline: Deadline) -> Result<R> {
-        let running = self
-            .running
+    /// As [`Process::join`] without waiting: the result if the child has
+    /// ended, `Err(WouldBlock)` while it runs (Python's `join(0)`, then
+    /// `exitcode`).
+    pub fn try_join(&mut self) -> Result<R> {
+        let (running, joined) = self.joinable()?;
+        let Some(status) = running.state.try_reap() else {
+            return Err(Error::WouldBlock);
+        };
+        running.pump();
+        *joined = true;
+        running.result(status)
+    }
+
+    /// The started child, and the flag that says its result was taken
+    /// (checked here: it was not).
+    fn joinable(&mut self) -> Result<(&mut Running, &mut bool)> {
+        let Process {
+            running, joined, ..
+        } = self;
+        let running = running
             .as_mut()
             .ok_or_else(|| Error::InvalidState("join of a process that was not started".into()))?;
-        if self.joined {
+        if *joined {
             return Err(Error::InvalidState(
                 "the result was already taken by an earlier join".into(),
             ));
         }
+        Ok((running, joined))
+    }
+
+    fn join_deadline(&mut self, deadline: Deadline) -> Result<R> {
+        let (running, joined) = self.joinable()?;
         let status = running.wait(deadline)?;
-        self.joined = true;
+        *joined = true;
         running.result(status)
     }
 
@@ -524,6 +590,7 @@ impl Running {
             Some(Ok(Outcome::Panicked(msg))) => Err(failed(Some(msg))),
             Some(Ok(Outcome::Failed(msg))) => Err(Error::Remote(msg)),
             Some(Ok(Outcome::Mismatch(msg))) => Err(Error::BinaryMismatch(msg)),
+            Some(Ok(Outcome::InitMissing)) => Err(Error::InitMissing { pid }),
             Some(Err(e)) => Err(e),
             None if exitcode == Some(0) => Err(Error::ChildFailed {
                 pid,

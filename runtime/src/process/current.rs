@@ -21,7 +21,11 @@ static ME: RwLock<Option<Me>> = RwLock::new(None);
 pub struct CurrentProcess {
     /// "MainProcess" for the first process, the given or default name in children.
     pub name: String,
-    /// The process id.
+    /// The process id. Pids are `i32` everywhere in this crate (libc's
+    /// `pid_t`, what `kill`, `waitpid` and `/proc` use), whichever call
+    /// gives them ([`Process::pid`](crate::Process::pid),
+    /// [`active_children`](crate::active_children), errors, lock owners);
+    /// compare with this rather than with `std::process::id()`, a `u32`.
     pub pid: i32,
     /// Whether this process was started as a daemon.
     pub daemon: bool,

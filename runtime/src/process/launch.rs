@@ -60,12 +60,15 @@ pub(crate) enum Outcome {
     Failed(String),
     /// The child runs a different binary than the parent.
     Mismatch(String),
+    /// The child's `main` never ran `init()`, so it could not run the target.
+    InitMissing,
 }
 
 const TAG_RETURNED: u8 = 0;
 const TAG_PANICKED: u8 = 1;
 const TAG_FAILED: u8 = 2;
 const TAG_MISMATCH: u8 = 3;
+const TAG_INIT_MISSING: u8 = 4;
 /// Set in the tag when the payload travels in the memory file sent with the head.
 const IN_FILE: u8 = 0x80;
 /// The outcome frame's head: tag, then the payload length.
@@ -106,6 +109,7 @@ impl Outcome {
             Outcome::Panicked(m) => (TAG_PANICKED, m.as_bytes()),
             Outcome::Failed(m) => (TAG_FAILED, m.as_bytes()),
             Outcome::Mismatch(m) => (TAG_MISMATCH, m.as_bytes()),
+            Outcome::InitMissing => (TAG_INIT_MISSING, &[]),
         };
         let mut head = [0u8; HEAD];
         head[1..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -179,6 +183,7 @@ impl Outcome {
             TAG_PANICKED => Ok(Outcome::Panicked(text())),
             TAG_FAILED => Ok(Outcome::Failed(text())),
             TAG_MISMATCH => Ok(Outcome::Mismatch(text())),
+            TAG_INIT_MISSING => Ok(Outcome::InitMissing),
             tag => Err(Error::Protocol(format!("unknown outcome tag {tag}"))),
         })
     }
@@ -284,6 +289,15 @@ pub(crate) fn entry<A: Shareable, R: Shareable>(target: *const (), args: &[u8]) 
     // and this entry was instantiated for the same A and R.
     let f = unsafe { std::mem::transmute::<*const (), fn(A) -> R>(target) };
     run_caught(move || f(arg))
+}
+
+/// The entry point for targets of type `fn() -> R` (no argument).
+pub(crate) fn entry_no_arg<R: Shareable>(target: *const (), _args: &[u8]) -> Outcome {
+    // SAFETY: as in `entry`: `target` is the parent's `fn() -> R`, found at
+    // the same offset in this same binary, and this entry was instantiated
+    // for the same R.
+    let f = unsafe { std::mem::transmute::<*const (), fn() -> R>(target) };
+    run_caught(f)
 }
 
 /// Sets up the calling thread's encoder (rkyv's thread-local arena).

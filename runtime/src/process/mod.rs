@@ -1,11 +1,15 @@
 //! Processes that run Rust functions: Python's `Process`, start methods and helpers.
 //!
 //! A target is any non-capturing `fn(A) -> R` whose argument and result are
-//! [`Shareable`](crate::Shareable). Under [`StartMethod::Spawn`] (the default)
+//! [`Shareable`](crate::Shareable), or an `fn() -> R` ([`Process::from_fn`]). Under [`StartMethod::Spawn`] (the default)
 //! the child re-executes the current binary: [`init`] as the first line of
 //! `main` (or [`init_before_main!`](crate::init_before_main) in test files)
 //! runs the target there and exits. Under [`StartMethod::Fork`] the child is a
 //! fork, and a capturing closure may be a target too.
+//!
+//! Process ids are `i32` throughout (libc's `pid_t`): `Process::pid`,
+//! `current_process().pid`, `parent_process()`, `active_children`,
+//! `Pool::worker_pids`, `Manager::pid`, lock owners and the pids in errors.
 
 mod child;
 mod child_process;

@@ -153,6 +153,13 @@ impl<T: ShmSafe> Clone for RawArray<T> {
     }
 }
 
+/// Shows a copy of the elements (atomic loads, as [`RawArray::to_vec`]).
+impl<T: ShmSafe + std::fmt::Debug> std::fmt::Debug for RawArray<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RawArray").field(&self.to_vec()).finish()
+    }
+}
+
 impl<T: ShmSafe> RawArray<T> {
     /// A shared array holding a copy of `values`.
     pub fn new(values: &[T]) -> Result<Self> {
@@ -381,6 +388,16 @@ impl<T: ShmSafe> DerefMut for ArrayGuard<'_, T> {
     }
 }
 
+/// Shows the elements it guards (read under the lock it holds).
+impl<T: ShmSafe + std::fmt::Debug> std::fmt::Debug for ArrayGuard<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArrayGuard")
+            .field("elements", &&**self)
+            .field("owner_died", &self.owner_died())
+            .finish()
+    }
+}
+
 impl<T: ShmSafe> Drop for ArrayGuard<'_, T> {
     fn drop(&mut self) {
         self.array.raw_lock().unlock();
@@ -487,5 +504,17 @@ mod tests {
                 .to_vec(),
             [1, 2]
         );
+    }
+
+    #[test]
+    fn guards_and_raw_arrays_show_their_elements() {
+        let a = Array::new(&[1u8, 2]).unwrap();
+        let g = a.lock().unwrap();
+        assert_eq!(
+            format!("{g:?}"),
+            "ArrayGuard { elements: [1, 2], owner_died: None }"
+        );
+        let raw = RawArray::new(&[3i32, 4]).unwrap();
+        assert_eq!(format!("{raw:?}"), "RawArray([3, 4])");
     }
 }

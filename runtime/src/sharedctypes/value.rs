@@ -267,6 +267,16 @@ impl<T: ShmSafe> DerefMut for ValueGuard<'_, T> {
     }
 }
 
+/// Shows the value it guards (read under the lock it holds).
+impl<T: ShmSafe + std::fmt::Debug> std::fmt::Debug for ValueGuard<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValueGuard")
+            .field("value", &**self)
+            .field("owner_died", &self.owner_died())
+            .finish()
+    }
+}
+
 impl<T: ShmSafe> Drop for ValueGuard<'_, T> {
     fn drop(&mut self) {
         self.lock.unlock();
@@ -301,6 +311,16 @@ crate::impl_share_handle!(impl<T: ShmSafe> for RawValue<T>);
 mod tests {
     use super::*;
     use crate::sync::Lock;
+
+    #[test]
+    fn a_guard_shows_its_value() {
+        let v = Value::new(5i64).unwrap();
+        let g = v.lock().unwrap();
+        assert_eq!(
+            format!("{g:?}"),
+            "ValueGuard { value: 5, owner_died: None }"
+        );
+    }
 
     #[test]
     fn get_set_lock() {

@@ -502,6 +502,14 @@ impl<'a> ConditionGuard<'a> {
     }
 }
 
+impl std::fmt::Debug for ConditionGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConditionGuard")
+            .field("owner_died", &self.owner_died())
+            .finish()
+    }
+}
+
 impl Drop for ConditionGuard<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.cond.release() {
@@ -562,6 +570,14 @@ mod tests {
             Condition::with_lock(Lock::new().unwrap()).unwrap(),
             Condition::with_lock(RLock::new().unwrap()).unwrap(),
         ]
+    }
+
+    #[test]
+    fn a_guard_has_debug() {
+        for c in both_kinds() {
+            let g = c.lock().unwrap();
+            assert_eq!(format!("{g:?}"), "ConditionGuard { owner_died: None }");
+        }
     }
 
     #[test]

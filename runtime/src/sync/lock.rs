@@ -180,6 +180,14 @@ impl<'a> LockGuard<'a> {
     }
 }
 
+impl std::fmt::Debug for LockGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("owner_died", &self.owner_died())
+            .finish()
+    }
+}
+
 impl Drop for LockGuard<'_> {
     #[inline]
     fn drop(&mut self) {

@@ -308,6 +308,15 @@ impl<'a> RLockGuard<'a> {
     }
 }
 
+impl std::fmt::Debug for RLockGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RLockGuard")
+            .field("recursion_count", &self.lock.recursion_count())
+            .field("owner_died", &self.owner_died())
+            .finish()
+    }
+}
+
 impl Drop for RLockGuard<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.lock.release() {
@@ -333,6 +342,20 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn guards_say_what_they_hold() {
+        let l = crate::sync::Lock::new().unwrap();
+        let g = l.lock().unwrap();
+        assert_eq!(format!("{g:?}"), "LockGuard { owner_died: None }");
+        let r = RLock::new().unwrap();
+        let _outer = r.lock().unwrap();
+        let inner = r.lock().unwrap();
+        assert_eq!(
+            format!("{inner:?}"),
+            "RLockGuard { recursion_count: 2, owner_died: None }"
+        );
+    }
 
     #[test]
     fn recursion_counts_up_and_down() {

@@ -365,6 +365,13 @@ pub fn take_stdin_channel() -> std::io::Result<OwnedFd> {
     Ok(channel)
 }
 
+/// Whether standard input is a socket (the launch channel of a spawned
+/// child is one; a terminal, a pipe or `/dev/null` is not).
+pub fn stdin_is_socket() -> bool {
+    std::fs::read_link("/proc/self/fd/0")
+        .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+}
+
 /// How a child process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
