@@ -452,6 +452,42 @@ fn a_manager_server_out_of_descriptors_keeps_its_clients_and_their_objects() {
 
 /// Out of descriptors, waits without a deadline on three live peers that
 /// never act: the lock's holder, the pipe's writer, the barrier's other party.
+fn nothing(_: ()) -> u32 {
+    7
+}
+
+/// A fork pins the managed objects its child inherits, on a connection of
+/// its own, while the process's client lock is held. A server that cannot
+/// take that connection (it is out of descriptors) made the fork, and every
+/// manager call of the process behind it, wait out the whole connect
+/// timeout (30 s); pinning now gives up after a few seconds, and a fork
+/// soon after does not try again.
+#[test]
+fn a_fork_while_a_server_is_out_of_descriptors_holds_no_one_up_for_long() {
+    let manager = Manager::start_with(StartMethod::Spawn).unwrap();
+    let d = manager.dict::<u32, String>().unwrap();
+    d.insert(1, "one".into()).unwrap();
+    let server = manager.pid();
+    let old = util::lower_descriptor_limit(server, 0);
+    let d2 = d.clone();
+    let forks = within(Duration::from_secs(25), move || {
+        let results: Vec<_> = (0..2)
+            .map(|_| {
+                let mut p = Process::new(nothing, ()).start_method(StartMethod::Fork);
+                p.start().and_then(|()| p.join_timeout(PROMPTLY))
+            })
+            .collect();
+        (results, d2.get(&1))
+    });
+    util::restore_descriptor_limit(server, old);
+    let (results, read) = forks.expect("two forks and a call within 25 s, not 30 s or more");
+    for r in results {
+        assert_eq!(r.unwrap(), 7);
+    }
+    assert_eq!(read.unwrap().as_deref(), Some("one"));
+    manager.shutdown().unwrap();
+}
+
 fn wait_forever_out_of_descriptors(args: (Lock, Connection<u32>, Barrier)) -> Vec<String> {
     let (lock, conn, barrier) = args;
     exhaust_descriptors();

@@ -144,10 +144,16 @@ pub(crate) fn unexpected() -> Error {
 
 impl Connection {
     fn open(server: &ServerAddress) -> Result<Connection> {
+        Connection::open_within(server, Deadline::Never)
+    }
+
+    /// Opens a connection, giving up at `deadline` (each transport has its
+    /// own connect timeout besides).
+    fn open_within(server: &ServerAddress, deadline: Deadline) -> Result<Connection> {
         let end = match server {
             ServerAddress::Local(local) => {
                 let key = local_authkey(server);
-                let c = server::connect_local_with_authkey(local, key.as_bytes())?;
+                let c = server::connect_local_within(local, key.as_bytes(), deadline)?;
                 let mut end = c.end;
                 // Kept open so the server sees this process go, and watched
                 // so this process sees the server go without reading `/proc`.
@@ -162,7 +168,7 @@ impl Connection {
                     ))
                 })?;
                 let max = max_message_for(addr);
-                Transport::Tcp(TcpClient::connect_with(*addr, &key, max)?)
+                Transport::Tcp(TcpClient::connect_within(*addr, &key, max, deadline)?)
             }
         };
         let tcp_fd = match &end {
@@ -748,9 +754,9 @@ pub(crate) fn forking_server<R>(start: impl FnOnce() -> R) -> R {
     out
 }
 
-/// How long pinning a server's objects for a fork may take (after
-/// connecting, which has its own bound).
-const FORK_PIN_WAIT: Duration = Duration::from_secs(10);
+/// How long pinning a server's objects for a fork may take, connecting
+/// included (the fork, and the process's other manager calls, wait for it).
+const FORK_PIN_WAIT: Duration = Duration::from_secs(5);
 /// A failed pin that took this long stalled its fork.
 const FORK_PIN_STALL: Duration = Duration::from_secs(1);
 /// How long forks skip pinning for a server whose pin stalled a fork.
@@ -770,15 +776,16 @@ fn pin_for_fork(server: &ServerAddress, entry: &mut Entry, ids: Vec<ObjectId>) -
         }
         e
     };
+    // The fork waits for this with the process's client lock held: a server
+    // that cannot take a new connection now (out of descriptors, say) must
+    // not hold every other manager call of the process up for long.
+    let deadline = Deadline::after(FORK_PIN_WAIT);
     let conn = match entry.spare.pop() {
         Some(c) => c,
-        None => Connection::open(server).map_err(|e| stalled(entry, e))?,
+        None => Connection::open_within(server, deadline).map_err(|e| stalled(entry, e))?,
     };
     let token = conn
-        .call_within(
-            &Request::PinMany { objects: ids },
-            Deadline::after(FORK_PIN_WAIT),
-        )
+        .call_within(&Request::PinMany { objects: ids }, deadline)
         .and_then(|r| match r.get()? {
             ArchivedResponse::Token(t) => Ok(t.to_native()),
             _ => Err(unexpected()),

@@ -49,11 +49,43 @@ impl Deadline {
         self.remaining().map_or(slice, |r| r.min(slice))
     }
 
+    /// The earlier of two deadlines.
+    pub fn min(self, other: Deadline) -> Deadline {
+        match (self, other) {
+            (Deadline::Never, d) | (d, Deadline::Never) => d,
+            (Deadline::Now, _) | (_, Deadline::Now) => Deadline::Now,
+            (Deadline::At(a, _), Deadline::At(b, _)) => {
+                if a <= b {
+                    self
+                } else {
+                    other
+                }
+            }
+        }
+    }
+
     /// The error to return when this deadline ran out.
     pub fn timeout_error(&self) -> crate::Error {
         match self {
             Deadline::At(_, total) => crate::Error::Timeout(*total),
             _ => crate::Error::Timeout(Duration::ZERO),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_earlier_deadline_wins() {
+        use super::Deadline;
+        use std::time::Duration;
+        let soon = Deadline::after(Duration::from_secs(1));
+        let late = Deadline::after(Duration::from_secs(60));
+        assert_eq!(soon.min(late), soon);
+        assert_eq!(late.min(soon), soon);
+        assert_eq!(Deadline::Never.min(late), late);
+        assert_eq!(late.min(Deadline::Never), late);
+        assert_eq!(Deadline::Now.min(late), Deadline::Now);
+        assert_eq!(Deadline::Never.min(Deadline::Never), Deadline::Never);
     }
 }

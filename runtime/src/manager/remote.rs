@@ -438,8 +438,25 @@ impl TcpClient {
         authkey: &[u8],
         max_message: usize,
     ) -> Result<TcpClient> {
+        Self::connect_within(
+            address,
+            authkey,
+            max_message,
+            Deadline::after(TCP_CONNECT_TIMEOUT),
+        )
+    }
+
+    /// Like [`TcpClient::connect_with`], giving up at `deadline` (or after
+    /// [`TCP_CONNECT_TIMEOUT`], whichever comes first) with
+    /// [`Error::ManagerGone`].
+    pub fn connect_within(
+        address: SocketAddr,
+        authkey: &[u8],
+        max_message: usize,
+        deadline: Deadline,
+    ) -> Result<TcpClient> {
         let max_message = max_message.max(MIN_MAX_MESSAGE);
-        let deadline = Deadline::after(TCP_CONNECT_TIMEOUT);
+        let deadline = deadline.min(Deadline::after(TCP_CONNECT_TIMEOUT));
         let mut pause = Duration::from_millis(2);
         let conn = loop {
             let left = deadline.remaining().unwrap_or(Duration::ZERO);

@@ -1014,7 +1014,19 @@ pub fn connect_local_with_authkey(
     address: &ServerAddress,
     authkey: &[u8],
 ) -> Result<LocalConnection> {
-    let deadline = Deadline::after(CONNECT_TIMEOUT);
+    connect_local_within(address, authkey, Deadline::after(CONNECT_TIMEOUT))
+}
+
+/// Like [`connect_local_with_authkey`], giving up at `deadline` (or after
+/// the usual connect timeout, whichever comes first) with
+/// [`Error::ManagerGone`]: for callers that must not wait long for a server
+/// that cannot take a connection now (one out of descriptors, say).
+pub fn connect_local_within(
+    address: &ServerAddress,
+    authkey: &[u8],
+    deadline: Deadline,
+) -> Result<LocalConnection> {
+    let deadline = deadline.min(Deadline::after(CONNECT_TIMEOUT));
     let mut pause = Duration::from_millis(2);
     loop {
         match try_connect_local(address, authkey, deadline) {
