@@ -5,11 +5,11 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use multiproc::manager::protocol::{ArchivedResponse, Request, access_response, encode_request};
 use multiproc::manager::server::{connect, connect_local, connect_local_with_authkey};
@@ -179,35 +179,10 @@ fn find_local_socket(pid: i32) -> LocalAddress {
     }
 }
 
-fn serve_key_file(tag: &str) -> std::path::PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("multiproc-access-{tag}-{}.key", std::process::id()));
-    std::fs::write(&path, SERVE_KEY).unwrap();
-    let perms = std::os::unix::fs::PermissionsExt::from_mode(0o600);
-    std::fs::set_permissions(&path, perms).unwrap();
-    path
-}
-
 /// Starts `multiproc serve` on a free port; returns it and its address.
 fn serve(key: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_multiproc"))
-        .args(["serve", "--address", "127.0.0.1:0", "--authkey-file"])
-        .arg(key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
-    (child, address)
+    let (child, address) = util::start_serve(key, "127.0.0.1:0", &[]);
+    (child, address.parse().unwrap())
 }
 
 /// Stops a `serve` child with SIGTERM and reaps it.
@@ -226,7 +201,7 @@ fn another_user_cannot_use_or_shut_down_a_serve_process() {
         println!("SKIPPED another_user_cannot_use_or_shut_down_a_serve_process: needs root");
         return;
     }
-    let key = serve_key_file("uid");
+    let key = util::serve_key_file("access-uid", SERVE_KEY);
     let (child, tcp) = serve(&key);
     let pid = child.id() as i32;
     let m = BaseManager::new()
@@ -572,7 +547,7 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
 
 #[test]
 fn idle_tcp_connections_from_one_host_do_not_hold_up_another() {
-    let key = serve_key_file("flood");
+    let key = util::serve_key_file("access-flood", SERVE_KEY);
     let (child, tcp) = serve(&key);
     let attacker = Ipv4Addr::new(127, 0, 0, 2);
     let mut admitted = Vec::new();
@@ -636,7 +611,7 @@ fn guess_once(from: Ipv4Addr, to: SocketAddr) -> bool {
 
 #[test]
 fn a_host_that_keeps_guessing_is_refused_and_others_are_not() {
-    let key = serve_key_file("guess");
+    let key = util::serve_key_file("access-guess", SERVE_KEY);
     let (child, tcp) = serve(&key);
     let guesser = Ipv4Addr::new(127, 0, 0, 3);
     let mut handshakes = 0;

@@ -5,8 +5,7 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use multiproc::connection::{Address, SocketConnection};
@@ -318,24 +317,7 @@ fn a_remote_semaphore_is_not_released_past_its_maximum() {
 /// `multiproc serve` on `address` with extra options; returns it and the
 /// address it printed.
 fn serve(key: &std::path::Path, address: &str, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_multiproc"))
-        .args(["serve", "--address", address, "--authkey-file"])
-        .arg(key)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let printed = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (child, printed)
+    util::start_serve(key, address, extra)
 }
 
 fn stop(mut child: Child) {
@@ -345,10 +327,7 @@ fn stop(mut child: Child) {
 }
 
 fn key_file(tag: &str) -> std::path::PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("multiproc-limits-{tag}-{}.key", std::process::id()));
-    std::fs::write(&path, KEY).unwrap();
-    path
+    util::serve_key_file(&format!("limits-{tag}"), KEY)
 }
 
 #[test]

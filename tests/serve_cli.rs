@@ -1,6 +1,8 @@
 //! `multiproc serve`: a generic manager server clients reach over TCP,
 //! stopped cleanly by SIGTERM or SIGINT.
 
+mod util;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,31 +16,12 @@ const LIMIT: Duration = Duration::from_secs(20);
 const KEY: &[u8] = b"cli-secret-0123456789";
 
 fn key_file(tag: &str) -> std::path::PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("multiproc-serve-{tag}-{}.key", std::process::id()));
-    std::fs::write(&path, [KEY, b"\n"].concat()).unwrap();
-    path
+    util::serve_key_file(&format!("serve-{tag}"), &[KEY, b"\n"].concat())
 }
 
 /// Starts the server; returns it and the address it printed.
 fn serve(key: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_multiproc"))
-        .args(["serve", "--address", "127.0.0.1:0", "--authkey-file"])
-        .arg(key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (child, address)
+    util::start_serve(key, "127.0.0.1:0", &[])
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {

@@ -168,3 +168,42 @@ pub fn within<T: Send + 'static>(
     });
     rx.recv_timeout(limit).ok()
 }
+
+/// Writes `key` to a fresh file only its owner may read (what `multiproc
+/// serve --authkey-file` wants), named after `tag` and this process.
+pub fn serve_key_file(tag: &str, key: &[u8]) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("multiproc-{tag}-{}.key", std::process::id()));
+    std::fs::write(&path, key).unwrap();
+    let perms = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    std::fs::set_permissions(&path, perms).unwrap();
+    path
+}
+
+/// Starts `multiproc serve` on `address` with the key in `key` and `extra`
+/// options (its stderr discarded); returns it and the address it printed.
+pub fn start_serve(
+    key: &std::path::Path,
+    address: &str,
+    extra: &[&str],
+) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_multiproc"))
+        .args(["serve", "--address", address, "--authkey-file"])
+        .arg(key)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let printed = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, printed)
+}

@@ -178,7 +178,7 @@ fn check_size(size: usize) -> Result<()> {
     // Reading /proc/meminfo costs more than creating a small segment: ask
     // only for sizes that could matter.
     if size >= LARGE_SEGMENT
-        && let Some(avail) = posix_shm::available_memory()
+        && let Some(avail) = crate::sys::memfd::free_memory()
         && size as u64 > avail
     {
         return Err(Error::Io(std::io::Error::new(

@@ -353,23 +353,6 @@ pub unsafe fn take_helper_channel() -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(0) }
 }
 
-/// The kernel's estimate of memory available without swapping
-/// (`MemAvailable` plus free swap, from `/proc/meminfo`), if it can be read.
-pub fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let field = |key: &str| -> Option<u64> {
-        let line = info.lines().find(|l| l.starts_with(key))?;
-        let kib: u64 = line[key.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib.saturating_mul(1024))
-    };
-    Some(field("MemAvailable:")?.saturating_add(field("SwapFree:").unwrap_or(0)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
