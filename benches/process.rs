@@ -1,6 +1,7 @@
-//! Process start+join latency under spawn and fork (`process/spawn_join`,
-//! `process/fork_join`), beside this machine's floor: a bare `fork` whose
-//! child calls `_exit(0)` at once, and `waitpid` (`process/bare_fork_waitpid`).
+//! Process start+join latency under spawn, fork and the forkserver
+//! (`process/spawn_join`, `process/fork_join`, `process/forkserver_join`),
+//! beside this machine's floor: a bare `fork` whose child calls `_exit(0)`
+//! at once, and `waitpid` (`process/bare_fork_waitpid`).
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
@@ -16,6 +17,7 @@ fn start_join(c: &mut Criterion) {
     for (name, method) in [
         ("spawn_join", StartMethod::Spawn),
         ("fork_join", StartMethod::Fork),
+        ("forkserver_join", StartMethod::Forkserver),
     ] {
         group.bench_function(name, |b| {
             b.iter(|| {

@@ -1,4 +1,5 @@
-//! Two workers under each start method: pids, parent pid, names, exit codes.
+//! Two workers under each start method (spawn, fork, forkserver): pids,
+//! parent pid, names, exit codes; waiting for whichever ends first.
 //!
 //! Run: `cargo run --example process_basics`
 
@@ -30,7 +31,7 @@ fn sleeps(secs: u64) {
 fn main() -> multiproc::Result<()> {
     multiproc::init();
     println!("main process: pid {}", current_process().pid);
-    for method in [StartMethod::Spawn, StartMethod::Fork] {
+    for method in multiproc::get_all_start_methods() {
         let mut workers: Vec<_> = (1..=2)
             .map(|i| Process::new(describe, format!("worker {i}")).start_method(method))
             .collect();
@@ -60,6 +61,16 @@ fn main() -> multiproc::Result<()> {
             p.exitcode()
         );
     }
+
+    // Python's connection.wait over process sentinels: whichever ends first.
+    let mut slow = Process::new(sleeps, 60).start_method(StartMethod::Forkserver);
+    let mut quick = Process::new(sleeps, 0).start_method(StartMethod::Forkserver);
+    slow.start()?;
+    quick.start()?;
+    let ended = multiproc::wait(&[&slow.sentinel()?, &quick.sentinel()?], None)?;
+    println!("of a slow and a quick child, ended first: {ended:?} (1 is the quick one)");
+    slow.kill()?;
+    let _ = (slow.join(), quick.join());
 
     let mut s = Process::new(sleeps, 60);
     s.start()?;

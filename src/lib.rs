@@ -46,6 +46,12 @@
 //! // … the program …
 //! ```
 //!
+//! Three start methods, as in Python ([`StartMethod`]): `Spawn` (the
+//! default) runs a fresh copy of the program, `Fork` forks this process
+//! (and takes capturing closures), `Forkserver` asks a small server, started
+//! on first use as a fresh copy of the program, to fork the child: nearly
+//! fork's speed, without this process's threads and memory.
+//!
 //! ## Share a value
 //!
 //! [`Value`] and [`Array`] live in shared segments; handles to them can be
@@ -186,6 +192,41 @@
 //!     here.send(Command::Quit).unwrap();
 //!     let reply = p.join().unwrap();
 //!     assert_eq!(reply, Reply { done: 2, last: Some("photo".to_string()) });
+//! }
+//! ```
+//!
+//! ## Wait on several things at once
+//!
+//! [`wait`] (Python's `multiprocessing.connection.wait`) returns the ready
+//! ones among pipe ends, socket connections, queues and process
+//! [`Sentinel`]s (ready once the process ended).
+//!
+//! ```
+//! use multiproc::{wait, Pipe, Process, Queue, StartMethod};
+//!
+//! fn report(q: Queue<u32>) {
+//!     q.put(7).unwrap();
+//! }
+//!
+//! fn main() {
+//!     multiproc::init();
+//!     let q = Queue::new().unwrap();
+//!     let (quiet, _other_end) = Pipe::new::<u32>().unwrap();
+//!     let mut p = Process::new(report, q.clone()).start_method(StartMethod::Forkserver);
+//!     p.start().unwrap();
+//!     let ended = p.sentinel().unwrap();
+//!     let mut seen = Vec::new();
+//!     while seen.len() < 2 {
+//!         for i in wait(&[&quiet, &q, &ended], None).unwrap() {
+//!             if i == 1 {
+//!                 assert_eq!(q.get().unwrap(), 7);
+//!             }
+//!             if !seen.contains(&i) {
+//!                 seen.push(i);
+//!             }
+//!         }
+//!     }
+//!     p.join().unwrap();
 //! }
 //! ```
 //!
@@ -369,10 +410,10 @@ pub use multiproc_runtime::{
     BoundedSemaphore, Callbacks, ChildInfo, Condition, ConditionGuard, ConditionLock, Connection,
     Context, CurrentProcess, DataLock, DataLockGuard, Error, Event, IMapIterator, JoinableQueue,
     Listener, Lock, LockGuard, ParentProcess, Pipe, Pool, PoolBuilder, Process, Queue, Quota,
-    RLock, RLockGuard, RawArray, RawValue, Result, Segment, Semaphore, Shareable, ShmSafe,
-    SimpleQueue, SocketConnection, StartMethod, ThreadPool, Value, ValueGuard, active_children,
-    client, cpu_count, current_process, get_context, get_start_method, init, init_before_main,
-    parent_process, set_start_method, wait,
+    RLock, RLockGuard, RawArray, RawValue, Result, Segment, Semaphore, Sentinel, Shareable,
+    ShmSafe, SimpleQueue, SocketConnection, StartMethod, ThreadPool, Value, ValueGuard,
+    active_children, client, cpu_count, current_process, force_start_method, get_all_start_methods,
+    get_context, get_start_method, init, init_before_main, parent_process, set_start_method, wait,
 };
 
 /// For Python programmers: each `multiprocessing` name and its Rust form,

@@ -18,7 +18,11 @@ use util::{PROMPTLY, assert_not_our_zombie};
 
 multiproc::init_before_main!();
 
-const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
+const METHODS: [StartMethod; 3] = [
+    StartMethod::Spawn,
+    StartMethod::Fork,
+    StartMethod::Forkserver,
+];
 const KEY: &[u8] = b"a shared secret";
 
 /// A socket path unique to this test process and `tag`.
@@ -563,5 +567,352 @@ proptest! {
         let (want, want_end) = reference(&data[..cut], 1 << 17);
         prop_assert_eq!(frames, want);
         prop_assert_eq!(kind(&end), want_end);
+    }
+}
+
+// ----- wait() over every kind of object (CPython's TestWait) -----
+
+use multiproc::connection::Waitable;
+use multiproc::{Connection, Pipe, Queue};
+
+/// Sends ten `(i, pid)` messages, pausing a little before each when `slow`.
+fn child_test_wait((w, slow): (Connection<(u32, i32)>, bool)) {
+    for i in 0..10u32 {
+        if slow {
+            std::thread::sleep(Duration::from_millis(u64::from(i * 7 % 30)));
+        }
+        w.send((i, std::process::id() as i32)).unwrap();
+    }
+    w.close();
+}
+
+fn check_wait(slow: bool) {
+    for m in METHODS {
+        let mut readers = Vec::new();
+        let mut procs = Vec::new();
+        for _ in 0..4 {
+            let (r, w) = Pipe::one_way::<(u32, i32)>().unwrap();
+            procs.push(start(
+                Process::new(child_test_wait, (w, slow))
+                    .start_method(m)
+                    .daemon(true),
+            ));
+            readers.push(r);
+        }
+        let mut messages = Vec::new();
+        while !readers.is_empty() {
+            let objects: Vec<&dyn Waitable> = readers.iter().map(|r| r as _).collect();
+            let ready = wait(&objects, Some(PROMPTLY)).unwrap();
+            assert!(!ready.is_empty(), "{m:?}: nothing became ready");
+            for i in ready.into_iter().rev() {
+                match readers[i].recv() {
+                    Ok(msg) => messages.push(msg),
+                    Err(Error::Closed) => {
+                        readers.remove(i);
+                    }
+                    Err(e) => panic!("{m:?}: {e}"),
+                }
+            }
+        }
+        let mut expected: Vec<(u32, i32)> = procs
+            .iter()
+            .flat_map(|p| (0..10).map(move |i| (i, p.pid().unwrap())))
+            .collect();
+        expected.sort_unstable();
+        messages.sort_unstable();
+        assert_eq!(messages, expected, "{m:?}");
+        for mut p in procs {
+            p.join_timeout(PROMPTLY).unwrap();
+        }
+    }
+}
+
+#[test]
+fn test_wait() {
+    check_wait(false);
+}
+
+#[test]
+fn test_wait_slow() {
+    check_wait(true);
+}
+
+/// Connects to `address` and sends ten lines, pausing a little when `slow`.
+fn child_test_wait_socket((address, slow): (Address, bool)) {
+    let mut conn = SocketConnection::<String>::connect(&address, None).unwrap();
+    for i in 0..10u32 {
+        if slow {
+            std::thread::sleep(Duration::from_millis(u64::from(i * 7 % 30)));
+        }
+        conn.send(&format!("{i}\n")).unwrap();
+    }
+}
+
+fn check_wait_socket(slow: bool) {
+    for m in METHODS {
+        let address = Address::unique_abstract();
+        let listener = Listener::bind(&address, None).unwrap();
+        let procs: Vec<_> = (0..4)
+            .map(|_| {
+                start(
+                    Process::new(child_test_wait_socket, (address.clone(), slow))
+                        .start_method(m)
+                        .daemon(true),
+                )
+            })
+            .collect();
+        let mut readers: Vec<SocketConnection<String>> =
+            (0..4).map(|_| listener.accept().unwrap()).collect();
+        let mut got = vec![String::new(); 4];
+        let mut open: Vec<usize> = (0..4).collect();
+        while !open.is_empty() {
+            let objects: Vec<&dyn Waitable> = open.iter().map(|&i| &readers[i] as _).collect();
+            let ready = wait(&objects, Some(PROMPTLY)).unwrap();
+            assert!(!ready.is_empty(), "{m:?}: nothing became ready");
+            for k in ready.into_iter().rev() {
+                let i = open[k];
+                match readers[i].recv() {
+                    Ok(line) => got[i].push_str(&line),
+                    Err(Error::Closed) => {
+                        open.remove(k);
+                    }
+                    Err(e) => panic!("{m:?}: {e}"),
+                }
+            }
+        }
+        let expected: String = (0..10).map(|i| format!("{i}\n")).collect();
+        assert!(got.iter().all(|g| *g == expected), "{m:?}: {got:?}");
+        for mut p in procs {
+            p.join_timeout(PROMPTLY).unwrap();
+        }
+    }
+}
+
+#[test]
+fn test_wait_socket() {
+    check_wait_socket(false);
+}
+
+#[test]
+fn test_wait_socket_slow() {
+    check_wait_socket(true);
+}
+
+#[test]
+fn test_wait_timeout() {
+    let (a, b) = Pipe::new::<()>().unwrap();
+    assert!(
+        wait(&[&a, &b], Some(Duration::from_millis(200)))
+            .unwrap()
+            .is_empty()
+    );
+    b.send(()).unwrap();
+    assert_eq!(wait(&[&a, &b], Some(PROMPTLY)).unwrap(), [0]);
+}
+
+/// Releases `sem`, then sleeps `ms`.
+fn signal_and_sleep((sem, ms): (multiproc::Semaphore, u64)) {
+    sem.release().unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+#[test]
+fn test_wait_integer_mixes_sentinels_and_pipes() {
+    for m in METHODS {
+        let sem = multiproc::Semaphore::new(0).unwrap();
+        let (a, b) = Pipe::new::<()>().unwrap();
+        let mut p = start(Process::new(signal_and_sleep, (sem.clone(), 300)).start_method(m));
+        sem.acquire_timeout(PROMPTLY).unwrap();
+        let sentinel = p.sentinel().unwrap();
+        // Only the process's end makes anything ready.
+        assert_eq!(
+            wait(&[&a, &sentinel, &b], Some(PROMPTLY)).unwrap(),
+            [1],
+            "{m:?}"
+        );
+        a.send(()).unwrap();
+        assert_eq!(wait(&[&a, &sentinel, &b], Some(PROMPTLY)).unwrap(), [1, 2]);
+        b.send(()).unwrap();
+        assert_eq!(
+            wait(&[&a, &sentinel, &b], Some(PROMPTLY)).unwrap(),
+            [0, 1, 2]
+        );
+        p.join_timeout(PROMPTLY).unwrap();
+    }
+}
+
+#[test]
+fn test_neg_timeout_is_a_zero_timeout() {
+    let (a, _b) = Pipe::new::<()>().unwrap();
+    // Rust durations are never negative: Python's timeout=-1 is ZERO here.
+    assert!(wait(&[&a], Some(Duration::ZERO)).unwrap().is_empty());
+}
+
+fn put_after((q, ms): (Queue<u32>, u64)) {
+    std::thread::sleep(Duration::from_millis(ms));
+    q.put(5).unwrap();
+}
+
+fn send_after((conn, ms): (Connection<u32>, u64)) {
+    std::thread::sleep(Duration::from_millis(ms));
+    conn.send(6).unwrap();
+}
+
+#[test]
+fn wait_wakes_for_queues_pipes_sockets_and_sentinels_mixed() {
+    for m in METHODS {
+        let q = Queue::<u32>::new().unwrap();
+        let (here, there) = Pipe::new::<u32>().unwrap();
+        let (mut s1, s2) = SocketConnection::<u32>::pair().unwrap();
+        let mut sleeper = start(
+            Process::new(
+                signal_and_sleep,
+                (multiproc::Semaphore::new(0).unwrap(), 60_000),
+            )
+            .start_method(m),
+        );
+        let sentinel = sleeper.sentinel().unwrap();
+        let objects: [&dyn Waitable; 4] = [&q, &here, &s2, &sentinel];
+        assert!(wait(&objects, Some(Duration::ZERO)).unwrap().is_empty());
+        // A queue put in another process wakes the wait (a helper thread
+        // sleeps on the rings while this thread polls the descriptors).
+        let mut p = start(Process::new(put_after, (q.clone(), 50)).start_method(m));
+        assert_eq!(wait(&objects, Some(PROMPTLY)).unwrap(), [0], "{m:?}");
+        assert_eq!(q.get().unwrap(), 5);
+        p.join_timeout(PROMPTLY).unwrap();
+        let mut p = start(Process::new(send_after, (there, 50)).start_method(m));
+        assert_eq!(wait(&objects, Some(PROMPTLY)).unwrap(), [1], "{m:?}");
+        assert_eq!(here.recv().unwrap(), 6);
+        p.join_timeout(PROMPTLY).unwrap();
+        // The pipe's peer ended: end of file counts as ready.
+        assert_eq!(wait(&objects, Some(PROMPTLY)).unwrap(), [1], "{m:?}");
+        assert!(matches!(here.recv(), Err(Error::Closed)));
+        let objects: [&dyn Waitable; 3] = [&q, &s2, &sentinel];
+        s1.send(&7).unwrap();
+        assert_eq!(wait(&objects, Some(PROMPTLY)).unwrap(), [1]);
+        sleeper.kill().unwrap();
+        assert_eq!(wait(&objects[2..], Some(PROMPTLY)).unwrap(), [0]);
+        let _ = sleeper.join_timeout(PROMPTLY);
+        // A closed queue is ready: get fails at once.
+        q.close();
+        assert_eq!(wait(&objects[..1], Some(PROMPTLY)).unwrap(), [0]);
+    }
+}
+
+#[test]
+fn wait_on_shared_memory_objects_alone_sleeps_on_all_of_them() {
+    let queues: Vec<Queue<u8>> = (0..3).map(|_| Queue::new().unwrap()).collect();
+    let pipes: Vec<(Connection<u8>, Connection<u8>)> =
+        (0..3).map(|_| Pipe::new().unwrap()).collect();
+    let mut objects: Vec<&dyn Waitable> = queues.iter().map(|q| q as _).collect();
+    objects.extend(pipes.iter().map(|(a, _)| a as &dyn Waitable));
+    assert!(
+        wait(&objects, Some(Duration::from_millis(50)))
+            .unwrap()
+            .is_empty()
+    );
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(30));
+            pipes[2].1.send(1).unwrap();
+            queues[1].put(2).unwrap();
+        });
+        let ready = wait(&objects, Some(PROMPTLY)).unwrap();
+        assert!(ready == [5] || ready == [1, 5] || ready == [1], "{ready:?}");
+    });
+    assert_eq!(wait(&objects, Some(PROMPTLY)).unwrap(), [1, 5]);
+    // A one-way pipe's writer cannot receive: it is ready (recv fails at once).
+    let (_r, w) = Pipe::one_way::<u8>().unwrap();
+    assert_eq!(wait(&[&w], None).unwrap(), [0]);
+}
+
+// ----- socket connections: recv_bytes_into, fileno, passing descriptors -----
+
+/// Receives a descriptor on a socket connection and writes `data` to it.
+fn write_to_passed_fd((mut conn, data): (SocketConnection<()>, Vec<u8>)) {
+    let mut file = std::fs::File::from(conn.recv_handle().unwrap());
+    file.write_all(&data).unwrap();
+}
+
+#[test]
+fn test_fd_transfer_over_a_unix_socket_connection() {
+    for m in METHODS {
+        let (mut conn, child_conn) = SocketConnection::<()>::pair().unwrap();
+        let data = format!("over a socket, {m:?}").into_bytes();
+        let mut p =
+            start(Process::new(write_to_passed_fd, (child_conn, data.clone())).start_method(m));
+        let path = std::env::temp_dir().join(format!(
+            "multiproc-test-socket-fd-{}-{m:?}",
+            std::process::id()
+        ));
+        let file = std::fs::File::create(&path).unwrap();
+        conn.send_handle(&file).unwrap();
+        drop(file);
+        p.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data, "{m:?}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn handles_and_messages_keep_their_order_on_a_socket_connection() {
+    let (mut a, mut b) = SocketConnection::<u32>::pair().unwrap();
+    let (mut x1, x2) = UnixStream::pair().unwrap();
+    let (mut y1, y2) = UnixStream::pair().unwrap();
+    a.send(&1).unwrap();
+    a.send_handle(&x2).unwrap();
+    a.send(&2).unwrap();
+    a.send_handle(&y2).unwrap();
+    drop((x2, y2));
+    assert_eq!(b.recv().unwrap(), 1);
+    let mut x = UnixStream::from(b.recv_handle().unwrap());
+    assert_eq!(b.recv().unwrap(), 2);
+    let mut y = UnixStream::from(b.recv_handle().unwrap());
+    x.write_all(b"x").unwrap();
+    y.write_all(b"y").unwrap();
+    let mut one = [0u8; 1];
+    x1.read_exact(&mut one).unwrap();
+    assert_eq!(&one, b"x");
+    y1.read_exact(&mut one).unwrap();
+    assert_eq!(&one, b"y");
+    // A message where a handle was expected (CPython's test_missing_fd_transfer).
+    a.send(&3).unwrap();
+    assert!(matches!(b.recv_handle(), Err(Error::Protocol(_))));
+}
+
+#[test]
+fn socket_recv_bytes_into_and_fileno() {
+    let (mut a, mut b) = SocketConnection::<()>::pair().unwrap();
+    assert!(b.fileno().unwrap() >= 0);
+    a.send_bytes(b"12345").unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(b.recv_bytes_into(&mut buf[2..]).unwrap(), 5);
+    assert_eq!(&buf, b"\0\x0012345\0");
+    a.send_bytes(b"much too long").unwrap();
+    match b.recv_bytes_into(&mut buf) {
+        Err(Error::BufferTooShort(message)) => assert_eq!(message, b"much too long"),
+        other => panic!("{other:?}"),
+    }
+    b.close();
+    assert!(matches!(b.fileno(), Err(Error::Closed)));
+}
+
+#[test]
+fn descriptors_pass_only_over_unix_sockets_and_as_arguments() {
+    let listener = Listener::bind(&Address::Tcp("127.0.0.1:0".parse().unwrap()), None).unwrap();
+    let address = listener.address().clone();
+    let mut tcp = SocketConnection::<()>::connect(&address, None).unwrap();
+    assert!(matches!(
+        tcp.send_handle(std::io::stdin()),
+        Err(Error::InvalidState(_))
+    ));
+    // A socket connection cannot travel inside a message: its descriptor
+    // goes only beside a process's arguments.
+    let q = multiproc::Queue::<SocketConnection<()>>::new().unwrap();
+    let (s, _t) = SocketConnection::<()>::pair().unwrap();
+    q.put(s).unwrap();
+    match q.get() {
+        Err(Error::Codec(msg)) => assert!(msg.contains("process's argument"), "{msg}"),
+        other => panic!("{other:?}"),
     }
 }

@@ -34,7 +34,13 @@ fn run(name: &str, expect: &[&str]) {
 fn process_basics() {
     run(
         "process_basics",
-        &["[Spawn] worker 1", "[Fork] worker 2", "exitcode Some(-15)"],
+        &[
+            "[Spawn] worker 1",
+            "[Fork] worker 2",
+            "[Forkserver] worker 1",
+            "ended first: [1]",
+            "exitcode Some(-15)",
+        ],
     );
 }
 

@@ -10,7 +10,11 @@ use util::{PROMPTLY, eventually};
 
 multiproc::init_before_main!();
 
-const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
+const METHODS: [StartMethod; 3] = [
+    StartMethod::Spawn,
+    StartMethod::Fork,
+    StartMethod::Forkserver,
+];
 
 /// Sends back every message until end of file; returns how many it echoed.
 fn echo(conn: Connection<Vec<u8>>) -> usize {
@@ -381,4 +385,332 @@ fn sending_to_a_dropped_end_is_closed_in_any_process() {
         p.start().unwrap();
         assert_eq!(p.join_timeout(PROMPTLY).unwrap(), "Err(Closed)", "{m:?}");
     }
+}
+
+/// How a child given a pipe end ends without ever using it.
+#[derive(Debug, Clone, Copy, multiproc::Shareable)]
+enum Ending {
+    Return,
+    Panic,
+    Exit,
+    Hang,
+}
+
+fn end_without_using((conn, how): (Connection<u32>, Ending)) {
+    match how {
+        Ending::Return => drop(conn),
+        Ending::Panic => {
+            std::panic::set_hook(Box::new(|_| {}));
+            panic!("the end was never used")
+        }
+        // No drop runs: only the record of who owns the end can tell.
+        Ending::Exit => std::process::exit(0),
+        Ending::Hang => {
+            std::mem::forget(conn);
+            std::thread::sleep(Duration::from_secs(120))
+        }
+    }
+}
+
+/// Regression (CPython's `_TestConnection` EOF scenarios): under fork, a
+/// pipe end given to a child that ended without using it (returned,
+/// panicked, exited, or was killed) never reported end of file: the
+/// forked child never claimed it, so the live parent stood in for it.
+#[test]
+fn test_connection_eof_when_a_child_ends_without_using_its_end() {
+    for m in METHODS {
+        for how in [Ending::Return, Ending::Panic, Ending::Exit, Ending::Hang] {
+            let (here, there) = Pipe::new::<u32>().unwrap();
+            let mut p = Process::new(end_without_using, (there, how)).start_method(m);
+            p.start().unwrap();
+            if let Ending::Hang = how {
+                p.kill().unwrap();
+            }
+            assert!(
+                matches!(here.recv_timeout(PROMPTLY), Err(Error::Closed)),
+                "{m:?} {how:?}"
+            );
+            let _ = p.join_timeout(PROMPTLY);
+        }
+    }
+}
+
+fn claim_then_pass_on((conn, q): (Connection<u32>, Queue<Connection<u32>>)) {
+    q.put(conn).unwrap();
+}
+
+#[test]
+fn an_end_a_forked_child_passed_on_is_not_taken_back_for_the_child() {
+    // The child passes its end on through a queue and ends; the process
+    // that takes it from the queue owns it, and the pipe stays open.
+    let (here, there) = Pipe::new::<u32>().unwrap();
+    let q = Queue::new().unwrap();
+    let mut p =
+        Process::new(claim_then_pass_on, (there, q.clone())).start_method(StartMethod::Fork);
+    p.start().unwrap();
+    let end = q.get_timeout(PROMPTLY).unwrap();
+    p.join_timeout(PROMPTLY).unwrap();
+    end.send(7).unwrap();
+    assert_eq!(here.recv_timeout(PROMPTLY).unwrap(), 7);
+    here.send(8).unwrap();
+    assert_eq!(end.recv_timeout(PROMPTLY).unwrap(), 8);
+}
+
+// ----- CPython's _TestConnection: recv_bytes_into, fileno, handles -----
+
+const SENTINEL: &[u8] = b"SENTINEL";
+
+/// Echoes byte messages until SENTINEL (CPython's `_echo`).
+fn echo_bytes(conn: Connection<Vec<u8>>) {
+    loop {
+        let msg = conn.recv_bytes().unwrap();
+        if msg == SENTINEL {
+            break;
+        }
+        conn.send_bytes(&msg).unwrap();
+    }
+    conn.close();
+}
+
+#[test]
+fn test_connection() {
+    for m in METHODS {
+        let (conn, child_conn) = Pipe::new::<Vec<u8>>().unwrap();
+        let mut p = Process::new(echo_bytes, child_conn)
+            .start_method(m)
+            .daemon(true);
+        p.start().unwrap();
+
+        assert!(conn.fileno().unwrap() >= 0);
+        conn.send_bytes(b"hello world").unwrap();
+        assert_eq!(conn.recv_bytes().unwrap(), b"hello world");
+
+        let arr: Vec<u8> = (0..4i32).flat_map(|i| i.to_ne_bytes()).collect();
+        let mut buffer = [0u8; 40];
+        conn.send_bytes(&arr).unwrap();
+        assert_eq!(conn.recv_bytes_into(&mut buffer).unwrap(), arr.len());
+        assert_eq!(&buffer[..16], &arr[..]);
+        assert!(buffer[16..].iter().all(|&b| b == 0));
+        // Python's offset: a slice of the buffer.
+        let mut buffer = [0u8; 40];
+        conn.send_bytes(&arr).unwrap();
+        assert_eq!(conn.recv_bytes_into(&mut buffer[12..]).unwrap(), 16);
+        assert!(buffer[..12].iter().all(|&b| b == 0));
+        assert_eq!(&buffer[12..28], &arr[..]);
+
+        let longmsg = b"hello world".repeat(10);
+        conn.send_bytes(&longmsg).unwrap();
+        let mut short = [b' '; 40];
+        match conn.recv_bytes_into(&mut short) {
+            Err(Error::BufferTooShort(message)) => assert_eq!(message, longmsg, "{m:?}"),
+            other => panic!("{m:?}: expected BufferTooShort, got {other:?}"),
+        }
+
+        assert!(!conn.poll(Some(Duration::ZERO)).unwrap());
+        assert!(!conn.poll(Some(Duration::from_millis(100))).unwrap());
+        conn.send_bytes(b"").unwrap();
+        assert!(conn.poll(Some(PROMPTLY)).unwrap());
+        assert_eq!(conn.recv_bytes().unwrap(), b"");
+
+        let really_big_msg = vec![b'X'; 16 << 20];
+        conn.send_bytes(&really_big_msg).unwrap();
+        assert!(conn.recv_bytes().unwrap() == really_big_msg);
+
+        conn.send_bytes(SENTINEL).unwrap();
+        assert!(conn.readable() && conn.writable());
+        assert!(matches!(conn.recv(), Err(Error::Closed)), "{m:?}");
+        assert!(matches!(conn.recv_bytes(), Err(Error::Closed)));
+        p.join_timeout(PROMPTLY).unwrap();
+    }
+}
+
+#[test]
+fn recv_bytes_into_waits_and_gives_up_like_recv() {
+    let (a, b) = Pipe::new::<()>().unwrap();
+    let mut buf = [0u8; 4];
+    assert!(matches!(b.try_recv_bytes_into(&mut buf), Err(Error::Empty)));
+    assert!(matches!(
+        b.recv_bytes_into_timeout(&mut buf, Duration::from_millis(20)),
+        Err(Error::Timeout(_))
+    ));
+    // A message larger than the ring, into a buffer too small, comes back whole.
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| a.send_bytes(&big).unwrap());
+        match b.recv_bytes_into(&mut buf) {
+            Err(Error::BufferTooShort(message)) => assert!(message == big),
+            other => panic!("{other:?}"),
+        }
+    });
+    a.send_bytes(b"abcd").unwrap();
+    assert_eq!(b.recv_bytes_into(&mut buf).unwrap(), 4);
+    assert_eq!(&buf, b"abcd");
+}
+
+fn temp_path(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "multiproc-test-{tag}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ))
+}
+
+/// Receives a descriptor and writes `data` to it (CPython's `_writefd`),
+/// optionally after filling the low descriptor numbers (`create_dummy_fds`).
+fn writefd((conn, data, create_dummy_fds): (Connection<()>, Vec<u8>, bool)) {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    if create_dummy_fds {
+        let side = conn.fileno().unwrap();
+        for fd in 0..256 {
+            // SAFETY: F_GETFD only asks whether `fd` is open.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+                // SAFETY: `fd` is closed, so dup2 replaces nothing; the copy
+                // is left open on purpose until the process exits.
+                unsafe { libc::dup2(side, fd) };
+            }
+        }
+    }
+    let fd = conn.recv_handle().unwrap();
+    assert!(fd.as_raw_fd() >= 0);
+    let mut file = std::fs::File::from(fd);
+    file.write_all(&data).unwrap();
+}
+
+fn check_fd_transfer(large: bool) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    for m in METHODS {
+        let (conn, child_conn) = Pipe::new::<()>().unwrap();
+        let data = format!("{m:?} {large}").into_bytes();
+        let mut p = Process::new(writefd, (child_conn, data.clone(), large))
+            .start_method(m)
+            .daemon(true);
+        p.start().unwrap();
+        let path = temp_path("fd-transfer");
+        let file = std::fs::File::create(&path).unwrap();
+        if large {
+            // SAFETY: F_DUPFD makes a new descriptor numbered 256 or above.
+            let high = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 256) };
+            assert!(high >= 256);
+            // SAFETY: fcntl just returned this descriptor; we own it.
+            let high = unsafe { OwnedFd::from_raw_fd(high) };
+            conn.send_handle(&high).unwrap();
+        } else {
+            conn.send_handle(&file).unwrap();
+        }
+        drop(file);
+        p.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data, "{m:?}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn test_fd_transfer() {
+    check_fd_transfer(false);
+}
+
+#[test]
+fn test_large_fd_transfer() {
+    check_fd_transfer(true);
+}
+
+fn send_data_without_fd(conn: Connection<()>) {
+    conn.send_bytes(b"\0").unwrap();
+}
+
+#[test]
+fn test_missing_fd_transfer() {
+    for m in METHODS {
+        let (conn, child_conn) = Pipe::new::<()>().unwrap();
+        let mut p = Process::new(send_data_without_fd, child_conn).start_method(m);
+        p.start().unwrap();
+        assert!(
+            matches!(conn.recv_handle_timeout(PROMPTLY), Err(Error::Protocol(_))),
+            "{m:?}"
+        );
+        p.join_timeout(PROMPTLY).unwrap();
+    }
+}
+
+fn poll_fd(fd: std::os::fd::RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    assert!(unsafe { libc::poll(&mut pfd, 1, 0) } >= 0);
+    pfd.revents != 0
+}
+
+fn poll_fd_wait(fd: std::os::fd::RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; a bounded wait.
+    assert!(unsafe { libc::poll(&mut pfd, 1, PROMPTLY.as_millis() as i32) } >= 0);
+    pfd.revents != 0
+}
+
+fn send_three(conn: Connection<u32>) {
+    for i in 0..3 {
+        conn.send(i).unwrap();
+    }
+    // Stay until told, so the end of file does not ring the doorbell.
+    let _ = conn.recv();
+}
+
+#[test]
+fn fileno_is_a_descriptor_that_turns_readable_when_messages_come() {
+    for m in METHODS {
+        let (here, there) = Pipe::new::<u32>().unwrap();
+        let fd = here.fileno().unwrap();
+        assert!(!poll_fd(fd));
+        let mut p = Process::new(send_three, there).start_method(m);
+        p.start().unwrap();
+        assert!(poll_fd_wait(fd), "{m:?}");
+        // Edge-triggered: take everything, then it is quiet again.
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            assert!(poll_fd_wait(fd), "{m:?}");
+            loop {
+                match here.try_recv() {
+                    Ok(x) => got.push(x),
+                    Err(Error::Empty) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        assert_eq!(got, [0, 1, 2]);
+        assert!(!poll_fd(fd), "{m:?}: still readable after Empty");
+        here.send(9).unwrap();
+        p.join_timeout(PROMPTLY).unwrap();
+    }
+}
+
+fn pass_on((q, conn): (Queue<Connection<u32>>, Connection<u32>)) {
+    q.put(conn).unwrap();
+}
+
+#[test]
+fn an_end_that_travelled_in_a_message_has_no_side_channel() {
+    let (here, there) = Pipe::new::<u32>().unwrap();
+    let q = Queue::new().unwrap();
+    let mut p = Process::new(pass_on, (q.clone(), there)).start_method(StartMethod::Spawn);
+    p.start().unwrap();
+    let end = q.get_timeout(PROMPTLY).unwrap();
+    p.join_timeout(PROMPTLY).unwrap();
+    // The pipe works; what needs the side channel says why it cannot.
+    end.send(1).unwrap();
+    assert_eq!(here.recv().unwrap(), 1);
+    assert!(matches!(end.fileno(), Err(Error::InvalidState(_))));
+    assert!(matches!(
+        end.send_handle(std::io::stdin()),
+        Err(Error::InvalidState(_))
+    ));
+    // The other end still has its own.
+    assert!(here.fileno().is_ok());
 }

@@ -1,4 +1,5 @@
-//! Processes under both start methods: results, exit codes, signals, names, daemons.
+//! Processes under every start method: results, exit codes, signals,
+//! names, daemons, sentinels, the parent seen from a child, the forkserver.
 
 mod util;
 
@@ -9,7 +10,11 @@ use util::{PROMPTLY, assert_not_our_zombie, eventually, is_gone};
 
 multiproc::init_before_main!();
 
-const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
+const METHODS: [StartMethod; 3] = [
+    StartMethod::Spawn,
+    StartMethod::Fork,
+    StartMethod::Forkserver,
+];
 
 fn square(x: u64) -> u64 {
     x * x
@@ -465,4 +470,314 @@ fn init_takes_no_raw_descriptor_number_from_the_environment() {
         stderr.contains("does not name the launch channel"),
         "{stderr}"
     );
+}
+
+// ----- names (CPython's test_current, test_recursion) -----
+
+/// The names of this process and of the children it makes, recursively
+/// (`depth` levels), each child with `method`: (own name, children's reports).
+fn name_tree((method, depth): (StartMethod, u32)) -> Vec<String> {
+    let mut names = vec![multiproc::current_process().name];
+    if depth == 0 {
+        return names;
+    }
+    for _ in 0..2 {
+        let mut p = Process::new(name_tree, (method, depth - 1)).start_method(method);
+        // Named when made, before it starts.
+        names.push(format!("made {}", p.get_name()));
+        p.start().unwrap();
+        names.extend(p.join_timeout(PROMPTLY * 3).unwrap());
+    }
+    names
+}
+
+#[test]
+fn test_recursion_names_children_after_their_parents_identity() {
+    for m in METHODS {
+        let mut root = Process::new(name_tree, (m, 2)).start_method(m);
+        // This process's n-th handle: its children are n:1 and n:2, theirs n:1:1 …
+        let n = root
+            .get_name()
+            .strip_prefix("Process-")
+            .unwrap()
+            .to_string();
+        root.start().unwrap();
+        let names = root.join_timeout(PROMPTLY * 6).unwrap();
+        let expected: Vec<String> = [
+            "",
+            "made :1",
+            ":1",
+            "made :1:1",
+            ":1:1",
+            "made :1:2",
+            ":1:2",
+            "made :2",
+            ":2",
+            "made :2:1",
+            ":2:1",
+            "made :2:2",
+            ":2:2",
+        ]
+        .iter()
+        .map(|suffix| match suffix.strip_prefix("made ") {
+            Some(rest) => format!("made Process-{n}{rest}"),
+            None => format!("Process-{n}{suffix}"),
+        })
+        .collect();
+        assert_eq!(names, expected, "{m:?}");
+    }
+}
+
+fn identity_of_children(_: ()) -> (String, String, String) {
+    // A forked child inherits its parent's count: it must start again at 1.
+    let a = Process::new(square, 1);
+    let b = Process::new(square, 1).name("explicit");
+    let c = Process::new(square, 1);
+    (
+        a.get_name().into(),
+        b.get_name().into(),
+        c.get_name().into(),
+    )
+}
+
+#[test]
+fn test_current_names_a_process_when_it_is_made() {
+    let p = Process::new(square, 1);
+    let name = p.get_name().to_string();
+    assert!(name.starts_with("Process-"), "{name}");
+    assert!(name["Process-".len()..].parse::<u32>().is_ok(), "{name}");
+    let q = Process::new(square, 1);
+    assert_ne!(q.get_name(), name, "each handle takes the next number");
+    assert_eq!(Process::new(square, 1).name("given").get_name(), "given");
+    for m in METHODS {
+        let mut parent = Process::new(identity_of_children, ()).start_method(m);
+        parent.start().unwrap();
+        let (a, b, c) = parent.join_timeout(PROMPTLY).unwrap();
+        // The parent is this process's n-th handle: its children are n:1, n:2, n:3.
+        let n = parent
+            .get_name()
+            .strip_prefix("Process-")
+            .unwrap()
+            .to_string();
+        assert_eq!(a, format!("Process-{n}:1"), "{m:?}");
+        assert_eq!(b, "explicit");
+        assert_eq!(c, format!("Process-{n}:3"), "{m:?}");
+    }
+}
+
+// ----- sentinels (CPython's test_sentinel) -----
+
+fn wait_for_event(e: multiproc::Event) -> bool {
+    e.wait_timeout(PROMPTLY).unwrap_or(false)
+}
+
+#[test]
+fn test_sentinel_is_ready_once_the_process_ends() {
+    for m in METHODS {
+        let event = multiproc::Event::new().unwrap();
+        let mut p = Process::new(wait_for_event, event.clone()).start_method(m);
+        assert!(matches!(p.sentinel(), Err(Error::InvalidState(_))));
+        p.start().unwrap();
+        let sentinel = p.sentinel().unwrap();
+        assert!(!sentinel.is_ready(), "{m:?}");
+        assert!(
+            multiproc::wait(&[&sentinel], Some(Duration::ZERO))
+                .unwrap()
+                .is_empty()
+        );
+        event.set();
+        assert_eq!(
+            multiproc::wait(&[&sentinel], Some(PROMPTLY)).unwrap(),
+            [0],
+            "{m:?}"
+        );
+        assert!(p.join_timeout(PROMPTLY).unwrap());
+        assert!(sentinel.is_ready());
+        // A sentinel made after the child was reaped is ready at once.
+        assert!(p.sentinel().unwrap().is_ready(), "{m:?}");
+        assert!(std::os::fd::AsRawFd::as_raw_fd(&sentinel) >= 0);
+    }
+}
+
+#[test]
+fn sentinels_tell_which_of_several_processes_ended() {
+    for m in METHODS {
+        let mut sleeper = start(Process::new(sleep_secs, 60).start_method(m));
+        let mut quick = start(Process::new(square, 3).start_method(m));
+        let sentinels = [sleeper.sentinel().unwrap(), quick.sentinel().unwrap()];
+        let objects: Vec<&dyn multiproc::connection::Waitable> =
+            sentinels.iter().map(|s| s as _).collect();
+        assert_eq!(
+            multiproc::wait(&objects, Some(PROMPTLY)).unwrap(),
+            [1],
+            "{m:?}"
+        );
+        assert_eq!(quick.join().unwrap(), 9);
+        sleeper.kill().unwrap();
+        assert_eq!(multiproc::wait(&objects[..1], None).unwrap(), [0]);
+        assert!(sleeper.join_timeout(PROMPTLY).is_err());
+        assert_eq!(sleeper.exitcode(), Some(-9));
+    }
+}
+
+// ----- the parent from inside a child (CPython's test_parent_process*) -----
+
+fn report_parent(_: ()) -> (i32, String) {
+    let parent = multiproc::parent_process().unwrap();
+    (parent.pid, parent.name)
+}
+
+#[test]
+fn test_parent_process_attributes() {
+    assert!(multiproc::parent_process().is_none());
+    for m in METHODS {
+        let mut p = start(Process::new(report_parent, ()).start_method(m));
+        let (pid, name) = p.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(pid, std::process::id() as i32, "{m:?}");
+        assert_eq!(name, multiproc::current_process().name);
+    }
+}
+
+/// In a grandchild: reports whether its parent lives, joins it (bounded),
+/// and reports again.
+fn report_parent_status(conn: multiproc::Connection<String>) {
+    let parent = multiproc::parent_process().unwrap();
+    let alive = |p: &multiproc::ParentProcess| if p.is_alive() { "alive" } else { "not alive" };
+    conn.send(alive(&parent).to_string()).unwrap();
+    let joined = parent.join_timeout(PROMPTLY * 3);
+    conn.send(format!("{} {}", alive(&parent), joined.is_ok()))
+        .unwrap();
+}
+
+fn create_grandchild((method, conn): (StartMethod, multiproc::Connection<String>)) {
+    let mut p = Process::new(report_parent_status, conn).start_method(method);
+    p.start().unwrap();
+    std::thread::sleep(Duration::from_secs(300));
+}
+
+#[test]
+fn test_parent_process_join_and_is_alive_from_a_grandchild() {
+    for m in METHODS {
+        let (here, there) = multiproc::Pipe::new::<String>().unwrap();
+        let mut p = start(Process::new(create_grandchild, (m, there)).start_method(m));
+        assert_eq!(here.recv_timeout(PROMPTLY).unwrap(), "alive", "{m:?}");
+        p.terminate().unwrap();
+        assert!(p.join_timeout(PROMPTLY).is_err());
+        assert_eq!(
+            here.recv_timeout(PROMPTLY).unwrap(),
+            "not alive true",
+            "{m:?}"
+        );
+    }
+}
+
+#[test]
+fn a_parent_join_times_out_while_the_parent_lives() {
+    fn join_briefly(_: ()) -> (bool, bool) {
+        let parent = multiproc::parent_process().unwrap();
+        let timed_out = matches!(
+            parent.join_timeout(Duration::from_millis(20)),
+            Err(Error::Timeout(_))
+        );
+        (timed_out, parent.sentinel().unwrap().is_ready())
+    }
+    for m in METHODS {
+        let mut p = start(Process::new(join_briefly, ()).start_method(m));
+        assert_eq!(p.join_timeout(PROMPTLY).unwrap(), (true, false), "{m:?}");
+    }
+}
+
+// ----- start methods (CPython's TestStartMethod) -----
+
+#[test]
+fn test_get_all_lists_every_method_default_first() {
+    let all = multiproc::get_all_start_methods();
+    assert_eq!(all, METHODS);
+    assert_eq!(all[0], StartMethod::default());
+    for m in all {
+        assert_eq!(m.name().parse::<StartMethod>().unwrap(), m);
+    }
+    assert!(matches!(
+        "threads".parse::<StartMethod>(),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+fn method_in_child(_: ()) -> (StartMethod, String) {
+    (
+        multiproc::get_start_method(),
+        multiproc::current_process().name,
+    )
+}
+
+#[test]
+fn test_set_get_with_force() {
+    // Other tests here use the default method too: each of these works for
+    // them, and the default is never left unset (see
+    // context_does_not_touch_the_default).
+    let before = multiproc::get_start_method();
+    for m in METHODS {
+        multiproc::force_start_method(Some(m));
+        assert_eq!(multiproc::get_start_method(), m);
+        assert!(matches!(
+            multiproc::set_start_method(m),
+            Err(Error::InvalidState(_))
+        ));
+        let mut p = Process::new(method_in_child, ());
+        p.start().unwrap();
+        let (inherited, name) = p.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(name, p.get_name());
+        // CPython's test_context: the child has its parent's default.
+        assert_eq!(inherited, m, "the child's default");
+    }
+    multiproc::force_start_method(Some(before));
+}
+
+// ----- the forkserver (CPython's test_forkserver_sigkill / sigint) -----
+
+fn nap_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// A running forkserver child outlives a server killed with `signal`; the
+/// next start gets a new server. Run in a spawned child, which has a
+/// forkserver of its own: the other tests' server is left alone.
+fn check_forkserver_death(signal: i32) {
+    let mut first = start(Process::new(nap_ms, 500).start_method(StartMethod::Forkserver));
+    let server = multiproc::__internal::forkserver_pid().expect("a forkserver runs");
+    // SAFETY: kill takes plain integers; `server` is our child (not reaped yet).
+    assert_eq!(unsafe { libc::kill(server, signal) }, 0);
+    let mut second = start(Process::new(nap_ms, 0).start_method(StartMethod::Forkserver));
+    assert_eq!(second.join_timeout(PROMPTLY).unwrap(), 0);
+    assert_eq!(second.exitcode(), Some(0));
+    // The first child ran on; whether its status survived depends on when
+    // the old server died (Python says 0 or 255 too).
+    let _ = first.join_timeout(PROMPTLY);
+    assert!(
+        matches!(first.exitcode(), Some(0 | 255)),
+        "{:?}",
+        first.exitcode()
+    );
+    if signal == libc::SIGKILL {
+        assert_ne!(multiproc::__internal::forkserver_pid(), Some(server));
+        assert_not_our_zombie(server);
+    } else {
+        // Ctrl-C's signal does not end the server.
+        assert_eq!(multiproc::__internal::forkserver_pid(), Some(server));
+    }
+}
+
+#[test]
+fn test_forkserver_sigkill_starts_a_new_server() {
+    let mut p =
+        start(Process::new(check_forkserver_death, libc::SIGKILL).start_method(StartMethod::Spawn));
+    p.join_timeout(PROMPTLY * 3).unwrap();
+}
+
+#[test]
+fn test_forkserver_sigint_is_ignored_by_the_server() {
+    let mut p =
+        start(Process::new(check_forkserver_death, libc::SIGINT).start_method(StartMethod::Spawn));
+    p.join_timeout(PROMPTLY * 3).unwrap();
 }

@@ -508,3 +508,32 @@ fn a_producer_killed_mid_stream_with_no_consumer_is_not_counted_nor_fills_the_qu
         assert_eq!(q.qsize(), 0);
     }
 }
+
+// ----- CPython's TestSimpleQueue: test_close, test_closed -----
+
+fn close_simple(q: SimpleQueue<u8>) -> bool {
+    q.close();
+    q.is_closed()
+}
+
+#[test]
+fn test_simple_queue_close_and_closed() {
+    let queue = SimpleQueue::<u8>::new().unwrap();
+    assert!(!queue.is_closed());
+    queue.put(1).unwrap();
+    queue.close();
+    // Closing twice does not fail.
+    queue.close();
+    assert!(queue.is_closed());
+    assert!(matches!(queue.put(2), Err(Error::Closed)));
+    assert_eq!(queue.get().unwrap(), 1);
+    assert!(matches!(queue.get(), Err(Error::Closed)));
+    // Unlike Python's, the flag is shared: a close in a child shows here.
+    for m in [StartMethod::Spawn, StartMethod::Fork] {
+        let q = SimpleQueue::<u8>::new().unwrap();
+        let mut p = Process::new(close_simple, q.clone()).start_method(m);
+        p.start().unwrap();
+        assert!(p.join_timeout(util::PROMPTLY).unwrap());
+        assert!(q.is_closed(), "{m:?}");
+    }
+}

@@ -179,3 +179,59 @@ fn a_user_struct_with_handle_fields_travels_to_a_child() {
         assert_eq!(log.get(0).unwrap(), 5, "{m:?}");
     }
 }
+
+// ----- char arrays (CPython's test_sharedctypes: `string.value *= 2`) -----
+
+fn double_string((locked, raw): (Array<u8>, multiproc::RawArray<u8>)) {
+    let v = locked.value();
+    locked.set_value([v.clone(), v].concat()).unwrap();
+    let r = raw.value();
+    raw.set_value([r.clone(), r].concat()).unwrap();
+}
+
+#[test]
+fn test_sharedctypes_char_arrays_as_strings() {
+    for m in METHODS {
+        let string = Array::from_elem(0u8, 20).unwrap();
+        let raw = multiproc::RawArray::from_elem(0u8, 20).unwrap();
+        string.set_value("hello").unwrap();
+        raw.set_value(b"hello").unwrap();
+        let mut p = Process::new(double_string, (string.clone(), raw.clone())).start_method(m);
+        p.start().unwrap();
+        p.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(string.value(), b"hellohello", "{m:?}");
+        assert_eq!(string.value_str().unwrap(), "hellohello");
+        assert_eq!(raw.value(), b"hellohello", "{m:?}");
+    }
+}
+
+#[test]
+fn char_arrays_raw_and_value_follow_ctypes() {
+    let s = Array::new(b"abcdef").unwrap();
+    assert_eq!(s.value(), b"abcdef", "no NUL: the whole array");
+    s.set_value("xy").unwrap();
+    assert_eq!(s.raw(), b"xy\0def");
+    assert_eq!(s.value(), b"xy");
+    s.set_raw(b"12").unwrap();
+    assert_eq!(s.raw(), b"12\0def", "raw leaves the rest");
+    s.set_value(b"123456").unwrap();
+    assert_eq!(s.value(), b"123456", "exactly full: no room for the NUL");
+    assert!(matches!(
+        s.set_value("1234567"),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        s.set_raw("1234567"),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(s.raw(), b"123456", "a refused write changes nothing");
+    s.set_raw([0xff, 0xfe, 0]).unwrap();
+    assert!(matches!(s.value_str(), Err(Error::Codec(_))));
+    let r = multiproc::RawArray::from_elem(b'z', 3).unwrap();
+    assert_eq!(r.value(), b"zzz");
+    r.set_raw(b"a").unwrap();
+    assert_eq!(r.raw(), b"azz");
+    r.set_value(b"").unwrap();
+    assert_eq!(r.value(), b"");
+    assert_eq!(r.raw(), b"\0zz");
+}

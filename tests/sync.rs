@@ -626,3 +626,52 @@ fn bad_input_and_zero_timeouts() {
     ));
     assert!(b.broken());
 }
+
+// ----- a barrier's default timeout (CPython's test_default_timeout) -----
+
+const N: usize = 4;
+
+/// CPython's `_test_default_timeout_f`: every party waits once (with an
+/// explicit timeout), then again with the default; the late one comes only
+/// once the others broke the barrier by their default timeout.
+fn default_timeout_party(barrier: Barrier) -> bool {
+    let i = barrier.wait_timeout(PROMPTLY).unwrap();
+    if i == N / 2 {
+        // Later than the default timeout: it comes once the others gave up.
+        let start = Instant::now();
+        while !barrier.broken() && start.elapsed() < PROMPTLY {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    matches!(barrier.wait(), Err(Error::BrokenBarrier))
+}
+
+#[test]
+fn test_default_timeout() {
+    for m in METHODS {
+        let barrier = Barrier::with_timeout(N, Duration::from_millis(500)).unwrap();
+        assert_eq!(barrier.timeout(), Some(Duration::from_millis(500)));
+        let results = join_all(start_n(m, N, default_timeout_party, &barrier));
+        assert_eq!(results, [true; N], "{m:?}");
+    }
+    assert!(Barrier::new(1).unwrap().timeout().is_none());
+}
+
+fn action() {}
+
+#[test]
+fn a_default_timeout_goes_with_the_barrier_and_its_action() {
+    let b = Barrier::with_action_and_timeout(1, action, Duration::from_secs(3)).unwrap();
+    assert_eq!(b.timeout(), Some(Duration::from_secs(3)));
+    assert_eq!(b.wait().unwrap(), 0);
+    fn timeout_in_child(b: Barrier) -> Option<Duration> {
+        b.timeout()
+    }
+    for m in METHODS {
+        let mut p = start(m, timeout_in_child, b.clone());
+        assert_eq!(
+            p.join_timeout(PROMPTLY).unwrap(),
+            Some(Duration::from_secs(3))
+        );
+    }
+}

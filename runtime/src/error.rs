@@ -25,6 +25,11 @@ pub enum Error {
     /// The object was closed (by this end, or the peer closed or died).
     #[error("closed")]
     Closed,
+    /// A message was longer than the buffer given to receive it (Python's
+    /// `BufferTooShort`). The message was taken from the connection: here
+    /// it is, whole.
+    #[error("buffer too short for a message of {} bytes", .0.len())]
+    BufferTooShort(Vec<u8>),
     /// A barrier was aborted, reset, timed out, or lost a party.
     #[error("broken barrier")]
     BrokenBarrier,

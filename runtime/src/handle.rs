@@ -36,8 +36,21 @@ pub struct HandleRepr {
     pub extra: u64,
 }
 
+/// What a handle asks to be done once the child that receives it is known
+/// (its pid): a pipe end names that child as its owner, for example.
+pub(crate) type Handoff = Box<dyn FnOnce(i32)>;
+
+/// What [`collect_fds`] gathered while encoding a child's arguments.
+#[derive(Default)]
+pub(crate) struct Collected {
+    /// The descriptors of every handle encoded, by handle id.
+    pub fds: Vec<(u64, OwnedFd)>,
+    /// What to do once the child's pid is known.
+    pub handoffs: Vec<Handoff>,
+}
+
 thread_local! {
-    static OUTGOING: RefCell<Option<Vec<(u64, OwnedFd)>>> = const { RefCell::new(None) };
+    static OUTGOING: RefCell<Option<Collected>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<HashMap<u64, OwnedFd>>> = const { RefCell::new(None) };
 }
 
@@ -108,13 +121,24 @@ pub(crate) fn redirect_segment(repr: HandleRepr) -> Result<HandleRepr> {
     Ok(out?.unwrap_or(repr))
 }
 
-/// Runs `f` (which encodes something) and returns the descriptors of every
-/// handle it encoded, so they can be sent beside the bytes.
-pub(crate) fn collect_fds<R>(f: impl FnOnce() -> R) -> (R, Vec<(u64, OwnedFd)>) {
-    let previous = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
+/// Runs `f` (which encodes a child's arguments) and returns the
+/// descriptors of every handle it encoded, so they can be sent beside the
+/// bytes, and what the handles ask to be done once the child is known.
+pub(crate) fn collect_fds<R>(f: impl FnOnce() -> R) -> (R, Collected) {
+    let previous = OUTGOING.with(|o| o.borrow_mut().replace(Collected::default()));
     let out = f();
-    let fds = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), previous));
-    (out, fds.unwrap_or_default())
+    let collected = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), previous));
+    (out, collected.unwrap_or_default())
+}
+
+/// While encoding a child's arguments (inside [`collect_fds`]): runs
+/// `handoff` with the child's pid once it is known. Elsewhere it does nothing.
+pub(crate) fn on_handoff(handoff: impl FnOnce(i32) + 'static) {
+    OUTGOING.with(|o| {
+        if let Some(collected) = o.borrow_mut().as_mut() {
+            collected.handoffs.push(Box::new(handoff));
+        }
+    });
 }
 
 /// Runs `f` (which decodes something) with `fds` available to the handles in it.
@@ -137,10 +161,10 @@ pub(crate) fn encode_fd(
     if collecting {
         let dup = fd.try_clone_to_owned()?;
         OUTGOING.with(|o| {
-            if let Some(list) = o.borrow_mut().as_mut()
-                && !list.iter().any(|(i, _)| *i == id)
+            if let Some(collected) = o.borrow_mut().as_mut()
+                && !collected.fds.iter().any(|(i, _)| *i == id)
             {
-                list.push((id, dup));
+                collected.fds.push((id, dup));
             }
         });
     }
@@ -151,6 +175,29 @@ pub(crate) fn encode_fd(
         offset,
         extra,
     })
+}
+
+/// The descriptor that arrived beside the bytes for handle `id` (step 2
+/// above only): for descriptors `/proc/<pid>/fd` cannot reopen (sockets).
+pub(crate) fn received_fd(id: u64) -> Option<OwnedFd> {
+    INCOMING.with(|i| {
+        i.borrow().as_ref().and_then(|m| {
+            m.get(&id)
+                .and_then(|fd| fd.as_fd().try_clone_to_owned().ok())
+        })
+    })
+}
+
+/// A new handle id for a descriptor that has no id of its own (a socket):
+/// random, so it cannot meet another handle's in one message.
+pub(crate) fn fresh_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes = (n ^ ((sys::process::getpid() as u64) << 40)).to_ne_bytes();
+    }
+    u64::from_ne_bytes(bytes)
 }
 
 /// Finds an owned descriptor for a decoded handle (steps 2 and 3 above).

@@ -46,9 +46,9 @@ pub use connection::{Address, Connection, Listener, Pipe, SocketConnection, clie
 pub use error::{Error, Quota, Result};
 pub use pool::{AsyncResult, Callbacks, IMapIterator, Pool, PoolBuilder, ThreadPool};
 pub use process::{
-    AuthKey, ChildInfo, Context, CurrentProcess, ParentProcess, Process, StartMethod,
-    active_children, cpu_count, current_process, get_context, get_start_method, init,
-    parent_process, set_start_method,
+    AuthKey, ChildInfo, Context, CurrentProcess, ParentProcess, Process, Sentinel, StartMethod,
+    active_children, cpu_count, current_process, force_start_method, get_all_start_methods,
+    get_context, get_start_method, init, parent_process, set_start_method,
 };
 pub use queue::{JoinableQueue, Queue, SimpleQueue};
 pub use sharedctypes::{Array, ArrayGuard, AtomicInt, RawArray, RawValue, Value, ValueGuard};
@@ -66,7 +66,7 @@ pub use rkyv;
 #[doc(hidden)]
 pub mod __internal {
     pub use crate::codec::field_travels;
-    pub use crate::process::{ForkHook, ForkMutex, register_fork_hook};
+    pub use crate::process::{ForkHook, ForkMutex, forkserver_pid, register_fork_hook};
     pub use crate::queue::DEFAULT_CAPACITY_BYTES;
     pub use crate::shm::{Kind, ShmSpec, fingerprint_str};
     pub use crate::sync::spin::set_spin_limit;

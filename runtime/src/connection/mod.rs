@@ -18,6 +18,7 @@ mod wait;
 
 use std::borrow::Borrow;
 use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::codec::Shareable;
@@ -31,7 +32,7 @@ pub use listener::{Address, Listener, client};
 pub use pipe::DEFAULT_PIPE_CAPACITY;
 use pipe::ShmEnd;
 pub use socket::SocketConnection;
-pub use wait::{Waitable, wait};
+pub use wait::{WaitSource, Waitable, wait};
 
 /// Tag, in `HandleRepr::extra` above bit 8, of a shared-memory pipe end.
 const TRANSPORT_SHM: u64 = 0;
@@ -86,12 +87,100 @@ impl Transport {
         }
     }
 
+    fn wait_source(&self) -> WaitSource<'_> {
+        match self {
+            Transport::Shm(end) => end.wait_source(),
+        }
+    }
+
+    fn fileno(&self) -> Result<RawFd> {
+        match self {
+            Transport::Shm(end) => end.fileno(),
+        }
+    }
+
+    fn send_handle(&self, fd: BorrowedFd<'_>, deadline: Deadline) -> Result<()> {
+        match self {
+            Transport::Shm(end) => end.send_handle(fd, deadline),
+        }
+    }
+
+    fn recv_handle(&self, deadline: Deadline) -> Result<OwnedFd> {
+        match self {
+            Transport::Shm(end) => end.recv_handle(deadline),
+        }
+    }
+
     fn to_repr(&self) -> Result<HandleRepr> {
         match self {
             Transport::Shm(end) => {
                 let mut repr = end.to_repr()?;
                 repr.extra |= TRANSPORT_SHM << 8;
                 Ok(repr)
+            }
+        }
+    }
+}
+
+/// Receives into a caller's buffer, keeping a message that does not fit
+/// whole (for `BufferTooShort`).
+struct SliceSink<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+    /// The message, once it turned out longer than `buf`.
+    overflow: Option<Vec<u8>>,
+}
+
+impl<'a> SliceSink<'a> {
+    fn new(buf: &'a mut [u8]) -> SliceSink<'a> {
+        SliceSink {
+            buf,
+            len: 0,
+            overflow: None,
+        }
+    }
+
+    fn finish(self) -> Result<usize> {
+        match self.overflow {
+            Some(message) => Err(Error::BufferTooShort(message)),
+            None => Ok(self.len),
+        }
+    }
+}
+
+impl Sink for SliceSink<'_> {
+    fn clear(&mut self) {
+        self.len = 0;
+        self.overflow = None;
+    }
+
+    fn len(&self) -> usize {
+        self.overflow.as_ref().map_or(self.len, Vec::len)
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        if let Some(v) = &mut self.overflow {
+            v.reserve(additional);
+        } else if self.len.saturating_add(additional) > self.buf.len() {
+            let mut v = Vec::with_capacity(self.len.saturating_add(additional));
+            v.extend_from_slice(&self.buf[..self.len]);
+            self.overflow = Some(v);
+        }
+    }
+
+    unsafe fn append_raw(&mut self, src: *const u8, len: usize) {
+        self.reserve(len);
+        match &mut self.overflow {
+            // SAFETY: the caller vouches for `src` (valid for `len` reads).
+            Some(v) => unsafe { v.append_raw(src, len) },
+            None => {
+                // SAFETY: `reserve` left room: `self.len + len <= buf.len()`;
+                // `src` is valid for `len` reads (the caller's promise) and
+                // cannot overlap the caller's exclusive buffer.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(src, self.buf.as_mut_ptr().add(self.len), len)
+                };
+                self.len += len;
             }
         }
     }
@@ -294,6 +383,111 @@ impl<T: Shareable> Connection<T> {
         self.recv_bytes_deadline(Some(max), Deadline::after(timeout))
     }
 
+    /// Receives the next message into `buf` and returns its length
+    /// (Python's `recv_bytes_into`; for Python's `offset`, pass
+    /// `&mut buf[offset..]`), waiting for one.
+    ///
+    /// A message longer than `buf` is taken all the same and returned
+    /// whole in [`Error::BufferTooShort`] (what `buf` holds then is
+    /// unspecified), as Python raises `BufferTooShort(message)`.
+    ///
+    /// ```
+    /// use multiproc::{Error, Pipe};
+    /// let (a, b) = Pipe::new::<()>().unwrap();
+    /// a.send_bytes(b"hello").unwrap();
+    /// let mut buf = [0u8; 8];
+    /// assert_eq!(b.recv_bytes_into(&mut buf).unwrap(), 5);
+    /// assert_eq!(&buf[..5], b"hello");
+    /// a.send_bytes(b"far too long").unwrap();
+    /// match b.recv_bytes_into(&mut buf) {
+    ///     Err(Error::BufferTooShort(message)) => assert_eq!(message, b"far too long"),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// ```
+    pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
+        self.recv_bytes_into_deadline(buf, Deadline::Never)
+    }
+
+    /// [`Connection::recv_bytes_into`] if a message is there now; `Err(Empty)` otherwise.
+    pub fn try_recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
+        self.recv_bytes_into_deadline(buf, Deadline::Now)
+    }
+
+    /// [`Connection::recv_bytes_into`], waiting at most `timeout`.
+    pub fn recv_bytes_into_timeout(&self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
+        self.recv_bytes_into_deadline(buf, Deadline::after(timeout))
+    }
+
+    fn recv_bytes_into_deadline(&self, buf: &mut [u8], deadline: Deadline) -> Result<usize> {
+        let mut sink = SliceSink::new(buf);
+        self.transport.recv_into(&mut sink, None, deadline)?;
+        sink.finish()
+    }
+
+    /// Sends a descriptor to the process at the other end (Python's
+    /// `reduction.send_handle`): its [`Connection::recv_handle`] gets its
+    /// own copy, open on the same file, socket or pipe. This process keeps
+    /// its own. Handles and messages arrive in the order they were sent.
+    ///
+    /// The descriptor travels on the pipe's side channel, a socket pair
+    /// made with the pipe that goes with each end when it is a process's
+    /// argument (or is inherited by a fork). An end that travelled inside a
+    /// message (a queue, another pipe) has none: [`Error::InvalidState`].
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    /// use multiproc::Pipe;
+    ///
+    /// let (a, b) = Pipe::new::<()>().unwrap();
+    /// let (mut mine, theirs) = UnixStream::pair().unwrap();
+    /// a.send_handle(&theirs).unwrap();
+    /// drop(theirs);
+    /// let mut got = UnixStream::from(b.recv_handle().unwrap());
+    /// got.write_all(b"hi").unwrap();
+    /// let mut buf = [0u8; 2];
+    /// mine.read_exact(&mut buf).unwrap();
+    /// assert_eq!(&buf, b"hi");
+    /// ```
+    pub fn send_handle(&self, fd: impl AsFd) -> Result<()> {
+        self.transport.send_handle(fd.as_fd(), Deadline::Never)
+    }
+
+    /// Receives a descriptor the other end sent with
+    /// [`Connection::send_handle`] (Python's `reduction.recv_handle`),
+    /// waiting for it.
+    ///
+    /// The next message must be a handle: a message too long to be one is
+    /// [`Error::Protocol`] and stays in the pipe; a handle message without
+    /// a descriptor is `Protocol` too (Python raises `RuntimeError`).
+    pub fn recv_handle(&self) -> Result<OwnedFd> {
+        self.transport.recv_handle(Deadline::Never)
+    }
+
+    /// [`Connection::recv_handle`], waiting at most `timeout`.
+    pub fn recv_handle_timeout(&self, timeout: Duration) -> Result<OwnedFd> {
+        self.transport.recv_handle(Deadline::after(timeout))
+    }
+
+    /// A descriptor for an event loop of your own (Python's `fileno()`):
+    /// it turns readable when a message may have come for this end.
+    ///
+    /// Messages travel in shared memory and waits sleep on futex words,
+    /// which no `poll` sees; so the pipe rings a doorbell on its side
+    /// channel (see [`Connection::send_handle`]) for every message sent
+    /// to an end whose `fileno` was asked for. The descriptor behaves as an
+    /// edge-triggered one: when it is readable, receive with
+    /// [`Connection::try_recv`] (or `try_recv_bytes`, `poll(Some(ZERO))`)
+    /// until `Empty`, which re-arms it; messages that were already waiting
+    /// when `fileno` was first called do not ring. It is also readable once
+    /// every process holding the other end's side channel is gone. The
+    /// descriptor belongs to the connection: do not close it. An end
+    /// without a side channel is [`Error::InvalidState`]; to wait on pipe
+    /// ends with others, [`wait`] needs no descriptor.
+    pub fn fileno(&self) -> Result<RawFd> {
+        self.transport.fileno()
+    }
+
     fn recv_bytes_deadline(&self, max: Option<usize>, deadline: Deadline) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         self.transport
@@ -330,13 +524,21 @@ impl<T: Shareable> Connection<T> {
     }
 }
 
+impl<T> Waitable for Connection<T> {
+    /// Ready when a message is there to receive or the peer is gone (see
+    /// [`wait`]); at once for a closed end or one that only sends.
+    fn wait_source(&self) -> WaitSource<'_> {
+        self.transport.wait_source()
+    }
+}
+
 impl<T: Shareable> ShareHandle for Connection<T> {
     fn to_repr(&self) -> Result<HandleRepr> {
         self.transport.to_repr()
     }
 
     fn from_repr(repr: &HandleRepr) -> Result<Self> {
-        match repr.extra >> 8 {
+        match (repr.extra >> 8) & 0xFF {
             TRANSPORT_SHM => {
                 let (fp, name) = connection_fingerprint::<T>();
                 Ok(Connection::new(Transport::Shm(ShmEnd::open(

@@ -14,11 +14,13 @@
 //! descriptors allow, makes later checks need no `/proc` read.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::connection::wait::WaitSource;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::HandleRepr;
@@ -32,6 +34,16 @@ use crate::sys;
 pub const DEFAULT_PIPE_CAPACITY: usize = 256 << 10;
 
 const PID_MASK: u64 = 0x7FFF_FFFF;
+/// Set in `HandleRepr::extra` when the end's side channel was encoded with it.
+const SIDE_SENT: u64 = 1 << 32;
+/// The side channel's handle id: the segment's id with this bit flipped.
+const SIDE_ID: u64 = 1 << 63;
+/// A side-channel record: a message may have arrived (for `fileno` users).
+const DOORBELL: u8 = b'D';
+/// A side-channel record that carries a passed descriptor.
+const HANDLE: u8 = b'H';
+/// The message that tells the receiver a descriptor waits on the side channel.
+const HANDLE_MESSAGE: &[u8] = b"\0multiproc:handle\0";
 /// How often a send checks that the reader still lives.
 const LIVENESS_PERIOD_MS: u64 = 2;
 
@@ -44,6 +56,9 @@ pub(crate) struct EndState {
     owner: AtomicU64,
     /// The creating process's word, standing in for an unclaimed end's owner.
     creator: AtomicU64,
+    /// Processes that asked for this end's descriptor (`fileno`): a send
+    /// to this end rings its doorbell while this is not 0.
+    pollers: AtomicU32,
 }
 
 #[repr(C)]
@@ -141,6 +156,13 @@ pub(crate) struct ShmEnd {
     /// process is a forked child that inherited the handle.
     made_in: i32,
     watch: Mutex<PeerWatch>,
+    /// This end's side of the side channel: a sequenced-packet socket pair
+    /// made with the pipe, which carries passed descriptors and doorbells.
+    /// `None` when the end travelled without it (inside a message) or no
+    /// descriptor was to be had when the pipe was made.
+    side: Option<OwnedFd>,
+    /// The process that counted this handle in its end's `pollers` (0: none).
+    polled_by: AtomicI32,
 }
 
 impl std::fmt::Debug for ShmEnd {
@@ -230,8 +252,14 @@ impl ShmEnd {
                 }
             },
         )?;
-        let a = ShmEnd::attach(obj.clone(), 0)?;
-        let b = ShmEnd::attach(obj, 1)?;
+        let mut a = ShmEnd::attach(obj.clone(), 0)?;
+        let mut b = ShmEnd::attach(obj, 1)?;
+        // Without a descriptor to spare the pipe still works, without
+        // fileno and handle passing.
+        if let Ok((side_a, side_b)) = sys::socket::seqpacket_pair() {
+            a.side = Some(side_a);
+            b.side = Some(side_b);
+        }
         Ok((a, b))
     }
 
@@ -258,22 +286,39 @@ impl ShmEnd {
             last_check_ms: AtomicU64::new(0),
             made_in: sys::process::getpid(),
             watch: Mutex::new(PeerWatch::default()),
+            side: None,
+            polled_by: AtomicI32::new(0),
         })
     }
 
     /// Opens an end from its encoded form; this process becomes its owner.
     pub(crate) fn open(repr: &HandleRepr, fingerprint: u64, name: &str) -> Result<ShmEnd> {
         let obj = ShmObject::open(repr, Kind::Channel, fingerprint, name)?;
-        let end = ShmEnd::attach(obj, (repr.extra & 1) as usize)?;
+        let mut end = ShmEnd::attach(obj, (repr.extra & 1) as usize)?;
+        // Only a side channel that came beside the bytes (a process's
+        // argument): a socket cannot be reopened through /proc.
+        if repr.extra & SIDE_SENT != 0 {
+            end.side = crate::handle::received_fd(repr.id ^ SIDE_ID);
+        }
         end.claim();
         Ok(end)
     }
 
-    /// The encoded form; the end now belongs to whoever decodes it.
+    /// The encoded form; the end now belongs to whoever decodes it. Sent
+    /// to a child as its argument, it belongs to that child from its start
+    /// (even one that dies before it decodes it).
     pub(crate) fn to_repr(&self) -> Result<HandleRepr> {
         let mut repr = self.obj.to_repr()?;
         repr.extra = self.end as u64;
+        if let Some(side) = &self.side {
+            // Goes beside the bytes when they are a child's argument.
+            crate::handle::encode_fd(repr.id ^ SIDE_ID, side.as_fd(), 0, 0)?;
+            repr.extra |= SIDE_SENT;
+        }
         self.sent.store(true, Ordering::Relaxed);
+        let obj = self.obj.clone();
+        let end = self.end;
+        crate::handle::on_handoff(move |pid| hand_to(&obj.state().ends[end].0, pid));
         Ok(repr)
     }
 
@@ -359,7 +404,115 @@ impl ShmEnd {
         if ends.peer(self.check_due()).done() {
             return Err(Error::Closed);
         }
-        self.ring(self.end).put(bytes, 0, deadline, &ends)
+        self.ring(self.end).put(bytes, 0, deadline, &ends)?;
+        self.ring_doorbell();
+        Ok(())
+    }
+
+    /// Tells a peer that polls its descriptor that a message (or the end)
+    /// may have come: one record on the side channel, only while it polls.
+    fn ring_doorbell(&self) {
+        let Some(side) = &self.side else { return };
+        // Pairs with the fence in `drain_doorbells`: either the peer sees
+        // the message, or this sees its poller count.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.peer_state().pollers.load(Ordering::Relaxed) != 0 {
+            // A full side channel is readable already: nothing is lost.
+            let _ =
+                sys::socket::send_nowait(side.as_fd(), &[std::io::IoSlice::new(&[DOORBELL])], &[]);
+        }
+    }
+
+    /// Takes the doorbells waiting at the head of this end's side channel
+    /// (not a passed descriptor behind which they wait), so that its
+    /// descriptor is readable again only when a later message comes.
+    fn drain_doorbells(&self) {
+        let Some(side) = &self.side else { return };
+        if self.polled_by.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        while let Ok(Some(DOORBELL)) = sys::socket::peek_record(side.as_fd()) {
+            if sys::socket::discard_record(side.as_fd()).is_err() {
+                break;
+            }
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    fn side(&self) -> Result<BorrowedFd<'_>> {
+        self.side.as_ref().map(|s| s.as_fd()).ok_or_else(|| {
+            Error::InvalidState(
+                "this pipe end has no side channel (it travelled inside a message rather than \
+                 as a process's argument, or no descriptor was left when the pipe was made): \
+                 fileno, send_handle and recv_handle need one"
+                    .into(),
+            )
+        })
+    }
+
+    /// The descriptor `fileno` gives: readable when a message may have
+    /// come for this end since it was last found empty (see `Connection::fileno`).
+    pub(crate) fn fileno(&self) -> Result<RawFd> {
+        let side = self.side()?.as_raw_fd();
+        let me = sys::process::getpid();
+        if self.polled_by.swap(me, Ordering::AcqRel) != me {
+            self.my_state().pollers.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(side)
+    }
+
+    /// Sends a descriptor: it goes on the side channel, then a message in
+    /// the ring says it is there (so handles and messages keep their order).
+    pub(crate) fn send_handle(&self, fd: BorrowedFd<'_>, deadline: Deadline) -> Result<()> {
+        if !self.writable() {
+            return Err(Error::InvalidState(
+                "this end of a one-way pipe only receives".into(),
+            ));
+        }
+        self.check_open()?;
+        let side = self.side()?;
+        sys::socket::send_with_fds(side, &[HANDLE], &[fd]).map_err(|e| match e.raw_os_error() {
+            Some(libc::EPIPE | libc::ECONNRESET) => Error::Closed,
+            _ => Error::Io(e),
+        })?;
+        self.send_bytes(HANDLE_MESSAGE, deadline)
+    }
+
+    /// Receives a descriptor sent with `send_handle`.
+    pub(crate) fn recv_handle(&self, deadline: Deadline) -> Result<OwnedFd> {
+        let side = self.side()?;
+        let mut message = Vec::new();
+        self.recv_into(&mut message, Some(HANDLE_MESSAGE.len() as u64), deadline)
+            .map_err(|e| match e {
+                Error::InvalidArgument(_) => {
+                    Error::Protocol("expected a passed descriptor, got a message".into())
+                }
+                e => e,
+            })?;
+        if message != HANDLE_MESSAGE {
+            return Err(Error::Protocol(
+                "expected a passed descriptor, got a message".into(),
+            ));
+        }
+        // The descriptor went before the message: it waits already, maybe
+        // behind doorbells.
+        loop {
+            let mut tag = [0u8; 1];
+            match sys::socket::peek_record(side)? {
+                Some(DOORBELL) => sys::socket::discard_record(side)?,
+                Some(HANDLE) => {
+                    let (_, fds) = sys::socket::recv_with_at_most(side, &mut tag, 1)?;
+                    return fds.into_iter().next().ok_or_else(|| {
+                        Error::Protocol("a handle message came without a descriptor".into())
+                    });
+                }
+                _ => {
+                    return Err(Error::Protocol(
+                        "a handle message came without a descriptor".into(),
+                    ));
+                }
+            }
+        }
     }
 
     pub(crate) fn recv_into<S: Sink>(
@@ -374,8 +527,20 @@ impl ShmEnd {
             ));
         }
         self.check_open()?;
-        self.ring(1 - self.end)
-            .get(out, max, deadline, &self.ends())
+        let ring = self.ring(1 - self.end);
+        let ends = self.ends();
+        match ring.get(out, max, deadline, &ends) {
+            Err(e @ (Error::Empty | Error::Timeout(_))) if self.side.is_some() => {
+                // Found empty: the doorbell rings again for the next message.
+                self.drain_doorbells();
+                if ring.has_data() {
+                    ring.get(out, max, Deadline::Now, &ends)
+                } else {
+                    Err(e)
+                }
+            }
+            other => other,
+        }
     }
 
     pub(crate) fn poll(&self, deadline: Deadline) -> Result<bool> {
@@ -385,13 +550,29 @@ impl ShmEnd {
             ));
         }
         self.check_open()?;
-        let ready = self
-            .ring(1 - self.end)
-            .wait_readable(deadline, &self.ends())?;
+        let ring = self.ring(1 - self.end);
+        let mut ready = ring.wait_readable(deadline, &self.ends())?;
         if self.is_closed() {
             return Err(Error::Closed);
         }
+        if !ready {
+            self.drain_doorbells();
+            ready = ring.has_data();
+        }
         Ok(ready)
+    }
+
+    /// How `connection::wait` watches this end: ready when a message is
+    /// there or the peer is gone; at once when it cannot receive or is closed.
+    pub(crate) fn wait_source(&self) -> WaitSource<'_> {
+        if !self.readable() || self.is_closed() {
+            return WaitSource::ready();
+        }
+        let ring = self.ring(1 - self.end);
+        let ends = self.ends();
+        WaitSource::ring(ring.data_word(), move |thorough| {
+            ring.has_data() || ends.writers(thorough).done()
+        })
     }
 
     pub(crate) fn close(&self) {
@@ -399,6 +580,7 @@ impl ShmEnd {
         for index in 0..2 {
             self.ring(index).wake_all();
         }
+        self.ring_doorbell();
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -408,19 +590,53 @@ impl ShmEnd {
 
 impl Drop for ShmEnd {
     fn drop(&mut self) {
+        if self.polled_by.load(Ordering::Relaxed) == sys::process::getpid() {
+            self.my_state().pollers.fetch_sub(1, Ordering::SeqCst);
+        }
         // Dropping a handle closes the end, as closing the last descriptor
         // of a pipe does, unless someone else has the end now: it was sent
         // away (encoded), this is the parent's copy of a forked child's
         // target, or another process used it last (a fork child sharing it
         // through an `Arc`). A handle a forked child inherited is that
         // child's to close.
-        if self.sent.load(Ordering::Relaxed) || crate::process::handing_to_fork_child() {
+        if self.sent.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(child) = crate::process::handing_to_fork_child() {
+            self.hand_to(child);
             return;
         }
         let owner = self.my_state().owner.load(Ordering::Acquire);
         if owner == 0 || owner == my_word() || self.made_in != sys::process::getpid() {
             self.close();
         }
+    }
+}
+
+impl ShmEnd {
+    /// Records the forked child `pid` as the owner of this end, which the
+    /// child received in its memory (it claims it only when it uses it).
+    fn hand_to(&self, pid: i32) {
+        hand_to(self.my_state(), pid);
+    }
+}
+
+/// Records child `pid` as the owner of an end it received (in its memory
+/// when forked, or as its argument), which it claims only when it uses or
+/// decodes it: if the child ends first, even by a signal, the peer sees the
+/// end of file, as for a descriptor a child inherited. An end someone else
+/// claimed meanwhile (the child itself, or a process it passed the end to)
+/// is left alone.
+fn hand_to(end: &EndState, pid: i32) {
+    // The child's start time, as it names itself in its own words; 0
+    // ("unknown": compared by pid alone) if /proc cannot be read now.
+    let ticks = sys::process::start_ticks(pid).unwrap_or(0) as u32 as u64;
+    let child = (ticks << 32) | (pid as u64 & PID_MASK);
+    let current = end.owner.load(Ordering::Acquire);
+    if current == 0 || current == my_word() {
+        let _ = end
+            .owner
+            .compare_exchange(current, child, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 

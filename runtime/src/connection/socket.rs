@@ -1,11 +1,12 @@
 //! A connection over a Unix or TCP stream socket (Python's `Connection` as
 //! returned by `Listener.accept()` and `Client()`).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{IoSlice, Read, Write};
 use std::marker::PhantomData;
 use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use crate::codec::Shareable;
 use crate::connection::listener::Address;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
+use crate::handle::{HandleRepr, ShareHandle};
 use crate::sys::fd::{Interest, poll};
 use crate::wire::auth::{self, FrameTransport};
 use crate::wire::frame::{DEFAULT_MAX_FRAME, FrameReader, write_frame};
@@ -33,14 +35,39 @@ impl Stream {
     }
 }
 
-impl Read for &Stream {
+/// Reads a stream, keeping the descriptors a Unix peer sends (with
+/// [`SocketConnection::send_handle`]) for [`SocketConnection::recv_handle`]:
+/// a plain `read` would close them.
+struct StreamReader<'a> {
+    stream: &'a Stream,
+    handles: &'a mut VecDeque<OwnedFd>,
+}
+
+/// Most descriptors one read takes; a peer that attaches more to one
+/// message breaks that read (the kernel drops the rest).
+const FDS_PER_READ: usize = 8;
+/// Most received descriptors kept waiting for `recv_handle`; more are closed.
+const MAX_WAITING_HANDLES: usize = 64;
+
+impl Read for StreamReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Unix(s) => (&*s).read(buf),
+        match self.stream {
+            Stream::Unix(s) => {
+                let (n, fds) = crate::sys::socket::recv_with_at_most(s.as_fd(), buf, FDS_PER_READ)?;
+                for fd in fds {
+                    if self.handles.len() < MAX_WAITING_HANDLES {
+                        self.handles.push_back(fd);
+                    }
+                }
+                Ok(n)
+            }
             Stream::Tcp(s) => (&*s).read(buf),
         }
     }
 }
+
+/// The payload of the frame a passed descriptor comes with.
+const HANDLE_FRAME: &[u8] = b"\0multiproc:handle\0";
 
 /// Writes through `sendmsg(MSG_NOSIGNAL)`: a dead peer is `EPIPE`, never SIGPIPE.
 struct NoSigPipe<'a>(BorrowedFd<'a>);
@@ -77,6 +104,8 @@ pub struct SocketConnection<T> {
     /// `None` once closed.
     stream: Option<Stream>,
     reader: FrameReader,
+    /// Descriptors received, oldest first, for `recv_handle`.
+    handles: VecDeque<OwnedFd>,
     /// Set on a client that connected without an authkey until its first
     /// frame arrives: a challenge then means the listener wants a key.
     challenge_unexpected: bool,
@@ -111,6 +140,7 @@ impl<T> SocketConnection<T> {
         SocketConnection {
             stream: Some(stream),
             reader: FrameReader::new(DEFAULT_MAX_FRAME),
+            handles: VecDeque::new(),
             challenge_unexpected: false,
             _message: PhantomData,
         }
@@ -149,6 +179,7 @@ impl<T> SocketConnection<T> {
         SocketConnection {
             stream: self.stream,
             reader: self.reader,
+            handles: self.handles,
             challenge_unexpected: self.challenge_unexpected,
             _message: PhantomData,
         }
@@ -216,6 +247,64 @@ impl<T> SocketConnection<T> {
     /// Receives one message's bytes if one has fully arrived, else [`Error::Empty`].
     pub fn try_recv_bytes(&mut self) -> Result<Vec<u8>> {
         self.recv_frame(usize::MAX, Deadline::Now)
+    }
+
+    /// Receives one message into `buf` and returns its length (Python's
+    /// `recv_bytes_into`; for Python's `offset`, pass `&mut buf[offset..]`).
+    ///
+    /// A message longer than `buf` is taken all the same and returned
+    /// whole in [`Error::BufferTooShort`]; `buf` is then left as it was.
+    pub fn recv_bytes_into(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let message = self.recv_bytes()?;
+        copy_into(message, buf)
+    }
+
+    /// Sends a descriptor to the peer (Python's `reduction.send_handle`):
+    /// the peer's [`SocketConnection::recv_handle`] gets its own copy,
+    /// open on the same file, socket or pipe. This end keeps its own.
+    ///
+    /// Only over a Unix socket ([`Error::InvalidState`] over TCP). Handles
+    /// and messages arrive in the order they were sent; the peer must
+    /// receive a handle with `recv_handle`, not `recv`.
+    pub fn send_handle(&mut self, fd: impl AsFd) -> Result<()> {
+        let stream = self.stream.as_ref().ok_or(Error::Closed)?;
+        let Stream::Unix(sock) = stream else {
+            return Err(Error::InvalidState(
+                "descriptors can only be passed over a Unix socket".into(),
+            ));
+        };
+        let mut frame = Vec::with_capacity(8 + HANDLE_FRAME.len());
+        write_frame(&mut frame, HANDLE_FRAME)?;
+        crate::sys::socket::send_with_fds(sock.as_fd(), &frame, &[fd.as_fd()])
+            .map_err(crate::wire::frame::stream_error)
+    }
+
+    /// Receives a descriptor the peer sent with
+    /// [`SocketConnection::send_handle`] (Python's `reduction.recv_handle`),
+    /// waiting for it.
+    ///
+    /// The next message must be a handle: anything else (taken all the
+    /// same) is [`Error::Protocol`], as is a handle message that came
+    /// without a descriptor (Python raises `RuntimeError` for that).
+    pub fn recv_handle(&mut self) -> Result<OwnedFd> {
+        let frame = self.recv_bytes()?;
+        if frame != HANDLE_FRAME {
+            return Err(Error::Protocol(
+                "expected a passed descriptor, got a message".into(),
+            ));
+        }
+        self.handles
+            .pop_front()
+            .ok_or_else(|| Error::Protocol("a handle message came without a descriptor".into()))
+    }
+
+    /// The socket's descriptor number (Python's `fileno()`), for an event
+    /// loop of your own; [`Error::Closed`] once closed.
+    pub fn fileno(&self) -> Result<RawFd> {
+        self.stream
+            .as_ref()
+            .map(|s| s.fd().as_raw_fd())
+            .ok_or(Error::Closed)
     }
 
     /// Whether a message (or the end of the stream) is there to receive,
@@ -296,7 +385,10 @@ impl<T> SocketConnection<T> {
                 return Err(Error::Timeout(stall));
             }
             // Blocking read: between messages it waits for the next one.
-            self.reader.fill_from(&mut &*stream)?;
+            self.reader.fill_from(&mut StreamReader {
+                stream,
+                handles: &mut self.handles,
+            })?;
         }
     }
 
@@ -321,7 +413,10 @@ impl<T> SocketConnection<T> {
                 });
             }
             // Blocking read: after a successful poll it returns at once.
-            self.reader.fill_from(&mut &*stream)?;
+            self.reader.fill_from(&mut StreamReader {
+                stream,
+                handles: &mut self.handles,
+            })?;
         }
     }
 }
@@ -355,6 +450,46 @@ impl<T: Shareable> SocketConnection<T> {
     }
 }
 
+/// `HandleRepr::extra` of a socket connection over a Unix socket.
+const KIND_UNIX: u64 = 1;
+/// `HandleRepr::extra` of a socket connection over TCP.
+const KIND_TCP: u64 = 2;
+
+impl<T: Shareable> ShareHandle for SocketConnection<T> {
+    /// A socket connection travels only as a process's argument (its
+    /// descriptor goes with the launch message, as Python's children
+    /// inherit it): the child gets its own descriptor for the same socket,
+    /// and this handle keeps working too. Messages already read into this
+    /// handle's buffer stay here.
+    fn to_repr(&self) -> Result<HandleRepr> {
+        let stream = self.stream.as_ref().ok_or(Error::Closed)?;
+        let kind = match stream {
+            Stream::Unix(_) => KIND_UNIX,
+            Stream::Tcp(_) => KIND_TCP,
+        };
+        crate::handle::encode_fd(crate::handle::fresh_id(), stream.fd(), 0, kind)
+    }
+
+    fn from_repr(repr: &HandleRepr) -> Result<Self> {
+        let Some(fd) = crate::handle::received_fd(repr.id) else {
+            return Err(Error::InvalidState(
+                "a SocketConnection travels only as a process's argument (not inside a \
+                 message): its descriptor did not come with it"
+                    .into(),
+            ));
+        };
+        match repr.extra {
+            KIND_UNIX => SocketConnection::from_unix(UnixStream::from(fd)),
+            KIND_TCP => SocketConnection::from_tcp(TcpStream::from(fd)),
+            other => Err(Error::Protocol(format!(
+                "unknown socket connection kind {other}"
+            ))),
+        }
+    }
+}
+
+crate::impl_share_handle!(impl<T: Shareable> for SocketConnection<T>);
+
 impl<T> FrameTransport for SocketConnection<T> {
     fn send_frame(&mut self, payload: &[u8]) -> Result<()> {
         self.send_bytes(payload)
@@ -376,6 +511,18 @@ impl<T> SocketConnection<T> {
     /// The socket's descriptor, or `None` once closed.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.stream.as_ref().map(Stream::fd)
+    }
+}
+
+/// Copies a received `message` into `buf`: its length, or the message
+/// back in [`Error::BufferTooShort`] when it does not fit.
+pub(crate) fn copy_into(message: Vec<u8>, buf: &mut [u8]) -> Result<usize> {
+    match buf.get_mut(..message.len()) {
+        Some(room) => {
+            room.copy_from_slice(&message);
+            Ok(message.len())
+        }
+        None => Err(Error::BufferTooShort(message)),
     }
 }
 

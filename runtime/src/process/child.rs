@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::handle;
 use crate::process::launch::{self, EntryFn, Outcome};
-use crate::process::{current, registry};
+use crate::process::{current, forkserver, registry, start_method};
 use crate::sys;
 
 static INIT_RAN: AtomicBool = AtomicBool::new(false);
@@ -52,7 +52,8 @@ pub fn init() {
     // The parent always passes the channel as stdin. A raw descriptor
     // number in the variable is not taken: this process cannot know that
     // nothing else owns it.
-    let sock = if raw.to_str() == Some(launch::CHILD_FD_STDIN) {
+    let server = raw.to_str() == Some(forkserver::SERVER_STDIN);
+    let sock = if raw.to_str() == Some(launch::CHILD_FD_STDIN) || server {
         sys::process::take_stdin_channel().ok()
     } else {
         None
@@ -64,7 +65,10 @@ pub fn init() {
         );
         sys::process::exit_now(70);
     };
-    run_spawned(UnixStream::from(sock))
+    if server {
+        forkserver::serve(sock)
+    }
+    run_launch(UnixStream::from(sock))
 }
 
 /// Whether this process was spawned by multiproc but has not run `init()`.
@@ -93,7 +97,10 @@ pub(crate) fn exit_missing_init() {
     finish(&UnixStream::from(sock), Outcome::InitMissing)
 }
 
-fn run_spawned(mut sock: UnixStream) -> ! {
+/// Runs the launch message that comes in on `sock`, as a spawned child
+/// or a child the forkserver forked: reads it, checks the binary, becomes
+/// the child it describes, runs the target and reports.
+pub(crate) fn run_launch(mut sock: UnixStream) -> ! {
     let _ = sys::fd::set_cloexec(std::os::fd::AsFd::as_fd(&sock), true);
     let (launch, fds) = match launch::recv_launch(&mut sock) {
         Ok(x) => x,
@@ -116,6 +123,7 @@ fn run_spawned(mut sock: UnixStream) -> ! {
     }
     current::become_child(
         launch.name.clone(),
+        launch.identity_numbers.clone(),
         launch.daemon,
         launch.parent_pid,
         launch.parent_ticks,
@@ -128,6 +136,7 @@ fn run_spawned(mut sock: UnixStream) -> ! {
             Outcome::Failed("the launch message has no authkey".into()),
         ),
     }
+    start_method::inherit_start_method(launch.start_method);
     current::watch_parent_if_daemon();
     let received: HashMap<u64, _> = launch.fd_ids.iter().copied().zip(fds).collect();
     // SAFETY: the identity and anchor checks above establish that this binary

@@ -5,7 +5,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::codec::Shareable;
@@ -15,8 +14,10 @@ use crate::handle;
 use crate::process::child::{self, finish};
 use crate::process::current::{self, current_process};
 use crate::process::fork_hooks;
+use crate::process::forkserver;
 use crate::process::launch::{self, EntryFn, Launch, Outcome};
-use crate::process::registry::{self, ChildState};
+use crate::process::registry::{self, ChildState, PidfdCache};
+use crate::process::sentinel::Sentinel;
 use crate::process::start_method::{self, Context, StartMethod};
 use crate::shm;
 use crate::sys;
@@ -38,6 +39,17 @@ struct SpawnPayload {
     target: *const (),
     args: Vec<u8>,
     fds: Vec<(u64, OwnedFd)>,
+    /// What the handles in the argument ask done once the child's pid is known.
+    handoffs: Vec<handle::Handoff>,
+}
+
+impl SpawnPayload {
+    /// Tells the argument's handles that child `pid` has them now.
+    fn hand_to(&mut self, pid: i32) {
+        for handoff in std::mem::take(&mut self.handoffs) {
+            handoff(pid);
+        }
+    }
 }
 
 struct FnTarget<A, R> {
@@ -47,13 +59,14 @@ struct FnTarget<A, R> {
 
 impl<A: Shareable, R: Shareable> Target for FnTarget<A, R> {
     fn for_spawn(self: Box<Self>) -> Result<SpawnPayload> {
-        let (args, fds) = handle::collect_fds(|| self.arg.encode());
+        let (args, collected) = handle::collect_fds(|| self.arg.encode());
         let entry: EntryFn = launch::entry::<A, R>;
         Ok(SpawnPayload {
             entry: entry as *const (),
             target: self.f as *const (),
             args: args?.into_vec(),
-            fds,
+            fds: collected.fds,
+            handoffs: collected.handoffs,
         })
     }
 
@@ -76,6 +89,7 @@ impl<R: Shareable> Target for NoArgTarget<R> {
             target: self.f as *const (),
             args: Vec::new(),
             fds: Vec::new(),
+            handoffs: Vec::new(),
         })
     }
 
@@ -89,7 +103,9 @@ struct ClosureTarget<F>(F);
 impl<R: Shareable, F: FnOnce() -> R + Send + 'static> Target for ClosureTarget<F> {
     fn for_spawn(self: Box<Self>) -> Result<SpawnPayload> {
         Err(Error::InvalidArgument(
-            "a closure target needs the Fork start method; under Spawn use a fn(A) -> R".into(),
+            "a closure target needs the Fork start method; under Spawn and Forkserver use \
+             a fn(A) -> R"
+                .into(),
         ))
     }
 
@@ -99,29 +115,35 @@ impl<R: Shareable, F: FnOnce() -> R + Send + 'static> Target for ClosureTarget<F
 }
 
 thread_local! {
-    /// Set while the parent drops its copy of what a forked child now owns.
-    static HANDING_TO_CHILD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The forked child's pid while the parent drops its copy of what that
+    /// child now owns; 0 otherwise.
+    static HANDING_TO_CHILD: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
 }
 
 /// Drops the parent's copy of a target a forked child now runs: its
 /// argument and captures belong to the child, so their drops here must not
-/// act for them (a pipe end is not closed, see [`handing_to_fork_child`]).
-fn drop_handed_to_child(target: Box<dyn Target>) {
+/// act for them (a pipe end is not closed but passed to the child, see
+/// [`handing_to_fork_child`]).
+fn drop_handed_to_child(target: Box<dyn Target>, child: i32) {
     struct Handing;
     impl Drop for Handing {
         fn drop(&mut self) {
-            HANDING_TO_CHILD.with(|h| h.set(false));
+            HANDING_TO_CHILD.with(|h| h.set(0));
         }
     }
-    HANDING_TO_CHILD.with(|h| h.set(true));
+    HANDING_TO_CHILD.with(|h| h.set(child));
     let _handing = Handing;
     drop(target);
 }
 
-/// Whether this thread is dropping the parent's copy of a forked child's
-/// target: what is dropped now lives on in the child.
-pub(crate) fn handing_to_fork_child() -> bool {
-    HANDING_TO_CHILD.try_with(|h| h.get()).unwrap_or(false)
+/// The pid of the forked child whose target this thread is dropping the
+/// parent's copy of, if it is doing so: what is dropped now lives on in
+/// that child, which owns it from now on.
+pub(crate) fn handing_to_fork_child() -> Option<i32> {
+    HANDING_TO_CHILD
+        .try_with(|h| h.get())
+        .ok()
+        .filter(|pid| *pid != 0)
 }
 
 /// How much room each read of the outcome socket makes at least (more
@@ -138,12 +160,11 @@ fn take_leaking<T>(boxed: Box<T>) -> T {
     unsafe { raw.read() }
 }
 
-/// A started child: its state, pidfd and the socket its outcome arrives on.
+/// A started child: its state and the socket its outcome arrives on.
 struct Running {
     state: Arc<ChildState>,
     /// Opened on the first join with a deadline.
-    pidfd: Option<OwnedFd>,
-    pidfd_tried: bool,
+    pidfd: PidfdCache,
     sock: UnixStream,
     received: Vec<u8>,
     /// The memory file a large payload came in.
@@ -166,7 +187,10 @@ struct Running {
 /// ```
 pub struct Process<R> {
     target: Option<Box<dyn Target>>,
-    name: Option<String>,
+    /// Given at construction (Python names a process when it is made).
+    name: String,
+    /// Python's `_identity`: the numbers its default name is made of.
+    identity: Vec<u32>,
     daemon: bool,
     method: Option<StartMethod>,
     executable: Option<PathBuf>,
@@ -175,16 +199,6 @@ pub struct Process<R> {
     running: Option<Running>,
     joined: bool,
     _result: PhantomData<fn() -> R>,
-}
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn default_name() -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
-    match current::parent_process() {
-        None => format!("Process-{n}"),
-        Some(_) => format!("{}:{n}", current_process().name),
-    }
 }
 
 impl<R: Shareable> Process<R> {
@@ -222,9 +236,11 @@ impl<R: Shareable> Process<R> {
     }
 
     fn with_target(target: Box<dyn Target>) -> Process<R> {
+        let identity = current::next_child_identity();
         Process {
             target: Some(target),
-            name: None,
+            name: current::default_name(&identity),
+            identity,
             daemon: false,
             method: None,
             executable: None,
@@ -235,9 +251,13 @@ impl<R: Shareable> Process<R> {
         }
     }
 
-    /// Sets the process name (default `Process-N`).
+    /// Sets the process name.
+    ///
+    /// The default, given when the handle is made, is Python's:
+    /// `Process-N` for the N-th handle the main process made, and
+    /// `Process-2:1` for the first one its child `Process-2` made.
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
+        self.name = name.into();
         self
     }
 
@@ -286,17 +306,18 @@ impl<R: Shareable> Process<R> {
             ));
         };
         let method = self.method.unwrap_or_else(start_method::use_default_method);
-        let name = self.name.get_or_insert_with(default_name).clone();
+        let name = self.name.clone();
         let running = match method {
             StartMethod::Spawn => self.spawn(target, name)?,
             StartMethod::Fork => self.fork(target, name)?,
+            StartMethod::Forkserver => self.forkserver(target, name)?,
         };
         self.running = Some(running);
         Ok(())
     }
 
     fn spawn(&self, target: Box<dyn Target>, name: String) -> Result<Running> {
-        let payload = target.for_spawn()?;
+        let mut payload = target.for_spawn()?;
         let (parent_sock, child_sock) = sys::socket::socketpair()?;
         let exe = self
             .executable
@@ -305,17 +326,47 @@ impl<R: Shareable> Process<R> {
         let argv0 = std::env::args_os().next();
         let env = [(launch::CHILD_FD_ENV, launch::CHILD_FD_STDIN.to_string())];
         let pid = sys::process::spawn_exec(&exe, argv0.as_ref(), &env, OwnedFd::from(child_sock))?;
+        payload.hand_to(pid);
         let state = ChildState::new(pid, name.clone(), self.daemon);
         registry::register(state.clone());
+        self.send_launch(&parent_sock, &payload, name, pid);
+        Ok(Running::new(state, parent_sock))
+    }
+
+    /// Asks the forkserver for the child; the launch goes to it as under spawn.
+    fn forkserver(&self, target: Box<dyn Target>, name: String) -> Result<Running> {
+        let mut payload = target.for_spawn()?;
+        // A server that dies while it takes the request is replaced once.
+        for _ in 0..2 {
+            let (parent_sock, child_sock) = sys::socket::socketpair()?;
+            let pending = forkserver::request(OwnedFd::from(child_sock))?;
+            // Sent before the pid is read: the child reads it as soon as
+            // it runs, while the server's answer is on its way.
+            self.send_launch(&parent_sock, &payload, name.clone(), 0);
+            if let Some((pid, served)) = pending.started()? {
+                payload.hand_to(pid);
+                let state = ChildState::served(pid, name, self.daemon, served);
+                registry::register(state.clone());
+                return Ok(Running::new(state, parent_sock));
+            }
+        }
+        Err(Error::Io(std::io::Error::other(
+            "the forkserver died twice while starting a child",
+        )))
+    }
+
+    /// Sends a spawned (or forkserver) child its launch message.
+    fn send_launch(&self, sock: &UnixStream, payload: &SpawnPayload, name: String, pid: i32) {
         let me = current_process();
         let launch = Launch {
             identity: launch::identity().to_string(),
             anchor_check: launch::anchor_check(),
             entry_offset: launch::offset_of(payload.entry),
             target_offset: launch::offset_of(payload.target),
-            args: payload.args,
+            args: payload.args.clone(),
             fd_ids: payload.fds.iter().map(|(id, _)| *id).collect(),
             name,
+            identity_numbers: self.identity.clone(),
             daemon: self.daemon,
             parent_pid: me.pid,
             parent_ticks: sys::process::own_start_ticks(),
@@ -326,13 +377,13 @@ impl<R: Shareable> Process<R> {
                 .unwrap_or_else(current::authkey)
                 .as_bytes()
                 .to_vec(),
+            start_method: start_method::chosen_start_method(),
         };
         let fds: Vec<_> = payload.fds.iter().map(|(_, fd)| fd.as_fd()).collect();
-        if let Err(e) = launch::send_launch(&parent_sock, &launch, &fds) {
+        if let Err(e) = launch::send_launch(sock, &launch, &fds) {
             // The child died before reading (it failed to start): join will say how.
             tracing::debug!(pid, "cannot send the launch message: {e}");
         }
-        Ok(Running::new(state, parent_sock))
     }
 
     fn fork(&self, target: Box<dyn Target>, name: String) -> Result<Running> {
@@ -367,7 +418,14 @@ impl<R: Shareable> Process<R> {
             Forked::Child => {
                 drop(parent_sock);
                 hooks.child();
-                current::become_child(name, self.daemon, me.pid, parent_ticks, me.name);
+                current::become_child(
+                    name,
+                    self.identity.clone(),
+                    self.daemon,
+                    me.pid,
+                    parent_ticks,
+                    me.name,
+                );
                 if let Some(key) = child_key {
                     current::set_authkey(key);
                 }
@@ -378,7 +436,7 @@ impl<R: Shareable> Process<R> {
             Forked::Parent(pid) => {
                 drop((hooks, parent_key));
                 drop(child_sock);
-                drop_handed_to_child(target);
+                drop_handed_to_child(target, pid);
                 let state = ChildState::new(pid, name, self.daemon);
                 registry::register(state.clone());
                 Ok(Running::new(state, parent_sock))
@@ -448,9 +506,9 @@ impl<R: Shareable> Process<R> {
         self.running.as_ref().map(|r| r.state.pid)
     }
 
-    /// The process name.
+    /// The process name (set from construction on: see [`Process::name`]).
     pub fn get_name(&self) -> &str {
-        self.name.as_deref().unwrap_or("")
+        &self.name
     }
 
     /// Whether this is a daemon process.
@@ -472,6 +530,15 @@ impl<R: Shareable> Process<R> {
             .as_ref()
             .and_then(|r| r.state.try_reap())
             .map(ExitStatus::code)
+    }
+
+    /// A waitable that is ready once the child has ended (Python's
+    /// `Process.sentinel`): for [`wait`](crate::connection::wait) beside
+    /// connections and queues, or for an event loop of your own (see
+    /// [`Sentinel`]). [`Error::InvalidState`] before `start`, as Python
+    /// raises `ValueError`.
+    pub fn sentinel(&self) -> Result<Sentinel> {
+        self.running()?.state.sentinel()
     }
 
     /// Sends SIGTERM to the child.
@@ -509,7 +576,6 @@ impl Running {
         Running {
             state,
             pidfd: None,
-            pidfd_tried: false,
             sock,
             received: Vec::new(),
             file: None,
@@ -541,14 +607,10 @@ impl Running {
     /// The child queues its whole outcome without ever waiting for this
     /// side to read (see `Outcome::send`), so its exit is the one event to
     /// wait for, and the parent wakes once: in `waitid` without a deadline,
-    /// on a pidfd with one.
+    /// on a pidfd with one (on the status the forkserver sends, for its
+    /// children).
     fn wait(&mut self, deadline: Deadline) -> Result<ExitStatus> {
         loop {
-            if deadline.remaining().is_none() {
-                self.state.wait_ended()?;
-            } else if let Some(pidfd) = self.pidfd() {
-                sys::fd::poll_one(pidfd.as_fd(), sys::fd::Interest::Read, deadline.remaining())?;
-            }
             if let Some(status) = self.state.try_reap() {
                 self.pump();
                 return Ok(status);
@@ -556,20 +618,8 @@ impl Running {
             if deadline.expired() {
                 return Err(deadline.timeout_error());
             }
-            if self.pidfd.is_none() {
-                // Without pidfds, poll in short slices.
-                std::thread::sleep(deadline.slice(Duration::from_millis(5)));
-            }
+            self.state.wait_ended(deadline, &mut self.pidfd)?;
         }
-    }
-
-    /// The child's pidfd, opened on first use while it runs.
-    fn pidfd(&mut self) -> Option<&OwnedFd> {
-        if self.pidfd.is_none() && !self.pidfd_tried {
-            self.pidfd_tried = true;
-            self.pidfd = self.state.pidfd();
-        }
-        self.pidfd.as_ref()
     }
 
     /// Turns the received outcome and exit status into the join result.

@@ -1,20 +1,50 @@
 //! Who this process is, who its parent is, and its authkey.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use parking_lot::RwLock;
 
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
+use crate::process::sentinel::Sentinel;
 use crate::sys;
+use std::time::Duration;
 
 #[derive(Clone)]
 struct Me {
     name: String,
     daemon: bool,
+    /// Python's `_identity`: the child numbers from the main process down
+    /// to this one (`[2, 1]` for the first child of `Process-2`).
+    identity: Vec<u32>,
     parent: Option<ParentProcess>,
 }
 
 static ME: RwLock<Option<Me>> = RwLock::new(None);
+
+/// How many processes this process has made `Process` handles for (the
+/// last number of their identity). Each new child starts again at 0.
+static CHILD_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The identity of the next process this one makes a handle for: this
+/// process's identity plus the next number (Python's `_process_counter`).
+pub(crate) fn next_child_identity() -> Vec<u32> {
+    let n = CHILD_COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut identity = ME
+        .read()
+        .as_ref()
+        .map(|m| m.identity.clone())
+        .unwrap_or_default();
+    identity.push(n);
+    identity
+}
+
+/// Python's default name for a process of this identity: `Process-2:1`.
+pub(crate) fn default_name(identity: &[u32]) -> String {
+    let numbers: Vec<String> = identity.iter().map(u32::to_string).collect();
+    format!("Process-{}", numbers.join(":"))
+}
 
 /// This process, as Python's `current_process()` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +82,65 @@ impl ParentProcess {
 
     fn liveness(&self) -> sys::process::Liveness {
         sys::process::liveness(self.pid, Some(self.ticks))
+    }
+
+    /// A waitable that is ready once the parent has ended (Python's
+    /// `parent_process().sentinel`; see [`Sentinel`]).
+    ///
+    /// Needs a descriptor: [`Error::Io`] (`EMFILE`) when none is left.
+    pub fn sentinel(&self) -> Result<Sentinel> {
+        let pidfd = match sys::process::pidfd_open(self.pid) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Sentinel::ended(),
+            Err(e) => return Err(Error::Io(e)),
+        };
+        // The pid may have been reused before the pidfd was opened: only a
+        // check after the open vouches for it.
+        if self.liveness().is_dead() {
+            return Sentinel::ended();
+        }
+        Ok(Sentinel::from_fd(pidfd))
+    }
+
+    /// Waits until the parent has ended (Python's `parent_process().join()`).
+    ///
+    /// From a child this waits for the process that started it, whether or
+    /// not that is the child's parent in the kernel's eyes (under
+    /// [`StartMethod::Forkserver`](crate::StartMethod::Forkserver) the
+    /// server is). A process out of descriptors checks every 100 ms instead
+    /// of sleeping on a pidfd.
+    pub fn join(&self) -> Result<()> {
+        self.join_deadline(Deadline::Never)
+    }
+
+    /// As [`ParentProcess::join`], giving up with [`Error::Timeout`] after
+    /// `timeout` while the parent still runs (Python's `join(timeout)`,
+    /// which then returns with `is_alive()` still true).
+    pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
+        self.join_deadline(Deadline::after(timeout))
+    }
+
+    fn join_deadline(&self, deadline: Deadline) -> Result<()> {
+        match self.sentinel() {
+            Ok(sentinel) => {
+                if sentinel.wait_deadline(deadline) {
+                    Ok(())
+                } else {
+                    Err(deadline.timeout_error())
+                }
+            }
+            // No descriptor to be had: only a death the kernel confirms counts.
+            Err(Error::Io(_)) => loop {
+                if self.liveness().is_dead() {
+                    return Ok(());
+                }
+                if deadline.expired() {
+                    return Err(deadline.timeout_error());
+                }
+                std::thread::sleep(deadline.slice(PARENT_POLL));
+            },
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -170,19 +259,26 @@ pub fn parent_process() -> Option<ParentProcess> {
 
 /// Records who this child is; called once in a new child, before its target runs.
 ///
+/// `identity` is the child's own (see [`next_child_identity`]).
+///
 /// Inline, as the rest of a forked child's path: each new code page a
 /// forked child runs costs it a page fault.
 #[inline]
 pub(crate) fn become_child(
     name: String,
+    identity: Vec<u32>,
     daemon: bool,
     parent_pid: i32,
     parent_ticks: u64,
     parent_name: String,
 ) {
+    // The parent's count is not ours (a forked child inherits it): this
+    // process's first child is `Process-<our identity>:1`, as in Python.
+    CHILD_COUNTER.store(0, Ordering::Relaxed);
     *ME.write() = Some(Me {
         name,
         daemon,
+        identity,
         parent: Some(ParentProcess {
             pid: parent_pid,
             name: parent_name,

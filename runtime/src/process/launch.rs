@@ -41,12 +41,16 @@ pub(crate) struct Launch {
     pub args: Vec<u8>,
     pub fd_ids: Vec<u64>,
     pub name: String,
+    /// The child's identity (Python's `_identity`), for its children's names.
+    pub identity_numbers: Vec<u32>,
     pub daemon: bool,
     pub parent_pid: i32,
     pub parent_ticks: u64,
     pub parent_name: String,
     /// The child's authkey (see [`crate::process::AuthKey`]).
     pub authkey: Vec<u8>,
+    /// The parent's chosen default start method, which the child inherits.
+    pub start_method: Option<crate::process::StartMethod>,
 }
 
 /// How a child's run ended, as sent back to the parent.

@@ -15,19 +15,26 @@ mod child;
 mod child_process;
 mod current;
 mod fork_hooks;
+mod forkserver;
 pub(crate) mod launch;
 mod registry;
-mod start_method;
+mod sentinel;
+pub(crate) mod start_method;
 
 pub use child::init;
 pub use child_process::Process;
 pub(crate) use child_process::handing_to_fork_child;
 pub use current::{AuthKey, CurrentProcess, ParentProcess, current_process, parent_process};
 pub use fork_hooks::{ForkHook, ForkMutex, register_fork_hook};
+pub use forkserver::server_pid as forkserver_pid;
 pub(crate) use launch::panic_message as panic_text;
 pub use registry::{ChildInfo, active_children};
+pub use sentinel::Sentinel;
 pub(crate) use start_method::start_method_for_pool;
-pub use start_method::{Context, StartMethod, get_context, get_start_method, set_start_method};
+pub use start_method::{
+    Context, StartMethod, force_start_method, get_all_start_methods, get_context, get_start_method,
+    set_start_method,
+};
 
 /// The number of CPUs this process may use (Python's `cpu_count()`).
 pub fn cpu_count() -> usize {

@@ -8,13 +8,19 @@
 //!
 //! [`Process`]: crate::Process
 
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, LazyLock, Once};
+use std::time::Duration;
 
 use std::sync::MutexGuard;
 
 use parking_lot::Mutex;
 
+use crate::deadline::Deadline;
 use crate::process::ForkMutex;
+use crate::process::Sentinel;
+use crate::process::forkserver;
 
 use crate::sys;
 use crate::sys::process::ExitStatus;
@@ -26,6 +32,88 @@ pub(crate) struct ChildState {
     pub name: String,
     pub daemon: bool,
     status: Mutex<Option<ExitStatus>>,
+    /// For a child the forkserver forked for us: how its end reaches us.
+    served: Option<Served>,
+}
+
+/// The pidfd a timed wait for a child of ours sleeps on: `None` until the
+/// first such wait opens it (`Some(None)` if it could not), kept by the
+/// handle that waits (so it closes with it).
+pub(crate) type PidfdCache = Option<Option<OwnedFd>>;
+
+/// A child the forkserver forked: the server is its parent in the
+/// kernel's eyes, reaps it, and writes its exit status to us.
+#[derive(Debug)]
+pub(crate) struct Served {
+    /// The server writes the child's exit status here when it reaps it.
+    status: UnixStream,
+    /// The child's pidfd, which the server opened before it could be
+    /// reaped, so signals and a dead server's child are told apart safely.
+    pidfd: Option<OwnedFd>,
+    /// Status bytes received so far.
+    received: Mutex<Vec<u8>>,
+}
+
+impl Served {
+    /// A child the server reported as `pid` over `status` (which carried
+    /// its `pidfd`, if the server could open one).
+    pub fn new(status: UnixStream, pidfd: Option<OwnedFd>) -> Served {
+        Served {
+            status,
+            pidfd,
+            received: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The status if the server sent it; a dead server's child that ended
+    /// has the unknown status 255 (as in Python). `None` while it runs.
+    fn try_status(&self) -> Option<ExitStatus> {
+        let mut received = self.received.lock();
+        loop {
+            if let Some(status) = forkserver::parse_status(&received) {
+                return Some(status);
+            }
+            received.reserve(forkserver::STATUS_LEN);
+            match sys::socket::recv_nonblocking(self.status.as_fd(), &mut received, 0) {
+                Ok((0, _)) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        // The server closed the socket without a status: it died.
+        if self.child_ended() {
+            tracing::warn!("the forkserver died: a child's exit status is lost");
+            Some(ExitStatus::Exited(255))
+        } else {
+            None
+        }
+    }
+
+    /// Whether the child has ended, as its pidfd tells (true without one:
+    /// nothing else can tell, and nothing would ever say so).
+    fn child_ended(&self) -> bool {
+        match &self.pidfd {
+            Some(fd) => {
+                sys::fd::poll_one(fd.as_fd(), sys::fd::Interest::Read, Some(Duration::ZERO))
+                    .unwrap_or(false)
+            }
+            None => true,
+        }
+    }
+
+    /// Waits until the status may be there (or `deadline`): on the status
+    /// socket while the server lives, then on the child's pidfd.
+    fn wait(&self, deadline: Deadline) -> std::io::Result<()> {
+        let status = self.status.as_fd();
+        if !sys::fd::peer_hung_up(status)? {
+            sys::fd::poll_one(status, sys::fd::Interest::Read, deadline.remaining())?;
+        } else if let Some(fd) = &self.pidfd {
+            sys::fd::poll_one(fd.as_fd(), sys::fd::Interest::Read, deadline.remaining())?;
+        }
+        Ok(())
+    }
 }
 
 impl ChildState {
@@ -35,6 +123,18 @@ impl ChildState {
             name,
             daemon,
             status: Mutex::new(None),
+            served: None,
+        })
+    }
+
+    /// A child the forkserver forked for this process.
+    pub fn served(pid: i32, name: String, daemon: bool, served: Served) -> Arc<ChildState> {
+        Arc::new(ChildState {
+            pid,
+            name,
+            daemon,
+            status: Mutex::new(None),
+            served: Some(served),
         })
     }
 
@@ -42,6 +142,10 @@ impl ChildState {
     pub fn try_reap(&self) -> Option<ExitStatus> {
         let mut status = self.status.lock();
         if status.is_none() {
+            if let Some(served) = &self.served {
+                *status = served.try_status();
+                return *status;
+            }
             match sys::process::try_wait(self.pid) {
                 Ok(s) => *status = s,
                 Err(e) => {
@@ -54,34 +158,74 @@ impl ChildState {
         *status
     }
 
-    /// Blocks until the child has ended, without reaping it: the next
-    /// [`ChildState::try_reap`] does.
+    /// Blocks until the child has ended or `deadline` passes (it may also
+    /// return earlier: check with [`ChildState::try_reap`]), without
+    /// reaping it: the next `try_reap` does.
     ///
     /// The status lock is not held while blocking, so others can still
     /// reap the child meanwhile (this then returns at once). Were it reaped
-    /// between the check and the wait, and its pid reused by a new child of
-    /// this process, this would wait for that one instead: a delay, never a
-    /// wrong status, as the status recorded by whoever reaped is kept.
-    pub fn wait_ended(&self) -> std::io::Result<()> {
+    /// between the check and an untimed wait, and its pid reused by a new
+    /// child of this process, this would wait for that one instead: a
+    /// delay, never a wrong status, as the status recorded by whoever
+    /// reaped is kept.
+    pub fn wait_ended(&self, deadline: Deadline, pidfd: &mut PidfdCache) -> std::io::Result<()> {
         if self.status.lock().is_some() {
             return Ok(());
         }
-        sys::process::wait_ended(self.pid)
+        if let Some(served) = &self.served {
+            return served.wait(deadline);
+        }
+        if deadline == Deadline::Never {
+            return sys::process::wait_ended(self.pid);
+        }
+        let fd = pidfd.get_or_insert_with(|| {
+            // Under the status lock, so the pid cannot have been reused.
+            let status = self.status.lock();
+            if status.is_some() {
+                return None;
+            }
+            sys::process::pidfd_open(self.pid).ok()
+        });
+        match fd {
+            Some(fd) => {
+                sys::fd::poll_one(fd.as_fd(), sys::fd::Interest::Read, deadline.remaining())?;
+            }
+            // Without a pidfd, look again in short slices.
+            None => std::thread::sleep(deadline.slice(Duration::from_millis(5))),
+        }
+        Ok(())
     }
 
-    /// A descriptor that becomes readable when the child ends; `None` once
-    /// it was reaped. Opened under the status lock, so the pid cannot have
-    /// been reused by another process.
-    pub fn pidfd(&self) -> Option<std::os::fd::OwnedFd> {
+    /// A sentinel that turns readable when the child ends.
+    pub fn sentinel(&self) -> crate::error::Result<Sentinel> {
         let status = self.status.lock();
         if status.is_some() {
-            return None;
+            return Sentinel::ended();
         }
-        sys::process::pidfd_open(self.pid).ok()
+        let fd = match &self.served {
+            Some(served) => match &served.pidfd {
+                Some(fd) => fd.try_clone()?,
+                // Readable when the server reports the status.
+                None => served.status.as_fd().try_clone_to_owned()?,
+            },
+            // Opened under the status lock: the pid cannot have been reused.
+            None => sys::process::pidfd_open(self.pid)?,
+        };
+        Ok(Sentinel::from_fd(fd))
     }
 
     /// Blocks until the child ends; returns its status.
     pub fn reap(&self) -> ExitStatus {
+        if let Some(served) = &self.served {
+            loop {
+                if let Some(s) = self.try_reap() {
+                    return s;
+                }
+                if served.wait(Deadline::Never).is_err() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
         let mut status = self.status.lock();
         if let Some(s) = *status {
             return s;
@@ -97,7 +241,13 @@ impl ChildState {
         if status.is_some() {
             return Ok(());
         }
-        match sys::process::kill(self.pid, signal) {
+        let sent = match self.served.as_ref().and_then(|s| s.pidfd.as_ref()) {
+            Some(pidfd) => sys::process::pidfd_send_signal(pidfd.as_fd(), signal),
+            // The server reaps a child only after it ended, and reports it
+            // at once: its pid is reused only in that short window.
+            None => sys::process::kill(self.pid, signal),
+        };
+        match sent {
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
             other => other,
         }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use rkyv::util::AlignedVec;
 
 use crate::codec::Shareable;
+use crate::connection::WaitSource;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::HandleRepr;
@@ -270,6 +271,16 @@ impl QueueCore {
     /// `Err(ManagerGone)` if a manager created this queue and has died.
     pub(crate) fn check_owner(&self) -> Result<()> {
         self.obj.check_owner()
+    }
+
+    /// How `connection::wait` watches the queue: ready when a message is
+    /// there to get or the queue is closed (or its manager died).
+    pub(crate) fn wait_source(&self) -> WaitSource<'_> {
+        let ring = self.ring();
+        let ends = Closable::new(ring, &self.obj);
+        WaitSource::ring(ring.data_word(), move |thorough| {
+            ring.has_data() || ends.side(thorough).done()
+        })
     }
 
     pub(crate) fn close(&self) {

@@ -56,6 +56,13 @@ impl<T> Deref for JoinableQueue<T> {
     }
 }
 
+impl<T> crate::connection::Waitable for JoinableQueue<T> {
+    /// As for [`Queue`]: ready when a message is there to get or the queue is closed.
+    fn wait_source(&self) -> crate::connection::WaitSource<'_> {
+        self.queue.core().wait_source()
+    }
+}
+
 impl<T: Shareable> JoinableQueue<T> {
     /// An unbounded joinable queue with a 1 MiB ring.
     pub fn new() -> Result<Self> {

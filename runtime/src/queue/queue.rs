@@ -191,6 +191,14 @@ impl<T: Shareable> Queue<T> {
     }
 }
 
+impl<T> crate::connection::Waitable for Queue<T> {
+    /// Ready when a message is there to get or the queue is closed (see
+    /// [`wait`](crate::connection::wait)).
+    fn wait_source(&self) -> crate::connection::WaitSource<'_> {
+        self.core.wait_source()
+    }
+}
+
 impl<T: Shareable> ShareHandle for Queue<T> {
     fn to_repr(&self) -> Result<HandleRepr> {
         self.core.to_repr()

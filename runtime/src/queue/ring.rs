@@ -126,6 +126,21 @@ impl WaitWord {
     }
 }
 
+impl WaitWord {
+    /// Registers one more sleeper, for a waiter that sleeps on several
+    /// words at once (`connection::wait`), and returns the word to sleep on
+    /// with its value now. [`WaitWord::leave`] undoes it.
+    pub(crate) fn enter(&self) -> (&AtomicU32, u32) {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        (&self.seq, self.seq.load(Ordering::SeqCst))
+    }
+
+    /// Undoes one [`WaitWord::enter`].
+    pub(crate) fn leave(&self) {
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Spins, then yields, until `ready()`; false if it never held.
 ///
 /// Between checks it pauses a little, so the cache line it watches is not
@@ -459,6 +474,12 @@ impl<'a> Ring<'a> {
     /// Messages ever published completely.
     pub(crate) fn tasks(&self) -> u64 {
         self.state.producer.0.tasks.load(Ordering::Acquire)
+    }
+
+    /// The word consumers sleep on: bumped when data is published or the
+    /// ring closes.
+    pub(crate) fn data_word(&self) -> &'a WaitWord {
+        &self.state.data.0
     }
 
     /// Whether any published bytes wait at `head`.

@@ -83,6 +83,20 @@ impl<T: Shareable> SimpleQueue<T> {
     pub fn close(&self) {
         self.queue.close()
     }
+
+    /// Whether some process closed the queue (Python's `SimpleQueue._closed`,
+    /// which Python only knows of in the process that closed it).
+    pub fn is_closed(&self) -> bool {
+        self.queue.is_closed()
+    }
+}
+
+impl<T> crate::connection::Waitable for SimpleQueue<T> {
+    /// Ready when a message is there to get or the queue is closed (see
+    /// [`wait`](crate::connection::wait)).
+    fn wait_source(&self) -> crate::connection::WaitSource<'_> {
+        self.queue.core().wait_source()
+    }
 }
 
 impl<T: Shareable> ShareHandle for SimpleQueue<T> {

@@ -359,6 +359,116 @@ impl<T: ShmSafe> Array<T> {
     }
 }
 
+/// Python's char arrays (`Array('c', n)`): the bytes as a C string
+/// (`.value`) or whole (`.raw`).
+impl Array<u8> {
+    /// The bytes before the first NUL (all of them without one), read under
+    /// the lock (Python's `.value` of a char array).
+    ///
+    /// ```
+    /// let s = multiproc::Array::from_elem(0u8, 10).unwrap();
+    /// s.set_value("hello").unwrap();
+    /// assert_eq!(s.value(), b"hello");
+    /// assert_eq!(s.value_str().unwrap(), "hello");
+    /// assert_eq!(s.raw(), b"hello\0\0\0\0\0");
+    /// assert!(s.set_value("far too long").is_err());
+    /// ```
+    pub fn value(&self) -> Vec<u8> {
+        c_string(&self.guard_forever()).to_vec()
+    }
+
+    /// [`Array::value`] as text; [`Error::Codec`] if it is not UTF-8.
+    pub fn value_str(&self) -> Result<String> {
+        String::from_utf8(self.value()).map_err(Error::codec)
+    }
+
+    /// Writes `bytes` from the start, then a NUL if there is room (Python's
+    /// `.value = …`); longer than the array is [`Error::InvalidArgument`],
+    /// and nothing is written.
+    pub fn set_value(&self, bytes: impl AsRef<[u8]>) -> Result<()> {
+        let bytes = bytes.as_ref();
+        check_fits(bytes, self.len())?;
+        let mut guard = self.guard_forever();
+        guard[..bytes.len()].copy_from_slice(bytes);
+        if let Some(nul) = guard.get_mut(bytes.len()) {
+            *nul = 0;
+        }
+        Ok(())
+    }
+
+    /// Every byte, NULs included, read under the lock (Python's `.raw`).
+    pub fn raw(&self) -> Vec<u8> {
+        self.to_vec()
+    }
+
+    /// Writes `bytes` from the start, leaving the rest as it is (Python's
+    /// `.raw = …`); longer than the array is [`Error::InvalidArgument`].
+    pub fn set_raw(&self, bytes: impl AsRef<[u8]>) -> Result<()> {
+        let bytes = bytes.as_ref();
+        check_fits(bytes, self.len())?;
+        self.guard_forever()[..bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Python's char arrays without a lock (`RawArray('c', n)`); each byte is
+/// read and written atomically, the string as a whole is not.
+impl RawArray<u8> {
+    /// The bytes before the first NUL (Python's `.value`).
+    pub fn value(&self) -> Vec<u8> {
+        c_string(&self.to_vec()).to_vec()
+    }
+
+    /// [`RawArray::value`] as text; [`Error::Codec`] if it is not UTF-8.
+    pub fn value_str(&self) -> Result<String> {
+        String::from_utf8(self.value()).map_err(Error::codec)
+    }
+
+    /// Writes `bytes`, then a NUL if there is room (Python's `.value = …`).
+    pub fn set_value(&self, bytes: impl AsRef<[u8]>) -> Result<()> {
+        let bytes = bytes.as_ref();
+        check_fits(bytes, self.len())?;
+        for (i, b) in bytes.iter().enumerate() {
+            self.set(i, *b)?;
+        }
+        if bytes.len() < self.len() {
+            self.set(bytes.len(), 0)?;
+        }
+        Ok(())
+    }
+
+    /// Every byte, NULs included (Python's `.raw`).
+    pub fn raw(&self) -> Vec<u8> {
+        self.to_vec()
+    }
+
+    /// Writes `bytes` from the start, leaving the rest (Python's `.raw = …`).
+    pub fn set_raw(&self, bytes: impl AsRef<[u8]>) -> Result<()> {
+        let bytes = bytes.as_ref();
+        check_fits(bytes, self.len())?;
+        for (i, b) in bytes.iter().enumerate() {
+            self.set(i, *b)?;
+        }
+        Ok(())
+    }
+}
+
+/// `bytes` up to its first NUL.
+fn c_string(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    &bytes[..end]
+}
+
+fn check_fits(bytes: &[u8], len: usize) -> Result<()> {
+    if bytes.len() > len {
+        return Err(Error::InvalidArgument(format!(
+            "{} bytes do not fit a char array of {len}",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The locked contents of an [`Array`], as a slice; releases the lock when dropped.
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct ArrayGuard<'a, T: ShmSafe> {

@@ -58,6 +58,9 @@ pub(crate) struct BarrierState {
     action_offset: AtomicI64,
     action_binary: AtomicU64,
     action_anchor: AtomicI64,
+    /// The timeout of `wait` (Python's `Barrier(timeout=…)`), in
+    /// nanoseconds plus one; 0: none. Fixed at creation.
+    default_timeout: AtomicU64,
 }
 
 /// One row of the attached-process table in the segment's tail.
@@ -194,7 +197,7 @@ impl Inner<'_> {
 impl Barrier {
     /// A barrier for `parties` parties; `parties == 0` is [`Error::InvalidArgument`].
     pub fn new(parties: usize) -> Result<Barrier> {
-        Self::create(parties, None)
+        Self::create(parties, None, None)
     }
 
     /// A barrier whose `action` is run by the last party to arrive in each
@@ -207,7 +210,43 @@ impl Barrier {
     /// in the last party. The action must not call `wait`, `abort` or `reset`
     /// on the same barrier.
     pub fn with_action(parties: usize, action: fn()) -> Result<Barrier> {
-        Self::create(parties, Some(action))
+        Self::create(parties, Some(action), None)
+    }
+
+    /// A barrier whose [`Barrier::wait`] gives up after `timeout` (Python's
+    /// `Barrier(parties, timeout=…)`): a round not complete by then breaks
+    /// the barrier, as [`Barrier::wait_timeout`] does. `wait_timeout`
+    /// still takes its own timeout. Every process holding the barrier
+    /// shares the default.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{Barrier, Error};
+    /// let b = Barrier::with_timeout(2, Duration::from_millis(10)).unwrap();
+    /// assert_eq!(b.timeout(), Some(Duration::from_millis(10)));
+    /// // The other party never comes.
+    /// assert!(matches!(b.wait(), Err(Error::BrokenBarrier)));
+    /// ```
+    pub fn with_timeout(parties: usize, timeout: Duration) -> Result<Barrier> {
+        Self::create(parties, None, Some(timeout))
+    }
+
+    /// A barrier with both an action ([`Barrier::with_action`]) and a
+    /// default timeout ([`Barrier::with_timeout`]).
+    pub fn with_action_and_timeout(
+        parties: usize,
+        action: fn(),
+        timeout: Duration,
+    ) -> Result<Barrier> {
+        Self::create(parties, Some(action), Some(timeout))
+    }
+
+    /// The timeout [`Barrier::wait`] uses, if the barrier was made with one.
+    pub fn timeout(&self) -> Option<Duration> {
+        match self.state().default_timeout.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_nanos(n - 1)),
+        }
     }
 
     /// The layout of a new barrier for `parties` parties (no action), for a
@@ -239,13 +278,21 @@ impl Barrier {
         Ok((parties, table_capacity(parties)))
     }
 
-    fn create(parties: usize, action: Option<fn()>) -> Result<Barrier> {
+    fn create(parties: usize, action: Option<fn()>, timeout: Option<Duration>) -> Result<Barrier> {
         let (parties, capacity) = Self::sizes(parties)?;
+        // Nanoseconds plus one (0 is "none"); ~584 years at most.
+        let timeout = timeout.map_or(0, |t| {
+            u64::try_from(t.as_nanos())
+                .unwrap_or(u64::MAX - 1)
+                .min(u64::MAX - 1)
+                + 1
+        });
         let tail = capacity * std::mem::size_of::<Attached>();
         let obj = ShmObject::create(Kind::Barrier, 0, tail, |state: *mut BarrierState, _| {
             let s = BarrierState {
                 parties: AtomicU32::new(parties),
                 capacity: AtomicU32::new(capacity as u32),
+                default_timeout: AtomicU64::new(timeout),
                 ..BarrierState::default()
             };
             if let Some(action) = action {
@@ -423,10 +470,14 @@ impl Barrier {
     /// Waits until all parties have arrived; returns this party's arrival
     /// index in `0..parties` (the last to arrive gets `parties - 1`).
     ///
+    /// A barrier made with [`Barrier::with_timeout`] waits at most that
+    /// long, then breaks as [`Barrier::wait_timeout`] does.
+    ///
     /// On a barrier a manager created, a waiter breaks the barrier and fails
     /// with `Error::ManagerGone` within about 100 ms of the manager's death.
     pub fn wait(&self) -> Result<usize> {
-        self.wait_deadline(Deadline::Never, false)
+        let deadline = self.timeout().map_or(Deadline::Never, Deadline::after);
+        self.wait_deadline(deadline, false)
     }
 
     /// As [`Barrier::wait`], but breaks the barrier (`Err(BrokenBarrier)` for

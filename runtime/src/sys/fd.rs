@@ -1,6 +1,6 @@
 //! File-descriptor helpers: close-on-exec flags, dup, poll.
 
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::{retry_eintr, syscall};
@@ -119,6 +119,26 @@ pub fn peer_hung_up(fd: BorrowedFd<'_>) -> std::io::Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(false),
         Err(e) => Err(e),
         Ok(_) => Ok(pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0),
+    }
+}
+
+/// A new non-blocking, close-on-exec eventfd whose counter starts at
+/// `initial` (readable while the counter is not 0).
+pub fn eventfd(initial: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: eventfd takes plain integers and returns a new descriptor.
+    let fd = syscall!(unsafe { libc::eventfd(initial, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: eventfd just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds 1 to an eventfd's counter (making it readable); a counter at its
+/// maximum is left as it is (it is readable already).
+pub fn eventfd_signal(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: `one` is 8 readable bytes, what an eventfd write takes; `fd` is borrowed, so open.
+    match retry_eintr(|| syscall!(unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) })) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        other => other.map(drop),
     }
 }
 

@@ -71,3 +71,123 @@ fn futex_wake_at(addr: *const u32, n: u32) -> usize {
     let res = unsafe { libc::syscall(libc::SYS_futex, addr, libc::FUTEX_WAKE, n) };
     res.max(0) as usize
 }
+
+/// `FUTEX2_SIZE_U32`: a `futex_waitv` entry names a 32-bit word.
+const FUTEX2_SIZE_U32: u32 = 0x02;
+/// The most words one `futex_waitv` call takes (`FUTEX_WAITV_MAX`).
+pub const WAITV_MAX: usize = 128;
+
+/// One entry of the kernel's `struct futex_waitv`.
+#[repr(C)]
+struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+/// Why a [`futex_waitv`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitvOutcome {
+    /// A word was woken, or one no longer held its expected value, or a
+    /// signal came: re-check the words.
+    Woken,
+    /// The timeout elapsed.
+    TimedOut,
+    /// The kernel has no `futex_waitv` (before Linux 5.16), or more words
+    /// than it takes at once were given: nothing was waited for.
+    Unsupported,
+}
+
+/// Sleeps while every `word` holds its `expected` value, for at most
+/// `timeout` (`None`: no limit): a wake on any of them (shared, as
+/// [`futex_wake`] makes) ends the wait. At most [`WAITV_MAX`] words.
+pub fn futex_waitv(words: &[(&AtomicU32, u32)], timeout: Option<Duration>) -> WaitvOutcome {
+    if words.is_empty() || words.len() > WAITV_MAX {
+        return WaitvOutcome::Unsupported;
+    }
+    let waiters: Vec<FutexWaitv> = words
+        .iter()
+        .map(|(word, expected)| FutexWaitv {
+            val: u64::from(*expected),
+            uaddr: word.as_ptr() as u64,
+            flags: FUTEX2_SIZE_U32,
+            reserved: 0,
+        })
+        .collect();
+    // The timeout is absolute, on CLOCK_MONOTONIC.
+    let abs = timeout.and_then(|d| {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid, writable timespec.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+            return None;
+        }
+        let nanos = now.tv_nsec as u64 + u64::from(d.subsec_nanos());
+        let secs = (now.tv_sec as u64)
+            .checked_add(d.as_secs())?
+            .checked_add(nanos / 1_000_000_000)?;
+        Some(libc::timespec {
+            tv_sec: secs.min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+        })
+    });
+    let ts_ptr = abs
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `waiters` is a live array of `waiters.len()` well-formed
+    // entries, each naming a word of a live atomic reference (the kernel
+    // only reads them); `ts_ptr` is null or points to a timespec that
+    // outlives the call; the flags argument must be 0.
+    let res = unsafe {
+        libc::syscall(
+            libc::SYS_futex_waitv,
+            waiters.as_ptr(),
+            waiters.len() as libc::c_uint,
+            0 as libc::c_uint,
+            ts_ptr,
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+    if res >= 0 {
+        return WaitvOutcome::Woken;
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ETIMEDOUT) => WaitvOutcome::TimedOut,
+        Some(libc::ENOSYS | libc::EINVAL) => WaitvOutcome::Unsupported,
+        // EAGAIN (a word changed), EINTR: re-check.
+        _ => WaitvOutcome::Woken,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn futex_waitv_wakes_on_any_word_and_times_out() {
+        let a = AtomicU32::new(0);
+        let b = AtomicU32::new(0);
+        // A word that no longer holds its value returns at once.
+        assert_eq!(
+            futex_waitv(&[(&a, 0), (&b, 1)], Some(Duration::from_secs(5))),
+            WaitvOutcome::Woken
+        );
+        assert_eq!(
+            futex_waitv(&[(&a, 0), (&b, 0)], Some(Duration::from_millis(10))),
+            WaitvOutcome::TimedOut
+        );
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // Until the waiter below sleeps (or the word changed), wake it.
+                while futex_wake(&b, 1) == 0 && b.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    std::thread::yield_now();
+                }
+            });
+            assert_eq!(futex_waitv(&[(&a, 0), (&b, 0)], None), WaitvOutcome::Woken);
+        });
+        assert_eq!(futex_waitv(&[], None), WaitvOutcome::Unsupported);
+    }
+}

@@ -1,7 +1,7 @@
 //! Process-level calls: identity, fork, exec, wait, signals, pidfds.
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 
 use std::path::Path;
@@ -91,7 +91,6 @@ fn parse_stat(stat: &str) -> Option<(char, u64)> {
 ///
 /// `None` if there is no such process or `/proc` cannot be read. Together
 /// with the pid it names one process even when pids are reused.
-#[cfg(test)]
 pub fn start_ticks(pid: i32) -> Option<u64> {
     proc_stat(pid).ok().flatten().map(|(_, ticks)| ticks)
 }
@@ -465,6 +464,26 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` to the process a pidfd refers to (never to a later
+/// process that reused its pid). A process that ended already is `ESRCH`.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> std::io::Result<()> {
+    // SAFETY: pidfd_send_signal takes a borrowed (so open) descriptor, a
+    // signal number, a null siginfo (the kernel fills in a default) and flags.
+    let res = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if res < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The number of CPUs this process may run on.

@@ -46,3 +46,23 @@ pub fn wait_termination() -> std::io::Result<i32> {
         }
     }
 }
+
+/// Sets what `signal` does to this process: ignored (`true`) or its
+/// default action (`false`). For `SIGINT` in a server that a terminal's
+/// Ctrl-C must not end, and back to the default in its children.
+pub fn set_ignored(signal: i32, ignored: bool) -> std::io::Result<()> {
+    let handler = if ignored {
+        libc::SIG_IGN
+    } else {
+        libc::SIG_DFL
+    };
+    // SAFETY: installing SIG_IGN or SIG_DFL runs no code of ours in a
+    // signal handler; `signal` is a plain number the kernel checks.
+    if unsafe { libc::signal(signal, handler) } == libc::SIG_ERR {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `SIGINT`, by name.
+pub const INT: i32 = libc::SIGINT;

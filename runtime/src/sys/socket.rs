@@ -14,6 +14,60 @@ pub fn socketpair() -> std::io::Result<(UnixStream, UnixStream)> {
     UnixStream::pair()
 }
 
+/// A connected pair of close-on-exec Unix sequenced-packet sockets: each
+/// send is one record, received whole and never mixed with another
+/// sender's, so several processes can share one end.
+pub fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two descriptors socketpair writes.
+    syscall!(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: socketpair succeeded, so both descriptors are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The first byte of the next record waiting on a sequenced-packet
+/// socket, left in place; `None` when nothing waits (or the peer is gone).
+/// Descriptors the record carries stay with it.
+pub fn peek_record(sock: BorrowedFd<'_>) -> std::io::Result<Option<u8>> {
+    let mut byte = 0u8;
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+    let n = retry_eintr(|| {
+        // SAFETY: `byte` is one writable byte; `sock` is borrowed, so open.
+        syscall!(unsafe { libc::recv(sock.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, flags) })
+    });
+    match n {
+        Ok(1) => Ok(Some(byte)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Takes the next record waiting on a sequenced-packet socket and drops it
+/// (it must carry no descriptor: see [`peek_record`]).
+pub fn discard_record(sock: BorrowedFd<'_>) -> std::io::Result<()> {
+    let mut byte = 0u8;
+    retry_eintr(|| {
+        // SAFETY: `byte` is one writable byte; `sock` is borrowed, so open.
+        syscall!(unsafe {
+            libc::recv(
+                sock.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_DONTWAIT,
+            )
+        })
+    })?;
+    Ok(())
+}
+
 /// Sends all of `data`, with `fds` attached to the first byte, ignoring SIGPIPE.
 pub fn send_with_fds(
     sock: BorrowedFd<'_>,
@@ -82,7 +136,7 @@ pub fn recv_with_fds(
 }
 
 /// [`recv_with_fds`] with room for at most `max_fds` descriptors (1 to [`MAX_FDS`]).
-fn recv_with_at_most(
+pub fn recv_with_at_most(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
     max_fds: usize,

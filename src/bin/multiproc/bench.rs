@@ -70,6 +70,7 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
     vec![
         ("process/spawn_join", spawn_join as OpFn),
         ("process/fork_join", fork_join),
+        ("process/forkserver_join", forkserver_join),
         ("value/locked_increment", value_locked_increment),
         ("value/fetch_add", value_fetch_add),
         ("value/raw_read", value_raw_read),
@@ -142,6 +143,12 @@ fn spawn_join(scale: &Scale) -> multiproc::Result<Figure> {
 
 fn fork_join(scale: &Scale) -> multiproc::Result<Figure> {
     process_join("process/fork_join", StartMethod::Fork, scale)
+}
+
+/// Start+join of a child the forkserver forks; the warm-up sample (not
+/// counted) starts the server.
+fn forkserver_join(scale: &Scale) -> multiproc::Result<Figure> {
+    process_join("process/forkserver_join", StartMethod::Forkserver, scale)
 }
 
 fn value_locked_increment(scale: &Scale) -> multiproc::Result<Figure> {
