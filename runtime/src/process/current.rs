@@ -328,7 +328,14 @@ fn watch_parent(parent: ParentProcess) {
                     match sys::fd::poll(&[pidfd.as_fd()], sys::fd::Interest::Read, None) {
                         Ok(ready) if !ready.is_empty() => break,
                         Ok(_) => continue,
-                        Err(_) => break,
+                        // A wait that failed is not a death: ask the kernel.
+                        Err(e) => {
+                            tracing::debug!("watching the parent by polling: {e}");
+                            if parent.liveness().is_dead() {
+                                break;
+                            }
+                            std::thread::sleep(PARENT_POLL);
+                        }
                     }
                 },
                 // Only a death the kernel confirms ends this process.

@@ -71,6 +71,10 @@ pub fn poll(
     let n = syscall!(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) });
     match n {
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(Vec::new()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+            select_readable(&raw, timeout)
+        }
         Err(e) => Err(e),
         Ok(_) => Ok(pfds
             .iter()
@@ -99,8 +103,52 @@ pub fn poll_one(
     // its descriptor is borrowed, so open.
     match syscall!(unsafe { libc::poll(&mut pfd, 1, timeout_ms(timeout)) }) {
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Ok(!select_readable(&[fd.as_raw_fd()], timeout)?.is_empty())
+        }
         Err(e) => Err(e),
         Ok(_) => Ok(pfd.revents != 0),
+    }
+}
+
+/// [`poll`] for a process at its descriptor limit: poll(2) refuses to wait
+/// on more descriptors than `RLIMIT_NOFILE` allows (`EINVAL`), so at a limit
+/// of 0 a process could not wait on anything it has open, and a caller
+/// took that for a hang-up (a daemon child killed itself over it).
+/// select(2) has no such check; it takes descriptors below `FD_SETSIZE`.
+/// Readable includes end-of-file, a hang-up and an error, as for poll.
+fn select_readable(fds: &[RawFd], timeout: Option<Duration>) -> std::io::Result<Vec<usize>> {
+    let too_high = |fd: RawFd| fd < 0 || fd as usize >= libc::FD_SETSIZE;
+    if fds.iter().any(|&fd| too_high(fd)) {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: an all-zero `fd_set` is the empty set (what FD_ZERO makes).
+    let mut set: libc::fd_set = unsafe { std::mem::zeroed() };
+    for &fd in fds {
+        // SAFETY: `fd` is within 0..FD_SETSIZE (checked above), `set` is live.
+        unsafe { libc::FD_SET(fd, &mut set) };
+    }
+    let nfds = fds.iter().max().map_or(0, |fd| fd + 1);
+    let mut tv = timeout.map(|t| libc::timeval {
+        tv_sec: t.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+        tv_usec: t.subsec_micros() as libc::suseconds_t,
+    });
+    let tvp = tv
+        .as_mut()
+        .map_or(std::ptr::null_mut(), |t| t as *mut libc::timeval);
+    let null = std::ptr::null_mut();
+    // SAFETY: `set` is a live fd_set holding only borrowed, open descriptors
+    // below `nfds`; `tvp` is null (wait without limit) or a live timeval.
+    match syscall!(unsafe { libc::select(nfds, &mut set, null, null, tvp) }) {
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(Vec::new()),
+        Err(e) => Err(e),
+        Ok(_) => Ok(fds
+            .iter()
+            .enumerate()
+            // SAFETY: as above; `set` now holds the ready ones.
+            .filter(|(_, fd)| unsafe { libc::FD_ISSET(**fd, &set) })
+            .map(|(i, _)| i)
+            .collect()),
     }
 }
 
@@ -149,5 +197,53 @@ fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
         None => -1,
         Some(d) if d.is_zero() => 0,
         Some(d) => d.as_millis().clamp(1, i32::MAX as u128) as libc::c_int,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::process::tests::{in_child, run_out_of_descriptors};
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    /// Regression: at a descriptor limit of 0, poll(2) fails with `EINVAL`,
+    /// and a daemon child's parent watch took that for its parent's death
+    /// (a manager server started by fork killed itself).
+    #[test]
+    fn a_process_out_of_descriptors_still_waits_on_what_it_has_open() {
+        let code = in_child(|| {
+            let Ok((a, mut b)) = crate::sys::socket::socketpair() else {
+                return 10;
+            };
+            run_out_of_descriptors();
+            if !matches!(
+                poll_one(a.as_fd(), Interest::Read, Some(Duration::ZERO)),
+                Ok(false)
+            ) {
+                return 11;
+            }
+            let waited = poll(
+                &[a.as_fd()],
+                Interest::Read,
+                Some(Duration::from_millis(20)),
+            );
+            if !matches!(waited, Ok(ref r) if r.is_empty()) {
+                return 12;
+            }
+            if b.write_all(b"x").is_err() {
+                return 13;
+            }
+            match poll(&[b.as_fd(), a.as_fd()], Interest::Read, None) {
+                Ok(r) if r == [1] => {}
+                _ => return 14,
+            }
+            drop(b);
+            if !matches!(poll_one(a.as_fd(), Interest::Read, None), Ok(true)) {
+                return 15;
+            }
+            0
+        });
+        assert_eq!(code, 0);
     }
 }

@@ -517,14 +517,14 @@ pub fn is_single_threaded() -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A pid above any pid_max: no process has it.
     const NO_SUCH_PID: i32 = 0x7FFF_FFF0;
 
     /// Runs `f` in a forked child and returns its exit code.
-    fn in_child(f: impl FnOnce() -> i32) -> i32 {
+    pub(crate) fn in_child(f: impl FnOnce() -> i32) -> i32 {
         // SAFETY: a test child: it runs the closure's plain code and exits.
         match unsafe { fork() }.unwrap() {
             Forked::Child => exit_now(f()),
@@ -533,7 +533,7 @@ mod tests {
     }
 
     /// Lowers this process's descriptor limit to zero: every open now fails with EMFILE.
-    fn run_out_of_descriptors() {
+    pub(crate) fn run_out_of_descriptors() {
         let mut hard = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
