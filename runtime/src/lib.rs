@@ -51,7 +51,10 @@ pub use process::{
     get_context, get_start_method, init, parent_process, set_start_method,
 };
 pub use queue::{JoinableQueue, Queue, SimpleQueue};
-pub use sharedctypes::{Array, ArrayGuard, AtomicInt, RawArray, RawValue, Value, ValueGuard};
+pub use sharedctypes::{
+    Array, ArrayGuard, AtomicInt, RawArray, RawValue, Synchronized, SynchronizedArray, Value,
+    ValueGuard, ValueLock,
+};
 pub use shm::{Segment, ShmSafe};
 pub use sync::{
     Acquired, Barrier, BoundedSemaphore, Condition, ConditionGuard, ConditionLock, DataLock,
