@@ -60,6 +60,9 @@
 //! `get_lock()`'s [`DataLock`], the one safe way to release it).
 //! [`RawValue`] and [`RawArray`] have no lock; their accesses are atomic, and
 //! integer `RawValue`s offer lock-free `fetch_add` and friends.
+//! [`Value::with_lock`] and [`Array::with_lock`] guard them with a lock you
+//! give (Python's `lock=`), one [`Lock`] or [`RLock`] for many values; those
+//! copy on every access, since such a lock cannot vouch for a `&mut`.
 //!
 //! ```
 //! use multiproc::{Process, Value};

@@ -210,7 +210,8 @@ impl Default for BaseManager {
 }
 
 impl BaseManager {
-    /// A manager for `127.0.0.1:0` (a free port) with no authkey yet.
+    /// A manager for `127.0.0.1:0` (a free port), with this process's
+    /// authkey unless [`BaseManager::authkey`] gives another.
     pub fn new() -> BaseManager {
         BaseManager {
             address: "127.0.0.1:0".into(),
@@ -252,9 +253,14 @@ impl<U: UserTypes> BaseManager<U> {
         self
     }
 
-    /// The shared secret both sides prove they know (required; any
-    /// non-empty key, as in Python, though a long random one is what keeps
-    /// guessers out: `multiproc serve` asks for at least 16 bytes).
+    /// The shared secret both sides prove they know: any non-empty key, as
+    /// in Python, though a long random one is what keeps guessers out
+    /// (`multiproc serve` asks for at least 16 bytes). Without one, the
+    /// manager uses this process's
+    /// [`current_process().authkey()`](multiproc_runtime::CurrentProcess::authkey),
+    /// as Python's `BaseManager(authkey=None)` does: a server started so is
+    /// reached by this process and its children (which inherit the key),
+    /// and a program elsewhere must be given the key.
     pub fn authkey(mut self, authkey: impl AsRef<[u8]>) -> Self {
         self.authkey = Some(authkey.as_ref().to_vec());
         self
@@ -365,12 +371,17 @@ impl<U: UserTypes> BaseManager<U> {
             })
     }
 
+    /// The key given, or this process's own (Python's `BaseManager(authkey=None)`).
     fn key(&self) -> Result<Vec<u8>> {
         match &self.authkey {
             Some(k) if !k.is_empty() => Ok(k.clone()),
-            _ => Err(Error::InvalidArgument(
+            Some(_) => Err(Error::InvalidArgument(
                 "a remote manager needs a non-empty authkey".into(),
             )),
+            None => Ok(multiproc_runtime::current_process()
+                .authkey()
+                .as_bytes()
+                .to_vec()),
         }
     }
 
