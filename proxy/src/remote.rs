@@ -28,7 +28,7 @@ use multiproc_runtime::manager::{
 };
 use multiproc_runtime::manager::{ServedObject, USER_OBJECT_BIT};
 use multiproc_runtime::py::{PythonOptions, Value};
-use multiproc_runtime::{Error, Process, Result, Shareable};
+use multiproc_runtime::{Error, Process, Result, Shareable, StartMethod};
 use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
@@ -173,6 +173,7 @@ pub struct BaseManager<U = ()> {
     max_frame: Option<u64>,
     limits: Limits,
     python: Option<PythonOptions>,
+    method: Option<StartMethod>,
     _user: PhantomData<fn() -> U>,
 }
 
@@ -186,6 +187,7 @@ impl<U> Clone for BaseManager<U> {
             max_frame: self.max_frame,
             limits: self.limits,
             python: self.python.clone(),
+            method: self.method,
             _user: PhantomData,
         }
     }
@@ -199,6 +201,7 @@ impl<U> std::fmt::Debug for BaseManager<U> {
             .field("user_objects", &self.user_names)
             .field("max_frame", &self.max_frame)
             .field("limits", &self.limits)
+            .field("start_method", &self.method)
             .finish_non_exhaustive()
     }
 }
@@ -221,6 +224,7 @@ impl BaseManager {
             max_frame: None,
             limits: Limits::default(),
             python: None,
+            method: None,
             _user: PhantomData,
         }
     }
@@ -242,8 +246,16 @@ impl<U: UserTypes> BaseManager<U> {
             max_frame: self.max_frame,
             limits: self.limits,
             python: self.python,
+            method: self.method,
             _user: PhantomData,
         }
+    }
+
+    /// The start method of the server process [`BaseManager::start`]
+    /// starts (default: the global default; Python's `BaseManager(ctx=…)`).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
     }
 
     /// Where the server listens, or the client connects: `host:port`
@@ -416,6 +428,9 @@ impl<U: UserTypes> BaseManager<U> {
         let mut p = Process::new(server_main::<U>, args)
             .name("BaseManager")
             .daemon(true);
+        if let Some(m) = self.method {
+            p = p.start_method(m);
+        }
         client::forking_server(|| p.start())?;
         if let Err(e) = boot.wait_ready(|| p.is_alive(), Deadline::after(START_TIMEOUT)) {
             let _ = p.kill();
@@ -667,6 +682,10 @@ struct Inner {
     tcp: SocketAddr,
     address: ServerAddress,
     process: Mutex<Option<Process<()>>>,
+    /// The server's pid, if this process started it.
+    pid: Option<i32>,
+    /// How the server process ended, once `shutdown` reaped it.
+    exit: Mutex<Option<i32>>,
     python: Option<SocketAddr>,
 }
 
@@ -702,7 +721,9 @@ impl RemoteManager {
                 owner: sys::process::getpid(),
                 tcp: address,
                 address: server,
+                pid: process.as_ref().and_then(Process::pid),
                 process: Mutex::new(process),
+                exit: Mutex::new(None),
                 python,
             }),
         };
@@ -715,6 +736,28 @@ impl RemoteManager {
     /// The server's TCP address.
     pub fn address(&self) -> SocketAddr {
         self.inner.tcp
+    }
+
+    /// The server process's pid, if this process started it with
+    /// [`BaseManager::start`] (Python's `manager._process.pid`); `None`
+    /// for a server connected to.
+    pub fn pid(&self) -> Option<i32> {
+        self.inner.pid
+    }
+
+    /// How the server process this process started ended (Python's
+    /// `manager._process.exitcode`): `None` while it runs (or if this
+    /// process did not start it), its exit code (0 after a clean
+    /// [`RemoteManager::shutdown`]), or minus the signal that killed it.
+    pub fn exitcode(&self) -> Option<i32> {
+        if let Some(code) = *self.inner.exit.lock() {
+            return Some(code);
+        }
+        self.inner
+            .process
+            .lock()
+            .as_ref()
+            .and_then(Process::exitcode)
     }
 
     /// Where CPython clients connect, for a server this process started
@@ -884,14 +927,12 @@ impl RemoteManager {
         if self.inner.owner != sys::process::getpid() {
             return Ok(());
         }
-        match p.join_timeout(EXIT_TIMEOUT) {
-            Err(Error::Timeout(_)) => {
-                let _ = p.kill();
-                let _ = p.join();
-                Ok(())
-            }
-            _ => Ok(()),
+        if let Err(Error::Timeout(_)) = p.join_timeout(EXIT_TIMEOUT) {
+            let _ = p.kill();
+            let _ = p.join();
         }
+        *self.inner.exit.lock() = p.exitcode();
+        Ok(())
     }
 }
 

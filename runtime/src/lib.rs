@@ -69,7 +69,9 @@ pub use rkyv;
 #[doc(hidden)]
 pub mod __internal {
     pub use crate::codec::field_travels;
-    pub use crate::process::{ForkHook, ForkMutex, forkserver_pid, register_fork_hook};
+    pub use crate::process::{
+        ForkHook, ForkMutex, Initializer, forkserver_pid, register_fork_hook,
+    };
     pub use crate::queue::DEFAULT_CAPACITY_BYTES;
     pub use crate::shm::{Kind, ShmSpec, fingerprint_str};
     pub use crate::sync::spin::set_spin_limit;
