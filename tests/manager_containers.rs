@@ -325,3 +325,132 @@ fn proxies_moved_into_a_container_stay_alive() {
     assert_eq!(inner, vec![vec![6], vec![7]]);
     manager.shutdown().unwrap();
 }
+
+/// A client that lies (a range end that is not 8 bytes, a start past its
+/// end, an order that is no permutation, a stale digest) gets an error
+/// or `false`, and the list is unchanged.
+#[test]
+fn lying_range_and_order_requests_change_nothing() {
+    use multiproc::Shareable;
+    use multiproc::manager::protocol::{
+        ArchivedRemoteError, ArchivedResponse, Blob, Call, Method, Request, access_response,
+        encode_request, list_digest, u64_arg,
+    };
+    use multiproc::rkyv::util::AlignedVec;
+    let manager = Manager::start().unwrap();
+    let l = manager.list_from(vec![3u8, 1, 2]).unwrap();
+    let id = multiproc_proxy::ProxyRepr::decode(&l.encode().unwrap())
+        .unwrap()
+        .object;
+    let mut conn = multiproc::manager::server::connect(manager.address()).unwrap();
+    let mut resp = AlignedVec::new();
+    let mut ask = |method: Method,
+                   index: i64,
+                   key: Option<&[u8]>,
+                   expected: Option<&[u8]>,
+                   batch: &[[u8; 8]]| {
+        let req = Request::Call(Call {
+            object: id,
+            method: method as u32,
+            index,
+            key: key.map(Blob::plain),
+            value: None,
+            expected: expected.map(Blob::plain),
+            batch: batch.iter().map(|b| Blob::plain(b)).collect(),
+            fingerprint: 0,
+            type_name: "",
+            wait_us: 0,
+        });
+        conn.end
+            .round_trip(&encode_request(&req, AlignedVec::new()).unwrap(), &mut resp)
+            .unwrap();
+        match access_response(&resp).unwrap() {
+            ArchivedResponse::Error(ArchivedRemoteError::Malformed(_)) => "malformed",
+            ArchivedResponse::Error(ArchivedRemoteError::IndexOutOfRange { .. }) => "range",
+            ArchivedResponse::Bool(false) => "stale",
+            ArchivedResponse::Bool(true) => "applied",
+            _ => "other",
+        }
+    };
+    assert_eq!(
+        ask(Method::ListGetRange, 0, Some(b"short"), None, &[]),
+        "malformed"
+    );
+    assert_eq!(ask(Method::ListGetRange, 0, None, None, &[]), "malformed");
+    assert_eq!(
+        ask(Method::ListGetRange, 2, Some(&u64_arg(1)), None, &[]),
+        "range"
+    );
+    assert_eq!(
+        ask(Method::ListGetRange, -1, Some(&u64_arg(1)), None, &[]),
+        "range"
+    );
+    assert_eq!(
+        ask(Method::ListSetRange, 0, Some(&u64_arg(4)), None, &[]),
+        "range"
+    );
+    let items: Vec<Vec<u8>> = [3u8, 1, 2]
+        .iter()
+        .map(|v| v.encode().unwrap().to_vec())
+        .collect();
+    let digest = list_digest(items.iter().map(|v| &v[..]));
+    let order = |o: &[u64]| o.iter().map(|&i| u64_arg(i)).collect::<Vec<_>>();
+    assert_eq!(
+        ask(
+            Method::ListApplyOrder,
+            0,
+            None,
+            Some(&[0; 32]),
+            &order(&[1, 2, 0])
+        ),
+        "stale"
+    );
+    assert_eq!(
+        ask(Method::ListApplyOrder, 0, None, None, &order(&[1, 2, 0])),
+        "malformed"
+    );
+    assert_eq!(
+        ask(
+            Method::ListApplyOrder,
+            0,
+            None,
+            Some(&digest),
+            &order(&[1, 1, 0])
+        ),
+        "malformed"
+    );
+    assert_eq!(
+        ask(
+            Method::ListApplyOrder,
+            0,
+            None,
+            Some(&digest),
+            &order(&[1, 2])
+        ),
+        "malformed"
+    );
+    assert_eq!(
+        ask(
+            Method::ListApplyOrder,
+            0,
+            None,
+            Some(&digest),
+            &order(&[1, 2, 3])
+        ),
+        "malformed"
+    );
+    assert_eq!(l.to_vec().unwrap(), vec![3, 1, 2], "nothing changed");
+    assert_eq!(
+        ask(
+            Method::ListApplyOrder,
+            0,
+            None,
+            Some(&digest),
+            &order(&[1, 2, 0])
+        ),
+        "applied"
+    );
+    assert_eq!(l.to_vec().unwrap(), vec![1, 2, 3]);
+    drop(conn);
+    manager.shutdown().unwrap();
+}
