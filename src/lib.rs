@@ -60,6 +60,9 @@
 //! `get_lock()`'s [`DataLock`], the one safe way to release it).
 //! [`RawValue`] and [`RawArray`] have no lock; their accesses are atomic, and
 //! integer `RawValue`s offer lock-free `fetch_add` and friends.
+//! [`Value::with_lock`] and [`Array::with_lock`] guard them with a lock you
+//! give (Python's `lock=`), one [`Lock`] or [`RLock`] for many values; those
+//! copy on every access, since such a lock cannot vouch for a `&mut`.
 //!
 //! ```
 //! use multiproc::{Process, Value};
@@ -411,9 +414,10 @@ pub use multiproc_runtime::{
     Context, CurrentProcess, DataLock, DataLockGuard, Error, Event, IMapIterator, JoinableQueue,
     Listener, Lock, LockGuard, ParentProcess, Pipe, Pool, PoolBuilder, Process, Queue, Quota,
     RLock, RLockGuard, RawArray, RawValue, Result, Segment, Semaphore, Sentinel, Shareable,
-    ShmSafe, SimpleQueue, SocketConnection, StartMethod, ThreadPool, Value, ValueGuard,
-    active_children, client, cpu_count, current_process, force_start_method, get_all_start_methods,
-    get_context, get_start_method, init, init_before_main, parent_process, set_start_method, wait,
+    ShmSafe, SimpleQueue, SocketConnection, StartMethod, Synchronized, SynchronizedArray,
+    ThreadPool, Value, ValueGuard, ValueLock, active_children, client, cpu_count, current_process,
+    force_start_method, get_all_start_methods, get_context, get_start_method, init,
+    init_before_main, parent_process, set_start_method, wait,
 };
 
 /// For Python programmers: each `multiprocessing` name and its Rust form,

@@ -916,3 +916,56 @@ fn descriptors_pass_only_over_unix_sockets_and_as_arguments() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Child: connects with the authkey it inherited (or was given), Python's
+/// `Client(address, authkey=current_process().authkey)`.
+fn inherited_key_client(address: Address) -> String {
+    let key = multiproc::current_process().authkey();
+    hello_client((address, key.as_bytes().to_vec()))
+}
+
+/// Python's parent-and-children recipe: the listener uses the process's
+/// authkey, children inherit it and are let in; a child given another key
+/// with `Process::authkey` is refused. Every start method passes the key.
+#[test]
+fn children_authenticate_with_the_inherited_process_authkey() {
+    let me = multiproc::current_process().authkey();
+    for m in METHODS {
+        let listener = Listener::bind(&Address::unique_abstract(), Some(me.as_bytes())).unwrap();
+        let address = listener.address().clone();
+        let mut good = start(Process::new(inherited_key_client, address.clone()).start_method(m));
+        let mut c: SocketConnection<String> = listener.accept_timeout(PROMPTLY).unwrap();
+        assert_eq!(c.recv_timeout(PROMPTLY).unwrap(), "hello", "{m:?}");
+        assert_eq!(good.join_timeout(PROMPTLY).unwrap(), "ok", "{m:?}");
+
+        let other = multiproc::AuthKey::new(b"not the parent's key").unwrap();
+        let mut bad = start(
+            Process::new(inherited_key_client, address.clone())
+                .authkey(other)
+                .start_method(m),
+        );
+        assert!(
+            matches!(
+                listener.accept_timeout::<String>(PROMPTLY),
+                Err(Error::Authentication(_))
+            ),
+            "{m:?}"
+        );
+        assert_eq!(
+            bad.join_timeout(PROMPTLY).unwrap(),
+            "authentication",
+            "{m:?}"
+        );
+    }
+}
+
+/// `Listener::bind(…, None)` authenticates no one (Python 3's
+/// `Listener(authkey=None)`): a client without a key is let in.
+#[test]
+fn a_listener_without_a_key_authenticates_no_one() {
+    let listener = Listener::bind(&Address::unique_abstract(), None).unwrap();
+    let mut c: SocketConnection<u8> = client(listener.address(), None).unwrap();
+    let mut s: SocketConnection<u8> = listener.accept_timeout(PROMPTLY).unwrap();
+    c.send(&7).unwrap();
+    assert_eq!(s.recv_timeout(PROMPTLY).unwrap(), 7);
+}

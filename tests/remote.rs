@@ -643,3 +643,55 @@ fn workers_call_a_type_declared_with_the_attribute_through_its_typed_proxy() {
         master.shutdown().unwrap();
     }
 }
+
+/// Child: connects with no authkey given (so with the one it inherited)
+/// and adds to the named dict; returns what happened.
+fn connect_with_default_key(address: String) -> String {
+    match BaseManager::new().address(address).connect() {
+        Ok(m) => {
+            let stats: DictProxy<String, i64> = m.get("stats").unwrap();
+            stats.insert("child".into(), 1).unwrap();
+            "ok".into()
+        }
+        Err(Error::Authentication(_)) => "authentication".into(),
+        Err(e) => format!("unexpected: {e}"),
+    }
+}
+
+/// Python's `BaseManager(authkey=None)`: the process's authkey. A child
+/// inherits it and connects without being told; one given another key
+/// with `Process::authkey` is refused.
+#[test]
+fn a_manager_without_an_authkey_uses_the_process_key() {
+    for m in METHODS {
+        let master = BaseManager::new()
+            .register::<DictProxy<String, i64>>("stats")
+            .start()
+            .unwrap();
+        let address = master.address().to_string();
+        let mut p = Process::new(connect_with_default_key, address.clone()).start_method(m);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(PROMPTLY * 3).unwrap(), "ok", "{m:?}");
+        let stats: DictProxy<String, i64> = master.get("stats").unwrap();
+        assert_eq!(stats.get(&"child".to_string()).unwrap(), Some(1), "{m:?}");
+
+        let other = multiproc::AuthKey::new(b"another key entirely").unwrap();
+        let mut p = Process::new(connect_with_default_key, address)
+            .authkey(other)
+            .start_method(m);
+        p.start().unwrap();
+        assert_eq!(
+            p.join_timeout(PROMPTLY * 3).unwrap(),
+            "authentication",
+            "{m:?}"
+        );
+        assert!(matches!(
+            BaseManager::new()
+                .address(master.address().to_string())
+                .authkey(b"")
+                .connect(),
+            Err(Error::InvalidArgument(_))
+        ));
+        master.shutdown().unwrap();
+    }
+}

@@ -235,3 +235,135 @@ fn char_arrays_raw_and_value_follow_ctypes() {
     assert_eq!(r.value(), b"");
     assert_eq!(r.raw(), b"\0zz");
 }
+
+/// CPython's `test_getobj_getlock`: a value built with a caller's lock
+/// hands back that lock and its raw value; `lock=False` is a raw value.
+#[test]
+fn test_getobj_getlock() {
+    let lock = Lock::new().unwrap();
+    let v = Value::with_lock(5i32, lock.clone()).unwrap();
+    assert_eq!(v.get().unwrap(), 5);
+    assert_eq!(v.get_obj().get(), 5);
+    {
+        let _held = lock.lock().unwrap();
+        assert!(v.get_lock().is_locked(), "get_lock is the caller's lock");
+        assert!(matches!(v.try_get(), Err(Error::WouldBlock)));
+        assert!(matches!(
+            v.get_timeout(std::time::Duration::from_millis(20)),
+            Err(Error::Timeout(_))
+        ));
+        assert!(matches!(v.try_set(1), Err(Error::WouldBlock)));
+        // The raw value needs no lock.
+        v.get_obj().set(6);
+    }
+    assert_eq!(v.get().unwrap(), 6);
+    let rlock = multiproc::RLock::new().unwrap();
+    let r = Value::with_lock(1u8, rlock.clone()).unwrap();
+    assert_eq!(r.update(|x| x + 1).unwrap(), 2);
+    let raw: RawValue<i32> = Value::without_lock(5).unwrap();
+    assert_eq!(raw.get(), 5);
+}
+
+/// CPython's `test_getobj_getlock_obj`, for arrays.
+#[test]
+fn test_getobj_getlock_obj() {
+    let lock = multiproc::RLock::new().unwrap();
+    let a = Array::with_lock(&(0..10).collect::<Vec<i32>>(), lock.clone()).unwrap();
+    assert_eq!(a.len(), 10);
+    assert_eq!(a.to_vec().unwrap(), (0..10).collect::<Vec<_>>());
+    a.set(3, 30).unwrap();
+    assert_eq!(a.get(3).unwrap(), 30);
+    assert_eq!(a.get_obj().get(3).unwrap(), 30);
+    assert!(matches!(
+        a.get(10),
+        Err(Error::IndexOutOfRange { index: 10, len: 10 })
+    ));
+    a.update(|xs| xs.reverse()).unwrap();
+    assert_eq!(a.get(0).unwrap(), 9);
+    assert!(!a.get_lock().is_locked());
+    let raw = Array::without_lock(&[1u8, 2]).unwrap();
+    assert_eq!(raw.to_vec(), vec![1, 2]);
+}
+
+/// An RLock may be taken again inside `update`'s closure: the closure gets
+/// a copy, never a reference into the segment, so re-entry is sound.
+#[test]
+fn an_rlock_value_may_be_read_inside_its_own_update() {
+    let v = Value::with_lock(1u64, multiproc::RLock::new().unwrap()).unwrap();
+    let new = v
+        .update(|x| {
+            let again = v.get().unwrap();
+            v.set(100).unwrap();
+            x + again
+        })
+        .unwrap();
+    assert_eq!(new, 2, "the update's result is written last");
+    assert_eq!(v.get().unwrap(), 2);
+    assert!(!v.get_lock().is_locked());
+}
+
+/// A panic in `update` releases the lock and leaves the value as it was.
+#[test]
+fn a_panicking_update_releases_the_lock() {
+    let v = Value::with_lock(7i32, Lock::new().unwrap()).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        v.update(|_| panic!("user code")).unwrap()
+    }));
+    assert!(r.is_err());
+    assert!(!v.get_lock().is_locked());
+    assert_eq!(v.try_get().unwrap(), 7);
+    let a = Array::with_lock(&[1u8, 2], Lock::new().unwrap()).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        a.update(|xs| {
+            xs[0] = 9;
+            panic!("user code")
+        })
+        .unwrap()
+    }));
+    assert!(r.is_err());
+    assert_eq!(a.try_get(0).unwrap(), 1, "nothing written");
+}
+
+type Pair = (
+    multiproc::Synchronized<u64, Lock>,
+    multiproc::Synchronized<u64, Lock>,
+    multiproc::SynchronizedArray<u64, Lock>,
+);
+
+/// Both values and the array change together under their one lock.
+fn add_to_both(pair: Pair) {
+    let (hits, misses, totals) = pair;
+    for _ in 0..500 {
+        hits.update(|n| n + 1).unwrap();
+        let _held = hits.get_lock().lock().unwrap();
+        let h = hits.get_obj().get();
+        misses.get_obj().set(misses.get_obj().get() + 1);
+        totals.get_obj().set(0, h).unwrap();
+    }
+}
+
+/// Python's `Value('i', 0, lock=shared)` shared by children: counts are
+/// exact and the values guarded together stay consistent.
+#[test]
+fn values_sharing_a_callers_lock_count_exactly_in_children() {
+    for m in [
+        StartMethod::Spawn,
+        StartMethod::Fork,
+        StartMethod::Forkserver,
+    ] {
+        let lock = Lock::new().unwrap();
+        let hits = Value::with_lock(0u64, lock.clone()).unwrap();
+        let misses = Value::with_lock(0u64, lock.clone()).unwrap();
+        let totals = Array::with_lock(&[0u64], lock.clone()).unwrap();
+        util::run_each(
+            m,
+            add_to_both,
+            (0..3).map(|_| (hits.clone(), misses.clone(), totals.clone())),
+        );
+        assert_eq!(hits.get().unwrap(), 1500, "{m:?}");
+        assert_eq!(misses.get().unwrap(), 1500, "{m:?}");
+        assert!(totals.get(0).unwrap() <= 1500, "{m:?}");
+        assert!(!lock.is_locked());
+    }
+    assert!(util::shm_leaks().is_empty());
+}

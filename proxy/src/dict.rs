@@ -183,12 +183,54 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
             })
     }
 
+    /// A snapshot of the whole dict as a plain `HashMap` (Python's `d.copy()`,
+    /// which also gives a plain dict, not a proxy), in one round trip.
+    pub fn copy(&self) -> Result<std::collections::HashMap<K, V>>
+    where
+        K: Eq + std::hash::Hash,
+    {
+        Ok(self.items()?.into_iter().collect())
+    }
+
+    /// Removes some entry and returns it (Python's `d.popitem()`; the
+    /// server's dict has no order, so which entry is not specified);
+    /// `Err(KeyNotFound)` if the dict is empty. One round trip, and no
+    /// other client can take the same entry.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let manager = multiproc::Manager::start().unwrap();
+    /// let d = manager.dict_from([("a".to_string(), 1u8)]).unwrap();
+    /// assert_eq!(d.popitem().unwrap(), ("a".to_string(), 1));
+    /// assert!(matches!(d.popitem(), Err(multiproc::Error::KeyNotFound(_))));
+    /// manager.shutdown().unwrap();
+    /// ```
+    pub fn popitem(&self) -> Result<(K, V)> {
+        let popped = self
+            .core
+            .call(Method::DictPopItem, Args::default(), |conn, r| {
+                read_many(conn, r, |items| {
+                    let k = items.next().ok_or_else(crate::client::unexpected)?;
+                    let v = items.next().ok_or_else(crate::client::unexpected)?;
+                    Ok((K::decode(k)?, V::decode(v)?))
+                })
+            });
+        match popped {
+            Err(multiproc_runtime::Error::KeyNotFound(_)) => Err(
+                multiproc_runtime::Error::KeyNotFound("popitem(): dictionary is empty".into()),
+            ),
+            r => r,
+        }
+    }
+
     /// Inserts every pair, in one round trip (Python's `d.update(pairs)`).
     pub fn update(&self, pairs: impl IntoIterator<Item = (K, V)>) -> Result<()> {
+        // The pairs live until the call returns (see `ListProxy::extend`).
+        let pairs: Vec<(K, V)> = pairs.into_iter().collect();
         let mut encoded = Vec::new();
-        for (k, v) in pairs {
-            encoded.push(self.core.encode(&k)?);
-            encoded.push(self.core.encode(&v)?);
+        for (k, v) in &pairs {
+            encoded.push(self.core.encode(k)?);
+            encoded.push(self.core.encode(v)?);
         }
         let args = Args {
             batch: encoded.iter().map(|e| e.blob()).collect(),

@@ -3,7 +3,10 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use multiproc_runtime::manager::protocol::Method;
+use std::cmp::Ordering;
+use std::ops::{Bound, RangeBounds};
+
+use multiproc_runtime::manager::protocol::{Blob, Method, list_digest, u64_arg};
 use multiproc_runtime::{Error, Result, Shareable};
 
 use crate::core::{
@@ -89,9 +92,13 @@ impl<T: Shareable> ListProxy<T> {
 
     /// Appends every value, in one round trip.
     pub fn extend(&self, values: impl IntoIterator<Item = T>) -> Result<()> {
+        // The values live until the call returns: a proxy among them,
+        // dropped once encoded, would release its object before the
+        // server took the list's reference to it.
+        let values: Vec<T> = values.into_iter().collect();
         let encoded = values
-            .into_iter()
-            .map(|v| self.core.encode(&v))
+            .iter()
+            .map(|v| self.core.encode(v))
             .collect::<Result<Vec<_>>>()?;
         let args = Args {
             batch: encoded.iter().map(|e| e.blob()).collect(),
@@ -197,6 +204,226 @@ impl<T: Shareable> ListProxy<T> {
     pub fn clear(&self) -> Result<()> {
         self.core
             .call(Method::ListClear, Args::default(), read_unit)
+    }
+
+    /// `index` counting from the end when negative, as Python's `l[-1]`.
+    fn signed_arg(index: isize) -> i64 {
+        // isize is at most 64 bits on every target Rust supports here.
+        index as i64
+    }
+
+    /// A copy of element `index`, counting from the end when negative
+    /// (`get_signed(-1)` is the last, Python's `l[-1]`);
+    /// `Err(IndexOutOfRange)` outside the list (a negative index, which
+    /// `usize` cannot carry, is reported as `index: usize::MAX`).
+    pub fn get_signed(&self, index: isize) -> Result<T> {
+        let args = Args {
+            index: Self::signed_arg(index),
+            ..Args::default()
+        };
+        self.core
+            .call(Method::ListGet, args, read_value)?
+            .ok_or_else(crate::client::unexpected)
+    }
+
+    /// Overwrites element `index`, counting from the end when negative;
+    /// `Err(IndexOutOfRange)` outside the list.
+    pub fn set_signed(&self, index: isize, value: T) -> Result<()> {
+        let v = self.core.encode(&value)?;
+        let args = Args {
+            index: Self::signed_arg(index),
+            value: Some(v.blob()),
+            ..Args::default()
+        };
+        self.core.call(Method::ListSet, args, read_unit)
+    }
+
+    /// Removes and returns element `index`, counting from the end when
+    /// negative (`pop_signed(-1)` is [`ListProxy::pop`] on a non-empty list);
+    /// `Err(IndexOutOfRange)` outside the list, an empty one included.
+    pub fn pop_signed(&self, index: isize) -> Result<T> {
+        if index == -1 {
+            // The server reads -1 as "the last, if any" (`pop`).
+            return self.pop()?.ok_or(Error::IndexOutOfRange {
+                index: usize::MAX,
+                len: 0,
+            });
+        }
+        let args = Args {
+            index: Self::signed_arg(index),
+            ..Args::default()
+        };
+        self.core
+            .call(Method::ListPop, args, read_value)?
+            .ok_or_else(crate::client::unexpected)
+    }
+
+    /// The range as the server takes it: `(start, end)`, `end` `u64::MAX`
+    /// for "to the end"; `Err(InvalidArgument)` if it ends before it starts.
+    fn range_args(&self, range: &impl RangeBounds<usize>) -> Result<(i64, u64)> {
+        let overflow = || Error::InvalidArgument("the range's bounds overflow usize".into());
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.checked_add(1).ok_or_else(overflow)?,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => Some(e.checked_add(1).ok_or_else(overflow)?),
+            Bound::Excluded(&e) => Some(e),
+            Bound::Unbounded => None,
+        };
+        if let Some(end) = end
+            && start > end
+        {
+            return Err(Error::InvalidArgument(format!(
+                "the range {start}..{end} ends before it starts"
+            )));
+        }
+        let start = self.index_arg(start)?;
+        Ok((start, end.map_or(u64::MAX, |e| e as u64)))
+    }
+
+    /// Copies of the elements in `range` (Python's `l[a:b]`, without its
+    /// clamping): `Err(IndexOutOfRange)` if the range reaches past the end,
+    /// `Err(InvalidArgument)` if it ends before it starts. One round trip.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let manager = multiproc::Manager::start().unwrap();
+    /// let l = manager.list_from(vec![0u8, 1, 2, 3, 4]).unwrap();
+    /// assert_eq!(l.get_range(1..3).unwrap(), vec![1, 2]);
+    /// assert_eq!(l.get_range(3..).unwrap(), vec![3, 4]);
+    /// l.set_range(1..4, [9]).unwrap();
+    /// assert_eq!(l.to_vec().unwrap(), vec![0, 9, 4]);
+    /// assert!(matches!(l.get_range(2..7), Err(multiproc::Error::IndexOutOfRange { index: 7, len: 3 })));
+    /// manager.shutdown().unwrap();
+    /// ```
+    pub fn get_range(&self, range: impl RangeBounds<usize>) -> Result<Vec<T>> {
+        let (start, end) = self.range_args(&range)?;
+        let end = u64_arg(end);
+        let args = Args {
+            index: start,
+            key: Some(Blob::plain(&end)),
+            ..Args::default()
+        };
+        self.core.call(Method::ListGetRange, args, |conn, r| {
+            read_many(conn, r, |items| items.map(T::decode).collect())
+        })
+    }
+
+    /// Replaces the elements in `range` by `values`, which may be more or
+    /// fewer (Python's `l[a:b] = values`), in one step no other client sees
+    /// half done. Bad ranges as for [`ListProxy::get_range`], changing nothing.
+    pub fn set_range(
+        &self,
+        range: impl RangeBounds<usize>,
+        values: impl IntoIterator<Item = T>,
+    ) -> Result<()> {
+        let (start, end) = self.range_args(&range)?;
+        // The values live until the call returns: a proxy among them,
+        // dropped once encoded, would release its object before the
+        // server took the list's reference to it.
+        let values: Vec<T> = values.into_iter().collect();
+        let encoded = values
+            .iter()
+            .map(|v| self.core.encode(v))
+            .collect::<Result<Vec<_>>>()?;
+        let end = u64_arg(end);
+        let args = Args {
+            index: start,
+            key: Some(Blob::plain(&end)),
+            batch: encoded.iter().map(|e| e.blob()).collect(),
+            ..Args::default()
+        };
+        self.core.call(Method::ListSetRange, args, read_unit)
+    }
+
+    /// Whether some element equals `value` (by encoded bytes; Python's `in`).
+    pub fn contains(&self, value: &T) -> Result<bool> {
+        Ok(self.index(value)?.is_some())
+    }
+
+    /// How many elements equal `value` (by encoded bytes).
+    pub fn count(&self, value: &T) -> Result<usize> {
+        let v = self.core.encode(value)?;
+        let args = Args {
+            value: Some(v.blob()),
+            ..Args::default()
+        };
+        self.core.call(Method::ListCount, args, read_len)
+    }
+
+    /// Appends copies of every element of `other` (Python's
+    /// `l.extend(other_proxy)`): a snapshot of `other`, then one append, so
+    /// `l.extend_from(&l)` doubles `l`. `other` may live in another manager.
+    pub fn extend_from(&self, other: &ListProxy<T>) -> Result<()> {
+        self.extend(other.to_vec()?)
+    }
+
+    /// Sorts the list in ascending order, stably (Python's `l.sort()`).
+    ///
+    /// The server never decodes values, so the order is computed here from
+    /// a snapshot and the server applies it, only if the list is still that
+    /// snapshot; otherwise this sorts the newer list again. Other clients
+    /// never see a half-sorted list, and nothing is copied back and forth
+    /// but the snapshot and the new positions.
+    ///
+    /// ```
+    /// multiproc::init();
+    /// let manager = multiproc::Manager::start().unwrap();
+    /// let l = manager.list_from(vec![3i32, -1, 2]).unwrap();
+    /// l.sort().unwrap();
+    /// assert_eq!(l.to_vec().unwrap(), vec![-1, 2, 3]);
+    /// l.sort_by_key(|v| v.abs()).unwrap();
+    /// assert_eq!(l.to_vec().unwrap(), vec![-1, 2, 3]);
+    /// l.sort_by(|a, b| b.cmp(a)).unwrap();
+    /// assert_eq!(l.to_vec().unwrap(), vec![3, 2, -1]);
+    /// manager.shutdown().unwrap();
+    /// ```
+    pub fn sort(&self) -> Result<()>
+    where
+        T: Ord,
+    {
+        self.sort_by(T::cmp)
+    }
+
+    /// Sorts the list by `key`, stably (Python's `l.sort(key=…)`); see
+    /// [`ListProxy::sort`]. `key` may run more than once per element.
+    pub fn sort_by_key<K: Ord>(&self, mut key: impl FnMut(&T) -> K) -> Result<()> {
+        self.sort_by(|a, b| key(a).cmp(&key(b)))
+    }
+
+    /// Sorts the list with `compare`, stably; see [`ListProxy::sort`]
+    /// (`l.sort(reverse=True)` is `l.sort_by(|a, b| b.cmp(a))`).
+    pub fn sort_by(&self, mut compare: impl FnMut(&T, &T) -> Ordering) -> Result<()> {
+        loop {
+            let (digest, values) =
+                self.core
+                    .call(Method::ListSnapshot, Args::default(), |conn, r| {
+                        read_many(conn, r, |items| {
+                            let raw: Vec<&[u8]> = items.collect();
+                            let values = raw
+                                .iter()
+                                .map(|b| T::decode(b))
+                                .collect::<Result<Vec<T>>>()?;
+                            Ok((list_digest(raw), values))
+                        })
+                    })?;
+            let mut order: Vec<usize> = (0..values.len()).collect();
+            order.sort_by(|&a, &b| compare(&values[a], &values[b]));
+            if order.iter().enumerate().all(|(i, &o)| i == o) {
+                return Ok(());
+            }
+            let positions: Vec<[u8; 8]> = order.iter().map(|&i| u64_arg(i as u64)).collect();
+            let args = Args {
+                expected: Some(Blob::plain(&digest)),
+                batch: positions.iter().map(|p| Blob::plain(p)).collect(),
+                ..Args::default()
+            };
+            if self.core.call(Method::ListApplyOrder, args, read_bool)? {
+                return Ok(());
+            }
+        }
     }
 
     /// A snapshot of the whole list.

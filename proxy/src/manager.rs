@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use multiproc_runtime::__internal::{DEFAULT_CAPACITY_BYTES, ShmSpec, sys};
+use multiproc_runtime::__internal::{DEFAULT_CAPACITY_BYTES, Initializer, ShmSpec, sys};
 use multiproc_runtime::deadline::Deadline;
 use multiproc_runtime::handle::ShareHandle;
 use multiproc_runtime::manager::protocol::{ArchivedResponse, Request};
@@ -139,6 +139,8 @@ pub struct ManagerBuilder {
     authkey: Option<AuthKey>,
     allow_root: bool,
     limits: Limits,
+    /// The server's initializer, or why its argument could not be encoded.
+    init: Option<std::result::Result<Initializer, String>>,
 }
 
 impl std::fmt::Debug for ManagerBuilder {
@@ -148,11 +150,53 @@ impl std::fmt::Debug for ManagerBuilder {
             .field("own_authkey", &self.authkey.is_some())
             .field("allow_root", &self.allow_root)
             .field("limits", &self.limits)
+            .field("initializer", &self.init.is_some())
             .finish()
     }
 }
 
+/// The server process: runs the initializer, if any, then serves.
+fn serve_with_init((boot, options, init): (ServerBoot, ServeOptions, Option<Initializer>)) {
+    if let Some(init) = init {
+        // SAFETY: made by `ManagerBuilder::initializer` in the process that
+        // started this one, from this same binary (spawn checked its
+        // identity; fork and forkserver children are copies).
+        if let Err(e) = unsafe { init.run() } {
+            tracing::error!("manager initializer failed: {e}");
+            boot.publish_failed(&e);
+            return;
+        }
+    }
+    serve_with((boot, options));
+}
+
 impl ManagerBuilder {
+    /// Runs `f(arg)` in the server process before it serves (Python's
+    /// `SyncManager.start(initializer, initargs)`): to set up logging,
+    /// signal dispositions or process-wide state there. A panic in it
+    /// fails [`ManagerBuilder::start`] with [`Error::ManagerGone`] carrying
+    /// the panic's message; the start waits for it as long as for the
+    /// server to listen (a minute), so it should be quick.
+    ///
+    /// ```
+    /// fn greet(name: String) {
+    ///     assert_eq!(name, "server");
+    /// }
+    ///
+    /// fn main() {
+    ///     multiproc::init();
+    ///     let manager = multiproc::Manager::builder()
+    ///         .initializer(greet, "server".to_string())
+    ///         .start()
+    ///         .unwrap();
+    ///     manager.shutdown().unwrap();
+    /// }
+    /// ```
+    pub fn initializer<A: Shareable>(mut self, f: fn(A), arg: A) -> Self {
+        self.init = Some(Initializer::new(f, &arg).map_err(|e| e.to_string()));
+        self
+    }
+
     /// Starts the server with `method` instead of the default.
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.method = Some(method);
@@ -210,7 +254,16 @@ impl ManagerBuilder {
             limits: self.limits,
             python: None,
         };
-        let mut p = Process::new(serve_with, (boot.clone(), options))
+        let init = match self.init {
+            Some(Ok(init)) => Some(init),
+            Some(Err(e)) => {
+                return Err(Error::Codec(format!(
+                    "the manager initializer's argument: {e}"
+                )));
+            }
+            None => None,
+        };
+        let mut p = Process::new(serve_with_init, (boot.clone(), options, init))
             .name("SyncManager")
             .daemon(true);
         if let Some(m) = self.method {
@@ -437,7 +490,19 @@ impl Manager {
     /// A new unbounded joinable queue, created by the server (Python's
     /// `manager.JoinableQueue()`).
     pub fn joinable_queue<T: Shareable>(&self) -> Result<JoinableQueue<T>> {
-        self.create_shm(JoinableQueue::<T>::spec(0, DEFAULT_CAPACITY_BYTES)?, |_| {})
+        self.joinable_queue_with_maxsize(0)
+    }
+
+    /// A new joinable queue holding at most `maxsize` messages (0: no
+    /// limit), created by the server (Python's `manager.JoinableQueue(maxsize)`).
+    pub fn joinable_queue_with_maxsize<T: Shareable>(
+        &self,
+        maxsize: usize,
+    ) -> Result<JoinableQueue<T>> {
+        self.create_shm(
+            JoinableQueue::<T>::spec(maxsize, DEFAULT_CAPACITY_BYTES)?,
+            |_| {},
+        )
     }
 
     /// A new shared value holding `v`, created by the server (Python's `manager.Value()`).

@@ -29,9 +29,26 @@ pub struct NamespaceProxy {
     core: Arc<ProxyCore>,
 }
 
+/// Lists the attributes and the types they were set as, sorted by name,
+/// hiding names that start with `_` (as Python's `Namespace` repr does):
+/// `Namespace { answer: u32 }`. The server keeps values encoded and
+/// never decodes them, so the types stand in for them. Asks the server; if
+/// it cannot be reached, shows the proxy and why instead.
 impl std::fmt::Debug for NamespaceProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.core.fmt(f)
+        match self.attributes() {
+            Ok(attrs) => {
+                let mut d = f.debug_struct("Namespace");
+                for (name, type_name) in attrs.iter().filter(|(n, _)| !n.starts_with('_')) {
+                    d.field(name, &format_args!("{type_name}"));
+                }
+                d.finish()
+            }
+            Err(e) => {
+                self.core.fmt(f)?;
+                write!(f, " (attributes unavailable: {e})")
+            }
+        }
     }
 }
 
@@ -100,6 +117,27 @@ impl NamespaceProxy {
             ..Args::default()
         };
         self.core.call(Method::NsContains, args, read_bool)
+    }
+
+    /// Each attribute's name and the name of the type it was set as,
+    /// sorted by name (underscored names included).
+    pub fn attributes(&self) -> Result<Vec<(String, String)>> {
+        let utf8 =
+            |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|e| Error::Protocol(e.to_string()));
+        let mut attrs = self
+            .core
+            .call(Method::NsDescribe, Args::default(), |conn, r| {
+                read_many(conn, r, |items| {
+                    let mut out = Vec::new();
+                    while let Some(name) = items.next() {
+                        let ty = items.next().ok_or_else(crate::client::unexpected)?;
+                        out.push((utf8(name)?, utf8(ty)?));
+                    }
+                    Ok(out)
+                })
+            })?;
+        attrs.sort();
+        Ok(attrs)
     }
 
     /// The names of the attributes set.

@@ -28,7 +28,7 @@ use multiproc_runtime::manager::{
 };
 use multiproc_runtime::manager::{ServedObject, USER_OBJECT_BIT};
 use multiproc_runtime::py::{PythonOptions, Value};
-use multiproc_runtime::{Error, Process, Result, Shareable};
+use multiproc_runtime::{Error, Process, Result, Shareable, StartMethod};
 use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
@@ -173,6 +173,7 @@ pub struct BaseManager<U = ()> {
     max_frame: Option<u64>,
     limits: Limits,
     python: Option<PythonOptions>,
+    method: Option<StartMethod>,
     _user: PhantomData<fn() -> U>,
 }
 
@@ -186,6 +187,7 @@ impl<U> Clone for BaseManager<U> {
             max_frame: self.max_frame,
             limits: self.limits,
             python: self.python.clone(),
+            method: self.method,
             _user: PhantomData,
         }
     }
@@ -199,6 +201,7 @@ impl<U> std::fmt::Debug for BaseManager<U> {
             .field("user_objects", &self.user_names)
             .field("max_frame", &self.max_frame)
             .field("limits", &self.limits)
+            .field("start_method", &self.method)
             .finish_non_exhaustive()
     }
 }
@@ -210,7 +213,8 @@ impl Default for BaseManager {
 }
 
 impl BaseManager {
-    /// A manager for `127.0.0.1:0` (a free port) with no authkey yet.
+    /// A manager for `127.0.0.1:0` (a free port), with this process's
+    /// authkey unless [`BaseManager::authkey`] gives another.
     pub fn new() -> BaseManager {
         BaseManager {
             address: "127.0.0.1:0".into(),
@@ -220,6 +224,7 @@ impl BaseManager {
             max_frame: None,
             limits: Limits::default(),
             python: None,
+            method: None,
             _user: PhantomData,
         }
     }
@@ -241,8 +246,16 @@ impl<U: UserTypes> BaseManager<U> {
             max_frame: self.max_frame,
             limits: self.limits,
             python: self.python,
+            method: self.method,
             _user: PhantomData,
         }
+    }
+
+    /// The start method of the server process [`BaseManager::start`]
+    /// starts (default: the global default; Python's `BaseManager(ctx=…)`).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
     }
 
     /// Where the server listens, or the client connects: `host:port`
@@ -252,9 +265,14 @@ impl<U: UserTypes> BaseManager<U> {
         self
     }
 
-    /// The shared secret both sides prove they know (required; any
-    /// non-empty key, as in Python, though a long random one is what keeps
-    /// guessers out: `multiproc serve` asks for at least 16 bytes).
+    /// The shared secret both sides prove they know: any non-empty key, as
+    /// in Python, though a long random one is what keeps guessers out
+    /// (`multiproc serve` asks for at least 16 bytes). Without one, the
+    /// manager uses this process's
+    /// [`current_process().authkey()`](multiproc_runtime::CurrentProcess::authkey),
+    /// as Python's `BaseManager(authkey=None)` does: a server started so is
+    /// reached by this process and its children (which inherit the key),
+    /// and a program elsewhere must be given the key.
     pub fn authkey(mut self, authkey: impl AsRef<[u8]>) -> Self {
         self.authkey = Some(authkey.as_ref().to_vec());
         self
@@ -365,12 +383,17 @@ impl<U: UserTypes> BaseManager<U> {
             })
     }
 
+    /// The key given, or this process's own (Python's `BaseManager(authkey=None)`).
     fn key(&self) -> Result<Vec<u8>> {
         match &self.authkey {
             Some(k) if !k.is_empty() => Ok(k.clone()),
-            _ => Err(Error::InvalidArgument(
+            Some(_) => Err(Error::InvalidArgument(
                 "a remote manager needs a non-empty authkey".into(),
             )),
+            None => Ok(multiproc_runtime::current_process()
+                .authkey()
+                .as_bytes()
+                .to_vec()),
         }
     }
 
@@ -405,6 +428,9 @@ impl<U: UserTypes> BaseManager<U> {
         let mut p = Process::new(server_main::<U>, args)
             .name("BaseManager")
             .daemon(true);
+        if let Some(m) = self.method {
+            p = p.start_method(m);
+        }
         client::forking_server(|| p.start())?;
         if let Err(e) = boot.wait_ready(|| p.is_alive(), Deadline::after(START_TIMEOUT)) {
             let _ = p.kill();
@@ -656,6 +682,10 @@ struct Inner {
     tcp: SocketAddr,
     address: ServerAddress,
     process: Mutex<Option<Process<()>>>,
+    /// The server's pid, if this process started it.
+    pid: Option<i32>,
+    /// How the server process ended, once `shutdown` reaped it.
+    exit: Mutex<Option<i32>>,
     python: Option<SocketAddr>,
 }
 
@@ -691,7 +721,9 @@ impl RemoteManager {
                 owner: sys::process::getpid(),
                 tcp: address,
                 address: server,
+                pid: process.as_ref().and_then(Process::pid),
                 process: Mutex::new(process),
+                exit: Mutex::new(None),
                 python,
             }),
         };
@@ -704,6 +736,28 @@ impl RemoteManager {
     /// The server's TCP address.
     pub fn address(&self) -> SocketAddr {
         self.inner.tcp
+    }
+
+    /// The server process's pid, if this process started it with
+    /// [`BaseManager::start`] (Python's `manager._process.pid`); `None`
+    /// for a server connected to.
+    pub fn pid(&self) -> Option<i32> {
+        self.inner.pid
+    }
+
+    /// How the server process this process started ended (Python's
+    /// `manager._process.exitcode`): `None` while it runs (or if this
+    /// process did not start it), its exit code (0 after a clean
+    /// [`RemoteManager::shutdown`]), or minus the signal that killed it.
+    pub fn exitcode(&self) -> Option<i32> {
+        if let Some(code) = *self.inner.exit.lock() {
+            return Some(code);
+        }
+        self.inner
+            .process
+            .lock()
+            .as_ref()
+            .and_then(Process::exitcode)
     }
 
     /// Where CPython clients connect, for a server this process started
@@ -873,14 +927,12 @@ impl RemoteManager {
         if self.inner.owner != sys::process::getpid() {
             return Ok(());
         }
-        match p.join_timeout(EXIT_TIMEOUT) {
-            Err(Error::Timeout(_)) => {
-                let _ = p.kill();
-                let _ = p.join();
-                Ok(())
-            }
-            _ => Ok(()),
+        if let Err(Error::Timeout(_)) = p.join_timeout(EXIT_TIMEOUT) {
+            let _ = p.kill();
+            let _ = p.join();
         }
+        *self.inner.exit.lock() = p.exitcode();
+        Ok(())
     }
 }
 

@@ -51,7 +51,10 @@ pub use process::{
     get_context, get_start_method, init, parent_process, set_start_method,
 };
 pub use queue::{JoinableQueue, Queue, SimpleQueue};
-pub use sharedctypes::{Array, ArrayGuard, AtomicInt, RawArray, RawValue, Value, ValueGuard};
+pub use sharedctypes::{
+    Array, ArrayGuard, AtomicInt, RawArray, RawValue, Synchronized, SynchronizedArray, Value,
+    ValueGuard, ValueLock,
+};
 pub use shm::{Segment, ShmSafe};
 pub use sync::{
     Acquired, Barrier, BoundedSemaphore, Condition, ConditionGuard, ConditionLock, DataLock,
@@ -66,7 +69,9 @@ pub use rkyv;
 #[doc(hidden)]
 pub mod __internal {
     pub use crate::codec::field_travels;
-    pub use crate::process::{ForkHook, ForkMutex, forkserver_pid, register_fork_hook};
+    pub use crate::process::{
+        ForkHook, ForkMutex, Initializer, forkserver_pid, register_fork_hook,
+    };
     pub use crate::queue::DEFAULT_CAPACITY_BYTES;
     pub use crate::shm::{Kind, ShmSpec, fingerprint_str};
     pub use crate::sync::spin::set_spin_limit;

@@ -205,6 +205,14 @@ impl fmt::Debug for Listener {
 impl Listener {
     /// Listens at `address`; clients must prove they know `authkey` if one is given.
     ///
+    /// `None` authenticates no one, as Python 3's `Listener(authkey=None)`
+    /// (only managers default to the process's key). For Python's usual
+    /// parent-and-children set-up, pass this process's key,
+    /// `Some(current_process().authkey().as_bytes())`: children inherit it
+    /// (or get another through [`Process::authkey`](crate::Process::authkey)),
+    /// so they pass the same expression to [`client`] and nothing secret
+    /// travels.
+    ///
     /// A Unix socket file that already exists, or a TCP port in use, is an
     /// [`Error::Io`] of kind `AddrInUse` (as in Python), whose text names
     /// the address.
@@ -336,7 +344,9 @@ impl Listener {
 }
 
 /// Connects to a [`Listener`] at `address`, authenticating with `authkey`
-/// if given (Python's `Client`).
+/// if given (Python's `Client`; `None` authenticates nothing, as Python 3's
+/// `Client(authkey=None)`: pass `Some(current_process().authkey().as_bytes())`
+/// to use the key this process inherited, see [`Listener::bind`]).
 ///
 /// A listener that rejects the key makes this [`Error::Authentication`],
 /// and so does a listener without a key (it sends no challenge: this side

@@ -783,6 +783,12 @@ fn call_method(
                 }
             }
         }
+        DictPopItem => dict_pop_item(t, id, out, limit, &mut taken)?,
+        ListCount => list_count(t, id, value()?, out)?,
+        ListGetRange => list_get_range(t, id, call, out, &mut give)?,
+        ListSetRange => list_set_range(t, id, owner, call, out, &mut gone)?,
+        ListApplyOrder => list_apply_order(t, id, call, out)?,
+        NsDescribe => ns_describe(t, id, out)?,
         NsNames => {
             let ns = namespace_of(t, id)?;
             let items: Vec<&[u8]> = ns.keys().map(|k| k.as_bytes()).collect();
@@ -979,4 +985,172 @@ fn namespace_of(t: &mut Table, id: ObjectId) -> Result<&mut HashMap<String, Attr
         Data::Namespace(ns) => Ok(ns),
         _ => Err(wrong_shape()),
     }
+}
+
+/// `DictPopItem`: takes out some entry (a dict has no order here), answered
+/// with its key and value before it is taken, so a too-large one stays.
+fn dict_pop_item(
+    t: &mut Table,
+    id: ObjectId,
+    out: &mut AlignedVec,
+    limit: usize,
+    taken: &mut Vec<Stored>,
+) -> Result<(), RemoteError> {
+    let d = dict_of(t, id)?;
+    let Some((k, s)) = d.iter().next() else {
+        return Err(RemoteError::KeyNotFound);
+    };
+    emit(
+        out,
+        &Response::Many {
+            items: vec![k, &s.bytes],
+            refs: s.refs.to_vec(),
+        },
+    );
+    fits(out, limit)?;
+    let k = k.clone();
+    taken.extend(d.remove(&k));
+    Ok(())
+}
+
+/// `ListCount`: how many elements have `value`'s bytes.
+fn list_count(
+    t: &mut Table,
+    id: ObjectId,
+    value: &ArchivedBlob<'_>,
+    out: &mut AlignedVec,
+) -> Result<(), RemoteError> {
+    let l = list_of(t, id)?;
+    let n = l.iter().filter(|s| *s.bytes == *value.bytes).count();
+    emit(out, &Response::Len(n as u64));
+    Ok(())
+}
+
+/// The range `index..end` a range call names, checked against `len`:
+/// `IndexOutOfRange` naming the first bad bound.
+fn range_of(call: &ArchivedCall<'_>, len: usize) -> Result<std::ops::Range<usize>, RemoteError> {
+    let end = need(call.key.as_ref(), "range end")?;
+    let end = crate::manager::protocol::read_u64_arg(&end.bytes)
+        .ok_or_else(|| RemoteError::Malformed("a range end is 8 bytes".into()))?;
+    // u64::MAX: to the end of the list, whatever its length.
+    let end = if end == u64::MAX { len as u64 } else { end };
+    let start = call.index.to_native();
+    let bad = |index: i64| RemoteError::IndexOutOfRange {
+        index,
+        len: len as u64,
+    };
+    if end > len as u64 {
+        return Err(bad(i64::try_from(end).unwrap_or(i64::MAX)));
+    }
+    if start < 0 || start as u64 > end {
+        return Err(bad(start));
+    }
+    Ok(start as usize..end as usize)
+}
+
+/// `ListGetRange`: the elements of a range, in order.
+fn list_get_range(
+    t: &mut Table,
+    id: ObjectId,
+    call: &ArchivedCall<'_>,
+    out: &mut AlignedVec,
+    give: &mut Vec<ObjectId>,
+) -> Result<(), RemoteError> {
+    let l = list_of(t, id)?;
+    let part = &l[range_of(call, l.len())?];
+    part.iter().for_each(|s| give.extend_from_slice(&s.refs));
+    emit(
+        out,
+        &Response::Many {
+            items: part.iter().map(|s| &*s.bytes).collect(),
+            refs: give.clone(),
+        },
+    );
+    Ok(())
+}
+
+/// `ListSetRange`: replaces a range by the call's batch (of any length, as
+/// Python's `l[a:b] = values`); a bad range changes nothing.
+fn list_set_range(
+    t: &mut Table,
+    id: ObjectId,
+    owner: u64,
+    call: &ArchivedCall<'_>,
+    out: &mut AlignedVec,
+    gone: &mut Vec<Stored>,
+) -> Result<(), RemoteError> {
+    let items: Vec<Stored> = call
+        .batch
+        .iter()
+        .map(|b| Stored::from_blob(b, owner))
+        .collect();
+    let (charge, refs) = load(&items);
+    let freed = {
+        let l = list_of(t, id)?;
+        let range = range_of(call, l.len())?;
+        l[range].iter().map(|s| credit(Some(s), owner)).sum()
+    };
+    storing(t, owner, (charge, freed), &refs, |t| {
+        let l = list_of(t, id)?;
+        let range = range_of(call, l.len())?;
+        gone.extend(l.splice(range, items));
+        Ok(())
+    })?;
+    emit(out, &Response::Unit);
+    Ok(())
+}
+
+/// `ListApplyOrder`: reorders the list as the caller computed from a
+/// snapshot, if the list is still that snapshot (`Bool(false)` otherwise:
+/// the caller sorts again). The order must be a permutation of the list's
+/// positions.
+fn list_apply_order(
+    t: &mut Table,
+    id: ObjectId,
+    call: &ArchivedCall<'_>,
+    out: &mut AlignedVec,
+) -> Result<(), RemoteError> {
+    let expected = need(call.expected.as_ref(), "digest")?;
+    let l = list_of(t, id)?;
+    let digest = crate::manager::protocol::list_digest(l.iter().map(|s| &*s.bytes));
+    if *expected.bytes != digest {
+        emit(out, &Response::Bool(false));
+        return Ok(());
+    }
+    let bad = || RemoteError::Malformed("an order must be a permutation of the list".into());
+    if call.batch.len() != l.len() {
+        return Err(bad());
+    }
+    let mut seen = vec![false; l.len()];
+    let mut order = Vec::with_capacity(l.len());
+    for b in call.batch.iter() {
+        let i = crate::manager::protocol::read_u64_arg(&b.bytes).ok_or_else(bad)?;
+        let i = usize::try_from(i).map_err(|_| bad())?;
+        if i >= l.len() || std::mem::replace(&mut seen[i], true) {
+            return Err(bad());
+        }
+        order.push(i);
+    }
+    let mut old: Vec<Option<Stored>> = std::mem::take(l).into_iter().map(Some).collect();
+    // Every position is in `order` exactly once (checked above).
+    l.extend(order.into_iter().filter_map(|i| old[i].take()));
+    emit(out, &Response::Bool(true));
+    Ok(())
+}
+
+/// `NsDescribe`: each attribute's name and the type it was set as.
+fn ns_describe(t: &mut Table, id: ObjectId, out: &mut AlignedVec) -> Result<(), RemoteError> {
+    let ns = namespace_of(t, id)?;
+    let items: Vec<&[u8]> = ns
+        .iter()
+        .flat_map(|(name, a)| [name.as_bytes(), a.type_name.as_bytes()])
+        .collect();
+    emit(
+        out,
+        &Response::Many {
+            items,
+            refs: Vec::new(),
+        },
+    );
+    Ok(())
 }

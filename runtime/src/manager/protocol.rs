@@ -174,6 +174,8 @@ pub enum Method {
     DictClear = 10,
     DictSetDefault = 11,
     DictCompareAndSwap = 12,
+    /// Takes out some entry: `Many([key, value])`; `Error(KeyNotFound)` when empty.
+    DictPopItem = 13,
     ListPush = 30,
     ListExtend = 31,
     ListGet = 32,
@@ -186,11 +188,24 @@ pub enum Method {
     ListReverse = 39,
     ListSnapshot = 40,
     ListClear = 41,
+    /// How many elements equal `value` (by bytes): `Len(n)`.
+    ListCount = 42,
+    /// The elements `index..end` ([`u64_arg`] in `key`; `u64::MAX`: to the
+    /// end): `Many(items)`.
+    ListGetRange = 43,
+    /// Replaces the elements `index..end` ([`u64_arg`] in `key`) by `batch`.
+    ListSetRange = 44,
+    /// Reorders the list: element `i` becomes the one at old position
+    /// `batch[i]` ([`u64_arg`] each), only if the list's [`list_digest`] is
+    /// still `expected`: `Bool(done)`.
+    ListApplyOrder = 45,
     NsGet = 60,
     NsSet = 61,
     NsDelete = 62,
     NsContains = 63,
     NsNames = 64,
+    /// The attributes' names and type names, in pairs: `Many`.
+    NsDescribe = 65,
     /// Takes the lock if it is free (never waits), for the process whose
     /// pid is `index`: answered with `Acquired`.
     LockTryAcquire = 90,
@@ -238,7 +253,7 @@ impl Method {
     /// The method with this number, if there is one.
     pub fn from_u32(n: u32) -> Option<Method> {
         use Method::*;
-        const ALL: [Method; 56] = [
+        const ALL: [Method; 62] = [
             DictGet,
             DictInsert,
             DictRemove,
@@ -251,6 +266,7 @@ impl Method {
             DictClear,
             DictSetDefault,
             DictCompareAndSwap,
+            DictPopItem,
             ListPush,
             ListExtend,
             ListGet,
@@ -263,11 +279,16 @@ impl Method {
             ListReverse,
             ListSnapshot,
             ListClear,
+            ListCount,
+            ListGetRange,
+            ListSetRange,
+            ListApplyOrder,
             NsGet,
             NsSet,
             NsDelete,
             NsContains,
             NsNames,
+            NsDescribe,
             LockTryAcquire,
             LockRelease,
             LockWaitFree,
@@ -334,6 +355,30 @@ impl Method {
                 | QueueJoin
         )
     }
+}
+
+/// A number as a call carries it in a blob (8 bytes, little-endian): the
+/// end of a list range in `key`, the positions of a list order in `batch`.
+pub fn u64_arg(n: u64) -> [u8; 8] {
+    n.to_le_bytes()
+}
+
+/// Reads what [`u64_arg`] made; `None` if it is not 8 bytes.
+pub fn read_u64_arg(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
+/// A digest of a list's encoded elements, in order: what
+/// [`Method::ListApplyOrder`] checks to know that the list is still the one
+/// its order was computed from.
+pub fn list_digest<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for item in items {
+        h.update((item.len() as u64).to_le_bytes());
+        h.update(item);
+    }
+    h.finalize().into()
 }
 
 /// Encoded user data, with the managed objects it refers to.

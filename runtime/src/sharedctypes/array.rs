@@ -8,6 +8,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
 use crate::sharedctypes::atomic;
+use crate::sharedctypes::{SynchronizedArray, ValueLock};
 use crate::shm::{Kind, ShmObject, ShmSafe, ShmSpec, fingerprint};
 use crate::sync::{Acquired, DataLock, RawLock};
 
@@ -258,6 +259,20 @@ impl<T: ShmSafe> Array<T> {
     /// A shared array of `len` copies of `value` (see [`RawArray::from_elem`]).
     pub fn from_elem(value: T, len: usize) -> Result<Self> {
         Elems::create(Kind::Array, len, |_| value).map(|elems| Array { elems })
+    }
+
+    /// A shared array holding a copy of `values`, guarded by a caller's
+    /// [`Lock`](crate::Lock) or [`RLock`](crate::RLock) (Python's
+    /// `Array(typecode, values, lock=lock)`), which may guard other values
+    /// too. Every access copies; see [`SynchronizedArray`].
+    pub fn with_lock<L: ValueLock>(values: &[T], lock: L) -> Result<SynchronizedArray<T, L>> {
+        SynchronizedArray::new(values, lock)
+    }
+
+    /// A shared array with no lock at all (Python's `Array(…, lock=False)`,
+    /// which is a `RawArray`).
+    pub fn without_lock(values: &[T]) -> Result<RawArray<T>> {
+        RawArray::new(values)
     }
 
     /// The number of elements (fixed at creation).

@@ -9,6 +9,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
 use crate::sharedctypes::atomic::{self, AtomicInt, atomic_methods};
+use crate::sharedctypes::{Synchronized, ValueLock};
 use crate::shm::{Kind, ShmObject, ShmSafe, ShmSpec, fingerprint};
 use crate::sync::{Acquired, DataLock, RawLock};
 
@@ -142,6 +143,22 @@ impl<T: ShmSafe> Value<T> {
             obj,
             _t: PhantomData,
         })
+    }
+
+    /// A new shared value holding `v`, guarded by a caller's [`Lock`] or
+    /// [`RLock`] (Python's `Value(typecode, v, lock=lock)`), which may guard
+    /// other values too. Every access copies; see [`Synchronized`].
+    ///
+    /// [`Lock`]: crate::Lock
+    /// [`RLock`]: crate::RLock
+    pub fn with_lock<L: ValueLock>(v: T, lock: L) -> Result<Synchronized<T, L>> {
+        Synchronized::new(v, lock)
+    }
+
+    /// A new shared value with no lock at all (Python's `Value(…, lock=False)`,
+    /// which is a `RawValue`).
+    pub fn without_lock(v: T) -> Result<RawValue<T>> {
+        RawValue::new(v)
     }
 
     fn cell(&self) -> *mut T {

@@ -1,0 +1,149 @@
+//! How managers start: a server initializer (Python's
+//! `SyncManager.start(initializer)`), a joinable queue with a maxsize, and a
+//! started `BaseManager`'s server pid, exit code and start method.
+
+mod util;
+
+use multiproc::{
+    BaseManager, DictProxy, Error, JoinableQueue, Manager, NamespaceProxy, StartMethod,
+};
+use util::{PROMPTLY, eventually};
+
+multiproc::init_before_main!();
+
+const METHODS: [StartMethod; 3] = [
+    StartMethod::Spawn,
+    StartMethod::Fork,
+    StartMethod::Forkserver,
+];
+
+fn set_test(ns: NamespaceProxy) {
+    ns.set("test", 1u32).unwrap();
+    ns.set("server_pid", std::process::id()).unwrap();
+}
+
+/// CPython's `test_manager_initializer`: the initializer runs in the new
+/// manager's server, before `start` returns.
+#[test]
+fn test_manager_initializer() {
+    let first = Manager::start().unwrap();
+    for m in METHODS {
+        let ns = first.namespace().unwrap();
+        let second = Manager::builder()
+            .start_method(m)
+            .initializer(set_test, ns.clone())
+            .start()
+            .unwrap();
+        assert_eq!(ns.get::<u32>("test").unwrap(), 1, "{m:?}");
+        assert_eq!(
+            ns.get::<u32>("server_pid").unwrap() as i32,
+            second.pid(),
+            "{m:?}: it ran in the server"
+        );
+        second.shutdown().unwrap();
+    }
+    first.shutdown().unwrap();
+}
+
+fn fail_to_start(why: String) {
+    panic!("{why}");
+}
+
+/// A panicking initializer fails `start` with its message.
+#[test]
+fn a_panicking_manager_initializer_fails_start() {
+    for m in METHODS {
+        let r = Manager::builder()
+            .start_method(m)
+            .initializer(fail_to_start, "no config file".to_string())
+            .start();
+        match r {
+            Err(Error::ManagerGone(msg)) => {
+                assert!(msg.contains("no config file"), "{m:?}: {msg}")
+            }
+            other => panic!("{m:?}: {other:?}"),
+        }
+    }
+}
+
+fn take_two(q: JoinableQueue<u32>) -> Vec<u32> {
+    let got = vec![
+        q.get_timeout(PROMPTLY).unwrap(),
+        q.get_timeout(PROMPTLY).unwrap(),
+    ];
+    q.task_done().unwrap();
+    q.task_done().unwrap();
+    got
+}
+
+/// Python's `manager.JoinableQueue(maxsize)`: a full queue refuses more,
+/// a child drains it and marks the tasks done.
+#[test]
+fn test_joinable_queue_with_maxsize() {
+    for m in METHODS {
+        let manager = Manager::start_with(m).unwrap();
+        let q = manager.joinable_queue_with_maxsize::<u32>(2).unwrap();
+        q.try_put(1).unwrap();
+        q.try_put(2).unwrap();
+        assert!(matches!(q.try_put(3), Err(Error::Full)), "{m:?}");
+        assert!(
+            matches!(
+                q.try_join(),
+                Err(Error::WouldBlock) | Err(Error::Timeout(_))
+            ),
+            "{m:?}"
+        );
+        let got = util::run_each(m, take_two, [q.clone()]).remove(0);
+        assert_eq!(got, vec![1, 2], "{m:?}");
+        q.join_timeout(PROMPTLY).unwrap();
+        q.try_put(3).unwrap();
+        manager.shutdown().unwrap();
+    }
+}
+
+/// A started `BaseManager` tells its server's pid and, once it ended, its
+/// exit code; the server runs under the start method asked for.
+#[test]
+fn a_started_base_managers_server_pid_and_exit_code() {
+    for m in METHODS {
+        let master = BaseManager::new()
+            .authkey(b"pid and exit code")
+            .start_method(m)
+            .register::<DictProxy<String, i64>>("stats")
+            .start()
+            .unwrap();
+        let pid = master.pid().expect("started here");
+        assert_ne!(pid, std::process::id() as i32);
+        assert!(
+            multiproc::active_children().iter().any(|c| c.pid == pid),
+            "{m:?}"
+        );
+        assert_eq!(master.exitcode(), None, "{m:?}: running");
+        let connected = BaseManager::new()
+            .address(master.address().to_string())
+            .authkey(b"pid and exit code")
+            .connect()
+            .unwrap();
+        assert_eq!(connected.pid(), None, "{m:?}: not started here");
+        master.shutdown().unwrap();
+        assert_eq!(master.exitcode(), Some(0), "{m:?}");
+        assert!(util::is_gone(pid), "{m:?}");
+    }
+}
+
+/// A server killed by a signal reports minus the signal, as Python does.
+#[test]
+fn a_killed_base_manager_server_reports_the_signal() {
+    let master = BaseManager::new()
+        .authkey(b"killed server")
+        .register::<DictProxy<String, i64>>("stats")
+        .start()
+        .unwrap();
+    let pid = master.pid().unwrap();
+    // SAFETY: kill(2) on our own child, which is alive (not yet reaped).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    assert!(eventually(PROMPTLY, || master.exitcode().is_some()));
+    assert_eq!(master.exitcode(), Some(-libc::SIGKILL));
+    master.shutdown().unwrap();
+    assert_eq!(master.exitcode(), Some(-libc::SIGKILL));
+}
