@@ -309,3 +309,89 @@ fn join_after_a_dropped_imap_does_not_hang() {
         }
     }
 }
+
+/// Sleeps `ms` milliseconds and says which worker ran it.
+fn sleep_on(ms: u64) -> (u64, i32) {
+    std::thread::sleep(Duration::from_millis(ms));
+    (ms, multiproc::current_process().pid)
+}
+
+/// Issue #17: with one long task and short ones in `Pool(2)`, the idle worker
+/// takes every short task; none waits behind the long one.
+#[test]
+fn an_idle_worker_takes_the_next_task() {
+    for m in METHODS {
+        let p = pool(m, 2);
+        let started = std::time::Instant::now();
+        let done = p.map(sleep_on, [2_000, 100, 100, 100, 100], None).unwrap();
+        let elapsed = started.elapsed();
+        let long_pid = done[0].1;
+        for &(ms, pid) in &done[1..] {
+            assert_ne!(
+                pid, long_pid,
+                "{m:?}: a {ms} ms task waited behind the long one"
+            );
+        }
+        // Generous: the long task alone takes 2 s; today's order took 2.2 s.
+        assert!(elapsed < Duration::from_secs(4), "{m:?}: {elapsed:?}");
+
+        // The same with the long task submitted on its own first.
+        let long = p.apply_async(sleep_on, 1_500).unwrap();
+        let short = p.map(sleep_on, [50; 6], 1).unwrap();
+        let long_pid = long.get().unwrap().1;
+        assert!(short.iter().all(|&(_, pid)| pid != long_pid), "{m:?}");
+    }
+}
+
+/// Issue #14: `map` encodes its input as workers take it; the chunks the
+/// parent holds stay bounded whatever the input's length.
+#[test]
+fn map_holds_a_bounded_number_of_chunks() {
+    const N: u64 = 200_000;
+    let p = pool(StartMethod::Fork, 2);
+    let out = p.map(square, 0..N, 1).unwrap();
+    assert_eq!(out.len(), N as usize);
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, &v)| v == (i as u64) * (i as u64))
+    );
+    let peak = p.chunks_held_peak();
+    assert!((1..=2 * 64 + 1).contains(&peak), "peak {peak}");
+
+    let got: u64 = p
+        .imap(square, 0..N, 1)
+        .unwrap()
+        .map(Result::unwrap)
+        .fold(0, u64::wrapping_add);
+    assert_eq!(got, (0..N).map(|x| x * x).fold(0, u64::wrapping_add));
+    let peak = p.chunks_held_peak();
+    assert!(peak <= 2 * 64 + 1, "peak {peak}");
+
+    let p = Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::Fork)
+        .prefetch(1)
+        .build()
+        .unwrap();
+    assert_eq!(p.map(square, 0..5_000, 1).unwrap().len(), 5_000);
+    let peak = p.chunks_held_peak();
+    assert!(peak <= 3, "prefetch(1): peak {peak}");
+    assert!(matches!(
+        Pool::builder().processes(1).prefetch(0).build(),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+/// A map's errors: the lowest-index failure wins, once every item is done.
+#[test]
+fn map_reports_its_first_failure_by_index() {
+    for m in METHODS {
+        let p = pool(m, 2);
+        match p.map(panics_on_3, (0..10).rev().chain(3..4), 1) {
+            Err(Error::Remote(msg)) => assert!(msg.contains("three"), "{msg}"),
+            other => panic!("{m:?}: {other:?}"),
+        }
+        assert_eq!(p.map(square, 0..3, 1).unwrap(), vec![0, 1, 4]);
+    }
+}

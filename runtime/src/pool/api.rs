@@ -11,8 +11,17 @@ use crate::pool::submit;
 use crate::pool::thread_backend::Threads;
 use crate::pool::wire::Star2;
 
-/// Chunks a worker may hold at once (pipelining hides the round trip).
+/// The most chunks a worker holds at once while its window adapts
+/// (pipelining hides the round trip; see `core`'s scheduling notes).
 pub(crate) const MAX_INFLIGHT: usize = 64;
+
+/// Checks a user's `prefetch`.
+pub(crate) fn check_prefetch(prefetch: Option<usize>) -> Result<()> {
+    if prefetch == Some(0) {
+        return Err(Error::InvalidArgument("prefetch must be at least 1".into()));
+    }
+    Ok(())
+}
 
 pub(crate) fn check_workers(n: usize, maxtasks: Option<usize>) -> Result<()> {
     if n == 0 {
@@ -250,7 +259,8 @@ impl ThreadPool {
         let config = Config {
             processes: n,
             maxtasks,
-            max_inflight: MAX_INFLIGHT,
+            cap: MAX_INFLIGHT,
+            prefetch: None,
         };
         Ok(ThreadPool {
             core: Arc::new(Core::start(backend, reports, config)?),

@@ -142,7 +142,9 @@ where
                 first,
                 len,
                 task,
-                together: false,
+                // Results that are ready together travel in one report
+                // (the worker holds them at most `REPORT_DELAY`).
+                together: true,
             }),
             None => Feed::Done,
         }

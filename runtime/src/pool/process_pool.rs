@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::codec::Shareable;
 use crate::error::{Error, Result};
-use crate::pool::api::{MAX_INFLIGHT, check_workers, pool_methods};
+use crate::pool::api::{MAX_INFLIGHT, check_prefetch, check_workers, pool_methods};
 use crate::pool::async_result::{AsyncResult, Callbacks};
 use crate::pool::core::{Config, Core};
 use crate::pool::imap::IMapIterator;
@@ -43,6 +43,7 @@ pub struct PoolBuilder {
     init: Option<InitSpec>,
     init_error: Option<Error>,
     maxtasks: Option<usize>,
+    prefetch: Option<usize>,
 }
 
 impl PoolBuilder {
@@ -73,6 +74,21 @@ impl PoolBuilder {
         self
     }
 
+    /// The most chunks a worker holds at once: the one it runs and `n - 1`
+    /// queued behind it.
+    ///
+    /// By default the pool chooses, per task function, from how long its
+    /// recent chunks took: up to about 2 ms of work queued at a worker (and
+    /// at most 64 chunks), one chunk at a time for a function not seen yet.
+    /// So an idle worker takes the next chunk while a busy one runs a long
+    /// task, and trivial tasks still stream without a round trip between
+    /// them. A larger `n` trades that fairness for fewer hand-overs; `1` is
+    /// strictly one chunk at a time, as Python's pool does.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = Some(n);
+        self
+    }
+
     /// Starts the workers.
     pub fn build(self) -> Result<Pool> {
         if let Some(e) = self.init_error {
@@ -80,6 +96,7 @@ impl PoolBuilder {
         }
         let n = self.processes.unwrap_or_else(crate::process::cpu_count);
         check_workers(n, self.maxtasks)?;
+        check_prefetch(self.prefetch)?;
         let method = self
             .method
             .unwrap_or_else(crate::process::start_method_for_pool);
@@ -87,7 +104,8 @@ impl PoolBuilder {
         let config = Config {
             processes: n,
             maxtasks: self.maxtasks,
-            max_inflight: MAX_INFLIGHT,
+            cap: MAX_INFLIGHT,
+            prefetch: self.prefetch,
         };
         Ok(Pool {
             core: Arc::new(Core::start(backend, reports, config)?),
@@ -114,6 +132,16 @@ impl Pool {
             .into_iter()
             .flatten()
             .collect()
+    }
+
+    /// The most chunks this pool has held at once: encoded and waiting for
+    /// a worker, or sent and not yet reported.
+    ///
+    /// Inputs are encoded as workers take them, so this stays within about
+    /// `processes() × 64 + 1` (or `× prefetch`) whatever the length of the
+    /// inputs, besides one chunk per `apply_async` not yet done.
+    pub fn chunks_held_peak(&self) -> usize {
+        self.core.held_peak()
     }
 
     pool_methods!();
