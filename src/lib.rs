@@ -247,8 +247,8 @@
 //! fn main() {
 //!     multiproc::init();
 //!     let pool = multiproc::Pool::new(2).unwrap();
-//!     assert_eq!(pool.map(square, 1..=4, None).unwrap(), vec![1, 4, 9, 16]);
-//!     let mut lazy = pool.imap(square, 1u64.., 8).unwrap();
+//!     assert_eq!(pool.map(square, 1..=4).unwrap(), vec![1, 4, 9, 16]);
+//!     let mut lazy = pool.chunksize(8).imap(square, 1u64..).unwrap();
 //!     assert_eq!(lazy.next().unwrap().unwrap(), 1);
 //! }
 //! ```
@@ -407,11 +407,11 @@ pub use multiproc_proxy::{
 };
 pub use multiproc_runtime::{
     Acquired, Address, Array, ArrayGuard, AsyncResult, AtomicInt, AuthKey, Barrier,
-    BoundedSemaphore, Callbacks, ChildInfo, Condition, ConditionGuard, ConditionLock, Connection,
-    Context, CurrentProcess, DataLock, DataLockGuard, Error, Event, IMapIterator, JoinableQueue,
-    Listener, Lock, LockGuard, ParentProcess, Pipe, Pool, PoolBuilder, Process, Queue, Quota,
-    RLock, RLockGuard, RawArray, RawValue, Result, Segment, Semaphore, Sentinel, Shareable,
-    ShmSafe, SimpleQueue, SocketConnection, StartMethod, ThreadPool, Value, ValueGuard,
+    BoundedSemaphore, Callbacks, ChildInfo, Chunked, Condition, ConditionGuard, ConditionLock,
+    Connection, Context, CurrentProcess, DataLock, DataLockGuard, Error, Event, IMapIterator,
+    JoinableQueue, Listener, Lock, LockGuard, ParentProcess, Pipe, Pool, PoolBuilder, Process,
+    Queue, Quota, RLock, RLockGuard, RawArray, RawValue, Result, Segment, Semaphore, Sentinel,
+    Shareable, ShmSafe, SimpleQueue, SocketConnection, StartMethod, ThreadPool, Value, ValueGuard,
     active_children, client, cpu_count, current_process, force_start_method, get_all_start_methods,
     get_context, get_start_method, init, init_before_main, parent_process, set_start_method, wait,
 };

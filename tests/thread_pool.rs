@@ -34,40 +34,35 @@ fn thread_name(_: ()) -> String {
 fn map_starmap_imap_over_10k_items() {
     let pool = ThreadPool::new(3).unwrap();
     let expected: Vec<u64> = (0..10_000).map(|x| x * x).collect();
-    assert_eq!(pool.map(square, 0..10_000, None).unwrap(), expected);
-    assert_eq!(pool.map(square, 0..10_000, 1).unwrap(), expected);
+    assert_eq!(pool.map(square, 0..10_000).unwrap(), expected);
+    assert_eq!(pool.chunksize(1).map(square, 0..10_000).unwrap(), expected);
     let pairs: Vec<(u64, u64)> = (0..10_000).map(|x| (x, 1)).collect();
-    let sums = pool.starmap(add, pairs, 7).unwrap();
+    let sums = pool.chunksize(7).starmap(add, pairs).unwrap();
     assert_eq!(sums, (1..=10_000).collect::<Vec<u64>>());
     let ordered: Vec<u64> = pool
-        .imap(square, 0..10_000u64, 13)
+        .chunksize(13)
+        .imap(square, 0..10_000u64)
         .unwrap()
         .map(Result::unwrap)
         .collect();
     assert_eq!(ordered, expected);
     let mut unordered: Vec<u64> = pool
-        .imap_unordered(square, 0..10_000u64, None)
+        .imap_unordered(square, 0..10_000u64)
         .unwrap()
         .map(Result::unwrap)
         .collect();
     unordered.sort();
     assert_eq!(unordered, expected);
-    assert!(
-        pool.map(square, Vec::<u64>::new(), None)
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(
-        pool.imap(square, Vec::<u64>::new(), None).unwrap().count(),
-        0
-    );
+    assert!(pool.map(square, Vec::<u64>::new()).unwrap().is_empty());
+    assert_eq!(pool.imap(square, Vec::<u64>::new()).unwrap().count(), 0);
 }
 
 #[test]
 fn imap_over_an_endless_iterator_stops_early() {
     let pool = ThreadPool::new(2).unwrap();
     let first: Vec<u64> = pool
-        .imap(square, 0u64.., 4)
+        .chunksize(4)
+        .imap(square, 0u64..)
         .unwrap()
         .take(100)
         .map(Result::unwrap)
@@ -117,7 +112,7 @@ fn callbacks_and_errors() {
     }
     assert!(seen.get().contains("seven is bad"));
     assert!(matches!(
-        pool.map(fails_on_7, 0..10, 1),
+        pool.chunksize(1).map(fails_on_7, 0..10),
         Err(Error::Remote(_))
     ));
     // The worker stays usable after a panicking task.
@@ -127,7 +122,7 @@ fn callbacks_and_errors() {
 #[test]
 fn async_result_timeouts_and_state() {
     let pool = ThreadPool::new(1).unwrap();
-    let mut r = pool.apply_async(slow, 300).unwrap();
+    let r = pool.apply_async(slow, 300).unwrap();
     assert!(!r.ready());
     assert!(matches!(r.successful(), Err(Error::InvalidState(_))));
     assert!(matches!(
@@ -154,11 +149,11 @@ fn lifecycle_and_bad_input() {
     ));
     let pool = ThreadPool::new(2).unwrap();
     assert!(matches!(
-        pool.map(square, 0..4, 0),
+        pool.chunksize(0).map(square, 0..4),
         Err(Error::InvalidArgument(_))
     ));
     assert!(matches!(pool.join(), Err(Error::InvalidState(_))));
-    let pending = pool.map_async(slow, vec![50, 50, 50], 1).unwrap();
+    let pending = pool.chunksize(1).map_async(slow, vec![50, 50, 50]).unwrap();
     pool.close();
     assert!(matches!(pool.apply(square, 1), Err(Error::InvalidState(_))));
     pool.join().unwrap();
@@ -176,7 +171,7 @@ fn lifecycle_and_bad_input() {
 fn initializer_and_maxtasksperchild() {
     fn init(_: u8) {}
     let pool = ThreadPool::with_options(2, Some((init as fn(u8), 0u8)), Some(2)).unwrap();
-    let names: Vec<String> = pool.map(thread_name, vec![(); 20], 1).unwrap();
+    let names: Vec<String> = pool.chunksize(1).map(thread_name, vec![(); 20]).unwrap();
     let mut distinct = names.clone();
     distinct.sort();
     distinct.dedup();
@@ -189,7 +184,7 @@ fn initializer_and_maxtasksperchild() {
         panic!("init exploded")
     }
     let pool = ThreadPool::with_options(2, Some((bad_init as fn(u8), 0u8)), None).unwrap();
-    match pool.map(square, 0..10, None) {
+    match pool.map(square, 0..10) {
         Err(Error::Remote(msg)) => assert!(msg.contains("init exploded"), "{msg}"),
         other => panic!("{other:?}"),
     }

@@ -37,9 +37,143 @@ pub(crate) fn check_workers(n: usize, maxtasks: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// The calls over many items (`map`, `starmap`, `imap`…), on a pool and on
+/// its [`Chunked`] view. They need `pool_core()`, `pool_workers()` and
+/// `call_chunksize()` on `Self`.
+macro_rules! batch_methods {
+    () => {
+        /// Applies `f` to every item and returns the results in order, or the
+        /// error of the first item (by index) that failed, once every item
+        /// is done. Chunk size: Python's default here; set one with
+        /// [`chunksize`](Self::chunksize).
+        ///
+        /// The input is read whole first, here; if it panics, the call fails
+        /// with [`Error::InputPanicked`] and runs nothing. Its items are
+        /// encoded a chunk at a time as workers take them.
+        pub fn map<A: Shareable, R: Shareable>(
+            &self,
+            f: fn(A) -> R,
+            items: impl IntoIterator<Item = A>,
+        ) -> Result<Vec<R>> {
+            self.map_async(f, items)?.get()
+        }
+
+        /// [`map`](Self::map) whose result comes later.
+        pub fn map_async<A: Shareable, R: Shareable>(
+            &self,
+            f: fn(A) -> R,
+            items: impl IntoIterator<Item = A>,
+        ) -> Result<AsyncResult<Vec<R>>> {
+            self.map_async_with(f, items, Callbacks::new())
+        }
+
+        /// [`map_async`](Self::map_async) with callbacks.
+        pub fn map_async_with<A: Shareable, R: Shareable>(
+            &self,
+            f: fn(A) -> R,
+            items: impl IntoIterator<Item = A>,
+            callbacks: Callbacks<Vec<R>>,
+        ) -> Result<AsyncResult<Vec<R>>> {
+            let items: Vec<A> = submit::collect_input(items)?;
+            submit::map_async(
+                self.pool_core(),
+                self.pool_workers(),
+                f,
+                items,
+                self.call_chunksize(),
+                callbacks,
+            )
+        }
+
+        /// Calls `f(a, b)` for every `(a, b)` item (Python's `starmap`).
+        pub fn starmap<A: Shareable, B: Shareable, R: Shareable>(
+            &self,
+            f: fn(A, B) -> R,
+            items: impl IntoIterator<Item = (A, B)>,
+        ) -> Result<Vec<R>>
+        where
+            (A, B): Shareable,
+        {
+            self.starmap_async(f, items)?.get()
+        }
+
+        /// [`starmap`](Self::starmap) whose result comes later.
+        pub fn starmap_async<A: Shareable, B: Shareable, R: Shareable>(
+            &self,
+            f: fn(A, B) -> R,
+            items: impl IntoIterator<Item = (A, B)>,
+        ) -> Result<AsyncResult<Vec<R>>>
+        where
+            (A, B): Shareable,
+        {
+            self.starmap_async_with(f, items, Callbacks::new())
+        }
+
+        /// [`starmap_async`](Self::starmap_async) with callbacks.
+        pub fn starmap_async_with<A: Shareable, B: Shareable, R: Shareable>(
+            &self,
+            f: fn(A, B) -> R,
+            items: impl IntoIterator<Item = (A, B)>,
+            callbacks: Callbacks<Vec<R>>,
+        ) -> Result<AsyncResult<Vec<R>>>
+        where
+            (A, B): Shareable,
+        {
+            let items: Vec<(A, B)> = submit::collect_input(items)?;
+            submit::map_async(
+                self.pool_core(),
+                self.pool_workers(),
+                Star2(f),
+                items,
+                self.call_chunksize(),
+                callbacks,
+            )
+        }
+
+        /// Applies `f` lazily over `items`, yielding results in order.
+        /// Chunk size: 1 here, as in Python; set one with
+        /// [`chunksize`](Self::chunksize).
+        pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Result<IMapIterator<R>>
+        where
+            A: Shareable,
+            R: Shareable,
+            I: IntoIterator<Item = A>,
+            I::IntoIter: Send + 'static,
+        {
+            submit::imap(
+                self.pool_core(),
+                self.pool_workers(),
+                f,
+                items.into_iter(),
+                self.call_chunksize(),
+                true,
+            )
+        }
+
+        /// As [`imap`](Self::imap), yielding results as they finish.
+        pub fn imap_unordered<A, R, I>(&self, f: fn(A) -> R, items: I) -> Result<IMapIterator<R>>
+        where
+            A: Shareable,
+            R: Shareable,
+            I: IntoIterator<Item = A>,
+            I::IntoIter: Send + 'static,
+        {
+            submit::imap(
+                self.pool_core(),
+                self.pool_workers(),
+                f,
+                items.into_iter(),
+                self.call_chunksize(),
+                false,
+            )
+        }
+    };
+}
+pub(crate) use batch_methods;
+
 /// The methods both pools share, with Python's names.
 macro_rules! pool_methods {
-    () => {
+    ($pool:ty, $backend:ty) => {
         /// Runs `f(arg)` in a worker and waits for the result.
         pub fn apply<A: Shareable, R: Shareable>(&self, f: fn(A) -> R, arg: A) -> Result<R> {
             self.apply_async(f, arg)?.get()
@@ -65,129 +199,21 @@ macro_rules! pool_methods {
             submit::apply_async(&self.core, f, arg, callbacks)
         }
 
-        /// Applies `f` to every item and returns the results in order, or
-        /// the first error. `chunksize`: `None` for Python's default.
+        /// The calls over many items with `n` items to a chunk (Python's
+        /// `chunksize=`): `pool.chunksize(8).map(f, items)`.
         ///
-        /// The input is read whole first, here; if it panics, the call
-        /// fails with [`Error::InputPanicked`] and runs nothing.
-        pub fn map<A: Shareable, R: Shareable>(
-            &self,
-            f: fn(A) -> R,
-            items: impl IntoIterator<Item = A>,
-            chunksize: impl Into<Option<usize>>,
-        ) -> Result<Vec<R>> {
-            self.map_async(f, items, chunksize)?.get()
+        /// A chunk goes to one worker as one message and its results come
+        /// back together: larger chunks cost fewer hand-overs, smaller ones
+        /// share the work out more evenly. `0` makes each call fail with
+        /// [`Error::InvalidArgument`].
+        pub fn chunksize(&self, n: usize) -> Chunked<'_, $pool> {
+            Chunked {
+                pool: self,
+                chunksize: n,
+            }
         }
 
-        /// [`map`](Self::map) whose result comes later.
-        pub fn map_async<A: Shareable, R: Shareable>(
-            &self,
-            f: fn(A) -> R,
-            items: impl IntoIterator<Item = A>,
-            chunksize: impl Into<Option<usize>>,
-        ) -> Result<AsyncResult<Vec<R>>> {
-            self.map_async_with(f, items, chunksize, Callbacks::new())
-        }
-
-        /// [`map_async`](Self::map_async) with callbacks.
-        pub fn map_async_with<A: Shareable, R: Shareable>(
-            &self,
-            f: fn(A) -> R,
-            items: impl IntoIterator<Item = A>,
-            chunksize: impl Into<Option<usize>>,
-            callbacks: Callbacks<Vec<R>>,
-        ) -> Result<AsyncResult<Vec<R>>> {
-            let items: Vec<A> = submit::collect_input(items)?;
-            submit::map_async(
-                &self.core,
-                self.workers,
-                f,
-                items,
-                chunksize.into(),
-                callbacks,
-            )
-        }
-
-        /// Calls `f(a, b)` for every `(a, b)` item (Python's `starmap`).
-        pub fn starmap<A: Shareable, B: Shareable, R: Shareable>(
-            &self,
-            f: fn(A, B) -> R,
-            items: impl IntoIterator<Item = (A, B)>,
-            chunksize: impl Into<Option<usize>>,
-        ) -> Result<Vec<R>>
-        where
-            (A, B): Shareable,
-        {
-            self.starmap_async(f, items, chunksize)?.get()
-        }
-
-        /// [`starmap`](Self::starmap) whose result comes later.
-        pub fn starmap_async<A: Shareable, B: Shareable, R: Shareable>(
-            &self,
-            f: fn(A, B) -> R,
-            items: impl IntoIterator<Item = (A, B)>,
-            chunksize: impl Into<Option<usize>>,
-        ) -> Result<AsyncResult<Vec<R>>>
-        where
-            (A, B): Shareable,
-        {
-            let items: Vec<(A, B)> = submit::collect_input(items)?;
-            submit::map_async(
-                &self.core,
-                self.workers,
-                Star2(f),
-                items,
-                chunksize.into(),
-                Callbacks::new(),
-            )
-        }
-
-        /// Applies `f` lazily over `items`, yielding results in order.
-        /// `chunksize`: `None` means 1, as in Python.
-        pub fn imap<A, R, I>(
-            &self,
-            f: fn(A) -> R,
-            items: I,
-            chunksize: impl Into<Option<usize>>,
-        ) -> Result<IMapIterator<R>>
-        where
-            A: Shareable,
-            R: Shareable,
-            I: IntoIterator<Item = A>,
-            I::IntoIter: Send + 'static,
-        {
-            submit::imap(
-                &self.core,
-                self.workers,
-                f,
-                items.into_iter(),
-                chunksize.into(),
-                true,
-            )
-        }
-
-        /// As [`imap`](Self::imap), yielding results as they finish.
-        pub fn imap_unordered<A, R, I>(
-            &self,
-            f: fn(A) -> R,
-            items: I,
-            chunksize: impl Into<Option<usize>>,
-        ) -> Result<IMapIterator<R>>
-        where
-            A: Shareable,
-            R: Shareable,
-            I: IntoIterator<Item = A>,
-            I::IntoIter: Send + 'static,
-        {
-            submit::imap(
-                &self.core,
-                self.workers,
-                f,
-                items.into_iter(),
-                chunksize.into(),
-                false,
-            )
-        }
+        batch_methods!();
 
         /// Accepts no more work; workers exit once the submitted work is done.
         pub fn close(&self) {
@@ -208,8 +234,54 @@ macro_rules! pool_methods {
         pub fn processes(&self) -> usize {
             self.workers
         }
+
+        fn pool_core(&self) -> &Arc<Core<$backend>> {
+            &self.core
+        }
+
+        fn pool_workers(&self) -> usize {
+            self.workers
+        }
+
+        fn call_chunksize(&self) -> Option<usize> {
+            None
+        }
     };
 }
+/// A pool with a chunk size for its calls over many items, from
+/// [`Pool::chunksize`](crate::Pool::chunksize) or
+/// [`ThreadPool::chunksize`]: `pool.chunksize(8).map(f, items)`.
+///
+/// It borrows the pool and holds nothing else; make one per call or keep it.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunked<'a, P> {
+    pub(crate) pool: &'a P,
+    pub(crate) chunksize: usize,
+}
+
+/// `Chunked`'s methods for one kind of pool.
+macro_rules! chunked_methods {
+    ($pool:ty, $backend:ty) => {
+        impl Chunked<'_, $pool> {
+            batch_methods!();
+
+            fn pool_core(&self) -> &Arc<Core<$backend>> {
+                &self.pool.core
+            }
+
+            fn pool_workers(&self) -> usize {
+                self.pool.workers
+            }
+
+            fn call_chunksize(&self) -> Option<usize> {
+                Some(self.chunksize)
+            }
+        }
+    };
+}
+
+chunked_methods!(ThreadPool, Threads);
+chunked_methods!(crate::Pool, crate::pool::process_backend::Processes);
 pub(crate) use pool_methods;
 
 /// A pool of worker threads with the same API as [`Pool`](crate::Pool)
@@ -222,11 +294,11 @@ pub(crate) use pool_methods;
 /// ```
 /// fn double(x: u32) -> u32 { x * 2 }
 /// let pool = multiproc::ThreadPool::new(2).unwrap();
-/// assert_eq!(pool.map(double, 1..=3, None).unwrap(), vec![2, 4, 6]);
+/// assert_eq!(pool.map(double, 1..=3).unwrap(), vec![2, 4, 6]);
 /// ```
 pub struct ThreadPool {
-    core: Arc<Core<Threads>>,
-    workers: usize,
+    pub(crate) core: Arc<Core<Threads>>,
+    pub(crate) workers: usize,
 }
 
 impl ThreadPool {
@@ -268,7 +340,7 @@ impl ThreadPool {
         })
     }
 
-    pool_methods!();
+    pool_methods!(ThreadPool, Threads);
 }
 
 impl std::fmt::Debug for ThreadPool {

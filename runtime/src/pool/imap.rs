@@ -222,6 +222,19 @@ impl<R> IMapIterator<R> {
     }
 }
 
+impl<R> std::fmt::Debug for IMapIterator<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.shared.state.lock();
+        f.debug_struct("IMapIterator")
+            .field("ordered", &s.ordered)
+            .field("yielded", &s.next)
+            .field("submitted", &s.submitted)
+            .field("ready", &s.ready.len())
+            .field("total", &s.total)
+            .finish()
+    }
+}
+
 impl<R> Iterator for IMapIterator<R> {
     type Item = Result<R>;
 

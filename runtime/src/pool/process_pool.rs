@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use crate::codec::Shareable;
 use crate::error::{Error, Result};
-use crate::pool::api::{MAX_INFLIGHT, check_prefetch, check_workers, pool_methods};
+use crate::pool::api::{
+    Chunked, MAX_INFLIGHT, batch_methods, check_prefetch, check_workers, pool_methods,
+};
 use crate::pool::async_result::{AsyncResult, Callbacks};
 use crate::pool::core::{Config, Core};
 use crate::pool::imap::IMapIterator;
@@ -27,12 +29,12 @@ use crate::process::StartMethod;
 /// fn main() {
 ///     multiproc::init();
 ///     let pool = multiproc::Pool::new(2).unwrap();
-///     assert_eq!(pool.map(square, 1..=4, None).unwrap(), vec![1, 4, 9, 16]);
+///     assert_eq!(pool.map(square, 1..=4).unwrap(), vec![1, 4, 9, 16]);
 /// }
 /// ```
 pub struct Pool {
-    core: Arc<Core<Processes>>,
-    workers: usize,
+    pub(crate) core: Arc<Core<Processes>>,
+    pub(crate) workers: usize,
 }
 
 /// Builds a [`Pool`] with Python's options.
@@ -44,6 +46,18 @@ pub struct PoolBuilder {
     init_error: Option<Error>,
     maxtasks: Option<usize>,
     prefetch: Option<usize>,
+}
+
+impl std::fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.processes)
+            .field("start_method", &self.method)
+            .field("initializer", &self.init.is_some())
+            .field("maxtasksperchild", &self.maxtasks)
+            .field("prefetch", &self.prefetch)
+            .finish()
+    }
 }
 
 impl PoolBuilder {
@@ -144,7 +158,7 @@ impl Pool {
         self.core.held_peak()
     }
 
-    pool_methods!();
+    pool_methods!(Pool, Processes);
 }
 
 impl std::fmt::Debug for Pool {
