@@ -133,7 +133,14 @@ fn apply_async_callbacks_and_errors() {
             )
             .unwrap();
         match r.get() {
-            Err(Error::Remote(msg)) => assert!(msg.contains("three is not allowed"), "{msg}"),
+            Err(Error::Remote(msg)) => {
+                assert!(msg.contains("three is not allowed"), "{msg}");
+                // Issue #15: where it panicked, as Python's RemoteTraceback says.
+                assert!(
+                    msg.contains("tests/pool.rs:"),
+                    "{m:?}: no location in {msg}"
+                );
+            }
             other => panic!("{other:?}"),
         }
         assert!(message.get().contains("three is not allowed"));

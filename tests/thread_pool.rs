@@ -107,7 +107,13 @@ fn callbacks_and_errors() {
         )
         .unwrap();
     match r.get() {
-        Err(Error::Remote(msg)) => assert!(msg.contains("seven is bad"), "{msg}"),
+        Err(Error::Remote(msg)) => {
+            assert!(msg.contains("seven is bad"), "{msg}");
+            assert!(
+                msg.contains("tests/thread_pool.rs:"),
+                "no location in {msg}"
+            );
+        }
         other => panic!("{other:?}"),
     }
     assert!(seen.get().contains("seven is bad"));

@@ -16,7 +16,8 @@
 //! runs and a few queued behind it, so that it never waits for a round trip
 //! through this process between chunks, yet a short chunk never waits long
 //! behind a long one while another worker idles. The window is sized from how
-//! long recent chunks of the same task function took: as many as make about
+//! long recent chunks of the same task function ran (as the workers measure
+//! it, waits excluded): as many as make about
 //! [`QUEUED_WORK`] of queued work, at least one, at most `Config::cap`. A
 //! function not seen yet gets a window of one until its first report says how
 //! long it takes. A user's fixed `prefetch` replaces the estimate.
@@ -28,7 +29,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -121,9 +122,6 @@ struct Slot<W> {
     /// reported is almost always at the front.
     inflight: VecDeque<(u64, usize, usize)>,
     chunks_sent: usize,
-    /// Since when its latest chunks have been running (the last report, or
-    /// the send to an idle worker); `None` while it holds nothing.
-    busy_since: Option<Instant>,
     stopping: bool,
     /// Set once the worker was seen to end; removed after its last reports are in.
     ended: Option<Ended>,
@@ -342,7 +340,6 @@ impl<B: Backend> State<B> {
             worker,
             inflight: VecDeque::new(),
             chunks_sent: 0,
-            busy_since: None,
             stopping: false,
             ended: None,
         });
@@ -418,9 +415,6 @@ impl<B: Backend> State<B> {
                 let block = slot.inflight.is_empty();
                 let more = self.backend.send(&slot.worker, &mut share.chunks, block);
                 let sent = before - share.chunks.len();
-                if sent > 0 && slot.inflight.is_empty() {
-                    slot.busy_since = Some(Instant::now());
-                }
                 slot.inflight.extend(share.keys.drain(..sent));
                 slot.chunks_sent += sent;
                 if !more {
@@ -470,8 +464,10 @@ impl<B: Backend> State<B> {
         false
     }
 
-    /// Records that the report of a job's chunks arrived, and how long they took.
-    fn record(&mut self, worker: u64, job: u64, parts: &[(usize, usize)]) {
+    /// Records that the report of a job's chunks arrived, and how long the
+    /// worker spent running them (its own measure: the time a chunk waited,
+    /// in a queue or for a CPU before it started, is no part of it).
+    fn record(&mut self, worker: u64, job: u64, parts: &[(usize, usize)], busy: Duration) {
         let Some(slot) = self.workers.iter_mut().find(|s| s.id == worker) else {
             return;
         };
@@ -484,23 +480,19 @@ impl<B: Backend> State<B> {
                 slot.inflight.remove(at);
             }
         }
-        let now = Instant::now();
-        let took = slot
-            .busy_since
-            .map(|since| now.saturating_duration_since(since));
-        slot.busy_since = (!slot.inflight.is_empty()).then_some(now);
-        let (Some(took), Some(&key)) = (took, self.job_keys.get(&job)) else {
+        let Some(&key) = self.job_keys.get(&job) else {
             return;
         };
-        let sample = took / parts.len().max(1) as u32;
+        let sample = busy / u32::try_from(parts.len().max(1)).unwrap_or(u32::MAX);
         if self.pace.len() >= PACE_KEYS && !self.pace.contains_key(&key) {
             self.pace.clear();
         }
         let pace = self.pace.entry(key).or_insert(Pace { per_chunk: sample });
-        // A slow chunk counts at once (the next ones must not queue behind
-        // it); faster ones bring the estimate down over a few reports.
+        // A slower chunk counts for half (the next ones should not queue
+        // behind its like); faster ones bring the estimate down over a few
+        // reports.
         pace.per_chunk = if sample >= pace.per_chunk {
-            sample
+            (pace.per_chunk + sample) / 2
         } else {
             (pace.per_chunk * 3 + sample) / 4
         };
@@ -562,7 +554,6 @@ impl<B: Backend> State<B> {
         self.job_keys.clear();
         for slot in &mut self.workers {
             slot.inflight.clear();
-            slot.busy_since = None;
         }
         out.abandoned
             .extend(self.jobs.drain().map(|(_, job)| (job, why.clone())));
@@ -656,8 +647,9 @@ fn record_report<B: Backend>(st: &mut State<B>, report: Report, out: &mut Outbox
             job,
             parts,
             results,
+            busy,
         } => {
-            st.record(worker, job, parts.as_slice());
+            st.record(worker, job, parts.as_slice(), busy);
             out.deliveries.push((job, parts, results));
         }
         Report::InitFailed { worker, message } => {

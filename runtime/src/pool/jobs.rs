@@ -60,8 +60,8 @@ fn merge<R: Shareable>(len: usize, outcome: ChunkOutcome) -> Vec<Result<R>> {
         .map(|i| {
             if failures.peek().is_some_and(|(at, _)| *at as usize == i) {
                 return Err(match failures.next() {
-                    Some((_, ItemFailure::Panicked(m))) => {
-                        Error::Remote(format!("task panicked: {m}"))
+                    Some((_, ItemFailure::Panicked { message, location })) => {
+                        crate::pool::wire::panic_error(&message, location.as_deref())
                     }
                     Some((_, ItemFailure::Failed(m))) => Error::Remote(m),
                     None => Error::Protocol("a failure vanished".into()),
