@@ -457,3 +457,56 @@ fn api_chunksize_try_get_starmap_callbacks_and_debug() {
     assert!(format!("{b:?}").contains("prefetch: Some(4)"));
     assert!(format!("{:?}", p.chunksize(5)).contains("chunksize: 5"));
 }
+
+/// Issue #15: `context=` — workers start as a `Context` says; a worker that
+/// cannot start fails `build`, and a replacement that cannot start breaks the
+/// pool with an error instead of a wait for a worker that will not come.
+#[test]
+fn a_context_chooses_how_workers_start_and_a_failed_start_is_an_error() {
+    let p = Pool::builder()
+        .processes(2)
+        .context(&multiproc::get_context(StartMethod::Fork))
+        .build()
+        .unwrap();
+    assert_eq!(p.map(square, 0..5).unwrap(), vec![0, 1, 4, 9, 16]);
+    drop(p);
+
+    let missing = multiproc::get_context(StartMethod::Spawn).with_executable("/nonexistent/worker");
+    assert!(
+        Pool::builder()
+            .processes(2)
+            .context(&missing)
+            .build()
+            .is_err()
+    );
+
+    // Workers run this test binary under a second name (a hard link: the
+    // same file, which children check), which then disappears: the
+    // replacement for a killed worker cannot start.
+    let exe = std::env::current_exe().unwrap();
+    let link = exe.with_file_name(format!("pool-context-link-{}", std::process::id()));
+    let _ = std::fs::remove_file(&link);
+    std::fs::hard_link(&exe, &link).unwrap();
+    let ctx = multiproc::get_context(StartMethod::Spawn).with_executable(&link);
+    let p = Pool::builder().processes(2).context(&ctx).build();
+    std::fs::remove_file(&link).unwrap();
+    let p = p.unwrap();
+    assert_eq!(p.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
+    let victim = p.worker_pids()[0];
+    // SAFETY: kill(2) on a pool worker of ours.
+    unsafe {
+        libc::kill(victim, libc::SIGKILL);
+    }
+    assert!(
+        util::eventually(PROMPTLY, || matches!(
+            p.map(square, 0..4),
+            Err(Error::Remote(m)) if m.contains("broken")
+        )),
+        "the pool did not report that it cannot replace its worker"
+    );
+    let pids = p.worker_pids();
+    drop(p);
+    for pid in pids {
+        assert!(util::eventually(PROMPTLY, || util::is_gone(pid)));
+    }
+}

@@ -23,7 +23,7 @@ use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource};
 use crate::pool::jobs::RawChunk;
 use crate::pool::wire::{self, ChunkEntryFn, OrderMsg, ReportMsg, TaskFn, TaskMsg};
 use crate::process::launch::{self, Outcome};
-use crate::process::{Process, StartMethod};
+use crate::process::{Context, Process, StartMethod};
 use crate::queue::Queue;
 
 /// The most chunks in one order message.
@@ -77,7 +77,8 @@ pub(crate) struct WorkerArgs {
 }
 
 pub(crate) struct Processes {
-    method: StartMethod,
+    /// How workers start: the method, and the executable a spawned one runs.
+    context: Context,
     reports: Queue<ReportMsg>,
     init: Option<InitSpec>,
     maxtasks: Option<usize>,
@@ -98,17 +99,17 @@ pub(crate) struct ProcReports(Queue<ReportMsg>);
 
 impl Processes {
     pub fn new(
-        method: StartMethod,
+        context: Context,
         init: Option<InitSpec>,
         maxtasks: Option<usize>,
     ) -> Result<(Processes, ProcReports)> {
-        if method == StartMethod::Fork {
+        if context.start_method() == StartMethod::Fork {
             install_quiet_switch();
         }
         let reports = Queue::new()?;
         Ok((
             Processes {
-                method,
+                context,
                 reports: reports.clone(),
                 init,
                 maxtasks,
@@ -364,7 +365,7 @@ impl Backend for Processes {
             maxtasks: self.maxtasks.map(|m| m as u64),
         };
         let mut process = Process::new(worker_main, args)
-            .start_method(self.method)
+            .context(&self.context)
             .daemon(true)
             .name(format!("PoolWorker-{id}"));
         process.start()?;

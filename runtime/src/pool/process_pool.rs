@@ -13,7 +13,7 @@ use crate::pool::imap::IMapIterator;
 use crate::pool::process_backend::{InitSpec, Processes};
 use crate::pool::submit;
 use crate::pool::wire::Star2;
-use crate::process::StartMethod;
+use crate::process::{Context, StartMethod};
 
 /// A pool of worker processes (Python's `multiprocessing.Pool`).
 ///
@@ -42,6 +42,7 @@ pub struct Pool {
 pub struct PoolBuilder {
     processes: Option<usize>,
     method: Option<StartMethod>,
+    context: Option<Context>,
     init: Option<InitSpec>,
     init_error: Option<Error>,
     maxtasks: Option<usize>,
@@ -53,6 +54,7 @@ impl std::fmt::Debug for PoolBuilder {
         f.debug_struct("PoolBuilder")
             .field("processes", &self.processes)
             .field("start_method", &self.method)
+            .field("context", &self.context)
             .field("initializer", &self.init.is_some())
             .field("maxtasksperchild", &self.maxtasks)
             .field("prefetch", &self.prefetch)
@@ -70,6 +72,31 @@ impl PoolBuilder {
     /// The start method of the workers (default: the global default).
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.method = Some(method);
+        self.context = None;
+        self
+    }
+
+    /// Starts the workers as `context` says (Python's `Pool(context=…)`):
+    /// its start method, and under spawn the executable the workers run.
+    /// The last of `context` and [`start_method`](Self::start_method) wins.
+    ///
+    /// A worker that cannot start fails [`build`](Self::build) with that
+    /// error; a replacement that cannot start (its executable is gone, the
+    /// process limit is reached) breaks the pool: every unfinished task and
+    /// every later call fails with `Error::Remote("the pool is broken: …")`
+    /// instead of waiting for a worker that will not come.
+    ///
+    /// ```
+    /// use multiproc::{Pool, StartMethod, get_context};
+    /// let broken = Pool::builder()
+    ///     .processes(1)
+    ///     .context(&get_context(StartMethod::Spawn).with_executable("/nonexistent/worker"))
+    ///     .build();
+    /// assert!(broken.is_err());
+    /// ```
+    pub fn context(mut self, context: &Context) -> Self {
+        self.context = Some(context.clone());
+        self.method = None;
         self
     }
 
@@ -111,10 +138,12 @@ impl PoolBuilder {
         let n = self.processes.unwrap_or_else(crate::process::cpu_count);
         check_workers(n, self.maxtasks)?;
         check_prefetch(self.prefetch)?;
-        let method = self
-            .method
-            .unwrap_or_else(crate::process::start_method_for_pool);
-        let (backend, reports) = Processes::new(method, self.init, self.maxtasks)?;
+        let context = match (self.context, self.method) {
+            (Some(context), _) => context,
+            (None, Some(method)) => crate::process::get_context(method),
+            (None, None) => crate::process::get_context(crate::process::start_method_for_pool()),
+        };
+        let (backend, reports) = Processes::new(context, self.init, self.maxtasks)?;
         let config = Config {
             processes: n,
             maxtasks: self.maxtasks,
