@@ -411,9 +411,10 @@ pub use multiproc_runtime::{
     Connection, Context, CurrentProcess, DataLock, DataLockGuard, Error, Event, IMapIterator,
     JoinableQueue, Listener, Lock, LockGuard, ParentProcess, Pipe, Pool, PoolBuilder, Process,
     Queue, Quota, RLock, RLockGuard, RawArray, RawValue, Result, Segment, Semaphore, Sentinel,
-    Shareable, ShmSafe, SimpleQueue, SocketConnection, StartMethod, ThreadPool, Value, ValueGuard,
-    active_children, client, cpu_count, current_process, force_start_method, get_all_start_methods,
-    get_context, get_start_method, init, init_before_main, parent_process, set_start_method, wait,
+    Shareable, ShmSafe, SimpleQueue, SocketConnection, StartMethod, ThreadPool, ThreadPoolBuilder,
+    Value, ValueGuard, active_children, client, cpu_count, current_process, force_start_method,
+    get_all_start_methods, get_context, get_start_method, init, init_before_main, parent_process,
+    set_start_method, wait,
 };
 
 /// For Python programmers: each `multiprocessing` name and its Rust form,

@@ -195,3 +195,44 @@ fn initializer_and_maxtasksperchild() {
         other => panic!("{other:?}"),
     }
 }
+
+fn sleep_then_thread(ms: u64) -> (u64, String) {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    let name = std::thread::current().name().unwrap_or("").to_string();
+    (ms, name)
+}
+
+/// Issue #17: the builder takes closures; an idle thread takes the next task
+/// while another runs a long one.
+#[test]
+fn builder_with_a_closure_and_fair_scheduling() {
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s2 = started.clone();
+    let builder = ThreadPool::builder()
+        .threads(2)
+        .initializer(move || {
+            s2.fetch_add(1, Ordering::SeqCst);
+        })
+        .prefetch(1);
+    assert!(format!("{builder:?}").contains("initializer: true"));
+    let pool = builder.build().unwrap();
+    let done = pool
+        .map(sleep_then_thread, [1_000, 50, 50, 50, 50])
+        .unwrap();
+    let long_thread = &done[0].1;
+    assert!(done[1..].iter().all(|(_, t)| t != long_thread), "{done:?}");
+    pool.close();
+    pool.join().unwrap();
+    assert_eq!(started.load(Ordering::SeqCst), 2);
+
+    // The default adapts the same way for a function it has not seen.
+    let pool = ThreadPool::builder().threads(2).build().unwrap();
+    let done = pool
+        .map(sleep_then_thread, [1_000, 50, 50, 50, 50])
+        .unwrap();
+    assert!(done[1..].iter().all(|(_, t)| *t != done[0].1), "{done:?}");
+    assert!(matches!(
+        ThreadPool::builder().threads(1).prefetch(0).build(),
+        Err(Error::InvalidArgument(_))
+    ));
+}

@@ -304,43 +304,111 @@ pub struct ThreadPool {
 impl ThreadPool {
     /// A pool of `n` threads.
     pub fn new(n: usize) -> Result<ThreadPool> {
-        Self::build(n, None, None)
+        ThreadPool::builder().threads(n).build()
+    }
+
+    /// A builder for the other options.
+    ///
+    /// ```
+    /// let pool = multiproc::ThreadPool::builder()
+    ///     .threads(2)
+    ///     .initializer(|| println!("a worker thread starts"))
+    ///     .maxtasksperchild(100)
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(pool);
+    /// ```
+    pub fn builder() -> ThreadPoolBuilder {
+        ThreadPoolBuilder::default()
     }
 
     /// A pool of `n` threads, each running `initializer(arg)` first, each
     /// replaced after `maxtasksperchild` chunks if set.
+    ///
+    /// [`ThreadPool::builder`] does the same, and takes a closure.
     pub fn with_options<A: Shareable + Clone + Sync>(
         n: usize,
         initializer: Option<(fn(A), A)>,
         maxtasksperchild: Option<usize>,
     ) -> Result<ThreadPool> {
-        let init = initializer.map(|(f, a)| {
-            let init: crate::pool::thread_backend::Initializer = Arc::new(move || f(a.clone()));
-            init
-        });
-        Self::build(n, init, maxtasksperchild)
+        let mut builder = ThreadPool::builder().threads(n);
+        if let Some((f, a)) = initializer {
+            builder = builder.initializer(move || f(a.clone()));
+        }
+        if let Some(m) = maxtasksperchild {
+            builder = builder.maxtasksperchild(m);
+        }
+        builder.build()
     }
 
-    fn build(
-        n: usize,
-        init: Option<crate::pool::thread_backend::Initializer>,
-        maxtasks: Option<usize>,
-    ) -> Result<ThreadPool> {
-        check_workers(n, maxtasks)?;
-        let (backend, reports) = Threads::new(init, maxtasks);
+    pool_methods!(ThreadPool, Threads);
+}
+
+/// Builds a [`ThreadPool`] (Python's `ThreadPool(processes, initializer,
+/// initargs, maxtasksperchild)`).
+#[derive(Default)]
+pub struct ThreadPoolBuilder {
+    threads: Option<usize>,
+    init: Option<crate::pool::thread_backend::Initializer>,
+    maxtasks: Option<usize>,
+    prefetch: Option<usize>,
+}
+
+impl std::fmt::Debug for ThreadPoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadPoolBuilder")
+            .field("threads", &self.threads)
+            .field("initializer", &self.init.is_some())
+            .field("maxtasksperchild", &self.maxtasks)
+            .field("prefetch", &self.prefetch)
+            .finish()
+    }
+}
+
+impl ThreadPoolBuilder {
+    /// The number of threads (default: `cpu_count()`).
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = Some(n);
+        self
+    }
+
+    /// Runs `f` once at the start of each worker thread. A panic in it
+    /// breaks the pool: its calls fail with `Error::Remote`.
+    pub fn initializer(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.init = Some(Arc::new(f));
+        self
+    }
+
+    /// Replaces each thread after it has run this many chunks.
+    pub fn maxtasksperchild(mut self, n: usize) -> Self {
+        self.maxtasks = Some(n);
+        self
+    }
+
+    /// The most chunks a thread holds at once, as
+    /// [`PoolBuilder::prefetch`](crate::PoolBuilder::prefetch).
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = Some(n);
+        self
+    }
+
+    /// Starts the threads.
+    pub fn build(self) -> Result<ThreadPool> {
+        let n = self.threads.unwrap_or_else(crate::process::cpu_count);
+        check_workers(n, self.maxtasks)?;
+        check_prefetch(self.prefetch)?;
+        let (backend, reports) = Threads::new(self.init, self.maxtasks);
         let config = Config {
             processes: n,
-            maxtasks,
+            maxtasks: self.maxtasks,
             cap: MAX_INFLIGHT,
-            prefetch: None,
+            prefetch: self.prefetch,
         };
         Ok(ThreadPool {
             core: Arc::new(Core::start(backend, reports, config)?),
             workers: n,
         })
     }
-
-    pool_methods!(ThreadPool, Threads);
 }
 
 impl std::fmt::Debug for ThreadPool {
