@@ -233,11 +233,16 @@
 //! ## Use a pool
 //!
 //! A [`Pool`] fans a function out over worker processes: `map`, `starmap`,
-//! `imap`, `imap_unordered`, `apply_async` with callbacks. A panicking task is
-//! an error carrying its message; a worker that dies fails only the tasks it
-//! held (`Error::WorkerDied`) and is replaced; an input iterator that panics
-//! is `Error::InputPanicked` (after the results of the items before it, for
-//! `imap`). [`ThreadPool`] has the same API.
+//! `imap`, `imap_unordered`, `apply_async` with callbacks. A chunk size
+//! other than the default goes first: `pool.chunksize(8).map(f, items)`.
+//! An idle worker takes the next chunk while another runs a long one (a
+//! worker holds about 2 ms of queued work at most; `PoolBuilder::prefetch`
+//! changes that), and inputs are encoded as workers take them, so a long
+//! `map` holds a bounded number of encoded chunks. A panicking task is an
+//! error carrying its message and where it panicked; a worker that dies
+//! fails only the tasks it held (`Error::WorkerDied`) and is replaced; an
+//! input iterator that panics is `Error::InputPanicked` (after the results
+//! of the items before it, for `imap`). [`ThreadPool`] has the same API.
 //!
 //! ```
 //! fn square(x: u64) -> u64 {
