@@ -34,15 +34,15 @@ fn pool(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements(10_000));
     group.bench_function("map_chunksize_1", |b| {
-        b.iter(|| pool.map(square, 0..10_000u64, 1).expect("map"))
+        b.iter(|| pool.chunksize(1).map(square, 0..10_000u64).expect("map"))
     });
     group.throughput(Throughput::Elements(100_000));
     group.bench_function("map_default", |b| {
-        b.iter(|| pool.map(square, 0..100_000u64, None).expect("map"))
+        b.iter(|| pool.map(square, 0..100_000u64).expect("map"))
     });
     group.throughput(Throughput::Elements(40));
     group.bench_function("cpu_1ms", |b| {
-        b.iter(|| pool.map(cpu_1ms, 0..40u64, 1).expect("map"))
+        b.iter(|| pool.chunksize(1).map(cpu_1ms, 0..40u64).expect("map"))
     });
     group.finish();
 }

@@ -108,7 +108,7 @@ fn main() -> multiproc::Result<()> {
 
     // 4. As pool tasks and results.
     let pool = Pool::new(2)?;
-    let weights = pool.map(weigh, (1..=3).map(order), None)?;
+    let weights = pool.map(weigh, (1..=3).map(order))?;
     let grams: Vec<u32> = weights.iter().map(|w| w.value).collect();
     println!("weighed by the pool (grams): {grams:?}");
     Ok(())

@@ -30,7 +30,7 @@ fn main() -> multiproc::Result<()> {
     multiproc::init();
     let pool = Pool::new(4)?;
 
-    println!("map of squares: {:?}", pool.map(square, 0..10, None)?);
+    println!("map of squares: {:?}", pool.map(square, 0..10)?);
 
     let collected = Arc::new(Mutex::new(Vec::new()));
     let handles: Vec<_> = (0..5)
@@ -50,17 +50,17 @@ fn main() -> multiproc::Result<()> {
     got.sort();
     println!("apply_async callbacks collected: {got:?}");
 
-    let cubes = pool.starmap(power, (1..=5).map(|b| (b, 3)), None)?;
+    let cubes = pool.starmap(power, (1..=5).map(|b| (b, 3)))?;
     println!("starmap with a fixed exponent: {cubes:?}");
 
     let mut done: Vec<u64> = pool
-        .imap_unordered(slow, vec![30, 10, 20], None)?
+        .imap_unordered(slow, vec![30, 10, 20])?
         .collect::<multiproc::Result<_>>()?;
     println!("imap_unordered finished {} tasks", done.len());
     done.sort();
     println!("imap_unordered results (sorted): {done:?}");
 
-    let mut pending = pool.apply_async(slow, 1_000)?;
+    let pending = pool.apply_async(slow, 1_000)?;
     match pending.get_timeout(Duration::from_millis(50)) {
         Err(Error::Timeout(_)) => println!("get_timeout: still running after 50 ms"),
         other => println!("get_timeout: {other:?}"),
@@ -70,7 +70,7 @@ fn main() -> multiproc::Result<()> {
         Err(e @ Error::WorkerDied { .. }) => println!("a crashing task: {e}"),
         other => println!("a crashing task: {other:?}"),
     }
-    println!("the pool carries on: {:?}", pool.map(square, 1..=3, None)?);
+    println!("the pool carries on: {:?}", pool.map(square, 1..=3)?);
     pool.close();
     pool.join()?;
     Ok(())

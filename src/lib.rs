@@ -236,11 +236,16 @@
 //! ## Use a pool
 //!
 //! A [`Pool`] fans a function out over worker processes: `map`, `starmap`,
-//! `imap`, `imap_unordered`, `apply_async` with callbacks. A panicking task is
-//! an error carrying its message; a worker that dies fails only the tasks it
-//! held (`Error::WorkerDied`) and is replaced; an input iterator that panics
-//! is `Error::InputPanicked` (after the results of the items before it, for
-//! `imap`). [`ThreadPool`] has the same API.
+//! `imap`, `imap_unordered`, `apply_async` with callbacks. A chunk size
+//! other than the default goes first: `pool.chunksize(8).map(f, items)`.
+//! An idle worker takes the next chunk while another runs a long one (a
+//! worker holds about 2 ms of queued work at most; `PoolBuilder::prefetch`
+//! changes that), and inputs are encoded as workers take them, so a long
+//! `map` holds a bounded number of encoded chunks. A panicking task is an
+//! error carrying its message and where it panicked; a worker that dies
+//! fails only the tasks it held (`Error::WorkerDied`) and is replaced; an
+//! input iterator that panics is `Error::InputPanicked` (after the results
+//! of the items before it, for `imap`). [`ThreadPool`] has the same API.
 //!
 //! ```
 //! fn square(x: u64) -> u64 {
@@ -250,8 +255,8 @@
 //! fn main() {
 //!     multiproc::init();
 //!     let pool = multiproc::Pool::new(2).unwrap();
-//!     assert_eq!(pool.map(square, 1..=4, None).unwrap(), vec![1, 4, 9, 16]);
-//!     let mut lazy = pool.imap(square, 1u64.., 8).unwrap();
+//!     assert_eq!(pool.map(square, 1..=4).unwrap(), vec![1, 4, 9, 16]);
+//!     let mut lazy = pool.chunksize(8).imap(square, 1u64..).unwrap();
 //!     assert_eq!(lazy.next().unwrap().unwrap(), 1);
 //! }
 //! ```
@@ -410,14 +415,14 @@ pub use multiproc_proxy::{
 };
 pub use multiproc_runtime::{
     Acquired, Address, Array, ArrayGuard, AsyncResult, AtomicInt, AuthKey, Barrier,
-    BoundedSemaphore, Callbacks, ChildInfo, Condition, ConditionGuard, ConditionLock, Connection,
-    Context, CurrentProcess, DataLock, DataLockGuard, Error, Event, IMapIterator, JoinableQueue,
-    Listener, Lock, LockGuard, ParentProcess, Pipe, Pool, PoolBuilder, Process, Queue, Quota,
-    RLock, RLockGuard, RawArray, RawValue, Result, Segment, Semaphore, Sentinel, Shareable,
-    ShmSafe, SimpleQueue, SocketConnection, StartMethod, Synchronized, SynchronizedArray,
-    ThreadPool, Value, ValueGuard, ValueLock, active_children, client, cpu_count, current_process,
-    force_start_method, get_all_start_methods, get_context, get_start_method, init,
-    init_before_main, parent_process, set_start_method, wait,
+    BoundedSemaphore, Callbacks, ChildInfo, Chunked, Condition, ConditionGuard, ConditionLock,
+    Connection, Context, CurrentProcess, DataLock, DataLockGuard, Error, Event, IMapIterator,
+    JoinableQueue, Listener, Lock, LockGuard, ParentProcess, Pipe, Pool, PoolBuilder, Process,
+    Queue, Quota, RLock, RLockGuard, RawArray, RawValue, Result, Segment, Semaphore, Sentinel,
+    Shareable, ShmSafe, SimpleQueue, SocketConnection, StartMethod, Synchronized,
+    SynchronizedArray, ThreadPool, ThreadPoolBuilder, Value, ValueGuard, ValueLock,
+    active_children, client, cpu_count, current_process, force_start_method, get_all_start_methods,
+    get_context, get_start_method, init, init_before_main, parent_process, set_start_method, wait,
 };
 
 /// For Python programmers: each `multiprocessing` name and its Rust form,

@@ -92,7 +92,7 @@ fn pool_scenario(m: StartMethod, rng: &mut Rng) {
         }),
         "{m:?}: the dead worker was not replaced"
     );
-    let squares = pool.map(square, 0..50u64, None).unwrap();
+    let squares = pool.map(square, 0..50u64).unwrap();
     assert_eq!(squares, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
     pool.close();
     pool.join().unwrap();

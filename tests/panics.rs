@@ -378,10 +378,10 @@ impl AnyPool {
         I::IntoIter: Send + 'static,
     {
         match (self, ordered) {
-            (AnyPool::Processes(p), true) => p.imap(square, items, chunksize),
-            (AnyPool::Processes(p), false) => p.imap_unordered(square, items, chunksize),
-            (AnyPool::Threads(p), true) => p.imap(square, items, chunksize),
-            (AnyPool::Threads(p), false) => p.imap_unordered(square, items, chunksize),
+            (AnyPool::Processes(p), true) => p.chunksize(chunksize).imap(square, items),
+            (AnyPool::Processes(p), false) => p.chunksize(chunksize).imap_unordered(square, items),
+            (AnyPool::Threads(p), true) => p.chunksize(chunksize).imap(square, items),
+            (AnyPool::Threads(p), false) => p.chunksize(chunksize).imap_unordered(square, items),
         }
     }
 
@@ -390,9 +390,11 @@ impl AnyPool {
         items: impl IntoIterator<Item = u64>,
         chunksize: Option<usize>,
     ) -> multiproc::Result<Vec<u64>> {
-        match self {
-            AnyPool::Processes(p) => p.map(square, items, chunksize),
-            AnyPool::Threads(p) => p.map(square, items, chunksize),
+        match (self, chunksize) {
+            (AnyPool::Processes(p), Some(n)) => p.chunksize(n).map(square, items),
+            (AnyPool::Processes(p), None) => p.map(square, items),
+            (AnyPool::Threads(p), Some(n)) => p.chunksize(n).map(square, items),
+            (AnyPool::Threads(p), None) => p.map(square, items),
         }
     }
 
@@ -636,7 +638,7 @@ fn a_panicking_thread_does_not_wedge_new_forked_workers() {
                 .maxtasksperchild(1)
                 .build()
                 .unwrap();
-            let got = pool.map(square, 0..200, 1);
+            let got = pool.chunksize(1).map(square, 0..200);
             stop.store(true, Ordering::SeqCst);
             panicker.join().unwrap();
             assert_eq!(got.unwrap(), (0..200).map(square).collect::<Vec<_>>());
@@ -670,9 +672,9 @@ fn an_unencodable_imap_item_ends_the_input_after_the_results_before_it() {
                     .map(|i| (i, (i == 5).then(|| dead.clone())))
                     .collect();
                 let mut results = if ordered {
-                    pool.imap(first_of, items, 1).unwrap()
+                    pool.chunksize(1).imap(first_of, items).unwrap()
                 } else {
-                    pool.imap_unordered(first_of, items, 1).unwrap()
+                    pool.chunksize(1).imap_unordered(first_of, items).unwrap()
                 };
                 let mut got: Vec<u64> = results.by_ref().take(5).map(Result::unwrap).collect();
                 got.sort();
@@ -683,7 +685,7 @@ fn an_unencodable_imap_item_ends_the_input_after_the_results_before_it() {
                 );
                 assert!(results.next().is_none(), "{m:?} ordered={ordered}");
             }
-            assert_eq!(pool.map(square, 0..3, None).unwrap(), vec![0, 1, 4]);
+            assert_eq!(pool.map(square, 0..3).unwrap(), vec![0, 1, 4]);
             pool.close();
             pool.join().unwrap();
         }

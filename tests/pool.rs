@@ -59,32 +59,35 @@ fn map_family_over_10k_items() {
     for m in METHODS {
         let p = pool(m, 2);
         let expected: Vec<u64> = (0..10_000).map(|x| x * x).collect();
-        assert_eq!(p.map(square, 0..10_000, None).unwrap(), expected, "{m:?}");
+        assert_eq!(p.map(square, 0..10_000).unwrap(), expected, "{m:?}");
         assert_eq!(
-            p.map(square, 0..2_000, 1).unwrap(),
+            p.chunksize(1).map(square, 0..2_000).unwrap(),
             expected[..2_000].to_vec()
         );
         let pairs: Vec<(u64, u64)> = (0..10_000).map(|x| (x, x)).collect();
         assert_eq!(
-            p.starmap(add, pairs, None).unwrap(),
+            p.starmap(add, pairs).unwrap(),
             (0..10_000).map(|x| 2 * x).collect::<Vec<u64>>()
         );
         let ordered: Vec<u64> = p
-            .imap(square, 0..10_000u64, 50)
+            .chunksize(50)
+            .imap(square, 0..10_000u64)
             .unwrap()
             .map(Result::unwrap)
             .collect();
         assert_eq!(ordered, expected);
         let mut unordered: Vec<u64> = p
-            .imap_unordered(square, 0..10_000u64, 50)
+            .chunksize(50)
+            .imap_unordered(square, 0..10_000u64)
             .unwrap()
             .map(Result::unwrap)
             .collect();
         unordered.sort();
         assert_eq!(unordered, expected);
-        assert!(p.map(square, Vec::<u64>::new(), None).unwrap().is_empty());
+        assert!(p.map(square, Vec::<u64>::new()).unwrap().is_empty());
         let first: Vec<u64> = p
-            .imap(square, 0u64.., 3)
+            .chunksize(3)
+            .imap(square, 0u64..)
             .unwrap()
             .take(50)
             .map(Result::unwrap)
@@ -130,17 +133,24 @@ fn apply_async_callbacks_and_errors() {
             )
             .unwrap();
         match r.get() {
-            Err(Error::Remote(msg)) => assert!(msg.contains("three is not allowed"), "{msg}"),
+            Err(Error::Remote(msg)) => {
+                assert!(msg.contains("three is not allowed"), "{msg}");
+                // Issue #15: where it panicked, as Python's RemoteTraceback says.
+                assert!(
+                    msg.contains("tests/pool.rs:"),
+                    "{m:?}: no location in {msg}"
+                );
+            }
             other => panic!("{other:?}"),
         }
         assert!(message.get().contains("three is not allowed"));
         assert!(matches!(
-            p.map(panics_on_3, 0..10, 2),
+            p.chunksize(2).map(panics_on_3, 0..10),
             Err(Error::Remote(_))
         ));
         assert_eq!(p.apply(square, 5).unwrap(), 25, "the worker stays usable");
 
-        let mut slow = p.apply_async(sleep_ms, 2_000).unwrap();
+        let slow = p.apply_async(sleep_ms, 2_000).unwrap();
         assert!(matches!(
             slow.get_timeout(Duration::from_millis(50)),
             Err(Error::Timeout(_))
@@ -157,7 +167,7 @@ fn a_killed_worker_fails_its_tasks_and_is_replaced() {
         let mut items: Vec<u64> = (0..200).collect();
         items.push(u64::MAX);
         let started = std::time::Instant::now();
-        match p.map(die_on_marker, items, 1) {
+        match p.chunksize(1).map(die_on_marker, items) {
             Err(Error::WorkerDied {
                 signal: Some(9),
                 pid,
@@ -167,7 +177,7 @@ fn a_killed_worker_fails_its_tasks_and_is_replaced() {
         }
         assert!(started.elapsed() < PROMPTLY);
         // The pool carries on with a replacement.
-        assert_eq!(p.map(square, 0..100, None).unwrap().len(), 100);
+        assert_eq!(p.map(square, 0..100).unwrap().len(), 100);
         assert!(util::eventually(PROMPTLY, || p.worker_pids().len() == 2));
         assert_ne!(p.worker_pids(), before);
     }
@@ -187,7 +197,7 @@ fn maxtasksperchild_replaces_workers_and_initializer_runs_once_each() {
             .initializer(init, inits.clone())
             .build()
             .unwrap();
-        let pids = p.map(my_pid, 0..20, 1).unwrap();
+        let pids = p.chunksize(1).map(my_pid, 0..20).unwrap();
         let mut distinct = pids.clone();
         distinct.sort();
         distinct.dedup();
@@ -213,7 +223,7 @@ fn bad_input_is_a_clear_error() {
     ));
     let p = Pool::new(1).unwrap();
     assert!(matches!(
-        p.map(square, 0..3, 0),
+        p.chunksize(0).map(square, 0..3),
         Err(Error::InvalidArgument(_))
     ));
     assert!(matches!(p.join(), Err(Error::InvalidState(_))));
@@ -229,7 +239,7 @@ fn bad_input_is_a_clear_error() {
         .initializer(bad_init, 0u8)
         .build()
         .unwrap();
-    match p.map(square, 0..10, None) {
+    match p.map(square, 0..10) {
         Err(Error::Remote(msg)) => assert!(msg.contains("initializer refuses"), "{msg}"),
         other => panic!("{other:?}"),
     }
@@ -270,7 +280,7 @@ fn make_unencodable(_: u8) -> Unencodable {
 fn an_unencodable_result_is_an_error_not_a_hang() {
     for m in METHODS {
         let p = pool(m, 1);
-        let mut r = p.apply_async(make_unencodable, 1).unwrap();
+        let r = p.apply_async(make_unencodable, 1).unwrap();
         match r.get_timeout(PROMPTLY) {
             Err(Error::Remote(msg)) => assert!(msg.contains("refuses to be encoded"), "{msg}"),
             Err(other) => panic!("{m:?}: {other:?}"),
@@ -287,7 +297,7 @@ fn join_after_a_dropped_imap_does_not_hang() {
     for m in METHODS {
         for _ in 0..10 {
             let p = pool(m, 2);
-            let mut results = p.imap(square, 0u64.., 1).unwrap();
+            let mut results = p.chunksize(1).imap(square, 0u64..).unwrap();
             let first: Vec<u64> = results.by_ref().take(3).map(Result::unwrap).collect();
             assert_eq!(first, vec![0, 1, 4]);
             // Not synchronisation: give the submitted items time to arrive,
@@ -307,5 +317,196 @@ fn join_after_a_dropped_imap_does_not_hang() {
             );
             joiner.join().unwrap().unwrap();
         }
+    }
+}
+
+/// Sleeps `ms` milliseconds and says which worker ran it.
+fn sleep_on(ms: u64) -> (u64, i32) {
+    std::thread::sleep(Duration::from_millis(ms));
+    (ms, multiproc::current_process().pid)
+}
+
+/// Issue #17: with one long task and short ones in `Pool(2)`, the idle worker
+/// takes every short task; none waits behind the long one.
+#[test]
+fn an_idle_worker_takes_the_next_task() {
+    for m in METHODS {
+        let p = pool(m, 2);
+        let started = std::time::Instant::now();
+        let done = p.map(sleep_on, [2_000, 100, 100, 100, 100]).unwrap();
+        let elapsed = started.elapsed();
+        let long_pid = done[0].1;
+        for &(ms, pid) in &done[1..] {
+            assert_ne!(
+                pid, long_pid,
+                "{m:?}: a {ms} ms task waited behind the long one"
+            );
+        }
+        // Generous: the long task alone takes 2 s; today's order took 2.2 s.
+        assert!(elapsed < Duration::from_secs(4), "{m:?}: {elapsed:?}");
+
+        // The same with the long task submitted on its own first.
+        let long = p.apply_async(sleep_on, 1_500).unwrap();
+        let short = p.chunksize(1).map(sleep_on, [50; 6]).unwrap();
+        let long_pid = long.get().unwrap().1;
+        assert!(short.iter().all(|&(_, pid)| pid != long_pid), "{m:?}");
+    }
+}
+
+/// Issue #14: `map` encodes its input as workers take it; the chunks the
+/// parent holds stay bounded whatever the input's length.
+#[test]
+fn map_holds_a_bounded_number_of_chunks() {
+    const N: u64 = 200_000;
+    let p = pool(StartMethod::Fork, 2);
+    let out = p.chunksize(1).map(square, 0..N).unwrap();
+    assert_eq!(out.len(), N as usize);
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, &v)| v == (i as u64) * (i as u64))
+    );
+    let peak = p.chunks_held_peak();
+    assert!((1..=2 * 64 + 1).contains(&peak), "peak {peak}");
+
+    let got: u64 = p
+        .chunksize(1)
+        .imap(square, 0..N)
+        .unwrap()
+        .map(Result::unwrap)
+        .fold(0, u64::wrapping_add);
+    assert_eq!(got, (0..N).map(|x| x * x).fold(0, u64::wrapping_add));
+    let peak = p.chunks_held_peak();
+    assert!(peak <= 2 * 64 + 1, "peak {peak}");
+
+    let p = Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::Fork)
+        .prefetch(1)
+        .build()
+        .unwrap();
+    assert_eq!(p.chunksize(1).map(square, 0..5_000).unwrap().len(), 5_000);
+    let peak = p.chunks_held_peak();
+    assert!(peak <= 3, "prefetch(1): peak {peak}");
+    assert!(matches!(
+        Pool::builder().processes(1).prefetch(0).build(),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+/// A map's errors: the lowest-index failure wins, once every item is done.
+#[test]
+fn map_reports_its_first_failure_by_index() {
+    for m in METHODS {
+        let p = pool(m, 2);
+        match p.chunksize(1).map(panics_on_3, (0..10).rev().chain(3..4)) {
+            Err(Error::Remote(msg)) => assert!(msg.contains("three"), "{msg}"),
+            other => panic!("{m:?}: {other:?}"),
+        }
+        assert_eq!(p.chunksize(1).map(square, 0..3).unwrap(), vec![0, 1, 4]);
+    }
+}
+
+/// Issue #17 item 8: chunk sizes through `chunksize(n)`, `AsyncResult`'s three
+/// forms on `&self`, `starmap_async_with`, and `Debug` on the pool's types.
+#[test]
+fn api_chunksize_try_get_starmap_callbacks_and_debug() {
+    let p = pool(StartMethod::Fork, 2);
+    assert_eq!(p.chunksize(3).map(square, 0..10).unwrap().len(), 10);
+    assert!(matches!(
+        p.chunksize(0).map(square, 0..3),
+        Err(Error::InvalidArgument(_))
+    ));
+    let by_three: Vec<u64> = p
+        .chunksize(3)
+        .imap(square, 0..7u64)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(by_three, vec![0, 1, 4, 9, 16, 25, 36]);
+
+    let slow = p.apply_async(sleep_ms, 300).unwrap();
+    assert!(matches!(slow.try_get(), Err(Error::WouldBlock)));
+    slow.wait();
+    assert_eq!(slow.try_get().unwrap(), 300);
+    assert!(
+        matches!(slow.get(), Err(Error::InvalidState(_))),
+        "taken once"
+    );
+
+    let sum = Arc::new(AtomicU64::new(0));
+    let s2 = sum.clone();
+    let r = p
+        .chunksize(2)
+        .starmap_async_with(
+            add,
+            (0..10u64).map(|x| (x, x)),
+            Callbacks::new().callback(move |v: &Vec<u64>| {
+                s2.store(v.iter().sum(), Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+    assert_eq!(r.get_timeout(PROMPTLY).unwrap().len(), 10);
+    assert_eq!(sum.load(Ordering::SeqCst), 90);
+
+    let cb = Callbacks::<u64>::new().callback(|_| {});
+    assert!(format!("{cb:?}").contains("callback: true"));
+    let it = p.imap(square, 0..3u64).unwrap();
+    assert!(format!("{it:?}").contains("IMapIterator"));
+    let b = Pool::builder().processes(3).prefetch(4);
+    assert!(format!("{b:?}").contains("prefetch: Some(4)"));
+    assert!(format!("{:?}", p.chunksize(5)).contains("chunksize: 5"));
+}
+
+/// Issue #15: `context=` — workers start as a `Context` says; a worker that
+/// cannot start fails `build`, and a replacement that cannot start breaks the
+/// pool with an error instead of a wait for a worker that will not come.
+#[test]
+fn a_context_chooses_how_workers_start_and_a_failed_start_is_an_error() {
+    let p = Pool::builder()
+        .processes(2)
+        .context(&multiproc::get_context(StartMethod::Fork))
+        .build()
+        .unwrap();
+    assert_eq!(p.map(square, 0..5).unwrap(), vec![0, 1, 4, 9, 16]);
+    drop(p);
+
+    let missing = multiproc::get_context(StartMethod::Spawn).with_executable("/nonexistent/worker");
+    assert!(
+        Pool::builder()
+            .processes(2)
+            .context(&missing)
+            .build()
+            .is_err()
+    );
+
+    // Workers run this test binary under a second name (a hard link: the
+    // same file, which children check), which then disappears: the
+    // replacement for a killed worker cannot start.
+    let exe = std::env::current_exe().unwrap();
+    let link = exe.with_file_name(format!("pool-context-link-{}", std::process::id()));
+    let _ = std::fs::remove_file(&link);
+    std::fs::hard_link(&exe, &link).unwrap();
+    let ctx = multiproc::get_context(StartMethod::Spawn).with_executable(&link);
+    let p = Pool::builder().processes(2).context(&ctx).build();
+    std::fs::remove_file(&link).unwrap();
+    let p = p.unwrap();
+    assert_eq!(p.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
+    let victim = p.worker_pids()[0];
+    // SAFETY: kill(2) on a pool worker of ours.
+    unsafe {
+        libc::kill(victim, libc::SIGKILL);
+    }
+    assert!(
+        util::eventually(PROMPTLY, || matches!(
+            p.map(square, 0..4),
+            Err(Error::Remote(m)) if m.contains("broken")
+        )),
+        "the pool did not report that it cannot replace its worker"
+    );
+    let pids = p.worker_pids();
+    drop(p);
+    for pid in pids {
+        assert!(util::eventually(PROMPTLY, || util::is_gone(pid)));
     }
 }

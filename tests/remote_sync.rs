@@ -443,8 +443,7 @@ fn a_spawned_pool_worker_can_use_a_tcp_proxy_from_its_task() {
     // The worker never saw the key: it comes with the task, as the pool's
     // workers are this process's own children.
     assert_eq!(
-        pool.map(lock_from_a_task, vec![lock.clone(); 3], None)
-            .unwrap(),
+        pool.map(lock_from_a_task, vec![lock.clone(); 3]).unwrap(),
         vec![true; 3]
     );
     drop(pool);

@@ -300,12 +300,12 @@ fn derived_types_are_pool_tasks_and_results() {
             .build()
             .unwrap();
         let shapes = drawing(1).shapes;
-        let areas = pool.map(area, shapes.clone(), None).unwrap();
+        let areas = pool.map(area, shapes.clone()).unwrap();
         let expected: Vec<_> = shapes.into_iter().map(area).collect();
         assert_eq!(areas, expected, "{m:?}");
         let r = pool.apply_async(depth, tree()).unwrap();
         assert_eq!(r.get().unwrap(), 3, "{m:?}");
-        let moved_all = pool.map(moved, (0..4).map(drawing), Some(2)).unwrap();
+        let moved_all = pool.chunksize(2).map(moved, (0..4).map(drawing)).unwrap();
         assert_eq!(
             moved_all,
             (0..4).map(|n| moved(drawing(n))).collect::<Vec<_>>()

@@ -34,40 +34,35 @@ fn thread_name(_: ()) -> String {
 fn map_starmap_imap_over_10k_items() {
     let pool = ThreadPool::new(3).unwrap();
     let expected: Vec<u64> = (0..10_000).map(|x| x * x).collect();
-    assert_eq!(pool.map(square, 0..10_000, None).unwrap(), expected);
-    assert_eq!(pool.map(square, 0..10_000, 1).unwrap(), expected);
+    assert_eq!(pool.map(square, 0..10_000).unwrap(), expected);
+    assert_eq!(pool.chunksize(1).map(square, 0..10_000).unwrap(), expected);
     let pairs: Vec<(u64, u64)> = (0..10_000).map(|x| (x, 1)).collect();
-    let sums = pool.starmap(add, pairs, 7).unwrap();
+    let sums = pool.chunksize(7).starmap(add, pairs).unwrap();
     assert_eq!(sums, (1..=10_000).collect::<Vec<u64>>());
     let ordered: Vec<u64> = pool
-        .imap(square, 0..10_000u64, 13)
+        .chunksize(13)
+        .imap(square, 0..10_000u64)
         .unwrap()
         .map(Result::unwrap)
         .collect();
     assert_eq!(ordered, expected);
     let mut unordered: Vec<u64> = pool
-        .imap_unordered(square, 0..10_000u64, None)
+        .imap_unordered(square, 0..10_000u64)
         .unwrap()
         .map(Result::unwrap)
         .collect();
     unordered.sort();
     assert_eq!(unordered, expected);
-    assert!(
-        pool.map(square, Vec::<u64>::new(), None)
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(
-        pool.imap(square, Vec::<u64>::new(), None).unwrap().count(),
-        0
-    );
+    assert!(pool.map(square, Vec::<u64>::new()).unwrap().is_empty());
+    assert_eq!(pool.imap(square, Vec::<u64>::new()).unwrap().count(), 0);
 }
 
 #[test]
 fn imap_over_an_endless_iterator_stops_early() {
     let pool = ThreadPool::new(2).unwrap();
     let first: Vec<u64> = pool
-        .imap(square, 0u64.., 4)
+        .chunksize(4)
+        .imap(square, 0u64..)
         .unwrap()
         .take(100)
         .map(Result::unwrap)
@@ -112,12 +107,18 @@ fn callbacks_and_errors() {
         )
         .unwrap();
     match r.get() {
-        Err(Error::Remote(msg)) => assert!(msg.contains("seven is bad"), "{msg}"),
+        Err(Error::Remote(msg)) => {
+            assert!(msg.contains("seven is bad"), "{msg}");
+            assert!(
+                msg.contains("tests/thread_pool.rs:"),
+                "no location in {msg}"
+            );
+        }
         other => panic!("{other:?}"),
     }
     assert!(seen.get().contains("seven is bad"));
     assert!(matches!(
-        pool.map(fails_on_7, 0..10, 1),
+        pool.chunksize(1).map(fails_on_7, 0..10),
         Err(Error::Remote(_))
     ));
     // The worker stays usable after a panicking task.
@@ -127,7 +128,7 @@ fn callbacks_and_errors() {
 #[test]
 fn async_result_timeouts_and_state() {
     let pool = ThreadPool::new(1).unwrap();
-    let mut r = pool.apply_async(slow, 300).unwrap();
+    let r = pool.apply_async(slow, 300).unwrap();
     assert!(!r.ready());
     assert!(matches!(r.successful(), Err(Error::InvalidState(_))));
     assert!(matches!(
@@ -154,11 +155,11 @@ fn lifecycle_and_bad_input() {
     ));
     let pool = ThreadPool::new(2).unwrap();
     assert!(matches!(
-        pool.map(square, 0..4, 0),
+        pool.chunksize(0).map(square, 0..4),
         Err(Error::InvalidArgument(_))
     ));
     assert!(matches!(pool.join(), Err(Error::InvalidState(_))));
-    let pending = pool.map_async(slow, vec![50, 50, 50], 1).unwrap();
+    let pending = pool.chunksize(1).map_async(slow, vec![50, 50, 50]).unwrap();
     pool.close();
     assert!(matches!(pool.apply(square, 1), Err(Error::InvalidState(_))));
     pool.join().unwrap();
@@ -176,7 +177,7 @@ fn lifecycle_and_bad_input() {
 fn initializer_and_maxtasksperchild() {
     fn init(_: u8) {}
     let pool = ThreadPool::with_options(2, Some((init as fn(u8), 0u8)), Some(2)).unwrap();
-    let names: Vec<String> = pool.map(thread_name, vec![(); 20], 1).unwrap();
+    let names: Vec<String> = pool.chunksize(1).map(thread_name, vec![(); 20]).unwrap();
     let mut distinct = names.clone();
     distinct.sort();
     distinct.dedup();
@@ -189,8 +190,49 @@ fn initializer_and_maxtasksperchild() {
         panic!("init exploded")
     }
     let pool = ThreadPool::with_options(2, Some((bad_init as fn(u8), 0u8)), None).unwrap();
-    match pool.map(square, 0..10, None) {
+    match pool.map(square, 0..10) {
         Err(Error::Remote(msg)) => assert!(msg.contains("init exploded"), "{msg}"),
         other => panic!("{other:?}"),
     }
+}
+
+fn sleep_then_thread(ms: u64) -> (u64, String) {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    let name = std::thread::current().name().unwrap_or("").to_string();
+    (ms, name)
+}
+
+/// Issue #17: the builder takes closures; an idle thread takes the next task
+/// while another runs a long one.
+#[test]
+fn builder_with_a_closure_and_fair_scheduling() {
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s2 = started.clone();
+    let builder = ThreadPool::builder()
+        .threads(2)
+        .initializer(move || {
+            s2.fetch_add(1, Ordering::SeqCst);
+        })
+        .prefetch(1);
+    assert!(format!("{builder:?}").contains("initializer: true"));
+    let pool = builder.build().unwrap();
+    let done = pool
+        .map(sleep_then_thread, [1_000, 50, 50, 50, 50])
+        .unwrap();
+    let long_thread = &done[0].1;
+    assert!(done[1..].iter().all(|(_, t)| t != long_thread), "{done:?}");
+    pool.close();
+    pool.join().unwrap();
+    assert_eq!(started.load(Ordering::SeqCst), 2);
+
+    // The default adapts the same way for a function it has not seen.
+    let pool = ThreadPool::builder().threads(2).build().unwrap();
+    let done = pool
+        .map(sleep_then_thread, [1_000, 50, 50, 50, 50])
+        .unwrap();
+    assert!(done[1..].iter().all(|(_, t)| *t != done[0].1), "{done:?}");
+    assert!(matches!(
+        ThreadPool::builder().threads(1).prefetch(0).build(),
+        Err(Error::InvalidArgument(_))
+    ));
 }

@@ -44,7 +44,9 @@ pub mod wire;
 pub use codec::Shareable;
 pub use connection::{Address, Connection, Listener, Pipe, SocketConnection, client, wait};
 pub use error::{Error, Quota, Result};
-pub use pool::{AsyncResult, Callbacks, IMapIterator, Pool, PoolBuilder, ThreadPool};
+pub use pool::{
+    AsyncResult, Callbacks, Chunked, IMapIterator, Pool, PoolBuilder, ThreadPool, ThreadPoolBuilder,
+};
 pub use process::{
     AuthKey, ChildInfo, Context, CurrentProcess, ParentProcess, Process, Sentinel, StartMethod,
     active_children, cpu_count, current_process, force_start_method, get_all_start_methods,

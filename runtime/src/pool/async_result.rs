@@ -35,6 +35,15 @@ impl<R> Default for Callbacks<R> {
     }
 }
 
+impl<R> std::fmt::Debug for Callbacks<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Callbacks")
+            .field("callback", &self.on_ok.is_some())
+            .field("error_callback", &self.on_err.is_some())
+            .finish()
+    }
+}
+
 impl<R> Callbacks<R> {
     /// No callbacks.
     pub fn new() -> Self {
@@ -121,18 +130,31 @@ fn run_callback(f: impl FnOnce()) {
 }
 
 impl<R> AsyncResult<R> {
-    /// Waits for the result and returns it.
-    pub fn get(self) -> Result<R> {
-        let mut me = self;
-        me.take(Deadline::Never)
+    /// Waits for the result and takes it.
+    ///
+    /// `get`, [`try_get`](Self::try_get) and
+    /// [`get_timeout`](Self::get_timeout) all take `&self`, so one result can
+    /// be polled and then waited for; the result is handed out once, and a
+    /// second take is `Error::InvalidState`.
+    pub fn get(&self) -> Result<R> {
+        self.take(Deadline::Never)
+    }
+
+    /// Takes the result if it is ready: `Err(WouldBlock)` if it is not
+    /// (the result stays to be fetched later).
+    pub fn try_get(&self) -> Result<R> {
+        if !self.ready() {
+            return Err(Error::WouldBlock);
+        }
+        self.take(Deadline::Never)
     }
 
     /// Waits at most `timeout`; `Err(Timeout)` leaves the result to be fetched later.
-    pub fn get_timeout(&mut self, timeout: Duration) -> Result<R> {
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R> {
         self.take(Deadline::after(timeout))
     }
 
-    fn take(&mut self, deadline: Deadline) -> Result<R> {
+    fn take(&self, deadline: Deadline) -> Result<R> {
         let mut slot = self.inner.slot.lock();
         loop {
             match std::mem::replace(&mut *slot, Slot::Pending) {

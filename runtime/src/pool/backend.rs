@@ -43,6 +43,8 @@ pub(crate) enum Report {
         job: u64,
         parts: Parts,
         results: RawChunk,
+        /// How long the worker spent running these chunks (not waiting).
+        busy: Duration,
     },
     /// A worker's initializer failed.
     InitFailed { worker: u64, message: String },

@@ -9,9 +9,22 @@
 //!
 //! Each chunk is sent to one worker, which is recorded as holding it until
 //! its report arrives: that is how a death is pinned on exactly the tasks it
-//! took. At most `max_inflight` chunks wait at a worker. The chunks a worker
-//! gets in one dispatch go to the backend together, so that it can send
-//! them in one message.
+//! took. The chunks a worker gets in one dispatch go to the backend together,
+//! so that it can send them in one message.
+//!
+//! **Scheduling.** A worker holds at most a *window* of chunks: the one it
+//! runs and a few queued behind it, so that it never waits for a round trip
+//! through this process between chunks, yet a short chunk never waits long
+//! behind a long one while another worker idles. The window is sized from how
+//! long recent chunks of the same task function ran (as the workers measure
+//! it, waits excluded): as many as make about
+//! [`QUEUED_WORK`] of queued work, at least one, at most `Config::cap`. A
+//! function not seen yet gets a window of one until its first report says how
+//! long it takes. A user's fixed `prefetch` replaces the estimate.
+//!
+//! **Streaming.** Lazy inputs (`map`'s and `imap`'s) are encoded a chunk at a
+//! time, only when a worker has room for one, so the chunks the parent holds
+//! stay bounded by the windows, whatever the input's length.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,12 +35,18 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource};
-use crate::pool::jobs::{Job, RawChunk};
+use crate::pool::jobs::{ErrorMaker, Job, RawChunk};
 
 /// How often the result handler looks at workers when no report arrives.
 const SLICE: Duration = Duration::from_millis(50);
 /// Reports handled per lock round.
 const BATCH: usize = 256;
+/// How much estimated work may wait queued at a worker behind the chunk it
+/// runs (see the module docs): the most a short chunk can wait behind a
+/// long one that it did not know about.
+pub(crate) const QUEUED_WORK: Duration = Duration::from_millis(2);
+/// The most task functions whose chunk times are remembered.
+const PACE_KEYS: usize = 1024;
 
 /// The chunks one dispatch sends a worker, and their keys for `inflight`.
 struct Share<T> {
@@ -49,8 +68,20 @@ impl<T> Default for Share<T> {
 pub(crate) struct Config {
     pub processes: usize,
     pub maxtasks: Option<usize>,
-    pub max_inflight: usize,
+    /// The most chunks a worker holds when the window adapts.
+    pub cap: usize,
+    /// A fixed window chosen by the user (`prefetch`), instead of adapting.
+    pub prefetch: Option<usize>,
 }
+
+/// How long one chunk of a task function takes, as recently seen.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    per_chunk: Duration,
+}
+
+/// Which task function a job runs, to look its pace up by.
+pub(crate) type PaceKey = usize;
 
 /// What a lazy input source offers next.
 pub(crate) enum Feed<T> {
@@ -58,6 +89,14 @@ pub(crate) enum Feed<T> {
     Chunk(Chunk<T>),
     /// Nothing now (too many results not yet consumed); ask again later.
     Later,
+    /// These items cannot be sent (their encoding failed): they fail with
+    /// this error, and the input goes on.
+    Failed {
+        job: u64,
+        first: usize,
+        len: usize,
+        error: ErrorMaker,
+    },
     /// The input is exhausted.
     Done,
 }
@@ -99,6 +138,14 @@ struct State<B: Backend> {
     next_worker: u64,
     phase: Phase,
     broken: Option<String>,
+    /// Each job's task function.
+    job_keys: HashMap<u64, PaceKey>,
+    /// Chunk times by task function.
+    pace: HashMap<PaceKey, Pace>,
+    /// Items failed before they were sent, for the handler to deliver.
+    failed: Vec<(u64, Parts, RawChunk)>,
+    /// The most chunks held at once (pending or at a worker).
+    held_peak: usize,
 }
 
 /// Why unfinished jobs are failed wholesale.
@@ -145,6 +192,10 @@ impl<B: Backend> Core<B> {
             next_worker: 1,
             phase: Phase::Open,
             broken: None,
+            job_keys: HashMap::new(),
+            pace: HashMap::new(),
+            failed: Vec::new(),
+            held_peak: 0,
         };
         for _ in 0..state.config.processes {
             if let Err(e) = state.add_worker() {
@@ -176,12 +227,18 @@ impl<B: Backend> Core<B> {
             return Ok(());
         }
         st.jobs.insert(id, sub.job);
+        st.job_keys.insert(id, sub.pace_key);
         st.pending.extend(sub.chunks);
         if let Some(f) = sub.feeder {
             st.feeders.push_back(f);
         }
         st.dispatch();
         Ok(())
+    }
+
+    /// The most chunks this pool has held at once (see `Pool::chunks_held_peak`).
+    pub fn held_peak(&self) -> usize {
+        self.state.lock().held_peak
     }
 
     /// Lets a lazy input continue after its consumer took results.
@@ -256,6 +313,8 @@ impl<B: Backend> Drop for Core<B> {
 /// A job being submitted: its sink, its ready chunks and an optional lazy input.
 pub(crate) struct Submission<B: Backend> {
     pub job: Box<dyn Job>,
+    /// The job's task function (its chunk times are learnt under this key).
+    pub pace_key: PaceKey,
     pub chunks: Vec<Chunk<B::Task>>,
     pub feeder: Option<Box<dyn Feeder<B>>>,
 }
@@ -287,11 +346,27 @@ impl<B: Backend> State<B> {
         Ok(())
     }
 
+    /// How many chunks of `job` a worker may hold (see the module docs).
+    fn window(&self, job: u64) -> usize {
+        if let Some(n) = self.config.prefetch {
+            return n.max(1);
+        }
+        let pace = self.job_keys.get(&job).and_then(|key| self.pace.get(key));
+        match pace {
+            None => 1,
+            Some(p) => {
+                let per = p.per_chunk.as_nanos().max(1);
+                let queued = QUEUED_WORK.as_nanos() / per;
+                (1 + queued.min(self.config.cap as u128) as usize).min(self.config.cap.max(1))
+            }
+        }
+    }
+
     /// Whether a worker may take another chunk now, besides `planned` ones.
-    fn eligible(&self, slot: &Slot<B::Worker>, planned: usize) -> bool {
+    fn eligible(&self, slot: &Slot<B::Worker>, planned: usize, window: usize) -> bool {
         !slot.stopping
             && slot.ended.is_none()
-            && slot.inflight.len() + planned < self.config.max_inflight
+            && slot.inflight.len() + planned < window
             && self
                 .config
                 .maxtasks
@@ -308,11 +383,15 @@ impl<B: Backend> State<B> {
             if self.pending.is_empty() && !self.refill() {
                 break;
             }
+            let Some(job) = self.pending.front().map(|c| c.job) else {
+                break;
+            };
+            let window = self.window(job);
             let Some(index) = self
                 .workers
                 .iter()
                 .enumerate()
-                .filter(|(i, s)| self.eligible(s, plan[*i].chunks.len()))
+                .filter(|(i, s)| self.eligible(s, plan[*i].chunks.len(), window))
                 .min_by_key(|(i, s)| s.inflight.len() + plan[*i].chunks.len())
                 .map(|(i, _)| i)
             else {
@@ -340,12 +419,16 @@ impl<B: Backend> State<B> {
                 slot.chunks_sent += sent;
                 if !more {
                     unsent.extend(share.chunks.drain(..));
+                    share.keys.clear();
                 }
             }
         }
         for chunk in unsent.into_iter().rev() {
             self.pending.push_front(chunk);
         }
+        let held =
+            self.pending.len() + self.workers.iter().map(|s| s.inflight.len()).sum::<usize>();
+        self.held_peak = self.held_peak.max(held);
     }
 
     /// Pulls one chunk from the lazy inputs; false if none has one now.
@@ -360,6 +443,20 @@ impl<B: Backend> State<B> {
                     self.feeders.push_back(feeder);
                     return true;
                 }
+                Feed::Failed {
+                    job,
+                    first,
+                    len,
+                    error,
+                } => {
+                    self.failed.push((
+                        job,
+                        Parts::One((first, len)),
+                        RawChunk::Failed { len, error },
+                    ));
+                    self.feeders.push_back(feeder);
+                    self.backend.wake();
+                }
                 Feed::Later => self.feeders.push_back(feeder),
                 Feed::Done => {}
             }
@@ -367,8 +464,10 @@ impl<B: Backend> State<B> {
         false
     }
 
-    /// Records that the report of a job's chunks arrived.
-    fn record(&mut self, worker: u64, job: u64, parts: &[(usize, usize)]) {
+    /// Records that the report of a job's chunks arrived, and how long the
+    /// worker spent running them (its own measure: the time a chunk waited,
+    /// in a queue or for a CPU before it started, is no part of it).
+    fn record(&mut self, worker: u64, job: u64, parts: &[(usize, usize)], busy: Duration) {
         let Some(slot) = self.workers.iter_mut().find(|s| s.id == worker) else {
             return;
         };
@@ -381,6 +480,22 @@ impl<B: Backend> State<B> {
                 slot.inflight.remove(at);
             }
         }
+        let Some(&key) = self.job_keys.get(&job) else {
+            return;
+        };
+        let sample = busy / u32::try_from(parts.len().max(1)).unwrap_or(u32::MAX);
+        if self.pace.len() >= PACE_KEYS && !self.pace.contains_key(&key) {
+            self.pace.clear();
+        }
+        let pace = self.pace.entry(key).or_insert(Pace { per_chunk: sample });
+        // A slower chunk counts for half (the next ones should not queue
+        // behind its like); faster ones bring the estimate down over a few
+        // reports.
+        pace.per_chunk = if sample >= pace.per_chunk {
+            (pace.per_chunk + sample) / 2
+        } else {
+            (pace.per_chunk * 3 + sample) / 4
+        };
     }
 
     /// Notes workers that ended; true if any did.
@@ -435,6 +550,8 @@ impl<B: Backend> State<B> {
     fn abandon_all(&mut self, why: Abandon, out: &mut Outbox) {
         self.pending.clear();
         self.feeders.clear();
+        self.failed.clear();
+        self.job_keys.clear();
         for slot in &mut self.workers {
             slot.inflight.clear();
         }
@@ -530,8 +647,9 @@ fn record_report<B: Backend>(st: &mut State<B>, report: Report, out: &mut Outbox
             job,
             parts,
             results,
+            busy,
         } => {
-            st.record(worker, job, parts.as_slice());
+            st.record(worker, job, parts.as_slice(), busy);
             out.deliveries.push((job, parts, results));
         }
         Report::InitFailed { worker, message } => {
@@ -579,7 +697,11 @@ fn handle_results<B: Backend>(state: Arc<Mutex<State<B>>>, mut reports: B::Repor
             // A job can finish without a new result: an imap whose iterator
             // was dropped after every submitted item had arrived.
             st.jobs.retain(|_, job| !job.complete());
+            let State { jobs, job_keys, .. } = &mut *st;
+            job_keys.retain(|id, _| jobs.contains_key(id));
             st.dispatch();
+            let failed = std::mem::take(&mut st.failed);
+            out.deliveries.extend(failed);
             st.shutdown_step(&mut out)
         };
         flush(&state, &mut out);

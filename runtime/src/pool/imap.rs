@@ -142,7 +142,9 @@ where
                 first,
                 len,
                 task,
-                together: false,
+                // Results that are ready together travel in one report
+                // (the worker holds them at most `REPORT_DELAY`).
+                together: true,
             }),
             None => Feed::Done,
         }
@@ -217,6 +219,19 @@ impl<R> IMapIterator<R> {
                 return Err(Error::InvalidState("the pool was dropped".into()));
             }
         }
+    }
+}
+
+impl<R> std::fmt::Debug for IMapIterator<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.shared.state.lock();
+        f.debug_struct("IMapIterator")
+            .field("ordered", &s.ordered)
+            .field("yielded", &s.next)
+            .field("submitted", &s.submitted)
+            .field("ready", &s.ready.len())
+            .field("total", &s.total)
+            .finish()
     }
 }
 

@@ -60,8 +60,8 @@ fn merge<R: Shareable>(len: usize, outcome: ChunkOutcome) -> Vec<Result<R>> {
         .map(|i| {
             if failures.peek().is_some_and(|(at, _)| *at as usize == i) {
                 return Err(match failures.next() {
-                    Some((_, ItemFailure::Panicked(m))) => {
-                        Error::Remote(format!("task panicked: {m}"))
+                    Some((_, ItemFailure::Panicked { message, location })) => {
+                        crate::pool::wire::panic_error(&message, location.as_deref())
                     }
                     Some((_, ItemFailure::Failed(m))) => Error::Remote(m),
                     None => Error::Protocol("a failure vanished".into()),
@@ -113,9 +113,15 @@ impl<R: Shareable> Job for ApplyJob<R> {
     }
 }
 
-/// `map_async` / `starmap_async`: all items, in order, or the first error.
+/// `map_async` / `starmap_async`: all items, in order, or the first error
+/// (by item index) once every item is done.
+///
+/// Results are kept as `Option<R>` and only the first error in full, so a
+/// long map holds no `Result` per item.
 pub(crate) struct MapJob<R> {
-    results: Vec<Option<Result<R>>>,
+    results: Vec<Option<R>>,
+    /// The error of the lowest-index item that failed so far.
+    first_error: Option<(usize, Error)>,
     missing: usize,
     promise: Option<Promise<Vec<R>>>,
 }
@@ -124,6 +130,7 @@ impl<R> MapJob<R> {
     pub fn new(len: usize, promise: Promise<Vec<R>>) -> Self {
         let mut job = MapJob {
             results: (0..len).map(|_| None).collect(),
+            first_error: None,
             missing: len,
             promise: Some(promise),
         };
@@ -136,13 +143,21 @@ impl<R> MapJob<R> {
             return;
         }
         if let Some(p) = self.promise.take() {
-            let all: Result<Vec<R>> = std::mem::take(&mut self.results)
-                .into_iter()
-                .map(|r| {
-                    r.unwrap_or_else(|| Err(Error::InvalidState("a result is missing".into())))
-                })
-                .collect();
+            let results = std::mem::take(&mut self.results);
+            let all = match self.first_error.take() {
+                Some((_, e)) => Err(e),
+                None => results
+                    .into_iter()
+                    .map(|r| r.ok_or_else(|| Error::InvalidState("a result is missing".into())))
+                    .collect(),
+            };
             p.complete(all);
+        }
+    }
+
+    fn fail(&mut self, index: usize, e: Error) {
+        if self.first_error.as_ref().is_none_or(|(at, _)| index < *at) {
+            self.first_error = Some((index, e));
         }
     }
 }
@@ -151,11 +166,26 @@ impl<R: Shareable> Job for MapJob<R> {
     fn deliver(&mut self, parts: &[(usize, usize)], chunk: RawChunk) {
         let mut results = chunk.into_typed().into_iter();
         for &(first, len) in parts {
-            let slots = self.results.iter_mut().skip(first).take(len);
-            for (slot, r) in slots.zip(results.by_ref()) {
-                if slot.is_none() {
-                    *slot = Some(r);
-                    self.missing -= 1;
+            for index in first..first.saturating_add(len) {
+                let Some(r) = results.next() else { break };
+                let Some(slot) = self.results.get_mut(index) else {
+                    continue;
+                };
+                // Each item is reported once (a dead worker's chunks are
+                // failed only after its last reports are in); a duplicate
+                // must still not count twice.
+                if slot.is_some()
+                    || self
+                        .first_error
+                        .as_ref()
+                        .is_some_and(|(at, _)| *at == index)
+                {
+                    continue;
+                }
+                self.missing = self.missing.saturating_sub(1);
+                match r {
+                    Ok(v) => *slot = Some(v),
+                    Err(e) => self.fail(index, e),
                 }
             }
         }
@@ -165,11 +195,10 @@ impl<R: Shareable> Job for MapJob<R> {
         self.promise.is_none()
     }
     fn abandon(&mut self, why: &dyn Fn() -> Error) {
-        for slot in &mut self.results {
-            if slot.is_none() {
-                *slot = Some(Err(why()));
-                self.missing -= 1;
-            }
+        if self.missing > 0 {
+            let index = self.results.iter().position(Option::is_none).unwrap_or(0);
+            self.fail(index, why());
+            self.missing = 0;
         }
         self.finish_if_done();
     }

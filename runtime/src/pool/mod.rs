@@ -20,7 +20,7 @@ mod submit;
 mod thread_backend;
 mod wire;
 
-pub use api::ThreadPool;
+pub use api::{Chunked, ThreadPool, ThreadPoolBuilder};
 pub use async_result::{AsyncResult, Callbacks};
 pub use imap::IMapIterator;
 pub use process_pool::{Pool, PoolBuilder};

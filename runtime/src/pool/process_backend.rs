@@ -23,7 +23,7 @@ use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource};
 use crate::pool::jobs::RawChunk;
 use crate::pool::wire::{self, ChunkEntryFn, OrderMsg, ReportMsg, TaskFn, TaskMsg};
 use crate::process::launch::{self, Outcome};
-use crate::process::{Process, StartMethod};
+use crate::process::{Context, Process, StartMethod};
 use crate::queue::Queue;
 
 /// The most chunks in one order message.
@@ -77,7 +77,8 @@ pub(crate) struct WorkerArgs {
 }
 
 pub(crate) struct Processes {
-    method: StartMethod,
+    /// How workers start: the method, and the executable a spawned one runs.
+    context: Context,
     reports: Queue<ReportMsg>,
     init: Option<InitSpec>,
     maxtasks: Option<usize>,
@@ -98,17 +99,17 @@ pub(crate) struct ProcReports(Queue<ReportMsg>);
 
 impl Processes {
     pub fn new(
-        method: StartMethod,
+        context: Context,
         init: Option<InitSpec>,
         maxtasks: Option<usize>,
     ) -> Result<(Processes, ProcReports)> {
-        if method == StartMethod::Fork {
+        if context.start_method() == StartMethod::Fork {
             install_quiet_switch();
         }
         let reports = Queue::new()?;
         Ok((
             Processes {
-                method,
+                context,
                 reports: reports.clone(),
                 init,
                 maxtasks,
@@ -125,10 +126,12 @@ fn to_report(msg: ReportMsg) -> Report {
             job,
             first,
             count,
+            busy_ns,
             outcome,
         } => Report::Done {
             worker,
             job,
+            busy: Duration::from_nanos(busy_ns),
             parts: Parts::One((first as usize, count as usize)),
             results: RawChunk::Encoded {
                 len: count as usize,
@@ -139,6 +142,7 @@ fn to_report(msg: ReportMsg) -> Report {
             worker,
             job,
             parts,
+            busy_ns,
             outcome,
         } => {
             let parts: Vec<(usize, usize)> = parts
@@ -148,6 +152,7 @@ fn to_report(msg: ReportMsg) -> Report {
             Report::Done {
                 worker,
                 job,
+                busy: Duration::from_nanos(busy_ns),
                 results: RawChunk::Encoded {
                     len: parts.iter().fold(0, |sum, &(_, n)| sum.saturating_add(n)),
                     outcome,
@@ -175,9 +180,11 @@ static QUIET_SWITCH: AtomicU8 = AtomicU8::new(0);
 /// Set in a pool worker: its panics are not printed.
 static QUIET: AtomicBool = AtomicBool::new(false);
 
-/// Wraps this process's panic hook (once) in one that stays silent in pool
-/// workers, so that a worker forked from this process silences its panics
-/// by setting a flag instead of replacing the hook.
+/// Wraps this process's panic hook (once) in one that notes where each
+/// panic happened (for a pool task's error: `wire::note_panic_location`)
+/// and stays silent in pool workers, so that a worker forked from this
+/// process silences its panics by setting a flag instead of replacing the
+/// hook. A `ThreadPool` installs it too, for its tasks' locations.
 ///
 /// A forked child must not replace the hook: that takes std's hook lock,
 /// which another thread of the parent may have held (running a panic hook)
@@ -185,7 +192,7 @@ static QUIET: AtomicBool = AtomicBool::new(false);
 /// it here, in the pool's process, at most waits for that thread. Panics go
 /// to the previous hook as before; a hook the user sets later replaces this
 /// one (forked workers then print their tasks' panics, nothing worse).
-fn install_quiet_switch() {
+pub(crate) fn install_quiet_switch() {
     // `set_hook` refuses to run in a panicking thread.
     if std::thread::panicking()
         || QUIET_SWITCH
@@ -196,6 +203,7 @@ fn install_quiet_switch() {
     }
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        wire::note_panic_location(info);
         if !QUIET.load(Ordering::Relaxed) {
             previous(info);
         }
@@ -210,7 +218,7 @@ fn silence_panics() {
         QUIET.store(true, Ordering::SeqCst);
     } else {
         // A spawned worker is a fresh process, with no other thread panicking.
-        std::panic::set_hook(Box::new(|_| {}));
+        std::panic::set_hook(Box::new(wire::note_panic_location));
     }
 }
 
@@ -286,6 +294,7 @@ fn worker_main(args: WorkerArgs) {
                 std::mem::transmute::<*const (), ChunkEntryFn>(launch::addr_at(task.entry_offset))
             };
             let target = launch::addr_at(task.target_offset);
+            let started = std::time::Instant::now();
             let (ran, outcome) = if run == 1 {
                 entry(target, &[(&task.args, task.count as usize)], REPORT_DELAY)
             } else {
@@ -295,6 +304,7 @@ fn worker_main(args: WorkerArgs) {
                     .collect();
                 entry(target, &parts, REPORT_DELAY)
             };
+            let busy_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             let ran = ran.clamp(1, run);
             let report = if ran == 1 {
                 ReportMsg::Done {
@@ -302,6 +312,7 @@ fn worker_main(args: WorkerArgs) {
                     job: task.job,
                     first: task.first,
                     count: task.count,
+                    busy_ns,
                     outcome,
                 }
             } else {
@@ -309,6 +320,7 @@ fn worker_main(args: WorkerArgs) {
                     worker: id,
                     job: task.job,
                     parts: rest[..ran].iter().map(|t| (t.first, t.count)).collect(),
+                    busy_ns,
                     outcome,
                 }
             };
@@ -353,7 +365,7 @@ impl Backend for Processes {
             maxtasks: self.maxtasks.map(|m| m as u64),
         };
         let mut process = Process::new(worker_main, args)
-            .start_method(self.method)
+            .context(&self.context)
             .daemon(true)
             .name(format!("PoolWorker-{id}"));
         process.start()?;

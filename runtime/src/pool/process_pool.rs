@@ -4,14 +4,16 @@ use std::sync::Arc;
 
 use crate::codec::Shareable;
 use crate::error::{Error, Result};
-use crate::pool::api::{MAX_INFLIGHT, check_workers, pool_methods};
+use crate::pool::api::{
+    Chunked, MAX_INFLIGHT, batch_methods, check_prefetch, check_workers, pool_methods,
+};
 use crate::pool::async_result::{AsyncResult, Callbacks};
 use crate::pool::core::{Config, Core};
 use crate::pool::imap::IMapIterator;
 use crate::pool::process_backend::{InitSpec, Processes};
 use crate::pool::submit;
 use crate::pool::wire::Star2;
-use crate::process::StartMethod;
+use crate::process::{Context, StartMethod};
 
 /// A pool of worker processes (Python's `multiprocessing.Pool`).
 ///
@@ -27,12 +29,12 @@ use crate::process::StartMethod;
 /// fn main() {
 ///     multiproc::init();
 ///     let pool = multiproc::Pool::new(2).unwrap();
-///     assert_eq!(pool.map(square, 1..=4, None).unwrap(), vec![1, 4, 9, 16]);
+///     assert_eq!(pool.map(square, 1..=4).unwrap(), vec![1, 4, 9, 16]);
 /// }
 /// ```
 pub struct Pool {
-    core: Arc<Core<Processes>>,
-    workers: usize,
+    pub(crate) core: Arc<Core<Processes>>,
+    pub(crate) workers: usize,
 }
 
 /// Builds a [`Pool`] with Python's options.
@@ -40,9 +42,24 @@ pub struct Pool {
 pub struct PoolBuilder {
     processes: Option<usize>,
     method: Option<StartMethod>,
+    context: Option<Context>,
     init: Option<InitSpec>,
     init_error: Option<Error>,
     maxtasks: Option<usize>,
+    prefetch: Option<usize>,
+}
+
+impl std::fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.processes)
+            .field("start_method", &self.method)
+            .field("context", &self.context)
+            .field("initializer", &self.init.is_some())
+            .field("maxtasksperchild", &self.maxtasks)
+            .field("prefetch", &self.prefetch)
+            .finish()
+    }
 }
 
 impl PoolBuilder {
@@ -55,6 +72,31 @@ impl PoolBuilder {
     /// The start method of the workers (default: the global default).
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.method = Some(method);
+        self.context = None;
+        self
+    }
+
+    /// Starts the workers as `context` says (Python's `Pool(context=…)`):
+    /// its start method, and under spawn the executable the workers run.
+    /// The last of `context` and [`start_method`](Self::start_method) wins.
+    ///
+    /// A worker that cannot start fails [`build`](Self::build) with that
+    /// error; a replacement that cannot start (its executable is gone, the
+    /// process limit is reached) breaks the pool: every unfinished task and
+    /// every later call fails with `Error::Remote("the pool is broken: …")`
+    /// instead of waiting for a worker that will not come.
+    ///
+    /// ```
+    /// use multiproc::{Pool, StartMethod, get_context};
+    /// let broken = Pool::builder()
+    ///     .processes(1)
+    ///     .context(&get_context(StartMethod::Spawn).with_executable("/nonexistent/worker"))
+    ///     .build();
+    /// assert!(broken.is_err());
+    /// ```
+    pub fn context(mut self, context: &Context) -> Self {
+        self.context = Some(context.clone());
+        self.method = None;
         self
     }
 
@@ -73,6 +115,21 @@ impl PoolBuilder {
         self
     }
 
+    /// The most chunks a worker holds at once: the one it runs and `n - 1`
+    /// queued behind it.
+    ///
+    /// By default the pool chooses, per task function, from how long its
+    /// recent chunks took: up to about 2 ms of work queued at a worker (and
+    /// at most 64 chunks), one chunk at a time for a function not seen yet.
+    /// So an idle worker takes the next chunk while a busy one runs a long
+    /// task, and trivial tasks still stream without a round trip between
+    /// them. A larger `n` trades that fairness for fewer hand-overs; `1` is
+    /// strictly one chunk at a time, as Python's pool does.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = Some(n);
+        self
+    }
+
     /// Starts the workers.
     pub fn build(self) -> Result<Pool> {
         if let Some(e) = self.init_error {
@@ -80,14 +137,18 @@ impl PoolBuilder {
         }
         let n = self.processes.unwrap_or_else(crate::process::cpu_count);
         check_workers(n, self.maxtasks)?;
-        let method = self
-            .method
-            .unwrap_or_else(crate::process::start_method_for_pool);
-        let (backend, reports) = Processes::new(method, self.init, self.maxtasks)?;
+        check_prefetch(self.prefetch)?;
+        let context = match (self.context, self.method) {
+            (Some(context), _) => context,
+            (None, Some(method)) => crate::process::get_context(method),
+            (None, None) => crate::process::get_context(crate::process::start_method_for_pool()),
+        };
+        let (backend, reports) = Processes::new(context, self.init, self.maxtasks)?;
         let config = Config {
             processes: n,
             maxtasks: self.maxtasks,
-            max_inflight: MAX_INFLIGHT,
+            cap: MAX_INFLIGHT,
+            prefetch: self.prefetch,
         };
         Ok(Pool {
             core: Arc::new(Core::start(backend, reports, config)?),
@@ -116,7 +177,17 @@ impl Pool {
             .collect()
     }
 
-    pool_methods!();
+    /// The most chunks this pool has held at once: encoded and waiting for
+    /// a worker, or sent and not yet reported.
+    ///
+    /// Inputs are encoded as workers take them, so this stays within about
+    /// `processes() × 64 + 1` (or `× prefetch`) whatever the length of the
+    /// inputs, besides one chunk per `apply_async` not yet done.
+    pub fn chunks_held_peak(&self) -> usize {
+        self.core.held_peak()
+    }
+
+    pool_methods!(Pool, Processes);
 }
 
 impl std::fmt::Debug for Pool {

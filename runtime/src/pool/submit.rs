@@ -7,7 +7,7 @@ use crate::codec::Shareable;
 use crate::error::{Error, Result};
 use crate::pool::async_result::{self, AsyncResult, Callbacks};
 use crate::pool::backend::{Backend, Chunk};
-use crate::pool::core::{Core, Submission};
+use crate::pool::core::{Core, Feed, Feeder, PaceKey, Submission};
 use crate::pool::imap::{IMapFeeder, IMapIterator, Poke, pull};
 use crate::pool::jobs::{ApplyJob, IMapJob, IMapShared, MapJob};
 use crate::pool::wire::TaskFn;
@@ -56,6 +56,7 @@ where
         let task = backend.make_task(f, vec![arg])?;
         Ok(Submission {
             job: Box::new(ApplyJob::new(promise)),
+            pace_key: f.to_ptr() as PaceKey,
             chunks: vec![Chunk {
                 job: id,
                 first: 0,
@@ -88,31 +89,110 @@ where
     let chunksize = chunksize.unwrap_or_else(|| default_chunksize(len, workers));
     let (result, promise) = async_result::pending(callbacks);
     core.submit(|id, backend| {
-        let mut chunks = Vec::with_capacity(len.div_ceil(chunksize));
-        let mut input = items.into_iter();
-        let mut first = 0;
-        loop {
-            let part: Vec<A> = input.by_ref().take(chunksize).collect();
-            if part.is_empty() {
-                break;
-            }
-            let n = part.len();
-            chunks.push(Chunk {
-                job: id,
-                first,
-                len: n,
-                task: backend.make_task(f, part)?,
-                together: true,
-            });
-            first += n;
-        }
+        let mut feeder = MapFeeder::<B, A, R, F> {
+            job: id,
+            input: items.into_iter(),
+            f,
+            chunksize,
+            first: 0,
+            ready: None,
+            _r: PhantomData,
+        };
+        // The first chunk is encoded now: an input that cannot be encoded at
+        // all fails this call, not each of its chunks later.
+        feeder.ready = feeder.encode_next(backend).map_err(|(_, _, e)| e)?;
         Ok(Submission {
             job: Box::new(MapJob::<R>::new(len, promise)),
-            chunks,
-            feeder: None,
+            pace_key: f.to_ptr() as PaceKey,
+            chunks: Vec::new(),
+            feeder: Some(Box::new(feeder)),
         })
     })?;
     Ok(result)
+}
+
+/// A `map`'s input, encoded a chunk at a time as workers have room for it
+/// (the items are in memory already; their encoded copies need not all be).
+struct MapFeeder<B: Backend, A, R, F> {
+    job: u64,
+    input: std::vec::IntoIter<A>,
+    f: F,
+    chunksize: usize,
+    /// The index of the next item to encode.
+    first: usize,
+    /// A chunk encoded ahead (the first one, at submission).
+    ready: Option<Chunk<B::Task>>,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<B, A, R, F> MapFeeder<B, A, R, F>
+where
+    B: Backend,
+    A: Shareable,
+    R: Shareable,
+    F: TaskFn<A, R>,
+{
+    /// Takes the next chunk's items and encodes them: `Ok(None)` at the end.
+    /// On an error the chunk's items are used up, as (first, len, error).
+    #[allow(clippy::type_complexity)]
+    fn encode_next(
+        &mut self,
+        backend: &B,
+    ) -> Result<Option<Chunk<B::Task>>, (usize, usize, Error)> {
+        let part: Vec<A> = self.input.by_ref().take(self.chunksize).collect();
+        let first = self.first;
+        let len = part.len();
+        self.first += len;
+        if len == 0 {
+            return Ok(None);
+        }
+        let f = self.f;
+        let task =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.make_task(f, part)))
+                .unwrap_or_else(|payload| {
+                    Err(Error::Codec(format!(
+                        "encoding an input item panicked: {}",
+                        crate::process::panic_text(payload.as_ref())
+                    )))
+                });
+        match task {
+            Ok(task) => Ok(Some(Chunk {
+                job: self.job,
+                first,
+                len,
+                task,
+                together: true,
+            })),
+            Err(e) => Err((first, len, e)),
+        }
+    }
+}
+
+impl<B, A, R, F> Feeder<B> for MapFeeder<B, A, R, F>
+where
+    B: Backend,
+    A: Shareable,
+    R: Shareable,
+    F: TaskFn<A, R>,
+{
+    fn next(&mut self, backend: &B) -> Feed<B::Task> {
+        if let Some(chunk) = self.ready.take() {
+            return Feed::Chunk(chunk);
+        }
+        match self.encode_next(backend) {
+            Ok(Some(chunk)) => Feed::Chunk(chunk),
+            Ok(None) => Feed::Done,
+            Err((first, len, e)) => {
+                let message = e.to_string();
+                Feed::Failed {
+                    job: self.job,
+                    first,
+                    len,
+                    error: Arc::new(move || Error::Codec(message.clone())),
+                }
+            }
+        }
+    }
 }
 
 pub(crate) fn imap<B, A, R, F, I>(
@@ -138,6 +218,7 @@ where
     core.submit(move |id, _backend| {
         Ok(Submission {
             job: Box::new(IMapJob::new(for_job.clone())),
+            pace_key: f.to_ptr() as PaceKey,
             chunks: Vec::new(),
             feeder: Some(Box::new(IMapFeeder {
                 job: id,

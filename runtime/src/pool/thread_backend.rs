@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::codec::Shareable;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource};
 use crate::pool::jobs::RawChunk;
 use crate::pool::wire::TaskFn;
@@ -39,6 +39,8 @@ pub(crate) struct ThreadReports(Receiver<Report>);
 
 impl Threads {
     pub fn new(init: Option<Initializer>, maxtasks: Option<usize>) -> (Threads, ThreadReports) {
+        // Notes where tasks panic (still printing as before).
+        crate::pool::process_backend::install_quiet_switch();
         let (tx, rx) = mpsc::channel();
         (
             Threads {
@@ -79,8 +81,10 @@ fn worker_loop(
     }
     let mut done = 0usize;
     while let Ok(Order::Run(chunk)) = orders.recv() {
+        let started = std::time::Instant::now();
         let results = (chunk.task)();
         let sent = reports.send(Report::Done {
+            busy: started.elapsed(),
             worker: id,
             job: chunk.job,
             parts: Parts::One((chunk.first, chunk.len)),
@@ -170,7 +174,13 @@ impl Backend for Threads {
                 .into_iter()
                 .map(|item| {
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.call(item))).map_err(
-                        |p| Error::Remote(format!("task panicked: {}", panic_message(p.as_ref()))),
+                        |p| {
+                            let at = crate::pool::wire::take_panic_location();
+                            crate::pool::wire::panic_error(
+                                &panic_message(p.as_ref()),
+                                at.as_deref(),
+                            )
+                        },
                     )
                 })
                 .collect();

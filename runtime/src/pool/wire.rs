@@ -12,8 +12,12 @@ use crate::process::launch;
 #[derive(Archive, Serialize, Deserialize, Debug, Clone)]
 #[rkyv(crate = rkyv)]
 pub(crate) enum ItemFailure {
-    /// The task panicked with this message.
-    Panicked(String),
+    /// The task panicked with this message, at this place (`file:line:column`)
+    /// when the worker's panic hook saw it.
+    Panicked {
+        message: String,
+        location: Option<String>,
+    },
     /// The task could not run (argument not decodable, result not encodable).
     Failed(String),
 }
@@ -66,6 +70,8 @@ pub(crate) enum ReportMsg {
         job: u64,
         first: u64,
         count: u64,
+        /// How long the worker spent running the chunk, in nanoseconds.
+        busy_ns: u64,
         outcome: ChunkOutcome,
     },
     /// Outcomes of several chunks of a job, run together.
@@ -74,6 +80,8 @@ pub(crate) enum ReportMsg {
         job: u64,
         /// Each chunk's (first item, item count), in the order of the outcomes.
         parts: Vec<(u64, u64)>,
+        /// How long the worker spent running them, in nanoseconds.
+        busy_ns: u64,
         /// The outcomes of all the parts' items, in order.
         outcome: ChunkOutcome,
     },
@@ -176,6 +184,8 @@ pub(crate) fn chunk_entry<A: Shareable, R: Shareable, F: TaskFn<A, R>>(
         .fold(0usize, |sum, &(_, count)| sum.saturating_add(count));
     let mut returned = Vec::with_capacity(total.min(MAX_RESERVE));
     let mut failures = Vec::new();
+    // A place noted for a panic before this chunk is not its tasks'.
+    let _ = take_panic_location();
     let mut index = 0u32;
     let mut ran = 0;
     for &(args, count) in parts {
@@ -201,7 +211,10 @@ pub(crate) fn chunk_entry<A: Shareable, R: Shareable, F: TaskFn<A, R>>(
                 Ok(r) => returned.push(r),
                 Err(p) => failures.push((
                     index,
-                    ItemFailure::Panicked(launch::panic_message(p.as_ref())),
+                    ItemFailure::Panicked {
+                        message: launch::panic_message(p.as_ref()),
+                        location: take_panic_location(),
+                    },
                 )),
             }
             index += 1;
@@ -218,6 +231,42 @@ pub(crate) fn chunk_entry<A: Shareable, R: Shareable, F: TaskFn<A, R>>(
         ),
     };
     (ran, outcome)
+}
+
+std::thread_local! {
+    /// Where the latest panic on this thread happened, as the panic hook saw it.
+    static PANIC_LOCATION: std::cell::RefCell<Option<String>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Called from a panic hook: remembers where this thread panicked, for the
+/// task that catches it ([`take_panic_location`]).
+pub(crate) fn note_panic_location(info: &std::panic::PanicHookInfo<'_>) {
+    if let Some(at) = info.location() {
+        let at = format!("{}:{}:{}", at.file(), at.line(), at.column());
+        // `try_with`: a panic while the thread-local is being torn down.
+        let _ = PANIC_LOCATION.try_with(|slot| {
+            if let Ok(mut slot) = slot.try_borrow_mut() {
+                *slot = Some(at);
+            }
+        });
+    }
+}
+
+/// Where the panic just caught on this thread happened, if a hook noted it.
+pub(crate) fn take_panic_location() -> Option<String> {
+    PANIC_LOCATION
+        .try_with(|slot| slot.try_borrow_mut().ok().and_then(|mut s| s.take()))
+        .ok()
+        .flatten()
+}
+
+/// The error of a task that panicked: its message and, when known, where.
+pub(crate) fn panic_error(message: &str, location: Option<&str>) -> crate::error::Error {
+    crate::error::Error::Remote(match location {
+        Some(at) => format!("task panicked at {at}: {message}"),
+        None => format!("task panicked: {message}"),
+    })
 }
 
 /// Records that the next `count` items all failed the same way.
@@ -258,6 +307,8 @@ mod tests {
         assert_eq!(results[0].as_ref().ok(), Some(&10));
         assert_eq!(results[1].as_ref().ok(), Some(&20));
         assert!(matches!(&results[2], Err(Error::Remote(m)) if m.contains("no 3")));
+        // No hook noted a place in this test thread; the message stands alone.
+        assert!(matches!(&results[2], Err(Error::Remote(m)) if m.starts_with("task panicked: ")));
         assert!(matches!(&results[3], Err(Error::Remote(m)) if m.contains("not 2")));
         assert!(matches!(&results[4], Err(Error::Remote(m)) if m.contains("not 2")));
         assert_eq!(results[5].as_ref().ok(), Some(&50));

@@ -272,7 +272,7 @@ fn barrier_wait_2(scale: &Scale) -> multiproc::Result<Figure> {
     })
 }
 
-/// Per-task time of `pool.map(f, 0..n, chunksize)`.
+/// Per-task time of `pool.chunksize(chunksize).map(f, 0..n)`.
 fn pool_map(
     key: &'static str,
     scale: &Scale,
@@ -284,11 +284,17 @@ fn pool_map(
         .processes(2)
         .start_method(StartMethod::Fork)
         .build()?;
-    pool.map(f, 0..64, 1)?;
+    pool.chunksize(1).map(f, 0..64)?;
     let mut per_op = Vec::new();
     for _ in 0..scale.samples.min(10) {
         let mut result = Ok(());
-        let ns = time_ops(n, || result = pool.map(f, 0..n as u64, chunksize).map(drop));
+        let ns = time_ops(n, || {
+            result = match chunksize {
+                Some(c) => pool.chunksize(c).map(f, 0..n as u64),
+                None => pool.map(f, 0..n as u64),
+            }
+            .map(drop)
+        });
         result?;
         per_op.push(ns);
     }
@@ -528,11 +534,13 @@ fn square(x: u64) -> u64 {
 fn threadpool_map_chunksize_1(scale: &Scale) -> multiproc::Result<Figure> {
     let pool = ThreadPool::new(2)?;
     let n = 2_000 * scale.k;
-    pool.map(square, 0..64, 1)?;
+    pool.chunksize(1).map(square, 0..64)?;
     let mut per_op = Vec::new();
     for _ in 0..scale.samples {
         let mut result = Ok(());
-        let ns = time_ops(n, || result = pool.map(square, 0..n as u64, 1).map(drop));
+        let ns = time_ops(n, || {
+            result = pool.chunksize(1).map(square, 0..n as u64).map(drop)
+        });
         result?;
         per_op.push(ns);
     }
