@@ -234,3 +234,31 @@ fn user_objects_registered_on_a_local_manager() {
     );
     plain.shutdown().unwrap();
 }
+
+fn count_in(args: (DictProxy<String, i64>, i64)) -> i64 {
+    let (d, n) = args;
+    d.update_with("sum".to_string(), 0, |s| s + n).unwrap();
+    n * 2
+}
+
+/// Python's `SyncManager.Pool`: a pool for work on the manager's objects,
+/// its workers started with the manager's start method.
+#[test]
+fn a_managers_pool_works_on_its_objects() {
+    for m in METHODS {
+        let manager = Manager::start_with(m).unwrap();
+        let d = manager.dict::<String, i64>().unwrap();
+        let pool = manager.pool(2).unwrap();
+        let doubled = pool
+            .map(count_in, (1..=20).map(|n| (d.clone(), n)), None)
+            .unwrap();
+        assert_eq!(
+            doubled,
+            (1..=20).map(|n| n * 2).collect::<Vec<_>>(),
+            "{m:?}"
+        );
+        assert_eq!(d.get(&"sum".to_string()).unwrap(), Some(210), "{m:?}");
+        drop(pool);
+        manager.shutdown().unwrap();
+    }
+}

@@ -12,7 +12,7 @@ use multiproc_runtime::manager::protocol::{ArchivedResponse, Request};
 use multiproc_runtime::manager::server::{Limits, Server, connect_local_with_authkey};
 use multiproc_runtime::manager::{ObjectKind, ServeOptions, ServerAddress, ServerBoot, serve_with};
 use multiproc_runtime::{
-    Array, AuthKey, Barrier, BoundedSemaphore, Condition, Error, Event, JoinableQueue, Lock,
+    Array, AuthKey, Barrier, BoundedSemaphore, Condition, Error, Event, JoinableQueue, Lock, Pool,
     Process, Queue, RLock, Result, Semaphore, Shareable, ShmSafe, StartMethod, Value,
     current_process,
 };
@@ -31,6 +31,8 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 struct Inner {
     owner: i32,
     address: ServerAddress,
+    /// The start method the server was started with (here).
+    method: Option<StartMethod>,
     process: Mutex<Option<Process<()>>>,
     shut_down: AtomicBool,
 }
@@ -369,6 +371,7 @@ impl<U: UserTypes> ManagerBuilder<U> {
             inner: Arc::new(Inner {
                 owner: sys::process::getpid(),
                 address,
+                method: self.method,
                 process: Mutex::new(Some(p)),
                 shut_down: AtomicBool::new(false),
             }),
@@ -439,6 +442,7 @@ impl Manager {
                 // No process has pid 0: nobody here may shut the server down.
                 owner: 0,
                 address,
+                method: None,
                 process: Mutex::new(None),
                 shut_down: AtomicBool::new(false),
             }),
@@ -467,6 +471,49 @@ impl Manager {
     /// reaches the server ([`Manager::connect`]).
     pub fn get_object<P: UserProxy>(&self, name: &str) -> Result<P> {
         lookup_user_object(self.inner.address, name)
+    }
+
+    /// A process pool of `n` workers for work on this manager's objects
+    /// (Python's `SyncManager.Pool`).
+    ///
+    /// Python runs that pool inside the server and hands out a proxy to it,
+    /// because its tasks are pickled callables any client may send. Here a
+    /// task is a `fn` of this binary and its results return through shared
+    /// memory to the process that submitted it, so the honest form is a
+    /// [`Pool`] started for the manager by the calling process: its workers
+    /// use the start method the manager was started with (the default for
+    /// a manager connected to) and inherit this process's authkey, so proxies
+    /// to the manager's objects passed in tasks work in them. It is a plain
+    /// `Pool`, not a proxy: it cannot be handed to another process (which
+    /// makes its own), and it ends when dropped, independently of the
+    /// manager.
+    ///
+    /// ```
+    /// use multiproc::{DictProxy, Manager};
+    ///
+    /// fn record((d, n): (DictProxy<u32, u32>, u32)) -> u32 {
+    ///     d.insert(n, n * n).unwrap();
+    ///     n
+    /// }
+    ///
+    /// fn main() {
+    ///     multiproc::init();
+    ///     let manager = Manager::start().unwrap();
+    ///     let d = manager.dict::<u32, u32>().unwrap();
+    ///     let pool = manager.pool(2).unwrap();
+    ///     let done = pool.map(record, (0..4).map(|n| (d.clone(), n)), None).unwrap();
+    ///     assert_eq!(done, vec![0, 1, 2, 3]);
+    ///     assert_eq!(d.get(&3).unwrap(), Some(9));
+    ///     drop(pool);
+    ///     manager.shutdown().unwrap();
+    /// }
+    /// ```
+    pub fn pool(&self, n: usize) -> Result<Pool> {
+        let mut builder = Pool::builder().processes(n);
+        if let Some(m) = self.inner.method {
+            builder = builder.start_method(m);
+        }
+        builder.build()
     }
 
     /// A new, empty dict in the server.
