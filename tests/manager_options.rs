@@ -147,3 +147,118 @@ fn a_killed_base_manager_server_reports_the_signal() {
     master.shutdown().unwrap();
     assert_eq!(master.exitcode(), Some(-libc::SIGKILL));
 }
+
+/// A user type a local manager's server owns.
+#[derive(Default)]
+struct Counter {
+    n: u64,
+}
+
+impl Counter {
+    fn add(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+    fn get(&mut self) -> u64 {
+        self.n
+    }
+}
+
+multiproc::remote_object! {
+    Counter as CounterProxy {
+        1 => fn add(by: u64) -> u64;
+        2 => fn get() -> u64;
+    }
+}
+
+/// Another user type, to be asked for under the wrong name.
+#[derive(Default)]
+struct Other;
+
+impl Other {
+    fn ping(&mut self) -> bool {
+        true
+    }
+}
+
+multiproc::remote_object! {
+    Other as OtherProxy {
+        1 => fn ping() -> bool;
+    }
+}
+
+fn add_from_child(address: multiproc::ServerAddress) -> u64 {
+    let manager = Manager::connect(address).unwrap();
+    let counter: CounterProxy = manager.get_object("counter").unwrap();
+    for _ in 0..99 {
+        counter.add(1).unwrap();
+    }
+    counter.add(1).unwrap()
+}
+
+/// Python's `SyncManager.register(typeid, callable)` for one shared object
+/// on the local manager: children reach it by name through its typed
+/// proxy; an unknown name and a wrong type are typed errors.
+#[test]
+fn user_objects_registered_on_a_local_manager() {
+    for m in METHODS {
+        let manager = Manager::builder()
+            .start_method(m)
+            .register_object::<Counter>("counter")
+            .register_object::<Other>("other")
+            .start()
+            .unwrap();
+        let counter: CounterProxy = manager.get_object("counter").unwrap();
+        let address = *manager.address();
+        let ends = util::run_each(m, add_from_child, (0..3).map(|_| address));
+        assert!(ends.iter().all(|&n| n <= 300), "{m:?}: {ends:?}");
+        assert_eq!(counter.get().unwrap(), 300, "{m:?}");
+        let other: OtherProxy = manager.get_object("other").unwrap();
+        assert!(other.ping().unwrap());
+        assert!(matches!(
+            manager.get_object::<CounterProxy>("missing"),
+            Err(Error::KeyNotFound(_))
+        ));
+        assert!(matches!(
+            manager.get_object::<CounterProxy>("other"),
+            Err(Error::TypeMismatch { .. })
+        ));
+        manager.shutdown().unwrap();
+    }
+    let plain = Manager::start().unwrap();
+    assert!(plain.get_object::<CounterProxy>("counter").is_err());
+    assert_eq!(
+        plain.number_of_objects().unwrap(),
+        0,
+        "no registry without user objects"
+    );
+    plain.shutdown().unwrap();
+}
+
+fn count_in(args: (DictProxy<String, i64>, i64)) -> i64 {
+    let (d, n) = args;
+    d.update_with("sum".to_string(), 0, |s| s + n).unwrap();
+    n * 2
+}
+
+/// Python's `SyncManager.Pool`: a pool for work on the manager's objects,
+/// its workers started with the manager's start method.
+#[test]
+fn a_managers_pool_works_on_its_objects() {
+    for m in METHODS {
+        let manager = Manager::start_with(m).unwrap();
+        let d = manager.dict::<String, i64>().unwrap();
+        let pool = manager.pool(2).unwrap();
+        let doubled = pool
+            .map(count_in, (1..=20).map(|n| (d.clone(), n)), None)
+            .unwrap();
+        assert_eq!(
+            doubled,
+            (1..=20).map(|n| n * 2).collect::<Vec<_>>(),
+            "{m:?}"
+        );
+        assert_eq!(d.get(&"sum".to_string()).unwrap(), Some(210), "{m:?}");
+        drop(pool);
+        manager.shutdown().unwrap();
+    }
+}

@@ -1,5 +1,6 @@
 //! `Manager`: starts a manager server and creates objects in it.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -8,10 +9,10 @@ use multiproc_runtime::__internal::{DEFAULT_CAPACITY_BYTES, Initializer, ShmSpec
 use multiproc_runtime::deadline::Deadline;
 use multiproc_runtime::handle::ShareHandle;
 use multiproc_runtime::manager::protocol::{ArchivedResponse, Request};
-use multiproc_runtime::manager::server::{Limits, connect_local_with_authkey};
+use multiproc_runtime::manager::server::{Limits, Server, connect_local_with_authkey};
 use multiproc_runtime::manager::{ObjectKind, ServeOptions, ServerAddress, ServerBoot, serve_with};
 use multiproc_runtime::{
-    Array, AuthKey, Barrier, BoundedSemaphore, Condition, Error, Event, JoinableQueue, Lock,
+    Array, AuthKey, Barrier, BoundedSemaphore, Condition, Error, Event, JoinableQueue, Lock, Pool,
     Process, Queue, RLock, Result, Semaphore, Shareable, ShmSafe, StartMethod, Value,
     current_process,
 };
@@ -19,7 +20,8 @@ use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
 use crate::core::{Proxy, ProxyCore};
-use crate::{DictProxy, ListProxy, NamespaceProxy};
+use crate::remote::{install_user_objects, lookup_user_object};
+use crate::{DictProxy, ListProxy, NamespaceProxy, RemoteObject, UserProxy, UserTypes};
 
 /// How long a new server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,6 +31,8 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 struct Inner {
     owner: i32,
     address: ServerAddress,
+    /// The start method the server was started with (here).
+    method: Option<StartMethod>,
     process: Mutex<Option<Process<()>>>,
     shut_down: AtomicBool,
 }
@@ -133,17 +137,51 @@ impl std::fmt::Debug for Manager {
 ///     .unwrap();
 /// manager.shutdown().unwrap();
 /// ```
-#[derive(Clone, Default)]
-pub struct ManagerBuilder {
+///
+/// `U` lists the user types registered with
+/// [`ManagerBuilder::register_object`] (it grows with each one; you never
+/// write it).
+pub struct ManagerBuilder<U = ()> {
     method: Option<StartMethod>,
     authkey: Option<AuthKey>,
     allow_root: bool,
     limits: Limits,
     /// The server's initializer, or why its argument could not be encoded.
     init: Option<std::result::Result<Initializer, String>>,
+    /// The names of the user objects `U` lists, in order.
+    user_names: Vec<String>,
+    _user: PhantomData<fn() -> U>,
 }
 
-impl std::fmt::Debug for ManagerBuilder {
+impl Default for ManagerBuilder {
+    fn default() -> Self {
+        ManagerBuilder {
+            method: None,
+            authkey: None,
+            allow_root: false,
+            limits: Limits::default(),
+            init: None,
+            user_names: Vec::new(),
+            _user: PhantomData,
+        }
+    }
+}
+
+impl<U> Clone for ManagerBuilder<U> {
+    fn clone(&self) -> Self {
+        ManagerBuilder {
+            method: self.method,
+            authkey: self.authkey.clone(),
+            allow_root: self.allow_root,
+            limits: self.limits,
+            init: self.init.clone(),
+            user_names: self.user_names.clone(),
+            _user: PhantomData,
+        }
+    }
+}
+
+impl<U> std::fmt::Debug for ManagerBuilder<U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ManagerBuilder")
             .field("method", &self.method)
@@ -151,12 +189,17 @@ impl std::fmt::Debug for ManagerBuilder {
             .field("allow_root", &self.allow_root)
             .field("limits", &self.limits)
             .field("initializer", &self.init.is_some())
+            .field("user_objects", &self.user_names)
             .finish()
     }
 }
 
-/// The server process: runs the initializer, if any, then serves.
-fn serve_with_init((boot, options, init): (ServerBoot, ServeOptions, Option<Initializer>)) {
+/// What the server process starts with.
+type ServerArgs = (ServeOptions, Option<Initializer>, Vec<String>);
+
+/// The server process: runs the initializer, if any, makes the user
+/// objects `U`, if any, then serves.
+fn serve_local<U: UserTypes>((boot, (options, init, user_names)): (ServerBoot, ServerArgs)) {
     if let Some(init) = init {
         // SAFETY: made by `ManagerBuilder::initializer` in the process that
         // started this one, from this same binary (spawn checked its
@@ -167,10 +210,52 @@ fn serve_with_init((boot, options, init): (ServerBoot, ServeOptions, Option<Init
             return;
         }
     }
-    serve_with((boot, options));
+    if user_names.is_empty() {
+        return serve_with((boot, options));
+    }
+    let server = Server::bind(boot.token(), &options).and_then(|mut s| {
+        install_user_objects::<U>(&mut s, &user_names)?;
+        Ok(s)
+    });
+    match server {
+        Ok(s) => {
+            boot.publish_ready(&s);
+            drop(boot);
+            s.serve_forever();
+        }
+        Err(e) => {
+            tracing::error!("manager server cannot start: {e}");
+            boot.publish_failed(&e);
+        }
+    }
 }
 
-impl ManagerBuilder {
+impl<U: UserTypes> ManagerBuilder<U> {
+    /// Registers `name` as a `T` the server owns (Python's
+    /// `SyncManager.register(typeid, callable)` for one shared object, as
+    /// [`BaseManager::register_object`](crate::BaseManager::register_object)
+    /// does): made with `T::default()` when the server starts, and reached
+    /// from any process through its typed proxy with
+    /// [`Manager::get_object`]. Declare the methods with the
+    /// [`remote`](macro@crate::remote) attribute. The server also keeps a
+    /// registry of the names (one object in [`Manager::number_of_objects`]).
+    pub fn register_object<T: RemoteObject>(
+        self,
+        name: impl Into<String>,
+    ) -> ManagerBuilder<(T, U)> {
+        let mut user_names = self.user_names;
+        user_names.push(name.into());
+        ManagerBuilder {
+            method: self.method,
+            authkey: self.authkey,
+            allow_root: self.allow_root,
+            limits: self.limits,
+            init: self.init,
+            user_names,
+            _user: PhantomData,
+        }
+    }
+
     /// Runs `f(arg)` in the server process before it serves (Python's
     /// `SyncManager.start(initializer, initargs)`): to set up logging,
     /// signal dispositions or process-wide state there. A panic in it
@@ -263,7 +348,8 @@ impl ManagerBuilder {
             }
             None => None,
         };
-        let mut p = Process::new(serve_with_init, (boot.clone(), options, init))
+        let args = (options, init, self.user_names);
+        let mut p = Process::new(serve_local::<U>, (boot.clone(), args))
             .name("SyncManager")
             .daemon(true);
         if let Some(m) = self.method {
@@ -285,6 +371,7 @@ impl ManagerBuilder {
             inner: Arc::new(Inner {
                 owner: sys::process::getpid(),
                 address,
+                method: self.method,
                 process: Mutex::new(Some(p)),
                 shut_down: AtomicBool::new(false),
             }),
@@ -355,6 +442,7 @@ impl Manager {
                 // No process has pid 0: nobody here may shut the server down.
                 owner: 0,
                 address,
+                method: None,
                 process: Mutex::new(None),
                 shut_down: AtomicBool::new(false),
             }),
@@ -374,6 +462,58 @@ impl Manager {
     fn create<P: Proxy>(&self, kind: ObjectKind) -> Result<P> {
         let conn = client::connection(&self.inner.address)?;
         ProxyCore::create(conn, kind, P::tag()).map(P::from_core)
+    }
+
+    /// A proxy to the user object registered as `name` with
+    /// [`ManagerBuilder::register_object`], checked to be the one a `P`
+    /// calls: [`Error::KeyNotFound`] for a name the server does not have,
+    /// [`Error::TypeMismatch`] for another type. Works in any process that
+    /// reaches the server ([`Manager::connect`]).
+    pub fn get_object<P: UserProxy>(&self, name: &str) -> Result<P> {
+        lookup_user_object(self.inner.address, name)
+    }
+
+    /// A process pool of `n` workers for work on this manager's objects
+    /// (Python's `SyncManager.Pool`).
+    ///
+    /// Python runs that pool inside the server and hands out a proxy to it,
+    /// because its tasks are pickled callables any client may send. Here a
+    /// task is a `fn` of this binary and its results return through shared
+    /// memory to the process that submitted it, so the honest form is a
+    /// [`Pool`] started for the manager by the calling process: its workers
+    /// use the start method the manager was started with (the default for
+    /// a manager connected to) and inherit this process's authkey, so proxies
+    /// to the manager's objects passed in tasks work in them. It is a plain
+    /// `Pool`, not a proxy: it cannot be handed to another process (which
+    /// makes its own), and it ends when dropped, independently of the
+    /// manager.
+    ///
+    /// ```
+    /// use multiproc::{DictProxy, Manager};
+    ///
+    /// fn record((d, n): (DictProxy<u32, u32>, u32)) -> u32 {
+    ///     d.insert(n, n * n).unwrap();
+    ///     n
+    /// }
+    ///
+    /// fn main() {
+    ///     multiproc::init();
+    ///     let manager = Manager::start().unwrap();
+    ///     let d = manager.dict::<u32, u32>().unwrap();
+    ///     let pool = manager.pool(2).unwrap();
+    ///     let done = pool.map(record, (0..4).map(|n| (d.clone(), n)), None).unwrap();
+    ///     assert_eq!(done, vec![0, 1, 2, 3]);
+    ///     assert_eq!(d.get(&3).unwrap(), Some(9));
+    ///     drop(pool);
+    ///     manager.shutdown().unwrap();
+    /// }
+    /// ```
+    pub fn pool(&self, n: usize) -> Result<Pool> {
+        let mut builder = Pool::builder().processes(n);
+        if let Some(m) = self.inner.method {
+            builder = builder.start_method(m);
+        }
+        builder.build()
     }
 
     /// A new, empty dict in the server.

@@ -582,6 +582,44 @@ fn make_user_objects<U: UserTypes>(server: &mut Server, names: &[String]) -> Res
     Ok(())
 }
 
+/// Makes the registry and the user objects `U` under `names` in a local
+/// manager's server about to serve (see `ManagerBuilder::register_object`).
+pub(crate) fn install_user_objects<U: UserTypes>(
+    server: &mut Server,
+    names: &[String],
+) -> Result<()> {
+    make_named(server, &[])?;
+    make_user_objects::<U>(server, names)
+}
+
+/// The user object registered as `name` in the server at `address`,
+/// checked to be the one a `P` calls: `KeyNotFound` for a name the server
+/// does not have, `TypeMismatch` for another type.
+pub(crate) fn lookup_user_object<P: UserProxy>(address: ServerAddress, name: &str) -> Result<P> {
+    let tag = <Registry as Proxy>::tag();
+    let registry: Registry = attach_as(&ProxyRepr {
+        server: address,
+        object: REGISTRY,
+        fingerprint: tag.fingerprint,
+        type_name: tag.name,
+        pin: 0,
+        authkey: Vec::new(),
+    })?;
+    let (object, fingerprint, type_name) = registry
+        .get(&name.to_string())?
+        .ok_or_else(|| Error::KeyNotFound(format!("{name:?}")))?;
+    if fingerprint != fingerprint_str(P::TYPE_NAME) || object & USER_OBJECT_BIT == 0 {
+        return Err(Error::TypeMismatch {
+            expected: P::TYPE_NAME.into(),
+            found: type_name,
+        });
+    }
+    Ok(P::from_handle(ObjectHandle {
+        server: address,
+        object,
+    }))
+}
+
 /// Hands the queues named in the Python options to the server's Python listener.
 fn serve_python_queues(
     server: &mut Server,
@@ -787,20 +825,7 @@ impl RemoteManager {
     /// A typed proxy to the user object registered as `name` (see
     /// [`BaseManager::register_object`] and the [`remote`](macro@crate::remote) attribute).
     pub fn get_object<P: UserProxy>(&self, name: &str) -> Result<P> {
-        let registry: Registry = self.attach(REGISTRY, <Registry as Proxy>::tag())?;
-        let (object, fingerprint, type_name) = registry
-            .get(&name.to_string())?
-            .ok_or_else(|| Error::KeyNotFound(format!("{name:?}")))?;
-        if fingerprint != fingerprint_str(P::TYPE_NAME) || object & USER_OBJECT_BIT == 0 {
-            return Err(Error::TypeMismatch {
-                expected: P::TYPE_NAME.into(),
-                found: type_name,
-            });
-        }
-        Ok(P::from_handle(ObjectHandle {
-            server: self.inner.address,
-            object,
-        }))
+        lookup_user_object(self.inner.address, name)
     }
 
     fn attach<P: Proxy>(&self, object: ObjectId, tag: TypeTag) -> Result<P> {
