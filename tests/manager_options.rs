@@ -250,7 +250,7 @@ fn a_managers_pool_works_on_its_objects() {
         let d = manager.dict::<String, i64>().unwrap();
         let pool = manager.pool(2).unwrap();
         let doubled = pool
-            .map(count_in, (1..=20).map(|n| (d.clone(), n)), None)
+            .map(count_in, (1..=20).map(|n| (d.clone(), n)))
             .unwrap();
         assert_eq!(
             doubled,

@@ -501,7 +501,7 @@ impl Manager {
     ///     let manager = Manager::start().unwrap();
     ///     let d = manager.dict::<u32, u32>().unwrap();
     ///     let pool = manager.pool(2).unwrap();
-    ///     let done = pool.map(record, (0..4).map(|n| (d.clone(), n)), None).unwrap();
+    ///     let done = pool.map(record, (0..4).map(|n| (d.clone(), n))).unwrap();
     ///     assert_eq!(done, vec![0, 1, 2, 3]);
     ///     assert_eq!(d.get(&3).unwrap(), Some(9));
     ///     drop(pool);
