@@ -16,8 +16,6 @@
 //!
 //! Most users depend on the `multiproc` facade crate, which re-exports these.
 
-mod client;
-mod core;
 mod dict;
 mod list;
 mod manager;
@@ -26,13 +24,16 @@ mod queue;
 mod remote;
 mod sync;
 
-pub use crate::core::{ArchivedProxy, ProxyRepr};
+pub use multiproc_runtime::manager::core::{ArchivedProxy, ProxyRepr};
+// The client core lives in the runtime (so runtime handles can have a remote
+// flavour); the container proxies here name it by these paths.
 pub use dict::DictProxy;
 pub use list::ListProxy;
 pub use manager::{Manager, ManagerBuilder};
 pub use multiproc_proxy_macros::{Shareable, remote};
 pub use multiproc_runtime::manager::ShutdownHandle;
 pub use multiproc_runtime::manager::{PIN_TIMEOUT, ServerAddress};
+use multiproc_runtime::manager::{client, core};
 pub use namespace::NamespaceProxy;
 pub use queue::QueueProxy;
 pub use remote::{
