@@ -109,7 +109,7 @@ fn manager_event_barrier_semaphores_and_rlock_work_across_children() {
         );
         let rlock = manager.rlock().unwrap();
         let count = manager.value(0u32).unwrap();
-        start_signal.set();
+        start_signal.set().unwrap();
         let party_args = (
             start_signal.clone(),
             barrier.clone(),
@@ -306,7 +306,7 @@ fn every_blocking_wait_on_a_dead_managers_object_fails_but_locks_stay_usable() {
     assert!(is_manager_gone(barrier.wait()));
     // What does not wait still works: the segments live while mapped.
     assert_eq!(full.try_get().unwrap(), 1);
-    ev.set();
+    ev.set().unwrap();
     assert!(ev.wait().is_ok());
     drop(lock.lock().unwrap());
     drop(rlock.lock().unwrap());
@@ -343,7 +343,7 @@ fn a_child_connects_to_the_managers_address_and_creates_objects() {
         let mut p = Process::new(create_in_parents_manager, args).start_method(m);
         p.start().unwrap();
         let (q, d) = back.get_timeout(PROMPTLY).unwrap();
-        taken.set();
+        taken.set().unwrap();
         p.join_timeout(PROMPTLY).unwrap();
         assert_eq!(q.get_timeout(PROMPTLY).unwrap(), 42, "{m:?}");
         assert_eq!(

@@ -479,7 +479,7 @@ fn nothing_is_left_in_dev_shm() {
 fn stream_into_the_void(args: (Queue<Vec<u8>>, Event)) {
     let (q, streaming) = args;
     let msg = vec![5u8; 256 << 10];
-    streaming.set();
+    streaming.set().unwrap();
     let _ = q.put(msg);
 }
 

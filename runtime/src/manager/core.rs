@@ -228,6 +228,25 @@ pub trait Proxy: Sized {
     fn tag() -> TypeTag;
 }
 
+/// A handle with a remote flavour (a `Lock` a TCP manager keeps), made
+/// from a server object's core; every [`Proxy`] is one.
+#[doc(hidden)]
+pub trait RemoteFlavor: Sized {
+    /// The types the server records for the object.
+    fn remote_tag() -> TypeTag;
+    /// The handle over a core just created or attached.
+    fn from_remote(core: ProxyCore) -> Self;
+}
+
+impl<P: Proxy> RemoteFlavor for P {
+    fn remote_tag() -> TypeTag {
+        P::tag()
+    }
+    fn from_remote(core: ProxyCore) -> Self {
+        P::from_core(core)
+    }
+}
+
 /// The archived form of a proxy of type `P`.
 #[repr(transparent)]
 pub struct ArchivedProxy<P> {

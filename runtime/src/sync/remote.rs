@@ -1,10 +1,10 @@
-//! Proxies to the locks, semaphores, events and barriers a server keeps for
-//! clients that reach it over TCP (a [`RemoteManager`](crate::RemoteManager)).
+//! The remote flavour of the sync primitives: locks, semaphores, events and
+//! barriers a manager server keeps for clients that reach it over TCP.
 //!
-//! They mirror the local primitives (`multiproc::Lock`, `Event`, …), with
-//! the same `x` / `try_x` / `x_timeout` forms, but every call asks the
-//! server, so each returns a `Result` (a lost server is
-//! [`Error::ManagerGone`]). A call that waits does so in the server, on a
+//! [`Lock`](crate::Lock) and [`Event`](crate::Event) hold a [`RemoteLock`] /
+//! [`RemoteEvent`] as their remote flavour; the semaphores and the barrier
+//! are still proxies of their own here. Every call asks the server (a lost
+//! server is [`Error::ManagerGone`]). A call that waits does so in the server, on a
 //! connection of its own, so it never holds up the process's other proxies.
 //! A lock whose holder's connection ends (its process died, or its host
 //! vanished) is released by the server, and the next acquirer is told
@@ -12,13 +12,17 @@
 
 use std::time::Duration;
 
-use multiproc_runtime::__internal::sys;
-use multiproc_runtime::deadline::Deadline;
-use multiproc_runtime::manager::protocol::{ArchivedResponse, Method};
-use multiproc_runtime::{Acquired, Error, Result};
+use std::sync::Arc;
 
-use crate::client::{Connection, unexpected};
-use crate::core::{Args, Proxy, ProxyCore, TypeTag, impl_proxy, read_bool, read_len, read_unit};
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::manager::client::{Connection, unexpected};
+use crate::manager::core::{
+    Args, Proxy, ProxyCore, RemoteFlavor, TypeTag, read_bool, read_len, read_unit,
+};
+use crate::manager::protocol::{ArchivedResponse, Method};
+use crate::sync::raw_lock::Acquired;
+use crate::sys;
 
 macro_rules! waitable_proxy {
     ($(#[$doc:meta])* $name:ident, $tag:literal) => {
@@ -48,17 +52,57 @@ macro_rules! waitable_proxy {
             }
         }
 
-        impl_proxy!(impl<> for $name);
+        crate::impl_proxy!(impl<> for $name);
     };
 }
 
-waitable_proxy!(
-    /// A lock kept by a manager server (Python's `manager.Lock()` over TCP).
-    ///
-    /// Any process may release it, as with Python's `Lock`.
-    LockProxy,
-    "multiproc::LockProxy"
-);
+/// The remote flavour of a [`Lock`](crate::Lock): one kept by a manager
+/// server. Any process may release it, as with Python's `Lock`.
+#[derive(Clone, Debug)]
+pub(crate) struct RemoteLock {
+    core: Arc<ProxyCore>,
+}
+
+impl RemoteFlavor for crate::Lock {
+    fn remote_tag() -> TypeTag {
+        // The name proxies of earlier releases used: servers and clients agree.
+        TypeTag::new("multiproc::LockProxy".into())
+    }
+    fn from_remote(core: ProxyCore) -> Self {
+        crate::Lock::remote(RemoteLock {
+            core: Arc::new(core),
+        })
+    }
+}
+
+impl RemoteLock {
+    pub(crate) fn core(&self) -> &ProxyCore {
+        &self.core
+    }
+}
+
+/// The remote flavour of an [`Event`](crate::Event): one kept by a manager server.
+#[derive(Clone, Debug)]
+pub(crate) struct RemoteEvent {
+    core: Arc<ProxyCore>,
+}
+
+impl RemoteFlavor for crate::Event {
+    fn remote_tag() -> TypeTag {
+        TypeTag::new("multiproc::EventProxy".into())
+    }
+    fn from_remote(core: ProxyCore) -> Self {
+        crate::Event::remote(RemoteEvent {
+            core: Arc::new(core),
+        })
+    }
+}
+
+impl RemoteEvent {
+    pub(crate) fn core(&self) -> &ProxyCore {
+        &self.core
+    }
+}
 waitable_proxy!(
     /// A semaphore kept by a manager server.
     SemaphoreProxy,
@@ -69,11 +113,6 @@ waitable_proxy!(
     /// its initial value.
     BoundedSemaphoreProxy,
     "multiproc::BoundedSemaphoreProxy"
-);
-waitable_proxy!(
-    /// An event kept by a manager server.
-    EventProxy,
-    "multiproc::EventProxy"
 );
 waitable_proxy!(
     /// A barrier kept by a manager server.
@@ -107,23 +146,9 @@ fn expired(deadline: Deadline) -> Error {
     }
 }
 
-impl LockProxy {
-    /// Blocks until the lock is held.
-    pub fn acquire(&self) -> Result<Acquired> {
-        self.acquire_deadline(Deadline::Never)
-    }
-
-    /// Takes the lock if it is free; `Err(WouldBlock)` otherwise.
-    pub fn try_acquire(&self) -> Result<Acquired> {
-        self.acquire_deadline(Deadline::Now)
-    }
-
-    /// Waits at most `timeout` for the lock; `Err(Timeout)` if it stays held.
-    pub fn acquire_timeout(&self, timeout: Duration) -> Result<Acquired> {
-        self.acquire_deadline(Deadline::after(timeout))
-    }
-
-    fn acquire_deadline(&self, deadline: Deadline) -> Result<Acquired> {
+impl RemoteLock {
+    /// Takes the lock by `deadline` (`WouldBlock` for a try, `Timeout` after a wait).
+    pub(crate) fn acquire_deadline(&self, deadline: Deadline) -> Result<Acquired> {
         let pid = i64::from(sys::process::getpid());
         loop {
             // Taken on the shared connection: the server releases the lock
@@ -150,67 +175,15 @@ impl LockProxy {
     }
 
     /// Releases the lock; releasing an unlocked lock is `Err(InvalidState)`.
-    pub fn release(&self) -> Result<()> {
+    pub(crate) fn release(&self) -> Result<()> {
         self.core
             .call(Method::LockRelease, Args::default(), read_unit)
     }
 
-    /// Blocks until the lock is held; the guard releases it.
-    pub fn lock(&self) -> Result<LockProxyGuard<'_>> {
-        self.acquire().map(|a| LockProxyGuard::new(self, a))
-    }
-
-    /// The guard form of [`LockProxy::try_acquire`].
-    pub fn try_lock(&self) -> Result<LockProxyGuard<'_>> {
-        self.try_acquire().map(|a| LockProxyGuard::new(self, a))
-    }
-
-    /// The guard form of [`LockProxy::acquire_timeout`].
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<LockProxyGuard<'_>> {
-        self.acquire_timeout(timeout)
-            .map(|a| LockProxyGuard::new(self, a))
-    }
-
     /// Whether some process holds the lock now.
-    pub fn is_locked(&self) -> Result<bool> {
+    pub(crate) fn is_locked(&self) -> Result<bool> {
         self.core
             .call(Method::LockIsLocked, Args::default(), read_bool)
-    }
-}
-
-/// Holds a [`LockProxy`]; releases it when dropped (a failure to reach the
-/// server then is logged: the server releases the lock itself once this
-/// process's connection ends).
-#[must_use = "the lock is released when the guard is dropped"]
-pub struct LockProxyGuard<'a> {
-    lock: &'a LockProxy,
-    acquired: Acquired,
-}
-
-impl<'a> LockProxyGuard<'a> {
-    fn new(lock: &'a LockProxy, acquired: Acquired) -> Self {
-        LockProxyGuard { lock, acquired }
-    }
-
-    /// The pid of the previous holder if it left holding the lock.
-    pub fn owner_died(&self) -> Option<i32> {
-        self.acquired.owner_died()
-    }
-}
-
-impl Drop for LockProxyGuard<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = self.lock.release() {
-            tracing::warn!("cannot release a manager lock: {e}");
-        }
-    }
-}
-
-impl std::fmt::Debug for LockProxyGuard<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LockProxyGuard")
-            .field("acquired", &self.acquired)
-            .finish()
     }
 }
 
@@ -264,41 +237,26 @@ macro_rules! semaphore_methods {
 semaphore_methods!(SemaphoreProxy);
 semaphore_methods!(BoundedSemaphoreProxy);
 
-impl EventProxy {
+impl RemoteEvent {
     /// Raises the flag, waking every waiter.
-    pub fn set(&self) -> Result<()> {
+    pub(crate) fn set(&self) -> Result<()> {
         self.core.call(Method::EventSet, Args::default(), read_unit)
     }
 
     /// Lowers the flag.
-    pub fn clear(&self) -> Result<()> {
+    pub(crate) fn clear(&self) -> Result<()> {
         self.core
             .call(Method::EventClear, Args::default(), read_unit)
     }
 
     /// Whether the flag is raised.
-    pub fn is_set(&self) -> Result<bool> {
+    pub(crate) fn is_set(&self) -> Result<bool> {
         self.core
             .call(Method::EventIsSet, Args::default(), read_bool)
     }
 
-    /// Blocks until the flag is raised.
-    pub fn wait(&self) -> Result<()> {
-        self.wait_deadline(Deadline::Never).map(|_| ())
-    }
-
-    /// Whether the flag is raised, without waiting.
-    pub fn try_wait(&self) -> Result<bool> {
-        self.is_set()
-    }
-
-    /// Waits at most `timeout` for the flag; returns whether it was raised
-    /// (false on timeout, like Python's `wait(timeout)`).
-    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
-        self.wait_deadline(Deadline::after(timeout))
-    }
-
-    fn wait_deadline(&self, deadline: Deadline) -> Result<bool> {
+    /// Waits for the flag until `deadline`; whether it was raised.
+    pub(crate) fn wait_deadline(&self, deadline: Deadline) -> Result<bool> {
         self.core
             .call_waiting(Method::EventWait, wait_args(), deadline, read_bool)
     }
