@@ -291,7 +291,7 @@
 //! }
 //! ```
 //!
-//! A [`Lock`] or an [`Event`] is one type wherever it lives: in shared
+//! A [`Lock`], an [`Event`] or a [`Semaphore`] is one type wherever it lives: in shared
 //! memory (`Lock::new()`, a local `Manager`) or in a TCP [`BaseManager`]'s
 //! server. A function written against it runs unchanged with either
 //! manager, and either flavour passes to children and inside messages:
@@ -423,13 +423,15 @@ compile_error!(
 );
 
 pub use multiproc_proxy::{
-    BarrierProxy, BaseManager, BoundedSemaphoreProxy, DictProxy, ListProxy, Manager,
-    ManagerBuilder, ManagerServer, NamespaceProxy, ObjectHandle, Parties, QueueProxy, Registrable,
-    RemoteManager, RemoteObject, SemaphoreProxy, SemaphoreValue, ServerAddress, Shareable,
-    ShutdownHandle, UserProxy, UserTypes, remote, remote_object, set_manager_authkey,
+    BarrierProxy, BaseManager, DictProxy, ListProxy, Manager, ManagerBuilder, ManagerServer,
+    NamespaceProxy, ObjectHandle, Parties, QueueProxy, Registrable, RemoteManager, RemoteObject,
+    SemaphoreValue, ServerAddress, Shareable, ShutdownHandle, UserProxy, UserTypes, remote,
+    remote_object, set_manager_authkey,
 };
 #[allow(deprecated)]
-pub use multiproc_proxy::{EventProxy, LockProxy, LockProxyGuard};
+pub use multiproc_proxy::{
+    BoundedSemaphoreProxy, EventProxy, LockProxy, LockProxyGuard, SemaphoreProxy,
+};
 pub use multiproc_runtime::{
     Acquired, Address, Array, ArrayGuard, AsyncResult, AtomicInt, AuthKey, Barrier,
     BoundedSemaphore, Callbacks, ChildInfo, Condition, ConditionGuard, ConditionLock, Connection,

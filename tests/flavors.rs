@@ -7,7 +7,8 @@ mod util;
 use std::time::Duration;
 
 use multiproc::{
-    Acquired, BaseManager, Error, Event, Lock, Manager, Process, Queue, RemoteManager, StartMethod,
+    Acquired, BaseManager, BoundedSemaphore, Error, Event, Lock, Manager, Process, Queue,
+    RemoteManager, Semaphore, StartMethod,
 };
 use util::{PROMPTLY, assert_not_our_zombie};
 
@@ -57,6 +58,22 @@ impl Maker {
             Maker::Plain => Event::new().unwrap(),
             Maker::Local(m) => m.event().unwrap(),
             Maker::Tcp(m) => m.event().unwrap(),
+        }
+    }
+
+    fn semaphore(&self, value: u32) -> Semaphore {
+        match self {
+            Maker::Plain => Semaphore::new(value).unwrap(),
+            Maker::Local(m) => m.semaphore(value).unwrap(),
+            Maker::Tcp(m) => m.semaphore(value).unwrap(),
+        }
+    }
+
+    fn bounded_semaphore(&self, value: u32) -> BoundedSemaphore {
+        match self {
+            Maker::Plain => BoundedSemaphore::new(value).unwrap(),
+            Maker::Local(m) => m.bounded_semaphore(value).unwrap(),
+            Maker::Tcp(m) => m.bounded_semaphore(value).unwrap(),
         }
     }
 
@@ -205,6 +222,73 @@ fn event_is_one_type_for_every_source() {
                 "{source:?} {m:?}"
             );
             assert!(!ping.is_set().unwrap(), "{source:?} {m:?}");
+        }
+        maker.shutdown();
+    }
+}
+
+// ------------------------------------------------------------ Semaphore
+
+/// Takes both units of each semaphore (waiting for the second), then hands
+/// one of each back.
+fn take_units(args: (Semaphore, BoundedSemaphore, Event)) -> Vec<String> {
+    let (sem, bounded, took) = args;
+    let mut seen = vec![];
+    for _ in 0..2 {
+        seen.push(format!("{:?}", sem.acquire_timeout(PROMPTLY * 3)));
+        seen.push(format!("{:?}", bounded.acquire_timeout(PROMPTLY * 3)));
+    }
+    seen.push(format!("{:?}", sem.try_acquire()));
+    seen.push(format!("{:?}", bounded.try_acquire()));
+    took.set().unwrap();
+    sem.release().unwrap();
+    bounded.release().unwrap();
+    seen
+}
+
+#[test]
+fn semaphores_are_one_type_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let (sem, bounded, took) = (
+                maker.semaphore(1),
+                maker.bounded_semaphore(2),
+                maker.event(),
+            );
+            bounded.acquire().unwrap();
+            assert_eq!(sem.get_value().unwrap(), 1, "{source:?} {m:?}");
+            assert_eq!(bounded.get_value().unwrap(), 1, "{source:?} {m:?}");
+            let mut p = start(m, take_units, (sem.clone(), bounded.clone(), took.clone()));
+            // The child waits for the second units until these come.
+            sem.release().unwrap();
+            bounded.release().unwrap();
+            let seen = p.join_timeout(PROMPTLY * 3).unwrap();
+            assert!(took.is_set().unwrap());
+            assert_eq!(
+                seen,
+                [
+                    "Ok(())",
+                    "Ok(())",
+                    "Ok(())",
+                    "Ok(())",
+                    "Err(WouldBlock)",
+                    "Err(WouldBlock)"
+                ],
+                "{source:?} {m:?}"
+            );
+            assert_eq!(sem.get_value().unwrap(), 1, "{source:?} {m:?}");
+            assert_eq!(bounded.get_value().unwrap(), 1, "{source:?} {m:?}");
+            sem.acquire().unwrap();
+            assert!(matches!(
+                sem.acquire_timeout(Duration::from_millis(50)),
+                Err(Error::Timeout(_))
+            ));
+            bounded.release().unwrap();
+            assert!(
+                matches!(bounded.release(), Err(Error::InvalidState(_))),
+                "{source:?} {m:?}"
+            );
         }
         maker.shutdown();
     }

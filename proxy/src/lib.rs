@@ -12,9 +12,9 @@
 //! (Python's remote managers), plus queues, locks, semaphores, events and
 //! barriers kept in the server, whose waiting calls wait in the server.
 //! Locks and events are the runtime's own `Lock` and `Event` in their
-//! remote flavour, so one function serves both managers; queues,
-//! semaphores and barriers are still [`QueueProxy`], [`SemaphoreProxy`],
-//! [`BoundedSemaphoreProxy`] and [`BarrierProxy`].
+//! remote flavour, so one function serves both managers, and so are the
+//! semaphores; queues and barriers are still [`QueueProxy`] and
+//! [`BarrierProxy`].
 //!
 //! Most users depend on the `multiproc` facade crate, which re-exports these.
 
@@ -32,10 +32,10 @@ pub use dict::DictProxy;
 pub use list::ListProxy;
 pub use manager::{Manager, ManagerBuilder};
 pub use multiproc_proxy_macros::{Shareable, remote};
+pub use multiproc_runtime::BarrierProxy;
 pub use multiproc_runtime::manager::ShutdownHandle;
 pub use multiproc_runtime::manager::{PIN_TIMEOUT, ServerAddress};
 use multiproc_runtime::manager::{client, core};
-pub use multiproc_runtime::{BarrierProxy, BoundedSemaphoreProxy, SemaphoreProxy};
 pub use namespace::NamespaceProxy;
 pub use queue::QueueProxy;
 pub use remote::{
@@ -52,6 +52,14 @@ pub type LockProxyGuard<'a> = multiproc_runtime::LockGuard<'a>;
 /// An event a remote manager keeps: now the one [`Event`](multiproc_runtime::Event) type.
 #[deprecated(note = "use `Event`: local and remote events are one type")]
 pub type EventProxy = multiproc_runtime::Event;
+/// A semaphore a remote manager keeps: now the one
+/// [`Semaphore`](multiproc_runtime::Semaphore) type.
+#[deprecated(note = "use `Semaphore`: local and remote semaphores are one type")]
+pub type SemaphoreProxy = multiproc_runtime::Semaphore;
+/// A bounded semaphore a remote manager keeps: now the one
+/// [`BoundedSemaphore`](multiproc_runtime::BoundedSemaphore) type.
+#[deprecated(note = "use `BoundedSemaphore`: local and remote semaphores are one type")]
+pub type BoundedSemaphoreProxy = multiproc_runtime::BoundedSemaphore;
 
 #[doc(hidden)]
 pub mod __private {

@@ -33,11 +33,8 @@ use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
 use crate::core::{Proxy, ProxyCore, ProxyRepr, RemoteFlavor, TypeTag};
-use crate::{
-    BarrierProxy, BoundedSemaphoreProxy, DictProxy, ListProxy, NamespaceProxy, QueueProxy,
-    SemaphoreProxy,
-};
-use multiproc_runtime::{Event, Lock};
+use crate::{BarrierProxy, DictProxy, ListProxy, NamespaceProxy, QueueProxy};
+use multiproc_runtime::{BoundedSemaphore, Event, Lock, Semaphore};
 
 /// How long a new server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -53,8 +50,8 @@ type Registry = DictProxy<String, NamedEntry>;
 /// A proxy type a [`BaseManager`] can register by name.
 ///
 /// Implemented for [`DictProxy`], [`ListProxy`], [`NamespaceProxy`],
-/// [`QueueProxy`], [`Lock`], [`SemaphoreProxy`],
-/// [`BoundedSemaphoreProxy`], [`Event`] and [`BarrierProxy`].
+/// [`QueueProxy`], [`Lock`], [`Semaphore`],
+/// [`BoundedSemaphore`], [`Event`] and [`BarrierProxy`].
 pub trait Registrable: Sized + Shareable {
     /// What the server needs to make one: a queue's maxsize, a semaphore's
     /// value, a barrier's [`Parties`]; `()` for the others.
@@ -100,8 +97,8 @@ registrable!(impl<> for NamespaceProxy, ObjectKind::Namespace, (), |_c| 0);
 registrable!(impl<T> for QueueProxy<T>, ObjectKind::Queue, usize, |maxsize| *maxsize as u64);
 registrable!(impl<> for Lock, ObjectKind::Lock, (), |_c| 0);
 registrable!(impl<> for Event, ObjectKind::Event, (), |_c| 0);
-registrable!(impl<> for SemaphoreProxy, ObjectKind::Semaphore, SemaphoreValue, |v| u64::from(v.0));
-registrable!(impl<> for BoundedSemaphoreProxy, ObjectKind::BoundedSemaphore, SemaphoreValue, |v| u64::from(v.0));
+registrable!(impl<> for Semaphore, ObjectKind::Semaphore, SemaphoreValue, |v| u64::from(v.0));
+registrable!(impl<> for BoundedSemaphore, ObjectKind::BoundedSemaphore, SemaphoreValue, |v| u64::from(v.0));
 registrable!(impl<> for BarrierProxy, ObjectKind::Barrier, Parties, |p| p.0 as u64);
 
 /// The number of parties of a registered [`BarrierProxy`]
@@ -826,12 +823,12 @@ impl RemoteManager {
     }
 
     /// A new semaphore in the server with `value` free units.
-    pub fn semaphore(&self, value: u32) -> Result<SemaphoreProxy> {
+    pub fn semaphore(&self, value: u32) -> Result<Semaphore> {
         self.create_with(ObjectKind::Semaphore, u64::from(value))
     }
 
     /// A new semaphore that may not be released above `value`.
-    pub fn bounded_semaphore(&self, value: u32) -> Result<BoundedSemaphoreProxy> {
+    pub fn bounded_semaphore(&self, value: u32) -> Result<BoundedSemaphore> {
         self.create_with(ObjectKind::BoundedSemaphore, u64::from(value))
     }
 

@@ -54,9 +54,8 @@ pub use queue::{JoinableQueue, Queue, SimpleQueue};
 pub use sharedctypes::{Array, ArrayGuard, AtomicInt, RawArray, RawValue, Value, ValueGuard};
 pub use shm::{Segment, ShmSafe};
 pub use sync::{
-    Acquired, Barrier, BarrierProxy, BoundedSemaphore, BoundedSemaphoreProxy, Condition,
-    ConditionGuard, ConditionLock, DataLock, DataLockGuard, Event, Lock, LockGuard, RLock,
-    RLockGuard, Semaphore, SemaphoreProxy,
+    Acquired, Barrier, BarrierProxy, BoundedSemaphore, Condition, ConditionGuard, ConditionLock,
+    DataLock, DataLockGuard, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
 };
 
 /// The encoding library, re-exported so derives and handles agree on one version.

@@ -1,9 +1,9 @@
 //! The remote flavour of the sync primitives: locks, semaphores, events and
 //! barriers a manager server keeps for clients that reach it over TCP.
 //!
-//! [`Lock`](crate::Lock) and [`Event`](crate::Event) hold a [`RemoteLock`] /
-//! [`RemoteEvent`] as their remote flavour; the semaphores and the barrier
-//! are still proxies of their own here. Every call asks the server (a lost
+//! [`Lock`](crate::Lock), [`Event`](crate::Event) and the semaphores hold a
+//! [`RemoteLock`], [`RemoteEvent`] or [`RemoteSemaphore`] as their remote
+//! flavour; the barrier is still a proxy of its own here. Every call asks the server (a lost
 //! server is [`Error::ManagerGone`]). A call that waits does so in the server, on a
 //! connection of its own, so it never holds up the process's other proxies.
 //! A lock whose holder's connection ends (its process died, or its host
@@ -103,17 +103,36 @@ impl RemoteEvent {
         &self.core
     }
 }
-waitable_proxy!(
-    /// A semaphore kept by a manager server.
-    SemaphoreProxy,
-    "multiproc::SemaphoreProxy"
-);
-waitable_proxy!(
-    /// A semaphore kept by a manager server that may not be released above
-    /// its initial value.
-    BoundedSemaphoreProxy,
-    "multiproc::BoundedSemaphoreProxy"
-);
+/// The remote flavour of a [`Semaphore`](crate::Semaphore) or a
+/// [`BoundedSemaphore`](crate::BoundedSemaphore): one a manager server keeps
+/// (which enforces a bounded one's bound).
+#[derive(Clone, Debug)]
+pub(crate) struct RemoteSemaphore {
+    core: Arc<ProxyCore>,
+}
+
+impl RemoteFlavor for crate::Semaphore {
+    fn remote_tag() -> TypeTag {
+        TypeTag::new("multiproc::SemaphoreProxy".into())
+    }
+    fn from_remote(core: ProxyCore) -> Self {
+        crate::Semaphore::remote(RemoteSemaphore {
+            core: Arc::new(core),
+        })
+    }
+}
+
+impl RemoteFlavor for crate::BoundedSemaphore {
+    fn remote_tag() -> TypeTag {
+        TypeTag::new("multiproc::BoundedSemaphoreProxy".into())
+    }
+    fn from_remote(core: ProxyCore) -> Self {
+        crate::BoundedSemaphore::remote(RemoteSemaphore {
+            core: Arc::new(core),
+        })
+    }
+}
+
 waitable_proxy!(
     /// A barrier kept by a manager server.
     BarrierProxy,
@@ -187,55 +206,41 @@ impl RemoteLock {
     }
 }
 
-/// The shared body of both semaphore proxies.
-fn sem_acquire(core: &ProxyCore, deadline: Deadline) -> Result<()> {
-    loop {
-        if core.call(Method::SemTryAcquire, Args::default(), read_bool)? {
-            return Ok(());
+impl RemoteSemaphore {
+    pub(crate) fn core(&self) -> &ProxyCore {
+        &self.core
+    }
+
+    /// Takes a unit by `deadline` (`WouldBlock` for a try, `Timeout` after a wait).
+    pub(crate) fn acquire_deadline(&self, deadline: Deadline) -> Result<()> {
+        loop {
+            if self
+                .core
+                .call(Method::SemTryAcquire, Args::default(), read_bool)?
+            {
+                return Ok(());
+            }
+            if deadline.expired() {
+                return Err(expired(deadline));
+            }
+            self.core
+                .call_waiting(Method::SemWaitAvailable, wait_args(), deadline, read_bool)?;
         }
-        if deadline.expired() {
-            return Err(expired(deadline));
-        }
-        core.call_waiting(Method::SemWaitAvailable, wait_args(), deadline, read_bool)?;
+    }
+
+    /// Gives a unit back.
+    pub(crate) fn release(&self) -> Result<()> {
+        self.core
+            .call(Method::SemRelease, Args::default(), read_unit)
+    }
+
+    /// The number of free units now.
+    pub(crate) fn get_value(&self) -> Result<u32> {
+        self.core
+            .call(Method::SemValue, Args::default(), read_len)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
     }
 }
-
-macro_rules! semaphore_methods {
-    ($name:ident) => {
-        impl $name {
-            /// Blocks until a unit is free and takes it.
-            pub fn acquire(&self) -> Result<()> {
-                sem_acquire(&self.core, Deadline::Never)
-            }
-
-            /// Takes a unit if one is free; `Err(WouldBlock)` otherwise.
-            pub fn try_acquire(&self) -> Result<()> {
-                sem_acquire(&self.core, Deadline::Now)
-            }
-
-            /// Waits at most `timeout` for a unit; `Err(Timeout)` otherwise.
-            pub fn acquire_timeout(&self, timeout: Duration) -> Result<()> {
-                sem_acquire(&self.core, Deadline::after(timeout))
-            }
-
-            /// Gives a unit back.
-            pub fn release(&self) -> Result<()> {
-                self.core
-                    .call(Method::SemRelease, Args::default(), read_unit)
-            }
-
-            /// The number of free units now.
-            pub fn get_value(&self) -> Result<u32> {
-                self.core
-                    .call(Method::SemValue, Args::default(), read_len)
-                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
-            }
-        }
-    };
-}
-
-semaphore_methods!(SemaphoreProxy);
-semaphore_methods!(BoundedSemaphoreProxy);
 
 impl RemoteEvent {
     /// Raises the flag, waking every waiter.
