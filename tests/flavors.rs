@@ -336,3 +336,20 @@ fn both_flavours_travel_inside_a_queue() {
         maker.shutdown();
     }
 }
+
+/// A remote handle whose server is gone says `ManagerGone` for every call,
+/// a non-blocking one included (never `WouldBlock`, never a hang).
+#[test]
+fn remote_handles_of_a_stopped_server_say_manager_gone() {
+    let maker = Maker::start(Source::Tcp);
+    let (lock, event, sem) = (maker.lock(), maker.event(), maker.semaphore(0));
+    maker.shutdown();
+    let gone = |r: String| r.starts_with("Err(ManagerGone");
+    assert!(gone(format!("{:?}", lock.try_acquire())));
+    assert!(gone(format!("{:?}", lock.acquire_timeout(PROMPTLY))));
+    assert!(gone(format!("{:?}", lock.is_locked())));
+    assert!(gone(format!("{:?}", event.set())));
+    assert!(gone(format!("{:?}", event.wait_timeout(PROMPTLY))));
+    assert!(gone(format!("{:?}", sem.try_acquire())));
+    assert!(gone(format!("{:?}", sem.get_value())));
+}

@@ -144,10 +144,14 @@ macro_rules! semaphore_methods {
             self.acquire_deadline(Deadline::Never)
         }
 
-        /// Takes one unit if the value is above zero; `Err(WouldBlock)` otherwise.
+        /// Takes one unit if the value is above zero; `Err(WouldBlock)`
+        /// otherwise. A remote one that cannot ask its server says so
+        /// (`ManagerGone`), not `WouldBlock`.
         pub fn try_acquire(&self) -> Result<()> {
-            self.acquire_deadline(Deadline::Now)
-                .map_err(|_| Error::WouldBlock)
+            self.acquire_deadline(Deadline::Now).map_err(|e| match e {
+                Error::Timeout(_) => Error::WouldBlock,
+                e => e,
+            })
         }
 
         /// Waits at most `timeout` for a unit; `Err(Timeout)` if none came.
