@@ -339,7 +339,7 @@ pub enum FlavorRepr {
 }
 
 /// A handle type with flavours that can travel inside encoded values
-/// (see [`FlavorRepr`]); [`impl_flavored_handle!`] makes it encodable.
+/// (see [`FlavorRepr`]); [`impl_flavored_handle!`](crate::impl_flavored_handle) makes it encodable.
 pub trait FlavoredHandle: Sized {
     /// Encodes this handle.
     fn to_flavor_repr(&self) -> Result<FlavorRepr>;
