@@ -33,11 +33,11 @@ fn pong((ping, pong, stop): (Event, Event, Event)) {
         if ping.wait().is_err() {
             return;
         }
-        ping.clear();
-        if stop.is_set() {
+        ping.clear().unwrap();
+        if stop.is_set().unwrap() {
             return;
         }
-        pong.set();
+        pong.set().unwrap();
     }
 }
 
@@ -56,13 +56,13 @@ fn across_processes(c: &mut Criterion) {
     child.start().expect("start");
     c.bench_function("event/ping_pong", |b| {
         b.iter(|| {
-            ping.set();
+            ping.set().unwrap();
             pong_ev.wait().unwrap();
-            pong_ev.clear();
+            pong_ev.clear().unwrap();
         })
     });
-    stop.set();
-    ping.set();
+    stop.set().unwrap();
+    ping.set().unwrap();
     child.join().expect("pong child");
 
     let barrier = Barrier::new(2).expect("barrier");

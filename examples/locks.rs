@@ -94,7 +94,7 @@ fn main() -> multiproc::Result<()> {
     let go = Event::new()?;
     let mut child = Process::new(wait_for_go, go.clone());
     child.start()?;
-    go.set();
+    go.set()?;
     child.join()?;
 
     // Barrier: three processes meet; the last to arrive runs the action.

@@ -126,7 +126,7 @@ fn main() -> multiproc::Result<()> {
     for _ in &workers {
         work.put(0)?;
     }
-    go.set();
+    go.set()?;
     for w in &mut workers {
         w.join()?;
     }

@@ -299,6 +299,30 @@
 //! }
 //! ```
 //!
+//! A [`Lock`], an [`Event`] or a [`Semaphore`] is one type wherever it lives: in shared
+//! memory (`Lock::new()`, a local `Manager`) or in a TCP [`BaseManager`]'s
+//! server. A function written against it runs unchanged with either
+//! manager, and either flavour passes to children and inside messages:
+//!
+//! ```
+//! use multiproc::{BaseManager, Event, Lock, Manager, Result};
+//!
+//! fn worker(lock: Lock, done: Event) -> Result<()> {
+//!     let _held = lock.lock()?;
+//!     done.set()
+//! }
+//!
+//! fn main() -> Result<()> {
+//!     multiproc::init();
+//!     let here = Manager::start()?;
+//!     worker(here.lock()?, here.event()?)?;
+//!     let there = BaseManager::new().authkey(b"k").start()?;
+//!     worker(there.lock()?, there.event()?)?;
+//!     here.shutdown()?;
+//!     there.shutdown()
+//! }
+//! ```
+//!
 //! ## Serve your own type
 //!
 //! A [`BaseManager`] serves over TCP, to workers on any host that knows its
@@ -407,11 +431,14 @@ compile_error!(
 );
 
 pub use multiproc_proxy::{
-    BarrierProxy, BaseManager, BoundedSemaphoreProxy, DictProxy, EventProxy, ListProxy, LockProxy,
-    LockProxyGuard, Manager, ManagerBuilder, ManagerServer, NamespaceProxy, ObjectHandle, Parties,
-    QueueProxy, Registrable, RemoteManager, RemoteObject, SemaphoreProxy, SemaphoreValue,
-    ServerAddress, Shareable, ShutdownHandle, UserProxy, UserTypes, remote, remote_object,
-    set_manager_authkey,
+    BarrierProxy, BaseManager, DictProxy, ListProxy, Manager, ManagerBuilder, ManagerServer,
+    NamespaceProxy, ObjectHandle, Parties, QueueProxy, Registrable, RemoteManager, RemoteObject,
+    SemaphoreValue, ServerAddress, Shareable, ShutdownHandle, UserProxy, UserTypes, remote,
+    remote_object, set_manager_authkey,
+};
+#[allow(deprecated)]
+pub use multiproc_proxy::{
+    BoundedSemaphoreProxy, EventProxy, LockProxy, LockProxyGuard, SemaphoreProxy,
 };
 pub use multiproc_runtime::{
     Acquired, Address, Array, ArrayGuard, AsyncResult, AtomicInt, AuthKey, Barrier,

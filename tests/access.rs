@@ -282,7 +282,7 @@ fn root_is_refused_by_another_users_manager_unless_allowed() {
     let mut allowed = connect(&lenient).unwrap();
     assert_eq!(number_of_objects(&mut allowed.end), 0);
     drop(allowed);
-    done.set();
+    done.set().unwrap();
     assert!(p.join().unwrap(), "the child was not told in time");
 }
 
@@ -494,7 +494,7 @@ fn idle_local_connections_are_capped_and_cut_off_and_others_get_in() {
         let d = manager.dict::<u32, u32>().unwrap();
         d.insert(1, 1).unwrap();
         drop((conn, d));
-        go.set();
+        go.set().unwrap();
         assert_eq!(
             flooder.join().unwrap(),
             admitted,

@@ -15,7 +15,7 @@ mod util;
 use std::time::{Duration, Instant};
 
 use multiproc::{
-    BaseManager, DictProxy, Error, ListProxy, LockProxy, Manager, Pool, Process, RawValue,
+    BaseManager, DictProxy, Error, ListProxy, Lock, Manager, Pool, Process, RawValue,
     RemoteManager, Shareable, StartMethod,
 };
 use util::PROMPTLY;
@@ -212,7 +212,7 @@ fn remote(address: &str) -> RemoteManager {
 /// reported a holder that died.
 fn bump_pair((address, rounds, done): (String, u64, RawValue<u64>)) -> u64 {
     let m = remote(&address);
-    let lock: LockProxy = m.get("lock").unwrap();
+    let lock: Lock = m.get("lock").unwrap();
     let pair: DictProxy<String, u64> = m.get("pair").unwrap();
     let mut deaths = 0;
     for i in 1..=rounds {
@@ -231,7 +231,7 @@ fn bump_pair((address, rounds, done): (String, u64, RawValue<u64>)) -> u64 {
 fn remote_lock_scenario(m: StartMethod, rng: &mut Rng) {
     let master = BaseManager::new()
         .authkey(REMOTE_KEY)
-        .register::<LockProxy>("lock")
+        .register::<Lock>("lock")
         .register::<DictProxy<String, u64>>("pair")
         .start()
         .unwrap();
@@ -252,7 +252,7 @@ fn remote_lock_scenario(m: StartMethod, rng: &mut Rng) {
     victim.kill().unwrap();
     assert!(victim.join_timeout(PROMPTLY).is_err());
     let mut deaths = survivor.join_timeout(PROMPTLY).unwrap();
-    let lock: LockProxy = master.get("lock").unwrap();
+    let lock: Lock = master.get("lock").unwrap();
     let acquired = lock.acquire_timeout(PROMPTLY).unwrap();
     deaths += u64::from(acquired.owner_died().is_some());
     let pair: DictProxy<String, u64> = master.get("pair").unwrap();

@@ -103,8 +103,8 @@ fn producer_scenario(m: StartMethod, rng: &mut Rng) {
                 check(seed, &msg);
                 got.push(msg.0);
             }
-            Err(Error::Timeout(_)) if killer.is_finished() => break,
-            Err(Error::Timeout(_)) => {}
+            Err(Error::Empty) if killer.is_finished() => break,
+            Err(Error::Empty) => {}
             Err(e) => panic!("{m:?}: {e}"),
         }
     }
@@ -177,8 +177,8 @@ fn consumer_scenario(m: StartMethod, rng: &mut Rng) {
                 check(seed, &msg);
                 drained[msg.0 as usize] += 1;
             }
-            Err(Error::Timeout(_)) if producer.is_finished() => break,
-            Err(Error::Timeout(_)) => {}
+            Err(Error::Empty) if producer.is_finished() => break,
+            Err(Error::Empty) => {}
             Err(e) => panic!("{m:?}: {e}"),
         }
     }

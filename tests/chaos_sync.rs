@@ -136,7 +136,7 @@ fn lock_free_after(lock: &Lock) -> (bool, Option<i32>) {
     let g = lock.lock_timeout(PROMPTLY).unwrap();
     let died = g.owner_died();
     drop(g);
-    (!lock.is_locked(), died)
+    (!lock.is_locked().unwrap(), died)
 }
 
 fn rlock_free_after(lock: &RLock) -> (bool, Option<i32>) {

@@ -72,7 +72,7 @@ fn store_sync_objects((server, ns): (ServerAddress, NamespaceProxy)) {
     let value = manager.value(41u64).unwrap();
     value.set(42);
     let event = manager.event().unwrap();
-    event.set();
+    event.set().unwrap();
     ns.set("value", value).unwrap();
     ns.set("event", event).unwrap();
     ns.set("lock", manager.lock().unwrap()).unwrap();
@@ -93,7 +93,7 @@ fn stored_locks_values_and_events_outlive_their_creator_and_go_with_the_containe
         storer.join_timeout(PROMPTLY).unwrap();
         assert_eq!(manager.number_of_objects().unwrap(), before + 4, "{m:?}");
         assert_eq!(ns.get::<Value<u64>>("value").unwrap().get(), 42, "{m:?}");
-        assert!(ns.get::<Event>("event").unwrap().is_set(), "{m:?}");
+        assert!(ns.get::<Event>("event").unwrap().is_set().unwrap(), "{m:?}");
         let lock = ns.get::<Lock>("lock").unwrap();
         assert_eq!(lock.try_acquire().unwrap(), multiproc::Acquired::Clean);
         // Held through one handle, seen held through another read.

@@ -374,13 +374,13 @@ fn sending_to_a_dropped_end_is_closed_in_any_process() {
         let mut p = Process::new(send_when_told, (there, told.clone())).start_method(m);
         p.start().unwrap();
         drop(here);
-        told.set();
+        told.set().unwrap();
         assert_eq!(p.join_timeout(PROMPTLY).unwrap(), "Err(Closed)", "{m:?}");
         // Never used, dropped here before the child starts.
         let (here, there) = Pipe::new::<u32>().unwrap();
         drop(here);
         let told = Event::new().unwrap();
-        told.set();
+        told.set().unwrap();
         let mut p = Process::new(send_when_told, (there, told)).start_method(m);
         p.start().unwrap();
         assert_eq!(p.join_timeout(PROMPTLY).unwrap(), "Err(Closed)", "{m:?}");

@@ -111,7 +111,7 @@ fn try_join_never_waits() {
         // The child waits for the event: it cannot have ended.
         assert!(matches!(p.try_join(), Err(Error::WouldBlock)), "{m:?}");
         assert!(p.is_alive());
-        event.set();
+        event.set().unwrap();
         assert!(eventually(PROMPTLY, || !p.is_alive()), "{m:?}");
         assert_eq!(p.try_join().unwrap(), 7, "{m:?}");
         assert!(matches!(p.try_join(), Err(Error::InvalidState(_))), "{m:?}");
@@ -135,7 +135,7 @@ fn pids_are_one_type_everywhere() {
         let pid: i32 = p.pid().unwrap();
         let listed: Vec<i32> = multiproc::active_children().iter().map(|c| c.pid).collect();
         assert!(listed.contains(&pid), "{m:?}: {pid} not in {listed:?}");
-        event.set();
+        event.set().unwrap();
         let (seen, parent) = p.join_timeout(PROMPTLY).unwrap();
         assert_eq!(seen, pid, "{m:?}");
         assert_eq!(parent, Some(multiproc::current_process().pid), "{m:?}");
@@ -585,7 +585,7 @@ fn test_sentinel_is_ready_once_the_process_ends() {
                 .unwrap()
                 .is_empty()
         );
-        event.set();
+        event.set().unwrap();
         assert_eq!(
             multiproc::wait(&[&sentinel], Some(PROMPTLY)).unwrap(),
             [0],

@@ -14,7 +14,7 @@ use multiproc::manager::protocol::{
 };
 use multiproc::rkyv::util::AlignedVec;
 use multiproc::{
-    BaseManager, DictProxy, Error, ListProxy, LockProxy, Process, QueueProxy, Quota, RemoteManager,
+    BaseManager, DictProxy, Error, ListProxy, Lock, Process, QueueProxy, Quota, RemoteManager,
     StartMethod,
 };
 use util::{PROMPTLY, eventually};
@@ -43,7 +43,7 @@ fn connect(address: &str) -> RemoteManager {
 
 /// A held lock and how many objects the server has: what an oversized
 /// message used to destroy.
-fn hold_a_lock(m: &RemoteManager) -> LockProxy {
+fn hold_a_lock(m: &RemoteManager) -> Lock {
     let lock = m.lock().unwrap();
     assert!(lock.try_acquire().is_ok());
     lock

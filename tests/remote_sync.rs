@@ -6,7 +6,7 @@ mod util;
 use std::time::Duration;
 
 use multiproc::{
-    Acquired, BarrierProxy, BaseManager, DictProxy, Error, EventProxy, LockProxy, Parties, Process,
+    Acquired, BarrierProxy, BaseManager, DictProxy, Error, Event, Lock, Parties, Process,
     QueueProxy, RemoteManager, StartMethod,
 };
 use util::{PROMPTLY, eventually};
@@ -21,10 +21,10 @@ fn config() -> BaseManager {
     BaseManager::new()
         .address("127.0.0.1:0")
         .authkey(KEY)
-        .register::<LockProxy>("lock")
-        .register::<EventProxy>("go")
-        .register::<EventProxy>("held")
-        .register::<EventProxy>("release")
+        .register::<Lock>("lock")
+        .register::<Event>("go")
+        .register::<Event>("held")
+        .register::<Event>("release")
         .register_with::<BarrierProxy>("barrier", Parties(3))
         .register::<DictProxy<String, i64>>("counter")
         .register_with::<QueueProxy<u32>>("jobs", 4)
@@ -41,7 +41,7 @@ fn connect(address: &str) -> RemoteManager {
 /// Increments the shared counter `n` times, each under the remote lock.
 fn locked_increments((address, n): (String, u32)) -> u32 {
     let m = connect(&address);
-    let lock: LockProxy = m.get("lock").unwrap();
+    let lock: Lock = m.get("lock").unwrap();
     let counter: DictProxy<String, i64> = m.get("counter").unwrap();
     for _ in 0..n {
         let _guard = lock.lock().unwrap();
@@ -64,7 +64,7 @@ fn a_remote_lock_serialises_read_modify_write_across_processes() {
         assert_eq!(results, vec![100, 100]);
         let counter: DictProxy<String, i64> = master.get("counter").unwrap();
         assert_eq!(counter.get(&"n".to_string()).unwrap(), Some(200), "{m:?}");
-        let lock: LockProxy = master.get("lock").unwrap();
+        let lock: Lock = master.get("lock").unwrap();
         assert!(!lock.is_locked().unwrap());
         assert!(matches!(lock.release(), Err(Error::InvalidState(_))));
         master.shutdown().unwrap();
@@ -74,9 +74,9 @@ fn a_remote_lock_serialises_read_modify_write_across_processes() {
 /// Takes the lock, says so, and waits for ever (until killed).
 fn hold_the_lock(address: String) {
     let m = connect(&address);
-    let lock: LockProxy = m.get("lock").unwrap();
-    let held: EventProxy = m.get("held").unwrap();
-    let go: EventProxy = m.get("go").unwrap();
+    let lock: Lock = m.get("lock").unwrap();
+    let held: Event = m.get("held").unwrap();
+    let go: Event = m.get("go").unwrap();
     let _guard = lock.lock().unwrap();
     held.set().unwrap();
     let _ = go.wait();
@@ -86,8 +86,8 @@ fn hold_the_lock(address: String) {
 fn a_lock_whose_holder_is_killed_goes_to_the_next_acquirer_who_is_told() {
     for m in METHODS {
         let master = config().start().unwrap();
-        let lock: LockProxy = master.get("lock").unwrap();
-        let held: EventProxy = master.get("held").unwrap();
+        let lock: Lock = master.get("lock").unwrap();
+        let held: Event = master.get("held").unwrap();
         let mut p = Process::new(hold_the_lock, master.address().to_string()).start_method(m);
         p.start().unwrap();
         assert!(
@@ -118,7 +118,7 @@ fn a_lock_whose_holder_is_killed_goes_to_the_next_acquirer_who_is_told() {
 /// Waits for the go event, then at the barrier; returns its arrival index.
 fn wait_for_go_then_barrier(address: String) -> usize {
     let m = connect(&address);
-    let go: EventProxy = m.get("go").unwrap();
+    let go: Event = m.get("go").unwrap();
     let barrier: BarrierProxy = m.get("barrier").unwrap();
     go.wait().unwrap();
     barrier.wait_timeout(PROMPTLY).unwrap()
@@ -129,7 +129,7 @@ fn an_event_and_a_barrier_coordinate_processes() {
     for m in METHODS {
         let master = config().start().unwrap();
         let address = master.address().to_string();
-        let go: EventProxy = master.get("go").unwrap();
+        let go: Event = master.get("go").unwrap();
         let barrier: BarrierProxy = master.get("barrier").unwrap();
         assert_eq!(barrier.parties().unwrap(), 3);
         let mut workers: Vec<_> = (0..2)
@@ -311,7 +311,7 @@ fn bad_requests_are_errors_not_hangs() {
     let master = config().start().unwrap();
     assert!(matches!(master.barrier(0), Err(Error::InvalidArgument(_))));
     assert!(matches!(
-        master.get::<LockProxy>("go"),
+        master.get::<Lock>("go"),
         Err(Error::TypeMismatch { .. })
     ));
     assert!(matches!(
@@ -347,7 +347,7 @@ fn a_client_waiting_when_the_server_shuts_down_gets_manager_gone() {
 }
 
 /// Uses a lock proxy it was given as its argument.
-fn use_given_lock(lock: LockProxy) -> bool {
+fn use_given_lock(lock: Lock) -> bool {
     let acquired = lock.try_acquire().is_ok();
     acquired && lock.release().is_ok()
 }
@@ -372,7 +372,7 @@ fn an_encoded_proxy_carries_the_authkey_only_to_a_spawned_child() {
 /// Lives until the master raises "release" (a forked grandchild of a lock holder).
 fn linger(address: String) {
     let m = connect(&address);
-    let release: EventProxy = m.get("release").unwrap();
+    let release: Event = m.get("release").unwrap();
     let _ = release.wait_timeout(PROMPTLY);
 }
 
@@ -380,9 +380,9 @@ fn linger(address: String) {
 /// pid, says it holds the lock, and waits to be killed.
 fn hold_and_fork(address: String) {
     let m = connect(&address);
-    let lock: LockProxy = m.get("lock").unwrap();
-    let held: EventProxy = m.get("held").unwrap();
-    let go: EventProxy = m.get("go").unwrap();
+    let lock: Lock = m.get("lock").unwrap();
+    let held: Event = m.get("held").unwrap();
+    let go: Event = m.get("go").unwrap();
     let counter: DictProxy<String, i64> = m.get("counter").unwrap();
     let _guard = lock.lock().unwrap();
     let mut child = Process::new(linger, address).start_method(StartMethod::Fork);
@@ -398,8 +398,8 @@ fn hold_and_fork(address: String) {
 fn a_killed_holders_forked_child_does_not_keep_its_lock() {
     for m in METHODS {
         let master = config().start().unwrap();
-        let lock: LockProxy = master.get("lock").unwrap();
-        let held: EventProxy = master.get("held").unwrap();
+        let lock: Lock = master.get("lock").unwrap();
+        let held: Event = master.get("held").unwrap();
         let counter: DictProxy<String, i64> = master.get("counter").unwrap();
         let mut p = Process::new(hold_and_fork, master.address().to_string()).start_method(m);
         p.start().unwrap();
@@ -420,14 +420,14 @@ fn a_killed_holders_forked_child_does_not_keep_its_lock() {
             "{m:?}: the grandchild still lives"
         );
         lock.release().unwrap();
-        master.get::<EventProxy>("release").unwrap().set().unwrap();
+        master.get::<Event>("release").unwrap().set().unwrap();
         assert!(eventually(PROMPTLY, || util::is_gone(grandchild)), "{m:?}");
         master.shutdown().unwrap();
     }
 }
 
 /// Takes and gives back the lock a pool task carries.
-fn lock_from_a_task(lock: LockProxy) -> bool {
+fn lock_from_a_task(lock: Lock) -> bool {
     lock.try_acquire().is_ok() && lock.release().is_ok()
 }
 

@@ -93,7 +93,7 @@ fn lock_ordered_printing_never_overlaps() {
                 "{m:?}: overlap in {log:?}"
             );
         }
-        assert!(!lock.is_locked());
+        assert!(!lock.is_locked().unwrap());
     }
 }
 
@@ -200,7 +200,7 @@ fn semaphore_limits_holders_across_processes() {
             most.iter().all(|&n| (1..=2).contains(&n)),
             "{m:?}: {most:?}"
         );
-        assert_eq!(arg.0.get_value(), 2);
+        assert_eq!(arg.0.get_value().unwrap(), 2);
     }
 }
 
@@ -208,7 +208,7 @@ fn semaphore_limits_holders_across_processes() {
 fn acquire_twice((sem, ready): (Semaphore, Event)) -> (bool, bool) {
     let fired = matches!(sem.acquire_timeout(SHORT), Err(Error::Timeout(_)))
         && matches!(sem.acquire_timeout(Duration::ZERO), Err(Error::Timeout(_)));
-    ready.set();
+    ready.set().unwrap();
     let got = sem.acquire_timeout(PROMPTLY).is_ok();
     (fired, got)
 }
@@ -230,7 +230,7 @@ fn semaphore_timeouts_fire_and_do_not_fire() {
             (true, true),
             "{m:?}"
         );
-        assert_eq!(sem.get_value(), 0);
+        assert_eq!(sem.get_value().unwrap(), 0);
     }
 }
 
@@ -239,7 +239,7 @@ fn over_release(sem: BoundedSemaphore) -> (bool, bool, u32) {
     sem.acquire().unwrap();
     sem.release().unwrap();
     let second = matches!(sem.release(), Err(Error::InvalidState(_)));
-    (first, second, sem.get_value())
+    (first, second, sem.get_value().unwrap())
 }
 
 #[test]
@@ -364,8 +364,8 @@ fn pong((ping, pong): (Event, Event)) -> u32 {
         if !ping.wait_timeout(PROMPTLY).unwrap() {
             break;
         }
-        ping.clear();
-        pong.set();
+        ping.clear().unwrap();
+        pong.set().unwrap();
         rounds += 1;
     }
     rounds
@@ -377,9 +377,9 @@ fn event_ping_pong_between_two_processes() {
         let (ping, pong_ev) = (Event::new().unwrap(), Event::new().unwrap());
         let mut p = start(m, pong, (ping.clone(), pong_ev.clone()));
         for _ in 0..PINGS {
-            ping.set();
+            ping.set().unwrap();
             assert!(pong_ev.wait_timeout(PROMPTLY).unwrap(), "{m:?}");
-            pong_ev.clear();
+            pong_ev.clear().unwrap();
         }
         assert_eq!(p.join_timeout(PROMPTLY).unwrap(), PINGS);
     }
@@ -389,13 +389,13 @@ fn event_ping_pong_between_two_processes() {
 fn wait_event((e, ready): (Event, Event)) -> (bool, bool) {
     let fired = !e.wait_timeout(SHORT).unwrap()
         && !e.wait_timeout(Duration::ZERO).unwrap()
-        && !e.try_wait();
-    ready.set();
+        && !e.try_wait().unwrap();
+    ready.set().unwrap();
     (fired, e.wait_timeout(PROMPTLY).unwrap())
 }
 
 fn set_event(e: Event) {
-    e.set();
+    e.set().unwrap();
 }
 
 #[test]
@@ -410,7 +410,7 @@ fn event_timeouts_fire_and_do_not_fire() {
             (true, true),
             "{m:?}"
         );
-        assert!(e.is_set());
+        assert!(e.is_set().unwrap());
     }
 }
 
@@ -610,7 +610,7 @@ fn bad_input_and_zero_timeouts() {
 
     let event = Event::new().unwrap();
     assert!(!event.wait_timeout(Duration::ZERO).unwrap());
-    event.set();
+    event.set().unwrap();
     assert!(event.wait_timeout(Duration::ZERO).unwrap());
 
     let cond = Condition::new().unwrap();

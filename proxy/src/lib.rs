@@ -10,38 +10,56 @@
 //!
 //! [`BaseManager`] serves the same objects over TCP with an authkey
 //! (Python's remote managers), plus queues, locks, semaphores, events and
-//! barriers kept in the server ([`QueueProxy`], [`LockProxy`],
-//! [`SemaphoreProxy`], [`BoundedSemaphoreProxy`], [`EventProxy`],
-//! [`BarrierProxy`]), whose waiting calls wait in the server.
+//! barriers kept in the server, whose waiting calls wait in the server.
+//! Locks and events are the runtime's own `Lock` and `Event` in their
+//! remote flavour, so one function serves both managers, and so are the
+//! semaphores; queues and barriers are still [`QueueProxy`] and
+//! [`BarrierProxy`].
 //!
 //! Most users depend on the `multiproc` facade crate, which re-exports these.
 
-mod client;
-mod core;
 mod dict;
 mod list;
 mod manager;
 mod namespace;
 mod queue;
 mod remote;
-mod sync;
 
-pub use crate::core::{ArchivedProxy, ProxyRepr};
+pub use multiproc_runtime::manager::core::{ArchivedProxy, ProxyRepr};
+// The client core lives in the runtime (so runtime handles can have a remote
+// flavour); the container proxies here name it by these paths.
 pub use dict::DictProxy;
 pub use list::ListProxy;
 pub use manager::{Manager, ManagerBuilder};
 pub use multiproc_proxy_macros::{Shareable, remote};
+pub use multiproc_runtime::BarrierProxy;
 pub use multiproc_runtime::manager::ShutdownHandle;
 pub use multiproc_runtime::manager::{PIN_TIMEOUT, ServerAddress};
+use multiproc_runtime::manager::{client, core};
 pub use namespace::NamespaceProxy;
 pub use queue::QueueProxy;
 pub use remote::{
     BaseManager, ManagerServer, ObjectHandle, Parties, Registrable, RemoteManager, RemoteObject,
     SemaphoreValue, UserProxy, UserTypes,
 };
-pub use sync::{
-    BarrierProxy, BoundedSemaphoreProxy, EventProxy, LockProxy, LockProxyGuard, SemaphoreProxy,
-};
+
+/// A lock a remote manager keeps: now the one [`Lock`](multiproc_runtime::Lock) type.
+#[deprecated(note = "use `Lock`: local and remote locks are one type")]
+pub type LockProxy = multiproc_runtime::Lock;
+/// The guard of a remote lock: now [`LockGuard`](multiproc_runtime::LockGuard).
+#[deprecated(note = "use `LockGuard`: local and remote locks are one type")]
+pub type LockProxyGuard<'a> = multiproc_runtime::LockGuard<'a>;
+/// An event a remote manager keeps: now the one [`Event`](multiproc_runtime::Event) type.
+#[deprecated(note = "use `Event`: local and remote events are one type")]
+pub type EventProxy = multiproc_runtime::Event;
+/// A semaphore a remote manager keeps: now the one
+/// [`Semaphore`](multiproc_runtime::Semaphore) type.
+#[deprecated(note = "use `Semaphore`: local and remote semaphores are one type")]
+pub type SemaphoreProxy = multiproc_runtime::Semaphore;
+/// A bounded semaphore a remote manager keeps: now the one
+/// [`BoundedSemaphore`](multiproc_runtime::BoundedSemaphore) type.
+#[deprecated(note = "use `BoundedSemaphore`: local and remote semaphores are one type")]
+pub type BoundedSemaphoreProxy = multiproc_runtime::BoundedSemaphore;
 
 #[doc(hidden)]
 pub mod __private {

@@ -32,11 +32,9 @@ use multiproc_runtime::{Error, Process, Result, Shareable, StartMethod};
 use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
-use crate::core::{Proxy, ProxyCore, ProxyRepr, TypeTag};
-use crate::{
-    BarrierProxy, BoundedSemaphoreProxy, DictProxy, EventProxy, ListProxy, LockProxy,
-    NamespaceProxy, QueueProxy, SemaphoreProxy,
-};
+use crate::core::{Proxy, ProxyCore, ProxyRepr, RemoteFlavor, TypeTag};
+use crate::{BarrierProxy, DictProxy, ListProxy, NamespaceProxy, QueueProxy};
+use multiproc_runtime::{BoundedSemaphore, Event, Lock, Semaphore};
 
 /// How long a new server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,8 +50,8 @@ type Registry = DictProxy<String, NamedEntry>;
 /// A proxy type a [`BaseManager`] can register by name.
 ///
 /// Implemented for [`DictProxy`], [`ListProxy`], [`NamespaceProxy`],
-/// [`QueueProxy`], [`LockProxy`], [`SemaphoreProxy`],
-/// [`BoundedSemaphoreProxy`], [`EventProxy`] and [`BarrierProxy`].
+/// [`QueueProxy`], [`Lock`], [`Semaphore`],
+/// [`BoundedSemaphore`], [`Event`] and [`BarrierProxy`].
 pub trait Registrable: Sized + Shareable {
     /// What the server needs to make one: a queue's maxsize, a semaphore's
     /// value, a barrier's [`Parties`]; `()` for the others.
@@ -68,8 +66,8 @@ pub trait Registrable: Sized + Shareable {
     fn attach(repr: &ProxyRepr) -> Result<Self>;
 }
 
-fn attach_as<P: Proxy>(repr: &ProxyRepr) -> Result<P> {
-    ProxyCore::from_repr(repr, P::tag()).map(P::from_core)
+fn attach_as<P: RemoteFlavor>(repr: &ProxyRepr) -> Result<P> {
+    ProxyCore::from_repr(repr, P::remote_tag()).map(P::from_remote)
 }
 
 macro_rules! registrable {
@@ -83,7 +81,7 @@ macro_rules! registrable {
                 $arg
             }
             fn type_tag() -> (u64, String) {
-                let t = <$ty as Proxy>::tag();
+                let t = <$ty as RemoteFlavor>::remote_tag();
                 (t.fingerprint, t.name)
             }
             fn attach(repr: &ProxyRepr) -> Result<Self> {
@@ -97,10 +95,10 @@ registrable!(impl<K, V> for DictProxy<K, V>, ObjectKind::Dict, (), |_c| 0);
 registrable!(impl<T> for ListProxy<T>, ObjectKind::List, (), |_c| 0);
 registrable!(impl<> for NamespaceProxy, ObjectKind::Namespace, (), |_c| 0);
 registrable!(impl<T> for QueueProxy<T>, ObjectKind::Queue, usize, |maxsize| *maxsize as u64);
-registrable!(impl<> for LockProxy, ObjectKind::Lock, (), |_c| 0);
-registrable!(impl<> for EventProxy, ObjectKind::Event, (), |_c| 0);
-registrable!(impl<> for SemaphoreProxy, ObjectKind::Semaphore, SemaphoreValue, |v| u64::from(v.0));
-registrable!(impl<> for BoundedSemaphoreProxy, ObjectKind::BoundedSemaphore, SemaphoreValue, |v| u64::from(v.0));
+registrable!(impl<> for Lock, ObjectKind::Lock, (), |_c| 0);
+registrable!(impl<> for Event, ObjectKind::Event, (), |_c| 0);
+registrable!(impl<> for Semaphore, ObjectKind::Semaphore, SemaphoreValue, |v| u64::from(v.0));
+registrable!(impl<> for BoundedSemaphore, ObjectKind::BoundedSemaphore, SemaphoreValue, |v| u64::from(v.0));
 registrable!(impl<> for BarrierProxy, ObjectKind::Barrier, Parties, |p| p.0 as u64);
 
 /// The number of parties of a registered [`BarrierProxy`]
@@ -828,7 +826,7 @@ impl RemoteManager {
         lookup_user_object(self.inner.address, name)
     }
 
-    fn attach<P: Proxy>(&self, object: ObjectId, tag: TypeTag) -> Result<P> {
+    fn attach<P: RemoteFlavor>(&self, object: ObjectId, tag: TypeTag) -> Result<P> {
         attach_as(&ProxyRepr {
             server: self.inner.address,
             object,
@@ -839,13 +837,13 @@ impl RemoteManager {
         })
     }
 
-    fn create<P: Proxy>(&self, kind: ObjectKind) -> Result<P> {
+    fn create<P: RemoteFlavor>(&self, kind: ObjectKind) -> Result<P> {
         self.create_with(kind, 0)
     }
 
-    fn create_with<P: Proxy>(&self, kind: ObjectKind, arg: u64) -> Result<P> {
+    fn create_with<P: RemoteFlavor>(&self, kind: ObjectKind, arg: u64) -> Result<P> {
         let conn = client::connection(&self.inner.address)?;
-        ProxyCore::create_with(conn, kind, arg, P::tag()).map(P::from_core)
+        ProxyCore::create_with(conn, kind, arg, P::remote_tag()).map(P::from_remote)
     }
 
     /// A new, empty dict in the server.
@@ -897,23 +895,25 @@ impl RemoteManager {
         self.create_with(ObjectKind::Queue, maxsize as u64)
     }
 
-    /// A new, unlocked lock in the server.
-    pub fn lock(&self) -> Result<LockProxy> {
+    /// A new, unlocked lock in the server: the same [`Lock`] type a local
+    /// `Manager` or `Lock::new` gives, in its remote flavour.
+    pub fn lock(&self) -> Result<Lock> {
         self.create(ObjectKind::Lock)
     }
 
     /// A new semaphore in the server with `value` free units.
-    pub fn semaphore(&self, value: u32) -> Result<SemaphoreProxy> {
+    pub fn semaphore(&self, value: u32) -> Result<Semaphore> {
         self.create_with(ObjectKind::Semaphore, u64::from(value))
     }
 
     /// A new semaphore that may not be released above `value`.
-    pub fn bounded_semaphore(&self, value: u32) -> Result<BoundedSemaphoreProxy> {
+    pub fn bounded_semaphore(&self, value: u32) -> Result<BoundedSemaphore> {
         self.create_with(ObjectKind::BoundedSemaphore, u64::from(value))
     }
 
-    /// A new, lowered event in the server.
-    pub fn event(&self) -> Result<EventProxy> {
+    /// A new, lowered event in the server: the same [`Event`] type a local
+    /// `Manager` or `Event::new` gives, in its remote flavour.
+    pub fn event(&self) -> Result<Event> {
         self.create(ObjectKind::Event)
     }
 

@@ -327,6 +327,128 @@ macro_rules! impl_share_handle {
     };
 }
 
+/// The encoded form of a handle with flavours (a `Lock`, `Event` or
+/// `Queue` that is either a shared segment or a manager server's object).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+#[rkyv(crate = rkyv)]
+pub enum FlavorRepr {
+    /// A shared-memory handle.
+    Shm(HandleRepr),
+    /// An object a manager server keeps (reached over TCP).
+    Remote(crate::manager::core::ProxyRepr),
+}
+
+/// A handle type with flavours that can travel inside encoded values
+/// (see [`FlavorRepr`]); [`impl_flavored_handle!`](crate::impl_flavored_handle) makes it encodable.
+pub trait FlavoredHandle: Sized {
+    /// Encodes this handle.
+    fn to_flavor_repr(&self) -> Result<FlavorRepr>;
+    /// Rebuilds a handle in this process from its encoded form, checking it.
+    fn from_flavor_repr(repr: &FlavorRepr) -> Result<Self>;
+}
+
+/// The archived form of a flavoured handle of type `H`.
+#[repr(transparent)]
+pub struct ArchivedFlavored<H> {
+    repr: ArchivedFlavorRepr,
+    _kind: PhantomData<fn() -> H>,
+}
+
+// SAFETY: `ArchivedFlavored` is `repr(transparent)` over `ArchivedFlavorRepr`,
+// which is `Portable`; the marker adds no bytes.
+unsafe impl<H> Portable for ArchivedFlavored<H> {}
+
+// SAFETY: the layout is exactly an `ArchivedFlavorRepr` (repr(transparent)),
+// so checking that is checking the whole value.
+unsafe impl<H, C: Fallible + ?Sized> CheckBytes<C> for ArchivedFlavored<H>
+where
+    ArchivedFlavorRepr: CheckBytes<C>,
+{
+    unsafe fn check_bytes(value: *const Self, context: &mut C) -> Result<(), C::Error> {
+        // SAFETY: the caller guarantees `value` is aligned and points to enough
+        // initialized bytes for `Self`, hence for the identical inner type.
+        unsafe { ArchivedFlavorRepr::check_bytes(value.cast(), context) }
+    }
+}
+
+/// Serializes a flavoured handle; used by [`impl_flavored_handle!`].
+#[doc(hidden)]
+pub fn serialize_flavored<
+    H: FlavoredHandle,
+    S: Fallible + rkyv::ser::Writer + rkyv::ser::Allocator + ?Sized,
+>(
+    handle: &H,
+    serializer: &mut S,
+) -> std::result::Result<(FlavorRepr, FlavorReprResolver), S::Error>
+where
+    S::Error: Source,
+{
+    let repr = handle.to_flavor_repr().map_err(S::Error::new)?;
+    let resolver = repr.serialize(serializer)?;
+    Ok((repr, resolver))
+}
+
+/// Resolves a flavoured handle; used by [`impl_flavored_handle!`].
+#[doc(hidden)]
+pub fn resolve_flavored<H>(
+    resolver: (FlavorRepr, FlavorReprResolver),
+    out: Place<ArchivedFlavored<H>>,
+) {
+    let (repr, inner) = resolver;
+    // SAFETY: `ArchivedFlavored<H>` is repr(transparent) over `ArchivedFlavorRepr`.
+    let out = unsafe { out.cast_unchecked::<ArchivedFlavorRepr>() };
+    repr.resolve(inner, out);
+}
+
+/// Deserializes a flavoured handle; used by [`impl_flavored_handle!`].
+#[doc(hidden)]
+pub fn deserialize_flavored<H: FlavoredHandle, D: Fallible + ?Sized>(
+    archived: &ArchivedFlavored<H>,
+    deserializer: &mut D,
+) -> std::result::Result<H, D::Error>
+where
+    D::Error: Source,
+{
+    let repr: FlavorRepr = archived.repr.deserialize(deserializer)?;
+    H::from_flavor_repr(&repr).map_err(D::Error::new)
+}
+
+/// Makes a [`FlavoredHandle`] type encodable (so it is [`crate::Shareable`]).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! impl_flavored_handle {
+    (impl<$($g:ident $(: $b:path)?),*> for $ty:ty) => {
+        impl<$($g $(: $b)?),*> $crate::rkyv::Archive for $ty {
+            type Archived = $crate::handle::ArchivedFlavored<$ty>;
+            type Resolver = ($crate::handle::FlavorRepr, $crate::handle::FlavorReprResolver);
+            fn resolve(&self, resolver: Self::Resolver, out: $crate::rkyv::Place<Self::Archived>) {
+                $crate::handle::resolve_flavored(resolver, out)
+            }
+        }
+        impl<$($g $(: $b)?,)* S> $crate::rkyv::Serialize<S> for $ty
+        where
+            S: $crate::rkyv::rancor::Fallible
+                + $crate::rkyv::ser::Writer
+                + $crate::rkyv::ser::Allocator
+                + ?Sized,
+            S::Error: $crate::rkyv::rancor::Source,
+        {
+            fn serialize(&self, serializer: &mut S) -> ::std::result::Result<Self::Resolver, S::Error> {
+                $crate::handle::serialize_flavored(self, serializer)
+            }
+        }
+        impl<$($g $(: $b)?,)* D> $crate::rkyv::Deserialize<$ty, D> for $crate::handle::ArchivedFlavored<$ty>
+        where
+            D: $crate::rkyv::rancor::Fallible + ?Sized,
+            D::Error: $crate::rkyv::rancor::Source,
+        {
+            fn deserialize(&self, deserializer: &mut D) -> ::std::result::Result<$ty, D::Error> {
+                $crate::handle::deserialize_flavored(self, deserializer)
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

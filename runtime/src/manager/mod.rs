@@ -3,6 +3,8 @@
 //!
 //! * [`protocol`]: the request and response messages (rkyv, checked).
 //! * [`channel`]: the local transport, a shared segment per connection.
+//! * the client side: one connection per process and server (`client`), and
+//!   the reference-counted core every handle to a server object holds (`core`).
 //! * the object table and dispatch: objects as encoded bytes, reference
 //!   counted by connections, stored values and in-flight pins.
 //! * [`server`]: the serve loop that runs in the manager's process.
@@ -14,6 +16,10 @@
 //!   server keeps for remote clients, whose waits run outside the table's lock.
 
 pub mod channel;
+#[doc(hidden)]
+pub mod client;
+#[doc(hidden)]
+pub mod core;
 mod dispatch;
 pub(crate) mod frontend;
 mod gate;

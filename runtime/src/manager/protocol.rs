@@ -157,187 +157,151 @@ pub enum ObjectKind {
     Queue,
 }
 
-/// The methods a [`Request::Call`] may name, by number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-#[allow(missing_docs)]
-pub enum Method {
-    DictGet = 1,
-    DictInsert = 2,
-    DictRemove = 3,
-    DictContains = 4,
-    DictLen = 5,
-    DictKeys = 6,
-    DictValues = 7,
-    DictItems = 8,
-    DictUpdate = 9,
-    DictClear = 10,
-    DictSetDefault = 11,
-    DictCompareAndSwap = 12,
-    /// Takes out some entry: `Many([key, value])`; `Error(KeyNotFound)` when empty.
-    DictPopItem = 13,
-    ListPush = 30,
-    ListExtend = 31,
-    ListGet = 32,
-    ListSet = 33,
-    ListInsert = 34,
-    ListPop = 35,
-    ListRemove = 36,
-    ListLen = 37,
-    ListIndex = 38,
-    ListReverse = 39,
-    ListSnapshot = 40,
-    ListClear = 41,
-    /// How many elements equal `value` (by bytes): `Len(n)`.
-    ListCount = 42,
-    /// The elements `index..end` ([`u64_arg`] in `key`; `u64::MAX`: to the
-    /// end): `Many(items)`.
-    ListGetRange = 43,
-    /// Replaces the elements `index..end` ([`u64_arg`] in `key`) by `batch`.
-    ListSetRange = 44,
-    /// Reorders the list: element `i` becomes the one at old position
-    /// `batch[i]` ([`u64_arg`] each), only if the list's [`list_digest`] is
-    /// still `expected`: `Bool(done)`.
-    ListApplyOrder = 45,
-    NsGet = 60,
-    NsSet = 61,
-    NsDelete = 62,
-    NsContains = 63,
-    NsNames = 64,
-    /// The attributes' names and type names, in pairs: `Many`.
-    NsDescribe = 65,
-    /// Takes the lock if it is free (never waits), for the process whose
-    /// pid is `index`: answered with `Acquired`.
-    LockTryAcquire = 90,
-    LockRelease = 91,
-    /// Waits up to `wait_us` until the lock is free: `Bool(free)`.
-    LockWaitFree = 92,
-    LockIsLocked = 93,
-    /// Takes one unit if there is one (never waits): `Bool(taken)`.
-    SemTryAcquire = 100,
-    SemRelease = 101,
-    /// Waits up to `wait_us` until a unit is free: `Bool(free)`.
-    SemWaitAvailable = 102,
-    SemValue = 103,
-    EventSet = 110,
-    EventClear = 111,
-    EventIsSet = 112,
-    /// Waits up to `wait_us` for the flag: `Bool(set)`.
-    EventWait = 113,
-    /// Arrives and waits up to `wait_us` for the round: `Len(index)`; with
-    /// `index != 0`, arrives only if that completes the round (`WouldBlock`
-    /// otherwise, changing nothing).
-    BarrierWait = 120,
-    BarrierAbort = 121,
-    BarrierReset = 122,
-    BarrierParties = 123,
-    BarrierWaiting = 124,
-    BarrierBroken = 125,
-    /// Adds `value` unless the queue is full (never waits).
-    QueuePut = 130,
-    /// Takes the front value (never waits); `Error(Empty)` when empty.
-    QueueGet = 131,
-    /// Waits up to `wait_us` until the queue holds a value: `Bool(ready)`.
-    QueueWaitNotEmpty = 132,
-    /// Waits up to `wait_us` until the queue has room: `Bool(ready)`.
-    QueueWaitNotFull = 133,
-    QueueLen = 134,
-    QueueMaxsize = 135,
-    QueueTaskDone = 136,
-    /// Waits up to `wait_us` until every value put was marked done: `Bool(done)`.
-    QueueJoin = 137,
-    QueueUnfinished = 138,
+/// Declares [`Method`] from one table, grouped by the kind of object each
+/// method applies to: the number of a method, its kind and the reverse
+/// lookup all come from the same line, so a new method cannot be filed
+/// under another kind, and a number no line names is no method.
+macro_rules! methods {
+    ($($kind:ident { $($(#[$doc:meta])* $name:ident = $n:literal,)* })*) => {
+        /// The methods a [`Request::Call`] may name, by number.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u32)]
+        #[allow(missing_docs)]
+        pub enum Method {
+            $($($(#[$doc])* $name = $n,)*)*
+        }
+
+        impl Method {
+            /// The method with this number, if there is one.
+            pub fn from_u32(n: u32) -> Option<Method> {
+                match n {
+                    $($($n => Some(Method::$name),)*)*
+                    _ => None,
+                }
+            }
+
+            /// The kind of object the method applies to.
+            pub fn object_kind(self) -> ObjectKind {
+                match self {
+                    $($(Method::$name => ObjectKind::$kind,)*)*
+                }
+            }
+        }
+    };
+}
+
+methods! {
+    Dict {
+        DictGet = 1,
+        DictInsert = 2,
+        DictRemove = 3,
+        DictContains = 4,
+        DictLen = 5,
+        DictKeys = 6,
+        DictValues = 7,
+        DictItems = 8,
+        DictUpdate = 9,
+        DictClear = 10,
+        DictSetDefault = 11,
+        DictCompareAndSwap = 12,
+        /// Takes out some entry: `Many([key, value])`; `Error(KeyNotFound)` when empty.
+        DictPopItem = 13,
+    }
+    List {
+        ListPush = 30,
+        ListExtend = 31,
+        ListGet = 32,
+        ListSet = 33,
+        ListInsert = 34,
+        ListPop = 35,
+        ListRemove = 36,
+        ListLen = 37,
+        ListIndex = 38,
+        ListReverse = 39,
+        ListSnapshot = 40,
+        ListClear = 41,
+        /// How many elements equal `value` (by bytes): `Len(n)`.
+        ListCount = 42,
+        /// The elements `index..end` ([`u64_arg`] in `key`; `u64::MAX`: to the
+        /// end): `Many(items)`.
+        ListGetRange = 43,
+        /// Replaces the elements `index..end` ([`u64_arg`] in `key`) by `batch`.
+        ListSetRange = 44,
+        /// Reorders the list: element `i` becomes the one at old position
+        /// `batch[i]` ([`u64_arg`] each), only if the list's [`list_digest`] is
+        /// still `expected`: `Bool(done)`.
+        ListApplyOrder = 45,
+    }
+    Namespace {
+        NsGet = 60,
+        NsSet = 61,
+        NsDelete = 62,
+        NsContains = 63,
+        NsNames = 64,
+        /// The attributes' names and type names, in pairs: `Many`.
+        NsDescribe = 65,
+    }
+    Lock {
+        /// Takes the lock if it is free (never waits), for the process whose
+        /// pid is `index`: answered with `Acquired`.
+        LockTryAcquire = 90,
+        LockRelease = 91,
+        /// Waits up to `wait_us` until the lock is free: `Bool(free)`.
+        LockWaitFree = 92,
+        LockIsLocked = 93,
+    }
+    Semaphore {
+        /// Takes one unit if there is one (never waits): `Bool(taken)`.
+        SemTryAcquire = 100,
+        SemRelease = 101,
+        /// Waits up to `wait_us` until a unit is free: `Bool(free)`.
+        SemWaitAvailable = 102,
+        SemValue = 103,
+    }
+    Event {
+        EventSet = 110,
+        EventClear = 111,
+        EventIsSet = 112,
+        /// Waits up to `wait_us` for the flag: `Bool(set)`.
+        EventWait = 113,
+    }
+    Barrier {
+        /// Arrives and waits up to `wait_us` for the round: `Len(index)`; with
+        /// `index != 0`, arrives only if that completes the round (`WouldBlock`
+        /// otherwise, changing nothing).
+        BarrierWait = 120,
+        BarrierAbort = 121,
+        BarrierReset = 122,
+        BarrierParties = 123,
+        BarrierWaiting = 124,
+        BarrierBroken = 125,
+    }
+    Queue {
+        /// Adds `value` unless the queue is full (never waits).
+        QueuePut = 130,
+        /// Takes the front value (never waits); `Error(Empty)` when empty.
+        QueueGet = 131,
+        /// Waits up to `wait_us` until the queue holds a value: `Bool(ready)`.
+        QueueWaitNotEmpty = 132,
+        /// Waits up to `wait_us` until the queue has room: `Bool(ready)`.
+        QueueWaitNotFull = 133,
+        QueueLen = 134,
+        QueueMaxsize = 135,
+        QueueTaskDone = 136,
+        /// Waits up to `wait_us` until every value put was marked done: `Bool(done)`.
+        QueueJoin = 137,
+        QueueUnfinished = 138,
+    }
 }
 
 impl Method {
-    /// The method with this number, if there is one.
-    pub fn from_u32(n: u32) -> Option<Method> {
-        use Method::*;
-        const ALL: [Method; 62] = [
-            DictGet,
-            DictInsert,
-            DictRemove,
-            DictContains,
-            DictLen,
-            DictKeys,
-            DictValues,
-            DictItems,
-            DictUpdate,
-            DictClear,
-            DictSetDefault,
-            DictCompareAndSwap,
-            DictPopItem,
-            ListPush,
-            ListExtend,
-            ListGet,
-            ListSet,
-            ListInsert,
-            ListPop,
-            ListRemove,
-            ListLen,
-            ListIndex,
-            ListReverse,
-            ListSnapshot,
-            ListClear,
-            ListCount,
-            ListGetRange,
-            ListSetRange,
-            ListApplyOrder,
-            NsGet,
-            NsSet,
-            NsDelete,
-            NsContains,
-            NsNames,
-            NsDescribe,
-            LockTryAcquire,
-            LockRelease,
-            LockWaitFree,
-            LockIsLocked,
-            SemTryAcquire,
-            SemRelease,
-            SemWaitAvailable,
-            SemValue,
-            EventSet,
-            EventClear,
-            EventIsSet,
-            EventWait,
-            BarrierWait,
-            BarrierAbort,
-            BarrierReset,
-            BarrierParties,
-            BarrierWaiting,
-            BarrierBroken,
-            QueuePut,
-            QueueGet,
-            QueueWaitNotEmpty,
-            QueueWaitNotFull,
-            QueueLen,
-            QueueMaxsize,
-            QueueTaskDone,
-            QueueJoin,
-            QueueUnfinished,
-        ];
-        ALL.into_iter().find(|m| *m as u32 == n)
-    }
-
-    /// The kind of object the method applies to.
-    pub fn object_kind(self) -> ObjectKind {
-        match self as u32 {
-            0..30 => ObjectKind::Dict,
-            30..60 => ObjectKind::List,
-            60..90 => ObjectKind::Namespace,
-            90..100 => ObjectKind::Lock,
-            100..110 => ObjectKind::Semaphore,
-            110..120 => ObjectKind::Event,
-            120..130 => ObjectKind::Barrier,
-            _ => ObjectKind::Queue,
-        }
-    }
-
     /// Whether the method belongs to a kind the server keeps for waiting
     /// clients (Lock, Semaphore, Event, Barrier, Queue).
     pub fn is_waitable_kind(self) -> bool {
-        self as u32 >= 90
+        !matches!(
+            self.object_kind(),
+            ObjectKind::Dict | ObjectKind::List | ObjectKind::Namespace | ObjectKind::Segment
+        )
     }
 
     /// Whether the method may wait (it runs outside the table's lock and
@@ -758,6 +722,24 @@ pub fn remote_error(e: &ArchivedRemoteError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_method_number_names_one_method_and_an_unknown_one_none() {
+        let known: Vec<Method> = (0..1000).filter_map(Method::from_u32).collect();
+        assert!(known.len() > 50);
+        for m in &known {
+            assert_eq!(Method::from_u32(*m as u32), Some(*m));
+        }
+        // Gaps between the kinds' ranges and numbers past the last method
+        // are no method, never a method of the kind that follows.
+        for n in [0, 13, 29, 42, 65, 94, 139, 200, u32::MAX] {
+            assert_eq!(Method::from_u32(n), None, "{n}");
+        }
+        assert_eq!(Method::QueueUnfinished.object_kind(), ObjectKind::Queue);
+        assert_eq!(Method::BarrierBroken.object_kind(), ObjectKind::Barrier);
+        assert!(!Method::DictGet.is_waitable_kind());
+        assert!(Method::LockRelease.is_waitable_kind());
+    }
 
     #[test]
     fn an_address_debug_form_leaves_the_token_out() {

@@ -238,12 +238,18 @@ impl QueueCore {
         })
     }
 
+    /// Takes a message; a wait that ran out is `Err(Empty)` for every
+    /// queue, as a put's is `Err(Full)` (Python's `queue.Empty` and
+    /// `queue.Full`, for the non-blocking and the timed call alike).
     pub(crate) fn get<T: Shareable>(&self, deadline: Deadline) -> Result<T> {
         let ring = self.ring();
         with_recv_buf(|buf| {
             let ends = Closable::new(ring, &self.obj);
             ring.get(buf, None, deadline, &ends)
-                .map_err(|e| ends.closed_error(e))?;
+                .map_err(|e| match ends.closed_error(e) {
+                    Error::Timeout(_) => Error::Empty,
+                    e => e,
+                })?;
             T::decode(buf)
         })
     }

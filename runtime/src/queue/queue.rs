@@ -146,7 +146,8 @@ impl<T: Shareable> Queue<T> {
         self.core.get(Deadline::Now)
     }
 
-    /// Takes a message, waiting at most `timeout`; `Err(Timeout)` if none came.
+    /// Takes a message, waiting at most `timeout`; `Err(Empty)` if none came
+    /// (as Python's `get(timeout=…)` raises `queue.Empty`).
     ///
     /// Once the first part of a message larger than the ring has been taken,
     /// the rest is awaited beyond the timeout while its producer is writing it.

@@ -69,7 +69,7 @@ impl<T: Shareable> SimpleQueue<T> {
         self.queue.try_get()
     }
 
-    /// Takes a message, waiting at most `timeout`.
+    /// Takes a message, waiting at most `timeout`; `Err(Empty)` if none came.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
         self.queue.get_timeout(timeout)
     }

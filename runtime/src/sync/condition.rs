@@ -199,7 +199,7 @@ impl ConditionLock {
     /// process for a Lock (which any thread of its holder may release).
     fn is_held(&self) -> bool {
         match self {
-            ConditionLock::Lock(l) => l.raw().held_by_this_process(),
+            ConditionLock::Lock(l) => l.held_by_this_process(),
             ConditionLock::RLock(l) => l.is_owned(),
         }
     }
@@ -704,7 +704,7 @@ mod tests {
         let c = Condition::with_lock(lock.clone()).unwrap();
         let back = Condition::decode(&c.encode().unwrap()).unwrap();
         let _g = back.lock().unwrap();
-        assert!(lock.is_locked());
+        assert!(lock.is_locked().unwrap());
         back.notify(1).unwrap();
         let own = Condition::new().unwrap();
         let back = Condition::decode(&own.encode().unwrap()).unwrap();

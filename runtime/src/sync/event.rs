@@ -10,10 +10,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::deadline::Deadline;
-use crate::error::Result;
-use crate::handle::{HandleRepr, ShareHandle};
+use crate::error::{Error, Result};
+use crate::handle::{FlavorRepr, FlavoredHandle, HandleRepr, ShareHandle};
+use crate::manager::core::{ProxyCore, RemoteFlavor};
 use crate::shm::{Kind, ShmObject, ShmSpec};
 use crate::sync::park;
+use crate::sync::remote::RemoteEvent;
 use crate::sys::futex::{self, WaitOutcome};
 
 const SET: u32 = 1;
@@ -30,6 +32,10 @@ pub(crate) struct EventState {
 }
 
 impl EventState {
+    fn is_set(&self) -> bool {
+        self.word.load(Ordering::Acquire) & SET != 0
+    }
+
     fn set(&self) {
         let mut cur = self.word.load(Ordering::Relaxed);
         loop {
@@ -92,6 +98,10 @@ impl EventState {
 
 /// An event flag shared by any number of processes (Python's `multiprocessing.Event`).
 ///
+/// One type, two flavours, like [`Lock`](crate::Lock): a futex word in
+/// shared memory (from [`Event::new`] or a local `Manager`), or an event a
+/// TCP manager's server keeps (from a connected `BaseManager`).
+///
 /// `set` raises the flag and releases every waiter; `clear` lowers it; `wait`
 /// blocks until it is raised. A waiter is released by any `set` that happens
 /// while it waits, even if the flag is cleared again before it runs.
@@ -99,20 +109,33 @@ impl EventState {
 /// ```
 /// let ready = multiproc::Event::new().unwrap();
 /// assert!(!ready.wait_timeout(std::time::Duration::from_millis(1)).unwrap());
-/// ready.set();
+/// ready.set().unwrap();
 /// ready.wait().unwrap();
-/// assert!(ready.is_set());
+/// assert!(ready.is_set().unwrap());
 /// ```
 #[derive(Clone)]
 pub struct Event {
-    obj: ShmObject<EventState>,
+    flavor: EventFlavor,
+}
+
+/// Where an [`Event`] lives.
+#[derive(Clone)]
+enum EventFlavor {
+    /// A futex word in a shared segment.
+    Shm(ShmObject<EventState>),
+    /// An object of a TCP manager's server.
+    Remote(RemoteEvent),
 }
 
 impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Event")
-            .field("is_set", &self.is_set())
-            .finish()
+        match &self.flavor {
+            EventFlavor::Shm(obj) => f
+                .debug_struct("Event")
+                .field("is_set", &obj.state().is_set())
+                .finish(),
+            EventFlavor::Remote(r) => f.debug_tuple("Event").field(r.core()).finish(),
+        }
     }
 }
 
@@ -131,38 +154,59 @@ impl Event {
             // SAFETY: `create` hands us aligned, writable memory for one EventState.
             unsafe { state.write(EventState::default()) }
         })?;
-        Ok(Event { obj })
+        Ok(Event {
+            flavor: EventFlavor::Shm(obj),
+        })
     }
 
-    fn state(&self) -> &EventState {
-        self.obj.state()
+    /// The remote flavour.
+    pub(crate) fn remote(r: RemoteEvent) -> Event {
+        Event {
+            flavor: EventFlavor::Remote(r),
+        }
     }
 
     /// Raises the flag and wakes every waiter (no syscall if none sleeps).
-    pub fn set(&self) {
-        self.state().set();
+    /// Only a remote event can fail (`ManagerGone`).
+    pub fn set(&self) -> Result<()> {
+        match &self.flavor {
+            EventFlavor::Shm(obj) => {
+                obj.state().set();
+                Ok(())
+            }
+            EventFlavor::Remote(r) => r.set(),
+        }
     }
 
     /// Lowers the flag.
-    pub fn clear(&self) {
-        self.state().word.fetch_and(!SET, Ordering::Relaxed);
+    pub fn clear(&self) -> Result<()> {
+        match &self.flavor {
+            EventFlavor::Shm(obj) => {
+                obj.state().word.fetch_and(!SET, Ordering::Relaxed);
+                Ok(())
+            }
+            EventFlavor::Remote(r) => r.clear(),
+        }
     }
 
     /// Whether the flag is raised.
-    pub fn is_set(&self) -> bool {
-        self.state().word.load(Ordering::Acquire) & SET != 0
+    pub fn is_set(&self) -> Result<bool> {
+        match &self.flavor {
+            EventFlavor::Shm(obj) => Ok(obj.state().is_set()),
+            EventFlavor::Remote(r) => r.is_set(),
+        }
     }
 
     /// Blocks until the flag is raised.
     ///
     /// Fails only for an event a manager created, with `Error::ManagerGone`
-    /// within about 100 ms of the manager's death.
+    /// within about 100 ms of the manager's death (at once for a remote one).
     pub fn wait(&self) -> Result<()> {
         self.wait_deadline(Deadline::Never).map(|_| ())
     }
 
     /// Whether the flag is raised, without waiting (the same as [`Event::is_set`]).
-    pub fn try_wait(&self) -> bool {
+    pub fn try_wait(&self) -> Result<bool> {
         self.is_set()
     }
 
@@ -174,21 +218,50 @@ impl Event {
     }
 
     fn wait_deadline(&self, deadline: Deadline) -> Result<bool> {
-        self.state().wait(deadline, || self.obj.check_owner())
+        match &self.flavor {
+            EventFlavor::Shm(obj) => obj.state().wait(deadline, || obj.check_owner()),
+            EventFlavor::Remote(r) => r.wait_deadline(deadline),
+        }
     }
 }
 
+/// The shared-memory form only (a manager hands it out through this).
 impl ShareHandle for Event {
     fn to_repr(&self) -> Result<HandleRepr> {
-        self.obj.to_repr()
+        match &self.flavor {
+            EventFlavor::Shm(obj) => obj.to_repr(),
+            EventFlavor::Remote(_) => Err(Error::InvalidArgument(
+                "an event a remote manager keeps has no shared segment".into(),
+            )),
+        }
     }
 
     fn from_repr(repr: &HandleRepr) -> Result<Self> {
-        ShmObject::open(repr, Kind::Event, 0, "Event").map(|obj| Event { obj })
+        ShmObject::open(repr, Kind::Event, 0, "Event").map(|obj| Event {
+            flavor: EventFlavor::Shm(obj),
+        })
     }
 }
 
-crate::impl_share_handle!(impl<> for Event);
+impl FlavoredHandle for Event {
+    fn to_flavor_repr(&self) -> Result<FlavorRepr> {
+        match &self.flavor {
+            EventFlavor::Shm(obj) => obj.to_repr().map(FlavorRepr::Shm),
+            EventFlavor::Remote(r) => r.core().to_repr().map(FlavorRepr::Remote),
+        }
+    }
+
+    fn from_flavor_repr(repr: &FlavorRepr) -> Result<Self> {
+        match repr {
+            FlavorRepr::Shm(h) => <Event as ShareHandle>::from_repr(h),
+            FlavorRepr::Remote(p) => {
+                ProxyCore::from_repr(p, Event::remote_tag()).map(Event::from_remote)
+            }
+        }
+    }
+}
+
+crate::impl_flavored_handle!(impl<> for Event);
 
 #[cfg(test)]
 mod tests {
@@ -198,18 +271,18 @@ mod tests {
     #[test]
     fn set_clear_wait() {
         let e = Event::new().unwrap();
-        assert!(!e.is_set());
-        assert!(!e.try_wait());
+        assert!(!e.is_set().unwrap());
+        assert!(!e.try_wait().unwrap());
         assert!(!e.wait_timeout(Duration::ZERO).unwrap());
         assert!(!e.wait_timeout(Duration::from_millis(5)).unwrap());
-        e.set();
-        e.set();
-        assert!(e.is_set());
-        assert!(e.try_wait());
+        e.set().unwrap();
+        e.set().unwrap();
+        assert!(e.is_set().unwrap());
+        assert!(e.try_wait().unwrap());
         assert!(e.wait_timeout(Duration::ZERO).unwrap());
         e.wait().unwrap();
-        e.clear();
-        assert!(!e.is_set());
+        e.clear().unwrap();
+        assert!(!e.is_set().unwrap());
     }
 
     #[test]
@@ -221,7 +294,7 @@ mod tests {
                 std::thread::spawn(move || e.wait_timeout(Duration::from_secs(20)).unwrap())
             })
             .collect();
-        e.set();
+        e.set().unwrap();
         for w in waiters {
             assert!(w.join().unwrap());
         }
@@ -233,13 +306,16 @@ mod tests {
         let e2 = e.clone();
         let waiter = std::thread::spawn(move || e2.wait_timeout(Duration::from_secs(20)).unwrap());
         // Once the sleeper bit is up, the waiter is past its first look at the flag.
-        while e.state().word.load(Ordering::Relaxed) & SLEEPERS == 0 {
+        let EventFlavor::Shm(obj) = &e.flavor else {
+            unreachable!("Event::new is shared memory")
+        };
+        while obj.state().word.load(Ordering::Relaxed) & SLEEPERS == 0 {
             std::thread::yield_now();
         }
-        e.set();
-        e.clear();
+        e.set().unwrap();
+        e.clear().unwrap();
         assert!(waiter.join().unwrap());
-        assert!(!e.is_set());
+        assert!(!e.is_set().unwrap());
     }
 
     #[test]
@@ -251,7 +327,7 @@ mod tests {
                 .unwrap()
                 .wait_timeout(Duration::ZERO)
                 .unwrap()
-                == e.is_set()
+                == e.is_set().unwrap()
         );
         assert!(crate::Lock::from_repr(&repr).is_err());
     }

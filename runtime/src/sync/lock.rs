@@ -4,11 +4,22 @@ use std::time::Duration;
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
+use crate::handle::{FlavorRepr, FlavoredHandle};
 use crate::handle::{HandleRepr, ShareHandle};
+use crate::manager::core::{ProxyCore, RemoteFlavor};
 use crate::shm::{Kind, ShmObject, ShmSpec};
 use crate::sync::raw_lock::{Acquired, RawLock};
+use crate::sync::remote::RemoteLock;
 
-/// A lock shared by any number of processes.
+/// A lock shared by any number of processes, on this host or (from a TCP
+/// manager, [`BaseManager`](../multiproc/struct.BaseManager.html)) on many.
+///
+/// One type, two flavours: a lock from [`Lock::new`] or a local
+/// `Manager` lives in shared memory and is taken with one atomic
+/// instruction; one from a connected `BaseManager` is kept by its server
+/// and every call asks it. Both flavours pass to children, travel inside
+/// messages and clone alike, so code written against `Lock` runs with
+/// either manager.
 ///
 /// As in Python, any process (or thread) may release it, not only the one that
 /// acquired it. If the holder dies, the next acquirer gets the lock and is told
@@ -19,24 +30,41 @@ use crate::sync::raw_lock::{Acquired, RawLock};
 /// a manager created, a waiter fails with [`Error::ManagerGone`] once the
 /// manager died (a free lock can still be taken).
 ///
+/// A lock a remote manager's server keeps releases when its holder's
+/// connection ends (its process died, its host vanished), and the next
+/// acquirer is told the same way.
+///
 /// ```
 /// let lock = multiproc::Lock::new().unwrap();
 /// {
 ///     let _guard = lock.lock().unwrap();
-///     assert!(lock.is_locked());
+///     assert!(lock.is_locked().unwrap());
 /// }
-/// assert!(!lock.is_locked());
+/// assert!(!lock.is_locked().unwrap());
 /// ```
 #[derive(Clone)]
 pub struct Lock {
-    obj: ShmObject<RawLock>,
+    flavor: LockFlavor,
+}
+
+/// Where a [`Lock`] lives.
+#[derive(Clone)]
+enum LockFlavor {
+    /// A futex word in a shared segment.
+    Shm(ShmObject<RawLock>),
+    /// An object of a TCP manager's server.
+    Remote(RemoteLock),
 }
 
 impl std::fmt::Debug for Lock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lock")
-            .field("owner", &self.raw().owner_pid())
-            .finish()
+        match &self.flavor {
+            LockFlavor::Shm(obj) => f
+                .debug_struct("Lock")
+                .field("owner", &obj.state().owner_pid())
+                .finish(),
+            LockFlavor::Remote(r) => f.debug_tuple("Lock").field(r.core()).finish(),
+        }
     }
 }
 
@@ -47,7 +75,16 @@ impl Lock {
             // SAFETY: `create` hands us aligned, writable memory for one RawLock.
             unsafe { state.write(RawLock::new()) }
         })?;
-        Ok(Lock { obj })
+        Ok(Lock {
+            flavor: LockFlavor::Shm(obj),
+        })
+    }
+
+    /// The remote flavour.
+    pub(crate) fn remote(r: RemoteLock) -> Lock {
+        Lock {
+            flavor: LockFlavor::Remote(r),
+        }
     }
 
     /// The layout of a new, unlocked lock, for a manager server to create
@@ -61,11 +98,6 @@ impl Lock {
             tail_len: 0,
             state_init: Vec::new(),
         }
-    }
-
-    #[inline]
-    pub(crate) fn raw(&self) -> &RawLock {
-        self.obj.state()
     }
 
     /// Blocks until the lock is held.
@@ -89,33 +121,43 @@ impl Lock {
 
     #[inline]
     pub(crate) fn acquire_deadline(&self, deadline: Deadline) -> Result<Acquired> {
-        let between_slices = || match deadline {
-            // A try does not wait, so it is not failed for a dead manager.
-            Deadline::Now => Ok(()),
-            _ => self.obj.check_owner(),
-        };
-        let acquired = self
-            .raw()
-            .lock_watched(deadline, between_slices)?
-            .ok_or_else(|| deadline.timeout_error())?;
-        if let Acquired::OwnerDied { pid } = acquired {
-            tracing::warn!(pid, "lock recovered from a dead holder");
+        match &self.flavor {
+            LockFlavor::Shm(obj) => shm_acquire(obj, deadline),
+            LockFlavor::Remote(r) => r.acquire_deadline(deadline),
         }
-        Ok(acquired)
     }
 
     /// Takes the lock whatever it takes (a condition wait must return
     /// holding it): no deadline, and no giving up on a holder whose
     /// liveness cannot be checked.
     pub(crate) fn acquire_restore(&self) -> Acquired {
+        let obj = match &self.flavor {
+            LockFlavor::Shm(obj) => obj,
+            // A shared-memory Condition never holds a remote lock
+            // (`Condition::with_lock` refuses one), so this is not reached;
+            // it still returns rather than panic.
+            LockFlavor::Remote(r) => {
+                return r
+                    .acquire_deadline(Deadline::Never)
+                    .unwrap_or(Acquired::Clean);
+            }
+        };
         loop {
             // A wait without a deadline returns only once it holds the lock.
-            if let Some(acquired) = self.raw().lock(Deadline::Never) {
+            if let Some(acquired) = obj.state().lock(Deadline::Never) {
                 if let Acquired::OwnerDied { pid } = acquired {
                     tracing::warn!(pid, "lock recovered from a dead holder");
                 }
                 return acquired;
             }
+        }
+    }
+
+    /// Whether this process holds the lock (a remote lock: never asked, false).
+    pub(crate) fn held_by_this_process(&self) -> bool {
+        match &self.flavor {
+            LockFlavor::Shm(obj) => obj.state().held_by_this_process(),
+            LockFlavor::Remote(_) => false,
         }
     }
 
@@ -127,10 +169,15 @@ impl Lock {
     /// [`DataLock::force_unlock`]) releases.
     #[inline]
     pub fn release(&self) -> Result<()> {
-        if self.raw().unlock() {
-            Ok(())
-        } else {
-            Err(Error::InvalidState("release of an unlocked lock".into()))
+        match &self.flavor {
+            LockFlavor::Shm(obj) => {
+                if obj.state().unlock() {
+                    Ok(())
+                } else {
+                    Err(Error::InvalidState("release of an unlocked lock".into()))
+                }
+            }
+            LockFlavor::Remote(r) => r.release(),
         }
     }
 
@@ -151,15 +198,43 @@ impl Lock {
             .map(|a| LockGuard::new(self, a))
     }
 
-    /// Whether some process holds the lock now.
-    pub fn is_locked(&self) -> bool {
-        self.raw().is_locked()
+    /// Whether some process holds the lock now (a remote lock asks its
+    /// server, so this can fail with `ManagerGone`).
+    pub fn is_locked(&self) -> Result<bool> {
+        match &self.flavor {
+            LockFlavor::Shm(obj) => Ok(obj.state().is_locked()),
+            LockFlavor::Remote(r) => r.is_locked(),
+        }
     }
 
-    /// The pid of the process holding the lock, if any.
+    /// The pid of the process holding the lock, if any. `None` for a lock
+    /// a remote manager keeps: its server knows the holder's connection,
+    /// not a pid that means anything on this host.
     pub fn owner_pid(&self) -> Option<i32> {
-        self.raw().owner_pid()
+        match &self.flavor {
+            LockFlavor::Shm(obj) => obj.state().owner_pid(),
+            LockFlavor::Remote(_) => None,
+        }
     }
+}
+
+/// Takes a shared-memory lock by `deadline`; a waiter fails with
+/// `ManagerGone` once the manager that created the lock died.
+#[inline]
+fn shm_acquire(obj: &ShmObject<RawLock>, deadline: Deadline) -> Result<Acquired> {
+    let between_slices = || match deadline {
+        // A try does not wait, so it is not failed for a dead manager.
+        Deadline::Now => Ok(()),
+        _ => obj.check_owner(),
+    };
+    let acquired = obj
+        .state()
+        .lock_watched(deadline, between_slices)?
+        .ok_or_else(|| deadline.timeout_error())?;
+    if let Acquired::OwnerDied { pid } = acquired {
+        tracing::warn!(pid, "lock recovered from a dead holder");
+    }
+    Ok(acquired)
 }
 
 /// Holds a [`Lock`]; releases it when dropped.
@@ -191,13 +266,31 @@ impl std::fmt::Debug for LockGuard<'_> {
 impl Drop for LockGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.lock.raw().unlock();
+        match &self.lock.flavor {
+            LockFlavor::Shm(obj) => {
+                obj.state().unlock();
+            }
+            LockFlavor::Remote(r) => {
+                // The server releases the lock itself once this process's
+                // connection ends, so a lost server loses nothing here.
+                if let Err(e) = r.release() {
+                    tracing::warn!("cannot release a manager lock: {e}");
+                }
+            }
+        }
     }
 }
 
+/// The shared-memory form only: a `Condition`, `Value` or `Array` built on
+/// a lock needs its segment.
 impl ShareHandle for Lock {
     fn to_repr(&self) -> Result<HandleRepr> {
-        self.obj.to_repr()
+        match &self.flavor {
+            LockFlavor::Shm(obj) => obj.to_repr(),
+            LockFlavor::Remote(_) => Err(Error::InvalidArgument(
+                "a lock a remote manager keeps has no shared segment to build on".into(),
+            )),
+        }
     }
 
     /// Opens a whole `Lock` segment only: the lock inside a `Value` or an
@@ -209,11 +302,31 @@ impl ShareHandle for Lock {
                 found: "the lock of a Value or Array (a DataLock)".into(),
             });
         }
-        ShmObject::open(repr, Kind::Lock, 0, "Lock").map(|obj| Lock { obj })
+        ShmObject::open(repr, Kind::Lock, 0, "Lock").map(|obj| Lock {
+            flavor: LockFlavor::Shm(obj),
+        })
     }
 }
 
-crate::impl_share_handle!(impl<> for Lock);
+impl FlavoredHandle for Lock {
+    fn to_flavor_repr(&self) -> Result<FlavorRepr> {
+        match &self.flavor {
+            LockFlavor::Shm(obj) => obj.to_repr().map(FlavorRepr::Shm),
+            LockFlavor::Remote(r) => r.core().to_repr().map(FlavorRepr::Remote),
+        }
+    }
+
+    fn from_flavor_repr(repr: &FlavorRepr) -> Result<Self> {
+        match repr {
+            FlavorRepr::Shm(h) => <Lock as ShareHandle>::from_repr(h),
+            FlavorRepr::Remote(p) => {
+                ProxyCore::from_repr(p, Lock::remote_tag()).map(Lock::from_remote)
+            }
+        }
+    }
+}
+
+crate::impl_flavored_handle!(impl<> for Lock);
 
 /// The lock inside a [`Value`](crate::Value) or an [`Array`](crate::Array),
 /// which guards its data (Python's `get_lock()`).
@@ -238,13 +351,13 @@ crate::impl_share_handle!(impl<> for Lock);
 /// It can be passed to other processes like any handle.
 #[derive(Clone)]
 pub struct DataLock {
-    lock: Lock,
+    obj: ShmObject<RawLock>,
 }
 
 impl std::fmt::Debug for DataLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataLock")
-            .field("owner", &self.lock.owner_pid())
+            .field("owner", &self.owner_pid())
             .finish()
     }
 }
@@ -253,9 +366,7 @@ impl DataLock {
     /// The lock at `raw` inside another object's segment (a Value's lock).
     pub(crate) fn from_parts<T>(obj: ShmObject<T>, raw: fn(&T) -> &RawLock) -> DataLock {
         DataLock {
-            lock: Lock {
-                obj: ShmObject::from_embedded(obj, Kind::Lock, raw),
-            },
+            obj: ShmObject::from_embedded(obj, Kind::Lock, raw),
         }
     }
 
@@ -275,7 +386,7 @@ impl DataLock {
     }
 
     fn guard(&self, deadline: Deadline) -> Result<DataLockGuard> {
-        let acquired = self.lock.acquire_deadline(deadline)?;
+        let acquired = shm_acquire(&self.obj, deadline)?;
         Ok(DataLockGuard {
             lock: self.clone(),
             acquired,
@@ -284,12 +395,12 @@ impl DataLock {
 
     /// Whether some process holds the lock now.
     pub fn is_locked(&self) -> bool {
-        self.lock.is_locked()
+        self.obj.state().is_locked()
     }
 
     /// The pid of the process holding the lock, if any.
     pub fn owner_pid(&self) -> Option<i32> {
-        self.lock.owner_pid()
+        self.obj.state().owner_pid()
     }
 
     /// Releases the lock without its guard (any process may); an unlocked
@@ -303,7 +414,11 @@ impl DataLock {
     /// could reach the same data at once. It is meant for a lock whose guard
     /// was leaked with `std::mem::forget`.
     pub unsafe fn force_unlock(&self) -> Result<()> {
-        self.lock.release()
+        if self.obj.state().unlock() {
+            Ok(())
+        } else {
+            Err(Error::InvalidState("release of an unlocked lock".into()))
+        }
     }
 }
 
@@ -332,19 +447,19 @@ impl std::fmt::Debug for DataLockGuard {
 
 impl Drop for DataLockGuard {
     fn drop(&mut self) {
-        self.lock.lock.raw().unlock();
+        self.lock.obj.state().unlock();
     }
 }
 
 impl ShareHandle for DataLock {
     fn to_repr(&self) -> Result<HandleRepr> {
-        self.lock.obj.to_repr()
+        self.obj.to_repr()
     }
 
     /// Opens the lock embedded in a `Value` or `Array` segment (or a whole
     /// `Lock` segment: without a safe release, either is sound).
     fn from_repr(repr: &HandleRepr) -> Result<Self> {
-        ShmObject::open_embedded(repr, Kind::Lock).map(|obj| DataLock { lock: Lock { obj } })
+        ShmObject::open_embedded(repr, Kind::Lock).map(|obj| DataLock { obj })
     }
 }
 

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
-use crate::handle::{HandleRepr, ShareHandle};
+use crate::handle::{FlavorRepr, FlavoredHandle, HandleRepr, ShareHandle};
+use crate::manager::core::{ProxyCore, RemoteFlavor};
 use crate::shm::{Kind, ShmObject, ShmSpec, fingerprint_str};
 use crate::sync::park;
+use crate::sync::remote::RemoteSemaphore;
 use crate::sys::futex::WaitOutcome;
 
 /// The shared state of a semaphore (`#[repr(C)]`, atomics only).
@@ -137,19 +139,19 @@ fn open(repr: &HandleRepr, name: &str) -> Result<ShmObject<SemState>> {
 /// The three acquire forms and the queries, shared by both semaphore kinds.
 macro_rules! semaphore_methods {
     () => {
-        fn state(&self) -> &SemState {
-            self.obj.state()
-        }
-
         /// Blocks until it can take one unit (decrement the value).
         pub fn acquire(&self) -> Result<()> {
             self.acquire_deadline(Deadline::Never)
         }
 
-        /// Takes one unit if the value is above zero; `Err(WouldBlock)` otherwise.
+        /// Takes one unit if the value is above zero; `Err(WouldBlock)`
+        /// otherwise. A remote one that cannot ask its server says so
+        /// (`ManagerGone`), not `WouldBlock`.
         pub fn try_acquire(&self) -> Result<()> {
-            self.acquire_deadline(Deadline::Now)
-                .map_err(|_| Error::WouldBlock)
+            self.acquire_deadline(Deadline::Now).map_err(|e| match e {
+                Error::Timeout(_) => Error::WouldBlock,
+                e => e,
+            })
         }
 
         /// Waits at most `timeout` for a unit; `Err(Timeout)` if none came.
@@ -158,18 +160,75 @@ macro_rules! semaphore_methods {
         }
 
         fn acquire_deadline(&self, deadline: Deadline) -> Result<()> {
-            if self.state().acquire(deadline, || self.obj.check_owner())? {
-                Ok(())
-            } else {
-                Err(deadline.timeout_error())
+            match &self.flavor {
+                SemFlavor::Shm(obj) => {
+                    if obj.state().acquire(deadline, || obj.check_owner())? {
+                        Ok(())
+                    } else {
+                        Err(deadline.timeout_error())
+                    }
+                }
+                SemFlavor::Remote(r) => r.acquire_deadline(deadline),
             }
         }
 
-        /// The current value (Python's `get_value()`); it may change at once.
-        pub fn get_value(&self) -> u32 {
-            self.state().value.load(Ordering::Relaxed)
+        /// The current value (Python's `get_value()`); it may change at
+        /// once. A remote semaphore asks its server, so this can fail.
+        pub fn get_value(&self) -> Result<u32> {
+            match &self.flavor {
+                SemFlavor::Shm(obj) => Ok(obj.state().value.load(Ordering::Relaxed)),
+                SemFlavor::Remote(r) => r.get_value(),
+            }
+        }
+
+        fn release_one(&self) -> Result<()> {
+            match &self.flavor {
+                SemFlavor::Shm(obj) => obj.state().release(),
+                SemFlavor::Remote(r) => r.release(),
+            }
+        }
+
+        /// The remote flavour.
+        pub(crate) fn remote(r: RemoteSemaphore) -> Self {
+            Self {
+                flavor: SemFlavor::Remote(r),
+            }
         }
     };
+}
+
+/// Where a semaphore lives.
+#[derive(Clone)]
+enum SemFlavor {
+    /// A futex word in a shared segment.
+    Shm(ShmObject<SemState>),
+    /// An object of a TCP manager's server.
+    Remote(RemoteSemaphore),
+}
+
+impl SemFlavor {
+    fn fmt_remote(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> Option<std::fmt::Result> {
+        match self {
+            SemFlavor::Shm(_) => None,
+            SemFlavor::Remote(r) => Some(f.debug_tuple(name).field(r.core()).finish()),
+        }
+    }
+
+    fn to_flavor_repr(&self) -> Result<FlavorRepr> {
+        match self {
+            SemFlavor::Shm(obj) => obj.to_repr().map(FlavorRepr::Shm),
+            SemFlavor::Remote(r) => r.core().to_repr().map(FlavorRepr::Remote),
+        }
+    }
+
+    fn to_repr(&self) -> Result<HandleRepr> {
+        match self {
+            SemFlavor::Shm(obj) => obj.to_repr(),
+            SemFlavor::Remote(_) => Err(Error::InvalidArgument(
+                "a semaphore a remote manager keeps has no shared segment".into(),
+            )),
+        }
+    }
 }
 
 /// A counting semaphore shared by any number of processes (Python's
@@ -187,11 +246,14 @@ macro_rules! semaphore_methods {
 /// slots.acquire().unwrap();
 /// assert!(slots.try_acquire().is_err());
 /// slots.release().unwrap();
-/// assert_eq!(slots.get_value(), 1);
+/// assert_eq!(slots.get_value().unwrap(), 1);
 /// ```
+///
+/// One type, two flavours, like [`Lock`](crate::Lock): shared memory, or a
+/// semaphore a TCP manager's server keeps.
 #[derive(Clone)]
 pub struct Semaphore {
-    obj: ShmObject<SemState>,
+    flavor: SemFlavor,
 }
 
 impl Semaphore {
@@ -199,7 +261,9 @@ impl Semaphore {
 
     /// A semaphore whose value starts at `value`.
     pub fn new(value: u32) -> Result<Semaphore> {
-        create(value, u32::MAX, Self::NAME).map(|obj| Semaphore { obj })
+        create(value, u32::MAX, Self::NAME).map(|obj| Semaphore {
+            flavor: SemFlavor::Shm(obj),
+        })
     }
 
     /// The layout of a new semaphore at `value`, for a manager server to
@@ -214,14 +278,17 @@ impl Semaphore {
     /// Gives one unit back, waking one waiter. `Err(InvalidState)` only if the
     /// value would overflow `u32::MAX`.
     pub fn release(&self) -> Result<()> {
-        self.state().release()
+        self.release_one()
     }
 }
 
 impl std::fmt::Debug for Semaphore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(r) = self.flavor.fmt_remote("Semaphore", f) {
+            return r;
+        }
         f.debug_struct("Semaphore")
-            .field("value", &self.get_value())
+            .field("value", &self.get_value().unwrap_or(0))
             .finish()
     }
 }
@@ -240,9 +307,12 @@ impl std::fmt::Debug for Semaphore {
 /// s.release().unwrap();
 /// assert!(matches!(s.release(), Err(multiproc::Error::InvalidState(_))));
 /// ```
+///
+/// One type, two flavours, like [`Lock`](crate::Lock): shared memory, or a
+/// bounded semaphore a TCP manager's server keeps (which enforces the bound).
 #[derive(Clone)]
 pub struct BoundedSemaphore {
-    obj: ShmObject<SemState>,
+    flavor: SemFlavor,
 }
 
 impl BoundedSemaphore {
@@ -250,7 +320,9 @@ impl BoundedSemaphore {
 
     /// A bounded semaphore whose value starts, and is capped, at `value`.
     pub fn new(value: u32) -> Result<BoundedSemaphore> {
-        create(value, value, Self::NAME).map(|obj| BoundedSemaphore { obj })
+        create(value, value, Self::NAME).map(|obj| BoundedSemaphore {
+            flavor: SemFlavor::Shm(obj),
+        })
     }
 
     /// The layout of a new bounded semaphore at `value`, for a manager server
@@ -265,46 +337,67 @@ impl BoundedSemaphore {
     /// Gives one unit back, waking one waiter; `Err(InvalidState)` if the value
     /// is already at its initial value.
     pub fn release(&self) -> Result<()> {
-        self.state().release()
+        self.release_one()
     }
 
-    /// The initial value, which the value never exceeds.
-    pub fn max_value(&self) -> u32 {
-        self.state().max.load(Ordering::Relaxed)
+    /// The initial value, which the value never exceeds. `None` for a
+    /// remote one: its server enforces the bound but does not report it.
+    pub fn max_value(&self) -> Option<u32> {
+        match &self.flavor {
+            SemFlavor::Shm(obj) => Some(obj.state().max.load(Ordering::Relaxed)),
+            SemFlavor::Remote(_) => None,
+        }
     }
 }
 
 impl std::fmt::Debug for BoundedSemaphore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(r) = self.flavor.fmt_remote("BoundedSemaphore", f) {
+            return r;
+        }
         f.debug_struct("BoundedSemaphore")
-            .field("value", &self.get_value())
+            .field("value", &self.get_value().unwrap_or(0))
             .field("max", &self.max_value())
             .finish()
     }
 }
 
-impl ShareHandle for Semaphore {
-    fn to_repr(&self) -> Result<HandleRepr> {
-        self.obj.to_repr()
-    }
+macro_rules! semaphore_handle {
+    ($ty:ident) => {
+        /// The shared-memory form only (a manager hands it out through this).
+        impl ShareHandle for $ty {
+            fn to_repr(&self) -> Result<HandleRepr> {
+                self.flavor.to_repr()
+            }
 
-    fn from_repr(repr: &HandleRepr) -> Result<Self> {
-        open(repr, Self::NAME).map(|obj| Semaphore { obj })
-    }
+            fn from_repr(repr: &HandleRepr) -> Result<Self> {
+                open(repr, Self::NAME).map(|obj| $ty {
+                    flavor: SemFlavor::Shm(obj),
+                })
+            }
+        }
+
+        impl FlavoredHandle for $ty {
+            fn to_flavor_repr(&self) -> Result<FlavorRepr> {
+                self.flavor.to_flavor_repr()
+            }
+
+            fn from_flavor_repr(repr: &FlavorRepr) -> Result<Self> {
+                match repr {
+                    FlavorRepr::Shm(h) => <$ty as ShareHandle>::from_repr(h),
+                    FlavorRepr::Remote(p) => {
+                        ProxyCore::from_repr(p, $ty::remote_tag()).map($ty::from_remote)
+                    }
+                }
+            }
+        }
+
+        crate::impl_flavored_handle!(impl<> for $ty);
+    };
 }
 
-impl ShareHandle for BoundedSemaphore {
-    fn to_repr(&self) -> Result<HandleRepr> {
-        self.obj.to_repr()
-    }
-
-    fn from_repr(repr: &HandleRepr) -> Result<Self> {
-        open(repr, Self::NAME).map(|obj| BoundedSemaphore { obj })
-    }
-}
-
-crate::impl_share_handle!(impl<> for Semaphore);
-crate::impl_share_handle!(impl<> for BoundedSemaphore);
+semaphore_handle!(Semaphore);
+semaphore_handle!(BoundedSemaphore);
 
 #[cfg(test)]
 mod tests {
@@ -317,7 +410,7 @@ mod tests {
         let s = Semaphore::new(2).unwrap();
         s.acquire().unwrap();
         s.try_acquire().unwrap();
-        assert_eq!(s.get_value(), 0);
+        assert_eq!(s.get_value().unwrap(), 0);
         assert!(matches!(s.try_acquire(), Err(Error::WouldBlock)));
         assert!(matches!(
             s.acquire_timeout(Duration::from_millis(5)),
@@ -333,7 +426,7 @@ mod tests {
         for _ in 0..5 {
             s.release().unwrap();
         }
-        assert_eq!(s.get_value(), 5);
+        assert_eq!(s.get_value().unwrap(), 5);
     }
 
     #[test]
@@ -343,8 +436,8 @@ mod tests {
         s.acquire().unwrap();
         s.release().unwrap();
         assert!(matches!(s.release(), Err(Error::InvalidState(_))));
-        assert_eq!(s.get_value(), 2);
-        assert_eq!(s.max_value(), 2);
+        assert_eq!(s.get_value().unwrap(), 2);
+        assert_eq!(s.max_value(), Some(2));
     }
 
     #[test]
@@ -354,7 +447,7 @@ mod tests {
         let t = std::thread::spawn(move || s2.acquire_timeout(Duration::from_secs(20)));
         s.release().unwrap();
         t.join().unwrap().unwrap();
-        assert_eq!(s.get_value(), 0);
+        assert_eq!(s.get_value().unwrap(), 0);
     }
 
     #[test]
@@ -378,7 +471,7 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
-        assert_eq!(s.get_value(), 2);
+        assert_eq!(s.get_value().unwrap(), 2);
     }
 
     #[test]
@@ -395,6 +488,6 @@ mod tests {
         ));
         let again = Semaphore::from_repr(&s.to_repr().unwrap()).unwrap();
         again.acquire().unwrap();
-        assert_eq!(s.get_value(), 0);
+        assert_eq!(s.get_value().unwrap(), 0);
     }
 }

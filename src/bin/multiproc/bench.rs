@@ -235,8 +235,8 @@ fn event_echo((ping, pong, n): (Event, Event, u64)) {
         if ping.wait().is_err() {
             return;
         }
-        ping.clear();
-        pong.set();
+        ping.clear().unwrap();
+        pong.set().unwrap();
     }
 }
 
@@ -246,9 +246,9 @@ fn event_ping_pong(scale: &Scale) -> multiproc::Result<Figure> {
     let total = (batch * (scale.samples + 1)) as u64;
     with_peer(event_echo, (ping.clone(), pong.clone(), total), || {
         per_call("event/ping_pong", scale.samples, batch, || {
-            ping.set();
+            ping.set().unwrap();
             pong.wait().expect("a plain event's wait cannot fail");
-            pong.clear();
+            pong.clear().unwrap();
         })
     })
 }

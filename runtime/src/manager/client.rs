@@ -29,17 +29,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Once};
 use std::time::{Duration, Instant};
 
-use multiproc_runtime::__internal::sys;
-use multiproc_runtime::__internal::{ForkHook, ForkMutex, register_fork_hook};
-use multiproc_runtime::deadline::Deadline;
-use multiproc_runtime::manager::TcpClient;
-use multiproc_runtime::manager::channel::ClientEnd;
-use multiproc_runtime::manager::protocol::{
+use crate::__internal::sys;
+use crate::__internal::{ForkHook, ForkMutex, register_fork_hook};
+use crate::deadline::Deadline;
+use crate::manager::TcpClient;
+use crate::manager::channel::ClientEnd;
+use crate::manager::protocol::{
     ArchivedResponse, ObjectId, Request, access_response, encode_request, remote_error,
 };
-use multiproc_runtime::manager::{ServerAddress, server};
-use multiproc_runtime::rkyv::util::AlignedVec;
-use multiproc_runtime::{Error, Result};
+use crate::manager::{ServerAddress, server};
+use crate::rkyv::util::AlignedVec;
+use crate::{Error, Result};
 use std::sync::MutexGuard;
 
 use parking_lot::Mutex;
@@ -89,7 +89,7 @@ struct Wire {
 }
 
 /// A connection of this process to one server.
-pub(crate) struct Connection {
+pub struct Connection {
     /// The process that opened it: a forked child must open its own.
     pid: i32,
     /// A TCP connection's socket, which a forked child makes inert.
@@ -109,7 +109,7 @@ impl std::fmt::Debug for Connection {
 }
 
 /// A response copied out of the channel.
-pub(crate) struct Reply {
+pub struct Reply {
     buf: AlignedVec,
 }
 
@@ -138,7 +138,7 @@ impl Reply {
 }
 
 /// The error for a response of the wrong shape.
-pub(crate) fn unexpected() -> Error {
+pub fn unexpected() -> Error {
     Error::Protocol("unexpected response from the manager server".into())
 }
 
@@ -260,17 +260,17 @@ impl Connection {
 /// The longest a call waits for another thread's call on the connection
 /// the process shares (requests the server answers at once: only a server
 /// that stopped answering makes anyone wait this long).
-pub(crate) const SHARED_WAIT: Duration = Duration::from_secs(60);
+pub const SHARED_WAIT: Duration = Duration::from_secs(60);
 
 /// How long a shutdown request waits for the server's answer (after
 /// connecting, which has its own bound).
-pub(crate) const SHUTDOWN_ANSWER_WAIT: Duration = Duration::from_secs(10);
+pub const SHUTDOWN_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// Asks the server at `server` to shut down, on a connection of its own: the
 /// connection this process shares may be held by a call that does not
 /// return (a server that stopped answering), and a shutdown (or a manager's
 /// `Drop`) must not wait for it.
-pub(crate) fn request_shutdown(server: &ServerAddress) -> Result<()> {
+pub fn request_shutdown(server: &ServerAddress) -> Result<()> {
     let conn = Connection::open(server)?;
     conn.call_within(&Request::Shutdown, Deadline::after(SHUTDOWN_ANSWER_WAIT))?
         .get()
@@ -371,7 +371,7 @@ pub fn set_authkey(address: ServerAddress, authkey: &[u8]) {
 }
 
 /// Remembers `authkey` for `address` unless a key is known already.
-pub(crate) fn learn_authkey(address: ServerAddress, authkey: &[u8]) {
+pub fn learn_authkey(address: ServerAddress, authkey: &[u8]) {
     AUTHKEYS
         .lock()
         .entry(address)
@@ -381,7 +381,7 @@ pub(crate) fn learn_authkey(address: ServerAddress, authkey: &[u8]) {
 /// The authkey to put in an encoded proxy to `server` for one of this
 /// process's own children (empty if none is known: for a local server, the
 /// child's inherited authkey is then the one to use).
-pub(crate) fn authkey_of(server: &ServerAddress) -> Vec<u8> {
+pub fn authkey_of(server: &ServerAddress) -> Vec<u8> {
     match server {
         ServerAddress::Tcp(_) => authkey_for(server).unwrap_or_default(),
         ServerAddress::Local(_) => AUTHKEYS.lock().get(server).cloned().unwrap_or_default(),
@@ -395,7 +395,7 @@ static MAX_MESSAGES: LazyLock<Mutex<HashMap<std::net::SocketAddr, usize>>> =
 
 /// Accepts responses up to `max` bytes from the TCP server at `address`
 /// (on connections opened from now on).
-pub(crate) fn set_max_message(address: std::net::SocketAddr, max: usize) {
+pub fn set_max_message(address: std::net::SocketAddr, max: usize) {
     MAX_MESSAGES.lock().insert(address, max);
 }
 
@@ -404,7 +404,7 @@ fn max_message_for(address: &std::net::SocketAddr) -> usize {
         .lock()
         .get(address)
         .copied()
-        .unwrap_or(multiproc_runtime::wire::frame::DEFAULT_MAX_FRAME)
+        .unwrap_or(crate::wire::frame::DEFAULT_MAX_FRAME)
 }
 
 /// The key a TCP server is reached with: the one remembered for it, or
@@ -421,11 +421,11 @@ fn authkey_for(server: &ServerAddress) -> Option<Vec<u8>> {
 
 /// The key a local server is reached with: the one remembered for it, or
 /// this process's authkey.
-fn local_authkey(server: &ServerAddress) -> multiproc_runtime::AuthKey {
+fn local_authkey(server: &ServerAddress) -> crate::AuthKey {
     let known = AUTHKEYS.lock().get(server).cloned();
     known
-        .and_then(|k| multiproc_runtime::AuthKey::new(k).ok())
-        .unwrap_or_else(|| multiproc_runtime::current_process().authkey())
+        .and_then(|k| crate::AuthKey::new(k).ok())
+        .unwrap_or_else(|| crate::current_process().authkey())
 }
 
 /// This process's connection to `server`, opened on first need.
@@ -434,7 +434,7 @@ fn local_authkey(server: &ServerAddress) -> multiproc_runtime::AuthKey {
 /// same address) is replaced by a new one: proxies made on the old one keep
 /// it and report `ManagerGone`, with the references it held (the server
 /// dropped them when it ended); proxies made from now on use the new one.
-pub(crate) fn connection(server: &ServerAddress) -> Result<Arc<Connection>> {
+pub fn connection(server: &ServerAddress) -> Result<Arc<Connection>> {
     HOOK.call_once(|| register_fork_hook(&ForkPins));
     let mut state = lock_client();
     if let Some(e) = state.conns.get(server) {
@@ -464,7 +464,7 @@ pub(crate) fn connection(server: &ServerAddress) -> Result<Arc<Connection>> {
 /// This process's connection to `server`, checked with a round trip: one
 /// that broke unnoticed (a server restarted on the same address whose
 /// host dropped the old connection silently) is replaced by a new one.
-pub(crate) fn checked_connection(server: &ServerAddress) -> Result<Arc<Connection>> {
+pub fn checked_connection(server: &ServerAddress) -> Result<Arc<Connection>> {
     let conn = connection(server)?;
     match conn.call(&Request::NumberOfObjects) {
         Err(Error::ManagerGone(why)) => {
@@ -490,7 +490,7 @@ pub(crate) fn checked_connection(server: &ServerAddress) -> Result<Arc<Connectio
 /// a queue's `get`) must not hold up the process's other proxies, one of
 /// which may be what ends the wait. Idle ones are kept for the next wait.
 /// Such a connection never holds references or locks.
-pub(crate) fn on_own_connection<R>(
+pub fn on_own_connection<R>(
     server: &ServerAddress,
     call: impl FnOnce(&Connection) -> Result<R>,
 ) -> Result<R> {
@@ -531,7 +531,7 @@ pub(crate) fn on_own_connection<R>(
 }
 
 /// Forgets the connection to a server that was shut down.
-pub(crate) fn forget(server: &ServerAddress) {
+pub fn forget(server: &ServerAddress) {
     lock_client().conns.remove(server);
 }
 
@@ -545,7 +545,7 @@ fn held<'a>(state: &'a mut ClientState, conn: &Connection, id: ObjectId) -> Opti
 
 /// Records a new proxy instance of `id` whose server reference was just
 /// registered (a create or an attach).
-pub(crate) fn registered(conn: &Connection, id: ObjectId) {
+pub fn registered(conn: &Connection, id: ObjectId) {
     let mut state = lock_client();
     if let Some(h) = held(&mut state, conn, id) {
         h.local += 1;
@@ -555,7 +555,7 @@ pub(crate) fn registered(conn: &Connection, id: ObjectId) {
 
 /// Records a new proxy instance of `id` if this process already holds a
 /// server reference to it; false if it must attach first.
-pub(crate) fn add_instance(conn: &Connection, id: ObjectId) -> bool {
+pub fn add_instance(conn: &Connection, id: ObjectId) -> bool {
     let mut state = lock_client();
     match held(&mut state, conn, id) {
         Some(h) if h.server > 0 && h.local > 0 => {
@@ -608,7 +608,7 @@ fn settle(conn: &Connection, ids: &[ObjectId]) {
 }
 
 /// Drops `count` references of this connection to `object` in the server.
-pub(crate) fn release_on(conn: &Connection, object: ObjectId, count: u64) {
+pub fn release_on(conn: &Connection, object: ObjectId, count: u64) {
     if count == 0 || conn.is_gone() {
         return;
     }
@@ -619,7 +619,7 @@ pub(crate) fn release_on(conn: &Connection, object: ObjectId, count: u64) {
 
 /// Drops one proxy instance of `id` made on `conn`; the last one releases
 /// the server's references.
-pub(crate) fn drop_instance(conn: &Connection, id: ObjectId) {
+pub fn drop_instance(conn: &Connection, id: ObjectId) {
     let (conn, count) = {
         let mut state = lock_client();
         let Some(entry) = state.conns.get_mut(&conn.server) else {
@@ -658,11 +658,7 @@ thread_local! {
 /// Runs `decode` (which decodes values a response carried) with the
 /// references the server added for `refs` available to the proxies inside;
 /// whatever no proxy took is released.
-pub(crate) fn with_prerefs<R>(
-    conn: &Connection,
-    refs: &[ObjectId],
-    decode: impl FnOnce() -> R,
-) -> R {
+pub fn with_prerefs<R>(conn: &Connection, refs: &[ObjectId], decode: impl FnOnce() -> R) -> R {
     if refs.is_empty() {
         return decode();
     }
@@ -680,7 +676,7 @@ pub(crate) fn with_prerefs<R>(
 }
 
 /// Takes one reference the current response added for `id`, if any.
-pub(crate) fn take_preref(server: &ServerAddress, id: ObjectId) -> bool {
+pub fn take_preref(server: &ServerAddress, id: ObjectId) -> bool {
     PREREFS.with(|p| {
         let mut p = p.borrow_mut();
         let Some(pre) = p.as_mut().filter(|pre| pre.server == *server) else {
@@ -697,7 +693,7 @@ pub(crate) fn take_preref(server: &ServerAddress, id: ObjectId) -> bool {
 }
 
 /// Records an adopted preref on `conn` (see [`take_preref`]).
-pub(crate) fn adopt(conn: &Connection, id: ObjectId) {
+pub fn adopt(conn: &Connection, id: ObjectId) {
     adopt_instance(conn, id);
 }
 
@@ -713,10 +709,7 @@ thread_local! {
 
 /// Runs `encode` (which encodes a value about to be stored by `server`) and
 /// returns the objects of `server` that the value holds proxies to.
-pub(crate) fn collecting<R>(
-    server: &ServerAddress,
-    encode: impl FnOnce() -> R,
-) -> (R, Vec<ObjectId>) {
+pub fn collecting<R>(server: &ServerAddress, encode: impl FnOnce() -> R) -> (R, Vec<ObjectId>) {
     let previous = COLLECT.with(|c| {
         c.borrow_mut().replace(Collector {
             server: *server,
@@ -729,7 +722,7 @@ pub(crate) fn collecting<R>(
 }
 
 /// If a value for `server` is being encoded, records that it refers to `id`.
-pub(crate) fn collect(server: &ServerAddress, id: ObjectId) -> bool {
+pub fn collect(server: &ServerAddress, id: ObjectId) -> bool {
     COLLECT.with(|c| match c.borrow_mut().as_mut() {
         Some(col) if col.server == *server => {
             col.refs.push(id);
@@ -747,7 +740,7 @@ thread_local! {
 
 /// Runs `start` (which forks a manager server) without pinning this
 /// process's objects for the child, which never uses them.
-pub(crate) fn forking_server<R>(start: impl FnOnce() -> R) -> R {
+pub fn forking_server<R>(start: impl FnOnce() -> R) -> R {
     FORKING_SERVER.with(|f| f.set(true));
     let out = start();
     FORKING_SERVER.with(|f| f.set(false));
@@ -877,7 +870,7 @@ impl ForkHook for ForkPins {
             let claimed: Vec<ObjectId> = conn
                 .call(&Request::ClaimMany { token })
                 .and_then(|r| match r.get()? {
-                    multiproc_runtime::manager::protocol::ArchivedResponse::Objects(ids) => {
+                    crate::manager::protocol::ArchivedResponse::Objects(ids) => {
                         Ok(ids.iter().map(|i| i.to_native()).collect())
                     }
                     _ => Err(unexpected()),
@@ -907,7 +900,7 @@ impl ForkHook for ForkPins {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use multiproc_runtime::manager::{ServeOptions, Server};
+    use crate::manager::{ServeOptions, Server};
 
     /// Regression: a thread waited for the shared connection for as long as
     /// another thread's call on it took, forever if the server never

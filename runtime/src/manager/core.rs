@@ -11,7 +11,7 @@
 //! * anywhere else (a child's arguments, a queue message): the encoder asks
 //!   the server for a pin, an in-flight reference the first decoder takes
 //!   over. A pin nobody takes over is dropped after
-//!   [`PIN_TIMEOUT`](multiproc_runtime::manager::PIN_TIMEOUT) (ten minutes).
+//!   [`PIN_TIMEOUT`](crate::manager::PIN_TIMEOUT) (ten minutes).
 //!
 //! Decoding checks the type locally (a proxy of other types is
 //! `TypeMismatch`), then takes a reference on this process's connection.
@@ -19,20 +19,20 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use multiproc_runtime::__internal::fingerprint_str;
-use multiproc_runtime::manager::ServerAddress;
-use multiproc_runtime::manager::protocol::{ArchivedResponse, ObjectId, Request};
-use multiproc_runtime::rkyv::bytecheck::CheckBytes;
-use multiproc_runtime::rkyv::rancor::{Fallible, Source};
-use multiproc_runtime::rkyv::{self, Archive, Deserialize, Place, Portable, Serialize};
-use multiproc_runtime::{Error, Result};
+use crate::__internal::fingerprint_str;
+use crate::manager::ServerAddress;
+use crate::manager::protocol::{ArchivedResponse, ObjectId, Request};
+use crate::rkyv::bytecheck::CheckBytes;
+use crate::rkyv::rancor::{Fallible, Source};
+use crate::rkyv::{self, Archive, Deserialize, Place, Portable, Serialize};
+use crate::{Error, Result};
 
-use crate::client::{self, Connection, unexpected};
+use crate::manager::client::{self, Connection, unexpected};
 
 /// The types a proxy was made for: a fingerprint the server compares and
 /// the readable name errors show.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TypeTag {
+pub struct TypeTag {
     pub fingerprint: u64,
     pub name: String,
 }
@@ -72,7 +72,7 @@ pub struct ProxyRepr {
     /// `set_manager_authkey`, or the `MULTIPROC_AUTHKEY` environment
     /// variable; for a local server, its own authkey must be the server's
     /// (a child of the process that started it, or a process that called
-    /// [`Manager::connect_with_authkey`](crate::Manager::connect_with_authkey)).
+    /// `Manager::connect_with_authkey`).
     pub authkey: Vec<u8>,
 }
 
@@ -90,7 +90,7 @@ impl std::fmt::Debug for ProxyRepr {
 }
 
 /// One proxy instance's hold on an object; shared by the clones of a proxy.
-pub(crate) struct ProxyCore {
+pub struct ProxyCore {
     conn: Arc<Connection>,
     object: ObjectId,
     tag: TypeTag,
@@ -115,7 +115,7 @@ impl ProxyCore {
     /// Creates a new object of `kind` on `conn`.
     pub fn create(
         conn: Arc<Connection>,
-        kind: multiproc_runtime::manager::ObjectKind,
+        kind: crate::manager::ObjectKind,
         tag: TypeTag,
     ) -> Result<ProxyCore> {
         Self::create_with(conn, kind, 0, tag)
@@ -125,7 +125,7 @@ impl ProxyCore {
     /// parties, a queue's maxsize) on `conn`.
     pub fn create_with(
         conn: Arc<Connection>,
-        kind: multiproc_runtime::manager::ObjectKind,
+        kind: crate::manager::ObjectKind,
         arg: u64,
         tag: TypeTag,
     ) -> Result<ProxyCore> {
@@ -173,7 +173,7 @@ impl ProxyCore {
             fingerprint: self.tag.fingerprint,
             type_name: self.tag.name.clone(),
             pin,
-            authkey: if multiproc_runtime::handle::encoding_for_own_child() {
+            authkey: if crate::handle::encoding_for_own_child() {
                 client::authkey_of(&server)
             } else {
                 Vec::new()
@@ -222,10 +222,29 @@ impl Drop for ProxyCore {
 }
 
 /// A proxy type: how it encodes and decodes (see [`impl_proxy!`]).
-pub(crate) trait Proxy: Sized {
+pub trait Proxy: Sized {
     fn core(&self) -> &ProxyCore;
     fn from_core(core: ProxyCore) -> Self;
     fn tag() -> TypeTag;
+}
+
+/// A handle with a remote flavour (a `Lock` a TCP manager keeps), made
+/// from a server object's core; every [`Proxy`] is one.
+#[doc(hidden)]
+pub trait RemoteFlavor: Sized {
+    /// The types the server records for the object.
+    fn remote_tag() -> TypeTag;
+    /// The handle over a core just created or attached.
+    fn from_remote(core: ProxyCore) -> Self;
+}
+
+impl<P: Proxy> RemoteFlavor for P {
+    fn remote_tag() -> TypeTag {
+        P::tag()
+    }
+    fn from_remote(core: ProxyCore) -> Self {
+        P::from_core(core)
+    }
 }
 
 /// The archived form of a proxy of type `P`.
@@ -288,44 +307,48 @@ where
 }
 
 /// Makes a proxy type encodable (so it is `Shareable`).
+#[doc(hidden)]
+#[macro_export]
 macro_rules! impl_proxy {
     (impl<$($g:ident),*> for $ty:ty) => {
-        impl<$($g: multiproc_runtime::Shareable),*> multiproc_runtime::rkyv::Archive for $ty {
-            type Archived = $crate::core::ArchivedProxy<$ty>;
-            type Resolver = ($crate::core::ProxyRepr, $crate::core::ProxyReprResolver);
-            fn resolve(&self, resolver: Self::Resolver, out: multiproc_runtime::rkyv::Place<Self::Archived>) {
-                $crate::core::resolve_proxy(resolver, out)
+        impl<$($g: $crate::Shareable),*> $crate::rkyv::Archive for $ty {
+            type Archived = $crate::manager::core::ArchivedProxy<$ty>;
+            type Resolver = ($crate::manager::core::ProxyRepr, $crate::manager::core::ProxyReprResolver);
+            fn resolve(&self, resolver: Self::Resolver, out: $crate::rkyv::Place<Self::Archived>) {
+                $crate::manager::core::resolve_proxy(resolver, out)
             }
         }
-        impl<$($g: multiproc_runtime::Shareable,)* S> multiproc_runtime::rkyv::Serialize<S> for $ty
+        impl<$($g: $crate::Shareable,)* S> $crate::rkyv::Serialize<S> for $ty
         where
-            S: multiproc_runtime::rkyv::rancor::Fallible
-                + multiproc_runtime::rkyv::ser::Writer
-                + multiproc_runtime::rkyv::ser::Allocator
+            S: $crate::rkyv::rancor::Fallible
+                + $crate::rkyv::ser::Writer
+                + $crate::rkyv::ser::Allocator
                 + ?Sized,
-            S::Error: multiproc_runtime::rkyv::rancor::Source,
+            S::Error: $crate::rkyv::rancor::Source,
         {
             fn serialize(&self, serializer: &mut S) -> ::std::result::Result<Self::Resolver, S::Error> {
-                $crate::core::serialize_proxy(self, serializer)
+                $crate::manager::core::serialize_proxy(self, serializer)
             }
         }
-        impl<$($g: multiproc_runtime::Shareable,)* D> multiproc_runtime::rkyv::Deserialize<$ty, D>
-            for $crate::core::ArchivedProxy<$ty>
+        impl<$($g: $crate::Shareable,)* D> $crate::rkyv::Deserialize<$ty, D>
+            for $crate::manager::core::ArchivedProxy<$ty>
         where
-            D: multiproc_runtime::rkyv::rancor::Fallible + ?Sized,
-            D::Error: multiproc_runtime::rkyv::rancor::Source,
+            D: $crate::rkyv::rancor::Fallible + ?Sized,
+            D::Error: $crate::rkyv::rancor::Source,
         {
             fn deserialize(&self, deserializer: &mut D) -> ::std::result::Result<$ty, D::Error> {
-                $crate::core::deserialize_proxy(self, deserializer)
+                $crate::manager::core::deserialize_proxy(self, deserializer)
             }
         }
     };
 }
-pub(crate) use impl_proxy;
+
+#[doc(hidden)]
+pub use crate::impl_proxy;
 
 /// The arguments of a method call; unused ones stay empty.
 #[derive(Default)]
-pub(crate) struct Args<'a> {
+pub struct Args<'a> {
     pub index: i64,
     pub key: Option<Blob<'a>>,
     pub value: Option<Blob<'a>>,
@@ -337,13 +360,13 @@ pub(crate) struct Args<'a> {
     pub wait_us: u64,
 }
 
-use multiproc_runtime::Shareable;
-use multiproc_runtime::deadline::Deadline;
-use multiproc_runtime::manager::protocol::{Blob, Call, Method};
-use multiproc_runtime::rkyv::util::AlignedVec;
+use crate::Shareable;
+use crate::deadline::Deadline;
+use crate::manager::protocol::{Blob, Call, Method};
+use crate::rkyv::util::AlignedVec;
 
 /// A value encoded for storing by a server, with the objects of that server it refers to.
-pub(crate) struct Encoded {
+pub struct Encoded {
     pub bytes: AlignedVec,
     pub refs: Vec<ObjectId>,
     /// Segment objects the server keeps for the handles in the value, and
@@ -376,8 +399,8 @@ struct Kept {
 fn keep_segment(
     conn: &Connection,
     kept: &std::cell::RefCell<Kept>,
-    repr: &multiproc_runtime::handle::HandleRepr,
-) -> Result<Option<multiproc_runtime::handle::HandleRepr>> {
+    repr: &crate::handle::HandleRepr,
+) -> Result<Option<crate::handle::HandleRepr>> {
     let known = kept
         .borrow()
         .segments
@@ -408,11 +431,7 @@ fn keep_segment(
             theirs
         }
     };
-    Ok(Some(multiproc_runtime::handle::HandleRepr {
-        pid,
-        fd,
-        ..*repr
-    }))
+    Ok(Some(crate::handle::HandleRepr { pid, fd, ..*repr }))
 }
 
 impl Encoded {
@@ -448,10 +467,10 @@ impl ProxyCore {
         let kept = std::rc::Rc::new(std::cell::RefCell::new(Kept::default()));
         let redirect = {
             let (conn, kept) = (conn.clone(), kept.clone());
-            move |repr: &multiproc_runtime::handle::HandleRepr| keep_segment(&conn, &kept, repr)
+            move |repr: &crate::handle::HandleRepr| keep_segment(&conn, &kept, repr)
         };
         let (bytes, mut refs) = client::collecting(&server, || {
-            multiproc_runtime::handle::redirecting_segments(redirect, || value.encode())
+            crate::handle::redirecting_segments(redirect, || value.encode())
         });
         let objects: Vec<ObjectId> = kept.borrow().segments.iter().map(|k| k.1).collect();
         refs.extend_from_slice(&objects);
@@ -488,7 +507,7 @@ impl ProxyCore {
         deadline: Deadline,
         read: impl FnOnce(&Connection, &ArchivedResponse<'_>) -> Result<R>,
     ) -> Result<R> {
-        args.wait_us = multiproc_runtime::manager::protocol::wait_us(deadline);
+        args.wait_us = crate::manager::protocol::wait_us(deadline);
         if deadline == Deadline::Now {
             return self.call(method, args, read);
         }
@@ -514,24 +533,18 @@ impl ProxyCore {
     }
 }
 
-fn native_ids(
-    refs: &multiproc_runtime::rkyv::vec::ArchivedVec<multiproc_runtime::rkyv::rend::u64_le>,
-) -> Vec<ObjectId> {
+fn native_ids(refs: &crate::rkyv::vec::ArchivedVec<crate::rkyv::rend::u64_le>) -> Vec<ObjectId> {
     refs.iter().map(|r| r.to_native()).collect()
 }
 
 /// Decodes one value a response carried, handing its proxies the references
 /// the server added.
-pub(crate) fn decode_one<T: Shareable>(
-    conn: &Connection,
-    bytes: &[u8],
-    refs: &[ObjectId],
-) -> Result<T> {
+pub fn decode_one<T: Shareable>(conn: &Connection, bytes: &[u8], refs: &[ObjectId]) -> Result<T> {
     client::with_prerefs(conn, refs, || T::decode(bytes))
 }
 
 /// Reads a `Unit` response.
-pub(crate) fn read_unit(_: &Connection, r: &ArchivedResponse<'_>) -> Result<()> {
+pub fn read_unit(_: &Connection, r: &ArchivedResponse<'_>) -> Result<()> {
     match r {
         ArchivedResponse::Unit => Ok(()),
         _ => Err(unexpected()),
@@ -539,7 +552,7 @@ pub(crate) fn read_unit(_: &Connection, r: &ArchivedResponse<'_>) -> Result<()> 
 }
 
 /// Reads a `Bool` response.
-pub(crate) fn read_bool(_: &Connection, r: &ArchivedResponse<'_>) -> Result<bool> {
+pub fn read_bool(_: &Connection, r: &ArchivedResponse<'_>) -> Result<bool> {
     match r {
         ArchivedResponse::Bool(b) => Ok(*b),
         _ => Err(unexpected()),
@@ -547,7 +560,7 @@ pub(crate) fn read_bool(_: &Connection, r: &ArchivedResponse<'_>) -> Result<bool
 }
 
 /// Reads a `Len` response.
-pub(crate) fn read_len(_: &Connection, r: &ArchivedResponse<'_>) -> Result<usize> {
+pub fn read_len(_: &Connection, r: &ArchivedResponse<'_>) -> Result<usize> {
     match r {
         ArchivedResponse::Len(n) => Ok(n.to_native() as usize),
         _ => Err(unexpected()),
@@ -555,10 +568,7 @@ pub(crate) fn read_len(_: &Connection, r: &ArchivedResponse<'_>) -> Result<usize
 }
 
 /// Reads a `Value` response and decodes the value, if there was one.
-pub(crate) fn read_value<T: Shareable>(
-    conn: &Connection,
-    r: &ArchivedResponse<'_>,
-) -> Result<Option<T>> {
+pub fn read_value<T: Shareable>(conn: &Connection, r: &ArchivedResponse<'_>) -> Result<Option<T>> {
     match r {
         ArchivedResponse::Value { bytes, refs } => {
             let refs = native_ids(refs);
@@ -575,7 +585,7 @@ pub(crate) fn read_value<T: Shareable>(
 }
 
 /// Reads a `Value` response, keeping the raw bytes beside the decoded value.
-pub(crate) fn read_value_raw<T: Shareable>(
+pub fn read_value_raw<T: Shareable>(
     conn: &Connection,
     r: &ArchivedResponse<'_>,
 ) -> Result<Option<(Vec<u8>, T)>> {
@@ -590,7 +600,7 @@ pub(crate) fn read_value_raw<T: Shareable>(
 fn raw_pair<T: Shareable>(
     conn: &Connection,
     bytes: Option<&[u8]>,
-    refs: &multiproc_runtime::rkyv::vec::ArchivedVec<multiproc_runtime::rkyv::rend::u64_le>,
+    refs: &crate::rkyv::vec::ArchivedVec<crate::rkyv::rend::u64_le>,
 ) -> Result<Option<(Vec<u8>, T)>> {
     let refs = native_ids(refs);
     match bytes {
@@ -603,16 +613,13 @@ fn raw_pair<T: Shareable>(
 }
 
 /// The outcome of a compare-and-swap.
-pub(crate) enum Swap<T> {
+pub enum Swap<T> {
     Done,
     Failed(Option<(Vec<u8>, T)>),
 }
 
 /// Reads a `Swapped` response.
-pub(crate) fn read_swap<T: Shareable>(
-    conn: &Connection,
-    r: &ArchivedResponse<'_>,
-) -> Result<Swap<T>> {
+pub fn read_swap<T: Shareable>(conn: &Connection, r: &ArchivedResponse<'_>) -> Result<Swap<T>> {
     match r {
         ArchivedResponse::Swapped { done: true, .. } => Ok(Swap::Done),
         ArchivedResponse::Swapped { current, refs, .. } => {
@@ -623,7 +630,7 @@ pub(crate) fn read_swap<T: Shareable>(
 }
 
 /// Reads a `Many` response, decoding each item with `decode`.
-pub(crate) fn read_many<R>(
+pub fn read_many<R>(
     conn: &Connection,
     r: &ArchivedResponse<'_>,
     decode: impl FnOnce(&mut dyn Iterator<Item = &[u8]>) -> Result<R>,

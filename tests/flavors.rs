@@ -1,0 +1,355 @@
+//! One type per primitive (#13): the same test body runs against a plain
+//! local handle, one a local `Manager` hands out and one a TCP
+//! `BaseManager` hands out, under spawn and fork, with the same assertions.
+
+mod util;
+
+use std::time::Duration;
+
+use multiproc::{
+    Acquired, BaseManager, BoundedSemaphore, Error, Event, Lock, Manager, Process, Queue,
+    RemoteManager, Semaphore, StartMethod,
+};
+use util::{PROMPTLY, assert_not_our_zombie};
+
+multiproc::init_before_main!();
+
+const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
+
+/// Where a primitive comes from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// `Lock::new()`, `Event::new()`.
+    Plain,
+    /// A local `Manager`.
+    Local,
+    /// A TCP `BaseManager`.
+    Tcp,
+}
+
+const SOURCES: [Source; 3] = [Source::Plain, Source::Local, Source::Tcp];
+
+/// The managers behind a source, kept alive for the test's length.
+enum Maker {
+    Plain,
+    Local(Manager),
+    Tcp(RemoteManager),
+}
+
+impl Maker {
+    fn start(source: Source) -> Maker {
+        match source {
+            Source::Plain => Maker::Plain,
+            Source::Local => Maker::Local(Manager::start().unwrap()),
+            Source::Tcp => Maker::Tcp(BaseManager::new().authkey(b"flavors").start().unwrap()),
+        }
+    }
+
+    fn lock(&self) -> Lock {
+        match self {
+            Maker::Plain => Lock::new().unwrap(),
+            Maker::Local(m) => m.lock().unwrap(),
+            Maker::Tcp(m) => m.lock().unwrap(),
+        }
+    }
+
+    fn event(&self) -> Event {
+        match self {
+            Maker::Plain => Event::new().unwrap(),
+            Maker::Local(m) => m.event().unwrap(),
+            Maker::Tcp(m) => m.event().unwrap(),
+        }
+    }
+
+    fn semaphore(&self, value: u32) -> Semaphore {
+        match self {
+            Maker::Plain => Semaphore::new(value).unwrap(),
+            Maker::Local(m) => m.semaphore(value).unwrap(),
+            Maker::Tcp(m) => m.semaphore(value).unwrap(),
+        }
+    }
+
+    fn bounded_semaphore(&self, value: u32) -> BoundedSemaphore {
+        match self {
+            Maker::Plain => BoundedSemaphore::new(value).unwrap(),
+            Maker::Local(m) => m.bounded_semaphore(value).unwrap(),
+            Maker::Tcp(m) => m.bounded_semaphore(value).unwrap(),
+        }
+    }
+
+    fn shutdown(self) {
+        match self {
+            Maker::Plain => {}
+            Maker::Local(m) => m.shutdown().unwrap(),
+            Maker::Tcp(m) => m.shutdown().unwrap(),
+        }
+    }
+}
+
+fn start<A: multiproc::Shareable, R: multiproc::Shareable>(
+    m: StartMethod,
+    f: fn(A) -> R,
+    arg: A,
+) -> Process<R> {
+    let mut p = Process::new(f, arg).start_method(m);
+    p.start().expect("start");
+    p
+}
+
+// ---------------------------------------------------------------- Lock
+
+/// The child's side: fails to take the parent's lock, then takes it once
+/// the parent lets go, says so, and holds it until told to let go.
+fn contend(args: (Lock, Event, Event, Event)) -> Vec<String> {
+    let (lock, tried, held, release) = args;
+    let mut seen = vec![format!("{:?}", lock.try_acquire())];
+    tried.set().unwrap();
+    let guard = lock.lock_timeout(PROMPTLY * 3).unwrap();
+    seen.push(format!("{:?}", guard.owner_died()));
+    held.set().unwrap();
+    seen.push(format!("{:?}", release.wait_timeout(PROMPTLY * 3)));
+    drop(guard);
+    seen
+}
+
+#[test]
+fn lock_is_one_type_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let lock = maker.lock();
+            let (tried, held, release) = (maker.event(), maker.event(), maker.event());
+            let guard = lock.lock().unwrap();
+            assert!(lock.is_locked().unwrap(), "{source:?} {m:?}");
+            let mut p = start(
+                m,
+                contend,
+                (lock.clone(), tried.clone(), held.clone(), release.clone()),
+            );
+            assert!(tried.wait_timeout(PROMPTLY).unwrap(), "{source:?} {m:?}");
+            drop(guard);
+            assert!(held.wait_timeout(PROMPTLY).unwrap(), "{source:?} {m:?}");
+            // The child holds it now.
+            assert!(lock.is_locked().unwrap(), "{source:?} {m:?}");
+            assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock)));
+            assert!(matches!(
+                lock.acquire_timeout(Duration::from_millis(50)),
+                Err(Error::Timeout(_))
+            ));
+            release.set().unwrap();
+            let seen = p.join_timeout(PROMPTLY * 3).unwrap();
+            assert_eq!(
+                seen,
+                ["Err(WouldBlock)", "None", "Ok(true)"],
+                "{source:?} {m:?}"
+            );
+            assert_eq!(
+                lock.acquire_timeout(PROMPTLY).unwrap(),
+                Acquired::Clean,
+                "{source:?} {m:?}"
+            );
+            lock.release().unwrap();
+            assert!(!lock.is_locked().unwrap(), "{source:?} {m:?}");
+            assert!(matches!(lock.release(), Err(Error::InvalidState(_))));
+        }
+        maker.shutdown();
+    }
+}
+
+/// Takes the lock, says so, and waits to be killed.
+fn hold_and_wait(args: (Lock, Event, Event)) {
+    let (lock, held, never) = args;
+    let guard = lock.lock().unwrap();
+    held.set().unwrap();
+    let _ = never.wait();
+    drop(guard);
+}
+
+#[test]
+fn a_lock_whose_holder_is_killed_goes_to_the_next_acquirer_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let lock = maker.lock();
+            let (held, never) = (maker.event(), maker.event());
+            let mut p = start(
+                m,
+                hold_and_wait,
+                (lock.clone(), held.clone(), never.clone()),
+            );
+            assert!(held.wait_timeout(PROMPTLY).unwrap(), "{source:?} {m:?}");
+            let pid = p.pid().unwrap();
+            p.kill().unwrap();
+            let _ = p.join_timeout(PROMPTLY);
+            assert_not_our_zombie(pid);
+            let got = lock.acquire_timeout(PROMPTLY * 3).unwrap();
+            assert_eq!(got, Acquired::OwnerDied { pid }, "{source:?} {m:?}");
+            lock.release().unwrap();
+        }
+        maker.shutdown();
+    }
+}
+
+// ---------------------------------------------------------------- Event
+
+/// Waits for the parent's flag, lowers it and raises its own.
+fn answer(args: (Event, Event)) -> Vec<String> {
+    let (ping, pong) = args;
+    let mut seen = vec![format!("{:?}", ping.wait_timeout(PROMPTLY * 3))];
+    seen.push(format!("{:?}", ping.is_set()));
+    ping.clear().unwrap();
+    seen.push(format!("{:?}", ping.try_wait()));
+    pong.set().unwrap();
+    seen
+}
+
+#[test]
+fn event_is_one_type_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let (ping, pong) = (maker.event(), maker.event());
+            assert!(!ping.is_set().unwrap());
+            assert!(!ping.wait_timeout(Duration::from_millis(20)).unwrap());
+            let mut p = start(m, answer, (ping.clone(), pong.clone()));
+            ping.set().unwrap();
+            assert!(pong.wait_timeout(PROMPTLY * 3).unwrap(), "{source:?} {m:?}");
+            pong.wait().unwrap();
+            let seen = p.join_timeout(PROMPTLY * 3).unwrap();
+            assert_eq!(
+                seen,
+                ["Ok(true)", "Ok(true)", "Ok(false)"],
+                "{source:?} {m:?}"
+            );
+            assert!(!ping.is_set().unwrap(), "{source:?} {m:?}");
+        }
+        maker.shutdown();
+    }
+}
+
+// ------------------------------------------------------------ Semaphore
+
+/// Takes both units of each semaphore (waiting for the second), then hands
+/// one of each back.
+fn take_units(args: (Semaphore, BoundedSemaphore, Event)) -> Vec<String> {
+    let (sem, bounded, took) = args;
+    let mut seen = vec![];
+    for _ in 0..2 {
+        seen.push(format!("{:?}", sem.acquire_timeout(PROMPTLY * 3)));
+        seen.push(format!("{:?}", bounded.acquire_timeout(PROMPTLY * 3)));
+    }
+    seen.push(format!("{:?}", sem.try_acquire()));
+    seen.push(format!("{:?}", bounded.try_acquire()));
+    took.set().unwrap();
+    sem.release().unwrap();
+    bounded.release().unwrap();
+    seen
+}
+
+#[test]
+fn semaphores_are_one_type_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let (sem, bounded, took) = (
+                maker.semaphore(1),
+                maker.bounded_semaphore(2),
+                maker.event(),
+            );
+            bounded.acquire().unwrap();
+            assert_eq!(sem.get_value().unwrap(), 1, "{source:?} {m:?}");
+            assert_eq!(bounded.get_value().unwrap(), 1, "{source:?} {m:?}");
+            let mut p = start(m, take_units, (sem.clone(), bounded.clone(), took.clone()));
+            // The child waits for the second units until these come.
+            sem.release().unwrap();
+            bounded.release().unwrap();
+            let seen = p.join_timeout(PROMPTLY * 3).unwrap();
+            assert!(took.is_set().unwrap());
+            assert_eq!(
+                seen,
+                [
+                    "Ok(())",
+                    "Ok(())",
+                    "Ok(())",
+                    "Ok(())",
+                    "Err(WouldBlock)",
+                    "Err(WouldBlock)"
+                ],
+                "{source:?} {m:?}"
+            );
+            assert_eq!(sem.get_value().unwrap(), 1, "{source:?} {m:?}");
+            assert_eq!(bounded.get_value().unwrap(), 1, "{source:?} {m:?}");
+            sem.acquire().unwrap();
+            assert!(matches!(
+                sem.acquire_timeout(Duration::from_millis(50)),
+                Err(Error::Timeout(_))
+            ));
+            bounded.release().unwrap();
+            assert!(
+                matches!(bounded.release(), Err(Error::InvalidState(_))),
+                "{source:?} {m:?}"
+            );
+        }
+        maker.shutdown();
+    }
+}
+
+// ------------------------------------------------------ handles in messages
+
+/// Receives a lock and an event through a queue and uses them. A remote
+/// handle read from a message needs its server's key known here first
+/// (the key travels only in a child's own arguments, as Python's does).
+fn through_a_queue(args: (Queue<(Lock, Event)>, Option<std::net::SocketAddr>)) -> bool {
+    let (q, server) = args;
+    if let Some(address) = server {
+        multiproc::set_manager_authkey(address, b"flavors");
+    }
+    let (lock, done) = q.get_timeout(PROMPTLY * 3).unwrap();
+    let ok = lock.try_acquire().is_ok();
+    done.set().unwrap();
+    ok
+}
+
+#[test]
+fn both_flavours_travel_inside_a_queue() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let q: Queue<(Lock, Event)> = Queue::new().unwrap();
+            let (lock, done) = (maker.lock(), maker.event());
+            let server = match &maker {
+                Maker::Tcp(r) => Some(r.address()),
+                _ => None,
+            };
+            let mut p = start(m, through_a_queue, (q.clone(), server));
+            q.put((lock.clone(), done.clone())).unwrap();
+            assert!(done.wait_timeout(PROMPTLY * 3).unwrap(), "{source:?} {m:?}");
+            assert!(p.join_timeout(PROMPTLY * 3).unwrap(), "{source:?} {m:?}");
+            // The child took it and left: a plain lock passes on as a dead
+            // holder's, a server's lock as a departed client's.
+            let got = lock.acquire_timeout(PROMPTLY).unwrap();
+            assert!(
+                matches!(got, Acquired::OwnerDied { .. }),
+                "{source:?} {m:?}: {got:?}"
+            );
+        }
+        maker.shutdown();
+    }
+}
+
+/// A remote handle whose server is gone says `ManagerGone` for every call,
+/// a non-blocking one included (never `WouldBlock`, never a hang).
+#[test]
+fn remote_handles_of_a_stopped_server_say_manager_gone() {
+    let maker = Maker::start(Source::Tcp);
+    let (lock, event, sem) = (maker.lock(), maker.event(), maker.semaphore(0));
+    maker.shutdown();
+    let gone = |r: String| r.starts_with("Err(ManagerGone");
+    assert!(gone(format!("{:?}", lock.try_acquire())));
+    assert!(gone(format!("{:?}", lock.acquire_timeout(PROMPTLY))));
+    assert!(gone(format!("{:?}", lock.is_locked())));
+    assert!(gone(format!("{:?}", event.set())));
+    assert!(gone(format!("{:?}", event.wait_timeout(PROMPTLY))));
+    assert!(gone(format!("{:?}", sem.try_acquire())));
+    assert!(gone(format!("{:?}", sem.get_value())));
+}
