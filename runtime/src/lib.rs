@@ -69,7 +69,7 @@ pub mod __internal {
     pub use crate::process::{ForkHook, ForkMutex, forkserver_pid, register_fork_hook};
     pub use crate::queue::DEFAULT_CAPACITY_BYTES;
     pub use crate::shm::{Kind, ShmSpec, fingerprint_str};
-    pub use crate::sync::spin::set_spin_limit;
+    pub use crate::sync::park::set_spin_limit;
 
     /// The few platform calls used outside the runtime, at their `sys` paths.
     pub mod sys {

@@ -2,7 +2,8 @@
 //!
 //! The segment holds a small state block of atomics, a request slot and a
 //! response slot. The client writes a request and bumps `req_seq`; the
-//! server, spinning briefly and then sleeping on that futex word, answers
+//! server, spinning while that can pay (the runtime's one waiting policy)
+//! and then sleeping on that futex word, answers
 //! into the response slot and sets `resp_seq`. A side calls the wake
 //! syscall only when the other announced that it sleeps. Sleepers wake in
 //! slices to check that the peer still lives, so a dead server is a prompt
@@ -14,7 +15,7 @@
 
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rkyv::util::AlignedVec;
 
@@ -23,6 +24,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::HandleRepr;
 use crate::shm::{Kind, Segment, ShmObject, fingerprint_str};
+use crate::sync::park::SpinSite;
 use crate::sys;
 use crate::sys::futex::WaitOutcome;
 
@@ -30,12 +32,6 @@ use crate::sys::futex::WaitOutcome;
 pub const SLOT_SIZE: usize = 64 * 1024;
 /// How long a sleeping side waits before it checks that its peer lives.
 pub const LIVENESS_SLICE: Duration = Duration::from_millis(100);
-/// Busy-wait iterations before a waiter starts yielding (about 2 µs here).
-const BUSY_SPINS: u32 = 64;
-/// How long a client spins for its response before it sleeps.
-const CLIENT_SPIN: Duration = Duration::from_micros(30);
-/// How long a server thread spins for the next request before it sleeps.
-const SERVER_SPIN: Duration = Duration::from_micros(30);
 /// The largest message either side accepts.
 pub const MAX_MESSAGE: usize = 1 << 32;
 
@@ -217,30 +213,21 @@ impl Channel {
     }
 }
 
-/// Spins on `word` until it differs from `old` or `spin` passes; returns the new value.
-///
-/// A short busy spin catches a peer running on another core; after it the
-/// loop yields between checks, so on a busy machine the peer (often waiting
-/// for this very core) gets to run before we fall back to a futex sleep.
-fn spin_while(word: &AtomicU32, old: u32, spin: Duration) -> Option<u32> {
-    for _ in 0..BUSY_SPINS {
-        let v = word.load(Ordering::Acquire);
-        if v != old {
-            return Some(v);
-        }
-        std::hint::spin_loop();
-    }
-    let start = Instant::now();
-    loop {
-        std::thread::yield_now();
-        let v = word.load(Ordering::Acquire);
-        if v != old {
-            return Some(v);
-        }
-        if start.elapsed() > spin {
-            return None;
-        }
-    }
+/// A client waiting for its response (the runtime's one waiting policy,
+/// `sync::park`, learns how long spinning pays here).
+static CLIENT_SPIN: SpinSite = SpinSite::new();
+/// A server thread waiting for its client's next request.
+static SERVER_SPIN: SpinSite = SpinSite::new();
+
+/// Spins on `word` while the waiting policy allows; the new value if it
+/// moved from `old`.
+fn spin_while(site: &SpinSite, word: &AtomicU32, old: u32) -> Option<u32> {
+    let mut now = old;
+    site.spin_until(|| {
+        now = word.load(Ordering::Acquire);
+        now != old
+    })
+    .then_some(now)
 }
 
 /// The client's end of a channel: one request at a time.
@@ -330,7 +317,7 @@ impl ClientEnd {
             sys::futex::futex_wake(&st.req_seq, 1);
         }
         let old = seq.wrapping_sub(1);
-        let got = spin_while(&st.resp_seq, old, CLIENT_SPIN);
+        let got = spin_while(&CLIENT_SPIN, &st.resp_seq, old);
         if got != Some(seq) {
             let chan = self.chan.clone();
             let setup = self.setup.as_ref().map(|s| s.as_fd());
@@ -452,7 +439,7 @@ impl ServerEnd {
         stopping: impl Fn() -> bool,
     ) -> std::result::Result<(), Hangup> {
         let st = self.chan.state();
-        if spin_while(&st.req_seq, self.seen, SERVER_SPIN).is_none() {
+        if spin_while(&SERVER_SPIN, &st.req_seq, self.seen).is_none() {
             loop {
                 st.server_sleeping.store(1, Ordering::SeqCst);
                 fence(Ordering::SeqCst);
@@ -506,6 +493,7 @@ impl ServerEnd {
 mod tests {
     use super::*;
     use crate::manager::protocol::LocalAddress as ServerAddress;
+    use std::time::Instant;
 
     fn me() -> ServerAddress {
         ServerAddress {
