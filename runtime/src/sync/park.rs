@@ -8,8 +8,10 @@
 //!   the process it waits for needs that CPU, every microsecond spun delays
 //!   the very thing awaited. So nobody spins while the machine has more
 //!   runnable threads than CPUs, nor in a process allowed only one CPU (its
-//!   peer, pinned beside it, could only run once it stops). Both facts come
-//!   from the kernel, read at most every [`REFRESH`] and cached.
+//!   peer, pinned beside it, could only run once it stops). Such a waiter
+//!   yields its CPU once (the peer often runs and answers meanwhile, which
+//!   saves a futex sleep and wake), then sleeps. Both facts come from the
+//!   kernel, read at most every [`REFRESH`] and cached.
 //! - **Spin only as long as recently paid.** Each wait site (a `static`
 //!   [`SpinSite`]: "a queue's getter", "a lock's contender") learns its budget,
 //!   in time, from what happened: a spin that saw the wait end after `t` sets
@@ -82,16 +84,26 @@ pub fn set_spin_limit(us: u32) {
 
 /// When the cached machine state is next read, in coarse-clock nanoseconds.
 static NEXT_LOOK: AtomicU64 = AtomicU64::new(0);
-/// Whether spinning cannot pay on this machine now (cached).
+/// The cached [`Crowd`], as a number.
 static CROWDED: AtomicU32 = AtomicU32::new(0);
 
-/// Whether a spinner would keep its peer off a CPU: more threads want to
-/// run than there are CPUs, or this thread may use only one CPU.
-///
-/// Read at most every [`REFRESH`] (one thread refreshes; the others use the
-/// cached answer). A read that fails (no descriptor left for `/proc`) counts
-/// as not crowded: the learned budget still bounds the spin.
-fn crowded() -> bool {
+/// Whether a spinner would keep its peer off a CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Crowd {
+    /// There is a CPU for everyone who wants to run: spinning may pay.
+    Free,
+    /// More threads want to run than there are CPUs: yield once, then sleep.
+    Busy,
+    /// This thread may run on one CPU only: a peer beside it runs only once
+    /// it stops; yield once, then sleep.
+    OneCpu,
+}
+
+/// The machine's state for a waiter, read at most every [`REFRESH`] (one
+/// thread refreshes; the others use the cached answer). A read that fails
+/// (no descriptor left for `/proc`) counts as free: the learned budget
+/// still bounds the spin.
+fn crowded() -> Crowd {
     let now = crate::sys::time::coarse_monotonic().as_nanos() as u64;
     let next = NEXT_LOOK.load(Ordering::Relaxed);
     if now >= next
@@ -104,12 +116,21 @@ fn crowded() -> bool {
             )
             .is_ok()
     {
-        let one_cpu = crate::sys::sched::allowed_cpus().is_ok_and(|n| n <= 1);
         let cpus = crate::sys::sched::online_cpus();
-        let busy = crate::sys::sched::runnable_threads().is_ok_and(|r| r > cpus);
-        CROWDED.store(u32::from(one_cpu || busy), Ordering::Relaxed);
+        let crowd = if crate::sys::sched::allowed_cpus().is_ok_and(|n| n <= 1) {
+            Crowd::OneCpu
+        } else if crate::sys::sched::runnable_threads().is_ok_and(|r| r > cpus) {
+            Crowd::Busy
+        } else {
+            Crowd::Free
+        };
+        CROWDED.store(crowd as u32, Ordering::Relaxed);
     }
-    CROWDED.load(Ordering::Relaxed) != 0
+    match CROWDED.load(Ordering::Relaxed) {
+        x if x == Crowd::Busy as u32 => Crowd::Busy,
+        x if x == Crowd::OneCpu as u32 => Crowd::OneCpu,
+        _ => Crowd::Free,
+    }
 }
 
 /// One place in the code that waits, with the spin budget it learned.
@@ -150,8 +171,19 @@ impl SpinSite {
             return true;
         }
         let max = max_spin();
-        if max.is_zero() || crowded() {
+        if max.is_zero() {
             return false;
+        }
+        match crowded() {
+            Crowd::Free => {}
+            Crowd::Busy | Crowd::OneCpu => {
+                // The peer may wait for this very CPU: hand it over once (no
+                // spinning) before paying for a futex sleep and wake. Measured
+                // on a loaded 2-core VM, this took a Queue of 8-byte messages
+                // from 1.0-1.4 us to 0.15-0.2 us a message, Barrier from 30 us to 2 us.
+                std::thread::yield_now();
+                return ready();
+            }
         }
         matches!(self.spin(max, &mut ready), Spun::Ready(_)) || ready()
     }
