@@ -166,6 +166,8 @@ def bench_manager(samples, batch):
         d = m.dict()
         d["k"] = 1
         res["manager/dict_get"] = per_call(samples, batch, lambda: d["k"])
+        d["big"] = b"\x07" * (1 << 20)
+        res["manager/dict_get_1mib"] = per_call(samples, max(1, batch // 40), lambda: d["big"])
         res["manager/dict_set"] = per_call(samples, batch, lambda: d.__setitem__("k", 2))
         lock = m.Lock()
 

@@ -87,6 +87,7 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("queue/throughput_1mib", queue_throughput_1mib),
         ("pipe/round_trip", pipe_round_trip),
         ("manager/dict_get", manager_dict_get),
+        ("manager/dict_get_1mib", manager_dict_get_1mib),
         ("manager/dict_set", manager_dict_set),
         ("manager/lock", manager_lock),
         ("manager/queue_put_get", manager_queue_put_get),
@@ -557,6 +558,23 @@ fn manager_dict_get(scale: &Scale) -> multiproc::Result<Figure> {
             "manager/dict_get",
             scale.samples,
             200 * scale.k,
+            || {
+                std::hint::black_box(d.get(&1).ok());
+            },
+        ))
+    })
+}
+
+/// A 1 MiB value: larger than the channel's slots, so it travels through
+/// the connection's (kept) overflow segment.
+fn manager_dict_get_1mib(scale: &Scale) -> multiproc::Result<Figure> {
+    with_manager(|m| {
+        let d = m.dict::<u32, Vec<u8>>()?;
+        d.insert(1, vec![7u8; 1 << 20])?;
+        Ok(per_call(
+            "manager/dict_get_1mib",
+            scale.samples,
+            5 * scale.k,
             || {
                 std::hint::black_box(d.get(&1).ok());
             },
