@@ -81,6 +81,10 @@ pub mod __internal {
         pub mod process {
             pub use crate::sys::process::getpid;
         }
+        /// CPU affinity, for benchmarks that share one CPU between processes.
+        pub mod sched {
+            pub use crate::sys::sched::{Pinned, pin_to_one_cpu};
+        }
         /// Termination signals, for servers.
         pub mod signal {
             pub use crate::sys::signal::{block_termination, wait_termination};

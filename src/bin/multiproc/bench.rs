@@ -78,7 +78,7 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("rlock/acquire_release", rlock_acquire_release),
         ("event/ping_pong", event_ping_pong),
         ("barrier/wait_2", barrier_wait_2),
-        ("pool/map_chunksize_1", pool_map_chunksize_1),
+        ("pool/map_chunksize_1_batched", pool_map_chunksize_1),
         ("pool/map_default", pool_map_default),
         ("pool/cpu_1ms", pool_cpu_1ms),
         ("pool/cpu_1ms_one_process", cpu_1ms_one_process),
@@ -89,8 +89,8 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("manager/dict_get", manager_dict_get),
         ("manager/dict_get_1mib", manager_dict_get_1mib),
         ("manager/dict_set", manager_dict_set),
-        ("manager/lock", manager_lock),
-        ("manager/queue_put_get", manager_queue_put_get),
+        ("lock/from_manager", manager_lock),
+        ("queue/from_manager_put_get", manager_queue_put_get),
         ("manager/create_object", manager_create_object),
         ("manager/tcp_dict_get", manager_tcp_dict_get),
         ("manager/tcp_lock", manager_tcp_lock),
@@ -106,6 +106,14 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("pyclient/get_2cpu", pyclient_get_2cpu),
         ("pyclient/connect_2cpu", pyclient_connect_2cpu),
         ("pyclient/worker_start_2cpu", pyclient_worker_start_2cpu),
+        ("contended/pipe_round_trip", contended_pipe_round_trip),
+        (
+            "contended/queue_throughput_8b",
+            contended_queue_throughput_8b,
+        ),
+        ("contended/manager_dict_get", contended_manager_dict_get),
+        ("contended/event_ping_pong", contended_event_ping_pong),
+        ("contended/pool_map_chunksize_1_batched", contended_pool_map),
         ("shared_memory/create_unlink_4k", shm_create_unlink),
         ("shared_memory/attach_4k", shm_attach),
         ("shared_memory/write_1mib", shm_write_1mib),
@@ -296,9 +304,11 @@ fn pool_map(
     Ok(summarize(key, &mut per_op, None))
 }
 
+/// `map` with chunksize 1: the pool still sends up to 16 chunks in one
+/// message (and their results in one), hence the name.
 fn pool_map_chunksize_1(scale: &Scale) -> multiproc::Result<Figure> {
     pool_map(
-        "pool/map_chunksize_1",
+        "pool/map_chunksize_1_batched",
         scale,
         2_000 * scale.k,
         Some(1),
@@ -609,11 +619,13 @@ fn manager_create_object(scale: &Scale) -> multiproc::Result<Figure> {
     })
 }
 
+/// A manager's Lock: it lives in shared memory, so acquiring it crosses to
+/// no server (`manager/tcp_lock` does).
 fn manager_lock(scale: &Scale) -> multiproc::Result<Figure> {
     with_manager(|m| {
         let l = m.lock()?;
         Ok(per_call(
-            "manager/lock",
+            "lock/from_manager",
             scale.samples,
             10_000 * scale.k,
             || {
@@ -625,11 +637,13 @@ fn manager_lock(scale: &Scale) -> multiproc::Result<Figure> {
     })
 }
 
+/// A manager's Queue: it lives in shared memory, so put and get cross to no
+/// server (`manager/tcp_queue_put_get` does).
 fn manager_queue_put_get(scale: &Scale) -> multiproc::Result<Figure> {
     with_manager(|m| {
         let q = m.queue::<u64>()?;
         Ok(per_call(
-            "manager/queue_put_get",
+            "queue/from_manager_put_get",
             scale.samples,
             1_000 * scale.k,
             || {
@@ -766,6 +780,42 @@ fn shm_list_get_str(scale: &Scale) -> multiproc::Result<Figure> {
     })
 }
 
+/// Measures `op` with this thread, and every process it starts meanwhile
+/// (peers, pool workers, the manager server), pinned to the CPU it runs on:
+/// two processes sharing one CPU, where a waiter that spins only delays its peer.
+fn pinned(key: &'static str, scale: &Scale, op: OpFn) -> multiproc::Result<Figure> {
+    let pin = multiproc::__internal::sys::sched::pin_to_one_cpu()?;
+    let figure = op(scale);
+    drop(pin);
+    let mut figure = figure?;
+    figure.key = key;
+    Ok(figure)
+}
+
+fn contended_pipe_round_trip(scale: &Scale) -> multiproc::Result<Figure> {
+    pinned("contended/pipe_round_trip", scale, pipe_round_trip)
+}
+
+fn contended_queue_throughput_8b(scale: &Scale) -> multiproc::Result<Figure> {
+    pinned("contended/queue_throughput_8b", scale, queue_throughput_8b)
+}
+
+fn contended_manager_dict_get(scale: &Scale) -> multiproc::Result<Figure> {
+    pinned("contended/manager_dict_get", scale, manager_dict_get)
+}
+
+fn contended_event_ping_pong(scale: &Scale) -> multiproc::Result<Figure> {
+    pinned("contended/event_ping_pong", scale, event_ping_pong)
+}
+
+fn contended_pool_map(scale: &Scale) -> multiproc::Result<Figure> {
+    pinned(
+        "contended/pool_map_chunksize_1_batched",
+        scale,
+        pool_map_chunksize_1,
+    )
+}
+
 /// CPython's figures for the same keys, if python3 and the script are there.
 fn python_figures(opts: &Args, progress: &Progress) -> BTreeMap<String, (f64, f64)> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/python/baseline.py");
@@ -829,6 +879,8 @@ fn run(opts: &Args) -> multiproc::Result<()> {
     if opts.sleep {
         // SAFETY: set before any thread of ours starts; children inherit it.
         unsafe { std::env::set_var("MULTIPROC_SPIN", "0") };
+        // And in this process, whatever it read before.
+        multiproc::__internal::set_spin_limit(0);
     }
     let scale = if opts.smoke {
         Scale {
