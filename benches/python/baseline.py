@@ -221,6 +221,34 @@ def bench_dict_get(samples, batch):
         return per_call(samples, batch, lambda: d["k"])
 
 
+def cpu_consumer(q, out):
+    t = time.process_time_ns()
+    got = 0
+    while q.get() is not None:
+        got += 1
+    out.put((time.process_time_ns() - t) / max(got, 1))
+
+
+def bench_cpu_queue_consumer(samples, n):
+    """CPU time per message of a Queue consumer fed 10k messages a second."""
+    out = []
+    for _ in range(samples):
+        q, res = mp.Queue(), mp.Queue()
+        p = mp.Process(target=cpu_consumer, args=(q, res))
+        p.start()
+        nxt = time.perf_counter()
+        for i in range(n):
+            nxt += 1e-4
+            d = nxt - time.perf_counter()
+            if d > 0:
+                time.sleep(d)
+            q.put(i)
+        q.put(None)
+        out.append(res.get())
+        p.join()
+    return summarize(out)
+
+
 class TcpManager(BaseManager):
     pass
 
@@ -394,6 +422,9 @@ def main():
         "pool/map_chunksize_1_batched": lambda: bench_pool(max(2, s // 3), 1000 * k, 1, square),
         "pool/map_default": lambda: bench_pool(max(2, s // 3), 10000 * k, None, square),
         "pool/cpu_1ms": lambda: bench_pool(max(2, s // 5), 20 * k, 1, cpu_1ms),
+        "cpu/queue_consumer_10k": lambda: bench_cpu_queue_consumer(
+            min(5, s), 200 if args.smoke else 3000
+        ),
         "contended/pipe_round_trip": lambda: pinned(lambda: bench_pipe(s, 50 * k)),
         "contended/queue_throughput_8b": lambda: pinned(
             lambda: bench_queue(max(2, s // 3), 2000 * k, 8)

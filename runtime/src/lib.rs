@@ -85,6 +85,10 @@ pub mod __internal {
         pub mod sched {
             pub use crate::sys::sched::{Pinned, pin_to_one_cpu};
         }
+        /// Clocks: a process's CPU time, for benchmarks of what waiting burns.
+        pub mod time {
+            pub use crate::sys::time::process_cpu_time;
+        }
         /// Termination signals, for servers.
         pub mod signal {
             pub use crate::sys::signal::{block_termination, wait_termination};

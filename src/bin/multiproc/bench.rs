@@ -114,6 +114,7 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("contended/manager_dict_get", contended_manager_dict_get),
         ("contended/event_ping_pong", contended_event_ping_pong),
         ("contended/pool_map_chunksize_1_batched", contended_pool_map),
+        ("cpu/queue_consumer_10k", cpu_queue_consumer_10k),
         ("shared_memory/create_unlink_4k", shm_create_unlink),
         ("shared_memory/attach_4k", shm_attach),
         ("shared_memory/write_1mib", shm_write_1mib),
@@ -814,6 +815,42 @@ fn contended_pool_map(scale: &Scale) -> multiproc::Result<Figure> {
         scale,
         pool_map_chunksize_1,
     )
+}
+
+/// Takes messages until `None`; returns the CPU time it used per message.
+fn consume_counting_cpu(q: Queue<Option<u64>>) -> u64 {
+    let start = multiproc::__internal::sys::time::process_cpu_time();
+    let mut got = 0u64;
+    while let Ok(Some(_)) = q.get() {
+        got += 1;
+    }
+    let used = multiproc::__internal::sys::time::process_cpu_time().saturating_sub(start);
+    used.as_nanos() as u64 / got.max(1)
+}
+
+/// The CPU a Queue consumer burns per message when messages come at 10k/s
+/// (one every 100 µs): its figure in µs is also the share of a core it
+/// keeps busy, in percent (10 µs a message = 10 %). Spinning waiters show here.
+fn cpu_queue_consumer_10k(scale: &Scale) -> multiproc::Result<Figure> {
+    let n = if scale.smoke { 200 } else { 3_000 };
+    let mut per_op = Vec::new();
+    for _ in 0..scale.samples.min(5) {
+        let q = Queue::<Option<u64>>::new()?;
+        let mut p = Process::new(consume_counting_cpu, q.clone()).start_method(StartMethod::Fork);
+        p.start()?;
+        let mut next = std::time::Instant::now();
+        for i in 0..n {
+            next += Duration::from_micros(100);
+            let now = std::time::Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            q.put(Some(i))?;
+        }
+        q.put(None)?;
+        per_op.push(p.join_timeout(Duration::from_secs(60))? as f64);
+    }
+    Ok(summarize("cpu/queue_consumer_10k", &mut per_op, None))
 }
 
 /// CPython's figures for the same keys, if python3 and the script are there.
