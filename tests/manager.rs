@@ -542,3 +542,20 @@ fn malformed_and_unknown_requests_get_error_responses() {
     assert_eq!(l.to_vec().unwrap(), vec![1]);
     manager.shutdown().unwrap();
 }
+
+/// A client and its manager server pinned to the same CPU: the channel's
+/// waits sleep rather than spin against each other, and every call completes.
+#[test]
+fn calls_progress_with_client_and_server_on_one_cpu() {
+    let done = util::within(Duration::from_secs(120), || {
+        util::pin_this_thread_to_one_cpu();
+        let manager = Manager::start_with(StartMethod::Fork).unwrap();
+        let d = manager.dict::<u64, u64>().unwrap();
+        for i in 0..2_000u64 {
+            d.insert(i % 7, i).unwrap();
+            assert_eq!(d.get(&(i % 7)).unwrap(), Some(i));
+        }
+        manager.shutdown().unwrap();
+    });
+    assert!(done.is_some(), "manager calls on one CPU did not finish");
+}

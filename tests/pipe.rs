@@ -714,3 +714,38 @@ fn an_end_that_travelled_in_a_message_has_no_side_channel() {
     // The other end still has its own.
     assert!(here.fileno().is_ok());
 }
+
+/// Echoes `u64`s until end of file; first tells how many CPUs it may use.
+fn echo_on_one_cpu(conn: Connection<u64>) {
+    conn.send(util::allowed_cpus() as u64).unwrap();
+    while let Ok(n) = conn.recv() {
+        conn.send(n + 1).unwrap();
+    }
+}
+
+/// Both ends pinned to the same CPU: each wait must give the CPU to the
+/// peer (sleep) rather than spin against it, and every round trip completes.
+/// (Not under forkserver: its server was not started from the pinned thread.)
+#[test]
+fn round_trips_progress_with_both_ends_on_one_cpu() {
+    let done = util::within(Duration::from_secs(120), || {
+        util::pin_this_thread_to_one_cpu();
+        for m in [StartMethod::Spawn, StartMethod::Fork] {
+            let (here, there) = Pipe::new::<u64>().unwrap();
+            let mut p = Process::new(echo_on_one_cpu, there).start_method(m);
+            p.start().unwrap();
+            assert_eq!(
+                here.recv().unwrap(),
+                1,
+                "{m:?}: the child shares our one CPU"
+            );
+            for i in 0..2_000u64 {
+                here.send(i).unwrap();
+                assert_eq!(here.recv().unwrap(), i + 1, "{m:?}");
+            }
+            here.close();
+            p.join_timeout(PROMPTLY).unwrap();
+        }
+    });
+    assert!(done.is_some(), "round trips on one CPU did not finish");
+}

@@ -166,21 +166,27 @@ def bench_manager(samples, batch):
         d = m.dict()
         d["k"] = 1
         res["manager/dict_get"] = per_call(samples, batch, lambda: d["k"])
+        d["big"] = b"\x07" * (1 << 20)
+        res["manager/dict_get_1mib"] = per_call(samples, max(1, batch // 40), lambda: d["big"])
         res["manager/dict_set"] = per_call(samples, batch, lambda: d.__setitem__("k", 2))
-        lock = m.Lock()
+        # Our manager hands out a Lock and a Queue that live in shared memory
+        # (no server round trip), so they are compared with CPython's
+        # shared-memory Lock and Queue; the rows that cross to a server are
+        # manager/tcp_lock and manager/tcp_queue_put_get.
+        lock = mp.Lock()
 
         def lock_round():
             lock.acquire()
             lock.release()
 
-        res["manager/lock"] = per_call(samples, batch, lock_round)
-        q = m.Queue()
+        res["lock/from_manager"] = per_call(samples, batch, lock_round)
+        q = mp.Queue()
 
         def put_get():
             q.put(1)
             q.get()
 
-        res["manager/queue_put_get"] = per_call(samples, batch, put_get)
+        res["queue/from_manager_put_get"] = per_call(samples, batch, put_get)
         res["manager/create_object"] = per_call(samples, max(1, batch // 10), m.dict)
         v = m.Value("q", 0)
 
@@ -195,6 +201,52 @@ def bench_manager(samples, batch):
 
     res["proxy_vs_raw/counter_raw"] = per_call(samples, batch * 10, raw_incr)
     return res
+
+
+def pinned(run):
+    """Runs `run()` with this process, and those it starts meanwhile, on one CPU."""
+    before = os.sched_getaffinity(0)
+    cpu = next(iter(before))
+    os.sched_setaffinity(0, {cpu})
+    try:
+        return run()
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def bench_dict_get(samples, batch):
+    with mp.Manager() as m:
+        d = m.dict()
+        d["k"] = 1
+        return per_call(samples, batch, lambda: d["k"])
+
+
+def cpu_consumer(q, out):
+    t = time.process_time_ns()
+    got = 0
+    while q.get() is not None:
+        got += 1
+    out.put((time.process_time_ns() - t) / max(got, 1))
+
+
+def bench_cpu_queue_consumer(samples, n):
+    """CPU time per message of a Queue consumer fed 10k messages a second."""
+    out = []
+    for _ in range(samples):
+        q, res = mp.Queue(), mp.Queue()
+        p = mp.Process(target=cpu_consumer, args=(q, res))
+        p.start()
+        nxt = time.perf_counter()
+        for i in range(n):
+            nxt += 1e-4
+            d = nxt - time.perf_counter()
+            if d > 0:
+                time.sleep(d)
+            q.put(i)
+        q.put(None)
+        out.append(res.get())
+        p.join()
+    return summarize(out)
 
 
 class TcpManager(BaseManager):
@@ -367,16 +419,34 @@ def main():
         "queue/throughput_8b": lambda: bench_queue(max(2, s // 3), 2000 * k, 8),
         "queue/throughput_1mib": lambda: bench_queue(max(2, s // 3), 5 * k, 1 << 20),
         "pipe/round_trip": lambda: bench_pipe(s, 50 * k),
-        "pool/map_chunksize_1": lambda: bench_pool(max(2, s // 3), 1000 * k, 1, square),
+        "pool/map_chunksize_1_batched": lambda: bench_pool(max(2, s // 3), 1000 * k, 1, square),
         "pool/map_default": lambda: bench_pool(max(2, s // 3), 10000 * k, None, square),
         "pool/cpu_1ms": lambda: bench_pool(max(2, s // 5), 20 * k, 1, cpu_1ms),
+        "cpu/queue_consumer_10k": lambda: bench_cpu_queue_consumer(
+            min(5, s), 200 if args.smoke else 3000
+        ),
+        "contended/pipe_round_trip": lambda: pinned(lambda: bench_pipe(s, 50 * k)),
+        "contended/queue_throughput_8b": lambda: pinned(
+            lambda: bench_queue(max(2, s // 3), 2000 * k, 8)
+        ),
+        "contended/manager_dict_get": lambda: pinned(lambda: bench_dict_get(s, 20 * k)),
+        "contended/event_ping_pong": lambda: pinned(lambda: bench_event(s, 20 * k)),
+        "contended/pool_map_chunksize_1_batched": lambda: pinned(
+            lambda: bench_pool(max(2, s // 3), 1000 * k, 1, square)
+        ),
     }
     results = {}
     for key, run in ops.items():
         if args.filter in key:
             print(f"python: {key}", file=sys.stderr)
             results[key] = run()
-    if any(args.filter in key for key in ("manager/dict_get", "proxy_vs_raw/counter_raw")):
+    manager_keys = (
+        "manager/dict_get_1mib",
+        "lock/from_manager",
+        "queue/from_manager_put_get",
+        "proxy_vs_raw/counter_raw",
+    )
+    if any(args.filter in key for key in manager_keys):
         print("python: manager/*", file=sys.stderr)
         for key, r in bench_manager(s, 20 * k).items():
             if args.filter in key:

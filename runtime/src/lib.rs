@@ -76,7 +76,7 @@ pub mod __internal {
     };
     pub use crate::queue::DEFAULT_CAPACITY_BYTES;
     pub use crate::shm::{Kind, ShmSpec, fingerprint_str};
-    pub use crate::sync::spin::set_spin_limit;
+    pub use crate::sync::park::set_spin_limit;
 
     /// The few platform calls used outside the runtime, at their `sys` paths.
     pub mod sys {
@@ -87,6 +87,14 @@ pub mod __internal {
         /// Process identity.
         pub mod process {
             pub use crate::sys::process::getpid;
+        }
+        /// CPU affinity, for benchmarks that share one CPU between processes.
+        pub mod sched {
+            pub use crate::sys::sched::{Pinned, pin_to_one_cpu};
+        }
+        /// Clocks: a process's CPU time, for benchmarks of what waiting burns.
+        pub mod time {
+            pub use crate::sys::time::process_cpu_time;
         }
         /// Termination signals, for servers.
         pub mod signal {

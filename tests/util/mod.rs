@@ -207,3 +207,32 @@ pub fn start_serve(
         .to_string();
     (child, printed)
 }
+
+/// Restricts the calling thread (and the processes it starts from now on)
+/// to the one CPU it runs on now; returns that CPU.
+pub fn pin_this_thread_to_one_cpu() -> usize {
+    // SAFETY: sched_getcpu takes no arguments.
+    let cpu = unsafe { libc::sched_getcpu() };
+    assert!(cpu >= 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: an all-zero cpu_set_t is a valid empty set; CPU_SET writes one
+    // bit of it, for a CPU number the kernel just gave us.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
+    let res = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    assert_eq!(res, 0, "{}", std::io::Error::last_os_error());
+    cpu as usize
+}
+
+/// The number of CPUs the calling thread may run on.
+pub fn allowed_cpus() -> usize {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable cpu_set_t of the size passed.
+    let res =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    assert_eq!(res, 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: `set` was filled in by the kernel above.
+    unsafe { libc::CPU_COUNT(&set) as usize }
+}

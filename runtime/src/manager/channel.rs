@@ -2,19 +2,27 @@
 //!
 //! The segment holds a small state block of atomics, a request slot and a
 //! response slot. The client writes a request and bumps `req_seq`; the
-//! server, spinning briefly and then sleeping on that futex word, answers
+//! server, spinning while that can pay (the runtime's one waiting policy)
+//! and then sleeping on that futex word, answers
 //! into the response slot and sets `resp_seq`. A side calls the wake
 //! syscall only when the other announced that it sleeps. Sleepers wake in
 //! slices to check that the peer still lives, so a dead server is a prompt
 //! `ManagerGone` and a dead client a dropped connection, never a hang.
 //!
-//! A message larger than its slot travels in a temporary segment: the slot
+//! A message larger than its slot travels in an overflow segment: the slot
 //! then holds the segment's handle (the reader opens it through
 //! `/proc/<writer>/fd`, while the writer waits for the exchange to end).
+//! Each side keeps its overflow segment for the next large message (growing
+//! it to fit, in powers of two) and the reader keeps its mapping of the
+//! peer's, so a stream of large values costs a copy in and a copy out, not
+//! a segment's creation, mapping and first touch each time. A kept segment
+//! is let go once no message has needed it for [`OVERFLOW_IDLE`] (checked
+//! as messages pass; a sleeping server lets go of its mapping of the
+//! client's), or after its exchange when it is over [`KEEP_LIMIT`].
 
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rkyv::util::AlignedVec;
 
@@ -23,6 +31,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::HandleRepr;
 use crate::shm::{Kind, Segment, ShmObject, fingerprint_str};
+use crate::sync::park::SpinSite;
 use crate::sys;
 use crate::sys::futex::WaitOutcome;
 
@@ -30,14 +39,13 @@ use crate::sys::futex::WaitOutcome;
 pub const SLOT_SIZE: usize = 64 * 1024;
 /// How long a sleeping side waits before it checks that its peer lives.
 pub const LIVENESS_SLICE: Duration = Duration::from_millis(100);
-/// Busy-wait iterations before a waiter starts yielding (about 2 µs here).
-const BUSY_SPINS: u32 = 64;
-/// How long a client spins for its response before it sleeps.
-const CLIENT_SPIN: Duration = Duration::from_micros(30);
-/// How long a server thread spins for the next request before it sleeps.
-const SERVER_SPIN: Duration = Duration::from_micros(30);
 /// The largest message either side accepts.
 pub const MAX_MESSAGE: usize = 1 << 32;
+
+/// Overflow segments up to this size are kept for the next large message.
+pub const KEEP_LIMIT: usize = 16 << 20;
+/// A kept overflow segment unused (or used at under a quarter) this long is let go.
+pub const OVERFLOW_IDLE: Duration = Duration::from_secs(2);
 
 /// Set in a length word when the slot holds an overflow segment's handle.
 const OVERFLOW: u64 = 1 << 63;
@@ -47,6 +55,48 @@ const CLIENT_CLOSED: u32 = 2;
 
 fn channel_fingerprint() -> u64 {
     fingerprint_str("multiproc::manager::channel/1")
+}
+
+/// One side's overflow segments: the one it writes large messages into,
+/// and its mapping of the one its peer wrote the last large message into.
+#[derive(Debug, Default)]
+struct Overflow {
+    /// Ours, kept for the next large message.
+    written: Option<Segment>,
+    /// When a message last needed more than a quarter of `written`.
+    written_used: Duration,
+    /// The peer's, kept mapped (attaching it again is then a lookup).
+    read: Option<Segment>,
+    /// When `read` last carried a message.
+    read_used: Duration,
+}
+
+impl Overflow {
+    /// Lets go of segments no message has needed for [`OVERFLOW_IDLE`]. Call
+    /// only when the peer is done with the last message written.
+    fn trim(&mut self, now: Duration) {
+        if self.written.is_some() && now.saturating_sub(self.written_used) >= OVERFLOW_IDLE {
+            self.written = None;
+        }
+        self.trim_read(now);
+    }
+
+    /// Lets go of the peer's segment if no message came in it for [`OVERFLOW_IDLE`].
+    fn trim_read(&mut self, now: Duration) {
+        if self.read.is_some() && now.saturating_sub(self.read_used) >= OVERFLOW_IDLE {
+            self.read = None;
+        }
+    }
+
+    /// Lets go of segments too large to keep once the exchange is over.
+    fn after_exchange(&mut self) {
+        if self.written.as_ref().is_some_and(|s| s.len() > KEEP_LIMIT) {
+            self.written = None;
+        }
+        if self.read.as_ref().is_some_and(|s| s.len() > KEEP_LIMIT) {
+            self.read = None;
+        }
+    }
 }
 
 /// The atomics at the start of a channel segment.
@@ -154,36 +204,56 @@ impl Channel {
         self.state().closed.load(Ordering::SeqCst)
     }
 
-    /// Writes `msg` into a slot (or an overflow segment kept in `keep`) and
-    /// returns the value for the length word.
-    fn write(&self, response: bool, msg: &[u8], keep: &mut Option<Segment>) -> Result<u64> {
-        *keep = None;
+    /// Writes `msg` into a slot (or the overflow segment kept in `keep`,
+    /// made or grown to fit) and returns the value for the length word.
+    fn write(&self, response: bool, msg: &[u8], keep: &mut Overflow) -> Result<u64> {
         if msg.len() > MAX_MESSAGE {
             return Err(Error::MessageTooLarge {
                 size: msg.len(),
                 limit: MAX_MESSAGE,
             });
         }
+        let now = sys::time::coarse_monotonic();
         let slot = self.slot(response);
         if msg.len() <= self.slot_size {
+            keep.trim(now);
             // SAFETY: the slot is `slot_size` bytes, the peer does not touch it
             // until we publish the length and sequence below.
             unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), slot, msg.len()) };
             return Ok(msg.len() as u64);
         }
-        let seg = Segment::create(msg.len())?;
-        // SAFETY: the new segment is exactly `msg.len()` bytes and ours alone.
+        let fits = keep.written.as_ref().is_some_and(|s| s.len() >= msg.len());
+        if !fits {
+            // Drop the old one first: its memory may be needed for the new one.
+            keep.written = None;
+            keep.written = Some(grown_segment(msg.len())?);
+        }
+        let seg = keep
+            .written
+            .as_ref()
+            .expect("an overflow segment was just made");
+        if msg.len() > seg.len() / 4 {
+            keep.written_used = now;
+        }
+        // SAFETY: the segment is at least `msg.len()` bytes and only this side
+        // writes it; the peer reads it only between our publishing this
+        // message and its answer (or next request), when we do not write.
         unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), seg.as_ptr(), msg.len()) };
         // Never redirected: the overflow segment is ours alone.
         let repr = crate::handle::encode_fd(seg.id(), seg.fd(), 0, msg.len() as u64)?.encode()?;
         // SAFETY: an encoded handle is far smaller than a slot (at least 4 KiB).
         unsafe { std::ptr::copy_nonoverlapping(repr.as_ptr(), slot, repr.len()) };
-        *keep = Some(seg);
         Ok(OVERFLOW | repr.len() as u64)
     }
 
     /// Copies a message out of a slot (or the overflow segment it names) into `out`.
-    fn read(&self, response: bool, len_word: u64, out: &mut AlignedVec) -> Result<()> {
+    fn read(
+        &self,
+        response: bool,
+        len_word: u64,
+        out: &mut AlignedVec,
+        keep: &mut Overflow,
+    ) -> Result<()> {
         out.clear();
         let len = (len_word & !OVERFLOW) as usize;
         if len > self.slot_size {
@@ -197,6 +267,7 @@ impl Channel {
         let bytes = unsafe { std::slice::from_raw_parts(slot, len) };
         if len_word & OVERFLOW == 0 {
             out.extend_from_slice(bytes);
+            keep.trim(sys::time::coarse_monotonic());
             return Ok(());
         }
         let repr = HandleRepr::decode(bytes)?;
@@ -204,6 +275,8 @@ impl Channel {
         if total > MAX_MESSAGE {
             return Err(Error::Protocol("manager message too large".into()));
         }
+        // The peer's kept segment is found mapped already (by its id) while
+        // `keep.read` holds it; a new one is opened and kept instead.
         let seg = Segment::from_repr_any(&repr)?;
         if seg.len() < total {
             return Err(Error::Protocol(
@@ -213,34 +286,40 @@ impl Channel {
         // SAFETY: the segment is at least `total` bytes; its writer keeps it
         // unchanged until this exchange ends.
         out.extend_from_slice(unsafe { std::slice::from_raw_parts(seg.as_ptr(), total) });
+        keep.read = Some(seg);
+        keep.read_used = sys::time::coarse_monotonic();
         Ok(())
     }
 }
 
-/// Spins on `word` until it differs from `old` or `spin` passes; returns the new value.
-///
-/// A short busy spin catches a peer running on another core; after it the
-/// loop yields between checks, so on a busy machine the peer (often waiting
-/// for this very core) gets to run before we fall back to a futex sleep.
-fn spin_while(word: &AtomicU32, old: u32, spin: Duration) -> Option<u32> {
-    for _ in 0..BUSY_SPINS {
-        let v = word.load(Ordering::Acquire);
-        if v != old {
-            return Some(v);
-        }
-        std::hint::spin_loop();
+/// A new overflow segment for a message of `len` bytes: the next power of
+/// two, so a growing stream of values does not make one per message, or
+/// exactly `len` when the machine cannot back that much.
+fn grown_segment(len: usize) -> Result<Segment> {
+    let roomy = len.checked_next_power_of_two().unwrap_or(len);
+    if roomy > len
+        && let Ok(seg) = Segment::create(roomy)
+    {
+        return Ok(seg);
     }
-    let start = Instant::now();
-    loop {
-        std::thread::yield_now();
-        let v = word.load(Ordering::Acquire);
-        if v != old {
-            return Some(v);
-        }
-        if start.elapsed() > spin {
-            return None;
-        }
-    }
+    Segment::create(len)
+}
+
+/// A client waiting for its response (the runtime's one waiting policy,
+/// `sync::park`, learns how long spinning pays here).
+static CLIENT_SPIN: SpinSite = SpinSite::new();
+/// A server thread waiting for its client's next request.
+static SERVER_SPIN: SpinSite = SpinSite::new();
+
+/// Spins on `word` while the waiting policy allows; the new value if it
+/// moved from `old`.
+fn spin_while(site: &SpinSite, word: &AtomicU32, old: u32) -> Option<u32> {
+    let mut now = old;
+    site.spin_until(|| {
+        now = word.load(Ordering::Acquire);
+        now != old
+    })
+    .then_some(now)
 }
 
 /// The client's end of a channel: one request at a time.
@@ -249,7 +328,7 @@ pub struct ClientEnd {
     chan: Channel,
     server: crate::manager::protocol::LocalAddress,
     seq: u32,
-    overflow: Option<Segment>,
+    overflow: Overflow,
     gone: bool,
     /// The connection's setup socket, if kept here: the server's end of it
     /// closes when the server dies, which tells its death without `/proc`.
@@ -267,7 +346,7 @@ impl ClientEnd {
             chan,
             server,
             seq,
-            overflow: None,
+            overflow: Overflow::default(),
             gone: false,
             setup: None,
         }
@@ -330,7 +409,7 @@ impl ClientEnd {
             sys::futex::futex_wake(&st.req_seq, 1);
         }
         let old = seq.wrapping_sub(1);
-        let got = spin_while(&st.resp_seq, old, CLIENT_SPIN);
+        let got = spin_while(&CLIENT_SPIN, &st.resp_seq, old);
         if got != Some(seq) {
             let chan = self.chan.clone();
             let setup = self.setup.as_ref().map(|s| s.as_fd());
@@ -343,8 +422,8 @@ impl ClientEnd {
             }
         }
         let len = self.chan.state().resp_len.load(Ordering::Acquire);
-        let result = self.chan.read(true, len, response);
-        self.overflow = None;
+        let result = self.chan.read(true, len, response, &mut self.overflow);
+        self.overflow.after_exchange();
         result
     }
 }
@@ -422,7 +501,7 @@ pub enum Hangup {
 pub struct ServerEnd {
     chan: Channel,
     seen: u32,
-    overflow: Option<Segment>,
+    overflow: Overflow,
 }
 
 impl ServerEnd {
@@ -432,7 +511,7 @@ impl ServerEnd {
         ServerEnd {
             chan,
             seen: 0,
-            overflow: None,
+            overflow: Overflow::default(),
         }
     }
 
@@ -452,7 +531,7 @@ impl ServerEnd {
         stopping: impl Fn() -> bool,
     ) -> std::result::Result<(), Hangup> {
         let st = self.chan.state();
-        if spin_while(&st.req_seq, self.seen, SERVER_SPIN).is_none() {
+        if spin_while(&SERVER_SPIN, &st.req_seq, self.seen).is_none() {
             loop {
                 st.server_sleeping.store(1, Ordering::SeqCst);
                 fence(Ordering::SeqCst);
@@ -469,6 +548,12 @@ impl ServerEnd {
                 }
                 let outcome = sys::futex::futex_wait(&st.req_seq, cur, Some(LIVENESS_SLICE));
                 st.server_sleeping.store(0, Ordering::Relaxed);
+                if outcome == WaitOutcome::TimedOut {
+                    // An idle connection lets go of the client's last large
+                    // request (our last large response stays until the next
+                    // request shows the client read it: it may be stopped).
+                    self.overflow.trim_read(sys::time::coarse_monotonic());
+                }
                 if outcome == WaitOutcome::TimedOut
                     && st.req_seq.load(Ordering::SeqCst) == self.seen
                     && !peer_alive()
@@ -477,10 +562,10 @@ impl ServerEnd {
                 }
             }
         }
-        self.overflow = None;
+        self.overflow.after_exchange();
         self.seen = st.req_seq.load(Ordering::Acquire);
         let len = st.req_len.load(Ordering::Acquire);
-        if let Err(e) = self.chan.read(false, len, request) {
+        if let Err(e) = self.chan.read(false, len, request, &mut self.overflow) {
             // Answered as a malformed request by the caller.
             tracing::debug!("unreadable manager request: {e}");
             request.clear();
@@ -506,6 +591,7 @@ impl ServerEnd {
 mod tests {
     use super::*;
     use crate::manager::protocol::LocalAddress as ServerAddress;
+    use std::time::Instant;
 
     fn me() -> ServerAddress {
         ServerAddress {
@@ -549,6 +635,53 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         client.round_trip(b"ab", &mut resp).unwrap();
         assert_eq!(&resp[..], b"ba");
+        client.channel().close_by_client();
+        assert_eq!(server.join().unwrap(), Hangup::Closed);
+    }
+
+    #[test]
+    fn large_messages_reuse_one_overflow_segment_that_grows_and_is_let_go() {
+        let chan = Channel::create(4096).unwrap();
+        let server = echo_server(chan.clone());
+        let mut client = ClientEnd::new(Channel::open(chan.segment().clone()).unwrap(), me());
+        let mut resp = AlignedVec::new();
+        let mut trip = |client: &mut ClientEnd, n: usize| {
+            let msg: Vec<u8> = (0..n).map(|i| (i * 7) as u8).collect();
+            client.round_trip(&msg, &mut resp).unwrap();
+            let expected: Vec<u8> = msg.iter().rev().copied().collect();
+            assert!(resp[..] == expected[..], "{n} bytes echoed");
+        };
+        trip(&mut client, 10_000);
+        let written = |c: &ClientEnd| c.overflow.written.as_ref().map(|s| (s.id(), s.len()));
+        let (id, len) = written(&client).expect("the request's segment is kept");
+        assert!(len >= 10_000);
+        // The next large messages reuse it, and the response's mapping is kept.
+        for n in [12_000, 9_000, 10_000] {
+            trip(&mut client, n);
+            assert_eq!(written(&client), Some((id, len)));
+        }
+        let read_id = client.overflow.read.as_ref().map(Segment::id);
+        assert!(read_id.is_some());
+        trip(&mut client, 11_000);
+        assert_eq!(client.overflow.read.as_ref().map(Segment::id), read_id);
+        // A larger message grows it.
+        trip(&mut client, 100_000);
+        let (grown, grown_len) = written(&client).unwrap();
+        assert_ne!(grown, id);
+        assert!(grown_len >= 100_000);
+        // Small messages pass through the slot; once the segments have not
+        // been needed for a while they are let go, and large ones still pass.
+        trip(&mut client, 100);
+        assert!(written(&client).is_some());
+        client
+            .overflow
+            .trim(sys::time::coarse_monotonic() + OVERFLOW_IDLE);
+        assert!(written(&client).is_none() && client.overflow.read.is_none());
+        trip(&mut client, 50_000);
+        // One over the keep limit is dropped once its exchange is over.
+        trip(&mut client, KEEP_LIMIT + 1);
+        assert!(written(&client).is_none() && client.overflow.read.is_none());
+        trip(&mut client, 3);
         client.channel().close_by_client();
         assert_eq!(server.join().unwrap(), Hangup::Closed);
     }

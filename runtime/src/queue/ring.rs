@@ -49,6 +49,7 @@ use std::time::Duration;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::liveness::{CannotTell, Doubt};
+use crate::sync::park::SpinSite;
 use crate::sync::raw_lock::{Acquired, RawLock};
 use crate::sys::futex::{self, WaitOutcome};
 
@@ -77,10 +78,16 @@ const LAST: u32 = 2;
 
 /// How often a sleeping waiter wakes to look for dead or closed peers.
 const SLICE: Duration = Duration::from_millis(100);
-/// How long a waiter busy-waits before it sleeps (a futex wake-up costs ~50 µs here).
-const SPIN_TIME: Duration = Duration::from_micros(40);
-/// Then this many `sched_yield`s, in case the peer shares our core.
-const YIELDS: u32 = 4;
+// The ring's wait sites, each learning its own spin budget under the
+// runtime's one waiting policy (`sync::park`).
+/// A producer waiting for room.
+static PUT_SPIN: SpinSite = SpinSite::new();
+/// A consumer waiting for a message.
+static GET_SPIN: SpinSite = SpinSite::new();
+/// A consumer waiting for the rest of a message being streamed.
+static REST_SPIN: SpinSite = SpinSite::new();
+/// A reader polling for data (`Connection::poll`, `wait`).
+static POLL_SPIN: SpinSite = SpinSite::new();
 
 /// One cache line (or more) for one side's fields, so producers and consumers
 /// do not invalidate each other's lines.
@@ -139,39 +146,6 @@ impl WaitWord {
     pub(crate) fn leave(&self) {
         self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-/// Spins, then yields, until `ready()`; false if it never held.
-///
-/// Between checks it pauses a little, so the cache line it watches is not
-/// pulled away from the writer at every instruction.
-pub(crate) fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
-    if crate::sync::spin::spin_limit() == 0 {
-        // MULTIPROC_SPIN=0: sleep at once, as every waiter in the crate does.
-        return ready();
-    }
-    let mut start = None;
-    loop {
-        for _ in 0..64 {
-            if ready() {
-                return true;
-            }
-            for _ in 0..4 {
-                std::hint::spin_loop();
-            }
-        }
-        let start = *start.get_or_insert_with(std::time::Instant::now);
-        if start.elapsed() >= SPIN_TIME {
-            break;
-        }
-    }
-    for _ in 0..YIELDS {
-        std::thread::yield_now();
-        if ready() {
-            return true;
-        }
-    }
-    false
 }
 
 #[repr(C)]
@@ -661,7 +635,7 @@ impl<'a> Ring<'a> {
             }
             match phase {
                 Phase::Spin => {
-                    spin_until(|| head.load(Ordering::Acquire) != seen);
+                    PUT_SPIN.spin_until(|| head.load(Ordering::Acquire) != seen);
                     phase = Phase::Check;
                 }
                 Phase::Check => {
@@ -937,7 +911,7 @@ impl<'a> Ring<'a> {
                 // as its producer lives.
                 match phase {
                     Phase::Spin => {
-                        spin_until(ready);
+                        REST_SPIN.spin_until(ready);
                         phase = Phase::Sleep;
                     }
                     _ => {
@@ -968,7 +942,7 @@ impl<'a> Ring<'a> {
             }
             match phase {
                 Phase::Spin => {
-                    spin_until(ready);
+                    GET_SPIN.spin_until(ready);
                     phase = Phase::Check;
                 }
                 Phase::Check => {
@@ -1134,7 +1108,7 @@ impl<'a> Ring<'a> {
             }
             match phase {
                 Phase::Spin => {
-                    spin_until(ready);
+                    POLL_SPIN.spin_until(ready);
                     phase = Phase::Check;
                 }
                 Phase::Check => {

@@ -511,12 +511,13 @@ impl Barrier {
         let mut seen = s.seq.load(Ordering::SeqCst);
         drop(inner);
 
+        static ROUND: park::SpinSite = park::SpinSite::new();
         let mut spin = deadline != Deadline::Now;
         let mut last_check = Instant::now();
         let mut doubt = Doubt::default();
         loop {
             let mut check_liveness = false;
-            if !(spin && park::spin_until(|| s.seq.load(Ordering::Acquire) != seen)) {
+            if !(spin && ROUND.spin_until(|| s.seq.load(Ordering::Acquire) != seen)) {
                 if !deadline.expired() {
                     let slice = deadline.slice(LIVENESS_SLICE);
                     park::sleep(&s.seq, seen, &s.sleepers, Some(slice));

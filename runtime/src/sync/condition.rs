@@ -86,6 +86,7 @@ impl CondState {
         deadline: Deadline,
         check: impl Fn() -> Result<()>,
     ) -> Result<bool> {
+        static NOTIFIED: park::SpinSite = park::SpinSite::new();
         let mut spin = deadline != Deadline::Now;
         loop {
             let seq = self.seq.load(Ordering::SeqCst);
@@ -97,7 +98,7 @@ impl CondState {
             }
             if spin {
                 spin = false;
-                if park::spin_until(|| self.seq.load(Ordering::Relaxed) != seq) {
+                if NOTIFIED.spin_until(|| self.seq.load(Ordering::Relaxed) != seq) {
                     continue;
                 }
             }

@@ -65,8 +65,9 @@ impl EventState {
         }
         let count = start & COUNT_MASK;
         let happened = |w: u32| w & SET != 0 || w & COUNT_MASK != count;
+        static WAIT: park::SpinSite = park::SpinSite::new();
         if deadline != Deadline::Now
-            && park::spin_until(|| happened(self.word.load(Ordering::Acquire)))
+            && WAIT.spin_until(|| happened(self.word.load(Ordering::Acquire)))
         {
             return Ok(true);
         }

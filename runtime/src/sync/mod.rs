@@ -3,7 +3,8 @@
 //! Every primitive lives in its own shared segment, can be used by any number
 //! of processes and threads, and can be passed to a child as an argument or
 //! inside a message. Blocking calls come as `x`, `try_x` and
-//! `x_timeout(Duration)`. Waiters spin briefly, then sleep on a futex; where a
+//! `x_timeout(Duration)`. Waiters spin only while spinning can pay (one
+//! policy for the whole runtime, in `park`), then sleep on a futex; where a
 //! peer's death could leave them waiting forever (a lock holder, a barrier
 //! party), they wake in slices to check that it still lives. Objects a
 //! manager created record the server as their owner in the segment header;
@@ -19,12 +20,11 @@ mod barrier;
 mod condition;
 mod event;
 mod lock;
-mod park;
+pub(crate) mod park;
 pub mod raw_lock;
 mod remote;
 mod rlock;
 mod semaphore;
-pub mod spin;
 
 pub use barrier::Barrier;
 pub use condition::{Condition, ConditionGuard, ConditionLock};

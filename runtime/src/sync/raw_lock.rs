@@ -19,6 +19,7 @@ use std::time::Duration;
 use crate::deadline::Deadline;
 use crate::error::Result;
 use crate::liveness::{CannotTell, Doubt, Liveness};
+use crate::sync::park;
 use crate::sys;
 use crate::sys::futex::WaitOutcome;
 
@@ -143,17 +144,15 @@ impl RawLock {
         checked: &mut dyn FnMut(Option<CannotTell>) -> Result<()>,
     ) -> Result<Option<Acquired>> {
         let me = my_word();
-        for _ in 0..crate::sync::spin::spin_limit() {
-            std::hint::spin_loop();
-            let cur = self.word.load(Ordering::Relaxed);
-            if cur == 0
+        static CONTEND: park::SpinSite = park::SpinSite::new();
+        if CONTEND.spin_until(|| {
+            self.word.load(Ordering::Relaxed) == 0
                 && self
                     .word
                     .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
-            {
-                return Ok(Some(Acquired::Clean));
-            }
+        }) {
+            return Ok(Some(Acquired::Clean));
         }
         let mut check_owner = true;
         loop {

@@ -52,8 +52,9 @@ impl SemState {
         if self.try_take() {
             return Ok(true);
         }
+        static ACQUIRE: park::SpinSite = park::SpinSite::new();
         if deadline != Deadline::Now
-            && park::spin_until(|| self.value.load(Ordering::Relaxed) > 0 && self.try_take())
+            && ACQUIRE.spin_until(|| self.value.load(Ordering::Relaxed) > 0 && self.try_take())
         {
             return Ok(true);
         }

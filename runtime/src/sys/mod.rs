@@ -11,6 +11,7 @@ pub mod futex;
 pub mod memfd;
 pub mod posix_shm;
 pub mod process;
+pub mod sched;
 pub mod signal;
 pub mod socket;
 pub mod time;

@@ -78,7 +78,7 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("rlock/acquire_release", rlock_acquire_release),
         ("event/ping_pong", event_ping_pong),
         ("barrier/wait_2", barrier_wait_2),
-        ("pool/map_chunksize_1", pool_map_chunksize_1),
+        ("pool/map_chunksize_1_batched", pool_map_chunksize_1),
         ("pool/map_default", pool_map_default),
         ("pool/cpu_1ms", pool_cpu_1ms),
         ("pool/cpu_1ms_one_process", cpu_1ms_one_process),
@@ -87,9 +87,10 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("queue/throughput_1mib", queue_throughput_1mib),
         ("pipe/round_trip", pipe_round_trip),
         ("manager/dict_get", manager_dict_get),
+        ("manager/dict_get_1mib", manager_dict_get_1mib),
         ("manager/dict_set", manager_dict_set),
-        ("manager/lock", manager_lock),
-        ("manager/queue_put_get", manager_queue_put_get),
+        ("lock/from_manager", manager_lock),
+        ("queue/from_manager_put_get", manager_queue_put_get),
         ("manager/create_object", manager_create_object),
         ("manager/tcp_dict_get", manager_tcp_dict_get),
         ("manager/tcp_lock", manager_tcp_lock),
@@ -105,6 +106,15 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("pyclient/get_2cpu", pyclient_get_2cpu),
         ("pyclient/connect_2cpu", pyclient_connect_2cpu),
         ("pyclient/worker_start_2cpu", pyclient_worker_start_2cpu),
+        ("contended/pipe_round_trip", contended_pipe_round_trip),
+        (
+            "contended/queue_throughput_8b",
+            contended_queue_throughput_8b,
+        ),
+        ("contended/manager_dict_get", contended_manager_dict_get),
+        ("contended/event_ping_pong", contended_event_ping_pong),
+        ("contended/pool_map_chunksize_1_batched", contended_pool_map),
+        ("cpu/queue_consumer_10k", cpu_queue_consumer_10k),
         ("shared_memory/create_unlink_4k", shm_create_unlink),
         ("shared_memory/attach_4k", shm_attach),
         ("shared_memory/write_1mib", shm_write_1mib),
@@ -301,9 +311,11 @@ fn pool_map(
     Ok(summarize(key, &mut per_op, None))
 }
 
+/// `map` with chunksize 1: the pool still sends up to 16 chunks in one
+/// message (and their results in one), hence the name.
 fn pool_map_chunksize_1(scale: &Scale) -> multiproc::Result<Figure> {
     pool_map(
-        "pool/map_chunksize_1",
+        "pool/map_chunksize_1_batched",
         scale,
         2_000 * scale.k,
         Some(1),
@@ -572,6 +584,23 @@ fn manager_dict_get(scale: &Scale) -> multiproc::Result<Figure> {
     })
 }
 
+/// A 1 MiB value: larger than the channel's slots, so it travels through
+/// the connection's (kept) overflow segment.
+fn manager_dict_get_1mib(scale: &Scale) -> multiproc::Result<Figure> {
+    with_manager(|m| {
+        let d = m.dict::<u32, Vec<u8>>()?;
+        d.insert(1, vec![7u8; 1 << 20])?;
+        Ok(per_call(
+            "manager/dict_get_1mib",
+            scale.samples,
+            5 * scale.k,
+            || {
+                std::hint::black_box(d.get(&1).ok());
+            },
+        ))
+    })
+}
+
 fn manager_dict_set(scale: &Scale) -> multiproc::Result<Figure> {
     with_manager(|m| {
         let d = m.dict::<u32, u64>()?;
@@ -599,11 +628,13 @@ fn manager_create_object(scale: &Scale) -> multiproc::Result<Figure> {
     })
 }
 
+/// A manager's Lock: it lives in shared memory, so acquiring it crosses to
+/// no server (`manager/tcp_lock` does).
 fn manager_lock(scale: &Scale) -> multiproc::Result<Figure> {
     with_manager(|m| {
         let l = m.lock()?;
         Ok(per_call(
-            "manager/lock",
+            "lock/from_manager",
             scale.samples,
             10_000 * scale.k,
             || {
@@ -615,11 +646,13 @@ fn manager_lock(scale: &Scale) -> multiproc::Result<Figure> {
     })
 }
 
+/// A manager's Queue: it lives in shared memory, so put and get cross to no
+/// server (`manager/tcp_queue_put_get` does).
 fn manager_queue_put_get(scale: &Scale) -> multiproc::Result<Figure> {
     with_manager(|m| {
         let q = m.queue::<u64>()?;
         Ok(per_call(
-            "manager/queue_put_get",
+            "queue/from_manager_put_get",
             scale.samples,
             1_000 * scale.k,
             || {
@@ -756,6 +789,78 @@ fn shm_list_get_str(scale: &Scale) -> multiproc::Result<Figure> {
     })
 }
 
+/// Measures `op` with this thread, and every process it starts meanwhile
+/// (peers, pool workers, the manager server), pinned to the CPU it runs on:
+/// two processes sharing one CPU, where a waiter that spins only delays its peer.
+fn pinned(key: &'static str, scale: &Scale, op: OpFn) -> multiproc::Result<Figure> {
+    let pin = multiproc::__internal::sys::sched::pin_to_one_cpu()?;
+    let figure = op(scale);
+    drop(pin);
+    let mut figure = figure?;
+    figure.key = key;
+    Ok(figure)
+}
+
+fn contended_pipe_round_trip(scale: &Scale) -> multiproc::Result<Figure> {
+    pinned("contended/pipe_round_trip", scale, pipe_round_trip)
+}
+
+fn contended_queue_throughput_8b(scale: &Scale) -> multiproc::Result<Figure> {
+    pinned("contended/queue_throughput_8b", scale, queue_throughput_8b)
+}
+
+fn contended_manager_dict_get(scale: &Scale) -> multiproc::Result<Figure> {
+    pinned("contended/manager_dict_get", scale, manager_dict_get)
+}
+
+fn contended_event_ping_pong(scale: &Scale) -> multiproc::Result<Figure> {
+    pinned("contended/event_ping_pong", scale, event_ping_pong)
+}
+
+fn contended_pool_map(scale: &Scale) -> multiproc::Result<Figure> {
+    pinned(
+        "contended/pool_map_chunksize_1_batched",
+        scale,
+        pool_map_chunksize_1,
+    )
+}
+
+/// Takes messages until `None`; returns the CPU time it used per message.
+fn consume_counting_cpu(q: Queue<Option<u64>>) -> u64 {
+    let start = multiproc::__internal::sys::time::process_cpu_time();
+    let mut got = 0u64;
+    while let Ok(Some(_)) = q.get() {
+        got += 1;
+    }
+    let used = multiproc::__internal::sys::time::process_cpu_time().saturating_sub(start);
+    used.as_nanos() as u64 / got.max(1)
+}
+
+/// The CPU a Queue consumer burns per message when messages come at 10k/s
+/// (one every 100 µs): its figure in µs is also the share of a core it
+/// keeps busy, in percent (10 µs a message = 10 %). Spinning waiters show here.
+fn cpu_queue_consumer_10k(scale: &Scale) -> multiproc::Result<Figure> {
+    let n = if scale.smoke { 200 } else { 3_000 };
+    let mut per_op = Vec::new();
+    for _ in 0..scale.samples.min(5) {
+        let q = Queue::<Option<u64>>::new()?;
+        let mut p = Process::new(consume_counting_cpu, q.clone()).start_method(StartMethod::Fork);
+        p.start()?;
+        let mut next = std::time::Instant::now();
+        for i in 0..n {
+            next += Duration::from_micros(100);
+            let now = std::time::Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            q.put(Some(i))?;
+        }
+        q.put(None)?;
+        per_op.push(p.join_timeout(Duration::from_secs(60))? as f64);
+    }
+    Ok(summarize("cpu/queue_consumer_10k", &mut per_op, None))
+}
+
 /// CPython's figures for the same keys, if python3 and the script are there.
 fn python_figures(opts: &Args, progress: &Progress) -> BTreeMap<String, (f64, f64)> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/python/baseline.py");
@@ -819,6 +924,8 @@ fn run(opts: &Args) -> multiproc::Result<()> {
     if opts.sleep {
         // SAFETY: set before any thread of ours starts; children inherit it.
         unsafe { std::env::set_var("MULTIPROC_SPIN", "0") };
+        // And in this process, whatever it read before.
+        multiproc::__internal::set_spin_limit(0);
     }
     let scale = if opts.smoke {
         Scale {
