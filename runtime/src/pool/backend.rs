@@ -92,6 +92,11 @@ pub(crate) trait Backend: Send + 'static {
     type Worker: Send + 'static;
     /// Where reports arrive.
     type Reports: ReportSource;
+    /// Whether a task holds an encoded copy of its items. If so, a `map`'s
+    /// chunks are made as workers take them (memory stays bounded); if not
+    /// (threads: the items are moved into the task), they are all made at
+    /// submission, in the caller's thread, sparing the result handler.
+    const STREAMS: bool;
 
     /// Starts worker `id`.
     fn spawn(&mut self, id: u64) -> Result<Self::Worker>;

@@ -354,6 +354,7 @@ impl Backend for Processes {
     type Task = ProcTask;
     type Worker = ProcWorker;
     type Reports = ProcReports;
+    const STREAMS: bool = true;
 
     fn spawn(&mut self, id: u64) -> Result<ProcWorker> {
         let orders = Queue::new()?;

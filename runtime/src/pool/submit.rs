@@ -101,11 +101,25 @@ where
         // The first chunk is encoded now: an input that cannot be encoded at
         // all fails this call, not each of its chunks later.
         feeder.ready = feeder.encode_next(backend).map_err(|(_, _, e)| e)?;
+        let job = Box::new(MapJob::<R>::new(len, promise));
+        let pace_key = f.to_ptr() as PaceKey;
+        if B::STREAMS {
+            return Ok(Submission {
+                job,
+                pace_key,
+                chunks: Vec::new(),
+                feeder: Some(Box::new(feeder)),
+            });
+        }
+        let mut chunks: Vec<Chunk<B::Task>> = feeder.ready.take().into_iter().collect();
+        while let Some(chunk) = feeder.encode_next(backend).map_err(|(_, _, e)| e)? {
+            chunks.push(chunk);
+        }
         Ok(Submission {
-            job: Box::new(MapJob::<R>::new(len, promise)),
-            pace_key: f.to_ptr() as PaceKey,
-            chunks: Vec::new(),
-            feeder: Some(Box::new(feeder)),
+            job,
+            pace_key,
+            chunks,
+            feeder: None,
         })
     })?;
     Ok(result)

@@ -101,6 +101,7 @@ impl Backend for Threads {
     type Task = ThreadTask;
     type Worker = ThreadWorker;
     type Reports = ThreadReports;
+    const STREAMS: bool = false;
 
     fn spawn(&mut self, id: u64) -> Result<ThreadWorker> {
         let (tx, rx) = mpsc::channel();
