@@ -409,9 +409,9 @@ compile_error!(
 pub use multiproc_proxy::{
     BarrierProxy, BaseManager, BoundedSemaphoreProxy, DictProxy, EventProxy, ListProxy, LockProxy,
     LockProxyGuard, Manager, ManagerBuilder, ManagerServer, NamespaceProxy, ObjectHandle, Parties,
-    QueueProxy, Registrable, RemoteManager, RemoteObject, SemaphoreProxy, SemaphoreValue,
-    ServerAddress, Shareable, ShutdownHandle, UserProxy, UserTypes, remote, remote_object,
-    set_manager_authkey,
+    QueueProxy, Registrable, RemoteManager, RemoteObject, SORT_TIMEOUT, SemaphoreProxy,
+    SemaphoreValue, ServerAddress, Shareable, ShutdownHandle, UserProxy, UserTypes, remote,
+    remote_object, set_manager_authkey,
 };
 pub use multiproc_runtime::{
     Acquired, Address, Array, ArrayGuard, AsyncResult, AtomicInt, AuthKey, Barrier,

@@ -28,7 +28,7 @@ mod sync;
 
 pub use crate::core::{ArchivedProxy, ProxyRepr};
 pub use dict::DictProxy;
-pub use list::ListProxy;
+pub use list::{ListProxy, SORT_TIMEOUT};
 pub use manager::{Manager, ManagerBuilder};
 pub use multiproc_proxy_macros::{Shareable, remote};
 pub use multiproc_runtime::manager::ShutdownHandle;
