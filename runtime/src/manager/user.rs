@@ -249,3 +249,105 @@ fn emit(out: &mut AlignedVec, response: &Response<'_>) {
     buf.clear();
     *out = encode_response(response, buf).unwrap_or_default();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::protocol::{
+        ArchivedResponse, Blob, Call, Request, access_response, encode_request,
+    };
+
+    struct Echo;
+
+    impl ServedObject for Echo {
+        fn call(&mut self, method: u32, args: &[u8]) -> Result<Vec<u8>, CallError> {
+            match method {
+                1 => Ok(args.to_vec()),
+                _ => Err(CallError::UnknownMethod),
+            }
+        }
+    }
+
+    fn run(
+        users: &UserObjects,
+        table: &parking_lot::Mutex<Table>,
+        req: &Request<'_>,
+    ) -> AlignedVec {
+        let bytes = encode_request(req, AlignedVec::new()).unwrap();
+        let mut conn = ConnRefs::new();
+        let mut out = AlignedVec::new();
+        assert!(users.try_handle(table, &mut conn, &Peer::server_itself(), &bytes, &mut out));
+        out
+    }
+
+    fn create(fingerprint: u64, arg: u64) -> Request<'static> {
+        Request::Create {
+            kind: ObjectKind::User,
+            fingerprint,
+            type_name: "test",
+            arg,
+        }
+    }
+
+    #[test]
+    fn a_factory_makes_one_object_per_create_and_refuses_lies() {
+        let users = UserObjects::default();
+        let table = parking_lot::Mutex::new(Table::new());
+        let echo = users.add_factory("Echo", Box::new(|| Box::new(Echo)));
+        let broken = users.add_factory("Broken", Box::new(|| panic!("no way")));
+        let fp = fingerprint_str("Echo");
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let out = run(&users, &table, &create(fp, echo));
+            match access_response(&out).unwrap() {
+                ArchivedResponse::Created(id) => ids.push(id.to_native()),
+                _ => panic!("not created"),
+            }
+        }
+        assert_ne!(ids[0], ids[1]);
+        assert_eq!(table.lock().len(), 2);
+        // A call reaches the object in the table.
+        let arg = [7u8; 4];
+        let out = run(
+            &users,
+            &table,
+            &Request::Call(Call {
+                object: ids[0],
+                method: 1,
+                index: 0,
+                key: None,
+                value: Some(Blob::plain(&arg)),
+                expected: None,
+                batch: Vec::new(),
+                fingerprint: 0,
+                type_name: "",
+                wait_us: 0,
+            }),
+        );
+        assert!(matches!(
+            access_response(&out).unwrap(),
+            ArchivedResponse::Value { .. }
+        ));
+        // A factory number nobody registered, a type the factory does not
+        // make, a constructor that panics: errors, nothing made.
+        let refused = |req: &Request<'_>| {
+            let out = run(&users, &table, req);
+            match access_response(&out).unwrap() {
+                ArchivedResponse::Error(e) => {
+                    rkyv::deserialize::<RemoteError, rkyv::rancor::Error>(e).unwrap()
+                }
+                _ => panic!("not refused"),
+            }
+        };
+        assert_eq!(refused(&create(fp, 99)), RemoteError::NotFound);
+        assert!(matches!(
+            refused(&create(fp ^ 1, echo)),
+            RemoteError::TypeMismatch { .. }
+        ));
+        match refused(&create(fingerprint_str("Broken"), broken)) {
+            RemoteError::Failed(m) => assert!(m.contains("no way"), "{m}"),
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(table.lock().len(), 2);
+    }
+}
