@@ -433,8 +433,8 @@ compile_error!(
 pub use multiproc_proxy::{
     BarrierProxy, BaseManager, DictProxy, ListProxy, Manager, ManagerBuilder, ManagerServer,
     NamespaceProxy, ObjectHandle, Parties, QueueProxy, Registrable, RemoteManager, RemoteObject,
-    SemaphoreValue, ServerAddress, Shareable, ShutdownHandle, UserProxy, UserTypes, remote,
-    remote_object, set_manager_authkey,
+    SORT_TIMEOUT, SemaphoreValue, ServerAddress, Shareable, ShutdownHandle, UserProxy, UserTypes,
+    remote, remote_object, set_manager_authkey,
 };
 #[allow(deprecated)]
 pub use multiproc_proxy::{

@@ -7,7 +7,9 @@ mod util;
 
 use std::collections::HashMap;
 
-use multiproc::{DictProxy, Error, ListProxy, Manager, StartMethod};
+use std::time::Duration;
+
+use multiproc::{DictProxy, Error, ListProxy, Manager, Process, RawValue, StartMethod};
 use util::{PROMPTLY, eventually};
 
 multiproc::init_before_main!();
@@ -453,4 +455,65 @@ fn lying_range_and_order_requests_change_nothing() {
     assert_eq!(l.to_vec().unwrap(), vec![1, 2, 3]);
     drop(conn);
     manager.shutdown().unwrap();
+}
+
+/// Overwrites the list's first element with a new, large value until told
+/// to stop (a writer that never stops on its own), counting its writes.
+fn overwrite_until_stopped(args: (ListProxy<u64>, RawValue<u64>, RawValue<u32>)) {
+    let (l, written, stop) = args;
+    let mut n: u64 = 0;
+    let give_up = std::time::Instant::now() + PROMPTLY * 30;
+    while stop.load() == 0 && std::time::Instant::now() < give_up {
+        n += 1;
+        l.set(0, 1_000_000 + n).unwrap();
+        written.store(n);
+    }
+}
+
+/// `sort` while another client never stops changing the list: each attempt
+/// finds its snapshot gone, so `sort_timeout` gives up with `Timeout`
+/// instead of retrying forever, and leaves the writer's changes in place.
+/// Once the writer stops, a sort succeeds.
+#[test]
+fn sort_gives_up_against_a_writer_that_never_stops() {
+    for m in METHODS {
+        let manager = Manager::start_with(m).unwrap();
+        // Never sorted while the writer runs: its first element is the largest.
+        let l = manager.list_from(vec![5u64, 1, 2]).unwrap();
+        let written = RawValue::new(0u64).unwrap();
+        let stop = RawValue::new(0u32).unwrap();
+        let mut writer = Process::new(
+            overwrite_until_stopped,
+            (l.clone(), written.clone(), stop.clone()),
+        )
+        .start_method(m);
+        writer.start().unwrap();
+        assert!(eventually(PROMPTLY, || written.load() > 0), "{m:?}");
+        // Each attempt compares after its snapshot; waiting there for two
+        // more writes makes sure the list changed before it is applied.
+        let mut attempts_raced = 0u32;
+        let r = l.sort_by_timeout(Duration::from_millis(200), |a, b| {
+            let seen = written.load();
+            assert!(
+                eventually(PROMPTLY, || written.load() >= seen + 2),
+                "{m:?}: the writer stalled"
+            );
+            attempts_raced += 1;
+            a.cmp(b)
+        });
+        assert!(matches!(r, Err(Error::Timeout(_))), "{m:?}: {r:?}");
+        assert!(attempts_raced > 0);
+        assert_eq!(l.len().unwrap(), 3, "{m:?}");
+        assert!(
+            l.get(0).unwrap() > 1_000_000,
+            "{m:?}: the writer's value stays"
+        );
+        stop.store(1);
+        writer.join_timeout(PROMPTLY * 6).unwrap();
+        l.sort_timeout(PROMPTLY).unwrap();
+        let got = l.to_vec().unwrap();
+        assert_eq!(&got[..2], &[1, 2], "{m:?}");
+        assert!(got[2] > 1_000_000, "{m:?}");
+        manager.shutdown().unwrap();
+    }
 }

@@ -29,7 +29,7 @@ pub use multiproc_runtime::manager::core::{ArchivedProxy, ProxyRepr};
 // The client core lives in the runtime (so runtime handles can have a remote
 // flavour); the container proxies here name it by these paths.
 pub use dict::DictProxy;
-pub use list::ListProxy;
+pub use list::{ListProxy, SORT_TIMEOUT};
 pub use manager::{Manager, ManagerBuilder};
 pub use multiproc_proxy_macros::{Shareable, remote};
 pub use multiproc_runtime::BarrierProxy;

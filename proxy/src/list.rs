@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use std::cmp::Ordering;
 use std::ops::{Bound, RangeBounds};
+use std::time::Duration;
 
+use multiproc_runtime::deadline::Deadline;
 use multiproc_runtime::manager::protocol::{Blob, Method, list_digest, u64_arg};
 use multiproc_runtime::{Error, Result, Shareable};
 
@@ -13,6 +15,11 @@ use crate::core::{
     Args, Proxy, ProxyCore, TypeTag, impl_proxy, read_bool, read_len, read_many, read_unit,
     read_value,
 };
+
+/// How long [`ListProxy::sort`], [`ListProxy::sort_by`] and
+/// [`ListProxy::sort_by_key`] try to find the list holding still while
+/// other clients change it, before they fail with [`Error::Timeout`].
+pub const SORT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A proxy to a list owned by a manager server (Python's `manager.list()`).
 ///
@@ -368,6 +375,11 @@ impl<T: Shareable> ListProxy<T> {
     /// never see a half-sorted list, and nothing is copied back and forth
     /// but the snapshot and the new positions.
     ///
+    /// While other clients keep changing the list a sort may never find it
+    /// still: it tries again for at most [`SORT_TIMEOUT`], then fails with
+    /// [`Error::Timeout`] and leaves the list as the others made it. Choose
+    /// the bound with [`ListProxy::sort_timeout`].
+    ///
     /// ```
     /// multiproc::init();
     /// let manager = multiproc::Manager::start().unwrap();
@@ -387,15 +399,46 @@ impl<T: Shareable> ListProxy<T> {
         self.sort_by(T::cmp)
     }
 
+    /// As [`ListProxy::sort`], giving up with [`Error::Timeout`] once
+    /// `timeout` has passed without the list holding still for one attempt
+    /// (at least one attempt is made, however short `timeout` is).
+    pub fn sort_timeout(&self, timeout: Duration) -> Result<()>
+    where
+        T: Ord,
+    {
+        self.sort_by_timeout(timeout, T::cmp)
+    }
+
     /// Sorts the list by `key`, stably (Python's `l.sort(key=…)`); see
     /// [`ListProxy::sort`]. `key` may run more than once per element.
     pub fn sort_by_key<K: Ord>(&self, mut key: impl FnMut(&T) -> K) -> Result<()> {
         self.sort_by(|a, b| key(a).cmp(&key(b)))
     }
 
+    /// As [`ListProxy::sort_by_key`], giving up with [`Error::Timeout`] once
+    /// `timeout` has passed without the list holding still for one attempt.
+    pub fn sort_by_key_timeout<K: Ord>(
+        &self,
+        timeout: Duration,
+        mut key: impl FnMut(&T) -> K,
+    ) -> Result<()> {
+        self.sort_by_timeout(timeout, |a, b| key(a).cmp(&key(b)))
+    }
+
     /// Sorts the list with `compare`, stably; see [`ListProxy::sort`]
     /// (`l.sort(reverse=True)` is `l.sort_by(|a, b| b.cmp(a))`).
-    pub fn sort_by(&self, mut compare: impl FnMut(&T, &T) -> Ordering) -> Result<()> {
+    pub fn sort_by(&self, compare: impl FnMut(&T, &T) -> Ordering) -> Result<()> {
+        self.sort_by_timeout(SORT_TIMEOUT, compare)
+    }
+
+    /// As [`ListProxy::sort_by`], giving up with [`Error::Timeout`] once
+    /// `timeout` has passed without the list holding still for one attempt.
+    pub fn sort_by_timeout(
+        &self,
+        timeout: Duration,
+        mut compare: impl FnMut(&T, &T) -> Ordering,
+    ) -> Result<()> {
+        let deadline = Deadline::after(timeout);
         loop {
             let (digest, values) =
                 self.core
@@ -422,6 +465,10 @@ impl<T: Shareable> ListProxy<T> {
             };
             if self.core.call(Method::ListApplyOrder, args, read_bool)? {
                 return Ok(());
+            }
+            // Another client changed the list since the snapshot.
+            if deadline.expired() {
+                return Err(deadline.timeout_error());
             }
         }
     }

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
 use crate::core::{Proxy, ProxyCore};
-use crate::remote::{install_user_objects, lookup_user_object};
+use crate::remote::{UserName, create_user_object, install_user_objects, lookup_user_object};
 use crate::{DictProxy, ListProxy, NamespaceProxy, RemoteObject, UserProxy, UserTypes};
 
 /// How long a new server may take to start listening.
@@ -149,7 +149,7 @@ pub struct ManagerBuilder<U = ()> {
     /// The server's initializer, or why its argument could not be encoded.
     init: Option<std::result::Result<Initializer, String>>,
     /// The names of the user objects `U` lists, in order.
-    user_names: Vec<String>,
+    user_names: Vec<UserName>,
     _user: PhantomData<fn() -> U>,
 }
 
@@ -195,7 +195,7 @@ impl<U> std::fmt::Debug for ManagerBuilder<U> {
 }
 
 /// What the server process starts with.
-type ServerArgs = (ServeOptions, Option<Initializer>, Vec<String>);
+type ServerArgs = (ServeOptions, Option<Initializer>, Vec<UserName>);
 
 /// The server process: runs the initializer, if any, makes the user
 /// objects `U`, if any, then serves.
@@ -243,8 +243,47 @@ impl<U: UserTypes> ManagerBuilder<U> {
         self,
         name: impl Into<String>,
     ) -> ManagerBuilder<(T, U)> {
+        self.with_user::<T>(name.into(), false)
+    }
+
+    /// Registers `typeid` as a factory of `T` (Python's
+    /// `SyncManager.register(typeid, callable)`, called as
+    /// `manager.Typeid()`): each [`Manager::create`] of it makes a new
+    /// `T::default()` in the server, counted by its proxies as a dict is
+    /// and freed when the last one goes (in any process, including one
+    /// that dies). Declare the methods with the
+    /// [`remote`](macro@crate::remote) attribute.
+    ///
+    /// ```
+    /// #[derive(Default)]
+    /// struct Counter { n: i64 }
+    /// #[multiproc::remote(proxy = CounterProxy)]
+    /// impl Counter {
+    ///     #[remote(1)]
+    ///     fn incr(&mut self, by: i64) -> i64 { self.n += by; self.n }
+    /// }
+    /// multiproc::init();
+    /// let manager = multiproc::Manager::builder()
+    ///     .register_factory::<Counter>("Counter")
+    ///     .start()
+    ///     .unwrap();
+    /// let a: CounterProxy = manager.create("Counter").unwrap();
+    /// let b: CounterProxy = manager.create("Counter").unwrap();
+    /// assert_eq!(a.incr(2).unwrap(), 2);
+    /// assert_eq!(b.incr(5).unwrap(), 5, "each create makes its own object");
+    /// drop((a, b));
+    /// manager.shutdown().unwrap();
+    /// ```
+    pub fn register_factory<T: RemoteObject>(
+        self,
+        typeid: impl Into<String>,
+    ) -> ManagerBuilder<(T, U)> {
+        self.with_user::<T>(typeid.into(), true)
+    }
+
+    fn with_user<T: RemoteObject>(self, name: String, factory: bool) -> ManagerBuilder<(T, U)> {
         let mut user_names = self.user_names;
-        user_names.push(name.into());
+        user_names.push((name, factory));
         ManagerBuilder {
             method: self.method,
             authkey: self.authkey,
@@ -459,7 +498,7 @@ impl Manager {
         self.inner.address.pid().unwrap_or(0)
     }
 
-    fn create<P: Proxy>(&self, kind: ObjectKind) -> Result<P> {
+    fn create_kind<P: Proxy>(&self, kind: ObjectKind) -> Result<P> {
         let conn = client::connection(&self.inner.address)?;
         ProxyCore::create(conn, kind, P::tag()).map(P::from_core)
     }
@@ -471,6 +510,18 @@ impl Manager {
     /// reaches the server ([`Manager::connect`]).
     pub fn get_object<P: UserProxy>(&self, name: &str) -> Result<P> {
         lookup_user_object(self.inner.address, name)
+    }
+
+    /// A new object made in the server by the factory registered as
+    /// `typeid` with [`ManagerBuilder::register_factory`] (Python's
+    /// `manager.Typeid()`), and its proxy, which holds a reference to it:
+    /// the object is freed when the last proxy goes.
+    /// [`Error::KeyNotFound`] for a typeid the server does not have,
+    /// [`Error::TypeMismatch`] if the factory makes another type than `P`
+    /// calls, [`Error::Remote`] with the message if the constructor
+    /// panicked (the server serves on).
+    pub fn create<P: UserProxy>(&self, typeid: &str) -> Result<P> {
+        create_user_object(self.inner.address, typeid)
     }
 
     /// A process pool of `n` workers for work on this manager's objects
@@ -518,12 +569,12 @@ impl Manager {
 
     /// A new, empty dict in the server.
     pub fn dict<K: Shareable, V: Shareable>(&self) -> Result<DictProxy<K, V>> {
-        self.create(ObjectKind::Dict)
+        self.create_kind(ObjectKind::Dict)
     }
 
     /// A new, empty list in the server.
     pub fn list<T: Shareable>(&self) -> Result<ListProxy<T>> {
-        self.create(ObjectKind::List)
+        self.create_kind(ObjectKind::List)
     }
 
     /// A new list in the server holding `items` (Python's
@@ -552,7 +603,7 @@ impl Manager {
 
     /// A new, empty namespace in the server.
     pub fn namespace(&self) -> Result<NamespaceProxy> {
-        self.create(ObjectKind::Namespace)
+        self.create_kind(ObjectKind::Namespace)
     }
 
     /// Asks the server to create a segment from `spec`, opens it as an `H`,

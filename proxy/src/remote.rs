@@ -167,7 +167,7 @@ pub struct BaseManager<U = ()> {
     address: String,
     authkey: Option<Vec<u8>>,
     named: Vec<Named>,
-    user_names: Vec<String>,
+    user_names: Vec<UserName>,
     max_frame: Option<u64>,
     limits: Limits,
     python: Option<PythonOptions>,
@@ -234,8 +234,24 @@ impl<U: UserTypes> BaseManager<U> {
     /// proxy ([`RemoteManager::get_object`]). Declare the methods with the
     /// [`remote`](macro@crate::remote) attribute (or [`remote_object!`](crate::remote_object)).
     pub fn register_object<T: RemoteObject>(self, name: impl Into<String>) -> BaseManager<(T, U)> {
+        self.with_user::<T>(name.into(), false)
+    }
+
+    /// Registers `typeid` as a factory of `T` (Python's
+    /// `BaseManager.register(typeid, callable)`): each
+    /// [`RemoteManager::create`] of it makes a new `T::default()` in the
+    /// server, counted by its proxies and freed when the last one goes (a
+    /// client that dies or disconnects drops its references).
+    pub fn register_factory<T: RemoteObject>(
+        self,
+        typeid: impl Into<String>,
+    ) -> BaseManager<(T, U)> {
+        self.with_user::<T>(typeid.into(), true)
+    }
+
+    fn with_user<T: RemoteObject>(self, name: String, factory: bool) -> BaseManager<(T, U)> {
         let mut user_names = self.user_names;
-        user_names.push(name.into());
+        user_names.push((name, factory));
         BaseManager {
             address: self.address,
             authkey: self.authkey,
@@ -516,7 +532,7 @@ struct ServerArgs {
     boot: ServerBoot,
     options: ServeOptions,
     named: Vec<Named>,
-    user_names: Vec<String>,
+    user_names: Vec<UserName>,
 }
 
 fn server_main<U: UserTypes>(args: ServerArgs) {
@@ -569,7 +585,14 @@ fn register_name(server: &mut Server, name: &str, entry: NamedEntry) -> Result<(
     }
 }
 
-fn make_user_objects<U: UserTypes>(server: &mut Server, names: &[String]) -> Result<()> {
+/// A registered user name, and whether it names a factory (else one object).
+pub(crate) type UserName = (String, bool);
+
+/// Set in the registry's id of a factory (never an object's id): the rest
+/// is the factory's number.
+const FACTORY_BIT: u64 = 1 << 61;
+
+fn make_user_objects<U: UserTypes>(server: &mut Server, names: &[UserName]) -> Result<()> {
     for (name, id, type_name) in U::install(server, names)? {
         register_name(
             server,
@@ -584,7 +607,7 @@ fn make_user_objects<U: UserTypes>(server: &mut Server, names: &[String]) -> Res
 /// manager's server about to serve (see `ManagerBuilder::register_object`).
 pub(crate) fn install_user_objects<U: UserTypes>(
     server: &mut Server,
-    names: &[String],
+    names: &[UserName],
 ) -> Result<()> {
     make_named(server, &[])?;
     make_user_objects::<U>(server, names)
@@ -615,6 +638,44 @@ pub(crate) fn lookup_user_object<P: UserProxy>(address: ServerAddress, name: &st
     Ok(P::from_handle(ObjectHandle {
         server: address,
         object,
+        _hold: None,
+    }))
+}
+
+/// A new object from the factory registered as `typeid` in the server at
+/// `address`, checked to be the one a `P` calls: `KeyNotFound` for a name
+/// the server does not have, `TypeMismatch` for another type or a name of
+/// one shared object. The proxy holds the object's first reference.
+pub(crate) fn create_user_object<P: UserProxy>(address: ServerAddress, typeid: &str) -> Result<P> {
+    let tag = <Registry as Proxy>::tag();
+    let registry: Registry = attach_as(&ProxyRepr {
+        server: address,
+        object: REGISTRY,
+        fingerprint: tag.fingerprint,
+        type_name: tag.name,
+        pin: 0,
+        authkey: Vec::new(),
+    })?;
+    let (factory, fingerprint, type_name) = registry
+        .get(&typeid.to_string())?
+        .ok_or_else(|| Error::KeyNotFound(format!("{typeid:?}")))?;
+    if fingerprint != fingerprint_str(P::TYPE_NAME) || factory & FACTORY_BIT == 0 {
+        return Err(Error::TypeMismatch {
+            expected: P::TYPE_NAME.into(),
+            found: type_name,
+        });
+    }
+    let conn = client::connection(&address)?;
+    let core = ProxyCore::create_with(
+        conn,
+        ObjectKind::User,
+        factory & !FACTORY_BIT,
+        TypeTag::new(P::TYPE_NAME.into()),
+    )?;
+    Ok(P::from_handle(ObjectHandle {
+        server: address,
+        object: core.object(),
+        _hold: Some(core),
     }))
 }
 
@@ -826,6 +887,17 @@ impl RemoteManager {
         lookup_user_object(self.inner.address, name)
     }
 
+    /// A new object made in the server by the factory registered as
+    /// `typeid` with [`BaseManager::register_factory`], and its proxy,
+    /// which holds a reference to it: the object is freed when the last
+    /// proxy goes. [`Error::KeyNotFound`] for a typeid the server does not
+    /// have, [`Error::TypeMismatch`] if the factory makes another type than
+    /// `P` calls, [`Error::Remote`] with the message if the constructor
+    /// panicked (the server serves on).
+    pub fn create<P: UserProxy>(&self, typeid: &str) -> Result<P> {
+        create_user_object(self.inner.address, typeid)
+    }
+
     fn attach<P: RemoteFlavor>(&self, object: ObjectId, tag: TypeTag) -> Result<P> {
         attach_as(&ProxyRepr {
             server: self.inner.address,
@@ -837,7 +909,7 @@ impl RemoteManager {
         })
     }
 
-    fn create<P: RemoteFlavor>(&self, kind: ObjectKind) -> Result<P> {
+    fn create_kind<P: RemoteFlavor>(&self, kind: ObjectKind) -> Result<P> {
         self.create_with(kind, 0)
     }
 
@@ -848,12 +920,12 @@ impl RemoteManager {
 
     /// A new, empty dict in the server.
     pub fn dict<K: Shareable, V: Shareable>(&self) -> Result<DictProxy<K, V>> {
-        self.create(ObjectKind::Dict)
+        self.create_kind(ObjectKind::Dict)
     }
 
     /// A new, empty list in the server.
     pub fn list<T: Shareable>(&self) -> Result<ListProxy<T>> {
-        self.create(ObjectKind::List)
+        self.create_kind(ObjectKind::List)
     }
 
     /// A new list in the server holding `items` (Python's
@@ -882,12 +954,12 @@ impl RemoteManager {
 
     /// A new, empty namespace in the server.
     pub fn namespace(&self) -> Result<NamespaceProxy> {
-        self.create(ObjectKind::Namespace)
+        self.create_kind(ObjectKind::Namespace)
     }
 
     /// A new, empty queue in the server, without a size limit.
     pub fn queue<T: Shareable>(&self) -> Result<QueueProxy<T>> {
-        self.create(ObjectKind::Queue)
+        self.create_kind(ObjectKind::Queue)
     }
 
     /// A new queue that holds at most `maxsize` items (0: no limit).
@@ -898,7 +970,7 @@ impl RemoteManager {
     /// A new, unlocked lock in the server: the same [`Lock`] type a local
     /// `Manager` or `Lock::new` gives, in its remote flavour.
     pub fn lock(&self) -> Result<Lock> {
-        self.create(ObjectKind::Lock)
+        self.create_kind(ObjectKind::Lock)
     }
 
     /// A new semaphore in the server with `value` free units.
@@ -914,7 +986,7 @@ impl RemoteManager {
     /// A new, lowered event in the server: the same [`Event`] type a local
     /// `Manager` or `Event::new` gives, in its remote flavour.
     pub fn event(&self) -> Result<Event> {
-        self.create(ObjectKind::Event)
+        self.create_kind(ObjectKind::Event)
     }
 
     /// A new barrier in the server for `parties` parties
@@ -1003,12 +1075,12 @@ pub trait UserTypes: 'static {
     #[doc(hidden)]
     fn install(
         server: &mut Server,
-        names: &[String],
+        names: &[UserName],
     ) -> Result<Vec<(String, ObjectId, &'static str)>>;
 }
 
 impl UserTypes for () {
-    fn install(_: &mut Server, _: &[String]) -> Result<Vec<(String, ObjectId, &'static str)>> {
+    fn install(_: &mut Server, _: &[UserName]) -> Result<Vec<(String, ObjectId, &'static str)>> {
         Ok(Vec::new())
     }
 }
@@ -1016,13 +1088,17 @@ impl UserTypes for () {
 impl<T: RemoteObject, U: UserTypes> UserTypes for (T, U) {
     fn install(
         server: &mut Server,
-        names: &[String],
+        names: &[UserName],
     ) -> Result<Vec<(String, ObjectId, &'static str)>> {
-        let Some((last, rest)) = names.split_last() else {
+        let Some(((last, factory), rest)) = names.split_last() else {
             return Err(Error::InvalidState("user object names out of step".into()));
         };
         let mut made = U::install(server, rest)?;
-        let id = server.add_user_object(Box::new(T::default()));
+        let id = if *factory {
+            FACTORY_BIT | server.add_user_factory(T::TYPE_NAME, Box::new(|| Box::new(T::default())))
+        } else {
+            server.add_user_object(Box::new(T::default()))
+        };
         made.push((last.clone(), id, T::TYPE_NAME));
         Ok(made)
     }
@@ -1038,6 +1114,9 @@ impl<T: RemoteObject, U: UserTypes> UserTypes for (T, U) {
 pub struct ObjectHandle {
     server: ServerAddress,
     object: ObjectId,
+    /// The reference that keeps an object made by a factory alive (none
+    /// for a named object, which lives as long as the server).
+    _hold: Option<ProxyCore>,
 }
 
 impl std::fmt::Debug for ObjectHandle {

@@ -143,6 +143,11 @@ impl ProxyCore {
         Ok(ProxyCore::new(conn, object, tag))
     }
 
+    /// The object this core holds.
+    pub fn object(&self) -> ObjectId {
+        self.object
+    }
+
     /// The connection to use from this process (a forked child uses its own).
     pub fn conn(&self) -> Result<std::borrow::Cow<'_, Arc<Connection>>> {
         if self.conn.is_ours() {

@@ -84,6 +84,7 @@ fn kind_of(k: &ArchivedObjectKind) -> ObjectKind {
         ArchivedObjectKind::Event => ObjectKind::Event,
         ArchivedObjectKind::Barrier => ObjectKind::Barrier,
         ArchivedObjectKind::Queue => ObjectKind::Queue,
+        ArchivedObjectKind::User => ObjectKind::User,
     }
 }
 
@@ -99,6 +100,7 @@ fn kind_name(k: ObjectKind) -> &'static str {
         ObjectKind::Event => "event",
         ObjectKind::Barrier => "barrier",
         ObjectKind::Queue => "queue",
+        ObjectKind::User => "user object",
     }
 }
 
@@ -139,6 +141,11 @@ pub(crate) fn handle(
                         out,
                         RemoteError::Malformed("segments are made with CreateShm".into()),
                     );
+                    return After::Continue;
+                }
+                // Made by `UserObjects::try_create` when the server has factories.
+                ObjectKind::User => {
+                    emit_err(out, RemoteError::NotFound);
                     return After::Continue;
                 }
                 _ => match Waitable::new(kind, arg.to_native()) {

@@ -37,4 +37,4 @@ pub use server::{
     serve_with,
 };
 pub use table::PIN_TIMEOUT;
-pub use user::{CallError, ServedObject, USER_OBJECT_BIT};
+pub use user::{CallError, Factory, ServedObject, USER_OBJECT_BIT};

@@ -155,6 +155,10 @@ pub enum ObjectKind {
     /// A FIFO queue of encoded values kept by the server, with Python's
     /// `task_done`/`join` (`arg` at creation: its maxsize, 0 for none).
     Queue,
+    /// A user object made by a factory the server registered (Python's
+    /// `BaseManager.register(typeid, callable)`; `arg` at creation: the
+    /// factory's number), counted by its proxies like a dict.
+    User,
 }
 
 /// Declares [`Method`] from one table, grouped by the kind of object each

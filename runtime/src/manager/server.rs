@@ -46,7 +46,7 @@ use crate::manager::protocol::ObjectId;
 use crate::manager::protocol::{LocalAddress as ServerAddress, Request};
 use crate::manager::remote::{TcpOptions, TcpServer};
 use crate::manager::table::{ConnRefs, Table};
-use crate::manager::user::{ServedObject, UserObjects};
+use crate::manager::user::{Factory, ServedObject, UserObjects};
 use crate::manager::waitable::Peer;
 use crate::process::AuthKey;
 use crate::py::{PyListener, PythonOptions};
@@ -356,7 +356,11 @@ impl ServerState {
         response: &mut AlignedVec,
         limit: usize,
     ) -> After {
-        let after = if !self.user.is_empty() && self.user.try_handle(request, response) {
+        let after = if !self.user.is_empty()
+            && self
+                .user
+                .try_handle(&self.table, conn, peer, request, response)
+        {
             After::Continue
         } else {
             dispatch::handle(&self.table, conn, peer, request, response, limit)
@@ -729,6 +733,12 @@ impl Server {
     /// Adds a user object the server owns until it ends; returns its id.
     pub fn add_user_object(&mut self, object: Box<dyn ServedObject>) -> ObjectId {
         self.state.user.add(object)
+    }
+
+    /// Adds a factory that makes a new user object of `type_name` for each
+    /// `Create` of kind `User` naming its number, which this returns.
+    pub fn add_user_factory(&mut self, type_name: &'static str, make: Factory) -> u64 {
+        self.state.user.add_factory(type_name, make)
     }
 
     /// How many objects the server holds.

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::manager::protocol::{ArchivedBlob, ObjectId, ObjectKind, QuotaKind, RemoteError};
 use crate::manager::server::Limits;
+use crate::manager::user::UserSlot;
 use crate::manager::waitable::Waitable;
 
 /// How long an in-flight reference waits to be taken over before the server
@@ -95,6 +96,8 @@ pub(crate) enum Data {
     /// A lock, semaphore, event, barrier or queue clients may wait on
     /// (shared with the connection threads waiting on it now).
     Waitable(Arc<Waitable>),
+    /// A user object made by a registered factory.
+    User(UserSlot),
 }
 
 impl Data {
@@ -106,6 +109,7 @@ impl Data {
             Data::Namespace(m) => out.extend(m.into_values().map(|a| a.value)),
             Data::Segment { .. } => {}
             Data::Waitable(w) => w.free(out),
+            Data::User(_) => {}
         }
     }
 }

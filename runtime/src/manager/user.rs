@@ -7,7 +7,12 @@
 //! holding the encoded result. Each object has its own lock: a slow method
 //! holds up callers of that object only.
 //!
-//! User objects live as long as the server (they are made when it starts).
+//! A named user object lives as long as the server (it is made when the
+//! server starts). A factory (Python's `register(typeid, callable)`) makes
+//! a new object for each `Request::Create` of kind `User`: that object sits
+//! in the table, counted by its proxies like a dict, and is freed with its
+//! last reference (a client that dies releases its references). A factory
+//! that panics is the creating caller's `RemoteError::Failed`, nothing else.
 //!
 //! A method that panics is the caller's error, not the server's: the panic
 //! is caught and answered as a `RemoteError::Failed` carrying its message
@@ -22,8 +27,11 @@ use parking_lot::{Mutex, RwLock};
 use rkyv::util::AlignedVec;
 
 use crate::manager::protocol::{
-    ArchivedRequest, ObjectId, RemoteError, Response, access_request, encode_response,
+    ArchivedRequest, ObjectId, ObjectKind, RemoteError, Response, access_request, encode_response,
 };
+use crate::manager::table::{ConnRefs, Data, Table};
+use crate::manager::waitable::Peer;
+use crate::shm::fingerprint_str;
 
 /// Set in the id of every user object.
 pub const USER_OBJECT_BIT: u64 = 1 << 62;
@@ -51,10 +59,29 @@ pub trait ServedObject: Send + 'static {
 
 type Slot = Arc<Mutex<Box<dyn ServedObject>>>;
 
+/// A user object in the table (made by a factory), shared with the calls
+/// running on it now.
+pub(crate) struct UserSlot(Slot);
+
+impl std::fmt::Debug for UserSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UserSlot")
+    }
+}
+
+/// Makes a new user object for each `create` (a registered factory).
+pub type Factory = Box<dyn Fn() -> Box<dyn ServedObject> + Send + Sync>;
+
+struct Registered {
+    type_name: &'static str,
+    make: Factory,
+}
+
 /// The user objects of one server.
 #[derive(Default)]
 pub(crate) struct UserObjects {
     objects: RwLock<Vec<Slot>>,
+    factories: RwLock<Vec<Arc<Registered>>>,
 }
 
 impl UserObjects {
@@ -65,64 +92,262 @@ impl UserObjects {
         USER_OBJECT_BIT | (objects.len() as u64 - 1)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.objects.read().is_empty()
+    /// Adds a factory for objects of `type_name`; returns its number (the
+    /// `arg` of a `Create` of kind `User`).
+    pub fn add_factory(&self, type_name: &'static str, make: Factory) -> u64 {
+        let mut factories = self.factories.write();
+        factories.push(Arc::new(Registered { type_name, make }));
+        factories.len() as u64 - 1
     }
 
-    /// Handles `request` if it is a call on a user object (then `true`).
-    pub fn try_handle(&self, request: &[u8], out: &mut AlignedVec) -> bool {
-        let Ok(ArchivedRequest::Call(call)) = access_request(request) else {
-            return false;
-        };
-        let id = call.object.to_native();
-        if id & USER_OBJECT_BIT == 0 {
-            return false;
-        }
-        let slot = usize::try_from(id & !USER_OBJECT_BIT)
-            .ok()
-            .and_then(|i| self.objects.read().get(i).cloned());
-        let method = call.method.to_native();
-        let answer = match slot {
-            None => Err(RemoteError::UnknownObject(id)),
-            Some(obj) => {
-                let args = call.value.as_ref().map_or(&[][..], |b| &b.bytes[..]);
-                // User code: a panic must not unwind through the server (the
-                // table's locks are not held here; the object's own lock is
-                // released by the unwinding guard).
-                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    obj.lock().call(method, args)
-                }));
-                match ran {
-                    Ok(answer) => answer.map_err(|e| match e {
-                        CallError::UnknownMethod => RemoteError::UnknownMethod {
-                            method,
-                            object: "user object".into(),
-                        },
-                        CallError::Codec(m) => RemoteError::Malformed(m),
-                    }),
-                    Err(payload) => {
-                        let message = crate::process::panic_text(payload.as_ref());
-                        tracing::warn!(object = id, method, "a served method panicked: {message}");
-                        Err(RemoteError::Failed(format!(
-                            "served method {method} panicked: {message}"
-                        )))
+    pub fn is_empty(&self) -> bool {
+        self.factories.read().is_empty() && self.objects.read().is_empty()
+    }
+
+    /// Handles `request` if it is a call on a user object or the creation
+    /// of one (then `true`); otherwise leaves it to the table.
+    pub fn try_handle(
+        &self,
+        table: &parking_lot::Mutex<Table>,
+        conn: &mut ConnRefs,
+        peer: &Peer<'_>,
+        request: &[u8],
+        out: &mut AlignedVec,
+    ) -> bool {
+        let answer = match access_request(request) {
+            Ok(ArchivedRequest::Call(call)) => {
+                let id = call.object.to_native();
+                let slot = if id & USER_OBJECT_BIT != 0 {
+                    usize::try_from(id & !USER_OBJECT_BIT)
+                        .ok()
+                        .and_then(|i| self.objects.read().get(i).cloned())
+                } else if self.factories.read().is_empty() {
+                    return false;
+                } else {
+                    match table.lock().get_mut(id).map(|o| &o.data) {
+                        Ok(Data::User(UserSlot(slot))) => Some(slot.clone()),
+                        _ => return false,
                     }
+                };
+                let args = call.value.as_ref().map_or(&[][..], |b| &b.bytes[..]);
+                let method = call.method.to_native();
+                match slot {
+                    None => Err(RemoteError::UnknownObject(id)),
+                    Some(obj) => run_method(&obj, id, method, args).map(Some),
                 }
             }
+            Ok(ArchivedRequest::Create {
+                kind: crate::manager::protocol::ArchivedObjectKind::User,
+                fingerprint,
+                type_name,
+                arg,
+            }) => self
+                .create(
+                    table,
+                    conn,
+                    peer,
+                    fingerprint.to_native(),
+                    type_name,
+                    arg.to_native(),
+                )
+                .map(|id| {
+                    emit(out, &Response::Created(id));
+                    None
+                }),
+            _ => return false,
         };
-        let mut buf = std::mem::take(out);
-        buf.clear();
-        let encoded = match &answer {
-            Ok(bytes) => encode_response(
+        match answer {
+            Ok(None) => {}
+            Ok(Some(bytes)) => emit(
+                out,
                 &Response::Value {
-                    bytes: Some(bytes),
+                    bytes: Some(&bytes),
                     refs: Vec::new(),
                 },
-                buf,
             ),
-            Err(e) => encode_response(&Response::Error(e.clone()), buf),
-        };
-        *out = encoded.unwrap_or_default();
+            Err(e) => emit(out, &Response::Error(e)),
+        }
         true
+    }
+
+    /// Runs factory `index` (checked to make the type the proxy expects)
+    /// outside the table's lock, then puts its object in the table with
+    /// `conn` holding the first reference.
+    fn create(
+        &self,
+        table: &parking_lot::Mutex<Table>,
+        conn: &mut ConnRefs,
+        peer: &Peer<'_>,
+        fingerprint: u64,
+        type_name: &str,
+        index: u64,
+    ) -> Result<ObjectId, RemoteError> {
+        let factory = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.factories.read().get(i).cloned())
+            .ok_or(RemoteError::NotFound)?;
+        if fingerprint != fingerprint_str(factory.type_name) {
+            return Err(RemoteError::TypeMismatch {
+                expected: type_name.into(),
+                found: factory.type_name.into(),
+            });
+        }
+        // User code: a panic is the caller's error, and the server goes on.
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (factory.make)()))
+            .map_err(|payload| {
+                let message = crate::process::panic_text(payload.as_ref());
+                tracing::warn!(
+                    type_name = factory.type_name,
+                    "a served constructor panicked: {message}"
+                );
+                RemoteError::Failed(format!(
+                    "constructor of {} panicked: {message}",
+                    factory.type_name
+                ))
+            })?;
+        let slot = UserSlot(Arc::new(Mutex::new(made)));
+        table.lock().insert(
+            conn,
+            peer.id,
+            ObjectKind::User,
+            fingerprint,
+            factory.type_name,
+            Data::User(slot),
+            0,
+        )
+    }
+}
+
+/// Runs `method` of the user object `obj` (id `id`) on `args`, catching a panic.
+fn run_method(obj: &Slot, id: ObjectId, method: u32, args: &[u8]) -> Result<Vec<u8>, RemoteError> {
+    // User code: a panic must not unwind through the server (the table's
+    // locks are not held here; the object's own lock is released by the
+    // unwinding guard).
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        obj.lock().call(method, args)
+    }));
+    match ran {
+        Ok(answer) => answer.map_err(|e| match e {
+            CallError::UnknownMethod => RemoteError::UnknownMethod {
+                method,
+                object: "user object".into(),
+            },
+            CallError::Codec(m) => RemoteError::Malformed(m),
+        }),
+        Err(payload) => {
+            let message = crate::process::panic_text(payload.as_ref());
+            tracing::warn!(object = id, method, "a served method panicked: {message}");
+            Err(RemoteError::Failed(format!(
+                "served method {method} panicked: {message}"
+            )))
+        }
+    }
+}
+
+fn emit(out: &mut AlignedVec, response: &Response<'_>) {
+    let mut buf = std::mem::take(out);
+    buf.clear();
+    *out = encode_response(response, buf).unwrap_or_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::protocol::{
+        ArchivedResponse, Blob, Call, Request, access_response, encode_request,
+    };
+
+    struct Echo;
+
+    impl ServedObject for Echo {
+        fn call(&mut self, method: u32, args: &[u8]) -> Result<Vec<u8>, CallError> {
+            match method {
+                1 => Ok(args.to_vec()),
+                _ => Err(CallError::UnknownMethod),
+            }
+        }
+    }
+
+    fn run(
+        users: &UserObjects,
+        table: &parking_lot::Mutex<Table>,
+        req: &Request<'_>,
+    ) -> AlignedVec {
+        let bytes = encode_request(req, AlignedVec::new()).unwrap();
+        let mut conn = ConnRefs::new();
+        let mut out = AlignedVec::new();
+        assert!(users.try_handle(table, &mut conn, &Peer::server_itself(), &bytes, &mut out));
+        out
+    }
+
+    fn create(fingerprint: u64, arg: u64) -> Request<'static> {
+        Request::Create {
+            kind: ObjectKind::User,
+            fingerprint,
+            type_name: "test",
+            arg,
+        }
+    }
+
+    #[test]
+    fn a_factory_makes_one_object_per_create_and_refuses_lies() {
+        let users = UserObjects::default();
+        let table = parking_lot::Mutex::new(Table::new());
+        let echo = users.add_factory("Echo", Box::new(|| Box::new(Echo)));
+        let broken = users.add_factory("Broken", Box::new(|| panic!("no way")));
+        let fp = fingerprint_str("Echo");
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let out = run(&users, &table, &create(fp, echo));
+            match access_response(&out).unwrap() {
+                ArchivedResponse::Created(id) => ids.push(id.to_native()),
+                _ => panic!("not created"),
+            }
+        }
+        assert_ne!(ids[0], ids[1]);
+        assert_eq!(table.lock().len(), 2);
+        // A call reaches the object in the table.
+        let arg = [7u8; 4];
+        let out = run(
+            &users,
+            &table,
+            &Request::Call(Call {
+                object: ids[0],
+                method: 1,
+                index: 0,
+                key: None,
+                value: Some(Blob::plain(&arg)),
+                expected: None,
+                batch: Vec::new(),
+                fingerprint: 0,
+                type_name: "",
+                wait_us: 0,
+            }),
+        );
+        assert!(matches!(
+            access_response(&out).unwrap(),
+            ArchivedResponse::Value { .. }
+        ));
+        // A factory number nobody registered, a type the factory does not
+        // make, a constructor that panics: errors, nothing made.
+        let refused = |req: &Request<'_>| {
+            let out = run(&users, &table, req);
+            match access_response(&out).unwrap() {
+                ArchivedResponse::Error(e) => {
+                    rkyv::deserialize::<RemoteError, rkyv::rancor::Error>(e).unwrap()
+                }
+                _ => panic!("not refused"),
+            }
+        };
+        assert_eq!(refused(&create(fp, 99)), RemoteError::NotFound);
+        assert!(matches!(
+            refused(&create(fp ^ 1, echo)),
+            RemoteError::TypeMismatch { .. }
+        ));
+        match refused(&create(fingerprint_str("Broken"), broken)) {
+            RemoteError::Failed(m) => assert!(m.contains("no way"), "{m}"),
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(table.lock().len(), 2);
     }
 }

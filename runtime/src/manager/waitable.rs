@@ -165,7 +165,11 @@ impl Waitable {
                 maxsize: usize::try_from(arg).unwrap_or(usize::MAX),
                 unfinished: 0,
             },
-            ObjectKind::Dict | ObjectKind::List | ObjectKind::Namespace | ObjectKind::Segment => {
+            ObjectKind::Dict
+            | ObjectKind::List
+            | ObjectKind::Namespace
+            | ObjectKind::Segment
+            | ObjectKind::User => {
                 return Err(RemoteError::Malformed(format!(
                     "{kind:?} is not a kind a client waits on"
                 )));
