@@ -430,15 +430,15 @@ compile_error!(
      SO_PEERCRED and /proc); other systems are not supported yet"
 );
 
-pub use multiproc_proxy::{
-    BarrierProxy, BaseManager, DictProxy, ListProxy, Manager, ManagerBuilder, ManagerServer,
-    NamespaceProxy, ObjectHandle, Parties, QueueProxy, Registrable, RemoteManager, RemoteObject,
-    SemaphoreValue, ServerAddress, Shareable, ShutdownHandle, UserProxy, UserTypes, remote,
-    remote_object, set_manager_authkey,
-};
 #[allow(deprecated)]
 pub use multiproc_proxy::{
-    BoundedSemaphoreProxy, EventProxy, LockProxy, LockProxyGuard, SemaphoreProxy,
+    BarrierProxy, BoundedSemaphoreProxy, EventProxy, LockProxy, LockProxyGuard, SemaphoreProxy,
+};
+pub use multiproc_proxy::{
+    BaseManager, DictProxy, ListProxy, Manager, ManagerBuilder, ManagerServer, NamespaceProxy,
+    ObjectHandle, Parties, QueueProxy, Registrable, RemoteManager, RemoteObject, SemaphoreValue,
+    ServerAddress, Shareable, ShutdownHandle, UserProxy, UserTypes, remote, remote_object,
+    set_manager_authkey,
 };
 pub use multiproc_runtime::{
     Acquired, Address, Array, ArrayGuard, AsyncResult, AtomicInt, AuthKey, Barrier,

@@ -7,10 +7,11 @@ mod util;
 use std::time::Duration;
 
 use multiproc::{
-    Acquired, BaseManager, BoundedSemaphore, Error, Event, Lock, Manager, Process, Queue,
+    Acquired, Barrier, BaseManager, BoundedSemaphore, Error, Event, Lock, Manager, Process, Queue,
     RemoteManager, Semaphore, StartMethod,
 };
-use util::{PROMPTLY, assert_not_our_zombie};
+use std::time::Instant;
+use util::{PROMPTLY, assert_not_our_zombie, eventually};
 
 multiproc::init_before_main!();
 
@@ -74,6 +75,14 @@ impl Maker {
             Maker::Plain => BoundedSemaphore::new(value).unwrap(),
             Maker::Local(m) => m.bounded_semaphore(value).unwrap(),
             Maker::Tcp(m) => m.bounded_semaphore(value).unwrap(),
+        }
+    }
+
+    fn barrier(&self, parties: usize) -> Barrier {
+        match self {
+            Maker::Plain => Barrier::new(parties).unwrap(),
+            Maker::Local(m) => m.barrier(parties).unwrap(),
+            Maker::Tcp(m) => m.barrier(parties).unwrap(),
         }
     }
 
@@ -294,6 +303,109 @@ fn semaphores_are_one_type_for_every_source() {
     }
 }
 
+// -------------------------------------------------------------- Barrier
+
+/// Three rounds with the parent, then one wait the parent aborts.
+fn rounds(b: Barrier) -> Vec<String> {
+    let mut seen: Vec<String> = (0..3)
+        .map(|_| format!("{:?}", b.wait_timeout(PROMPTLY * 3).map(|i| i < 2)))
+        .collect();
+    seen.push(format!("{:?}", b.wait_timeout(PROMPTLY * 3)));
+    seen
+}
+
+#[test]
+fn barrier_is_one_type_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let b = maker.barrier(2);
+            assert_eq!(b.parties().unwrap(), 2, "{source:?} {m:?}");
+            assert!(matches!(
+                maker_barrier_zero(&maker),
+                Err(Error::InvalidArgument(_))
+            ));
+            let mut p = start(m, rounds, b.clone());
+            let mut indexes = vec![];
+            for _ in 0..3 {
+                indexes.push(b.wait_timeout(PROMPTLY * 3).unwrap());
+            }
+            assert!(indexes.iter().all(|&i| i < 2), "{source:?} {m:?}");
+            // The child's fourth wait is aborted from here.
+            assert!(eventually(PROMPTLY, || b.n_waiting().unwrap() == 1));
+            b.abort().unwrap();
+            let seen = p.join_timeout(PROMPTLY * 3).unwrap();
+            assert_eq!(
+                seen,
+                ["Ok(true)", "Ok(true)", "Ok(true)", "Err(BrokenBarrier)"],
+                "{source:?} {m:?}"
+            );
+            assert!(b.broken().unwrap(), "{source:?} {m:?}");
+            assert!(matches!(b.try_wait(), Err(Error::BrokenBarrier)));
+            b.reset().unwrap();
+            assert!(!b.broken().unwrap(), "{source:?} {m:?}");
+            assert_eq!(b.n_waiting().unwrap(), 0);
+            // A try that would not complete the round neither arrives nor breaks.
+            assert!(
+                matches!(b.try_wait(), Err(Error::WouldBlock)),
+                "{source:?} {m:?}"
+            );
+            assert_eq!(b.n_waiting().unwrap(), 0);
+            assert!(!b.broken().unwrap());
+            // A timed wait whose round stays short breaks the barrier.
+            assert!(matches!(
+                b.wait_timeout(Duration::from_millis(50)),
+                Err(Error::BrokenBarrier)
+            ));
+            assert!(b.broken().unwrap(), "{source:?} {m:?}");
+            b.reset().unwrap();
+        }
+        maker.shutdown();
+    }
+}
+
+fn maker_barrier_zero(maker: &Maker) -> multiproc::Result<Barrier> {
+    match maker {
+        Maker::Plain => Barrier::new(0),
+        Maker::Local(m) => m.barrier(0),
+        Maker::Tcp(m) => m.barrier(0),
+    }
+}
+
+/// Waits at the barrier until killed.
+fn wait_at(b: Barrier) {
+    let _ = b.wait();
+}
+
+#[test]
+fn a_party_killed_at_the_barrier_breaks_it_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let b = maker.barrier(3);
+            let mut p = start(m, wait_at, b.clone());
+            assert!(
+                eventually(PROMPTLY, || b.n_waiting().unwrap() == 1),
+                "{source:?} {m:?}"
+            );
+            let pid = p.pid().unwrap();
+            p.kill().unwrap();
+            let _ = p.join_timeout(PROMPTLY);
+            assert_not_our_zombie(pid);
+            // Broken for the death, far sooner than the timeout would.
+            let start = Instant::now();
+            let got = b.wait_timeout(PROMPTLY);
+            assert!(
+                matches!(got, Err(Error::BrokenBarrier)),
+                "{source:?} {m:?}: {got:?}"
+            );
+            let ms = start.elapsed().as_millis();
+            assert!(ms < PROMPTLY.as_millis() / 4, "{source:?} {m:?}: {ms} ms");
+        }
+        maker.shutdown();
+    }
+}
+
 // ------------------------------------------------------ handles in messages
 
 /// Receives a lock and an event through a queue and uses them. A remote
@@ -343,6 +455,7 @@ fn both_flavours_travel_inside_a_queue() {
 fn remote_handles_of_a_stopped_server_say_manager_gone() {
     let maker = Maker::start(Source::Tcp);
     let (lock, event, sem) = (maker.lock(), maker.event(), maker.semaphore(0));
+    let barrier = maker.barrier(2);
     maker.shutdown();
     let gone = |r: String| r.starts_with("Err(ManagerGone");
     assert!(gone(format!("{:?}", lock.try_acquire())));
@@ -352,4 +465,7 @@ fn remote_handles_of_a_stopped_server_say_manager_gone() {
     assert!(gone(format!("{:?}", event.wait_timeout(PROMPTLY))));
     assert!(gone(format!("{:?}", sem.try_acquire())));
     assert!(gone(format!("{:?}", sem.get_value())));
+    assert!(gone(format!("{:?}", barrier.wait_timeout(PROMPTLY))));
+    assert!(gone(format!("{:?}", barrier.try_wait())));
+    assert!(gone(format!("{:?}", barrier.broken())));
 }

@@ -13,8 +13,7 @@
 //! barriers kept in the server, whose waiting calls wait in the server.
 //! Locks and events are the runtime's own `Lock` and `Event` in their
 //! remote flavour, so one function serves both managers, and so are the
-//! semaphores; queues and barriers are still [`QueueProxy`] and
-//! [`BarrierProxy`].
+//! semaphores and barriers; queues are still [`QueueProxy`].
 //!
 //! Most users depend on the `multiproc` facade crate, which re-exports these.
 
@@ -32,7 +31,6 @@ pub use dict::DictProxy;
 pub use list::ListProxy;
 pub use manager::{Manager, ManagerBuilder};
 pub use multiproc_proxy_macros::{Shareable, remote};
-pub use multiproc_runtime::BarrierProxy;
 pub use multiproc_runtime::manager::ShutdownHandle;
 pub use multiproc_runtime::manager::{PIN_TIMEOUT, ServerAddress};
 use multiproc_runtime::manager::{client, core};
@@ -60,6 +58,10 @@ pub type SemaphoreProxy = multiproc_runtime::Semaphore;
 /// [`BoundedSemaphore`](multiproc_runtime::BoundedSemaphore) type.
 #[deprecated(note = "use `BoundedSemaphore`: local and remote semaphores are one type")]
 pub type BoundedSemaphoreProxy = multiproc_runtime::BoundedSemaphore;
+/// A barrier a remote manager keeps: now the one
+/// [`Barrier`](multiproc_runtime::Barrier) type.
+#[deprecated(note = "use `Barrier`: local and remote barriers are one type")]
+pub type BarrierProxy = multiproc_runtime::Barrier;
 
 #[doc(hidden)]
 pub mod __private {

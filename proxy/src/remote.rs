@@ -33,8 +33,8 @@ use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
 use crate::core::{Proxy, ProxyCore, ProxyRepr, RemoteFlavor, TypeTag};
-use crate::{BarrierProxy, DictProxy, ListProxy, NamespaceProxy, QueueProxy};
-use multiproc_runtime::{BoundedSemaphore, Event, Lock, Semaphore};
+use crate::{DictProxy, ListProxy, NamespaceProxy, QueueProxy};
+use multiproc_runtime::{Barrier, BoundedSemaphore, Event, Lock, Semaphore};
 
 /// How long a new server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,7 +51,7 @@ type Registry = DictProxy<String, NamedEntry>;
 ///
 /// Implemented for [`DictProxy`], [`ListProxy`], [`NamespaceProxy`],
 /// [`QueueProxy`], [`Lock`], [`Semaphore`],
-/// [`BoundedSemaphore`], [`Event`] and [`BarrierProxy`].
+/// [`BoundedSemaphore`], [`Event`] and [`Barrier`].
 pub trait Registrable: Sized + Shareable {
     /// What the server needs to make one: a queue's maxsize, a semaphore's
     /// value, a barrier's [`Parties`]; `()` for the others.
@@ -99,10 +99,10 @@ registrable!(impl<> for Lock, ObjectKind::Lock, (), |_c| 0);
 registrable!(impl<> for Event, ObjectKind::Event, (), |_c| 0);
 registrable!(impl<> for Semaphore, ObjectKind::Semaphore, SemaphoreValue, |v| u64::from(v.0));
 registrable!(impl<> for BoundedSemaphore, ObjectKind::BoundedSemaphore, SemaphoreValue, |v| u64::from(v.0));
-registrable!(impl<> for BarrierProxy, ObjectKind::Barrier, Parties, |p| p.0 as u64);
+registrable!(impl<> for Barrier, ObjectKind::Barrier, Parties, |p| p.0 as u64);
 
-/// The number of parties of a registered [`BarrierProxy`]
-/// (`register_with::<BarrierProxy>("name", Parties(3))`).
+/// The number of parties of a registered [`Barrier`]
+/// (`register_with::<Barrier>("name", Parties(3))`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parties(pub usize);
 
@@ -351,7 +351,7 @@ impl<U: UserTypes> BaseManager<U> {
     }
 
     /// As [`BaseManager::register`], with what the server needs to make the
-    /// object: `register_with::<BarrierProxy>("ready", Parties(3))`, or a
+    /// object: `register_with::<Barrier>("ready", Parties(3))`, or a
     /// queue's maxsize.
     pub fn register_with<P: Registrable>(
         mut self,
@@ -919,7 +919,7 @@ impl RemoteManager {
 
     /// A new barrier in the server for `parties` parties
     /// ([`Error::InvalidArgument`] for 0).
-    pub fn barrier(&self, parties: usize) -> Result<BarrierProxy> {
+    pub fn barrier(&self, parties: usize) -> Result<Barrier> {
         if parties == 0 {
             return Err(Error::InvalidArgument(
                 "a barrier needs at least one party".into(),
