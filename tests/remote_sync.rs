@@ -6,8 +6,8 @@ mod util;
 use std::time::Duration;
 
 use multiproc::{
-    Acquired, Barrier, BaseManager, DictProxy, Error, Event, Lock, Parties, Process, QueueProxy,
-    RemoteManager, StartMethod,
+    Acquired, Barrier, BaseManager, DictProxy, Error, Event, JoinableQueue, Lock, Parties, Process,
+    Queue, RemoteManager, StartMethod,
 };
 use util::{PROMPTLY, eventually};
 
@@ -27,7 +27,7 @@ fn config() -> BaseManager {
         .register::<Event>("release")
         .register_with::<Barrier>("barrier", Parties(3))
         .register::<DictProxy<String, i64>>("counter")
-        .register_with::<QueueProxy<u32>>("jobs", 4)
+        .register_with::<JoinableQueue<u32>>("jobs", 4)
 }
 
 fn connect(address: &str) -> RemoteManager {
@@ -232,7 +232,7 @@ fn a_waiting_call_does_not_hold_up_the_other_proxies_of_its_process() {
 /// Takes `n` jobs, marking each done; returns their sum.
 fn consume(address: String) -> u32 {
     let m = connect(&address);
-    let jobs: QueueProxy<u32> = m.get("jobs").unwrap();
+    let jobs: JoinableQueue<u32> = m.get("jobs").unwrap();
     let mut sum = 0;
     for _ in 0..10 {
         sum += jobs.get_timeout(PROMPTLY).unwrap();
@@ -245,7 +245,7 @@ fn consume(address: String) -> u32 {
 fn a_bounded_queue_blocks_producers_and_join_waits_for_task_done() {
     for m in METHODS {
         let master = config().start().unwrap();
-        let jobs: QueueProxy<u32> = master.get("jobs").unwrap();
+        let jobs: JoinableQueue<u32> = master.get("jobs").unwrap();
         assert_eq!(jobs.maxsize().unwrap(), 4);
         assert!(matches!(jobs.get_timeout(SHORT), Err(Error::Empty)));
         assert!(matches!(jobs.try_get(), Err(Error::Empty)));
@@ -315,7 +315,7 @@ fn bad_requests_are_errors_not_hangs() {
         Err(Error::TypeMismatch { .. })
     ));
     assert!(matches!(
-        master.get::<QueueProxy<String>>("jobs"),
+        master.get::<Queue<String>>("jobs"),
         Err(Error::TypeMismatch { .. })
     ));
     master.shutdown().unwrap();
