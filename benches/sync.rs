@@ -71,7 +71,7 @@ fn across_processes(c: &mut Criterion) {
     c.bench_function("barrier/wait_2", |b| {
         b.iter(|| barrier.wait().expect("barrier"))
     });
-    barrier.abort();
+    barrier.abort().unwrap();
     child.join().expect("barrier child");
 }
 

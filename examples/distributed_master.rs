@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use multiproc::{BaseManager, QueueProxy};
+use multiproc::{BaseManager, Queue};
 
 #[path = "distributed/tally.rs"]
 mod tally;
@@ -43,20 +43,20 @@ fn main() -> multiproc::Result<()> {
     let master = BaseManager::new()
         .address(address)
         .authkey(authkey.as_bytes())
-        .register::<QueueProxy<Hello>>("get_hello_queue")
-        .register::<QueueProxy<Task>>("get_task_queue")
-        .register::<QueueProxy<Outcome>>("get_result_queue")
+        .register::<Queue<Hello>>("get_hello_queue")
+        .register::<Queue<Task>>("get_task_queue")
+        .register::<Queue<Outcome>>("get_result_queue")
         .register_object::<Tally>("tally")
         .start()?;
     println!("master listening on {}", master.address());
 
-    let hello: QueueProxy<Hello> = master.get("get_hello_queue")?;
+    let hello: Queue<Hello> = master.get("get_hello_queue")?;
     for _ in 0..workers_wanted {
         let pid = hello.get_timeout(HELLO_TIMEOUT)?;
         println!("worker {pid} said hello");
     }
-    let tasks: QueueProxy<Task> = master.get("get_task_queue")?;
-    let results: QueueProxy<Outcome> = master.get("get_result_queue")?;
+    let tasks: Queue<Task> = master.get("get_task_queue")?;
+    let results: Queue<Outcome> = master.get("get_result_queue")?;
     for n in 1..=tasks_wanted {
         tasks.put(n)?;
     }

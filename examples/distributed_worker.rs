@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use multiproc::{BaseManager, Error, QueueProxy};
+use multiproc::{BaseManager, Error, Queue};
 
 #[path = "distributed/tally.rs"]
 mod tally;
@@ -61,9 +61,9 @@ fn work(
         .address(address.to_string())
         .authkey(authkey.as_bytes())
         .connect()?;
-    let hello: QueueProxy<Hello> = manager.get("get_hello_queue")?;
-    let tasks: QueueProxy<Task> = manager.get("get_task_queue")?;
-    let results: QueueProxy<Outcome> = manager.get("get_result_queue")?;
+    let hello: Queue<Hello> = manager.get("get_hello_queue")?;
+    let tasks: Queue<Task> = manager.get("get_task_queue")?;
+    let results: Queue<Outcome> = manager.get("get_result_queue")?;
     let tally: TallyProxy = manager.get_object("tally")?;
     println!("worker {me} connected to {address}");
     hello.put(me)?;

@@ -70,9 +70,9 @@ fn main() -> multiproc::Result<()> {
     tasks.join()?;
     println!(
         "joinable: join() returned, unfinished tasks: {}",
-        tasks.unfinished_tasks()
+        tasks.unfinished_tasks().unwrap()
     );
-    tasks.close();
+    tasks.close().unwrap();
     let total: u64 = workers
         .iter_mut()
         .map(|w| w.join())

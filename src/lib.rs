@@ -387,7 +387,7 @@
 //!
 //! ```
 //! use multiproc::py::{PythonOptions, Value};
-//! use multiproc::{BaseManager, QueueProxy};
+//! use multiproc::{BaseManager, Queue};
 //!
 //! multiproc::init();
 //! let master = BaseManager::new()
@@ -396,7 +396,7 @@
 //!     .start()
 //!     .unwrap();
 //! // Python workers: QueueManager(address=master.python_address(), authkey=b"secret")
-//! let tasks: QueueProxy<Value> = master.get("get_task_queue").unwrap();
+//! let tasks: Queue<Value> = master.get("get_task_queue").unwrap();
 //! tasks.put(Value::from((1, "square"))).unwrap();
 //! let (n, op): (i64, String) = tasks.get().unwrap().try_into().unwrap();
 //! assert_eq!((n, op.as_str()), (1, "square"));
@@ -430,15 +430,16 @@ compile_error!(
      SO_PEERCRED and /proc); other systems are not supported yet"
 );
 
-pub use multiproc_proxy::{
-    BarrierProxy, BaseManager, DictProxy, ListProxy, Manager, ManagerBuilder, ManagerServer,
-    NamespaceProxy, ObjectHandle, Parties, QueueProxy, Registrable, RemoteManager, RemoteObject,
-    SORT_TIMEOUT, SemaphoreValue, ServerAddress, Shareable, ShutdownHandle, UserProxy, UserTypes,
-    remote, remote_object, set_manager_authkey,
-};
 #[allow(deprecated)]
 pub use multiproc_proxy::{
-    BoundedSemaphoreProxy, EventProxy, LockProxy, LockProxyGuard, SemaphoreProxy,
+    BarrierProxy, BoundedSemaphoreProxy, EventProxy, LockProxy, LockProxyGuard, QueueProxy,
+    SemaphoreProxy,
+};
+pub use multiproc_proxy::{
+    BaseManager, DictProxy, ListProxy, Manager, ManagerBuilder, ManagerServer, NamespaceProxy,
+    ObjectHandle, Parties, Registrable, RemoteManager, RemoteObject, SORT_TIMEOUT, SemaphoreValue,
+    ServerAddress, Shareable, ShutdownHandle, UserProxy, UserTypes, remote, remote_object,
+    set_manager_authkey,
 };
 pub use multiproc_runtime::{
     Acquired, Address, Array, ArrayGuard, AsyncResult, AtomicInt, AuthKey, Barrier,

@@ -278,9 +278,9 @@ fn barrier_scenario(m: StartMethod, rng: &mut Rng) {
         late < PROMPTLY / 4,
         "{m:?}: noticed {late:?} after the kill"
     );
-    b.reset();
-    assert!(!b.broken());
-    assert_eq!(b.n_waiting(), 0);
+    b.reset().unwrap();
+    assert!(!b.broken().unwrap());
+    assert_eq!(b.n_waiting().unwrap(), 0);
 }
 
 // ---------------------------------------------------------------- the run

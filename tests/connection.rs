@@ -794,7 +794,7 @@ fn wait_wakes_for_queues_pipes_sockets_and_sentinels_mixed() {
         assert_eq!(wait(&objects[2..], Some(PROMPTLY)).unwrap(), [0]);
         let _ = sleeper.join_timeout(PROMPTLY);
         // A closed queue is ready: get fails at once.
-        q.close();
+        q.close().unwrap();
         assert_eq!(wait(&objects[..1], Some(PROMPTLY)).unwrap(), [0]);
     }
 }

@@ -7,10 +7,11 @@ mod util;
 use std::time::Duration;
 
 use multiproc::{
-    Acquired, BaseManager, BoundedSemaphore, Error, Event, Lock, Manager, Process, Queue,
-    RemoteManager, Semaphore, StartMethod,
+    Acquired, Barrier, BaseManager, BoundedSemaphore, Error, Event, JoinableQueue, Lock, Manager,
+    Process, Queue, RemoteManager, Semaphore, StartMethod,
 };
-use util::{PROMPTLY, assert_not_our_zombie};
+use std::time::Instant;
+use util::{PROMPTLY, assert_not_our_zombie, eventually};
 
 multiproc::init_before_main!();
 
@@ -74,6 +75,30 @@ impl Maker {
             Maker::Plain => BoundedSemaphore::new(value).unwrap(),
             Maker::Local(m) => m.bounded_semaphore(value).unwrap(),
             Maker::Tcp(m) => m.bounded_semaphore(value).unwrap(),
+        }
+    }
+
+    fn barrier(&self, parties: usize) -> Barrier {
+        match self {
+            Maker::Plain => Barrier::new(parties).unwrap(),
+            Maker::Local(m) => m.barrier(parties).unwrap(),
+            Maker::Tcp(m) => m.barrier(parties).unwrap(),
+        }
+    }
+
+    fn queue(&self, maxsize: usize) -> Queue<u32> {
+        match self {
+            Maker::Plain => Queue::with_maxsize(maxsize).unwrap(),
+            Maker::Local(m) => m.queue_with_maxsize(maxsize).unwrap(),
+            Maker::Tcp(m) => m.queue_with_maxsize(maxsize).unwrap(),
+        }
+    }
+
+    fn joinable_queue(&self) -> JoinableQueue<u32> {
+        match self {
+            Maker::Plain => JoinableQueue::new().unwrap(),
+            Maker::Local(m) => m.joinable_queue().unwrap(),
+            Maker::Tcp(m) => m.joinable_queue().unwrap(),
         }
     }
 
@@ -294,6 +319,246 @@ fn semaphores_are_one_type_for_every_source() {
     }
 }
 
+// ---------------------------------------------------------------- Queue
+
+/// Takes three items (the third put only once there is room), then finds
+/// the queue empty.
+fn take_three(q: Queue<u32>) -> Vec<String> {
+    let mut seen: Vec<String> = (0..3)
+        .map(|_| format!("{:?}", q.get_timeout(PROMPTLY * 3)))
+        .collect();
+    seen.push(format!("{:?}", q.try_get()));
+    seen.push(format!("{:?}", q.get_timeout(Duration::from_millis(20))));
+    seen
+}
+
+#[test]
+fn queue_is_one_type_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let q = maker.queue(2);
+            assert_eq!(q.maxsize().unwrap(), 2, "{source:?} {m:?}");
+            assert!(q.empty().unwrap() && !q.full().unwrap());
+            assert!(matches!(q.try_get(), Err(Error::Empty)), "{source:?} {m:?}");
+            assert!(matches!(
+                q.get_timeout(Duration::from_millis(20)),
+                Err(Error::Empty)
+            ));
+            q.put(1).unwrap();
+            q.try_put(2).unwrap();
+            assert_eq!(q.qsize().unwrap(), 2, "{source:?} {m:?}");
+            assert!(q.full().unwrap(), "{source:?} {m:?}");
+            assert!(matches!(q.try_put(3), Err(Error::Full)), "{source:?} {m:?}");
+            assert!(matches!(
+                q.put_timeout(3, Duration::from_millis(20)),
+                Err(Error::Full)
+            ));
+            let mut p = start(m, take_three, q.clone());
+            // Waits for the child to make room.
+            q.put_timeout(3, PROMPTLY * 3).unwrap();
+            let seen = p.join_timeout(PROMPTLY * 3).unwrap();
+            assert_eq!(
+                seen,
+                ["Ok(1)", "Ok(2)", "Ok(3)", "Err(Empty)", "Err(Empty)"],
+                "{source:?} {m:?}"
+            );
+            assert_eq!(q.qsize().unwrap(), 0, "{source:?} {m:?}");
+            if let Maker::Tcp(_) = maker {
+                // A server's queue has no close (as in Python): said, not ignored.
+                assert!(matches!(q.close(), Err(Error::InvalidArgument(_))));
+                assert!(!q.is_closed());
+                assert_eq!(q.capacity_bytes(), None);
+            } else {
+                assert!(q.capacity_bytes().is_some());
+            }
+        }
+        maker.shutdown();
+    }
+}
+
+/// Takes every job, marking each done only after the parent saw it unfinished.
+fn work(args: (JoinableQueue<u32>, Event)) -> u32 {
+    let (jobs, go) = args;
+    assert!(go.wait_timeout(PROMPTLY * 3).unwrap());
+    let mut sum = 0;
+    for _ in 0..3 {
+        sum += jobs.get_timeout(PROMPTLY * 3).unwrap();
+        jobs.task_done().unwrap();
+    }
+    sum
+}
+
+#[test]
+fn joinable_queue_is_one_type_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let (jobs, go) = (maker.joinable_queue(), maker.event());
+            jobs.try_join().unwrap();
+            let mut p = start(m, work, (jobs.clone(), go.clone()));
+            for job in [1, 2, 3] {
+                jobs.put(job).unwrap();
+            }
+            assert_eq!(jobs.unfinished_tasks().unwrap(), 3, "{source:?} {m:?}");
+            assert!(matches!(jobs.try_join(), Err(Error::WouldBlock)));
+            assert!(matches!(
+                jobs.join_timeout(Duration::from_millis(20)),
+                Err(Error::Timeout(_))
+            ));
+            go.set().unwrap();
+            jobs.join_timeout(PROMPTLY * 3).unwrap();
+            assert_eq!(p.join_timeout(PROMPTLY * 3).unwrap(), 6, "{source:?} {m:?}");
+            assert_eq!(jobs.unfinished_tasks().unwrap(), 0);
+            assert!(
+                matches!(jobs.task_done(), Err(Error::InvalidState(_))),
+                "{source:?} {m:?}"
+            );
+        }
+        maker.shutdown();
+    }
+}
+
+/// Receives a joinable queue inside a message and works it.
+fn queue_through_a_queue(args: (Queue<JoinableQueue<u32>>, Option<std::net::SocketAddr>)) -> u32 {
+    let (q, server) = args;
+    if let Some(address) = server {
+        multiproc::set_manager_authkey(address, b"flavors");
+    }
+    let jobs = q.get_timeout(PROMPTLY * 3).unwrap();
+    let job = jobs.get_timeout(PROMPTLY * 3).unwrap();
+    jobs.task_done().unwrap();
+    job
+}
+
+#[test]
+fn queues_of_every_flavour_travel_inside_a_queue() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let q: Queue<JoinableQueue<u32>> = Queue::new().unwrap();
+            let jobs = maker.joinable_queue();
+            let server = match &maker {
+                Maker::Tcp(r) => Some(r.address()),
+                _ => None,
+            };
+            let mut p = start(m, queue_through_a_queue, (q.clone(), server));
+            jobs.put(42).unwrap();
+            q.put(jobs.clone()).unwrap();
+            assert_eq!(
+                p.join_timeout(PROMPTLY * 3).unwrap(),
+                42,
+                "{source:?} {m:?}"
+            );
+            jobs.join_timeout(PROMPTLY).unwrap();
+        }
+        maker.shutdown();
+    }
+}
+
+// -------------------------------------------------------------- Barrier
+
+/// Three rounds with the parent, then one wait the parent aborts.
+fn rounds(b: Barrier) -> Vec<String> {
+    let mut seen: Vec<String> = (0..3)
+        .map(|_| format!("{:?}", b.wait_timeout(PROMPTLY * 3).map(|i| i < 2)))
+        .collect();
+    seen.push(format!("{:?}", b.wait_timeout(PROMPTLY * 3)));
+    seen
+}
+
+#[test]
+fn barrier_is_one_type_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let b = maker.barrier(2);
+            assert_eq!(b.parties().unwrap(), 2, "{source:?} {m:?}");
+            assert!(matches!(
+                maker_barrier_zero(&maker),
+                Err(Error::InvalidArgument(_))
+            ));
+            let mut p = start(m, rounds, b.clone());
+            let mut indexes = vec![];
+            for _ in 0..3 {
+                indexes.push(b.wait_timeout(PROMPTLY * 3).unwrap());
+            }
+            assert!(indexes.iter().all(|&i| i < 2), "{source:?} {m:?}");
+            // The child's fourth wait is aborted from here.
+            assert!(eventually(PROMPTLY, || b.n_waiting().unwrap() == 1));
+            b.abort().unwrap();
+            let seen = p.join_timeout(PROMPTLY * 3).unwrap();
+            assert_eq!(
+                seen,
+                ["Ok(true)", "Ok(true)", "Ok(true)", "Err(BrokenBarrier)"],
+                "{source:?} {m:?}"
+            );
+            assert!(b.broken().unwrap(), "{source:?} {m:?}");
+            assert!(matches!(b.try_wait(), Err(Error::BrokenBarrier)));
+            b.reset().unwrap();
+            assert!(!b.broken().unwrap(), "{source:?} {m:?}");
+            assert_eq!(b.n_waiting().unwrap(), 0);
+            // A try that would not complete the round neither arrives nor breaks.
+            assert!(
+                matches!(b.try_wait(), Err(Error::WouldBlock)),
+                "{source:?} {m:?}"
+            );
+            assert_eq!(b.n_waiting().unwrap(), 0);
+            assert!(!b.broken().unwrap());
+            // A timed wait whose round stays short breaks the barrier.
+            assert!(matches!(
+                b.wait_timeout(Duration::from_millis(50)),
+                Err(Error::BrokenBarrier)
+            ));
+            assert!(b.broken().unwrap(), "{source:?} {m:?}");
+            b.reset().unwrap();
+        }
+        maker.shutdown();
+    }
+}
+
+fn maker_barrier_zero(maker: &Maker) -> multiproc::Result<Barrier> {
+    match maker {
+        Maker::Plain => Barrier::new(0),
+        Maker::Local(m) => m.barrier(0),
+        Maker::Tcp(m) => m.barrier(0),
+    }
+}
+
+/// Waits at the barrier until killed.
+fn wait_at(b: Barrier) {
+    let _ = b.wait();
+}
+
+#[test]
+fn a_party_killed_at_the_barrier_breaks_it_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let b = maker.barrier(3);
+            let mut p = start(m, wait_at, b.clone());
+            assert!(
+                eventually(PROMPTLY, || b.n_waiting().unwrap() == 1),
+                "{source:?} {m:?}"
+            );
+            let pid = p.pid().unwrap();
+            p.kill().unwrap();
+            let _ = p.join_timeout(PROMPTLY);
+            assert_not_our_zombie(pid);
+            // Broken for the death, far sooner than the timeout would.
+            let start = Instant::now();
+            let got = b.wait_timeout(PROMPTLY);
+            assert!(
+                matches!(got, Err(Error::BrokenBarrier)),
+                "{source:?} {m:?}: {got:?}"
+            );
+            let ms = start.elapsed().as_millis();
+            assert!(ms < PROMPTLY.as_millis() / 4, "{source:?} {m:?}: {ms} ms");
+        }
+        maker.shutdown();
+    }
+}
+
 // ------------------------------------------------------ handles in messages
 
 /// Receives a lock and an event through a queue and uses them. A remote
@@ -343,6 +608,8 @@ fn both_flavours_travel_inside_a_queue() {
 fn remote_handles_of_a_stopped_server_say_manager_gone() {
     let maker = Maker::start(Source::Tcp);
     let (lock, event, sem) = (maker.lock(), maker.event(), maker.semaphore(0));
+    let barrier = maker.barrier(2);
+    let (queue, jobs) = (maker.queue(0), maker.joinable_queue());
     maker.shutdown();
     let gone = |r: String| r.starts_with("Err(ManagerGone");
     assert!(gone(format!("{:?}", lock.try_acquire())));
@@ -352,4 +619,15 @@ fn remote_handles_of_a_stopped_server_say_manager_gone() {
     assert!(gone(format!("{:?}", event.wait_timeout(PROMPTLY))));
     assert!(gone(format!("{:?}", sem.try_acquire())));
     assert!(gone(format!("{:?}", sem.get_value())));
+    assert!(gone(format!("{:?}", barrier.wait_timeout(PROMPTLY))));
+    assert!(gone(format!("{:?}", barrier.try_wait())));
+    assert!(gone(format!("{:?}", barrier.broken())));
+    assert!(gone(format!("{:?}", queue.put(1))));
+    assert!(gone(format!("{:?}", queue.try_put(1))));
+    assert!(gone(format!("{:?}", queue.try_get())));
+    assert!(gone(format!("{:?}", queue.get_timeout(PROMPTLY))));
+    assert!(gone(format!("{:?}", queue.qsize())));
+    assert!(gone(format!("{:?}", jobs.task_done())));
+    assert!(gone(format!("{:?}", jobs.try_join())));
+    assert!(gone(format!("{:?}", jobs.join_timeout(PROMPTLY))));
 }

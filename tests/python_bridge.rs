@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use multiproc::py::{PythonOptions, Value};
-use multiproc::{BaseManager, Error, Process, QueueProxy, RemoteManager, StartMethod};
+use multiproc::{BaseManager, Error, Process, Queue, RemoteManager, StartMethod};
 
 multiproc::init_before_main!();
 
@@ -247,8 +247,8 @@ fn values_round_trip_between_python_and_rust_with_their_types_and_order() {
         let s = Serve::start(&format!("roundtrip{version}"), &RECIPE_QUEUES, &[]);
         assert_ok("roundtrip-put", &run(s.checks(version, &["roundtrip-put"])));
         let m = s.rust();
-        let tasks: QueueProxy<Value> = m.get("get_task_queue").unwrap();
-        let results: QueueProxy<Value> = m.get("get_result_queue").unwrap();
+        let tasks: Queue<Value> = m.get("get_task_queue").unwrap();
+        let results: Queue<Value> = m.get("get_result_queue").unwrap();
         for want in samples() {
             let got = tasks.get_timeout(LIMIT).unwrap();
             assert_eq!(got, want, "Python {version}");
@@ -282,7 +282,7 @@ fn no_md5_refuses_python_311_and_still_serves_312() {
     let s = Serve::start("nomd5", &RECIPE_QUEUES, &["--no-md5"]);
     assert_ok("3.11 refused", &run(s.checks("3.11", &["auth-refused"])));
     assert_ok("3.12 served", &run(s.checks("3.12", &["roundtrip-put"])));
-    let tasks: QueueProxy<Value> = s.rust().get("get_task_queue").unwrap();
+    let tasks: Queue<Value> = s.rust().get("get_task_queue").unwrap();
     assert_eq!(tasks.qsize().unwrap(), samples().len());
     // And without --no-md5, 3.11 is served.
     let s = Serve::start("md5", &RECIPE_QUEUES, &[]);
@@ -311,8 +311,8 @@ fn rust_worker(address: String) -> u64 {
         .authkey(AUTHKEY)
         .connect()
         .unwrap();
-    let tasks: QueueProxy<Value> = m.get("get_task_queue").unwrap();
-    let results: QueueProxy<Value> = m.get("get_result_queue").unwrap();
+    let tasks: Queue<Value> = m.get("get_task_queue").unwrap();
+    let results: Queue<Value> = m.get("get_result_queue").unwrap();
     let mut done = 0;
     loop {
         let task = tasks.get_timeout(LIMIT * 2).unwrap();
@@ -338,8 +338,8 @@ fn mixed_recipe(method: StartMethod) {
         .start()
         .unwrap();
     let at = master.python_address().unwrap();
-    let tasks: QueueProxy<Value> = master.get("get_task_queue").unwrap();
-    let results: QueueProxy<Value> = master.get("get_result_queue").unwrap();
+    let tasks: Queue<Value> = master.get("get_task_queue").unwrap();
+    let results: Queue<Value> = master.get("get_result_queue").unwrap();
 
     let workers: Vec<Child> = [("3.11", "py311"), ("3.12", "py312")]
         .iter()
@@ -432,7 +432,7 @@ fn a_python_getter_killed_while_waiting_does_not_swallow_the_next_task() {
     // dead worker's get takes the item, then fails to send it.
     for version in ["3.11", "3.12"] {
         let s = Serve::start(&format!("killed{version}"), &RECIPE_QUEUES, &[]);
-        let tasks: QueueProxy<Value> = s.rust().get("get_task_queue").unwrap();
+        let tasks: Queue<Value> = s.rust().get("get_task_queue").unwrap();
         for round in 0..3 {
             let mut getter = s
                 .checks(version, &["blocking-get"])
@@ -468,7 +468,7 @@ fn hostile_pickles_get_errors_while_other_clients_are_served() {
     let _ = std::fs::remove_file(&marker);
     let stop = Arc::new(AtomicBool::new(false));
     let other = {
-        let results: QueueProxy<Value> = s.rust().get("get_result_queue").unwrap();
+        let results: Queue<Value> = s.rust().get("get_result_queue").unwrap();
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut served = 0u64;

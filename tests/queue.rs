@@ -87,7 +87,7 @@ fn many_to_many(method: StartMethod, q: Queue<Msg>) {
     for p in &mut producers {
         p.join_timeout(PROMPTLY * 6).unwrap();
     }
-    q.close();
+    q.close().unwrap();
     let mut seen = HashSet::new();
     for c in &mut consumers {
         let (ids, bad) = c.join_timeout(PROMPTLY).unwrap();
@@ -101,7 +101,7 @@ fn many_to_many(method: StartMethod, q: Queue<Msg>) {
         (PRODUCERS * PER_PRODUCER) as usize,
         "{method:?}"
     );
-    assert!(q.empty());
+    assert!(q.empty().unwrap());
     let pids = consumers
         .iter()
         .map(|c| c.pid())
@@ -119,7 +119,7 @@ fn four_producers_three_consumers_every_message_once() {
 #[test]
 fn four_producers_three_consumers_with_maxsize() {
     let q = Queue::with_maxsize(64).unwrap();
-    assert_eq!(q.maxsize(), 64);
+    assert_eq!(q.maxsize().unwrap(), 64);
     many_to_many(StartMethod::Fork, q);
 }
 
@@ -143,7 +143,7 @@ fn producer_killed_mid_put_loses_only_that_message() {
         let mut p = Process::new(put_then_stream, (q.clone(), done.clone(), 50)).start_method(m);
         p.start().unwrap();
         // The large put has begun once 51 messages are counted in the queue.
-        assert!(eventually(PROMPTLY, || q.qsize() == 51), "{m:?}");
+        assert!(eventually(PROMPTLY, || q.qsize().unwrap() == 51), "{m:?}");
         assert_eq!(done.load(), 50);
         p.kill().unwrap();
         assert!(p.join_timeout(PROMPTLY).is_err());
@@ -157,7 +157,7 @@ fn producer_killed_mid_put_loses_only_that_message() {
             q.get_timeout(Duration::from_millis(300)),
             Err(Error::Empty)
         ));
-        assert_eq!(q.qsize(), 0);
+        assert_eq!(q.qsize().unwrap(), 0);
         // The queue still works for everyone else.
         let mut p2 = Process::new(produce, (q.clone(), 1, 20)).start_method(m);
         p2.start().unwrap();
@@ -166,7 +166,7 @@ fn producer_killed_mid_put_loses_only_that_message() {
             assert_eq!((who, s), (1, seq));
         }
         p2.join_timeout(PROMPTLY).unwrap();
-        assert!(q.empty());
+        assert!(q.empty().unwrap());
     }
 }
 
@@ -199,7 +199,7 @@ fn producer_killed_mid_stream_keeps_what_it_completed() {
     let mut after = Process::new(produce, (q.clone(), 2, 100));
     after.start().unwrap();
     after.join_timeout(PROMPTLY).unwrap();
-    q.close();
+    q.close().unwrap();
     let (ids, _) = consumer.join_timeout(PROMPTLY).unwrap();
     let mut from_victim: Vec<u32> = ids.iter().filter(|i| i.0 == 0).map(|i| i.1).collect();
     from_victim.sort_unstable();
@@ -255,7 +255,7 @@ fn close_refuses_puts_and_lets_gets_drain() {
         let q = Queue::<String>::new().unwrap();
         q.put("a".to_string()).unwrap();
         q.put("b".to_string()).unwrap();
-        q.close();
+        q.close().unwrap();
         assert!(q.is_closed());
         assert!(matches!(q.put("c".to_string()), Err(Error::Closed)));
         assert!(matches!(q.try_put("c".to_string()), Err(Error::Closed)));
@@ -281,7 +281,7 @@ fn close_wakes_a_blocked_getter_in_another_process() {
         p.start().unwrap();
         // Give the child time to block in `get` (the result is the same if it has not).
         std::thread::sleep(Duration::from_millis(50));
-        q.close();
+        q.close().unwrap();
         assert_eq!(
             p.join_timeout(PROMPTLY).unwrap(),
             Err(Error::Closed.to_string()),
@@ -328,7 +328,7 @@ fn workers_take_tasks_and_return_results() {
         results.sort_unstable();
         let expected: Vec<_> = (0..200u64).map(|i| (i, i + 1, i * (i + 1))).collect();
         assert_eq!(results, expected, "{m:?}");
-        assert!(done.empty() && tasks.empty());
+        assert!(done.empty().unwrap() && tasks.empty().unwrap());
     }
 }
 
@@ -349,7 +349,7 @@ fn joinable_queue_join_waits_for_task_done() {
         for i in 0..100 {
             q.put(i).unwrap();
         }
-        assert_eq!(q.unfinished_tasks(), 100);
+        assert_eq!(q.unfinished_tasks().unwrap(), 100);
         assert!(matches!(q.try_join(), Err(Error::WouldBlock)));
         assert!(matches!(
             q.join_timeout(Duration::from_millis(20)),
@@ -362,7 +362,7 @@ fn joinable_queue_join_waits_for_task_done() {
             w.start().unwrap();
         }
         q.join_timeout(PROMPTLY).unwrap();
-        assert_eq!(q.unfinished_tasks(), 0);
+        assert_eq!(q.unfinished_tasks().unwrap(), 0);
         let total: u32 = workers
             .iter_mut()
             .map(|w| w.join_timeout(PROMPTLY).unwrap())
@@ -416,8 +416,8 @@ fn zero_timeouts_and_limits() {
     assert!(matches!(q.try_get(), Err(Error::Empty)));
     q.put(1u64).unwrap();
     q.put_timeout(2u64, Duration::ZERO).unwrap();
-    assert!(q.full());
-    assert_eq!(q.qsize(), 2);
+    assert!(q.full().unwrap());
+    assert_eq!(q.qsize().unwrap(), 2);
     assert!(matches!(q.try_put(3u64), Err(Error::Full)));
     assert!(matches!(
         q.put_timeout(3u64, Duration::ZERO),
@@ -428,10 +428,10 @@ fn zero_timeouts_and_limits() {
         Err(Error::Full)
     ));
     assert_eq!(q.get_timeout(Duration::ZERO).unwrap(), 1);
-    assert!(!q.full());
+    assert!(!q.full().unwrap());
     // A message larger than the ring cannot be put without waiting.
     let small = Queue::<Vec<u8>>::with_capacity_bytes(256).unwrap();
-    assert_eq!(small.capacity_bytes(), 256);
+    assert_eq!(small.capacity_bytes().unwrap(), 256);
     assert!(matches!(small.try_put(vec![0u8; 1000]), Err(Error::Full)));
     assert!(matches!(
         small.put_timeout(vec![0u8; 1000], Duration::from_millis(20)),
@@ -439,7 +439,7 @@ fn zero_timeouts_and_limits() {
     ));
     // What it had written is dropped by the next getter.
     assert!(matches!(small.try_get(), Err(Error::Empty)));
-    assert!(small.empty());
+    assert!(small.empty().unwrap());
     assert!(matches!(
         Queue::<u8>::with_capacity_bytes(usize::MAX),
         Err(Error::InvalidArgument(_))
@@ -498,14 +498,18 @@ fn a_producer_killed_mid_stream_with_no_consumer_is_not_counted_nor_fills_the_qu
             .is_some_and(|(state, _)| state == 'S')));
         p.kill().unwrap();
         assert!(p.join_timeout(PROMPTLY).is_err());
-        assert_eq!(q.qsize(), 0, "{m:?}: the dead message is not counted");
-        assert!(q.empty() && !q.full(), "{m:?}");
+        assert_eq!(
+            q.qsize().unwrap(),
+            0,
+            "{m:?}: the dead message is not counted"
+        );
+        assert!(q.empty().unwrap() && !q.full().unwrap(), "{m:?}");
         // Other producers get room (the limit is one message; the ring is
         // 64 KiB) at once.
         let next = vec![6u8; 60 << 10];
         q.try_put(&next).unwrap();
         assert!(q.get_timeout(PROMPTLY).unwrap() == next, "{m:?}");
-        assert_eq!(q.qsize(), 0);
+        assert_eq!(q.qsize().unwrap(), 0);
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use multiproc::connection::{Address, SocketConnection};
 use multiproc::{
-    BaseManager, DictProxy, Error, ListProxy, Process, QueueProxy, RemoteManager, StartMethod,
+    BaseManager, DictProxy, Error, ListProxy, Process, Queue, RemoteManager, StartMethod,
 };
 use util::{PROMPTLY, eventually};
 
@@ -53,8 +53,8 @@ fn config() -> BaseManager<(Tally, ())> {
     BaseManager::new()
         .address("127.0.0.1:0")
         .authkey(KEY)
-        .register::<QueueProxy<i64>>("tasks")
-        .register::<QueueProxy<(i64, i64)>>("results")
+        .register::<Queue<i64>>("tasks")
+        .register::<Queue<(i64, i64)>>("results")
         .register::<DictProxy<String, i64>>("stats")
         .register_object::<Tally>("tally")
 }
@@ -70,8 +70,8 @@ fn connect(address: &str) -> RemoteManager {
 /// Squares tasks until told to stop; returns how many it did.
 fn worker(address: String) -> u32 {
     let m = connect(&address);
-    let tasks: QueueProxy<i64> = m.get("tasks").unwrap();
-    let results: QueueProxy<(i64, i64)> = m.get("results").unwrap();
+    let tasks: Queue<i64> = m.get("tasks").unwrap();
+    let results: Queue<(i64, i64)> = m.get("results").unwrap();
     let tally: TallyProxy = m.get_object("tally").unwrap();
     let me = std::process::id();
     let mut done = 0;
@@ -86,7 +86,7 @@ fn worker(address: String) -> u32 {
     }
 }
 
-fn collect(results: &QueueProxy<(i64, i64)>, n: usize) -> Vec<(i64, i64)> {
+fn collect(results: &Queue<(i64, i64)>, n: usize) -> Vec<(i64, i64)> {
     let mut got: Vec<_> = (0..n)
         .map(|_| results.get_timeout(PROMPTLY).unwrap())
         .collect();
@@ -99,8 +99,8 @@ fn a_master_and_two_workers_share_task_and_result_queues() {
     for m in METHODS {
         let master = config().start().expect("server starts");
         let address = master.address().to_string();
-        let tasks: QueueProxy<i64> = master.get("tasks").unwrap();
-        let results: QueueProxy<(i64, i64)> = master.get("results").unwrap();
+        let tasks: Queue<i64> = master.get("tasks").unwrap();
+        let results: Queue<(i64, i64)> = master.get("results").unwrap();
         for n in 0..10 {
             tasks.put(n).unwrap();
         }
@@ -305,7 +305,7 @@ fn garbage_and_truncated_frames_leave_the_server_serving() {
 /// Takes one task, makes an object, and hangs (until killed).
 fn stuck_worker(address: String) {
     let m = connect(&address);
-    let tasks: QueueProxy<i64> = m.get("tasks").unwrap();
+    let tasks: Queue<i64> = m.get("tasks").unwrap();
     let scratch = m.list::<i64>().unwrap();
     scratch.push(tasks.get_timeout(PROMPTLY).unwrap()).unwrap();
     std::thread::sleep(PROMPTLY * 10);
@@ -316,8 +316,8 @@ fn a_worker_killed_mid_task_loses_only_its_task_and_its_references() {
     let master = config().start().unwrap();
     let address = master.address().to_string();
     let before = master.number_of_objects().unwrap();
-    let tasks: QueueProxy<i64> = master.get("tasks").unwrap();
-    let results: QueueProxy<(i64, i64)> = master.get("results").unwrap();
+    let tasks: Queue<i64> = master.get("tasks").unwrap();
+    let results: Queue<(i64, i64)> = master.get("results").unwrap();
     tasks.put(100).unwrap();
     let mut stuck = Process::new(stuck_worker, address.clone()).start_method(StartMethod::Spawn);
     stuck.start().unwrap();

@@ -14,7 +14,7 @@ use multiproc::manager::protocol::{
 };
 use multiproc::rkyv::util::AlignedVec;
 use multiproc::{
-    BaseManager, DictProxy, Error, ListProxy, Lock, Process, QueueProxy, Quota, RemoteManager,
+    BaseManager, DictProxy, Error, ListProxy, Lock, Process, Queue, Quota, RemoteManager,
     StartMethod,
 };
 use util::{PROMPTLY, eventually};
@@ -30,7 +30,7 @@ fn config() -> BaseManager {
         .authkey(KEY)
         .register::<DictProxy<u32, Vec<u8>>>("blobs")
         .register::<ListProxy<Vec<u8>>>("stack")
-        .register::<QueueProxy<Vec<u8>>>("jobs")
+        .register::<Queue<Vec<u8>>>("jobs")
 }
 
 fn connect(address: &str) -> RemoteManager {
@@ -120,7 +120,7 @@ fn small_taker(address: String) -> Vec<String> {
         .connect()
         .unwrap();
     let stack: ListProxy<Vec<u8>> = m.get("stack").unwrap();
-    let jobs: QueueProxy<Vec<u8>> = m.get("jobs").unwrap();
+    let jobs: Queue<Vec<u8>> = m.get("jobs").unwrap();
     let blobs: DictProxy<u32, Vec<u8>> = m.get("blobs").unwrap();
     let describe = |r: Result<usize, Error>| match r {
         Err(Error::MessageTooLarge { limit, .. }) => format!("too large for {limit}"),
@@ -141,7 +141,7 @@ fn small_taker(address: String) -> Vec<String> {
 fn a_value_too_large_for_the_taker_is_not_taken() {
     let master = config().start().unwrap();
     let stack: ListProxy<Vec<u8>> = master.get("stack").unwrap();
-    let jobs: QueueProxy<Vec<u8>> = master.get("jobs").unwrap();
+    let jobs: Queue<Vec<u8>> = master.get("jobs").unwrap();
     let blobs: DictProxy<u32, Vec<u8>> = master.get("blobs").unwrap();
     stack.push(vec![5; 2 * MIB]).unwrap();
     jobs.put(vec![6; 2 * MIB]).unwrap();

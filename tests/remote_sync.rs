@@ -6,8 +6,8 @@ mod util;
 use std::time::Duration;
 
 use multiproc::{
-    Acquired, BarrierProxy, BaseManager, DictProxy, Error, Event, Lock, Parties, Process,
-    QueueProxy, RemoteManager, StartMethod,
+    Acquired, Barrier, BaseManager, DictProxy, Error, Event, JoinableQueue, Lock, Parties, Process,
+    Queue, RemoteManager, StartMethod,
 };
 use util::{PROMPTLY, eventually};
 
@@ -25,9 +25,9 @@ fn config() -> BaseManager {
         .register::<Event>("go")
         .register::<Event>("held")
         .register::<Event>("release")
-        .register_with::<BarrierProxy>("barrier", Parties(3))
+        .register_with::<Barrier>("barrier", Parties(3))
         .register::<DictProxy<String, i64>>("counter")
-        .register_with::<QueueProxy<u32>>("jobs", 4)
+        .register_with::<JoinableQueue<u32>>("jobs", 4)
 }
 
 fn connect(address: &str) -> RemoteManager {
@@ -119,7 +119,7 @@ fn a_lock_whose_holder_is_killed_goes_to_the_next_acquirer_who_is_told() {
 fn wait_for_go_then_barrier(address: String) -> usize {
     let m = connect(&address);
     let go: Event = m.get("go").unwrap();
-    let barrier: BarrierProxy = m.get("barrier").unwrap();
+    let barrier: Barrier = m.get("barrier").unwrap();
     go.wait().unwrap();
     barrier.wait_timeout(PROMPTLY).unwrap()
 }
@@ -130,7 +130,7 @@ fn an_event_and_a_barrier_coordinate_processes() {
         let master = config().start().unwrap();
         let address = master.address().to_string();
         let go: Event = master.get("go").unwrap();
-        let barrier: BarrierProxy = master.get("barrier").unwrap();
+        let barrier: Barrier = master.get("barrier").unwrap();
         assert_eq!(barrier.parties().unwrap(), 3);
         let mut workers: Vec<_> = (0..2)
             .map(|_| Process::new(wait_for_go_then_barrier, address.clone()).start_method(m))
@@ -158,14 +158,14 @@ fn an_event_and_a_barrier_coordinate_processes() {
 /// Waits at the barrier for ever (until killed).
 fn wait_at_barrier(address: String) {
     let m = connect(&address);
-    let barrier: BarrierProxy = m.get("barrier").unwrap();
+    let barrier: Barrier = m.get("barrier").unwrap();
     let _ = barrier.wait();
 }
 
 #[test]
 fn a_barrier_breaks_when_a_waiting_party_dies_or_a_wait_times_out() {
     let master = config().start().unwrap();
-    let barrier: BarrierProxy = master.get("barrier").unwrap();
+    let barrier: Barrier = master.get("barrier").unwrap();
     let mut p =
         Process::new(wait_at_barrier, master.address().to_string()).start_method(StartMethod::Fork);
     p.start().unwrap();
@@ -232,7 +232,7 @@ fn a_waiting_call_does_not_hold_up_the_other_proxies_of_its_process() {
 /// Takes `n` jobs, marking each done; returns their sum.
 fn consume(address: String) -> u32 {
     let m = connect(&address);
-    let jobs: QueueProxy<u32> = m.get("jobs").unwrap();
+    let jobs: JoinableQueue<u32> = m.get("jobs").unwrap();
     let mut sum = 0;
     for _ in 0..10 {
         sum += jobs.get_timeout(PROMPTLY).unwrap();
@@ -245,7 +245,7 @@ fn consume(address: String) -> u32 {
 fn a_bounded_queue_blocks_producers_and_join_waits_for_task_done() {
     for m in METHODS {
         let master = config().start().unwrap();
-        let jobs: QueueProxy<u32> = master.get("jobs").unwrap();
+        let jobs: JoinableQueue<u32> = master.get("jobs").unwrap();
         assert_eq!(jobs.maxsize().unwrap(), 4);
         assert!(matches!(jobs.get_timeout(SHORT), Err(Error::Empty)));
         assert!(matches!(jobs.try_get(), Err(Error::Empty)));
@@ -315,13 +315,13 @@ fn bad_requests_are_errors_not_hangs() {
         Err(Error::TypeMismatch { .. })
     ));
     assert!(matches!(
-        master.get::<QueueProxy<String>>("jobs"),
+        master.get::<Queue<String>>("jobs"),
         Err(Error::TypeMismatch { .. })
     ));
     master.shutdown().unwrap();
     let no_parties = BaseManager::new()
         .authkey(KEY)
-        .register_with::<BarrierProxy>("b", Parties(0))
+        .register_with::<Barrier>("b", Parties(0))
         .start();
     assert!(
         no_parties.is_err(),
@@ -484,7 +484,7 @@ fn proxies_inside_queued_items_live_while_queued_and_go_with_the_queue() {
 #[test]
 fn a_timed_barrier_wait_whose_time_is_up_breaks_the_barrier() {
     let master = config().start().unwrap();
-    let barrier: BarrierProxy = master.get("barrier").unwrap();
+    let barrier: Barrier = master.get("barrier").unwrap();
     assert!(matches!(
         barrier.wait_timeout(Duration::ZERO),
         Err(Error::BrokenBarrier)

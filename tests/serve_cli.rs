@@ -73,7 +73,7 @@ fn serves_dicts_lists_namespaces_queues_and_sync_objects_until_signalled() {
         let ns = m.namespace().unwrap();
         ns.set("x", 5u64).unwrap();
         let q = m.queue::<String>().unwrap();
-        q.put("job".into()).unwrap();
+        q.put("job".to_string()).unwrap();
         assert_eq!(d.get(&"a".to_string()).unwrap(), Some(1));
         assert_eq!(l.len().unwrap(), 2);
         assert_eq!(ns.get::<u64>("x").unwrap(), 5);

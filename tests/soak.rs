@@ -144,7 +144,7 @@ fn eight_processes_hammer_a_dict_and_a_queue() {
             let want = (puts, puts.saturating_sub(1) * puts / 2);
             assert_eq!(got[w], want, "producer {w}: (count, sum of seqs)");
         }
-        assert_eq!(q.qsize(), 0);
+        assert_eq!(q.qsize().unwrap(), 0);
         // Flat memory: a generous margin over the warmed-up size.
         assert!(
             rss_after <= rss_before + rss_before / 2 + 8 * 1024,

@@ -13,8 +13,7 @@
 //! barriers kept in the server, whose waiting calls wait in the server.
 //! Locks and events are the runtime's own `Lock` and `Event` in their
 //! remote flavour, so one function serves both managers, and so are the
-//! semaphores; queues and barriers are still [`QueueProxy`] and
-//! [`BarrierProxy`].
+//! semaphores, barriers and queues (`Queue`, `JoinableQueue`).
 //!
 //! Most users depend on the `multiproc` facade crate, which re-exports these.
 
@@ -22,7 +21,6 @@ mod dict;
 mod list;
 mod manager;
 mod namespace;
-mod queue;
 mod remote;
 
 pub use multiproc_runtime::manager::core::{ArchivedProxy, ProxyRepr};
@@ -32,12 +30,10 @@ pub use dict::DictProxy;
 pub use list::{ListProxy, SORT_TIMEOUT};
 pub use manager::{Manager, ManagerBuilder};
 pub use multiproc_proxy_macros::{Shareable, remote};
-pub use multiproc_runtime::BarrierProxy;
 pub use multiproc_runtime::manager::ShutdownHandle;
 pub use multiproc_runtime::manager::{PIN_TIMEOUT, ServerAddress};
 use multiproc_runtime::manager::{client, core};
 pub use namespace::NamespaceProxy;
-pub use queue::QueueProxy;
 pub use remote::{
     BaseManager, ManagerServer, ObjectHandle, Parties, Registrable, RemoteManager, RemoteObject,
     SemaphoreValue, UserProxy, UserTypes,
@@ -60,6 +56,15 @@ pub type SemaphoreProxy = multiproc_runtime::Semaphore;
 /// [`BoundedSemaphore`](multiproc_runtime::BoundedSemaphore) type.
 #[deprecated(note = "use `BoundedSemaphore`: local and remote semaphores are one type")]
 pub type BoundedSemaphoreProxy = multiproc_runtime::BoundedSemaphore;
+/// A barrier a remote manager keeps: now the one
+/// [`Barrier`](multiproc_runtime::Barrier) type.
+#[deprecated(note = "use `Barrier`: local and remote barriers are one type")]
+pub type BarrierProxy = multiproc_runtime::Barrier;
+/// A queue a remote manager keeps: now the one
+/// [`Queue`](multiproc_runtime::Queue) type (a remote [`JoinableQueue`](multiproc_runtime::JoinableQueue)
+/// has `task_done`/`join`).
+#[deprecated(note = "use `Queue` (or `JoinableQueue`): local and remote queues are one type")]
+pub type QueueProxy<T> = multiproc_runtime::Queue<T>;
 
 #[doc(hidden)]
 pub mod __private {

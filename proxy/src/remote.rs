@@ -33,8 +33,8 @@ use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
 use crate::core::{Proxy, ProxyCore, ProxyRepr, RemoteFlavor, TypeTag};
-use crate::{BarrierProxy, DictProxy, ListProxy, NamespaceProxy, QueueProxy};
-use multiproc_runtime::{BoundedSemaphore, Event, Lock, Semaphore};
+use crate::{DictProxy, ListProxy, NamespaceProxy};
+use multiproc_runtime::{Barrier, BoundedSemaphore, Event, JoinableQueue, Lock, Queue, Semaphore};
 
 /// How long a new server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -50,8 +50,8 @@ type Registry = DictProxy<String, NamedEntry>;
 /// A proxy type a [`BaseManager`] can register by name.
 ///
 /// Implemented for [`DictProxy`], [`ListProxy`], [`NamespaceProxy`],
-/// [`QueueProxy`], [`Lock`], [`Semaphore`],
-/// [`BoundedSemaphore`], [`Event`] and [`BarrierProxy`].
+/// [`Queue`], [`Lock`], [`Semaphore`],
+/// [`BoundedSemaphore`], [`Event`] and [`Barrier`].
 pub trait Registrable: Sized + Shareable {
     /// What the server needs to make one: a queue's maxsize, a semaphore's
     /// value, a barrier's [`Parties`]; `()` for the others.
@@ -94,15 +94,16 @@ macro_rules! registrable {
 registrable!(impl<K, V> for DictProxy<K, V>, ObjectKind::Dict, (), |_c| 0);
 registrable!(impl<T> for ListProxy<T>, ObjectKind::List, (), |_c| 0);
 registrable!(impl<> for NamespaceProxy, ObjectKind::Namespace, (), |_c| 0);
-registrable!(impl<T> for QueueProxy<T>, ObjectKind::Queue, usize, |maxsize| *maxsize as u64);
+registrable!(impl<T> for Queue<T>, ObjectKind::Queue, usize, |maxsize| *maxsize as u64);
+registrable!(impl<T> for JoinableQueue<T>, ObjectKind::Queue, usize, |maxsize| *maxsize as u64);
 registrable!(impl<> for Lock, ObjectKind::Lock, (), |_c| 0);
 registrable!(impl<> for Event, ObjectKind::Event, (), |_c| 0);
 registrable!(impl<> for Semaphore, ObjectKind::Semaphore, SemaphoreValue, |v| u64::from(v.0));
 registrable!(impl<> for BoundedSemaphore, ObjectKind::BoundedSemaphore, SemaphoreValue, |v| u64::from(v.0));
-registrable!(impl<> for BarrierProxy, ObjectKind::Barrier, Parties, |p| p.0 as u64);
+registrable!(impl<> for Barrier, ObjectKind::Barrier, Parties, |p| p.0 as u64);
 
-/// The number of parties of a registered [`BarrierProxy`]
-/// (`register_with::<BarrierProxy>("name", Parties(3))`).
+/// The number of parties of a registered [`Barrier`]
+/// (`register_with::<Barrier>("name", Parties(3))`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parties(pub usize);
 
@@ -138,12 +139,12 @@ struct Named {
 /// authkey, and the named objects its server makes (Python's `BaseManager`).
 ///
 /// ```
-/// use multiproc::{BaseManager, DictProxy, QueueProxy};
+/// use multiproc::{BaseManager, DictProxy, Queue};
 /// multiproc::init();
 /// let master = BaseManager::new()
 ///     .address("127.0.0.1:0")
 ///     .authkey(b"secret")
-///     .register::<QueueProxy<u32>>("tasks")
+///     .register::<Queue<u32>>("tasks")
 ///     .register::<DictProxy<u32, u32>>("results")
 ///     .start()
 ///     .unwrap();
@@ -152,8 +153,8 @@ struct Named {
 ///     .authkey(b"secret")
 ///     .connect()
 ///     .unwrap();
-/// let tasks: QueueProxy<u32> = worker.get("tasks").unwrap();
-/// master.get::<QueueProxy<u32>>("tasks").unwrap().put(7).unwrap();
+/// let tasks: Queue<u32> = worker.get("tasks").unwrap();
+/// master.get::<Queue<u32>>("tasks").unwrap().put(7).unwrap();
 /// let results: DictProxy<u32, u32> = worker.get("results").unwrap();
 /// let n = tasks.get_timeout(std::time::Duration::from_secs(10)).unwrap();
 /// results.insert(n, n * n).unwrap();
@@ -328,7 +329,7 @@ impl<U: UserTypes> BaseManager<U> {
 
     /// Also serves queues to CPython clients, on a listener of their own
     /// ([`PythonOptions`]; see [`multiproc_runtime::py`]). Each queue is
-    /// registered here as a [`QueueProxy`] of [`py::Value`](Value), so
+    /// registered here as a [`Queue`] of [`py::Value`](Value), so
     /// Rust clients `get` it by the same name; a Python client asks for it
     /// as a typeid (`QueueManager.register('get_task_queue')`, then
     /// `m.get_task_queue()`). The authkey is the manager's unless the
@@ -336,7 +337,7 @@ impl<U: UserTypes> BaseManager<U> {
     ///
     /// ```
     /// use multiproc::py::{PythonOptions, Value};
-    /// use multiproc::{BaseManager, QueueProxy};
+    /// use multiproc::{BaseManager, Queue};
     /// multiproc::init();
     /// let master = BaseManager::new()
     ///     .authkey(b"secret")
@@ -345,13 +346,13 @@ impl<U: UserTypes> BaseManager<U> {
     ///     .unwrap();
     /// // Python workers connect to this address with the same authkey.
     /// assert!(master.python_address().is_some());
-    /// let tasks: QueueProxy<Value> = master.get("get_task_queue").unwrap();
+    /// let tasks: Queue<Value> = master.get("get_task_queue").unwrap();
     /// tasks.put(Value::from((1, "square"))).unwrap();
     /// master.shutdown().unwrap();
     /// ```
     pub fn python(mut self, options: PythonOptions) -> Self {
         for q in &options.queues {
-            self = self.register_with::<QueueProxy<Value>>(q.name.clone(), q.maxsize);
+            self = self.register_with::<Queue<Value>>(q.name.clone(), q.maxsize);
         }
         self.python = Some(options);
         self
@@ -367,7 +368,7 @@ impl<U: UserTypes> BaseManager<U> {
     }
 
     /// As [`BaseManager::register`], with what the server needs to make the
-    /// object: `register_with::<BarrierProxy>("ready", Parties(3))`, or a
+    /// object: `register_with::<Barrier>("ready", Parties(3))`, or a
     /// queue's maxsize.
     pub fn register_with<P: Registrable>(
         mut self,
@@ -957,13 +958,40 @@ impl RemoteManager {
         self.create_kind(ObjectKind::Namespace)
     }
 
-    /// A new, empty queue in the server, without a size limit.
-    pub fn queue<T: Shareable>(&self) -> Result<QueueProxy<T>> {
+    /// A new, empty queue in the server, without a size limit: the same
+    /// [`Queue`] type a local `Manager` or `Queue::new` gives, in its
+    /// remote flavour.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// multiproc::init();
+    /// let m = multiproc::BaseManager::new().authkey(b"k").start().unwrap();
+    /// let q = m.queue::<String>().unwrap();
+    /// q.put("hello".to_string()).unwrap();
+    /// assert_eq!(q.get().unwrap(), "hello");
+    /// assert!(matches!(q.get_timeout(Duration::from_millis(10)), Err(multiproc::Error::Empty)));
+    /// m.shutdown().unwrap();
+    /// ```
+    pub fn queue<T: Shareable>(&self) -> Result<Queue<T>> {
         self.create_kind(ObjectKind::Queue)
     }
 
     /// A new queue that holds at most `maxsize` items (0: no limit).
-    pub fn queue_with_maxsize<T: Shareable>(&self, maxsize: usize) -> Result<QueueProxy<T>> {
+    pub fn queue_with_maxsize<T: Shareable>(&self, maxsize: usize) -> Result<Queue<T>> {
+        self.create_with(ObjectKind::Queue, maxsize as u64)
+    }
+
+    /// A new, empty joinable queue in the server (`task_done`/`join`, as
+    /// Python's `manager.JoinableQueue()`), without a size limit.
+    pub fn joinable_queue<T: Shareable>(&self) -> Result<JoinableQueue<T>> {
+        self.create_kind(ObjectKind::Queue)
+    }
+
+    /// A new joinable queue that holds at most `maxsize` items (0: no limit).
+    pub fn joinable_queue_with_maxsize<T: Shareable>(
+        &self,
+        maxsize: usize,
+    ) -> Result<JoinableQueue<T>> {
         self.create_with(ObjectKind::Queue, maxsize as u64)
     }
 
@@ -991,7 +1019,7 @@ impl RemoteManager {
 
     /// A new barrier in the server for `parties` parties
     /// ([`Error::InvalidArgument`] for 0).
-    pub fn barrier(&self, parties: usize) -> Result<BarrierProxy> {
+    pub fn barrier(&self, parties: usize) -> Result<Barrier> {
         if parties == 0 {
             return Err(Error::InvalidArgument(
                 "a barrier needs at least one party".into(),

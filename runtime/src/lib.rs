@@ -59,8 +59,8 @@ pub use sharedctypes::{
 };
 pub use shm::{Segment, ShmSafe};
 pub use sync::{
-    Acquired, Barrier, BarrierProxy, BoundedSemaphore, Condition, ConditionGuard, ConditionLock,
-    DataLock, DataLockGuard, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
+    Acquired, Barrier, BoundedSemaphore, Condition, ConditionGuard, ConditionLock, DataLock,
+    DataLockGuard, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
 };
 
 /// The encoding library, re-exported so derives and handles agree on one version.

@@ -449,7 +449,9 @@ impl Backend for Processes {
 
     fn kill(&mut self, worker: &mut ProcWorker) {
         let _ = worker.process.terminate();
-        worker.orders.close();
+        if let Err(e) = worker.orders.close() {
+            tracing::warn!("cannot close a worker's order queue: {e}");
+        }
         if worker.process.join_timeout(Duration::from_secs(5)).is_err()
             && worker.process.exitcode().is_none()
         {

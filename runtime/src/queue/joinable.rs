@@ -7,8 +7,11 @@ use std::time::Duration;
 use crate::codec::Shareable;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
-use crate::handle::{HandleRepr, ShareHandle};
+use crate::handle::{FlavorRepr, FlavoredHandle, HandleRepr, ShareHandle};
+use crate::manager::core::{ProxyCore, RemoteFlavor, TypeTag};
 use crate::queue::Queue;
+use crate::queue::queue::QueueRef;
+use crate::queue::remote::remote_queue_tag;
 use crate::queue::ring::gave_up;
 use crate::shm::ShmSpec;
 use crate::sys::futex::WaitOutcome;
@@ -59,7 +62,7 @@ impl<T> Deref for JoinableQueue<T> {
 impl<T> crate::connection::Waitable for JoinableQueue<T> {
     /// As for [`Queue`]: ready when a message is there to get or the queue is closed.
     fn wait_source(&self) -> crate::connection::WaitSource<'_> {
-        self.queue.core().wait_source()
+        self.queue.wait_source()
     }
 }
 
@@ -90,7 +93,10 @@ impl<T: Shareable> JoinableQueue<T> {
     ///
     /// More calls than messages put is `Err(InvalidState)`.
     pub fn task_done(&self) -> Result<()> {
-        let core = self.queue.core();
+        let core = match self.queue.flavor() {
+            QueueRef::Shm(q) => q.core(),
+            QueueRef::Remote(r) => return r.task_done(),
+        };
         let join = &core.state().join.0;
         let ring = core.ring();
         let mut done = join.done.load(Ordering::Acquire);
@@ -121,14 +127,18 @@ impl<T: Shareable> JoinableQueue<T> {
     }
 
     /// The number of tasks put and not yet marked done.
-    pub fn unfinished_tasks(&self) -> usize {
-        let core = self.queue.core();
+    pub fn unfinished_tasks(&self) -> Result<usize> {
+        let core = match self.queue.flavor() {
+            QueueRef::Shm(q) => q.core(),
+            QueueRef::Remote(r) => return r.unfinished_tasks(),
+        };
         let done = core.state().join.0.done.load(Ordering::Acquire);
-        core.ring().tasks().saturating_sub(done) as usize
+        Ok(core.ring().tasks().saturating_sub(done) as usize)
     }
 
     /// Waits until every task put has been marked done. On a queue a manager
-    /// created, fails with `Error::ManagerGone` soon after the manager died.
+    /// created, fails with `Error::ManagerGone` soon after the manager died
+    /// (a remote manager: as soon as its connection is lost).
     pub fn join(&self) -> Result<()> {
         self.join_deadline(Deadline::Never)
     }
@@ -144,7 +154,10 @@ impl<T: Shareable> JoinableQueue<T> {
     }
 
     fn join_deadline(&self, deadline: Deadline) -> Result<()> {
-        let core = self.queue.core();
+        let core = match self.queue.flavor() {
+            QueueRef::Shm(q) => q.core(),
+            QueueRef::Remote(r) => return r.join(deadline),
+        };
         let join = &core.state().join.0;
         let ring = core.ring();
         let finished = || join.done.load(Ordering::SeqCst) >= ring.tasks();
@@ -175,4 +188,27 @@ impl<T: Shareable> ShareHandle for JoinableQueue<T> {
     }
 }
 
-crate::impl_share_handle!(impl<T: Shareable> for JoinableQueue<T>);
+impl<T: Shareable> FlavoredHandle for JoinableQueue<T> {
+    fn to_flavor_repr(&self) -> Result<FlavorRepr> {
+        self.queue.to_flavor_repr()
+    }
+
+    fn from_flavor_repr(repr: &FlavorRepr) -> Result<Self> {
+        Queue::from_flavor_repr(repr).map(|queue| JoinableQueue { queue })
+    }
+}
+
+crate::impl_flavored_handle!(impl<T: Shareable> for JoinableQueue<T>);
+
+/// A joinable queue a remote manager keeps is the same server object as a
+/// plain one (every server queue counts tasks), under the same type tag.
+impl<T: Shareable> RemoteFlavor for JoinableQueue<T> {
+    fn remote_tag() -> TypeTag {
+        remote_queue_tag::<T>()
+    }
+    fn from_remote(core: ProxyCore) -> Self {
+        JoinableQueue {
+            queue: Queue::from_remote(core),
+        }
+    }
+}

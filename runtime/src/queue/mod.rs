@@ -11,6 +11,7 @@ pub(crate) use core::{with_encoded, with_recv_buf};
 mod joinable;
 #[allow(clippy::module_inception)]
 mod queue;
+mod remote;
 pub(crate) mod ring;
 mod simple;
 

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use crate::codec::Shareable;
 use crate::deadline::Deadline;
-use crate::error::Result;
-use crate::handle::{HandleRepr, ShareHandle};
+use crate::error::{Error, Result};
+use crate::handle::{FlavorRepr, FlavoredHandle, HandleRepr, ShareHandle};
+use crate::manager::core::{ProxyCore, RemoteFlavor, TypeTag};
 use crate::queue::DEFAULT_CAPACITY_BYTES;
 use crate::queue::core::{QueueCore, queue_fingerprint};
+use crate::queue::remote::{RemoteQueue, remote_queue_tag};
 use crate::shm::ShmSpec;
 
 /// A multi-producer, multi-consumer queue shared by any number of processes.
@@ -54,28 +56,57 @@ use crate::shm::ShmSpec;
 /// }
 /// ```
 pub struct Queue<T> {
-    core: QueueCore,
-    _t: PhantomData<fn(T) -> T>,
+    flavor: QueueFlavor<T>,
+}
+
+/// A borrowed view of a [`Queue`]'s flavour.
+pub(crate) enum QueueRef<'a, T> {
+    Shm(&'a ShmQueue<T>),
+    Remote(&'a RemoteQueue),
+}
+
+/// Where a [`Queue`] lives.
+enum QueueFlavor<T> {
+    /// A ring in a shared segment.
+    Shm(ShmQueue<T>),
+    /// An object of a TCP manager's server.
+    Remote(RemoteQueue),
 }
 
 impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
         Queue {
-            core: self.core.clone(),
-            _t: PhantomData,
+            flavor: match &self.flavor {
+                QueueFlavor::Shm(q) => QueueFlavor::Shm(q.clone()),
+                QueueFlavor::Remote(r) => QueueFlavor::Remote(r.clone()),
+            },
         }
     }
 }
 
 impl<T> std::fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.core.fmt(f)
+        match &self.flavor {
+            QueueFlavor::Shm(q) => q.fmt(f),
+            QueueFlavor::Remote(r) => f.debug_tuple("Queue").field(r.core()).finish(),
+        }
     }
 }
 
 impl<T> Queue<T> {
-    pub(crate) fn core(&self) -> &QueueCore {
-        &self.core
+    /// Which flavour this is, for the queues built on this one.
+    pub(crate) fn flavor(&self) -> QueueRef<'_, T> {
+        match &self.flavor {
+            QueueFlavor::Shm(q) => QueueRef::Shm(q),
+            QueueFlavor::Remote(r) => QueueRef::Remote(r),
+        }
+    }
+
+    /// A queue of the remote flavour.
+    pub(crate) fn from_remote_queue(r: RemoteQueue) -> Queue<T> {
+        Queue {
+            flavor: QueueFlavor::Remote(r),
+        }
     }
 }
 
@@ -97,8 +128,244 @@ impl<T: Shareable> Queue<T> {
 
     /// A queue with both limits: `maxsize` messages (0: none) and a ring of `bytes` bytes.
     pub fn with_maxsize_and_capacity(maxsize: usize, bytes: usize) -> Result<Self> {
+        ShmQueue::with_maxsize_and_capacity(maxsize, bytes).map(|q| Queue {
+            flavor: QueueFlavor::Shm(q),
+        })
+    }
+
+    /// The layout of a new queue with both limits, for a manager server to
+    /// create (see [`Value::spec`](crate::Value::spec)).
+    #[doc(hidden)]
+    pub fn spec(maxsize: usize, bytes: usize) -> Result<ShmSpec> {
+        ShmQueue::<T>::spec(maxsize, bytes)
+    }
+
+    #[inline]
+    fn put_deadline(&self, item: &T, deadline: Deadline) -> Result<()> {
+        match &self.flavor {
+            QueueFlavor::Shm(q) => q.core.put(item, deadline),
+            QueueFlavor::Remote(r) => r.put(item, deadline),
+        }
+    }
+
+    #[inline]
+    fn get_deadline(&self, deadline: Deadline) -> Result<T> {
+        match &self.flavor {
+            QueueFlavor::Shm(q) => q.core.get(deadline),
+            QueueFlavor::Remote(r) => r.get(deadline),
+        }
+    }
+
+    /// Puts `item`, waiting while the queue is full.
+    #[inline]
+    pub fn put(&self, item: impl Borrow<T>) -> Result<()> {
+        self.put_deadline(item.borrow(), Deadline::Never)
+    }
+
+    /// Puts `item` if there is room now; `Err(Full)` otherwise.
+    pub fn try_put(&self, item: impl Borrow<T>) -> Result<()> {
+        self.put_deadline(item.borrow(), Deadline::Now)
+    }
+
+    /// Puts `item`, waiting at most `timeout` for room; `Err(Full)` if none
+    /// came (as Python's `put(timeout=…)` raises `Full`).
+    ///
+    /// A message larger than the ring that times out half-way is not
+    /// delivered; the part already written is dropped by the next `get`
+    /// (and counted by `qsize` until then).
+    pub fn put_timeout(&self, item: impl Borrow<T>, timeout: Duration) -> Result<()> {
+        self.put_deadline(item.borrow(), Deadline::after(timeout))
+    }
+
+    /// Takes the oldest message, waiting for one; `Err(Closed)` once the
+    /// queue is closed and drained.
+    #[inline]
+    pub fn get(&self) -> Result<T> {
+        self.get_deadline(Deadline::Never)
+    }
+
+    /// Takes a message if one is there now; `Err(Empty)` otherwise.
+    ///
+    /// It may also say `Empty` while another process is in the middle of a
+    /// `get` (as Python's `get_nowait` may).
+    pub fn try_get(&self) -> Result<T> {
+        self.get_deadline(Deadline::Now)
+    }
+
+    /// Takes a message, waiting at most `timeout`; `Err(Empty)` if none came
+    /// (as Python's `get(timeout=…)` raises `queue.Empty`).
+    ///
+    /// Once the first part of a message larger than the ring has been taken,
+    /// the rest is awaited beyond the timeout while its producer is writing it.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        self.get_deadline(Deadline::after(timeout))
+    }
+
+    /// The number of messages in the queue (approximate while others use
+    /// it). A remote queue asks its server, so this can fail with `ManagerGone`.
+    pub fn qsize(&self) -> Result<usize> {
+        match &self.flavor {
+            QueueFlavor::Shm(q) => Ok(q.qsize()),
+            QueueFlavor::Remote(r) => r.qsize(),
+        }
+    }
+
+    /// Whether the queue holds no message (approximate while others use it).
+    pub fn empty(&self) -> Result<bool> {
+        match &self.flavor {
+            QueueFlavor::Shm(q) => Ok(q.empty()),
+            QueueFlavor::Remote(r) => r.qsize().map(|n| n == 0),
+        }
+    }
+
+    /// Whether the queue holds `maxsize` messages (never, without a limit).
+    pub fn full(&self) -> Result<bool> {
+        match &self.flavor {
+            QueueFlavor::Shm(q) => Ok(q.full()),
+            QueueFlavor::Remote(r) => r.full(),
+        }
+    }
+
+    /// The message limit (0: none).
+    pub fn maxsize(&self) -> Result<usize> {
+        match &self.flavor {
+            QueueFlavor::Shm(q) => Ok(q.maxsize()),
+            QueueFlavor::Remote(r) => r.maxsize(),
+        }
+    }
+
+    /// The ring's size in bytes; `None` for a queue a remote manager keeps
+    /// (its server holds the items, without a ring).
+    pub fn capacity_bytes(&self) -> Option<usize> {
+        match &self.flavor {
+            QueueFlavor::Shm(q) => Some(q.capacity_bytes()),
+            QueueFlavor::Remote(_) => None,
+        }
+    }
+
+    /// Closes the queue for every process: puts fail from now on, gets drain
+    /// what is left and then fail with `Closed`. Blocked callers wake up.
+    ///
+    /// A queue a remote manager keeps cannot be closed (Python's manager
+    /// queue has no `close` either): that is `Err(InvalidArgument)`, and
+    /// the queue stays open.
+    pub fn close(&self) -> Result<()> {
+        match &self.flavor {
+            QueueFlavor::Shm(q) => {
+                q.close();
+                Ok(())
+            }
+            QueueFlavor::Remote(_) => Err(Error::InvalidArgument(
+                "a queue a remote manager keeps cannot be closed".into(),
+            )),
+        }
+    }
+
+    /// Whether some process closed the queue (never, for a remote one).
+    pub fn is_closed(&self) -> bool {
+        match &self.flavor {
+            QueueFlavor::Shm(q) => q.is_closed(),
+            QueueFlavor::Remote(_) => false,
+        }
+    }
+}
+
+impl<T> crate::connection::Waitable for Queue<T> {
+    /// Ready when a message is there to get or the queue is closed (see
+    /// [`wait`](crate::connection::wait)). A queue a remote manager keeps
+    /// cannot be watched from here: it counts as ready at once, and a
+    /// `try_get` then says whether a message is there.
+    fn wait_source(&self) -> crate::connection::WaitSource<'_> {
+        match &self.flavor {
+            QueueFlavor::Shm(q) => q.core.wait_source(),
+            QueueFlavor::Remote(_) => crate::connection::WaitSource::ready(),
+        }
+    }
+}
+
+/// The shared-memory form only: a local manager creates queues as segments.
+impl<T: Shareable> ShareHandle for Queue<T> {
+    fn to_repr(&self) -> Result<HandleRepr> {
+        match &self.flavor {
+            QueueFlavor::Shm(q) => q.to_repr(),
+            QueueFlavor::Remote(_) => Err(Error::InvalidArgument(
+                "a queue a remote manager keeps has no shared segment".into(),
+            )),
+        }
+    }
+
+    fn from_repr(repr: &HandleRepr) -> Result<Self> {
+        ShmQueue::from_repr(repr).map(|q| Queue {
+            flavor: QueueFlavor::Shm(q),
+        })
+    }
+}
+
+impl<T: Shareable> FlavoredHandle for Queue<T> {
+    fn to_flavor_repr(&self) -> Result<FlavorRepr> {
+        match &self.flavor {
+            QueueFlavor::Shm(q) => q.to_repr().map(FlavorRepr::Shm),
+            QueueFlavor::Remote(r) => r.core().to_repr().map(FlavorRepr::Remote),
+        }
+    }
+
+    fn from_flavor_repr(repr: &FlavorRepr) -> Result<Self> {
+        match repr {
+            FlavorRepr::Shm(h) => <Queue<T> as ShareHandle>::from_repr(h),
+            FlavorRepr::Remote(p) => ProxyCore::from_repr(p, remote_queue_tag::<T>())
+                .map(|core| Queue::from_remote_queue(RemoteQueue::new(core))),
+        }
+    }
+}
+
+crate::impl_flavored_handle!(impl<T: Shareable> for Queue<T>);
+
+impl<T: Shareable> RemoteFlavor for Queue<T> {
+    fn remote_tag() -> TypeTag {
+        remote_queue_tag::<T>()
+    }
+    fn from_remote(core: ProxyCore) -> Self {
+        Queue::from_remote_queue(RemoteQueue::new(core))
+    }
+}
+
+/// The shared-memory flavour of a [`Queue`]: a ring in a segment.
+pub(crate) struct ShmQueue<T> {
+    core: QueueCore,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for ShmQueue<T> {
+    fn clone(&self) -> Self {
+        ShmQueue {
+            core: self.core.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for ShmQueue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.core.fmt(f)
+    }
+}
+
+impl<T> ShmQueue<T> {
+    pub(crate) fn core(&self) -> &QueueCore {
+        &self.core
+    }
+}
+
+impl<T: Shareable> ShmQueue<T> {
+    /// An unbounded queue (no message limit) with a 1 MiB ring.
+    pub fn new() -> Result<Self> {
+        Self::with_maxsize_and_capacity(0, DEFAULT_CAPACITY_BYTES)
+    }
+
+    /// A queue with both limits: `maxsize` messages (0: none) and a ring of `bytes` bytes.
+    pub fn with_maxsize_and_capacity(maxsize: usize, bytes: usize) -> Result<Self> {
         let (fp, _) = queue_fingerprint::<T>("Queue");
-        Ok(Queue {
+        Ok(ShmQueue {
             core: QueueCore::create(fp, maxsize, bytes)?,
             _t: PhantomData,
         })
@@ -192,26 +459,22 @@ impl<T: Shareable> Queue<T> {
     }
 }
 
-impl<T> crate::connection::Waitable for Queue<T> {
-    /// Ready when a message is there to get or the queue is closed (see
-    /// [`wait`](crate::connection::wait)).
+impl<T> crate::connection::Waitable for ShmQueue<T> {
     fn wait_source(&self) -> crate::connection::WaitSource<'_> {
         self.core.wait_source()
     }
 }
 
-impl<T: Shareable> ShareHandle for Queue<T> {
+impl<T: Shareable> ShareHandle for ShmQueue<T> {
     fn to_repr(&self) -> Result<HandleRepr> {
         self.core.to_repr()
     }
 
     fn from_repr(repr: &HandleRepr) -> Result<Self> {
         let (fp, name) = queue_fingerprint::<T>("Queue");
-        Ok(Queue {
+        Ok(ShmQueue {
             core: QueueCore::open(repr, fp, &name)?,
             _t: PhantomData,
         })
     }
 }
-
-crate::impl_share_handle!(impl<T: Shareable> for Queue<T>);

@@ -6,11 +6,11 @@ use std::time::Duration;
 use crate::codec::Shareable;
 use crate::error::Result;
 use crate::handle::{HandleRepr, ShareHandle};
-use crate::queue::Queue;
+use crate::queue::queue::ShmQueue;
 
 /// A plain queue: `put`, `get`, `empty`, `close`, without a message limit.
 ///
-/// It is the same ring as [`Queue`] (so it is as fast and as robust), with the
+/// It is the same ring as [`Queue`](crate::Queue) (so it is as fast and as robust), with the
 /// smaller interface of Python's `SimpleQueue`. `put` waits only while the
 /// 1 MiB ring has no room.
 ///
@@ -21,7 +21,7 @@ use crate::queue::Queue;
 /// assert_eq!(q.get().unwrap(), "hello");
 /// ```
 pub struct SimpleQueue<T> {
-    queue: Queue<T>,
+    queue: ShmQueue<T>,
 }
 
 impl<T> Clone for SimpleQueue<T> {
@@ -41,7 +41,7 @@ impl<T> std::fmt::Debug for SimpleQueue<T> {
 impl<T: Shareable> SimpleQueue<T> {
     /// A new, empty queue.
     pub fn new() -> Result<Self> {
-        Queue::new().map(|queue| SimpleQueue { queue })
+        ShmQueue::new().map(|queue| SimpleQueue { queue })
     }
 
     /// Puts `item`, waiting while the ring has no room.
@@ -79,7 +79,7 @@ impl<T: Shareable> SimpleQueue<T> {
         self.queue.empty()
     }
 
-    /// Closes the queue for every process (see [`Queue::close`]).
+    /// Closes the queue for every process (see [`Queue::close`](crate::Queue::close)).
     pub fn close(&self) {
         self.queue.close()
     }
@@ -105,7 +105,7 @@ impl<T: Shareable> ShareHandle for SimpleQueue<T> {
     }
 
     fn from_repr(repr: &HandleRepr) -> Result<Self> {
-        Queue::from_repr(repr).map(|queue| SimpleQueue { queue })
+        ShmQueue::from_repr(repr).map(|queue| SimpleQueue { queue })
     }
 }
 

@@ -22,12 +22,14 @@ use std::time::{Duration, Instant};
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
-use crate::handle::{HandleRepr, ShareHandle};
+use crate::handle::{FlavorRepr, FlavoredHandle, HandleRepr, ShareHandle};
 use crate::liveness::{CannotTell, Doubt, Liveness};
+use crate::manager::core::{ProxyCore, RemoteFlavor};
 use crate::process::launch;
 use crate::shm::{Kind, ShmObject, ShmSpec, fingerprint_str};
 use crate::sync::park::{self, LIVENESS_SLICE};
 use crate::sync::raw_lock::{self, Acquired, RawLock};
+use crate::sync::remote::RemoteBarrier;
 use crate::sys;
 
 const FILLING: u32 = 0;
@@ -131,6 +133,234 @@ enum ActionFailure {
 /// assert_eq!(mine + theirs, 1); // arrival indexes 0 and 1
 /// ```
 pub struct Barrier {
+    flavor: BarrierFlavor,
+}
+
+/// Where a [`Barrier`] lives.
+#[derive(Clone)]
+enum BarrierFlavor {
+    /// Counts and a table of holders in a shared segment.
+    Shm(ShmBarrier),
+    /// An object of a TCP manager's server.
+    Remote(RemoteBarrier),
+}
+
+impl Clone for Barrier {
+    fn clone(&self) -> Self {
+        Barrier {
+            flavor: self.flavor.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.flavor {
+            BarrierFlavor::Shm(b) => b.fmt(f),
+            BarrierFlavor::Remote(r) => f.debug_tuple("Barrier").field(r.core()).finish(),
+        }
+    }
+}
+
+impl Barrier {
+    /// A barrier for `parties` parties; `parties == 0` is [`Error::InvalidArgument`].
+    pub fn new(parties: usize) -> Result<Barrier> {
+        ShmBarrier::new(parties).map(Barrier::shm)
+    }
+
+    /// A barrier whose `action` is run by the last party to arrive in each
+    /// round, before the others are released.
+    ///
+    /// The action is a plain `fn()`, found in each process by its offset in
+    /// the binary (as process targets are); a party running another binary
+    /// cannot run it, and breaks the barrier with [`Error::BinaryMismatch`].
+    /// If the action panics, the barrier is broken and the panic continues
+    /// in the last party. The action must not call `wait`, `abort` or `reset`
+    /// on the same barrier.
+    pub fn with_action(parties: usize, action: fn()) -> Result<Barrier> {
+        ShmBarrier::with_action(parties, action).map(Barrier::shm)
+    }
+
+    /// A barrier whose [`Barrier::wait`] gives up after `timeout` (Python's
+    /// `Barrier(parties, timeout=…)`): a round not complete by then breaks
+    /// the barrier, as [`Barrier::wait_timeout`] does. `wait_timeout`
+    /// still takes its own timeout. Every process holding the barrier
+    /// shares the default.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{Barrier, Error};
+    /// let b = Barrier::with_timeout(2, Duration::from_millis(10)).unwrap();
+    /// assert_eq!(b.timeout(), Some(Duration::from_millis(10)));
+    /// // The other party never comes.
+    /// assert!(matches!(b.wait(), Err(Error::BrokenBarrier)));
+    /// ```
+    pub fn with_timeout(parties: usize, timeout: Duration) -> Result<Barrier> {
+        ShmBarrier::with_timeout(parties, timeout).map(Barrier::shm)
+    }
+
+    /// A barrier with both an action ([`Barrier::with_action`]) and a
+    /// default timeout ([`Barrier::with_timeout`]).
+    pub fn with_action_and_timeout(
+        parties: usize,
+        action: fn(),
+        timeout: Duration,
+    ) -> Result<Barrier> {
+        ShmBarrier::with_action_and_timeout(parties, action, timeout).map(Barrier::shm)
+    }
+
+    fn shm(b: ShmBarrier) -> Barrier {
+        Barrier {
+            flavor: BarrierFlavor::Shm(b),
+        }
+    }
+
+    /// The remote flavour.
+    pub(crate) fn remote(r: RemoteBarrier) -> Barrier {
+        Barrier {
+            flavor: BarrierFlavor::Remote(r),
+        }
+    }
+
+    /// The layout of a new barrier for `parties` parties (no action), for a
+    /// manager server to create (see [`Value::spec`](crate::Value::spec)).
+    #[doc(hidden)]
+    pub fn spec(parties: usize) -> Result<ShmSpec> {
+        ShmBarrier::spec(parties)
+    }
+
+    /// The timeout [`Barrier::wait`] uses, if the barrier was made with one
+    /// (a barrier a remote manager keeps has none).
+    pub fn timeout(&self) -> Option<Duration> {
+        match &self.flavor {
+            BarrierFlavor::Shm(b) => b.timeout(),
+            BarrierFlavor::Remote(_) => None,
+        }
+    }
+
+    /// Waits until all parties have arrived; returns this party's arrival
+    /// index in `0..parties` (the last to arrive gets `parties - 1`).
+    ///
+    /// A barrier made with [`Barrier::with_timeout`] waits at most that
+    /// long, then breaks as [`Barrier::wait_timeout`] does.
+    ///
+    /// On a barrier a manager created, a waiter breaks the barrier and fails
+    /// with `Error::ManagerGone` within about 100 ms of the manager's death
+    /// (a remote manager: as soon as its connection is lost). A party
+    /// whose process dies while waiting breaks the barrier for the others.
+    pub fn wait(&self) -> Result<usize> {
+        match &self.flavor {
+            BarrierFlavor::Shm(b) => b.wait(),
+            BarrierFlavor::Remote(r) => r.wait(),
+        }
+    }
+
+    /// As [`Barrier::wait`], but breaks the barrier (`Err(BrokenBarrier)` for
+    /// everyone) if the round is not complete within `timeout`, as Python does.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize> {
+        match &self.flavor {
+            BarrierFlavor::Shm(b) => b.wait_timeout(timeout),
+            BarrierFlavor::Remote(r) => r.wait_timeout(timeout),
+        }
+    }
+
+    /// Arrives only if this completes the round (then returns like `wait`);
+    /// otherwise `Err(WouldBlock)`, without arriving or breaking anything.
+    pub fn try_wait(&self) -> Result<usize> {
+        match &self.flavor {
+            BarrierFlavor::Shm(b) => b.try_wait(),
+            BarrierFlavor::Remote(r) => r.try_wait(),
+        }
+    }
+
+    /// Breaks the barrier: every party waiting now, and every later `wait`,
+    /// gets [`Error::BrokenBarrier`] until [`Barrier::reset`]. A remote
+    /// barrier asks its server, so this can fail with `ManagerGone`.
+    pub fn abort(&self) -> Result<()> {
+        match &self.flavor {
+            BarrierFlavor::Shm(b) => {
+                b.abort();
+                Ok(())
+            }
+            BarrierFlavor::Remote(r) => r.abort(),
+        }
+    }
+
+    /// Returns the barrier to its initial state: parties waiting now get
+    /// [`Error::BrokenBarrier`], and later rounds work again.
+    pub fn reset(&self) -> Result<()> {
+        match &self.flavor {
+            BarrierFlavor::Shm(b) => {
+                b.reset();
+                Ok(())
+            }
+            BarrierFlavor::Remote(r) => r.reset(),
+        }
+    }
+
+    /// The number of parties needed to release a round.
+    pub fn parties(&self) -> Result<usize> {
+        match &self.flavor {
+            BarrierFlavor::Shm(b) => Ok(b.parties()),
+            BarrierFlavor::Remote(r) => r.parties(),
+        }
+    }
+
+    /// The number of parties waiting in the current round (0 while broken).
+    pub fn n_waiting(&self) -> Result<usize> {
+        match &self.flavor {
+            BarrierFlavor::Shm(b) => Ok(b.n_waiting()),
+            BarrierFlavor::Remote(r) => r.n_waiting(),
+        }
+    }
+
+    /// Whether the barrier is broken.
+    pub fn broken(&self) -> Result<bool> {
+        match &self.flavor {
+            BarrierFlavor::Shm(b) => Ok(b.broken()),
+            BarrierFlavor::Remote(r) => r.broken(),
+        }
+    }
+}
+
+/// The shared-memory form only: a local manager creates barriers as segments.
+impl ShareHandle for Barrier {
+    fn to_repr(&self) -> Result<HandleRepr> {
+        match &self.flavor {
+            BarrierFlavor::Shm(b) => b.to_repr(),
+            BarrierFlavor::Remote(_) => Err(Error::InvalidArgument(
+                "a barrier a remote manager keeps has no shared segment".into(),
+            )),
+        }
+    }
+
+    fn from_repr(repr: &HandleRepr) -> Result<Self> {
+        ShmBarrier::from_repr(repr).map(Barrier::shm)
+    }
+}
+
+impl FlavoredHandle for Barrier {
+    fn to_flavor_repr(&self) -> Result<FlavorRepr> {
+        match &self.flavor {
+            BarrierFlavor::Shm(b) => b.to_repr().map(FlavorRepr::Shm),
+            BarrierFlavor::Remote(r) => r.core().to_repr().map(FlavorRepr::Remote),
+        }
+    }
+
+    fn from_flavor_repr(repr: &FlavorRepr) -> Result<Self> {
+        match repr {
+            FlavorRepr::Shm(h) => <Barrier as ShareHandle>::from_repr(h),
+            FlavorRepr::Remote(p) => {
+                ProxyCore::from_repr(p, Barrier::remote_tag()).map(Barrier::from_remote)
+            }
+        }
+    }
+}
+
+crate::impl_flavored_handle!(impl<> for Barrier);
+
+/// The shared-memory flavour of a [`Barrier`].
+struct ShmBarrier {
     obj: ShmObject<BarrierState>,
     /// Slots in the table, as checked when the handle was made.
     capacity: usize,
@@ -138,7 +368,7 @@ pub struct Barrier {
     counted_for: AtomicI32,
 }
 
-impl std::fmt::Debug for Barrier {
+impl std::fmt::Debug for ShmBarrier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Barrier")
             .field("parties", &self.parties())
@@ -194,9 +424,9 @@ impl Inner<'_> {
     }
 }
 
-impl Barrier {
+impl ShmBarrier {
     /// A barrier for `parties` parties; `parties == 0` is [`Error::InvalidArgument`].
-    pub fn new(parties: usize) -> Result<Barrier> {
+    pub fn new(parties: usize) -> Result<ShmBarrier> {
         Self::create(parties, None, None)
     }
 
@@ -209,7 +439,7 @@ impl Barrier {
     /// If the action panics, the barrier is broken and the panic continues
     /// in the last party. The action must not call `wait`, `abort` or `reset`
     /// on the same barrier.
-    pub fn with_action(parties: usize, action: fn()) -> Result<Barrier> {
+    pub fn with_action(parties: usize, action: fn()) -> Result<ShmBarrier> {
         Self::create(parties, Some(action), None)
     }
 
@@ -227,7 +457,7 @@ impl Barrier {
     /// // The other party never comes.
     /// assert!(matches!(b.wait(), Err(Error::BrokenBarrier)));
     /// ```
-    pub fn with_timeout(parties: usize, timeout: Duration) -> Result<Barrier> {
+    pub fn with_timeout(parties: usize, timeout: Duration) -> Result<ShmBarrier> {
         Self::create(parties, None, Some(timeout))
     }
 
@@ -237,7 +467,7 @@ impl Barrier {
         parties: usize,
         action: fn(),
         timeout: Duration,
-    ) -> Result<Barrier> {
+    ) -> Result<ShmBarrier> {
         Self::create(parties, Some(action), Some(timeout))
     }
 
@@ -278,7 +508,11 @@ impl Barrier {
         Ok((parties, table_capacity(parties)))
     }
 
-    fn create(parties: usize, action: Option<fn()>, timeout: Option<Duration>) -> Result<Barrier> {
+    fn create(
+        parties: usize,
+        action: Option<fn()>,
+        timeout: Option<Duration>,
+    ) -> Result<ShmBarrier> {
         let (parties, capacity) = Self::sizes(parties)?;
         // Nanoseconds plus one (0 is "none"); ~584 years at most.
         let timeout = timeout.map_or(0, |t| {
@@ -312,8 +546,8 @@ impl Barrier {
     }
 
     /// Makes a handle for this process and records the process in the table.
-    fn from_obj(obj: ShmObject<BarrierState>, capacity: usize) -> Result<Barrier> {
-        let barrier = Barrier {
+    fn from_obj(obj: ShmObject<BarrierState>, capacity: usize) -> Result<ShmBarrier> {
+        let barrier = ShmBarrier {
             obj,
             capacity,
             counted_for: AtomicI32::new(0),
@@ -674,9 +908,9 @@ fn table_capacity(parties: u32) -> usize {
     (parties as usize).saturating_add(64).clamp(128, 1 << 16)
 }
 
-impl Clone for Barrier {
+impl Clone for ShmBarrier {
     fn clone(&self) -> Self {
-        let barrier = Barrier {
+        let barrier = ShmBarrier {
             obj: self.obj.clone(),
             capacity: self.capacity,
             counted_for: AtomicI32::new(0),
@@ -692,7 +926,7 @@ impl Clone for Barrier {
     }
 }
 
-impl Drop for Barrier {
+impl Drop for ShmBarrier {
     fn drop(&mut self) {
         // A handle inherited through fork is counted for the parent, not us.
         if self.counted_for.load(Ordering::Relaxed) == sys::process::getpid() {
@@ -701,7 +935,7 @@ impl Drop for Barrier {
     }
 }
 
-impl ShareHandle for Barrier {
+impl ShareHandle for ShmBarrier {
     fn to_repr(&self) -> Result<HandleRepr> {
         self.obj.to_repr()
     }
@@ -720,7 +954,7 @@ impl ShareHandle for Barrier {
     }
 }
 
-crate::impl_share_handle!(impl<> for Barrier);
+crate::impl_share_handle!(impl<> for ShmBarrier);
 
 #[cfg(test)]
 mod tests {
@@ -744,16 +978,16 @@ mod tests {
 
     #[test]
     fn zero_parties_is_invalid() {
-        assert!(matches!(Barrier::new(0), Err(Error::InvalidArgument(_))));
+        assert!(matches!(ShmBarrier::new(0), Err(Error::InvalidArgument(_))));
         assert!(matches!(
-            Barrier::with_action(0, || ()),
+            ShmBarrier::with_action(0, || ()),
             Err(Error::InvalidArgument(_))
         ));
     }
 
     #[test]
     fn rounds_release_everyone_with_distinct_indexes() {
-        let b = Arc::new(Barrier::new(3).unwrap());
+        let b = Arc::new(ShmBarrier::new(3).unwrap());
         let b2 = b.clone();
         let rounds = run_threads(3, move |_| {
             (0..200)
@@ -777,7 +1011,7 @@ mod tests {
 
     #[test]
     fn the_action_runs_once_per_round_before_the_release() {
-        let b = Arc::new(Barrier::with_action(2, count_action).unwrap());
+        let b = Arc::new(ShmBarrier::with_action(2, count_action).unwrap());
         let seen = run_threads(2, move |_| {
             (0..50).all(|round| {
                 b.wait_timeout(Duration::from_secs(20)).unwrap();
@@ -791,7 +1025,7 @@ mod tests {
 
     #[test]
     fn a_timeout_breaks_it_until_reset() {
-        let b = Barrier::new(2).unwrap();
+        let b = ShmBarrier::new(2).unwrap();
         assert!(matches!(
             b.wait_timeout(Duration::from_millis(5)),
             Err(Error::BrokenBarrier)
@@ -807,7 +1041,7 @@ mod tests {
         ));
         b.reset();
         assert_eq!(
-            Barrier::new(1)
+            ShmBarrier::new(1)
                 .unwrap()
                 .wait_timeout(Duration::ZERO)
                 .unwrap(),
@@ -817,7 +1051,7 @@ mod tests {
 
     #[test]
     fn try_wait_only_completes_a_round() {
-        let b = Arc::new(Barrier::new(2).unwrap());
+        let b = Arc::new(ShmBarrier::new(2).unwrap());
         assert!(matches!(b.try_wait(), Err(Error::WouldBlock)));
         assert!(!b.broken());
         let b2 = b.clone();
@@ -832,7 +1066,7 @@ mod tests {
     #[test]
     fn abort_and_reset_fail_the_waiters() {
         for abort in [true, false] {
-            let b = Arc::new(Barrier::new(3).unwrap());
+            let b = Arc::new(ShmBarrier::new(3).unwrap());
             let b2 = b.clone();
             let waiters = std::thread::spawn(move || {
                 run_threads(2, move |_| b2.wait_timeout(Duration::from_secs(20)))
@@ -863,7 +1097,7 @@ mod tests {
 
     #[test]
     fn outcome_reads_the_history() {
-        let b = Barrier::new(2).unwrap();
+        let b = ShmBarrier::new(2).unwrap();
         {
             let inner = b.inner();
             inner.next_generation(true); // generation 0 reset
@@ -878,7 +1112,7 @@ mod tests {
 
     #[test]
     fn a_dead_process_in_the_table_breaks_a_waiter() {
-        let b = Barrier::new(2).unwrap();
+        let b = ShmBarrier::new(2).unwrap();
         let forged = (1u64 << 32) | RawLock::DEAD_PID as u64;
         b.table()[5].process.store(forged, Ordering::Relaxed);
         b.table()[5].handles.store(1, Ordering::Relaxed);
@@ -898,7 +1132,7 @@ mod tests {
     fn handles_are_counted_per_process() {
         use crate::Shareable;
         let me = raw_lock::my_word();
-        let b = Barrier::new(2).unwrap();
+        let b = ShmBarrier::new(2).unwrap();
         let slot = || {
             b.table()
                 .iter()
@@ -907,7 +1141,7 @@ mod tests {
         };
         assert_eq!(slot(), Some(1));
         let c = b.clone();
-        let d = Barrier::decode(&b.encode().unwrap()).unwrap();
+        let d = ShmBarrier::decode(&b.encode().unwrap()).unwrap();
         assert_eq!(slot(), Some(3));
         drop((c, d));
         assert_eq!(slot(), Some(1));
@@ -919,7 +1153,7 @@ mod tests {
 
     #[test]
     fn a_panicking_action_breaks_the_barrier() {
-        let b = Arc::new(Barrier::with_action(2, panicking_action).unwrap());
+        let b = Arc::new(ShmBarrier::with_action(2, panicking_action).unwrap());
         let b2 = b.clone();
         let waiter = std::thread::spawn(move || b2.wait_timeout(Duration::from_secs(20)));
         while b.n_waiting() != 1 {

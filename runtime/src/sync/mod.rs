@@ -31,6 +31,5 @@ pub use condition::{Condition, ConditionGuard, ConditionLock};
 pub use event::Event;
 pub use lock::{DataLock, DataLockGuard, Lock, LockGuard};
 pub use raw_lock::{Acquired, RawLock};
-pub use remote::BarrierProxy;
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore};

@@ -1,9 +1,9 @@
 //! The remote flavour of the sync primitives: locks, semaphores, events and
 //! barriers a manager server keeps for clients that reach it over TCP.
 //!
-//! [`Lock`](crate::Lock), [`Event`](crate::Event) and the semaphores hold a
-//! [`RemoteLock`], [`RemoteEvent`] or [`RemoteSemaphore`] as their remote
-//! flavour; the barrier is still a proxy of its own here. Every call asks the server (a lost
+//! [`Lock`](crate::Lock), [`Event`](crate::Event), the semaphores and
+//! [`Barrier`](crate::Barrier) hold a [`RemoteLock`], [`RemoteEvent`],
+//! [`RemoteSemaphore`] or [`RemoteBarrier`] as their remote flavour. Every call asks the server (a lost
 //! server is [`Error::ManagerGone`]). A call that waits does so in the server, on a
 //! connection of its own, so it never holds up the process's other proxies.
 //! A lock whose holder's connection ends (its process died, or its host
@@ -18,43 +18,11 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::manager::client::{Connection, unexpected};
 use crate::manager::core::{
-    Args, Proxy, ProxyCore, RemoteFlavor, TypeTag, read_bool, read_len, read_unit,
+    Args, ProxyCore, RemoteFlavor, TypeTag, read_bool, read_len, read_unit,
 };
 use crate::manager::protocol::{ArchivedResponse, Method};
 use crate::sync::raw_lock::Acquired;
 use crate::sys;
-
-macro_rules! waitable_proxy {
-    ($(#[$doc:meta])* $name:ident, $tag:literal) => {
-        $(#[$doc])*
-        #[derive(Clone)]
-        pub struct $name {
-            core: std::sync::Arc<ProxyCore>,
-        }
-
-        impl std::fmt::Debug for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                self.core.fmt(f)
-            }
-        }
-
-        impl Proxy for $name {
-            fn core(&self) -> &ProxyCore {
-                &self.core
-            }
-            fn from_core(core: ProxyCore) -> Self {
-                $name {
-                    core: std::sync::Arc::new(core),
-                }
-            }
-            fn tag() -> TypeTag {
-                TypeTag::new($tag.into())
-            }
-        }
-
-        crate::impl_proxy!(impl<> for $name);
-    };
-}
 
 /// The remote flavour of a [`Lock`](crate::Lock): one kept by a manager
 /// server. Any process may release it, as with Python's `Lock`.
@@ -133,11 +101,28 @@ impl RemoteFlavor for crate::BoundedSemaphore {
     }
 }
 
-waitable_proxy!(
-    /// A barrier kept by a manager server.
-    BarrierProxy,
-    "multiproc::BarrierProxy"
-);
+/// The remote flavour of a [`Barrier`](crate::Barrier): one a manager server keeps.
+#[derive(Clone, Debug)]
+pub(crate) struct RemoteBarrier {
+    core: Arc<ProxyCore>,
+}
+
+impl RemoteFlavor for crate::Barrier {
+    fn remote_tag() -> TypeTag {
+        TypeTag::new("multiproc::BarrierProxy".into())
+    }
+    fn from_remote(core: ProxyCore) -> Self {
+        crate::Barrier::remote(RemoteBarrier {
+            core: Arc::new(core),
+        })
+    }
+}
+
+impl RemoteBarrier {
+    pub(crate) fn core(&self) -> &ProxyCore {
+        &self.core
+    }
+}
 
 fn read_acquired(_: &Connection, r: &ArchivedResponse<'_>) -> Result<Option<Acquired>> {
     match r {
@@ -267,23 +252,23 @@ impl RemoteEvent {
     }
 }
 
-impl BarrierProxy {
+impl RemoteBarrier {
     /// Waits until all parties have arrived; returns this party's arrival
     /// index in `0..parties`. A party whose process leaves while waiting
     /// breaks the barrier for the others.
-    pub fn wait(&self) -> Result<usize> {
+    pub(crate) fn wait(&self) -> Result<usize> {
         self.wait_deadline(Deadline::Never, false)
     }
 
-    /// As [`BarrierProxy::wait`], but breaks the barrier (`Err(BrokenBarrier)`
+    /// As [`RemoteBarrier::wait`], but breaks the barrier (`Err(BrokenBarrier)`
     /// for everyone) if the round is not complete within `timeout`, as Python does.
-    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize> {
+    pub(crate) fn wait_timeout(&self, timeout: Duration) -> Result<usize> {
         self.wait_deadline(Deadline::after(timeout), false)
     }
 
     /// Arrives only if this completes the round; otherwise `Err(WouldBlock)`
     /// without arriving or breaking anything.
-    pub fn try_wait(&self) -> Result<usize> {
+    pub(crate) fn try_wait(&self) -> Result<usize> {
         self.wait_deadline(Deadline::Now, true)
     }
 
@@ -300,32 +285,32 @@ impl BarrierProxy {
     }
 
     /// Breaks the barrier: waiting and future parties get `BrokenBarrier`.
-    pub fn abort(&self) -> Result<()> {
+    pub(crate) fn abort(&self) -> Result<()> {
         self.core
             .call(Method::BarrierAbort, Args::default(), read_unit)
     }
 
     /// Returns the barrier to its empty, unbroken state; parties waiting
     /// now get `BrokenBarrier`.
-    pub fn reset(&self) -> Result<()> {
+    pub(crate) fn reset(&self) -> Result<()> {
         self.core
             .call(Method::BarrierReset, Args::default(), read_unit)
     }
 
     /// The number of parties a round needs.
-    pub fn parties(&self) -> Result<usize> {
+    pub(crate) fn parties(&self) -> Result<usize> {
         self.core
             .call(Method::BarrierParties, Args::default(), read_len)
     }
 
     /// The number of parties waiting now.
-    pub fn n_waiting(&self) -> Result<usize> {
+    pub(crate) fn n_waiting(&self) -> Result<usize> {
         self.core
             .call(Method::BarrierWaiting, Args::default(), read_len)
     }
 
     /// Whether the barrier is broken.
-    pub fn broken(&self) -> Result<bool> {
+    pub(crate) fn broken(&self) -> Result<bool> {
         self.core
             .call(Method::BarrierBroken, Args::default(), read_bool)
     }
