@@ -369,8 +369,20 @@ fn queue_is_one_type_for_every_source() {
                 assert!(matches!(q.close(), Err(Error::InvalidArgument(_))));
                 assert!(!q.is_closed());
                 assert_eq!(q.capacity_bytes(), None);
+                // Nothing here can watch it: refused, never counted ready
+                // (a caller looping on wait would spin).
+                let waited = multiproc::wait(&[&q], Some(Duration::ZERO));
+                assert!(
+                    matches!(waited, Err(Error::InvalidArgument(_))),
+                    "{waited:?}"
+                );
             } else {
                 assert!(q.capacity_bytes().is_some());
+                let waited = multiproc::wait(&[&q], Some(Duration::ZERO)).unwrap();
+                assert!(
+                    waited.is_empty(),
+                    "{source:?} {m:?}: an empty queue is not ready"
+                );
             }
         }
         maker.shutdown();

@@ -75,6 +75,8 @@ enum Source<'a> {
         word: &'a WaitWord,
         ready: ReadyCheck<'a>,
     },
+    /// Cannot be watched from this process (why, for the error).
+    Unwatchable(&'static str),
 }
 
 impl<'a> WaitSource<'a> {
@@ -87,6 +89,14 @@ impl<'a> WaitSource<'a> {
     /// already, or the object is closed and using it fails at once).
     pub fn ready() -> WaitSource<'a> {
         WaitSource(Source::Ready)
+    }
+
+    /// An object this process cannot watch (it lives in another process,
+    /// say): [`wait`] refuses it with [`Error::InvalidArgument`] saying
+    /// `why`, as Python's `wait` refuses an object without a `fileno`,
+    /// rather than count it ready and leave the caller spinning.
+    pub fn unwatchable(why: &'static str) -> WaitSource<'a> {
+        WaitSource(Source::Unwatchable(why))
     }
 
     /// Ready when `ready` says so; producers bump `word` whenever that may
@@ -105,6 +115,7 @@ impl std::fmt::Debug for WaitSource<'_> {
             Source::Fd(fd) => f.debug_tuple("Readable").field(fd).finish(),
             Source::Ready => f.write_str("Ready"),
             Source::Ring { .. } => f.write_str("SharedMemory"),
+            Source::Unwatchable(why) => f.debug_tuple("Unwatchable").field(why).finish(),
         }
     }
 }
@@ -185,6 +196,12 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
     }
     let deadline = Deadline::from_timeout(timeout);
     let sources: Vec<WaitSource<'_>> = objects.iter().map(|o| o.wait_source()).collect();
+    if let Some(why) = sources.iter().find_map(|s| match s.0 {
+        Source::Unwatchable(why) => Some(why),
+        _ => None,
+    }) {
+        return Err(Error::InvalidArgument(format!("wait() cannot watch {why}")));
+    }
     let (fd_index, fds): (Vec<usize>, Vec<BorrowedFd<'_>>) = sources
         .iter()
         .enumerate()
@@ -214,7 +231,7 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
             .filter(|&i| match &sources[i].0 {
                 Source::Ready => true,
                 Source::Ring { ready, .. } => ready(thorough),
-                Source::Fd(_) => false,
+                Source::Fd(_) | Source::Unwatchable(_) => false,
             })
             .collect();
         let wait_for = if ready.is_empty() {

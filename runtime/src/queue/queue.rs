@@ -273,12 +273,15 @@ impl<T: Shareable> Queue<T> {
 impl<T> crate::connection::Waitable for Queue<T> {
     /// Ready when a message is there to get or the queue is closed (see
     /// [`wait`](crate::connection::wait)). A queue a remote manager keeps
-    /// cannot be watched from here: it counts as ready at once, and a
-    /// `try_get` then says whether a message is there.
+    /// cannot be watched from here: `wait` refuses it with
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) (use
+    /// `get_timeout` on it instead).
     fn wait_source(&self) -> crate::connection::WaitSource<'_> {
         match &self.flavor {
             QueueFlavor::Shm(q) => q.core.wait_source(),
-            QueueFlavor::Remote(_) => crate::connection::WaitSource::ready(),
+            QueueFlavor::Remote(_) => crate::connection::WaitSource::unwatchable(
+                "a queue a remote manager keeps (use get_timeout on it)",
+            ),
         }
     }
 }
