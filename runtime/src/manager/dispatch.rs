@@ -19,6 +19,7 @@ use rkyv::util::AlignedVec;
 
 use crate::deadline::Deadline;
 use crate::handle::HandleRepr;
+use crate::manager::dict::{CompactDict, Value};
 use crate::manager::protocol::{
     ArchivedBlob, ArchivedCall, ArchivedObjectKind, ArchivedRequest, Method, ObjectId, ObjectKind,
     QuotaKind, RemoteError, Response, access_request, encode_response,
@@ -153,7 +154,7 @@ fn serve(
         } => {
             let kind = kind_of(kind);
             let data = match kind {
-                ObjectKind::Dict => Data::container(Container::Dict(HashMap::new())),
+                ObjectKind::Dict => Data::container(Container::Dict(CompactDict::new())),
                 ObjectKind::List => Data::container(Container::List(Vec::new())),
                 ObjectKind::Namespace => Data::container(Container::Namespace(HashMap::new())),
                 ObjectKind::Segment => {
@@ -452,15 +453,17 @@ fn credit(old: Option<&Stored>, owner: u64) -> u64 {
     old.filter(|s| s.owner == owner).map_or(0, |s| s.charge)
 }
 
+/// What a dict's `old` value, about to be replaced, charged `owner`.
+fn credit_value(old: Option<Value<'_>>, owner: u64) -> u64 {
+    old.filter(|v| v.owner == owner).map_or(0, |v| v.charge)
+}
+
 /// What the values stored by a call hold: bytes charged and references.
 fn load(items: &[Stored]) -> (u64, Vec<ObjectId>) {
     let charge = items.iter().map(|s| s.charge).sum();
     let refs = items.iter().flat_map(|s| s.refs.iter().copied()).collect();
     (charge, refs)
 }
-
-/// A dict's entries, by encoded key.
-type DictMap = HashMap<Box<[u8]>, Stored>;
 
 /// One call on a dict, list or namespace, run under that object's own lock.
 struct Cx<'a, 'r> {
@@ -557,7 +560,7 @@ fn call_method(
 }
 
 /// A dict's methods.
-fn dict_call(cx: &mut Cx<'_, '_>, d: &mut DictMap) -> Result<(), RemoteError> {
+fn dict_call(cx: &mut Cx<'_, '_>, d: &mut CompactDict) -> Result<(), RemoteError> {
     let (table, owner, call, limit) = (cx.table, cx.owner, cx.call, cx.limit);
     let (out, give, taken, gone) = (&mut *cx.out, &mut cx.give, &mut cx.taken, &mut cx.gone);
     let key = || need(call.key.as_ref(), "key");
@@ -566,10 +569,10 @@ fn dict_call(cx: &mut Cx<'_, '_>, d: &mut DictMap) -> Result<(), RemoteError> {
     match cx.method {
         DictGet => {
             let k = key()?;
-            match d.get(&*k.bytes) {
-                Some(s) => {
-                    give.extend_from_slice(&s.refs);
-                    emit_stored(out, s);
+            match d.get(&k.bytes) {
+                Some(v) => {
+                    give.extend_from_slice(v.refs);
+                    emit_value(out, v);
                 }
                 None => emit(out, &no_value()),
             }
@@ -577,41 +580,41 @@ fn dict_call(cx: &mut Cx<'_, '_>, d: &mut DictMap) -> Result<(), RemoteError> {
         DictInsert => {
             let (k, v) = (key()?, value()?);
             let entry = Stored::entry(k, v, owner);
-            let freed = credit(d.get(&*k.bytes), owner);
+            let freed = credit_value(d.get(&k.bytes), owner);
             let (charge, refs) = (entry.charge, entry.refs.clone());
             storing(table, owner, (charge, freed), &refs, || {
-                gone.extend(put(d, &k.bytes, entry));
+                gone.extend(d.insert(&k.bytes, entry));
                 Ok(())
             })?;
             emit(out, &Response::Unit);
         }
         DictRemove => {
             let k = key()?;
-            match d.get(&*k.bytes) {
-                Some(s) => {
+            match d.get(&k.bytes) {
+                Some(v) => {
                     // Answered before it is taken: too large to send, it stays.
-                    emit_stored(out, s);
+                    emit_value(out, v);
                     fits(out, limit)?;
-                    taken.extend(d.remove(&*k.bytes));
+                    taken.extend(d.remove(&k.bytes));
                 }
                 None => emit(out, &no_value()),
             }
         }
         DictContains => {
             let k = key()?;
-            emit(out, &Response::Bool(d.contains_key(&*k.bytes)));
+            emit(out, &Response::Bool(d.contains_key(&k.bytes)));
         }
         DictLen => emit(out, &Response::Len(d.len() as u64)),
         method @ (DictKeys | DictValues | DictItems) => {
             let mut items: Vec<&[u8]> = Vec::with_capacity(d.len() * 2);
-            for (k, s) in d.iter() {
+            for (k, v) in d.iter() {
                 if method != DictValues {
                     items.push(k);
                 }
                 if method != DictKeys {
-                    items.push(&s.bytes);
+                    items.push(v.bytes);
                 }
-                give.extend_from_slice(&s.refs);
+                give.extend_from_slice(v.refs);
             }
             emit(
                 out,
@@ -636,7 +639,9 @@ fn dict_call(cx: &mut Cx<'_, '_>, d: &mut DictMap) -> Result<(), RemoteError> {
             let freed = {
                 let keys: std::collections::HashSet<&[u8]> =
                     pairs.iter().map(|(k, _)| &*k.bytes).collect();
-                keys.into_iter().map(|k| credit(d.get(k), owner)).sum()
+                keys.into_iter()
+                    .map(|k| credit_value(d.get(k), owner))
+                    .sum()
             };
             let refs: Vec<ObjectId> = pairs
                 .iter()
@@ -644,21 +649,21 @@ fn dict_call(cx: &mut Cx<'_, '_>, d: &mut DictMap) -> Result<(), RemoteError> {
                 .collect();
             storing(table, owner, (charge, freed), &refs, || {
                 for (k, s) in pairs {
-                    gone.extend(d.insert(Box::from(&*k.bytes), s));
+                    gone.extend(d.insert(&k.bytes, s));
                 }
                 Ok(())
             })?;
             emit(out, &Response::Unit);
         }
         DictClear => {
-            gone.extend(d.drain().map(|(_, s)| s));
+            gone.extend(d.drain());
             emit(out, &Response::Unit);
         }
         DictSetDefault => {
             let (k, v) = (key()?, value()?);
-            if let Some(s) = d.get(&*k.bytes) {
-                give.extend_from_slice(&s.refs);
-                emit_stored(out, s);
+            if let Some(v) = d.get(&k.bytes) {
+                give.extend_from_slice(v.refs);
+                emit_value(out, v);
             } else {
                 let entry = Stored::entry(k, v, owner);
                 // The answer is the value stored: checked before storing it.
@@ -666,7 +671,7 @@ fn dict_call(cx: &mut Cx<'_, '_>, d: &mut DictMap) -> Result<(), RemoteError> {
                 fits(out, limit)?;
                 let (charge, refs) = (entry.charge, entry.refs.clone());
                 storing(table, owner, (charge, 0), &refs, || {
-                    d.insert(Box::from(&*k.bytes), entry);
+                    d.insert(&k.bytes, entry);
                     Ok(())
                 })?;
                 give.extend_from_slice(&refs);
@@ -676,12 +681,12 @@ fn dict_call(cx: &mut Cx<'_, '_>, d: &mut DictMap) -> Result<(), RemoteError> {
             let (k, v) = (key()?, value()?);
             let expected = call.expected.as_ref().map(|e| &*e.bytes);
             let entry = Stored::entry(k, v, owner);
-            let matches = d.get(&*k.bytes).map(|s| &*s.bytes) == expected;
+            let matches = d.get(&k.bytes).map(|v| v.bytes) == expected;
             if matches {
-                let freed = credit(d.get(&*k.bytes), owner);
+                let freed = credit_value(d.get(&k.bytes), owner);
                 let (charge, refs) = (entry.charge, entry.refs.clone());
                 storing(table, owner, (charge, freed), &refs, || {
-                    gone.extend(put(d, &k.bytes, entry));
+                    gone.extend(d.insert(&k.bytes, entry));
                     Ok(())
                 })?;
                 emit(
@@ -693,15 +698,15 @@ fn dict_call(cx: &mut Cx<'_, '_>, d: &mut DictMap) -> Result<(), RemoteError> {
                     },
                 );
             } else {
-                let current = d.get(&*k.bytes);
-                if let Some(s) = current {
-                    give.extend_from_slice(&s.refs);
+                let current = d.get(&k.bytes);
+                if let Some(v) = current {
+                    give.extend_from_slice(v.refs);
                 }
                 emit(
                     out,
                     &Response::Swapped {
                         done: false,
-                        current: current.map(|s| &*s.bytes),
+                        current: current.map(|v| v.bytes),
                         refs: give.clone(),
                     },
                 );
@@ -1004,17 +1009,6 @@ fn waitable_call(
     Ok(())
 }
 
-/// Stores `value` under `key`, reusing the stored key when there is one.
-fn put(d: &mut HashMap<Box<[u8]>, Stored>, key: &[u8], value: Stored) -> Option<Stored> {
-    match d.get_mut(key) {
-        Some(slot) => Some(std::mem::replace(slot, value)),
-        None => {
-            d.insert(Box::from(key), value);
-            None
-        }
-    }
-}
-
 /// Answers with a stored value and the objects it refers to.
 fn emit_stored(out: &mut AlignedVec, s: &Stored) {
     emit(
@@ -1022,6 +1016,17 @@ fn emit_stored(out: &mut AlignedVec, s: &Stored) {
         &Response::Value {
             bytes: Some(&s.bytes),
             refs: s.refs.to_vec(),
+        },
+    );
+}
+
+/// Answers with a value a dict holds and the objects it refers to.
+fn emit_value(out: &mut AlignedVec, v: Value<'_>) {
+    emit(
+        out,
+        &Response::Value {
+            bytes: Some(v.bytes),
+            refs: v.refs.to_vec(),
         },
     );
 }
@@ -1042,23 +1047,23 @@ fn wrong_shape() -> RemoteError {
 /// `DictPopItem`: takes out some entry (a dict has no order here), answered
 /// with its key and value before it is taken, so a too-large one stays.
 fn dict_pop_item(
-    d: &mut DictMap,
+    d: &mut CompactDict,
     out: &mut AlignedVec,
     limit: usize,
     taken: &mut Vec<Stored>,
 ) -> Result<(), RemoteError> {
-    let Some((k, s)) = d.iter().next() else {
+    let Some((k, v)) = d.any() else {
         return Err(RemoteError::KeyNotFound);
     };
     emit(
         out,
         &Response::Many {
-            items: vec![k, &s.bytes],
-            refs: s.refs.to_vec(),
+            items: vec![k, v.bytes],
+            refs: v.refs.to_vec(),
         },
     );
     fits(out, limit)?;
-    let k = k.clone();
+    let k = k.to_vec();
     taken.extend(d.remove(&k));
     Ok(())
 }

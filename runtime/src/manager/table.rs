@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::manager::dict::CompactDict;
 use crate::manager::protocol::{ArchivedBlob, ObjectId, ObjectKind, QuotaKind, RemoteError};
 use crate::manager::server::Limits;
 use crate::manager::user::UserSlot;
@@ -82,7 +83,7 @@ pub(crate) struct Attr {
 /// The contents of a dict, list or namespace, behind the object's own lock.
 #[derive(Debug)]
 pub(crate) enum Container {
-    Dict(HashMap<Box<[u8]>, Stored>),
+    Dict(CompactDict),
     List(Vec<Stored>),
     Namespace(HashMap<String, Attr>),
     /// The object was freed while a call still held it (a client calling
@@ -94,7 +95,7 @@ impl Container {
     /// Takes every stored value out, leaving the container freed.
     fn drain_into(&mut self, out: &mut Vec<Stored>) {
         match std::mem::replace(self, Container::Freed) {
-            Container::Dict(m) => out.extend(m.into_values()),
+            Container::Dict(mut d) => out.extend(d.drain()),
             Container::List(v) => out.extend(v),
             Container::Namespace(m) => out.extend(m.into_values().map(|a| a.value)),
             Container::Freed => {}
