@@ -223,10 +223,10 @@ def bench_dict_get(samples, batch):
 
 def dict_reader(d, start, rounds, n):
     for _ in range(rounds):
-        start.wait()
+        start.wait(120)
         for _ in range(n):
             d["k"]
-        start.wait()
+        start.wait(120)
 
 
 def bench_dict_get_2_clients(samples, n):
@@ -235,18 +235,20 @@ def bench_dict_get_2_clients(samples, n):
     with mp.Manager() as m:
         start = mp.Barrier(3)
         rounds = samples + 1
-        clients = []
+        clients, dicts = [], []
         for _ in range(2):
+            # Kept here: a dict whose last proxy in this process goes is freed.
             d = m.dict()
             d["k"] = 1
+            dicts.append(d)
             p = mp.Process(target=dict_reader, args=(d, start, rounds, n))
             p.start()
             clients.append(p)
         out = []
         for r in range(rounds):
-            start.wait()
+            start.wait(120)
             t = time.perf_counter_ns()
-            start.wait()
+            start.wait(120)
             if r > 0:
                 out.append((time.perf_counter_ns() - t) / (2 * n))
         for p in clients:
