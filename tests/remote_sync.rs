@@ -229,6 +229,52 @@ fn a_waiting_call_does_not_hold_up_the_other_proxies_of_its_process() {
     master.shutdown().unwrap();
 }
 
+/// Says it is about to wait, then waits (in the server) for `release`;
+/// whether it was set before the (long) timeout.
+fn wait_for_release(address: String) -> bool {
+    let m = connect(&address);
+    let held: Event = m.get("held").unwrap();
+    let release: Event = m.get("release").unwrap();
+    held.set().unwrap();
+    release.wait_timeout(Duration::from_secs(120)).unwrap()
+}
+
+/// Fills and reads back a dict of its own; returns the sum read.
+fn use_own_dict(address: String) -> u64 {
+    let m = connect(&address);
+    let d = m.dict::<u32, u64>().unwrap();
+    for i in 0..200 {
+        d.insert(i, u64::from(i)).unwrap();
+    }
+    (0..200).map(|i| d.get(&i).unwrap().unwrap()).sum()
+}
+
+#[test]
+fn clients_on_other_objects_proceed_while_a_call_waits() {
+    for m in METHODS {
+        let master = config().start().unwrap();
+        let address = master.address().to_string();
+        let held: Event = master.get("held").unwrap();
+        let release: Event = master.get("release").unwrap();
+        let mut waiter = Process::new(wait_for_release, address.clone()).start_method(m);
+        waiter.start().unwrap();
+        assert!(held.wait_timeout(PROMPTLY).unwrap(), "{m:?}");
+        // The waiter's call holds a server thread and its event; two other
+        // clients' calls on their own dicts still go through. Were they
+        // held up behind the wait, they would finish only once it timed
+        // out, and the waiter would report the timeout.
+        let sums = util::run_each(m, use_own_dict, [address.clone(), address.clone()]);
+        assert_eq!(sums, vec![19_900, 19_900], "{m:?}");
+        release.set().unwrap();
+        let set_in_time = waiter.join_timeout(PROMPTLY).unwrap();
+        assert!(
+            set_in_time,
+            "{m:?}: the wait ended by the set, not its timeout"
+        );
+        master.shutdown().unwrap();
+    }
+}
+
 /// Takes `n` jobs, marking each done; returns their sum.
 fn consume(address: String) -> u32 {
     let m = connect(&address);

@@ -221,6 +221,41 @@ def bench_dict_get(samples, batch):
         return per_call(samples, batch, lambda: d["k"])
 
 
+def dict_reader(d, start, rounds, n):
+    for _ in range(rounds):
+        start.wait(120)
+        for _ in range(n):
+            d["k"]
+        start.wait(120)
+
+
+def bench_dict_get_2_clients(samples, n):
+    """Two client processes getting from their own dicts at once: time per
+    get of both together (ops/s is their total)."""
+    with mp.Manager() as m:
+        start = mp.Barrier(3)
+        rounds = samples + 1
+        clients, dicts = [], []
+        for _ in range(2):
+            # Kept here: a dict whose last proxy in this process goes is freed.
+            d = m.dict()
+            d["k"] = 1
+            dicts.append(d)
+            p = mp.Process(target=dict_reader, args=(d, start, rounds, n))
+            p.start()
+            clients.append(p)
+        out = []
+        for r in range(rounds):
+            start.wait(120)
+            t = time.perf_counter_ns()
+            start.wait(120)
+            if r > 0:
+                out.append((time.perf_counter_ns() - t) / (2 * n))
+        for p in clients:
+            p.join()
+        return summarize(out)
+
+
 def cpu_consumer(q, out):
     t = time.process_time_ns()
     got = 0
@@ -422,6 +457,7 @@ def main():
         "pool/map_chunksize_1_batched": lambda: bench_pool(max(2, s // 3), 1000 * k, 1, square),
         "pool/map_default": lambda: bench_pool(max(2, s // 3), 10000 * k, None, square),
         "pool/cpu_1ms": lambda: bench_pool(max(2, s // 5), 20 * k, 1, cpu_1ms),
+        "manager/dict_get_2_clients": lambda: bench_dict_get_2_clients(s, 20 * k),
         "cpu/queue_consumer_10k": lambda: bench_cpu_queue_consumer(
             min(5, s), 200 if args.smoke else 3000
         ),

@@ -19,11 +19,12 @@ use rkyv::util::AlignedVec;
 
 use crate::deadline::Deadline;
 use crate::handle::HandleRepr;
+use crate::manager::dict::{CompactDict, Value};
 use crate::manager::protocol::{
     ArchivedBlob, ArchivedCall, ArchivedObjectKind, ArchivedRequest, Method, ObjectId, ObjectKind,
     QuotaKind, RemoteError, Response, access_request, encode_response,
 };
-use crate::manager::table::{Attr, ConnRefs, Data, Stored, Table};
+use crate::manager::table::{Attr, ConnRefs, Container, Data, Stored, Table, free_pending};
 use crate::manager::waitable::{Peer, Take, Waitable, deadline_of};
 
 /// What the connection should do after answering.
@@ -114,6 +115,26 @@ pub(crate) fn handle(
     out: &mut AlignedVec,
     limit: usize,
 ) -> After {
+    let mut settled = false;
+    let after = serve(table, conn, peer, request, out, limit, &mut settled);
+    if !settled {
+        // Objects this request freed: their values go before it is answered.
+        free_pending(table);
+    }
+    after
+}
+
+/// [`handle`]; sets `settled` when nothing is left for [`free_pending`]
+/// (a method call that succeeded frees what it dropped itself).
+fn serve(
+    table: &Mutex<Table>,
+    conn: &mut ConnRefs,
+    peer: &Peer<'_>,
+    request: &[u8],
+    out: &mut AlignedVec,
+    limit: usize,
+    settled: &mut bool,
+) -> After {
     let req = match access_request(request) {
         Ok(r) => r,
         Err(e) => {
@@ -133,9 +154,9 @@ pub(crate) fn handle(
         } => {
             let kind = kind_of(kind);
             let data = match kind {
-                ObjectKind::Dict => Data::Dict(HashMap::new()),
-                ObjectKind::List => Data::List(Vec::new()),
-                ObjectKind::Namespace => Data::Namespace(HashMap::new()),
+                ObjectKind::Dict => Data::container(Container::Dict(CompactDict::new())),
+                ObjectKind::List => Data::container(Container::List(Vec::new())),
+                ObjectKind::Namespace => Data::container(Container::Namespace(HashMap::new())),
                 ObjectKind::Segment => {
                     emit_err(
                         out,
@@ -240,10 +261,11 @@ pub(crate) fn handle(
                 Method::from_u32(call.method.to_native()).filter(|m| m.is_waitable_kind());
             let done = match waitable {
                 Some(method) => waitable_call(table, conn, peer, call, method, out, limit),
-                None => call_method(&mut table.lock(), conn, peer.id, call, out, limit),
+                None => call_method(table, conn, peer.id, call, out, limit),
             };
-            if let Err(e) = done {
-                emit_err(out, e);
+            match done {
+                Ok(()) => *settled = true,
+                Err(e) => emit_err(out, e),
             }
         }
         ArchivedRequest::NumberOfObjects => {
@@ -373,22 +395,6 @@ fn need<'a, T>(arg: Option<&'a T>, what: &str) -> Result<&'a T, RemoteError> {
     arg.ok_or_else(|| RemoteError::Malformed(format!("missing argument: {what}")))
 }
 
-fn data_of(
-    t: &mut Table,
-    id: ObjectId,
-    method: Method,
-    method_number: u32,
-) -> Result<&mut Data, RemoteError> {
-    let o = t.get_mut(id)?;
-    if method.object_kind() != o.kind {
-        return Err(RemoteError::UnknownMethod {
-            method: method_number,
-            object: kind_name(o.kind).into(),
-        });
-    }
-    Ok(&mut o.data)
-}
-
 /// Resolves a Python-style index (negative counts from the end).
 fn resolve(index: i64, len: usize, allow_end: bool) -> Result<usize, RemoteError> {
     let out_of_range = RemoteError::IndexOutOfRange {
@@ -418,17 +424,22 @@ fn resolve(index: i64, len: usize, allow_end: bool) -> Result<usize, RemoteError
 /// connection's quota, and undone if `op` fails. `credit` is what the
 /// values `op` replaces charged `owner` (given back once the call ends).
 fn storing<R>(
-    t: &mut Table,
+    table: &Mutex<Table>,
     owner: u64,
     (charge, credit): (u64, u64),
     refs: &[ObjectId],
-    op: impl FnOnce(&mut Table) -> Result<R, RemoteError>,
+    op: impl FnOnce() -> Result<R, RemoteError>,
 ) -> Result<R, RemoteError> {
-    t.check_bytes(owner, charge.saturating_sub(credit))?;
-    if !refs.is_empty() {
-        t.incref_all(refs)?;
+    {
+        let mut t = table.lock();
+        t.check_bytes(owner, charge.saturating_sub(credit))?;
+        if !refs.is_empty() {
+            t.incref_all(refs)?;
+        }
     }
-    let r = op(t);
+    // Only this connection's thread charges `owner`: the check still holds.
+    let r = op();
+    let mut t = table.lock();
     match &r {
         Ok(_) => t.add_charge(owner, charge),
         Err(_) if !refs.is_empty() => t.decref_all(refs.iter().copied()),
@@ -442,6 +453,11 @@ fn credit(old: Option<&Stored>, owner: u64) -> u64 {
     old.filter(|s| s.owner == owner).map_or(0, |s| s.charge)
 }
 
+/// What a dict's `old` value, about to be replaced, charged `owner`.
+fn credit_value(old: Option<Value<'_>>, owner: u64) -> u64 {
+    old.filter(|v| v.owner == owner).map_or(0, |v| v.charge)
+}
+
 /// What the values stored by a call hold: bytes charged and references.
 fn load(items: &[Stored]) -> (u64, Vec<ObjectId>) {
     let charge = items.iter().map(|s| s.charge).sum();
@@ -449,8 +465,29 @@ fn load(items: &[Stored]) -> (u64, Vec<ObjectId>) {
     (charge, refs)
 }
 
+/// One call on a dict, list or namespace, run under that object's own lock.
+struct Cx<'a, 'r> {
+    table: &'a Mutex<Table>,
+    owner: u64,
+    call: &'a ArchivedCall<'r>,
+    method: Method,
+    out: &'a mut AlignedVec,
+    limit: usize,
+    /// References to hand to the connection after the response is encoded
+    /// (and checked to fit).
+    give: Vec<ObjectId>,
+    /// Values taken out and handed to the connection.
+    taken: Vec<Stored>,
+    /// Values dropped (overwritten or cleared).
+    gone: Vec<Stored>,
+}
+
+/// A call on a dict, list or namespace. The table's lock covers only the
+/// lookup; the call runs under the object's own lock, taking the table's
+/// again (after it) only to charge a value or count references. Calls on
+/// different objects so proceed side by side.
 fn call_method(
-    t: &mut Table,
+    table: &Mutex<Table>,
     conn: &mut ConnRefs,
     owner: u64,
     call: &ArchivedCall<'_>,
@@ -459,32 +496,83 @@ fn call_method(
 ) -> Result<(), RemoteError> {
     let id = call.object.to_native();
     let number = call.method.to_native();
-    let Some(method) = Method::from_u32(number) else {
-        let object = t.get_mut(id).map(|o| kind_name(o.kind))?;
-        return Err(RemoteError::UnknownMethod {
+    let (method, container) = {
+        let mut t = table.lock();
+        let o = t.get_mut(id)?;
+        let unknown = || RemoteError::UnknownMethod {
             method: number,
-            object: object.into(),
-        });
+            object: kind_name(o.kind).into(),
+        };
+        // The object and the method's kind first, then the arguments.
+        let method = Method::from_u32(number).ok_or_else(unknown)?;
+        if method.object_kind() != o.kind {
+            return Err(unknown());
+        }
+        match &o.data {
+            Data::Container(c) => (method, c.clone()),
+            // Waitable kinds are handled by `waitable_call`.
+            _ => return Err(wrong_shape()),
+        }
     };
-    // The object and the method's kind first, then the arguments.
-    data_of(t, id, method, number)?;
+    let mut c = container.lock();
+    let mut cx = Cx {
+        table,
+        owner,
+        call,
+        method,
+        out,
+        limit,
+        give: Vec::new(),
+        taken: Vec::new(),
+        gone: Vec::new(),
+    };
+    match &mut *c {
+        Container::Dict(d) => dict_call(&mut cx, d)?,
+        Container::List(l) => list_call(&mut cx, l)?,
+        Container::Namespace(ns) => namespace_call(&mut cx, ns)?,
+        // Freed while this call looked it up.
+        Container::Freed => return Err(RemoteError::UnknownObject(id)),
+    }
+    // Methods that change something answer briefly or checked above; a
+    // read whose answer is too large is refused here, before the
+    // connection takes the references it would have carried.
+    fits(cx.out, limit)?;
+    let Cx {
+        give, taken, gone, ..
+    } = cx;
+    if !(give.is_empty() && taken.is_empty() && gone.is_empty()) {
+        // Still under the object's lock: the values read cannot go (and
+        // free what they refer to) before the connection holds them.
+        let mut t = table.lock();
+        t.incref_for(conn, &give);
+        t.hand_over(conn, taken);
+        t.drop_stored(gone);
+        let freed_some = t.has_pending();
+        drop(t);
+        // The freed may include this very object (a value held its last
+        // reference): emptied once its lock is let go.
+        drop(c);
+        if freed_some {
+            free_pending(table);
+        }
+    }
+    Ok(())
+}
+
+/// A dict's methods.
+fn dict_call(cx: &mut Cx<'_, '_>, d: &mut CompactDict) -> Result<(), RemoteError> {
+    let (table, owner, call, limit) = (cx.table, cx.owner, cx.call, cx.limit);
+    let (out, give, taken, gone) = (&mut *cx.out, &mut cx.give, &mut cx.taken, &mut cx.gone);
     let key = || need(call.key.as_ref(), "key");
     let value = || need(call.value.as_ref(), "value");
-    // References to hand to the connection after the response is encoded
-    // (and checked to fit), values taken out and handed to it, and values
-    // dropped (overwritten or cleared).
-    let mut give: Vec<ObjectId> = Vec::new();
-    let mut taken: Vec<Stored> = Vec::new();
-    let mut gone: Vec<Stored> = Vec::new();
     use Method::*;
-    match method {
+    match cx.method {
         DictGet => {
             let k = key()?;
-            let d = dict_of(t, id)?;
-            match d.get(&*k.bytes) {
-                Some(s) => {
-                    give.extend_from_slice(&s.refs);
-                    emit_stored(out, s);
+            match d.get(&k.bytes) {
+                Some(v) => {
+                    give.extend_from_slice(v.refs);
+                    emit_value(out, v);
                 }
                 None => emit(out, &no_value()),
             }
@@ -492,48 +580,41 @@ fn call_method(
         DictInsert => {
             let (k, v) = (key()?, value()?);
             let entry = Stored::entry(k, v, owner);
-            let freed = credit(dict_of(t, id)?.get(&*k.bytes), owner);
+            let freed = credit_value(d.get(&k.bytes), owner);
             let (charge, refs) = (entry.charge, entry.refs.clone());
-            storing(t, owner, (charge, freed), &refs, |t| {
-                let d = dict_of(t, id)?;
-                gone.extend(put(d, &k.bytes, entry));
+            storing(table, owner, (charge, freed), &refs, || {
+                gone.extend(d.insert(&k.bytes, entry));
                 Ok(())
             })?;
             emit(out, &Response::Unit);
         }
         DictRemove => {
             let k = key()?;
-            let d = dict_of(t, id)?;
-            match d.get(&*k.bytes) {
-                Some(s) => {
+            match d.get(&k.bytes) {
+                Some(v) => {
                     // Answered before it is taken: too large to send, it stays.
-                    emit_stored(out, s);
+                    emit_value(out, v);
                     fits(out, limit)?;
-                    taken.extend(d.remove(&*k.bytes));
+                    taken.extend(d.remove(&k.bytes));
                 }
                 None => emit(out, &no_value()),
             }
         }
         DictContains => {
             let k = key()?;
-            let d = dict_of(t, id)?;
-            emit(out, &Response::Bool(d.contains_key(&*k.bytes)));
+            emit(out, &Response::Bool(d.contains_key(&k.bytes)));
         }
-        DictLen => {
-            let d = dict_of(t, id)?;
-            emit(out, &Response::Len(d.len() as u64));
-        }
-        DictKeys | DictValues | DictItems => {
-            let d = dict_of(t, id)?;
+        DictLen => emit(out, &Response::Len(d.len() as u64)),
+        method @ (DictKeys | DictValues | DictItems) => {
             let mut items: Vec<&[u8]> = Vec::with_capacity(d.len() * 2);
-            for (k, s) in d.iter() {
+            for (k, v) in d.iter() {
                 if method != DictValues {
                     items.push(k);
                 }
                 if method != DictKeys {
-                    items.push(&s.bytes);
+                    items.push(v.bytes);
                 }
-                give.extend_from_slice(&s.refs);
+                give.extend_from_slice(v.refs);
             }
             emit(
                 out,
@@ -556,49 +637,41 @@ fn call_method(
                 .collect();
             let charge = pairs.iter().map(|(_, s)| s.charge).sum();
             let freed = {
-                let d = dict_of(t, id)?;
                 let keys: std::collections::HashSet<&[u8]> =
                     pairs.iter().map(|(k, _)| &*k.bytes).collect();
-                keys.into_iter().map(|k| credit(d.get(k), owner)).sum()
+                keys.into_iter()
+                    .map(|k| credit_value(d.get(k), owner))
+                    .sum()
             };
             let refs: Vec<ObjectId> = pairs
                 .iter()
                 .flat_map(|(_, s)| s.refs.iter().copied())
                 .collect();
-            storing(t, owner, (charge, freed), &refs, |t| {
-                let d = dict_of(t, id)?;
+            storing(table, owner, (charge, freed), &refs, || {
                 for (k, s) in pairs {
-                    gone.extend(d.insert(Box::from(&*k.bytes), s));
+                    gone.extend(d.insert(&k.bytes, s));
                 }
                 Ok(())
             })?;
             emit(out, &Response::Unit);
         }
-        DictClear | ListClear => {
-            match data_of(t, id, method, number)? {
-                Data::Dict(d) => gone.extend(d.drain().map(|(_, s)| s)),
-                Data::List(l) => gone.append(l),
-                _ => return Err(wrong_shape()),
-            }
+        DictClear => {
+            gone.extend(d.drain());
             emit(out, &Response::Unit);
         }
         DictSetDefault => {
             let (k, v) = (key()?, value()?);
-            let present = dict_of(t, id)?.contains_key(&*k.bytes);
-            if present {
-                let s = dict_of(t, id)?
-                    .get(&*k.bytes)
-                    .ok_or(RemoteError::KeyNotFound)?;
-                give.extend_from_slice(&s.refs);
-                emit_stored(out, s);
+            if let Some(v) = d.get(&k.bytes) {
+                give.extend_from_slice(v.refs);
+                emit_value(out, v);
             } else {
                 let entry = Stored::entry(k, v, owner);
                 // The answer is the value stored: checked before storing it.
                 emit_stored(out, &entry);
                 fits(out, limit)?;
                 let (charge, refs) = (entry.charge, entry.refs.clone());
-                storing(t, owner, (charge, 0), &refs, |t| {
-                    dict_of(t, id)?.insert(Box::from(&*k.bytes), entry);
+                storing(table, owner, (charge, 0), &refs, || {
+                    d.insert(&k.bytes, entry);
                     Ok(())
                 })?;
                 give.extend_from_slice(&refs);
@@ -608,16 +681,12 @@ fn call_method(
             let (k, v) = (key()?, value()?);
             let expected = call.expected.as_ref().map(|e| &*e.bytes);
             let entry = Stored::entry(k, v, owner);
-            let matches = {
-                let d = dict_of(t, id)?;
-                d.get(&*k.bytes).map(|s| &*s.bytes) == expected
-            };
+            let matches = d.get(&k.bytes).map(|v| v.bytes) == expected;
             if matches {
-                let freed = credit(dict_of(t, id)?.get(&*k.bytes), owner);
+                let freed = credit_value(d.get(&k.bytes), owner);
                 let (charge, refs) = (entry.charge, entry.refs.clone());
-                storing(t, owner, (charge, freed), &refs, |t| {
-                    let d = dict_of(t, id)?;
-                    gone.extend(put(d, &k.bytes, entry));
+                storing(table, owner, (charge, freed), &refs, || {
+                    gone.extend(d.insert(&k.bytes, entry));
                     Ok(())
                 })?;
                 emit(
@@ -629,22 +698,34 @@ fn call_method(
                     },
                 );
             } else {
-                let d = dict_of(t, id)?;
-                let current = d.get(&*k.bytes);
-                if let Some(s) = current {
-                    give.extend_from_slice(&s.refs);
+                let current = d.get(&k.bytes);
+                if let Some(v) = current {
+                    give.extend_from_slice(v.refs);
                 }
                 emit(
                     out,
                     &Response::Swapped {
                         done: false,
-                        current: current.map(|s| &*s.bytes),
+                        current: current.map(|v| v.bytes),
                         refs: give.clone(),
                     },
                 );
             }
         }
-        ListPush | ListExtend => {
+        DictPopItem => dict_pop_item(d, out, limit, taken)?,
+        _ => return Err(wrong_shape()),
+    }
+    Ok(())
+}
+
+/// A list's methods.
+fn list_call(cx: &mut Cx<'_, '_>, l: &mut Vec<Stored>) -> Result<(), RemoteError> {
+    let (table, owner, call, limit) = (cx.table, cx.owner, cx.call, cx.limit);
+    let (out, give, taken, gone) = (&mut *cx.out, &mut cx.give, &mut cx.taken, &mut cx.gone);
+    let value = || need(call.value.as_ref(), "value");
+    use Method::*;
+    match cx.method {
+        method @ (ListPush | ListExtend) => {
             let items: Vec<Stored> = if method == ListPush {
                 vec![Stored::from_blob(value()?, owner)]
             } else {
@@ -654,32 +735,28 @@ fn call_method(
                     .collect()
             };
             let (charge, refs) = load(&items);
-            storing(t, owner, (charge, 0), &refs, |t| {
-                let l = list_of(t, id)?;
+            storing(table, owner, (charge, 0), &refs, || {
                 l.extend(items);
                 Ok(())
             })?;
             emit(out, &Response::Unit);
         }
         ListGet => {
-            let l = list_of(t, id)?;
             let s = &l[resolve(call.index.to_native(), l.len(), false)?];
             give.extend_from_slice(&s.refs);
             emit_stored(out, s);
         }
-        ListSet | ListInsert => {
+        method @ (ListSet | ListInsert) => {
             let item = Stored::from_blob(value()?, owner);
             let freed = match method {
                 ListSet => {
-                    let l = list_of(t, id)?;
                     let i = resolve(call.index.to_native(), l.len(), false).ok();
                     credit(i.and_then(|i| l.get(i)), owner)
                 }
                 _ => 0,
             };
             let (charge, refs) = (item.charge, item.refs.clone());
-            storing(t, owner, (charge, freed), &refs, |t| {
-                let l = list_of(t, id)?;
+            storing(table, owner, (charge, freed), &refs, || {
                 let i = resolve(call.index.to_native(), l.len(), method == ListInsert)?;
                 if method == ListInsert {
                     l.insert(i, item);
@@ -691,7 +768,6 @@ fn call_method(
             emit(out, &Response::Unit);
         }
         ListPop => {
-            let l = list_of(t, id)?;
             let index = call.index.to_native();
             if l.is_empty() && index == -1 {
                 emit(out, &no_value());
@@ -703,9 +779,8 @@ fn call_method(
                 taken.push(l.remove(i));
             }
         }
-        ListRemove | ListIndex => {
+        method @ (ListRemove | ListIndex) => {
             let v = value()?;
-            let l = list_of(t, id)?;
             let found = l.iter().position(|s| *s.bytes == *v.bytes);
             match (method, found) {
                 (ListRemove, Some(i)) => {
@@ -717,17 +792,16 @@ fn call_method(
                 (_, None) => return Err(RemoteError::NotFound),
             }
         }
-        ListLen => {
-            let l = list_of(t, id)?;
-            emit(out, &Response::Len(l.len() as u64));
-        }
+        ListLen => emit(out, &Response::Len(l.len() as u64)),
         ListReverse => {
-            let l = list_of(t, id)?;
             l.reverse();
             emit(out, &Response::Unit);
         }
+        ListClear => {
+            gone.append(l);
+            emit(out, &Response::Unit);
+        }
         ListSnapshot => {
-            let l = list_of(t, id)?;
             let items: Vec<&[u8]> = l.iter().map(|s| &*s.bytes).collect();
             l.iter().for_each(|s| give.extend_from_slice(&s.refs));
             emit(
@@ -738,30 +812,45 @@ fn call_method(
                 },
             );
         }
+        ListCount => list_count(l, value()?, out),
+        ListGetRange => list_get_range(l, call, out, give)?,
+        ListSetRange => list_set_range(table, l, owner, call, out, gone)?,
+        ListApplyOrder => list_apply_order(l, call, out)?,
+        _ => return Err(wrong_shape()),
+    }
+    Ok(())
+}
+
+/// A namespace's methods.
+fn namespace_call(cx: &mut Cx<'_, '_>, ns: &mut HashMap<String, Attr>) -> Result<(), RemoteError> {
+    let (table, owner, call) = (cx.table, cx.owner, cx.call);
+    let (out, give, gone) = (&mut *cx.out, &mut cx.give, &mut cx.gone);
+    use Method::*;
+    let method = cx.method;
+    match method {
         NsGet | NsSet | NsDelete | NsContains => {
-            let name = std::str::from_utf8(&key()?.bytes)
+            let key = need(call.key.as_ref(), "key")?;
+            let name = std::str::from_utf8(&key.bytes)
                 .map_err(|_| RemoteError::Malformed("attribute names are UTF-8".into()))?;
             match method {
                 NsSet => {
-                    let v = value()?;
+                    let v = need(call.value.as_ref(), "value")?;
                     let mut value = Stored::from_blob(v, owner);
                     value.charge += name.len() as u64;
                     let (charge, refs) = (value.charge, value.refs.clone());
-                    let freed = credit(namespace_of(t, id)?.get(name).map(|a| &a.value), owner);
+                    let freed = credit(ns.get(name).map(|a| &a.value), owner);
                     let attr = Attr {
                         fingerprint: call.fingerprint.to_native(),
                         type_name: Box::from(&*call.type_name),
                         value,
                     };
-                    storing(t, owner, (charge, freed), &refs, |t| {
-                        let ns = namespace_of(t, id)?;
+                    storing(table, owner, (charge, freed), &refs, || {
                         gone.extend(ns.insert(name.to_string(), attr).map(|old| old.value));
                         Ok(())
                     })?;
                     emit(out, &Response::Unit);
                 }
                 NsGet => {
-                    let ns = namespace_of(t, id)?;
                     let attr = ns.get(name).ok_or(RemoteError::KeyNotFound)?;
                     if attr.fingerprint != call.fingerprint.to_native() {
                         return Err(RemoteError::TypeMismatch {
@@ -779,25 +868,15 @@ fn call_method(
                     );
                 }
                 NsDelete => {
-                    let ns = namespace_of(t, id)?;
                     let old = ns.remove(name).ok_or(RemoteError::KeyNotFound)?;
                     gone.push(old.value);
                     emit(out, &Response::Unit);
                 }
-                _ => {
-                    let ns = namespace_of(t, id)?;
-                    emit(out, &Response::Bool(ns.contains_key(name)));
-                }
+                _ => emit(out, &Response::Bool(ns.contains_key(name))),
             }
         }
-        DictPopItem => dict_pop_item(t, id, out, limit, &mut taken)?,
-        ListCount => list_count(t, id, value()?, out)?,
-        ListGetRange => list_get_range(t, id, call, out, &mut give)?,
-        ListSetRange => list_set_range(t, id, owner, call, out, &mut gone)?,
-        ListApplyOrder => list_apply_order(t, id, call, out)?,
-        NsDescribe => ns_describe(t, id, out)?,
+        NsDescribe => ns_describe(ns, out),
         NsNames => {
-            let ns = namespace_of(t, id)?;
             let items: Vec<&[u8]> = ns.keys().map(|k| k.as_bytes()).collect();
             emit(
                 out,
@@ -807,16 +886,8 @@ fn call_method(
                 },
             );
         }
-        // Handled by `waitable_call` (and refused by `data_of` above).
         _ => return Err(wrong_shape()),
     }
-    // Methods that change something answer briefly or checked above; a
-    // read whose answer is too large is refused here, before the
-    // connection takes the references it would have carried.
-    fits(out, limit)?;
-    t.incref_for(conn, &give);
-    t.hand_over(conn, taken);
-    t.drop_stored(gone);
     Ok(())
 }
 
@@ -826,9 +897,10 @@ fn kind_accepts(object: ObjectKind, methods: ObjectKind) -> bool {
         || (object == ObjectKind::BoundedSemaphore && methods == ObjectKind::Semaphore)
 }
 
-/// A call on a lock, semaphore, event, barrier or queue. Quick methods run
-/// under the table's lock; waiting ones let it go first, so one client's
-/// wait holds up no one else.
+/// A call on a lock, semaphore, event, barrier or queue. The table's lock
+/// covers only the lookup (and a queued value's charge and references):
+/// the object's own locks do the rest, so one client's call, waiting or
+/// not, holds up no one else.
 fn waitable_call(
     table: &Mutex<Table>,
     conn: &mut ConnRefs,
@@ -839,8 +911,8 @@ fn waitable_call(
     limit: usize,
 ) -> Result<(), RemoteError> {
     let id = call.object.to_native();
-    let mut t = table.lock();
     let w = {
+        let mut t = table.lock();
         let o = t.get_mut(id)?;
         if !kind_accepts(o.kind, method.object_kind()) {
             return Err(RemoteError::UnknownMethod {
@@ -860,7 +932,6 @@ fn waitable_call(
     };
     use Method::*;
     if method.waits() {
-        drop(t);
         let answer = match method {
             LockWaitFree => Response::Bool(w.lock_wait_free(deadline, peer)?),
             SemWaitAvailable => Response::Bool(w.sem_wait_available(deadline, peer)?),
@@ -907,7 +978,7 @@ fn waitable_call(
         QueuePut => {
             let item = Stored::from_blob(need(call.value.as_ref(), "value")?, peer.id);
             let (charge, refs) = (item.charge, item.refs.clone());
-            storing(&mut t, peer.id, (charge, 0), &refs, |_| {
+            storing(table, peer.id, (charge, 0), &refs, || {
                 match w.queue_put(item)? {
                     Ok(()) => Ok(()),
                     Err(_) => Err(RemoteError::Full),
@@ -925,7 +996,7 @@ fn waitable_call(
                 return Err(RemoteError::Empty);
             };
             // The references the queued value held now belong to the getter.
-            t.hand_over(conn, vec![item]);
+            table.lock().hand_over(conn, vec![item]);
             return Ok(());
         }
         QueueLen => Response::Len(w.queue_status()?.0),
@@ -938,17 +1009,6 @@ fn waitable_call(
     Ok(())
 }
 
-/// Stores `value` under `key`, reusing the stored key when there is one.
-fn put(d: &mut HashMap<Box<[u8]>, Stored>, key: &[u8], value: Stored) -> Option<Stored> {
-    match d.get_mut(key) {
-        Some(slot) => Some(std::mem::replace(slot, value)),
-        None => {
-            d.insert(Box::from(key), value);
-            None
-        }
-    }
-}
-
 /// Answers with a stored value and the objects it refers to.
 fn emit_stored(out: &mut AlignedVec, s: &Stored) {
     emit(
@@ -956,6 +1016,17 @@ fn emit_stored(out: &mut AlignedVec, s: &Stored) {
         &Response::Value {
             bytes: Some(&s.bytes),
             refs: s.refs.to_vec(),
+        },
+    );
+}
+
+/// Answers with a value a dict holds and the objects it refers to.
+fn emit_value(out: &mut AlignedVec, v: Value<'_>) {
+    emit(
+        out,
+        &Response::Value {
+            bytes: Some(v.bytes),
+            refs: v.refs.to_vec(),
         },
     );
 }
@@ -973,64 +1044,34 @@ fn wrong_shape() -> RemoteError {
     RemoteError::Failed("object data does not match its kind".into())
 }
 
-fn dict_of(t: &mut Table, id: ObjectId) -> Result<&mut HashMap<Box<[u8]>, Stored>, RemoteError> {
-    match &mut t.get_mut(id)?.data {
-        Data::Dict(d) => Ok(d),
-        _ => Err(wrong_shape()),
-    }
-}
-
-fn list_of(t: &mut Table, id: ObjectId) -> Result<&mut Vec<Stored>, RemoteError> {
-    match &mut t.get_mut(id)?.data {
-        Data::List(l) => Ok(l),
-        _ => Err(wrong_shape()),
-    }
-}
-
-fn namespace_of(t: &mut Table, id: ObjectId) -> Result<&mut HashMap<String, Attr>, RemoteError> {
-    match &mut t.get_mut(id)?.data {
-        Data::Namespace(ns) => Ok(ns),
-        _ => Err(wrong_shape()),
-    }
-}
-
 /// `DictPopItem`: takes out some entry (a dict has no order here), answered
 /// with its key and value before it is taken, so a too-large one stays.
 fn dict_pop_item(
-    t: &mut Table,
-    id: ObjectId,
+    d: &mut CompactDict,
     out: &mut AlignedVec,
     limit: usize,
     taken: &mut Vec<Stored>,
 ) -> Result<(), RemoteError> {
-    let d = dict_of(t, id)?;
-    let Some((k, s)) = d.iter().next() else {
+    let Some((k, v)) = d.any() else {
         return Err(RemoteError::KeyNotFound);
     };
     emit(
         out,
         &Response::Many {
-            items: vec![k, &s.bytes],
-            refs: s.refs.to_vec(),
+            items: vec![k, v.bytes],
+            refs: v.refs.to_vec(),
         },
     );
     fits(out, limit)?;
-    let k = k.clone();
+    let k = k.to_vec();
     taken.extend(d.remove(&k));
     Ok(())
 }
 
 /// `ListCount`: how many elements have `value`'s bytes.
-fn list_count(
-    t: &mut Table,
-    id: ObjectId,
-    value: &ArchivedBlob<'_>,
-    out: &mut AlignedVec,
-) -> Result<(), RemoteError> {
-    let l = list_of(t, id)?;
+fn list_count(l: &[Stored], value: &ArchivedBlob<'_>, out: &mut AlignedVec) {
     let n = l.iter().filter(|s| *s.bytes == *value.bytes).count();
     emit(out, &Response::Len(n as u64));
-    Ok(())
 }
 
 /// The range `index..end` a range call names, checked against `len`:
@@ -1057,13 +1098,11 @@ fn range_of(call: &ArchivedCall<'_>, len: usize) -> Result<std::ops::Range<usize
 
 /// `ListGetRange`: the elements of a range, in order.
 fn list_get_range(
-    t: &mut Table,
-    id: ObjectId,
+    l: &[Stored],
     call: &ArchivedCall<'_>,
     out: &mut AlignedVec,
     give: &mut Vec<ObjectId>,
 ) -> Result<(), RemoteError> {
-    let l = list_of(t, id)?;
     let part = &l[range_of(call, l.len())?];
     part.iter().for_each(|s| give.extend_from_slice(&s.refs));
     emit(
@@ -1079,8 +1118,8 @@ fn list_get_range(
 /// `ListSetRange`: replaces a range by the call's batch (of any length, as
 /// Python's `l[a:b] = values`); a bad range changes nothing.
 fn list_set_range(
-    t: &mut Table,
-    id: ObjectId,
+    table: &Mutex<Table>,
+    l: &mut Vec<Stored>,
     owner: u64,
     call: &ArchivedCall<'_>,
     out: &mut AlignedVec,
@@ -1093,12 +1132,10 @@ fn list_set_range(
         .collect();
     let (charge, refs) = load(&items);
     let freed = {
-        let l = list_of(t, id)?;
         let range = range_of(call, l.len())?;
         l[range].iter().map(|s| credit(Some(s), owner)).sum()
     };
-    storing(t, owner, (charge, freed), &refs, |t| {
-        let l = list_of(t, id)?;
+    storing(table, owner, (charge, freed), &refs, || {
         let range = range_of(call, l.len())?;
         gone.extend(l.splice(range, items));
         Ok(())
@@ -1112,13 +1149,11 @@ fn list_set_range(
 /// the caller sorts again). The order must be a permutation of the list's
 /// positions.
 fn list_apply_order(
-    t: &mut Table,
-    id: ObjectId,
+    l: &mut Vec<Stored>,
     call: &ArchivedCall<'_>,
     out: &mut AlignedVec,
 ) -> Result<(), RemoteError> {
     let expected = need(call.expected.as_ref(), "digest")?;
-    let l = list_of(t, id)?;
     let digest = crate::manager::protocol::list_digest(l.iter().map(|s| &*s.bytes));
     if *expected.bytes != digest {
         emit(out, &Response::Bool(false));
@@ -1146,8 +1181,7 @@ fn list_apply_order(
 }
 
 /// `NsDescribe`: each attribute's name and the type it was set as.
-fn ns_describe(t: &mut Table, id: ObjectId, out: &mut AlignedVec) -> Result<(), RemoteError> {
-    let ns = namespace_of(t, id)?;
+fn ns_describe(ns: &HashMap<String, Attr>, out: &mut AlignedVec) {
     let items: Vec<&[u8]> = ns
         .iter()
         .flat_map(|(name, a)| [name.as_bytes(), a.type_name.as_bytes()])
@@ -1159,5 +1193,165 @@ fn ns_describe(t: &mut Table, id: ObjectId, out: &mut AlignedVec) -> Result<(), 
             refs: Vec::new(),
         },
     );
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::protocol::{
+        ArchivedResponse, Blob, Call, Request, WAIT_FOREVER, access_response, encode_request,
+    };
+    use crate::manager::waitable::Peer;
+
+    fn run(table: &Mutex<Table>, conn: &mut ConnRefs, req: &Request<'_>) -> AlignedVec {
+        let peer = Peer {
+            id: 1,
+            gone: &|| false,
+            pid: None,
+        };
+        let request = encode_request(req, AlignedVec::new()).unwrap();
+        let mut out = AlignedVec::new();
+        handle(table, conn, &peer, &request, &mut out, usize::MAX);
+        out
+    }
+
+    fn create(table: &Mutex<Table>, conn: &mut ConnRefs, kind: ObjectKind) -> ObjectId {
+        let req = Request::Create {
+            kind,
+            fingerprint: 1,
+            type_name: "t",
+            arg: 0,
+        };
+        match access_response(&run(table, conn, &req)).unwrap() {
+            ArchivedResponse::Created(id) => id.to_native(),
+            _ => panic!("the create failed"),
+        }
+    }
+
+    fn call<'a>(
+        object: ObjectId,
+        method: Method,
+        key: Option<&'a [u8]>,
+        value: Option<&'a [u8]>,
+    ) -> Request<'a> {
+        Request::Call(Call {
+            object,
+            method: method as u32,
+            index: 0,
+            key: key.map(Blob::plain),
+            value: value.map(Blob::plain),
+            expected: None,
+            batch: Vec::new(),
+            fingerprint: 1,
+            type_name: "t",
+            wait_us: WAIT_FOREVER,
+        })
+    }
+
+    /// The object's own lock, as a slow call on it would hold it.
+    fn container(table: &Mutex<Table>, id: ObjectId) -> Arc<Mutex<Container>> {
+        match &table.lock().get_mut(id).unwrap().data {
+            Data::Container(c) => c.clone(),
+            _ => panic!("not a container"),
+        }
+    }
+
+    #[test]
+    fn a_call_held_up_on_one_object_holds_up_no_other() {
+        let table = Mutex::new(Table::new());
+        let mut conn = ConnRefs::new();
+        let busy = create(&table, &mut conn, ObjectKind::Dict);
+        let free = create(&table, &mut conn, ObjectKind::Dict);
+        let held = container(&table, busy);
+        let held = held.lock();
+        // Under the busy dict's lock, another connection still stores,
+        // reads, creates and frees objects.
+        std::thread::scope(|s| {
+            let worker = s.spawn(|| {
+                let mut other = ConnRefs::new();
+                let t = &table;
+                run(
+                    t,
+                    &mut other,
+                    &call(free, Method::DictInsert, Some(b"k"), Some(b"v")),
+                );
+                let got = run(
+                    t,
+                    &mut other,
+                    &call(free, Method::DictGet, Some(b"k"), None),
+                );
+                let got = match access_response(&got).unwrap() {
+                    ArchivedResponse::Value { bytes, .. } => bytes.as_ref().map(|b| b.to_vec()),
+                    _ => panic!("the get failed"),
+                };
+                let list = create(t, &mut other, ObjectKind::List);
+                run(
+                    t,
+                    &mut other,
+                    &Request::Release {
+                        object: list,
+                        count: 1,
+                    },
+                );
+                got
+            });
+            assert_eq!(worker.join().unwrap(), Some(b"v".to_vec()));
+        });
+        drop(held);
+        // The held object answers once its lock is free.
+        let got = run(&table, &mut conn, &call(busy, Method::DictLen, None, None));
+        assert!(matches!(
+            access_response(&got).unwrap(),
+            ArchivedResponse::Len(n) if n.to_native() == 0
+        ));
+    }
+
+    #[test]
+    fn an_object_freed_by_a_call_drops_what_it_stored() {
+        let table = Mutex::new(Table::new());
+        let mut conn = ConnRefs::new();
+        let outer = create(&table, &mut conn, ObjectKind::List);
+        let inner = create(&table, &mut conn, ObjectKind::Dict);
+        // `outer` stores a proxy to `inner`, then `inner` is let go: only
+        // the stored value keeps it.
+        let refs = [inner];
+        let push = Request::Call(Call {
+            value: Some(Blob {
+                bytes: b"proxy",
+                refs: &refs,
+            }),
+            ..match call(outer, Method::ListPush, None, None) {
+                Request::Call(c) => c,
+                _ => unreachable!(),
+            }
+        });
+        run(&table, &mut conn, &push);
+        run(
+            &table,
+            &mut conn,
+            &Request::Release {
+                object: inner,
+                count: 1,
+            },
+        );
+        assert_eq!(table.lock().len(), 2);
+        // Clearing the list drops the value, freeing `inner` before the
+        // call is answered; releasing `outer` then frees the rest.
+        run(
+            &table,
+            &mut conn,
+            &call(outer, Method::ListClear, None, None),
+        );
+        assert_eq!(table.lock().len(), 1);
+        run(
+            &table,
+            &mut conn,
+            &Request::Release {
+                object: outer,
+                count: 1,
+            },
+        );
+        assert_eq!(table.lock().len(), 0);
+        assert!(!table.lock().has_pending());
+    }
 }

@@ -5,7 +5,7 @@
 //! * [`channel`]: the local transport, a shared segment per connection.
 //! * the client side: one connection per process and server (`client`), and
 //!   the reference-counted core every handle to a server object holds (`core`).
-//! * the object table and dispatch: objects as encoded bytes, reference
+//! * the object table and dispatch (a dict's entries kept compact, `dict`): objects as encoded bytes, reference
 //!   counted by connections, stored values and in-flight pins.
 //! * [`server`]: the serve loop that runs in the manager's process.
 //! * [`remote`]: the TCP transport (authkey handshake, then frames).
@@ -20,6 +20,7 @@ pub mod channel;
 pub mod client;
 #[doc(hidden)]
 pub mod core;
+mod dict;
 mod dispatch;
 pub(crate) mod frontend;
 mod gate;

@@ -379,6 +379,7 @@ impl ServerState {
     /// A connection ended: its references go, and the locks it held.
     fn connection_ended(&self, conn: ConnRefs, id: u64) {
         self.table.lock().release_connection(conn, id);
+        crate::manager::table::free_pending(&self.table);
     }
 
     pub(crate) fn stopping(&self) -> bool {
@@ -776,6 +777,7 @@ impl Server {
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
                 state.table.lock().sweep_pins(last_sweep);
+                crate::manager::table::free_pending(&state.table);
             }
             if !matches!(ready, Ok(ref r) if !r.is_empty()) || state.stopping() {
                 continue;

@@ -20,6 +20,9 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
+use crate::manager::dict::CompactDict;
 use crate::manager::protocol::{ArchivedBlob, ObjectId, ObjectKind, QuotaKind, RemoteError};
 use crate::manager::server::Limits;
 use crate::manager::user::UserSlot;
@@ -77,12 +80,38 @@ pub(crate) struct Attr {
     pub value: Stored,
 }
 
+/// The contents of a dict, list or namespace, behind the object's own lock.
+#[derive(Debug)]
+pub(crate) enum Container {
+    Dict(CompactDict),
+    List(Vec<Stored>),
+    Namespace(HashMap<String, Attr>),
+    /// The object was freed while a call still held it (a client calling
+    /// an object it holds no reference to): calls find it gone.
+    Freed,
+}
+
+impl Container {
+    /// Takes every stored value out, leaving the container freed.
+    fn drain_into(&mut self, out: &mut Vec<Stored>) {
+        match std::mem::replace(self, Container::Freed) {
+            Container::Dict(mut d) => out.extend(d.drain()),
+            Container::List(v) => out.extend(v),
+            Container::Namespace(m) => out.extend(m.into_values().map(|a| a.value)),
+            Container::Freed => {}
+        }
+    }
+}
+
 /// What an object holds.
 #[derive(Debug)]
 pub(crate) enum Data {
-    Dict(HashMap<Box<[u8]>, Stored>),
-    List(Vec<Stored>),
-    Namespace(HashMap<String, Attr>),
+    /// A dict, list or namespace. Its lock is taken without the table's
+    /// (a call holds only its own object), or before the table's (to
+    /// charge or count references at the end of a call), never after: the
+    /// table hands freed containers to [`free_pending`] instead of
+    /// emptying them under its own lock.
+    Container(Arc<Mutex<Container>>),
     /// A shared segment the server created: its descriptor (never mapped
     /// here, so segments the server holds cost it no address space), kept
     /// while the creator opens it or a stored value holds a handle to it.
@@ -101,16 +130,38 @@ pub(crate) enum Data {
 }
 
 impl Data {
-    /// Every stored value, to drop their references and charges when the object goes.
-    fn into_stored(self, out: &mut Vec<Stored>) {
+    /// A new dict, list or namespace.
+    pub fn container(c: Container) -> Data {
+        Data::Container(Arc::new(Mutex::new(c)))
+    }
+
+    /// Every stored value, to drop their references and charges when the
+    /// object goes; a container is left to [`free_pending`].
+    fn into_stored(self, out: &mut Vec<Stored>, pending: &mut Vec<Arc<Mutex<Container>>>) {
         match self {
-            Data::Dict(m) => out.extend(m.into_values()),
-            Data::List(v) => out.extend(v),
-            Data::Namespace(m) => out.extend(m.into_values().map(|a| a.value)),
+            Data::Container(c) => pending.push(c),
             Data::Segment { .. } => {}
             Data::Waitable(w) => w.free(out),
             Data::User(_) => {}
         }
+    }
+}
+
+/// Empties the containers freed since the last call (outside the table's
+/// lock, see [`Data::Container`]) and drops what they stored, until no
+/// freed object is left to empty. Called after every request and every
+/// release, so a freed object's values go before its answer is sent.
+pub(crate) fn free_pending(table: &Mutex<Table>) {
+    loop {
+        let pending = std::mem::take(&mut table.lock().pending);
+        if pending.is_empty() {
+            return;
+        }
+        let mut freed = Vec::new();
+        for c in pending {
+            c.lock().drain_into(&mut freed);
+        }
+        table.lock().drop_stored(freed);
     }
 }
 
@@ -145,10 +196,14 @@ struct Usage {
     bytes: u64,
 }
 
-/// All objects of a server (behind one `parking_lot` mutex in the server).
+/// All objects of a server (behind one `parking_lot` mutex in the server,
+/// held only to find, add, count or free objects: a dict, list or
+/// namespace call runs under that object's own lock).
 #[derive(Debug)]
 pub(crate) struct Table {
     objects: HashMap<ObjectId, Object>,
+    /// Freed containers whose values are still to be dropped (by [`free_pending`]).
+    pending: Vec<Arc<Mutex<Container>>>,
     next_id: ObjectId,
     pins: HashMap<u64, Pin>,
     next_pin: u64,
@@ -172,6 +227,7 @@ impl Table {
     pub fn with_limits(limits: Limits) -> Table {
         Table {
             objects: HashMap::new(),
+            pending: Vec::new(),
             next_id: 1,
             pins: HashMap::new(),
             next_pin: 1,
@@ -180,6 +236,11 @@ impl Table {
             usage: HashMap::new(),
             segments: HashMap::new(),
         }
+    }
+
+    /// Whether freed containers wait for [`free_pending`].
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     pub fn len(&self) -> usize {
@@ -391,7 +452,7 @@ impl Table {
                 self.segments.remove(segment);
             }
             let mut freed = Vec::new();
-            o.data.into_stored(&mut freed);
+            o.data.into_stored(&mut freed, &mut self.pending);
             for s in freed {
                 self.uncharge(s.owner, s.charge);
                 work.extend(s.refs);
@@ -532,7 +593,7 @@ mod tests {
             ObjectKind::List,
             1,
             "list",
-            Data::List(Vec::new()),
+            Data::container(Container::List(Vec::new())),
             0,
         )
         .unwrap()
@@ -546,13 +607,22 @@ mod tests {
         let outer = list(&mut t, &mut conn);
         // `outer` stores a value holding a proxy to `inner`.
         t.incref_all(&[inner]).unwrap();
-        if let Data::List(l) = &mut t.get_mut(outer).unwrap().data {
+        if let Data::Container(c) = &t.get_mut(outer).unwrap().data
+            && let Container::List(l) = &mut *c.lock()
+        {
             l.push(stored(&[inner]));
         }
         t.release(&mut conn, inner, 1);
         assert_eq!(t.len(), 2, "the stored value keeps inner alive");
         t.release(&mut conn, outer, 1);
-        assert_eq!(t.len(), 0, "freeing outer dropped its value's reference");
+        assert_eq!(t.len(), 1, "outer is freed, its values not yet dropped");
+        let t = Mutex::new(t);
+        free_pending(&t);
+        assert_eq!(
+            t.lock().len(),
+            0,
+            "freeing outer dropped its value's reference"
+        );
         assert!(conn.is_empty());
     }
 
@@ -653,7 +723,7 @@ mod tests {
                 ObjectKind::List,
                 1,
                 "list",
-                Data::List(Vec::new()),
+                Data::container(Container::List(Vec::new())),
                 0,
             )
         };

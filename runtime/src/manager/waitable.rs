@@ -520,6 +520,10 @@ impl Waitable {
     /// Adds `item` unless the queue is full (then gives it back).
     pub fn queue_put(&self, item: Stored) -> Result<Result<(), Stored>, RemoteError> {
         let mut inner = self.inner.lock();
+        if inner.freed {
+            // Freed while the put looked it up (see `dispatch::waitable_call`).
+            return Err(RemoteError::Failed("the object was freed".into()));
+        }
         match &mut inner.state {
             State::Queue {
                 items,

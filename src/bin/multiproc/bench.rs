@@ -87,6 +87,7 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("queue/throughput_1mib", queue_throughput_1mib),
         ("pipe/round_trip", pipe_round_trip),
         ("manager/dict_get", manager_dict_get),
+        ("manager/dict_get_2_clients", manager_dict_get_2_clients),
         ("manager/dict_get_1mib", manager_dict_get_1mib),
         ("manager/dict_set", manager_dict_set),
         ("lock/from_manager", manager_lock),
@@ -581,6 +582,60 @@ fn manager_dict_get(scale: &Scale) -> multiproc::Result<Figure> {
                 std::hint::black_box(d.get(&1).ok());
             },
         ))
+    })
+}
+
+/// One client of `manager/dict_get_2_clients`: `rounds` rounds of `n`
+/// gets on its own dict, each between two waits on `start`.
+fn dict_reader((d, start, rounds, n): (multiproc::DictProxy<u32, u64>, Barrier, u64, u64)) {
+    let wait = || start.wait_timeout(Duration::from_secs(120)).is_ok();
+    for _ in 0..rounds {
+        if !wait() {
+            return;
+        }
+        for _ in 0..n {
+            std::hint::black_box(d.get(&1).ok());
+        }
+        if !wait() {
+            return;
+        }
+    }
+}
+
+/// Two client processes, each getting from its own dict at once: time per
+/// get of both together (so ops/s is their total), beside
+/// `manager/dict_get`'s one client. Grows with clients when independent
+/// objects do not serialise in the server.
+fn manager_dict_get_2_clients(scale: &Scale) -> multiproc::Result<Figure> {
+    const KEY: &str = "manager/dict_get_2_clients";
+    with_manager(|m| {
+        let n = (200 * scale.k) as u64;
+        let rounds = scale.samples as u64 + 1;
+        let start = Barrier::new(3)?;
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let d = m.dict::<u32, u64>()?;
+            d.insert(1, 1)?;
+            let mut p = Process::new(dict_reader, (d, start.clone(), rounds, n))
+                .start_method(StartMethod::Fork);
+            p.start()?;
+            clients.push(p);
+        }
+        let timeout = Duration::from_secs(120);
+        let mut per_op = Vec::new();
+        for round in 0..rounds {
+            start.wait_timeout(timeout)?;
+            let began = std::time::Instant::now();
+            start.wait_timeout(timeout)?;
+            // The first round warms up.
+            if round > 0 {
+                per_op.push(began.elapsed().as_nanos() as f64 / (2 * n) as f64);
+            }
+        }
+        for mut p in clients {
+            p.join_timeout(timeout)?;
+        }
+        Ok(summarize(KEY, &mut per_op, None))
     })
 }
 
