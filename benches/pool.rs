@@ -1,5 +1,5 @@
 //! Pool throughput: trivial tasks with chunksize 1 and the default, and 1 ms CPU tasks
-//! (`pool/map_chunksize_1`, `pool/map_default`, `pool/cpu_1ms`).
+//! (`pool/map_chunksize_1_batched`, `pool/map_default`, `pool/cpu_1ms`).
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
@@ -33,7 +33,7 @@ fn pool(c: &mut Criterion) {
     let mut group = c.benchmark_group("pool");
     group.sample_size(10);
     group.throughput(Throughput::Elements(10_000));
-    group.bench_function("map_chunksize_1", |b| {
+    group.bench_function("map_chunksize_1_batched", |b| {
         b.iter(|| pool.chunksize(1).map(square, 0..10_000u64).expect("map"))
     });
     group.throughput(Throughput::Elements(100_000));
