@@ -614,10 +614,11 @@ pub(crate) fn install_user_objects<U: UserTypes>(
     make_user_objects::<U>(server, names)
 }
 
-/// The user object registered as `name` in the server at `address`,
-/// checked to be the one a `P` calls: `KeyNotFound` for a name the server
-/// does not have, `TypeMismatch` for another type.
-pub(crate) fn lookup_user_object<P: UserProxy>(address: ServerAddress, name: &str) -> Result<P> {
+/// The number registered as `name` in the server's registry, checked to be
+/// one of the kind `bit` marks (a shared object or a factory) for the type a
+/// `P` calls: `KeyNotFound` for a name the server does not have,
+/// `TypeMismatch` for another type or kind.
+fn registered_as<P: UserProxy>(address: ServerAddress, name: &str, bit: u64) -> Result<u64> {
     let tag = <Registry as Proxy>::tag();
     let registry: Registry = attach_as(&ProxyRepr {
         server: address,
@@ -627,15 +628,23 @@ pub(crate) fn lookup_user_object<P: UserProxy>(address: ServerAddress, name: &st
         pin: 0,
         authkey: Vec::new(),
     })?;
-    let (object, fingerprint, type_name) = registry
+    let (number, fingerprint, type_name) = registry
         .get(&name.to_string())?
         .ok_or_else(|| Error::KeyNotFound(format!("{name:?}")))?;
-    if fingerprint != fingerprint_str(P::TYPE_NAME) || object & USER_OBJECT_BIT == 0 {
+    if fingerprint != fingerprint_str(P::TYPE_NAME) || number & bit == 0 {
         return Err(Error::TypeMismatch {
             expected: P::TYPE_NAME.into(),
             found: type_name,
         });
     }
+    Ok(number)
+}
+
+/// The user object registered as `name` in the server at `address`,
+/// checked to be the one a `P` calls: `KeyNotFound` for a name the server
+/// does not have, `TypeMismatch` for another type.
+pub(crate) fn lookup_user_object<P: UserProxy>(address: ServerAddress, name: &str) -> Result<P> {
+    let object = registered_as::<P>(address, name, USER_OBJECT_BIT)?;
     Ok(P::from_handle(ObjectHandle {
         server: address,
         object,
@@ -648,24 +657,7 @@ pub(crate) fn lookup_user_object<P: UserProxy>(address: ServerAddress, name: &st
 /// the server does not have, `TypeMismatch` for another type or a name of
 /// one shared object. The proxy holds the object's first reference.
 pub(crate) fn create_user_object<P: UserProxy>(address: ServerAddress, typeid: &str) -> Result<P> {
-    let tag = <Registry as Proxy>::tag();
-    let registry: Registry = attach_as(&ProxyRepr {
-        server: address,
-        object: REGISTRY,
-        fingerprint: tag.fingerprint,
-        type_name: tag.name,
-        pin: 0,
-        authkey: Vec::new(),
-    })?;
-    let (factory, fingerprint, type_name) = registry
-        .get(&typeid.to_string())?
-        .ok_or_else(|| Error::KeyNotFound(format!("{typeid:?}")))?;
-    if fingerprint != fingerprint_str(P::TYPE_NAME) || factory & FACTORY_BIT == 0 {
-        return Err(Error::TypeMismatch {
-            expected: P::TYPE_NAME.into(),
-            found: type_name,
-        });
-    }
+    let factory = registered_as::<P>(address, typeid, FACTORY_BIT)?;
     let conn = client::connection(&address)?;
     let core = ProxyCore::create_with(
         conn,
