@@ -392,19 +392,8 @@ mod tests {
         // watcher (no locks shared with other threads of this test) and exits.
         let pid = match unsafe { fork() }.unwrap() {
             Forked::Child => {
-                let mut hard = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                // SAFETY: `hard` is a valid, writable rlimit.
-                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) };
-                let none = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: hard.rlim_max,
-                };
-                // SAFETY: a valid rlimit, the hard limit unchanged: no new
-                // descriptor can be opened now, pidfds included.
-                unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &none) };
+                // No new descriptor can be opened now, pidfds included.
+                crate::sys::process::tests::run_out_of_descriptors();
                 // The parent lives: this must return (it exited with 1 here
                 // when the pidfd could not be opened).
                 watch_parent(parent);
