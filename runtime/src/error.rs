@@ -174,6 +174,17 @@ pub enum Error {
     /// A spawned child runs a different binary than its parent.
     #[error("binary mismatch: {0}")]
     BinaryMismatch(String),
+    /// A backend that keeps objects outside this machine's processes (a
+    /// Redis server) could not be reached, refused the connection (a wrong
+    /// password, say), or went away in the middle of a call. The call may
+    /// or may not have taken effect when the connection broke mid-call.
+    #[error("{backend} unavailable: {cause}")]
+    BackendUnavailable {
+        /// Which backend (`"redis"`).
+        backend: &'static str,
+        /// What went wrong, as the backend's client reported it.
+        cause: String,
+    },
     /// An operating-system call failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),

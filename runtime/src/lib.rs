@@ -33,6 +33,8 @@ mod pool;
 mod process;
 pub mod py;
 mod queue;
+#[cfg(feature = "redis")]
+mod redis;
 pub mod shared_memory;
 mod sharedctypes;
 mod shm;

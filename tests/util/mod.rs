@@ -63,6 +63,8 @@ pub fn shm_leaks() -> Vec<String> {
         .unwrap_or_default()
 }
 pub mod chaos;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// Starts one process per argument with `method`, then joins them all
 /// (generous bound) and returns their results in order.
