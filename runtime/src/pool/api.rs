@@ -141,7 +141,7 @@ macro_rules! batch_methods {
         ///
         /// `f` is a plain `fn` on a [`Pool`](crate::Pool) (a worker process
         /// finds it in its copy of this binary) and any `Fn` closure on a
-        /// [`ThreadPool`], as in every call of the pools.
+        /// [`ThreadPool`](crate::ThreadPool), as in every call of the pools.
         ///
         /// The input is read whole first, here; if it panics, the call fails
         /// with [`Error::InputPanicked`] and runs nothing. A `Pool` encodes
