@@ -1,5 +1,6 @@
-//! A process pool: map, apply_async with a callback, starmap, imap_unordered, a timeout,
-//! and a worker that crashes without hanging the pool.
+//! A process pool: map, apply_async with a callback, starmap (two and three
+//! arguments), imap_unordered, a timeout, and a worker that crashes without
+//! hanging the pool; then a thread pool running a closure.
 //!
 //! Run: `cargo run --example pool`
 
@@ -15,6 +16,11 @@ fn square(x: u64) -> u64 {
 /// Python's `functools.partial(power, exponent=3)` becomes a pair argument.
 fn power(base: u64, exponent: u32) -> u64 {
     base.pow(exponent)
+}
+
+/// Three arguments: `starmap3` (the number of arguments is in the name).
+fn clamp(x: i64, low: i64, high: i64) -> i64 {
+    x.clamp(low, high)
 }
 
 fn slow(ms: u64) -> u64 {
@@ -52,6 +58,8 @@ fn main() -> multiproc::Result<()> {
 
     let cubes = pool.starmap(power, (1..=5).map(|b| (b, 3)))?;
     println!("starmap with a fixed exponent: {cubes:?}");
+    let clamped = pool.starmap3(clamp, [(-5, 0, 10), (5, 0, 10), (50, 0, 10)])?;
+    println!("starmap3 of clamp: {clamped:?}");
 
     let mut done: Vec<u64> = pool
         .imap_unordered(slow, vec![30, 10, 20])?
@@ -73,5 +81,21 @@ fn main() -> multiproc::Result<()> {
     println!("the pool carries on: {:?}", pool.map(square, 1..=3)?);
     pool.close();
     pool.join()?;
+
+    // A thread pool runs in this process: its tasks may be closures.
+    let threads = multiproc::ThreadPool::new(2)?;
+    let calls = Arc::new(Mutex::new(0u32));
+    let counter = calls.clone();
+    let tripled = threads.map(
+        move |x: u64| {
+            *counter.lock().unwrap() += 1;
+            x * 3
+        },
+        1..=4,
+    )?;
+    println!(
+        "a ThreadPool closure: {tripled:?}, called {} times",
+        calls.lock().unwrap()
+    );
     Ok(())
 }

@@ -235,7 +235,8 @@
 //!
 //! ## Use a pool
 //!
-//! A [`Pool`] fans a function out over worker processes: `map`, `starmap`,
+//! A [`Pool`] fans a function out over worker processes: `map`, `starmap`
+//! (and `starmap3` … `starmap6` for tuples of three to six arguments),
 //! `imap`, `imap_unordered`, `apply_async` with callbacks. A chunk size
 //! other than the default goes first: `pool.chunksize(8).map(f, items)`.
 //! An idle worker takes the next chunk while another runs a long one (a
@@ -245,11 +246,17 @@
 //! error carrying its message and where it panicked; a worker that dies
 //! fails only the tasks it held (`Error::WorkerDied`) and is replaced; an
 //! input iterator that panics is `Error::InputPanicked` (after the results
-//! of the items before it, for `imap`). [`ThreadPool`] has the same API.
+//! of the items before it, for `imap`). [`ThreadPool`] has the same API
+//! over threads of this process, where a task may also be a closure
+//! (capturing an `Arc`, say) and nothing is encoded.
 //!
 //! ```
 //! fn square(x: u64) -> u64 {
 //!     x * x
+//! }
+//!
+//! fn volume(w: u64, h: u64, d: u64) -> u64 {
+//!     w * h * d
 //! }
 //!
 //! fn main() {
@@ -258,6 +265,13 @@
 //!     assert_eq!(pool.map(square, 1..=4).unwrap(), vec![1, 4, 9, 16]);
 //!     let mut lazy = pool.chunksize(8).imap(square, 1u64..).unwrap();
 //!     assert_eq!(lazy.next().unwrap().unwrap(), 1);
+//!     let volumes = pool.starmap3(volume, [(1, 2, 3), (2, 2, 2)]).unwrap();
+//!     assert_eq!(volumes, vec![6, 8]);
+//!
+//!     let threads = multiproc::ThreadPool::new(2).unwrap();
+//!     let offset = std::sync::Arc::new(10u64);
+//!     let shifted = threads.map(move |x: u64| x + *offset, 1..=3).unwrap();
+//!     assert_eq!(shifted, vec![11, 12, 13]);
 //! }
 //! ```
 //!

@@ -94,10 +94,12 @@ fn pool() {
             "map of squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",
             "apply_async callbacks collected: [0, 1, 4, 9, 16]",
             "starmap with a fixed exponent: [1, 8, 27, 64, 125]",
+            "starmap3 of clamp: [0, 5, 10]",
             "imap_unordered results (sorted): [10, 20, 30]",
             "still running after 50 ms",
             "a crashing task: worker",
             "the pool carries on: [1, 4, 9]",
+            "a ThreadPool closure: [3, 6, 9, 12], called 4 times",
         ],
     );
 }

@@ -510,3 +510,95 @@ fn a_context_chooses_how_workers_start_and_a_failed_start_is_an_error() {
         assert!(util::eventually(PROMPTLY, || util::is_gone(pid)));
     }
 }
+
+fn add3(a: u64, b: u32, c: u8) -> u64 {
+    a + u64::from(b) + u64::from(c)
+}
+
+fn label4(name: String, n: u64, negative: bool, scale: i32) -> String {
+    let sign = if negative { "-" } else { "" };
+    format!("{name}={sign}{}", n * scale as u64)
+}
+
+fn sum5(a: u8, b: u16, c: u32, d: u64, e: i64) -> i64 {
+    i64::from(a) + i64::from(b) + i64::from(c) + d as i64 + e
+}
+
+fn join6(a: char, b: char, c: char, d: char, e: char, f: char) -> String {
+    [a, b, c, d, e, f].iter().collect()
+}
+
+fn panics_on_3_of_3(a: u64, b: u64, c: u64) -> u64 {
+    assert!(a != 3, "three arguments, first is 3");
+    a + b + c
+}
+
+/// Issue #17 item 8: `starmap` beyond two arguments (`starmap3` …
+/// `starmap6`) with plain `fn` items, their `_async` forms, chunk sizes and
+/// a panicking task, under both start methods.
+#[test]
+fn starmap_with_three_to_six_arguments() {
+    for m in METHODS {
+        let p = pool(m, 2);
+        let triples: Vec<(u64, u32, u8)> = (0..500u64)
+            .map(|x| (x, x as u32 * 2, (x % 7) as u8))
+            .collect();
+        let expected: Vec<u64> = triples.iter().map(|&(a, b, c)| add3(a, b, c)).collect();
+        assert_eq!(
+            p.starmap3(add3, triples.clone()).unwrap(),
+            expected,
+            "{m:?}"
+        );
+        assert_eq!(
+            p.chunksize(7).starmap3(add3, triples).unwrap(),
+            expected,
+            "{m:?}"
+        );
+
+        let quads = (0..20u64).map(|n| (format!("n{n}"), n, n % 2 == 1, 3));
+        let labels = p.starmap4_async(label4, quads).unwrap();
+        let labels = labels.get_timeout(PROMPTLY).unwrap();
+        assert_eq!(labels.len(), 20, "{m:?}");
+        assert_eq!(labels[0], "n0=0");
+        assert_eq!(labels[5], "n5=-15");
+
+        let seen = Arc::new(AtomicU64::new(0));
+        let s2 = seen.clone();
+        let r = p
+            .chunksize(3)
+            .starmap4_async_with(
+                label4,
+                vec![("a".to_string(), 2, false, 5)],
+                Callbacks::new().callback(move |v: &Vec<String>| {
+                    s2.store(v.len() as u64, Ordering::SeqCst);
+                }),
+            )
+            .unwrap();
+        assert_eq!(r.get_timeout(PROMPTLY).unwrap(), vec!["a=10".to_string()]);
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+
+        assert_eq!(
+            p.starmap5(sum5, [(1, 2, 3, 4, -5), (0, 0, 0, 0, 7)])
+                .unwrap(),
+            vec![5, 7],
+            "{m:?}"
+        );
+        assert_eq!(
+            p.starmap6(join6, [('m', 'u', 'l', 't', 'i', '!')]).unwrap(),
+            vec!["multi!".to_string()],
+            "{m:?}"
+        );
+
+        match p
+            .chunksize(1)
+            .starmap3(panics_on_3_of_3, (0..6u64).map(|x| (x, 1, 1)))
+        {
+            Err(Error::Remote(msg)) => assert!(msg.contains("first is 3"), "{m:?}: {msg}"),
+            other => panic!("{m:?}: {other:?}"),
+        }
+        // The pool works on after the panic.
+        assert_eq!(p.starmap3(add3, [(1, 1, 1)]).unwrap(), vec![3], "{m:?}");
+        p.close();
+        p.join().unwrap();
+    }
+}

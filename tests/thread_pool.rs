@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use multiproc::{Callbacks, Error, ThreadPool};
+use util::PROMPTLY;
 
 fn square(x: u64) -> u64 {
     x * x
@@ -235,4 +236,182 @@ fn builder_with_a_closure_and_fair_scheduling() {
         ThreadPool::builder().threads(1).prefetch(0).build(),
         Err(Error::InvalidArgument(_))
     ));
+}
+
+fn add3(a: u64, b: u32, c: u8) -> u64 {
+    a + u64::from(b) + u64::from(c)
+}
+
+fn label4(name: String, n: u64, negative: bool, scale: i32) -> String {
+    let sign = if negative { "-" } else { "" };
+    format!("{name}={sign}{}", n * scale as u64)
+}
+
+/// Issue #17 item 8: `starmap3` … `starmap6` take fn items and closures.
+#[test]
+fn starmap_with_three_to_six_arguments() {
+    let pool = ThreadPool::new(2).unwrap();
+    let triples: Vec<(u64, u32, u8)> = (0..500u64)
+        .map(|x| (x, x as u32 * 2, (x % 7) as u8))
+        .collect();
+    let expected: Vec<u64> = triples.iter().map(|&(a, b, c)| add3(a, b, c)).collect();
+    assert_eq!(pool.starmap3(add3, triples.clone()).unwrap(), expected);
+    assert_eq!(pool.chunksize(9).starmap3(add3, triples).unwrap(), expected);
+
+    let quads = (0..20u64).map(|n| (format!("n{n}"), n, n % 2 == 1, 3));
+    let labels = pool
+        .starmap4_async(label4, quads)
+        .unwrap()
+        .get_timeout(PROMPTLY)
+        .unwrap();
+    assert_eq!(labels.len(), 20);
+    assert_eq!(labels[5], "n5=-15");
+
+    let offset = Arc::new(100u64);
+    let o2 = offset.clone();
+    let shifted = pool
+        .starmap4(
+            move |a: u64, b: u64, c: u64, d: u64| a + b + c + d + *o2,
+            [(1, 2, 3, 4), (0, 0, 0, 0)],
+        )
+        .unwrap();
+    assert_eq!(shifted, vec![110, 100]);
+    assert_eq!(
+        pool.starmap5(
+            |a: u8, b: u8, c: u8, d: u8, e: u8| [a, b, c, d, e].len(),
+            [(1, 2, 3, 4, 5)]
+        )
+        .unwrap(),
+        vec![5]
+    );
+    assert_eq!(
+        pool.starmap6(
+            |a: char, b: char, c: char, d: char, e: char, f: char| [a, b, c, d, e, f]
+                .iter()
+                .collect::<String>(),
+            [('t', 'h', 'r', 'e', 'a', 'd')]
+        )
+        .unwrap(),
+        vec!["thread".to_string()]
+    );
+    // The two-argument form takes closures too.
+    assert_eq!(
+        pool.starmap(move |a: u64, b: u64| a * b + *offset, [(2, 3)])
+            .unwrap(),
+        vec![106]
+    );
+}
+
+/// Issue #17 item 8: a `ThreadPool` takes closures that capture, in every
+/// call, and their items and results need not be encodable.
+#[test]
+fn closures_capture_state_in_every_call() {
+    let pool = ThreadPool::new(3).unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+
+    let c = count.clone();
+    let doubled = pool
+        .map(
+            move |x: u64| {
+                c.fetch_add(1, Ordering::SeqCst);
+                x * 2
+            },
+            0..1_000,
+        )
+        .unwrap();
+    assert_eq!(doubled, (0..1_000).map(|x| x * 2).collect::<Vec<u64>>());
+    assert_eq!(count.load(Ordering::SeqCst), 1_000);
+
+    let c = count.clone();
+    let counter = move |_: u64| c.fetch_add(1, Ordering::SeqCst);
+    assert_eq!(
+        pool.chunksize(10)
+            .imap(counter.clone(), 0..100u64)
+            .unwrap()
+            .count(),
+        100
+    );
+    assert_eq!(
+        pool.imap_unordered(counter.clone(), 0..100u64)
+            .unwrap()
+            .count(),
+        100
+    );
+    pool.apply(counter.clone(), 0).unwrap();
+    pool.apply_async(counter.clone(), 0)
+        .unwrap()
+        .get_timeout(PROMPTLY)
+        .unwrap();
+    let called_back = Arc::new(AtomicUsize::new(0));
+    let cb = called_back.clone();
+    pool.apply_async_with(
+        counter.clone(),
+        0,
+        Callbacks::new().callback(move |_| {
+            cb.fetch_add(1, Ordering::SeqCst);
+        }),
+    )
+    .unwrap()
+    .get_timeout(PROMPTLY)
+    .unwrap();
+    pool.map_async(counter, 0..10u64)
+        .unwrap()
+        .get_timeout(PROMPTLY)
+        .unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 1_000 + 100 + 100 + 3 + 10);
+    assert_eq!(called_back.load(Ordering::SeqCst), 1);
+
+    // Neither the items nor the results are encoded: any `Send` type goes.
+    struct NotEncodable(Arc<AtomicUsize>);
+    let handles = pool
+        .map(
+            |n: usize| NotEncodable(Arc::new(AtomicUsize::new(n))),
+            [1, 2, 3],
+        )
+        .unwrap();
+    let total = pool
+        .map(|h: NotEncodable| h.0.load(Ordering::SeqCst), handles)
+        .unwrap();
+    assert_eq!(total, vec![1, 2, 3]);
+
+    // fn items still work, in the same pool.
+    assert_eq!(pool.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
+    pool.close();
+    pool.join().unwrap();
+}
+
+/// Issue #17 item 8: a closure that panics gives its caller `Error::Remote`
+/// with the message, and the pool keeps working.
+#[test]
+fn a_panicking_closure_is_an_error_and_the_pool_goes_on() {
+    let pool = ThreadPool::new(2).unwrap();
+    let limit = Arc::new(5u64);
+    let l2 = limit.clone();
+    let checked = move |x: u64| {
+        assert!(x < *l2, "{x} is over the limit");
+        x
+    };
+    match pool.chunksize(1).map(checked.clone(), 0..10) {
+        Err(Error::Remote(msg)) => assert!(msg.contains("5 is over the limit"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    match pool.apply(checked.clone(), 7) {
+        Err(Error::Remote(msg)) => assert!(msg.contains("7 is over the limit"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    let results: Vec<_> = pool.imap(checked.clone(), 3..7).unwrap().collect();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[1].as_ref().ok(), Some(&4));
+    assert!(matches!(&results[2], Err(Error::Remote(m)) if m.contains("over the limit")));
+    assert!(matches!(
+        pool.starmap3(move |a: u64, _: u8, _: u8| checked(a), [(9, 0, 0)]),
+        Err(Error::Remote(_))
+    ));
+    // The pool works on, with the same threads.
+    assert_eq!(
+        pool.map(move |x: u64| x + *limit, 0..3).unwrap(),
+        vec![5, 6, 7]
+    );
+    pool.close();
+    pool.join().unwrap();
 }

@@ -3,10 +3,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::codec::Shareable;
 use crate::error::{Error, Result};
+use crate::pool::core::PaceKey;
 use crate::pool::jobs::RawChunk;
-use crate::pool::wire::TaskFn;
 
 /// A chunk of consecutive items of one job.
 pub(crate) struct Chunk<T> {
@@ -117,10 +116,17 @@ pub(crate) trait Backend: Send + 'static {
     fn kill(&mut self, worker: &mut Self::Worker);
     /// Wakes the result handler out of `recv`.
     fn wake(&self);
-    /// Prepares a chunk of `f` over `items`.
-    fn make_task<A, R, F>(&self, f: F, items: Vec<A>) -> Result<Self::Task>
-    where
-        A: Shareable,
-        R: Shareable,
-        F: TaskFn<A, R>;
+}
+
+/// A task function as one kind of pool runs it: a process pool's is a plain
+/// `fn` (found again by address in a worker, items and results encoded), a
+/// thread pool's any `Fn` closure (shared with its threads, items and
+/// results moved, never encoded).
+pub(crate) trait Tasks<B: Backend, A, R>: Clone + Send + 'static {
+    /// Prepares a chunk of this function over `items`.
+    fn make_task(&self, backend: &B, items: Vec<A>) -> Result<B::Task>;
+    /// Which function this is, to learn its chunk times under.
+    fn pace_key(&self) -> PaceKey;
+    /// A worker's report of a chunk, as one result per item.
+    fn results(chunk: RawChunk) -> Vec<Result<R>>;
 }

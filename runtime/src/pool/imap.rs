@@ -4,13 +4,11 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::codec::Shareable;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
-use crate::pool::backend::{Backend, Chunk};
+use crate::pool::backend::{Backend, Chunk, Tasks};
 use crate::pool::core::{Core, Feed, Feeder};
 use crate::pool::jobs::IMapShared;
-use crate::pool::wire::TaskFn;
 
 /// Pulls chunks from the user's iterator while few enough results wait unread.
 ///
@@ -74,9 +72,9 @@ impl<B, I, A, R, F> Feeder<B> for IMapFeeder<I, A, R, F>
 where
     B: Backend,
     I: Iterator<Item = A> + Send,
-    A: Shareable,
-    R: Shareable,
-    F: TaskFn<A, R>,
+    A: Send + 'static,
+    R: Send + 'static,
+    F: Tasks<B, A, R>,
 {
     fn next(&mut self, backend: &B) -> Feed<B::Task> {
         let first = {
@@ -99,8 +97,8 @@ where
         let task = if len == 0 {
             Ok(None)
         } else {
-            let f = self.f;
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.make_task(f, items)))
+            let f = &self.f;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.make_task(backend, items)))
                 .unwrap_or_else(|payload| {
                     Err(Error::Codec(format!(
                         "encoding an input item panicked: {}",

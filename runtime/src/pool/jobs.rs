@@ -2,7 +2,6 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
-use std::marker::PhantomData;
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
@@ -30,6 +29,14 @@ impl RawChunk {
     pub fn into_typed<R: Shareable>(self) -> Vec<Result<R>> {
         match self {
             RawChunk::Encoded { len, outcome } => merge::<R>(len, outcome),
+            other => other.into_moved(),
+        }
+    }
+
+    /// Downcasts a thread task's results (which were never encoded), one
+    /// per item.
+    pub fn into_moved<R: Send + 'static>(self) -> Vec<Result<R>> {
+        match self {
             RawChunk::Typed(any) => match any.downcast::<Vec<Result<R>>>() {
                 Ok(v) => *v,
                 Err(_) => vec![Err(Error::Remote(
@@ -37,6 +44,9 @@ impl RawChunk {
                 ))],
             },
             RawChunk::Failed { len, error } => (0..len).map(|_| Err(error())).collect(),
+            RawChunk::Encoded { len, .. } => (0..len)
+                .map(|_| Err(Error::Protocol("encoded results for a thread task".into())))
+                .collect(),
         }
     }
 }
@@ -74,6 +84,10 @@ fn merge<R: Shareable>(len: usize, outcome: ChunkOutcome) -> Vec<Result<R>> {
         .collect()
 }
 
+/// Turns a worker's report of a chunk into one result per item (decoding
+/// a process worker's, downcasting a thread's).
+pub(crate) type Typer<R> = fn(RawChunk) -> Vec<Result<R>>;
+
 /// Receives the results of one job, chunk by chunk.
 pub(crate) trait Job: Send {
     /// Results for chunks given by (first item, item count), in that order.
@@ -87,19 +101,21 @@ pub(crate) trait Job: Send {
 /// `apply_async`: one item.
 pub(crate) struct ApplyJob<R> {
     promise: Option<Promise<R>>,
+    typed: Typer<R>,
 }
 
 impl<R> ApplyJob<R> {
-    pub fn new(promise: Promise<R>) -> Self {
+    pub fn new(promise: Promise<R>, typed: Typer<R>) -> Self {
         ApplyJob {
             promise: Some(promise),
+            typed,
         }
     }
 }
 
-impl<R: Shareable> Job for ApplyJob<R> {
+impl<R: Send + 'static> Job for ApplyJob<R> {
     fn deliver(&mut self, _parts: &[(usize, usize)], chunk: RawChunk) {
-        if let (Some(p), Some(r)) = (self.promise.take(), chunk.into_typed().into_iter().next()) {
+        if let (Some(p), Some(r)) = (self.promise.take(), (self.typed)(chunk).into_iter().next()) {
             p.complete(r);
         }
     }
@@ -124,15 +140,17 @@ pub(crate) struct MapJob<R> {
     first_error: Option<(usize, Error)>,
     missing: usize,
     promise: Option<Promise<Vec<R>>>,
+    typed: Typer<R>,
 }
 
 impl<R> MapJob<R> {
-    pub fn new(len: usize, promise: Promise<Vec<R>>) -> Self {
+    pub fn new(len: usize, promise: Promise<Vec<R>>, typed: Typer<R>) -> Self {
         let mut job = MapJob {
             results: (0..len).map(|_| None).collect(),
             first_error: None,
             missing: len,
             promise: Some(promise),
+            typed,
         };
         job.finish_if_done();
         job
@@ -162,9 +180,9 @@ impl<R> MapJob<R> {
     }
 }
 
-impl<R: Shareable> Job for MapJob<R> {
+impl<R: Send + 'static> Job for MapJob<R> {
     fn deliver(&mut self, parts: &[(usize, usize)], chunk: RawChunk) {
-        let mut results = chunk.into_typed().into_iter();
+        let mut results = (self.typed)(chunk).into_iter();
         for &(first, len) in parts {
             for index in first..first.saturating_add(len) {
                 let Some(r) = results.next() else { break };
@@ -257,22 +275,22 @@ impl<R> IMapShared<R> {
 pub(crate) struct IMapJob<R> {
     shared: Arc<IMapShared<R>>,
     delivered: usize,
-    _r: PhantomData<R>,
+    typed: Typer<R>,
 }
 
 impl<R> IMapJob<R> {
-    pub fn new(shared: Arc<IMapShared<R>>) -> Self {
+    pub fn new(shared: Arc<IMapShared<R>>, typed: Typer<R>) -> Self {
         IMapJob {
             shared,
             delivered: 0,
-            _r: PhantomData,
+            typed,
         }
     }
 }
 
-impl<R: Shareable> Job for IMapJob<R> {
+impl<R: Send + 'static> Job for IMapJob<R> {
     fn deliver(&mut self, parts: &[(usize, usize)], chunk: RawChunk) {
-        let mut results = chunk.into_typed().into_iter();
+        let mut results = (self.typed)(chunk).into_iter();
         for &(first, len) in parts {
             for (i, r) in results.by_ref().take(len).enumerate() {
                 self.delivered += 1;

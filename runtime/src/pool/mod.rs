@@ -1,8 +1,11 @@
 //! Pools of workers: Python's `Pool` (processes) and `ThreadPool` (threads).
 //!
 //! Both share one machinery ([`core`](self)) and one API: `apply`,
-//! `apply_async`, `map`, `map_async`, `starmap`, `starmap_async`, `imap`,
-//! `imap_unordered`, `close`, `join`, `terminate`. A task that panics gives
+//! `apply_async`, `map`, `map_async`, `starmap`, `starmap_async`,
+//! `starmap3` … `starmap6`, `imap`, `imap_unordered`, `close`, `join`,
+//! `terminate`. They differ in what a task is (`backend::Tasks`): a
+//! `Pool`'s is a plain `fn` with encoded items and results, a
+//! `ThreadPool`'s any `Fn` closure with moved ones. A task that panics gives
 //! `Error::Remote` with the panic message, and the worker carries on. A
 //! process worker that dies (SIGKILL, abort, OOM) fails exactly the tasks it
 //! held with `Error::WorkerDied` (they are not retried: a task that kills its

@@ -19,7 +19,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::codec::Shareable;
 use crate::error::Result;
-use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource};
+use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource, Tasks};
+use crate::pool::core::PaceKey;
 use crate::pool::jobs::RawChunk;
 use crate::pool::wire::{self, ChunkEntryFn, OrderMsg, ReportMsg, TaskFn, TaskMsg};
 use crate::process::launch::{self, Outcome};
@@ -463,19 +464,31 @@ impl Backend for Processes {
     fn wake(&self) {
         let _ = self.reports.try_put(&ReportMsg::Wake);
     }
+}
 
-    fn make_task<A, R, F>(&self, f: F, items: Vec<A>) -> Result<ProcTask>
-    where
-        A: Shareable,
-        R: Shareable,
-        F: TaskFn<A, R>,
-    {
+/// A process pool's task function: a plain `fn` (or a `Star` wrapper of
+/// one), found in a worker by its offset in this binary.
+impl<A, R, F> Tasks<Processes, A, R> for F
+where
+    A: Shareable,
+    R: Shareable,
+    F: TaskFn<A, R>,
+{
+    fn make_task(&self, _backend: &Processes, items: Vec<A>) -> Result<ProcTask> {
         let entry: ChunkEntryFn = wire::chunk_entry::<A, R, F>;
         Ok(ProcTask {
             entry_offset: launch::offset_of(entry as *const ()),
-            target_offset: launch::offset_of(f.to_ptr()),
+            target_offset: launch::offset_of(self.to_ptr()),
             // Read only by the pool's own workers.
             args: crate::handle::for_own_child(|| A::encode_many(&items))?.into_vec(),
         })
+    }
+
+    fn pace_key(&self) -> PaceKey {
+        self.to_ptr() as PaceKey
+    }
+
+    fn results(chunk: RawChunk) -> Vec<Result<R>> {
+        chunk.into_typed()
     }
 }

@@ -5,19 +5,23 @@ use std::sync::Arc;
 use crate::codec::Shareable;
 use crate::error::{Error, Result};
 use crate::pool::api::{
-    Chunked, MAX_INFLIGHT, batch_methods, check_prefetch, check_workers, pool_methods,
+    Chunked, MAX_INFLIGHT, batch_methods, check_prefetch, check_workers, plain_task, pool_methods,
+    star_task, starmap_methods, task_fn,
 };
 use crate::pool::async_result::{AsyncResult, Callbacks};
 use crate::pool::core::{Config, Core};
 use crate::pool::imap::IMapIterator;
 use crate::pool::process_backend::{InitSpec, Processes};
 use crate::pool::submit;
-use crate::pool::wire::Star2;
 use crate::process::{Context, StartMethod};
 
 /// A pool of worker processes (Python's `multiprocessing.Pool`).
 ///
-/// Targets are non-capturing `fn`s, as for [`Process`](crate::Process).
+/// Targets are non-capturing `fn`s, as for [`Process`](crate::Process): a
+/// worker finds the function in its copy of this binary. `starmap` takes
+/// `fn(A, B) -> R` over `(A, B)` items; `starmap3` … `starmap6` take three to
+/// six arguments (`pool.starmap3(add3, [(1, 2, 3)])`). For closures, use a
+/// [`ThreadPool`](crate::ThreadPool).
 /// Workers are daemon processes started with the pool's start method. A task
 /// that panics fails with `Error::Remote` carrying the panic message; a worker
 /// that dies fails the tasks it held with `Error::WorkerDied` (not retried)
@@ -187,7 +191,7 @@ impl Pool {
         self.core.held_peak()
     }
 
-    pool_methods!(Pool, Processes);
+    pool_methods!(Pool, Processes, processes[Shareable]);
 }
 
 impl std::fmt::Debug for Pool {

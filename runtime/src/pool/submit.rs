@@ -3,14 +3,12 @@
 use std::marker::PhantomData;
 use std::sync::{Arc, Weak};
 
-use crate::codec::Shareable;
 use crate::error::{Error, Result};
 use crate::pool::async_result::{self, AsyncResult, Callbacks};
-use crate::pool::backend::{Backend, Chunk};
-use crate::pool::core::{Core, Feed, Feeder, PaceKey, Submission};
+use crate::pool::backend::{Backend, Chunk, Tasks};
+use crate::pool::core::{Core, Feed, Feeder, Submission};
 use crate::pool::imap::{IMapFeeder, IMapIterator, Poke, pull};
 use crate::pool::jobs::{ApplyJob, IMapJob, IMapShared, MapJob};
-use crate::pool::wire::TaskFn;
 
 /// Python's default chunk size: ceil(len / (4 × workers)).
 pub(crate) fn default_chunksize(len: usize, workers: usize) -> usize {
@@ -47,16 +45,16 @@ pub(crate) fn apply_async<B, A, R, F>(
 ) -> Result<AsyncResult<R>>
 where
     B: Backend,
-    A: Shareable,
-    R: Shareable,
-    F: TaskFn<A, R>,
+    A: Send + 'static,
+    R: Send + 'static,
+    F: Tasks<B, A, R>,
 {
     let (result, promise) = async_result::pending(callbacks);
     core.submit(|id, backend| {
-        let task = backend.make_task(f, vec![arg])?;
+        let task = f.make_task(backend, vec![arg])?;
         Ok(Submission {
-            job: Box::new(ApplyJob::new(promise)),
-            pace_key: f.to_ptr() as PaceKey,
+            job: Box::new(ApplyJob::new(promise, F::results)),
+            pace_key: f.pace_key(),
             chunks: vec![Chunk {
                 job: id,
                 first: 0,
@@ -80,9 +78,9 @@ pub(crate) fn map_async<B, A, R, F>(
 ) -> Result<AsyncResult<Vec<R>>>
 where
     B: Backend,
-    A: Shareable,
-    R: Shareable,
-    F: TaskFn<A, R>,
+    A: Send + 'static,
+    R: Send + 'static,
+    F: Tasks<B, A, R>,
 {
     check_chunksize(chunksize)?;
     let len = items.len();
@@ -101,8 +99,8 @@ where
         // The first chunk is encoded now: an input that cannot be encoded at
         // all fails this call, not each of its chunks later.
         feeder.ready = feeder.encode_next(backend).map_err(|(_, _, e)| e)?;
-        let job = Box::new(MapJob::<R>::new(len, promise));
-        let pace_key = f.to_ptr() as PaceKey;
+        let pace_key = feeder.f.pace_key();
+        let job = Box::new(MapJob::<R>::new(len, promise, F::results));
         if B::STREAMS {
             return Ok(Submission {
                 job,
@@ -142,9 +140,9 @@ struct MapFeeder<B: Backend, A, R, F> {
 impl<B, A, R, F> MapFeeder<B, A, R, F>
 where
     B: Backend,
-    A: Shareable,
-    R: Shareable,
-    F: TaskFn<A, R>,
+    A: Send + 'static,
+    R: Send + 'static,
+    F: Tasks<B, A, R>,
 {
     /// Takes the next chunk's items and encodes them: `Ok(None)` at the end.
     /// On an error the chunk's items are used up, as (first, len, error).
@@ -160,9 +158,9 @@ where
         if len == 0 {
             return Ok(None);
         }
-        let f = self.f;
+        let f = &self.f;
         let task =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.make_task(f, part)))
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.make_task(backend, part)))
                 .unwrap_or_else(|payload| {
                     Err(Error::Codec(format!(
                         "encoding an input item panicked: {}",
@@ -185,9 +183,9 @@ where
 impl<B, A, R, F> Feeder<B> for MapFeeder<B, A, R, F>
 where
     B: Backend,
-    A: Shareable,
-    R: Shareable,
-    F: TaskFn<A, R>,
+    A: Send + 'static,
+    R: Send + 'static,
+    F: Tasks<B, A, R>,
 {
     fn next(&mut self, backend: &B) -> Feed<B::Task> {
         if let Some(chunk) = self.ready.take() {
@@ -219,9 +217,9 @@ pub(crate) fn imap<B, A, R, F, I>(
 ) -> Result<IMapIterator<R>>
 where
     B: Backend,
-    A: Shareable,
-    R: Shareable,
-    F: TaskFn<A, R>,
+    A: Send + 'static,
+    R: Send + 'static,
+    F: Tasks<B, A, R>,
     I: Iterator<Item = A> + Send + 'static,
 {
     check_chunksize(chunksize)?;
@@ -231,8 +229,8 @@ where
     let for_job = shared.clone();
     core.submit(move |id, _backend| {
         Ok(Submission {
-            job: Box::new(IMapJob::new(for_job.clone())),
-            pace_key: f.to_ptr() as PaceKey,
+            job: Box::new(IMapJob::new(for_job.clone(), F::results)),
+            pace_key: f.pace_key(),
             chunks: Vec::new(),
             feeder: Some(Box::new(IMapFeeder {
                 job: id,

@@ -6,11 +6,10 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::codec::Shareable;
 use crate::error::Result;
-use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource};
+use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource, Tasks};
+use crate::pool::core::PaceKey;
 use crate::pool::jobs::RawChunk;
-use crate::pool::wire::TaskFn;
 use crate::process::launch::panic_message;
 
 /// One chunk's work on a thread: runs every item, catching panics.
@@ -163,18 +162,38 @@ impl Backend for Threads {
     fn wake(&self) {
         let _ = self.reports.send(Report::Wake);
     }
+}
 
-    fn make_task<A, R, F>(&self, f: F, items: Vec<A>) -> Result<ThreadTask>
-    where
-        A: Shareable,
-        R: Shareable,
-        F: TaskFn<A, R>,
-    {
+/// A thread pool's task function: any closure, shared with the worker
+/// threads. Its items are moved into the task and its results moved back:
+/// nothing is encoded, so they need only be `Send + 'static`.
+pub(crate) struct ThreadFn<F>(Arc<F>);
+
+impl<F> ThreadFn<F> {
+    pub fn new(f: F) -> ThreadFn<F> {
+        ThreadFn(Arc::new(f))
+    }
+}
+
+impl<F> Clone for ThreadFn<F> {
+    fn clone(&self) -> Self {
+        ThreadFn(self.0.clone())
+    }
+}
+
+impl<A, R, F> Tasks<Threads, A, R> for ThreadFn<F>
+where
+    A: Send + 'static,
+    R: Send + 'static,
+    F: Fn(A) -> R + Send + Sync + 'static,
+{
+    fn make_task(&self, _backend: &Threads, items: Vec<A>) -> Result<ThreadTask> {
+        let f = self.0.clone();
         Ok(Box::new(move || {
             let results: Vec<Result<R>> = items
                 .into_iter()
                 .map(|item| {
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.call(item))).map_err(
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item))).map_err(
                         |p| {
                             let at = crate::pool::wire::take_panic_location();
                             crate::pool::wire::panic_error(
@@ -187,5 +206,18 @@ impl Backend for Threads {
                 .collect();
             RawChunk::Typed(Box::new(results))
         }))
+    }
+
+    /// The closure's type: each fn item and closure has its own (only
+    /// functions cast to one `fn` pointer type share their pace).
+    fn pace_key(&self) -> PaceKey {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::any::TypeId::of::<F>().hash(&mut hasher);
+        hasher.finish() as PaceKey
+    }
+
+    fn results(chunk: RawChunk) -> Vec<Result<R>> {
+        chunk.into_moved()
     }
 }

@@ -137,30 +137,45 @@ impl<A: Shareable, R: Shareable> TaskFn<A, R> for fn(A) -> R {
     }
 }
 
-/// A two-argument function used by `starmap`: each item is an `(A, B)` pair.
-pub(crate) struct Star2<A, B, R>(pub fn(A, B) -> R);
+/// Task functions of several arguments, for `starmap` (two) and
+/// `starmap3` … `starmap6`: each item is a tuple of the arguments.
+macro_rules! star_fns {
+    ($($name:ident($($arg:ident $val:ident),+);)+) => {$(
+        #[doc = concat!("A `", stringify!($name), "` task: `f` called with each tuple item's fields.")]
+        pub(crate) struct $name<$($arg,)+ R>(pub fn($($arg),+) -> R);
 
-impl<A, B, R> Clone for Star2<A, B, R> {
-    fn clone(&self) -> Self {
-        *self
-    }
+        impl<$($arg,)+ R> Clone for $name<$($arg,)+ R> {
+            fn clone(&self) -> Self {
+                *self
+            }
+        }
+        impl<$($arg,)+ R> Copy for $name<$($arg,)+ R> {}
+
+        impl<$($arg,)+ R: Shareable> TaskFn<($($arg,)+), R> for $name<$($arg,)+ R>
+        where
+            ($($arg,)+): Shareable,
+        {
+            fn call(self, ($($val,)+): ($($arg,)+)) -> R {
+                (self.0)($($val),+)
+            }
+            fn to_ptr(self) -> *const () {
+                self.0 as *const ()
+            }
+            unsafe fn from_ptr(ptr: *const ()) -> Self {
+                // SAFETY: the caller guarantees `ptr` came from `to_ptr` of
+                // this same type, in this binary: it is such an `fn`.
+                $name(unsafe { std::mem::transmute::<*const (), fn($($arg),+) -> R>(ptr) })
+            }
+        }
+    )+};
 }
-impl<A, B, R> Copy for Star2<A, B, R> {}
 
-impl<A: Shareable, B: Shareable, R: Shareable> TaskFn<(A, B), R> for Star2<A, B, R>
-where
-    (A, B): Shareable,
-{
-    fn call(self, (a, b): (A, B)) -> R {
-        (self.0)(a, b)
-    }
-    fn to_ptr(self) -> *const () {
-        self.0 as *const ()
-    }
-    unsafe fn from_ptr(ptr: *const ()) -> Self {
-        // SAFETY: the caller guarantees `ptr` is an `fn(A, B) -> R` of this binary.
-        Star2(unsafe { std::mem::transmute::<*const (), fn(A, B) -> R>(ptr) })
-    }
+star_fns! {
+    Star2(A a, B b);
+    Star3(A a, B b, C c);
+    Star4(A a, B b, C c, D d);
+    Star5(A a, B b, C c, D d, E e);
+    Star6(A a, B b, C c, D d, E e, G g);
 }
 
 /// The most results a worker reserves room for ahead (the counts come from
