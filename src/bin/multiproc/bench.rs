@@ -79,6 +79,7 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("event/ping_pong", event_ping_pong),
         ("barrier/wait_2", barrier_wait_2),
         ("pool/map_chunksize_1_batched", pool_map_chunksize_1),
+        // One task and one result a message (chunks_per_message(1)), as CPython's.
         (
             "pool/map_chunksize_1_unbatched",
             pool_map_chunksize_1_unbatched,
@@ -119,6 +120,9 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("contended/manager_dict_get", contended_manager_dict_get),
         ("contended/event_ping_pong", contended_event_ping_pong),
         ("contended/pool_map_chunksize_1_batched", contended_pool_map),
+        // CPU time (utime + stime), not elapsed time: per message / request at
+        // 10k/s (µs = % of a core), or per second of quiet for the idle rows
+        // (10 ms = 1 % of a core).
         ("cpu/queue_consumer_10k", cpu_queue_consumer_10k),
         ("cpu/manager_server_10k", cpu_manager_server_10k),
         ("cpu/idle_manager", cpu_idle_manager),
