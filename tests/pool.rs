@@ -394,6 +394,45 @@ fn map_holds_a_bounded_number_of_chunks() {
     ));
 }
 
+/// `chunks_per_message(1)`: every chunk travels, and is reported, in a
+/// message of its own; results are still complete and in order, errors
+/// still the first by index, and `0` is refused.
+#[test]
+fn one_chunk_per_message_keeps_results_complete_and_ordered() {
+    for m in METHODS {
+        let p = Pool::builder()
+            .processes(2)
+            .start_method(m)
+            .chunks_per_message(1)
+            .build()
+            .unwrap();
+        let want: Vec<u64> = (0..3_000).map(|x| x * x).collect();
+        assert_eq!(p.chunksize(1).map(square, 0..3_000).unwrap(), want, "{m:?}");
+        assert_eq!(p.chunksize(7).map(square, 0..3_000).unwrap(), want, "{m:?}");
+        assert_eq!(p.map(square, 0..3_000).unwrap(), want, "{m:?}");
+        let lazy: Vec<u64> = p
+            .chunksize(1)
+            .imap(square, 0..500u64)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(lazy, want[..500], "{m:?}");
+        let sums = p.chunksize(1).starmap(add, (0..100u64).map(|x| (x, x)));
+        assert_eq!(sums.unwrap(), (0..100).map(|x| 2 * x).collect::<Vec<u64>>());
+        match p.chunksize(1).map(panics_on_3, (0..10).rev().chain(3..4)) {
+            Err(Error::Remote(msg)) => assert!(msg.contains("three"), "{msg}"),
+            other => panic!("{m:?}: {other:?}"),
+        }
+        assert_eq!(p.apply(square, 9).unwrap(), 81, "{m:?}");
+    }
+    let b = Pool::builder().processes(1).chunks_per_message(1);
+    assert!(format!("{b:?}").contains("chunks_per_message: Some(1)"));
+    assert!(matches!(
+        Pool::builder().processes(1).chunks_per_message(0).build(),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
 /// A map's errors: the lowest-index failure wins, once every item is done.
 #[test]
 fn map_reports_its_first_failure_by_index() {

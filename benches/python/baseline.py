@@ -9,6 +9,7 @@ The keys match `multiproc bench`. Run by hand:
     python3 benches/python/baseline.py --filter queue
 """
 import argparse
+import ctypes
 import json
 import os
 import queue
@@ -284,6 +285,111 @@ def bench_cpu_queue_consumer(samples, n):
     return summarize(out)
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def cpu_ns_of(pid):
+    """Another process's CPU time so far (utime + stime, all its threads) in
+    ns, from its CPU clock, as `multiproc bench` reads it."""
+    clock = ctypes.c_int()
+    err = _libc.clock_getcpuclockid(pid, ctypes.byref(clock))
+    if err:
+        raise OSError(err, os.strerror(err))
+    return time.clock_gettime_ns(clock.value)
+
+
+def paced_10k(n, op):
+    """Calls op(i) n times, one every 100 µs (10k/s), sleeping between."""
+    nxt = time.perf_counter()
+    for i in range(n):
+        nxt += 1e-4
+        d = nxt - time.perf_counter()
+        if d > 0:
+            time.sleep(d)
+        op(i)
+
+
+def bench_cpu_manager_server(samples, n):
+    """CPU time of the manager server per request while one client gets a
+    dict item 10k times a second."""
+    with mp.Manager() as m:
+        d = m.dict()
+        d["k"] = 1
+        for _ in range(100):
+            d["k"]
+        server = m._process.pid
+        out = []
+        for _ in range(samples):
+            before = cpu_ns_of(server)
+            paced_10k(n, lambda _: d["k"])
+            out.append((cpu_ns_of(server) - before) / n)
+        return summarize(out)
+
+
+def quiet_cpu(samples, window, used):
+    """CPU time used() reports across quiet windows, per second of quiet."""
+    out = []
+    for _ in range(samples):
+        before = used()
+        time.sleep(window)
+        out.append((used() - before) / window)
+    return summarize(out)
+
+
+def bench_cpu_idle_manager(samples, window):
+    """CPU a started manager server burns over a quiet second, with one
+    connected client holding a dict, a list and a namespace it just used."""
+    with mp.Manager() as m:
+        d = m.dict()
+        d["k"] = 1
+        lst = m.list()
+        lst.append(1)
+        ns = m.Namespace()
+        ns.x = 1
+        for _ in range(100):
+            d["k"]
+        lst[:]
+        server = m._process.pid
+        return quiet_cpu(samples, window, lambda: cpu_ns_of(server))
+
+
+def bench_cpu_idle_pool(samples, window):
+    """CPU a Pool(2) burns over a quiet second: its workers and this
+    process (the pool's helper threads; the measuring thread sleeps)."""
+    with mp.Pool(2) as pool:
+        pool.map(square, range(64), chunksize=1)
+        workers = [p.pid for p in pool._pool]
+        return quiet_cpu(
+            samples,
+            window,
+            lambda: time.process_time_ns() + sum(cpu_ns_of(pid) for pid in workers),
+        )
+
+
+def get_counting_cpu(ready, q, out):
+    ready.set()
+    t = time.process_time_ns()
+    q.get()
+    out.put(time.process_time_ns() - t)
+
+
+def bench_cpu_blocked_get(samples, window):
+    """CPU a process blocked in Queue.get burns per second of waiting: its
+    own CPU time from the start of the get until the message put after a
+    quiet window arrives."""
+    out = []
+    for _ in range(samples):
+        ready, q, res = mp.Event(), mp.Queue(), mp.Queue()
+        p = mp.Process(target=get_counting_cpu, args=(ready, q, res))
+        p.start()
+        ready.wait(60)
+        time.sleep(window)
+        q.put(1)
+        out.append(res.get(timeout=60) / window)
+        p.join()
+    return summarize(out)
+
+
 class TcpManager(BaseManager):
     pass
 
@@ -424,6 +530,7 @@ def main():
     args = ap.parse_args()
     s = 2 if args.smoke else 15  # samples
     k = 1 if args.smoke else 10  # scale
+    quiet = 0.1 if args.smoke else 1.0  # seconds of each idle cpu/* sample
 
     lock, rlock = mp.Lock(), mp.RLock()
     value = mp.Value("q", 0)
@@ -455,12 +562,23 @@ def main():
         "queue/throughput_1mib": lambda: bench_queue(max(2, s // 3), 5 * k, 1 << 20),
         "pipe/round_trip": lambda: bench_pipe(s, 50 * k),
         "pool/map_chunksize_1_batched": lambda: bench_pool(max(2, s // 3), 1000 * k, 1, square),
+        # CPython's pool sends every chunk, and its result, in a message of
+        # its own: the same call is both rows' baseline.
+        "pool/map_chunksize_1_unbatched": lambda: bench_pool(
+            max(2, s // 3), 1000 * k, 1, square
+        ),
         "pool/map_default": lambda: bench_pool(max(2, s // 3), 10000 * k, None, square),
         "pool/cpu_1ms": lambda: bench_pool(max(2, s // 5), 20 * k, 1, cpu_1ms),
         "manager/dict_get_2_clients": lambda: bench_dict_get_2_clients(s, 20 * k),
         "cpu/queue_consumer_10k": lambda: bench_cpu_queue_consumer(
             min(5, s), 200 if args.smoke else 3000
         ),
+        "cpu/manager_server_10k": lambda: bench_cpu_manager_server(
+            min(5, s), 200 if args.smoke else 3000
+        ),
+        "cpu/idle_manager": lambda: bench_cpu_idle_manager(min(5, s), quiet),
+        "cpu/idle_pool": lambda: bench_cpu_idle_pool(min(5, s), quiet),
+        "cpu/blocked_get": lambda: bench_cpu_blocked_get(min(5, s), quiet),
         "contended/pipe_round_trip": lambda: pinned(lambda: bench_pipe(s, 50 * k)),
         "contended/queue_throughput_8b": lambda: pinned(
             lambda: bench_queue(max(2, s // 3), 2000 * k, 8)

@@ -96,7 +96,7 @@ pub mod __internal {
         }
         /// Clocks: a process's CPU time, for benchmarks of what waiting burns.
         pub mod time {
-            pub use crate::sys::time::process_cpu_time;
+            pub use crate::sys::time::{process_cpu_time, process_cpu_time_of};
         }
         /// Termination signals, for servers.
         pub mod signal {

@@ -27,8 +27,9 @@ use crate::process::launch::{self, Outcome};
 use crate::process::{Context, Process, StartMethod};
 use crate::queue::Queue;
 
-/// The most chunks in one order message.
-const ORDER_CHUNKS: usize = 16;
+/// The most chunks in one order message, unless the pool says otherwise
+/// (`PoolBuilder::chunks_per_message`).
+pub(crate) const ORDER_CHUNKS: usize = 16;
 /// An order message takes more chunks only while their items fit in this.
 const ORDER_BYTES: usize = 64 << 10;
 /// A worker runs a `map`'s next chunk with the previous ones (holding their
@@ -83,6 +84,8 @@ pub(crate) struct Processes {
     reports: Queue<ReportMsg>,
     init: Option<InitSpec>,
     maxtasks: Option<usize>,
+    /// The most chunks one order message carries (at least 1).
+    chunks_per_message: usize,
 }
 
 pub(crate) struct ProcWorker {
@@ -103,6 +106,7 @@ impl Processes {
         context: Context,
         init: Option<InitSpec>,
         maxtasks: Option<usize>,
+        chunks_per_message: usize,
     ) -> Result<(Processes, ProcReports)> {
         if context.start_method() == StartMethod::Fork {
             install_quiet_switch();
@@ -114,6 +118,7 @@ impl Processes {
                 reports: reports.clone(),
                 init,
                 maxtasks,
+                chunks_per_message: chunks_per_message.max(1),
             },
             ProcReports(reports),
         ))
@@ -384,7 +389,8 @@ impl Backend for Processes {
         let mut bytes = 0;
         while let Some(chunk) = chunks.front()
             && (tasks.is_empty()
-                || (tasks.len() < ORDER_CHUNKS && bytes + chunk.task.args.len() <= ORDER_BYTES))
+                || (tasks.len() < self.chunks_per_message
+                    && bytes + chunk.task.args.len() <= ORDER_BYTES))
         {
             let Some(chunk) = chunks.pop_front() else {
                 break;

@@ -79,6 +79,11 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("event/ping_pong", event_ping_pong),
         ("barrier/wait_2", barrier_wait_2),
         ("pool/map_chunksize_1_batched", pool_map_chunksize_1),
+        // One task and one result a message (chunks_per_message(1)), as CPython's.
+        (
+            "pool/map_chunksize_1_unbatched",
+            pool_map_chunksize_1_unbatched,
+        ),
         ("pool/map_default", pool_map_default),
         ("pool/cpu_1ms", pool_cpu_1ms),
         ("pool/cpu_1ms_one_process", cpu_1ms_one_process),
@@ -115,7 +120,14 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("contended/manager_dict_get", contended_manager_dict_get),
         ("contended/event_ping_pong", contended_event_ping_pong),
         ("contended/pool_map_chunksize_1_batched", contended_pool_map),
+        // CPU time (utime + stime), not elapsed time: per message / request at
+        // 10k/s (µs = % of a core), or per second of quiet for the idle rows
+        // (10 ms = 1 % of a core).
         ("cpu/queue_consumer_10k", cpu_queue_consumer_10k),
+        ("cpu/manager_server_10k", cpu_manager_server_10k),
+        ("cpu/idle_manager", cpu_idle_manager),
+        ("cpu/idle_pool", cpu_idle_pool),
+        ("cpu/blocked_get", cpu_blocked_get),
         ("shared_memory/create_unlink_4k", shm_create_unlink),
         ("shared_memory/attach_4k", shm_attach),
         ("shared_memory/write_1mib", shm_write_1mib),
@@ -291,10 +303,24 @@ fn pool_map(
     chunksize: Option<usize>,
     f: fn(u64) -> u64,
 ) -> multiproc::Result<Figure> {
-    let pool = Pool::builder()
-        .processes(2)
-        .start_method(StartMethod::Fork)
-        .build()?;
+    pool_map_with(key, scale, n, chunksize, None, f)
+}
+
+/// [`pool_map`] on a pool whose order messages carry at most
+/// `chunks_per_message` chunks (the pool's default if `None`).
+fn pool_map_with(
+    key: &'static str,
+    scale: &Scale,
+    n: usize,
+    chunksize: Option<usize>,
+    chunks_per_message: Option<usize>,
+    f: fn(u64) -> u64,
+) -> multiproc::Result<Figure> {
+    let mut builder = Pool::builder().processes(2).start_method(StartMethod::Fork);
+    if let Some(c) = chunks_per_message {
+        builder = builder.chunks_per_message(c);
+    }
+    let pool = builder.build()?;
     pool.chunksize(1).map(f, 0..64)?;
     let mut per_op = Vec::new();
     for _ in 0..scale.samples.min(10) {
@@ -319,6 +345,20 @@ fn pool_map_chunksize_1(scale: &Scale) -> multiproc::Result<Figure> {
         "pool/map_chunksize_1_batched",
         scale,
         2_000 * scale.k,
+        Some(1),
+        square,
+    )
+}
+
+/// `map` with chunksize 1 and one chunk per message: each task travels to a
+/// worker, and its result back, in a message of its own, as in CPython's
+/// pool (whose figure here is the same call as `_batched`'s).
+fn pool_map_chunksize_1_unbatched(scale: &Scale) -> multiproc::Result<Figure> {
+    pool_map_with(
+        "pool/map_chunksize_1_unbatched",
+        scale,
+        2_000 * scale.k,
+        Some(1),
         Some(1),
         square,
     )
@@ -901,19 +941,161 @@ fn cpu_queue_consumer_10k(scale: &Scale) -> multiproc::Result<Figure> {
         let q = Queue::<Option<u64>>::new()?;
         let mut p = Process::new(consume_counting_cpu, q.clone()).start_method(StartMethod::Fork);
         p.start()?;
-        let mut next = std::time::Instant::now();
-        for i in 0..n {
-            next += Duration::from_micros(100);
-            let now = std::time::Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
-            }
-            q.put(Some(i))?;
-        }
+        paced_10k(n, |i| q.put(Some(i as u64)))?;
         q.put(None)?;
         per_op.push(p.join_timeout(Duration::from_secs(60))? as f64);
     }
     Ok(summarize("cpu/queue_consumer_10k", &mut per_op, None))
+}
+
+/// Another process's CPU time so far (utime + stime, all its threads).
+fn cpu_time_of(pid: i32) -> multiproc::Result<Duration> {
+    Ok(multiproc::__internal::sys::time::process_cpu_time_of(pid)?)
+}
+
+/// Paces `n` calls of `op` at one every 100 µs (10k/s), sleeping between them.
+fn paced_10k(
+    n: usize,
+    mut op: impl FnMut(usize) -> multiproc::Result<()>,
+) -> multiproc::Result<()> {
+    let mut next = std::time::Instant::now();
+    for i in 0..n {
+        next += Duration::from_micros(100);
+        let now = std::time::Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+        op(i)?;
+    }
+    Ok(())
+}
+
+/// The CPU a manager server burns per request while one client (this
+/// process) gets a dict item 10k times a second, paced as
+/// `cpu/queue_consumer_10k` paces its messages: the server's utime + stime,
+/// all threads, per request, so its value in µs is also the share of a core
+/// the server keeps busy, in percent.
+fn cpu_manager_server_10k(scale: &Scale) -> multiproc::Result<Figure> {
+    let n = if scale.smoke { 200 } else { 3_000 };
+    with_manager(|m| {
+        let d = m.dict::<u32, u64>()?;
+        d.insert(1, 1)?;
+        for _ in 0..100 {
+            d.get(&1)?;
+        }
+        let server = m.pid();
+        let mut per_op = Vec::new();
+        for _ in 0..scale.samples.min(5) {
+            let before = cpu_time_of(server)?;
+            paced_10k(n, |_| d.get(&1).map(drop))?;
+            let used = cpu_time_of(server)?.saturating_sub(before);
+            per_op.push(used.as_nanos() as f64 / n as f64);
+        }
+        Ok(summarize("cpu/manager_server_10k", &mut per_op, None))
+    })
+}
+
+/// How long each sample of an idle `cpu/*` row stays quiet.
+fn quiet_window(scale: &Scale) -> Duration {
+    if scale.smoke {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(1)
+    }
+}
+
+/// Samples of an idle `cpu/*` row: the CPU time `used` reports across a
+/// quiet window in which this thread sleeps, per second of quiet (so 10 ms
+/// is 1 % of a core).
+fn quiet_cpu(
+    key: &'static str,
+    scale: &Scale,
+    mut used: impl FnMut() -> multiproc::Result<Duration>,
+) -> multiproc::Result<Figure> {
+    let window = quiet_window(scale);
+    let mut per_second = Vec::new();
+    for _ in 0..scale.samples.min(5) {
+        let before = used()?;
+        std::thread::sleep(window);
+        let burned = used()?.saturating_sub(before);
+        per_second.push(burned.as_nanos() as f64 / window.as_secs_f64());
+    }
+    Ok(summarize(key, &mut per_second, None))
+}
+
+/// The CPU a started manager server burns over a quiet second (per second),
+/// with one connected client (this process) holding a dict, a list and a
+/// namespace it has just used, and no requests.
+fn cpu_idle_manager(scale: &Scale) -> multiproc::Result<Figure> {
+    with_manager(|m| {
+        let d = m.dict::<u32, u64>()?;
+        d.insert(1, 1)?;
+        let l = m.list::<u64>()?;
+        l.push(1)?;
+        let ns = m.namespace()?;
+        ns.set("x", 1u64)?;
+        for _ in 0..100 {
+            d.get(&1)?;
+        }
+        l.to_vec()?;
+        let server = m.pid();
+        let figure = quiet_cpu("cpu/idle_manager", scale, || cpu_time_of(server));
+        drop((d, l, ns));
+        figure
+    })
+}
+
+/// The CPU a `Pool(2)` burns over a quiet second (per second) with no
+/// tasks: its workers and this process (the pool's helper threads; the
+/// measuring thread sleeps), after one `map` has run.
+fn cpu_idle_pool(scale: &Scale) -> multiproc::Result<Figure> {
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::Fork)
+        .build()?;
+    pool.chunksize(1).map(square, 0..64)?;
+    let workers = pool.worker_pids();
+    quiet_cpu("cpu/idle_pool", scale, || {
+        let mut used = multiproc::__internal::sys::time::process_cpu_time();
+        for &pid in &workers {
+            used += cpu_time_of(pid)?;
+        }
+        Ok(used)
+    })
+}
+
+/// Blocks in `get` until a message comes; returns the CPU time it used from
+/// the start of the wait to its end.
+fn get_counting_cpu((ready, q): (Event, Queue<u64>)) -> u64 {
+    if ready.set().is_err() {
+        return 0;
+    }
+    let start = multiproc::__internal::sys::time::process_cpu_time();
+    let _ = q.get();
+    let used = multiproc::__internal::sys::time::process_cpu_time().saturating_sub(start);
+    used.as_nanos() as u64
+}
+
+/// The CPU a process blocked in `Queue::get` burns, per second of waiting:
+/// the child's own CPU time from the start of its `get` until the message
+/// put after a quiet second arrives (so one wake-up is counted too).
+fn cpu_blocked_get(scale: &Scale) -> multiproc::Result<Figure> {
+    let window = quiet_window(scale);
+    let mut per_second = Vec::new();
+    for _ in 0..scale.samples.min(5) {
+        let (ready, q) = (Event::new()?, Queue::<u64>::new()?);
+        let mut p = Process::new(get_counting_cpu, (ready.clone(), q.clone()))
+            .start_method(StartMethod::Fork);
+        p.start()?;
+        if !ready.wait_timeout(Duration::from_secs(60))? {
+            return Err(multiproc::Error::Timeout(Duration::from_secs(60)));
+        }
+        std::thread::sleep(window);
+        q.put(1)?;
+        let ns = p.join_timeout(Duration::from_secs(60))?;
+        per_second.push(ns as f64 / window.as_secs_f64());
+    }
+    Ok(summarize("cpu/blocked_get", &mut per_second, None))
 }
 
 /// CPython's figures for the same keys, if python3 and the script are there.
