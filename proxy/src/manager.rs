@@ -20,8 +20,9 @@ use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
 use crate::core::{Proxy, ProxyCore};
-use crate::remote::{UserName, create_user_object, install_user_objects, lookup_user_object};
+use crate::remote::{create_user_object, lookup_user_object};
 use crate::{DictProxy, ListProxy, NamespaceProxy, RemoteObject, UserProxy, UserTypes};
+use multiproc_runtime::manager::remote_server::{UserName, install_user_objects};
 
 /// How long a new server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
