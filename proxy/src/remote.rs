@@ -13,7 +13,7 @@
 //!
 //! This file is the client side. The server's start-up (the process it
 //! runs in, the registry and the objects it makes before serving) is the
-//! runtime's `manager::remote_server`.
+//! runtime's `manager::startup`.
 
 use std::marker::PhantomData;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use multiproc_runtime::__internal::fingerprint_str;
 use multiproc_runtime::__internal::sys;
 use multiproc_runtime::manager::protocol::{ArchivedResponse, Blob, Call, ObjectId, Request};
-use multiproc_runtime::manager::remote_server::{
+use multiproc_runtime::manager::startup::{
     self, EXIT_TIMEOUT, FACTORY_BIT, Named, NamedEntry, REGISTRY, UserName,
 };
 use multiproc_runtime::manager::{
@@ -409,7 +409,7 @@ impl<U: UserTypes> BaseManager<U> {
     /// Starts the server in a child process and connects to it.
     pub fn start(&self) -> Result<RemoteManager> {
         let python = self.python.as_ref().map(|p| p.address.ip());
-        let started = remote_server::start::<U>(
+        let started = startup::start_remote::<U>(
             self.options()?,
             self.named.clone(),
             self.user_names.clone(),
@@ -450,7 +450,7 @@ impl<U: UserTypes> BaseManager<U> {
     /// Binds a server in this process (with its named objects made);
     /// [`ManagerServer::serve_forever`] then serves until shut down.
     pub fn get_server(&self) -> Result<ManagerServer> {
-        let server = remote_server::bind::<U>(&self.options()?, &self.named, &self.user_names)?;
+        let server = startup::bind::<U>(&self.options()?, &self.named, &self.user_names)?;
         let address = reachable(server.tcp_address().ok_or_else(unexpected)?);
         let python = server.python_address().map(reachable);
         client::set_authkey(ServerAddress::Tcp(address), &self.key()?);
@@ -1035,6 +1035,6 @@ mod tests {
 
     #[test]
     fn the_server_makes_the_registry_with_the_tag_its_readers_check() {
-        assert_eq!(remote_server::registry_tag(), <Registry as Proxy>::tag());
+        assert_eq!(startup::registry_tag(), <Registry as Proxy>::tag());
     }
 }

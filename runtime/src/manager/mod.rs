@@ -8,9 +8,10 @@
 //! * the object table and dispatch (a dict's entries kept compact, `dict`): objects as encoded bytes, reference
 //!   counted by connections, stored values and in-flight pins.
 //! * [`server`]: the serve loop that runs in the manager's process.
+//! * [`startup`]: the server process a `Manager` or `BaseManager` starts,
+//!   and what it makes before serving (the registry of names, named and
+//!   user objects).
 //! * [`remote`]: the TCP transport (authkey handshake, then frames).
-//! * [`remote_server`]: a remote manager's start-up: the registry of names,
-//!   the named and user objects, the server process a `BaseManager` starts.
 //! * the gate: caps on connections still in their handshake, and a source
 //!   that keeps failing it is refused for a while.
 //! * [`user`]: Rust values a server owns, whose methods clients call by number.
@@ -28,18 +29,18 @@ pub(crate) mod frontend;
 mod gate;
 pub mod protocol;
 pub mod remote;
-pub mod remote_server;
 pub mod server;
+pub mod startup;
 mod table;
 pub mod user;
 mod waitable;
 
 pub use protocol::{LocalAddress, ObjectId, ObjectKind, ServerAddress};
 pub use remote::{TcpClient, TcpOptions};
-pub use remote_server::UserTypes;
 pub use server::{
     DEFAULT_MAX_OBJECTS, Limits, ServeOptions, Server, ServerBoot, ShutdownHandle, serve,
     serve_with,
 };
+pub use startup::UserTypes;
 pub use table::PIN_TIMEOUT;
 pub use user::{CallError, Factory, RemoteObject, ServedObject, USER_OBJECT_BIT};

@@ -1,14 +1,15 @@
-//! A remote manager's server start-up (the server side of Python's
-//! `BaseManager(address=…, authkey=…)`): the registry of names, the named
-//! objects and user objects a server makes before it serves, and the
-//! process a `BaseManager` starts it in.
+//! How a manager's server starts: the process a `Manager` or a
+//! `BaseManager` starts it in (the server side of Python's `Manager()` and
+//! `BaseManager(address=…, authkey=…)`), and what the server makes before
+//! it serves: the registry of names, a `BaseManager`'s named objects, the
+//! user objects either registered.
 //!
 //! The registry is the server's first object ([`REGISTRY`]): a dict from
 //! each registered name to a [`NamedEntry`] (the object's id, or a
 //! factory's number with [`FACTORY_BIT`] set, its type's fingerprint and
 //! name). Clients read it to find a name's object and check its type; the
-//! client side (`BaseManager`, `RemoteManager`, the proxies) is in the
-//! `multiproc-proxy` crate.
+//! client side (`Manager`, `BaseManager`, `RemoteManager`, the proxies) is
+//! in the `multiproc-proxy` crate.
 
 use std::time::Duration;
 
@@ -18,12 +19,12 @@ use crate::error::{Error, Result};
 use crate::manager::client::{self, unexpected};
 use crate::manager::core::TypeTag;
 use crate::manager::protocol::{
-    ArchivedResponse, Blob, Call, Method, ObjectId, ObjectKind, Request, access_response,
-    remote_error,
+    ArchivedResponse, Blob, Call, LocalAddress, Method, ObjectId, ObjectKind, Request,
+    access_response, remote_error,
 };
-use crate::manager::server::{ServeOptions, Server, ServerBoot, random_token};
+use crate::manager::server::{ServeOptions, Server, ServerBoot, random_token, serve_with};
 use crate::manager::user::RemoteObject;
-use crate::process::{Process, StartMethod};
+use crate::process::{Initializer, Process, StartMethod};
 use crate::shm::fingerprint_str;
 
 /// How long a new server may take to start listening.
@@ -106,63 +107,139 @@ impl<T: RemoteObject, U: UserTypes> UserTypes for (T, U) {
     }
 }
 
-/// What a child server process is started with.
+/// What a remote manager's server process is started with.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(crate = rkyv)]
-struct ServerArgs {
-    boot: ServerBoot,
+struct RemoteArgs {
     options: ServeOptions,
     named: Vec<Named>,
     user_names: Vec<UserName>,
 }
 
-/// A remote manager's server started in a child process, listening.
+/// A manager's server started in a child process, listening.
 #[derive(Debug)]
 pub struct StartedServer {
     /// The server process.
     pub process: Process<()>,
-    /// The TCP port it listens on.
+    /// Its local address (its socket name and identity).
+    pub address: LocalAddress,
+    /// The TCP port it listens on (0 if none).
     pub tcp_port: u16,
     /// The port its Python listener listens on (0 if none).
     pub python_port: u16,
 }
 
-/// Starts a server in a child process (with `method`, or the default start
-/// method) that makes the registry, the `named` objects and the user
-/// objects `U` under `user_names`, and waits until it listens.
+/// Starts `target` in a child process named `name` (with `method`, or the
+/// default start method) and waits until the server it runs listens.
 ///
 /// A server that cannot start (its address in use, say) is its error here,
 /// and its process is gone.
-pub fn start<U: UserTypes>(
-    options: ServeOptions,
-    named: Vec<Named>,
-    user_names: Vec<UserName>,
+fn start_server<A>(
+    name: &str,
+    target: fn((ServerBoot, A)),
+    args: A,
     method: Option<StartMethod>,
-) -> Result<StartedServer> {
+) -> Result<StartedServer>
+where
+    (ServerBoot, A): Shareable,
+{
     let boot = ServerBoot::new()?;
-    let args = ServerArgs {
-        boot: boot.clone(),
-        options,
-        named,
-        user_names,
-    };
-    let mut p = Process::new(server_main::<U>, args)
-        .name("BaseManager")
+    let mut p = Process::new(target, (boot.clone(), args))
+        .name(name)
         .daemon(true);
     if let Some(m) = method {
         p = p.start_method(m);
     }
     client::forking_server(|| p.start())?;
-    if let Err(e) = boot.wait_ready(|| p.is_alive(), Deadline::after(START_TIMEOUT)) {
-        let _ = p.kill();
-        let _ = p.join_timeout(EXIT_TIMEOUT);
-        return Err(e);
-    }
+    let address = match boot.wait_ready(|| p.is_alive(), Deadline::after(START_TIMEOUT)) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = p.kill();
+            let _ = p.join_timeout(EXIT_TIMEOUT);
+            return Err(e);
+        }
+    };
     Ok(StartedServer {
         process: p,
+        address,
         tcp_port: boot.tcp_port(),
         python_port: boot.python_port(),
     })
+}
+
+/// What a local manager's server process is started with: its options, its
+/// initializer, the names of its user objects.
+type LocalArgs = (ServeOptions, Option<Initializer>, Vec<UserName>);
+
+/// Starts a local manager's server (Python's `Manager()`) in a child
+/// process: it runs `init`, if any, makes the user objects `U` under
+/// `user_names`, if any, then serves.
+pub fn start_local<U: UserTypes>(
+    options: ServeOptions,
+    init: Option<Initializer>,
+    user_names: Vec<UserName>,
+    method: Option<StartMethod>,
+) -> Result<StartedServer> {
+    start_server(
+        "SyncManager",
+        serve_local::<U>,
+        (options, init, user_names),
+        method,
+    )
+}
+
+/// The local manager's server process: runs the initializer, if any, makes
+/// the user objects `U`, if any, then serves.
+fn serve_local<U: UserTypes>((boot, (options, init, user_names)): (ServerBoot, LocalArgs)) {
+    if let Some(init) = init {
+        // SAFETY: made by `ManagerBuilder::initializer` in the process that
+        // started this one, from this same binary (spawn checked its
+        // identity; fork and forkserver children are copies).
+        if let Err(e) = unsafe { init.run() } {
+            tracing::error!("manager initializer failed: {e}");
+            boot.publish_failed(&e);
+            return;
+        }
+    }
+    if user_names.is_empty() {
+        return serve_with((boot, options));
+    }
+    let server = Server::bind(boot.token(), &options).and_then(|mut s| {
+        install_user_objects::<U>(&mut s, &user_names)?;
+        Ok(s)
+    });
+    match server {
+        Ok(s) => {
+            boot.publish_ready(&s);
+            drop(boot);
+            s.serve_forever();
+        }
+        Err(e) => {
+            tracing::error!("manager server cannot start: {e}");
+            boot.publish_failed(&e);
+        }
+    }
+}
+
+/// Starts a remote manager's server (Python's `BaseManager(…).start()`)
+/// in a child process: it makes the registry, the `named` objects and the
+/// user objects `U` under `user_names`, then serves.
+pub fn start_remote<U: UserTypes>(
+    options: ServeOptions,
+    named: Vec<Named>,
+    user_names: Vec<UserName>,
+    method: Option<StartMethod>,
+) -> Result<StartedServer> {
+    start_server(
+        "BaseManager",
+        serve_remote::<U>,
+        RemoteArgs {
+            options,
+            named,
+            user_names,
+        },
+        method,
+    )
 }
 
 /// Binds a server in this process, with the registry, the `named` objects
@@ -180,8 +257,9 @@ pub fn bind<U: UserTypes>(
     Ok(server)
 }
 
-fn server_main<U: UserTypes>(args: ServerArgs) {
-    let server = Server::bind(args.boot.token(), &args.options).and_then(|mut s| {
+/// The remote manager's server process.
+fn serve_remote<U: UserTypes>((boot, args): (ServerBoot, RemoteArgs)) {
+    let server = Server::bind(boot.token(), &args.options).and_then(|mut s| {
         let ids = make_named(&mut s, &args.named)?;
         serve_python_queues(&mut s, &args.options, &ids)?;
         make_user_objects::<U>(&mut s, &args.user_names)?;
@@ -189,13 +267,13 @@ fn server_main<U: UserTypes>(args: ServerArgs) {
     });
     match server {
         Ok(s) => {
-            args.boot.publish_ready(&s);
-            drop(args.boot);
+            boot.publish_ready(&s);
+            drop(boot);
             s.serve_forever();
         }
         Err(e) => {
             tracing::error!("remote manager server cannot start: {e}");
-            args.boot.publish_failed(&e);
+            boot.publish_failed(&e);
         }
     }
 }
@@ -243,7 +321,7 @@ fn make_user_objects<U: UserTypes>(server: &mut Server, names: &[UserName]) -> R
 
 /// Makes the registry and the user objects `U` under `names` in a local
 /// manager's server about to serve (see `ManagerBuilder::register_object`).
-pub fn install_user_objects<U: UserTypes>(server: &mut Server, names: &[UserName]) -> Result<()> {
+fn install_user_objects<U: UserTypes>(server: &mut Server, names: &[UserName]) -> Result<()> {
     make_named(server, &[])?;
     make_user_objects::<U>(server, names)
 }
