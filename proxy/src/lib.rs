@@ -32,11 +32,12 @@ pub use manager::{Manager, ManagerBuilder};
 pub use multiproc_proxy_macros::{Shareable, remote};
 pub use multiproc_runtime::manager::ShutdownHandle;
 pub use multiproc_runtime::manager::{PIN_TIMEOUT, ServerAddress};
+pub use multiproc_runtime::manager::{RemoteObject, UserTypes};
 use multiproc_runtime::manager::{client, core};
 pub use namespace::NamespaceProxy;
 pub use remote::{
-    BaseManager, ManagerServer, ObjectHandle, Parties, Registrable, RemoteManager, RemoteObject,
-    SemaphoreValue, UserProxy, UserTypes,
+    BaseManager, ManagerServer, ObjectHandle, Parties, Registrable, RemoteManager, SemaphoreValue,
+    UserProxy,
 };
 
 /// A lock a remote manager keeps: now the one [`Lock`](multiproc_runtime::Lock) type.
@@ -68,8 +69,9 @@ pub type QueueProxy<T> = multiproc_runtime::Queue<T>;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::remote::{ObjectHandle, RemoteObject, UserProxy};
+    pub use crate::remote::{ObjectHandle, UserProxy};
     pub use multiproc_runtime::__internal::field_travels;
+    pub use multiproc_runtime::manager::RemoteObject;
     pub use multiproc_runtime::manager::{CallError, ServedObject};
     pub use multiproc_runtime::{Result, Shareable};
 }

@@ -3,14 +3,12 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use multiproc_runtime::__internal::{DEFAULT_CAPACITY_BYTES, Initializer, ShmSpec, sys};
-use multiproc_runtime::deadline::Deadline;
 use multiproc_runtime::handle::ShareHandle;
 use multiproc_runtime::manager::protocol::{ArchivedResponse, Request};
-use multiproc_runtime::manager::server::{Limits, Server, connect_local_with_authkey};
-use multiproc_runtime::manager::{ObjectKind, ServeOptions, ServerAddress, ServerBoot, serve_with};
+use multiproc_runtime::manager::server::{Limits, connect_local_with_authkey};
+use multiproc_runtime::manager::{ObjectKind, ServeOptions, ServerAddress};
 use multiproc_runtime::{
     Array, AuthKey, Barrier, BoundedSemaphore, Condition, Error, Event, JoinableQueue, Lock, Pool,
     Process, Queue, RLock, Result, Semaphore, Shareable, ShmSafe, StartMethod, Value,
@@ -20,13 +18,9 @@ use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
 use crate::core::{Proxy, ProxyCore};
-use crate::remote::{UserName, create_user_object, install_user_objects, lookup_user_object};
+use crate::remote::{create_user_object, lookup_user_object};
 use crate::{DictProxy, ListProxy, NamespaceProxy, RemoteObject, UserProxy, UserTypes};
-
-/// How long a new server may take to start listening.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long `shutdown` waits for the server to exit before killing it.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+use multiproc_runtime::manager::startup::{self, EXIT_TIMEOUT, UserName};
 
 struct Inner {
     owner: i32,
@@ -194,42 +188,6 @@ impl<U> std::fmt::Debug for ManagerBuilder<U> {
     }
 }
 
-/// What the server process starts with.
-type ServerArgs = (ServeOptions, Option<Initializer>, Vec<UserName>);
-
-/// The server process: runs the initializer, if any, makes the user
-/// objects `U`, if any, then serves.
-fn serve_local<U: UserTypes>((boot, (options, init, user_names)): (ServerBoot, ServerArgs)) {
-    if let Some(init) = init {
-        // SAFETY: made by `ManagerBuilder::initializer` in the process that
-        // started this one, from this same binary (spawn checked its
-        // identity; fork and forkserver children are copies).
-        if let Err(e) = unsafe { init.run() } {
-            tracing::error!("manager initializer failed: {e}");
-            boot.publish_failed(&e);
-            return;
-        }
-    }
-    if user_names.is_empty() {
-        return serve_with((boot, options));
-    }
-    let server = Server::bind(boot.token(), &options).and_then(|mut s| {
-        install_user_objects::<U>(&mut s, &user_names)?;
-        Ok(s)
-    });
-    match server {
-        Ok(s) => {
-            boot.publish_ready(&s);
-            drop(boot);
-            s.serve_forever();
-        }
-        Err(e) => {
-            tracing::error!("manager server cannot start: {e}");
-            boot.publish_failed(&e);
-        }
-    }
-}
-
 impl<U: UserTypes> ManagerBuilder<U> {
     /// Registers `name` as a `T` the server owns (Python's
     /// `SyncManager.register(typeid, callable)` for one shared object, as
@@ -369,7 +327,6 @@ impl<U: UserTypes> ManagerBuilder<U> {
 
     /// Starts the server process.
     pub fn start(self) -> Result<Manager> {
-        let boot = ServerBoot::new()?;
         let key = self.authkey.unwrap_or_else(|| current_process().authkey());
         let options = ServeOptions {
             tcp: None,
@@ -387,22 +344,8 @@ impl<U: UserTypes> ManagerBuilder<U> {
             }
             None => None,
         };
-        let args = (options, init, self.user_names);
-        let mut p = Process::new(serve_local::<U>, (boot.clone(), args))
-            .name("SyncManager")
-            .daemon(true);
-        if let Some(m) = self.method {
-            p = p.start_method(m);
-        }
-        client::forking_server(|| p.start())?;
-        let address = match boot.wait_ready(|| p.is_alive(), Deadline::after(START_TIMEOUT)) {
-            Ok(a) => ServerAddress::Local(a),
-            Err(e) => {
-                let _ = p.kill();
-                let _ = p.join_timeout(EXIT_TIMEOUT);
-                return Err(e);
-            }
-        };
+        let started = startup::start_local::<U>(options, init, self.user_names, self.method)?;
+        let address = ServerAddress::Local(started.address);
         // This process keeps using the key the server started with, even
         // if its own authkey changes later.
         client::set_authkey(address, key.as_bytes());
@@ -411,7 +354,7 @@ impl<U: UserTypes> ManagerBuilder<U> {
                 owner: sys::process::getpid(),
                 address,
                 method: self.method,
-                process: Mutex::new(Some(p)),
+                process: Mutex::new(Some(started.process)),
                 shut_down: AtomicBool::new(false),
             }),
         })

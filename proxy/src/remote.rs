@@ -10,23 +10,25 @@
 //!
 //! The registry: the server's first object is a dict from each name to the
 //! object's id and type; `get` reads it and attaches, checking the type.
+//!
+//! This file is the client side. The server's start-up (the process it
+//! runs in, the registry and the objects it makes before serving) is the
+//! runtime's `manager::startup`.
 
 use std::marker::PhantomData;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
 
 use multiproc_runtime::__internal::fingerprint_str;
 use multiproc_runtime::__internal::sys;
-use multiproc_runtime::deadline::Deadline;
-use multiproc_runtime::manager::protocol::{
-    ArchivedResponse, Blob, Call, Method, ObjectId, Request, access_response, remote_error,
+use multiproc_runtime::manager::protocol::{ArchivedResponse, Blob, Call, ObjectId, Request};
+use multiproc_runtime::manager::startup::{
+    self, EXIT_TIMEOUT, FACTORY_BIT, Named, NamedEntry, REGISTRY, UserName,
 };
 use multiproc_runtime::manager::{
-    Limits, ObjectKind, ServeOptions, Server, ServerAddress, ServerBoot, ShutdownHandle, TcpClient,
-    TcpOptions,
+    Limits, ObjectKind, ServeOptions, ServerAddress, ShutdownHandle, TcpClient, TcpOptions,
 };
-use multiproc_runtime::manager::{ServedObject, USER_OBJECT_BIT};
+use multiproc_runtime::manager::{RemoteObject, Server, USER_OBJECT_BIT, UserTypes};
 use multiproc_runtime::py::{PythonOptions, Value};
 use multiproc_runtime::{Error, Process, Result, Shareable, StartMethod};
 use parking_lot::Mutex;
@@ -36,15 +38,7 @@ use crate::core::{Proxy, ProxyCore, ProxyRepr, RemoteFlavor, TypeTag};
 use crate::{DictProxy, ListProxy, NamespaceProxy};
 use multiproc_runtime::{Barrier, BoundedSemaphore, Event, JoinableQueue, Lock, Queue, Semaphore};
 
-/// How long a new server may take to start listening.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long `shutdown` waits for the server process to exit before killing it.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The registry dict's id: the first object a server creates.
-const REGISTRY: ObjectId = 1;
-
-/// What the registry stores for a name: the object, its type fingerprint and name.
-type NamedEntry = (u64, u64, String);
+/// The server's registry of names, as a client reads it.
 type Registry = DictProxy<String, NamedEntry>;
 
 /// A proxy type a [`BaseManager`] can register by name.
@@ -115,24 +109,6 @@ impl Default for SemaphoreValue {
     fn default() -> Self {
         SemaphoreValue(1)
     }
-}
-
-/// One registered name.
-#[derive(
-    Debug,
-    Clone,
-    multiproc_runtime::rkyv::Archive,
-    multiproc_runtime::rkyv::Serialize,
-    multiproc_runtime::rkyv::Deserialize,
-)]
-#[rkyv(crate = multiproc_runtime::rkyv)]
-struct Named {
-    name: String,
-    kind: ObjectKind,
-    /// The kind's parameter (see [`Registrable::Config`]).
-    arg: u64,
-    fingerprint: u64,
-    type_name: String,
 }
 
 /// A remote manager's configuration: where it listens or connects, the
@@ -432,30 +408,17 @@ impl<U: UserTypes> BaseManager<U> {
 
     /// Starts the server in a child process and connects to it.
     pub fn start(&self) -> Result<RemoteManager> {
-        let boot = ServerBoot::new()?;
-        let args = ServerArgs {
-            boot: boot.clone(),
-            options: self.options()?,
-            named: self.named.clone(),
-            user_names: self.user_names.clone(),
-        };
         let python = self.python.as_ref().map(|p| p.address.ip());
-        let mut p = Process::new(server_main::<U>, args)
-            .name("BaseManager")
-            .daemon(true);
-        if let Some(m) = self.method {
-            p = p.start_method(m);
-        }
-        client::forking_server(|| p.start())?;
-        if let Err(e) = boot.wait_ready(|| p.is_alive(), Deadline::after(START_TIMEOUT)) {
-            let _ = p.kill();
-            let _ = p.join_timeout(EXIT_TIMEOUT);
-            return Err(e);
-        }
+        let started = startup::start_remote::<U>(
+            self.options()?,
+            self.named.clone(),
+            self.user_names.clone(),
+            self.method,
+        )?;
         let bound = self.socket_addr()?;
-        let address = reachable(SocketAddr::new(bound.ip(), boot.tcp_port()));
-        let python = python.map(|ip| reachable(SocketAddr::new(ip, boot.python_port())));
-        self.open(address, Some(p), python)
+        let address = reachable(SocketAddr::new(bound.ip(), started.tcp_port));
+        let python = python.map(|ip| reachable(SocketAddr::new(ip, started.python_port)));
+        self.open(address, Some(started.process), python)
     }
 
     /// Connects to a running server.
@@ -487,11 +450,7 @@ impl<U: UserTypes> BaseManager<U> {
     /// Binds a server in this process (with its named objects made);
     /// [`ManagerServer::serve_forever`] then serves until shut down.
     pub fn get_server(&self) -> Result<ManagerServer> {
-        let options = self.options()?;
-        let mut server = Server::bind(random_token(), &options)?;
-        let ids = make_named(&mut server, &self.named)?;
-        serve_python_queues(&mut server, &options, &ids)?;
-        make_user_objects::<U>(&mut server, &self.user_names)?;
+        let server = startup::bind::<U>(&self.options()?, &self.named, &self.user_names)?;
         let address = reachable(server.tcp_address().ok_or_else(unexpected)?);
         let python = server.python_address().map(reachable);
         client::set_authkey(ServerAddress::Tcp(address), &self.key()?);
@@ -514,104 +473,6 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     } else {
         addr
     }
-}
-
-fn random_token() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    u64::from_ne_bytes(b) ^ (sys::process::getpid() as u64)
-}
-
-/// What a child server process is started with.
-#[derive(
-    multiproc_runtime::rkyv::Archive,
-    multiproc_runtime::rkyv::Serialize,
-    multiproc_runtime::rkyv::Deserialize,
-)]
-#[rkyv(crate = multiproc_runtime::rkyv)]
-struct ServerArgs {
-    boot: ServerBoot,
-    options: ServeOptions,
-    named: Vec<Named>,
-    user_names: Vec<UserName>,
-}
-
-fn server_main<U: UserTypes>(args: ServerArgs) {
-    let server = Server::bind(args.boot.token(), &args.options).and_then(|mut s| {
-        let ids = make_named(&mut s, &args.named)?;
-        serve_python_queues(&mut s, &args.options, &ids)?;
-        make_user_objects::<U>(&mut s, &args.user_names)?;
-        Ok(s)
-    });
-    match server {
-        Ok(s) => {
-            args.boot.publish_ready(&s);
-            drop(args.boot);
-            s.serve_forever();
-        }
-        Err(e) => {
-            tracing::error!("remote manager server cannot start: {e}");
-            args.boot.publish_failed(&e);
-        }
-    }
-}
-
-fn expect_created(server: &mut Server, req: &Request<'_>) -> Result<ObjectId> {
-    let out = server.request(req)?;
-    match access_response(&out)? {
-        ArchivedResponse::Created(id) => Ok(id.to_native()),
-        ArchivedResponse::Error(e) => Err(remote_error(e)),
-        _ => Err(unexpected()),
-    }
-}
-
-fn register_name(server: &mut Server, name: &str, entry: NamedEntry) -> Result<()> {
-    let key = name.to_string().encode()?;
-    let value = entry.encode()?;
-    let out = server.request(&Request::Call(Call {
-        object: REGISTRY,
-        method: Method::DictInsert as u32,
-        index: 0,
-        key: Some(Blob::plain(&key)),
-        value: Some(Blob::plain(&value)),
-        expected: None,
-        batch: Vec::new(),
-        fingerprint: 0,
-        type_name: "",
-        wait_us: 0,
-    }))?;
-    match access_response(&out)? {
-        ArchivedResponse::Error(e) => Err(remote_error(e)),
-        _ => Ok(()),
-    }
-}
-
-/// A registered user name, and whether it names a factory (else one object).
-pub(crate) type UserName = (String, bool);
-
-/// Set in the registry's id of a factory (never an object's id): the rest
-/// is the factory's number.
-const FACTORY_BIT: u64 = 1 << 61;
-
-fn make_user_objects<U: UserTypes>(server: &mut Server, names: &[UserName]) -> Result<()> {
-    for (name, id, type_name) in U::install(server, names)? {
-        register_name(
-            server,
-            &name,
-            (id, fingerprint_str(type_name), type_name.into()),
-        )?;
-    }
-    Ok(())
-}
-
-/// Makes the registry and the user objects `U` under `names` in a local
-/// manager's server about to serve (see `ManagerBuilder::register_object`).
-pub(crate) fn install_user_objects<U: UserTypes>(
-    server: &mut Server,
-    names: &[UserName],
-) -> Result<()> {
-    make_named(server, &[])?;
-    make_user_objects::<U>(server, names)
 }
 
 /// The number registered as `name` in the server's registry, checked to be
@@ -670,61 +531,6 @@ pub(crate) fn create_user_object<P: UserProxy>(address: ServerAddress, typeid: &
         object: core.object(),
         _hold: Some(core),
     }))
-}
-
-/// Hands the queues named in the Python options to the server's Python listener.
-fn serve_python_queues(
-    server: &mut Server,
-    options: &ServeOptions,
-    ids: &[(String, ObjectId)],
-) -> Result<()> {
-    let Some(python) = &options.python else {
-        return Ok(());
-    };
-    for q in &python.queues {
-        let id = ids
-            .iter()
-            .find(|(name, _)| *name == q.name)
-            .map(|(_, id)| *id)
-            .ok_or_else(|| Error::InvalidState(format!("queue {:?} was not made", q.name)))?;
-        server.serve_to_python(&q.name, id)?;
-    }
-    Ok(())
-}
-
-/// Creates the registry and the named objects in a server about to serve;
-/// returns each name's object.
-fn make_named(server: &mut Server, named: &[Named]) -> Result<Vec<(String, ObjectId)>> {
-    let tag = <Registry as Proxy>::tag();
-    let registry = expect_created(
-        server,
-        &Request::Create {
-            kind: ObjectKind::Dict,
-            fingerprint: tag.fingerprint,
-            type_name: &tag.name,
-            arg: 0,
-        },
-    )?;
-    if registry != REGISTRY {
-        return Err(Error::InvalidState(
-            "the registry must be the server's first object".into(),
-        ));
-    }
-    let mut ids = Vec::with_capacity(named.len());
-    for n in named {
-        let id = expect_created(
-            server,
-            &Request::Create {
-                kind: n.kind,
-                fingerprint: n.fingerprint,
-                type_name: &n.type_name,
-                arg: n.arg,
-            },
-        )?;
-        register_name(server, &n.name, (id, n.fingerprint, n.type_name.clone()))?;
-        ids.push((n.name.clone(), id));
-    }
-    Ok(ids)
 }
 
 /// A server bound in this process (from [`BaseManager::get_server`]).
@@ -1071,14 +877,6 @@ impl Drop for Inner {
     }
 }
 
-/// A Rust type a remote manager's server can own (see the
-/// [`remote`](macro@crate::remote) attribute, which implements this, as does
-/// [`remote_object!`](crate::remote_object)).
-pub trait RemoteObject: ServedObject + Default {
-    /// The name both sides check (the type's path).
-    const TYPE_NAME: &'static str;
-}
-
 /// The typed proxy of a [`RemoteObject`] (generated by the
 /// [`remote`](macro@crate::remote) attribute or
 /// [`remote_object!`](crate::remote_object)).
@@ -1087,41 +885,6 @@ pub trait UserProxy: Sized {
     const TYPE_NAME: &'static str;
     /// The proxy over a handle to the object.
     fn from_handle(handle: ObjectHandle) -> Self;
-}
-
-/// The user types a [`BaseManager`] registered (a list built by
-/// [`BaseManager::register_object`]).
-pub trait UserTypes: 'static {
-    #[doc(hidden)]
-    fn install(
-        server: &mut Server,
-        names: &[UserName],
-    ) -> Result<Vec<(String, ObjectId, &'static str)>>;
-}
-
-impl UserTypes for () {
-    fn install(_: &mut Server, _: &[UserName]) -> Result<Vec<(String, ObjectId, &'static str)>> {
-        Ok(Vec::new())
-    }
-}
-
-impl<T: RemoteObject, U: UserTypes> UserTypes for (T, U) {
-    fn install(
-        server: &mut Server,
-        names: &[UserName],
-    ) -> Result<Vec<(String, ObjectId, &'static str)>> {
-        let Some(((last, factory), rest)) = names.split_last() else {
-            return Err(Error::InvalidState("user object names out of step".into()));
-        };
-        let mut made = U::install(server, rest)?;
-        let id = if *factory {
-            FACTORY_BIT | server.add_user_factory(T::TYPE_NAME, Box::new(|| Box::new(T::default())))
-        } else {
-            server.add_user_object(Box::new(T::default()))
-        };
-        made.push((last.clone(), id, T::TYPE_NAME));
-        Ok(made)
-    }
 }
 
 /// A client's handle to a user object: calls its methods by number.
@@ -1264,4 +1027,14 @@ macro_rules! remote_object {
             )*
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_makes_the_registry_with_the_tag_its_readers_check() {
+        assert_eq!(startup::registry_tag(), <Registry as Proxy>::tag());
+    }
 }

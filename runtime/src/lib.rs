@@ -10,6 +10,26 @@
 //! tests and fuzz targets: no stability promise, and nothing in them that
 //! could break memory safety is a safe function. The platform calls (`sys`)
 //! are private.
+//!
+//! # Inside the crate
+//!
+//! The modules are layered; each uses the ones below it, never one above:
+//!
+//! 1. `sys`: the platform calls.
+//! 2. What every layer shares: `error`, `deadline`, `liveness` (with the
+//!    process-identity word a lock holder or segment creator writes),
+//!    `fork_mutex` (held across a fork), `codec`.
+//! 3. `shm`: shared segments and the objects laid out in them (with
+//!    `handle`, how they travel to other processes).
+//! 4. `sync` and `process`: the primitives and the processes.
+//! 5. `queue`, `connection`, `sharedctypes`, `pool`, `manager` and the rest.
+//!
+//! A test holds `sys`, layer 2 and `shm` to this (it reads their sources).
+//! Higher up there are known exceptions: the remote flavour of the sync
+//! primitives calls the manager's client core (`manager::{client, core,
+//! protocol}`; the manager's server is on top), `handle`'s flavoured
+//! encoding names that core's `ProxyRepr`, `connection` builds on
+//! `queue`'s ring, and a process's `Sentinel` is a `connection` waitable.
 
 // Futexes, memfd, SO_PEERCRED, /proc and the abstract socket namespace are
 // Linux's; other systems need their own `sys` backend first.
@@ -24,8 +44,11 @@ pub mod connection;
 #[doc(hidden)]
 pub mod deadline;
 mod error;
+mod fork_mutex;
 #[doc(hidden)]
 pub mod handle;
+#[cfg(test)]
+mod layers;
 mod liveness;
 #[doc(hidden)]
 pub mod manager;
@@ -73,9 +96,8 @@ pub use rkyv;
 #[doc(hidden)]
 pub mod __internal {
     pub use crate::codec::field_travels;
-    pub use crate::process::{
-        ForkHook, ForkMutex, Initializer, forkserver_pid, register_fork_hook,
-    };
+    pub use crate::fork_mutex::ForkMutex;
+    pub use crate::process::{ForkHook, Initializer, forkserver_pid, register_fork_hook};
     pub use crate::queue::DEFAULT_CAPACITY_BYTES;
     pub use crate::shm::{Kind, ShmSpec, fingerprint_str};
     pub use crate::sync::park::set_spin_limit;

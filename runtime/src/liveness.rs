@@ -9,16 +9,52 @@
 //! process that may have died unseen. Timed waits end at their deadline with
 //! their usual error; a wait that would lose data by giving up (a consumer
 //! half-way through a message) keeps waiting.
+//!
+//! Who a process is in shared memory is here too: [`my_word`] is the word a
+//! process writes to name itself (a lock's holder, a segment's creator, a
+//! pipe end's owner): its pid, and the low 32 bits of its start time above
+//! it, so a process that reuses the pid is not taken for it.
+//! [`holder_liveness`] asks whether the process a word names still lives.
 
 use std::time::{Duration, Instant};
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
+use crate::sys;
 pub use crate::sys::process::Liveness;
 
 /// How long an untimed wait keeps waiting on a process whose liveness it
 /// cannot check before it fails with [`Error::Io`].
 pub(crate) const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
+
+/// The pid in a process-identity word (the low 31 bits; a lock keeps its
+/// waiters flag in bit 31).
+pub(crate) const PID_MASK: u64 = 0x7FFF_FFFF;
+
+/// The word this process writes to name itself in shared memory (a lock's
+/// holder, a pipe end's owner, a segment's creator).
+#[inline]
+pub(crate) fn my_word() -> u64 {
+    let ticks = sys::process::own_start_ticks() as u32 as u64;
+    (ticks << 32) | sys::process::getpid() as u64
+}
+
+/// Whether the process `word` names (a [`my_word`] of some process) still lives.
+pub(crate) fn holder_liveness(word: u64) -> Liveness {
+    let pid = (word & PID_MASK) as i32;
+    if pid == sys::process::getpid() {
+        // The pid is ours now: the holder is this process, unless the word
+        // names an earlier process that had our pid (another start time).
+        let theirs = (word >> 32) as u32;
+        let mine = sys::process::own_start_ticks() as u32;
+        return if theirs == 0 || mine == 0 || theirs == mine {
+            Liveness::Alive
+        } else {
+            Liveness::Dead
+        };
+    }
+    sys::process::liveness(pid, Some(word >> 32))
+}
 
 /// A liveness check that failed: which process, and the OS error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

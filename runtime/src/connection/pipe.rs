@@ -25,9 +25,9 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::HandleRepr;
 use crate::liveness::{CannotTell, Liveness};
+use crate::liveness::{holder_liveness, my_word};
 use crate::queue::ring::{self, Ends, Padded, Ring, RingState, Side, Sink};
 use crate::shm::{Kind, ShmObject};
-use crate::sync::raw_lock::{holder_liveness, my_word};
 use crate::sys;
 
 /// The ring size of each direction of a pipe made with `Pipe::new()`: 256 KiB.

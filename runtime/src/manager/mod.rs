@@ -8,6 +8,9 @@
 //! * the object table and dispatch (a dict's entries kept compact, `dict`): objects as encoded bytes, reference
 //!   counted by connections, stored values and in-flight pins.
 //! * [`server`]: the serve loop that runs in the manager's process.
+//! * [`startup`]: the server process a `Manager` or `BaseManager` starts,
+//!   and what it makes before serving (the registry of names, named and
+//!   user objects).
 //! * [`remote`]: the TCP transport (authkey handshake, then frames).
 //! * the gate: caps on connections still in their handshake, and a source
 //!   that keeps failing it is refused for a while.
@@ -27,6 +30,7 @@ mod gate;
 pub mod protocol;
 pub mod remote;
 pub mod server;
+pub mod startup;
 mod table;
 pub mod user;
 mod waitable;
@@ -37,5 +41,6 @@ pub use server::{
     DEFAULT_MAX_OBJECTS, Limits, ServeOptions, Server, ServerBoot, ShutdownHandle, serve,
     serve_with,
 };
+pub use startup::UserTypes;
 pub use table::PIN_TIMEOUT;
-pub use user::{CallError, Factory, ServedObject, USER_OBJECT_BIT};
+pub use user::{CallError, Factory, RemoteObject, ServedObject, USER_OBJECT_BIT};

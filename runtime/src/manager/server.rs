@@ -133,7 +133,8 @@ fn boot_fingerprint() -> u64 {
     fingerprint_str("multiproc::manager::boot/4")
 }
 
-fn random_token() -> u64 {
+/// A random token (a server's socket name holds one).
+pub(crate) fn random_token() -> u64 {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
         let t = std::time::SystemTime::now()

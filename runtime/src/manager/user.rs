@@ -57,6 +57,14 @@ pub trait ServedObject: Send + 'static {
     fn call(&mut self, method: u32, args: &[u8]) -> Result<Vec<u8>, CallError>;
 }
 
+/// A Rust type a remote manager's server can own (see the
+/// `#[multiproc::remote]` attribute, which implements this, as does
+/// `multiproc::remote_object!`).
+pub trait RemoteObject: ServedObject + Default {
+    /// The name both sides check (the type's path).
+    const TYPE_NAME: &'static str;
+}
+
 type Slot = Arc<Mutex<Box<dyn ServedObject>>>;
 
 /// A user object in the table (made by a factory), shared with the calls

@@ -38,8 +38,9 @@ use std::time::Duration;
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
+use crate::fork_mutex::ForkMutex;
 use crate::process::child;
-use crate::process::fork_hooks::{ForkHook, ForkMutex, register_fork_hook};
+use crate::process::fork_hooks::{ForkHook, register_fork_hook};
 use crate::process::launch;
 use crate::process::registry::Served;
 use crate::sys;

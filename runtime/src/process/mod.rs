@@ -26,7 +26,7 @@ pub use child::init;
 pub use child_process::Process;
 pub(crate) use child_process::handing_to_fork_child;
 pub use current::{AuthKey, CurrentProcess, ParentProcess, current_process, parent_process};
-pub use fork_hooks::{ForkHook, ForkMutex, register_fork_hook};
+pub use fork_hooks::{ForkHook, register_fork_hook};
 pub use forkserver::server_pid as forkserver_pid;
 pub use initializer::Initializer;
 pub(crate) use launch::panic_message as panic_text;

@@ -18,7 +18,7 @@ use std::sync::MutexGuard;
 use parking_lot::Mutex;
 
 use crate::deadline::Deadline;
-use crate::process::ForkMutex;
+use crate::fork_mutex::ForkMutex;
 use crate::process::Sentinel;
 use crate::process::forkserver;
 

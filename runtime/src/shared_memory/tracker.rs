@@ -34,7 +34,8 @@ use std::sync::{MutexGuard, Once};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::process::{ForkHook, ForkMutex, register_fork_hook};
+use crate::fork_mutex::ForkMutex;
+use crate::process::{ForkHook, register_fork_hook};
 use crate::sys;
 use crate::sys::posix_shm::{self, Detached};
 

@@ -257,7 +257,7 @@ impl ShmSpec {
         let seg = create_segment(
             kind,
             self.fingerprint,
-            crate::sync::raw_lock::my_word(),
+            crate::liveness::my_word(),
             self.state_size as usize,
             self.tail_len as usize,
             |state, _tail| {
@@ -308,7 +308,7 @@ pub(crate) fn created_here(fd: BorrowedFd<'_>) -> Result<bool> {
     owner.copy_from_slice(&header[at..at + 8]);
     Ok(word(std::mem::offset_of!(ObjectHeader, magic)) == MAGIC
         && word(std::mem::offset_of!(ObjectHeader, version)) == VERSION
-        && u64::from_ne_bytes(owner) == crate::sync::raw_lock::my_word())
+        && u64::from_ne_bytes(owner) == crate::liveness::my_word())
 }
 
 impl<T> ShmObject<T> {
@@ -489,7 +489,7 @@ impl<T> ShmObject<T> {
     pub fn owner_gone(&self) -> bool {
         // SAFETY: the header was written in create and checked in open.
         let header = unsafe { &*self.seg.as_ptr().cast::<ObjectHeader>() };
-        header.owner != 0 && crate::sync::raw_lock::holder_liveness(header.owner).is_dead()
+        header.owner != 0 && crate::liveness::holder_liveness(header.owner).is_dead()
     }
 
     /// `Err(ManagerGone)` if [`ShmObject::owner_gone`]: what a waiter on a

@@ -7,9 +7,8 @@ use std::sync::{Arc, LazyLock, Weak};
 use memmap2::{MmapOptions, MmapRaw};
 use std::sync::MutexGuard;
 
-use crate::process::ForkMutex;
-
 use crate::error::{Error, Result};
+use crate::fork_mutex::ForkMutex;
 use crate::handle::{self, HandleRepr, ShareHandle};
 use crate::sys;
 

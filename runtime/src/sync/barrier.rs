@@ -23,12 +23,12 @@ use std::time::{Duration, Instant};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{FlavorRepr, FlavoredHandle, HandleRepr, ShareHandle};
-use crate::liveness::{CannotTell, Doubt, Liveness};
+use crate::liveness::{self, CannotTell, Doubt, Liveness};
 use crate::manager::core::{ProxyCore, RemoteFlavor};
 use crate::process::launch;
 use crate::shm::{Kind, ShmObject, ShmSpec, fingerprint_str};
 use crate::sync::park::{self, LIVENESS_SLICE};
-use crate::sync::raw_lock::{self, Acquired, RawLock};
+use crate::sync::raw_lock::{Acquired, RawLock};
 use crate::sync::remote::RemoteBarrier;
 use crate::sys;
 
@@ -593,7 +593,7 @@ impl ShmBarrier {
 
     /// Counts one more handle for this process in the table.
     fn attach(&self) -> Result<()> {
-        let me = raw_lock::my_word();
+        let me = liveness::my_word();
         let inner = self.inner();
         let table = self.table();
         if let Some(slot) = table
@@ -628,7 +628,7 @@ impl ShmBarrier {
 
     /// Counts one handle less for this process; frees its slot at zero.
     fn detach(&self) {
-        let me = raw_lock::my_word();
+        let me = liveness::my_word();
         let _inner = self.inner();
         if let Some(slot) = self
             .table()
@@ -668,7 +668,7 @@ impl ShmBarrier {
             if p == 0 {
                 continue;
             }
-            match raw_lock::holder_liveness(p) {
+            match liveness::holder_liveness(p) {
                 Liveness::Dead => return (true, None),
                 liveness => {
                     unsure = unsure.or(CannotTell::from((p & 0x7FFF_FFFF) as i32, liveness));
@@ -685,7 +685,7 @@ impl ShmBarrier {
             let p = slot.process.load(Ordering::Relaxed);
             // Only a known death breaks the barrier; a process this one
             // cannot check (out of descriptors) is kept as a live party.
-            if p != 0 && raw_lock::holder_liveness(p).is_dead() {
+            if p != 0 && liveness::holder_liveness(p).is_dead() {
                 tracing::warn!(
                     pid = (p & 0x7FFF_FFFF) as i32,
                     "a process holding a barrier died; breaking it"
@@ -1131,7 +1131,7 @@ mod tests {
     #[test]
     fn handles_are_counted_per_process() {
         use crate::Shareable;
-        let me = raw_lock::my_word();
+        let me = liveness::my_word();
         let b = ShmBarrier::new(2).unwrap();
         let slot = || {
             b.table()

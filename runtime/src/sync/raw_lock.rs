@@ -18,13 +18,12 @@ use std::time::Duration;
 
 use crate::deadline::Deadline;
 use crate::error::Result;
-use crate::liveness::{CannotTell, Doubt, Liveness};
+use crate::liveness::{CannotTell, Doubt, Liveness, PID_MASK, holder_liveness, my_word};
 use crate::sync::park;
 use crate::sys;
 use crate::sys::futex::WaitOutcome;
 
 const CONTENDED: u64 = 1 << 31;
-const PID_MASK: u64 = 0x7FFF_FFFF;
 /// How often a sleeping waiter wakes to check that the holder is alive.
 const LIVENESS_SLICE: Duration = Duration::from_millis(100);
 
@@ -56,30 +55,6 @@ impl Acquired {
 #[derive(Debug, Default)]
 pub struct RawLock {
     word: AtomicU64,
-}
-
-/// The word this process writes when it takes a lock.
-#[inline]
-pub(crate) fn my_word() -> u64 {
-    let ticks = sys::process::own_start_ticks() as u32 as u64;
-    (ticks << 32) | sys::process::getpid() as u64
-}
-
-/// Whether the holder recorded in `word` still lives.
-pub(crate) fn holder_liveness(word: u64) -> Liveness {
-    let pid = (word & PID_MASK) as i32;
-    if pid == sys::process::getpid() {
-        // The pid is ours now: the holder is this process, unless the word
-        // names an earlier process that had our pid (another start time).
-        let theirs = (word >> 32) as u32;
-        let mine = sys::process::own_start_ticks() as u32;
-        return if theirs == 0 || mine == 0 || theirs == mine {
-            Liveness::Alive
-        } else {
-            Liveness::Dead
-        };
-    }
-    sys::process::liveness(pid, Some(word >> 32))
 }
 
 impl RawLock {
