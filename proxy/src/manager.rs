@@ -657,6 +657,25 @@ impl Manager {
         self.create_shm(Condition::spec(), |_| {})
     }
 
+    /// A new condition over `lock`, a shared-memory [`Lock`] or [`RLock`]
+    /// (one this manager or a plain constructor made), as Python's
+    /// `manager.Condition(lock)`; [`Error::InvalidArgument`] for a lock a
+    /// TCP manager keeps. The condition's own words live in a segment this
+    /// process creates (as [`Condition::with_lock`] does); its lock is
+    /// the one given.
+    pub fn condition_with(
+        &self,
+        lock: impl Into<multiproc_runtime::ConditionLock>,
+    ) -> Result<Condition> {
+        let lock = lock.into();
+        if lock.server().is_some() {
+            return Err(Error::InvalidArgument(
+                "a local manager's condition needs a shared-memory lock".into(),
+            ));
+        }
+        Condition::with_lock(lock)
+    }
+
     /// A new, clear event, created by the server (Python's `manager.Event()`).
     pub fn event(&self) -> Result<Event> {
         self.create_shm(Event::spec(), |_| {})
