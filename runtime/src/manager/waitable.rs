@@ -1,5 +1,5 @@
-//! Objects a server keeps for clients that may wait on them: Lock,
-//! Semaphore, Event, Barrier and Queue, as remote clients (over TCP) use
+//! Objects a server keeps for clients that may wait on them: Lock, RLock,
+//! Condition, Semaphore, Event, Barrier and Queue, as remote clients (over TCP) use
 //! them. Local clients use the same kinds as shared segments directly.
 //!
 //! Each object is one `parking_lot` mutex and condition variable. A waiting
@@ -10,9 +10,19 @@
 //! proxy crate), so a waiting thread never holds up the other proxies of
 //! its process.
 //!
-//! A lock records which connection holds it. When that connection ends
+//! A lock records which connection holds it (and, for a recursive lock,
+//! which thread of that client, and how deep). When that connection ends
 //! (its process died or closed it), the server releases the lock and the
 //! next acquirer is told, as a local lock reports a dead holder.
+//!
+//! A condition refers to a lock object of the same table. A waiter
+//! registers and releases the lock in one step (`cond_prepare_wait`, under
+//! the condition's mutex, which every notify takes too), waits on a
+//! connection of its own for its ticket, and takes the lock back with an
+//! ordinary acquire. A waiter whose connection ends is forgotten, and a
+//! notify it had not taken passes to the next waiter; when the lock's
+//! holder is lost, every waiter is woken (the first to take the lock back
+//! is told). Mutexes are always taken condition first, then lock.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -1014,6 +1024,118 @@ mod tests {
             l.lock_release(&peer(1), 0),
             Err(RemoteError::InvalidState(_))
         ));
+    }
+
+    #[test]
+    fn an_rlock_belongs_to_one_thread_of_one_connection() {
+        let l = Waitable::new(ObjectKind::RLock, 0).unwrap();
+        assert_eq!(l.lock_take(&peer(1), 101, 7, None).unwrap(), Take::Taken);
+        assert_eq!(l.lock_take(&peer(1), 101, 7, None).unwrap(), Take::Taken);
+        assert_eq!(l.lock_count(1, 7).unwrap(), 2);
+        // Another thread of the holder's process, or the same thread id on
+        // another connection, neither enters nor releases it.
+        assert_eq!(l.lock_take(&peer(1), 101, 8, None).unwrap(), Take::Busy);
+        assert_eq!(l.lock_take(&peer(2), 102, 7, None).unwrap(), Take::Busy);
+        assert!(matches!(
+            l.lock_release(&peer(1), 8),
+            Err(RemoteError::InvalidState(_))
+        ));
+        assert!(matches!(
+            l.lock_release(&peer(2), 7),
+            Err(RemoteError::InvalidState(_))
+        ));
+        assert_eq!(l.lock_count(1, 8).unwrap(), 0);
+        l.lock_release(&peer(1), 7).unwrap();
+        assert!(l.lock_is_locked().unwrap());
+        // Lost with its connection, two deep: the next holder is one deep.
+        l.connection_ended(1);
+        assert_eq!(
+            l.lock_take(&peer(2), 102, 9, None).unwrap(),
+            Take::TakenFromLost(101)
+        );
+        assert_eq!(l.lock_count(2, 9).unwrap(), 1);
+        l.lock_release(&peer(2), 9).unwrap();
+        assert!(!l.lock_is_locked().unwrap());
+        // A restore takes a free lock that deep, and never re-enters.
+        assert_eq!(l.lock_take(&peer(3), 103, 1, Some(3)).unwrap(), Take::Taken);
+        assert_eq!(l.lock_take(&peer(3), 103, 1, Some(3)).unwrap(), Take::Busy);
+        assert_eq!(l.lock_count(3, 1).unwrap(), 3);
+    }
+
+    fn condition() -> (Arc<Waitable>, Waitable) {
+        let lock = Arc::new(Waitable::new(ObjectKind::RLock, 0).unwrap());
+        let cond = Waitable::condition(lock.clone(), 42).unwrap();
+        (lock, cond)
+    }
+
+    /// Thread 1 of connection `conn` takes the lock and registers as a waiter.
+    fn register(lock: &Waitable, cond: &Waitable, conn: u64) -> u64 {
+        assert_eq!(
+            lock.lock_take(&peer(conn), conn as i64, 1, None).unwrap(),
+            Take::Taken
+        );
+        let (ticket, saved) = cond.cond_prepare_wait(&peer(conn), 1).unwrap();
+        assert_eq!(saved, 1);
+        ticket
+    }
+
+    #[test]
+    fn a_condition_notifies_exactly_n_of_its_waiters() {
+        let (lock, cond) = condition();
+        assert!(matches!(
+            cond.cond_prepare_wait(&peer(1), 1),
+            Err(RemoteError::InvalidState(_))
+        ));
+        let tickets: Vec<u64> = (1..=3).map(|c| register(&lock, &cond, c)).collect();
+        assert!(!lock.lock_is_locked().unwrap(), "waiting released the lock");
+        assert!(matches!(
+            cond.cond_notify(&peer(9), 1, 1),
+            Err(RemoteError::InvalidState(_))
+        ));
+        lock.lock_take(&peer(9), 9, 1, None).unwrap();
+        cond.cond_notify(&peer(9), 1, 2).unwrap();
+        let woken: Vec<bool> = tickets
+            .iter()
+            .map(|t| cond.cond_wait(*t, Deadline::Now, &peer(5)).unwrap())
+            .collect();
+        // The oldest two; the third timed out and left.
+        assert_eq!(woken, [true, true, false]);
+        cond.cond_notify(&peer(9), 1, u64::MAX).unwrap();
+        assert!(!cond.cond_wait(tickets[2], Deadline::Now, &peer(5)).unwrap());
+        assert_eq!(cond.cond_lock().unwrap(), (42, true));
+    }
+
+    #[test]
+    fn a_dead_waiters_notify_passes_on_and_a_dead_holder_wakes_everyone() {
+        let (lock, cond) = condition();
+        let first = register(&lock, &cond, 1);
+        let second = register(&lock, &cond, 2);
+        let third = register(&lock, &cond, 3);
+        lock.lock_take(&peer(9), 9, 1, None).unwrap();
+        cond.cond_notify(&peer(9), 1, 1).unwrap();
+        lock.lock_release(&peer(9), 1).unwrap();
+        // The waiter notified dies before it woke: the next one gets it.
+        cond.connection_ended(1);
+        assert!(!cond.cond_wait(first, Deadline::Now, &peer(5)).unwrap());
+        assert!(cond.cond_wait(second, Deadline::Now, &peer(5)).unwrap());
+        // A holder of the lock dies: the lock is released and every waiter woken.
+        lock.lock_take(&peer(7), 77, 1, None).unwrap();
+        cond.connection_ended(7);
+        assert!(!lock.lock_is_locked().unwrap());
+        assert!(cond.cond_wait(third, Deadline::Now, &peer(5)).unwrap());
+        assert_eq!(
+            lock.lock_take(&peer(3), 3, 1, Some(1)).unwrap(),
+            Take::TakenFromLost(77)
+        );
+    }
+
+    #[test]
+    fn a_freed_condition_lets_its_lock_go() {
+        let (_lock, cond) = condition();
+        let mut out = Vec::new();
+        cond.free(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(&*out[0].refs, &[42]);
     }
 
     #[test]
