@@ -57,6 +57,8 @@ struct Inner {
 /// with `Error::ManagerGone` within about 100 ms once the server process
 /// has died; so does a wait for a held `Lock` or `RLock`. What does not
 /// wait still works: a free lock can be taken, a queue read with `try_get`.
+/// `condition_with(lock)` makes a condition over a lock of yours. A TCP
+/// `BaseManager` hands out the same types (kept by its server instead).
 ///
 /// The server shuts down on [`Manager::shutdown`] or when the last clone
 /// of the `Manager` is dropped, and dies with this process. Once it is
