@@ -557,6 +557,9 @@ impl Condition {
     /// Waits until `predicate` (checked with the lock held) returns true;
     /// returns how the lock was last taken back
     /// ([`Acquired::OwnerDied`] if any wait took it from a dead holder).
+    /// A caller that does not hold the lock gets `InvalidState` (from a
+    /// remote condition, whose server checks, only once it would wait: a
+    /// predicate already true returns at once).
     pub fn wait_for(&self, mut predicate: impl FnMut() -> bool) -> Result<Acquired> {
         self.wait_for_deadline(&mut predicate, Deadline::Never)
             .map(|w| w.acquired)
