@@ -13,13 +13,13 @@ fn greet((lock, i): (Lock, u32)) {
 }
 
 /// Takes the RLock, then calls a helper that takes it again.
-fn outer(lock: &RLock) -> u32 {
-    let _held = lock.lock().unwrap();
+fn outer(lock: &RLock) -> multiproc::Result<u32> {
+    let _held = lock.lock()?;
     inner(lock)
 }
 
-fn inner(lock: &RLock) -> u32 {
-    let _held = lock.lock().unwrap();
+fn inner(lock: &RLock) -> multiproc::Result<u32> {
+    let _held = lock.lock()?;
     lock.recursion_count()
 }
 
@@ -69,8 +69,8 @@ fn main() -> multiproc::Result<()> {
 
     // RLock: the holder may take it again.
     let rlock = RLock::new()?;
-    println!("rlock held {} deep by one thread", outer(&rlock));
-    println!("rlock free again: {}", !rlock.is_locked());
+    println!("rlock held {} deep by one thread", outer(&rlock)?);
+    println!("rlock free again: {}", !rlock.is_locked()?);
 
     // Semaphore: five workers, at most two at a time.
     let slots = Semaphore::new(2)?;

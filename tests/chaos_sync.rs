@@ -1,6 +1,7 @@
 //! Chaos for the synchronisation primitives: a process is SIGKILLed at a
 //! random instant while it holds a Lock or RLock, waits on a Condition or
-//! loops through Barrier rounds. Whatever the instant, the others neither
+//! loops through Barrier rounds. The RLock and Condition scenarios run
+//! again with the ones a TCP `BaseManager` keeps (registered by name). Whatever the instant, the others neither
 //! hang nor lose an update, and nothing is left behind.
 //!
 //! `CHAOS_ITERATIONS` (default 3) runs of each scenario under each start
@@ -11,7 +12,8 @@ mod util;
 use std::time::Instant;
 
 use multiproc::{
-    Barrier, Condition, Error, Lock, Process, RLock, RawArray, RawValue, Shareable, StartMethod,
+    Barrier, BaseManager, Condition, Error, Lock, Process, RLock, RawArray, RawValue,
+    RemoteManager, Shareable, StartMethod,
 };
 use util::PROMPTLY;
 use util::chaos::{self, Rng, Snapshot};
@@ -82,7 +84,7 @@ fn hammer_rlock((lock, pair, ready, rounds): (RLock, Pair, RawValue<u32>, u64)) 
     for _ in 0..rounds {
         let outer = lock.lock_timeout(PROMPTLY).expect("lock within PROMPTLY");
         let inner = lock.lock_timeout(PROMPTLY).expect("re-entry");
-        assert_eq!(lock.recursion_count(), 2);
+        assert_eq!(lock.recursion_count().unwrap(), 2);
         assert!(inner.owner_died().is_none());
         bump_pair(&pair, outer.owner_died(), &mut repairs);
         drop(inner);
@@ -93,12 +95,26 @@ fn hammer_rlock((lock, pair, ready, rounds): (RLock, Pair, RawValue<u32>, u64)) 
 }
 
 const SURVIVOR_ROUNDS: u64 = 3_000;
+/// A server-kept lock costs round trips: fewer rounds.
+const REMOTE_SURVIVOR_ROUNDS: u64 = 300;
+
+/// A TCP manager keeping an RLock and a Condition (over a recursive lock
+/// of its own) under names.
+fn remote_master() -> RemoteManager {
+    BaseManager::new()
+        .authkey(b"chaos-sync")
+        .register::<RLock>("rlock")
+        .register::<Condition>("cond")
+        .start()
+        .unwrap()
+}
 
 /// A victim and a survivor contend for one lock; the victim dies at a
-/// random instant; the survivor finishes, and the pair is consistent.
+/// random instant; the survivor finishes its `rounds`, and the pair is consistent.
 fn lock_scenario(
     m: StartMethod,
     rng: &mut Rng,
+    rounds: u64,
     hammer: impl Fn(Pair, RawValue<u32>, u64) -> Process<u64>,
     check_free: impl Fn() -> (bool, Option<i32>),
 ) {
@@ -107,7 +123,7 @@ fn lock_scenario(
     let quiet = RawValue::new(0u32).unwrap();
     let mut victim = hammer(pair.clone(), ready.clone(), u64::MAX);
     wait_busy(&ready);
-    let mut survivor = hammer(pair.clone(), quiet, SURVIVOR_ROUNDS);
+    let mut survivor = hammer(pair.clone(), quiet, rounds);
     std::thread::sleep(rng.delay(MAX_DELAY_US));
     victim.kill().unwrap();
     assert_killed(&mut victim);
@@ -126,10 +142,7 @@ fn lock_scenario(
     } else {
         assert_eq!(a, b, "{m:?}: torn pair without OwnerDied");
     }
-    assert!(
-        b >= SURVIVOR_ROUNDS,
-        "{m:?}: the survivor's rounds are missing"
-    );
+    assert!(b >= rounds, "{m:?}: the survivor's rounds are missing");
 }
 
 fn lock_free_after(lock: &Lock) -> (bool, Option<i32>) {
@@ -143,12 +156,12 @@ fn rlock_free_after(lock: &RLock) -> (bool, Option<i32>) {
     let g = lock.lock_timeout(PROMPTLY).unwrap();
     let died = g.owner_died();
     assert_eq!(
-        lock.recursion_count(),
+        lock.recursion_count().unwrap(),
         1,
         "the dead holder's recursion leaked"
     );
     drop(g);
-    (!lock.is_locked(), died)
+    (!lock.is_locked().unwrap(), died)
 }
 
 fn lock_holder_killed(base: u64, n: u64) {
@@ -157,13 +170,24 @@ fn lock_holder_killed(base: u64, n: u64) {
             let lock = Lock::new().unwrap();
             let hammer =
                 |pair, ready, rounds| start(m, hammer_lock, (lock.clone(), pair, ready, rounds));
-            lock_scenario(m, rng, hammer, || lock_free_after(&lock))
+            lock_scenario(m, rng, SURVIVOR_ROUNDS, hammer, || lock_free_after(&lock))
         });
         chaos::repeat(&format!("rlock/{m:?}"), base, n, |rng, _| {
             let lock = RLock::new().unwrap();
             let hammer =
                 |pair, ready, rounds| start(m, hammer_rlock, (lock.clone(), pair, ready, rounds));
-            lock_scenario(m, rng, hammer, || rlock_free_after(&lock))
+            lock_scenario(m, rng, SURVIVOR_ROUNDS, hammer, || rlock_free_after(&lock))
+        });
+        chaos::repeat(&format!("remote-rlock/{m:?}"), base, n, |rng, _| {
+            let master = remote_master();
+            let lock: RLock = master.get("rlock").unwrap();
+            let hammer =
+                |pair, ready, rounds| start(m, hammer_rlock, (lock.clone(), pair, ready, rounds));
+            lock_scenario(m, rng, REMOTE_SURVIVOR_ROUNDS, hammer, || {
+                rlock_free_after(&lock)
+            });
+            drop(lock);
+            master.shutdown().unwrap();
         });
     }
 }
@@ -187,9 +211,11 @@ fn consume((cond, word, ready, total): (Condition, RawValue<u64>, RawValue<u32>,
             },
             PROMPTLY,
         );
+        // A victim killed holding the lock is reported in the outcome
+        // (`owner_died`), never as an error.
         match outcome {
-            Ok(true) | Err(Error::OwnerDied { .. }) => {}
-            Ok(false) => panic!("no item and no end within PROMPTLY"),
+            Ok(w) if !w.timed_out() => {}
+            Ok(_) => panic!("no item and no end within PROMPTLY"),
             Err(e) => panic!("{e}"),
         }
         let (items, taken) = split(word.load());
@@ -206,9 +232,11 @@ fn consume((cond, word, ready, total): (Condition, RawValue<u64>, RawValue<u32>,
     }
 }
 
-fn condition_scenario(m: StartMethod, rng: &mut Rng) {
+/// Two consumers take items the parent produces one by one (notifying one
+/// consumer each); one consumer dies at a random instant (waiting, or
+/// holding the lock); the other takes every item left, none twice.
+fn condition_scenario(m: StartMethod, rng: &mut Rng, cond: Condition) {
     const TOTAL: u64 = 400;
-    let cond = Condition::new().unwrap();
     let word = RawValue::new(0u64).unwrap();
     let ready = RawValue::new(0u32).unwrap();
     let arg = |r: &RawValue<u32>| (cond.clone(), word.clone(), r.clone(), TOTAL);
@@ -293,7 +321,12 @@ fn sync_primitives_survive_random_kills_and_leave_nothing() {
     lock_holder_killed(base, n);
     for m in METHODS {
         chaos::repeat(&format!("condition/{m:?}"), base, n, |rng, _| {
-            condition_scenario(m, rng)
+            condition_scenario(m, rng, Condition::new().unwrap())
+        });
+        chaos::repeat(&format!("remote-condition/{m:?}"), base, n, |rng, _| {
+            let master = remote_master();
+            condition_scenario(m, rng, master.get("cond").unwrap());
+            master.shutdown().unwrap();
         });
         chaos::repeat(&format!("barrier/{m:?}"), base, n, |rng, _| {
             barrier_scenario(m, rng)

@@ -7,8 +7,9 @@ mod util;
 use std::time::Duration;
 
 use multiproc::{
-    Acquired, Barrier, BaseManager, BoundedSemaphore, Error, Event, JoinableQueue, Lock, Manager,
-    Process, Queue, RemoteManager, Semaphore, StartMethod,
+    Acquired, Barrier, BaseManager, BoundedSemaphore, Condition, ConditionLock, Error, Event,
+    JoinableQueue, Lock, Manager, Process, Queue, RLock, RawValue, RemoteManager, Semaphore,
+    StartMethod,
 };
 use std::time::Instant;
 use util::{PROMPTLY, assert_not_our_zombie, eventually};
@@ -51,6 +52,41 @@ impl Maker {
             Maker::Plain => Lock::new().unwrap(),
             Maker::Local(m) => m.lock().unwrap(),
             Maker::Tcp(m) => m.lock().unwrap(),
+        }
+    }
+
+    fn rlock(&self) -> RLock {
+        match self {
+            Maker::Plain => RLock::new().unwrap(),
+            Maker::Local(m) => m.rlock().unwrap(),
+            Maker::Tcp(m) => m.rlock().unwrap(),
+        }
+    }
+
+    /// A condition over a recursive lock of its own.
+    fn condition(&self) -> Condition {
+        match self {
+            Maker::Plain => Condition::new().unwrap(),
+            Maker::Local(m) => m.condition().unwrap(),
+            Maker::Tcp(m) => m.condition().unwrap(),
+        }
+    }
+
+    /// A condition over a lock this source made.
+    fn condition_with(&self, lock: impl Into<ConditionLock>) -> Condition {
+        match self {
+            Maker::Plain => Condition::with_lock(lock).unwrap(),
+            Maker::Local(m) => m.condition_with(lock).unwrap(),
+            Maker::Tcp(m) => m.condition_with(lock).unwrap(),
+        }
+    }
+
+    /// The TCP server's address, which a child reading a handle from a
+    /// message needs (with its key) first.
+    fn tcp_address(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Maker::Tcp(r) => Some(r.address()),
+            _ => None,
         }
     }
 
@@ -642,4 +678,429 @@ fn remote_handles_of_a_stopped_server_say_manager_gone() {
     assert!(gone(format!("{:?}", jobs.task_done())));
     assert!(gone(format!("{:?}", jobs.try_join())));
     assert!(gone(format!("{:?}", jobs.join_timeout(PROMPTLY))));
+}
+
+// ---------------------------------------------------------------- RLock
+
+/// The child's side: cannot take, enter or release the parent's RLock;
+/// takes it once the parent let go of both levels, enters it again, says
+/// so, and holds it until told to let go.
+fn contend_rlock(args: (RLock, Event, Event, Event)) -> Vec<String> {
+    let (lock, tried, held, release) = args;
+    let mut seen = vec![
+        format!("{:?}", lock.try_acquire()),
+        format!(
+            "{:?}",
+            lock.release()
+                .map_err(|e| matches!(e, Error::InvalidState(_)))
+        ),
+        format!("{:?}", lock.is_owned()),
+        format!("{:?}", lock.recursion_count()),
+    ];
+    tried.set().unwrap();
+    let outer = lock.lock_timeout(PROMPTLY * 3).unwrap();
+    let inner = lock.try_lock().unwrap();
+    seen.push(format!("{:?}", (outer.owner_died(), inner.owner_died())));
+    seen.push(format!("{:?}", lock.recursion_count()));
+    held.set().unwrap();
+    seen.push(format!("{:?}", release.wait_timeout(PROMPTLY * 3)));
+    drop(inner);
+    seen.push(format!("{:?}", lock.is_locked()));
+    drop(outer);
+    seen
+}
+
+#[test]
+fn rlock_is_one_type_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let lock = maker.rlock();
+            let (tried, held, release) = (maker.event(), maker.event(), maker.event());
+            assert_eq!(lock.acquire().unwrap(), Acquired::Clean, "{source:?} {m:?}");
+            assert_eq!(lock.try_acquire().unwrap(), Acquired::Clean);
+            assert_eq!(lock.recursion_count().unwrap(), 2, "{source:?} {m:?}");
+            assert!(lock.is_owned().unwrap() && lock.is_locked().unwrap());
+            // Another thread of this process neither enters nor releases it.
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    assert!(!lock.is_owned().unwrap(), "{source:?} {m:?}");
+                    assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock)));
+                    assert!(matches!(
+                        lock.acquire_timeout(Duration::from_millis(20)),
+                        Err(Error::Timeout(_))
+                    ));
+                    assert!(
+                        matches!(lock.release(), Err(Error::InvalidState(_))),
+                        "{source:?} {m:?}"
+                    );
+                });
+            });
+            let mut p = start(
+                m,
+                contend_rlock,
+                (lock.clone(), tried.clone(), held.clone(), release.clone()),
+            );
+            assert!(tried.wait_timeout(PROMPTLY).unwrap(), "{source:?} {m:?}");
+            lock.release().unwrap();
+            assert!(lock.is_locked().unwrap(), "one level is still held");
+            assert_eq!(lock.recursion_count().unwrap(), 1);
+            lock.release().unwrap();
+            assert!(held.wait_timeout(PROMPTLY).unwrap(), "{source:?} {m:?}");
+            // The child holds it, two deep.
+            assert!(!lock.is_owned().unwrap(), "{source:?} {m:?}");
+            assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock)));
+            assert!(matches!(lock.release(), Err(Error::InvalidState(_))));
+            release.set().unwrap();
+            let seen = p.join_timeout(PROMPTLY * 3).unwrap();
+            assert_eq!(
+                seen,
+                [
+                    "Err(WouldBlock)",
+                    "Err(true)",
+                    "Ok(false)",
+                    "Ok(0)",
+                    "(None, None)",
+                    "Ok(2)",
+                    "Ok(true)",
+                    "Ok(true)",
+                ],
+                "{source:?} {m:?}"
+            );
+            assert_eq!(lock.acquire_timeout(PROMPTLY).unwrap(), Acquired::Clean);
+            lock.release().unwrap();
+            assert!(!lock.is_locked().unwrap(), "{source:?} {m:?}");
+            assert!(matches!(lock.release(), Err(Error::InvalidState(_))));
+        }
+        maker.shutdown();
+    }
+}
+
+/// Takes the RLock two deep, says so, and waits to be killed.
+fn hold_rlock_and_wait(args: (RLock, Event, Event)) {
+    let (lock, held, never) = args;
+    let outer = lock.lock().unwrap();
+    let inner = lock.lock().unwrap();
+    held.set().unwrap();
+    let _ = never.wait();
+    drop((inner, outer));
+}
+
+#[test]
+fn an_rlock_whose_holder_is_killed_goes_to_the_next_acquirer_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let lock = maker.rlock();
+            let (held, never) = (maker.event(), maker.event());
+            let mut p = start(
+                m,
+                hold_rlock_and_wait,
+                (lock.clone(), held.clone(), never.clone()),
+            );
+            assert!(held.wait_timeout(PROMPTLY).unwrap(), "{source:?} {m:?}");
+            let pid = p.pid().unwrap();
+            p.kill().unwrap();
+            let _ = p.join_timeout(PROMPTLY);
+            assert_not_our_zombie(pid);
+            let got = lock.acquire_timeout(PROMPTLY * 3).unwrap();
+            assert_eq!(got, Acquired::OwnerDied { pid }, "{source:?} {m:?}");
+            // The dead holder's two levels are gone with it.
+            assert_eq!(lock.recursion_count().unwrap(), 1, "{source:?} {m:?}");
+            lock.release().unwrap();
+            assert!(!lock.is_locked().unwrap(), "{source:?} {m:?}");
+        }
+        maker.shutdown();
+    }
+}
+
+// ------------------------------------------------------------ Condition
+
+/// Holds the condition's lock two deep, counts itself in, and waits; once
+/// woken, counts itself out, still two deep: (timed out, owner died, depth).
+fn wait_on(args: (Condition, RawValue<u32>, RawValue<u32>)) -> String {
+    let (cond, waiting, woken) = args;
+    let outer = cond.lock().unwrap();
+    let inner = cond.lock().unwrap();
+    waiting.fetch_add(1);
+    let w = cond.wait_timeout(PROMPTLY * 3).unwrap();
+    woken.fetch_add(1);
+    let depth = match cond.get_lock() {
+        ConditionLock::RLock(l) => l.recursion_count().unwrap(),
+        ConditionLock::Lock(_) => unreachable!("a condition over its own RLock"),
+    };
+    drop((inner, outer));
+    format!("{:?}", (w.timed_out(), w.owner_died(), depth))
+}
+
+#[test]
+fn condition_notify_n_and_notify_all_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let cond = maker.condition();
+            let (waiting, woken) = (RawValue::new(0u32).unwrap(), RawValue::new(0u32).unwrap());
+            let mut waiters: Vec<_> = (0..3)
+                .map(|_| start(m, wait_on, (cond.clone(), waiting.clone(), woken.clone())))
+                .collect();
+            // Each counts itself in holding the lock and releases it only
+            // by waiting: once all three counted, the lock is theirs no more.
+            assert!(
+                eventually(PROMPTLY, || waiting.load() == 3),
+                "{source:?} {m:?}"
+            );
+            {
+                let _g = cond.lock_timeout(PROMPTLY).unwrap();
+                assert_eq!(woken.load(), 0, "{source:?} {m:?}: woken without a notify");
+                cond.notify(2).unwrap();
+            }
+            assert!(
+                eventually(PROMPTLY, || woken.load() == 2),
+                "{source:?} {m:?}"
+            );
+            {
+                // Exactly two: the third is still waiting (it would need
+                // the lock, held here, to count itself out).
+                let _g = cond.lock_timeout(PROMPTLY).unwrap();
+                assert_eq!(woken.load(), 2, "{source:?} {m:?}: notify(2) woke more");
+                cond.notify(0).unwrap();
+            }
+            {
+                let _g = cond.lock_timeout(PROMPTLY).unwrap();
+                assert!(woken.load() <= 2, "{source:?} {m:?}: notify(0) woke one");
+                cond.notify_all().unwrap();
+            }
+            for p in &mut waiters {
+                let seen = p.join_timeout(PROMPTLY * 3).unwrap();
+                assert_eq!(seen, "(false, None, 2)", "{source:?} {m:?}");
+            }
+            assert_eq!(woken.load(), 3);
+            // notify_all wakes every waiter at once.
+            waiting.store(0);
+            woken.store(0);
+            let mut waiters: Vec<_> = (0..3)
+                .map(|_| start(m, wait_on, (cond.clone(), waiting.clone(), woken.clone())))
+                .collect();
+            assert!(
+                eventually(PROMPTLY, || waiting.load() == 3),
+                "{source:?} {m:?}"
+            );
+            {
+                let _g = cond.lock_timeout(PROMPTLY).unwrap();
+                cond.notify_all().unwrap();
+            }
+            for p in &mut waiters {
+                let seen = p.join_timeout(PROMPTLY * 3).unwrap();
+                assert_eq!(seen, "(false, None, 2)", "{source:?} {m:?}");
+            }
+        }
+        maker.shutdown();
+    }
+}
+
+#[test]
+fn condition_waits_time_out_holding_the_lock_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        let lock = maker.rlock();
+        for cond in [maker.condition(), maker.condition_with(lock.clone())] {
+            let ConditionLock::RLock(held) = cond.get_lock().clone() else {
+                panic!("{source:?}: an RLock under the condition")
+            };
+            assert!(
+                matches!(cond.wait(), Err(Error::InvalidState(_))),
+                "{source:?}"
+            );
+            assert!(matches!(cond.notify(1), Err(Error::InvalidState(_))));
+            assert!(matches!(cond.notify_all(), Err(Error::InvalidState(_))));
+            let _outer = cond.lock().unwrap();
+            let _inner = cond.lock().unwrap();
+            let w = cond.wait_timeout(Duration::from_millis(50)).unwrap();
+            assert!(w.timed_out(), "{source:?}");
+            assert_eq!(w.acquired(), Acquired::Clean);
+            // Held again, as deep as before.
+            assert_eq!(held.recursion_count().unwrap(), 2, "{source:?}");
+            assert!(cond.wait_timeout(Duration::ZERO).unwrap().timed_out());
+            assert_eq!(held.recursion_count().unwrap(), 2, "{source:?}");
+            let w = cond
+                .wait_for_timeout(|| false, Duration::from_millis(50))
+                .unwrap();
+            assert!(w.timed_out(), "{source:?}");
+            assert_eq!(held.recursion_count().unwrap(), 2, "{source:?}");
+            let w = cond.wait_for_timeout(|| true, Duration::ZERO).unwrap();
+            assert!(!w.timed_out(), "{source:?}");
+            assert_eq!(cond.wait_for(|| true).unwrap(), Acquired::Clean);
+            // Nobody waits: notifying changes nothing.
+            cond.notify(3).unwrap();
+            cond.notify_all().unwrap();
+        }
+        assert!(!lock.is_locked().unwrap(), "{source:?}");
+        maker.shutdown();
+    }
+}
+
+/// Waits (through `wait_for`) until the flag is up.
+fn wait_for_flag(args: (Condition, RawValue<u32>, Event)) -> String {
+    let (cond, flag, waiting) = args;
+    let _g = cond.lock().unwrap();
+    waiting.set().unwrap();
+    let w = cond
+        .wait_for_timeout(|| flag.load() == 1, PROMPTLY * 3)
+        .unwrap();
+    format!("{:?}", (w.timed_out(), w.owner_died(), flag.load()))
+}
+
+#[test]
+fn a_condition_over_a_given_lock_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let lock = maker.lock();
+            let cond = maker.condition_with(lock.clone());
+            let (flag, waiting) = (RawValue::new(0u32).unwrap(), maker.event());
+            let mut p = start(
+                m,
+                wait_for_flag,
+                (cond.clone(), flag.clone(), waiting.clone()),
+            );
+            assert!(waiting.wait_timeout(PROMPTLY).unwrap(), "{source:?} {m:?}");
+            {
+                // The lock is the condition's: taking one takes the other.
+                let _g = lock.lock_timeout(PROMPTLY).unwrap();
+                assert!(matches!(cond.try_acquire(), Err(Error::WouldBlock)));
+                // A spurious wake-up is re-checked by wait_for.
+                cond.notify_all().unwrap();
+            }
+            {
+                let _g = cond.lock_timeout(PROMPTLY).unwrap();
+                flag.store(1);
+                cond.notify(1).unwrap();
+            }
+            let seen = p.join_timeout(PROMPTLY * 3).unwrap();
+            assert_eq!(seen, "(false, None, 1)", "{source:?} {m:?}");
+            assert!(!lock.is_locked().unwrap(), "{source:?} {m:?}");
+        }
+        maker.shutdown();
+    }
+}
+
+/// Takes the condition's lock (once the waiter released it by waiting),
+/// says so, and waits to be killed.
+fn hold_condition_lock(args: (Condition, Event, Event)) {
+    let (cond, held, never) = args;
+    let g = cond.lock().unwrap();
+    held.set().unwrap();
+    let _ = never.wait();
+    drop(g);
+}
+
+/// Waits on the condition: (timed out, owner died, still holding the lock).
+fn wait_once(args: (Condition, RawValue<u32>)) -> (bool, Option<i32>, bool) {
+    let (cond, waiting) = args;
+    let g = cond.lock().unwrap();
+    waiting.store(1);
+    let w = cond.wait_timeout(PROMPTLY * 3).unwrap();
+    let still = match cond.get_lock() {
+        ConditionLock::RLock(l) => l.is_owned().unwrap(),
+        ConditionLock::Lock(l) => l.is_locked().unwrap(),
+    };
+    drop(g);
+    (w.timed_out(), w.owner_died(), still)
+}
+
+#[test]
+fn a_condition_waiter_is_told_when_the_lock_holder_is_killed_for_every_source() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            for cond in [maker.condition(), maker.condition_with(maker.lock())] {
+                let waiting = RawValue::new(0u32).unwrap();
+                let (held, never) = (maker.event(), maker.event());
+                let mut waiter = start(m, wait_once, (cond.clone(), waiting.clone()));
+                assert!(
+                    eventually(PROMPTLY, || waiting.load() == 1),
+                    "{source:?} {m:?}"
+                );
+                // The holder gets the lock only once the waiter waits.
+                let mut holder = start(
+                    m,
+                    hold_condition_lock,
+                    (cond.clone(), held.clone(), never.clone()),
+                );
+                assert!(held.wait_timeout(PROMPTLY).unwrap(), "{source:?} {m:?}");
+                let pid = holder.pid().unwrap();
+                holder.kill().unwrap();
+                let _ = holder.join_timeout(PROMPTLY);
+                assert_not_our_zombie(pid);
+                // Woken by the death (no notify comes), holding the lock, and told.
+                let seen = waiter.join_timeout(PROMPTLY * 3).unwrap();
+                assert_eq!(seen, (false, Some(pid), true), "{source:?} {m:?}");
+                let _g = cond.lock_timeout(PROMPTLY).unwrap();
+            }
+        }
+        maker.shutdown();
+    }
+}
+
+/// Receives an RLock and a condition through a queue: takes the RLock and
+/// leaves holding it, and notifies the condition's waiter.
+fn rlock_and_condition_through_a_queue(
+    args: (Queue<(RLock, Condition)>, Option<std::net::SocketAddr>),
+) -> bool {
+    let (q, server) = args;
+    if let Some(address) = server {
+        multiproc::set_manager_authkey(address, b"flavors");
+    }
+    let (lock, cond) = q.get_timeout(PROMPTLY * 3).unwrap();
+    let taken = lock.try_acquire().is_ok();
+    let _g = cond.lock_timeout(PROMPTLY).unwrap();
+    cond.notify_all().unwrap();
+    taken
+}
+
+#[test]
+fn rlocks_and_conditions_of_every_flavour_travel_inside_a_queue() {
+    for source in SOURCES {
+        let maker = Maker::start(source);
+        for m in METHODS {
+            let q: Queue<(RLock, Condition)> = Queue::new().unwrap();
+            let (lock, cond) = (maker.rlock(), maker.condition());
+            let mut p = start(
+                m,
+                rlock_and_condition_through_a_queue,
+                (q.clone(), maker.tcp_address()),
+            );
+            let _g = cond.lock().unwrap();
+            q.put((lock.clone(), cond.clone())).unwrap();
+            // Notified by the child, which took the condition's lock through its copy.
+            let w = cond.wait_timeout(PROMPTLY * 3).unwrap();
+            assert!(!w.timed_out(), "{source:?} {m:?}");
+            assert!(p.join_timeout(PROMPTLY * 3).unwrap(), "{source:?} {m:?}");
+            // The child left holding the RLock: the next acquirer is told.
+            let got = lock.acquire_timeout(PROMPTLY).unwrap();
+            assert!(
+                matches!(got, Acquired::OwnerDied { .. }),
+                "{source:?} {m:?}: {got:?}"
+            );
+            lock.release().unwrap();
+        }
+        maker.shutdown();
+    }
+}
+
+/// A remote RLock or condition whose server is gone says `ManagerGone`.
+#[test]
+fn remote_rlocks_and_conditions_of_a_stopped_server_say_manager_gone() {
+    let maker = Maker::start(Source::Tcp);
+    let (lock, cond) = (maker.rlock(), maker.condition());
+    maker.shutdown();
+    let gone = |r: String| r.starts_with("Err(ManagerGone");
+    assert!(gone(format!("{:?}", lock.try_acquire())));
+    assert!(gone(format!("{:?}", lock.acquire_timeout(PROMPTLY))));
+    assert!(gone(format!("{:?}", lock.release())));
+    assert!(gone(format!("{:?}", lock.is_locked())));
+    assert!(gone(format!("{:?}", lock.recursion_count())));
+    assert!(gone(format!("{:?}", cond.try_acquire())));
+    assert!(gone(format!("{:?}", cond.wait_timeout(PROMPTLY))));
+    assert!(gone(format!("{:?}", cond.notify_all())));
 }

@@ -86,7 +86,7 @@ fn party(args: Party) -> usize {
     {
         let _outer = rlock.lock().unwrap();
         let _inner = rlock.lock().unwrap();
-        assert_eq!(rlock.recursion_count(), 2);
+        assert_eq!(rlock.recursion_count().unwrap(), 2);
         count.set(count.get() + 1);
     }
     bounded.release().unwrap();
@@ -131,7 +131,8 @@ fn manager_event_barrier_semaphores_and_rlock_work_across_children() {
 fn wait_for_flag(args: (Condition, Value<u32>)) -> u32 {
     let (cond, flag) = args;
     let _guard = cond.lock().unwrap();
-    cond.wait_for(|| flag.get() != 0).unwrap();
+    let acquired = cond.wait_for(|| flag.get() != 0).unwrap();
+    assert_eq!(acquired.owner_died(), None);
     flag.get()
 }
 

@@ -31,8 +31,9 @@ fn server() -> &'static Mutex<Server> {
             .expect("the server listens");
         let mut conn = connect_local(&address).expect("connect");
         let mut resp = AlignedVec::new();
-        // Objects for calls to land on (ids 1 to 9). The barrier has one
-        // party, so waiting on it never waits.
+        // Objects for calls to land on (ids 1 to 10, then the condition's
+        // own recursive lock and the condition). The barrier has one party,
+        // so waiting on it never waits.
         for (kind, arg) in [
             (ObjectKind::Dict, 0),
             (ObjectKind::List, 0),
@@ -43,6 +44,8 @@ fn server() -> &'static Mutex<Server> {
             (ObjectKind::Event, 0),
             (ObjectKind::Barrier, 1),
             (ObjectKind::Queue, 2),
+            (ObjectKind::RLock, 0),
+            (ObjectKind::Condition, 0),
         ] {
             let create = Request::Create {
                 kind,

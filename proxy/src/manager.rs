@@ -51,6 +51,8 @@ struct Inner {
 /// with `Error::ManagerGone` within about 100 ms once the server process
 /// has died; so does a wait for a held `Lock` or `RLock`. What does not
 /// wait still works: a free lock can be taken, a queue read with `try_get`.
+/// `condition_with(lock)` makes a condition over a lock of yours. A TCP
+/// `BaseManager` hands out the same types (kept by its server instead).
 ///
 /// The server shuts down on [`Manager::shutdown`] or when the last clone
 /// of the `Manager` is dropped, and dies with this process. Once it is
@@ -598,6 +600,25 @@ impl Manager {
     /// (Python's `manager.Condition()`).
     pub fn condition(&self) -> Result<Condition> {
         self.create_shm(Condition::spec(), |_| {})
+    }
+
+    /// A new condition over `lock`, a shared-memory [`Lock`] or [`RLock`]
+    /// (one this manager or a plain constructor made), as Python's
+    /// `manager.Condition(lock)`; [`Error::InvalidArgument`] for a lock a
+    /// TCP manager keeps. The condition's own words live in a segment this
+    /// process creates (as [`Condition::with_lock`] does); its lock is
+    /// the one given.
+    pub fn condition_with(
+        &self,
+        lock: impl Into<multiproc_runtime::ConditionLock>,
+    ) -> Result<Condition> {
+        let lock = lock.into();
+        if lock.server().is_some() {
+            return Err(Error::InvalidArgument(
+                "a local manager's condition needs a shared-memory lock".into(),
+            ));
+        }
+        Condition::with_lock(lock)
     }
 
     /// A new, clear event, created by the server (Python's `manager.Event()`).

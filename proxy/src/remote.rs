@@ -36,7 +36,10 @@ use parking_lot::Mutex;
 use crate::client::{self, unexpected};
 use crate::core::{Proxy, ProxyCore, ProxyRepr, RemoteFlavor, TypeTag};
 use crate::{DictProxy, ListProxy, NamespaceProxy};
-use multiproc_runtime::{Barrier, BoundedSemaphore, Event, JoinableQueue, Lock, Queue, Semaphore};
+use multiproc_runtime::{
+    Barrier, BoundedSemaphore, Condition, ConditionLock, Event, JoinableQueue, Lock, Queue, RLock,
+    Semaphore,
+};
 
 /// The server's registry of names, as a client reads it.
 type Registry = DictProxy<String, NamedEntry>;
@@ -44,8 +47,9 @@ type Registry = DictProxy<String, NamedEntry>;
 /// A proxy type a [`BaseManager`] can register by name.
 ///
 /// Implemented for [`DictProxy`], [`ListProxy`], [`NamespaceProxy`],
-/// [`Queue`], [`Lock`], [`Semaphore`],
-/// [`BoundedSemaphore`], [`Event`] and [`Barrier`].
+/// [`Queue`], [`JoinableQueue`], [`Lock`], [`RLock`], [`Condition`] (over a
+/// recursive lock of its own), [`Semaphore`], [`BoundedSemaphore`],
+/// [`Event`] and [`Barrier`].
 pub trait Registrable: Sized + Shareable {
     /// What the server needs to make one: a queue's maxsize, a semaphore's
     /// value, a barrier's [`Parties`]; `()` for the others.
@@ -61,7 +65,7 @@ pub trait Registrable: Sized + Shareable {
 }
 
 fn attach_as<P: RemoteFlavor>(repr: &ProxyRepr) -> Result<P> {
-    ProxyCore::from_repr(repr, P::remote_tag()).map(P::from_remote)
+    ProxyCore::from_repr(repr, P::remote_tag()).and_then(P::from_remote)
 }
 
 macro_rules! registrable {
@@ -91,6 +95,8 @@ registrable!(impl<> for NamespaceProxy, ObjectKind::Namespace, (), |_c| 0);
 registrable!(impl<T> for Queue<T>, ObjectKind::Queue, usize, |maxsize| *maxsize as u64);
 registrable!(impl<T> for JoinableQueue<T>, ObjectKind::Queue, usize, |maxsize| *maxsize as u64);
 registrable!(impl<> for Lock, ObjectKind::Lock, (), |_c| 0);
+registrable!(impl<> for RLock, ObjectKind::RLock, (), |_c| 0);
+registrable!(impl<> for Condition, ObjectKind::Condition, (), |_c| 0);
 registrable!(impl<> for Event, ObjectKind::Event, (), |_c| 0);
 registrable!(impl<> for Semaphore, ObjectKind::Semaphore, SemaphoreValue, |v| u64::from(v.0));
 registrable!(impl<> for BoundedSemaphore, ObjectKind::BoundedSemaphore, SemaphoreValue, |v| u64::from(v.0));
@@ -714,7 +720,7 @@ impl RemoteManager {
 
     fn create_with<P: RemoteFlavor>(&self, kind: ObjectKind, arg: u64) -> Result<P> {
         let conn = client::connection(&self.inner.address)?;
-        ProxyCore::create_with(conn, kind, arg, P::remote_tag()).map(P::from_remote)
+        ProxyCore::create_with(conn, kind, arg, P::remote_tag()).and_then(P::from_remote)
     }
 
     /// A new, empty dict in the server.
@@ -797,6 +803,46 @@ impl RemoteManager {
     /// `Manager` or `Lock::new` gives, in its remote flavour.
     pub fn lock(&self) -> Result<Lock> {
         self.create_kind(ObjectKind::Lock)
+    }
+
+    /// A new, unlocked recursive lock in the server: the same [`RLock`]
+    /// type a local `Manager` or `RLock::new` gives, in its remote flavour
+    /// (Python's `manager.RLock()`).
+    pub fn rlock(&self) -> Result<RLock> {
+        self.create_kind(ObjectKind::RLock)
+    }
+
+    /// A new condition in the server over a recursive lock of its own: the
+    /// same [`Condition`] type a local `Manager` or `Condition::new` gives,
+    /// in its remote flavour (Python's `manager.Condition()`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// multiproc::init();
+    /// let m = multiproc::BaseManager::new().authkey(b"k").start().unwrap();
+    /// let cond = m.condition().unwrap();
+    /// let _held = cond.lock().unwrap();
+    /// let waited = cond.wait_timeout(Duration::from_millis(10)).unwrap();
+    /// assert!(waited.timed_out()); // nobody notified; the lock is held again
+    /// cond.notify_all().unwrap();
+    /// drop(_held);
+    /// m.shutdown().unwrap();
+    /// ```
+    pub fn condition(&self) -> Result<Condition> {
+        self.create_kind(ObjectKind::Condition)
+    }
+
+    /// A new condition in the server over `lock`, a [`Lock`] or [`RLock`]
+    /// this manager's server keeps (Python's `manager.Condition(lock)`);
+    /// [`Error::InvalidArgument`] for any other lock.
+    pub fn condition_with(&self, lock: impl Into<ConditionLock>) -> Result<Condition> {
+        let lock = lock.into();
+        if lock.server() != Some(self.inner.address) {
+            return Err(Error::InvalidArgument(
+                "a remote manager's condition needs a lock that manager keeps".into(),
+            ));
+        }
+        Condition::with_lock(lock)
     }
 
     /// A new semaphore in the server with `value` free units.

@@ -84,14 +84,6 @@ pub enum Error {
     /// The manager server is gone (killed, shut down, or unreachable).
     #[error("manager is gone: {0}")]
     ManagerGone(String),
-    /// A lock was acquired, but its previous holder had died while holding it.
-    ///
-    /// The caller now holds the lock; data it protects may be inconsistent.
-    #[error("the previous owner (pid {pid}) died while holding the lock")]
-    OwnerDied {
-        /// The process id of the dead holder.
-        pid: i32,
-    },
     /// A value could not be encoded or decoded.
     #[error("codec error: {0}")]
     Codec(String),

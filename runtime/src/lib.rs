@@ -85,7 +85,7 @@ pub use sharedctypes::{
 pub use shm::{Segment, ShmSafe};
 pub use sync::{
     Acquired, Barrier, BoundedSemaphore, Condition, ConditionGuard, ConditionLock, DataLock,
-    DataLockGuard, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
+    DataLockGuard, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore, WaitTimeoutResult,
 };
 
 /// The encoding library, re-exported so derives and handles agree on one version.

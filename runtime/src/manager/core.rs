@@ -239,16 +239,17 @@ pub trait Proxy: Sized {
 pub trait RemoteFlavor: Sized {
     /// The types the server records for the object.
     fn remote_tag() -> TypeTag;
-    /// The handle over a core just created or attached.
-    fn from_remote(core: ProxyCore) -> Self;
+    /// The handle over a core just created or attached (a `Condition`
+    /// asks its server for its lock here, so this can fail).
+    fn from_remote(core: ProxyCore) -> Result<Self>;
 }
 
 impl<P: Proxy> RemoteFlavor for P {
     fn remote_tag() -> TypeTag {
         P::tag()
     }
-    fn from_remote(core: ProxyCore) -> Self {
-        P::from_core(core)
+    fn from_remote(core: ProxyCore) -> Result<Self> {
+        Ok(P::from_core(core))
     }
 }
 

@@ -86,6 +86,8 @@ fn kind_of(k: &ArchivedObjectKind) -> ObjectKind {
         ArchivedObjectKind::Barrier => ObjectKind::Barrier,
         ArchivedObjectKind::Queue => ObjectKind::Queue,
         ArchivedObjectKind::User => ObjectKind::User,
+        ArchivedObjectKind::RLock => ObjectKind::RLock,
+        ArchivedObjectKind::Condition => ObjectKind::Condition,
     }
 }
 
@@ -102,6 +104,8 @@ fn kind_name(k: ObjectKind) -> &'static str {
         ObjectKind::Barrier => "barrier",
         ObjectKind::Queue => "queue",
         ObjectKind::User => "user object",
+        ObjectKind::RLock => "recursive lock",
+        ObjectKind::Condition => "condition",
     }
 }
 
@@ -169,6 +173,13 @@ fn serve(
                     emit_err(out, RemoteError::NotFound);
                     return After::Continue;
                 }
+                ObjectKind::Condition => match condition_over(table, peer, arg.to_native()) {
+                    Ok(w) => Data::Waitable(Arc::new(w)),
+                    Err(e) => {
+                        emit_err(out, e);
+                        return After::Continue;
+                    }
+                },
                 _ => match Waitable::new(kind, arg.to_native()) {
                     Ok(w) => Data::Waitable(Arc::new(w)),
                     Err(e) => {
@@ -176,6 +187,10 @@ fn serve(
                         return After::Continue;
                     }
                 },
+            };
+            let condition_lock = match &data {
+                Data::Waitable(w) if kind == ObjectKind::Condition => w.cond_lock().ok(),
+                _ => None,
             };
             let id = table.lock().insert(
                 conn,
@@ -188,7 +203,13 @@ fn serve(
             );
             match id {
                 Ok(id) => emit(out, &Response::Created(id)),
-                Err(e) => emit_err(out, e),
+                Err(e) => {
+                    // A condition that was not stored drops its hold on its lock.
+                    if let Some((lock, _)) = condition_lock {
+                        table.lock().decref_all([lock]);
+                    }
+                    emit_err(out, e)
+                }
             }
         }
         ArchivedRequest::CreateShm(spec) => {
@@ -278,6 +299,53 @@ fn serve(
         }
     }
     After::Continue
+}
+
+/// A new condition for `peer` over the lock object `lock` of the table
+/// (0: over a new recursive lock of its own, charged to `peer` too), which
+/// the condition holds a reference to.
+fn condition_over(
+    table: &Mutex<Table>,
+    peer: &Peer<'_>,
+    lock: ObjectId,
+) -> Result<Waitable, RemoteError> {
+    let mut t = table.lock();
+    let (lock, w) = if lock == 0 {
+        let w = Arc::new(Waitable::new(ObjectKind::RLock, 0)?);
+        // The condition holds the only reference: no connection does.
+        let mut nobody = ConnRefs::new();
+        let tag = crate::manager::core::TypeTag::new(crate::manager::protocol::RLOCK_TAG.into());
+        let id = t.insert(
+            &mut nobody,
+            peer.id,
+            ObjectKind::RLock,
+            tag.fingerprint,
+            &tag.name,
+            Data::Waitable(w.clone()),
+            0,
+        )?;
+        (id, w)
+    } else {
+        let o = t.get_mut(lock)?;
+        let w = match (&o.kind, &o.data) {
+            (ObjectKind::Lock | ObjectKind::RLock, Data::Waitable(w)) => w.clone(),
+            _ => {
+                return Err(RemoteError::Malformed(format!(
+                    "a condition needs a lock or recursive lock, not a {}",
+                    kind_name(o.kind)
+                )));
+            }
+        };
+        t.incref_all(&[lock])?;
+        (lock, w)
+    };
+    match Waitable::condition(w, lock) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            t.decref_all([lock]);
+            Err(e)
+        }
+    }
 }
 
 /// Creates a segment from `spec` for connection `peer`, within its limits;
@@ -897,6 +965,14 @@ fn kind_accepts(object: ObjectKind, methods: ObjectKind) -> bool {
         || (object == ObjectKind::BoundedSemaphore && methods == ObjectKind::Semaphore)
 }
 
+/// The calling thread a call names (a [`u64_arg`](crate::manager::protocol::u64_arg) in `key`).
+fn thread_of(call: &ArchivedCall<'_>) -> Result<u64, RemoteError> {
+    need(call.key.as_ref(), "thread").and_then(|k| {
+        crate::manager::protocol::read_u64_arg(&k.bytes)
+            .ok_or_else(|| RemoteError::Malformed("a thread is 8 bytes".into()))
+    })
+}
+
 /// A call on a lock, semaphore, event, barrier or queue. The table's lock
 /// covers only the lookup (and a queued value's charge and references):
 /// the object's own locks do the rest, so one client's call, waiting or
@@ -933,7 +1009,12 @@ fn waitable_call(
     use Method::*;
     if method.waits() {
         let answer = match method {
-            LockWaitFree => Response::Bool(w.lock_wait_free(deadline, peer)?),
+            LockWaitFree | RLockWaitFree => Response::Bool(w.lock_wait_free(deadline, peer)?),
+            CondWait => {
+                let ticket = u64::try_from(call.index.to_native())
+                    .map_err(|_| RemoteError::Malformed("a ticket is not negative".into()))?;
+                Response::Bool(w.cond_wait(ticket, deadline, peer)?)
+            }
             SemWaitAvailable => Response::Bool(w.sem_wait_available(deadline, peer)?),
             EventWait => Response::Bool(w.event_wait(deadline, peer)?),
             BarrierWait => match w.barrier_wait(deadline, call.index.to_native() != 0, peer)? {
@@ -949,22 +1030,36 @@ fn waitable_call(
         return Ok(());
     }
     let answer = match method {
-        LockTryAcquire => match w.lock_try_acquire(peer, call.index.to_native())? {
-            Take::Busy => Response::Acquired {
-                taken: false,
-                lost_holder: None,
-            },
-            Take::Taken => Response::Acquired {
-                taken: true,
-                lost_holder: None,
-            },
-            Take::TakenFromLost(pid) => Response::Acquired {
-                taken: true,
-                lost_holder: Some(pid),
-            },
-        },
-        LockRelease => w.lock_release().map(|()| Response::Unit)?,
-        LockIsLocked => Response::Bool(w.lock_is_locked()?),
+        LockTryAcquire => taken(w.lock_take(peer, call.index.to_native(), 0, None)?),
+        RLockTryAcquire => {
+            let restore = match call.value.as_ref() {
+                None => None,
+                Some(v) => Some(
+                    crate::manager::protocol::read_u64_arg(&v.bytes)
+                        .ok_or_else(|| RemoteError::Malformed("a count is 8 bytes".into()))?,
+                ),
+            };
+            taken(w.lock_take(peer, call.index.to_native(), thread_of(call)?, restore)?)
+        }
+        LockRelease => w.lock_release(peer, 0).map(|()| Response::Unit)?,
+        RLockRelease => w
+            .lock_release(peer, thread_of(call)?)
+            .map(|()| Response::Unit)?,
+        LockIsLocked | RLockIsLocked => Response::Bool(w.lock_is_locked()?),
+        RLockCount => Response::Len(w.lock_count(peer.id, thread_of(call)?)?),
+        CondLock => {
+            let (object, recursive) = w.cond_lock()?;
+            Response::LockOf { object, recursive }
+        }
+        CondPrepareWait => {
+            let (ticket, saved) = w.cond_prepare_wait(peer, thread_of(call)?)?;
+            Response::Waiting { ticket, saved }
+        }
+        CondNotify => {
+            let n = u64::try_from(call.index.to_native()).unwrap_or(0);
+            w.cond_notify(peer, thread_of(call)?, n)
+                .map(|()| Response::Unit)?
+        }
         SemTryAcquire => Response::Bool(w.sem_try_acquire()?),
         SemRelease => w.sem_release().map(|()| Response::Unit)?,
         SemValue => Response::Len(w.sem_value()?),
@@ -1007,6 +1102,24 @@ fn waitable_call(
     };
     emit(out, &answer);
     Ok(())
+}
+
+/// The answer to a lock's try-acquire.
+fn taken(take: Take) -> Response<'static> {
+    match take {
+        Take::Busy => Response::Acquired {
+            taken: false,
+            lost_holder: None,
+        },
+        Take::Taken => Response::Acquired {
+            taken: true,
+            lost_holder: None,
+        },
+        Take::TakenFromLost(pid) => Response::Acquired {
+            taken: true,
+            lost_holder: Some(pid),
+        },
+    }
 }
 
 /// Answers with a stored value and the objects it refers to.

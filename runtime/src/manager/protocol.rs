@@ -159,7 +159,18 @@ pub enum ObjectKind {
     /// `BaseManager.register(typeid, callable)`; `arg` at creation: the
     /// factory's number), counted by its proxies like a dict.
     User,
+    /// A recursive lock kept by the server: owned by one thread of one
+    /// client, entered again by it, released only by it.
+    RLock,
+    /// A condition kept by the server over a lock or recursive lock of the
+    /// same server (`arg` at creation: that lock's id; 0: a recursive lock
+    /// of its own, which the server creates).
+    Condition,
 }
+
+/// The type name a server-kept recursive lock records: the one an `RLock`'s
+/// remote flavour checks (a condition's own lock is made by the server).
+pub const RLOCK_TAG: &str = "multiproc::RLockProxy";
 
 /// Declares [`Method`] from one table, grouped by the kind of object each
 /// method applies to: the number of a method, its kind and the reverse
@@ -254,6 +265,35 @@ methods! {
         LockWaitFree = 92,
         LockIsLocked = 93,
     }
+    RLock {
+        /// Takes the lock if it is free, or enters it again if the calling
+        /// thread holds it (never waits), for the process whose pid is
+        /// `index` and its thread [`u64_arg`] in `key`; with a [`u64_arg`]
+        /// count in `value`, takes a free lock that deep (a condition wait
+        /// restoring it) and never enters it again: answered with `Acquired`.
+        RLockTryAcquire = 140,
+        /// Releases one level; only the holding thread (`key`) may.
+        RLockRelease = 141,
+        /// Waits up to `wait_us` until the lock is free: `Bool(free)`.
+        RLockWaitFree = 142,
+        RLockIsLocked = 143,
+        /// How deep the thread in `key` holds the lock (0: not at all): `Len`.
+        RLockCount = 144,
+    }
+    Condition {
+        /// The condition's lock: `LockOf`.
+        CondLock = 150,
+        /// Registers the caller (its thread [`u64_arg`] in `key`), who must
+        /// hold the lock, as a waiter and releases the lock completely, in
+        /// one step: `Waiting { ticket, saved }`.
+        CondPrepareWait = 151,
+        /// Waits up to `wait_us` until ticket `index` is notified; the
+        /// ticket is gone afterwards either way: `Bool(notified)`.
+        CondWait = 152,
+        /// Wakes up to `index` waiters (`i64::MAX`: all); the caller (thread
+        /// in `key`) must hold the lock.
+        CondNotify = 153,
+    }
     Semaphore {
         /// Takes one unit if there is one (never waits): `Bool(taken)`.
         SemTryAcquire = 100,
@@ -300,7 +340,7 @@ methods! {
 
 impl Method {
     /// Whether the method belongs to a kind the server keeps for waiting
-    /// clients (Lock, Semaphore, Event, Barrier, Queue).
+    /// clients (Lock, RLock, Condition, Semaphore, Event, Barrier, Queue).
     pub fn is_waitable_kind(self) -> bool {
         !matches!(
             self.object_kind(),
@@ -315,6 +355,8 @@ impl Method {
         matches!(
             self,
             LockWaitFree
+                | RLockWaitFree
+                | CondWait
                 | SemWaitAvailable
                 | EventWait
                 | BarrierWait
@@ -687,6 +729,20 @@ pub enum Response<'a> {
         /// it held the lock (the server released it then).
         lost_holder: Option<i64>,
     },
+    /// The lock a condition uses.
+    LockOf {
+        /// The lock's object id.
+        object: ObjectId,
+        /// Whether it is a recursive lock (else a plain lock).
+        recursive: bool,
+    },
+    /// A condition waiter registered, its lock released.
+    Waiting {
+        /// What the waiter waits on (`CondWait`).
+        ticket: u64,
+        /// How deep the waiter held the lock, to restore after the wait.
+        saved: u64,
+    },
 }
 
 /// Encodes a request (client side).
@@ -736,13 +792,16 @@ mod tests {
         }
         // Gaps between the kinds' ranges and numbers past the last method
         // are no method, never a method of the kind that follows.
-        for n in [0, 14, 29, 46, 66, 94, 139, 200, u32::MAX] {
+        for n in [0, 14, 29, 46, 66, 94, 139, 145, 154, 200, u32::MAX] {
             assert_eq!(Method::from_u32(n), None, "{n}");
         }
         assert_eq!(Method::QueueUnfinished.object_kind(), ObjectKind::Queue);
         assert_eq!(Method::BarrierBroken.object_kind(), ObjectKind::Barrier);
         assert!(!Method::DictGet.is_waitable_kind());
         assert!(Method::LockRelease.is_waitable_kind());
+        assert_eq!(Method::RLockCount.object_kind(), ObjectKind::RLock);
+        assert_eq!(Method::CondNotify.object_kind(), ObjectKind::Condition);
+        assert!(Method::CondWait.waits() && !Method::CondPrepareWait.waits());
     }
 
     #[test]

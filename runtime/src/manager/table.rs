@@ -207,7 +207,8 @@ pub(crate) struct Table {
     next_id: ObjectId,
     pins: HashMap<u64, Pin>,
     next_pin: u64,
-    /// The locks among the objects (released when their holder's connection ends).
+    /// The locks and conditions among the objects: what their clients hold
+    /// or wait for is let go when the client's connection ends.
     locks: HashSet<ObjectId>,
     /// The quotas of every connection.
     limits: Limits,
@@ -326,7 +327,10 @@ impl Table {
         }
         let id = self.next_id;
         self.next_id += 1;
-        if kind == ObjectKind::Lock {
+        if matches!(
+            kind,
+            ObjectKind::Lock | ObjectKind::RLock | ObjectKind::Condition
+        ) {
             self.locks.insert(id);
         }
         if let Data::Segment { id: segment, .. } = &data {

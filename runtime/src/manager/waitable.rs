@@ -1,5 +1,5 @@
-//! Objects a server keeps for clients that may wait on them: Lock,
-//! Semaphore, Event, Barrier and Queue, as remote clients (over TCP) use
+//! Objects a server keeps for clients that may wait on them: Lock, RLock,
+//! Condition, Semaphore, Event, Barrier and Queue, as remote clients (over TCP) use
 //! them. Local clients use the same kinds as shared segments directly.
 //!
 //! Each object is one `parking_lot` mutex and condition variable. A waiting
@@ -10,17 +10,29 @@
 //! proxy crate), so a waiting thread never holds up the other proxies of
 //! its process.
 //!
-//! A lock records which connection holds it. When that connection ends
+//! A lock records which connection holds it (and, for a recursive lock,
+//! which thread of that client, and how deep). When that connection ends
 //! (its process died or closed it), the server releases the lock and the
 //! next acquirer is told, as a local lock reports a dead holder.
+//!
+//! A condition refers to a lock object of the same table. A waiter
+//! registers and releases the lock in one step (`cond_prepare_wait`, under
+//! the condition's mutex, which every notify takes too), waits on a
+//! connection of its own for its ticket, and takes the lock back with an
+//! ordinary acquire. A waiter whose connection ends is forgotten, and a
+//! notify it had not taken passes to the next waiter; when the lock's
+//! holder is lost, every waiter is woken (the first to take the lock back
+//! is told). Mutexes are always taken condition first, then lock.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::deadline::Deadline;
-use crate::manager::protocol::{ObjectKind, RemoteError, WAIT_FOREVER};
+use crate::manager::protocol::{ObjectId, ObjectKind, RemoteError, WAIT_FOREVER};
 use crate::manager::table::Stored;
 
 /// How often a waiting method checks its client and the server.
@@ -59,14 +71,69 @@ pub(crate) enum Take {
     TakenFromLost(i64),
 }
 
+/// Who holds a server-kept lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holder {
+    /// The holder's connection (its process).
+    conn: u64,
+    /// The holding thread, as the client names it (a recursive lock's owner;
+    /// any thread of the holder's process may release a plain lock).
+    thread: u64,
+    /// The pid the holder declared.
+    pid: i64,
+    /// How deep the thread holds a recursive lock (1 for a plain lock).
+    count: u64,
+}
+
+/// A condition's waiter, from `CondPrepareWait` until its `CondWait` ends.
+#[derive(Debug, Clone, Copy)]
+struct Ticket {
+    id: u64,
+    /// The connection that registered it (its process).
+    conn: u64,
+    /// Notified, not yet woken.
+    granted: bool,
+}
+
+/// A server-kept condition: its lock (another object of the table, which
+/// the condition holds a reference to) and its waiters, oldest first.
+#[derive(Debug)]
+struct Cond {
+    lock: Arc<Waitable>,
+    lock_id: ObjectId,
+    waiters: VecDeque<Ticket>,
+    next_ticket: u64,
+    /// The lock's [`Waitable::losses`] the waiters were last woken for.
+    seen_losses: u64,
+}
+
+impl Cond {
+    /// Notifies up to `n` waiters (the oldest not yet notified); how many.
+    fn grant(&mut self, n: u64) -> u64 {
+        let mut granted = 0;
+        for t in self.waiters.iter_mut().filter(|t| !t.granted) {
+            if granted == n {
+                break;
+            }
+            t.granted = true;
+            granted += 1;
+        }
+        granted
+    }
+}
+
 #[derive(Debug)]
 enum State {
     Lock {
-        /// The holder's connection and the pid it declared.
-        holder: Option<(u64, i64)>,
+        holder: Option<Holder>,
         /// The pid of the last holder, if its connection ended while holding it.
         lost: Option<i64>,
+        /// How many holders were lost so far (a condition wakes its waiters then).
+        losses: u64,
+        /// A recursive lock (an RLock) rather than a plain one.
+        recursive: bool,
     },
+    Condition(Cond),
     Semaphore {
         value: u64,
         /// The largest value a release may reach: the initial value of a
@@ -120,9 +187,11 @@ impl Waitable {
     /// A new object of `kind` (one of the waitable kinds) with its parameter.
     pub fn new(kind: ObjectKind, arg: u64) -> Result<Waitable, RemoteError> {
         let state = match kind {
-            ObjectKind::Lock => State::Lock {
+            ObjectKind::Lock | ObjectKind::RLock => State::Lock {
                 holder: None,
                 lost: None,
+                losses: 0,
+                recursive: kind == ObjectKind::RLock,
             },
             ObjectKind::Semaphore | ObjectKind::BoundedSemaphore => {
                 // As a local semaphore: a value is a u32, and a release
@@ -169,20 +238,43 @@ impl Waitable {
             | ObjectKind::List
             | ObjectKind::Namespace
             | ObjectKind::Segment
-            | ObjectKind::User => {
+            | ObjectKind::User
+            | ObjectKind::Condition => {
                 return Err(RemoteError::Malformed(format!(
-                    "{kind:?} is not a kind a client waits on"
+                    "{kind:?} is not a kind made from an argument alone"
                 )));
             }
         };
-        Ok(Waitable {
+        Ok(Self::with_state(state))
+    }
+
+    /// A new condition over `lock` (a Lock or RLock object of the table,
+    /// `lock_id`, to which the caller gives the condition a reference).
+    pub fn condition(lock: Arc<Waitable>, lock_id: ObjectId) -> Result<Waitable, RemoteError> {
+        if lock.lock_is_recursive().is_err() {
+            return Err(RemoteError::Malformed(
+                "a condition's lock must be a Lock or an RLock".into(),
+            ));
+        }
+        let seen_losses = lock.losses();
+        Ok(Self::with_state(State::Condition(Cond {
+            lock,
+            lock_id,
+            waiters: VecDeque::new(),
+            next_ticket: 1,
+            seen_losses,
+        })))
+    }
+
+    fn with_state(state: State) -> Waitable {
+        Waitable {
             inner: Mutex::new(Inner {
                 freed: false,
                 sleeping: 0,
                 state,
             }),
             cond: Condvar::new(),
-        })
+        }
     }
 
     /// Marks the object freed, wakes its waiters, and hands back its
@@ -190,8 +282,14 @@ impl Waitable {
     pub fn free(&self, out: &mut Vec<Stored>) {
         let mut inner = self.inner.lock();
         inner.freed = true;
-        if let State::Queue { items, .. } = &mut inner.state {
-            out.extend(items.drain(..));
+        match &mut inner.state {
+            State::Queue { items, .. } => out.extend(items.drain(..)),
+            // The condition's reference to its lock goes with it.
+            State::Condition(c) => out.push(Stored {
+                refs: Box::from([c.lock_id]),
+                ..Stored::default()
+            }),
+            _ => {}
         }
         drop(inner);
         self.cond.notify_all();
@@ -230,39 +328,141 @@ impl Waitable {
         self.cond.notify_all();
     }
 
-    // ---- Lock ----
+    // ---- Lock and RLock ----
 
-    /// Takes the lock for `peer` (whose process says its pid is `pid`) if it is free.
+    /// Takes a plain lock for `peer` (whose process says its pid is `pid`) if it is free.
+    #[cfg(test)]
     pub fn lock_try_acquire(&self, peer: &Peer<'_>, pid: i64) -> Result<Take, RemoteError> {
+        self.lock_take(peer, pid, 0, None)
+    }
+
+    /// Takes the lock for thread `thread` of `peer` (whose process says its
+    /// pid is `pid`) if it is free, or enters a recursive lock that thread
+    /// holds again. With `restore`, takes a free lock that deep and never
+    /// enters it again (a condition waiter restoring its hold).
+    pub fn lock_take(
+        &self,
+        peer: &Peer<'_>,
+        pid: i64,
+        thread: u64,
+        restore: Option<u64>,
+    ) -> Result<Take, RemoteError> {
         let mut inner = self.inner.lock();
         match &mut inner.state {
-            State::Lock { holder, lost } => {
-                if holder.is_some() {
+            State::Lock {
+                holder,
+                lost,
+                recursive,
+                ..
+            } => {
+                if let Some(h) = holder {
+                    if *recursive && restore.is_none() && h.conn == peer.id && h.thread == thread {
+                        h.count = h.count.checked_add(1).ok_or_else(|| {
+                            RemoteError::InvalidState("RLock recursion too deep".into())
+                        })?;
+                        return Ok(Take::Taken);
+                    }
                     return Ok(Take::Busy);
                 }
-                *holder = Some((peer.id, pid));
+                let count = if *recursive {
+                    restore.unwrap_or(1).max(1)
+                } else {
+                    1
+                };
+                *holder = Some(Holder {
+                    conn: peer.id,
+                    thread,
+                    pid,
+                    count,
+                });
                 Ok(lost.take().map_or(Take::Taken, Take::TakenFromLost))
             }
             _ => Err(wrong_kind()),
         }
     }
 
-    /// Releases the lock (any connection may, as with Python's Lock).
-    pub fn lock_release(&self) -> Result<(), RemoteError> {
+    /// Releases the lock: any connection may release a plain lock (as with
+    /// Python's Lock); only the holding thread, one level at a time, a
+    /// recursive one.
+    pub fn lock_release(&self, peer: &Peer<'_>, thread: u64) -> Result<(), RemoteError> {
         let mut inner = self.inner.lock();
         match &mut inner.state {
-            State::Lock { holder, .. } => {
-                if holder.take().is_none() {
+            State::Lock {
+                holder, recursive, ..
+            } => match holder {
+                None if !*recursive => {
                     return Err(RemoteError::InvalidState(
                         "release of an unlocked lock".into(),
                     ));
                 }
-            }
+                Some(h) if *recursive && (h.conn, h.thread) == (peer.id, thread) => {
+                    h.count -= 1;
+                    if h.count > 0 {
+                        return Ok(());
+                    }
+                    *holder = None;
+                }
+                Some(_) if !*recursive => *holder = None,
+                _ => return Err(not_owner()),
+            },
             _ => return Err(wrong_kind()),
         }
         drop(inner);
         self.changed();
         Ok(())
+    }
+
+    /// Releases the lock completely if thread `thread` of connection `conn`
+    /// holds it (any thread of the holder's process, for a plain lock), and
+    /// returns how deep it was held; `None` if the caller does not hold it.
+    fn lock_release_all(&self, conn: u64, thread: u64) -> Result<Option<u64>, RemoteError> {
+        let mut inner = self.inner.lock();
+        let saved = match &mut inner.state {
+            State::Lock {
+                holder, recursive, ..
+            } => match *holder {
+                Some(h) if h.conn == conn && (!*recursive || h.thread == thread) => {
+                    *holder = None;
+                    h.count
+                }
+                _ => return Ok(None),
+            },
+            _ => return Err(wrong_kind()),
+        };
+        drop(inner);
+        self.changed();
+        Ok(Some(saved))
+    }
+
+    /// How deep thread `thread` of connection `conn` holds the lock (0:
+    /// not at all; a plain lock held by any thread of that process: 1).
+    pub fn lock_count(&self, conn: u64, thread: u64) -> Result<u64, RemoteError> {
+        match &self.inner.lock().state {
+            State::Lock {
+                holder: Some(h),
+                recursive,
+                ..
+            } if h.conn == conn && (!*recursive || h.thread == thread) => Ok(h.count),
+            State::Lock { .. } => Ok(0),
+            _ => Err(wrong_kind()),
+        }
+    }
+
+    /// Whether this is a recursive lock (`Err` if it is no lock).
+    fn lock_is_recursive(&self) -> Result<bool, RemoteError> {
+        match &self.inner.lock().state {
+            State::Lock { recursive, .. } => Ok(*recursive),
+            _ => Err(wrong_kind()),
+        }
+    }
+
+    /// How many holders this lock lost to their connections ending (0 for
+    /// anything else).
+    fn losses(&self) -> u64 {
+        match &self.inner.lock().state {
+            State::Lock { losses, .. } => *losses,
+            _ => 0,
+        }
     }
 
     /// Waits until the lock is free.
@@ -286,20 +486,140 @@ impl Waitable {
         }
     }
 
-    /// Releases the lock if connection `conn` (now ended) holds it; the
-    /// next acquirer learns that its holder was lost.
+    /// What connection `conn` leaves behind when it ends: a lock it holds
+    /// is released, and the next acquirer learns that its holder was lost;
+    /// a condition forgets the waiters it registered (a notify one of them
+    /// had not taken yet passes to the next waiter) and wakes every waiter
+    /// if its lock's holder was lost.
     pub fn connection_ended(&self, conn: u64) {
         let mut inner = self.inner.lock();
-        if let State::Lock { holder, lost } = &mut inner.state
-            && let Some((id, pid)) = *holder
-            && id == conn
-        {
-            *holder = None;
-            *lost = Some(pid);
+        match &mut inner.state {
+            State::Lock {
+                holder,
+                lost,
+                losses,
+                ..
+            } => {
+                if let Some(h) = *holder
+                    && h.conn == conn
+                {
+                    *holder = None;
+                    *lost = Some(h.pid);
+                    *losses += 1;
+                    drop(inner);
+                    tracing::warn!(conn, "a lock's holder left; the lock is released");
+                    self.changed();
+                }
+            }
+            State::Condition(c) => {
+                // Whichever the table asks first, the lock or its condition.
+                c.lock.connection_ended(conn);
+                let mut passed = 0;
+                c.waiters.retain(|t| {
+                    let theirs = t.conn == conn;
+                    passed += u64::from(theirs && t.granted);
+                    !theirs
+                });
+                let mut woken = c.grant(passed);
+                let losses = c.lock.losses();
+                if losses != c.seen_losses {
+                    c.seen_losses = losses;
+                    woken += c.grant(u64::MAX);
+                }
+                drop(inner);
+                if woken > 0 {
+                    self.changed();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ---- Condition ----
+
+    /// The condition's lock: its object id and whether it is recursive.
+    pub fn cond_lock(&self) -> Result<(ObjectId, bool), RemoteError> {
+        let lock = match &self.inner.lock().state {
+            State::Condition(c) => (c.lock.clone(), c.lock_id),
+            _ => return Err(wrong_kind()),
+        };
+        Ok((lock.1, lock.0.lock_is_recursive()?))
+    }
+
+    /// Registers thread `thread` of `peer`, which must hold the lock, as a
+    /// waiter and releases the lock completely, in one step (no notify
+    /// falls between); returns its ticket and how deep it held the lock.
+    pub fn cond_prepare_wait(
+        &self,
+        peer: &Peer<'_>,
+        thread: u64,
+    ) -> Result<(u64, u64), RemoteError> {
+        let mut inner = self.inner.lock();
+        if inner.freed {
+            return Err(RemoteError::Failed("the object was freed".into()));
+        }
+        let State::Condition(c) = &mut inner.state else {
+            return Err(wrong_kind());
+        };
+        let Some(saved) = c.lock.lock_release_all(peer.id, thread)? else {
+            return Err(RemoteError::InvalidState(
+                "wait on a condition whose lock the caller does not hold".into(),
+            ));
+        };
+        let ticket = c.next_ticket;
+        c.next_ticket += 1;
+        c.waiters.push_back(Ticket {
+            id: ticket,
+            conn: peer.id,
+            granted: false,
+        });
+        Ok((ticket, saved))
+    }
+
+    /// Waits until `ticket` is notified (true) or the deadline passes
+    /// (false); the ticket is gone afterwards either way. A wait that
+    /// fails (its client left) passes a notify it got on to the next waiter.
+    pub fn cond_wait(
+        &self,
+        ticket: u64,
+        deadline: Deadline,
+        peer: &Peer<'_>,
+    ) -> Result<bool, RemoteError> {
+        let mut inner = self.inner.lock();
+        let waited = self.wait_while(&mut inner, deadline, peer, |s| match s {
+            State::Condition(c) => c.waiters.iter().any(|t| t.id == ticket && !t.granted),
+            _ => false,
+        });
+        let State::Condition(c) = &mut inner.state else {
+            return Err(wrong_kind());
+        };
+        let granted = match c.waiters.iter().position(|t| t.id == ticket) {
+            Some(at) => c.waiters.remove(at).is_some_and(|t| t.granted),
+            None => false,
+        };
+        if waited.is_err() && granted && c.grant(1) > 0 {
             drop(inner);
-            tracing::warn!(conn, "a lock's holder left; the lock is released");
             self.changed();
         }
+        waited.map(|_| granted)
+    }
+
+    /// Notifies up to `n` waiters; thread `thread` of `peer` must hold the lock.
+    pub fn cond_notify(&self, peer: &Peer<'_>, thread: u64, n: u64) -> Result<(), RemoteError> {
+        let mut inner = self.inner.lock();
+        let State::Condition(c) = &mut inner.state else {
+            return Err(wrong_kind());
+        };
+        if c.lock.lock_count(peer.id, thread)? == 0 {
+            return Err(RemoteError::InvalidState(
+                "notify on a condition whose lock the caller does not hold".into(),
+            ));
+        }
+        if c.grant(n) > 0 {
+            drop(inner);
+            self.changed();
+        }
+        Ok(())
     }
 
     // ---- Semaphore ----
@@ -660,6 +980,10 @@ pub(crate) fn deadline_of(wait_us: u64) -> Deadline {
     }
 }
 
+fn not_owner() -> RemoteError {
+    RemoteError::InvalidState("release of an RLock this thread does not hold".into())
+}
+
 /// The method's kind was checked first; a mismatch here is a server bug.
 fn wrong_kind() -> RemoteError {
     RemoteError::Failed("object state does not match its kind".into())
@@ -693,13 +1017,125 @@ mod tests {
             l.lock_try_acquire(&peer(2), 102).unwrap(),
             Take::TakenFromLost(101)
         );
-        l.lock_release().unwrap();
+        l.lock_release(&peer(1), 0).unwrap();
         assert_eq!(l.lock_try_acquire(&peer(3), 103).unwrap(), Take::Taken);
-        l.lock_release().unwrap();
+        l.lock_release(&peer(1), 0).unwrap();
         assert!(matches!(
-            l.lock_release(),
+            l.lock_release(&peer(1), 0),
             Err(RemoteError::InvalidState(_))
         ));
+    }
+
+    #[test]
+    fn an_rlock_belongs_to_one_thread_of_one_connection() {
+        let l = Waitable::new(ObjectKind::RLock, 0).unwrap();
+        assert_eq!(l.lock_take(&peer(1), 101, 7, None).unwrap(), Take::Taken);
+        assert_eq!(l.lock_take(&peer(1), 101, 7, None).unwrap(), Take::Taken);
+        assert_eq!(l.lock_count(1, 7).unwrap(), 2);
+        // Another thread of the holder's process, or the same thread id on
+        // another connection, neither enters nor releases it.
+        assert_eq!(l.lock_take(&peer(1), 101, 8, None).unwrap(), Take::Busy);
+        assert_eq!(l.lock_take(&peer(2), 102, 7, None).unwrap(), Take::Busy);
+        assert!(matches!(
+            l.lock_release(&peer(1), 8),
+            Err(RemoteError::InvalidState(_))
+        ));
+        assert!(matches!(
+            l.lock_release(&peer(2), 7),
+            Err(RemoteError::InvalidState(_))
+        ));
+        assert_eq!(l.lock_count(1, 8).unwrap(), 0);
+        l.lock_release(&peer(1), 7).unwrap();
+        assert!(l.lock_is_locked().unwrap());
+        // Lost with its connection, two deep: the next holder is one deep.
+        l.connection_ended(1);
+        assert_eq!(
+            l.lock_take(&peer(2), 102, 9, None).unwrap(),
+            Take::TakenFromLost(101)
+        );
+        assert_eq!(l.lock_count(2, 9).unwrap(), 1);
+        l.lock_release(&peer(2), 9).unwrap();
+        assert!(!l.lock_is_locked().unwrap());
+        // A restore takes a free lock that deep, and never re-enters.
+        assert_eq!(l.lock_take(&peer(3), 103, 1, Some(3)).unwrap(), Take::Taken);
+        assert_eq!(l.lock_take(&peer(3), 103, 1, Some(3)).unwrap(), Take::Busy);
+        assert_eq!(l.lock_count(3, 1).unwrap(), 3);
+    }
+
+    fn condition() -> (Arc<Waitable>, Waitable) {
+        let lock = Arc::new(Waitable::new(ObjectKind::RLock, 0).unwrap());
+        let cond = Waitable::condition(lock.clone(), 42).unwrap();
+        (lock, cond)
+    }
+
+    /// Thread 1 of connection `conn` takes the lock and registers as a waiter.
+    fn register(lock: &Waitable, cond: &Waitable, conn: u64) -> u64 {
+        assert_eq!(
+            lock.lock_take(&peer(conn), conn as i64, 1, None).unwrap(),
+            Take::Taken
+        );
+        let (ticket, saved) = cond.cond_prepare_wait(&peer(conn), 1).unwrap();
+        assert_eq!(saved, 1);
+        ticket
+    }
+
+    #[test]
+    fn a_condition_notifies_exactly_n_of_its_waiters() {
+        let (lock, cond) = condition();
+        assert!(matches!(
+            cond.cond_prepare_wait(&peer(1), 1),
+            Err(RemoteError::InvalidState(_))
+        ));
+        let tickets: Vec<u64> = (1..=3).map(|c| register(&lock, &cond, c)).collect();
+        assert!(!lock.lock_is_locked().unwrap(), "waiting released the lock");
+        assert!(matches!(
+            cond.cond_notify(&peer(9), 1, 1),
+            Err(RemoteError::InvalidState(_))
+        ));
+        lock.lock_take(&peer(9), 9, 1, None).unwrap();
+        cond.cond_notify(&peer(9), 1, 2).unwrap();
+        let woken: Vec<bool> = tickets
+            .iter()
+            .map(|t| cond.cond_wait(*t, Deadline::Now, &peer(5)).unwrap())
+            .collect();
+        // The oldest two; the third timed out and left.
+        assert_eq!(woken, [true, true, false]);
+        cond.cond_notify(&peer(9), 1, u64::MAX).unwrap();
+        assert!(!cond.cond_wait(tickets[2], Deadline::Now, &peer(5)).unwrap());
+        assert_eq!(cond.cond_lock().unwrap(), (42, true));
+    }
+
+    #[test]
+    fn a_dead_waiters_notify_passes_on_and_a_dead_holder_wakes_everyone() {
+        let (lock, cond) = condition();
+        let first = register(&lock, &cond, 1);
+        let second = register(&lock, &cond, 2);
+        let third = register(&lock, &cond, 3);
+        lock.lock_take(&peer(9), 9, 1, None).unwrap();
+        cond.cond_notify(&peer(9), 1, 1).unwrap();
+        lock.lock_release(&peer(9), 1).unwrap();
+        // The waiter notified dies before it woke: the next one gets it.
+        cond.connection_ended(1);
+        assert!(!cond.cond_wait(first, Deadline::Now, &peer(5)).unwrap());
+        assert!(cond.cond_wait(second, Deadline::Now, &peer(5)).unwrap());
+        // A holder of the lock dies: the lock is released and every waiter woken.
+        lock.lock_take(&peer(7), 77, 1, None).unwrap();
+        cond.connection_ended(7);
+        assert!(!lock.lock_is_locked().unwrap());
+        assert!(cond.cond_wait(third, Deadline::Now, &peer(5)).unwrap());
+        assert_eq!(
+            lock.lock_take(&peer(3), 3, 1, Some(1)).unwrap(),
+            Take::TakenFromLost(77)
+        );
+    }
+
+    #[test]
+    fn a_freed_condition_lets_its_lock_go() {
+        let (_lock, cond) = condition();
+        let mut out = Vec::new();
+        cond.free(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(&*out[0].refs, &[42]);
     }
 
     #[test]
@@ -714,7 +1150,7 @@ mod tests {
             let l = l.clone();
             std::thread::spawn(move || l.lock_wait_free(Deadline::Never, &peer(2)))
         };
-        l.lock_release().unwrap();
+        l.lock_release(&peer(1), 0).unwrap();
         assert!(waiter.join().unwrap().unwrap());
     }
 

@@ -206,9 +206,9 @@ impl<T: Shareable> RemoteFlavor for JoinableQueue<T> {
     fn remote_tag() -> TypeTag {
         remote_queue_tag::<T>()
     }
-    fn from_remote(core: ProxyCore) -> Self {
-        JoinableQueue {
-            queue: Queue::from_remote(core),
-        }
+    fn from_remote(core: ProxyCore) -> Result<Self> {
+        Ok(JoinableQueue {
+            queue: Queue::from_remote(core)?,
+        })
     }
 }

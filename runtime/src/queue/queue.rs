@@ -327,8 +327,8 @@ impl<T: Shareable> RemoteFlavor for Queue<T> {
     fn remote_tag() -> TypeTag {
         remote_queue_tag::<T>()
     }
-    fn from_remote(core: ProxyCore) -> Self {
-        Queue::from_remote_queue(RemoteQueue::new(core))
+    fn from_remote(core: ProxyCore) -> Result<Self> {
+        Ok(Queue::from_remote_queue(RemoteQueue::new(core)))
     }
 }
 

@@ -351,7 +351,7 @@ impl FlavoredHandle for Barrier {
         match repr {
             FlavorRepr::Shm(h) => <Barrier as ShareHandle>::from_repr(h),
             FlavorRepr::Remote(p) => {
-                ProxyCore::from_repr(p, Barrier::remote_tag()).map(Barrier::from_remote)
+                ProxyCore::from_repr(p, Barrier::remote_tag()).and_then(Barrier::from_remote)
             }
         }
     }

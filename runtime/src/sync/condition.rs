@@ -23,11 +23,13 @@ use std::time::Duration;
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
-use crate::handle::{HandleRepr, ShareHandle};
+use crate::handle::{FlavorRepr, FlavoredHandle, HandleRepr, ShareHandle};
+use crate::manager::core::{ProxyCore, RemoteFlavor};
 use crate::shm::{Kind, ShmObject, ShmSpec};
 use crate::sync::lock::Lock;
 use crate::sync::park;
 use crate::sync::raw_lock::Acquired;
+use crate::sync::remote::RemoteCondition;
 use crate::sync::rlock::{RLock, RLockState};
 use crate::sys::futex::WaitOutcome;
 
@@ -40,6 +42,17 @@ const EXTERNAL_RLOCK: u32 = 2;
 
 const ONE_WAITER: u64 = 1 << 32;
 const GRANTED_MASK: u64 = 0xFFFF_FFFF;
+
+/// How a shared-memory waiter's sleep ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slept {
+    /// It took a wake-up a notify granted.
+    Notified,
+    /// Its deadline passed.
+    TimedOut,
+    /// The lock's holder died: the waiter goes to take the lock over.
+    HolderDied,
+}
 
 /// The shared state of a condition (`#[repr(C)]`, atomics only).
 #[repr(C)]
@@ -79,22 +92,25 @@ impl CondState {
         false
     }
 
-    /// Sleeps until this waiter takes a wake-up (true) or `deadline` passes (false).
+    /// Sleeps until this waiter takes a wake-up, `deadline` passes, or
+    /// (checked between slices, with `check`) `holder_died` says that the
+    /// lock is held by a dead process, which no notify would ever follow.
     fn sleep_until_notified(
         &self,
         registered_at: u32,
         deadline: Deadline,
         check: impl Fn() -> Result<()>,
-    ) -> Result<bool> {
+        holder_died: impl Fn() -> bool,
+    ) -> Result<Slept> {
         static NOTIFIED: park::SpinSite = park::SpinSite::new();
         let mut spin = deadline != Deadline::Now;
         loop {
             let seq = self.seq.load(Ordering::SeqCst);
             if seq != registered_at && self.try_take() {
-                return Ok(true);
+                return Ok(Slept::Notified);
             }
             if deadline.expired() {
-                return Ok(false);
+                return Ok(Slept::TimedOut);
             }
             if spin {
                 spin = false;
@@ -105,6 +121,9 @@ impl CondState {
             let slice = Some(deadline.slice(park::LIVENESS_SLICE));
             if park::sleep(&self.seq, seq, &self.sleepers, slice) == WaitOutcome::TimedOut {
                 check()?;
+                if holder_died() {
+                    return Ok(Slept::HolderDied);
+                }
             }
         }
     }
@@ -196,12 +215,40 @@ impl ConditionLock {
         }
     }
 
+    /// The server that keeps the lock, if a TCP manager does (`None` for a
+    /// lock in shared memory): a manager checks that a condition it makes
+    /// over a given lock can be its own.
+    #[doc(hidden)]
+    pub fn server(&self) -> Option<crate::manager::ServerAddress> {
+        self.remote_core()
+            .and_then(|core| core.conn().ok().map(|c| *c.server()))
+    }
+
+    /// The remote flavour's core, if the lock is one a TCP manager keeps.
+    fn remote_core(&self) -> Option<&ProxyCore> {
+        match self {
+            ConditionLock::Lock(l) => l.remote_core(),
+            ConditionLock::RLock(l) => l.remote_core(),
+        }
+    }
+
+    // What follows serves the shared-memory flavour of a condition, whose
+    // lock is a shared-memory one.
+
     /// Whether the caller holds the lock: this thread for an RLock, this
     /// process for a Lock (which any thread of its holder may release).
     fn is_held(&self) -> bool {
         match self {
             ConditionLock::Lock(l) => l.held_by_this_process(),
-            ConditionLock::RLock(l) => l.is_owned(),
+            ConditionLock::RLock(l) => l.shm_state().is_some_and(|s| s.is_owned()),
+        }
+    }
+
+    /// Whether the lock is held by a process known to have died.
+    fn holder_died(&self) -> bool {
+        match self {
+            ConditionLock::Lock(l) => l.holder_died(),
+            ConditionLock::RLock(l) => l.shm_state().is_some_and(|s| s.holder_died()),
         }
     }
 
@@ -209,7 +256,12 @@ impl ConditionLock {
     fn release_save(&self) -> Result<u32> {
         match self {
             ConditionLock::Lock(l) => l.release().map(|()| 1),
-            ConditionLock::RLock(l) => l.state().release_save(),
+            ConditionLock::RLock(l) => match l.shm_state() {
+                Some(s) => s.release_save(),
+                None => Err(Error::InvalidState(
+                    "a shared-memory condition over a remote rlock".into(),
+                )),
+            },
         }
     }
 
@@ -219,7 +271,9 @@ impl ConditionLock {
     fn acquire_restore(&self, saved: u32) -> Acquired {
         match self {
             ConditionLock::Lock(l) => l.acquire_restore(),
-            ConditionLock::RLock(l) => l.state().acquire_restore(saved),
+            ConditionLock::RLock(l) => l
+                .acquire_restore(u64::from(saved))
+                .unwrap_or(Acquired::Clean),
         }
     }
 
@@ -228,6 +282,36 @@ impl ConditionLock {
             ConditionLock::Lock(l) => l.to_repr(),
             ConditionLock::RLock(l) => l.to_repr(),
         }
+    }
+}
+
+/// What a timed [`Condition`] wait ended with, like std's
+/// `WaitTimeoutResult`: whether it timed out, and how the lock was taken
+/// back (a wait always returns holding it), which says whether its
+/// previous holder died holding it.
+#[must_use = "a wait that timed out or whose lock's holder died may need handling"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitTimeoutResult {
+    timed_out: bool,
+    acquired: Acquired,
+}
+
+impl WaitTimeoutResult {
+    /// Whether the wait ended because its time was up (for
+    /// [`Condition::wait_for_timeout`]: the predicate was still false).
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+
+    /// How the lock was taken back: [`Acquired::OwnerDied`] if its
+    /// previous holder died holding it.
+    pub fn acquired(&self) -> Acquired {
+        self.acquired
+    }
+
+    /// The pid of the lock's previous holder if it died holding the lock.
+    pub fn owner_died(&self) -> Option<i32> {
+        self.acquired.owner_died()
     }
 }
 
@@ -241,11 +325,27 @@ impl ConditionLock {
 /// [`Condition::notify`]. Waiting or notifying without holding the lock is
 /// [`Error::InvalidState`]. [`Condition::wait_for`] loops on a predicate.
 ///
-/// If the lock's holder died while a waiter slept, the waiter still returns
-/// holding the lock, with [`Error::OwnerDied`]. A waiter that dies while it
-/// waits stays counted, so a later notify may release one live waiter more
-/// than asked (a spurious wake-up, never a lost one); [`Condition::wait_for`]
-/// re-checks the state and is unaffected.
+/// A wait returns how it took the lock back, as a lock's acquire does:
+/// [`Acquired::OwnerDied`] if the lock's holder died holding it (the timed
+/// forms return a [`WaitTimeoutResult`] that says this and whether the
+/// time ran out). A holder's death also wakes a waiter, which no notify
+/// would otherwise ever reach.
+///
+/// One type, two flavours, as for [`Lock`](crate::Lock): a condition from
+/// [`Condition::new`], a local `Manager` or [`Condition::with_lock`] over a
+/// shared-memory lock lives in shared memory; one from a connected
+/// `BaseManager` (or `with_lock` over a lock such a manager keeps) is kept
+/// by its server, over a lock of that server. Both pass to children,
+/// travel inside messages and clone alike.
+///
+/// A waiter that dies while it waits: in shared memory it stays counted,
+/// so a later notify may release one live waiter more than asked (a
+/// spurious wake-up, never a lost one); a server forgets it when its
+/// connection ends, and hands a notify it had not taken yet to the next
+/// waiter. [`Condition::wait_for`] re-checks the state and is unaffected
+/// either way. A server-kept condition wakes all its waiters when its
+/// lock's holder dies; a shared-memory one, the waiters that notice it
+/// first (each checks between its 100 ms sleep slices).
 ///
 /// ```
 /// use multiproc::{Condition, Value};
@@ -260,19 +360,40 @@ impl ConditionLock {
 /// }
 /// // A consumer waits until there is something to take.
 /// let _g = cond.lock().unwrap();
-/// cond.wait_for(|| items.get() > 0).unwrap();
+/// let acquired = cond.wait_for(|| items.get() > 0).unwrap();
+/// assert_eq!(acquired, multiproc::Acquired::Clean); // no holder died meanwhile
 /// ```
 #[derive(Clone)]
 pub struct Condition {
+    flavor: CondFlavor,
+}
+
+/// Where a [`Condition`] lives.
+#[derive(Clone)]
+enum CondFlavor {
+    /// A futex sequence counter and waiter counts in a shared segment.
+    Shm(ShmCondition),
+    /// An object of a TCP manager's server.
+    Remote(RemoteCondition),
+}
+
+/// The shared-memory flavour: the segment and the lock.
+#[derive(Clone)]
+struct ShmCondition {
     obj: ShmObject<CondState>,
     lock: ConditionLock,
 }
 
 impl std::fmt::Debug for Condition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Condition")
-            .field("lock", &self.lock)
-            .finish()
+        match &self.flavor {
+            CondFlavor::Shm(c) => f.debug_struct("Condition").field("lock", &c.lock).finish(),
+            CondFlavor::Remote(r) => f
+                .debug_struct("Condition")
+                .field("proxy", r.core())
+                .field("lock", r.lock())
+                .finish(),
+        }
     }
 }
 
@@ -281,10 +402,20 @@ impl Condition {
     pub fn new() -> Result<Condition> {
         let obj = Self::create(OWN_RLOCK, None)?;
         let lock = RLock::from_parts(obj.clone(), |s: &CondState| &s.own_lock);
-        Ok(Condition {
-            obj,
-            lock: ConditionLock::RLock(lock),
-        })
+        Ok(Condition::shm(obj, ConditionLock::RLock(lock)))
+    }
+
+    fn shm(obj: ShmObject<CondState>, lock: ConditionLock) -> Condition {
+        Condition {
+            flavor: CondFlavor::Shm(ShmCondition { obj, lock }),
+        }
+    }
+
+    /// The remote flavour.
+    pub(crate) fn remote(r: RemoteCondition) -> Condition {
+        Condition {
+            flavor: CondFlavor::Remote(r),
+        }
     }
 
     /// The layout of a new condition with its own [`RLock`], for a manager
@@ -297,16 +428,24 @@ impl Condition {
     }
 
     /// A new condition over an existing [`Lock`] or [`RLock`], which other
-    /// code may also use directly (Python's `Condition(lock)`).
+    /// code may also use directly (Python's `Condition(lock)`). Over a lock
+    /// a TCP manager keeps, the condition is kept by that manager's server
+    /// too (Python's `manager.Condition(lock)`); over a shared-memory lock,
+    /// it lives in a segment of its own.
     pub fn with_lock(lock: impl Into<ConditionLock>) -> Result<Condition> {
         let lock = lock.into();
+        if let Some(core) = lock.remote_core() {
+            let object = core.object();
+            let r = RemoteCondition::create(lock.clone(), object, core)?;
+            return Ok(Condition::remote(r));
+        }
         let kind = match lock {
             ConditionLock::Lock(_) => EXTERNAL_LOCK,
             ConditionLock::RLock(_) => EXTERNAL_RLOCK,
         };
         let repr = lock.to_repr()?;
         let obj = Self::create(kind, Some(&repr))?;
-        Ok(Condition { obj, lock })
+        Ok(Condition::shm(obj, lock))
     }
 
     /// Creates the segment; `lock` names an external lock.
@@ -326,23 +465,32 @@ impl Condition {
         })
     }
 
+    #[cfg(test)]
     fn state(&self) -> &CondState {
-        self.obj.state()
+        match &self.flavor {
+            CondFlavor::Shm(c) => c.obj.state(),
+            CondFlavor::Remote(_) => {
+                unreachable!("a test asked a remote condition for its segment")
+            }
+        }
     }
 
-    /// The lock under this condition.
+    /// The lock under this condition (of the same flavour).
     pub fn get_lock(&self) -> &ConditionLock {
-        &self.lock
+        match &self.flavor {
+            CondFlavor::Shm(c) => &c.lock,
+            CondFlavor::Remote(r) => r.lock(),
+        }
     }
 
     /// Blocks until the lock is held.
     pub fn acquire(&self) -> Result<Acquired> {
-        self.lock.acquire(Deadline::Never)
+        self.get_lock().acquire(Deadline::Never)
     }
 
     /// Takes the lock if it is free; `Err(WouldBlock)` otherwise.
     pub fn try_acquire(&self) -> Result<Acquired> {
-        self.lock.acquire(Deadline::Now).map_err(|e| match e {
+        self.get_lock().acquire(Deadline::Now).map_err(|e| match e {
             Error::Timeout(_) => Error::WouldBlock,
             e => e,
         })
@@ -350,12 +498,12 @@ impl Condition {
 
     /// Waits at most `timeout` for the lock.
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<Acquired> {
-        self.lock.acquire(Deadline::after(timeout))
+        self.get_lock().acquire(Deadline::after(timeout))
     }
 
     /// Releases the lock (one level of an RLock).
     pub fn release(&self) -> Result<()> {
-        self.lock.release()
+        self.get_lock().release()
     }
 
     /// Blocks until the lock is held and returns a guard that releases it.
@@ -374,65 +522,57 @@ impl Condition {
             .map(|a| ConditionGuard::new(self, a))
     }
 
-    /// Releases the lock, sleeps until notified, and takes the lock back.
+    /// Releases the lock, sleeps until notified (or the lock's holder
+    /// died), and takes the lock back, as deep as it was held; returns how
+    /// it was taken back ([`Acquired::OwnerDied`] if its holder died).
     ///
     /// On a condition a manager created, fails with `Error::ManagerGone`
-    /// (holding the lock again) within about 100 ms of the manager's death.
-    pub fn wait(&self) -> Result<()> {
-        self.wait_deadline(Deadline::Never).map(|_| ())
+    /// (holding the lock again, for a local manager) within about 100 ms of
+    /// the manager's death.
+    pub fn wait(&self) -> Result<Acquired> {
+        self.wait_deadline(Deadline::Never).map(|w| w.acquired)
     }
 
-    /// As [`Condition::wait`], for at most `timeout`: returns false if it
-    /// timed out (the lock is held again either way), like Python's `wait(timeout)`.
-    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+    /// As [`Condition::wait`], for at most `timeout`. The lock is held
+    /// again either way, as Python's `wait(timeout)` does; the result says
+    /// whether the time ran out (Python's `False`) and how the lock was
+    /// taken back.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<WaitTimeoutResult> {
         self.wait_deadline(Deadline::after(timeout))
     }
 
-    fn wait_deadline(&self, deadline: Deadline) -> Result<bool> {
-        if !self.lock.is_held() {
-            return Err(Error::InvalidState(
-                "wait on a condition whose lock the caller does not hold".into(),
-            ));
-        }
-        let state = self.state();
-        // Register while the lock is held, so a notify after our release sees us.
-        state.counts.fetch_add(ONE_WAITER, Ordering::SeqCst);
-        let registered_at = state.seq.load(Ordering::SeqCst);
-        let saved = match self.lock.release_save() {
-            Ok(saved) => saved,
-            Err(e) => {
-                state.leave(registered_at);
-                return Err(e);
+    fn wait_deadline(&self, deadline: Deadline) -> Result<WaitTimeoutResult> {
+        match &self.flavor {
+            CondFlavor::Shm(c) => c.wait_deadline(deadline),
+            CondFlavor::Remote(r) => {
+                let (woken, acquired) = r.wait_deadline(deadline)?;
+                Ok(WaitTimeoutResult {
+                    timed_out: !woken,
+                    acquired,
+                })
             }
-        };
-        let slept = state.sleep_until_notified(registered_at, deadline, || self.obj.check_owner());
-        let acquired = self.lock.acquire_restore(saved);
-        let mut notified = matches!(slept, Ok(true));
-        if !notified {
-            notified = state.leave(registered_at);
-        }
-        // The manager that owns the condition died: the lock is held again,
-        // as after any wait, and the caller learns why the wait ended.
-        slept?;
-        match acquired {
-            Acquired::Clean => Ok(notified),
-            Acquired::OwnerDied { pid } => Err(Error::OwnerDied { pid }),
         }
     }
 
-    /// Waits until `predicate` (checked with the lock held) returns true.
-    pub fn wait_for(&self, mut predicate: impl FnMut() -> bool) -> Result<()> {
+    /// Waits until `predicate` (checked with the lock held) returns true;
+    /// returns how the lock was last taken back
+    /// ([`Acquired::OwnerDied`] if any wait took it from a dead holder).
+    /// A caller that does not hold the lock gets `InvalidState` (from a
+    /// remote condition, whose server checks, only once it would wait: a
+    /// predicate already true returns at once).
+    pub fn wait_for(&self, mut predicate: impl FnMut() -> bool) -> Result<Acquired> {
         self.wait_for_deadline(&mut predicate, Deadline::Never)
-            .map(|_| ())
+            .map(|w| w.acquired)
     }
 
-    /// As [`Condition::wait_for`], for at most `timeout`; returns the
-    /// predicate's last value (false if it timed out), like Python's `wait_for`.
+    /// As [`Condition::wait_for`], for at most `timeout`; the result has
+    /// timed out if the predicate was still false (Python's `wait_for`
+    /// returning `False`).
     pub fn wait_for_timeout(
         &self,
         mut predicate: impl FnMut() -> bool,
         timeout: Duration,
-    ) -> Result<bool> {
+    ) -> Result<WaitTimeoutResult> {
         self.wait_for_deadline(&mut predicate, Deadline::after(timeout))
     }
 
@@ -440,20 +580,33 @@ impl Condition {
         &self,
         predicate: &mut dyn FnMut() -> bool,
         deadline: Deadline,
-    ) -> Result<bool> {
-        if !self.lock.is_held() {
+    ) -> Result<WaitTimeoutResult> {
+        // A remote condition's server checks the holder on the first wait.
+        if let CondFlavor::Shm(c) = &self.flavor
+            && !c.lock.is_held()
+        {
             return Err(Error::InvalidState(
                 "wait_for on a condition whose lock the caller does not hold".into(),
             ));
         }
+        let mut acquired = Acquired::Clean;
         loop {
             if predicate() {
-                return Ok(true);
+                return Ok(WaitTimeoutResult {
+                    timed_out: false,
+                    acquired,
+                });
             }
             if deadline.expired() {
-                return Ok(false);
+                return Ok(WaitTimeoutResult {
+                    timed_out: true,
+                    acquired,
+                });
             }
-            self.wait_deadline(deadline)?;
+            let w = self.wait_deadline(deadline)?;
+            if w.acquired != Acquired::Clean {
+                acquired = w.acquired;
+            }
         }
     }
 
@@ -468,13 +621,57 @@ impl Condition {
     }
 
     fn notify_up_to(&self, n: u64) -> Result<()> {
+        match &self.flavor {
+            CondFlavor::Shm(c) => {
+                if !c.lock.is_held() {
+                    return Err(Error::InvalidState(
+                        "notify on a condition whose lock the caller does not hold".into(),
+                    ));
+                }
+                c.obj.state().notify(n);
+                Ok(())
+            }
+            CondFlavor::Remote(r) => r.notify(n),
+        }
+    }
+}
+
+impl ShmCondition {
+    fn wait_deadline(&self, deadline: Deadline) -> Result<WaitTimeoutResult> {
         if !self.lock.is_held() {
             return Err(Error::InvalidState(
-                "notify on a condition whose lock the caller does not hold".into(),
+                "wait on a condition whose lock the caller does not hold".into(),
             ));
         }
-        self.state().notify(n);
-        Ok(())
+        let state = self.obj.state();
+        // Register while the lock is held, so a notify after our release sees us.
+        state.counts.fetch_add(ONE_WAITER, Ordering::SeqCst);
+        let registered_at = state.seq.load(Ordering::SeqCst);
+        let saved = match self.lock.release_save() {
+            Ok(saved) => saved,
+            Err(e) => {
+                state.leave(registered_at);
+                return Err(e);
+            }
+        };
+        let slept = state.sleep_until_notified(
+            registered_at,
+            deadline,
+            || self.obj.check_owner(),
+            || self.lock.holder_died(),
+        );
+        let acquired = self.lock.acquire_restore(saved);
+        let mut notified = matches!(slept, Ok(Slept::Notified));
+        if !notified {
+            notified = state.leave(registered_at);
+        }
+        // The manager that owns the condition died: the lock is held again,
+        // as after any wait, and the caller learns why the wait ended.
+        let slept = slept?;
+        Ok(WaitTimeoutResult {
+            timed_out: slept == Slept::TimedOut && !notified,
+            acquired,
+        })
     }
 }
 
@@ -519,15 +716,20 @@ impl Drop for ConditionGuard<'_> {
     }
 }
 
-/// A condition encodes as its own segment; an external lock travels beside
-/// it: the segment names the lock's segment id, offset and tag, and `extra`
-/// carries the sender's descriptor number for it (whose descriptor is also
-/// collected for spawn, like any handle's).
+/// The shared-memory form: a condition encodes as its own segment; an
+/// external lock travels beside it: the segment names the lock's segment
+/// id, offset and tag, and `extra` carries the sender's descriptor number
+/// for it (whose descriptor is also collected for spawn, like any handle's).
 impl ShareHandle for Condition {
     fn to_repr(&self) -> Result<HandleRepr> {
-        let mut repr = self.obj.to_repr()?;
-        if self.state().lock_kind.load(Ordering::Relaxed) != OWN_RLOCK {
-            repr.extra = self.lock.to_repr()?.fd as u32 as u64;
+        let CondFlavor::Shm(c) = &self.flavor else {
+            return Err(Error::InvalidArgument(
+                "a condition a remote manager keeps has no shared segment".into(),
+            ));
+        };
+        let mut repr = c.obj.to_repr()?;
+        if c.obj.state().lock_kind.load(Ordering::Relaxed) != OWN_RLOCK {
+            repr.extra = c.lock.to_repr()?.fd as u32 as u64;
         }
         Ok(repr)
     }
@@ -554,11 +756,31 @@ impl ShareHandle for Condition {
                 )));
             }
         };
-        Ok(Condition { obj, lock })
+        Ok(Condition::shm(obj, lock))
     }
 }
 
-crate::impl_share_handle!(impl<> for Condition);
+/// A remote condition encodes as its server object; the decoder asks the
+/// server for its lock.
+impl FlavoredHandle for Condition {
+    fn to_flavor_repr(&self) -> Result<FlavorRepr> {
+        match &self.flavor {
+            CondFlavor::Shm(_) => self.to_repr().map(FlavorRepr::Shm),
+            CondFlavor::Remote(r) => r.core().to_repr().map(FlavorRepr::Remote),
+        }
+    }
+
+    fn from_flavor_repr(repr: &FlavorRepr) -> Result<Self> {
+        match repr {
+            FlavorRepr::Shm(h) => <Condition as ShareHandle>::from_repr(h),
+            FlavorRepr::Remote(p) => {
+                ProxyCore::from_repr(p, Condition::remote_tag()).and_then(Condition::from_remote)
+            }
+        }
+    }
+}
+
+crate::impl_flavored_handle!(impl<> for Condition);
 
 #[cfg(test)]
 mod tests {
@@ -600,13 +822,20 @@ mod tests {
     fn a_timed_out_wait_holds_the_lock_again() {
         for c in both_kinds() {
             let _g = c.lock().unwrap();
-            assert!(!c.wait_timeout(Duration::ZERO).unwrap());
-            assert!(!c.wait_timeout(Duration::from_millis(5)).unwrap());
+            assert!(c.wait_timeout(Duration::ZERO).unwrap().timed_out());
+            let w = c.wait_timeout(Duration::from_millis(5)).unwrap();
+            assert!(w.timed_out());
+            assert_eq!(w.acquired(), Acquired::Clean);
             assert!(
-                !c.wait_for_timeout(|| false, Duration::from_millis(5))
+                c.wait_for_timeout(|| false, Duration::from_millis(5))
                     .unwrap()
+                    .timed_out()
             );
-            assert!(c.wait_for_timeout(|| true, Duration::ZERO).unwrap());
+            assert!(
+                !c.wait_for_timeout(|| true, Duration::ZERO)
+                    .unwrap()
+                    .timed_out()
+            );
             // Still held: notify is allowed, and nobody is registered.
             c.notify_all().unwrap();
             assert_eq!(c.state().counts.load(Ordering::Relaxed), 0);
@@ -635,10 +864,10 @@ mod tests {
             let a = c.lock().unwrap();
             let b = c.lock().unwrap();
             let d = c.lock().unwrap();
-            assert!(c.wait_timeout(Duration::from_secs(20)).unwrap());
-            assert_eq!(lock.recursion_count(), 3);
+            assert!(!c.wait_timeout(Duration::from_secs(20)).unwrap().timed_out());
+            assert_eq!(lock.recursion_count().unwrap(), 3);
             drop((a, b, d));
-            assert!(!lock.is_locked());
+            assert!(!lock.is_locked().unwrap());
             notifier.join().unwrap();
         }
     }
@@ -651,7 +880,7 @@ mod tests {
                 let c = c.clone();
                 std::thread::spawn(move || {
                     let _g = c.lock().unwrap();
-                    c.wait_timeout(Duration::from_secs(20)).unwrap()
+                    !c.wait_timeout(Duration::from_secs(20)).unwrap().timed_out()
                 })
             })
             .collect();
@@ -686,14 +915,16 @@ mod tests {
         // A waiter registered after the notify sees the bumped counter.
         s.counts.fetch_add(ONE_WAITER, Ordering::SeqCst);
         let late = s.seq.load(Ordering::SeqCst);
-        assert!(
-            !s.sleep_until_notified(late, Deadline::Now, || Ok(()))
-                .unwrap()
+        assert_eq!(
+            s.sleep_until_notified(late, Deadline::Now, || Ok(()), || false)
+                .unwrap(),
+            Slept::TimedOut
         );
         assert!(!s.leave(late));
-        assert!(
-            s.sleep_until_notified(early, Deadline::Now, || Ok(()))
-                .unwrap()
+        assert_eq!(
+            s.sleep_until_notified(early, Deadline::Now, || Ok(()), || false)
+                .unwrap(),
+            Slept::Notified
         );
         assert_eq!(s.counts.load(Ordering::SeqCst), 0);
     }
@@ -710,6 +941,6 @@ mod tests {
         let own = Condition::new().unwrap();
         let back = Condition::decode(&own.encode().unwrap()).unwrap();
         let _g = own.lock().unwrap();
-        assert!(matches!(back.get_lock(), ConditionLock::RLock(l) if l.is_owned()));
+        assert!(matches!(back.get_lock(), ConditionLock::RLock(l) if l.is_owned().unwrap()));
     }
 }

@@ -256,7 +256,7 @@ impl FlavoredHandle for Event {
         match repr {
             FlavorRepr::Shm(h) => <Event as ShareHandle>::from_repr(h),
             FlavorRepr::Remote(p) => {
-                ProxyCore::from_repr(p, Event::remote_tag()).map(Event::from_remote)
+                ProxyCore::from_repr(p, Event::remote_tag()).and_then(Event::from_remote)
             }
         }
     }

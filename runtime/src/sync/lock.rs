@@ -134,8 +134,8 @@ impl Lock {
         let obj = match &self.flavor {
             LockFlavor::Shm(obj) => obj,
             // A shared-memory Condition never holds a remote lock
-            // (`Condition::with_lock` refuses one), so this is not reached;
-            // it still returns rather than panic.
+            // (`Condition::with_lock` makes a remote condition over one),
+            // so this is not reached; it still returns rather than panic.
             LockFlavor::Remote(r) => {
                 return r
                     .acquire_deadline(Deadline::Never)
@@ -150,6 +150,23 @@ impl Lock {
                 }
                 return acquired;
             }
+        }
+    }
+
+    /// The remote flavour's core, if this is one.
+    pub(crate) fn remote_core(&self) -> Option<&ProxyCore> {
+        match &self.flavor {
+            LockFlavor::Shm(_) => None,
+            LockFlavor::Remote(r) => Some(r.core()),
+        }
+    }
+
+    /// Whether the lock is held by a process known to have died (a remote
+    /// lock: never asked, false).
+    pub(crate) fn holder_died(&self) -> bool {
+        match &self.flavor {
+            LockFlavor::Shm(obj) => obj.state().holder_died(),
+            LockFlavor::Remote(_) => false,
         }
     }
 
@@ -320,7 +337,7 @@ impl FlavoredHandle for Lock {
         match repr {
             FlavorRepr::Shm(h) => <Lock as ShareHandle>::from_repr(h),
             FlavorRepr::Remote(p) => {
-                ProxyCore::from_repr(p, Lock::remote_tag()).map(Lock::from_remote)
+                ProxyCore::from_repr(p, Lock::remote_tag()).and_then(Lock::from_remote)
             }
         }
     }

@@ -27,7 +27,7 @@ mod rlock;
 mod semaphore;
 
 pub use barrier::Barrier;
-pub use condition::{Condition, ConditionGuard, ConditionLock};
+pub use condition::{Condition, ConditionGuard, ConditionLock, WaitTimeoutResult};
 pub use event::Event;
 pub use lock::{DataLock, DataLockGuard, Lock, LockGuard};
 pub use raw_lock::{Acquired, RawLock};

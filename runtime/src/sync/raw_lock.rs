@@ -226,6 +226,13 @@ impl RawLock {
             .store((1u64 << 32) | Self::DEAD_PID as u64, Ordering::Relaxed);
     }
 
+    /// Whether the lock is held by a process known to have died (one whose
+    /// liveness cannot be checked counts as alive).
+    pub(crate) fn holder_died(&self) -> bool {
+        let word = self.word.load(Ordering::Relaxed) & !CONTENDED;
+        word != 0 && holder_liveness(word).is_dead()
+    }
+
     /// Whether this very process (pid and start time) holds the lock.
     #[inline]
     pub(crate) fn held_by_this_process(&self) -> bool {

@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
-use crate::handle::{HandleRepr, ShareHandle};
+use crate::handle::{FlavorRepr, FlavoredHandle, HandleRepr, ShareHandle};
+use crate::manager::core::{ProxyCore, RemoteFlavor};
 use crate::shm::{Kind, ShmObject, ShmSpec};
 use crate::sync::raw_lock::{Acquired, RawLock};
+use crate::sync::remote::RemoteRLock;
 use crate::sys;
 
 /// The shared state of an RLock (`#[repr(C)]`, atomics only, all-zero is unlocked).
@@ -54,7 +56,7 @@ fn my_thread() -> u64 {
 impl RLockState {
     /// Whether the calling thread holds the lock.
     #[inline]
-    fn is_owned(&self) -> bool {
+    pub(crate) fn is_owned(&self) -> bool {
         // The raw word pins the process (pid and start time); `owner` the
         // thread within it. A stale `owner` left by a dead holder never matches
         // because its process is no longer the one in the raw word.
@@ -128,6 +130,11 @@ impl RLockState {
         Ok(count)
     }
 
+    /// Whether the lock is held by a process known to have died.
+    pub(crate) fn holder_died(&self) -> bool {
+        self.raw.holder_died()
+    }
+
     fn release_all(&self) {
         // Clear the owner before the unlock publishes the lock to the next holder.
         self.owner.store(0, Ordering::Relaxed);
@@ -152,26 +159,49 @@ fn not_owned() -> Error {
 /// RLock, fail with [`Error::ManagerGone`] once the manager died, as for
 /// [`Lock`](crate::Lock).
 ///
+/// One type, two flavours, as for [`Lock`](crate::Lock): an RLock from
+/// [`RLock::new`] or a local `Manager` lives in shared memory; one from a
+/// connected `BaseManager` is kept by its server, which knows its owner as
+/// a thread of a client's connection, releases it when that connection
+/// ends (the process died) and tells the next acquirer the pid the holder
+/// declared. Its [`is_owned`](RLock::is_owned),
+/// [`recursion_count`](RLock::recursion_count) and
+/// [`is_locked`](RLock::is_locked) ask the server (so they can fail with
+/// `ManagerGone`); [`owner_pid`](RLock::owner_pid) is `None`.
+///
 /// ```
 /// let lock = multiproc::RLock::new().unwrap();
 /// let outer = lock.lock().unwrap();
 /// let inner = lock.lock().unwrap(); // the same thread may re-enter
-/// assert_eq!(lock.recursion_count(), 2);
+/// assert_eq!(lock.recursion_count().unwrap(), 2);
 /// drop(inner);
 /// drop(outer);
-/// assert!(!lock.is_locked());
+/// assert!(!lock.is_locked().unwrap());
 /// ```
 #[derive(Clone)]
 pub struct RLock {
-    obj: ShmObject<RLockState>,
+    flavor: RLockFlavor,
+}
+
+/// Where an [`RLock`] lives.
+#[derive(Clone)]
+enum RLockFlavor {
+    /// A lock word, owner and count in a shared segment.
+    Shm(ShmObject<RLockState>),
+    /// An object of a TCP manager's server.
+    Remote(RemoteRLock),
 }
 
 impl std::fmt::Debug for RLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RLock")
-            .field("owner", &self.owner_pid())
-            .field("is_owned", &self.is_owned())
-            .finish()
+        match &self.flavor {
+            RLockFlavor::Shm(obj) => f
+                .debug_struct("RLock")
+                .field("owner", &obj.state().raw.owner_pid())
+                .field("is_owned", &obj.state().is_owned())
+                .finish(),
+            RLockFlavor::Remote(r) => f.debug_tuple("RLock").field(r.core()).finish(),
+        }
     }
 }
 
@@ -182,7 +212,28 @@ impl RLock {
             // SAFETY: `create` hands us aligned, writable memory for one RLockState.
             unsafe { state.write(RLockState::default()) }
         })?;
-        Ok(RLock { obj })
+        Ok(RLock::shm(obj))
+    }
+
+    fn shm(obj: ShmObject<RLockState>) -> RLock {
+        RLock {
+            flavor: RLockFlavor::Shm(obj),
+        }
+    }
+
+    /// The remote flavour.
+    pub(crate) fn remote(r: RemoteRLock) -> RLock {
+        RLock {
+            flavor: RLockFlavor::Remote(r),
+        }
+    }
+
+    /// The remote flavour's core, if this is one.
+    pub(crate) fn remote_core(&self) -> Option<&ProxyCore> {
+        match &self.flavor {
+            RLockFlavor::Shm(_) => None,
+            RLockFlavor::Remote(r) => Some(r.core()),
+        }
     }
 
     /// The layout of a new, unlocked recursive lock, for a manager server to
@@ -195,13 +246,15 @@ impl RLock {
 
     /// An RLock that lives inside another object's segment (a Condition's own lock).
     pub(crate) fn from_parts<T>(obj: ShmObject<T>, field: fn(&T) -> &RLockState) -> RLock {
-        RLock {
-            obj: ShmObject::from_embedded(obj, Kind::RLock, field),
-        }
+        RLock::shm(ShmObject::from_embedded(obj, Kind::RLock, field))
     }
 
-    pub(crate) fn state(&self) -> &RLockState {
-        self.obj.state()
+    /// The shared state of the shared-memory flavour.
+    pub(crate) fn shm_state(&self) -> Option<&RLockState> {
+        match &self.flavor {
+            RLockFlavor::Shm(obj) => Some(obj.state()),
+            RLockFlavor::Remote(_) => None,
+        }
     }
 
     /// Blocks until this thread holds the lock (at once if it already does).
@@ -221,12 +274,16 @@ impl RLock {
 
     /// The core of the three acquire forms (`Deadline::Now` fails with `WouldBlock`).
     pub(crate) fn acquire_deadline(&self, deadline: Deadline) -> Result<Acquired> {
+        let obj = match &self.flavor {
+            RLockFlavor::Shm(obj) => obj,
+            RLockFlavor::Remote(r) => return r.acquire_deadline(deadline),
+        };
         let between_slices = || match deadline {
             // A try does not wait, so it is not failed for a dead manager.
             Deadline::Now => Ok(()),
-            _ => self.obj.check_owner(),
+            _ => obj.check_owner(),
         };
-        self.state()
+        obj.state()
             .acquire(deadline, between_slices)
             .map_err(|e| match e {
                 Error::Timeout(_) if deadline == Deadline::Now => Error::WouldBlock,
@@ -234,11 +291,25 @@ impl RLock {
             })
     }
 
+    /// Takes the lock (not held by this thread) `count` deep, as a
+    /// condition wait that released it held it; waits as long as it takes.
+    pub(crate) fn acquire_restore(&self, count: u64) -> Result<Acquired> {
+        match &self.flavor {
+            RLockFlavor::Shm(obj) => Ok(obj
+                .state()
+                .acquire_restore(u32::try_from(count).unwrap_or(u32::MAX))),
+            RLockFlavor::Remote(r) => r.acquire_restore(count),
+        }
+    }
+
     /// Releases one level of recursion; the lock is free after the last.
     ///
     /// `Err(InvalidState)` if the calling thread does not hold the lock.
     pub fn release(&self) -> Result<()> {
-        self.state().release()
+        match &self.flavor {
+            RLockFlavor::Shm(obj) => obj.state().release(),
+            RLockFlavor::Remote(r) => r.release(),
+        }
     }
 
     /// Blocks until the lock is held and returns a guard that releases it.
@@ -257,29 +328,44 @@ impl RLock {
             .map(|a| RLockGuard::new(self, a))
     }
 
-    /// Whether the calling thread holds the lock.
-    pub fn is_owned(&self) -> bool {
-        self.state().is_owned()
+    /// Whether the calling thread holds the lock (a remote lock asks its server).
+    pub fn is_owned(&self) -> Result<bool> {
+        self.recursion_count().map(|n| n > 0)
     }
 
-    /// How many times the calling thread holds the lock (0 if it does not).
-    pub fn recursion_count(&self) -> u32 {
-        let state = self.state();
-        if state.is_owned() {
-            state.count.load(Ordering::Relaxed)
-        } else {
-            0
+    /// How many times the calling thread holds the lock (0 if it does not;
+    /// a remote lock asks its server).
+    pub fn recursion_count(&self) -> Result<u32> {
+        match &self.flavor {
+            RLockFlavor::Shm(obj) => {
+                let state = obj.state();
+                Ok(if state.is_owned() {
+                    state.count.load(Ordering::Relaxed)
+                } else {
+                    0
+                })
+            }
+            RLockFlavor::Remote(r) => r.recursion_count(),
         }
     }
 
-    /// Whether some thread of some process holds the lock now.
-    pub fn is_locked(&self) -> bool {
-        self.state().raw.is_locked()
+    /// Whether some thread of some process holds the lock now (a remote
+    /// lock asks its server, so this can fail with `ManagerGone`).
+    pub fn is_locked(&self) -> Result<bool> {
+        match &self.flavor {
+            RLockFlavor::Shm(obj) => Ok(obj.state().raw.is_locked()),
+            RLockFlavor::Remote(r) => r.is_locked(),
+        }
     }
 
-    /// The pid of the process holding the lock, if any.
+    /// The pid of the process holding the lock, if any. `None` for a lock
+    /// a remote manager keeps: its server knows the holder's connection,
+    /// not a pid that means anything on this host.
     pub fn owner_pid(&self) -> Option<i32> {
-        self.state().raw.owner_pid()
+        match &self.flavor {
+            RLockFlavor::Shm(obj) => obj.state().raw.owner_pid(),
+            RLockFlavor::Remote(_) => None,
+        }
     }
 }
 
@@ -310,32 +396,59 @@ impl<'a> RLockGuard<'a> {
 
 impl std::fmt::Debug for RLockGuard<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RLockGuard")
-            .field("recursion_count", &self.lock.recursion_count())
-            .field("owner_died", &self.owner_died())
-            .finish()
+        let mut d = f.debug_struct("RLockGuard");
+        if let Some(state) = self.lock.shm_state() {
+            d.field("recursion_count", &state.count.load(Ordering::Relaxed));
+        }
+        d.field("owner_died", &self.owner_died()).finish()
     }
 }
 
 impl Drop for RLockGuard<'_> {
     fn drop(&mut self) {
+        // A remote lock whose server is lost needs nothing more: the server
+        // releases it itself once this process's connection ends.
         if let Err(e) = self.lock.release() {
             tracing::warn!("rlock guard could not release: {e}");
         }
     }
 }
 
+/// The shared-memory form only: a `Condition` built on an RLock needs its segment.
 impl ShareHandle for RLock {
     fn to_repr(&self) -> Result<HandleRepr> {
-        self.obj.to_repr()
+        match &self.flavor {
+            RLockFlavor::Shm(obj) => obj.to_repr(),
+            RLockFlavor::Remote(_) => Err(Error::InvalidArgument(
+                "an rlock a remote manager keeps has no shared segment to build on".into(),
+            )),
+        }
     }
 
     fn from_repr(repr: &HandleRepr) -> Result<Self> {
-        ShmObject::open_embedded(repr, Kind::RLock).map(|obj| RLock { obj })
+        ShmObject::open_embedded(repr, Kind::RLock).map(RLock::shm)
     }
 }
 
-crate::impl_share_handle!(impl<> for RLock);
+impl FlavoredHandle for RLock {
+    fn to_flavor_repr(&self) -> Result<FlavorRepr> {
+        match &self.flavor {
+            RLockFlavor::Shm(obj) => obj.to_repr().map(FlavorRepr::Shm),
+            RLockFlavor::Remote(r) => r.core().to_repr().map(FlavorRepr::Remote),
+        }
+    }
+
+    fn from_flavor_repr(repr: &FlavorRepr) -> Result<Self> {
+        match repr {
+            FlavorRepr::Shm(h) => <RLock as ShareHandle>::from_repr(h),
+            FlavorRepr::Remote(p) => {
+                ProxyCore::from_repr(p, RLock::remote_tag()).and_then(RLock::from_remote)
+            }
+        }
+    }
+}
+
+crate::impl_flavored_handle!(impl<> for RLock);
 
 #[cfg(test)]
 mod tests {
@@ -363,14 +476,14 @@ mod tests {
         assert_eq!(l.acquire().unwrap(), Acquired::Clean);
         assert_eq!(l.try_acquire().unwrap(), Acquired::Clean);
         assert_eq!(l.acquire_timeout(Duration::ZERO).unwrap(), Acquired::Clean);
-        assert_eq!(l.recursion_count(), 3);
-        assert!(l.is_owned());
+        assert_eq!(l.recursion_count().unwrap(), 3);
+        assert!(l.is_owned().unwrap());
         l.release().unwrap();
         l.release().unwrap();
-        assert!(l.is_locked());
+        assert!(l.is_locked().unwrap());
         l.release().unwrap();
-        assert!(!l.is_locked());
-        assert_eq!(l.recursion_count(), 0);
+        assert!(!l.is_locked().unwrap());
+        assert_eq!(l.recursion_count().unwrap(), 0);
         assert!(matches!(l.release(), Err(Error::InvalidState(_))));
     }
 
@@ -380,7 +493,7 @@ mod tests {
         let g = l.lock().unwrap();
         let l2 = l.clone();
         std::thread::spawn(move || {
-            assert!(!l2.is_owned());
+            assert!(!l2.is_owned().unwrap());
             assert!(matches!(l2.try_acquire(), Err(Error::WouldBlock)));
             assert!(matches!(
                 l2.acquire_timeout(Duration::from_millis(5)),
@@ -394,11 +507,11 @@ mod tests {
         let l2 = l.clone();
         std::thread::spawn(move || {
             let _g = l2.lock().unwrap();
-            assert_eq!(l2.recursion_count(), 1);
+            assert_eq!(l2.recursion_count().unwrap(), 1);
         })
         .join()
         .unwrap();
-        assert!(!l.is_locked());
+        assert!(!l.is_locked().unwrap());
     }
 
     #[test]
@@ -428,12 +541,12 @@ mod tests {
     #[test]
     fn dead_holder_hands_over_with_a_count_of_one() {
         let l = RLock::new().unwrap();
-        let state = l.state();
+        let state = l.shm_state().unwrap();
         // A holder three levels deep in a process that cannot exist.
         state.raw.forge_dead_holder();
         state.owner.store(12345, Ordering::Relaxed);
         state.count.store(3, Ordering::Relaxed);
-        assert!(!l.is_owned());
+        assert!(!l.is_owned().unwrap());
         assert!(matches!(l.release(), Err(Error::InvalidState(_))));
         assert_eq!(
             l.acquire_timeout(Duration::from_secs(5)).unwrap(),
@@ -441,9 +554,9 @@ mod tests {
                 pid: RawLock::DEAD_PID
             }
         );
-        assert_eq!(l.recursion_count(), 1);
+        assert_eq!(l.recursion_count().unwrap(), 1);
         l.release().unwrap();
-        assert!(!l.is_locked());
+        assert!(!l.is_locked().unwrap());
     }
 
     #[test]
@@ -452,10 +565,10 @@ mod tests {
         let repr = l.to_repr().unwrap();
         let again = RLock::from_repr(&repr).unwrap();
         let g = l.lock().unwrap();
-        assert!(again.is_owned());
-        assert_eq!(again.recursion_count(), 1);
+        assert!(again.is_owned().unwrap());
+        assert_eq!(again.recursion_count().unwrap(), 1);
         drop(g);
-        assert!(!again.is_locked());
+        assert!(!again.is_locked().unwrap());
         assert!(matches!(
             crate::Lock::from_repr(&repr),
             Err(Error::TypeMismatch { .. })

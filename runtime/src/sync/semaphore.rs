@@ -387,7 +387,7 @@ macro_rules! semaphore_handle {
                 match repr {
                     FlavorRepr::Shm(h) => <$ty as ShareHandle>::from_repr(h),
                     FlavorRepr::Remote(p) => {
-                        ProxyCore::from_repr(p, $ty::remote_tag()).map($ty::from_remote)
+                        ProxyCore::from_repr(p, $ty::remote_tag()).and_then($ty::from_remote)
                     }
                 }
             }
