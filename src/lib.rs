@@ -474,6 +474,11 @@ pub use multiproc_runtime::shared_memory;
 /// [`py::Value`], what a pickle of plain data becomes.
 pub use multiproc_runtime::py;
 
+/// Workers of a distributed [`Pool`] on Redis (feature `redis`): see
+/// "Past one machine" above.
+#[cfg(feature = "redis")]
+pub use multiproc_runtime::worker;
+
 /// The encoding library, re-exported so derives and handles agree on one version.
 pub use multiproc_runtime::rkyv;
 

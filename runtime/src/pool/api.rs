@@ -281,7 +281,7 @@ macro_rules! chunked_methods {
 }
 
 chunked_methods!(ThreadPool, Threads);
-chunked_methods!(crate::Pool, crate::pool::process_backend::Processes);
+chunked_methods!(crate::Pool, crate::pool::flavor::PoolBackend);
 pub(crate) use pool_methods;
 
 /// A pool of worker threads with the same API as [`Pool`](crate::Pool)
