@@ -148,16 +148,21 @@ pub(crate) fn decode_report(bytes: &[u8]) -> Result<WorkerReport> {
     rkyv::from_bytes::<WorkerReport, rkyv::rancor::Error>(&aligned).map_err(Error::codec)
 }
 
-/// This binary's build: a digest of its contents and the layout check of
-/// its functions. Equal in two processes iff they run the same build,
+/// This binary's build: the linker's build id (a digest of the linked
+/// file, in its `NT_GNU_BUILD_ID` note) or, without one, a digest of its
+/// contents (slower: the whole file is read), and the layout check of its
+/// functions. Equal in two processes iff they run the same build,
 /// wherever the file lies (a copy on another host has another inode, not
 /// another build). Computed once.
 pub(crate) fn build_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| {
         let layout = crate::process::launch::anchor_check();
+        if let Some(id) = elf_build_id("/proc/self/exe") {
+            return format!("gnu-{id}/{layout:x}");
+        }
         match digest_file("/proc/self/exe") {
-            Ok(digest) => format!("{digest}/{layout:x}"),
+            Ok(digest) => format!("sha256-{digest}/{layout:x}"),
             // Unreadable: fall back to the file's identity, which at worst
             // makes workers on other hosts refuse (never run the wrong code).
             Err(e) => format!("{} ({e})/{layout:x}", crate::process::launch::identity()),
@@ -171,6 +176,64 @@ pub(crate) fn worker_build_id() -> String {
         Ok(fake) if !fake.is_empty() => fake,
         _ => build_id().to_owned(),
     }
+}
+
+/// The `NT_GNU_BUILD_ID` note of an ELF64 little-endian file, in hex:
+/// found through the program headers (`PT_NOTE`), which lie at the start.
+/// `None` if the file has none or is not such a file.
+fn elf_build_id(path: &str) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    const PT_NOTE: u32 = 4;
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let file = std::fs::File::open(path).ok()?;
+    let mut head = [0u8; 64];
+    file.read_exact_at(&mut head, 0).ok()?;
+    // ELF magic, 64-bit, little-endian.
+    if head[..4] != *b"\x7fELF" || head[4] != 2 || head[5] != 1 {
+        return None;
+    }
+    let u16_at =
+        |b: &[u8], at: usize| Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?));
+    let u32_at =
+        |b: &[u8], at: usize| Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?));
+    let u64_at =
+        |b: &[u8], at: usize| Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?));
+    let phoff = u64_at(&head, 32)?;
+    let phentsize = u16_at(&head, 54)? as u64;
+    let phnum = u16_at(&head, 56)? as u64;
+    if phentsize < 56 || phnum > 256 {
+        return None;
+    }
+    let mut table = vec![0u8; (phentsize * phnum) as usize];
+    file.read_exact_at(&mut table, phoff).ok()?;
+    for i in 0..phnum as usize {
+        let ph = &table[i * phentsize as usize..][..phentsize as usize];
+        if u32_at(ph, 0)? != PT_NOTE {
+            continue;
+        }
+        let (offset, size) = (u64_at(ph, 8)?, u64_at(ph, 32)?);
+        if size > 1 << 16 {
+            continue;
+        }
+        let mut notes = vec![0u8; size as usize];
+        file.read_exact_at(&mut notes, offset).ok()?;
+        let mut at = 0usize;
+        while at + 12 <= notes.len() {
+            let namesz = u32_at(&notes, at)? as usize;
+            let descsz = u32_at(&notes, at + 4)? as usize;
+            let kind = u32_at(&notes, at + 8)?;
+            let name_at = at + 12;
+            let desc_at = name_at + namesz.div_ceil(4) * 4;
+            let next = desc_at.checked_add(descsz.div_ceil(4) * 4)?;
+            let name = notes.get(name_at..name_at + namesz)?;
+            let desc = notes.get(desc_at..desc_at + descsz)?;
+            if kind == NT_GNU_BUILD_ID && name == b"GNU\0" && !desc.is_empty() {
+                return Some(desc.iter().map(|b| format!("{b:02x}")).collect());
+            }
+            at = next;
+        }
+    }
+    None
 }
 
 /// The first 16 bytes of the SHA-256 of a file, in hex.
@@ -324,6 +387,14 @@ mod tests {
         let k = Keys::new(&t, "jobs").unwrap();
         assert_eq!(k.tasks, "multiproc:pool:jobs:tasks");
         assert_eq!(k.results("7"), "multiproc:pool:jobs:results:7");
+    }
+
+    #[test]
+    fn this_build_has_an_id() {
+        let id = build_id();
+        assert!(id.starts_with("gnu-") || id.starts_with("sha256-"), "{id}");
+        assert_eq!(elf_build_id("/nonexistent"), None);
+        assert_eq!(elf_build_id("/proc/self/status"), None);
     }
 
     #[test]
