@@ -261,6 +261,23 @@ impl PoolBuilder {
     ///
     /// `build` fails with [`Error::BackendUnavailable`] if the server
     /// cannot be reached or refuses the password.
+    ///
+    /// ```no_run
+    /// # fn main() -> multiproc::Result<()> {
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// // Workers: this program, started with
+    /// // MULTIPROC_WORKER=redis://127.0.0.1:6379/0/jobs
+    /// multiproc::init();
+    /// let pool = multiproc::Pool::builder()
+    ///     .redis("redis://127.0.0.1:6379/0")
+    ///     .name("jobs")
+    ///     .build()?;
+    /// let r = pool.map_async(square, 0..10)?;
+    /// let squares = r.get_timeout(std::time::Duration::from_secs(60))?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn redis(mut self, url: &str) -> Self {
         self.redis = Some(url.to_owned());
         self
