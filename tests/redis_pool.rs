@@ -354,10 +354,83 @@ fn an_unreachable_or_refusing_server_is_backend_unavailable() {
 fn a_server_gone_mid_run_fails_calls_with_backend_unavailable() {
     let mut server = RedisServer::start();
     let pool = pool(&server, "jobs");
+    // In flight (no worker takes it) when the server goes.
+    let waiting = pool.apply_async(square, 1).unwrap();
+    assert!(matches!(
+        waiting.get_timeout(Duration::from_millis(200)),
+        Err(Error::Timeout(_))
+    ));
     server.kill();
+    assert!(matches!(
+        waiting.get_timeout(PROMPTLY),
+        Err(Error::BackendUnavailable { .. })
+    ));
     let r = pool.apply_async(square, 2).unwrap();
     assert!(matches!(
         r.get_timeout(PROMPTLY),
         Err(Error::BackendUnavailable { .. })
     ));
+}
+
+/// A redis-server on a given port (the one a killed server had), stopped
+/// by pid on drop.
+struct RestartedServer(Child);
+
+impl RestartedServer {
+    fn on(port: u16) -> RestartedServer {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        assert!(
+            eventually(PROMPTLY, || std::net::TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "the restarted server does not answer"
+        );
+        RestartedServer(child)
+    }
+}
+
+impl Drop for RestartedServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn after_a_server_restart_the_pool_and_its_workers_work_again() {
+    let mut server = RedisServer::start();
+    let _workers = Workers::start(&server, "jobs", 1);
+    let pool = pool(&server, "jobs");
+    assert_eq!(
+        pool.apply_async(square, 3)
+            .unwrap()
+            .get_timeout(LONG)
+            .unwrap(),
+        9
+    );
+    server.kill();
+    let lost = pool.apply_async(square, 4).unwrap();
+    assert!(matches!(
+        lost.get_timeout(PROMPTLY),
+        Err(Error::BackendUnavailable { .. })
+    ));
+    let _back = RestartedServer::on(server.port());
+    // The pool reconnects (its stream and lease come back) and the worker
+    // too; a call may still fail while they do.
+    let mut answer = None;
+    assert!(eventually(LONG, || {
+        answer = pool
+            .apply_async(square, 5)
+            .ok()
+            .and_then(|r| r.get_timeout(Duration::from_secs(5)).ok());
+        answer.is_some()
+    }));
+    assert_eq!(answer, Some(25));
 }

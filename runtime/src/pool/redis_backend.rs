@@ -31,7 +31,7 @@ use crate::pool::redis_wire::{
 use crate::pool::redis_worker::{bytes, text};
 use crate::pool::wire::{self, ChunkEntryFn, TaskFn};
 use crate::process::launch;
-use crate::redis::{IO_DEADLINE, RedisTarget};
+use crate::redis::RedisTarget;
 
 /// How often the pool renews its lease.
 const BEAT_EVERY: Duration = Duration::from_secs(5);
@@ -114,8 +114,6 @@ pub(crate) struct RedisReports {
     buffer: VecDeque<Report>,
     last_beat: Instant,
     last_reclaim: Instant,
-    /// Since when the server has not answered.
-    down_since: Option<Instant>,
 }
 
 impl RedisPool {
@@ -148,7 +146,6 @@ impl RedisPool {
             buffer: VecDeque::new(),
             last_beat: Instant::now(),
             last_reclaim: Instant::now(),
-            down_since: None,
         };
         Ok((
             RedisPool {
@@ -567,15 +564,16 @@ impl RedisReports {
         }
         let start = Instant::now();
         if let Err(e) = self.round(timeout) {
-            let since = *self.down_since.get_or_insert(start);
-            if since.elapsed() >= IO_DEADLINE {
-                self.shared.fail_all(&e);
+            // The server went away (or broke this pool's keys): what it held
+            // may be lost, so every task in flight fails now rather than
+            // waiting for reports that may never come. Later calls work
+            // again once it is back.
+            if self.conn.take().is_some() {
+                tracing::warn!("a distributed pool lost its server: {e}");
             }
-            self.conn = None;
+            self.shared.fail_all(&e);
             // Nothing to wait on while the server is away: let the slice pass.
             std::thread::sleep(timeout.saturating_sub(start.elapsed()));
-        } else {
-            self.down_since = None;
         }
         self.try_recv()
     }
@@ -591,13 +589,16 @@ impl RedisReports {
     /// for reports.
     fn round(&mut self, timeout: Duration) -> Result<()> {
         let shared = self.shared.clone();
-        if self.conn.is_none() {
+        let fresh = self.conn.is_none();
+        if fresh {
             self.conn = Some(shared.target.connect()?);
         }
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
-        if self.last_beat.elapsed() >= BEAT_EVERY {
+        // Back from an outage: a restarted server lost the stream, its
+        // group and this pool's lease; they come back before anything else.
+        if fresh || self.last_beat.elapsed() >= BEAT_EVERY {
             shared.beat(conn)?;
             self.last_beat = Instant::now();
         }
