@@ -91,16 +91,33 @@ fn my_pid(_: ()) -> i32 {
     std::process::id() as i32
 }
 
-/// Notes this worker's pid in `dir`; the first worker to take it then
-/// waits (to be killed), a later one returns its pid at once.
+/// The first worker to run this in `dir` (exclusively, by creating
+/// `dir/claimed`; it then writes its pid to `dir/holder`) waits there, to be killed; any other run
+/// returns its worker's pid at once.
 fn hold_first(dir: String) -> i32 {
+    use std::io::Write;
     let pid = std::process::id() as i32;
-    let others = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
-    std::fs::write(format!("{dir}/{pid}"), b"").unwrap();
-    if others == 0 {
+    let first = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(format!("{dir}/claimed"));
+    if first.is_ok() {
+        let mut f = std::fs::File::create(format!("{dir}/holder.tmp")).unwrap();
+        write!(f, "{pid}").unwrap();
+        drop(f);
+        // Renamed once written: a reader never sees a partial pid.
+        std::fs::rename(format!("{dir}/holder.tmp"), format!("{dir}/holder")).unwrap();
         std::thread::sleep(LONG * 2);
     }
     pid
+}
+
+/// The pid of the worker holding `hold_first`'s task, once there is one.
+fn holder(dir: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(dir.join("holder"))
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn abort_worker(_: u64) -> u64 {
@@ -187,21 +204,11 @@ fn a_worker_killed_mid_task_has_its_task_finished_by_another() {
     let r = pool
         .apply_async(hold_first, dir.to_str().unwrap().to_owned())
         .unwrap();
-    let first = || {
-        std::fs::read_dir(&dir)
-            .ok()?
-            .next()?
-            .ok()?
-            .file_name()
-            .to_str()?
-            .parse::<i32>()
-            .ok()
-    };
     assert!(
-        eventually(LONG, || first().is_some()),
+        eventually(LONG, || holder(&dir).is_some()),
         "no worker took the task"
     );
-    let victim = first().unwrap();
+    let victim = holder(&dir).unwrap();
     assert!(workers.pids().contains(&victim));
     workers.kill(victim);
     let finisher = r
@@ -209,6 +216,35 @@ fn a_worker_killed_mid_task_has_its_task_finished_by_another() {
         .expect("another worker finishes the task");
     assert_ne!(finisher, victim);
     assert!(workers.pids().contains(&finisher));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_worker_killed_mid_map_still_leaves_every_result() {
+    let server = RedisServer::start();
+    let mut workers = Workers::start(&server, "jobs", 2);
+    let pool = pool(&server, "jobs");
+    let dir = std::env::temp_dir().join(format!("multiproc-redis-map-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let items = vec![dir.to_str().unwrap().to_owned(); 6];
+    // The first chunk taken holds its worker; the other worker runs the rest.
+    let r = pool.chunksize(1).map_async(hold_first, items).unwrap();
+    assert!(
+        eventually(LONG, || holder(&dir).is_some()),
+        "no worker took a chunk"
+    );
+    let victim = holder(&dir).unwrap();
+    workers.kill(victim);
+    let pids = r
+        .get_timeout(LONG)
+        .expect("every result, from the other worker");
+    assert_eq!(pids.len(), 6);
+    let survivor = workers.pids();
+    assert!(
+        pids.iter().all(|p| survivor.contains(p)),
+        "{pids:?} vs {survivor:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
