@@ -416,8 +416,8 @@
 //! Tasks are functions of *your* program, sent as their place in its
 //! binary, so a generic `multiproc worker` command cannot run them: a
 //! worker is your own program, the same build, started on each host with
-//! [`worker::WORKER_ENV`] set. [`init`] then turns it into a worker that
-//! serves until it is signalled (or call [`worker::run`] yourself):
+//! `MULTIPROC_WORKER` set. [`init`] then turns it into a worker that
+//! serves until it is signalled (or call `multiproc::worker::run` yourself):
 //!
 //! ```text
 //! MULTIPROC_WORKER=redis://:password@10.0.0.5:6379/0/jobs ./my_program

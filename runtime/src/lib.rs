@@ -62,7 +62,7 @@ pub use queue::{JoinableQueue, Queue, SimpleQueue};
 /// `Pool::builder().redis(url).name(name)`. Tasks are functions of the
 /// program, found by their place in its binary: a worker is the user's own
 /// program (the same build as the submitting one), started on any host
-/// with [`WORKER_ENV`] set, whose [`init`] becomes the worker:
+/// with [`WORKER_ENV`](worker::WORKER_ENV) set, whose [`init`] becomes the worker:
 ///
 /// ```text
 /// MULTIPROC_WORKER=redis://:password@10.0.0.5:6379/0/jobs ./my_program
@@ -70,7 +70,7 @@ pub use queue::{JoinableQueue, Queue, SimpleQueue};
 ///
 /// The value is the server's URL followed by `/` and the pool name (always
 /// the last path segment; the database number before it is optional). Or
-/// call [`run`] from the program. A generic `multiproc worker` command
+/// call [`run`](worker::run) from the program. A generic `multiproc worker` command
 /// cannot exist: it would not contain the user's functions.
 #[cfg(feature = "redis")]
 pub mod worker {

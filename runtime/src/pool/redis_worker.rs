@@ -63,6 +63,10 @@ pub(crate) fn run_from_env(value: String) -> ! {
 
 /// Serves the distributed Pool named `name` on the Redis server at `url`
 /// until the process is signalled (see [`run_until`]).
+///
+/// Meant for a process that is a worker and nothing else: it replaces the
+/// process's panic hook, so that a task's panic travels back to the pool
+/// (as in a local pool's workers) instead of being printed here.
 pub fn run(url: &str, name: &str) -> Result<()> {
     run_until(url, name, &AtomicBool::new(false))
 }
