@@ -302,7 +302,8 @@ fn workers_lists_live_workers_with_their_tasks() {
     }
     let r = pool.chunksize(1).map_async(square, 0..10u64).unwrap();
     r.get_timeout(LONG).unwrap();
-    // Heartbeats carry the count: within a few of them it is up to date.
+    // Heartbeats carry the count: within a few of them it is up to date
+    // (more, if a worker starved past the lease had a task run again).
     assert!(
         eventually(LONG, || pool
             .workers()
@@ -310,7 +311,7 @@ fn workers_lists_live_workers_with_their_tasks() {
             .iter()
             .map(|w| w.tasks_done)
             .sum::<u64>()
-            == 10),
+            >= 10),
         "{:?}",
         pool.workers()
     );
