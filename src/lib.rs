@@ -417,6 +417,60 @@
 //! master.shutdown().unwrap();
 //! ```
 //!
+//! ## Past one machine: a distributed Pool on Redis
+//!
+//! With the `redis` feature, a [`Pool`] can hand its tasks to workers on
+//! any host through a Redis server: `Pool::builder().redis(url).name("jobs")`
+//! gives the same `Pool` with the same calls (`map`, `imap`, `starmap`,
+//! `apply_async` with callbacks, `chunksize`). Chunks go on a Redis stream
+//! that the workers read in a consumer group; results come back on a list
+//! of the submitting pool's own, and nothing of the pool is left in Redis
+//! once it is dropped.
+//!
+//! Tasks are functions of *your* program, sent as their place in its
+//! binary, so a generic `multiproc worker` command cannot run them: a
+//! worker is your own program, the same build, started on each host with
+//! `MULTIPROC_WORKER` set. [`init`] then turns it into a worker that
+//! serves until it is signalled (or call `multiproc::worker::run` yourself):
+//!
+//! ```text
+//! MULTIPROC_WORKER=redis://:password@10.0.0.5:6379/0/jobs ./my_program
+//! ```
+//!
+//! (the server's URL, then `/` and the pool name). A worker of another
+//! build refuses the task, which fails with [`Error::BinaryMismatch`]
+//! naming both builds. A worker killed mid-task stops renewing its claim;
+//! after the pool's lease (`PoolBuilder::lease`, default 10 s) the task is
+//! run again by another worker, up to `PoolBuilder::max_retries` times
+//! (default 3), then fails with [`Error::WorkerDied`]. A task that panics
+//! is the same error as in a local pool, and the worker carries on.
+//! `pool.workers()` lists the live workers (host, pid, tasks done) from
+//! their heartbeats. An unreachable server, a wrong password or a server
+//! gone mid-call is [`Error::BackendUnavailable`]; with no live worker a
+//! task simply waits, so use `get_timeout` (a `map_async(…)?.get_timeout(d)`
+//! rather than `map`) where none may come.
+//!
+//! ```ignore
+//! // Needs the `redis` feature and a server; see examples/redis_pool_master.rs.
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! fn main() -> multiproc::Result<()> {
+//!     multiproc::init(); // a process with MULTIPROC_WORKER set serves here
+//!     let pool = multiproc::Pool::builder()
+//!         .redis("redis://127.0.0.1:6379/0")
+//!         .name("jobs")
+//!         .build()?;
+//!     let squares = pool.map_async(square, 0..10)?.get_timeout(std::time::Duration::from_secs(60))?;
+//!     println!("{squares:?} from {} workers", pool.workers()?.len());
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Whoever can write to the Redis server can make the workers call any
+//! task function of their binary with arguments of its choosing: protect
+//! the server as you would the workers themselves (a password, a private
+//! network).
+//!
 //! ## Errors
 //!
 //! Every fallible call returns [`Result`] with the one [`Error`] enum; blocking
@@ -488,6 +542,11 @@ pub use multiproc_runtime::shared_memory;
 /// [`BaseManager::python`] or `multiproc serve --python-address`, and
 /// [`py::Value`], what a pickle of plain data becomes.
 pub use multiproc_runtime::py;
+
+/// Workers of a distributed [`Pool`] on Redis (feature `redis`): see
+/// "Past one machine" above.
+#[cfg(feature = "redis")]
+pub use multiproc_runtime::worker;
 
 /// The encoding library, re-exported so derives and handles agree on one version.
 pub use multiproc_runtime::rkyv;

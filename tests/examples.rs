@@ -241,3 +241,31 @@ fn logging() {
     assert!(stdout.contains("[Spawn] the child returned 42"), "{stdout}");
     assert!(stdout.contains("[pool] a worker returned 8"), "{stdout}");
 }
+
+/// The distributed Pool examples start their own redis-server (the
+/// `redis` feature's tests need one installed; CI installs it).
+#[cfg(feature = "redis")]
+#[test]
+fn redis_pool_master() {
+    run(
+        "redis_pool_master",
+        &[
+            "map of squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",
+            "live worker: pid ",
+            "killed mid-map: still 40 results, sum 20540",
+            "pool dropped",
+        ],
+    );
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn redis_pool_worker() {
+    run(
+        "redis_pool_worker",
+        &[
+            "shouted by the workers: [\"SPAM!\", \"EGGS!\", \"HAM!\"]",
+            "a pool without workers: Some(Timeout(",
+        ],
+    );
+}

@@ -78,6 +78,28 @@ pub use process::{
     get_context, get_start_method, init, parent_process, set_start_method,
 };
 pub use queue::{JoinableQueue, Queue, SimpleQueue};
+
+/// Workers of a distributed [`Pool`] (feature `redis`).
+///
+/// A worker runs tasks of the pools built with
+/// `Pool::builder().redis(url).name(name)`. Tasks are functions of the
+/// program, found by their place in its binary: a worker is the user's own
+/// program (the same build as the submitting one), started on any host
+/// with [`WORKER_ENV`](worker::WORKER_ENV) set, whose [`init`] becomes the worker:
+///
+/// ```text
+/// MULTIPROC_WORKER=redis://:password@10.0.0.5:6379/0/jobs ./my_program
+/// ```
+///
+/// The value is the server's URL followed by `/` and the pool name (always
+/// the last path segment; the database number before it is optional). Or
+/// call [`run`](worker::run) from the program. A generic `multiproc worker` command
+/// cannot exist: it would not contain the user's functions.
+#[cfg(feature = "redis")]
+pub mod worker {
+    pub use crate::pool::redis_worker::{run, run_until};
+    pub use crate::pool::{DEFAULT_LEASE, DEFAULT_MAX_RETRIES, WORKER_ENV, WorkerInfo};
+}
 pub use sharedctypes::{
     Array, ArrayGuard, AtomicInt, RawArray, RawValue, Synchronized, SynchronizedArray, Value,
     ValueGuard, ValueLock,

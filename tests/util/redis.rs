@@ -133,6 +133,10 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // Already reaped (`kill`): its pid may be another process's now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // SIGTERM first so the server exits cleanly; SIGKILL if it lingers.
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: kill(2) on our own child's pid, which we have not reaped.

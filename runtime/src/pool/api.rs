@@ -345,7 +345,7 @@ macro_rules! chunked_methods {
 chunked_methods!(ThreadPool, Threads, threads [Send + 'static]);
 chunked_methods!(
     crate::Pool,
-    crate::pool::process_backend::Processes,
+    crate::pool::flavor::PoolBackend,
     processes[Shareable]
 );
 pub(crate) use pool_methods;

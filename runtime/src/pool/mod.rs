@@ -15,10 +15,17 @@ mod api;
 mod async_result;
 mod backend;
 mod core;
+mod flavor;
 mod imap;
 mod jobs;
 mod process_backend;
 mod process_pool;
+#[cfg(feature = "redis")]
+mod redis_backend;
+#[cfg(feature = "redis")]
+mod redis_wire;
+#[cfg(feature = "redis")]
+pub(crate) mod redis_worker;
 mod submit;
 mod thread_backend;
 mod wire;
@@ -26,4 +33,10 @@ mod wire;
 pub use api::{Chunked, ThreadPool, ThreadPoolBuilder};
 pub use async_result::{AsyncResult, Callbacks};
 pub use imap::IMapIterator;
+#[cfg(feature = "redis")]
+pub use process_pool::{DEFAULT_LEASE, DEFAULT_MAX_RETRIES};
 pub use process_pool::{Pool, PoolBuilder};
+#[cfg(feature = "redis")]
+pub use redis_backend::WorkerInfo;
+#[cfg(feature = "redis")]
+pub use redis_wire::WORKER_ENV;

@@ -41,9 +41,9 @@ const HEAP_HINT: usize = 1 << 20;
 
 /// A task ready to send: the function's offsets and each item encoded.
 pub(crate) struct ProcTask {
-    entry_offset: i64,
-    target_offset: i64,
-    args: Vec<u8>,
+    pub(crate) entry_offset: i64,
+    pub(crate) target_offset: i64,
+    pub(crate) args: Vec<u8>,
 }
 
 /// The initializer as a worker receives it.
@@ -218,7 +218,7 @@ pub(crate) fn install_quiet_switch() {
 }
 
 /// Stops this process printing panic messages (a pool worker's).
-fn silence_panics() {
+pub(crate) fn silence_panics() {
     if QUIET_SWITCH.load(Ordering::SeqCst) == 2 {
         // Forked from a pool's process: the inherited hook listens to the flag.
         QUIET.store(true, Ordering::SeqCst);

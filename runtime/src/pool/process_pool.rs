@@ -10,8 +10,11 @@ use crate::pool::api::{
 };
 use crate::pool::async_result::{AsyncResult, Callbacks};
 use crate::pool::core::{Config, Core};
+use crate::pool::flavor::{PoolBackend, PoolReports};
 use crate::pool::imap::IMapIterator;
 use crate::pool::process_backend::{InitSpec, ORDER_CHUNKS, Processes};
+#[cfg(feature = "redis")]
+use crate::pool::redis_backend::{RedisPool, RedisSettings, RedisShared, WorkerInfo};
 use crate::pool::submit;
 use crate::process::{Context, StartMethod};
 
@@ -37,9 +40,29 @@ use crate::process::{Context, StartMethod};
 /// }
 /// ```
 pub struct Pool {
-    pub(crate) core: Arc<Core<Processes>>,
+    pub(crate) core: Arc<Core<PoolBackend>>,
     pub(crate) workers: usize,
+    /// A distributed pool's Redis side (for `workers()`).
+    #[cfg(feature = "redis")]
+    redis: Option<Arc<RedisShared>>,
 }
+
+/// The default number of retries of a distributed pool's task whose
+/// worker died ([`PoolBuilder::max_retries`]).
+#[cfg(feature = "redis")]
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// The default lease of a distributed pool's task ([`PoolBuilder::lease`]).
+#[cfg(feature = "redis")]
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+/// The least lease: several of a worker's heartbeats (every 500 ms) fit in it.
+#[cfg(feature = "redis")]
+const MIN_LEASE: std::time::Duration = std::time::Duration::from_secs(2);
+/// The most chunks a distributed pool keeps in Redis at once by default.
+#[cfg(feature = "redis")]
+const REDIS_WINDOW: usize = 1024;
+/// The worker count a distributed pool assumes for its default chunk size.
+#[cfg(feature = "redis")]
+const REDIS_DEFAULT_WORKERS: usize = 4;
 
 /// Builds a [`Pool`] with Python's options.
 #[derive(Default)]
@@ -52,6 +75,14 @@ pub struct PoolBuilder {
     maxtasks: Option<usize>,
     prefetch: Option<usize>,
     chunks_per_message: Option<usize>,
+    #[cfg(feature = "redis")]
+    redis: Option<String>,
+    #[cfg(feature = "redis")]
+    name: Option<String>,
+    #[cfg(feature = "redis")]
+    max_retries: Option<u32>,
+    #[cfg(feature = "redis")]
+    lease: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -64,7 +95,7 @@ impl std::fmt::Debug for PoolBuilder {
             .field("maxtasksperchild", &self.maxtasks)
             .field("prefetch", &self.prefetch)
             .field("chunks_per_message", &self.chunks_per_message)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -163,10 +194,14 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the workers.
+    /// Starts the workers (or, with [`redis`](Self::redis), connects).
     pub fn build(self) -> Result<Pool> {
         if let Some(e) = self.init_error {
             return Err(e);
+        }
+        #[cfg(feature = "redis")]
+        if self.redis.is_some() || self.name.is_some() {
+            return self.build_redis();
         }
         let n = self.processes.unwrap_or_else(crate::process::cpu_count);
         check_workers(n, self.maxtasks)?;
@@ -194,8 +229,14 @@ impl PoolBuilder {
             prefetch: self.prefetch,
         };
         Ok(Pool {
-            core: Arc::new(Core::start(backend, reports, config)?),
+            core: Arc::new(Core::start(
+                PoolBackend::Local(backend),
+                PoolReports::Local(reports),
+                config,
+            )?),
             workers: n,
+            #[cfg(feature = "redis")]
+            redis: None,
         })
     }
 }
@@ -212,6 +253,8 @@ impl Pool {
     }
 
     /// The pids of the current workers (they change as workers are replaced).
+    ///
+    /// A distributed pool has none here: see [`workers`](Self::workers).
     pub fn worker_pids(&self) -> Vec<i32> {
         self.core
             .with_workers(|w| w.pid())
@@ -230,7 +273,7 @@ impl Pool {
         self.core.held_peak()
     }
 
-    pool_methods!(Pool, Processes, processes[Shareable]);
+    pool_methods!(Pool, PoolBackend, processes[Shareable]);
 }
 
 impl std::fmt::Debug for Pool {
@@ -239,5 +282,137 @@ impl std::fmt::Debug for Pool {
             .field("workers", &self.workers)
             .field("pids", &self.worker_pids())
             .finish()
+    }
+}
+
+/// A distributed pool (feature `redis`): workers anywhere take its tasks
+/// from Redis. See the crate docs' "Past one machine" section.
+#[cfg(feature = "redis")]
+impl PoolBuilder {
+    /// Makes the pool a distributed one: tasks go through the Redis server
+    /// at `url` (`redis://[:password@]host:port[/db]`) to workers started
+    /// with `MULTIPROC_WORKER=<url>/<name>` on any host (the same binary;
+    /// see [`worker`](crate::worker)), instead of to local processes.
+    ///
+    /// [`name`](Self::name) says which workers (default `"default"`).
+    /// [`processes`](Self::processes) is then only the worker count the
+    /// default chunk size assumes (4 if unset); `start_method`, `context`,
+    /// `initializer` and `maxtasksperchild` do not apply (the workers are
+    /// not this pool's children) and make `build` fail.
+    /// [`prefetch`](Self::prefetch) is the most chunks kept in Redis at
+    /// once (default 1024).
+    ///
+    /// `build` fails with [`Error::BackendUnavailable`] if the server
+    /// cannot be reached or refuses the password.
+    ///
+    /// ```no_run
+    /// # fn main() -> multiproc::Result<()> {
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// // Workers: this program, started with
+    /// // MULTIPROC_WORKER=redis://127.0.0.1:6379/0/jobs
+    /// multiproc::init();
+    /// let pool = multiproc::Pool::builder()
+    ///     .redis("redis://127.0.0.1:6379/0")
+    ///     .name("jobs")
+    ///     .build()?;
+    /// let r = pool.map_async(square, 0..10)?;
+    /// let squares = r.get_timeout(std::time::Duration::from_secs(60))?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn redis(mut self, url: &str) -> Self {
+        self.redis = Some(url.to_owned());
+        self
+    }
+
+    /// The distributed pool's name: workers started for this name take its
+    /// tasks (`MULTIPROC_WORKER=redis://host:port/db/<name>`). Non-empty,
+    /// without `:`, `/` or whitespace.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// How many times a distributed pool's task runs again after the worker
+    /// running it died (stopped renewing its claim for a
+    /// [`lease`](Self::lease)), on whichever worker takes it next; after
+    /// that it fails with [`Error::WorkerDied`] naming the last worker's
+    /// pid. Default [`DEFAULT_MAX_RETRIES`].
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = Some(n);
+        self
+    }
+
+    /// How long a distributed pool's task may go without its worker's
+    /// heartbeat (every 500 ms) before it is taken back and retried.
+    /// Default [`DEFAULT_LEASE`]; at least 2 s.
+    pub fn lease(mut self, lease: std::time::Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    fn build_redis(self) -> Result<Pool> {
+        let Some(url) = self.redis else {
+            return Err(Error::InvalidArgument(
+                "a pool name without a redis URL: call .redis(url) too".into(),
+            ));
+        };
+        if self.method.is_some()
+            || self.context.is_some()
+            || self.init.is_some()
+            || self.maxtasks.is_some()
+        {
+            return Err(Error::InvalidArgument(
+                "a distributed pool's workers are not its children: start method, context, \
+                 initializer and maxtasksperchild do not apply"
+                    .into(),
+            ));
+        }
+        check_prefetch(self.prefetch)?;
+        let n = self.processes.unwrap_or(REDIS_DEFAULT_WORKERS);
+        check_workers(n, None)?;
+        let lease = self.lease.unwrap_or(DEFAULT_LEASE);
+        if lease < MIN_LEASE {
+            return Err(Error::InvalidArgument(format!(
+                "a lease of {lease:?} is shorter than {MIN_LEASE:?}"
+            )));
+        }
+        let settings = RedisSettings {
+            url,
+            name: self.name.unwrap_or_else(|| "default".to_owned()),
+            max_retries: self.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            lease,
+        };
+        let (backend, reports, shared) = RedisPool::new(&settings)?;
+        let window = self.prefetch.unwrap_or(REDIS_WINDOW);
+        let config = Config {
+            processes: 1,
+            maxtasks: None,
+            cap: window,
+            prefetch: Some(window),
+        };
+        Ok(Pool {
+            core: Arc::new(Core::start(
+                PoolBackend::Redis(backend),
+                PoolReports::Redis(reports),
+                config,
+            )?),
+            workers: n,
+            redis: Some(shared),
+        })
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Pool {
+    /// A distributed pool's live workers (host, pid, tasks done), from
+    /// their heartbeats: a worker is listed until its heartbeat is 5 s
+    /// old. Empty for a local pool (see [`worker_pids`](Self::worker_pids)).
+    pub fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        match &self.redis {
+            Some(shared) => shared.workers(),
+            None => Ok(Vec::new()),
+        }
     }
 }

@@ -31,6 +31,7 @@ pub fn init() {
     // own out from the clock).
     sys::process::own_start_ticks();
     let Some(raw) = std::env::var_os(launch::CHILD_FD_ENV) else {
+        become_worker_if_asked();
         return;
     };
     // The variable goes, so that programs this child starts do not take
@@ -69,6 +70,38 @@ pub fn init() {
         forkserver::serve(sock)
     }
     run_launch(UnixStream::from(sock))
+}
+
+/// The environment variable that makes this process a distributed pool's
+/// worker (`pool::WORKER_ENV`; named here too for builds without `redis`).
+const WORKER_ENV: &str = "MULTIPROC_WORKER";
+
+/// With [`WORKER_ENV`] set: serves the distributed pool it names, then
+/// ends the process (see `multiproc::worker`).
+fn become_worker_if_asked() {
+    let Some(value) = std::env::var_os(WORKER_ENV) else {
+        return;
+    };
+    // As for the launch variable: programs a task starts are not workers.
+    if sys::process::is_single_threaded() {
+        // SAFETY: this process runs one thread (checked just above), so
+        // nothing reads the environment meanwhile.
+        unsafe { std::env::remove_var(WORKER_ENV) };
+    }
+    let Some(value) = value.to_str().map(str::to_owned) else {
+        eprintln!("multiproc: {WORKER_ENV} is not valid UTF-8");
+        sys::process::exit_now(1);
+    };
+    #[cfg(feature = "redis")]
+    crate::pool::redis_worker::run_from_env(value);
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = value;
+        eprintln!(
+            "multiproc: {WORKER_ENV} is set, but this program was built without the `redis` feature"
+        );
+        sys::process::exit_now(1);
+    }
 }
 
 /// Whether this process was spawned by multiproc but has not run `init()`.
