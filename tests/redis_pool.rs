@@ -471,3 +471,254 @@ fn after_a_server_restart_the_pool_and_its_workers_work_again() {
     }));
     assert_eq!(answer, Some(25));
 }
+
+// ---- Three hosts in network namespaces ----
+
+/// Three network namespaces, each a "host": `hub` (Redis and the
+/// submitting pool) joined to `w1` and `w2` (a worker each) by a veth pair
+/// apiece, so a worker reaches Redis only over its own link. Deleting the
+/// namespaces on drop deletes the links with them.
+struct ThreeHosts {
+    hub: String,
+    workers: [String; 2],
+    /// The hub's address on each worker's link.
+    hub_ips: [String; 2],
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl ThreeHosts {
+    fn setup() -> Result<ThreeHosts, String> {
+        let pid = std::process::id();
+        let net = format!("10.214.{}", pid % 250);
+        let hosts = ThreeHosts {
+            hub: format!("mpr{pid}h"),
+            workers: [format!("mpr{pid}a"), format!("mpr{pid}b")],
+            hub_ips: [format!("{net}.1"), format!("{net}.5")],
+        };
+        // Each namespace is deleted on drop from here on, made or not.
+        ip(&["netns", "add", &hosts.hub])?;
+        for (i, ns) in hosts.workers.iter().enumerate() {
+            ip(&["netns", "add", ns])?;
+            let (hub_dev, dev) = (format!("mprv{pid}h{i}"), format!("mprv{pid}w{i}"));
+            ip(&[
+                "link", "add", &hub_dev, "netns", &hosts.hub, "type", "veth", "peer", "name", &dev,
+                "netns", ns,
+            ])?;
+            // Two /30s: .1–.2 and .5–.6.
+            let worker_ip = format!("{net}.{}", 4 * i + 2);
+            for (host, d, addr) in [
+                (&hosts.hub, &hub_dev, &hosts.hub_ips[i]),
+                (ns, &dev, &worker_ip),
+            ] {
+                ip(&["-n", host, "addr", "add", &format!("{addr}/30"), "dev", d])?;
+                ip(&["-n", host, "link", "set", d, "up"])?;
+            }
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&["-n", &hosts.hub, "link", "set", "lo", "up"])?;
+        Ok(hosts)
+    }
+}
+
+impl Drop for ThreeHosts {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.hub]);
+        for ns in &self.workers {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// A process this test started (through `ip netns exec`, which becomes
+/// it); SIGKILLed by pid and reaped on drop.
+struct Started(Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A directory of this test's, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether `server`'s log says it is ready before `within` passes (its
+/// stdout, read on a thread of its own so the wait is bounded).
+fn redis_ready(server: &mut Child, within: Duration) -> bool {
+    use std::io::{BufRead, BufReader};
+    let Some(out) = server.stdout.take() else {
+        return false;
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("Ready to accept connections") {
+                let _ = tx.send(());
+            }
+            // Read on to the end: the server never blocks on a full pipe.
+        }
+    });
+    rx.recv_timeout(within).is_ok()
+}
+
+#[test]
+fn three_hosts_in_network_namespaces_a_worker_killed_mid_map() {
+    let hosts = match ThreeHosts::setup() {
+        Ok(h) => h,
+        Err(why) => {
+            println!("SKIPPED three_hosts_in_network_namespaces_a_worker_killed_mid_map: {why}");
+            return;
+        }
+    };
+    // Redis on the hub, listening on both links (a fresh namespace: the
+    // default port is free).
+    let mut redis = Started(
+        Command::new("ip")
+            .args(["netns", "exec", &hosts.hub, "redis-server"])
+            .args([
+                "--port",
+                "6379",
+                "--bind",
+                &hosts.hub_ips[0],
+                &hosts.hub_ips[1],
+            ])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)"),
+    );
+    assert!(
+        redis_ready(&mut redis.0, LONG),
+        "redis-server on the hub did not start"
+    );
+    // One worker on each worker host, reaching Redis over its own link.
+    let exe = std::env::current_exe().unwrap();
+    let mut workers = Workers(Vec::new());
+    for (ns, hub_ip) in hosts.workers.iter().zip(&hosts.hub_ips) {
+        let worker = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&exe)
+            .env("MULTIPROC_WORKER", format!("redis://{hub_ip}:6379/0/jobs"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start a worker");
+        workers.0.push(worker);
+    }
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("multiproc-redis-netns-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    // The submitting process on the hub: this test binary, running `netns_submitter`.
+    let mut submitter = Started(
+        Command::new("ip")
+            .args(["netns", "exec", &hosts.hub])
+            .arg(&exe)
+            .args(["--exact", "netns_submitter", "--ignored", "--nocapture"])
+            .env(
+                "MP_NETNS_REDIS",
+                format!("redis://{}:6379/0", hosts.hub_ips[0]),
+            )
+            .env("MP_NETNS_DIR", &dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The first chunk taken holds its worker: kill that one, mid-map.
+    assert!(
+        eventually(LONG, || holder(&dir.0).is_some()),
+        "no worker took a chunk"
+    );
+    let victim = holder(&dir.0).unwrap();
+    assert!(workers.pids().contains(&victim), "{victim}");
+    workers.kill(victim);
+    let survivor: Vec<i32> = workers
+        .pids()
+        .into_iter()
+        .filter(|p| *p != victim)
+        .collect();
+    assert!(
+        eventually(LONG * 2, || submitter.0.try_wait().unwrap().is_some()),
+        "the submitter did not finish"
+    );
+    let mut text = String::new();
+    use std::io::Read;
+    submitter
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("NETNS-SUBMITTER-OK "))
+        .unwrap_or_else(|| panic!("the submitter on the hub failed:\n{text}"));
+    let pids: Vec<i32> = line.split(',').map(|p| p.trim().parse().unwrap()).collect();
+    assert_eq!(pids.len(), 6, "{line}");
+    assert!(
+        pids.iter().all(|p| survivor.contains(p)),
+        "{pids:?}: every result from the surviving worker {survivor:?}"
+    );
+}
+
+/// Run by `three_hosts_in_network_namespaces_a_worker_killed_mid_map` in
+/// the hub namespace: maps `hold_first` over both workers and prints the
+/// pids that ran each item.
+#[test]
+#[ignore = "runs inside a network namespace, started by three_hosts_in_network_namespaces_a_worker_killed_mid_map"]
+fn netns_submitter() {
+    let (Ok(url), Ok(dir)) = (
+        std::env::var("MP_NETNS_REDIS"),
+        std::env::var("MP_NETNS_DIR"),
+    ) else {
+        return;
+    };
+    let pool = Pool::builder()
+        .redis(&url)
+        .name("jobs")
+        .lease(Duration::from_secs(2))
+        .build()
+        .expect("a distributed pool on the hub");
+    // Both workers serving, so the chunks spread over both hosts.
+    assert!(
+        eventually(LONG, || pool.workers().unwrap().len() == 2),
+        "{:?}",
+        pool.workers()
+    );
+    let r = pool
+        .chunksize(1)
+        .map_async(hold_first, vec![dir; 6])
+        .unwrap();
+    let pids = r
+        .get_timeout(LONG)
+        .expect("every result, from the surviving worker");
+    let pids: Vec<String> = pids.iter().map(i32::to_string).collect();
+    println!("NETNS-SUBMITTER-OK {}", pids.join(","));
+}
