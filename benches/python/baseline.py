@@ -479,6 +479,79 @@ def bench_pyclient(smoke):
         m.shutdown()
 
 
+_recipe_tasks = queue.Queue()
+_recipe_results = queue.Queue()
+
+
+def _get_recipe_tasks():
+    return _recipe_tasks
+
+
+def _get_recipe_results():
+    return _recipe_results
+
+
+class RecipeManager(BaseManager):
+    """The distributed-managers recipe of CPython's docs (the one
+    examples/distributed_master.rs and distributed_worker.rs mirror): a
+    master serves a task queue and a result queue over TCP."""
+
+
+RecipeManager.register("get_task_queue", callable=_get_recipe_tasks)
+RecipeManager.register("get_result_queue", callable=_get_recipe_results)
+
+
+def recipe_worker(address, authkey):
+    """A worker of the recipe: connects, squares tasks until None."""
+    m = RecipeManager(address=address, authkey=authkey)
+    m.connect()
+    tasks, results = m.get_task_queue(), m.get_result_queue()
+    while True:
+        n = tasks.get()
+        if n is None:
+            return
+        results.put((n, n * n))
+
+
+def bench_recipe_map(samples, n):
+    """redis/pool_map_100k's CPython side: CPython's own recipe for the
+    same job, a BaseManager task-queue master (tasks put one by one, as in
+    the recipe) and two worker processes on this machine; per task."""
+    authkey = b"bench-recipe"
+    m = RecipeManager(address=("127.0.0.1", 0), authkey=authkey)
+    m.start()
+    ctx = mp.get_context("fork")
+    workers = [ctx.Process(target=recipe_worker, args=(m.address, authkey)) for _ in range(2)]
+    try:
+        for w in workers:
+            w.start()
+        tasks, results = m.get_task_queue(), m.get_result_queue()
+
+        def run(count):
+            for i in range(count):
+                tasks.put(i)
+            for _ in range(count):
+                results.get(timeout=300)
+
+        run(64)
+        out = []
+        for _ in range(samples):
+            t = time.perf_counter_ns()
+            run(n)
+            out.append((time.perf_counter_ns() - t) / n)
+        for _ in workers:
+            tasks.put(None)
+        for w in workers:
+            w.join(60)
+    finally:
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+                w.join()
+        m.shutdown()
+    return summarize(out)
+
+
 def bench_shared_memory(s, k):
     """The shared_memory/* rows: named segments and ShareableList."""
     from multiprocessing import shared_memory
@@ -588,12 +661,24 @@ def main():
         "contended/pool_map_chunksize_1_batched": lambda: pinned(
             lambda: bench_pool(max(2, s // 3), 1000 * k, 1, square)
         ),
+        # 100k tasks (10k with --smoke), as the rows of `multiproc bench
+        # --features cli,redis`; the recipe needs no Redis. It puts one task
+        # a queue item: the same run is both rows' baseline.
+        "redis/pool_map_100k": lambda: bench_recipe_map(2, 10000 * k),
     }
     results = {}
     for key, run in ops.items():
         if args.filter in key:
             print(f"python: {key}", file=sys.stderr)
             results[key] = run()
+    recipe_keys = ("redis/pool_map_100k", "redis/pool_map_100k_chunksize_1")
+    if args.filter in recipe_keys[1]:
+        if recipe_keys[0] not in results:
+            print(f"python: {recipe_keys[0]}", file=sys.stderr)
+            results[recipe_keys[0]] = ops[recipe_keys[0]]()
+        results[recipe_keys[1]] = results[recipe_keys[0]]
+        if args.filter not in recipe_keys[0]:
+            del results[recipe_keys[0]]
     manager_keys = (
         "manager/dict_get_1mib",
         "lock/from_manager",

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes BENCHMARKS.md from the JSON of two `multiproc bench` runs.
 
-    cargo run --release --features cli -- bench --json target/bench.json
-    cargo run --release --features cli -- bench --sleep --no-python --json target/bench-sleep.json
+    cargo run --release --features cli,redis -- bench --json target/bench.json
+    cargo run --release --features cli,redis -- bench --sleep --no-python --json target/bench-sleep.json
     python3 benches/python/plot.py target/bench.json benches/latency.png
     python3 benches/python/report.py target/bench.json target/bench-sleep.json > BENCHMARKS.md
 
@@ -53,8 +53,8 @@ def main():
     w("  `benches/python/baseline.py` (the same operations in `multiprocessing`) in the same run\n")
     w("## Reproduce\n")
     w("```sh")
-    w("cargo run --release --features cli -- bench --json target/bench.json")
-    w("cargo run --release --features cli -- bench --sleep --no-python --json target/bench-sleep.json")
+    w("cargo run --release --features cli,redis -- bench --json target/bench.json")
+    w("cargo run --release --features cli,redis -- bench --sleep --no-python --json target/bench-sleep.json")
     w("pip install matplotlib   # for the plot")
     w("python3 benches/python/plot.py target/bench.json benches/latency.png")
     w("python3 benches/python/report.py target/bench.json target/bench-sleep.json > BENCHMARKS.md")
@@ -83,6 +83,13 @@ def main():
     w("  manager dict proxy (a round trip to the server per update) and in a raw shared `Value`.")
     w("- `pool/cpu_1ms` against `pool/cpu_1ms_one_process`: two workers on two cores.")
     w("- Throughput rows (`queue/*`) are per message from a producer process to a consumer.")
+    w("- `redis/*` rows exist in a build with the `redis` feature (`--features cli,redis`; a")
+    w("  `redis-server` on PATH, started for each row on a free port and stopped after it).")
+    w("  `redis/ping` is one plain PING round trip, the floor of any Redis call;")
+    w("  `redis/pool_map_100k` is a distributed `Pool.map` of 100k small tasks (its default")
+    w("  chunk size) with two worker processes, per task; `_chunksize_1` makes every task a")
+    w("  chunk of its own. CPython's figure for both is its own recipe for the job: a")
+    w("  `BaseManager` task-queue master and two workers, one task per queue item.")
     print("\n".join(out))
 
 

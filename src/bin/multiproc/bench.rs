@@ -15,13 +15,18 @@ use multiproc::shared_memory::{Item, ShareableList, SharedMemory};
 
 use crate::stats::{Figure, fmt_ns, per_call, summarize, time_ops};
 
+#[cfg(feature = "redis")]
+mod redis_rows;
+
 /// Options of `multiproc bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Tiny iteration counts (seconds); used by the tests.
     #[arg(long)]
     smoke: bool,
-    /// Only operations whose key contains TEXT (repeatable).
+    /// Only operations whose key contains TEXT (repeatable). The `redis/*`
+    /// rows exist in a build with the `redis` feature (`--features
+    /// cli,redis`); they start their own redis-server, which must be on PATH.
     #[arg(long, value_name = "TEXT")]
     filter: Vec<String>,
     /// Also write the figures as JSON.
@@ -67,7 +72,8 @@ pub type OpFn = fn(&Scale) -> multiproc::Result<Figure>;
 
 /// Every operation the command knows, in report order.
 pub fn operations() -> Vec<(&'static str, OpFn)> {
-    vec![
+    #[allow(unused_mut)]
+    let mut ops = vec![
         ("process/spawn_join", spawn_join as OpFn),
         ("process/fork_join", fork_join),
         ("process/forkserver_join", forkserver_join),
@@ -135,7 +141,19 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("shared_memory/list_get_int", shm_list_get_int),
         ("shared_memory/list_set_int", shm_list_set_int),
         ("shared_memory/list_get_str", shm_list_get_str),
-    ]
+    ];
+    // Past one machine (feature `redis`): a redis-server started for the
+    // row; one plain PING round trip is the floor of every Redis call.
+    #[cfg(feature = "redis")]
+    ops.extend([
+        ("redis/ping", redis_rows::ping as OpFn),
+        ("redis/pool_map_100k", redis_rows::pool_map_100k),
+        (
+            "redis/pool_map_100k_chunksize_1",
+            redis_rows::pool_map_100k_chunksize_1,
+        ),
+    ]);
+    ops
 }
 
 fn noop(_: ()) {}
