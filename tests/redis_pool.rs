@@ -249,6 +249,48 @@ fn a_worker_killed_mid_map_still_leaves_every_result() {
 }
 
 #[test]
+fn small_chunks_travel_packed_and_a_packed_entry_of_a_killed_worker_is_run_again() {
+    let server = RedisServer::start();
+    let mut workers = Workers::start(&server, "jobs", 2);
+    let pool = pool(&server, "jobs");
+    // Once small chunks have run, the pool packs several into an entry.
+    let expected: Vec<u64> = (0..3000u64).map(square).collect();
+    for _ in 0..2 {
+        let r = pool.chunksize(1).map_async(square, 0..3000u64).unwrap();
+        assert_eq!(r.get_timeout(LONG).unwrap(), expected);
+    }
+    let mut it = pool.chunksize(2).imap(square, 0..500u64).unwrap();
+    let mut ordered = Vec::new();
+    while let Some(r) = it.next_timeout(LONG).unwrap() {
+        ordered.push(r.unwrap());
+    }
+    assert_eq!(ordered, expected[..500]);
+    // The six chunks now share an entry: the worker that takes it holds
+    // them all, and once it is killed each runs again on the other.
+    let dir = std::env::temp_dir().join(format!("multiproc-redis-pack-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let items = vec![dir.to_str().unwrap().to_owned(); 6];
+    let r = pool.chunksize(1).map_async(hold_first, items).unwrap();
+    assert!(
+        eventually(LONG, || holder(&dir).is_some()),
+        "no worker took a chunk"
+    );
+    let victim = holder(&dir).unwrap();
+    workers.kill(victim);
+    let pids = r
+        .get_timeout(LONG)
+        .expect("every result, from the other worker");
+    assert_eq!(pids.len(), 6);
+    let survivor = workers.pids();
+    assert!(
+        pids.iter().all(|p| survivor.contains(p)),
+        "{pids:?} vs {survivor:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_task_that_kills_every_worker_fails_with_worker_died_once_retries_are_spent() {
     let server = RedisServer::start();
     let workers = Workers::start(&server, "jobs", 2);

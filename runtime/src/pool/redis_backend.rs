@@ -39,6 +39,14 @@ const BEAT_EVERY: Duration = Duration::from_secs(5);
 const REPORT_BATCH: usize = 256;
 /// The most chunks added to the stream in one round trip.
 const SEND_BATCH: usize = 256;
+/// The most chunks packed into one stream entry. Each entry costs Redis
+/// several microseconds (add, read, acknowledge, delete), whatever it
+/// holds: small chunks travel packed, so small tasks are not bound by it.
+const PACK_MAX: usize = 16;
+/// The work one entry may pack, by the chunks' measured run time: a
+/// worker that takes an entry holds no more than about this much that
+/// another worker could have run. Until a chunk has run, one a entry.
+const PACK_WORK: Duration = Duration::from_millis(2);
 
 /// What a distributed pool was built with.
 #[derive(Debug, Clone)]
@@ -75,7 +83,8 @@ struct Held {
 #[derive(Default)]
 struct Table {
     chunks: HashMap<(u64, usize), Held>,
-    by_entry: HashMap<String, (u64, usize)>,
+    /// The chunks each stream entry holds (and has not reported).
+    by_entry: HashMap<String, Vec<(u64, usize)>>,
 }
 
 /// What the backend (submitting) and the reports source (receiving) share.
@@ -94,6 +103,9 @@ pub(crate) struct RedisShared {
     local: Mutex<VecDeque<Report>>,
     /// The core's id of the one worker slot.
     slot: AtomicU64,
+    /// A moving average of a chunk's run time (ns) on a worker; 0 until
+    /// one has run. How many chunks an entry packs follows it.
+    chunk_busy_ns: AtomicU64,
     /// For `workers()`.
     side: Mutex<Option<redis::Connection>>,
 }
@@ -136,6 +148,7 @@ impl RedisPool {
             table: Mutex::new(Table::default()),
             local: Mutex::new(VecDeque::new()),
             slot: AtomicU64::new(0),
+            chunk_busy_ns: AtomicU64::new(0),
             side: Mutex::new(None),
         });
         let mut conn = shared.target.connect()?;
@@ -164,30 +177,40 @@ impl RedisPool {
         }
     }
 
-    /// Adds chunks to the stream, several per round trip. A chunk that
-    /// cannot be added fails with the connection's error.
+    /// Adds chunks to the stream, several per round trip, packed several
+    /// to an entry when they are known to be small (see [`PACK_WORK`]). A
+    /// chunk that cannot be added fails with the connection's error.
     pub fn send(&mut self, chunks: &mut VecDeque<Chunk<ProcTask>>) -> bool {
         let shared = &self.shared;
+        let pack = shared.pack();
         while !chunks.is_empty() {
             let batch: Vec<Chunk<ProcTask>> =
                 chunks.drain(..chunks.len().min(SEND_BATCH)).collect();
             let mut pipe = redis::pipe();
-            let mut keys = Vec::with_capacity(batch.len());
+            // Each entry's chunks, as (job, first, len).
+            let mut entries: Vec<Vec<(u64, usize, usize)>> = Vec::new();
             {
                 let mut table = shared.table.lock();
-                for chunk in batch {
-                    let body = Arc::new(chunk.task.args);
-                    shared.add_cmd(&mut pipe, chunk.job, chunk.first, 0, &body);
-                    keys.push((chunk.job, chunk.first, chunk.len));
-                    table.chunks.insert(
-                        (chunk.job, chunk.first),
-                        Held {
-                            len: chunk.len,
-                            attempt: 0,
-                            entry: None,
-                            body,
-                        },
-                    );
+                let mut batch = batch.into_iter().peekable();
+                while batch.peek().is_some() {
+                    let mut packed = Vec::with_capacity(pack);
+                    let mut keys = Vec::with_capacity(pack);
+                    for chunk in batch.by_ref().take(pack) {
+                        let body = Arc::new(chunk.task.args);
+                        packed.push((chunk.job, chunk.first, 0, body.clone()));
+                        keys.push((chunk.job, chunk.first, chunk.len));
+                        table.chunks.insert(
+                            (chunk.job, chunk.first),
+                            Held {
+                                len: chunk.len,
+                                attempt: 0,
+                                entry: None,
+                                body,
+                            },
+                        );
+                    }
+                    shared.add_cmd(&mut pipe, &packed);
+                    entries.push(keys);
                 }
             }
             let added = match self.conn.as_mut() {
@@ -203,11 +226,17 @@ impl RedisPool {
             let mut table = shared.table.lock();
             match added {
                 Ok(ids) => {
-                    for ((job, first, _), id) in keys.into_iter().zip(ids) {
-                        // The report may be in already (then the chunk is gone).
-                        if let Some(held) = table.chunks.get_mut(&(job, first)) {
-                            held.entry = Some(id.clone());
-                            table.by_entry.insert(id, (job, first));
+                    for (keys, id) in entries.into_iter().zip(ids) {
+                        // A chunk's report may be in already (then it is gone).
+                        let mut held_keys = Vec::with_capacity(keys.len());
+                        for (job, first, _) in keys {
+                            if let Some(held) = table.chunks.get_mut(&(job, first)) {
+                                held.entry = Some(id.clone());
+                                held_keys.push((job, first));
+                            }
+                        }
+                        if !held_keys.is_empty() {
+                            table.by_entry.insert(id, held_keys);
                         }
                     }
                 }
@@ -216,7 +245,7 @@ impl RedisPool {
                         self.conn = None;
                     }
                     let mut local = shared.local.lock();
-                    for (job, first, len) in keys {
+                    for (job, first, len) in entries.into_iter().flatten() {
                         table.chunks.remove(&(job, first));
                         local.push_back(shared.failed(job, first, len, e.duplicate()));
                     }
@@ -278,29 +307,53 @@ impl RedisShared {
         Ok(())
     }
 
-    fn add_cmd(
-        &self,
-        pipe: &mut redis::Pipeline,
-        job: u64,
-        first: usize,
-        attempt: u32,
-        body: &[u8],
-    ) {
-        pipe.cmd("XADD")
+    /// How many chunks one entry packs now (see [`PACK_WORK`]).
+    fn pack(&self) -> usize {
+        match self.chunk_busy_ns.load(Ordering::Relaxed) {
+            0 => 1,
+            ns => usize::try_from(u64::try_from(PACK_WORK.as_nanos()).unwrap_or(u64::MAX) / ns)
+                .unwrap_or(PACK_MAX)
+                .clamp(1, PACK_MAX),
+        }
+    }
+
+    /// Folds one chunk's run time into the moving average.
+    fn note_busy(&self, busy_ns: u64) {
+        let busy_ns = busy_ns.max(1);
+        let old = self.chunk_busy_ns.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            busy_ns
+        } else {
+            (old.saturating_mul(7) / 8)
+                .saturating_add(busy_ns / 8)
+                .max(1)
+        };
+        self.chunk_busy_ns.store(new, Ordering::Relaxed);
+    }
+
+    /// Adds to `pipe` one entry holding `chunks`, each (job, first
+    /// item, attempt, body): the first chunk's fields are `j`, `f`, `a`
+    /// and `t`, the `i`th one's carry `i` after the letter.
+    fn add_cmd(&self, pipe: &mut redis::Pipeline, chunks: &[(u64, usize, u32, Arc<Vec<u8>>)]) {
+        let cmd = pipe
+            .cmd("XADD")
             .arg(&self.keys.tasks)
             .arg("*")
             .arg("p")
             .arg(&self.id)
             .arg("b")
-            .arg(self.build)
-            .arg("j")
-            .arg(job)
-            .arg("f")
-            .arg(first as u64)
-            .arg("a")
-            .arg(attempt)
-            .arg("t")
-            .arg(body);
+            .arg(self.build);
+        for (i, (job, first, attempt, body)) in chunks.iter().enumerate() {
+            let suffix = if i == 0 { String::new() } else { i.to_string() };
+            cmd.arg(format!("j{suffix}"))
+                .arg(*job)
+                .arg(format!("f{suffix}"))
+                .arg(*first as u64)
+                .arg(format!("a{suffix}"))
+                .arg(*attempt)
+                .arg(format!("t{suffix}"))
+                .arg(body.as_slice());
+        }
     }
 
     fn failed(&self, job: u64, first: usize, len: usize, error: Error) -> Report {
@@ -373,8 +426,13 @@ impl RedisShared {
                 return None;
             }
             let held = table.chunks.remove(&(job, first))?;
-            if let Some(entry) = &held.entry {
-                table.by_entry.remove(entry);
+            if let Some(entry) = &held.entry
+                && let Some(keys) = table.by_entry.get_mut(entry)
+            {
+                keys.retain(|k| *k != (job, first));
+                if keys.is_empty() {
+                    table.by_entry.remove(entry);
+                }
             }
             held
         };
@@ -382,16 +440,19 @@ impl RedisShared {
         Some(match report {
             WorkerReport::Done {
                 busy_ns, outcome, ..
-            } => Report::Done {
-                worker,
-                job,
-                parts: Parts::One((first, held.len)),
-                results: RawChunk::Encoded {
-                    len: held.len,
-                    outcome,
-                },
-                busy: Duration::from_nanos(busy_ns),
-            },
+            } => {
+                self.note_busy(busy_ns);
+                Report::Done {
+                    worker,
+                    job,
+                    parts: Parts::One((first, held.len)),
+                    results: RawChunk::Encoded {
+                        len: held.len,
+                        outcome,
+                    },
+                    busy: Duration::from_nanos(busy_ns),
+                }
+            }
             WorkerReport::Unreadable { message, .. } => {
                 self.failed(job, first, held.len, Error::Protocol(message))
             }
@@ -434,35 +495,42 @@ impl RedisShared {
                 else {
                     continue;
                 };
-                let Some(key) = table.by_entry.remove(&id) else {
+                let Some(keys) = table.by_entry.remove(&id) else {
                     continue;
                 };
                 gone.push(id);
-                let Some(held) = table.chunks.get_mut(&key) else {
-                    continue;
-                };
-                held.entry = None;
-                if held.attempt >= self.max_retries {
-                    let pid = redis_wire::pid_of_consumer(&consumer);
-                    let len = held.len;
-                    table.chunks.remove(&key);
-                    tracing::warn!(pid, "a distributed pool task's workers died; retries spent");
-                    let died = Error::WorkerDied {
-                        pid,
-                        exitcode: None,
-                        signal: None,
+                for key in keys {
+                    let Some(held) = table.chunks.get_mut(&key) else {
+                        continue;
                     };
-                    self.local
-                        .lock()
-                        .push_back(self.failed(key.0, key.1, len, died));
-                } else {
-                    held.attempt += 1;
-                    tracing::info!(
-                        attempt = held.attempt,
-                        "re-adding a task whose worker stopped renewing its claim"
-                    );
-                    self.add_cmd(&mut pipe, key.0, key.1, held.attempt, &held.body);
-                    readded.push(key);
+                    held.entry = None;
+                    if held.attempt >= self.max_retries {
+                        let pid = redis_wire::pid_of_consumer(&consumer);
+                        let len = held.len;
+                        table.chunks.remove(&key);
+                        tracing::warn!(
+                            pid,
+                            "a distributed pool task's workers died; retries spent"
+                        );
+                        let died = Error::WorkerDied {
+                            pid,
+                            exitcode: None,
+                            signal: None,
+                        };
+                        self.local
+                            .lock()
+                            .push_back(self.failed(key.0, key.1, len, died));
+                    } else {
+                        held.attempt += 1;
+                        tracing::info!(
+                            attempt = held.attempt,
+                            "re-adding a task whose worker stopped renewing its claim"
+                        );
+                        // Again in an entry of its own.
+                        let chunk = [(key.0, key.1, held.attempt, held.body.clone())];
+                        self.add_cmd(&mut pipe, &chunk);
+                        readded.push(key);
+                    }
                 }
             }
         }
@@ -480,7 +548,7 @@ impl RedisShared {
         for (key, id) in readded.into_iter().zip(ids) {
             if let Some(held) = table.chunks.get_mut(&key) {
                 held.entry = Some(id.clone());
-                table.by_entry.insert(id, key);
+                table.by_entry.insert(id, vec![key]);
             }
         }
         Ok(())

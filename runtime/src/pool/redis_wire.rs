@@ -270,30 +270,39 @@ pub(crate) fn millis(d: Duration) -> u64 {
 
 /// A worker's heartbeat: written only while some pool holds the stream.
 /// KEYS: tasks, workers. ARGV: consumer, "host\tpid\tdone", lease ms,
-/// the entry it runs (or "").
+/// the entries it holds, separated by spaces (or "").
 pub(crate) const HEARTBEAT_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. '\t' .. (now + tonumber(ARGV[3])))
 if ARGV[4] ~= '' then
-  pcall(redis.call, 'XCLAIM', KEYS[1], 'workers', ARGV[1], 0, ARGV[4], 'JUSTID')
+  local args = {KEYS[1], 'workers', ARGV[1], 0}
+  for id in string.gmatch(ARGV[4], '%S+') do args[#args + 1] = id end
+  args[#args + 1] = 'JUSTID'
+  pcall(redis.call, 'XCLAIM', unpack(args))
 end
 return 1
 "#;
 
-/// A worker's report of one entry: pushed only if the pool still wants
-/// it, and the entry acknowledged and deleted in the same step (so a
-/// worker killed at any point either reported and released the entry,
-/// or did neither). KEYS: tasks, results, alive. ARGV: entry id, report,
-/// results lease ms.
+/// A worker's reports of entries of one pool: pushed only if the pool
+/// still wants them, and the entries acknowledged and deleted in the same
+/// step (so a worker killed at any point either reported and released an
+/// entry, or did neither). KEYS: tasks, results, alive. ARGV: results
+/// lease ms, the number of entries, their ids, then the reports (one per
+/// chunk the entries held).
 pub(crate) const REPORT_SCRIPT: &str = r#"
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local n = tonumber(ARGV[2])
+local ids, reports = {}, {}
+for i = 3, 2 + n do ids[#ids + 1] = ARGV[i] end
+for i = 3 + n, #ARGV do reports[#reports + 1] = ARGV[i] end
+if #ids == 0 then return 0 end
+if #reports > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('RPUSH', KEYS[2], unpack(reports))
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
 end
-pcall(redis.call, 'XACK', KEYS[1], 'workers', ARGV[1])
-pcall(redis.call, 'XDEL', KEYS[1], ARGV[1])
+pcall(redis.call, 'XACK', KEYS[1], 'workers', unpack(ids))
+pcall(redis.call, 'XDEL', KEYS[1], unpack(ids))
 return 1
 "#;
 

@@ -28,6 +28,15 @@ const READ_BLOCK: Duration = Duration::from_secs(1);
 /// How long a worker waits before looking again when no pool of its name
 /// exists, or the server cannot be reached.
 const IDLE_RETRY: Duration = Duration::from_millis(250);
+/// The most entries a worker takes in one read. It takes one at first and
+/// doubles that while a batch runs in less than [`BATCH_WORK`] (small
+/// tasks: two round trips a batch instead of two an entry), and goes back
+/// to one after a longer batch, so a worker never holds more than about
+/// that much work that another idle worker could have run.
+const MAX_BATCH: usize = 64;
+/// The work a batch may hold; also how long finished entries of a batch
+/// wait before their results go back.
+const BATCH_WORK: Duration = Duration::from_millis(2);
 
 /// Splits a [`WORKER_ENV`] value, `redis://[:password@]host:port[/db]/name`,
 /// into the server's URL and the pool name (always the last path segment).
@@ -105,6 +114,7 @@ pub fn run_until(url: &str, name: &str, stop: &AtomicBool) -> Result<()> {
             .spawn(move || heartbeat(&state, &target, &keys))?
     };
     tracing::info!(consumer = %state.consumer, "serving pool {name} at {}", target.shown_url());
+    let mut batch = 1;
     while !stop.load(Ordering::SeqCst) {
         let Some(c) = conn.as_mut() else {
             match target.connect() {
@@ -116,14 +126,23 @@ pub fn run_until(url: &str, name: &str, stop: &AtomicBool) -> Result<()> {
             }
             continue;
         };
-        match read_one(c, &keys, &state.consumer) {
-            Ok(Some((id, fields))) => {
-                if let Err(e) = serve(c, &target, &keys, &state, &id, &fields) {
+        match read_batch(c, &keys, &state.consumer, batch) {
+            Ok(entries) if entries.is_empty() => {}
+            Ok(entries) => {
+                let full = entries.len() == batch;
+                let started = std::time::Instant::now();
+                if let Err(e) = serve(c, &target, &keys, &state, &entries) {
                     tracing::warn!("worker lost redis while reporting: {e}");
                     conn = None;
                 }
+                batch = if started.elapsed() >= BATCH_WORK {
+                    1
+                } else if full {
+                    (batch * 2).min(MAX_BATCH)
+                } else {
+                    batch
+                };
             }
-            Ok(None) => {}
             Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("no longer exists") => {
                 // No pool of this name holds the stream now: wait for one.
                 std::thread::sleep(IDLE_RETRY);
@@ -153,7 +172,8 @@ struct WorkerState {
     host: String,
     pid: i32,
     build: String,
-    /// The entry being run ("" between tasks), whose claim the heartbeat renews.
+    /// The entries taken and not yet reported, separated by spaces ("" between
+    /// batches), whose claims the heartbeat renews.
     running: Mutex<String>,
     done: AtomicU64,
     stopping: AtomicBool,
@@ -194,29 +214,30 @@ fn heartbeat(state: &WorkerState, target: &RedisTarget, keys: &Keys) {
 
 type Fields = Vec<(String, Vec<u8>)>;
 
-/// Waits up to [`READ_BLOCK`] for one new entry.
-fn read_one(
+/// Waits up to [`READ_BLOCK`] for new entries; takes at most `count`.
+fn read_batch(
     conn: &mut redis::Connection,
     keys: &Keys,
     consumer: &str,
-) -> redis::RedisResult<Option<(String, Fields)>> {
+    count: usize,
+) -> redis::RedisResult<Vec<(String, Fields)>> {
     let reply: Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(GROUP)
         .arg(consumer)
         .arg("COUNT")
-        .arg(1)
+        .arg(count)
         .arg("BLOCK")
         .arg(redis_wire::millis(READ_BLOCK))
         .arg("STREAMS")
         .arg(&keys.tasks)
         .arg(">")
         .query(conn)?;
-    Ok(first_entry(reply))
+    Ok(entries(reply))
 }
 
-/// The first entry of an XREADGROUP reply (RESP2 arrays or RESP3 maps).
-fn first_entry(reply: Value) -> Option<(String, Fields)> {
+/// The entries of an XREADGROUP reply (RESP2 arrays or RESP3 maps).
+fn entries(reply: Value) -> Vec<(String, Fields)> {
     let streams = match reply {
         Value::Array(streams) => streams
             .into_iter()
@@ -226,12 +247,17 @@ fn first_entry(reply: Value) -> Option<(String, Fields)> {
             })
             .collect::<Vec<_>>(),
         Value::Map(pairs) => pairs.into_iter().map(|(_, v)| v).collect(),
-        _ => return None,
+        _ => return Vec::new(),
     };
-    let Value::Array(entries) = streams.into_iter().next()? else {
-        return None;
+    let Some(Value::Array(entries)) = streams.into_iter().next() else {
+        return Vec::new();
     };
-    let Value::Array(mut entry) = entries.into_iter().next()? else {
+    entries.into_iter().filter_map(entry).collect()
+}
+
+/// One entry of an XREADGROUP reply: its id and fields.
+fn entry(entry: Value) -> Option<(String, Fields)> {
+    let Value::Array(mut entry) = entry else {
         return None;
     };
     if entry.len() != 2 {
@@ -279,28 +305,120 @@ fn number<T: std::str::FromStr>(fields: &Fields, name: &str) -> Option<T> {
     std::str::from_utf8(field(fields, name)?).ok()?.parse().ok()
 }
 
-/// Runs (or refuses) one entry and reports it. An error only when Redis
+/// Runs (or refuses) a batch of entries in order and reports them, in
+/// one round trip per pool the batch holds entries of, once a batch's
+/// work passes [`BATCH_WORK`] and at its end. An error only when Redis
 /// failed.
 fn serve(
     conn: &mut redis::Connection,
     target: &RedisTarget,
     keys: &Keys,
     state: &WorkerState,
+    entries: &[(String, Fields)],
+) -> Result<()> {
+    *state.running.lock() = entries
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut unsent: Vec<Unsent<'_>> = Vec::new();
+    let mut since = std::time::Instant::now();
+    let mut result = Ok(());
+    for (id, fields) in entries {
+        if let Some((pool, reports)) = run_entry(conn, keys, state, id, fields) {
+            match reports.iter().map(redis_wire::encode_report).collect() {
+                Ok(reports) => unsent.push(Unsent { pool, id, reports }),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if since.elapsed() >= BATCH_WORK {
+            result = report(conn, target, keys, state, &mut unsent);
+            if result.is_err() {
+                break;
+            }
+            since = std::time::Instant::now();
+        }
+    }
+    if result.is_ok() {
+        result = report(conn, target, keys, state, &mut unsent);
+    }
+    state.running.lock().clear();
+    result
+}
+
+/// An entry run and not yet reported: its pool, its id, a report per chunk.
+struct Unsent<'a> {
+    pool: String,
+    id: &'a str,
+    reports: Vec<Vec<u8>>,
+}
+
+/// Sends the reports in `unsent` (one script call per pool) and empties it.
+fn report(
+    conn: &mut redis::Connection,
+    target: &RedisTarget,
+    keys: &Keys,
+    state: &WorkerState,
+    unsent: &mut Vec<Unsent<'_>>,
+) -> Result<()> {
+    let script = redis::Script::new(REPORT_SCRIPT);
+    while let Some(first) = unsent.first() {
+        let pool = first.pool.clone();
+        let (mine, rest): (Vec<Unsent<'_>>, Vec<Unsent<'_>>) = std::mem::take(unsent)
+            .into_iter()
+            .partition(|u| u.pool == pool);
+        *unsent = rest;
+        let mut call = script.prepare_invoke();
+        call.key(&keys.tasks)
+            .key(keys.results(&pool))
+            .key(keys.alive(&pool))
+            .arg(redis_wire::millis(POOL_LEASE))
+            .arg(mine.len());
+        for u in &mine {
+            call.arg(u.id);
+        }
+        let mut chunks = 0u64;
+        for report in mine.iter().flat_map(|u| &u.reports) {
+            call.arg(report.as_slice());
+            chunks += 1;
+        }
+        call.invoke::<Value>(conn).map_err(|e| target.error(e))?;
+        state.done.fetch_add(chunks, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// Runs (or refuses) the chunks of one entry: its pool and a report per
+/// chunk, or `None` for an entry that is not a pool's (dropped here).
+fn run_entry(
+    conn: &mut redis::Connection,
+    keys: &Keys,
+    state: &WorkerState,
     id: &str,
     fields: &Fields,
-) -> Result<()> {
+) -> Option<(String, Vec<WorkerReport>)> {
     let head = (|| {
         let pool = std::str::from_utf8(field(fields, "p")?).ok()?;
         redis_wire::check_name(pool).ok()?;
-        Some((
-            pool.to_owned(),
-            field(fields, "b")?,
-            number::<u64>(fields, "j")?,
-            number::<u64>(fields, "f")?,
-            number::<u32>(fields, "a")?,
-        ))
+        Some((pool.to_owned(), field(fields, "b")?))
     })();
-    let Some((pool, build, job, first, attempt)) = head else {
+    // The chunks: `j`, `f`, `a`, `t` for the first, with `1`, `2`… after
+    // the letter for the next ones.
+    let chunks: Vec<(u64, u64, u32, Option<&[u8]>)> = (0..)
+        .map_while(|i: usize| {
+            let s = if i == 0 { String::new() } else { i.to_string() };
+            Some((
+                number::<u64>(fields, &format!("j{s}"))?,
+                number::<u64>(fields, &format!("f{s}"))?,
+                number::<u32>(fields, &format!("a{s}"))?,
+                field(fields, &format!("t{s}")),
+            ))
+        })
+        .collect();
+    let Some((pool, build)) = head.filter(|_| !chunks.is_empty()) else {
         // Not a pool's entry (or a deleted one): drop it.
         tracing::warn!("worker dropped a malformed task entry {id}");
         let _ = redis::pipe()
@@ -312,45 +430,36 @@ fn serve(
             .arg(&keys.tasks)
             .arg(id)
             .query::<Value>(conn);
-        return Ok(());
+        return None;
     };
-    let report = if build != state.build.as_bytes() {
-        WorkerReport::Refused {
-            job,
-            first,
-            attempt,
-            message: format!(
-                "worker {} (pid {}) runs build {}, the pool's task comes from build {}: \
-                 start workers from the same binary as the submitting program",
-                state.host,
-                state.pid,
-                state.build,
-                String::from_utf8_lossy(build)
-            ),
-        }
-    } else {
-        *state.running.lock() = id.to_owned();
-        let report = run_task(fields, job, first, attempt);
-        state.running.lock().clear();
-        report
-    };
-    let encoded = redis_wire::encode_report(&report)?;
-    redis::Script::new(REPORT_SCRIPT)
-        .key(&keys.tasks)
-        .key(keys.results(&pool))
-        .key(keys.alive(&pool))
-        .arg(id)
-        .arg(encoded)
-        .arg(redis_wire::millis(POOL_LEASE))
-        .invoke::<Value>(conn)
-        .map_err(|e| target.error(e))?;
-    state.done.fetch_add(1, Ordering::SeqCst);
-    Ok(())
+    let reports = chunks
+        .into_iter()
+        .map(|(job, first, attempt, body)| {
+            if build != state.build.as_bytes() {
+                WorkerReport::Refused {
+                    job,
+                    first,
+                    attempt,
+                    message: format!(
+                        "worker {} (pid {}) runs build {}, the pool's task comes from build {}: \
+                         start workers from the same binary as the submitting program",
+                        state.host,
+                        state.pid,
+                        state.build,
+                        String::from_utf8_lossy(build)
+                    ),
+                }
+            } else {
+                run_task(body, job, first, attempt)
+            }
+        })
+        .collect();
+    Some((pool, reports))
 }
 
 /// Runs the chunk in an entry whose build matched this worker's.
-fn run_task(fields: &Fields, job: u64, first: u64, attempt: u32) -> WorkerReport {
-    let body = field(fields, "t")
+fn run_task(body: Option<&[u8]>, job: u64, first: u64, attempt: u32) -> WorkerReport {
+    let body = body
         .ok_or_else(|| Error::Protocol("the task entry has no body".into()))
         .and_then(redis_wire::decode_body);
     let body = match body {
