@@ -430,6 +430,10 @@ compile_error!(
      SO_PEERCRED and /proc); other systems are not supported yet"
 );
 
+/// Manager objects kept in Redis (feature `redis`): see [the section
+/// above](crate#past-one-machine-objects-in-redis).
+#[cfg(feature = "redis")]
+pub use multiproc_proxy::RedisManager;
 #[allow(deprecated)]
 pub use multiproc_proxy::{
     BarrierProxy, BoundedSemaphoreProxy, EventProxy, LockProxy, LockProxyGuard, QueueProxy,

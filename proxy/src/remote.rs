@@ -32,7 +32,7 @@ use multiproc_runtime::{Error, Process, Result, Shareable, StartMethod};
 use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
-use crate::core::{Proxy, ProxyCore, ProxyRepr, RemoteFlavor, TypeTag};
+use crate::core::{ProxyCore, ProxyRepr, RemoteFlavor, TypeTag};
 use crate::{DictProxy, ListProxy, NamespaceProxy};
 use multiproc_runtime::{Barrier, BoundedSemaphore, Event, JoinableQueue, Lock, Queue, Semaphore};
 
@@ -619,7 +619,7 @@ pub(crate) fn install_user_objects<U: UserTypes>(
 /// `P` calls: `KeyNotFound` for a name the server does not have,
 /// `TypeMismatch` for another type or kind.
 fn registered_as<P: UserProxy>(address: ServerAddress, name: &str, bit: u64) -> Result<u64> {
-    let tag = <Registry as Proxy>::tag();
+    let tag = <Registry as RemoteFlavor>::remote_tag();
     let registry: Registry = attach_as(&ProxyRepr {
         server: address,
         object: REGISTRY,
@@ -695,7 +695,7 @@ fn serve_python_queues(
 /// Creates the registry and the named objects in a server about to serve;
 /// returns each name's object.
 fn make_named(server: &mut Server, named: &[Named]) -> Result<Vec<(String, ObjectId)>> {
-    let tag = <Registry as Proxy>::tag();
+    let tag = <Registry as RemoteFlavor>::remote_tag();
     let registry = expect_created(
         server,
         &Request::Create {
@@ -860,7 +860,7 @@ impl RemoteManager {
     /// ([`Error::TypeMismatch`] otherwise; [`Error::KeyNotFound`] for a
     /// name the server does not have).
     pub fn get<P: Registrable>(&self, name: &str) -> Result<P> {
-        let registry: Registry = self.attach(REGISTRY, <Registry as Proxy>::tag())?;
+        let registry: Registry = self.attach(REGISTRY, <Registry as RemoteFlavor>::remote_tag())?;
         let (object, fingerprint, type_name) = registry
             .get(&name.to_string())?
             .ok_or_else(|| Error::KeyNotFound(format!("{name:?}")))?;

@@ -1,0 +1,538 @@
+//! The Redis flavour of the sync primitives: [`Lock`](crate::Lock),
+//! [`Semaphore`](crate::Semaphore) / [`BoundedSemaphore`](crate::BoundedSemaphore),
+//! [`Event`](crate::Event) and [`Barrier`](crate::Barrier) kept in Redis.
+//!
+//! Waits block in Redis (`BLPOP` on the object's wake-up list, which every
+//! release, set or barrier round pushes to) with the caller's deadline,
+//! and look again at the object at least every [`RECHECK`] (a lock: when
+//! its holder's lease would end), so an expired lease or a missed wake-up
+//! is noticed without a polling loop.
+//!
+//! A lock is the key `p:lock:name` holding its holder's token, with a
+//! lease (`PX`) that the holder's process renews while it lives (see
+//! `lease.rs`). Beside it, `p:lock#owner:name` records the holder until a
+//! clean release: a new holder that finds a record left behind knows the
+//! previous holder's lease ended without a release (it died, or was cut
+//! off from Redis for longer than the lease) and is told
+//! ([`Acquired::OwnerDied`]).
+
+use std::time::Duration;
+
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::redis::{RECHECK, RedisObject, lease};
+use crate::sync::Acquired;
+
+/// The error for a deadline that ran out: `WouldBlock` for a `try_` call.
+fn expired(deadline: Deadline) -> Error {
+    match deadline {
+        Deadline::Now => Error::WouldBlock,
+        d => d.timeout_error(),
+    }
+}
+
+/// Takes the lock: {1, previous owner record or nil} or {0, pttl}.
+const LOCK_ACQUIRE: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local prev = redis.call('GET', KEYS[2])
+  redis.call('SET', KEYS[2], ARGV[1])
+  if prev then return {1, prev} end
+  return {1}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+";
+
+/// Releases the lock (any process may): 0 if it was not held.
+const LOCK_RELEASE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('RPUSH', KEYS[3], 1)
+return 1
+";
+
+/// The Redis flavour of a [`Lock`](crate::Lock).
+#[derive(Clone, Debug)]
+pub(crate) struct RedisLock {
+    obj: RedisObject,
+}
+
+impl RedisLock {
+    /// The type name recorded for a lock.
+    pub(crate) const TYPE: &'static str = "Lock";
+
+    pub(crate) fn new(obj: RedisObject) -> RedisLock {
+        RedisLock { obj }
+    }
+
+    pub(crate) fn object(&self) -> &RedisObject {
+        &self.obj
+    }
+
+    /// Takes the lock by `deadline` (`WouldBlock` for a try, `Timeout` after a wait).
+    pub(crate) fn acquire_deadline(&self, deadline: Deadline) -> Result<Acquired> {
+        let target = self.obj.target();
+        let (key, owner, wake) = (
+            self.obj.key(),
+            self.obj.sub("#owner"),
+            self.obj.sub("#wake"),
+        );
+        let token = lease::process_token();
+        let lease_ms = u64::try_from(target.lease().as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let reply: Vec<redis::Value> = target.with_conn(|c| {
+                redis::Script::new(LOCK_ACQUIRE)
+                    .key(&key)
+                    .key(&owner)
+                    .arg(&token)
+                    .arg(lease_ms)
+                    .invoke(c)
+            })?;
+            let mut reply = reply.into_iter();
+            let taken = matches!(reply.next(), Some(redis::Value::Int(1)));
+            let other = reply.next().unwrap_or(redis::Value::Nil);
+            if taken {
+                lease::hold(target, key.clone(), token.clone());
+                return Ok(match other {
+                    redis::Value::BulkString(prev) => {
+                        let pid = lease::token_pid(&prev);
+                        tracing::warn!(
+                            pid,
+                            "a redis lock recovered from a holder whose lease ended"
+                        );
+                        Acquired::OwnerDied { pid }
+                    }
+                    _ => Acquired::Clean,
+                });
+            }
+            if deadline.expired() {
+                return Err(expired(deadline));
+            }
+            // Wake at a release, or when the holder's lease would end.
+            let ttl = match other {
+                redis::Value::Int(ms) if ms > 0 => Duration::from_millis(ms as u64 + 5),
+                _ => Duration::from_millis(5),
+            };
+            target.wait_token(&wake, deadline, ttl.min(target.lease()))?;
+        }
+    }
+
+    /// Releases the lock; releasing an unlocked lock is `Err(InvalidState)`.
+    pub(crate) fn release(&self) -> Result<()> {
+        let key = self.obj.key();
+        let released: i64 = self.obj.run(|c| {
+            redis::Script::new(LOCK_RELEASE)
+                .key(&key)
+                .key(self.obj.sub("#owner"))
+                .key(self.obj.sub("#wake"))
+                .invoke(c)
+        })?;
+        lease::release(&key);
+        if released == 1 {
+            Ok(())
+        } else {
+            Err(Error::InvalidState("release of an unlocked lock".into()))
+        }
+    }
+
+    /// Whether some process holds the lock now.
+    pub(crate) fn is_locked(&self) -> Result<bool> {
+        let key = self.obj.key();
+        self.obj
+            .run(|c| redis::cmd("EXISTS").arg(&key).query::<i64>(c))
+            .map(|n| n > 0)
+    }
+
+    /// The pid of the holder (on its own host), if held.
+    pub(crate) fn owner_pid(&self) -> Result<Option<i32>> {
+        let key = self.obj.key();
+        let token: Option<Vec<u8>> = self.obj.run(|c| redis::cmd("GET").arg(&key).query(c))?;
+        Ok(token.map(|t| lease::token_pid(&t)))
+    }
+}
+
+/// Creates the semaphore's value and bound unless they exist.
+const SEM_INIT: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'NX') end
+";
+
+const SEM_ACQUIRE: &str = r"
+local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+if v > 0 then redis.call('DECR', KEYS[1]) return 1 end
+return 0
+";
+
+/// Gives a unit back: -1 if that would pass the bound.
+const SEM_RELEASE: &str = r"
+local m = redis.call('GET', KEYS[2])
+local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+if m and v >= tonumber(m) then return -1 end
+redis.call('INCR', KEYS[1])
+redis.call('RPUSH', KEYS[3], 1)
+redis.call('LTRIM', KEYS[3], -64, -1)
+return 1
+";
+
+/// The Redis flavour of a [`Semaphore`](crate::Semaphore) or a
+/// [`BoundedSemaphore`](crate::BoundedSemaphore). Like the local ones it
+/// has no owner: a process that dies holding a unit does not give it back.
+#[derive(Clone, Debug)]
+pub(crate) struct RedisSemaphore {
+    obj: RedisObject,
+}
+
+impl RedisSemaphore {
+    /// Opens `obj` as a semaphore starting at `value` (capped there if
+    /// `bounded`) unless it exists, in which case it keeps its state.
+    pub(crate) fn open(obj: RedisObject, value: u32, bounded: bool) -> Result<RedisSemaphore> {
+        let (key, max) = (obj.key(), obj.sub("#max"));
+        let bound = if bounded {
+            value.to_string()
+        } else {
+            String::new()
+        };
+        obj.run(|c| {
+            redis::Script::new(SEM_INIT)
+                .key(&key)
+                .key(&max)
+                .arg(value)
+                .arg(&bound)
+                .invoke::<()>(c)
+        })?;
+        Ok(RedisSemaphore { obj })
+    }
+
+    pub(crate) fn new(obj: RedisObject) -> RedisSemaphore {
+        RedisSemaphore { obj }
+    }
+
+    pub(crate) fn object(&self) -> &RedisObject {
+        &self.obj
+    }
+
+    /// Takes a unit by `deadline` (`WouldBlock` for a try, `Timeout` after a wait).
+    pub(crate) fn acquire_deadline(&self, deadline: Deadline) -> Result<()> {
+        let target = self.obj.target();
+        let (key, wake) = (self.obj.key(), self.obj.sub("#wake"));
+        loop {
+            let taken: i64 =
+                target.with_conn(|c| redis::Script::new(SEM_ACQUIRE).key(&key).invoke(c))?;
+            if taken == 1 {
+                return Ok(());
+            }
+            if deadline.expired() {
+                return Err(expired(deadline));
+            }
+            target.wait_token(&wake, deadline, RECHECK)?;
+        }
+    }
+
+    /// Gives a unit back; past a bounded semaphore's bound, `Err(InvalidState)`.
+    pub(crate) fn release(&self) -> Result<()> {
+        let released: i64 = self.obj.run(|c| {
+            redis::Script::new(SEM_RELEASE)
+                .key(self.obj.key())
+                .key(self.obj.sub("#max"))
+                .key(self.obj.sub("#wake"))
+                .invoke(c)
+        })?;
+        if released == 1 {
+            Ok(())
+        } else {
+            Err(Error::InvalidState(
+                "a bounded semaphore released more times than acquired".into(),
+            ))
+        }
+    }
+
+    /// The number of free units now.
+    pub(crate) fn get_value(&self) -> Result<u32> {
+        let key = self.obj.key();
+        let v: Option<u32> = self.obj.run(|c| redis::cmd("GET").arg(&key).query(c))?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// A bounded semaphore's bound.
+    pub(crate) fn max_value(&self) -> Result<Option<u32>> {
+        let key = self.obj.sub("#max");
+        self.obj.run(|c| redis::cmd("GET").arg(&key).query(c))
+    }
+}
+
+/// Raises the flag and leaves one wake-up token (each waiter that wakes
+/// leaves one for the next).
+const EVENT_SET: &str = r"
+redis.call('SET', KEYS[1], 1)
+redis.call('DEL', KEYS[2])
+redis.call('RPUSH', KEYS[2], 1)
+";
+
+/// Whether the flag is up; if so, passes the wake-up on.
+const EVENT_CHECK: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('DEL', KEYS[2])
+  redis.call('RPUSH', KEYS[2], 1)
+  return 1
+end
+return 0
+";
+
+/// The Redis flavour of an [`Event`](crate::Event).
+#[derive(Clone, Debug)]
+pub(crate) struct RedisEvent {
+    obj: RedisObject,
+}
+
+impl RedisEvent {
+    pub(crate) fn new(obj: RedisObject) -> RedisEvent {
+        RedisEvent { obj }
+    }
+
+    pub(crate) fn object(&self) -> &RedisObject {
+        &self.obj
+    }
+
+    /// Raises the flag, waking every waiter.
+    pub(crate) fn set(&self) -> Result<()> {
+        self.obj.run(|c| {
+            redis::Script::new(EVENT_SET)
+                .key(self.obj.key())
+                .key(self.obj.sub("#wake"))
+                .invoke::<()>(c)
+        })
+    }
+
+    /// Lowers the flag.
+    pub(crate) fn clear(&self) -> Result<()> {
+        let key = self.obj.key();
+        self.obj.run(|c| redis::cmd("DEL").arg(&key).exec(c))
+    }
+
+    /// Whether the flag is raised.
+    pub(crate) fn is_set(&self) -> Result<bool> {
+        let key = self.obj.key();
+        self.obj
+            .run(|c| redis::cmd("EXISTS").arg(&key).query::<i64>(c))
+            .map(|n| n > 0)
+    }
+
+    /// Waits for the flag until `deadline`; whether it was raised.
+    pub(crate) fn wait_deadline(&self, deadline: Deadline) -> Result<bool> {
+        let target = self.obj.target();
+        let (key, wake) = (self.obj.key(), self.obj.sub("#wake"));
+        loop {
+            let up: i64 = target.with_conn(|c| {
+                redis::Script::new(EVENT_CHECK)
+                    .key(&key)
+                    .key(&wake)
+                    .invoke(c)
+            })?;
+            if up == 1 {
+                return Ok(true);
+            }
+            if deadline.expired() {
+                return Ok(false);
+            }
+            target.wait_token(&wake, deadline, RECHECK)?;
+        }
+    }
+}
+
+/// Creates the barrier's state unless it exists.
+const BARRIER_INIT: &str = r"
+if redis.call('HSETNX', KEYS[1], 'parties', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'count', 0, 'gen', 0, 'broken', 0)
+end
+";
+
+/// Arrives: {0, index} completes the round, {1, index, gen} waits,
+/// {-1} broken, {-3} a try that would wait.
+const BARRIER_ARRIVE: &str = r"
+local h = KEYS[1]
+local parties = tonumber(redis.call('HGET', h, 'parties'))
+if not parties then return {-1} end
+if redis.call('HGET', h, 'broken') == '1' then return {-1} end
+local count = tonumber(redis.call('HGET', h, 'count'))
+local gen = tonumber(redis.call('HGET', h, 'gen'))
+if count + 1 >= parties then
+  redis.call('HSET', h, 'count', 0, 'gen', gen + 1, 'r' .. gen, 'ok')
+  redis.call('HDEL', h, 'r' .. (gen - 64))
+  for i = 1, count do redis.call('RPUSH', KEYS[2], gen) end
+  return {0, count}
+end
+if ARGV[1] == '1' then return {-3} end
+redis.call('HSET', h, 'count', count + 1)
+return {1, count, gen}
+";
+
+/// Breaks the current round: records it broken and wakes its waiters
+/// (all but ARGV[1] of them: a waiter that breaks it does not wake itself).
+/// ARGV[2] == '1' also leaves the barrier broken for later arrivals;
+/// ARGV[3] == '1' (reset) starts a new, unbroken round.
+const BARRIER_BREAK: &str = r"
+local h = KEYS[1]
+local gen = redis.call('HGET', h, 'gen')
+if not gen then return 0 end
+local count = tonumber(redis.call('HGET', h, 'count'))
+if count > 0 and not redis.call('HGET', h, 'r' .. gen) then
+  redis.call('HSET', h, 'r' .. gen, 'broken')
+  for i = 1 + tonumber(ARGV[1]), count do redis.call('RPUSH', KEYS[2], gen) end
+end
+if ARGV[3] == '1' then
+  redis.call('HSET', h, 'count', 0, 'gen', tonumber(gen) + 1, 'broken', 0)
+elseif ARGV[2] == '1' then
+  redis.call('HSET', h, 'count', 0, 'broken', 1)
+end
+return 1
+";
+
+/// How round ARGV[1] ended ('ok', 'broken') or '' while it goes on. With
+/// ARGV[2] == '1' (the caller's deadline passed) a round still going on
+/// is broken first, as a local barrier's timeout breaks it.
+const BARRIER_CHECK: &str = r"
+local h = KEYS[1]
+local r = redis.call('HGET', h, 'r' .. ARGV[1])
+if r then return r end
+if redis.call('HGET', h, 'gen') ~= ARGV[1] then return 'broken' end
+if redis.call('HGET', h, 'broken') == '1' then return 'broken' end
+if ARGV[2] == '1' then
+  local count = tonumber(redis.call('HGET', h, 'count'))
+  redis.call('HSET', h, 'r' .. ARGV[1], 'broken', 'count', 0, 'broken', 1)
+  for i = 2, count do redis.call('RPUSH', KEYS[2], ARGV[1]) end
+  return 'broken'
+end
+return ''
+";
+
+/// The Redis flavour of a [`Barrier`](crate::Barrier).
+///
+/// A party whose process dies while waiting is not noticed: the others
+/// wait until their own timeout (which breaks the barrier, as a local
+/// barrier's does) or an `abort`.
+#[derive(Clone, Debug)]
+pub(crate) struct RedisBarrier {
+    obj: RedisObject,
+}
+
+impl RedisBarrier {
+    /// Opens `obj` as a barrier of `parties` unless it exists.
+    pub(crate) fn open(obj: RedisObject, parties: usize) -> Result<RedisBarrier> {
+        if parties == 0 {
+            return Err(Error::InvalidArgument(
+                "a barrier needs at least one party".into(),
+            ));
+        }
+        let key = obj.key();
+        obj.run(|c| {
+            redis::Script::new(BARRIER_INIT)
+                .key(&key)
+                .arg(parties)
+                .invoke::<()>(c)
+        })?;
+        Ok(RedisBarrier { obj })
+    }
+
+    pub(crate) fn new(obj: RedisObject) -> RedisBarrier {
+        RedisBarrier { obj }
+    }
+
+    pub(crate) fn object(&self) -> &RedisObject {
+        &self.obj
+    }
+
+    /// Waits until all parties have arrived; this party's arrival index.
+    pub(crate) fn wait(&self) -> Result<usize> {
+        self.wait_deadline(Deadline::Never, false)
+    }
+
+    /// As [`RedisBarrier::wait`], breaking the barrier if the round is
+    /// not complete within `timeout`, as a local barrier does.
+    pub(crate) fn wait_timeout(&self, timeout: Duration) -> Result<usize> {
+        self.wait_deadline(Deadline::after(timeout), false)
+    }
+
+    /// Arrives only if this completes the round; otherwise `Err(WouldBlock)`.
+    pub(crate) fn try_wait(&self) -> Result<usize> {
+        self.wait_deadline(Deadline::Now, true)
+    }
+
+    /// Waits for the round; `only_if_last`: arrive only if that completes it.
+    fn wait_deadline(&self, deadline: Deadline, only_if_last: bool) -> Result<usize> {
+        let target = self.obj.target();
+        let (key, wake) = (self.obj.key(), self.obj.sub("#wake"));
+        let arrived: Vec<i64> = target.with_conn(|c| {
+            redis::Script::new(BARRIER_ARRIVE)
+                .key(&key)
+                .key(&wake)
+                .arg(if only_if_last { "1" } else { "0" })
+                .invoke(c)
+        })?;
+        let (index, generation) = match arrived.as_slice() {
+            [0, index] => return Ok(*index as usize),
+            [1, index, generation] => (*index as usize, *generation),
+            [-3] => return Err(Error::WouldBlock),
+            _ => return Err(Error::BrokenBarrier),
+        };
+        loop {
+            let give_up = deadline.expired();
+            let outcome: String = target.with_conn(|c| {
+                redis::Script::new(BARRIER_CHECK)
+                    .key(&key)
+                    .key(&wake)
+                    .arg(generation)
+                    .arg(if give_up { "1" } else { "0" })
+                    .invoke(c)
+            })?;
+            match outcome.as_str() {
+                "ok" => return Ok(index),
+                "" => {}
+                _ => return Err(Error::BrokenBarrier),
+            }
+            target.wait_token(&wake, deadline, RECHECK)?;
+        }
+    }
+
+    fn break_round(&self, leave_broken: bool, reset: bool) -> Result<()> {
+        self.obj.run(|c| {
+            redis::Script::new(BARRIER_BREAK)
+                .key(self.obj.key())
+                .key(self.obj.sub("#wake"))
+                .arg(0)
+                .arg(if leave_broken { "1" } else { "0" })
+                .arg(if reset { "1" } else { "0" })
+                .invoke::<()>(c)
+        })
+    }
+
+    /// Breaks the barrier: waiting and future parties get `BrokenBarrier`.
+    pub(crate) fn abort(&self) -> Result<()> {
+        self.break_round(true, false)
+    }
+
+    /// Returns the barrier to its empty, unbroken state; parties waiting
+    /// now get `BrokenBarrier`.
+    pub(crate) fn reset(&self) -> Result<()> {
+        self.break_round(false, true)
+    }
+
+    fn field(&self, name: &str) -> Result<Option<usize>> {
+        let key = self.obj.key();
+        self.obj
+            .run(|c| redis::cmd("HGET").arg(&key).arg(name).query(c))
+    }
+
+    /// The number of parties a round needs.
+    pub(crate) fn parties(&self) -> Result<usize> {
+        self.field("parties").map(Option::unwrap_or_default)
+    }
+
+    /// The number of parties waiting now.
+    pub(crate) fn n_waiting(&self) -> Result<usize> {
+        self.field("count").map(Option::unwrap_or_default)
+    }
+
+    /// Whether the barrier is broken.
+    pub(crate) fn broken(&self) -> Result<bool> {
+        self.field("broken").map(|b| b == Some(1))
+    }
+}
