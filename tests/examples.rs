@@ -239,3 +239,17 @@ fn logging() {
     assert!(stdout.contains("[Spawn] the child returned 42"), "{stdout}");
     assert!(stdout.contains("[pool] a worker returned 8"), "{stdout}");
 }
+
+/// Starts its own `redis-server` (CI installs it; see `.ci/run`).
+#[cfg(feature = "redis")]
+#[test]
+fn redis_manager() {
+    run(
+        "redis_manager",
+        &[
+            "jobs done: 100, counted: Some(100), sum of squares: Some(338350)",
+            "lock: previous holder died holding it",
+            "keys deleted by clear():",
+        ],
+    );
+}

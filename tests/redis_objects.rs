@@ -72,7 +72,17 @@ fn a_wrong_password_is_backend_unavailable_and_never_shown() {
     assert!(!format!("{m:?}").contains("right-pw"));
     let lock = m.lock("l").unwrap();
     assert!(!format!("{lock:?}").contains("right-pw"));
+    // A child gets the password with the handle, as a remote handle's authkey.
+    for method in METHODS {
+        let mut p = start(method, take_and_release, lock.clone());
+        assert!(p.join_timeout(PROMPTLY).unwrap(), "{method:?}");
+    }
     m.clear().unwrap();
+}
+
+fn take_and_release(lock: Lock) -> bool {
+    let taken = lock.try_acquire().is_ok();
+    taken && lock.release().is_ok()
 }
 
 #[test]

@@ -51,7 +51,7 @@ use crate::{DictProxy, ListProxy, NamespaceProxy};
 /// `rlock` and `condition` are not kept in Redis yet.
 ///
 /// ```no_run
-/// use multiproc::RedisManager;
+/// use multiproc_proxy::RedisManager;
 ///
 /// multiproc::init();
 /// let redis = RedisManager::connect("redis://127.0.0.1:6379/0")

@@ -177,7 +177,7 @@ impl ForkHook for RedisForkHook {
     }
 }
 
-fn register_fork_hook_once() {
+pub(crate) fn register_fork_hook_once() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| crate::process::register_fork_hook(&RedisForkHook));
 }

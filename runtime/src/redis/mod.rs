@@ -193,6 +193,7 @@ impl RedisTarget {
 
     /// An idle connection of this process, or a new one.
     fn take_conn(&self) -> Result<redis::Connection> {
+        lease::register_fork_hook_once();
         let pid = crate::sys::process::getpid();
         let pooled = {
             let mut pool = POOL.lock();
