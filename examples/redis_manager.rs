@@ -14,7 +14,10 @@ use multiproc::{Acquired, Process, RedisManager};
 /// What every worker needs: where Redis is (handles carry it, too).
 fn worker(redis: (String, u32)) -> u32 {
     let (url, id) = redis;
-    let m = RedisManager::connect(&url).unwrap().prefix("example").unwrap();
+    let m = RedisManager::connect(&url)
+        .unwrap()
+        .prefix("example")
+        .unwrap();
     let jobs = m.joinable_queue::<u32>("jobs").unwrap();
     let stats = m.dict::<String, u64>("stats").unwrap();
     let lock = m.lock("console").unwrap();

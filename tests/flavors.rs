@@ -1,6 +1,7 @@
 //! One type per primitive (#13): the same test body runs against a plain
-//! local handle, one a local `Manager` hands out and one a TCP
-//! `BaseManager` hands out, under spawn and fork, with the same assertions.
+//! local handle, one a local `Manager` hands out, one a TCP `BaseManager`
+//! hands out and (feature `redis`) one a `RedisManager` hands out, under
+//! spawn and fork, with the same assertions.
 
 mod util;
 
@@ -26,15 +27,28 @@ enum Source {
     Local,
     /// A TCP `BaseManager`.
     Tcp,
+    /// A `RedisManager` (objects kept in a `redis-server` this test starts).
+    #[cfg(feature = "redis")]
+    Redis,
 }
 
-const SOURCES: [Source; 3] = [Source::Plain, Source::Local, Source::Tcp];
+#[cfg(not(feature = "redis"))]
+const SOURCES: &[Source] = &[Source::Plain, Source::Local, Source::Tcp];
+#[cfg(feature = "redis")]
+const SOURCES: &[Source] = &[Source::Plain, Source::Local, Source::Tcp, Source::Redis];
 
 /// The managers behind a source, kept alive for the test's length.
 enum Maker {
     Plain,
     Local(Manager),
     Tcp(RemoteManager),
+    /// Objects by name (a fresh name each), in a server of the test's own.
+    #[cfg(feature = "redis")]
+    Redis(
+        util::redis::RedisServer,
+        multiproc::RedisManager,
+        std::sync::atomic::AtomicU32,
+    ),
 }
 
 impl Maker {
@@ -43,7 +57,22 @@ impl Maker {
             Source::Plain => Maker::Plain,
             Source::Local => Maker::Local(Manager::start().unwrap()),
             Source::Tcp => Maker::Tcp(BaseManager::new().authkey(b"flavors").start().unwrap()),
+            #[cfg(feature = "redis")]
+            Source::Redis => {
+                let server = util::redis::RedisServer::start();
+                let m = multiproc::RedisManager::connect(&server.url())
+                    .unwrap()
+                    .lease(Duration::from_millis(500))
+                    .unwrap();
+                Maker::Redis(server, m, std::sync::atomic::AtomicU32::new(0))
+            }
         }
+    }
+
+    /// A new object name (Redis objects are named).
+    #[cfg(feature = "redis")]
+    fn fresh(n: &std::sync::atomic::AtomicU32) -> String {
+        format!("o{}", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 
     fn lock(&self) -> Lock {
@@ -51,6 +80,8 @@ impl Maker {
             Maker::Plain => Lock::new().unwrap(),
             Maker::Local(m) => m.lock().unwrap(),
             Maker::Tcp(m) => m.lock().unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(_, m, n) => m.lock(&Self::fresh(n)).unwrap(),
         }
     }
 
@@ -59,6 +90,8 @@ impl Maker {
             Maker::Plain => Event::new().unwrap(),
             Maker::Local(m) => m.event().unwrap(),
             Maker::Tcp(m) => m.event().unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(_, m, n) => m.event(&Self::fresh(n)).unwrap(),
         }
     }
 
@@ -67,6 +100,8 @@ impl Maker {
             Maker::Plain => Semaphore::new(value).unwrap(),
             Maker::Local(m) => m.semaphore(value).unwrap(),
             Maker::Tcp(m) => m.semaphore(value).unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(_, m, n) => m.semaphore(&Self::fresh(n), value).unwrap(),
         }
     }
 
@@ -75,6 +110,8 @@ impl Maker {
             Maker::Plain => BoundedSemaphore::new(value).unwrap(),
             Maker::Local(m) => m.bounded_semaphore(value).unwrap(),
             Maker::Tcp(m) => m.bounded_semaphore(value).unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(_, m, n) => m.bounded_semaphore(&Self::fresh(n), value).unwrap(),
         }
     }
 
@@ -83,6 +120,8 @@ impl Maker {
             Maker::Plain => Barrier::new(parties).unwrap(),
             Maker::Local(m) => m.barrier(parties).unwrap(),
             Maker::Tcp(m) => m.barrier(parties).unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(_, m, n) => m.barrier(&Self::fresh(n), parties).unwrap(),
         }
     }
 
@@ -91,6 +130,8 @@ impl Maker {
             Maker::Plain => Queue::with_maxsize(maxsize).unwrap(),
             Maker::Local(m) => m.queue_with_maxsize(maxsize).unwrap(),
             Maker::Tcp(m) => m.queue_with_maxsize(maxsize).unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(_, m, n) => m.queue_with_maxsize(&Self::fresh(n), maxsize).unwrap(),
         }
     }
 
@@ -99,6 +140,19 @@ impl Maker {
             Maker::Plain => JoinableQueue::new().unwrap(),
             Maker::Local(m) => m.joinable_queue().unwrap(),
             Maker::Tcp(m) => m.joinable_queue().unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(_, m, n) => m.joinable_queue(&Self::fresh(n)).unwrap(),
+        }
+    }
+
+    /// Whether queue items live outside this host's shared memory (a
+    /// TCP server's or Redis's queue: no ring, no close, nothing to watch).
+    fn keeps_items_elsewhere(&self) -> bool {
+        match self {
+            Maker::Plain | Maker::Local(_) => false,
+            Maker::Tcp(_) => true,
+            #[cfg(feature = "redis")]
+            Maker::Redis(..) => true,
         }
     }
 
@@ -107,6 +161,11 @@ impl Maker {
             Maker::Plain => {}
             Maker::Local(m) => m.shutdown().unwrap(),
             Maker::Tcp(m) => m.shutdown().unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(server, m, _) => {
+                m.clear().unwrap();
+                assert_eq!(server.dbsize(), 0);
+            }
         }
     }
 }
@@ -139,7 +198,7 @@ fn contend(args: (Lock, Event, Event, Event)) -> Vec<String> {
 
 #[test]
 fn lock_is_one_type_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let lock = maker.lock();
@@ -192,7 +251,7 @@ fn hold_and_wait(args: (Lock, Event, Event)) {
 
 #[test]
 fn a_lock_whose_holder_is_killed_goes_to_the_next_acquirer_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let lock = maker.lock();
@@ -230,7 +289,7 @@ fn answer(args: (Event, Event)) -> Vec<String> {
 
 #[test]
 fn event_is_one_type_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let (ping, pong) = (maker.event(), maker.event());
@@ -273,7 +332,7 @@ fn take_units(args: (Semaphore, BoundedSemaphore, Event)) -> Vec<String> {
 
 #[test]
 fn semaphores_are_one_type_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let (sem, bounded, took) = (
@@ -334,7 +393,7 @@ fn take_three(q: Queue<u32>) -> Vec<String> {
 
 #[test]
 fn queue_is_one_type_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let q = maker.queue(2);
@@ -364,7 +423,7 @@ fn queue_is_one_type_for_every_source() {
                 "{source:?} {m:?}"
             );
             assert_eq!(q.qsize().unwrap(), 0, "{source:?} {m:?}");
-            if let Maker::Tcp(_) = maker {
+            if maker.keeps_items_elsewhere() {
                 // A server's queue has no close (as in Python): said, not ignored.
                 assert!(matches!(q.close(), Err(Error::InvalidArgument(_))));
                 assert!(!q.is_closed());
@@ -403,7 +462,7 @@ fn work(args: (JoinableQueue<u32>, Event)) -> u32 {
 
 #[test]
 fn joinable_queue_is_one_type_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let (jobs, go) = (maker.joinable_queue(), maker.event());
@@ -445,7 +504,7 @@ fn queue_through_a_queue(args: (Queue<JoinableQueue<u32>>, Option<std::net::Sock
 
 #[test]
 fn queues_of_every_flavour_travel_inside_a_queue() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let q: Queue<JoinableQueue<u32>> = Queue::new().unwrap();
@@ -481,7 +540,7 @@ fn rounds(b: Barrier) -> Vec<String> {
 
 #[test]
 fn barrier_is_one_type_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let b = maker.barrier(2);
@@ -534,6 +593,8 @@ fn maker_barrier_zero(maker: &Maker) -> multiproc::Result<Barrier> {
         Maker::Plain => Barrier::new(0),
         Maker::Local(m) => m.barrier(0),
         Maker::Tcp(m) => m.barrier(0),
+        #[cfg(feature = "redis")]
+        Maker::Redis(_, m, n) => m.barrier(&Maker::fresh(n), 0),
     }
 }
 
@@ -544,7 +605,7 @@ fn wait_at(b: Barrier) {
 
 #[test]
 fn a_party_killed_at_the_barrier_breaks_it_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let b = maker.barrier(3);
@@ -589,7 +650,7 @@ fn through_a_queue(args: (Queue<(Lock, Event)>, Option<std::net::SocketAddr>)) -
 
 #[test]
 fn both_flavours_travel_inside_a_queue() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let q: Queue<(Lock, Event)> = Queue::new().unwrap();

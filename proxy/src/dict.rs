@@ -1,9 +1,6 @@
 //! `DictProxy<K, V>`: a dict that lives in the manager's server.
 // Without the `redis` feature each method's flavour `match` has one arm.
-#![cfg_attr(
-    not(feature = "redis"),
-    allow(clippy::infallible_destructuring_match)
-)]
+#![cfg_attr(not(feature = "redis"), allow(clippy::infallible_destructuring_match))]
 
 use std::marker::PhantomData;
 use std::sync::Arc;

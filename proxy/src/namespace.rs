@@ -1,9 +1,6 @@
 //! `NamespaceProxy`: named, typed attributes that live in the manager's server.
 // Without the `redis` feature each method's flavour `match` has one arm.
-#![cfg_attr(
-    not(feature = "redis"),
-    allow(clippy::infallible_destructuring_match)
-)]
+#![cfg_attr(not(feature = "redis"), allow(clippy::infallible_destructuring_match))]
 
 use std::sync::Arc;
 

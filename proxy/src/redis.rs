@@ -45,8 +45,9 @@ use crate::{DictProxy, ListProxy, NamespaceProxy};
 ///   ([`Acquired::OwnerDied`](multiproc_runtime::Acquired::OwnerDied)).
 /// * `semaphore`, `event`, `barrier`: counters and flags with wake-up
 ///   lists; waits block in Redis, never poll. A semaphore has no owner
-///   (as the local one), and a barrier party that dies while waiting is
-///   not noticed (the others' timeouts break the barrier).
+///   (as the local one). Barrier waiters keep a heartbeat: a party that
+///   dies while waiting breaks the barrier for the others once its
+///   heartbeat ends (the lease, at least 3 s).
 ///
 /// `rlock` and `condition` are not kept in Redis yet.
 ///

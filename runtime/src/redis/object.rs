@@ -28,7 +28,7 @@ const KINDS: &[(&str, &[&str])] = &[
     ("lock", &["#owner", "#wake"]),
     ("semaphore", &["#max", "#wake"]),
     ("event", &["#wake"]),
-    ("barrier", &["#wake"]),
+    ("barrier", &["#wake", "#beats"]),
     (
         "queue",
         &["#meta", "#space", "#unfinished", "#joined", "#consumers"],

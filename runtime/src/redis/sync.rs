@@ -346,7 +346,8 @@ end
 ";
 
 /// Arrives: {0, index} completes the round, {1, index, gen} waits,
-/// {-1} broken, {-3} a try that would wait.
+/// {-1} broken, {-3} a try that would wait. A waiter records a heartbeat
+/// (ARGV[2] ms from now) in the sorted set KEYS[3].
 const BARRIER_ARRIVE: &str = r"
 local h = KEYS[1]
 local parties = tonumber(redis.call('HGET', h, 'parties'))
@@ -357,11 +358,14 @@ local gen = tonumber(redis.call('HGET', h, 'gen'))
 if count + 1 >= parties then
   redis.call('HSET', h, 'count', 0, 'gen', gen + 1, 'r' .. gen, 'ok')
   redis.call('HDEL', h, 'r' .. (gen - 64))
+  redis.call('DEL', KEYS[3])
   for i = 1, count do redis.call('RPUSH', KEYS[2], gen) end
   return {0, count}
 end
 if ARGV[1] == '1' then return {-3} end
 redis.call('HSET', h, 'count', count + 1)
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[2], gen .. ':' .. count)
 return {1, count, gen}
 ";
 
@@ -378,6 +382,7 @@ if count > 0 and not redis.call('HGET', h, 'r' .. gen) then
   redis.call('HSET', h, 'r' .. gen, 'broken')
   for i = 1 + tonumber(ARGV[1]), count do redis.call('RPUSH', KEYS[2], gen) end
 end
+redis.call('DEL', KEYS[3])
 if ARGV[3] == '1' then
   redis.call('HSET', h, 'count', 0, 'gen', tonumber(gen) + 1, 'broken', 0)
 elseif ARGV[2] == '1' then
@@ -386,29 +391,44 @@ end
 return 1
 ";
 
-/// How round ARGV[1] ended ('ok', 'broken') or '' while it goes on. With
-/// ARGV[2] == '1' (the caller's deadline passed) a round still going on
-/// is broken first, as a local barrier's timeout breaks it.
+/// How round ARGV[1] ended ('ok', 'broken') or '' while it goes on.
+/// Renews this waiter's heartbeat (party ARGV[3], ARGV[4] ms from now).
+/// A round still going on is broken first if the caller's deadline
+/// passed (ARGV[2] == '1'), as a local barrier's timeout breaks it, or if
+/// another waiter's heartbeat ended (its process died).
 const BARRIER_CHECK: &str = r"
 local h = KEYS[1]
 local r = redis.call('HGET', h, 'r' .. ARGV[1])
 if r then return r end
 if redis.call('HGET', h, 'gen') ~= ARGV[1] then return 'broken' end
 if redis.call('HGET', h, 'broken') == '1' then return 'broken' end
-if ARGV[2] == '1' then
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZADD', KEYS[3], now + ARGV[4], ARGV[1] .. ':' .. ARGV[3])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+if ARGV[2] == '1' or #dead > 0 then
   local count = tonumber(redis.call('HGET', h, 'count'))
   redis.call('HSET', h, 'r' .. ARGV[1], 'broken', 'count', 0, 'broken', 1)
+  redis.call('DEL', KEYS[3])
   for i = 2, count do redis.call('RPUSH', KEYS[2], ARGV[1]) end
   return 'broken'
 end
 return ''
 ";
 
+/// How long a barrier waiter's heartbeat lasts: it renews it at least
+/// every [`RECHECK`], so a waiter whose heartbeat ended has died (or lost
+/// Redis for that long). At least three rechecks, so that a live but
+/// slow waiter is not taken for dead.
+fn heartbeat(lease: Duration) -> u64 {
+    u64::try_from(lease.max(RECHECK * 3).as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The Redis flavour of a [`Barrier`](crate::Barrier).
 ///
-/// A party whose process dies while waiting is not noticed: the others
-/// wait until their own timeout (which breaks the barrier, as a local
-/// barrier's does) or an `abort`.
+/// Each waiter keeps a heartbeat in `p:barrier#beats:name`; a party whose
+/// process dies while waiting breaks the barrier for the others once its
+/// heartbeat ends (see [`heartbeat`]).
 #[derive(Clone, Debug)]
 pub(crate) struct RedisBarrier {
     obj: RedisObject,
@@ -460,11 +480,15 @@ impl RedisBarrier {
     fn wait_deadline(&self, deadline: Deadline, only_if_last: bool) -> Result<usize> {
         let target = self.obj.target();
         let (key, wake) = (self.obj.key(), self.obj.sub("#wake"));
+        let beats = self.obj.sub("#beats");
+        let beat_ms = heartbeat(target.lease());
         let arrived: Vec<i64> = target.with_conn(|c| {
             redis::Script::new(BARRIER_ARRIVE)
                 .key(&key)
                 .key(&wake)
+                .key(&beats)
                 .arg(if only_if_last { "1" } else { "0" })
+                .arg(beat_ms)
                 .invoke(c)
         })?;
         let (index, generation) = match arrived.as_slice() {
@@ -479,8 +503,11 @@ impl RedisBarrier {
                 redis::Script::new(BARRIER_CHECK)
                     .key(&key)
                     .key(&wake)
+                    .key(&beats)
                     .arg(generation)
                     .arg(if give_up { "1" } else { "0" })
+                    .arg(index)
+                    .arg(beat_ms)
                     .invoke(c)
             })?;
             match outcome.as_str() {
@@ -497,6 +524,7 @@ impl RedisBarrier {
             redis::Script::new(BARRIER_BREAK)
                 .key(self.obj.key())
                 .key(self.obj.sub("#wake"))
+                .key(self.obj.sub("#beats"))
                 .arg(0)
                 .arg(if leave_broken { "1" } else { "0" })
                 .arg(if reset { "1" } else { "0" })
