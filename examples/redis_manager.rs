@@ -43,7 +43,7 @@ fn holder(lock: multiproc::Lock) {
 
 fn main() {
     multiproc::init();
-    let (url, mut server) = match std::env::var("REDIS_URL") {
+    let (url, server) = match std::env::var("REDIS_URL") {
         Ok(url) => (url, None),
         Err(_) => {
             let (url, child) = start_redis();
@@ -91,30 +91,39 @@ fn main() {
     lock.release().unwrap();
 
     println!("keys deleted by clear(): {}", m.clear().unwrap());
-    if let Some(server) = server.as_mut() {
-        let _ = server.kill();
-        let _ = server.wait();
+    drop(server);
+}
+
+/// A `redis-server` this example started: stopped and reaped on drop.
+struct OwnServer(Child);
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
 /// A `redis-server` on a free loopback port, without persistence.
-fn start_redis() -> (String, Child) {
+fn start_redis() -> (String, OwnServer) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port");
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed (or set REDIS_URL)");
+    let server = OwnServer(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (or set REDIS_URL)"),
+    );
     let url = format!("redis://127.0.0.1:{port}/0");
     // Wait until it answers: nothing can tell us sooner.
     for _ in 0..500 {
         if RedisManager::connect(&url).is_ok() {
-            return (url, child);
+            return (url, server);
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -44,11 +44,27 @@ enum Maker {
     Tcp(RemoteManager),
     /// Objects by name (a fresh name each), in a server of the test's own.
     #[cfg(feature = "redis")]
-    Redis(
-        util::redis::RedisServer,
-        multiproc::RedisManager,
-        std::sync::atomic::AtomicU32,
-    ),
+    Redis(Box<RedisSource>),
+}
+
+/// A `redis-server` of the test's own, a manager on it, and a counter for
+/// fresh object names (Redis objects are named).
+#[cfg(feature = "redis")]
+struct RedisSource {
+    server: util::redis::RedisServer,
+    manager: multiproc::RedisManager,
+    names: std::sync::atomic::AtomicU32,
+}
+
+#[cfg(feature = "redis")]
+impl RedisSource {
+    /// A new object name.
+    fn fresh(&self) -> String {
+        let n = self
+            .names
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("o{n}")
+    }
 }
 
 impl Maker {
@@ -64,15 +80,13 @@ impl Maker {
                     .unwrap()
                     .lease(Duration::from_millis(500))
                     .unwrap();
-                Maker::Redis(server, m, std::sync::atomic::AtomicU32::new(0))
+                Maker::Redis(Box::new(RedisSource {
+                    server,
+                    manager: m,
+                    names: std::sync::atomic::AtomicU32::new(0),
+                }))
             }
         }
-    }
-
-    /// A new object name (Redis objects are named).
-    #[cfg(feature = "redis")]
-    fn fresh(n: &std::sync::atomic::AtomicU32) -> String {
-        format!("o{}", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 
     fn lock(&self) -> Lock {
@@ -81,7 +95,7 @@ impl Maker {
             Maker::Local(m) => m.lock().unwrap(),
             Maker::Tcp(m) => m.lock().unwrap(),
             #[cfg(feature = "redis")]
-            Maker::Redis(_, m, n) => m.lock(&Self::fresh(n)).unwrap(),
+            Maker::Redis(r) => r.manager.lock(&r.fresh()).unwrap(),
         }
     }
 
@@ -91,7 +105,7 @@ impl Maker {
             Maker::Local(m) => m.event().unwrap(),
             Maker::Tcp(m) => m.event().unwrap(),
             #[cfg(feature = "redis")]
-            Maker::Redis(_, m, n) => m.event(&Self::fresh(n)).unwrap(),
+            Maker::Redis(r) => r.manager.event(&r.fresh()).unwrap(),
         }
     }
 
@@ -101,7 +115,7 @@ impl Maker {
             Maker::Local(m) => m.semaphore(value).unwrap(),
             Maker::Tcp(m) => m.semaphore(value).unwrap(),
             #[cfg(feature = "redis")]
-            Maker::Redis(_, m, n) => m.semaphore(&Self::fresh(n), value).unwrap(),
+            Maker::Redis(r) => r.manager.semaphore(&r.fresh(), value).unwrap(),
         }
     }
 
@@ -111,7 +125,7 @@ impl Maker {
             Maker::Local(m) => m.bounded_semaphore(value).unwrap(),
             Maker::Tcp(m) => m.bounded_semaphore(value).unwrap(),
             #[cfg(feature = "redis")]
-            Maker::Redis(_, m, n) => m.bounded_semaphore(&Self::fresh(n), value).unwrap(),
+            Maker::Redis(r) => r.manager.bounded_semaphore(&r.fresh(), value).unwrap(),
         }
     }
 
@@ -121,7 +135,7 @@ impl Maker {
             Maker::Local(m) => m.barrier(parties).unwrap(),
             Maker::Tcp(m) => m.barrier(parties).unwrap(),
             #[cfg(feature = "redis")]
-            Maker::Redis(_, m, n) => m.barrier(&Self::fresh(n), parties).unwrap(),
+            Maker::Redis(r) => r.manager.barrier(&r.fresh(), parties).unwrap(),
         }
     }
 
@@ -131,7 +145,7 @@ impl Maker {
             Maker::Local(m) => m.queue_with_maxsize(maxsize).unwrap(),
             Maker::Tcp(m) => m.queue_with_maxsize(maxsize).unwrap(),
             #[cfg(feature = "redis")]
-            Maker::Redis(_, m, n) => m.queue_with_maxsize(&Self::fresh(n), maxsize).unwrap(),
+            Maker::Redis(r) => r.manager.queue_with_maxsize(&r.fresh(), maxsize).unwrap(),
         }
     }
 
@@ -141,7 +155,7 @@ impl Maker {
             Maker::Local(m) => m.joinable_queue().unwrap(),
             Maker::Tcp(m) => m.joinable_queue().unwrap(),
             #[cfg(feature = "redis")]
-            Maker::Redis(_, m, n) => m.joinable_queue(&Self::fresh(n)).unwrap(),
+            Maker::Redis(r) => r.manager.joinable_queue(&r.fresh()).unwrap(),
         }
     }
 
@@ -162,9 +176,9 @@ impl Maker {
             Maker::Local(m) => m.shutdown().unwrap(),
             Maker::Tcp(m) => m.shutdown().unwrap(),
             #[cfg(feature = "redis")]
-            Maker::Redis(server, m, _) => {
-                m.clear().unwrap();
-                assert_eq!(server.dbsize(), 0);
+            Maker::Redis(r) => {
+                r.manager.clear().unwrap();
+                assert_eq!(r.server.dbsize(), 0);
             }
         }
     }
@@ -594,7 +608,7 @@ fn maker_barrier_zero(maker: &Maker) -> multiproc::Result<Barrier> {
         Maker::Local(m) => m.barrier(0),
         Maker::Tcp(m) => m.barrier(0),
         #[cfg(feature = "redis")]
-        Maker::Redis(_, m, n) => m.barrier(&Maker::fresh(n), 0),
+        Maker::Redis(r) => r.manager.barrier(&r.fresh(), 0),
     }
 }
 

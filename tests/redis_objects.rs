@@ -72,6 +72,12 @@ fn a_wrong_password_is_backend_unavailable_and_never_shown() {
     assert!(!format!("{m:?}").contains("right-pw"));
     let lock = m.lock("l").unwrap();
     assert!(!format!("{lock:?}").contains("right-pw"));
+    // In a message the handle leaves the password out...
+    let bytes = multiproc::Shareable::encode(&lock).unwrap();
+    assert!(!bytes.windows(8).any(|w| w == b"right-pw"));
+    // ...and a process that connected with it can still use the handle.
+    let back: Lock = multiproc::Shareable::decode(&bytes).unwrap();
+    assert!(!back.is_locked().unwrap());
     // A child gets the password with the handle, as a remote handle's authkey.
     for method in METHODS {
         let mut p = start(method, take_and_release, lock.clone());
@@ -117,10 +123,7 @@ fn a_dict_is_a_hash_with_python_methods() {
         m.dict::<u8, u8>("d"),
         Err(Error::TypeMismatch { .. })
     ));
-    assert!(
-        matches!(m.list::<u32>("d"), Ok(_)),
-        "kinds have their own names"
-    );
+    assert!(m.list::<u32>("d").is_ok(), "kinds have their own names");
     d.insert("x".into(), 5).unwrap();
     assert_eq!(
         m.dict::<String, u32>("d")
@@ -208,7 +211,7 @@ fn lock_forms_and_release() {
         assert_eq!(g.owner_died(), None);
     }
     assert!(!lock.is_locked().unwrap());
-    assert!(matches!(m.event("l"), Ok(_)));
+    assert!(m.event("l").is_ok(), "kinds have their own names");
     assert!(matches!(
         m.semaphore("l", 1)
             .map(drop)

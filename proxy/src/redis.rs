@@ -49,6 +49,12 @@ use crate::{DictProxy, ListProxy, NamespaceProxy};
 ///   dies while waiting breaks the barrier for the others once its
 ///   heartbeat ends (the lease, at least 3 s).
 ///
+/// Handles pass to child processes (spawn and fork) and inside messages,
+/// queues and dicts like any handle. The password in the URL travels only
+/// to this process's own children, as a remote handle's authkey does: a
+/// process that reads a handle from a message must have connected to that
+/// server with its password first ([`RedisManager::connect`]).
+///
 /// `rlock` and `condition` are not kept in Redis yet.
 ///
 /// ```no_run
