@@ -589,3 +589,25 @@ fn a_server_killed_mid_call_is_backend_unavailable_promptly() {
     unavailable(within(PROMPTLY, move || lock.acquire_timeout(PROMPTLY)).expect("acquire hung"));
     unavailable(within(PROMPTLY, move || q.put(1)).expect("put hung"));
 }
+
+#[test]
+fn calls_work_again_once_a_restarted_server_is_back() {
+    let mut server = RedisServer::start();
+    let m = manager(&server);
+    let d = m.dict::<String, u32>("d").unwrap();
+    let q = m.queue::<u32>("q").unwrap();
+    d.insert("a".into(), 1).unwrap();
+    q.put(1).unwrap();
+    server.kill();
+    unavailable(d.get(&"a".into()));
+    unavailable(q.try_get());
+    server.restart();
+    // A restarted server without persistence is empty; the handles work
+    // on it again, without being made anew.
+    assert_eq!(d.get(&"a".into()).unwrap(), None);
+    d.insert("a".into(), 2).unwrap();
+    assert_eq!(d.get(&"a".into()).unwrap(), Some(2));
+    q.put(3).unwrap();
+    assert_eq!(q.get_timeout(PROMPTLY).unwrap(), 3);
+    m.clear().unwrap();
+}

@@ -8,34 +8,50 @@
 //! has no command for it, or a `WATCH`/`MULTI`/`EXEC` retry where the new
 //! value is computed here (a list's insert or sort).
 
+use std::sync::LazyLock;
+
 use crate::error::{Error, Result};
 use crate::redis::RedisObject;
 
 /// Removes a field and returns its value.
-const HASH_TAKE: &str = r"
+static HASH_TAKE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return v
-";
+",
+    )
+});
 
 /// Removes some field; returns {field, value} or nil when empty.
-const HASH_POP_ANY: &str = r"
+static HASH_POP_ANY: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local f = redis.call('HRANDFIELD', KEYS[1])
 if not f then return false end
 local v = redis.call('HGET', KEYS[1], f)
 redis.call('HDEL', KEYS[1], f)
 return {f, v}
-";
+",
+    )
+});
 
 /// Sets a field unless present; returns the value now there.
-const HASH_SETDEFAULT: &str = r"
+static HASH_SETDEFAULT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 return redis.call('HGET', KEYS[1], ARGV[1])
-";
+",
+    )
+});
 
 /// Stores ARGV[3] under ARGV[1] if the value there is still ARGV[2]
 /// (ARGV[4] == '1': if there is none); returns {1} or {0, current}.
-const HASH_CAS: &str = r"
+static HASH_CAS: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local same
 if ARGV[4] == '1' then same = (cur == false) else same = (cur == ARGV[2]) end
@@ -45,26 +61,36 @@ if same then
 end
 if cur then return {0, cur} end
 return {0}
-";
+",
+    )
+});
 
 /// Python's indexing: {1, value} or {0, len} when out of range.
-const LIST_GET: &str = r"
+static LIST_GET: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local n = redis.call('LLEN', KEYS[1])
 local i = tonumber(ARGV[1])
 if i < 0 then i = i + n end
 if i < 0 or i >= n then return {0, n} end
 return {1, redis.call('LINDEX', KEYS[1], i)}
-";
+",
+    )
+});
 
 /// Python's `l[i] = v`: {1} or {0, len} when out of range.
-const LIST_SET: &str = r"
+static LIST_SET: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local n = redis.call('LLEN', KEYS[1])
 local i = tonumber(ARGV[1])
 if i < 0 then i = i + n end
 if i < 0 or i >= n then return {0, n} end
 redis.call('LSET', KEYS[1], i, ARGV[2])
 return {1}
-";
+",
+    )
+});
 
 /// The outcome of a compare-and-swap.
 #[derive(Debug)]
@@ -109,8 +135,7 @@ impl RedisDict {
     /// Removes `k`, returning its value.
     pub fn remove(&self, k: &[u8]) -> Result<Option<Vec<u8>>> {
         let key = self.obj.key();
-        self.obj
-            .run(|c| redis::Script::new(HASH_TAKE).key(&key).arg(k).invoke(c))
+        self.obj.run(|c| HASH_TAKE.key(&key).arg(k).invoke(c))
     }
 
     /// Whether `k` is present.
@@ -152,8 +177,7 @@ impl RedisDict {
     /// Removes some entry and returns it; `None` when empty.
     pub fn popitem(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let key = self.obj.key();
-        self.obj
-            .run(|c| redis::Script::new(HASH_POP_ANY).key(&key).invoke(c))
+        self.obj.run(|c| HASH_POP_ANY.key(&key).invoke(c))
     }
 
     /// Stores every pair, in one command.
@@ -181,13 +205,8 @@ impl RedisDict {
     /// The value under `k`, storing `v` first if there is none.
     pub fn setdefault(&self, k: &[u8], v: &[u8]) -> Result<Vec<u8>> {
         let key = self.obj.key();
-        self.obj.run(|c| {
-            redis::Script::new(HASH_SETDEFAULT)
-                .key(&key)
-                .arg(k)
-                .arg(v)
-                .invoke(c)
-        })
+        self.obj
+            .run(|c| HASH_SETDEFAULT.key(&key).arg(k).arg(v).invoke(c))
     }
 
     /// Stores `new` under `k` only if the value there is still `expected`
@@ -200,7 +219,7 @@ impl RedisDict {
     ) -> Result<Swapped> {
         let key = self.obj.key();
         let reply: Vec<redis::Value> = self.obj.run(|c| {
-            redis::Script::new(HASH_CAS)
+            HASH_CAS
                 .key(&key)
                 .arg(k)
                 .arg(expected.unwrap_or(b""))
@@ -252,9 +271,8 @@ impl RedisList {
     /// Element `i` (negative: from the end).
     pub fn get(&self, i: i64) -> Result<Vec<u8>> {
         let key = self.obj.key();
-        let (found, v): (i64, redis::Value) = self
-            .obj
-            .run(|c| redis::Script::new(LIST_GET).key(&key).arg(i).invoke(c))?;
+        let (found, v): (i64, redis::Value) =
+            self.obj.run(|c| LIST_GET.key(&key).arg(i).invoke(c))?;
         match (found, v) {
             (1, redis::Value::BulkString(b)) => Ok(b),
             (_, redis::Value::Int(n)) => Err(Error::IndexOutOfRange {
@@ -268,13 +286,9 @@ impl RedisList {
     /// Overwrites element `i` (negative: from the end).
     pub fn set(&self, i: i64, v: &[u8]) -> Result<()> {
         let key = self.obj.key();
-        let reply: Vec<i64> = self.obj.run(|c| {
-            redis::Script::new(LIST_SET)
-                .key(&key)
-                .arg(i)
-                .arg(v)
-                .invoke(c)
-        })?;
+        let reply: Vec<i64> = self
+            .obj
+            .run(|c| LIST_SET.key(&key).arg(i).arg(v).invoke(c))?;
         match reply.as_slice() {
             [1] => Ok(()),
             [0, n] => Err(Error::IndexOutOfRange {
@@ -365,21 +379,33 @@ pub struct RedisNamespace {
 }
 
 /// {value, type} of an attribute, or {} when not set.
-const NS_GET: &str = r"
+static NS_GET: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then return {} end
 return {v, redis.call('HGET', KEYS[2], ARGV[1]) or ''}
-";
+",
+    )
+});
 
-const NS_SET: &str = r"
+static NS_SET: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-";
+",
+    )
+});
 
-const NS_DELETE: &str = r"
+static NS_DELETE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 redis.call('HDEL', KEYS[2], ARGV[1])
 return redis.call('HDEL', KEYS[1], ARGV[1])
-";
+",
+    )
+});
 
 impl RedisNamespace {
     /// The namespace stored in `obj` (a `namespace` object).
@@ -395,13 +421,9 @@ impl RedisNamespace {
     /// The attribute `name`, checked to have been set as `type_name`.
     pub fn get(&self, name: &str, type_name: &str) -> Result<Vec<u8>> {
         let (values, types) = (self.obj.key(), self.obj.sub("#types"));
-        let got: Vec<Vec<u8>> = self.obj.run(|c| {
-            redis::Script::new(NS_GET)
-                .key(&values)
-                .key(&types)
-                .arg(name)
-                .invoke(c)
-        })?;
+        let got: Vec<Vec<u8>> = self
+            .obj
+            .run(|c| NS_GET.key(&values).key(&types).arg(name).invoke(c))?;
         match <[Vec<u8>; 2]>::try_from(got) {
             Ok([v, t]) if t == type_name.as_bytes() => Ok(v),
             Ok([_, t]) => Err(Error::TypeMismatch {
@@ -416,7 +438,7 @@ impl RedisNamespace {
     pub fn set(&self, name: &str, type_name: &str, v: &[u8]) -> Result<()> {
         let (values, types) = (self.obj.key(), self.obj.sub("#types"));
         self.obj.run(|c| {
-            redis::Script::new(NS_SET)
+            NS_SET
                 .key(&values)
                 .key(&types)
                 .arg(name)
@@ -429,13 +451,9 @@ impl RedisNamespace {
     /// Deletes the attribute `name`; whether it was set.
     pub fn delete(&self, name: &str) -> Result<bool> {
         let (values, types) = (self.obj.key(), self.obj.sub("#types"));
-        let n: i64 = self.obj.run(|c| {
-            redis::Script::new(NS_DELETE)
-                .key(&values)
-                .key(&types)
-                .arg(name)
-                .invoke(c)
-        })?;
+        let n: i64 = self
+            .obj
+            .run(|c| NS_DELETE.key(&values).key(&types).arg(name).invoke(c))?;
         Ok(n > 0)
     }
 

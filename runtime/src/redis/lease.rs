@@ -8,18 +8,23 @@
 //! ends with its lease: that is how the others learn of the death.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use crate::process::{ForkHook, ForkMutex};
 use crate::redis::RedisTarget;
 
 /// Extends the key's time to live if it still holds our token.
-const RENEW: &str = r"
+static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
-";
+",
+    )
+});
 
 struct Held {
     target: RedisTarget,
@@ -125,13 +130,8 @@ fn renew_forever() {
                 continue;
             }
             let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-            let renewed = target.with_conn(|c| {
-                redis::Script::new(RENEW)
-                    .key(&key)
-                    .arg(&token)
-                    .arg(ms)
-                    .invoke::<i64>(c)
-            });
+            let renewed =
+                target.with_conn(|c| RENEW.key(&key).arg(&token).arg(ms).invoke::<i64>(c));
             match renewed {
                 Ok(1) => {
                     last.insert(key, Instant::now());

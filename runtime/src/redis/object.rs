@@ -15,6 +15,7 @@
 //! presence record.
 
 use std::sync::Arc;
+use std::sync::LazyLock;
 
 use crate::error::{Error, Result};
 use crate::handle::RedisRepr;
@@ -36,19 +37,25 @@ const KINDS: &[(&str, &[&str])] = &[
 ];
 
 /// Records a type for `kind:name` unless one is there; returns the one there.
-const REGISTER: &str = r"
+static REGISTER: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local t = redis.call('HGET', KEYS[1], ARGV[1])
 if not t then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   return ARGV[2]
 end
 return t
-";
+",
+    )
+});
 
 /// Deletes every object named ARGV[2] under prefix ARGV[1]; ARGV[3..] are
 /// `kind` then its sub-keys, kinds separated by an empty string. Returns
 /// the number of keys deleted.
-const DELETE: &str = r"
+static DELETE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local p, n = ARGV[1], ARGV[2]
 local deleted = 0
 local i = 3
@@ -70,7 +77,9 @@ while i <= #ARGV do
   deleted = deleted + redis.call('HDEL', p .. ':types', kind .. ':' .. n)
 end
 return deleted
-";
+",
+    )
+});
 
 /// One named object in Redis, as a handle of one type sees it (cheap to
 /// clone: the clones share it).
@@ -112,7 +121,7 @@ impl RedisObject {
             ));
         }
         let recorded: String = target.with_conn(|c| {
-            redis::Script::new(REGISTER)
+            REGISTER
                 .key(format!("{}:types", target.prefix()))
                 .arg(format!("{kind}:{name}"))
                 .arg(&type_name)
@@ -215,7 +224,7 @@ impl RedisObject {
 /// none). Handles to a deleted object see it afresh (empty, unlocked…)
 /// if they go on using it.
 pub fn delete_objects(target: &RedisTarget, name: &str) -> Result<usize> {
-    let script = redis::Script::new(DELETE);
+    let script = &*DELETE;
     let mut call = script.prepare_invoke();
     call.arg(target.prefix()).arg(name);
     for (kind, subs) in KINDS {

@@ -19,6 +19,7 @@
 //! the queue, where they are taken next.
 
 use std::sync::Arc;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::codec::Shareable;
@@ -27,18 +28,24 @@ use crate::error::{Error, Result};
 use crate::redis::{RECHECK, RedisObject, lease};
 
 /// KEYS queue, meta, unfinished; ARGV item. 1 put, 0 full.
-const PUT: &str = r"
+static PUT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local m = tonumber(redis.call('HGET', KEYS[2], 'maxsize') or '0')
 if m > 0 and redis.call('LLEN', KEYS[1]) >= m then return 0 end
 redis.call('LPUSH', KEYS[1], ARGV[1])
 redis.call('INCR', KEYS[3])
 return 1
-";
+",
+    )
+});
 
 /// Registers consumer ARGV[1] (lease ARGV[2] ms) and moves the in-flight
 /// items of consumers whose lease ended back to the queue's tail.
 /// KEYS queue, consumers; ARGV consumer, lease, prefix, name.
-const ENLIST: &str = r"
+static ENLIST: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local p, n = ARGV[3], ARGV[4]
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('SET', p .. ':queue#alive.' .. ARGV[1] .. ':' .. n, ARGV[1], 'PX', ARGV[2])
@@ -51,22 +58,34 @@ for _, c in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   end
 end
 return moved
-";
+",
+    )
+});
 
 /// Acknowledges a taken item (ARGV[1] '1': remove it from the in-flight
-/// list) and wakes a waiting producer of a bounded queue.
-/// KEYS proc, meta, space; ARGV ack, item.
-const TAKEN: &str = r"
+/// list), wakes a waiting producer of a bounded queue, and renews this
+/// consumer's presence (so one whose lease once lapsed, Redis being out
+/// of reach, is not taken for dead while it works).
+/// KEYS proc, meta, space, alive, consumers; ARGV ack, item, consumer, lease.
+static TAKEN: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if ARGV[1] == '1' then redis.call('LREM', KEYS[1], -1, ARGV[2]) end
 if tonumber(redis.call('HGET', KEYS[2], 'maxsize') or '0') > 0 then
   redis.call('RPUSH', KEYS[3], 1)
   redis.call('LTRIM', KEYS[3], -64, -1)
 end
-";
+redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
+redis.call('SADD', KEYS[5], ARGV[3])
+",
+    )
+});
 
 /// One task done: -1 if none is unfinished. Drops this consumer's oldest
 /// in-flight item, and wakes the joiners at zero. KEYS unfinished, proc, joined.
-const TASK_DONE: &str = r"
+static TASK_DONE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local u = tonumber(redis.call('GET', KEYS[1]) or '0')
 if u <= 0 then return -1 end
 redis.call('DECR', KEYS[1])
@@ -76,17 +95,23 @@ if u == 1 then
   redis.call('RPUSH', KEYS[3], 1)
 end
 return u - 1
-";
+",
+    )
+});
 
 /// Whether no task is unfinished; if so, passes the wake-up on.
-const JOIN_CHECK: &str = r"
+static JOIN_CHECK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if tonumber(redis.call('GET', KEYS[1]) or '0') <= 0 then
   redis.call('DEL', KEYS[2])
   redis.call('RPUSH', KEYS[2], 1)
   return 1
 end
 return 0
-";
+",
+    )
+});
 
 /// The Redis flavour of a queue; the item type lives in the handle above.
 #[derive(Clone, Debug)]
@@ -148,8 +173,7 @@ impl RedisQueue {
         );
         loop {
             let put: i64 = target.with_conn(|c| {
-                redis::Script::new(PUT)
-                    .key(&key)
+                PUT.key(&key)
                     .key(&meta)
                     .key(&unfinished)
                     .arg(bytes.as_slice())
@@ -178,13 +202,26 @@ impl RedisQueue {
         )
     }
 
+    /// The key announcing that `consumer` lives.
+    fn presence(&self, consumer: &str) -> String {
+        format!(
+            "{}:queue#alive.{consumer}:{}",
+            self.obj.target().prefix(),
+            self.obj.name()
+        )
+    }
+
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.obj.target().lease().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Announces this consumer (and keeps its lease renewed) and gives
     /// dead consumers' items back to the queue.
     fn enlist(&self, consumer: &str) -> Result<()> {
         let target = self.obj.target();
-        let lease_ms = u64::try_from(target.lease().as_millis()).unwrap_or(u64::MAX);
+        let lease_ms = self.lease_ms();
         let moved: i64 = target.with_conn(|c| {
-            redis::Script::new(ENLIST)
+            ENLIST
                 .key(self.obj.key())
                 .key(self.obj.sub("#consumers"))
                 .arg(consumer)
@@ -200,15 +237,9 @@ impl RedisQueue {
                 "redis queue items of a dead consumer put back"
             );
         }
-        let pid = crate::sys::process::getpid();
-        if self.enlisted.swap(pid, Ordering::AcqRel) != pid {
-            let alive = format!(
-                "{}:queue#alive.{consumer}:{}",
-                target.prefix(),
-                self.obj.name()
-            );
-            lease::hold(target, alive, consumer.to_owned());
-        }
+        self.enlisted
+            .store(crate::sys::process::getpid(), Ordering::Release);
+        lease::hold(target, self.presence(consumer), consumer.to_owned());
         Ok(())
     }
 
@@ -255,14 +286,19 @@ impl RedisQueue {
                 // a joinable queue's stays in flight until `task_done`.
                 let ack = !self.joinable || item.is_err();
                 target.with_conn(|c| {
-                    redis::Script::new(TAKEN)
+                    TAKEN
                         .key(&proc)
                         .key(self.obj.sub("#meta"))
                         .key(self.obj.sub("#space"))
+                        .key(self.presence(&consumer))
+                        .key(self.obj.sub("#consumers"))
                         .arg(if ack { "1" } else { "0" })
                         .arg(bytes.as_slice())
+                        .arg(&consumer)
+                        .arg(self.lease_ms())
                         .invoke::<()>(c)
                 })?;
+                lease::hold(target, self.presence(&consumer), consumer.clone());
                 return item;
             }
             if deadline.expired() {
@@ -298,7 +334,7 @@ impl RedisQueue {
     pub(crate) fn task_done(&self) -> Result<()> {
         let proc = self.in_flight(&self.consumer());
         let left: i64 = self.obj.run(|c| {
-            redis::Script::new(TASK_DONE)
+            TASK_DONE
                 .key(self.obj.sub("#unfinished"))
                 .key(&proc)
                 .key(self.obj.sub("#joined"))
@@ -325,12 +361,8 @@ impl RedisQueue {
         let target = self.obj.target();
         let (unfinished, joined) = (self.obj.sub("#unfinished"), self.obj.sub("#joined"));
         loop {
-            let done: i64 = target.with_conn(|c| {
-                redis::Script::new(JOIN_CHECK)
-                    .key(&unfinished)
-                    .key(&joined)
-                    .invoke(c)
-            })?;
+            let done: i64 =
+                target.with_conn(|c| JOIN_CHECK.key(&unfinished).key(&joined).invoke(c))?;
             if done == 1 {
                 return Ok(());
             }

@@ -16,6 +16,7 @@
 //! off from Redis for longer than the lease) and is told
 //! ([`Acquired::OwnerDied`]).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use crate::deadline::Deadline;
@@ -32,7 +33,9 @@ fn expired(deadline: Deadline) -> Error {
 }
 
 /// Takes the lock: {1, previous owner record or nil} or {0, pttl}.
-const LOCK_ACQUIRE: &str = r"
+static LOCK_ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local prev = redis.call('GET', KEYS[2])
   redis.call('SET', KEYS[2], ARGV[1])
@@ -40,15 +43,21 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1}
 end
 return {0, redis.call('PTTL', KEYS[1])}
-";
+",
+    )
+});
 
 /// Releases the lock (any process may): 0 if it was not held.
-const LOCK_RELEASE: &str = r"
+static LOCK_RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('RPUSH', KEYS[3], 1)
 return 1
-";
+",
+    )
+});
 
 /// The Redis flavour of a [`Lock`](crate::Lock).
 #[derive(Clone, Debug)]
@@ -80,7 +89,7 @@ impl RedisLock {
         let lease_ms = u64::try_from(target.lease().as_millis()).unwrap_or(u64::MAX);
         loop {
             let reply: Vec<redis::Value> = target.with_conn(|c| {
-                redis::Script::new(LOCK_ACQUIRE)
+                LOCK_ACQUIRE
                     .key(&key)
                     .key(&owner)
                     .arg(&token)
@@ -120,7 +129,7 @@ impl RedisLock {
     pub(crate) fn release(&self) -> Result<()> {
         let key = self.obj.key();
         let released: i64 = self.obj.run(|c| {
-            redis::Script::new(LOCK_RELEASE)
+            LOCK_RELEASE
                 .key(&key)
                 .key(self.obj.sub("#owner"))
                 .key(self.obj.sub("#wake"))
@@ -151,19 +160,29 @@ impl RedisLock {
 }
 
 /// Creates the semaphore's value and bound unless they exist.
-const SEM_INIT: &str = r"
+static SEM_INIT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'NX') end
-";
+",
+    )
+});
 
-const SEM_ACQUIRE: &str = r"
+static SEM_ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 if v > 0 then redis.call('DECR', KEYS[1]) return 1 end
 return 0
-";
+",
+    )
+});
 
 /// Gives a unit back: -1 if that would pass the bound.
-const SEM_RELEASE: &str = r"
+static SEM_RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local m = redis.call('GET', KEYS[2])
 local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 if m and v >= tonumber(m) then return -1 end
@@ -171,7 +190,9 @@ redis.call('INCR', KEYS[1])
 redis.call('RPUSH', KEYS[3], 1)
 redis.call('LTRIM', KEYS[3], -64, -1)
 return 1
-";
+",
+    )
+});
 
 /// The Redis flavour of a [`Semaphore`](crate::Semaphore) or a
 /// [`BoundedSemaphore`](crate::BoundedSemaphore). Like the local ones it
@@ -192,7 +213,7 @@ impl RedisSemaphore {
             String::new()
         };
         obj.run(|c| {
-            redis::Script::new(SEM_INIT)
+            SEM_INIT
                 .key(&key)
                 .key(&max)
                 .arg(value)
@@ -215,8 +236,7 @@ impl RedisSemaphore {
         let target = self.obj.target();
         let (key, wake) = (self.obj.key(), self.obj.sub("#wake"));
         loop {
-            let taken: i64 =
-                target.with_conn(|c| redis::Script::new(SEM_ACQUIRE).key(&key).invoke(c))?;
+            let taken: i64 = target.with_conn(|c| SEM_ACQUIRE.key(&key).invoke(c))?;
             if taken == 1 {
                 return Ok(());
             }
@@ -230,7 +250,7 @@ impl RedisSemaphore {
     /// Gives a unit back; past a bounded semaphore's bound, `Err(InvalidState)`.
     pub(crate) fn release(&self) -> Result<()> {
         let released: i64 = self.obj.run(|c| {
-            redis::Script::new(SEM_RELEASE)
+            SEM_RELEASE
                 .key(self.obj.key())
                 .key(self.obj.sub("#max"))
                 .key(self.obj.sub("#wake"))
@@ -261,21 +281,29 @@ impl RedisSemaphore {
 
 /// Raises the flag and leaves one wake-up token (each waiter that wakes
 /// leaves one for the next).
-const EVENT_SET: &str = r"
+static EVENT_SET: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 redis.call('SET', KEYS[1], 1)
 redis.call('DEL', KEYS[2])
 redis.call('RPUSH', KEYS[2], 1)
-";
+",
+    )
+});
 
 /// Whether the flag is up; if so, passes the wake-up on.
-const EVENT_CHECK: &str = r"
+static EVENT_CHECK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('DEL', KEYS[2])
   redis.call('RPUSH', KEYS[2], 1)
   return 1
 end
 return 0
-";
+",
+    )
+});
 
 /// The Redis flavour of an [`Event`](crate::Event).
 #[derive(Clone, Debug)]
@@ -295,7 +323,7 @@ impl RedisEvent {
     /// Raises the flag, waking every waiter.
     pub(crate) fn set(&self) -> Result<()> {
         self.obj.run(|c| {
-            redis::Script::new(EVENT_SET)
+            EVENT_SET
                 .key(self.obj.key())
                 .key(self.obj.sub("#wake"))
                 .invoke::<()>(c)
@@ -321,12 +349,7 @@ impl RedisEvent {
         let target = self.obj.target();
         let (key, wake) = (self.obj.key(), self.obj.sub("#wake"));
         loop {
-            let up: i64 = target.with_conn(|c| {
-                redis::Script::new(EVENT_CHECK)
-                    .key(&key)
-                    .key(&wake)
-                    .invoke(c)
-            })?;
+            let up: i64 = target.with_conn(|c| EVENT_CHECK.key(&key).key(&wake).invoke(c))?;
             if up == 1 {
                 return Ok(true);
             }
@@ -339,16 +362,22 @@ impl RedisEvent {
 }
 
 /// Creates the barrier's state unless it exists.
-const BARRIER_INIT: &str = r"
+static BARRIER_INIT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if redis.call('HSETNX', KEYS[1], 'parties', ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], 'count', 0, 'gen', 0, 'broken', 0)
 end
-";
+",
+    )
+});
 
 /// Arrives: {0, index} completes the round, {1, index, gen} waits,
 /// {-1} broken, {-3} a try that would wait. A waiter records a heartbeat
 /// (ARGV[2] ms from now) in the sorted set KEYS[3].
-const BARRIER_ARRIVE: &str = r"
+static BARRIER_ARRIVE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local h = KEYS[1]
 local parties = tonumber(redis.call('HGET', h, 'parties'))
 if not parties then return {-1} end
@@ -367,13 +396,17 @@ redis.call('HSET', h, 'count', count + 1)
 local t = redis.call('TIME')
 redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[2], gen .. ':' .. count)
 return {1, count, gen}
-";
+",
+    )
+});
 
 /// Breaks the current round: records it broken and wakes its waiters
 /// (all but ARGV[1] of them: a waiter that breaks it does not wake itself).
 /// ARGV[2] == '1' also leaves the barrier broken for later arrivals;
 /// ARGV[3] == '1' (reset) starts a new, unbroken round.
-const BARRIER_BREAK: &str = r"
+static BARRIER_BREAK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local h = KEYS[1]
 local gen = redis.call('HGET', h, 'gen')
 if not gen then return 0 end
@@ -389,14 +422,18 @@ elseif ARGV[2] == '1' then
   redis.call('HSET', h, 'count', 0, 'broken', 1)
 end
 return 1
-";
+",
+    )
+});
 
 /// How round ARGV[1] ended ('ok', 'broken') or '' while it goes on.
 /// Renews this waiter's heartbeat (party ARGV[3], ARGV[4] ms from now).
 /// A round still going on is broken first if the caller's deadline
 /// passed (ARGV[2] == '1'), as a local barrier's timeout breaks it, or if
 /// another waiter's heartbeat ended (its process died).
-const BARRIER_CHECK: &str = r"
+static BARRIER_CHECK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local h = KEYS[1]
 local r = redis.call('HGET', h, 'r' .. ARGV[1])
 if r then return r end
@@ -414,7 +451,9 @@ if ARGV[2] == '1' or #dead > 0 then
   return 'broken'
 end
 return ''
-";
+",
+    )
+});
 
 /// How long a barrier waiter's heartbeat lasts: it renews it at least
 /// every [`RECHECK`], so a waiter whose heartbeat ended has died (or lost
@@ -443,12 +482,7 @@ impl RedisBarrier {
             ));
         }
         let key = obj.key();
-        obj.run(|c| {
-            redis::Script::new(BARRIER_INIT)
-                .key(&key)
-                .arg(parties)
-                .invoke::<()>(c)
-        })?;
+        obj.run(|c| BARRIER_INIT.key(&key).arg(parties).invoke::<()>(c))?;
         Ok(RedisBarrier { obj })
     }
 
@@ -483,7 +517,7 @@ impl RedisBarrier {
         let beats = self.obj.sub("#beats");
         let beat_ms = heartbeat(target.lease());
         let arrived: Vec<i64> = target.with_conn(|c| {
-            redis::Script::new(BARRIER_ARRIVE)
+            BARRIER_ARRIVE
                 .key(&key)
                 .key(&wake)
                 .key(&beats)
@@ -500,7 +534,7 @@ impl RedisBarrier {
         loop {
             let give_up = deadline.expired();
             let outcome: String = target.with_conn(|c| {
-                redis::Script::new(BARRIER_CHECK)
+                BARRIER_CHECK
                     .key(&key)
                     .key(&wake)
                     .key(&beats)
@@ -521,7 +555,7 @@ impl RedisBarrier {
 
     fn break_round(&self, leave_broken: bool, reset: bool) -> Result<()> {
         self.obj.run(|c| {
-            redis::Script::new(BARRIER_BREAK)
+            BARRIER_BREAK
                 .key(self.obj.key())
                 .key(self.obj.sub("#wake"))
                 .key(self.obj.sub("#beats"))
