@@ -418,6 +418,20 @@ mod tests {
     }
 
     #[test]
+    fn a_handles_debug_form_hides_the_password() {
+        let repr = crate::handle::RedisRepr {
+            url: "redis://:s3cret@h:6379/0".into(),
+            prefix: "p".into(),
+            name: "n".into(),
+            type_name: "Lock".into(),
+            lease_ms: 1000,
+        };
+        let shown = format!("{repr:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("h:6379"), "{shown}");
+    }
+
+    #[test]
     fn prefixes_cannot_overlap() {
         let t = RedisTarget::new("redis://127.0.0.1:1").unwrap();
         assert_eq!(t.key("dict", "d"), "multiproc:dict:d");

@@ -59,6 +59,19 @@ return 1
     )
 });
 
+/// Releases the lock only if this process still holds it (KEYS[1] holds
+/// ARGV[1]): 0 if its lease ended and the lock passed on meanwhile.
+static LOCK_RELEASE_OWN: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('RPUSH', KEYS[3], 1)
+return 1
+",
+    )
+});
+
 /// The Redis flavour of a [`Lock`](crate::Lock).
 #[derive(Clone, Debug)]
 pub(crate) struct RedisLock {
@@ -141,6 +154,24 @@ impl RedisLock {
         } else {
             Err(Error::InvalidState("release of an unlocked lock".into()))
         }
+    }
+
+    /// A guard's release: only if this process still holds the lock. A
+    /// holder cut off from Redis for longer than its lease lost the lock,
+    /// which may have passed to another process since; its guard must not
+    /// release that one's. Whether it was still held.
+    pub(crate) fn release_own(&self) -> Result<bool> {
+        let key = self.obj.key();
+        let released: i64 = self.obj.run(|c| {
+            LOCK_RELEASE_OWN
+                .key(&key)
+                .key(self.obj.sub("#owner"))
+                .key(self.obj.sub("#wake"))
+                .arg(lease::process_token())
+                .invoke(c)
+        })?;
+        lease::release(&key);
+        Ok(released == 1)
     }
 
     /// Whether some process holds the lock now.

@@ -307,12 +307,13 @@ impl Drop for LockGuard<'_> {
                 }
             }
             #[cfg(feature = "redis")]
-            LockFlavor::Redis(r) => {
+            LockFlavor::Redis(r) => match r.release_own() {
+                Ok(true) => {}
+                // Its lease ended while the guard lived: not ours to release.
+                Ok(false) => tracing::warn!("a redis lock's lease ended while its guard was held"),
                 // A lost server loses nothing: the lease ends there.
-                if let Err(e) = r.release() {
-                    tracing::warn!("cannot release a redis lock: {e}");
-                }
-            }
+                Err(e) => tracing::warn!("cannot release a redis lock: {e}"),
+            },
         }
     }
 }
