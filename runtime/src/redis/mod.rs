@@ -7,6 +7,13 @@
 //! is [`Error::BackendUnavailable`] for that call, never a hang. Keys are
 //! named `{prefix}:{kind}:{name}`, so processes on any host that use the
 //! same URL, prefix and name meet at the same object.
+//!
+//! The manager objects (`RedisManager` in `multiproc-proxy` hands them
+//! out): `object.rs` (names, keys, type records, deleting), `sync.rs`
+//! (the Redis flavour of `Lock`, the semaphores, `Event`, `Barrier`),
+//! `queue.rs` (of `Queue` and `JoinableQueue`), `containers.rs` (the
+//! hash and list operations the container proxies encode around) and
+//! `lease.rs` (keys that live while their process does).
 
 mod containers;
 mod lease;
