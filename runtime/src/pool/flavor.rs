@@ -134,7 +134,6 @@ impl Backend for PoolBackend {
             PoolBackend::Redis(_) => {}
         }
     }
-
 }
 
 /// A process pool's task function, whichever flavour runs it: found again
