@@ -471,6 +471,36 @@
 //! the server as you would the workers themselves (a password, a private
 //! network).
 //!
+//! ## Past one machine: objects in Redis
+//!
+//! With the `redis` feature, `RedisManager::connect("redis://[:password@]host:port/db")`
+//! keeps manager objects in a Redis server, by name, so that processes on
+//! any host meet at the same object. It hands out the same types as
+//! [`Manager`] and [`BaseManager`]: `dict::<K, V>(name)` is a
+//! [`DictProxy`] on a Redis hash, `list`, `namespace`, `queue` and
+//! `joinable_queue` (a Redis list; a joinable queue's consumer keeps its
+//! item until `task_done`, so the item of a consumer that dies first goes
+//! to another), `lock` (a key with a lease its holder's process renews; a
+//! holder that dies loses it when the lease ends and the next acquirer
+//! gets [`Acquired::OwnerDied`]), `semaphore`, `bounded_semaphore`,
+//! `event` and `barrier`. Read-modify-write calls (`update_with`,
+//! `setdefault`, `pop`) are atomic in Redis. Objects persist until
+//! deleted (`RedisManager::delete(name)`, `RedisManager::clear()` for the
+//! whole key prefix). A server that is unreachable, refuses the password or
+//! goes away mid-call is [`Error::BackendUnavailable`], never a hang.
+//! `RLock` and `Condition` are not kept in Redis yet; the distributed
+//! `Pool` on Redis is described in the section above.
+//!
+//! ```ignore
+//! // Needs `--features redis` and a Redis server.
+//! let redis = multiproc::RedisManager::connect("redis://127.0.0.1:6379/0")?.prefix("myapp")?;
+//! let hits = redis.dict::<String, u64>("hits")?;
+//! hits.update_with("home".into(), 0, |n| n + 1)?;   // from any host, nothing lost
+//! let jobs = redis.joinable_queue::<u32>("jobs")?;
+//! let job = jobs.get()?;                              // a worker on another host
+//! jobs.task_done()?;
+//! ```
+//!
 //! ## Errors
 //!
 //! Every fallible call returns [`Result`] with the one [`Error`] enum; blocking
@@ -498,6 +528,10 @@ compile_error!(
      SO_PEERCRED and /proc); other systems are not supported yet"
 );
 
+/// Manager objects kept in Redis (feature `redis`): see [the section
+/// above](crate#past-one-machine-objects-in-redis).
+#[cfg(feature = "redis")]
+pub use multiproc_proxy::RedisManager;
 #[allow(deprecated)]
 pub use multiproc_proxy::{
     BarrierProxy, BoundedSemaphoreProxy, EventProxy, LockProxy, LockProxyGuard, QueueProxy,

@@ -269,3 +269,17 @@ fn redis_pool_worker() {
         ],
     );
 }
+
+/// Starts its own `redis-server` (CI installs it; see `.ci/run`).
+#[cfg(feature = "redis")]
+#[test]
+fn redis_manager() {
+    run(
+        "redis_manager",
+        &[
+            "jobs done: 100, counted: Some(100), sum of squares: Some(338350)",
+            "lock: previous holder died holding it",
+            "keys deleted by clear():",
+        ],
+    );
+}

@@ -1,6 +1,7 @@
 //! One type per primitive (#13): the same test body runs against a plain
-//! local handle, one a local `Manager` hands out and one a TCP
-//! `BaseManager` hands out, under spawn and fork, with the same assertions.
+//! local handle, one a local `Manager` hands out, one a TCP `BaseManager`
+//! hands out and (feature `redis`) one a `RedisManager` hands out, under
+//! spawn and fork, with the same assertions.
 
 mod util;
 
@@ -27,15 +28,46 @@ enum Source {
     Local,
     /// A TCP `BaseManager`.
     Tcp,
+    /// A `RedisManager` (objects kept in a `redis-server` this test starts).
+    #[cfg(feature = "redis")]
+    Redis,
 }
 
-const SOURCES: [Source; 3] = [Source::Plain, Source::Local, Source::Tcp];
+#[cfg(not(feature = "redis"))]
+const SOURCES: &[Source] = &[Source::Plain, Source::Local, Source::Tcp];
+#[cfg(feature = "redis")]
+const SOURCES: &[Source] = &[Source::Plain, Source::Local, Source::Tcp, Source::Redis];
+/// The sources that keep an `RLock` and a `Condition` (Redis keeps neither yet).
+const RLOCK_SOURCES: &[Source] = &[Source::Plain, Source::Local, Source::Tcp];
 
 /// The managers behind a source, kept alive for the test's length.
 enum Maker {
     Plain,
     Local(Manager),
     Tcp(RemoteManager),
+    /// Objects by name (a fresh name each), in a server of the test's own.
+    #[cfg(feature = "redis")]
+    Redis(Box<RedisSource>),
+}
+
+/// A `redis-server` of the test's own, a manager on it, and a counter for
+/// fresh object names (Redis objects are named).
+#[cfg(feature = "redis")]
+struct RedisSource {
+    server: util::redis::RedisServer,
+    manager: multiproc::RedisManager,
+    names: std::sync::atomic::AtomicU32,
+}
+
+#[cfg(feature = "redis")]
+impl RedisSource {
+    /// A new object name.
+    fn fresh(&self) -> String {
+        let n = self
+            .names
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("o{n}")
+    }
 }
 
 impl Maker {
@@ -44,6 +76,19 @@ impl Maker {
             Source::Plain => Maker::Plain,
             Source::Local => Maker::Local(Manager::start().unwrap()),
             Source::Tcp => Maker::Tcp(BaseManager::new().authkey(b"flavors").start().unwrap()),
+            #[cfg(feature = "redis")]
+            Source::Redis => {
+                let server = util::redis::RedisServer::start();
+                let m = multiproc::RedisManager::connect(&server.url())
+                    .unwrap()
+                    .lease(Duration::from_millis(500))
+                    .unwrap();
+                Maker::Redis(Box::new(RedisSource {
+                    server,
+                    manager: m,
+                    names: std::sync::atomic::AtomicU32::new(0),
+                }))
+            }
         }
     }
 
@@ -52,6 +97,8 @@ impl Maker {
             Maker::Plain => Lock::new().unwrap(),
             Maker::Local(m) => m.lock().unwrap(),
             Maker::Tcp(m) => m.lock().unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(r) => r.manager.lock(&r.fresh()).unwrap(),
         }
     }
 
@@ -60,6 +107,8 @@ impl Maker {
             Maker::Plain => RLock::new().unwrap(),
             Maker::Local(m) => m.rlock().unwrap(),
             Maker::Tcp(m) => m.rlock().unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(_) => unreachable!("RLOCK_SOURCES has no Redis source"),
         }
     }
 
@@ -69,6 +118,8 @@ impl Maker {
             Maker::Plain => Condition::new().unwrap(),
             Maker::Local(m) => m.condition().unwrap(),
             Maker::Tcp(m) => m.condition().unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(_) => unreachable!("RLOCK_SOURCES has no Redis source"),
         }
     }
 
@@ -78,6 +129,8 @@ impl Maker {
             Maker::Plain => Condition::with_lock(lock).unwrap(),
             Maker::Local(m) => m.condition_with(lock).unwrap(),
             Maker::Tcp(m) => m.condition_with(lock).unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(_) => unreachable!("RLOCK_SOURCES has no Redis source"),
         }
     }
 
@@ -95,6 +148,8 @@ impl Maker {
             Maker::Plain => Event::new().unwrap(),
             Maker::Local(m) => m.event().unwrap(),
             Maker::Tcp(m) => m.event().unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(r) => r.manager.event(&r.fresh()).unwrap(),
         }
     }
 
@@ -103,6 +158,8 @@ impl Maker {
             Maker::Plain => Semaphore::new(value).unwrap(),
             Maker::Local(m) => m.semaphore(value).unwrap(),
             Maker::Tcp(m) => m.semaphore(value).unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(r) => r.manager.semaphore(&r.fresh(), value).unwrap(),
         }
     }
 
@@ -111,6 +168,8 @@ impl Maker {
             Maker::Plain => BoundedSemaphore::new(value).unwrap(),
             Maker::Local(m) => m.bounded_semaphore(value).unwrap(),
             Maker::Tcp(m) => m.bounded_semaphore(value).unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(r) => r.manager.bounded_semaphore(&r.fresh(), value).unwrap(),
         }
     }
 
@@ -119,6 +178,8 @@ impl Maker {
             Maker::Plain => Barrier::new(parties).unwrap(),
             Maker::Local(m) => m.barrier(parties).unwrap(),
             Maker::Tcp(m) => m.barrier(parties).unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(r) => r.manager.barrier(&r.fresh(), parties).unwrap(),
         }
     }
 
@@ -127,6 +188,8 @@ impl Maker {
             Maker::Plain => Queue::with_maxsize(maxsize).unwrap(),
             Maker::Local(m) => m.queue_with_maxsize(maxsize).unwrap(),
             Maker::Tcp(m) => m.queue_with_maxsize(maxsize).unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(r) => r.manager.queue_with_maxsize(&r.fresh(), maxsize).unwrap(),
         }
     }
 
@@ -135,6 +198,19 @@ impl Maker {
             Maker::Plain => JoinableQueue::new().unwrap(),
             Maker::Local(m) => m.joinable_queue().unwrap(),
             Maker::Tcp(m) => m.joinable_queue().unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(r) => r.manager.joinable_queue(&r.fresh()).unwrap(),
+        }
+    }
+
+    /// Whether queue items live outside this host's shared memory (a
+    /// TCP server's or Redis's queue: no ring, no close, nothing to watch).
+    fn keeps_items_elsewhere(&self) -> bool {
+        match self {
+            Maker::Plain | Maker::Local(_) => false,
+            Maker::Tcp(_) => true,
+            #[cfg(feature = "redis")]
+            Maker::Redis(..) => true,
         }
     }
 
@@ -143,6 +219,11 @@ impl Maker {
             Maker::Plain => {}
             Maker::Local(m) => m.shutdown().unwrap(),
             Maker::Tcp(m) => m.shutdown().unwrap(),
+            #[cfg(feature = "redis")]
+            Maker::Redis(r) => {
+                r.manager.clear().unwrap();
+                assert_eq!(r.server.dbsize(), 0);
+            }
         }
     }
 }
@@ -175,7 +256,7 @@ fn contend(args: (Lock, Event, Event, Event)) -> Vec<String> {
 
 #[test]
 fn lock_is_one_type_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let lock = maker.lock();
@@ -228,7 +309,7 @@ fn hold_and_wait(args: (Lock, Event, Event)) {
 
 #[test]
 fn a_lock_whose_holder_is_killed_goes_to_the_next_acquirer_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let lock = maker.lock();
@@ -266,7 +347,7 @@ fn answer(args: (Event, Event)) -> Vec<String> {
 
 #[test]
 fn event_is_one_type_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let (ping, pong) = (maker.event(), maker.event());
@@ -309,7 +390,7 @@ fn take_units(args: (Semaphore, BoundedSemaphore, Event)) -> Vec<String> {
 
 #[test]
 fn semaphores_are_one_type_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let (sem, bounded, took) = (
@@ -370,7 +451,7 @@ fn take_three(q: Queue<u32>) -> Vec<String> {
 
 #[test]
 fn queue_is_one_type_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let q = maker.queue(2);
@@ -400,7 +481,7 @@ fn queue_is_one_type_for_every_source() {
                 "{source:?} {m:?}"
             );
             assert_eq!(q.qsize().unwrap(), 0, "{source:?} {m:?}");
-            if let Maker::Tcp(_) = maker {
+            if maker.keeps_items_elsewhere() {
                 // A server's queue has no close (as in Python): said, not ignored.
                 assert!(matches!(q.close(), Err(Error::InvalidArgument(_))));
                 assert!(!q.is_closed());
@@ -439,7 +520,7 @@ fn work(args: (JoinableQueue<u32>, Event)) -> u32 {
 
 #[test]
 fn joinable_queue_is_one_type_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let (jobs, go) = (maker.joinable_queue(), maker.event());
@@ -481,7 +562,7 @@ fn queue_through_a_queue(args: (Queue<JoinableQueue<u32>>, Option<std::net::Sock
 
 #[test]
 fn queues_of_every_flavour_travel_inside_a_queue() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let q: Queue<JoinableQueue<u32>> = Queue::new().unwrap();
@@ -517,7 +598,7 @@ fn rounds(b: Barrier) -> Vec<String> {
 
 #[test]
 fn barrier_is_one_type_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let b = maker.barrier(2);
@@ -570,6 +651,8 @@ fn maker_barrier_zero(maker: &Maker) -> multiproc::Result<Barrier> {
         Maker::Plain => Barrier::new(0),
         Maker::Local(m) => m.barrier(0),
         Maker::Tcp(m) => m.barrier(0),
+        #[cfg(feature = "redis")]
+        Maker::Redis(r) => r.manager.barrier(&r.fresh(), 0),
     }
 }
 
@@ -580,7 +663,7 @@ fn wait_at(b: Barrier) {
 
 #[test]
 fn a_party_killed_at_the_barrier_breaks_it_for_every_source() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let b = maker.barrier(3);
@@ -625,7 +708,7 @@ fn through_a_queue(args: (Queue<(Lock, Event)>, Option<std::net::SocketAddr>)) -
 
 #[test]
 fn both_flavours_travel_inside_a_queue() {
-    for source in SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let q: Queue<(Lock, Event)> = Queue::new().unwrap();
@@ -712,7 +795,7 @@ fn contend_rlock(args: (RLock, Event, Event, Event)) -> Vec<String> {
 
 #[test]
 fn rlock_is_one_type_for_every_source() {
-    for source in SOURCES {
+    for &source in RLOCK_SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let lock = maker.rlock();
@@ -788,7 +871,7 @@ fn hold_rlock_and_wait(args: (RLock, Event, Event)) {
 
 #[test]
 fn an_rlock_whose_holder_is_killed_goes_to_the_next_acquirer_for_every_source() {
-    for source in SOURCES {
+    for &source in RLOCK_SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let lock = maker.rlock();
@@ -835,7 +918,7 @@ fn wait_on(args: (Condition, RawValue<u32>, RawValue<u32>)) -> String {
 
 #[test]
 fn condition_notify_n_and_notify_all_for_every_source() {
-    for source in SOURCES {
+    for &source in RLOCK_SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let cond = maker.condition();
@@ -900,7 +983,7 @@ fn condition_notify_n_and_notify_all_for_every_source() {
 
 #[test]
 fn condition_waits_time_out_holding_the_lock_for_every_source() {
-    for source in SOURCES {
+    for &source in RLOCK_SOURCES {
         let maker = Maker::start(source);
         let lock = maker.rlock();
         for cond in [maker.condition(), maker.condition_with(lock.clone())] {
@@ -952,7 +1035,7 @@ fn wait_for_flag(args: (Condition, RawValue<u32>, Event)) -> String {
 
 #[test]
 fn a_condition_over_a_given_lock_for_every_source() {
-    for source in SOURCES {
+    for &source in RLOCK_SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let lock = maker.lock();
@@ -1010,7 +1093,7 @@ fn wait_once(args: (Condition, RawValue<u32>)) -> (bool, Option<i32>, bool) {
 
 #[test]
 fn a_condition_waiter_is_told_when_the_lock_holder_is_killed_for_every_source() {
-    for source in SOURCES {
+    for &source in RLOCK_SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             for cond in [maker.condition(), maker.condition_with(maker.lock())] {
@@ -1060,7 +1143,7 @@ fn rlock_and_condition_through_a_queue(
 
 #[test]
 fn rlocks_and_conditions_of_every_flavour_travel_inside_a_queue() {
-    for source in SOURCES {
+    for &source in RLOCK_SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let q: Queue<(RLock, Condition)> = Queue::new().unwrap();

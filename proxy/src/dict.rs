@@ -1,4 +1,6 @@
 //! `DictProxy<K, V>`: a dict that lives in the manager's server.
+// Without the `redis` feature each method's flavour `match` has one arm.
+#![cfg_attr(not(feature = "redis"), allow(clippy::infallible_destructuring_match))]
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -6,10 +8,16 @@ use std::sync::Arc;
 use multiproc_runtime::manager::protocol::Method;
 use multiproc_runtime::{Result, Shareable};
 
+use multiproc_runtime::handle::{FlavorRepr, FlavoredHandle};
+use multiproc_runtime::manager::core::RemoteFlavor;
+#[cfg(feature = "redis")]
+use multiproc_runtime::redis::{RedisDict, RedisObject, RedisTarget, Swapped};
+
 use crate::core::{
-    Args, Proxy, ProxyCore, Swap, TypeTag, impl_proxy, read_bool, read_len, read_many, read_swap,
-    read_unit, read_value, read_value_raw,
+    Args, ProxyCore, Swap, TypeTag, read_bool, read_len, read_many, read_swap, read_unit,
+    read_value, read_value_raw,
 };
+use crate::not_a_container;
 
 /// A proxy to a dict owned by a manager server (Python's `manager.dict()`).
 ///
@@ -43,14 +51,27 @@ use crate::core::{
 /// }
 /// ```
 pub struct DictProxy<K, V> {
-    core: Arc<ProxyCore>,
+    flavor: DictFlavor,
     _types: PhantomData<fn() -> (K, V)>,
+}
+
+/// Where a [`DictProxy`]'s dict lives.
+enum DictFlavor {
+    /// In a manager's server.
+    Remote(Arc<ProxyCore>),
+    /// In a Redis hash.
+    #[cfg(feature = "redis")]
+    Redis(multiproc_runtime::redis::RedisDict),
 }
 
 impl<K, V> Clone for DictProxy<K, V> {
     fn clone(&self) -> Self {
         DictProxy {
-            core: self.core.clone(),
+            flavor: match &self.flavor {
+                DictFlavor::Remote(core) => DictFlavor::Remote(core.clone()),
+                #[cfg(feature = "redis")]
+                DictFlavor::Redis(r) => DictFlavor::Redis(r.clone()),
+            },
             _types: PhantomData,
         }
     }
@@ -58,61 +79,126 @@ impl<K, V> Clone for DictProxy<K, V> {
 
 impl<K, V> std::fmt::Debug for DictProxy<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.core.fmt(f)
+        match &self.flavor {
+            DictFlavor::Remote(core) => core.fmt(f),
+            #[cfg(feature = "redis")]
+            DictFlavor::Redis(r) => f.debug_tuple("DictProxy").field(r.object()).finish(),
+        }
     }
 }
 
-impl<K: Shareable, V: Shareable> Proxy for DictProxy<K, V> {
-    fn core(&self) -> &ProxyCore {
-        &self.core
-    }
-    fn from_core(core: ProxyCore) -> Self {
-        DictProxy {
-            core: Arc::new(core),
-            _types: PhantomData,
-        }
-    }
-    fn tag() -> TypeTag {
+impl<K: Shareable, V: Shareable> DictProxy<K, V> {
+    /// The types a dict records (in its server, or in Redis).
+    fn type_tag() -> TypeTag {
         TypeTag::new(format!(
             "DictProxy<{}, {}>",
             std::any::type_name::<K>(),
             std::any::type_name::<V>()
         ))
     }
+
+    /// The dict `name` kept under `target` in Redis (a `RedisManager`'s).
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis(target: &RedisTarget, name: &str) -> Result<Self> {
+        let obj = RedisObject::open(target, "dict", name, Self::type_tag().name)?;
+        Ok(DictProxy {
+            flavor: DictFlavor::Redis(RedisDict::new(obj)),
+            _types: PhantomData,
+        })
+    }
 }
 
-impl_proxy!(impl<K, V> for DictProxy<K, V>);
+impl<K: Shareable, V: Shareable> RemoteFlavor for DictProxy<K, V> {
+    fn remote_tag() -> TypeTag {
+        Self::type_tag()
+    }
+    fn from_remote(core: ProxyCore) -> Result<Self> {
+        Ok(DictProxy {
+            flavor: DictFlavor::Remote(Arc::new(core)),
+            _types: PhantomData,
+        })
+    }
+}
+
+impl<K: Shareable, V: Shareable> FlavoredHandle for DictProxy<K, V> {
+    fn to_flavor_repr(&self) -> Result<FlavorRepr> {
+        match &self.flavor {
+            DictFlavor::Remote(core) => core.to_repr().map(FlavorRepr::Remote),
+            #[cfg(feature = "redis")]
+            DictFlavor::Redis(r) => Ok(FlavorRepr::Redis(r.object().to_repr())),
+        }
+    }
+
+    fn from_flavor_repr(repr: &FlavorRepr) -> Result<Self> {
+        match repr {
+            FlavorRepr::Remote(p) => {
+                ProxyCore::from_repr(p, Self::type_tag()).and_then(Self::from_remote)
+            }
+            #[cfg(feature = "redis")]
+            FlavorRepr::Redis(r) => {
+                RedisObject::from_repr(r, "dict", Self::type_tag().name).map(|obj| DictProxy {
+                    flavor: DictFlavor::Redis(RedisDict::new(obj)),
+                    _types: PhantomData,
+                })
+            }
+            other => Err(not_a_container("DictProxy", other)),
+        }
+    }
+}
+
+multiproc_runtime::impl_flavored_handle!(impl<K: Shareable, V: Shareable> for DictProxy<K, V>);
 
 impl<K: Shareable, V: Shareable> DictProxy<K, V> {
     /// The value for `key`, if present.
     pub fn get(&self, key: &K) -> Result<Option<V>> {
-        let k = self.core.encode(key)?;
+        let core = match &self.flavor {
+            DictFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            DictFlavor::Redis(r) => {
+                return r.get(&key.encode()?)?.map(|b| V::decode(&b)).transpose();
+            }
+        };
+        let k = core.encode(key)?;
         let args = Args {
             key: Some(k.blob()),
             ..Args::default()
         };
-        self.core.call(Method::DictGet, args, read_value)
+        core.call(Method::DictGet, args, read_value)
     }
 
     /// Sets `key` to `value` (Python's `d[key] = value`).
     pub fn insert(&self, key: K, value: V) -> Result<()> {
-        let (k, v) = (self.core.encode(&key)?, self.core.encode(&value)?);
+        let core = match &self.flavor {
+            DictFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            DictFlavor::Redis(r) => {
+                return r.insert(&key.encode()?, &value.encode()?);
+            }
+        };
+        let (k, v) = (core.encode(&key)?, core.encode(&value)?);
         let args = Args {
             key: Some(k.blob()),
             value: Some(v.blob()),
             ..Args::default()
         };
-        self.core.call(Method::DictInsert, args, read_unit)
+        core.call(Method::DictInsert, args, read_unit)
     }
 
     /// Removes `key`, returning its value if it was present.
     pub fn remove(&self, key: &K) -> Result<Option<V>> {
-        let k = self.core.encode(key)?;
+        let core = match &self.flavor {
+            DictFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            DictFlavor::Redis(r) => {
+                return r.remove(&key.encode()?)?.map(|b| V::decode(&b)).transpose();
+            }
+        };
+        let k = core.encode(key)?;
         let args = Args {
             key: Some(k.blob()),
             ..Args::default()
         };
-        self.core.call(Method::DictRemove, args, read_value)
+        core.call(Method::DictRemove, args, read_value)
     }
 
     /// Removes `key` and returns its value; `Err(KeyNotFound)` naming the
@@ -134,17 +220,31 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
 
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &K) -> Result<bool> {
-        let k = self.core.encode(key)?;
+        let core = match &self.flavor {
+            DictFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            DictFlavor::Redis(r) => {
+                return r.contains(&key.encode()?);
+            }
+        };
+        let k = core.encode(key)?;
         let args = Args {
             key: Some(k.blob()),
             ..Args::default()
         };
-        self.core.call(Method::DictContains, args, read_bool)
+        core.call(Method::DictContains, args, read_bool)
     }
 
     /// The number of entries.
     pub fn len(&self) -> Result<usize> {
-        self.core.call(Method::DictLen, Args::default(), read_len)
+        let core = match &self.flavor {
+            DictFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            DictFlavor::Redis(r) => {
+                return r.len();
+            }
+        };
+        core.call(Method::DictLen, Args::default(), read_len)
     }
 
     /// Whether the dict is empty.
@@ -154,33 +254,55 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
 
     /// A snapshot of the keys.
     pub fn keys(&self) -> Result<Vec<K>> {
-        self.core
-            .call(Method::DictKeys, Args::default(), |conn, r| {
-                read_many(conn, r, |items| items.map(K::decode).collect())
-            })
+        let core = match &self.flavor {
+            DictFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            DictFlavor::Redis(r) => {
+                return r.keys()?.iter().map(|b| K::decode(b)).collect();
+            }
+        };
+        core.call(Method::DictKeys, Args::default(), |conn, r| {
+            read_many(conn, r, |items| items.map(K::decode).collect())
+        })
     }
 
     /// A snapshot of the values.
     pub fn values(&self) -> Result<Vec<V>> {
-        self.core
-            .call(Method::DictValues, Args::default(), |conn, r| {
-                read_many(conn, r, |items| items.map(V::decode).collect())
-            })
+        let core = match &self.flavor {
+            DictFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            DictFlavor::Redis(r) => {
+                return r.values()?.iter().map(|b| V::decode(b)).collect();
+            }
+        };
+        core.call(Method::DictValues, Args::default(), |conn, r| {
+            read_many(conn, r, |items| items.map(V::decode).collect())
+        })
     }
 
     /// A snapshot of the entries.
     pub fn items(&self) -> Result<Vec<(K, V)>> {
-        self.core
-            .call(Method::DictItems, Args::default(), |conn, r| {
-                read_many(conn, r, |items| {
-                    let mut out = Vec::new();
-                    while let Some(k) = items.next() {
-                        let v = items.next().ok_or_else(crate::client::unexpected)?;
-                        out.push((K::decode(k)?, V::decode(v)?));
-                    }
-                    Ok(out)
-                })
+        let core = match &self.flavor {
+            DictFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            DictFlavor::Redis(r) => {
+                return r
+                    .items()?
+                    .iter()
+                    .map(|(k, v)| Ok((K::decode(k)?, V::decode(v)?)))
+                    .collect();
+            }
+        };
+        core.call(Method::DictItems, Args::default(), |conn, r| {
+            read_many(conn, r, |items| {
+                let mut out = Vec::new();
+                while let Some(k) = items.next() {
+                    let v = items.next().ok_or_else(crate::client::unexpected)?;
+                    out.push((K::decode(k)?, V::decode(v)?));
+                }
+                Ok(out)
             })
+        })
     }
 
     /// A snapshot of the whole dict as a plain `HashMap` (Python's `d.copy()`,
@@ -206,15 +328,25 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
     /// manager.shutdown().unwrap();
     /// ```
     pub fn popitem(&self) -> Result<(K, V)> {
-        let popped = self
-            .core
-            .call(Method::DictPopItem, Args::default(), |conn, r| {
-                read_many(conn, r, |items| {
-                    let k = items.next().ok_or_else(crate::client::unexpected)?;
-                    let v = items.next().ok_or_else(crate::client::unexpected)?;
-                    Ok((K::decode(k)?, V::decode(v)?))
-                })
-            });
+        let core = match &self.flavor {
+            DictFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            DictFlavor::Redis(r) => {
+                return match r.popitem()? {
+                    Some((k, v)) => Ok((K::decode(&k)?, V::decode(&v)?)),
+                    None => Err(multiproc_runtime::Error::KeyNotFound(
+                        "popitem(): dictionary is empty".into(),
+                    )),
+                };
+            }
+        };
+        let popped = core.call(Method::DictPopItem, Args::default(), |conn, r| {
+            read_many(conn, r, |items| {
+                let k = items.next().ok_or_else(crate::client::unexpected)?;
+                let v = items.next().ok_or_else(crate::client::unexpected)?;
+                Ok((K::decode(k)?, V::decode(v)?))
+            })
+        });
         match popped {
             Err(multiproc_runtime::Error::KeyNotFound(_)) => Err(
                 multiproc_runtime::Error::KeyNotFound("popitem(): dictionary is empty".into()),
@@ -225,36 +357,61 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
 
     /// Inserts every pair, in one round trip (Python's `d.update(pairs)`).
     pub fn update(&self, pairs: impl IntoIterator<Item = (K, V)>) -> Result<()> {
+        let core = match &self.flavor {
+            DictFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            DictFlavor::Redis(r) => {
+                return {
+                    let mut encoded = Vec::new();
+                    for (k, v) in pairs {
+                        encoded.push((k.encode()?.to_vec(), v.encode()?.to_vec()));
+                    }
+                    r.update(&encoded)
+                };
+            }
+        };
         // The pairs live until the call returns (see `ListProxy::extend`).
         let pairs: Vec<(K, V)> = pairs.into_iter().collect();
         let mut encoded = Vec::new();
         for (k, v) in &pairs {
-            encoded.push(self.core.encode(k)?);
-            encoded.push(self.core.encode(v)?);
+            encoded.push(core.encode(k)?);
+            encoded.push(core.encode(v)?);
         }
         let args = Args {
             batch: encoded.iter().map(|e| e.blob()).collect(),
             ..Args::default()
         };
-        self.core.call(Method::DictUpdate, args, read_unit)
+        core.call(Method::DictUpdate, args, read_unit)
     }
 
     /// Removes every entry.
     pub fn clear(&self) -> Result<()> {
-        self.core
-            .call(Method::DictClear, Args::default(), read_unit)
+        let core = match &self.flavor {
+            DictFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            DictFlavor::Redis(r) => {
+                return r.clear();
+            }
+        };
+        core.call(Method::DictClear, Args::default(), read_unit)
     }
 
     /// The value for `key`, inserting `default` first if absent (Python's `setdefault`).
     pub fn setdefault(&self, key: K, default: V) -> Result<V> {
-        let (k, v) = (self.core.encode(&key)?, self.core.encode(&default)?);
+        let core = match &self.flavor {
+            DictFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            DictFlavor::Redis(r) => {
+                return V::decode(&r.setdefault(&key.encode()?, &default.encode()?)?);
+            }
+        };
+        let (k, v) = (core.encode(&key)?, core.encode(&default)?);
         let args = Args {
             key: Some(k.blob()),
             value: Some(v.blob()),
             ..Args::default()
         };
-        self.core
-            .call(Method::DictSetDefault, args, read_value)?
+        core.call(Method::DictSetDefault, args, read_value)?
             .ok_or_else(crate::client::unexpected)
     }
 
@@ -270,20 +427,26 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
     where
         V: Clone,
     {
-        let k = self.core.encode(&key)?;
+        let core = match &self.flavor {
+            DictFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            DictFlavor::Redis(r) => {
+                return redis_update_with(r, &key, default, f);
+            }
+        };
+        let k = core.encode(&key)?;
         let args = Args {
             key: Some(k.blob()),
             ..Args::default()
         };
-        let mut current: Option<(Vec<u8>, V)> =
-            self.core.call(Method::DictGet, args, read_value_raw)?;
+        let mut current: Option<(Vec<u8>, V)> = core.call(Method::DictGet, args, read_value_raw)?;
         loop {
             let (expected, old) = match current.take() {
                 Some((bytes, v)) => (Some(bytes), v),
                 None => (None, default.clone()),
             };
             let new = f(old);
-            let n = self.core.encode(&new)?;
+            let n = core.encode(&new)?;
             let args = Args {
                 key: Some(k.blob()),
                 value: Some(n.blob()),
@@ -292,13 +455,35 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
                     .map(multiproc_runtime::manager::protocol::Blob::plain),
                 ..Args::default()
             };
-            match self
-                .core
-                .call(Method::DictCompareAndSwap, args, read_swap)?
-            {
+            match core.call(Method::DictCompareAndSwap, args, read_swap)? {
                 Swap::Done => return Ok(new),
                 Swap::Failed(now) => current = now,
             }
+        }
+    }
+}
+
+/// `update_with` on a Redis hash: a compare-and-swap loop, each swap one
+/// script that stores the new value only if the old one is still there.
+#[cfg(feature = "redis")]
+fn redis_update_with<K: Shareable, V: Shareable + Clone>(
+    r: &RedisDict,
+    key: &K,
+    default: V,
+    mut f: impl FnMut(V) -> V,
+) -> Result<V> {
+    let k = key.encode()?;
+    let mut current = r.get(&k)?;
+    loop {
+        let old = match &current {
+            Some(b) => V::decode(b)?,
+            None => default.clone(),
+        };
+        let new = f(old);
+        let n = new.encode()?;
+        match r.compare_and_swap(&k, current.as_deref(), &n)? {
+            Swapped::Done => return Ok(new),
+            Swapped::Failed(now) => current = now,
         }
     }
 }

@@ -21,6 +21,8 @@ mod dict;
 mod list;
 mod manager;
 mod namespace;
+#[cfg(feature = "redis")]
+mod redis;
 mod remote;
 
 pub use multiproc_runtime::manager::core::{ArchivedProxy, ProxyRepr};
@@ -35,6 +37,8 @@ pub use multiproc_runtime::manager::{PIN_TIMEOUT, ServerAddress};
 pub use multiproc_runtime::manager::{RemoteObject, UserTypes};
 use multiproc_runtime::manager::{client, core};
 pub use namespace::NamespaceProxy;
+#[cfg(feature = "redis")]
+pub use redis::RedisManager;
 pub use remote::{
     BaseManager, ManagerServer, ObjectHandle, Parties, Registrable, RemoteManager, SemaphoreValue,
     UserProxy,
@@ -66,6 +70,25 @@ pub type BarrierProxy = multiproc_runtime::Barrier;
 /// has `task_done`/`join`).
 #[deprecated(note = "use `Queue` (or `JoinableQueue`): local and remote queues are one type")]
 pub type QueueProxy<T> = multiproc_runtime::Queue<T>;
+
+/// The error for a container proxy decoded from a form that is not one
+/// (a shared segment handle), or a Redis form in a build without `redis`.
+pub(crate) fn not_a_container(
+    what: &str,
+    repr: &multiproc_runtime::handle::FlavorRepr,
+) -> multiproc_runtime::Error {
+    match repr {
+        multiproc_runtime::handle::FlavorRepr::Redis(_) => {
+            multiproc_runtime::Error::InvalidArgument(format!(
+                "a {what} kept in Redis needs multiproc built with the `redis` feature"
+            ))
+        }
+        _ => multiproc_runtime::Error::TypeMismatch {
+            expected: what.into(),
+            found: "a shared-memory handle".into(),
+        },
+    }
+}
 
 #[doc(hidden)]
 pub mod __private {

@@ -1,4 +1,6 @@
 //! `ListProxy<T>`: a list that lives in the manager's server.
+// Without the `redis` feature each method's flavour `match` has one arm.
+#![cfg_attr(not(feature = "redis"), allow(clippy::infallible_destructuring_match))]
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -11,10 +13,15 @@ use multiproc_runtime::deadline::Deadline;
 use multiproc_runtime::manager::protocol::{Blob, Method, list_digest, u64_arg};
 use multiproc_runtime::{Error, Result, Shareable};
 
+use multiproc_runtime::handle::{FlavorRepr, FlavoredHandle};
+use multiproc_runtime::manager::core::RemoteFlavor;
+#[cfg(feature = "redis")]
+use multiproc_runtime::redis::{RedisList, RedisObject, RedisTarget};
+
 use crate::core::{
-    Args, Proxy, ProxyCore, TypeTag, impl_proxy, read_bool, read_len, read_many, read_unit,
-    read_value,
+    Args, ProxyCore, TypeTag, read_bool, read_len, read_many, read_unit, read_value,
 };
+use crate::not_a_container;
 
 /// How long [`ListProxy::sort`], [`ListProxy::sort_by`] and
 /// [`ListProxy::sort_by_key`] try to find the list holding still while
@@ -38,14 +45,27 @@ pub const SORT_TIMEOUT: Duration = Duration::from_secs(60);
 /// manager.shutdown().unwrap();
 /// ```
 pub struct ListProxy<T> {
-    core: Arc<ProxyCore>,
+    flavor: ListFlavor,
     _types: PhantomData<fn() -> T>,
+}
+
+/// Where a [`ListProxy`]'s list lives.
+enum ListFlavor {
+    /// In a manager's server.
+    Remote(Arc<ProxyCore>),
+    /// In a Redis list.
+    #[cfg(feature = "redis")]
+    Redis(multiproc_runtime::redis::RedisList),
 }
 
 impl<T> Clone for ListProxy<T> {
     fn clone(&self) -> Self {
         ListProxy {
-            core: self.core.clone(),
+            flavor: match &self.flavor {
+                ListFlavor::Remote(core) => ListFlavor::Remote(core.clone()),
+                #[cfg(feature = "redis")]
+                ListFlavor::Redis(r) => ListFlavor::Redis(r.clone()),
+            },
             _types: PhantomData,
         }
     }
@@ -53,26 +73,70 @@ impl<T> Clone for ListProxy<T> {
 
 impl<T> std::fmt::Debug for ListProxy<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.core.fmt(f)
-    }
-}
-
-impl<T: Shareable> Proxy for ListProxy<T> {
-    fn core(&self) -> &ProxyCore {
-        &self.core
-    }
-    fn from_core(core: ProxyCore) -> Self {
-        ListProxy {
-            core: Arc::new(core),
-            _types: PhantomData,
+        match &self.flavor {
+            ListFlavor::Remote(core) => core.fmt(f),
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => f.debug_tuple("ListProxy").field(r.object()).finish(),
         }
     }
-    fn tag() -> TypeTag {
+}
+
+impl<T: Shareable> ListProxy<T> {
+    /// The types a list records (in its server, or in Redis).
+    fn type_tag() -> TypeTag {
         TypeTag::new(format!("ListProxy<{}>", std::any::type_name::<T>()))
+    }
+
+    /// The list `name` kept under `target` in Redis (a `RedisManager`'s).
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis(target: &RedisTarget, name: &str) -> Result<Self> {
+        let obj = RedisObject::open(target, "list", name, Self::type_tag().name)?;
+        Ok(ListProxy {
+            flavor: ListFlavor::Redis(RedisList::new(obj)),
+            _types: PhantomData,
+        })
     }
 }
 
-impl_proxy!(impl<T> for ListProxy<T>);
+impl<T: Shareable> RemoteFlavor for ListProxy<T> {
+    fn remote_tag() -> TypeTag {
+        Self::type_tag()
+    }
+    fn from_remote(core: ProxyCore) -> Result<Self> {
+        Ok(ListProxy {
+            flavor: ListFlavor::Remote(Arc::new(core)),
+            _types: PhantomData,
+        })
+    }
+}
+
+impl<T: Shareable> FlavoredHandle for ListProxy<T> {
+    fn to_flavor_repr(&self) -> Result<FlavorRepr> {
+        match &self.flavor {
+            ListFlavor::Remote(core) => core.to_repr().map(FlavorRepr::Remote),
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => Ok(FlavorRepr::Redis(r.object().to_repr())),
+        }
+    }
+
+    fn from_flavor_repr(repr: &FlavorRepr) -> Result<Self> {
+        match repr {
+            FlavorRepr::Remote(p) => {
+                ProxyCore::from_repr(p, Self::type_tag()).and_then(Self::from_remote)
+            }
+            #[cfg(feature = "redis")]
+            FlavorRepr::Redis(r) => {
+                RedisObject::from_repr(r, "list", Self::type_tag().name).map(|obj| ListProxy {
+                    flavor: ListFlavor::Redis(RedisList::new(obj)),
+                    _types: PhantomData,
+                })
+            }
+            other => Err(not_a_container("ListProxy", other)),
+        }
+    }
+}
+
+multiproc_runtime::impl_flavored_handle!(impl<T: Shareable> for ListProxy<T>);
 
 impl<T: Shareable> ListProxy<T> {
     /// `index` as the server takes it; one past any list's length is out of
@@ -89,102 +153,201 @@ impl<T: Shareable> ListProxy<T> {
 
     /// Appends `value` (Python's `append`).
     pub fn push(&self, value: T) -> Result<()> {
-        let v = self.core.encode(&value)?;
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return r.extend(&[value.encode()?.to_vec()]);
+            }
+        };
+        let v = core.encode(&value)?;
         let args = Args {
             value: Some(v.blob()),
             ..Args::default()
         };
-        self.core.call(Method::ListPush, args, read_unit)
+        core.call(Method::ListPush, args, read_unit)
     }
 
     /// Appends every value, in one round trip.
     pub fn extend(&self, values: impl IntoIterator<Item = T>) -> Result<()> {
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return {
+                    let encoded = values
+                        .into_iter()
+                        .map(|v| v.encode().map(|b| b.to_vec()))
+                        .collect::<Result<Vec<_>>>()?;
+                    r.extend(&encoded)
+                };
+            }
+        };
         // The values live until the call returns: a proxy among them,
         // dropped once encoded, would release its object before the
         // server took the list's reference to it.
         let values: Vec<T> = values.into_iter().collect();
         let encoded = values
             .iter()
-            .map(|v| self.core.encode(v))
+            .map(|v| core.encode(v))
             .collect::<Result<Vec<_>>>()?;
         let args = Args {
             batch: encoded.iter().map(|e| e.blob()).collect(),
             ..Args::default()
         };
-        self.core.call(Method::ListExtend, args, read_unit)
+        core.call(Method::ListExtend, args, read_unit)
     }
 
     /// A copy of element `index`; `Err(IndexOutOfRange)` past the end.
     pub fn get(&self, index: usize) -> Result<T> {
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return T::decode(&r.get(redis_index(r, index)?)?);
+            }
+        };
         let args = Args {
             index: self.index_arg(index)?,
             ..Args::default()
         };
-        self.core
-            .call(Method::ListGet, args, read_value)?
+        core.call(Method::ListGet, args, read_value)?
             .ok_or_else(crate::client::unexpected)
     }
 
     /// Overwrites element `index`; `Err(IndexOutOfRange)` past the end.
     pub fn set(&self, index: usize, value: T) -> Result<()> {
-        let v = self.core.encode(&value)?;
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return r.set(redis_index(r, index)?, &value.encode()?);
+            }
+        };
+        let v = core.encode(&value)?;
         let args = Args {
             index: self.index_arg(index)?,
             value: Some(v.blob()),
             ..Args::default()
         };
-        self.core.call(Method::ListSet, args, read_unit)
+        core.call(Method::ListSet, args, read_unit)
     }
 
     /// Inserts `value` before `index` (`index == len` appends); `Err(IndexOutOfRange)` beyond.
     pub fn insert(&self, index: usize, value: T) -> Result<()> {
-        let v = self.core.encode(&value)?;
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return {
+                    let v = value.encode()?.to_vec();
+                    r.rewrite(|items| {
+                        if index > items.len() {
+                            return Err(Error::IndexOutOfRange {
+                                index,
+                                len: items.len(),
+                            });
+                        }
+                        items.insert(index, v.clone());
+                        Ok(((), true))
+                    })
+                };
+            }
+        };
+        let v = core.encode(&value)?;
         let args = Args {
             index: self.index_arg(index)?,
             value: Some(v.blob()),
             ..Args::default()
         };
-        self.core.call(Method::ListInsert, args, read_unit)
+        core.call(Method::ListInsert, args, read_unit)
     }
 
     /// Removes and returns the last element; `None` if the list is empty.
     pub fn pop(&self) -> Result<Option<T>> {
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return r.pop_last()?.map(|b| T::decode(&b)).transpose();
+            }
+        };
         let args = Args {
             index: -1,
             ..Args::default()
         };
-        self.core.call(Method::ListPop, args, read_value)
+        core.call(Method::ListPop, args, read_value)
     }
 
     /// Removes and returns element `index`; `Err(IndexOutOfRange)` past the end.
     pub fn pop_at(&self, index: usize) -> Result<T> {
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return T::decode(&r.rewrite(|items| {
+                    if index >= items.len() {
+                        return Err(Error::IndexOutOfRange {
+                            index,
+                            len: items.len(),
+                        });
+                    }
+                    Ok((items.remove(index), true))
+                })?);
+            }
+        };
         let args = Args {
             index: self.index_arg(index)?,
             ..Args::default()
         };
-        self.core
-            .call(Method::ListPop, args, read_value)?
+        core.call(Method::ListPop, args, read_value)?
             .ok_or_else(crate::client::unexpected)
     }
 
     /// Removes the first element equal to `value` (by encoded bytes); whether one was.
     pub fn remove(&self, value: &T) -> Result<bool> {
-        let v = self.core.encode(value)?;
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return {
+                    let v = value.encode()?;
+                    r.rewrite(|items| match items.iter().position(|i| i[..] == v[..]) {
+                        Some(at) => {
+                            items.remove(at);
+                            Ok((true, true))
+                        }
+                        None => Ok((false, false)),
+                    })
+                };
+            }
+        };
+        let v = core.encode(value)?;
         let args = Args {
             value: Some(v.blob()),
             ..Args::default()
         };
-        self.core.call(Method::ListRemove, args, read_bool)
+        core.call(Method::ListRemove, args, read_bool)
     }
 
     /// The position of the first element equal to `value`, if any.
     pub fn index(&self, value: &T) -> Result<Option<usize>> {
-        let v = self.core.encode(value)?;
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return {
+                    let v = value.encode()?;
+                    Ok(r.to_vec()?.iter().position(|i| i[..] == v[..]))
+                };
+            }
+        };
+        let v = core.encode(value)?;
         let args = Args {
             value: Some(v.blob()),
             ..Args::default()
         };
-        match self.core.call(Method::ListIndex, args, read_len) {
+        match core.call(Method::ListIndex, args, read_len) {
             Ok(i) => Ok(Some(i)),
             Err(Error::KeyNotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -193,7 +356,14 @@ impl<T: Shareable> ListProxy<T> {
 
     /// The number of elements.
     pub fn len(&self) -> Result<usize> {
-        self.core.call(Method::ListLen, Args::default(), read_len)
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return r.len();
+            }
+        };
+        core.call(Method::ListLen, Args::default(), read_len)
     }
 
     /// Whether the list is empty.
@@ -203,14 +373,29 @@ impl<T: Shareable> ListProxy<T> {
 
     /// Reverses the list in place.
     pub fn reverse(&self) -> Result<()> {
-        self.core
-            .call(Method::ListReverse, Args::default(), read_unit)
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return r.rewrite(|items| {
+                    items.reverse();
+                    Ok(((), true))
+                });
+            }
+        };
+        core.call(Method::ListReverse, Args::default(), read_unit)
     }
 
     /// Removes every element.
     pub fn clear(&self) -> Result<()> {
-        self.core
-            .call(Method::ListClear, Args::default(), read_unit)
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return r.clear();
+            }
+        };
+        core.call(Method::ListClear, Args::default(), read_unit)
     }
 
     /// `index` counting from the end when negative, as Python's `l[-1]`.
@@ -224,31 +409,65 @@ impl<T: Shareable> ListProxy<T> {
     /// `Err(IndexOutOfRange)` outside the list (a negative index, which
     /// `usize` cannot carry, is reported as `index: usize::MAX`).
     pub fn get_signed(&self, index: isize) -> Result<T> {
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return T::decode(&r.get(Self::signed_arg(index))?);
+            }
+        };
         let args = Args {
             index: Self::signed_arg(index),
             ..Args::default()
         };
-        self.core
-            .call(Method::ListGet, args, read_value)?
+        core.call(Method::ListGet, args, read_value)?
             .ok_or_else(crate::client::unexpected)
     }
 
     /// Overwrites element `index`, counting from the end when negative;
     /// `Err(IndexOutOfRange)` outside the list.
     pub fn set_signed(&self, index: isize, value: T) -> Result<()> {
-        let v = self.core.encode(&value)?;
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return r.set(Self::signed_arg(index), &value.encode()?);
+            }
+        };
+        let v = core.encode(&value)?;
         let args = Args {
             index: Self::signed_arg(index),
             value: Some(v.blob()),
             ..Args::default()
         };
-        self.core.call(Method::ListSet, args, read_unit)
+        core.call(Method::ListSet, args, read_unit)
     }
 
     /// Removes and returns element `index`, counting from the end when
     /// negative (`pop_signed(-1)` is [`ListProxy::pop`] on a non-empty list);
     /// `Err(IndexOutOfRange)` outside the list, an empty one included.
     pub fn pop_signed(&self, index: isize) -> Result<T> {
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return T::decode(&r.rewrite(|items| {
+                    let len = items.len();
+                    let at = if index < 0 {
+                        index.checked_add_unsigned(len).filter(|i| *i >= 0)
+                    } else {
+                        Some(index).filter(|i| i.unsigned_abs() < len)
+                    };
+                    match at {
+                        Some(at) => Ok((items.remove(at.unsigned_abs()), true)),
+                        None => Err(Error::IndexOutOfRange {
+                            index: usize::try_from(index).unwrap_or(usize::MAX),
+                            len,
+                        }),
+                    }
+                })?);
+            }
+        };
         if index == -1 {
             // The server reads -1 as "the last, if any" (`pop`).
             return self.pop()?.ok_or(Error::IndexOutOfRange {
@@ -260,8 +479,7 @@ impl<T: Shareable> ListProxy<T> {
             index: Self::signed_arg(index),
             ..Args::default()
         };
-        self.core
-            .call(Method::ListPop, args, read_value)?
+        core.call(Method::ListPop, args, read_value)?
             .ok_or_else(crate::client::unexpected)
     }
 
@@ -306,6 +524,18 @@ impl<T: Shareable> ListProxy<T> {
     /// manager.shutdown().unwrap();
     /// ```
     pub fn get_range(&self, range: impl RangeBounds<usize>) -> Result<Vec<T>> {
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return {
+                    let (start, end) = self.range_args(&range)?;
+                    let items = r.to_vec()?;
+                    let (start, end) = checked_range(start, end, items.len())?;
+                    items[start..end].iter().map(|b| T::decode(b)).collect()
+                };
+            }
+        };
         let (start, end) = self.range_args(&range)?;
         let end = u64_arg(end);
         let args = Args {
@@ -313,7 +543,7 @@ impl<T: Shareable> ListProxy<T> {
             key: Some(Blob::plain(&end)),
             ..Args::default()
         };
-        self.core.call(Method::ListGetRange, args, |conn, r| {
+        core.call(Method::ListGetRange, args, |conn, r| {
             read_many(conn, r, |items| items.map(T::decode).collect())
         })
     }
@@ -326,6 +556,24 @@ impl<T: Shareable> ListProxy<T> {
         range: impl RangeBounds<usize>,
         values: impl IntoIterator<Item = T>,
     ) -> Result<()> {
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return {
+                    let (start, end) = self.range_args(&range)?;
+                    let encoded = values
+                        .into_iter()
+                        .map(|v| v.encode().map(|b| b.to_vec()))
+                        .collect::<Result<Vec<_>>>()?;
+                    r.rewrite(|items| {
+                        let (start, end) = checked_range(start, end, items.len())?;
+                        items.splice(start..end, encoded.iter().cloned());
+                        Ok(((), true))
+                    })
+                };
+            }
+        };
         let (start, end) = self.range_args(&range)?;
         // The values live until the call returns: a proxy among them,
         // dropped once encoded, would release its object before the
@@ -333,7 +581,7 @@ impl<T: Shareable> ListProxy<T> {
         let values: Vec<T> = values.into_iter().collect();
         let encoded = values
             .iter()
-            .map(|v| self.core.encode(v))
+            .map(|v| core.encode(v))
             .collect::<Result<Vec<_>>>()?;
         let end = u64_arg(end);
         let args = Args {
@@ -342,7 +590,7 @@ impl<T: Shareable> ListProxy<T> {
             batch: encoded.iter().map(|e| e.blob()).collect(),
             ..Args::default()
         };
-        self.core.call(Method::ListSetRange, args, read_unit)
+        core.call(Method::ListSetRange, args, read_unit)
     }
 
     /// Whether some element equals `value` (by encoded bytes; Python's `in`).
@@ -352,12 +600,22 @@ impl<T: Shareable> ListProxy<T> {
 
     /// How many elements equal `value` (by encoded bytes).
     pub fn count(&self, value: &T) -> Result<usize> {
-        let v = self.core.encode(value)?;
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return {
+                    let v = value.encode()?;
+                    Ok(r.to_vec()?.iter().filter(|i| i[..] == v[..]).count())
+                };
+            }
+        };
+        let v = core.encode(value)?;
         let args = Args {
             value: Some(v.blob()),
             ..Args::default()
         };
-        self.core.call(Method::ListCount, args, read_len)
+        core.call(Method::ListCount, args, read_len)
     }
 
     /// Appends copies of every element of `other` (Python's
@@ -438,20 +696,46 @@ impl<T: Shareable> ListProxy<T> {
         timeout: Duration,
         mut compare: impl FnMut(&T, &T) -> Ordering,
     ) -> Result<()> {
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return {
+                    let deadline = Deadline::after(timeout);
+                    let mut tried = false;
+                    r.rewrite(|items| {
+                        if tried && deadline.expired() {
+                            return Err(deadline.timeout_error());
+                        }
+                        tried = true;
+                        let values = items
+                            .iter()
+                            .map(|b| T::decode(b))
+                            .collect::<Result<Vec<T>>>()?;
+                        let mut order: Vec<usize> = (0..values.len()).collect();
+                        order.sort_by(|&a, &b| compare(&values[a], &values[b]));
+                        if order.iter().enumerate().all(|(i, &o)| i == o) {
+                            return Ok(((), false));
+                        }
+                        *items = order.iter().map(|&i| items[i].clone()).collect();
+                        Ok(((), true))
+                    })
+                };
+            }
+        };
         let deadline = Deadline::after(timeout);
         loop {
             let (digest, values) =
-                self.core
-                    .call(Method::ListSnapshot, Args::default(), |conn, r| {
-                        read_many(conn, r, |items| {
-                            let raw: Vec<&[u8]> = items.collect();
-                            let values = raw
-                                .iter()
-                                .map(|b| T::decode(b))
-                                .collect::<Result<Vec<T>>>()?;
-                            Ok((list_digest(raw), values))
-                        })
-                    })?;
+                core.call(Method::ListSnapshot, Args::default(), |conn, r| {
+                    read_many(conn, r, |items| {
+                        let raw: Vec<&[u8]> = items.collect();
+                        let values = raw
+                            .iter()
+                            .map(|b| T::decode(b))
+                            .collect::<Result<Vec<T>>>()?;
+                        Ok((list_digest(raw), values))
+                    })
+                })?;
             let mut order: Vec<usize> = (0..values.len()).collect();
             order.sort_by(|&a, &b| compare(&values[a], &values[b]));
             if order.iter().enumerate().all(|(i, &o)| i == o) {
@@ -463,7 +747,7 @@ impl<T: Shareable> ListProxy<T> {
                 batch: positions.iter().map(|p| Blob::plain(p)).collect(),
                 ..Args::default()
             };
-            if self.core.call(Method::ListApplyOrder, args, read_bool)? {
+            if core.call(Method::ListApplyOrder, args, read_bool)? {
                 return Ok(());
             }
             // Another client changed the list since the snapshot.
@@ -475,14 +759,48 @@ impl<T: Shareable> ListProxy<T> {
 
     /// A snapshot of the whole list.
     pub fn to_vec(&self) -> Result<Vec<T>> {
-        self.core
-            .call(Method::ListSnapshot, Args::default(), |conn, r| {
-                read_many(conn, r, |items| items.map(T::decode).collect())
-            })
+        let core = match &self.flavor {
+            ListFlavor::Remote(core) => core,
+            #[cfg(feature = "redis")]
+            ListFlavor::Redis(r) => {
+                return r.to_vec()?.iter().map(|b| T::decode(b)).collect();
+            }
+        };
+        core.call(Method::ListSnapshot, Args::default(), |conn, r| {
+            read_many(conn, r, |items| items.map(T::decode).collect())
+        })
     }
 
     /// An iterator over a snapshot of the list (later changes are not seen).
     pub fn iter(&self) -> Result<std::vec::IntoIter<T>> {
         self.to_vec().map(Vec::into_iter)
     }
+}
+
+/// `index` as a Redis list's index (the list's length if it cannot be one).
+#[cfg(feature = "redis")]
+fn redis_index(r: &RedisList, index: usize) -> Result<i64> {
+    i64::try_from(index).map_err(|_| match r.len() {
+        Ok(len) => Error::IndexOutOfRange { index, len },
+        Err(e) => e,
+    })
+}
+
+/// The range `start..end` (`end` `u64::MAX`: to the end) within a list of
+/// `len`, or `IndexOutOfRange` as the server reports it.
+#[cfg(feature = "redis")]
+fn checked_range(start: i64, end: u64, len: usize) -> Result<(usize, usize)> {
+    let end = if end == u64::MAX {
+        len
+    } else {
+        usize::try_from(end).unwrap_or(usize::MAX)
+    };
+    let start = usize::try_from(start).unwrap_or(usize::MAX);
+    if end > len {
+        return Err(Error::IndexOutOfRange { index: end, len });
+    }
+    if start > end {
+        return Err(Error::IndexOutOfRange { index: start, len });
+    }
+    Ok((start, end))
 }

@@ -17,7 +17,7 @@ use multiproc_runtime::{
 use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
-use crate::core::{Proxy, ProxyCore};
+use crate::core::{ProxyCore, RemoteFlavor};
 use crate::remote::{create_user_object, lookup_user_object};
 use crate::{DictProxy, ListProxy, NamespaceProxy, RemoteObject, UserProxy, UserTypes};
 use multiproc_runtime::manager::startup::{self, EXIT_TIMEOUT, UserName};
@@ -443,9 +443,9 @@ impl Manager {
         self.inner.address.pid().unwrap_or(0)
     }
 
-    fn create_kind<P: Proxy>(&self, kind: ObjectKind) -> Result<P> {
+    fn create_kind<P: RemoteFlavor>(&self, kind: ObjectKind) -> Result<P> {
         let conn = client::connection(&self.inner.address)?;
-        ProxyCore::create(conn, kind, P::tag()).map(P::from_core)
+        ProxyCore::create(conn, kind, P::remote_tag()).and_then(P::from_remote)
     }
 
     /// A proxy to the user object registered as `name` with

@@ -34,7 +34,7 @@ use multiproc_runtime::{Error, Process, Result, Shareable, StartMethod};
 use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
-use crate::core::{Proxy, ProxyCore, ProxyRepr, RemoteFlavor, TypeTag};
+use crate::core::{ProxyCore, ProxyRepr, RemoteFlavor, TypeTag};
 use crate::{DictProxy, ListProxy, NamespaceProxy};
 use multiproc_runtime::{
     Barrier, BoundedSemaphore, Condition, ConditionLock, Event, JoinableQueue, Lock, Queue, RLock,
@@ -486,7 +486,7 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 /// `P` calls: `KeyNotFound` for a name the server does not have,
 /// `TypeMismatch` for another type or kind.
 fn registered_as<P: UserProxy>(address: ServerAddress, name: &str, bit: u64) -> Result<u64> {
-    let tag = <Registry as Proxy>::tag();
+    let tag = <Registry as RemoteFlavor>::remote_tag();
     let registry: Registry = attach_as(&ProxyRepr {
         server: address,
         object: REGISTRY,
@@ -672,7 +672,7 @@ impl RemoteManager {
     /// ([`Error::TypeMismatch`] otherwise; [`Error::KeyNotFound`] for a
     /// name the server does not have).
     pub fn get<P: Registrable>(&self, name: &str) -> Result<P> {
-        let registry: Registry = self.attach(REGISTRY, <Registry as Proxy>::tag())?;
+        let registry: Registry = self.attach(REGISTRY, <Registry as RemoteFlavor>::remote_tag())?;
         let (object, fingerprint, type_name) = registry
             .get(&name.to_string())?
             .ok_or_else(|| Error::KeyNotFound(format!("{name:?}")))?;
@@ -1081,6 +1081,9 @@ mod tests {
 
     #[test]
     fn the_server_makes_the_registry_with_the_tag_its_readers_check() {
-        assert_eq!(startup::registry_tag(), <Registry as Proxy>::tag());
+        assert_eq!(
+            startup::registry_tag(),
+            <Registry as RemoteFlavor>::remote_tag()
+        );
     }
 }

@@ -336,6 +336,57 @@ pub enum FlavorRepr {
     Shm(HandleRepr),
     /// An object a manager server keeps (reached over TCP).
     Remote(crate::manager::core::ProxyRepr),
+    /// An object kept in Redis (feature `redis`; a build without it
+    /// refuses this form with [`Error::InvalidArgument`](crate::Error::InvalidArgument)).
+    Redis(RedisRepr),
+}
+
+/// The encoded form of an object kept in Redis: where (the server's URL,
+/// the key prefix), which (its name) and as what (the handle's types).
+///
+/// The URL carries the password only in what this process's own children
+/// read, as a remote handle carries its authkey; its `Debug` form never
+/// shows it.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[rkyv(crate = rkyv)]
+pub struct RedisRepr {
+    /// The server's `redis://` URL.
+    pub url: String,
+    /// The key prefix.
+    pub prefix: String,
+    /// The object's name.
+    pub name: String,
+    /// The handle's types, readable (compared on decoding).
+    pub type_name: String,
+    /// The lease of locks (and of a queue consumer's presence), in ms.
+    pub lease_ms: u64,
+}
+
+impl std::fmt::Debug for RedisRepr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Whatever sits between "//" and "@" is credentials: left out.
+        let url = match self.url.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => self.url.clone(),
+            },
+            None => self.url.clone(),
+        };
+        f.debug_struct("RedisRepr")
+            .field("url", &url)
+            .field("prefix", &self.prefix)
+            .field("name", &self.name)
+            .field("type_name", &self.type_name)
+            .finish()
+    }
+}
+
+/// The error for a Redis handle decoded by a build without the `redis` feature.
+#[cfg(not(feature = "redis"))]
+pub(crate) fn without_redis() -> crate::Error {
+    crate::Error::InvalidArgument(
+        "a handle to an object kept in Redis needs multiproc built with the `redis` feature".into(),
+    )
 }
 
 /// A handle type with flavours that can travel inside encoded values

@@ -57,7 +57,8 @@ mod process;
 pub mod py;
 mod queue;
 #[cfg(feature = "redis")]
-mod redis;
+#[doc(hidden)]
+pub mod redis;
 pub mod shared_memory;
 mod sharedctypes;
 mod shm;

@@ -28,6 +28,30 @@ impl RedisServer {
         RedisServer::start_with(Some(password))
     }
 
+    /// Stops the server (SIGKILL) and starts a new, empty one on the same
+    /// port with the same password: Redis restarted. Panics if the port
+    /// was taken meanwhile.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--protected-mode", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        self.child = cmd.spawn().expect("restart redis-server");
+        assert!(
+            self.wait_ready(),
+            "redis-server did not restart on its port"
+        );
+    }
+
     fn start_with(password: Option<&str>) -> RedisServer {
         // A port the kernel just handed out and we let go of; retried if
         // another process takes it between our close and the server's bind.

@@ -67,6 +67,14 @@ impl<T> crate::connection::Waitable for JoinableQueue<T> {
 }
 
 impl<T: Shareable> JoinableQueue<T> {
+    /// The joinable form of `queue`.
+    #[cfg(feature = "redis")]
+    pub(crate) fn from_queue(queue: Queue<T>) -> Self {
+        JoinableQueue {
+            queue: queue.into_joinable(),
+        }
+    }
+
     /// An unbounded joinable queue with a 1 MiB ring.
     pub fn new() -> Result<Self> {
         Queue::new().map(|queue| JoinableQueue { queue })
@@ -96,6 +104,8 @@ impl<T: Shareable> JoinableQueue<T> {
         let core = match self.queue.flavor() {
             QueueRef::Shm(q) => q.core(),
             QueueRef::Remote(r) => return r.task_done(),
+            #[cfg(feature = "redis")]
+            QueueRef::Redis(r) => return r.task_done(),
         };
         let join = &core.state().join.0;
         let ring = core.ring();
@@ -131,6 +141,8 @@ impl<T: Shareable> JoinableQueue<T> {
         let core = match self.queue.flavor() {
             QueueRef::Shm(q) => q.core(),
             QueueRef::Remote(r) => return r.unfinished_tasks(),
+            #[cfg(feature = "redis")]
+            QueueRef::Redis(r) => return r.unfinished_tasks(),
         };
         let done = core.state().join.0.done.load(Ordering::Acquire);
         Ok(core.ring().tasks().saturating_sub(done) as usize)
@@ -157,6 +169,8 @@ impl<T: Shareable> JoinableQueue<T> {
         let core = match self.queue.flavor() {
             QueueRef::Shm(q) => q.core(),
             QueueRef::Remote(r) => return r.join(deadline),
+            #[cfg(feature = "redis")]
+            QueueRef::Redis(r) => return r.join(deadline),
         };
         let join = &core.state().join.0;
         let ring = core.ring();
@@ -194,7 +208,9 @@ impl<T: Shareable> FlavoredHandle for JoinableQueue<T> {
     }
 
     fn from_flavor_repr(repr: &FlavorRepr) -> Result<Self> {
-        Queue::from_flavor_repr(repr).map(|queue| JoinableQueue { queue })
+        Queue::from_flavor_repr(repr).map(|queue| JoinableQueue {
+            queue: queue.into_joinable(),
+        })
     }
 }
 

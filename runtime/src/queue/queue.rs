@@ -63,6 +63,8 @@ pub struct Queue<T> {
 pub(crate) enum QueueRef<'a, T> {
     Shm(&'a ShmQueue<T>),
     Remote(&'a RemoteQueue),
+    #[cfg(feature = "redis")]
+    Redis(&'a crate::redis::RedisQueue),
 }
 
 /// Where a [`Queue`] lives.
@@ -71,6 +73,9 @@ enum QueueFlavor<T> {
     Shm(ShmQueue<T>),
     /// An object of a TCP manager's server.
     Remote(RemoteQueue),
+    /// A list in Redis.
+    #[cfg(feature = "redis")]
+    Redis(crate::redis::RedisQueue),
 }
 
 impl<T> Clone for Queue<T> {
@@ -79,6 +84,8 @@ impl<T> Clone for Queue<T> {
             flavor: match &self.flavor {
                 QueueFlavor::Shm(q) => QueueFlavor::Shm(q.clone()),
                 QueueFlavor::Remote(r) => QueueFlavor::Remote(r.clone()),
+                #[cfg(feature = "redis")]
+                QueueFlavor::Redis(r) => QueueFlavor::Redis(r.clone()),
             },
         }
     }
@@ -89,6 +96,8 @@ impl<T> std::fmt::Debug for Queue<T> {
         match &self.flavor {
             QueueFlavor::Shm(q) => q.fmt(f),
             QueueFlavor::Remote(r) => f.debug_tuple("Queue").field(r.core()).finish(),
+            #[cfg(feature = "redis")]
+            QueueFlavor::Redis(r) => f.debug_tuple("Queue").field(r.object()).finish(),
         }
     }
 }
@@ -99,6 +108,26 @@ impl<T> Queue<T> {
         match &self.flavor {
             QueueFlavor::Shm(q) => QueueRef::Shm(q),
             QueueFlavor::Remote(r) => QueueRef::Remote(r),
+            #[cfg(feature = "redis")]
+            QueueFlavor::Redis(r) => QueueRef::Redis(r),
+        }
+    }
+
+    /// A queue of the Redis flavour.
+    #[cfg(feature = "redis")]
+    pub(crate) fn from_redis(r: crate::redis::RedisQueue) -> Queue<T> {
+        Queue {
+            flavor: QueueFlavor::Redis(r),
+        }
+    }
+
+    /// The same queue, whose consumers keep an item until `task_done`
+    /// (a Redis queue's joinable form; the other flavours do not differ).
+    pub(crate) fn into_joinable(self) -> Queue<T> {
+        match self.flavor {
+            #[cfg(feature = "redis")]
+            QueueFlavor::Redis(r) => Queue::from_redis(r.with_joinable(true)),
+            flavor => Queue { flavor },
         }
     }
 
@@ -145,6 +174,8 @@ impl<T: Shareable> Queue<T> {
         match &self.flavor {
             QueueFlavor::Shm(q) => q.core.put(item, deadline),
             QueueFlavor::Remote(r) => r.put(item, deadline),
+            #[cfg(feature = "redis")]
+            QueueFlavor::Redis(r) => r.put(item, deadline),
         }
     }
 
@@ -153,6 +184,8 @@ impl<T: Shareable> Queue<T> {
         match &self.flavor {
             QueueFlavor::Shm(q) => q.core.get(deadline),
             QueueFlavor::Remote(r) => r.get(deadline),
+            #[cfg(feature = "redis")]
+            QueueFlavor::Redis(r) => r.get(deadline),
         }
     }
 
@@ -207,6 +240,8 @@ impl<T: Shareable> Queue<T> {
         match &self.flavor {
             QueueFlavor::Shm(q) => Ok(q.qsize()),
             QueueFlavor::Remote(r) => r.qsize(),
+            #[cfg(feature = "redis")]
+            QueueFlavor::Redis(r) => r.qsize(),
         }
     }
 
@@ -215,6 +250,8 @@ impl<T: Shareable> Queue<T> {
         match &self.flavor {
             QueueFlavor::Shm(q) => Ok(q.empty()),
             QueueFlavor::Remote(r) => r.qsize().map(|n| n == 0),
+            #[cfg(feature = "redis")]
+            QueueFlavor::Redis(r) => r.qsize().map(|n| n == 0),
         }
     }
 
@@ -223,6 +260,8 @@ impl<T: Shareable> Queue<T> {
         match &self.flavor {
             QueueFlavor::Shm(q) => Ok(q.full()),
             QueueFlavor::Remote(r) => r.full(),
+            #[cfg(feature = "redis")]
+            QueueFlavor::Redis(r) => r.full(),
         }
     }
 
@@ -231,6 +270,8 @@ impl<T: Shareable> Queue<T> {
         match &self.flavor {
             QueueFlavor::Shm(q) => Ok(q.maxsize()),
             QueueFlavor::Remote(r) => r.maxsize(),
+            #[cfg(feature = "redis")]
+            QueueFlavor::Redis(r) => r.maxsize(),
         }
     }
 
@@ -240,6 +281,8 @@ impl<T: Shareable> Queue<T> {
         match &self.flavor {
             QueueFlavor::Shm(q) => Some(q.capacity_bytes()),
             QueueFlavor::Remote(_) => None,
+            #[cfg(feature = "redis")]
+            QueueFlavor::Redis(_) => None,
         }
     }
 
@@ -258,6 +301,10 @@ impl<T: Shareable> Queue<T> {
             QueueFlavor::Remote(_) => Err(Error::InvalidArgument(
                 "a queue a remote manager keeps cannot be closed".into(),
             )),
+            #[cfg(feature = "redis")]
+            QueueFlavor::Redis(_) => Err(Error::InvalidArgument(
+                "a queue kept in Redis cannot be closed (delete it by name instead)".into(),
+            )),
         }
     }
 
@@ -266,6 +313,8 @@ impl<T: Shareable> Queue<T> {
         match &self.flavor {
             QueueFlavor::Shm(q) => q.is_closed(),
             QueueFlavor::Remote(_) => false,
+            #[cfg(feature = "redis")]
+            QueueFlavor::Redis(_) => false,
         }
     }
 }
@@ -282,6 +331,10 @@ impl<T> crate::connection::Waitable for Queue<T> {
             QueueFlavor::Remote(_) => crate::connection::WaitSource::unwatchable(
                 "a queue a remote manager keeps (use get_timeout on it)",
             ),
+            #[cfg(feature = "redis")]
+            QueueFlavor::Redis(_) => crate::connection::WaitSource::unwatchable(
+                "a queue kept in Redis (use get_timeout on it)",
+            ),
         }
     }
 }
@@ -293,6 +346,10 @@ impl<T: Shareable> ShareHandle for Queue<T> {
             QueueFlavor::Shm(q) => q.to_repr(),
             QueueFlavor::Remote(_) => Err(Error::InvalidArgument(
                 "a queue a remote manager keeps has no shared segment".into(),
+            )),
+            #[cfg(feature = "redis")]
+            QueueFlavor::Redis(_) => Err(Error::InvalidArgument(
+                "a queue kept in Redis has no shared segment".into(),
             )),
         }
     }
@@ -309,6 +366,8 @@ impl<T: Shareable> FlavoredHandle for Queue<T> {
         match &self.flavor {
             QueueFlavor::Shm(q) => q.to_repr().map(FlavorRepr::Shm),
             QueueFlavor::Remote(r) => r.core().to_repr().map(FlavorRepr::Remote),
+            #[cfg(feature = "redis")]
+            QueueFlavor::Redis(r) => Ok(FlavorRepr::Redis(r.object().to_repr())),
         }
     }
 
@@ -317,6 +376,13 @@ impl<T: Shareable> FlavoredHandle for Queue<T> {
             FlavorRepr::Shm(h) => <Queue<T> as ShareHandle>::from_repr(h),
             FlavorRepr::Remote(p) => ProxyCore::from_repr(p, remote_queue_tag::<T>())
                 .map(|core| Queue::from_remote_queue(RemoteQueue::new(core))),
+            #[cfg(feature = "redis")]
+            FlavorRepr::Redis(r) => {
+                crate::redis::RedisObject::from_repr(r, "queue", crate::redis::queue_type::<T>())
+                    .map(|o| Queue::from_redis(crate::redis::RedisQueue::new(o, false)))
+            }
+            #[cfg(not(feature = "redis"))]
+            FlavorRepr::Redis(_) => Err(crate::handle::without_redis()),
         }
     }
 }

@@ -7,14 +7,32 @@
 //! is [`Error::BackendUnavailable`] for that call, never a hang. Keys are
 //! named `{prefix}:{kind}:{name}`, so processes on any host that use the
 //! same URL, prefix and name meet at the same object.
+//!
+//! The manager objects (`RedisManager` in `multiproc-proxy` hands them
+//! out): `object.rs` (names, keys, type records, deleting), `sync.rs`
+//! (the Redis flavour of `Lock`, the semaphores, `Event`, `Barrier`),
+//! `queue.rs` (of `Queue` and `JoinableQueue`), `containers.rs` (the
+//! hash and list operations the container proxies encode around) and
+//! `lease.rs` (keys that live while their process does).
 
-// The flavours and the distributed Pool that use these helpers land next.
-#![allow(dead_code)]
+mod containers;
+mod lease;
+mod object;
+mod queue;
+mod sync;
 
+pub use containers::{RedisDict, RedisList, RedisNamespace, Swapped};
+pub use object::{RedisObject, delete_objects, remove_prefix};
+pub(crate) use queue::{RedisQueue, queue_type};
+pub(crate) use sync::{RedisBarrier, RedisEvent, RedisLock, RedisSemaphore};
+
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
+use crate::fork_mutex::ForkMutex;
 
 /// How long a connection attempt, or one command's reply, may take before
 /// the call fails with [`Error::BackendUnavailable`]. A command that blocks
@@ -22,16 +40,29 @@ use crate::error::{Error, Result};
 pub(crate) const IO_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The prefix keys carry when the caller names none.
-pub(crate) const DEFAULT_PREFIX: &str = "multiproc";
+pub const DEFAULT_PREFIX: &str = "multiproc";
+
+/// How long a lock's lease (and a queue consumer's presence) lasts unless
+/// renewed: a holder that dies loses its lock at most this long after.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// The longest a blocked call waits in Redis before it looks again at
+/// what it waits for (an expired lease, a dead consumer, a broken barrier
+/// whose wake-up it missed): a bound, not a polling period.
+pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 
 /// Where Redis objects live: a server (from a `redis://` URL, whose
-/// password and database it carries) and a key prefix.
+/// password and database it carries), a key prefix and the lease of the
+/// locks made there.
 #[derive(Clone)]
-pub(crate) struct RedisTarget {
+pub struct RedisTarget {
     client: redis::Client,
+    /// The URL as given (with its password): handles carry it to children.
+    url: String,
     /// The URL with any password replaced by `***`, for messages.
     shown: String,
     prefix: String,
+    lease: Duration,
 }
 
 impl fmt::Debug for RedisTarget {
@@ -43,23 +74,60 @@ impl fmt::Debug for RedisTarget {
     }
 }
 
+/// Connections not in use, by URL, for the process that made them (a
+/// forked child starts afresh: it must not share its parent's sockets).
+static POOL: ForkMutex<Option<(i32, IdleConnections)>> = ForkMutex::new(None);
+
+/// Idle connections by URL.
+type IdleConnections = HashMap<String, Vec<redis::Connection>>;
+
+/// The most idle connections kept per server.
+const POOL_KEEP: usize = 8;
+
+/// The full URLs (with passwords) this process was given, by their shown
+/// form: a handle that arrives in a message carries the shown form only,
+/// as a remote handle leaves its authkey out.
+static KNOWN_URLS: ForkMutex<Option<HashMap<String, String>>> = ForkMutex::new(None);
+
 impl RedisTarget {
     /// Parses `url` (`redis://[user:password@]host:port[/db]`). Nothing is
     /// contacted yet; a malformed URL is [`Error::InvalidArgument`].
-    pub(crate) fn new(url: &str) -> Result<RedisTarget> {
+    pub fn new(url: &str) -> Result<RedisTarget> {
         let client = redis::Client::open(url).map_err(|e| {
             Error::InvalidArgument(format!("redis URL {}: {e}", hide_password(url)))
         })?;
+        let shown = hide_password(url);
+        if shown != url {
+            KNOWN_URLS
+                .lock()
+                .get_or_insert_with(HashMap::new)
+                .insert(shown.clone(), url.to_owned());
+        }
         Ok(RedisTarget {
             client,
-            shown: hide_password(url),
+            url: url.to_owned(),
+            shown,
             prefix: DEFAULT_PREFIX.to_owned(),
+            lease: DEFAULT_LEASE,
         })
+    }
+
+    /// A target from a handle's URL: a shown URL (password hidden) is
+    /// replaced by the full one this process knows, if it knows one.
+    pub(crate) fn from_handle(url: &str, prefix: &str, lease_ms: u64) -> Result<RedisTarget> {
+        let full = KNOWN_URLS
+            .lock()
+            .as_ref()
+            .and_then(|m| m.get(url).cloned())
+            .unwrap_or_else(|| url.to_owned());
+        let mut t = RedisTarget::new(&full)?.with_prefix(prefix)?;
+        t.lease = Duration::from_millis(lease_ms.max(1));
+        Ok(t)
     }
 
     /// The same server with keys under `prefix` (which may not be empty
     /// nor contain `:` or whitespace, so that two prefixes never overlap).
-    pub(crate) fn with_prefix(mut self, prefix: &str) -> Result<RedisTarget> {
+    pub fn with_prefix(mut self, prefix: &str) -> Result<RedisTarget> {
         if prefix.is_empty() || prefix.contains(':') || prefix.contains(char::is_whitespace) {
             return Err(Error::InvalidArgument(format!(
                 "redis key prefix {prefix:?}: must be non-empty, without ':' or whitespace"
@@ -69,14 +137,41 @@ impl RedisTarget {
         Ok(self)
     }
 
+    /// The same server with locks leased for `lease` (at least 100 ms).
+    pub fn with_lease(mut self, lease: Duration) -> Result<RedisTarget> {
+        if lease < Duration::from_millis(100) {
+            return Err(Error::InvalidArgument(format!(
+                "redis lease {lease:?}: must be at least 100 ms"
+            )));
+        }
+        self.lease = lease;
+        Ok(self)
+    }
+
     /// The key prefix.
-    pub(crate) fn prefix(&self) -> &str {
+    pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
+    /// The lease of the locks made here.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
     /// The URL with its password hidden, for messages and `Debug`.
-    pub(crate) fn shown_url(&self) -> &str {
+    pub fn shown_url(&self) -> &str {
         &self.shown
+    }
+
+    /// The URL a handle carries: the full one only to this process's own
+    /// children (as a remote handle carries its authkey), the shown one
+    /// anywhere else.
+    pub(crate) fn url_for_handle(&self) -> String {
+        if crate::handle::encoding_for_own_child() {
+            self.url.clone()
+        } else {
+            self.shown.clone()
+        }
     }
 
     /// The key of the object `name` of `kind` (`dict`, `lock`, …).
@@ -97,6 +192,119 @@ impl RedisTarget {
         Ok(conn)
     }
 
+    /// Asks the server to answer (`PING`): whether it is there and takes
+    /// our password.
+    pub fn ping(&self) -> Result<()> {
+        self.with_conn(|c| redis::cmd("PING").query::<String>(c).map(drop))
+    }
+
+    /// An idle connection of this process, or a new one.
+    fn take_conn(&self) -> Result<redis::Connection> {
+        lease::register_fork_hook_once();
+        let pid = crate::sys::process::getpid();
+        let pooled = {
+            let mut pool = POOL.lock();
+            match pool.as_mut() {
+                Some((p, m)) if *p == pid => m.get_mut(&self.url).and_then(Vec::pop),
+                _ => {
+                    // A forked child: its parent's sockets are not its own.
+                    // Forget them (closing would not disturb the parent, but
+                    // a connection's drop may write to the socket).
+                    if let Some((_, m)) = pool.take() {
+                        std::mem::forget(m);
+                    }
+                    *pool = Some((pid, HashMap::new()));
+                    None
+                }
+            }
+        };
+        match pooled {
+            Some(c) => Ok(c),
+            None => self.connect(),
+        }
+    }
+
+    fn give_back(&self, conn: redis::Connection) {
+        let pid = crate::sys::process::getpid();
+        let mut pool = POOL.lock();
+        if let Some((p, m)) = pool.as_mut()
+            && *p == pid
+        {
+            let idle = m.entry(self.url.clone()).or_default();
+            if idle.len() < POOL_KEEP {
+                idle.push(conn);
+            }
+        }
+    }
+
+    /// Runs `f` on a connection of this process's pool; a connection that
+    /// failed is dropped, not returned.
+    pub(crate) fn with_conn<R>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<R>,
+    ) -> Result<R> {
+        let mut conn = self.take_conn()?;
+        match f(&mut conn) {
+            Ok(r) => {
+                self.give_back(conn);
+                Ok(r)
+            }
+            Err(e) => {
+                if !is_connection_failure(&e) {
+                    self.give_back(conn);
+                }
+                Err(self.error(e))
+            }
+        }
+    }
+
+    /// As [`RedisTarget::with_conn`], for a command that blocks in the
+    /// server for up to `block`: the read deadline grows by that much for
+    /// this call.
+    pub(crate) fn with_blocking_conn<R>(
+        &self,
+        block: Duration,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<R>,
+    ) -> Result<R> {
+        let mut conn = self.take_conn()?;
+        if let Err(e) = conn.set_read_timeout(Some(IO_DEADLINE + block)) {
+            return Err(self.unavailable(e));
+        }
+        match f(&mut conn) {
+            Ok(r) => {
+                if conn.set_read_timeout(Some(IO_DEADLINE)).is_ok() {
+                    self.give_back(conn);
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                if !is_connection_failure(&e) && conn.set_read_timeout(Some(IO_DEADLINE)).is_ok() {
+                    self.give_back(conn);
+                }
+                Err(self.error(e))
+            }
+        }
+    }
+
+    /// Blocks in Redis until a token arrives on the list `wake` or the
+    /// wait's slice ends: the time left before `deadline`, at most `cap`.
+    /// Whether a token came. Never waits when the deadline has passed.
+    pub(crate) fn wait_token(&self, wake: &str, deadline: Deadline, cap: Duration) -> Result<bool> {
+        let slice = deadline.slice(cap);
+        // BLPOP's timeout has millisecond resolution, and 0 means "for
+        // ever": a slice under 1 ms is not waited at all.
+        if slice < Duration::from_millis(1) {
+            return Ok(false);
+        }
+        let got: Option<(Vec<u8>, Vec<u8>)> = self.with_blocking_conn(slice, |c| {
+            redis::cmd("BLPOP")
+                .arg(wake)
+                .arg(slice.as_secs_f64())
+                .query(c)
+        })?;
+        Ok(got.is_some())
+    }
+
     /// The error a failed command becomes: the connection's failures
     /// (unreachable, refused password, gone mid-call, no reply in time)
     /// are [`Error::BackendUnavailable`] naming the server; an error the
@@ -110,12 +318,67 @@ impl RedisTarget {
         }
     }
 
-    fn unavailable(&self, e: redis::RedisError) -> Error {
+    fn unavailable(&self, e: impl fmt::Display) -> Error {
         Error::BackendUnavailable {
             backend: "redis",
             cause: format!("{}: {e}", self.shown),
         }
     }
+}
+
+/// The lock `name` (see [`RedisObject`] for keys and type records).
+pub fn lock(target: &RedisTarget, name: &str) -> Result<crate::Lock> {
+    let obj = RedisObject::open(target, "lock", name, RedisLock::TYPE.into())?;
+    Ok(crate::Lock::from_redis(RedisLock::new(obj)))
+}
+
+/// The semaphore `name`, starting at `value` if it is new.
+pub fn semaphore(target: &RedisTarget, name: &str, value: u32) -> Result<crate::Semaphore> {
+    let obj = RedisObject::open(target, "semaphore", name, "Semaphore".into())?;
+    RedisSemaphore::open(obj, value, false).map(crate::Semaphore::from_redis)
+}
+
+/// The bounded semaphore `name`, starting (and capped) at `value` if it is new.
+pub fn bounded_semaphore(
+    target: &RedisTarget,
+    name: &str,
+    value: u32,
+) -> Result<crate::BoundedSemaphore> {
+    let obj = RedisObject::open(target, "semaphore", name, "BoundedSemaphore".into())?;
+    RedisSemaphore::open(obj, value, true).map(crate::BoundedSemaphore::from_redis)
+}
+
+/// The event `name`.
+pub fn event(target: &RedisTarget, name: &str) -> Result<crate::Event> {
+    let obj = RedisObject::open(target, "event", name, "Event".into())?;
+    Ok(crate::Event::from_redis(RedisEvent::new(obj)))
+}
+
+/// The barrier `name`, for `parties` parties if it is new.
+pub fn barrier(target: &RedisTarget, name: &str, parties: usize) -> Result<crate::Barrier> {
+    let obj = RedisObject::open(target, "barrier", name, "Barrier".into())?;
+    RedisBarrier::open(obj, parties).map(crate::Barrier::from_redis)
+}
+
+/// The queue `name`, of at most `maxsize` items (0: no limit) if it is new.
+pub fn queue<T: crate::Shareable>(
+    target: &RedisTarget,
+    name: &str,
+    maxsize: usize,
+) -> Result<crate::Queue<T>> {
+    let obj = RedisObject::open(target, "queue", name, queue_type::<T>())?;
+    RedisQueue::open(obj, maxsize, false).map(crate::Queue::from_redis)
+}
+
+/// The queue `name` as a joinable one.
+pub fn joinable_queue<T: crate::Shareable>(
+    target: &RedisTarget,
+    name: &str,
+    maxsize: usize,
+) -> Result<crate::JoinableQueue<T>> {
+    let obj = RedisObject::open(target, "queue", name, queue_type::<T>())?;
+    RedisQueue::open(obj, maxsize, true)
+        .map(|q| crate::JoinableQueue::from_queue(crate::Queue::from_redis(q)))
 }
 
 /// Whether `e` says the connection (not the command) failed.
@@ -159,6 +422,20 @@ mod tests {
         assert_eq!(hide_password("redis://h:6379"), "redis://h:6379");
         let t = RedisTarget::new("redis://:s3cret@127.0.0.1:1/0").unwrap();
         assert!(!format!("{t:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_handles_debug_form_hides_the_password() {
+        let repr = crate::handle::RedisRepr {
+            url: "redis://:s3cret@h:6379/0".into(),
+            prefix: "p".into(),
+            name: "n".into(),
+            type_name: "Lock".into(),
+            lease_ms: 1000,
+        };
+        let shown = format!("{repr:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("h:6379"), "{shown}");
     }
 
     #[test]

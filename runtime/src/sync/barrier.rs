@@ -143,6 +143,9 @@ enum BarrierFlavor {
     Shm(ShmBarrier),
     /// An object of a TCP manager's server.
     Remote(RemoteBarrier),
+    /// A hash and a wake-up list in Redis.
+    #[cfg(feature = "redis")]
+    Redis(crate::redis::RedisBarrier),
 }
 
 impl Clone for Barrier {
@@ -158,6 +161,8 @@ impl std::fmt::Debug for Barrier {
         match &self.flavor {
             BarrierFlavor::Shm(b) => b.fmt(f),
             BarrierFlavor::Remote(r) => f.debug_tuple("Barrier").field(r.core()).finish(),
+            #[cfg(feature = "redis")]
+            BarrierFlavor::Redis(r) => f.debug_tuple("Barrier").field(r.object()).finish(),
         }
     }
 }
@@ -222,6 +227,14 @@ impl Barrier {
         }
     }
 
+    /// The Redis flavour.
+    #[cfg(feature = "redis")]
+    pub(crate) fn from_redis(r: crate::redis::RedisBarrier) -> Barrier {
+        Barrier {
+            flavor: BarrierFlavor::Redis(r),
+        }
+    }
+
     /// The layout of a new barrier for `parties` parties (no action), for a
     /// manager server to create (see [`Value::spec`](crate::Value::spec)).
     #[doc(hidden)]
@@ -235,6 +248,8 @@ impl Barrier {
         match &self.flavor {
             BarrierFlavor::Shm(b) => b.timeout(),
             BarrierFlavor::Remote(_) => None,
+            #[cfg(feature = "redis")]
+            BarrierFlavor::Redis(_) => None,
         }
     }
 
@@ -252,6 +267,8 @@ impl Barrier {
         match &self.flavor {
             BarrierFlavor::Shm(b) => b.wait(),
             BarrierFlavor::Remote(r) => r.wait(),
+            #[cfg(feature = "redis")]
+            BarrierFlavor::Redis(r) => r.wait(),
         }
     }
 
@@ -261,6 +278,8 @@ impl Barrier {
         match &self.flavor {
             BarrierFlavor::Shm(b) => b.wait_timeout(timeout),
             BarrierFlavor::Remote(r) => r.wait_timeout(timeout),
+            #[cfg(feature = "redis")]
+            BarrierFlavor::Redis(r) => r.wait_timeout(timeout),
         }
     }
 
@@ -270,6 +289,8 @@ impl Barrier {
         match &self.flavor {
             BarrierFlavor::Shm(b) => b.try_wait(),
             BarrierFlavor::Remote(r) => r.try_wait(),
+            #[cfg(feature = "redis")]
+            BarrierFlavor::Redis(r) => r.try_wait(),
         }
     }
 
@@ -283,6 +304,8 @@ impl Barrier {
                 Ok(())
             }
             BarrierFlavor::Remote(r) => r.abort(),
+            #[cfg(feature = "redis")]
+            BarrierFlavor::Redis(r) => r.abort(),
         }
     }
 
@@ -295,6 +318,8 @@ impl Barrier {
                 Ok(())
             }
             BarrierFlavor::Remote(r) => r.reset(),
+            #[cfg(feature = "redis")]
+            BarrierFlavor::Redis(r) => r.reset(),
         }
     }
 
@@ -303,6 +328,8 @@ impl Barrier {
         match &self.flavor {
             BarrierFlavor::Shm(b) => Ok(b.parties()),
             BarrierFlavor::Remote(r) => r.parties(),
+            #[cfg(feature = "redis")]
+            BarrierFlavor::Redis(r) => r.parties(),
         }
     }
 
@@ -311,6 +338,8 @@ impl Barrier {
         match &self.flavor {
             BarrierFlavor::Shm(b) => Ok(b.n_waiting()),
             BarrierFlavor::Remote(r) => r.n_waiting(),
+            #[cfg(feature = "redis")]
+            BarrierFlavor::Redis(r) => r.n_waiting(),
         }
     }
 
@@ -319,6 +348,8 @@ impl Barrier {
         match &self.flavor {
             BarrierFlavor::Shm(b) => Ok(b.broken()),
             BarrierFlavor::Remote(r) => r.broken(),
+            #[cfg(feature = "redis")]
+            BarrierFlavor::Redis(r) => r.broken(),
         }
     }
 }
@@ -330,6 +361,10 @@ impl ShareHandle for Barrier {
             BarrierFlavor::Shm(b) => b.to_repr(),
             BarrierFlavor::Remote(_) => Err(Error::InvalidArgument(
                 "a barrier a remote manager keeps has no shared segment".into(),
+            )),
+            #[cfg(feature = "redis")]
+            BarrierFlavor::Redis(_) => Err(Error::InvalidArgument(
+                "a barrier kept in Redis has no shared segment".into(),
             )),
         }
     }
@@ -344,6 +379,8 @@ impl FlavoredHandle for Barrier {
         match &self.flavor {
             BarrierFlavor::Shm(b) => b.to_repr().map(FlavorRepr::Shm),
             BarrierFlavor::Remote(r) => r.core().to_repr().map(FlavorRepr::Remote),
+            #[cfg(feature = "redis")]
+            BarrierFlavor::Redis(r) => Ok(FlavorRepr::Redis(r.object().to_repr())),
         }
     }
 
@@ -353,6 +390,13 @@ impl FlavoredHandle for Barrier {
             FlavorRepr::Remote(p) => {
                 ProxyCore::from_repr(p, Barrier::remote_tag()).and_then(Barrier::from_remote)
             }
+            #[cfg(feature = "redis")]
+            FlavorRepr::Redis(r) => {
+                crate::redis::RedisObject::from_repr(r, "barrier", "Barrier".into())
+                    .map(|o| Barrier::from_redis(crate::redis::RedisBarrier::new(o)))
+            }
+            #[cfg(not(feature = "redis"))]
+            FlavorRepr::Redis(_) => Err(crate::handle::without_redis()),
         }
     }
 }

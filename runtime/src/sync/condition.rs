@@ -776,6 +776,9 @@ impl FlavoredHandle for Condition {
             FlavorRepr::Remote(p) => {
                 ProxyCore::from_repr(p, Condition::remote_tag()).and_then(Condition::from_remote)
             }
+            FlavorRepr::Redis(_) => Err(Error::InvalidArgument(
+                "a Condition is not kept in Redis: this handle names one".into(),
+            )),
         }
     }
 }

@@ -126,6 +126,9 @@ enum EventFlavor {
     Shm(ShmObject<EventState>),
     /// An object of a TCP manager's server.
     Remote(RemoteEvent),
+    /// A flag key and a wake-up list in Redis.
+    #[cfg(feature = "redis")]
+    Redis(crate::redis::RedisEvent),
 }
 
 impl std::fmt::Debug for Event {
@@ -136,6 +139,8 @@ impl std::fmt::Debug for Event {
                 .field("is_set", &obj.state().is_set())
                 .finish(),
             EventFlavor::Remote(r) => f.debug_tuple("Event").field(r.core()).finish(),
+            #[cfg(feature = "redis")]
+            EventFlavor::Redis(r) => f.debug_tuple("Event").field(r.object()).finish(),
         }
     }
 }
@@ -167,6 +172,14 @@ impl Event {
         }
     }
 
+    /// The Redis flavour.
+    #[cfg(feature = "redis")]
+    pub(crate) fn from_redis(r: crate::redis::RedisEvent) -> Event {
+        Event {
+            flavor: EventFlavor::Redis(r),
+        }
+    }
+
     /// Raises the flag and wakes every waiter (no syscall if none sleeps).
     /// Only a remote event can fail (`ManagerGone`).
     pub fn set(&self) -> Result<()> {
@@ -176,6 +189,8 @@ impl Event {
                 Ok(())
             }
             EventFlavor::Remote(r) => r.set(),
+            #[cfg(feature = "redis")]
+            EventFlavor::Redis(r) => r.set(),
         }
     }
 
@@ -187,6 +202,8 @@ impl Event {
                 Ok(())
             }
             EventFlavor::Remote(r) => r.clear(),
+            #[cfg(feature = "redis")]
+            EventFlavor::Redis(r) => r.clear(),
         }
     }
 
@@ -195,6 +212,8 @@ impl Event {
         match &self.flavor {
             EventFlavor::Shm(obj) => Ok(obj.state().is_set()),
             EventFlavor::Remote(r) => r.is_set(),
+            #[cfg(feature = "redis")]
+            EventFlavor::Redis(r) => r.is_set(),
         }
     }
 
@@ -222,6 +241,8 @@ impl Event {
         match &self.flavor {
             EventFlavor::Shm(obj) => obj.state().wait(deadline, || obj.check_owner()),
             EventFlavor::Remote(r) => r.wait_deadline(deadline),
+            #[cfg(feature = "redis")]
+            EventFlavor::Redis(r) => r.wait_deadline(deadline),
         }
     }
 }
@@ -233,6 +254,10 @@ impl ShareHandle for Event {
             EventFlavor::Shm(obj) => obj.to_repr(),
             EventFlavor::Remote(_) => Err(Error::InvalidArgument(
                 "an event a remote manager keeps has no shared segment".into(),
+            )),
+            #[cfg(feature = "redis")]
+            EventFlavor::Redis(_) => Err(Error::InvalidArgument(
+                "an event kept in Redis has no shared segment".into(),
             )),
         }
     }
@@ -249,6 +274,8 @@ impl FlavoredHandle for Event {
         match &self.flavor {
             EventFlavor::Shm(obj) => obj.to_repr().map(FlavorRepr::Shm),
             EventFlavor::Remote(r) => r.core().to_repr().map(FlavorRepr::Remote),
+            #[cfg(feature = "redis")]
+            EventFlavor::Redis(r) => Ok(FlavorRepr::Redis(r.object().to_repr())),
         }
     }
 
@@ -258,6 +285,13 @@ impl FlavoredHandle for Event {
             FlavorRepr::Remote(p) => {
                 ProxyCore::from_repr(p, Event::remote_tag()).and_then(Event::from_remote)
             }
+            #[cfg(feature = "redis")]
+            FlavorRepr::Redis(r) => {
+                crate::redis::RedisObject::from_repr(r, "event", "Event".into())
+                    .map(|o| Event::from_redis(crate::redis::RedisEvent::new(o)))
+            }
+            #[cfg(not(feature = "redis"))]
+            FlavorRepr::Redis(_) => Err(crate::handle::without_redis()),
         }
     }
 }

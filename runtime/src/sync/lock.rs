@@ -54,6 +54,9 @@ enum LockFlavor {
     Shm(ShmObject<RawLock>),
     /// An object of a TCP manager's server.
     Remote(RemoteLock),
+    /// A key with a lease in Redis.
+    #[cfg(feature = "redis")]
+    Redis(crate::redis::RedisLock),
 }
 
 impl std::fmt::Debug for Lock {
@@ -64,6 +67,8 @@ impl std::fmt::Debug for Lock {
                 .field("owner", &obj.state().owner_pid())
                 .finish(),
             LockFlavor::Remote(r) => f.debug_tuple("Lock").field(r.core()).finish(),
+            #[cfg(feature = "redis")]
+            LockFlavor::Redis(r) => f.debug_tuple("Lock").field(r.object()).finish(),
         }
     }
 }
@@ -84,6 +89,14 @@ impl Lock {
     pub(crate) fn remote(r: RemoteLock) -> Lock {
         Lock {
             flavor: LockFlavor::Remote(r),
+        }
+    }
+
+    /// The Redis flavour.
+    #[cfg(feature = "redis")]
+    pub(crate) fn from_redis(r: crate::redis::RedisLock) -> Lock {
+        Lock {
+            flavor: LockFlavor::Redis(r),
         }
     }
 
@@ -124,6 +137,8 @@ impl Lock {
         match &self.flavor {
             LockFlavor::Shm(obj) => shm_acquire(obj, deadline),
             LockFlavor::Remote(r) => r.acquire_deadline(deadline),
+            #[cfg(feature = "redis")]
+            LockFlavor::Redis(r) => r.acquire_deadline(deadline),
         }
     }
 
@@ -137,6 +152,12 @@ impl Lock {
             // (`Condition::with_lock` makes a remote condition over one),
             // so this is not reached; it still returns rather than panic.
             LockFlavor::Remote(r) => {
+                return r
+                    .acquire_deadline(Deadline::Never)
+                    .unwrap_or(Acquired::Clean);
+            }
+            #[cfg(feature = "redis")]
+            LockFlavor::Redis(r) => {
                 return r
                     .acquire_deadline(Deadline::Never)
                     .unwrap_or(Acquired::Clean);
@@ -158,6 +179,8 @@ impl Lock {
         match &self.flavor {
             LockFlavor::Shm(_) => None,
             LockFlavor::Remote(r) => Some(r.core()),
+            #[cfg(feature = "redis")]
+            LockFlavor::Redis(_) => None,
         }
     }
 
@@ -167,6 +190,8 @@ impl Lock {
         match &self.flavor {
             LockFlavor::Shm(obj) => obj.state().holder_died(),
             LockFlavor::Remote(_) => false,
+            #[cfg(feature = "redis")]
+            LockFlavor::Redis(_) => false,
         }
     }
 
@@ -175,6 +200,8 @@ impl Lock {
         match &self.flavor {
             LockFlavor::Shm(obj) => obj.state().held_by_this_process(),
             LockFlavor::Remote(_) => false,
+            #[cfg(feature = "redis")]
+            LockFlavor::Redis(_) => false,
         }
     }
 
@@ -195,6 +222,8 @@ impl Lock {
                 }
             }
             LockFlavor::Remote(r) => r.release(),
+            #[cfg(feature = "redis")]
+            LockFlavor::Redis(r) => r.release(),
         }
     }
 
@@ -221,6 +250,8 @@ impl Lock {
         match &self.flavor {
             LockFlavor::Shm(obj) => Ok(obj.state().is_locked()),
             LockFlavor::Remote(r) => r.is_locked(),
+            #[cfg(feature = "redis")]
+            LockFlavor::Redis(r) => r.is_locked(),
         }
     }
 
@@ -231,6 +262,8 @@ impl Lock {
         match &self.flavor {
             LockFlavor::Shm(obj) => obj.state().owner_pid(),
             LockFlavor::Remote(_) => None,
+            #[cfg(feature = "redis")]
+            LockFlavor::Redis(r) => r.owner_pid().ok().flatten(),
         }
     }
 }
@@ -294,6 +327,14 @@ impl Drop for LockGuard<'_> {
                     tracing::warn!("cannot release a manager lock: {e}");
                 }
             }
+            #[cfg(feature = "redis")]
+            LockFlavor::Redis(r) => match r.release_own() {
+                Ok(true) => {}
+                // Its lease ended while the guard lived: not ours to release.
+                Ok(false) => tracing::warn!("a redis lock's lease ended while its guard was held"),
+                // A lost server loses nothing: the lease ends there.
+                Err(e) => tracing::warn!("cannot release a redis lock: {e}"),
+            },
         }
     }
 }
@@ -306,6 +347,10 @@ impl ShareHandle for Lock {
             LockFlavor::Shm(obj) => obj.to_repr(),
             LockFlavor::Remote(_) => Err(Error::InvalidArgument(
                 "a lock a remote manager keeps has no shared segment to build on".into(),
+            )),
+            #[cfg(feature = "redis")]
+            LockFlavor::Redis(_) => Err(Error::InvalidArgument(
+                "a lock kept in Redis has no shared segment to build on".into(),
             )),
         }
     }
@@ -330,6 +375,8 @@ impl FlavoredHandle for Lock {
         match &self.flavor {
             LockFlavor::Shm(obj) => obj.to_repr().map(FlavorRepr::Shm),
             LockFlavor::Remote(r) => r.core().to_repr().map(FlavorRepr::Remote),
+            #[cfg(feature = "redis")]
+            LockFlavor::Redis(r) => Ok(FlavorRepr::Redis(r.object().to_repr())),
         }
     }
 
@@ -339,6 +386,15 @@ impl FlavoredHandle for Lock {
             FlavorRepr::Remote(p) => {
                 ProxyCore::from_repr(p, Lock::remote_tag()).and_then(Lock::from_remote)
             }
+            #[cfg(feature = "redis")]
+            FlavorRepr::Redis(r) => crate::redis::RedisObject::from_repr(
+                r,
+                "lock",
+                crate::redis::RedisLock::TYPE.into(),
+            )
+            .map(|o| Lock::from_redis(crate::redis::RedisLock::new(o))),
+            #[cfg(not(feature = "redis"))]
+            FlavorRepr::Redis(_) => Err(crate::handle::without_redis()),
         }
     }
 }

@@ -444,6 +444,9 @@ impl FlavoredHandle for RLock {
             FlavorRepr::Remote(p) => {
                 ProxyCore::from_repr(p, RLock::remote_tag()).and_then(RLock::from_remote)
             }
+            FlavorRepr::Redis(_) => Err(Error::InvalidArgument(
+                "a RLock is not kept in Redis: this handle names one".into(),
+            )),
         }
     }
 }

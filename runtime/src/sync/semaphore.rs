@@ -170,6 +170,8 @@ macro_rules! semaphore_methods {
                     }
                 }
                 SemFlavor::Remote(r) => r.acquire_deadline(deadline),
+                #[cfg(feature = "redis")]
+                SemFlavor::Redis(r) => r.acquire_deadline(deadline),
             }
         }
 
@@ -179,6 +181,8 @@ macro_rules! semaphore_methods {
             match &self.flavor {
                 SemFlavor::Shm(obj) => Ok(obj.state().value.load(Ordering::Relaxed)),
                 SemFlavor::Remote(r) => r.get_value(),
+                #[cfg(feature = "redis")]
+                SemFlavor::Redis(r) => r.get_value(),
             }
         }
 
@@ -186,6 +190,8 @@ macro_rules! semaphore_methods {
             match &self.flavor {
                 SemFlavor::Shm(obj) => obj.state().release(),
                 SemFlavor::Remote(r) => r.release(),
+                #[cfg(feature = "redis")]
+                SemFlavor::Redis(r) => r.release(),
             }
         }
 
@@ -193,6 +199,14 @@ macro_rules! semaphore_methods {
         pub(crate) fn remote(r: RemoteSemaphore) -> Self {
             Self {
                 flavor: SemFlavor::Remote(r),
+            }
+        }
+
+        /// The Redis flavour.
+        #[cfg(feature = "redis")]
+        pub(crate) fn from_redis(r: crate::redis::RedisSemaphore) -> Self {
+            Self {
+                flavor: SemFlavor::Redis(r),
             }
         }
     };
@@ -205,6 +219,9 @@ enum SemFlavor {
     Shm(ShmObject<SemState>),
     /// An object of a TCP manager's server.
     Remote(RemoteSemaphore),
+    /// A counter and a wake-up list in Redis.
+    #[cfg(feature = "redis")]
+    Redis(crate::redis::RedisSemaphore),
 }
 
 impl SemFlavor {
@@ -212,6 +229,8 @@ impl SemFlavor {
         match self {
             SemFlavor::Shm(_) => None,
             SemFlavor::Remote(r) => Some(f.debug_tuple(name).field(r.core()).finish()),
+            #[cfg(feature = "redis")]
+            SemFlavor::Redis(r) => Some(f.debug_tuple(name).field(r.object()).finish()),
         }
     }
 
@@ -219,6 +238,8 @@ impl SemFlavor {
         match self {
             SemFlavor::Shm(obj) => obj.to_repr().map(FlavorRepr::Shm),
             SemFlavor::Remote(r) => r.core().to_repr().map(FlavorRepr::Remote),
+            #[cfg(feature = "redis")]
+            SemFlavor::Redis(r) => Ok(FlavorRepr::Redis(r.object().to_repr())),
         }
     }
 
@@ -227,6 +248,10 @@ impl SemFlavor {
             SemFlavor::Shm(obj) => obj.to_repr(),
             SemFlavor::Remote(_) => Err(Error::InvalidArgument(
                 "a semaphore a remote manager keeps has no shared segment".into(),
+            )),
+            #[cfg(feature = "redis")]
+            SemFlavor::Redis(_) => Err(Error::InvalidArgument(
+                "a semaphore kept in Redis has no shared segment".into(),
             )),
         }
     }
@@ -347,6 +372,8 @@ impl BoundedSemaphore {
         match &self.flavor {
             SemFlavor::Shm(obj) => Some(obj.state().max.load(Ordering::Relaxed)),
             SemFlavor::Remote(_) => None,
+            #[cfg(feature = "redis")]
+            SemFlavor::Redis(r) => r.max_value().ok().flatten(),
         }
     }
 }
@@ -389,6 +416,13 @@ macro_rules! semaphore_handle {
                     FlavorRepr::Remote(p) => {
                         ProxyCore::from_repr(p, $ty::remote_tag()).and_then($ty::from_remote)
                     }
+                    #[cfg(feature = "redis")]
+                    FlavorRepr::Redis(r) => {
+                        crate::redis::RedisObject::from_repr(r, "semaphore", Self::NAME.into())
+                            .map(|o| $ty::from_redis(crate::redis::RedisSemaphore::new(o)))
+                    }
+                    #[cfg(not(feature = "redis"))]
+                    FlavorRepr::Redis(_) => Err(crate::handle::without_redis()),
                 }
             }
         }

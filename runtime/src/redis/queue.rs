@@ -1,0 +1,382 @@
+//! The Redis flavour of [`Queue`](crate::Queue) and
+//! [`JoinableQueue`](crate::JoinableQueue): a Redis list.
+//!
+//! `put` pushes at the head (a script that also honours `maxsize` and
+//! counts the task); `get` moves the tail item with `BLMOVE` into this
+//! process's in-flight list `p:queue#proc.<consumer>:name`, so the item is
+//! never only in a reply on the wire. When is it *taken*:
+//!
+//! * from a [`Queue`](crate::Queue), once it is decoded and handed to the
+//!   caller (then it leaves the in-flight list);
+//! * from a [`JoinableQueue`](crate::JoinableQueue), only at its
+//!   `task_done` (which removes this process's oldest in-flight item), so
+//!   a consumer that dies while working on an item does not lose it.
+//!
+//! Each consumer process announces itself with a leased key
+//! (`p:queue#alive.<consumer>:name`, renewed while it lives). A consumer
+//! that finds the queue empty, and each one when it starts taking, moves
+//! the in-flight items of consumers whose lease ended back to the tail of
+//! the queue, where they are taken next.
+
+use std::sync::Arc;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use crate::codec::Shareable;
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::redis::{RECHECK, RedisObject, lease};
+
+/// KEYS queue, meta, unfinished; ARGV item. 1 put, 0 full.
+static PUT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local m = tonumber(redis.call('HGET', KEYS[2], 'maxsize') or '0')
+if m > 0 and redis.call('LLEN', KEYS[1]) >= m then return 0 end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[3])
+return 1
+",
+    )
+});
+
+/// Registers consumer ARGV[1] (lease ARGV[2] ms) and moves the in-flight
+/// items of consumers whose lease ended back to the queue's tail.
+/// KEYS queue, consumers; ARGV consumer, lease, prefix, name.
+static ENLIST: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local p, n = ARGV[3], ARGV[4]
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('SET', p .. ':queue#alive.' .. ARGV[1] .. ':' .. n, ARGV[1], 'PX', ARGV[2])
+local moved = 0
+for _, c in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if c ~= ARGV[1] and redis.call('EXISTS', p .. ':queue#alive.' .. c .. ':' .. n) == 0 then
+    local proc = p .. ':queue#proc.' .. c .. ':' .. n
+    while redis.call('LMOVE', proc, KEYS[1], 'LEFT', 'RIGHT') do moved = moved + 1 end
+    redis.call('SREM', KEYS[2], c)
+  end
+end
+return moved
+",
+    )
+});
+
+/// Acknowledges a taken item (ARGV[1] '1': remove it from the in-flight
+/// list), wakes a waiting producer of a bounded queue, and renews this
+/// consumer's presence (so one whose lease once lapsed, Redis being out
+/// of reach, is not taken for dead while it works).
+/// KEYS proc, meta, space, alive, consumers; ARGV ack, item, consumer, lease.
+static TAKEN: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if ARGV[1] == '1' then redis.call('LREM', KEYS[1], -1, ARGV[2]) end
+if tonumber(redis.call('HGET', KEYS[2], 'maxsize') or '0') > 0 then
+  redis.call('RPUSH', KEYS[3], 1)
+  redis.call('LTRIM', KEYS[3], -64, -1)
+end
+redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
+redis.call('SADD', KEYS[5], ARGV[3])
+",
+    )
+});
+
+/// One task done: -1 if none is unfinished. Drops this consumer's oldest
+/// in-flight item, and wakes the joiners at zero. KEYS unfinished, proc, joined.
+static TASK_DONE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local u = tonumber(redis.call('GET', KEYS[1]) or '0')
+if u <= 0 then return -1 end
+redis.call('DECR', KEYS[1])
+redis.call('RPOP', KEYS[2])
+if u == 1 then
+  redis.call('DEL', KEYS[3])
+  redis.call('RPUSH', KEYS[3], 1)
+end
+return u - 1
+",
+    )
+});
+
+/// Whether no task is unfinished; if so, passes the wake-up on.
+static JOIN_CHECK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if tonumber(redis.call('GET', KEYS[1]) or '0') <= 0 then
+  redis.call('DEL', KEYS[2])
+  redis.call('RPUSH', KEYS[2], 1)
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// The Redis flavour of a queue; the item type lives in the handle above.
+#[derive(Clone, Debug)]
+pub(crate) struct RedisQueue {
+    obj: RedisObject,
+    /// A joinable queue's consumer holds an item until `task_done`.
+    joinable: bool,
+    /// The process that enlisted as a consumer of this queue (0: none yet).
+    enlisted: Arc<AtomicI32>,
+}
+
+/// The type name recorded for a queue of `T` (a joinable one is the same
+/// object: the two handles share it).
+pub(crate) fn queue_type<T>() -> String {
+    format!("Queue<{}>", std::any::type_name::<T>())
+}
+
+impl RedisQueue {
+    /// Opens `obj` as a queue of at most `maxsize` items (0: no limit)
+    /// unless it exists, in which case it keeps its limit.
+    pub(crate) fn open(obj: RedisObject, maxsize: usize, joinable: bool) -> Result<RedisQueue> {
+        let meta = obj.sub("#meta");
+        obj.run(|c| {
+            redis::cmd("HSETNX")
+                .arg(&meta)
+                .arg("maxsize")
+                .arg(maxsize)
+                .exec(c)
+        })?;
+        Ok(RedisQueue::new(obj, joinable))
+    }
+
+    pub(crate) fn new(obj: RedisObject, joinable: bool) -> RedisQueue {
+        RedisQueue {
+            obj,
+            joinable,
+            enlisted: Arc::new(AtomicI32::new(0)),
+        }
+    }
+
+    pub(crate) fn object(&self) -> &RedisObject {
+        &self.obj
+    }
+
+    /// The same queue as a joinable one (or not).
+    pub(crate) fn with_joinable(&self, joinable: bool) -> RedisQueue {
+        RedisQueue::new(self.obj.clone(), joinable)
+    }
+
+    /// Adds `item` by `deadline`; [`Error::Full`] when there is no room by then.
+    pub(crate) fn put<T: Shareable>(&self, item: &T, deadline: Deadline) -> Result<()> {
+        let bytes = item.encode()?;
+        let target = self.obj.target();
+        let (key, meta, unfinished, space) = (
+            self.obj.key(),
+            self.obj.sub("#meta"),
+            self.obj.sub("#unfinished"),
+            self.obj.sub("#space"),
+        );
+        loop {
+            let put: i64 = target.with_conn(|c| {
+                PUT.key(&key)
+                    .key(&meta)
+                    .key(&unfinished)
+                    .arg(bytes.as_slice())
+                    .invoke(c)
+            })?;
+            if put == 1 {
+                return Ok(());
+            }
+            if deadline.expired() {
+                return Err(Error::Full);
+            }
+            target.wait_token(&space, deadline, RECHECK)?;
+        }
+    }
+
+    /// This process's consumer name (its lease token).
+    fn consumer(&self) -> String {
+        lease::process_token()
+    }
+
+    fn in_flight(&self, consumer: &str) -> String {
+        format!(
+            "{}:queue#proc.{consumer}:{}",
+            self.obj.target().prefix(),
+            self.obj.name()
+        )
+    }
+
+    /// The key announcing that `consumer` lives.
+    fn presence(&self, consumer: &str) -> String {
+        format!(
+            "{}:queue#alive.{consumer}:{}",
+            self.obj.target().prefix(),
+            self.obj.name()
+        )
+    }
+
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.obj.target().lease().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Announces this consumer (and keeps its lease renewed) and gives
+    /// dead consumers' items back to the queue.
+    fn enlist(&self, consumer: &str) -> Result<()> {
+        let target = self.obj.target();
+        let lease_ms = self.lease_ms();
+        let moved: i64 = target.with_conn(|c| {
+            ENLIST
+                .key(self.obj.key())
+                .key(self.obj.sub("#consumers"))
+                .arg(consumer)
+                .arg(lease_ms)
+                .arg(target.prefix())
+                .arg(self.obj.name())
+                .invoke(c)
+        })?;
+        if moved > 0 {
+            tracing::warn!(
+                moved,
+                queue = self.obj.name(),
+                "redis queue items of a dead consumer put back"
+            );
+        }
+        self.enlisted
+            .store(crate::sys::process::getpid(), Ordering::Release);
+        lease::hold(target, self.presence(consumer), consumer.to_owned());
+        Ok(())
+    }
+
+    /// Removes the oldest item by `deadline`; [`Error::Empty`] when there is none by then.
+    pub(crate) fn get<T: Shareable>(&self, deadline: Deadline) -> Result<T> {
+        let consumer = self.consumer();
+        let target = self.obj.target();
+        let key = self.obj.key();
+        let proc = self.in_flight(&consumer);
+        if self.enlisted.load(Ordering::Acquire) != crate::sys::process::getpid() {
+            self.enlist(&consumer)?;
+        }
+        loop {
+            let got: Option<Vec<u8>> = match deadline {
+                Deadline::Now => target.with_conn(|c| {
+                    redis::cmd("LMOVE")
+                        .arg(&key)
+                        .arg(&proc)
+                        .arg("RIGHT")
+                        .arg("LEFT")
+                        .query(c)
+                })?,
+                _ => {
+                    let slice = deadline.slice(RECHECK);
+                    if slice < std::time::Duration::from_millis(1) {
+                        None
+                    } else {
+                        target.with_blocking_conn(slice, |c| {
+                            redis::cmd("BLMOVE")
+                                .arg(&key)
+                                .arg(&proc)
+                                .arg("RIGHT")
+                                .arg("LEFT")
+                                .arg(slice.as_secs_f64())
+                                .query(c)
+                        })?
+                    }
+                }
+            };
+            if let Some(bytes) = got {
+                let item = T::decode(&bytes);
+                // A plain queue's item is taken once decoded (an item that
+                // does not decode is dropped, as a local queue drops it);
+                // a joinable queue's stays in flight until `task_done`.
+                let ack = !self.joinable || item.is_err();
+                target.with_conn(|c| {
+                    TAKEN
+                        .key(&proc)
+                        .key(self.obj.sub("#meta"))
+                        .key(self.obj.sub("#space"))
+                        .key(self.presence(&consumer))
+                        .key(self.obj.sub("#consumers"))
+                        .arg(if ack { "1" } else { "0" })
+                        .arg(bytes.as_slice())
+                        .arg(&consumer)
+                        .arg(self.lease_ms())
+                        .invoke::<()>(c)
+                })?;
+                lease::hold(target, self.presence(&consumer), consumer.clone());
+                return item;
+            }
+            if deadline.expired() {
+                return Err(Error::Empty);
+            }
+            // Empty for a while: look for dead consumers' items.
+            self.enlist(&consumer)?;
+        }
+    }
+
+    /// How many items are queued now (not counting those in flight).
+    pub(crate) fn qsize(&self) -> Result<usize> {
+        let key = self.obj.key();
+        self.obj.run(|c| redis::cmd("LLEN").arg(&key).query(c))
+    }
+
+    /// The most items the queue holds (0: no limit).
+    pub(crate) fn maxsize(&self) -> Result<usize> {
+        let meta = self.obj.sub("#meta");
+        let m: Option<usize> = self
+            .obj
+            .run(|c| redis::cmd("HGET").arg(&meta).arg("maxsize").query(c))?;
+        Ok(m.unwrap_or(0))
+    }
+
+    /// Whether a bounded queue is full now.
+    pub(crate) fn full(&self) -> Result<bool> {
+        let max = self.maxsize()?;
+        Ok(max != 0 && self.qsize()? >= max)
+    }
+
+    /// Marks one task done; more calls than items is `InvalidState`.
+    pub(crate) fn task_done(&self) -> Result<()> {
+        let proc = self.in_flight(&self.consumer());
+        let left: i64 = self.obj.run(|c| {
+            TASK_DONE
+                .key(self.obj.sub("#unfinished"))
+                .key(&proc)
+                .key(self.obj.sub("#joined"))
+                .invoke(c)
+        })?;
+        if left < 0 {
+            return Err(Error::InvalidState(
+                "task_done() called more times than there were items in the queue".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The number of items put and not yet marked done.
+    pub(crate) fn unfinished_tasks(&self) -> Result<usize> {
+        let key = self.obj.sub("#unfinished");
+        let n: Option<i64> = self.obj.run(|c| redis::cmd("GET").arg(&key).query(c))?;
+        Ok(usize::try_from(n.unwrap_or(0)).unwrap_or(0))
+    }
+
+    /// Waits by `deadline` until every item put is done (`WouldBlock` for a
+    /// try, `Timeout` after a wait).
+    pub(crate) fn join(&self, deadline: Deadline) -> Result<()> {
+        let target = self.obj.target();
+        let (unfinished, joined) = (self.obj.sub("#unfinished"), self.obj.sub("#joined"));
+        loop {
+            let done: i64 =
+                target.with_conn(|c| JOIN_CHECK.key(&unfinished).key(&joined).invoke(c))?;
+            if done == 1 {
+                return Ok(());
+            }
+            if deadline.expired() {
+                return Err(expired(deadline));
+            }
+            target.wait_token(&joined, deadline, RECHECK)?;
+        }
+    }
+}
+
+fn expired(deadline: Deadline) -> Error {
+    match deadline {
+        Deadline::Now => Error::WouldBlock,
+        d => d.timeout_error(),
+    }
+}

@@ -1,0 +1,613 @@
+//! Manager objects kept in Redis (#16): `RedisManager` hands out the same
+//! types as the other managers, by name, and processes meet at them. Each
+//! test runs its own `redis-server` (tests/util/redis.rs).
+#![cfg(feature = "redis")]
+
+mod util;
+
+use std::time::Duration;
+
+use multiproc::{
+    Acquired, Barrier, DictProxy, Error, Event, JoinableQueue, ListProxy, Lock, Process, Queue,
+    RedisManager, Semaphore, StartMethod,
+};
+use util::redis::RedisServer;
+use util::{PROMPTLY, within};
+
+multiproc::init_before_main!();
+
+const METHODS: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::Fork];
+
+/// A short lease, so that a dead holder's lock passes on soon.
+const LEASE: Duration = Duration::from_millis(500);
+
+fn manager(server: &RedisServer) -> RedisManager {
+    RedisManager::connect(&server.url())
+        .unwrap()
+        .prefix("test")
+        .unwrap()
+        .lease(LEASE)
+        .unwrap()
+}
+
+fn start<A: multiproc::Shareable, R: multiproc::Shareable>(
+    m: StartMethod,
+    f: fn(A) -> R,
+    arg: A,
+) -> Process<R> {
+    let mut p = Process::new(f, arg).start_method(m);
+    p.start().expect("start");
+    p
+}
+
+fn unavailable<T: std::fmt::Debug>(r: multiproc::Result<T>) -> String {
+    match r {
+        Err(Error::BackendUnavailable { backend, cause }) => {
+            assert_eq!(backend, "redis");
+            cause
+        }
+        other => panic!("expected BackendUnavailable, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_unreachable_server_is_backend_unavailable_promptly() {
+    // Nothing listens on port 1 of loopback.
+    let r = within(PROMPTLY, || RedisManager::connect("redis://127.0.0.1:1/0"))
+        .expect("connect to an unreachable server hung");
+    let cause = unavailable(r);
+    assert!(cause.contains("127.0.0.1:1"), "{cause}");
+}
+
+#[test]
+fn a_wrong_password_is_backend_unavailable_and_never_shown() {
+    let server = RedisServer::start_with_password("right-pw");
+    let wrong = format!("redis://:wrong-pw@127.0.0.1:{}/0", server.port());
+    let cause =
+        unavailable(within(PROMPTLY, move || RedisManager::connect(&wrong)).expect("connect hung"));
+    assert!(!cause.contains("wrong-pw"), "{cause}");
+    let none = format!("redis://127.0.0.1:{}/0", server.port());
+    unavailable(within(PROMPTLY, move || RedisManager::connect(&none)).expect("connect hung"));
+    let m = RedisManager::connect(&server.url()).unwrap();
+    assert!(!format!("{m:?}").contains("right-pw"));
+    let lock = m.lock("l").unwrap();
+    assert!(!format!("{lock:?}").contains("right-pw"));
+    // In a message the handle leaves the password out...
+    let bytes = multiproc::Shareable::encode(&lock).unwrap();
+    assert!(!bytes.windows(8).any(|w| w == b"right-pw"));
+    // ...and a process that connected with it can still use the handle.
+    let back: Lock = multiproc::Shareable::decode(&bytes).unwrap();
+    assert!(!back.is_locked().unwrap());
+    // A child gets the password with the handle, as a remote handle's authkey.
+    for method in METHODS {
+        let mut p = start(method, take_and_release, lock.clone());
+        assert!(p.join_timeout(PROMPTLY).unwrap(), "{method:?}");
+    }
+    m.clear().unwrap();
+}
+
+fn take_and_release(lock: Lock) -> bool {
+    let taken = lock.try_acquire().is_ok();
+    taken && lock.release().is_ok()
+}
+
+#[test]
+fn a_dict_is_a_hash_with_python_methods() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    let d: DictProxy<String, u32> = m.dict("d").unwrap();
+    assert_eq!(d.get(&"a".into()).unwrap(), None);
+    d.insert("a".into(), 1).unwrap();
+    d.update([("b".to_string(), 2), ("c".to_string(), 3)])
+        .unwrap();
+    assert_eq!(d.len().unwrap(), 3);
+    assert!(d.contains_key(&"b".into()).unwrap());
+    assert_eq!(d.setdefault("a".into(), 9).unwrap(), 1);
+    assert_eq!(d.setdefault("z".into(), 9).unwrap(), 9);
+    assert_eq!(d.pop(&"z".into()).unwrap(), 9);
+    assert!(matches!(d.pop(&"z".into()), Err(Error::KeyNotFound(_))));
+    assert_eq!(d.remove(&"c".into()).unwrap(), Some(3));
+    let mut keys = d.keys().unwrap();
+    keys.sort();
+    assert_eq!(keys, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(d.copy().unwrap().get("b"), Some(&2));
+    assert_eq!(d.update_with("a".into(), 0, |n| n + 10).unwrap(), 11);
+    let (k, _) = d.popitem().unwrap();
+    assert!(!d.contains_key(&k).unwrap());
+    d.clear().unwrap();
+    assert!(d.is_empty().unwrap());
+    assert!(matches!(d.popitem(), Err(Error::KeyNotFound(_))));
+    // The same name with other types is refused; another handle of the
+    // same types meets the same dict.
+    assert!(matches!(
+        m.dict::<u8, u8>("d"),
+        Err(Error::TypeMismatch { .. })
+    ));
+    assert!(m.list::<u32>("d").is_ok(), "kinds have their own names");
+    d.insert("x".into(), 5).unwrap();
+    assert_eq!(
+        m.dict::<String, u32>("d")
+            .unwrap()
+            .get(&"x".into())
+            .unwrap(),
+        Some(5)
+    );
+    m.clear().unwrap();
+    assert_eq!(server.dbsize(), 0);
+}
+
+fn count_up(d: DictProxy<String, u64>) {
+    for _ in 0..50 {
+        d.update_with("n".into(), 0, |n| n + 1).unwrap();
+    }
+}
+
+#[test]
+fn many_processes_counting_in_a_dict_lose_nothing() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let d = m.dict::<String, u64>(&format!("count-{method:?}")).unwrap();
+        let mut ps: Vec<_> = (0..4).map(|_| start(method, count_up, d.clone())).collect();
+        for p in &mut ps {
+            p.join_timeout(PROMPTLY * 3).unwrap();
+        }
+        assert_eq!(d.get(&"n".into()).unwrap(), Some(200), "{method:?}");
+    }
+    m.clear().unwrap();
+}
+
+fn locked_increments((lock, d): (Lock, DictProxy<String, u64>)) {
+    for _ in 0..20 {
+        let _g = lock.lock().unwrap();
+        // A read, then a write: only the lock makes this safe.
+        let n = d.get(&"n".into()).unwrap().unwrap_or(0);
+        d.insert("n".into(), n + 1).unwrap();
+    }
+}
+
+#[test]
+fn a_lock_excludes_other_processes() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let lock = m.lock(&format!("l-{method:?}")).unwrap();
+        let d = m.dict::<String, u64>(&format!("d-{method:?}")).unwrap();
+        let mut ps: Vec<_> = (0..3)
+            .map(|_| start(method, locked_increments, (lock.clone(), d.clone())))
+            .collect();
+        for p in &mut ps {
+            p.join_timeout(PROMPTLY * 3).unwrap();
+        }
+        assert_eq!(d.get(&"n".into()).unwrap(), Some(60), "{method:?}");
+        assert!(!lock.is_locked().unwrap());
+    }
+    m.clear().unwrap();
+}
+
+#[test]
+fn lock_forms_and_release() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    let lock = m.lock("l").unwrap();
+    assert_eq!(lock.try_acquire().unwrap(), Acquired::Clean);
+    assert!(lock.is_locked().unwrap());
+    assert_eq!(lock.owner_pid(), Some(std::process::id() as i32));
+    assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock)));
+    assert!(matches!(
+        lock.acquire_timeout(Duration::from_millis(50)),
+        Err(Error::Timeout(_))
+    ));
+    // Held past several leases: the holder's process renews it.
+    let other = m.lock("l").unwrap();
+    assert!(matches!(
+        other.acquire_timeout(LEASE * 3),
+        Err(Error::Timeout(_))
+    ));
+    other.release().unwrap(); // any process (or handle) may release
+    assert!(matches!(lock.release(), Err(Error::InvalidState(_))));
+    {
+        let g = lock.lock_timeout(PROMPTLY).unwrap();
+        assert_eq!(g.owner_died(), None);
+    }
+    assert!(!lock.is_locked().unwrap());
+    assert!(m.event("l").is_ok(), "kinds have their own names");
+    assert!(matches!(
+        m.semaphore("l", 1)
+            .map(drop)
+            .and_then(|()| m.bounded_semaphore("l", 1).map(drop)),
+        Err(Error::TypeMismatch { .. })
+    ));
+    m.clear().unwrap();
+}
+
+fn hold_until_killed((lock, held, never): (Lock, Event, Event)) {
+    let _g = lock.lock().unwrap();
+    held.set().unwrap();
+    // Killed while waiting here, holding the lock.
+    let _ = never.wait_timeout(PROMPTLY * 3);
+}
+
+#[test]
+fn a_killed_holder_loses_its_lock_and_the_next_is_told() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let lock = m.lock(&format!("dead-{method:?}")).unwrap();
+        let held = m.event(&format!("held-{method:?}")).unwrap();
+        let never = m.event("never").unwrap();
+        let mut p = start(
+            method,
+            hold_until_killed,
+            (lock.clone(), held.clone(), never),
+        );
+        assert!(held.wait_timeout(PROMPTLY).unwrap(), "{method:?}");
+        let pid = p.pid().unwrap();
+        p.kill().unwrap();
+        assert!(p.join_timeout(PROMPTLY).is_err());
+        match lock.acquire_timeout(PROMPTLY).unwrap() {
+            Acquired::OwnerDied { pid: dead } => assert_eq!(dead, pid, "{method:?}"),
+            other => panic!("{method:?}: expected OwnerDied, got {other:?}"),
+        }
+        lock.release().unwrap();
+        assert_eq!(lock.acquire_timeout(PROMPTLY).unwrap(), Acquired::Clean);
+        lock.release().unwrap();
+    }
+    m.clear().unwrap();
+}
+
+fn produce(q: Queue<u32>) {
+    for i in 0..20 {
+        q.put(i).unwrap();
+    }
+}
+
+#[test]
+fn a_queue_passes_items_between_processes_in_order() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let q = m.queue::<u32>(&format!("q-{method:?}")).unwrap();
+        let mut p = start(method, produce, q.clone());
+        for i in 0..20 {
+            assert_eq!(q.get_timeout(PROMPTLY).unwrap(), i, "{method:?}");
+        }
+        p.join_timeout(PROMPTLY).unwrap();
+        assert!(matches!(q.try_get(), Err(Error::Empty)));
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(20)),
+            Err(Error::Empty)
+        ));
+        assert!(q.empty().unwrap());
+    }
+    let b = m.queue_with_maxsize::<String>("bounded", 2).unwrap();
+    assert_eq!(b.maxsize().unwrap(), 2);
+    b.put("a".to_string()).unwrap();
+    b.try_put("b".to_string()).unwrap();
+    assert!(b.full().unwrap());
+    assert!(matches!(b.try_put("c".to_string()), Err(Error::Full)));
+    assert!(matches!(
+        b.put_timeout("c".to_string(), Duration::from_millis(20)),
+        Err(Error::Full)
+    ));
+    assert_eq!(b.get().unwrap(), "a");
+    b.put_timeout("c".to_string(), PROMPTLY).unwrap();
+    assert_eq!(b.qsize().unwrap(), 2);
+    assert!(matches!(b.close(), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        m.queue::<u32>("bounded"),
+        Err(Error::TypeMismatch { .. })
+    ));
+    m.clear().unwrap();
+}
+
+fn take_and_die((q, took, never): (JoinableQueue<u32>, Event, Event)) {
+    let item = q.get().unwrap();
+    assert_eq!(item, 42);
+    took.set().unwrap();
+    // Killed while working on the item, before task_done.
+    let _ = never.wait_timeout(PROMPTLY * 3);
+}
+
+#[test]
+fn a_killed_consumers_item_goes_to_another_consumer() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let q = m.joinable_queue::<u32>(&format!("jq-{method:?}")).unwrap();
+        let took = m.event(&format!("took-{method:?}")).unwrap();
+        let never = m.event("never").unwrap();
+        q.put(42).unwrap();
+        let mut p = start(method, take_and_die, (q.clone(), took.clone(), never));
+        assert!(took.wait_timeout(PROMPTLY).unwrap(), "{method:?}");
+        assert_eq!(q.qsize().unwrap(), 0, "the item is in flight");
+        p.kill().unwrap();
+        assert!(p.join_timeout(PROMPTLY).is_err());
+        assert_eq!(q.get_timeout(PROMPTLY).unwrap(), 42, "{method:?}");
+        assert_eq!(q.unfinished_tasks().unwrap(), 1);
+        assert!(matches!(q.try_join(), Err(Error::WouldBlock)));
+        q.task_done().unwrap();
+        q.join_timeout(PROMPTLY).unwrap();
+        assert!(matches!(q.task_done(), Err(Error::InvalidState(_))));
+    }
+    m.clear().unwrap();
+}
+
+fn consume_all(q: JoinableQueue<u32>) -> u32 {
+    let mut sum = 0;
+    while let Ok(v) = q.get_timeout(Duration::from_secs(2)) {
+        sum += v;
+        q.task_done().unwrap();
+    }
+    sum
+}
+
+#[test]
+fn join_waits_for_task_done_in_other_processes() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let q = m
+            .joinable_queue::<u32>(&format!("work-{method:?}"))
+            .unwrap();
+        for i in 1..=10 {
+            q.put(i).unwrap();
+        }
+        let mut ps: Vec<_> = (0..2)
+            .map(|_| start(method, consume_all, q.clone()))
+            .collect();
+        q.join_timeout(PROMPTLY).unwrap();
+        let total: u32 = ps
+            .iter_mut()
+            .map(|p| p.join_timeout(PROMPTLY).unwrap())
+            .sum();
+        assert_eq!(total, 55, "{method:?}");
+    }
+    m.clear().unwrap();
+}
+
+fn wait_then_release((ev, sem): (Event, Semaphore)) {
+    assert!(ev.wait_timeout(PROMPTLY).unwrap());
+    sem.release().unwrap();
+}
+
+#[test]
+fn events_and_semaphores_across_processes() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let ev = m.event(&format!("go-{method:?}")).unwrap();
+        let sem = m.semaphore(&format!("done-{method:?}"), 0).unwrap();
+        assert!(!ev.is_set().unwrap());
+        assert!(!ev.wait_timeout(Duration::from_millis(20)).unwrap());
+        let mut ps: Vec<_> = (0..3)
+            .map(|_| start(method, wait_then_release, (ev.clone(), sem.clone())))
+            .collect();
+        assert!(matches!(sem.try_acquire(), Err(Error::WouldBlock)));
+        ev.set().unwrap();
+        for _ in 0..3 {
+            sem.acquire_timeout(PROMPTLY).unwrap();
+        }
+        for p in &mut ps {
+            p.join_timeout(PROMPTLY).unwrap();
+        }
+        assert_eq!(sem.get_value().unwrap(), 0);
+        ev.clear().unwrap();
+        assert!(!ev.try_wait().unwrap());
+    }
+    let b = m.bounded_semaphore("b", 1).unwrap();
+    assert_eq!(b.max_value(), Some(1));
+    b.acquire().unwrap();
+    b.release().unwrap();
+    assert!(matches!(b.release(), Err(Error::InvalidState(_))));
+    m.clear().unwrap();
+}
+
+fn meet(b: Barrier) -> usize {
+    b.wait_timeout(PROMPTLY).unwrap()
+}
+
+#[test]
+fn a_barrier_releases_all_parties_together() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let b = m.barrier(&format!("b-{method:?}"), 3).unwrap();
+        assert_eq!(b.parties().unwrap(), 3);
+        let mut ps: Vec<_> = (0..2).map(|_| start(method, meet, b.clone())).collect();
+        let mine = b.wait_timeout(PROMPTLY).unwrap();
+        let mut seen: Vec<usize> = ps
+            .iter_mut()
+            .map(|p| p.join_timeout(PROMPTLY).unwrap())
+            .collect();
+        seen.push(mine);
+        seen.sort();
+        assert_eq!(seen, vec![0, 1, 2], "{method:?}");
+    }
+    // A timeout breaks it for everyone, until reset; abort breaks it too.
+    let b = m.barrier("t", 2).unwrap();
+    assert!(matches!(b.try_wait(), Err(Error::WouldBlock)));
+    assert!(matches!(
+        b.wait_timeout(Duration::from_millis(50)),
+        Err(Error::BrokenBarrier)
+    ));
+    assert!(b.broken().unwrap());
+    assert!(matches!(b.wait(), Err(Error::BrokenBarrier)));
+    b.reset().unwrap();
+    assert!(!b.broken().unwrap());
+    let other = b.clone();
+    let waiter = std::thread::spawn(move || other.wait_timeout(PROMPTLY));
+    assert!(util::eventually(PROMPTLY, || b.n_waiting().unwrap() == 1));
+    b.abort().unwrap();
+    assert!(matches!(waiter.join().unwrap(), Err(Error::BrokenBarrier)));
+    m.clear().unwrap();
+}
+
+fn use_nested(d: DictProxy<String, Queue<u32>>) -> u32 {
+    let q = d.get(&"q".into()).unwrap().unwrap();
+    q.get_timeout(PROMPTLY).unwrap()
+}
+
+#[test]
+fn redis_handles_travel_inside_values() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    let d = m.dict::<String, Queue<u32>>("nested").unwrap();
+    let q = m.queue::<u32>("inner").unwrap();
+    d.insert("q".into(), q.clone()).unwrap();
+    q.put(9).unwrap();
+    for method in METHODS {
+        let mut p = start(method, use_nested, d.clone());
+        assert_eq!(p.join_timeout(PROMPTLY).unwrap(), 9);
+        q.put(9).unwrap();
+    }
+    // In a list, and through a queue of locks.
+    let l: ListProxy<Lock> = m.list("locks").unwrap();
+    l.push(m.lock("x").unwrap()).unwrap();
+    let lock = l.get(0).unwrap();
+    let _g = lock.lock().unwrap();
+    assert!(m.lock("x").unwrap().is_locked().unwrap());
+    m.clear().unwrap();
+}
+
+#[test]
+fn a_list_is_a_redis_list_with_python_methods() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    let l: ListProxy<i32> = m.list("l").unwrap();
+    l.extend([3, 1, 2]).unwrap();
+    l.push(5).unwrap();
+    assert_eq!(l.len().unwrap(), 4);
+    assert_eq!(l.get(1).unwrap(), 1);
+    assert_eq!(l.get_signed(-1).unwrap(), 5);
+    assert!(matches!(
+        l.get(7),
+        Err(Error::IndexOutOfRange { index: 7, len: 4 })
+    ));
+    l.set(0, 4).unwrap();
+    l.insert(1, 9).unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![4, 9, 1, 2, 5]);
+    assert_eq!(l.pop_at(1).unwrap(), 9);
+    assert_eq!(l.pop().unwrap(), Some(5));
+    assert_eq!(l.pop_signed(0).unwrap(), 4);
+    assert!(l.remove(&2).unwrap());
+    assert!(!l.remove(&2).unwrap());
+    l.extend([7, 7, 3]).unwrap();
+    assert_eq!(l.count(&7).unwrap(), 2);
+    assert_eq!(l.index(&3).unwrap(), Some(3));
+    l.sort().unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![1, 3, 7, 7]);
+    l.reverse().unwrap();
+    assert_eq!(l.get_range(1..3).unwrap(), vec![7, 3]);
+    l.set_range(1..3, [0]).unwrap();
+    assert_eq!(l.to_vec().unwrap(), vec![7, 0, 1]);
+    assert!(matches!(
+        l.get_range(2..7),
+        Err(Error::IndexOutOfRange { index: 7, len: 3 })
+    ));
+    l.clear().unwrap();
+    assert!(l.is_empty().unwrap());
+    m.clear().unwrap();
+}
+
+#[test]
+fn a_namespace_keeps_each_attributes_type() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    let ns = m.namespace("ns").unwrap();
+    ns.set("answer", 42u32).unwrap();
+    ns.set("name", "x".to_string()).unwrap();
+    assert_eq!(ns.get::<u32>("answer").unwrap(), 42);
+    assert!(matches!(
+        ns.get::<String>("answer"),
+        Err(Error::TypeMismatch { .. })
+    ));
+    assert!(matches!(ns.get::<u32>("nope"), Err(Error::KeyNotFound(_))));
+    assert!(ns.contains("name").unwrap());
+    let mut names = ns.names().unwrap();
+    names.sort();
+    assert_eq!(names, vec!["answer", "name"]);
+    assert_eq!(ns.attributes().unwrap()[0].1, "u32");
+    ns.delete("name").unwrap();
+    assert!(matches!(ns.delete("name"), Err(Error::KeyNotFound(_))));
+    assert!(format!("{ns:?}").contains("answer"));
+    m.clear().unwrap();
+}
+
+#[test]
+fn deleting_objects_leaves_nothing_in_redis() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    let other = manager(&server).prefix("other").unwrap();
+    let d = m.dict::<u8, u8>("a").unwrap();
+    d.insert(1, 1).unwrap();
+    let q = m.joinable_queue::<u8>("a").unwrap();
+    q.put(1).unwrap();
+    assert_eq!(q.get().unwrap(), 1);
+    let lock = m.lock("a").unwrap();
+    assert_eq!(lock.acquire().unwrap(), Acquired::Clean);
+    lock.release().unwrap();
+    let ev = m.event("a").unwrap();
+    ev.set().unwrap();
+    m.barrier("a", 2).unwrap();
+    m.semaphore("a", 2).unwrap();
+    let ns = m.namespace("a").unwrap();
+    ns.set("x", 1u8).unwrap();
+    m.list::<u8>("a").unwrap().push(1).unwrap();
+    other.dict::<u8, u8>("kept").unwrap().insert(1, 1).unwrap();
+    assert!(m.delete("a").unwrap() > 0);
+    assert_eq!(m.delete("a").unwrap(), 0);
+    // Only the other prefix's dict and its type record are left.
+    assert_eq!(server.dbsize(), 2);
+    assert_eq!(other.clear().unwrap(), 2);
+    assert_eq!(server.dbsize(), 0);
+}
+
+#[test]
+fn a_server_killed_mid_call_is_backend_unavailable_promptly() {
+    let mut server = RedisServer::start();
+    let m = manager(&server);
+    let q = m.queue::<u32>("q").unwrap();
+    let lock = m.lock("l").unwrap();
+    let blocked = {
+        let q = q.clone();
+        std::thread::spawn(move || q.get())
+    };
+    let ev = m.event("e").unwrap();
+    let waiting = {
+        let ev = ev.clone();
+        std::thread::spawn(move || ev.wait())
+    };
+    // Both block in Redis now (or are about to); killing the server ends
+    // their connections.
+    assert!(util::eventually(PROMPTLY, || {
+        m.lock("probe").and_then(|l| l.is_locked()).is_ok()
+    }));
+    server.kill();
+    unavailable(within(PROMPTLY, move || blocked.join().unwrap()).expect("get hung"));
+    unavailable(within(PROMPTLY, move || waiting.join().unwrap()).expect("wait hung"));
+    unavailable(within(PROMPTLY, move || lock.acquire_timeout(PROMPTLY)).expect("acquire hung"));
+    unavailable(within(PROMPTLY, move || q.put(1)).expect("put hung"));
+}
+
+#[test]
+fn calls_work_again_once_a_restarted_server_is_back() {
+    let mut server = RedisServer::start();
+    let m = manager(&server);
+    let d = m.dict::<String, u32>("d").unwrap();
+    let q = m.queue::<u32>("q").unwrap();
+    d.insert("a".into(), 1).unwrap();
+    q.put(1).unwrap();
+    server.kill();
+    unavailable(d.get(&"a".into()));
+    unavailable(q.try_get());
+    server.restart();
+    // A restarted server without persistence is empty; the handles work
+    // on it again, without being made anew.
+    assert_eq!(d.get(&"a".into()).unwrap(), None);
+    d.insert("a".into(), 2).unwrap();
+    assert_eq!(d.get(&"a".into()).unwrap(), Some(2));
+    q.put(3).unwrap();
+    assert_eq!(q.get_timeout(PROMPTLY).unwrap(), 3);
+    m.clear().unwrap();
+}
