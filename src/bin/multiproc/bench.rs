@@ -147,6 +147,12 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
     #[cfg(feature = "redis")]
     ops.extend([
         ("redis/ping", redis_rows::ping as OpFn),
+        ("redis/dict_get", redis_rows::dict_get),
+        ("redis/queue_put_get", redis_rows::queue_put_get),
+        (
+            "redis/lock_acquire_release",
+            redis_rows::lock_acquire_release,
+        ),
         ("redis/pool_map_100k", redis_rows::pool_map_100k),
         (
             "redis/pool_map_100k_chunksize_1",

@@ -1,6 +1,7 @@
 //! The `redis/*` rows (built with the `redis` feature only): a Redis
 //! server started here for the run, one plain PING round trip as the
-//! floor, and the distributed `Pool.map` with two worker processes.
+//! floor, `RedisManager` objects beside it, and the distributed `Pool.map`
+//! with two worker processes.
 //!
 //! The server is a `redis-server` from `PATH` on a free loopback port,
 //! without persistence (`--save "" --appendonly no`); it and the workers
@@ -12,7 +13,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use multiproc::{Error, Pool};
+use multiproc::{Error, Pool, RedisManager};
 
 use super::{Scale, square};
 use crate::stats::{Figure, per_call, summarize, time_ops};
@@ -145,6 +146,68 @@ pub fn ping(scale: &Scale) -> multiproc::Result<Figure> {
         Some(e) => Err(e.into()),
         None => Ok(figure),
     }
+}
+
+/// A `RedisManager` on a fresh server, and the server.
+fn manager() -> multiproc::Result<(RedisManager, Server)> {
+    let server = Server::start()?;
+    let m = RedisManager::connect(&server.url())?.prefix("bench")?;
+    Ok((m, server))
+}
+
+/// `redis/dict_get`: one `get` of a dict kept in Redis (a hash field).
+pub fn dict_get(scale: &Scale) -> multiproc::Result<Figure> {
+    let (m, _server) = manager()?;
+    let d = m.dict::<u32, u64>("d")?;
+    d.insert(1, 7)?;
+    // A call that fails would be timed as a fast one: fail the row instead.
+    d.get(&1)?;
+    Ok(per_call(
+        "redis/dict_get",
+        scale.samples,
+        200 * scale.k,
+        || {
+            let _ = std::hint::black_box(d.get(&1));
+        },
+    ))
+}
+
+/// `redis/queue_put_get`: a `put` and a `get` on a queue kept in Redis
+/// (two calls: compare with two PINGs).
+pub fn queue_put_get(scale: &Scale) -> multiproc::Result<Figure> {
+    let (m, _server) = manager()?;
+    let q = m.queue::<u64>("q")?;
+    q.put(7)?;
+    q.get()?;
+    Ok(per_call(
+        "redis/queue_put_get",
+        scale.samples,
+        100 * scale.k,
+        || {
+            if q.put(7).is_ok() {
+                let _ = std::hint::black_box(q.get());
+            }
+        },
+    ))
+}
+
+/// `redis/lock_acquire_release`: `try_acquire` and `release` of a lock
+/// kept in Redis (two calls: compare with two PINGs).
+pub fn lock_acquire_release(scale: &Scale) -> multiproc::Result<Figure> {
+    let (m, _server) = manager()?;
+    let lock = m.lock("l")?;
+    let _ = lock.try_acquire()?;
+    lock.release()?;
+    Ok(per_call(
+        "redis/lock_acquire_release",
+        scale.samples,
+        100 * scale.k,
+        || {
+            if lock.try_acquire().is_ok() {
+                let _ = lock.release();
+            }
+        },
+    ))
 }
 
 /// `redis/pool_map_100k`: per-task time of a distributed `Pool.map` of
