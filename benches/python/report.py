@@ -86,6 +86,8 @@ def main():
     w("- `redis/*` rows exist in a build with the `redis` feature (`--features cli,redis`; a")
     w("  `redis-server` on PATH, started for each row on a free port and stopped after it).")
     w("  `redis/ping` is one plain PING round trip, the floor of any Redis call;")
+    w("  `redis/dict_get` is one call of a `RedisManager` dict, `redis/queue_put_get` and")
+    w("  `redis/lock_acquire_release` two calls each (compare them with two PINGs);")
     w("  `redis/pool_map_100k` is a distributed `Pool.map` of 100k small tasks (its default")
     w("  chunk size) with two worker processes, per task; `_chunksize_1` makes every task a")
     w("  chunk of its own. CPython's figure for both is its own recipe for the job: a")
