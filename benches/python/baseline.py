@@ -661,9 +661,9 @@ def main():
         "contended/pool_map_chunksize_1_batched": lambda: pinned(
             lambda: bench_pool(max(2, s // 3), 1000 * k, 1, square)
         ),
-        # 100k tasks (10k with --smoke), as the rows of `multiproc bench
-        # --features cli,redis`; the recipe needs no Redis. It puts one task
-        # a queue item: the same run is both rows' baseline.
+        # 100k tasks (10k with --smoke), one a queue item, as the row of
+        # `multiproc bench --features cli,redis` (one task a chunk); the
+        # recipe needs no Redis.
         "redis/pool_map_100k": lambda: bench_recipe_map(2, 10000 * k),
     }
     results = {}
@@ -671,14 +671,6 @@ def main():
         if args.filter in key:
             print(f"python: {key}", file=sys.stderr)
             results[key] = run()
-    recipe_keys = ("redis/pool_map_100k", "redis/pool_map_100k_chunksize_1")
-    if args.filter in recipe_keys[1]:
-        if recipe_keys[0] not in results:
-            print(f"python: {recipe_keys[0]}", file=sys.stderr)
-            results[recipe_keys[0]] = ops[recipe_keys[0]]()
-        results[recipe_keys[1]] = results[recipe_keys[0]]
-        if args.filter not in recipe_keys[0]:
-            del results[recipe_keys[0]]
     manager_keys = (
         "manager/dict_get_1mib",
         "lock/from_manager",

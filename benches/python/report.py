@@ -88,10 +88,10 @@ def main():
     w("  `redis/ping` is one plain PING round trip, the floor of any Redis call;")
     w("  `redis/dict_get` is one call of a `RedisManager` dict, `redis/queue_put_get` and")
     w("  `redis/lock_acquire_release` two calls each (compare them with two PINGs);")
-    w("  `redis/pool_map_100k` is a distributed `Pool.map` of 100k small tasks (its default")
-    w("  chunk size) with two worker processes, per task; `_chunksize_1` makes every task a")
-    w("  chunk of its own. CPython's figure for both is its own recipe for the job: a")
+    w("  `redis/pool_map_100k` is a distributed `Pool.map` of 100k small tasks, one a chunk,")
+    w("  with two worker processes, per task, beside CPython's own recipe for the job: a")
     w("  `BaseManager` task-queue master and two workers, one task per queue item.")
+    w("  `redis/pool_map_100k_default` is the same map with the default chunk size.")
     print("\n".join(out))
 
 

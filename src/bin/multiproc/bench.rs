@@ -155,8 +155,8 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ),
         ("redis/pool_map_100k", redis_rows::pool_map_100k),
         (
-            "redis/pool_map_100k_chunksize_1",
-            redis_rows::pool_map_100k_chunksize_1,
+            "redis/pool_map_100k_default",
+            redis_rows::pool_map_100k_default,
         ),
     ]);
     ops
