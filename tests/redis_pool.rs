@@ -527,21 +527,7 @@ struct ThreeHosts {
     hub_ips: [String; 2],
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
+use util::ip;
 
 impl ThreeHosts {
     fn setup() -> Result<ThreeHosts, String> {

@@ -393,21 +393,7 @@ struct TwoHosts {
     ip_a: String,
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
+use util::ip;
 
 impl TwoHosts {
     fn setup() -> Result<TwoHosts, String> {

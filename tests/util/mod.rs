@@ -238,3 +238,21 @@ pub fn allowed_cpus() -> usize {
     // SAFETY: `set` was filled in by the kernel above.
     unsafe { libc::CPU_COUNT(&set) as usize }
 }
+
+/// Runs `ip` with `args` (the network-namespace tests' setup and
+/// teardown); its stderr on failure.
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
