@@ -2,11 +2,12 @@
 //! process owns; the parent sees everything. Then atomic updates from four
 //! processes, and a dict of list proxies shared by children. Last, a work
 //! queue, a start event and a lock the server created, which the children
-//! use directly in shared memory.
+//! use directly in shared memory. And one function that runs unchanged
+//! with a local `Manager`'s objects and a TCP `BaseManager`'s.
 //!
 //! Run: `cargo run --example manager`
 
-use multiproc::{DictProxy, Event, ListProxy, Lock, Manager, Process, Queue, Value};
+use multiproc::{BaseManager, DictProxy, Event, ListProxy, Lock, Manager, Process, Queue, Value};
 
 fn record(args: (u32, DictProxy<u32, String>, ListProxy<u32>)) {
     let (i, d, l) = args;
@@ -27,6 +28,20 @@ fn add_to_team(args: (u32, DictProxy<String, ListProxy<u32>>)) {
     let team = if i % 2 == 0 { "even" } else { "odd" };
     let members = teams.get(&team.to_string()).unwrap().unwrap();
     members.push(i).unwrap();
+}
+
+/// One function for either manager: a local `Manager` and a TCP
+/// `BaseManager` hand out the same `Queue`, `Event` and `Lock` types.
+/// Waits for the start signal, then empties the queue under the lock.
+fn take_all(args: (Queue<u64>, Event, Lock)) -> u64 {
+    let (work, go, lock) = args;
+    go.wait().unwrap();
+    let _held = lock.lock().unwrap();
+    let mut sum = 0;
+    while let Ok(n) = work.try_get() {
+        sum += n;
+    }
+    sum
 }
 
 /// Waits for the start signal, then sums the numbers it takes from the
@@ -134,6 +149,28 @@ fn main() -> multiproc::Result<()> {
         "3 workers summed 1..=100 from a manager queue: {}",
         total.get()
     );
+
+    let remote = BaseManager::new().authkey(b"example").start()?;
+    let sources = [
+        (
+            "a local Manager",
+            (manager.queue()?, manager.event()?, manager.lock()?),
+        ),
+        (
+            "a TCP BaseManager",
+            (remote.queue()?, remote.event()?, remote.lock()?),
+        ),
+    ];
+    for (source, (work, go, lock)) in sources {
+        for n in 1..=10 {
+            work.put(n)?;
+        }
+        go.set()?;
+        let mut p = Process::new(take_all, (work, go, lock));
+        p.start()?;
+        println!("one function, objects of {source}: took {}", p.join()?);
+    }
+    remote.shutdown()?;
 
     manager.shutdown()?;
     println!("manager shut down");

@@ -147,6 +147,8 @@ fn manager() {
             "namespace status = done",
             "objects after the proxies were dropped: 0",
             "3 workers summed 1..=100 from a manager queue: 5050",
+            "one function, objects of a local Manager: took 55",
+            "one function, objects of a TCP BaseManager: took 55",
             "manager shut down",
         ],
     );
