@@ -287,7 +287,7 @@ fn conditions() -> Vec<Condition> {
         Condition::with_lock(RLock::new().unwrap()).unwrap(),
         // A Value's own lock (a DataLock) is no longer a condition's lock:
         // `Condition::release` and `wait` would release it under a live
-        // value guard. tests/compile_fail/condition_over_data_lock.rs checks
+        // value guard. tests/compile_fail/cases/condition_over_data_lock.rs checks
         // that it does not compile.
     ]
 }
