@@ -333,6 +333,53 @@ fn a_killed_consumers_item_goes_to_another_consumer() {
     m.clear().unwrap();
 }
 
+fn take_two_then_wait((q, took_one, took_two, never): (Queue<u32>, Event, Event, Event)) {
+    // An item is there: taken in one round trip.
+    assert_eq!(q.get().unwrap(), 1);
+    took_one.set().unwrap();
+    // None yet: waits in Redis until the parent puts one.
+    assert_eq!(q.get_timeout(PROMPTLY).unwrap(), 2);
+    took_two.set().unwrap();
+    let _ = never.wait_timeout(PROMPTLY * 3);
+}
+
+#[test]
+fn a_plain_queues_taken_items_are_not_given_again_when_its_consumer_dies() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let q = m.queue::<u32>(&format!("plain-{method:?}")).unwrap();
+        let took_one = m.event(&format!("one-{method:?}")).unwrap();
+        let took_two = m.event(&format!("two-{method:?}")).unwrap();
+        let never = m.event("never").unwrap();
+        q.put(1).unwrap();
+        let mut p = start(
+            method,
+            take_two_then_wait,
+            (q.clone(), took_one.clone(), took_two.clone(), never),
+        );
+        assert!(took_one.wait_timeout(PROMPTLY).unwrap(), "{method:?}");
+        // Put the second item once the child waits for it in Redis.
+        assert!(
+            util::eventually(PROMPTLY, || server.blocked_clients() >= 1),
+            "{method:?}: the child never waited in Redis"
+        );
+        q.put(2).unwrap();
+        assert!(took_two.wait_timeout(PROMPTLY).unwrap(), "{method:?}");
+        p.kill().unwrap();
+        assert!(p.join_timeout(PROMPTLY).is_err());
+        // Once the child's lease ends, a consumer that finds the queue
+        // empty gives a dead consumer's in-flight items back: both items
+        // were taken, so none may come back.
+        assert!(
+            matches!(q.get_timeout(LEASE * 6), Err(Error::Empty)),
+            "{method:?}"
+        );
+        assert_eq!(q.qsize().unwrap(), 0);
+    }
+    m.clear().unwrap();
+}
+
 fn consume_all(q: JoinableQueue<u32>) -> u32 {
     let mut sum = 0;
     while let Ok(v) = q.get_timeout(Duration::from_secs(2)) {

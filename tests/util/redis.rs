@@ -130,16 +130,43 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
-    /// The number of keys in database 0, asked with `redis-cli`-free RESP
-    /// over a plain socket: for tests that check nothing is left behind.
+    /// The number of keys in database 0: for tests that check nothing is
+    /// left behind.
     pub fn dbsize(&self) -> u64 {
-        use std::io::{BufRead, BufReader, Write};
+        let line = self.ask(&["DBSIZE"]);
+        line.strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("DBSIZE answered {line:?}"))
+    }
+
+    /// How many connections are blocked in a command (`BLPOP`, `BLMOVE`…)
+    /// now: for tests that must act while a peer waits in the server.
+    pub fn blocked_clients(&self) -> u64 {
+        let info = self.ask(&["INFO", "clients"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("INFO clients answered {info:?}"))
+    }
+
+    /// Sends one command with `redis-cli`-free RESP over a plain socket:
+    /// the reply's first line, or a bulk reply's body.
+    fn ask(&self, args: &[&str]) -> String {
+        use std::io::{BufRead, BufReader, Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
         s.set_read_timeout(Some(PROMPTLY)).unwrap();
+        let mut out = Vec::new();
+        let mut push = |parts: &[&str]| {
+            write!(out, "*{}\r\n", parts.len()).unwrap();
+            for a in parts {
+                write!(out, "${}\r\n{a}\r\n", a.len()).unwrap();
+            }
+        };
         if let Some(p) = &self.password {
-            write!(s, "*2\r\n$4\r\nAUTH\r\n${}\r\n{p}\r\n", p.len()).unwrap();
+            push(&["AUTH", p]);
         }
-        s.write_all(b"*1\r\n$6\r\nDBSIZE\r\n").unwrap();
+        push(args);
+        s.write_all(&out).unwrap();
         let mut r = BufReader::new(s);
         let mut line = String::new();
         if self.password.is_some() {
@@ -148,10 +175,15 @@ impl RedisServer {
             line.clear();
         }
         r.read_line(&mut line).unwrap();
-        line.trim_end()
-            .strip_prefix(':')
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("DBSIZE answered {line:?}"))
+        let line = line.trim_end().to_owned();
+        match line.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+            Some(len) => {
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                String::from_utf8_lossy(&body).into_owned()
+            }
+            None => line,
+        }
     }
 }
 

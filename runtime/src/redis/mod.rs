@@ -78,8 +78,9 @@ impl fmt::Debug for RedisTarget {
 /// forked child starts afresh: it must not share its parent's sockets).
 static POOL: ForkMutex<Option<(i32, IdleConnections)>> = ForkMutex::new(None);
 
-/// Idle connections by URL.
-type IdleConnections = HashMap<String, Vec<redis::Connection>>;
+/// Idle connections by URL, each with the number of replies it still owes
+/// (to commands sent without waiting: [`RedisTarget::send_unanswered`]).
+type IdleConnections = HashMap<String, Vec<(redis::Connection, usize)>>;
 
 /// The most idle connections kept per server.
 const POOL_KEEP: usize = 8;
@@ -198,33 +199,61 @@ impl RedisTarget {
         self.with_conn(|c| redis::cmd("PING").query::<String>(c).map(drop))
     }
 
-    /// An idle connection of this process, or a new one.
+    /// An idle connection of this process (its owed replies read and
+    /// dropped), or a new one.
     fn take_conn(&self) -> Result<redis::Connection> {
-        lease::register_fork_hook_once();
-        let pid = crate::sys::process::getpid();
-        let pooled = {
-            let mut pool = POOL.lock();
-            match pool.as_mut() {
-                Some((p, m)) if *p == pid => m.get_mut(&self.url).and_then(Vec::pop),
-                _ => {
-                    // A forked child: its parent's sockets are not its own.
-                    // Forget them (closing would not disturb the parent, but
-                    // a connection's drop may write to the socket).
-                    if let Some((_, m)) = pool.take() {
-                        std::mem::forget(m);
+        loop {
+            let Some((mut conn, owed)) = self.take_idle() else {
+                return self.connect();
+            };
+            let mut sound = true;
+            for _ in 0..owed {
+                match conn.recv_response() {
+                    Ok(_) => {}
+                    // An error the server answered is the command's own
+                    // business; the connection is sound.
+                    Err(e) if !is_connection_failure(&e) => {
+                        tracing::debug!("redis: a command sent without waiting failed: {e}");
                     }
-                    *pool = Some((pid, HashMap::new()));
-                    None
+                    Err(_) => {
+                        sound = false;
+                        break;
+                    }
                 }
             }
-        };
-        match pooled {
-            Some(c) => Ok(c),
-            None => self.connect(),
+            if sound {
+                return Ok(conn);
+            }
+            // A broken connection is dropped; try the next.
+        }
+    }
+
+    /// An idle connection of this process, as pooled.
+    fn take_idle(&self) -> Option<(redis::Connection, usize)> {
+        lease::register_fork_hook_once();
+        let pid = crate::sys::process::getpid();
+        let mut pool = POOL.lock();
+        match pool.as_mut() {
+            Some((p, m)) if *p == pid => m.get_mut(&self.url).and_then(Vec::pop),
+            _ => {
+                // A forked child: its parent's sockets are not its own.
+                // Forget them (closing would not disturb the parent, but
+                // a connection's drop may write to the socket).
+                if let Some((_, m)) = pool.take() {
+                    std::mem::forget(m);
+                }
+                *pool = Some((pid, HashMap::new()));
+                None
+            }
         }
     }
 
     fn give_back(&self, conn: redis::Connection) {
+        self.give_back_owing(conn, 0);
+    }
+
+    /// Pools `conn`, which owes `owed` replies.
+    fn give_back_owing(&self, conn: redis::Connection, owed: usize) {
         let pid = crate::sys::process::getpid();
         let mut pool = POOL.lock();
         if let Some((p, m)) = pool.as_mut()
@@ -232,7 +261,7 @@ impl RedisTarget {
         {
             let idle = m.entry(self.url.clone()).or_default();
             if idle.len() < POOL_KEEP {
-                idle.push(conn);
+                idle.push((conn, owed));
             }
         }
     }
@@ -255,6 +284,21 @@ impl RedisTarget {
                 }
                 Err(self.error(e))
             }
+        }
+    }
+
+    /// Sends `cmd` and does not wait for its reply, which the connection
+    /// reads (and drops) before its next use: for a step whose outcome the
+    /// caller does not need (acknowledging an item already handed over),
+    /// so that it costs no round trip. A failed send drops the connection.
+    pub(crate) fn send_unanswered(&self, cmd: &redis::Cmd) -> Result<()> {
+        let mut conn = self.take_conn()?;
+        match conn.send_packed_command(&cmd.get_packed_command()) {
+            Ok(()) => {
+                self.give_back_owing(conn, 1);
+                Ok(())
+            }
+            Err(e) => Err(self.error(e)),
         }
     }
 

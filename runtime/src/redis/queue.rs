@@ -62,14 +62,36 @@ return moved
     )
 });
 
-/// Acknowledges a taken item (ARGV[1] '1': remove it from the in-flight
+/// Takes the tail item into this consumer's in-flight list without
+/// blocking (nil when the queue is empty), wakes a waiting producer of a
+/// bounded queue and renews this consumer's presence: a `get` from a
+/// queue with items is this one round trip (its acknowledgement is sent
+/// without waiting for the reply).
+/// KEYS queue, proc, meta, space, alive, consumers; ARGV consumer, lease.
+static TAKE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local item = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+if not item then return false end
+if tonumber(redis.call('HGET', KEYS[3], 'maxsize') or '0') > 0 then
+  redis.call('RPUSH', KEYS[4], 1)
+  redis.call('LTRIM', KEYS[4], -64, -1)
+end
+redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[6], ARGV[1])
+return item
+",
+    )
+});
+
+/// After a blocking `BLMOVE` took an item: what [`TAKE`] does beside the
+/// move. Acknowledges a taken item (ARGV[1] '1': remove it from the in-flight
 /// list), wakes a waiting producer of a bounded queue, and renews this
 /// consumer's presence (so one whose lease once lapsed, Redis being out
 /// of reach, is not taken for dead while it works).
 /// KEYS proc, meta, space, alive, consumers; ARGV ack, item, consumer, lease.
-static TAKEN: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
+/// Sent as `EVAL` source: it goes unanswered, so a `NOSCRIPT` would pass unseen.
+const TAKEN_SOURCE: &str = r"
 if ARGV[1] == '1' then redis.call('LREM', KEYS[1], -1, ARGV[2]) end
 if tonumber(redis.call('HGET', KEYS[2], 'maxsize') or '0') > 0 then
   redis.call('RPUSH', KEYS[3], 1)
@@ -77,9 +99,7 @@ if tonumber(redis.call('HGET', KEYS[2], 'maxsize') or '0') > 0 then
 end
 redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
 redis.call('SADD', KEYS[5], ARGV[3])
-",
-    )
-});
+";
 
 /// One task done: -1 if none is unfinished. Drops this consumer's oldest
 /// in-flight item, and wakes the joiners at zero. KEYS unfinished, proc, joined.
@@ -244,69 +264,109 @@ impl RedisQueue {
     }
 
     /// Removes the oldest item by `deadline`; [`Error::Empty`] when there is none by then.
+    ///
+    /// From a queue with items this is one round trip ([`TAKE`]); the
+    /// acknowledgement that follows is sent without waiting for its reply.
     pub(crate) fn get<T: Shareable>(&self, deadline: Deadline) -> Result<T> {
         let consumer = self.consumer();
         let target = self.obj.target();
         let key = self.obj.key();
         let proc = self.in_flight(&consumer);
+        let presence = self.presence(&consumer);
         if self.enlisted.load(Ordering::Acquire) != crate::sys::process::getpid() {
             self.enlist(&consumer)?;
         }
         loop {
-            let got: Option<Vec<u8>> = match deadline {
-                Deadline::Now => target.with_conn(|c| {
-                    redis::cmd("LMOVE")
-                        .arg(&key)
-                        .arg(&proc)
-                        .arg("RIGHT")
-                        .arg("LEFT")
-                        .query(c)
-                })?,
-                _ => {
-                    let slice = deadline.slice(RECHECK);
-                    if slice < std::time::Duration::from_millis(1) {
-                        None
-                    } else {
-                        target.with_blocking_conn(slice, |c| {
-                            redis::cmd("BLMOVE")
-                                .arg(&key)
-                                .arg(&proc)
-                                .arg("RIGHT")
-                                .arg("LEFT")
-                                .arg(slice.as_secs_f64())
-                                .query(c)
-                        })?
-                    }
-                }
-            };
-            if let Some(bytes) = got {
-                let item = T::decode(&bytes);
-                // A plain queue's item is taken once decoded (an item that
-                // does not decode is dropped, as a local queue drops it);
-                // a joinable queue's stays in flight until `task_done`.
-                let ack = !self.joinable || item.is_err();
-                target.with_conn(|c| {
-                    TAKEN
-                        .key(&proc)
-                        .key(self.obj.sub("#meta"))
-                        .key(self.obj.sub("#space"))
-                        .key(self.presence(&consumer))
-                        .key(self.obj.sub("#consumers"))
-                        .arg(if ack { "1" } else { "0" })
-                        .arg(bytes.as_slice())
-                        .arg(&consumer)
-                        .arg(self.lease_ms())
-                        .invoke::<()>(c)
-                })?;
-                lease::hold(target, self.presence(&consumer), consumer.clone());
-                return item;
+            let taken: Option<Vec<u8>> = target.with_conn(|c| {
+                TAKE.key(&key)
+                    .key(&proc)
+                    .key(self.obj.sub("#meta"))
+                    .key(self.obj.sub("#space"))
+                    .key(&presence)
+                    .key(self.obj.sub("#consumers"))
+                    .arg(&consumer)
+                    .arg(self.lease_ms())
+                    .invoke(c)
+            })?;
+            if let Some(bytes) = taken {
+                return self.hand_over(bytes, &proc, &consumer, None);
             }
             if deadline.expired() {
                 return Err(Error::Empty);
             }
+            let slice = deadline.slice(RECHECK);
+            // BLMOVE's timeout has millisecond resolution (0: for ever).
+            if slice >= std::time::Duration::from_millis(1) {
+                let got: Option<Vec<u8>> = target.with_blocking_conn(slice, |c| {
+                    redis::cmd("BLMOVE")
+                        .arg(&key)
+                        .arg(&proc)
+                        .arg("RIGHT")
+                        .arg("LEFT")
+                        .arg(slice.as_secs_f64())
+                        .query(c)
+                })?;
+                if let Some(bytes) = got {
+                    return self.hand_over(bytes, &proc, &consumer, Some(&presence));
+                }
+                if deadline.expired() {
+                    return Err(Error::Empty);
+                }
+            }
             // Empty for a while: look for dead consumers' items.
             self.enlist(&consumer)?;
         }
+    }
+
+    /// Decodes an item this consumer moved into its in-flight list `proc`
+    /// and settles it there, without waiting for Redis: a plain queue's
+    /// item is taken once decoded (one that does not decode is dropped, as
+    /// a local queue drops it); a joinable queue's stays in flight until
+    /// `task_done`. After a `BLMOVE` (`presence` given), the rest of what
+    /// [`TAKE`] does goes along ([`TAKEN_SOURCE`]).
+    fn hand_over<T: Shareable>(
+        &self,
+        bytes: Vec<u8>,
+        proc: &str,
+        consumer: &str,
+        presence: Option<&str>,
+    ) -> Result<T> {
+        let target = self.obj.target();
+        let item = T::decode(&bytes);
+        let ack = !self.joinable || item.is_err();
+        let settle = match presence {
+            Some(presence) => {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(TAKEN_SOURCE)
+                    .arg(5)
+                    .arg(proc)
+                    .arg(self.obj.sub("#meta"))
+                    .arg(self.obj.sub("#space"))
+                    .arg(presence)
+                    .arg(self.obj.sub("#consumers"))
+                    .arg(if ack { "1" } else { "0" })
+                    .arg(bytes.as_slice())
+                    .arg(consumer)
+                    .arg(self.lease_ms());
+                Some(cmd)
+            }
+            None if ack => {
+                let mut cmd = redis::cmd("LREM");
+                cmd.arg(proc).arg(-1).arg(bytes.as_slice());
+                Some(cmd)
+            }
+            None => None,
+        };
+        if let Some(cmd) = settle {
+            // Sent and not waited for; if the send fails the item stays in
+            // flight (and returns to the queue when this consumer's lease
+            // ends), so try once more with a round trip before saying so.
+            if target.send_unanswered(&cmd).is_err() {
+                target.with_conn(|c| cmd.exec(c))?;
+            }
+        }
+        lease::hold(target, self.presence(consumer), consumer.to_owned());
+        item
     }
 
     /// How many items are queued now (not counting those in flight).
