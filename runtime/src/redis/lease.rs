@@ -106,6 +106,17 @@ pub(crate) fn release(key: &str) {
     });
 }
 
+/// Stops renewing `key` if it is held with `token`: another thread of
+/// this process that took the key since (with its own token) keeps its
+/// lease.
+pub(crate) fn release_if(key: &str, token: &str) {
+    with_renewer(|r| {
+        if r.held.get(key).is_some_and(|h| h.token == token) {
+            r.held.remove(key);
+        }
+    });
+}
+
 /// The renewer thread: renews each held key a third of its lease after
 /// the last renewal, and forgets the keys that are no longer ours.
 fn renew_forever() {

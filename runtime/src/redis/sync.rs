@@ -25,7 +25,7 @@ use crate::redis::{RECHECK, RedisObject, lease};
 use crate::sync::Acquired;
 
 /// The error for a deadline that ran out: `WouldBlock` for a `try_` call.
-fn expired(deadline: Deadline) -> Error {
+pub(crate) fn expired(deadline: Deadline) -> Error {
     match deadline {
         Deadline::Now => Error::WouldBlock,
         d => d.timeout_error(),
