@@ -274,6 +274,11 @@ impl RedisCondition {
     /// The condition a decoded handle names, with the lock its type names.
     pub(crate) fn from_repr(repr: &RedisRepr) -> Result<RedisCondition> {
         let t = repr.type_name.as_str();
+        if [OVER_LOCK, OVER_RLOCK, OVER_CONDITION_RLOCK].contains(&t) {
+            return Err(Error::InvalidArgument(format!(
+                "a Redis condition's type names no lock: {t:?}"
+            )));
+        }
         let named = |name: &str, type_name: &str| RedisRepr {
             name: name.to_owned(),
             type_name: type_name.to_owned(),
@@ -456,5 +461,96 @@ impl RedisCondition {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repr(name: &str, type_name: &str) -> RedisRepr {
+        RedisRepr {
+            url: "redis://127.0.0.1:1/0".into(),
+            prefix: "p".into(),
+            name: name.into(),
+            type_name: type_name.into(),
+            lease_ms: 500,
+        }
+    }
+
+    /// The keys of the lock under a decoded condition.
+    fn lock_keys(r: &RedisCondition) -> [String; 4] {
+        redis_lock(r.lock()).map(|l| l.keys()).unwrap()
+    }
+
+    #[test]
+    fn a_conditions_type_names_its_lock() {
+        let own = RedisCondition::from_repr(&repr("c", OWN_LOCK_TYPE)).unwrap();
+        assert_eq!(own.object().key(), "p:condition:c");
+        assert_eq!(
+            lock_keys(&own),
+            [
+                "p:condition#lock:c",
+                "p:condition#lock#owner:c",
+                "p:condition#lock#count:c",
+                "p:condition#lock#wake:c",
+            ]
+        );
+        let over = RedisCondition::from_repr(&repr("c", "Condition over Lock:a:b")).unwrap();
+        assert!(matches!(over.lock(), ConditionLock::Lock(_)));
+        assert_eq!(lock_keys(&over)[0], "p:lock:a:b");
+        let over = RedisCondition::from_repr(&repr("c", "Condition over RLock:r")).unwrap();
+        assert_eq!(lock_keys(&over)[..2], ["p:rlock:r", "p:rlock#owner:r"]);
+        let over = RedisCondition::from_repr(&repr("c", "Condition over the RLock of Condition:d"))
+            .unwrap();
+        assert_eq!(lock_keys(&over)[0], "p:condition#lock:d");
+    }
+
+    #[test]
+    fn a_handle_of_another_type_or_no_lock_is_refused() {
+        for bad in ["Lock", "RLock", "Condition over Event:e", ""] {
+            assert!(
+                matches!(
+                    RedisCondition::from_repr(&repr("c", bad)),
+                    Err(Error::TypeMismatch { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        for empty in [OVER_LOCK, OVER_RLOCK, OVER_CONDITION_RLOCK] {
+            assert!(matches!(
+                RedisCondition::from_repr(&repr("c", empty)),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn an_rlock_handle_names_an_rlock_or_a_conditions_own() {
+        let r = RedisRLock::from_repr(&repr("r", RedisRLock::TYPE)).unwrap();
+        assert!(!r.is_condition_lock());
+        assert_eq!(
+            [r.key(), r.part("#count")],
+            ["p:rlock:r", "p:rlock#count:r"]
+        );
+        let own = RedisRLock::from_repr(&repr("c", OWN_LOCK_TYPE)).unwrap();
+        assert!(own.is_condition_lock());
+        assert_eq!(own.key(), "p:condition#lock:c");
+        for bad in ["Lock", "Condition over Lock:l"] {
+            assert!(matches!(
+                RedisRLock::from_repr(&repr("r", bad)),
+                Err(Error::TypeMismatch { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn an_owner_token_keeps_the_pid_first() {
+        let me = this_thread();
+        assert_eq!(
+            lease::token_pid(me.as_bytes()),
+            crate::sys::process::getpid()
+        );
+        assert!(me.contains('/'));
     }
 }
