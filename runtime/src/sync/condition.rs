@@ -346,15 +346,20 @@ impl WaitTimeoutResult {
 /// [`Condition::new`], a local `Manager` or [`Condition::with_lock`] over a
 /// shared-memory lock lives in shared memory; one from a connected
 /// `BaseManager` (or `with_lock` over a lock such a manager keeps) is kept
-/// by its server, over a lock of that server. Both pass to children,
-/// travel inside messages and clone alike.
+/// by its server, over a lock of that server. With the `redis` feature,
+/// `RedisManager::condition(name)` (or `condition_with(name, lock)` over a
+/// Redis lock) gives a third, whose waiters wait in Redis. All pass to
+/// children, travel inside messages and clone alike.
 ///
 /// A waiter that dies while it waits: in shared memory it stays counted,
 /// so a later notify may release one live waiter more than asked (a
 /// spurious wake-up, never a lost one); a server forgets it when its
 /// connection ends, and hands a notify it had not taken yet to the next
 /// waiter. [`Condition::wait_for`] re-checks the state and is unaffected
-/// either way. A server-kept condition wakes all its waiters when its
+/// either way. A Redis condition's waiter holds a ticket with a lease:
+/// a notify skips the tickets of dead waiters, and one that reached a
+/// waiter that died before it woke passes on to a live one. A server-kept
+/// or Redis condition wakes all its waiters when its
 /// lock's holder dies; a shared-memory one, the waiters that notice it
 /// first (each checks between its 100 ms sleep slices).
 ///

@@ -169,6 +169,11 @@ fn not_owned() -> Error {
 /// [`is_locked`](RLock::is_locked) ask the server (so they can fail with
 /// `ManagerGone`); [`owner_pid`](RLock::owner_pid) is `None`.
 ///
+/// With the `redis` feature, `RedisManager::rlock(name)` gives a third
+/// flavour: a key in Redis naming the owner thread, with a lease its
+/// process renews; a holder that dies loses it when the lease ends and the
+/// next acquirer is told ([`Acquired::OwnerDied`]).
+///
 /// ```
 /// let lock = multiproc::RLock::new().unwrap();
 /// let outer = lock.lock().unwrap();
