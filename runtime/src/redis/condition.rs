@@ -11,12 +11,14 @@
 //! least every [`RECHECK`].
 //!
 //! `notify(n)` (lock held) moves the first `n` tickets whose lease is
-//! alive to the set `p:condition#granted:name` and pushes to each one's
-//! list; tickets of dead waiters are dropped on the way. A waiter takes
-//! its grant at its next look, in a script that also:
+//! alive to the sorted set `p:condition#granted:name` (scored with the
+//! last ticket given out) and pushes to each one's list; tickets of dead
+//! waiters are dropped on the way. A waiter takes its grant at its next
+//! look, in a script that also:
 //!
 //! - passes on the grant of a waiter that died before taking it (its
-//!   lease ended) to the first live waiter;
+//!   lease ended) to the first live waiter that was already waiting when
+//!   the notify came (never to a later one);
 //! - wakes every waiter if the lock's holder died (the lock's key ended
 //!   with its lease while its owner record stayed): no notify would ever
 //!   come, and the first to take the lock back is told
@@ -74,20 +76,23 @@ return {id, depth}
 
 /// Grants up to ARGV[2] waiters (those whose ticket's lease lives) a
 /// wake-up: how many, or -1 if the caller (ARGV[1]) does not hold the lock.
+/// A grant records the last ticket given out (its score), so that one
+/// passed on reaches only a waiter that was waiting at the notify.
 ///
-/// KEYS: waiters, granted, the lock's key. ARGV[3..5]: ticket key prefix,
-/// wake-up list prefix, suffix.
+/// KEYS: waiters, granted, the lock's key, the condition's hash.
+/// ARGV[3..5]: ticket key prefix, wake-up list prefix, suffix.
 static NOTIFY: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return -1 end
 local n = tonumber(ARGV[2])
+local last = tonumber(redis.call('HGET', KEYS[4], 'next') or '0')
 local woken = 0
 while woken < n do
   local id = redis.call('LPOP', KEYS[1])
   if not id then break end
   if redis.call('EXISTS', ARGV[3] .. id .. ARGV[5]) == 1 then
-    redis.call('SADD', KEYS[2], id)
+    redis.call('ZADD', KEYS[2], last, id)
     redis.call('RPUSH', ARGV[4] .. id .. ARGV[5], 1)
     woken = woken + 1
   else
@@ -104,20 +109,24 @@ return woken
 /// is withdrawn), 'lost' (the ticket is gone: its lease ended while the
 /// waiter lived, or the object was deleted) or 'waiting'.
 ///
-/// KEYS: waiters, granted, the lock's key, its owner record. ARGV: the
-/// ticket, give up, ticket key prefix, wake-up list prefix, suffix.
+/// KEYS: waiters, granted, the lock's key, its owner record, the
+/// condition's hash. ARGV: the ticket, give up, ticket key prefix, wake-up
+/// list prefix, suffix.
 static CHECK: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 local function drop(id)
   redis.call('DEL', ARGV[3] .. id .. ARGV[5], ARGV[4] .. id .. ARGV[5])
 end
-local function grant_next()
+-- Grants the first live waiter whose ticket is at most `last` (tickets
+-- wait in the order they were given out).
+local function grant_next(last)
   while true do
-    local id = redis.call('LPOP', KEYS[1])
-    if not id then return false end
+    local id = redis.call('LINDEX', KEYS[1], 0)
+    if not id or tonumber(id) > last then return false end
+    redis.call('LPOP', KEYS[1])
     if redis.call('EXISTS', ARGV[3] .. id .. ARGV[5]) == 1 then
-      redis.call('SADD', KEYS[2], id)
+      redis.call('ZADD', KEYS[2], last, id)
       redis.call('RPUSH', ARGV[4] .. id .. ARGV[5], 1)
       return true
     end
@@ -125,14 +134,16 @@ local function grant_next()
   end
 end
 local me = ARGV[1]
-for _, g in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+local granted = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = 1, #granted, 2 do
+  local g = granted[i]
   if g ~= me and redis.call('EXISTS', ARGV[3] .. g .. ARGV[5]) == 0 then
-    redis.call('SREM', KEYS[2], g)
+    redis.call('ZREM', KEYS[2], g)
     drop(g)
-    grant_next()
+    grant_next(tonumber(granted[i + 1]))
   end
 end
-if redis.call('SREM', KEYS[2], me) == 1 then
+if redis.call('ZREM', KEYS[2], me) == 1 then
   drop(me)
   return 'notified'
 end
@@ -144,7 +155,8 @@ end
 if redis.call('EXISTS', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('LREM', KEYS[1], 1, me)
   drop(me)
-  while grant_next() do end
+  local last = tonumber(redis.call('HGET', KEYS[5], 'next') or '0')
+  while grant_next(last) do end
   return 'died'
 end
 if ARGV[2] == '1' then
@@ -372,18 +384,20 @@ impl RedisCondition {
                 .arg(&token)
                 .invoke(c)
         });
-        let (ticket, depth) = match prepared.as_deref() {
-            Ok([ticket, depth]) => (*ticket, u64::try_from(*depth).unwrap_or(1)),
-            Ok(_) => {
-                return Err(Error::InvalidState(
-                    "wait on a condition whose lock the caller does not hold".into(),
-                ));
-            }
-            Err(_) => {
+        let (ticket, depth) = match prepared {
+            Ok(reply) => match reply.as_slice() {
+                [ticket, depth] => (*ticket, u64::try_from(*depth).unwrap_or(1)),
+                _ => {
+                    return Err(Error::InvalidState(
+                        "wait on a condition whose lock the caller does not hold".into(),
+                    ));
+                }
+            },
+            Err(e) => {
                 // Still ours, perhaps: keep renewing it if so (the renewer
                 // forgets a key that no longer holds our token).
                 lease::hold(target, key, caller);
-                return prepared.map(|_| (false, Acquired::Clean));
+                return Err(e);
             }
         };
         let ticket_key = format!("{tprefix}{ticket}{suffix}");
@@ -420,6 +434,7 @@ impl RedisCondition {
                     .key(&granted)
                     .key(&key)
                     .key(&owner)
+                    .key(self.obj.key())
                     .arg(ticket)
                     .arg(if give_up { "1" } else { "0" })
                     .arg(tprefix)
@@ -448,6 +463,7 @@ impl RedisCondition {
                 .key(self.obj.sub("#waiters"))
                 .key(self.obj.sub("#granted"))
                 .key(&key)
+                .key(self.obj.key())
                 .arg(lock.caller())
                 .arg(n.min(i64::MAX as u64))
                 .arg(&tprefix)

@@ -84,7 +84,7 @@ while i <= #ARGV do
   end
   if kind == 'condition' then
     local tickets = redis.call('LRANGE', p .. ':condition#waiters:' .. n, 0, -1)
-    for _, t in ipairs(redis.call('SMEMBERS', p .. ':condition#granted:' .. n)) do
+    for _, t in ipairs(redis.call('ZRANGE', p .. ':condition#granted:' .. n, 0, -1)) do
       table.insert(tickets, t)
     end
     for _, t in ipairs(tickets) do
