@@ -985,8 +985,13 @@ fn rlocks_and_conditions_leave_nothing_after_delete() {
     assert_eq!(server.dbsize(), 0);
 }
 
-fn wait_on_condition(cond: Condition) -> multiproc::Result<bool> {
+/// Takes the condition's lock, says so, and waits (letting go of it).
+fn wait_on_condition(
+    cond: Condition,
+    locked: &std::sync::atomic::AtomicBool,
+) -> multiproc::Result<bool> {
     let _g = cond.lock()?;
+    locked.store(true, std::sync::atomic::Ordering::SeqCst);
     cond.wait().map(|_| true)
 }
 
@@ -995,14 +1000,15 @@ fn a_condition_wait_on_a_killed_server_is_backend_unavailable_promptly() {
     let mut server = RedisServer::start();
     let m = manager(&server);
     let cond = m.condition("c").unwrap();
+    let locked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let waiting = {
-        let cond = cond.clone();
-        std::thread::spawn(move || wait_on_condition(cond))
+        let (cond, locked) = (cond.clone(), locked.clone());
+        std::thread::spawn(move || wait_on_condition(cond, &locked))
     };
-    // The waiter let go of the lock by waiting.
-    assert!(util::eventually(PROMPTLY, || {
-        cond.try_acquire().is_ok_and(|_| cond.release().is_ok())
-    }));
+    // The waiter took the lock, and lets go of it only by waiting.
+    assert!(util::eventually(PROMPTLY, || locked
+        .load(std::sync::atomic::Ordering::SeqCst)));
+    drop(cond.lock_timeout(PROMPTLY).unwrap());
     server.kill();
     unavailable(within(PROMPTLY, move || waiting.join().unwrap()).expect("wait hung"));
     unavailable(within(PROMPTLY, move || cond.notify(1)).expect("notify hung"));
