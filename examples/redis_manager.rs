@@ -1,7 +1,7 @@
 //! Manager objects kept in Redis (`--features redis`): workers (here child
 //! processes; on other hosts they would connect to the same URL) take jobs
 //! from a joinable queue, count in a dict without losing updates, and
-//! meet at a lock and an event by name.
+//! meet at a lock and a condition by name.
 //!
 //! Uses the Redis at `$REDIS_URL`; without it, starts its own
 //! `redis-server` on a free port and stops it at the end.
@@ -9,7 +9,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use multiproc::{Acquired, Process, RedisManager};
+use multiproc::{Acquired, Condition, DictProxy, Process, RedisManager};
 
 /// What every worker needs: where Redis is (handles carry it, too).
 fn worker(redis: (String, u32)) -> u32 {
@@ -33,6 +33,17 @@ fn worker(redis: (String, u32)) -> u32 {
     let _g = lock.lock().unwrap();
     println!("[worker {id}] did {done} jobs");
     done
+}
+
+/// Waits on the condition (lock held, released while it sleeps) until the
+/// dict says the batch is ready.
+fn wait_ready(args: (Condition, DictProxy<String, u64>)) -> u64 {
+    let (cond, flags) = args;
+    let _g = cond.lock().unwrap();
+    let ready = || flags.get(&"ready".into()).unwrap_or(None).is_some();
+    let acquired = cond.wait_for(ready).unwrap();
+    assert_eq!(acquired, Acquired::Clean, "nobody died holding the lock");
+    flags.get(&"ready".into()).unwrap().unwrap_or(0)
 }
 
 fn holder(lock: multiproc::Lock) {
@@ -77,6 +88,20 @@ fn main() {
         stats.get(&"jobs".into()).unwrap(),
         stats.get(&"squares".into()).unwrap()
     );
+
+    // A condition: the child sleeps in Redis until notified, with the
+    // lock released meanwhile; checking the flag under the lock means no
+    // notify can be missed, whichever side gets there first.
+    let cond = m.condition("batch").unwrap();
+    let flags = m.dict::<String, u64>("flags").unwrap();
+    let mut p = Process::new(wait_ready, (cond.clone(), flags.clone()));
+    p.start().unwrap();
+    {
+        let _g = cond.lock().unwrap();
+        flags.insert("ready".into(), 42).unwrap();
+        cond.notify_all().unwrap();
+    }
+    println!("condition: the waiter saw ready = {}", p.join().unwrap());
 
     // A lock whose holder exits without releasing it passes on when its
     // lease ends, and the next holder is told.

@@ -482,14 +482,17 @@
 //! item until `task_done`, so the item of a consumer that dies first goes
 //! to another), `lock` (a key with a lease its holder's process renews; a
 //! holder that dies loses it when the lease ends and the next acquirer
-//! gets [`Acquired::OwnerDied`]), `semaphore`, `bounded_semaphore`,
-//! `event` and `barrier`. Read-modify-write calls (`update_with`,
+//! gets [`Acquired::OwnerDied`]), `rlock` (the same, owned by one thread),
+//! `condition` (over its own RLock, or `condition_with(name, lock)` over a
+//! Redis `Lock` or `RLock`: waiters block in Redis, a notify is never lost
+//! between a waiter's release and its wait, and a dead waiter's notify
+//! passes on), `semaphore`, `bounded_semaphore`, `event` and `barrier`.
+//! Read-modify-write calls (`update_with`,
 //! `setdefault`, `pop`) are atomic in Redis. Objects persist until
 //! deleted (`RedisManager::delete(name)`, `RedisManager::clear()` for the
 //! whole key prefix). A server that is unreachable, refuses the password or
 //! goes away mid-call is [`Error::BackendUnavailable`], never a hang.
-//! `RLock` and `Condition` are not kept in Redis yet; the distributed
-//! `Pool` on Redis is described in the section above.
+//! The distributed `Pool` on Redis is described in the section above.
 //!
 //! ```ignore
 //! // Needs `--features redis` and a Redis server.

@@ -280,6 +280,7 @@ fn redis_manager() {
         "redis_manager",
         &[
             "jobs done: 100, counted: Some(100), sum of squares: Some(338350)",
+            "condition: the waiter saw ready = 42",
             "lock: previous holder died holding it",
             "keys deleted by clear():",
         ],

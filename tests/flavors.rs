@@ -37,8 +37,6 @@ enum Source {
 const SOURCES: &[Source] = &[Source::Plain, Source::Local, Source::Tcp];
 #[cfg(feature = "redis")]
 const SOURCES: &[Source] = &[Source::Plain, Source::Local, Source::Tcp, Source::Redis];
-/// The sources that keep an `RLock` and a `Condition` (Redis keeps neither yet).
-const RLOCK_SOURCES: &[Source] = &[Source::Plain, Source::Local, Source::Tcp];
 
 /// The managers behind a source, kept alive for the test's length.
 enum Maker {
@@ -108,7 +106,7 @@ impl Maker {
             Maker::Local(m) => m.rlock().unwrap(),
             Maker::Tcp(m) => m.rlock().unwrap(),
             #[cfg(feature = "redis")]
-            Maker::Redis(_) => unreachable!("RLOCK_SOURCES has no Redis source"),
+            Maker::Redis(r) => r.manager.rlock(&r.fresh()).unwrap(),
         }
     }
 
@@ -119,7 +117,7 @@ impl Maker {
             Maker::Local(m) => m.condition().unwrap(),
             Maker::Tcp(m) => m.condition().unwrap(),
             #[cfg(feature = "redis")]
-            Maker::Redis(_) => unreachable!("RLOCK_SOURCES has no Redis source"),
+            Maker::Redis(r) => r.manager.condition(&r.fresh()).unwrap(),
         }
     }
 
@@ -130,7 +128,7 @@ impl Maker {
             Maker::Local(m) => m.condition_with(lock).unwrap(),
             Maker::Tcp(m) => m.condition_with(lock).unwrap(),
             #[cfg(feature = "redis")]
-            Maker::Redis(_) => unreachable!("RLOCK_SOURCES has no Redis source"),
+            Maker::Redis(r) => r.manager.condition_with(&r.fresh(), lock).unwrap(),
         }
     }
 
@@ -795,7 +793,7 @@ fn contend_rlock(args: (RLock, Event, Event, Event)) -> Vec<String> {
 
 #[test]
 fn rlock_is_one_type_for_every_source() {
-    for &source in RLOCK_SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let lock = maker.rlock();
@@ -871,7 +869,7 @@ fn hold_rlock_and_wait(args: (RLock, Event, Event)) {
 
 #[test]
 fn an_rlock_whose_holder_is_killed_goes_to_the_next_acquirer_for_every_source() {
-    for &source in RLOCK_SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let lock = maker.rlock();
@@ -918,7 +916,7 @@ fn wait_on(args: (Condition, RawValue<u32>, RawValue<u32>)) -> String {
 
 #[test]
 fn condition_notify_n_and_notify_all_for_every_source() {
-    for &source in RLOCK_SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let cond = maker.condition();
@@ -983,7 +981,7 @@ fn condition_notify_n_and_notify_all_for_every_source() {
 
 #[test]
 fn condition_waits_time_out_holding_the_lock_for_every_source() {
-    for &source in RLOCK_SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         let lock = maker.rlock();
         for cond in [maker.condition(), maker.condition_with(lock.clone())] {
@@ -1035,7 +1033,7 @@ fn wait_for_flag(args: (Condition, RawValue<u32>, Event)) -> String {
 
 #[test]
 fn a_condition_over_a_given_lock_for_every_source() {
-    for &source in RLOCK_SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let lock = maker.lock();
@@ -1093,7 +1091,7 @@ fn wait_once(args: (Condition, RawValue<u32>)) -> (bool, Option<i32>, bool) {
 
 #[test]
 fn a_condition_waiter_is_told_when_the_lock_holder_is_killed_for_every_source() {
-    for &source in RLOCK_SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             for cond in [maker.condition(), maker.condition_with(maker.lock())] {
@@ -1143,7 +1141,7 @@ fn rlock_and_condition_through_a_queue(
 
 #[test]
 fn rlocks_and_conditions_of_every_flavour_travel_inside_a_queue() {
-    for &source in RLOCK_SOURCES {
+    for &source in SOURCES {
         let maker = Maker::start(source);
         for m in METHODS {
             let q: Queue<(RLock, Condition)> = Queue::new().unwrap();

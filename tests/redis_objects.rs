@@ -8,8 +8,8 @@ mod util;
 use std::time::Duration;
 
 use multiproc::{
-    Acquired, Barrier, DictProxy, Error, Event, JoinableQueue, ListProxy, Lock, Process, Queue,
-    RedisManager, Semaphore, StartMethod,
+    Acquired, Barrier, Condition, ConditionLock, DictProxy, Error, Event, JoinableQueue, ListProxy,
+    Lock, Process, Queue, RLock, RawValue, RedisManager, Semaphore, StartMethod,
 };
 use util::redis::RedisServer;
 use util::{PROMPTLY, within};
@@ -252,6 +252,386 @@ fn a_killed_holder_loses_its_lock_and_the_next_is_told() {
         lock.release().unwrap();
         assert_eq!(lock.acquire_timeout(PROMPTLY).unwrap(), Acquired::Clean);
         lock.release().unwrap();
+    }
+    m.clear().unwrap();
+}
+
+#[test]
+fn rlock_forms_and_owner_thread() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    let lock = m.rlock("r").unwrap();
+    assert_eq!(lock.acquire().unwrap(), Acquired::Clean);
+    assert_eq!(lock.try_acquire().unwrap(), Acquired::Clean);
+    assert_eq!(
+        lock.acquire_timeout(Duration::ZERO).unwrap(),
+        Acquired::Clean
+    );
+    assert_eq!(lock.recursion_count().unwrap(), 3);
+    assert_eq!(lock.owner_pid(), Some(std::process::id() as i32));
+    // Held past several leases: the holder's process renews it.
+    let other = m.rlock("r").unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            assert!(!other.is_owned().unwrap());
+            assert_eq!(other.recursion_count().unwrap(), 0);
+            assert!(matches!(other.try_acquire(), Err(Error::WouldBlock)));
+            assert!(matches!(
+                other.acquire_timeout(LEASE * 3),
+                Err(Error::Timeout(_))
+            ));
+            assert!(matches!(other.release(), Err(Error::InvalidState(_))));
+        });
+    });
+    for left in [2, 1] {
+        lock.release().unwrap();
+        assert_eq!(lock.recursion_count().unwrap(), left);
+        assert!(lock.is_locked().unwrap());
+    }
+    lock.release().unwrap();
+    assert!(!lock.is_locked().unwrap());
+    assert!(matches!(lock.release(), Err(Error::InvalidState(_))));
+    {
+        let outer = lock.lock_timeout(PROMPTLY).unwrap();
+        let inner = lock.lock().unwrap();
+        assert_eq!((outer.owner_died(), inner.owner_died()), (None, None));
+        assert_eq!(other.recursion_count().unwrap(), 2, "a handle of one name");
+    }
+    assert!(!lock.is_locked().unwrap());
+    assert!(m.lock("r").is_ok(), "kinds have their own names");
+    m.clear().unwrap();
+    assert_eq!(server.dbsize(), 0);
+}
+
+fn hold_rlock_until_killed((lock, held, never): (RLock, Event, Event)) {
+    let _outer = lock.lock().unwrap();
+    let _inner = lock.lock().unwrap();
+    held.set().unwrap();
+    // Killed while waiting here, holding the lock two deep.
+    let _ = never.wait_timeout(PROMPTLY * 3);
+}
+
+#[test]
+fn a_killed_rlock_holder_loses_it_and_the_next_is_told() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let lock = m.rlock(&format!("dead-{method:?}")).unwrap();
+        let held = m.event(&format!("held-{method:?}")).unwrap();
+        let never = m.event("never").unwrap();
+        let mut p = start(
+            method,
+            hold_rlock_until_killed,
+            (lock.clone(), held.clone(), never),
+        );
+        assert!(held.wait_timeout(PROMPTLY).unwrap(), "{method:?}");
+        assert!(matches!(lock.try_acquire(), Err(Error::WouldBlock)));
+        let pid = p.pid().unwrap();
+        p.kill().unwrap();
+        assert!(p.join_timeout(PROMPTLY).is_err());
+        match lock.acquire_timeout(PROMPTLY).unwrap() {
+            Acquired::OwnerDied { pid: dead } => assert_eq!(dead, pid, "{method:?}"),
+            other => panic!("{method:?}: expected OwnerDied, got {other:?}"),
+        }
+        // The dead holder's two levels went with it.
+        assert_eq!(lock.recursion_count().unwrap(), 1, "{method:?}");
+        lock.release().unwrap();
+        assert_eq!(lock.acquire_timeout(PROMPTLY).unwrap(), Acquired::Clean);
+        lock.release().unwrap();
+        assert!(!lock.is_locked().unwrap());
+    }
+    m.clear().unwrap();
+}
+
+/// Holds the condition's lock, counts itself in and waits; once woken
+/// (holding the lock again) counts itself out: (timed out, owner died,
+/// whether it holds the lock).
+fn wait_counted((cond, waiting, woken): (Condition, RawValue<u32>, RawValue<u32>)) -> String {
+    let g = cond.lock().unwrap();
+    waiting.fetch_add(1);
+    let w = cond.wait_timeout(PROMPTLY * 3).unwrap();
+    woken.fetch_add(1);
+    let holds = match cond.get_lock() {
+        ConditionLock::RLock(l) => l.is_owned().unwrap(),
+        ConditionLock::Lock(l) => l.is_locked().unwrap(),
+    };
+    drop(g);
+    format!("{:?}", (w.timed_out(), w.owner_died(), holds))
+}
+
+#[test]
+fn notify_one_of_two_waiting_processes_wakes_exactly_one() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let lock = m.lock(&format!("l-{method:?}")).unwrap();
+        for cond in [
+            m.condition(&format!("own-{method:?}")).unwrap(),
+            m.condition_with(&format!("over-{method:?}"), lock.clone())
+                .unwrap(),
+        ] {
+            let (waiting, woken) = (RawValue::new(0u32).unwrap(), RawValue::new(0u32).unwrap());
+            let mut waiters: Vec<_> = (0..2)
+                .map(|_| {
+                    start(
+                        method,
+                        wait_counted,
+                        (cond.clone(), waiting.clone(), woken.clone()),
+                    )
+                })
+                .collect();
+            // Each counts itself in holding the lock and lets go of it only
+            // by waiting: once both counted, taking the lock finds both waiting.
+            assert!(
+                util::eventually(PROMPTLY, || waiting.load() == 2),
+                "{method:?}"
+            );
+            {
+                let _g = cond.lock_timeout(PROMPTLY).unwrap();
+                assert_eq!(woken.load(), 0, "{method:?}: woken without a notify");
+                cond.notify(1).unwrap();
+            }
+            assert!(
+                util::eventually(PROMPTLY, || woken.load() == 1),
+                "{method:?}"
+            );
+            {
+                // Exactly one: the other would need the lock, held here,
+                // to count itself out.
+                let _g = cond.lock_timeout(PROMPTLY).unwrap();
+                assert_eq!(woken.load(), 1, "{method:?}: notify(1) woke two");
+                cond.notify_all().unwrap();
+            }
+            for p in &mut waiters {
+                let seen = p.join_timeout(PROMPTLY * 3).unwrap();
+                assert_eq!(seen, "(false, None, true)", "{method:?}");
+            }
+            assert_eq!(woken.load(), 2);
+        }
+        assert!(!lock.is_locked().unwrap());
+    }
+    m.clear().unwrap();
+    assert_eq!(server.dbsize(), 0);
+}
+
+#[test]
+fn a_timed_out_wait_returns_holding_the_lock() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    let rlock = m.rlock("r").unwrap();
+    let lock = m.lock("l").unwrap();
+    for cond in [
+        m.condition("own").unwrap(),
+        m.condition_with("over-rlock", rlock.clone()).unwrap(),
+        m.condition_with("over-lock", lock.clone()).unwrap(),
+    ] {
+        assert!(matches!(cond.wait(), Err(Error::InvalidState(_))));
+        assert!(matches!(cond.notify(1), Err(Error::InvalidState(_))));
+        let _outer = cond.lock().unwrap();
+        let w = cond.wait_timeout(Duration::from_millis(100)).unwrap();
+        assert!(w.timed_out());
+        assert_eq!(w.acquired(), Acquired::Clean);
+        assert!(cond.wait_timeout(Duration::ZERO).unwrap().timed_out());
+        // Held again: another thread cannot take it, this one may notify.
+        std::thread::scope(|s| {
+            s.spawn(|| assert!(matches!(cond.try_acquire(), Err(Error::WouldBlock))));
+        });
+        if let ConditionLock::RLock(l) = cond.get_lock() {
+            assert_eq!(l.recursion_count().unwrap(), 1);
+        }
+        cond.notify_all().unwrap();
+    }
+    assert!(!rlock.is_locked().unwrap() && !lock.is_locked().unwrap());
+    // A condition keeps the lock it was made with, and takes only a
+    // lock of its own server and prefix.
+    assert!(matches!(
+        m.condition("over-lock"),
+        Err(Error::TypeMismatch { .. })
+    ));
+    assert!(matches!(
+        m.condition_with("own", lock.clone()),
+        Err(Error::TypeMismatch { .. })
+    ));
+    assert!(matches!(
+        m.condition_with("x", Lock::new().unwrap()),
+        Err(Error::InvalidArgument(_))
+    ));
+    let elsewhere = manager(&server).prefix("elsewhere").unwrap();
+    assert!(matches!(
+        elsewhere.condition_with("x", lock.clone()),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Condition::with_lock(lock.clone()),
+        Err(Error::InvalidArgument(_))
+    ));
+    // Over another condition's own lock: they share it.
+    let own = m.condition("own").unwrap();
+    let twin = m.condition_with("twin", own.get_lock().clone()).unwrap();
+    {
+        let _g = own.lock().unwrap();
+        assert!(matches!(
+            twin.get_lock(),
+            ConditionLock::RLock(l) if l.recursion_count().unwrap() == 1
+        ));
+        twin.notify_all().unwrap();
+    }
+    m.clear().unwrap();
+}
+
+/// Waits on the condition (the lock held); returns the wait's outcome:
+/// (timed out, owner died, whether it holds the lock).
+fn wait_once((cond, waiting): (Condition, RawValue<u32>)) -> (bool, Option<i32>, bool) {
+    let g = cond.lock().unwrap();
+    waiting.fetch_add(1);
+    let w = cond.wait_timeout(PROMPTLY * 3).unwrap();
+    let holds = match cond.get_lock() {
+        ConditionLock::RLock(l) => l.is_owned().unwrap(),
+        ConditionLock::Lock(l) => l.is_locked().unwrap(),
+    };
+    drop(g);
+    (w.timed_out(), w.owner_died(), holds)
+}
+
+#[test]
+fn a_killed_waiters_notify_passes_on() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let cond = m.condition(&format!("c-{method:?}")).unwrap();
+        let (waiting, woken) = (RawValue::new(0u32).unwrap(), RawValue::new(0u32).unwrap());
+        // The first in line, to be killed while it waits.
+        let mut doomed = start(method, wait_once, (cond.clone(), waiting.clone()));
+        assert!(util::eventually(PROMPTLY, || waiting.load() == 1));
+        let mut live: Vec<_> = (0..2)
+            .map(|_| {
+                start(
+                    method,
+                    wait_counted,
+                    (cond.clone(), waiting.clone(), woken.clone()),
+                )
+            })
+            .collect();
+        assert!(util::eventually(PROMPTLY, || waiting.load() == 3));
+        // All three wait now: each let go of the lock only by waiting.
+        drop(cond.lock_timeout(PROMPTLY).unwrap());
+        doomed.kill().unwrap();
+        assert!(doomed.join_timeout(PROMPTLY).is_err());
+        {
+            // The dead waiter is first in line; its lease may not have
+            // ended yet, so the notify may go to it first and pass on.
+            let _g = cond.lock_timeout(PROMPTLY).unwrap();
+            cond.notify(1).unwrap();
+        }
+        assert!(
+            util::eventually(PROMPTLY, || woken.load() == 1),
+            "{method:?}: the dead waiter's notify was lost"
+        );
+        {
+            let _g = cond.lock_timeout(PROMPTLY).unwrap();
+            assert_eq!(woken.load(), 1, "{method:?}: notify(1) woke two");
+            cond.notify_all().unwrap();
+        }
+        for p in &mut live {
+            let seen = p.join_timeout(PROMPTLY * 3).unwrap();
+            assert_eq!(seen, "(false, None, true)", "{method:?}");
+        }
+    }
+    m.clear().unwrap();
+}
+
+/// Takes the condition's lock (once its waiters let go of it by waiting),
+/// says so, and waits to be killed.
+fn hold_condition_lock((cond, held, never): (Condition, Event, Event)) {
+    let _g = cond.lock().unwrap();
+    held.set().unwrap();
+    let _ = never.wait_timeout(PROMPTLY * 3);
+}
+
+#[test]
+fn a_killed_holder_wakes_the_waiters_and_the_next_is_told() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let lock = m.lock(&format!("l-{method:?}")).unwrap();
+        for cond in [
+            m.condition(&format!("own-{method:?}")).unwrap(),
+            m.condition_with(&format!("over-{method:?}"), lock.clone())
+                .unwrap(),
+        ] {
+            let waiting = RawValue::new(0u32).unwrap();
+            let mut waiters: Vec<_> = (0..2)
+                .map(|_| start(method, wait_once, (cond.clone(), waiting.clone())))
+                .collect();
+            assert!(util::eventually(PROMPTLY, || waiting.load() == 2));
+            let (held, never) = (m.event("held").unwrap(), m.event("never").unwrap());
+            held.clear().unwrap();
+            let mut holder = start(
+                method,
+                hold_condition_lock,
+                (cond.clone(), held.clone(), never),
+            );
+            assert!(held.wait_timeout(PROMPTLY).unwrap(), "{method:?}");
+            let pid = holder.pid().unwrap();
+            holder.kill().unwrap();
+            assert!(holder.join_timeout(PROMPTLY).is_err());
+            // No notify comes: the death wakes both, each returns holding
+            // the lock, and the first to take it back is told.
+            let mut seen: Vec<_> = waiters
+                .iter_mut()
+                .map(|p| p.join_timeout(PROMPTLY * 3).unwrap())
+                .collect();
+            seen.sort();
+            assert_eq!(
+                seen,
+                [(false, None, true), (false, Some(pid), true)],
+                "{method:?}"
+            );
+            assert_eq!(cond.acquire_timeout(PROMPTLY).unwrap(), Acquired::Clean);
+            cond.release().unwrap();
+        }
+    }
+    m.clear().unwrap();
+}
+
+/// Receives an RLock and a condition through a queue; takes the RLock
+/// (leaving with it held) and notifies the condition's waiter.
+fn rlock_and_condition_from_a_queue(q: Queue<(RLock, Condition)>) -> bool {
+    let (lock, cond) = q.get_timeout(PROMPTLY * 3).unwrap();
+    let taken = lock.try_acquire().is_ok();
+    let _g = cond.lock_timeout(PROMPTLY).unwrap();
+    cond.notify_all().unwrap();
+    taken
+}
+
+#[test]
+fn rlocks_and_conditions_travel_inside_a_redis_queue() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let q = m
+            .queue::<(RLock, Condition)>(&format!("q-{method:?}"))
+            .unwrap();
+        let lock = m.rlock(&format!("r-{method:?}")).unwrap();
+        let cond = m
+            .condition_with(&format!("c-{method:?}"), lock.clone())
+            .unwrap();
+        let other = m.rlock(&format!("o-{method:?}")).unwrap();
+        let mut p = start(method, rlock_and_condition_from_a_queue, q.clone());
+        let g = cond.lock().unwrap();
+        q.put((other.clone(), cond.clone())).unwrap();
+        let w = cond.wait_timeout(PROMPTLY * 3).unwrap();
+        assert!(!w.timed_out(), "{method:?}");
+        drop(g);
+        assert!(p.join_timeout(PROMPTLY * 3).unwrap(), "{method:?}");
+        // The child left holding the other RLock: the next acquirer is told.
+        let got = other.acquire_timeout(PROMPTLY).unwrap();
+        assert!(
+            matches!(got, Acquired::OwnerDied { .. }),
+            "{method:?}: {got:?}"
+        );
+        other.release().unwrap();
+        assert!(!lock.is_locked().unwrap());
     }
     m.clear().unwrap();
 }
@@ -608,6 +988,77 @@ fn deleting_objects_leaves_nothing_in_redis() {
     assert_eq!(server.dbsize(), 2);
     assert_eq!(other.clear().unwrap(), 2);
     assert_eq!(server.dbsize(), 0);
+}
+
+#[test]
+fn rlocks_and_conditions_leave_nothing_after_delete() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    let rlock = m.rlock("a").unwrap();
+    assert_eq!(rlock.acquire().unwrap(), Acquired::Clean);
+    assert_eq!(rlock.acquire().unwrap(), Acquired::Clean);
+    rlock.release().unwrap();
+    rlock.release().unwrap();
+    let lock = m.lock("a").unwrap();
+    let over = m.condition_with("b", lock).unwrap();
+    {
+        let _g = over.lock().unwrap();
+        assert!(over.wait_timeout(Duration::ZERO).unwrap().timed_out());
+    }
+    let cond = m.condition("a").unwrap();
+    for method in METHODS {
+        // A waiter killed while it waits leaves its ticket; a notify may
+        // grant it before its lease ends.
+        let waiting = RawValue::new(0u32).unwrap();
+        let mut p = start(method, wait_once, (cond.clone(), waiting.clone()));
+        assert!(util::eventually(PROMPTLY, || waiting.load() == 1));
+        p.kill().unwrap();
+        assert!(p.join_timeout(PROMPTLY).is_err());
+        let _g = cond.lock_timeout(PROMPTLY).unwrap();
+        if method == StartMethod::Fork {
+            cond.notify(1).unwrap();
+        }
+    }
+    {
+        let _g = cond.lock().unwrap();
+        assert!(
+            cond.wait_timeout(Duration::from_millis(10))
+                .unwrap()
+                .timed_out()
+        );
+    }
+    assert!(m.delete("a").unwrap() > 0);
+    assert!(m.delete("b").unwrap() > 0);
+    assert_eq!(server.dbsize(), 0);
+}
+
+/// Takes the condition's lock, says so, and waits (letting go of it).
+fn wait_on_condition(
+    cond: Condition,
+    locked: &std::sync::atomic::AtomicBool,
+) -> multiproc::Result<bool> {
+    let _g = cond.lock()?;
+    locked.store(true, std::sync::atomic::Ordering::SeqCst);
+    cond.wait().map(|_| true)
+}
+
+#[test]
+fn a_condition_wait_on_a_killed_server_is_backend_unavailable_promptly() {
+    let mut server = RedisServer::start();
+    let m = manager(&server);
+    let cond = m.condition("c").unwrap();
+    let locked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let waiting = {
+        let (cond, locked) = (cond.clone(), locked.clone());
+        std::thread::spawn(move || wait_on_condition(cond, &locked))
+    };
+    // The waiter took the lock, and lets go of it only by waiting.
+    assert!(util::eventually(PROMPTLY, || locked
+        .load(std::sync::atomic::Ordering::SeqCst)));
+    drop(cond.lock_timeout(PROMPTLY).unwrap());
+    server.kill();
+    unavailable(within(PROMPTLY, move || waiting.join().unwrap()).expect("wait hung"));
+    unavailable(within(PROMPTLY, move || cond.notify(1)).expect("notify hung"));
 }
 
 #[test]

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use multiproc_runtime::redis::{self as store, RedisTarget};
 use multiproc_runtime::{
-    Barrier, BoundedSemaphore, Event, JoinableQueue, Lock, Queue, Result, Semaphore, Shareable,
+    Barrier, BoundedSemaphore, Condition, ConditionLock, Event, JoinableQueue, Lock, Queue, RLock,
+    Result, Semaphore, Shareable,
 };
 
 use crate::{DictProxy, ListProxy, NamespaceProxy};
@@ -43,6 +44,15 @@ use crate::{DictProxy, ListProxy, NamespaceProxy};
 ///   holder's process lives; a holder that dies (or is cut off from Redis)
 ///   loses it when the lease ends, and the next acquirer is told
 ///   ([`Acquired::OwnerDied`](multiproc_runtime::Acquired::OwnerDied)).
+/// * `rlock`: the same, holding its owner thread and a recursion count;
+///   only the owner thread re-enters or releases it.
+/// * `condition`: over its own `rlock` or a given Redis `Lock`/`RLock`.
+///   A waiter registers a ticket and releases the lock in one script (so
+///   no notify falls in between) and blocks in Redis on its own wake-up
+///   list; `notify(n)` wakes the first `n` waiters whose process lives
+///   (a ticket has a lease like a lock's), a notified waiter that dies
+///   first passes its wake-up on, and a lock holder's death wakes every
+///   waiter; the one that takes the lock back is told.
 /// * `semaphore`, `event`, `barrier`: counters and flags with wake-up
 ///   lists; waits block in Redis, never poll. A semaphore has no owner
 ///   (as the local one). Barrier waiters keep a heartbeat: a party that
@@ -54,8 +64,6 @@ use crate::{DictProxy, ListProxy, NamespaceProxy};
 /// to this process's own children, as a remote handle's authkey does: a
 /// process that reads a handle from a message must have connected to that
 /// server with its password first ([`RedisManager::connect`]).
-///
-/// `rlock` and `condition` are not kept in Redis yet.
 ///
 /// ```no_run
 /// use multiproc_proxy::RedisManager;
@@ -160,6 +168,30 @@ impl RedisManager {
     /// The lock `name`, unlocked if new.
     pub fn lock(&self, name: &str) -> Result<Lock> {
         store::lock(&self.target, name)
+    }
+
+    /// The recursive lock `name`, unlocked if new: owned by one thread of
+    /// one process, which may enter it again; a release by another is
+    /// [`Error::InvalidState`](multiproc_runtime::Error::InvalidState).
+    pub fn rlock(&self, name: &str) -> Result<RLock> {
+        store::rlock(&self.target, name)
+    }
+
+    /// The condition `name` over a recursive lock of its own (Python's
+    /// `manager.Condition()`).
+    pub fn condition(&self, name: &str) -> Result<Condition> {
+        store::condition(&self.target, name)
+    }
+
+    /// The condition `name` over `lock`, a [`Lock`] or [`RLock`] kept in
+    /// this manager's Redis server under its prefix (Python's
+    /// `manager.Condition(lock)`);
+    /// [`Error::InvalidArgument`](multiproc_runtime::Error::InvalidArgument)
+    /// for any other lock. A condition keeps the lock it was made with:
+    /// asking for `name` over another lock (or with none) is
+    /// [`Error::TypeMismatch`](multiproc_runtime::Error::TypeMismatch).
+    pub fn condition_with(&self, name: &str, lock: impl Into<ConditionLock>) -> Result<Condition> {
+        store::condition_with(&self.target, name, lock.into())
     }
 
     /// The semaphore `name`, at `value` if new.

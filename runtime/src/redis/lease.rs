@@ -38,8 +38,9 @@ struct Renewer {
     pid: i32,
     /// Held leases by key.
     held: HashMap<String, Held>,
-    /// Whether this process's thread runs.
-    running: bool,
+    /// This process's renewer thread, once started: woken by a new lease,
+    /// which it renews next (it may be asleep for longer than that lease).
+    thread: Option<std::thread::Thread>,
     /// This process's token (see [`process_token`]).
     token: String,
 }
@@ -87,13 +88,16 @@ pub(crate) fn hold(target: &RedisTarget, key: String, token: String) {
                 token,
             },
         );
-        if !r.running {
-            let spawned = std::thread::Builder::new()
-                .name("multiproc-redis-lease".into())
-                .spawn(renew_forever);
-            match spawned {
-                Ok(_) => r.running = true,
-                Err(e) => tracing::warn!("cannot start the redis lease thread: {e}"),
+        match &r.thread {
+            Some(t) => t.unpark(),
+            None => {
+                let spawned = std::thread::Builder::new()
+                    .name("multiproc-redis-lease".into())
+                    .spawn(renew_forever);
+                match spawned {
+                    Ok(h) => r.thread = Some(h.thread().clone()),
+                    Err(e) => tracing::warn!("cannot start the redis lease thread: {e}"),
+                }
             }
         }
     });
@@ -106,8 +110,20 @@ pub(crate) fn release(key: &str) {
     });
 }
 
+/// Stops renewing `key` if it is held with `token`: another thread of
+/// this process that took the key since (with its own token) keeps its
+/// lease.
+pub(crate) fn release_if(key: &str, token: &str) {
+    with_renewer(|r| {
+        if r.held.get(key).is_some_and(|h| h.token == token) {
+            r.held.remove(key);
+        }
+    });
+}
+
 /// The renewer thread: renews each held key a third of its lease after
-/// the last renewal, and forgets the keys that are no longer ours.
+/// the last renewal (a new key at once), and forgets the keys that are no
+/// longer ours.
 fn renew_forever() {
     let pid = crate::sys::process::getpid();
     let mut last: HashMap<String, Instant> = HashMap::new();
@@ -157,8 +173,9 @@ fn renew_forever() {
                 .as_ref()
                 .is_some_and(|r| r.held.contains_key(k))
         });
-        // Sleeping is this thread's whole job: it wakes only to renew.
-        std::thread::sleep(shortest.max(Duration::from_millis(30)));
+        // Sleeping is this thread's whole job: it wakes only to renew, or
+        // when a new lease (perhaps shorter than this sleep) comes.
+        std::thread::park_timeout(shortest.max(Duration::from_millis(30)));
     }
 }
 

@@ -11,19 +11,25 @@
 //! The manager objects (`RedisManager` in `multiproc-proxy` hands them
 //! out): `object.rs` (names, keys, type records, deleting), `sync.rs`
 //! (the Redis flavour of `Lock`, the semaphores, `Event`, `Barrier`),
+//! `rlock.rs` and `condition.rs` (of `RLock` and `Condition`),
 //! `queue.rs` (of `Queue` and `JoinableQueue`), `containers.rs` (the
 //! hash and list operations the container proxies encode around) and
 //! `lease.rs` (keys that live while their process does).
 
+mod condition;
 mod containers;
 mod lease;
 mod object;
 mod queue;
+mod rlock;
 mod sync;
 
+pub(crate) use condition::RedisCondition;
+pub use condition::{condition, condition_with};
 pub use containers::{RedisDict, RedisList, RedisNamespace, Swapped};
 pub use object::{RedisObject, delete_objects, remove_prefix};
 pub(crate) use queue::{RedisQueue, queue_type};
+pub(crate) use rlock::RedisRLock;
 pub(crate) use sync::{RedisBarrier, RedisEvent, RedisLock, RedisSemaphore};
 
 use std::collections::HashMap;
@@ -374,6 +380,12 @@ impl RedisTarget {
 pub fn lock(target: &RedisTarget, name: &str) -> Result<crate::Lock> {
     let obj = RedisObject::open(target, "lock", name, RedisLock::TYPE.into())?;
     Ok(crate::Lock::from_redis(RedisLock::new(obj)))
+}
+
+/// The rlock `name` (see [`RedisObject`] for keys and type records).
+pub fn rlock(target: &RedisTarget, name: &str) -> Result<crate::RLock> {
+    let obj = RedisObject::open(target, "rlock", name, RedisRLock::TYPE.into())?;
+    Ok(crate::RLock::from_redis(RedisRLock::new(obj)))
 }
 
 /// The semaphore `name`, starting at `value` if it is new.

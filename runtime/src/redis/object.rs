@@ -8,11 +8,13 @@
 //! `p:kind:name` and, where it needs more, in `p:kind#what:name` (a lock's
 //! owner record `p:lock#owner:name`, a queue's wake-up list
 //! `p:queue#space:name`…). A queue consumer's in-flight list is
-//! `p:queue#proc.<consumer>:name`. The hash `p:types` records each
+//! `p:queue#proc.<consumer>:name`; a condition waiter's ticket (a key
+//! with a lease) and wake-up list are `p:condition#t.<ticket>:name` and
+//! `p:condition#w.<ticket>:name`. The hash `p:types` records each
 //! object's handle type under `kind:name`. Objects are named and persist
 //! until deleted ([`delete_objects`], [`remove_prefix`]), as Redis users
-//! expect; nothing expires on its own but a lock's lease and a consumer's
-//! presence record.
+//! expect; nothing expires on its own but a lock's lease, a condition
+//! waiter's ticket and a consumer's presence record.
 
 use std::sync::Arc;
 use std::sync::LazyLock;
@@ -27,6 +29,18 @@ const KINDS: &[(&str, &[&str])] = &[
     ("list", &[]),
     ("namespace", &["#types"]),
     ("lock", &["#owner", "#wake"]),
+    ("rlock", &["#owner", "#count", "#wake"]),
+    (
+        "condition",
+        &[
+            "#waiters",
+            "#granted",
+            "#lock",
+            "#lock#owner",
+            "#lock#count",
+            "#lock#wake",
+        ],
+    ),
     ("semaphore", &["#max", "#wake"]),
     ("event", &["#wake"]),
     ("barrier", &["#wake", "#beats"]),
@@ -66,6 +80,16 @@ while i <= #ARGV do
     for _, c in ipairs(redis.call('SMEMBERS', p .. ':queue#consumers:' .. n)) do
       deleted = deleted + redis.call('DEL', p .. ':queue#proc.' .. c .. ':' .. n,
                                      p .. ':queue#alive.' .. c .. ':' .. n)
+    end
+  end
+  if kind == 'condition' then
+    local tickets = redis.call('LRANGE', p .. ':condition#waiters:' .. n, 0, -1)
+    for _, t in ipairs(redis.call('ZRANGE', p .. ':condition#granted:' .. n, 0, -1)) do
+      table.insert(tickets, t)
+    end
+    for _, t in ipairs(tickets) do
+      deleted = deleted + redis.call('DEL', p .. ':condition#t.' .. t .. ':' .. n,
+                                     p .. ':condition#w.' .. t .. ':' .. n)
     end
   end
   deleted = deleted + redis.call('DEL', p .. ':' .. kind .. ':' .. n)

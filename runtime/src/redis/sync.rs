@@ -25,7 +25,7 @@ use crate::redis::{RECHECK, RedisObject, lease};
 use crate::sync::Acquired;
 
 /// The error for a deadline that ran out: `WouldBlock` for a `try_` call.
-fn expired(deadline: Deadline) -> Error {
+pub(crate) fn expired(deadline: Deadline) -> Error {
     match deadline {
         Deadline::Now => Error::WouldBlock,
         d => d.timeout_error(),
@@ -141,14 +141,17 @@ impl RedisLock {
     /// Releases the lock; releasing an unlocked lock is `Err(InvalidState)`.
     pub(crate) fn release(&self) -> Result<()> {
         let key = self.obj.key();
-        let released: i64 = self.obj.run(|c| {
+        // Stop renewing before the release: another thread of this process
+        // that takes the lock right after holds its lease under this key.
+        lease::release(&key);
+        let released: Result<i64> = self.obj.run(|c| {
             LOCK_RELEASE
                 .key(&key)
                 .key(self.obj.sub("#owner"))
                 .key(self.obj.sub("#wake"))
                 .invoke(c)
-        })?;
-        lease::release(&key);
+        });
+        let released = self.rehold_on_error(key, released)?;
         if released == 1 {
             Ok(())
         } else {
@@ -162,16 +165,26 @@ impl RedisLock {
     /// release that one's. Whether it was still held.
     pub(crate) fn release_own(&self) -> Result<bool> {
         let key = self.obj.key();
-        let released: i64 = self.obj.run(|c| {
+        lease::release(&key);
+        let released: Result<i64> = self.obj.run(|c| {
             LOCK_RELEASE_OWN
                 .key(&key)
                 .key(self.obj.sub("#owner"))
                 .key(self.obj.sub("#wake"))
                 .arg(lease::process_token())
                 .invoke(c)
-        })?;
-        lease::release(&key);
-        Ok(released == 1)
+        });
+        Ok(self.rehold_on_error(key, released)? == 1)
+    }
+
+    /// After a release that failed (Redis unreachable): keeps renewing the
+    /// lease in case this process still holds the lock (the renewer
+    /// forgets a key that does not hold our token).
+    fn rehold_on_error(&self, key: String, released: Result<i64>) -> Result<i64> {
+        if released.is_err() {
+            lease::hold(self.obj.target(), key, lease::process_token());
+        }
+        released
     }
 
     /// Whether some process holds the lock now.

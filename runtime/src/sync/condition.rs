@@ -224,6 +224,17 @@ impl ConditionLock {
             .and_then(|core| core.conn().ok().map(|c| *c.server()))
     }
 
+    /// Whether the lock is kept in Redis.
+    fn is_redis(&self) -> bool {
+        #[cfg(feature = "redis")]
+        match self {
+            ConditionLock::Lock(l) => l.redis().is_some(),
+            ConditionLock::RLock(l) => l.redis().is_some(),
+        }
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+
     /// The remote flavour's core, if the lock is one a TCP manager keeps.
     fn remote_core(&self) -> Option<&ProxyCore> {
         match self {
@@ -335,15 +346,20 @@ impl WaitTimeoutResult {
 /// [`Condition::new`], a local `Manager` or [`Condition::with_lock`] over a
 /// shared-memory lock lives in shared memory; one from a connected
 /// `BaseManager` (or `with_lock` over a lock such a manager keeps) is kept
-/// by its server, over a lock of that server. Both pass to children,
-/// travel inside messages and clone alike.
+/// by its server, over a lock of that server. With the `redis` feature,
+/// `RedisManager::condition(name)` (or `condition_with(name, lock)` over a
+/// Redis lock) gives a third, whose waiters wait in Redis. All pass to
+/// children, travel inside messages and clone alike.
 ///
 /// A waiter that dies while it waits: in shared memory it stays counted,
 /// so a later notify may release one live waiter more than asked (a
 /// spurious wake-up, never a lost one); a server forgets it when its
 /// connection ends, and hands a notify it had not taken yet to the next
 /// waiter. [`Condition::wait_for`] re-checks the state and is unaffected
-/// either way. A server-kept condition wakes all its waiters when its
+/// either way. A Redis condition's waiter holds a ticket with a lease:
+/// a notify skips the tickets of dead waiters, and one that reached a
+/// waiter that died before it woke passes on to a live one. A server-kept
+/// or Redis condition wakes all its waiters when its
 /// lock's holder dies; a shared-memory one, the waiters that notice it
 /// first (each checks between its 100 ms sleep slices).
 ///
@@ -375,6 +391,9 @@ enum CondFlavor {
     Shm(ShmCondition),
     /// An object of a TCP manager's server.
     Remote(RemoteCondition),
+    /// Waiter tickets in Redis, over a Redis lock.
+    #[cfg(feature = "redis")]
+    Redis(crate::redis::RedisCondition),
 }
 
 /// The shared-memory flavour: the segment and the lock.
@@ -391,6 +410,12 @@ impl std::fmt::Debug for Condition {
             CondFlavor::Remote(r) => f
                 .debug_struct("Condition")
                 .field("proxy", r.core())
+                .field("lock", r.lock())
+                .finish(),
+            #[cfg(feature = "redis")]
+            CondFlavor::Redis(r) => f
+                .debug_struct("Condition")
+                .field("redis", r.object())
                 .field("lock", r.lock())
                 .finish(),
         }
@@ -418,6 +443,14 @@ impl Condition {
         }
     }
 
+    /// The Redis flavour.
+    #[cfg(feature = "redis")]
+    pub(crate) fn from_redis(r: crate::redis::RedisCondition) -> Condition {
+        Condition {
+            flavor: CondFlavor::Redis(r),
+        }
+    }
+
     /// The layout of a new condition with its own [`RLock`], for a manager
     /// server to create (see [`Value::spec`](crate::Value::spec)).
     #[doc(hidden)]
@@ -431,9 +464,17 @@ impl Condition {
     /// code may also use directly (Python's `Condition(lock)`). Over a lock
     /// a TCP manager keeps, the condition is kept by that manager's server
     /// too (Python's `manager.Condition(lock)`); over a shared-memory lock,
-    /// it lives in a segment of its own.
+    /// it lives in a segment of its own. A condition over a lock kept in
+    /// Redis is named, as every Redis object: `RedisManager::condition_with`
+    /// makes one (here: [`Error::InvalidArgument`]).
     pub fn with_lock(lock: impl Into<ConditionLock>) -> Result<Condition> {
         let lock = lock.into();
+        if lock.is_redis() {
+            return Err(Error::InvalidArgument(
+                "a condition over a lock kept in Redis is named: use RedisManager::condition_with"
+                    .into(),
+            ));
+        }
         if let Some(core) = lock.remote_core() {
             let object = core.object();
             let r = RemoteCondition::create(lock.clone(), object, core)?;
@@ -469,9 +510,7 @@ impl Condition {
     fn state(&self) -> &CondState {
         match &self.flavor {
             CondFlavor::Shm(c) => c.obj.state(),
-            CondFlavor::Remote(_) => {
-                unreachable!("a test asked a remote condition for its segment")
-            }
+            _ => unreachable!("a test asked a remote condition for its segment"),
         }
     }
 
@@ -480,6 +519,8 @@ impl Condition {
         match &self.flavor {
             CondFlavor::Shm(c) => &c.lock,
             CondFlavor::Remote(r) => r.lock(),
+            #[cfg(feature = "redis")]
+            CondFlavor::Redis(r) => r.lock(),
         }
     }
 
@@ -551,6 +592,14 @@ impl Condition {
                     acquired,
                 })
             }
+            #[cfg(feature = "redis")]
+            CondFlavor::Redis(r) => {
+                let (woken, acquired) = r.wait_deadline(deadline)?;
+                Ok(WaitTimeoutResult {
+                    timed_out: !woken,
+                    acquired,
+                })
+            }
         }
     }
 
@@ -581,7 +630,7 @@ impl Condition {
         predicate: &mut dyn FnMut() -> bool,
         deadline: Deadline,
     ) -> Result<WaitTimeoutResult> {
-        // A remote condition's server checks the holder on the first wait.
+        // A remote or Redis condition checks the holder on the first wait.
         if let CondFlavor::Shm(c) = &self.flavor
             && !c.lock.is_held()
         {
@@ -632,6 +681,8 @@ impl Condition {
                 Ok(())
             }
             CondFlavor::Remote(r) => r.notify(n),
+            #[cfg(feature = "redis")]
+            CondFlavor::Redis(r) => r.notify(n),
         }
     }
 }
@@ -724,7 +775,7 @@ impl ShareHandle for Condition {
     fn to_repr(&self) -> Result<HandleRepr> {
         let CondFlavor::Shm(c) = &self.flavor else {
             return Err(Error::InvalidArgument(
-                "a condition a remote manager keeps has no shared segment".into(),
+                "a condition a remote manager or Redis keeps has no shared segment".into(),
             ));
         };
         let mut repr = c.obj.to_repr()?;
@@ -767,6 +818,8 @@ impl FlavoredHandle for Condition {
         match &self.flavor {
             CondFlavor::Shm(_) => self.to_repr().map(FlavorRepr::Shm),
             CondFlavor::Remote(r) => r.core().to_repr().map(FlavorRepr::Remote),
+            #[cfg(feature = "redis")]
+            CondFlavor::Redis(r) => Ok(FlavorRepr::Redis(r.object().to_repr())),
         }
     }
 
@@ -776,9 +829,12 @@ impl FlavoredHandle for Condition {
             FlavorRepr::Remote(p) => {
                 ProxyCore::from_repr(p, Condition::remote_tag()).and_then(Condition::from_remote)
             }
-            FlavorRepr::Redis(_) => Err(Error::InvalidArgument(
-                "a Condition is not kept in Redis: this handle names one".into(),
-            )),
+            #[cfg(feature = "redis")]
+            FlavorRepr::Redis(r) => {
+                crate::redis::RedisCondition::from_repr(r).map(Condition::from_redis)
+            }
+            #[cfg(not(feature = "redis"))]
+            FlavorRepr::Redis(_) => Err(crate::handle::without_redis()),
         }
     }
 }

@@ -174,6 +174,15 @@ impl Lock {
         }
     }
 
+    /// The Redis flavour, if this is one.
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis(&self) -> Option<&crate::redis::RedisLock> {
+        match &self.flavor {
+            LockFlavor::Redis(r) => Some(r),
+            _ => None,
+        }
+    }
+
     /// The remote flavour's core, if this is one.
     pub(crate) fn remote_core(&self) -> Option<&ProxyCore> {
         match &self.flavor {

@@ -169,6 +169,11 @@ fn not_owned() -> Error {
 /// [`is_locked`](RLock::is_locked) ask the server (so they can fail with
 /// `ManagerGone`); [`owner_pid`](RLock::owner_pid) is `None`.
 ///
+/// With the `redis` feature, `RedisManager::rlock(name)` gives a third
+/// flavour: a key in Redis naming the owner thread, with a lease its
+/// process renews; a holder that dies loses it when the lease ends and the
+/// next acquirer is told ([`Acquired::OwnerDied`]).
+///
 /// ```
 /// let lock = multiproc::RLock::new().unwrap();
 /// let outer = lock.lock().unwrap();
@@ -190,6 +195,9 @@ enum RLockFlavor {
     Shm(ShmObject<RLockState>),
     /// An object of a TCP manager's server.
     Remote(RemoteRLock),
+    /// A key with a lease in Redis, naming its owner thread.
+    #[cfg(feature = "redis")]
+    Redis(crate::redis::RedisRLock),
 }
 
 impl std::fmt::Debug for RLock {
@@ -201,6 +209,8 @@ impl std::fmt::Debug for RLock {
                 .field("is_owned", &obj.state().is_owned())
                 .finish(),
             RLockFlavor::Remote(r) => f.debug_tuple("RLock").field(r.core()).finish(),
+            #[cfg(feature = "redis")]
+            RLockFlavor::Redis(r) => f.debug_tuple("RLock").field(r.object()).finish(),
         }
     }
 }
@@ -228,11 +238,28 @@ impl RLock {
         }
     }
 
+    /// The Redis flavour.
+    #[cfg(feature = "redis")]
+    pub(crate) fn from_redis(r: crate::redis::RedisRLock) -> RLock {
+        RLock {
+            flavor: RLockFlavor::Redis(r),
+        }
+    }
+
+    /// The Redis flavour, if this is one.
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis(&self) -> Option<&crate::redis::RedisRLock> {
+        match &self.flavor {
+            RLockFlavor::Redis(r) => Some(r),
+            _ => None,
+        }
+    }
+
     /// The remote flavour's core, if this is one.
     pub(crate) fn remote_core(&self) -> Option<&ProxyCore> {
         match &self.flavor {
-            RLockFlavor::Shm(_) => None,
             RLockFlavor::Remote(r) => Some(r.core()),
+            _ => None,
         }
     }
 
@@ -253,7 +280,7 @@ impl RLock {
     pub(crate) fn shm_state(&self) -> Option<&RLockState> {
         match &self.flavor {
             RLockFlavor::Shm(obj) => Some(obj.state()),
-            RLockFlavor::Remote(_) => None,
+            _ => None,
         }
     }
 
@@ -277,6 +304,8 @@ impl RLock {
         let obj = match &self.flavor {
             RLockFlavor::Shm(obj) => obj,
             RLockFlavor::Remote(r) => return r.acquire_deadline(deadline),
+            #[cfg(feature = "redis")]
+            RLockFlavor::Redis(r) => return r.acquire_deadline(deadline),
         };
         let between_slices = || match deadline {
             // A try does not wait, so it is not failed for a dead manager.
@@ -299,6 +328,8 @@ impl RLock {
                 .state()
                 .acquire_restore(u32::try_from(count).unwrap_or(u32::MAX))),
             RLockFlavor::Remote(r) => r.acquire_restore(count),
+            #[cfg(feature = "redis")]
+            RLockFlavor::Redis(r) => r.acquire_restore(count),
         }
     }
 
@@ -309,6 +340,8 @@ impl RLock {
         match &self.flavor {
             RLockFlavor::Shm(obj) => obj.state().release(),
             RLockFlavor::Remote(r) => r.release(),
+            #[cfg(feature = "redis")]
+            RLockFlavor::Redis(r) => r.release(),
         }
     }
 
@@ -346,6 +379,8 @@ impl RLock {
                 })
             }
             RLockFlavor::Remote(r) => r.recursion_count(),
+            #[cfg(feature = "redis")]
+            RLockFlavor::Redis(r) => r.recursion_count(),
         }
     }
 
@@ -355,6 +390,8 @@ impl RLock {
         match &self.flavor {
             RLockFlavor::Shm(obj) => Ok(obj.state().raw.is_locked()),
             RLockFlavor::Remote(r) => r.is_locked(),
+            #[cfg(feature = "redis")]
+            RLockFlavor::Redis(r) => r.is_locked(),
         }
     }
 
@@ -365,6 +402,8 @@ impl RLock {
         match &self.flavor {
             RLockFlavor::Shm(obj) => obj.state().raw.owner_pid(),
             RLockFlavor::Remote(_) => None,
+            #[cfg(feature = "redis")]
+            RLockFlavor::Redis(r) => r.owner_pid().ok().flatten(),
         }
     }
 }
@@ -422,6 +461,10 @@ impl ShareHandle for RLock {
             RLockFlavor::Remote(_) => Err(Error::InvalidArgument(
                 "an rlock a remote manager keeps has no shared segment to build on".into(),
             )),
+            #[cfg(feature = "redis")]
+            RLockFlavor::Redis(_) => Err(Error::InvalidArgument(
+                "an rlock kept in Redis has no shared segment to build on".into(),
+            )),
         }
     }
 
@@ -435,6 +478,8 @@ impl FlavoredHandle for RLock {
         match &self.flavor {
             RLockFlavor::Shm(obj) => obj.to_repr().map(FlavorRepr::Shm),
             RLockFlavor::Remote(r) => r.core().to_repr().map(FlavorRepr::Remote),
+            #[cfg(feature = "redis")]
+            RLockFlavor::Redis(r) => Ok(FlavorRepr::Redis(r.object().to_repr())),
         }
     }
 
@@ -444,9 +489,10 @@ impl FlavoredHandle for RLock {
             FlavorRepr::Remote(p) => {
                 ProxyCore::from_repr(p, RLock::remote_tag()).and_then(RLock::from_remote)
             }
-            FlavorRepr::Redis(_) => Err(Error::InvalidArgument(
-                "a RLock is not kept in Redis: this handle names one".into(),
-            )),
+            #[cfg(feature = "redis")]
+            FlavorRepr::Redis(r) => crate::redis::RedisRLock::from_repr(r).map(RLock::from_redis),
+            #[cfg(not(feature = "redis"))]
+            FlavorRepr::Redis(_) => Err(crate::handle::without_redis()),
         }
     }
 }
