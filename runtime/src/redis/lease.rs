@@ -81,6 +81,7 @@ pub(crate) fn token_pid(token: &[u8]) -> i32 {
 /// Keeps renewing `key` (which holds `token`) while this process lives.
 pub(crate) fn hold(target: &RedisTarget, key: String, token: String) {
     with_renewer(|r| {
+        let renewed_already = r.held.get(&key).is_some_and(|h| h.token == token);
         r.held.insert(
             key,
             Held {
@@ -89,6 +90,9 @@ pub(crate) fn hold(target: &RedisTarget, key: String, token: String) {
             },
         );
         match &r.thread {
+            // A lease the thread renews already needs no wake-up (a queue
+            // consumer holds its presence again at every get).
+            Some(_) if renewed_already => {}
             Some(t) => t.unpark(),
             None => {
                 let spawned = std::thread::Builder::new()
