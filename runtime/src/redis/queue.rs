@@ -289,7 +289,7 @@ impl RedisQueue {
                     .invoke(c)
             })?;
             if let Some(bytes) = taken {
-                return self.hand_over(bytes, &proc, &consumer, None);
+                return self.hand_over(bytes, &proc, &consumer, &presence, false);
             }
             if deadline.expired() {
                 return Err(Error::Empty);
@@ -307,7 +307,7 @@ impl RedisQueue {
                         .query(c)
                 })?;
                 if let Some(bytes) = got {
-                    return self.hand_over(bytes, &proc, &consumer, Some(&presence));
+                    return self.hand_over(bytes, &proc, &consumer, &presence, true);
                 }
                 if deadline.expired() {
                     return Err(Error::Empty);
@@ -322,20 +322,21 @@ impl RedisQueue {
     /// and settles it there, without waiting for Redis: a plain queue's
     /// item is taken once decoded (one that does not decode is dropped, as
     /// a local queue drops it); a joinable queue's stays in flight until
-    /// `task_done`. After a `BLMOVE` (`presence` given), the rest of what
+    /// `task_done`. After a `BLMOVE` (`after_block`), the rest of what
     /// [`TAKE`] does goes along ([`TAKEN_SOURCE`]).
     fn hand_over<T: Shareable>(
         &self,
         bytes: Vec<u8>,
         proc: &str,
         consumer: &str,
-        presence: Option<&str>,
+        presence: &str,
+        after_block: bool,
     ) -> Result<T> {
         let target = self.obj.target();
         let item = T::decode(&bytes);
         let ack = !self.joinable || item.is_err();
-        let settle = match presence {
-            Some(presence) => {
+        let settle = match after_block {
+            true => {
                 let mut cmd = redis::cmd("EVAL");
                 cmd.arg(TAKEN_SOURCE)
                     .arg(5)
@@ -350,22 +351,28 @@ impl RedisQueue {
                     .arg(self.lease_ms());
                 Some(cmd)
             }
-            None if ack => {
+            false if ack => {
                 let mut cmd = redis::cmd("LREM");
                 cmd.arg(proc).arg(-1).arg(bytes.as_slice());
                 Some(cmd)
             }
-            None => None,
+            false => None,
         };
         if let Some(cmd) = settle {
-            // Sent and not waited for; if the send fails the item stays in
-            // flight (and returns to the queue when this consumer's lease
-            // ends), so try once more with a round trip before saying so.
-            if target.send_unanswered(&cmd).is_err() {
-                target.with_conn(|c| cmd.exec(c))?;
+            // Sent and not waited for; if the send fails, once more with a
+            // round trip. The item is the caller's either way: one whose
+            // acknowledgement never arrived stays in flight and could come
+            // back only if this consumer died (given twice, never lost).
+            if target.send_unanswered(&cmd).is_err()
+                && let Err(e) = target.with_conn(|c| cmd.exec(c))
+            {
+                tracing::warn!(
+                    queue = self.obj.name(),
+                    "a taken redis queue item was not acknowledged: {e}"
+                );
             }
         }
-        lease::hold(target, self.presence(consumer), consumer.to_owned());
+        lease::hold(target, presence.to_owned(), consumer.to_owned());
         item
     }
 

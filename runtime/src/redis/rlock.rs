@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
-use crate::redis::sync::expired;
+use crate::redis::sync::{expired, taken_from};
 use crate::redis::{RedisObject, lease};
 use crate::sync::Acquired;
 
@@ -171,17 +171,7 @@ impl RedisRLock {
                 2 => return Ok(Acquired::Clean),
                 1 => {
                     lease::hold(target, key.clone(), me.clone());
-                    return Ok(match other {
-                        redis::Value::BulkString(prev) => {
-                            let pid = lease::token_pid(&prev);
-                            tracing::warn!(
-                                pid,
-                                "a redis rlock recovered from a holder whose lease ended"
-                            );
-                            Acquired::OwnerDied { pid }
-                        }
-                        _ => Acquired::Clean,
-                    });
+                    return Ok(taken_from(other, "rlock"));
                 }
                 _ => {}
             }

@@ -32,6 +32,23 @@ pub(crate) fn expired(deadline: Deadline) -> Error {
     }
 }
 
+/// How a lock kept in Redis was taken, from the owner record the acquire
+/// script found (`prev`): a record left behind means its holder's lease
+/// ended without a release.
+pub(crate) fn taken_from(prev: redis::Value, kind: &str) -> Acquired {
+    match prev {
+        redis::Value::BulkString(prev) => {
+            let pid = lease::token_pid(&prev);
+            tracing::warn!(
+                pid,
+                "a redis {kind} recovered from a holder whose lease ended"
+            );
+            Acquired::OwnerDied { pid }
+        }
+        _ => Acquired::Clean,
+    }
+}
+
 /// Takes the lock: {1, previous owner record or nil} or {0, pttl}.
 static LOCK_ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
@@ -114,17 +131,7 @@ impl RedisLock {
             let other = reply.next().unwrap_or(redis::Value::Nil);
             if taken {
                 lease::hold(target, key.clone(), token.clone());
-                return Ok(match other {
-                    redis::Value::BulkString(prev) => {
-                        let pid = lease::token_pid(&prev);
-                        tracing::warn!(
-                            pid,
-                            "a redis lock recovered from a holder whose lease ended"
-                        );
-                        Acquired::OwnerDied { pid }
-                    }
-                    _ => Acquired::Clean,
-                });
+                return Ok(taken_from(other, "lock"));
             }
             if deadline.expired() {
                 return Err(expired(deadline));
