@@ -84,9 +84,72 @@ impl fmt::Debug for RedisTarget {
 /// forked child starts afresh: it must not share its parent's sockets).
 static POOL: ForkMutex<Option<(i32, IdleConnections)>> = ForkMutex::new(None);
 
-/// Idle connections by URL, each with the number of replies it still owes
-/// (to commands sent without waiting: [`RedisTarget::send_unanswered`]).
-type IdleConnections = HashMap<String, Vec<(redis::Connection, usize)>>;
+/// Idle connections by URL.
+type IdleConnections = HashMap<String, Vec<Pooled>>;
+
+/// The most replies a connection may owe (to commands sent without
+/// waiting) before the next use reads them first.
+const OWED_MAX: usize = 64;
+
+/// A connection of the pool and the replies it still owes: commands sent
+/// without waiting ([`RedisTarget::send_unanswered`]), whose replies are
+/// read, and dropped, after the next command is sent, so that they cost
+/// that command no wait of its own.
+pub(crate) struct Pooled {
+    conn: redis::Connection,
+    owed: usize,
+}
+
+impl Pooled {
+    /// Reads the owed replies. A reply that is the server's error is the
+    /// unanswered command's own business (it is logged); a connection
+    /// failure is this call's.
+    fn read_owed(&mut self) -> redis::RedisResult<()> {
+        while self.owed > 0 {
+            let reply = self.conn.recv_response()?;
+            self.owed -= 1;
+            if let redis::Value::ServerError(e) = reply {
+                tracing::debug!("redis: a command sent without waiting failed: {e:?}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl redis::ConnectionLike for Pooled {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+        if self.owed == 0 {
+            return self.conn.req_packed_command(cmd);
+        }
+        // The command goes out first: the owed replies are then read
+        // while the server answers it, not before it was asked.
+        self.conn.send_packed_command(cmd)?;
+        self.read_owed()?;
+        self.conn.recv_response()
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        self.read_owed()?;
+        self.conn.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+
+    fn check_connection(&mut self) -> bool {
+        self.read_owed().is_ok() && self.conn.check_connection()
+    }
+
+    fn is_open(&self) -> bool {
+        self.conn.is_open()
+    }
+}
 
 /// The most idle connections kept per server.
 const POOL_KEEP: usize = 8;
@@ -100,9 +163,15 @@ impl RedisTarget {
     /// Parses `url` (`redis://[user:password@]host:port[/db]`). Nothing is
     /// contacted yet; a malformed URL is [`Error::InvalidArgument`].
     pub fn new(url: &str) -> Result<RedisTarget> {
-        let client = redis::Client::open(url).map_err(|e| {
+        let invalid = |e: redis::RedisError| {
             Error::InvalidArgument(format!("redis URL {}: {e}", hide_password(url)))
-        })?;
+        };
+        // TCP_NODELAY: a command sent behind one whose reply is still owed
+        // (see [`Pooled`]) must not wait in the kernel for that reply's ACK.
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(invalid)?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(invalid)?;
         let shown = hide_password(url);
         if shown != url {
             KNOWN_URLS
@@ -205,37 +274,26 @@ impl RedisTarget {
         self.with_conn(|c| redis::cmd("PING").query::<String>(c).map(drop))
     }
 
-    /// An idle connection of this process (its owed replies read and
-    /// dropped), or a new one.
-    fn take_conn(&self) -> Result<redis::Connection> {
-        loop {
-            let Some((mut conn, owed)) = self.take_idle() else {
-                return self.connect();
-            };
-            let mut sound = true;
-            for _ in 0..owed {
-                match conn.recv_response() {
-                    Ok(_) => {}
-                    // An error the server answered is the command's own
-                    // business; the connection is sound.
-                    Err(e) if !is_connection_failure(&e) => {
-                        tracing::debug!("redis: a command sent without waiting failed: {e}");
-                    }
-                    Err(_) => {
-                        sound = false;
-                        break;
-                    }
-                }
-            }
-            if sound {
+    /// An idle connection of this process (which may owe replies: they
+    /// are read at its next command), or a new one.
+    fn take_conn(&self) -> Result<Pooled> {
+        if let Some(mut conn) = self.take_idle() {
+            if conn.owed < OWED_MAX {
                 return Ok(conn);
             }
-            // A broken connection is dropped; try the next.
+            if conn.read_owed().is_ok() {
+                return Ok(conn);
+            }
+            // A broken connection is dropped.
         }
+        Ok(Pooled {
+            conn: self.connect()?,
+            owed: 0,
+        })
     }
 
     /// An idle connection of this process, as pooled.
-    fn take_idle(&self) -> Option<(redis::Connection, usize)> {
+    fn take_idle(&self) -> Option<Pooled> {
         lease::register_fork_hook_once();
         let pid = crate::sys::process::getpid();
         let mut pool = POOL.lock();
@@ -254,12 +312,8 @@ impl RedisTarget {
         }
     }
 
-    fn give_back(&self, conn: redis::Connection) {
-        self.give_back_owing(conn, 0);
-    }
-
-    /// Pools `conn`, which owes `owed` replies.
-    fn give_back_owing(&self, conn: redis::Connection, owed: usize) {
+    /// Pools `conn` for this process's next call.
+    fn give_back(&self, conn: Pooled) {
         let pid = crate::sys::process::getpid();
         let mut pool = POOL.lock();
         if let Some((p, m)) = pool.as_mut()
@@ -267,7 +321,7 @@ impl RedisTarget {
         {
             let idle = m.entry(self.url.clone()).or_default();
             if idle.len() < POOL_KEEP {
-                idle.push((conn, owed));
+                idle.push(conn);
             }
         }
     }
@@ -276,7 +330,7 @@ impl RedisTarget {
     /// failed is dropped, not returned.
     pub(crate) fn with_conn<R>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<R>,
+        f: impl FnOnce(&mut Pooled) -> redis::RedisResult<R>,
     ) -> Result<R> {
         let mut conn = self.take_conn()?;
         match f(&mut conn) {
@@ -294,14 +348,16 @@ impl RedisTarget {
     }
 
     /// Sends `cmd` and does not wait for its reply, which the connection
-    /// reads (and drops) before its next use: for a step whose outcome the
-    /// caller does not need (acknowledging an item already handed over),
-    /// so that it costs no round trip. A failed send drops the connection.
+    /// reads (and drops) after it sends its next command: for a step whose
+    /// outcome the caller does not need (acknowledging an item already
+    /// handed over), so that it costs no round trip, then or later. A
+    /// failed send drops the connection.
     pub(crate) fn send_unanswered(&self, cmd: &redis::Cmd) -> Result<()> {
         let mut conn = self.take_conn()?;
-        match conn.send_packed_command(&cmd.get_packed_command()) {
+        match conn.conn.send_packed_command(&cmd.get_packed_command()) {
             Ok(()) => {
-                self.give_back_owing(conn, 1);
+                conn.owed += 1;
+                self.give_back(conn);
                 Ok(())
             }
             Err(e) => Err(self.error(e)),
@@ -314,21 +370,23 @@ impl RedisTarget {
     pub(crate) fn with_blocking_conn<R>(
         &self,
         block: Duration,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<R>,
+        f: impl FnOnce(&mut Pooled) -> redis::RedisResult<R>,
     ) -> Result<R> {
         let mut conn = self.take_conn()?;
-        if let Err(e) = conn.set_read_timeout(Some(IO_DEADLINE + block)) {
+        if let Err(e) = conn.conn.set_read_timeout(Some(IO_DEADLINE + block)) {
             return Err(self.unavailable(e));
         }
         match f(&mut conn) {
             Ok(r) => {
-                if conn.set_read_timeout(Some(IO_DEADLINE)).is_ok() {
+                if conn.conn.set_read_timeout(Some(IO_DEADLINE)).is_ok() {
                     self.give_back(conn);
                 }
                 Ok(r)
             }
             Err(e) => {
-                if !is_connection_failure(&e) && conn.set_read_timeout(Some(IO_DEADLINE)).is_ok() {
+                if !is_connection_failure(&e)
+                    && conn.conn.set_read_timeout(Some(IO_DEADLINE)).is_ok()
+                {
                     self.give_back(conn);
                 }
                 Err(self.error(e))

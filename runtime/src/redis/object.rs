@@ -237,9 +237,9 @@ impl RedisObject {
     /// Runs a command on a pooled connection.
     pub fn run<R>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<R>,
+        f: impl FnOnce(&mut dyn redis::ConnectionLike) -> redis::RedisResult<R>,
     ) -> Result<R> {
-        self.inner.target.with_conn(f)
+        self.inner.target.with_conn(|c| f(c))
     }
 }
 
