@@ -401,7 +401,7 @@ impl RedisCondition {
             }
         };
         let ticket_key = format!("{tprefix}{ticket}{suffix}");
-        lease::hold(target, ticket_key.clone(), token);
+        lease::hold_fresh(target, ticket_key.clone(), token);
         let ended = self.sleep(ticket, deadline, &tprefix, &wprefix, &suffix);
         lease::release(&ticket_key);
         let acquired = match &self.lock {

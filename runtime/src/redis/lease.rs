@@ -30,6 +30,17 @@ return 0
 struct Held {
     target: RedisTarget,
     token: String,
+    /// When the key's time to live was last set to the whole lease (by the
+    /// holder's own command or by a renewal); `None`: to renew at once.
+    renewed: Option<Instant>,
+}
+
+impl Held {
+    /// When this key is next to be renewed: a third of its lease after
+    /// the last renewal (`None`: now).
+    fn due(&self) -> Option<Instant> {
+        self.renewed.map(|t| t + self.target.lease() / 3)
+    }
 }
 
 #[derive(Default)]
@@ -38,9 +49,11 @@ struct Renewer {
     pid: i32,
     /// Held leases by key.
     held: HashMap<String, Held>,
-    /// This process's renewer thread, once started: woken by a new lease,
-    /// which it renews next (it may be asleep for longer than that lease).
+    /// This process's renewer thread, once started: woken by a lease due
+    /// before it would wake by itself.
     thread: Option<std::thread::Thread>,
+    /// When the thread wakes by itself next (`None`: it is awake).
+    wakes_at: Option<Instant>,
     /// This process's token (see [`process_token`]).
     token: String,
 }
@@ -78,22 +91,36 @@ pub(crate) fn token_pid(token: &[u8]) -> i32 {
         .unwrap_or(0)
 }
 
-/// Keeps renewing `key` (which holds `token`) while this process lives.
+/// Keeps renewing `key` (which holds `token`, perhaps with little of its
+/// lease left) while this process lives: the first renewal is at once.
 pub(crate) fn hold(target: &RedisTarget, key: String, token: String) {
+    hold_from(target, key, token, None);
+}
+
+/// As [`hold`], for a key whose time to live the caller has just set to
+/// the whole lease: its first renewal is a third of the lease from now,
+/// so holding it costs no round trip, and wakes the renewer thread only
+/// if that comes before the thread would wake anyway.
+pub(crate) fn hold_fresh(target: &RedisTarget, key: String, token: String) {
+    hold_from(target, key, token, Some(Instant::now()));
+}
+
+fn hold_from(target: &RedisTarget, key: String, token: String, renewed: Option<Instant>) {
     with_renewer(|r| {
-        let renewed_already = r.held.get(&key).is_some_and(|h| h.token == token);
-        r.held.insert(
-            key,
-            Held {
-                target: target.clone(),
-                token,
-            },
-        );
+        let held = Held {
+            target: target.clone(),
+            token,
+            renewed,
+        };
+        let wake = match (held.due(), r.wakes_at) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(due), Some(at)) => due < at,
+        };
+        r.held.insert(key, held);
         match &r.thread {
-            // A lease the thread renews already needs no wake-up (a queue
-            // consumer holds its presence again at every get).
-            Some(_) if renewed_already => {}
-            Some(t) => t.unpark(),
+            Some(t) if wake => t.unpark(),
+            Some(_) => {}
             None => {
                 let spawned = std::thread::Builder::new()
                     .name("multiproc-redis-lease".into())
@@ -125,61 +152,79 @@ pub(crate) fn release_if(key: &str, token: &str) {
     });
 }
 
+/// The longest the renewer thread sleeps: a bound, so that a thread that
+/// missed nothing still looks again now and then.
+const NAP_MAX: Duration = Duration::from_secs(1);
+
+/// The shortest: after a renewal failed (Redis out of reach), the next
+/// try waits at least this long.
+const NAP_MIN: Duration = Duration::from_millis(30);
+
 /// The renewer thread: renews each held key a third of its lease after
-/// the last renewal (a new key at once), and forgets the keys that are no
-/// longer ours.
+/// its last renewal (a key held with [`hold`], at once), forgets the keys
+/// that are no longer ours, and sleeps until the next is due.
 fn renew_forever() {
     let pid = crate::sys::process::getpid();
-    let mut last: HashMap<String, Instant> = HashMap::new();
     loop {
+        let started = Instant::now();
         let due: Vec<(String, RedisTarget, String)> = {
-            let guard = RENEWER.lock();
-            match guard.as_ref() {
-                Some(r) if r.pid == pid => r
-                    .held
-                    .iter()
-                    .map(|(k, h)| (k.clone(), h.target.clone(), h.token.clone()))
-                    .collect(),
+            let mut guard = RENEWER.lock();
+            match guard.as_mut() {
+                Some(r) if r.pid == pid => {
+                    r.wakes_at = None;
+                    r.held
+                        .iter()
+                        .filter(|(_, h)| h.due().is_none_or(|d| d <= started))
+                        .map(|(k, h)| (k.clone(), h.target.clone(), h.token.clone()))
+                        .collect()
+                }
                 _ => return,
             }
         };
-        let mut shortest = Duration::from_secs(1);
         for (key, target, token) in due {
-            let lease = target.lease();
-            shortest = shortest.min(lease / 3);
-            if last.get(&key).is_some_and(|t| t.elapsed() < lease / 3) {
-                continue;
-            }
-            let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+            let ms = u64::try_from(target.lease().as_millis()).unwrap_or(u64::MAX);
+            let sent = Instant::now();
             let renewed =
                 target.with_conn(|c| RENEW.key(&key).arg(&token).arg(ms).invoke::<i64>(c));
             match renewed {
-                Ok(1) => {
-                    last.insert(key, Instant::now());
-                }
-                Ok(_) => {
-                    // Released, deleted, or expired and taken by another.
-                    last.remove(&key);
-                    with_renewer(|r| {
-                        if r.held.get(&key).is_some_and(|h| h.token == token) {
-                            r.held.remove(&key);
-                        }
-                    });
-                }
-                // Redis unreachable: try again next round; if it stays
+                Ok(1) => with_renewer(|r| {
+                    if let Some(h) = r.held.get_mut(&key).filter(|h| h.token == token) {
+                        h.renewed = Some(h.renewed.map_or(sent, |t| t.max(sent)));
+                    }
+                }),
+                // Released, deleted, or expired and taken by another.
+                Ok(_) => with_renewer(|r| {
+                    if r.held.get(&key).is_some_and(|h| h.token == token) {
+                        r.held.remove(&key);
+                    }
+                }),
+                // Redis unreachable: try again after a nap; if it stays
                 // away beyond the lease, the lease ends there as it should.
                 Err(e) => tracing::debug!("cannot renew the redis lease {key}: {e}"),
             }
         }
-        last.retain(|k, _| {
-            RENEWER
-                .lock()
-                .as_ref()
-                .is_some_and(|r| r.held.contains_key(k))
-        });
-        // Sleeping is this thread's whole job: it wakes only to renew, or
-        // when a new lease (perhaps shorter than this sleep) comes.
-        std::thread::park_timeout(shortest.max(Duration::from_millis(30)));
+        // Sleeping is this thread's whole job: until the next key is due
+        // (a holder wakes it for a key due sooner).
+        let nap = {
+            let mut guard = RENEWER.lock();
+            let Some(r) = guard.as_mut().filter(|r| r.pid == pid) else {
+                return;
+            };
+            let now = Instant::now();
+            let next = r
+                .held
+                .values()
+                .map(|h| {
+                    h.due()
+                        .map_or(Duration::ZERO, |d| d.saturating_duration_since(now))
+                })
+                .min()
+                .unwrap_or(NAP_MAX);
+            let nap = next.clamp(NAP_MIN, NAP_MAX);
+            r.wakes_at = Some(now + nap);
+            nap
+        };
+        std::thread::park_timeout(nap);
     }
 }
 

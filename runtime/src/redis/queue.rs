@@ -259,7 +259,7 @@ impl RedisQueue {
         }
         self.enlisted
             .store(crate::sys::process::getpid(), Ordering::Release);
-        lease::hold(target, self.presence(consumer), consumer.to_owned());
+        lease::hold_fresh(target, self.presence(consumer), consumer.to_owned());
         Ok(())
     }
 
@@ -358,6 +358,9 @@ impl RedisQueue {
             }
             false => None,
         };
+        // The presence was renewed by TAKE, or is renewed by the settling
+        // script after a BLMOVE if it goes out.
+        let mut renewed = true;
         if let Some(cmd) = settle {
             // Sent and not waited for; if the send fails, once more with a
             // round trip. The item is the caller's either way: one whose
@@ -370,9 +373,14 @@ impl RedisQueue {
                     queue = self.obj.name(),
                     "a taken redis queue item was not acknowledged: {e}"
                 );
+                renewed = !after_block;
             }
         }
-        lease::hold(target, presence.to_owned(), consumer.to_owned());
+        if renewed {
+            lease::hold_fresh(target, presence.to_owned(), consumer.to_owned());
+        } else {
+            lease::hold(target, presence.to_owned(), consumer.to_owned());
+        }
         item
     }
 

@@ -170,7 +170,7 @@ impl RedisRLock {
             match outcome {
                 2 => return Ok(Acquired::Clean),
                 1 => {
-                    lease::hold(target, key.clone(), me.clone());
+                    lease::hold_fresh(target, key.clone(), me.clone());
                     return Ok(taken_from(other, "rlock"));
                 }
                 _ => {}

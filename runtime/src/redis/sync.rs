@@ -130,7 +130,7 @@ impl RedisLock {
             let taken = matches!(reply.next(), Some(redis::Value::Int(1)));
             let other = reply.next().unwrap_or(redis::Value::Nil);
             if taken {
-                lease::hold(target, key.clone(), token.clone());
+                lease::hold_fresh(target, key.clone(), token.clone());
                 return Ok(taken_from(other, "lock"));
             }
             if deadline.expired() {
