@@ -137,7 +137,7 @@ macro_rules! batch_methods {
         /// Applies `f` to every item and returns the results in order, or the
         /// error of the first item (by index) that failed, once every item
         /// is done. Chunk size: Python's default here; set one with
-        /// [`chunksize`](Self::chunksize).
+        /// `chunksize(n)`, which gives a [`Chunked`] view.
         ///
         /// `f` is a plain `fn` on a [`Pool`](crate::Pool) (a worker process
         /// finds it in its copy of this binary) and any `Fn` closure on a
@@ -194,7 +194,7 @@ the call says how many arguments it takes)."
 
         /// Applies `f` lazily over `items`, yielding results in order.
         /// Chunk size: 1 here, as in Python; set one with
-        /// [`chunksize`](Self::chunksize).
+        /// `chunksize(n)`, which gives a [`Chunked`] view.
         pub fn imap<A, R, I>(&self, f: task_fn!($kind; A; R), items: I) -> Result<IMapIterator<R>>
         where
             A: $($data)+,
