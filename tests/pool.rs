@@ -641,3 +641,32 @@ fn starmap_with_three_to_six_arguments() {
         p.join().unwrap();
     }
 }
+
+/// `imap` pulls its input lazily: over an endless input, with its reader
+/// stopped after 1000 results, it has pulled a bounded number of items
+/// ahead (it refills in batches: a few hundred at most here), and the
+/// reader's results are complete and in order.
+#[test]
+fn imap_pulls_a_bounded_number_of_items_ahead_of_its_reader() {
+    for m in METHODS {
+        let p = pool(m, 2);
+        let pulled = Arc::new(AtomicU64::new(0));
+        let counter = pulled.clone();
+        let input = (0u64..).inspect(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let mut results = p.chunksize(1).imap(square, input).unwrap();
+        for i in 0..1000u64 {
+            assert_eq!(results.next().unwrap().unwrap(), i * i, "{m:?}");
+        }
+        let ahead = pulled.load(Ordering::SeqCst);
+        assert!(
+            (1000..=1000 + 1024).contains(&ahead),
+            "{m:?}: {ahead} items pulled for 1000 read"
+        );
+        drop(results);
+        assert_eq!(p.apply(square, 9).unwrap(), 81, "{m:?}");
+        p.close();
+        p.join().unwrap();
+    }
+}

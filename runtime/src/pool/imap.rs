@@ -78,13 +78,18 @@ where
 {
     fn next(&mut self, backend: &B) -> Feed<B::Task> {
         let first = {
-            let s = self.shared.state.lock();
+            let mut s = self.shared.state.lock();
             if s.total.is_some() {
                 return Feed::Done;
             }
-            if s.submitted.saturating_sub(s.next) >= self.window {
+            if s.outstanding() >= self.window {
+                s.paused = true;
                 return Feed::Later;
             }
+            if s.paused && !s.wants_input() {
+                return Feed::Later;
+            }
+            s.paused = false;
             s.submitted
         };
         let Some(input) = self.input.as_mut() else {
@@ -196,8 +201,11 @@ impl<R> IMapIterator<R> {
             let key = s.next;
             if let Some(r) = s.ready.remove(&key) {
                 s.next += 1;
+                // The input is pulled again once half the window has been
+                // read, not at every result.
+                let refill = s.wants_input();
                 drop(s);
-                if let Some(pool) = self.pool.upgrade() {
+                if refill && let Some(pool) = self.pool.upgrade() {
                     pool.poke();
                 }
                 return Ok(Some(r));

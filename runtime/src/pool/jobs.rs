@@ -237,6 +237,31 @@ pub(crate) struct IMapState<R> {
     /// Why the input ended early (it panicked, or an item could not be
     /// encoded): yielded once after the results of every item before it.
     pub input_error: Option<Error>,
+    /// The most items submitted and not yet yielded.
+    pub window: usize,
+    /// The window was full, and the feeder waits until half of it has
+    /// been yielded: the input then flows in batches, which the pool sends
+    /// several chunks a message, not a chunk for each result read.
+    pub paused: bool,
+}
+
+impl<R> IMapState<R> {
+    /// Items submitted and not yet yielded.
+    pub fn outstanding(&self) -> usize {
+        self.submitted.saturating_sub(self.next)
+    }
+
+    /// Files the result of item `index` for the iterator.
+    fn put(&mut self, index: usize, r: Result<R>) {
+        let key = if self.ordered { index } else { self.arrived };
+        self.arrived += 1;
+        self.ready.insert(key, r);
+    }
+
+    /// Whether the feeder would take more input now.
+    pub fn wants_input(&self) -> bool {
+        self.total.is_none() && self.outstanding() <= self.window / 2
+    }
 }
 
 /// Shared between an imap job (the pool side) and its iterator.
@@ -246,7 +271,7 @@ pub(crate) struct IMapShared<R> {
 }
 
 impl<R> IMapShared<R> {
-    pub fn new(ordered: bool) -> Arc<Self> {
+    pub fn new(ordered: bool, window: usize) -> Arc<Self> {
         Arc::new(IMapShared {
             state: Mutex::new(IMapState {
                 ordered,
@@ -256,18 +281,11 @@ impl<R> IMapShared<R> {
                 submitted: 0,
                 total: None,
                 input_error: None,
+                window: window.max(1),
+                paused: false,
             }),
             changed: Condvar::new(),
         })
-    }
-
-    fn push(&self, index: usize, r: Result<R>) {
-        let mut s = self.state.lock();
-        let key = if s.ordered { index } else { s.arrived };
-        s.arrived += 1;
-        s.ready.insert(key, r);
-        drop(s);
-        self.changed.notify_all();
     }
 }
 
@@ -291,12 +309,17 @@ impl<R> IMapJob<R> {
 impl<R: Send + 'static> Job for IMapJob<R> {
     fn deliver(&mut self, parts: &[(usize, usize)], chunk: RawChunk) {
         let mut results = (self.typed)(chunk).into_iter();
+        // The results of a report go in under one lock, with one wake-up
+        // for the iterator.
+        let mut s = self.shared.state.lock();
         for &(first, len) in parts {
             for (i, r) in results.by_ref().take(len).enumerate() {
                 self.delivered += 1;
-                self.shared.push(first.saturating_add(i), r);
+                s.put(first.saturating_add(i), r);
             }
         }
+        drop(s);
+        self.shared.changed.notify_all();
     }
     fn complete(&self) -> bool {
         self.shared

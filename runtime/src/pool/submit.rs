@@ -34,8 +34,13 @@ pub(crate) fn collect_input<A>(items: impl IntoIterator<Item = A>) -> Result<Vec
     Ok(all)
 }
 
-/// Items per chunk in flight per worker that an `imap` may run ahead.
+/// Chunks per worker that an `imap` may run ahead of its reader...
 const IMAP_AHEAD_PER_WORKER: usize = 8;
+
+/// ...and items, whatever the chunk size: with small chunks, a window of
+/// a few items drains before the next batch comes back, and the reader
+/// waits on every batch.
+const IMAP_AHEAD_ITEMS_PER_WORKER: usize = 64;
 
 pub(crate) fn apply_async<B, A, R, F>(
     core: &Core<B>,
@@ -224,8 +229,11 @@ where
 {
     check_chunksize(chunksize)?;
     let chunksize = chunksize.unwrap_or(1);
-    let shared = IMapShared::<R>::new(ordered);
-    let window = chunksize * workers.max(1) * IMAP_AHEAD_PER_WORKER;
+    let window = workers.max(1)
+        * chunksize
+            .saturating_mul(IMAP_AHEAD_PER_WORKER)
+            .max(IMAP_AHEAD_ITEMS_PER_WORKER);
+    let shared = IMapShared::<R>::new(ordered, window);
     let for_job = shared.clone();
     core.submit(move |id, _backend| {
         Ok(Submission {
