@@ -1,4 +1,5 @@
-//! `multiproc bench --smoke` runs, and its JSON has every operation key.
+//! `multiproc bench --smoke` runs, and its JSON has every operation key
+//! (time rows under `ops`, `memory/*` rows under `memory`).
 
 use std::process::Command;
 
@@ -34,7 +35,13 @@ fn smoke_run_writes_every_key() {
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let ops = doc["ops"].as_object().unwrap();
+    let memory = doc["memory"].as_object().unwrap();
     for key in keys() {
+        if let Some(m) = memory.get(&key) {
+            assert!(m["bytes"].as_u64().unwrap() > 0, "{key}");
+            assert!(m["items"].as_u64().unwrap() > 0, "{key}");
+            continue;
+        }
         let op = ops
             .get(&key)
             .unwrap_or_else(|| panic!("{key} missing from the JSON"));
@@ -52,25 +59,34 @@ fn smoke_run_writes_every_key() {
 #[test]
 fn the_python_baseline_uses_the_same_keys() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python/baseline.py");
-    let Ok(out) = Command::new("python3")
-        .args([script, "--smoke", "--filter", "value/"])
-        .output()
-    else {
-        eprintln!("python3 not available: skipped");
-        return;
-    };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ours = keys();
-    for key in doc["ops"].as_object().unwrap().keys() {
+    for filter in ["value/", "memory/"] {
+        let Ok(out) = Command::new("python3")
+            .args([script, "--smoke", "--filter", filter])
+            .output()
+        else {
+            eprintln!("python3 not available: skipped");
+            return;
+        };
         assert!(
-            ours.contains(key),
-            "the baseline measures {key}, which multiproc bench does not"
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ops = doc["ops"].as_object().unwrap().keys();
+        let memory = doc["memory"].as_object().unwrap();
+        assert_eq!(
+            memory.is_empty(),
+            filter != "memory/",
+            "{filter}: {memory:?}"
+        );
+        for key in ops.chain(memory.keys()) {
+            assert!(
+                ours.contains(key),
+                "the baseline measures {key}, which multiproc bench does not"
+            );
+        }
     }
 }
 

@@ -517,34 +517,3 @@ fn sort_gives_up_against_a_writer_that_never_stops() {
         manager.shutdown().unwrap();
     }
 }
-
-/// The manager server's resident memory (`VmRSS`, in MB).
-fn server_rss_mb(pid: i32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
-
-/// A measurement, not a check (run with `--ignored --nocapture`): the
-/// server's memory for a 1 M-key `DictProxy<u64, u64>` (CPython 3.11's
-/// manager: about 106–117 MB on the same machine).
-#[test]
-#[ignore = "a measurement: prints the server's RSS for a 1 M-key dict"]
-fn report_the_servers_memory_for_a_1m_key_dict() {
-    let m = Manager::start().unwrap();
-    let d = m.dict::<u64, u64>().unwrap();
-    let before = server_rss_mb(m.pid());
-    for start in (0..1_000_000u64).step_by(10_000) {
-        d.update((start..start + 10_000).map(|i| (i, i))).unwrap();
-    }
-    assert_eq!(d.len().unwrap(), 1_000_000);
-    let after = server_rss_mb(m.pid());
-    eprintln!(
-        "1 M-key DictProxy<u64, u64>: manager server VmRSS {before:.1} MB before, {after:.1} MB after"
-    );
-    m.shutdown().unwrap();
-}

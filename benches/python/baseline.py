@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """CPython's multiprocessing, measured on the same operations as `multiproc bench`.
 
-Prints one JSON object: {"python": "3.11.7", "ops": {"<key>": {"median_ns": .., "p99_ns": ..}}}.
+Prints one JSON object: {"python": "3.11.7", "ops": {"<key>": {"median_ns": .., "p99_ns": ..}},
+"memory": {"<key>": {"bytes": .., "items": ..}}}.
 The keys match `multiproc bench`. Run by hand:
 
     python3 benches/python/baseline.py            # full run (about a minute)
@@ -159,6 +160,61 @@ def bench_pool(samples, n, chunksize, func):
             pool.map(func, range(n), chunksize=chunksize)
             out.append((time.perf_counter_ns() - t) / n)
     return summarize(out)
+
+
+def bench_imap(samples, n):
+    with mp.Pool(2) as pool:
+        pool.map(square, range(4))
+        out = []
+        for _ in range(samples):
+            t = time.perf_counter_ns()
+            for _ in pool.imap(square, range(n)):
+                pass
+            out.append((time.perf_counter_ns() - t) / n)
+    return summarize(out)
+
+
+def status_bytes(pid, field):
+    """A field of /proc/<pid>/status given in kB (VmRSS:, VmHWM:), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+MAP_PEAK = """
+import multiprocessing as mp, sys
+def square(x):
+    return x * x
+if __name__ == "__main__":
+    n = int(sys.argv[1])
+    with mp.Pool(2) as pool:
+        out = pool.map(square, range(n), chunksize=1)
+    assert len(out) == n
+    with open("/proc/self/status") as f:
+        print(next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:")))
+"""
+
+
+def mem_pool_map_peak(n):
+    """Peak resident set of a fresh interpreter that maps n items over Pool(2), chunksize 1."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", MAP_PEAK, str(n)], capture_output=True, check=True, text=True
+    )
+    return {"bytes": int(out.stdout.strip()), "items": n}
+
+
+def mem_manager_dict(n):
+    """The manager server's resident set once a dict holds n int keys (10k at a time)."""
+    with mp.Manager() as m:
+        d = m.dict()
+        for start in range(0, n, 10_000):
+            d.update({i: i for i in range(start, min(start + 10_000, n))})
+        assert len(d) == n
+        return {"bytes": status_bytes(m._process.pid, "VmRSS:"), "items": n}
 
 
 def bench_manager(samples, batch):
@@ -641,6 +697,7 @@ def main():
             max(2, s // 3), 1000 * k, 1, square
         ),
         "pool/map_default": lambda: bench_pool(max(2, s // 3), 10000 * k, None, square),
+        "pool/imap_chunksize_1": lambda: bench_imap(max(2, s // 3), 1000 * k),
         "pool/cpu_1ms": lambda: bench_pool(max(2, s // 5), 20 * k, 1, cpu_1ms),
         "manager/dict_get_2_clients": lambda: bench_dict_get_2_clients(s, 20 * k),
         "cpu/queue_consumer_10k": lambda: bench_cpu_queue_consumer(
@@ -707,7 +764,21 @@ def main():
         for key, r in bench_shared_memory(s, k).items():
             if args.filter in key:
                 results[key] = r
-    json.dump({"python": sys.version.split()[0], "ops": results}, sys.stdout, indent=1)
+    million = 10_000 if args.smoke else 1_000_000
+    memory_ops = {
+        "memory/pool_map_1m_items_parent_peak": lambda: mem_pool_map_peak(million),
+        "memory/manager_dict_1m_keys_server": lambda: mem_manager_dict(million),
+    }
+    memory = {}
+    for key, run in memory_ops.items():
+        if args.filter in key:
+            print(f"python: {key}", file=sys.stderr)
+            memory[key] = run()
+    json.dump(
+        {"python": sys.version.split()[0], "ops": results, "memory": memory},
+        sys.stdout,
+        indent=1,
+    )
     print()
 
 

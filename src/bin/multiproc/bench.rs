@@ -15,6 +15,7 @@ use multiproc::shared_memory::{Item, ShareableList, SharedMemory};
 
 use crate::stats::{Figure, fmt_ns, per_call, summarize, time_ops};
 
+mod memory_rows;
 #[cfg(feature = "redis")]
 mod redis_rows;
 
@@ -47,6 +48,9 @@ pub struct Args {
 pub fn command(args: Args) -> ExitCode {
     if args.list {
         for (key, _) in operations() {
+            println!("{key}");
+        }
+        for (key, _) in memory_rows::operations() {
             println!("{key}");
         }
         return ExitCode::SUCCESS;
@@ -91,6 +95,7 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
             pool_map_chunksize_1_unbatched,
         ),
         ("pool/map_default", pool_map_default),
+        ("pool/imap_chunksize_1", pool_imap_chunksize_1),
         ("pool/cpu_1ms", pool_cpu_1ms),
         ("pool/cpu_1ms_one_process", cpu_1ms_one_process),
         ("threadpool/map_chunksize_1", threadpool_map_chunksize_1),
@@ -390,6 +395,29 @@ fn pool_map_chunksize_1_unbatched(scale: &Scale) -> multiproc::Result<Figure> {
 
 fn pool_map_default(scale: &Scale) -> multiproc::Result<Figure> {
     pool_map("pool/map_default", scale, 10_000 * scale.k, None, square)
+}
+
+/// `imap` with its default chunksize (1, as Python's): per item, from the
+/// call to the last result read.
+fn pool_imap_chunksize_1(scale: &Scale) -> multiproc::Result<Figure> {
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::Fork)
+        .build()?;
+    pool.chunksize(1).map(square, 0..64)?;
+    let n = 2_000 * scale.k;
+    let mut per_op = Vec::new();
+    for _ in 0..scale.samples.min(10) {
+        let mut result = Ok(());
+        let ns = time_ops(n, || {
+            result = pool
+                .imap(square, 0..n as u64)
+                .and_then(|mut results| results.try_for_each(|r| r.map(drop)));
+        });
+        result?;
+        per_op.push(ns);
+    }
+    Ok(summarize("pool/imap_chunksize_1", &mut per_op, None))
 }
 
 /// About a millisecond of CPU work.
@@ -1123,10 +1151,17 @@ fn cpu_blocked_get(scale: &Scale) -> multiproc::Result<Figure> {
 }
 
 /// CPython's figures for the same keys, if python3 and the script are there.
-fn python_figures(opts: &Args, progress: &Progress) -> BTreeMap<String, (f64, f64)> {
+/// CPython's figures: median and p99 ns by time row, bytes by memory row.
+#[derive(Default)]
+struct Baseline {
+    ops: BTreeMap<String, (f64, f64)>,
+    memory: BTreeMap<String, f64>,
+}
+
+fn python_figures(opts: &Args, progress: &Progress) -> Baseline {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/python/baseline.py");
     if opts.no_python {
-        return BTreeMap::new();
+        return Baseline::default();
     }
     if !script.exists() {
         eprintln!(
@@ -1134,7 +1169,7 @@ fn python_figures(opts: &Args, progress: &Progress) -> BTreeMap<String, (f64, f6
              CPython columns left empty",
             script.display()
         );
-        return BTreeMap::new();
+        return Baseline::default();
     }
     eprintln!("running CPython's baseline ({})…", script.display());
     let mut cmd = Command::new("python3");
@@ -1154,26 +1189,33 @@ fn python_figures(opts: &Args, progress: &Progress) -> BTreeMap<String, (f64, f6
                 "CPython baseline failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            return BTreeMap::new();
+            return Baseline::default();
         }
         Err(e) => {
             eprintln!("python3 not available ({e}); CPython columns left empty");
-            return BTreeMap::new();
+            return Baseline::default();
         }
     };
     let parsed: serde_json::Value = match serde_json::from_slice(&out.stdout) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("cannot parse CPython's figures: {e}");
-            return BTreeMap::new();
+            return Baseline::default();
         }
     };
-    let mut figures = BTreeMap::new();
+    let mut figures = Baseline::default();
     if let Some(ops) = parsed.get("ops").and_then(|o| o.as_object()) {
         for (key, v) in ops {
             let get = |f: &str| v.get(f).and_then(serde_json::Value::as_f64);
             if let (Some(m), Some(p)) = (get("median_ns"), get("p99_ns")) {
-                figures.insert(key.clone(), (m, p));
+                figures.ops.insert(key.clone(), (m, p));
+            }
+        }
+    }
+    if let Some(memory) = parsed.get("memory").and_then(|o| o.as_object()) {
+        for (key, v) in memory {
+            if let Some(b) = v.get("bytes").and_then(serde_json::Value::as_f64) {
+                figures.memory.insert(key.clone(), b);
             }
         }
     }
@@ -1201,13 +1243,17 @@ fn run(opts: &Args) -> multiproc::Result<()> {
             smoke: false,
         }
     };
+    let wanted =
+        |key: &str| opts.filter.is_empty() || opts.filter.iter().any(|f| key.contains(f.as_str()));
     let selected: Vec<(&str, OpFn)> = operations()
         .into_iter()
-        .filter(|(key, _)| {
-            opts.filter.is_empty() || opts.filter.iter().any(|f| key.contains(f.as_str()))
-        })
+        .filter(|(key, _)| wanted(key))
         .collect();
-    let progress = Progress::new(selected.len());
+    let memory_selected: Vec<(&str, memory_rows::MemFn)> = memory_rows::operations()
+        .into_iter()
+        .filter(|(key, _)| wanted(key))
+        .collect();
+    let progress = Progress::new(selected.len() + memory_selected.len());
     let mut figures = Vec::new();
     for (i, (key, op)) in selected.iter().enumerate() {
         progress.step(i + 1, key);
@@ -1216,11 +1262,20 @@ fn run(opts: &Args) -> multiproc::Result<()> {
             Err(e) => progress.line(&format!("{key}: failed: {e}")),
         }
     }
-    progress.finish(figures.len());
+    let mut memory = Vec::new();
+    for (i, (key, op)) in memory_selected.iter().enumerate() {
+        progress.step(selected.len() + i + 1, key);
+        match op(&scale) {
+            Ok(m) => memory.push(m),
+            Err(e) => progress.line(&format!("{key}: failed: {e}")),
+        }
+    }
+    progress.finish(figures.len() + memory.len());
     let python = python_figures(opts, &progress);
-    print_table(&figures, &python);
+    print_table(&figures, &python.ops);
+    print_memory_table(&memory, &python.memory);
     if let Some(path) = &opts.json {
-        write_json(path, &figures, &python, opts)?;
+        write_json(path, &figures, &memory, &python, opts)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -1361,10 +1416,40 @@ fn print_table(figures: &[Figure], python: &BTreeMap<String, (f64, f64)>) {
     }
 }
 
+/// The memory rows: megabytes (10^6 bytes) beside CPython's.
+fn print_memory_table(memory: &[memory_rows::Memory], python: &BTreeMap<String, f64>) {
+    if memory.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:<40} {:>10} {:>12} {:>12} {:>9}",
+        "memory (resident set)", "items", "ours", "CPython", "ratio"
+    );
+    for m in memory {
+        let (cpy, ratio) = match python.get(m.key) {
+            Some(b) => (
+                format!("{:.1} MB", b / 1e6),
+                format!("{:.2}x", m.bytes as f64 / b.max(1.0)),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "{:<40} {:>10} {:>12} {:>12} {:>9}",
+            m.key,
+            m.items,
+            format!("{:.1} MB", m.bytes as f64 / 1e6),
+            cpy,
+            ratio
+        );
+    }
+}
+
 fn write_json(
     path: &PathBuf,
     figures: &[Figure],
-    python: &BTreeMap<String, (f64, f64)>,
+    memory: &[memory_rows::Memory],
+    python: &Baseline,
     opts: &Args,
 ) -> multiproc::Result<()> {
     let ops: serde_json::Map<String, serde_json::Value> = figures
@@ -1380,12 +1465,23 @@ fn write_json(
                 o["bytes_per_op"] = b.into();
                 o["gb_per_sec"] = (b / f.median_ns).into();
             }
-            if let Some((m, p)) = python.get(f.key) {
+            if let Some((m, p)) = python.ops.get(f.key) {
                 o["cpython_median_ns"] = (*m).into();
                 o["cpython_p99_ns"] = (*p).into();
                 o["speedup"] = (m / f.median_ns.max(0.001)).into();
             }
             (f.key.to_string(), o)
+        })
+        .collect();
+    let memory: serde_json::Map<String, serde_json::Value> = memory
+        .iter()
+        .map(|m| {
+            let mut o = serde_json::json!({ "bytes": m.bytes, "items": m.items });
+            if let Some(b) = python.memory.get(m.key) {
+                o["cpython_bytes"] = (*b).into();
+                o["ratio"] = (m.bytes as f64 / b.max(1.0)).into();
+            }
+            (m.key.to_string(), o)
         })
         .collect();
     let doc = serde_json::json!({
@@ -1394,6 +1490,7 @@ fn write_json(
         "smoke": opts.smoke,
         "sleeping_waiters": opts.sleep,
         "ops": ops,
+        "memory": memory,
     });
     let text =
         serde_json::to_string_pretty(&doc).map_err(|e| multiproc::Error::Codec(e.to_string()))?;
