@@ -117,6 +117,10 @@ def main():
     w("and 99th percentiles of per-operation time over repeated samples, never best runs.\n")
     w(f"- machine: {main_run.get('machine', '?')}")
     w(f"- date: {main_run.get('date', '?')}")
+    steal = main_run.get("cpu_steal_percent")
+    if steal is not None:
+        note = " (a busy host: every figure is slower than a quiet machine's)" if steal > 5 else ""
+        w(f"- CPU time the hypervisor gave other guests during the run: {steal:.1f} %{note}")
     w("- build: `--release` (thin LTO); CPython: the `python3` on the machine, running")
     w("  `benches/python/baseline.py` (the same operations in `multiprocessing`) in the same run\n")
     w("## Reproduce\n")

@@ -1222,6 +1222,10 @@ fn python_figures(opts: &Args, progress: &Progress) -> Baseline {
     figures
 }
 
+/// Above this share of stolen CPU time (see [`steal_percent`]) a run says
+/// its figures are not a quiet machine's.
+const STEAL_DISTURBED: f64 = 5.0;
+
 /// Runs the suite and prints the table; writes JSON if asked.
 fn run(opts: &Args) -> multiproc::Result<()> {
     if opts.sleep {
@@ -1253,6 +1257,7 @@ fn run(opts: &Args) -> multiproc::Result<()> {
         .into_iter()
         .filter(|(key, _)| wanted(key))
         .collect();
+    let ticks_at_start = cpu_ticks();
     let progress = Progress::new(selected.len() + memory_selected.len());
     let mut figures = Vec::new();
     for (i, (key, op)) in selected.iter().enumerate() {
@@ -1272,10 +1277,18 @@ fn run(opts: &Args) -> multiproc::Result<()> {
     }
     progress.finish(figures.len() + memory.len());
     let python = python_figures(opts, &progress);
+    let steal = steal_percent(ticks_at_start);
     print_table(&figures, &python.ops);
     print_memory_table(&memory, &python.memory);
+    if let Some(steal) = steal {
+        println!();
+        println!("CPU time stolen by the hypervisor during the run: {steal:.1} %");
+        if steal > STEAL_DISTURBED {
+            println!("(more than {STEAL_DISTURBED} %: these figures are not a quiet machine's)");
+        }
+    }
     if let Some(path) = &opts.json {
-        write_json(path, &figures, &memory, &python, opts)?;
+        write_json(path, &figures, &memory, &python, steal, opts)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -1450,6 +1463,7 @@ fn write_json(
     figures: &[Figure],
     memory: &[memory_rows::Memory],
     python: &Baseline,
+    steal: Option<f64>,
     opts: &Args,
 ) -> multiproc::Result<()> {
     let ops: serde_json::Map<String, serde_json::Value> = figures
@@ -1487,6 +1501,7 @@ fn write_json(
     let doc = serde_json::json!({
         "machine": machine(),
         "date": date(),
+        "cpu_steal_percent": steal,
         "smoke": opts.smoke,
         "sleeping_waiters": opts.sleep,
         "ops": ops,
@@ -1509,6 +1524,30 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown cpu".into());
     format!("{} cores, {cpu}", multiproc::cpu_count())
+}
+
+/// The machine's CPU time so far, from the `cpu` line of `/proc/stat`
+/// (in ticks): (all of it, the part the hypervisor stole for others).
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let steal = *ticks.get(7)?;
+    Some((ticks.iter().take(8).sum(), steal))
+}
+
+/// The share of the machine's CPU time, over the run, that a hypervisor
+/// gave other guests (`steal` in /proc/stat), in percent: on a VM whose
+/// host is busy, every figure is slower than on a quiet machine.
+fn steal_percent(start: Option<(u64, u64)>) -> Option<f64> {
+    let ((t0, s0), (t1, s1)) = (start?, cpu_ticks()?);
+    let total = t1.checked_sub(t0)?;
+    (total > 0).then(|| 100.0 * s1.saturating_sub(s0) as f64 / total as f64)
 }
 
 fn date() -> String {
