@@ -1279,6 +1279,7 @@ fn run(opts: &Args) -> multiproc::Result<()> {
     let python = python_figures(opts, &progress);
     let steal = steal_percent(ticks_at_start);
     print_table(&figures, &python.ops);
+    print_floors(&figures);
     print_memory_table(&memory, &python.memory);
     if let Some(steal) = steal {
         println!();
@@ -1429,6 +1430,32 @@ fn print_table(figures: &[Figure], python: &BTreeMap<String, (f64, f64)>) {
     }
 }
 
+/// The rows measured beside a floor (a Redis call beside a PING, in
+/// alternate samples): the ratio of their medians.
+fn print_floors(figures: &[Figure]) {
+    let floored: Vec<_> = figures
+        .iter()
+        .filter_map(|f| f.floor_ns.map(|floor| (f, floor)))
+        .collect();
+    if floored.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:<32} {:>12} {:>12} {:>9}",
+        "beside its floor", "median", "floor", "ratio"
+    );
+    for (f, floor) in floored {
+        println!(
+            "{:<32} {:>12} {:>12} {:>8.2}x",
+            f.key,
+            fmt_ns(f.median_ns),
+            fmt_ns(floor),
+            f.median_ns / floor.max(0.001)
+        );
+    }
+}
+
 /// The memory rows: megabytes (10^6 bytes) beside CPython's.
 fn print_memory_table(memory: &[memory_rows::Memory], python: &BTreeMap<String, f64>) {
     if memory.is_empty() {
@@ -1475,6 +1502,9 @@ fn write_json(
                 "ops_per_sec": f.ops_per_sec(),
                 "samples": f.samples,
             });
+            if let Some(floor) = f.floor_ns {
+                o["floor_ns"] = floor.into();
+            }
             if let Some(b) = f.bytes_per_op {
                 o["bytes_per_op"] = b.into();
                 o["gb_per_sec"] = (b / f.median_ns).into();
@@ -1606,6 +1636,7 @@ fn pyclient_row(key: &'static str, scale: &Scale) -> multiproc::Result<Figure> {
             p99_ns,
             bytes_per_op: None,
             samples,
+            floor_ns: None,
         }),
         None => Err(multiproc::Error::InvalidState(format!(
             "the Python client measured no {key} (one CPU only?)"

@@ -14,6 +14,9 @@ pub struct Figure {
     pub bytes_per_op: Option<f64>,
     /// How many samples the figures come from.
     pub samples: usize,
+    /// For a row compared with a floor measured beside it (a Redis call
+    /// and a plain PING, in alternate samples): the floor's median, ns.
+    pub floor_ns: Option<f64>,
 }
 
 impl Figure {
@@ -62,6 +65,7 @@ pub fn summarize(key: &'static str, per_op: &mut [f64], bytes_per_op: Option<f64
         p99_ns: pick(0.99),
         bytes_per_op,
         samples: per_op.len(),
+        floor_ns: None,
     }
 }
 

@@ -115,37 +115,96 @@ impl Drop for Workers {
     }
 }
 
-/// `redis/ping`: one PING and its PONG over a plain TCP connection, the
-/// protocol written by hand: the floor of any one-round-trip Redis call.
+/// A plain TCP connection to a server that sends PING and reads PONG,
+/// the protocol written by hand: the floor of any one-round-trip call.
+struct Pinger {
+    conn: TcpStream,
+}
+
+impl Pinger {
+    fn connect(server: &Server) -> multiproc::Result<Pinger> {
+        let conn = TcpStream::connect(("127.0.0.1", server.port))?;
+        conn.set_nodelay(true)?;
+        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Pinger { conn })
+    }
+
+    fn ping(&mut self) -> std::io::Result<()> {
+        let mut pong = [0u8; 7];
+        self.conn.write_all(b"*1\r\n$4\r\nPING\r\n")?;
+        self.conn.read_exact(&mut pong)?;
+        if &pong == b"+PONG\r\n" {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "PING answered {:?}",
+                String::from_utf8_lossy(&pong)
+            )))
+        }
+    }
+}
+
+/// `redis/ping`: one PING round trip on a fresh server.
 pub fn ping(scale: &Scale) -> multiproc::Result<Figure> {
     let server = Server::start()?;
-    let mut conn = TcpStream::connect(("127.0.0.1", server.port))?;
-    conn.set_nodelay(true)?;
-    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut failure: Option<std::io::Error> = None;
-    let mut pong = [0u8; 7];
+    let mut pinger = Pinger::connect(&server)?;
+    let mut failure = None;
     let figure = per_call("redis/ping", scale.samples, 200 * scale.k, || {
-        if failure.is_some() {
-            return;
-        }
-        let round = conn
-            .write_all(b"*1\r\n$4\r\nPING\r\n")
-            .and_then(|()| conn.read_exact(&mut pong));
-        match round {
-            Ok(()) if &pong == b"+PONG\r\n" => {}
-            Ok(()) => {
-                failure = Some(std::io::Error::other(format!(
-                    "PING answered {:?}",
-                    String::from_utf8_lossy(&pong)
-                )))
-            }
-            Err(e) => failure = Some(e),
+        if failure.is_none() {
+            failure = pinger.ping().err();
         }
     });
     match failure {
         Some(e) => Err(e.into()),
         None => Ok(figure),
     }
+}
+
+/// Times `op` (`calls` Redis calls each) against `server`, and a PING
+/// on its own connection to the same server, in alternate samples of
+/// `batch` each: the two medians see the same machine (where the server
+/// and this process run, what else runs), which a `redis/ping` row
+/// measured at another moment may not. The figure's `floor_ns` is the
+/// PING's median times `calls`.
+fn beside_ping(
+    key: &'static str,
+    server: &Server,
+    scale: &Scale,
+    batch: usize,
+    calls: usize,
+    mut op: impl FnMut() -> multiproc::Result<()>,
+) -> multiproc::Result<Figure> {
+    let mut pinger = Pinger::connect(server)?;
+    // A call that fails would be timed as a fast one: fail the row instead.
+    op()?;
+    pinger.ping()?;
+    let (mut ours, mut pings) = (Vec::new(), Vec::new());
+    for _ in 0..scale.samples.max(1) {
+        let mut failed = Ok(());
+        ours.push(time_ops(batch, || {
+            for _ in 0..batch {
+                if let Err(e) = op() {
+                    failed = Err(e);
+                    return;
+                }
+            }
+        }));
+        failed?;
+        let mut failed = Ok(());
+        pings.push(time_ops(batch, || {
+            for _ in 0..batch {
+                if let Err(e) = pinger.ping() {
+                    failed = Err(e);
+                    return;
+                }
+            }
+        }));
+        failed?;
+    }
+    let mut figure = summarize(key, &mut ours, None);
+    let ping = summarize(key, &mut pings, None);
+    figure.floor_ns = Some(ping.median_ns * calls as f64);
+    Ok(figure)
 }
 
 /// A `RedisManager` on a fresh server, and the server.
@@ -157,57 +216,50 @@ fn manager() -> multiproc::Result<(RedisManager, Server)> {
 
 /// `redis/dict_get`: one `get` of a dict kept in Redis (a hash field).
 pub fn dict_get(scale: &Scale) -> multiproc::Result<Figure> {
-    let (m, _server) = manager()?;
+    let (m, server) = manager()?;
     let d = m.dict::<u32, u64>("d")?;
     d.insert(1, 7)?;
-    // A call that fails would be timed as a fast one: fail the row instead.
-    d.get(&1)?;
-    Ok(per_call(
-        "redis/dict_get",
-        scale.samples,
-        200 * scale.k,
-        || {
-            let _ = std::hint::black_box(d.get(&1));
-        },
-    ))
+    beside_ping("redis/dict_get", &server, scale, 200 * scale.k, 1, || {
+        std::hint::black_box(d.get(&1)?);
+        Ok(())
+    })
 }
 
 /// `redis/queue_put_get`: a `put` and a `get` on a queue kept in Redis
-/// (two calls: compare with two PINGs).
+/// (two calls: its floor is two PINGs).
 pub fn queue_put_get(scale: &Scale) -> multiproc::Result<Figure> {
-    let (m, _server) = manager()?;
+    let (m, server) = manager()?;
     let q = m.queue::<u64>("q")?;
-    q.put(7)?;
-    q.get()?;
-    Ok(per_call(
+    beside_ping(
         "redis/queue_put_get",
-        scale.samples,
+        &server,
+        scale,
         100 * scale.k,
+        2,
         || {
-            if q.put(7).is_ok() {
-                let _ = std::hint::black_box(q.get());
-            }
+            q.put(7)?;
+            std::hint::black_box(q.get()?);
+            Ok(())
         },
-    ))
+    )
 }
 
 /// `redis/lock_acquire_release`: `try_acquire` and `release` of a lock
-/// kept in Redis (two calls: compare with two PINGs).
+/// kept in Redis (two calls: its floor is two PINGs).
 pub fn lock_acquire_release(scale: &Scale) -> multiproc::Result<Figure> {
-    let (m, _server) = manager()?;
+    let (m, server) = manager()?;
     let lock = m.lock("l")?;
-    let _ = lock.try_acquire()?;
-    lock.release()?;
-    Ok(per_call(
+    beside_ping(
         "redis/lock_acquire_release",
-        scale.samples,
+        &server,
+        scale,
         100 * scale.k,
+        2,
         || {
-            if lock.try_acquire().is_ok() {
-                let _ = lock.release();
-            }
+            let _ = lock.try_acquire()?;
+            lock.release()
         },
-    ))
+    )
 }
 
 /// `redis/pool_map_100k`: per-task time of a distributed `Pool.map` of
