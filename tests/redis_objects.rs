@@ -1109,3 +1109,30 @@ fn calls_work_again_once_a_restarted_server_is_back() {
     assert_eq!(q.get_timeout(PROMPTLY).unwrap(), 3);
     m.clear().unwrap();
 }
+
+/// A handle that read "no bound" takes items without the script that wakes
+/// a bounded queue's producers. If the queue is deleted and made anew with
+/// a bound meanwhile, a producer waiting for room still gets it (by its own
+/// next look, within a second), and the bound holds.
+#[test]
+fn a_queue_made_anew_with_a_bound_still_lets_its_waiting_producer_in() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    let old = m.queue::<u32>("remade").unwrap();
+    old.put(0).unwrap();
+    assert_eq!(old.get().unwrap(), 0);
+    assert!(m.delete("remade").unwrap() > 0);
+    let new = m.queue_with_maxsize::<u32>("remade", 1).unwrap();
+    new.put(1).unwrap();
+    assert!(matches!(new.try_put(2), Err(Error::Full)));
+    let producer = {
+        let new = new.clone();
+        std::thread::spawn(move || new.put_timeout(2, PROMPTLY))
+    };
+    assert_eq!(old.get_timeout(PROMPTLY).unwrap(), 1);
+    producer.join().unwrap().unwrap();
+    assert!(matches!(new.try_put(3), Err(Error::Full)));
+    assert_eq!(old.get_timeout(PROMPTLY).unwrap(), 2);
+    assert!(new.empty().unwrap());
+    m.clear().unwrap();
+}

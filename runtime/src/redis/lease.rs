@@ -134,6 +134,16 @@ fn hold_from(target: &RedisTarget, key: String, token: String, renewed: Option<I
     });
 }
 
+/// Whether this process holds `key` with `token` and set its time to live
+/// to the whole lease (itself or by a renewal) less than `within` ago.
+pub(crate) fn renewed_within(key: &str, token: &str, within: Duration) -> bool {
+    with_renewer(|r| {
+        r.held
+            .get(key)
+            .is_some_and(|h| h.token == token && h.renewed.is_some_and(|t| t.elapsed() < within))
+    })
+}
+
 /// Stops renewing `key`.
 pub(crate) fn release(key: &str) {
     with_renewer(|r| {

@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use crate::codec::Shareable;
 use crate::deadline::Deadline;
@@ -141,6 +141,28 @@ pub(crate) struct RedisQueue {
     joinable: bool,
     /// The process that enlisted as a consumer of this queue (0: none yet).
     enlisted: Arc<AtomicI32>,
+    /// The queue's `maxsize` as last read from Redis ([`MAXSIZE_UNKNOWN`]:
+    /// not read yet). It is fixed when the queue is made: a get from an
+    /// unbounded queue has no producer to wake and can skip [`TAKE`]. (A
+    /// queue deleted and made anew with a bound while this handle lives:
+    /// its waiting producers are woken by their next look, within
+    /// [`RECHECK`], instead of by this handle's gets. Puts always honour
+    /// the bound in Redis.)
+    maxsize: Arc<AtomicU64>,
+}
+
+/// [`RedisQueue::maxsize`] before it was read.
+const MAXSIZE_UNKNOWN: u64 = u64::MAX;
+
+/// How a `get` moved its item into the consumer's in-flight list.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Taken {
+    /// By [`TAKE`], which also renewed the consumer's presence.
+    Scripted,
+    /// By a plain `LMOVE` (an unbounded queue, a presence renewed lately).
+    Moved,
+    /// By a blocking `BLMOVE`: the rest goes after it ([`TAKEN_SOURCE`]).
+    Blocked,
 }
 
 /// The type name recorded for a queue of `T` (a joinable one is the same
@@ -154,14 +176,24 @@ impl RedisQueue {
     /// unless it exists, in which case it keeps its limit.
     pub(crate) fn open(obj: RedisObject, maxsize: usize, joinable: bool) -> Result<RedisQueue> {
         let meta = obj.sub("#meta");
-        obj.run(|c| {
-            redis::cmd("HSETNX")
+        let (actual,): (Option<u64>,) = obj.run(|c| {
+            redis::pipe()
+                .cmd("HSETNX")
                 .arg(&meta)
                 .arg("maxsize")
                 .arg(maxsize)
-                .exec(c)
+                .ignore()
+                .cmd("HGET")
+                .arg(&meta)
+                .arg("maxsize")
+                .query(c)
         })?;
-        Ok(RedisQueue::new(obj, joinable))
+        let q = RedisQueue::new(obj, joinable);
+        q.maxsize.store(
+            actual.unwrap_or(0).min(MAXSIZE_UNKNOWN - 1),
+            Ordering::Relaxed,
+        );
+        Ok(q)
     }
 
     pub(crate) fn new(obj: RedisObject, joinable: bool) -> RedisQueue {
@@ -169,6 +201,7 @@ impl RedisQueue {
             obj,
             joinable,
             enlisted: Arc::new(AtomicI32::new(0)),
+            maxsize: Arc::new(AtomicU64::new(MAXSIZE_UNKNOWN)),
         }
     }
 
@@ -178,7 +211,26 @@ impl RedisQueue {
 
     /// The same queue as a joinable one (or not).
     pub(crate) fn with_joinable(&self, joinable: bool) -> RedisQueue {
-        RedisQueue::new(self.obj.clone(), joinable)
+        let q = RedisQueue::new(self.obj.clone(), joinable);
+        q.maxsize
+            .store(self.maxsize.load(Ordering::Relaxed), Ordering::Relaxed);
+        q
+    }
+
+    /// Whether the queue has no bound, as far as this handle knows (read
+    /// from Redis once if not known yet).
+    fn unbounded(&self) -> Result<bool> {
+        let known = self.maxsize.load(Ordering::Relaxed);
+        if known != MAXSIZE_UNKNOWN {
+            return Ok(known == 0);
+        }
+        let meta = self.obj.sub("#meta");
+        let read: Option<u64> = self
+            .obj
+            .run(|c| redis::cmd("HGET").arg(&meta).arg("maxsize").query(c))?;
+        let m = read.unwrap_or(0).min(MAXSIZE_UNKNOWN - 1);
+        self.maxsize.store(m, Ordering::Relaxed);
+        Ok(m == 0)
     }
 
     /// Adds `item` by `deadline`; [`Error::Full`] when there is no room by then.
@@ -276,20 +328,44 @@ impl RedisQueue {
         if self.enlisted.load(Ordering::Acquire) != crate::sys::process::getpid() {
             self.enlist(&consumer)?;
         }
-        loop {
+        // From an unbounded queue, while this consumer's presence was set
+        // less than a third of its lease ago (so it lives in Redis and the
+        // consumer is enlisted), a plain LMOVE does what TAKE does.
+        let fresh = target.lease() / 3;
+        // Whether that LMOVE found the queue empty (TAKE would too).
+        let mut looked = false;
+        if self.unbounded()? && lease::renewed_within(&presence, &consumer, fresh) {
             let taken: Option<Vec<u8>> = target.with_conn(|c| {
-                TAKE.key(&key)
-                    .key(&proc)
-                    .key(self.obj.sub("#meta"))
-                    .key(self.obj.sub("#space"))
-                    .key(&presence)
-                    .key(self.obj.sub("#consumers"))
-                    .arg(&consumer)
-                    .arg(self.lease_ms())
-                    .invoke(c)
+                redis::cmd("LMOVE")
+                    .arg(&key)
+                    .arg(&proc)
+                    .arg("RIGHT")
+                    .arg("LEFT")
+                    .query(c)
             })?;
             if let Some(bytes) = taken {
-                return self.hand_over(bytes, &proc, &consumer, &presence, false);
+                return self.hand_over(bytes, &proc, &consumer, &presence, Taken::Moved);
+            }
+            looked = true;
+        }
+        loop {
+            let taken: Option<Vec<u8>> = if std::mem::take(&mut looked) {
+                None
+            } else {
+                target.with_conn(|c| {
+                    TAKE.key(&key)
+                        .key(&proc)
+                        .key(self.obj.sub("#meta"))
+                        .key(self.obj.sub("#space"))
+                        .key(&presence)
+                        .key(self.obj.sub("#consumers"))
+                        .arg(&consumer)
+                        .arg(self.lease_ms())
+                        .invoke(c)
+                })?
+            };
+            if let Some(bytes) = taken {
+                return self.hand_over(bytes, &proc, &consumer, &presence, Taken::Scripted);
             }
             if deadline.expired() {
                 return Err(Error::Empty);
@@ -307,7 +383,7 @@ impl RedisQueue {
                         .query(c)
                 })?;
                 if let Some(bytes) = got {
-                    return self.hand_over(bytes, &proc, &consumer, &presence, true);
+                    return self.hand_over(bytes, &proc, &consumer, &presence, Taken::Blocked);
                 }
                 if deadline.expired() {
                     return Err(Error::Empty);
@@ -319,10 +395,10 @@ impl RedisQueue {
     }
 
     /// Decodes an item this consumer moved into its in-flight list `proc`
-    /// and settles it there, without waiting for Redis: a plain queue's
-    /// item is taken once decoded (one that does not decode is dropped, as
-    /// a local queue drops it); a joinable queue's stays in flight until
-    /// `task_done`. After a `BLMOVE` (`after_block`), the rest of what
+    /// (`how`) and settles it there, without waiting for Redis: a plain
+    /// queue's item is taken once decoded (one that does not decode is
+    /// dropped, as a local queue drops it); a joinable queue's stays in
+    /// flight until `task_done`. After a `BLMOVE`, the rest of what
     /// [`TAKE`] does goes along ([`TAKEN_SOURCE`]).
     fn hand_over<T: Shareable>(
         &self,
@@ -330,13 +406,13 @@ impl RedisQueue {
         proc: &str,
         consumer: &str,
         presence: &str,
-        after_block: bool,
+        how: Taken,
     ) -> Result<T> {
         let target = self.obj.target();
         let item = T::decode(&bytes);
         let ack = !self.joinable || item.is_err();
-        let settle = match after_block {
-            true => {
+        let settle = match how {
+            Taken::Blocked => {
                 let mut cmd = redis::cmd("EVAL");
                 cmd.arg(TAKEN_SOURCE)
                     .arg(5)
@@ -351,16 +427,16 @@ impl RedisQueue {
                     .arg(self.lease_ms());
                 Some(cmd)
             }
-            false if ack => {
+            Taken::Scripted | Taken::Moved if ack => {
                 let mut cmd = redis::cmd("LREM");
                 cmd.arg(proc).arg(-1).arg(bytes.as_slice());
                 Some(cmd)
             }
-            false => None,
+            Taken::Scripted | Taken::Moved => None,
         };
-        // The presence was renewed by TAKE, or is renewed by the settling
-        // script after a BLMOVE if it goes out.
-        let mut renewed = true;
+        // TAKE renewed the presence; the settling script after a BLMOVE
+        // does if it goes out; a plain LMOVE leaves it to the renewer.
+        let mut renewed = how != Taken::Moved;
         if let Some(cmd) = settle {
             // Sent and not waited for; if the send fails, once more with a
             // round trip. The item is the caller's either way: one whose
@@ -373,13 +449,15 @@ impl RedisQueue {
                     queue = self.obj.name(),
                     "a taken redis queue item was not acknowledged: {e}"
                 );
-                renewed = !after_block;
+                if how == Taken::Blocked {
+                    // Its presence was not renewed: renew it at once.
+                    lease::hold(target, presence.to_owned(), consumer.to_owned());
+                }
+                renewed = false;
             }
         }
         if renewed {
             lease::hold_fresh(target, presence.to_owned(), consumer.to_owned());
-        } else {
-            lease::hold(target, presence.to_owned(), consumer.to_owned());
         }
         item
     }
