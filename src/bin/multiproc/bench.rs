@@ -397,14 +397,20 @@ fn pool_map_default(scale: &Scale) -> multiproc::Result<Figure> {
     pool_map("pool/map_default", scale, 10_000 * scale.k, None, square)
 }
 
-/// `imap` with its default chunksize (1, as Python's): per item, from the
-/// call to the last result read.
-fn pool_imap_chunksize_1(scale: &Scale) -> multiproc::Result<Figure> {
+/// A forked `Pool(2)` that has run one small map (its workers started and warm).
+fn warm_pool() -> multiproc::Result<Pool> {
     let pool = Pool::builder()
         .processes(2)
         .start_method(StartMethod::Fork)
         .build()?;
     pool.chunksize(1).map(square, 0..64)?;
+    Ok(pool)
+}
+
+/// `imap` with its default chunksize (1, as Python's): per item, from the
+/// call to the last result read.
+fn pool_imap_chunksize_1(scale: &Scale) -> multiproc::Result<Figure> {
+    let pool = warm_pool()?;
     let n = 2_000 * scale.k;
     let mut per_op = Vec::new();
     for _ in 0..scale.samples.min(10) {
@@ -1101,11 +1107,7 @@ fn cpu_idle_manager(scale: &Scale) -> multiproc::Result<Figure> {
 /// tasks: its workers and this process (the pool's helper threads; the
 /// measuring thread sleeps), after one `map` has run.
 fn cpu_idle_pool(scale: &Scale) -> multiproc::Result<Figure> {
-    let pool = Pool::builder()
-        .processes(2)
-        .start_method(StartMethod::Fork)
-        .build()?;
-    pool.chunksize(1).map(square, 0..64)?;
+    let pool = warm_pool()?;
     let workers = pool.worker_pids();
     quiet_cpu("cpu/idle_pool", scale, || {
         let mut used = multiproc::__internal::sys::time::process_cpu_time();
