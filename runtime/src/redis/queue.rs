@@ -2,9 +2,11 @@
 //! [`JoinableQueue`](crate::JoinableQueue): a Redis list.
 //!
 //! `put` pushes at the head (a script that also honours `maxsize` and
-//! counts the task); `get` moves the tail item with `BLMOVE` into this
-//! process's in-flight list `p:queue#proc.<consumer>:name`, so the item is
-//! never only in a reply on the wire. When is it *taken*:
+//! counts the task); `get` moves the tail item into this process's
+//! in-flight list `p:queue#proc.<consumer>:name` (a plain `LMOVE` from an
+//! unbounded queue while this consumer's presence is fresh, else the
+//! [`TAKE`] script, or a blocking `BLMOVE` when the queue is empty), so the
+//! item is never only in a reply on the wire. When is it *taken*:
 //!
 //! * from a [`Queue`](crate::Queue), once it is decoded and handed to the
 //!   caller (then it leaves the in-flight list);
