@@ -781,3 +781,47 @@ fn test_forkserver_sigint_is_ignored_by_the_server() {
         start(Process::new(check_forkserver_death, libc::SIGINT).start_method(StartMethod::Spawn));
     p.join_timeout(PROMPTLY * 3).unwrap();
 }
+
+fn write_to_stderr(n: u32) -> u32 {
+    use std::io::Write;
+    // Through std's stderr lock (not the test harness's capture).
+    let _ = writeln!(std::io::stderr().lock(), "a forked child writes {n}");
+    n + 1
+}
+
+/// A fork while another thread holds std's stderr lock: the child, which
+/// has only the forking thread, must not find that lock held by a thread
+/// that does not exist there (it would wait for ever the first time it
+/// writes). Another thread holds the lock while the children are started;
+/// each child must still run, write and end.
+#[test]
+fn a_fork_while_another_thread_holds_stderr_does_not_wedge_the_child() {
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let err = std::io::stderr().lock();
+        held_tx.send(()).unwrap();
+        let _ = go_rx.recv_timeout(PROMPTLY);
+        drop(err);
+    });
+    held_rx.recv_timeout(PROMPTLY).unwrap();
+    let mut children: Vec<Process<u32>> = (0..3)
+        .map(|n| Process::new(write_to_stderr, n).start_method(StartMethod::Fork))
+        .collect();
+    let starter = std::thread::spawn(move || {
+        for p in &mut children {
+            p.start().unwrap();
+        }
+        children
+    });
+    // Not a synchronisation: the starts are given time to fork while the
+    // lock is held (the fork now waits for it, so that the child finds it
+    // free). Were they slower, the test would pass without proving much.
+    std::thread::sleep(Duration::from_millis(100));
+    go_tx.send(()).unwrap();
+    holder.join().unwrap();
+    let mut children = starter.join().unwrap();
+    for (n, p) in children.iter_mut().enumerate() {
+        assert_eq!(p.join_timeout(PROMPTLY).unwrap(), n as u32 + 1);
+    }
+}

@@ -389,7 +389,13 @@ impl<R: Shareable> Process<R> {
     fn fork(&self, target: Box<dyn Target>, name: String) -> Result<Running> {
         use std::io::Write;
         let (parent_sock, child_sock) = sys::socket::socketpair()?;
-        let _ = std::io::stdout().flush();
+        // std's stdout and stderr locks, held across the fork (taken first,
+        // before any of the runtime's): the child has only this thread, and
+        // would wait for ever on a lock another thread held at the fork the
+        // first time it prints, or as it flushes stdout at its end.
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.flush();
+        let stdio = (stdout, std::io::stderr().lock());
         let me = current_process();
         let parent_ticks = sys::process::own_start_ticks();
         // Made now if it was not yet, so that the child inherits this
@@ -414,6 +420,8 @@ impl<R: Shareable> Process<R> {
             }
             forked
         };
+        // Both sides: this thread held them at the fork, so each frees its own.
+        drop(stdio);
         match forked {
             Forked::Child => {
                 drop(parent_sock);
