@@ -135,7 +135,11 @@ fn a_dict_of_list_proxies_is_shared_by_children() {
             // The temporary proxy goes at once: the stored value keeps the list alive.
             d.insert(k, manager.list().unwrap()).unwrap();
         }
-        assert_eq!(manager.number_of_objects().unwrap(), 4, "{m:?}");
+        util::assert_objects(
+            || manager.number_of_objects().unwrap(),
+            4,
+            &format!("{m:?}"),
+        );
         util::run_each(m, append_to_nested, (0..9).map(|i| (i, d.clone())));
         for k in 0..3 {
             let mut got = d.get(&k).unwrap().unwrap().to_vec().unwrap();
@@ -165,21 +169,21 @@ fn objects_are_freed_when_the_last_proxy_drops() {
     let d = manager.dict::<u32, u32>().unwrap();
     let l = manager.list::<String>().unwrap();
     let ns = manager.namespace().unwrap();
-    assert_eq!(manager.number_of_objects().unwrap(), 3);
+    util::assert_objects(|| manager.number_of_objects().unwrap(), 3, "");
     let d2 = d.clone();
     drop(d);
-    assert_eq!(manager.number_of_objects().unwrap(), 3);
+    util::assert_objects(|| manager.number_of_objects().unwrap(), 3, "");
     drop(d2);
     drop(l);
-    assert_eq!(manager.number_of_objects().unwrap(), 1);
+    util::assert_objects(|| manager.number_of_objects().unwrap(), 1, "");
     // Decoding in this process takes its own reference.
     let bytes = ns.encode().unwrap();
     let ns2 = NamespaceProxy::decode(&bytes).unwrap();
     drop(ns);
     ns2.set("x", 1u8).unwrap();
-    assert_eq!(manager.number_of_objects().unwrap(), 1);
+    util::assert_objects(|| manager.number_of_objects().unwrap(), 1, "");
     drop(ns2);
-    assert_eq!(manager.number_of_objects().unwrap(), 0);
+    util::assert_objects(|| manager.number_of_objects().unwrap(), 0, "");
     manager.shutdown().unwrap();
 }
 
@@ -223,10 +227,10 @@ fn a_killed_holder_releases_its_references() {
         p.start().unwrap();
         assert!(eventually(PROMPTLY, || attached.load() == 1), "{m:?}");
         drop(d);
-        assert_eq!(
-            manager.number_of_objects().unwrap(),
+        util::assert_objects(
+            || manager.number_of_objects().unwrap(),
             1,
-            "{m:?}: the child holds it"
+            &format!("{m:?}: the child holds it"),
         );
         p.kill().unwrap();
         assert!(p.join_timeout(PROMPTLY).is_err());
@@ -352,7 +356,7 @@ fn wrong_proxy_types_are_a_type_mismatch() {
     }
     assert_eq!(ns.get::<u64>("n").unwrap(), 5);
     drop((d, ns));
-    assert_eq!(manager.number_of_objects().unwrap(), 0);
+    util::assert_objects(|| manager.number_of_objects().unwrap(), 0, "");
     manager.shutdown().unwrap();
 }
 
@@ -459,7 +463,7 @@ fn server_created_shared_objects_are_used_directly() {
         let a = manager.array(&[1i32, 2, 3]).unwrap();
         assert_eq!(v.get(), 41);
         assert_eq!(a.to_vec(), vec![1, 2, 3]);
-        assert_eq!(manager.number_of_objects().unwrap(), 0);
+        util::assert_objects(|| manager.number_of_objects().unwrap(), 0, "");
         util::run_each(
             m,
             bump,

@@ -95,7 +95,11 @@ fn my_manager(m: StartMethod) -> Manager {
 fn test_mymanager() {
     for m in METHODS {
         let manager = my_manager(m);
-        assert_eq!(manager.number_of_objects().unwrap(), 1, "{m:?}: registry");
+        util::assert_objects(
+            || manager.number_of_objects().unwrap(),
+            1,
+            &format!("{m:?}: registry"),
+        );
         let a: FooProxy = manager.create("Foo").unwrap();
         let b: FooProxy = manager.create("Foo").unwrap();
         assert_eq!(a.f().unwrap(), "f()");
@@ -103,15 +107,23 @@ fn test_mymanager() {
         assert_eq!(b.f().unwrap(), "f()");
         assert_eq!(a.calls().unwrap(), 2, "{m:?}");
         assert_eq!(b.calls().unwrap(), 1, "{m:?}: a separate object");
-        assert_eq!(manager.number_of_objects().unwrap(), 3, "{m:?}");
+        util::assert_objects(
+            || manager.number_of_objects().unwrap(),
+            3,
+            &format!("{m:?}"),
+        );
         drop(a);
-        assert_eq!(manager.number_of_objects().unwrap(), 2, "{m:?}");
+        util::assert_objects(
+            || manager.number_of_objects().unwrap(),
+            2,
+            &format!("{m:?}"),
+        );
         assert_eq!(b.calls().unwrap(), 1, "{m:?}");
         drop(b);
-        assert_eq!(
-            manager.number_of_objects().unwrap(),
+        util::assert_objects(
+            || manager.number_of_objects().unwrap(),
             1,
-            "{m:?}: nothing left behind"
+            &format!("{m:?}: nothing left behind"),
         );
         manager.shutdown().unwrap();
     }
@@ -155,7 +167,11 @@ fn test_mymanager_objects_of_children_and_of_a_killed_child_are_freed() {
         let mut p = Process::new(create_then_hang, (address, created.clone())).start_method(m);
         p.start().unwrap();
         assert!(eventually(PROMPTLY, || created.load() == 1), "{m:?}");
-        assert_eq!(manager.number_of_objects().unwrap(), 2, "{m:?}");
+        util::assert_objects(
+            || manager.number_of_objects().unwrap(),
+            2,
+            &format!("{m:?}"),
+        );
         p.kill().unwrap();
         assert!(p.join_timeout(PROMPTLY).is_err());
         assert!(
@@ -188,7 +204,11 @@ fn test_mymanager_bad_typeids_and_types_are_typed_errors() {
             manager.get_object::<FooProxy>("Foo"),
             Err(Error::TypeMismatch { .. })
         ));
-        assert_eq!(manager.number_of_objects().unwrap(), 1, "{m:?}");
+        util::assert_objects(
+            || manager.number_of_objects().unwrap(),
+            1,
+            &format!("{m:?}"),
+        );
         let bar: BarProxy = manager.create("Bar").unwrap();
         assert!(bar.ping().unwrap());
         drop(bar);
@@ -271,14 +291,22 @@ fn test_mymanager_remote() {
         ));
         let before = master.number_of_objects().unwrap();
         drop((a, b));
-        assert_eq!(master.number_of_objects().unwrap(), before - 2, "{m:?}");
+        util::assert_objects(
+            || master.number_of_objects().unwrap(),
+            before - 2,
+            &format!("{m:?}"),
+        );
 
         let created = RawValue::new(0u32).unwrap();
         let mut p =
             Process::new(remote_create_then_hang, (address, created.clone())).start_method(m);
         p.start().unwrap();
         assert!(eventually(PROMPTLY, || created.load() == 1), "{m:?}");
-        assert_eq!(master.number_of_objects().unwrap(), before - 1, "{m:?}");
+        util::assert_objects(
+            || master.number_of_objects().unwrap(),
+            before - 1,
+            &format!("{m:?}"),
+        );
         p.kill().unwrap();
         assert!(p.join_timeout(PROMPTLY).is_err());
         assert!(

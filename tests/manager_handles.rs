@@ -56,9 +56,17 @@ fn a_stored_queue_is_readable_after_its_creator_dropped_its_handle_and_ended() {
         assert_eq!(util::run_each(m, take_one, [d.clone()]), [2], "{m:?}");
         assert_eq!(take_one(d.clone()), 3, "{m:?}");
         // The stored handle keeps one object in the server, gone with it.
-        assert_eq!(manager.number_of_objects().unwrap(), before + 1, "{m:?}");
+        util::assert_objects(
+            || manager.number_of_objects().unwrap(),
+            before + 1,
+            &format!("{m:?}"),
+        );
         let removed = d.remove(&"jobs".to_string()).unwrap().unwrap();
-        assert_eq!(manager.number_of_objects().unwrap(), before, "{m:?}");
+        util::assert_objects(
+            || manager.number_of_objects().unwrap(),
+            before,
+            &format!("{m:?}"),
+        );
         removed.put(4).unwrap();
         assert_eq!(removed.get_timeout(PROMPTLY).unwrap(), 4);
         manager.shutdown().unwrap();
@@ -91,7 +99,11 @@ fn stored_locks_values_and_events_outlive_their_creator_and_go_with_the_containe
             Process::new(store_sync_objects, (*manager.address(), ns.clone())).start_method(m);
         storer.start().unwrap();
         storer.join_timeout(PROMPTLY).unwrap();
-        assert_eq!(manager.number_of_objects().unwrap(), before + 4, "{m:?}");
+        util::assert_objects(
+            || manager.number_of_objects().unwrap(),
+            before + 4,
+            &format!("{m:?}"),
+        );
         assert_eq!(ns.get::<Value<u64>>("value").unwrap().get(), 42, "{m:?}");
         assert!(ns.get::<Event>("event").unwrap().is_set().unwrap(), "{m:?}");
         let lock = ns.get::<Lock>("lock").unwrap();
@@ -106,7 +118,11 @@ fn stored_locks_values_and_events_outlive_their_creator_and_go_with_the_containe
         // Overwritten or deleted, a stored handle lets its segment go.
         ns.set("value", 0u64).unwrap();
         ns.delete("event").unwrap();
-        assert_eq!(manager.number_of_objects().unwrap(), before + 2, "{m:?}");
+        util::assert_objects(
+            || manager.number_of_objects().unwrap(),
+            before + 2,
+            &format!("{m:?}"),
+        );
         drop((lock, a, b));
         drop(ns);
         assert!(
@@ -126,7 +142,7 @@ fn a_handle_the_manager_did_not_create_is_stored_as_it_is() {
     let own = Queue::<u32>::new().unwrap();
     own.put(7).unwrap();
     d.insert(1, own.clone()).unwrap();
-    assert_eq!(manager.number_of_objects().unwrap(), before);
+    util::assert_objects(|| manager.number_of_objects().unwrap(), before, "");
     assert_eq!(
         d.get(&1).unwrap().unwrap().get_timeout(PROMPTLY).unwrap(),
         7
@@ -225,7 +241,7 @@ fn huge_segments_are_refused_one_request_at_a_time_and_the_server_serves_on() {
         ),
         "{quota:?}"
     );
-    assert_eq!(manager.number_of_objects().unwrap(), before + held);
+    util::assert_objects(|| manager.number_of_objects().unwrap(), before + held, "");
     d.insert(1, 1).unwrap();
     assert_eq!(d.get(&1).unwrap(), Some(1));
     // They go with the connection.
@@ -272,7 +288,7 @@ fn the_server_keeps_only_its_own_segments_for_the_client_that_holds_them() {
             "{pid} {fd}"
         );
     }
-    assert_eq!(manager.number_of_objects().unwrap(), before);
+    util::assert_objects(|| manager.number_of_objects().unwrap(), before, "");
     // One it did create: kept, and named through the server's descriptor.
     let q = manager.queue::<u32>().unwrap();
     let mine = q.to_repr().unwrap();
@@ -284,8 +300,8 @@ fn the_server_keeps_only_its_own_segments_for_the_client_that_holds_them() {
         }
         _ => panic!("{:?}", refused(&resp)),
     };
-    assert_eq!(manager.number_of_objects().unwrap(), before + 1);
+    util::assert_objects(|| manager.number_of_objects().unwrap(), before + 1, "");
     ask(&mut raw, &Request::Release { object, count: 1 });
-    assert_eq!(manager.number_of_objects().unwrap(), before);
+    util::assert_objects(|| manager.number_of_objects().unwrap(), before, "");
     manager.shutdown().unwrap();
 }

@@ -23,6 +23,23 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Asserts that the server's object count, read by `count`, is `want`,
+/// waiting up to [`PROMPTLY`] for it to get there.
+///
+/// The count is not read once: a child that another test of the same binary
+/// forks meanwhile holds a reference to every managed object this process
+/// has a proxy for, until it ends (as in Python, a forked child inherits its
+/// parent's proxies). A count read at one moment may be higher for a while.
+#[track_caller]
+pub fn assert_objects(mut count: impl FnMut() -> usize, want: usize, what: &str) {
+    let mut last = count();
+    eventually(PROMPTLY, || {
+        last = count();
+        last == want
+    });
+    assert_eq!(last, want, "the number of managed objects: {what}");
+}
+
 /// The state letter of process `pid` and its parent pid, if it exists.
 pub fn proc_state(pid: i32) -> Option<(char, i32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
