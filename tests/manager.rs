@@ -163,6 +163,64 @@ fn a_dict_of_list_proxies_is_shared_by_children() {
     }
 }
 
+/// The thread whose next forked child ends before the manager client's
+/// fork hook runs in it (set by one test, for its own thread only).
+static DIE_AT_FORK: std::sync::Mutex<Option<std::thread::ThreadId>> = std::sync::Mutex::new(None);
+
+/// Registered after the manager client's hook, so that it runs first in the
+/// child: the child ends before it can claim the objects pinned for it.
+struct DieAtFork;
+
+impl multiproc::__internal::ForkHook for DieAtFork {
+    fn prepare(&self) -> Box<dyn std::any::Any> {
+        Box::new(())
+    }
+
+    fn parent(&self, _: Box<dyn std::any::Any>) {}
+
+    fn child(&self, _: Box<dyn std::any::Any>) {
+        if *DIE_AT_FORK.lock().unwrap() == Some(std::thread::current().id()) {
+            // SAFETY: ends this forked child at once, running nothing else.
+            unsafe { libc::_exit(0) };
+        }
+    }
+}
+
+/// A forked child inherits the parent's proxies: the parent pins their
+/// objects for it, and the child claims them as it starts. One that dies
+/// before it claims them leaves them to nobody: they go as soon as the
+/// server sees that child end, not ten minutes later.
+#[test]
+fn objects_pinned_for_a_child_that_died_before_claiming_them_are_freed() {
+    let manager = start(StartMethod::Spawn);
+    let d = manager.dict::<u32, u32>().unwrap();
+    d.insert(1, 1).unwrap();
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| multiproc::__internal::register_fork_hook(&DieAtFork));
+    for _ in 0..3 {
+        *DIE_AT_FORK.lock().unwrap() = Some(std::thread::current().id());
+        let mut p = Process::new(read_one, d.clone()).start_method(StartMethod::Fork);
+        let started = p.start();
+        *DIE_AT_FORK.lock().unwrap() = None;
+        started.unwrap();
+        assert!(
+            p.join_timeout(PROMPTLY).is_err(),
+            "the child never ran its target"
+        );
+    }
+    // A child that lives claims them, and lets them go as it ends.
+    let mut p = Process::new(read_one, d.clone()).start_method(StartMethod::Fork);
+    p.start().unwrap();
+    assert_eq!(p.join_timeout(PROMPTLY).unwrap(), Some(1));
+    drop(d);
+    util::assert_objects(|| manager.number_of_objects().unwrap(), 0, "");
+    manager.shutdown().unwrap();
+}
+
+fn read_one(d: DictProxy<u32, u32>) -> Option<u32> {
+    d.get(&1).unwrap()
+}
+
 #[test]
 fn objects_are_freed_when_the_last_proxy_drops() {
     let manager = start(StartMethod::Fork);

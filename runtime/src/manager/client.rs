@@ -758,8 +758,13 @@ const FORK_PIN_BACKOFF: Duration = Duration::from_secs(60);
 /// Pins `ids` for a fork, on an idle connection of `entry` (opened if there
 /// is none) and with a deadline: the fork hook holds the process's client
 /// lock, so it must neither wait behind a call on the shared connection nor
-/// wait forever on a server that stopped answering.
-fn pin_for_fork(server: &ServerAddress, entry: &mut Entry, ids: Vec<ObjectId>) -> Result<u64> {
+/// wait forever on a server that stopped answering. Returns the token and
+/// the connection that took it (which names the child after the fork).
+fn pin_for_fork(
+    server: &ServerAddress,
+    entry: &mut Entry,
+    ids: Vec<ObjectId>,
+) -> Result<(u64, Connection)> {
     let started = Instant::now();
     // A failure that took long held the fork up: do not let the next forks
     // wait for it too (a quick one, a server found gone, costs them nothing).
@@ -790,10 +795,14 @@ fn pin_for_fork(server: &ServerAddress, entry: &mut Entry, ids: Vec<ObjectId>) -
         }
         Err(e) => return Err(stalled(entry, e)),
     };
+    Ok((token, conn))
+}
+
+/// Keeps `conn` for the next wait or fork, if it is usable and there is room.
+fn keep_spare(entry: &mut Entry, conn: Connection) {
     if !conn.is_gone() && entry.spare.len() < SPARE_KEPT {
         entry.spare.push(conn);
     }
-    Ok(token)
 }
 
 /// The fork hook: pins in the parent, takes over in the child.
@@ -801,7 +810,21 @@ struct ForkPins;
 
 struct Pinned {
     guard: MutexGuard<'static, ClientState>,
-    pins: Vec<(ServerAddress, u64)>,
+    /// Each server's pin token, with the connection that took it.
+    pins: Vec<(ServerAddress, u64, Connection)>,
+}
+
+impl Pinned {
+    /// Gives the pinning connections back to their servers' spares.
+    fn keep_connections(self, mut each: impl FnMut(&ServerAddress, u64, &Connection)) {
+        let Pinned { mut guard, pins } = self;
+        for (server, token, conn) in pins {
+            each(&server, token, &conn);
+            if let Some(entry) = guard.conns.get_mut(&server) {
+                keep_spare(entry, conn);
+            }
+        }
+    }
 }
 
 impl ForkHook for ForkPins {
@@ -826,9 +849,8 @@ impl ForkHook for ForkPins {
                 tracing::debug!(%server, "not pinning objects for a fork: the server stalled");
                 continue;
             }
-            let token = pin_for_fork(server, entry, ids);
-            match token {
-                Ok(t) => pins.push((*server, t)),
+            match pin_for_fork(server, entry, ids) {
+                Ok((t, conn)) => pins.push((*server, t, conn)),
                 Err(e) => tracing::debug!("cannot pin managed objects for a fork: {e}"),
             }
         }
@@ -836,7 +858,30 @@ impl ForkHook for ForkPins {
     }
 
     fn parent(&self, state: Box<dyn Any>) {
-        drop(state);
+        if let Ok(pinned) = state.downcast::<Pinned>() {
+            pinned.keep_connections(|_, _, _| {});
+        }
+    }
+
+    /// Names the child to each local server that pinned objects for it, so
+    /// that a child that dies before it claims them (killed at once, say)
+    /// does not keep them for [`PIN_TIMEOUT`](crate::manager::table::PIN_TIMEOUT).
+    fn parent_of(&self, state: Box<dyn Any>, child: i32) {
+        let Ok(pinned) = state.downcast::<Pinned>() else {
+            return;
+        };
+        pinned.keep_connections(|server, token, conn| {
+            if !matches!(server, ServerAddress::Local(_)) {
+                return;
+            }
+            let named = conn.call_within(
+                &Request::NameClaimant { token, pid: child },
+                Deadline::after(FORK_PIN_WAIT),
+            );
+            if let Err(e) = named.and_then(|r| r.get().map(drop)) {
+                tracing::debug!(%server, "cannot name a forked child to its manager: {e}");
+            }
+        });
     }
 
     fn child(&self, state: Box<dyn Any>) {
@@ -852,7 +897,10 @@ impl ForkHook for ForkPins {
                 .waiting
                 .drain(..)
                 .for_each(|fd| detach_inherited(Some(fd)));
-            let token = pins.iter().find(|(s, _)| *s == server).map(|(_, t)| *t);
+            let token = pins
+                .iter()
+                .find(|(s, _, _)| *s == server)
+                .map(|(_, t, _)| *t);
             entry.refs.retain(|_, h| h.local > 0);
             // The parent's idle connections stay the parent's (dropping our
             // copies only closes our descriptors).

@@ -256,7 +256,7 @@ fn serve(
                 .release(conn, object.to_native(), count.to_native());
             emit(out, &Response::Unit);
         }
-        ArchivedRequest::Pin { object } => match table.lock().pin(&[object.to_native()]) {
+        ArchivedRequest::Pin { object } => match table.lock().pin(&[object.to_native()], peer.id) {
             Ok(token) => emit(out, &Response::Token(token)),
             Err(e) => emit_err(out, e),
         },
@@ -268,7 +268,7 @@ fn serve(
                 .into_iter()
                 .filter(|id| t.get_mut(*id).is_ok())
                 .collect();
-            match t.pin(&ids) {
+            match t.pin(&ids, peer.id) {
                 Ok(token) => emit(out, &Response::Token(token)),
                 Err(e) => emit_err(out, e),
             }
@@ -276,6 +276,23 @@ fn serve(
         ArchivedRequest::ClaimMany { token } => match table.lock().claim(conn, token.to_native()) {
             Ok(ids) => emit(out, &Response::Objects(ids)),
             Err(e) => emit_err(out, e),
+        },
+        // A TCP client's processes may live on another host: its pins
+        // keep their timeout.
+        ArchivedRequest::NameClaimant { token, pid } => match peer.pid {
+            Some(_) => {
+                let named = table
+                    .lock()
+                    .name_claimant(token.to_native(), peer.id, pid.to_native());
+                match named {
+                    Ok(()) => emit(out, &Response::Unit),
+                    Err(e) => emit_err(out, e),
+                }
+            }
+            None => emit_err(
+                out,
+                RemoteError::InvalidState("only a local client names a claimant".into()),
+            ),
         },
         ArchivedRequest::Call(call) => {
             let waitable =

@@ -527,6 +527,15 @@ pub enum Request<'a> {
         /// The token.
         token: u64,
     },
+    /// Names the forked child that is to claim a [`Request::PinMany`]
+    /// token this connection took (a local server only): the server drops
+    /// the pin as soon as that process ends without claiming it.
+    NameClaimant {
+        /// The token.
+        token: u64,
+        /// The child's pid.
+        pid: i32,
+    },
     /// Calls a method.
     Call(Call<'a>),
     /// How many objects the server holds.

@@ -27,6 +27,7 @@ use crate::manager::protocol::{ArchivedBlob, ObjectId, ObjectKind, QuotaKind, Re
 use crate::manager::server::Limits;
 use crate::manager::user::UserSlot;
 use crate::manager::waitable::Waitable;
+use crate::sys;
 
 /// How long an in-flight reference waits to be taken over before the server
 /// drops it: a proxy encoded into a message that nobody decodes within this
@@ -184,6 +185,20 @@ pub(crate) struct Object {
 struct Pin {
     objects: Vec<ObjectId>,
     expires: Instant,
+    /// The connection that took it.
+    by: u64,
+    /// The forked child that is to claim it (pid and start time), once its
+    /// parent named it: the pin goes when that process ends unclaimed.
+    claimant: Option<(i32, Option<u64>)>,
+}
+
+impl Pin {
+    fn ended(&self, now: Instant) -> bool {
+        self.expires <= now
+            || self
+                .claimant
+                .is_some_and(|(pid, ticks)| sys::process::liveness(pid, ticks).is_dead())
+    }
 }
 
 /// The references one connection holds, by object.
@@ -534,8 +549,9 @@ impl Table {
         self.decref_all(work);
     }
 
-    /// Takes an in-flight reference to each of `ids`; returns its token.
-    pub fn pin(&mut self, ids: &[ObjectId]) -> Result<u64, RemoteError> {
+    /// Takes an in-flight reference to each of `ids` for connection `by`;
+    /// returns its token.
+    pub fn pin(&mut self, ids: &[ObjectId], by: u64) -> Result<u64, RemoteError> {
         self.incref_all(ids)?;
         let token = self.next_pin;
         self.next_pin += 1;
@@ -544,9 +560,33 @@ impl Table {
             Pin {
                 objects: ids.to_vec(),
                 expires: Instant::now() + PIN_TIMEOUT,
+                by,
+                claimant: None,
             },
         );
         Ok(token)
+    }
+
+    /// Names the local process `pid` (a child forked by connection `by`'s
+    /// process) as the one that is to claim pin `token`: the pin then goes
+    /// as soon as that process ends unclaimed, not at its timeout. A pin
+    /// already claimed (or gone) is left as it is; one another connection
+    /// took is not this one's to name.
+    pub fn name_claimant(&mut self, token: u64, by: u64, pid: i32) -> Result<(), RemoteError> {
+        let Some(pin) = self.pins.get_mut(&token) else {
+            return Ok(());
+        };
+        if pin.by != by {
+            return Err(RemoteError::InvalidState(
+                "the pin was taken by another connection".into(),
+            ));
+        }
+        pin.claimant = Some((pid, sys::process::start_ticks(pid)));
+        if pin.ended(Instant::now()) {
+            let pin = self.pins.remove(&token).expect("the pin was just found");
+            self.decref_all(pin.objects);
+        }
+        Ok(())
     }
 
     /// `conn` takes over the references of pin `token`; returns the objects.
@@ -560,12 +600,13 @@ impl Table {
         Ok(pin.objects)
     }
 
-    /// Drops the in-flight references nobody took over in time.
+    /// Drops the in-flight references nobody took over in time, and those
+    /// whose named claimant ended without taking them over.
     pub fn sweep_pins(&mut self, now: Instant) {
         let expired: Vec<u64> = self
             .pins
             .iter()
-            .filter(|(_, p)| p.expires <= now)
+            .filter(|(_, p)| p.ended(now))
             .map(|(t, _)| *t)
             .collect();
         for token in expired {
@@ -674,7 +715,7 @@ mod tests {
         let mut t = Table::new();
         let mut sender = ConnRefs::new();
         let a = list(&mut t, &mut sender);
-        let pin = t.pin(&[a]).unwrap();
+        let pin = t.pin(&[a], 1).unwrap();
         t.release_connection(sender, 1);
         assert_eq!(t.len(), 1, "the pin keeps the object while in flight");
         let mut receiver = ConnRefs::new();
@@ -688,7 +729,7 @@ mod tests {
 
         let mut conn = ConnRefs::new();
         let b = list(&mut t, &mut conn);
-        t.pin(&[b]).unwrap();
+        t.pin(&[b], 1).unwrap();
         t.release_connection(conn, 3);
         t.sweep_pins(Instant::now());
         assert_eq!(t.len(), 1, "not expired yet");
@@ -702,13 +743,68 @@ mod tests {
         let mut parent = ConnRefs::new();
         let a = list(&mut t, &mut parent);
         let b = list(&mut t, &mut parent);
-        let token = t.pin(&[a, b]).unwrap();
+        let token = t.pin(&[a, b], 1).unwrap();
         let mut child = ConnRefs::new();
         assert_eq!(t.claim(&mut child, token).unwrap(), vec![a, b]);
         assert_eq!(t.claim(&mut child, token), Err(RemoteError::KeyNotFound));
         t.release_connection(parent, 1);
         assert_eq!(t.len(), 2, "the child holds both now");
         t.release_connection(child, 2);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_pin_goes_with_the_claimant_its_connection_named() {
+        let mut t = Table::new();
+        let mut parent = ConnRefs::new();
+        let a = list(&mut t, &mut parent);
+        /// Ended and reaped however the test ends.
+        struct Reaped(std::process::Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let child = Reaped(
+            std::process::Command::new("sleep")
+                .arg("600")
+                .spawn()
+                .unwrap(),
+        );
+        let pid = child.0.id() as i32;
+        let token = t.pin(&[a], 1).unwrap();
+        assert!(
+            matches!(
+                t.name_claimant(token, 2, pid),
+                Err(RemoteError::InvalidState(_))
+            ),
+            "only the connection that pinned names the claimant"
+        );
+        t.name_claimant(token, 1, pid).unwrap();
+        t.release_connection(parent, 1);
+        t.sweep_pins(Instant::now());
+        assert_eq!(t.len(), 1, "the claimant lives");
+        drop(child);
+        t.sweep_pins(Instant::now());
+        assert_eq!(t.len(), 0, "the claimant ended unclaimed");
+        // Named once it has ended already: the pin goes at once; a pin
+        // already claimed is left as it is.
+        let mut parent = ConnRefs::new();
+        let b = list(&mut t, &mut parent);
+        let token = t.pin(&[b], 1).unwrap();
+        t.name_claimant(token, 1, pid).unwrap();
+        t.release_connection(parent, 1);
+        assert_eq!(t.len(), 0);
+        let mut parent = ConnRefs::new();
+        let c = list(&mut t, &mut parent);
+        let token = t.pin(&[c], 1).unwrap();
+        let mut heir = ConnRefs::new();
+        t.claim(&mut heir, token).unwrap();
+        t.name_claimant(token, 1, pid).unwrap();
+        t.release_connection(parent, 1);
+        assert_eq!(t.len(), 1, "the claim holds it");
+        t.release_connection(heir, 3);
         assert_eq!(t.len(), 0);
     }
 

@@ -442,7 +442,8 @@ impl<R: Shareable> Process<R> {
                 finish(&child_sock, outcome)
             }
             Forked::Parent(pid) => {
-                drop((hooks, parent_key));
+                hooks.parent(pid);
+                drop(parent_key);
                 drop(child_sock);
                 drop_handed_to_child(target, pid);
                 let state = ChildState::new(pid, name, self.daemon);

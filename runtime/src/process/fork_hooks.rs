@@ -16,8 +16,15 @@ pub trait ForkHook: Sync + 'static {
     /// In the parent, before the fork. What it returns (locks held across the
     /// fork, for example) is handed to `parent` or `child` afterwards.
     fn prepare(&self) -> Box<dyn Any>;
-    /// In the parent, after the fork (or after a failed fork).
+    /// In the parent, after a failed fork (and after a fork that made a
+    /// child, unless [`ForkHook::parent_of`] says otherwise).
     fn parent(&self, state: Box<dyn Any>);
+    /// In the parent, after a fork that made process `child`. The default
+    /// runs [`ForkHook::parent`].
+    fn parent_of(&self, state: Box<dyn Any>, child: i32) {
+        let _ = child;
+        self.parent(state);
+    }
     /// In the new child, after the fork, before the target runs; only the
     /// forking thread exists there.
     fn child(&self, state: Box<dyn Any>);
@@ -62,8 +69,17 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// Runs every hook's parent side after a fork that made process `child`.
+    pub(crate) fn parent(mut self, child: i32) {
+        for (hook, state) in std::mem::take(&mut self.states).into_iter().rev() {
+            hook.parent_of(state, child);
+        }
+    }
+}
+
 impl Drop for Prepared {
-    /// The parent's side: also taken when the fork failed.
+    /// The parent's side after a failed fork.
     fn drop(&mut self) {
         for (hook, state) in std::mem::take(&mut self.states).into_iter().rev() {
             hook.parent(state);
