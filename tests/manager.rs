@@ -187,9 +187,10 @@ impl multiproc::__internal::ForkHook for DieAtFork {
 }
 
 /// A forked child inherits the parent's proxies: the parent pins their
-/// objects for it, and the child claims them as it starts. One that dies
-/// before it claims them leaves them to nobody: they go as soon as the
-/// server sees that child end, not ten minutes later.
+/// objects for it, and the child claims them as it starts (a spawned child,
+/// as it decodes its argument). One that dies before it claims them leaves
+/// them to nobody: they go as soon as the server sees that child end, not
+/// ten minutes later.
 #[test]
 fn objects_pinned_for_a_child_that_died_before_claiming_them_are_freed() {
     let manager = start(StartMethod::Spawn);
@@ -207,6 +208,14 @@ fn objects_pinned_for_a_child_that_died_before_claiming_them_are_freed() {
             p.join_timeout(PROMPTLY).is_err(),
             "the child never ran its target"
         );
+    }
+    // A spawned child killed at once, before it decodes its argument
+    // (almost always: it has to exec and read its launch message first).
+    for _ in 0..3 {
+        let mut p = Process::new(read_one, d.clone()).start_method(StartMethod::Spawn);
+        p.start().unwrap();
+        p.kill().unwrap();
+        assert!(p.join_timeout(PROMPTLY).is_err());
     }
     // A child that lives claims them, and lets them go as it ends.
     let mut p = Process::new(read_one, d.clone()).start_method(StartMethod::Fork);

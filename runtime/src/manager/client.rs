@@ -798,6 +798,23 @@ fn pin_for_fork(
     Ok((token, conn))
 }
 
+/// Tells a local server that child process `pid` is to claim pin `token`,
+/// which `conn` took: the server then drops the pin as soon as that process
+/// ends without claiming it. A TCP server is not told (its clients' pids
+/// are not its host's); a failure only leaves the pin to its timeout.
+pub fn name_claimant(conn: &Connection, token: u64, pid: i32) {
+    if !matches!(conn.server, ServerAddress::Local(_)) || conn.is_gone() {
+        return;
+    }
+    let named = conn.call_within(
+        &Request::NameClaimant { token, pid },
+        Deadline::after(FORK_PIN_WAIT),
+    );
+    if let Err(e) = named.and_then(|r| r.get().map(drop)) {
+        tracing::debug!(server = %conn.server, "cannot name a child to its manager: {e}");
+    }
+}
+
 /// Keeps `conn` for the next wait or fork, if it is usable and there is room.
 fn keep_spare(entry: &mut Entry, conn: Connection) {
     if !conn.is_gone() && entry.spare.len() < SPARE_KEPT {
@@ -870,18 +887,7 @@ impl ForkHook for ForkPins {
         let Ok(pinned) = state.downcast::<Pinned>() else {
             return;
         };
-        pinned.keep_connections(|server, token, conn| {
-            if !matches!(server, ServerAddress::Local(_)) {
-                return;
-            }
-            let named = conn.call_within(
-                &Request::NameClaimant { token, pid: child },
-                Deadline::after(FORK_PIN_WAIT),
-            );
-            if let Err(e) = named.and_then(|r| r.get().map(drop)) {
-                tracing::debug!(%server, "cannot name a forked child to its manager: {e}");
-            }
-        });
+        pinned.keep_connections(|_, token, conn| name_claimant(conn, token, child));
     }
 
     fn child(&self, state: Box<dyn Any>) {

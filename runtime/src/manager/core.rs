@@ -167,10 +167,15 @@ impl ProxyCore {
             let reply = conn.call(&Request::Pin {
                 object: self.object,
             })?;
-            match reply.get()? {
+            let token = match reply.get()? {
                 ArchivedResponse::Token(t) => t.to_native(),
                 _ => return Err(unexpected()),
-            }
+            };
+            // A spawned child's argument: once the child is known, the
+            // server drops the pin if that child dies without decoding it.
+            let conn = conn.into_owned();
+            crate::handle::on_handoff(move |pid| client::name_claimant(&conn, token, pid));
+            token
         };
         Ok(ProxyRepr {
             server,
