@@ -37,8 +37,7 @@ end
 if cur then return {0, redis.call('PTTL', KEYS[1])} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SET', KEYS[3], ARGV[3])
-local prev = redis.call('GET', KEYS[2])
-redis.call('SET', KEYS[2], ARGV[1])
+local prev = redis.call('SET', KEYS[2], ARGV[1], 'GET')
 if prev then return {1, prev} end
 return {1}
 ",

@@ -54,8 +54,7 @@ static LOCK_ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local prev = redis.call('GET', KEYS[2])
-  redis.call('SET', KEYS[2], ARGV[1])
+  local prev = redis.call('SET', KEYS[2], ARGV[1], 'GET')
   if prev then return {1, prev} end
   return {1}
 end
