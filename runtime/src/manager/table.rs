@@ -193,12 +193,16 @@ struct Pin {
 }
 
 impl Pin {
-    fn ended(&self, now: Instant) -> bool {
-        self.expires <= now
-            || self
-                .claimant
-                .is_some_and(|(pid, ticks)| sys::process::liveness(pid, ticks).is_dead())
+    /// Whether it expired, or its named claimant ended (`ended` says
+    /// whether a process did, so a sweep looks at each one once).
+    fn ended(&self, now: Instant, ended: &mut impl FnMut((i32, Option<u64>)) -> bool) -> bool {
+        self.expires <= now || self.claimant.is_some_and(ended)
     }
+}
+
+/// Whether process `pid` (started at `ticks`) has ended.
+fn process_ended((pid, ticks): (i32, Option<u64>)) -> bool {
+    sys::process::liveness(pid, ticks).is_dead()
 }
 
 /// The references one connection holds, by object.
@@ -582,7 +586,7 @@ impl Table {
             ));
         }
         pin.claimant = Some((pid, sys::process::start_ticks(pid)));
-        if pin.ended(Instant::now()) {
+        if pin.ended(Instant::now(), &mut process_ended) {
             let pin = self.pins.remove(&token).expect("the pin was just found");
             self.decref_all(pin.objects);
         }
@@ -603,10 +607,17 @@ impl Table {
     /// Drops the in-flight references nobody took over in time, and those
     /// whose named claimant ended without taking them over.
     pub fn sweep_pins(&mut self, now: Instant) {
+        // Each claimant is looked at once, however many pins name it.
+        let mut seen: HashMap<(i32, Option<u64>), bool> = HashMap::new();
+        let mut ended = |claimant| {
+            *seen
+                .entry(claimant)
+                .or_insert_with(|| process_ended(claimant))
+        };
         let expired: Vec<u64> = self
             .pins
             .iter()
-            .filter(|(_, p)| p.ended(now))
+            .filter(|(_, p)| p.ended(now, &mut ended))
             .map(|(t, _)| *t)
             .collect();
         for token in expired {
