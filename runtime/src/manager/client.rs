@@ -833,10 +833,10 @@ struct Pinned {
 
 impl Pinned {
     /// Gives the pinning connections back to their servers' spares.
-    fn keep_connections(self, mut each: impl FnMut(&ServerAddress, u64, &Connection)) {
+    fn keep_connections(self, mut each: impl FnMut(u64, &Connection)) {
         let Pinned { mut guard, pins } = self;
         for (server, token, conn) in pins {
-            each(&server, token, &conn);
+            each(token, &conn);
             if let Some(entry) = guard.conns.get_mut(&server) {
                 keep_spare(entry, conn);
             }
@@ -876,7 +876,7 @@ impl ForkHook for ForkPins {
 
     fn parent(&self, state: Box<dyn Any>) {
         if let Ok(pinned) = state.downcast::<Pinned>() {
-            pinned.keep_connections(|_, _, _| {});
+            pinned.keep_connections(|_, _| {});
         }
     }
 
@@ -887,7 +887,7 @@ impl ForkHook for ForkPins {
         let Ok(pinned) = state.downcast::<Pinned>() else {
             return;
         };
-        pinned.keep_connections(|_, token, conn| name_claimant(conn, token, child));
+        pinned.keep_connections(|token, conn| name_claimant(conn, token, child));
     }
 
     fn child(&self, state: Box<dyn Any>) {

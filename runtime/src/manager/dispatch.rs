@@ -279,21 +279,20 @@ fn serve(
         },
         // A TCP client's processes may live on another host: its pins
         // keep their timeout.
-        ArchivedRequest::NameClaimant { token, pid } => match peer.pid {
-            Some(_) => {
-                let named = table
+        ArchivedRequest::NameClaimant { token, pid } => {
+            let named = match peer.pid {
+                Some(_) => table
                     .lock()
-                    .name_claimant(token.to_native(), peer.id, pid.to_native());
-                match named {
-                    Ok(()) => emit(out, &Response::Unit),
-                    Err(e) => emit_err(out, e),
-                }
+                    .name_claimant(token.to_native(), peer.id, pid.to_native()),
+                None => Err(RemoteError::InvalidState(
+                    "only a local client names a claimant".into(),
+                )),
+            };
+            match named {
+                Ok(()) => emit(out, &Response::Unit),
+                Err(e) => emit_err(out, e),
             }
-            None => emit_err(
-                out,
-                RemoteError::InvalidState("only a local client names a claimant".into()),
-            ),
-        },
+        }
         ArchivedRequest::Call(call) => {
             let waitable =
                 Method::from_u32(call.method.to_native()).filter(|m| m.is_waitable_kind());
