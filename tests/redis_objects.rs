@@ -1110,10 +1110,44 @@ fn calls_work_again_once_a_restarted_server_is_back() {
     m.clear().unwrap();
 }
 
+/// A queue whose key another program overwrote with a value of another
+/// type: a put (one transaction, sent while the last get's acknowledgement
+/// is still unanswered) fails with the server's error, and the connection
+/// stays in step: the calls after it get their own replies.
+#[test]
+fn a_queue_key_of_another_type_fails_the_put_and_the_connection_stays_in_step() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    let q = m.queue::<u32>("clobbered").unwrap();
+    let d = m.dict::<String, u32>("d").unwrap();
+    q.put(1).unwrap();
+    assert_eq!(q.get().unwrap(), 1);
+    let set = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &server.port().to_string(),
+            "SET",
+            "test:queue:clobbered",
+            "x",
+        ])
+        .output()
+        .expect("run redis-cli");
+    assert!(set.status.success(), "{set:?}");
+    match q.put(2) {
+        Err(Error::Remote(msg)) => assert!(msg.contains("WRONGTYPE"), "{msg}"),
+        other => panic!("expected the server's WRONGTYPE, got {other:?}"),
+    }
+    d.insert("a".into(), 7).unwrap();
+    assert_eq!(d.get(&"a".into()).unwrap(), Some(7));
+    assert_eq!(d.len().unwrap(), 1);
+    m.clear().unwrap();
+}
+
 /// A handle that read "no bound" takes items without the script that wakes
-/// a bounded queue's producers. If the queue is deleted and made anew with
-/// a bound meanwhile, a producer waiting for room still gets it (by its own
-/// next look, within a second), and the bound holds.
+/// a bounded queue's producers, and puts them without the script that
+/// checks the bound. If the queue is deleted and made anew with a bound
+/// meanwhile, a producer waiting for room still gets it (by its own next
+/// look, within a second), and the bound holds for both handles' puts.
 #[test]
 fn a_queue_made_anew_with_a_bound_still_lets_its_waiting_producer_in() {
     let server = RedisServer::start();
@@ -1125,6 +1159,13 @@ fn a_queue_made_anew_with_a_bound_still_lets_its_waiting_producer_in() {
     let new = m.queue_with_maxsize::<u32>("remade", 1).unwrap();
     new.put(1).unwrap();
     assert!(matches!(new.try_put(2), Err(Error::Full)));
+    // The old handle's put finds the bound and takes its item back.
+    assert!(matches!(old.try_put(9), Err(Error::Full)));
+    assert!(matches!(
+        old.put_timeout(9, Duration::from_millis(300)),
+        Err(Error::Full)
+    ));
+    assert_eq!(new.qsize().unwrap(), 1);
     let producer = {
         let new = new.clone();
         std::thread::spawn(move || new.put_timeout(2, PROMPTLY))

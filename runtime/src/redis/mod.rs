@@ -134,8 +134,37 @@ impl redis::ConnectionLike for Pooled {
         offset: usize,
         count: usize,
     ) -> redis::RedisResult<Vec<redis::Value>> {
+        if self.owed == 0 {
+            return self.conn.req_packed_commands(cmd, offset, count);
+        }
+        // As for one command: the pipeline goes out before the owed
+        // replies are read. Its replies are then read as the connection
+        // itself reads them: every one, so that the next call starts in
+        // step, keeping the first failure; a server's error before
+        // `offset` (a transaction's command that could not be queued)
+        // fails the call, one after it is the caller's reply.
+        self.conn.send_packed_command(cmd)?;
         self.read_owed()?;
-        self.conn.req_packed_commands(cmd, offset, count)
+        let mut replies = Vec::with_capacity(count);
+        let mut first_err = None;
+        let mut total = offset + count;
+        let mut idx = 0;
+        while idx < total {
+            match self.conn.recv_response() {
+                Ok(redis::Value::ServerError(e)) if idx < offset => {
+                    first_err.get_or_insert(redis::RedisError::from(e));
+                }
+                // RESP3 may put pushed data between replies.
+                Ok(redis::Value::Push { .. }) => total += 1,
+                Ok(reply) if idx >= offset => replies.push(reply),
+                Ok(_) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+            idx += 1;
+        }
+        first_err.map_or(Ok(replies), Err)
     }
 
     fn get_db(&self) -> i64 {

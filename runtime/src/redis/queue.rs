@@ -1,8 +1,9 @@
 //! The Redis flavour of [`Queue`](crate::Queue) and
 //! [`JoinableQueue`](crate::JoinableQueue): a Redis list.
 //!
-//! `put` pushes at the head (a script that also honours `maxsize` and
-//! counts the task); `get` moves the tail item into this process's
+//! `put` pushes at the head and counts the task (onto a queue known to be
+//! unbounded, in one `MULTI` transaction; onto a bounded one, by a script
+//! that also honours `maxsize`); `get` moves the tail item into this process's
 //! in-flight list `p:queue#proc.<consumer>:name` (a plain `LMOVE` from an
 //! unbounded queue while this consumer's presence is fresh, else the
 //! [`TAKE`] script, or a blocking `BLMOVE` when the queue is empty), so the
@@ -37,6 +38,19 @@ local m = tonumber(redis.call('HGET', KEYS[2], 'maxsize') or '0')
 if m > 0 and redis.call('LLEN', KEYS[1]) >= m then return 0 end
 redis.call('LPUSH', KEYS[1], ARGV[1])
 redis.call('INCR', KEYS[3])
+return 1
+",
+    )
+});
+
+/// Takes back an item a put pushed over a bound it did not know of (the
+/// queue was made anew with one): 1 if it was still queued, then no
+/// longer counted as a task either. KEYS queue, unfinished; ARGV item.
+static TAKE_BACK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('DECR', KEYS[2])
 return 1
 ",
     )
@@ -245,6 +259,9 @@ impl RedisQueue {
             self.obj.sub("#unfinished"),
             self.obj.sub("#space"),
         );
+        if self.unbounded()? && self.put_unbounded(&bytes, &key, &meta, &unfinished)? {
+            return Ok(());
+        }
         loop {
             let put: i64 = target.with_conn(|c| {
                 PUT.key(&key)
@@ -261,6 +278,44 @@ impl RedisQueue {
             }
             target.wait_token(&space, deadline, RECHECK)?;
         }
+    }
+
+    /// A put onto a queue this handle knows as unbounded: the push and the
+    /// task count in one transaction, without [`PUT`]'s script (whose fixed
+    /// cost in Redis is several times that of the commands). The
+    /// transaction reads the bound too: if the queue was deleted and made
+    /// anew with one, and this push went over it, the item is taken back
+    /// and `false` returned, for the caller to put it the bounded way. An
+    /// item a consumer took before it could be taken back stays taken (the
+    /// queue was over its bound for that moment).
+    fn put_unbounded(&self, bytes: &[u8], key: &str, meta: &str, unfinished: &str) -> Result<bool> {
+        let target = self.obj.target();
+        let (bound, len): (Option<u64>, u64) = target.with_conn(|c| {
+            redis::pipe()
+                .atomic()
+                .cmd("HGET")
+                .arg(meta)
+                .arg("maxsize")
+                .cmd("LPUSH")
+                .arg(key)
+                .arg(bytes)
+                .cmd("INCR")
+                .arg(unfinished)
+                .ignore()
+                .query(c)
+        })?;
+        let bound = bound.unwrap_or(0);
+        if bound == 0 {
+            return Ok(true);
+        }
+        self.maxsize
+            .store(bound.min(MAXSIZE_UNKNOWN - 1), Ordering::Relaxed);
+        if len <= bound {
+            return Ok(true);
+        }
+        let taken_back: i64 =
+            target.with_conn(|c| TAKE_BACK.key(key).key(unfinished).arg(bytes).invoke(c))?;
+        Ok(taken_back == 0)
     }
 
     /// This process's consumer name (its lease token).
