@@ -64,17 +64,44 @@ pub fn gettid() -> i32 {
 /// `ESRCH`); any other failure (no descriptor left, no memory, no
 /// permission, an unreadable line) is an error: it says nothing about the process.
 fn proc_stat(pid: i32) -> std::io::Result<Option<(char, u64)>> {
-    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+    // Sleeping waiters call this every slice: one read into a buffer on the
+    // stack, not `read_to_string`'s stat and reads of growing size.
+    let mut buf = [0u8; 4096];
+    let stat = match read_small(&format!("/proc/{pid}/stat"), &mut buf) {
         Ok(s) => s,
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    parse_stat(&stat).map(Some).ok_or_else(|| {
+    parse_stat(stat).map(Some).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("unreadable /proc/{pid}/stat"),
         )
     })
+}
+
+/// The text of a small file (a line of `/proc`) read into `buf`; a file
+/// that does not fit is `InvalidData`, as one that is not UTF-8.
+fn read_small<'b>(path: &str, buf: &'b mut [u8]) -> std::io::Result<&'b str> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut len = 0;
+    loop {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if len == buf.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{path} is longer than {} bytes", buf.len()),
+            ));
+        }
+    }
+    std::str::from_utf8(&buf[..len])
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 fn parse_stat(stat: &str) -> Option<(char, u64)> {
@@ -652,5 +679,27 @@ pub(crate) mod tests {
         assert_eq!(parse_stat(line), Some(('S', 777)));
         assert_eq!(parse_stat("42 (x"), None);
         assert_eq!(parse_stat(""), None);
+    }
+
+    #[test]
+    fn a_small_file_is_read_whole_and_a_larger_one_refused() {
+        let mut buf = [0u8; 4096];
+        let own = read_small("/proc/self/stat", &mut buf).unwrap();
+        let (_, ticks) = parse_stat(own).unwrap();
+        assert_eq!(Some(ticks), start_ticks(getpid()));
+        let dir = std::env::temp_dir().join(format!("multiproc-read-small-{}", getpid()));
+        std::fs::write(&dir, [b'x'; 40]).unwrap();
+        let mut exact = [0u8; 41];
+        assert_eq!(
+            read_small(dir.to_str().unwrap(), &mut exact).unwrap().len(),
+            40
+        );
+        let mut short = [0u8; 40];
+        let e = read_small(dir.to_str().unwrap(), &mut short).unwrap_err();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        let mut any = [0u8; 64];
+        let gone = read_small("/proc/0/stat", &mut any).unwrap_err();
+        assert_eq!(gone.raw_os_error(), Some(libc::ENOENT));
     }
 }
