@@ -109,6 +109,8 @@ impl<'a> Closable<'a> {
 
 /// How often a waiter on a manager's queue checks that the manager lives.
 const OWNER_CHECK: Duration = Duration::from_millis(100);
+/// How often a waiter on a queue without an owner wakes to look again.
+const UNOWNED_CHECK: Duration = Duration::from_secs(1);
 
 impl Ends for Closable<'_> {
     fn writers(&self, thorough: bool) -> Side {
@@ -116,6 +118,17 @@ impl Ends for Closable<'_> {
     }
     fn readers(&self, thorough: bool) -> Side {
         self.side(thorough)
+    }
+    /// A queue without an owner has only its close to watch, and a close
+    /// wakes every sleeper: its waiters look again only as a safeguard
+    /// (against a wake-up lost with a producer killed between publishing
+    /// a message and waking the consumer, say).
+    fn check_every(&self) -> Duration {
+        if self.obj.has_owner() {
+            OWNER_CHECK
+        } else {
+            UNOWNED_CHECK
+        }
     }
 }
 

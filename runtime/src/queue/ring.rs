@@ -121,12 +121,22 @@ impl WaitWord {
     /// Sleeps at most one slice (or until `deadline`) unless `ready()` holds
     /// once this waiter is registered.
     pub(crate) fn sleep(&self, deadline: Deadline, ready: impl FnOnce() -> bool) -> WaitOutcome {
+        self.sleep_within(deadline, SLICE, ready)
+    }
+
+    /// As [`WaitWord::sleep`], for at most `slice`.
+    fn sleep_within(
+        &self,
+        deadline: Deadline,
+        slice: Duration,
+        ready: impl FnOnce() -> bool,
+    ) -> WaitOutcome {
         self.waiters.fetch_add(1, Ordering::SeqCst);
         let seq = self.seq.load(Ordering::SeqCst);
         let outcome = if ready() {
             WaitOutcome::Woken
         } else {
-            futex::futex_wait(&self.seq, seq, Some(deadline.slice(SLICE)))
+            futex::futex_wait(&self.seq, seq, Some(deadline.slice(slice)))
         };
         self.waiters.fetch_sub(1, Ordering::SeqCst);
         outcome
@@ -265,6 +275,15 @@ pub(crate) trait Ends {
     fn writers(&self, thorough: bool) -> Side;
     /// Whether anyone may read (`Done`: puts fail with `Closed`).
     fn readers(&self, thorough: bool) -> Side;
+    /// The longest a waiter on these ends sleeps before it looks at them
+    /// again ([`Ends::writers`] or [`Ends::readers`] with `thorough`):
+    /// what the ring's wake-ups do not announce (a peer's death) is seen
+    /// only then. Every wake-up costs a sleeping process CPU time, so ends
+    /// with nothing to watch but flags that wake-ups do announce (a
+    /// close) sleep longer.
+    fn check_every(&self) -> Duration {
+        SLICE
+    }
 }
 
 /// Whether `side` is done, noting in `doubt` a side that could not be
@@ -645,9 +664,13 @@ impl<'a> Ring<'a> {
                     phase = Phase::Sleep;
                 }
                 Phase::Sleep => {
-                    let outcome = self.state.space.0.sleep(deadline, || {
-                        head.load(Ordering::SeqCst) != seen || ends.readers(false).done()
-                    });
+                    let outcome =
+                        self.state
+                            .space
+                            .0
+                            .sleep_within(deadline, ends.check_every(), || {
+                                head.load(Ordering::SeqCst) != seen || ends.readers(false).done()
+                            });
                     if outcome == WaitOutcome::TimedOut {
                         phase = Phase::Check;
                     }
@@ -955,11 +978,13 @@ impl<'a> Ring<'a> {
                     phase = Phase::Sleep;
                 }
                 Phase::Sleep => {
-                    let outcome = self
-                        .state
-                        .data
-                        .0
-                        .sleep(deadline, || ready() || ends.writers(false).done());
+                    let outcome =
+                        self.state
+                            .data
+                            .0
+                            .sleep_within(deadline, ends.check_every(), || {
+                                ready() || ends.writers(false).done()
+                            });
                     if outcome == WaitOutcome::TimedOut {
                         phase = Phase::Check;
                     }
@@ -1118,7 +1143,10 @@ impl<'a> Ring<'a> {
                     phase = Phase::Sleep;
                 }
                 Phase::Sleep => {
-                    if self.state.data.0.sleep(deadline, ready) == WaitOutcome::TimedOut {
+                    let slice = ends.check_every();
+                    if self.state.data.0.sleep_within(deadline, slice, ready)
+                        == WaitOutcome::TimedOut
+                    {
                         phase = Phase::Check;
                     }
                 }
