@@ -36,8 +36,10 @@
 //! (whatever its deadline) while the producer is alive and still writing it.
 //!
 //! **Waiting** spins briefly, then sleeps on a futex sequence word (`data` for
-//! consumers, `space` for producers) in slices of 100 ms, re-checking for dead
-//! or closed peers between slices. Wakers bump the word and call `futex_wake`
+//! consumers, `space` for producers) in slices, re-checking for dead or closed
+//! peers between slices: 100 ms where a peer's death is to be seen (a pipe, a
+//! manager's queue), 1 s where only a close is, which wakes every sleeper
+//! anyway ([`Ends::check_every`]). Wakers bump the word and call `futex_wake`
 //! only when a waiter counter says someone sleeps.
 //!
 //! Everything read from the segment is bounds-checked: a corrupt record makes
