@@ -321,6 +321,30 @@ fn join_after_a_dropped_imap_does_not_hang() {
 }
 
 /// Sleeps `ms` milliseconds and says which worker ran it.
+/// A worker killed while its pool has nothing to do (its result handler
+/// then looks at the workers only every second) is still replaced, and
+/// the pool goes on working with the replacement.
+#[test]
+fn a_worker_killed_while_the_pool_idles_is_replaced() {
+    for m in METHODS {
+        let p = pool(m, 2);
+        assert_eq!(p.map(square, 0..10).unwrap().len(), 10);
+        let before = p.worker_pids();
+        let victim = before[0];
+        // SAFETY: kill sends a signal to a pid; this pool's worker is our child.
+        assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+        assert!(
+            util::eventually(PROMPTLY, || {
+                let now = p.worker_pids();
+                now.len() == 2 && !now.contains(&victim)
+            }),
+            "{m:?}: the dead worker was not replaced"
+        );
+        let squares = p.chunksize(1).map(square, 0..200).unwrap();
+        assert_eq!(squares, (0..200).map(square).collect::<Vec<_>>(), "{m:?}");
+    }
+}
+
 fn sleep_on(ms: u64) -> (u64, i32) {
     std::thread::sleep(Duration::from_millis(ms));
     (ms, multiproc::current_process().pid)

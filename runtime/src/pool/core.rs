@@ -6,6 +6,10 @@
 //! the jobs (running callbacks with no pool lock held), supervises workers
 //! (a dead worker's chunks fail with `WorkerDied`, and it is replaced), keeps
 //! lazy `imap` inputs flowing, and shuts the workers down on close or terminate.
+//! It looks at the workers every [`SLICE`] while any holds work; an open pool
+//! with nothing to do looks only every [`IDLE_SLICE`], since a sleeping
+//! process pays for each wake-up, and is woken as work is dispatched (which
+//! first looks for workers that ended meanwhile, so that no chunk goes to one).
 //!
 //! Each chunk is sent to one worker, which is recorded as holding it until
 //! its report arrives: that is how a death is pinned on exactly the tasks it
@@ -39,6 +43,8 @@ use crate::pool::jobs::{ErrorMaker, Job, RawChunk};
 
 /// How often the result handler looks at workers when no report arrives.
 const SLICE: Duration = Duration::from_millis(50);
+/// As [`SLICE`], while the pool is open and no worker holds work.
+const IDLE_SLICE: Duration = Duration::from_secs(1);
 /// Reports handled per lock round.
 const BATCH: usize = 256;
 /// How much estimated work may wait queued at a worker behind the chunk it
@@ -146,6 +152,9 @@ struct State<B: Backend> {
     failed: Vec<(u64, Parts, RawChunk)>,
     /// The most chunks held at once (pending or at a worker).
     held_peak: usize,
+    /// The result handler sleeps up to [`IDLE_SLICE`]: workers may have
+    /// ended unseen since, and it is to be woken once work is sent.
+    handler_idle: bool,
 }
 
 /// Why unfinished jobs are failed wholesale.
@@ -196,6 +205,7 @@ impl<B: Backend> Core<B> {
             pace: HashMap::new(),
             failed: Vec::new(),
             held_peak: 0,
+            handler_idle: false,
         };
         for _ in 0..state.config.processes {
             if let Err(e) = state.add_worker() {
@@ -375,6 +385,14 @@ impl<B: Backend> State<B> {
 
     /// Sends pending chunks (and lazy input) to workers with room.
     fn dispatch(&mut self) {
+        if self.handler_idle && (!self.pending.is_empty() || !self.feeders.is_empty()) {
+            // The handler has not looked at the workers for up to a second:
+            // look now, so that no chunk goes to one that ended, and wake it
+            // to watch the workers that take these.
+            self.handler_idle = false;
+            self.notice_ended();
+            self.backend.wake();
+        }
         // Deal the chunks out one at a time to the worker holding the fewest,
         // then send each worker its share, a message to each in turn.
         let mut plan: Vec<Share<B::Task>> = Vec::new();
@@ -496,6 +514,19 @@ impl<B: Backend> State<B> {
         } else {
             (pace.per_chunk * 3 + sample) / 4
         };
+    }
+
+    /// How long the result handler may wait for a report before it looks
+    /// at the workers again: [`IDLE_SLICE`] while the pool is open and holds
+    /// no work (then marked, for [`State::dispatch`] to wake it), else [`SLICE`].
+    fn handler_slice(&mut self) -> Duration {
+        self.handler_idle = self.phase == Phase::Open
+            && self.jobs.is_empty()
+            && self.pending.is_empty()
+            && self.feeders.is_empty()
+            && self.failed.is_empty()
+            && self.workers.iter().all(|s| s.inflight.is_empty());
+        if self.handler_idle { IDLE_SLICE } else { SLICE }
     }
 
     /// Notes workers that ended; true if any did.
@@ -665,7 +696,8 @@ fn handle_results<B: Backend>(state: Arc<Mutex<State<B>>>, mut reports: B::Repor
     let mut out = Outbox::default();
     let mut batch: Vec<Report> = Vec::with_capacity(BATCH);
     loop {
-        if let Some(r) = reports.recv(SLICE) {
+        let slice = state.lock().handler_slice();
+        if let Some(r) = reports.recv(slice) {
             batch.push(r);
             while batch.len() < BATCH {
                 match reports.try_recv() {
