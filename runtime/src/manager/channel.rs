@@ -200,6 +200,12 @@ impl Channel {
         sys::futex::futex_wake(&self.state().req_seq, u32::MAX);
     }
 
+    /// Wakes the server thread sleeping on this channel (its client died,
+    /// or the server is shutting down), whatever its state.
+    pub(crate) fn wake_server(&self) {
+        sys::futex::futex_wake(&self.state().req_seq, u32::MAX);
+    }
+
     fn closed(&self) -> u32 {
         self.state().closed.load(Ordering::SeqCst)
     }
@@ -522,13 +528,17 @@ impl ServerEnd {
 
     /// Waits for the next request and copies it into `request`.
     ///
-    /// Between sleep slices it asks `peer_alive` whether the client still
-    /// lives and `stopping` whether the server is shutting down.
+    /// It sleeps in slices of `slice`; at each wake-up it asks `stopping`
+    /// whether the server is shutting down and `died` whether the client
+    /// was seen to end, and after a slice that passed without a request,
+    /// `peer_alive` whether the client still lives.
     pub fn next_request(
         &mut self,
         request: &mut AlignedVec,
+        slice: Duration,
         mut peer_alive: impl FnMut() -> bool,
         stopping: impl Fn() -> bool,
+        died: impl Fn() -> bool,
     ) -> std::result::Result<(), Hangup> {
         let st = self.chan.state();
         if spin_while(&SERVER_SPIN, &st.req_seq, self.seen).is_none() {
@@ -546,7 +556,10 @@ impl ServerEnd {
                 if stopping() {
                     return Err(Hangup::Shutdown);
                 }
-                let outcome = sys::futex::futex_wait(&st.req_seq, cur, Some(LIVENESS_SLICE));
+                if died() {
+                    return Err(Hangup::ClientDied);
+                }
+                let outcome = sys::futex::futex_wait(&st.req_seq, cur, Some(slice));
                 st.server_sleeping.store(0, Ordering::Relaxed);
                 if outcome == WaitOutcome::TimedOut {
                     // An idle connection lets go of the client's last large
@@ -607,7 +620,9 @@ mod tests {
             let mut end = ServerEnd::new(chan);
             let mut req = AlignedVec::new();
             loop {
-                if let Err(h) = end.next_request(&mut req, || true, || false) {
+                if let Err(h) =
+                    end.next_request(&mut req, LIVENESS_SLICE, || true, || false, || false)
+                {
                     return h;
                 }
                 let answer: Vec<u8> = req.iter().rev().copied().collect();

@@ -23,6 +23,7 @@ pub mod channel;
 pub mod client;
 #[doc(hidden)]
 pub mod core;
+mod deaths;
 mod dict;
 mod dispatch;
 pub(crate) mod frontend;

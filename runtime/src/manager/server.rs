@@ -40,6 +40,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::{HandleRepr, ShareHandle};
 use crate::manager::channel::{Channel, ClientEnd, Hangup, SLOT_SIZE, ServerEnd};
+use crate::manager::deaths::{Deaths, WATCHED_SLICE};
 use crate::manager::dispatch::{self, After};
 use crate::manager::gate::{Admission, Gate, GateLimits, Source, Ticket};
 use crate::manager::protocol::ObjectId;
@@ -342,6 +343,8 @@ pub(crate) struct ServerState {
     allow_root: bool,
     /// Local connections still in their handshake.
     local_gate: Arc<Gate>,
+    /// Local clients' deaths, watched for their connections' threads.
+    deaths: Deaths,
 }
 
 impl ServerState {
@@ -430,8 +433,10 @@ impl ServerState {
     /// Stops accepting, tells every client, and wakes the accept loop.
     pub(crate) fn begin_shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.deaths.stop();
         for chan in self.channels.lock().iter() {
             chan.close_by_server();
+            chan.wake_server();
         }
         for stream in self.tcp_conns.lock().values() {
             // Wakes the connection's thread from its read.
@@ -667,6 +672,7 @@ impl Server {
                 uid: sys::socket::effective_uid(),
                 allow_root: options.allow_root,
                 local_gate: Gate::new("local", GateLimits::LOCAL),
+                deaths: Deaths::default(),
             }),
             listener,
             tcp,
@@ -928,6 +934,17 @@ fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
         return;
     }
     let mut end = ServerEnd::new(chan.clone());
+    let watch = state.deaths.watch(hello.pid, hello.start_ticks, &chan);
+    let slice = if watch.is_some() {
+        WATCHED_SLICE
+    } else {
+        crate::manager::channel::LIVENESS_SLICE
+    };
+    let died = || {
+        watch
+            .as_ref()
+            .is_some_and(|w| w.died().load(Ordering::SeqCst))
+    };
     let mut guard = ConnectionGuard::local(state, chan);
     // Only a death the kernel confirms, or the setup socket closing, ends
     // a client: a server out of descriptors cannot read `/proc`, and must
@@ -943,7 +960,13 @@ fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
     let mut request = AlignedVec::new();
     let mut response = AlignedVec::new();
     let hangup = loop {
-        let waited = end.next_request(&mut request, || !client_gone(), || state.stopping());
+        let waited = end.next_request(
+            &mut request,
+            slice,
+            || !client_gone(),
+            || state.stopping(),
+            died,
+        );
         if let Err(h) = waited {
             break h;
         }
@@ -1156,7 +1179,14 @@ mod tests {
             let mut end = ServerEnd::new(chan.clone());
             let mut guard = ConnectionGuard::local(&st, chan);
             let mut request = AlignedVec::new();
-            end.next_request(&mut request, || true, || false).unwrap();
+            end.next_request(
+                &mut request,
+                crate::manager::channel::LIVENESS_SLICE,
+                || true,
+                || false,
+                || false,
+            )
+            .unwrap();
             let peer = Peer {
                 id: guard.id,
                 gone: &|| false,
