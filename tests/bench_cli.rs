@@ -45,7 +45,14 @@ fn smoke_run_writes_every_key() {
         let op = ops
             .get(&key)
             .unwrap_or_else(|| panic!("{key} missing from the JSON"));
-        assert!(op["median_ns"].as_f64().unwrap() > 0.0, "{key}");
+        let median = op["median_ns"].as_f64().unwrap();
+        if key.starts_with("cpu/idle") {
+            // CPU burned while idle: a process that did not wake in the
+            // smoke run's short window burned none.
+            assert!(median >= 0.0, "{key}");
+        } else {
+            assert!(median > 0.0, "{key}");
+        }
         assert!(
             op["p99_ns"].as_f64().unwrap() >= op["median_ns"].as_f64().unwrap(),
             "{key}"

@@ -215,25 +215,26 @@ mod tests {
         cond()
     }
 
-    #[test]
-    fn a_watched_client_that_dies_is_flagged_and_a_dropped_watch_is_let_go() {
-        let deaths = Deaths::default();
-        let chan = Channel::create(SLOT_SIZE).unwrap();
-        let mut child = std::process::Command::new("sleep")
+    /// A child process that sleeps, with its pid and start time.
+    fn sleeper() -> (std::process::Child, i32, u64) {
+        let child = std::process::Command::new("sleep")
             .arg("60")
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
         let ticks = sys::process::start_ticks(pid).unwrap();
+        (child, pid, ticks)
+    }
+
+    #[test]
+    fn a_watched_client_that_dies_is_flagged_and_a_dropped_watch_is_let_go() {
+        let deaths = Deaths::default();
+        let chan = Channel::create(SLOT_SIZE).unwrap();
+        let (mut child, pid, ticks) = sleeper();
         let watch = deaths
             .watch(pid, ticks, &chan)
             .expect("a live child can be watched");
-        let mut other = std::process::Command::new("sleep")
-            .arg("60")
-            .spawn()
-            .unwrap();
-        let other_pid = other.id() as i32;
-        let other_ticks = sys::process::start_ticks(other_pid).unwrap();
+        let (mut other, other_pid, other_ticks) = sleeper();
         let kept = deaths.watch(other_pid, other_ticks, &chan).unwrap();
         assert!(!watch.died().load(Ordering::SeqCst));
         child.kill().unwrap();
@@ -249,11 +250,7 @@ mod tests {
         // for itself.
         assert!(deaths.watch(pid, ticks, &chan).is_none());
         // A start time that does not match: the pid names another process.
-        let mut third = std::process::Command::new("sleep")
-            .arg("60")
-            .spawn()
-            .unwrap();
-        let third_pid = third.id() as i32;
+        let (mut third, third_pid, _) = sleeper();
         let wrong = deaths.watch(third_pid, 1, &chan).unwrap();
         assert!(wrong.died().load(Ordering::SeqCst));
         third.kill().unwrap();
