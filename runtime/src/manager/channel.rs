@@ -197,7 +197,7 @@ impl Channel {
         self.state()
             .closed
             .fetch_or(CLIENT_CLOSED, Ordering::SeqCst);
-        sys::futex::futex_wake(&self.state().req_seq, u32::MAX);
+        self.wake_server();
     }
 
     /// Wakes the server thread sleeping on this channel (its client died,

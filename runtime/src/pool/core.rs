@@ -695,8 +695,8 @@ fn record_report<B: Backend>(st: &mut State<B>, report: Report, out: &mut Outbox
 fn handle_results<B: Backend>(state: Arc<Mutex<State<B>>>, mut reports: B::Reports) {
     let mut out = Outbox::default();
     let mut batch: Vec<Report> = Vec::with_capacity(BATCH);
+    let mut slice = SLICE;
     loop {
-        let slice = state.lock().handler_slice();
         if let Some(r) = reports.recv(slice) {
             batch.push(r);
             while batch.len() < BATCH {
@@ -734,7 +734,9 @@ fn handle_results<B: Backend>(state: Arc<Mutex<State<B>>>, mut reports: B::Repor
             st.dispatch();
             let failed = std::mem::take(&mut st.failed);
             out.deliveries.extend(failed);
-            st.shutdown_step(&mut out)
+            let done = st.shutdown_step(&mut out);
+            slice = st.handler_slice();
+            done
         };
         flush(&state, &mut out);
         if done {

@@ -687,16 +687,18 @@ pub(crate) mod tests {
         let own = read_small("/proc/self/stat", &mut buf).unwrap();
         let (_, ticks) = parse_stat(own).unwrap();
         assert_eq!(Some(ticks), start_ticks(getpid()));
-        let dir = std::env::temp_dir().join(format!("multiproc-read-small-{}", getpid()));
-        std::fs::write(&dir, [b'x'; 40]).unwrap();
+        let path = std::env::temp_dir().join(format!("multiproc-read-small-{}", getpid()));
+        std::fs::write(&path, [b'x'; 40]).unwrap();
         let mut exact = [0u8; 41];
         assert_eq!(
-            read_small(dir.to_str().unwrap(), &mut exact).unwrap().len(),
+            read_small(path.to_str().unwrap(), &mut exact)
+                .unwrap()
+                .len(),
             40
         );
         let mut short = [0u8; 40];
-        let e = read_small(dir.to_str().unwrap(), &mut short).unwrap_err();
-        std::fs::remove_file(&dir).unwrap();
+        let e = read_small(path.to_str().unwrap(), &mut short).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
         let mut any = [0u8; 64];
         let gone = read_small("/proc/0/stat", &mut any).unwrap_err();
