@@ -195,6 +195,8 @@ struct ProducerSide {
     own_tail: AtomicU64,
     /// The count of `resyncs` that `own_tail` takes into account.
     seen_resyncs: AtomicU32,
+    /// A copy of the consumers' `taken`, never ahead of it (for `maxsize`).
+    cached_taken: AtomicU64,
     /// Serial of a multi-record message whose last record is not published yet (0: none).
     writing: AtomicU64,
     /// The write-ahead log of the message being written (0: none); see `settle`.
@@ -735,7 +737,7 @@ impl<'a> Ring<'a> {
         }
         let p = &self.state.producer.0;
         if maxsize > 0 {
-            self.wait_producer(deadline, ends, || self.len() < maxsize)?;
+            self.wait_producer(deadline, ends, || self.below(maxsize))?;
         }
         let serial = p.puts.load(Ordering::Relaxed).wrapping_add(1).max(1);
         p.log_first_end.store(0, Ordering::Relaxed);
@@ -748,6 +750,21 @@ impl<'a> Ring<'a> {
         }
         p.log_serial.store(0, Ordering::Release);
         result
+    }
+
+    /// Whether fewer than `maxsize` messages are in the ring (we hold the
+    /// producer lock). Reads the consumers' `taken`, whose line they write
+    /// on every get, only when the copy of it says the ring is full: it only
+    /// grows, so an old copy can only make the ring look fuller than it is.
+    fn below(&self, maxsize: u64) -> bool {
+        let p = &self.state.producer.0;
+        let puts = p.puts.load(Ordering::Relaxed);
+        if puts.saturating_sub(p.cached_taken.load(Ordering::Relaxed)) < maxsize {
+            return true;
+        }
+        let taken = self.state.consumer.0.taken.load(Ordering::Acquire);
+        p.cached_taken.store(taken, Ordering::Relaxed);
+        puts.saturating_sub(taken) < maxsize
     }
 
     fn write_records(
@@ -1346,6 +1363,17 @@ mod tests {
         assert_eq!(t.get(Deadline::Now).unwrap(), b"a");
         t.put_max(b"c", 2, Deadline::Now).unwrap();
         assert_eq!(t.ring().len(), 2);
+        // Many laps of the bound: the producer's copy of the consumers'
+        // count never lets it past the bound, and never keeps it out of room.
+        for i in 0..1000u32 {
+            assert!(matches!(
+                t.put_max(&i.to_le_bytes(), 2, Deadline::Now),
+                Err(Error::Full)
+            ));
+            t.get(Deadline::Now).unwrap();
+            t.put_max(&i.to_le_bytes(), 2, Deadline::Now).unwrap();
+            assert_eq!(t.ring().len(), 2);
+        }
     }
 
     #[test]
