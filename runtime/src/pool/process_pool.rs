@@ -194,7 +194,11 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the workers (or, with [`redis`](Self::redis), connects).
+    /// Starts the workers.
+    #[cfg_attr(
+        feature = "redis",
+        doc = "\nWith [`redis`](Self::redis), connects to Redis instead."
+    )]
     pub fn build(self) -> Result<Pool> {
         if let Some(e) = self.init_error {
             return Err(e);
@@ -253,8 +257,10 @@ impl Pool {
     }
 
     /// The pids of the current workers (they change as workers are replaced).
-    ///
-    /// A distributed pool has none here: see [`workers`](Self::workers).
+    #[cfg_attr(
+        feature = "redis",
+        doc = "\nA distributed pool has none here: see [`workers`](Self::workers)."
+    )]
     pub fn worker_pids(&self) -> Vec<i32> {
         self.core
             .with_workers(|w| w.pid())
