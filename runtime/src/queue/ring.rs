@@ -777,10 +777,15 @@ impl<'a> Ring<'a> {
         let p = &self.state.producer.0;
         let total = msg.len() as u64;
         let resyncs = self.state.config.0.resyncs.load(Ordering::Acquire);
-        let mut tail = if resyncs == p.seen_resyncs.load(Ordering::Relaxed) {
-            p.own_tail.load(Ordering::Relaxed)
+        let own = p.own_tail.load(Ordering::Relaxed);
+        // Our copy of `head` trails `head`, and we never write more than the
+        // ring holds past it: a copy of `tail` further ahead is garbage.
+        let in_range = own.wrapping_sub(p.cached_head.load(Ordering::Relaxed)) <= self.cap;
+        let mut tail = if resyncs == p.seen_resyncs.load(Ordering::Relaxed) && in_range {
+            own
         } else {
-            // A consumer gave up on what it found and went to `tail`: go on from there.
+            // A consumer gave up on what it found and went to `tail`, or our
+            // copy is garbage: go on from `tail`.
             p.seen_resyncs.store(resyncs, Ordering::Relaxed);
             let tail = self.state.tail.0.load(Ordering::Acquire);
             p.own_tail.store(tail, Ordering::Relaxed);
@@ -1665,7 +1670,7 @@ mod tests {
         fn garbage_is_survived(
             lens in proptest::collection::vec(0usize..700, 1..8),
             hits in proptest::collection::vec((0u64..512, any::<u64>()), 1..6),
-            position_hit in proptest::option::of((0usize..4, any::<u64>())),
+            position_hit in proptest::option::of((0usize..5, any::<u64>())),
         ) {
             let t = TestRing::new(512);
             for (i, len) in lens.iter().enumerate() {
@@ -1683,6 +1688,7 @@ mod tests {
                     0 => &t.state.head.0,
                     1 => &t.state.tail.0,
                     2 => &t.state.consumer.0.cached_tail,
+                    3 => &t.state.producer.0.own_tail,
                     _ => &t.state.producer.0.writing,
                 };
                 word.store(value, Ordering::SeqCst);
