@@ -108,7 +108,8 @@ impl Deaths {
         }
         let dropped = Arc::new(AtomicBool::new(false));
         let mut inner = self.inner.lock();
-        if inner.stopping {
+        // Counted again: other connections may have been watched meanwhile.
+        if inner.stopping || inner.watched.len() >= MAX_WATCHED {
             return None;
         }
         if inner.wake.is_none() {
