@@ -267,6 +267,51 @@ fn another_user_cannot_open_or_unlink_a_0600_segment() {
     shm.unlink().unwrap();
 }
 
+/// In a child turned into user `nobody`: creates segment `name`, open to
+/// every user (0666), of one page. Whether it could.
+fn create_open_to_all_as_nobody(name: String) -> bool {
+    become_nobody();
+    let path = std::ffi::CString::new(format!("/{name}")).unwrap();
+    // SAFETY: plain syscalls on a NUL-terminated name and the fd they return.
+    unsafe {
+        let fd = libc::shm_open(
+            path.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+            0o666,
+        );
+        fd >= 0
+            && libc::fchmod(fd, 0o666) == 0
+            && libc::ftruncate(fd, 4096) == 0
+            && libc::close(fd) == 0
+    }
+}
+
+#[test]
+fn a_segment_of_another_user_is_refused_even_when_it_could_be_opened() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to switch to another user");
+        return;
+    }
+    let name = unique_name("squat");
+    let mut p = Process::new(create_open_to_all_as_nobody, name.clone());
+    p.start().unwrap();
+    assert!(p.join().unwrap(), "nobody made its segment");
+    // Root could open and map it, and its owner could then shrink it under
+    // the mapping: each read past the new end would be a SIGBUS.
+    let attached = SharedMemory::attach(&name).map(drop);
+    assert!(
+        matches!(attached, Err(Error::PermissionDenied(ref m)) if m.contains("another user")),
+        "{attached:?}"
+    );
+    assert!(matches!(
+        ShareableList::attach(&name).map(drop),
+        Err(Error::PermissionDenied(_))
+    ));
+    multiproc::shared_memory::unlink(&name).unwrap();
+    assert!(!exists(&name));
+}
+
 fn add_one_to_each(name: String) -> u64 {
     let a = NamedArray::<u64>::attach(&name).unwrap();
     for i in 0..a.len() {

@@ -293,6 +293,15 @@ impl SharedMemory {
         validate_name(name)?;
         let fd = posix_shm::shm_open_existing(name, true).map_err(|e| name_error(name, e))?;
         let st = posix_shm::stat(fd.as_fd()).map_err(|e| name_error(name, e))?;
+        // Opening it is not enough (root opens anything, anyone a segment
+        // open to all): another user could shrink it under our mapping, and
+        // each access past its new end would kill us with SIGBUS.
+        if st.uid != crate::sys::socket::effective_uid() {
+            return Err(Error::PermissionDenied(format!(
+                "shared memory segment {name:?} belongs to another user (uid {})",
+                st.uid
+            )));
+        }
         let size = usize::try_from(st.size).unwrap_or(usize::MAX);
         if size == 0 {
             return Err(Error::SizeMismatch {

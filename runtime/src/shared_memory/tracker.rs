@@ -236,7 +236,10 @@ fn unlink_if_same(name: &str, ino: u64) {
     let Ok(fd) = posix_shm::shm_open_existing(name, false) else {
         return;
     };
-    if posix_shm::stat(fd.as_fd()).is_ok_and(|st| st.ino == ino) {
+    // Only ours: an inode number can come back for another user's segment.
+    let ours =
+        |st: &posix_shm::ShmStat| st.ino == ino && st.uid == crate::sys::socket::effective_uid();
+    if posix_shm::stat(fd.as_fd()).is_ok_and(|st| ours(&st)) {
         let _ = posix_shm::shm_unlink(name);
     }
 }
