@@ -155,7 +155,17 @@ fn apply_async_callbacks_and_errors() {
             slow.get_timeout(Duration::from_millis(50)),
             Err(Error::Timeout(_))
         ));
+        // Both workers busy for seconds: what comes after waits its turn.
+        let slow2 = p.apply_async(sleep_ms, 2_000).unwrap();
+        let queued = p.apply_async(sleep_ms, 1).unwrap();
+        let listed = p.imap(square, 0..1_000_000u64).unwrap();
         p.terminate();
+        // Unfinished work fails with Closed, as documented, running or queued.
+        assert!(matches!(slow.get(), Err(Error::Closed)), "{m:?}");
+        assert!(matches!(slow2.get(), Err(Error::Closed)), "{m:?}");
+        assert!(matches!(queued.get(), Err(Error::Closed)), "{m:?}");
+        let last = listed.last();
+        assert!(matches!(last, Some(Err(Error::Closed))), "{m:?}: {last:?}");
     }
 }
 

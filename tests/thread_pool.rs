@@ -170,7 +170,7 @@ fn lifecycle_and_bad_input() {
     let r = pool.apply_async(slow, 2_000).unwrap();
     let queued = pool.apply_async(slow, 1).unwrap();
     pool.terminate();
-    assert!(queued.get().is_err());
+    assert!(matches!(queued.get(), Err(Error::Closed)));
     drop(r);
 }
 

@@ -167,7 +167,8 @@ enum Abandon {
 impl Abandon {
     fn error(&self) -> Error {
         match self {
-            Abandon::Terminated => Error::InvalidState("the pool was terminated".into()),
+            // As the docs say (`Pool::terminate`, a dropped pool): the work is closed.
+            Abandon::Terminated => Error::Closed,
             Abandon::Broken(m) => Error::Remote(format!("the pool is broken: {m}")),
         }
     }

@@ -332,19 +332,26 @@ impl<R: Send + 'static> Job for IMapJob<R> {
         let mut s = self.shared.state.lock();
         // Everything submitted but not delivered fails; the input stops here.
         let total = s.submitted;
-        if s.ordered {
+        let failed = if s.ordered {
             let missing: Vec<usize> = (s.next..total)
                 .filter(|i| !s.ready.contains_key(i))
                 .collect();
-            for i in missing {
+            for &i in &missing {
                 s.ready.insert(i, Err(why()));
             }
+            missing.len()
         } else {
             for _ in self.delivered..total {
                 let key = s.arrived;
                 s.arrived += 1;
                 s.ready.insert(key, Err(why()));
             }
+            total.saturating_sub(self.delivered)
+        };
+        // Input left unread with no item failed for it: the iterator must
+        // still say it was cut short, not end as if the input had.
+        if s.total.is_none() && failed == 0 && s.input_error.is_none() {
+            s.input_error = Some(why());
         }
         s.total = Some(total);
         self.delivered = total;
