@@ -166,6 +166,44 @@ fn nonzero_exit_is_reported() {
     }
 }
 
+fn exit_0_instead_of_returning(_: ()) -> u8 {
+    std::process::exit(0)
+}
+
+/// CPython's `sys.exit(0)` in a target: a clean end, `join` returns.
+#[test]
+fn a_target_that_exits_with_code_0_ends_cleanly() {
+    for m in [StartMethod::Fork, StartMethod::Forkserver] {
+        let mut p = start(Process::new(exit_with, 0).start_method(m));
+        assert!(matches!(p.join(), Ok(())), "{m:?}");
+        assert_eq!(p.exitcode(), Some(0));
+        // A target owing a result has none to give: an error, not a panic.
+        let mut p = start(Process::new(exit_0_instead_of_returning, ()).start_method(m));
+        match p.join() {
+            Err(
+                e @ Error::ChildFailed {
+                    exitcode: Some(0),
+                    signal: None,
+                    panic: None,
+                    ..
+                },
+            ) => assert!(e.to_string().contains("without returning a result"), "{e}"),
+            other => panic!("{m:?}: {other:?}"),
+        }
+    }
+    // Under spawn the parent cannot tell it from a `main` that does not
+    // call `init()` first, and says so.
+    let mut p = start(Process::new(exit_with, 0).start_method(StartMethod::Spawn));
+    match p.join() {
+        Err(Error::ChildFailed {
+            exitcode: Some(0),
+            panic: Some(hint),
+            ..
+        }) => assert!(hint.contains("init()"), "{hint}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn panic_message_reaches_the_parent() {
     for m in METHODS {

@@ -1,5 +1,6 @@
 //! `Process<R>`: one child process running a target, and its result.
 
+use std::any::TypeId;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -170,6 +171,9 @@ struct Running {
     /// The memory file a large payload came in.
     file: Option<std::fs::File>,
     eof: bool,
+    /// Started by spawn: a child that ends without a result may be a
+    /// program whose `main` does not call `init()` first.
+    spawned: bool,
 }
 
 /// A child process that runs `target(arg)` and returns an `R` (Python's `Process`).
@@ -307,11 +311,12 @@ impl<R: Shareable> Process<R> {
         };
         let method = self.method.unwrap_or_else(start_method::use_default_method);
         let name = self.name.clone();
-        let running = match method {
+        let mut running = match method {
             StartMethod::Spawn => self.spawn(target, name)?,
             StartMethod::Fork => self.fork(target, name)?,
             StartMethod::Forkserver => self.forkserver(target, name)?,
         };
+        running.spawned = method == StartMethod::Spawn;
         self.running = Some(running);
         Ok(())
     }
@@ -589,6 +594,7 @@ impl Running {
             received: Vec::new(),
             file: None,
             eof: false,
+            spawned: false,
         }
     }
 
@@ -651,7 +657,9 @@ impl Running {
             Some(Ok(Outcome::Mismatch(msg))) => Err(Error::BinaryMismatch(msg)),
             Some(Ok(Outcome::InitMissing)) => Err(Error::InitMissing { pid }),
             Some(Err(e)) => Err(e),
-            None if exitcode == Some(0) => Err(Error::ChildFailed {
+            // Under spawn, most likely a `main` without `init()` first: it ran
+            // instead of the target, which a parent cannot tell apart.
+            None if exitcode == Some(0) && self.spawned => Err(Error::ChildFailed {
                 pid,
                 exitcode,
                 signal,
@@ -661,6 +669,12 @@ impl Running {
                         .into(),
                 ),
             }),
+            // The target ended its process with code 0 (Python's
+            // `sys.exit(0)`): a clean end, and nothing is lost when there
+            // was nothing to return.
+            None if exitcode == Some(0) && TypeId::of::<R>() == TypeId::of::<()>() => {
+                R::decode(&().encode()?)
+            }
             None => Err(failed(None)),
         }
     }
