@@ -141,6 +141,13 @@ impl<T> Queue<T> {
 
 impl<T: Shareable> Queue<T> {
     /// An unbounded queue (no message limit) with a 1 MiB ring.
+    ///
+    /// The ring holds the bytes in flight: a [`put`](Queue::put) into a
+    /// full ring waits until a consumer makes room, and a message larger
+    /// than the ring passes through it in pieces while a consumer reads
+    /// (there is no feeder thread to buffer it, as Python has). A process
+    /// that puts such a message and only then gets it waits for ever; give
+    /// it a ring that holds it ([`Queue::with_capacity_bytes`]).
     pub fn new() -> Result<Self> {
         Self::with_maxsize_and_capacity(0, DEFAULT_CAPACITY_BYTES)
     }
@@ -427,6 +434,13 @@ impl<T> ShmQueue<T> {
 
 impl<T: Shareable> ShmQueue<T> {
     /// An unbounded queue (no message limit) with a 1 MiB ring.
+    ///
+    /// The ring holds the bytes in flight: a [`put`](Queue::put) into a
+    /// full ring waits until a consumer makes room, and a message larger
+    /// than the ring passes through it in pieces while a consumer reads
+    /// (there is no feeder thread to buffer it, as Python has). A process
+    /// that puts such a message and only then gets it waits for ever; give
+    /// it a ring that holds it ([`Queue::with_capacity_bytes`]).
     pub fn new() -> Result<Self> {
         Self::with_maxsize_and_capacity(0, DEFAULT_CAPACITY_BYTES)
     }
