@@ -1088,6 +1088,47 @@ fn a_server_killed_mid_call_is_backend_unavailable_promptly() {
     unavailable(within(PROMPTLY, move || q.put(1)).expect("put hung"));
 }
 
+/// Sends SIGCONT to a stopped server when dropped, whatever the test did.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: kill on the pid of a server this test started.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// A server that accepts connections and never answers (stopped): each
+/// call is `BackendUnavailable` after at most the 10 s I/O deadline, the
+/// `try_` call that makes a new connection included (it took 20 s: 10 to
+/// connect, 10 more for its command), and calls work once it goes on.
+#[test]
+fn a_stopped_server_costs_a_call_at_most_its_io_deadline() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    let lock = m.lock("l").unwrap();
+    assert!(!lock.is_locked().unwrap());
+    // SAFETY: kill on the pid of the server this test started.
+    assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGSTOP) }, 0);
+    let resume = Resume(server.pid());
+    // The deadline, and slack for a loaded machine: the old cost was 20 s.
+    let limit = Duration::from_secs(16);
+    for what in ["on the pooled connection", "on a new connection", "timed"] {
+        let started = std::time::Instant::now();
+        if what == "timed" {
+            unavailable(lock.acquire_timeout(Duration::from_millis(300)));
+        } else {
+            unavailable(lock.try_acquire());
+        }
+        let took = started.elapsed();
+        assert!(took < limit, "a call {what} took {took:?}");
+    }
+    drop(resume);
+    assert!(util::eventually(PROMPTLY, || lock.try_acquire().is_ok()));
+    lock.release().unwrap();
+    m.clear().unwrap();
+}
+
 #[test]
 fn calls_work_again_once_a_restarted_server_is_back() {
     let mut server = RedisServer::start();

@@ -34,7 +34,7 @@ pub(crate) use sync::{RedisBarrier, RedisEvent, RedisLock, RedisSemaphore};
 
 use std::collections::HashMap;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
@@ -63,6 +63,9 @@ pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct RedisTarget {
     client: redis::Client,
+    /// The timeout to connect with: [`IO_DEADLINE`] shared between the
+    /// replies the connection's setup waits for.
+    connect_timeout: Duration,
     /// The URL as given (with its password): handles carry it to children.
     url: String,
     /// The URL with any password replaced by `***`, for messages.
@@ -98,6 +101,10 @@ const OWED_MAX: usize = 64;
 pub(crate) struct Pooled {
     conn: redis::Connection,
     owed: usize,
+    /// When the call that made this connection started making it: that
+    /// call's wait for an answer counts from there (see
+    /// [`RedisTarget::read_budget`]). `None` once it was used.
+    opened: Option<Instant>,
 }
 
 impl Pooled {
@@ -200,6 +207,15 @@ impl RedisTarget {
         let info = redis::IntoConnectionInfo::into_connection_info(url)
             .map_err(invalid)?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        // Connecting waits for each reply of its setup up to the timeout it
+        // is given: no `CLIENT SETINFO` (two replies, naming the library in
+        // `CLIENT LIST` only), and the timeout shared between the replies
+        // left (the password's, the database's), so that a server that
+        // accepts and never answers costs a connection at most IO_DEADLINE.
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let setup_replies = 1 + u32::from(settings.db() != 0);
+        let connect_timeout = IO_DEADLINE / setup_replies;
+        let info = info.set_redis_settings(settings);
         let client = redis::Client::open(info).map_err(invalid)?;
         let shown = hide_password(url);
         if shown != url {
@@ -210,6 +226,7 @@ impl RedisTarget {
         }
         Ok(RedisTarget {
             client,
+            connect_timeout,
             url: url.to_owned(),
             shown,
             prefix: DEFAULT_PREFIX.to_owned(),
@@ -284,12 +301,12 @@ impl RedisTarget {
         format!("{}:{kind}:{name}", self.prefix)
     }
 
-    /// A new connection, authenticated and on the URL's database, with
-    /// [`IO_DEADLINE`] on connecting, reading and writing.
+    /// A new connection, authenticated and on the URL's database, made
+    /// within [`IO_DEADLINE`], with that deadline on reading and writing.
     pub(crate) fn connect(&self) -> Result<redis::Connection> {
         let conn = self
             .client
-            .get_connection_with_timeout(IO_DEADLINE)
+            .get_connection_with_timeout(self.connect_timeout)
             .map_err(|e| self.unavailable(e))?;
         conn.set_read_timeout(Some(IO_DEADLINE))
             .and_then(|()| conn.set_write_timeout(Some(IO_DEADLINE)))
@@ -315,9 +332,11 @@ impl RedisTarget {
             }
             // A broken connection is dropped.
         }
+        let opened = Instant::now();
         Ok(Pooled {
             conn: self.connect()?,
             owed: 0,
+            opened: Some(opened),
         })
     }
 
@@ -341,8 +360,24 @@ impl RedisTarget {
         }
     }
 
+    /// The read deadline for this call's command on `conn` (plus `block`,
+    /// for a command that blocks in the server): [`IO_DEADLINE`], less
+    /// what making the connection took if this call made it. A server
+    /// that accepts connections and never answers (stopped, say) then
+    /// costs a call [`IO_DEADLINE`] in all, not once to connect and again
+    /// for the command.
+    fn read_budget(conn: &mut Pooled, block: Duration) -> Duration {
+        let io = conn.opened.take().map_or(IO_DEADLINE, |t| {
+            IO_DEADLINE
+                .saturating_sub(t.elapsed())
+                .max(Duration::from_millis(1))
+        });
+        io + block
+    }
+
     /// Pools `conn` for this process's next call.
-    fn give_back(&self, conn: Pooled) {
+    fn give_back(&self, mut conn: Pooled) {
+        conn.opened = None;
         let pid = crate::sys::process::getpid();
         let mut pool = POOL.lock();
         if let Some((p, m)) = pool.as_mut()
@@ -362,6 +397,10 @@ impl RedisTarget {
         f: impl FnOnce(&mut Pooled) -> redis::RedisResult<R>,
     ) -> Result<R> {
         let mut conn = self.take_conn()?;
+        if conn.opened.is_some() {
+            // Made by this call: the command gets what is left of its wait.
+            return self.with_blocking_conn_in(conn, Duration::ZERO, f);
+        }
         match f(&mut conn) {
             Ok(r) => {
                 self.give_back(conn);
@@ -401,8 +440,21 @@ impl RedisTarget {
         block: Duration,
         f: impl FnOnce(&mut Pooled) -> redis::RedisResult<R>,
     ) -> Result<R> {
-        let mut conn = self.take_conn()?;
-        if let Err(e) = conn.conn.set_read_timeout(Some(IO_DEADLINE + block)) {
+        let conn = self.take_conn()?;
+        self.with_blocking_conn_in(conn, block, f)
+    }
+
+    /// [`RedisTarget::with_blocking_conn`] on `conn`: its read deadline is
+    /// [`RedisTarget::read_budget`] for this call, [`IO_DEADLINE`] again
+    /// once it is pooled.
+    fn with_blocking_conn_in<R>(
+        &self,
+        mut conn: Pooled,
+        block: Duration,
+        f: impl FnOnce(&mut Pooled) -> redis::RedisResult<R>,
+    ) -> Result<R> {
+        let budget = Self::read_budget(&mut conn, block);
+        if let Err(e) = conn.conn.set_read_timeout(Some(budget)) {
             return Err(self.unavailable(e));
         }
         match f(&mut conn) {
