@@ -36,3 +36,39 @@ fn fork_works_without_it() {
     p.start().unwrap();
     assert_eq!(p.join_timeout(Duration::from_secs(120)).unwrap(), 42);
 }
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// The same mistake in a program that makes a spawn `Pool`: its workers run
+/// the program instead of their work. The pool says why, not only that a
+/// worker died.
+#[test]
+fn a_spawn_pool_without_init_says_what_to_add() {
+    let pool = multiproc::Pool::builder()
+        .processes(1)
+        .start_method(StartMethod::Spawn)
+        .build()
+        .unwrap();
+    let r = pool.apply_async(square, 3).unwrap();
+    let e = r.get_timeout(Duration::from_secs(120)).unwrap_err();
+    assert!(
+        matches!(e, Error::InitMissing { .. }),
+        "expected InitMissing, got {e:?}"
+    );
+    // Later calls are refused the same way, without starting more workers.
+    let later = pool.apply(square, 4).unwrap_err();
+    assert!(later.to_string().contains("init"), "{later}");
+}
+
+/// And in one that starts a `Manager` by spawn: its server process runs the
+/// program instead of serving.
+#[test]
+fn a_spawn_manager_without_init_says_what_to_add() {
+    let e = multiproc::Manager::start_with(StartMethod::Spawn).unwrap_err();
+    assert!(
+        matches!(e, Error::InitMissing { .. }),
+        "expected InitMissing, got {e:?}"
+    );
+}

@@ -155,7 +155,11 @@ where
         Ok(a) => a,
         Err(e) => {
             let _ = p.kill();
-            let _ = p.join_timeout(EXIT_TIMEOUT);
+            // A spawned server that ran the program's `main` instead (no
+            // `multiproc::init()` first) said so before it died: say it too.
+            if let Err(missing @ Error::InitMissing { .. }) = p.join_timeout(EXIT_TIMEOUT) {
+                return Err(missing);
+            }
             return Err(e);
         }
     };

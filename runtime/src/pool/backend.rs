@@ -57,6 +57,9 @@ pub(crate) struct Ended {
     pub pid: i32,
     pub exitcode: Option<i32>,
     pub signal: Option<i32>,
+    /// A spawned worker that ran the program's `main` instead of its
+    /// work: `main` does not call `multiproc::init()` first.
+    pub init_missing: bool,
 }
 
 impl Ended {
@@ -67,6 +70,9 @@ impl Ended {
 
     /// The error for tasks it held.
     pub fn error(&self) -> Error {
+        if self.init_missing {
+            return Error::InitMissing { pid: self.pid };
+        }
         Error::WorkerDied {
             pid: self.pid,
             exitcode: self.exitcode,

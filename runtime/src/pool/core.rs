@@ -162,6 +162,8 @@ struct State<B: Backend> {
 enum Abandon {
     Terminated,
     Broken(String),
+    /// A spawned worker (this pid) ran `main`: it lacks `multiproc::init()`.
+    InitMissing(i32),
 }
 
 impl Abandon {
@@ -170,6 +172,7 @@ impl Abandon {
             // As the docs say (`Pool::terminate`, a dropped pool): the work is closed.
             Abandon::Terminated => Error::Closed,
             Abandon::Broken(m) => Error::Remote(format!("the pool is broken: {m}")),
+            Abandon::InitMissing(pid) => Error::InitMissing { pid: *pid },
         }
     }
 }
@@ -562,6 +565,11 @@ impl<B: Backend> State<B> {
                     Parts::One((first, len)),
                     RawChunk::Failed { len, error },
                 ));
+            }
+            if ended.init_missing && self.broken.is_none() {
+                // Every replacement would do the same: the program's fault.
+                self.broken = Some(ended.error().to_string());
+                self.abandon_all(Abandon::InitMissing(ended.pid), out);
             }
             let work_left = !self.jobs.is_empty() || !self.pending.is_empty();
             let replace = self.broken.is_none()

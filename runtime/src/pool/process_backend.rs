@@ -18,7 +18,7 @@ use std::time::Duration;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::codec::Shareable;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource, Tasks};
 use crate::pool::core::PaceKey;
 use crate::pool::jobs::RawChunk;
@@ -440,16 +440,20 @@ impl Backend for Processes {
     fn ended(&mut self, worker: &mut ProcWorker) -> Option<Ended> {
         let code = worker.process.exitcode()?;
         let pid = worker.process.pid().unwrap_or(0);
+        // What it reported, if anything (a worker is joined only here).
+        let init_missing = matches!(worker.process.try_join(), Err(Error::InitMissing { .. }));
         Some(match code {
             c if c < 0 => Ended {
                 pid,
                 exitcode: None,
                 signal: Some(-c),
+                init_missing,
             },
             c => Ended {
                 pid,
                 exitcode: Some(c),
                 signal: None,
+                init_missing,
             },
         })
     }

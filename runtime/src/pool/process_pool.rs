@@ -415,6 +415,8 @@ impl Pool {
     /// A distributed pool's live workers (host, pid, tasks done), from
     /// their heartbeats: a worker is listed until its heartbeat is 5 s
     /// old. Empty for a local pool (see [`worker_pids`](Self::worker_pids)).
+    /// A heartbeat goes out every 500 ms: a worker that just started, or
+    /// the tasks it just did, show up by the next one.
     pub fn workers(&self) -> Result<Vec<WorkerInfo>> {
         match &self.redis {
             Some(shared) => shared.workers(),

@@ -288,6 +288,7 @@ impl RedisSlot {
             pid: 0,
             exitcode: Some(0),
             signal: None,
+            init_missing: false,
         })
     }
 }

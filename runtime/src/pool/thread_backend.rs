@@ -150,6 +150,7 @@ impl Backend for Threads {
             pid: crate::sys::process::getpid(),
             exitcode: Some(if clean { 0 } else { 1 }),
             signal: None,
+            init_missing: false,
         })
     }
 
