@@ -7,7 +7,16 @@ fn example(name: &str) -> PathBuf {
     // tests run from target/<profile>/deps; `cargo test` builds examples into target/<profile>/examples.
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    profile_dir.join("examples").join(name)
+    let path = profile_dir.join("examples").join(name);
+    // Only a plain `cargo test` builds the examples; one that picks this
+    // test target alone (`--test examples`) does not.
+    assert!(
+        path.exists(),
+        "no example binary at {}: run `cargo build --examples` (with this test's \
+         features and profile) first, or the whole `cargo test`, which builds them",
+        path.display()
+    );
+    path
 }
 
 fn run(name: &str, expect: &[&str]) {

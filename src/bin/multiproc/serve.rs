@@ -72,7 +72,7 @@ pub struct Args {
     #[arg(long, value_name = "HOST:PORT", value_parser = socket_address)]
     python_address: Option<SocketAddr>,
     /// A queue Python clients get as typeid NAME (m.get_task_queue() for
-    /// `--queue get_task_queue`) and Rust clients as QueueProxy<py::Value>;
+    /// `--queue get_task_queue`) and Rust clients as Queue<py::Value>;
     /// repeatable.
     #[arg(long = "queue", value_name = "NAME", requires = "python_address",
           value_parser = clap::builder::NonEmptyStringValueParser::new())]
