@@ -115,6 +115,38 @@ fn a_lock_whose_holder_died_is_handed_over() {
     }
 }
 
+fn set_then_die_holding(v: Value<u64>) {
+    let mut g = v.lock().unwrap();
+    *g = 7;
+    std::mem::forget(g);
+    // SAFETY: kill(2) on our own pid; the process ends here.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+}
+
+/// `get`/`set` have no `Result` to tell of a holder that died: they take
+/// the lock over (with a warning in the log) and go on; `lock` tells.
+#[test]
+fn get_and_set_go_on_past_a_holder_that_died() {
+    for m in METHODS {
+        let v = Value::new(0u64).unwrap();
+        let mut p = Process::new(set_then_die_holding, v.clone()).start_method(m);
+        p.start().unwrap();
+        assert!(p.join_timeout(PROMPTLY).is_err());
+        assert_eq!(v.get(), 7, "{m:?}: the value as the holder left it");
+        v.set(8);
+        let g = v.lock_timeout(PROMPTLY).unwrap();
+        assert_eq!((*g, g.owner_died()), (8, None), "{m:?}: taken over once");
+        drop(g);
+        let mut p = Process::new(set_then_die_holding, v.clone()).start_method(m);
+        p.start().unwrap();
+        assert!(p.join_timeout(PROMPTLY).is_err());
+        let g = v.lock_timeout(PROMPTLY).unwrap();
+        assert_eq!(g.owner_died(), Some(p.pid().unwrap()), "{m:?}");
+    }
+}
+
 #[test]
 fn value_lock_is_the_get_lock_handle() {
     let v = Value::new(1i32).unwrap();

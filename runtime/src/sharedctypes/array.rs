@@ -304,10 +304,19 @@ impl<T: ShmSafe> Array<T> {
         })
     }
 
+    /// The guard for a call that returns no `Result` (a dead holder's
+    /// lock is taken over with a warning: [`Array::lock`] tells).
     fn guard_forever(&self) -> ArrayGuard<'_, T> {
         loop {
             // A wait with no deadline only returns once it holds the lock.
             if let Ok(guard) = self.guard(Deadline::Never) {
+                if let Some(pid) = guard.owner_died() {
+                    tracing::warn!(
+                        pid,
+                        "a shared Array's lock was taken over from a process that died \
+                         holding it; the elements are as it left them"
+                    );
+                }
                 return guard;
             }
         }

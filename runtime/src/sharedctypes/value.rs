@@ -170,11 +170,16 @@ impl<T: ShmSafe> Value<T> {
     }
 
     /// Reads the value under the lock.
+    ///
+    /// If the lock's holder died holding it, this goes on with the value
+    /// it left (which it may have been changing) and logs a warning; use
+    /// [`lock`](Value::lock) to be told ([`ValueGuard::owner_died`]).
     pub fn get(&self) -> T {
         *self.guard_forever()
     }
 
-    /// Writes the value under the lock.
+    /// Writes the value under the lock (a holder that died holding it: as
+    /// for [`get`](Value::get)).
     pub fn set(&self, v: T) {
         *self.guard_forever() = v;
     }
@@ -183,6 +188,13 @@ impl<T: ShmSafe> Value<T> {
         loop {
             // A wait with no deadline only returns once it holds the lock.
             if let Ok(guard) = self.guard(Deadline::Never) {
+                if let Some(pid) = guard.owner_died() {
+                    tracing::warn!(
+                        pid,
+                        "a shared Value's lock was taken over from a process that died \
+                         holding it; the value is as it left it"
+                    );
+                }
                 return guard;
             }
         }
