@@ -657,22 +657,16 @@ impl Running {
             Some(Ok(Outcome::Mismatch(msg))) => Err(Error::BinaryMismatch(msg)),
             Some(Ok(Outcome::InitMissing)) => Err(Error::InitMissing { pid }),
             Some(Err(e)) => Err(e),
-            // Under spawn, most likely a `main` without `init()` first: it ran
-            // instead of the target, which a parent cannot tell apart.
-            None if exitcode == Some(0) && self.spawned => Err(Error::ChildFailed {
-                pid,
-                exitcode,
-                signal,
-                panic: Some(
-                    "the child exited without reporting a result (under spawn, is \
-                         multiproc::init() the first line of main?)"
-                        .into(),
-                ),
-            }),
             // The target ended its process with code 0 (Python's
             // `sys.exit(0)`): a clean end, and nothing is lost when there
-            // was nothing to return.
-            None if exitcode == Some(0) && TypeId::of::<R>() == TypeId::of::<()>() => {
+            // was nothing to return. Not under spawn: there it is most
+            // likely a `main` without `init()` first, which ran instead of
+            // the target (a parent cannot tell the two apart), and the
+            // error's text says so.
+            None if exitcode == Some(0)
+                && !self.spawned
+                && TypeId::of::<R>() == TypeId::of::<()>() =>
+            {
                 R::decode(&().encode()?)
             }
             None => Err(failed(None)),
