@@ -33,16 +33,23 @@ pub struct Limits {
     /// The most bytes the decoded value may take, counting each shared
     /// (memoised) part as often as it appears in the result.
     pub max_size: usize,
+    /// The most bytes that shared parts may add to the value beyond what
+    /// the pickle itself builds: a small pickle that refers to one large
+    /// part many times would otherwise cost its reader far more memory
+    /// than it sent.
+    pub max_shared: usize,
 }
 
 impl Default for Limits {
     /// Depth 1,000 (deeper than CPython's pickler reaches by default),
-    /// a million memo entries, 256 MiB of expanded value.
+    /// a million memo entries, 256 MiB of expanded value, of which shared
+    /// parts may add 32 MiB.
     fn default() -> Limits {
         Limits {
             max_depth: 1000,
             max_memo: 1 << 20,
             max_size: 256 << 20,
+            max_shared: 32 << 20,
         }
     }
 }
@@ -702,6 +709,14 @@ impl<'a> Reader<'a> {
                 self.limits.max_size
             )));
         }
+        // `cost` counts each part once (and more besides): what is beyond
+        // it was added by sharing.
+        if total.saturating_sub(self.cost) > self.limits.max_shared {
+            return Err(PickleError::TooLarge(format!(
+                "shared references would add more than {} bytes to the pickle's {}",
+                self.limits.max_shared, self.cost
+            )));
+        }
         Ok(self.value_of(root))
     }
 
@@ -1215,6 +1230,27 @@ mod tests {
             loads(&refs, &small),
             Err(PickleError::TooLarge(_))
         ));
+        // One 1 MiB bytes, referred to 240 times: 1 MiB sent, 240 MiB to
+        // build (under max_size). Refused for what sharing adds; a few
+        // references to it are fine.
+        let shared = |n: usize| {
+            let mut p = vec![op::PROTO, 4, op::EMPTY_LIST, op::MARK, op::BINBYTES];
+            p.extend_from_slice(&(1u32 << 20).to_le_bytes());
+            p.extend(std::iter::repeat_n(7u8, 1 << 20));
+            p.push(op::MEMOIZE);
+            p.extend(std::iter::repeat_n([op::BINGET, 0], n - 1).flatten());
+            p.extend([op::APPENDS, op::STOP]);
+            p
+        };
+        let amplified = load(&shared(240));
+        assert!(
+            matches!(&amplified, Err(PickleError::TooLarge(m)) if m.contains("shared")),
+            "{amplified:?}"
+        );
+        match load(&shared(8)).unwrap() {
+            Value::List(items) => assert_eq!(items.len(), 8),
+            other => panic!("{other:?}"),
+        }
         // A huge memo index.
         let memo = b"\x80\x04Nr\xff\xff\xff\xff.";
         assert!(matches!(load(memo), Err(PickleError::TooLarge(_))));
