@@ -504,47 +504,6 @@ fn idle_local_connections_are_capped_and_cut_off_and_others_get_in() {
     }
 }
 
-/// A TCP connection to `to` from the local address `from` (a second
-/// loopback address plays another host).
-fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    let SocketAddr::V4(to) = to else {
-        panic!("an IPv4 server")
-    };
-    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: a new socket descriptor, owned by the TcpStream made from it.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is ours and nothing else owns it.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    let local = sockaddr(from, 0);
-    let remote = sockaddr(*to.ip(), to.port());
-    // SAFETY: `local` and `remote` are valid sockaddr_in values of `len` bytes.
-    unsafe {
-        assert_eq!(
-            libc::bind(fd, (&raw const local).cast(), len),
-            0,
-            "bind: {}",
-            std::io::Error::last_os_error()
-        );
-        assert_eq!(
-            libc::connect(fd, (&raw const remote).cast(), len),
-            0,
-            "connect: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    stream
-}
-
 #[test]
 fn idle_tcp_connections_from_one_host_do_not_hold_up_another() {
     let key = util::serve_key_file("access-flood", SERVE_KEY);
@@ -553,7 +512,7 @@ fn idle_tcp_connections_from_one_host_do_not_hold_up_another() {
     let mut admitted = Vec::new();
     let mut busy = 0;
     for _ in 0..FLOOD {
-        let mut s = connect_from(attacker, tcp);
+        let mut s = util::connect_from(attacker, tcp);
         s.set_read_timeout(Some(PROMPTLY)).unwrap();
         match read_frame(&mut s) {
             Some(f) if is_challenge(&f) => admitted.push(s),
@@ -595,7 +554,7 @@ fn idle_tcp_connections_from_one_host_do_not_hold_up_another() {
 /// One wrong guess from `from`: true if the server ran a handshake (and
 /// refused the answer), false if it refused before any.
 fn guess_once(from: Ipv4Addr, to: SocketAddr) -> bool {
-    let mut s = connect_from(from, to);
+    let mut s = util::connect_from(from, to);
     s.set_read_timeout(Some(PROMPTLY)).unwrap();
     let first = read_frame(&mut s).expect("the server answers");
     if first == b"#FAILURE#" {

@@ -497,3 +497,35 @@ fn hostile_pickles_get_errors_while_other_clients_are_served() {
     assert!(!marker.exists(), "a pickle ran a command");
     assert!(util::shm_leaks().is_empty());
 }
+
+/// One host holding many silent handshakes open fills its own share of the
+/// Python listener (16), not the listener: a CPython client from another
+/// address still gets in and is served. (Before, 64 from anywhere shut
+/// every Python client out for as long as they were held.)
+#[test]
+fn one_host_holding_handshakes_open_does_not_lock_python_clients_out() {
+    use std::io::Read;
+    let s = Serve::start("py-flood", &RECIPE_QUEUES, &[]);
+    let flooder = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let mut held = Vec::new();
+    let mut challenged = 0;
+    for _ in 0..80 {
+        let mut c = util::connect_from(flooder, s.python);
+        c.set_read_timeout(Some(LIMIT)).unwrap();
+        // A challenge comes first (its 4-byte length), or the end at once.
+        let mut len = [0u8; 4];
+        if c.read_exact(&mut len).is_ok() {
+            challenged += 1;
+        }
+        held.push(c);
+    }
+    assert!(
+        (1..=16).contains(&challenged),
+        "{challenged} handshakes from one host at once"
+    );
+    assert_ok(
+        "a client beside the flood",
+        &run(s.checks("3.12", &["roundtrip-put"])),
+    );
+    drop(held);
+}

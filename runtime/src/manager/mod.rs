@@ -27,7 +27,7 @@ mod deaths;
 mod dict;
 mod dispatch;
 pub(crate) mod frontend;
-mod gate;
+pub(crate) mod gate;
 pub mod protocol;
 pub mod remote;
 pub mod server;

@@ -28,6 +28,7 @@ use crate::codec::Shareable;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::manager::frontend::{FrontQueue, QueueWait, Taken};
+use crate::manager::gate::{Admission, Gate, GateLimits, Source, Ticket};
 use crate::manager::protocol::{ObjectId, RemoteError};
 use crate::manager::server::ServerState;
 use crate::py::auth;
@@ -38,8 +39,6 @@ use crate::sys;
 
 /// How often the accept loop checks whether the server stops.
 const STOP_CHECK: Duration = Duration::from_millis(100);
-/// Clients still in the handshake at once; more are closed at once.
-const MAX_HANDSHAKING: usize = 64;
 /// Connections at once (each holds a thread); more are closed at once.
 const MAX_CONNECTIONS: usize = 4096;
 /// Keepalive, as for the native TCP transport: a vanished host's
@@ -170,7 +169,9 @@ struct Shared {
     state: Arc<ServerState>,
     /// Duplicates of the connections' sockets, to cut them on shutdown.
     conns: Mutex<HashMap<u64, TcpStream>>,
-    handshaking: AtomicUsize,
+    /// Handshakes in flight, in all and from one address, and addresses
+    /// that kept failing them: as for the native TCP transport.
+    gate: Arc<Gate>,
 }
 
 /// A bound Python listener, before it serves.
@@ -230,7 +231,7 @@ impl PyListener {
             queues: self.queues,
             state,
             conns: Mutex::new(HashMap::new()),
-            handshaking: AtomicUsize::new(0),
+            gate: Gate::new("Python", GateLimits::TCP),
         });
         let mut threads: Vec<std::thread::JoinHandle<()>> = Vec::new();
         while !shared.state.stopping() {
@@ -243,8 +244,8 @@ impl PyListener {
             if !matches!(ready, Ok(ref r) if !r.is_empty()) {
                 continue;
             }
-            let stream = match self.listener.accept() {
-                Ok((s, _)) => s,
+            let (stream, peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::debug!("Python listener accept failed: {e}");
                     // A persistent failure (out of descriptors) must not spin.
@@ -252,23 +253,24 @@ impl PyListener {
                     continue;
                 }
             };
-            if threads.len() >= MAX_CONNECTIONS
-                || shared.handshaking.load(Ordering::SeqCst) >= MAX_HANDSHAKING
-            {
+            if threads.len() >= MAX_CONNECTIONS {
                 tracing::warn!("Python listener is at its connection limit; closing a new client");
                 continue;
             }
-            shared.handshaking.fetch_add(1, Ordering::SeqCst);
+            // Over its address's share of handshakes, or blocked for
+            // guessing: closed at once (CPython's client has no retry
+            // message to be told), and other addresses still get in.
+            let ticket = match shared.gate.admit(Source::Ip(peer.ip())) {
+                Admission::Go(t) => t,
+                Admission::Busy | Admission::Blocked => continue,
+            };
             let s = shared.clone();
             let spawned = std::thread::Builder::new()
                 .name("multiproc-py-conn".into())
-                .spawn(move || serve_connection(&s, stream));
+                .spawn(move || serve_connection(&s, stream, ticket));
             match spawned {
                 Ok(t) => threads.push(t),
-                Err(e) => {
-                    shared.handshaking.fetch_sub(1, Ordering::SeqCst);
-                    tracing::warn!("Python listener cannot start a connection thread: {e}");
-                }
+                Err(e) => tracing::warn!("Python listener cannot start a connection thread: {e}"),
             }
         }
         for stream in shared.conns.lock().values() {
@@ -734,7 +736,7 @@ fn send_reply(conn: &mut PyConn, buf: &mut Vec<u8>, reply: &Reply) -> Result<()>
     conn.send(buf)
 }
 
-fn serve_connection(shared: &Shared, stream: TcpStream) {
+fn serve_connection(shared: &Shared, stream: TcpStream, ticket: Ticket) {
     let _ = stream.set_nodelay(true);
     let conn_id = shared.state.connection_id();
     let mut conn = PyConn::new(stream);
@@ -745,11 +747,12 @@ fn serve_connection(shared: &Shared, stream: TcpStream) {
         shared.options.allow_md5,
         deadline,
     );
-    shared.handshaking.fetch_sub(1, Ordering::SeqCst);
     if let Err(e) = handshake {
-        tracing::warn!(error = %e, "Python listener refused a client that failed the handshake");
+        // Counted against its address (logged there, rate limited).
+        ticket.handshake_failed(&e);
         return;
     }
+    drop(ticket);
     if conn.set_deadline(Deadline::Never).is_err() {
         return;
     }
