@@ -473,13 +473,23 @@ fn run_task(body: Option<&[u8]>, job: u64, first: u64, attempt: u32) -> WorkerRe
             };
         }
     };
+    // Offsets from outside this program: at least in its own code.
+    if !launch::in_own_code(body.entry_offset) || !launch::in_own_code(body.target_offset) {
+        return WorkerReport::Unreadable {
+            job,
+            first,
+            attempt,
+            message: "the task names code outside the worker's binary".into(),
+        };
+    }
     let started = std::time::Instant::now();
     // SAFETY: the entry names this build (checked above: a digest of this
     // binary's contents and its function layout), so the pool computed
     // these offsets from a `ChunkEntryFn` and a task function of this very
-    // binary. Who can write to the Redis server can therefore make the
-    // worker call any chunk entry of its binary: the server is part of
-    // the trust boundary (see the crate docs on protecting it).
+    // binary, and they land in its code (checked just above). Who can
+    // write to the Redis server can still make the worker call any address
+    // of its binary's code: the server is part of the trust boundary (see
+    // the README on protecting it).
     let entry = unsafe {
         std::mem::transmute::<*const (), ChunkEntryFn>(launch::addr_at(body.entry_offset))
     };

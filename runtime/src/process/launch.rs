@@ -269,6 +269,31 @@ pub(crate) fn addr_at(offset: i64) -> *const () {
     (anchor as *const () as i64).wrapping_add(offset) as *const ()
 }
 
+/// Whether `offset` (from the anchor) lands in this binary's own code: a
+/// check on offsets that came from outside the program (a distributed
+/// pool's task entry), so that a wild one is refused instead of jumped to.
+/// It cannot tell a function's start from the middle of one. `true` when
+/// the maps cannot be read or do not name the binary (no descriptor left;
+/// the file replaced on disk): the check is then skipped, not failed.
+#[cfg(feature = "redis")]
+pub(crate) fn in_own_code(offset: i64) -> bool {
+    static CODE: OnceLock<Vec<(i64, i64)>> = OnceLock::new();
+    let ranges = CODE.get_or_init(|| {
+        let (Ok(exe), Ok(maps)) = (
+            std::fs::read_link("/proc/self/exe"),
+            std::fs::read_to_string("/proc/self/maps"),
+        ) else {
+            return Vec::new();
+        };
+        let anchor = anchor as *const () as i64;
+        sys::process::executable_ranges(&maps, &exe)
+            .into_iter()
+            .map(|(start, end)| (start as i64 - anchor, end as i64 - anchor))
+            .collect()
+    });
+    ranges.is_empty() || ranges.iter().any(|&(lo, hi)| (lo..hi).contains(&offset))
+}
+
 /// Identity of the running binary (device, inode, size, mtime), computed once.
 pub(crate) fn identity() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
@@ -334,5 +359,24 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "a panic with a non-string payload".to_string()
+    }
+}
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use super::*;
+
+    fn a_task(x: u32) -> u32 {
+        x + 1
+    }
+
+    #[test]
+    fn offsets_into_this_binarys_code_pass_and_wild_ones_do_not() {
+        let real = offset_of(a_task as *const ());
+        assert!(in_own_code(real));
+        assert!(in_own_code(offset_of(anchor as *const ())));
+        assert!(!in_own_code(real.wrapping_add(1 << 40)));
+        assert!(!in_own_code(real.wrapping_sub(1 << 40)));
+        assert!(!in_own_code(i64::MAX));
     }
 }

@@ -44,6 +44,13 @@ const GENERATED_TRIES: usize = 64;
 /// nothing here locks it. Coordinate with a [`Lock`](crate::Lock), an
 /// [`Event`](crate::Event) or a [`Queue`](crate::Queue).
 ///
+/// A named segment is a file in `/dev/shm`, as in Python: any process of
+/// this user may also shrink it (`ftruncate`), and an access past its new
+/// end then kills the process that makes it with `SIGBUS`, as with any
+/// shared file (another user's segment is never attached). The crate's own
+/// segments (`Value`, `Array`, queues, manager objects) are sealed memfds,
+/// which no process can shrink.
+///
 /// ```
 /// use multiproc::shared_memory::SharedMemory;
 ///

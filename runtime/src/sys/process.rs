@@ -518,6 +518,31 @@ pub fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The address ranges (start, end) that `maps` (a `/proc/<pid>/maps`
+/// text) maps executable from the file `exe`.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub fn executable_ranges(maps: &str, exe: &Path) -> Vec<(u64, u64)> {
+    let exe = exe.to_string_lossy();
+    maps.lines()
+        .filter_map(|line| {
+            // range, perms, offset, device, inode, then (after padding) the
+            // path, which may hold spaces.
+            let mut fields = line.splitn(6, ' ');
+            let range = fields.next()?;
+            let perms = fields.next()?;
+            let name = fields.nth(3)?.trim_start();
+            if !perms.contains('x') || name != exe {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
 /// Identity of the running executable: device, inode, size and modification time.
 pub fn exe_identity(path: &Path) -> std::io::Result<String> {
     use std::os::unix::fs::MetadataExt;
@@ -546,6 +571,23 @@ pub fn is_single_threaded() -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn executable_ranges_are_read_from_maps() {
+        let maps = "\
+55d0a0000000-55d0a0010000 r--p 00000000 08:01 42 /usr/bin/my prog
+55d0a0010000-55d0a0050000 r-xp 00010000 08:01 42 /usr/bin/my prog
+55d0a0050000-55d0a0060000 r--p 00050000 08:01 42 /usr/bin/my prog
+7f0000000000-7f0000100000 r-xp 00000000 08:01 43 /usr/lib/libc.so.6
+7ffd00000000-7ffd00001000 r-xp 00000000 00:00 0                  [vdso]
+";
+        let got = executable_ranges(maps, Path::new("/usr/bin/my prog"));
+        assert_eq!(got, vec![(0x55d0a0010000, 0x55d0a0050000)]);
+        // The running test binary has code of its own.
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        assert!(!executable_ranges(&maps, &exe).is_empty());
+    }
 
     /// A pid above any pid_max: no process has it.
     const NO_SUCH_PID: i32 = 0x7FFF_FFF0;
