@@ -1088,6 +1088,24 @@ fn a_server_killed_mid_call_is_backend_unavailable_promptly() {
     unavailable(within(PROMPTLY, move || q.put(1)).expect("put hung"));
 }
 
+/// A lock (or rlock) key that another program wrote, with no lease: no
+/// holder will ever renew or release it. The next acquirer gives it a
+/// lease, and takes the lock once that ends, instead of waiting for ever.
+#[test]
+fn a_lock_key_written_without_a_lease_ends_like_an_abandoned_one() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    server.set("test:lock:lk", "garbage-holder");
+    server.set("test:rlock:rl", "garbage-holder");
+    let lock = m.lock("lk").unwrap();
+    let rlock = m.rlock("rl").unwrap();
+    assert!(lock.acquire_timeout(PROMPTLY).is_ok());
+    assert!(rlock.acquire_timeout(PROMPTLY).is_ok());
+    lock.release().unwrap();
+    rlock.release().unwrap();
+    m.clear().unwrap();
+}
+
 /// Sends SIGCONT to a stopped server when dropped, whatever the test did.
 struct Resume(i32);
 

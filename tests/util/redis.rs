@@ -130,6 +130,11 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    /// Sets `key` to `value` (no expiry), as another program could.
+    pub fn set(&self, key: &str, value: &str) {
+        assert_eq!(self.ask(&["SET", key, value]), "+OK");
+    }
+
     /// The number of keys in database 0: for tests that check nothing is
     /// left behind.
     pub fn dbsize(&self) -> u64 {

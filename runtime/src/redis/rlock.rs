@@ -34,7 +34,15 @@ if cur == ARGV[1] then
   redis.call('INCRBY', KEYS[3], ARGV[3])
   return {2}
 end
-if cur then return {0, redis.call('PTTL', KEYS[1])} end
+if cur then
+  local ttl = redis.call('PTTL', KEYS[1])
+  -- A key without a lease is none of ours: it gets one (see the Lock's).
+  if ttl == -1 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    ttl = tonumber(ARGV[2])
+  end
+  return {0, ttl}
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SET', KEYS[3], ARGV[3])
 local prev = redis.call('SET', KEYS[2], ARGV[1], 'GET')

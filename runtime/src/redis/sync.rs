@@ -58,7 +58,14 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if prev then return {1, prev} end
   return {1}
 end
-return {0, redis.call('PTTL', KEYS[1])}
+local ttl = redis.call('PTTL', KEYS[1])
+-- A key without a lease is none of ours (written by another program):
+-- it gets one, and ends as a holder that stopped renewing would.
+if ttl == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  ttl = tonumber(ARGV[2])
+end
+return {0, ttl}
 ",
     )
 });
