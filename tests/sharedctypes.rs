@@ -131,19 +131,22 @@ fn set_then_die_holding(v: Value<u64>) {
 fn get_and_set_go_on_past_a_holder_that_died() {
     for m in METHODS {
         let v = Value::new(0u64).unwrap();
-        let mut p = Process::new(set_then_die_holding, v.clone()).start_method(m);
-        p.start().unwrap();
-        assert!(p.join_timeout(PROMPTLY).is_err());
+        // A child sets 7 and dies holding the lock: its pid.
+        let dies_holding = || {
+            let mut p = Process::new(set_then_die_holding, v.clone()).start_method(m);
+            p.start().unwrap();
+            assert!(p.join_timeout(PROMPTLY).is_err());
+            p.pid().unwrap()
+        };
+        dies_holding();
         assert_eq!(v.get(), 7, "{m:?}: the value as the holder left it");
         v.set(8);
         let g = v.lock_timeout(PROMPTLY).unwrap();
         assert_eq!((*g, g.owner_died()), (8, None), "{m:?}: taken over once");
         drop(g);
-        let mut p = Process::new(set_then_die_holding, v.clone()).start_method(m);
-        p.start().unwrap();
-        assert!(p.join_timeout(PROMPTLY).is_err());
+        let pid = dies_holding();
         let g = v.lock_timeout(PROMPTLY).unwrap();
-        assert_eq!(g.owner_died(), Some(p.pid().unwrap()), "{m:?}");
+        assert_eq!(g.owner_died(), Some(pid), "{m:?}");
     }
 }
 
