@@ -274,23 +274,30 @@ pub(crate) fn addr_at(offset: i64) -> *const () {
 /// pool's task entry), so that a wild one is refused instead of jumped to.
 /// It cannot tell a function's start from the middle of one. `true` when
 /// the maps cannot be read or do not name the binary (no descriptor left;
-/// the file replaced on disk): the check is then skipped, not failed.
+/// the file replaced on disk): the check is then skipped, not failed. Only
+/// a successful read is kept: a process out of descriptors once checks
+/// again next time.
 #[cfg(feature = "redis")]
 pub(crate) fn in_own_code(offset: i64) -> bool {
     static CODE: OnceLock<Vec<(i64, i64)>> = OnceLock::new();
-    let ranges = CODE.get_or_init(|| {
-        let (Ok(exe), Ok(maps)) = (
-            std::fs::read_link("/proc/self/exe"),
-            std::fs::read_to_string("/proc/self/maps"),
-        ) else {
-            return Vec::new();
-        };
-        let anchor = anchor as *const () as i64;
-        sys::process::executable_ranges(&maps, &exe)
-            .into_iter()
-            .map(|(start, end)| (start as i64 - anchor, end as i64 - anchor))
-            .collect()
-    });
+    let ranges = match CODE.get() {
+        Some(r) => r,
+        None => {
+            let (Ok(exe), Ok(maps)) = (
+                std::fs::read_link("/proc/self/exe"),
+                std::fs::read_to_string("/proc/self/maps"),
+            ) else {
+                return true;
+            };
+            let anchor = anchor as *const () as i64;
+            CODE.get_or_init(|| {
+                sys::process::executable_ranges(&maps, &exe)
+                    .into_iter()
+                    .map(|(start, end)| (start as i64 - anchor, end as i64 - anchor))
+                    .collect()
+            })
+        }
+    };
     ranges.is_empty() || ranges.iter().any(|&(lo, hi)| (lo..hi).contains(&offset))
 }
 

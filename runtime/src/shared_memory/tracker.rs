@@ -237,9 +237,9 @@ fn unlink_if_same(name: &str, ino: u64) {
         return;
     };
     // Only ours: an inode number can come back for another user's segment.
-    let ours =
-        |st: &posix_shm::ShmStat| st.ino == ino && st.uid == crate::sys::socket::effective_uid();
-    if posix_shm::stat(fd.as_fd()).is_ok_and(|st| ours(&st)) {
+    if posix_shm::stat(fd.as_fd())
+        .is_ok_and(|st| st.ino == ino && st.uid == crate::sys::socket::effective_uid())
+    {
         let _ = posix_shm::shm_unlink(name);
     }
 }
