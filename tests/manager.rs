@@ -508,6 +508,22 @@ fn large_values_travel_through_overflow_segments() {
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     d.insert(1, big.clone()).unwrap();
     assert_eq!(d.get(&1).unwrap().as_deref(), Some(&big[..]));
+    // Answers that grow, shrink and fit a slot again, in turn over one
+    // connection (a large one is written straight into the connection's
+    // overflow segment, made larger when it must): each reads back whole,
+    // as a value, as a popped one, and among several.
+    let small = manager.dict::<u8, Vec<u8>>().unwrap();
+    for (i, len) in [70_000usize, 10, 5_000_000, 65_536, 200_000, 5]
+        .into_iter()
+        .enumerate()
+    {
+        let v: Vec<u8> = (0..len).map(|j| (j * 7 + i) as u8).collect();
+        small.insert(2, v.clone()).unwrap();
+        assert_eq!(small.get(&2).unwrap().as_ref(), Some(&v), "{len} bytes");
+        assert_eq!(small.items().unwrap(), vec![(2, v.clone())], "{len} bytes");
+        assert_eq!(small.pop(&2).unwrap(), v, "{len} bytes");
+        assert!(small.is_empty().unwrap());
+    }
     let l = manager.list::<u64>().unwrap();
     l.extend(0..100_000).unwrap();
     assert_eq!(l.to_vec().unwrap(), (0..100_000).collect::<Vec<u64>>());

@@ -30,6 +30,7 @@ use crate::codec::Shareable;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::HandleRepr;
+use crate::manager::response_buf::ResponseBuf;
 use crate::shm::{Kind, Segment, ShmObject, fingerprint_str};
 use crate::sync::park::SpinSite;
 use crate::sys;
@@ -238,17 +239,28 @@ impl Channel {
             .written
             .as_ref()
             .expect("an overflow segment was just made");
-        if msg.len() > seg.len() / 4 {
-            keep.written_used = now;
-        }
         // SAFETY: the segment is at least `msg.len()` bytes and only this side
         // writes it; the peer reads it only between our publishing this
         // message and its answer (or next request), when we do not write.
         unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), seg.as_ptr(), msg.len()) };
+        self.point_to_overflow(response, msg.len(), keep)
+    }
+
+    /// Puts the handle of the kept overflow segment, whose first `len`
+    /// bytes hold the message, into a slot; returns the length word.
+    fn point_to_overflow(&self, response: bool, len: usize, keep: &mut Overflow) -> Result<u64> {
+        let Some(seg) = keep.written.as_ref().filter(|s| s.len() >= len) else {
+            return Err(Error::Protocol(
+                "no overflow segment holds the message".into(),
+            ));
+        };
+        if len > seg.len() / 4 {
+            keep.written_used = sys::time::coarse_monotonic();
+        }
         // Never redirected: the overflow segment is ours alone.
-        let repr = crate::handle::encode_fd(seg.id(), seg.fd(), 0, msg.len() as u64)?.encode()?;
+        let repr = crate::handle::encode_fd(seg.id(), seg.fd(), 0, len as u64)?.encode()?;
         // SAFETY: an encoded handle is far smaller than a slot (at least 4 KiB).
-        unsafe { std::ptr::copy_nonoverlapping(repr.as_ptr(), slot, repr.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(repr.as_ptr(), self.slot(response), repr.len()) };
         Ok(OVERFLOW | repr.len() as u64)
     }
 
@@ -301,7 +313,7 @@ impl Channel {
 /// A new overflow segment for a message of `len` bytes: the next power of
 /// two, so a growing stream of values does not make one per message, or
 /// exactly `len` when the machine cannot back that much.
-fn grown_segment(len: usize) -> Result<Segment> {
+pub(crate) fn grown_segment(len: usize) -> Result<Segment> {
     let roomy = len.checked_next_power_of_two().unwrap_or(len);
     if roomy > len
         && let Ok(seg) = Segment::create(roomy)
@@ -588,15 +600,41 @@ impl ServerEnd {
 
     /// Publishes the response to the request just read.
     pub fn respond(&mut self, response: &[u8]) -> Result<()> {
-        let st = self.chan.state();
         let len = self.chan.write(true, response, &mut self.overflow)?;
+        self.publish(len);
+        Ok(())
+    }
+
+    /// Lends the kept overflow segment to `out` for the response to the
+    /// request just read, so that a large one is encoded straight into it.
+    pub(crate) fn lend_overflow(&mut self, out: &mut ResponseBuf) {
+        out.lend(self.chan.slot_size, self.overflow.written.take());
+    }
+
+    /// Publishes the response in `out`, taking back the segment lent to it
+    /// (see [`ServerEnd::lend_overflow`]).
+    pub(crate) fn respond_from(&mut self, out: &mut ResponseBuf) -> Result<()> {
+        let (seg, in_segment) = out.take_back();
+        self.overflow.written = seg;
+        match in_segment {
+            Some(len) => {
+                let word = self.chan.point_to_overflow(true, len, &mut self.overflow)?;
+                self.publish(word);
+                Ok(())
+            }
+            None => self.respond(out.bytes()),
+        }
+    }
+
+    /// Makes the response whose length word is `len` the client's to read.
+    fn publish(&self, len: u64) {
+        let st = self.chan.state();
         st.resp_len.store(len, Ordering::Relaxed);
         st.resp_seq.store(self.seen, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if st.client_sleeping.load(Ordering::SeqCst) != 0 {
             sys::futex::futex_wake(&st.resp_seq, 1);
         }
-        Ok(())
     }
 }
 

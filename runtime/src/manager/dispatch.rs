@@ -15,15 +15,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rkyv::util::AlignedVec;
 
 use crate::deadline::Deadline;
 use crate::handle::HandleRepr;
 use crate::manager::dict::{CompactDict, Value};
 use crate::manager::protocol::{
     ArchivedBlob, ArchivedCall, ArchivedObjectKind, ArchivedRequest, Method, ObjectId, ObjectKind,
-    QuotaKind, RemoteError, Response, access_request, encode_response,
+    QuotaKind, RemoteError, Response, access_request,
 };
+use crate::manager::response_buf::ResponseBuf;
 use crate::manager::table::{Attr, ConnRefs, Container, Data, Stored, Table, free_pending};
 use crate::manager::waitable::{Peer, Take, Waitable, deadline_of};
 
@@ -36,27 +36,12 @@ pub(crate) enum After {
     Shutdown,
 }
 
-fn emit(out: &mut AlignedVec, resp: &Response<'_>) {
-    let mut buf = std::mem::take(out);
-    buf.clear();
-    *out = match encode_response(resp, buf) {
-        Ok(b) => b,
-        Err(e) => {
-            let failed = Response::Error(RemoteError::Failed(format!(
-                "cannot encode the response: {e}"
-            )));
-            // An error response always encodes; an empty buffer is read as malformed.
-            encode_response(&failed, AlignedVec::new()).unwrap_or_default()
-        }
-    };
-}
-
-fn emit_err(out: &mut AlignedVec, e: RemoteError) {
-    emit(out, &Response::Error(e));
+fn emit_err(out: &mut ResponseBuf, e: RemoteError) {
+    out.emit(&Response::Error(e));
 }
 
 /// `TooLarge` if the response in `out` is longer than `limit`.
-fn fits(out: &AlignedVec, limit: usize) -> Result<(), RemoteError> {
+fn fits(out: &ResponseBuf, limit: usize) -> Result<(), RemoteError> {
     if out.len() > limit {
         return Err(RemoteError::TooLarge {
             size: out.len() as u64,
@@ -67,7 +52,7 @@ fn fits(out: &AlignedVec, limit: usize) -> Result<(), RemoteError> {
 }
 
 /// Replaces a response longer than `limit` by the error saying so.
-pub(crate) fn too_large(out: &mut AlignedVec, limit: usize) {
+pub(crate) fn too_large(out: &mut ResponseBuf, limit: usize) {
     if let Err(e) = fits(out, limit) {
         emit_err(out, e);
     }
@@ -116,7 +101,7 @@ pub(crate) fn handle(
     conn: &mut ConnRefs,
     peer: &Peer<'_>,
     request: &[u8],
-    out: &mut AlignedVec,
+    out: &mut ResponseBuf,
     limit: usize,
 ) -> After {
     let mut settled = false;
@@ -135,7 +120,7 @@ fn serve(
     conn: &mut ConnRefs,
     peer: &Peer<'_>,
     request: &[u8],
-    out: &mut AlignedVec,
+    out: &mut ResponseBuf,
     limit: usize,
     settled: &mut bool,
 ) -> After {
@@ -202,7 +187,7 @@ fn serve(
                 0,
             );
             match id {
-                Ok(id) => emit(out, &Response::Created(id)),
+                Ok(id) => out.emit(&Response::Created(id)),
                 Err(e) => {
                     // A condition that was not stored drops its hold on its lock.
                     if let Some((lock, _)) = condition_lock {
@@ -218,7 +203,7 @@ fn serve(
                 Err(e) => return malformed(out, e),
             };
             match create_shm(table, conn, peer, &spec) {
-                Ok((object, handle)) => emit(out, &Response::Handle { object, handle }),
+                Ok((object, handle)) => out.emit(&Response::Handle { object, handle }),
                 Err(e) => emit_err(out, e),
             }
         }
@@ -228,7 +213,7 @@ fn serve(
                 Err(e) => return malformed(out, e),
             };
             match adopt_shm(table, conn, peer, &repr) {
-                Ok((object, handle)) => emit(out, &Response::Handle { object, handle }),
+                Ok((object, handle)) => out.emit(&Response::Handle { object, handle }),
                 Err(e) => emit_err(out, e),
             }
         }
@@ -246,7 +231,7 @@ fn serve(
                 pin.to_native(),
             );
             match r {
-                Ok(()) => emit(out, &Response::Unit),
+                Ok(()) => out.emit(&Response::Unit),
                 Err(e) => emit_err(out, e),
             }
         }
@@ -254,10 +239,10 @@ fn serve(
             table
                 .lock()
                 .release(conn, object.to_native(), count.to_native());
-            emit(out, &Response::Unit);
+            out.emit(&Response::Unit);
         }
         ArchivedRequest::Pin { object } => match table.lock().pin(&[object.to_native()], peer.id) {
-            Ok(token) => emit(out, &Response::Token(token)),
+            Ok(token) => out.emit(&Response::Token(token)),
             Err(e) => emit_err(out, e),
         },
         ArchivedRequest::PinMany { objects } => {
@@ -269,12 +254,12 @@ fn serve(
                 .filter(|id| t.get_mut(*id).is_ok())
                 .collect();
             match t.pin(&ids, peer.id) {
-                Ok(token) => emit(out, &Response::Token(token)),
+                Ok(token) => out.emit(&Response::Token(token)),
                 Err(e) => emit_err(out, e),
             }
         }
         ArchivedRequest::ClaimMany { token } => match table.lock().claim(conn, token.to_native()) {
-            Ok(ids) => emit(out, &Response::Objects(ids)),
+            Ok(ids) => out.emit(&Response::Objects(ids)),
             Err(e) => emit_err(out, e),
         },
         // A TCP client's processes may live on another host: its pins
@@ -289,7 +274,7 @@ fn serve(
                 )),
             };
             match named {
-                Ok(()) => emit(out, &Response::Unit),
+                Ok(()) => out.emit(&Response::Unit),
                 Err(e) => emit_err(out, e),
             }
         }
@@ -307,10 +292,10 @@ fn serve(
         }
         ArchivedRequest::NumberOfObjects => {
             let n = table.lock().len();
-            emit(out, &Response::Len(n as u64));
+            out.emit(&Response::Len(n as u64));
         }
         ArchivedRequest::Shutdown => {
-            emit(out, &Response::Unit);
+            out.emit(&Response::Unit);
             return After::Shutdown;
         }
     }
@@ -470,7 +455,7 @@ fn adopt_existing(
     Ok(Some((object, handle)))
 }
 
-fn malformed(out: &mut AlignedVec, e: impl std::fmt::Display) -> After {
+fn malformed(out: &mut ResponseBuf, e: impl std::fmt::Display) -> After {
     emit_err(out, RemoteError::Malformed(e.to_string()));
     After::Continue
 }
@@ -555,7 +540,7 @@ struct Cx<'a, 'r> {
     owner: u64,
     call: &'a ArchivedCall<'r>,
     method: Method,
-    out: &'a mut AlignedVec,
+    out: &'a mut ResponseBuf,
     limit: usize,
     /// References to hand to the connection after the response is encoded
     /// (and checked to fit).
@@ -575,7 +560,7 @@ fn call_method(
     conn: &mut ConnRefs,
     owner: u64,
     call: &ArchivedCall<'_>,
-    out: &mut AlignedVec,
+    out: &mut ResponseBuf,
     limit: usize,
 ) -> Result<(), RemoteError> {
     let id = call.object.to_native();
@@ -658,7 +643,7 @@ fn dict_call(cx: &mut Cx<'_, '_>, d: &mut CompactDict) -> Result<(), RemoteError
                     give.extend_from_slice(v.refs);
                     emit_value(out, v);
                 }
-                None => emit(out, &no_value()),
+                None => out.emit(&no_value()),
             }
         }
         DictInsert => {
@@ -670,7 +655,7 @@ fn dict_call(cx: &mut Cx<'_, '_>, d: &mut CompactDict) -> Result<(), RemoteError
                 gone.extend(d.insert(&k.bytes, entry));
                 Ok(())
             })?;
-            emit(out, &Response::Unit);
+            out.emit(&Response::Unit);
         }
         DictRemove => {
             let k = key()?;
@@ -681,14 +666,14 @@ fn dict_call(cx: &mut Cx<'_, '_>, d: &mut CompactDict) -> Result<(), RemoteError
                     fits(out, limit)?;
                     taken.extend(d.remove(&k.bytes));
                 }
-                None => emit(out, &no_value()),
+                None => out.emit(&no_value()),
             }
         }
         DictContains => {
             let k = key()?;
-            emit(out, &Response::Bool(d.contains_key(&k.bytes)));
+            out.emit(&Response::Bool(d.contains_key(&k.bytes)));
         }
-        DictLen => emit(out, &Response::Len(d.len() as u64)),
+        DictLen => out.emit(&Response::Len(d.len() as u64)),
         method @ (DictKeys | DictValues | DictItems) => {
             let mut items: Vec<&[u8]> = Vec::with_capacity(d.len() * 2);
             for (k, v) in d.iter() {
@@ -700,13 +685,10 @@ fn dict_call(cx: &mut Cx<'_, '_>, d: &mut CompactDict) -> Result<(), RemoteError
                 }
                 give.extend_from_slice(v.refs);
             }
-            emit(
-                out,
-                &Response::Many {
-                    items,
-                    refs: give.clone(),
-                },
-            );
+            out.emit(&Response::Many {
+                items,
+                refs: give.clone(),
+            });
         }
         DictUpdate => {
             if !call.batch.len().is_multiple_of(2) {
@@ -737,11 +719,11 @@ fn dict_call(cx: &mut Cx<'_, '_>, d: &mut CompactDict) -> Result<(), RemoteError
                 }
                 Ok(())
             })?;
-            emit(out, &Response::Unit);
+            out.emit(&Response::Unit);
         }
         DictClear => {
             gone.extend(d.drain());
-            emit(out, &Response::Unit);
+            out.emit(&Response::Unit);
         }
         DictSetDefault => {
             let (k, v) = (key()?, value()?);
@@ -773,27 +755,21 @@ fn dict_call(cx: &mut Cx<'_, '_>, d: &mut CompactDict) -> Result<(), RemoteError
                     gone.extend(d.insert(&k.bytes, entry));
                     Ok(())
                 })?;
-                emit(
-                    out,
-                    &Response::Swapped {
-                        done: true,
-                        current: None,
-                        refs: Vec::new(),
-                    },
-                );
+                out.emit(&Response::Swapped {
+                    done: true,
+                    current: None,
+                    refs: Vec::new(),
+                });
             } else {
                 let current = d.get(&k.bytes);
                 if let Some(v) = current {
                     give.extend_from_slice(v.refs);
                 }
-                emit(
-                    out,
-                    &Response::Swapped {
-                        done: false,
-                        current: current.map(|v| v.bytes),
-                        refs: give.clone(),
-                    },
-                );
+                out.emit(&Response::Swapped {
+                    done: false,
+                    current: current.map(|v| v.bytes),
+                    refs: give.clone(),
+                });
             }
         }
         DictPopItem => dict_pop_item(d, out, limit, taken)?,
@@ -823,7 +799,7 @@ fn list_call(cx: &mut Cx<'_, '_>, l: &mut Vec<Stored>) -> Result<(), RemoteError
                 l.extend(items);
                 Ok(())
             })?;
-            emit(out, &Response::Unit);
+            out.emit(&Response::Unit);
         }
         ListGet => {
             let s = &l[resolve(call.index.to_native(), l.len(), false)?];
@@ -849,12 +825,12 @@ fn list_call(cx: &mut Cx<'_, '_>, l: &mut Vec<Stored>) -> Result<(), RemoteError
                 }
                 Ok(())
             })?;
-            emit(out, &Response::Unit);
+            out.emit(&Response::Unit);
         }
         ListPop => {
             let index = call.index.to_native();
             if l.is_empty() && index == -1 {
-                emit(out, &no_value());
+                out.emit(&no_value());
             } else {
                 let i = resolve(index, l.len(), false)?;
                 // Answered before it is taken: too large to send, it stays.
@@ -869,32 +845,29 @@ fn list_call(cx: &mut Cx<'_, '_>, l: &mut Vec<Stored>) -> Result<(), RemoteError
             match (method, found) {
                 (ListRemove, Some(i)) => {
                     gone.push(l.remove(i));
-                    emit(out, &Response::Bool(true));
+                    out.emit(&Response::Bool(true));
                 }
-                (ListRemove, None) => emit(out, &Response::Bool(false)),
-                (_, Some(i)) => emit(out, &Response::Len(i as u64)),
+                (ListRemove, None) => out.emit(&Response::Bool(false)),
+                (_, Some(i)) => out.emit(&Response::Len(i as u64)),
                 (_, None) => return Err(RemoteError::NotFound),
             }
         }
-        ListLen => emit(out, &Response::Len(l.len() as u64)),
+        ListLen => out.emit(&Response::Len(l.len() as u64)),
         ListReverse => {
             l.reverse();
-            emit(out, &Response::Unit);
+            out.emit(&Response::Unit);
         }
         ListClear => {
             gone.append(l);
-            emit(out, &Response::Unit);
+            out.emit(&Response::Unit);
         }
         ListSnapshot => {
             let items: Vec<&[u8]> = l.iter().map(|s| &*s.bytes).collect();
             l.iter().for_each(|s| give.extend_from_slice(&s.refs));
-            emit(
-                out,
-                &Response::Many {
-                    items,
-                    refs: give.clone(),
-                },
-            );
+            out.emit(&Response::Many {
+                items,
+                refs: give.clone(),
+            });
         }
         ListCount => list_count(l, value()?, out),
         ListGetRange => list_get_range(l, call, out, give)?,
@@ -932,7 +905,7 @@ fn namespace_call(cx: &mut Cx<'_, '_>, ns: &mut HashMap<String, Attr>) -> Result
                         gone.extend(ns.insert(name.to_string(), attr).map(|old| old.value));
                         Ok(())
                     })?;
-                    emit(out, &Response::Unit);
+                    out.emit(&Response::Unit);
                 }
                 NsGet => {
                     let attr = ns.get(name).ok_or(RemoteError::KeyNotFound)?;
@@ -943,32 +916,26 @@ fn namespace_call(cx: &mut Cx<'_, '_>, ns: &mut HashMap<String, Attr>) -> Result
                         });
                     }
                     give.extend_from_slice(&attr.value.refs);
-                    emit(
-                        out,
-                        &Response::Value {
-                            bytes: Some(&attr.value.bytes),
-                            refs: attr.value.refs.to_vec(),
-                        },
-                    );
+                    out.emit(&Response::Value {
+                        bytes: Some(&attr.value.bytes),
+                        refs: attr.value.refs.to_vec(),
+                    });
                 }
                 NsDelete => {
                     let old = ns.remove(name).ok_or(RemoteError::KeyNotFound)?;
                     gone.push(old.value);
-                    emit(out, &Response::Unit);
+                    out.emit(&Response::Unit);
                 }
-                _ => emit(out, &Response::Bool(ns.contains_key(name))),
+                _ => out.emit(&Response::Bool(ns.contains_key(name))),
             }
         }
         NsDescribe => ns_describe(ns, out),
         NsNames => {
             let items: Vec<&[u8]> = ns.keys().map(|k| k.as_bytes()).collect();
-            emit(
-                out,
-                &Response::Many {
-                    items,
-                    refs: Vec::new(),
-                },
-            );
+            out.emit(&Response::Many {
+                items,
+                refs: Vec::new(),
+            });
         }
         _ => return Err(wrong_shape()),
     }
@@ -999,7 +966,7 @@ fn waitable_call(
     peer: &Peer<'_>,
     call: &ArchivedCall<'_>,
     method: Method,
-    out: &mut AlignedVec,
+    out: &mut ResponseBuf,
     limit: usize,
 ) -> Result<(), RemoteError> {
     let id = call.object.to_native();
@@ -1042,7 +1009,7 @@ fn waitable_call(
             QueueJoin => Response::Bool(w.queue_join(deadline, peer)?),
             _ => return Err(wrong_shape()),
         };
-        emit(out, &answer);
+        out.emit(&answer);
         return Ok(());
     }
     let answer = match method {
@@ -1116,7 +1083,7 @@ fn waitable_call(
         QueueTaskDone => w.queue_task_done().map(|()| Response::Unit)?,
         _ => return Err(wrong_shape()),
     };
-    emit(out, &answer);
+    out.emit(&answer);
     Ok(())
 }
 
@@ -1139,25 +1106,19 @@ fn taken(take: Take) -> Response<'static> {
 }
 
 /// Answers with a stored value and the objects it refers to.
-fn emit_stored(out: &mut AlignedVec, s: &Stored) {
-    emit(
-        out,
-        &Response::Value {
-            bytes: Some(&s.bytes),
-            refs: s.refs.to_vec(),
-        },
-    );
+fn emit_stored(out: &mut ResponseBuf, s: &Stored) {
+    out.emit(&Response::Value {
+        bytes: Some(&s.bytes),
+        refs: s.refs.to_vec(),
+    });
 }
 
 /// Answers with a value a dict holds and the objects it refers to.
-fn emit_value(out: &mut AlignedVec, v: Value<'_>) {
-    emit(
-        out,
-        &Response::Value {
-            bytes: Some(v.bytes),
-            refs: v.refs.to_vec(),
-        },
-    );
+fn emit_value(out: &mut ResponseBuf, v: Value<'_>) {
+    out.emit(&Response::Value {
+        bytes: Some(v.bytes),
+        refs: v.refs.to_vec(),
+    });
 }
 
 fn no_value() -> Response<'static> {
@@ -1177,20 +1138,17 @@ fn wrong_shape() -> RemoteError {
 /// with its key and value before it is taken, so a too-large one stays.
 fn dict_pop_item(
     d: &mut CompactDict,
-    out: &mut AlignedVec,
+    out: &mut ResponseBuf,
     limit: usize,
     taken: &mut Vec<Stored>,
 ) -> Result<(), RemoteError> {
     let Some((k, v)) = d.any() else {
         return Err(RemoteError::KeyNotFound);
     };
-    emit(
-        out,
-        &Response::Many {
-            items: vec![k, v.bytes],
-            refs: v.refs.to_vec(),
-        },
-    );
+    out.emit(&Response::Many {
+        items: vec![k, v.bytes],
+        refs: v.refs.to_vec(),
+    });
     fits(out, limit)?;
     let k = k.to_vec();
     taken.extend(d.remove(&k));
@@ -1198,9 +1156,9 @@ fn dict_pop_item(
 }
 
 /// `ListCount`: how many elements have `value`'s bytes.
-fn list_count(l: &[Stored], value: &ArchivedBlob<'_>, out: &mut AlignedVec) {
+fn list_count(l: &[Stored], value: &ArchivedBlob<'_>, out: &mut ResponseBuf) {
     let n = l.iter().filter(|s| *s.bytes == *value.bytes).count();
-    emit(out, &Response::Len(n as u64));
+    out.emit(&Response::Len(n as u64));
 }
 
 /// The range `index..end` a range call names, checked against `len`:
@@ -1229,18 +1187,15 @@ fn range_of(call: &ArchivedCall<'_>, len: usize) -> Result<std::ops::Range<usize
 fn list_get_range(
     l: &[Stored],
     call: &ArchivedCall<'_>,
-    out: &mut AlignedVec,
+    out: &mut ResponseBuf,
     give: &mut Vec<ObjectId>,
 ) -> Result<(), RemoteError> {
     let part = &l[range_of(call, l.len())?];
     part.iter().for_each(|s| give.extend_from_slice(&s.refs));
-    emit(
-        out,
-        &Response::Many {
-            items: part.iter().map(|s| &*s.bytes).collect(),
-            refs: give.clone(),
-        },
-    );
+    out.emit(&Response::Many {
+        items: part.iter().map(|s| &*s.bytes).collect(),
+        refs: give.clone(),
+    });
     Ok(())
 }
 
@@ -1251,7 +1206,7 @@ fn list_set_range(
     l: &mut Vec<Stored>,
     owner: u64,
     call: &ArchivedCall<'_>,
-    out: &mut AlignedVec,
+    out: &mut ResponseBuf,
     gone: &mut Vec<Stored>,
 ) -> Result<(), RemoteError> {
     let items: Vec<Stored> = call
@@ -1269,7 +1224,7 @@ fn list_set_range(
         gone.extend(l.splice(range, items));
         Ok(())
     })?;
-    emit(out, &Response::Unit);
+    out.emit(&Response::Unit);
     Ok(())
 }
 
@@ -1280,12 +1235,12 @@ fn list_set_range(
 fn list_apply_order(
     l: &mut Vec<Stored>,
     call: &ArchivedCall<'_>,
-    out: &mut AlignedVec,
+    out: &mut ResponseBuf,
 ) -> Result<(), RemoteError> {
     let expected = need(call.expected.as_ref(), "digest")?;
     let digest = crate::manager::protocol::list_digest(l.iter().map(|s| &*s.bytes));
     if *expected.bytes != digest {
-        emit(out, &Response::Bool(false));
+        out.emit(&Response::Bool(false));
         return Ok(());
     }
     let bad = || RemoteError::Malformed("an order must be a permutation of the list".into());
@@ -1305,23 +1260,20 @@ fn list_apply_order(
     let mut old: Vec<Option<Stored>> = std::mem::take(l).into_iter().map(Some).collect();
     // Every position is in `order` exactly once (checked above).
     l.extend(order.into_iter().filter_map(|i| old[i].take()));
-    emit(out, &Response::Bool(true));
+    out.emit(&Response::Bool(true));
     Ok(())
 }
 
 /// `NsDescribe`: each attribute's name and the type it was set as.
-fn ns_describe(ns: &HashMap<String, Attr>, out: &mut AlignedVec) {
+fn ns_describe(ns: &HashMap<String, Attr>, out: &mut ResponseBuf) {
     let items: Vec<&[u8]> = ns
         .iter()
         .flat_map(|(name, a)| [name.as_bytes(), a.type_name.as_bytes()])
         .collect();
-    emit(
-        out,
-        &Response::Many {
-            items,
-            refs: Vec::new(),
-        },
-    );
+    out.emit(&Response::Many {
+        items,
+        refs: Vec::new(),
+    });
 }
 
 #[cfg(test)]
@@ -1331,6 +1283,7 @@ mod tests {
         ArchivedResponse, Blob, Call, Request, WAIT_FOREVER, access_response, encode_request,
     };
     use crate::manager::waitable::Peer;
+    use rkyv::util::AlignedVec;
 
     fn run(table: &Mutex<Table>, conn: &mut ConnRefs, req: &Request<'_>) -> AlignedVec {
         let peer = Peer {
@@ -1339,9 +1292,9 @@ mod tests {
             pid: None,
         };
         let request = encode_request(req, AlignedVec::new()).unwrap();
-        let mut out = AlignedVec::new();
+        let mut out = ResponseBuf::new();
         handle(table, conn, &peer, &request, &mut out, usize::MAX);
-        out
+        out.into_bytes()
     }
 
     fn create(table: &Mutex<Table>, conn: &mut ConnRefs, kind: ObjectKind) -> ObjectId {

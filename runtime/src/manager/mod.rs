@@ -30,6 +30,7 @@ pub(crate) mod frontend;
 pub(crate) mod gate;
 pub mod protocol;
 pub mod remote;
+mod response_buf;
 pub mod server;
 pub mod startup;
 mod table;

@@ -770,6 +770,15 @@ pub fn encode_response(
     rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(resp, buf).map_err(Error::codec)
 }
 
+/// Encodes a response into any rkyv writer (the server side, see
+/// `ResponseBuf`).
+pub(crate) fn encode_response_in<W: rkyv::ser::Writer<rkyv::rancor::Error>>(
+    resp: &Response<'_>,
+    writer: W,
+) -> Result<W> {
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(resp, writer).map_err(Error::codec)
+}
+
 /// Checks and views an encoded request (`bytes` must be 16-aligned).
 pub fn access_request(bytes: &[u8]) -> Result<&ArchivedRequest<'_>> {
     rkyv::access::<ArchivedRequest<'_>, rkyv::rancor::Error>(bytes).map_err(Error::codec)

@@ -46,7 +46,8 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::manager::dispatch::After;
 use crate::manager::gate::{Admission, Gate, GateLimits, Source, Ticket};
-use crate::manager::protocol::{RemoteError, Response, encode_response};
+use crate::manager::protocol::{RemoteError, Response};
+use crate::manager::response_buf::ResponseBuf;
 use crate::manager::server::{ConnectionGuard, ServerState, refuse};
 use crate::manager::waitable::Peer;
 use crate::sys;
@@ -338,7 +339,7 @@ fn serve_tcp_connection(
         pid: None,
     };
     let mut request: AlignedVec = AlignedVec::new();
-    let mut response = AlignedVec::new();
+    let mut response = ResponseBuf::new();
     let ended = loop {
         // Checked after registering: a shutdown before that is seen here,
         // one after it cuts the socket.
@@ -356,14 +357,11 @@ fn serve_tcp_connection(
             }
             Err(Error::MessageTooLarge { size, limit }) => {
                 // Read and thrown away: the call fails, the connection lives.
-                let refused = Response::Error(RemoteError::TooLarge {
+                response.emit(&Response::Error(RemoteError::TooLarge {
                     size: size as u64,
                     limit: limit as u64,
-                });
-                let mut buf = std::mem::take(&mut response);
-                buf.clear();
-                response = encode_response(&refused, buf).unwrap_or_default();
-                if let Err(e) = conn.send_bytes(&response) {
+                }));
+                if let Err(e) = conn.send_bytes(response.bytes()) {
                     break e;
                 }
                 continue;
@@ -371,10 +369,7 @@ fn serve_tcp_connection(
             Err(e) => break e,
         };
         let after = if state.stopping() {
-            let refused = Response::Error(RemoteError::ShuttingDown);
-            let mut buf = std::mem::take(&mut response);
-            buf.clear();
-            response = encode_response(&refused, buf).unwrap_or_default();
+            response.emit(&Response::Error(RemoteError::ShuttingDown));
             After::Continue
         } else {
             request.clear();
@@ -388,7 +383,7 @@ fn serve_tcp_connection(
             )
         };
         drop(frame);
-        if let Err(e) = conn.send_bytes(&response) {
+        if let Err(e) = conn.send_bytes(response.bytes()) {
             break e;
         }
         if after == After::Shutdown {

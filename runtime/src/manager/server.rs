@@ -46,6 +46,7 @@ use crate::manager::gate::{Admission, Gate, GateLimits, Source, Ticket};
 use crate::manager::protocol::ObjectId;
 use crate::manager::protocol::{LocalAddress as ServerAddress, Request};
 use crate::manager::remote::{TcpOptions, TcpServer};
+use crate::manager::response_buf::ResponseBuf;
 use crate::manager::table::{ConnRefs, Table};
 use crate::manager::user::{Factory, ServedObject, UserObjects};
 use crate::manager::waitable::Peer;
@@ -357,7 +358,7 @@ impl ServerState {
         conn: &mut ConnRefs,
         peer: &Peer<'_>,
         request: &[u8],
-        response: &mut AlignedVec,
+        response: &mut ResponseBuf,
         limit: usize,
     ) -> After {
         let after = if !self.user.is_empty()
@@ -726,7 +727,7 @@ impl Server {
     /// [`access_response`](crate::manager::protocol::access_response)).
     pub fn request(&mut self, request: &Request<'_>) -> Result<AlignedVec> {
         let encoded = crate::manager::protocol::encode_request(request, AlignedVec::new())?;
-        let mut out = AlignedVec::new();
+        let mut out = ResponseBuf::new();
         dispatch::handle(
             &self.state.table,
             &mut self.own,
@@ -735,7 +736,7 @@ impl Server {
             &mut out,
             usize::MAX,
         );
-        Ok(out)
+        Ok(out.into_bytes())
     }
 
     /// Adds a user object the server owns until it ends; returns its id.
@@ -958,7 +959,7 @@ fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
         pid: Some(hello.pid),
     };
     let mut request = AlignedVec::new();
-    let mut response = AlignedVec::new();
+    let mut response = ResponseBuf::new();
     let hangup = loop {
         let waited = end.next_request(
             &mut request,
@@ -970,6 +971,7 @@ fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
         if let Err(h) = waited {
             break h;
         }
+        end.lend_overflow(&mut response);
         let after = state.handle(
             &mut guard.refs,
             &peer,
@@ -977,7 +979,7 @@ fn serve_connection(state: &ServerState, stream: UnixStream, ticket: Ticket) {
             &mut response,
             crate::manager::channel::MAX_MESSAGE,
         );
-        if let Err(e) = end.respond(&response) {
+        if let Err(e) = end.respond_from(&mut response) {
             // Too large for a slot and no overflow segment: say so instead.
             let failed = crate::manager::protocol::Response::Error(
                 crate::manager::protocol::RemoteError::Failed(format!(
@@ -1192,7 +1194,7 @@ mod tests {
                 gone: &|| false,
                 pid: None,
             };
-            let mut response = AlignedVec::new();
+            let mut response = ResponseBuf::new();
             st.handle(
                 &mut guard.refs,
                 &peer,

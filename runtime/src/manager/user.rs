@@ -24,11 +24,11 @@
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use rkyv::util::AlignedVec;
 
 use crate::manager::protocol::{
-    ArchivedRequest, ObjectId, ObjectKind, RemoteError, Response, access_request, encode_response,
+    ArchivedRequest, ObjectId, ObjectKind, RemoteError, Response, access_request,
 };
+use crate::manager::response_buf::ResponseBuf;
 use crate::manager::table::{ConnRefs, Data, Table};
 use crate::manager::waitable::Peer;
 use crate::shm::fingerprint_str;
@@ -120,7 +120,7 @@ impl UserObjects {
         conn: &mut ConnRefs,
         peer: &Peer<'_>,
         request: &[u8],
-        out: &mut AlignedVec,
+        out: &mut ResponseBuf,
     ) -> bool {
         let answer = match access_request(request) {
             Ok(ArchivedRequest::Call(call)) => {
@@ -159,21 +159,18 @@ impl UserObjects {
                     arg.to_native(),
                 )
                 .map(|id| {
-                    emit(out, &Response::Created(id));
+                    out.emit(&Response::Created(id));
                     None
                 }),
             _ => return false,
         };
         match answer {
             Ok(None) => {}
-            Ok(Some(bytes)) => emit(
-                out,
-                &Response::Value {
-                    bytes: Some(&bytes),
-                    refs: Vec::new(),
-                },
-            ),
-            Err(e) => emit(out, &Response::Error(e)),
+            Ok(Some(bytes)) => out.emit(&Response::Value {
+                bytes: Some(&bytes),
+                refs: Vec::new(),
+            }),
+            Err(e) => out.emit(&Response::Error(e)),
         }
         true
     }
@@ -252,18 +249,13 @@ fn run_method(obj: &Slot, id: ObjectId, method: u32, args: &[u8]) -> Result<Vec<
     }
 }
 
-fn emit(out: &mut AlignedVec, response: &Response<'_>) {
-    let mut buf = std::mem::take(out);
-    buf.clear();
-    *out = encode_response(response, buf).unwrap_or_default();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::manager::protocol::{
         ArchivedResponse, Blob, Call, Request, access_response, encode_request,
     };
+    use rkyv::util::AlignedVec;
 
     struct Echo;
 
@@ -283,9 +275,9 @@ mod tests {
     ) -> AlignedVec {
         let bytes = encode_request(req, AlignedVec::new()).unwrap();
         let mut conn = ConnRefs::new();
-        let mut out = AlignedVec::new();
+        let mut out = ResponseBuf::new();
         assert!(users.try_handle(table, &mut conn, &Peer::server_itself(), &bytes, &mut out));
-        out
+        out.into_bytes()
     }
 
     fn create(fingerprint: u64, arg: u64) -> Request<'static> {
