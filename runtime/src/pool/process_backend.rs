@@ -255,8 +255,9 @@ fn worker_main(args: WorkerArgs) {
             std::mem::transmute::<*const (), launch::EntryFn>(launch::addr_at(init.entry_offset))
         };
         match entry(launch::addr_at(init.target_offset), &init.arg) {
-            // An entry never returns `InitMissing` (only a spawned child sends it).
-            Outcome::Returned(_) | Outcome::InitMissing => {}
+            // An entry never returns `InitMissing` or `Exited` (only a
+            // spawned child, or its exit handler, sends them).
+            Outcome::Returned(_) | Outcome::InitMissing | Outcome::Exited => {}
             Outcome::Panicked(m) | Outcome::Failed(m) | Outcome::Mismatch(m) => {
                 let _ = reports.put(&ReportMsg::InitFailed {
                     worker: id,

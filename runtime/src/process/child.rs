@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::handle;
@@ -177,8 +178,40 @@ pub(crate) fn run_launch(mut sock: UnixStream) -> ! {
     let entry =
         unsafe { std::mem::transmute::<*const (), EntryFn>(launch::addr_at(launch.entry_offset)) };
     let target = launch::addr_at(launch.target_offset);
+    report_exit_on(&sock);
     let outcome = handle::with_received_fds(received, || entry(target, &launch.args));
     finish(&sock, outcome)
+}
+
+/// This process's launch channel and pid while its target runs, for
+/// [`report_exit`] (a process forked from it inherits both, and is not it).
+static TARGET_CHANNEL: OnceLock<(i32, UnixStream)> = OnceLock::new();
+
+/// Makes an `exit` while the target runs (Python's `sys.exit`) tell the
+/// parent so, which then knows the target ran and chose its exit status;
+/// without it, a spawned child exiting with code 0 and no result looks like
+/// a `main` without `init()`. [`finish`] ends the process without running
+/// exit handlers, so the report comes only from an `exit` in the target.
+fn report_exit_on(sock: &UnixStream) {
+    // A copy of the descriptor (if one is to be had: else an exit reads as
+    // it did without this).
+    let Ok(copy) = sock.try_clone() else {
+        return;
+    };
+    if TARGET_CHANNEL.set((sys::process::getpid(), copy)).is_ok()
+        && let Err(e) = sys::process::at_exit(report_exit)
+    {
+        tracing::debug!("cannot register the handler that reports an exit: {e}");
+    }
+}
+
+extern "C" fn report_exit() {
+    if let Some((pid, sock)) = TARGET_CHANNEL.get()
+        && *pid == sys::process::getpid()
+    {
+        // The parent may be gone; nothing else to tell.
+        let _ = Outcome::Exited.send(sock);
+    }
 }
 
 /// Reports `outcome` to the parent and ends the process.

@@ -467,7 +467,9 @@ impl<R: Shareable> Process<R> {
     /// Waits for the child to end and returns the target's result.
     ///
     /// A panic, a non-zero exit or a signal is [`Error::ChildFailed`] with the
-    /// detail; the result can be taken once.
+    /// detail; the result can be taken once. A target that ends its process
+    /// with `std::process::exit(0)` (Python's `sys.exit(0)`) ends cleanly
+    /// when it returns `()`: it has no result to lose.
     pub fn join(&mut self) -> Result<R> {
         self.join_deadline(Deadline::Never)
     }
@@ -637,6 +639,19 @@ impl Running {
         }
     }
 
+    /// The join result of a target that ended its process with `exit`.
+    fn exited<R: Shareable>(
+        &self,
+        exitcode: Option<i32>,
+        failed: impl Fn(Option<String>) -> Error,
+    ) -> Result<R> {
+        if exitcode == Some(0) && TypeId::of::<R>() == TypeId::of::<()>() {
+            R::decode(&().encode()?)
+        } else {
+            Err(failed(None))
+        }
+    }
+
     /// Turns the received outcome and exit status into the join result.
     fn result<R: Shareable>(&self, status: ExitStatus) -> Result<R> {
         let pid = self.state.pid;
@@ -657,18 +672,15 @@ impl Running {
             Some(Ok(Outcome::Mismatch(msg))) => Err(Error::BinaryMismatch(msg)),
             Some(Ok(Outcome::InitMissing)) => Err(Error::InitMissing { pid }),
             Some(Err(e)) => Err(e),
-            // The target ended its process with code 0 (Python's
-            // `sys.exit(0)`): a clean end, and nothing is lost when there
-            // was nothing to return. Not under spawn: there it is most
-            // likely a `main` without `init()` first, which ran instead of
-            // the target (a parent cannot tell the two apart), and the
+            // The target ended its process with `exit`: with code 0
+            // (Python's `sys.exit(0)`) a clean end, and nothing is lost when
+            // there was nothing to return. A child that ran a launch message
+            // says so from its exit handler; a forked one runs nothing but
+            // the target. A spawned child that says nothing most likely ran
+            // a `main` without `init()` first instead of the target, and the
             // error's text says so.
-            None if exitcode == Some(0)
-                && !self.spawned
-                && TypeId::of::<R>() == TypeId::of::<()>() =>
-            {
-                R::decode(&().encode()?)
-            }
+            Some(Ok(Outcome::Exited)) => self.exited(exitcode, failed),
+            None if !self.spawned => self.exited(exitcode, failed),
             None => Err(failed(None)),
         }
     }

@@ -49,7 +49,9 @@ impl Initializer {
             std::mem::transmute::<*const (), launch::EntryFn>(launch::addr_at(self.entry_offset))
         };
         match entry(launch::addr_at(self.target_offset), &self.arg) {
-            Outcome::Returned(_) | Outcome::InitMissing => Ok(()),
+            // An entry never returns the last two (only a spawned child,
+            // or its exit handler, sends them).
+            Outcome::Returned(_) | Outcome::InitMissing | Outcome::Exited => Ok(()),
             Outcome::Panicked(m) => Err(Error::Remote(format!("the initializer panicked: {m}"))),
             Outcome::Failed(m) | Outcome::Mismatch(m) => {
                 Err(Error::Remote(format!("the initializer could not run: {m}")))

@@ -66,6 +66,10 @@ pub(crate) enum Outcome {
     Mismatch(String),
     /// The child's `main` never ran `init()`, so it could not run the target.
     InitMissing,
+    /// The target ended its process with `exit` (Python's `sys.exit`): its
+    /// exit status is the outcome. Sent from the exit handler, never
+    /// returned by an entry.
+    Exited,
 }
 
 const TAG_RETURNED: u8 = 0;
@@ -73,6 +77,7 @@ const TAG_PANICKED: u8 = 1;
 const TAG_FAILED: u8 = 2;
 const TAG_MISMATCH: u8 = 3;
 const TAG_INIT_MISSING: u8 = 4;
+const TAG_EXITED: u8 = 5;
 /// Set in the tag when the payload travels in the memory file sent with the head.
 const IN_FILE: u8 = 0x80;
 /// The outcome frame's head: tag, then the payload length.
@@ -114,6 +119,7 @@ impl Outcome {
             Outcome::Failed(m) => (TAG_FAILED, m.as_bytes()),
             Outcome::Mismatch(m) => (TAG_MISMATCH, m.as_bytes()),
             Outcome::InitMissing => (TAG_INIT_MISSING, &[]),
+            Outcome::Exited => (TAG_EXITED, &[]),
         };
         let mut head = [0u8; HEAD];
         head[1..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -188,6 +194,7 @@ impl Outcome {
             TAG_FAILED => Ok(Outcome::Failed(text())),
             TAG_MISMATCH => Ok(Outcome::Mismatch(text())),
             TAG_INIT_MISSING => Ok(Outcome::InitMissing),
+            TAG_EXITED => Ok(Outcome::Exited),
             tag => Err(Error::Protocol(format!("unknown outcome tag {tag}"))),
         })
     }
