@@ -587,3 +587,66 @@ fn test_queue_empty_and_full_for_every_queue_type_and_call() {
     drop(rq);
     r.shutdown().unwrap();
 }
+
+/// Puts a Value, drops it and makes another (whose descriptor takes the
+/// dropped one's number), then waits until the parent has read the message.
+fn put_then_replace((q, ready, done): (Queue<multiproc::Value<u64>>, Event, Event)) -> u64 {
+    let first = multiproc::Value::new(111u64).unwrap();
+    q.put(&first).unwrap();
+    drop(first);
+    let second = multiproc::Value::new(222u64).unwrap();
+    ready.set().unwrap();
+    done.wait_timeout(Duration::from_secs(120)).unwrap();
+    second.get()
+}
+
+/// A handle in a message names its sender's descriptor: once the sender has
+/// dropped the object, that number can name another object, which the
+/// receiver must refuse, not take for the one sent (a Value reading and
+/// writing another's memory, a Lock that excludes nothing). Found by an
+/// attack battery.
+#[test]
+fn a_handle_whose_object_its_sender_dropped_is_refused_not_taken_for_another() {
+    // Within one process.
+    let q: Queue<multiproc::Value<u64>> = Queue::new().unwrap();
+    let first = multiproc::Value::new(111u64).unwrap();
+    q.put(&first).unwrap();
+    drop(first);
+    let second = multiproc::Value::new(222u64).unwrap();
+    match q.get() {
+        Err(e @ Error::Codec(_)) => assert!(e.to_string().contains("is gone"), "{e}"),
+        Ok(v) => panic!("took another object for the one sent: it holds {}", v.get()),
+        Err(e) => panic!("{e:?}"),
+    }
+    assert_eq!(second.get(), 222);
+    let locks: Queue<multiproc::Lock> = Queue::new().unwrap();
+    let first = multiproc::Lock::new().unwrap();
+    locks.put(&first).unwrap();
+    drop(first);
+    let _second = multiproc::Lock::new().unwrap();
+    assert!(matches!(locks.get(), Err(Error::Codec(_))));
+    // From another process, which still runs.
+    for m in METHODS {
+        let (q, ready, done) = (
+            Queue::new().unwrap(),
+            Event::new().unwrap(),
+            Event::new().unwrap(),
+        );
+        let mut p = Process::new(put_then_replace, (q.clone(), ready.clone(), done.clone()))
+            .start_method(m);
+        p.start().unwrap();
+        assert!(ready.wait_timeout(Duration::from_secs(120)).unwrap());
+        let got = q.get_timeout(Duration::from_secs(120));
+        assert!(
+            matches!(got, Err(Error::Codec(_))),
+            "{m:?}: {:?}",
+            got.map(|v| v.get())
+        );
+        done.set().unwrap();
+        assert_eq!(
+            p.join().unwrap(),
+            222,
+            "{m:?}: the other object is untouched"
+        );
+    }
+}

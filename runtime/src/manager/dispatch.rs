@@ -415,6 +415,11 @@ fn adopt_shm(
     if !crate::shm::created_here(fd.as_fd()).map_err(|e| failed(&e))? {
         return Err(failed(&"it is not a segment this manager created"));
     }
+    // Kept under `theirs.id` for every client: the descriptor must still be
+    // that segment's (a closed one's number is reused).
+    if crate::sys::memfd::segment_id_of(fd.as_fd()) != Some(theirs.id) {
+        return Err(failed(&"the descriptor named is another segment's"));
+    }
     let size = crate::sys::memfd::file_len(fd.as_fd()).map_err(|e| failed(&e))?;
     let ours = crate::handle::encode_fd(theirs.id, fd.as_fd(), 0, 0).map_err(|e| failed(&e))?;
     let mut t = table.lock();

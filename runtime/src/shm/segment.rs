@@ -32,7 +32,11 @@ pub struct Segment {
 }
 
 pub(crate) struct Inner {
+    /// This mapping's key in [`LIVE`].
     id: u64,
+    /// The id in the memory file's name (see [`sys::memfd::segment_id_of`]):
+    /// `id`, except for a file received as a bare descriptor.
+    file_id: Option<u64>,
     fd: OwnedFd,
     map: MmapRaw,
 }
@@ -83,12 +87,17 @@ impl Segment {
         sys::memfd::check_backable(len as u64)?;
         let id = new_id();
         let fd = sys::memfd::memfd_create(&format!("multiproc-{id:016x}"), len as u64)?;
-        Self::map(id, fd, len)
+        Self::map(id, Some(id), fd, len)
     }
 
-    fn map(id: u64, fd: OwnedFd, len: usize) -> Result<Segment> {
+    fn map(id: u64, file_id: Option<u64>, fd: OwnedFd, len: usize) -> Result<Segment> {
         let map = MmapOptions::new().len(len).map_raw(&fd)?;
-        let inner = Arc::new(Inner { id, fd, map });
+        let inner = Arc::new(Inner {
+            id,
+            file_id,
+            fd,
+            map,
+        });
         LIVE.lock().insert(id, Arc::downgrade(&inner));
         Ok(Segment { inner })
     }
@@ -99,10 +108,13 @@ impl Segment {
     /// this process, so it is never confused with a handle-decoded segment.
     /// Only a memory file made by a segment (its size sealed, so no process
     /// can shrink it under the mapping) is accepted: anything else is
-    /// `Error::Protocol`.
+    /// `Error::Protocol`. Its handle names the segment's file (a memory
+    /// file not made by this crate has no name a receiver can check, and
+    /// its handle is refused where it is decoded).
     pub fn from_fd(fd: OwnedFd) -> Result<Segment> {
         let len = Self::sealed_len(&fd)?;
-        Self::map(new_id(), fd, len)
+        let file_id = sys::memfd::segment_id_of(fd.as_fd());
+        Self::map(new_id(), file_id, fd, len)
     }
 
     /// The length of a received memory file, if its size is sealed.
@@ -133,8 +145,22 @@ impl Segment {
                 ),
             ))
         })?;
+        // The descriptor number may have been closed and reused since the
+        // handle was made (the sender dropped the segment and made another,
+        // say): only the file named for this id is the segment.
+        if sys::memfd::segment_id_of(fd.as_fd()) != Some(repr.id) {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "shared segment {:016x} is gone from process {}: the descriptor its \
+                     handle names is now another file (was the segment dropped before \
+                     the handle was read?)",
+                    repr.id, repr.pid
+                ),
+            )));
+        }
         let len = Self::sealed_len(&fd)?;
-        Self::map(repr.id, fd, len)
+        Self::map(repr.id, Some(repr.id), fd, len)
     }
 
     /// The segment's length in bytes.
@@ -168,7 +194,10 @@ impl Segment {
     /// another holder of the segment).
     #[doc(hidden)]
     pub fn to_repr_with(&self, offset: u64, extra: u64) -> Result<HandleRepr> {
-        handle::redirect_segment(handle::encode_fd(self.id(), self.fd(), offset, extra)?)
+        // A segment mapped from a bare descriptor is named by its file's id,
+        // which receivers check (an unnamed file is refused there).
+        let id = self.inner.file_id.unwrap_or(self.inner.id);
+        handle::redirect_segment(handle::encode_fd(id, self.fd(), offset, extra)?)
     }
 
     /// Rebuilds the segment named by `repr` in this process.

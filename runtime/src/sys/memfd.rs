@@ -122,6 +122,22 @@ pub fn open_foreign(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
     Ok(OwnedFd::from(file))
 }
 
+/// The id a shared segment's memory file carries in its name
+/// (`multiproc-<16 hex digits>`, given at creation and never changed), or
+/// `None` for any other file. A descriptor number is reused once closed, so
+/// this is what tells that a descriptor opened through `/proc` is still
+/// the segment a handle named.
+pub fn segment_id_of(fd: BorrowedFd<'_>) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    let name = link.as_os_str().as_encoded_bytes();
+    let rest = name.strip_prefix(b"/memfd:multiproc-")?;
+    let (hex, tail) = rest.split_at_checked(16)?;
+    if !(tail.is_empty() || tail == b" (deleted)") {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
 /// Like [`open_foreign`], for a shared segment only: a descriptor that is
 /// not one of this crate's memory files (named `multiproc-…` at creation)
 /// is refused with `InvalidInput` before it is opened.
@@ -200,5 +216,15 @@ mod tests {
         let refused = open_foreign_segment(me, other.as_raw_fd()).unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
         assert!(open_foreign_segment(me, -5).is_err());
+    }
+
+    #[test]
+    fn a_segments_id_is_read_from_its_name_and_nothing_else_has_one() {
+        let seg = memfd_create("multiproc-00000000deadbeef", 8).unwrap();
+        assert_eq!(segment_id_of(seg.as_fd()), Some(0xdead_beef));
+        for other in ["multiproc-test-segment", "multiproc-00000000deadbeef0", "x"] {
+            let fd = memfd_create(other, 8).unwrap();
+            assert_eq!(segment_id_of(fd.as_fd()), None, "{other}");
+        }
     }
 }
