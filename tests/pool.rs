@@ -704,3 +704,56 @@ fn imap_pulls_a_bounded_number_of_items_ahead_of_its_reader() {
         p.join().unwrap();
     }
 }
+
+/// A callback that ends its own pool (terminates or joins it, or drops the
+/// last handle) runs on the thread that would be waited for: terminate and
+/// drop return at once and the pool still ends, with its workers reaped;
+/// join is an error. Before, the library panicked ("Resource deadlock
+/// avoided"). Found by an attack battery.
+#[test]
+fn a_callback_may_end_its_own_pool() {
+    for action in ["join", "terminate", "drop"] {
+        let pool = Arc::new(pool(StartMethod::Fork, 1));
+        let workers = pool.worker_pids();
+        let (go, gate) = std::sync::mpsc::channel::<()>();
+        let (said, heard) = std::sync::mpsc::channel::<String>();
+        let last = std::sync::Mutex::new(Some(pool.clone()));
+        let r = pool
+            .apply_async_with(
+                square,
+                7,
+                Callbacks::new().callback(move |_: &u64| {
+                    // Holding the last handle, once the test dropped its own.
+                    gate.recv_timeout(PROMPTLY).unwrap();
+                    let p = last.lock().unwrap().take().unwrap();
+                    let outcome = match action {
+                        "join" => {
+                            p.close();
+                            format!("{:?}", p.join())
+                        }
+                        "terminate" => {
+                            p.terminate();
+                            "terminated".to_string()
+                        }
+                        _ => "dropped".to_string(),
+                    };
+                    drop(p);
+                    said.send(outcome).unwrap();
+                }),
+            )
+            .unwrap();
+        drop(pool);
+        go.send(()).unwrap();
+        assert_eq!(r.get_timeout(PROMPTLY).unwrap(), 49, "{action}");
+        let outcome = heard.recv_timeout(PROMPTLY).expect("the callback returned");
+        if action == "join" {
+            assert!(outcome.contains("InvalidState"), "{outcome}");
+        }
+        assert!(
+            util::eventually(PROMPTLY, || workers
+                .iter()
+                .all(|&w| util::proc_state(w).is_none())),
+            "{action}: the pool's workers are gone and reaped"
+        );
+    }
+}

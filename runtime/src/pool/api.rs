@@ -282,7 +282,8 @@ macro_rules! pool_methods {
             self.core.close()
         }
 
-        /// Waits for the workers to exit; an error while the pool is still open.
+        /// Waits for the workers to exit; an error while the pool is still open,
+        /// or from one of its own callbacks (which run on the thread it would wait for).
         pub fn join(&self) -> Result<()> {
             self.core.join()
         }

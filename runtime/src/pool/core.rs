@@ -285,7 +285,8 @@ impl<B: Backend> Core<B> {
             st.phase = Phase::Terminated;
             st.backend.wake();
         }
-        self.wait_handler();
+        // From a callback the handler ends once it returns.
+        let _ = self.wait_handler();
     }
 
     /// Waits for the workers to exit; the pool must be closed or terminated first.
@@ -295,16 +296,28 @@ impl<B: Backend> Core<B> {
                 "join of a pool that is still open: call close() or terminate() first".into(),
             ));
         }
-        self.wait_handler();
-        Ok(())
+        self.wait_handler()
     }
 
-    fn wait_handler(&self) {
-        if let Some(h) = self.handler.lock().take()
-            && h.join().is_err()
-        {
+    /// Waits for the result handler to end. Not from the handler itself (a
+    /// callback that terminates, joins or drops its pool): it ends by itself
+    /// once the callback returns, and cannot wait for itself.
+    fn wait_handler(&self) -> Result<()> {
+        let mut slot = self.handler.lock();
+        let Some(h) = slot.take() else {
+            return Ok(());
+        };
+        if h.thread().id() == std::thread::current().id() {
+            *slot = Some(h);
+            return Err(Error::InvalidState(
+                "join from one of the pool's own callbacks: it would wait for itself".into(),
+            ));
+        }
+        drop(slot);
+        if h.join().is_err() {
             tracing::error!("the pool's result handler panicked");
         }
+        Ok(())
     }
 
     /// Runs `f` on each current worker.
