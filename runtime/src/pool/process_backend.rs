@@ -461,6 +461,9 @@ impl Backend for Processes {
 
     fn kill(&mut self, worker: &mut ProcWorker) {
         let _ = worker.process.terminate();
+        // A stopped worker holds the SIGTERM until it runs again: without
+        // this, each would cost the whole grace below before its SIGKILL.
+        let _ = worker.process.resume();
         if let Err(e) = worker.orders.close() {
             tracing::warn!("cannot close a worker's order queue: {e}");
         }

@@ -566,6 +566,12 @@ impl<R: Shareable> Process<R> {
     pub fn kill(&self) -> Result<()> {
         Ok(self.running()?.state.signal(sys::process::signal::KILL)?)
     }
+
+    /// Sends SIGCONT to the child: a stopped one resumes (and acts on a
+    /// SIGTERM it holds pending).
+    pub(crate) fn resume(&self) -> Result<()> {
+        Ok(self.running()?.state.signal(sys::process::signal::CONT)?)
+    }
 }
 
 impl<R> Drop for Process<R> {

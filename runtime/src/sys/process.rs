@@ -480,6 +480,8 @@ pub mod signal {
     pub const TERM: i32 = libc::SIGTERM;
     /// SIGKILL.
     pub const KILL: i32 = libc::SIGKILL;
+    /// SIGCONT.
+    pub const CONT: i32 = libc::SIGCONT;
 }
 
 /// A descriptor that becomes readable when process `pid` ends.
