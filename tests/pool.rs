@@ -785,3 +785,30 @@ fn terminating_a_pool_of_stopped_workers_does_not_wait_out_a_grace_for_each() {
         "the workers are gone and reaped"
     );
 }
+
+/// `join_timeout` gives up on a worker that does not exit (here stopped
+/// with SIGSTOP), and `join` then still works: Python's `join` would wait
+/// for ever. Found by an attack battery.
+#[test]
+fn join_timeout_gives_up_on_a_worker_that_does_not_exit() {
+    for m in METHODS {
+        let p = pool(m, 2);
+        assert!(matches!(
+            p.join_timeout(Duration::from_millis(10)),
+            Err(Error::InvalidState(_))
+        ));
+        assert_eq!(p.map(square, 0..4u64).unwrap(), vec![0, 1, 4, 9]);
+        let stopped = p.worker_pids()[0];
+        // SAFETY: sends a signal to a running worker of this pool.
+        assert_eq!(unsafe { libc::kill(stopped, libc::SIGSTOP) }, 0);
+        p.close();
+        assert!(matches!(
+            p.join_timeout(Duration::from_millis(300)),
+            Err(Error::Timeout(_))
+        ));
+        // SAFETY: as above; the worker has not been reaped (it cannot exit).
+        assert_eq!(unsafe { libc::kill(stopped, libc::SIGCONT) }, 0);
+        p.join_timeout(PROMPTLY).unwrap();
+        p.join().unwrap();
+    }
+}

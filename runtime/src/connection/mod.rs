@@ -338,6 +338,10 @@ impl<T: Shareable> Connection<T> {
     }
 
     /// Receives a message, waiting at most `timeout`; `Err(Timeout)` otherwise.
+    ///
+    /// Once the first part of a message larger than the pipe's ring has been
+    /// taken, the rest is awaited beyond the timeout while its sender is
+    /// writing it (as Python's `recv` reads a message it has begun whole).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
         self.recv_deadline(Deadline::after(timeout))
     }
@@ -359,7 +363,8 @@ impl<T: Shareable> Connection<T> {
         self.recv_bytes_deadline(None, Deadline::Now)
     }
 
-    /// [`Connection::recv_bytes`], waiting at most `timeout`.
+    /// [`Connection::recv_bytes`], waiting at most `timeout` (beyond it for
+    /// the rest of a message begun, as [`Connection::recv_timeout`]).
     pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>> {
         self.recv_bytes_deadline(None, Deadline::after(timeout))
     }

@@ -288,6 +288,12 @@ macro_rules! pool_methods {
             self.core.join()
         }
 
+        /// [`join`](Self::join), waiting at most `timeout`: [`Error::Timeout`]
+        /// if the workers have not all exited by then (a stopped one, say).
+        pub fn join_timeout(&self, timeout: std::time::Duration) -> Result<()> {
+            self.core.join_timeout(timeout)
+        }
+
         /// Stops the workers at once; unfinished tasks fail.
         pub fn terminate(&self) {
             self.core.terminate()

@@ -35,8 +35,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
+use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource};
 use crate::pool::jobs::{ErrorMaker, Job, RawChunk};
@@ -189,6 +190,18 @@ struct Outbox {
 pub(crate) struct Core<B: Backend> {
     state: Arc<Mutex<State<B>>>,
     handler: Mutex<Option<JoinHandle<()>>>,
+    /// Set (and signalled) when the result handler has returned or panicked.
+    handler_ended: Arc<(Mutex<bool>, Condvar)>,
+}
+
+/// Marks the result handler's end, however it ends.
+struct EndedOnDrop(Arc<(Mutex<bool>, Condvar)>);
+
+impl Drop for EndedOnDrop {
+    fn drop(&mut self) {
+        *self.0.0.lock() = true;
+        self.0.1.notify_all();
+    }
 }
 
 impl<B: Backend> Core<B> {
@@ -221,12 +234,18 @@ impl<B: Backend> Core<B> {
         }
         let state = Arc::new(Mutex::new(state));
         let for_handler = state.clone();
+        let handler_ended = Arc::new((Mutex::new(false), Condvar::new()));
+        let ended = EndedOnDrop(handler_ended.clone());
         let handler = std::thread::Builder::new()
             .name("multiproc-pool-results".into())
-            .spawn(move || handle_results(for_handler, reports))?;
+            .spawn(move || {
+                let _ended = ended;
+                handle_results(for_handler, reports)
+            })?;
         Ok(Core {
             state,
             handler: Mutex::new(Some(handler)),
+            handler_ended,
         })
     }
 
@@ -291,29 +310,66 @@ impl<B: Backend> Core<B> {
 
     /// Waits for the workers to exit; the pool must be closed or terminated first.
     pub fn join(&self) -> Result<()> {
+        self.check_joinable()?;
+        self.wait_handler()
+    }
+
+    /// [`Core::join`], waiting at most `timeout` (`Error::Timeout` then).
+    pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
+        self.check_joinable()?;
+        let deadline = Deadline::after(timeout);
+        let (ended, signal) = &*self.handler_ended;
+        let mut done = ended.lock();
+        while !*done {
+            match deadline.remaining() {
+                None => signal.wait(&mut done),
+                Some(left) if left.is_zero() => break,
+                Some(left) => {
+                    signal.wait_for(&mut done, left);
+                }
+            }
+        }
+        if !*done {
+            return Err(deadline.timeout_error());
+        }
+        drop(done);
+        self.wait_handler()
+    }
+
+    fn check_joinable(&self) -> Result<()> {
         if self.state.lock().phase == Phase::Open {
             return Err(Error::InvalidState(
                 "join of a pool that is still open: call close() or terminate() first".into(),
             ));
         }
-        self.wait_handler()
+        if self.on_handler_thread() {
+            return Err(Error::InvalidState(
+                "join from one of the pool's own callbacks: it would wait for itself".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this is the result handler's thread (a callback's).
+    fn on_handler_thread(&self) -> bool {
+        self.handler
+            .lock()
+            .as_ref()
+            .is_some_and(|h| h.thread().id() == std::thread::current().id())
     }
 
     /// Waits for the result handler to end. Not from the handler itself (a
     /// callback that terminates, joins or drops its pool): it ends by itself
     /// once the callback returns, and cannot wait for itself.
     fn wait_handler(&self) -> Result<()> {
-        let mut slot = self.handler.lock();
-        let Some(h) = slot.take() else {
-            return Ok(());
-        };
-        if h.thread().id() == std::thread::current().id() {
-            *slot = Some(h);
+        if self.on_handler_thread() {
             return Err(Error::InvalidState(
                 "join from one of the pool's own callbacks: it would wait for itself".into(),
             ));
         }
-        drop(slot);
+        let Some(h) = self.handler.lock().take() else {
+            return Ok(());
+        };
         if h.join().is_err() {
             tracing::error!("the pool's result handler panicked");
         }

@@ -70,6 +70,9 @@ impl<T: Shareable> SimpleQueue<T> {
     }
 
     /// Takes a message, waiting at most `timeout`; `Err(Empty)` if none came.
+    ///
+    /// Once the first part of a message larger than the ring has been taken,
+    /// the rest is awaited beyond the timeout while its producer is writing it.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
         self.queue.get_timeout(timeout)
     }
