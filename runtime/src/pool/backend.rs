@@ -85,6 +85,11 @@ impl Ended {
 pub(crate) trait ReportSource: Send + 'static {
     /// The next report, waiting at most `timeout`.
     fn recv(&mut self, timeout: Duration) -> Option<Report>;
+    /// [`ReportSource::recv`] when no report is expected soon (the pool is
+    /// idle): a source that spins before it sleeps sleeps at once.
+    fn recv_idle(&mut self, timeout: Duration) -> Option<Report> {
+        self.recv(timeout)
+    }
     /// The next report if one is already there.
     fn try_recv(&mut self) -> Option<Report>;
 }

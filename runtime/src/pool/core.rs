@@ -775,7 +775,12 @@ fn handle_results<B: Backend>(state: Arc<Mutex<State<B>>>, mut reports: B::Repor
     let mut batch: Vec<Report> = Vec::with_capacity(BATCH);
     let mut slice = SLICE;
     loop {
-        if let Some(r) = reports.recv(slice) {
+        let report = if slice == IDLE_SLICE {
+            reports.recv_idle(slice)
+        } else {
+            reports.recv(slice)
+        };
+        if let Some(r) = report {
             batch.push(r);
             while batch.len() < BATCH {
                 match reports.try_recv() {

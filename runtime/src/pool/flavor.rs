@@ -56,6 +56,14 @@ impl ReportSource for PoolReports {
         }
     }
 
+    fn recv_idle(&mut self, timeout: Duration) -> Option<Report> {
+        match self {
+            PoolReports::Local(r) => r.recv_idle(timeout),
+            #[cfg(feature = "redis")]
+            PoolReports::Redis(r) => r.recv_idle(timeout),
+        }
+    }
+
     fn try_recv(&mut self) -> Option<Report> {
         match self {
             PoolReports::Local(r) => r.try_recv(),

@@ -175,6 +175,9 @@ impl ReportSource for ProcReports {
     fn recv(&mut self, timeout: Duration) -> Option<Report> {
         self.0.get_timeout(timeout).ok().map(to_report)
     }
+    fn recv_idle(&mut self, timeout: Duration) -> Option<Report> {
+        self.0.get_timeout_without_spin(timeout).ok().map(to_report)
+    }
     fn try_recv(&mut self) -> Option<Report> {
         self.0.try_get().ok().map(to_report)
     }

@@ -255,10 +255,25 @@ impl QueueCore {
     /// queue, as a put's is `Err(Full)` (Python's `queue.Empty` and
     /// `queue.Full`, for the non-blocking and the timed call alike).
     pub(crate) fn get<T: Shareable>(&self, deadline: Deadline) -> Result<T> {
+        self.get_spinning(deadline, true)
+    }
+
+    /// [`QueueCore::get`] without the spin before sleeping (see
+    /// `Ring::get_without_spin`).
+    pub(crate) fn get_without_spin<T: Shareable>(&self, deadline: Deadline) -> Result<T> {
+        self.get_spinning(deadline, false)
+    }
+
+    fn get_spinning<T: Shareable>(&self, deadline: Deadline, spin: bool) -> Result<T> {
         let ring = self.ring();
         with_recv_buf(|buf| {
             let ends = Closable::new(ring, &self.obj);
-            ring.get(buf, None, deadline, &ends)
+            let taken = if spin {
+                ring.get(buf, None, deadline, &ends)
+            } else {
+                ring.get_without_spin(buf, deadline, &ends)
+            };
+            taken
                 .map_err(|e| match ends.closed_error(e) {
                     Error::Timeout(_) => Error::Empty,
                     e => e,

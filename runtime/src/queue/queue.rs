@@ -187,6 +187,16 @@ impl<T: Shareable> Queue<T> {
     }
 
     #[inline]
+    /// [`Queue::get_timeout`] for a consumer that expects nothing soon: it
+    /// sleeps at once instead of spinning first (a shared-memory queue; the
+    /// other flavours do not spin).
+    pub(crate) fn get_timeout_without_spin(&self, timeout: Duration) -> Result<T> {
+        match &self.flavor {
+            QueueFlavor::Shm(q) => q.core.get_without_spin(Deadline::after(timeout)),
+            _ => self.get_timeout(timeout),
+        }
+    }
+
     fn get_deadline(&self, deadline: Deadline) -> Result<T> {
         match &self.flavor {
             QueueFlavor::Shm(q) => q.core.get(deadline),

@@ -950,6 +950,30 @@ impl<'a> Ring<'a> {
         deadline: Deadline,
         ends: &dyn Ends,
     ) -> Result<()> {
+        self.take(out, max, deadline, ends, Phase::Spin)
+    }
+
+    /// [`Ring::get`] for a consumer that expects nothing soon (an idle
+    /// pool's result handler): it sleeps at once instead of spinning first,
+    /// which would cost CPU at each wake-up and teach the spin policy that
+    /// spinning fails here.
+    pub(crate) fn get_without_spin<S: Sink>(
+        &self,
+        out: &mut S,
+        deadline: Deadline,
+        ends: &dyn Ends,
+    ) -> Result<()> {
+        self.take(out, None, deadline, ends, Phase::Check)
+    }
+
+    fn take<S: Sink>(
+        &self,
+        out: &mut S,
+        max: Option<u64>,
+        deadline: Deadline,
+        ends: &dyn Ends,
+        first: Phase,
+    ) -> Result<()> {
         out.clear();
         if deadline == Deadline::Now && !self.has_data() {
             // Nothing to take: say so without the consumer lock, which a getter
@@ -965,7 +989,7 @@ impl<'a> Ring<'a> {
         let p = &self.state.producer.0;
         let tail_word = &self.state.tail.0;
         let mut assembling: Option<(u64, u64)> = None;
-        let mut phase = Phase::Spin;
+        let mut phase = first;
         let mut doubt = Doubt::default();
         loop {
             let head = self.state.head.0.load(Ordering::Relaxed);
