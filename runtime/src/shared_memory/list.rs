@@ -17,6 +17,9 @@
 use super::segment::SharedMemory;
 use crate::error::{Error, Result};
 
+/// The largest string or bytes slot: its format, "<size>s", fills the 8
+/// bytes Python gives each format (a multiple of 8 below 10^7).
+const MAX_SLOT: usize = 9_999_992;
 const FMT_INT: &[u8] = b"q";
 const FMT_FLOAT: &[u8] = b"d";
 const FMT_BOOL: &[u8] = b"xxxxxxx?";
@@ -143,6 +146,9 @@ pub struct ShareableList {
 impl ShareableList {
     /// Creates a list holding `items` in a new tracked segment, named `name`
     /// or (with `None`) a random name.
+    ///
+    /// A string or bytes item of 10 MB or more is [`Error::InvalidArgument`]:
+    /// its slot's format would not fit the 8 bytes Python's layout gives it.
     pub fn create(name: Option<&str>, items: &[Item]) -> Result<ShareableList> {
         let (size, offsets) = Self::layout(items)?;
         let shm = SharedMemory::create(name, size)?;
@@ -172,9 +178,16 @@ impl ShareableList {
         let mut offsets = Vec::with_capacity(n + 1);
         let mut off = 0usize;
         offsets.push(0);
-        for item in items {
+        for (index, item) in items.iter().enumerate() {
+            let slot = item.slot_len();
+            if slot > MAX_SLOT {
+                return Err(Error::InvalidArgument(format!(
+                    "item {index} needs a slot of {slot} bytes; a ShareableList slot holds at \
+                     most {MAX_SLOT} (its format, \"<size>s\", has 8 characters)"
+                )));
+            }
             off = off
-                .checked_add(item.slot_len())
+                .checked_add(slot)
                 .ok_or_else(|| Error::InvalidArgument("list too large".into()))?;
             offsets.push(off);
         }
@@ -396,6 +409,13 @@ impl ShareableList {
             Item::Bytes(b) => (Vec::new(), b.as_slice()),
         };
         let fmt = if fmt.is_empty() {
+            if slot > MAX_SLOT {
+                // A header written elsewhere (Python truncates such a format).
+                return Err(Error::InvalidArgument(format!(
+                    "item {index}'s slot of {slot} bytes is more than a ShareableList \
+                     format can name ({MAX_SLOT})"
+                )));
+            }
             if bytes.len() > slot {
                 return Err(Error::InvalidArgument(format!(
                     "item {index} holds at most {slot} bytes; {} given",
@@ -522,6 +542,36 @@ mod tests {
         assert!(matches!(list.get(3), Err(Error::Protocol(_))));
         list.shm().write(fmt_at, b"zz\0\0\0\0\0\0").unwrap();
         assert!(matches!(list.get(3), Err(Error::Protocol(_))));
+        list.shm().unlink().unwrap();
+    }
+
+    /// A slot's format, "<size>s", must fit its 8 bytes: 10 MB or more is
+    /// refused before anything is made, and a header written elsewhere that
+    /// claims such a slot is an error on `set`, not a panic. Found by an
+    /// attack battery.
+    #[test]
+    fn a_slot_whose_format_would_not_fit_is_refused() {
+        let huge = Item::Str("x".repeat(10_000_000));
+        assert!(matches!(
+            ShareableList::create_untracked(None, &[huge]),
+            Err(Error::InvalidArgument(_))
+        ));
+        let largest = "y".repeat(MAX_SLOT - 1);
+        let list = ShareableList::create_untracked(
+            None,
+            &[Item::Str(largest.clone()), Item::Str("12345678".into())],
+        )
+        .unwrap();
+        assert_eq!(list.get(0).unwrap(), Item::Str(largest));
+        // Item 0's slot made to take the whole data area, as another
+        // program could write it.
+        let whole = (MAX_SLOT + 16) as i64;
+        list.shm().write(8 + 8, &whole.to_ne_bytes()).unwrap();
+        let attached = ShareableList::attach(list.shm().name()).unwrap();
+        assert!(matches!(
+            attached.set(0, "hi"),
+            Err(Error::InvalidArgument(_))
+        ));
         list.shm().unlink().unwrap();
     }
 }
