@@ -60,7 +60,7 @@ impl ReportSource for PoolReports {
         match self {
             PoolReports::Local(r) => r.recv_idle(timeout),
             #[cfg(feature = "redis")]
-            PoolReports::Redis(r) => r.recv_idle(timeout),
+            PoolReports::Redis(r) => r.recv(timeout),
         }
     }
 

@@ -42,7 +42,7 @@ const SEND_BATCH: usize = 256;
 /// The most chunks packed into one stream entry. Each entry costs Redis
 /// several microseconds (add, read, acknowledge, delete), whatever it
 /// holds: small chunks travel packed, so small tasks are not bound by it.
-const PACK_MAX: usize = 16;
+pub(crate) const PACK_MAX: usize = 16;
 /// The work one entry may pack, by the chunks' measured run time: a
 /// worker that takes an entry holds no more than about this much that
 /// another worker could have run. Until a chunk has run, one a entry.

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use redis::Value;
 
 use crate::error::{Error, Result};
+use crate::pool::redis_backend::PACK_MAX;
 use crate::pool::redis_wire::{
     self, GROUP, HEARTBEAT, HEARTBEAT_SCRIPT, Keys, POOL_LEASE, REPORT_SCRIPT, WORKER_END_SCRIPT,
     WORKER_ENV, WORKER_LEASE, WorkerReport,
@@ -406,8 +407,10 @@ fn run_entry(
         Some((pool.to_owned(), field(fields, "b")?))
     })();
     // The chunks: `j`, `f`, `a`, `t` for the first, with `1`, `2`… after
-    // the letter for the next ones.
-    let chunks: Vec<(u64, u64, u32, Option<&[u8]>)> = (0..)
+    // the letter for the next ones. No pool packs more than `PACK_MAX`: an
+    // entry claiming more is not read past them (each is a scan of the
+    // entry's fields).
+    let chunks: Vec<(u64, u64, u32, Option<&[u8]>)> = (0..PACK_MAX)
         .map_while(|i: usize| {
             let s = if i == 0 { String::new() } else { i.to_string() };
             Some((

@@ -178,10 +178,6 @@ star_fns! {
     Star6(A a, B b, C c, D d, E e, G g);
 }
 
-/// The most results a worker reserves room for ahead (the counts come from
-/// the pool; this only bounds what a corrupt count could make it allocate).
-const MAX_RESERVE: usize = 1 << 20;
-
 /// Runs chunks in a process worker: decode each chunk's items, call `f` on
 /// each (catching panics), and encode all results together. Chunks after the
 /// first run only until `budget` has passed.
@@ -194,10 +190,7 @@ pub(crate) fn chunk_entry<A: Shareable, R: Shareable, F: TaskFn<A, R>>(
     // binary (a spawned worker checked the binary's identity before running).
     let f = unsafe { F::from_ptr(target) };
     let start = Instant::now();
-    let total = parts
-        .iter()
-        .fold(0usize, |sum, &(_, count)| sum.saturating_add(count));
-    let mut returned = Vec::with_capacity(total.min(MAX_RESERVE));
+    let mut returned = Vec::new();
     let mut failures = Vec::new();
     // A place noted for a panic before this chunk is not its tasks'.
     let _ = take_panic_location();
@@ -210,6 +203,8 @@ pub(crate) fn chunk_entry<A: Shareable, R: Shareable, F: TaskFn<A, R>>(
         ran += 1;
         let items = match A::decode_many(args) {
             Ok(items) if items.len() == count => items,
+            // A corrupt chunk (only a task written to a Redis server by
+            // something else can be): its count is not to be trusted.
             Ok(items) => {
                 let msg = format!("the chunk holds {} items, not {count}", items.len());
                 fail_all(&mut failures, &mut index, count, ItemFailure::Failed(msg));
@@ -221,6 +216,8 @@ pub(crate) fn chunk_entry<A: Shareable, R: Shareable, F: TaskFn<A, R>>(
                 continue;
             }
         };
+        // Room for what decoded, not for what the counts claim.
+        returned.reserve(items.len());
         for item in items {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.call(item))) {
                 Ok(r) => returned.push(r),
@@ -284,12 +281,19 @@ pub(crate) fn panic_error(message: &str, location: Option<&str>) -> crate::error
     })
 }
 
-/// Records that the next `count` items all failed the same way.
+/// The most items of one chunk recorded as failed alike.
+const MAX_FAILED_ALIKE: usize = 4096;
+
+/// Records that the next `count` items all failed the same way: at most
+/// [`MAX_FAILED_ALIKE`] of them, so that a corrupt count cannot make the
+/// worker allocate without bound (the pool, which knows each chunk's real
+/// length, fails any others as results that never came).
 fn fail_all(failures: &mut Vec<(u32, ItemFailure)>, index: &mut u32, count: usize, f: ItemFailure) {
-    for _ in 0..count {
-        failures.push((*index, f.clone()));
-        *index += 1;
+    let recorded = count.min(MAX_FAILED_ALIKE);
+    for i in 0..recorded {
+        failures.push((index.saturating_add(i as u32), f.clone()));
     }
+    *index = index.saturating_add(u32::try_from(count).unwrap_or(u32::MAX));
 }
 
 #[cfg(test)]
@@ -327,6 +331,25 @@ mod tests {
         assert!(matches!(&results[3], Err(Error::Remote(m)) if m.contains("not 2")));
         assert!(matches!(&results[4], Err(Error::Remote(m)) if m.contains("not 2")));
         assert_eq!(results[5].as_ref().ok(), Some(&50));
+    }
+
+    /// A count from a tampered Redis task entry: the worker records a
+    /// bounded number of failures instead of allocating one per claimed
+    /// item (2^40 of them took a worker to an abort). Found by an attack
+    /// battery.
+    #[test]
+    fn a_corrupt_count_costs_a_bounded_report() {
+        let one = u64::encode_many(&[1]).unwrap();
+        let (ran, outcome) = run(&[(&one, 1 << 40)], Duration::from_secs(60));
+        assert_eq!(ran, 1);
+        assert_eq!(outcome.failures.len(), MAX_FAILED_ALIKE);
+        // What the pool makes of it for a chunk it knows to hold 3 items.
+        let results = RawChunk::Encoded { len: 3, outcome }.into_typed::<u64>();
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(Error::Remote(m)) if m.contains("not 1099511627776")))
+        );
     }
 
     #[test]

@@ -273,11 +273,10 @@ impl QueueCore {
             } else {
                 ring.get_without_spin(buf, deadline, &ends)
             };
-            taken
-                .map_err(|e| match ends.closed_error(e) {
-                    Error::Timeout(_) => Error::Empty,
-                    e => e,
-                })?;
+            taken.map_err(|e| match ends.closed_error(e) {
+                Error::Timeout(_) => Error::Empty,
+                e => e,
+            })?;
             T::decode(buf)
         })
     }
