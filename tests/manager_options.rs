@@ -45,6 +45,32 @@ fn test_manager_initializer() {
     first.shutdown().unwrap();
 }
 
+fn report_value((v, ns): (multiproc::Value<u32>, NamespaceProxy)) {
+    ns.set("seen", v.get()).unwrap();
+}
+
+/// An initializer's argument made in the call (no copy kept by the caller)
+/// still reaches the server: the builder keeps it until the server has run
+/// the initializer. Found by a newcomer's first hour.
+#[test]
+fn an_initializer_argument_made_in_the_call_reaches_the_server() {
+    let first = Manager::start().unwrap();
+    for m in METHODS {
+        let ns = first.namespace().unwrap();
+        let second = Manager::builder()
+            .start_method(m)
+            .initializer(
+                report_value,
+                (multiproc::Value::new(7u32).unwrap(), ns.clone()),
+            )
+            .start()
+            .unwrap();
+        assert_eq!(ns.get::<u32>("seen").unwrap(), 7, "{m:?}");
+        second.shutdown().unwrap();
+    }
+    first.shutdown().unwrap();
+}
+
 fn fail_to_start(why: String) {
     panic!("{why}");
 }

@@ -812,3 +812,68 @@ fn join_timeout_gives_up_on_a_worker_that_does_not_exit() {
         p.join().unwrap();
     }
 }
+
+/// A callback runs on the thread that delivers its pool's results: waiting
+/// there for another result of the same pool (`apply`, `map`, `get`,
+/// `imap`) would wait for ever, and is an error at once instead; submitting
+/// (`apply_async`) works, and its result comes later. Found by a
+/// newcomer's first hour.
+#[test]
+fn a_callback_that_waits_for_its_own_pool_is_told_so() {
+    let pool = Arc::new(pool(StartMethod::Fork, 1));
+    let (said, heard) = std::sync::mpsc::channel();
+    let inner = pool.clone();
+    let r = pool
+        .apply_async_with(
+            square,
+            2,
+            Callbacks::new().callback(move |_: &u64| {
+                let waited = format!(
+                    "{:?} {:?} {:?}",
+                    inner.apply(square, 3),
+                    inner.map(square, 0..3u64),
+                    inner.imap(square, 0..3u64).map(|mut it| it.next())
+                );
+                let later = inner.apply_async(square, 4).unwrap();
+                said.send((waited, later)).unwrap();
+            }),
+        )
+        .unwrap();
+    assert_eq!(r.get_timeout(PROMPTLY).unwrap(), 4);
+    let (waited, later) = heard.recv_timeout(PROMPTLY).expect("the callback returned");
+    assert_eq!(waited.matches("InvalidState").count(), 3, "{waited}");
+    assert_eq!(later.get_timeout(PROMPTLY).unwrap(), 16);
+    // The pool still delivers.
+    assert_eq!(pool.map(square, 0..4u64).unwrap(), vec![0, 1, 4, 9]);
+}
+
+/// The Value each worker's initializer was given.
+static GIVEN: std::sync::OnceLock<multiproc::Value<u64>> = std::sync::OnceLock::new();
+
+fn keep_given(v: multiproc::Value<u64>) {
+    let _ = GIVEN.set(v);
+}
+
+fn read_given(_: ()) -> u64 {
+    GIVEN.get().map_or(0, |v| v.get())
+}
+
+/// Python's `Pool(initializer=f, initargs=(lock,))`, with the handle made
+/// in the call: the pool keeps the argument, so each worker it starts
+/// (here one per task) opens the handle although the caller kept no copy.
+/// Before, every worker failed to decode it and the pool broke. Found by a
+/// newcomer's first hour.
+#[test]
+fn an_initializer_argument_made_in_the_call_reaches_every_worker() {
+    for m in METHODS {
+        let p = Pool::builder()
+            .processes(1)
+            .start_method(m)
+            .maxtasksperchild(1)
+            .initializer(keep_given, multiproc::Value::new(41u64).unwrap())
+            .build()
+            .unwrap();
+        let got = p.map(read_given, vec![(); 3]).unwrap();
+        assert_eq!(got, vec![41, 41, 41], "{m:?}");
+    }
+}

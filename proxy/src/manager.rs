@@ -144,6 +144,9 @@ pub struct ManagerBuilder<U = ()> {
     limits: Limits,
     /// The server's initializer, or why its argument could not be encoded.
     init: Option<std::result::Result<Initializer, String>>,
+    /// The initializer's argument, kept until the server has run it: a
+    /// handle in it is opened by the server through this process.
+    init_arg: Option<InitArg>,
     /// The names of the user objects `U` lists, in order.
     user_names: Vec<UserName>,
     _user: PhantomData<fn() -> U>,
@@ -157,11 +160,15 @@ impl Default for ManagerBuilder {
             allow_root: false,
             limits: Limits::default(),
             init: None,
+            init_arg: None,
             user_names: Vec::new(),
             _user: PhantomData,
         }
     }
 }
+
+/// An initializer's argument, kept alive (see `ManagerBuilder::init_arg`).
+type InitArg = Arc<parking_lot::Mutex<Box<dyn std::any::Any + Send>>>;
 
 impl<U> Clone for ManagerBuilder<U> {
     fn clone(&self) -> Self {
@@ -171,6 +178,7 @@ impl<U> Clone for ManagerBuilder<U> {
             allow_root: self.allow_root,
             limits: self.limits,
             init: self.init.clone(),
+            init_arg: self.init_arg.clone(),
             user_names: self.user_names.clone(),
             _user: PhantomData,
         }
@@ -250,6 +258,7 @@ impl<U: UserTypes> ManagerBuilder<U> {
             allow_root: self.allow_root,
             limits: self.limits,
             init: self.init,
+            init_arg: self.init_arg,
             user_names,
             _user: PhantomData,
         }
@@ -278,6 +287,7 @@ impl<U: UserTypes> ManagerBuilder<U> {
     /// ```
     pub fn initializer<A: Shareable>(mut self, f: fn(A), arg: A) -> Self {
         self.init = Some(Initializer::new(f, &arg).map_err(|e| e.to_string()));
+        self.init_arg = Some(Arc::new(parking_lot::Mutex::new(Box::new(arg))));
         self
     }
 
@@ -347,6 +357,8 @@ impl<U: UserTypes> ManagerBuilder<U> {
             None => None,
         };
         let started = startup::start_local::<U>(options, init, self.user_names, self.method)?;
+        // The server has run the initializer: its argument may go.
+        drop(self.init_arg);
         let address = ServerAddress::Local(started.address);
         // This process keeps using the key the server started with, even
         // if its own authkey changes later.

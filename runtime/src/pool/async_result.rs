@@ -1,6 +1,7 @@
 //! `AsyncResult<R>`: a result that a pool fills in later, and the callbacks run when it does.
 
 use std::sync::Arc;
+use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
@@ -51,6 +52,10 @@ impl<R> Callbacks<R> {
     }
 
     /// Runs `f` with the result when the task succeeds.
+    ///
+    /// Callbacks run on the pool's result thread, as in Python: a slow one
+    /// holds back every result after it, and one that waits for a result of
+    /// its own pool gets [`Error::InvalidState`] (it would wait for ever).
     pub fn callback(mut self, f: impl FnOnce(&R) + Send + 'static) -> Self {
         self.on_ok = Some(Box::new(f));
         self
@@ -72,6 +77,9 @@ enum Slot<R> {
 struct Inner<R> {
     slot: Mutex<Slot<R>>,
     ready: Condvar,
+    /// The thread that completes it (the pool's result handler), which
+    /// must not wait for it: it runs the pool's callbacks.
+    completer: Option<ThreadId>,
 }
 
 /// The future result of a task submitted with `apply_async` or `map_async`.
@@ -85,11 +93,25 @@ pub(crate) struct Promise<R> {
     callbacks: Callbacks<R>,
 }
 
+/// The error of a callback that waits for a result its own pool has yet to
+/// deliver: the thread running it is the one that would deliver it.
+pub(crate) fn waits_for_itself() -> Error {
+    Error::InvalidState(
+        "a pool callback waited for a result of its own pool, which only its own thread \
+         delivers (callbacks run on the pool's result handler): it would wait for ever"
+            .into(),
+    )
+}
+
 /// A new pending result and the promise that completes it.
-pub(crate) fn pending<R>(callbacks: Callbacks<R>) -> (AsyncResult<R>, Promise<R>) {
+pub(crate) fn pending<R>(
+    callbacks: Callbacks<R>,
+    completer: Option<ThreadId>,
+) -> (AsyncResult<R>, Promise<R>) {
     let inner = Arc::new(Inner {
         slot: Mutex::new(Slot::Pending),
         ready: Condvar::new(),
+        completer,
     });
     (
         AsyncResult {
@@ -167,6 +189,9 @@ impl<R> AsyncResult<R> {
                     return Err(Error::InvalidState("the result was already taken".into()));
                 }
                 Slot::Pending => {}
+            }
+            if deadline != Deadline::Now && self.inner.completer == Some(thread::current().id()) {
+                return Err(waits_for_itself());
             }
             if !self.wait_locked(&mut slot, deadline) {
                 return Err(deadline.timeout_error());

@@ -32,7 +32,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
@@ -190,6 +190,8 @@ struct Outbox {
 pub(crate) struct Core<B: Backend> {
     state: Arc<Mutex<State<B>>>,
     handler: Mutex<Option<JoinHandle<()>>>,
+    /// The result handler's thread, which runs callbacks.
+    handler_thread: ThreadId,
     /// Set (and signalled) when the result handler has returned or panicked.
     handler_ended: Arc<(Mutex<bool>, Condvar)>,
 }
@@ -244,6 +246,7 @@ impl<B: Backend> Core<B> {
             })?;
         Ok(Core {
             state,
+            handler_thread: handler.thread().id(),
             handler: Mutex::new(Some(handler)),
             handler_ended,
         })
@@ -352,10 +355,12 @@ impl<B: Backend> Core<B> {
 
     /// Whether this is the result handler's thread (a callback's).
     fn on_handler_thread(&self) -> bool {
-        self.handler
-            .lock()
-            .as_ref()
-            .is_some_and(|h| h.thread().id() == std::thread::current().id())
+        self.handler_thread == std::thread::current().id()
+    }
+
+    /// The thread that delivers this pool's results and runs its callbacks.
+    pub fn handler_thread(&self) -> ThreadId {
+        self.handler_thread
     }
 
     /// Waits for the result handler to end. Not from the handler itself (a

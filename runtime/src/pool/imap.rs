@@ -158,11 +158,16 @@ where
 pub(crate) trait Poke: Send + Sync {
     fn poke(&self);
     fn stopped(&self);
+    /// The thread that delivers the pool's results (and runs its callbacks).
+    fn handler_thread(&self) -> std::thread::ThreadId;
 }
 
 impl<B: Backend> Poke for Core<B> {
     fn poke(&self) {
         Core::poke(self)
+    }
+    fn handler_thread(&self) -> std::thread::ThreadId {
+        Core::handler_thread(self)
     }
     fn stopped(&self) {
         Core::wake(self)
@@ -213,6 +218,14 @@ impl<R> IMapIterator<R> {
             if s.total.is_some_and(|t| s.next >= t) {
                 // Every result is out: the input's error, if it ended in one, then the end.
                 return Ok(s.input_error.take().map(Err));
+            }
+            if deadline != Deadline::Now
+                && self
+                    .pool
+                    .upgrade()
+                    .is_some_and(|p| p.handler_thread() == std::thread::current().id())
+            {
+                return Err(crate::pool::async_result::waits_for_itself());
             }
             match deadline.remaining() {
                 None => self.shared.changed.wait(&mut s),

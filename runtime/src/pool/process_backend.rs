@@ -83,6 +83,9 @@ pub(crate) struct Processes {
     context: Context,
     reports: Queue<ReportMsg>,
     init: Option<InitSpec>,
+    /// The initializer's argument, which its handles need alive for every
+    /// worker started (they open them through this process).
+    _init_arg: Option<Box<dyn std::any::Any + Send>>,
     maxtasks: Option<usize>,
     /// The most chunks one order message carries (at least 1).
     chunks_per_message: usize,
@@ -104,10 +107,14 @@ pub(crate) struct ProcReports(Queue<ReportMsg>);
 impl Processes {
     pub fn new(
         context: Context,
-        init: Option<InitSpec>,
+        init: Option<(InitSpec, Option<Box<dyn std::any::Any + Send>>)>,
         maxtasks: Option<usize>,
         chunks_per_message: usize,
     ) -> Result<(Processes, ProcReports)> {
+        let (init, init_arg) = match init {
+            Some((spec, arg)) => (Some(spec), arg),
+            None => (None, None),
+        };
         if context.start_method() == StartMethod::Fork {
             install_quiet_switch();
         }
@@ -117,6 +124,7 @@ impl Processes {
                 context,
                 reports: reports.clone(),
                 init,
+                _init_arg: init_arg,
                 maxtasks,
                 chunks_per_message: chunks_per_message.max(1),
             },

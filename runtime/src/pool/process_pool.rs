@@ -71,6 +71,9 @@ pub struct PoolBuilder {
     method: Option<StartMethod>,
     context: Option<Context>,
     init: Option<InitSpec>,
+    /// The initializer's argument, kept while the pool lives: a handle in
+    /// it is opened by each worker started, through this process.
+    init_arg: Option<Box<dyn std::any::Any + Send>>,
     init_error: Option<Error>,
     maxtasks: Option<usize>,
     prefetch: Option<usize>,
@@ -140,7 +143,10 @@ impl PoolBuilder {
     /// Runs `f(arg)` once in each worker before it takes tasks.
     pub fn initializer<A: Shareable>(mut self, f: fn(A), arg: A) -> Self {
         match InitSpec::new(f, &arg) {
-            Ok(spec) => self.init = Some(spec),
+            Ok(spec) => {
+                self.init = Some(spec);
+                self.init_arg = Some(Box::new(arg));
+            }
             Err(e) => self.init_error = Some(e),
         }
         self
@@ -222,7 +228,7 @@ impl PoolBuilder {
         };
         let (backend, reports) = Processes::new(
             context,
-            self.init,
+            self.init.map(|spec| (spec, self.init_arg)),
             self.maxtasks,
             self.chunks_per_message.unwrap_or(ORDER_CHUNKS),
         )?;

@@ -56,7 +56,7 @@ where
     R: Send + 'static,
     F: Tasks<B, A, R>,
 {
-    let (result, promise) = async_result::pending(callbacks);
+    let (result, promise) = async_result::pending(callbacks, Some(core.handler_thread()));
     core.submit(|id, backend| {
         let task = f.make_task(backend, vec![arg])?;
         Ok(Submission {
@@ -92,7 +92,7 @@ where
     check_chunksize(chunksize)?;
     let len = items.len();
     let chunksize = chunksize.unwrap_or_else(|| default_chunksize(len, workers));
-    let (result, promise) = async_result::pending(callbacks);
+    let (result, promise) = async_result::pending(callbacks, Some(core.handler_thread()));
     core.submit(|id, backend| {
         let mut feeder = MapFeeder::<B, A, R, F> {
             job: id,

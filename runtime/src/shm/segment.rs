@@ -140,7 +140,9 @@ impl Segment {
             Error::Io(std::io::Error::new(
                 e.kind(),
                 format!(
-                    "cannot open shared segment {:016x} from process {} (is it still alive?): {e}",
+                    "cannot open shared segment {:016x} from process {}: {e} (a handle in a \
+                     message is opened through its sender, which must be alive and still \
+                     hold it: keep a clone until the receiver has it)",
                     repr.id, repr.pid
                 ),
             ))
@@ -153,8 +155,9 @@ impl Segment {
                 std::io::ErrorKind::NotFound,
                 format!(
                     "shared segment {:016x} is gone from process {}: the descriptor its \
-                     handle names is now another file (was the segment dropped before \
-                     the handle was read?)",
+                     handle names is now another file (a handle in a message is opened \
+                     through its sender, which must still hold it: keep a clone until the \
+                     receiver has it)",
                     repr.id, repr.pid
                 ),
             )));
