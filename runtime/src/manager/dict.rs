@@ -16,7 +16,7 @@ use std::hash::{BuildHasher, RandomState};
 use hashbrown::HashTable;
 
 use crate::manager::protocol::ObjectId;
-use crate::manager::table::Stored;
+use crate::manager::table::{Stored, charge_of};
 
 /// The longest key or value kept inside its entry.
 pub const INLINE: usize = 22;
@@ -66,7 +66,8 @@ impl Bytes {
 }
 
 /// One entry. What it charged its owner is not kept: a dict entry is
-/// always charged its key's and value's bytes (see [`Stored::entry`]).
+/// always charged its key's and value's bytes and its references (see
+/// [`Stored::entry`]).
 #[derive(Debug)]
 struct Entry {
     key: Bytes,
@@ -77,7 +78,10 @@ struct Entry {
 
 impl Entry {
     fn into_stored(self) -> Stored {
-        let charge = (self.key.as_slice().len() + self.value.as_slice().len()) as u64;
+        let charge = charge_of(
+            self.key.as_slice().len() + self.value.as_slice().len(),
+            self.refs.len(),
+        );
         Stored {
             bytes: self.value.into_box(),
             refs: self.refs,
@@ -94,7 +98,7 @@ pub(crate) struct Value<'a> {
     pub refs: &'a [ObjectId],
     /// The connection charged for it (0: nobody).
     pub owner: u64,
-    /// The bytes charged: the key's and the value's.
+    /// What it was charged ([`charge_of`]).
     pub charge: u64,
 }
 
@@ -139,7 +143,7 @@ impl CompactDict {
                 bytes: value,
                 refs: &e.refs,
                 owner: e.owner,
-                charge: (key.len() + value.len()) as u64,
+                charge: charge_of(key.len() + value.len(), e.refs.len()),
             },
         )
     }

@@ -1393,6 +1393,41 @@ mod tests {
         ));
     }
 
+    /// The references a stored value holds count against `max_bytes` as
+    /// the server keeps them (8 bytes each): a client that sent empty
+    /// values with millions of references each grew the server without
+    /// limit, charged nothing. Found by an attack battery.
+    #[test]
+    fn references_in_a_stored_value_are_charged() {
+        let limits = crate::manager::server::Limits {
+            max_bytes: 1000,
+            ..Default::default()
+        };
+        let table = Mutex::new(Table::with_limits(limits));
+        let mut conn = ConnRefs::new();
+        let list = create(&table, &mut conn, ObjectKind::List);
+        let dict = create(&table, &mut conn, ObjectKind::Dict);
+        let push = |refs: &[ObjectId]| {
+            let req = Request::Call(Call {
+                value: Some(Blob { bytes: b"", refs }),
+                ..match call(list, Method::ListPush, None, None) {
+                    Request::Call(c) => c,
+                    _ => unreachable!(),
+                }
+            });
+            let out = run(&table, &mut ConnRefs::new(), &req);
+            matches!(
+                access_response(&out).unwrap(),
+                ArchivedResponse::Error(
+                    crate::manager::protocol::ArchivedRemoteError::QuotaExceeded { .. }
+                )
+            )
+        };
+        assert!(!push(&[dict; 100]), "800 bytes of references fit");
+        assert!(push(&[dict; 100]), "1600 do not");
+        assert!(push(&vec![dict; 1_000_000]), "nor a million");
+    }
+
     #[test]
     fn an_object_freed_by_a_call_drops_what_it_stored() {
         let table = Mutex::new(Table::new());

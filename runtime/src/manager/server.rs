@@ -574,7 +574,9 @@ pub const DEFAULT_MAX_OBJECTS: u64 = 1 << 20;
 pub struct Limits {
     /// Objects per connection (default [`DEFAULT_MAX_OBJECTS`], about a million).
     pub max_objects: u64,
-    /// Bytes stored per connection (default: the machine's physical memory).
+    /// Bytes stored per connection, keys and values, with 8 for each
+    /// reference to an object (a proxy) inside them (default: the
+    /// machine's physical memory).
     pub max_bytes: u64,
     /// Bytes of one shared segment (default: the machine's physical memory).
     pub max_segment: u64,

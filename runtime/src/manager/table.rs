@@ -34,6 +34,14 @@ use crate::sys;
 /// time no longer keeps its object alive.
 pub const PIN_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// What a stored value costs its owner's `max_bytes` quota: its bytes
+/// (a dict entry's key's too) and the references it holds, which the
+/// server keeps beside them (a request may carry any number of them).
+pub(crate) fn charge_of(bytes: usize, refs: usize) -> u64 {
+    let refs = refs.saturating_mul(std::mem::size_of::<ObjectId>());
+    bytes.saturating_add(refs) as u64
+}
+
 /// Encoded bytes the server stores, with the objects they refer to.
 #[derive(Debug, Default)]
 pub(crate) struct Stored {
@@ -41,7 +49,7 @@ pub(crate) struct Stored {
     pub refs: Box<[ObjectId]>,
     /// The connection that stored it (charged for it; 0: nobody).
     pub owner: u64,
-    /// The bytes charged: the value's, and a dict entry's key's.
+    /// What it was charged ([`charge_of`]).
     pub charge: u64,
 }
 
@@ -52,7 +60,7 @@ impl Stored {
             bytes: Box::from(&*blob.bytes),
             refs: blob.refs.iter().map(|r| r.to_native()).collect(),
             owner,
-            charge: blob.bytes.len() as u64,
+            charge: charge_of(blob.bytes.len(), blob.refs.len()),
         }
     }
 
@@ -68,7 +76,10 @@ impl Stored {
                 .map(|r| r.to_native())
                 .collect(),
             owner,
-            charge: (key.bytes.len() + value.bytes.len()) as u64,
+            charge: charge_of(
+                key.bytes.len() + value.bytes.len(),
+                key.refs.len() + value.refs.len(),
+            ),
         }
     }
 }
