@@ -1236,3 +1236,55 @@ fn a_queue_made_anew_with_a_bound_still_lets_its_waiting_producer_in() {
     assert!(new.empty().unwrap());
     m.clear().unwrap();
 }
+
+fn take_then_finish_when_told((q, took, go): (JoinableQueue<u32>, Event, Event)) -> String {
+    assert_eq!(q.get().unwrap(), 42);
+    took.set().unwrap();
+    assert!(go.wait_timeout(PROMPTLY * 3).unwrap());
+    format!("{:?}", q.task_done())
+}
+
+/// A consumer stopped (SIGSTOP) past its lease loses its item to another
+/// consumer, which finishes it; when the first resumes, its `task_done` is
+/// refused instead of counting the item twice (which let `join` return
+/// while another item was still unfinished). Found by an attack battery.
+#[test]
+fn a_consumer_that_lost_its_item_to_another_does_not_count_it_again() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let q = m
+            .joinable_queue::<u32>(&format!("stopped-{method:?}"))
+            .unwrap();
+        let took = m.event(&format!("took-stopped-{method:?}")).unwrap();
+        let go = m.event(&format!("go-stopped-{method:?}")).unwrap();
+        q.put(42).unwrap();
+        let mut p = start(
+            method,
+            take_then_finish_when_told,
+            (q.clone(), took.clone(), go.clone()),
+        );
+        assert!(took.wait_timeout(PROMPTLY).unwrap(), "{method:?}");
+        let pid = p.pid().unwrap();
+        // SAFETY: kill(2) on a child this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        // Once its lease ends, the item comes back to this consumer.
+        assert_eq!(q.get_timeout(PROMPTLY).unwrap(), 42, "{method:?}");
+        q.task_done().unwrap();
+        q.put(43).unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+        go.set().unwrap();
+        let said = p.join_timeout(PROMPTLY).unwrap();
+        assert!(said.contains("another consumer"), "{method:?}: {said}");
+        assert_eq!(
+            q.unfinished_tasks().unwrap(),
+            1,
+            "{method:?}: 43 is not done"
+        );
+        assert_eq!(q.get_timeout(PROMPTLY).unwrap(), 43);
+        q.task_done().unwrap();
+        q.join_timeout(PROMPTLY).unwrap();
+    }
+    m.clear().unwrap();
+}

@@ -118,14 +118,22 @@ redis.call('SADD', KEYS[5], ARGV[3])
 ";
 
 /// One task done: -1 if none is unfinished. Drops this consumer's oldest
-/// in-flight item, and wakes the joiners at zero. KEYS unfinished, proc, joined.
+/// in-flight item, and wakes the joiners at zero. A consumer that holds an
+/// item (ARGV[1] = 1) but finds its in-flight list empty lost the item to
+/// another consumer (its lease ended while it was stopped or cut off):
+/// -2, and nothing is counted (that consumer's `task_done` counts it).
+/// KEYS unfinished, proc, joined.
 static TASK_DONE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 local u = tonumber(redis.call('GET', KEYS[1]) or '0')
-if u <= 0 then return -1 end
+local it = redis.call('RPOP', KEYS[2])
+if ARGV[1] == '1' and not it then return -2 end
+if u <= 0 then
+  if it then redis.call('RPUSH', KEYS[2], it) end
+  return -1
+end
 redis.call('DECR', KEYS[1])
-redis.call('RPOP', KEYS[2])
 if u == 1 then
   redis.call('DEL', KEYS[3])
   redis.call('RPUSH', KEYS[3], 1)
@@ -157,6 +165,9 @@ pub(crate) struct RedisQueue {
     joinable: bool,
     /// The process that enlisted as a consumer of this queue (0: none yet).
     enlisted: Arc<AtomicI32>,
+    /// A joinable queue's items this process took and has not marked done,
+    /// with the pid that counted them (a forked child starts at none).
+    held: Arc<parking_lot::Mutex<(i32, u64)>>,
     /// The queue's `maxsize` as last read from Redis ([`MAXSIZE_UNKNOWN`]:
     /// not read yet). It is fixed when the queue is made: a get from an
     /// unbounded queue has no producer to wake and can skip [`TAKE`]. (A
@@ -217,6 +228,7 @@ impl RedisQueue {
             obj,
             joinable,
             enlisted: Arc::new(AtomicI32::new(0)),
+            held: Arc::new(parking_lot::Mutex::new((0, 0))),
             maxsize: Arc::new(AtomicU64::new(MAXSIZE_UNKNOWN)),
         }
     }
@@ -468,6 +480,9 @@ impl RedisQueue {
         let target = self.obj.target();
         let item = T::decode(&bytes);
         let ack = !self.joinable || item.is_err();
+        if !ack {
+            self.held(|n| *n += 1);
+        }
         let settle = match how {
             Taken::Blocked => {
                 let mut cmd = redis::cmd("EVAL");
@@ -540,22 +555,45 @@ impl RedisQueue {
         Ok(max != 0 && self.qsize()? >= max)
     }
 
-    /// Marks one task done; more calls than items is `InvalidState`.
+    /// Runs `f` on the count of items this process holds.
+    fn held<R>(&self, f: impl FnOnce(&mut u64) -> R) -> R {
+        let mut held = self.held.lock();
+        let me = crate::sys::process::getpid();
+        if held.0 != me {
+            *held = (me, 0);
+        }
+        f(&mut held.1)
+    }
+
+    /// Marks one task done; more calls than items is `InvalidState`, and so
+    /// is the call of a consumer whose item went to another consumer (its
+    /// lease ended while it was stopped or cut off from Redis).
     pub(crate) fn task_done(&self) -> Result<()> {
         let proc = self.in_flight(&self.consumer());
+        let holds = self.held(|n| *n > 0);
         let left: i64 = self.obj.run(|c| {
             TASK_DONE
                 .key(self.obj.sub("#unfinished"))
                 .key(&proc)
                 .key(self.obj.sub("#joined"))
+                .arg(if holds { "1" } else { "0" })
                 .invoke(c)
         })?;
-        if left < 0 {
-            return Err(Error::InvalidState(
-                "task_done() called more times than there were items in the queue".into(),
-            ));
+        if holds {
+            self.held(|n| *n = n.saturating_sub(1));
         }
-        Ok(())
+        match left {
+            -2 => Err(Error::InvalidState(
+                "this consumer's item went to another consumer after its lease ended (it was \
+                 stopped or cut off from Redis for longer than the lease): that consumer's \
+                 task_done counts it"
+                    .into(),
+            )),
+            l if l < 0 => Err(Error::InvalidState(
+                "task_done() called more times than there were items in the queue".into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The number of items put and not yet marked done.
