@@ -223,7 +223,13 @@ fn describe_death(exitcode: Option<i32>, signal: Option<i32>) -> String {
 
 impl Error {
     pub(crate) fn codec(e: impl std::fmt::Display) -> Self {
-        Error::Codec(e.to_string())
+        // A codec error carried through the codec (a handle inside a value
+        // that failed to open, say) is not wrapped twice.
+        let text = e.to_string();
+        match text.strip_prefix("codec error: ") {
+            Some(inner) => Error::Codec(inner.to_owned()),
+            None => Error::Codec(text),
+        }
     }
 
     /// A failed bind, saying where: the io error keeps its kind (`AddrInUse`
@@ -233,5 +239,17 @@ impl Error {
             e.kind(),
             format!("cannot listen on {address}: {e}"),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_codec_error_carried_through_the_codec_says_so_once() {
+        let inner = Error::codec("i/o error: segment gone");
+        let outer = Error::codec(&inner);
+        assert_eq!(outer.to_string(), "codec error: i/o error: segment gone");
     }
 }

@@ -62,7 +62,7 @@ fn merge<R: Shareable>(len: usize, outcome: ChunkOutcome) -> Vec<Result<R>> {
         Ok(v) => v.into_iter(),
         Err(e) => {
             let msg = e.to_string();
-            return (0..len).map(|_| Err(Error::Codec(msg.clone()))).collect();
+            return (0..len).map(|_| Err(Error::codec(&msg))).collect();
         }
     };
     let mut failures = failures.into_iter().peekable();

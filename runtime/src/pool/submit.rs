@@ -207,7 +207,7 @@ where
                     job: self.job,
                     first,
                     len,
-                    error: Arc::new(move || Error::Codec(message.clone())),
+                    error: Arc::new(move || Error::codec(&message)),
                 }
             }
         }
