@@ -218,8 +218,9 @@ fn start_on_a_port_in_use_is_an_io_error_naming_the_address() {
 #[test]
 fn a_wrong_authkey_is_refused() {
     let master = config().start().unwrap();
+    // The address as the server gives it (a `SocketAddr`), or as text.
     let wrong = BaseManager::new()
-        .address(master.address().to_string())
+        .address(master.address())
         .authkey(b"not the key")
         .connect();
     assert!(matches!(wrong, Err(Error::Authentication(_))), "{wrong:?}");

@@ -256,9 +256,10 @@ impl<U: UserTypes> BaseManager<U> {
     }
 
     /// Where the server listens, or the client connects: `host:port`
-    /// (port 0 picks a free port when serving).
-    pub fn address(mut self, address: impl Into<String>) -> Self {
-        self.address = address.into();
+    /// (port 0 picks a free port when serving), as text or a `SocketAddr`
+    /// (a started manager's [`address`](RemoteManager::address)).
+    pub fn address(mut self, address: impl ToString) -> Self {
+        self.address = address.to_string();
         self
     }
 
