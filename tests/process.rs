@@ -358,7 +358,7 @@ fn a_child_that_never_calls_init_is_reported() {
     let mut p = ctx.process(square, 3);
     p.start().unwrap();
     match p.join_timeout(PROMPTLY) {
-        Err(e @ Error::ChildFailed { panic: None, .. }) => {
+        Err(e @ Error::InitMissing { .. }) => {
             assert!(e.to_string().contains("init()"), "{e}")
         }
         other => panic!("{other:?}"),

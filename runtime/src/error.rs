@@ -212,10 +212,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 fn describe_death(exitcode: Option<i32>, signal: Option<i32>) -> String {
     match (exitcode, signal) {
         (_, Some(sig)) => format!("killed by signal {sig}"),
-        (Some(0), None) => "exited with code 0 without returning a result (its target \
-                            called exit, or, under spawn, its main does not call \
-                            multiproc::init() first)"
-            .to_string(),
+        (Some(0), None) => {
+            "exited with code 0 without returning a result (its target ended the process \
+             with exit)"
+                .to_string()
+        }
         (Some(code), None) => format!("exited with code {code}"),
         (None, None) => "ended for an unknown reason".to_string(),
     }

@@ -682,11 +682,14 @@ impl Running {
             // (Python's `sys.exit(0)`) a clean end, and nothing is lost when
             // there was nothing to return. A child that ran a launch message
             // says so from its exit handler; a forked one runs nothing but
-            // the target. A spawned child that says nothing most likely ran
-            // a `main` without `init()` first instead of the target, and the
-            // error's text says so.
+            // the target.
             Some(Ok(Outcome::Exited)) => self.exited(exitcode, failed),
             None if !self.spawned => self.exited(exitcode, failed),
+            // A spawned child that ran its launch message always reports
+            // (its outcome, or its exit from the exit handler): one that
+            // ends with code 0 and says nothing ran the program's `main`
+            // instead, which does not call `init()` first.
+            None if exitcode == Some(0) => Err(Error::InitMissing { pid }),
             None => Err(failed(None)),
         }
     }
