@@ -88,7 +88,9 @@ mod shareable;
 /// - `pub struct CounterProxy` ([`UserProxy`]), with one `pub fn` per
 ///   served method: same name and arguments, taking `&self`, returning
 ///   `multiproc::Result<R>` (`counter.incr(5)?`). The served method's docs
-///   are copied onto it.
+///   are copied onto it. It stays in the process that made it (neither
+///   `Shareable` nor `Clone`, unlike a Python proxy): another process gets
+///   its own, from the manager's address and the object's name.
 ///
 /// # Method numbers are the wire format
 ///
