@@ -607,14 +607,15 @@ fn put_then_replace((q, ready, done): (Queue<multiproc::Value<u64>>, Event, Even
 /// attack battery.
 #[test]
 fn a_handle_whose_object_its_sender_dropped_is_refused_not_taken_for_another() {
-    // Within one process.
+    // Within one process (whose other test threads may take the freed
+    // descriptor number first: then it names no segment at all).
     let q: Queue<multiproc::Value<u64>> = Queue::new().unwrap();
     let first = multiproc::Value::new(111u64).unwrap();
     q.put(&first).unwrap();
     drop(first);
     let second = multiproc::Value::new(222u64).unwrap();
     match q.get() {
-        Err(e @ Error::Codec(_)) => assert!(e.to_string().contains("is gone"), "{e}"),
+        Err(Error::Codec(_)) => {}
         Ok(v) => panic!("took another object for the one sent: it holds {}", v.get()),
         Err(e) => panic!("{e:?}"),
     }
@@ -625,7 +626,8 @@ fn a_handle_whose_object_its_sender_dropped_is_refused_not_taken_for_another() {
     drop(first);
     let _second = multiproc::Lock::new().unwrap();
     assert!(matches!(locks.get(), Err(Error::Codec(_))));
-    // From another process, which still runs.
+    // From another process, which still runs: one thread, so the new
+    // Value's descriptor surely takes the dropped one's number.
     for m in METHODS {
         let (q, ready, done) = (
             Queue::new().unwrap(),
@@ -636,12 +638,11 @@ fn a_handle_whose_object_its_sender_dropped_is_refused_not_taken_for_another() {
             .start_method(m);
         p.start().unwrap();
         assert!(ready.wait_timeout(Duration::from_secs(120)).unwrap());
-        let got = q.get_timeout(Duration::from_secs(120));
-        assert!(
-            matches!(got, Err(Error::Codec(_))),
-            "{m:?}: {:?}",
-            got.map(|v| v.get())
-        );
+        match q.get_timeout(Duration::from_secs(120)) {
+            Err(e @ Error::Codec(_)) => assert!(e.to_string().contains("is gone"), "{m:?}: {e}"),
+            Ok(v) => panic!("{m:?}: took another object for the one sent: {}", v.get()),
+            Err(e) => panic!("{m:?}: {e:?}"),
+        }
         done.set().unwrap();
         assert_eq!(
             p.join().unwrap(),
