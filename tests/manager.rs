@@ -646,3 +646,49 @@ fn calls_progress_with_client_and_server_on_one_cpu() {
     });
     assert!(done.is_some(), "manager calls on one CPU did not finish");
 }
+
+/// The address space process `pid` maps now, in bytes.
+fn mapped_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// Sets the address-space limit of process `pid`.
+fn limit_address_space(pid: i32, bytes: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit(2) on a child of this process, with a valid rlimit
+    // and no old value asked for.
+    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_AS, &lim, std::ptr::null_mut()) };
+    assert_eq!(set, 0);
+}
+
+/// A server at its address-space limit answers a get of a value it has no
+/// room to send with an error for that call, and serves on: it aborted on
+/// the failed allocation (every client then lost it). Found by an attack
+/// battery.
+#[test]
+fn a_server_at_its_memory_limit_refuses_a_large_answer_and_serves_on() {
+    let manager = start(StartMethod::Fork);
+    let pid = manager.pid();
+    let d = manager.dict::<u32, Vec<u8>>().unwrap();
+    d.insert(1, vec![7u8; 32 << 20]).unwrap();
+    d.insert(2, vec![1u8; 10]).unwrap();
+    limit_address_space(pid, mapped_bytes(pid));
+    match d.get(&1) {
+        Err(Error::Remote(m)) => assert!(m.contains("cannot send the response"), "{m}"),
+        other => panic!("{:?}", other.map(|v| v.map(|v| v.len()))),
+    }
+    assert_eq!(d.get(&2).unwrap(), Some(vec![1u8; 10]));
+    limit_address_space(pid, libc::RLIM_INFINITY);
+    assert_eq!(d.get(&1).unwrap().map(|v| v.len()), Some(32 << 20));
+    manager.shutdown().unwrap();
+}

@@ -9,8 +9,22 @@
 use rkyv::ser::{Positional, Writer};
 use rkyv::util::AlignedVec;
 
-use crate::manager::protocol::{Response, encode_response, encode_response_in};
+use crate::manager::protocol::{RemoteError, Response, encode_response, encode_response_in};
 use crate::shm::Segment;
+
+/// Payloads from this size on are measured before they are encoded into
+/// the buffer, which then gets exactly the room they need.
+const LARGE: usize = 1 << 20;
+
+/// Where [`ResponseBuf::emit_into_segment`] put a response.
+enum Placed {
+    /// In the lent segment.
+    InSegment,
+    /// Left to the buffer; its encoded length, if measured.
+    ForBuffer(Option<usize>),
+    /// Nowhere it could go, and why.
+    Refused(String),
+}
 
 /// An encoded response: in `bytes`, or (see the module docs) in the
 /// overflow segment lent by a local channel.
@@ -67,50 +81,92 @@ impl ResponseBuf {
     }
 
     /// Encodes `resp`, replacing any earlier response.
+    ///
+    /// A response that cannot be placed (no memory for it, in a segment or
+    /// in the buffer) is replaced by the error saying so, for its caller
+    /// alone: the server never dies of an allocation a client asked for.
     pub(crate) fn emit(&mut self, resp: &Response<'_>) {
-        if self.emit_into_segment(resp) {
-            return;
+        let known = match self.emit_into_segment(resp) {
+            Placed::InSegment => return,
+            Placed::Refused(why) => return self.emit_failed(why),
+            Placed::ForBuffer(known) => known,
+        };
+        let mut buf = reset(std::mem::take(self.buffer()));
+        if payload_len(resp) >= LARGE {
+            // Room for exactly this response, if the process has it: a
+            // growing buffer would double (and an allocation that fails
+            // aborts the process).
+            let len = match known {
+                Some(len) => Ok(len),
+                None => encode_response_in(resp, Count(0)).map(|c| c.0),
+            };
+            let room = len.map_err(|e| e.to_string()).and_then(|len| {
+                Vec::<u8>::new()
+                    .try_reserve_exact(len)
+                    .map(|()| len)
+                    .map_err(|e| format!("{len} bytes: {e}"))
+            });
+            match room {
+                Ok(len) => buf.reserve_exact(len),
+                Err(why) => {
+                    self.bytes = buf;
+                    return self.emit_failed(why);
+                }
+            }
         }
-        let buf = std::mem::take(self.buffer());
-        self.bytes = match encode_response(resp, reset(buf)) {
+        self.bytes = match encode_response(resp, buf) {
             Ok(b) => b,
             Err(e) => {
-                let failed = Response::Error(crate::manager::protocol::RemoteError::Failed(
-                    format!("cannot encode the response: {e}"),
-                ));
+                let failed = Response::Error(RemoteError::Failed(format!(
+                    "cannot encode the response: {e}"
+                )));
                 // An error response always encodes; an empty buffer is read as malformed.
                 encode_response(&failed, AlignedVec::new()).unwrap_or_default()
             }
         };
     }
 
+    /// Answers that the response could not be sent, and why.
+    fn emit_failed(&mut self, why: String) {
+        let failed = Response::Error(RemoteError::Failed(format!(
+            "cannot send the response: {why}"
+        )));
+        let buf = reset(std::mem::take(self.buffer()));
+        self.bytes = encode_response(&failed, buf).unwrap_or_default();
+    }
+
     /// Encodes `resp` into the lent segment if it is too large for a slot
-    /// (making or growing the segment to fit); `false` leaves it to the
-    /// buffer (small, no segment lent, or none could be made).
-    fn emit_into_segment(&mut self, resp: &Response<'_>) -> bool {
+    /// (making or growing the segment to fit). Otherwise it is the
+    /// buffer's (small, or no segment lent: a TCP connection), with its
+    /// length if measured; or, if no segment could be made for it, refused
+    /// (a buffer could not carry it over a local channel either).
+    fn emit_into_segment(&mut self, resp: &Response<'_>) -> Placed {
         let Some(spill) = &mut self.spill else {
-            return false;
+            return Placed::ForBuffer(None);
         };
         spill.len = None;
         // Only a response carrying a large value can outgrow a slot: the
         // rest skip the measuring pass.
         if payload_len(resp) < spill.slot_size / 2 {
-            return false;
+            return Placed::ForBuffer(None);
         }
-        let Ok(counted) = encode_response_in(resp, Count(0)) else {
-            return false;
+        let len = match encode_response_in(resp, Count(0)) {
+            Ok(counted) => counted.0,
+            Err(e) => return Placed::Refused(e.to_string()),
         };
-        let len = counted.0;
         if len <= spill.slot_size {
-            return false;
+            return Placed::ForBuffer(Some(len));
         }
         if spill.seg.as_ref().is_none_or(|s| s.len() < len) {
             // Drop the old one first: its memory may be needed for the new one.
             spill.seg = None;
-            spill.seg = crate::manager::channel::grown_segment(len).ok();
+            match crate::manager::channel::grown_segment(len) {
+                Ok(seg) => spill.seg = Some(seg),
+                Err(e) => return Placed::Refused(e.to_string()),
+            }
         }
         let Some(seg) = &spill.seg else {
-            return false;
+            return Placed::Refused("no overflow segment".into());
         };
         let writer = SegmentWriter {
             start: seg.as_ptr(),
@@ -121,9 +177,10 @@ impl ResponseBuf {
             Ok(w) if w.pos == len => {
                 spill.len = Some(len);
                 self.bytes.clear();
-                true
+                Placed::InSegment
             }
-            _ => false,
+            Ok(_) => Placed::Refused("the response changed length while encoded".into()),
+            Err(e) => Placed::Refused(e.to_string()),
         }
     }
 

@@ -187,11 +187,18 @@ impl<B: Backend> Poke for Core<B> {
 pub struct IMapIterator<R> {
     shared: Arc<IMapShared<R>>,
     pool: Weak<dyn Poke>,
+    /// An untimed `next` failed (its pool was dropped, or it was called
+    /// from one of its pool's callbacks): the iteration is over.
+    failed: bool,
 }
 
 impl<R> IMapIterator<R> {
     pub(crate) fn new(shared: Arc<IMapShared<R>>, pool: Weak<dyn Poke>) -> Self {
-        IMapIterator { shared, pool }
+        IMapIterator {
+            shared,
+            pool,
+            failed: false,
+        }
     }
 
     /// The next result, waiting at most `timeout`: `Ok(None)` at the end,
@@ -257,10 +264,18 @@ impl<R> std::fmt::Debug for IMapIterator<R> {
 impl<R> Iterator for IMapIterator<R> {
     type Item = Result<R>;
 
+    /// An error that ends the iteration (not an item's own) comes once,
+    /// then the iterator ends: a `for` loop or `collect` stops.
     fn next(&mut self) -> Option<Result<R>> {
+        if self.failed {
+            return None;
+        }
         match self.next_deadline(Deadline::Never) {
             Ok(item) => item,
-            Err(e) => Some(Err(e)),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
         }
     }
 }
