@@ -32,6 +32,7 @@ use crate::pool::redis_worker::{bytes, text};
 use crate::pool::wire::{self, ChunkEntryFn, TaskFn};
 use crate::process::launch;
 use crate::redis::RedisTarget;
+use crate::redis::conn::RedisConn;
 
 /// How often the pool renews its lease.
 const BEAT_EVERY: Duration = Duration::from_secs(5);
@@ -107,12 +108,12 @@ pub(crate) struct RedisShared {
     /// one has run. How many chunks an entry packs follows it.
     chunk_busy_ns: AtomicU64,
     /// For `workers()`.
-    side: Mutex<Option<redis::Connection>>,
+    side: Mutex<Option<RedisConn>>,
 }
 
 pub(crate) struct RedisPool {
     shared: Arc<RedisShared>,
-    conn: Option<redis::Connection>,
+    conn: Option<RedisConn>,
 }
 
 /// The one worker slot.
@@ -122,7 +123,7 @@ pub(crate) struct RedisSlot {
 
 pub(crate) struct RedisReports {
     shared: Arc<RedisShared>,
-    conn: Option<redis::Connection>,
+    conn: Option<RedisConn>,
     buffer: VecDeque<Report>,
     last_beat: Instant,
     last_reclaim: Instant,
@@ -296,7 +297,7 @@ impl RedisSlot {
 impl RedisShared {
     /// Takes or renews this pool's lease (and creates the stream and group
     /// if no pool of this name holds them).
-    fn beat(&self, conn: &mut redis::Connection) -> Result<()> {
+    fn beat(&self, conn: &mut RedisConn) -> Result<()> {
         redis::Script::new(POOL_BEAT_SCRIPT)
             .key(&self.keys.tasks)
             .key(&self.keys.pools)
@@ -465,7 +466,7 @@ impl RedisShared {
 
     /// Adds again the chunks whose worker stopped renewing its claim for a
     /// lease, or fails them once their retries are spent.
-    fn reclaim(&self, conn: &mut redis::Connection) -> Result<()> {
+    fn reclaim(&self, conn: &mut RedisConn) -> Result<()> {
         if self.table.lock().by_entry.is_empty() {
             return Ok(());
         }

@@ -22,6 +22,7 @@ use crate::pool::redis_wire::{
 use crate::pool::wire::ChunkEntryFn;
 use crate::process::launch;
 use crate::redis::RedisTarget;
+use crate::redis::conn::RedisConn;
 
 /// How long one blocking read for a task waits before the worker looks at
 /// its stop flag again.
@@ -184,7 +185,7 @@ struct WorkerState {
 /// workers hash and the claim on the entry it runs.
 fn heartbeat(state: &WorkerState, target: &RedisTarget, keys: &Keys) {
     let script = redis::Script::new(HEARTBEAT_SCRIPT);
-    let mut conn: Option<redis::Connection> = None;
+    let mut conn: Option<RedisConn> = None;
     while !state.stopping.load(Ordering::SeqCst) {
         if conn.is_none() {
             conn = target.connect().ok();
@@ -217,7 +218,7 @@ type Fields = Vec<(String, Vec<u8>)>;
 
 /// Waits up to [`READ_BLOCK`] for new entries; takes at most `count`.
 fn read_batch(
-    conn: &mut redis::Connection,
+    conn: &mut RedisConn,
     keys: &Keys,
     consumer: &str,
     count: usize,
@@ -311,7 +312,7 @@ fn number<T: std::str::FromStr>(fields: &Fields, name: &str) -> Option<T> {
 /// work passes [`BATCH_WORK`] and at its end. An error only when Redis
 /// failed.
 fn serve(
-    conn: &mut redis::Connection,
+    conn: &mut RedisConn,
     target: &RedisTarget,
     keys: &Keys,
     state: &WorkerState,
@@ -359,7 +360,7 @@ struct Unsent<'a> {
 
 /// Sends the reports in `unsent` (one script call per pool) and empties it.
 fn report(
-    conn: &mut redis::Connection,
+    conn: &mut RedisConn,
     target: &RedisTarget,
     keys: &Keys,
     state: &WorkerState,
@@ -395,7 +396,7 @@ fn report(
 /// Runs (or refuses) the chunks of one entry: its pool and a report per
 /// chunk, or `None` for an entry that is not a pool's (dropped here).
 fn run_entry(
-    conn: &mut redis::Connection,
+    conn: &mut RedisConn,
     keys: &Keys,
     state: &WorkerState,
     id: &str,

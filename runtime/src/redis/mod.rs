@@ -17,6 +17,7 @@
 //! `lease.rs` (keys that live while their process does).
 
 mod condition;
+pub(crate) mod conn;
 mod containers;
 mod lease;
 mod object;
@@ -62,10 +63,8 @@ pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 /// locks made there.
 #[derive(Clone)]
 pub struct RedisTarget {
-    client: redis::Client,
-    /// The timeout to connect with: [`IO_DEADLINE`] shared between the
-    /// replies the connection's setup waits for.
-    connect_timeout: Duration,
+    /// The server, its password and database.
+    info: redis::ConnectionInfo,
     /// The URL as given (with its password): handles carry it to children.
     url: String,
     /// The URL with any password replaced by `***`, for messages.
@@ -99,7 +98,7 @@ const OWED_MAX: usize = 64;
 /// read, and dropped, after the next command is sent, so that they cost
 /// that command no wait of its own.
 pub(crate) struct Pooled {
-    conn: redis::Connection,
+    conn: conn::RedisConn,
     owed: usize,
     /// When the call that made this connection started making it: that
     /// call's wait for an answer counts from there (see
@@ -202,21 +201,16 @@ impl RedisTarget {
         let invalid = |e: redis::RedisError| {
             Error::InvalidArgument(format!("redis URL {}: {e}", hide_password(url)))
         };
-        // TCP_NODELAY: a command sent behind one whose reply is still owed
-        // (see [`Pooled`]) must not wait in the kernel for that reply's ACK.
-        let info = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(invalid)?
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        // Connecting waits for each reply of its setup up to the timeout it
-        // is given: no `CLIENT SETINFO` (two replies, naming the library in
-        // `CLIENT LIST` only), and the timeout shared between the replies
-        // left (the password's, the database's), so that a server that
-        // accepts and never answers costs a connection at most IO_DEADLINE.
-        let settings = info.redis_settings().clone().set_skip_set_lib_name();
-        let setup_replies = 1 + u32::from(settings.db() != 0);
-        let connect_timeout = IO_DEADLINE / setup_replies;
-        let info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(invalid)?;
+        let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(invalid)?;
+        if !matches!(
+            info.addr(),
+            redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::Unix(_)
+        ) {
+            return Err(Error::InvalidArgument(format!(
+                "redis URL {}: only redis:// and redis+unix:// are supported",
+                hide_password(url)
+            )));
+        }
         let shown = hide_password(url);
         if shown != url {
             KNOWN_URLS
@@ -225,8 +219,7 @@ impl RedisTarget {
                 .insert(shown.clone(), url.to_owned());
         }
         Ok(RedisTarget {
-            client,
-            connect_timeout,
+            info,
             url: url.to_owned(),
             shown,
             prefix: DEFAULT_PREFIX.to_owned(),
@@ -302,16 +295,12 @@ impl RedisTarget {
     }
 
     /// A new connection, authenticated and on the URL's database, made
-    /// within [`IO_DEADLINE`], with that deadline on reading and writing.
-    pub(crate) fn connect(&self) -> Result<redis::Connection> {
-        let conn = self
-            .client
-            .get_connection_with_timeout(self.connect_timeout)
-            .map_err(|e| self.unavailable(e))?;
-        conn.set_read_timeout(Some(IO_DEADLINE))
-            .and_then(|()| conn.set_write_timeout(Some(IO_DEADLINE)))
-            .map_err(|e| self.unavailable(e))?;
-        Ok(conn)
+    /// within [`IO_DEADLINE`] in all (a server that accepts and never
+    /// answers costs a connection no more), with that deadline on reading
+    /// and writing.
+    pub(crate) fn connect(&self) -> Result<conn::RedisConn> {
+        conn::RedisConn::connect(&self.info, IO_DEADLINE, IO_DEADLINE)
+            .map_err(|e| self.unavailable(e))
     }
 
     /// Asks the server to answer (`PING`): whether it is there and takes
@@ -377,6 +366,10 @@ impl RedisTarget {
 
     /// Pools `conn` for this process's next call.
     fn give_back(&self, mut conn: Pooled) {
+        if !redis::ConnectionLike::is_open(&conn.conn) {
+            // A reply it could not read left it at an unknown place.
+            return;
+        }
         conn.opened = None;
         let pid = crate::sys::process::getpid();
         let mut pool = POOL.lock();
