@@ -345,17 +345,18 @@ impl<B: Backend> Core<B> {
                 "join of a pool that is still open: call close() or terminate() first".into(),
             ));
         }
-        if self.on_handler_thread() {
+        self.not_from_a_callback()
+    }
+
+    /// `InvalidState` on the result handler's thread (in a callback): a
+    /// join there would wait for itself.
+    fn not_from_a_callback(&self) -> Result<()> {
+        if self.handler_thread == std::thread::current().id() {
             return Err(Error::InvalidState(
                 "join from one of the pool's own callbacks: it would wait for itself".into(),
             ));
         }
         Ok(())
-    }
-
-    /// Whether this is the result handler's thread (a callback's).
-    fn on_handler_thread(&self) -> bool {
-        self.handler_thread == std::thread::current().id()
     }
 
     /// The thread that delivers this pool's results and runs its callbacks.
@@ -367,11 +368,7 @@ impl<B: Backend> Core<B> {
     /// callback that terminates, joins or drops its pool): it ends by itself
     /// once the callback returns, and cannot wait for itself.
     fn wait_handler(&self) -> Result<()> {
-        if self.on_handler_thread() {
-            return Err(Error::InvalidState(
-                "join from one of the pool's own callbacks: it would wait for itself".into(),
-            ));
-        }
+        self.not_from_a_callback()?;
         let Some(h) = self.handler.lock().take() else {
             return Ok(());
         };

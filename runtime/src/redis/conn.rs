@@ -101,12 +101,8 @@ impl Read for Patient<'_> {
 
 impl RedisConn {
     /// Connects to `info`'s server, authenticates and selects its database,
-    /// all within `timeout`; reads and writes then wait at most `io`.
-    pub(crate) fn connect(
-        info: &ConnectionInfo,
-        timeout: Duration,
-        io: Duration,
-    ) -> RedisResult<RedisConn> {
+    /// all within `timeout`; each read and write then waits at most that.
+    pub(crate) fn connect(info: &ConnectionInfo, timeout: Duration) -> RedisResult<RedisConn> {
         let deadline = Instant::now() + timeout;
         let left = || {
             deadline
@@ -179,7 +175,7 @@ impl RedisConn {
                 .arg(settings.db())
                 .query::<()>(&mut conn)?;
         }
-        conn.set_timeouts(io)?;
+        conn.set_timeouts(timeout)?;
         Ok(conn)
     }
 

@@ -299,8 +299,7 @@ impl RedisTarget {
     /// answers costs a connection no more), with that deadline on reading
     /// and writing.
     pub(crate) fn connect(&self) -> Result<conn::RedisConn> {
-        conn::RedisConn::connect(&self.info, IO_DEADLINE, IO_DEADLINE)
-            .map_err(|e| self.unavailable(e))
+        conn::RedisConn::connect(&self.info, IO_DEADLINE).map_err(|e| self.unavailable(e))
     }
 
     /// Asks the server to answer (`PING`): whether it is there and takes
