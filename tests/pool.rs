@@ -355,6 +355,39 @@ fn a_worker_killed_while_the_pool_idles_is_replaced() {
     }
 }
 
+/// A worker that dies with chunks queued for it fails only what it took:
+/// the chunks it never took run on its replacement (as in Python, where a
+/// task left in the pool's queue goes to another worker). Here the worker is
+/// stopped, so it takes none of the eight, then killed. From an attack
+/// battery: two idle workers killed under load failed tasks submitted after
+/// their deaths, which the pool had sent before it could see them.
+#[test]
+fn chunks_a_dead_worker_never_took_run_on_another() {
+    for m in METHODS {
+        let p = Pool::builder()
+            .processes(1)
+            .prefetch(8)
+            .start_method(m)
+            .build()
+            .unwrap();
+        let victim = p.apply(my_pid, 0).unwrap();
+        // SAFETY: sends signals to this pool's worker, our child.
+        assert_eq!(unsafe { libc::kill(victim, libc::SIGSTOP) }, 0);
+        // Submitting sends them (up to the prefetch of 8) before it returns.
+        let squares = p.chunksize(1).map_async(square, 0..8u64).unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+        let got = squares.get_timeout(PROMPTLY);
+        assert_eq!(
+            got.unwrap(),
+            (0..8).map(square).collect::<Vec<_>>(),
+            "{m:?}"
+        );
+        let pids = p.chunksize(1).map(my_pid, 0..4u64).unwrap();
+        assert!(!pids.contains(&victim), "{m:?}");
+    }
+}
+
 fn sleep_on(ms: u64) -> (u64, i32) {
     std::thread::sleep(Duration::from_millis(ms));
     (ms, multiproc::current_process().pid)

@@ -125,6 +125,11 @@ pub(crate) trait Backend: Send + 'static {
     fn ended(&mut self, worker: &mut Self::Worker) -> Option<Ended>;
     /// Ends the worker now and reaps it.
     fn kill(&mut self, worker: &mut Self::Worker);
+    /// Takes back, from a worker that ended, the chunks it was sent but
+    /// never took (to run elsewhere: they did not kill it).
+    fn untaken(&mut self, _worker: &Self::Worker) -> Vec<Chunk<Self::Task>> {
+        Vec::new()
+    }
     /// Wakes the result handler out of `recv`.
     fn wake(&self);
 }

@@ -4,7 +4,8 @@
 //! chunks into `pending`, and the submitting thread dispatches what it can at
 //! once. One result-handler thread receives workers' reports, hands results to
 //! the jobs (running callbacks with no pool lock held), supervises workers
-//! (a dead worker's chunks fail with `WorkerDied`, and it is replaced), keeps
+//! (the chunks a dead worker took fail with `WorkerDied`, those it never took
+//! go to another, and it is replaced), keeps
 //! lazy `imap` inputs flowing, and shuts the workers down on close or terminate.
 //! It looks at the workers every [`SLICE`] while any holds work; an open pool
 //! with nothing to do looks only every [`IDLE_SLICE`], since a sleeping
@@ -625,7 +626,17 @@ impl<B: Backend> State<B> {
                 i += 1;
                 continue;
             };
-            let slot = self.workers.swap_remove(i);
+            let mut slot = self.workers.swap_remove(i);
+            // Chunks still in its queue never ran there: they go to another
+            // worker, ahead of the rest (only what it took fails).
+            let untaken = self.backend.untaken(&slot.worker);
+            for chunk in untaken.into_iter().rev() {
+                let key = (chunk.job, chunk.first, chunk.len);
+                if let Some(at) = slot.inflight.iter().position(|k| *k == key) {
+                    slot.inflight.remove(at);
+                    self.pending.push_front(chunk);
+                }
+            }
             if !(ended.clean() && slot.inflight.is_empty()) {
                 tracing::warn!(pid = ended.pid, "pool worker died: {}", ended.error());
             }

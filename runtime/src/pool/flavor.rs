@@ -134,6 +134,15 @@ impl Backend for PoolBackend {
         }
     }
 
+    fn untaken(&mut self, worker: &PoolWorker) -> Vec<Chunk<ProcTask>> {
+        match (self, worker) {
+            (PoolBackend::Local(b), PoolWorker::Local(w)) => b.untaken(w),
+            // A Redis slot's chunks are in a stream, reclaimed there.
+            #[cfg(feature = "redis")]
+            _ => Vec::new(),
+        }
+    }
+
     fn wake(&self) {
         match self {
             PoolBackend::Local(b) => b.wake(),

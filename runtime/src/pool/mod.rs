@@ -8,8 +8,9 @@
 //! `ThreadPool`'s any `Fn` closure with moved ones. A task that panics gives
 //! `Error::Remote` with the panic message, and the worker carries on. A
 //! process worker that dies (SIGKILL, abort, OOM) fails exactly the tasks it
-//! held with `Error::WorkerDied` (they are not retried: a task that kills its
-//! worker would kill the next one too) and is replaced.
+//! had taken with `Error::WorkerDied` (they are not retried: a task that kills
+//! its worker would kill the next one too) and is replaced; tasks still
+//! queued for it run on another worker.
 
 mod api;
 mod async_result;

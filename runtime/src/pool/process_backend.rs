@@ -486,6 +486,21 @@ impl Backend for Processes {
         }
     }
 
+    fn untaken(&mut self, worker: &ProcWorker) -> Vec<Chunk<ProcTask>> {
+        // Only this process reads the queue now (the worker is reaped). A
+        // message the worker was taking when it died is lost, and its chunks
+        // stay charged to it; what follows is whole.
+        let mut chunks = Vec::new();
+        while let Ok(order) = worker.orders.try_get() {
+            match order {
+                OrderMsg::Run(task) => chunks.push(unsent(task)),
+                OrderMsg::RunMany(tasks) => chunks.extend(tasks.into_iter().map(unsent)),
+                OrderMsg::Stop => {}
+            }
+        }
+        chunks
+    }
+
     fn wake(&self) {
         let _ = self.reports.try_put(&ReportMsg::Wake);
     }

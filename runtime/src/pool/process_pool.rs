@@ -27,8 +27,8 @@ use crate::process::{Context, StartMethod};
 /// [`ThreadPool`](crate::ThreadPool).
 /// Workers are daemon processes started with the pool's start method. A task
 /// that panics fails with `Error::Remote` carrying the panic message; a worker
-/// that dies fails the tasks it held with `Error::WorkerDied` (not retried)
-/// and is replaced. Dropping the pool terminates it and reaps every worker.
+/// that dies fails the tasks it had taken with `Error::WorkerDied` (not
+/// retried; those still queued for it go to another worker) and is replaced. Dropping the pool terminates it and reaps every worker.
 ///
 /// ```
 /// fn square(x: u64) -> u64 { x * x }
