@@ -401,6 +401,61 @@ fn the_tracker_is_detached_from_its_creator() {
     shm.unlink().unwrap();
 }
 
+/// Whether `signal` is ignored by process `pid` (its `SigIgn` mask).
+fn ignores(pid: i32, signal: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
+}
+
+/// In a spawned child (its own tracker): signals its tracker, kills it,
+/// and creates again. Returns its segments' names and both trackers' pids.
+fn outlive_the_tracker(_: ()) -> (Vec<String>, i32, i32) {
+    let first = SharedMemory::create(None, 64).unwrap();
+    let tracker = tracker_pid().unwrap();
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        assert!(
+            ignores(tracker, signal),
+            "the tracker takes signal {signal}"
+        );
+        // SAFETY: kill(2) sends a signal to our tracker.
+        assert_eq!(unsafe { libc::kill(tracker, signal) }, 0);
+    }
+    let second = SharedMemory::create(None, 64).unwrap();
+    assert_eq!(tracker_pid(), Some(tracker), "the tracker was replaced");
+    assert!(!is_gone(tracker));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(tracker, libc::SIGKILL) }, 0);
+    assert!(eventually(PROMPTLY, || is_gone(tracker)));
+    let third = SharedMemory::create(None, 64).unwrap();
+    let replacement = tracker_pid().unwrap();
+    let names = [first, second, third].map(|s| s.name().to_string());
+    (names.to_vec(), tracker, replacement)
+}
+
+/// The tracker ignores SIGINT and SIGTERM (a signal to the program's group
+/// must not end the cleanup), and one killed anyway is replaced at the next
+/// create, told again of the segments made before: none of them leaks.
+/// From a port of CPython's `TestResourceTracker` (every create failed with
+/// `BrokenPipe` once the tracker had died, and its segments were left).
+#[test]
+fn the_tracker_ignores_termination_and_a_killed_one_is_replaced() {
+    let mut p = Process::new(outlive_the_tracker, ()).start_method(StartMethod::Spawn);
+    p.start().unwrap();
+    let (names, tracker, replacement) = p.join().unwrap();
+    assert_ne!(tracker, replacement);
+    for name in &names {
+        assert!(
+            eventually(PROMPTLY, || !exists(name)),
+            "{name} outlived its creator and its killed tracker"
+        );
+    }
+    assert!(eventually(PROMPTLY, || is_gone(replacement)));
+}
+
 #[test]
 fn missing_names_and_bad_names_are_typed_errors() {
     assert!(matches!(

@@ -21,6 +21,13 @@
 //! main executable (loaded as a shared library) the forked copy runs the
 //! tracker itself.
 //!
+//! It ignores `SIGINT` and `SIGTERM` (a signal meant for the program's
+//! process group or session must not take the cleanup with it), as Python's
+//! does. One that dies anyway (SIGKILL) is replaced at this process's next
+//! create or unlink, which finds its socket closed: the new tracker is told
+//! again of every segment this process registered and has not unlinked, so
+//! none of them leaks (Python relaunches its tracker too, but forgets them).
+//!
 //! What it decides: a segment is unlinked when its *creator* (with the
 //! children it forked) is gone, as in Python. Processes that attached the
 //! segment keep their mappings (unlinking removes the name only), but no new
@@ -28,7 +35,7 @@
 //! to outlive it opts out with [`SharedMemory::create_untracked`](super::SharedMemory::create_untracked).
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{MutexGuard, Once};
 use std::time::Duration;
@@ -59,7 +66,20 @@ struct Tracker {
     pid: i32,
 }
 
-static TRACKER: ForkMutex<Option<Tracker>> = ForkMutex::new(None);
+/// This process's tracker, and what was registered with it.
+struct State {
+    tracker: Option<Tracker>,
+    /// Each segment registered and not unlinked since: its inode, and the
+    /// process that registered it (a forked child inherits its parent's
+    /// entries, but tells a new tracker of its own only: the new one ends
+    /// with the child).
+    names: BTreeMap<String, (u64, i32)>,
+}
+
+static TRACKER: ForkMutex<State> = ForkMutex::new(State {
+    tracker: None,
+    names: BTreeMap::new(),
+});
 static HOOK: Once = Once::new();
 
 /// Holds the tracker's lock across multiproc's forks, so a forked child never
@@ -78,7 +98,7 @@ impl ForkHook for TrackerForkHook {
     }
 }
 
-fn lock() -> MutexGuard<'static, Option<Tracker>> {
+fn lock() -> MutexGuard<'static, State> {
     HOOK.call_once(|| register_fork_hook(&TrackerForkHook));
     TRACKER.lock()
 }
@@ -86,16 +106,22 @@ fn lock() -> MutexGuard<'static, Option<Tracker>> {
 /// Registers segment `name` (inode `ino`) with this process's tracker,
 /// starting the tracker first if there is none.
 pub(crate) fn register(name: &str, ino: u64) -> Result<()> {
-    let mut slot = lock();
-    let tracker = match &mut *slot {
-        Some(tracker) => tracker,
-        none => none.insert(start()?),
+    let mut st = lock();
+    st.names
+        .insert(name.to_string(), (ino, sys::process::getpid()));
+    let sent = match &st.tracker {
+        Some(tracker) => {
+            posix_shm::send_record(tracker.channel.as_fd(), &register_record(name, ino))
+        }
+        None => Err(std::io::ErrorKind::NotConnected.into()),
     };
-    let mut record = Vec::with_capacity(RECORD_MAX);
-    record.push(OP_REGISTER);
-    record.extend_from_slice(&ino.to_le_bytes());
-    record.extend_from_slice(name.as_bytes());
-    posix_shm::send_record(tracker.channel.as_fd(), &record).map_err(|e| {
+    match sent {
+        Ok(()) => Ok(()),
+        // None yet, or it died: a new one is told of this segment with the rest.
+        Err(_) => restart(&mut st),
+    }
+    .map_err(|e| {
+        st.names.remove(name);
         Error::Io(std::io::Error::new(
             e.kind(),
             format!("cannot register shared memory segment {name:?} with its tracker: {e}"),
@@ -105,25 +131,30 @@ pub(crate) fn register(name: &str, ino: u64) -> Result<()> {
 
 /// Starts this process's tracker if it has none yet.
 pub(crate) fn ensure_started() -> Result<()> {
-    let mut slot = lock();
-    if slot.is_none() {
-        *slot = Some(start()?);
+    let mut st = lock();
+    if st.tracker.is_none() {
+        st.tracker = Some(start()?);
     }
     Ok(())
 }
 
 /// Tells this process's tracker, if it has one, that `name` needs no
-/// cleanup any more (it was unlinked). Best effort: a tracker that is gone
-/// has nothing left to forget.
+/// cleanup any more (it was unlinked). A tracker found dead is replaced
+/// (and told of the segments still registered); failing that, the error is
+/// only logged: the unlink itself was done.
 pub(crate) fn unregister(name: &str) {
-    let slot = lock();
-    if let Some(tracker) = slot.as_ref() {
-        let mut record = Vec::with_capacity(1 + name.len());
-        record.push(OP_UNREGISTER);
-        record.extend_from_slice(name.as_bytes());
-        if let Err(e) = posix_shm::send_record(tracker.channel.as_fd(), &record) {
-            tracing::debug!("shared memory tracker did not take unregistration of {name:?}: {e}");
-        }
+    let mut st = lock();
+    st.names.remove(name);
+    let Some(tracker) = &st.tracker else {
+        return;
+    };
+    let mut record = Vec::with_capacity(1 + name.len());
+    record.push(OP_UNREGISTER);
+    record.extend_from_slice(name.as_bytes());
+    if posix_shm::send_record(tracker.channel.as_fd(), &record).is_err()
+        && let Err(e) = restart(&mut st)
+    {
+        tracing::warn!("cannot start a new shared memory tracker: {e}");
     }
 }
 
@@ -131,7 +162,37 @@ pub(crate) fn unregister(name: &str) {
 /// process, or by the parent it was forked from). For tests and diagnostics.
 #[doc(hidden)]
 pub fn tracker_pid() -> Option<i32> {
-    lock().as_ref().map(|t| t.pid)
+    lock().tracker.as_ref().map(|t| t.pid)
+}
+
+fn register_record(name: &str, ino: u64) -> Vec<u8> {
+    let mut record = Vec::with_capacity(RECORD_MAX);
+    record.push(OP_REGISTER);
+    record.extend_from_slice(&ino.to_le_bytes());
+    record.extend_from_slice(name.as_bytes());
+    record
+}
+
+/// Starts a tracker in place of none or of one that died, and tells it of
+/// every segment this process registered and has not unlinked.
+fn restart(st: &mut State) -> std::io::Result<()> {
+    if let Some(old) = &st.tracker {
+        tracing::warn!(
+            pid = old.pid,
+            "the shared memory tracker is gone; starting another"
+        );
+    }
+    st.tracker = None;
+    let tracker = start().map_err(|e| match e {
+        Error::Io(e) => e,
+        e => std::io::Error::other(e.to_string()),
+    })?;
+    let me = sys::process::getpid();
+    for (name, &(ino, _)) in st.names.iter().filter(|(_, (_, pid))| *pid == me) {
+        posix_shm::send_record(tracker.channel.as_fd(), &register_record(name, ino))?;
+    }
+    st.tracker = Some(tracker);
+    Ok(())
 }
 
 fn start() -> Result<Tracker> {
@@ -192,6 +253,11 @@ fn serve() -> ! {
     // (checked by `tracker_entry`, or called directly there), where fd 0 is
     // the channel and nothing else owns it.
     let channel = unsafe { posix_shm::take_helper_channel() };
+    // The program's Ctrl-C or a SIGTERM sent to its group must not end the
+    // cleanup (Python's tracker ignores both too).
+    for signal in [sys::signal::INT, sys::signal::TERM] {
+        let _ = sys::signal::set_ignored(signal, true);
+    }
     let pid = sys::process::getpid();
     let mut hello = [0u8; 5];
     hello[0] = OP_HELLO;

@@ -66,3 +66,6 @@ pub fn set_ignored(signal: i32, ignored: bool) -> std::io::Result<()> {
 
 /// `SIGINT`, by name.
 pub const INT: i32 = libc::SIGINT;
+
+/// `SIGTERM`, by name.
+pub const TERM: i32 = libc::SIGTERM;
