@@ -780,6 +780,20 @@ fn test_set_get_with_force() {
     multiproc::force_start_method(Some(before));
 }
 
+/// CPython's `TestStartMethod.test_context`: a child started through a
+/// context has that context's method as its default, whatever its parent's
+/// (Python's `_bootstrap` forces it), so its own children start the same
+/// way. A child of `get_context(Fork)` said `Spawn`.
+#[test]
+fn test_context_gives_the_child_its_method() {
+    for m in METHODS {
+        let mut p = get_context(m).process(method_in_child, ());
+        p.start().unwrap();
+        let (default, _) = p.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(default, m, "the default of a child started by {m:?}");
+    }
+}
+
 // ----- the forkserver (CPython's test_forkserver_sigkill / sigint) -----
 
 fn nap_ms(ms: u64) -> u64 {

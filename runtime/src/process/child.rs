@@ -170,7 +170,9 @@ pub(crate) fn run_launch(mut sock: UnixStream) -> ! {
             Outcome::Failed("the launch message has no authkey".into()),
         ),
     }
-    start_method::inherit_start_method(launch.start_method);
+    if let Some(method) = launch.start_method {
+        start_method::started_with(method);
+    }
     current::watch_parent_if_daemon();
     let received: HashMap<u64, _> = launch.fd_ids.iter().copied().zip(fds).collect();
     // SAFETY: the identity and anchor checks above establish that this binary

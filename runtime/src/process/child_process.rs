@@ -334,7 +334,7 @@ impl<R: Shareable> Process<R> {
         payload.hand_to(pid);
         let state = ChildState::new(pid, name.clone(), self.daemon);
         registry::register(state.clone());
-        self.send_launch(&parent_sock, &payload, name, pid);
+        self.send_launch(&parent_sock, &payload, name, pid, StartMethod::Spawn);
         Ok(Running::new(state, parent_sock))
     }
 
@@ -347,7 +347,13 @@ impl<R: Shareable> Process<R> {
             let pending = forkserver::request(OwnedFd::from(child_sock))?;
             // Sent before the pid is read: the child reads it as soon as
             // it runs, while the server's answer is on its way.
-            self.send_launch(&parent_sock, &payload, name.clone(), 0);
+            self.send_launch(
+                &parent_sock,
+                &payload,
+                name.clone(),
+                0,
+                StartMethod::Forkserver,
+            );
             if let Some((pid, served)) = pending.started()? {
                 payload.hand_to(pid);
                 let state = ChildState::served(pid, name, self.daemon, served);
@@ -361,7 +367,14 @@ impl<R: Shareable> Process<R> {
     }
 
     /// Sends a spawned (or forkserver) child its launch message.
-    fn send_launch(&self, sock: &UnixStream, payload: &SpawnPayload, name: String, pid: i32) {
+    fn send_launch(
+        &self,
+        sock: &UnixStream,
+        payload: &SpawnPayload,
+        name: String,
+        pid: i32,
+        method: StartMethod,
+    ) {
         let me = current_process();
         let launch = Launch {
             identity: launch::identity().to_string(),
@@ -382,7 +395,7 @@ impl<R: Shareable> Process<R> {
                 .unwrap_or_else(current::authkey)
                 .as_bytes()
                 .to_vec(),
-            start_method: start_method::chosen_start_method(),
+            start_method: Some(method),
         };
         let fds: Vec<_> = payload.fds.iter().map(|(_, fd)| fd.as_fd()).collect();
         if let Err(e) = launch::send_launch(sock, &launch, &fds) {
@@ -442,6 +455,7 @@ impl<R: Shareable> Process<R> {
                 if let Some(key) = child_key {
                     current::set_authkey(key);
                 }
+                start_method::started_with(StartMethod::Fork);
                 current::watch_parent_if_daemon();
                 let outcome = target.run_here();
                 finish(&child_sock, outcome)

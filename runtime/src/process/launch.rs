@@ -49,7 +49,8 @@ pub(crate) struct Launch {
     pub parent_name: String,
     /// The child's authkey (see [`crate::process::AuthKey`]).
     pub authkey: Vec<u8>,
-    /// The parent's chosen default start method, which the child inherits.
+    /// The method that started the child, which becomes its default start
+    /// method (as in Python).
     pub start_method: Option<crate::process::StartMethod>,
 }
 

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::codec::Shareable;
 use crate::error::{Error, Result};
@@ -82,36 +82,55 @@ pub fn get_all_start_methods() -> Vec<StartMethod> {
     ]
 }
 
-struct Global {
-    method: Option<StartMethod>,
-    used: bool,
+/// The chosen default (low bits: 0 for none, else a method's code) and
+/// whether the default was used ([`USED`]). One atomic word, not a mutex:
+/// a forked child sets it, and must not find it locked by a thread of its
+/// parent that does not exist in the child.
+static GLOBAL: AtomicU8 = AtomicU8::new(0);
+
+/// Set in [`GLOBAL`] once a process was started with the default.
+const USED: u8 = 0x10;
+
+fn code(method: Option<StartMethod>) -> u8 {
+    match method {
+        None => 0,
+        Some(StartMethod::Spawn) => 1,
+        Some(StartMethod::Fork) => 2,
+        Some(StartMethod::Forkserver) => 3,
+    }
 }
 
-static GLOBAL: Mutex<Global> = Mutex::new(Global {
-    method: None,
-    used: false,
-});
+fn method_of(word: u8) -> Option<StartMethod> {
+    match word & !USED {
+        1 => Some(StartMethod::Spawn),
+        2 => Some(StartMethod::Fork),
+        3 => Some(StartMethod::Forkserver),
+        _ => None,
+    }
+}
 
 /// Sets the default start method, once, before any process was started with it.
 ///
 /// Setting it twice, or after a process started with the default, is an
 /// `InvalidState` error (Python raises `RuntimeError` likewise); see
-/// [`force_start_method`] for Python's `force=True`. Children inherit the
-/// chosen default, as Python's do.
+/// [`force_start_method`] for Python's `force=True`. A child's default is
+/// the method that started it, whatever its parent's default, as in Python
+/// (a child started through `get_context(StartMethod::Fork)` forks its own
+/// children by default).
 pub fn set_start_method(method: StartMethod) -> Result<()> {
-    let mut g = GLOBAL.lock();
-    if let Some(current) = g.method {
-        return Err(Error::InvalidState(format!(
-            "the start method was already set to {current:?}"
-        )));
-    }
-    if g.used {
-        return Err(Error::InvalidState(
-            "the default start method was already used to start a process".into(),
-        ));
-    }
-    g.method = Some(method);
-    Ok(())
+    GLOBAL
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+            (word == 0).then_some(code(Some(method)))
+        })
+        .map(drop)
+        .map_err(|word| match method_of(word) {
+            Some(current) => {
+                Error::InvalidState(format!("the start method was already set to {current:?}"))
+            }
+            None => Error::InvalidState(
+                "the default start method was already used to start a process".into(),
+            ),
+        })
 }
 
 /// Sets the default start method even if it was set or used before
@@ -131,34 +150,23 @@ pub fn set_start_method(method: StartMethod) -> Result<()> {
 /// set_start_method(StartMethod::Fork).unwrap();
 /// ```
 pub fn force_start_method(method: Option<StartMethod>) {
-    let mut g = GLOBAL.lock();
-    g.method = method;
-    g.used = false;
+    GLOBAL.store(code(method), Ordering::Release);
 }
 
 /// The default start method ([`StartMethod::Spawn`] unless set).
 pub fn get_start_method() -> StartMethod {
-    GLOBAL.lock().method.unwrap_or_default()
+    method_of(GLOBAL.load(Ordering::Acquire)).unwrap_or_default()
 }
 
-/// The default start method if one was set (for a child to inherit).
-pub(crate) fn chosen_start_method() -> Option<StartMethod> {
-    GLOBAL.lock().method
-}
-
-/// In a new spawned (or forkserver) child: takes the parent's chosen
-/// default, as Python's children do (a forked child has it in memory).
-pub(crate) fn inherit_start_method(method: Option<StartMethod>) {
-    if method.is_some() {
-        GLOBAL.lock().method = method;
-    }
+/// In a new child: the method that started it becomes its default (as
+/// Python's `_bootstrap` forces it), whatever its parent's default was.
+pub(crate) fn started_with(method: StartMethod) {
+    GLOBAL.store(code(Some(method)), Ordering::Release);
 }
 
 /// The default start method, marking it as used.
 pub(crate) fn use_default_method() -> StartMethod {
-    let mut g = GLOBAL.lock();
-    g.used = true;
-    g.method.unwrap_or_default()
+    method_of(GLOBAL.fetch_or(USED, Ordering::AcqRel)).unwrap_or_default()
 }
 
 /// The start method a pool uses when none is given: the default, marked as used.
