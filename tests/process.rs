@@ -734,6 +734,58 @@ fn a_parent_join_times_out_while_the_parent_lives() {
     }
 }
 
+/// What descriptor `fd` is in this process (`pipe:[inode]`), if open.
+fn fd_target(fd: i32) -> Option<String> {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .ok()
+        .map(|t| t.to_string_lossy().into_owned())
+}
+
+/// CPython's `TestCloseFds.test_closefd`: a spawned (or forkserver) child
+/// holds none of its parent's descriptors, even one left without
+/// close-on-exec (a pipe's write end there would keep the reader from ever
+/// seeing end-of-file). A fork child has them all, as in Python.
+#[test]
+fn a_spawned_child_holds_no_descriptor_it_was_not_given() {
+    let mut ends = [0i32; 2];
+    // SAFETY: pipe(2) fills two descriptors, without O_CLOEXEC on purpose.
+    assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+    let pipe = fd_target(ends[1]).unwrap();
+    for m in METHODS {
+        let mut p = Process::new(fd_target, ends[1]).start_method(m);
+        p.start().unwrap();
+        // The number may name another descriptor there: compare what it is.
+        let there = p.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(
+            there.as_ref() == Some(&pipe),
+            m == StartMethod::Fork,
+            "{m:?}: {there:?}"
+        );
+    }
+    for fd in ends {
+        // SAFETY: both are ours, made above.
+        unsafe { libc::close(fd) };
+    }
+}
+
+fn own_args(_: ()) -> Vec<String> {
+    std::env::args().skip(1).collect()
+}
+
+/// A child sees its parent's command-line arguments (Python's spawn passes
+/// `sys.argv`), so code that reads them (a pool task's settings, say)
+/// behaves as in the parent. Spawned children had only the program name.
+/// From a newcomer's port.
+#[test]
+fn a_child_has_its_parents_arguments() {
+    let mine = own_args(());
+    for m in METHODS {
+        let mut p = Process::new(own_args, ()).start_method(m);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(PROMPTLY).unwrap(), mine, "{m:?}");
+    }
+}
+
 // ----- start methods (CPython's TestStartMethod) -----
 
 #[test]

@@ -67,6 +67,12 @@ pub fn init() {
         );
         sys::process::exit_now(70);
     };
+    if sys::process::is_single_threaded() {
+        // SAFETY: one thread runs, early in a process just executed by
+        // its parent: what is open without close-on-exec was inherited
+        // (the channel was just moved to a close-on-exec descriptor).
+        unsafe { sys::fd::close_inherited() };
+    }
     if server {
         forkserver::serve(sock)
     }

@@ -22,6 +22,33 @@ pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Closes every descriptor from 3 up that is not close-on-exec: in a
+/// process that a program started with `exec`, those are what its parent
+/// left open without meaning to pass them (Python's spawn closes them too).
+///
+/// # Safety
+///
+/// Nothing in this process may own such a descriptor: call it first
+/// thing in a freshly executed process, while it runs one thread.
+pub unsafe fn close_inherited() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let numbers: Vec<RawFd> = dir
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    // The directory's own descriptor is closed by now: F_GETFD fails on it.
+    for fd in numbers {
+        // SAFETY: F_GETFD only reads the flags of a descriptor number.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            // SAFETY: the caller promises nothing here owns it.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
 /// Duplicates `fd` onto exactly `target`, clearing close-on-exec on the copy.
 ///
 /// # Safety

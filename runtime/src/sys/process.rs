@@ -350,7 +350,8 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Starts `exe` with `env` added and `channel` as its standard input.
+/// Starts `exe` with this process's arguments (`argv0` in place of the
+/// first), `env` added and `channel` as its standard input.
 ///
 /// Passing the channel as stdin lets the C library start the child with
 /// `posix_spawn` (a vfork: no copy of this process's page tables), which a
@@ -367,6 +368,7 @@ pub fn spawn_exec(
     if let Some(argv0) = argv0 {
         cmd.arg0(argv0);
     }
+    cmd.args(std::env::args_os().skip(1));
     for (k, v) in env {
         cmd.env(k, v);
     }
