@@ -768,6 +768,36 @@ fn a_spawned_child_holds_no_descriptor_it_was_not_given() {
     }
 }
 
+/// A child reads end-of-file from stdin, whatever the method (Python's
+/// children too): a forked one took its parent's input, eating what the
+/// parent's user typed. From a newcomer's port.
+#[test]
+fn a_child_does_not_read_its_parents_stdin() {
+    for m in METHODS {
+        // The test harness's stdin is /dev/null already: a spawned child
+        // with a pipe as its stdin starts the child under test.
+        let mut p =
+            Process::new(stdin_of_a_child_of_a_piped_parent, m).start_method(StartMethod::Spawn);
+        p.start().unwrap();
+        let (parents, childs) = p.join_timeout(PROMPTLY).unwrap();
+        assert!(parents.is_some_and(|t| t.starts_with("pipe:")));
+        assert_eq!(childs.as_deref(), Some("/dev/null"), "{m:?}");
+    }
+}
+
+fn stdin_of_a_child_of_a_piped_parent(m: StartMethod) -> (Option<String>, Option<String>) {
+    let mut ends = [0i32; 2];
+    // SAFETY: pipe(2) fills two descriptors; this process runs one thread,
+    // and replacing its stdin with the read end is the point.
+    unsafe {
+        assert_eq!(libc::pipe(ends.as_mut_ptr()), 0);
+        assert_eq!(libc::dup2(ends[0], 0), 0);
+    }
+    let mut p = Process::new(fd_target, 0).start_method(m);
+    p.start().unwrap();
+    (fd_target(0), p.join_timeout(PROMPTLY).unwrap())
+}
+
 fn own_args(_: ()) -> Vec<String> {
     std::env::args().skip(1).collect()
 }

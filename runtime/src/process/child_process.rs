@@ -456,6 +456,11 @@ impl<R: Shareable> Process<R> {
                     current::set_authkey(key);
                 }
                 start_method::started_with(StartMethod::Fork);
+                // Its parent's input stays the parent's (spawned children
+                // have /dev/null there too).
+                if let Err(e) = sys::process::stdin_from_null() {
+                    tracing::debug!("a forked child keeps its parent's stdin: {e}");
+                }
                 current::watch_parent_if_daemon();
                 let outcome = target.run_here();
                 finish(&child_sock, outcome)

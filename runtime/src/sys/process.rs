@@ -386,11 +386,18 @@ pub fn take_stdin_channel() -> std::io::Result<OwnedFd> {
     let moved = syscall!(unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) })?;
     // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; we own it.
     let channel = unsafe { OwnedFd::from_raw_fd(moved) };
+    stdin_from_null()?;
+    Ok(channel)
+}
+
+/// Reopens standard input on `/dev/null` (a child must not take its
+/// parent's input: Python's children read end-of-file too).
+pub fn stdin_from_null() -> std::io::Result<()> {
     let null = std::fs::File::open("/dev/null")?;
     // SAFETY: `null` is open; replacing fd 0 (standard input, which this
-    // process owns and whose channel we just moved away) is the point.
+    // process owns) is the point.
     super::retry_eintr(|| syscall!(unsafe { libc::dup2(null.as_raw_fd(), 0) }))?;
-    Ok(channel)
+    Ok(())
 }
 
 /// Whether standard input is a socket (the launch channel of a spawned
