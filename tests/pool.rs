@@ -330,6 +330,69 @@ fn join_after_a_dropped_imap_does_not_hang() {
     }
 }
 
+/// An input that yields `0`, then waits for a word on `go` before each
+/// next item (`1`, `2`, ...); it ends when `go` is closed.
+fn gated_input(go: std::sync::mpsc::Receiver<()>) -> impl Iterator<Item = u64> + Send {
+    let mut next = 0u64;
+    std::iter::from_fn(move || {
+        if next > 0 {
+            go.recv().ok()?;
+        }
+        next += 1;
+        Some(next - 1)
+    })
+}
+
+/// An `imap` input is pulled on a thread of its own: while it waits (a slow
+/// or blocked source), the results already pulled arrive, its iterator's
+/// timeouts hold, and the pool's other work, `close` + `join_timeout` and
+/// `terminate` go on. The input ran on the pool's result handler under
+/// the pool's lock: a source that waited stalled the whole pool, and no
+/// deadline held. From an attack battery.
+#[test]
+fn a_waiting_imap_input_stalls_nothing_else() {
+    for m in METHODS {
+        let p = pool(m, 2);
+        let (go, gate) = std::sync::mpsc::channel();
+        let mut results = p.imap(square, gated_input(gate)).unwrap();
+        // Its first result comes while the input waits for the second item.
+        assert_eq!(results.next_timeout(PROMPTLY).unwrap().unwrap().unwrap(), 0);
+        assert!(matches!(
+            results.next_timeout(Duration::from_millis(100)),
+            Err(Error::Timeout(_))
+        ));
+        // Other work goes on meanwhile.
+        assert_eq!(
+            p.apply_async(square, 7)
+                .unwrap()
+                .get_timeout(PROMPTLY)
+                .unwrap(),
+            49
+        );
+        assert_eq!(p.map(square, 0..100).unwrap().len(), 100);
+        go.send(()).unwrap();
+        assert_eq!(results.next_timeout(PROMPTLY).unwrap().unwrap().unwrap(), 1);
+        // Closed while the input still waits: join_timeout gives up on
+        // the unfinished job, terminate ends the pool.
+        p.close();
+        assert!(matches!(
+            p.join_timeout(Duration::from_millis(200)),
+            Err(Error::Timeout(_))
+        ));
+        let started = std::time::Instant::now();
+        p.terminate();
+        assert!(started.elapsed() < PROMPTLY, "{m:?}");
+        assert!(
+            results
+                .next_timeout(PROMPTLY)
+                .unwrap()
+                .is_none_or(|r| r.is_err())
+        );
+        // The input thread, still waiting in the source, ends with it.
+        drop(go);
+    }
+}
+
 /// Sleeps `ms` milliseconds and says which worker ran it.
 /// A worker killed while its pool has nothing to do (its result handler
 /// then looks at the workers only every second) is still replaced, and

@@ -73,6 +73,34 @@ fn imap_over_an_endless_iterator_stops_early() {
     assert_eq!(pool.apply(square, 9).unwrap(), 81);
 }
 
+/// As for a process pool: an `imap` input that waits stalls nothing else
+/// (it ran on the pool's result handler, under its lock).
+#[test]
+fn a_waiting_imap_input_stalls_nothing_else() {
+    let p = ThreadPool::new(2).unwrap();
+    let (go, gate) = std::sync::mpsc::channel::<()>();
+    let input = (0u64..).inspect(move |&i| {
+        if i > 0 {
+            let _ = gate.recv();
+        }
+    });
+    let mut results = p.imap(square, input).unwrap();
+    assert_eq!(results.next_timeout(PROMPTLY).unwrap().unwrap().unwrap(), 0);
+    assert_eq!(
+        p.apply_async(square, 7)
+            .unwrap()
+            .get_timeout(PROMPTLY)
+            .unwrap(),
+        49
+    );
+    go.send(()).unwrap();
+    assert_eq!(results.next_timeout(PROMPTLY).unwrap().unwrap().unwrap(), 1);
+    drop(results);
+    drop(go);
+    p.close();
+    p.join_timeout(PROMPTLY).unwrap();
+}
+
 #[test]
 fn callbacks_and_errors() {
     let pool = ThreadPool::new(2).unwrap();

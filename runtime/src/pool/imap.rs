@@ -1,33 +1,16 @@
 //! `imap` and `imap_unordered`: lazy input, results as an iterator.
 
-use std::marker::PhantomData;
+use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::pool::backend::{Backend, Chunk, Tasks};
 use crate::pool::core::{Core, Feed, Feeder};
 use crate::pool::jobs::IMapShared;
-
-/// Pulls chunks from the user's iterator while few enough results wait unread.
-///
-/// The iterator is user code, run on whichever thread refills (the pool's
-/// result handler, or a caller of the pool, under the pool's lock). A panic
-/// in it, or in encoding an item, is caught here and ends the input: the
-/// items pulled before it still run, and the results iterator yields their
-/// results, then the error, then ends.
-pub(crate) struct IMapFeeder<I, A, R, F> {
-    pub job: u64,
-    /// The user's iterator, until it ends (then it is dropped).
-    pub input: Option<I>,
-    pub f: F,
-    pub chunksize: usize,
-    /// Most items submitted but not yet taken by the iterator.
-    pub window: usize,
-    pub shared: Arc<IMapShared<R>>,
-    pub _a: PhantomData<fn(A)>,
-}
 
 /// Pulls up to `n` items from `input` into `items`. A panic of the
 /// iterator is `Error::InputPanicked`; the items pulled before it stay.
@@ -47,12 +30,108 @@ pub(crate) fn pull<I: Iterator>(input: &mut I, n: usize, items: &mut Vec<I::Item
     })
 }
 
-impl<I, A, R, F> IMapFeeder<I, A, R, F> {
-    /// Drops the user's iterator, whose `Drop` must not unwind through the pool either.
-    fn end_input(&mut self) {
-        if let Some(input) = self.input.take()
-            && let Err(payload) =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(input)))
+/// Items an imap's input thread pulled, for the pool to encode and send.
+pub(crate) struct Intake<A> {
+    state: Mutex<IntakeState<A>>,
+}
+
+struct IntakeState<A> {
+    /// Chunks of items, each with the index of its first item.
+    parts: VecDeque<(usize, Vec<A>)>,
+    /// The input ended (after the parts above): with this error, if it
+    /// ended in one.
+    ended: Option<Option<Error>>,
+}
+
+impl<A> Intake<A> {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Intake {
+            state: Mutex::new(IntakeState {
+                parts: VecDeque::new(),
+                ended: None,
+            }),
+        })
+    }
+
+    /// Adds a part; true if there was none (the pool may be idle: poke it).
+    fn push(&self, first: usize, items: Vec<A>) -> bool {
+        let mut st = self.state.lock();
+        st.parts.push_back((first, items));
+        st.parts.len() == 1
+    }
+
+    pub fn end(&self, failure: Option<Error>) {
+        self.state.lock().ended = Some(failure);
+    }
+}
+
+/// How long an input thread waits for room before it looks whether its
+/// pool is still there (a dropped pool abandons the job, which wakes it).
+const ROOM_SLICE: Duration = Duration::from_secs(1);
+
+/// An imap's input: the user's iterator, pulled on a thread of its own
+/// (`multiproc-imap-input`), never on the pool's threads or under its lock.
+/// An input that is slow, or that blocks for ever, delays this job's
+/// items only: the pool's other work, its results, timeouts, `close`,
+/// `join_timeout` and `terminate` go on. The thread pulls while few
+/// enough results wait unread (the job's window) and ends with the input,
+/// when the results iterator is dropped, or when the pool is gone (after
+/// the iterator's `next` returns, if it was blocked in it).
+///
+/// A panic of the iterator ends the input there: the items pulled before
+/// it still run, and the results iterator yields their results, then the
+/// error, then ends. The iterator is dropped on this thread.
+pub(crate) struct InputThread<P: ?Sized, I, A, R> {
+    pub input: I,
+    pub chunksize: usize,
+    /// Most items pulled but not yet taken by the results iterator.
+    pub window: usize,
+    pub shared: Arc<IMapShared<R>>,
+    pub intake: Arc<Intake<A>>,
+    pub pool: Weak<P>,
+}
+
+impl<P, I, A, R> InputThread<P, I, A, R>
+where
+    P: Poke + ?Sized + 'static,
+    I: Iterator<Item = A> + Send + 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+{
+    /// Starts the thread.
+    pub fn start(self) -> Result<()> {
+        std::thread::Builder::new()
+            .name("multiproc-imap-input".into())
+            .spawn(move || self.run())?;
+        Ok(())
+    }
+
+    fn run(mut self) {
+        let mut first = 0;
+        while let Some(room) = self.wait_for_room() {
+            let asked = self.chunksize.min(room);
+            let mut items = Vec::new();
+            let failure = pull(&mut self.input, asked, &mut items).err();
+            let len = items.len();
+            let ended = failure.is_some() || len < asked;
+            self.shared.state.lock().pulled += len;
+            let poke = len > 0 && self.intake.push(first, items);
+            first += len;
+            if ended {
+                self.intake.end(failure);
+            }
+            if (poke || ended)
+                && let Some(pool) = self.pool.upgrade()
+            {
+                pool.poke();
+            }
+            if ended {
+                break;
+            }
+        }
+        let input = self.input;
+        if let Err(payload) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(input)))
         {
             tracing::warn!(
                 "dropping an imap input panicked: {}",
@@ -60,96 +139,113 @@ impl<I, A, R, F> IMapFeeder<I, A, R, F> {
             );
         }
     }
-}
 
-impl<I, A, R, F> Drop for IMapFeeder<I, A, R, F> {
-    fn drop(&mut self) {
-        self.end_input();
+    /// Waits until the job may take more input: how many items it may
+    /// take, or `None` once it takes no more (or its pool is gone).
+    fn wait_for_room(&self) -> Option<usize> {
+        let mut s = self.shared.state.lock();
+        loop {
+            if s.total.is_some() || self.pool.strong_count() == 0 {
+                return None;
+            }
+            let unread = s.pulled.saturating_sub(s.next);
+            if unread >= self.window {
+                s.paused = true;
+            } else if !s.paused || unread <= self.window / 2 {
+                // Once full, it waits until half the window was read: the
+                // input then flows in batches, which the pool sends several
+                // chunks a message, not a chunk for each result read.
+                s.paused = false;
+                return Some(self.window - unread);
+            }
+            self.shared.room.wait_for(&mut s, ROOM_SLICE);
+        }
     }
 }
 
-impl<B, I, A, R, F> Feeder<B> for IMapFeeder<I, A, R, F>
+/// The pool's side of an imap input: encodes the items its input thread
+/// pulled, a chunk at a time, as workers have room (under the pool's lock;
+/// no user code but the items' encoding runs here).
+pub(crate) struct IMapFeeder<A, R, F> {
+    pub job: u64,
+    pub f: F,
+    pub intake: Arc<Intake<A>>,
+    pub shared: Arc<IMapShared<R>>,
+}
+
+impl<B, A, R, F> Feeder<B> for IMapFeeder<A, R, F>
 where
     B: Backend,
-    I: Iterator<Item = A> + Send,
     A: Send + 'static,
     R: Send + 'static,
     F: Tasks<B, A, R>,
 {
     fn next(&mut self, backend: &B) -> Feed<B::Task> {
-        let first = {
-            let mut s = self.shared.state.lock();
-            if s.total.is_some() {
-                return Feed::Done;
-            }
-            if s.outstanding() >= self.window {
-                s.paused = true;
-                return Feed::Later;
-            }
-            if s.paused && !s.wants_input() {
-                return Feed::Later;
-            }
-            s.paused = false;
-            s.submitted
-        };
-        let Some(input) = self.input.as_mut() else {
+        if self.shared.state.lock().total.is_some() {
+            // Its iterator was dropped, or the job abandoned: no more input.
             return Feed::Done;
+        }
+        let (first, items) = {
+            let mut st = self.intake.state.lock();
+            match st.parts.pop_front() {
+                Some(part) => part,
+                None => {
+                    let Some(failure) = st.ended.take() else {
+                        return Feed::Later;
+                    };
+                    drop(st);
+                    let mut s = self.shared.state.lock();
+                    if s.total.is_none() {
+                        s.total = Some(s.submitted);
+                        if s.input_error.is_none() {
+                            s.input_error = failure;
+                        }
+                    }
+                    drop(s);
+                    self.shared.changed.notify_all();
+                    return Feed::Done;
+                }
+            }
         };
-        let mut items = Vec::new();
-        let failure = pull(input, self.chunksize, &mut items).err();
         let len = items.len();
-        let mut ended = failure.is_some() || len < self.chunksize;
-        let task = if len == 0 {
-            Ok(None)
-        } else {
-            let f = &self.f;
+        let f = &self.f;
+        let task =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.make_task(backend, items)))
                 .unwrap_or_else(|payload| {
                     Err(Error::Codec(format!(
                         "encoding an input item panicked: {}",
                         crate::process::panic_text(payload.as_ref())
                     )))
-                })
-                .map(Some)
-        };
+                });
         let mut s = self.shared.state.lock();
-        let task = match task {
+        if s.total.is_some() {
+            // The job ended meanwhile (its iterator dropped, or abandoned).
+            return Feed::Done;
+        }
+        match task {
             Ok(task) => {
                 s.submitted += len;
-                task
+                Feed::Chunk(Chunk {
+                    job: self.job,
+                    first,
+                    len,
+                    task,
+                    // Results that are ready together travel in one report
+                    // (the worker holds them at most `REPORT_DELAY`).
+                    together: true,
+                })
             }
             Err(e) => {
                 // The chunk is lost: the input ends before it, with the
-                // error (it concerns items before any later panic).
-                ended = true;
-                if s.total.is_none() {
-                    s.input_error = Some(e);
-                }
-                None
+                // error (it concerns items before any later panic). Its
+                // input thread sees the end and stops.
+                s.total = Some(s.submitted);
+                s.input_error = Some(e);
+                drop(s);
+                self.shared.changed.notify_all();
+                self.shared.room.notify_all();
+                Feed::Done
             }
-        };
-        if ended && s.total.is_none() {
-            s.total = Some(s.submitted);
-            if s.input_error.is_none() {
-                s.input_error = failure;
-            }
-        }
-        drop(s);
-        self.shared.changed.notify_all();
-        if ended {
-            self.end_input();
-        }
-        match task {
-            Some(task) => Feed::Chunk(Chunk {
-                job: self.job,
-                first,
-                len,
-                task,
-                // Results that are ready together travel in one report
-                // (the worker holds them at most `REPORT_DELAY`).
-                together: true,
-            }),
-            None => Feed::Done,
         }
     }
 }
@@ -217,8 +313,8 @@ impl<R> IMapIterator<R> {
                 // read, not at every result.
                 let refill = s.wants_input();
                 drop(s);
-                if refill && let Some(pool) = self.pool.upgrade() {
-                    pool.poke();
+                if refill {
+                    self.shared.room.notify_one();
                 }
                 return Ok(Some(r));
             }
@@ -291,6 +387,7 @@ impl<R> Drop for IMapIterator<R> {
                 s.total = Some(submitted);
             }
         }
+        self.shared.room.notify_all();
         if let Some(pool) = self.pool.upgrade() {
             pool.stopped();
         }

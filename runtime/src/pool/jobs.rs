@@ -232,6 +232,8 @@ pub(crate) struct IMapState<R> {
     pub next: usize,
     /// Items handed to workers so far.
     pub submitted: usize,
+    /// Items its input thread pulled from the input so far.
+    pub pulled: usize,
     /// Total items once the input is exhausted (or the job was abandoned).
     pub total: Option<usize>,
     /// Why the input ended early (it panicked, or an item could not be
@@ -239,18 +241,13 @@ pub(crate) struct IMapState<R> {
     pub input_error: Option<Error>,
     /// The most items submitted and not yet yielded.
     pub window: usize,
-    /// The window was full, and the feeder waits until half of it has
+    /// The window was full, and the input thread waits until half of it has
     /// been yielded: the input then flows in batches, which the pool sends
     /// several chunks a message, not a chunk for each result read.
     pub paused: bool,
 }
 
 impl<R> IMapState<R> {
-    /// Items submitted and not yet yielded.
-    pub fn outstanding(&self) -> usize {
-        self.submitted.saturating_sub(self.next)
-    }
-
     /// Files the result of item `index` for the iterator.
     fn put(&mut self, index: usize, r: Result<R>) {
         let key = if self.ordered { index } else { self.arrived };
@@ -258,16 +255,19 @@ impl<R> IMapState<R> {
         self.ready.insert(key, r);
     }
 
-    /// Whether the feeder would take more input now.
+    /// Whether the input thread would take more input now.
     pub fn wants_input(&self) -> bool {
-        self.total.is_none() && self.outstanding() <= self.window / 2
+        self.total.is_none() && self.pulled.saturating_sub(self.next) <= self.window / 2
     }
 }
 
 /// Shared between an imap job (the pool side) and its iterator.
 pub(crate) struct IMapShared<R> {
     pub state: Mutex<IMapState<R>>,
+    /// Signalled as results arrive (and the job ends): its iterator waits.
     pub changed: Condvar,
+    /// Signalled as the iterator reads (and the job ends): its input thread waits.
+    pub room: Condvar,
 }
 
 impl<R> IMapShared<R> {
@@ -283,8 +283,10 @@ impl<R> IMapShared<R> {
                 input_error: None,
                 window: window.max(1),
                 paused: false,
+                pulled: 0,
             }),
             changed: Condvar::new(),
+            room: Condvar::new(),
         })
     }
 }
@@ -357,5 +359,6 @@ impl<R: Send + 'static> Job for IMapJob<R> {
         self.delivered = total;
         drop(s);
         self.shared.changed.notify_all();
+        self.shared.room.notify_all();
     }
 }

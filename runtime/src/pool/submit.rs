@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::pool::async_result::{self, AsyncResult, Callbacks};
 use crate::pool::backend::{Backend, Chunk, Tasks};
 use crate::pool::core::{Core, Feed, Feeder, Submission};
-use crate::pool::imap::{IMapFeeder, IMapIterator, Poke, pull};
+use crate::pool::imap::{IMapFeeder, IMapIterator, InputThread, Intake, Poke, pull};
 use crate::pool::jobs::{ApplyJob, IMapJob, IMapShared, MapJob};
 
 /// Python's default chunk size: ceil(len / (4 × workers)).
@@ -236,7 +236,8 @@ where
             .saturating_mul(IMAP_AHEAD_PER_WORKER)
             .max(IMAP_AHEAD_ITEMS_PER_WORKER);
     let shared = IMapShared::<R>::new(ordered, window);
-    let for_job = shared.clone();
+    let intake = Intake::<A>::new();
+    let (for_job, for_feeder) = (shared.clone(), intake.clone());
     core.submit(move |id, _backend| {
         Ok(Submission {
             job: Box::new(IMapJob::new(for_job.clone(), F::results)),
@@ -244,16 +245,28 @@ where
             chunks: Vec::new(),
             feeder: Some(Box::new(IMapFeeder {
                 job: id,
-                input: Some(items),
                 f,
-                chunksize,
-                window,
+                intake: for_feeder,
                 shared: for_job,
-                _a: PhantomData,
             })),
         })
     })?;
     let poke: Arc<dyn Poke> = core.clone();
     let weak: Weak<dyn Poke> = Arc::downgrade(&poke);
+    let input = InputThread {
+        input: items,
+        chunksize,
+        window,
+        shared: shared.clone(),
+        intake: intake.clone(),
+        pool: weak.clone(),
+    };
+    if let Err(e) = input.start() {
+        // No thread, no input: the job ends at once, with the error.
+        intake.end(Some(Error::Io(std::io::Error::other(format!(
+            "cannot start an imap input thread: {e}"
+        )))));
+        core.poke();
+    }
     Ok(IMapIterator::new(shared, weak))
 }
