@@ -749,3 +749,29 @@ fn round_trips_progress_with_both_ends_on_one_cpu() {
     });
     assert!(done.is_some(), "round trips on one CPU did not finish");
 }
+
+/// In a child at its memory limit: the first receive of a message it has
+/// no room for, then the length of the message once the limit is lifted.
+fn recv_at_the_memory_limit(c: Connection<Vec<u8>>) -> (String, usize) {
+    util::limit_memory(Some(8 << 20));
+    let first = c.recv_timeout(PROMPTLY).map(|m| m.len());
+    util::limit_memory(None);
+    let second = c.recv_timeout(PROMPTLY).map_or(0, |m| m.len());
+    (format!("{first:?}"), second)
+}
+
+/// As for a queue: a receiver with no memory for the message is told
+/// (`Io(OutOfMemory)`) and the message waits for its next receive; it
+/// aborted. From an attack battery.
+#[test]
+fn a_receiver_at_its_memory_limit_is_told_and_the_message_stays() {
+    for m in [StartMethod::Spawn, StartMethod::Fork] {
+        let (a, b) = Pipe::new::<Vec<u8>>().unwrap();
+        let mut child = Process::new(recv_at_the_memory_limit, b).start_method(m);
+        child.start().unwrap();
+        a.send_timeout(vec![3u8; 48 << 20], PROMPTLY).unwrap();
+        let (first, len) = child.join_timeout(PROMPTLY).unwrap();
+        assert!(first.contains("OutOfMemory"), "{m:?}: {first}");
+        assert_eq!(len, 48 << 20, "{m:?}");
+    }
+}

@@ -651,3 +651,31 @@ fn a_handle_whose_object_its_sender_dropped_is_refused_not_taken_for_another() {
         );
     }
 }
+
+/// In a child at its memory limit: the first get of a message it has no
+/// room for, then the length of what a get brings once the limit is lifted.
+fn get_at_the_memory_limit(q: Queue<Vec<u8>>) -> (String, usize) {
+    util::limit_memory(Some(8 << 20));
+    let first = q.get_timeout(PROMPTLY).map(|m| m.len());
+    util::limit_memory(None);
+    let second = q.get_timeout(PROMPTLY).map_or(0, |m| m.len());
+    (format!("{first:?}"), second)
+}
+
+/// A consumer with no memory for the next message gets `Io(OutOfMemory)`
+/// and the message stays in the queue for the next get: it aborted (the
+/// buffer's growth failed after the message was marked taken), and the
+/// message was gone for every consumer. From an attack battery.
+#[test]
+fn a_consumer_at_its_memory_limit_is_told_and_the_message_stays() {
+    for m in METHODS {
+        let q: Queue<Vec<u8>> = Queue::new().unwrap();
+        let mut child = Process::new(get_at_the_memory_limit, q.clone()).start_method(m);
+        child.start().unwrap();
+        // Larger than the ring: the put ends once the child took it all.
+        q.put_timeout(vec![3u8; 48 << 20], PROMPTLY).unwrap();
+        let (first, len) = child.join_timeout(PROMPTLY).unwrap();
+        assert!(first.contains("OutOfMemory"), "{m:?}: {first}");
+        assert_eq!(len, 48 << 20, "{m:?}");
+    }
+}

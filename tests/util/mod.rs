@@ -314,3 +314,23 @@ pub fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddr) -> std::
     }
     stream
 }
+
+/// Limits this process's address space to what it maps now plus `extra`
+/// bytes (`None`: lifts the limit again).
+pub fn limit_memory(extra: Option<u64>) {
+    let now = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmSize:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .expect("VmSize in /proc/self/status")
+        * 1024;
+    let lim = libc::rlimit {
+        rlim_cur: extra.map_or(libc::RLIM_INFINITY, |e| now + e),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct it is given.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
+}

@@ -168,6 +168,23 @@ impl Sink for SliceSink<'_> {
         }
     }
 
+    fn try_reserve(&mut self, additional: usize) -> bool {
+        if let Some(v) = &mut self.overflow {
+            return Sink::try_reserve(v, additional);
+        }
+        let want = self.len.saturating_add(additional);
+        if want <= self.buf.len() {
+            return true;
+        }
+        let mut v = Vec::new();
+        if v.try_reserve_exact(want).is_err() {
+            return false;
+        }
+        v.extend_from_slice(&self.buf[..self.len]);
+        self.overflow = Some(v);
+        true
+    }
+
     unsafe fn append_raw(&mut self, src: *const u8, len: usize) {
         self.reserve(len);
         match &mut self.overflow {

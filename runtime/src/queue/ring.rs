@@ -75,8 +75,6 @@ pub(crate) const MAX_MESSAGE: u64 = 1 << 46;
 /// The largest part of a streamed message: small enough that the consumer
 /// copies one part out of the producer's cache while the next is written.
 const MAX_CHUNK: u64 = 128 << 10;
-/// The most a getter allocates ahead on the word of a message's header.
-const RESERVE_LIMIT: u64 = 64 << 20;
 /// A streamed message's producer waits for at least this much room per chunk.
 const MIN_STREAM_CHUNK: u64 = 4096;
 
@@ -327,6 +325,9 @@ pub(crate) trait Sink {
     fn len(&self) -> usize;
     /// Makes room for `additional` more bytes.
     fn reserve(&mut self, additional: usize);
+    /// Makes room for `additional` more bytes if memory allows (a process
+    /// at its memory limit gets `false`, not an abort).
+    fn try_reserve(&mut self, additional: usize) -> bool;
     /// Appends `len` bytes read from `src`.
     ///
     /// # Safety
@@ -343,6 +344,9 @@ impl Sink for Vec<u8> {
     }
     fn reserve(&mut self, additional: usize) {
         Vec::reserve(self, additional)
+    }
+    fn try_reserve(&mut self, additional: usize) -> bool {
+        Vec::try_reserve_exact(self, additional).is_ok()
     }
     unsafe fn append_raw(&mut self, src: *const u8, len: usize) {
         self.reserve(len);
@@ -365,6 +369,34 @@ impl Sink for rkyv::util::AlignedVec<16> {
     }
     fn reserve(&mut self, additional: usize) {
         rkyv::util::AlignedVec::reserve(self, additional)
+    }
+    fn try_reserve(&mut self, additional: usize) -> bool {
+        let Some(want) = self.len().checked_add(additional) else {
+            return false;
+        };
+        if want <= self.capacity() {
+            return true;
+        }
+        // It grows to the next power of two, and aborts if that allocation
+        // fails: try that size first (freed at once; the growth then takes
+        // it again).
+        let grown = want
+            .checked_next_power_of_two()
+            .unwrap_or(want)
+            .min(Self::MAX_CAPACITY)
+            .max(want);
+        let Ok(layout) = std::alloc::Layout::from_size_align(grown, 16) else {
+            return false;
+        };
+        // SAFETY: `layout` has a non-zero size (`want` > capacity >= 0).
+        let probe = unsafe { std::alloc::alloc(layout) };
+        if probe.is_null() {
+            return false;
+        }
+        // SAFETY: `probe` was allocated just above with `layout`.
+        unsafe { std::alloc::dealloc(probe, layout) };
+        rkyv::util::AlignedVec::reserve(self, additional);
+        true
     }
     unsafe fn append_raw(&mut self, src: *const u8, len: usize) {
         self.reserve(len);
@@ -1165,13 +1197,20 @@ impl<'a> Ring<'a> {
                     "the next message has {total} bytes, more than the maximum of {max}; it was left in place"
                 )));
             }
+            // Room for the whole message before it is taken: a consumer at
+            // its memory limit is told, and the message stays for another.
+            // (No part grows the buffer after this, so no abort.)
+            if !usize::try_from(total).is_ok_and(|total| out.try_reserve(total)) {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::OutOfMemory,
+                    format!("no memory for the next message ({total} bytes); it was left in place"),
+                )));
+            }
             self.state
                 .consumer
                 .0
                 .taken
                 .store(header.serial, Ordering::Release);
-            // `total` came from shared memory: do not trust it with a huge allocation.
-            out.reserve(total.min(RESERVE_LIMIT) as usize);
             // SAFETY: `payload + prefix .. payload + len` lies within the record.
             unsafe { out.append_raw(payload.add(prefix as usize), (len - prefix) as usize) };
             self.advance_head(head + size);
