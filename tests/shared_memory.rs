@@ -456,6 +456,52 @@ fn the_tracker_ignores_termination_and_a_killed_one_is_replaced() {
     assert!(eventually(PROMPTLY, || is_gone(replacement)));
 }
 
+/// Makes a FIFO under shared memory name `name`.
+fn fifo_at(name: &str) {
+    let path =
+        std::ffi::CString::new(format!("/dev/shm/{}", name.trim_start_matches('/'))).unwrap();
+    // SAFETY: `path` is NUL-terminated.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+}
+
+fn remove_fifo(name: &str) {
+    let _ = std::fs::remove_file(format!("/dev/shm/{}", name.trim_start_matches('/')));
+}
+
+/// In a spawned child (its own tracker): two tracked segments; the first
+/// is unlinked behind the tracker's back (as another process's `unlink`
+/// does) and a FIFO made under its name. Returns both names and the tracker.
+fn leave_a_fifo_for_the_tracker(_: ()) -> (String, String, i32) {
+    let first = SharedMemory::create(None, 64).unwrap();
+    let second = SharedMemory::create(None, 64).unwrap();
+    let path = std::ffi::CString::new(first.name()).unwrap();
+    // SAFETY: `path` is NUL-terminated.
+    assert_eq!(unsafe { libc::shm_unlink(path.as_ptr()) }, 0);
+    fifo_at(first.name());
+    let names = (first.name().to_string(), second.name().to_string());
+    (names.0, names.1, tracker_pid().unwrap())
+}
+
+/// A FIFO under a segment's name (another user can make one once the name
+/// is free) holds neither `attach` nor the tracker: opening it blocked
+/// for ever, and the tracker then never unlinked the segments after it nor
+/// exited. From an attack battery.
+#[test]
+fn a_fifo_under_a_segments_name_holds_nothing_up() {
+    let name = unique_name("fifo");
+    fifo_at(&name);
+    let attached = SharedMemory::attach(&name);
+    remove_fifo(&name);
+    assert!(matches!(attached, Err(Error::Io(_))), "{attached:?}");
+
+    let mut p = Process::new(leave_a_fifo_for_the_tracker, ()).start_method(StartMethod::Spawn);
+    p.start().unwrap();
+    let (fifo, second, tracker) = p.join().unwrap();
+    let cleaned = eventually(PROMPTLY, || !exists(&second) && is_gone(tracker));
+    remove_fifo(&fifo);
+    assert!(cleaned, "the tracker did not unlink {second} and exit");
+}
+
 #[test]
 fn missing_names_and_bad_names_are_typed_errors() {
     assert!(matches!(

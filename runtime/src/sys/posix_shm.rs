@@ -46,15 +46,29 @@ pub fn shm_create(name: &str) -> std::io::Result<OwnedFd> {
 /// Opens the existing segment `name`, read-write or read-only.
 pub fn shm_open_existing(name: &str, writable: bool) -> std::io::Result<OwnedFd> {
     let path = shm_path(name)?;
-    let oflag = if writable {
+    let access = if writable {
         libc::O_RDWR
     } else {
         libc::O_RDONLY
     };
+    // Non-blocking: a FIFO another user made under the name must not hold
+    // the open for ever (a regular file ignores the flag).
+    let oflag = access | libc::O_NONBLOCK;
     // SAFETY: `path` is a NUL-terminated string that outlives the call.
     let fd = retry_eintr(|| syscall!(unsafe { libc::shm_open(path.as_ptr(), oflag, 0) }))?;
     // SAFETY: shm_open just returned this descriptor and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `stat` is plain old data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a writable `stat` and `fd` is open.
+    syscall!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a shared memory segment (a FIFO, device or directory has the name)",
+        ));
+    }
+    Ok(fd)
 }
 
 /// Removes the name `name`; mappings of the segment stay valid until unmapped.
