@@ -405,3 +405,64 @@ fn values_sharing_a_callers_lock_count_exactly_in_children() {
     }
     assert!(util::shm_leaks().is_empty());
 }
+
+/// Python's idiom, ported line for line: `with v.get_lock(): v.value += 1`.
+fn add_under_get_lock((v, a, n): (Value<u64>, Array<u64>, u64)) {
+    for _ in 0..n {
+        let lock = v.get_lock();
+        let _held = lock.lock().unwrap();
+        v.set(v.get() + 1);
+        v.fetch_add(1);
+        let array_lock = a.get_lock();
+        let _also = array_lock.lock().unwrap();
+        a.set(0, a.get(0).unwrap() + 1).unwrap();
+    }
+}
+
+/// Under its own thread's `get_lock()` guard, `get`, `set` and the atomic
+/// methods of a `Value` (and an `Array`) use the data the thread holds, as
+/// Python's `RLock` lets `.value` do: they waited for the thread itself,
+/// for ever. Another guard of the same lock in that thread is an error, not
+/// a wait; other threads and processes still wait. From a newcomer's port.
+#[test]
+fn gets_and_sets_under_the_threads_own_get_lock_guard() {
+    let v = Value::new(0u64).unwrap();
+    let a = Array::from_elem(0u64, 2).unwrap();
+    let mut children: Vec<_> = METHODS
+        .iter()
+        .map(|&m| {
+            let mut p =
+                Process::new(add_under_get_lock, (v.clone(), a.clone(), 200)).start_method(m);
+            p.start().unwrap();
+            p
+        })
+        .collect();
+    add_under_get_lock((v.clone(), a.clone(), 200));
+    for p in &mut children {
+        p.join_timeout(PROMPTLY).unwrap();
+    }
+    assert_eq!(v.get(), 3 * 400);
+    assert_eq!(a.get(0).unwrap(), 3 * 200);
+
+    let lock = v.get_lock();
+    let held = lock.lock().unwrap();
+    assert!(matches!(v.lock(), Err(Error::InvalidState(_))));
+    assert!(matches!(v.try_lock(), Err(Error::WouldBlock)));
+    assert!(matches!(lock.lock(), Err(Error::InvalidState(_))));
+    // Another thread is held off.
+    let other = v.clone();
+    let blocked = std::thread::spawn(move || matches!(other.try_lock(), Err(Error::WouldBlock)));
+    assert!(blocked.join().unwrap());
+    drop(held);
+    {
+        let _guard = v.lock().unwrap();
+        assert!(matches!(v.get_lock().lock(), Err(Error::InvalidState(_))));
+        assert!(matches!(
+            v.lock_timeout(PROMPTLY),
+            Err(Error::InvalidState(_))
+        ));
+    }
+    let _guard = a.lock().unwrap();
+    assert!(matches!(a.lock(), Err(Error::InvalidState(_))));
+    assert!(matches!(a.get_lock().lock(), Err(Error::InvalidState(_))));
+}

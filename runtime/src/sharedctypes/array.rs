@@ -10,6 +10,7 @@ use crate::handle::{HandleRepr, ShareHandle};
 use crate::sharedctypes::atomic;
 use crate::sharedctypes::{SynchronizedArray, ValueLock};
 use crate::shm::{Kind, ShmObject, ShmSafe, ShmSpec, fingerprint};
+use crate::sync::held::{self, Holder};
 use crate::sync::{Acquired, DataLock, RawLock};
 
 #[repr(C)]
@@ -290,26 +291,65 @@ impl<T: ShmSafe> Array<T> {
     }
 
     fn guard(&self, deadline: Deadline) -> Result<ArrayGuard<'_, T>> {
-        let acquired = self
-            .raw_lock()
+        self.take(deadline, true)
+    }
+
+    /// Takes the lock by `deadline`; if it is held, and `refuse_own` and
+    /// this thread holds it, `Err(InvalidState)` instead of a wait for itself.
+    fn take(&self, deadline: Deadline, refuse_own: bool) -> Result<ArrayGuard<'_, T>> {
+        let raw = self.raw_lock();
+        if raw.try_lock() {
+            return Ok(self.held(Acquired::Clean));
+        }
+        if refuse_own && held::held_here(raw).is_some() {
+            return Err(held::would_wait_for_itself());
+        }
+        let acquired = raw
             .lock_watched(deadline, || match deadline {
                 // A try does not wait, so it is not failed for a dead manager.
                 Deadline::Now => Ok(()),
                 _ => self.elems.obj.check_owner(),
             })?
             .ok_or_else(|| deadline.timeout_error())?;
-        Ok(ArrayGuard {
+        Ok(self.held(acquired))
+    }
+
+    /// The guard of the lock this thread just took.
+    fn held(&self, acquired: Acquired) -> ArrayGuard<'_, T> {
+        held::note(self.raw_lock(), Holder::Data);
+        ArrayGuard {
             array: self,
             acquired,
-        })
+            owned: true,
+            _not_send: PhantomData,
+        }
     }
 
     /// The guard for a call that returns no `Result` (a dead holder's
     /// lock is taken over with a warning: [`Array::lock`] tells).
     fn guard_forever(&self) -> ArrayGuard<'_, T> {
+        if self.raw_lock().try_lock() {
+            return self.held(Acquired::Clean);
+        }
+        match held::held_here(self.raw_lock()) {
+            // Under this thread's own `get_lock()` guard: the data is ours already.
+            Some(Holder::Lock) => {
+                return ArrayGuard {
+                    array: self,
+                    acquired: Acquired::Clean,
+                    owned: false,
+                    _not_send: PhantomData,
+                };
+            }
+            Some(Holder::Data) => tracing::error!(
+                "Array::get/set while this thread holds the array's guard waits for ever: \
+                 use the guard"
+            ),
+            None => {}
+        }
         loop {
             // A wait with no deadline only returns once it holds the lock.
-            if let Ok(guard) = self.guard(Deadline::Never) {
+            if let Ok(guard) = self.take(Deadline::Never, false) {
                 if let Some(pid) = guard.owner_died() {
                     tracing::warn!(
                         pid,
@@ -498,6 +538,11 @@ fn check_fits(bytes: &[u8], len: usize) -> Result<()> {
 pub struct ArrayGuard<'a, T: ShmSafe> {
     array: &'a Array<T>,
     acquired: Acquired,
+    /// False for a `get`/`set` under this thread's own `get_lock()` guard,
+    /// which keeps the lock.
+    owned: bool,
+    /// Released on the thread that took it (see `sync::held`).
+    _not_send: PhantomData<*const ()>,
 }
 
 impl<T: ShmSafe> ArrayGuard<'_, T> {
@@ -534,7 +579,10 @@ impl<T: ShmSafe + std::fmt::Debug> std::fmt::Debug for ArrayGuard<'_, T> {
 
 impl<T: ShmSafe> Drop for ArrayGuard<'_, T> {
     fn drop(&mut self) {
-        self.array.raw_lock().unlock();
+        if self.owned {
+            held::forget(self.array.raw_lock());
+            self.array.raw_lock().unlock();
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use crate::handle::{HandleRepr, ShareHandle};
 use crate::sharedctypes::atomic::{self, AtomicInt, atomic_methods};
 use crate::sharedctypes::{Synchronized, ValueLock};
 use crate::shm::{Kind, ShmObject, ShmSafe, ShmSpec, fingerprint};
+use crate::sync::held::{self, Holder};
 use crate::sync::{Acquired, DataLock, RawLock};
 
 #[repr(C)]
@@ -185,9 +186,30 @@ impl<T: ShmSafe> Value<T> {
     }
 
     fn guard_forever(&self) -> ValueGuard<'_, T> {
+        if self.raw_lock().try_lock() {
+            return self.held(Acquired::Clean);
+        }
+        match held::held_here(self.raw_lock()) {
+            // Under this thread's own `get_lock()` guard (Python's
+            // `with v.get_lock(): v.value += 1`): the data is ours already.
+            Some(Holder::Lock) => {
+                return ValueGuard {
+                    lock: self.raw_lock(),
+                    cell: self.cell(),
+                    acquired: Acquired::Clean,
+                    owned: false,
+                    _value: PhantomData,
+                };
+            }
+            Some(Holder::Data) => tracing::error!(
+                "Value::get/set (or an atomic method) while this thread holds the \
+                 value's guard waits for ever: use the guard"
+            ),
+            None => {}
+        }
         loop {
             // A wait with no deadline only returns once it holds the lock.
-            if let Ok(guard) = self.guard(Deadline::Never) {
+            if let Ok(guard) = self.take(Deadline::Never, false) {
                 if let Some(pid) = guard.owner_died() {
                     tracing::warn!(
                         pid,
@@ -216,20 +238,39 @@ impl<T: ShmSafe> Value<T> {
     }
 
     fn guard(&self, deadline: Deadline) -> Result<ValueGuard<'_, T>> {
-        let acquired = self
-            .raw_lock()
+        self.take(deadline, true)
+    }
+
+    /// Takes the lock by `deadline`; if it is held, and `refuse_own` and
+    /// this thread holds it, `Err(InvalidState)` instead of a wait for itself.
+    fn take(&self, deadline: Deadline, refuse_own: bool) -> Result<ValueGuard<'_, T>> {
+        let raw = self.raw_lock();
+        if raw.try_lock() {
+            return Ok(self.held(Acquired::Clean));
+        }
+        if refuse_own && held::held_here(raw).is_some() {
+            return Err(held::would_wait_for_itself());
+        }
+        let acquired = raw
             .lock_watched(deadline, || match deadline {
                 // A try does not wait, so it is not failed for a dead manager.
                 Deadline::Now => Ok(()),
                 _ => self.obj.check_owner(),
             })?
             .ok_or_else(|| deadline.timeout_error())?;
-        Ok(ValueGuard {
+        Ok(self.held(acquired))
+    }
+
+    /// The guard of the lock this thread just took.
+    fn held(&self, acquired: Acquired) -> ValueGuard<'_, T> {
+        held::note(self.raw_lock(), Holder::Data);
+        ValueGuard {
             lock: self.raw_lock(),
             cell: self.cell(),
             acquired,
+            owned: true,
             _value: PhantomData,
-        })
+        }
     }
 
     /// The layout of a new `Value<T>` (zero-filled), for a manager server to create.
@@ -266,6 +307,9 @@ pub struct ValueGuard<'a, T: ShmSafe> {
     lock: &'a RawLock,
     cell: *mut T,
     acquired: Acquired,
+    /// False for a `get`/`set` under this thread's own `get_lock()` guard,
+    /// which keeps the lock.
+    owned: bool,
     _value: PhantomData<&'a mut T>,
 }
 
@@ -308,7 +352,10 @@ impl<T: ShmSafe + std::fmt::Debug> std::fmt::Debug for ValueGuard<'_, T> {
 
 impl<T: ShmSafe> Drop for ValueGuard<'_, T> {
     fn drop(&mut self) {
-        self.lock.unlock();
+        if self.owned {
+            held::forget(self.lock);
+            self.lock.unlock();
+        }
     }
 }
 
@@ -360,9 +407,18 @@ mod tests {
         assert_eq!(v.get(), 8);
         let g = v.lock().unwrap();
         assert!(matches!(v.try_lock(), Err(Error::WouldBlock)));
+        // Another thread waits and gives up; this one is told at once.
+        let other = v.clone();
+        let timed_out = std::thread::spawn(move || {
+            matches!(
+                other.lock_timeout(Duration::from_millis(5)),
+                Err(Error::Timeout(_))
+            )
+        });
+        assert!(timed_out.join().unwrap());
         assert!(matches!(
             v.lock_timeout(Duration::from_millis(5)),
-            Err(Error::Timeout(_))
+            Err(Error::InvalidState(_))
         ));
         assert!(v.get_lock().is_locked());
         drop(g);

@@ -1,5 +1,6 @@
 //! `Lock`: Python's `multiprocessing.Lock`, on a futex word in shared memory.
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::deadline::Deadline;
@@ -8,6 +9,7 @@ use crate::handle::{FlavorRepr, FlavoredHandle};
 use crate::handle::{HandleRepr, ShareHandle};
 use crate::manager::core::{ProxyCore, RemoteFlavor};
 use crate::shm::{Kind, ShmObject, ShmSpec};
+use crate::sync::held::{self, Holder};
 use crate::sync::raw_lock::{Acquired, RawLock};
 use crate::sync::remote::RemoteLock;
 
@@ -468,10 +470,18 @@ impl DataLock {
     }
 
     fn guard(&self, deadline: Deadline) -> Result<DataLockGuard> {
-        let acquired = shm_acquire(&self.obj, deadline)?;
+        let acquired = if self.obj.state().try_lock() {
+            Acquired::Clean
+        } else if held::held_here(self.obj.state()).is_some() {
+            return Err(held::would_wait_for_itself());
+        } else {
+            shm_acquire(&self.obj, deadline)?
+        };
+        held::note(self.obj.state(), Holder::Lock);
         Ok(DataLockGuard {
             lock: self.clone(),
             acquired,
+            _not_send: PhantomData,
         })
     }
 
@@ -510,6 +520,8 @@ impl DataLock {
 pub struct DataLockGuard {
     lock: DataLock,
     acquired: Acquired,
+    /// Released on the thread that took it (see `sync::held`).
+    _not_send: PhantomData<*const ()>,
 }
 
 impl DataLockGuard {
@@ -529,6 +541,7 @@ impl std::fmt::Debug for DataLockGuard {
 
 impl Drop for DataLockGuard {
     fn drop(&mut self) {
+        held::forget(self.lock.obj.state());
         self.lock.obj.state().unlock();
     }
 }

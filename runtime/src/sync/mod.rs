@@ -19,6 +19,7 @@
 mod barrier;
 mod condition;
 mod event;
+pub(crate) mod held;
 mod lock;
 pub(crate) mod park;
 pub mod raw_lock;
