@@ -294,6 +294,27 @@ fn daemon_children_end_with_their_parent() {
     }
 }
 
+fn daemon_flags_of_a_new_handle(_: ()) -> (bool, bool) {
+    let default = Process::new(square, 1).is_daemon();
+    let told = Process::new(square, 1).daemon(false).is_daemon();
+    (default, told)
+}
+
+/// CPython's `test_daemon_argument`: a handle made in a daemon process is a
+/// daemon by default (Python copies the current process's flag), in the
+/// main process not; `daemon(false)` still says otherwise.
+#[test]
+fn a_new_handle_takes_its_makers_daemon_flag() {
+    assert!(!Process::new(square, 1).is_daemon());
+    for m in METHODS {
+        let mut d = Process::new(daemon_flags_of_a_new_handle, ())
+            .start_method(m)
+            .daemon(true);
+        d.start().unwrap();
+        assert_eq!(d.join_timeout(PROMPTLY).unwrap(), (true, false), "{m:?}");
+    }
+}
+
 fn closure_target_is_fork_only() -> multiproc::Result<()> {
     let mut p = Process::from_closure(|| 1u8).start_method(StartMethod::Spawn);
     p.start()

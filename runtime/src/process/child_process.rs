@@ -231,7 +231,9 @@ impl<R: Shareable> Process<R> {
         Self::with_target(Box::new(NoArgTarget { f: target }))
     }
 
-    /// A process that will run a closure; only valid with [`StartMethod::Fork`].
+    /// A process that will run a closure; only valid with [`StartMethod::Fork`]
+    /// (it forks whatever the default start method: a closure cannot travel
+    /// to a spawned child).
     pub fn from_closure<F>(f: F) -> Process<R>
     where
         F: FnOnce() -> R + Send + 'static,
@@ -245,7 +247,9 @@ impl<R: Shareable> Process<R> {
             target: Some(target),
             name: current::default_name(&identity),
             identity,
-            daemon: false,
+            // A daemon's children are daemons unless told otherwise, as in
+            // Python (the flag is part of the process's inherited config).
+            daemon: current::current_process().daemon,
             method: None,
             executable: None,
             authkey: None,
@@ -266,7 +270,8 @@ impl<R: Shareable> Process<R> {
     }
 
     /// Makes the child a daemon: it is terminated when this process exits,
-    /// normally or not.
+    /// normally or not. The default is this process's own flag (false in
+    /// the main process), as in Python.
     pub fn daemon(mut self, daemon: bool) -> Self {
         self.daemon = daemon;
         self
