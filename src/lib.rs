@@ -554,9 +554,9 @@ pub use multiproc_runtime::{
     Queue, Quota, RLock, RLockGuard, RawArray, RawValue, Result, Segment, Semaphore, Sentinel,
     Shareable, ShmSafe, SimpleQueue, SocketConnection, StartMethod, Synchronized,
     SynchronizedArray, ThreadPool, ThreadPoolBuilder, Value, ValueGuard, ValueLock,
-    WaitTimeoutResult, active_children, client, cpu_count, current_process, force_start_method,
-    get_all_start_methods, get_context, get_start_method, init, init_before_main, parent_process,
-    set_start_method, wait,
+    WaitTimeoutResult, Waitable, active_children, client, cpu_count, current_process,
+    force_start_method, get_all_start_methods, get_context, get_start_method, init,
+    init_before_main, parent_process, set_start_method, wait,
 };
 
 /// For Python programmers: each `multiprocessing` name and its Rust form,

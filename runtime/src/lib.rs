@@ -68,7 +68,9 @@ mod sys;
 pub mod wire;
 
 pub use codec::Shareable;
-pub use connection::{Address, Connection, Listener, Pipe, SocketConnection, client, wait};
+pub use connection::{
+    Address, Connection, Listener, Pipe, SocketConnection, Waitable, client, wait,
+};
 pub use error::{Error, Quota, Result};
 pub use pool::{
     AsyncResult, Callbacks, Chunked, IMapIterator, Pool, PoolBuilder, ThreadPool, ThreadPoolBuilder,

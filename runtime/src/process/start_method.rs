@@ -220,4 +220,27 @@ impl Context {
     pub fn process<A: Shareable, R: Shareable>(&self, target: fn(A) -> R, arg: A) -> Process<R> {
         Process::new(target, arg).context(self)
     }
+
+    /// A pool of `processes` workers started with this context (Python's
+    /// `ctx.Pool(n)`; [`Pool::builder`](crate::Pool::builder) with
+    /// [`context`](crate::PoolBuilder::context) sets more).
+    ///
+    /// ```
+    /// fn double(x: u32) -> u32 {
+    ///     2 * x
+    /// }
+    ///
+    /// fn main() {
+    ///     multiproc::init();
+    ///     let ctx = multiproc::get_context(multiproc::StartMethod::Fork);
+    ///     let pool = ctx.pool(2).unwrap();
+    ///     assert_eq!(pool.map(double, [1, 2, 3]).unwrap(), [2, 4, 6]);
+    /// }
+    /// ```
+    pub fn pool(&self, processes: usize) -> Result<crate::Pool> {
+        crate::Pool::builder()
+            .processes(processes)
+            .context(self)
+            .build()
+    }
 }
