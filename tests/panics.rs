@@ -98,6 +98,8 @@ fn remote_panic<T: std::fmt::Debug>(r: multiproc::Result<T>, message: &str) {
         Err(Error::Remote(m)) => {
             assert!(m.contains(message), "{m:?} lacks {message:?}");
             assert!(m.contains("panicked"), "{m:?}");
+            // The method is named (it was a bare number, from a newcomer's port).
+            assert!(m.contains("explode"), "{m:?}");
         }
         other => panic!("expected the remote panic {message:?}, got {other:?}"),
     }

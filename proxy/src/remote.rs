@@ -1050,6 +1050,12 @@ macro_rules! remote_object {
                     _ => Err(CallError::UnknownMethod),
                 }
             }
+            fn method_name(&self, method: u32) -> ::std::option::Option<&'static str> {
+                match method {
+                    $( $id => Some(stringify!($name)), )*
+                    _ => None,
+                }
+            }
         }
         impl $crate::RemoteObject for $ty {
             const TYPE_NAME: &'static str = concat!(module_path!(), "::", stringify!($ty));

@@ -51,6 +51,17 @@ pub fn served(args: &Args, self_ty: &Type, methods: &[Method]) -> TokenStream {
             }
         }
     });
+    let names = methods.iter().map(|m| {
+        let Method {
+            number, name, cfgs, ..
+        } = m;
+        let number = literal(*number);
+        let name = name.to_string();
+        quote! {
+            #(#cfgs)*
+            #number => ::core::option::Option::Some(#name),
+        }
+    });
     let type_name = match &args.name {
         Some(name) => name.to_token_stream(),
         None => quote!(concat!(module_path!(), "::", stringify!(#self_ty))),
@@ -72,6 +83,13 @@ pub fn served(args: &Args, self_ty: &Type, methods: &[Method]) -> TokenStream {
                 match #method_no {
                     #(#arms)*
                     _ => ::core::result::Result::Err(#k::__private::CallError::UnknownMethod),
+                }
+            }
+
+            fn method_name(&self, #method_no: u32) -> ::core::option::Option<&'static str> {
+                match #method_no {
+                    #(#names)*
+                    _ => ::core::option::Option::None,
                 }
             }
         }

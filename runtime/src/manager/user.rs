@@ -55,6 +55,12 @@ pub enum CallError {
 pub trait ServedObject: Send + 'static {
     /// Runs method `method` on the encoded `args`; returns the encoded result.
     fn call(&mut self, method: u32, args: &[u8]) -> Result<Vec<u8>, CallError>;
+
+    /// The name of method `method`, for errors and logs (the generated
+    /// implementations give it).
+    fn method_name(&self, _method: u32) -> Option<&'static str> {
+        None
+    }
 }
 
 /// A Rust type a remote manager's server can own (see the
@@ -228,8 +234,11 @@ fn run_method(obj: &Slot, id: ObjectId, method: u32, args: &[u8]) -> Result<Vec<
     // User code: a panic must not unwind through the server (the table's
     // locks are not held here; the object's own lock is released by the
     // unwinding guard).
+    let mut name = None;
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        obj.lock().call(method, args)
+        let mut obj = obj.lock();
+        name = obj.method_name(method);
+        obj.call(method, args)
     }));
     match ran {
         Ok(answer) => answer.map_err(|e| match e {
@@ -241,6 +250,10 @@ fn run_method(obj: &Slot, id: ObjectId, method: u32, args: &[u8]) -> Result<Vec<
         }),
         Err(payload) => {
             let message = crate::process::panic_text(payload.as_ref());
+            let method = match name {
+                Some(name) => format!("{name} (method {method})"),
+                None => format!("{method}"),
+            };
             tracing::warn!(object = id, method, "a served method panicked: {message}");
             Err(RemoteError::Failed(format!(
                 "served method {method} panicked: {message}"
