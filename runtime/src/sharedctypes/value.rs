@@ -186,8 +186,8 @@ impl<T: ShmSafe> Value<T> {
     }
 
     fn guard_forever(&self) -> ValueGuard<'_, T> {
-        if self.raw_lock().try_lock() {
-            return self.held(Acquired::Clean);
+        if held::try_for_data(self.raw_lock()) {
+            return self.guard_of(Acquired::Clean);
         }
         match held::held_here(self.raw_lock()) {
             // Under this thread's own `get_lock()` guard (Python's
@@ -244,26 +244,18 @@ impl<T: ShmSafe> Value<T> {
     /// Takes the lock by `deadline`; if it is held, and `refuse_own` and
     /// this thread holds it, `Err(InvalidState)` instead of a wait for itself.
     fn take(&self, deadline: Deadline, refuse_own: bool) -> Result<ValueGuard<'_, T>> {
-        let raw = self.raw_lock();
-        if raw.try_lock() {
-            return Ok(self.held(Acquired::Clean));
-        }
-        if refuse_own && held::held_here(raw).is_some() {
-            return Err(held::would_wait_for_itself());
-        }
-        let acquired = raw
-            .lock_watched(deadline, || match deadline {
+        let acquired = held::take_for_data(self.raw_lock(), deadline, refuse_own, || {
+            match deadline {
                 // A try does not wait, so it is not failed for a dead manager.
                 Deadline::Now => Ok(()),
                 _ => self.obj.check_owner(),
-            })?
-            .ok_or_else(|| deadline.timeout_error())?;
-        Ok(self.held(acquired))
+            }
+        })?;
+        Ok(self.guard_of(acquired))
     }
 
     /// The guard of the lock this thread just took.
-    fn held(&self, acquired: Acquired) -> ValueGuard<'_, T> {
-        held::note(self.raw_lock(), Holder::Data);
+    fn guard_of(&self, acquired: Acquired) -> ValueGuard<'_, T> {
         ValueGuard {
             lock: self.raw_lock(),
             cell: self.cell(),

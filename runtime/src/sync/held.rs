@@ -74,6 +74,40 @@ pub(crate) fn held_here(lock: &RawLock) -> Option<Holder> {
     lock.held_by_this_process().then_some(how)
 }
 
+/// Takes a data lock for a guard of its data if it is free, and notes it.
+#[inline]
+pub(crate) fn try_for_data(lock: &RawLock) -> bool {
+    let taken = lock.try_lock();
+    if taken {
+        note(lock, Holder::Data);
+    }
+    taken
+}
+
+/// Takes a data lock for a guard of its data by `deadline`, and notes it
+/// ([`Holder::Data`]). If it is held, `refuse_own` and this thread holds
+/// it: `Err(InvalidState)` instead of a wait for itself. `owner_alive`
+/// runs between a wait's slices (a manager-made segment's owner check).
+#[inline]
+pub(crate) fn take_for_data(
+    lock: &RawLock,
+    deadline: crate::deadline::Deadline,
+    refuse_own: bool,
+    owner_alive: impl FnMut() -> crate::Result<()>,
+) -> crate::Result<crate::sync::Acquired> {
+    if try_for_data(lock) {
+        return Ok(crate::sync::Acquired::Clean);
+    }
+    if refuse_own && held_here(lock).is_some() {
+        return Err(would_wait_for_itself());
+    }
+    let acquired = lock
+        .lock_watched(deadline, owner_alive)?
+        .ok_or_else(|| deadline.timeout_error())?;
+    note(lock, Holder::Data);
+    Ok(acquired)
+}
+
 /// The error for a second guard of a lock this thread holds.
 pub(crate) fn would_wait_for_itself() -> crate::Error {
     crate::Error::InvalidState(
