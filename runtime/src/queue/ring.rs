@@ -58,6 +58,7 @@ use crate::error::{Error, Result};
 use crate::liveness::{CannotTell, Doubt};
 use crate::sync::park::SpinSite;
 use crate::sync::raw_lock::{Acquired, RawLock};
+use crate::sys;
 use crate::sys::futex::{self, WaitOutcome};
 
 /// Bytes of a record header.
@@ -317,6 +318,13 @@ fn done_or_doubt(side: Side, doubt: &mut Doubt, deadline: &Deadline, what: &str)
     Ok(false)
 }
 
+/// Whether a message of `total` bytes could exist here at all: its producer
+/// held it whole, so it fits in the machine's memory and free swap.
+fn could_exist(total: u64) -> bool {
+    let memory = sys::memfd::physical_memory().unwrap_or(u64::MAX);
+    total <= memory.saturating_add(sys::memfd::free_memory().unwrap_or(0))
+}
+
 /// Where bytes taken from the ring go.
 pub(crate) trait Sink {
     /// Empties the sink.
@@ -377,14 +385,16 @@ impl Sink for rkyv::util::AlignedVec<16> {
         if want <= self.capacity() {
             return true;
         }
-        // It grows to the next power of two, and aborts if that allocation
-        // fails: try that size first (freed at once; the growth then takes
-        // it again).
+        // Beyond its maximum, `reserve` panics.
+        if want > Self::MAX_CAPACITY {
+            return false;
+        }
+        // It grows to the next power of two (at most its maximum), and
+        // aborts if that allocation fails: try that size first (freed at
+        // once; the growth then takes it again).
         let grown = want
             .checked_next_power_of_two()
-            .unwrap_or(want)
-            .min(Self::MAX_CAPACITY)
-            .max(want);
+            .map_or(Self::MAX_CAPACITY, |p| p.min(Self::MAX_CAPACITY));
         let Ok(layout) = std::alloc::Layout::from_size_align(grown, 16) else {
             return false;
         };
@@ -1201,6 +1211,11 @@ impl<'a> Ring<'a> {
             // its memory limit is told, and the message stays for another.
             // (No part grows the buffer after this, so no abort.)
             if !usize::try_from(total).is_ok_and(|total| out.try_reserve(total)) {
+                if !could_exist(total) {
+                    // A length no producer on this machine could have held:
+                    // a corrupt record, not a message to wait for room for.
+                    return Err(self.resync(tail, "message longer than this machine's memory"));
+                }
                 return Err(Error::Io(std::io::Error::new(
                     std::io::ErrorKind::OutOfMemory,
                     format!("no memory for the next message ({total} bytes); it was left in place"),

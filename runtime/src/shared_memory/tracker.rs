@@ -187,11 +187,13 @@ fn restart(st: &mut State) -> std::io::Result<()> {
         Error::Io(e) => e,
         e => std::io::Error::other(e.to_string()),
     })?;
+    // Kept even if telling it fails below: dropped, it would unlink what
+    // it was told so far, which this process still uses.
+    let tracker = st.tracker.insert(tracker);
     let me = sys::process::getpid();
     for (name, &(ino, _)) in st.names.iter().filter(|(_, (_, pid))| *pid == me) {
         posix_shm::send_record(tracker.channel.as_fd(), &register_record(name, ino))?;
     }
-    st.tracker = Some(tracker);
     Ok(())
 }
 

@@ -63,6 +63,10 @@ pub(crate) fn forget(lock: &RawLock) {
 
 /// How this thread holds `lock`, if it does (and the lock says this
 /// process holds it: a guard leaked and force-unlocked since is not held).
+/// An entry a leaked guard left stays true of its lock: a leaked
+/// `DataLockGuard` leaks its segment's mapping too, so no other lock comes
+/// to that address; a leaked data guard's entry only makes a second guard
+/// an error, and a `get` wait as it would anyway.
 pub(crate) fn held_here(lock: &RawLock) -> Option<Holder> {
     let at = address(lock);
     let entry = HELD.with(|slots| slots.iter().map(Cell::get).find(|e| e & !1 == at))?;
