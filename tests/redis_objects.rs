@@ -256,6 +256,76 @@ fn a_killed_holder_loses_its_lock_and_the_next_is_told() {
     m.clear().unwrap();
 }
 
+fn hold_until_told((lock, held, go): (Lock, Event, Event)) {
+    let g = lock.lock().unwrap();
+    held.set().unwrap();
+    // Stopped here past its lease, then continued and told to go on.
+    assert!(go.wait_timeout(PROMPTLY * 3).unwrap());
+    drop(g);
+}
+
+/// A holder stopped (SIGSTOP) for longer than the lease is taken for
+/// dead: the next acquirer claims the lock and is told. Continued, the
+/// stopped holder's guard releases nothing of the new holder's.
+#[test]
+fn a_holder_stopped_past_its_lease_loses_the_lock_and_its_guard_releases_nothing() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    for method in METHODS {
+        let lock = m.lock(&format!("stopped-{method:?}")).unwrap();
+        let held = m.event(&format!("held-{method:?}")).unwrap();
+        let go = m.event(&format!("go-{method:?}")).unwrap();
+        let mut p = start(
+            method,
+            hold_until_told,
+            (lock.clone(), held.clone(), go.clone()),
+        );
+        assert!(held.wait_timeout(PROMPTLY).unwrap(), "{method:?}");
+        let pid = p.pid().unwrap();
+        // SAFETY: kill on the pid of a child this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        let resume = Resume(pid);
+        match lock.acquire_timeout(PROMPTLY).unwrap() {
+            Acquired::OwnerDied { pid: dead } => assert_eq!(dead, pid, "{method:?}"),
+            other => panic!("{method:?}: expected OwnerDied, got {other:?}"),
+        }
+        drop(resume);
+        go.set().unwrap();
+        p.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(p.exitcode(), Some(0), "{method:?}");
+        assert_eq!(
+            lock.owner_pid(),
+            Some(std::process::id() as i32),
+            "{method:?}"
+        );
+        lock.release().unwrap();
+    }
+    m.clear().unwrap();
+}
+
+/// Two servers, each with a lock of the same prefix and name, held by one
+/// process at once: each is renewed on its own server, past many leases.
+#[test]
+fn the_same_lock_name_on_two_servers_is_held_on_both() {
+    let (one, two) = (RedisServer::start(), RedisServer::start());
+    let (m1, m2) = (manager(&one), manager(&two));
+    let (a, b) = (m1.lock("l").unwrap(), m2.lock("l").unwrap());
+    let _ga = a.lock_timeout(PROMPTLY).unwrap();
+    let _gb = b.lock_timeout(PROMPTLY).unwrap();
+    let (a2, b2) = (m1.lock("l").unwrap(), m2.lock("l").unwrap());
+    // Held past several leases, on both servers.
+    assert!(matches!(
+        a2.acquire_timeout(LEASE * 4),
+        Err(Error::Timeout(_))
+    ));
+    assert!(matches!(b2.acquire_timeout(LEASE), Err(Error::Timeout(_))));
+    assert!(a.is_locked().unwrap() && b.is_locked().unwrap());
+    drop((_ga, _gb));
+    assert!(!a.is_locked().unwrap() && !b.is_locked().unwrap());
+    m1.clear().unwrap();
+    m2.clear().unwrap();
+}
+
 #[test]
 fn rlock_forms_and_owner_thread() {
     let server = RedisServer::start();
@@ -984,8 +1054,11 @@ fn deleting_objects_leaves_nothing_in_redis() {
     other.dict::<u8, u8>("kept").unwrap().insert(1, 1).unwrap();
     assert!(m.delete("a").unwrap() > 0);
     assert_eq!(m.delete("a").unwrap(), 0);
-    // Only the other prefix's dict and its type record are left.
-    assert_eq!(server.dbsize(), 2);
+    // Only the other prefix's dict and its type record are left, and this
+    // process's presence from when it held the lock: no longer renewed,
+    // it ends with its lease.
+    assert_eq!(server.dbsize_besides("test:alive:*"), 2);
+    assert!(util::eventually(LEASE * 10, || server.dbsize() == 2));
     assert_eq!(other.clear().unwrap(), 2);
     assert_eq!(server.dbsize(), 0);
 }
@@ -1029,7 +1102,10 @@ fn rlocks_and_conditions_leave_nothing_after_delete() {
     }
     assert!(m.delete("a").unwrap() > 0);
     assert!(m.delete("b").unwrap() > 0);
-    assert_eq!(server.dbsize(), 0);
+    // Nothing but this process's presence from when it held the lock,
+    // which ends with its lease.
+    assert_eq!(server.dbsize_besides("test:alive:*"), 0);
+    assert!(util::eventually(LEASE * 10, || server.dbsize() == 0));
 }
 
 /// Takes the condition's lock, says so, and waits (letting go of it).

@@ -111,7 +111,9 @@ return woken
 ///
 /// KEYS: waiters, granted, the lock's key, its owner record, the
 /// condition's hash. ARGV: the ticket, give up, ticket key prefix, wake-up
-/// list prefix, suffix.
+/// list prefix, suffix, and the presence key prefix of a lock's holders
+/// ('' for an rlock, whose holder died if its key ended and its owner
+/// record stayed).
 static CHECK: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -152,7 +154,14 @@ if redis.call('EXISTS', ARGV[3] .. me .. ARGV[5]) == 0 then
   drop(me)
   return 'lost'
 end
-if redis.call('EXISTS', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[4]) == 1 then
+local died
+if ARGV[6] ~= '' then
+  local holder = redis.call('GET', KEYS[3])
+  died = holder and redis.call('EXISTS', ARGV[6] .. holder) == 0
+else
+  died = redis.call('EXISTS', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[4]) == 1
+end
+if died then
   redis.call('LREM', KEYS[1], 1, me)
   drop(me)
   local last = tonumber(redis.call('HGET', KEYS[5], 'next') or '0')
@@ -195,18 +204,18 @@ impl RedisCondLock<'_> {
     /// lock (any of its threads may release it), this thread for an rlock.
     fn caller(&self) -> String {
         match self {
-            RedisCondLock::Lock(_) => lease::process_token(),
+            RedisCondLock::Lock(l) => lease::presence(l.object().target()).holder,
             RedisCondLock::RLock(_) => this_thread(),
         }
     }
 
-    /// The key, owner record, depth (a lock's: its owner record again,
-    /// untouched) and wake-up list.
+    /// The key, owner record, depth and wake-up list (a lock has no owner
+    /// record nor depth: its key stands in for both).
     fn keys(&self) -> [String; 4] {
         match self {
             RedisCondLock::Lock(l) => {
-                let o = l.object();
-                [o.key(), o.sub("#owner"), o.sub("#owner"), o.sub("#wake")]
+                let key = l.object().key();
+                [key.clone(), key.clone(), key, l.wake_key()]
             }
             RedisCondLock::RLock(l) => {
                 [l.key(), l.part("#owner"), l.part("#count"), l.part("#wake")]
@@ -218,6 +227,17 @@ impl RedisCondLock<'_> {
         match self {
             RedisCondLock::Lock(l) => l.object().target(),
             RedisCondLock::RLock(l) => l.object().target(),
+        }
+    }
+
+    /// How a waiter's look tells that the lock's holder died: for a lock,
+    /// the prefix of its holder's presence key (its key stays, naming a
+    /// holder whose presence ended); for an rlock, '' (its key ended with
+    /// its lease while its owner record stayed).
+    fn presence_prefix(&self) -> String {
+        match self {
+            RedisCondLock::Lock(l) => lease::presence_prefix(l.object().target()),
+            RedisCondLock::RLock(_) => String::new(),
         }
     }
 }
@@ -364,10 +384,13 @@ impl RedisCondition {
         let (tprefix, wprefix, suffix) = self.ticket_parts();
         let token = lease::process_token();
         let lease_ms = u64::try_from(target.lease().as_millis()).unwrap_or(u64::MAX);
-        // Stop renewing the lock's lease before the script releases it: a
-        // thread of this process that takes it next holds its own.
+        // Stop renewing an rlock's lease before the script releases it: a
+        // thread of this process that takes it next holds its own. (A
+        // lock has no lease of its own: its holder's presence has one.)
         let caller = lock.caller();
-        lease::release_if(&key, &caller);
+        if let RedisCondLock::RLock(_) = lock {
+            lease::release_if(target, &key, &caller);
+        }
         let prepared: Result<Vec<i64>> = target.with_conn(|c| {
             PREPARE_WAIT
                 .key(self.obj.key())
@@ -386,7 +409,12 @@ impl RedisCondition {
         });
         let (ticket, depth) = match prepared {
             Ok(reply) => match reply.as_slice() {
-                [ticket, depth] => (*ticket, u64::try_from(*depth).unwrap_or(1)),
+                [ticket, depth] => {
+                    if let RedisCondLock::Lock(_) = lock {
+                        lease::leave(target, &lease::presence(target).key, &key);
+                    }
+                    (*ticket, u64::try_from(*depth).unwrap_or(1))
+                }
                 _ => {
                     return Err(Error::InvalidState(
                         "wait on a condition whose lock the caller does not hold".into(),
@@ -394,16 +422,19 @@ impl RedisCondition {
                 }
             },
             Err(e) => {
-                // Still ours, perhaps: keep renewing it if so (the renewer
-                // forgets a key that no longer holds our token).
-                lease::hold(target, key, caller);
+                // Still ours, perhaps: keep renewing an rlock's lease if
+                // so (the renewer forgets a key that no longer holds our
+                // token); a lock's holder keeps its presence.
+                if let RedisCondLock::RLock(_) = lock {
+                    lease::hold(target, key, caller);
+                }
                 return Err(e);
             }
         };
         let ticket_key = format!("{tprefix}{ticket}{suffix}");
         lease::hold_fresh(target, ticket_key.clone(), token);
         let ended = self.sleep(ticket, deadline, &tprefix, &wprefix, &suffix);
-        lease::release(&ticket_key);
+        lease::release(target, &ticket_key);
         let acquired = match &self.lock {
             ConditionLock::Lock(l) => l.acquire_deadline(Deadline::Never),
             ConditionLock::RLock(l) => l.acquire_restore(depth),
@@ -426,6 +457,7 @@ impl RedisCondition {
         let [key, owner, _, _] = lock.keys();
         let (waiters, granted) = (self.obj.sub("#waiters"), self.obj.sub("#granted"));
         let wake = format!("{wprefix}{ticket}{suffix}");
+        let died_by = lock.presence_prefix();
         loop {
             let give_up = deadline.expired();
             let outcome: String = target.with_conn(|c| {
@@ -440,6 +472,7 @@ impl RedisCondition {
                     .arg(tprefix)
                     .arg(wprefix)
                     .arg(suffix)
+                    .arg(&died_by)
                     .invoke(c)
             })?;
             match outcome.as_str() {

@@ -29,6 +29,8 @@ return 0
 
 struct Held {
     target: RedisTarget,
+    /// The key, on `target`'s server.
+    key: String,
     token: String,
     /// When the key's time to live was last set to the whole lease (by the
     /// holder's own command or by a renewal); `None`: to renew at once.
@@ -47,7 +49,7 @@ impl Held {
 struct Renewer {
     /// The process these leases (and this thread) belong to.
     pid: i32,
-    /// Held leases by key.
+    /// Held leases by [`slot`].
     held: HashMap<String, Held>,
     /// This process's renewer thread, once started: woken by a lease due
     /// before it would wake by itself.
@@ -56,6 +58,18 @@ struct Renewer {
     wakes_at: Option<Instant>,
     /// This process's token (see [`process_token`]).
     token: String,
+    /// This process's presence keys (see [`Presence`]) by [`slot`], with
+    /// how many of its locks hold or are taking each.
+    present: HashMap<String, usize>,
+    /// The locks this process holds or is taking, by [`slot`], with how
+    /// many of its threads do.
+    locks: HashMap<String, usize>,
+}
+
+/// Where the renewer keeps `key` of `target`'s server: two servers (or
+/// databases) may each have a key of that name.
+fn slot(target: &RedisTarget, key: &str) -> String {
+    format!("{} {key}", target.shown_url())
 }
 
 static RENEWER: ForkMutex<Option<Renewer>> = ForkMutex::new(None);
@@ -91,6 +105,96 @@ pub(crate) fn token_pid(token: &[u8]) -> i32 {
         .unwrap_or(0)
 }
 
+/// This process's presence on a server and prefix for its [`Lock`](crate::Lock)s:
+/// the key `{prefix}:alive:{holder}`, which holds this process's token
+/// with the lease of the locks made there, renewed while the process
+/// holds or is taking one of them. A lock's key holds `holder` while this
+/// process holds it, and has no lease of its own: the lock is its
+/// holder's while that holder's presence lasts, so taking a free lock is
+/// one plain command (no script), and a holder that dies or is cut off
+/// for longer than the lease leaves a lock the next acquirer may claim.
+pub(crate) struct Presence {
+    /// The presence key.
+    pub(crate) key: String,
+    /// What a lock's key holds while this process holds it: the token
+    /// (pid first) and the lease in ms, `{token}~{ms}`.
+    pub(crate) holder: String,
+    /// This process's token, which the presence key holds.
+    pub(crate) token: String,
+}
+
+/// What precedes a holder in its presence key's name: `{prefix}:alive:`.
+pub(crate) fn presence_prefix(target: &RedisTarget) -> String {
+    format!("{}:alive:", target.prefix())
+}
+
+/// This process's presence on `target`, without counting it as used.
+pub(crate) fn presence(target: &RedisTarget) -> Presence {
+    with_renewer(|r| presence_in(r, target))
+}
+
+fn presence_in(r: &Renewer, target: &RedisTarget) -> Presence {
+    let ms = u64::try_from(target.lease().as_millis()).unwrap_or(u64::MAX);
+    let holder = format!("{}~{ms}", r.token);
+    Presence {
+        key: format!("{}{holder}", presence_prefix(target)),
+        holder,
+        token: r.token.clone(),
+    }
+}
+
+/// This process's presence on `target`, counted as used by one more
+/// taker or holder of the lock `lock` until [`leave`]: it is renewed while
+/// used.
+pub(crate) fn enter(target: &RedisTarget, lock: &str) -> Presence {
+    with_renewer(|r| {
+        let p = presence_in(r, target);
+        *r.present.entry(slot(target, &p.key)).or_default() += 1;
+        *r.locks.entry(slot(target, lock)).or_default() += 1;
+        p
+    })
+}
+
+/// Whether the caller is the only thread of this process that holds or
+/// takes `lock`: if that lock's key names this process, it was set by a
+/// command of this process whose reply never came (the server got it, the
+/// answer was lost), and it is the caller's to take.
+pub(crate) fn alone(target: &RedisTarget, lock: &str) -> bool {
+    with_renewer(|r| r.locks.get(&slot(target, lock)) == Some(&1))
+}
+
+/// After the caller set `p`'s key to the whole lease (the command sent at
+/// `sent`): renewed from there while used.
+pub(crate) fn present_since(target: &RedisTarget, p: &Presence, sent: Instant) {
+    with_renewer(|r| {
+        if r.present.contains_key(&slot(target, &p.key)) {
+            hold_in(r, target, p.key.clone(), p.token.clone(), Some(sent));
+        }
+    });
+}
+
+/// One taker or holder of `lock` fewer uses the presence `key`: once none
+/// does, it is no longer renewed, and ends with its lease.
+pub(crate) fn leave(target: &RedisTarget, key: &str, lock: &str) {
+    fn less(counts: &mut HashMap<String, usize>, key: &str) -> bool {
+        match counts.get_mut(key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => counts.remove(key).is_some(),
+            None => false,
+        }
+    }
+    with_renewer(|r| {
+        less(&mut r.locks, &slot(target, lock));
+        let key = slot(target, key);
+        if less(&mut r.present, &key) {
+            r.held.remove(&key);
+        }
+    });
+}
+
 /// Keeps renewing `key` (which holds `token`, perhaps with little of its
 /// lease left) while this process lives: the first renewal is at once.
 pub(crate) fn hold(target: &RedisTarget, key: String, token: String) {
@@ -106,58 +210,74 @@ pub(crate) fn hold_fresh(target: &RedisTarget, key: String, token: String) {
 }
 
 fn hold_from(target: &RedisTarget, key: String, token: String, renewed: Option<Instant>) {
-    with_renewer(|r| {
-        let held = Held {
-            target: target.clone(),
-            token,
-            renewed,
-        };
-        let wake = match (held.due(), r.wakes_at) {
-            (_, None) => false,
-            (None, Some(_)) => true,
-            (Some(due), Some(at)) => due < at,
-        };
-        r.held.insert(key, held);
-        match &r.thread {
-            Some(t) if wake => t.unpark(),
-            Some(_) => {}
-            None => {
-                let spawned = std::thread::Builder::new()
-                    .name("multiproc-redis-lease".into())
-                    .spawn(renew_forever);
-                match spawned {
-                    Ok(h) => r.thread = Some(h.thread().clone()),
-                    Err(e) => tracing::warn!("cannot start the redis lease thread: {e}"),
-                }
+    with_renewer(|r| hold_in(r, target, key, token, renewed));
+}
+
+fn hold_in(
+    r: &mut Renewer,
+    target: &RedisTarget,
+    key: String,
+    token: String,
+    renewed: Option<Instant>,
+) {
+    let slot = slot(target, &key);
+    let held = Held {
+        target: target.clone(),
+        key,
+        token,
+        renewed,
+    };
+    let wake = match (held.due(), r.wakes_at) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(due), Some(at)) => due < at,
+    };
+    r.held.insert(slot, held);
+    match &r.thread {
+        Some(t) if wake => t.unpark(),
+        Some(_) => {}
+        None => {
+            let spawned = std::thread::Builder::new()
+                .name("multiproc-redis-lease".into())
+                .spawn(renew_forever);
+            match spawned {
+                Ok(h) => r.thread = Some(h.thread().clone()),
+                Err(e) => tracing::warn!("cannot start the redis lease thread: {e}"),
             }
         }
-    });
+    }
 }
 
 /// Whether this process holds `key` with `token` and set its time to live
 /// to the whole lease (itself or by a renewal) less than `within` ago.
-pub(crate) fn renewed_within(key: &str, token: &str, within: Duration) -> bool {
+pub(crate) fn renewed_within(
+    target: &RedisTarget,
+    key: &str,
+    token: &str,
+    within: Duration,
+) -> bool {
     with_renewer(|r| {
         r.held
-            .get(key)
+            .get(&slot(target, key))
             .is_some_and(|h| h.token == token && h.renewed.is_some_and(|t| t.elapsed() < within))
     })
 }
 
 /// Stops renewing `key`.
-pub(crate) fn release(key: &str) {
+pub(crate) fn release(target: &RedisTarget, key: &str) {
     with_renewer(|r| {
-        r.held.remove(key);
+        r.held.remove(&slot(target, key));
     });
 }
 
 /// Stops renewing `key` if it is held with `token`: another thread of
 /// this process that took the key since (with its own token) keeps its
 /// lease.
-pub(crate) fn release_if(key: &str, token: &str) {
+pub(crate) fn release_if(target: &RedisTarget, key: &str, token: &str) {
     with_renewer(|r| {
-        if r.held.get(key).is_some_and(|h| h.token == token) {
-            r.held.remove(key);
+        let key = slot(target, key);
+        if r.held.get(&key).is_some_and(|h| h.token == token) {
+            r.held.remove(&key);
         }
     });
 }
@@ -177,7 +297,7 @@ fn renew_forever() {
     let pid = crate::sys::process::getpid();
     loop {
         let started = Instant::now();
-        let due: Vec<(String, RedisTarget, String)> = {
+        let due: Vec<(String, Held)> = {
             let mut guard = RENEWER.lock();
             match guard.as_mut() {
                 Some(r) if r.pid == pid => {
@@ -185,27 +305,41 @@ fn renew_forever() {
                     r.held
                         .iter()
                         .filter(|(_, h)| h.due().is_none_or(|d| d <= started))
-                        .map(|(k, h)| (k.clone(), h.target.clone(), h.token.clone()))
+                        .map(|(slot, h)| {
+                            let held = Held {
+                                target: h.target.clone(),
+                                key: h.key.clone(),
+                                token: h.token.clone(),
+                                renewed: h.renewed,
+                            };
+                            (slot.clone(), held)
+                        })
                         .collect()
                 }
                 _ => return,
             }
         };
-        for (key, target, token) in due {
+        for (
+            slot,
+            Held {
+                target, key, token, ..
+            },
+        ) in due
+        {
             let ms = u64::try_from(target.lease().as_millis()).unwrap_or(u64::MAX);
             let sent = Instant::now();
             let renewed =
                 target.with_conn(|c| RENEW.key(&key).arg(&token).arg(ms).invoke::<i64>(c));
             match renewed {
                 Ok(1) => with_renewer(|r| {
-                    if let Some(h) = r.held.get_mut(&key).filter(|h| h.token == token) {
+                    if let Some(h) = r.held.get_mut(&slot).filter(|h| h.token == token) {
                         h.renewed = Some(h.renewed.map_or(sent, |t| t.max(sent)));
                     }
                 }),
                 // Released, deleted, or expired and taken by another.
                 Ok(_) => with_renewer(|r| {
-                    if r.held.get(&key).is_some_and(|h| h.token == token) {
-                        r.held.remove(&key);
+                    if r.held.get(&slot).is_some_and(|h| h.token == token) {
+                        r.held.remove(&slot);
                     }
                 }),
                 // Redis unreachable: try again after a nap; if it stays

@@ -28,7 +28,7 @@ const KINDS: &[(&str, &[&str])] = &[
     ("dict", &[]),
     ("list", &[]),
     ("namespace", &["#types"]),
-    ("lock", &["#owner", "#wake"]),
+    ("lock", &["#wake"]),
     ("rlock", &["#owner", "#count", "#wake"]),
     (
         "condition",

@@ -403,7 +403,7 @@ impl RedisQueue {
         let fresh = target.lease() / 3;
         // Whether that LMOVE found the queue empty (TAKE would too).
         let mut looked = false;
-        if self.unbounded()? && lease::renewed_within(&presence, &consumer, fresh) {
+        if self.unbounded()? && lease::renewed_within(target, &presence, &consumer, fresh) {
             let taken: Option<Vec<u8>> = target.with_conn(|c| {
                 redis::cmd("LMOVE")
                     .arg(&key)

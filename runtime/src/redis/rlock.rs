@@ -220,7 +220,7 @@ impl RedisRLock {
         })?;
         match left {
             0 => {
-                lease::release_if(&key, &me);
+                lease::release_if(self.obj.target(), &key, &me);
                 Ok(())
             }
             n if n > 0 => Ok(()),
