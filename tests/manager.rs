@@ -692,3 +692,50 @@ fn a_server_at_its_memory_limit_refuses_a_large_answer_and_serves_on() {
     assert_eq!(d.get(&1).unwrap().map(|v| v.len()), Some(32 << 20));
     manager.shutdown().unwrap();
 }
+
+/// Whether `pid` ignores `signal` (its bit in `SigIgn` of /proc/pid/status).
+fn ignores(pid: i32, signal: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap();
+    mask & (1 << (signal - 1)) != 0
+}
+
+/// A terminal's Ctrl-C reaches the whole process group: a manager's
+/// server ignores it, as Python's does (bpo-36368), so a program that
+/// catches it to shut down in order still has its objects.
+#[test]
+fn a_manager_server_ignores_sigint() {
+    for m in METHODS {
+        let manager = start(m);
+        let l = manager.list::<u8>().unwrap();
+        l.push(1).unwrap();
+        let pid = manager.pid();
+        assert!(ignores(pid, libc::SIGINT), "{m:?}");
+        // SAFETY: kill on the pid of the server this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+        for i in 2..5 {
+            l.push(i).unwrap();
+        }
+        assert_eq!(l.to_vec().unwrap(), [1, 2, 3, 4], "{m:?}");
+        assert!(!util::is_gone(pid));
+        manager.shutdown().unwrap();
+    }
+    let remote = multiproc::BaseManager::new()
+        .address("127.0.0.1:0")
+        .authkey(b"a key of sixteen bytes or more")
+        .register::<DictProxy<String, i64>>("stats")
+        .start()
+        .unwrap();
+    let pid = remote.pid().unwrap();
+    assert!(ignores(pid, libc::SIGINT));
+    // SAFETY: kill on the pid of the server this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let stats: DictProxy<String, i64> = remote.get("stats").unwrap();
+    stats.insert("n".into(), 1).unwrap();
+    assert_eq!(stats.get(&"n".into()).unwrap(), Some(1));
+    remote.shutdown().unwrap();
+}

@@ -26,6 +26,7 @@ use crate::manager::server::{ServeOptions, Server, ServerBoot, random_token, ser
 use crate::manager::user::RemoteObject;
 use crate::process::{Initializer, Process, StartMethod};
 use crate::shm::fingerprint_str;
+use crate::sys;
 
 /// How long a new server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -195,6 +196,7 @@ pub fn start_local<U: UserTypes>(
 /// The local manager's server process: runs the initializer, if any, makes
 /// the user objects `U`, if any, then serves.
 fn serve_local<U: UserTypes>((boot, (options, init, user_names)): (ServerBoot, LocalArgs)) {
+    ignore_interrupts();
     if let Some(init) = init {
         // SAFETY: made by `ManagerBuilder::initializer` in the process that
         // started this one, from this same binary (spawn checked its
@@ -263,6 +265,7 @@ pub fn bind<U: UserTypes>(
 
 /// The remote manager's server process.
 fn serve_remote<U: UserTypes>((boot, args): (ServerBoot, RemoteArgs)) {
+    ignore_interrupts();
     let server = Server::bind(boot.token(), &args.options).and_then(|mut s| {
         let ids = make_named(&mut s, &args.named)?;
         serve_python_queues(&mut s, &args.options, &ids)?;
@@ -279,6 +282,17 @@ fn serve_remote<U: UserTypes>((boot, args): (ServerBoot, RemoteArgs)) {
             tracing::error!("remote manager server cannot start: {e}");
             boot.publish_failed(&e);
         }
+    }
+}
+
+/// A manager's server process ignores `SIGINT`, as Python's does: it
+/// shares its program's process group, and a terminal's Ctrl-C meant for
+/// the program (which may catch it to shut down in order, using its
+/// proxies) must not end the server under it. `SIGTERM` and
+/// a manager's `shutdown` still end it.
+fn ignore_interrupts() {
+    if let Err(e) = sys::signal::set_ignored(sys::signal::INT, true) {
+        tracing::warn!("a manager server cannot ignore SIGINT: {e}");
     }
 }
 
