@@ -168,7 +168,8 @@ where
 }
 
 /// A codec error; one a handle raised while encoding or decoding (a proxy of
-/// the wrong type, a manager that is gone) keeps its variant so callers can match it.
+/// the wrong type, a manager that is gone, a process out of descriptors or
+/// memory) keeps its variant so callers can match it.
 fn handle_error(e: BoxedError) -> Error {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(BoxedError::inner(&e));
     while let Some(s) = source {
@@ -181,10 +182,45 @@ fn handle_error(e: BoxedError) -> Error {
                     };
                 }
                 Error::ManagerGone(m) => return Error::ManagerGone(m.clone()),
+                // A process at its descriptor or memory limit: the caller
+                // may back off and try again, as for any other call.
+                Error::Io(io) if crate::sys::fd::is_exhaustion(io) => {
+                    return Error::Io(io.raw_os_error().map_or_else(
+                        || std::io::Error::new(io.kind(), io.to_string()),
+                        std::io::Error::from_raw_os_error,
+                    ));
+                }
                 _ => break,
             }
         }
         source = s.source();
     }
     Error::codec(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use rkyv::rancor::{BoxedError, Source};
+
+    use super::handle_error;
+    use crate::error::Error;
+
+    /// A handle that could not be encoded or opened because the process
+    /// is out of descriptors (or memory) is `Io`, as any other call at that
+    /// limit; another failure of a handle stays a codec error.
+    #[test]
+    fn a_handle_at_the_descriptor_limit_is_an_io_error() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOMEM] {
+            let raised = Error::Io(std::io::Error::from_raw_os_error(errno));
+            match handle_error(BoxedError::new(raised)) {
+                Error::Io(e) => assert_eq!(e.raw_os_error(), Some(errno)),
+                other => panic!("errno {errno}: {other:?}"),
+            }
+        }
+        let gone = Error::Io(std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert!(matches!(
+            handle_error(BoxedError::new(gone)),
+            Error::Codec(_)
+        ));
+    }
 }

@@ -796,10 +796,7 @@ impl Server {
                 Ok((stream, _)) => state.admit_local(stream),
                 Err(e) => {
                     tracing::debug!("manager accept failed: {e}");
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                    ) {
+                    if sys::fd::is_exhaustion(&e) {
                         // Out of descriptors or memory: the pending client
                         // stays readable, so polling again at once would spin.
                         // Existing clients are served meanwhile.

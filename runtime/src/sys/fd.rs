@@ -5,6 +5,16 @@ use std::time::Duration;
 
 use super::{retry_eintr, syscall};
 
+/// Whether `e` says the process (or the system) ran out of descriptors,
+/// buffers or memory: a condition that may pass, unlike a refusal.
+pub fn is_exhaustion(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::OutOfMemory
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        )
+}
+
 /// Sets or clears `FD_CLOEXEC` on `fd`.
 pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> std::io::Result<()> {
     // SAFETY: F_GETFD only reads the flags of `fd`, which is borrowed, so open.
