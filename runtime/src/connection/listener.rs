@@ -118,7 +118,15 @@ impl From<&Path> for Address {
     }
 }
 
+/// The socket address of the abstract name `name`: an empty name is
+/// refused, as its text form (`@`) is, so that every address a listener
+/// binds can be written down and parsed back.
 fn abstract_addr(name: &str) -> Result<unix::SocketAddr> {
+    if name.is_empty() {
+        return Err(Error::InvalidArgument(
+            "an abstract socket address needs a name after '@'".into(),
+        ));
+    }
     unix::SocketAddr::from_abstract_name(name.as_bytes()).map_err(Error::Io)
 }
 
@@ -431,6 +439,16 @@ mod tests {
         for bad in ["", "@", "no-such-host.invalid:x"] {
             assert!(bad.parse::<Address>().is_err(), "{bad:?}");
         }
+        // What cannot be written down is not bound either.
+        let empty = Address::UnixAbstract(String::new());
+        assert!(matches!(
+            Listener::bind(&empty, None),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            client::<u8>(&empty, None),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]
