@@ -30,7 +30,9 @@ use crate::not_a_container;
 /// integers, `bool`, `char`, `String`, and tuples, arrays and `Vec`s of
 /// them; it does not hold for `HashMap`/`HashSet` keys (their order is
 /// arbitrary) or floats (`0.0` and `-0.0` differ, each `NaN` is distinct).
-/// Like Python's dict, keys come back in no particular order here.
+/// Unlike Python's dict, which keeps insertion order, this one promises no
+/// order (`keys`, `items`, `values`, iteration): sort them where order
+/// matters.
 ///
 /// ```
 /// use multiproc::{Manager, Process};
