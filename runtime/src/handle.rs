@@ -72,10 +72,50 @@ pub fn encoding_for_own_child() -> bool {
 /// Runs `encode`, which encodes something only this process's own children
 /// read (see [`encoding_for_own_child`]).
 pub fn for_own_child<R>(encode: impl FnOnce() -> R) -> R {
-    let previous = FOR_OWN_CHILD.with(|f| f.replace(true));
-    let out = encode();
-    FOR_OWN_CHILD.with(|f| f.set(previous));
-    out
+    /// Puts the previous flag back, even if `encode` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = FOR_OWN_CHILD.try_with(|f| f.set(self.0));
+        }
+    }
+    let _restore = Restore(FOR_OWN_CHILD.with(|f| f.replace(true)));
+    encode()
+}
+
+/// Runs `f` with the thread-local `key` set to `value`, then puts the
+/// previous value back, even if `f` panics (user code runs inside: a
+/// `Serialize` impl of the user's may), so that no later encoding on this
+/// thread finds a scope that ended. Returns `f`'s output and the value
+/// `key` held when `f` returned (after a panic it is dropped instead).
+pub(crate) fn scoped<T: 'static, R>(
+    key: &'static std::thread::LocalKey<RefCell<T>>,
+    value: T,
+    f: impl FnOnce() -> R,
+) -> (R, Option<T>) {
+    struct Restore<'a, T: 'static> {
+        key: &'static std::thread::LocalKey<RefCell<T>>,
+        previous: Option<T>,
+        ended: &'a mut Option<T>,
+    }
+    impl<T: 'static> Drop for Restore<'_, T> {
+        fn drop(&mut self) {
+            if let Some(previous) = self.previous.take()
+                && let Ok(ended) = self.key.try_with(|slot| slot.replace(previous))
+            {
+                *self.ended = Some(ended);
+            }
+        }
+    }
+    let mut ended = None;
+    let restore = Restore {
+        key,
+        previous: Some(key.with(|slot| slot.replace(value))),
+        ended: &mut ended,
+    };
+    let out = f();
+    drop(restore);
+    (out, ended)
 }
 
 /// What [`redirecting_segments`] calls for each segment handle encoded.
@@ -98,16 +138,7 @@ pub fn redirecting_segments<R>(
     redirect: impl FnMut(&HandleRepr) -> Result<Option<HandleRepr>> + 'static,
     encode: impl FnOnce() -> R,
 ) -> R {
-    /// Puts the previous redirect back, even if `encode` panics.
-    struct Restore(Option<Box<Redirect>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let previous = self.0.take();
-            let _ = REDIRECT.try_with(|r| *r.borrow_mut() = previous);
-        }
-    }
-    let _restore = Restore(REDIRECT.with(|r| r.borrow_mut().replace(Box::new(redirect))));
-    encode()
+    scoped(&REDIRECT, Some(Box::new(redirect)), encode).0
 }
 
 /// Passes a segment handle being encoded through the current redirect, if any.
@@ -125,10 +156,8 @@ pub(crate) fn redirect_segment(repr: HandleRepr) -> Result<HandleRepr> {
 /// descriptors of every handle it encoded, so they can be sent beside the
 /// bytes, and what the handles ask to be done once the child is known.
 pub(crate) fn collect_fds<R>(f: impl FnOnce() -> R) -> (R, Collected) {
-    let previous = OUTGOING.with(|o| o.borrow_mut().replace(Collected::default()));
-    let out = f();
-    let collected = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), previous));
-    (out, collected.unwrap_or_default())
+    let (out, collected) = scoped(&OUTGOING, Some(Collected::default()), f);
+    (out, collected.flatten().unwrap_or_default())
 }
 
 /// While encoding a child's arguments (inside [`collect_fds`]): runs
@@ -143,10 +172,7 @@ pub(crate) fn on_handoff(handoff: impl FnOnce(i32) + 'static) {
 
 /// Runs `f` (which decodes something) with `fds` available to the handles in it.
 pub(crate) fn with_received_fds<R>(fds: HashMap<u64, OwnedFd>, f: impl FnOnce() -> R) -> R {
-    let previous = INCOMING.with(|i| i.borrow_mut().replace(fds));
-    let out = f();
-    INCOMING.with(|i| *i.borrow_mut() = previous);
-    out
+    scoped(&INCOMING, Some(fds), f).0
 }
 
 /// Builds the encoded form of a handle whose descriptor is `fd`.

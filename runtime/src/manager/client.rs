@@ -710,15 +710,12 @@ thread_local! {
 /// Runs `encode` (which encodes a value about to be stored by `server`) and
 /// returns the objects of `server` that the value holds proxies to.
 pub fn collecting<R>(server: &ServerAddress, encode: impl FnOnce() -> R) -> (R, Vec<ObjectId>) {
-    let previous = COLLECT.with(|c| {
-        c.borrow_mut().replace(Collector {
-            server: *server,
-            refs: Vec::new(),
-        })
-    });
-    let out = encode();
-    let collected = COLLECT.with(|c| std::mem::replace(&mut *c.borrow_mut(), previous));
-    (out, collected.map(|c| c.refs).unwrap_or_default())
+    let collector = Collector {
+        server: *server,
+        refs: Vec::new(),
+    };
+    let (out, collected) = crate::handle::scoped(&COLLECT, Some(collector), encode);
+    (out, collected.flatten().map(|c| c.refs).unwrap_or_default())
 }
 
 /// If a value for `server` is being encoded, records that it refers to `id`.
