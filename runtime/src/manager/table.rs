@@ -148,29 +148,50 @@ impl Data {
     }
 
     /// Every stored value, to drop their references and charges when the
-    /// object goes; a container is left to [`free_pending`].
-    fn into_stored(self, out: &mut Vec<Stored>, pending: &mut Vec<Arc<Mutex<Container>>>) {
+    /// object goes; a container or a user object is left to [`free_pending`].
+    fn into_stored(self, out: &mut Vec<Stored>, pending: &mut Pending) {
         match self {
-            Data::Container(c) => pending.push(c),
+            Data::Container(c) => pending.containers.push(c),
             Data::Segment { .. } => {}
             Data::Waitable(w) => w.free(out),
-            Data::User(_) => {}
+            Data::User(u) => pending.users.push(u),
         }
     }
+}
+
+/// Freed objects still to be emptied or dropped, outside the table's lock.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Containers whose values are still to be dropped.
+    containers: Vec<Arc<Mutex<Container>>>,
+    /// User objects still to be dropped: their `Drop` is the user's code,
+    /// which may be slow or panic.
+    users: Vec<UserSlot>,
 }
 
 /// Empties the containers freed since the last call (outside the table's
 /// lock, see [`Data::Container`]) and drops what they stored, until no
 /// freed object is left to empty. Called after every request and every
 /// release, so a freed object's values go before its answer is sent.
+///
+/// A freed user object is dropped here too, and a panic in its `Drop` is
+/// logged: the connection that let it go serves on, with its other objects.
 pub(crate) fn free_pending(table: &Mutex<Table>) {
     loop {
-        let pending = std::mem::take(&mut table.lock().pending);
-        if pending.is_empty() {
+        let Pending { containers, users } = std::mem::take(&mut table.lock().pending);
+        if containers.is_empty() && users.is_empty() {
             return;
         }
+        for user in users {
+            let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(user)));
+            if let Err(payload) = dropped {
+                let message = crate::process::launch::panic_message(payload.as_ref());
+                std::mem::forget(payload);
+                tracing::error!("dropping a freed managed object panicked: {message}");
+            }
+        }
         let mut freed = Vec::new();
-        for c in pending {
+        for c in containers {
             c.lock().drain_into(&mut freed);
         }
         table.lock().drop_stored(freed);
@@ -232,8 +253,8 @@ struct Usage {
 #[derive(Debug)]
 pub(crate) struct Table {
     objects: HashMap<ObjectId, Object>,
-    /// Freed containers whose values are still to be dropped (by [`free_pending`]).
-    pending: Vec<Arc<Mutex<Container>>>,
+    /// Freed objects still to be emptied or dropped (by [`free_pending`]).
+    pending: Pending,
     next_id: ObjectId,
     pins: HashMap<u64, Pin>,
     next_pin: u64,
@@ -258,7 +279,7 @@ impl Table {
     pub fn with_limits(limits: Limits) -> Table {
         Table {
             objects: HashMap::new(),
-            pending: Vec::new(),
+            pending: Pending::default(),
             next_id: 1,
             pins: HashMap::new(),
             next_pin: 1,
@@ -269,9 +290,9 @@ impl Table {
         }
     }
 
-    /// Whether freed containers wait for [`free_pending`].
+    /// Whether freed objects wait for [`free_pending`].
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.containers.is_empty() || !self.pending.users.is_empty()
     }
 
     pub fn len(&self) -> usize {

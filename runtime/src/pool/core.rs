@@ -736,11 +736,16 @@ fn flush<B: Backend>(state: &Mutex<State<B>>, out: &mut Outbox) {
                 }
             }
             if let Some(job) = &mut taken[at].1 {
-                job.deliver(parts.as_slice(), results);
+                deliver_caught(job.as_mut(), parts.as_slice(), results);
             }
         }
-        // Finished jobs are dropped after the lock is released.
-        taken.retain(|(_, job)| job.as_ref().is_some_and(|j| !j.complete()));
+        // Finished jobs are dropped after the lock is released (a result's
+        // `Drop` is user code: a panic in it is logged, not let through).
+        let (finished, unfinished): (Vec<_>, Vec<_>) = taken
+            .into_iter()
+            .partition(|(_, job)| job.as_ref().is_none_or(|j| j.complete()));
+        drop_caught("a finished pool job", finished);
+        taken = unfinished;
         let mut st = state.lock();
         let gone = match (&st.broken, st.phase) {
             (Some(m), _) => Some(Abandon::Broken(m.clone())),
@@ -759,6 +764,40 @@ fn flush<B: Backend>(state: &Mutex<State<B>>, out: &mut Outbox) {
     }
     for (mut job, why) in out.abandoned.drain(..) {
         job.abandon(&|| why.error());
+    }
+}
+
+/// Hands `results` to `job`. Decoding and dropping results run user code
+/// (a `Deserialize` or a `Drop` of the user's) on this, the pool's result
+/// thread: a panic there fails what the job still waits for instead of
+/// ending the thread, which every later call of the pool needs.
+fn deliver_caught(job: &mut dyn Job, parts: &[(usize, usize)], results: RawChunk) {
+    let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        job.deliver(parts, results);
+    }));
+    if let Err(payload) = delivered {
+        let message = crate::process::launch::panic_message(payload.as_ref());
+        std::mem::forget(payload);
+        tracing::error!("delivering a pool result panicked: {message}");
+        let why = || Error::Remote(format!("delivering a result panicked: {message}"));
+        let abandoned =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.abandon(&why)));
+        if let Err(payload) = abandoned {
+            std::mem::forget(payload);
+        }
+    }
+}
+
+/// Drops `value`, whose `Drop` may run user code, logging a panic instead
+/// of letting it end the pool's thread.
+pub(crate) fn drop_caught<T>(what: &str, value: T) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        drop(value);
+    })) {
+        let message = crate::process::launch::panic_message(payload.as_ref());
+        // The payload's own drop may panic too: it is leaked then.
+        std::mem::forget(payload);
+        tracing::error!("dropping {what} panicked: {message}");
     }
 }
 

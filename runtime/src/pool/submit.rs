@@ -231,10 +231,11 @@ where
 {
     check_chunksize(chunksize)?;
     let chunksize = chunksize.unwrap_or(1);
-    let window = workers.max(1)
-        * chunksize
+    let window = workers.max(1).saturating_mul(
+        chunksize
             .saturating_mul(IMAP_AHEAD_PER_WORKER)
-            .max(IMAP_AHEAD_ITEMS_PER_WORKER);
+            .max(IMAP_AHEAD_ITEMS_PER_WORKER),
+    );
     let shared = IMapShared::<R>::new(ordered, window);
     let intake = Intake::<A>::new();
     let (for_job, for_feeder) = (shared.clone(), intake.clone());

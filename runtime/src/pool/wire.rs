@@ -201,7 +201,25 @@ pub(crate) fn chunk_entry<A: Shareable, R: Shareable, F: TaskFn<A, R>>(
             break;
         }
         ran += 1;
-        let items = match A::decode_many(args) {
+        // A `Deserialize` of the user's may panic: the chunk's items fail
+        // with its message, as with a decoding error; the worker goes on.
+        let decoded = std::panic::catch_unwind(|| A::decode_many(args));
+        let decoded = match decoded {
+            Ok(decoded) => decoded,
+            Err(p) => {
+                let failure = ItemFailure::Panicked {
+                    message: format!(
+                        "decoding the task's argument panicked: {}",
+                        launch::panic_message(p.as_ref())
+                    ),
+                    location: take_panic_location(),
+                };
+                std::mem::forget(p);
+                fail_all(&mut failures, &mut index, count, failure);
+                continue;
+            }
+        };
+        let items = match decoded {
             Ok(items) if items.len() == count => items,
             // A corrupt chunk (only a task written to a Redis server by
             // something else can be): its count is not to be trusted.
@@ -232,7 +250,16 @@ pub(crate) fn chunk_entry<A: Shareable, R: Shareable, F: TaskFn<A, R>>(
             index += 1;
         }
     }
-    let outcome = match R::encode_many(&returned) {
+    let encoded =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| R::encode_many(&returned)))
+            .unwrap_or_else(|p| {
+                let message = launch::panic_message(p.as_ref());
+                std::mem::forget(p);
+                Err(crate::error::Error::codec(format_args!(
+                    "encoding panicked: {message}"
+                )))
+            });
+    let outcome = match encoded {
         Ok(bytes) => ChunkOutcome {
             returned: bytes,
             failures,
