@@ -271,6 +271,103 @@ fn a_consumer_out_of_descriptors_loses_no_message() {
     }
 }
 
+/// What [`receive_handles_out_of_descriptors`] receives from, and the
+/// events it says it is ready on and waits for the messages on.
+type HandleCarriers = (
+    Queue<Queue<u32>>,
+    Connection<Queue<u32>>,
+    Queue<DictProxy<u8, u8>>,
+    Event,
+    Event,
+);
+
+/// Out of descriptors, receives messages that hold handles it has not
+/// opened yet (a queue's, a manager's dict): each receive is `Io` with
+/// `EMFILE`, and the message waits for the next one, which gets it once
+/// there is room again. Nothing is lost, and order is kept.
+fn receive_handles_out_of_descriptors(args: HandleCarriers) -> Vec<String> {
+    let (q, conn, proxies, ready, go) = args;
+    let room = util::exhaust_descriptors_for_now();
+    ready.set().unwrap();
+    assert!(go.wait_timeout(PROMPTLY).unwrap());
+    let emfile = |e: Error| match e {
+        Error::Io(e) if e.raw_os_error() == Some(libc::EMFILE) => "EMFILE".to_string(),
+        e => format!("{e:?}"),
+    };
+    let mut seen = vec![
+        format!("{:?}", q.get_timeout(PROMPTLY).map(drop).map_err(emfile)),
+        format!("{:?}", q.get_timeout(PROMPTLY).map(drop).map_err(emfile)),
+        format!("{:?}", conn.poll(Some(Duration::ZERO))),
+        format!(
+            "{:?}",
+            conn.recv_timeout(PROMPTLY).map(drop).map_err(emfile)
+        ),
+        format!(
+            "{:?}",
+            proxies.get_timeout(PROMPTLY).map(drop).map_err(emfile)
+        ),
+    ];
+    drop(room);
+    let inner = |r: multiproc::Result<Queue<u32>>| r.and_then(|q| q.get_timeout(PROMPTLY));
+    seen.push(format!("{:?}", inner(q.get_timeout(PROMPTLY))));
+    seen.push(format!("{:?}", inner(q.get_timeout(PROMPTLY))));
+    seen.push(format!("{:?}", inner(conn.recv_timeout(PROMPTLY))));
+    let d = proxies.get_timeout(PROMPTLY);
+    seen.push(format!("{:?}", d.and_then(|d| d.get(&1))));
+    seen
+}
+
+#[test]
+fn a_receiver_out_of_descriptors_keeps_a_message_whose_handles_it_cannot_open() {
+    for m in METHODS {
+        let manager = Manager::start().unwrap();
+        let q = Queue::<Queue<u32>>::new().unwrap();
+        let proxies = Queue::<DictProxy<u8, u8>>::new().unwrap();
+        let (mine, theirs) = Pipe::new::<Queue<u32>>().unwrap();
+        let (ready, go) = (Event::new().unwrap(), Event::new().unwrap());
+        let args = (
+            q.clone(),
+            theirs,
+            proxies.clone(),
+            ready.clone(),
+            go.clone(),
+        );
+        let mut c = start(m, receive_handles_out_of_descriptors, args);
+        assert!(ready.wait_timeout(PROMPTLY).unwrap(), "{m:?}");
+        // Made after the child started: it has none of them open yet.
+        let inner: Vec<Queue<u32>> = (0..3).map(|_| Queue::new().unwrap()).collect();
+        for (i, one) in inner.iter().enumerate() {
+            one.put(40 + i as u32).unwrap();
+        }
+        q.put(inner[0].clone()).unwrap();
+        q.put(inner[1].clone()).unwrap();
+        mine.send(inner[2].clone()).unwrap();
+        let d = manager.dict::<u8, u8>().unwrap();
+        d.insert(1, 7).unwrap();
+        proxies.put(d).unwrap();
+        go.set().unwrap();
+        let seen = c.join_timeout(PROMPTLY * 3).unwrap();
+        let emfile = r#"Err("EMFILE")"#;
+        assert_eq!(
+            seen,
+            [
+                emfile,
+                emfile,
+                "Ok(true)",
+                emfile,
+                emfile,
+                "Ok(40)",
+                "Ok(41)",
+                "Ok(42)",
+                "Ok(Some(7))"
+            ],
+            "{m:?}"
+        );
+        drop(inner);
+        manager.shutdown().unwrap();
+    }
+}
+
 // ------------------------------------------------------------------ pipe
 
 const PIPE_BIG: usize = 1 << 20;

@@ -121,6 +121,13 @@ impl TextSlot {
 /// fails with `EMFILE` (the descriptors go when the process exits). For a
 /// child's target, never the test process. Panics if `/proc` can still be read.
 pub fn exhaust_descriptors() {
+    std::mem::forget(exhaust_descriptors_for_now());
+}
+
+/// As [`exhaust_descriptors`], returning the copies that fill the table:
+/// dropping them gives the room back.
+pub fn exhaust_descriptors_for_now() -> Vec<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
     let highest = std::fs::read_dir("/proc/self/fd")
         .expect("list /proc/self/fd")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
@@ -136,15 +143,19 @@ pub fn exhaust_descriptors() {
     limit.rlim_cur = (highest + 1 + 4).min(limit.rlim_max);
     // SAFETY: `limit` is a valid rlimit; only the soft limit is lowered.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    let mut copies = Vec::new();
     loop {
-        // SAFETY: dup(0) has no memory-safety preconditions; the copies are
-        // left open on purpose until the process exits.
-        if unsafe { libc::dup(0) } < 0 {
+        // SAFETY: dup(0) has no memory-safety preconditions.
+        let fd = unsafe { libc::dup(0) };
+        if fd < 0 {
             break;
         }
+        // SAFETY: `fd` was just made by dup and is owned by nothing else.
+        copies.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
     }
     let err = std::fs::File::open("/proc/self/stat").expect_err("the table is full");
     assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
+    copies
 }
 
 /// Lowers the descriptor limit of process `pid` (a manager server, say) to

@@ -291,6 +291,8 @@ impl Pipe {
 /// process (share it between threads by reference or `Arc`).
 pub struct Connection<T> {
     transport: Transport,
+    /// A message taken that could not be opened yet (see `HeldBack`).
+    held: crate::queue::HeldBack,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -306,6 +308,7 @@ impl<T: Shareable> Connection<T> {
     fn new(transport: Transport) -> Self {
         Connection {
             transport,
+            held: crate::queue::HeldBack::default(),
             _t: PhantomData,
         }
     }
@@ -364,10 +367,8 @@ impl<T: Shareable> Connection<T> {
     }
 
     fn recv_deadline(&self, deadline: Deadline) -> Result<T> {
-        crate::queue::with_recv_buf(|buf| {
-            self.transport.recv_into(buf, None, deadline)?;
-            T::decode(buf)
-        })
+        self.held
+            .receive(|buf| self.transport.recv_into(buf, None, deadline))
     }
 
     /// Receives the next message as raw bytes, waiting for one.
@@ -521,6 +522,9 @@ impl<T: Shareable> Connection<T> {
     /// peer is gone (so `recv` would say `Closed`). Waits at most `timeout`
     /// (`None`: no limit) for that. `Err(Closed)` if this end is closed.
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
+        if self.held.is_holding() {
+            return Ok(true);
+        }
         self.transport.poll(Deadline::from_timeout(timeout))
     }
 
@@ -550,6 +554,9 @@ impl<T> Waitable for Connection<T> {
     /// Ready when a message is there to receive or the peer is gone (see
     /// [`wait`]); at once for a closed end or one that only sends.
     fn wait_source(&self) -> WaitSource<'_> {
+        if self.held.is_holding() {
+            return WaitSource::ready();
+        }
         self.transport.wait_source()
     }
 }

@@ -1091,7 +1091,16 @@ fn try_connect_local(
     let gone = |e: &dyn std::fmt::Display| {
         Error::ManagerGone(format!("cannot reach manager server {}: {e}", address.pid))
     };
-    let stream = UnixStream::connect_addr(&socket_addr(address)?).map_err(|e| gone(&e))?;
+    // Out of descriptors (or memory) here is this process's condition, not
+    // the server's: the caller may try again once some are free.
+    let gone_io = |e: std::io::Error| {
+        if sys::fd::is_exhaustion(&e) {
+            Error::Io(e)
+        } else {
+            gone(&e)
+        }
+    };
+    let stream = UnixStream::connect_addr(&socket_addr(address)?).map_err(gone_io)?;
     let mut conn = SocketConnection::<()>::from_unix(stream)?;
     if let Err(e) = conn.client_handshake(authkey, deadline) {
         return Err(match e {
@@ -1101,6 +1110,7 @@ fn try_connect_local(
                 address.pid
             )),
             e if auth::is_busy(&e) => e,
+            Error::Io(e) => gone_io(e),
             e => gone(&e),
         });
     }
@@ -1109,7 +1119,10 @@ fn try_connect_local(
     hello[4..8].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     hello[8..12].copy_from_slice(&(sys::process::getpid() as u32).to_le_bytes());
     hello[16..24].copy_from_slice(&sys::process::own_start_ticks().to_le_bytes());
-    conn.send_bytes(&hello).map_err(|e| gone(&e))?;
+    conn.send_bytes(&hello).map_err(|e| match e {
+        Error::Io(e) => gone_io(e),
+        e => gone(&e),
+    })?;
     // The server sends nothing between its last handshake frame and the
     // welcome, so nothing of the welcome is buffered in `conn`.
     let socket = conn
@@ -1143,7 +1156,11 @@ fn try_connect_local(
                     return Err(gone(&e));
                 }
             }
-            Err(e) => return Err(gone(&e)),
+            // The welcome's descriptor did not fit this process's table.
+            Err(_) if sys::fd::no_descriptor_left(socket.as_fd()) => {
+                return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EMFILE)));
+            }
+            Err(e) => return Err(gone_io(e)),
         }
     }
     if welcome[..4] != WELCOME_MAGIC.to_le_bytes() || fds.len() != 1 {

@@ -1,9 +1,11 @@
 //! What the three queue types share: a segment holding a ring, and typed put/get on it.
 
 use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use rkyv::util::AlignedVec;
 
 use crate::codec::Shareable;
@@ -37,6 +39,51 @@ pub(crate) struct QueueCore {
     obj: ShmObject<QueueState>,
     cap: u64,
     maxsize: u64,
+    /// A message this process took and could not open yet (shared by the
+    /// handle's clones here).
+    held: Arc<HeldBack>,
+}
+
+/// A message taken that could not be decoded for want of descriptors or
+/// memory (opening the handles inside it needs some): kept for the next
+/// receive on the same handle (or a clone of it in this process), which
+/// tries it first, instead of lost. The receive that took it is told
+/// `Err(Io)` with the errno, as any call at that limit.
+#[derive(Default)]
+pub(crate) struct HeldBack(Mutex<Option<AlignedVec<16>>>);
+
+impl HeldBack {
+    /// Decodes the message held back, if any; else takes one into a
+    /// buffer with `take` and decodes it. A decoding that fails for want
+    /// of descriptors or memory keeps the bytes for the next call.
+    pub(crate) fn receive<T: Shareable>(
+        &self,
+        take: impl FnOnce(&mut AlignedVec<16>) -> Result<()>,
+    ) -> Result<T> {
+        let held = self.0.lock().take();
+        if let Some(mut bytes) = held {
+            return self.decode_or_keep(&mut bytes);
+        }
+        with_recv_buf(|buf| {
+            take(buf)?;
+            self.decode_or_keep(buf)
+        })
+    }
+
+    /// Whether a message is held back (a receive would return it now).
+    pub(crate) fn is_holding(&self) -> bool {
+        self.0.lock().is_some()
+    }
+
+    fn decode_or_keep<T: Shareable>(&self, bytes: &mut AlignedVec<16>) -> Result<T> {
+        match T::decode(bytes) {
+            Err(Error::Io(e)) if crate::sys::fd::is_exhaustion(&e) => {
+                *self.0.lock() = Some(std::mem::take(bytes));
+                Err(Error::Io(e))
+            }
+            decoded => decoded,
+        }
+    }
 }
 
 impl std::fmt::Debug for QueueCore {
@@ -198,7 +245,12 @@ impl QueueCore {
                 state.maxsize.0.store(maxsize, Ordering::Relaxed);
             },
         )?;
-        Ok(QueueCore { obj, cap, maxsize })
+        Ok(QueueCore {
+            obj,
+            cap,
+            maxsize,
+            held: Arc::default(),
+        })
     }
 
     /// The layout of a new queue segment (as [`QueueCore::create`] makes),
@@ -224,7 +276,12 @@ impl QueueCore {
             return Err(Error::Protocol("queue ring is truncated".into()));
         }
         let maxsize = obj.state().maxsize.0.load(Ordering::Relaxed);
-        Ok(QueueCore { obj, cap, maxsize })
+        Ok(QueueCore {
+            obj,
+            cap,
+            maxsize,
+            held: Arc::default(),
+        })
     }
 
     /// The encoded form of this queue.
@@ -266,7 +323,7 @@ impl QueueCore {
 
     fn get_spinning<T: Shareable>(&self, deadline: Deadline, spin: bool) -> Result<T> {
         let ring = self.ring();
-        with_recv_buf(|buf| {
+        self.held.receive(|buf| {
             let ends = Closable::new(ring, &self.obj);
             let taken = if spin {
                 ring.get(buf, None, deadline, &ends)
@@ -276,8 +333,7 @@ impl QueueCore {
             taken.map_err(|e| match ends.closed_error(e) {
                 Error::Timeout(_) => Error::Empty,
                 e => e,
-            })?;
-            T::decode(buf)
+            })
         })
     }
 
@@ -311,8 +367,9 @@ impl QueueCore {
     pub(crate) fn wait_source(&self) -> WaitSource<'_> {
         let ring = self.ring();
         let ends = Closable::new(ring, &self.obj);
+        let held = &self.held;
         WaitSource::ring(ring.data_word(), move |thorough| {
-            ring.has_data() || ends.side(thorough).done()
+            ring.has_data() || held.is_holding() || ends.side(thorough).done()
         })
     }
 

@@ -7,7 +7,7 @@
 //! the ring is streamed through it while a consumer takes it.
 
 mod core;
-pub(crate) use core::{with_encoded, with_recv_buf};
+pub(crate) use core::{HeldBack, with_encoded};
 mod joinable;
 #[allow(clippy::module_inception)]
 mod queue;

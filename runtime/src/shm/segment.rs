@@ -137,6 +137,11 @@ impl Segment {
             return Ok(Segment { inner });
         }
         let fd = handle::decode_fd(repr).map_err(|e| {
+            // Out of descriptors here: the sender is not to blame, and the
+            // caller may try again once some are free.
+            if sys::fd::is_exhaustion(&e) {
+                return Error::Io(e);
+            }
             Error::Io(std::io::Error::new(
                 e.kind(),
                 format!(

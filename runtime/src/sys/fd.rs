@@ -5,6 +5,14 @@ use std::time::Duration;
 
 use super::{retry_eintr, syscall};
 
+/// Whether this process has no descriptor left to open now: duplicating
+/// `fd` (any open descriptor) fails for want of one. For telling a message
+/// whose descriptors did not fit the receiver's table from a malformed one.
+pub fn no_descriptor_left(fd: BorrowedFd<'_>) -> bool {
+    fd.try_clone_to_owned()
+        .is_err_and(|e| matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)))
+}
+
 /// Whether `e` says the process (or the system) ran out of descriptors,
 /// buffers or memory: a condition that may pass, unlike a refusal.
 pub fn is_exhaustion(e: &std::io::Error) -> bool {
