@@ -411,7 +411,9 @@ impl RedisCondition {
             Ok(reply) => match reply.as_slice() {
                 [ticket, depth] => {
                     if let RedisCondLock::Lock(_) = lock {
-                        lease::leave(target, &lease::presence(target).key, &key);
+                        // The lock's own server and lease name its holder.
+                        let at = lock.target();
+                        lease::leave(at, &lease::presence(at).key, &key);
                     }
                     (*ticket, u64::try_from(*depth).unwrap_or(1))
                 }
