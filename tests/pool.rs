@@ -974,3 +974,42 @@ fn an_initializer_argument_made_in_the_call_reaches_every_worker() {
         assert_eq!(got, vec![41, 41, 41], "{m:?}");
     }
 }
+
+/// Returns `x` at once, except 3, which waits for `release` first.
+fn stuck_at_3((x, release): (u64, multiproc::Event)) -> u64 {
+    if x == 3 {
+        assert!(release.wait_timeout(PROMPTLY * 3).unwrap());
+    }
+    x
+}
+
+/// Quick tasks queued at a worker behind a slow or stuck one go to an idle
+/// worker, as in Python (whose workers take one task at a time): a
+/// "skip what hangs" loop gets every other result. From a newcomer's port:
+/// with tasks queued behind a hung one, `next_timeout` gave up with 4 of 11.
+#[test]
+fn quick_tasks_queued_behind_a_stuck_one_go_to_an_idle_worker() {
+    for m in METHODS {
+        let p = Pool::builder()
+            .processes(2)
+            .start_method(m)
+            .prefetch(4)
+            .build()
+            .unwrap();
+        let release = multiproc::Event::new().unwrap();
+        let items: Vec<(u64, multiproc::Event)> = (0..12).map(|i| (i, release.clone())).collect();
+        let mut it = p.chunksize(1).imap_unordered(stuck_at_3, items).unwrap();
+        let mut got = Vec::new();
+        while got.len() < 11 {
+            match it.next_timeout(PROMPTLY) {
+                Ok(Some(r)) => got.push(r.unwrap()),
+                other => panic!("{m:?}: after {got:?}: {other:?}"),
+            }
+        }
+        got.sort_unstable();
+        assert_eq!(got, [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11], "{m:?}");
+        release.set().unwrap();
+        assert_eq!(it.next_timeout(PROMPTLY).unwrap().unwrap().unwrap(), 3);
+        assert!(it.next_timeout(PROMPTLY).unwrap().is_none());
+    }
+}

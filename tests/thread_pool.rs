@@ -443,3 +443,35 @@ fn a_panicking_closure_is_an_error_and_the_pool_goes_on() {
     pool.close();
     pool.join().unwrap();
 }
+
+/// Quick tasks queued at a thread behind a stuck one go to an idle thread
+/// (see the process pool's test of the same name).
+#[test]
+fn quick_tasks_queued_behind_a_stuck_one_go_to_an_idle_worker() {
+    let pool = ThreadPool::builder()
+        .threads(2)
+        .prefetch(4)
+        .build()
+        .unwrap();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Arc::new(std::sync::Mutex::new(released));
+    let stuck_at_3 = move |x: u64| {
+        if x == 3 {
+            let _ = released.lock().unwrap().recv_timeout(PROMPTLY * 3);
+        }
+        x
+    };
+    let mut it = pool.chunksize(1).imap_unordered(stuck_at_3, 0..12).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 11 {
+        match it.next_timeout(PROMPTLY) {
+            Ok(Some(r)) => got.push(r.unwrap()),
+            other => panic!("after {got:?}: {other:?}"),
+        }
+    }
+    got.sort_unstable();
+    assert_eq!(got, [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]);
+    release.send(()).unwrap();
+    assert_eq!(it.next_timeout(PROMPTLY).unwrap().unwrap().unwrap(), 3);
+    assert!(it.next_timeout(PROMPTLY).unwrap().is_none());
+}

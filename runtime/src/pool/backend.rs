@@ -130,6 +130,12 @@ pub(crate) trait Backend: Send + 'static {
     fn untaken(&mut self, _worker: &Self::Worker) -> Vec<Chunk<Self::Task>> {
         Vec::new()
     }
+    /// Takes back, from a live worker, the chunks it was sent and has not
+    /// taken yet (it is busy with a long one; another worker is idle).
+    /// Nothing if this backend cannot take them back.
+    fn steal(&mut self, _worker: &Self::Worker) -> Vec<Chunk<Self::Task>> {
+        Vec::new()
+    }
     /// Wakes the result handler out of `recv`.
     fn wake(&self);
 }

@@ -25,7 +25,11 @@
 //! it, waits excluded): as many as make about
 //! [`QUEUED_WORK`] of queued work, at least one, at most `Config::cap`. A
 //! function not seen yet gets a window of one until its first report says how
-//! long it takes. A user's fixed `prefetch` replaces the estimate.
+//! long it takes. A user's fixed `prefetch` replaces the estimate. The
+//! estimate can be wrong (a task much slower than those before it): chunks
+//! queued at a worker that has not reported for [`STEAL_AFTER`] (or four
+//! chunk times) while another worker is idle are taken back from its queue
+//! and go to the idle one (`State::rebalance`); the one it runs stays.
 //!
 //! **Streaming.** Lazy inputs (`map`'s and `imap`'s) are encoded a chunk at a
 //! time, only when a worker has room for one, so the chunks the parent holds
@@ -34,7 +38,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread::{JoinHandle, ThreadId};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -45,6 +49,9 @@ use crate::pool::jobs::{ErrorMaker, Job, RawChunk};
 
 /// How often the result handler looks at workers when no report arrives.
 const SLICE: Duration = Duration::from_millis(50);
+/// The least time a worker runs one chunk before the chunks queued behind
+/// it may go to an idle worker (see [`State::rebalance`]).
+const STEAL_AFTER: Duration = Duration::from_millis(20);
 /// As [`SLICE`], while the pool is open and no worker holds work.
 const IDLE_SLICE: Duration = Duration::from_secs(1);
 /// Reports handled per lock round.
@@ -133,6 +140,9 @@ struct Slot<W> {
     stopping: bool,
     /// Set once the worker was seen to end; removed after its last reports are in.
     ended: Option<Ended>,
+    /// Since when the worker has run the chunk at the front of `inflight`
+    /// at the latest: its last report, or when it was sent work while idle.
+    busy_since: Instant,
 }
 
 struct State<B: Backend> {
@@ -428,6 +438,7 @@ impl<B: Backend> State<B> {
             chunks_sent: 0,
             stopping: false,
             ended: None,
+            busy_since: Instant::now(),
         });
         Ok(())
     }
@@ -507,6 +518,9 @@ impl<B: Backend> State<B> {
                 }
                 let before = share.chunks.len();
                 let block = slot.inflight.is_empty();
+                if block {
+                    slot.busy_since = Instant::now();
+                }
                 let more = self.backend.send(&slot.worker, &mut share.chunks, block);
                 let sent = before - share.chunks.len();
                 slot.inflight.extend(share.keys.drain(..sent));
@@ -523,6 +537,55 @@ impl<B: Backend> State<B> {
         let held =
             self.pending.len() + self.workers.iter().map(|s| s.inflight.len()).sum::<usize>();
         self.held_peak = self.held_peak.max(held);
+    }
+
+    /// Takes back the chunks queued at a worker that has run one chunk for
+    /// long (no report for [`STEAL_AFTER`], or four of its job's chunk
+    /// times if longer) while another worker is idle, to go to the idle
+    /// one: quick tasks do not wait behind a slow or stuck one (Python's
+    /// workers take one task at a time). Called before [`State::dispatch`].
+    fn rebalance(&mut self) {
+        let usable = |s: &Slot<B::Worker>| !s.stopping && s.ended.is_none();
+        if !self.pending.is_empty()
+            || !self
+                .workers
+                .iter()
+                .any(|s| usable(s) && s.inflight.is_empty())
+        {
+            return;
+        }
+        let now = Instant::now();
+        for i in 0..self.workers.len() {
+            let slot = &self.workers[i];
+            if !usable(slot) || slot.inflight.len() < 2 {
+                continue;
+            }
+            let patience = self.patience(slot.inflight[0].0);
+            if now.saturating_duration_since(slot.busy_since) < patience {
+                continue;
+            }
+            let stolen = self.backend.steal(&self.workers[i].worker);
+            let slot = &mut self.workers[i];
+            for chunk in stolen.into_iter().rev() {
+                let key = (chunk.job, chunk.first, chunk.len);
+                if let Some(at) = slot.inflight.iter().position(|k| *k == key) {
+                    slot.inflight.remove(at);
+                    slot.chunks_sent = slot.chunks_sent.saturating_sub(1);
+                }
+                self.pending.push_front(chunk);
+            }
+        }
+    }
+
+    /// How long a worker may run one chunk of `job` before the chunks
+    /// queued behind it go to an idle worker.
+    fn patience(&self, job: u64) -> Duration {
+        let per_chunk = self
+            .job_keys
+            .get(&job)
+            .and_then(|key| self.pace.get(key))
+            .map_or(Duration::ZERO, |p| p.per_chunk);
+        per_chunk.saturating_mul(4).max(STEAL_AFTER)
     }
 
     /// Pulls one chunk from the lazy inputs; false if none has one now.
@@ -565,6 +628,7 @@ impl<B: Backend> State<B> {
         let Some(slot) = self.workers.iter_mut().find(|s| s.id == worker) else {
             return;
         };
+        slot.busy_since = Instant::now();
         for &(first, _) in parts {
             if let Some(at) = slot
                 .inflight
@@ -866,6 +930,7 @@ fn handle_results<B: Backend>(state: Arc<Mutex<State<B>>>, mut reports: B::Repor
             st.jobs.retain(|_, job| !job.complete());
             let State { jobs, job_keys, .. } = &mut *st;
             job_keys.retain(|id, _| jobs.contains_key(id));
+            st.rebalance();
             st.dispatch();
             let failed = std::mem::take(&mut st.failed);
             out.deliveries.extend(failed);

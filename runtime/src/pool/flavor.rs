@@ -143,6 +143,14 @@ impl Backend for PoolBackend {
         }
     }
 
+    fn steal(&mut self, worker: &PoolWorker) -> Vec<Chunk<ProcTask>> {
+        match (self, worker) {
+            (PoolBackend::Local(b), PoolWorker::Local(w)) => b.steal(w),
+            #[cfg(feature = "redis")]
+            _ => Vec::new(),
+        }
+    }
+
     fn wake(&self) {
         match self {
             PoolBackend::Local(b) => b.wake(),

@@ -354,6 +354,20 @@ fn worker_main(args: WorkerArgs) {
 }
 
 /// A chunk back from an order message that could not be sent.
+/// Takes every order queued for `worker` now: the chunks, and whether a
+/// stop order was among them.
+fn take_orders(worker: &ProcWorker) -> (Vec<Chunk<ProcTask>>, bool) {
+    let (mut chunks, mut stop) = (Vec::new(), false);
+    while let Ok(order) = worker.orders.try_get() {
+        match order {
+            OrderMsg::Run(task) => chunks.push(unsent(task)),
+            OrderMsg::RunMany(tasks) => chunks.extend(tasks.into_iter().map(unsent)),
+            OrderMsg::Stop => stop = true,
+        }
+    }
+    (chunks, stop)
+}
+
 fn unsent(t: TaskMsg) -> Chunk<ProcTask> {
     Chunk {
         together: t.together,
@@ -490,13 +504,15 @@ impl Backend for Processes {
         // Only this process reads the queue now (the worker is reaped). A
         // message the worker was taking when it died is lost, and its chunks
         // stay charged to it; what follows is whole.
-        let mut chunks = Vec::new();
-        while let Ok(order) = worker.orders.try_get() {
-            match order {
-                OrderMsg::Run(task) => chunks.push(unsent(task)),
-                OrderMsg::RunMany(tasks) => chunks.extend(tasks.into_iter().map(unsent)),
-                OrderMsg::Stop => {}
-            }
+        take_orders(worker).0
+    }
+
+    fn steal(&mut self, worker: &ProcWorker) -> Vec<Chunk<ProcTask>> {
+        // The worker reads the queue too: each message goes whole to one
+        // of us, so what is taken here never runs there.
+        let (chunks, stop) = take_orders(worker);
+        if stop && worker.orders.try_put(&OrderMsg::Stop).is_err() {
+            tracing::warn!("a pool worker's stop order could not be put back");
         }
         chunks
     }

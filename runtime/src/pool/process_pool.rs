@@ -164,10 +164,12 @@ impl PoolBuilder {
     /// By default the pool chooses, per task function, from how long its
     /// recent chunks took: up to about 2 ms of work queued at a worker (and
     /// at most 64 chunks), one chunk at a time for a function not seen yet.
-    /// So an idle worker takes the next chunk while a busy one runs a long
-    /// task, and trivial tasks still stream without a round trip between
-    /// them. A larger `n` trades that fairness for fewer hand-overs; `1` is
-    /// strictly one chunk at a time, as Python's pool does.
+    /// So trivial tasks stream without a round trip between them. Chunks
+    /// queued at a worker that has run one chunk for long (20 ms, or four
+    /// of the function's recent chunk times if longer) while another worker
+    /// is idle are taken back and go to the idle one, whatever `n`: quick
+    /// tasks do not wait behind a slow or stuck one. `1` is strictly one
+    /// chunk at a time, as Python's pool does.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = Some(n);
         self

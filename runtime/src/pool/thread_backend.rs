@@ -3,6 +3,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
+
+use parking_lot::{Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -20,6 +22,73 @@ enum Order {
     Stop,
 }
 
+/// A worker thread's orders: put by the pool, taken in turn by the worker,
+/// and taken back by the pool (the chunks the worker has not started) for
+/// an idle worker while this one runs a long chunk.
+#[derive(Default)]
+struct Orders {
+    /// The orders, and whether the queue is closed (the worker ended, or
+    /// the pool let it go): a closed queue takes no order.
+    queue: Mutex<(VecDeque<Order>, bool)>,
+    ready: Condvar,
+}
+
+impl Orders {
+    /// Queues `order`; gives it back if the queue is closed.
+    fn put(&self, order: Order) -> std::result::Result<(), Order> {
+        let mut q = self.queue.lock();
+        if q.1 {
+            return Err(order);
+        }
+        q.0.push_back(order);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next order, waiting for one; `None` once the queue is closed.
+    fn take(&self) -> Option<Order> {
+        let mut q = self.queue.lock();
+        loop {
+            if let Some(order) = q.0.pop_front() {
+                return Some(order);
+            }
+            if q.1 {
+                return None;
+            }
+            self.ready.wait(&mut q);
+        }
+    }
+
+    /// Takes back every chunk not started (a stop order stays).
+    fn take_back(&self) -> Vec<Chunk<ThreadTask>> {
+        let mut q = self.queue.lock();
+        let mut chunks = Vec::new();
+        let orders = std::mem::take(&mut q.0);
+        for order in orders {
+            match order {
+                Order::Run(chunk) => chunks.push(chunk),
+                stop @ Order::Stop => q.0.push_back(stop),
+            }
+        }
+        chunks
+    }
+
+    /// Closes the queue: the worker ends once it has taken what is queued.
+    fn close(&self) {
+        self.queue.lock().1 = true;
+        self.ready.notify_all();
+    }
+}
+
+/// Closes a worker's orders when its thread ends, however it ends.
+struct CloseOnExit(Arc<Orders>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// Runs once at the start of each worker thread.
 pub(crate) type Initializer = Arc<dyn Fn() + Send + Sync>;
 
@@ -30,8 +99,15 @@ pub(crate) struct Threads {
 }
 
 pub(crate) struct ThreadWorker {
-    orders: Sender<Order>,
+    orders: Arc<Orders>,
     handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for ThreadWorker {
+    fn drop(&mut self) {
+        // Let go by the pool: the thread ends after what is queued.
+        self.orders.close();
+    }
 }
 
 pub(crate) struct ThreadReports(Receiver<Report>);
@@ -63,11 +139,12 @@ impl ReportSource for ThreadReports {
 
 fn worker_loop(
     id: u64,
-    orders: Receiver<Order>,
+    orders: Arc<Orders>,
     reports: Sender<Report>,
     init: Option<Initializer>,
     maxtasks: Option<usize>,
 ) {
+    let _close = CloseOnExit(orders.clone());
     if let Some(init) = init
         && let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| init()))
     {
@@ -79,7 +156,7 @@ fn worker_loop(
         return;
     }
     let mut done = 0usize;
-    while let Ok(Order::Run(chunk)) = orders.recv() {
+    while let Some(Order::Run(chunk)) = orders.take() {
         let started = std::time::Instant::now();
         let results = (chunk.task)();
         let sent = reports.send(Report::Done {
@@ -103,15 +180,16 @@ impl Backend for Threads {
     const STREAMS: bool = false;
 
     fn spawn(&mut self, id: u64) -> Result<ThreadWorker> {
-        let (tx, rx) = mpsc::channel();
+        let orders = Arc::new(Orders::default());
+        let theirs = orders.clone();
         let reports = self.reports.clone();
         let init = self.init.clone();
         let maxtasks = self.maxtasks;
         let handle = std::thread::Builder::new()
             .name(format!("ThreadPoolWorker-{id}"))
-            .spawn(move || worker_loop(id, rx, reports, init, maxtasks))?;
+            .spawn(move || worker_loop(id, theirs, reports, init, maxtasks))?;
         Ok(ThreadWorker {
-            orders: tx,
+            orders,
             handle: Some(handle),
         })
     }
@@ -123,7 +201,7 @@ impl Backend for Threads {
         _block: bool,
     ) -> bool {
         while let Some(chunk) = chunks.pop_front() {
-            if let Err(mpsc::SendError(order)) = worker.orders.send(Order::Run(chunk)) {
+            if let Err(order) = worker.orders.put(Order::Run(chunk)) {
                 if let Order::Run(chunk) = order {
                     chunks.push_front(chunk);
                 }
@@ -134,7 +212,15 @@ impl Backend for Threads {
     }
 
     fn stop(&mut self, worker: &ThreadWorker) {
-        let _ = worker.orders.send(Order::Stop);
+        let _ = worker.orders.put(Order::Stop);
+    }
+
+    fn untaken(&mut self, worker: &ThreadWorker) -> Vec<Chunk<ThreadTask>> {
+        worker.orders.take_back()
+    }
+
+    fn steal(&mut self, worker: &ThreadWorker) -> Vec<Chunk<ThreadTask>> {
+        worker.orders.take_back()
     }
 
     fn ended(&mut self, worker: &mut ThreadWorker) -> Option<Ended> {
@@ -156,7 +242,7 @@ impl Backend for Threads {
 
     fn kill(&mut self, worker: &mut ThreadWorker) {
         // Threads cannot be killed: ask it to stop and let it finish its chunk.
-        let _ = worker.orders.send(Order::Stop);
+        let _ = worker.orders.put(Order::Stop);
         worker.handle.take();
     }
 
