@@ -480,11 +480,9 @@
 //! [`DictProxy`] on a Redis hash, `list`, `namespace`, `queue` and
 //! `joinable_queue` (a Redis list; a joinable queue's consumer keeps its
 //! item until `task_done`, so the item of a consumer that dies first goes
-//! to another), `lock` (a key naming its holder, whose process keeps a
-//! presence with a lease there and renews it; a holder that dies loses the
-//! lock when that lease ends and the next acquirer gets
-//! [`Acquired::OwnerDied`]), `rlock` (a key with a lease of its own, owned
-//! by one thread),
+//! to another), `lock` (a key with a lease its holder's process renews; a
+//! holder that dies loses it when the lease ends and the next acquirer
+//! gets [`Acquired::OwnerDied`]), `rlock` (the same, owned by one thread),
 //! `condition` (over its own RLock, or `condition_with(name, lock)` over a
 //! Redis `Lock` or `RLock`: waiters block in Redis, a notify is never lost
 //! between a waiter's release and its wait, and a dead waiter's notify

@@ -144,16 +144,6 @@ impl RedisServer {
             .unwrap_or_else(|| panic!("DBSIZE answered {line:?}"))
     }
 
-    /// The number of keys in database 0 that do not match `pattern` (a
-    /// Redis glob), counted in one step.
-    pub fn dbsize_besides(&self, pattern: &str) -> u64 {
-        let script = "return redis.call('DBSIZE') - #redis.call('KEYS', ARGV[1])";
-        let line = self.ask(&["EVAL", script, "0", pattern]);
-        line.strip_prefix(':')
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("counting keys answered {line:?}"))
-    }
-
     /// How many connections are blocked in a command (`BLPOP`, `BLMOVE`…)
     /// now: for tests that must act while a peer waits in the server.
     pub fn blocked_clients(&self) -> u64 {

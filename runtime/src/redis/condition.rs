@@ -111,9 +111,7 @@ return woken
 ///
 /// KEYS: waiters, granted, the lock's key, its owner record, the
 /// condition's hash. ARGV: the ticket, give up, ticket key prefix, wake-up
-/// list prefix, suffix, and the presence key prefix of a lock's holders
-/// ('' for an rlock, whose holder died if its key ended and its owner
-/// record stayed).
+/// list prefix, suffix.
 static CHECK: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -154,14 +152,7 @@ if redis.call('EXISTS', ARGV[3] .. me .. ARGV[5]) == 0 then
   drop(me)
   return 'lost'
 end
-local died
-if ARGV[6] ~= '' then
-  local holder = redis.call('GET', KEYS[3])
-  died = holder and redis.call('EXISTS', ARGV[6] .. holder) == 0
-else
-  died = redis.call('EXISTS', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[4]) == 1
-end
-if died then
+if redis.call('EXISTS', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('LREM', KEYS[1], 1, me)
   drop(me)
   local last = tonumber(redis.call('HGET', KEYS[5], 'next') or '0')
@@ -204,18 +195,18 @@ impl RedisCondLock<'_> {
     /// lock (any of its threads may release it), this thread for an rlock.
     fn caller(&self) -> String {
         match self {
-            RedisCondLock::Lock(l) => lease::presence(l.object().target()).holder,
+            RedisCondLock::Lock(_) => lease::process_token(),
             RedisCondLock::RLock(_) => this_thread(),
         }
     }
 
-    /// The key, owner record, depth and wake-up list (a lock has no owner
-    /// record nor depth: its key stands in for both).
+    /// The key, owner record, depth (a lock's: its owner record again,
+    /// untouched) and wake-up list.
     fn keys(&self) -> [String; 4] {
         match self {
             RedisCondLock::Lock(l) => {
-                let key = l.object().key();
-                [key.clone(), key.clone(), key, l.wake_key()]
+                let o = l.object();
+                [o.key(), o.sub("#owner"), o.sub("#owner"), o.sub("#wake")]
             }
             RedisCondLock::RLock(l) => {
                 [l.key(), l.part("#owner"), l.part("#count"), l.part("#wake")]
@@ -227,17 +218,6 @@ impl RedisCondLock<'_> {
         match self {
             RedisCondLock::Lock(l) => l.object().target(),
             RedisCondLock::RLock(l) => l.object().target(),
-        }
-    }
-
-    /// How a waiter's look tells that the lock's holder died: for a lock,
-    /// the prefix of its holder's presence key (its key stays, naming a
-    /// holder whose presence ended); for an rlock, '' (its key ended with
-    /// its lease while its owner record stayed).
-    fn presence_prefix(&self) -> String {
-        match self {
-            RedisCondLock::Lock(l) => lease::presence_prefix(l.object().target()),
-            RedisCondLock::RLock(_) => String::new(),
         }
     }
 }
@@ -384,13 +364,10 @@ impl RedisCondition {
         let (tprefix, wprefix, suffix) = self.ticket_parts();
         let token = lease::process_token();
         let lease_ms = u64::try_from(target.lease().as_millis()).unwrap_or(u64::MAX);
-        // Stop renewing an rlock's lease before the script releases it: a
-        // thread of this process that takes it next holds its own. (A
-        // lock has no lease of its own: its holder's presence has one.)
+        // Stop renewing the lock's lease before the script releases it: a
+        // thread of this process that takes it next holds its own.
         let caller = lock.caller();
-        if let RedisCondLock::RLock(_) = lock {
-            lease::release_if(target, &key, &caller);
-        }
+        lease::release_if(target, &key, &caller);
         let prepared: Result<Vec<i64>> = target.with_conn(|c| {
             PREPARE_WAIT
                 .key(self.obj.key())
@@ -409,14 +386,7 @@ impl RedisCondition {
         });
         let (ticket, depth) = match prepared {
             Ok(reply) => match reply.as_slice() {
-                [ticket, depth] => {
-                    if let RedisCondLock::Lock(_) = lock {
-                        // The lock's own server and lease name its holder.
-                        let at = lock.target();
-                        lease::leave(at, &lease::presence(at).key, &key);
-                    }
-                    (*ticket, u64::try_from(*depth).unwrap_or(1))
-                }
+                [ticket, depth] => (*ticket, u64::try_from(*depth).unwrap_or(1)),
                 _ => {
                     return Err(Error::InvalidState(
                         "wait on a condition whose lock the caller does not hold".into(),
@@ -424,12 +394,9 @@ impl RedisCondition {
                 }
             },
             Err(e) => {
-                // Still ours, perhaps: keep renewing an rlock's lease if
-                // so (the renewer forgets a key that no longer holds our
-                // token); a lock's holder keeps its presence.
-                if let RedisCondLock::RLock(_) = lock {
-                    lease::hold(target, key, caller);
-                }
+                // Still ours, perhaps: keep renewing it if so (the renewer
+                // forgets a key that no longer holds our token).
+                lease::hold(target, key, caller);
                 return Err(e);
             }
         };
@@ -459,7 +426,6 @@ impl RedisCondition {
         let [key, owner, _, _] = lock.keys();
         let (waiters, granted) = (self.obj.sub("#waiters"), self.obj.sub("#granted"));
         let wake = format!("{wprefix}{ticket}{suffix}");
-        let died_by = lock.presence_prefix();
         loop {
             let give_up = deadline.expired();
             let outcome: String = target.with_conn(|c| {
@@ -474,7 +440,6 @@ impl RedisCondition {
                     .arg(tprefix)
                     .arg(wprefix)
                     .arg(suffix)
-                    .arg(&died_by)
                     .invoke(c)
             })?;
             match outcome.as_str() {

@@ -58,12 +58,6 @@ struct Renewer {
     wakes_at: Option<Instant>,
     /// This process's token (see [`process_token`]).
     token: String,
-    /// This process's presence keys (see [`Presence`]) by [`slot`], with
-    /// how many of its locks hold or are taking each.
-    present: HashMap<String, usize>,
-    /// The locks this process holds or is taking, by [`slot`], with how
-    /// many of its threads do.
-    locks: HashMap<String, usize>,
 }
 
 /// Where the renewer keeps `key` of `target`'s server: two servers (or
@@ -103,96 +97,6 @@ pub(crate) fn token_pid(token: &[u8]) -> i32 {
         .and_then(|t| t.split('-').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or(0)
-}
-
-/// This process's presence on a server and prefix for its [`Lock`](crate::Lock)s:
-/// the key `{prefix}:alive:{holder}`, which holds this process's token
-/// with the lease of the locks made there, renewed while the process
-/// holds or is taking one of them. A lock's key holds `holder` while this
-/// process holds it, and has no lease of its own: the lock is its
-/// holder's while that holder's presence lasts, so taking a free lock is
-/// one plain command (no script), and a holder that dies or is cut off
-/// for longer than the lease leaves a lock the next acquirer may claim.
-pub(crate) struct Presence {
-    /// The presence key.
-    pub(crate) key: String,
-    /// What a lock's key holds while this process holds it: the token
-    /// (pid first) and the lease in ms, `{token}~{ms}`.
-    pub(crate) holder: String,
-    /// This process's token, which the presence key holds.
-    pub(crate) token: String,
-}
-
-/// What precedes a holder in its presence key's name: `{prefix}:alive:`.
-pub(crate) fn presence_prefix(target: &RedisTarget) -> String {
-    format!("{}:alive:", target.prefix())
-}
-
-/// This process's presence on `target`, without counting it as used.
-pub(crate) fn presence(target: &RedisTarget) -> Presence {
-    with_renewer(|r| presence_in(r, target))
-}
-
-fn presence_in(r: &Renewer, target: &RedisTarget) -> Presence {
-    let ms = u64::try_from(target.lease().as_millis()).unwrap_or(u64::MAX);
-    let holder = format!("{}~{ms}", r.token);
-    Presence {
-        key: format!("{}{holder}", presence_prefix(target)),
-        holder,
-        token: r.token.clone(),
-    }
-}
-
-/// This process's presence on `target`, counted as used by one more
-/// taker or holder of the lock `lock` until [`leave`]: it is renewed while
-/// used.
-pub(crate) fn enter(target: &RedisTarget, lock: &str) -> Presence {
-    with_renewer(|r| {
-        let p = presence_in(r, target);
-        *r.present.entry(slot(target, &p.key)).or_default() += 1;
-        *r.locks.entry(slot(target, lock)).or_default() += 1;
-        p
-    })
-}
-
-/// Whether the caller is the only thread of this process that holds or
-/// takes `lock`: if that lock's key names this process, it was set by a
-/// command of this process whose reply never came (the server got it, the
-/// answer was lost), and it is the caller's to take.
-pub(crate) fn alone(target: &RedisTarget, lock: &str) -> bool {
-    with_renewer(|r| r.locks.get(&slot(target, lock)) == Some(&1))
-}
-
-/// After the caller set `p`'s key to the whole lease (the command sent at
-/// `sent`): renewed from there while used.
-pub(crate) fn present_since(target: &RedisTarget, p: &Presence, sent: Instant) {
-    with_renewer(|r| {
-        if r.present.contains_key(&slot(target, &p.key)) {
-            hold_in(r, target, p.key.clone(), p.token.clone(), Some(sent));
-        }
-    });
-}
-
-/// One taker or holder of `lock` fewer uses the presence `key`: once none
-/// does, it is no longer renewed, and ends with its lease.
-pub(crate) fn leave(target: &RedisTarget, key: &str, lock: &str) {
-    fn less(counts: &mut HashMap<String, usize>, key: &str) -> bool {
-        match counts.get_mut(key) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => counts.remove(key).is_some(),
-            None => false,
-        }
-    }
-    with_renewer(|r| {
-        less(&mut r.locks, &slot(target, lock));
-        let key = slot(target, key);
-        if less(&mut r.present, &key) {
-            r.held.remove(&key);
-        }
-    });
 }
 
 /// Keeps renewing `key` (which holds `token`, perhaps with little of its

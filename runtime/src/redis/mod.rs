@@ -53,6 +53,11 @@ pub const DEFAULT_PREFIX: &str = "multiproc";
 /// renewed: a holder that dies loses its lock at most this long after.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
+/// The longest lease: a year. Redis refuses a time to live that does not
+/// fit its clock's range (`PX` of `u64::MAX` ms), which a lock would only
+/// find out when taken.
+pub const MAX_LEASE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The longest a blocked call waits in Redis before it looks again at
 /// what it waits for (an expired lease, a dead consumer, a broken barrier
 /// whose wake-up it missed): a bound, not a polling period.
@@ -236,7 +241,8 @@ impl RedisTarget {
             .and_then(|m| m.get(url).cloned())
             .unwrap_or_else(|| url.to_owned());
         let mut t = RedisTarget::new(&full)?.with_prefix(prefix)?;
-        t.lease = Duration::from_millis(lease_ms.max(1));
+        // A handle from anywhere: its lease is held to the same bounds.
+        t.lease = Duration::from_millis(lease_ms).clamp(Duration::from_millis(100), MAX_LEASE);
         Ok(t)
     }
 
@@ -252,11 +258,12 @@ impl RedisTarget {
         Ok(self)
     }
 
-    /// The same server with locks leased for `lease` (at least 100 ms).
+    /// The same server with locks leased for `lease` (at least 100 ms, at
+    /// most [`MAX_LEASE`]).
     pub fn with_lease(mut self, lease: Duration) -> Result<RedisTarget> {
-        if lease < Duration::from_millis(100) {
+        if lease < Duration::from_millis(100) || lease > MAX_LEASE {
             return Err(Error::InvalidArgument(format!(
-                "redis lease {lease:?}: must be at least 100 ms"
+                "redis lease {lease:?}: must be at least 100 ms and at most {MAX_LEASE:?}"
             )));
         }
         self.lease = lease;
@@ -623,6 +630,20 @@ mod tests {
         let shown = format!("{repr:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("h:6379"), "{shown}");
+    }
+
+    #[test]
+    fn a_lease_is_bounded() {
+        let t = RedisTarget::new("redis://127.0.0.1:1/0").unwrap();
+        for bad in [Duration::from_millis(99), MAX_LEASE * 2, Duration::MAX] {
+            assert!(matches!(
+                t.clone().with_lease(bad),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        assert!(t.clone().with_lease(MAX_LEASE).is_ok());
+        let from = RedisTarget::from_handle("redis://127.0.0.1:1/0", "p", u64::MAX).unwrap();
+        assert_eq!(from.lease(), MAX_LEASE);
     }
 
     #[test]

@@ -28,7 +28,7 @@ const KINDS: &[(&str, &[&str])] = &[
     ("dict", &[]),
     ("list", &[]),
     ("namespace", &["#types"]),
-    ("lock", &["#wake"]),
+    ("lock", &["#owner", "#wake"]),
     ("rlock", &["#owner", "#count", "#wake"]),
     (
         "condition",

@@ -5,22 +5,19 @@
 //! Waits block in Redis (`BLPOP` on the object's wake-up list, which every
 //! release, set or barrier round pushes to) with the caller's deadline,
 //! and look again at the object at least every [`RECHECK`] (a lock: when
-//! its holder's presence would end), so an expired lease or a missed wake-up
+//! its holder's lease would end), so an expired lease or a missed wake-up
 //! is noticed without a polling loop.
 //!
-//! A lock is the key `p:lock:name` holding its holder (this process's
-//! token and lease, see `lease.rs`), without a lease of its own: it is
-//! the holder's while the holder's *presence* lasts, a key
-//! `p:alive:<holder>` with a lease that the holder's process renews while
-//! it holds or takes a lock there. Taking a free lock is one plain
-//! command (`SET NX GET`, pipelined behind the presence's `SET PX`); a lock
-//! found held is claimed by a script if its holder's presence ended (it
-//! died, or was cut off from Redis for longer than the lease), and the
-//! claimer is told ([`Acquired::OwnerDied`]). A release is one script that
-//! deletes the key and pushes to the wake-up list `p:lock#wake:name`.
+//! A lock is the key `p:lock:name` holding its holder's token, with a
+//! lease (`PX`) that the holder's process renews while it lives (see
+//! `lease.rs`). Beside it, `p:lock#owner:name` records the holder until a
+//! clean release: a new holder that finds a record left behind knows the
+//! previous holder's lease ended without a release (it died, or was cut
+//! off from Redis for longer than the lease) and is told
+//! ([`Acquired::OwnerDied`]).
 
 use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
@@ -52,78 +49,48 @@ pub(crate) fn taken_from(prev: redis::Value, kind: &str) -> Acquired {
     }
 }
 
-/// Takes a lock that a plain `SET NX` found held, if it was released
-/// since (`{1}`) or its holder's presence ended (`{2, holder}`); else
-/// `{0, ms}`: the holder's presence lasts that long yet.
-///
-/// KEYS: the lock. ARGV: the caller as the lock records it, the presence
-/// key prefix, the lease in ms.
-static LOCK_CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
+/// Takes the lock: {1, previous owner record or nil} or {0, pttl}.
+static LOCK_ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-local cur = redis.call('GET', KEYS[1])
-if not cur then
-  redis.call('SET', KEYS[1], ARGV[1])
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local prev = redis.call('SET', KEYS[2], ARGV[1], 'GET')
+  if prev then return {1, prev} end
   return {1}
 end
-local alive = ARGV[2] .. cur
-local ttl = redis.call('PTTL', alive)
--- A presence without a lease is none of ours (written by another
--- program): it gets one, and ends as a holder that stopped renewing would.
+local ttl = redis.call('PTTL', KEYS[1])
+-- A key without a lease is none of ours (written by another program):
+-- it gets one, and ends as a holder that stopped renewing would.
 if ttl == -1 then
-  redis.call('PEXPIRE', alive, ARGV[3])
-  ttl = tonumber(ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  ttl = tonumber(ARGV[2])
 end
-if ttl >= 0 then return {0, ttl} end
-redis.call('SET', KEYS[1], ARGV[1])
-return {2, cur}
+return {0, ttl}
 ",
     )
 });
 
-/// Releases the lock (any process may): 2 if the caller (ARGV[1]) held
-/// it, 1 if another did, 0 if it was not held (free, or its holder's
-/// presence ended: left for the next acquirer to claim, and be told).
-///
-/// KEYS: the lock, its wake-up list. ARGV: the caller as the lock records
-/// it, the presence key prefix.
+/// Releases the lock (any process may): 0 if it was not held.
 static LOCK_RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-if cur ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. cur) == 0 then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('RPUSH', KEYS[2], 1)
-if cur == ARGV[1] then return 2 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('RPUSH', KEYS[3], 1)
 return 1
 ",
     )
 });
 
-/// Releases the lock only if the caller (ARGV[1]) holds it: 0 if it
-/// passed on meanwhile. KEYS: the lock, its wake-up list.
+/// Releases the lock only if this process still holds it (KEYS[1] holds
+/// ARGV[1]): 0 if its lease ended and the lock passed on meanwhile.
 static LOCK_RELEASE_OWN: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('RPUSH', KEYS[2], 1)
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('RPUSH', KEYS[3], 1)
 return 1
-",
-    )
-});
-
-/// The lock's holder, if it holds it yet (its presence lasts): nil if
-/// free or left by a holder whose presence ended.
-///
-/// KEYS: the lock. ARGV: the presence key prefix.
-static LOCK_HOLDER: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local cur = redis.call('GET', KEYS[1])
-if cur and redis.call('EXISTS', ARGV[1] .. cur) == 1 then return cur end
-return false
 ",
     )
 });
@@ -146,148 +113,106 @@ impl RedisLock {
         &self.obj
     }
 
-    /// The lock's wake-up list, which each release pushes to.
-    pub(crate) fn wake_key(&self) -> String {
-        self.obj.sub("#wake")
-    }
-
     /// Takes the lock by `deadline` (`WouldBlock` for a try, `Timeout` after a wait).
     pub(crate) fn acquire_deadline(&self, deadline: Deadline) -> Result<Acquired> {
-        let key = self.obj.key();
-        let me = lease::enter(self.obj.target(), &key);
-        let taken = self.take(&me, &key, deadline);
-        if taken.is_err() {
-            lease::leave(self.obj.target(), &me.key, &key);
-        }
-        taken
-    }
-
-    fn take(&self, me: &lease::Presence, key: &str, deadline: Deadline) -> Result<Acquired> {
         let target = self.obj.target();
-        let wake = self.wake_key();
+        let (key, owner, wake) = (
+            self.obj.key(),
+            self.obj.sub("#owner"),
+            self.obj.sub("#wake"),
+        );
+        let token = lease::process_token();
         let lease_ms = u64::try_from(target.lease().as_millis()).unwrap_or(u64::MAX);
         loop {
-            // This process's presence for the whole lease, then the lock
-            // if it is free: one round trip, no script. `SET NX GET` needs
-            // Redis 7; an older server's refusal leaves it to the script.
-            let sent = Instant::now();
-            let free: Result<(redis::Value,)> = target.with_conn(|c| {
-                redis::pipe()
-                    .cmd("SET")
-                    .arg(&me.key)
-                    .arg(&me.token)
-                    .arg("PX")
-                    .arg(lease_ms)
-                    .ignore()
-                    .cmd("SET")
-                    .arg(key)
-                    .arg(&me.holder)
-                    .arg("NX")
-                    .arg("GET")
-                    .query(c)
-            });
-            match free {
-                Ok((redis::Value::Nil,)) => {
-                    lease::present_since(target, me, sent);
-                    return Ok(Acquired::Clean);
-                }
-                // Set by a take of this process whose reply was lost.
-                Ok((redis::Value::BulkString(held),))
-                    if held == me.holder.as_bytes() && lease::alone(target, key) =>
-                {
-                    lease::present_since(target, me, sent);
-                    return Ok(Acquired::Clean);
-                }
-                Ok(_) | Err(Error::Remote(_)) => lease::present_since(target, me, sent),
-                Err(e) => return Err(e),
-            }
             let reply: Vec<redis::Value> = target.with_conn(|c| {
-                LOCK_CLAIM
-                    .key(key)
-                    .arg(&me.holder)
-                    .arg(lease::presence_prefix(target))
+                LOCK_ACQUIRE
+                    .key(&key)
+                    .key(&owner)
+                    .arg(&token)
                     .arg(lease_ms)
                     .invoke(c)
             })?;
             let mut reply = reply.into_iter();
-            let ttl = match (reply.next(), reply.next()) {
-                (Some(redis::Value::Int(1)), _) => return Ok(Acquired::Clean),
-                (Some(redis::Value::Int(2)), Some(holder)) => {
-                    return Ok(taken_from(holder, "lock"));
-                }
-                (_, Some(redis::Value::Int(ms))) => ms,
-                _ => 0,
-            };
+            let taken = matches!(reply.next(), Some(redis::Value::Int(1)));
+            let other = reply.next().unwrap_or(redis::Value::Nil);
+            if taken {
+                lease::hold_fresh(target, key.clone(), token.clone());
+                return Ok(taken_from(other, "lock"));
+            }
             if deadline.expired() {
                 return Err(expired(deadline));
             }
-            // Wake at a release, or when the holder's presence would end.
-            let ttl = Duration::from_millis(u64::try_from(ttl).unwrap_or(0) + 5);
+            // Wake at a release, or when the holder's lease would end.
+            let ttl = match other {
+                redis::Value::Int(ms) if ms > 0 => Duration::from_millis(ms as u64 + 5),
+                _ => Duration::from_millis(5),
+            };
             target.wait_token(&wake, deadline, ttl.min(target.lease()))?;
         }
     }
 
     /// Releases the lock; releasing an unlocked lock is `Err(InvalidState)`.
     pub(crate) fn release(&self) -> Result<()> {
-        let target = self.obj.target();
-        let (me, key) = (lease::presence(target), self.obj.key());
-        let released: i64 = self.obj.run(|c| {
+        let key = self.obj.key();
+        // Stop renewing before the release: another thread of this process
+        // that takes the lock right after holds its lease under this key.
+        lease::release(self.obj.target(), &key);
+        let released: Result<i64> = self.obj.run(|c| {
             LOCK_RELEASE
                 .key(&key)
-                .key(self.wake_key())
-                .arg(&me.holder)
-                .arg(lease::presence_prefix(target))
+                .key(self.obj.sub("#owner"))
+                .key(self.obj.sub("#wake"))
                 .invoke(c)
-        })?;
-        match released {
-            2 => {
-                lease::leave(target, &me.key, &key);
-                Ok(())
-            }
-            1 => Ok(()),
-            _ => Err(Error::InvalidState("release of an unlocked lock".into())),
+        });
+        let released = self.rehold_on_error(key, released)?;
+        if released == 1 {
+            Ok(())
+        } else {
+            Err(Error::InvalidState("release of an unlocked lock".into()))
         }
     }
 
     /// A guard's release: only if this process still holds the lock. A
-    /// holder cut off from Redis for longer than its lease may have lost
-    /// the lock to another process since; its guard must not release that
-    /// one's. Whether it was still held.
+    /// holder cut off from Redis for longer than its lease lost the lock,
+    /// which may have passed to another process since; its guard must not
+    /// release that one's. Whether it was still held.
     pub(crate) fn release_own(&self) -> Result<bool> {
-        let (me, key) = (lease::presence(self.obj.target()), self.obj.key());
-        let released: i64 = self.obj.run(|c| {
+        let key = self.obj.key();
+        lease::release(self.obj.target(), &key);
+        let released: Result<i64> = self.obj.run(|c| {
             LOCK_RELEASE_OWN
                 .key(&key)
-                .key(self.wake_key())
-                .arg(&me.holder)
+                .key(self.obj.sub("#owner"))
+                .key(self.obj.sub("#wake"))
+                .arg(lease::process_token())
                 .invoke(c)
-        })?;
-        // Held no more either way (a failed release keeps the presence,
-        // in case the lock is still held here).
-        lease::leave(self.obj.target(), &me.key, &key);
-        Ok(released == 1)
+        });
+        Ok(self.rehold_on_error(key, released)? == 1)
     }
 
-    /// The lock's holder as its key records it, if some process holds it
-    /// now (a holder whose presence ended holds it no more).
-    fn holder(&self) -> Result<Option<Vec<u8>>> {
-        let target = self.obj.target();
-        self.obj.run(|c| {
-            LOCK_HOLDER
-                .key(self.obj.key())
-                .arg(lease::presence_prefix(target))
-                .invoke(c)
-        })
+    /// After a release that failed (Redis unreachable): keeps renewing the
+    /// lease in case this process still holds the lock (the renewer
+    /// forgets a key that does not hold our token).
+    fn rehold_on_error(&self, key: String, released: Result<i64>) -> Result<i64> {
+        if released.is_err() {
+            lease::hold(self.obj.target(), key, lease::process_token());
+        }
+        released
     }
 
     /// Whether some process holds the lock now.
     pub(crate) fn is_locked(&self) -> Result<bool> {
-        Ok(self.holder()?.is_some())
+        let key = self.obj.key();
+        self.obj
+            .run(|c| redis::cmd("EXISTS").arg(&key).query::<i64>(c))
+            .map(|n| n > 0)
     }
 
     /// The pid of the holder (on its own host), if held.
     pub(crate) fn owner_pid(&self) -> Result<Option<i32>> {
-        Ok(self.holder()?.map(|t| lease::token_pid(&t)))
+        let key = self.obj.key();
+        let token: Option<Vec<u8>> = self.obj.run(|c| redis::cmd("GET").arg(&key).query(c))?;
+        Ok(token.map(|t| lease::token_pid(&t)))
     }
 }
 
