@@ -739,3 +739,32 @@ fn a_manager_server_ignores_sigint() {
     assert_eq!(stats.get(&"n".into()).unwrap(), Some(1));
     remote.shutdown().unwrap();
 }
+
+/// A forked child reconnects to its managers in the fork hook, reading the
+/// known authkeys: another thread of the parent setting one at the moment
+/// of the fork left that table locked in the child for ever (its holder
+/// does not exist there). Now the fork holds it across.
+#[test]
+fn a_fork_while_another_thread_sets_an_authkey_does_not_hang_the_child() {
+    let manager = start(StartMethod::Fork);
+    let d = manager.dict::<u32, u32>().unwrap();
+    d.insert(1, 9).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let address: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                multiproc::set_manager_authkey(address, b"a key set again and again");
+            }
+        })
+    };
+    for i in 0..30 {
+        let mut p = Process::new(read_one, d.clone()).start_method(StartMethod::Fork);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(PROMPTLY).unwrap(), Some(9), "fork {i}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hammer.join().unwrap();
+    manager.shutdown().unwrap();
+}

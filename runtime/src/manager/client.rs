@@ -359,19 +359,23 @@ static HOOK: Once = Once::new();
 /// The authkeys this process knows for servers (a proxy decoded from a
 /// message reconnects with the key its process knows for that server).
 /// A local server not in here is reached with this process's authkey.
-static AUTHKEYS: LazyLock<Mutex<HashMap<ServerAddress, Vec<u8>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+/// Held across a fork (see [`ForkPins`]): a forked child that reconnects
+/// must not find it locked by a thread that does not exist there.
+static AUTHKEYS: LazyLock<ForkMutex<HashMap<ServerAddress, Vec<u8>>>> =
+    LazyLock::new(|| ForkMutex::new(HashMap::new()));
 
 /// The environment variable a process may read its default authkey from.
 pub const AUTHKEY_ENV: &str = "MULTIPROC_AUTHKEY";
 
 /// Remembers `authkey` for the server at `address`.
 pub fn set_authkey(address: ServerAddress, authkey: &[u8]) {
+    HOOK.call_once(|| register_fork_hook(&ForkPins));
     AUTHKEYS.lock().insert(address, authkey.to_vec());
 }
 
 /// Remembers `authkey` for `address` unless a key is known already.
 pub fn learn_authkey(address: ServerAddress, authkey: &[u8]) {
+    HOOK.call_once(|| register_fork_hook(&ForkPins));
     AUTHKEYS
         .lock()
         .entry(address)
@@ -389,13 +393,15 @@ pub fn authkey_of(server: &ServerAddress) -> Vec<u8> {
 }
 
 /// The largest response this process accepts from TCP servers, by address
-/// (the default unless a `BaseManager` said otherwise).
-static MAX_MESSAGES: LazyLock<Mutex<HashMap<std::net::SocketAddr, usize>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+/// (the default unless a `BaseManager` said otherwise). Held across a
+/// fork, as [`AUTHKEYS`] is.
+static MAX_MESSAGES: LazyLock<ForkMutex<HashMap<std::net::SocketAddr, usize>>> =
+    LazyLock::new(|| ForkMutex::new(HashMap::new()));
 
 /// Accepts responses up to `max` bytes from the TCP server at `address`
 /// (on connections opened from now on).
 pub fn set_max_message(address: std::net::SocketAddr, max: usize) {
+    HOOK.call_once(|| register_fork_hook(&ForkPins));
     MAX_MESSAGES.lock().insert(address, max);
 }
 
@@ -826,12 +832,21 @@ struct Pinned {
     guard: MutexGuard<'static, ClientState>,
     /// Each server's pin token, with the connection that took it.
     pins: Vec<(ServerAddress, u64, Connection)>,
+    /// The known authkeys and message limits, held across the fork.
+    keys: MutexGuard<'static, HashMap<ServerAddress, Vec<u8>>>,
+    maxes: MutexGuard<'static, HashMap<std::net::SocketAddr, usize>>,
 }
 
 impl Pinned {
     /// Gives the pinning connections back to their servers' spares.
     fn keep_connections(self, mut each: impl FnMut(u64, &Connection)) {
-        let Pinned { mut guard, pins } = self;
+        let Pinned {
+            mut guard,
+            pins,
+            keys,
+            maxes,
+        } = self;
+        drop((keys, maxes));
         for (server, token, conn) in pins {
             each(token, &conn);
             if let Some(entry) = guard.conns.get_mut(&server) {
@@ -868,7 +883,14 @@ impl ForkHook for ForkPins {
                 Err(e) => tracing::debug!("cannot pin managed objects for a fork: {e}"),
             }
         }
-        Box::new(Pinned { guard, pins })
+        // Taken last: pinning above may open connections, which read them.
+        let (keys, maxes) = (AUTHKEYS.lock(), MAX_MESSAGES.lock());
+        Box::new(Pinned {
+            guard,
+            pins,
+            keys,
+            maxes,
+        })
     }
 
     fn parent(&self, state: Box<dyn Any>) {
@@ -891,7 +913,14 @@ impl ForkHook for ForkPins {
         let Ok(pinned) = state.downcast::<Pinned>() else {
             return;
         };
-        let Pinned { mut guard, pins } = *pinned;
+        let Pinned {
+            mut guard,
+            pins,
+            keys,
+            maxes,
+        } = *pinned;
+        // Reconnecting below reads them.
+        drop((keys, maxes));
         guard.pid = sys::process::getpid();
         let inherited = std::mem::take(&mut guard.conns);
         for (server, mut entry) in inherited {
