@@ -420,7 +420,7 @@ impl PoolBuilder {
 
 #[cfg(feature = "redis")]
 impl Pool {
-    /// A distributed pool's live workers (host, pid, tasks done), from
+    /// A distributed pool's live workers (host, pid, chunks done), from
     /// their heartbeats: a worker is listed until its heartbeat is 5 s
     /// old. Empty for a local pool (see [`worker_pids`](Self::worker_pids)).
     /// A heartbeat goes out every 500 ms: a worker that just started, or

@@ -67,7 +67,9 @@ pub struct WorkerInfo {
     pub host: String,
     /// Its process id on that host.
     pub pid: i32,
-    /// The tasks (chunks) it has finished.
+    /// The chunks it has finished (a chunk holds up to `chunksize` tasks),
+    /// as of its last heartbeat (every 500 ms): not a count of
+    /// single tasks.
     pub tasks_done: u64,
 }
 
