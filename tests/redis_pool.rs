@@ -193,6 +193,59 @@ fn a_task_that_panics_fails_alone_and_the_worker_serves_on() {
     assert_eq!(r.get_timeout(LONG).unwrap(), vec![1, 2, 4]);
 }
 
+/// A value whose decoding panics when it holds 14 (a `Deserialize` of
+/// the user's, written with the re-exported `rkyv`).
+#[derive(Debug, Clone, Copy, PartialEq, multiproc::rkyv::Archive, multiproc::rkyv::Serialize)]
+#[rkyv(crate = multiproc::rkyv)]
+struct Fragile(u64);
+
+impl<D: multiproc::rkyv::rancor::Fallible + ?Sized> multiproc::rkyv::Deserialize<Fragile, D>
+    for ArchivedFragile
+{
+    fn deserialize(&self, _: &mut D) -> Result<Fragile, D::Error> {
+        let v = self.0.to_native();
+        assert_ne!(v, 14, "Fragile(14) cannot be decoded");
+        Ok(Fragile(v))
+    }
+}
+
+fn fragile(x: u64) -> Fragile {
+    Fragile(x)
+}
+
+fn unwrap_fragile(f: Fragile) -> u64 {
+    f.0
+}
+
+/// On a distributed pool too, a result whose decoding panics (in the
+/// submitting process) fails its call, and an argument whose decoding
+/// panics (in a worker) fails its chunk; the pool and the worker go on.
+#[test]
+fn a_panicking_decode_on_either_side_fails_its_call_and_the_pool_goes_on() {
+    let server = RedisServer::start();
+    let _workers = Workers::start(&server, "jobs", 1);
+    let pool = pool(&server, "jobs");
+    match pool
+        .map_async(fragile, [1, 14, 2])
+        .unwrap()
+        .get_timeout(LONG)
+    {
+        Err(Error::Codec(m)) => assert!(m.contains("Fragile(14)"), "{m}"),
+        other => panic!("expected a codec error, got {other:?}"),
+    }
+    let r = pool
+        .map_async(unwrap_fragile, [Fragile(1), Fragile(14)])
+        .unwrap();
+    match r.get_timeout(LONG) {
+        Err(Error::Remote(m)) => assert!(m.contains("Fragile(14)"), "{m}"),
+        other => panic!("expected the worker's decoding panic, got {other:?}"),
+    }
+    let r = pool
+        .map_async(unwrap_fragile, [Fragile(3), Fragile(4)])
+        .unwrap();
+    assert_eq!(r.get_timeout(LONG).unwrap(), vec![3, 4]);
+}
+
 #[test]
 fn a_worker_killed_mid_task_has_its_task_finished_by_another() {
     let server = RedisServer::start();
