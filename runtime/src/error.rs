@@ -16,7 +16,10 @@ pub enum Error {
     /// A non-blocking call found nothing to take.
     #[error("empty")]
     Empty,
-    /// A non-blocking call found no room.
+    /// A non-blocking call found no room: a queue at its `maxsize`, or
+    /// whose ring of bytes is full (even a `Queue::new()`, which has no
+    /// `maxsize`, holds at most its ring's 1 MiB of messages until a
+    /// consumer takes some: see `Queue::with_capacity_bytes`).
     #[error("full")]
     Full,
     /// A non-blocking call could not proceed at once (a lock was held, for example).
