@@ -989,3 +989,37 @@ fn a_fork_while_another_thread_holds_stderr_does_not_wedge_the_child() {
         assert_eq!(p.join_timeout(PROMPTLY).unwrap(), n as u32 + 1);
     }
 }
+
+fn my_name(_: ()) -> String {
+    multiproc::current_process().name
+}
+
+/// A forked child records who it is (and its authkey) before its target
+/// runs: another thread of the parent reading those at the moment of the
+/// fork (any `current_process()`, any start) left them read-locked for
+/// ever in the child, which hung there. They are no locks now.
+#[test]
+fn a_fork_while_another_thread_reads_who_it_is_does_not_hang_the_child() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let me = multiproc::current_process();
+                    std::hint::black_box((me.name.len(), me.authkey()));
+                }
+            })
+        })
+        .collect();
+    for i in 0..30 {
+        let mut p = Process::new(my_name, ()).start_method(StartMethod::Fork);
+        p.start().unwrap();
+        let name = p.join_timeout(PROMPTLY).unwrap();
+        assert!(name.starts_with("Process-"), "fork {i}: {name}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+}

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use parking_lot::RwLock;
+use crate::fork_mutex::ForkCell;
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
@@ -21,7 +21,9 @@ struct Me {
     parent: Option<ParentProcess>,
 }
 
-static ME: RwLock<Option<Me>> = RwLock::new(None);
+/// Who this process is, once it knows (a forked child sets it: see
+/// [`ForkCell`] for why this is no lock).
+static ME: ForkCell<Me> = ForkCell::new();
 
 /// How many processes this process has made `Process` handles for (the
 /// last number of their identity). Each new child starts again at 0.
@@ -31,11 +33,7 @@ static CHILD_COUNTER: AtomicU32 = AtomicU32::new(0);
 /// process's identity plus the next number (Python's `_process_counter`).
 pub(crate) fn next_child_identity() -> Vec<u32> {
     let n = CHILD_COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
-    let mut identity = ME
-        .read()
-        .as_ref()
-        .map(|m| m.identity.clone())
-        .unwrap_or_default();
+    let mut identity = ME.get().map(|m| m.identity.clone()).unwrap_or_default();
     identity.push(n);
     identity
 }
@@ -192,33 +190,30 @@ impl std::fmt::Debug for AuthKey {
 }
 
 /// This process's authkey, once made or inherited.
-static AUTHKEY: RwLock<Option<AuthKey>> = RwLock::new(None);
+static AUTHKEY: ForkCell<AuthKey> = ForkCell::new();
 
 /// This process's authkey (made on first use in the first process).
 ///
 /// Without a source of random bytes (which Linux always has since 3.17)
 /// the key is made from the time and pid: weak, and logged at warn.
 pub(crate) fn authkey() -> AuthKey {
-    if let Some(k) = AUTHKEY.read().as_ref() {
-        return k.clone();
-    }
-    let mut slot = AUTHKEY.write();
-    slot.get_or_insert_with(|| {
-        AuthKey::random().unwrap_or_else(|e| {
-            tracing::warn!("this process's authkey is weak: {e}");
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            let weak = (t ^ (u128::from(sys::process::getpid() as u32) << 64)).to_le_bytes();
-            AuthKey(Arc::from(&weak[..]))
+    AUTHKEY
+        .get_or_init(|| {
+            AuthKey::random().unwrap_or_else(|e| {
+                tracing::warn!("this process's authkey is weak: {e}");
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let weak = (t ^ (u128::from(sys::process::getpid() as u32) << 64)).to_le_bytes();
+                AuthKey(Arc::from(&weak[..]))
+            })
         })
-    })
-    .clone()
+        .clone()
 }
 
 /// Replaces this process's authkey (children started later inherit the new one).
 pub(crate) fn set_authkey(key: AuthKey) {
-    *AUTHKEY.write() = Some(key);
+    AUTHKEY.set(key);
 }
 
 impl CurrentProcess {
@@ -243,7 +238,7 @@ impl CurrentProcess {
 
 /// Describes the calling process.
 pub fn current_process() -> CurrentProcess {
-    let me = ME.read().clone();
+    let me = ME.get().cloned();
     let (name, daemon) = me.map_or(("MainProcess".to_string(), false), |m| (m.name, m.daemon));
     CurrentProcess {
         name,
@@ -254,7 +249,7 @@ pub fn current_process() -> CurrentProcess {
 
 /// The parent of the calling process, or `None` in the main process.
 pub fn parent_process() -> Option<ParentProcess> {
-    ME.read().as_ref().and_then(|m| m.parent.clone())
+    ME.get().and_then(|m| m.parent.clone())
 }
 
 /// Records who this child is; called once in a new child, before its target runs.
@@ -275,7 +270,7 @@ pub(crate) fn become_child(
     // The parent's count is not ours (a forked child inherits it): this
     // process's first child is `Process-<our identity>:1`, as in Python.
     CHILD_COUNTER.store(0, Ordering::Relaxed);
-    *ME.write() = Some(Me {
+    ME.set(Me {
         name,
         daemon,
         identity,
@@ -293,7 +288,7 @@ const PARENT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// In a daemon child: ends this process when the parent ends, however it ends.
 #[inline]
 pub(crate) fn watch_parent_if_daemon() {
-    let parent = match ME.read().as_ref() {
+    let parent = match ME.get() {
         Some(Me {
             daemon: true,
             parent: Some(parent),
