@@ -97,12 +97,6 @@ impl<T> ForkCell<T> {
     }
 }
 
-impl<T> Default for ForkCell<T> {
-    fn default() -> ForkCell<T> {
-        ForkCell::new()
-    }
-}
-
 // SAFETY: the cell hands out `&T` to any thread and moves `T` in from any
 // thread, as a `Box<T>` shared behind a lock would: sound for `T: Send + Sync`.
 unsafe impl<T: Send + Sync> Sync for ForkCell<T> {}

@@ -183,10 +183,7 @@ pub(crate) fn free_pending(table: &Mutex<Table>) {
             return;
         }
         for user in users {
-            let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(user)));
-            if let Err(payload) = dropped {
-                let message = crate::process::launch::panic_message(payload.as_ref());
-                std::mem::forget(payload);
+            if let Err(message) = crate::process::launch::caught(|| drop(user)) {
                 tracing::error!("dropping a freed managed object panicked: {message}");
             }
         }

@@ -46,6 +46,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource};
 use crate::pool::jobs::{ErrorMaker, Job, RawChunk};
+use crate::process::launch;
 
 /// How often the result handler looks at workers when no report arrives.
 const SLICE: Duration = Duration::from_millis(50);
@@ -565,15 +566,7 @@ impl<B: Backend> State<B> {
                 continue;
             }
             let stolen = self.backend.steal(&self.workers[i].worker);
-            let slot = &mut self.workers[i];
-            for chunk in stolen.into_iter().rev() {
-                let key = (chunk.job, chunk.first, chunk.len);
-                if let Some(at) = slot.inflight.iter().position(|k| *k == key) {
-                    slot.inflight.remove(at);
-                    slot.chunks_sent = slot.chunks_sent.saturating_sub(1);
-                }
-                self.pending.push_front(chunk);
-            }
+            take_back(&mut self.workers[i], stolen, &mut self.pending);
         }
     }
 
@@ -694,13 +687,7 @@ impl<B: Backend> State<B> {
             // Chunks still in its queue never ran there: they go to another
             // worker, ahead of the rest (only what it took fails).
             let untaken = self.backend.untaken(&slot.worker);
-            for chunk in untaken.into_iter().rev() {
-                let key = (chunk.job, chunk.first, chunk.len);
-                if let Some(at) = slot.inflight.iter().position(|k| *k == key) {
-                    slot.inflight.remove(at);
-                    self.pending.push_front(chunk);
-                }
-            }
+            take_back(&mut slot, untaken, &mut self.pending);
             if !(ended.clean() && slot.inflight.is_empty()) {
                 tracing::warn!(pid = ended.pid, "pool worker died: {}", ended.error());
             }
@@ -836,32 +823,32 @@ fn flush<B: Backend>(state: &Mutex<State<B>>, out: &mut Outbox) {
 /// thread: a panic there fails what the job still waits for instead of
 /// ending the thread, which every later call of the pool needs.
 fn deliver_caught(job: &mut dyn Job, parts: &[(usize, usize)], results: RawChunk) {
-    let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        job.deliver(parts, results);
-    }));
-    if let Err(payload) = delivered {
-        let message = crate::process::launch::panic_message(payload.as_ref());
-        std::mem::forget(payload);
+    if let Err(message) = launch::caught(|| job.deliver(parts, results)) {
         tracing::error!("delivering a pool result panicked: {message}");
         let why = || Error::Remote(format!("delivering a result panicked: {message}"));
-        let abandoned =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.abandon(&why)));
-        if let Err(payload) = abandoned {
-            std::mem::forget(payload);
-        }
+        let _ = launch::caught(|| job.abandon(&why));
     }
 }
 
 /// Drops `value`, whose `Drop` may run user code, logging a panic instead
 /// of letting it end the pool's thread.
-pub(crate) fn drop_caught<T>(what: &str, value: T) {
-    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        drop(value);
-    })) {
-        let message = crate::process::launch::panic_message(payload.as_ref());
-        // The payload's own drop may panic too: it is leaked then.
-        std::mem::forget(payload);
+fn drop_caught<T>(what: &str, value: T) {
+    if let Err(message) = launch::caught(move || drop(value)) {
         tracing::error!("dropping {what} panicked: {message}");
+    }
+}
+
+/// Puts chunks taken back from `slot`'s queue (never run there) at the
+/// front of `pending`, in their order, and no longer counts them as the
+/// worker's.
+fn take_back<W, T>(slot: &mut Slot<W>, chunks: Vec<Chunk<T>>, pending: &mut VecDeque<Chunk<T>>) {
+    for chunk in chunks.into_iter().rev() {
+        let key = (chunk.job, chunk.first, chunk.len);
+        if let Some(at) = slot.inflight.iter().position(|k| *k == key) {
+            slot.inflight.remove(at);
+            slot.chunks_sent = slot.chunks_sent.saturating_sub(1);
+        }
+        pending.push_front(chunk);
     }
 }
 

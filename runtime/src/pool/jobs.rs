@@ -56,9 +56,7 @@ fn merge<R: Shareable>(len: usize, outcome: ChunkOutcome) -> Vec<Result<R>> {
     let returned = if failures.len() < len {
         // A `Deserialize` of the user's may panic: that is this chunk's
         // failure, as a decoding error is, not the pool's result thread's.
-        std::panic::catch_unwind(|| R::decode_many(&returned)).unwrap_or_else(|payload| {
-            let message = crate::process::launch::panic_message(payload.as_ref());
-            std::mem::forget(payload);
+        crate::process::launch::caught(|| R::decode_many(&returned)).unwrap_or_else(|message| {
             Err(Error::codec(format_args!(
                 "decoding the task's results panicked: {message}"
             )))

@@ -203,18 +203,13 @@ pub(crate) fn chunk_entry<A: Shareable, R: Shareable, F: TaskFn<A, R>>(
         ran += 1;
         // A `Deserialize` of the user's may panic: the chunk's items fail
         // with its message, as with a decoding error; the worker goes on.
-        let decoded = std::panic::catch_unwind(|| A::decode_many(args));
-        let decoded = match decoded {
+        let decoded = match launch::caught(|| A::decode_many(args)) {
             Ok(decoded) => decoded,
-            Err(p) => {
+            Err(message) => {
                 let failure = ItemFailure::Panicked {
-                    message: format!(
-                        "decoding the task's argument panicked: {}",
-                        launch::panic_message(p.as_ref())
-                    ),
+                    message: format!("decoding the task's argument panicked: {message}"),
                     location: take_panic_location(),
                 };
-                std::mem::forget(p);
                 fail_all(&mut failures, &mut index, count, failure);
                 continue;
             }
@@ -250,15 +245,11 @@ pub(crate) fn chunk_entry<A: Shareable, R: Shareable, F: TaskFn<A, R>>(
             index += 1;
         }
     }
-    let encoded =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| R::encode_many(&returned)))
-            .unwrap_or_else(|p| {
-                let message = launch::panic_message(p.as_ref());
-                std::mem::forget(p);
-                Err(crate::error::Error::codec(format_args!(
-                    "encoding panicked: {message}"
-                )))
-            });
+    let encoded = launch::caught(|| R::encode_many(&returned)).unwrap_or_else(|message| {
+        Err(crate::error::Error::codec(format_args!(
+            "encoding panicked: {message}"
+        )))
+    });
     let outcome = match encoded {
         Ok(bytes) => ChunkOutcome {
             returned: bytes,

@@ -366,6 +366,17 @@ pub(crate) fn run_caught<R: Shareable>(f: impl FnOnce() -> R) -> Outcome {
     }
 }
 
+/// Runs `f` (user code: a codec, a `Drop`, a callback), catching a panic:
+/// its message instead. The payload is leaked, since its own `Drop` may
+/// panic too.
+pub(crate) fn caught<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let message = panic_message(payload.as_ref());
+        std::mem::forget(payload);
+        message
+    })
+}
+
 /// The text of a panic payload.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
