@@ -566,7 +566,15 @@ impl<B: Backend> State<B> {
                 continue;
             }
             let stolen = self.backend.steal(&self.workers[i].worker);
-            take_back(&mut self.workers[i], stolen, &mut self.pending);
+            let slot = &mut self.workers[i];
+            for chunk in stolen.into_iter().rev() {
+                let key = (chunk.job, chunk.first, chunk.len);
+                if let Some(at) = slot.inflight.iter().position(|k| *k == key) {
+                    slot.inflight.remove(at);
+                    slot.chunks_sent = slot.chunks_sent.saturating_sub(1);
+                }
+                self.pending.push_front(chunk);
+            }
         }
     }
 
@@ -687,7 +695,13 @@ impl<B: Backend> State<B> {
             // Chunks still in its queue never ran there: they go to another
             // worker, ahead of the rest (only what it took fails).
             let untaken = self.backend.untaken(&slot.worker);
-            take_back(&mut slot, untaken, &mut self.pending);
+            for chunk in untaken.into_iter().rev() {
+                let key = (chunk.job, chunk.first, chunk.len);
+                if let Some(at) = slot.inflight.iter().position(|k| *k == key) {
+                    slot.inflight.remove(at);
+                    self.pending.push_front(chunk);
+                }
+            }
             if !(ended.clean() && slot.inflight.is_empty()) {
                 tracing::warn!(pid = ended.pid, "pool worker died: {}", ended.error());
             }
@@ -835,20 +849,6 @@ fn deliver_caught(job: &mut dyn Job, parts: &[(usize, usize)], results: RawChunk
 fn drop_caught<T>(what: &str, value: T) {
     if let Err(message) = launch::caught(move || drop(value)) {
         tracing::error!("dropping {what} panicked: {message}");
-    }
-}
-
-/// Puts chunks taken back from `slot`'s queue (never run there) at the
-/// front of `pending`, in their order, and no longer counts them as the
-/// worker's.
-fn take_back<W, T>(slot: &mut Slot<W>, chunks: Vec<Chunk<T>>, pending: &mut VecDeque<Chunk<T>>) {
-    for chunk in chunks.into_iter().rev() {
-        let key = (chunk.job, chunk.first, chunk.len);
-        if let Some(at) = slot.inflight.iter().position(|k| *k == key) {
-            slot.inflight.remove(at);
-            slot.chunks_sent = slot.chunks_sent.saturating_sub(1);
-        }
-        pending.push_front(chunk);
     }
 }
 
