@@ -131,6 +131,9 @@ pub fn operations() -> Vec<(&'static str, OpFn)> {
         ("contended/manager_dict_get", contended_manager_dict_get),
         ("contended/event_ping_pong", contended_event_ping_pong),
         ("contended/pool_map_chunksize_1_batched", contended_pool_map),
+        // What the machine allows there: no library's round trip between two
+        // processes on one CPU can beat two context switches.
+        ("floor/same_cpu_switch_round_trip", floor_same_cpu_switch),
         // CPU time (utime + stime), not elapsed time: per message / request at
         // 10k/s (µs = % of a core), or per second of quiet for the idle rows
         // (10 ms = 1 % of a core).
@@ -975,6 +978,50 @@ fn contended_pool_map(scale: &Scale) -> multiproc::Result<Figure> {
         "contended/pool_map_chunksize_1_batched",
         scale,
         pool_map_chunksize_1,
+    )
+}
+
+/// Hands the turn back: waits (yielding its CPU) for each odd count and
+/// makes it even, `n` times.
+fn turn_taker((turn, n): (RawValue<u64>, u64)) {
+    for i in 0..n {
+        while turn.get() != 2 * i + 1 {
+            std::thread::yield_now();
+        }
+        turn.set(2 * i + 2);
+    }
+}
+
+/// Two processes on one CPU pass a turn back and forth through a shared
+/// word, each yielding its CPU until the turn is its own: a round trip is
+/// two context switches and nothing else (no futex, no message), the least
+/// any hand-off between processes on one CPU costs on this machine.
+fn same_cpu_switch_round_trip(scale: &Scale) -> multiproc::Result<Figure> {
+    let turn = RawValue::new(0u64)?;
+    let batch = 200 * scale.k;
+    let total = (batch * (scale.samples.max(1) + 1)) as u64;
+    let mut count = 0u64;
+    with_peer(turn_taker, (turn.clone(), total), || {
+        per_call(
+            "floor/same_cpu_switch_round_trip",
+            scale.samples,
+            batch,
+            || {
+                turn.set(2 * count + 1);
+                count += 1;
+                while turn.get() != 2 * count {
+                    std::thread::yield_now();
+                }
+            },
+        )
+    })
+}
+
+fn floor_same_cpu_switch(scale: &Scale) -> multiproc::Result<Figure> {
+    pinned(
+        "floor/same_cpu_switch_round_trip",
+        scale,
+        same_cpu_switch_round_trip,
     )
 }
 
