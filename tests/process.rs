@@ -1023,3 +1023,58 @@ fn a_fork_while_another_thread_reads_who_it_is_does_not_hang_the_child() {
         r.join().unwrap();
     }
 }
+
+/// A fork hook that does nothing, registered over and over by a thread.
+struct IdleHook;
+
+impl multiproc::__internal::ForkHook for IdleHook {
+    fn prepare(&self) -> Box<dyn std::any::Any> {
+        Box::new(())
+    }
+    fn parent(&self, _: Box<dyn std::any::Any>) {}
+    fn child(&self, _: Box<dyn std::any::Any>) {}
+}
+
+static IDLE_HOOK: IdleHook = IdleHook;
+
+/// Starts a grandchild by fork and says whether it ran and ended in time.
+fn fork_a_grandchild(_: ()) -> bool {
+    let mut p = Process::new(exit_with, 0).start_method(StartMethod::Fork);
+    p.start().is_ok() && p.join_timeout(PROMPTLY).is_ok()
+}
+
+/// The list of fork hooks is read by every fork: another thread of the
+/// parent registering a hook at the moment of a fork left it locked for
+/// ever in the child, whose own forks then hung. The list takes no lock now.
+#[test]
+fn a_fork_while_another_thread_registers_a_hook_does_not_hang_the_childs_forks() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let registrar = {
+        let (stop, started) = (stop.clone(), started.clone());
+        std::thread::spawn(move || {
+            started.wait();
+            // Bounded: the list this replaced grew by one per call.
+            for _ in 0..3_000_000 {
+                if stop.load(Relaxed) {
+                    return;
+                }
+                multiproc::__internal::register_fork_hook(&IDLE_HOOK);
+            }
+        })
+    };
+    started.wait();
+    for i in 0..30 {
+        let mut p = Process::new(fork_a_grandchild, ()).start_method(StartMethod::Fork);
+        p.start().unwrap();
+        let joined = p.join_timeout(PROMPTLY);
+        if joined.is_err() {
+            let _ = p.kill();
+            let _ = p.join();
+        }
+        assert!(matches!(joined, Ok(true)), "fork {i}: {joined:?}");
+    }
+    stop.store(true, Relaxed);
+    registrar.join().unwrap();
+}

@@ -26,7 +26,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Once};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use crate::__internal::sys;
@@ -354,8 +354,6 @@ fn lock_client() -> MutexGuard<'static, ClientState> {
     state
 }
 
-static HOOK: Once = Once::new();
-
 /// The authkeys this process knows for servers (a proxy decoded from a
 /// message reconnects with the key its process knows for that server).
 /// A local server not in here is reached with this process's authkey.
@@ -369,13 +367,13 @@ pub const AUTHKEY_ENV: &str = "MULTIPROC_AUTHKEY";
 
 /// Remembers `authkey` for the server at `address`.
 pub fn set_authkey(address: ServerAddress, authkey: &[u8]) {
-    HOOK.call_once(|| register_fork_hook(&ForkPins));
+    register_fork_hook(&ForkPins);
     AUTHKEYS.lock().insert(address, authkey.to_vec());
 }
 
 /// Remembers `authkey` for `address` unless a key is known already.
 pub fn learn_authkey(address: ServerAddress, authkey: &[u8]) {
-    HOOK.call_once(|| register_fork_hook(&ForkPins));
+    register_fork_hook(&ForkPins);
     AUTHKEYS
         .lock()
         .entry(address)
@@ -401,7 +399,7 @@ static MAX_MESSAGES: LazyLock<ForkMutex<HashMap<std::net::SocketAddr, usize>>> =
 /// Accepts responses up to `max` bytes from the TCP server at `address`
 /// (on connections opened from now on).
 pub fn set_max_message(address: std::net::SocketAddr, max: usize) {
-    HOOK.call_once(|| register_fork_hook(&ForkPins));
+    register_fork_hook(&ForkPins);
     MAX_MESSAGES.lock().insert(address, max);
 }
 
@@ -441,7 +439,7 @@ fn local_authkey(server: &ServerAddress) -> crate::AuthKey {
 /// it and report `ManagerGone`, with the references it held (the server
 /// dropped them when it ended); proxies made from now on use the new one.
 pub fn connection(server: &ServerAddress) -> Result<Arc<Connection>> {
-    HOOK.call_once(|| register_fork_hook(&ForkPins));
+    register_fork_hook(&ForkPins);
     let mut state = lock_client();
     if let Some(e) = state.conns.get(server) {
         if !e.conn.is_broken() {

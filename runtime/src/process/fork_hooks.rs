@@ -8,11 +8,10 @@
 //! multiproc run the hooks (not `std::process::Command`, which execs at once).
 
 use std::any::Any;
-
-use parking_lot::Mutex;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// Code to run around a fork made by [`Process`](crate::Process) under `Fork`.
-pub trait ForkHook: Sync + 'static {
+pub trait ForkHook: Any + Sync {
     /// In the parent, before the fork. What it returns (locks held across the
     /// fork, for example) is handed to `parent` or `child` afterwards.
     fn prepare(&self) -> Box<dyn Any>;
@@ -30,12 +29,66 @@ pub trait ForkHook: Sync + 'static {
     fn child(&self, state: Box<dyn Any>);
 }
 
-static HOOKS: Mutex<Vec<&'static dyn ForkHook>> = Mutex::new(Vec::new());
+/// One registered hook, in a list that only grows at its head: nodes are
+/// leaked and never change once published, so the list needs no lock. (A
+/// lock that another thread held while registering at the moment of a fork
+/// would stay held for ever in the child, whose own forks would then hang.)
+struct Node {
+    hook: &'static dyn ForkHook,
+    /// The node registered before this one.
+    next: *const Node,
+}
 
-/// Registers `hook` for every later fork (once per hook: registering the
-/// same hook twice runs it twice).
+/// The hook registered last.
+static HOOKS: AtomicPtr<Node> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The hooks of the list from `head` on, last registered first.
+fn hooks_from(head: *const Node) -> impl Iterator<Item = &'static dyn ForkHook> {
+    let mut at = head;
+    std::iter::from_fn(move || {
+        // SAFETY: every non-null pointer in the list came from `Box::leak`
+        // in `register_fork_hook` and was published (with Release, after
+        // its fields were written) only once complete; nodes are never
+        // freed nor changed after that.
+        let node = unsafe { at.as_ref() }?;
+        at = node.next;
+        Some(node.hook)
+    })
+}
+
+/// Whether `a` and `b` are one hook: one address and one type (hooks of
+/// different zero-sized types may share an address).
+fn same_hook(a: &'static dyn ForkHook, b: &'static dyn ForkHook) -> bool {
+    let (a_any, b_any): (&dyn Any, &dyn Any) = (a, b);
+    std::ptr::addr_eq(a, b) && a_any.type_id() == b_any.type_id()
+}
+
+/// Registers `hook` for every later fork. Registering a hook that is
+/// registered already (the same static: one address, one type) does
+/// nothing, so a module may call this before each first use of the state
+/// its hook guards, with no `Once` (a `Once` that another thread was
+/// running at a fork would never end in the child).
 pub fn register_fork_hook(hook: &'static dyn ForkHook) {
-    HOOKS.lock().push(hook);
+    let mut head = HOOKS.load(Ordering::Acquire);
+    let mut fresh: Option<&'static mut Node> = None;
+    loop {
+        if hooks_from(head).any(|h| same_hook(h, hook)) {
+            // Registered (a node leaked for a lost race stays unused).
+            return;
+        }
+        let node = fresh.get_or_insert_with(|| {
+            Box::leak(Box::new(Node {
+                hook,
+                next: std::ptr::null(),
+            }))
+        });
+        node.next = head;
+        let ptr: *mut Node = &mut **node;
+        match HOOKS.compare_exchange(head, ptr, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(now) => head = now,
+        }
+    }
 }
 
 /// The hooks' states between `prepare` and the fork's two sides.
@@ -45,7 +98,8 @@ pub(crate) struct Prepared {
 
 /// Runs every hook's `prepare`, in registration order.
 pub(crate) fn prepare() -> Prepared {
-    let hooks: Vec<&'static dyn ForkHook> = HOOKS.lock().clone();
+    let mut hooks: Vec<&'static dyn ForkHook> = hooks_from(HOOKS.load(Ordering::Acquire)).collect();
+    hooks.reverse();
     Prepared {
         states: hooks.into_iter().map(|h| (h, h.prepare())).collect(),
     }
@@ -84,5 +138,55 @@ impl Drop for Prepared {
         for (hook, state) in std::mem::take(&mut self.states).into_iter().rev() {
             hook.parent(state);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    static FIRST_RUNS: AtomicU32 = AtomicU32::new(0);
+    static SECOND_RUNS: AtomicU32 = AtomicU32::new(0);
+
+    /// Two zero-sized hooks: their statics may share one address.
+    struct First;
+    struct Second;
+
+    impl ForkHook for First {
+        fn prepare(&self) -> Box<dyn Any> {
+            FIRST_RUNS.fetch_add(1, Ordering::Relaxed);
+            Box::new(())
+        }
+        fn parent(&self, _: Box<dyn Any>) {}
+        fn child(&self, _: Box<dyn Any>) {}
+    }
+
+    impl ForkHook for Second {
+        fn prepare(&self) -> Box<dyn Any> {
+            SECOND_RUNS.fetch_add(1, Ordering::Relaxed);
+            Box::new(())
+        }
+        fn parent(&self, _: Box<dyn Any>) {}
+        fn child(&self, _: Box<dyn Any>) {}
+    }
+
+    static FIRST: First = First;
+    static SECOND: Second = Second;
+
+    #[test]
+    fn each_hook_runs_once_however_often_registered_and_zero_sized_ones_are_told_apart() {
+        for _ in 0..3 {
+            register_fork_hook(&FIRST);
+            register_fork_hook(&SECOND);
+        }
+        let (first, second) = (
+            FIRST_RUNS.load(Ordering::Relaxed),
+            SECOND_RUNS.load(Ordering::Relaxed),
+        );
+        // Dropped: the parent's side of a fork that did not happen.
+        drop(prepare());
+        assert_eq!(FIRST_RUNS.load(Ordering::Relaxed), first + 1);
+        assert_eq!(SECOND_RUNS.load(Ordering::Relaxed), second + 1);
     }
 }

@@ -33,7 +33,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::{MutexGuard, Once};
+use std::sync::MutexGuard;
 use std::time::Duration;
 
 use crate::deadline::Deadline;
@@ -76,7 +76,6 @@ struct Link {
 }
 
 static LINK: ForkMutex<Option<Link>> = ForkMutex::new(None);
-static HOOK: Once = Once::new();
 
 /// Holds the link across a fork, so a forked child never inherits it
 /// locked by another thread midway through starting a server.
@@ -98,7 +97,7 @@ impl ForkHook for LinkForkHook {
 static LINK_FORK_HOOK: LinkForkHook = LinkForkHook;
 
 fn link() -> MutexGuard<'static, Option<Link>> {
-    HOOK.call_once(|| register_fork_hook(&LINK_FORK_HOOK));
+    register_fork_hook(&LINK_FORK_HOOK);
     LINK.lock()
 }
 

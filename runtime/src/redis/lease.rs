@@ -293,6 +293,5 @@ impl ForkHook for RedisForkHook {
 }
 
 pub(crate) fn register_fork_hook_once() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| crate::process::register_fork_hook(&RedisForkHook));
+    crate::process::register_fork_hook(&RedisForkHook);
 }

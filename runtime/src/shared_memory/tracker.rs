@@ -37,7 +37,7 @@
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{MutexGuard, Once};
+use std::sync::MutexGuard;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -80,7 +80,6 @@ static TRACKER: ForkMutex<State> = ForkMutex::new(State {
     tracker: None,
     names: BTreeMap::new(),
 });
-static HOOK: Once = Once::new();
 
 /// Holds the tracker's lock across multiproc's forks, so a forked child never
 /// inherits it locked by a thread that does not exist there.
@@ -99,7 +98,7 @@ impl ForkHook for TrackerForkHook {
 }
 
 fn lock() -> MutexGuard<'static, State> {
-    HOOK.call_once(|| register_fork_hook(&TrackerForkHook));
+    register_fork_hook(&TrackerForkHook);
     TRACKER.lock()
 }
 
@@ -245,7 +244,7 @@ extern "C" fn tracker_entry() {
     }
     // In every other program: register the fork hook now, while one thread
     // runs, so no fork can come between its registration and a first use.
-    HOOK.call_once(|| register_fork_hook(&TrackerForkHook));
+    register_fork_hook(&TrackerForkHook);
 }
 
 /// The tracker's main loop (in the helper process): collect registrations
