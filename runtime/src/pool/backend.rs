@@ -113,11 +113,17 @@ pub(crate) trait Backend: Send + 'static {
     /// Sends one or more chunks from the front of `chunks` to one worker (as
     /// many as one message takes); `block` may wait for room. False if the
     /// worker takes no more now; the chunks not sent stay in `chunks`.
+    ///
+    /// A backend whose worker takes several chunks at once (one message)
+    /// adds to `kept` a copy of each chunk sent behind a chunk of another
+    /// job: if the worker dies running that one, it never started this
+    /// one, which then runs elsewhere (see `State::replace_ended`).
     fn send(
         &mut self,
         worker: &Self::Worker,
         chunks: &mut VecDeque<Chunk<Self::Task>>,
         block: bool,
+        kept: &mut Vec<Chunk<Self::Task>>,
     ) -> bool;
     /// Tells a worker to exit once its current work is done.
     fn stop(&mut self, worker: &Self::Worker);

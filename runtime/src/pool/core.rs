@@ -130,13 +130,17 @@ enum Phase {
     Terminated,
 }
 
-struct Slot<W> {
+struct Slot<W, T> {
     id: u64,
     worker: W,
     /// Chunks this worker holds, in the order it got them: (job, first
     /// item, item count). A worker reports in that order, so the one
     /// reported is almost always at the front.
     inflight: VecDeque<(u64, usize, usize)>,
+    /// Copies of the chunks in `inflight` that went behind a chunk of
+    /// another job in one message (see `Backend::send`), to run elsewhere
+    /// if the worker dies before it starts them.
+    kept: Vec<Chunk<T>>,
     chunks_sent: usize,
     stopping: bool,
     /// Set once the worker was seen to end; removed after its last reports are in.
@@ -146,10 +150,34 @@ struct Slot<W> {
     busy_since: Instant,
 }
 
+impl<W, T> Slot<W, T> {
+    /// Forgets the chunk of `job` from item `first` (reported, or taken
+    /// back): true if this worker held it.
+    fn forget(&mut self, (job, first, _): (u64, usize, usize)) -> bool {
+        let Some(at) = self
+            .inflight
+            .iter()
+            .position(|&(j, f, _)| j == job && f == first)
+        else {
+            return false;
+        };
+        self.inflight.remove(at);
+        if !self.kept.is_empty()
+            && let Some(at) = self
+                .kept
+                .iter()
+                .position(|c| c.job == job && c.first == first)
+        {
+            self.kept.remove(at);
+        }
+        true
+    }
+}
+
 struct State<B: Backend> {
     backend: B,
     config: Config,
-    workers: Vec<Slot<B::Worker>>,
+    workers: Vec<Slot<B::Worker, B::Task>>,
     jobs: HashMap<u64, Box<dyn Job>>,
     pending: VecDeque<Chunk<B::Task>>,
     feeders: VecDeque<Box<dyn Feeder<B>>>,
@@ -436,6 +464,7 @@ impl<B: Backend> State<B> {
             id,
             worker,
             inflight: VecDeque::new(),
+            kept: Vec::new(),
             chunks_sent: 0,
             stopping: false,
             ended: None,
@@ -461,7 +490,7 @@ impl<B: Backend> State<B> {
     }
 
     /// Whether a worker may take another chunk now, besides `planned` ones.
-    fn eligible(&self, slot: &Slot<B::Worker>, planned: usize, window: usize) -> bool {
+    fn eligible(&self, slot: &Slot<B::Worker, B::Task>, planned: usize, window: usize) -> bool {
         !slot.stopping
             && slot.ended.is_none()
             && slot.inflight.len() + planned < window
@@ -522,7 +551,9 @@ impl<B: Backend> State<B> {
                 if block {
                     slot.busy_since = Instant::now();
                 }
-                let more = self.backend.send(&slot.worker, &mut share.chunks, block);
+                let more =
+                    self.backend
+                        .send(&slot.worker, &mut share.chunks, block, &mut slot.kept);
                 let sent = before - share.chunks.len();
                 slot.inflight.extend(share.keys.drain(..sent));
                 slot.chunks_sent += sent;
@@ -546,7 +577,7 @@ impl<B: Backend> State<B> {
     /// one: quick tasks do not wait behind a slow or stuck one (Python's
     /// workers take one task at a time). Called before [`State::dispatch`].
     fn rebalance(&mut self) {
-        let usable = |s: &Slot<B::Worker>| !s.stopping && s.ended.is_none();
+        let usable = |s: &Slot<B::Worker, B::Task>| !s.stopping && s.ended.is_none();
         if !self.pending.is_empty()
             || !self
                 .workers
@@ -569,8 +600,7 @@ impl<B: Backend> State<B> {
             let slot = &mut self.workers[i];
             for chunk in stolen.into_iter().rev() {
                 let key = (chunk.job, chunk.first, chunk.len);
-                if let Some(at) = slot.inflight.iter().position(|k| *k == key) {
-                    slot.inflight.remove(at);
+                if slot.forget(key) {
                     slot.chunks_sent = slot.chunks_sent.saturating_sub(1);
                 }
                 self.pending.push_front(chunk);
@@ -630,14 +660,8 @@ impl<B: Backend> State<B> {
             return;
         };
         slot.busy_since = Instant::now();
-        for &(first, _) in parts {
-            if let Some(at) = slot
-                .inflight
-                .iter()
-                .position(|&(j, f, _)| j == job && f == first)
-            {
-                slot.inflight.remove(at);
-            }
+        for &(first, len) in parts {
+            slot.forget((job, first, len));
         }
         let Some(&key) = self.job_keys.get(&job) else {
             return;
@@ -696,9 +720,30 @@ impl<B: Backend> State<B> {
             // worker, ahead of the rest (only what it took fails).
             let untaken = self.backend.untaken(&slot.worker);
             for chunk in untaken.into_iter().rev() {
-                let key = (chunk.job, chunk.first, chunk.len);
-                if let Some(at) = slot.inflight.iter().position(|k| *k == key) {
-                    slot.inflight.remove(at);
+                if slot.forget((chunk.job, chunk.first, chunk.len)) {
+                    self.pending.push_front(chunk);
+                }
+            }
+            // It ran what it took in order, reporting as it went: the oldest
+            // chunk it held is the one it was running when it ended, with
+            // the next ones of that job (a map's, which it may have been
+            // running together). Those fail; the chunks after them never
+            // started there, and those with a copy go to another worker.
+            let running = slot.inflight.front().map(|k| k.0);
+            let started = slot
+                .inflight
+                .iter()
+                .take_while(|k| Some(k.0) == running)
+                .count();
+            let never_started: Vec<_> = slot.inflight.iter().skip(started).copied().collect();
+            for key in never_started.into_iter().rev() {
+                let copy = slot
+                    .kept
+                    .iter()
+                    .position(|c| (c.job, c.first, c.len) == key)
+                    .map(|at| slot.kept.swap_remove(at));
+                if let Some(chunk) = copy {
+                    slot.forget(key);
                     self.pending.push_front(chunk);
                 }
             }
@@ -741,6 +786,7 @@ impl<B: Backend> State<B> {
         self.job_keys.clear();
         for slot in &mut self.workers {
             slot.inflight.clear();
+            slot.kept.clear();
         }
         out.abandoned
             .extend(self.jobs.drain().map(|(_, job)| (job, why.clone())));

@@ -92,9 +92,10 @@ impl Backend for PoolBackend {
         worker: &PoolWorker,
         chunks: &mut VecDeque<Chunk<ProcTask>>,
         block: bool,
+        kept: &mut Vec<Chunk<ProcTask>>,
     ) -> bool {
         match (self, worker) {
-            (PoolBackend::Local(b), PoolWorker::Local(w)) => b.send(w, chunks, block),
+            (PoolBackend::Local(b), PoolWorker::Local(w)) => b.send(w, chunks, block, kept),
             #[cfg(feature = "redis")]
             (PoolBackend::Redis(b), PoolWorker::Redis(_)) => b.send(chunks),
             // A pool's workers are all of its flavour.

@@ -40,6 +40,7 @@ const REPORT_DELAY: Duration = Duration::from_micros(100);
 const HEAP_HINT: usize = 1 << 20;
 
 /// A task ready to send: the function's offsets and each item encoded.
+#[derive(Clone)]
 pub(crate) struct ProcTask {
     pub(crate) entry_offset: i64,
     pub(crate) target_offset: i64,
@@ -410,9 +411,14 @@ impl Backend for Processes {
         worker: &ProcWorker,
         chunks: &mut VecDeque<Chunk<ProcTask>>,
         block: bool,
+        kept: &mut Vec<Chunk<ProcTask>>,
     ) -> bool {
         let mut tasks = Vec::new();
         let mut bytes = 0;
+        // Copies of the chunks behind one of another job (see `Backend::send`),
+        // and the one job of the chunks so far, if they have one.
+        let mut copies = Vec::new();
+        let mut one_job = None;
         while let Some(chunk) = chunks.front()
             && (tasks.is_empty()
                 || (tasks.len() < self.chunks_per_message
@@ -422,6 +428,20 @@ impl Backend for Processes {
                 break;
             };
             bytes += chunk.task.args.len();
+            if !tasks.is_empty() && one_job != Some(chunk.job) {
+                copies.push(Chunk {
+                    job: chunk.job,
+                    first: chunk.first,
+                    len: chunk.len,
+                    task: chunk.task.clone(),
+                    together: chunk.together,
+                });
+            }
+            one_job = match one_job {
+                None if tasks.is_empty() => Some(chunk.job),
+                Some(job) if job == chunk.job => Some(job),
+                _ => None,
+            };
             tasks.push(TaskMsg {
                 job: chunk.job,
                 first: chunk.first as u64,
@@ -446,6 +466,7 @@ impl Backend for Processes {
             worker.orders.try_put(&msg)
         };
         if sent.is_ok() {
+            kept.append(&mut copies);
             return true;
         }
         let tasks = match msg {

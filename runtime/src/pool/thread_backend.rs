@@ -199,6 +199,8 @@ impl Backend for Threads {
         worker: &ThreadWorker,
         chunks: &mut VecDeque<Chunk<ThreadTask>>,
         _block: bool,
+        // A thread worker takes one chunk at a time.
+        _kept: &mut Vec<Chunk<ThreadTask>>,
     ) -> bool {
         while let Some(chunk) = chunks.pop_front() {
             if let Err(order) = worker.orders.put(Order::Run(chunk)) {
