@@ -339,3 +339,43 @@ fn derived_types_carry_the_crates_handles() {
         assert_eq!(counter.get(), 1, "{m:?}");
     }
 }
+
+fn widths(v: (usize, isize, std::num::NonZeroUsize)) -> (usize, isize, std::num::NonZeroUsize) {
+    v
+}
+
+fn sizes(n: usize) -> usize {
+    n + (1 << 32)
+}
+
+/// A `usize` or `isize` travels whole: rkyv's default stores them in 32
+/// bits and cut a larger value with no error (a file size of 6 GiB came
+/// back as 2 GiB, from a newcomer's program).
+#[test]
+fn usize_and_isize_travel_whole() {
+    let big = (
+        usize::MAX,
+        isize::MIN,
+        std::num::NonZeroUsize::new(1 << 40).unwrap(),
+    );
+    for m in METHODS {
+        let mut p = Process::new(widths, big).start_method(m);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(PROMPTLY).unwrap(), big, "{m:?}");
+        let pool = Pool::builder().processes(1).start_method(m).build().unwrap();
+        assert_eq!(
+            pool.map(sizes, [0usize, 5 << 32]).unwrap(),
+            [1 << 32, 6 << 32],
+            "{m:?}"
+        );
+    }
+    let q = Queue::<usize>::new().unwrap();
+    q.put(5_000_000_000).unwrap();
+    assert_eq!(q.get_timeout(PROMPTLY).unwrap(), 5_000_000_000);
+    let manager = Manager::start().unwrap();
+    let d: DictProxy<usize, isize> = manager.dict().unwrap();
+    d.insert(1 << 33, -(1 << 34)).unwrap();
+    d.insert(1, 1).unwrap();
+    assert_eq!(d.get(&(1 << 33)).unwrap(), Some(-(1 << 34)));
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+}
