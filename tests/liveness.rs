@@ -368,6 +368,93 @@ fn a_receiver_out_of_descriptors_keeps_a_message_whose_handles_it_cannot_open() 
     }
 }
 
+/// Out of descriptors, two threads receive at once from one queue and a
+/// pipe end is read: every message is kept (each thread's own, not the
+/// last one only), a child forked meanwhile does not get the messages its
+/// parent holds (the parent delivers them), and raw bytes come out of the
+/// pipe in order, the held message first.
+fn held_messages_stay_with_their_taker(args: HandleCarriers) -> Vec<String> {
+    let (q, conn, _, ready, go) = args;
+    let room = util::exhaust_descriptors_for_now();
+    ready.set().unwrap();
+    assert!(go.wait_timeout(PROMPTLY).unwrap());
+    let emfile = |r: multiproc::Result<Queue<u32>>| match r {
+        Err(Error::Io(e)) if e.raw_os_error() == Some(libc::EMFILE) => "EMFILE".to_string(),
+        other => format!("{:?}", other.map(drop)),
+    };
+    let both = std::sync::Barrier::new(2);
+    let mut seen: Vec<String> = std::thread::scope(|s| {
+        let takers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    both.wait();
+                    emfile(q.get_timeout(PROMPTLY))
+                })
+            })
+            .collect();
+        takers.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    seen.push(emfile(conn.recv_timeout(PROMPTLY)));
+    drop(room);
+    let mut forked = {
+        let q = q.clone();
+        Process::from_closure(move || format!("{:?}", q.try_get().map(drop)))
+    };
+    forked.start().unwrap();
+    seen.push(forked.join_timeout(PROMPTLY).unwrap());
+    let inner = |r: multiproc::Result<Queue<u32>>| r.and_then(|q| q.get_timeout(PROMPTLY));
+    let mut values = vec![
+        format!("{:?}", inner(q.get_timeout(PROMPTLY))),
+        format!("{:?}", inner(q.get_timeout(PROMPTLY))),
+    ];
+    values.sort();
+    seen.extend(values);
+    seen.push(format!(
+        "{:?}",
+        conn.recv_bytes_timeout(PROMPTLY).map(|b| !b.is_empty())
+    ));
+    seen.push(format!("{:?}", conn.try_recv_bytes().map(drop)));
+    seen
+}
+
+#[test]
+fn held_messages_are_each_kept_once_for_the_process_that_took_them() {
+    for m in METHODS {
+        let q = Queue::<Queue<u32>>::new().unwrap();
+        let (mine, theirs) = Pipe::new::<Queue<u32>>().unwrap();
+        let (ready, go) = (Event::new().unwrap(), Event::new().unwrap());
+        let unused = Queue::<DictProxy<u8, u8>>::new().unwrap();
+        let args = (q.clone(), theirs, unused, ready.clone(), go.clone());
+        let mut c = start(m, held_messages_stay_with_their_taker, args);
+        assert!(ready.wait_timeout(PROMPTLY).unwrap(), "{m:?}");
+        // Made after the child started: it has none of them open yet.
+        let inner: Vec<Queue<u32>> = (0..3).map(|_| Queue::new().unwrap()).collect();
+        for (i, one) in inner.iter().enumerate() {
+            one.put(40 + i as u32).unwrap();
+        }
+        q.put(inner[0].clone()).unwrap();
+        q.put(inner[1].clone()).unwrap();
+        mine.send(inner[2].clone()).unwrap();
+        go.set().unwrap();
+        let seen = c.join_timeout(PROMPTLY * 3).unwrap();
+        assert_eq!(
+            seen,
+            [
+                "EMFILE",
+                "EMFILE",
+                "EMFILE",
+                "Err(Empty)",
+                "Ok(40)",
+                "Ok(41)",
+                "Ok(true)",
+                "Err(Empty)"
+            ],
+            "{m:?}"
+        );
+        drop(inner);
+    }
+}
+
 // ------------------------------------------------------------------ pipe
 
 const PIPE_BIG: usize = 1 << 20;

@@ -362,7 +362,11 @@ fn usize_and_isize_travel_whole() {
         let mut p = Process::new(widths, big).start_method(m);
         p.start().unwrap();
         assert_eq!(p.join_timeout(PROMPTLY).unwrap(), big, "{m:?}");
-        let pool = Pool::builder().processes(1).start_method(m).build().unwrap();
+        let pool = Pool::builder()
+            .processes(1)
+            .start_method(m)
+            .build()
+            .unwrap();
         assert_eq!(
             pool.map(sizes, [0usize, 5 << 32]).unwrap(),
             [1 << 32, 6 << 32],

@@ -442,6 +442,16 @@ impl<T: Shareable> Connection<T> {
     }
 
     fn recv_bytes_into_deadline(&self, buf: &mut [u8], deadline: Deadline) -> Result<usize> {
+        if let Some(held) = self.held.take_held() {
+            // A message held back for want of descriptors comes first.
+            return match buf.get_mut(..held.len()) {
+                Some(to) => {
+                    to.copy_from_slice(&held);
+                    Ok(held.len())
+                }
+                None => Err(Error::BufferTooShort(held.to_vec())),
+            };
+        }
         let mut sink = SliceSink::new(buf);
         self.transport.recv_into(&mut sink, None, deadline)?;
         sink.finish()
@@ -512,6 +522,19 @@ impl<T: Shareable> Connection<T> {
     }
 
     fn recv_bytes_deadline(&self, max: Option<usize>, deadline: Deadline) -> Result<Vec<u8>> {
+        if let Some(held) = self.held.take_held() {
+            // A message held back for want of descriptors comes first.
+            if let Some(max) = max
+                && held.len() > max
+            {
+                let total = held.len();
+                self.held.put_back(held);
+                return Err(Error::InvalidArgument(format!(
+                    "the next message has {total} bytes, more than the maximum of {max}; it was left in place"
+                )));
+            }
+            return Ok(held.to_vec());
+        }
         let mut out = Vec::new();
         self.transport
             .recv_into(&mut out, max.map(|m| m as u64), deadline)?;

@@ -1,8 +1,9 @@
 //! What the three queue types share: a segment holding a ring, and typed put/get on it.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -44,41 +45,107 @@ pub(crate) struct QueueCore {
     held: Arc<HeldBack>,
 }
 
-/// A message taken that could not be decoded for want of descriptors or
-/// memory (opening the handles inside it needs some): kept for the next
-/// receive on the same handle (or a clone of it in this process), which
-/// tries it first, instead of lost. The receive that took it is told
-/// `Err(Io)` with the errno, as any call at that limit.
+/// Messages taken that could not be decoded for want of descriptors or
+/// memory (opening the handles inside one needs some): kept for the next
+/// receives on the same handle (or a clone of it in this process), which
+/// take them first, oldest first, instead of lost. The receive that took
+/// one is told `Err(Io)` with the errno, as any call at that limit.
+///
+/// They belong to the process that took them: a forked child, which
+/// inherits a copy of this memory, does not see them (the parent still
+/// delivers them).
 #[derive(Default)]
-pub(crate) struct HeldBack(Mutex<Option<AlignedVec<16>>>);
+pub(crate) struct HeldBack {
+    /// Whether `held` may hold a message: looked at without the lock on
+    /// every receive.
+    any: AtomicBool,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    /// The process that took `messages`.
+    pid: i32,
+    messages: VecDeque<AlignedVec<16>>,
+}
+
+impl Held {
+    /// The messages, once those a parent held before a fork are dropped.
+    fn mine(&mut self) -> &mut VecDeque<AlignedVec<16>> {
+        let me = crate::sys::process::getpid();
+        if self.pid != me {
+            self.pid = me;
+            self.messages.clear();
+        }
+        &mut self.messages
+    }
+}
+
+/// Where a message that still cannot be opened goes back.
+#[derive(Clone, Copy)]
+enum Keep {
+    /// Ahead of the rest: it was held already.
+    First,
+    /// Behind the rest: it was just taken.
+    Last,
+}
 
 impl HeldBack {
-    /// Decodes the message held back, if any; else takes one into a
+    /// Decodes the oldest message held back, if any; else takes one into a
     /// buffer with `take` and decodes it. A decoding that fails for want
-    /// of descriptors or memory keeps the bytes for the next call.
+    /// of descriptors or memory keeps the bytes for a later call.
     pub(crate) fn receive<T: Shareable>(
         &self,
         take: impl FnOnce(&mut AlignedVec<16>) -> Result<()>,
     ) -> Result<T> {
-        let held = self.0.lock().take();
-        if let Some(mut bytes) = held {
-            return self.decode_or_keep(&mut bytes);
+        if let Some(mut bytes) = self.take_held() {
+            return self.decode_or_keep(&mut bytes, Keep::First);
         }
         with_recv_buf(|buf| {
             take(buf)?;
-            self.decode_or_keep(buf)
+            self.decode_or_keep(buf, Keep::Last)
         })
+    }
+
+    /// The oldest message held back, as bytes, if any (for a receive of
+    /// raw bytes, which needs no descriptor).
+    pub(crate) fn take_held(&self) -> Option<AlignedVec<16>> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut held = self.held.lock();
+        let messages = held.mine();
+        let first = messages.pop_front();
+        if messages.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+        first
+    }
+
+    /// Puts back a message [`HeldBack::take_held`] gave, ahead of the rest.
+    pub(crate) fn put_back(&self, bytes: AlignedVec<16>) {
+        self.keep(bytes, Keep::First);
     }
 
     /// Whether a message is held back (a receive would return it now).
     pub(crate) fn is_holding(&self) -> bool {
-        self.0.lock().is_some()
+        self.any.load(Ordering::Acquire) && !self.held.lock().mine().is_empty()
     }
 
-    fn decode_or_keep<T: Shareable>(&self, bytes: &mut AlignedVec<16>) -> Result<T> {
+    fn keep(&self, bytes: AlignedVec<16>, at: Keep) {
+        let mut held = self.held.lock();
+        let messages = held.mine();
+        match at {
+            Keep::First => messages.push_front(bytes),
+            Keep::Last => messages.push_back(bytes),
+        }
+        self.any.store(true, Ordering::Release);
+    }
+
+    fn decode_or_keep<T: Shareable>(&self, bytes: &mut AlignedVec<16>, at: Keep) -> Result<T> {
         match T::decode(bytes) {
             Err(Error::Io(e)) if crate::sys::fd::is_exhaustion(&e) => {
-                *self.0.lock() = Some(std::mem::take(bytes));
+                self.keep(std::mem::take(bytes), at);
                 Err(Error::Io(e))
             }
             decoded => decoded,
