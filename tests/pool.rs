@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use multiproc::{Callbacks, Error, Pool, StartMethod};
+use multiproc::{Callbacks, Error, Pool, Process, StartMethod};
 use util::PROMPTLY;
 
 multiproc::init_before_main!();
@@ -1045,4 +1045,65 @@ fn a_task_that_ends_its_worker_fails_alone() {
             }
         }
     }
+}
+
+/// A forked child has a copy of its parent's pool but not its threads, and
+/// the workers are the parent's: using it there is `InvalidState` (it ran
+/// the child's tasks on the parent's workers, whose results went to the
+/// parent's call of the same job number: `apply(square, 3)` returned 700),
+/// waiting there for a result of it is too, and dropping it there touches
+/// nothing (it panicked in library code). The parent's pool is unharmed.
+/// From an attack battery.
+#[test]
+fn a_forked_child_cannot_use_its_parents_pool() {
+    for m in METHODS {
+        let pool = std::sync::Arc::new(pool(m, 2));
+        assert_eq!(pool.apply(square, 2).unwrap(), 4, "{m:?}");
+        let slow = pool.apply_async(sleep_ms, 300).unwrap();
+        let mut child = {
+            let pool = pool.clone();
+            Process::from_closure(move || {
+                let seen = vec![
+                    format!("{:?}", pool.apply(square, 3).map_err(|e| e.to_string())),
+                    format!("{:?}", pool.map(square, 0..4).map_err(|e| e.to_string())),
+                    format!("{:?}", slow.get().map_err(|e| e.to_string())),
+                ];
+                drop(pool);
+                seen
+            })
+        };
+        child.start().unwrap();
+        let seen = child.join_timeout(PROMPTLY).unwrap();
+        assert_eq!(seen.len(), 3);
+        for s in &seen {
+            assert!(
+                s.starts_with("Err(") && s.contains("a forked child cannot use it"),
+                "{m:?}: {seen:?}"
+            );
+        }
+        assert_eq!(pool.apply(square, 3).unwrap(), 9, "{m:?}");
+        assert_eq!(pool.map(square, 0..4).unwrap(), [0, 1, 4, 9], "{m:?}");
+    }
+}
+
+/// The same for a thread pool, whose threads a forked child does not have.
+#[test]
+fn a_forked_child_cannot_use_its_parents_thread_pool() {
+    let pool = std::sync::Arc::new(multiproc::ThreadPool::new(2).unwrap());
+    assert_eq!(pool.apply(|x: u64| x * 2, 2).unwrap(), 4);
+    let mut child = {
+        let pool = pool.clone();
+        Process::from_closure(move || {
+            let seen = format!(
+                "{:?}",
+                pool.apply(|x: u64| x * 2, 3).map_err(|e| e.to_string())
+            );
+            drop(pool);
+            seen
+        })
+    };
+    child.start().unwrap();
+    let seen = child.join_timeout(PROMPTLY).unwrap();
+    assert!(seen.contains("a forked child cannot use it"), "{seen}");
+    assert_eq!(pool.apply(|x: u64| x * 2, 3).unwrap(), 6);
 }

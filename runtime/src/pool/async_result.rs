@@ -80,6 +80,19 @@ struct Inner<R> {
     /// The thread that completes it (the pool's result handler), which
     /// must not wait for it: it runs the pool's callbacks.
     completer: Option<ThreadId>,
+    /// The process whose pool delivers it: a forked child that inherited
+    /// this waits for nothing ([`pool_of_another_process`]).
+    owner: i32,
+}
+
+/// The error of a call on a pool (or a pending result of one) in a process
+/// other than the one that made the pool: a forked child has a copy of its
+/// parent's pool, but not its threads, and the workers are the parent's.
+pub(crate) fn pool_of_another_process(owner: i32) -> Error {
+    Error::InvalidState(format!(
+        "this pool belongs to process {owner}, which made it: a forked child cannot use it \
+         or wait for its results (make a pool in the child)"
+    ))
 }
 
 /// The future result of a task submitted with `apply_async` or `map_async`.
@@ -112,6 +125,7 @@ pub(crate) fn pending<R>(
         slot: Mutex::new(Slot::Pending),
         ready: Condvar::new(),
         completer,
+        owner: crate::sys::process::getpid(),
     });
     (
         AsyncResult {
@@ -193,6 +207,9 @@ impl<R> AsyncResult<R> {
             if deadline != Deadline::Now && self.inner.completer == Some(thread::current().id()) {
                 return Err(waits_for_itself());
             }
+            if self.inner.owner != crate::sys::process::getpid() {
+                return Err(pool_of_another_process(self.inner.owner));
+            }
             if !self.wait_locked(&mut slot, deadline) {
                 return Err(deadline.timeout_error());
             }
@@ -218,10 +235,15 @@ impl<R> AsyncResult<R> {
         }
     }
 
-    /// Blocks until the result is ready (without taking it).
+    /// Blocks until the result is ready (without taking it). In a forked
+    /// child of the pool's process, which would wait for ever, it returns
+    /// at once (`get` then says why).
     pub fn wait(&self) {
         let mut slot = self.inner.slot.lock();
         while matches!(*slot, Slot::Pending) {
+            if self.inner.owner != crate::sys::process::getpid() {
+                return;
+            }
             self.inner.ready.wait(&mut slot);
         }
     }
@@ -231,6 +253,9 @@ impl<R> AsyncResult<R> {
         let deadline = Deadline::after(timeout);
         let mut slot = self.inner.slot.lock();
         while matches!(*slot, Slot::Pending) {
+            if self.inner.owner != crate::sys::process::getpid() {
+                return false;
+            }
             if !self.wait_locked(&mut slot, deadline) {
                 return false;
             }

@@ -44,6 +44,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
+use crate::pool::async_result::pool_of_another_process;
 use crate::pool::backend::{Backend, Chunk, Ended, Parts, Report, ReportSource};
 use crate::pool::jobs::{ErrorMaker, Job, RawChunk};
 use crate::process::launch;
@@ -234,6 +235,9 @@ pub(crate) struct Core<B: Backend> {
     handler_thread: ThreadId,
     /// Set (and signalled) when the result handler has returned or panicked.
     handler_ended: Arc<(Mutex<bool>, Condvar)>,
+    /// The process that made the pool: only it has the pool's threads, and
+    /// the workers are its children.
+    owner: i32,
 }
 
 /// Marks the result handler's end, however it ends.
@@ -286,6 +290,7 @@ impl<B: Backend> Core<B> {
             })?;
         Ok(Core {
             state,
+            owner: crate::sys::process::getpid(),
             handler_thread: handler.thread().id(),
             handler: Mutex::new(Some(handler)),
             handler_ended,
@@ -294,6 +299,7 @@ impl<B: Backend> Core<B> {
 
     /// Registers a job and its chunks (or lazy input) and dispatches what it can.
     pub fn submit(&self, build: impl FnOnce(u64, &B) -> Result<Submission<B>>) -> Result<()> {
+        self.in_its_process()?;
         let mut st = self.state.lock();
         st.check_open()?;
         let id = st.next_job;
@@ -312,13 +318,29 @@ impl<B: Backend> Core<B> {
         Ok(())
     }
 
+    /// `InvalidState` in a process other than the pool's (a forked child
+    /// of it), whose copy of the pool's lock another thread may have held
+    /// at the fork, and which has none of the pool's threads.
+    fn in_its_process(&self) -> Result<()> {
+        if self.owner != crate::sys::process::getpid() {
+            return Err(pool_of_another_process(self.owner));
+        }
+        Ok(())
+    }
+
     /// The most chunks this pool has held at once (see `Pool::chunks_held_peak`).
     pub fn held_peak(&self) -> usize {
+        if self.in_its_process().is_err() {
+            return 0;
+        }
         self.state.lock().held_peak
     }
 
     /// Lets a lazy input continue after its consumer took results.
     pub fn poke(&self) {
+        if self.in_its_process().is_err() {
+            return;
+        }
         let mut st = self.state.lock();
         if st.phase != Phase::Terminated && !st.feeders.is_empty() {
             st.dispatch();
@@ -328,11 +350,17 @@ impl<B: Backend> Core<B> {
     /// Wakes the result handler to look at the jobs (one may have finished
     /// without a new result: an imap whose iterator was dropped).
     pub fn wake(&self) {
+        if self.in_its_process().is_err() {
+            return;
+        }
         self.state.lock().backend.wake();
     }
 
     /// Stops accepting work; workers exit once everything submitted is done.
     pub fn close(&self) {
+        if self.in_its_process().is_err() {
+            return;
+        }
         let mut st = self.state.lock();
         if st.phase == Phase::Open {
             st.phase = Phase::Closed;
@@ -342,6 +370,9 @@ impl<B: Backend> Core<B> {
 
     /// Stops the workers now; unfinished tasks fail with `Error::Closed`.
     pub fn terminate(&self) {
+        if self.in_its_process().is_err() {
+            return;
+        }
         {
             let mut st = self.state.lock();
             st.phase = Phase::Terminated;
@@ -380,6 +411,7 @@ impl<B: Backend> Core<B> {
     }
 
     fn check_joinable(&self) -> Result<()> {
+        self.in_its_process()?;
         if self.state.lock().phase == Phase::Open {
             return Err(Error::InvalidState(
                 "join of a pool that is still open: call close() or terminate() first".into(),
@@ -420,6 +452,9 @@ impl<B: Backend> Core<B> {
 
     /// Runs `f` on each current worker.
     pub fn with_workers<T>(&self, f: impl Fn(&B::Worker) -> T) -> Vec<T> {
+        if self.in_its_process().is_err() {
+            return Vec::new();
+        }
         self.state
             .lock()
             .workers
@@ -431,6 +466,16 @@ impl<B: Backend> Core<B> {
 
 impl<B: Backend> Drop for Core<B> {
     fn drop(&mut self) {
+        if self.in_its_process().is_err() {
+            // A forked child's copy: the workers, their queues and the
+            // threads are its parent's. Touch nothing (the handler's thread
+            // does not exist here): leak the copy.
+            std::mem::forget(self.state.clone());
+            if let Some(handler) = self.handler.get_mut().take() {
+                std::mem::forget(handler);
+            }
+            return;
+        }
         self.terminate();
     }
 }

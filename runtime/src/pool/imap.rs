@@ -286,6 +286,8 @@ pub struct IMapIterator<R> {
     /// An untimed `next` failed (its pool was dropped, or it was called
     /// from one of its pool's callbacks): the iteration is over.
     failed: bool,
+    /// The process whose pool delivers the results.
+    owner: i32,
 }
 
 impl<R> IMapIterator<R> {
@@ -294,6 +296,7 @@ impl<R> IMapIterator<R> {
             shared,
             pool,
             failed: false,
+            owner: crate::sys::process::getpid(),
         }
     }
 
@@ -329,6 +332,11 @@ impl<R> IMapIterator<R> {
                     .is_some_and(|p| p.handler_thread() == std::thread::current().id())
             {
                 return Err(crate::pool::async_result::waits_for_itself());
+            }
+            if self.owner != crate::sys::process::getpid() {
+                return Err(crate::pool::async_result::pool_of_another_process(
+                    self.owner,
+                ));
             }
             match deadline.remaining() {
                 None => self.shared.changed.wait(&mut s),
