@@ -368,13 +368,26 @@ fn a_receiver_out_of_descriptors_keeps_a_message_whose_handles_it_cannot_open() 
     }
 }
 
-/// Out of descriptors, two threads receive at once from one queue and a
-/// pipe end is read: every message is kept (each thread's own, not the
-/// last one only), a child forked meanwhile does not get the messages its
-/// parent holds (the parent delivers them), and raw bytes come out of the
-/// pipe in order, the held message first.
-fn held_messages_stay_with_their_taker(args: HandleCarriers) -> Vec<String> {
-    let (q, conn, _, ready, go) = args;
+/// What [`held_messages_stay_with_their_taker`] receives from: a queue two
+/// threads take from, one whose single message it holds across a fork, a
+/// pipe end, and the events it says it is ready on and waits for the
+/// messages on.
+type HeldCarriers = (
+    Queue<Queue<u32>>,
+    Queue<Queue<u32>>,
+    Connection<Queue<u32>>,
+    Event,
+    Event,
+);
+
+/// Out of descriptors, two threads receive at once from one queue, one
+/// message of another queue is taken, and a pipe end is read: every
+/// message is kept (each thread's own, not the last one only), a child
+/// forked meanwhile does not get the message its parent holds (the parent
+/// delivers it), and raw bytes come out of the pipe in order, the held
+/// message first.
+fn held_messages_stay_with_their_taker(args: HeldCarriers) -> Vec<String> {
+    let (q, lone, conn, ready, go) = args;
     let room = util::exhaust_descriptors_for_now();
     ready.set().unwrap();
     assert!(go.wait_timeout(PROMPTLY).unwrap());
@@ -394,11 +407,13 @@ fn held_messages_stay_with_their_taker(args: HandleCarriers) -> Vec<String> {
             .collect();
         takers.into_iter().map(|t| t.join().unwrap()).collect()
     });
+    seen.push(emfile(lone.get_timeout(PROMPTLY)));
     seen.push(emfile(conn.recv_timeout(PROMPTLY)));
     drop(room);
+    // `lone`'s only message is held here; its ring is empty.
     let mut forked = {
-        let q = q.clone();
-        Process::from_closure(move || format!("{:?}", q.try_get().map(drop)))
+        let lone = lone.clone();
+        Process::from_closure(move || format!("{:?}", lone.try_get().map(drop)))
     };
     forked.start().unwrap();
     seen.push(forked.join_timeout(PROMPTLY).unwrap());
@@ -409,6 +424,7 @@ fn held_messages_stay_with_their_taker(args: HandleCarriers) -> Vec<String> {
     ];
     values.sort();
     seen.extend(values);
+    seen.push(format!("{:?}", inner(lone.get_timeout(PROMPTLY))));
     seen.push(format!(
         "{:?}",
         conn.recv_bytes_timeout(PROMPTLY).map(|b| !b.is_empty())
@@ -420,21 +436,21 @@ fn held_messages_stay_with_their_taker(args: HandleCarriers) -> Vec<String> {
 #[test]
 fn held_messages_are_each_kept_once_for_the_process_that_took_them() {
     for m in METHODS {
-        let q = Queue::<Queue<u32>>::new().unwrap();
+        let (q, lone) = (Queue::new().unwrap(), Queue::new().unwrap());
         let (mine, theirs) = Pipe::new::<Queue<u32>>().unwrap();
         let (ready, go) = (Event::new().unwrap(), Event::new().unwrap());
-        let unused = Queue::<DictProxy<u8, u8>>::new().unwrap();
-        let args = (q.clone(), theirs, unused, ready.clone(), go.clone());
+        let args = (q.clone(), lone.clone(), theirs, ready.clone(), go.clone());
         let mut c = start(m, held_messages_stay_with_their_taker, args);
         assert!(ready.wait_timeout(PROMPTLY).unwrap(), "{m:?}");
         // Made after the child started: it has none of them open yet.
-        let inner: Vec<Queue<u32>> = (0..3).map(|_| Queue::new().unwrap()).collect();
+        let inner: Vec<Queue<u32>> = (0..4).map(|_| Queue::new().unwrap()).collect();
         for (i, one) in inner.iter().enumerate() {
             one.put(40 + i as u32).unwrap();
         }
         q.put(inner[0].clone()).unwrap();
         q.put(inner[1].clone()).unwrap();
-        mine.send(inner[2].clone()).unwrap();
+        lone.put(inner[2].clone()).unwrap();
+        mine.send(inner[3].clone()).unwrap();
         go.set().unwrap();
         let seen = c.join_timeout(PROMPTLY * 3).unwrap();
         assert_eq!(
@@ -443,9 +459,11 @@ fn held_messages_are_each_kept_once_for_the_process_that_took_them() {
                 "EMFILE",
                 "EMFILE",
                 "EMFILE",
+                "EMFILE",
                 "Err(Empty)",
                 "Ok(40)",
                 "Ok(41)",
+                "Ok(42)",
                 "Ok(true)",
                 "Err(Empty)"
             ],
