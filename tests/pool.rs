@@ -1107,3 +1107,56 @@ fn a_forked_child_cannot_use_its_parents_thread_pool() {
     assert!(seen.contains("a forked child cannot use it"), "{seen}");
     assert_eq!(pool.apply(|x: u64| x * 2, 3).unwrap(), 6);
 }
+
+/// Notes its pid, then works for `ms`.
+fn note_pid_and_work((pid, ms): (multiproc::RawValue<i32>, u64)) -> i32 {
+    pid.set(multiproc::current_process().pid);
+    std::thread::sleep(Duration::from_millis(ms));
+    multiproc::current_process().pid
+}
+
+fn byte_count(bytes: Vec<u8>) -> usize {
+    bytes.len()
+}
+
+/// A task whose argument is larger than a worker's order ring streams
+/// through it only as the worker reads. Sent to an idle worker that is
+/// stopped, that send held the pool's lock for ever: no result, no submit,
+/// no `terminate` (and nothing ever again once the stopped worker was
+/// killed). Now the send gives up after a while and the task goes to a
+/// worker that reads. From an attack battery.
+#[test]
+fn a_large_task_for_a_stopped_worker_does_not_hold_the_pool() {
+    for kill_it in [false, true] {
+        let p = pool(StartMethod::Fork, 2);
+        assert_eq!(p.map(square, 0..4).unwrap(), [0, 1, 4, 9]);
+        let busy_pid = multiproc::RawValue::new(0i32).unwrap();
+        let busy = p
+            .apply_async(note_pid_and_work, (busy_pid.clone(), 1_500))
+            .unwrap();
+        assert!(util::eventually(PROMPTLY, || busy_pid.get() != 0));
+        let idle = *p
+            .worker_pids()
+            .iter()
+            .find(|&&w| w != busy_pid.get())
+            .unwrap();
+        // SAFETY: signals this pool's worker, our child.
+        assert_eq!(unsafe { libc::kill(idle, libc::SIGSTOP) }, 0);
+        let big = p.apply_async(byte_count, vec![7u8; 8 << 20]).unwrap();
+        let small = p.apply_async(square, 3).unwrap();
+        if kill_it {
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::kill(idle, libc::SIGKILL) }, 0);
+        }
+        assert_eq!(
+            busy.get_timeout(PROMPTLY).unwrap(),
+            busy_pid.get(),
+            "{kill_it}"
+        );
+        assert_eq!(big.get_timeout(PROMPTLY).unwrap(), 8 << 20, "{kill_it}");
+        assert_eq!(small.get_timeout(PROMPTLY).unwrap(), 9, "{kill_it}");
+        let started = std::time::Instant::now();
+        p.terminate();
+        assert!(started.elapsed() < PROMPTLY, "{kill_it}");
+    }
+}

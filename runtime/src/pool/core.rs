@@ -62,6 +62,9 @@ const BATCH: usize = 256;
 /// runs (see the module docs): the most a short chunk can wait behind a
 /// long one that it did not know about.
 pub(crate) const QUEUED_WORK: Duration = Duration::from_millis(2);
+/// How long a worker that did not read an order it could have read (see
+/// `Slot::stalled_at`) is sent nothing.
+const STALL_BACKOFF: Duration = Duration::from_millis(200);
 /// The most task functions whose chunk times are remembered.
 const PACE_KEYS: usize = 1024;
 
@@ -149,6 +152,10 @@ struct Slot<W, T> {
     /// Since when the worker has run the chunk at the front of `inflight`
     /// at the latest: its last report, or when it was sent work while idle.
     busy_since: Instant,
+    /// When a send that could wait for it (it was idle) gave up: it does
+    /// not read its orders (stopped, or in a long initializer). It is sent
+    /// nothing for [`STALL_BACKOFF`] after that.
+    stalled_at: Option<Instant>,
 }
 
 impl<W, T> Slot<W, T> {
@@ -514,6 +521,7 @@ impl<B: Backend> State<B> {
             stopping: false,
             ended: None,
             busy_since: Instant::now(),
+            stalled_at: None,
         });
         Ok(())
     }
@@ -538,6 +546,7 @@ impl<B: Backend> State<B> {
     fn eligible(&self, slot: &Slot<B::Worker, B::Task>, planned: usize, window: usize) -> bool {
         !slot.stopping
             && slot.ended.is_none()
+            && slot.stalled_at.is_none_or(|t| t.elapsed() >= STALL_BACKOFF)
             && slot.inflight.len() + planned < window
             && self
                 .config
@@ -600,6 +609,7 @@ impl<B: Backend> State<B> {
                     self.backend
                         .send(&slot.worker, &mut share.chunks, block, &mut slot.kept);
                 let sent = before - share.chunks.len();
+                slot.stalled_at = (block && sent == 0).then(Instant::now);
                 slot.inflight.extend(share.keys.drain(..sent));
                 slot.chunks_sent += sent;
                 if !more {

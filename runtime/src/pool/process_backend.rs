@@ -39,6 +39,17 @@ const REPORT_DELAY: Duration = Duration::from_micros(100);
 /// See `worker_main`: the size of the block a worker frees at start.
 const HEAP_HINT: usize = 1 << 20;
 
+/// How long a send to an idle worker may wait for it to read `bytes`:
+/// 100 ms, and 10 ms more a MiB. A message larger than the order ring
+/// streams through it only as the worker reads, and the send holds the
+/// pool's lock: a worker that is stopped, or still in its initializer,
+/// would hold the whole pool (results, `terminate`, every submit). The
+/// send gives up instead (the ring drops what it had written) and the
+/// chunks go back to be sent again.
+fn send_patience(bytes: usize) -> Duration {
+    Duration::from_millis(100 + 10 * (bytes >> 20) as u64)
+}
+
 /// A task ready to send: the function's offsets and each item encoded.
 #[derive(Clone)]
 pub(crate) struct ProcTask {
@@ -461,7 +472,7 @@ impl Backend for Processes {
             return true;
         };
         let sent = if block {
-            worker.orders.put(&msg)
+            worker.orders.put_timeout(&msg, send_patience(bytes))
         } else {
             worker.orders.try_put(&msg)
         };
