@@ -679,3 +679,27 @@ fn a_consumer_at_its_memory_limit_is_told_and_the_message_stays() {
         assert_eq!(len, 48 << 20, "{m:?}");
     }
 }
+
+/// `join_timeout(ZERO)` with a task unfinished is `Timeout`, as its docs
+/// say (it was `WouldBlock`, `try_join`'s answer), on a local queue and on
+/// a manager's. From a port of CPython's tests.
+#[test]
+fn a_zero_join_timeout_is_a_timeout() {
+    let manager = multiproc::Manager::start().unwrap();
+    for q in [
+        multiproc::JoinableQueue::<u8>::new().unwrap(),
+        manager.joinable_queue::<u8>().unwrap(),
+    ] {
+        q.put(1).unwrap();
+        assert!(matches!(q.try_join(), Err(multiproc::Error::WouldBlock)));
+        let zero = q.join_timeout(Duration::ZERO);
+        assert!(
+            matches!(zero, Err(multiproc::Error::Timeout(_))),
+            "{zero:?}"
+        );
+        assert_eq!(q.get().unwrap(), 1);
+        q.task_done().unwrap();
+        q.join_timeout(Duration::ZERO).unwrap();
+    }
+    manager.shutdown().unwrap();
+}
