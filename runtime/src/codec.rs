@@ -52,7 +52,8 @@ use crate::error::{Error, Result};
     label = "not `Shareable`",
     note = "a struct or enum of yours travels with `#[derive(multiproc::Shareable)]`; \
             references, `Rc`, raw pointers, closures and OS resources (`File`, \
-            sockets) cannot travel"
+            sockets) cannot travel, nor `PathBuf`, `OsString` or `SystemTime` (send a \
+            `String`, bytes, or a `Duration` since `UNIX_EPOCH`)"
 )]
 pub trait Shareable: Sized + Send + 'static {
     /// Encodes `self` into bytes.
@@ -120,7 +121,8 @@ pub fn field_travels<T: ShareableField>() {}
     note = "every field must be `Shareable` itself: a standard type, a handle of this \
             crate, or a struct or enum with `#[derive(multiproc::Shareable)]`; \
             references, `Rc`, raw pointers, closures and OS resources (`File`, \
-            sockets) cannot travel"
+            sockets) cannot travel, nor `PathBuf`, `OsString` or `SystemTime` (send a \
+            `String`, bytes, or a `Duration` since `UNIX_EPOCH`)"
 )]
 pub trait ShareableField {}
 
