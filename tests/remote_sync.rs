@@ -573,3 +573,68 @@ fn a_forked_child_after_a_broken_tcp_connection_still_reports_its_result() {
         drop(placeholders);
     }
 }
+
+/// A zero timeout on a held lock, rlock or semaphore is `Timeout`, as on a
+/// local one, and `try_acquire` is `WouldBlock`, on every flavour (a
+/// `BaseManager`'s said `WouldBlock` to both). From a port of CPython's tests.
+#[test]
+fn a_zero_timeout_is_a_timeout_on_every_flavour() {
+    let master = BaseManager::new().authkey(KEY).start().unwrap();
+    let manager = multiproc::Manager::start().unwrap();
+    let locks = [
+        Lock::new().unwrap(),
+        manager.lock().unwrap(),
+        master.lock().unwrap(),
+    ];
+    for (i, lock) in locks.iter().enumerate() {
+        let held = lock.lock().unwrap();
+        // Another thread: a lock is not reentrant, an rlock is.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let zero = lock.acquire_timeout(Duration::ZERO);
+                assert!(matches!(zero, Err(Error::Timeout(_))), "lock {i}: {zero:?}");
+                let tried = lock.try_acquire();
+                assert!(
+                    matches!(tried, Err(Error::WouldBlock)),
+                    "lock {i}: {tried:?}"
+                );
+            });
+        });
+        drop(held);
+    }
+    let rlocks = [
+        multiproc::RLock::new().unwrap(),
+        manager.rlock().unwrap(),
+        master.rlock().unwrap(),
+    ];
+    for (i, rlock) in rlocks.iter().enumerate() {
+        let held = rlock.lock().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let zero = rlock.acquire_timeout(Duration::ZERO);
+                assert!(
+                    matches!(zero, Err(Error::Timeout(_))),
+                    "rlock {i}: {zero:?}"
+                );
+            });
+        });
+        drop(held);
+    }
+    let semaphores = [
+        multiproc::Semaphore::new(1).unwrap(),
+        manager.semaphore(1).unwrap(),
+        master.semaphore(1).unwrap(),
+    ];
+    for (i, s) in semaphores.iter().enumerate() {
+        s.acquire().unwrap();
+        let zero = s.acquire_timeout(Duration::ZERO);
+        assert!(
+            matches!(zero, Err(Error::Timeout(_))),
+            "semaphore {i}: {zero:?}"
+        );
+        s.release().unwrap();
+    }
+    drop((locks, rlocks, semaphores));
+    manager.shutdown().unwrap();
+    master.shutdown().unwrap();
+}

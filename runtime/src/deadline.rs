@@ -13,6 +13,16 @@ pub enum Deadline {
     At(Instant, Duration),
 }
 
+/// The result of a wait of `timeout`: a zero timeout is a try underneath
+/// ([`Deadline::after`]), whose `WouldBlock` the caller of a timed wait is
+/// told as the `Timeout` it asked for, on every flavour alike.
+pub(crate) fn timed<T>(result: crate::Result<T>, timeout: Duration) -> crate::Result<T> {
+    match result {
+        Err(crate::Error::WouldBlock) => Err(crate::Error::Timeout(timeout)),
+        other => other,
+    }
+}
+
 impl Deadline {
     /// A deadline `timeout` from now (`Duration::ZERO` means [`Deadline::Now`]).
     pub fn after(timeout: Duration) -> Deadline {

@@ -162,12 +162,7 @@ impl<T: Shareable> JoinableQueue<T> {
 
     /// Waits at most `timeout` for every task to be done; `Err(Timeout)` otherwise.
     pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
-        match self.join_deadline(Deadline::after(timeout)) {
-            // A zero timeout is a `try_join` underneath; its caller asked
-            // for a wait, and is told `Timeout` as documented.
-            Err(Error::WouldBlock) => Err(Error::Timeout(timeout)),
-            done => done,
-        }
+        crate::deadline::timed(self.join_deadline(Deadline::after(timeout)), timeout)
     }
 
     fn join_deadline(&self, deadline: Deadline) -> Result<()> {

@@ -131,7 +131,7 @@ impl Lock {
 
     /// Waits at most `timeout` for the lock; `Err(Timeout)` if it stays held.
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<Acquired> {
-        self.acquire_deadline(Deadline::after(timeout))
+        crate::deadline::timed(self.acquire_deadline(Deadline::after(timeout)), timeout)
     }
 
     #[inline]

@@ -296,7 +296,7 @@ impl RLock {
 
     /// Waits at most `timeout` for the lock; `Err(Timeout)` if it stays held.
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<Acquired> {
-        self.acquire_deadline(Deadline::after(timeout))
+        crate::deadline::timed(self.acquire_deadline(Deadline::after(timeout)), timeout)
     }
 
     /// The core of the three acquire forms (`Deadline::Now` fails with `WouldBlock`).

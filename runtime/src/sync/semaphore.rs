@@ -157,7 +157,7 @@ macro_rules! semaphore_methods {
 
         /// Waits at most `timeout` for a unit; `Err(Timeout)` if none came.
         pub fn acquire_timeout(&self, timeout: Duration) -> Result<()> {
-            self.acquire_deadline(Deadline::after(timeout))
+            crate::deadline::timed(self.acquire_deadline(Deadline::after(timeout)), timeout)
         }
 
         fn acquire_deadline(&self, deadline: Deadline) -> Result<()> {
