@@ -53,7 +53,8 @@ use crate::error::{Error, Result};
     note = "a struct or enum of yours travels with `#[derive(multiproc::Shareable)]`; \
             references, `Rc`, raw pointers, closures and OS resources (`File`, \
             sockets) cannot travel, nor `PathBuf`, `OsString` or `SystemTime` (send a \
-            `String`, bytes, or a `Duration` since `UNIX_EPOCH`)"
+            `String`, bytes, or a `Duration` since `UNIX_EPOCH`); a `Manager` stays in \
+            its process: send `m.address().clone()` and call `Manager::connect` there"
 )]
 pub trait Shareable: Sized + Send + 'static {
     /// Encodes `self` into bytes.
