@@ -1078,3 +1078,77 @@ fn a_fork_while_another_thread_registers_a_hook_does_not_hang_the_childs_forks()
     stop.store(true, Relaxed);
     registrar.join().unwrap();
 }
+
+/// A hook that holds its lock across every fork, as the runtime's own do.
+struct GuardHook {
+    lock: &'static multiproc::__internal::ForkMutex<()>,
+}
+
+impl multiproc::__internal::ForkHook for GuardHook {
+    fn prepare(&self) -> Box<dyn std::any::Any> {
+        Box::new(self.lock.lock())
+    }
+    fn parent(&self, _: Box<dyn std::any::Any>) {}
+    fn child(&self, _: Box<dyn std::any::Any>) {}
+}
+
+/// A hook whose `prepare` is slow: the time between a fork's read of the
+/// hook list and the fork itself grows.
+struct SlowHook;
+
+impl multiproc::__internal::ForkHook for SlowHook {
+    fn prepare(&self) -> Box<dyn std::any::Any> {
+        std::thread::sleep(Duration::from_millis(2));
+        Box::new(())
+    }
+    fn parent(&self, _: Box<dyn std::any::Any>) {}
+    fn child(&self, _: Box<dyn std::any::Any>) {}
+}
+
+static SLOW_HOOK: SlowHook = SlowHook;
+
+/// A module registers its hook, then takes the lock the hook guards. A fork
+/// that read the hook list just before the registration did not run the
+/// hook, and forked while the lock was held: the child waited for it for
+/// ever (the manager client's first connection, from an attack battery).
+/// A registration now returns only once every fork that may have missed it
+/// has ended.
+#[test]
+fn a_hook_registered_during_a_fork_guards_its_lock_from_then_on() {
+    multiproc::__internal::register_fork_hook(&SLOW_HOOK);
+    for round in 0..8u64 {
+        let lock: &'static multiproc::__internal::ForkMutex<()> =
+            Box::leak(Box::new(multiproc::__internal::ForkMutex::new(())));
+        let hook: &'static GuardHook = Box::leak(Box::new(GuardHook { lock }));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let forker = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut hung = None;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut p = Process::from_closure(move || drop(lock.lock()));
+                    p.start().unwrap();
+                    if p.join_timeout(PROMPTLY).is_err() {
+                        let _ = p.kill();
+                        let _ = p.join();
+                        hung = Some(round);
+                        break;
+                    }
+                }
+                hung
+            })
+        };
+        // Somewhere in the middle of a fork's 2 ms prepare.
+        std::thread::sleep(Duration::from_micros(500 + 300 * round));
+        multiproc::__internal::register_fork_hook(hook);
+        let held = lock.lock();
+        std::thread::sleep(Duration::from_millis(20));
+        drop(held);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            forker.join().unwrap(),
+            None,
+            "a child inherited the lock held"
+        );
+    }
+}
