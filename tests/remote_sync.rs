@@ -620,6 +620,24 @@ fn a_zero_timeout_is_a_timeout_on_every_flavour() {
         });
         drop(held);
     }
+    let conditions = [
+        multiproc::Condition::new().unwrap(),
+        manager.condition().unwrap(),
+        master.condition().unwrap(),
+    ];
+    for (i, c) in conditions.iter().enumerate() {
+        let held = c.lock().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let zero = c.acquire_timeout(Duration::ZERO);
+                assert!(
+                    matches!(zero, Err(Error::Timeout(_))),
+                    "condition {i}: {zero:?}"
+                );
+            });
+        });
+        drop(held);
+    }
     let semaphores = [
         multiproc::Semaphore::new(1).unwrap(),
         manager.semaphore(1).unwrap(),
@@ -634,7 +652,7 @@ fn a_zero_timeout_is_a_timeout_on_every_flavour() {
         );
         s.release().unwrap();
     }
-    drop((locks, rlocks, semaphores));
+    drop((locks, rlocks, conditions, semaphores));
     manager.shutdown().unwrap();
     master.shutdown().unwrap();
 }

@@ -539,7 +539,7 @@ impl Condition {
 
     /// Waits at most `timeout` for the lock.
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<Acquired> {
-        self.get_lock().acquire(Deadline::after(timeout))
+        crate::deadline::timed(self.get_lock().acquire(Deadline::after(timeout)), timeout)
     }
 
     /// Releases the lock (one level of an RLock).
