@@ -170,15 +170,17 @@ impl<W, T> Slot<W, T> {
             return false;
         };
         self.inflight.remove(at);
-        if !self.kept.is_empty()
-            && let Some(at) = self
-                .kept
-                .iter()
-                .position(|c| c.job == job && c.first == first)
-        {
-            self.kept.remove(at);
-        }
+        self.take_kept((job, first));
         true
+    }
+
+    /// The copy kept of the chunk of `job` from item `first`, if any.
+    fn take_kept(&mut self, (job, first): (u64, usize)) -> Option<Chunk<T>> {
+        let at = self
+            .kept
+            .iter()
+            .position(|c| c.job == job && c.first == first)?;
+        Some(self.kept.swap_remove(at))
     }
 }
 
@@ -792,12 +794,7 @@ impl<B: Backend> State<B> {
                 .count();
             let never_started: Vec<_> = slot.inflight.iter().skip(started).copied().collect();
             for key in never_started.into_iter().rev() {
-                let copy = slot
-                    .kept
-                    .iter()
-                    .position(|c| (c.job, c.first, c.len) == key)
-                    .map(|at| slot.kept.swap_remove(at));
-                if let Some(chunk) = copy {
+                if let Some(chunk) = slot.take_kept((key.0, key.1)) {
                     slot.forget(key);
                     self.pending.push_front(chunk);
                 }
