@@ -1086,6 +1086,58 @@ fn a_forked_child_cannot_use_its_parents_pool() {
     }
 }
 
+/// A forked child makes a pool of its own (forked too) while two of the
+/// parent's threads map on the parent's pool: the child's map returns. The
+/// runtime's locks were `parking_lot`'s, whose process-wide table of parked
+/// threads the child inherited from a parent whose threads were parked at
+/// the fork; about one child in 1,500 then missed its wake-up and waited
+/// for ever for a result its pool had delivered (from a newcomer's program).
+#[test]
+fn a_forked_childs_own_pool_works_while_the_parents_threads_wait_on_theirs() {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let parents = Arc::new(pool(StartMethod::Fork, 2));
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, parents) = (stop.clone(), parents.clone());
+            std::thread::spawn(move || {
+                let mut maps = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(parents.map(square, 0..50).unwrap().len(), 50);
+                    maps += 1;
+                }
+                maps
+            })
+        })
+        .collect();
+    let mut failed = None;
+    for i in 0..1500 {
+        let mut child = Process::from_closure(|| {
+            let own = pool(StartMethod::Fork, 1);
+            own.map(square, [1u64, 2])
+                .map(|r| r.iter().sum::<u64>())
+                .map_err(|e| e.to_string())
+        });
+        child.start().unwrap();
+        match child.join_timeout(PROMPTLY) {
+            Ok(Ok(5)) => {}
+            other => {
+                failed = Some(format!("child {i}: {other:?}"));
+                let _ = child.kill();
+                let _ = child.join_timeout(PROMPTLY);
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in busy {
+        assert!(
+            t.join().unwrap() > 0,
+            "the parent's threads mapped meanwhile"
+        );
+    }
+    assert_eq!(failed, None);
+}
+
 /// The same for a thread pool, whose threads a forked child does not have.
 #[test]
 fn a_forked_child_cannot_use_its_parents_thread_pool() {

@@ -1081,7 +1081,7 @@ fn a_fork_while_another_thread_registers_a_hook_does_not_hang_the_childs_forks()
 
 /// A hook that holds its lock across every fork, as the runtime's own do.
 struct GuardHook {
-    lock: &'static multiproc::__internal::ForkMutex<()>,
+    lock: &'static multiproc::__internal::fork_sync::Mutex<()>,
 }
 
 impl multiproc::__internal::ForkHook for GuardHook {
@@ -1117,8 +1117,8 @@ static SLOW_HOOK: SlowHook = SlowHook;
 fn a_hook_registered_during_a_fork_guards_its_lock_from_then_on() {
     multiproc::__internal::register_fork_hook(&SLOW_HOOK);
     for round in 0..8u64 {
-        let lock: &'static multiproc::__internal::ForkMutex<()> =
-            Box::leak(Box::new(multiproc::__internal::ForkMutex::new(())));
+        let lock: &'static multiproc::__internal::fork_sync::Mutex<()> =
+            Box::leak(Box::new(multiproc::__internal::fork_sync::Mutex::new(())));
         let hook: &'static GuardHook = Box::leak(Box::new(GuardHook { lock }));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let forker = {

@@ -4,6 +4,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use multiproc_runtime::__internal::fork_sync::Mutex;
 use multiproc_runtime::__internal::{DEFAULT_CAPACITY_BYTES, Initializer, ShmSpec, sys};
 use multiproc_runtime::handle::ShareHandle;
 use multiproc_runtime::manager::protocol::{ArchivedResponse, Request};
@@ -14,7 +15,6 @@ use multiproc_runtime::{
     Process, Queue, RLock, Result, Semaphore, Shareable, ShmSafe, StartMethod, Value,
     current_process,
 };
-use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
 use crate::core::{ProxyCore, RemoteFlavor};
@@ -168,7 +168,7 @@ impl Default for ManagerBuilder {
 }
 
 /// An initializer's argument, kept alive (see `ManagerBuilder::init_arg`).
-type InitArg = Arc<parking_lot::Mutex<Box<dyn std::any::Any + Send>>>;
+type InitArg = Arc<Mutex<Box<dyn std::any::Any + Send>>>;
 
 impl<U> Clone for ManagerBuilder<U> {
     fn clone(&self) -> Self {
@@ -287,7 +287,7 @@ impl<U: UserTypes> ManagerBuilder<U> {
     /// ```
     pub fn initializer<A: Shareable>(mut self, f: fn(A), arg: A) -> Self {
         self.init = Some(Initializer::new(f, &arg).map_err(|e| e.to_string()));
-        self.init_arg = Some(Arc::new(parking_lot::Mutex::new(Box::new(arg))));
+        self.init_arg = Some(Arc::new(Mutex::new(Box::new(arg))));
         self
     }
 

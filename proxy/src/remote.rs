@@ -20,6 +20,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use multiproc_runtime::__internal::fingerprint_str;
+use multiproc_runtime::__internal::fork_sync::Mutex;
 use multiproc_runtime::__internal::sys;
 use multiproc_runtime::manager::protocol::{ArchivedResponse, Blob, Call, ObjectId, Request};
 use multiproc_runtime::manager::startup::{
@@ -31,7 +32,6 @@ use multiproc_runtime::manager::{
 use multiproc_runtime::manager::{RemoteObject, Server, USER_OBJECT_BIT, UserTypes};
 use multiproc_runtime::py::{PythonOptions, Value};
 use multiproc_runtime::{Error, Process, Result, Shareable, StartMethod};
-use parking_lot::Mutex;
 
 use crate::client::{self, unexpected};
 use crate::core::{ProxyCore, ProxyRepr, RemoteFlavor, TypeTag};

@@ -121,7 +121,7 @@ fn shm_and_the_layers_below_it_use_nothing_above_them() {
         "error.rs",
         "deadline.rs",
         "liveness.rs",
-        "fork_mutex.rs",
+        "fork_sync.rs",
         "codec.rs",
     ]
     .iter()

@@ -18,7 +18,7 @@
 //! 1. `sys`: the platform calls.
 //! 2. What every layer shares: `error`, `deadline`, `liveness` (with the
 //!    process-identity word a lock holder or segment creator writes),
-//!    `fork_mutex` (held across a fork), `codec`.
+//!    `fork_sync` (locks a forked child can use), `codec`.
 //! 3. `shm`: shared segments and the objects laid out in them (with
 //!    `handle`, how they travel to other processes).
 //! 4. `sync` and `process`: the primitives and the processes.
@@ -44,7 +44,7 @@ pub mod connection;
 #[doc(hidden)]
 pub mod deadline;
 mod error;
-mod fork_mutex;
+mod fork_sync;
 #[doc(hidden)]
 pub mod handle;
 #[cfg(test)]
@@ -121,7 +121,10 @@ pub use rkyv;
 #[doc(hidden)]
 pub mod __internal {
     pub use crate::codec::field_travels;
-    pub use crate::fork_mutex::ForkMutex;
+    /// The runtime's locks, which a forked child can use.
+    pub mod fork_sync {
+        pub use crate::fork_sync::{Condvar, Mutex, MutexGuard, RwLock};
+    }
     pub use crate::process::{ForkHook, Initializer, forkserver_pid, register_fork_hook};
     pub use crate::queue::DEFAULT_CAPACITY_BYTES;
     pub use crate::shm::{Kind, ShmSpec, fingerprint_str};

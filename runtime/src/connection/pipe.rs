@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use crate::fork_sync::Mutex;
 
 use crate::connection::wait::WaitSource;
 use crate::deadline::Deadline;

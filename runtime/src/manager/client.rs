@@ -30,7 +30,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use crate::__internal::sys;
-use crate::__internal::{ForkHook, ForkMutex, register_fork_hook};
+use crate::__internal::{ForkHook, register_fork_hook};
 use crate::deadline::Deadline;
 use crate::manager::TcpClient;
 use crate::manager::channel::ClientEnd;
@@ -40,9 +40,8 @@ use crate::manager::protocol::{
 use crate::manager::{ServerAddress, server};
 use crate::rkyv::util::AlignedVec;
 use crate::{Error, Result};
-use std::sync::MutexGuard;
 
-use parking_lot::Mutex;
+use crate::fork_sync::{Mutex, MutexGuard, TimedMutex};
 
 /// How requests reach the server.
 #[derive(Debug)]
@@ -95,7 +94,7 @@ pub struct Connection {
     /// A TCP connection's socket, which a forked child makes inert.
     tcp_fd: Option<RawFd>,
     server: ServerAddress,
-    wire: Mutex<Wire>,
+    wire: TimedMutex<Wire>,
     /// Whether the transport broke, readable without waiting for `wire`.
     gone: AtomicBool,
 }
@@ -179,7 +178,7 @@ impl Connection {
             pid: sys::process::getpid(),
             tcp_fd,
             server: *server,
-            wire: Mutex::new(Wire {
+            wire: TimedMutex::new(Wire {
                 end,
                 request: AlignedVec::new(),
             }),
@@ -335,9 +334,9 @@ struct ClientState {
     conns: HashMap<ServerAddress, Entry>,
 }
 
-/// A fork-safe mutex: the fork hook holds it across the fork (see [`ForkMutex`]).
-static CLIENT: LazyLock<ForkMutex<ClientState>> = LazyLock::new(|| {
-    ForkMutex::new(ClientState {
+/// A fork-safe mutex: the fork hook holds it across the fork (see [`Mutex`]).
+static CLIENT: LazyLock<Mutex<ClientState>> = LazyLock::new(|| {
+    Mutex::new(ClientState {
         pid: 0,
         conns: HashMap::new(),
     })
@@ -359,8 +358,8 @@ fn lock_client() -> MutexGuard<'static, ClientState> {
 /// A local server not in here is reached with this process's authkey.
 /// Held across a fork (see [`ForkPins`]): a forked child that reconnects
 /// must not find it locked by a thread that does not exist there.
-static AUTHKEYS: LazyLock<ForkMutex<HashMap<ServerAddress, Vec<u8>>>> =
-    LazyLock::new(|| ForkMutex::new(HashMap::new()));
+static AUTHKEYS: LazyLock<Mutex<HashMap<ServerAddress, Vec<u8>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The environment variable a process may read its default authkey from.
 pub const AUTHKEY_ENV: &str = "MULTIPROC_AUTHKEY";
@@ -393,8 +392,8 @@ pub fn authkey_of(server: &ServerAddress) -> Vec<u8> {
 /// The largest response this process accepts from TCP servers, by address
 /// (the default unless a `BaseManager` said otherwise). Held across a
 /// fork, as [`AUTHKEYS`] is.
-static MAX_MESSAGES: LazyLock<ForkMutex<HashMap<std::net::SocketAddr, usize>>> =
-    LazyLock::new(|| ForkMutex::new(HashMap::new()));
+static MAX_MESSAGES: LazyLock<Mutex<HashMap<std::net::SocketAddr, usize>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// Accepts responses up to `max` bytes from the TCP server at `address`
 /// (on connections opened from now on).
@@ -993,7 +992,7 @@ mod tests {
         assert!(conn.call(&Request::NumberOfObjects).is_ok());
         {
             // Another call in progress (one the server does not answer).
-            let _busy = conn.wire.lock();
+            let _busy = conn.wire.try_lock().unwrap();
             assert!(!conn.is_gone(), "answered without waiting for the call");
             let waited = conn.exchange(
                 &Request::NumberOfObjects,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use crate::fork_sync::Mutex;
 
 use crate::manager::channel::Channel;
 use crate::sys;

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use crate::fork_sync::Mutex;
 
 use crate::deadline::Deadline;
 use crate::handle::HandleRepr;

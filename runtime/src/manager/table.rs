@@ -20,7 +20,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use crate::fork_sync::Mutex;
 
 use crate::manager::dict::CompactDict;
 use crate::manager::protocol::{ArchivedBlob, ObjectId, ObjectKind, QuotaKind, RemoteError};
@@ -244,7 +244,7 @@ struct Usage {
     bytes: u64,
 }
 
-/// All objects of a server (behind one `parking_lot` mutex in the server,
+/// All objects of a server (behind one mutex in the server,
 /// held only to find, add, count or free objects: a dict, list or
 /// namespace call runs under that object's own lock).
 #[derive(Debug)]

@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use crate::fork_sync::{Mutex, RwLock};
 
 use crate::manager::protocol::{
     ArchivedRequest, ObjectId, ObjectKind, RemoteError, Response, access_request,
@@ -122,7 +122,7 @@ impl UserObjects {
     /// of one (then `true`); otherwise leaves it to the table.
     pub fn try_handle(
         &self,
-        table: &parking_lot::Mutex<Table>,
+        table: &crate::fork_sync::Mutex<Table>,
         conn: &mut ConnRefs,
         peer: &Peer<'_>,
         request: &[u8],
@@ -186,7 +186,7 @@ impl UserObjects {
     /// `conn` holding the first reference.
     fn create(
         &self,
-        table: &parking_lot::Mutex<Table>,
+        table: &crate::fork_sync::Mutex<Table>,
         conn: &mut ConnRefs,
         peer: &Peer<'_>,
         fingerprint: u64,
@@ -283,7 +283,7 @@ mod tests {
 
     fn run(
         users: &UserObjects,
-        table: &parking_lot::Mutex<Table>,
+        table: &crate::fork_sync::Mutex<Table>,
         req: &Request<'_>,
     ) -> AlignedVec {
         let bytes = encode_request(req, AlignedVec::new()).unwrap();
@@ -305,7 +305,7 @@ mod tests {
     #[test]
     fn a_factory_makes_one_object_per_create_and_refuses_lies() {
         let users = UserObjects::default();
-        let table = parking_lot::Mutex::new(Table::new());
+        let table = crate::fork_sync::Mutex::new(Table::new());
         let echo = users.add_factory("Echo", Box::new(|| Box::new(Echo)));
         let broken = users.add_factory("Broken", Box::new(|| panic!("no way")));
         let fp = fingerprint_str("Echo");

@@ -2,7 +2,7 @@
 //! Condition, Semaphore, Event, Barrier and Queue, as remote clients (over TCP) use
 //! them. Local clients use the same kinds as shared segments directly.
 //!
-//! Each object is one `parking_lot` mutex and condition variable. A waiting
+//! Each object is one mutex and condition variable. A waiting
 //! method runs on its connection's server thread without the table's lock,
 //! and wakes every [`SLICE`] to check that its client is still there and the
 //! server is not stopping, so a vanished client never leaves a thread
@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use crate::fork_sync::{Condvar, Mutex, MutexGuard};
 
 use crate::deadline::Deadline;
 use crate::manager::protocol::{ObjectId, ObjectKind, RemoteError, WAIT_FOREVER};

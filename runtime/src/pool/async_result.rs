@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::thread::{self, ThreadId};
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use crate::fork_sync::{Condvar, Mutex};
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
@@ -219,7 +219,7 @@ impl<R> AsyncResult<R> {
     /// `false` when the deadline passed with the result still pending.
     fn wait_locked(
         &self,
-        slot: &mut parking_lot::MutexGuard<'_, Slot<R>>,
+        slot: &mut crate::fork_sync::MutexGuard<'_, Slot<R>>,
         deadline: Deadline,
     ) -> bool {
         match deadline.remaining() {

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use crate::fork_sync::{Condvar, Mutex};
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};

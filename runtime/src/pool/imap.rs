@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use crate::fork_sync::Mutex;
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};

@@ -4,7 +4,7 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use parking_lot::{Condvar, Mutex};
+use crate::fork_sync::{Condvar, Mutex};
 
 use crate::codec::Shareable;
 use crate::error::{Error, Result};

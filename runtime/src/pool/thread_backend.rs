@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 
-use parking_lot::{Condvar, Mutex};
+use crate::fork_sync::{Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 

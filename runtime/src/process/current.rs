@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::fork_mutex::ForkCell;
+use crate::fork_sync::ForkCell;
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};

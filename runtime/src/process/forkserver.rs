@@ -30,15 +30,15 @@
 //! but not how: status 255, as in Python. The next request starts a new
 //! server.
 
+use crate::fork_sync::MutexGuard;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::MutexGuard;
 use std::time::Duration;
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
-use crate::fork_mutex::ForkMutex;
+use crate::fork_sync::Mutex;
 use crate::process::child;
 use crate::process::fork_hooks::{ForkHook, register_fork_hook};
 use crate::process::launch;
@@ -75,7 +75,7 @@ struct Link {
     pid: i32,
 }
 
-static LINK: ForkMutex<Option<Link>> = ForkMutex::new(None);
+static LINK: Mutex<Option<Link>> = Mutex::new(None);
 
 /// Holds the link across a fork, so a forked child never inherits it
 /// locked by another thread midway through starting a server.

@@ -13,12 +13,10 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, LazyLock, Once};
 use std::time::Duration;
 
-use std::sync::MutexGuard;
-
-use parking_lot::Mutex;
+use crate::fork_sync::MutexGuard;
 
 use crate::deadline::Deadline;
-use crate::fork_mutex::ForkMutex;
+use crate::fork_sync::Mutex;
 use crate::process::Sentinel;
 use crate::process::forkserver;
 
@@ -254,8 +252,7 @@ impl ChildState {
     }
 }
 
-static CHILDREN: LazyLock<ForkMutex<Vec<Arc<ChildState>>>> =
-    LazyLock::new(|| ForkMutex::new(Vec::new()));
+static CHILDREN: LazyLock<Mutex<Vec<Arc<ChildState>>>> = LazyLock::new(|| Mutex::new(Vec::new()));
 static AT_EXIT: Once = Once::new();
 
 /// Held across `fork` so the child never inherits the list mid-update.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use crate::fork_sync::Mutex;
 
 use crate::codec::Shareable;
 use crate::deadline::Deadline;

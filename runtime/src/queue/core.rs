@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use crate::fork_sync::Mutex;
 use rkyv::util::AlignedVec;
 
 use crate::codec::Shareable;

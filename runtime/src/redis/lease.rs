@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use crate::fork_mutex::ForkMutex;
+use crate::fork_sync::Mutex;
 use crate::process::ForkHook;
 use crate::redis::RedisTarget;
 
@@ -66,7 +66,7 @@ fn slot(target: &RedisTarget, key: &str) -> String {
     format!("{} {key}", target.shown_url())
 }
 
-static RENEWER: ForkMutex<Option<Renewer>> = ForkMutex::new(None);
+static RENEWER: Mutex<Option<Renewer>> = Mutex::new(None);
 
 /// Runs `f` on this process's renewer state (a forked child's starts empty).
 fn with_renewer<R>(f: impl FnOnce(&mut Renewer) -> R) -> R {

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
-use crate::fork_mutex::ForkMutex;
+use crate::fork_sync::Mutex;
 
 /// How long a connection attempt, or one command's reply, may take before
 /// the call fails with [`Error::BackendUnavailable`]. A command that blocks
@@ -89,7 +89,7 @@ impl fmt::Debug for RedisTarget {
 
 /// Connections not in use, by URL, for the process that made them (a
 /// forked child starts afresh: it must not share its parent's sockets).
-static POOL: ForkMutex<Option<(i32, IdleConnections)>> = ForkMutex::new(None);
+static POOL: Mutex<Option<(i32, IdleConnections)>> = Mutex::new(None);
 
 /// Idle connections by URL.
 type IdleConnections = HashMap<String, Vec<Pooled>>;
@@ -197,7 +197,7 @@ const POOL_KEEP: usize = 8;
 /// The full URLs (with passwords) this process was given, by their shown
 /// form: a handle that arrives in a message carries the shown form only,
 /// as a remote handle leaves its authkey out.
-static KNOWN_URLS: ForkMutex<Option<HashMap<String, String>>> = ForkMutex::new(None);
+static KNOWN_URLS: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
 
 impl RedisTarget {
     /// Parses `url` (`redis://[user:password@]host:port[/db]`). Nothing is

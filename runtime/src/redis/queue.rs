@@ -167,7 +167,7 @@ pub(crate) struct RedisQueue {
     enlisted: Arc<AtomicI32>,
     /// A joinable queue's items this process took and has not marked done,
     /// with the pid that counted them (a forked child starts at none).
-    held: Arc<parking_lot::Mutex<(i32, u64)>>,
+    held: Arc<crate::fork_sync::Mutex<(i32, u64)>>,
     /// The queue's `maxsize` as last read from Redis ([`MAXSIZE_UNKNOWN`]:
     /// not read yet). It is fixed when the queue is made: a get from an
     /// unbounded queue has no producer to wake and can skip [`TAKE`]. (A
@@ -228,7 +228,7 @@ impl RedisQueue {
             obj,
             joinable,
             enlisted: Arc::new(AtomicI32::new(0)),
-            held: Arc::new(parking_lot::Mutex::new((0, 0))),
+            held: Arc::new(crate::fork_sync::Mutex::new((0, 0))),
             maxsize: Arc::new(AtomicU64::new(MAXSIZE_UNKNOWN)),
         }
     }

@@ -1,6 +1,6 @@
 //! `SharedMemoryManager`: segments that go away together when it stops.
 
-use parking_lot::Mutex;
+use crate::fork_sync::Mutex;
 
 use super::list::{Item, ShareableList};
 use super::segment::{self, SharedMemory};

@@ -34,14 +34,14 @@
 //! process can attach it by name afterwards. A creator that wants the name
 //! to outlive it opts out with [`SharedMemory::create_untracked`](super::SharedMemory::create_untracked).
 
+use crate::fork_sync::MutexGuard;
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::MutexGuard;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::fork_mutex::ForkMutex;
+use crate::fork_sync::Mutex;
 use crate::process::{ForkHook, register_fork_hook};
 use crate::sys;
 use crate::sys::posix_shm::{self, Detached};
@@ -76,7 +76,7 @@ struct State {
     names: BTreeMap<String, (u64, i32)>,
 }
 
-static TRACKER: ForkMutex<State> = ForkMutex::new(State {
+static TRACKER: Mutex<State> = Mutex::new(State {
     tracker: None,
     names: BTreeMap::new(),
 });

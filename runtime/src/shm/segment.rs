@@ -4,17 +4,17 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, LazyLock, Weak};
 
+use crate::fork_sync::MutexGuard;
 use memmap2::{MmapOptions, MmapRaw};
-use std::sync::MutexGuard;
 
 use crate::error::{Error, Result};
-use crate::fork_mutex::ForkMutex;
+use crate::fork_sync::Mutex;
 use crate::handle::{self, HandleRepr, ShareHandle};
 use crate::sys;
 
 /// Live segments of this process by id, so a handle decoded twice maps once.
-static LIVE: LazyLock<ForkMutex<HashMap<u64, Weak<Inner>>>> =
-    LazyLock::new(|| ForkMutex::new(HashMap::new()));
+static LIVE: LazyLock<Mutex<HashMap<u64, Weak<Inner>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// Held across `fork` so the child never inherits the table mid-update.
 pub(crate) fn fork_guard() -> MutexGuard<'static, HashMap<u64, Weak<Inner>>> {
