@@ -741,3 +741,32 @@ fn debug_forms_never_show_keys_or_socket_tokens() {
     drop((d, conn));
     manager.shutdown().unwrap();
 }
+
+/// Receives a proxy for a manager whose key this process was never told.
+fn receive_proxy(q: Queue<DictProxy<String, u32>>) -> String {
+    match q.get_timeout(PROMPTLY) {
+        Ok(d) => format!("decoded: {:?}", d.len()),
+        Err(Error::Authentication(_)) => "refused".into(),
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+/// A `BaseManager` proxy that reaches a spawned child which does not know
+/// the manager's key is `Error::Authentication` there (as CPython's
+/// `AuthenticationError`), not a codec error: code that matches on it sees
+/// what to fix. From a port of CPython's tests.
+#[test]
+fn a_proxy_received_without_its_managers_key_is_an_authentication_error() {
+    let m = BaseManager::new()
+        .authkey(b"a key the child is not told")
+        .start()
+        .unwrap();
+    let d = m.dict::<String, u32>().unwrap();
+    let q: Queue<DictProxy<String, u32>> = Queue::new().unwrap();
+    q.put(d.clone()).unwrap();
+    let mut p = Process::new(receive_proxy, q).start_method(StartMethod::Spawn);
+    p.start().unwrap();
+    assert_eq!(p.join_timeout(PROMPTLY).unwrap(), "refused");
+    d.insert("still".into(), 1).unwrap();
+    assert_eq!(d.len().unwrap(), 1);
+}

@@ -171,8 +171,9 @@ where
 }
 
 /// A codec error; one a handle raised while encoding or decoding (a proxy of
-/// the wrong type, a manager that is gone, a process out of descriptors or
-/// memory) keeps its variant so callers can match it.
+/// the wrong type, a manager that is gone or refused this process's key, a
+/// process out of descriptors or memory) keeps its variant so callers can
+/// match it.
 fn handle_error(e: BoxedError) -> Error {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(BoxedError::inner(&e));
     while let Some(s) = source {
@@ -185,6 +186,9 @@ fn handle_error(e: BoxedError) -> Error {
                     };
                 }
                 Error::ManagerGone(m) => return Error::ManagerGone(m.clone()),
+                // A proxy for a manager whose key this process does not know
+                // (or that refused it).
+                Error::Authentication(m) => return Error::Authentication(m.clone()),
                 // A process at its descriptor or memory limit: the caller
                 // may back off and try again, as for any other call.
                 Error::Io(io) if crate::sys::fd::is_exhaustion(io) => {
