@@ -585,6 +585,79 @@ fn a_spawned_party_killed_before_it_waits_breaks_the_barrier() {
     assert_prompt(m, &[ms_here, ms_there]);
 }
 
+/// Where a pool initializer or a child keeps its barrier (Python's usual
+/// way to give a pool's workers a sync object: a global set by the
+/// initializer).
+static KEPT: std::sync::OnceLock<Barrier> = std::sync::OnceLock::new();
+
+fn keep_barrier(b: Barrier) {
+    assert_eq!(b.parties().unwrap(), 2);
+    let _ = KEPT.set(b);
+}
+
+fn plus_one(x: u32) -> u32 {
+    x + 1
+}
+
+fn keep_and_return(b: Barrier) {
+    keep_barrier(b);
+}
+
+fn keep_and_exit(b: Barrier) {
+    keep_barrier(b);
+    std::process::exit(0);
+}
+
+/// Completes a round of two: a thread waits, then (once it has had time to
+/// check the barrier's holders, which is when it would have seen a "dead"
+/// one) this thread arrives.
+fn a_round_of_two(b: &Barrier, what: &str) {
+    let other = b.clone();
+    let t = std::thread::spawn(move || other.wait_timeout(PROMPTLY));
+    util::eventually(PROMPTLY, || b.n_waiting().unwrap() == 1);
+    std::thread::sleep(Duration::from_millis(300)); // past two liveness checks
+    let mine = b.wait_timeout(PROMPTLY);
+    let theirs = t.join().unwrap();
+    assert!(
+        mine.is_ok() && theirs.is_ok(),
+        "{what}: {mine:?} {theirs:?}"
+    );
+}
+
+/// A process that ends normally with a barrier handle it never dropped (in
+/// a `static`, from a pool initializer; left by `std::process::exit`) is
+/// not a dead party: the barrier is not broken for the live ones (it was,
+/// for every round after a pool's workers ended). From an attack battery.
+#[test]
+fn a_process_that_ends_normally_holding_a_barrier_breaks_nothing() {
+    for m in METHODS {
+        let b = Barrier::new(2).unwrap();
+        for maxtasks in [None, Some(1)] {
+            let mut builder = multiproc::Pool::builder()
+                .processes(1)
+                .start_method(m)
+                .initializer(keep_barrier, b.clone());
+            if let Some(n) = maxtasks {
+                builder = builder.maxtasksperchild(n);
+            }
+            let pool = builder.build().unwrap();
+            assert_eq!(pool.map(plus_one, 0..4).unwrap(), [1, 2, 3, 4]);
+            pool.close();
+            pool.join_timeout(PROMPTLY).unwrap();
+            a_round_of_two(&b, &format!("{m:?}, pool, maxtasksperchild {maxtasks:?}"));
+        }
+        start(m, keep_and_return, b.clone())
+            .join_timeout(PROMPTLY)
+            .unwrap();
+        a_round_of_two(&b, &format!("{m:?}, a target that returned"));
+        start(m, keep_and_exit, b.clone())
+            .join_timeout(PROMPTLY)
+            .unwrap();
+        a_round_of_two(&b, &format!("{m:?}, a target that called exit"));
+        assert!(!b.broken().unwrap());
+    }
+}
+
 // ---------------------------------------------------------------- bad input
 
 #[test]

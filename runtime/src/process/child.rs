@@ -6,6 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::fork_sync::Mutex;
 use crate::handle;
 use crate::process::launch::{self, EntryFn, Outcome};
 use crate::process::{current, forkserver, registry, start_method};
@@ -222,8 +223,36 @@ extern "C" fn report_exit() {
     }
 }
 
+/// What the runtime lets go of when this process ends through it (a
+/// target's end runs no destructors): see [`at_normal_end`].
+static AT_NORMAL_END: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
+
+/// Has `f` run when this process ends normally through the runtime (its
+/// target returned, failed or panicked), once however often it is asked.
+/// An `exit` (`std::process::exit`, `main`'s return) runs the C library's
+/// exit handlers instead: register there too.
+pub(crate) fn at_normal_end(f: fn()) {
+    let mut list = AT_NORMAL_END.lock();
+    if !list.iter().any(|g| std::ptr::fn_addr_eq(*g, f)) {
+        list.push(f);
+    }
+}
+
+/// Runs what [`at_normal_end`] registered (nothing if another thread holds
+/// the list, as one may have at a fork).
+fn run_at_normal_end() {
+    let list: Vec<fn()> = match AT_NORMAL_END.try_lock() {
+        Some(list) => list.clone(),
+        None => return,
+    };
+    for f in list {
+        f();
+    }
+}
+
 /// Reports `outcome` to the parent and ends the process.
 pub(crate) fn finish(sock: &UnixStream, outcome: Outcome) -> ! {
+    run_at_normal_end();
     let code = match outcome {
         Outcome::Returned(_) => 0,
         _ => 1,

@@ -22,6 +22,7 @@ mod registry;
 mod sentinel;
 pub(crate) mod start_method;
 
+pub(crate) use child::at_normal_end;
 pub use child::init;
 pub use child_process::Process;
 pub(crate) use child_process::handing_to_fork_child;

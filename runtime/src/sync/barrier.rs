@@ -17,11 +17,14 @@
 //! [`LIVENESS_SLICE`] and between slices check that every process in the
 //! table lives; a dead one breaks the barrier (see [`Barrier`] for what is promised).
 
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 use std::time::{Duration, Instant};
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
+use crate::fork_sync::Mutex;
 use crate::handle::{FlavorRepr, FlavoredHandle, HandleRepr, ShareHandle};
 use crate::liveness::{self, CannotTell, Doubt, Liveness};
 use crate::manager::core::{ProxyCore, RemoteFlavor};
@@ -104,11 +107,16 @@ enum ActionFailure {
 /// target's argument, a captured handle), holds a handle from its first use
 /// of it. What is promised:
 ///
-/// - if a holding process ends without dropping its handles (it was killed,
-///   or exited without running destructors), a party waiting in `wait`
+/// - if a holding process dies without dropping its handles (it was
+///   killed, crashed, or called `libc::_exit`), a party waiting in `wait`
 ///   notices within about 100 ms (plus scheduling delay) and breaks the
 ///   barrier: every current waiter gets `BrokenBarrier`, as with `abort`.
 ///   This holds whether the dead process was about to arrive or had arrived;
+/// - a process that ends normally while still holding a handle (kept in a
+///   `static`, as a pool initializer's global; or left by
+///   `std::process::exit`, or a `Process` target's end, which run no
+///   destructors) is not a dead party: its end lets go of its handles, unless
+///   one of its threads was waiting at the barrier then;
 /// - a dead process is forgotten once it has broken the barrier, so after a
 ///   `reset` the barrier is usable by the processes that remain;
 /// - a process that dropped its handles is no longer watched, even if it was
@@ -422,6 +430,78 @@ impl std::fmt::Debug for ShmBarrier {
     }
 }
 
+/// The barriers this process holds a slot in (a mapping of each), so that
+/// a normal end lets go of them: see [`let_go_at_normal_end`].
+static HELD: Mutex<Vec<(ShmObject<BarrierState>, usize)>> = Mutex::new(Vec::new());
+
+/// Threads of this process inside a barrier's `wait` now.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// How long an ending process waits for a barrier's internal lock (held
+/// for a few instructions, unless its holder was stopped) before it leaves
+/// its slot as it is, to be seen as a death.
+const END_LOCK_WAIT: Duration = Duration::from_millis(100);
+
+/// Frees this process's slots in the barriers it holds, as it ends
+/// normally (a `Process` target's end, `std::process::exit`, `main`'s
+/// return): a process that kept a handle in a `static` is not a party that
+/// died. Nothing is freed while one of its threads waits at a barrier (its
+/// arrival counts, and only its death breaks the round), or if another
+/// thread holds the list (at a fork).
+pub(crate) fn let_go_at_normal_end() {
+    if WAITING.load(Ordering::SeqCst) > 0 {
+        return;
+    }
+    let held: Vec<_> = match HELD.try_lock() {
+        Some(held) => held.iter().cloned().collect(),
+        None => return,
+    };
+    let me = liveness::my_word();
+    for (obj, capacity) in held {
+        let view = ShmBarrier {
+            obj,
+            capacity,
+            counted_for: AtomicI32::new(0),
+        };
+        let state = view.state();
+        let Some(acquired) = state.lock.lock(Deadline::after(END_LOCK_WAIT)) else {
+            continue;
+        };
+        let inner = Inner { state };
+        if let Acquired::OwnerDied { .. } = acquired {
+            inner.break_barrier();
+        }
+        if let Some(slot) = view
+            .table()
+            .iter()
+            .find(|s| s.process.load(Ordering::Relaxed) == me)
+        {
+            slot.process.store(0, Ordering::Relaxed);
+            slot.handles.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+extern "C" fn let_go_at_exit() {
+    let_go_at_normal_end();
+}
+
+/// Counts a thread of this process as waiting at a barrier while it lives.
+struct Waiting;
+
+impl Waiting {
+    fn enter() -> Waiting {
+        WAITING.fetch_add(1, Ordering::SeqCst);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Holds the barrier's internal lock.
 struct Inner<'a> {
     state: &'a BarrierState,
@@ -667,7 +747,32 @@ impl ShmBarrier {
         };
         slot.handles.store(1, Ordering::Relaxed);
         slot.process.store(me, Ordering::Relaxed);
+        drop(inner);
+        self.remember_held();
         Ok(())
+    }
+
+    /// Records this barrier among those this process holds (see
+    /// [`let_go_at_normal_end`]), and makes the process's ends let go.
+    fn remember_held(&self) {
+        static AT_EXIT: AtomicBool = AtomicBool::new(false);
+        if !AT_EXIT.swap(true, Ordering::SeqCst) {
+            crate::process::at_normal_end(let_go_at_normal_end);
+            if let Err(e) = sys::process::at_exit(let_go_at_exit) {
+                tracing::debug!("an exit will leave this process's barrier slots: {e}");
+            }
+        }
+        let mut held = HELD.lock();
+        let mine = self.table().as_ptr();
+        if !held.iter().any(|(o, _)| same_table(o, mine)) {
+            held.push((self.obj.clone(), self.capacity));
+        }
+    }
+
+    /// Forgets this barrier among those this process holds.
+    fn forget_held(&self) {
+        let mine = self.table().as_ptr();
+        HELD.lock().retain(|(o, _)| !same_table(o, mine));
     }
 
     /// Counts one handle less for this process; frees its slot at zero.
@@ -682,6 +787,8 @@ impl ShmBarrier {
         {
             slot.process.store(0, Ordering::Relaxed);
             slot.handles.store(0, Ordering::Relaxed);
+            drop(_inner);
+            self.forget_held();
         }
     }
 
@@ -772,6 +879,7 @@ impl ShmBarrier {
 
     fn wait_deadline(&self, deadline: Deadline, only_if_last: bool) -> Result<usize> {
         self.ensure_attached()?;
+        let _waiting = Waiting::enter();
         let s = self.state();
         let inner = self.inner();
         if s.state.load(Ordering::Relaxed) == BROKEN {
@@ -946,6 +1054,11 @@ impl ShmBarrier {
         self.touch();
         self.state().state.load(Ordering::Relaxed) == BROKEN
     }
+}
+
+/// Whether `obj`'s table starts at `table` (the same mapping of a barrier).
+fn same_table(obj: &ShmObject<BarrierState>, table: *const Attached) -> bool {
+    std::ptr::eq(obj.tail_ptr().cast::<Attached>(), table)
 }
 
 fn table_capacity(parties: u32) -> usize {
