@@ -163,6 +163,54 @@ fn a_dict_of_list_proxies_is_shared_by_children() {
     }
 }
 
+/// A container keeps the objects of its own manager only. A proxy of
+/// another manager stored in one was kept by a pin its first reader took
+/// over, and when that reader dropped it the object was freed under the
+/// container (every later get failed for good; from an attack battery). It
+/// is refused now, and so is comparing with one (which left a pin each
+/// time). A queue of another manager still carries one: its one reader
+/// takes it over, as from any message.
+#[test]
+fn a_container_refuses_a_proxy_of_another_manager() {
+    let a = start(StartMethod::Spawn);
+    let b = start(StartMethod::Spawn);
+    let list = a.list::<u32>().unwrap();
+    list.push(7).unwrap();
+    let in_b = b.dict::<u32, ListProxy<u32>>().unwrap();
+    let refused = in_b.insert(0, list.clone());
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(_))),
+        "{refused:?}"
+    );
+    assert_eq!(in_b.len().unwrap(), 0);
+    let of_b = b.list::<ListProxy<u32>>().unwrap();
+    assert!(matches!(
+        of_b.push(list.clone()),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        of_b.contains(&list),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(b.number_of_objects().unwrap(), 2);
+
+    // Its own manager's containers keep it after every proxy went.
+    let in_a = a.dict::<u32, ListProxy<u32>>().unwrap();
+    in_a.insert(0, list.clone()).unwrap();
+    let q = multiproc::BaseManager::new().start().unwrap();
+    let queue = q.queue::<ListProxy<u32>>().unwrap();
+    queue.put(list).unwrap();
+    let taken = queue.get_timeout(PROMPTLY).unwrap();
+    assert_eq!(taken.to_vec().unwrap(), [7]);
+    drop(taken);
+    assert_eq!(in_a.get(&0).unwrap().unwrap().to_vec().unwrap(), [7]);
+    assert_eq!(a.number_of_objects().unwrap(), 2);
+    for m in [a, b] {
+        m.shutdown().unwrap();
+    }
+    q.shutdown().unwrap();
+}
+
 /// The thread whose next forked child ends before the manager client's
 /// fork hook runs in it (set by one test, for its own thread only).
 static DIE_AT_FORK: std::sync::Mutex<Option<std::thread::ThreadId>> = std::sync::Mutex::new(None);

@@ -967,6 +967,36 @@ fn redis_handles_travel_inside_values() {
     m.clear().unwrap();
 }
 
+/// A Redis container cannot keep a manager's object alive: a manager proxy
+/// stored in one is refused (its object was freed once a first reader
+/// dropped it, or after the pin's 10 minutes). A Redis queue carries one,
+/// as any message does.
+#[test]
+fn a_redis_container_refuses_a_manager_proxy() {
+    let server = RedisServer::start();
+    let m = manager(&server);
+    let local = multiproc::Manager::start().unwrap();
+    let list = local.list::<u32>().unwrap();
+    list.push(5).unwrap();
+    let d = m.dict::<String, ListProxy<u32>>("holders").unwrap();
+    let refused = d.insert("l".into(), list.clone());
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(_))),
+        "{refused:?}"
+    );
+    assert_eq!(d.len().unwrap(), 0);
+    let l = m.list::<ListProxy<u32>>("holders-list").unwrap();
+    assert!(matches!(
+        l.push(list.clone()),
+        Err(Error::InvalidArgument(_))
+    ));
+    let q = m.queue::<ListProxy<u32>>("carrier").unwrap();
+    q.put(list).unwrap();
+    assert_eq!(q.get_timeout(PROMPTLY).unwrap().to_vec().unwrap(), [5]);
+    m.clear().unwrap();
+    local.shutdown().unwrap();
+}
+
 #[test]
 fn a_list_is_a_redis_list_with_python_methods() {
     let server = RedisServer::start();

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use multiproc_runtime::manager::protocol::Method;
 use multiproc_runtime::{Result, Shareable};
 
+#[cfg(feature = "redis")]
+use crate::EncodeForRedis;
 use multiproc_runtime::handle::{FlavorRepr, FlavoredHandle};
 use multiproc_runtime::manager::core::RemoteFlavor;
 #[cfg(feature = "redis")]
@@ -157,7 +159,10 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
             DictFlavor::Remote(core) => core,
             #[cfg(feature = "redis")]
             DictFlavor::Redis(r) => {
-                return r.get(&key.encode()?)?.map(|b| V::decode(&b)).transpose();
+                return r
+                    .get(&key.encode_stored()?)?
+                    .map(|b| V::decode(&b))
+                    .transpose();
             }
         };
         let k = core.encode(key)?;
@@ -174,7 +179,7 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
             DictFlavor::Remote(core) => core,
             #[cfg(feature = "redis")]
             DictFlavor::Redis(r) => {
-                return r.insert(&key.encode()?, &value.encode()?);
+                return r.insert(&key.encode_stored()?, &value.encode_stored()?);
             }
         };
         let (k, v) = (core.encode(&key)?, core.encode(&value)?);
@@ -192,7 +197,10 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
             DictFlavor::Remote(core) => core,
             #[cfg(feature = "redis")]
             DictFlavor::Redis(r) => {
-                return r.remove(&key.encode()?)?.map(|b| V::decode(&b)).transpose();
+                return r
+                    .remove(&key.encode_stored()?)?
+                    .map(|b| V::decode(&b))
+                    .transpose();
             }
         };
         let k = core.encode(key)?;
@@ -226,7 +234,7 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
             DictFlavor::Remote(core) => core,
             #[cfg(feature = "redis")]
             DictFlavor::Redis(r) => {
-                return r.contains(&key.encode()?);
+                return r.contains(&key.encode_stored()?);
             }
         };
         let k = core.encode(key)?;
@@ -366,7 +374,7 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
                 return {
                     let mut encoded = Vec::new();
                     for (k, v) in pairs {
-                        encoded.push((k.encode()?.to_vec(), v.encode()?.to_vec()));
+                        encoded.push((k.encode_stored()?.to_vec(), v.encode_stored()?.to_vec()));
                     }
                     r.update(&encoded)
                 };
@@ -404,7 +412,7 @@ impl<K: Shareable, V: Shareable> DictProxy<K, V> {
             DictFlavor::Remote(core) => core,
             #[cfg(feature = "redis")]
             DictFlavor::Redis(r) => {
-                return V::decode(&r.setdefault(&key.encode()?, &default.encode()?)?);
+                return V::decode(&r.setdefault(&key.encode_stored()?, &default.encode_stored()?)?);
             }
         };
         let (k, v) = (core.encode(&key)?, core.encode(&default)?);
@@ -474,7 +482,7 @@ fn redis_update_with<K: Shareable, V: Shareable + Clone>(
     default: V,
     mut f: impl FnMut(V) -> V,
 ) -> Result<V> {
-    let k = key.encode()?;
+    let k = key.encode_stored()?;
     let mut current = r.get(&k)?;
     loop {
         let old = match &current {
@@ -482,7 +490,7 @@ fn redis_update_with<K: Shareable, V: Shareable + Clone>(
             None => default.clone(),
         };
         let new = f(old);
-        let n = new.encode()?;
+        let n = new.encode_stored()?;
         match r.compare_and_swap(&k, current.as_deref(), &n)? {
             Swapped::Done => return Ok(new),
             Swapped::Failed(now) => current = now,

@@ -25,6 +25,24 @@ mod namespace;
 mod redis;
 mod remote;
 
+/// Encoding for a value stored in a Redis container: a manager proxy inside
+/// it is refused with `Error::InvalidArgument` (nothing would keep its
+/// object while Redis stores the value).
+#[cfg(feature = "redis")]
+trait EncodeForRedis {
+    fn encode_stored(&self)
+    -> multiproc_runtime::Result<multiproc_runtime::rkyv::util::AlignedVec>;
+}
+
+#[cfg(feature = "redis")]
+impl<T: multiproc_runtime::Shareable> EncodeForRedis for T {
+    fn encode_stored(
+        &self,
+    ) -> multiproc_runtime::Result<multiproc_runtime::rkyv::util::AlignedVec> {
+        client::storing_outside(|| self.encode())
+    }
+}
+
 pub use multiproc_runtime::manager::core::{ArchivedProxy, ProxyRepr};
 // The client core lives in the runtime (so runtime handles can have a remote
 // flavour); the container proxies here name it by these paths.

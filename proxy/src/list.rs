@@ -13,6 +13,8 @@ use multiproc_runtime::deadline::Deadline;
 use multiproc_runtime::manager::protocol::{Blob, Method, list_digest, u64_arg};
 use multiproc_runtime::{Error, Result, Shareable};
 
+#[cfg(feature = "redis")]
+use crate::EncodeForRedis;
 use multiproc_runtime::handle::{FlavorRepr, FlavoredHandle};
 use multiproc_runtime::manager::core::RemoteFlavor;
 #[cfg(feature = "redis")]
@@ -157,7 +159,7 @@ impl<T: Shareable> ListProxy<T> {
             ListFlavor::Remote(core) => core,
             #[cfg(feature = "redis")]
             ListFlavor::Redis(r) => {
-                return r.extend(&[value.encode()?.to_vec()]);
+                return r.extend(&[value.encode_stored()?.to_vec()]);
             }
         };
         let v = core.encode(&value)?;
@@ -177,7 +179,7 @@ impl<T: Shareable> ListProxy<T> {
                 return {
                     let encoded = values
                         .into_iter()
-                        .map(|v| v.encode().map(|b| b.to_vec()))
+                        .map(|v| v.encode_stored().map(|b| b.to_vec()))
                         .collect::<Result<Vec<_>>>()?;
                     r.extend(&encoded)
                 };
@@ -221,7 +223,7 @@ impl<T: Shareable> ListProxy<T> {
             ListFlavor::Remote(core) => core,
             #[cfg(feature = "redis")]
             ListFlavor::Redis(r) => {
-                return r.set(redis_index(r, index)?, &value.encode()?);
+                return r.set(redis_index(r, index)?, &value.encode_stored()?);
             }
         };
         let v = core.encode(&value)?;
@@ -240,7 +242,7 @@ impl<T: Shareable> ListProxy<T> {
             #[cfg(feature = "redis")]
             ListFlavor::Redis(r) => {
                 return {
-                    let v = value.encode()?.to_vec();
+                    let v = value.encode_stored()?.to_vec();
                     r.rewrite(|items| {
                         if index > items.len() {
                             return Err(Error::IndexOutOfRange {
@@ -311,7 +313,7 @@ impl<T: Shareable> ListProxy<T> {
             #[cfg(feature = "redis")]
             ListFlavor::Redis(r) => {
                 return {
-                    let v = value.encode()?;
+                    let v = value.encode_stored()?;
                     r.rewrite(|items| match items.iter().position(|i| i[..] == v[..]) {
                         Some(at) => {
                             items.remove(at);
@@ -337,7 +339,7 @@ impl<T: Shareable> ListProxy<T> {
             #[cfg(feature = "redis")]
             ListFlavor::Redis(r) => {
                 return {
-                    let v = value.encode()?;
+                    let v = value.encode_stored()?;
                     Ok(r.to_vec()?.iter().position(|i| i[..] == v[..]))
                 };
             }
@@ -431,7 +433,7 @@ impl<T: Shareable> ListProxy<T> {
             ListFlavor::Remote(core) => core,
             #[cfg(feature = "redis")]
             ListFlavor::Redis(r) => {
-                return r.set(Self::signed_arg(index), &value.encode()?);
+                return r.set(Self::signed_arg(index), &value.encode_stored()?);
             }
         };
         let v = core.encode(&value)?;
@@ -564,7 +566,7 @@ impl<T: Shareable> ListProxy<T> {
                     let (start, end) = self.range_args(&range)?;
                     let encoded = values
                         .into_iter()
-                        .map(|v| v.encode().map(|b| b.to_vec()))
+                        .map(|v| v.encode_stored().map(|b| b.to_vec()))
                         .collect::<Result<Vec<_>>>()?;
                     r.rewrite(|items| {
                         let (start, end) = checked_range(start, end, items.len())?;
@@ -605,7 +607,7 @@ impl<T: Shareable> ListProxy<T> {
             #[cfg(feature = "redis")]
             ListFlavor::Redis(r) => {
                 return {
-                    let v = value.encode()?;
+                    let v = value.encode_stored()?;
                     Ok(r.to_vec()?.iter().filter(|i| i[..] == v[..]).count())
                 };
             }

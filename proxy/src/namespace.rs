@@ -8,6 +8,8 @@ use multiproc_runtime::__internal::fingerprint_str;
 use multiproc_runtime::manager::protocol::{Blob, Method};
 use multiproc_runtime::{Error, Result, Shareable};
 
+#[cfg(feature = "redis")]
+use crate::EncodeForRedis;
 use multiproc_runtime::handle::{FlavorRepr, FlavoredHandle};
 use multiproc_runtime::manager::core::RemoteFlavor;
 #[cfg(feature = "redis")]
@@ -154,7 +156,7 @@ impl NamespaceProxy {
             NsFlavor::Remote(core) => core,
             #[cfg(feature = "redis")]
             NsFlavor::Redis(r) => {
-                return r.set(name, std::any::type_name::<T>(), &value.encode()?);
+                return r.set(name, std::any::type_name::<T>(), &value.encode_stored()?);
             }
         };
         let type_name = std::any::type_name::<T>();

@@ -189,6 +189,9 @@ fn handle_error(e: BoxedError) -> Error {
                 // A proxy for a manager whose key this process does not know
                 // (or that refused it).
                 Error::Authentication(m) => return Error::Authentication(m.clone()),
+                // A proxy that may not go where it was put (a container of
+                // another manager).
+                Error::InvalidArgument(m) => return Error::InvalidArgument(m.clone()),
                 // A process at its descriptor or memory limit: the caller
                 // may back off and try again, as for any other call.
                 Error::Io(io) if crate::sys::fd::is_exhaustion(io) => {

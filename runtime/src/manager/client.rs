@@ -702,7 +702,13 @@ pub fn adopt(conn: &Connection, id: ObjectId) {
 
 /// Objects of one server that values being encoded refer to.
 struct Collector {
-    server: ServerAddress,
+    /// The server that will store the value (`None`: no manager server, a
+    /// Redis container).
+    server: Option<ServerAddress>,
+    /// Whether the value is stored for as long as anyone likes (a container
+    /// entry: a proxy of another server is refused) or until one reader
+    /// takes it (a queue item: such a proxy travels pinned, as in a message).
+    stored: bool,
     refs: Vec<ObjectId>,
 }
 
@@ -710,25 +716,62 @@ thread_local! {
     static COLLECT: std::cell::RefCell<Option<Collector>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Runs `encode` (which encodes a value about to be stored by `server`) and
-/// returns the objects of `server` that the value holds proxies to.
-pub fn collecting<R>(server: &ServerAddress, encode: impl FnOnce() -> R) -> (R, Vec<ObjectId>) {
+/// Runs `encode` (which encodes a value about to be stored by `server`:
+/// `stored`, a container entry; else a queue item, kept until one reader
+/// takes it) and returns the objects of `server` that the value holds
+/// proxies to.
+pub fn collecting<R>(
+    server: &ServerAddress,
+    stored: bool,
+    encode: impl FnOnce() -> R,
+) -> (R, Vec<ObjectId>) {
     let collector = Collector {
-        server: *server,
+        server: Some(*server),
+        stored,
         refs: Vec::new(),
     };
     let (out, collected) = crate::handle::scoped(&COLLECT, Some(collector), encode);
     (out, collected.flatten().map(|c| c.refs).unwrap_or_default())
 }
 
-/// If a value for `server` is being encoded, records that it refers to `id`.
-pub fn collect(server: &ServerAddress, id: ObjectId) -> bool {
+/// Runs `encode` (which encodes a value about to be stored where no
+/// manager server keeps objects: a Redis container); a manager proxy
+/// inside it is refused (see [`collect`]).
+pub fn storing_outside<R>(encode: impl FnOnce() -> R) -> R {
+    let collector = Collector {
+        server: None,
+        stored: true,
+        refs: Vec::new(),
+    };
+    crate::handle::scoped(&COLLECT, Some(collector), encode).0
+}
+
+/// If a value for `server` is being encoded, records that it refers to `id`
+/// (`Ok(true)`: the server will keep the object while it stores the value;
+/// `Ok(false)`: the proxy travels as in a message, pinned until its first
+/// reader takes it over).
+///
+/// A container entry of another server (or outside any, in Redis) cannot
+/// hold a proxy of `server`: nothing would keep its object while it is
+/// stored (the pin ends with its first reader, or after `PIN_TIMEOUT`),
+/// so the object would be freed under the container. That is an error.
+pub fn collect(server: &ServerAddress, id: ObjectId) -> Result<bool> {
     COLLECT.with(|c| match c.borrow_mut().as_mut() {
-        Some(col) if col.server == *server => {
+        None => Ok(false),
+        Some(col) if col.server == Some(*server) => {
             col.refs.push(id);
-            true
+            Ok(true)
         }
-        _ => false,
+        Some(col) if !col.stored => Ok(false),
+        Some(col) => Err(Error::InvalidArgument(format!(
+            "a proxy of the manager at {server} cannot be stored in {}: a container keeps \
+             the objects of its own manager only (store the proxy in a container of that \
+             manager, or store the value itself)",
+            match &col.server {
+                Some(other) => format!("a container of the manager at {other}"),
+                None => "a Redis container".into(),
+            }
+        ))),
     })
 }
 

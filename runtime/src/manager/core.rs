@@ -160,7 +160,7 @@ impl ProxyCore {
     /// The encoded form (see the module docs for pins).
     pub fn to_repr(&self) -> Result<ProxyRepr> {
         let server = *self.conn.server();
-        let pin = if client::collect(&server, self.object) {
+        let pin = if client::collect(&server, self.object)? {
             0
         } else {
             let conn = self.conn()?;
@@ -464,7 +464,20 @@ impl ProxyCore {
     /// the value is stored, and the value names the server's descriptor, so
     /// it can be read back after the process that stored it dropped its
     /// handle or ended.
+    ///
+    /// A proxy of another manager inside the value is refused
+    /// ([`Error::InvalidArgument`]): nothing would keep its object.
     pub fn encode<T: Shareable>(&self, value: &T) -> Result<Encoded> {
+        self.encode_for(value, true)
+    }
+
+    /// As [`ProxyCore::encode`], for a queue item (kept until one reader
+    /// takes it): a proxy of another manager travels pinned, as in a message.
+    pub fn encode_item<T: Shareable>(&self, value: &T) -> Result<Encoded> {
+        self.encode_for(value, false)
+    }
+
+    fn encode_for<T: Shareable>(&self, value: &T, stored: bool) -> Result<Encoded> {
         if holds_no_handle::<T>() {
             return Ok(Encoded {
                 bytes: value.encode()?,
@@ -474,7 +487,7 @@ impl ProxyCore {
         }
         let server = *self.conn.server();
         if let ServerAddress::Tcp(_) = server {
-            let (bytes, refs) = client::collecting(&server, || value.encode());
+            let (bytes, refs) = client::collecting(&server, stored, || value.encode());
             return Ok(Encoded {
                 bytes: bytes?,
                 refs,
@@ -487,7 +500,7 @@ impl ProxyCore {
             let (conn, kept) = (conn.clone(), kept.clone());
             move |repr: &crate::handle::HandleRepr| keep_segment(&conn, &kept, repr)
         };
-        let (bytes, mut refs) = client::collecting(&server, || {
+        let (bytes, mut refs) = client::collecting(&server, stored, || {
             crate::handle::redirecting_segments(redirect, || value.encode())
         });
         let objects: Vec<ObjectId> = kept.borrow().segments.iter().map(|k| k.1).collect();

@@ -41,7 +41,7 @@ impl RemoteQueue {
 
     /// Adds `item` by `deadline`; [`Error::Full`] when there is no room by then.
     pub(crate) fn put<T: Shareable>(&self, item: &T, deadline: Deadline) -> Result<()> {
-        let v = self.core.encode(item)?;
+        let v = self.core.encode_item(item)?;
         loop {
             let args = Args {
                 value: Some(v.blob()),
