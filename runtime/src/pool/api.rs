@@ -195,6 +195,12 @@ the call says how many arguments it takes)."
         /// Applies `f` lazily over `items`, yielding results in order.
         /// Chunk size: 1 here, as in Python; set one with
         /// `chunksize(n)`, which gives a [`Chunked`] view.
+        ///
+        /// The call itself can fail (a closed pool), so it is a `Result`
+        /// around the iterator, and each item is a `Result` too: write
+        /// `for r in pool.imap(f, xs)? { let r = r?; … }`. (A `for` over the
+        /// call without the `?` loops over the `Result`, once, with only a
+        /// warning.)
         pub fn imap<A, R, I>(&self, f: task_fn!($kind; A; R), items: I) -> Result<IMapIterator<R>>
         where
             A: $($data)+,
