@@ -540,6 +540,31 @@ fn init_takes_no_raw_descriptor_number_from_the_environment() {
     );
 }
 
+/// `MULTIPROC_CHILD_FD=stdin` left in the environment of a program whose
+/// stdin is no launch channel (a pipe here): the program runs as itself,
+/// and its stdin is left alone (it exited 1 before `main`, silently, having
+/// read what was piped in). From an attack battery.
+#[test]
+fn a_stray_launch_variable_with_a_pipe_as_stdin_runs_the_program() {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("MULTIPROC_CHILD_FD", "stdin")
+        .args(["--list", "--format", "terse"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        // The harness does not read it; a broken pipe is fine.
+        let _ = stdin.write_all(b"input for the program\n");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains(": test"), "{listed}");
+}
+
 // ----- names (CPython's test_current, test_recursion) -----
 
 /// The names of this process and of the children it makes, recursively

@@ -73,7 +73,7 @@ fn shm_helper() {
     let Ok(role) = std::env::var("MP_SHM_ROLE") else {
         return;
     };
-    let name = std::env::var("MP_SHM_NAME").unwrap();
+    let name = std::env::var("MP_SHM_NAME").unwrap_or_default();
     match role.as_str() {
         // Creates a segment and a list, says so, then waits until its stdin
         // closes (or it is killed).
@@ -116,6 +116,28 @@ fn shm_helper() {
             println!("ATTACHER-LIST {:?}", list.to_vec().unwrap());
             list.set(0, 8i64).unwrap();
             println!("ATTACHER-DONE");
+        }
+        // The first process of a program: a spawned child creates a segment
+        // and returns its name; says whether it is still there, then waits
+        // until its stdin closes.
+        "spawner" => {
+            let mut p = Process::new(create_and_return_name, ()).start_method(StartMethod::Spawn);
+            p.start().unwrap();
+            let made = p.join().unwrap();
+            let attached = SharedMemory::attach(&made).map(|s| s.size());
+            println!("SPAWNER-MADE {made} {}", attached.is_ok());
+            let mut rest = String::new();
+            let _ = std::io::stdin().read_line(&mut rest);
+        }
+        // Runs one of the tracker scenarios below as a program's first
+        // process, prints what it returned, and ends.
+        "outlive" => {
+            let (names, tracker, replacement) = outlive_the_tracker(());
+            println!("OUTLIVE {} {tracker} {replacement}", names.join(" "));
+        }
+        "fifo" => {
+            let (fifo, second, tracker) = leave_a_fifo_for_the_tracker(());
+            println!("FIFO {fifo} {second} {tracker}");
         }
         other => panic!("unknown role {other}"),
     }
@@ -380,14 +402,23 @@ fn create_and_return_name(_: ()) -> String {
     shm.name().to_string()
 }
 
+/// A segment a spawned child creates and hands back by name outlives the
+/// child, and goes once the program (its first process) is gone, as in
+/// Python, whose children share their parent's resource tracker (it went
+/// with the child, and the parent's attach was `NotFound`; from a
+/// newcomer's program).
 #[test]
-fn a_spawned_creator_that_exits_has_its_segment_unlinked() {
-    let mut p = Process::new(create_and_return_name, ()).start_method(StartMethod::Spawn);
-    p.start().unwrap();
-    let name = p.join().unwrap();
+fn a_segment_a_child_creates_lasts_as_long_as_the_program() {
+    let (mut program, mut out) = helper("spawner", &[]);
+    let made = line_after(&mut out, "SPAWNER-MADE ");
+    let (name, attached) = made.split_once(' ').unwrap();
+    assert_eq!(attached, "true", "{name} went with its spawned creator");
+    assert!(exists(name));
+    drop(program.stdin.take());
+    assert!(program.wait().unwrap().success());
     assert!(
-        eventually(PROMPTLY, || !exists(&name)),
-        "{name} outlived its spawned creator"
+        eventually(PROMPTLY, || !exists(name)),
+        "{name} outlived the program"
     );
 }
 
@@ -411,8 +442,8 @@ fn ignores(pid: i32, signal: i32) -> bool {
         .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
 }
 
-/// In a spawned child (its own tracker): signals its tracker, kills it,
-/// and creates again. Returns its segments' names and both trackers' pids.
+/// In a program's first process (its own tracker): signals its tracker,
+/// kills it, and creates again. Returns its segments' names and both trackers' pids.
 fn outlive_the_tracker(_: ()) -> (Vec<String>, i32, i32) {
     let first = SharedMemory::create(None, 64).unwrap();
     let tracker = tracker_pid().unwrap();
@@ -443,17 +474,24 @@ fn outlive_the_tracker(_: ()) -> (Vec<String>, i32, i32) {
 /// `BrokenPipe` once the tracker had died, and its segments were left).
 #[test]
 fn the_tracker_ignores_termination_and_a_killed_one_is_replaced() {
-    let mut p = Process::new(outlive_the_tracker, ()).start_method(StartMethod::Spawn);
-    p.start().unwrap();
-    let (names, tracker, replacement) = p.join().unwrap();
+    let (mut program, mut out) = helper("outlive", &[]);
+    let line = line_after(&mut out, "OUTLIVE ");
+    assert!(program.wait().unwrap().success());
+    let words: Vec<&str> = line.split(' ').collect();
+    let [names @ .., tracker, replacement] = &words[..] else {
+        panic!("{line}");
+    };
     assert_ne!(tracker, replacement);
-    for name in &names {
+    assert_eq!(names.len(), 3);
+    for name in names {
         assert!(
             eventually(PROMPTLY, || !exists(name)),
             "{name} outlived its creator and its killed tracker"
         );
     }
-    assert!(eventually(PROMPTLY, || is_gone(replacement)));
+    assert!(eventually(PROMPTLY, || is_gone(
+        replacement.parse().unwrap()
+    )));
 }
 
 /// Makes a FIFO under shared memory name `name`.
@@ -468,7 +506,7 @@ fn remove_fifo(name: &str) {
     let _ = std::fs::remove_file(format!("/dev/shm/{}", name.trim_start_matches('/')));
 }
 
-/// In a spawned child (its own tracker): two tracked segments; the first
+/// In a program's first process (its own tracker): two tracked segments; the first
 /// is unlinked behind the tracker's back (as another process's `unlink`
 /// does) and a FIFO made under its name. Returns both names and the tracker.
 fn leave_a_fifo_for_the_tracker(_: ()) -> (String, String, i32) {
@@ -494,11 +532,16 @@ fn a_fifo_under_a_segments_name_holds_nothing_up() {
     remove_fifo(&name);
     assert!(matches!(attached, Err(Error::Io(_))), "{attached:?}");
 
-    let mut p = Process::new(leave_a_fifo_for_the_tracker, ()).start_method(StartMethod::Spawn);
-    p.start().unwrap();
-    let (fifo, second, tracker) = p.join().unwrap();
-    let cleaned = eventually(PROMPTLY, || !exists(&second) && is_gone(tracker));
-    remove_fifo(&fifo);
+    let (mut program, mut out) = helper("fifo", &[]);
+    let line = line_after(&mut out, "FIFO ");
+    assert!(program.wait().unwrap().success());
+    let words: Vec<&str> = line.split(' ').collect();
+    let [fifo, second, tracker] = words[..] else {
+        panic!("{line}");
+    };
+    let tracker: i32 = tracker.parse().unwrap();
+    let cleaned = eventually(PROMPTLY, || !exists(second) && is_gone(tracker));
+    remove_fifo(fifo);
     assert!(cleaned, "the tracker did not unlink {second} and exit");
 }
 
@@ -512,7 +555,8 @@ fn missing_names_and_bad_names_are_typed_errors() {
         ShareableList::attach(&unique_name("missing")),
         Err(Error::NotFound(_))
     ));
-    for bad in ["", "a/b", "/lead"] {
+    // (One leading slash is Python's form of a name, and is taken.)
+    for bad in ["", "a/b", "//lead", "/a/b"] {
         assert!(matches!(
             SharedMemory::attach(bad),
             Err(Error::InvalidArgument(_))

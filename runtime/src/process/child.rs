@@ -56,7 +56,19 @@ pub fn init() {
     // number in the variable is not taken: this process cannot know that
     // nothing else owns it.
     let server = raw.to_str() == Some(forkserver::SERVER_STDIN);
-    let sock = if raw.to_str() == Some(launch::CHILD_FD_STDIN) || server {
+    let named = raw.to_str() == Some(launch::CHILD_FD_STDIN) || server;
+    // A parent sets the variable and passes a socket: with anything else as
+    // stdin (a pipe, a file, a terminal), the variable was left in the
+    // environment by someone else, and this is no child of ours.
+    if named && !sys::process::stdin_is_socket() {
+        tracing::warn!(
+            "{} is set but standard input is not a launch channel: running as a program",
+            launch::CHILD_FD_ENV
+        );
+        become_worker_if_asked();
+        return;
+    }
+    let sock = if named {
         sys::process::take_stdin_channel().ok()
     } else {
         None
@@ -145,6 +157,16 @@ pub(crate) fn run_launch(mut sock: UnixStream) -> ! {
     let _ = sys::fd::set_cloexec(std::os::fd::AsFd::as_fd(&sock), true);
     let (launch, fds) = match launch::recv_launch(&mut sock) {
         Ok(x) => x,
+        // A message this binary cannot read comes from another build (the
+        // identity check below needs the message read first).
+        Err(e @ crate::Error::Codec(_)) => finish(
+            &sock,
+            Outcome::Mismatch(format!(
+                "the child cannot read its launch message ({e}): it runs a different \
+                 binary than its parent (or one built with another version of multiproc); \
+                 set the context's executable to the parent's own binary"
+            )),
+        ),
         Err(e) => finish(&sock, Outcome::Failed(format!("bad launch message: {e}"))),
     };
     if launch.identity != launch::identity() || launch.anchor_check != launch::anchor_check() {
@@ -169,6 +191,7 @@ pub(crate) fn run_launch(mut sock: UnixStream) -> ! {
         launch.parent_pid,
         launch.parent_ticks,
         launch.parent_name.clone(),
+        launch.root,
     );
     match current::AuthKey::new(&launch.authkey) {
         Ok(key) => current::set_authkey(key),

@@ -394,6 +394,7 @@ impl<R: Shareable> Process<R> {
             parent_pid: me.pid,
             parent_ticks: sys::process::own_start_ticks(),
             parent_name: me.name,
+            root: current::program_root(),
             authkey: self
                 .authkey
                 .clone()
@@ -421,6 +422,7 @@ impl<R: Shareable> Process<R> {
         let stdio = (stdout, std::io::stderr().lock());
         let me = current_process();
         let parent_ticks = sys::process::own_start_ticks();
+        let root = current::program_root();
         // Made now if it was not yet, so that the child inherits this
         // process's key instead of making its own.
         let parent_key = current::authkey();
@@ -456,6 +458,7 @@ impl<R: Shareable> Process<R> {
                     me.pid,
                     parent_ticks,
                     me.name,
+                    root,
                 );
                 if let Some(key) = child_key {
                     current::set_authkey(key);

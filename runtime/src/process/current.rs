@@ -1,7 +1,7 @@
 //! Who this process is, who its parent is, and its authkey.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::fork_sync::ForkCell;
 
@@ -236,6 +236,22 @@ impl CurrentProcess {
     }
 }
 
+/// The program this process belongs to: the first process of its tree (the
+/// one no multiproc parent started), as a liveness word; 0 in that process
+/// itself. A named segment a child creates lives as long as the program
+/// does, as in Python (whose children share their parent's resource tracker).
+static ROOT: AtomicU64 = AtomicU64::new(0);
+
+/// The first process of this program's tree (see [`ROOT`]), as a liveness
+/// word (pid and start time): this process, unless a multiproc parent
+/// started it.
+pub(crate) fn program_root() -> u64 {
+    match ROOT.load(Ordering::Relaxed) {
+        0 => crate::liveness::my_word(),
+        root => root,
+    }
+}
+
 /// Describes the calling process.
 pub fn current_process() -> CurrentProcess {
     let me = ME.get().cloned();
@@ -266,7 +282,9 @@ pub(crate) fn become_child(
     parent_pid: i32,
     parent_ticks: u64,
     parent_name: String,
+    root: u64,
 ) {
+    ROOT.store(root, Ordering::Relaxed);
     // The parent's count is not ours (a forked child inherits it): this
     // process's first child is `Process-<our identity>:1`, as in Python.
     CHILD_COUNTER.store(0, Ordering::Relaxed);

@@ -47,6 +47,8 @@ pub(crate) struct Launch {
     pub parent_pid: i32,
     pub parent_ticks: u64,
     pub parent_name: String,
+    /// The first process of the program's tree (`current::program_root`).
+    pub root: u64,
     /// The child's authkey (see [`crate::process::AuthKey`]).
     pub authkey: Vec<u8>,
     /// The method that started the child, which becomes its default start

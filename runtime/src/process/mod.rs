@@ -26,6 +26,7 @@ pub(crate) use child::at_normal_end;
 pub use child::init;
 pub use child_process::Process;
 pub(crate) use child_process::handing_to_fork_child;
+pub(crate) use current::program_root;
 pub use current::{AuthKey, CurrentProcess, ParentProcess, current_process, parent_process};
 pub use fork_hooks::{ForkHook, register_fork_hook};
 pub use forkserver::server_pid as forkserver_pid;

@@ -10,8 +10,10 @@
 //!
 //! Lifetime: dropping a handle unmaps it; [`SharedMemory::unlink`] removes
 //! the name. A segment made with `create` is tracked: when its creating
-//! process (with the children it forked) is gone, however it ended, a small
-//! tracker process unlinks it, quietly, within moments. `create_untracked`
+//! process (with the children it forked) is gone, however it ended, and so
+//! is the program (its first process: a segment a child or pool worker
+//! creates outlives that child, as in Python), a small tracker process
+//! unlinks it, quietly, within moments. `create_untracked`
 //! opts out. See the tracker's notes in `RELIABILITY.md`.
 //!
 //! Unrelated processes find each other's segments only by name: pass the

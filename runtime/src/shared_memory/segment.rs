@@ -30,8 +30,11 @@ const GENERATED_TRIES: usize = 64;
 /// Dropping a `SharedMemory` unmaps it (Python's `close()`); the segment
 /// itself lives until someone calls [`unlink`](SharedMemory::unlink) or,
 /// for a segment made with [`create`](SharedMemory::create), until its
-/// creating process (with the children it forked) is gone: a tracker
-/// process then unlinks it, quietly, even after a SIGKILL. A segment made
+/// creating process (with the children it forked) is gone and so is the
+/// program (the first process of its tree: a segment a `Process` target or
+/// a pool worker creates and hands back by name outlives that child, as in
+/// Python): a tracker process then unlinks it, quietly, even after a
+/// SIGKILL. A segment made
 /// with [`create_untracked`](SharedMemory::create_untracked) lives until
 /// someone unlinks it (or the machine restarts).
 ///
@@ -82,8 +85,17 @@ impl std::fmt::Debug for SharedMemory {
     }
 }
 
+/// `name` without one leading `/` (Python passes `"/jobs"` to `shm_open` as
+/// it is, and reports it as `"jobs"`), checked with [`validate_name`].
+fn plain_name(name: &str) -> Result<&str> {
+    let plain = name.strip_prefix('/').unwrap_or(name);
+    validate_name(plain)?;
+    Ok(plain)
+}
+
 /// Checks that `name` can name a segment: 1 to 255 bytes, no `/`, no NUL,
-/// not `.` or `..`.
+/// not `.` or `..`. (`create`, `attach` and `unlink` take one leading `/`
+/// as well, and drop it.)
 pub fn validate_name(name: &str) -> Result<()> {
     let bad = |why: &str| {
         Err(Error::InvalidArgument(format!(
@@ -97,7 +109,7 @@ pub fn validate_name(name: &str) -> Result<()> {
         return bad("it is longer than 255 bytes");
     }
     if name.contains('/') {
-        return bad("it contains '/' (give the name without the leading slash)");
+        return bad("it contains '/' (a name is one path component)");
     }
     if name.contains('\0') {
         return bad("it contains a NUL byte");
@@ -221,9 +233,7 @@ impl SharedMemory {
     }
 
     fn create_inner(name: Option<&str>, size: usize, track: bool) -> Result<SharedMemory> {
-        if let Some(name) = name {
-            validate_name(name)?;
-        }
+        let name = name.map(plain_name).transpose()?;
         check_size(size)?;
         if track {
             // Start the tracker before the name exists, so that a kill during
@@ -297,7 +307,7 @@ impl SharedMemory {
     /// [`Error::SizeMismatch`] for an empty segment (one its creator has
     /// not sized yet).
     pub fn attach(name: &str) -> Result<SharedMemory> {
-        validate_name(name)?;
+        let name = plain_name(name)?;
         let fd = posix_shm::shm_open_existing(name, true).map_err(|e| name_error(name, e))?;
         let st = posix_shm::stat(fd.as_fd()).map_err(|e| name_error(name, e))?;
         // Opening it is not enough (root opens anything, anyone a segment
@@ -440,7 +450,7 @@ impl SharedMemory {
 /// Errors: [`Error::NotFound`], [`Error::PermissionDenied`], or
 /// [`Error::InvalidArgument`] for a malformed name.
 pub fn unlink(name: &str) -> Result<()> {
-    validate_name(name)?;
+    let name = plain_name(name)?;
     posix_shm::shm_unlink(name).map_err(|e| name_error(name, e))?;
     tracker::unregister(name);
     Ok(())
@@ -464,6 +474,29 @@ mod tests {
             Err(Error::InvalidArgument(_))
         ));
         assert!(validate_name("psm_0123 with spaces").is_ok());
+    }
+
+    /// Python takes `"/jobs"` (and reports it as `"jobs"`); a newcomer's
+    /// port was refused.
+    #[test]
+    fn one_leading_slash_is_taken_and_dropped() {
+        let plain = format!("mp_slash_{}", std::process::id());
+        let slashed = format!("/{plain}");
+        let made = SharedMemory::create_untracked(Some(&slashed), 64).unwrap();
+        assert_eq!(made.name(), plain);
+        assert_eq!(SharedMemory::attach(&plain).unwrap().size(), made.size());
+        assert_eq!(SharedMemory::attach(&slashed).unwrap().size(), made.size());
+        unlink(&slashed).unwrap();
+        assert!(matches!(
+            SharedMemory::attach(&plain),
+            Err(Error::NotFound(_))
+        ));
+        for bad in [format!("//{plain}"), "/".into(), "/a/b".into()] {
+            assert!(
+                matches!(SharedMemory::attach(&bad), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

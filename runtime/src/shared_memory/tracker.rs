@@ -28,11 +28,17 @@
 //! again of every segment this process registered and has not unlinked, so
 //! none of them leaks (Python relaunches its tracker too, but forgets them).
 //!
-//! What it decides: a segment is unlinked when its *creator* (with the
-//! children it forked) is gone, as in Python. Processes that attached the
-//! segment keep their mappings (unlinking removes the name only), but no new
-//! process can attach it by name afterwards. A creator that wants the name
-//! to outlive it opts out with [`SharedMemory::create_untracked`](super::SharedMemory::create_untracked).
+//! What it decides: a segment is unlinked once its creator (with the
+//! children it forked) is gone *and* so is the program: the first process of
+//! the creator's tree, which no multiproc parent started (told to the
+//! tracker as its first record; children learn it from their parent). So a
+//! segment a `Process` target or a pool worker creates and hands back by
+//! name outlives that child, as in Python, whose children share their
+//! parent's resource tracker. After the end-of-file the tracker checks the
+//! program every [`ROOT_POLL`]. Processes that attached the segment keep
+//! their mappings (unlinking removes the name only), but no new process can
+//! attach it by name afterwards. A creator that wants the name to outlive
+//! the program opts out with [`SharedMemory::create_untracked`](super::SharedMemory::create_untracked).
 
 use crate::fork_sync::MutexGuard;
 use std::any::Any;
@@ -60,6 +66,11 @@ const RECORD_MAX: usize = 1 + 8 + 255;
 const OP_REGISTER: u8 = b'R';
 const OP_UNREGISTER: u8 = b'U';
 const OP_HELLO: u8 = b'H';
+/// The program's first process, as a liveness word (8 bytes).
+const OP_ROOT: u8 = b'P';
+
+/// How often a tracker whose creators are gone checks whether the program is.
+const ROOT_POLL: Duration = Duration::from_millis(100);
 
 struct Tracker {
     channel: OwnedFd,
@@ -226,6 +237,14 @@ fn start_with(how: Detached<'_>) -> Result<Tracker> {
         )));
     }
     let pid = i32::from_le_bytes([hello[1], hello[2], hello[3], hello[4]]);
+    let mut root = vec![OP_ROOT];
+    root.extend_from_slice(&crate::process::program_root().to_le_bytes());
+    posix_shm::send_record(client.as_fd(), &root).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("the shared memory tracker went as it started: {e}"),
+        ))
+    })?;
     Ok(Tracker {
         channel: client,
         pid,
@@ -267,11 +286,24 @@ fn serve() -> ! {
         sys::process::exit_now(0);
     }
     let mut names: HashMap<String, u64> = HashMap::new();
+    let mut root = None;
     let mut buf = [0u8; RECORD_MAX + 1];
     loop {
         match posix_shm::recv_record(channel.as_fd(), &mut buf, None) {
             Ok(0) | Err(_) => break,
+            Ok(9) if buf[0] == OP_ROOT => {
+                root = buf[1..9].try_into().ok().map(u64::from_le_bytes);
+            }
             Ok(n) => apply(&mut names, &buf[..n]),
+        }
+    }
+    drop(channel);
+    // The creators are gone; the segments last as long as the program.
+    // (A program this tracker cannot check, out of descriptors, counts as
+    // alive: the names stay until it is seen gone.)
+    if let Some(root) = root.filter(|_| !names.is_empty()) {
+        while !crate::liveness::holder_liveness(root).is_dead() {
+            std::thread::sleep(ROOT_POLL);
         }
     }
     for (name, ino) in names {

@@ -403,8 +403,13 @@ pub fn stdin_from_null() -> std::io::Result<()> {
 /// Whether standard input is a socket (the launch channel of a spawned
 /// child is one; a terminal, a pipe or `/dev/null` is not).
 pub fn stdin_is_socket() -> bool {
-    std::fs::read_link("/proc/self/fd/0")
-        .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+    // fstat needs no descriptor of its own (reading /proc would).
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a `stat` into the buffer it is given, or fails
+    // (a closed fd 0: EBADF) and writes nothing we read.
+    let ok = unsafe { libc::fstat(0, st.as_mut_ptr()) } == 0;
+    // SAFETY: fstat succeeded, so it initialised `st`.
+    ok && (unsafe { st.assume_init() }.st_mode & libc::S_IFMT) == libc::S_IFSOCK
 }
 
 /// How a child process ended.
