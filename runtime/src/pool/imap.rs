@@ -288,6 +288,8 @@ pub struct IMapIterator<R> {
     failed: bool,
     /// The process whose pool delivers the results.
     owner: i32,
+    /// The rest of the run of results taken last (yielded without the lock).
+    taken: VecDeque<Result<R>>,
 }
 
 impl<R> IMapIterator<R> {
@@ -297,6 +299,7 @@ impl<R> IMapIterator<R> {
             pool,
             failed: false,
             owner: crate::sys::process::getpid(),
+            taken: VecDeque::new(),
         }
     }
 
@@ -307,11 +310,15 @@ impl<R> IMapIterator<R> {
     }
 
     fn next_deadline(&mut self, deadline: Deadline) -> Result<Option<Result<R>>> {
+        if let Some(r) = self.taken.pop_front() {
+            return Ok(Some(r));
+        }
         let mut s = self.shared.state.lock();
         loop {
             let key = s.next;
-            if let Some(r) = s.ready.remove(&key) {
-                s.next += 1;
+            if let Some(run) = s.ready.first_entry().filter(|run| *run.key() == key) {
+                let mut run = run.remove();
+                s.next += run.len();
                 // The input is pulled again once half the window has been
                 // read, not at every result.
                 let refill = s.wants_input();
@@ -319,7 +326,9 @@ impl<R> IMapIterator<R> {
                 if refill {
                     self.shared.room.notify_one();
                 }
-                return Ok(Some(r));
+                let first = run.pop_front();
+                self.taken = run;
+                return Ok(first);
             }
             if s.total.is_some_and(|t| s.next >= t) {
                 // Every result is out: the input's error, if it ended in one, then the end.
@@ -357,7 +366,7 @@ impl<R> std::fmt::Debug for IMapIterator<R> {
         let s = self.shared.state.lock();
         f.debug_struct("IMapIterator")
             .field("ordered", &s.ordered)
-            .field("yielded", &s.next)
+            .field("yielded", &s.next.saturating_sub(self.taken.len()))
             .field("submitted", &s.submitted)
             .field("ready", &s.ready.len())
             .field("total", &s.total)

@@ -1,7 +1,7 @@
 //! What the pool does with results as they come back: one sink per submitted job.
 
 use std::any::Any;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::fork_sync::{Condvar, Mutex};
@@ -231,8 +231,11 @@ impl<R: Send + 'static> Job for MapJob<R> {
 /// Results of an `imap` as the iterator sees them.
 pub(crate) struct IMapState<R> {
     pub ordered: bool,
-    /// Ordered: results by item index. Unordered: arrival order (key = arrival count).
-    pub ready: BTreeMap<usize, Result<R>>,
+    /// Runs of results as they arrived (a report's part: consecutive items),
+    /// keyed by their first item's index (ordered) or by the arrival count
+    /// of their first result (unordered); never empty. The iterator takes a
+    /// whole run under one lock and yields from it without the lock.
+    pub ready: BTreeMap<usize, VecDeque<Result<R>>>,
     pub arrived: usize,
     /// The next index the iterator yields (ordered) or how many it yielded (unordered).
     pub next: usize,
@@ -254,11 +257,23 @@ pub(crate) struct IMapState<R> {
 }
 
 impl<R> IMapState<R> {
-    /// Files the result of item `index` for the iterator.
-    fn put(&mut self, index: usize, r: Result<R>) {
-        let key = if self.ordered { index } else { self.arrived };
-        self.arrived += 1;
-        self.ready.insert(key, r);
+    /// Files the results of the items from `first` on, in order, for the
+    /// iterator.
+    fn put_run(&mut self, first: usize, run: VecDeque<Result<R>>) {
+        if run.is_empty() {
+            return;
+        }
+        let key = if self.ordered { first } else { self.arrived };
+        self.arrived += run.len();
+        self.ready.insert(key, run);
+    }
+
+    /// Whether the result of item `index` has arrived (ordered).
+    fn has(&self, index: usize) -> bool {
+        self.ready
+            .range(..=index)
+            .next_back()
+            .is_some_and(|(first, run)| index < first.saturating_add(run.len()))
     }
 
     /// Whether the input thread would take more input now.
@@ -319,12 +334,14 @@ impl<R: Send + 'static> Job for IMapJob<R> {
         let mut results = (self.typed)(chunk).into_iter();
         // The results of a report go in under one lock, with one wake-up
         // for the iterator.
+        let runs: Vec<(usize, VecDeque<Result<R>>)> = parts
+            .iter()
+            .map(|&(first, len)| (first, results.by_ref().take(len).collect()))
+            .collect();
         let mut s = self.shared.state.lock();
-        for &(first, len) in parts {
-            for (i, r) in results.by_ref().take(len).enumerate() {
-                self.delivered += 1;
-                s.put(first.saturating_add(i), r);
-            }
+        for (first, run) in runs {
+            self.delivered += run.len();
+            s.put_run(first, run);
         }
         drop(s);
         self.shared.changed.notify_all();
@@ -341,20 +358,16 @@ impl<R: Send + 'static> Job for IMapJob<R> {
         // Everything submitted but not delivered fails; the input stops here.
         let total = s.submitted;
         let failed = if s.ordered {
-            let missing: Vec<usize> = (s.next..total)
-                .filter(|i| !s.ready.contains_key(i))
-                .collect();
+            let missing: Vec<usize> = (s.next..total).filter(|&i| !s.has(i)).collect();
             for &i in &missing {
-                s.ready.insert(i, Err(why()));
+                s.put_run(i, VecDeque::from([Err(why())]));
             }
             missing.len()
         } else {
-            for _ in self.delivered..total {
-                let key = s.arrived;
-                s.arrived += 1;
-                s.ready.insert(key, Err(why()));
-            }
-            total.saturating_sub(self.delivered)
+            let failed: VecDeque<_> = (self.delivered..total).map(|_| Err(why())).collect();
+            let n = failed.len();
+            s.put_run(0, failed);
+            n
         };
         // Input left unread with no item failed for it: the iterator must
         // still say it was cut short, not end as if the input had.
