@@ -209,17 +209,21 @@ fn restart(st: &mut State) -> std::io::Result<()> {
 
 fn start() -> Result<Tracker> {
     let entry: extern "C" fn() = tracker_entry;
+    let root = crate::process::program_root();
     if posix_shm::in_main_executable(entry as usize) {
-        start_with(Detached::Exec {
+        let how = Detached::Exec {
             env: &[TRACKER_ENV_ENTRY],
             unset: &[crate::process::launch::CHILD_FD_ENV],
-        })
+        };
+        start_with(how, root)
     } else {
-        start_with(Detached::Inline { run: serve })
+        start_with(Detached::Inline { run: serve }, root)
     }
 }
 
-fn start_with(how: Detached<'_>) -> Result<Tracker> {
+/// Starts a tracker the way `how` says, and tells it the program's first
+/// process, `root` (a liveness word).
+fn start_with(how: Detached<'_>, root: u64) -> Result<Tracker> {
     let (client, server) = posix_shm::seqpacket_pair()?;
     posix_shm::spawn_detached(how, server.as_fd())?;
     drop(server);
@@ -237,9 +241,9 @@ fn start_with(how: Detached<'_>) -> Result<Tracker> {
         )));
     }
     let pid = i32::from_le_bytes([hello[1], hello[2], hello[3], hello[4]]);
-    let mut root = vec![OP_ROOT];
-    root.extend_from_slice(&crate::process::program_root().to_le_bytes());
-    posix_shm::send_record(client.as_fd(), &root).map_err(|e| {
+    let mut record = vec![OP_ROOT];
+    record.extend_from_slice(&root.to_le_bytes());
+    posix_shm::send_record(client.as_fd(), &record).map_err(|e| {
         Error::Io(std::io::Error::new(
             e.kind(),
             format!("the shared memory tracker went as it started: {e}"),
@@ -371,10 +375,19 @@ mod tests {
         false
     }
 
+    /// The liveness word of a process that has ended (and was reaped), as
+    /// the program's first process: these trackers unlink at end-of-file.
+    fn an_ended_program() -> u64 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        u64::from(pid)
+    }
+
     #[test]
     fn a_forked_inline_tracker_unlinks_at_end_of_file() {
         // The path taken when the runtime is not in the main executable.
-        let tracker = start_with(Detached::Inline { run: serve }).unwrap();
+        let tracker = start_with(Detached::Inline { run: serve }, an_ended_program()).unwrap();
         let shm = SharedMemory::create_untracked(None, 8).unwrap();
         send_register(&tracker, shm.name(), ino_of(&shm));
         let pid = tracker.pid;
@@ -389,11 +402,11 @@ mod tests {
 
     #[test]
     fn the_tracker_spares_a_later_segment_of_the_same_name() {
-        let tracker = start_with(Detached::Exec {
+        let how = Detached::Exec {
             env: &[TRACKER_ENV_ENTRY],
             unset: &[],
-        })
-        .unwrap();
+        };
+        let tracker = start_with(how, an_ended_program()).unwrap();
         let first = SharedMemory::create_untracked(None, 8).unwrap();
         let name = first.name().to_string();
         let first_ino = ino_of(&first);
