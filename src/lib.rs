@@ -543,7 +543,7 @@ pub use multiproc_proxy::{
 pub use multiproc_proxy::{
     BaseManager, DictProxy, ListProxy, Manager, ManagerBuilder, ManagerServer, NamespaceProxy,
     ObjectHandle, Parties, Registrable, RemoteManager, RemoteObject, SORT_TIMEOUT, SemaphoreValue,
-    ServerAddress, Shareable, ShutdownHandle, UserProxy, UserTypes, remote, remote_object,
+    ServerAddress, Shareable, ShmSafe, ShutdownHandle, UserProxy, UserTypes, remote, remote_object,
     set_manager_authkey,
 };
 pub use multiproc_runtime::{

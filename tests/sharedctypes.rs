@@ -466,3 +466,43 @@ fn gets_and_sets_under_the_threads_own_get_lock_guard() {
     assert!(matches!(a.lock(), Err(Error::InvalidState(_))));
     assert!(matches!(a.get_lock().lock(), Err(Error::InvalidState(_))));
 }
+
+/// A ctypes `Structure` ported with `#[derive(ShmSafe)]`: checked at compile
+/// time (repr(C), fields ShmSafe, no padding; `tests/compile_fail` shows the
+/// refusals), and shared with children in a `Value` and an `Array`.
+#[derive(Clone, Copy, Debug, PartialEq, multiproc::ShmSafe)]
+#[repr(C)]
+struct Particle {
+    position: [f64; 3],
+    id: u32,
+    flags: u16,
+    _pad: [u8; 2],
+}
+
+fn move_particles((one, many): (Value<Particle>, Array<Particle>)) -> u32 {
+    one.lock().unwrap().position[0] += 1.0;
+    let mut all = many.lock().unwrap();
+    for p in all.iter_mut() {
+        p.flags += 1;
+    }
+    all.iter().map(|p| p.id).sum()
+}
+
+#[test]
+fn a_derived_shm_safe_struct_is_shared_with_children() {
+    let start = Particle {
+        position: [0.5, 1.0, 2.0],
+        id: 7,
+        flags: 0,
+        _pad: [0; 2],
+    };
+    for m in METHODS {
+        let one = Value::new(start).unwrap();
+        let many = Array::new(&[start, Particle { id: 8, ..start }]).unwrap();
+        let mut p = Process::new(move_particles, (one.clone(), many.clone())).start_method(m);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(PROMPTLY).unwrap(), 15, "{m:?}");
+        assert_eq!(one.get().position, [1.5, 1.0, 2.0], "{m:?}");
+        assert!(many.lock().unwrap().iter().all(|p| p.flags == 1), "{m:?}");
+    }
+}

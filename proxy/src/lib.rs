@@ -49,7 +49,7 @@ pub use multiproc_runtime::manager::core::{ArchivedProxy, ProxyRepr};
 pub use dict::DictProxy;
 pub use list::{ListProxy, SORT_TIMEOUT};
 pub use manager::{Manager, ManagerBuilder};
-pub use multiproc_proxy_macros::{Shareable, remote};
+pub use multiproc_proxy_macros::{Shareable, ShmSafe, remote};
 pub use multiproc_runtime::manager::ShutdownHandle;
 pub use multiproc_runtime::manager::{PIN_TIMEOUT, ServerAddress};
 pub use multiproc_runtime::manager::{RemoteObject, UserTypes};

@@ -10,6 +10,7 @@ use syn::ItemImpl;
 mod emit;
 mod model;
 mod shareable;
+mod shm_safe;
 
 /// Declares which methods of a type a remote manager serves, and generates
 /// the typed proxy clients call them through.
@@ -221,6 +222,42 @@ pub fn remote(
 #[proc_macro_derive(Shareable, attributes(shareable))]
 pub fn derive_shareable(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     shareable::derive(input.into()).into()
+}
+
+/// Implements `multiproc::ShmSafe` for a `#[repr(C)]` struct of `ShmSafe`
+/// fields (numbers, arrays of them, other such structs) with no padding
+/// byte, and checks all three at compile time: the checked way to put your
+/// own struct in a `Value`, `Array` or `RawValue` (a ctypes `Structure`).
+///
+/// ```
+/// #[derive(Clone, Copy, multiproc::ShmSafe)]
+/// #[repr(C)]
+/// struct Point {
+///     x: f64,
+///     y: f64,
+/// }
+/// let p = multiproc::Value::new(Point { x: 1.0, y: 2.0 }).unwrap();
+/// assert_eq!(p.get().y, 2.0);
+/// ```
+///
+/// Padding is refused (add explicit fields for it); so are a field that is
+/// not `ShmSafe` (`bool`, a reference, a `String`), a struct without
+/// `#[repr(C)]`, a packed one, an enum and a generic struct:
+///
+/// ```compile_fail
+/// #[derive(Clone, Copy, multiproc::ShmSafe)]
+/// #[repr(C)]
+/// struct Padded {
+///     tag: u8, // 7 padding bytes follow
+///     value: u64,
+/// }
+/// ```
+///
+/// If the `multiproc` crate is not a dependency under that name, say where
+/// it is: `#[shm_safe(crate = ::my_renamed_multiproc)]`.
+#[proc_macro_derive(ShmSafe, attributes(shm_safe))]
+pub fn derive_shm_safe(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    shm_safe::derive(input.into()).into()
 }
 
 /// The attribute's expansion: the impl block (markers removed) and the

@@ -235,6 +235,9 @@ pub struct Pipe;
 
 impl Pipe {
     /// A two-way pipe: messages sent at either end arrive at the other.
+    ///
+    /// The message type goes on the call, `Pipe::new::<String>()` (or is
+    /// inferred from how the ends are used); `Pipe` itself takes none.
     #[allow(clippy::new_ret_no_self, reason = "Python's Pipe() returns both ends")]
     pub fn new<T: Shareable>() -> Result<(Connection<T>, Connection<T>)> {
         Self::with_capacity(true, DEFAULT_PIPE_CAPACITY)
