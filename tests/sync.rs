@@ -658,6 +658,72 @@ fn a_process_that_ends_normally_holding_a_barrier_breaks_nothing() {
     }
 }
 
+/// The same while another thread of this process waits at an unrelated
+/// barrier: a forked child, which starts with a copy of this process's
+/// state, ended normally and still counted as a party that died (its end
+/// let go of nothing while any thread of its parent had waited anywhere).
+/// From an attack battery.
+#[test]
+fn a_forked_child_ends_normally_while_its_parent_waits_elsewhere() {
+    let elsewhere = Barrier::new(2).unwrap();
+    let waiter = {
+        let elsewhere = elsewhere.clone();
+        std::thread::spawn(move || elsewhere.wait_timeout(PROMPTLY * 3))
+    };
+    assert!(util::eventually(PROMPTLY, || elsewhere
+        .n_waiting()
+        .unwrap()
+        == 1));
+    let b = Barrier::new(2).unwrap();
+    for round in 0..3 {
+        start(StartMethod::Fork, keep_and_return, b.clone())
+            .join_timeout(PROMPTLY)
+            .unwrap();
+        a_round_of_two(&b, &format!("round {round}"));
+    }
+    elsewhere.wait_timeout(PROMPTLY).unwrap();
+    waiter.join().unwrap().unwrap();
+}
+
+fn a_barrier_of_its_own(_: ()) -> usize {
+    Barrier::new(1).unwrap().wait().unwrap()
+}
+
+/// Forked children each make a barrier while another thread of the parent
+/// makes and drops barriers: the list of barriers a process holds, which
+/// each new one goes into, was not held across the fork, and about one
+/// child in 1,200 inherited it locked and waited for ever (from an attack
+/// battery; 6,000 children here).
+#[test]
+fn forked_children_make_barriers_while_the_parent_does() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut made = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let b = Barrier::new(2).unwrap();
+                assert_eq!(b.parties().unwrap(), 2);
+                made += 1;
+            }
+            made
+        })
+    };
+    let mut failed = None;
+    for i in 0..6000 {
+        let mut p = start(StartMethod::Fork, a_barrier_of_its_own, ());
+        if let Err(e) = p.join_timeout(PROMPTLY) {
+            failed = Some(format!("child {i}: {e:?}"));
+            let _ = p.kill();
+            let _ = p.join_timeout(PROMPTLY);
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(churn.join().unwrap() > 0);
+    assert_eq!(failed, None);
+}
+
 // ---------------------------------------------------------------- bad input
 
 #[test]

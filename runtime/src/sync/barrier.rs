@@ -17,9 +17,7 @@
 //! [`LIVENESS_SLICE`] and between slices check that every process in the
 //! table lives; a dead one breaks the barrier (see [`Barrier`] for what is promised).
 
-use std::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering,
-};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::deadline::Deadline;
@@ -28,7 +26,7 @@ use crate::fork_sync::Mutex;
 use crate::handle::{FlavorRepr, FlavoredHandle, HandleRepr, ShareHandle};
 use crate::liveness::{self, CannotTell, Doubt, Liveness};
 use crate::manager::core::{ProxyCore, RemoteFlavor};
-use crate::process::launch;
+use crate::process::{ForkHook, launch, register_fork_hook};
 use crate::shm::{Kind, ShmObject, ShmSpec, fingerprint_str};
 use crate::sync::park::{self, LIVENESS_SLICE};
 use crate::sync::raw_lock::{Acquired, RawLock};
@@ -76,6 +74,9 @@ struct Attached {
     process: AtomicU64,
     /// How many handles that process holds.
     handles: AtomicU64,
+    /// How many of that process's threads wait at the barrier now (its
+    /// normal end does not let go of a slot while one does).
+    waiting: AtomicU64,
 }
 
 /// Why the last party could not run the action.
@@ -418,6 +419,8 @@ struct ShmBarrier {
     capacity: usize,
     /// The process this handle is counted for in the table (0: none).
     counted_for: AtomicI32,
+    /// Where that process's slot is: pid above, index below (see `my_slot`).
+    slot: AtomicU64,
 }
 
 impl std::fmt::Debug for ShmBarrier {
@@ -434,8 +437,21 @@ impl std::fmt::Debug for ShmBarrier {
 /// a normal end lets go of them: see [`let_go_at_normal_end`].
 static HELD: Mutex<Vec<(ShmObject<BarrierState>, usize)>> = Mutex::new(Vec::new());
 
-/// Threads of this process inside a barrier's `wait` now.
-static WAITING: AtomicUsize = AtomicUsize::new(0);
+/// Holds [`HELD`] across multiproc's forks, so a forked child never
+/// inherits it locked by a thread that does not exist there.
+struct HeldForkHook;
+
+impl ForkHook for HeldForkHook {
+    fn prepare(&self) -> Box<dyn std::any::Any> {
+        Box::new(HELD.lock())
+    }
+    fn parent(&self, held: Box<dyn std::any::Any>) {
+        drop(held);
+    }
+    fn child(&self, held: Box<dyn std::any::Any>) {
+        drop(held);
+    }
+}
 
 /// How long an ending process waits for a barrier's internal lock (held
 /// for a few instructions, unless its holder was stopped) before it leaves
@@ -445,13 +461,10 @@ const END_LOCK_WAIT: Duration = Duration::from_millis(100);
 /// Frees this process's slots in the barriers it holds, as it ends
 /// normally (a `Process` target's end, `std::process::exit`, `main`'s
 /// return): a process that kept a handle in a `static` is not a party that
-/// died. Nothing is freed while one of its threads waits at a barrier (its
-/// arrival counts, and only its death breaks the round), or if another
-/// thread holds the list (at a fork).
+/// died. A barrier one of its threads waits at keeps its slot (its arrival
+/// counts, and only its death breaks the round); nothing is freed if another
+/// thread holds the list.
 pub(crate) fn let_go_at_normal_end() {
-    if WAITING.load(Ordering::SeqCst) > 0 {
-        return;
-    }
     let held: Vec<_> = match HELD.try_lock() {
         Some(held) => held.iter().cloned().collect(),
         None => return,
@@ -462,6 +475,7 @@ pub(crate) fn let_go_at_normal_end() {
             obj,
             capacity,
             counted_for: AtomicI32::new(0),
+            slot: AtomicU64::new(0),
         };
         let state = view.state();
         let Some(acquired) = state.lock.lock(Deadline::after(END_LOCK_WAIT)) else {
@@ -475,9 +489,9 @@ pub(crate) fn let_go_at_normal_end() {
             .table()
             .iter()
             .find(|s| s.process.load(Ordering::Relaxed) == me)
+            && slot.waiting.load(Ordering::SeqCst) == 0
         {
-            slot.process.store(0, Ordering::Relaxed);
-            slot.handles.store(0, Ordering::Relaxed);
+            slot.free();
         }
     }
 }
@@ -486,19 +500,33 @@ extern "C" fn let_go_at_exit() {
     let_go_at_normal_end();
 }
 
-/// Counts a thread of this process as waiting at a barrier while it lives.
-struct Waiting;
+/// Counts a thread of this process as waiting at a barrier, in the
+/// process's slot, while it lives.
+struct Waiting<'a>(Option<&'a Attached>);
 
-impl Waiting {
-    fn enter() -> Waiting {
-        WAITING.fetch_add(1, Ordering::SeqCst);
-        Waiting
+impl<'a> Waiting<'a> {
+    fn enter(slot: Option<&'a Attached>) -> Waiting<'a> {
+        if let Some(slot) = slot {
+            slot.waiting.fetch_add(1, Ordering::SeqCst);
+        }
+        Waiting(slot)
     }
 }
 
-impl Drop for Waiting {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        WAITING.fetch_sub(1, Ordering::SeqCst);
+        if let Some(slot) = self.0 {
+            slot.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Attached {
+    /// Frees the slot (under the barrier's internal lock).
+    fn free(&self) {
+        self.process.store(0, Ordering::Relaxed);
+        self.handles.store(0, Ordering::Relaxed);
+        self.waiting.store(0, Ordering::Relaxed);
     }
 }
 
@@ -675,6 +703,7 @@ impl ShmBarrier {
             obj,
             capacity,
             counted_for: AtomicI32::new(0),
+            slot: AtomicU64::new(0),
         };
         barrier.attach()?;
         barrier
@@ -689,7 +718,7 @@ impl ShmBarrier {
 
     fn table(&self) -> &[Attached] {
         // SAFETY: the tail holds `capacity` slots (checked at create and
-        // open), is 64-byte aligned, and `Attached` is two atomics, valid for
+        // open), is 64-byte aligned, and `Attached` is three atomics, valid for
         // any bytes; the mapping lives as long as `self`.
         unsafe { std::slice::from_raw_parts(self.obj.tail_ptr().cast::<Attached>(), self.capacity) }
     }
@@ -746,6 +775,7 @@ impl ShmBarrier {
             )));
         };
         slot.handles.store(1, Ordering::Relaxed);
+        slot.waiting.store(0, Ordering::Relaxed);
         slot.process.store(me, Ordering::Relaxed);
         drop(inner);
         self.remember_held();
@@ -756,6 +786,7 @@ impl ShmBarrier {
     /// [`let_go_at_normal_end`]), and makes the process's ends let go.
     fn remember_held(&self) {
         static AT_EXIT: AtomicBool = AtomicBool::new(false);
+        register_fork_hook(&HeldForkHook);
         if !AT_EXIT.swap(true, Ordering::SeqCst) {
             crate::process::at_normal_end(let_go_at_normal_end);
             if let Err(e) = sys::process::at_exit(let_go_at_exit) {
@@ -785,8 +816,7 @@ impl ShmBarrier {
             .find(|s| s.process.load(Ordering::Relaxed) == me)
             && slot.handles.fetch_sub(1, Ordering::Relaxed) <= 1
         {
-            slot.process.store(0, Ordering::Relaxed);
-            slot.handles.store(0, Ordering::Relaxed);
+            slot.free();
             drop(_inner);
             self.forget_held();
         }
@@ -808,6 +838,27 @@ impl ShmBarrier {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// This process's slot in the table, if it has one (found once per
+    /// handle and process, then checked at each use).
+    fn my_slot(&self) -> Option<&Attached> {
+        let table = self.table();
+        let pid = sys::process::getpid();
+        let me = liveness::my_word();
+        let cached = self.slot.load(Ordering::Relaxed);
+        if (cached >> 32) as i32 == pid
+            && let Some(slot) = table.get((cached & 0xFFFF_FFFF) as usize)
+            && slot.process.load(Ordering::Relaxed) == me
+        {
+            return Some(slot);
+        }
+        let at = table
+            .iter()
+            .position(|s| s.process.load(Ordering::Relaxed) == me)?;
+        self.slot
+            .store((u64::from(pid as u32) << 32) | at as u64, Ordering::Relaxed);
+        table.get(at)
     }
 
     /// Whether some process in the table has died (checked without the
@@ -841,8 +892,7 @@ impl ShmBarrier {
                     pid = (p & 0x7FFF_FFFF) as i32,
                     "a process holding a barrier died; breaking it"
                 );
-                slot.process.store(0, Ordering::Relaxed);
-                slot.handles.store(0, Ordering::Relaxed);
+                slot.free();
                 any = true;
             }
         }
@@ -879,7 +929,7 @@ impl ShmBarrier {
 
     fn wait_deadline(&self, deadline: Deadline, only_if_last: bool) -> Result<usize> {
         self.ensure_attached()?;
-        let _waiting = Waiting::enter();
+        let _waiting = Waiting::enter(self.my_slot());
         let s = self.state();
         let inner = self.inner();
         if s.state.load(Ordering::Relaxed) == BROKEN {
@@ -1071,6 +1121,7 @@ impl Clone for ShmBarrier {
             obj: self.obj.clone(),
             capacity: self.capacity,
             counted_for: AtomicI32::new(0),
+            slot: AtomicU64::new(0),
         };
         // A clone that cannot be counted now is counted at its first wait.
         match barrier.attach() {
