@@ -422,6 +422,29 @@ fn a_segment_a_child_creates_lasts_as_long_as_the_program() {
     );
 }
 
+fn create_and_name_the_tracker(_: ()) -> (String, i32) {
+    let shm = SharedMemory::create(None, 128).unwrap();
+    (shm.name().to_string(), tracker_pid().unwrap())
+}
+
+/// A child's tracker that waits for the program goes as soon as every name
+/// it was told of is unlinked by someone else (the parent, here): 300
+/// children left 300 trackers polling until the program ended (from an
+/// attack battery).
+#[test]
+fn a_childs_tracker_goes_once_its_segments_are_unlinked_elsewhere() {
+    let mut p = Process::new(create_and_name_the_tracker, ()).start_method(StartMethod::Spawn);
+    p.start().unwrap();
+    let (name, tracker) = p.join().unwrap();
+    assert!(!is_gone(tracker), "the tracker went with the child");
+    let shm = SharedMemory::attach(&name).unwrap();
+    shm.unlink().unwrap();
+    assert!(
+        eventually(PROMPTLY, || is_gone(tracker)),
+        "the tracker of {name} stayed after its unlink"
+    );
+}
+
 #[test]
 fn the_tracker_is_detached_from_its_creator() {
     let shm = SharedMemory::create(None, 16).unwrap();

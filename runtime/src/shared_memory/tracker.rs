@@ -34,8 +34,9 @@
 //! tracker as its first record; children learn it from their parent). So a
 //! segment a `Process` target or a pool worker creates and hands back by
 //! name outlives that child, as in Python, whose children share their
-//! parent's resource tracker. After the end-of-file the tracker checks the
-//! program every [`ROOT_POLL`]. Processes that attached the segment keep
+//! parent's resource tracker. After the end-of-file the tracker sleeps until
+//! the program ends, and goes earlier if others unlinked all its names
+//! (see `wait_for_program`). Processes that attached the segment keep
 //! their mappings (unlinking removes the name only), but no new process can
 //! attach it by name afterwards. A creator that wants the name to outlive
 //! the program opts out with [`SharedMemory::create_untracked`](super::SharedMemory::create_untracked).
@@ -69,8 +70,14 @@ const OP_HELLO: u8 = b'H';
 /// The program's first process, as a liveness word (8 bytes).
 const OP_ROOT: u8 = b'P';
 
-/// How often a tracker whose creators are gone checks whether the program is.
-const ROOT_POLL: Duration = Duration::from_millis(100);
+/// How often a tracker whose creators are gone looks whether its names
+/// still name their segments (another process may have unlinked them all:
+/// it then has nothing left to do), while it sleeps until the program ends.
+const NAMES_POLL: Duration = Duration::from_secs(1);
+
+/// How often it checks whether the program is gone where it cannot sleep
+/// on a pidfd.
+const ROOT_POLL: Duration = Duration::from_millis(200);
 
 struct Tracker {
     channel: OwnedFd,
@@ -303,12 +310,8 @@ fn serve() -> ! {
     }
     drop(channel);
     // The creators are gone; the segments last as long as the program.
-    // (A program this tracker cannot check, out of descriptors, counts as
-    // alive: the names stay until it is seen gone.)
-    if let Some(root) = root.filter(|_| !names.is_empty()) {
-        while !crate::liveness::holder_liveness(root).is_dead() {
-            std::thread::sleep(ROOT_POLL);
-        }
+    if let Some(root) = root {
+        wait_for_program(root, &mut names);
     }
     for (name, ino) in names {
         unlink_if_same(&name, ino);
@@ -334,15 +337,40 @@ fn apply(names: &mut HashMap<String, u64>, record: &[u8]) {
     }
 }
 
-/// Unlinks `name` if it still names the segment with inode `ino`.
-fn unlink_if_same(name: &str, ino: u64) {
+/// Waits until the program's first process (`root`, a liveness word) is
+/// gone, or until none of `names` names its segment any more (others
+/// unlinked them): a tracker of a child that ended holds nothing then, and
+/// goes. Sleeps on a pidfd, looking at the names every [`NAMES_POLL`]. (A
+/// program this tracker cannot check, out of descriptors, counts as alive.)
+fn wait_for_program(root: u64, names: &mut HashMap<String, u64>) {
+    let pidfd = sys::process::pidfd_open((root & 0x7FFF_FFFF) as i32).ok();
+    loop {
+        names.retain(|name, ino| still_names(name, *ino));
+        if names.is_empty() || crate::liveness::holder_liveness(root).is_dead() {
+            return;
+        }
+        match &pidfd {
+            Some(fd) => {
+                let _ = sys::fd::poll_one(fd.as_fd(), sys::fd::Interest::Read, Some(NAMES_POLL));
+            }
+            None => std::thread::sleep(ROOT_POLL),
+        }
+    }
+}
+
+/// Whether `name` still names this user's segment with inode `ino`.
+fn still_names(name: &str, ino: u64) -> bool {
     let Ok(fd) = posix_shm::shm_open_existing(name, false) else {
-        return;
+        return false;
     };
     // Only ours: an inode number can come back for another user's segment.
-    if posix_shm::stat(fd.as_fd())
+    posix_shm::stat(fd.as_fd())
         .is_ok_and(|st| st.ino == ino && st.uid == crate::sys::socket::effective_uid())
-    {
+}
+
+/// Unlinks `name` if it still names the segment with inode `ino`.
+fn unlink_if_same(name: &str, ino: u64) {
+    if still_names(name, ino) {
         let _ = posix_shm::shm_unlink(name);
     }
 }
