@@ -541,7 +541,7 @@ fn init_takes_no_raw_descriptor_number_from_the_environment() {
 }
 
 /// `MULTIPROC_CHILD_FD=stdin` left in the environment of a program whose
-/// stdin is no launch channel (a pipe here): the program runs as itself,
+/// stdin is no launch channel (a pipe, a TCP connection): the program runs as itself,
 /// and its stdin is left alone (it exited 1 before `main`, silently, having
 /// read what was piped in). From an attack battery.
 #[test]
@@ -563,6 +563,26 @@ fn a_stray_launch_variable_with_a_pipe_as_stdin_runs_the_program() {
     assert_eq!(out.status.code(), Some(0));
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains(": test"), "{listed}");
+
+    // A TCP connection as stdin (as under inetd) is no launch channel either.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server_side, _) = listener.accept().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("MULTIPROC_CHILD_FD", "stdin")
+        .args(["--list", "--format", "terse"])
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            client,
+        )))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": test"));
+    // Nothing was written to the network peer.
+    server_side.set_nonblocking(true).unwrap();
+    let mut sent = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut server_side, &mut sent);
+    assert!(sent.is_empty(), "{sent:?}");
 }
 
 // ----- names (CPython's test_current, test_recursion) -----

@@ -60,7 +60,7 @@ pub fn init() {
     // A parent sets the variable and passes a socket: with anything else as
     // stdin (a pipe, a file, a terminal), the variable was left in the
     // environment by someone else, and this is no child of ours.
-    if named && !sys::process::stdin_is_socket() {
+    if named && !sys::process::stdin_is_unix_socket() {
         tracing::warn!(
             "{} is set but standard input is not a launch channel: running as a program",
             launch::CHILD_FD_ENV
@@ -141,7 +141,7 @@ pub(crate) fn exit_missing_init() {
     // waits here until it has.
     static REPORTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _first = REPORTING.lock();
-    if !sys::process::stdin_is_socket() {
+    if !sys::process::stdin_is_unix_socket() {
         return;
     }
     let Ok(sock) = sys::process::take_stdin_channel() else {

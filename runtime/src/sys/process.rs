@@ -400,16 +400,33 @@ pub fn stdin_from_null() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Whether standard input is a socket (the launch channel of a spawned
-/// child is one; a terminal, a pipe or `/dev/null` is not).
-pub fn stdin_is_socket() -> bool {
+/// Whether standard input is a Unix socket (the launch channel of a
+/// spawned child is one; a terminal, a pipe, `/dev/null` or a TCP
+/// connection is not).
+pub fn stdin_is_unix_socket() -> bool {
     // fstat needs no descriptor of its own (reading /proc would).
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat writes a `stat` into the buffer it is given, or fails
     // (a closed fd 0: EBADF) and writes nothing we read.
     let ok = unsafe { libc::fstat(0, st.as_mut_ptr()) } == 0;
     // SAFETY: fstat succeeded, so it initialised `st`.
-    ok && (unsafe { st.assume_init() }.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+    if !ok || (unsafe { st.assume_init() }.st_mode & libc::S_IFMT) != libc::S_IFSOCK {
+        return false;
+    }
+    // A launch channel is a Unix socket (a TCP one, as under inetd, is not).
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `domain`.
+    let res = unsafe {
+        libc::getsockopt(
+            0,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&raw mut domain).cast(),
+            &mut len,
+        )
+    };
+    res == 0 && domain == libc::AF_UNIX
 }
 
 /// How a child process ended.
