@@ -19,6 +19,7 @@
 
 use std::marker::PhantomData;
 use std::sync::PoisonError;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// A mutual exclusion lock (std's, poisoning ignored).
@@ -76,45 +77,66 @@ impl<T: ?Sized> std::ops::DerefMut for MutexGuard<'_, T> {
 }
 
 /// A condition variable (std's) that waits on a [`MutexGuard`] in place.
+///
+/// It counts its waiters, so that a notification with none costs no system
+/// call (std's always makes a futex wake, as parking_lot's does not).
 #[derive(Debug, Default)]
-pub struct Condvar(std::sync::Condvar);
+pub struct Condvar {
+    cv: std::sync::Condvar,
+    /// Threads in `wait` or `wait_for` (counted under the caller's lock,
+    /// before they sleep).
+    waiters: AtomicUsize,
+}
 
 impl Condvar {
     /// A new condition variable.
     pub const fn new() -> Condvar {
-        Condvar(std::sync::Condvar::new())
+        Condvar {
+            cv: std::sync::Condvar::new(),
+            waiters: AtomicUsize::new(0),
+        }
     }
 
     /// Releases the guard's lock, waits for a notification (or a spurious
     /// wake-up), and locks it again.
     pub fn wait<T>(&self, guard: &mut MutexGuard<'_, T>) {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
         in_place(&mut guard.0, |g| {
-            self.0.wait(g).unwrap_or_else(PoisonError::into_inner)
+            self.cv.wait(g).unwrap_or_else(PoisonError::into_inner)
         });
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// As [`Condvar::wait`], for `timeout` at most; whether it ran out.
     pub fn wait_for<T>(&self, guard: &mut MutexGuard<'_, T>, timeout: Duration) -> bool {
         let mut timed_out = false;
+        self.waiters.fetch_add(1, Ordering::SeqCst);
         in_place(&mut guard.0, |g| {
             let (g, result) = self
-                .0
+                .cv
                 .wait_timeout(g, timeout)
                 .unwrap_or_else(PoisonError::into_inner);
             timed_out = result.timed_out();
             g
         });
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
         timed_out
     }
 
-    /// Wakes one waiter, if any.
+    /// Wakes one waiter, if any. (A waiter counts itself under the lock it
+    /// waits with, before it sleeps: a notifier that changed the state under
+    /// that lock sees it.)
     pub fn notify_one(&self) {
-        self.0.notify_one();
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.cv.notify_one();
+        }
     }
 
     /// Wakes every waiter.
     pub fn notify_all(&self) {
-        self.0.notify_all();
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.cv.notify_all();
+        }
     }
 }
 
@@ -163,18 +185,22 @@ impl<T: ?Sized> RwLock<T> {
 
 /// A mutex whose lock can wait a bounded time ([`TimedMutex::try_lock_for`]).
 ///
-/// A flag under a std mutex and a condition variable, the value beside
-/// them: the flag says whether a guard exists.
+/// A flag taken with one compare-and-swap when free; a waiter counts itself
+/// and sleeps on a condition variable, which a release notifies only when
+/// someone waits (a free lock costs no system call either way).
 #[derive(Debug, Default)]
 pub struct TimedMutex<T> {
-    held: std::sync::Mutex<bool>,
+    held: AtomicBool,
+    /// Threads sleeping until it is released (counted under `sleep`).
+    waiters: AtomicUsize,
+    sleep: std::sync::Mutex<()>,
     freed: std::sync::Condvar,
     value: std::cell::UnsafeCell<T>,
 }
 
 // SAFETY: the value is reached only through a guard, and at most one guard
-// exists at a time (the `held` flag, changed under its mutex): as a mutex,
-// it shares a `T: Send` between threads.
+// exists at a time (the `held` flag, set by a compare-and-swap): as a
+// mutex, it shares a `T: Send` between threads.
 unsafe impl<T: Send> Sync for TimedMutex<T> {}
 
 /// The guard of a locked [`TimedMutex`] (shared between threads only
@@ -185,7 +211,9 @@ impl<T> TimedMutex<T> {
     /// A new, unlocked mutex.
     pub const fn new(value: T) -> TimedMutex<T> {
         TimedMutex {
-            held: std::sync::Mutex::new(false),
+            held: AtomicBool::new(false),
+            waiters: AtomicUsize::new(0),
+            sleep: std::sync::Mutex::new(()),
             freed: std::sync::Condvar::new(),
             value: std::cell::UnsafeCell::new(value),
         }
@@ -198,21 +226,40 @@ impl<T> TimedMutex<T> {
 
     /// Locks it if no one holds it now.
     pub fn try_lock(&self) -> Option<TimedGuard<'_, T>> {
-        self.try_lock_for(Duration::ZERO)
+        self.held
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+            .then(|| TimedGuard(self, PhantomData))
     }
 
     /// Locks it, waiting `wait` at most for its holder to release it.
     pub fn try_lock_for(&self, wait: Duration) -> Option<TimedGuard<'_, T>> {
-        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let (mut held, _) = self
-            .freed
-            .wait_timeout_while(held, wait, |held| *held)
-            .unwrap_or_else(PoisonError::into_inner);
-        if *held {
-            return None;
+        if let Some(guard) = self.try_lock() {
+            return Some(guard);
         }
-        *held = true;
-        Some(TimedGuard(self, PhantomData))
+        let deadline = std::time::Instant::now().checked_add(wait);
+        let mut sleep = self.sleep.lock().unwrap_or_else(PoisonError::into_inner);
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let got = loop {
+            // Counted before this look: a release after it notifies.
+            if let Some(guard) = self.try_lock() {
+                break Some(guard);
+            }
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(std::time::Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if left.is_zero() {
+                break None;
+            }
+            sleep = self
+                .freed
+                .wait_timeout(sleep, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        got
     }
 }
 
@@ -233,8 +280,14 @@ impl<T> std::ops::DerefMut for TimedGuard<'_, T> {
 
 impl<T> Drop for TimedGuard<'_, T> {
     fn drop(&mut self) {
-        *self.0.held.lock().unwrap_or_else(PoisonError::into_inner) = false;
-        self.0.freed.notify_one();
+        let m = self.0;
+        m.held.store(false, Ordering::SeqCst);
+        if m.waiters.load(Ordering::SeqCst) > 0 {
+            // Under `sleep`: a waiter that counted itself either looks at
+            // `held` after this store, or sleeps before this notification.
+            let _sleep = m.sleep.lock().unwrap_or_else(PoisonError::into_inner);
+            m.freed.notify_one();
+        }
     }
 }
 
