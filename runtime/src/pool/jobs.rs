@@ -334,10 +334,17 @@ impl<R: Send + 'static> Job for IMapJob<R> {
         let mut results = (self.typed)(chunk).into_iter();
         // The results of a report go in under one lock, with one wake-up
         // for the iterator.
-        let runs: Vec<(usize, VecDeque<Result<R>>)> = parts
-            .iter()
-            .map(|&(first, len)| (first, results.by_ref().take(len).collect()))
-            .collect();
+        // Parts that follow one another (chunks of one message, often) make
+        // one run.
+        let mut runs: Vec<(usize, VecDeque<Result<R>>)> = Vec::with_capacity(parts.len());
+        for &(first, len) in parts {
+            match runs.last_mut() {
+                Some((start, run)) if start.saturating_add(run.len()) == first => {
+                    run.extend(results.by_ref().take(len));
+                }
+                _ => runs.push((first, results.by_ref().take(len).collect())),
+            }
+        }
         let mut s = self.shared.state.lock();
         for (first, run) in runs {
             self.delivered += run.len();
