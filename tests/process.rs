@@ -213,6 +213,32 @@ fn an_exit_in_a_grandchild_is_not_taken_for_its_parents() {
     }
 }
 
+fn abort_here(_: ()) {
+    std::process::abort();
+}
+
+/// A child killed by SIGABRT (a stack overflow looks the same) is told as
+/// such, with its likely causes, not as a bare signal number (from a
+/// newcomer, whose stack overflow read "killed by signal 6").
+#[test]
+fn an_aborted_child_is_described() {
+    for m in METHODS {
+        let mut p = start(Process::new(abort_here, ()).start_method(m));
+        let e = p.join_timeout(PROMPTLY).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ChildFailed {
+                    signal: Some(6),
+                    ..
+                }
+            ),
+            "{m:?}: {e:?}"
+        );
+        assert!(e.to_string().contains("SIGABRT: a stack overflow"), "{e}");
+    }
+}
+
 #[test]
 fn panic_message_reaches_the_parent() {
     for m in METHODS {

@@ -214,6 +214,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn describe_death(exitcode: Option<i32>, signal: Option<i32>) -> String {
     match (exitcode, signal) {
+        (_, Some(sig)) if sig == crate::sys::signal::ABRT => format!(
+            "killed by signal {sig} (SIGABRT: a stack overflow, a panic under panic = \
+             \"abort\", or abort(); the child's stderr says which)"
+        ),
+        (_, Some(sig)) if crate::sys::signal::MEMORY_FAULTS.contains(&sig) => format!(
+            "killed by signal {sig} (a memory fault: unsafe code, or a named shared \
+             segment shrunk under its mapping)"
+        ),
         (_, Some(sig)) => format!("killed by signal {sig}"),
         (Some(0), None) => {
             "exited with code 0 without returning a result (its target ended the process \

@@ -69,3 +69,9 @@ pub const INT: i32 = libc::SIGINT;
 
 /// `SIGTERM`, by name.
 pub const TERM: i32 = libc::SIGTERM;
+
+/// `SIGABRT`: `abort()`, a stack overflow, a panic under `panic = "abort"`.
+pub const ABRT: i32 = libc::SIGABRT;
+
+/// `SIGSEGV` and `SIGBUS`: a memory fault.
+pub const MEMORY_FAULTS: [i32; 2] = [libc::SIGSEGV, libc::SIGBUS];
