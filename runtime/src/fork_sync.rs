@@ -164,13 +164,6 @@ fn in_place<G>(slot: &mut G, f: impl FnOnce(G) -> G) {
 #[derive(Debug, Default)]
 pub struct RwLock<T: ?Sized>(std::sync::RwLock<T>);
 
-impl<T> RwLock<T> {
-    /// A new, unlocked lock.
-    pub const fn new(value: T) -> RwLock<T> {
-        RwLock(std::sync::RwLock::new(value))
-    }
-}
-
 impl<T: ?Sized> RwLock<T> {
     /// Shared access, waiting as long as a writer holds it.
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, T> {

@@ -123,7 +123,7 @@ pub mod __internal {
     pub use crate::codec::field_travels;
     /// The runtime's locks, which a forked child can use.
     pub mod fork_sync {
-        pub use crate::fork_sync::{Condvar, Mutex, MutexGuard, RwLock};
+        pub use crate::fork_sync::Mutex;
     }
     pub use crate::process::{ForkHook, Initializer, forkserver_pid, register_fork_hook};
     pub use crate::queue::DEFAULT_CAPACITY_BYTES;

@@ -470,14 +470,8 @@ pub(crate) fn let_go_at_normal_end() {
         None => return,
     };
     let me = liveness::my_word();
-    for (obj, capacity) in held {
-        let view = ShmBarrier {
-            obj,
-            capacity,
-            counted_for: AtomicI32::new(0),
-            slot: AtomicU64::new(0),
-        };
-        let state = view.state();
+    for (obj, capacity) in &held {
+        let state = obj.state();
         let Some(acquired) = state.lock.lock(Deadline::after(END_LOCK_WAIT)) else {
             continue;
         };
@@ -485,8 +479,7 @@ pub(crate) fn let_go_at_normal_end() {
         if let Acquired::OwnerDied { .. } = acquired {
             inner.break_barrier();
         }
-        if let Some(slot) = view
-            .table()
+        if let Some(slot) = attached_table(obj, *capacity)
             .iter()
             .find(|s| s.process.load(Ordering::Relaxed) == me)
             && slot.waiting.load(Ordering::SeqCst) == 0
@@ -717,10 +710,7 @@ impl ShmBarrier {
     }
 
     fn table(&self) -> &[Attached] {
-        // SAFETY: the tail holds `capacity` slots (checked at create and
-        // open), is 64-byte aligned, and `Attached` is three atomics, valid for
-        // any bytes; the mapping lives as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.obj.tail_ptr().cast::<Attached>(), self.capacity) }
+        attached_table(&self.obj, self.capacity)
     }
 
     /// Takes the internal lock. A process that died holding it may have left
@@ -1104,6 +1094,16 @@ impl ShmBarrier {
         self.touch();
         self.state().state.load(Ordering::Relaxed) == BROKEN
     }
+}
+
+/// The table of processes in `obj`'s tail, of `capacity` slots (as a
+/// handle checked it at create or open).
+fn attached_table(obj: &ShmObject<BarrierState>, capacity: usize) -> &[Attached] {
+    // SAFETY: the tail holds `capacity` slots (checked at create and open by
+    // the handle `capacity` comes from), is 64-byte aligned, and `Attached`
+    // is three atomics, valid for any bytes; the mapping lives as long as
+    // `obj`.
+    unsafe { std::slice::from_raw_parts(obj.tail_ptr().cast::<Attached>(), capacity) }
 }
 
 /// Whether `obj`'s table starts at `table` (the same mapping of a barrier).
